@@ -1,0 +1,125 @@
+"""`rlhfkit`: parse, build, call. Every user error is one line on stderr and exit status 2."""
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+from pathlib import Path
+
+from rlhfkit.errors import RlhfkitError
+
+COMMANDS_WITH_CONFIG = ("sft", "rm", "pipeline")
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars and messages replace the libraries' per-file ones."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhfkit", description="Train language models from human feedback.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
+             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, table"}
+    for name in COMMANDS_WITH_CONFIG:
+        p = sub.add_parser(name, help=helps[name])
+        p.add_argument("--config", help="YAML config file")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4")
+        if name != "pipeline":
+            p.add_argument("--name", default=name, help="run name (default: the command)")
+            p.add_argument("--runs-dir", default="runs", help="where runs are written (default: runs)")
+            p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+            p.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
+    tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
+    tasks.add_argument("task", nargs="?", help="task to export")
+    tasks.add_argument("--out", default="data", help="output directory for export")
+    tasks.add_argument("--rows", type=int, default=1000, help="rows per exported file")
+    tasks.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _config_class(command: str):
+    if command == "sft":
+        from rlhfkit.train.sft import SFTConfig
+        return SFTConfig
+    if command == "rm":
+        from rlhfkit.train.reward import RewardConfig
+        return RewardConfig
+    from rlhfkit.pipeline_config import PipelineConfig
+    return PipelineConfig
+
+
+def _run_trainer(args, cfg) -> None:
+    from rlhfkit.runtime.config import save_config
+    from rlhfkit.runtime.rundir import prepare_run_dir
+
+    if not cfg.model or not cfg.train_data:
+        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
+    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite)
+    save_config(cfg, run.config_path)
+    if args.command == "sft":
+        from rlhfkit.train.sft import train_sft
+        result = train_sft(cfg, run, resume=args.resume)
+    else:
+        from rlhfkit.train.reward import train_reward_model
+        result = train_reward_model(cfg, run, resume=args.resume)
+        if result.eval_accuracy:
+            print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+    print(f"model saved to {result.model_dir}")
+
+
+def _tasks(args) -> None:
+    from rlhfkit.pipeline import write_jsonl
+    from rlhfkit.tasks.registry import TASKS, get_task
+
+    if args.action == "list":
+        for name, cls in sorted(TASKS.items()):
+            print(f"{name:8s} {cls.description}")
+        return
+    if not args.task:
+        raise RlhfkitError("rlhfkit tasks export needs a task name")
+    task, rng, out = get_task(args.task), random.Random(args.seed), Path(args.out)
+    sft = [dataclasses.asdict(x) for x in task.sft_examples(args.rows, rng)]
+    prompts = [{"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(args.rows, rng)]
+    print(f"wrote {write_jsonl(out / f'{args.task}_sft.jsonl', sft)}")
+    print(f"wrote {write_jsonl(out / f'{args.task}_prompts.jsonl', prompts)}")
+    if hasattr(task, "step_examples"):
+        steps = [dataclasses.asdict(x) for x in task.step_examples(args.rows, rng)]
+        print(f"wrote {write_jsonl(out / f'{args.task}_steps.jsonl', steps)}")
+
+
+def run(argv: list[str]) -> None:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    if args.command == "tasks":
+        return _tasks(args)
+    from rlhfkit.runtime.config import config_to_dict, load_config
+
+    cfg = load_config(_config_class(args.command), args.config, args.overrides)
+    if args.print_config:
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        return
+    if args.command == "pipeline":
+        from rlhfkit.pipeline import Pipeline
+        Pipeline(cfg).run_all()
+    else:
+        _run_trainer(args, cfg)
+
+
+def main() -> None:
+    try:
+        run(sys.argv[1:])
+    except RlhfkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

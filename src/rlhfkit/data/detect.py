@@ -1,0 +1,32 @@
+"""Telling a dataset's format from its columns, so users need not say it."""
+
+from pathlib import Path
+
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import read_rows
+from rlhfkit.errors import RlhfkitError
+
+
+def format_of_columns(columns: set[str]) -> Format:
+    """TRL's column conventions: responses = ranking, chosen/rejected = preference,
+    completions + labels = step-labelled, completion or messages = SFT, prompt alone = prompts."""
+    if "responses" in columns:
+        return Format.RANKING
+    if "chosen" in columns or "rejected" in columns:
+        return Format.PREFERENCE
+    if "completions" in columns and "labels" in columns:
+        return Format.STEPS
+    if "completion" in columns or "messages" in columns:
+        return Format.SFT
+    if "prompt" in columns:
+        return Format.PROMPT
+    raise RlhfkitError(f"cannot tell the data format from the columns {sorted(columns)}")
+
+
+def detect_format(path: str | Path) -> Format:
+    rows = read_rows(path)
+    first_row = rows[0][1]
+    try:
+        return format_of_columns(set(first_row))
+    except RlhfkitError as error:
+        raise RlhfkitError(f"{path}: row {rows[0][0]}: {error}") from None

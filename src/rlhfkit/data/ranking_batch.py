@@ -1,0 +1,57 @@
+"""Batches for reward models: every response of a group (a K-way ranking, or a pair) is
+scored once, and all the group's pairs index into those scores (InstructGPT's C(K,2) trick:
+K forward passes instead of 2 * C(K,2))."""
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.collate import pad_batch
+from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.objectives.ranking import ranking_to_pairs
+
+
+@dataclass(frozen=True)
+class RankedGroup:
+    responses: list[EncodedExample]  # best first
+    ranks: tuple[int, ...]  # 0 = best; equal ranks are ties
+    margin: float = 0.0  # the margin the winner must clear (pairs only)
+
+
+def groups_from_pairs(pairs: list[tuple[EncodedExample, EncodedExample, float]]) -> list[RankedGroup]:
+    return [RankedGroup([chosen, rejected], (0, 1), margin) for chosen, rejected, margin in pairs]
+
+
+def groups_from_rankings(rankings: list[tuple[list[EncodedExample], tuple[int, ...]]]) -> list[RankedGroup]:
+    return [RankedGroup(responses, ranks) for responses, ranks in rankings]
+
+
+def collate_groups(groups: list[RankedGroup], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One padded batch of all responses plus the pair structure.
+
+    Returns the `pad_batch` tensors over all responses and, per pair: `winners`, `losers`
+    (indices into the responses), `pair_weights` (1 / pairs of its group), `margins`,
+    `pair_group` (index of its group in `groups`); per group: `best` (index of its top response).
+    """
+    flat = [response for group in groups for response in group.responses]
+    batch = pad_batch(flat, pad_token_id)
+    winners, losers, weights, margins, pair_group, best = [], [], [], [], [], []
+    offset = 0
+    for g, group in enumerate(groups):
+        w, l, wt = ranking_to_pairs(group.ranks)
+        winners += [offset + i for i in w]
+        losers += [offset + j for j in l]
+        weights += wt
+        margins += [group.margin] * len(w)
+        pair_group += [g] * len(w)
+        best.append(offset + min(range(len(group.ranks)), key=lambda i: group.ranks[i]))
+        offset += len(group.responses)
+    batch.update(
+        winners=torch.tensor(winners, dtype=torch.long),
+        losers=torch.tensor(losers, dtype=torch.long),
+        pair_weights=torch.tensor(weights),
+        margins=torch.tensor(margins),
+        pair_group=torch.tensor(pair_group, dtype=torch.long),
+        best=torch.tensor(best, dtype=torch.long),
+    )
+    return batch

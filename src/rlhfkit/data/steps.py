@@ -1,0 +1,66 @@
+"""Step-labelled solutions for process reward models: one label per step, read at the
+step's last token."""
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.formats import StepsExample
+from rlhfkit.data.tokenize import TokenizeReport, DropReason, render_text
+
+
+@dataclass(frozen=True)
+class EncodedSteps:
+    input_ids: list[int]
+    step_ends: list[int]  # index of each step's last token
+    labels: list[bool]  # True = the step is correct
+
+
+def encode_steps(tokenizer, example: StepsExample, *, max_length: int, separator: str) -> EncodedSteps | None:
+    """prompt + separator + step_1 + separator + step_2 ...; steps that do not fit in
+    `max_length` are cut off (with their labels); None when no step fits."""
+    prompt = render_text(tokenizer, example.prompt, as_prompt=True)
+    text, ends, ids = prompt, [], []
+    for step in example.completions:
+        text += separator + step
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_length:
+            break
+        ends.append(len(ids) - 1)
+    if not ends:
+        return None
+    ids = ids[: ends[-1] + 1]
+    return EncodedSteps(ids, ends, list(example.labels[: len(ends)]))
+
+
+def tokenize_steps(tokenizer, examples: list[StepsExample], *, max_length: int, separator: str):
+    report, encoded = TokenizeReport(), []
+    for example in examples:
+        item = encode_steps(tokenizer, example, max_length=max_length, separator=separator)
+        if item is None:
+            report.add_dropped(DropReason.TOO_LONG)
+        else:
+            report.add_kept(len(item.step_ends) < len(example.completions))
+            encoded.append(item)
+    return encoded, report
+
+
+def collate_steps(items: list[EncodedSteps], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `attention_mask`; `step_ends`, `step_labels` (float) and
+    `step_mask` (True = a real step) padded to the most steps in the batch."""
+    length = max(len(x.input_ids) for x in items)
+    steps = max(len(x.step_ends) for x in items)
+    input_ids = torch.full((len(items), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)
+    step_ends = torch.zeros((len(items), steps), dtype=torch.long)
+    step_labels = torch.zeros((len(items), steps))
+    step_mask = torch.zeros((len(items), steps), dtype=torch.bool)
+    for row, item in enumerate(items):
+        input_ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
+        attention_mask[row, : len(item.input_ids)] = 1
+        n = len(item.step_ends)
+        step_ends[row, :n] = torch.tensor(item.step_ends)
+        step_labels[row, :n] = torch.tensor(item.labels, dtype=torch.float)
+        step_mask[row, :n] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "step_ends": step_ends,
+            "step_labels": step_labels, "step_mask": step_mask}

@@ -1,0 +1,320 @@
+"""Turning examples into token ids with a completion mask, truncated by an explicit policy.
+
+A prompt/completion pair becomes one sequence `prompt_ids + completion_ids`; `completion_mask`
+is True on the completion tokens (they count in the loss) and False on the prompt. The boundary
+is the longest common token prefix of the tokenised prompt and the tokenised whole, as in TRL:
+byte-level BPE can merge the last prompt characters with the first completion characters, and
+the merged token then counts as completion.
+
+Rows that do not fit in `max_length` are truncated or dropped according to `Truncation`, and
+every drop and every truncation is counted in a `TokenizeReport`; nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample, Text
+from rlhfkit.errors import RlhfkitError
+
+
+class Truncation(str, Enum):
+    """What to do with a sequence longer than `max_length`."""
+
+    KEEP_START = "keep_start"
+    """Cut the end of the completion (the EOS goes with it)."""
+    KEEP_END = "keep_end"
+    """Cut the start of the prompt and keep the completion whole."""
+    DROP = "drop"
+    """Drop the row."""
+
+
+class DropReason(str, Enum):
+    """Why a row (or one response of a ranking) was dropped; the value is the report's key."""
+
+    TOO_LONG = "too long"
+    NO_COMPLETION_TOKENS = "no completion tokens left"
+    COMPLETION_TOO_LONG = "completion does not fit in max_length"
+    TOO_FEW_RESPONSES = "fewer than two responses left"
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """One tokenised prompt/completion sequence."""
+
+    input_ids: list[int]
+    completion_mask: list[bool]
+    """One flag per token: True = a completion token (counts in the loss, the appended EOS
+    included), False = a prompt token."""
+    truncated: bool
+    """Whether tokens were cut to fit `max_length`."""
+
+
+@dataclass
+class TokenizeReport:
+    """What tokenising a dataset kept, truncated and dropped."""
+
+    rows: int = 0
+    kept: int = 0
+    """Rows kept, truncated ones included."""
+    dropped: int = 0
+    truncated: int = 0
+    """Kept rows that lost tokens to `max_length`."""
+    reasons: dict[str, int] = field(default_factory=dict)
+    """Dropped rows by reason, e.g. `{"too long": 3}`."""
+    responses_dropped: dict[str, int] = field(default_factory=dict)
+    """Rankings only: single responses removed from a ranking, by reason."""
+
+    def add_kept(self, truncated: bool) -> None:
+        self.rows += 1
+        self.kept += 1
+        self.truncated += int(truncated)
+
+    def add_dropped(self, reason: DropReason) -> None:
+        self.rows += 1
+        self.dropped += 1
+        self.reasons[reason.value] = self.reasons.get(reason.value, 0) + 1
+
+    def summary(self) -> str:
+        """One line, e.g. `512 rows: 509 kept (4 truncated), 3 dropped (too long: 3)`."""
+        line = f"{self.rows} rows: {self.kept} kept ({self.truncated} truncated), "
+        line += f"{self.dropped} dropped{_counts(self.reasons)}"
+        if self.responses_dropped:
+            removed = sum(self.responses_dropped.values())
+            line += f"; {removed} responses dropped{_counts(self.responses_dropped)}"
+        return line
+
+
+def _counts(by_reason: dict[str, int]) -> str:
+    if not by_reason:
+        return ""
+    return " (" + ", ".join(f"{reason}: {n}" for reason, n in by_reason.items()) + ")"
+
+
+def render_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> str:
+    """A text as the string the tokenizer will see.
+
+    A string is returned as it is; a list of messages goes through the tokenizer's chat
+    template, with the assistant turn opened when `as_prompt` (the generation prompt).
+    """
+    if isinstance(text, str):
+        return text
+    _require_chat_template(tokenizer)
+    return tokenizer.apply_chat_template(
+        list(text), tokenize=False, add_generation_prompt=as_prompt
+    )
+
+
+def _require_chat_template(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or "(built in memory)"
+        raise RlhfkitError(
+            f"conversational data needs a chat template, and the tokenizer at {name} has none: "
+            "add one or use prompt/completion strings"
+        )
+
+
+def encode_prompt_completion(
+    tokenizer: Any,
+    prompt: Text,
+    completion: Text,
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+    add_eos: bool = True,
+) -> EncodedExample | None:
+    """Tokenise one prompt/completion pair.
+
+    Plain strings are tokenised as `prompt` and `prompt + completion` without special tokens,
+    and the EOS token is appended when `add_eos` (the model must learn to stop). Message lists
+    go through the chat template instead (the prompt with the generation prompt, the whole
+    conversation without it), and no EOS is appended: the template already ends the turn.
+
+    Returns:
+        The encoded sequence, or None when it is dropped: no completion token is left, or it is
+        too long and `truncation` cannot make it fit.
+    """
+    encoded = _encode(tokenizer, prompt, completion, max_length, Truncation(truncation), add_eos)
+    return None if isinstance(encoded, DropReason) else encoded
+
+
+def _encode(
+    tokenizer: Any,
+    prompt: Text,
+    completion: Text,
+    max_length: int,
+    truncation: Truncation,
+    add_eos: bool,
+) -> EncodedExample | DropReason:
+    """`encode_prompt_completion`, returning why a row was dropped instead of None."""
+    if max_length < 1:
+        raise RlhfkitError(f"max_length must be at least 1, got {max_length}")
+    plain = isinstance(prompt, str)
+    if plain != isinstance(completion, str):
+        raise RlhfkitError("prompt and completion must both be strings or both lists of messages")
+    if plain:
+        prompt_text, full_text = prompt, prompt + completion
+    else:
+        prompt_text = render_text(tokenizer, prompt, as_prompt=True)
+        full_text = render_text(tokenizer, list(prompt) + list(completion), as_prompt=False)
+    # Without special tokens: a chat template writes its own, and plain text gets only the EOS.
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    input_ids = list(tokenizer(full_text, add_special_tokens=False)["input_ids"])
+    if plain and add_eos:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise RlhfkitError("the tokenizer has no EOS token; set one or turn add_eos off")
+        if not input_ids or input_ids[-1] != eos:
+            input_ids.append(eos)
+    boundary = _common_prefix_length(prompt_ids, input_ids)
+    completion_mask = [False] * boundary + [True] * (len(input_ids) - boundary)
+    if boundary == len(input_ids):
+        return DropReason.NO_COMPLETION_TOKENS
+    if len(input_ids) <= max_length:
+        return EncodedExample(input_ids, completion_mask, truncated=False)
+    return _TRUNCATIONS[truncation](input_ids, completion_mask, max_length)
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
+
+
+def _keep_start(ids: list[int], mask: list[bool], max_length: int) -> EncodedExample | DropReason:
+    if not any(mask[:max_length]):
+        return DropReason.NO_COMPLETION_TOKENS
+    return EncodedExample(ids[:max_length], mask[:max_length], truncated=True)
+
+
+def _keep_end(ids: list[int], mask: list[bool], max_length: int) -> EncodedExample | DropReason:
+    # At least one prompt token must stay: a completion cut from its prompt teaches nothing.
+    if sum(mask) >= max_length:
+        return DropReason.COMPLETION_TOO_LONG
+    return EncodedExample(ids[-max_length:], mask[-max_length:], truncated=True)
+
+
+def _drop(ids: list[int], mask: list[bool], max_length: int) -> DropReason:
+    return DropReason.TOO_LONG
+
+
+_Truncate = Callable[[list[int], list[bool], int], "EncodedExample | DropReason"]
+_TRUNCATIONS: dict[Truncation, _Truncate] = {
+    Truncation.KEEP_START: _keep_start,
+    Truncation.KEEP_END: _keep_end,
+    Truncation.DROP: _drop,
+}
+
+
+def tokenize_sft(
+    tokenizer: Any,
+    examples: list[SFTExample],
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+) -> tuple[list[EncodedExample], TokenizeReport]:
+    """Tokenise demonstrations; dropped rows are left out and counted in the report."""
+    truncation = Truncation(truncation)
+    report = TokenizeReport()
+    encoded = []
+    for example in examples:
+        result = _encode(
+            tokenizer, example.prompt, example.completion, max_length, truncation, add_eos=True
+        )
+        if isinstance(result, DropReason):
+            report.add_dropped(result)
+        else:
+            report.add_kept(result.truncated)
+            encoded.append(result)
+    return encoded, report
+
+
+def tokenize_responses(
+    tokenizer: Any,
+    prompt: Text,
+    responses: list[Text],
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+) -> list[EncodedExample | None]:
+    """Tokenise each (prompt, response) pair for reward models; None where a pair drops."""
+    results = _encode_responses(tokenizer, prompt, responses, max_length, Truncation(truncation))
+    return [None if isinstance(result, DropReason) else result for result in results]
+
+
+def _encode_responses(
+    tokenizer: Any, prompt: Text, responses: list[Text], max_length: int, truncation: Truncation
+) -> list[EncodedExample | DropReason]:
+    return [
+        _encode(tokenizer, prompt, response, max_length, truncation, add_eos=True)
+        for response in responses
+    ]
+
+
+def tokenize_preferences(
+    tokenizer: Any,
+    examples: list[PreferenceExample],
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+) -> tuple[list[tuple[EncodedExample, EncodedExample, float]], TokenizeReport]:
+    """Tokenise preference pairs as `(chosen, rejected, margin)`.
+
+    A pair is dropped when either side drops (the reason counted is the chosen side's first,
+    then the rejected side's); a pair is counted as truncated when either side was.
+    """
+    truncation = Truncation(truncation)
+    report = TokenizeReport()
+    pairs = []
+    for example in examples:
+        chosen, rejected = _encode_responses(
+            tokenizer, example.prompt, [example.chosen, example.rejected], max_length, truncation
+        )
+        if isinstance(chosen, DropReason) or isinstance(rejected, DropReason):
+            report.add_dropped(chosen if isinstance(chosen, DropReason) else rejected)
+            continue
+        report.add_kept(chosen.truncated or rejected.truncated)
+        pairs.append((chosen, rejected, example.margin))
+    return pairs, report
+
+
+def tokenize_rankings(
+    tokenizer: Any,
+    examples: list[RankingExample],
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+) -> tuple[list[tuple[list[EncodedExample], tuple[int, ...]]], TokenizeReport]:
+    """Tokenise rankings as `(responses, ranks)`, best response first.
+
+    A response that drops is removed together with its rank, so ranks stay aligned; it is
+    counted in `report.responses_dropped`. A ranking left with fewer than two responses is
+    dropped. A ranking is counted as truncated when any kept response was.
+    """
+    truncation = Truncation(truncation)
+    report = TokenizeReport()
+    rankings = []
+    for example in examples:
+        results = _encode_responses(
+            tokenizer, example.prompt, list(example.responses), max_length, truncation
+        )
+        kept_responses, kept_ranks = [], []
+        for result, rank in zip(results, example.ranks):
+            if isinstance(result, DropReason):
+                reason = result.value
+                report.responses_dropped[reason] = report.responses_dropped.get(reason, 0) + 1
+            else:
+                kept_responses.append(result)
+                kept_ranks.append(rank)
+        if len(kept_responses) < 2:
+            report.add_dropped(DropReason.TOO_FEW_RESPONSES)
+            continue
+        report.add_kept(any(response.truncated for response in kept_responses))
+        rankings.append((kept_responses, tuple(kept_ranks)))
+    return rankings, report

@@ -1,0 +1,22 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with status 2."""
+
+
+class RlhfkitError(Exception):
+    """Base class: a problem with the user's input, config or files, not a bug."""
+
+
+class ConfigError(RlhfkitError):
+    """A config file or override that does not match the config's fields or types."""
+
+
+class DataError(RlhfkitError):
+    """A bad dataset row, named by file, row number (1-based) and field."""
+
+    def __init__(self, path: str, row: int | None, field: str | None, message: str):
+        self.path, self.row, self.field, self.message = str(path), row, field, message
+        where = self.path
+        if row is not None:
+            where += f": row {row}"
+        if field is not None:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {message}")

@@ -1,0 +1,1 @@
+"""Evaluation: policies on built-in tasks, reward-model accuracy and its yardsticks."""

@@ -1,0 +1,38 @@
+"""Reward-model accuracy on held-out comparisons."""
+
+import torch
+
+from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
+from rlhfkit.models.reward import RewardModel
+
+
+@torch.no_grad()
+def score_groups(model: RewardModel, groups: list[RankedGroup], pad_token_id: int, batch_size: int):
+    """Mean-over-heads reward of every response, group by group: list of (K,) tensors."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(groups), batch_size):
+        chunk = groups[start : start + batch_size]
+        batch = collate_groups(chunk, pad_token_id)
+        rewards = model(batch["input_ids"], batch["attention_mask"]).rewards.mean(dim=-1)
+        offset = 0
+        for group in chunk:
+            scores.append(rewards[offset : offset + len(group.responses)])
+            offset += len(group.responses)
+    model.train(was_training)
+    return scores
+
+
+def pair_accuracy(scores: list[torch.Tensor], groups: list[RankedGroup]) -> float:
+    """Share of labelled pairs (ties excluded) the model orders like the label; an exact
+    score tie counts one half."""
+    right, total = 0.0, 0
+    for group_scores, group in zip(scores, groups):
+        for i, rank_i in enumerate(group.ranks):
+            for j, rank_j in enumerate(group.ranks):
+                if rank_i < rank_j:
+                    diff = (group_scores[i] - group_scores[j]).item()
+                    right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
+                    total += 1
+    return right / max(1, total)

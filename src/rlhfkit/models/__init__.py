@@ -1,0 +1,1 @@
+"""Models: loading Hugging Face models, the reward/value head, the tiny-model factory."""

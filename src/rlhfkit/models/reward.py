@@ -1,0 +1,105 @@
+"""Reward (and later value) models: a transformer backbone with a linear head of N outputs.
+
+The model is held as an `AutoModelForSequenceClassification` with `num_labels = heads`, so a
+saved reward model is an ordinary Hugging Face directory (safetensors) that
+`AutoModelForSequenceClassification.from_pretrained` loads back. Built from a causal-LM
+directory, the backbone weights are reused and only the head is new. N > 1 heads form an
+ensemble on one backbone: their mean is the reward, their std the uncertainty (seed 000).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from rlhfkit.errors import RlhfkitError
+
+
+@dataclass
+class RewardOutput:
+    rewards: torch.Tensor  # (batch, heads) score at the last non-padding token
+    hidden: torch.Tensor  # (batch, seq, hidden) final hidden states
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch,) index of the last non-padding token; right or left padding both work.
+
+    Naive equivalent: `[max(i for i, m in enumerate(row) if m) for row in attention_mask]`.
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def _score_head(model: nn.Module) -> nn.Linear:
+    """The classification head: the one child that is not the backbone (`score` in Llama)."""
+    heads = [m for name, m in model.named_children() if name != model.base_model_prefix]
+    if len(heads) != 1 or not isinstance(heads[0], nn.Linear):
+        raise RlhfkitError(f"cannot find a single linear score head in {type(model).__name__}")
+    return heads[0]
+
+
+class RewardModel(nn.Module):
+    """Backbone + head scoring a sequence at its last non-padding token.
+
+    `lm_head` (optional) maps hidden states to vocabulary logits for the imitation term
+    (LM loss on the preferred response, seed 002); it is not part of the saved model.
+    """
+
+    def __init__(self, model: nn.Module, lm_head: nn.Module | None = None):
+        super().__init__()
+        self.model = model
+        self.lm_head = lm_head
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.num_labels
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, num_heads: int = 1, with_lm_head: bool = False, dtype=torch.float32
+    ) -> "RewardModel":
+        """Load a saved reward model, or start one from any causal-LM directory."""
+        if not (Path(path) / "config.json").is_file():
+            raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
+        config = AutoConfig.from_pretrained(path)
+        is_reward_model = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+        if is_reward_model and config.num_labels != num_heads:
+            raise RlhfkitError(f"{path} has {config.num_labels} reward heads, {num_heads} were asked for")
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_heads, dtype=dtype)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+        lm_head = _lm_head_for(model, path, dtype) if with_lm_head else None
+        return cls(model, lm_head)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
+        """Args: input_ids, attention_mask (batch, seq). Returns rewards (batch, heads)."""
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
+
+    def token_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, seq, heads) head applied at every position (process rewards score steps)."""
+        return _score_head(self.model)(hidden)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            raise RlhfkitError("the imitation term needs the LM head: load with with_lm_head=True")
+        return self.lm_head(hidden)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        self.model.save_pretrained(out_dir)
+
+
+def _lm_head_for(model: nn.Module, path: str | Path, dtype) -> nn.Module:
+    """The vocabulary projection for the imitation loss. With tied embeddings it is the
+    backbone's own input embedding (shared, trained with it); otherwise the causal LM's head."""
+    embeddings = model.get_input_embeddings()
+    if getattr(model.config, "tie_word_embeddings", False):
+        head = nn.Linear(embeddings.weight.shape[1], embeddings.weight.shape[0], bias=False)
+        head.weight = embeddings.weight
+        return head
+    causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return causal.get_output_embeddings()

@@ -1,0 +1,32 @@
+"""Token log-probabilities from logits."""
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token_ids) under softmax(logits), without a full log-softmax copy.
+
+    Args:
+        logits: (batch, seq, vocab) unnormalised scores for each position.
+        token_ids: (batch, seq) the token whose log-probability is wanted at each position.
+    Returns:
+        (batch, seq) log-probabilities, float32 or the logits' dtype if wider.
+
+    Naive equivalent: `logits.log_softmax(-1).gather(-1, token_ids[..., None]).squeeze(-1)`,
+    which materialises a (batch, seq, vocab) tensor; here only the chosen logit and the
+    logsumexp are kept: log p = logit[token] - logsumexp(logits).
+    """
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    chosen = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+    return chosen - torch.logsumexp(logits, dim=-1)
+
+
+def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):
+    """Align position t's logits with token t+1, the token they predict.
+
+    Args:
+        logits: (batch, seq, vocab); input_ids: (batch, seq); mask: (batch, seq) bool over input_ids.
+    Returns:
+        logits (batch, seq-1, vocab), targets (batch, seq-1), target mask (batch, seq-1).
+    """
+    return logits[:, :-1], input_ids[:, 1:], mask[:, 1:]

@@ -1,0 +1,165 @@
+"""The main job: build the tiny model, SFT, collect simulated rankings, train the reward
+model, evaluate, and print one table. Later stages (PPO, GRPO, DPO, ...) join this list."""
+
+import dataclasses
+import json
+import random
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.eval.policy import evaluate_policy
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.pipeline_config import PipelineConfig
+from rlhfkit.rollout.sample import sample_responses
+from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.tasks.collect import label_responses
+from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.reward import train_reward_model
+from rlhfkit.train.sft import train_sft
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def _prompt_row(p: PromptExample) -> dict:
+    return {"prompt": p.prompt, "answer": p.answer, **p.metadata}
+
+
+class Pipeline:
+    """Stages in order; each records its wall time and its results in `self.summary`."""
+
+    def __init__(self, cfg: PipelineConfig, *, overwrite: bool = True):
+        self.cfg = cfg
+        self.root = Path(cfg.runs_dir) / cfg.name
+        self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
+        save_config(cfg, self.run.config_path)
+        self.console = Console()
+        self.tasks = {"arith": get_task("arith", flawed_fraction=cfg.data.flawed_fraction), "advice": get_task("advice")}
+        self.summary: dict = {"stages": {}}
+
+    def stage(self, name: str, fn):
+        self.console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        out = fn()
+        self.summary["stages"][name] = {"seconds": time.perf_counter() - started}
+        return out
+
+    # stage 1. task data: demonstrations (mixed), held-out demonstrations and prompts
+    def make_data(self) -> dict[str, Path]:
+        rng, d = random.Random(self.cfg.seed), self.cfg.data
+        sft, held_out, self.eval_prompts = [], [], {}
+        for name, task in self.tasks.items():
+            sft += [dataclasses.asdict(x) for x in task.sft_examples(d.sft_rows_per_task, rng)]
+            held_out += [dataclasses.asdict(x) for x in task.sft_examples(d.eval_rows_per_task, rng)]
+            self.eval_prompts[name] = task.prompts(d.eval_prompts_per_task, rng)
+        rng.shuffle(sft)
+        rng.shuffle(held_out)
+        data = self.root / "data"
+        for name, prompts in self.eval_prompts.items():
+            write_jsonl(data / f"{name}_eval_prompts.jsonl", [_prompt_row(p) for p in prompts])
+        return {"sft": write_jsonl(data / "sft.jsonl", sft), "sft_eval": write_jsonl(data / "sft_eval.jsonl", held_out)}
+
+    # stage 2. the tiny Llama-style model and its tokenizer (or the given model directory)
+    def make_model(self, files: dict[str, Path]) -> Path:
+        m = self.cfg.model
+        if m.base_model:
+            return Path(m.base_model)
+        corpus = [json.loads(line) for line in open(files["sft"])]
+        texts = [row["prompt"] + row["completion"] for row in corpus]
+        return build_tiny_model(self.root / "base_model", texts, seed=self.cfg.seed, vocab_size=m.vocab_size,
+                                hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                                intermediate_size=m.intermediate_size)
+
+    # stage 3. supervised fine-tuning
+    def sft(self, base: Path, files: dict[str, Path]) -> Path:
+        cfg = dataclasses.replace(self.cfg.sft, model=str(base), train_data=str(files["sft"]),
+                                  eval_data=str(files["sft_eval"]), seed=self.cfg.seed)
+        run = prepare_run_dir(self.root / "sft", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_sft(cfg, run)
+        losses = result.train_losses
+        self.summary["sft"] = {"first_loss": losses[0], "last_loss": losses[-1],
+                               "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None}
+        return result.model_dir
+
+    # stage 4. the SFT policy on held-out prompts of each task
+    def evaluate_sft(self, model_dir: Path) -> None:
+        model, tokenizer = load_causal_lm(model_dir), load_tokenizer(model_dir)
+        for name, task in self.tasks.items():
+            metrics, responses = evaluate_policy(model, tokenizer, task, self.eval_prompts[name],
+                                                 max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
+            self.summary[f"sft_{name}"] = metrics
+            self.console.print(f"{name}: {metrics}  e.g. {responses[0]!r}")
+
+    # stage 5. sample K responses per prompt and have the simulated annotators rank them
+    def collect(self, model_dir: Path) -> dict[str, Path]:
+        c, task = self.cfg.collect, self.tasks["advice"]
+        rng = random.Random(self.cfg.seed + 1)
+        prompts = task.prompts(c.train_prompts + c.heldout_prompts, rng)
+        model, tokenizer = load_causal_lm(model_dir), load_tokenizer(model_dir)
+        samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=c.responses_per_prompt,
+                                   temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=self.cfg.seed,
+                                   batch_size=256)
+        grouped = list(zip(prompts, samples.texts))
+        collection = label_responses(task, grouped[: c.train_prompts], grouped[c.train_prompts :],
+                                     target_agreement=c.target_agreement, rng=rng)
+        out = self.root / "collect"
+        self.summary["collect"] = {"temperature": collection.temperature, "agreement": collection.agreement,
+                                   "bayes_limit": collection.bayes_limit, "pairs": len(collection.pairs),
+                                   "rankings": len(collection.rankings)}
+        self.console.print(self.summary["collect"])
+        write_jsonl(out / "pairs.jsonl", collection.pairs)
+        return {"rankings": write_jsonl(out / "rankings.jsonl", collection.rankings),
+                "heldout": write_jsonl(out / "heldout_rankings.jsonl", collection.heldout_rankings)}
+
+    # stage 6. the reward model on the rankings, judged on annotator A's held-out labels
+    def reward_model(self, sft_dir: Path, files: dict[str, Path]) -> Path:
+        cfg = dataclasses.replace(self.cfg.rm, model=str(sft_dir), train_data=str(files["rankings"]),
+                                  eval_data=str(files["heldout"]), seed=self.cfg.seed)
+        run = prepare_run_dir(self.root / "rm", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_reward_model(cfg, run)
+        self.summary["rm"] = {"heldout_accuracy": result.eval_accuracy[-1][1]}
+        return result.model_dir
+
+    def run_all(self) -> dict:
+        files = self.stage("data", self.make_data)
+        base = self.stage("model", lambda: self.make_model(files))
+        sft_dir = self.stage("sft", lambda: self.sft(base, files))
+        self.stage("eval sft", lambda: self.evaluate_sft(sft_dir))
+        collected = self.stage("collect", lambda: self.collect(sft_dir))
+        self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
+        self.report()
+        return self.summary
+
+    def report(self) -> None:
+        s = self.summary
+        table = Table(title=f"rlhfkit pipeline: {self.root}")
+        for column in ("stage", "result", "yardstick", "wall time"):
+            table.add_column(column)
+        secs = {k: f"{v['seconds']:.0f} s" for k, v in s["stages"].items()}
+        table.add_row("data + model", "tiny Llama + BPE tokenizer", "", f"{s['stages']['data']['seconds'] + s['stages']['model']['seconds']:.0f} s")
+        table.add_row("sft", f"loss {s['sft']['first_loss']:.3f} -> {s['sft']['last_loss']:.3f}",
+                      f"held-out loss {s['sft']['eval_loss']:.3f}", secs["sft"])
+        table.add_row("sft on arith", f"accuracy {s['sft_arith']['accuracy']:.1%}",
+                      f"step accuracy {s['sft_arith']['step_accuracy']:.1%}", secs["eval sft"])
+        table.add_row("sft on advice", f"gold score {s['sft_advice']['gold_score']:.2f}", "", "")
+        table.add_row("collect", f"{s['collect']['rankings']} rankings, {s['collect']['pairs']} pairs",
+                      f"annotator T {s['collect']['temperature']:.2f}", secs["collect"])
+        table.add_row("reward model", f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
+                      f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}",
+                      secs["reward model"])
+        self.console.print(table)
+        with open(self.root / "summary.json", "w") as f:
+            json.dump(s, f, indent=2)

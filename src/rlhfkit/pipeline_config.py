@@ -1,0 +1,68 @@
+"""The main job's config: one section per stage, each a trainer's own config."""
+
+from dataclasses import dataclass, field
+
+from rlhfkit.train.reward import RewardConfig
+from rlhfkit.train.sft import SFTConfig
+
+
+@dataclass(frozen=True)
+class DataStage:
+    sft_rows_per_task: int = 6000
+    """Demonstrations generated per built-in task (arith and advice are mixed)."""
+    eval_rows_per_task: int = 100
+    """Held-out demonstrations per task (eval loss, logged samples)."""
+    eval_prompts_per_task: int = 200
+    """Held-out prompts per task for the policy evaluation (accuracy, gold score)."""
+    flawed_fraction: float = 0.2
+    """Share of arith demonstrations with one wrong step."""
+
+
+@dataclass(frozen=True)
+class ModelStage:
+    base_model: str = ""
+    """A Hugging Face causal-LM directory to start from; empty = build the tiny default."""
+    vocab_size: int = 1024
+    """Tiny default: BPE vocabulary size."""
+    hidden_size: int = 128
+    """Tiny default: width."""
+    num_layers: int = 4
+    """Tiny default: transformer blocks."""
+    num_heads: int = 4
+    """Tiny default: attention heads."""
+    intermediate_size: int = 384
+    """Tiny default: MLP width."""
+
+
+@dataclass(frozen=True)
+class CollectStage:
+    train_prompts: int = 600
+    """Advice prompts whose sampled responses are ranked for reward-model training."""
+    heldout_prompts: int = 100
+    """Held-out prompts ranked by two annotators (reward-model accuracy and its yardsticks)."""
+    responses_per_prompt: int = 8
+    """K responses sampled per prompt (InstructGPT: 4-9)."""
+    temperature: float = 1.0
+    """Sampling temperature of the SFT model."""
+    max_new_tokens: int = 64
+    """Length limit of sampled responses."""
+    target_agreement: float = 0.725
+    """Inter-annotator agreement the simulated annotators' noise is set to (humans: 70-75%)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "demo"
+    """Run name: everything goes to `<runs_dir>/<name>/`."""
+    runs_dir: str = "runs"
+    """Where runs are written."""
+    seed: int = 0
+    """Seeds every stage."""
+    eval_max_new_tokens: int = 64
+    """Length limit of evaluation generations."""
+    data: DataStage = field(default_factory=DataStage)
+    model: ModelStage = field(default_factory=ModelStage)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=48, lr=2e-3,
+                                                             eval_every=100, sample_every=200))
+    collect: CollectStage = field(default_factory=CollectStage)
+    rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=120, batch_size=16, lr=3e-4))

@@ -1,0 +1,200 @@
+"""Atomic checkpoints, finding the latest one, and the RNG state that makes resume exact.
+
+A checkpoint is a directory `checkpoints/step_00000042/` holding whatever the trainer writes (model
+in HF format, optimizer, scheduler, RNG, data position) plus a `checkpoint.json` marker written
+last. It is assembled in a `.tmp-*` sibling and renamed into place only when complete, so a run
+killed at any moment leaves either the whole new checkpoint or none of it: `latest_checkpoint`
+never returns a half-written one.
+
+Exact resume (bitwise-identical weights to an uninterrupted run) also needs every random number
+generator restored: `capture_rng_state` / `restore_rng_state`.
+"""
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import RlhfkitError
+
+MARKER_NAME = "checkpoint.json"
+CHECKPOINT_FORMAT = 1
+_STEP_DIR = re.compile(r"step_(\d+)")
+_TMP_PREFIX = ".tmp-"
+
+
+def save_checkpoint(
+    checkpoints_dir: Path,
+    step: int,
+    *,
+    write: Callable[[Path], None],
+    keep_last: int = 2,
+) -> Path:
+    """Write a complete checkpoint for `step` atomically and prune old ones.
+
+    Args:
+        checkpoints_dir: the run's `checkpoints/` directory (created if missing).
+        step: the optimizer step the checkpoint holds; names the directory `step_{step:08d}`.
+        write: saves the trainer's files into the directory it is given (a temporary one).
+        keep_last: how many complete checkpoints to keep, newest first; the new one is always kept.
+
+    Returns:
+        The final checkpoint directory.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    checkpoints_dir = Path(checkpoints_dir)
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftover_tmp_dirs(checkpoints_dir)
+
+    final = checkpoints_dir / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=checkpoints_dir))
+    try:
+        write(tmp)
+        # The marker goes in last: its presence is what makes a checkpoint complete.
+        (tmp / MARKER_NAME).write_text(json.dumps({"step": step, "format": CHECKPOINT_FORMAT}) + "\n")
+        _fsync_tree(tmp)
+        _move_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(checkpoints_dir)
+    _prune(checkpoints_dir, keep_last=keep_last, keep=final)
+    return final
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None when there is none.
+
+    Complete means a `step_*` directory holding the marker; `.tmp-*` directories and step
+    directories without a marker (copied by hand, or damaged) are ignored.
+    """
+    complete = _complete_checkpoints(Path(checkpoints_dir))
+    return complete[-1][1] if complete else None
+
+
+def checkpoint_step(checkpoint_dir: Path) -> int:
+    """The step a complete checkpoint holds, read from its marker."""
+    marker = Path(checkpoint_dir) / MARKER_NAME
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError) as err:
+        message = f"{checkpoint_dir} is not a complete checkpoint: cannot read {MARKER_NAME} ({err})"
+        raise RlhfkitError(message) from None
+    if info.get("format") != CHECKPOINT_FORMAT:
+        raise RlhfkitError(f"{checkpoint_dir}: checkpoint format {info.get('format')!r} is not supported")
+    return int(info["step"])
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The state of every random number generator a run draws from: python, numpy, torch, CUDA."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Put back the generators saved by `capture_rng_state`.
+
+    CUDA states are restored when this machine has CUDA. A checkpoint written on another number of
+    GPUs cannot resume exactly, so that is an error rather than a silently different run.
+    """
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda_states = state.get("cuda")
+    if cuda_states is not None and torch.cuda.is_available():
+        if len(cuda_states) != torch.cuda.device_count():
+            raise RlhfkitError(
+                f"the checkpoint holds RNG states for {len(cuda_states)} CUDA devices but this machine has "
+                f"{torch.cuda.device_count()}: resume on the same number of devices"
+            )
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_torch_state(path: Path, state: dict[str, Any]) -> None:
+    """Save an optimizer / scheduler / RNG state dict with `torch.save`."""
+    torch.save(state, path)
+
+
+def load_torch_state(path: Path) -> dict[str, Any]:
+    """Load a state dict written by `save_torch_state`, tensors on CPU.
+
+    `weights_only=False` because RNG states hold numpy arrays and tuples; the file is one we wrote.
+    Optimizers move their state to the parameters' device in `load_state_dict`.
+    """
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for entry in checkpoints_dir.iterdir():
+        match = _STEP_DIR.fullmatch(entry.name)
+        if match and entry.is_dir() and (entry / MARKER_NAME).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    # os.replace cannot overwrite a non-empty directory: move an older copy of the same step aside
+    # first. A crash in between leaves the previous checkpoints, which is still a consistent state.
+    if final.exists():
+        aside = final.with_name(f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}")
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def _prune(checkpoints_dir: Path, *, keep_last: int, keep: Path) -> None:
+    complete = _complete_checkpoints(checkpoints_dir)
+    for _, path in complete[:-keep_last]:
+        if path != keep:
+            shutil.rmtree(path)
+
+
+def _remove_leftover_tmp_dirs(checkpoints_dir: Path) -> None:
+    """Delete temporary directories a crashed save left behind (one writer per run directory)."""
+    for entry in checkpoints_dir.iterdir():
+        if entry.name.startswith(_TMP_PREFIX) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` to disk before the rename publishes them."""
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            with open(os.path.join(dirpath, filename), "rb") as file:
+                os.fsync(file.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync persists renames and new entries; not every platform supports it.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,229 @@
+"""Load, override, save and list the keys of frozen dataclass configs.
+
+A config is a frozen dataclass whose fields all have defaults; a field may itself be a dataclass
+(a section, e.g. `sft: SFTConfig`). `load_config` reads an optional YAML file, applies `key=value`
+overrides (dotted keys for sections: `sft.lr=3e-4`) and checks every value against the field
+annotations. Every mistake is a one-line `ConfigError` naming the key.
+
+Config classes must be defined at module level: field annotations are resolved with
+`typing.get_type_hints`, which cannot see names local to a function.
+"""
+
+import dataclasses
+import difflib
+import enum
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.runtime.config_types import convert_value, section_type
+
+ConfigT = TypeVar("ConfigT")
+
+
+def load_config(cls: type[ConfigT], path: str | Path | None = None, overrides: Sequence[str] = ()) -> ConfigT:
+    """Build a `cls` config from an optional YAML file and `key=value` overrides.
+
+    Args:
+        cls: a dataclass whose fields all have defaults.
+        path: a YAML file holding a mapping of keys (nested mappings for sections); None for none.
+        overrides: strings like `sft.lr=3e-4`, applied in order after the file. The value is
+            parsed as YAML, so `true`, `1e-4`, `null` and `[1, 2]` mean what they say.
+
+    Returns:
+        The frozen config; keys not given keep their defaults.
+
+    Raises:
+        ConfigError: unknown key (with a close match suggested), wrong type, bad override or file.
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
+    raw = _read_yaml_mapping(Path(path)) if path is not None else {}
+    for override in overrides:
+        key, value = _parse_override(override)
+        _apply_override(raw, cls, key, value)
+    return _build_section(cls, raw, "", None)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data: enums become their values, tuples lists, paths strings.
+
+    `load_config(type(cfg), ...)` on this data (saved as YAML) rebuilds a config equal to `cfg`.
+    """
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"config_to_dict needs a dataclass instance, got {cfg!r}")
+    return {field.name: _plain(getattr(cfg, field.name)) for field in dataclasses.fields(cfg) if field.init}
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the config as readable YAML (fields in declaration order, lists inline)."""
+    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def config_keys(cls: type) -> list[str]:
+    """Every settable dotted key of a config class, sections expanded ("sft.lr"), in field order."""
+    keys = []
+    for name, annotation in _field_annotations(cls).items():
+        section = section_type(annotation)
+        if section is None:
+            keys.append(name)
+        else:
+            keys.extend(f"{name}.{sub_key}" for sub_key in config_keys(section))
+    return keys
+
+
+def _build_section(cls: type, raw: Mapping[str, Any], prefix: str, base: Any) -> Any:
+    """Build one dataclass from a mapping, overlaying `base` (the field default) when there is one."""
+    annotations = _field_annotations(cls)
+    fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
+    kwargs = {}
+    for raw_name, value in raw.items():
+        name = str(raw_name)
+        if name not in annotations:
+            raise _unknown_key(prefix, name, list(annotations))
+        annotation = annotations[name]
+        base_value = _section_default(fields[name]) if section_type(annotation) is not None else None
+        kwargs[name] = convert_value(value, annotation, _join(prefix, name), base_value, _build_section)
+    if base is not None and isinstance(base, cls):
+        return dataclasses.replace(base, **kwargs)
+    missing = [name for name, field in fields.items() if name not in kwargs and _has_no_default(field)]
+    if missing:
+        raise ConfigError(f"missing config key '{_join(prefix, missing[0])}' (it has no default)")
+    return cls(**kwargs)
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: invalid YAML: {_yaml_error_line(err)}") from None
+    if data is None:  # an empty file sets nothing
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys to values, got a {type(data).__name__}")
+    return data
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key=value")
+    key, text = override.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{override}' has a malformed key")
+    if not text.strip():
+        raise ConfigError(f"override '{override}' has no value (write {key}=null for None)")
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{override}': the value is not valid YAML: {_yaml_error_line(err)}") from None
+
+
+def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> None:
+    """Set `raw[a][b][c] = value` for `key` "a.b.c", checking each part against the config class."""
+    parts = key.split(".")
+    node, node_cls = raw, cls
+    for depth, name in enumerate(parts[:-1]):
+        annotations = _field_annotations(node_cls)
+        prefix, dotted = ".".join(parts[:depth]), ".".join(parts[: depth + 1])
+        if name not in annotations:
+            raise _unknown_key(prefix, name, list(annotations))
+        section = section_type(annotations[name])
+        if section is None:
+            raise ConfigError(f"config key '{dotted}' is not a section: set it with {dotted}=VALUE")
+        child = node.get(name)
+        if child is None:  # absent, or `sft: null` in the file
+            child = node[name] = {}
+        elif not isinstance(child, dict):
+            message = f"config key '{dotted}': expected a section (a mapping of keys to values), got {child!r}"
+            raise ConfigError(message)
+        node, node_cls = child, section
+    last = parts[-1]
+    annotations = _field_annotations(node_cls)
+    if last not in annotations:
+        raise _unknown_key(".".join(parts[:-1]), last, list(annotations))
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        # `sft={lr: 1}` adds to the file's sft section rather than dropping its other keys.
+        node[last] = _merged(node[last], value)
+    else:
+        node[last] = value
+
+
+def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
+    message = f"unknown config key '{_join(prefix, name)}'"
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        message += f" (did you mean '{_join(prefix, close[0])}'?)"
+    return ConfigError(message)
+
+
+def _field_annotations(cls: type) -> dict[str, Any]:
+    """Resolved annotations of the fields that `__init__` takes, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {field.name: hints[field.name] for field in dataclasses.fields(cls) if field.init}
+
+
+def _section_default(field: dataclasses.Field) -> Any:
+    """A dataclass field's default value, so that given section keys overlay it; None if none."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _has_no_default(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    result = dict(old)
+    for name, value in new.items():
+        both_sections = isinstance(value, dict) and isinstance(result.get(name), dict)
+        result[name] = _merged(result[name], value) if both_sections else value
+    return result
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _yaml_error_line(err: yaml.YAMLError) -> str:
+    """PyYAML errors span several lines; keep the problem and where it is."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
+def _represent_list_inline(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+class _ConfigDumper(yaml.SafeDumper):
+    """Safe YAML dumper writing lists inline (`targets: [q_proj, v_proj]`) and sections as blocks."""
+
+    # A class-level copy, so the shared SafeDumper registry is left untouched.
+    yaml_representers = {**yaml.SafeDumper.yaml_representers, list: _represent_list_inline}

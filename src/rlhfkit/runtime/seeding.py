@@ -1,0 +1,35 @@
+"""Seed every random number generator and make torch choose deterministic kernels."""
+
+import random
+
+import numpy as np
+import torch
+
+from rlhfkit.errors import RlhfkitError
+
+_MAX_SEED = 2**32 - 1  # numpy's global generator takes 32-bit seeds
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python `random`, numpy's global generator and torch (CPU and every CUDA device)."""
+    if not 0 <= seed <= _MAX_SEED:
+        raise RlhfkitError(f"seed must be between 0 and {_MAX_SEED}, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_deterministic(threads: int | None) -> None:
+    """Ask torch for deterministic algorithms and, when given, a fixed number of CPU threads.
+
+    `warn_only=True`: an op without a deterministic kernel warns instead of stopping the run.
+    The thread count matters on CPU because float sums are reduced in a different order with a
+    different number of threads. Deterministic cuBLAS also needs the environment variable
+    `CUBLAS_WORKSPACE_CONFIG=:4096:8`, which the entry point sets before CUDA starts.
+    """
+    if threads is not None and threads < 1:
+        raise RlhfkitError(f"threads must be at least 1, got {threads}")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    if threads is not None:
+        torch.set_num_threads(threads)

@@ -1,0 +1,1 @@
+"""Built-in tasks: each module owns its data generator, its reward() and its evaluate()."""

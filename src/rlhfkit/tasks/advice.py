@@ -1,0 +1,114 @@
+"""`advice`: short open-ended replies to everyday questions, judged by a hidden gold annotator.
+
+The gold annotator encodes several preferences at once, the way a human rater weighs them:
+on topic (tips about the question asked), informative (several distinct tips), polite (a
+friendly opener or closer, nothing rude), a sensible length, and no repetition. It plays the
+human of the seeds: it simulates labels (see `annotator.py`) and evaluates policies; it is
+never a training reward unless a run asks for it. The demonstrations are written by uneven
+"writers", so the SFT model's replies vary in quality and comparisons carry information.
+"""
+
+import random
+import re
+
+from rlhfkit.data.formats import PromptExample, SFTExample
+from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+TOPIC_OF_TIP = {tip: topic for topic, bank in TOPICS.items() for tip in bank["tips"]}
+
+# Gold weights: what the hidden annotator values, in reward units.
+ON_TOPIC_TIP, MAX_USEFUL_TIPS = 1.0, 4
+OFF_TOPIC_TIP, FILLER_SENTENCE, RUDE_SENTENCE = -1.0, -0.5, -2.0
+REPEATED_SENTENCE, UNKNOWN_SENTENCE = -1.0, -1.0
+POLITE_OPENER, POLITE_CLOSER = 0.5, 0.5
+MAX_SENTENCES, LONG_PENALTY = 6, -0.5
+
+
+def split_sentences(response: str) -> list[str]:
+    return [s.strip() for s in SENTENCE_END.split(response.strip()) if s.strip()]
+
+
+def gold_score(topic: str, response: str) -> float:
+    """The hidden annotator's score of one reply to a question on `topic`."""
+    sentences = split_sentences(response)
+    if not sentences:
+        return -3.0
+    score, seen, useful_tips = 0.0, set(), 0
+    for sentence in sentences:
+        if sentence in seen:
+            score += REPEATED_SENTENCE
+            continue
+        seen.add(sentence)
+        if TOPIC_OF_TIP.get(sentence) == topic:
+            useful_tips += 1
+        elif sentence in TOPIC_OF_TIP:
+            score += OFF_TOPIC_TIP
+        elif sentence in FILLER:
+            score += FILLER_SENTENCE
+        elif sentence in RUDE:
+            score += RUDE_SENTENCE
+        elif sentence not in OPENERS and sentence not in CLOSERS:
+            score += UNKNOWN_SENTENCE
+    score += ON_TOPIC_TIP * min(useful_tips, MAX_USEFUL_TIPS)
+    score += POLITE_OPENER * (sentences[0] in OPENERS) + POLITE_CLOSER * (sentences[-1] in CLOSERS)
+    score += LONG_PENALTY * max(0, len(sentences) - MAX_SENTENCES)
+    return score
+
+
+def _write_reply(rng: random.Random, topic: str) -> str:
+    """One demonstration from an uneven writer: tips, sometimes off topic, filler, rude or
+    repeated sentences, sometimes a polite opener or closer."""
+    tips = list(TOPICS[topic]["tips"])
+    rng.shuffle(tips)
+    body = tips[: rng.randint(1, 5)]
+    other_topics = [t for t in TOPICS if t != topic]
+    body = [rng.choice(TOPICS[rng.choice(other_topics)]["tips"]) if rng.random() < 0.15 else s for s in body]
+    body += [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
+    if rng.random() < 0.1:
+        body.append(rng.choice(RUDE))
+    if rng.random() < 0.15:
+        body.append(rng.choice(body))
+    rng.shuffle(body)
+    opener = [rng.choice(OPENERS)] if rng.random() < 0.5 else []
+    closer = [rng.choice(CLOSERS)] if rng.random() < 0.5 else []
+    return " " + " ".join(opener + body + closer)
+
+
+def _prompt_text(question: str) -> str:
+    return f"User: {question}\nAssistant:"
+
+
+class AdviceTask:
+    name = "advice"
+    description = "short advice replies judged by a hidden multi-preference gold annotator"
+
+    def _question(self, rng: random.Random) -> tuple[str, str]:
+        topic = rng.choice(sorted(TOPICS))
+        return topic, _prompt_text(rng.choice(TOPICS[topic]["questions"]))
+
+    def sft_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
+        examples = []
+        for _ in range(n):
+            topic, prompt = self._question(rng)
+            examples.append(SFTExample(prompt=prompt, completion=_write_reply(rng, topic)))
+        return examples
+
+    def prompts(self, n: int, rng: random.Random) -> list[PromptExample]:
+        out = []
+        for _ in range(n):
+            topic, prompt = self._question(rng)
+            out.append(PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic}))
+        return out
+
+    def reward(self, prompt: PromptExample, response: str) -> float:
+        """The gold annotator's noise-free score."""
+        return gold_score(prompt.metadata["topic"], response)
+
+    def evaluate(self, prompts: list[PromptExample], responses: list[str]) -> dict[str, float]:
+        scores = [self.reward(p, r) for p, r in zip(prompts, responses)]
+        lengths = [len(split_sentences(r)) for r in responses]
+        return {
+            "gold_score": sum(scores) / max(1, len(scores)),
+            "sentences": sum(lengths) / max(1, len(lengths)),
+        }

@@ -1,0 +1,164 @@
+"""`arith`: multi-step arithmetic word problems with worked, step-by-step solutions.
+
+Every step is an equation "a op b = c" that can be checked on its own, so there is a
+verifiable outcome reward (RLVR: is the final answer right) and a verifiable process reward
+(is each step right). A controlled share of the demonstrations carries one wrong step (the
+error then propagates to the answer), so a model trained on them is good but not perfect.
+"""
+
+import random
+import re
+from dataclasses import dataclass
+
+from rlhfkit.data.formats import PromptExample, SFTExample, StepsExample
+
+NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena")
+ITEMS = ("apples", "stamps", "coins", "shells", "marbles", "books", "pens", "cards", "stickers")
+ADD_PHRASES = ("buys {n} more", "finds {n} more", "gets {n} more", "is given {n} more")
+SUB_PHRASES = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
+MUL_PHRASES = {2: "doubles them", 3: "triples them"}
+
+STEP_PATTERN = re.compile(r"(\d+) ([+\-*]) (\d+) = (\d+)")
+ANSWER_PATTERN = re.compile(r"The answer is (-?\d+)")
+
+
+@dataclass(frozen=True)
+class Step:
+    left: int
+    op: str
+    right: int
+    result: int
+
+    def text(self) -> str:
+        return f"{self.left} {self.op} {self.right} = {self.result}."
+
+
+def apply_op(left: int, op: str, right: int) -> int:
+    return {"+": left + right, "-": left - right, "*": left * right}[op]
+
+
+def _random_steps(rng: random.Random, num_steps: int) -> tuple[int, list[Step]]:
+    start = rng.randint(2, 40)
+    value, steps = start, []
+    for _ in range(num_steps):
+        choices = ["+", "-"] + (["*"] if value <= 30 else [])
+        op = rng.choice(choices)
+        if op == "+":
+            right = rng.randint(1, 30)
+        elif op == "-":
+            right = rng.randint(1, value) if value >= 1 else 0
+        else:
+            right = rng.choice((2, 3))
+        result = apply_op(value, op, right)
+        steps.append(Step(value, op, right, result))
+        value = result
+    return start, steps
+
+
+def _question(rng: random.Random, start: int, steps: list[Step]) -> str:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    clauses = []
+    for step in steps:
+        if step.op == "+":
+            clauses.append(rng.choice(ADD_PHRASES).format(n=step.right))
+        elif step.op == "-":
+            clauses.append(rng.choice(SUB_PHRASES).format(n=step.right))
+        else:
+            clauses.append(MUL_PHRASES[step.right])
+    actions = ", then ".join(clauses)
+    return f"Q: {name} has {start} {item}, {actions}. How many {item} does {name} have now?\nA:"
+
+
+def solution_text(steps: list[Step]) -> str:
+    return " " + " ".join(step.text() for step in steps) + f" The answer is {steps[-1].result}."
+
+
+def _flawed(rng: random.Random, steps: list[Step]) -> list[Step]:
+    """One step gets a wrong result; later steps compute correctly from the wrong value."""
+    bad = rng.randrange(len(steps))
+    out, value = [], None
+    for i, step in enumerate(steps):
+        left = step.left if value is None else value
+        result = apply_op(left, step.op, step.right)
+        if i == bad:
+            wrong = result + rng.choice([-1, 1]) * rng.randint(1, 10)
+            result = wrong if wrong >= 0 else result + rng.randint(1, 10)
+        out.append(Step(left, step.op, step.right, result))
+        value = result
+    return out
+
+
+def parse_answer(response: str) -> int | None:
+    match = ANSWER_PATTERN.search(response)
+    return int(match.group(1)) if match else None
+
+
+def parse_steps(response: str) -> list[Step]:
+    return [Step(int(a), op, int(b), int(c)) for a, op, b, c in STEP_PATTERN.findall(response)]
+
+
+def step_labels(truth: list[Step], written: list[Step]) -> list[bool]:
+    """Step k is right when it is exactly the k-th step of the true solution."""
+    return [k < len(truth) and step == truth[k] for k, step in enumerate(written)]
+
+
+class ArithTask:
+    name = "arith"
+    description = "multi-step arithmetic word problems; verifiable answers and steps"
+
+    def __init__(self, flawed_fraction: float = 0.2, min_steps: int = 2, max_steps: int = 3):
+        self.flawed_fraction = flawed_fraction
+        self.min_steps, self.max_steps = min_steps, max_steps
+
+    def _problem(self, rng: random.Random) -> tuple[str, list[Step]]:
+        start, steps = _random_steps(rng, rng.randint(self.min_steps, self.max_steps))
+        return _question(rng, start, steps), steps
+
+    def sft_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
+        examples = []
+        for _ in range(n):
+            prompt, steps = self._problem(rng)
+            if rng.random() < self.flawed_fraction:
+                steps = _flawed(rng, steps)
+            examples.append(SFTExample(prompt=prompt, completion=solution_text(steps)))
+        return examples
+
+    def prompts(self, n: int, rng: random.Random) -> list[PromptExample]:
+        out = []
+        for _ in range(n):
+            prompt, steps = self._problem(rng)
+            metadata = {"task": self.name, "steps": [[s.left, s.op, s.right, s.result] for s in steps]}
+            out.append(PromptExample(prompt=prompt, answer=str(steps[-1].result), metadata=metadata))
+        return out
+
+    def reward(self, prompt: PromptExample, response: str) -> float:
+        """Outcome reward (RLVR): 1.0 when the final answer is right, else 0.0."""
+        answer = parse_answer(response)
+        return float(answer is not None and str(answer) == prompt.answer)
+
+    def step_rewards(self, prompt: PromptExample, response: str) -> list[float]:
+        """Process reward: 1.0 / 0.0 per written step (empty when no step was written)."""
+        truth = [Step(*s) for s in prompt.metadata["steps"]]
+        return [float(ok) for ok in step_labels(truth, parse_steps(response))]
+
+    def step_examples(self, n: int, rng: random.Random) -> list[StepsExample]:
+        """Step-labelled solutions for a process reward model: half correct, half with one
+        wrong step, every step labelled by the verifier."""
+        out = []
+        for _ in range(n):
+            prompt, truth = self._problem(rng)
+            written = _flawed(rng, truth) if rng.random() < 0.5 else truth
+            texts = [step.text() for step in written] + [f"The answer is {written[-1].result}."]
+            labels = step_labels(truth, written) + [written[-1].result == truth[-1].result]
+            out.append(StepsExample(prompt=prompt, completions=tuple(texts), labels=tuple(labels)))
+        return out
+
+    def evaluate(self, prompts: list[PromptExample], responses: list[str]) -> dict[str, float]:
+        correct = [self.reward(p, r) for p, r in zip(prompts, responses)]
+        steps = [x for p, r in zip(prompts, responses) for x in self.step_rewards(p, r)]
+        return {
+            "accuracy": sum(correct) / max(1, len(correct)),
+            "step_accuracy": sum(steps) / max(1, len(steps)),
+            "gold_score": sum(correct) / max(1, len(correct)),
+        }
+

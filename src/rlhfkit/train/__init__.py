@@ -1,0 +1,1 @@
+"""Trainers: orchestration only, each reading like numbered pseudocode."""

@@ -1,0 +1,21 @@
+"""Deterministic data order: the rows of micro-batch k are a pure function of (seed, k).
+
+Resuming at any step therefore needs only the step number to continue with the very same
+batches, and the order is reproducible across runs and machines.
+"""
+
+import torch
+
+
+def micro_batch_rows(num_rows: int, batch_size: int, seed: int, micro_index: int) -> list[int]:
+    """Row indices of micro-batch `micro_index`: each epoch is a fresh seeded permutation,
+    cut into ceil(num_rows / batch_size) batches (the last one may be smaller)."""
+    per_epoch = -(-num_rows // batch_size)
+    epoch, offset = divmod(micro_index, per_epoch)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(num_rows, generator=generator)
+    return order[offset * batch_size : (offset + 1) * batch_size].tolist()
+
+
+def batches_per_epoch(num_rows: int, batch_size: int) -> int:
+    return -(-num_rows // batch_size)

@@ -1,0 +1,197 @@
+"""Reward-model training (stage 2 of the seeds' pipeline).
+
+Pairwise objective: Bradley-Terry `-log sigmoid(r_w - r_l - margin)` on preference pairs, or on
+K-way rankings with all C(K,2) pairs of a prompt in one batch, each weighted 1/C(K,2)
+(InstructGPT). Optional: an imitation term (LM loss on the preferred response, seed 002),
+reward centring, and N heads on one backbone trained on bootstrap resamples: an ensemble whose
+std is the uncertainty later stages can penalise (seed 000).
+Process objective: a process reward model trained on step labels (one score per step).
+"""
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.detect import detect_format
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.data.ranking_batch import groups_from_pairs, groups_from_rankings
+from rlhfkit.data.steps import collate_steps, tokenize_steps
+from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.reward_model import pair_accuracy, score_groups
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import seed_everything
+from rlhfkit.train.batching import micro_batch_rows
+from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
+from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
+from rlhfkit.train.schedule import warmup_cosine
+
+
+class RewardObjective(str, Enum):
+    PAIRWISE = "pairwise"
+    PROCESS = "process"
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    model: str = ""
+    """Starting point: an SFT causal-LM directory (a head is added) or a saved reward model."""
+    train_data: str = ""
+    """Rankings (`prompt`, `responses`, optional `ranks`), pairs (`prompt`, `chosen`, `rejected`,
+    optional `margin`), or, for the process objective, step labels (`prompt`, `completions`, `labels`)."""
+    eval_data: str = ""
+    """Held-out data of the same kinds; empty = none."""
+    objective: RewardObjective = RewardObjective.PAIRWISE
+    """pairwise: Bradley-Terry on pairs/rankings; process: per-step labels (PRM)."""
+    num_heads: int = 1
+    """Reward heads: more than one makes an ensemble (mean = reward, std = uncertainty)."""
+    imitation_coef: float = 0.0
+    """Weight of the LM loss on each prompt's preferred response (0 = off)."""
+    centering_coef: float = 0.0
+    """Weight of the mean squared reward, pulling rewards towards zero (0 = off)."""
+    step_separator: str = " "
+    """Text between the prompt and the steps, and between steps (process objective)."""
+    max_length: int = 256
+    """Tokens per response after tokenisation."""
+    truncation: Truncation = Truncation.KEEP_START
+    """keep_start, keep_end or drop (see the SFT trainer)."""
+    batch_size: int = 16
+    """Prompts (rankings, pairs or solutions) per step: all responses of a prompt share a batch."""
+    max_steps: int = 150
+    """Optimizer steps."""
+    lr: float = 3e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr * min_lr_ratio."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    eval_every: int = 50
+    """Held-out accuracy every this many steps (and at the end)."""
+    save_every: int = 50
+    """Checkpoint every this many steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 0
+    """Seeds the data order, head initialisation and the bootstrap."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class RewardResult:
+    model_dir: Path
+    eval_accuracy: list[tuple[int, float]] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)
+
+
+def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
+    """Groups (pairwise objective) or encoded step-labelled solutions (process objective)."""
+    fmt = detect_format(path)
+    if cfg.objective is RewardObjective.PROCESS:
+        if fmt is not Format.STEPS:
+            raise RlhfkitError(f"{path}: the process objective needs step labels (prompt, completions, labels)")
+        items, report = tokenize_steps(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
+                                       separator=cfg.step_separator)
+    elif fmt is Format.RANKING:
+        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
+                                             truncation=cfg.truncation)
+        items = groups_from_rankings(rankings)
+    elif fmt is Format.PREFERENCE:
+        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
+                                             truncation=cfg.truncation)
+        items = groups_from_pairs(pairs)
+    else:
+        raise RlhfkitError(f"{path}: a reward model needs rankings or preference pairs, found {fmt.value} data")
+    print(f"reward data {path}: {report.summary()}")
+    return items
+
+
+@torch.no_grad()
+def evaluate_reward_model(model: RewardModel, items: list, cfg: RewardConfig, pad_token_id: int) -> float:
+    """Held-out pair accuracy (pairwise) or step-label accuracy (process)."""
+    if cfg.objective is RewardObjective.PAIRWISE:
+        return pair_accuracy(score_groups(model, items, pad_token_id, cfg.batch_size), items)
+    model.eval()
+    right = total = 0
+    for start in range(0, len(items), cfg.batch_size):
+        batch = collate_steps(items[start : start + cfg.batch_size], pad_token_id)
+        correct = ((process_step_logits(model, batch) > 0).float() == batch["step_labels"]) & batch["step_mask"]
+        right, total = right + int(correct.sum()), total + int(batch["step_mask"].sum())
+    model.train()
+    return right / max(1, total)
+
+
+def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int):
+    if cfg.objective is RewardObjective.PROCESS:
+        return process_loss(model, items, pad_token_id=pad_token_id)
+    return pairwise_loss(model, items, row_ids, pad_token_id=pad_token_id, seed=cfg.seed,
+                         imitation_coef=cfg.imitation_coef, centering_coef=cfg.centering_coef)
+
+
+def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
+    """Train a reward model; the final model (a Hugging Face sequence classifier) goes to `run.final`."""
+    seed_everything(cfg.seed)
+    # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
+    tokenizer = load_tokenizer(cfg.model)
+    train = load_reward_data(cfg, tokenizer, cfg.train_data)
+    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data) if cfg.eval_data else []
+
+    # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
+    checkpoint = resume_point(run.checkpoints) if resume else None
+    model = RewardModel.from_pretrained(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model,
+                                        num_heads=cfg.num_heads, with_lm_head=cfg.imitation_coef > 0)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    result = RewardResult(model_dir=run.final)
+    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
+                            resume_from_step=start_step if checkpoint else None)
+
+    with metrics, ProgressBar(cfg.max_steps, "reward model", enabled=cfg.progress, start=start_step) as bar:
+        for step in range(start_step, cfg.max_steps):
+            started = time.perf_counter()
+            # step 3. this step's prompts, fixed by (seed, step) alone
+            row_ids = micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step)
+            # step 4. score every response once; loss over all pairs of each prompt
+            loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id)
+            loss.backward()
+            # step 5. clip, schedule, update
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                                        min_ratio=cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # step 6. log, evaluate, checkpoint
+            done = step + 1
+            result.train_losses.append(loss.item())
+            row = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats,
+                   "steps_per_s": 1.0 / (time.perf_counter() - started)}
+            if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+                row["eval_accuracy"] = evaluate_reward_model(model, held_out, cfg, tokenizer.pad_token_id)
+                result.eval_accuracy.append((done, row["eval_accuracy"]))
+            metrics.log(done, row, stage="reward")
+            bar.update(1, loss=loss.item())
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
+                                        optimizer=optimizer, extra={}, keep_last=cfg.keep_last)
+
+    # step 7. the final reward model, loadable with AutoModelForSequenceClassification
+    model.save_pretrained(run.final)
+    tokenizer.save_pretrained(run.final)
+    return result

@@ -1,0 +1,71 @@
+"""Per-batch losses of the reward-model trainer: the model call plus the pure objectives."""
+
+import torch
+
+from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
+from rlhfkit.data.steps import EncodedSteps, collate_steps
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.objectives.ranking import gather_pair_rewards
+from rlhfkit.objectives.reward import bradley_terry_loss, process_reward_loss, reward_centering_loss
+from rlhfkit.objectives.sft import sft_loss
+
+
+def bootstrap_weights(row_ids: list[int], num_heads: int, seed: int) -> torch.Tensor:
+    """(rows, heads) Poisson(1) counts, a pure function of (seed, row): each ensemble head sees
+    its own bootstrap resample of the prompts, which is what makes the heads disagree where
+    the data is thin. One head gets weight 1 everywhere."""
+    if num_heads == 1:
+        return torch.ones(len(row_ids), 1)
+    draws = []
+    for row in row_ids:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + row)
+        draws.append(torch.poisson(torch.ones(num_heads), generator=generator))
+    return torch.stack(draws)
+
+
+def pairwise_loss(
+    model: RewardModel,
+    groups: list[RankedGroup],
+    row_ids: list[int],
+    *,
+    pad_token_id: int,
+    seed: int,
+    imitation_coef: float,
+    centering_coef: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bradley-Terry over all pairs of each group (weight 1/C(K,2) per pair, mean over groups),
+    plus the optional imitation (LM on each group's best response) and centring terms."""
+    batch = collate_groups(groups, pad_token_id)
+    out = model(batch["input_ids"], batch["attention_mask"])
+    chosen, rejected = gather_pair_rewards(out.rewards, batch["winners"], batch["losers"])
+    heads = bootstrap_weights(row_ids, model.num_heads, seed)[batch["pair_group"]]
+    weights = batch["pair_weights"].unsqueeze(-1) * heads
+    loss = bradley_terry_loss(chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"])
+    stats = {"bt_loss": loss.item(), "train_pair_accuracy": (chosen > rejected).float().mean().item(),
+             "reward_mean": out.rewards.mean().item(), "reward_std": out.rewards.std().item()}
+    if imitation_coef:
+        best = batch["best"]
+        logits = model.lm_logits(out.hidden[best])
+        mask = batch["response_mask"][best]
+        imitation = sft_loss(logits, batch["input_ids"][best], mask, mask[:, 1:].sum().clamp(min=1))
+        loss = loss + imitation_coef * imitation
+        stats["imitation_loss"] = imitation.item()
+    if centering_coef:
+        loss = loss + centering_coef * reward_centering_loss(out.rewards, out.rewards.numel())
+    return loss, stats
+
+
+def process_loss(model: RewardModel, items: list[EncodedSteps], *, pad_token_id: int) -> tuple[torch.Tensor, dict]:
+    """Binary cross-entropy of every step's correctness, read at the step's last token."""
+    batch = collate_steps(items, pad_token_id)
+    step_logits = process_step_logits(model, batch)
+    loss = process_reward_loss(step_logits, batch["step_labels"], batch["step_mask"], batch["step_mask"].sum())
+    right = ((step_logits > 0).float() == batch["step_labels"]) & batch["step_mask"]
+    return loss, {"step_accuracy": (right.sum() / batch["step_mask"].sum()).item()}
+
+
+def process_step_logits(model: RewardModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, steps) mean-over-heads logit that each step is correct."""
+    out = model(batch["input_ids"], batch["attention_mask"])
+    token_scores = model.token_scores(out.hidden).mean(dim=-1)  # (batch, seq)
+    return token_scores.gather(1, batch["step_ends"])

@@ -1,0 +1,15 @@
+"""Learning-rate schedule as a pure function of the step, so resuming needs no scheduler state."""
+
+import math
+
+
+def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based).
+
+    Linear warm-up from 1/warmup to 1 over `warmup_steps`, then cosine decay to `min_ratio`
+    at `total_steps`.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

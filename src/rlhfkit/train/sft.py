@@ -1,0 +1,189 @@
+"""Supervised fine-tuning (stage 1 of the seeds' pipeline).
+
+Runs next-token cross-entropy on completion tokens only (the prompt is masked out), with
+gradient accumulation, global-norm clipping, linear warm-up then cosine decay, a held-out
+loss, and sample generations written to `samples.jsonl`. The loss is the token mean over the
+whole accumulated batch (the denominator counts every completion token of every micro-batch),
+so accumulation gives exactly the gradient of one big batch.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.collate import pad_batch
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.objectives.sft import sft_loss
+from rlhfkit.rollout.sample import sample_responses
+from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import seed_everything
+from rlhfkit.train.batching import micro_batch_rows
+from rlhfkit.train.checkpointing import (
+    MODEL_SUBDIR,
+    restore_trainer_state,
+    resume_point,
+    save_trainer_checkpoint,
+)
+from rlhfkit.train.schedule import warmup_cosine
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    model: str = ""
+    """Hugging Face causal-LM directory to start from (the tiny default or any real model)."""
+    train_data: str = ""
+    """SFT data: JSONL, Parquet, a saved `datasets` directory or a hub name (prompt/completion or messages)."""
+    eval_data: str = ""
+    """Held-out SFT data for the eval loss and sample generations; empty = none."""
+    max_length: int = 256
+    """Tokens per row after tokenisation; longer rows follow `truncation`."""
+    truncation: Truncation = Truncation.KEEP_START
+    """keep_start: cut the completion's end; keep_end: cut the prompt's start; drop: drop the row."""
+    batch_size: int = 32
+    """Rows per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_steps: int = 300
+    """Optimizer steps."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr * min_lr_ratio."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    eval_every: int = 100
+    """Held-out loss every this many steps (and at the end)."""
+    sample_every: int = 100
+    """Greedy sample generations for a few held-out prompts every this many steps."""
+    num_samples: int = 4
+    """Held-out prompts whose generations are logged."""
+    sample_max_new_tokens: int = 64
+    """Length limit of logged generations."""
+    save_every: int = 100
+    """Checkpoint every this many steps (0 = only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 0
+    """Seeds the data order and every RNG."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class SFTResult:
+    model_dir: Path
+    train_losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def eval_loss(model, examples, pad_token_id: int, batch_size: int) -> float:
+    """Token-mean cross-entropy over all completion tokens of `examples`."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = pad_batch(examples[start : start + batch_size], pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total += sft_loss(logits, batch["input_ids"], batch["response_mask"], 1.0).item()
+        count += int(batch["response_mask"][:, 1:].sum())
+    model.train()
+    return total / max(1, count)
+
+
+def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig) -> None:
+    prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in eval_rows[: cfg.num_samples]]
+    if not prompts:
+        return
+    samples = sample_responses(model, tokenizer, prompts, greedy=True,
+                               max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
+    with open(run.root / "samples.jsonl", "a") as f:
+        for prompt, texts in zip(prompts, samples.texts):
+            f.write(json.dumps({"step": step, "prompt": prompt, "response": texts[0]}) + "\n")
+
+
+def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult:
+    """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
+    seed_everything(cfg.seed)
+    # step 1. load the tokenizer and data; every dropped or truncated row is reported
+    tokenizer = load_tokenizer(cfg.model)
+    train_rows = load_examples(cfg.train_data, Format.SFT)
+    train, report = tokenize_sft(tokenizer, train_rows, max_length=cfg.max_length, truncation=cfg.truncation)
+    print(f"train data {cfg.train_data}: {report.summary()}")
+    eval_rows = load_examples(cfg.eval_data, Format.SFT) if cfg.eval_data else []
+    held_out, eval_report = tokenize_sft(tokenizer, eval_rows, max_length=cfg.max_length,
+                                         truncation=cfg.truncation) if eval_rows else ([], None)
+    if eval_report:
+        print(f"eval data {cfg.eval_data}: {eval_report.summary()}")
+
+    # step 2. the model and optimizer, restored from the last checkpoint when resuming
+    checkpoint = resume_point(run.checkpoints) if resume else None
+    model = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    result = SFTResult(model_dir=run.final)
+    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
+                            resume_from_step=start_step if checkpoint else None)
+
+    with metrics, ProgressBar(cfg.max_steps, "sft", enabled=cfg.progress, start=start_step) as bar:
+        for step in range(start_step, cfg.max_steps):
+            started = time.perf_counter()
+            # step 3. this step's micro-batches, fixed by (seed, position) alone
+            micro = [pad_batch([train[i] for i in micro_batch_rows(len(train), cfg.batch_size, cfg.seed,
+                                                                   step * cfg.grad_accum + k)],
+                               tokenizer.pad_token_id) for k in range(cfg.grad_accum)]
+            num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
+
+            # step 4. forward/backward: token mean over the whole accumulated batch
+            loss_value = 0.0
+            for batch in micro:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = sft_loss(logits, batch["input_ids"], batch["response_mask"], num_targets)
+                loss.backward()
+                loss_value += loss.item()
+
+            # step 5. clip, schedule, update
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
+            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                                        min_ratio=cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # step 6. log, evaluate, sample, checkpoint
+            done = step + 1
+            tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+            elapsed = time.perf_counter() - started
+            result.train_losses.append(loss_value)
+            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed}
+            if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+                row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size)
+                result.eval_losses.append((done, row["eval_loss"]))
+            if eval_rows and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.max_steps):
+                _log_samples(run, done, model, tokenizer, eval_rows, cfg)
+            metrics.log(done, row, stage="sft")
+            bar.update(1, loss=loss_value, tokens=tokens)
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
+                                        optimizer=optimizer, extra={"micro_index": done * cfg.grad_accum},
+                                        keep_last=cfg.keep_last)
+
+    # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained
+    model.save_pretrained(run.final)
+    tokenizer.save_pretrained(run.final)
+    return result

@@ -1,0 +1,275 @@
+"""Row validation: good rows become examples, each bad row names its file, row and field."""
+
+import pytest
+
+from rlhfkit.data.formats import (
+    Format,
+    PreferenceExample,
+    PromptExample,
+    RankingExample,
+    SFTExample,
+    StepsExample,
+    as_format,
+    validate_row,
+    validate_rows,
+)
+from rlhfkit.errors import DataError, RlhfkitError
+
+PATH = "data/train.jsonl"
+USER = {"role": "user", "content": "what is two plus three"}
+ASSISTANT = {"role": "assistant", "content": "five"}
+
+
+def error_for(row, fmt, row_number=7) -> DataError:
+    with pytest.raises(DataError) as caught:
+        validate_row(row, fmt, PATH, row_number)
+    return caught.value
+
+
+# ----- good rows -------------------------------------------------------------------------------
+
+
+def test_sft_prompt_completion_strings():
+    example = validate_row({"prompt": "2+3=", "completion": "5", "id": 1}, Format.SFT, PATH, 1)
+    assert example == SFTExample(prompt="2+3=", completion="5")
+
+
+def test_sft_messages_split_into_prompt_and_last_assistant_turn():
+    system = {"role": "system", "content": "be brief"}
+    example = validate_row({"messages": [system, USER, ASSISTANT]}, "sft", PATH, 1)
+    assert example.prompt == [system, USER]
+    assert example.completion == [ASSISTANT]
+
+
+def test_sft_conversational_prompt_completion():
+    example = validate_row({"prompt": [USER], "completion": [ASSISTANT]}, Format.SFT, PATH, 1)
+    assert example == SFTExample(prompt=[USER], completion=[ASSISTANT])
+
+
+def test_example_does_not_share_message_dicts_with_the_row():
+    row = {"prompt": [dict(USER)], "completion": [dict(ASSISTANT)]}
+    example = validate_row(row, Format.SFT, PATH, 1)
+    row["prompt"][0]["content"] = "changed"
+    assert example.prompt[0]["content"] == USER["content"]
+
+
+def test_preference_with_and_without_margin():
+    row = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+    assert validate_row(row, Format.PREFERENCE, PATH, 1) == PreferenceExample("p", "good", "bad")
+    with_margin = validate_row({**row, "margin": 2}, Format.PREFERENCE, PATH, 1)
+    assert with_margin.margin == 2.0 and isinstance(with_margin.margin, float)
+
+
+def test_ranking_default_ranks_and_ties():
+    row = {"prompt": "p", "responses": ["a", "b", "c", "d"]}
+    assert validate_row(row, Format.RANKING, PATH, 1) == RankingExample(
+        "p", ("a", "b", "c", "d"), (0, 1, 2, 3)
+    )
+    tied = validate_row({**row, "ranks": [0, 1, 1, 2]}, Format.RANKING, PATH, 1)
+    assert tied.ranks == (0, 1, 1, 2)
+
+
+def test_prompt_keeps_other_columns_as_metadata():
+    row = {"prompt": "2+3=", "answer": "5", "source": "gsm8k", "level": 2}
+    example = validate_row(row, Format.PROMPT, PATH, 1)
+    assert example == PromptExample("2+3=", "5", {"source": "gsm8k", "level": 2})
+    assert validate_row({"prompt": "hi"}, Format.PROMPT, PATH, 1).answer is None
+
+
+def test_steps_accepts_booleans_and_zero_one():
+    row = {"prompt": "p", "completions": ["step one", "step two"], "labels": [1, False]}
+    assert validate_row(row, Format.STEPS, PATH, 1) == StepsExample(
+        "p", ("step one", "step two"), (True, False)
+    )
+
+
+def test_validate_rows_keeps_order():
+    rows = [(1, {"prompt": "a", "completion": "b"}), (3, {"prompt": "c", "completion": "d"})]
+    examples = validate_rows(rows, Format.SFT, PATH)
+    assert [e.prompt for e in examples] == ["a", "c"]
+
+
+def test_validate_rows_names_the_bad_rows_number():
+    rows = [(1, {"prompt": "a", "completion": "b"}), (4, {"prompt": "c"})]
+    with pytest.raises(DataError, match="row 4: field 'completion'"):
+        validate_rows(rows, Format.SFT, PATH)
+
+
+def test_unknown_format_lists_known_ones():
+    with pytest.raises(RlhfkitError, match="unknown dataset format 'pairs'.*preference"):
+        as_format("pairs")
+
+
+# ----- bad rows: (row, format, field, words the message must contain) ----------------------------
+
+BAD_ROWS = {
+    "missing field": (
+        {"prompt": "p", "rejected": "r"},
+        Format.PREFERENCE,
+        "chosen",
+        "missing (the row has columns: 'prompt', 'rejected')",
+    ),
+    "null field": ({"prompt": None, "completion": "c"}, Format.SFT, "prompt", "missing"),
+    "sft without prompt or messages": (
+        {"text": "t"},
+        Format.SFT,
+        "prompt",
+        "needs 'prompt' and 'completion', or 'messages'",
+    ),
+    "wrong type": (
+        {"prompt": "p", "chosen": 3, "rejected": "r"},
+        Format.PREFERENCE,
+        "chosen",
+        "expected a non-empty string or a list of messages, got int",
+    ),
+    "empty text": (
+        {"prompt": "", "completion": "c"},
+        Format.SFT,
+        "prompt",
+        "got an empty string",
+    ),
+    "whitespace text": (
+        {"prompt": "p", "completion": " \n\t"},
+        Format.SFT,
+        "completion",
+        "got an empty string",
+    ),
+    "empty message list": ({"prompt": [], "completion": "c"}, Format.SFT, "prompt", "empty list"),
+    "message not a dict": (
+        {"messages": [USER, "five"]},
+        Format.SFT,
+        "messages[1]",
+        "expected a message with 'role' and 'content', got str",
+    ),
+    "message without role": (
+        {"messages": [USER, {"content": "five"}]},
+        Format.SFT,
+        "messages[1].role",
+        "missing",
+    ),
+    "unknown role": (
+        {"messages": [{"role": "bot", "content": "x"}, ASSISTANT]},
+        Format.SFT,
+        "messages[0].role",
+        "expected one of 'system', 'user', 'assistant', 'tool', got 'bot'",
+    ),
+    "empty message content": (
+        {"messages": [USER, USER, {"role": "assistant", "content": ""}]},
+        Format.SFT,
+        "messages[2].content",
+        "expected a non-empty string, got an empty string",
+    ),
+    "message content wrong type": (
+        {"prompt": [{"role": "user", "content": 5}], "completion": [ASSISTANT]},
+        Format.SFT,
+        "prompt[0].content",
+        "got int",
+    ),
+    "messages not ending with assistant": (
+        {"messages": [ASSISTANT, USER]},
+        Format.SFT,
+        "messages[1].role",
+        "the last message must be 'assistant', got 'user'",
+    ),
+    "single message": ({"messages": [ASSISTANT]}, Format.SFT, "messages", "at least two"),
+    "string prompt with message completion": (
+        {"prompt": "p", "completion": [ASSISTANT]},
+        Format.SFT,
+        "completion",
+        "expected a string like 'prompt', got list",
+    ),
+    "margin is a bool": (
+        {"prompt": "p", "chosen": "c", "rejected": "r", "margin": True},
+        Format.PREFERENCE,
+        "margin",
+        "expected a number, got bool",
+    ),
+    "margin not finite": (
+        {"prompt": "p", "chosen": "c", "rejected": "r", "margin": float("nan")},
+        Format.PREFERENCE,
+        "margin",
+        "expected a finite number, got nan",
+    ),
+    "ranking with one response": (
+        {"prompt": "p", "responses": ["only"]},
+        Format.RANKING,
+        "responses",
+        "a ranking needs at least two responses, got 1",
+    ),
+    "responses not a list": (
+        {"prompt": "p", "responses": "a"},
+        Format.RANKING,
+        "responses",
+        "expected a list of responses, got str",
+    ),
+    "empty response": (
+        {"prompt": "p", "responses": ["a", "  "]},
+        Format.RANKING,
+        "responses[1]",
+        "empty string",
+    ),
+    "ranks length mismatch": (
+        {"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 1]},
+        Format.RANKING,
+        "ranks",
+        "expected one rank per response (3), got 2",
+    ),
+    "ranks decreasing": (
+        {"prompt": "p", "responses": ["a", "b", "c"], "ranks": [0, 2, 1]},
+        Format.RANKING,
+        "ranks",
+        "non-decreasing",
+    ),
+    "rank is a bool": (
+        {"prompt": "p", "responses": ["a", "b"], "ranks": [False, True]},
+        Format.RANKING,
+        "ranks[0]",
+        "expected an integer, got bool",
+    ),
+    "answer wrong type": (
+        {"prompt": "p", "answer": 5},
+        Format.PROMPT,
+        "answer",
+        "expected a non-empty string, got int",
+    ),
+    "labels length mismatch": (
+        {"prompt": "p", "completions": ["s1", "s2"], "labels": [True]},
+        Format.STEPS,
+        "labels",
+        "expected one label per step (2), got 1",
+    ),
+    "label not boolean": (
+        {"prompt": "p", "completions": ["s1", "s2"], "labels": [True, 2]},
+        Format.STEPS,
+        "labels[1]",
+        "expected a boolean or 0/1, got 2",
+    ),
+    "no steps": (
+        {"prompt": "p", "completions": [], "labels": []},
+        Format.STEPS,
+        "completions",
+        "at least one step",
+    ),
+    "empty step": (
+        {"prompt": "p", "completions": ["s1", ""], "labels": [1, 0]},
+        Format.STEPS,
+        "completions[1]",
+        "empty string",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ROWS, ids=list(BAD_ROWS))
+def test_bad_row_message_names_file_row_and_field(case):
+    row, fmt, field_name, words = BAD_ROWS[case]
+    error = error_for(row, fmt, row_number=7)
+    message = str(error)
+    assert message.startswith(f"{PATH}: row 7: field '{field_name}': ")
+    assert words in message
+    assert "\n" not in message
+    assert (error.path, error.row, error.field) == (PATH, 7, field_name)
+
+
+def test_row_that_is_not_an_object():
+    error = error_for(["p", "c"], Format.SFT, row_number=2)
+    assert str(error) == f"{PATH}: row 2: expected an object with named columns, got list"

@@ -1,0 +1,229 @@
+"""Tokenising with a completion mask, the truncation policies and their report.
+
+Token lists below are hand-checked against the seeded tiny tokenizer of `conftest.py`.
+"""
+
+import copy
+
+import pytest
+
+from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample
+from rlhfkit.data.tokenize import (
+    EncodedExample,
+    TokenizeReport,
+    Truncation,
+    encode_prompt_completion,
+    render_text,
+    tokenize_preferences,
+    tokenize_rankings,
+    tokenize_responses,
+    tokenize_sft,
+)
+from rlhfkit.errors import RlhfkitError
+
+EOS = "<|endoftext|>"
+USER = {"role": "user", "content": "what is two plus three"}
+ASSISTANT = {"role": "assistant", "content": "five"}
+# "what is two plus" + " three" = what Ġis Ġtwo Ġplus | Ġthree <eos>: 4 prompt, 2 completion.
+PROMPT, COMPLETION = "what is two plus", " three"
+
+
+def tokens(tokenizer, encoded: EncodedExample) -> list[str]:
+    return tokenizer.convert_ids_to_tokens(encoded.input_ids)
+
+
+def encode(tokenizer, prompt=PROMPT, completion=COMPLETION, max_length=64, truncation="drop"):
+    return encode_prompt_completion(
+        tokenizer, prompt, completion, max_length=max_length, truncation=truncation
+    )
+
+
+# ----- encoding one pair -----------------------------------------------------------------------
+
+
+def test_prompt_masked_and_eos_appended_and_counted(tokenizer):
+    encoded = encode(tokenizer)
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", "Ġthree", EOS]
+    assert encoded.completion_mask == [False, False, False, False, True, True]
+    assert encoded.truncated is False
+
+
+def test_token_merged_across_the_boundary_counts_as_completion(tokenizer):
+    # "what is tw" alone ends in Ġt w, but with "o plus" it becomes Ġtwo: the common prefix
+    # is two tokens, so Ġtwo is a completion token.
+    encoded = encode(tokenizer, prompt="what is tw", completion="o plus")
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", EOS]
+    assert encoded.completion_mask == [False, False, True, True, True]
+
+
+def test_eos_not_doubled_when_completion_already_ends_with_it(tokenizer):
+    encoded = encode(tokenizer, completion=COMPLETION + EOS)
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", "Ġthree", EOS]
+
+
+def test_add_eos_false_appends_nothing(tokenizer):
+    encoded = encode_prompt_completion(
+        tokenizer, PROMPT, COMPLETION, max_length=64, truncation="drop", add_eos=False
+    )
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", "Ġthree"]
+    assert encoded.completion_mask == [False, False, False, False, True]
+
+
+def test_missing_eos_token_is_an_error(tokenizer):
+    no_eos = copy.deepcopy(tokenizer)
+    no_eos.eos_token = None
+    with pytest.raises(RlhfkitError, match="no EOS token"):
+        encode(no_eos)
+
+
+# ----- truncation policies ---------------------------------------------------------------------
+
+
+def test_keep_start_cuts_the_end_of_the_completion(tokenizer):
+    encoded = encode(tokenizer, max_length=5, truncation=Truncation.KEEP_START)
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", "Ġthree"]
+    assert encoded.completion_mask == [False, False, False, False, True]
+    assert encoded.truncated is True
+
+
+def test_keep_start_drops_when_the_prompt_fills_max_length(tokenizer):
+    assert encode(tokenizer, max_length=4, truncation=Truncation.KEEP_START) is None
+
+
+def test_keep_end_cuts_the_start_of_the_prompt(tokenizer):
+    encoded = encode(tokenizer, max_length=4, truncation=Truncation.KEEP_END)
+    assert tokens(tokenizer, encoded) == ["Ġtwo", "Ġplus", "Ġthree", EOS]
+    assert encoded.completion_mask == [False, False, True, True]
+    assert encoded.truncated is True
+
+
+def test_keep_end_drops_a_completion_that_cannot_fit_with_its_prompt(tokenizer):
+    # Two completion tokens and max_length 2 would leave no prompt token at all.
+    assert encode(tokenizer, max_length=2, truncation=Truncation.KEEP_END) is None
+
+
+def test_drop_policy_drops_long_rows_and_keeps_short_ones(tokenizer):
+    assert encode(tokenizer, max_length=5, truncation=Truncation.DROP) is None
+    assert encode(tokenizer, max_length=6, truncation=Truncation.DROP).truncated is False
+
+
+def test_unknown_truncation_policy(tokenizer):
+    with pytest.raises(ValueError):
+        encode(tokenizer, truncation="middle")
+
+
+# ----- conversational rows ---------------------------------------------------------------------
+
+
+def test_conversational_row_uses_the_chat_template(tokenizer):
+    encoded = encode(tokenizer, prompt=[USER], completion=[ASSISTANT])
+    assert tokenizer.decode(encoded.input_ids) == (
+        "<|im_start|>user\nwhat is two plus three<|im_end|>\n"
+        "<|im_start|>assistant\nfive<|im_end|>\n"
+    )
+    completion_ids = [i for i, m in zip(encoded.input_ids, encoded.completion_mask) if m]
+    # The assistant header is prompt; the turn's own end is the stop signal, so no EOS is added.
+    assert tokenizer.decode(completion_ids) == "five<|im_end|>\n"
+    assert encoded.completion_mask[-6:] == [True] * 6
+    assert not any(encoded.completion_mask[:-6])
+
+
+def test_render_text_passes_strings_and_templates_messages(tokenizer):
+    assert render_text(tokenizer, "plain", as_prompt=True) == "plain"
+    rendered = render_text(tokenizer, [USER], as_prompt=True)
+    assert rendered == "<|im_start|>user\nwhat is two plus three<|im_end|>\n<|im_start|>assistant\n"
+    assert not render_text(tokenizer, [USER], as_prompt=False).endswith("assistant\n")
+
+
+def test_conversational_data_without_chat_template(tokenizer_without_template):
+    with pytest.raises(RlhfkitError) as caught:
+        encode(tokenizer_without_template, prompt=[USER], completion=[ASSISTANT])
+    message = str(caught.value)
+    assert message.startswith("conversational data needs a chat template, and the tokenizer at ")
+    assert message.endswith("has none: add one or use prompt/completion strings")
+
+
+def test_plain_strings_need_no_chat_template(tokenizer_without_template):
+    assert encode(tokenizer_without_template) is not None
+
+
+# ----- datasets and reports --------------------------------------------------------------------
+
+
+def test_tokenize_sft_counts_kept_truncated_and_dropped(tokenizer):
+    examples = [
+        SFTExample(PROMPT, COMPLETION),  # 6 tokens: fits
+        SFTExample("what is", " two plus three"),  # 6 tokens: fits
+        SFTExample("the cat sat on the mat", " what"),  # 8 tokens: prompt start cut
+        SFTExample("the", " cat sat on the mat and"),  # completion alone is 9 tokens: dropped
+    ]
+    encoded, report = tokenize_sft(tokenizer, examples, max_length=6, truncation="keep_end")
+    assert len(encoded) == 3
+    assert [e.truncated for e in encoded] == [False, False, True]
+    assert tokenizer.convert_ids_to_tokens(encoded[2].input_ids) == [
+        "Ġsat", "Ġon", "Ġthe", "Ġmat", "Ġwhat", EOS
+    ]
+    assert (report.rows, report.kept, report.truncated, report.dropped) == (4, 3, 1, 1)
+    assert report.reasons == {"completion does not fit in max_length": 1}
+    assert report.summary() == (
+        "4 rows: 3 kept (1 truncated), 1 dropped (completion does not fit in max_length: 1)"
+    )
+
+
+def test_tokenize_sft_drop_policy_report(tokenizer):
+    examples = [SFTExample(PROMPT, COMPLETION)] * 3 + [SFTExample("the cat sat on the mat", " a")]
+    encoded, report = tokenize_sft(tokenizer, examples, max_length=6, truncation=Truncation.DROP)
+    assert len(encoded) == 3
+    assert report.summary() == "4 rows: 3 kept (0 truncated), 1 dropped (too long: 1)"
+
+
+def test_tokenize_sft_keep_start_report_counts_no_completion_left(tokenizer):
+    examples = [SFTExample(PROMPT, COMPLETION), SFTExample("the cat sat on the mat", " a")]
+    encoded, report = tokenize_sft(tokenizer, examples, max_length=5, truncation="keep_start")
+    assert [e.truncated for e in encoded] == [True]
+    assert report.reasons == {"no completion tokens left": 1}
+    assert (report.kept, report.truncated, report.dropped) == (1, 1, 1)
+
+
+def test_report_summary_without_drops():
+    assert TokenizeReport(rows=2, kept=2).summary() == "2 rows: 2 kept (0 truncated), 0 dropped"
+
+
+def test_tokenize_responses_shares_the_prompt(tokenizer):
+    results = tokenize_responses(
+        tokenizer, PROMPT, [COMPLETION, " three the cat sat"], max_length=6, truncation="drop"
+    )
+    assert tokens(tokenizer, results[0])[:4] == ["what", "Ġis", "Ġtwo", "Ġplus"]
+    assert results[1] is None
+
+
+def test_tokenize_preferences_drops_a_pair_if_either_side_drops(tokenizer):
+    examples = [
+        PreferenceExample(PROMPT, COMPLETION, " two", margin=2.0),
+        PreferenceExample(PROMPT, COMPLETION, " three the cat sat on the mat"),
+    ]
+    pairs, report = tokenize_preferences(tokenizer, examples, max_length=6, truncation="drop")
+    assert len(pairs) == 1
+    chosen, rejected, margin = pairs[0]
+    assert tokens(tokenizer, chosen)[-2:] == ["Ġthree", EOS]
+    assert tokens(tokenizer, rejected)[-2:] == ["Ġtwo", EOS]
+    assert margin == 2.0
+    assert report.summary() == "2 rows: 1 kept (0 truncated), 1 dropped (too long: 1)"
+
+
+def test_tokenize_rankings_keeps_ranks_aligned_with_surviving_responses(tokenizer):
+    long = " three the cat sat on the mat"
+    examples = [
+        RankingExample(PROMPT, (COMPLETION, long, " two"), (0, 1, 2)),
+        RankingExample(PROMPT, (long, COMPLETION), (0, 1)),
+    ]
+    rankings, report = tokenize_rankings(tokenizer, examples, max_length=6, truncation="drop")
+    assert len(rankings) == 1
+    responses, ranks = rankings[0]
+    assert [tokens(tokenizer, r)[-2] for r in responses] == ["Ġthree", "Ġtwo"]
+    assert ranks == (0, 2)
+    assert report.responses_dropped == {"too long": 2}
+    assert report.summary() == (
+        "2 rows: 1 kept (0 truncated), 1 dropped (fewer than two responses left: 1); "
+        "2 responses dropped (too long: 2)"
+    )

@@ -1,0 +1,151 @@
+"""Atomic checkpoints, the latest one, pruning, RNG state, and an exact resume end to end."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rlhfkit.runtime.checkpoint import (
+    capture_rng_state,
+    checkpoint_step,
+    latest_checkpoint,
+    load_torch_state,
+    restore_rng_state,
+    save_checkpoint,
+    save_torch_state,
+)
+
+
+def write_file(name: str, content: bytes = b"x"):
+    def write(directory):
+        (directory / name).write_bytes(content)
+
+    return write
+
+
+def step_dirs(checkpoints_dir):
+    return sorted(p.name for p in checkpoints_dir.iterdir() if p.name.startswith("step_"))
+
+
+def test_a_saved_checkpoint_holds_the_files_and_the_marker(tmp_path):
+    path = save_checkpoint(tmp_path / "ckpt", 42, write=write_file("model.bin", b"weights"))
+    assert path == tmp_path / "ckpt" / "step_00000042"
+    assert (path / "model.bin").read_bytes() == b"weights"
+    assert json.loads((path / "checkpoint.json").read_text()) == {"step": 42, "format": 1}
+    assert checkpoint_step(path) == 42
+    assert latest_checkpoint(tmp_path / "ckpt") == path
+
+
+def test_a_crash_inside_write_leaves_no_new_checkpoint(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    previous = save_checkpoint(checkpoints, 1, write=write_file("model.bin"))
+
+    def crash_midway(directory):
+        (directory / "model.bin").write_bytes(b"half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        save_checkpoint(checkpoints, 2, write=crash_midway)
+    assert step_dirs(checkpoints) == ["step_00000001"]
+    assert latest_checkpoint(checkpoints) == previous
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_leftovers_of_a_killed_save_are_ignored_then_removed(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    previous = save_checkpoint(checkpoints, 1, write=write_file("model.bin"))
+    leftover = checkpoints / ".tmp-step_00000009-abc"
+    leftover.mkdir()
+    (leftover / "checkpoint.json").write_text('{"step": 9, "format": 1}')
+    no_marker = checkpoints / "step_00000005"
+    no_marker.mkdir()
+    assert latest_checkpoint(checkpoints) == previous
+
+    save_checkpoint(checkpoints, 2, write=write_file("model.bin"))
+    assert not leftover.exists()
+    assert latest_checkpoint(checkpoints) == checkpoints / "step_00000002"
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    for step in (10, 20, 30, 40):
+        save_checkpoint(checkpoints, step, write=write_file("model.bin"))
+    assert step_dirs(checkpoints) == ["step_00000030", "step_00000040"]
+    save_checkpoint(checkpoints, 50, write=write_file("model.bin"), keep_last=1)
+    assert step_dirs(checkpoints) == ["step_00000050"]
+
+
+def test_steps_are_ordered_by_number_not_by_name(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    save_checkpoint(checkpoints, 99_999_999, write=write_file("a"), keep_last=5)
+    (checkpoints / "step_100000000").mkdir()  # wider than 8 digits: still a number
+    (checkpoints / "step_100000000" / "checkpoint.json").write_text('{"step": 100000000, "format": 1}')
+    assert latest_checkpoint(checkpoints) == checkpoints / "step_100000000"
+
+
+def test_saving_the_same_step_again_replaces_it(tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    save_checkpoint(checkpoints, 5, write=write_file("model.bin", b"old"))
+    path = save_checkpoint(checkpoints, 5, write=write_file("model.bin", b"new"))
+    assert (path / "model.bin").read_bytes() == b"new"
+    assert step_dirs(checkpoints) == ["step_00000005"]
+
+
+def test_no_checkpoint_directory_means_no_latest(tmp_path):
+    assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_rng_state_round_trip_through_a_file(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    random.random(), np.random.rand(), torch.rand(1)
+    save_torch_state(tmp_path / "rng.pt", capture_rng_state())
+    expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    # Move every generator on, then restore.
+    random.random(), np.random.rand(5), torch.rand(5)
+    restore_rng_state(load_torch_state(tmp_path / "rng.pt"))
+    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def make_model_and_optimizer():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 1))
+    return model, torch.optim.AdamW(model.parameters(), lr=0.01)
+
+
+def train_steps(model, optimizer, steps):
+    for _ in range(steps):
+        batch = torch.randn(16, 4)  # data drawn from the global generator, like a shuffling loader
+        loss = model(batch).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_a_resumed_run_ends_with_bitwise_identical_weights(tmp_path):
+    model, optimizer = make_model_and_optimizer()
+    train_steps(model, optimizer, 6)
+    uninterrupted = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+    model, optimizer = make_model_and_optimizer()
+    train_steps(model, optimizer, 3)
+
+    def write(directory):
+        torch.save(model.state_dict(), directory / "model.pt")
+        save_torch_state(directory / "optimizer.pt", optimizer.state_dict())
+        save_torch_state(directory / "rng.pt", capture_rng_state())
+
+    save_checkpoint(tmp_path / "ckpt", 3, write=write)
+    train_steps(model, optimizer, 1)  # the killed run got a little further; its work is lost
+    torch.manual_seed(12345)  # a new process starts from other generator states
+
+    checkpoint = latest_checkpoint(tmp_path / "ckpt")
+    model, optimizer = make_model_and_optimizer()
+    model.load_state_dict(torch.load(checkpoint / "model.pt"))
+    optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
+    restore_rng_state(load_torch_state(checkpoint / "rng.pt"))
+    train_steps(model, optimizer, 6 - checkpoint_step(checkpoint))
+
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, uninterrupted[name]), name

@@ -1,0 +1,228 @@
+"""load_config / save_config / config_keys: round trip, overrides, unknown keys, file errors."""
+
+import enum
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.runtime.config import config_keys, config_to_dict, load_config, save_config
+
+
+class Schedule(str, enum.Enum):
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate."""
+    schedule: Schedule = Schedule.CONSTANT
+    """Learning-rate schedule."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    steps: int = 100
+    """Optimizer steps."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer section."""
+    targets: list[str] = ("q_proj", "v_proj")
+    """Module names to adapt."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "run"
+    """Run name."""
+    seed: int = 0
+    """Seed."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute dtype."""
+    max_tokens: int | None = None
+    """Token budget; None for no limit."""
+    output: Path = Path("runs")
+    """Where run directories go."""
+    compile: bool = False
+    """torch.compile the model."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """SFT stage."""
+    dpo: SFTConfig = field(default_factory=lambda: SFTConfig(steps=7))
+    """A section whose default differs from its class defaults."""
+
+
+def test_defaults_without_file_or_overrides():
+    assert load_config(PipelineConfig) == PipelineConfig()
+
+
+def test_round_trip_of_a_nested_config_through_yaml(tmp_path):
+    cfg = PipelineConfig(
+        name="exp 1: yes",
+        seed=7,
+        precision="bf16",
+        max_tokens=12345,
+        output=Path("/tmp/x"),
+        compile=True,
+        sft=SFTConfig(
+            steps=3, optim=OptimConfig(lr=1e-10, schedule=Schedule.COSINE, betas=(0.5, 0.25)), targets=("a",)
+        ),
+    )
+    path = tmp_path / "config.yaml"
+    save_config(cfg, path)
+    loaded = load_config(PipelineConfig, path)
+    assert loaded == cfg
+    assert loaded.sft.optim.schedule is Schedule.COSINE
+    # Readable: declaration order, lists inline, enum by value.
+    text = path.read_text()
+    assert text.index("name:") < text.index("seed:") < text.index("sft:")
+    assert "betas: [0.5, 0.25]" in text
+    assert "schedule: cosine" in text
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    name=st.text(),
+    lr=st.floats(allow_nan=False),
+    seed=st.integers(min_value=-(2**63), max_value=2**63),
+    targets=st.lists(st.text(), max_size=3),
+)
+def test_any_values_survive_the_yaml_round_trip_exactly(name, lr, seed, targets):
+    cfg = PipelineConfig(name=name, seed=seed, sft=SFTConfig(optim=OptimConfig(lr=lr), targets=tuple(targets)))
+    with tempfile.TemporaryDirectory() as directory:
+        save_config(cfg, f"{directory}/config.yaml")
+        assert load_config(PipelineConfig, f"{directory}/config.yaml") == cfg
+
+
+def test_config_to_dict_is_plain_data():
+    data = config_to_dict(PipelineConfig())
+    assert data["sft"]["optim"] == {"lr": 1e-4, "schedule": "constant", "betas": [0.9, 0.999]}
+    assert data["sft"]["targets"] == ["q_proj", "v_proj"]
+    assert data["output"] == "runs"
+
+
+def test_overrides_apply_after_the_file_and_parse_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nsft:\n  steps: 5\n  optim:\n    lr: 0.5\n")
+    cfg = load_config(
+        PipelineConfig,
+        path,
+        ["seed=2", "sft.optim.lr=3e-4", "compile=true", "sft.targets=[x, y]", "max_tokens=null", "name=a=b"],
+    )
+    assert cfg.seed == 2
+    assert cfg.sft.steps == 5  # from the file, untouched by the override of a sibling key
+    assert cfg.sft.optim.lr == 3e-4
+    assert cfg.compile is True
+    assert cfg.sft.targets == ("x", "y")
+    assert cfg.max_tokens is None
+    assert cfg.name == "a=b"
+
+
+def test_a_section_overlays_its_field_default():
+    cfg = load_config(PipelineConfig, overrides=["dpo.optim.lr=0.1"])
+    assert cfg.dpo.steps == 7
+    assert cfg.dpo.optim.lr == 0.1
+
+
+def test_a_mapping_override_merges_into_the_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  steps: 5\n")
+    cfg = load_config(PipelineConfig, path, ["sft={optim: {lr: 0.2}}"])
+    assert (cfg.sft.steps, cfg.sft.optim.lr) == (5, 0.2)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sft.lrr=1", "unknown config key 'sft.lrr'"),
+        ("sft.optim.lrr=1", "unknown config key 'sft.optim.lrr' (did you mean 'sft.optim.lr'?)"),
+        ("seeed=1", "unknown config key 'seeed' (did you mean 'seed'?)"),
+        ("zzz=1", "unknown config key 'zzz'"),
+        ("sftt.steps=1", "unknown config key 'sftt' (did you mean 'sft'?)"),
+    ],
+)
+def test_unknown_override_key_names_it_and_suggests_a_close_one(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, overrides=[override])
+    assert str(err.value) == message
+
+
+def test_unknown_key_in_a_file_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"^unknown config key 'sft.stepz' \(did you mean 'sft.steps'\?\)$"):
+        load_config(PipelineConfig, path)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seed", "override 'seed' must look like key=value"),
+        ("seed=", "override 'seed=' has no value (write seed=null for None)"),
+        ("=3", "override '=3' has a malformed key"),
+        ("sft..steps=3", "override 'sft..steps=3' has a malformed key"),
+        ("seed.x=3", "config key 'seed' is not a section: set it with seed=VALUE"),
+    ],
+)
+def test_malformed_overrides(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, overrides=[override])
+    assert str(err.value) == message
+
+
+def test_invalid_yaml_in_an_override_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^override 'sft.targets=\[a, b': the value is not valid YAML"):
+        load_config(PipelineConfig, overrides=["sft.targets=[a, b"])
+
+
+def test_a_section_given_as_a_scalar_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft: 3\n")
+    with pytest.raises(ConfigError, match=r"^config key 'sft': expected a section"):
+        load_config(PipelineConfig, path)
+    with pytest.raises(ConfigError, match=r"^config key 'sft': expected a section"):
+        load_config(PipelineConfig, path, ["sft.steps=1"])
+    with pytest.raises(ConfigError, match=r"^config key 'sft': expected a section"):
+        load_config(PipelineConfig, overrides=["sft=3"])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping of keys to values, got a list$"):
+        load_config(PipelineConfig, not_mapping)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("seed: [1, 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, broken)
+    assert "broken.yaml: invalid YAML" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"missing\.yaml not found"):
+        load_config(PipelineConfig, tmp_path / "missing.yaml")
+
+
+def test_an_empty_file_sets_nothing(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(PipelineConfig, path) == PipelineConfig()
+
+
+def test_config_keys_lists_every_dotted_leaf_key():
+    assert config_keys(PipelineConfig)[:7] == [
+        "name", "seed", "precision", "max_tokens", "output", "compile", "sft.steps",
+    ]
+    assert "sft.optim.lr" in config_keys(PipelineConfig)
+    assert "sft" not in config_keys(PipelineConfig)
+    assert len(config_keys(PipelineConfig)) == 6 + 2 * 5
+
+
+def test_the_result_is_frozen():
+    cfg = load_config(PipelineConfig)
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]
