@@ -17,6 +17,7 @@ from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
@@ -84,7 +85,8 @@ class Pipeline:
     # stage 3. supervised fine-tuning
     def sft(self, base: Path, files: dict[str, Path]) -> Path:
         cfg = dataclasses.replace(self.cfg.sft, model=str(base), train_data=str(files["sft"]),
-                                  eval_data=str(files["sft_eval"]), seed=self.cfg.seed)
+                                  eval_data=str(files["sft_eval"]), seed=self.cfg.seed,
+                                  device=self.cfg.device)
         run = prepare_run_dir(self.root / "sft", resume=False, overwrite=True)
         save_config(cfg, run.config_path)
         result = train_sft(cfg, run)
@@ -95,10 +97,11 @@ class Pipeline:
 
     # stage 4. the SFT policy on held-out prompts of each task
     def evaluate_sft(self, model_dir: Path) -> None:
-        model, tokenizer = load_causal_lm(model_dir), load_tokenizer(model_dir)
+        model, tokenizer = load_causal_lm(model_dir).to(resolve_device(self.cfg.device)), load_tokenizer(model_dir)
         for name, task in self.tasks.items():
             metrics, responses = evaluate_policy(model, tokenizer, task, self.eval_prompts[name],
-                                                 max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
+                                                 max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed,
+                                                 progress=f"eval {name}")
             self.summary[f"sft_{name}"] = metrics
             self.console.print(f"{name}: {metrics}  e.g. {responses[0]!r}")
 
@@ -107,10 +110,10 @@ class Pipeline:
         c, task = self.cfg.collect, self.tasks["advice"]
         rng = random.Random(self.cfg.seed + 1)
         prompts = task.prompts(c.train_prompts + c.heldout_prompts, rng)
-        model, tokenizer = load_causal_lm(model_dir), load_tokenizer(model_dir)
+        model, tokenizer = load_causal_lm(model_dir).to(resolve_device(self.cfg.device)), load_tokenizer(model_dir)
         samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=c.responses_per_prompt,
                                    temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=self.cfg.seed,
-                                   batch_size=256)
+                                   batch_size=256, progress="sampling")
         grouped = list(zip(prompts, samples.texts))
         collection = label_responses(task, grouped[: c.train_prompts], grouped[c.train_prompts :],
                                      target_agreement=c.target_agreement, rng=rng)
@@ -126,7 +129,8 @@ class Pipeline:
     # stage 6. the reward model on the rankings, judged on annotator A's held-out labels
     def reward_model(self, sft_dir: Path, files: dict[str, Path]) -> Path:
         cfg = dataclasses.replace(self.cfg.rm, model=str(sft_dir), train_data=str(files["rankings"]),
-                                  eval_data=str(files["heldout"]), seed=self.cfg.seed)
+                                  eval_data=str(files["heldout"]), seed=self.cfg.seed,
+                                  device=self.cfg.device)
         run = prepare_run_dir(self.root / "rm", resume=False, overwrite=True)
         save_config(cfg, run.config_path)
         result = train_reward_model(cfg, run)

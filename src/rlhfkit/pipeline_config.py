@@ -58,6 +58,8 @@ class PipelineConfig:
     """Where runs are written."""
     seed: int = 0
     """Seeds every stage."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, ... for every stage."""
     eval_max_new_tokens: int = 64
     """Length limit of evaluation generations."""
     data: DataStage = field(default_factory=DataStage)

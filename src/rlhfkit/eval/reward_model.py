@@ -4,6 +4,7 @@ import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.device import move_batch
 
 
 @torch.no_grad()
@@ -14,8 +15,8 @@ def score_groups(model: RewardModel, groups: list[RankedGroup], pad_token_id: in
     scores = []
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
-        batch = collate_groups(chunk, pad_token_id)
-        rewards = model(batch["input_ids"], batch["attention_mask"]).rewards.mean(dim=-1)
+        batch = move_batch(collate_groups(chunk, pad_token_id), model.device)
+        rewards = model(batch["input_ids"], batch["attention_mask"]).rewards.float().mean(dim=-1).cpu()
         offset = 0
         for group in chunk:
             scores.append(rewards[offset : offset + len(group.responses)])

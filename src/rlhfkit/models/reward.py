@@ -53,6 +53,10 @@ class RewardModel(nn.Module):
         self.lm_head = lm_head
 
     @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
     def num_heads(self) -> int:
         return self.model.config.num_labels
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.runtime.progress import ProgressBar
+
 
 @dataclass
 class Samples:
@@ -35,8 +37,12 @@ def sample_responses(
     greedy: bool = False,
     batch_size: int = 64,
     seed: int = 0,
+    progress: str | None = None,
 ) -> Samples:
-    """`num_samples` responses to each prompt (prompts are already rendered text)."""
+    """`num_samples` responses to each prompt (prompts are already rendered text).
+
+    `progress`: a description shows a progress bar (batches, tokens/s, ETA); None = silent.
+    """
     was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
@@ -45,7 +51,9 @@ def sample_responses(
     texts, num_tokens = [], 0
     device = next(model.parameters()).device
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        num_batches = -(-len(expanded) // batch_size)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                ProgressBar(num_batches, progress or "", enabled=progress is not None) as bar:
             torch.manual_seed(seed)
             for start in range(0, len(expanded), batch_size):
                 batch = tokenizer(expanded[start : start + batch_size], return_tensors="pt",
@@ -61,10 +69,13 @@ def sample_responses(
                     pad_token_id=tokenizer.pad_token_id,
                 )
                 new_tokens = out[:, batch["input_ids"].shape[1] :]
+                batch_tokens = 0
                 for row in new_tokens.tolist():
                     length = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
-                    num_tokens += length
+                    batch_tokens += length
                     texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
+                num_tokens += batch_tokens
+                bar.update(1, tokens=batch_tokens)
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)

@@ -16,9 +16,9 @@ NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade"
 ITEMS = ("apples", "stamps", "coins", "shells", "marbles", "books", "pens", "cards", "stickers")
 ADD_PHRASES = ("buys {n} more", "finds {n} more", "gets {n} more", "is given {n} more")
 SUB_PHRASES = ("gives away {n}", "loses {n}", "sells {n}", "uses {n}")
-MUL_PHRASES = {2: "doubles them", 3: "triples them"}
+MUL_PHRASES = {2: "doubles them"}
 
-STEP_PATTERN = re.compile(r"(\d+) ([+\-*]) (\d+) = (\d+)")
+STEP_PATTERN = re.compile(r"(-?\d+) ([+\-*]) (-?\d+) = (-?\d+)")  # flawed chains can go below zero
 ANSWER_PATTERN = re.compile(r"The answer is (-?\d+)")
 
 
@@ -37,18 +37,17 @@ def apply_op(left: int, op: str, right: int) -> int:
     return {"+": left + right, "-": left - right, "*": left * right}[op]
 
 
-def _random_steps(rng: random.Random, num_steps: int) -> tuple[int, list[Step]]:
-    start = rng.randint(2, 40)
+def _random_steps(rng: random.Random, num_steps: int, max_operand: int) -> tuple[int, list[Step]]:
+    start = rng.randint(2, max_operand)
     value, steps = start, []
     for _ in range(num_steps):
-        choices = ["+", "-"] + (["*"] if value <= 30 else [])
-        op = rng.choice(choices)
+        op = rng.choice(["+", "-"] + (["*"] if value <= max_operand else []))
         if op == "+":
-            right = rng.randint(1, 30)
+            right = rng.randint(1, max_operand)
         elif op == "-":
-            right = rng.randint(1, value) if value >= 1 else 0
+            right = rng.randint(0, value)
         else:
-            right = rng.choice((2, 3))
+            right = 2
         result = apply_op(value, op, right)
         steps.append(Step(value, op, right, result))
         value = result
@@ -106,12 +105,12 @@ class ArithTask:
     name = "arith"
     description = "multi-step arithmetic word problems; verifiable answers and steps"
 
-    def __init__(self, flawed_fraction: float = 0.2, min_steps: int = 2, max_steps: int = 3):
+    def __init__(self, flawed_fraction: float = 0.2, min_steps: int = 2, max_steps: int = 2, max_operand: int = 20):
         self.flawed_fraction = flawed_fraction
-        self.min_steps, self.max_steps = min_steps, max_steps
+        self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
     def _problem(self, rng: random.Random) -> tuple[str, list[Step]]:
-        start, steps = _random_steps(rng, rng.randint(self.min_steps, self.max_steps))
+        start, steps = _random_steps(rng, rng.randint(self.min_steps, self.max_steps), self.max_operand)
         return _question(rng, start, steps), steps
 
     def sft_examples(self, n: int, rng: random.Random) -> list[SFTExample]:

@@ -48,6 +48,11 @@ def _agreement_with(order_a: list[int], score_of) -> tuple[float, int]:
     return total, count
 
 
+def _non_empty(groups: list[tuple[PromptExample, list[str]]]) -> list[tuple[PromptExample, list[str]]]:
+    kept = [(prompt, [r for r in responses if r.strip()]) for prompt, responses in groups]
+    return [(prompt, responses) for prompt, responses in kept if len(responses) >= 2]
+
+
 def label_responses(
     task,
     train: list[tuple[PromptExample, list[str]]],
@@ -56,7 +61,12 @@ def label_responses(
     target_agreement: float,
     rng: random.Random,
 ) -> Collection:
-    """Rank sampled responses with simulated annotators calibrated to `target_agreement`."""
+    """Rank sampled responses with simulated annotators calibrated to `target_agreement`.
+
+    Empty responses are left out (an empty text is not a valid response row), and a prompt
+    left with fewer than two responses is skipped, before anything is measured.
+    """
+    train, heldout = _non_empty(train), _non_empty(heldout)
     gold = {id(r): [task.reward(p, x) for x in r] for p, r in train + heldout}
     diffs = [g[i] - g[j] for g in (gold[id(r)] for _, r in train) for i in range(len(g)) for j in range(i)]
     temperature = calibrate_temperature(diffs, target_agreement)

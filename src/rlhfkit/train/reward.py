@@ -25,6 +25,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
@@ -85,6 +86,10 @@ class RewardConfig:
     """Checkpoints kept on disk."""
     seed: int = 0
     """Seeds the data order, head initialisation and the bootstrap."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars."""
     progress: bool = True
@@ -127,19 +132,21 @@ def evaluate_reward_model(model: RewardModel, items: list, cfg: RewardConfig, pa
         return pair_accuracy(score_groups(model, items, pad_token_id, cfg.batch_size), items)
     model.eval()
     right = total = 0
+    device = next(model.parameters()).device
     for start in range(0, len(items), cfg.batch_size):
-        batch = collate_steps(items[start : start + cfg.batch_size], pad_token_id)
+        batch = move_batch(collate_steps(items[start : start + cfg.batch_size], pad_token_id), device)
         correct = ((process_step_logits(model, batch) > 0).float() == batch["step_labels"]) & batch["step_mask"]
         right, total = right + int(correct.sum()), total + int(batch["step_mask"].sum())
     model.train()
     return right / max(1, total)
 
 
-def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int):
-    if cfg.objective is RewardObjective.PROCESS:
-        return process_loss(model, items, pad_token_id=pad_token_id)
-    return pairwise_loss(model, items, row_ids, pad_token_id=pad_token_id, seed=cfg.seed,
-                         imitation_coef=cfg.imitation_coef, centering_coef=cfg.centering_coef)
+def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, device: torch.device):
+    with autocast(device, cfg.precision):
+        if cfg.objective is RewardObjective.PROCESS:
+            return process_loss(model, items, pad_token_id=pad_token_id)
+        return pairwise_loss(model, items, row_ids, pad_token_id=pad_token_id, seed=cfg.seed,
+                             imitation_coef=cfg.imitation_coef, centering_coef=cfg.centering_coef)
 
 
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
@@ -154,7 +161,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     checkpoint = resume_point(run.checkpoints) if resume else None
     model = RewardModel.from_pretrained(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model,
                                         num_heads=cfg.num_heads, with_lm_head=cfg.imitation_coef > 0)
-    model.train()
+    device = resolve_device(cfg.device)
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     result = RewardResult(model_dir=run.final)
@@ -167,7 +175,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             # step 3. this step's prompts, fixed by (seed, step) alone
             row_ids = micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step)
             # step 4. score every response once; loss over all pairs of each prompt
-            loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id)
+            loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device)
             loss.backward()
             # step 5. clip, schedule, update
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()

@@ -8,6 +8,7 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.objectives.ranking import gather_pair_rewards
 from rlhfkit.objectives.reward import bradley_terry_loss, process_reward_loss, reward_centering_loss
 from rlhfkit.objectives.sft import sft_loss
+from rlhfkit.runtime.device import move_batch
 
 
 def bootstrap_weights(row_ids: list[int], num_heads: int, seed: int) -> torch.Tensor:
@@ -35,10 +36,10 @@ def pairwise_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Bradley-Terry over all pairs of each group (weight 1/C(K,2) per pair, mean over groups),
     plus the optional imitation (LM on each group's best response) and centring terms."""
-    batch = collate_groups(groups, pad_token_id)
+    batch = move_batch(collate_groups(groups, pad_token_id), model.device)
     out = model(batch["input_ids"], batch["attention_mask"])
     chosen, rejected = gather_pair_rewards(out.rewards, batch["winners"], batch["losers"])
-    heads = bootstrap_weights(row_ids, model.num_heads, seed)[batch["pair_group"]]
+    heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads
     loss = bradley_terry_loss(chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"])
     stats = {"bt_loss": loss.item(), "train_pair_accuracy": (chosen > rejected).float().mean().item(),
@@ -57,7 +58,7 @@ def pairwise_loss(
 
 def process_loss(model: RewardModel, items: list[EncodedSteps], *, pad_token_id: int) -> tuple[torch.Tensor, dict]:
     """Binary cross-entropy of every step's correctness, read at the step's last token."""
-    batch = collate_steps(items, pad_token_id)
+    batch = move_batch(collate_steps(items, pad_token_id), model.device)
     step_logits = process_step_logits(model, batch)
     loss = process_reward_loss(step_logits, batch["step_labels"], batch["step_mask"], batch["step_mask"].sum())
     right = ((step_logits > 0).float() == batch["step_labels"]) & batch["step_mask"]

@@ -21,6 +21,7 @@ from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
+from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
@@ -77,6 +78,10 @@ class SFTConfig:
     """Checkpoints kept on disk."""
     seed: int = 0
     """Seeds the data order and every RNG."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars."""
     progress: bool = True
@@ -91,13 +96,15 @@ class SFTResult:
 
 
 @torch.no_grad()
-def eval_loss(model, examples, pad_token_id: int, batch_size: int) -> float:
+def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Precision = Precision.FP32) -> float:
     """Token-mean cross-entropy over all completion tokens of `examples`."""
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(examples), batch_size):
-        batch = pad_batch(examples[start : start + batch_size], pad_token_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        batch = move_batch(pad_batch(examples[start : start + batch_size], pad_token_id), device)
+        with autocast(device, precision):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         total += sft_loss(logits, batch["input_ids"], batch["response_mask"], 1.0).item()
         count += int(batch["response_mask"][:, 1:].sum())
     model.train()
@@ -131,7 +138,8 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
 
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints) if resume else None
-    model = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model)
+    device = resolve_device(cfg.device)
+    model = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
@@ -143,15 +151,16 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 3. this step's micro-batches, fixed by (seed, position) alone
-            micro = [pad_batch([train[i] for i in micro_batch_rows(len(train), cfg.batch_size, cfg.seed,
-                                                                   step * cfg.grad_accum + k)],
-                               tokenizer.pad_token_id) for k in range(cfg.grad_accum)]
+            micro = [move_batch(pad_batch([train[i] for i in micro_batch_rows(len(train), cfg.batch_size, cfg.seed,
+                                                                              step * cfg.grad_accum + k)],
+                                          tokenizer.pad_token_id), device) for k in range(cfg.grad_accum)]
             num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
 
             # step 4. forward/backward: token mean over the whole accumulated batch
             loss_value = 0.0
             for batch in micro:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                with autocast(device, cfg.precision):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 loss = sft_loss(logits, batch["input_ids"], batch["response_mask"], num_targets)
                 loss.backward()
                 loss_value += loss.item()
@@ -172,7 +181,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             result.train_losses.append(loss_value)
             row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed}
             if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-                row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size)
+                row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision)
                 result.eval_losses.append((done, row["eval_loss"]))
             if eval_rows and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.max_steps):
                 _log_samples(run, done, model, tokenizer, eval_rows, cfg)

@@ -1,0 +1,149 @@
+import json
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.reward import RewardModel, last_token_index
+
+TEXTS = ["Q: Ann has 3 pens, buys 2 more.\nA: 3 + 2 = 5. The answer is 5.", "User: Hi\nAssistant: Good luck!"]
+
+
+def naive_last_token_index(attention_mask):
+    return torch.tensor([max(i for i, m in enumerate(row) if m) for row in attention_mask.tolist()])
+
+
+def encode(tokenizer, texts, padding_side="right"):
+    tokenizer.padding_side = padding_side
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if padding_side == "right" else slice(length - len(row), length)
+        ids[i, span], mask[i, span] = torch.tensor(row), 1
+    return ids, mask
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_last_token_index_hand_cases():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]])
+    assert last_token_index(mask).tolist() == [2, 4, 4, 1]
+    assert last_token_index(mask.bool()).tolist() == [2, 4, 4, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 6)), min_size=1, max_size=5), st.booleans())
+def test_last_token_index_equals_naive_for_right_and_left_padding(rows, left):
+    length = max(real + pad for real, pad in rows)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, (real, _) in enumerate(rows):
+        if left:
+            mask[i, length - real :] = 1
+        else:
+            mask[i, :real] = 1
+    assert torch.equal(last_token_index(mask), naive_last_token_index(mask))
+
+
+@pytest.mark.parametrize("num_heads", [1, 3])
+def test_rewards_shape_batch_by_heads(tiny_model_dir, tokenizer, num_heads):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=num_heads)
+    ids, mask = encode(tokenizer, TEXTS)
+    out = model(ids, mask)
+    assert model.num_heads == num_heads
+    assert out.rewards.shape == (2, num_heads)
+    assert out.hidden.shape == (2, ids.shape[1], model.model.config.hidden_size)
+    assert model.token_scores(out.hidden).shape == (2, ids.shape[1], num_heads)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_score_is_read_at_the_last_real_token(tiny_model_dir, tokenizer, padding_side):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2).eval()
+    ids, mask = encode(tokenizer, TEXTS, padding_side)
+    with torch.no_grad():
+        padded = model(ids, mask)
+        alone = [model(*encode(tokenizer, [text])) for text in TEXTS]
+        # the head applied at every position, read at the last real token
+        per_token = model.token_scores(padded.hidden)
+    short = 1  # TEXTS[1] is the padded row
+    assert mask[short].sum() < mask.shape[1]
+    for row in range(2):
+        assert torch.allclose(padded.rewards[row], alone[row].rewards[0], atol=1e-5)
+        assert torch.allclose(padded.rewards[row], per_token[row, last_token_index(mask)[row]])
+    # and it is not the score at the final (padding) position
+    assert not torch.allclose(padded.rewards[short], per_token[short, -1 if padding_side == "right" else 0])
+
+
+def test_saved_reward_model_gives_the_same_logits_in_plain_transformers(tiny_model_dir, tokenizer, tmp_path):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2).eval()
+    torch.nn.init.normal_(model.model.score.weight)
+    model.save_pretrained(tmp_path / "rm")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    ids, mask = encode(tokenizer, TEXTS)
+    with torch.no_grad():
+        ours = model(ids, mask).rewards
+        theirs = reloaded(input_ids=ids, attention_mask=mask).logits
+    assert theirs.shape == (2, 2)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    # and back through our loader, as a reward model this time
+    again = RewardModel.from_pretrained(tmp_path / "rm", num_heads=2).eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask).rewards, ours)
+
+
+@pytest.mark.xfail(strict=True, reason="when pad == EOS, plain transformers reads the score one token "
+                   "before the appended EOS, RewardModel reads it at the EOS")
+def test_saved_reward_model_agrees_with_transformers_when_pad_is_eos(tiny_model_dir, tmp_path):
+    # Many base models ship without a pad token; load_tokenizer and RewardModel then use EOS.
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    config = json.loads((base / "config.json").read_text())
+    config["pad_token_id"] = None
+    (base / "config.json").write_text(json.dumps(config))
+    model = RewardModel.from_pretrained(base, num_heads=1).eval()
+    torch.nn.init.normal_(model.model.score.weight)
+    model.save_pretrained(tmp_path / "rm")
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    ids = torch.tensor([tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask).rewards, reloaded(input_ids=ids, attention_mask=mask).logits,
+                              atol=1e-6)
+
+
+def test_num_heads_mismatch_is_a_user_error(tiny_model_dir, tmp_path):
+    RewardModel.from_pretrained(tiny_model_dir, num_heads=2).save_pretrained(tmp_path / "rm")
+    with pytest.raises(RlhfkitError, match="2 reward heads, 1 were asked for"):
+        RewardModel.from_pretrained(tmp_path / "rm", num_heads=1)
+
+
+def test_directory_without_config_is_a_user_error(tmp_path):
+    with pytest.raises(RlhfkitError, match="no config.json"):
+        RewardModel.from_pretrained(tmp_path / "missing")
+
+
+def test_imitation_head_gives_the_causal_lm_logits(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, with_lm_head=True).eval()
+    causal = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids, mask = encode(tokenizer, TEXTS)
+    with torch.no_grad():
+        logits = model.lm_logits(model(ids, mask).hidden)
+        expected = causal(input_ids=ids, attention_mask=mask).logits
+    assert logits.shape == (2, ids.shape[1], len(tokenizer))
+    assert torch.allclose(logits, expected, atol=1e-5)
+    # tied embeddings: the head is the backbone's own embedding, trained with it
+    assert model.lm_head.weight is model.model.get_input_embeddings().weight
+
+
+def test_lm_logits_without_the_head_is_a_user_error(tiny_model_dir):
+    model = RewardModel.from_pretrained(tiny_model_dir)
+    with pytest.raises(RlhfkitError, match="with_lm_head=True"):
+        model.lm_logits(torch.zeros(1, 2, model.model.config.hidden_size))

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from rlhfkit.objectives.logprobs import shift_for_next_token, token_logprobs
+
+
+def naive_token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    return logits.float().log_softmax(-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_token_logprobs_equals_naive_log_softmax_gather(seed):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, 17, generator=generator) * 4
+    token_ids = torch.randint(0, 17, (3, 5), generator=generator)
+    got = token_logprobs(logits, token_ids)
+    assert got.shape == (3, 5) and got.dtype == torch.float32
+    assert torch.allclose(got, naive_token_logprobs(logits, token_ids), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_logits_are_computed_in_float32(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 4, 300, generator=generator) * 3).to(dtype)
+    token_ids = torch.randint(0, 300, (2, 4), generator=generator)
+    got = token_logprobs(logits, token_ids)
+    assert got.dtype == torch.float32
+    # the reference is the same (rounded) logits, cast up before the softmax
+    assert torch.allclose(got, naive_token_logprobs(logits, token_ids), atol=1e-6, rtol=0)
+
+
+def test_float64_logits_keep_their_precision():
+    logits = torch.randn(1, 2, 5, dtype=torch.float64)
+    assert token_logprobs(logits, torch.zeros(1, 2, dtype=torch.long)).dtype == torch.float64
+
+
+def test_two_token_hand_example():
+    # position 0: logits (0, 0, ln 2) -> p = (1/4, 1/4, 1/2); position 1: logits (1, 1, 1) -> 1/3 each
+    logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0]]])
+    got = token_logprobs(logits, torch.tensor([[2, 0]]))
+    assert torch.allclose(got, torch.tensor([[math.log(0.5), math.log(1 / 3)]]), atol=1e-7)
+    got = token_logprobs(logits, torch.tensor([[0, 1]]))
+    assert torch.allclose(got, torch.tensor([[math.log(0.25), math.log(1 / 3)]]), atol=1e-7)
+
+
+def test_shift_for_next_token_aligns_logits_at_t_with_token_t_plus_1():
+    batch, seq, vocab = 2, 5, 7
+    logits = torch.arange(batch * seq, dtype=torch.float).reshape(batch, seq, 1).expand(batch, seq, vocab)
+    input_ids = torch.arange(batch * seq).reshape(batch, seq)
+    mask = torch.tensor([[False, False, True, True, False], [False, True, True, True, True]])
+    shifted_logits, targets, target_mask = shift_for_next_token(logits, input_ids, mask)
+    assert shifted_logits.shape == (batch, seq - 1, vocab)
+    assert targets.shape == target_mask.shape == (batch, seq - 1)
+    # the logits made at position t (value t here) predict the token at t + 1
+    assert torch.equal(shifted_logits[..., 0].long() + 1, targets)
+    assert torch.equal(targets, input_ids[:, 1:])
+    assert torch.equal(target_mask, mask[:, 1:])

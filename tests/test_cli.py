@@ -1,0 +1,169 @@
+"""The command line: every user mistake is one line on stderr and exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit import cli
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+
+GOOD_SFT = {"prompt": "Q: 1 + 1?\nA:", "completion": " 2."}
+GOOD_RANKING = {"prompt": "User: Hi\nAssistant:", "responses": [" Good luck!", " Hello."]}
+
+
+def write_rows(path, rows):
+    path.write_text("".join(row if isinstance(row, str) else json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`rlhfkit ARGS` in this process: (exit status, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("bad_row, fragments", [
+    ('{"prompt": "Q: 2 + 2?\\nA:", "completion": \n', ["row 2", "malformed JSON"]),
+    ({"prompt": "Q: 2 + 2?\nA:"}, ["row 2", "field 'completion'", "missing"]),
+    ({"prompt": "Q: 2 + 2?\nA:", "completion": 4}, ["row 2", "field 'completion'", "got int"]),
+    ({"prompt": "Q: 2 + 2?\nA:", "completion": "  "}, ["row 2", "field 'completion'", "empty string"]),
+    ({"prompt": 7, "completion": " 4."}, ["row 2", "field 'prompt'", "got int"]),
+], ids=["malformed-json", "missing-field", "wrong-type", "empty-text", "wrong-type-prompt"])
+def test_bad_sft_rows(monkeypatch, capsys, tmp_path, tiny_model_dir, bad_row, fragments):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, bad_row, GOOD_SFT])
+    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tiny_model_dir}", f"train_data={data}",
+                            "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, str(data), *fragments)
+
+
+@pytest.mark.parametrize("bad_row, fragments", [
+    ({"prompt": "User: Hi\nAssistant:", "responses": [" Only one."]},
+     ["row 2", "field 'responses'", "at least two responses, got 1"]),
+    ({"prompt": "User: Hi\nAssistant:", "responses": [" A.", ""]}, ["row 2", "field 'responses[1]'", "empty"]),
+    ({"prompt": "User: Hi\nAssistant:", "responses": [" A.", " B."], "ranks": [1, 0]}, ["row 2", "field 'ranks'"]),
+], ids=["one-response", "empty-response", "decreasing-ranks"])
+def test_bad_ranking_rows(monkeypatch, capsys, tmp_path, tiny_model_dir, bad_row, fragments):
+    data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, bad_row])
+    code, _, err = run_main(monkeypatch, capsys, "rm", f"model={tiny_model_dir}", f"train_data={data}",
+                            "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, str(data), *fragments)
+
+
+def test_unknown_config_key_names_the_nearest_valid_key(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "sft", "lrr=0.1")
+    assert_one_line_error(code, err, "unknown config key 'lrr'", "did you mean 'lr'?")
+    code, _, err = run_main(monkeypatch, capsys, "rm", "num_head=2")
+    assert_one_line_error(code, err, "'num_head'", "did you mean 'num_heads'?")
+
+
+def test_wrong_config_type(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "sft", "max_steps=many")
+    assert_one_line_error(code, err, "config key 'max_steps'", "expected int")
+
+
+def test_missing_model_directory(monkeypatch, capsys, tmp_path):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT])
+    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tmp_path / 'no_model'}", f"train_data={data}",
+                            "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, str(tmp_path / "no_model"), "does not exist")
+
+
+def test_missing_data_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tiny_model_dir}",
+                            f"train_data={tmp_path / 'nothing.jsonl'}", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, "nothing.jsonl", "no such file")
+
+
+def test_trainer_needs_model_and_data(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(monkeypatch, capsys, "rm", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, "needs model=PATH and train_data=PATH")
+
+
+def test_print_config_shows_the_overrides(monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "rm", "--print-config", "lr=1e-4", "objective=process")
+    assert code == 0
+    config = json.loads(out)
+    assert config["lr"] == 1e-4 and config["objective"] == "process" and config["num_heads"] == 1
+
+
+def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "tasks")
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert names == ["advice", "arith"]
+
+
+def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_path):
+    out_dir = tmp_path / "data"
+    code, out, _ = run_main(monkeypatch, capsys, "tasks", "export", "arith", "--out", out_dir, "--rows", 5)
+    assert code == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["arith_prompts.jsonl", "arith_sft.jsonl", "arith_steps.jsonl"]
+    for name, fmt in [("sft", Format.SFT), ("prompts", Format.PROMPT), ("steps", Format.STEPS)]:
+        examples = load_examples(out_dir / f"arith_{name}.jsonl", fmt)
+        assert len(examples) == 5
+    prompt = load_examples(out_dir / "arith_prompts.jsonl", Format.PROMPT)[0]
+    assert prompt.answer is not None and prompt.metadata["task"] == "arith"
+    assert out.count("wrote ") == 3
+
+
+def test_tasks_export_advice_has_no_step_file(monkeypatch, capsys, tmp_path):
+    code, _, _ = run_main(monkeypatch, capsys, "tasks", "export", "advice", "--out", tmp_path, "--rows", 3)
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["advice_prompts.jsonl", "advice_sft.jsonl"]
+
+
+def test_tasks_export_errors(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(monkeypatch, capsys, "tasks", "export", "chess", "--out", tmp_path)
+    assert_one_line_error(code, err, "unknown task 'chess'", "advice, arith")
+    code, _, err = run_main(monkeypatch, capsys, "tasks", "export", "--out", tmp_path)
+    assert_one_line_error(code, err, "needs a task name")
+
+
+def test_real_process_prints_one_line_and_exits_2(tmp_path, tiny_model_dir):
+    """The same through `python -m rlhfkit`: nothing else (no library warning, no traceback)
+    reaches stderr."""
+    data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, {"prompt": "User: Hi\nAssistant:",
+                                                                   "responses": [" Only one."]}])
+    result = subprocess.run([sys.executable, "-m", "rlhfkit", "rm", f"model={tiny_model_dir}", f"train_data={data}",
+                             "--runs-dir", str(tmp_path / "runs")],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line_error(result.returncode, result.stderr, f"{data}: row 2: field 'responses'")
+
+
+@pytest.mark.xfail(strict=True, reason="the run directory is created before the model and data are "
+                   "checked, so the corrected command is refused as 'already exists'")
+def test_a_run_that_failed_on_bad_input_can_be_started_again(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, {"prompt": "Q: 2 + 2?\nA:"}])
+    args = ["sft", f"model={tiny_model_dir}", f"train_data={data}", "max_steps=1", "progress=false",
+            "tensorboard=false", "sample_every=0", "save_every=0", "--runs-dir", tmp_path / "runs"]
+    code, _, _ = run_main(monkeypatch, capsys, *args)
+    assert code == 2
+    write_rows(data, [GOOD_SFT, GOOD_SFT])  # the user fixes the file and runs the same command
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+
+
+@pytest.mark.xfail(strict=True, reason="once key=value overrides were given, argparse takes none after "
+                   "an option: they are 'unrecognized arguments'")
+def test_overrides_on_both_sides_of_an_option(monkeypatch, capsys):
+    code, out, err = run_main(monkeypatch, capsys, "sft", "lr=0.5", "--name", "x", "max_steps=3", "--print-config")
+    assert code == 0, err
+    assert json.loads(out)["lr"] == 0.5 and json.loads(out)["max_steps"] == 3

@@ -1,0 +1,37 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
+
+
+def epoch_batches(num_rows, batch_size, seed, epoch):
+    per_epoch = batches_per_epoch(num_rows, batch_size)
+    return [micro_batch_rows(num_rows, batch_size, seed, epoch * per_epoch + k) for k in range(per_epoch)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 16), st.integers(0, 1000), st.integers(0, 3))
+def test_every_row_exactly_once_per_epoch(num_rows, batch_size, seed, epoch):
+    batches = epoch_batches(num_rows, batch_size, seed, epoch)
+    rows = [row for batch in batches for row in batch]
+    assert sorted(rows) == list(range(num_rows))
+    assert all(len(batch) == batch_size for batch in batches[:-1])
+
+
+def test_last_batch_is_smaller():
+    batches = epoch_batches(10, 4, seed=0, epoch=0)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert batches_per_epoch(10, 4) == 3 and batches_per_epoch(8, 4) == 2
+
+
+def test_deterministic_for_a_seed():
+    assert epoch_batches(50, 8, seed=3, epoch=0) == epoch_batches(50, 8, seed=3, epoch=0)
+    assert micro_batch_rows(50, 8, 3, 17) == micro_batch_rows(50, 8, 3, 17)
+
+
+def test_seeds_and_epochs_give_different_orders():
+    first = epoch_batches(50, 8, seed=3, epoch=0)
+    assert epoch_batches(50, 8, seed=3, epoch=1) != first
+    assert epoch_batches(50, 8, seed=4, epoch=0) != first
+    # not simply the identity order either
+    assert [row for batch in first for row in batch] != list(range(50))

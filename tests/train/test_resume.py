@@ -1,0 +1,87 @@
+"""Kill a training run for real (SIGKILL, mid-run) and resume it: the final weights must be
+bitwise identical to those of a run that was never interrupted."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.tasks.advice import AdviceTask
+from rlhfkit.tasks.arith import ArithTask
+
+from .test_reward import gold_ranking, write_jsonl
+
+# One thread: float sums are reduced in the same order in every process.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def rlhfkit(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rlhfkit", *args]
+
+
+def complete_checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "checkpoint.json").is_file())
+
+
+def kill_and_resume(command: list[str], runs: Path) -> None:
+    """Run `command` uninterrupted as `full` and, at the same time, as `killed`, SIGKILLed as
+    soon as its first checkpoint is complete; then resume `killed` to the end."""
+    logs = {name: open(runs.parent / f"{name}.log", "w") for name in ("full", "killed", "resumed")}
+    full = subprocess.Popen([*command, "--name", "full"], env=ENV, stdout=logs["full"], stderr=subprocess.STDOUT)
+    killed = subprocess.Popen([*command, "--name", "killed"], env=ENV, stdout=logs["killed"],
+                              stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not complete_checkpoints(runs / "killed") and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    # -SIGKILL: it died by the signal; had it finished first, the run would be too short to test
+    assert killed.wait() == -signal.SIGKILL, (runs.parent / "killed.log").read_text()
+    assert not (runs / "killed" / "final").exists()
+    assert full.wait() == 0, (runs.parent / "full.log").read_text()
+    resumed = subprocess.run([*command, "--name", "killed", "--resume"], env=ENV, stdout=logs["resumed"],
+                             stderr=subprocess.STDOUT)
+    assert resumed.returncode == 0, (runs.parent / "resumed.log").read_text()
+    for log in logs.values():
+        log.close()
+
+
+def assert_same_run(runs: Path, max_steps: int) -> None:
+    full = load_file(runs / "full" / "final" / "model.safetensors")
+    resumed = load_file(runs / "killed" / "final" / "model.safetensors")
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[name], resumed[name]) for name in full)
+    # the metrics log has every step once, with the same losses as the uninterrupted run
+    losses = {}
+    for name in ("full", "killed"):
+        rows = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in rows] == list(range(1, max_steps + 1))
+        losses[name] = [row["loss"] for row in rows]
+    assert losses["full"] == losses["killed"]
+
+
+def test_sft_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    examples = ArithTask().sft_examples(300, random.Random(0))
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in examples])
+    runs, steps = tmp_path / "runs", 60
+    kill_and_resume(rlhfkit("sft", f"model={tiny_model_dir}", f"train_data={data}", f"max_steps={steps}",
+                            "batch_size=16", "warmup_steps=5", "save_every=5", "progress=false",
+                            "tensorboard=false", "sample_every=0", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)
+
+
+def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    rng = random.Random(0)
+    data = write_jsonl(tmp_path / "rankings.jsonl", [gold_ranking(p, rng) for p in AdviceTask().prompts(40, rng)])
+    runs, steps = tmp_path / "runs", 30
+    kill_and_resume(rlhfkit("rm", f"model={tiny_model_dir}", f"train_data={data}", f"max_steps={steps}",
+                            "batch_size=4", "warmup_steps=3", "save_every=5", "progress=false",
+                            "tensorboard=false", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)

@@ -1,0 +1,133 @@
+import dataclasses
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
+
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.tasks.advice import AdviceTask, _write_reply, gold_score
+from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.train.reward import RewardConfig, RewardObjective, evaluate_reward_model, load_reward_data, train_reward_model
+
+K = 4
+
+
+def gold_ranking(prompt, rng) -> dict:
+    """K replies ordered by the noise-free gold score; equal scores share a rank (a tie)."""
+    topic = prompt.metadata["topic"]
+    scored = sorted(((gold_score(topic, r), r) for r in (_write_reply(rng, topic) for _ in range(K))),
+                    key=lambda pair: -pair[0])
+    distinct = sorted({score for score, _ in scored}, reverse=True)
+    return {"prompt": prompt.prompt, "responses": [r for _, r in scored],
+            "ranks": [distinct.index(score) for score, _ in scored]}
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def advice_rankings(tmp_path_factory):
+    rng = random.Random(0)
+    rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(180, rng)]
+    folder = tmp_path_factory.mktemp("rankings")
+    return write_jsonl(folder / "train.jsonl", rows[:150]), write_jsonl(folder / "eval.jsonl", rows[150:])
+
+
+def config(model, train, held_out, **overrides) -> RewardConfig:
+    settings = dict(model=str(model), train_data=train, eval_data=held_out, batch_size=8, max_steps=40, lr=3e-3,
+                    warmup_steps=3, eval_every=40, save_every=0, progress=False, tensorboard=False)
+    return RewardConfig(**{**settings, **overrides})
+
+
+def test_reward_model_learns_gold_rankings(tiny_model_dir, advice_rankings, tmp_path):
+    cfg = config(tiny_model_dir, *advice_rankings)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data)
+    torch.manual_seed(cfg.seed)  # a seeded head initialisation, like the run's
+    untrained = evaluate_reward_model(RewardModel.from_pretrained(tiny_model_dir), held_out, cfg,
+                                      tokenizer.pad_token_id)
+
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_reward_model(cfg, run)
+    [(step, accuracy)] = result.eval_accuracy
+    print(f"held-out pair accuracy: untrained {untrained:.3f}, trained {accuracy:.3f}")
+    assert step == 40
+    assert accuracy >= 0.65
+    assert accuracy >= untrained + 0.1
+    assert sum(result.train_losses[-10:]) / 10 < result.train_losses[0]
+    assert AutoModelForSequenceClassification.from_pretrained(run.final).config.num_labels == 1
+
+
+def test_ensemble_with_imitation_and_centering_saves_three_heads(tiny_model_dir, advice_rankings, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(tiny_model_dir, *advice_rankings, num_heads=3, imitation_coef=0.5, centering_coef=0.01,
+                 max_steps=6, eval_every=6)
+    result = train_reward_model(cfg, run)
+    assert len(result.train_losses) == 6 and all(torch.isfinite(torch.tensor(result.train_losses)))
+    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert all("imitation_loss" in row and "bt_loss" in row for row in metrics)
+    # the total adds the imitation and centring terms to the Bradley-Terry loss
+    assert all(row["loss"] > row["bt_loss"] + 0.5 * row["imitation_loss"] - 1e-6 for row in metrics)
+    saved = AutoModelForSequenceClassification.from_pretrained(run.final)
+    assert saved.config.num_labels == 3
+    assert RewardModel.from_pretrained(run.final, num_heads=3).num_heads == 3
+
+
+def test_process_reward_model_fits_step_labels(tiny_model_dir, tmp_path):
+    """Step accuracy beats always answering the majority label. Measured on the training
+    solutions: telling a wrong sum from a right one on new problems needs a model that can add,
+    which no model small enough for a unit test learns in a few dozen steps."""
+    examples = ArithTask().step_examples(32, random.Random(0))
+    data = write_jsonl(tmp_path / "steps.jsonl", [dataclasses.asdict(e) for e in examples])
+    labels = [label for e in examples for label in e.labels]
+    majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
+
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(tiny_model_dir, data, data, objective=RewardObjective.PROCESS, batch_size=16, lr=1e-2,
+                 eval_every=20)
+    result = train_reward_model(cfg, run)
+    print(f"majority {majority:.3f}, step accuracy {result.eval_accuracy}")
+    assert result.eval_accuracy[-1][1] >= majority + 0.2
+
+
+def untied_copy(model_dir, out):
+    """The tiny model with a separate output projection, as most larger models have."""
+    config = AutoConfig.from_pretrained(model_dir)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return out
+
+
+def resume_matches_uninterrupted(model_dir, data, tmp_path, **overrides) -> bool:
+    """Run 4 steps with a checkpoint at step 2, then resume a copy of the run from that
+    checkpoint in this same process: do both end with the same weights?"""
+    cfg = config(model_dir, data, "", max_steps=4, save_every=2, keep_last=1, **overrides)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    train_reward_model(cfg, run)
+    uninterrupted = load_file(run.final / "model.safetensors")
+    shutil.rmtree(run.final)
+    assert [p.name for p in run.checkpoints.iterdir()] == ["step_00000002"]
+    train_reward_model(cfg, prepare_run_dir(run.root, resume=True, overwrite=False), resume=True)
+    resumed = load_file(run.final / "model.safetensors")
+    return all(torch.equal(uninterrupted[name], resumed[name]) for name in uninterrupted)
+
+
+def test_resume_in_process_with_imitation(tiny_model_dir, advice_rankings, tmp_path):
+    assert resume_matches_uninterrupted(tiny_model_dir, advice_rankings[0], tmp_path, imitation_coef=0.5,
+                                        num_heads=2)
+
+
+@pytest.mark.xfail(strict=True, reason="with untied embeddings the imitation LM head is trained but not "
+                   "checkpointed; on resume it is re-created at random from the checkpoint directory")
+def test_resume_with_imitation_and_untied_embeddings(tiny_model_dir, advice_rankings, tmp_path):
+    untied = untied_copy(tiny_model_dir, tmp_path / "untied")
+    assert resume_matches_uninterrupted(untied, advice_rankings[0], tmp_path, imitation_coef=0.5)

@@ -1,0 +1,70 @@
+import dataclasses
+import json
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.train.sft import SFTConfig, train_sft
+
+
+def write_jsonl(path, examples):
+    path.write_text("".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in examples))
+    return str(path)
+
+
+@pytest.fixture
+def arith_data(tmp_path):
+    examples = ArithTask(flawed_fraction=0.0).sft_examples(230, random.Random(1))
+    return write_jsonl(tmp_path / "train.jsonl", examples[:200]), write_jsonl(tmp_path / "eval.jsonl", examples[200:])
+
+
+def config(model, train, held_out, **overrides) -> SFTConfig:
+    settings = dict(model=str(model), train_data=train, eval_data=held_out, batch_size=8, max_steps=30, lr=3e-3,
+                    warmup_steps=3, eval_every=10, sample_every=30, num_samples=2, sample_max_new_tokens=12,
+                    save_every=0, progress=False, tensorboard=False)
+    return SFTConfig(**{**settings, **overrides})
+
+
+def test_short_sft_run_learns_and_writes_its_outputs(tiny_model_dir, arith_data, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_sft(config(tiny_model_dir, *arith_data), run)
+
+    losses = result.train_losses
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.8 * losses[0]
+    # held-out loss after 10, 20 and 30 steps, falling
+    assert [step for step, _ in result.eval_losses] == [10, 20, 30]
+    held_out = [loss for _, loss in result.eval_losses]
+    assert held_out[0] > held_out[1] > held_out[2]
+
+    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert [row["step"] for row in metrics] == list(range(1, 31))
+    assert metrics[-1]["loss"] == pytest.approx(losses[-1])
+    samples = [json.loads(line) for line in (run.root / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["step"] == 30 for s in samples)
+    assert samples[0]["prompt"].startswith("Q: ")
+
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert result.model_dir == run.final
+    assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size
+
+
+def test_gradient_accumulation_runs_and_learns(tiny_model_dir, arith_data, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(tiny_model_dir, arith_data[0], "", batch_size=4, grad_accum=2, max_steps=10, eval_every=10)
+    result = train_sft(cfg, run)
+    assert len(result.train_losses) == 10
+    assert result.train_losses[-1] < result.train_losses[0]
+    assert result.eval_losses == [] and not (run.root / "samples.jsonl").exists()
+    assert (run.final / "model.safetensors").is_file()
+
+
+def test_checkpoints_are_written_and_pruned(tiny_model_dir, arith_data, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    train_sft(config(tiny_model_dir, arith_data[0], "", max_steps=8, save_every=2, keep_last=2), run)
+    # steps 2, 4, 6 were saved (8 is the final model); only the last two are kept
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000004", "step_00000006"]
+    assert (run.checkpoints / "step_00000006" / "checkpoint.json").is_file()
