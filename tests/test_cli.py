@@ -148,8 +148,6 @@ def test_real_process_prints_one_line_and_exits_2(tmp_path, tiny_model_dir):
     assert_one_line_error(result.returncode, result.stderr, f"{data}: row 2: field 'responses'")
 
 
-@pytest.mark.xfail(strict=True, reason="the run directory is created before the model and data are "
-                   "checked, so the corrected command is refused as 'already exists'")
 def test_a_run_that_failed_on_bad_input_can_be_started_again(monkeypatch, capsys, tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, {"prompt": "Q: 2 + 2?\nA:"}])
     args = ["sft", f"model={tiny_model_dir}", f"train_data={data}", "max_steps=1", "progress=false",
@@ -161,8 +159,6 @@ def test_a_run_that_failed_on_bad_input_can_be_started_again(monkeypatch, capsys
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="once key=value overrides were given, argparse takes none after "
-                   "an option: they are 'unrecognized arguments'")
 def test_overrides_on_both_sides_of_an_option(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "sft", "lr=0.5", "--name", "x", "max_steps=3", "--print-config")
     assert code == 0, err

@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,14 +66,21 @@ def _run_trainer(args, cfg) -> None:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite)
     save_config(cfg, run.config_path)
-    if args.command == "sft":
-        from rlhfkit.train.sft import train_sft
-        result = train_sft(cfg, run, resume=args.resume)
-    else:
-        from rlhfkit.train.reward import train_reward_model
-        result = train_reward_model(cfg, run, resume=args.resume)
-        if result.eval_accuracy:
-            print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+    try:
+        if args.command == "sft":
+            from rlhfkit.train.sft import train_sft
+            result = train_sft(cfg, run, resume=args.resume)
+        else:
+            from rlhfkit.train.reward import train_reward_model
+            result = train_reward_model(cfg, run, resume=args.resume)
+            if result.eval_accuracy:
+                print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+    except RlhfkitError:
+        # A fresh run stopped by bad input leaves nothing worth keeping: the corrected
+        # command must start cleanly, not meet "already exists".
+        if not args.resume and not any(run.checkpoints.glob("step_*")) and not run.final.exists():
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
     print(f"model saved to {result.model_dir}")
 
 
@@ -96,8 +104,22 @@ def _tasks(args) -> None:
         print(f"wrote {write_jsonl(out / f'{args.task}_steps.jsonl', steps)}")
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Overrides may stand before and after options (`lr=1 --name x steps=3`)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def run(argv: list[str]) -> None:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     _quiet_libraries()
     if args.command == "tasks":
         return _tasks(args)

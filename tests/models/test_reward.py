@@ -99,8 +99,6 @@ def test_saved_reward_model_gives_the_same_logits_in_plain_transformers(tiny_mod
         assert torch.equal(again(ids, mask).rewards, ours)
 
 
-@pytest.mark.xfail(strict=True, reason="when pad == EOS, plain transformers reads the score one token "
-                   "before the appended EOS, RewardModel reads it at the EOS")
 def test_saved_reward_model_agrees_with_transformers_when_pad_is_eos(tiny_model_dir, tmp_path):
     # Many base models ship without a pad token; load_tokenizer and RewardModel then use EOS.
     base = shutil.copytree(tiny_model_dir, tmp_path / "base")

@@ -82,8 +82,6 @@ def test_generation_stops_at_eos(model_and_tokenizer, monkeypatch):
     assert samples.num_tokens == len(PROMPTS) * 2
 
 
-@pytest.mark.xfail(strict=True, reason="the tiny model's stop tokens are EOS only; a model trained on "
-                   "chat-template data ends its turn with <|im_end|> and generation runs on past it")
 def test_generation_stops_at_the_end_of_an_assistant_turn(model_and_tokenizer, monkeypatch):
     model, tokenizer = model_and_tokenizer
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,

@@ -126,8 +126,6 @@ def test_resume_in_process_with_imitation(tiny_model_dir, advice_rankings, tmp_p
                                         num_heads=2)
 
 
-@pytest.mark.xfail(strict=True, reason="with untied embeddings the imitation LM head is trained but not "
-                   "checkpointed; on resume it is re-created at random from the checkpoint directory")
 def test_resume_with_imitation_and_untied_embeddings(tiny_model_dir, advice_rankings, tmp_path):
     untied = untied_copy(tiny_model_dir, tmp_path / "untied")
     assert resume_matches_uninterrupted(untied, advice_rankings[0], tmp_path, imitation_coef=0.5)

@@ -81,7 +81,10 @@ class RewardModel(nn.Module):
         """Args: input_ids, attention_mask (batch, seq). Returns rewards (batch, heads)."""
         backbone = getattr(self.model, self.model.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        # Read where transformers' sequence classifiers read: the last token that is not the
+        # pad token, so a saved model scores alike in both (it differs when pad == EOS).
+        scored = attention_mask.bool() & (input_ids != self.model.config.pad_token_id)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
         return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
 
     def token_scores(self, hidden: torch.Tensor) -> torch.Tensor:

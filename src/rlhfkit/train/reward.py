@@ -164,7 +164,9 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     device = resolve_device(cfg.device)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    start_step, extra = restore_trainer_state(checkpoint, optimizer) if checkpoint else (0, {})
+    if "lm_head" in extra:  # an untied imitation head is not part of the saved model
+        model.lm_head.load_state_dict(extra["lm_head"])
     result = RewardResult(model_dir=run.final)
     metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
                             resume_from_step=start_step if checkpoint else None)
@@ -197,7 +199,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             bar.update(1, loss=loss.item())
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
                 save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
-                                        optimizer=optimizer, extra={}, keep_last=cfg.keep_last)
+                                        optimizer=optimizer, keep_last=cfg.keep_last,
+                                        extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {})
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification
     model.save_pretrained(run.final)
