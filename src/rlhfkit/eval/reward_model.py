@@ -4,6 +4,7 @@ import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.runtime.device import move_batch
 
 
@@ -30,10 +31,8 @@ def pair_accuracy(scores: list[torch.Tensor], groups: list[RankedGroup]) -> floa
     score tie counts one half."""
     right, total = 0.0, 0
     for group_scores, group in zip(scores, groups):
-        for i, rank_i in enumerate(group.ranks):
-            for j, rank_j in enumerate(group.ranks):
-                if rank_i < rank_j:
-                    diff = (group_scores[i] - group_scores[j]).item()
-                    right += 1.0 if diff > 0 else 0.5 if diff == 0 else 0.0
-                    total += 1
+        winners, losers, _ = ranking_to_pairs(group.ranks)
+        diff = group_scores[winners] - group_scores[losers]
+        right += (diff > 0).sum().item() + 0.5 * (diff == 0).sum().item()
+        total += len(winners)
     return right / max(1, total)
