@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.objectives.logprobs import shift_for_next_token, token_logprobs
+from rlhfkit.objectives.logprobs import entropy_from_logits, shift_for_next_token, token_logprobs
 
 
 def naive_token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -57,3 +57,36 @@ def test_shift_for_next_token_aligns_logits_at_t_with_token_t_plus_1():
     assert torch.equal(shifted_logits[..., 0].long() + 1, targets)
     assert torch.equal(targets, input_ids[:, 1:])
     assert torch.equal(target_mask, mask[:, 1:])
+
+
+def naive_entropy(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+
+
+def test_entropy_hand_values():
+    # uniform over 4 -> ln 4; (1/4, 1/4, 1/2) -> 2 * (1/4) ln 4 + (1/2) ln 2 = 1.5 ln 2
+    # the -1e4 token has (numerically) zero probability and adds nothing
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, math.log(2.0), -1e4]]])
+    assert torch.allclose(entropy_from_logits(logits), torch.tensor([[math.log(4.0), 1.5 * math.log(2.0)]]), atol=1e-6)
+    # one dominant logit: nearly deterministic
+    assert entropy_from_logits(torch.tensor([[[50.0, 0.0, 0.0]]])).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_entropy_equals_naive_softmax_times_log_softmax(seed):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, 17, generator=generator) * 4
+    got = entropy_from_logits(logits)
+    assert got.shape == (3, 5) and got.dtype == torch.float32
+    assert torch.allclose(got, naive_entropy(logits), atol=1e-5, rtol=0)
+    assert (got >= -1e-6).all() and (got <= math.log(17) + 1e-5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_entropy_of_half_precision_logits_is_computed_in_float32(dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 4, 300, generator=generator) * 3).to(dtype)
+    got = entropy_from_logits(logits)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, naive_entropy(logits), atol=1e-5, rtol=0)

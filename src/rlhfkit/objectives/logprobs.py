@@ -30,3 +30,20 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: to
         logits (batch, seq-1, vocab), targets (batch, seq-1), target mask (batch, seq-1).
     """
     return logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy H = -sum_v p_v log p_v of softmax(logits) at every position.
+
+    Args:
+        logits: (batch, seq, vocab) unnormalised scores.
+    Returns:
+        (batch, seq) entropies in nats, float32 or the logits' dtype if wider.
+
+    Naive equivalent: `-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)`, which keeps two
+    (batch, seq, vocab) tensors; since log p_v = logit_v - logsumexp, the entropy is
+    logsumexp(logits) - sum_v p_v * logit_v and needs only the softmax.
+    """
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)

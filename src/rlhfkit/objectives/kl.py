@@ -1,0 +1,59 @@
+"""Per-token estimators of KL(pi_theta || pi_ref) from the log-probabilities of sampled tokens.
+
+With tokens sampled from pi_theta and log_ratio = logprobs - ref_logprobs (Schulman, "Approximating
+KL divergence", 2020):
+    k1 = log_ratio                                    unbiased, can be negative, high variance
+    k2 = 0.5 * log_ratio^2                            biased, >= 0, low variance near pi_theta = pi_ref
+    k3 = exp(-log_ratio) - (-log_ratio) - 1           unbiased, >= 0, low variance
+InstructGPT puts k1 into the per-token reward (seed 001); GRPO (DeepSeekMath) adds k3 to the loss.
+"""
+
+from enum import Enum
+
+import torch
+
+
+class KLEstimator(str, Enum):
+    K1 = "k1"
+    """log(pi / pi_ref): unbiased, can be negative."""
+    K2 = "k2"
+    """0.5 * log(pi / pi_ref)^2: biased, never negative."""
+    K3 = "k3"
+    """pi_ref / pi - log(pi_ref / pi) - 1: unbiased and never negative (GRPO)."""
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi(y_t) - log pi_ref(y_t); E_pi[k1] = KL(pi || pi_ref)."""
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k2 = 0.5 * (log pi(y_t) - log pi_ref(y_t))^2; E_pi[k2] = KL + O(log_ratio^3)."""
+    return 0.5 * (logprobs - ref_logprobs).pow(2)
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(d) - d - 1 with d = log pi_ref(y_t) - log pi(y_t); E_pi[k3] = KL(pi || pi_ref).
+
+    E_pi[exp(d) - 1] = sum_y pi_ref(y) - 1 = 0, so k3 is k1 plus a zero-mean control variate;
+    exp(d) >= 1 + d makes every sample non-negative.
+    """
+    neg_log_ratio = ref_logprobs - logprobs
+    # expm1 keeps precision when the two policies are close (d near 0), the usual case
+    return torch.expm1(neg_log_ratio) - neg_log_ratio
+
+
+_KL_ESTIMATORS = {KLEstimator.K1: kl_k1, KLEstimator.K2: kl_k2, KLEstimator.K3: kl_k3}
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+    """Per-token KL estimate of the chosen kind; masking and reduction are left to the caller.
+
+    Args:
+        logprobs: (batch, response_len) log pi_theta of the sampled tokens.
+        ref_logprobs: (batch, response_len) log pi_ref of the same tokens.
+        estimator: k1, k2 or k3 (see the module docstring).
+    Returns:
+        (batch, response_len) per-token estimates, padding included (reduce with a response_mask).
+    """
+    return _KL_ESTIMATORS[KLEstimator(estimator)](logprobs, ref_logprobs)
