@@ -58,18 +58,23 @@ def gold_score(topic: str, response: str) -> float:
 
 def _write_reply(rng: random.Random, topic: str) -> str:
     """One demonstration from an uneven writer: tips, sometimes off topic, filler, rude or
-    repeated sentences, sometimes a polite opener or closer."""
-    tips = list(TOPICS[topic]["tips"])
-    rng.shuffle(tips)
-    body = tips[: rng.randint(1, 5)]
+    repeated sentences, sometimes a polite opener or closer.
+
+    Tips keep the bank's order, the way a how-to lists its steps: a model then avoids saying a
+    tip twice by looking at the sentence before, which a tiny model can learn; in a random
+    order it would have to remember every sentence so far. Inserted sentences break the order.
+    """
+    tips = TOPICS[topic]["tips"]
+    body = [tips[i] for i in sorted(rng.sample(range(len(tips)), rng.randint(1, 5)))]
     other_topics = [t for t in TOPICS if t != topic]
     body = [rng.choice(TOPICS[rng.choice(other_topics)]["tips"]) if rng.random() < 0.15 else s for s in body]
-    body += [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
+    extras = [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
     if rng.random() < 0.1:
-        body.append(rng.choice(RUDE))
+        extras.append(rng.choice(RUDE))
     if rng.random() < 0.15:
-        body.append(rng.choice(body))
-    rng.shuffle(body)
+        extras.append(rng.choice(body))
+    for sentence in extras:
+        body.insert(rng.randint(0, len(body)), sentence)
     opener = [rng.choice(OPENERS)] if rng.random() < 0.5 else []
     closer = [rng.choice(CLOSERS)] if rng.random() < 0.5 else []
     return " " + " ".join(opener + body + closer)
