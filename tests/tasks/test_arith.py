@@ -147,3 +147,14 @@ def test_evaluate_keys_and_values():
     assert set(metrics) == {"accuracy", "step_accuracy", "gold_score"}
     assert metrics["accuracy"] == metrics["gold_score"] == 0.5
     assert metrics["step_accuracy"] == 1.0  # only the written steps count
+
+
+def test_process_rewards_put_each_step_and_the_answer_where_they_end():
+    task = ArithTask()
+    prompt = PromptExample(prompt="q", answer="13", metadata={"task": "arith", "steps": [[3, "+", 4, 7], [7, "+", 6, 13]]})
+    right = " 3 + 4 = 7. 7 + 6 = 13. The answer is 13."
+    assert task.process_rewards(prompt, right) == [(10, 1.0), (22, 1.0), (40, 1.0)]
+    wrong = " 3 + 4 = 8. 8 + 6 = 14. The answer is 14."
+    assert task.process_rewards(prompt, wrong) == [(10, 0.0), (22, 0.0), (40, 0.0)]
+    no_answer = " 3 + 4 = 7. and then"
+    assert task.process_rewards(prompt, no_answer) == [(10, 1.0), (len(no_answer), 0.0)]

@@ -17,7 +17,7 @@ class Samples:
     num_tokens: int  # generated tokens, each response counted up to and including its EOS
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
     return sorted(set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
@@ -46,7 +46,7 @@ def sample_responses(
     was_training, padding_side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
-    stop_ids = _stop_ids(model, tokenizer)
+    stop_ids = stop_token_ids(model, tokenizer)
     expanded = [p for p in prompts for _ in range(num_samples)]
     texts, num_tokens = [], 0
     device = next(model.parameters()).device

@@ -140,6 +140,16 @@ class ArithTask:
         truth = [Step(*s) for s in prompt.metadata["steps"]]
         return [float(ok) for ok in step_labels(truth, parse_steps(response))]
 
+    def process_rewards(self, prompt: PromptExample, response: str) -> list[tuple[int, float]]:
+        """Process supervision: (character where it ends, reward) for every written step, then
+        the final answer with the outcome reward (at the answer, or the response's end if none)."""
+        truth = [Step(*s) for s in prompt.metadata["steps"]]
+        matches = list(STEP_PATTERN.finditer(response))
+        written = [Step(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in matches)]
+        out = [(m.end(), float(ok)) for m, ok in zip(matches, step_labels(truth, written))]
+        answer = ANSWER_PATTERN.search(response)
+        return out + [(answer.end() if answer else len(response), self.reward(prompt, response))]
+
     def step_examples(self, n: int, rng: random.Random) -> list[StepsExample]:
         """Step-labelled solutions for a process reward model: half correct, half with one
         wrong step, every step labelled by the verifier."""

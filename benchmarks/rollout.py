@@ -1,0 +1,85 @@
+"""Sampling speed: the rollout engine against `model.generate` on the same prompts and model.
+
+    python benchmarks/rollout.py                       # a fresh tiny model, fixed-length responses
+    python benchmarks/rollout.py --model runs/demo/sft/final --stop   # a trained model, EOS stops
+
+Prints generated tokens per second of both and their ratio (median of --repeats runs each,
+alternating so that machine drift hits both).
+"""
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+
+import torch
+
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.rollout.engine import generate
+from rlhfkit.tasks.registry import TASKS
+
+
+def _prompts(n: int) -> list[str]:
+    rng = random.Random(0)
+    tasks = [TASKS[name]() for name in sorted(TASKS)]
+    return [tasks[i % len(tasks)].prompts(1, rng)[0].prompt for i in range(n)]
+
+
+def _engine(model, batch, stop_ids, pad_id, args) -> int:
+    rollout = generate(model, batch["input_ids"], batch["attention_mask"].bool(), num_samples=args.samples,
+                       max_new_tokens=args.max_new_tokens, stop_ids=stop_ids, pad_token_id=pad_id,
+                       generator=torch.Generator().manual_seed(0))
+    return int(rollout.response_mask.sum())
+
+
+def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
+    ids = batch["input_ids"].repeat_interleave(args.samples, dim=0)
+    mask = batch["attention_mask"].repeat_interleave(args.samples, dim=0)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=args.max_new_tokens,
+                         eos_token_id=stop_ids or None, pad_token_id=pad_id, top_k=None, top_p=None)
+    new = out[:, ids.shape[1]:]
+    if not stop_ids:
+        return new.numel()
+    stops = torch.isin(new, torch.tensor(stop_ids))
+    # tokens up to and including the first stop (HF pads after it)
+    return int(torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1]).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", help="a causal-LM directory (default: a fresh tiny model)")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--stop", action="store_true", help="stop at EOS (default: fixed-length responses)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    prompts = _prompts(args.prompts)
+    model_dir = args.model or build_tiny_model(tempfile.mkdtemp(), prompts * 10, seed=0)
+    model, tokenizer = load_causal_lm(model_dir).eval(), load_tokenizer(model_dir)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = model.generation_config.eos_token_id
+    stop_ids = ([eos] if isinstance(eos, int) else list(eos)) if args.stop else []
+    timings = {"engine": [], "generate": []}
+    tokens = {}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for name, fn in (("engine", _engine), ("generate", _hf_generate)):
+                start = time.perf_counter()
+                tokens[name] = fn(model, batch, stop_ids, tokenizer.pad_token_id, args)
+                timings[name].append(time.perf_counter() - start)
+    rate = {name: tokens[name] / statistics.median(times) for name, times in timings.items()}
+    print(f"{args.prompts} prompts x {args.samples} samples, up to {args.max_new_tokens} new tokens, "
+          f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads")
+    for name in rate:
+        print(f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, median {statistics.median(timings[name]):.3f} s)")
+    print(f"  engine / generate: {rate['engine'] / rate['generate']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

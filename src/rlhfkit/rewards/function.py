@@ -1,0 +1,212 @@
+"""A user's reward function, named as `path/to/file.py:function`, as a reward source.
+
+The function is called once per batch, like TRL's reward functions:
+
+    fn(prompts: list, responses: list[str], *, answer: list, **metadata_columns) -> list[float]
+
+`prompts[i]` is the prompt as the dataset holds it (a string, or a list of messages for
+conversational data), `answer` the reference answers (None where a row has none), and every
+other column of the prompt rows comes as one keyword list (None where a row lacks it); a
+function that does not need them takes `**kwargs`. Anything wrong with what it does (it raises,
+hangs past the timeout, returns NaN/inf, a non-number or the wrong count) is a
+`RewardFunctionError` naming the function and the sample: nothing is silently turned into 0.
+"""
+
+import hashlib
+import importlib.util
+import math
+import numbers
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.data.formats import PromptExample, type_name
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample, excerpt
+
+RESERVED_COLUMNS = ("prompts", "responses")
+
+
+class RewardFunctionError(RlhfkitError):
+    """A user reward function failed on some sample; the message names both."""
+
+
+def load_reward_function(spec: str) -> Callable:
+    """The function `spec = "path/to/file.py:function"` names, the file loaded from its path.
+
+    Raises:
+        RlhfkitError: naming the spec, when the spec is malformed, the file is missing or fails
+            to load, or it has no such name, or the name is not callable.
+    """
+    path_text, _, fn_name = spec.rpartition(":")
+    if not path_text.endswith(".py") or not fn_name.isidentifier():
+        raise RlhfkitError(f"reward function '{spec}': expected 'path/to/file.py:function'")
+    path = Path(path_text)
+    if not path.is_file():
+        raise RlhfkitError(f"reward function '{spec}': no file {path}")
+    module = _load_module(path, spec)
+    if not hasattr(module, fn_name):
+        raise RlhfkitError(f"reward function '{spec}': {path} defines no '{fn_name}'")
+    fn = getattr(module, fn_name)
+    if not callable(fn):
+        raise RlhfkitError(f"reward function '{spec}': '{fn_name}' in {path} is a {type_name(fn)}, not a function")
+    return fn
+
+
+def _load_module(path: Path, spec: str):
+    # A name from the full path, so two files both called `rewards.py` do not collide; the
+    # module is registered in sys.modules because dataclasses and pickling look it up there.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"rlhfkit_reward_fn_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[module_name]
+        raise RlhfkitError(f"reward function '{spec}': loading {path} raised {_one_line(error)}") from error
+    return module
+
+
+def _one_line(error: BaseException) -> str:
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class _Timeout(Exception):
+    pass
+
+
+def call_with_deadline(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | None) -> Any:
+    """`fn(*args, **kwargs)`, raising `_Timeout` when it has not returned after `timeout_s`.
+
+    The call runs on a worker thread the caller waits on with a deadline. Not SIGALRM: signals
+    are delivered only to the main thread (and not on every platform), and rewards may be
+    computed off it. A Python thread cannot be killed, so a call that times out is abandoned
+    as a daemon thread; the run stops with an error anyway.
+    """
+    if timeout_s is None:
+        return fn(*args, **kwargs)
+    outcome: dict[str, Any] = {}
+
+    def run():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as error:  # handed to the caller, re-raised on its thread
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name="reward-function", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _Timeout
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def metadata_columns(prompts: list[PromptExample]) -> dict[str, list]:
+    """`answer` plus every metadata key as a column of one value per prompt (None where a
+    prompt lacks the key, as a table column would hold it)."""
+    keys = list(dict.fromkeys(key for prompt in prompts for key in prompt.metadata))
+    for key in keys:
+        if key in RESERVED_COLUMNS or key == "answer":
+            raise RlhfkitError(f"prompt metadata column '{key}' clashes with a reward function argument: rename it")
+    columns = {"answer": [prompt.answer for prompt in prompts]}
+    columns.update({key: [prompt.metadata.get(key) for prompt in prompts] for key in keys})
+    return columns
+
+
+class FunctionReward:
+    """A user reward function as a reward source.
+
+    Args:
+        fn: called as `fn(prompts, responses, answer=[...], **metadata_columns)`.
+        name: how errors and metrics name it (the spec it was loaded from).
+        timeout_s: the longest one call may take; None = no limit.
+    """
+
+    def __init__(self, fn: Callable, name: str, timeout_s: float | None = None):
+        if timeout_s is not None and not timeout_s > 0:
+            raise RlhfkitError(f"reward function '{name}': timeout_s must be positive, got {timeout_s}")
+        self.fn, self.name, self.timeout_s = fn, name, timeout_s
+
+    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+        check_same_length(self.name, prompts, responses)
+        if not prompts:
+            return RewardScores(rewards=torch.zeros(0))
+        values = self._call(prompts, list(responses))
+        return RewardScores(rewards=torch.tensor(self._check(values, prompts), dtype=torch.float32))
+
+    def _call_once(self, prompts: list[PromptExample], responses: list[str], columns: dict[str, list]) -> Any:
+        args = ([prompt.prompt for prompt in prompts], responses)
+        return call_with_deadline(self.fn, args, columns, self.timeout_s)
+
+    def _call(self, prompts: list[PromptExample], responses: list[str]) -> Any:
+        columns = metadata_columns(prompts)  # outside the try: a clash is the data's fault, not the function's
+        try:
+            return self._call_once(prompts, responses, columns)
+        except _Timeout:
+            raise self._error(f"did not return within {self.timeout_s:g} s on {_batch(prompts)}") from None
+        except Exception as error:
+            index, error = self._first_failing(prompts, responses, columns, error)
+            where = _batch(prompts) if index is None else describe_sample(index, prompts[index].prompt)
+            raise self._error(f"raised {_one_line(error)} on {where}") from error
+
+    def _first_failing(self, prompts, responses, columns, error: Exception) -> tuple[int | None, Exception]:
+        """The first sample the function fails on when called on it alone, and that failure:
+        a batch error names no sample, and the user needs to know which response broke it.
+        None when every sample passes alone (the batch as a whole is what fails)."""
+        if len(prompts) == 1:
+            return 0, error
+        for index in range(len(prompts)):
+            try:
+                alone = {key: values[index : index + 1] for key, values in columns.items()}
+                self._call_once(prompts[index : index + 1], responses[index : index + 1], alone)
+            except _Timeout:
+                return index, TimeoutError(f"timed out after {self.timeout_s:g} s alone")
+            except Exception as single_error:
+                return index, single_error
+        return None, error
+
+    def _check(self, values: Any, prompts: list[PromptExample]) -> list[float]:
+        if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
+            values = values.tolist()  # a tensor or an array of rewards
+        if not isinstance(values, (list, tuple)):
+            expected = f"expected a list of {len(prompts)} numbers"
+            raise self._error(f"returned {type_name(values)} on {_batch(prompts)}, {expected}")
+        if len(values) != len(prompts):
+            raise self._error(f"returned {len(values)} rewards for {len(prompts)} responses on {_batch(prompts)}")
+        rewards = []
+        for index, value in enumerate(values):
+            where = describe_sample(index, prompts[index].prompt)
+            # bool counts as a number: a verifier returning True/False means 1/0.
+            if not isinstance(value, numbers.Real):
+                raise self._error(f"returned {_describe(value)} for {where}, expected a number")
+            if not math.isfinite(value):
+                raise self._error(f"returned {float(value)} for {where}, expected a finite number")
+            rewards.append(float(value))
+        return rewards
+
+    def _error(self, message: str) -> RewardFunctionError:
+        return RewardFunctionError(f"reward function '{self.name}' {message}")
+
+
+def _batch(prompts: list[PromptExample]) -> str:
+    if len(prompts) == 1:
+        return describe_sample(0, prompts[0].prompt)
+    return f"samples 0-{len(prompts) - 1} (first: {excerpt(prompts[0].prompt)})"
+
+
+def _describe(value: Any) -> str:
+    """`str 'high'`, `None`: a returned value, short and on one line."""
+    text = " ".join(repr(value).split())
+    text = text if len(text) <= 30 else text[:27] + "..."
+    return text if value is None else f"{type(value).__name__} {text}"

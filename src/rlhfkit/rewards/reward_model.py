@@ -1,0 +1,96 @@
+"""A trained reward model as a reward source, with the ensemble uncertainty penalty.
+
+With N heads (an ensemble on one backbone, seed 000) the reward is
+
+    r = mean_k r_k - uncertainty_coef * std_k r_k
+
+the std being the Bessel-corrected sample std over heads (0 with one head): the policy is
+paid less where the members disagree, i.e. where the reward model is least trustworthy.
+"""
+
+import torch
+
+from rlhfkit.data.collate import pad_batch
+from rlhfkit.data.formats import PromptExample, Text
+from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_completion
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
+from rlhfkit.runtime.device import move_batch
+
+
+def as_completion(prompt: Text, response: str) -> Text:
+    """The response in the prompt's kind: a conversational prompt needs an assistant message."""
+    return response if isinstance(prompt, str) else [{"role": "assistant", "content": response}]
+
+
+class RewardModelSource:
+    """Scores prompt + response with a `RewardModel`.
+
+    Args:
+        model: the reward model; it is scored where it lives (`model.device`).
+        tokenizer: the tokenizer the reward model was trained with.
+        batch_size: sequences per forward pass.
+        max_length: tokens per sequence, as in the reward model's training.
+        uncertainty_coef: weight of the ensemble std subtracted from the mean (0 = off).
+        truncation: what to do with a longer sequence, as in the reward model's training.
+        name: the source's name in metrics and errors.
+    """
+
+    def __init__(
+        self,
+        model: RewardModel,
+        tokenizer,
+        *,
+        batch_size: int,
+        max_length: int,
+        uncertainty_coef: float = 0.0,
+        truncation: Truncation | str = Truncation.KEEP_START,
+        name: str = "model",
+    ):
+        if batch_size < 1:
+            raise RlhfkitError(f"reward source '{name}': batch_size must be at least 1, got {batch_size}")
+        if uncertainty_coef < 0:
+            raise RlhfkitError(f"reward source '{name}': uncertainty_coef must be >= 0, got {uncertainty_coef}")
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.batch_size, self.max_length = batch_size, max_length
+        self.uncertainty_coef, self.truncation = uncertainty_coef, Truncation(truncation)
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = model.model.config.pad_token_id if pad is None else pad
+
+    def encode(self, prompt: Text, response: str, index: int) -> EncodedExample:
+        """The same encoding as the reward-model trainer's, so the model scores the kind of
+        sequence it was trained on (same EOS, same chat template, same truncation)."""
+        encoded = encode_prompt_completion(
+            self.tokenizer, prompt, as_completion(prompt, response),
+            max_length=self.max_length, truncation=self.truncation,
+        )
+        if encoded is None:
+            # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
+            raise RlhfkitError(
+                f"reward source '{self.name}': {describe_sample(index, prompt)} does not fit in "
+                f"max_length={self.max_length} with truncation '{self.truncation.value}'"
+            )
+        return encoded
+
+    @torch.no_grad()
+    def head_rewards(self, prompts: list[PromptExample], responses: list[str]) -> torch.Tensor:
+        """(n, heads) float32 on the CPU: every head's reward of every response."""
+        check_same_length(self.name, prompts, responses)
+        encoded = [self.encode(p.prompt, r, i) for i, (p, r) in enumerate(zip(prompts, responses))]
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        for start in range(0, len(encoded), self.batch_size):
+            batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
+            batch = move_batch(batch, self.model.device)
+            chunks.append(self.model(batch["input_ids"], batch["attention_mask"]).rewards.float().cpu())
+        self.model.train(was_training)
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.model.num_heads)
+
+    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+        heads = self.head_rewards(prompts, responses)
+        mean = heads.mean(dim=1)
+        # torch's std over one head is NaN; one head has no spread to penalise.
+        std = heads.std(dim=1) if heads.shape[1] > 1 else torch.zeros_like(mean)
+        return RewardScores(rewards=mean - self.uncertainty_coef * std, uncertainty=std)

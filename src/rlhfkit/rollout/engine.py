@@ -1,0 +1,174 @@
+"""Sampling with a KV cache for RL: token ids, `response_mask` and the sampling log-probs.
+
+An own loop instead of `model.generate`, for three reasons: it returns the log-probability of
+every sampled token (so an on-policy step needs no second forward pass for `old_logprobs`), it
+prefills each prompt once for all of its samples (GRPO's G samples share the prompt's cache),
+and rows that have stopped are dropped from the batch and its cache so they stop costing work.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from rlhfkit.objectives.logprobs import token_logprobs
+
+# Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
+# so compacting at every stop would cost more than the rows it saves.
+COMPACT_WHEN_FINISHED = 0.25
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses. Row i * num_samples + j is sample j of prompt i."""
+
+    prompt_ids: torch.Tensor  # (batch, prompt_len) left-padded
+    prompt_mask: torch.Tensor  # (batch, prompt_len) bool, True = a real prompt token
+    response_ids: torch.Tensor  # (batch, response_len) right-padded with pad_token_id
+    response_mask: torch.Tensor  # (batch, response_len) bool, True = a sampled token (the stop token included)
+    logprobs: torch.Tensor  # (batch, response_len) log-prob of each sampled token under softmax(logits / T); 0 where masked
+    finished: torch.Tensor  # (batch,) bool, True = stopped at a stop token (False = cut at max_new_tokens)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(batch, prompt_len + response_len) prompt then response, for a training forward pass."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(batch, prompt_len + response_len) bool: real prompt tokens and sampled tokens."""
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(dim=1)
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set of mass >= top_p.
+
+    Args:
+        logits: (batch, vocab) already divided by the temperature.
+        top_k: keep the k largest (0 = all); top_p: nucleus mass in (0, 1] (1 = all).
+    Returns:
+        (batch, vocab) filtered logits; the most likely token always survives.
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        mass_before = sorted_logits.softmax(dim=-1).cumsum(dim=-1) - sorted_logits.softmax(dim=-1)
+        drop_sorted = mass_before >= top_p  # tokens whose predecessors already reach top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def _choose(logits: torch.Tensor, greedy: bool, top_k: int, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row by inverting the CDF at a uniform draw per row.
+
+    Each row has its own draw, taken for the whole batch every step, so a row's sample does
+    not depend on which other rows are still in the batch (unlike `torch.multinomial`, whose
+    draws shift when finished rows are dropped).
+    """
+    if greedy:
+        return logits.argmax(dim=-1)
+    cdf = filter_logits(logits, top_k, top_p).softmax(dim=-1).cumsum(dim=-1)
+    # right=True skips zero-probability tokens (a flat stretch of the CDF)
+    token = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return token.clamp(max=logits.shape[-1] - 1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_token_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample `num_samples` responses to each left-padded prompt.
+
+    Args:
+        model: a causal LM (any `AutoModelForCausalLM`), put in eval mode by the caller.
+        prompt_ids, prompt_mask: (prompts, prompt_len) left-padded ids and bool mask.
+        stop_ids: tokens that end a response (kept in it, with their log-prob).
+        temperature: sampling and log-probs use softmax(logits / temperature); top-k and top-p
+            only restrict which tokens can be drawn, the log-probs stay those of the full
+            tempered distribution, the policy that the losses differentiate.
+        greedy: argmax decoding; log-probs are then those of softmax(logits).
+        generator: the torch RNG to draw from (seeded by the caller, saved in checkpoints).
+    Returns:
+        Rollout with batch = prompts * num_samples.
+    """
+    temperature = 1.0 if greedy else temperature
+    device = prompt_ids.device
+    stop = torch.tensor(sorted(set(stop_ids)), device=device)
+    prompt_mask = prompt_mask.bool()
+
+    # step 1. prefill each prompt once, then copy its cache for every sample
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1].float()
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        logits = logits.repeat_interleave(num_samples, dim=0)
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
+    batch = prompt_ids.shape[0]
+    response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    # rows still in the cache (`rows`) and which of them are still sampling (`active`)
+    rows = torch.arange(batch, device=device)
+    active = torch.ones(batch, dtype=torch.bool, device=device)
+    attention = prompt_mask.long()
+    next_position = prompt_mask.sum(dim=1)
+    for t in range(max_new_tokens):
+        # step 2. draw one token per row and keep its log-prob under the tempered policy
+        scaled = logits / temperature
+        uniforms = torch.rand(batch, generator=generator, device=device)[rows]
+        tokens = _choose(scaled, greedy, top_k, top_p, uniforms)
+        token_lp = token_logprobs(scaled, tokens)
+        live = rows[active]
+        response_ids[live, t] = tokens[active]
+        logprobs[live, t] = token_lp[active]
+        lengths[live] += 1
+        stopped = active & torch.isin(tokens, stop)
+        finished[rows[stopped]] = True
+        active = active & ~stopped
+        if t == max_new_tokens - 1 or not bool(active.any()):
+            break
+        # step 3. drop finished rows from the batch and the cache once enough have stopped
+        if (~active).sum() >= COMPACT_WHEN_FINISHED * active.numel():
+            keep = active.nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
+            active = active[keep]
+        # step 4. one cached forward step; stopped rows still in the batch feed padding
+        tokens = torch.where(active, tokens, torch.full_like(tokens, pad_token_id))
+        attention = torch.cat([attention, active.long().unsqueeze(1)], dim=1)
+        out = model(input_ids=tokens.unsqueeze(1), attention_mask=attention, position_ids=next_position.unsqueeze(1),
+                    past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()
+        next_position = next_position + 1
+
+    width = int(lengths.max()) if batch else 0
+    response_mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
+    return Rollout(prompt_ids, prompt_mask, response_ids[:, :width], response_mask, logprobs[:, :width], finished)

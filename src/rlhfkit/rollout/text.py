@@ -1,0 +1,47 @@
+"""Between text and a rollout's tokens: left-padded prompt batches, decoded responses, and
+where each response token ends in the decoded text (to put step rewards on tokens)."""
+
+import torch
+
+from rlhfkit.rollout.engine import Rollout
+
+
+def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of rendered prompt strings, left-padded so every row continues at the end."""
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+
+
+def response_token_ids(rollout: Rollout) -> list[list[int]]:
+    """Each row's sampled tokens (stop token included), padding removed."""
+    return [row[:length] for row, length in zip(rollout.response_ids.tolist(), rollout.response_lengths.tolist())]
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """Response texts with special tokens (EOS, end of turn) removed."""
+    return tokenizer.batch_decode(response_token_ids(rollout), skip_special_tokens=True)
+
+
+def token_char_ends(tokenizer, ids: list[int], text: str) -> list[int]:
+    """For each token, the length of the decoded text up to and including it.
+
+    Decoding token by token and adding up the lengths is exact when decoding concatenates
+    (byte-level BPE on whole characters); otherwise each prefix is decoded, which is slower.
+    `text` is the decoded response (special tokens skipped), the reference for the check.
+    """
+    pieces = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+    ends, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        ends.append(total)
+    if total == len(text):
+        return ends
+    return [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+
+
+def char_to_token_index(char_ends: list[int], char_end: int) -> int:
+    """Index of the token whose decoded text reaches `char_end` (the last token if none does)."""
+    for index, end in enumerate(char_ends):
+        if end >= char_end:
+            return index
+    return len(char_ends) - 1

@@ -1,0 +1,229 @@
+"""GRPO: group-relative policy optimisation (DeepSeekMath, Shao et al. 2024; seeds 000, 001, 003).
+
+Each step samples G responses per prompt, scores them, and replaces PPO's critic with the group:
+    outcome:  A_i = (r_i - mean(r_group)) / (std(r_group) + eps)   on every token of response i
+    process:  step rewards normalised over the group, A_t = sum of those of steps ending at or after t
+The loss is PPO's clipped surrogate on those advantages plus beta * KL(pi || pi_ref) in the loss
+(k3 estimator, not in the reward), over `mu` passes that reuse the rollout's log-probs.
+Departures: the old log-probs are the sampling log-probs themselves (no extra forward pass;
+exact because the rollout engine returns them), and Dr. GRPO's normalisation and loss
+aggregation are options.
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
+from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, process_advantages
+from rlhfkit.objectives.kl import KLEstimator, kl_penalty
+from rlhfkit.objectives.masked import masked_mean
+from rlhfkit.objectives.policy import ppo_policy_loss
+from rlhfkit.rollout.engine import generate
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.train.policy_run import PolicyRun, Supervision, open_policy_run, step_rewards_on_tokens
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    model: str = ""
+    """Causal-LM directory of the starting policy (usually the SFT model); also the reference."""
+    task: str = "arith"
+    """Built-in task: its prompts (unless `train_data` is given), gold score and evaluation."""
+    train_data: str = ""
+    """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
+    train_prompts: int = 2000
+    """Prompts drawn from the task's generator when `train_data` is empty."""
+    eval_data: str = ""
+    """Held-out prompts for evaluation; empty = drawn from the task's generator."""
+    eval_prompts: int = 200
+    """Held-out prompts drawn from the task's generator when `eval_data` is empty."""
+    reward: str = "task"
+    """Reward source: task, process, model:PATH, file.py:function, or a weighted sum '0.5*task + 0.5*model:PATH'."""
+    reward_max_length: int = 256
+    """Tokens a reward model reads per response (as in its training)."""
+    reward_uncertainty_coef: float = 0.0
+    """Reward = ensemble mean - coef * ensemble std (a reward-model ensemble only)."""
+    reward_timeout_s: float = 60.0
+    """Longest one call of a user reward function may take (0 = no limit)."""
+    supervision: Supervision = Supervision.OUTCOME
+    """outcome: one reward per response; process: step rewards placed on the tokens where steps end."""
+    prompts_per_step: int = 16
+    """Prompts per rollout; the rollout holds prompts_per_step * group_size responses."""
+    group_size: int = 8
+    """G: responses sampled per prompt."""
+    mini_batch_size: int = 64
+    """Responses per optimizer step; must divide prompts_per_step * group_size."""
+    mu: int = 1
+    """Passes over each rollout (inner iterations); 1 = strictly on-policy."""
+    max_new_tokens: int = 48
+    """Response length limit."""
+    temperature: float = 1.0
+    """Sampling temperature (the log-probs in the loss use the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    clip_eps: float = 0.2
+    """Lower clip: the ratio may fall to 1 - clip_eps."""
+    clip_eps_high: float = 0.2
+    """Upper clip: the ratio may rise to 1 + clip_eps_high (DAPO's clip-higher when larger)."""
+    beta: float = 0.04
+    """KL coefficient in the loss; 0 loads no reference model."""
+    kl_estimator: KLEstimator = KLEstimator.K3
+    """KL estimator in the loss (k3 in DeepSeekMath)."""
+    norm: GroupNorm = GroupNorm.GRPO
+    """grpo: divide by the group's std; dr_grpo: only subtract the group mean."""
+    std_unbiased: bool = False
+    """Group std with Bessel's correction (True) or the population std (False)."""
+    adv_eps: float = 1e-4
+    """Added to the group std."""
+    loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
+    """token_mean, sequence_mean (GRPO) or constant_length (Dr. GRPO)."""
+    max_steps: int = 100
+    """Rollout steps."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW), constant after warm-up."""
+    warmup_steps: int = 5
+    """Linear warm-up (rollout steps)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    eval_every: int = 25
+    """Greedy evaluation on the held-out prompts every this many steps (and at the start and end)."""
+    eval_max_new_tokens: int = 48
+    """Length limit at evaluation."""
+    save_every: int = 25
+    """Checkpoint every this many steps (0 = only the final model)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 0
+    """Seeds prompts, sampling and every RNG."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:1, ..."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16 autocast for the forward passes."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class GRPOResult:
+    model_dir: Path
+    history: list[dict] = field(default_factory=list)  # one metrics row per step
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, task metrics)
+
+
+def check_batch_sizes(cfg: GRPOConfig) -> None:
+    """Reject sizes that cannot form whole groups or whole mini-batches, saying what to change."""
+    rollout = cfg.prompts_per_step * cfg.group_size
+    if cfg.group_size < 2:
+        raise ConfigError(f"group_size={cfg.group_size}: GRPO needs at least 2 responses per prompt")
+    if cfg.mini_batch_size <= 0 or rollout % cfg.mini_batch_size:
+        divisors = [d for d in range(1, rollout + 1) if rollout % d == 0]
+        raise ConfigError(
+            f"mini_batch_size={cfg.mini_batch_size} does not divide the rollout of prompts_per_step * group_size = "
+            f"{cfg.prompts_per_step} * {cfg.group_size} = {rollout} responses: use one of {divisors[-6:]} "
+            "or change prompts_per_step / group_size")
+
+
+def _minibatch_loss(cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate + beta * KL for one mini-batch (a slice of the rollout)."""
+    mask = batch["response_mask"]
+    with autocast(run.device, cfg.precision):
+        current = response_logprobs(run.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1],
+                                    temperature=cfg.temperature, with_entropy=True)
+    policy = ppo_policy_loss(current.logprobs, batch["old_logprobs"], batch["advantages"], mask,
+                             cfg.clip_eps, cfg.clip_eps_high, None, cfg.loss_aggregation, denominator)
+    loss, stats = policy.loss, {"clip_fraction": policy.clip_fraction.item(),
+                                "entropy": masked_mean(current.entropy, mask).item()}
+    if cfg.beta > 0:
+        kl = kl_penalty(current.logprobs, batch["ref_logprobs"], cfg.kl_estimator)
+        loss = loss + cfg.beta * aggregate_loss(kl, mask, cfg.loss_aggregation, denominator)
+        stats["kl"] = masked_mean(kl.detach(), mask).item()
+    return loss, stats
+
+
+def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
+    """Optimise `cfg.model` with GRPO; the final model goes to `run_dir.final`."""
+    check_batch_sizes(cfg)
+    # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
+    run = open_policy_run(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")
+    result = GRPOResult(model_dir=run_dir.final)
+    rollout_size = cfg.prompts_per_step * cfg.group_size
+
+    with run:
+        for step in range(run.start_step, cfg.max_steps):
+            timer = run.phase_timer()
+            prompts = run.prompts_for_step(step, cfg.prompts_per_step)
+
+            # step 2. sample G responses per prompt, keeping the sampling log-probs
+            with timer("generation"):
+                ids, mask = run.encode(prompts)
+                run.policy.eval()
+                rollout = generate(run.policy, ids, mask, num_samples=cfg.group_size,
+                                   max_new_tokens=cfg.max_new_tokens, stop_ids=run.stop_ids,
+                                   pad_token_id=run.pad_token_id, temperature=cfg.temperature,
+                                   top_p=cfg.top_p, top_k=cfg.top_k, generator=run.generator)
+                run.policy.train()
+                responses = run.decode(rollout)
+                grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
+
+            # step 3. rewards, and the advantages relative to each group
+            with timer("reward"):
+                scores = run.reward.score(grouped_prompts, responses)
+                rewards = scores.rewards.to(run.device)
+                if cfg.supervision is Supervision.PROCESS:
+                    steps = step_rewards_on_tokens(run.tokenizer, rollout, responses, scores.step_rewards, run.device)
+                    advantages = process_advantages(steps.rewards, steps.mask, steps.ends, rollout.response_mask,
+                                                    cfg.group_size, cfg.std_unbiased, cfg.adv_eps)
+                else:
+                    per_response = group_advantages(rewards, cfg.group_size, cfg.norm, cfg.std_unbiased, cfg.adv_eps)
+                    advantages = per_response.unsqueeze(1) * rollout.response_mask
+
+            # step 4. reference log-probs, once per rollout, without autograd
+            batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
+                     "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs,
+                     "advantages": advantages}
+            if cfg.beta > 0:
+                with timer("reference"):
+                    batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision)
+
+            # step 5. mu passes of clipped updates over mini-batches
+            with timer("update"):
+                stats = []
+                for _ in range(cfg.mu):
+                    for start in range(0, rollout_size, cfg.mini_batch_size):
+                        part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                        denominator = loss_denominator(part["response_mask"], cfg.loss_aggregation,
+                                                       cfg.max_new_tokens)
+                        loss, part_stats = _minibatch_loss(cfg, run, part, denominator)
+                        loss.backward()
+                        part_stats["loss"] = loss.item()
+                        part_stats["grad_norm"] = run.optimizer_step(step, cfg)
+                        stats.append(part_stats)
+
+            # step 6. metrics, evaluation, checkpoint
+            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            result.history.append(row)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == cfg.max_steps:
+                result.evals.append((done, run.evaluate(row)))
+            run.log(done, row)
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+                run.save_checkpoint(done)
+
+    # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
+    run.save_final()
+    return result

@@ -1,0 +1,271 @@
+"""What every policy-optimisation trainer (GRPO, PPO, ...) holds during a run: the policy and
+its reference, the reward source, the prompts, the sampling RNG, the optimizer, metrics and
+checkpoints. The trainers keep the algorithm; this keeps the bookkeeping in one place.
+"""
+
+import random
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import torch
+
+from rlhfkit.data.formats import Format, PromptExample
+from rlhfkit.data.loading import load_examples
+from rlhfkit.data.tokenize import render_text
+from rlhfkit.eval.policy import evaluate_policy
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import add_lora, adapters_disabled, load_lora, merged_copy
+from rlhfkit.rewards.builder import build_reward_source
+from rlhfkit.rollout.engine import Rollout
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.rollout.sample import stop_token_ids
+from rlhfkit.rollout.text import char_to_token_index, decode_responses, encode_prompts, response_token_ids, token_char_ends
+from rlhfkit.runtime.checkpoint import capture_rng_state, restore_rng_state
+from rlhfkit.runtime.device import Precision, autocast, resolve_device
+from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import seed_everything
+from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.batching import micro_batch_rows
+from rlhfkit.train.checkpointing import MODEL_SUBDIR, resume_point
+from rlhfkit.runtime.checkpoint import load_torch_state, save_checkpoint, save_torch_state
+
+# Evaluation prompts are drawn from the task's generator with this offset on the seed, and
+# removed from the training prompts, so evaluation is on prompts never trained on.
+EVAL_SEED_OFFSET = 10_007
+
+
+class Supervision(str, Enum):
+    OUTCOME = "outcome"
+    """One reward per response, on its last token (or spread over all tokens by GRPO)."""
+    PROCESS = "process"
+    """Step rewards placed on the tokens where each step ends (process supervision)."""
+
+
+class PolicyRunSettings(Protocol):
+    """The config fields a policy run reads (GRPOConfig and PPOConfig both have them)."""
+
+    model: str
+    task: str
+    train_data: str
+    train_prompts: int
+    eval_data: str
+    eval_prompts: int
+    reward: str
+    reward_max_length: int
+    reward_uncertainty_coef: float
+    reward_timeout_s: float
+    lr: float
+    warmup_steps: int
+    weight_decay: float
+    max_grad_norm: float
+    lora_r: int
+    lora_alpha: int
+    max_steps: int
+    eval_max_new_tokens: int
+    keep_last: int
+    seed: int
+    device: str
+    tensorboard: bool
+    progress: bool
+
+
+@dataclass
+class StepTensors:
+    rewards: torch.Tensor  # (batch, max_steps) reward of each step
+    mask: torch.Tensor  # (batch, max_steps) bool, True = a real step
+    ends: torch.Tensor  # (batch, max_steps) long, response-token index where the step ends
+
+
+def step_rewards_on_tokens(tokenizer, rollout: Rollout, responses: list[str],
+                           steps: list[list[tuple[int, float]]], device) -> StepTensors:
+    """Turn (character where a step ends, reward) lists into padded per-token step tensors."""
+    width = max(1, max(len(s) for s in steps))
+    rewards = torch.zeros(len(steps), width)
+    mask = torch.zeros(len(steps), width, dtype=torch.bool)
+    ends = torch.zeros(len(steps), width, dtype=torch.long)
+    for row, (ids, text, row_steps) in enumerate(zip(response_token_ids(rollout), responses, steps)):
+        char_ends = token_char_ends(tokenizer, ids, text)
+        for k, (char_end, reward) in enumerate(row_steps):
+            rewards[row, k], mask[row, k] = reward, True
+            ends[row, k] = char_to_token_index(char_ends, char_end) if char_ends else 0
+    return StepTensors(rewards.to(device), mask.to(device), ends.to(device))
+
+
+class PhaseTimer:
+    """Seconds spent per phase of one step (generation, reference, reward, update, ...)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, phase: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - started
+
+
+def _prompt_pools(cfg: PolicyRunSettings, task) -> tuple[list[PromptExample], list[PromptExample]]:
+    if cfg.eval_data:
+        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
+    else:
+        eval_prompts = task.prompts(cfg.eval_prompts, random.Random(cfg.seed + EVAL_SEED_OFFSET))
+    if cfg.train_data:
+        train = load_examples(cfg.train_data, Format.PROMPT)
+    else:
+        held_out = {str(p.prompt) for p in eval_prompts}
+        train = [p for p in task.prompts(cfg.train_prompts, random.Random(cfg.seed)) if str(p.prompt) not in held_out]
+    return train, eval_prompts
+
+
+class PolicyRun:
+    """Opened by `open_policy_run`; a context manager around the metrics log and progress bar."""
+
+    def __init__(self, cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str):
+        seed_everything(cfg.seed)
+        self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
+        self.device = resolve_device(cfg.device)
+        self.task = get_task(cfg.task)
+        self.train_prompts, self.eval_prompts = _prompt_pools(cfg, self.task)
+        checkpoint = resume_point(run_dir.checkpoints) if resume else None
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.policy, self.reference = self._models(cfg, checkpoint, needs_reference)
+        self.stop_ids = stop_token_ids(self.policy, self.tokenizer)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        self.reward = build_reward_source(cfg.reward, task_name=cfg.task, tokenizer=self.tokenizer,
+                                          device=self.device, batch_size=64, max_length=cfg.reward_max_length,
+                                          uncertainty_coef=cfg.reward_uncertainty_coef,
+                                          timeout_s=cfg.reward_timeout_s or None)
+        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
+                                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.start_step = self._restore(checkpoint) if checkpoint else 0
+        self.metrics = MetricsLogger(run_dir.metrics_path, run_dir.tensorboard if cfg.tensorboard else None,
+                                     resume_from_step=self.start_step if checkpoint else None)
+        self.bar = ProgressBar(cfg.max_steps, stage, enabled=cfg.progress, start=self.start_step)
+
+    # --- set-up and resume
+    def _models(self, cfg: PolicyRunSettings, checkpoint, needs_reference: bool):
+        base = load_causal_lm(cfg.model).to(self.device)
+        if cfg.lora_r > 0:
+            # the reference is the base model itself, with the adapters switched off
+            policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, cfg.lora_r, cfg.lora_alpha)
+            return policy.train(), None
+        if checkpoint:
+            base = load_causal_lm(checkpoint / MODEL_SUBDIR).to(self.device)
+        reference = load_causal_lm(cfg.model).to(self.device).eval().requires_grad_(False) if needs_reference else None
+        return base.train(), reference
+
+    def _restore(self, checkpoint) -> int:
+        self.optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
+        state = load_torch_state(checkpoint / "state.pt")
+        restore_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+        return state["step"]
+
+    def __enter__(self) -> "PolicyRun":
+        self.metrics.__enter__()
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+        self.metrics.__exit__(*exc)
+
+    # --- prompts and text
+    def prompts_for_step(self, step: int, count: int) -> list[PromptExample]:
+        """The step's prompts: a pure function of (seed, step), so a resumed run sees the same."""
+        return [self.train_prompts[i] for i in micro_batch_rows(len(self.train_prompts), count, self.cfg.seed, step)]
+
+    def encode(self, prompts: list[PromptExample]):
+        texts = [render_text(self.tokenizer, p.prompt, as_prompt=True) for p in prompts]
+        return encode_prompts(self.tokenizer, texts, self.device)
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        return decode_responses(self.tokenizer, rollout)
+
+    def phase_timer(self) -> PhaseTimer:
+        return PhaseTimer()
+
+    # --- model passes
+    @torch.no_grad()
+    def reference_logprobs(self, batch: dict, temperature: float, precision: Precision,
+                           chunk: int = 64) -> torch.Tensor:
+        """log pi_ref of the response tokens, in chunks, without autograd."""
+        model = self.reference if self.reference is not None else self.policy
+        out = []
+        with adapters_disabled(model) if self.reference is None else _nothing():
+            for start in range(0, batch["input_ids"].shape[0], chunk):
+                with autocast(self.device, precision):
+                    out.append(response_logprobs(model, batch["input_ids"][start : start + chunk],
+                                                 batch["attention_mask"][start : start + chunk],
+                                                 batch["response_mask"].shape[1], temperature=temperature).logprobs)
+        return torch.cat(out)
+
+    def optimizer_step(self, step: int, cfg: PolicyRunSettings) -> float:
+        """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    # --- metrics, evaluation, checkpoints
+    def step_metrics(self, stats: list[dict], rewards: torch.Tensor, prompts: list[PromptExample],
+                     responses: list[str], rollout: Rollout, timer: PhaseTimer) -> dict:
+        row = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
+        gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
+        tokens = int(rollout.response_mask.sum())
+        elapsed = time.perf_counter() - timer.start
+        row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
+                    "gold_score": sum(gold) / len(gold), "response_length": tokens / len(responses),
+                    "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
+        row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
+        return row
+
+    def evaluate(self, row: dict) -> dict:
+        """Greedy answers to the held-out prompts, scored by the task; added to `row` as eval_*."""
+        metrics, _ = evaluate_policy(self.policy, self.tokenizer, self.task, self.eval_prompts,
+                                     max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
+        self.policy.train()
+        row.update({f"eval_{k}": v for k, v in metrics.items()})
+        return metrics
+
+    def log(self, step: int, row: dict) -> None:
+        self.metrics.log(step, row, stage=self.stage)
+        self.bar.update(1, loss=row.get("loss", 0.0), tokens=int(row["response_length"]))
+
+    def save_checkpoint(self, step: int) -> None:
+        def write(tmp):
+            self.policy.save_pretrained(tmp / MODEL_SUBDIR)
+            self.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
+            save_torch_state(tmp / "optimizer.pt", self.optimizer.state_dict())
+            save_torch_state(tmp / "state.pt", {"step": step, "rng": capture_rng_state(),
+                                                "generator": self.generator.get_state()})
+
+        save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
+
+    def save_final(self) -> None:
+        """A plain causal-LM directory (LoRA adapters merged into a copy of the weights)."""
+        model = merged_copy(self.policy) if self.cfg.lora_r > 0 else self.policy
+        model.save_pretrained(self.run_dir.final)
+        self.tokenizer.save_pretrained(self.run_dir.final)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def open_policy_run(cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool,
+                    stage: str) -> PolicyRun:
+    return PolicyRun(cfg, run_dir, resume=resume, needs_reference=needs_reference, stage=stage)

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.builder import build_reward_source, parse_spec
+from rlhfkit.rewards.combined import WeightedSum
+from rlhfkit.rewards.function import FunctionReward
+from rlhfkit.rewards.reward_model import RewardModelSource
+from rlhfkit.rewards.task import ProcessReward, TaskReward
+
+PROMPT = PromptExample(
+    "Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:",
+    answer="5",
+    metadata={"task": "arith", "steps": [[3, "+", 2, 5]]},
+)
+RESPONSES = [" 3 + 2 = 5. The answer is 5.", " 3 + 2 = 6. The answer is 6."]
+LENGTH_FILE = "def length(prompts, responses, **kwargs):\n    return [float(len(r)) for r in responses]\n"
+
+
+def build(spec, **overrides):
+    args = dict(task_name="arith", tokenizer=None, device="cpu", batch_size=4, max_length=256,
+                uncertainty_coef=0.0, timeout_s=5.0)
+    return build_reward_source(spec, **(args | overrides))
+
+
+@pytest.fixture(scope="module")
+def saved_reward_model(tiny_model_dir, tmp_path_factory):
+    """A reward model directory as the trainer leaves it: two heads and the tokenizer."""
+    out = tmp_path_factory.mktemp("reward_model")
+    torch.manual_seed(0)
+    RewardModel.from_pretrained(tiny_model_dir, num_heads=2).save_pretrained(out)
+    load_tokenizer(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def test_parse_spec_reads_terms_and_weights():
+    assert parse_spec("task") == [("task", None)]
+    assert parse_spec(" 0.7*model:runs/rm + 0.3 * task ") == [("model:runs/rm", 0.7), ("task", 0.3)]
+    assert parse_spec("task + -0.1*r.py:f") == [("task", None), ("r.py:f", -0.1)]
+
+
+def test_single_terms_build_their_sources():
+    assert isinstance(build("task"), TaskReward) and build("task").name == "task"
+    assert isinstance(build("process"), ProcessReward)
+    scores = build("process").score([PROMPT, PROMPT], RESPONSES)
+    assert scores.step_rewards == [[(10, 1.0), (27, 1.0)], [(10, 0.0), (27, 0.0)]]
+    assert scores.rewards.tolist() == [1.0, 0.0]
+
+
+def test_weighted_sum_of_a_function_and_the_task_matches_hand_values(tmp_path):
+    path = tmp_path / "lengths.py"
+    path.write_text(LENGTH_FILE)
+    source = build(f"0.7*task + 0.01*{path}:length")
+    assert isinstance(source, WeightedSum)
+    responses = [" 3 + 2 = 5. The answer is 5.", " The answer is 7."]
+    scores = source.score([PROMPT, PROMPT], responses)
+    # lengths 28 and 17: 0.7*1 + 0.01*28 = 0.98 ; 0.7*0 + 0.01*17 = 0.17
+    assert [len(r) for r in responses] == [28, 17]
+    assert scores.rewards.tolist() == pytest.approx([0.98, 0.17])
+    assert scores.components["task"].tolist() == [1.0, 0.0]
+    assert scores.components[f"{path}:length"].tolist() == [28.0, 17.0]
+
+
+def test_a_function_term_gets_the_timeout(tmp_path):
+    path = tmp_path / "lengths.py"
+    path.write_text(LENGTH_FILE)
+    source = build(f"{path}:length", timeout_s=1.5)
+    assert isinstance(source, FunctionReward) and source.timeout_s == 1.5
+
+
+def test_model_term_loads_every_head_and_the_saved_tokenizer(saved_reward_model):
+    source = build(f"model:{saved_reward_model}", uncertainty_coef=0.5)
+    assert isinstance(source, RewardModelSource) and source.name == f"model:{saved_reward_model}"
+    assert source.model.num_heads == 2 and source.uncertainty_coef == 0.5
+    scores = source.score([PROMPT, PROMPT], RESPONSES)
+    assert torch.isfinite(scores.rewards).all() and (scores.uncertainty > 0).all()
+
+
+def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, tmp_path):
+    with pytest.raises(RlhfkitError, match="is not a trained reward model .architectures: LlamaForCausalLM"):
+        build(f"model:{tiny_model_dir}")
+    with pytest.raises(RlhfkitError, match="no config.json"):
+        build(f"model:{tmp_path / 'nowhere'}")
+
+
+@pytest.mark.parametrize(
+    "spec, overrides, expected",
+    [
+        ("judge:gpt", {}, r"unknown reward source 'judge:gpt': expected task, process, model:PATH, path/to/file.py"),
+        ("rewards.py", {}, "unknown reward source 'rewards.py'"),
+        ("0.5*task + ", {}, "empty term"),
+        ("", {}, "empty term"),
+        ("half*task", {}, "weight 'half' is not a number"),
+        ("task + task", {}, "named more than once: task"),
+        ("task", {"task_name": None}, "needs a built-in task"),
+        ("task", {"task_name": "chess"}, "unknown task 'chess'"),
+        ("process", {"task_name": "advice"}, "task 'advice' cannot check single steps"),
+    ],
+)
+def test_bad_specs_are_errors(spec, overrides, expected):
+    with pytest.raises(RlhfkitError, match=expected):
+        build(spec, **overrides)

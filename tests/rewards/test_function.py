@@ -1,0 +1,224 @@
+import threading
+
+import pytest
+import torch
+
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.rewards.function import FunctionReward, RewardFunctionError, load_reward_function
+
+REWARD_FILE = '''
+import math
+import time
+
+import torch
+
+NOT_CALLABLE = 3
+
+
+def length(prompts, responses, **kwargs):
+    return [float(len(r)) for r in responses]
+
+
+def columns(prompts, responses, answer, topic, task):
+    # 1 for the reference answer, +0.5 on the cooking topic, +10 where the row has no topic
+    return [float(r == a) + 0.5 * (t == "cooking") + 10 * (t is None) for r, a, t in zip(responses, answer, topic)]
+
+
+def messages(prompts, responses, **kwargs):
+    return [len(p) if isinstance(p, list) else -1 for p in prompts]
+
+
+def as_int(prompts, responses, **kwargs):
+    return [float(int(r)) for r in responses]
+
+
+def slow(prompts, responses, **kwargs):
+    time.sleep(3)
+    return [0.0] * len(responses)
+
+
+def nan_on_bad(prompts, responses, **kwargs):
+    return [math.nan if r == "bad" else 1.0 for r in responses]
+
+
+def inf_on_bad(prompts, responses, **kwargs):
+    return [-math.inf if r == "bad" else 1.0 for r in responses]
+
+
+def string_on_bad(prompts, responses, **kwargs):
+    return ["high" if r == "bad" else 1.0 for r in responses]
+
+
+def none_on_bad(prompts, responses, **kwargs):
+    return [None if r == "bad" else 1.0 for r in responses]
+
+
+def one_reward(prompts, responses, **kwargs):
+    return [1.0]
+
+
+def scalar(prompts, responses, **kwargs):
+    return 1.0
+
+
+def tensor(prompts, responses, **kwargs):
+    return torch.tensor([float(len(r)) for r in responses])
+
+
+def booleans(prompts, responses, answer, **kwargs):
+    return [r == a for r, a in zip(responses, answer)]
+
+
+def batch_only(prompts, responses, **kwargs):
+    if len(responses) > 1:
+        raise RuntimeError("cannot batch")
+    return [1.0]
+'''
+
+PROMPTS = [
+    PromptExample("Q: first prompt\nA:", answer="1", metadata={"topic": "cooking", "task": "t"}),
+    PromptExample("Q: second prompt about pens\nA:", answer="2", metadata={"topic": "garden", "task": "t"}),
+    PromptExample("Q: third prompt\nA:", answer="3", metadata={"task": "t"}),
+]
+
+
+@pytest.fixture
+def reward_file(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(REWARD_FILE)
+    return path
+
+
+def source(reward_file, fn_name, timeout_s=None):
+    spec = f"{reward_file}:{fn_name}"
+    return FunctionReward(load_reward_function(spec), name=spec, timeout_s=timeout_s)
+
+
+def failure(reward_file, fn_name, responses, timeout_s=None) -> str:
+    with pytest.raises(RewardFunctionError) as caught:
+        source(reward_file, fn_name, timeout_s).score(PROMPTS[: len(responses)], responses)
+    message = str(caught.value)
+    assert isinstance(caught.value, RlhfkitError) and "\n" not in message
+    assert f"reward function '{reward_file}:{fn_name}'" in message
+    return message
+
+
+def test_scores_come_from_the_function(reward_file):
+    scores = source(reward_file, "length").score(PROMPTS[:2], ["ab", "abcd"])
+    assert scores.rewards.dtype == torch.float32 and scores.rewards.tolist() == [2.0, 4.0]
+    assert scores.uncertainty is None and scores.step_rewards is None
+
+
+def test_answer_and_metadata_come_as_columns_with_none_for_missing(reward_file):
+    scores = source(reward_file, "columns").score(PROMPTS, ["1", "x", "3"])
+    assert scores.rewards.tolist() == [1.5, 0.0, 11.0]
+
+
+def test_conversational_prompts_come_as_message_lists(reward_file):
+    chat = PromptExample([{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}])
+    scores = source(reward_file, "messages").score([chat, PROMPTS[0]], ["Hello", "1"])
+    assert scores.rewards.tolist() == [2.0, -1.0]
+
+
+def test_tensors_and_booleans_are_accepted_as_rewards(reward_file):
+    assert source(reward_file, "tensor").score(PROMPTS[:2], ["a", "abc"]).rewards.tolist() == [1.0, 3.0]
+    assert source(reward_file, "booleans").score(PROMPTS[:2], ["1", "x"]).rewards.tolist() == [1.0, 0.0]
+
+
+def test_a_raise_names_the_sample_that_fails_alone(reward_file):
+    message = failure(reward_file, "as_int", ["1", "two", "3"])
+    assert "raised ValueError: invalid literal for int()" in message
+    assert "on sample 1 ('Q: second prompt about pens A:')" in message
+
+
+def test_a_raise_only_in_batches_names_the_batch(reward_file):
+    message = failure(reward_file, "batch_only", ["1", "2", "3"])
+    assert "raised RuntimeError: cannot batch on samples 0-2 (first: 'Q: first prompt A:')" in message
+
+
+def test_a_call_past_the_timeout_is_an_error(reward_file):
+    message = failure(reward_file, "slow", ["1", "2"], timeout_s=0.2)
+    assert "did not return within 0.2 s on samples 0-1" in message
+
+
+def test_the_timeout_works_off_the_main_thread(reward_file):
+    reward = source(reward_file, "slow", timeout_s=0.2)
+    caught = []
+
+    def run():
+        try:
+            reward.score(PROMPTS[:1], ["1"])
+        except Exception as error:
+            caught.append(error)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=2.0)
+    assert not worker.is_alive()
+    assert len(caught) == 1 and isinstance(caught[0], RewardFunctionError)
+    assert "did not return within 0.2 s on sample 0" in str(caught[0])
+
+
+@pytest.mark.parametrize(
+    "fn_name, expected",
+    [
+        ("nan_on_bad", "returned nan for sample 1 ('Q: second prompt about pens A:'), expected a finite number"),
+        ("inf_on_bad", "returned -inf for sample 1"),
+        ("string_on_bad", "returned str 'high' for sample 1 ('Q: second prompt about pens A:'), expected a number"),
+        ("none_on_bad", "returned None for sample 1 ('Q: second prompt about pens A:'), expected a number"),
+    ],
+)
+def test_bad_values_are_errors_naming_the_sample(reward_file, fn_name, expected):
+    assert expected in failure(reward_file, fn_name, ["1", "bad", "3"])
+
+
+def test_the_wrong_count_or_a_non_list_is_an_error(reward_file):
+    assert "returned 1 rewards for 3 responses on samples 0-2" in failure(reward_file, "one_reward", ["1", "2", "3"])
+    assert "returned float on samples 0-1 (first: 'Q: first prompt A:'), expected a list of 2 numbers" in failure(
+        reward_file, "scalar", ["1", "2"])
+
+
+@pytest.mark.parametrize(
+    "spec_of, expected",
+    [
+        (lambda f: f"{f.parent / 'missing.py'}:length", "no file"),
+        (lambda f: f"{f}:absent", "defines no 'absent'"),
+        (lambda f: f"{f}:NOT_CALLABLE", "'NOT_CALLABLE' in .* is a int, not a function"),
+        (lambda f: str(f), "expected 'path/to/file.py:function'"),
+    ],
+)
+def test_loading_errors_name_the_spec(reward_file, spec_of, expected):
+    spec = spec_of(reward_file)
+    with pytest.raises(RlhfkitError, match=expected) as caught:
+        load_reward_function(spec)
+    assert str(caught.value).startswith(f"reward function '{spec}': ") and "\n" not in str(caught.value)
+
+
+def test_a_file_that_fails_to_load_is_an_error_naming_the_spec(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("def f(:\n    pass\n")
+    with pytest.raises(RlhfkitError, match=rf"reward function '{path}:f': loading .* raised SyntaxError"):
+        load_reward_function(f"{path}:f")
+
+
+def test_two_files_with_the_same_name_do_not_collide(tmp_path):
+    first, second = tmp_path / "a" / "rewards.py", tmp_path / "b" / "rewards.py"
+    for path, value in ((first, 1.0), (second, 2.0)):
+        path.parent.mkdir()
+        path.write_text(f"def r(prompts, responses, **kw):\n    return [{value}] * len(responses)\n")
+    values = [FunctionReward(load_reward_function(f"{p}:r"), "r").score(PROMPTS[:1], ["x"]).rewards.item()
+              for p in (first, second)]
+    assert values == [1.0, 2.0]
+
+
+def test_metadata_columns_that_clash_with_arguments_are_refused(reward_file):
+    clash = PromptExample("Q", metadata={"responses": "oops"})
+    with pytest.raises(RlhfkitError, match="^prompt metadata column 'responses' clashes") as caught:
+        source(reward_file, "length").score([clash], ["x"])
+    assert not isinstance(caught.value, RewardFunctionError)
+
+
+def test_timeout_must_be_positive(reward_file):
+    with pytest.raises(RlhfkitError, match="timeout_s must be positive"):
+        source(reward_file, "length", timeout_s=0)

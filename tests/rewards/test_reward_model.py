@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.reward_model import RewardModelSource
+
+PROMPTS = [
+    PromptExample("Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:", answer="5"),
+    PromptExample("User: How do I keep basil alive?\nAssistant:"),
+    PromptExample("Q: Ben has 4 coins.\nA:", answer="4"),
+]
+RESPONSES = [" 3 + 2 = 5. The answer is 5.", " Water it often. Give it sun. Good luck!", " The answer is 4."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_model_dir):
+    torch.manual_seed(0)
+    return RewardModel.from_pretrained(tiny_model_dir, num_heads=3)
+
+
+def forward_alone(model, ids: list[int]) -> torch.Tensor:
+    """(heads,) what the model gives one unpadded sequence."""
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        return model(input_ids, torch.ones_like(input_ids)).rewards[0]
+
+
+def plain_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    # The reward-model trainer's encoding of plain text: prompt + response, then EOS.
+    return tokenizer(prompt + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def test_scores_equal_the_models_forward_on_the_same_text(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    # batch_size 2 over 3 samples of different lengths: padding and a second batch both happen.
+    scores = RewardModelSource(model, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
+    expected = [forward_alone(model, plain_ids(tokenizer, p.prompt, r)).item() for p, r in zip(PROMPTS, RESPONSES)]
+    assert scores.rewards.dtype == torch.float32
+    assert scores.rewards.tolist() == pytest.approx(expected, abs=1e-5)
+    assert scores.uncertainty.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_long_sequence_is_scored_on_its_first_max_length_tokens(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    ids = plain_ids(tokenizer, PROMPTS[0].prompt, RESPONSES[0])
+    prompt_length = len(tokenizer(PROMPTS[0].prompt, add_special_tokens=False)["input_ids"])
+    max_length = prompt_length + 3
+    assert len(ids) > max_length
+    source = RewardModelSource(model, tokenizer, batch_size=4, max_length=max_length)
+    scores = source.score(PROMPTS[:1], RESPONSES[:1])
+    assert scores.rewards.item() == pytest.approx(forward_alone(model, ids[:max_length]).item(), abs=1e-5)
+
+
+def test_conversational_prompts_are_scored_through_the_chat_template(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    prompt = [{"role": "user", "content": "How do I keep basil alive?"}]
+    response = "Water it often."
+    text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    source = RewardModelSource(model, tokenizer, batch_size=4, max_length=256)
+    scores = source.score([PromptExample(prompt)], [response])
+    assert scores.rewards.item() == pytest.approx(forward_alone(model, ids).item(), abs=1e-5)
+
+
+def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble, tokenizer):
+    plain = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
+    texts = [plain_ids(tokenizer, p.prompt, r) for p, r in zip(PROMPTS, RESPONSES)]
+    heads = torch.stack([forward_alone(ensemble, ids) for ids in texts])  # (samples, heads)
+    assert heads.shape == (3, 3)
+    assert plain.rewards.tolist() == pytest.approx(heads.mean(dim=1).tolist(), abs=1e-5)
+    assert plain.uncertainty.tolist() == pytest.approx(heads.std(dim=1).tolist(), abs=1e-5)
+    assert (plain.uncertainty > 0).all()
+
+    source = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256, uncertainty_coef=0.5)
+    penalised = source.score(PROMPTS, RESPONSES)
+    assert torch.equal(penalised.uncertainty, plain.uncertainty)
+    assert torch.equal(penalised.rewards, plain.rewards - 0.5 * plain.uncertainty)
+    assert (penalised.rewards < plain.rewards).all()
+
+
+def test_scoring_leaves_the_models_mode_and_gradients_alone(ensemble, tokenizer):
+    ensemble.train()
+    scores = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
+    assert ensemble.training and not scores.rewards.requires_grad
+    ensemble.eval()
+
+
+def test_a_prompt_that_leaves_no_room_for_the_response_is_an_error(ensemble, tokenizer):
+    source = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=4)
+    with pytest.raises(RlhfkitError, match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in max_length=4"):
+        source.score(PROMPTS[:1], RESPONSES[:1])

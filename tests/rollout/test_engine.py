@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from rlhfkit.objectives.logprobs import token_logprobs
+from rlhfkit.rollout import engine
+from rlhfkit.rollout.engine import filter_logits, generate, positions_from_mask
+from tests.rollout.conftest import generate_samples as _generate, prompt_batch as _prompts
+
+
+def test_sampling_logprobs_equal_a_fresh_forward_pass(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    rollout = _generate(model, tokenizer, temperature=0.7, top_k=50, top_p=0.9)
+    mask = rollout.attention_mask
+    with torch.no_grad():
+        logits = model(input_ids=rollout.input_ids, attention_mask=mask.long(),
+                       position_ids=positions_from_mask(mask)).logits
+    prompt_len = rollout.prompt_ids.shape[1]
+    # position t predicts token t+1: the response's logits start at the prompt's last token
+    response_logits = logits[:, prompt_len - 1 : -1] / 0.7
+    fresh = token_logprobs(response_logits, rollout.response_ids)
+    assert rollout.response_mask.sum() > 20
+    diff = (fresh - rollout.logprobs)[rollout.response_mask].abs().max()
+    assert diff < 1e-5
+    assert torch.all(rollout.logprobs[~rollout.response_mask] == 0)
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    a, b = _generate(model, tokenizer, seed=3), _generate(model, tokenizer, seed=3)
+    assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.logprobs, b.logprobs)
+    c = _generate(model, tokenizer, seed=4)
+    assert not torch.equal(a.response_ids, c.response_ids)
+
+
+def test_rows_stop_at_their_first_stop_token_and_are_padded_after(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    stop_ids = list(range(2, 300, 7))  # many stop tokens: rows stop at different steps
+    rollout = _generate(model, tokenizer, stop_ids=stop_ids, max_new_tokens=40)
+    lengths = rollout.response_lengths.tolist()
+    assert len(set(lengths)) > 1
+    for row, length, finished in zip(rollout.response_ids.tolist(), lengths, rollout.finished.tolist()):
+        body = row[:length]
+        assert not any(t in stop_ids for t in body[:-1])
+        assert finished == (body[-1] in stop_ids)
+        assert finished or length == 40
+        assert all(t == tokenizer.pad_token_id for t in row[length:])
+
+
+def test_dropping_finished_rows_does_not_change_the_samples(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    stop_ids = list(range(2, 300, 5))
+    monkeypatch.setattr(engine, "COMPACT_WHEN_FINISHED", 2.0)  # never compact
+    kept = _generate(model, tokenizer, stop_ids=stop_ids)
+    monkeypatch.setattr(engine, "COMPACT_WHEN_FINISHED", 0.0)  # compact at every stop
+    compacted = _generate(model, tokenizer, stop_ids=stop_ids)
+    assert torch.equal(kept.response_ids, compacted.response_ids)
+    assert torch.allclose(kept.logprobs, compacted.logprobs, atol=1e-5)
+
+
+def test_samples_of_one_prompt_are_consecutive_rows(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    rollout = _generate(model, tokenizer, num_samples=4)
+    ids, _ = _prompts(tokenizer)
+    assert rollout.response_ids.shape[0] == 12
+    assert torch.equal(rollout.prompt_ids, ids.repeat_interleave(4, dim=0))
+
+
+def test_greedy_matches_model_generate(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    ids, mask = _prompts(tokenizer)
+    rollout = generate(model, ids, mask, num_samples=1, max_new_tokens=16, stop_ids=[tokenizer.eos_token_id],
+                       pad_token_id=tokenizer.pad_token_id, greedy=True)
+    reference = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, max_new_tokens=16,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    expected = reference[:, ids.shape[1]:]
+    for row, want, length in zip(rollout.response_ids, expected, rollout.response_lengths):
+        assert torch.equal(row[:length], want[:length])
+
+
+def test_filter_logits_hand_values():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)[0, 2:]).all()
+    assert torch.equal(filter_logits(logits, top_k=2, top_p=1.0)[0, :2], logits[0, :2])
+    # probabilities ~ 0.644, 0.237, 0.087, 0.032: top_p 0.7 keeps the first two, 0.5 only the first
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.equal(filter_logits(logits, top_k=0, top_p=1.0), logits)
+
+
+def test_positions_skip_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+
+
+def test_inverse_cdf_draws_follow_the_filtered_distribution():
+    logits = torch.tensor([[1.0, 0.0, -1.0, 2.0, -9.0]]).expand(40000, 5)
+    uniforms = torch.rand(40000, generator=torch.Generator().manual_seed(0))
+    tokens = engine._choose(logits, greedy=False, top_k=3, top_p=1.0, uniforms=uniforms)
+    frequencies = torch.bincount(tokens, minlength=5).float() / 40000
+    expected = filter_logits(logits[:1], top_k=3, top_p=1.0).softmax(dim=-1)[0]
+    assert frequencies[2] == 0 and frequencies[4] == 0  # outside the top 3: never drawn
+    assert torch.allclose(frequencies, expected, atol=0.01)
+
