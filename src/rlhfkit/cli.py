@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "grpo", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhfkit", description="Train language models from human feedback.")
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
+             "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
              "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
@@ -54,6 +55,9 @@ def _config_class(command: str):
     if command == "rm":
         from rlhfkit.train.reward import RewardConfig
         return RewardConfig
+    if command == "grpo":
+        from rlhfkit.train.grpo import GRPOConfig
+        return GRPOConfig
     from rlhfkit.pipeline_config import PipelineConfig
     return PipelineConfig
 
@@ -62,7 +66,9 @@ def _run_trainer(args, cfg) -> None:
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.rundir import prepare_run_dir
 
-    if not cfg.model or not cfg.train_data:
+    if not cfg.model:
+        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH")
+    if args.command in ("sft", "rm") and not cfg.train_data:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite)
     save_config(cfg, run.config_path)
@@ -70,6 +76,11 @@ def _run_trainer(args, cfg) -> None:
         if args.command == "sft":
             from rlhfkit.train.sft import train_sft
             result = train_sft(cfg, run, resume=args.resume)
+        elif args.command == "grpo":
+            from rlhfkit.train.grpo import train_grpo
+            result = train_grpo(cfg, run, resume=args.resume)
+            if result.evals:
+                print(f"held-out {cfg.task}: {result.evals[-1][1]}")
         else:
             from rlhfkit.train.reward import train_reward_model
             result = train_reward_model(cfg, run, resume=args.resume)

@@ -38,7 +38,7 @@ class ModelStage:
 class CollectStage:
     train_prompts: int = 1200
     """Advice prompts whose sampled responses are ranked for reward-model training."""
-    heldout_prompts: int = 100
+    heldout_prompts: int = 200
     """Held-out prompts ranked by two annotators (reward-model accuracy and its yardsticks)."""
     responses_per_prompt: int = 8
     """K responses sampled per prompt (InstructGPT: 4-9)."""
@@ -64,7 +64,7 @@ class PipelineConfig:
     """Length limit of evaluation generations."""
     data: DataStage = field(default_factory=DataStage)
     model: ModelStage = field(default_factory=ModelStage)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=600, batch_size=48, lr=2e-3,
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=48, lr=2e-3,
                                                              eval_every=100, sample_every=200))
     collect: CollectStage = field(default_factory=CollectStage)
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=200, batch_size=16, lr=1e-3))

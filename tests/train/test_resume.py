@@ -85,3 +85,15 @@ def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_model
                             "batch_size=4", "warmup_steps=3", "save_every=5", "progress=false",
                             "tensorboard=false", "--runs-dir", str(runs)), runs)
     assert_same_run(runs, steps)
+
+
+def test_grpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    reward = tmp_path / "reward.py"
+    reward.write_text("def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n")
+    runs, steps = tmp_path / "runs", 10
+    kill_and_resume(rlhfkit("grpo", f"model={tiny_model_dir}", "task=arith", f"reward={reward}:chars", "train_prompts=64",
+                            "eval_prompts=4", "eval_max_new_tokens=4", "prompts_per_step=4", "group_size=4",
+                            "mini_batch_size=8", "mu=2", "max_new_tokens=12", f"max_steps={steps}", "save_every=2",
+                            "beta=0.1", "lr=1e-2", "warmup_steps=1", "eval_every=100", "progress=false",
+                            "tensorboard=false", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)

@@ -1,13 +1,15 @@
-"""Batched sampling with the model's own `generate` (KV cache on).
+"""Sampling responses as text (data collection, evaluation, logged samples) with the rollout engine.
 
-Seeded without touching the caller's RNG streams: sampling runs inside a forked RNG state,
-so generating samples in the middle of training never changes the training's randomness.
+Seeded without touching the caller's RNG streams: sampling draws from its own generator, so
+generating samples in the middle of training never changes the training's randomness.
 """
 
 from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.rollout.engine import generate
+from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.progress import ProgressBar
 
 
@@ -41,43 +43,29 @@ def sample_responses(
 ) -> Samples:
     """`num_samples` responses to each prompt (prompts are already rendered text).
 
-    `progress`: a description shows a progress bar (batches, tokens/s, ETA); None = silent.
+    `batch_size` counts responses; each batch holds whole prompts with all their samples, so a
+    prompt is prefilled once. Sampling draws from its own seeded generator, never from the
+    caller's RNG streams. `progress`: a description shows a progress bar; None = silent.
     """
-    was_training, padding_side = model.training, tokenizer.padding_side
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right end
-    stop_ids = stop_token_ids(model, tokenizer)
-    expanded = [p for p in prompts for _ in range(num_samples)]
-    texts, num_tokens = [], 0
     device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stop_ids = stop_token_ids(model, tokenizer)
+    per_batch = max(1, batch_size // num_samples)
+    texts, num_tokens = [], 0
     try:
-        num_batches = -(-len(expanded) // batch_size)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                ProgressBar(num_batches, progress or "", enabled=progress is not None) as bar:
-            torch.manual_seed(seed)
-            for start in range(0, len(expanded), batch_size):
-                batch = tokenizer(expanded[start : start + batch_size], return_tensors="pt",
-                                  padding=True, add_special_tokens=False).to(device)
-                out = model.generate(
-                    **batch,
-                    do_sample=not greedy,
-                    temperature=temperature if not greedy else None,
-                    top_p=top_p if not greedy else None,
-                    top_k=top_k if not greedy else None,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=stop_ids,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                new_tokens = out[:, batch["input_ids"].shape[1] :]
-                batch_tokens = 0
-                for row in new_tokens.tolist():
-                    length = next((i + 1 for i, t in enumerate(row) if t in stop_ids), len(row))
-                    batch_tokens += length
-                    texts.append(tokenizer.decode(row[:length], skip_special_tokens=True))
+        with ProgressBar(-(-len(prompts) // per_batch), progress or "", enabled=progress is not None) as bar:
+            for start in range(0, len(prompts), per_batch):
+                ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
+                rollout = generate(model, ids, mask, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                                   stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id, temperature=temperature,
+                                   top_p=top_p, top_k=top_k, greedy=greedy, generator=generator)
+                texts += decode_responses(tokenizer, rollout)
+                batch_tokens = int(rollout.response_mask.sum())
                 num_tokens += batch_tokens
                 bar.update(1, tokens=batch_tokens)
     finally:
-        tokenizer.padding_side = padding_side
         model.train(was_training)
     grouped = [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
     return Samples(texts=grouped, num_tokens=num_tokens)

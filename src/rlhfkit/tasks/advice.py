@@ -71,7 +71,7 @@ def _write_reply(rng: random.Random, topic: str) -> str:
     extras = [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
     if rng.random() < 0.1:
         extras.append(rng.choice(RUDE))
-    if rng.random() < 0.15:
+    if rng.random() < 0.05:  # rare: a policy that repeats itself is what RL should not learn
         extras.append(rng.choice(body))
     for sentence in extras:
         body.insert(rng.randint(0, len(body)), sentence)

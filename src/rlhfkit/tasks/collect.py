@@ -3,7 +3,8 @@ model, have the simulated annotator rank them, and keep the ranking and its C(K,
 
 Held-out prompts are ranked by two independent annotators, which gives the two yardsticks a
 reward model is judged against on the same noisy labels (annotator A's):
-- inter-annotator agreement: how often annotator B orders a pair like A (InstructGPT: 72.6%);
+- inter-annotator agreement: how often another annotator B orders a pair like A (InstructGPT:
+  72.6%), averaged over several independent B so that only A's own noise remains in the estimate;
 - the Bayes limit: how often the noise-free gold preference orders it like A.
 """
 
@@ -60,6 +61,7 @@ def label_responses(
     *,
     target_agreement: float,
     rng: random.Random,
+    second_annotators: int = 10,
 ) -> Collection:
     """Rank sampled responses with simulated annotators calibrated to `target_agreement`.
 
@@ -75,10 +77,11 @@ def label_responses(
     for prompt, responses in heldout:
         g = gold[id(responses)]
         order_a = noisy_ranking(g, temperature, rng)
-        ranks_b = order_to_ranks(noisy_ranking(g, temperature, rng))
         heldout_rows.append(_ranking_row(prompt, responses, order_a))
-        a_total, n = _agreement_with(order_a, lambda i: -ranks_b[i])
-        g_total, _ = _agreement_with(order_a, lambda i: g[i])
-        agree, bayes, count = agree + a_total, bayes + g_total, count + n
+        for _ in range(second_annotators):
+            ranks_b = order_to_ranks(noisy_ranking(g, temperature, rng))
+            agree += _agreement_with(order_a, lambda i: -ranks_b[i])[0] / second_annotators
+        g_total, n = _agreement_with(order_a, lambda i: g[i])
+        bayes, count = bayes + g_total, count + n
     pairs = [pair for row in rankings for pair in _pairs_of(row)]
     return Collection(rankings, pairs, heldout_rows, temperature, agree / max(1, count), bayes / max(1, count))

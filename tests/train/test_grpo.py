@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, train_grpo
+from rlhfkit.train.policy_run import open_policy_run
+
+# Rewards the number of characters the response decodes to: a random tiny model's tokens
+# vary in length, so groups have spread and GRPO has something to climb.
+LONG_TEXT_REWARD = "def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n"
+
+
+def config(model, tmp_path, **overrides) -> GRPOConfig:
+    reward_file = tmp_path / "reward.py"
+    reward_file.write_text(LONG_TEXT_REWARD)
+    settings = dict(model=str(model), task="arith", reward=f"{reward_file}:chars", train_prompts=64, eval_prompts=8,
+                    prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=12, eval_max_new_tokens=8,
+                    max_steps=12, lr=2e-2, warmup_steps=1, beta=0.0, eval_every=100, save_every=0,
+                    progress=False, tensorboard=False)
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def test_grpo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_grpo(config(tiny_model_dir, tmp_path), run)
+    rewards = [row["reward_mean"] for row in result.history]
+    assert len(rewards) == 12
+    assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
+    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert [row["step"] for row in metrics] == list(range(1, 13))
+    for key in ("reward_mean", "reward_std", "gold_score", "clip_fraction", "entropy", "response_length",
+                "tokens_per_s", "time_generation", "time_reward", "time_update"):
+        assert key in metrics[0], key
+    assert result.evals and "accuracy" in result.evals[-1][1]
+    AutoModelForCausalLM.from_pretrained(run.final)
+
+
+def test_kl_term_keeps_the_policy_nearer_the_reference(tiny_model_dir, tmp_path):
+    free = train_grpo(config(tiny_model_dir, tmp_path, max_steps=6), prepare_run_dir(tmp_path / "a", resume=False,
+                                                                                        overwrite=False))
+    held = train_grpo(config(tiny_model_dir, tmp_path, max_steps=6, beta=1.0),
+                      prepare_run_dir(tmp_path / "b", resume=False, overwrite=False))
+    assert "kl" in held.history[-1] and "kl" not in free.history[-1]
+
+    def distance(run_dir):
+        a = AutoModelForCausalLM.from_pretrained(run_dir / "final").state_dict()
+        b = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+        return sum((a[k] - b[k]).pow(2).sum().item() for k in a)
+
+    assert held.history[-1]["kl"] >= 0
+    assert distance(tmp_path / "b") < distance(tmp_path / "a")
+
+
+def test_process_supervision_runs_on_arith_step_rewards(tiny_model_dir, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_grpo(config(tiny_model_dir, tmp_path, reward="process", supervision="process", max_steps=2), run)
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+
+
+def test_batch_sizes_that_cannot_form_whole_groups_are_rejected_with_what_to_change(tmp_path):
+    with pytest.raises(ConfigError, match=r"mini_batch_size=7 .* 4 \* 4 = 16 .*prompts_per_step / group_size"):
+        check_batch_sizes(config("m", tmp_path, mini_batch_size=7))
+    with pytest.raises(ConfigError, match="group_size=1"):
+        check_batch_sizes(config("m", tmp_path, group_size=1))
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, lora_r=4, lora_alpha=8, beta=0.1)
+    run_dir = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    run = open_policy_run(cfg, run_dir, resume=False, needs_reference=True, stage="grpo")
+    assert run.reference is None  # no second copy of the model
+    trainable = [p for p in run.policy.parameters() if p.requires_grad]
+    assert trainable and all(p.numel() < 2000 for p in trainable)  # adapters only
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.05 * torch.randn_like(p))  # move the adapters away from their identity init
+    ids = torch.randint(5, 200, (2, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+             "response_mask": torch.ones(2, 4, dtype=torch.bool)}
+    reference = run.reference_logprobs(batch, 1.0, cfg.precision)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        expected = response_logprobs(base, ids, batch["attention_mask"], 4).logprobs
+        adapted = response_logprobs(run.policy, ids, batch["attention_mask"], 4).logprobs
+    assert torch.allclose(reference, expected, atol=1e-5)
+    assert not torch.allclose(adapted, expected, atol=1e-3)
