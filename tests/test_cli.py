@@ -95,6 +95,9 @@ def test_missing_data_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
 def test_trainer_needs_model_and_data(monkeypatch, capsys, tmp_path):
     code, _, err = run_main(monkeypatch, capsys, "rm", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(code, err, "needs model=PATH and train_data=PATH")
+    # GRPO draws its prompts from the task when no data is given: only the model is required
+    code, _, err = run_main(monkeypatch, capsys, "grpo", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, "rlhfkit grpo needs model=PATH")
 
 
 def test_print_config_shows_the_overrides(monkeypatch, capsys):

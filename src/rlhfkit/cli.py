@@ -66,10 +66,10 @@ def _run_trainer(args, cfg) -> None:
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.rundir import prepare_run_dir
 
+    if args.command in ("sft", "rm") and not (cfg.model and cfg.train_data):
+        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     if not cfg.model:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH")
-    if args.command in ("sft", "rm") and not cfg.train_data:
-        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite)
     save_config(cfg, run.config_path)
     try:

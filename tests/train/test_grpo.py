@@ -36,7 +36,7 @@ def test_grpo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
     for key in ("reward_mean", "reward_std", "gold_score", "clip_fraction", "entropy", "response_length",
                 "tokens_per_s", "time_generation", "time_reward", "time_update"):
         assert key in metrics[0], key
-    assert result.evals and "accuracy" in result.evals[-1][1]
+    assert [step for step, _ in result.evals] == [0, 12] and "accuracy" in result.evals[-1][1]
     AutoModelForCausalLM.from_pretrained(run.final)
 
 

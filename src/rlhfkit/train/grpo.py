@@ -164,6 +164,8 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     rollout_size = cfg.prompts_per_step * cfg.group_size
 
     with run:
+        if run.start_step == 0:
+            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = run.phase_timer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
