@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "grpo", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "ppo", "grpo", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhfkit", description="Train language models from human feedback.")
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
+             "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
              "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, table"}
     for name in COMMANDS_WITH_CONFIG:
@@ -58,6 +59,9 @@ def _config_class(command: str):
     if command == "grpo":
         from rlhfkit.train.grpo import GRPOConfig
         return GRPOConfig
+    if command == "ppo":
+        from rlhfkit.train.ppo import PPOConfig
+        return PPOConfig
     from rlhfkit.pipeline_config import PipelineConfig
     return PipelineConfig
 
@@ -76,9 +80,10 @@ def _run_trainer(args, cfg) -> None:
         if args.command == "sft":
             from rlhfkit.train.sft import train_sft
             result = train_sft(cfg, run, resume=args.resume)
-        elif args.command == "grpo":
+        elif args.command in ("grpo", "ppo"):
             from rlhfkit.train.grpo import train_grpo
-            result = train_grpo(cfg, run, resume=args.resume)
+            from rlhfkit.train.ppo import train_ppo
+            result = (train_grpo if args.command == "grpo" else train_ppo)(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out {cfg.task}: {result.evals[-1][1]}")
         else:

@@ -93,3 +93,15 @@ def test_k2_is_biased_for_distant_policies():
     q = torch.tensor([0.1, 0.9], dtype=torch.float64)
     k2_expectation = (p * kl_k2(p.log(), q.log())).sum()
     assert abs(k2_expectation - exact_kl(p, q)) > 0.2
+
+
+def test_adaptive_kl_coef_hand_values():
+    from rlhfkit.objectives.kl import adaptive_kl_coef
+
+    # KL at 1.5x the target: error clipped to 0.2, beta grows by 0.2 * 64 / 1000
+    assert adaptive_kl_coef(0.1, 9.0, 6.0, 1000, 64) == pytest.approx(0.1 * (1 + 0.2 * 0.064))
+    # KL at half the target: error -0.2 (clipped from -0.5), beta shrinks
+    assert adaptive_kl_coef(0.1, 3.0, 6.0, 1000, 64) == pytest.approx(0.1 * (1 - 0.2 * 0.064))
+    # within the clip: error 0.1
+    assert adaptive_kl_coef(0.1, 6.6, 6.0, 100, 50) == pytest.approx(0.1 * 1.05)
+    assert adaptive_kl_coef(0.1, 6.0, 6.0, 100, 50) == pytest.approx(0.1)

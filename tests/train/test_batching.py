@@ -35,3 +35,18 @@ def test_seeds_and_epochs_give_different_orders():
     assert epoch_batches(50, 8, seed=4, epoch=0) != first
     # not simply the identity order either
     assert [row for batch in first for row in batch] != list(range(50))
+
+
+def test_stream_rows_always_gives_count_rows_and_walks_whole_epochs():
+    from rlhfkit.train.batching import stream_rows
+
+    steps = [stream_rows(10, 4, seed=3, index=k) for k in range(5)]  # 20 rows = 2 epochs of 10
+    assert all(len(rows) == 4 for rows in steps)
+    flat = [row for rows in steps for row in rows]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # each epoch is a fresh permutation
+    assert stream_rows(10, 4, seed=3, index=2) == steps[2]  # a pure function of (seed, index)
+    # naive form: the whole stream, then slice
+    import torch
+    stream = [i for epoch in range(2) for i in torch.randperm(10, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)).tolist()]
+    assert flat == stream

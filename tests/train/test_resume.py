@@ -97,3 +97,16 @@ def test_grpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tm
                             "beta=0.1", "lr=1e-2", "warmup_steps=1", "eval_every=100", "progress=false",
                             "tensorboard=false", "--runs-dir", str(runs)), runs)
     assert_same_run(runs, steps)
+
+
+def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    reward = tmp_path / "reward.py"
+    reward.write_text("def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n")
+    runs, steps = tmp_path / "runs", 8
+    kill_and_resume(rlhfkit("ppo", f"model={tiny_model_dir}", "task=advice", f"reward={reward}:chars",
+                            "critic_init=policy", "train_prompts=64", "eval_prompts=4", "eval_max_new_tokens=4",
+                            "prompts_per_step=8", "mini_batch_size=4", "ppo_epochs=2", "max_new_tokens=12",
+                            f"max_steps={steps}", "save_every=2", "kl_target=0.5", "lr=1e-2", "critic_lr=1e-2",
+                            "warmup_steps=1", "eval_every=100", "progress=false", "tensorboard=false",
+                            "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)

@@ -57,3 +57,19 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KL
         (batch, response_len) per-token estimates, padding included (reduce with a response_mask).
     """
     return _KL_ESTIMATORS[KLEstimator(estimator)](logprobs, ref_logprobs)
+
+
+def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: int, batch_size: int) -> float:
+    """The next KL coefficient of the adaptive controller (Ziegler et al. 2019, "Fine-Tuning
+    Language Models from Human Preferences"), a proportional controller on log(beta):
+
+        error = clip(observed_kl / target - 1, -0.2, 0.2)
+        beta <- beta * (1 + error * batch_size / horizon)
+
+    Args:
+        coef: the current beta; observed_kl: mean KL per sequence (nats) of the last batch;
+        target: the KL the controller steers to; horizon: samples over which to close the gap;
+        batch_size: samples in the last batch.
+    """
+    error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
+    return coef * (1.0 + error * batch_size / horizon)

@@ -50,3 +50,20 @@ def response_logprobs(
         with torch.no_grad():
             entropy = entropy_from_logits(logits)
     return ResponseLogprobs(logprobs, entropy)
+
+
+def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+    """V(s_t) for each response token t: the critic's head at the position that predicts token t.
+
+    Args:
+        critic: a `RewardModel` (backbone + one scalar head), e.g. started from the reward model.
+        input_ids, attention_mask: (batch, prompt_len + response_len), as in `response_logprobs`.
+        response_len: how many trailing columns are the response.
+    Returns:
+        (batch, response_len) values; meaningless (but finite) where the response is padding.
+    """
+    backbone = getattr(critic.model, critic.model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
+                      position_ids=positions_from_mask(attention_mask)).last_hidden_state
+    # state s_t is the prefix before token t: the same positions whose logits sample token t
+    return critic.token_scores(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()

@@ -19,3 +19,16 @@ def micro_batch_rows(num_rows: int, batch_size: int, seed: int, micro_index: int
 
 def batches_per_epoch(num_rows: int, batch_size: int) -> int:
     return -(-num_rows // batch_size)
+
+
+def stream_rows(num_rows: int, count: int, seed: int, index: int) -> list[int]:
+    """Rows index*count ... (index+1)*count - 1 of an endless stream of seeded epoch
+    permutations: always exactly `count` rows (an epoch boundary continues into the next
+    permutation), and a pure function of (seed, index) like `micro_batch_rows`."""
+    start, stop = index * count, (index + 1) * count
+    rows = []
+    for epoch in range(start // num_rows, (stop - 1) // num_rows + 1):
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        first, last = max(start, epoch * num_rows), min(stop, (epoch + 1) * num_rows)
+        rows += order[first - epoch * num_rows : last - epoch * num_rows]
+    return rows

@@ -24,16 +24,21 @@ from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import char_to_token_index, decode_responses, encode_prompts, response_token_ids, token_char_ends
-from rlhfkit.runtime.checkpoint import capture_rng_state, restore_rng_state
+from rlhfkit.runtime.checkpoint import (
+    capture_rng_state,
+    load_torch_state,
+    restore_rng_state,
+    save_checkpoint,
+    save_torch_state,
+)
 from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
-from rlhfkit.train.batching import micro_batch_rows
+from rlhfkit.train.batching import stream_rows
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, resume_point
-from rlhfkit.runtime.checkpoint import load_torch_state, save_checkpoint, save_torch_state
 
 # Evaluation prompts are drawn from the task's generator with this offset on the seed, and
 # removed from the training prompts, so evaluation is on prompts never trained on.
@@ -120,25 +125,38 @@ def _prompt_pools(cfg: PolicyRunSettings, task) -> tuple[list[PromptExample], li
         train = load_examples(cfg.train_data, Format.PROMPT)
     else:
         held_out = {str(p.prompt) for p in eval_prompts}
-        train = [p for p in task.prompts(cfg.train_prompts, random.Random(cfg.seed)) if str(p.prompt) not in held_out]
+        drawn = task.prompts(cfg.train_prompts, random.Random(cfg.seed))
+        train = [p for p in drawn if str(p.prompt) not in held_out]
+        if len(train) < len(drawn) // 2:
+            # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
+            # questions out; its evaluation then uses the training questions with fresh samples
+            print(f"{task.name}: the held-out prompts repeat training prompts (few distinct prompts); "
+                  "evaluating on them with fresh samples")
+            train = drawn
     return train, eval_prompts
 
 
 class PolicyRun:
     """Opened by `open_policy_run`; a context manager around the metrics log and progress bar."""
 
-    def __init__(self, cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str):
+    def __init__(self, cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str,
+                 reward_spec: str | None = None):
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.device = resolve_device(cfg.device)
         self.task = get_task(cfg.task)
         self.train_prompts, self.eval_prompts = _prompt_pools(cfg, self.task)
         checkpoint = resume_point(run_dir.checkpoints) if resume else None
+        self.checkpoint = checkpoint
+        # trainer-specific models and optimizers (PPO's critic) saved and restored with the run
+        self.extra_models: dict[str, torch.nn.Module] = {}
+        self.extra_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.extra_state: dict = {}
         self.tokenizer = load_tokenizer(cfg.model)
         self.policy, self.reference = self._models(cfg, checkpoint, needs_reference)
         self.stop_ids = stop_token_ids(self.policy, self.tokenizer)
         self.pad_token_id = self.tokenizer.pad_token_id
-        self.reward = build_reward_source(cfg.reward, task_name=cfg.task, tokenizer=self.tokenizer,
+        self.reward = build_reward_source(reward_spec or cfg.reward, task_name=cfg.task, tokenizer=self.tokenizer,
                                           device=self.device, batch_size=64, max_length=cfg.reward_max_length,
                                           uncertainty_coef=cfg.reward_uncertainty_coef,
                                           timeout_s=cfg.reward_timeout_s or None)
@@ -167,7 +185,24 @@ class PolicyRun:
         state = load_torch_state(checkpoint / "state.pt")
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
+        self.extra_state = state.get("extra", {})
         return state["step"]
+
+    def extra_model(self, name: str, load, path):
+        """A further trained model (PPO's critic): `load(path)` fresh, or its checkpointed copy."""
+        model = load(self.checkpoint / name if self.checkpoint else path).to(self.device).train()
+        self.extra_models[name] = model
+        return model
+
+    def extra_optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
+        optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=self.cfg.weight_decay)
+        if self.checkpoint:
+            optimizer.load_state_dict(load_torch_state(self.checkpoint / f"{name}_optimizer.pt"))
+        self.extra_optimizers[name] = optimizer
+        return optimizer
+
+    def extra_optimizer_step(self, name: str, params, step: int, lr: float, cfg: PolicyRunSettings) -> float:
+        return _clipped_step(self.extra_optimizers[name], list(params), step, lr, cfg)
 
     def __enter__(self) -> "PolicyRun":
         self.metrics.__enter__()
@@ -181,7 +216,7 @@ class PolicyRun:
     # --- prompts and text
     def prompts_for_step(self, step: int, count: int) -> list[PromptExample]:
         """The step's prompts: a pure function of (seed, step), so a resumed run sees the same."""
-        return [self.train_prompts[i] for i in micro_batch_rows(len(self.train_prompts), count, self.cfg.seed, step)]
+        return [self.train_prompts[i] for i in stream_rows(len(self.train_prompts), count, self.cfg.seed, step)]
 
     def encode(self, prompts: list[PromptExample]):
         texts = [render_text(self.tokenizer, p.prompt, as_prompt=True) for p in prompts]
@@ -210,14 +245,8 @@ class PolicyRun:
 
     def optimizer_step(self, step: int, cfg: PolicyRunSettings) -> float:
         """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-        lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
+        return _clipped_step(self.optimizer, [p for p in self.policy.parameters() if p.requires_grad], step,
+                             cfg.lr, cfg)
 
     # --- metrics, evaluation, checkpoints
     def step_metrics(self, stats: list[dict], rewards: torch.Tensor, prompts: list[PromptExample],
@@ -250,7 +279,12 @@ class PolicyRun:
             self.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
             save_torch_state(tmp / "optimizer.pt", self.optimizer.state_dict())
             save_torch_state(tmp / "state.pt", {"step": step, "rng": capture_rng_state(),
-                                                "generator": self.generator.get_state()})
+                                                "generator": self.generator.get_state(),
+                                                "extra": dict(self.extra_state)})
+            for name, model in self.extra_models.items():
+                model.save_pretrained(tmp / name)
+            for name, optimizer in self.extra_optimizers.items():
+                save_torch_state(tmp / f"{name}_optimizer.pt", optimizer.state_dict())
 
         save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
 
@@ -266,6 +300,17 @@ def _nothing():
     yield
 
 
+def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr: float, cfg: PolicyRunSettings) -> float:
+    """Clip the gradient norm, set the linear warm-up learning rate, step, clear the gradients."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    for group in optimizer.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def open_policy_run(cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool,
-                    stage: str) -> PolicyRun:
-    return PolicyRun(cfg, run_dir, resume=resume, needs_reference=needs_reference, stage=stage)
+                    stage: str, reward_spec: str | None = None) -> PolicyRun:
+    return PolicyRun(cfg, run_dir, resume=resume, needs_reference=needs_reference, stage=stage,
+                     reward_spec=reward_spec)

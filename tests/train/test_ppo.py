@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.train.ppo import PPOConfig, check_ppo_config, explained_variance, train_ppo
+
+LONG_TEXT_REWARD = "def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n"
+
+
+def config(model, tmp_path, **overrides) -> PPOConfig:
+    reward_file = tmp_path / "reward.py"
+    reward_file.write_text(LONG_TEXT_REWARD)
+    settings = dict(model=str(model), task="advice", reward=f"{reward_file}:chars", critic_init="policy",
+                    train_prompts=64, eval_prompts=8, prompts_per_step=16, mini_batch_size=8, ppo_epochs=2,
+                    max_new_tokens=12, eval_max_new_tokens=8, max_steps=10, lr=1e-2, critic_lr=1e-2,
+                    warmup_steps=1, kl_coef=0.01, eval_every=100, save_every=0, progress=False, tensorboard=False)
+    return PPOConfig(**{**settings, **overrides})
+
+
+def run_dir(tmp_path, name="run"):
+    return prepare_run_dir(tmp_path / name, resume=False, overwrite=False)
+
+
+def test_ppo_climbs_the_reward_and_logs_the_critic(tiny_model_dir, tmp_path):
+    result = train_ppo(config(tiny_model_dir, tmp_path), run_dir(tmp_path))
+    rewards = [row["proxy_reward"] for row in result.history]
+    assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
+    row = result.history[-1]
+    for key in ("value_loss", "explained_variance", "kl", "kl_coef", "clip_fraction", "entropy", "gold_score",
+                "time_generation", "time_reference", "time_values", "time_update"):
+        assert key in row, key
+    assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's
+    assert result.history[-1]["kl"] > 0
+    assert [step for step, _ in result.evals] == [0, 10]
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+
+
+def test_critic_started_from_a_reward_model_and_scored_by_it(tiny_model_dir, tmp_path):
+    reward_dir = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(reward_dir)
+    cfg = config(tiny_model_dir, tmp_path, reward="", reward_model=str(reward_dir), critic_init="reward_model",
+                 max_steps=2)
+    result = train_ppo(cfg, run_dir(tmp_path))
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["value_loss"])) for r in result.history)
+
+
+def test_adaptive_kl_moves_the_coefficient_and_the_kl_limit_stops_the_run(tiny_model_dir, tmp_path):
+    adaptive = train_ppo(config(tiny_model_dir, tmp_path, kl_target=1e-6, max_steps=4), run_dir(tmp_path, "a"))
+    coefs = [row["kl_coef"] for row in adaptive.history]
+    assert coefs[0] == 0.01 and coefs[-1] > coefs[1]  # KL above the target: beta grows
+    limited = train_ppo(config(tiny_model_dir, tmp_path, kl_limit=1e-9, max_steps=6), run_dir(tmp_path, "b"))
+    assert limited.stopped_at_kl_limit and len(limited.history) == 2  # step 1 samples from the reference itself
+    assert (tmp_path / "b" / "final" / "config.json").is_file()
+
+
+def test_config_errors_name_what_to_change(tmp_path):
+    with pytest.raises(ConfigError, match="reward_model=PATH"):
+        check_ppo_config(PPOConfig(model="m"))
+    with pytest.raises(ConfigError, match="mini_batch_size=7 does not divide prompts_per_step=16"):
+        check_ppo_config(config("m", tmp_path, mini_batch_size=7))
+
+
+def test_explained_variance_hand_values():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert explained_variance(returns.clone(), returns, mask) == pytest.approx(1.0)
+    # values = the mean: residual variance equals the variance -> 0
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
