@@ -24,32 +24,15 @@ from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
-from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.runtime.device import autocast
+from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PolicyRun, Supervision, open_policy_run, step_rewards_on_tokens
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
-    model: str = ""
-    """Causal-LM directory of the starting policy (usually the SFT model); also the reference."""
-    task: str = "arith"
-    """Built-in task: its prompts (unless `train_data` is given), gold score and evaluation."""
-    train_data: str = ""
-    """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
-    train_prompts: int = 2000
-    """Prompts drawn from the task's generator when `train_data` is empty."""
-    eval_data: str = ""
-    """Held-out prompts for evaluation; empty = drawn from the task's generator."""
-    eval_prompts: int = 200
-    """Held-out prompts drawn from the task's generator when `eval_data` is empty."""
-    reward: str = "task"
-    """Reward source: task, process, model:PATH, file.py:function, or a weighted sum '0.5*task + 0.5*model:PATH'."""
-    reward_max_length: int = 256
-    """Tokens a reward model reads per response (as in its training)."""
-    reward_uncertainty_coef: float = 0.0
-    """Reward = ensemble mean - coef * ensemble std (a reward-model ensemble only)."""
-    reward_timeout_s: float = 60.0
-    """Longest one call of a user reward function may take (0 = no limit)."""
+class GRPOConfig(PolicyRunConfig):
+    """The shared settings (`PolicyRunConfig`) plus GRPO's own."""
+
     supervision: Supervision = Supervision.OUTCOME
     """outcome: one reward per response; process: step rewards placed on the tokens where steps end."""
     prompts_per_step: int = 16
@@ -60,10 +43,6 @@ class GRPOConfig:
     """Responses per optimizer step; must divide prompts_per_step * group_size."""
     mu: int = 1
     """Passes over each rollout (inner iterations); 1 = strictly on-policy."""
-    max_new_tokens: int = 48
-    """Response length limit."""
-    temperature: float = 1.0
-    """Sampling temperature (the log-probs in the loss use the same)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
     top_k: int = 0
@@ -84,38 +63,6 @@ class GRPOConfig:
     """Added to the group std."""
     loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
     """token_mean, sequence_mean (GRPO) or constant_length (Dr. GRPO)."""
-    max_steps: int = 100
-    """Rollout steps."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW), constant after warm-up."""
-    warmup_steps: int = 5
-    """Linear warm-up (rollout steps)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip."""
-    lora_r: int = 0
-    """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    eval_every: int = 25
-    """Greedy evaluation on the held-out prompts every this many steps (and at the start and end)."""
-    eval_max_new_tokens: int = 48
-    """Length limit at evaluation."""
-    save_every: int = 25
-    """Checkpoint every this many steps (0 = only the final model)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds prompts, sampling and every RNG."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:1, ..."""
-    precision: Precision = Precision.FP32
-    """fp32, or bf16 autocast for the forward passes."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass

@@ -9,7 +9,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
 
 import torch
 
@@ -38,6 +37,7 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import stream_rows
+from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, resume_point
 
 # Evaluation prompts are drawn from the task's generator with this offset on the seed, and
@@ -50,34 +50,6 @@ class Supervision(str, Enum):
     """One reward per response, on its last token (or spread over all tokens by GRPO)."""
     PROCESS = "process"
     """Step rewards placed on the tokens where each step ends (process supervision)."""
-
-
-class PolicyRunSettings(Protocol):
-    """The config fields a policy run reads (GRPOConfig and PPOConfig both have them)."""
-
-    model: str
-    task: str
-    train_data: str
-    train_prompts: int
-    eval_data: str
-    eval_prompts: int
-    reward: str
-    reward_max_length: int
-    reward_uncertainty_coef: float
-    reward_timeout_s: float
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    max_grad_norm: float
-    lora_r: int
-    lora_alpha: int
-    max_steps: int
-    eval_max_new_tokens: int
-    keep_last: int
-    seed: int
-    device: str
-    tensorboard: bool
-    progress: bool
 
 
 @dataclass
@@ -116,7 +88,7 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - started
 
 
-def _prompt_pools(cfg: PolicyRunSettings, task) -> tuple[list[PromptExample], list[PromptExample]]:
+def _prompt_pools(cfg: PolicyRunConfig, task) -> tuple[list[PromptExample], list[PromptExample]]:
     if cfg.eval_data:
         eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
     else:
@@ -139,7 +111,7 @@ def _prompt_pools(cfg: PolicyRunSettings, task) -> tuple[list[PromptExample], li
 class PolicyRun:
     """Opened by `open_policy_run`; a context manager around the metrics log and progress bar."""
 
-    def __init__(self, cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str,
+    def __init__(self, cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str,
                  reward_spec: str | None = None):
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
@@ -169,7 +141,7 @@ class PolicyRun:
         self.bar = ProgressBar(cfg.max_steps, stage, enabled=cfg.progress, start=self.start_step)
 
     # --- set-up and resume
-    def _models(self, cfg: PolicyRunSettings, checkpoint, needs_reference: bool):
+    def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
         base = load_causal_lm(cfg.model).to(self.device)
         if cfg.lora_r > 0:
             # the reference is the base model itself, with the adapters switched off
@@ -201,7 +173,7 @@ class PolicyRun:
         self.extra_optimizers[name] = optimizer
         return optimizer
 
-    def extra_optimizer_step(self, name: str, params, step: int, lr: float, cfg: PolicyRunSettings) -> float:
+    def extra_optimizer_step(self, name: str, params, step: int, lr: float, cfg: PolicyRunConfig) -> float:
         return _clipped_step(self.extra_optimizers[name], list(params), step, lr, cfg)
 
     def __enter__(self) -> "PolicyRun":
@@ -243,7 +215,7 @@ class PolicyRun:
                                                  batch["response_mask"].shape[1], temperature=temperature).logprobs)
         return torch.cat(out)
 
-    def optimizer_step(self, step: int, cfg: PolicyRunSettings) -> float:
+    def optimizer_step(self, step: int, cfg: PolicyRunConfig) -> float:
         """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
         return _clipped_step(self.optimizer, [p for p in self.policy.parameters() if p.requires_grad], step,
                              cfg.lr, cfg)
@@ -300,7 +272,7 @@ def _nothing():
     yield
 
 
-def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr: float, cfg: PolicyRunSettings) -> float:
+def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr: float, cfg: PolicyRunConfig) -> float:
     """Clip the gradient norm, set the linear warm-up learning rate, step, clear the gradients."""
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
     for group in optimizer.param_groups:
@@ -310,7 +282,7 @@ def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr:
     return grad_norm
 
 
-def open_policy_run(cfg: PolicyRunSettings, run_dir: RunDir, *, resume: bool, needs_reference: bool,
+def open_policy_run(cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool, needs_reference: bool,
                     stage: str, reward_spec: str | None = None) -> PolicyRun:
     return PolicyRun(cfg, run_dir, resume=resume, needs_reference=needs_reference, stage=stage,
                      reward_spec=reward_spec)

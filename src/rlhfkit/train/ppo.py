@@ -26,46 +26,26 @@ from rlhfkit.objectives.masked import masked_mean, masked_sum, masked_var, maske
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs, response_values
-from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.runtime.device import autocast
+from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import open_policy_run
 
 
 @dataclass(frozen=True)
-class PPOConfig:
-    model: str = ""
-    """Causal-LM directory of the starting policy (the SFT model); also the frozen reference."""
+class PPOConfig(PolicyRunConfig):
+    """The shared settings (`PolicyRunConfig`) plus PPO's own; defaults that differ for PPO
+    are redeclared at the end."""
+
     reward_model: str = ""
     """Saved reward-model directory: the frozen reward (unless `reward` says otherwise) and the critic's start."""
     critic_init: str = "reward_model"
     """reward_model: the critic starts as the reward model; policy: a fresh value head on the policy."""
-    task: str = "advice"
-    """Built-in task: prompts (unless `train_data`), gold score and evaluation."""
-    train_data: str = ""
-    """Prompt-only data; empty = the task's generator."""
-    train_prompts: int = 2000
-    """Prompts drawn from the task's generator when `train_data` is empty."""
-    eval_data: str = ""
-    """Held-out prompts; empty = drawn from the task's generator."""
-    eval_prompts: int = 200
-    """Held-out prompts drawn from the task's generator when `eval_data` is empty."""
-    reward: str = ""
-    """Reward source spec (see `rlhfkit grpo`); empty = model:<reward_model>."""
-    reward_max_length: int = 256
-    """Tokens a reward model reads per response."""
-    reward_uncertainty_coef: float = 0.0
-    """Reward = ensemble mean - coef * ensemble std."""
-    reward_timeout_s: float = 60.0
-    """Longest one call of a user reward function may take (0 = no limit)."""
     prompts_per_step: int = 64
     """Prompts per rollout (one response each)."""
     mini_batch_size: int = 32
     """Responses per optimizer step; must divide prompts_per_step."""
     ppo_epochs: int = 4
     """Passes over each rollout."""
-    max_new_tokens: int = 64
-    """Response length limit."""
-    temperature: float = 1.0
-    """Sampling temperature."""
     clip_eps: float = 0.2
     """Policy ratio clip."""
     value_clip: float = 0.2
@@ -82,40 +62,19 @@ class PPOConfig:
     """Samples over which the adaptive controller closes the gap to the target."""
     kl_limit: float = 15.0
     """Stop the run when the mean KL per sequence passes this many nats."""
-    max_steps: int = 100
-    """Rollout steps."""
-    lr: float = 1e-5
-    """Actor learning rate (AdamW), constant after warm-up."""
     critic_lr: float = 1e-4
     """Critic learning rate."""
-    warmup_steps: int = 5
-    """Linear warm-up (rollout steps), actor and critic."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip, actor and critic each."""
-    lora_r: int = 0
-    """LoRA rank for the actor (0 = full fine-tuning)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    eval_every: int = 25
-    """Greedy evaluation on held-out prompts every this many steps (and at the start and end)."""
+    # defaults that differ from PolicyRunConfig's
+    task: str = "advice"
+    """Built-in task: prompts (unless `train_data`), gold score and evaluation."""
+    reward: str = ""
+    """Reward source spec (see `rlhfkit grpo`); empty = model:<reward_model>."""
+    max_new_tokens: int = 64
+    """Response length limit."""
+    lr: float = 1e-5
+    """Actor learning rate (AdamW), constant after warm-up."""
     eval_max_new_tokens: int = 64
     """Length limit at evaluation."""
-    save_every: int = 25
-    """Checkpoint every this many steps (0 = only the final model)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds prompts, sampling and every RNG."""
-    device: str = "auto"
-    """auto, cpu, cuda, ..."""
-    precision: Precision = Precision.FP32
-    """fp32, or bf16 autocast for the forward passes."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass
