@@ -8,17 +8,13 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, train_grpo
-from rlhfkit.train.policy_run import open_policy_run
+from rlhfkit.train.policy_run import PolicyRun
+from tests.train.conftest import length_reward_spec
 
-# Rewards the number of characters the response decodes to: a random tiny model's tokens
-# vary in length, so groups have spread and GRPO has something to climb.
-LONG_TEXT_REWARD = "def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n"
 
 
 def config(model, tmp_path, **overrides) -> GRPOConfig:
-    reward_file = tmp_path / "reward.py"
-    reward_file.write_text(LONG_TEXT_REWARD)
-    settings = dict(model=str(model), task="arith", reward=f"{reward_file}:chars", train_prompts=64, eval_prompts=8,
+    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), train_prompts=64, eval_prompts=8,
                     prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=12, eval_max_new_tokens=8,
                     max_steps=12, lr=2e-2, warmup_steps=1, beta=0.0, eval_every=100, save_every=0,
                     progress=False, tensorboard=False)
@@ -72,7 +68,7 @@ def test_batch_sizes_that_cannot_form_whole_groups_are_rejected_with_what_to_cha
 def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir, tmp_path):
     cfg = config(tiny_model_dir, tmp_path, lora_r=4, lora_alpha=8, beta=0.1)
     run_dir = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    run = open_policy_run(cfg, run_dir, resume=False, needs_reference=True, stage="grpo")
+    run = PolicyRun(cfg, run_dir, resume=False, needs_reference=True, stage="grpo")
     assert run.reference is None  # no second copy of the model
     trainable = [p for p in run.policy.parameters() if p.requires_grad]
     assert trainable and all(p.numel() < 2000 for p in trainable)  # adapters only

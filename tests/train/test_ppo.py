@@ -6,14 +6,12 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config, explained_variance, train_ppo
+from tests.train.conftest import length_reward_spec
 
-LONG_TEXT_REWARD = "def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n"
 
 
 def config(model, tmp_path, **overrides) -> PPOConfig:
-    reward_file = tmp_path / "reward.py"
-    reward_file.write_text(LONG_TEXT_REWARD)
-    settings = dict(model=str(model), task="advice", reward=f"{reward_file}:chars", critic_init="policy",
+    settings = dict(model=str(model), task="advice", reward=length_reward_spec(tmp_path), critic_init="policy",
                     train_prompts=64, eval_prompts=8, prompts_per_step=16, mini_batch_size=8, ppo_epochs=2,
                     max_new_tokens=12, eval_max_new_tokens=8, max_steps=10, lr=1e-2, critic_lr=1e-2,
                     warmup_steps=1, kl_coef=0.01, eval_every=100, save_every=0, progress=False, tensorboard=False)

@@ -10,12 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
+
+from tests.train.conftest import length_reward_spec
 
 from .test_reward import gold_ranking, write_jsonl
 
@@ -88,11 +89,9 @@ def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_model
 
 
 def test_grpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    reward = tmp_path / "reward.py"
-    reward.write_text("def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n")
     runs, steps = tmp_path / "runs", 10
-    kill_and_resume(rlhfkit("grpo", f"model={tiny_model_dir}", "task=arith", f"reward={reward}:chars", "train_prompts=64",
-                            "eval_prompts=4", "eval_max_new_tokens=4", "prompts_per_step=4", "group_size=4",
+    kill_and_resume(rlhfkit("grpo", f"model={tiny_model_dir}", "task=arith", f"reward={length_reward_spec(tmp_path)}",
+                            "train_prompts=64", "eval_prompts=4", "eval_max_new_tokens=4", "prompts_per_step=4", "group_size=4",
                             "mini_batch_size=8", "mu=2", "max_new_tokens=12", f"max_steps={steps}", "save_every=2",
                             "beta=0.1", "lr=1e-2", "warmup_steps=1", "eval_every=100", "progress=false",
                             "tensorboard=false", "--runs-dir", str(runs)), runs)
@@ -100,10 +99,8 @@ def test_grpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tm
 
 
 def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
-    reward = tmp_path / "reward.py"
-    reward.write_text("def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n")
     runs, steps = tmp_path / "runs", 8
-    kill_and_resume(rlhfkit("ppo", f"model={tiny_model_dir}", "task=advice", f"reward={reward}:chars",
+    kill_and_resume(rlhfkit("ppo", f"model={tiny_model_dir}", "task=advice", f"reward={length_reward_spec(tmp_path)}",
                             "critic_init=policy", "train_prompts=64", "eval_prompts=4", "eval_max_new_tokens=4",
                             "prompts_per_step=8", "mini_batch_size=4", "ppo_epochs=2", "max_new_tokens=12",
                             f"max_steps={steps}", "save_every=2", "kl_target=0.5", "lr=1e-2", "critic_lr=1e-2",

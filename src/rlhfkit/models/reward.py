@@ -57,6 +57,11 @@ class RewardModel(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def backbone(self) -> nn.Module:
+        """The transformer under the head (`model.model` in Llama): final hidden states."""
+        return getattr(self.model, self.model.base_model_prefix)
+
+    @property
     def num_heads(self) -> int:
         return self.model.config.num_labels
 
@@ -79,8 +84,7 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
         """Args: input_ids, attention_mask (batch, seq). Returns rewards (batch, heads)."""
-        backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         # Read where transformers' sequence classifiers read: the last token that is not the
         # pad token, so a saved model scores alike in both (it differs when pad == EOS).
         scored = attention_mask.bool() & (input_ids != self.model.config.pad_token_id)

@@ -62,8 +62,7 @@ def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tenso
     Returns:
         (batch, response_len) values; meaningless (but finite) where the response is padding.
     """
-    backbone = getattr(critic.model, critic.model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
+    hidden = critic.backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
                       position_ids=positions_from_mask(attention_mask)).last_hidden_state
     # state s_t is the prefix before token t: the same positions whose logits sample token t
     return critic.token_scores(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()

@@ -10,7 +10,6 @@ exact because the rollout engine returns them), and Dr. GRPO's normalisation and
 aggregation are options.
 """
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +21,10 @@ from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, pro
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty
 from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
-from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_run import PolicyRun, Supervision, open_policy_run, step_rewards_on_tokens
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun, Supervision, step_rewards_on_tokens
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     """Optimise `cfg.model` with GRPO; the final model goes to `run_dir.final`."""
     check_batch_sizes(cfg)
     # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
-    run = open_policy_run(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")
     result = GRPOResult(model_dir=run_dir.final)
     rollout_size = cfg.prompts_per_step * cfg.group_size
 
@@ -114,19 +112,13 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
         if run.start_step == 0:
             result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
-            timer = run.phase_timer()
+            timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
 
             # step 2. sample G responses per prompt, keeping the sampling log-probs
             with timer("generation"):
-                ids, mask = run.encode(prompts)
-                run.policy.eval()
-                rollout = generate(run.policy, ids, mask, num_samples=cfg.group_size,
-                                   max_new_tokens=cfg.max_new_tokens, stop_ids=run.stop_ids,
-                                   pad_token_id=run.pad_token_id, temperature=cfg.temperature,
-                                   top_p=cfg.top_p, top_k=cfg.top_k, generator=run.generator)
-                run.policy.train()
-                responses = run.decode(rollout)
+                rollout, responses = run.sample(prompts, cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
 
             # step 3. rewards, and the advantages relative to each group

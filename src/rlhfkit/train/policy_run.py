@@ -6,7 +6,7 @@ checkpoints. The trainers keep the algorithm; this keeps the bookkeeping in one 
 import random
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 
@@ -19,7 +19,7 @@ from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import add_lora, adapters_disabled, load_lora, merged_copy
 from rlhfkit.rewards.builder import build_reward_source
-from rlhfkit.rollout.engine import Rollout
+from rlhfkit.rollout.engine import Rollout, generate
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import char_to_token_index, decode_responses, encode_prompts, response_token_ids, token_char_ends
@@ -109,7 +109,7 @@ def _prompt_pools(cfg: PolicyRunConfig, task) -> tuple[list[PromptExample], list
 
 
 class PolicyRun:
-    """Opened by `open_policy_run`; a context manager around the metrics log and progress bar."""
+    """Opened by a trainer; a context manager around the metrics log and progress bar."""
 
     def __init__(self, cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str,
                  reward_spec: str | None = None):
@@ -142,15 +142,14 @@ class PolicyRun:
 
     # --- set-up and resume
     def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
-        base = load_causal_lm(cfg.model).to(self.device)
         if cfg.lora_r > 0:
             # the reference is the base model itself, with the adapters switched off
+            base = load_causal_lm(cfg.model).to(self.device)
             policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, cfg.lora_r, cfg.lora_alpha)
             return policy.train(), None
-        if checkpoint:
-            base = load_causal_lm(checkpoint / MODEL_SUBDIR).to(self.device)
+        policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model).to(self.device)
         reference = load_causal_lm(cfg.model).to(self.device).eval().requires_grad_(False) if needs_reference else None
-        return base.train(), reference
+        return policy.train(), reference
 
     def _restore(self, checkpoint) -> int:
         self.optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
@@ -173,8 +172,8 @@ class PolicyRun:
         self.extra_optimizers[name] = optimizer
         return optimizer
 
-    def extra_optimizer_step(self, name: str, params, step: int, lr: float, cfg: PolicyRunConfig) -> float:
-        return _clipped_step(self.extra_optimizers[name], list(params), step, lr, cfg)
+    def extra_optimizer_step(self, name: str, step: int, lr: float, cfg: PolicyRunConfig) -> float:
+        return _clipped_step(self.extra_optimizers[name], step, lr, cfg)
 
     def __enter__(self) -> "PolicyRun":
         self.metrics.__enter__()
@@ -190,15 +189,18 @@ class PolicyRun:
         """The step's prompts: a pure function of (seed, step), so a resumed run sees the same."""
         return [self.train_prompts[i] for i in stream_rows(len(self.train_prompts), count, self.cfg.seed, step)]
 
-    def encode(self, prompts: list[PromptExample]):
+    def sample(self, prompts: list[PromptExample], num_samples: int, *, max_new_tokens: int, temperature: float,
+               top_p: float = 1.0, top_k: int = 0) -> tuple[Rollout, list[str]]:
+        """`num_samples` responses per prompt from the current policy (in eval mode while it samples),
+        with their sampling log-probs, and their decoded texts."""
         texts = [render_text(self.tokenizer, p.prompt, as_prompt=True) for p in prompts]
-        return encode_prompts(self.tokenizer, texts, self.device)
-
-    def decode(self, rollout: Rollout) -> list[str]:
-        return decode_responses(self.tokenizer, rollout)
-
-    def phase_timer(self) -> PhaseTimer:
-        return PhaseTimer()
+        ids, mask = encode_prompts(self.tokenizer, texts, self.device)
+        self.policy.eval()
+        rollout = generate(self.policy, ids, mask, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                           stop_ids=self.stop_ids, pad_token_id=self.pad_token_id, temperature=temperature,
+                           top_p=top_p, top_k=top_k, generator=self.generator)
+        self.policy.train()
+        return rollout, decode_responses(self.tokenizer, rollout)
 
     # --- model passes
     @torch.no_grad()
@@ -207,7 +209,7 @@ class PolicyRun:
         """log pi_ref of the response tokens, in chunks, without autograd."""
         model = self.reference if self.reference is not None else self.policy
         out = []
-        with adapters_disabled(model) if self.reference is None else _nothing():
+        with adapters_disabled(model) if self.reference is None else nullcontext():
             for start in range(0, batch["input_ids"].shape[0], chunk):
                 with autocast(self.device, precision):
                     out.append(response_logprobs(model, batch["input_ids"][start : start + chunk],
@@ -217,8 +219,7 @@ class PolicyRun:
 
     def optimizer_step(self, step: int, cfg: PolicyRunConfig) -> float:
         """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
-        return _clipped_step(self.optimizer, [p for p in self.policy.parameters() if p.requires_grad], step,
-                             cfg.lr, cfg)
+        return _clipped_step(self.optimizer, step, cfg.lr, cfg)
 
     # --- metrics, evaluation, checkpoints
     def step_metrics(self, stats: list[dict], rewards: torch.Tensor, prompts: list[PromptExample],
@@ -267,13 +268,9 @@ class PolicyRun:
         self.tokenizer.save_pretrained(self.run_dir.final)
 
 
-@contextmanager
-def _nothing():
-    yield
-
-
-def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr: float, cfg: PolicyRunConfig) -> float:
+def _clipped_step(optimizer: torch.optim.Optimizer, step: int, lr: float, cfg: PolicyRunConfig) -> float:
     """Clip the gradient norm, set the linear warm-up learning rate, step, clear the gradients."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
     for group in optimizer.param_groups:
         group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
@@ -281,8 +278,3 @@ def _clipped_step(optimizer: torch.optim.Optimizer, params: list, step: int, lr:
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
-
-def open_policy_run(cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool, needs_reference: bool,
-                    stage: str, reward_spec: str | None = None) -> PolicyRun:
-    return PolicyRun(cfg, run_dir, resume=resume, needs_reference=needs_reference, stage=stage,
-                     reward_spec=reward_spec)

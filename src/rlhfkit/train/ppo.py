@@ -24,11 +24,10 @@ from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty
 from rlhfkit.objectives.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
-from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs, response_values
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_run import open_policy_run
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
 
 @dataclass(frozen=True)
@@ -106,10 +105,10 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     check_ppo_config(cfg)
     spec = cfg.reward or f"model:{cfg.reward_model}"
     # step 1. actor + reference, reward, prompts (shared bookkeeping), then the critic
-    run = open_policy_run(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo", reward_spec=spec)
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo", reward_spec=spec)
     critic_dir = cfg.reward_model if cfg.critic_init == "reward_model" else cfg.model
     critic = run.extra_model("critic", lambda path: RewardModel.from_pretrained(path, num_heads=1), critic_dir)
-    critic_optimizer = run.extra_optimizer("critic", critic.parameters(), cfg.critic_lr)
+    run.extra_optimizer("critic", critic.parameters(), cfg.critic_lr)
     kl_coef = run.extra_state.get("kl_coef", cfg.kl_coef)
     result = PPOResult(model_dir=run_dir.final)
 
@@ -117,18 +116,13 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
         if run.start_step == 0:
             result.evals.append((0, run.evaluate({})))
         for step in range(run.start_step, cfg.max_steps):
-            timer = run.phase_timer()
+            timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
 
             # step 2. one response per prompt, with its sampling log-probs
             with timer("generation"):
-                ids, mask = run.encode(prompts)
-                run.policy.eval()
-                rollout = generate(run.policy, ids, mask, num_samples=1, max_new_tokens=cfg.max_new_tokens,
-                                   stop_ids=run.stop_ids, pad_token_id=run.pad_token_id,
-                                   temperature=cfg.temperature, generator=run.generator)
-                run.policy.train()
-                responses = run.decode(rollout)
+                rollout, responses = run.sample(prompts, 1, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature)
             batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                      "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs}
             response_mask = rollout.response_mask
@@ -155,7 +149,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 for _ in range(cfg.ppo_epochs):
                     for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
                         part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                        stats.append(_ppo_minibatch(cfg, run, critic, critic_optimizer, part, step))
+                        stats.append(_ppo_minibatch(cfg, run, critic, part, step))
 
             # step 6. the KL coefficient, metrics, evaluation, checkpoint, the KL limit
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
@@ -183,7 +177,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     return result
 
 
-def _ppo_minibatch(cfg: PPOConfig, run, critic, critic_optimizer, part: dict, step: int) -> dict:
+def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int) -> dict:
     """One clipped actor step and one clipped critic step on a slice of the rollout."""
     mask = part["response_mask"]
     denominator = loss_denominator(mask, LossAggregation.TOKEN_MEAN)
@@ -199,6 +193,6 @@ def _ppo_minibatch(cfg: PPOConfig, run, critic, critic_optimizer, part: dict, st
     critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
                              LossAggregation.TOKEN_MEAN, denominator)
     critic_loss.backward()
-    run.extra_optimizer_step("critic", critic.parameters(), step, cfg.critic_lr, cfg)
+    run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
     return {"loss": policy.loss.item(), "value_loss": critic_loss.item(), "grad_norm": grad_norm,
             "clip_fraction": policy.clip_fraction.item(), "entropy": masked_mean(current.entropy, mask).item()}
