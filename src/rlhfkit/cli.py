@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
-             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, table"}
+             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
         p.add_argument("--config", help="YAML config file")

@@ -1,5 +1,6 @@
 """The main job: build the tiny model, SFT, collect simulated rankings, train the reward
-model, evaluate, and print one table. Later stages (PPO, GRPO, DPO, ...) join this list."""
+model, PPO against it (advice), GRPO with the verifiable reward (arith), evaluate, and print
+one table. Later stages (DPO, RAFT, ...) join this list."""
 
 import dataclasses
 import json
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.eval.policy import evaluate_policy
+from rlhfkit.eval.policy import evaluate_policy, gold_win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
@@ -21,6 +22,8 @@ from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.grpo import train_grpo
+from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.sft import train_sft
 
@@ -46,7 +49,9 @@ class Pipeline:
         self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
         save_config(cfg, self.run.config_path)
         self.console = Console()
-        self.tasks = {"arith": get_task("arith", flawed_fraction=cfg.data.flawed_fraction), "advice": get_task("advice")}
+        d = cfg.data
+        arith = get_task("arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction)
+        self.tasks = {"arith": arith, "advice": get_task("advice")}
         self.summary: dict = {"stages": {}}
 
     def stage(self, name: str, fn):
@@ -67,8 +72,8 @@ class Pipeline:
         rng.shuffle(sft)
         rng.shuffle(held_out)
         data = self.root / "data"
-        for name, prompts in self.eval_prompts.items():
-            write_jsonl(data / f"{name}_eval_prompts.jsonl", [_prompt_row(p) for p in prompts])
+        self.eval_files = {name: write_jsonl(data / f"{name}_eval_prompts.jsonl", [_prompt_row(p) for p in prompts])
+                           for name, prompts in self.eval_prompts.items()}
         return {"sft": write_jsonl(data / "sft.jsonl", sft), "sft_eval": write_jsonl(data / "sft_eval.jsonl", held_out)}
 
     # stage 2. the tiny Llama-style model and its tokenizer (or the given model directory)
@@ -137,13 +142,65 @@ class Pipeline:
         self.summary["rm"] = {"heldout_accuracy": result.eval_accuracy[-1][1]}
         return result.model_dir
 
+    # stage 7. PPO on advice against the learned reward model (proxy), judged by the gold annotator
+    def ppo(self, sft_dir: Path, rm_dir: Path) -> Path:
+        cfg = dataclasses.replace(self.cfg.ppo, model=str(sft_dir), reward_model=str(rm_dir), task="advice",
+                                  eval_data=str(self.eval_files["advice"]), **self.policy_run_settings())
+        run = prepare_run_dir(self.root / "ppo", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_ppo(cfg, run)
+        first, last = result.history[0], result.history[-1]
+        self.summary["ppo"] = {
+            "steps": len(result.history), "kl": last["kl"], "stopped_at_kl_limit": result.stopped_at_kl_limit,
+            "proxy_first": first["proxy_reward"], "proxy_last": last["proxy_reward"],
+            "gold_first": first["gold_score"], "gold_last": last["gold_score"],
+            "eval_gold_score": result.evals[-1][1]["gold_score"],
+            **self.win_rates("advice", result.model_dir, sft_dir),
+        }
+        return result.model_dir
+
+    # stage 8. GRPO on arith with the verifiable reward (RLVR)
+    def grpo(self, sft_dir: Path) -> Path:
+        cfg = dataclasses.replace(self.cfg.grpo, model=str(sft_dir), task="arith",
+                                  eval_data=str(self.eval_files["arith"]), **self.policy_run_settings())
+        run = prepare_run_dir(self.root / "grpo", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_grpo(cfg, run)
+        first, last = result.history[0], result.history[-1]
+        before, after = result.evals[0][1], result.evals[-1][1]
+        self.summary["grpo"] = {
+            "steps": len(result.history), "kl": last.get("kl", 0.0),
+            "accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
+            "step_accuracy": after["step_accuracy"], "reward_first": first["reward_mean"],
+            "reward_last": last["reward_mean"], "length_first": first["response_length"],
+            "length_last": last["response_length"],
+        }
+        return result.model_dir
+
+    def policy_run_settings(self) -> dict:
+        """What the RL stages share with the rest of the job: evaluation length, seed, device."""
+        return dict(eval_max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, device=self.cfg.device)
+
+    def win_rates(self, task_name: str, model_dir: Path, sft_dir: Path) -> dict[str, float]:
+        """Gold win rate against the SFT model: greedy answers, and sampled ones at T = 1."""
+        device = resolve_device(self.cfg.device)
+        policy, sft = load_causal_lm(model_dir).to(device), load_causal_lm(sft_dir).to(device)
+        tokenizer, task, prompts = load_tokenizer(sft_dir), self.tasks[task_name], self.eval_prompts[task_name]
+        common = dict(max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
+        greedy = gold_win_rate(policy, sft, tokenizer, task, prompts, greedy=True, **common)
+        sampled = gold_win_rate(policy, sft, tokenizer, task, prompts, temperature=1.0,
+                                samples_per_prompt=self.cfg.win_rate_samples, **common)
+        return {**greedy.as_dict("win_rate_greedy"), **sampled.as_dict("win_rate_sampled")}
+
     def run_all(self) -> dict:
         files = self.stage("data", self.make_data)
         base = self.stage("model", lambda: self.make_model(files))
         sft_dir = self.stage("sft", lambda: self.sft(base, files))
         self.stage("eval sft", lambda: self.evaluate_sft(sft_dir))
         collected = self.stage("collect", lambda: self.collect(sft_dir))
-        self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
+        rm_dir = self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
+        self.stage("ppo", lambda: self.ppo(sft_dir, rm_dir))
+        self.stage("grpo", lambda: self.grpo(sft_dir))
         self.report()
         return self.summary
 
@@ -164,6 +221,18 @@ class Pipeline:
         table.add_row("reward model", f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
                       f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}",
                       secs["reward model"])
+        ppo, grpo = s["ppo"], s["grpo"]
+        table.add_row("ppo on advice", f"gold win rate vs SFT {_rate(ppo, 'win_rate_greedy')} greedy, "
+                      f"{_rate(ppo, 'win_rate_sampled')} sampled",
+                      f"KL {ppo['kl']:.1f} nats; proxy {ppo['proxy_first']:.2f} -> {ppo['proxy_last']:.2f}, "
+                      f"gold {ppo['gold_first']:.2f} -> {ppo['gold_last']:.2f} (samples)", secs["ppo"])
+        table.add_row("grpo on arith", f"accuracy {grpo['accuracy_before']:.1%} -> {grpo['accuracy']:.1%}",
+                      f"KL {grpo['kl']:.2f}; reward {grpo['reward_first']:.2f} -> {grpo['reward_last']:.2f}, "
+                      f"length {grpo['length_first']:.0f} -> {grpo['length_last']:.0f} tokens", secs["grpo"])
         self.console.print(table)
         with open(self.root / "summary.json", "w") as f:
             json.dump(s, f, indent=2)
+
+
+def _rate(summary: dict, key: str) -> str:
+    return f"{summary[key]:.0%} [{summary[key + '_low']:.0%}, {summary[key + '_high']:.0%}]"

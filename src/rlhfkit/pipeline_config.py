@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.ppo import PPOConfig
 from rlhfkit.train.reward import RewardConfig
 from rlhfkit.train.sft import SFTConfig
 
@@ -15,7 +17,9 @@ class DataStage:
     eval_prompts_per_task: int = 200
     """Held-out prompts per task for the policy evaluation (accuracy, gold score)."""
     flawed_fraction: float = 0.2
-    """Share of arith demonstrations with one wrong step."""
+    """Share of worked arith demonstrations with one wrong step."""
+    shortcut_fraction: float = 0.0
+    """Share of arith demonstrations that state only the answer, without the working."""
 
 
 @dataclass(frozen=True)
@@ -68,3 +72,11 @@ class PipelineConfig:
                                                              eval_every=100, sample_every=200))
     collect: CollectStage = field(default_factory=CollectStage)
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=200, batch_size=16, lr=1e-3))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=0, save_every=0))
+    """PPO on advice against the stage's reward model (model, reward_model and prompts are filled in)."""
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
+        task="arith", max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8, mini_batch_size=128,
+        eval_every=0, save_every=0))
+    """GRPO on arith with the verifiable reward (model and prompts are filled in)."""
+    win_rate_samples: int = 2
+    """Sampled responses per held-out prompt for each win rate against SFT (plus one greedy)."""

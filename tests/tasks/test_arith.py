@@ -124,6 +124,16 @@ def test_no_flawed_demonstrations_when_the_fraction_is_zero():
     assert all(first_wrong_step(parse_steps(e.completion)) is None for e in examples)
 
 
+def test_shortcut_demonstrations_state_only_the_right_answer():
+    examples = ArithTask(flawed_fraction=0.0, shortcut_fraction=0.4).sft_examples(2000, random.Random(7))
+    shortcuts = [e for e in examples if not parse_steps(e.completion)]
+    assert abs(len(shortcuts) / len(examples) - 0.4) <= 0.03
+    for example in shortcuts:
+        assert example.completion == f" The answer is {true_steps_from_question(example.prompt)[-1].result}."
+    for example in examples:
+        assert (example in shortcuts) or parse_steps(example.completion) == true_steps_from_question(example.prompt)
+
+
 def test_step_examples_labels_agree_with_the_verifier():
     task = ArithTask()
     examples = task.step_examples(300, random.Random(6))

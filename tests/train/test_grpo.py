@@ -58,6 +58,12 @@ def test_process_supervision_runs_on_arith_step_rewards(tiny_model_dir, tmp_path
     assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
 
 
+def test_process_supervision_without_step_rewards_is_an_error_not_outcome_supervision(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, supervision="process", reward="task", max_steps=1)
+    with pytest.raises(ConfigError, match="supervision=process needs step rewards.*reward=process"):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+
+
 def test_batch_sizes_that_cannot_form_whole_groups_are_rejected_with_what_to_change(tmp_path):
     with pytest.raises(ConfigError, match=r"mini_batch_size=7 .* 4 \* 4 = 16 .*prompts_per_step / group_size"):
         check_batch_sizes(config("m", tmp_path, mini_batch_size=7))

@@ -1,6 +1,7 @@
 """A policy on a built-in task: generate for held-out prompts, score with the task itself."""
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.eval.win_rate import WinRate, win_rate
 from rlhfkit.rollout.sample import sample_responses
 
 
@@ -14,3 +15,20 @@ def evaluate_policy(
                                batch_size=batch_size, progress=progress)
     responses = [texts[0] for texts in samples.texts]
     return task.evaluate(prompts, responses), responses
+
+
+def gold_win_rate(
+    candidate, baseline, tokenizer, task, prompts: list[PromptExample], *, max_new_tokens: int,
+    greedy: bool = False, temperature: float = 1.0, samples_per_prompt: int = 1, seed: int = 0,
+    batch_size: int = 128,
+) -> WinRate:
+    """Win rate of `candidate` against `baseline` judged by the task's gold score: both answer
+    the same prompts (`samples_per_prompt` each, or one greedy answer) and sample i of one is
+    compared with sample i of the other."""
+    def scores(model) -> list[float]:
+        samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], greedy=greedy,
+                                   num_samples=1 if greedy else samples_per_prompt, temperature=temperature,
+                                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        return [task.reward(p, text) for p, texts in zip(prompts, samples.texts) for text in texts]
+
+    return win_rate(scores(candidate), scores(baseline))

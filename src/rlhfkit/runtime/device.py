@@ -27,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast(device: torch.device, precision: Precision):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
-    if precision is Precision.FP32:
+    if precision == Precision.FP32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

@@ -2,8 +2,11 @@
 
 Every step is an equation "a op b = c" that can be checked on its own, so there is a
 verifiable outcome reward (RLVR: is the final answer right) and a verifiable process reward
-(is each step right). A controlled share of the demonstrations carries one wrong step (the
-error then propagates to the answer), so a model trained on them is good but not perfect.
+(is each step right). The demonstrations are uneven, as human ones are:
+- a share of the writers skip the working and state only the answer ("shortcut"). A small model
+  that imitates them must do two operations at once and mostly guesses; showing the working is
+  what a verifiable reward teaches it (the seeds' RLVR: RL elicits step-by-step reasoning);
+- a share of the worked solutions carries one wrong step (the error propagates to the answer).
 """
 
 import random
@@ -72,6 +75,11 @@ def solution_text(steps: list[Step]) -> str:
     return " " + " ".join(step.text() for step in steps) + f" The answer is {steps[-1].result}."
 
 
+def shortcut_text(steps: list[Step]) -> str:
+    """The answer without the working."""
+    return f" The answer is {steps[-1].result}."
+
+
 def _flawed(rng: random.Random, steps: list[Step]) -> list[Step]:
     """One step gets a wrong result; later steps compute correctly from the wrong value."""
     bad = rng.randrange(len(steps))
@@ -105,8 +113,9 @@ class ArithTask:
     name = "arith"
     description = "multi-step arithmetic word problems; verifiable answers and steps"
 
-    def __init__(self, flawed_fraction: float = 0.2, min_steps: int = 2, max_steps: int = 2, max_operand: int = 20):
-        self.flawed_fraction = flawed_fraction
+    def __init__(self, flawed_fraction: float = 0.2, shortcut_fraction: float = 0.0, min_steps: int = 2,
+                 max_steps: int = 2, max_operand: int = 20):
+        self.flawed_fraction, self.shortcut_fraction = flawed_fraction, shortcut_fraction
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
     def _problem(self, rng: random.Random) -> tuple[str, list[Step]]:
@@ -117,6 +126,9 @@ class ArithTask:
         examples = []
         for _ in range(n):
             prompt, steps = self._problem(rng)
+            if self.shortcut_fraction > 0 and rng.random() < self.shortcut_fraction:  # no draw when off
+                examples.append(SFTExample(prompt=prompt, completion=shortcut_text(steps)))
+                continue
             if rng.random() < self.flawed_fraction:
                 steps = _flawed(rng, steps)
             examples.append(SFTExample(prompt=prompt, completion=solution_text(steps)))

@@ -125,7 +125,10 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             with timer("reward"):
                 scores = run.reward.score(grouped_prompts, responses)
                 rewards = scores.rewards.to(run.device)
-                if cfg.supervision is Supervision.PROCESS:
+                if cfg.supervision == Supervision.PROCESS:
+                    if scores.step_rewards is None:
+                        raise ConfigError(f"supervision=process needs step rewards, and reward '{run.reward.name}' "
+                                          "scores whole responses only: use reward=process (arith's verifier)")
                     steps = step_rewards_on_tokens(run.tokenizer, rollout, responses, scores.step_rewards, run.device)
                     advantages = process_advantages(steps.rewards, steps.mask, steps.ends, rollout.response_mask,
                                                     cfg.group_size, cfg.std_unbiased, cfg.adv_eps)
@@ -159,7 +162,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             result.history.append(row)
             done = step + 1
-            if done % cfg.eval_every == 0 or done == cfg.max_steps:
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:

@@ -230,7 +230,7 @@ class PolicyRun:
         elapsed = time.perf_counter() - timer.start
         row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
                     "gold_score": sum(gold) / len(gold), "response_length": tokens / len(responses),
-                    "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
+                    "response_tokens": tokens, "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
         row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return row
 
@@ -244,7 +244,7 @@ class PolicyRun:
 
     def log(self, step: int, row: dict) -> None:
         self.metrics.log(step, row, stage=self.stage)
-        self.bar.update(1, loss=row.get("loss", 0.0), tokens=int(row["response_length"]))
+        self.bar.update(1, loss=row.get("loss", 0.0), tokens=row["response_tokens"])
 
     def save_checkpoint(self, step: int) -> None:
         def write(tmp):

@@ -161,7 +161,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             result.history.append(row)
             done = step + 1
             stop = sequence_kl > cfg.kl_limit
-            if done % cfg.eval_every == 0 or done == cfg.max_steps or stop:
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or stop:
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if stop:

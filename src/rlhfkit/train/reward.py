@@ -79,7 +79,7 @@ class RewardConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip."""
     eval_every: int = 50
-    """Held-out accuracy every this many steps (and at the end)."""
+    """Held-out accuracy every this many steps (0 = only at the end)."""
     save_every: int = 50
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_last: int = 2
@@ -106,12 +106,12 @@ class RewardResult:
 def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
     """Groups (pairwise objective) or encoded step-labelled solutions (process objective)."""
     fmt = detect_format(path)
-    if cfg.objective is RewardObjective.PROCESS:
-        if fmt is not Format.STEPS:
+    if cfg.objective == RewardObjective.PROCESS:
+        if fmt != Format.STEPS:
             raise RlhfkitError(f"{path}: the process objective needs step labels (prompt, completions, labels)")
         items, report = tokenize_steps(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
                                        separator=cfg.step_separator)
-    elif fmt is Format.RANKING:
+    elif fmt == Format.RANKING:
         rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
                                              truncation=cfg.truncation)
         items = groups_from_rankings(rankings)
@@ -143,7 +143,7 @@ def evaluate_reward_model(model: RewardModel, items: list, cfg: RewardConfig, pa
 
 def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, device: torch.device):
     with autocast(device, cfg.precision):
-        if cfg.objective is RewardObjective.PROCESS:
+        if cfg.objective == RewardObjective.PROCESS:
             return process_loss(model, items, pad_token_id=pad_token_id)
         return pairwise_loss(model, items, row_ids, pad_token_id=pad_token_id, seed=cfg.seed,
                              imitation_coef=cfg.imitation_coef, centering_coef=cfg.centering_coef)
@@ -192,7 +192,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             result.train_losses.append(loss.item())
             row = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats,
                    "steps_per_s": 1.0 / (time.perf_counter() - started)}
-            if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            if held_out and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
                 row["eval_accuracy"] = evaluate_reward_model(model, held_out, cfg, tokenizer.pad_token_id)
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
             metrics.log(done, row, stage="reward")

@@ -65,7 +65,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     """Global gradient-norm clip."""
     eval_every: int = 100
-    """Held-out loss every this many steps (and at the end)."""
+    """Held-out loss every this many steps (0 = only at the end)."""
     sample_every: int = 100
     """Greedy sample generations for a few held-out prompts every this many steps."""
     num_samples: int = 4
@@ -180,7 +180,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             elapsed = time.perf_counter() - started
             result.train_losses.append(loss_value)
             row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed}
-            if held_out and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+            if held_out and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
                 row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision)
                 result.eval_losses.append((done, row["eval_loss"]))
             if eval_rows and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.max_steps):

@@ -1,0 +1,52 @@
+"""Win rate of one policy against another, judged by scores, with a 95% confidence interval.
+
+A comparison is a win when the candidate's score is higher, a tie when equal (counted as half a
+win, the convention of the DPO and AlpacaEval comparisons), else a loss.
+"""
+
+import math
+from dataclasses import dataclass
+
+Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: int
+    ties: int
+    losses: int
+    rate: float  # (wins + ties / 2) / n
+    low: float  # 95% Wilson interval
+    high: float
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    def as_dict(self, prefix: str = "win_rate") -> dict[str, float]:
+        return {prefix: self.rate, f"{prefix}_low": self.low, f"{prefix}_high": self.high,
+                f"{prefix}_ties": self.ties / max(1, self.n), f"{prefix}_n": float(self.n)}
+
+
+def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes / n (Wilson 1927); (0, 1) when n = 0.
+
+    successes may be fractional (ties counted as half a win)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
+    """Pairwise win rate of `candidate[i]` over `baseline[i]` (same prompt, same sample index)."""
+    if len(candidate) != len(baseline):
+        raise ValueError(f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores")
+    wins = sum(c > b for c, b in zip(candidate, baseline))
+    ties = sum(c == b for c, b in zip(candidate, baseline))
+    n = len(candidate)
+    rate = (wins + ties / 2) / n if n else 0.5
+    low, high = wilson_interval(wins + ties / 2, n)
+    return WinRate(wins=wins, ties=ties, losses=n - wins - ties, rate=rate, low=low, high=high)

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from rlhfkit.eval.win_rate import wilson_interval, win_rate
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # 8 of 10: centre (0.8 + z^2/20) / (1 + z^2/10) = 0.71674, half-width 0.22658
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.49016, abs=1e-4) and high == pytest.approx(0.94331, abs=1e-4)
+    # 0 of 10 still has a non-zero upper bound: z^2 / (n + z^2) = 0.27753
+    low, high = wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.27753, abs=1e-4)
+
+
+def test_wilson_interval_without_data_is_uninformative():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_win_rate_counts_ties_as_half():
+    result = win_rate([3.0, 1.0, 2.0, 2.0], [1.0, 2.0, 2.0, 0.0])
+    assert (result.wins, result.ties, result.losses) == (2, 1, 1)
+    assert result.rate == pytest.approx(2.5 / 4)
+    assert (result.low, result.high) == pytest.approx(wilson_interval(2.5, 4))
+
+
+def test_win_rate_rejects_unpaired_scores():
+    with pytest.raises(ValueError, match="3 candidate scores against 2"):
+        win_rate([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+@given(st.lists(st.tuples(st.integers(-3, 3), st.integers(-3, 3)), min_size=1, max_size=50))
+def test_win_rate_is_symmetric_and_inside_its_interval(pairs):
+    a, b = [float(x) for x, _ in pairs], [float(y) for _, y in pairs]
+    forward, backward = win_rate(a, b), win_rate(b, a)
+    assert forward.rate + backward.rate == pytest.approx(1.0)
+    assert forward.low <= forward.rate <= forward.high
+    assert math.isclose(forward.low, 1 - backward.high, abs_tol=1e-9)
