@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.train.schedule import warmup_cosine
+from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
 def lr(step, total=100, warmup=10, min_ratio=0.1):
@@ -36,3 +36,12 @@ def test_rises_then_falls_within_min_ratio_and_one(total, warmup, min_ratio):
     assert all(min_ratio - 1e-12 <= v <= 1.0 + 1e-12 for v in values[peak:])
     assert all(a <= b + 1e-12 for a, b in zip(values[:peak], values[1 : peak + 1]))
     assert all(a >= b - 1e-12 for a, b in zip(values[peak:], values[peak + 1 :]))
+
+
+def test_periodic_work_is_due_on_multiples_and_at_the_end_only_when_asked():
+    due = [done for done in range(1, 11) if is_due(done, 4, 10, at_end=True)]
+    assert due == [4, 8, 10]
+    assert [done for done in range(1, 11) if is_due(done, 4, 10, at_end=False)] == [4, 8]
+    # every = 0: never on the way (no division by zero), the end as asked
+    assert [done for done in range(1, 11) if is_due(done, 0, 10, at_end=True)] == [10]
+    assert not any(is_due(done, 0, 10, at_end=False) for done in range(1, 11))

@@ -25,6 +25,7 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun, Supervision, step_rewards_on_tokens
+from rlhfkit.train.schedule import is_due
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,10 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             result.history.append(row)
             done = step + 1
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
+            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 run.save_checkpoint(done)
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained

@@ -28,6 +28,7 @@ from rlhfkit.rollout.forward import response_logprobs, response_values
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.schedule import is_due
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,14 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             result.history.append(row)
             done = step + 1
             stop = sequence_kl > cfg.kl_limit
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or stop:
+            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True) or stop:
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if stop:
                 print(f"ppo: KL {sequence_kl:.1f} nats passed kl_limit={cfg.kl_limit}: stopping at step {done}")
                 result.stopped_at_kl_limit = True
                 break
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 run.extra_state["kl_coef"] = kl_coef
                 run.save_checkpoint(done)
 

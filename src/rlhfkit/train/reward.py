@@ -33,7 +33,7 @@ from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
 from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
-from rlhfkit.train.schedule import warmup_cosine
+from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
 class RewardObjective(str, Enum):
@@ -192,12 +192,12 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             result.train_losses.append(loss.item())
             row = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats,
                    "steps_per_s": 1.0 / (time.perf_counter() - started)}
-            if held_out and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 row["eval_accuracy"] = evaluate_reward_model(model, held_out, cfg, tokenizer.pad_token_id)
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
             metrics.log(done, row, stage="reward")
             bar.update(1, loss=loss.item())
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
                                         optimizer=optimizer, keep_last=cfg.keep_last,
                                         extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {})

@@ -1,4 +1,5 @@
-"""Learning-rate schedule as a pure function of the step, so resuming needs no scheduler state."""
+"""Schedules as pure functions of the step, so resuming needs no scheduler state: the learning
+rate, and when periodic work (evaluation, samples, checkpoints) is due."""
 
 import math
 
@@ -13,3 +14,11 @@ def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_due(done: int, every: int, total_steps: int, *, at_end: bool) -> bool:
+    """Whether periodic work runs after `done` of `total_steps` steps: every `every` steps
+    (0 = never on the way), and at the last step exactly when `at_end`."""
+    if done == total_steps:
+        return at_end
+    return every > 0 and done % every == 0

@@ -33,7 +33,7 @@ from rlhfkit.train.checkpointing import (
     resume_point,
     save_trainer_checkpoint,
 )
-from rlhfkit.train.schedule import warmup_cosine
+from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -180,14 +180,14 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             elapsed = time.perf_counter() - started
             result.train_losses.append(loss_value)
             row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed}
-            if held_out and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps):
+            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision)
                 result.eval_losses.append((done, row["eval_loss"]))
-            if eval_rows and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.max_steps):
+            if eval_rows and cfg.sample_every and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True):
                 _log_samples(run, done, model, tokenizer, eval_rows, cfg)
             metrics.log(done, row, stage="sft")
             bar.update(1, loss=loss_value, tokens=tokens)
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.max_steps:
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
                                         optimizer=optimizer, extra={"micro_index": done * cfg.grad_accum},
                                         keep_last=cfg.keep_last)
