@@ -166,3 +166,35 @@ def test_overrides_on_both_sides_of_an_option(monkeypatch, capsys):
     code, out, err = run_main(monkeypatch, capsys, "sft", "lr=0.5", "--name", "x", "max_steps=3", "--print-config")
     assert code == 0, err
     assert json.loads(out)["lr"] == 0.5 and json.loads(out)["max_steps"] == 3
+
+
+def test_raft_command_trains_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run_main(monkeypatch, capsys, "raft", "--print-config", "mode=online_rft", "selection=top_fraction")
+    assert code == 0 and json.loads(out)["mode"] == "online_rft" and json.loads(out)["selection"] == "top_fraction"
+    code, _, err = run_main(monkeypatch, capsys, "raft", "mode=sft", "--print-config")
+    assert_one_line_error(code, err, "config key 'mode'", "'raft', 'online_rft'")
+    code, _, err = run_main(monkeypatch, capsys, "raft", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, "rlhfkit raft needs model=PATH")
+    code, out, err = run_main(monkeypatch, capsys, "raft", f"model={tiny_model_dir}", "max_steps=1",
+                              "prompts_per_round=2", "samples_per_prompt=2", "max_new_tokens=4", "eval_prompts=2",
+                              "eval_max_new_tokens=4", "train_prompts=16", "progress=false", "tensorboard=false",
+                              "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    assert "held-out arith: {'accuracy'" in out and f"model saved to {tmp_path / 'runs' / 'raft' / 'final'}" in out
+
+
+def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run_main(monkeypatch, capsys, "dpo", "--print-config", "loss=plackett_luce", "beta=0.5")
+    assert code == 0 and json.loads(out)["loss"] == "plackett_luce" and json.loads(out)["beta"] == 0.5
+    code, _, err = run_main(monkeypatch, capsys, "dpo", "--runs-dir", tmp_path / "runs")
+    assert_one_line_error(code, err, "rlhfkit dpo needs model=PATH and train_data=PATH")
+    data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, GOOD_RANKING])
+    args = ["dpo", f"model={tiny_model_dir}", f"train_data={data}", "progress=false", "tensorboard=false",
+            "--runs-dir", tmp_path / "runs"]
+    code, _, err = run_main(monkeypatch, capsys, *args, "loss=ipo", "label_smoothing=0.1")
+    assert_one_line_error(code, err, "label_smoothing=0.1", "set label_smoothing=0 or loss=sigmoid")
+    code, out, err = run_main(monkeypatch, capsys, *args, "max_steps=1", f"eval_data={data}", "precompute_ref=true")
+    assert code == 0, err
+    # one small step on this very pair already orders it the right way
+    assert "held-out preference accuracy: 1.0000" in out
+    assert f"model saved to {tmp_path / 'runs' / 'dpo' / 'final'}" in out

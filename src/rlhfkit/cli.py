@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "ppo", "grpo", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "ppo", "grpo", "raft", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -27,8 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhfkit", description="Train language models from human feedback.")
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
+             "dpo": "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
+             "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
              "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
@@ -56,9 +58,15 @@ def _config_class(command: str):
     if command == "rm":
         from rlhfkit.train.reward import RewardConfig
         return RewardConfig
+    if command == "dpo":
+        from rlhfkit.train.dpo import DPOConfig
+        return DPOConfig
     if command == "grpo":
         from rlhfkit.train.grpo import GRPOConfig
         return GRPOConfig
+    if command == "raft":
+        from rlhfkit.train.raft import RAFTConfig
+        return RAFTConfig
     if command == "ppo":
         from rlhfkit.train.ppo import PPOConfig
         return PPOConfig
@@ -70,7 +78,7 @@ def _run_trainer(args, cfg) -> None:
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.rundir import prepare_run_dir
 
-    if args.command in ("sft", "rm") and not (cfg.model and cfg.train_data):
+    if args.command in ("sft", "rm", "dpo") and not (cfg.model and cfg.train_data):
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     if not cfg.model:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH")
@@ -80,10 +88,17 @@ def _run_trainer(args, cfg) -> None:
         if args.command == "sft":
             from rlhfkit.train.sft import train_sft
             result = train_sft(cfg, run, resume=args.resume)
-        elif args.command in ("grpo", "ppo"):
+        elif args.command == "dpo":
+            from rlhfkit.train.dpo import train_dpo
+            result = train_dpo(cfg, run, resume=args.resume)
+            if result.evals:
+                print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
+        elif args.command in ("grpo", "ppo", "raft"):
             from rlhfkit.train.grpo import train_grpo
             from rlhfkit.train.ppo import train_ppo
-            result = (train_grpo if args.command == "grpo" else train_ppo)(cfg, run, resume=args.resume)
+            from rlhfkit.train.raft import train_raft
+            train = {"grpo": train_grpo, "ppo": train_ppo, "raft": train_raft}[args.command]
+            result = train(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out {cfg.task}: {result.evals[-1][1]}")
         else:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlhfkit.objectives.logprobs import entropy_from_logits, shift_for_next_token, token_logprobs
+from rlhfkit.objectives.logprobs import entropy_from_logits, sequence_logprobs, shift_for_next_token, token_logprobs
 
 
 def naive_token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -57,6 +57,31 @@ def test_shift_for_next_token_aligns_logits_at_t_with_token_t_plus_1():
     assert torch.equal(shifted_logits[..., 0].long() + 1, targets)
     assert torch.equal(targets, input_ids[:, 1:])
     assert torch.equal(target_mask, mask[:, 1:])
+
+
+def test_sequence_logprobs_hand_example():
+    # tokens (x, 2, 0): position 0 predicts 2 with p = 1/2, position 1 predicts 0 with p = 1/3
+    logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0], [5.0, 0.0, 0.0]]]).repeat(2, 1, 1)
+    input_ids = torch.tensor([[1, 2, 0], [1, 2, 0]])
+    # row 0: both tokens are response; row 1: only the last (the 2 is prompt)
+    response_mask = torch.tensor([[False, True, True], [False, False, True]])
+    got = sequence_logprobs(logits, input_ids, response_mask)
+    assert torch.allclose(got, torch.tensor([math.log(0.5) + math.log(1 / 3), math.log(1 / 3)]), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sequence_logprobs_equals_a_loop_over_response_tokens(seed):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 6, 11, generator=generator) * 3
+    input_ids = torch.randint(0, 11, (3, 6), generator=generator)
+    response_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    expected = torch.zeros(3)
+    for row in range(3):
+        for t in range(1, 6):
+            if response_mask[row, t]:
+                expected[row] += logits[row, t - 1].log_softmax(-1)[input_ids[row, t]]
+    got = sequence_logprobs(logits, input_ids, response_mask)
+    assert torch.allclose(got, expected, atol=1e-5) and got[2].item() == 0.0
 
 
 def naive_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -88,6 +88,17 @@ def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_model
     assert_same_run(runs, steps)
 
 
+def test_dpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    # precompute_ref: the resumed run rebuilds its reference table, which must match bit for bit
+    rng = random.Random(0)
+    data = write_jsonl(tmp_path / "rankings.jsonl", [gold_ranking(p, rng) for p in AdviceTask().prompts(40, rng)])
+    runs, steps = tmp_path / "runs", 30
+    kill_and_resume(rlhfkit("dpo", f"model={tiny_model_dir}", f"train_data={data}", f"max_steps={steps}",
+                            "batch_size=4", "warmup_steps=3", "lr=3e-3", "save_every=5", "precompute_ref=true",
+                            "progress=false", "tensorboard=false", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)
+
+
 def test_grpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     runs, steps = tmp_path / "runs", 10
     kill_and_resume(rlhfkit("grpo", f"model={tiny_model_dir}", "task=arith", f"reward={length_reward_spec(tmp_path)}",
@@ -107,3 +118,13 @@ def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp
                             "warmup_steps=1", "eval_every=100", "progress=false", "tensorboard=false",
                             "--runs-dir", str(runs)), runs)
     assert_same_run(runs, steps)
+
+
+def test_raft_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    runs, rounds = tmp_path / "runs", 10
+    kill_and_resume(rlhfkit("raft", f"model={tiny_model_dir}", "task=arith", f"reward={length_reward_spec(tmp_path)}",
+                            "require_correct=false", "train_prompts=64", "eval_prompts=4", "eval_max_new_tokens=4",
+                            "prompts_per_round=4", "samples_per_prompt=4", "epochs_per_round=2", "mini_batch_size=2",
+                            "max_new_tokens=12", f"max_steps={rounds}", "save_every=2", "lr=1e-2", "warmup_steps=1",
+                            "eval_every=100", "progress=false", "tensorboard=false", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, rounds)

@@ -55,3 +55,22 @@ def collate_groups(groups: list[RankedGroup], pad_token_id: int) -> dict[str, to
         best=torch.tensor(best, dtype=torch.long),
     )
     return batch
+
+
+def ranking_layout(groups: list[RankedGroup]) -> dict[str, torch.Tensor]:
+    """The groups as rows of a (groups, K_max) table over the flat responses of `collate_groups`,
+    for listwise losses: `ranking_index` (long, the response's index in the flat batch),
+    `ranking_ranks` (long, 0 = best) and `ranking_mask` (bool, True = a real response; groups
+    with fewer than K_max responses are padded with index 0 and rank 0)."""
+    width = max(len(group.responses) for group in groups)
+    index = torch.zeros(len(groups), width, dtype=torch.long)
+    ranks = torch.zeros(len(groups), width, dtype=torch.long)
+    mask = torch.zeros(len(groups), width, dtype=torch.bool)
+    offset = 0
+    for g, group in enumerate(groups):
+        size = len(group.responses)
+        index[g, :size] = torch.arange(offset, offset + size)
+        ranks[g, :size] = torch.tensor(group.ranks)
+        mask[g, :size] = True
+        offset += size
+    return {"ranking_index": index, "ranking_ranks": ranks, "ranking_mask": mask}

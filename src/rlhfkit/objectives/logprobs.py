@@ -1,6 +1,8 @@
-"""Token log-probabilities from logits."""
+"""Token and sequence log-probabilities from logits."""
 
 import torch
+
+from rlhfkit.objectives.masked import masked_sum
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -30,6 +32,22 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: to
         logits (batch, seq-1, vocab), targets (batch, seq-1), target mask (batch, seq-1).
     """
     return logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(response | prompt) = sum over response tokens of log p(x_t | x_<t) (DPO's sequence log-prob).
+
+    Args:
+        logits: (batch, seq, vocab) model outputs for `input_ids` (right padding is fine).
+        input_ids: (batch, seq) prompt then response tokens.
+        response_mask: (batch, seq) bool over `input_ids`, True = a response token that counts
+            (prompt and padding are False).
+    Returns:
+        (batch,) summed log-probabilities, float32 or the logits' dtype if wider; 0 for a row
+        without response tokens.
+    """
+    logits, targets, mask = shift_for_next_token(logits, input_ids, response_mask)
+    return masked_sum(token_logprobs(logits, targets), mask, dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

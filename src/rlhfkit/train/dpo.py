@@ -1,0 +1,266 @@
+"""Direct preference optimisation: DPO, conservative DPO, IPO, and Plackett-Luce on rankings.
+
+The policy is trained on labelled comparisons directly, with no reward model and no sampling
+(Rafailov et al. 2023; seeds 001, 003): the implicit reward beta * log(pi / pi_ref) of sequence
+log-probs (summed over response tokens) is fitted to the labels by
+    sigmoid:        -log sigmoid(beta h), h = log-ratio of the chosen minus that of the rejected;
+                    label smoothing eps gives conservative DPO
+    ipo:            (h - 1/(2 beta))^2 (Azar et al. 2023)
+    plackett_luce:  -log P(ranking) of a whole K-way ranking (DPO appendix A.3); K = 2 is sigmoid.
+Pairs are rankings of two. With sigmoid or ipo a K-way ranking trains as its C(K,2) pairs, each
+weighted 1/C(K,2) (InstructGPT), so the two ways of using the same rankings can be compared;
+every run reports accuracy and margins over the same pairs.
+The reference is a frozen copy of the starting model, the base weights when training LoRA
+adapters, or (`precompute_ref`) a table of log-probs computed once, with no model kept.
+Departures: pairs' `margin` column is ignored, and ties in a ranking form no pair (pairwise) or
+follow Breslow's rule (Plackett-Luce, see objectives.preference.plackett_luce_nll).
+"""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.detect import detect_format
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.data.ranking_batch import RankedGroup, groups_from_pairs, groups_from_rankings
+from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import add_lora, load_lora, merged_copy
+from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.runtime.device import Precision, resolve_device
+from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import seed_everything
+from rlhfkit.train.batching import micro_batch_rows
+from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
+from rlhfkit.train.dpo_losses import (
+    Reference,
+    batch_loss_fn,
+    evaluate_dpo,
+    make_batch,
+    pair_rewards,
+    policy_logprobs,
+    reward_metrics,
+)
+from rlhfkit.train.schedule import is_due, warmup_cosine
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    model: str = ""
+    """Causal-LM directory to start from (usually the SFT model); also the frozen reference."""
+    train_data: str = ""
+    """Preference pairs (`prompt`, `chosen`, `rejected`) or rankings (`prompt`, `responses`, optional `ranks`)."""
+    eval_data: str = ""
+    """Held-out pairs or rankings for the eval loss, accuracy and margin; empty = none."""
+    loss: DPOLoss = DPOLoss.SIGMOID
+    """sigmoid (DPO), ipo, or plackett_luce (whole rankings; with the others a ranking is its C(K,2) pairs)."""
+    beta: float = 0.1
+    """Scale of the implicit reward beta * log(pi / pi_ref): larger keeps the policy nearer the reference."""
+    label_smoothing: float = 0.0
+    """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
+    precompute_ref: bool = False
+    """Compute every reference log-prob once before training, and keep no reference model in memory."""
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    max_length: int = 256
+    """Tokens per prompt + response after tokenisation."""
+    truncation: Truncation = Truncation.KEEP_START
+    """keep_start, keep_end or drop (see the SFT trainer)."""
+    batch_size: int = 16
+    """Prompts (pairs or rankings) per micro-batch: all responses of a prompt share one."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    max_steps: int = 150
+    """Optimizer steps."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at lr * min_lr_ratio (1 = constant after warm-up, as the DPO paper)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    eval_every: int = 50
+    """Held-out metrics every this many steps (0 = only at the end)."""
+    save_every: int = 50
+    """Checkpoint every this many steps (0 = only the final model)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 0
+    """Seeds the data order and every RNG."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
+    tensorboard: bool = True
+    """Also write TensorBoard scalars."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class DPOResult:
+    model_dir: Path
+    train_losses: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one metrics row per step
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, held-out metrics)
+
+
+def check_config(cfg: DPOConfig) -> None:
+    """Reject settings the losses do not define, saying what to change."""
+    if cfg.beta <= 0:
+        raise ConfigError(f"beta={cfg.beta}: the implicit reward's scale must be > 0 (e.g. beta=0.1)")
+    if not 0.0 <= cfg.label_smoothing < 0.5:
+        raise ConfigError(f"label_smoothing={cfg.label_smoothing}: must be in [0, 0.5) (0.5 would make labels noise)")
+    if cfg.label_smoothing and DPOLoss(cfg.loss) is not DPOLoss.SIGMOID:
+        raise ConfigError(f"label_smoothing={cfg.label_smoothing} is defined for loss=sigmoid only (conservative "
+                          f"DPO), not loss={DPOLoss(cfg.loss).value}: set label_smoothing=0 or loss=sigmoid")
+    for name in ("batch_size", "grad_accum"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
+    if cfg.lora_r < 0:
+        raise ConfigError(f"lora_r={cfg.lora_r}: must be >= 0 (0 = full fine-tuning)")
+
+
+def load_preference_groups(path: str, tokenizer, *, max_length: int, truncation: Truncation) -> list[RankedGroup]:
+    """Pairs or rankings as ranked groups (a pair is a ranking of two), dropped rows reported."""
+    fmt = detect_format(path)
+    if fmt is Format.RANKING:
+        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt), max_length=max_length,
+                                             truncation=truncation)
+        groups = groups_from_rankings(rankings)
+    elif fmt is Format.PREFERENCE:
+        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt), max_length=max_length,
+                                             truncation=truncation)
+        groups = groups_from_pairs(pairs)
+    else:
+        raise RlhfkitError(f"{path}: DPO needs preference pairs (prompt, chosen, rejected) or rankings "
+                           f"(prompt, responses, ranks), found {fmt.value} data")
+    print(f"preference data {path}: {report.summary()}")
+    if not any(len(set(group.ranks)) > 1 for group in groups):
+        raise RlhfkitError(f"{path}: no row left with two responses of different rank: nothing to prefer")
+    return groups
+
+
+def load_policy(model_dir: str, checkpoint: Path | None, *, lora_r: int, lora_alpha: int, device: torch.device):
+    """The policy in train mode: the starting model (or its checkpoint), or LoRA adapters on it."""
+    if lora_r > 0:
+        base = load_causal_lm(model_dir).to(device)
+        policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, lora_r, lora_alpha)
+    else:
+        policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
+    return policy.train()
+
+
+def build_reference(cfg: DPOConfig, policy, splits: dict[str, list[RankedGroup]], *, pad_token_id: int,
+                    device: torch.device) -> Reference:
+    """The reference of `policy`: its base with the adapters off (LoRA), else a frozen copy of
+    `cfg.model`; with `precompute_ref`, tables of every response's log-prob and no model."""
+    if cfg.lora_r > 0:
+        reference = Reference(policy, adapters_off=True)
+    else:
+        reference = Reference(load_causal_lm(cfg.model).to(device).eval().requires_grad_(False), adapters_off=False)
+    if cfg.precompute_ref:
+        reference.tabulate(splits, pad_token_id=pad_token_id, batch_size=cfg.batch_size, device=device,
+                           precision=cfg.precision)
+    return reference
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, step: int, cfg: DPOConfig) -> tuple[float, float]:
+    """Clip the gradient norm, set the warm-up/cosine learning rate, step, clear; (grad_norm, lr)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
+    lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                                min_ratio=cfg.min_lr_ratio)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
+def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult:
+    """Optimise `cfg.model` on preferences; the final model goes to `run.final`."""
+    check_config(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    # step 1. tokenizer and data: each pair or ranking is one group whose responses share a batch
+    tokenizer = load_tokenizer(cfg.model)
+    pad = tokenizer.pad_token_id
+    data = dict(max_length=cfg.max_length, truncation=cfg.truncation)
+    train = load_preference_groups(cfg.train_data, tokenizer, **data)
+    held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
+
+    # step 2. the policy, restored from the last checkpoint when resuming
+    checkpoint = resume_point(run.checkpoints) if resume else None
+    policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device)
+
+    # step 3. the reference: the base under LoRA, a frozen copy, or a table computed now
+    reference = build_reference(cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device)
+
+    # step 4. optimizer over the trainable weights, restored with every RNG when resuming
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    result = DPOResult(model_dir=run.final)
+    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
+                            resume_from_step=start_step if checkpoint else None)
+
+    with metrics, ProgressBar(cfg.max_steps, "dpo", enabled=cfg.progress, start=start_step) as bar:
+        for step in range(start_step, cfg.max_steps):
+            started = time.perf_counter()
+            # step 5. this step's groups, fixed by (seed, position) alone
+            micro_rows = [micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k)
+                          for k in range(cfg.grad_accum)]
+            num_groups = sum(len(rows) for rows in micro_rows)
+
+            # step 6. sequence log-probs of every response; loss summed over groups / all groups of the step
+            loss_value, tokens, chosen, rejected = 0.0, 0, [], []
+            for rows in micro_rows:
+                batch = make_batch([train[i] for i in rows], pad, device)
+                ref_logprobs = reference.logprobs(batch, "train", rows, cfg.precision)
+                logprobs = policy_logprobs(policy, batch, cfg.precision)
+                loss = loss_fn(logprobs, ref_logprobs, batch, num_groups)
+                loss.backward()
+                loss_value += loss.item()
+                tokens += int(batch["attention_mask"].sum())
+                pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, cfg.beta)
+                chosen.append(pair_chosen)
+                rejected.append(pair_rejected)
+
+            # step 7. clip, schedule, update
+            grad_norm, lr = optimizer_step(optimizer, step, cfg)
+
+            # step 8. log, evaluate, checkpoint
+            done = step + 1
+            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                   **reward_metrics(torch.cat(chosen), torch.cat(rejected)),
+                   "tokens_per_s": tokens / (time.perf_counter() - started)}
+            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+                evaluation = evaluate_dpo(policy, reference, held_out, loss_fn, beta=cfg.beta, pad_token_id=pad,
+                                          batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+                row.update({f"eval_{key}": value for key, value in evaluation.items()})
+                result.evals.append((done, evaluation))
+            result.train_losses.append(loss_value)
+            result.history.append(row)
+            metrics.log(done, row, stage="dpo")
+            bar.update(1, loss=loss_value, tokens=tokens)
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
+                save_trainer_checkpoint(run.checkpoints, step=done, model=policy, tokenizer=tokenizer,
+                                        optimizer=optimizer, extra={}, keep_last=cfg.keep_last)
+
+    # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged)
+    (merged_copy(policy) if cfg.lora_r > 0 else policy).save_pretrained(run.final)
+    tokenizer.save_pretrained(run.final)
+    return result

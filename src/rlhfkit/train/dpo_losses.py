@@ -1,0 +1,131 @@
+"""Per-batch work of the DPO trainer: sequence log-probs of every response under the policy and
+the reference, the pairwise or listwise loss, and the implicit-reward metrics."""
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, ranking_layout
+from rlhfkit.models.lora import adapters_disabled
+from rlhfkit.objectives.logprobs import sequence_logprobs
+from rlhfkit.objectives.preference import (
+    DPOLoss,
+    dpo_loss,
+    implicit_rewards,
+    plackett_luce_dpo_loss,
+    preference_accuracy,
+    reward_margins,
+)
+from rlhfkit.objectives.ranking import gather_pair_rewards
+from rlhfkit.runtime.device import Precision, autocast, move_batch
+
+# (logprobs, ref_logprobs, batch, denominator) -> scalar loss, with the loss settings bound
+BatchLoss = Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor]
+
+
+def make_batch(groups: list[RankedGroup], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every response of the groups, padded once, with their pairs (`collate_groups`) and the
+    (groups, K) table of the rankings (`ranking_layout`)."""
+    return move_batch({**collate_groups(groups, pad_token_id), **ranking_layout(groups)}, device)
+
+
+def policy_logprobs(model, batch: dict, precision: Precision) -> torch.Tensor:
+    """(responses,) log pi(response | prompt), summed over response tokens, with gradient."""
+    with autocast(batch["input_ids"].device, precision):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])
+
+
+@dataclass
+class Reference:
+    """log pi_ref of each response: from a frozen model on the fly (a copy of the start, or the
+    LoRA policy with its adapters off), or looked up in tables computed once before training."""
+
+    model: torch.nn.Module | None
+    adapters_off: bool
+    """True: `model` is the LoRA policy, and its base weights are the reference."""
+    tables: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    """Split name -> per group, the (K,) log-probs of its responses (CPU); empty = on the fly."""
+
+    def logprobs(self, batch: dict, split: str, rows: list[int], precision: Precision) -> torch.Tensor:
+        """(responses,) reference log-probs of the batch of groups `rows` of `split`."""
+        if self.tables:
+            return torch.cat([self.tables[split][row] for row in rows]).to(batch["input_ids"].device)
+        return self._forward(batch, precision)
+
+    @torch.no_grad()
+    def _forward(self, batch: dict, precision: Precision) -> torch.Tensor:
+        with adapters_disabled(self.model) if self.adapters_off else nullcontext():
+            return policy_logprobs(self.model, batch, precision)
+
+    def tabulate(self, splits: dict[str, list[RankedGroup]], *, pad_token_id: int, batch_size: int,
+                 device: torch.device, precision: Precision) -> None:
+        """Compute every response's reference log-prob once, then let go of the model: a frozen
+        copy is freed, and training holds no reference at all."""
+        for split, groups in splits.items():
+            table = []
+            for start in range(0, len(groups), batch_size):
+                chunk = groups[start : start + batch_size]
+                values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
+                table += list(values.split([len(group.responses) for group in chunk]))
+            self.tables[split] = table
+        self.model = None
+
+
+def _pairwise(logprobs, ref_logprobs, batch, denominator, *, beta, loss_type, label_smoothing):
+    winners, losers = batch["winners"], batch["losers"]
+    return dpo_loss(logprobs[winners], logprobs[losers], ref_logprobs[winners], ref_logprobs[losers], beta=beta,
+                    loss_type=loss_type, label_smoothing=label_smoothing, weights=batch["pair_weights"],
+                    denominator=denominator)
+
+
+def _listwise(logprobs, ref_logprobs, batch, denominator, *, beta, loss_type, label_smoothing):
+    index = batch["ranking_index"]  # (groups, K) positions in the flat responses
+    return plackett_luce_dpo_loss(logprobs[index], ref_logprobs[index], batch["ranking_ranks"],
+                                  batch["ranking_mask"], beta=beta, denominator=denominator)
+
+
+_BATCH_LOSSES = {DPOLoss.SIGMOID: _pairwise, DPOLoss.IPO: _pairwise, DPOLoss.PLACKETT_LUCE: _listwise}
+
+
+def batch_loss_fn(loss_type: DPOLoss, *, beta: float, label_smoothing: float) -> BatchLoss:
+    """The loss of one batch: pairwise (each of a ranking's C(K,2) pairs weighted 1/C(K,2), as
+    InstructGPT) or Plackett-Luce over each whole ranking; divided by the given group count."""
+    loss_type = DPOLoss(loss_type)
+    return partial(_BATCH_LOSSES[loss_type], beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+
+
+def pair_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, batch: dict, beta: float):
+    """(chosen, rejected) implicit rewards of every labelled pair, detached: the metrics are on
+    the same pairs whichever loss trains, so pairwise and listwise runs compare."""
+    rewards = implicit_rewards(logprobs.detach(), ref_logprobs, beta)
+    return gather_pair_rewards(rewards, batch["winners"], batch["losers"])
+
+
+def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    return {"rewards_chosen": chosen.mean().item(), "rewards_rejected": rejected.mean().item(),
+            "margin": reward_margins(chosen, rejected).mean().item(),
+            "accuracy": preference_accuracy(chosen, rejected).item()}
+
+
+@torch.no_grad()
+def evaluate_dpo(policy, reference: Reference, groups: list[RankedGroup], loss_fn: BatchLoss, *, beta: float,
+                 pad_token_id: int, batch_size: int, device: torch.device, precision: Precision) -> dict[str, float]:
+    """Held-out loss (mean over groups) and implicit-reward metrics over all held-out pairs."""
+    policy.eval()
+    loss, chosen, rejected = 0.0, [], []
+    for start in range(0, len(groups), batch_size):
+        rows = list(range(start, min(start + batch_size, len(groups))))
+        batch = make_batch([groups[row] for row in rows], pad_token_id, device)
+        logprobs = policy_logprobs(policy, batch, precision)
+        ref_logprobs = reference.logprobs(batch, "eval", rows, precision)
+        loss += loss_fn(logprobs, ref_logprobs, batch, len(groups)).item()
+        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, beta)
+        chosen.append(pair_chosen)
+        rejected.append(pair_rejected)
+    policy.train()
+    metrics = reward_metrics(torch.cat(chosen), torch.cat(rejected))
+    return {"loss": loss, **metrics}

@@ -1,0 +1,203 @@
+"""Sample-and-select trainers: RAFT and online rejection-sampling fine-tuning (seed 003).
+
+Both sample K responses per prompt from the current policy and score them, then:
+    raft:       keep the best of each prompt's K (or the top fraction of the round), optionally
+                only those with reward > threshold, and fine-tune on the kept (prompt, response)
+                pairs with the SFT loss for a few epochs (Dong et al. 2023, "RAFT: Reward rAnked
+                FineTuning"); with keep_fraction = 1 and the threshold it keeps every correct
+                sample (rejection-sampling fine-tuning, Yuan et al. 2023).
+    online_rft: each step, loss = -GC_i * sum_t log pi(y_it) with GC_i = +1 for a correct and -1
+                for an incorrect response, no group normalisation (the baseline that DeepSeekMath,
+                Shao et al. 2024, compares GRPO against; seed 003).
+Departures: no reference model or KL term (neither method has one); online RFT takes plain
+gradient steps on its mini-batches without an importance ratio, so after the first mini-batch
+of a step the samples are slightly off-policy. DeepSeekMath writes RFT's coefficient as the
+indicator 1 / 0 (`wrong_coef=0`); seed 003's -1 pushes log pi of a wrong answer down without
+bound, so when most samples are wrong the policy can collapse (GRPO's group baseline centres
+the coefficients instead).
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
+from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
+from rlhfkit.objectives.sft import sft_loss
+from rlhfkit.rollout.engine import Rollout, positions_from_mask
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.runtime.device import autocast
+from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
+from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.schedule import is_due
+
+
+class RAFTMode(str, Enum):
+    RAFT = "raft"
+    """Keep the best samples and fine-tune on them with the SFT loss (Dong et al. 2023)."""
+    ONLINE_RFT = "online_rft"
+    """Weight the log-likelihood of every sample by +1 (correct) or -1 (incorrect)."""
+
+
+@dataclass(frozen=True)
+class RAFTConfig(PolicyRunConfig):
+    """The shared settings (`PolicyRunConfig`) plus those of sampling and selecting; defaults
+    that differ from the shared ones are redeclared at the end."""
+
+    mode: RAFTMode = RAFTMode.RAFT
+    """raft: fine-tune on the best samples; online_rft: +1 / -1 weighted log-likelihood of every sample."""
+    prompts_per_round: int = 32
+    """Prompts per round (online_rft: per step)."""
+    samples_per_prompt: int = 8
+    """K: responses sampled per prompt."""
+    selection: Selection = Selection.BEST_OF_K
+    """raft: best_of_k (the best of each prompt's K) or top_fraction (the best keep_fraction of the round)."""
+    keep_fraction: float = 0.25
+    """raft with selection=top_fraction: share of the round's responses kept."""
+    reward_threshold: float = 0.5
+    """A response is correct when its reward is above this (arith's verifier gives 1 or 0)."""
+    require_correct: bool = True
+    """raft: keep a selected response only when it is correct (reward above reward_threshold)."""
+    epochs_per_round: int = 1
+    """raft: SFT passes over the kept responses each round."""
+    mini_batch_size: int = 64
+    """Responses per optimizer step (the last mini-batch of a pass may be smaller)."""
+    wrong_coef: float = -1.0
+    """online_rft: coefficient of an incorrect response (-1 as in seed 003; 0 = DeepSeekMath's indicator)."""
+    loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
+    """online_rft: token_mean, sequence_mean or constant_length (as in GRPO)."""
+    # defaults that differ from PolicyRunConfig's
+    max_steps: int = 20
+    """Rounds (raft) or steps (online_rft)."""
+    eval_every: int = 5
+    """Greedy evaluation on the held-out prompts every this many rounds (0 = only at the start and end)."""
+    save_every: int = 5
+    """Checkpoint every this many rounds (0 = only the final model)."""
+
+
+@dataclass
+class RAFTResult:
+    model_dir: Path
+    history: list[dict] = field(default_factory=list)  # one metrics row per round
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (round, task metrics)
+
+
+def check_raft_config(cfg: RAFTConfig) -> None:
+    """Reject sizes that leave nothing to sample or to train on, saying what to change."""
+    for name in ("prompts_per_round", "samples_per_prompt", "epochs_per_round", "mini_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
+    if not 0.0 < cfg.keep_fraction <= 1.0:
+        raise ConfigError(f"keep_fraction={cfg.keep_fraction}: must be in (0, 1] (1 = keep every sample "
+                          "that passes reward_threshold)")
+
+
+def rollout_rows(rollout: Rollout, rows: torch.Tensor | slice) -> dict:
+    """The training tensors of some rows of a rollout (prompt + response ids, masks)."""
+    return {"input_ids": rollout.input_ids[rows], "attention_mask": rollout.attention_mask[rows],
+            "response_mask": rollout.response_mask[rows]}
+
+
+def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Tensor:
+    """SFT loss of kept rollout rows: the (left-padded) prompt is context, the response tokens the targets."""
+    prompt_len = batch["input_ids"].shape[1] - batch["response_mask"].shape[1]
+    # (batch, prompt_len + response_len): True on the response tokens only
+    targets = torch.cat([torch.zeros_like(batch["attention_mask"][:, :prompt_len]), batch["response_mask"]], dim=1)
+    with autocast(run.device, cfg.precision):
+        logits = run.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long(),
+                            position_ids=positions_from_mask(batch["attention_mask"])).logits
+    return sft_loss(logits, batch["input_ids"], targets, targets.sum())
+
+
+def _raft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
+                 rewards: torch.Tensor) -> tuple[list[dict], dict]:
+    """Keep the best responses, then `epochs_per_round` epochs of SFT on them in mini-batches."""
+    kept = select_responses(rewards, cfg.selection, cfg.samples_per_prompt, cfg.keep_fraction,
+                            cfg.reward_threshold if cfg.require_correct else None)
+    data = rollout_rows(rollout, kept.nonzero().squeeze(1))
+    count = int(kept.sum())
+    info = {"kept_count": count, "kept_reward_mean": rewards[kept].mean().item() if count else float("nan"),
+            "kept_length": data["response_mask"].sum().item() / max(1, count)}
+    # the order of each round's epochs is a pure function of (seed, round): nothing to checkpoint
+    round_seed = cfg.seed * 1_000_003 + step
+    stats = []
+    for index in range(cfg.epochs_per_round * batches_per_epoch(count, cfg.mini_batch_size)):
+        rows = torch.tensor(micro_batch_rows(count, cfg.mini_batch_size, round_seed, index), device=run.device)
+        loss = sft_minibatch_loss(cfg, run, {k: v[rows] for k, v in data.items()})
+        loss.backward()
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, cfg)})
+    # a round where nothing passed the threshold takes no step: its loss is that of an empty set
+    return stats or [{"loss": 0.0, "grad_norm": 0.0}], {**info, "optimizer_steps": len(stats)}
+
+
+def _online_rft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
+                       rewards: torch.Tensor) -> tuple[list[dict], dict]:
+    """One pass of the +1 / -1 weighted log-likelihood over the rollout in mini-batches."""
+    coefficients = binary_coefficients(rewards, cfg.reward_threshold, cfg.wrong_coef)
+    data = {**rollout_rows(rollout, slice(None)), "coefficients": coefficients}
+    stats = []
+    for start in range(0, coefficients.shape[0], cfg.mini_batch_size):
+        part = {k: v[start : start + cfg.mini_batch_size] for k, v in data.items()}
+        mask = part["response_mask"]
+        with autocast(run.device, cfg.precision):
+            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
+                                        temperature=cfg.temperature)
+        denominator = loss_denominator(mask, cfg.loss_aggregation, cfg.max_new_tokens)
+        loss = rft_loss(current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator)
+        loss.backward()
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, cfg)})
+    return stats, {"optimizer_steps": len(stats)}
+
+
+# The mode is picked once; each update turns a scored rollout into optimizer steps.
+_UPDATES = {RAFTMode.RAFT: _raft_update, RAFTMode.ONLINE_RFT: _online_rft_update}
+
+
+def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
+    """Optimise `cfg.model` by RAFT or online RFT; the final model goes to `run_dir.final`."""
+    check_raft_config(cfg)
+    mode = RAFTMode(cfg.mode)
+    update = _UPDATES[mode]
+    # step 1. policy, reward source, prompts (no reference: neither method has a KL term)
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=False, stage=mode.value)
+    result = RAFTResult(model_dir=run_dir.final)
+
+    with run:
+        if run.start_step == 0:
+            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
+        for step in range(run.start_step, cfg.max_steps):
+            timer = PhaseTimer()
+            prompts = run.prompts_for_step(step, cfg.prompts_per_round)
+
+            # step 2. sample K responses per prompt from the current policy
+            with timer("generation"):
+                rollout, responses = run.sample(prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature)
+                grouped_prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
+
+            # step 3. score every response
+            with timer("reward"):
+                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.device)
+
+            # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
+            with timer("update"):
+                stats, info = update(cfg, run, step, rollout, rewards)
+
+            # step 5. metrics, evaluation, checkpoint
+            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            row.update(info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item())
+            result.history.append(row)
+            done = step + 1
+            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+                result.evals.append((done, run.evaluate(row)))
+            run.log(done, row)
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
+                run.save_checkpoint(done)
+
+    # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
+    run.save_final()
+    return result

@@ -1,0 +1,120 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.train.policy_run import PolicyRun
+from rlhfkit.train.raft import RAFTConfig, check_raft_config, rollout_rows, sft_minibatch_loss, train_raft
+from tests.train.conftest import length_reward_spec
+
+
+def config(model, tmp_path, **overrides) -> RAFTConfig:
+    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), train_prompts=64,
+                    eval_prompts=8, prompts_per_round=4, samples_per_prompt=4, mini_batch_size=8, max_new_tokens=12,
+                    eval_max_new_tokens=8, max_steps=12, lr=2e-2, warmup_steps=1, require_correct=False,
+                    eval_every=100, save_every=0, progress=False, tensorboard=False)
+    return RAFTConfig(**{**settings, **overrides})
+
+
+def mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def test_raft_keeps_the_best_samples_and_climbs_the_reward(tiny_model_dir, tmp_path):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_raft(config(tiny_model_dir, tmp_path, epochs_per_round=2), run)
+    history = result.history
+    assert len(history) == 12 and all(row["kept_count"] == 4 for row in history)  # best of 4, for 4 prompts
+    # the best of each group is at least the group's mean, and above it wherever rewards differ
+    assert all(row["kept_reward_mean"] >= row["reward_mean"] for row in history)
+    assert mean([row["kept_reward_mean"] for row in history]) > mean([row["reward_mean"] for row in history])
+    rewards = [row["reward_mean"] for row in history]
+    assert mean(rewards[-3:]) > 1.5 * mean(rewards[:3])
+    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert [row["step"] for row in metrics] == list(range(1, 13)) and metrics[0]["stage"] == "raft"
+    for key in ("reward_mean", "kept_count", "kept_reward_mean", "kept_length", "loss", "gold_score",
+                "correct_fraction", "response_length", "tokens_per_s", "time_generation", "time_reward",
+                "time_update", "optimizer_steps"):
+        assert key in metrics[0], key
+    assert metrics[0]["optimizer_steps"] == 2  # 4 kept rows, one mini-batch, two epochs
+    assert [step for step, _ in result.evals] == [0, 12] and "accuracy" in result.evals[-1][1]
+    assert "eval_accuracy" in metrics[-1]
+    AutoModelForCausalLM.from_pretrained(run.final)
+
+
+def test_online_rft_climbs_a_thresholded_reward(tiny_model_dir, tmp_path):
+    # length / 10 > 1.2: responses of more than 12 characters count as correct
+    cfg = config(tiny_model_dir, tmp_path, mode="online_rft", reward_threshold=1.2)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    history = train_raft(cfg, run).history
+    rewards = [row["reward_mean"] for row in history]
+    assert mean(rewards[-3:]) > 1.2 * mean(rewards[:3])
+    assert mean([row["correct_fraction"] for row in history[-3:]]) > mean([row["correct_fraction"] for row in history[:3]])
+    assert "kept_count" not in history[0] and history[0]["optimizer_steps"] == 2  # 16 responses, mini-batches of 8
+    AutoModelForCausalLM.from_pretrained(run.final)
+
+
+def test_a_round_without_a_correct_sample_leaves_the_policy_unchanged(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, require_correct=True, reward_threshold=1e6, max_steps=2)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    history = train_raft(cfg, run).history
+    assert [row["kept_count"] for row in history] == [0, 0]
+    assert [row["optimizer_steps"] for row in history] == [0, 0]
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(run.final).state_dict()
+    assert all(torch.equal(start[name], final[name]) for name in start)
+
+
+def test_sft_loss_of_sampled_rows_is_their_mean_negative_sampling_logprob(tiny_model_dir, tmp_path):
+    # prompts of different lengths are left-padded: the loss must read the response tokens at
+    # the positions they were sampled at, and only them
+    cfg = config(tiny_model_dir, tmp_path)
+    run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
+                    needs_reference=False, stage="raft")
+    rollout, _ = run.sample(run.prompts_for_step(0, 4), 2, max_new_tokens=12, temperature=1.0)
+    assert not rollout.prompt_mask.all()  # some padding to get wrong
+    with torch.no_grad():
+        loss = sft_minibatch_loss(cfg, run, rollout_rows(rollout, torch.arange(8)))
+    expected = -rollout.logprobs[rollout.response_mask].mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_top_fraction_keeps_that_share_of_the_round(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, selection="top_fraction", keep_fraction=0.5, max_steps=2)
+    history = train_raft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)).history
+    assert [row["kept_count"] for row in history] == [8, 8]  # half of 4 prompts * 4 samples
+    assert all(row["kept_reward_mean"] >= row["reward_mean"] for row in history)
+
+
+@pytest.mark.parametrize("mode", ["raft", "online_rft"])
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir, tmp_path, mode):
+    cfg = config(tiny_model_dir, tmp_path, mode=mode, reward_threshold=1.2, max_steps=4, save_every=2)
+    full = prepare_run_dir(tmp_path / "full", resume=False, overwrite=False)
+    train_raft(cfg, full)
+    # the uninterrupted run left its round-2 checkpoint: resume a copy of it from there
+    shutil.copytree(full.root, tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "final")
+    resumed = prepare_run_dir(tmp_path / "resumed", resume=True, overwrite=False)
+    history = train_raft(cfg, resumed, resume=True).history
+    assert len(history) == 2  # rounds 3 and 4 only
+    a, b = load_file(full.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    losses = {run: [json.loads(line)["loss"] for line in run.metrics_path.read_text().splitlines()]
+              for run in (full, resumed)}
+    assert len(losses[full]) == 4 and losses[full] == losses[resumed]
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(keep_fraction=0.0), r"keep_fraction=0.0: must be in \(0, 1\]"),
+    (dict(keep_fraction=1.5), "keep_fraction=1.5"),
+    (dict(samples_per_prompt=0), "samples_per_prompt=0: must be at least 1"),
+    (dict(mini_batch_size=0), "mini_batch_size=0"),
+])
+def test_sizes_that_leave_nothing_to_train_on_are_rejected(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_raft_config(config("m", tmp_path, **override))
