@@ -39,3 +39,10 @@ def test_win_rate_is_symmetric_and_inside_its_interval(pairs):
     assert forward.rate + backward.rate == pytest.approx(1.0)
     assert forward.low <= forward.rate <= forward.high
     assert math.isclose(forward.low, 1 - backward.high, abs_tol=1e-9)
+
+
+def test_a_clean_sweep_has_an_interval_that_reaches_one():
+    # Wilson at p = 1: high = 1 exactly and low = n / (n + z^2) = 10 / 13.8415 = 0.72247
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.72247, abs=1e-5)
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(1 - 0.72247, abs=1e-5))

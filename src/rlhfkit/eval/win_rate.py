@@ -37,7 +37,8 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the exact interval always holds p (it reaches 0 or 1 there); rounding can miss by 1e-16
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
