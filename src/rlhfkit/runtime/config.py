@@ -61,7 +61,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the config as readable YAML (fields in declaration order, lists inline)."""
-    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=False)  # escaped: raw U+0085 etc. read back as spaces
     Path(path).write_text(text, encoding="utf-8")
 
 
