@@ -29,7 +29,7 @@ from rlhfkit.data.ranking_batch import RankedGroup, groups_from_pairs, groups_fr
 from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import add_lora, load_lora, merged_copy
+from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -37,7 +37,7 @@ from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
-from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
+from rlhfkit.train.checkpointing import load_policy, restore_trainer_state, resume_point, save_trainer_checkpoint
 from rlhfkit.train.dpo_losses import (
     Reference,
     batch_loss_fn,
@@ -47,6 +47,7 @@ from rlhfkit.train.dpo_losses import (
     policy_logprobs,
     reward_metrics,
 )
+from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -152,16 +153,6 @@ def load_preference_groups(path: str, tokenizer, *, max_length: int, truncation:
     return groups
 
 
-def load_policy(model_dir: str, checkpoint: Path | None, *, lora_r: int, lora_alpha: int, device: torch.device):
-    """The policy in train mode: the starting model (or its checkpoint), or LoRA adapters on it."""
-    if lora_r > 0:
-        base = load_causal_lm(model_dir).to(device)
-        policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, lora_r, lora_alpha)
-    else:
-        policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
-    return policy.train()
-
-
 def build_reference(cfg: DPOConfig, policy, splits: dict[str, list[RankedGroup]], *, pad_token_id: int,
                     device: torch.device) -> Reference:
     """The reference of `policy`: its base with the adapters off (LoRA), else a frozen copy of
@@ -174,19 +165,6 @@ def build_reference(cfg: DPOConfig, policy, splits: dict[str, list[RankedGroup]]
         reference.tabulate(splits, pad_token_id=pad_token_id, batch_size=cfg.batch_size, device=device,
                            precision=cfg.precision)
     return reference
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, step: int, cfg: DPOConfig) -> tuple[float, float]:
-    """Clip the gradient norm, set the warm-up/cosine learning rate, step, clear; (grad_norm, lr)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-    lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                                min_ratio=cfg.min_lr_ratio)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm, lr
 
 
 def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult:
@@ -240,7 +218,9 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 rejected.append(pair_rejected)
 
             # step 7. clip, schedule, update
-            grad_norm, lr = optimizer_step(optimizer, step, cfg)
+            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                                        min_ratio=cfg.min_lr_ratio)
+            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
 
             # step 8. log, evaluate, checkpoint
             done = step + 1

@@ -17,7 +17,7 @@ from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import render_text
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import add_lora, adapters_disabled, load_lora, merged_copy
+from rlhfkit.models.lora import adapters_disabled, merged_copy
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.engine import Rollout, generate
 from rlhfkit.rollout.forward import response_logprobs
@@ -38,7 +38,8 @@ from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import stream_rows
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.checkpointing import MODEL_SUBDIR, resume_point
+from rlhfkit.train.checkpointing import MODEL_SUBDIR, load_policy, resume_point
+from rlhfkit.train.optim import clipped_step
 
 # Evaluation prompts are drawn from the task's generator with this offset on the seed, and
 # removed from the training prompts, so evaluation is on prompts never trained on.
@@ -142,14 +143,11 @@ class PolicyRun:
 
     # --- set-up and resume
     def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
-        if cfg.lora_r > 0:
-            # the reference is the base model itself, with the adapters switched off
-            base = load_causal_lm(cfg.model).to(self.device)
-            policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, cfg.lora_r, cfg.lora_alpha)
-            return policy.train(), None
-        policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model).to(self.device)
-        reference = load_causal_lm(cfg.model).to(self.device).eval().requires_grad_(False) if needs_reference else None
-        return policy.train(), reference
+        policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=self.device)
+        # under LoRA the reference is the base model itself, with the adapters switched off
+        needs_copy = needs_reference and cfg.lora_r == 0
+        reference = load_causal_lm(cfg.model).to(self.device).eval().requires_grad_(False) if needs_copy else None
+        return policy, reference
 
     def _restore(self, checkpoint) -> int:
         self.optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
@@ -173,7 +171,7 @@ class PolicyRun:
         return optimizer
 
     def extra_optimizer_step(self, name: str, step: int, lr: float, cfg: PolicyRunConfig) -> float:
-        return _clipped_step(self.extra_optimizers[name], step, lr, cfg)
+        return clipped_step(self.extra_optimizers[name], _warmup(step, cfg) * lr, cfg.max_grad_norm)
 
     def __enter__(self) -> "PolicyRun":
         self.metrics.__enter__()
@@ -219,7 +217,7 @@ class PolicyRun:
 
     def optimizer_step(self, step: int, cfg: PolicyRunConfig) -> float:
         """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
-        return _clipped_step(self.optimizer, step, cfg.lr, cfg)
+        return clipped_step(self.optimizer, _warmup(step, cfg) * cfg.lr, cfg.max_grad_norm)
 
     # --- metrics, evaluation, checkpoints
     def step_metrics(self, stats: list[dict], rewards: torch.Tensor, prompts: list[PromptExample],
@@ -268,13 +266,6 @@ class PolicyRun:
         self.tokenizer.save_pretrained(self.run_dir.final)
 
 
-def _clipped_step(optimizer: torch.optim.Optimizer, step: int, lr: float, cfg: PolicyRunConfig) -> float:
-    """Clip the gradient norm, set the linear warm-up learning rate, step, clear the gradients."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm).item()
-    for group in optimizer.param_groups:
-        group["lr"] = lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
+def _warmup(step: int, cfg: PolicyRunConfig) -> float:
+    """Linear warm-up over cfg.warmup_steps, then constant."""
+    return min(1.0, (step + 1) / max(1, cfg.warmup_steps))

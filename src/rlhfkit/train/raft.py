@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
+from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
-from rlhfkit.objectives.sft import sft_loss
-from rlhfkit.rollout.engine import Rollout, positions_from_mask
+from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
@@ -103,14 +102,12 @@ def rollout_rows(rollout: Rollout, rows: torch.Tensor | slice) -> dict:
 
 
 def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Tensor:
-    """SFT loss of kept rollout rows: the (left-padded) prompt is context, the response tokens the targets."""
-    prompt_len = batch["input_ids"].shape[1] - batch["response_mask"].shape[1]
-    # (batch, prompt_len + response_len): True on the response tokens only
-    targets = torch.cat([torch.zeros_like(batch["attention_mask"][:, :prompt_len]), batch["response_mask"]], dim=1)
+    """SFT loss of kept rollout rows: the token-mean negative log-likelihood of the response
+    tokens (the left-padded prompt is context; the LM head runs on the response only)."""
+    mask = batch["response_mask"]
     with autocast(run.device, cfg.precision):
-        logits = run.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long(),
-                            position_ids=positions_from_mask(batch["attention_mask"])).logits
-    return sft_loss(logits, batch["input_ids"], targets, targets.sum())
+        logprobs = response_logprobs(run.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1]).logprobs
+    return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, mask.sum())
 
 
 def _raft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,

@@ -33,6 +33,7 @@ from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
 from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
+from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -180,13 +181,9 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device)
             loss.backward()
             # step 5. clip, schedule, update
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
             lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                                         min_ratio=cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
             # step 6. log, evaluate, checkpoint
             done = step + 1
             result.train_losses.append(loss.item())

@@ -33,6 +33,7 @@ from rlhfkit.train.checkpointing import (
     resume_point,
     save_trainer_checkpoint,
 )
+from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -166,13 +167,9 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 loss_value += loss.item()
 
             # step 5. clip, schedule, update
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm).item()
             lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                                         min_ratio=cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
 
             # step 6. log, evaluate, sample, checkpoint
             done = step + 1

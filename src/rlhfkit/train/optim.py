@@ -1,0 +1,15 @@
+"""The update every trainer ends its step with."""
+
+import torch
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float) -> float:
+    """Clip the global gradient norm of the optimizer's parameters, set `lr`, step, clear the
+    gradients; returns the norm before clipping. The caller's schedule decides `lr`."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
