@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
              "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
-             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, table"}
+             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
         p.add_argument("--config", help="YAML config file")

@@ -1,6 +1,6 @@
 """The main job: build the tiny model, SFT, collect simulated rankings, train the reward
-model, PPO against it (advice), GRPO with the verifiable reward (arith), evaluate, and print
-one table. Later stages (DPO, RAFT, ...) join this list."""
+model, PPO against it (advice), GRPO with the verifiable reward (arith), DPO on the rankings
+(advice), RAFT with the verifiable reward (arith), evaluate, and print one table."""
 
 import dataclasses
 import json
@@ -22,8 +22,10 @@ from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.raft import train_raft
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.sft import train_sft
 
@@ -177,6 +179,32 @@ class Pipeline:
         }
         return result.model_dir
 
+    # stage 9. DPO on the same rankings as the reward model: no reward model, no sampling
+    def dpo(self, sft_dir: Path, files: dict[str, Path]) -> Path:
+        cfg = dataclasses.replace(self.cfg.dpo, model=str(sft_dir), train_data=str(files["rankings"]),
+                                  eval_data=str(files["heldout"]), seed=self.cfg.seed, device=self.cfg.device)
+        run = prepare_run_dir(self.root / "dpo", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_dpo(cfg, run)
+        held_out = result.evals[-1][1]
+        self.summary["dpo"] = {"steps": len(result.history), "loss": cfg.loss.value,
+                               "heldout_accuracy": held_out["accuracy"], "heldout_margin": held_out["margin"],
+                               **self.win_rates("advice", result.model_dir, sft_dir)}
+        return result.model_dir
+
+    # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after round
+    def raft(self, sft_dir: Path) -> Path:
+        cfg = dataclasses.replace(self.cfg.raft, model=str(sft_dir), task="arith",
+                                  eval_data=str(self.eval_files["arith"]), **self.policy_run_settings())
+        run = prepare_run_dir(self.root / "raft", resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        result = train_raft(cfg, run)
+        before, after = result.evals[0][1], result.evals[-1][1]
+        self.summary["raft"] = {"rounds": len(result.history), "accuracy_before": before["accuracy"],
+                                "accuracy": after["accuracy"], "step_accuracy": after["step_accuracy"],
+                                "kept": sum(row["kept_count"] for row in result.history)}
+        return result.model_dir
+
     def policy_run_settings(self) -> dict:
         """What the RL stages share with the rest of the job: evaluation length, seed, device."""
         return dict(eval_max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, device=self.cfg.device)
@@ -201,6 +229,8 @@ class Pipeline:
         rm_dir = self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
         self.stage("ppo", lambda: self.ppo(sft_dir, rm_dir))
         self.stage("grpo", lambda: self.grpo(sft_dir))
+        self.stage("dpo", lambda: self.dpo(sft_dir, collected))
+        self.stage("raft", lambda: self.raft(sft_dir))
         self.report()
         return self.summary
 
@@ -229,6 +259,12 @@ class Pipeline:
         table.add_row("grpo on arith", f"accuracy {grpo['accuracy_before']:.1%} -> {grpo['accuracy']:.1%}",
                       f"KL {grpo['kl']:.2f}; reward {grpo['reward_first']:.2f} -> {grpo['reward_last']:.2f}, "
                       f"length {grpo['length_first']:.0f} -> {grpo['length_last']:.0f} tokens", secs["grpo"])
+        dpo, raft = s["dpo"], s["raft"]
+        table.add_row(f"dpo on advice ({dpo['loss']})", f"gold win rate vs SFT {_rate(dpo, 'win_rate_greedy')} greedy, "
+                      f"{_rate(dpo, 'win_rate_sampled')} sampled",
+                      f"held-out preference accuracy {dpo['heldout_accuracy']:.1%}", secs["dpo"])
+        table.add_row("raft on arith", f"accuracy {raft['accuracy_before']:.1%} -> {raft['accuracy']:.1%}",
+                      f"{raft['kept']} samples kept in {raft['rounds']} rounds", secs["raft"])
         self.console.print(table)
         with open(self.root / "summary.json", "w") as f:
             json.dump(s, f, indent=2)

@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass, field
 
+from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.ppo import PPOConfig
+from rlhfkit.train.raft import RAFTConfig
 from rlhfkit.train.reward import RewardConfig
 from rlhfkit.train.sft import SFTConfig
 
@@ -78,5 +81,12 @@ class PipelineConfig:
         task="arith", max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8, mini_batch_size=128,
         eval_every=0, save_every=0))
     """GRPO on arith with the verifiable reward (model and prompts are filled in)."""
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
+        loss=DPOLoss.PLACKETT_LUCE, max_steps=100, batch_size=16, lr=1e-4, precompute_ref=True, eval_every=0,
+        save_every=0))
+    """DPO on the collected rankings (model and data are filled in)."""
+    raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
+        max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=0, save_every=0))
+    """RAFT on arith with the verifiable reward (model and prompts are filled in)."""
     win_rate_samples: int = 2
     """Sampled responses per held-out prompt for each win rate against SFT (plus one greedy)."""

@@ -113,8 +113,8 @@ class ArithTask:
     name = "arith"
     description = "multi-step arithmetic word problems; verifiable answers and steps"
 
-    def __init__(self, flawed_fraction: float = 0.2, shortcut_fraction: float = 0.0, min_steps: int = 2,
-                 max_steps: int = 2, max_operand: int = 20):
+    def __init__(self, flawed_fraction: float = 0.2, shortcut_fraction: float = 0.0, min_steps: int = 3,
+                 max_steps: int = 3, max_operand: int = 9):
         self.flawed_fraction, self.shortcut_fraction = flawed_fraction, shortcut_fraction
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
