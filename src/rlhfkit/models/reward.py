@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
 from rlhfkit.errors import RlhfkitError
 
 
@@ -90,6 +91,14 @@ class RewardModel(nn.Module):
         scored = attention_mask.bool() & (input_ids != self.model.config.pad_token_id)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
         return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
+
+    def rewards_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          rows_per_chunk: int = ROWS_PER_CHUNK) -> torch.Tensor:
+        """(batch, heads) the rewards of `forward` for right-padded rows, computed over
+        length-sorted chunks so that padding costs nothing (`data.length_chunks`)."""
+        return forward_in_length_chunks(lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
+                                        {"input_ids": input_ids, "attention_mask": attention_mask},
+                                        attention_mask.sum(dim=1), rows_per_chunk)
 
     def token_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, seq, heads) head applied at every position (process rewards score steps)."""

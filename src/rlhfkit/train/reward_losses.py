@@ -37,22 +37,22 @@ def pairwise_loss(
     """Bradley-Terry over all pairs of each group (weight 1/C(K,2) per pair, mean over groups),
     plus the optional imitation (LM on each group's best response) and centring terms."""
     batch = move_batch(collate_groups(groups, pad_token_id), model.device)
-    out = model(batch["input_ids"], batch["attention_mask"])
-    chosen, rejected = gather_pair_rewards(out.rewards, batch["winners"], batch["losers"])
+    rewards = model.rewards_by_length(batch["input_ids"], batch["attention_mask"])
+    chosen, rejected = gather_pair_rewards(rewards, batch["winners"], batch["losers"])
     heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads
     loss = bradley_terry_loss(chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"])
     stats = {"bt_loss": loss.item(), "train_pair_accuracy": (chosen > rejected).float().mean().item(),
-             "reward_mean": out.rewards.mean().item(), "reward_std": out.rewards.std().item()}
-    if imitation_coef:
+             "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
+    if imitation_coef:  # the LM term reads only each group's best response: its own forward pass
         best = batch["best"]
-        logits = model.lm_logits(out.hidden[best])
-        mask = batch["response_mask"][best]
-        imitation = sft_loss(logits, batch["input_ids"][best], mask, mask[:, 1:].sum().clamp(min=1))
+        ids, mask = batch["input_ids"][best], batch["response_mask"][best]
+        logits = model.lm_logits(model(ids, batch["attention_mask"][best]).hidden)
+        imitation = sft_loss(logits, ids, mask, mask[:, 1:].sum().clamp(min=1))
         loss = loss + imitation_coef * imitation
         stats["imitation_loss"] = imitation.item()
     if centering_coef:
-        loss = loss + centering_coef * reward_centering_loss(out.rewards, out.rewards.numel())
+        loss = loss + centering_coef * reward_centering_loss(rewards, rewards.numel())
     return loss, stats
 
 

@@ -16,6 +16,7 @@ import torch
 
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.formats import Format
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -112,6 +113,10 @@ def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Pr
     return total / max(1, count)
 
 
+def _length_chunks(rows: list) -> list[list]:
+    return [[rows[i] for i in chunk] for chunk in length_sorted_chunks([len(r.input_ids) for r in rows], ROWS_PER_CHUNK)]
+
+
 def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig) -> None:
     prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in eval_rows[: cfg.num_samples]]
     if not prompts:
@@ -151,10 +156,11 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     with metrics, ProgressBar(cfg.max_steps, "sft", enabled=cfg.progress, start=start_step) as bar:
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
-            # step 3. this step's micro-batches, fixed by (seed, position) alone
-            micro = [move_batch(pad_batch([train[i] for i in micro_batch_rows(len(train), cfg.batch_size, cfg.seed,
-                                                                              step * cfg.grad_accum + k)],
-                                          tokenizer.pad_token_id), device) for k in range(cfg.grad_accum)]
+            # step 3. this step's micro-batches, fixed by (seed, position) alone; each is run in
+            # length-sorted chunks so that padding costs no compute (same loss: one denominator)
+            micro = [move_batch(pad_batch(chunk, tokenizer.pad_token_id), device) for k in range(cfg.grad_accum)
+                     for chunk in _length_chunks([train[i] for i in micro_batch_rows(
+                         len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k)])]
             num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
 
             # step 4. forward/backward: token mean over the whole accumulated batch
