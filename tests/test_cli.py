@@ -198,3 +198,53 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(monkeyp
     # one small step on this very pair already orders it the right way
     assert "held-out preference accuracy: 1.0000" in out
     assert f"model saved to {tmp_path / 'runs' / 'dpo' / 'final'}" in out
+
+
+def test_online_dpo_command_trains_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run_main(monkeypatch, capsys, "online-dpo", "--print-config", "regime=iterative", "refresh_every=4",
+                            "label_budget=1000")
+    config = json.loads(out)
+    assert code == 0 and config["regime"] == "iterative" and config["refresh_every"] == 4
+    assert config["label_budget"] == 1000 and config["labeller"] == "annotator" and config["task"] == "advice"
+    code, _, err = run_main(monkeypatch, capsys, "online-dpo", "regime=hybrid", "model=m", "--runs-dir",
+                            tmp_path / "runs")
+    assert_one_line_error(code, err, "regime=hybrid needs offline_data")
+    code, out, err = run_main(monkeypatch, capsys, "online-dpo", f"model={tiny_model_dir}", "max_steps=1",
+                              "prompts_per_step=2", "max_new_tokens=4", "eval_prompts=2", "eval_max_new_tokens=4",
+                              "train_prompts=16", "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    assert "held-out advice: {'gold_score'" in out
+    assert f"model saved to {tmp_path / 'runs' / 'online-dpo' / 'final'}" in out
+
+
+def test_judge_command_trains_a_judge_and_writes_preferences_and_agreement(monkeypatch, capsys, tmp_path,
+                                                                           tiny_model_dir):
+    prompt = "User: How can I sleep better at night?\nAssistant:"
+    pair = {"prompt": prompt, "chosen": " Keep your bedroom dark and cool.", "rejected": " That is a silly question."}
+    pairs = write_rows(tmp_path / "pairs.jsonl", [pair, pair])
+    runs = tmp_path / "runs"
+    code, _, err = run_main(monkeypatch, capsys, "judge", f"model={tiny_model_dir}", "--runs-dir", runs)
+    assert_one_line_error(code, err, "rlhfkit judge needs pairs=PATH")
+    assert not (runs / "judge").exists()  # a failed fresh run leaves nothing behind
+    code, out, err = run_main(monkeypatch, capsys, "judge", f"model={tiny_model_dir}", f"train_pairs={pairs}",
+                              f"pairs={pairs}", "task=advice", "sft.max_steps=2", "sft.progress=false",
+                              "sft.tensorboard=false", "--runs-dir", runs)
+    assert code == 0, err
+    report = json.loads((runs / "judge" / "agreement.json").read_text())
+    assert report["pairs"] == 2 and report["labels_vs_gold"] == 1.0 and report["gold_ordered_pairs"] == 2
+    assert (runs / "judge" / "judge" / "final" / "config.json").is_file()
+    assert len(load_examples(runs / "judge" / "preferences.jsonl", Format.PREFERENCE)) == report["preference_rows"]
+    assert f"written to {runs / 'judge'}" in out
+    code, _, err = run_main(monkeypatch, capsys, "judge", f"pairs={pairs}", "--resume", "--runs-dir", runs)
+    assert_one_line_error(code, err, "rlhfkit judge does not resume")
+
+
+def test_critique_command_writes_sft_rows(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run_main(monkeypatch, capsys, "critique", "--print-config")
+    assert code == 0 and json.loads(out)["task"] == "advice" and json.loads(out)["revise_temperature"] == 0.0
+    code, out, err = run_main(monkeypatch, capsys, "critique", f"model={tiny_model_dir}", "num_prompts=2",
+                              "max_new_tokens=4", "--name", "cai", "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    assert len(load_examples(tmp_path / "runs" / "cai" / "sft.jsonl", Format.SFT)) == 2
+    assert json.loads((tmp_path / "runs" / "cai" / "report.json").read_text())["prompts"] == 2
+    assert not (tmp_path / "runs" / "cai" / "preferences.jsonl").exists()  # no judge, no preference rows

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "ppo", "grpo", "raft", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "raft", "judge", "critique", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -28,9 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
              "dpo": "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
+             "online-dpo": "online, iterative or hybrid DPO: the policy's samples labelled during training, on a budget",
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
              "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
+             "judge": "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
+             "critique": "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
              "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
@@ -61,6 +64,9 @@ def _config_class(command: str):
     if command == "dpo":
         from rlhfkit.train.dpo import DPOConfig
         return DPOConfig
+    if command == "online-dpo":
+        from rlhfkit.train.online_dpo import OnlineDPOConfig
+        return OnlineDPOConfig
     if command == "grpo":
         from rlhfkit.train.grpo import GRPOConfig
         return GRPOConfig
@@ -70,6 +76,12 @@ def _config_class(command: str):
     if command == "ppo":
         from rlhfkit.train.ppo import PPOConfig
         return PPOConfig
+    if command == "judge":
+        from rlhfkit.train.rlaif import JudgeConfig
+        return JudgeConfig
+    if command == "critique":
+        from rlhfkit.train.constitutional import CritiqueConfig
+        return CritiqueConfig
     from rlhfkit.pipeline_config import PipelineConfig
     return PipelineConfig
 
@@ -93,11 +105,13 @@ def _run_trainer(args, cfg) -> None:
             result = train_dpo(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
-        elif args.command in ("grpo", "ppo", "raft"):
+        elif args.command in ("grpo", "ppo", "raft", "online-dpo"):
             from rlhfkit.train.grpo import train_grpo
+            from rlhfkit.train.online_dpo import train_online_dpo
             from rlhfkit.train.ppo import train_ppo
             from rlhfkit.train.raft import train_raft
-            train = {"grpo": train_grpo, "ppo": train_ppo, "raft": train_raft}[args.command]
+            train = {"grpo": train_grpo, "ppo": train_ppo, "raft": train_raft,
+                     "online-dpo": train_online_dpo}[args.command]
             result = train(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out {cfg.task}: {result.evals[-1][1]}")
@@ -113,6 +127,26 @@ def _run_trainer(args, cfg) -> None:
             shutil.rmtree(run.root, ignore_errors=True)
         raise
     print(f"model saved to {result.model_dir}")
+
+
+def _run_feedback(args, cfg) -> None:
+    """`rlhfkit judge` and `rlhfkit critique`: data-making recipes, so nothing to resume."""
+    from rlhfkit.runtime.config import save_config
+    from rlhfkit.runtime.rundir import prepare_run_dir
+    from rlhfkit.train.constitutional import run_critique
+    from rlhfkit.train.rlaif import run_judge
+
+    if args.resume:
+        raise RlhfkitError(f"rlhfkit {args.command} does not resume: run it again with --overwrite")
+    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=False, overwrite=args.overwrite)
+    save_config(cfg, run.config_path)
+    try:
+        result = (run_judge if args.command == "judge" else run_critique)(cfg, run)
+    except RlhfkitError:
+        shutil.rmtree(run.root, ignore_errors=True)  # bad input: the corrected command starts cleanly
+        raise
+    print(json.dumps(result.report, indent=2))
+    print(f"written to {run.root}")
 
 
 def _tasks(args) -> None:
@@ -163,6 +197,8 @@ def run(argv: list[str]) -> None:
     if args.command == "pipeline":
         from rlhfkit.pipeline import Pipeline
         Pipeline(cfg).run_all()
+    elif args.command in ("judge", "critique"):
+        _run_feedback(args, cfg)
     else:
         _run_trainer(args, cfg)
 

@@ -131,3 +131,18 @@ def test_bad_data_is_one_line_naming_the_file(tiny_model_dir, tmp_path, rows, er
     message = str(caught.value)
     assert len(message.splitlines()) == 1 and message.startswith(data)
     assert all(fragment in message for fragment in fragments)
+
+
+def test_max_labels_keeps_the_leading_rows_within_the_budget(tiny_model_dir, advice_rankings, tmp_path):
+    # rankings of K = 4 cost C(4,2) = 6 comparisons each, pairs 1: 40 labels buy 6 rankings or 40 pairs
+    rankings = train_dpo(config(tiny_model_dir, advice_rankings["rankings"], max_steps=1, eval_data="",
+                                max_labels=40, batch_size=100, loss=DPOLoss.PLACKETT_LUCE), run_dir(tmp_path, "r"))
+    pairs = train_dpo(config(tiny_model_dir, advice_rankings["pairs"], max_steps=1, eval_data="", max_labels=40),
+                      run_dir(tmp_path, "p"))
+    assert rankings.labels == 36 and pairs.labels == 40
+    # one step over every kept ranking: the mean loss is that of the first six rows alone
+    rows = advice_rankings["ranking_rows"][:6]
+    expected = sum(sum(math.log(sum(r >= rank for r in row["ranks"])) for rank in row["ranks"]) for row in rows) / 6
+    assert rankings.train_losses[0] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="max_labels=5 buys no row"):
+        train_dpo(config(tiny_model_dir, advice_rankings["rankings"], max_labels=5), run_dir(tmp_path, "none"))

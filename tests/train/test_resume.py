@@ -128,3 +128,15 @@ def test_raft_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tm
                             "max_new_tokens=12", f"max_steps={rounds}", "save_every=2", "lr=1e-2", "warmup_steps=1",
                             "eval_every=100", "progress=false", "tensorboard=false", "--runs-dir", str(runs)), runs)
     assert_same_run(runs, rounds)
+
+
+def test_online_dpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    # iterative: checkpoints fall inside pools (refresh every 3 steps, save every 2), and the
+    # simulated annotator's noise must continue where it stopped
+    runs, steps = tmp_path / "runs", 10
+    kill_and_resume(rlhfkit("online-dpo", f"model={tiny_model_dir}", "task=advice", "labeller=annotator",
+                            "regime=iterative", "refresh_every=3", "samples_per_prompt=3", "prompts_per_step=4",
+                            "train_prompts=64", "eval_prompts=4", "eval_max_new_tokens=4", "max_new_tokens=12",
+                            f"max_steps={steps}", "save_every=2", "lr=1e-2", "warmup_steps=1", "eval_every=100",
+                            "progress=false", "tensorboard=false", "--runs-dir", str(runs)), runs)
+    assert_same_run(runs, steps)

@@ -8,7 +8,7 @@ import torch
 
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.tokenize import EncodedExample
-from rlhfkit.objectives.ranking import ranking_to_pairs
+from rlhfkit.objectives.ranking import ranking_comparisons, ranking_to_pairs
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,26 @@ def groups_from_pairs(pairs: list[tuple[EncodedExample, EncodedExample, float]])
 
 def groups_from_rankings(rankings: list[tuple[list[EncodedExample], tuple[int, ...]]]) -> list[RankedGroup]:
     return [RankedGroup(responses, ranks) for responses, ranks in rankings]
+
+
+def group_labels(groups: list[RankedGroup]) -> int:
+    """Labels the groups cost: C(K,2) pairwise comparisons per ranking of K (ties included: a
+    tie is a judgement too)."""
+    return sum(ranking_comparisons(len(group.responses)) for group in groups)
+
+
+def first_groups_within(groups: list[RankedGroup], max_labels: int) -> list[RankedGroup]:
+    """The leading groups whose labels add up to at most `max_labels` (0 = all): runs compared
+    at the same labelling budget see the same rows."""
+    if max_labels <= 0:
+        return groups
+    kept, used = [], 0
+    for group in groups:
+        used += ranking_comparisons(len(group.responses))
+        if used > max_labels:
+            break
+        kept.append(group)
+    return kept
 
 
 def collate_groups(groups: list[RankedGroup], pad_token_id: int) -> dict[str, torch.Tensor]:

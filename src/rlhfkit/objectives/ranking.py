@@ -1,6 +1,14 @@
 """Turning a K-way ranking into weighted Bradley-Terry pairs (InstructGPT, seed 001)."""
 
+import math
+
 import torch
+
+
+def ranking_comparisons(num_responses: int) -> int:
+    """C(K,2): the pairwise comparisons a ranking of K responses stands for, the unit in which
+    labels are counted and budgeted (a pair is a ranking of two: one comparison)."""
+    return math.comb(num_responses, 2)
 
 
 def ranking_to_pairs(ranks: list[int] | tuple[int, ...]) -> tuple[list[int], list[int], list[float]]:

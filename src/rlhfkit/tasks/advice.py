@@ -12,10 +12,12 @@ import random
 import re
 
 from rlhfkit.data.formats import PromptExample, SFTExample
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TOPIC_OF_TIP = {tip: topic for topic, bank in TOPICS.items() for tip in bank["tips"]}
+TOPIC_OF_QUESTION = {question: topic for topic, bank in TOPICS.items() for question in bank["questions"]}
 
 # Gold weights: what the hidden annotator values, in reward units.
 ON_TOPIC_TIP, MAX_USEFUL_TIPS = 1.0, 4
@@ -106,9 +108,38 @@ class AdviceTask:
             out.append(PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic}))
         return out
 
+    def prompt_example(self, prompt: str) -> PromptExample:
+        """A prompt given as text (e.g. read from a pairs file) with the topic the gold score needs."""
+        question = prompt.strip().removeprefix("User:").removesuffix("Assistant:").strip()
+        if question not in TOPIC_OF_QUESTION:
+            raise RlhfkitError(f"not an advice prompt (unknown question): {prompt[:60]!r}")
+        topic = TOPIC_OF_QUESTION[question]
+        return PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic})
+
+    @property
+    def principles(self):
+        """The critique-and-revise principles the gold annotator values (`advice_critique.py`)."""
+        from rlhfkit.tasks.advice_critique import PRINCIPLES  # it builds on this module
+
+        return list(PRINCIPLES)
+
+    def critique_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
+        """`n` critique-and-revise demonstrations, two rows each (critique, then revision)."""
+        from rlhfkit.tasks.advice_critique import critique_demos, demo_rows
+
+        return [SFTExample(prompt=p, completion=c) for demo in critique_demos(n, rng, self._question)
+                for p, c in demo_rows(demo)]
+
+    def one_flaw_pairs(self, n: int, rng: random.Random) -> list[dict]:
+        """`n` preference rows of equally long replies, one with a sentence breaking a principle."""
+        from rlhfkit.tasks.advice_critique import critique_demos, one_flaw_pairs
+
+        return one_flaw_pairs(critique_demos(n, rng, self._question, flaw_rate=1.0), rng)
+
     def reward(self, prompt: PromptExample, response: str) -> float:
-        """The gold annotator's noise-free score."""
-        return gold_score(prompt.metadata["topic"], response)
+        """The gold annotator's noise-free score (a prompt read without its topic is looked up)."""
+        topic = prompt.metadata.get("topic") or self.prompt_example(prompt.prompt).metadata["topic"]
+        return gold_score(topic, response)
 
     def evaluate(self, prompts: list[PromptExample], responses: list[str]) -> dict[str, float]:
         scores = [self.reward(p, r) for p, r in zip(prompts, responses)]

@@ -30,7 +30,8 @@ def _ranking_row(prompt: PromptExample, responses: list[str], order: list[int]) 
     return {"prompt": prompt.prompt, "responses": [responses[i] for i in order]}
 
 
-def _pairs_of(row: dict) -> list[dict]:
+def ranking_pairs(row: dict) -> list[dict]:
+    """The C(K,2) preference rows of a ranking row (responses best to worst)."""
     winners, losers, _ = ranking_to_pairs(list(range(len(row["responses"]))))
     return [{"prompt": row["prompt"], "chosen": row["responses"][w], "rejected": row["responses"][l]}
             for w, l in zip(winners, losers)]
@@ -83,5 +84,5 @@ def label_responses(
             agree += _agreement_with(order_a, lambda i: -ranks_b[i])[0] / second_annotators
         g_total, n = _agreement_with(order_a, lambda i: g[i])
         bayes, count = bayes + g_total, count + n
-    pairs = [pair for row in rankings for pair in _pairs_of(row)]
+    pairs = [pair for row in rankings for pair in ranking_pairs(row)]
     return Collection(rankings, pairs, heldout_rows, temperature, agree / max(1, count), bayes / max(1, count))

@@ -25,7 +25,13 @@ import torch
 from rlhfkit.data.detect import detect_format
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
-from rlhfkit.data.ranking_batch import RankedGroup, groups_from_pairs, groups_from_rankings
+from rlhfkit.data.ranking_batch import (
+    RankedGroup,
+    first_groups_within,
+    group_labels,
+    groups_from_pairs,
+    groups_from_rankings,
+)
 from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -59,6 +65,9 @@ class DPOConfig:
     """Preference pairs (`prompt`, `chosen`, `rejected`) or rankings (`prompt`, `responses`, optional `ranks`)."""
     eval_data: str = ""
     """Held-out pairs or rankings for the eval loss, accuracy and margin; empty = none."""
+    max_labels: int = 0
+    """Labelling budget: train on the leading rows of train_data holding at most this many pairwise
+    comparisons (C(K,2) per ranking of K, 1 per pair), to compare with online runs; 0 = all rows."""
     loss: DPOLoss = DPOLoss.SIGMOID
     """sigmoid (DPO), ipo, or plackett_luce (whole rankings; with the others a ranking is its C(K,2) pairs)."""
     beta: float = 0.1
@@ -112,20 +121,28 @@ class DPOConfig:
 @dataclass
 class DPOResult:
     model_dir: Path
+    labels: int = 0  # pairwise comparisons in the training rows used (C(K,2) per ranking)
     train_losses: list[float] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)  # one metrics row per step
     evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, held-out metrics)
 
 
+def check_loss_settings(loss: DPOLoss, beta: float, label_smoothing: float) -> None:
+    """Reject loss settings the losses do not define, saying what to change."""
+    if beta <= 0:
+        raise ConfigError(f"beta={beta}: the implicit reward's scale must be > 0 (e.g. beta=0.1)")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ConfigError(f"label_smoothing={label_smoothing}: must be in [0, 0.5) (0.5 would make labels noise)")
+    if label_smoothing and DPOLoss(loss) is not DPOLoss.SIGMOID:
+        raise ConfigError(f"label_smoothing={label_smoothing} is defined for loss=sigmoid only (conservative "
+                          f"DPO), not loss={DPOLoss(loss).value}: set label_smoothing=0 or loss=sigmoid")
+
+
 def check_config(cfg: DPOConfig) -> None:
     """Reject settings the losses do not define, saying what to change."""
-    if cfg.beta <= 0:
-        raise ConfigError(f"beta={cfg.beta}: the implicit reward's scale must be > 0 (e.g. beta=0.1)")
-    if not 0.0 <= cfg.label_smoothing < 0.5:
-        raise ConfigError(f"label_smoothing={cfg.label_smoothing}: must be in [0, 0.5) (0.5 would make labels noise)")
-    if cfg.label_smoothing and DPOLoss(cfg.loss) is not DPOLoss.SIGMOID:
-        raise ConfigError(f"label_smoothing={cfg.label_smoothing} is defined for loss=sigmoid only (conservative "
-                          f"DPO), not loss={DPOLoss(cfg.loss).value}: set label_smoothing=0 or loss=sigmoid")
+    check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
+    if cfg.max_labels < 0:
+        raise ConfigError(f"max_labels={cfg.max_labels}: must be >= 0 (0 = every row of train_data)")
     for name in ("batch_size", "grad_accum"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
@@ -176,7 +193,12 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     tokenizer = load_tokenizer(cfg.model)
     pad = tokenizer.pad_token_id
     data = dict(max_length=cfg.max_length, truncation=cfg.truncation)
-    train = load_preference_groups(cfg.train_data, tokenizer, **data)
+    train = first_groups_within(load_preference_groups(cfg.train_data, tokenizer, **data), cfg.max_labels)
+    if cfg.max_labels:
+        if not train:
+            raise ConfigError(f"max_labels={cfg.max_labels} buys no row of {cfg.train_data}: its first row alone "
+                              "holds more comparisons")
+        print(f"labelling budget {cfg.max_labels}: {len(train)} rows, {group_labels(train)} comparisons")
     held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
 
     # step 2. the policy, restored from the last checkpoint when resuming
@@ -191,7 +213,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                                   weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
-    result = DPOResult(model_dir=run.final)
+    result = DPOResult(model_dir=run.final, labels=group_labels(train))
     metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
                             resume_from_step=start_step if checkpoint else None)
 

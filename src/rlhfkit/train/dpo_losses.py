@@ -8,6 +8,7 @@ from functools import partial
 
 import torch
 
+from rlhfkit.data.length_chunks import forward_in_length_chunks
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, ranking_layout
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.objectives.logprobs import sequence_logprobs
@@ -33,16 +34,22 @@ def make_batch(groups: list[RankedGroup], pad_token_id: int, device: torch.devic
 
 
 def policy_logprobs(model, batch: dict, precision: Precision) -> torch.Tensor:
-    """(responses,) log pi(response | prompt), summed over response tokens, with gradient."""
-    with autocast(batch["input_ids"].device, precision):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return sequence_logprobs(logits, batch["input_ids"], batch["response_mask"])
+    """(responses,) log pi(response | prompt), summed over response tokens, with gradient; run in
+    length-sorted chunks, so the padding of a batch of unequal responses costs nothing."""
+    def forward(t: dict) -> torch.Tensor:
+        with autocast(t["input_ids"].device, precision):
+            logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
+        return sequence_logprobs(logits, t["input_ids"], t["response_mask"])
+
+    rows = {name: batch[name] for name in ("input_ids", "attention_mask", "response_mask")}
+    return forward_in_length_chunks(forward, rows, batch["attention_mask"].sum(dim=1))
 
 
 @dataclass
 class Reference:
     """log pi_ref of each response: from a frozen model on the fly (a copy of the start, or the
-    LoRA policy with its adapters off), or looked up in tables computed once before training."""
+    LoRA policy with its adapters off), or looked up in tables computed once before training.
+    Online DPO's refreshed reference is the policy itself, read (without gradient) at each refresh."""
 
     model: torch.nn.Module | None
     adapters_off: bool
@@ -61,17 +68,23 @@ class Reference:
         with adapters_disabled(self.model) if self.adapters_off else nullcontext():
             return policy_logprobs(self.model, batch, precision)
 
+    def table(self, groups: list[RankedGroup], *, pad_token_id: int, batch_size: int, device: torch.device,
+              precision: Precision) -> list[torch.Tensor]:
+        """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a pass."""
+        table = []
+        for start in range(0, len(groups), batch_size):
+            chunk = groups[start : start + batch_size]
+            values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
+            table += list(values.split([len(group.responses) for group in chunk]))
+        return table
+
     def tabulate(self, splits: dict[str, list[RankedGroup]], *, pad_token_id: int, batch_size: int,
                  device: torch.device, precision: Precision) -> None:
         """Compute every response's reference log-prob once, then let go of the model: a frozen
         copy is freed, and training holds no reference at all."""
         for split, groups in splits.items():
-            table = []
-            for start in range(0, len(groups), batch_size):
-                chunk = groups[start : start + batch_size]
-                values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
-                table += list(values.split([len(group.responses) for group in chunk]))
-            self.tables[split] = table
+            self.tables[split] = self.table(groups, pad_token_id=pad_token_id, batch_size=batch_size, device=device,
+                                            precision=precision)
         self.model = None
 
 

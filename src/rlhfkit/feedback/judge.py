@@ -1,0 +1,158 @@
+"""An AI judge (RLAIF): a causal LM asked which of two replies is better.
+
+The judge reads one comparison prompt and its next token is the verdict, " A" or " B"; the
+probability of A is read from the logits restricted to those two tokens, so no sampling and no
+parsing of free text is involved. Every pair is asked in both orders and the two answers are
+combined (`verdicts.combine_orders`), which cancels the judge's preference for a position.
+Any causal LM directory can judge; the project's own judges are trained on rows in exactly
+this format (`judge_data.judge_sft_rows`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.formats import Text
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
+from rlhfkit.rollout.engine import positions_from_mask
+
+ANSWER_A, ANSWER_B = " A", " B"
+QUESTION = "Which reply is better?"
+ASSISTANT_LABEL = "Assistant:"
+
+
+def conversation_text(prompt: Text) -> str:
+    """The conversation being answered, as plain lines.
+
+    The project's prompts end with the assistant's label ("User: ...\\nAssistant:"); the judge
+    quotes the conversation without it, since the replies follow under their own labels.
+    """
+    if not isinstance(prompt, str):
+        prompt = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+    text = prompt.rstrip()
+    if text.endswith(ASSISTANT_LABEL):
+        text = text[: -len(ASSISTANT_LABEL)].rstrip()
+    return text
+
+
+def reply_text(reply: Text) -> str:
+    """A reply as one string: a conversational reply is its (last) assistant message."""
+    return (reply if isinstance(reply, str) else reply[-1]["content"]).strip()
+
+
+def judge_prompt(prompt: Text, reply_a: Text, reply_b: Text) -> str:
+    """The comparison prompt; the judge's answer is " A" or " B"."""
+    return (f"{conversation_text(prompt)}\nReply A: {reply_text(reply_a)}\nReply B: {reply_text(reply_b)}\n"
+            f"{QUESTION}\nJudge:")
+
+
+def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+    """Token ids to run the judge on and the two answer tokens it chooses between, per text.
+
+    The answers are told apart at the first token where `text + " A"` and `text + " B"` differ;
+    the tokens before it (the prompt, and a shared leading space when the tokenizer keeps it
+    apart from the letter) are the judge's input. This is the split the SFT tokenisation of a
+    judge row makes, so a trained judge is asked at exactly the position it learned.
+    """
+    with_a = tokenizer([t + ANSWER_A for t in texts], add_special_tokens=False)["input_ids"]
+    with_b = tokenizer([t + ANSWER_B for t in texts], add_special_tokens=False)["input_ids"]
+    inputs, tokens_a, tokens_b = [], [], []
+    for ids_a, ids_b in zip(with_a, with_b):
+        shared = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b)))
+        if shared == 0 or shared >= min(len(ids_a), len(ids_b)):
+            raise RlhfkitError(f"the tokenizer does not tell '{ANSWER_A}' from '{ANSWER_B}' after a judge prompt")
+        inputs.append(ids_a[:shared])
+        tokens_a.append(ids_a[shared])
+        tokens_b.append(ids_b[shared])
+    return inputs, tokens_a, tokens_b
+
+
+def _left_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) left-padded so every row's last token sits in the last column."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = True
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def judge_first_better_prob(model, tokenizer, prompts: list[Text], first: list[str], second: list[str],
+                            *, batch_size: int = 32) -> torch.Tensor:
+    """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
+
+    Returns:
+        (n,) float32 on the CPU: softmax over the logits of the two answer tokens, A's share
+        (= sigmoid(logit_A - logit_B)).
+    """
+    if not len(prompts) == len(first) == len(second):
+        raise ValueError(f"judge: {len(prompts)} prompts, {len(first)} first and {len(second)} second replies")
+    if not prompts:
+        return torch.zeros(0)
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(prompts, first, second)]
+    inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts)
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    probs = []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            ids, mask = _left_pad(inputs[start : start + batch_size], tokenizer.pad_token_id, device)
+            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions_from_mask(mask),
+                           logits_to_keep=1).logits[:, -1].float()  # (batch, vocab)
+            rows = torch.arange(ids.shape[0], device=device)
+            a = torch.tensor(tokens_a[start : start + batch_size], device=device)
+            b = torch.tensor(tokens_b[start : start + batch_size], device=device)
+            probs.append(torch.sigmoid(logits[rows, a] - logits[rows, b]).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(probs)
+
+
+@dataclass(frozen=True)
+class PairJudgements:
+    """A judge's verdicts on n pairs (first[i], second[i]), each asked in both orders."""
+
+    first_better: torch.Tensor
+    """(n,) P(first better), the mean of both orders (`verdicts.combine_orders`)."""
+    prob_ab: torch.Tensor
+    """(n,) P(A better) with the first response shown as A."""
+    prob_ba: torch.Tensor
+    """(n,) P(A better) with the second response shown as A."""
+
+    @property
+    def flip_rate(self) -> float:
+        """Share of pairs whose verdict changes when the order is swapped."""
+        return float(order_flips(self.prob_ab, self.prob_ba).float().mean()) if len(self.prob_ab) else 0.0
+
+    @property
+    def position_bias(self) -> float:
+        """Mean probability moved to position A (0 = none, +1/2 = always A)."""
+        return float(position_shift(self.prob_ab, self.prob_ba).mean()) if len(self.prob_ab) else 0.0
+
+
+def judge_pairs(model, tokenizer, prompts: list[Text], first: list[str], second: list[str],
+                *, batch_size: int = 32) -> PairJudgements:
+    """Ask every pair in both orders (in the same batches) and combine the answers."""
+    n = len(prompts)
+    probs = judge_first_better_prob(model, tokenizer, list(prompts) * 2, list(first) + list(second),
+                                    list(second) + list(first), batch_size=batch_size)
+    prob_ab, prob_ba = probs[:n], probs[n:]
+    return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba)
+
+
+def preference_rows(prompts: list[Text], first: list[str], second: list[str], first_better: torch.Tensor,
+                    *, min_margin: float = 0.0) -> list[dict]:
+    """Preference rows `{"prompt", "chosen", "rejected"}` from judged pairs.
+
+    A pair is kept when |P(first better) - 1/2| > min_margin: near-ties carry little signal
+    and much judge noise, and an exact tie is always dropped.
+    """
+    rows = []
+    for prompt, a, b, p in zip(prompts, first, second, first_better.tolist()):
+        if abs(p - 0.5) > min_margin:
+            chosen, rejected = (a, b) if p > 0.5 else (b, a)
+            rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return rows

@@ -1,0 +1,279 @@
+"""Online and iterative DPO: preferences over the current policy's own samples, labelled while
+training, under a labelling budget (seed 000, "Online/offline learning"; Guo et al. 2024,
+"Direct language model alignment from online AI feedback"; Xiong et al. 2024, iterative DPO).
+
+Each refresh samples K responses per prompt from the current policy, has a labeller rank them
+(the task's simulated human, a reward model or an AI judge; `feedback.labellers`), and trains on the ranked
+groups with the DPO losses of `train.dpo` (K = 2: pairwise DPO; K > 2: Plackett-Luce over the
+whole ranking, or its C(K,2) pairs with sigmoid / ipo; the log-probs are the policy's own, T = 1,
+whatever `temperature` the samples were drawn at):
+    online:     a refresh every step: every batch is fresh samples, labelled (batch-wise online);
+    iterative:  a refresh every T steps labels the prompts of the next T batches at once, and
+                the policy trains on them for T steps (its samples grow stale in between);
+    hybrid:     online (or, with T > 1, iterative) plus a share of every batch from an offline
+                preference file.
+A ranking of K costs C(K,2) labels; the run stops when `label_budget` cannot pay for another
+batch, so offline runs compare at the same count (`rlhfkit dpo max_labels=...`).
+The reference is the starting policy (a frozen copy, or the base under LoRA), or with
+`refresh_reference` the policy as it was at each refresh (seed 003, Q16: iterative training
+sets the reference to the current policy). Reference log-probs are computed once per refresh.
+Every step logs the loss, the implicit-reward margin and preference accuracy over its labelled
+pairs, the labels used so far, the gold score and reward of its online samples, and their KL to
+the reference.
+Departures: prompts are drawn as in the other RL trainers (the task's generator or a prompt
+file), a hybrid batch keeps its offline share also in a last, smaller online batch, and the
+offline rows are not re-labelled.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.ranking_batch import RankedGroup, first_groups_within, group_labels
+from rlhfkit.data.tokenize import Truncation
+from rlhfkit.errors import ConfigError
+from rlhfkit.feedback.labellers import LabellerKind, build_labeller
+from rlhfkit.objectives.kl import KLEstimator, kl_penalty
+from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.objectives.ranking import ranking_comparisons
+from rlhfkit.train.dpo import check_loss_settings, load_preference_groups
+from rlhfkit.train.dpo_losses import Reference, batch_loss_fn, make_batch, pair_rewards, policy_logprobs, reward_metrics
+from rlhfkit.train.online_pool import Pool, StepGroups, assemble_pool, online_plan, ranked_groups, rollout_examples
+from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.schedule import is_due
+
+
+class Regime(str, Enum):
+    ONLINE = "online"
+    """Sample and label fresh responses for every batch."""
+    ITERATIVE = "iterative"
+    """Sample and label the next `refresh_every` batches at once, then train on them."""
+    HYBRID = "hybrid"
+    """Online (or iterative) plus `offline_fraction` of every batch from `offline_data`."""
+
+
+@dataclass(frozen=True)
+class OnlineDPOConfig(PolicyRunConfig):
+    """The shared settings (`PolicyRunConfig`) plus those of online labelling and the DPO loss;
+    defaults that differ from the shared ones are redeclared at the end."""
+
+    regime: Regime = Regime.ONLINE
+    """online (label every batch), iterative (every refresh_every batches) or hybrid (plus offline data)."""
+    samples_per_prompt: int = 2
+    """K responses sampled and ranked per prompt: 2 = pairwise DPO; more = a K-way ranking."""
+    prompts_per_step: int = 16
+    """Prompts (ranked groups) per optimizer step, the offline ones of a hybrid batch included."""
+    refresh_every: int = 1
+    """T: steps between two refreshes (iterative: at least 2; online: 1; hybrid: either)."""
+    refresh_reference: bool = False
+    """At each refresh the reference becomes the current policy (else the starting policy throughout)."""
+    offline_data: str = ""
+    """hybrid: preference pairs or rankings (as `rlhfkit dpo` reads) mixed into every batch."""
+    offline_fraction: float = 0.5
+    """hybrid: share of each batch's prompts drawn from offline_data, in (0, 1)."""
+    offline_max_labels: int = 0
+    """hybrid: use the leading offline rows holding at most this many comparisons (0 = all)."""
+    label_budget: int = 0
+    """Pairwise comparisons the labeller may make (C(K,2) per prompt); the run stops when spent. 0 = no limit."""
+    labeller: LabellerKind = LabellerKind.ANNOTATOR
+    """annotator: the task's simulated human (gold + noise); reward: the `reward` source, without noise;
+    judge: the AI judge at judge_model."""
+    judge_model: str = ""
+    """labeller=judge: causal-LM directory of the judge (asked ' A' or ' B', see feedback.judge)."""
+    annotator_temperature: float = 0.0
+    """The annotator's Bradley-Terry temperature; 0 = calibrate on the first batch to target_agreement."""
+    target_agreement: float = 0.725
+    """Inter-annotator agreement the calibrated temperature gives (human labellers: ~72.5%)."""
+    loss: DPOLoss = DPOLoss.PLACKETT_LUCE
+    """plackett_luce (whole rankings; K = 2 is DPO), sigmoid or ipo (a ranking as its C(K,2) pairs)."""
+    beta: float = 0.1
+    """Scale of the implicit reward beta * log(pi / pi_ref)."""
+    label_smoothing: float = 0.0
+    """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
+    micro_batch_size: int = 16
+    """Groups per forward pass; a step's gradient is accumulated over all its groups."""
+    max_length: int = 256
+    """hybrid: tokens per offline prompt + response."""
+    truncation: Truncation = Truncation.KEEP_START
+    """hybrid: keep_start, keep_end or drop for longer offline rows."""
+    # defaults that differ from PolicyRunConfig's
+    task: str = "advice"
+    """Built-in task: its prompts (unless `train_data` is given), simulated annotator, gold score and evaluation."""
+    max_steps: int = 50
+    """Optimizer steps, unless the label budget runs out first."""
+    eval_every: int = 10
+    """Greedy evaluation on the held-out prompts every this many steps (0 = only at the start and end)."""
+    save_every: int = 10
+    """Checkpoint every this many steps (0 = only the final model)."""
+
+
+@dataclass
+class OnlineDPOResult:
+    model_dir: Path
+    labels_used: int = 0  # comparisons the labeller made
+    offline_labels: int = 0  # comparisons in the offline rows a hybrid run could draw from
+    history: list[dict] = field(default_factory=list)  # one metrics row per step
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, task metrics)
+
+
+def batch_shares(cfg: OnlineDPOConfig) -> tuple[int, int]:
+    """(online, offline) prompts of a full batch."""
+    offline = round(cfg.offline_fraction * cfg.prompts_per_step) if Regime(cfg.regime) is Regime.HYBRID else 0
+    return cfg.prompts_per_step - offline, offline
+
+
+def run_plan(cfg: OnlineDPOConfig) -> list[int]:
+    """Online prompts of every step; its length is the run's length."""
+    return online_plan(max_steps=cfg.max_steps, online_per_step=batch_shares(cfg)[0],
+                       samples_per_prompt=cfg.samples_per_prompt, label_budget=cfg.label_budget)
+
+
+def check_online_config(cfg: OnlineDPOConfig) -> None:
+    """Reject settings that contradict the regime or leave nothing to label, saying what to change."""
+    check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
+    regime = Regime(cfg.regime)
+    if cfg.samples_per_prompt < 2:
+        raise ConfigError(f"samples_per_prompt={cfg.samples_per_prompt}: a preference needs at least 2 responses")
+    for name in ("prompts_per_step", "refresh_every", "micro_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
+    if regime is Regime.ONLINE and cfg.refresh_every != 1:
+        raise ConfigError(f"refresh_every={cfg.refresh_every} with regime=online, which labels every batch: "
+                          "use regime=iterative")
+    if regime is Regime.ITERATIVE and cfg.refresh_every < 2:
+        raise ConfigError("regime=iterative needs refresh_every >= 2 (1 is regime=online)")
+    if (regime is Regime.HYBRID) != bool(cfg.offline_data):
+        raise ConfigError("offline_data goes with regime=hybrid, and regime=hybrid needs offline_data")
+    online, offline = batch_shares(cfg)
+    if regime is Regime.HYBRID and (online < 1 or offline < 1):
+        raise ConfigError(f"offline_fraction={cfg.offline_fraction} of prompts_per_step={cfg.prompts_per_step} "
+                          f"leaves {online} online and {offline} offline prompts: both must be at least 1")
+    if cfg.label_budget < 0 or cfg.offline_max_labels < 0:
+        raise ConfigError("label_budget and offline_max_labels must be >= 0 (0 = no limit)")
+    if not run_plan(cfg):
+        raise ConfigError(f"label_budget={cfg.label_budget} cannot pay for one ranking of "
+                          f"samples_per_prompt={cfg.samples_per_prompt} ({ranking_comparisons(cfg.samples_per_prompt)} "
+                          "comparisons)")
+    if LabellerKind(cfg.labeller) is LabellerKind.JUDGE and not cfg.judge_model:
+        raise ConfigError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')")
+    if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
+        raise ConfigError("target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)")
+
+
+def _step_loss(cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn) -> tuple[dict, torch.Tensor]:
+    """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
+    returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
+    loss_value, logprobs_all, chosen, rejected = 0.0, [], [], []
+    for start in range(0, len(batch.groups), cfg.micro_batch_size):
+        groups = batch.groups[start : start + cfg.micro_batch_size]
+        tensors = make_batch(groups, run.pad_token_id, run.device)
+        ref_logprobs = torch.cat(batch.ref_logprobs[start : start + cfg.micro_batch_size]).to(run.device)
+        logprobs = policy_logprobs(run.policy, tensors, cfg.precision)
+        loss = loss_fn(logprobs, ref_logprobs, tensors, len(batch.groups))
+        loss.backward()
+        loss_value += loss.item()
+        logprobs_all.append(logprobs.detach())
+        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, tensors, cfg.beta)
+        chosen.append(pair_chosen)
+        rejected.append(pair_rejected)
+    return {"loss": loss_value, **reward_metrics(torch.cat(chosen), torch.cat(rejected))}, torch.cat(logprobs_all)
+
+
+def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
+    """hybrid: the offline rows within `offline_max_labels`; none in the other regimes."""
+    if not cfg.offline_data:
+        return []
+    groups = load_preference_groups(cfg.offline_data, tokenizer, max_length=cfg.max_length, truncation=cfg.truncation)
+    kept = first_groups_within(groups, cfg.offline_max_labels)
+    if not kept:
+        raise ConfigError(f"offline_max_labels={cfg.offline_max_labels} buys no row of {cfg.offline_data}: its first "
+                          "row alone holds more comparisons")
+    return kept
+
+
+def _step_row(batch: StepGroups, stats: dict, logprobs: torch.Tensor, samples_per_prompt: int, labels_used: int,
+              timer: PhaseTimer) -> dict:
+    """The step's metrics; KL(pi || pi_ref) per sequence is k1 on its online samples (drawn at
+    the last refresh, so slightly off-policy between refreshes)."""
+    ref_online = torch.cat(batch.ref_logprobs[: batch.online]).to(logprobs.device)
+    kl = kl_penalty(logprobs[: batch.online * samples_per_prompt], ref_online, KLEstimator.K1).mean().item()
+    row = {**stats, **batch.samples, "kl": kl, "labels_used": labels_used, "online_groups": batch.online,
+           "offline_groups": len(batch.groups) - batch.online, "step_seconds": sum(timer.seconds.values())}
+    row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
+    return row
+
+
+def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> OnlineDPOResult:
+    """Optimise `cfg.model` by online, iterative or hybrid DPO; the final model goes to `run_dir.final`."""
+    check_online_config(cfg)
+    plan, (_, offline_per_step) = run_plan(cfg), batch_shares(cfg)
+    k, every = cfg.samples_per_prompt, cfg.refresh_every
+    # step 1. policy, reference (none to load when it follows the policy), prompts, labeller
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=not cfg.refresh_reference, stage="online_dpo")
+    reference = (Reference(run.reference, adapters_off=False) if run.reference is not None
+                 else Reference(run.policy, adapters_off=not cfg.refresh_reference))
+    labeller = build_labeller(cfg.labeller, task=run.task, reward=run.reward, seed=cfg.seed,
+                              annotator_temperature=cfg.annotator_temperature, target_agreement=cfg.target_agreement,
+                              judge_model=cfg.judge_model, device=run.device)
+    offline = _offline_groups(cfg, run.tokenizer)
+    pool: Pool | None = run.extra_state.get("pool")
+    if run.extra_state:
+        labeller.load_state_dict(run.extra_state["labeller"])
+    loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    result = OnlineDPOResult(model_dir=run_dir.final, offline_labels=group_labels(offline))
+
+    with run:
+        if run.start_step == 0:
+            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
+        for step in range(run.start_step, len(plan)):
+            timer = PhaseTimer()
+            if pool is None or not pool.covers(step):
+                # step 2. a refresh: K samples per prompt of the next T batches, from the current policy
+                steps = plan[step : step - step % every + every]
+                prompts = [p for s, count in enumerate(steps, step) for p in run.prompts_for_step(s, count)]
+                with timer("generation"):
+                    rollout, texts = run.sample(prompts, k, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature)
+                    grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+                # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each); scores for metrics
+                with timer("labelling"):
+                    orders = labeller.rank(prompts, grouped)
+                with timer("reward"):
+                    flat_prompts = [p for p in prompts for _ in range(k)]
+                    gold = [run.task.reward(p, r) for p, r in zip(flat_prompts, texts)]
+                    rewards = run.reward.score(flat_prompts, texts).rewards.tolist()
+
+                # step 4. ranked groups per step, offline rows added, reference log-probs once
+                with timer("reference"):
+                    pool = assemble_pool(start=step, plan=steps, samples_per_prompt=k,
+                                         online_groups=ranked_groups(rollout_examples(rollout), orders), gold=gold,
+                                         rewards=rewards, offline=offline, offline_per_step=offline_per_step,
+                                         seed=cfg.seed, reference=reference, pad_token_id=run.pad_token_id,
+                                         batch_size=cfg.micro_batch_size, device=run.device, precision=cfg.precision)
+
+            # step 5. the DPO loss of this step's groups, then one clipped update
+            batch = pool.at(step)
+            with timer("update"):
+                stats, logprobs = _step_loss(cfg, run, batch, loss_fn)
+                stats["grad_norm"] = run.optimizer_step(step, cfg)
+
+            # step 6. metrics, evaluation, checkpoint
+            row = _step_row(batch, stats, logprobs, k, labeller.labels_used, timer)
+            result.history.append(row)
+            done = step + 1
+            if is_due(done, cfg.eval_every, len(plan), at_end=True):
+                result.evals.append((done, run.evaluate(row)))
+            run.log(done, row)
+            if is_due(done, cfg.save_every, len(plan), at_end=False):
+                # the pool goes along while it still has steps to serve: a resumed run trains on it
+                run.extra_state = {"labeller": labeller.state_dict(), "pool": pool if pool.covers(done) else None}
+                run.save_checkpoint(done)
+
+    # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
+    run.save_final()
+    result.labels_used = labeller.labels_used
+    return result

@@ -1,0 +1,112 @@
+"""The labelled samples an online DPO run trains on between two refreshes, and its plan.
+
+Every T steps (T = 1: every batch) the trainer samples K responses to the prompts of the next T
+steps, has them ranked, and assembles a pool: for each of those steps, its ranked groups (the
+online ones first, then the offline rows of a hybrid run) with their reference log-probs. The
+pool is a plain object, saved whole in a checkpoint, so a run killed between two refreshes
+resumes on the very samples and labels it had.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.ranking_batch import RankedGroup
+from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.objectives.ranking import ranking_comparisons
+from rlhfkit.rollout.engine import Rollout
+from rlhfkit.rollout.text import response_token_ids
+from rlhfkit.train.batching import stream_rows
+from rlhfkit.train.dpo_losses import Reference
+
+
+def online_plan(*, max_steps: int, online_per_step: int, samples_per_prompt: int, label_budget: int) -> list[int]:
+    """Online prompts labelled for each step: `online_per_step` until the budget (pairwise
+    comparisons, C(K,2) per prompt; 0 = none) cannot pay for a whole batch; one last smaller
+    batch takes what is left; the run has as many steps as the list is long."""
+    if label_budget <= 0:
+        return [online_per_step] * max_steps
+    affordable = label_budget // ranking_comparisons(samples_per_prompt)
+    full, rest = divmod(affordable, online_per_step)
+    return ([online_per_step] * full + ([rest] if rest else []))[:max_steps]
+
+
+def rollout_examples(rollout: Rollout) -> list[EncodedExample]:
+    """Each sampled row as prompt + response tokens, padding removed, the response marked as
+    the completion (stop token included): the very tokens sampled, never re-tokenised text."""
+    responses = response_token_ids(rollout)
+    examples = []
+    for prompt_ids, prompt_mask, response, finished in zip(rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist(),
+                                                           responses, rollout.finished.tolist()):
+        prompt = [token for token, real in zip(prompt_ids, prompt_mask) if real]
+        examples.append(EncodedExample(prompt + response, [False] * len(prompt) + [True] * len(response),
+                                       truncated=not finished))
+    return examples
+
+
+def ranked_groups(examples: list[EncodedExample], orders: list[list[int]]) -> list[RankedGroup]:
+    """Prompt i's samples (rows i * K ... i * K + K - 1) best first, in the labeller's order."""
+    size = len(examples) // max(1, len(orders))
+    return [RankedGroup([examples[i * size + j] for j in order], tuple(range(size))) for i, order in enumerate(orders)]
+
+
+@dataclass
+class StepGroups:
+    """What one step trains on."""
+
+    groups: list[RankedGroup]
+    """The online groups first, then the offline ones."""
+    ref_logprobs: list[torch.Tensor]
+    """Per group, the (K,) sequence log-probs of its responses under the reference (CPU)."""
+    online: int
+    """How many of `groups` were sampled and labelled online."""
+    samples: dict[str, float]
+    """Metrics of the online samples: gold score, reward, length."""
+
+
+@dataclass
+class Pool:
+    start: int
+    """The first step the pool serves."""
+    steps: list[StepGroups]
+
+    def covers(self, step: int) -> bool:
+        return self.start <= step < self.start + len(self.steps)
+
+    def at(self, step: int) -> StepGroups:
+        return self.steps[step - self.start]
+
+
+def sample_metrics(gold: list[float], rewards: list[float], lengths: list[int]) -> dict[str, float]:
+    return {"gold_score": sum(gold) / len(gold), "reward_mean": sum(rewards) / len(rewards),
+            "response_length": sum(lengths) / len(lengths), "response_tokens": float(sum(lengths))}
+
+
+def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, online_groups: list[RankedGroup],
+                  gold: list[float], rewards: list[float], offline: list[RankedGroup], offline_per_step: int,
+                  seed: int, reference: Reference, pad_token_id: int, batch_size: int, device: torch.device,
+                  precision) -> Pool:
+    """Split the labelled groups into the steps `start, start + 1, ...` that `plan` sizes, add
+    each step's offline rows (a pure function of (seed, step)), and compute every response's
+    reference log-prob once.
+
+    Args:
+        gold, rewards: one per online response, in sampling order (prompt-major).
+        offline: the offline groups of a hybrid run (empty otherwise).
+    """
+    steps, first = [], 0
+    for step in range(start, start + len(plan)):
+        count = plan[step - start]
+        online = online_groups[first : first + count]
+        rows = stream_rows(len(offline), offline_per_step, seed, step) if offline and offline_per_step else []
+        responses = slice(first * samples_per_prompt, (first + count) * samples_per_prompt)
+        lengths = [sum(group.responses[j].completion_mask) for group in online for j in range(samples_per_prompt)]
+        steps.append(StepGroups(online + [offline[row] for row in rows], [], count,
+                                sample_metrics(gold[responses], rewards[responses], lengths)))
+        first += count
+    everything = [group for step in steps for group in step.groups]
+    table = iter(reference.table(everything, pad_token_id=pad_token_id, batch_size=batch_size, device=device,
+                                 precision=precision))
+    for step in steps:
+        step.ref_logprobs = [next(table) for _ in step.groups]
+    return Pool(start, steps)

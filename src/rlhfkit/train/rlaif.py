@@ -1,0 +1,131 @@
+"""RLAIF labelling: an AI judge turns response pairs into preference data.
+
+The judge is either a given causal-LM directory, or trained here with `train_sft` on
+comparison prompts built from human-style preference pairs (each pair in both orders, the
+verdict " A" or " B" as the completion). It then judges pairs in both orders
+(`feedback.judge.judge_pairs`), and the confident verdicts become `{"prompt", "chosen",
+"rejected"}` rows for the reward model or DPO. The report gives the judge's agreement with the
+pairs' own labels and, for a built-in task, with its gold annotator beside the labels' own
+agreement with gold (Lee et al. 2023 compare RLAIF and RLHF labels the same way), and the
+judge's position bias.
+"""
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.data.formats import Format, PreferenceExample
+from rlhfkit.data.loading import load_examples
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
+from rlhfkit.feedback.judge_data import judge_sft_rows
+from rlhfkit.feedback.verdicts import gold_agreement
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.sft import SFTConfig, train_sft
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    judge_model: str = ""
+    """A causal-LM directory that judges as it is; empty = train a judge from `model` on `train_pairs`."""
+    model: str = ""
+    """Where a trained judge starts (e.g. the SFT model); only without `judge_model`."""
+    train_pairs: str = ""
+    """Preference pairs (prompt/chosen/rejected) the judge learns from, each in both orders."""
+    pairs: str = ""
+    """Preference pairs to judge; their chosen/rejected are the labels the judge is compared with."""
+    max_pairs: int = 0
+    """Judge only the first this many of `pairs` (0 = all)."""
+    task: str = ""
+    """A built-in task whose gold annotator the judge is also compared with (advice); empty = none."""
+    min_margin: float = 0.0
+    """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
+    batch_size: int = 32
+    """Judge prompts per forward pass."""
+    seed: int = 0
+    """Seeds the order of the judge's training rows and its training."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, ..."""
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=16, lr=3e-3, eval_every=0,
+                                                             sample_every=0, save_every=0))
+    """Judge training (`model`, `train_data`, `seed` and `device` are filled in)."""
+
+
+@dataclass
+class JudgeResult:
+    judge_dir: Path
+    preferences: Path
+    """The judged pairs as preference rows (near-ties dropped)."""
+    report: dict
+
+
+def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
+    """Fine-tune `cfg.model` into a judge on `cfg.train_pairs`; returns the judge's directory."""
+    if not (cfg.model and cfg.train_pairs):
+        raise RlhfkitError("a judge needs judge_model=PATH, or model=PATH and train_pairs=PATH to train one")
+    pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+             for p in load_examples(cfg.train_pairs, Format.PREFERENCE)]
+    data = run.root / "judge_sft.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in judge_sft_rows(pairs, random.Random(cfg.seed))))
+    sft_cfg = dataclasses.replace(cfg.sft, model=cfg.model, train_data=str(data), eval_data="", seed=cfg.seed,
+                                  device=cfg.device)
+    sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
+    save_config(sft_cfg, sft_run.config_path)
+    return train_sft(sft_cfg, sft_run).model_dir
+
+
+def gold_scores(task_name: str, pairs: list[PreferenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,) gold scores of each pair's chosen and rejected reply, the prompts read from text."""
+    task = get_task(task_name)
+    if not hasattr(task, "prompt_example"):
+        raise RlhfkitError(f"task '{task_name}' cannot score prompts read from a file")
+    examples = [task.prompt_example(p.prompt) for p in pairs]
+    return (torch.tensor([task.reward(e, p.chosen) for e, p in zip(examples, pairs)]),
+            torch.tensor([task.reward(e, p.rejected) for e, p in zip(examples, pairs)]))
+
+
+def agreement_report(judgements: PairJudgements, gold: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """Agreement of the judge with the pairs' labels and, given gold scores, with the gold annotator."""
+    n = len(judgements.first_better)
+    labels = torch.ones(n)  # the label puts `chosen` first: P(first better) = 1
+    report = {"pairs": n, "position_bias": judgements.position_bias, "flip_rate": judgements.flip_rate,
+              "judge_vs_labels": gold_agreement(judgements.first_better, labels, torch.zeros(n))[0]}
+    if gold is not None:
+        judge, count = gold_agreement(judgements.first_better, *gold)
+        report.update(judge_vs_gold=judge, labels_vs_gold=gold_agreement(labels, *gold)[0], gold_ordered_pairs=count)
+    return report
+
+
+def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
+    """Train (or take) a judge, judge `cfg.pairs` in both orders, write preference rows and a report."""
+    if not cfg.pairs:
+        raise RlhfkitError("rlhfkit judge needs pairs=PATH (preference pairs to judge)")
+    # step 1. the pairs to judge and their gold scores, checked before any training
+    pairs = load_examples(cfg.pairs, Format.PREFERENCE)
+    pairs = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
+    gold = gold_scores(cfg.task, pairs) if cfg.task else None
+
+    # step 2. the judge: given, or fine-tuned from model on train_pairs
+    judge_dir = Path(cfg.judge_model) if cfg.judge_model else train_judge(cfg, run)
+
+    # step 3. judge every pair in both orders, the labelled `chosen` first
+    model = load_causal_lm(judge_dir).to(resolve_device(cfg.device))
+    tokenizer = load_tokenizer(judge_dir)
+    prompts, chosen, rejected = [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
+    judgements = judge_pairs(model, tokenizer, prompts, chosen, rejected, batch_size=cfg.batch_size)
+
+    # step 4. the confident verdicts as preference rows; agreement and position bias
+    rows = preference_rows(prompts, chosen, rejected, judgements.first_better, min_margin=cfg.min_margin)
+    report = {"judge": str(judge_dir), **agreement_report(judgements, gold), "preference_rows": len(rows)}
+    preferences = run.root / "preferences.jsonl"
+    preferences.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run.root / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
+    return JudgeResult(judge_dir, preferences, report)

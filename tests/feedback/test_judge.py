@@ -1,0 +1,117 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from rlhfkit.feedback.judge import (
+    answer_inputs,
+    conversation_text,
+    judge_first_better_prob,
+    judge_pairs,
+    judge_prompt,
+    preference_rows,
+)
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.tiny import train_tokenizer
+
+PROMPTS = ["User: How can I sleep better at night?\nAssistant:", "User: Any tips for a new runner?\nAssistant:",
+           "User: How do I start running?\nAssistant:"]
+FIRST = [" Keep your bedroom dark and cool. Good luck!", " That is a silly question.", " Always wear a helmet."]
+SECOND = [" I do not care about this.", " Start with short runs and walk breaks. Wear shoes that fit your feet well.",
+          " Run at a pace where you can still talk."]
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_model_dir):
+    return load_causal_lm(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+
+
+def test_judge_prompt_quotes_the_conversation_and_both_replies():
+    assert judge_prompt(PROMPTS[0], FIRST[0], " Go to bed.") == (
+        "User: How can I sleep better at night?\nReply A: Keep your bedroom dark and cool. Good luck!\n"
+        "Reply B: Go to bed.\nWhich reply is better?\nJudge:")
+    messages = [{"role": "user", "content": "Hi"}]
+    assert conversation_text(messages) == "User: Hi"
+    assert judge_prompt(messages, [{"role": "assistant", "content": "Hello."}], "Hey.").startswith(
+        "User: Hi\nReply A: Hello.\nReply B: Hey.\n")
+
+
+@pytest.mark.parametrize("corpus", [["Reply A or B? A B A B"] * 20, ["hello world"]],
+                         ids=["answer-is-one-token", "space-split-from-letter"])
+def test_answer_inputs_stop_where_the_two_answers_differ(corpus):
+    tokenizer = train_tokenizer(corpus, 300)
+    text = judge_prompt(PROMPTS[0], FIRST[0], SECOND[0])
+    [inputs], [token_a], [token_b] = answer_inputs(tokenizer, [text])
+    assert token_a != token_b
+    assert tokenizer.decode(inputs + [token_a]) == text + " A"
+    assert tokenizer.decode(inputs + [token_b]) == text + " B"
+    assert tokenizer.decode(inputs) in (text, text + " ")  # the prompt, and the space when it stands alone
+
+
+def test_batched_left_padded_probs_equal_one_row_at_a_time(judge):
+    model, tokenizer = judge
+    batched = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=3)
+    assert batched.shape == (3,) and batched.dtype == torch.float32
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(PROMPTS, FIRST, SECOND)]
+    inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts)
+    assert len({len(ids) for ids in inputs}) == 3  # the rows do need padding
+    with torch.no_grad():
+        for i, ids in enumerate(inputs):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            expected = torch.softmax(logits[[tokens_a[i], tokens_b[i]]], dim=0)[0]
+            assert batched[i].item() == pytest.approx(expected.item(), abs=1e-5)
+    # one row per batch gives the same numbers
+    assert torch.allclose(judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=1), batched,
+                          atol=1e-5)
+
+
+def test_judge_pairs_asks_both_orders_and_averages(judge):
+    model, tokenizer = judge
+    result = judge_pairs(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=4)
+    swapped = judge_first_better_prob(model, tokenizer, PROMPTS, SECOND, FIRST)
+    assert torch.allclose(result.prob_ba, swapped, atol=1e-5)
+    assert torch.allclose(result.first_better, (result.prob_ab + 1 - result.prob_ba) / 2)
+    # swapping the pairs swaps the verdicts
+    mirrored = judge_pairs(model, tokenizer, PROMPTS, SECOND, FIRST)
+    assert torch.allclose(mirrored.first_better, 1 - result.first_better, atol=1e-5)
+
+
+class AlwaysA(torch.nn.Module):
+    """A judge that prefers position A by a logit of 2, whatever the replies say."""
+
+    def __init__(self, token_a: int, vocab: int):
+        super().__init__()
+        self.token_a, self.vocab = token_a, vocab
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep):
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, :, self.token_a] = 2.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_a_judge_that_always_says_a_is_all_position_bias(judge):
+    _, tokenizer = judge
+    token_a = answer_inputs(tokenizer, [judge_prompt(PROMPTS[0], FIRST[0], SECOND[0])])[1][0]
+    result = judge_pairs(AlwaysA(token_a, len(tokenizer)), tokenizer, PROMPTS, FIRST, SECOND)
+    p_a = torch.sigmoid(torch.tensor(2.0)).item()
+    assert result.prob_ab.tolist() == pytest.approx([p_a] * 3)
+    assert result.first_better.tolist() == pytest.approx([0.5] * 3)
+    assert result.position_bias == pytest.approx(p_a - 0.5)
+    assert result.flip_rate == 1.0
+
+
+def test_preference_rows_follow_the_verdict_and_drop_near_ties():
+    first_better = torch.tensor([0.9, 0.2, 0.5, 0.55])
+    rows = preference_rows(["p0", "p1", "p2", "p3"], ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"], first_better)
+    assert rows == [{"prompt": "p0", "chosen": "a0", "rejected": "b0"},
+                    {"prompt": "p1", "chosen": "b1", "rejected": "a1"},
+                    {"prompt": "p3", "chosen": "a3", "rejected": "b3"}]  # the exact tie is dropped
+    kept = preference_rows(["p0", "p1", "p2", "p3"], ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"],
+                           first_better, min_margin=0.1)
+    assert [row["prompt"] for row in kept] == ["p0", "p1"]
+
+
+def test_no_pairs_no_work(judge):
+    model, tokenizer = judge
+    assert judge_pairs(model, tokenizer, [], [], []).first_better.shape == (0,)

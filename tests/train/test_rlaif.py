@@ -1,0 +1,76 @@
+import dataclasses
+import json
+import random
+
+import pytest
+
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.tasks.advice_bank import RUDE, TOPICS
+from rlhfkit.train.rlaif import JudgeConfig, run_judge
+from rlhfkit.train.sft import SFTConfig
+
+FAST_SFT = SFTConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=0, sample_every=0, save_every=0,
+                     progress=False, tensorboard=False)
+
+
+def tip_or_rude_pairs(n: int, rng: random.Random) -> list[dict]:
+    """An on-topic tip is always better than a rude remark, by the labels and by the gold score."""
+    rows = []
+    for _ in range(n):
+        topic = rng.choice(sorted(TOPICS))
+        prompt = f"User: {rng.choice(TOPICS[topic]['questions'])}\nAssistant:"
+        rows.append({"prompt": prompt, "chosen": " " + rng.choice(TOPICS[topic]["tips"]),
+                     "rejected": " " + rng.choice(RUDE)})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge_data")
+    return (write_jsonl(root / "train.jsonl", tip_or_rude_pairs(200, random.Random(1))),
+            write_jsonl(root / "heldout.jsonl", tip_or_rude_pairs(40, random.Random(2))))
+
+
+def test_a_trained_judge_learns_the_labels_an_untrained_one_does_not(tmp_path, tiny_model_dir, data):
+    train, heldout = data
+    cfg = JudgeConfig(model=str(tiny_model_dir), train_pairs=train, pairs=heldout, task="advice", sft=FAST_SFT)
+    trained = run_judge(cfg, prepare_run_dir(tmp_path / "trained", resume=False, overwrite=False))
+    untrained = run_judge(JudgeConfig(judge_model=str(tiny_model_dir), pairs=heldout, task="advice"),
+                          prepare_run_dir(tmp_path / "untrained", resume=False, overwrite=False))
+    assert trained.report["judge_vs_labels"] >= 0.9 > untrained.report["judge_vs_labels"]
+    # the labels here always agree with gold, and so does the judge wherever it agrees with them
+    assert trained.report["labels_vs_gold"] == 1.0 and trained.report["gold_ordered_pairs"] == 40
+    assert trained.report["judge_vs_gold"] == trained.report["judge_vs_labels"]
+    # both orders of every training pair, and the report on disk
+    assert len((tmp_path / "trained" / "judge_sft.jsonl").read_text().splitlines()) == 400
+    assert json.loads((tmp_path / "trained" / "agreement.json").read_text()) == trained.report
+    rows = load_examples(trained.preferences, Format.PREFERENCE)
+    assert len(rows) == trained.report["preference_rows"] > 0
+    assert sum(row.chosen.strip() not in RUDE for row in rows) >= 0.9 * len(rows)
+
+
+def test_judge_needs_pairs_and_a_judge(tmp_path, data):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(RlhfkitError, match="needs pairs=PATH"):
+        run_judge(JudgeConfig(judge_model="x"), run)
+    with pytest.raises(RlhfkitError, match="model=PATH and train_pairs=PATH"):
+        run_judge(JudgeConfig(pairs=data[1]), run)
+
+
+def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(tmp_path, tiny_model_dir, data):
+    foreign = write_jsonl(tmp_path / "foreign.jsonl", [{"prompt": "Q: 2 + 2?\nA:", "chosen": " 4.", "rejected": " 5."}])
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = JudgeConfig(model=str(tiny_model_dir), train_pairs=data[0], pairs=foreign, task="advice", sft=FAST_SFT)
+    with pytest.raises(RlhfkitError, match="not an advice prompt"):
+        run_judge(cfg, run)
+    assert not (tmp_path / "run" / "judge").exists()
+    with pytest.raises(RlhfkitError, match="task 'arith' cannot score prompts read from a file"):
+        run_judge(dataclasses.replace(cfg, task="arith"), run)
