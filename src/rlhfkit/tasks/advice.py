@@ -82,6 +82,15 @@ def _write_reply(rng: random.Random, topic: str) -> str:
     return " " + " ".join(opener + body + closer)
 
 
+def topic_of_prompt(prompt: str) -> str:
+    """The topic of one of the task's questions given as text; KeyError for any other prompt
+    (a reward source turns it into an error naming the sample)."""
+    question = prompt.strip().removeprefix("User:").removesuffix("Assistant:").strip()
+    if question not in TOPIC_OF_QUESTION:
+        raise KeyError(f"not an advice prompt (unknown question): {prompt[:60]!r}")
+    return TOPIC_OF_QUESTION[question]
+
+
 def _prompt_text(question: str) -> str:
     return f"User: {question}\nAssistant:"
 
@@ -110,10 +119,10 @@ class AdviceTask:
 
     def prompt_example(self, prompt: str) -> PromptExample:
         """A prompt given as text (e.g. read from a pairs file) with the topic the gold score needs."""
-        question = prompt.strip().removeprefix("User:").removesuffix("Assistant:").strip()
-        if question not in TOPIC_OF_QUESTION:
-            raise RlhfkitError(f"not an advice prompt (unknown question): {prompt[:60]!r}")
-        topic = TOPIC_OF_QUESTION[question]
+        try:
+            topic = topic_of_prompt(prompt)
+        except KeyError as error:
+            raise RlhfkitError(error.args[0]) from None
         return PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic})
 
     @property
@@ -138,7 +147,7 @@ class AdviceTask:
 
     def reward(self, prompt: PromptExample, response: str) -> float:
         """The gold annotator's noise-free score (a prompt read without its topic is looked up)."""
-        topic = prompt.metadata.get("topic") or self.prompt_example(prompt.prompt).metadata["topic"]
+        topic = prompt.metadata.get("topic") or topic_of_prompt(prompt.prompt)
         return gold_score(topic, response)
 
     def evaluate(self, prompts: list[PromptExample], responses: list[str]) -> dict[str, float]:
