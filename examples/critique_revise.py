@@ -24,6 +24,7 @@ from pathlib import Path
 
 import transformers
 
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.feedback.judge import ANSWER_A, judge_prompt
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
@@ -59,12 +60,6 @@ class ExampleConfig:
     """K replies sampled and ranked per prompt."""
     judge_steps: int = 400
     """SFT steps of the judge."""
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def make_data(cfg: ExampleConfig, task: AdviceTask, root: Path) -> tuple[Path, list[str]]:

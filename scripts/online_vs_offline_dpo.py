@@ -31,7 +31,7 @@ from rlhfkit.data.loading import load_examples
 from rlhfkit.eval.policy import gold_win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_comparisons
-from rlhfkit.pipeline import write_jsonl
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo

@@ -3,7 +3,8 @@ import itertools, json, sys, dataclasses, torch, transformers
 from pathlib import Path
 from rlhfkit.runtime.config import load_config
 from rlhfkit.pipeline_config import PipelineConfig
-from rlhfkit.pipeline import Pipeline, write_jsonl
+from rlhfkit.data.loading import write_jsonl
+from rlhfkit.pipeline import Pipeline
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.reward import RewardConfig, train_reward_model
 transformers.utils.logging.set_verbosity_error()

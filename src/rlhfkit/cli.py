@@ -150,7 +150,7 @@ def _run_feedback(args, cfg) -> None:
 
 
 def _tasks(args) -> None:
-    from rlhfkit.pipeline import write_jsonl
+    from rlhfkit.data.loading import write_jsonl
     from rlhfkit.tasks.registry import TASKS, get_task
 
     if args.action == "list":

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.eval.policy import evaluate_policy, gold_win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
@@ -28,14 +29,6 @@ from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.raft import train_raft
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.sft import train_sft
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
 
 
 def _prompt_row(p: PromptExample) -> dict:

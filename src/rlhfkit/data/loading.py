@@ -60,6 +60,16 @@ def read_rows(path: str | Path) -> Rows:
     return rows
 
 
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Write rows as JSON lines (the folder is made if needed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
 def load_examples(path: str | Path, fmt: Format | str) -> list[Example]:
     """Read a dataset and validate every row against `fmt` (see `read_rows`, `validate_rows`)."""
     return validate_rows(read_rows(path), fmt, str(path))

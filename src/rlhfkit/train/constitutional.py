@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.formats import Format, PromptExample
-from rlhfkit.data.loading import load_examples
+from rlhfkit.data.loading import load_examples, write_jsonl
 from rlhfkit.data.tokenize import render_text
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.critique import (
@@ -116,11 +116,6 @@ def judge_report(task, prompts: list[PromptExample], chains, judgements, judged:
     return report
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
     """Sample, critique and revise; write SFT rows, judged preference rows and a report."""
     if not cfg.model:
@@ -139,8 +134,8 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
     chains = critique_and_revise(model, tokenizer, [p.prompt for p in prompts], responses, principles,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.revise_temperature,
                                  seed=cfg.seed + 1, batch_size=cfg.batch_size)
-    _write_jsonl(run.root / "revisions.jsonl", [dataclasses.asdict(r) for chain in chains for r in chain])
-    sft = _write_jsonl(run.root / "sft.jsonl", revision_sft_rows(chains))
+    write_jsonl(run.root / "revisions.jsonl", [dataclasses.asdict(r) for chain in chains for r in chain])
+    sft = write_jsonl(run.root / "sft.jsonl", revision_sft_rows(chains))
     edited = [chain for chain in chains if changed(chain)]
     deletions = sum(only_deletes(chain[0].response, chain[-1].revision) for chain in edited)
     report = {"prompts": len(prompts), "principles": [p.name for p in principles],
@@ -154,7 +149,7 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
         judge, judge_tokenizer = load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)
         rows, judgements, judged = revision_preference_rows(chains, judge, judge_tokenizer, min_margin=cfg.min_margin,
                                                             batch_size=cfg.batch_size)
-        preferences = _write_jsonl(run.root / "preferences.jsonl", rows)
+        preferences = write_jsonl(run.root / "preferences.jsonl", rows)
         report.update(preference_rows=len(rows), **judge_report(task, prompts, chains, judgements, judged))
     (run.root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return CritiqueResult(chains, sft, preferences, report)

@@ -46,12 +46,10 @@ from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import load_policy, restore_trainer_state, resume_point, save_trainer_checkpoint
 from rlhfkit.train.dpo_losses import (
     Reference,
+    backward_groups,
     batch_loss_fn,
     evaluate_dpo,
     make_batch,
-    pair_rewards,
-    policy_logprobs,
-    reward_metrics,
 )
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
@@ -224,20 +222,14 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
             micro_rows = [micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k)
                           for k in range(cfg.grad_accum)]
             num_groups = sum(len(rows) for rows in micro_rows)
+            batches = (make_batch([train[i] for i in rows], pad, device) for rows in micro_rows)
 
             # step 6. sequence log-probs of every response; loss summed over groups / all groups of the step
-            loss_value, tokens, chosen, rejected = 0.0, 0, [], []
-            for rows in micro_rows:
-                batch = make_batch([train[i] for i in rows], pad, device)
-                ref_logprobs = reference.logprobs(batch, "train", rows, cfg.precision)
-                logprobs = policy_logprobs(policy, batch, cfg.precision)
-                loss = loss_fn(logprobs, ref_logprobs, batch, num_groups)
-                loss.backward()
-                loss_value += loss.item()
-                tokens += int(batch["attention_mask"].sum())
-                pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, cfg.beta)
-                chosen.append(pair_chosen)
-                rejected.append(pair_rejected)
+            step_grads = backward_groups(
+                policy, ((batch, reference.logprobs(batch, "train", rows, cfg.precision))
+                         for batch, rows in zip(batches, micro_rows)),
+                loss_fn, num_groups=num_groups, beta=cfg.beta, precision=cfg.precision)
+            loss_value, tokens = step_grads.loss, step_grads.tokens
 
             # step 7. clip, schedule, update
             lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
@@ -246,8 +238,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
 
             # step 8. log, evaluate, checkpoint
             done = step + 1
-            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                   **reward_metrics(torch.cat(chosen), torch.cat(rejected)),
+            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, **step_grads.metrics,
                    "tokens_per_s": tokens / (time.perf_counter() - started)}
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 evaluation = evaluate_dpo(policy, reference, held_out, loss_fn, beta=cfg.beta, pad_token_id=pad,

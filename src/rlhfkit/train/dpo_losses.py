@@ -1,7 +1,7 @@
 """Per-batch work of the DPO trainer: sequence log-probs of every response under the policy and
 the reference, the pairwise or listwise loss, and the implicit-reward metrics."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -116,6 +116,39 @@ def pair_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, batch: dict
     the same pairs whichever loss trains, so pairwise and listwise runs compare."""
     rewards = implicit_rewards(logprobs.detach(), ref_logprobs, beta)
     return gather_pair_rewards(rewards, batch["winners"], batch["losers"])
+
+
+@dataclass
+class StepGradients:
+    """What one optimizer step's forward and backward passes over its groups give."""
+
+    loss: float
+    """The step's loss (its micro-batches' losses summed; each divided by all the step's groups)."""
+    metrics: dict[str, float]
+    """Implicit-reward metrics over every labelled pair of the step (`reward_metrics`)."""
+    logprobs: torch.Tensor
+    """(responses,) detached sequence log-probs, micro-batch after micro-batch."""
+    tokens: int
+    """Real tokens read."""
+
+
+def backward_groups(policy, micro_batches: Iterable[tuple[dict, torch.Tensor]], loss_fn: BatchLoss, *,
+                    num_groups: int, beta: float, precision: Precision) -> StepGradients:
+    """Accumulate one step's gradient: for each (batch from `make_batch`, its reference
+    log-probs), the policy's log-probs, the loss over `num_groups` groups, backward."""
+    loss_value, tokens, logprobs_all, chosen, rejected = 0.0, 0, [], [], []
+    for batch, ref_logprobs in micro_batches:
+        logprobs = policy_logprobs(policy, batch, precision)
+        loss = loss_fn(logprobs, ref_logprobs, batch, num_groups)
+        loss.backward()
+        loss_value += loss.item()
+        tokens += int(batch["attention_mask"].sum())
+        logprobs_all.append(logprobs.detach())
+        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, beta)
+        chosen.append(pair_chosen)
+        rejected.append(pair_rejected)
+    return StepGradients(loss_value, reward_metrics(torch.cat(chosen), torch.cat(rejected)), torch.cat(logprobs_all),
+                         tokens)
 
 
 def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:

@@ -39,7 +39,7 @@ from rlhfkit.objectives.kl import KLEstimator, kl_penalty
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.train.dpo import check_loss_settings, load_preference_groups
-from rlhfkit.train.dpo_losses import Reference, batch_loss_fn, make_batch, pair_rewards, policy_logprobs, reward_metrics
+from rlhfkit.train.dpo_losses import Reference, backward_groups, batch_loss_fn, make_batch
 from rlhfkit.train.online_pool import Pool, StepGroups, assemble_pool, online_plan, ranked_groups, rollout_examples
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
@@ -166,20 +166,13 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
 def _step_loss(cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn) -> tuple[dict, torch.Tensor]:
     """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
     returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
-    loss_value, logprobs_all, chosen, rejected = 0.0, [], [], []
-    for start in range(0, len(batch.groups), cfg.micro_batch_size):
-        groups = batch.groups[start : start + cfg.micro_batch_size]
-        tensors = make_batch(groups, run.pad_token_id, run.device)
-        ref_logprobs = torch.cat(batch.ref_logprobs[start : start + cfg.micro_batch_size]).to(run.device)
-        logprobs = policy_logprobs(run.policy, tensors, cfg.precision)
-        loss = loss_fn(logprobs, ref_logprobs, tensors, len(batch.groups))
-        loss.backward()
-        loss_value += loss.item()
-        logprobs_all.append(logprobs.detach())
-        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, tensors, cfg.beta)
-        chosen.append(pair_chosen)
-        rejected.append(pair_rejected)
-    return {"loss": loss_value, **reward_metrics(torch.cat(chosen), torch.cat(rejected))}, torch.cat(logprobs_all)
+    size = cfg.micro_batch_size
+    micro_batches = ((make_batch(batch.groups[start : start + size], run.pad_token_id, run.device),
+                      torch.cat(batch.ref_logprobs[start : start + size]).to(run.device))
+                     for start in range(0, len(batch.groups), size))
+    step_grads = backward_groups(run.policy, micro_batches, loss_fn, num_groups=len(batch.groups), beta=cfg.beta,
+                                 precision=cfg.precision)
+    return {"loss": step_grads.loss, **step_grads.metrics}, step_grads.logprobs
 
 
 def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:

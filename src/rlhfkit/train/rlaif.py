@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.formats import Format, PreferenceExample
-from rlhfkit.data.loading import load_examples
+from rlhfkit.data.loading import load_examples, write_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.feedback.judge_data import judge_sft_rows
@@ -74,7 +74,7 @@ def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
              for p in load_examples(cfg.train_pairs, Format.PREFERENCE)]
     data = run.root / "judge_sft.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in judge_sft_rows(pairs, random.Random(cfg.seed))))
+    write_jsonl(data, judge_sft_rows(pairs, random.Random(cfg.seed)))
     sft_cfg = dataclasses.replace(cfg.sft, model=cfg.model, train_data=str(data), eval_data="", seed=cfg.seed,
                                   device=cfg.device)
     sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
@@ -125,7 +125,6 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
     # step 4. the confident verdicts as preference rows; agreement and position bias
     rows = preference_rows(prompts, chosen, rejected, judgements.first_better, min_margin=cfg.min_margin)
     report = {"judge": str(judge_dir), **agreement_report(judgements, gold), "preference_rows": len(rows)}
-    preferences = run.root / "preferences.jsonl"
-    preferences.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    preferences = write_jsonl(run.root / "preferences.jsonl", rows)
     (run.root / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return JudgeResult(judge_dir, preferences, report)
