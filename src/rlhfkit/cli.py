@@ -10,7 +10,8 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "raft", "judge", "critique", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "iterative-grpo", "raft", "judge", "critique",
+                        "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
              "online-dpo": "online, iterative or hybrid DPO: the policy's samples labelled during training, on a budget",
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
+             "iterative-grpo": "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
              "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
              "judge": "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
              "critique": "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
@@ -70,6 +72,9 @@ def _config_class(command: str):
     if command == "grpo":
         from rlhfkit.train.grpo import GRPOConfig
         return GRPOConfig
+    if command == "iterative-grpo":
+        from rlhfkit.train.iterative_grpo import IterativeGRPOConfig
+        return IterativeGRPOConfig
     if command == "raft":
         from rlhfkit.train.raft import RAFTConfig
         return RAFTConfig
@@ -94,7 +99,9 @@ def _run_trainer(args, cfg) -> None:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
     if not cfg.model:
         raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH")
-    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite)
+    # iterative GRPO's sub-runs checkpoint themselves: it resumes from wherever a round stopped
+    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite,
+                          resume_needs_checkpoint=args.command != "iterative-grpo")
     save_config(cfg, run.config_path)
     try:
         if args.command == "sft":
@@ -115,6 +122,12 @@ def _run_trainer(args, cfg) -> None:
             result = train(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out {cfg.task}: {result.evals[-1][1]}")
+        elif args.command == "iterative-grpo":
+            from rlhfkit.train.iterative_grpo import train_iterative_grpo
+            result = train_iterative_grpo(cfg, run, resume=args.resume)
+            for summary in result.rounds:
+                print(f"round {summary['round']}: gold {summary['eval_gold_end']}, reward-model accuracy on the "
+                      f"new policy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f}")
         else:
             from rlhfkit.train.reward import train_reward_model
             result = train_reward_model(cfg, run, resume=args.resume)

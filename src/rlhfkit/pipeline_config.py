@@ -83,9 +83,10 @@ class PipelineConfig:
         eval_every=0, save_every=0))
     """GRPO on arith with the verifiable reward (model and prompts are filled in)."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        loss=DPOLoss.PLACKETT_LUCE, max_steps=100, batch_size=16, lr=1e-4, precompute_ref=True, eval_every=0,
-        save_every=0))
-    """DPO on the collected rankings (model and data are filled in)."""
+        loss=DPOLoss.PLACKETT_LUCE, beta=0.5, max_steps=100, batch_size=16, lr=1e-4, precompute_ref=True,
+        eval_every=0, save_every=0))
+    """DPO on the collected rankings (model and data are filled in). beta 0.5, not 0.1: on these
+    rankings a small beta lets the policy drift until its samples lose to SFT's (README)."""
     raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
         max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=0, save_every=0))
     """RAFT on arith with the verifiable reward (model and prompts are filled in)."""

@@ -45,12 +45,14 @@ class RunDir:
         return self.root / "tensorboard"
 
 
-def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool) -> RunDir:
+def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True) -> RunDir:
     """Create (or reopen) a run directory.
 
     Args:
         root: the run directory.
         resume: continue a run: the directory must hold a complete checkpoint.
+        resume_needs_checkpoint: False for a run made of sub-runs that checkpoint themselves
+            (iterative GRPO): then resuming needs only the run's config.
         overwrite: delete an earlier run's content first. Refused for a directory that does not
             look like a run directory, so a mistyped path cannot wipe unrelated files.
 
@@ -65,6 +67,10 @@ def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool) -> RunDir:
     if root.exists() and not root.is_dir():
         raise RlhfkitError(f"run directory {root} is a file, not a directory")
     has_content = root.is_dir() and any(root.iterdir())
+    if resume and not resume_needs_checkpoint:
+        if not run_dir.config_path.is_file():
+            raise RlhfkitError(f"nothing to resume in run directory {root}: it holds no config.yaml")
+        return run_dir
     if resume:
         if latest_checkpoint(run_dir.checkpoints) is None:
             raise RlhfkitError(f"nothing to resume in run directory {root}: it holds no complete checkpoint")

@@ -11,6 +11,9 @@ from rlhfkit.runtime.device import Precision
 class PolicyRunConfig:
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model); also the frozen reference."""
+    reference_model: str = ""
+    """Another causal-LM directory as the frozen reference (e.g. the SFT model when `model` is a
+    later policy); empty = `model` itself. Not with LoRA, whose reference is its own base."""
     task: str = "arith"
     """Built-in task: its prompts (unless `train_data` is given), gold score and evaluation."""
     train_data: str = ""

@@ -15,6 +15,7 @@ import torch
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import render_text
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, merged_copy
@@ -145,8 +146,12 @@ class PolicyRun:
     def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
         policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=self.device)
         # under LoRA the reference is the base model itself, with the adapters switched off
+        if cfg.reference_model and cfg.lora_r > 0:
+            raise ConfigError(f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under LoRA the "
+                              "reference is the base model with its adapters off; leave reference_model empty")
         needs_copy = needs_reference and cfg.lora_r == 0
-        reference = load_causal_lm(cfg.model).to(self.device).eval().requires_grad_(False) if needs_copy else None
+        reference = (load_causal_lm(cfg.reference_model or cfg.model).to(self.device).eval().requires_grad_(False)
+                     if needs_copy else None)
         return policy, reference
 
     def _restore(self, checkpoint) -> int:

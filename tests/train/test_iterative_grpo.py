@@ -1,0 +1,138 @@
+import json
+import random
+import shutil
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlhfkit.cli import run as cli
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.tasks.advice import AdviceTask
+from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.iterative_grpo import IterativeGRPOConfig, check_config, replay_rows, train_iterative_grpo
+from rlhfkit.train.reward import RewardConfig
+
+from .test_reward import gold_ranking, write_jsonl
+
+
+def test_replay_makes_up_the_asked_share_of_the_mix():
+    history = [{"i": i} for i in range(100)]
+    new = [{"n": i} for i in range(90)]
+    rng = random.Random(0)
+    assert len(replay_rows(new, history, 0.1, rng)) == 10  # 10 / (90 + 10) = 10%
+    assert len(replay_rows(new, history, 0.25, rng)) == 30  # 30 / 120
+    assert replay_rows(new, history, 0.0, rng) == []
+    assert len(replay_rows(new, history[:4], 0.1, rng)) == 4  # history shorter than the share: all of it
+    drawn = replay_rows(new, history, 0.5, rng)
+    assert len(drawn) == 90 and len({row["i"] for row in drawn}) == 90  # without repeats
+
+
+def test_settings_that_leave_nothing_to_do_are_rejected():
+    with pytest.raises(ConfigError, match="needs model=PATH"):
+        check_config(IterativeGRPOConfig())
+    with pytest.raises(ConfigError, match="replay_fraction"):
+        check_config(IterativeGRPOConfig(model="m", reward_model="r", replay_fraction=1.0))
+
+
+@pytest.fixture(scope="module")
+def start(tiny_model_dir, tmp_path_factory):
+    """A reward model started from the tiny model, and rankings it was 'trained' on."""
+    folder = tmp_path_factory.mktemp("iterative")
+    rm = folder / "rm"
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(rm)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm)
+    rng = random.Random(0)
+    history = write_jsonl(folder / "history.jsonl", [gold_ranking(p, rng) for p in AdviceTask().prompts(30, rng)])
+    return str(rm), history
+
+
+def config(model, start, **overrides) -> IterativeGRPOConfig:
+    rm, history = start
+    grpo = GRPOConfig(max_steps=2, prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=8,
+                      eval_max_new_tokens=6, train_prompts=32, eval_prompts=4, lr=1e-3, warmup_steps=1,
+                      eval_every=0, save_every=1)
+    reward = RewardConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0, save_every=2)
+    settings = dict(model=str(model), reward_model=rm, reward_data=history, rounds=2, label_prompts=9,
+                    heldout_prompts=4, samples_per_prompt=3, grpo=grpo, rm=reward, progress=False, tensorboard=False)
+    return IterativeGRPOConfig(**{**settings, **overrides})
+
+
+def run_dir(tmp_path, name):
+    return prepare_run_dir(tmp_path / name, resume=False, overwrite=False)
+
+
+def grpo_config(run, round_number) -> dict:
+    return yaml.safe_load((run.root / f"round_{round_number:02d}" / "grpo" / "config.yaml").read_text())
+
+
+def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(tiny_model_dir, start, tmp_path):
+    run = run_dir(tmp_path, "run")
+    cfg = config(tiny_model_dir, start)
+    result = train_iterative_grpo(cfg, run)
+    assert [s["round"] for s in result.rounds] == [1, 2]
+    first, second = grpo_config(run, 1), grpo_config(run, 2)
+    # round 1: the given policy and reward model; round 2: round 1's policy (also its reference)
+    # and round 1's retrained reward model
+    assert first["model"] == str(tiny_model_dir) and first["reward"] == f"model:{start[0]}"
+    assert second["model"] == str(run.root / "round_01" / "grpo" / "final") and second["reference_model"] == ""
+    assert second["reward"] == f"model:{run.root / 'round_01' / 'rm' / 'final'}"
+    # the reward model's rows: this round's rankings plus 10% replay (9 new rows: round(1.0) = 1)
+    for r in (1, 2):
+        folder = run.root / f"round_{r:02d}"
+        new = [json.loads(line) for line in (folder / "rankings.jsonl").read_text().splitlines()]
+        mix = [json.loads(line) for line in (folder / "rm_train.jsonl").read_text().splitlines()]
+        assert len(new) == 9 and all(len(row["responses"]) >= 2 for row in new)
+        assert len(mix) == 10 and all(row in mix for row in new)
+        assert result.rounds[r - 1]["replay_rows"] == 1
+    # round 2 replays from the initial data and round 1's rankings
+    assert 0.0 <= result.rounds[1]["accuracy_before"] <= 1.0
+    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    assert [row["step"] for row in metrics] == [1, 2] and "accuracy_after" in metrics[0]
+    assert load_file(run.final / "model.safetensors").keys() == load_file(
+        run.root / "round_02" / "grpo" / "final" / "model.safetensors").keys()
+    AutoModelForCausalLM.from_pretrained(run.final)
+
+
+def test_controls_keep_the_first_reward_model_or_the_first_reference(tiny_model_dir, start, tmp_path):
+    run = run_dir(tmp_path, "fixed")
+    train_iterative_grpo(config(tiny_model_dir, start, retrain_reward_model=False, reset_reference=False), run)
+    second = grpo_config(run, 2)
+    assert second["reward"] == f"model:{start[0]}"  # the first reward model throughout
+    assert second["reference_model"] == str(tiny_model_dir)  # the starting policy stays the reference
+    assert not (run.root / "round_02" / "rm").exists()
+
+
+def test_a_run_resumed_mid_round_ends_as_one_that_went_straight_through(tiny_model_dir, start, tmp_path):
+    cfg = config(tiny_model_dir, start)
+    straight = run_dir(tmp_path, "straight")
+    save_config(cfg, straight.config_path)  # what the command writes first
+    train_iterative_grpo(cfg, straight)
+    # a copy stopped in round 2 after its labels, in the middle of the reward model's training
+    shutil.copytree(straight.root, tmp_path / "stopped")
+    stopped = prepare_run_dir(tmp_path / "stopped", resume=True, overwrite=False, resume_needs_checkpoint=False)
+    folder = stopped.root / "round_02"
+    for name in ("reward.json", "round.json"):
+        (folder / name).unlink()
+    shutil.rmtree(folder / "rm" / "final")
+    shutil.rmtree(stopped.final)
+    result = train_iterative_grpo(cfg, stopped, resume=True)
+    assert [s["round"] for s in result.rounds] == [1, 2]
+    for path in ("round_02/rm/final/model.safetensors", "final/model.safetensors"):
+        a, b = load_file(straight.root / path), load_file(stopped.root / path)
+        assert all((a[k] == b[k]).all() for k in a), path
+    metrics = [json.loads(line) for line in stopped.metrics_path.read_text().splitlines()]
+    assert [row["step"] for row in metrics] == [1, 2]
+
+
+def test_the_command_takes_nested_overrides_and_resumes_only_a_started_run(tmp_path, capsys):
+    cli(["iterative-grpo", "--print-config", "rounds=4", "grpo.max_steps=7", "rm.lr=1e-5", "replay_fraction=0.2"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rounds"] == 4 and printed["grpo"]["max_steps"] == 7 and printed["rm"]["lr"] == 1e-5
+    assert printed["replay_fraction"] == 0.2
+    with pytest.raises(RlhfkitError, match="nothing to resume"):
+        cli(["iterative-grpo", "model=m", "reward_model=r", "--runs-dir", str(tmp_path), "--resume"])
