@@ -14,7 +14,8 @@ from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
-from rlhfkit.train.iterative_grpo import IterativeGRPOConfig, check_config, replay_rows, train_iterative_grpo
+from rlhfkit.train.iterative_grpo import (IterativeGRPOConfig, as_ranking_row, check_config, replay_rows,
+                                          train_iterative_grpo)
 from rlhfkit.train.reward import RewardConfig
 
 from .test_reward import gold_ranking, write_jsonl
@@ -30,6 +31,13 @@ def test_replay_makes_up_the_asked_share_of_the_mix():
     assert len(replay_rows(new, history[:4], 0.1, rng)) == 4  # history shorter than the share: all of it
     drawn = replay_rows(new, history, 0.5, rng)
     assert len(drawn) == 90 and len({row["i"] for row in drawn}) == 90  # without repeats
+
+
+def test_replayed_pairs_become_rankings_of_two():
+    pair = {"prompt": "p", "chosen": "good", "rejected": "bad", "margin": 1.0}
+    assert as_ranking_row(pair) == {"prompt": "p", "responses": ["good", "bad"]}
+    ranking = {"prompt": "p", "responses": ["a", "b", "c"]}
+    assert as_ranking_row(ranking) is ranking
 
 
 def test_settings_that_leave_nothing_to_do_are_rejected():

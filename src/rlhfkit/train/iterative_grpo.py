@@ -49,7 +49,7 @@ class IterativeGRPOConfig:
     reward_model: str = ""
     """The first round's reward model (a directory `rlhfkit rm` wrote)."""
     reward_data: str = ""
-    """Rankings or pairs that reward model was trained on: replay draws from them too (empty = none)."""
+    """Rankings or pairs (JSONL) that reward model was trained on: replay draws from them too (empty = none)."""
     task: str = "advice"
     """Built-in task: prompts, the simulated annotator's gold score, evaluation."""
     rounds: int = 3
@@ -113,6 +113,13 @@ def replay_rows(new: list[dict], history: list[dict], fraction: float, rng: rand
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def as_ranking_row(row: dict) -> dict:
+    """A preference pair as a ranking of two, so replayed pairs and new rankings share one file."""
+    if "chosen" in row:
+        return {"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]]}
+    return row
 
 
 def _ranked_rows(prompts, texts, orders) -> list[dict]:
@@ -217,7 +224,7 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
     check_config(cfg)
     # step 1. the starting policy and reward model, the annotator, the data replay draws from
     policy, rm = cfg.model, cfg.reward_model
-    history = _read_jsonl(Path(cfg.reward_data)) if cfg.reward_data else []
+    history = [as_ranking_row(row) for row in _read_jsonl(Path(cfg.reward_data))] if cfg.reward_data else []
     annotator = SimulatedAnnotator(get_task(cfg.task).reward, temperature=cfg.annotator_temperature or None,
                                    target_agreement=cfg.target_agreement, seed=cfg.seed)
     result = IterativeGRPOResult(model_dir=run_dir.final)
