@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhfkit.data.loading import write_jsonl
+from rlhfkit.data.loading import read_rows, write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import SimulatedAnnotator
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -32,7 +32,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import latest_checkpoint, load_torch_state, save_torch_state
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
@@ -111,8 +111,9 @@ def replay_rows(new: list[dict], history: list[dict], fraction: float, rng: rand
     return rng.sample(history, min(wanted, len(history)))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _rows(path: str | Path) -> list[dict]:
+    """A dataset's rows (JSONL, JSON, Parquet, a saved dataset) as plain dicts."""
+    return [row for _, row in read_rows(path)]
 
 
 def as_ranking_row(row: dict) -> dict:
@@ -165,7 +166,7 @@ def _grpo_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm:
     run, resume = _sub_run(folder / "grpo")
     save_config(grpo_cfg, run.config_path)
     result = train_grpo(grpo_cfg, run, resume=resume)
-    rows = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    rows = read_metrics(run.metrics_path)  # all steps, also those before a resume
     evals = [row for row in rows if "eval_gold_score" in row]
     return {"policy": str(run.final), "proxy_first": rows[0]["reward_mean"], "proxy_last": rows[-1]["reward_mean"],
             "gold_first": rows[0]["gold_score"], "gold_last": rows[-1]["gold_score"],
@@ -192,7 +193,8 @@ def _label_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, an
             "labels_used": annotator.labels_used}
 
 
-def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, history: list[dict]) -> dict:
+def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: list[dict],
+                  history: list[dict]) -> dict:
     rm_cfg = dataclasses.replace(cfg.rm, model=rm, eval_data=str(folder / "heldout_rankings.jsonl"),
                                  seed=cfg.seed + r, device=cfg.device, progress=cfg.progress,
                                  tensorboard=cfg.tensorboard)
@@ -205,7 +207,6 @@ def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, histo
     if not cfg.retrain_reward_model:
         return {"reward_model": rm, "accuracy_before": before, "accuracy_after": before, "train_rows": 0,
                 "replay_rows": 0}
-    new = _read_jsonl(folder / "rankings.jsonl")
     replayed = replay_rows(new, history, cfg.replay_fraction, random.Random(cfg.seed + r))
     mix = new + replayed
     random.Random(cfg.seed - r).shuffle(mix)
@@ -224,7 +225,7 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
     check_config(cfg)
     # step 1. the starting policy and reward model, the annotator, the data replay draws from
     policy, rm = cfg.model, cfg.reward_model
-    history = [as_ranking_row(row) for row in _read_jsonl(Path(cfg.reward_data))] if cfg.reward_data else []
+    history = [as_ranking_row(row) for row in _rows(cfg.reward_data)] if cfg.reward_data else []
     annotator = SimulatedAnnotator(get_task(cfg.task).reward, temperature=cfg.annotator_temperature or None,
                                    target_agreement=cfg.target_agreement, seed=cfg.seed)
     result = IterativeGRPOResult(model_dir=run_dir.final)
@@ -247,15 +248,16 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
             else:
                 labels = parts["labels"].write(_label_round(cfg, r, folder, grpo["policy"], annotator))
             # step 4. the reward model on the new rankings plus replayed history
+            new = _rows(folder / "rankings.jsonl")
             reward = parts["reward"].read() if parts["reward"].done else parts["reward"].write(
-                _reward_round(cfg, r, folder, rm, history))
-            history += _read_jsonl(folder / "rankings.jsonl")
+                _reward_round(cfg, r, folder, rm, new, history))
+            history += new
             policy, rm = grpo["policy"], reward["reward_model"]
             # step 5. the round's summary and metrics row
             summary = {"round": r, **grpo, **labels, **reward}
             if not parts["round"].done:
                 parts["round"].write(summary)
-                metrics.log(r, {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None},
+                metrics.log(r, {k: v for k, v in summary.items() if isinstance(v, (int, float))},
                             stage="iterative_grpo")
             result.rounds.append(summary)
 

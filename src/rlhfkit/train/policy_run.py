@@ -145,10 +145,10 @@ class PolicyRun:
     # --- set-up and resume
     def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
         policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=self.device)
-        # under LoRA the reference is the base model itself, with the adapters switched off
         if cfg.reference_model and cfg.lora_r > 0:
             raise ConfigError(f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under LoRA the "
                               "reference is the base model with its adapters off; leave reference_model empty")
+        # under LoRA the reference is the base model itself, with the adapters switched off
         needs_copy = needs_reference and cfg.lora_r == 0
         reference = (load_causal_lm(cfg.reference_model or cfg.model).to(self.device).eval().requires_grad_(False)
                      if needs_copy else None)
