@@ -13,7 +13,8 @@ from rich.table import Table
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.eval.policy import evaluate_policy, gold_win_rate
+from rlhfkit.eval.policy import evaluate_policy, gold_scores
+from rlhfkit.eval.win_rate import win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
@@ -48,6 +49,7 @@ class Pipeline:
         arith = get_task("arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction)
         self.tasks = {"arith": arith, "advice": get_task("advice")}
         self.summary: dict = {"stages": {}}
+        self.sft_scores: dict = {}  # (task, SFT directory) -> {"greedy"/"sampled": gold scores}
 
     def stage(self, name: str, fn):
         self.console.rule(f"[bold]{name}")
@@ -113,7 +115,7 @@ class Pipeline:
         model, tokenizer = load_causal_lm(model_dir).to(resolve_device(self.cfg.device)), load_tokenizer(model_dir)
         samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=c.responses_per_prompt,
                                    temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=self.cfg.seed,
-                                   batch_size=256, progress="sampling")
+                                   batch_size=1024, progress="sampling")
         grouped = list(zip(prompts, samples.texts))
         collection = label_responses(task, grouped[: c.train_prompts], grouped[c.train_prompts :],
                                      target_agreement=c.target_agreement, rng=rng)
@@ -203,15 +205,24 @@ class Pipeline:
         return dict(eval_max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, device=self.cfg.device)
 
     def win_rates(self, task_name: str, model_dir: Path, sft_dir: Path) -> dict[str, float]:
-        """Gold win rate against the SFT model: greedy answers, and sampled ones at T = 1."""
+        """Gold win rate against the SFT model: greedy answers, and sampled ones at T = 1. The
+        SFT model's answers are the same for every stage (same prompts, same seed), so they are
+        scored once."""
         device = resolve_device(self.cfg.device)
-        policy, sft = load_causal_lm(model_dir).to(device), load_causal_lm(sft_dir).to(device)
         tokenizer, task, prompts = load_tokenizer(sft_dir), self.tasks[task_name], self.eval_prompts[task_name]
-        common = dict(max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
-        greedy = gold_win_rate(policy, sft, tokenizer, task, prompts, greedy=True, **common)
-        sampled = gold_win_rate(policy, sft, tokenizer, task, prompts, temperature=1.0,
-                                samples_per_prompt=self.cfg.win_rate_samples, **common)
-        return {**greedy.as_dict("win_rate_greedy"), **sampled.as_dict("win_rate_sampled")}
+        settings = {"greedy": dict(greedy=True),
+                    "sampled": dict(temperature=1.0, samples_per_prompt=self.cfg.win_rate_samples)}
+        if (task_name, sft_dir) not in self.sft_scores:
+            sft = load_causal_lm(sft_dir).to(device)
+            self.sft_scores[task_name, sft_dir] = {
+                kind: gold_scores(sft, tokenizer, task, prompts, max_new_tokens=self.cfg.eval_max_new_tokens,
+                                  seed=self.cfg.seed, **options) for kind, options in settings.items()}
+        policy, out = load_causal_lm(model_dir).to(device), {}
+        for kind, options in settings.items():
+            scores = gold_scores(policy, tokenizer, task, prompts, max_new_tokens=self.cfg.eval_max_new_tokens,
+                                 seed=self.cfg.seed, **options)
+            out |= win_rate(scores, self.sft_scores[task_name, sft_dir][kind]).as_dict(f"win_rate_{kind}")
+        return out
 
     def run_all(self) -> dict:
         files = self.stage("data", self.make_data)

@@ -72,10 +72,10 @@ class PipelineConfig:
     data: DataStage = field(default_factory=DataStage)
     model: ModelStage = field(default_factory=ModelStage)
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=48, lr=2e-3,
-                                                             eval_every=100, sample_every=400, save_every=0))
+                                                             eval_every=200, sample_every=400, save_every=0))
     collect: CollectStage = field(default_factory=CollectStage)
-    rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=200, batch_size=16, lr=1e-3,
-                                                                  eval_every=100, save_every=0))
+    rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=150, batch_size=16, lr=1e-3,
+                                                                  eval_every=0, save_every=0))
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=0, save_every=0))
     """PPO on advice against the stage's reward model (model, reward_model and prompts are filled in)."""
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(

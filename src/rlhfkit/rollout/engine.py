@@ -3,15 +3,15 @@
 An own loop instead of `model.generate`, for three reasons: it returns the log-probability of
 every sampled token (so an on-policy step needs no second forward pass for `old_logprobs`), it
 prefills each prompt once for all of its samples (GRPO's G samples share the prompt's cache),
-and rows that have stopped are dropped from the batch and its cache so they stop costing work.
+rows that have stopped are dropped from the batch and its cache so they stop costing work, and
+the cache is allocated once instead of growing by concatenation (`kv_cache`).
 """
 
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
-
 from rlhfkit.objectives.logprobs import token_logprobs
+from rlhfkit.rollout.kv_cache import preallocated_cache
 
 # Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
 # so compacting at every stop would cost more than the rows it saves.
@@ -120,7 +120,7 @@ def generate(
     prompt_mask = prompt_mask.bool()
 
     # step 1. prefill each prompt once, then copy its cache for every sample
-    cache = DynamicCache()
+    cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float()
