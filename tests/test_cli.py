@@ -248,3 +248,35 @@ def test_critique_command_writes_sft_rows(monkeypatch, capsys, tmp_path, tiny_mo
     assert len(load_examples(tmp_path / "runs" / "cai" / "sft.jsonl", Format.SFT)) == 2
     assert json.loads((tmp_path / "runs" / "cai" / "report.json").read_text())["prompts"] == 2
     assert not (tmp_path / "runs" / "cai" / "preferences.jsonl").exists()  # no judge, no preference rows
+
+
+def test_eval_command_measures_a_checkpoint_against_a_baseline(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    import torch
+
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+
+    other = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    other.save_pretrained(tmp_path / "other")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "other")
+    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'other'}]", f"baseline={tiny_model_dir}",
+                              "task=arith", "num_prompts=4", "samples_per_prompt=2", "max_new_tokens=8",
+                              "--runs-dir", tmp_path, "--name", "ev")
+    assert code == 0, err
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    theirs, ours = result["models"][str(tiny_model_dir)], result["models"][str(tmp_path / "other")]
+    assert "win_rate_greedy" not in theirs and ours["win_rate_sampled_n"] == 8
+    assert ours["kl_k1_per_sequence_n"] == 8 and ours["kl_k3_per_token"] > 0  # KL to the baseline, not to itself
+    assert "pass@2" in ours and "maj@2" in ours and "win rate, sampled" in out and "eval.json" in out
+
+
+def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, _, err = run_main(monkeypatch, capsys, "eval", "--runs-dir", tmp_path)
+    assert_one_line_error(code, err, "models=[PATH,...]")
+    code, _, err = run_main(monkeypatch, capsys, "eval", f"models=[{tiny_model_dir}]", "judge=reward_model",
+                            "--runs-dir", tmp_path)
+    assert_one_line_error(code, err, "judge=reward_model needs reward_model=PATH")
+    code, _, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'nothing'}]", "--runs-dir", tmp_path)
+    assert_one_line_error(code, err, "not a saved model directory")

@@ -1,4 +1,9 @@
 import json
+import re
+import shutil
+import subprocess
+
+import pytest
 
 from rlhfkit.pipeline import Pipeline
 from rlhfkit.pipeline_config import PipelineConfig
@@ -18,26 +23,63 @@ TINY = [
     "dpo.max_steps=2", "dpo.batch_size=4", "dpo.progress=false", "dpo.tensorboard=false",
     "raft.max_steps=2", "raft.prompts_per_round=4", "raft.samples_per_prompt=4", "raft.max_new_tokens=12",
     "raft.progress=false", "raft.tensorboard=false",
-    "eval_max_new_tokens=12", "win_rate_samples=1",
+    "eval_max_new_tokens=12", "advice_eval_samples=1", "arith_eval_samples=2", "report_samples=2",
 ]
 
 
-def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("runs")
     cfg = load_config(PipelineConfig, overrides=[f"runs_dir={tmp_path}", "name=tiny", *TINY])
-    summary = Pipeline(cfg).run_all()
+    return tmp_path, Pipeline(cfg).run_all()
+
+
+def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
+    tmp_path, summary = tiny_run
     stages = list(summary["stages"])
-    assert stages == ["data", "model", "sft", "eval sft", "collect", "reward model", "ppo", "grpo", "dpo", "raft"]
+    assert stages == ["data", "model", "sft", "collect", "reward model", "ppo", "grpo", "dpo", "raft", "evaluate"]
     assert summary["ppo"]["steps"] == 2 and summary["grpo"]["steps"] == 2
-    for key in ("win_rate_greedy", "win_rate_sampled"):
-        rate = summary["ppo"][key]
-        assert summary["ppo"][f"{key}_low"] <= rate <= summary["ppo"][f"{key}_high"]
-    assert summary["ppo"]["win_rate_greedy_n"] == 8 and summary["ppo"]["win_rate_sampled_n"] == 8
-    # GRPO's baseline evaluation is the SFT model on the same held-out prompts
-    assert summary["grpo"]["accuracy_before"] == summary["sft_arith"]["accuracy"]
-    assert summary["raft"]["accuracy_before"] == summary["sft_arith"]["accuracy"] and summary["raft"]["rounds"] == 2
+    advice, arith = summary["eval"]["advice"], summary["eval"]["arith"]
+    for method in ("ppo", "dpo"):
+        for key in ("win_rate_greedy", "win_rate_sampled"):
+            assert advice[method][f"{key}_low"] <= advice[method][key] <= advice[method][f"{key}_high"]
+            assert advice[method][f"{key}_n"] == 8
+        assert advice[method]["proxy_sampled_n"] == 8 and advice[method]["kl_k1_per_sequence_n"] == 8
+    # the SFT model is the reference: its KL to itself is zero (up to cached vs full-pass rounding)
+    assert abs(advice["sft"]["kl_k1_per_sequence"]) < 1e-5 and abs(arith["sft"]["kl_k3_per_token"]) < 1e-6
+    # GRPO's own first evaluation is the SFT model, greedy, on the same held-out prompts
+    assert summary["grpo"]["accuracy_before"] == arith["sft"]["greedy_accuracy"]
+    assert summary["raft"]["accuracy"] == arith["raft"]["greedy_accuracy"] and summary["raft"]["rounds"] == 2
+    assert set(arith["grpo"]) >= {"pass@1", "pass@2", "maj@1", "maj@2"}
+    assert arith["grpo"]["pass@1"] <= arith["grpo"]["pass@2"]
     assert summary["dpo"]["steps"] == 2 and summary["dpo"]["loss"] == "plackett_luce"
-    assert summary["dpo"]["win_rate_greedy_n"] == 8
     on_disk = json.loads((tmp_path / "tiny" / "summary.json").read_text())
-    assert all(on_disk[stage] == summary[stage] for stage in ("ppo", "grpo", "dpo", "raft"))
+    assert all(on_disk[key] == summary[key] for key in ("ppo", "grpo", "dpo", "raft", "eval"))
+    assert [list(item) for item in on_disk["samples"]["advice"]] == [["prompt", "sft", "ppo", "dpo"]] * 2
+    assert (tmp_path / "tiny" / "report.html").stat().st_size > 10_000
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()
+
+
+def _browser() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium: `make test` installs Debian's package where it can (root + apt)")
+def test_the_report_opens_in_a_browser_with_every_plot_and_table(tiny_run):
+    tmp_path, _ = tiny_run
+    report = tmp_path / "tiny" / "report.html"
+    # --dump-dom prints the page after its scripts ran: the report's own check writes how many
+    # of its plots decoded into <body data-plots-loaded="ok/total">
+    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=10000", report.resolve().as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    loaded = re.search(r'data-plots-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, "the report's load check did not run"
+    # one frontier, two over-optimisation plots (PPO, GRPO), training curves of six stages
+    assert loaded.groups() == ("9", "9")
+    assert dom.count("<table>") == 5  # stages, advice and arith evaluation, two side-by-side tables
+    for heading in ("Stages", "Held-out evaluation", "Reward-KL frontier", "Over-optimisation", "Training curves",
+                    "Side by side"):
+        assert f"<h2>{heading}" in dom
+    assert 'id="check"></p>' in dom  # the check wrote no failure message

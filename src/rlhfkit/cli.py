@@ -11,7 +11,7 @@ from pathlib import Path
 from rlhfkit.errors import RlhfkitError
 
 COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "iterative-grpo", "raft", "judge", "critique",
-                        "pipeline")
+                        "eval", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
              "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
              "judge": "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
              "critique": "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
+             "eval": "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, pass@k, "
+                     "reward-hacking signs",
              "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, table"}
     for name in COMMANDS_WITH_CONFIG:
         p = sub.add_parser(name, help=helps[name])
@@ -87,6 +89,9 @@ def _config_class(command: str):
     if command == "critique":
         from rlhfkit.train.constitutional import CritiqueConfig
         return CritiqueConfig
+    if command == "eval":
+        from rlhfkit.eval.run_eval import EvalConfig
+        return EvalConfig
     from rlhfkit.pipeline_config import PipelineConfig
     return PipelineConfig
 
@@ -162,6 +167,40 @@ def _run_feedback(args, cfg) -> None:
     print(f"written to {run.root}")
 
 
+def _run_eval(args, cfg) -> None:
+    """`rlhfkit eval`: a measurement, so nothing to resume; prints one table, writes eval.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhfkit.eval.run_eval import run_eval
+    from rlhfkit.eval.tables import metric_table
+    from rlhfkit.runtime.config import save_config
+    from rlhfkit.runtime.rundir import prepare_run_dir
+
+    if args.resume:
+        raise RlhfkitError("rlhfkit eval does not resume: run it again with --overwrite")
+    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=False, overwrite=args.overwrite)
+    save_config(cfg, run.config_path)
+    try:
+        result = run_eval(cfg, run)
+    except RlhfkitError:
+        shutil.rmtree(run.root, ignore_errors=True)  # bad input: the corrected command starts cleanly
+        raise
+    columns, rows = metric_table(result["models"])
+    table = Table(title=f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}")
+    for column in columns:
+        table.add_column(column if column == "metric" else "/".join(Path(column).parts[-2:]))
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if "reward_model" in result:
+        rm = result["reward_model"]
+        console.print(f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "
+                      f"[{rm['accuracy_low']:.1%}, {rm['accuracy_high']:.1%}] over {rm['pairs']} pairs")
+    print(f"written to {run.root / 'eval.json'}")
+
+
 def _tasks(args) -> None:
     from rlhfkit.data.loading import write_jsonl
     from rlhfkit.tasks.registry import TASKS, get_task
@@ -212,6 +251,8 @@ def run(argv: list[str]) -> None:
         Pipeline(cfg).run_all()
     elif args.command in ("judge", "critique"):
         _run_feedback(args, cfg)
+    elif args.command == "eval":
+        _run_eval(args, cfg)
     else:
         _run_trainer(args, cfg)
 

@@ -1,6 +1,7 @@
 """The main job: build the tiny model, SFT, collect simulated rankings, train the reward
 model, PPO against it (advice), GRPO with the verifiable reward (arith), DPO on the rankings
-(advice), RAFT with the verifiable reward (arith), evaluate, and print one table."""
+(advice), RAFT with the verifiable reward (arith), evaluate every policy from one set of samples
+each, print the tables and write `summary.json` and `report.html`."""
 
 import dataclasses
 import json
@@ -13,11 +14,13 @@ from rich.table import Table
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.eval.policy import evaluate_policy, gold_scores
-from rlhfkit.eval.win_rate import win_rate
+from rlhfkit.eval.model_eval import evaluate_model, win_rates
+from rlhfkit.eval.report import write_report
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
+from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
+from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.device import resolve_device
@@ -48,8 +51,8 @@ class Pipeline:
         d = cfg.data
         arith = get_task("arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction)
         self.tasks = {"arith": arith, "advice": get_task("advice")}
-        self.summary: dict = {"stages": {}}
-        self.sft_scores: dict = {}  # (task, SFT directory) -> {"greedy"/"sampled": gold scores}
+        self.summary: dict = {"stages": {}, "eval": {}}
+        self.side_by_side: dict[str, list[dict]] = {}
 
     def stage(self, name: str, fn):
         self.console.rule(f"[bold]{name}")
@@ -97,16 +100,6 @@ class Pipeline:
                                "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None}
         return result.model_dir
 
-    # stage 4. the SFT policy on held-out prompts of each task
-    def evaluate_sft(self, model_dir: Path) -> None:
-        model, tokenizer = load_causal_lm(model_dir).to(resolve_device(self.cfg.device)), load_tokenizer(model_dir)
-        for name, task in self.tasks.items():
-            metrics, responses = evaluate_policy(model, tokenizer, task, self.eval_prompts[name],
-                                                 max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed,
-                                                 progress=f"eval {name}")
-            self.summary[f"sft_{name}"] = metrics
-            self.console.print(f"{name}: {metrics}  e.g. {responses[0]!r}")
-
     # stage 5. sample K responses per prompt and have the simulated annotators rank them
     def collect(self, model_dir: Path) -> dict[str, Path]:
         c, task = self.cfg.collect, self.tasks["advice"]
@@ -152,7 +145,6 @@ class Pipeline:
             "proxy_first": first["proxy_reward"], "proxy_last": last["proxy_reward"],
             "gold_first": first["gold_score"], "gold_last": last["gold_score"],
             "eval_gold_score": result.evals[-1][1]["gold_score"],
-            **self.win_rates("advice", result.model_dir, sft_dir),
         }
         return result.model_dir
 
@@ -183,8 +175,7 @@ class Pipeline:
         result = train_dpo(cfg, run)
         held_out = result.evals[-1][1]
         self.summary["dpo"] = {"steps": len(result.history), "loss": cfg.loss.value,
-                               "heldout_accuracy": held_out["accuracy"], "heldout_margin": held_out["margin"],
-                               **self.win_rates("advice", result.model_dir, sft_dir)}
+                               "heldout_accuracy": held_out["accuracy"], "heldout_margin": held_out["margin"]}
         return result.model_dir
 
     # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after round
@@ -204,75 +195,62 @@ class Pipeline:
         """What the RL stages share with the rest of the job: evaluation length, seed, device."""
         return dict(eval_max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, device=self.cfg.device)
 
-    def win_rates(self, task_name: str, model_dir: Path, sft_dir: Path) -> dict[str, float]:
-        """Gold win rate against the SFT model: greedy answers, and sampled ones at T = 1. The
-        SFT model's answers are the same for every stage (same prompts, same seed), so they are
-        scored once."""
-        device = resolve_device(self.cfg.device)
-        tokenizer, task, prompts = load_tokenizer(sft_dir), self.tasks[task_name], self.eval_prompts[task_name]
-        settings = {"greedy": dict(greedy=True),
-                    "sampled": dict(temperature=1.0, samples_per_prompt=self.cfg.win_rate_samples)}
-        if (task_name, sft_dir) not in self.sft_scores:
-            sft = load_causal_lm(sft_dir).to(device)
-            self.sft_scores[task_name, sft_dir] = {
-                kind: gold_scores(sft, tokenizer, task, prompts, max_new_tokens=self.cfg.eval_max_new_tokens,
-                                  seed=self.cfg.seed, **options) for kind, options in settings.items()}
-        policy, out = load_causal_lm(model_dir).to(device), {}
-        for kind, options in settings.items():
-            scores = gold_scores(policy, tokenizer, task, prompts, max_new_tokens=self.cfg.eval_max_new_tokens,
-                                 seed=self.cfg.seed, **options)
-            out |= win_rate(scores, self.sft_scores[task_name, sft_dir][kind]).as_dict(f"win_rate_{kind}")
-        return out
+    # stage 11. every policy on the held-out prompts of its task: one greedy and a few sampled
+    # answers per prompt give the gold score, the win rate against SFT, the KL to SFT (the
+    # reference of every method), the reward-hacking signs, and pass@k / maj@k on arith
+    def evaluate(self, models: dict[str, Path], rm_dir: Path) -> None:
+        device, c = resolve_device(self.cfg.device), self.cfg
+        sft = load_causal_lm(models["sft"]).to(device)
+        tokenizer = load_tokenizer(models["sft"])
+        proxy = load_reward_model_source(str(rm_dir), tokenizer=tokenizer, device=device, batch_size=256,
+                                         max_length=self.cfg.rm.max_length, uncertainty_coef=0.0, name="reward model")
+        plan = {"advice": (ADVICE_METHODS, c.advice_eval_samples, proxy), "arith": (ARITH_METHODS, c.arith_eval_samples, None)}
+        for task_name, (methods, samples, task_proxy) in plan.items():
+            task, prompts, evals = self.tasks[task_name], self.eval_prompts[task_name], {}
+            for method in methods:
+                model = sft if method == "sft" else load_causal_lm(models[method]).to(device)
+                evals[method] = evaluate_model(model, tokenizer, task, prompts, reference=sft, proxy=task_proxy,
+                                               samples_per_prompt=samples, max_new_tokens=c.eval_max_new_tokens,
+                                               seed=c.seed, batch_size=512)
+                if method != "sft":
+                    evals[method].metrics.update(win_rates(evals[method], evals["sft"]))
+            self.summary["eval"][task_name] = {method: e.metrics for method, e in evals.items()}
+            self.side_by_side[task_name] = [
+                {"prompt": p.prompt, **{method: {"response": e.greedy.texts[i][0], "gold": e.greedy_scores[i]}
+                                        for method, e in evals.items()}}
+                for i, p in enumerate(prompts[: c.report_samples])]
 
     def run_all(self) -> dict:
         files = self.stage("data", self.make_data)
         base = self.stage("model", lambda: self.make_model(files))
         sft_dir = self.stage("sft", lambda: self.sft(base, files))
-        self.stage("eval sft", lambda: self.evaluate_sft(sft_dir))
         collected = self.stage("collect", lambda: self.collect(sft_dir))
         rm_dir = self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
-        self.stage("ppo", lambda: self.ppo(sft_dir, rm_dir))
-        self.stage("grpo", lambda: self.grpo(sft_dir))
-        self.stage("dpo", lambda: self.dpo(sft_dir, collected))
-        self.stage("raft", lambda: self.raft(sft_dir))
+        models = {"sft": sft_dir}
+        models["ppo"] = self.stage("ppo", lambda: self.ppo(sft_dir, rm_dir))
+        models["grpo"] = self.stage("grpo", lambda: self.grpo(sft_dir))
+        models["dpo"] = self.stage("dpo", lambda: self.dpo(sft_dir, collected))
+        models["raft"] = self.stage("raft", lambda: self.raft(sft_dir))
+        self.stage("evaluate", lambda: self.evaluate(models, rm_dir))
         self.report()
         return self.summary
 
     def report(self) -> None:
-        s = self.summary
-        table = Table(title=f"rlhfkit pipeline: {self.root}")
+        """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""
+        stages = Table(title=f"rlhfkit pipeline: {self.root}")
         for column in ("stage", "result", "yardstick", "wall time"):
-            table.add_column(column)
-        secs = {k: f"{v['seconds']:.0f} s" for k, v in s["stages"].items()}
-        table.add_row("data + model", "tiny Llama + BPE tokenizer", "", f"{s['stages']['data']['seconds'] + s['stages']['model']['seconds']:.0f} s")
-        table.add_row("sft", f"loss {s['sft']['first_loss']:.3f} -> {s['sft']['last_loss']:.3f}",
-                      f"held-out loss {s['sft']['eval_loss']:.3f}", secs["sft"])
-        table.add_row("sft on arith", f"accuracy {s['sft_arith']['accuracy']:.1%}",
-                      f"step accuracy {s['sft_arith']['step_accuracy']:.1%}", secs["eval sft"])
-        table.add_row("sft on advice", f"gold score {s['sft_advice']['gold_score']:.2f}", "", "")
-        table.add_row("collect", f"{s['collect']['rankings']} rankings, {s['collect']['pairs']} pairs",
-                      f"annotator T {s['collect']['temperature']:.2f}", secs["collect"])
-        table.add_row("reward model", f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
-                      f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}",
-                      secs["reward model"])
-        ppo, grpo = s["ppo"], s["grpo"]
-        table.add_row("ppo on advice", f"gold win rate vs SFT {_rate(ppo, 'win_rate_greedy')} greedy, "
-                      f"{_rate(ppo, 'win_rate_sampled')} sampled",
-                      f"KL {ppo['kl']:.1f} nats; proxy {ppo['proxy_first']:.2f} -> {ppo['proxy_last']:.2f}, "
-                      f"gold {ppo['gold_first']:.2f} -> {ppo['gold_last']:.2f} (samples)", secs["ppo"])
-        table.add_row("grpo on arith", f"accuracy {grpo['accuracy_before']:.1%} -> {grpo['accuracy']:.1%}",
-                      f"KL {grpo['kl']:.2f}; reward {grpo['reward_first']:.2f} -> {grpo['reward_last']:.2f}, "
-                      f"length {grpo['length_first']:.0f} -> {grpo['length_last']:.0f} tokens", secs["grpo"])
-        dpo, raft = s["dpo"], s["raft"]
-        table.add_row(f"dpo on advice ({dpo['loss']})", f"gold win rate vs SFT {_rate(dpo, 'win_rate_greedy')} greedy, "
-                      f"{_rate(dpo, 'win_rate_sampled')} sampled",
-                      f"held-out preference accuracy {dpo['heldout_accuracy']:.1%}", secs["dpo"])
-        table.add_row("raft on arith", f"accuracy {raft['accuracy_before']:.1%} -> {raft['accuracy']:.1%}",
-                      f"{raft['kept']} samples kept in {raft['rounds']} rounds", secs["raft"])
-        self.console.print(table)
+            stages.add_column(column)
+        for row in stage_rows(self.summary):
+            stages.add_row(*row)
+        self.console.print(stages)
+        for task, (columns, rows) in eval_tables(self.summary).items():
+            evaluation = Table(title=f"{task}: held-out evaluation (gold = the hidden annotator)")
+            for column in columns:
+                evaluation.add_column(column)
+            for row in rows:
+                evaluation.add_row(*row)
+            self.console.print(evaluation)
         with open(self.root / "summary.json", "w") as f:
-            json.dump(s, f, indent=2)
-
-
-def _rate(summary: dict, key: str) -> str:
-    return f"{summary[key]:.0%} [{summary[key + '_low']:.0%}, {summary[key + '_high']:.0%}]"
+            json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)
+        path = write_report(self.root, self.summary, self.side_by_side)
+        self.console.print(f"report: {path.resolve()}")

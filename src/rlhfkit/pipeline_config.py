@@ -90,5 +90,10 @@ class PipelineConfig:
     raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
         max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=0, save_every=0))
     """RAFT on arith with the verifiable reward (model and prompts are filled in)."""
-    win_rate_samples: int = 2
-    """Sampled responses per held-out prompt for each win rate against SFT (plus one greedy)."""
+    advice_eval_samples: int = 2
+    """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one greedy."""
+    arith_eval_samples: int = 4
+    """Sampled answers (T = 1) per held-out arith problem in the final evaluation: pass@k and
+    maj@k for k up to this."""
+    report_samples: int = 6
+    """Held-out prompts shown side by side in the report, answered by SFT and by each method."""

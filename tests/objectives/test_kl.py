@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.objectives.kl import KLEstimator, kl_k1, kl_k2, kl_k3, kl_penalty
+from rlhfkit.objectives.kl import KLEstimator, kl_k1, kl_k2, kl_k3, kl_penalty, sequence_kl
 
 LN2 = math.log(2.0)
 # policy puts 1/2 then 1/4 on the two sampled tokens, the reference the reverse
@@ -105,3 +105,29 @@ def test_adaptive_kl_coef_hand_values():
     # within the clip: error 0.1
     assert adaptive_kl_coef(0.1, 6.6, 6.0, 100, 50) == pytest.approx(0.1 * 1.05)
     assert adaptive_kl_coef(0.1, 6.0, 6.0, 100, 50) == pytest.approx(0.1)
+
+
+def test_sequence_kl_sums_each_rows_unmasked_tokens():
+    logprobs = torch.tensor([[LN2, 0.0, 5.0], [0.0, 0.0, 0.0]], dtype=torch.float64) - 2.0
+    ref_logprobs = torch.zeros(2, 3, dtype=torch.float64) - 2.0
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    got = sequence_kl(logprobs, ref_logprobs, mask, KLEstimator.K1)
+    assert torch.allclose(got, torch.tensor([LN2, 0.0], dtype=torch.float64))  # the 5.0 is padding
+    # k3 with d = -ln 2 on the first token: 1/2 + ln 2 - 1; the zero log-ratio adds 0
+    got = sequence_kl(logprobs, ref_logprobs, mask, KLEstimator.K3)
+    assert torch.allclose(got, torch.tensor([LN2 - 0.5, 0.0], dtype=torch.float64))
+
+
+def test_sequence_kl_estimates_the_exact_kl_of_a_two_step_process():
+    # pi and pi_ref over sequences of two binary tokens, independent per step: the exact
+    # sequence KL is the sum of the per-step KLs; the mean k1 and k3 over samples approach it
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.8, 0.3], dtype=torch.float64)  # P(token 1) at step 1, 2 under pi
+    q = torch.tensor([0.5, 0.6], dtype=torch.float64)  # under pi_ref
+    exact = sum(exact_kl(torch.stack([p[t], 1 - p[t]]), torch.stack([q[t], 1 - q[t]])) for t in range(2))
+    tokens = (torch.rand(200_000, 2, generator=g, dtype=torch.float64) < p).double()
+    logprobs = tokens * p.log() + (1 - tokens) * (1 - p).log()
+    ref_logprobs = tokens * q.log() + (1 - tokens) * (1 - q).log()
+    mask = torch.ones(200_000, 2, dtype=torch.bool)
+    for estimator in (KLEstimator.K1, KLEstimator.K3):
+        assert abs(sequence_kl(logprobs, ref_logprobs, mask, estimator).mean() - exact) < 0.01

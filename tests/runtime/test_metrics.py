@@ -78,3 +78,14 @@ def test_tensorboard_scalars_are_written(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
+
+
+def test_without_tensorboard_installed_the_metrics_go_to_jsonl_only(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb") as logger:
+        logger.log(1, {"loss": 2.0})
+    assert read_metrics(tmp_path / "m.jsonl")[0]["loss"] == 2.0
+    assert not (tmp_path / "tb").exists()

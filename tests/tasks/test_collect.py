@@ -65,3 +65,28 @@ def test_lower_target_means_more_noise():
     clean = label_responses(NumberTask(), train, heldout, target_agreement=0.9, rng=random.Random(3))
     assert noisy.temperature > clean.temperature
     assert noisy.agreement < clean.agreement
+
+
+class FlatTask:
+    """Every response has the same gold score: only a bias can order them."""
+
+    name = "flat"
+
+    def reward(self, prompt: PromptExample, response: str) -> float:
+        return 0.0
+
+
+def test_a_length_biased_annotator_prefers_longer_answers():
+    answers = ["tip", "tip tip", "tip tip tip", "tip tip tip tip"]
+    train = [(PromptExample(f"prompt {i}"), list(answers)) for i in range(200)]
+    heldout = [(PromptExample(f"held {i}"), list(answers)) for i in range(20)]
+
+    def longer_chosen(length_bias: float) -> float:
+        got = label_responses(FlatTask(), train, heldout, target_agreement=0.725, rng=random.Random(0),
+                              length_bias=length_bias)
+        return sum(len(p["chosen"].split()) > len(p["rejected"].split()) for p in got.pairs) / len(got.pairs)
+
+    # with no bias the flat scores tie and the order is a coin flip; with it, length wins as
+    # often as the 72.5% agreement's noise allows (sigmoid of the bias over the temperature)
+    assert abs(longer_chosen(0.0) - 0.5) < 0.05
+    assert longer_chosen(1.0) > 0.75

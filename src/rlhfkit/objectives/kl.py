@@ -73,3 +73,23 @@ def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: in
     """
     error = min(max(observed_kl / target - 1.0, -0.2), 0.2)
     return coef * (1.0 + error * batch_size / horizon)
+
+
+def sequence_kl(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor, estimator: KLEstimator
+) -> torch.Tensor:
+    """KL(pi || pi_ref) of each sampled response: the per-token estimates summed over its tokens.
+
+    For responses sampled from pi (at temperature 1), the mean over responses of the k1 or k3
+    sum is an unbiased estimate of the sequence-level KL(pi(.|x) || pi_ref(.|x)), because the
+    sequence KL is the expected sum of the per-token log-ratios (chain rule of KL).
+
+    Args:
+        logprobs, ref_logprobs: (batch, response_len) log-probs of the sampled tokens.
+        response_mask: (batch, response_len) bool, True = a response token (padding False).
+        estimator: k1, k2 or k3 (k2 is biased; named so that reports say which was used).
+    Returns:
+        (batch,) summed estimates; divide their sum by response_mask.sum() for nats per token.
+    """
+    per_token = kl_penalty(logprobs, ref_logprobs, estimator)
+    return torch.where(response_mask, per_token, torch.zeros((), dtype=per_token.dtype)).sum(dim=-1)

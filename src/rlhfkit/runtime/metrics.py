@@ -5,6 +5,7 @@ values are written as null so that every line is strict JSON. A resumed run firs
 after its checkpoint step, so the file never holds the same step twice.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -16,6 +17,12 @@ from typing import Any
 from rlhfkit.errors import RlhfkitError
 
 _RESERVED_KEYS = frozenset({"stage", "step", "time"})
+
+
+def tensorboard_available() -> bool:
+    """TensorBoard is an optional extra (`pip install rlhfkit[tensorboard]`); without it the
+    metrics go to JSONL only."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 class MetricsLogger:
@@ -35,7 +42,7 @@ class MetricsLogger:
             _drop_lines_after(self.metrics_path, resume_from_step)
         self._file = open(self.metrics_path, "a", encoding="utf-8")
         self._writer = None
-        if tensorboard_dir is not None:
+        if tensorboard_dir is not None and tensorboard_available():
             # Imported here: it takes seconds and most uses (tests, quiet runs) never need it.
             from torch.utils.tensorboard import SummaryWriter
 

@@ -147,6 +147,12 @@ class ArithTask:
         answer = parse_answer(response)
         return float(answer is not None and str(answer) == prompt.answer)
 
+    def final_answer(self, response: str) -> str | None:
+        """The answer a response states (as `PromptExample.answer` writes it), None if none: the
+        vote of majority voting (maj@k)."""
+        answer = parse_answer(response)
+        return None if answer is None else str(answer)
+
     def step_rewards(self, prompt: PromptExample, response: str) -> list[float]:
         """Process reward: 1.0 / 0.0 per written step (empty when no step was written)."""
         truth = [Step(*s) for s in prompt.metadata["steps"]]

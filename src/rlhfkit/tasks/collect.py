@@ -63,14 +63,18 @@ def label_responses(
     target_agreement: float,
     rng: random.Random,
     second_annotators: int = 10,
+    length_bias: float = 0.0,
 ) -> Collection:
     """Rank sampled responses with simulated annotators calibrated to `target_agreement`.
 
     Empty responses are left out (an empty text is not a valid response row), and a prompt
     left with fewer than two responses is skipped, before anything is measured.
+    `length_bias` > 0 makes the annotators favour long answers: they judge by the gold score
+    plus `length_bias` per word, a known human bias (seed 003) a reward model then learns.
+    Agreement and Bayes limit are then those of the biased annotators.
     """
     train, heldout = _non_empty(train), _non_empty(heldout)
-    gold = {id(r): [task.reward(p, x) for x in r] for p, r in train + heldout}
+    gold = {id(r): [task.reward(p, x) + length_bias * len(x.split()) for x in r] for p, r in train + heldout}
     diffs = [g[i] - g[j] for g in (gold[id(r)] for _, r in train) for i in range(len(g)) for j in range(i)]
     temperature = calibrate_temperature(diffs, target_agreement)
     rankings = [_ranking_row(p, r, noisy_ranking(gold[id(r)], temperature, rng)) for p, r in train]

@@ -1,0 +1,94 @@
+"""Everything measured of one policy on one task's held-out prompts, from one set of samples.
+
+Per model: greedy answers (the task's own metrics and gold scores), and `samples_per_prompt`
+answers at temperature 1 from which come the gold score with a bootstrap interval, the KL to the
+reference (per sequence and per token, estimators k1 and k3), the reward-hacking signs (length,
+repetition, distinct-n, the proxy reward next to the gold score) and, on a task with a final
+answer (`arith`), pass@k and maj@k. Win rates compare two such evaluations prompt by prompt.
+"""
+
+from dataclasses import dataclass, field
+
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.tokenize import render_text
+from rlhfkit.eval.intervals import mean_with_interval
+from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
+from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
+from rlhfkit.eval.text_stats import distinct_n, repetition_rate
+from rlhfkit.eval.win_rate import win_rate
+
+
+@dataclass
+class ModelEval:
+    greedy: EvalSamples
+    sampled: EvalSamples
+    greedy_scores: list[float]
+    """Gold score of each greedy answer, prompt by prompt."""
+    sampled_scores: list[float]
+    """Gold score of each sampled answer, (prompts * samples) in prompt order."""
+    greedy_proxy: list[float] = field(default_factory=list)
+    sampled_proxy: list[float] = field(default_factory=list)
+    """The proxy's score of each answer, in the same order; empty without a proxy."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Every number of this model, flat (`summary.json`)."""
+
+
+def evaluate_model(
+    model, tokenizer, task, prompts: list[PromptExample], *, reference=None, proxy=None, samples_per_prompt: int = 2,
+    max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+) -> ModelEval:
+    """Greedy and sampled answers of `model` to `prompts`, scored by `task`'s gold reward.
+
+    Args:
+        reference: the model the KL is measured to (the SFT model); None = no KL.
+        proxy: a reward source (`.score(prompts, responses)`, e.g. the reward model) whose mean
+            on the sampled answers is reported beside the gold score; None = none.
+        samples_per_prompt: sampled answers per prompt (temperature 1); pass@k for k up to it.
+    """
+    texts = [render_text(tokenizer, p.prompt, as_prompt=True) for p in prompts]
+    common = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    greedy = sample_for_eval(model, tokenizer, texts, greedy=True, **common)
+    sampled = sample_for_eval(model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common)
+    greedy_texts, sampled_texts = greedy.flat(greedy.texts), sampled.flat(sampled.texts)
+    repeated = [p for p in prompts for _ in range(samples_per_prompt)]
+    result = ModelEval(greedy, sampled, greedy_scores=[task.reward(p, t) for p, t in zip(prompts, greedy_texts)],
+                       sampled_scores=[task.reward(p, t) for p, t in zip(repeated, sampled_texts)])
+    m = result.metrics
+    m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
+    m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
+    # step 1. KL to the reference on the policy's own samples
+    for name, values in sampled.kl.items():
+        per_sequence = sampled.flat(values)
+        m.update(_prefixed(f"kl_{name}_per_sequence", mean_with_interval(per_sequence)))
+        m[f"kl_{name}_per_token"] = sum(per_sequence) / max(1, sum(sampled.flat(sampled.lengths)))
+    # step 2. the reward-hacking signs
+    m["length_tokens"] = sum(sampled.flat(sampled.lengths)) / max(1, len(sampled_texts))
+    m["repetition"] = repetition_rate(sampled_texts)
+    m["distinct_1"], m["distinct_2"] = distinct_n(sampled_texts, 1), distinct_n(sampled_texts, 2)
+    if proxy is not None:
+        result.greedy_proxy = proxy.score(prompts, greedy_texts).rewards.tolist()
+        result.sampled_proxy = proxy.score(repeated, sampled_texts).rewards.tolist()
+        m.update(_prefixed("proxy_sampled", mean_with_interval(result.sampled_proxy)))
+    # step 3. pass@k and maj@k where the task has a checkable final answer
+    if hasattr(task, "final_answer"):
+        answers = [[task.final_answer(t) for t in row] for row in sampled.texts]
+        correct = [sum(a is not None and a == p.answer for a in row) for p, row in zip(prompts, answers)]
+        for k in sorted({1, samples_per_prompt // 2, samples_per_prompt} - {0}):
+            m[f"pass@{k}"] = mean_pass_at_k(correct, samples_per_prompt, k)
+            m[f"maj@{k}"] = mean_maj_at_k(answers, [p.answer for p in prompts], k)
+    return result
+
+
+def win_rates(candidate: ModelEval, baseline: ModelEval, *, by_proxy: bool = False) -> dict[str, float]:
+    """Win rate of `candidate` over `baseline` on greedy and on sampled answers (ties half, 95%
+    Wilson interval): answer i of one against answer i of the other, same prompt. Judged by the
+    gold scores, or (`by_proxy`) by the proxy's."""
+    if by_proxy:
+        return {**win_rate(candidate.greedy_proxy, baseline.greedy_proxy).as_dict("win_rate_greedy"),
+                **win_rate(candidate.sampled_proxy, baseline.sampled_proxy).as_dict("win_rate_sampled")}
+    return {**win_rate(candidate.greedy_scores, baseline.greedy_scores).as_dict("win_rate_greedy"),
+            **win_rate(candidate.sampled_scores, baseline.sampled_scores).as_dict("win_rate_sampled")}
+
+
+def _prefixed(prefix: str, stats: dict[str, float]) -> dict[str, float]:
+    return {prefix if key == "mean" else f"{prefix}_{key}": value for key, value in stats.items()}

@@ -1,0 +1,158 @@
+"""`rlhfkit eval`: checkpoints on a task's held-out prompts, against a baseline checkpoint.
+
+For each model: the gold score, the win rate against the baseline judged by the gold
+annotator, a reward model or an AI judge (each pair asked in both orders), the KL to the
+reference per token and per sequence, the reward-hacking signs, and on `arith` pass@k and
+maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json` and prints
+one table.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.model_eval import ModelEval, evaluate_model, win_rates
+from rlhfkit.eval.reward_model import pair_accuracy, score_groups
+from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
+from rlhfkit.feedback.judge import judge_pairs
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.objectives.ranking import ranking_to_pairs
+from rlhfkit.rewards.builder import load_reward_model_source
+from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.reward import RewardConfig, load_reward_data
+
+EVAL_SEED_OFFSET = 7919  # fresh prompts are drawn away from the seeds trainers draw theirs from
+
+
+class Judge(str, Enum):
+    GOLD = "gold"
+    """The task's hidden gold annotator (built-in tasks)."""
+    REWARD_MODEL = "reward_model"
+    """The reward model's scores (`reward_model`)."""
+    AI = "ai"
+    """An AI judge (`judge_model`) comparing each answer with the baseline's, in both orders."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    models: tuple[str, ...] = ()
+    """Policy checkpoints to evaluate (causal-LM directories), e.g. models=[runs/ppo/final,runs/dpo/final]."""
+    baseline: str = ""
+    """The checkpoint win rates are measured against (e.g. the SFT model); empty = no win rates."""
+    reference: str = ""
+    """The model the KL is measured to; empty = the baseline (the usual reference: the SFT model)."""
+    task: str = "advice"
+    """Built-in task: its gold annotator scores every answer."""
+    prompts: str = ""
+    """Held-out prompt file (prompt plus the task's metadata columns); empty = fresh prompts from the task."""
+    num_prompts: int = 200
+    """Prompts drawn from the task when `prompts` is empty."""
+    judge: Judge = Judge.GOLD
+    """Who decides the win rates: gold, reward_model or ai."""
+    reward_model: str = ""
+    """A saved reward model: its mean score is reported beside the gold score (the proxy), it
+    judges with judge=reward_model, and it is scored on `heldout_pairs`."""
+    judge_model: str = ""
+    """A causal-LM judge directory for judge=ai (e.g. one `rlhfkit judge` trained)."""
+    heldout_pairs: str = ""
+    """Held-out pairs or rankings for the reward model's accuracy; empty = none."""
+    samples_per_prompt: int = 4
+    """Answers sampled (T = 1) per prompt, besides one greedy answer; pass@k for k up to it."""
+    max_new_tokens: int = 64
+    """Length limit of every answer."""
+    max_length: int = 256
+    """Tokens per sequence when the reward model scores."""
+    batch_size: int = 256
+    """Answers generated (or scored) per batch."""
+    seed: int = 0
+    """Seeds the sampling and the prompts drawn from the task."""
+    device: str = "auto"
+    """auto (CUDA when available, else CPU), cpu, cuda, ..."""
+
+
+def check_eval_config(cfg: EvalConfig) -> None:
+    if not cfg.models:
+        raise RlhfkitError("rlhfkit eval needs models=[PATH,...]: the checkpoints to evaluate")
+    if cfg.judge is Judge.REWARD_MODEL and not cfg.reward_model:
+        raise RlhfkitError("judge=reward_model needs reward_model=PATH")
+    if cfg.judge is Judge.AI and not cfg.judge_model:
+        raise RlhfkitError("judge=ai needs judge_model=PATH (a causal-LM judge directory)")
+    if cfg.heldout_pairs and not cfg.reward_model:
+        raise RlhfkitError("heldout_pairs needs reward_model=PATH: it is the reward model's accuracy")
+    for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.reward_model, cfg.judge_model]:
+        if path and not (Path(path) / "config.json").is_file():
+            raise RlhfkitError(f"{path} is not a saved model directory (no config.json)")
+
+
+def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
+    """Evaluate every model; returns and writes `{model: metrics}` (plus `reward_model`)."""
+    check_eval_config(cfg)
+    # step 1. the task, its prompts, and the models everyone is compared with
+    task, device = get_task(cfg.task), resolve_device(cfg.device)
+    prompts = load_examples(cfg.prompts, Format.PROMPT) if cfg.prompts else \
+        task.prompts(cfg.num_prompts, random.Random(cfg.seed + EVAL_SEED_OFFSET))
+    tokenizer = load_tokenizer(cfg.baseline or cfg.models[0])
+    reference_path = cfg.reference or cfg.baseline
+    reference = load_causal_lm(reference_path).to(device) if reference_path else None
+    proxy = load_reward_model_source(cfg.reward_model, tokenizer=tokenizer, device=device, batch_size=cfg.batch_size,
+                                     max_length=cfg.max_length, uncertainty_coef=0.0,
+                                     name="reward model") if cfg.reward_model else None
+    settings = dict(reference=reference, proxy=proxy, samples_per_prompt=cfg.samples_per_prompt,
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+
+    def evaluate(path: str) -> ModelEval:
+        model = reference if path == reference_path else load_causal_lm(path).to(device)
+        return evaluate_model(model, tokenizer, task, prompts, **settings)
+
+    # step 2. every model, and its win rates against the baseline by the chosen judge
+    baseline = evaluate(cfg.baseline) if cfg.baseline else None
+    out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge.value, "models": {}}
+    if baseline is not None:
+        out["models"][cfg.baseline] = baseline.metrics
+    for path in cfg.models:
+        result = evaluate(path)
+        if baseline is not None and path != cfg.baseline:
+            result.metrics.update(_judged_win_rates(cfg, result, baseline, prompts, device))
+        out["models"][path] = result.metrics
+    # step 3. the reward model on held-out comparisons
+    if cfg.heldout_pairs:
+        out["reward_model"] = reward_model_accuracy(proxy, cfg.heldout_pairs, cfg.max_length, cfg.batch_size)
+    with open(run.root / "eval.json", "w") as f:
+        json.dump(out, f, indent=2)
+    return out
+
+
+def _judged_win_rates(cfg: EvalConfig, candidate: ModelEval, baseline: ModelEval, prompts, device) -> dict:
+    if cfg.judge is not Judge.AI:
+        return win_rates(candidate, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
+    judge, judge_tokenizer = load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)
+    out = {}
+    for kind, ours, theirs in (("greedy", candidate.greedy, baseline.greedy), ("sampled", candidate.sampled, baseline.sampled)):
+        asked = [p.prompt for p, row in zip(prompts, ours.texts) for _ in row]
+        verdicts = judge_pairs(judge, judge_tokenizer, asked, ours.flat(ours.texts), theirs.flat(theirs.texts),
+                               batch_size=32)
+        out |= ai_win_rate(verdicts.first_better.tolist()).as_dict(f"win_rate_{kind}")
+        out[f"judge_flip_rate_{kind}"] = verdicts.flip_rate
+    return out
+
+
+def ai_win_rate(first_better: list[float]) -> WinRate:
+    """Win rate from a judge's P(candidate better), both orders combined: above 1/2 a win,
+    exactly 1/2 a tie, below a loss."""
+    return win_rate(first_better, [1.0 - p for p in first_better])
+
+
+def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
+    """Share of held-out labelled pairs the reward model orders like the label, with the pair count."""
+    groups = load_reward_data(RewardConfig(max_length=max_length), proxy.tokenizer, path)
+    accuracy = pair_accuracy(score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups)
+    pairs = sum(len(ranking_to_pairs(g.ranks)[0]) for g in groups)
+    low, high = wilson_interval(accuracy * pairs, pairs)
+    return {"heldout_pairs": path, "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high, "pairs": pairs}

@@ -1,0 +1,78 @@
+"""Responses for evaluation, with their KL to a reference measured on the same samples.
+
+One generation serves every metric of a model: gold scores, win rates, lengths and repetition
+read the texts; the KL reads the log-probs the sampler returns (exactly the policy's at
+temperature 1) against one forward pass of the reference over the same tokens.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.objectives.kl import KLEstimator, sequence_kl
+from rlhfkit.rollout.engine import generate
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.rollout.sample import stop_token_ids
+from rlhfkit.rollout.text import decode_responses, encode_prompts
+
+
+@dataclass
+class EvalSamples:
+    texts: list[list[str]]
+    """(prompts, samples) decoded responses, special tokens removed."""
+    lengths: list[list[int]]
+    """(prompts, samples) response tokens, the stop token included."""
+    kl: dict[str, list[list[float]]]
+    """Estimator name (k1, k3) -> (prompts, samples) KL(policy || reference) of each response
+    in nats; empty without a reference or for greedy answers (not samples of the policy)."""
+
+    def flat(self, values: list[list]) -> list:
+        return [v for row in values for v in row]
+
+
+@torch.no_grad()
+def sample_for_eval(
+    model, tokenizer, prompts: list[str], *, num_samples: int = 1, greedy: bool = False, reference=None,
+    max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+) -> EvalSamples:
+    """`num_samples` responses per rendered prompt, sampled at temperature 1 (or one greedy
+    answer), with the sequence KL to `reference` (k1 and k3) when sampling.
+
+    Temperature 1 because the KL to the reference is a property of the policy itself: samples
+    at another temperature would measure a different distribution.
+    """
+    was_training = model.training, reference.training if reference is not None else False
+    model.eval()
+    if reference is not None:
+        reference.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stop_ids = stop_token_ids(model, tokenizer)
+    per_batch = max(1, batch_size // (1 if greedy else num_samples))
+    with_kl = reference is not None and not greedy
+    texts, lengths, kl = [], [], {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {}
+    try:
+        for start in range(0, len(prompts), per_batch):
+            ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
+            rollout = generate(model, ids, mask, num_samples=1 if greedy else num_samples,
+                               max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                               greedy=greedy, generator=generator)
+            texts += decode_responses(tokenizer, rollout)
+            lengths += rollout.response_lengths.tolist()
+            if with_kl:
+                width = rollout.response_ids.shape[1]
+                ref = response_logprobs(reference, rollout.input_ids, rollout.attention_mask, width).logprobs
+                for name in kl:
+                    kl[name] += sequence_kl(rollout.logprobs.double(), ref.double(), rollout.response_mask,
+                                            KLEstimator(name)).tolist()
+    finally:
+        model.train(was_training[0])
+        if reference is not None:
+            reference.train(was_training[1])
+    k = 1 if greedy else num_samples
+    return EvalSamples(texts=_group(texts, k), lengths=_group(lengths, k),
+                       kl={name: _group(values, k) for name, values in kl.items()})
+
+
+def _group(values: list, per_prompt: int) -> list[list]:
+    return [values[i : i + per_prompt] for i in range(0, len(values), per_prompt)]

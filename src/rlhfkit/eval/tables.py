@@ -1,0 +1,45 @@
+"""Tables of evaluation metrics, one column per model, written from the metrics dicts alone
+(`model_eval.evaluate_model`), so every place that shows them shows the same numbers."""
+
+
+def rate(metrics: dict, key: str) -> str:
+    """A win rate with its 95% interval, e.g. `59% [52, 66]`."""
+    return f"{metrics[key]:.0%} [{100 * metrics[key + '_low']:.0f}, {100 * metrics[key + '_high']:.0f}]"
+
+
+def _interval(m: dict, key: str, digits: int = 3) -> str:
+    return f"{m[key]:.{digits}f} [{m[key + '_low']:.{digits}f}, {m[key + '_high']:.{digits}f}]"
+
+
+# (row label, the key a model's metrics must hold for it, how to write it); one row each
+EVAL_METRICS = [
+    ("gold, greedy", "greedy_gold_score", lambda m: f"{m['greedy_gold_score']:.3f}"),
+    ("gold, sampled [95%]", "gold_sampled", lambda m: _interval(m, "gold_sampled")),
+    ("win rate, greedy [95%]", "win_rate_greedy", lambda m: rate(m, "win_rate_greedy")),
+    ("win rate, sampled [95%]", "win_rate_sampled", lambda m: rate(m, "win_rate_sampled")),
+    ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: _interval(m, "kl_k1_per_sequence")),
+    ("KL/token k1 / k3", "kl_k1_per_token", lambda m: f"{m['kl_k1_per_token']:.4f} / {m['kl_k3_per_token']:.4f}"),
+    ("proxy (RM) [95%]", "proxy_sampled", lambda m: _interval(m, "proxy_sampled")),
+    ("length (tokens)", "length_tokens", lambda m: f"{m['length_tokens']:.1f}"),
+    ("repeated 4-grams", "repetition", lambda m: f"{m['repetition']:.3f}"),
+    ("distinct-2", "distinct_2", lambda m: f"{m['distinct_2']:.3f}"),
+    ("pass@1", "pass@1", lambda m: f"{m['pass@1']:.1%}"),
+    ("pass@k", "pass@1", lambda m: f"{m[_top('pass', m)]:.1%}"),
+    ("maj@k", "maj@1", lambda m: f"{m[_top('maj', m)]:.1%}"),
+]
+
+
+def _top(kind: str, m: dict) -> str:
+    return f"{kind}@{max(int(key.split('@')[1]) for key in m if key.startswith(kind + '@'))}"
+
+
+def metric_table(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """(columns = metric then one per model, one row per metric of `EVAL_METRICS` that some
+    model has); a cell is empty where a model lacks the number (the baseline's win rate)."""
+    names, rows = list(models), []
+    for label, key, write in EVAL_METRICS:
+        present = [key in models[name] for name in names]
+        if any(present):
+            k = next(_top("pass", models[n]) for n, ok in zip(names, present) if ok).split("@")[1] if "@k" in label else ""
+            rows.append([label.replace("@k", "@" + k)] + [write(models[n]) if ok else "" for n, ok in zip(names, present)])
+    return ["metric", *names], rows

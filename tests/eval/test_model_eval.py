@@ -1,0 +1,48 @@
+import random
+
+import torch
+
+from rlhfkit.eval.model_eval import evaluate_model, win_rates
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.rewards.base import RewardScores
+from rlhfkit.tasks.registry import get_task
+
+
+class LengthProxy:
+    """A reward source that pays for characters: a stand-in proxy with a known answer."""
+
+    def score(self, prompts, responses):
+        return RewardScores(rewards=torch.tensor([float(len(r)) for r in responses]))
+
+
+def test_one_evaluation_holds_every_metric_and_its_own_samples(tiny_model_dir):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    task = get_task("arith")
+    prompts = task.prompts(5, random.Random(0))
+    result = evaluate_model(model, tokenizer, task, prompts, reference=model, proxy=LengthProxy(),
+                            samples_per_prompt=4, max_new_tokens=10)
+    m = result.metrics
+    assert len(result.greedy_scores) == 5 and len(result.sampled_scores) == 20
+    assert m["gold_sampled"] == sum(result.sampled_scores) / 20 and m["gold_sampled_n"] == 20
+    assert m["gold_sampled_low"] <= m["gold_sampled"] <= m["gold_sampled_high"]
+    assert abs(m["kl_k1_per_sequence"]) < 1e-4 and abs(m["kl_k3_per_token"]) < 1e-5
+    # the proxy's mean is the mean character count of the sampled answers
+    texts = result.sampled.flat(result.sampled.texts)
+    assert abs(m["proxy_sampled"] - sum(map(len, texts)) / 20) < 1e-4
+    assert m["length_tokens"] == sum(result.sampled.flat(result.sampled.lengths)) / 20
+    assert {"pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "repetition", "distinct_1", "distinct_2"} <= set(m)
+    assert m["pass@1"] <= m["pass@2"] <= m["pass@4"]
+    assert m["greedy_accuracy"] == sum(result.greedy_scores) / 5
+
+
+def test_a_model_against_itself_ties_everywhere(tiny_model_dir):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    task = get_task("advice")
+    prompts = task.prompts(4, random.Random(1))
+    one = evaluate_model(model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8)
+    two = evaluate_model(model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8)
+    for by_proxy in (False, True):
+        rates = win_rates(one, two, by_proxy=by_proxy)
+        assert rates["win_rate_greedy"] == 0.5 and rates["win_rate_greedy_ties"] == 1.0
+        assert rates["win_rate_sampled"] == 0.5 and rates["win_rate_sampled_n"] == 8
+    assert "kl_k1_per_sequence" not in one.metrics  # no reference, no KL
