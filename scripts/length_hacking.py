@@ -29,7 +29,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rlhfkit.data.formats import Format, PromptExample  # noqa: E402
 from rlhfkit.data.loading import load_examples, write_jsonl  # noqa: E402
 from rlhfkit.eval.model_eval import evaluate_model, win_rates  # noqa: E402
-from rlhfkit.eval.report import figure_html, html_table, png_data  # noqa: E402
+from rlhfkit.eval.overoptimisation import gold_peak  # noqa: E402
+from rlhfkit.eval.report import figure_html, html_table, overoptimisation_plot, png_data  # noqa: E402
 from rlhfkit.eval.tables import metric_table  # noqa: E402
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer  # noqa: E402
 from rlhfkit.rewards.builder import load_reward_model_source  # noqa: E402
@@ -57,9 +58,10 @@ def biased_rankings(demo: Path, out: Path, bias: float, seed: int) -> dict:
     return {"temperature": collection.temperature, "agreement": collection.agreement}
 
 
-def train_rm(sft: Path, out: Path, name: str, heads: int, seed: int) -> Path:
+def train_rm(sft: Path, out: Path, name: str, heads: int, steps: int, seed: int) -> Path:
+    """The demo's reward-model settings, on the biased rankings."""
     cfg = RewardConfig(model=str(sft), train_data=str(out / "rankings.jsonl"), eval_data=str(out / "heldout_rankings.jsonl"),
-                       num_heads=heads, max_steps=150, batch_size=16, lr=1e-3, eval_every=0, save_every=0, seed=seed)
+                       num_heads=heads, max_steps=steps, batch_size=16, lr=1e-3, eval_every=0, save_every=0, seed=seed)
     return train_reward_model(cfg, prepare_run_dir(out / name, resume=False, overwrite=True)).model_dir
 
 
@@ -69,16 +71,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/length_hacking"))
     parser.add_argument("--bias", type=float, default=0.1, help="annotator score added per word")
     parser.add_argument("--steps", type=int, default=40, help="PPO steps per run")
+    parser.add_argument("--rm-steps", type=int, default=150, help="reward-model steps (the demo's)")
     parser.add_argument("--kl-coef", type=float, default=0.2)
     parser.add_argument("--uncertainty-coef", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-only", action="store_true", help="rewrite report.html from a finished run")
     args = parser.parse_args()
+    if args.report_only:
+        return write_report(args.out)
     sft, out = args.demo / "sft" / "final", args.out
     out.mkdir(parents=True, exist_ok=True)
 
     # step 1. biased labels, and reward models that learn them
     labels = biased_rankings(args.demo, out, args.bias, args.seed)
-    single, ensemble = train_rm(sft, out, "rm", 1, args.seed), train_rm(sft, out, "rm_ensemble", 4, args.seed)
+    single = train_rm(sft, out, "rm", 1, args.rm_steps, args.seed)
+    ensemble = train_rm(sft, out, "rm_ensemble", 4, args.rm_steps, args.seed)
 
     # step 2. PPO against them: no penalty, the KL penalty, the ensemble's uncertainty penalty
     base = PPOConfig(model=str(sft), task="advice", max_steps=args.steps, lr=2e-5, eval_every=0, save_every=0,
@@ -103,11 +110,17 @@ def main() -> None:
     for name, path in policies.items():
         result = evaluate_model(load_causal_lm(path), tokenizer, task, prompts, **settings)
         metrics[name] = {**result.metrics, **win_rates(result, sft_eval)}
-    summary = {"bias_per_word": args.bias, "labels": labels, "steps": args.steps, "eval": metrics}
+    summary = {"bias_per_word": args.bias, "labels": labels, "steps": args.steps, "runs": list(runs), "eval": metrics}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out)
 
-    # step 4. the report: length, proxy and gold over training, and the final table
-    logs = {name: read_metrics(out / f"ppo_{i}" / "metrics.jsonl") for i, name in enumerate(runs)}
+
+def write_report(out: Path) -> None:
+    """`report.html` from `summary.json` and the PPO runs' metrics: length, proxy and gold over
+    training, proxy and gold against KL (gold peak marked), and the evaluation table."""
+    summary = json.loads((out / "summary.json").read_text())
+    names = summary.get("runs") or [name for name in summary["eval"] if name != "sft"]
+    logs = {name: read_metrics(out / f"ppo_{i}" / "metrics.jsonl") for i, name in enumerate(names)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, rows in logs.items():
         for ax, key in zip(axes, ("response_length", "proxy_reward", "gold_score")):
@@ -115,16 +128,24 @@ def main() -> None:
             ax.set_title(f"{key} (training samples)")
             ax.set_xlabel("PPO step")
     axes[0].legend(fontsize=8)
-    columns, rows = metric_table(metrics)
+    columns, table = metric_table(summary["eval"])
+    peaks = {name: gold_peak([r["proxy_reward"] for r in rows], [r["gold_score"] for r in rows])
+             for name, rows in logs.items()}
+    labels = summary["labels"]
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>length hacking</title></head><body>"
-            f"<h1>Length hacking: annotators add {args.bias} per word</h1>"
+            f"<h1>Length hacking: annotators add {summary['bias_per_word']} per word</h1>"
             f"<p>Biased annotators: temperature {labels['temperature']:.2f}, agreement {labels['agreement']:.1%}. "
-            f"PPO {args.steps} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
-            + figure_html("over training", png_data(fig)) + html_table(columns, rows) + "</body></html>")
+            f"PPO {summary['steps']} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
+            + figure_html("over training", png_data(fig)) + html_table(columns, table)
+            + "".join(figure_html(f"{name}: proxy and gold against KL", overoptimisation_plot(
+                rows, "kl", "KL to SFT per sequence (k1, training samples)", "proxy_reward", "proxy: biased reward model"))
+                for name, rows in logs.items())
+            + "</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")
+    print("gold peaks (logged step index; None = gold does not turn down while the proxy rises):", peaks)
     print(json.dumps({name: {k: m.get(k) for k in ("length_tokens", "gold_sampled", "proxy_sampled",
                                                    "kl_k1_per_sequence", "win_rate_sampled")}
-                      for name, m in metrics.items()}, indent=2))
+                      for name, m in summary["eval"].items()}, indent=2))
     print(f"report: {(out / 'report.html').resolve()}")
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.reward import RewardModel, last_token_index
+from rlhfkit.models.reward import RewardModel, last_token_index, value_model_from
 
 TEXTS = ["Q: Ann has 3 pens, buys 2 more.\nA: 3 + 2 = 5. The answer is 5.", "User: Hi\nAssistant: Good luck!"]
 
@@ -145,3 +145,19 @@ def test_lm_logits_without_the_head_is_a_user_error(tiny_model_dir):
     model = RewardModel.from_pretrained(tiny_model_dir)
     with pytest.raises(RlhfkitError, match="with_lm_head=True"):
         model.lm_logits(torch.zeros(1, 2, model.model.config.hidden_size))
+
+
+def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(tiny_model_dir, tokenizer, tmp_path):
+    ensemble = RewardModel.from_pretrained(tiny_model_dir, num_heads=3)
+    with torch.no_grad():
+        for p in ensemble.model.score.parameters():
+            p.normal_(0, 1, generator=torch.Generator().manual_seed(0))
+    ensemble.save_pretrained(tmp_path / "rm")
+    ids, mask = encode(tokenizer, ["User: hi\nAssistant: hello", "User: tips?\nAssistant: sleep early"])
+    critic = value_model_from(tmp_path / "rm")
+    assert critic.num_heads == 1
+    with torch.no_grad():
+        expected = ensemble(ids, mask).rewards.mean(dim=-1, keepdim=True)
+        assert torch.allclose(critic(ids, mask).rewards, expected, atol=1e-5)
+    # from a causal LM: a fresh single head; from a one-head reward model: that model itself
+    assert value_model_from(tiny_model_dir).num_heads == 1

@@ -113,6 +113,26 @@ class RewardModel(nn.Module):
         self.model.save_pretrained(out_dir)
 
 
+def value_model_from(path: str | Path) -> RewardModel:
+    """A one-head model for PPO's critic, started from `path`: a reward model keeps its backbone
+    and head (an ensemble's heads averaged into one, so the critic starts at the ensemble's mean
+    reward); a causal LM gets a fresh head."""
+    config = AutoConfig.from_pretrained(path) if (Path(path) / "config.json").is_file() else None
+    is_reward_model = config is not None and any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    heads = config.num_labels if is_reward_model else 1
+    model = RewardModel.from_pretrained(path, num_heads=heads)
+    if heads > 1:
+        name, head = next((n, m) for n, m in model.model.named_children() if n != model.model.base_model_prefix)
+        single = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype)
+        with torch.no_grad():
+            single.weight.copy_(head.weight.mean(dim=0, keepdim=True))
+            if head.bias is not None:
+                single.bias.copy_(head.bias.mean().reshape(1))
+        setattr(model.model, name, single)
+        model.model.config.num_labels = 1
+    return model
+
+
 def _lm_head_for(model: nn.Module, path: str | Path, dtype) -> nn.Module:
     """The vocabulary projection for the imitation loss. With tied embeddings it is the
     backbone's own input embedding (shared, trained with it); otherwise the causal LM's head."""

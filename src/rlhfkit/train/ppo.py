@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.reward import value_model_from
 from rlhfkit.objectives.advantages import gae, kl_shaped_rewards
 from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty
@@ -108,7 +108,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     # step 1. actor + reference, reward, prompts (shared bookkeeping), then the critic
     run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo", reward_spec=spec)
     critic_dir = cfg.reward_model if cfg.critic_init == "reward_model" else cfg.model
-    critic = run.extra_model("critic", lambda path: RewardModel.from_pretrained(path, num_heads=1), critic_dir)
+    critic = run.extra_model("critic", value_model_from, critic_dir)
     run.extra_optimizer("critic", critic.parameters(), cfg.critic_lr)
     kl_coef = run.extra_state.get("kl_coef", cfg.kl_coef)
     result = PPOResult(model_dir=run_dir.final)
