@@ -250,17 +250,23 @@ def test_critique_command_writes_sft_rows(monkeypatch, capsys, tmp_path, tiny_mo
     assert not (tmp_path / "runs" / "cai" / "preferences.jsonl").exists()  # no judge, no preference rows
 
 
-def test_eval_command_measures_a_checkpoint_against_a_baseline(monkeypatch, capsys, tmp_path, tiny_model_dir):
+def perturbed_copy(model_dir, out):
+    """Another policy: the tiny model with its weights moved a little, saved with its tokenizer."""
     import torch
 
     from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 
-    other = load_causal_lm(tiny_model_dir)
+    other = load_causal_lm(model_dir)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-    other.save_pretrained(tmp_path / "other")
-    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "other")
+    other.save_pretrained(out)
+    load_tokenizer(model_dir).save_pretrained(out)
+    return out
+
+
+def test_eval_command_measures_a_checkpoint_against_a_baseline(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    perturbed_copy(tiny_model_dir, tmp_path / "other")
     code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'other'}]", f"baseline={tiny_model_dir}",
                               "task=arith", "num_prompts=4", "samples_per_prompt=2", "max_new_tokens=8",
                               "--runs-dir", tmp_path, "--name", "ev")
@@ -280,3 +286,39 @@ def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_mo
     assert_one_line_error(code, err, "judge=reward_model needs reward_model=PATH")
     code, _, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'nothing'}]", "--runs-dir", tmp_path)
     assert_one_line_error(code, err, "not a saved model directory")
+
+
+def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    heldout = write_rows(tmp_path / "heldout.jsonl", [GOOD_RANKING, {**GOOD_RANKING, "responses": [" Hi.", " Go."]}])
+    common = [f"baseline={tiny_model_dir}", "task=advice", "num_prompts=3", "samples_per_prompt=2",
+              "max_new_tokens=6", "--runs-dir", tmp_path]
+    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{tiny_model_dir}]", "judge=reward_model",
+                              f"reward_model={tmp_path / 'rm'}", f"heldout_pairs={heldout}", "--name", "by_rm", *common)
+    assert code == 0, err
+    result = json.loads((tmp_path / "by_rm" / "eval.json").read_text())
+    assert result["judge"] == "reward_model" and result["reward_model"]["pairs"] == 2
+    assert 0.0 <= result["reward_model"]["accuracy"] <= 1.0 and "reward model on" in out
+    # the baseline listed among the models is measured once, with no win rate against itself
+    theirs = result["models"][str(tiny_model_dir)]
+    assert theirs["proxy_sampled_n"] == 6 and "win_rate_greedy" not in theirs
+
+    other = perturbed_copy(tiny_model_dir, tmp_path / "other")
+    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{other}]", "judge=ai",
+                              f"judge_model={tiny_model_dir}", "--name", "by_ai", *common)
+    assert code == 0, err
+    result = json.loads((tmp_path / "by_ai" / "eval.json").read_text())
+    ours = result["models"][str(other)]
+    assert result["judge"] == "ai" and ours["win_rate_greedy_n"] == 3 and ours["win_rate_sampled_n"] == 6
+    assert 0.0 <= ours["judge_flip_rate_sampled"] <= 1.0
+
+
+def test_ai_win_rate_counts_a_verdict_of_one_half_as_a_tie():
+    from rlhfkit.eval.run_eval import ai_win_rate
+
+    rate = ai_win_rate([0.9, 0.5, 0.2, 0.7])
+    assert (rate.wins, rate.ties, rate.losses) == (2, 1, 1) and rate.rate == 2.5 / 4

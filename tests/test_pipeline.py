@@ -47,9 +47,11 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
         assert advice[method]["proxy_sampled_n"] == 8 and advice[method]["kl_k1_per_sequence_n"] == 8
     # the SFT model is the reference: its KL to itself is zero (up to cached vs full-pass rounding)
     assert abs(advice["sft"]["kl_k1_per_sequence"]) < 1e-5 and abs(arith["sft"]["kl_k3_per_token"]) < 1e-6
-    # GRPO's own first evaluation is the SFT model, greedy, on the same held-out prompts
-    assert summary["grpo"]["accuracy_before"] == arith["sft"]["greedy_accuracy"]
-    assert summary["raft"]["accuracy"] == arith["raft"]["greedy_accuracy"] and summary["raft"]["rounds"] == 2
+    assert summary["raft"]["rounds"] == 2 and 0.0 <= arith["raft"]["greedy_accuracy"] <= 1.0
+    # the RL stages leave evaluation to the evaluate stage: no evaluation lines in their logs
+    for stage in ("ppo", "grpo", "raft"):
+        lines = (tmp_path / "tiny" / stage / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 2 and not any("eval_" in line for line in lines)
     assert set(arith["grpo"]) >= {"pass@1", "pass@2", "maj@1", "maj@2"}
     assert arith["grpo"]["pass@1"] <= arith["grpo"]["pass@2"]
     assert summary["dpo"]["steps"] == 2 and summary["dpo"]["loss"] == "plackett_luce"

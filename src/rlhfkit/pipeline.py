@@ -144,7 +144,6 @@ class Pipeline:
             "steps": len(result.history), "kl": last["kl"], "stopped_at_kl_limit": result.stopped_at_kl_limit,
             "proxy_first": first["proxy_reward"], "proxy_last": last["proxy_reward"],
             "gold_first": first["gold_score"], "gold_last": last["gold_score"],
-            "eval_gold_score": result.evals[-1][1]["gold_score"],
         }
         return result.model_dir
 
@@ -156,11 +155,8 @@ class Pipeline:
         save_config(cfg, run.config_path)
         result = train_grpo(cfg, run)
         first, last = result.history[0], result.history[-1]
-        before, after = result.evals[0][1], result.evals[-1][1]
         self.summary["grpo"] = {
-            "steps": len(result.history), "kl": last.get("kl", 0.0),
-            "accuracy_before": before["accuracy"], "accuracy": after["accuracy"],
-            "step_accuracy": after["step_accuracy"], "reward_first": first["reward_mean"],
+            "steps": len(result.history), "kl": last.get("kl", 0.0), "reward_first": first["reward_mean"],
             "reward_last": last["reward_mean"], "length_first": first["response_length"],
             "length_last": last["response_length"],
         }
@@ -185,9 +181,7 @@ class Pipeline:
         run = prepare_run_dir(self.root / "raft", resume=False, overwrite=True)
         save_config(cfg, run.config_path)
         result = train_raft(cfg, run)
-        before, after = result.evals[0][1], result.evals[-1][1]
-        self.summary["raft"] = {"rounds": len(result.history), "accuracy_before": before["accuracy"],
-                                "accuracy": after["accuracy"], "step_accuracy": after["step_accuracy"],
+        self.summary["raft"] = {"rounds": len(result.history),
                                 "kept": sum(row["kept_count"] for row in result.history)}
         return result.model_dir
 

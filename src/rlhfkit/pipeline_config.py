@@ -76,11 +76,13 @@ class PipelineConfig:
     collect: CollectStage = field(default_factory=CollectStage)
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=150, batch_size=16, lr=1e-3,
                                                                   eval_every=0, save_every=0))
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=0, save_every=0))
-    """PPO on advice against the stage's reward model (model, reward_model and prompts are filled in)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=-1, save_every=0))
+    """PPO on advice against the stage's reward model (model, reward_model and prompts are filled in).
+    The RL stages do not evaluate themselves (eval_every=-1): the evaluate stage measures every
+    policy alike."""
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
         task="arith", max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8, mini_batch_size=128,
-        eval_every=0, save_every=0))
+        eval_every=-1, save_every=0))
     """GRPO on arith with the verifiable reward (model and prompts are filled in)."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
         loss=DPOLoss.PLACKETT_LUCE, beta=0.5, max_steps=100, batch_size=16, lr=1e-4, precompute_ref=True,
@@ -88,7 +90,7 @@ class PipelineConfig:
     """DPO on the collected rankings (model and data are filled in). beta 0.5, not 0.1: on these
     rankings a small beta lets the policy drift until its samples lose to SFT's (README)."""
     raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
-        max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=0, save_every=0))
+        max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=-1, save_every=0))
     """RAFT on arith with the verifiable reward (model and prompts are filled in)."""
     advice_eval_samples: int = 2
     """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one greedy."""

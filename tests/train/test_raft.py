@@ -91,6 +91,13 @@ def test_top_fraction_keeps_that_share_of_the_round(tiny_model_dir, tmp_path):
     assert all(row["kept_reward_mean"] >= row["reward_mean"] for row in history)
 
 
+@pytest.mark.parametrize("eval_every, evaluated_at", [(0, [0, 2]), (1, [0, 1, 2]), (-1, [])])
+def test_eval_every_evaluates_at_the_start_and_end_or_never(tiny_model_dir, tmp_path, eval_every, evaluated_at):
+    cfg = config(tiny_model_dir, tmp_path, max_steps=2, eval_every=eval_every)
+    result = train_raft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    assert [step for step, _ in result.evals] == evaluated_at and len(result.history) == 2
+
+
 @pytest.mark.parametrize("mode", ["raft", "online_rft"])
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir, tmp_path, mode):
     cfg = config(tiny_model_dir, tmp_path, mode=mode, reward_threshold=1.2, max_steps=4, save_every=2)

@@ -110,7 +110,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     rollout_size = cfg.prompts_per_step * cfg.group_size
 
     with run:
-        if run.start_step == 0:
+        if run.start_step == 0 and cfg.eval_every >= 0:
             result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
@@ -163,7 +163,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             result.history.append(row)
             done = step + 1
-            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):

@@ -51,7 +51,7 @@ class PolicyRunConfig:
     lora_alpha: int = 16
     """LoRA scaling numerator."""
     eval_every: int = 25
-    """Greedy evaluation on the held-out prompts every this many steps (0 = only at the start and end)."""
+    """Greedy evaluation on the held-out prompts every this many steps (0 = only at the start and end; -1 = never)."""
     eval_max_new_tokens: int = 48
     """Length limit at evaluation."""
     save_every: int = 25

@@ -114,7 +114,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     result = PPOResult(model_dir=run_dir.final)
 
     with run:
-        if run.start_step == 0:
+        if run.start_step == 0 and cfg.eval_every >= 0:
             result.evals.append((0, run.evaluate({})))
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
@@ -162,7 +162,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             result.history.append(row)
             done = step + 1
             stop = sequence_kl > cfg.kl_limit
-            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True) or stop:
+            if cfg.eval_every >= 0 and (is_due(done, cfg.eval_every, cfg.max_steps, at_end=True) or stop):
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if stop:

@@ -73,7 +73,7 @@ class RAFTConfig(PolicyRunConfig):
     max_steps: int = 20
     """Rounds (raft) or steps (online_rft)."""
     eval_every: int = 5
-    """Greedy evaluation on the held-out prompts every this many rounds (0 = only at the start and end)."""
+    """Greedy evaluation on the held-out prompts every this many rounds (0 = only at the start and end; -1 = never)."""
     save_every: int = 5
     """Checkpoint every this many rounds (0 = only the final model)."""
 
@@ -164,7 +164,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
     result = RAFTResult(model_dir=run_dir.final)
 
     with run:
-        if run.start_step == 0:
+        if run.start_step == 0 and cfg.eval_every >= 0:
             result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
@@ -189,7 +189,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
             row.update(info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item())
             result.history.append(row)
             done = step + 1
-            if is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
                 result.evals.append((done, run.evaluate(row)))
             run.log(done, row)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
