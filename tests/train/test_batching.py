@@ -50,3 +50,9 @@ def test_stream_rows_always_gives_count_rows_and_walks_whole_epochs():
     import torch
     stream = [i for epoch in range(2) for i in torch.randperm(10, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)).tolist()]
     assert flat == stream
+
+
+def test_file_order_takes_consecutive_rows_and_wraps():
+    assert micro_batch_rows(5, 2, seed=0, micro_index=0, shuffle=False) == [0, 1]
+    assert micro_batch_rows(5, 2, seed=0, micro_index=2, shuffle=False) == [4, 0]  # wraps past the end
+    assert micro_batch_rows(5, 2, seed=9, micro_index=3, shuffle=False) == [1, 2]  # the seed plays no part

@@ -68,3 +68,21 @@ def test_checkpoints_are_written_and_pruned(tiny_model_dir, arith_data, tmp_path
     # steps 2, 4, 6 were saved (8 is the final model); only the last two are kept
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000004", "step_00000006"]
     assert (run.checkpoints / "step_00000006" / "checkpoint.json").is_file()
+
+
+def test_file_order_trains_the_first_step_on_the_first_rows(tiny_model_dir, arith_data, tmp_path):
+    from rlhfkit.data.formats import Format
+    from rlhfkit.data.loading import load_examples
+    from rlhfkit.data.tokenize import tokenize_sft
+    from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+    from rlhfkit.train.sft import eval_loss
+
+    train, held_out = arith_data
+    cfg = config(tiny_model_dir, train, held_out, max_steps=1, warmup_steps=0, shuffle=False, eval_every=0,
+                 sample_every=0)
+    first_loss = train_sft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)).train_losses[0]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rows, _ = tokenize_sft(tokenizer, load_examples(train, Format.SFT)[:8], max_length=cfg.max_length,
+                           truncation=cfg.truncation)
+    # the loss of step 1 is the untrained model's token-mean loss on rows 0-7 of the file
+    assert first_loss == pytest.approx(eval_loss(load_causal_lm(tiny_model_dir), rows, tokenizer.pad_token_id, 8), abs=1e-5)

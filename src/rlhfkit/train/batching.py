@@ -7,9 +7,13 @@ batches, and the order is reproducible across runs and machines.
 import torch
 
 
-def micro_batch_rows(num_rows: int, batch_size: int, seed: int, micro_index: int) -> list[int]:
+def micro_batch_rows(num_rows: int, batch_size: int, seed: int, micro_index: int, *, shuffle: bool = True) -> list[int]:
     """Row indices of micro-batch `micro_index`: each epoch is a fresh seeded permutation,
-    cut into ceil(num_rows / batch_size) batches (the last one may be smaller)."""
+    cut into ceil(num_rows / batch_size) batches (the last one may be smaller). Without
+    `shuffle`, file order: batch k holds rows k*B ... (k+1)*B - 1, wrapping past the end, the
+    order fixed benchmark workloads prescribe."""
+    if not shuffle:
+        return [(micro_index * batch_size + i) % num_rows for i in range(min(batch_size, num_rows))]
     per_epoch = -(-num_rows // batch_size)
     epoch, offset = divmod(micro_index, per_epoch)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

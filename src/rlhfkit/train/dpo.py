@@ -106,6 +106,8 @@ class DPOConfig:
     """Checkpoints kept on disk."""
     seed: int = 0
     """Seeds the data order and every RNG."""
+    shuffle: bool = True
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
@@ -219,8 +221,8 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 5. this step's groups, fixed by (seed, position) alone
-            micro_rows = [micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k)
-                          for k in range(cfg.grad_accum)]
+            micro_rows = [micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k,
+                                           shuffle=cfg.shuffle) for k in range(cfg.grad_accum)]
             num_groups = sum(len(rows) for rows in micro_rows)
             batches = (make_batch([train[i] for i in rows], pad, device) for rows in micro_rows)
 

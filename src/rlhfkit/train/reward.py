@@ -87,6 +87,8 @@ class RewardConfig:
     """Checkpoints kept on disk."""
     seed: int = 0
     """Seeds the data order, head initialisation and the bootstrap."""
+    shuffle: bool = True
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
@@ -176,7 +178,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 3. this step's prompts, fixed by (seed, step) alone
-            row_ids = micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step)
+            row_ids = micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step, shuffle=cfg.shuffle)
             # step 4. score every response once; loss over all pairs of each prompt
             loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device)
             loss.backward()

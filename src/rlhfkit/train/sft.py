@@ -80,6 +80,8 @@ class SFTConfig:
     """Checkpoints kept on disk."""
     seed: int = 0
     """Seeds the data order and every RNG."""
+    shuffle: bool = True
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
@@ -160,7 +162,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             # length-sorted chunks so that padding costs no compute (same loss: one denominator)
             micro = [move_batch(pad_batch(chunk, tokenizer.pad_token_id), device) for k in range(cfg.grad_accum)
                      for chunk in _length_chunks([train[i] for i in micro_batch_rows(
-                         len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k)])]
+                         len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k, shuffle=cfg.shuffle)])]
             num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
 
             # step 4. forward/backward: token mean over the whole accumulated batch
