@@ -170,10 +170,9 @@ def _run_feedback(args, cfg) -> None:
 def _run_eval(args, cfg) -> None:
     """`rlhfkit eval`: a measurement, so nothing to resume; prints one table, writes eval.json."""
     from rich.console import Console
-    from rich.table import Table
 
     from rlhfkit.eval.run_eval import run_eval
-    from rlhfkit.eval.tables import metric_table
+    from rlhfkit.eval.tables import metric_table, rich_table
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.rundir import prepare_run_dir
 
@@ -187,13 +186,10 @@ def _run_eval(args, cfg) -> None:
         shutil.rmtree(run.root, ignore_errors=True)  # bad input: the corrected command starts cleanly
         raise
     columns, rows = metric_table(result["models"])
-    table = Table(title=f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}")
-    for column in columns:
-        table.add_column(column if column == "metric" else "/".join(Path(column).parts[-2:]))
-    for row in rows:
-        table.add_row(*row)
+    short = [column if column == "metric" else "/".join(Path(column).parts[-2:]) for column in columns]
     console = Console()
-    console.print(table)
+    console.print(rich_table(f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}",
+                             short, rows))
     if "reward_model" in result:
         rm = result["reward_model"]
         console.print(f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "

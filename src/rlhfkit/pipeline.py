@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.loading import write_jsonl
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
 from rlhfkit.eval.report import write_report
+from rlhfkit.eval.tables import rich_table
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
@@ -197,7 +197,7 @@ class Pipeline:
         sft = load_causal_lm(models["sft"]).to(device)
         tokenizer = load_tokenizer(models["sft"])
         proxy = load_reward_model_source(str(rm_dir), tokenizer=tokenizer, device=device, batch_size=256,
-                                         max_length=self.cfg.rm.max_length, uncertainty_coef=0.0, name="reward model")
+                                         max_length=c.rm.max_length, uncertainty_coef=0.0, name="reward model")
         plan = {"advice": (ADVICE_METHODS, c.advice_eval_samples, proxy), "arith": (ARITH_METHODS, c.arith_eval_samples, None)}
         for task_name, (methods, samples, task_proxy) in plan.items():
             task, prompts, evals = self.tasks[task_name], self.eval_prompts[task_name], {}
@@ -231,19 +231,10 @@ class Pipeline:
 
     def report(self) -> None:
         """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""
-        stages = Table(title=f"rlhfkit pipeline: {self.root}")
-        for column in ("stage", "result", "yardstick", "wall time"):
-            stages.add_column(column)
-        for row in stage_rows(self.summary):
-            stages.add_row(*row)
-        self.console.print(stages)
+        self.console.print(rich_table(f"rlhfkit pipeline: {self.root}", ["stage", "result", "yardstick", "wall time"],
+                                      stage_rows(self.summary)))
         for task, (columns, rows) in eval_tables(self.summary).items():
-            evaluation = Table(title=f"{task}: held-out evaluation (gold = the hidden annotator)")
-            for column in columns:
-                evaluation.add_column(column)
-            for row in rows:
-                evaluation.add_row(*row)
-            self.console.print(evaluation)
+            self.console.print(rich_table(f"{task}: held-out evaluation (gold = the hidden annotator)", columns, rows))
         with open(self.root / "summary.json", "w") as f:
             json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)
         path = write_report(self.root, self.summary, self.side_by_side)

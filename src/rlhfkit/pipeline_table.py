@@ -1,7 +1,7 @@
 """The main job's tables, built from its summary alone, so the terminal, the HTML report and
 `summary.json` always show the same numbers."""
 
-from rlhfkit.eval.tables import metric_table, rate
+from rlhfkit.eval.tables import largest_k, metric_table, rate
 
 ADVICE_METHODS = ("sft", "ppo", "dpo")
 ARITH_METHODS = ("sft", "grpo", "raft")
@@ -37,7 +37,7 @@ def stage_rows(s: dict) -> list[list[str]]:
 
 
 def _passk(m: dict) -> str:
-    top = max(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
+    top = largest_k(m)
     return f"pass@{top} {m[f'pass@{top}']:.0%}, maj@{top} {m[f'maj@{top}']:.0%}"
 
 

@@ -56,13 +56,14 @@ def evaluate_model(
     m = result.metrics
     m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
     m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
+    tokens = sum(sampled.flat(sampled.lengths))
     # step 1. KL to the reference on the policy's own samples
     for name, values in sampled.kl.items():
         per_sequence = sampled.flat(values)
         m.update(_prefixed(f"kl_{name}_per_sequence", mean_with_interval(per_sequence)))
-        m[f"kl_{name}_per_token"] = sum(per_sequence) / max(1, sum(sampled.flat(sampled.lengths)))
+        m[f"kl_{name}_per_token"] = sum(per_sequence) / max(1, tokens)
     # step 2. the reward-hacking signs
-    m["length_tokens"] = sum(sampled.flat(sampled.lengths)) / max(1, len(sampled_texts))
+    m["length_tokens"] = tokens / max(1, len(sampled_texts))
     m["repetition"] = repetition_rate(sampled_texts)
     m["distinct_1"], m["distinct_2"] = distinct_n(sampled_texts, 1), distinct_n(sampled_texts, 2)
     if proxy is not None:

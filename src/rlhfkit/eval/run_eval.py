@@ -116,10 +116,13 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge.value, "models": {}}
     if baseline is not None:
         out["models"][cfg.baseline] = baseline.metrics
+    judge = (load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)) \
+        if cfg.judge is Judge.AI and baseline is not None else None
     for path in cfg.models:
         result = evaluate(path)
         if baseline is not None and path != cfg.baseline:
-            result.metrics.update(_judged_win_rates(cfg, result, baseline, prompts, device))
+            result.metrics.update(win_rates(result, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
+                                  if judge is None else ai_win_rates(*judge, result, baseline, prompts))
         out["models"][path] = result.metrics
     # step 3. the reward model on held-out comparisons
     if cfg.heldout_pairs:
@@ -129,10 +132,9 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     return out
 
 
-def _judged_win_rates(cfg: EvalConfig, candidate: ModelEval, baseline: ModelEval, prompts, device) -> dict:
-    if cfg.judge is not Judge.AI:
-        return win_rates(candidate, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
-    judge, judge_tokenizer = load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)
+def ai_win_rates(judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts) -> dict:
+    """Win rates by an AI judge: each answer against the baseline's answer i to the same prompt,
+    asked in both orders; with the share of verdicts the order flips."""
     out = {}
     for kind, ours, theirs in (("greedy", candidate.greedy, baseline.greedy), ("sampled", candidate.sampled, baseline.sampled)):
         asked = [p.prompt for p, row in zip(prompts, ours.texts) for _ in row]

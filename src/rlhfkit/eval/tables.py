@@ -1,6 +1,8 @@
 """Tables of evaluation metrics, one column per model, written from the metrics dicts alone
 (`model_eval.evaluate_model`), so every place that shows them shows the same numbers."""
 
+from rich.table import Table
+
 
 def rate(metrics: dict, key: str) -> str:
     """A win rate with its 95% interval, e.g. `59% [52, 66]`."""
@@ -24,13 +26,14 @@ EVAL_METRICS = [
     ("repeated 4-grams", "repetition", lambda m: f"{m['repetition']:.3f}"),
     ("distinct-2", "distinct_2", lambda m: f"{m['distinct_2']:.3f}"),
     ("pass@1", "pass@1", lambda m: f"{m['pass@1']:.1%}"),
-    ("pass@k", "pass@1", lambda m: f"{m[_top('pass', m)]:.1%}"),
-    ("maj@k", "maj@1", lambda m: f"{m[_top('maj', m)]:.1%}"),
+    ("pass@k", "pass@1", lambda m: f"{m[f'pass@{largest_k(m)}']:.1%}"),
+    ("maj@k", "maj@1", lambda m: f"{m[f'maj@{largest_k(m)}']:.1%}"),
 ]
 
 
-def _top(kind: str, m: dict) -> str:
-    return f"{kind}@{max(int(key.split('@')[1]) for key in m if key.startswith(kind + '@'))}"
+def largest_k(m: dict) -> int:
+    """The largest k of a model's pass@k metrics (its samples per prompt)."""
+    return max(int(key.split("@")[1]) for key in m if key.startswith("pass@"))
 
 
 def metric_table(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
@@ -40,6 +43,17 @@ def metric_table(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     for label, key, write in EVAL_METRICS:
         present = [key in models[name] for name in names]
         if any(present):
-            k = next(_top("pass", models[n]) for n, ok in zip(names, present) if ok).split("@")[1] if "@k" in label else ""
-            rows.append([label.replace("@k", "@" + k)] + [write(models[n]) if ok else "" for n, ok in zip(names, present)])
+            if "@k" in label:  # name the k: that of the first model that has it
+                label = label.replace("@k", f"@{largest_k(next(models[n] for n, ok in zip(names, present) if ok))}")
+            rows.append([label] + [write(models[n]) if ok else "" for n, ok in zip(names, present)])
     return ["metric", *names], rows
+
+
+def rich_table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """The terminal's form of a table."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table

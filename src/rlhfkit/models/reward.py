@@ -41,6 +41,11 @@ def _score_head(model: nn.Module) -> nn.Linear:
     return heads[0]
 
 
+def is_reward_model(config) -> bool:
+    """Whether a saved model's config is a sequence classifier (a trained reward model)."""
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+
+
 class RewardModel(nn.Module):
     """Backbone + head scoring a sequence at its last non-padding token.
 
@@ -74,8 +79,7 @@ class RewardModel(nn.Module):
         if not (Path(path) / "config.json").is_file():
             raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
         config = AutoConfig.from_pretrained(path)
-        is_reward_model = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
-        if is_reward_model and config.num_labels != num_heads:
+        if is_reward_model(config) and config.num_labels != num_heads:
             raise RlhfkitError(f"{path} has {config.num_labels} reward heads, {num_heads} were asked for")
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_heads, dtype=dtype)
         if model.config.pad_token_id is None:
@@ -118,9 +122,8 @@ def value_model_from(path: str | Path) -> RewardModel:
     and head (an ensemble's heads averaged into one, so the critic starts at the ensemble's mean
     reward); a causal LM gets a fresh head."""
     config = AutoConfig.from_pretrained(path) if (Path(path) / "config.json").is_file() else None
-    is_reward_model = config is not None and any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
-    heads = config.num_labels if is_reward_model else 1
-    model = RewardModel.from_pretrained(path, num_heads=heads)
+    heads = config.num_labels if config is not None and is_reward_model(config) else 1
+    model = RewardModel.from_pretrained(path, num_heads=heads)  # a missing config.json is its error
     if heads > 1:
         name, head = next((n, m) for n, m in model.model.named_children() if n != model.model.base_model_prefix)
         single = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype)

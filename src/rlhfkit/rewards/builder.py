@@ -21,7 +21,7 @@ from transformers import AutoConfig
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer
-from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.reward import RewardModel, is_reward_model
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
@@ -112,10 +112,9 @@ def load_reward_model_source(
     if not (Path(path) / "config.json").is_file():
         raise RlhfkitError(f"reward source '{name}': {path} is not a saved model directory (no config.json)")
     config = AutoConfig.from_pretrained(path)
-    architectures = config.architectures or []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+    if not is_reward_model(config):
         # Loading a causal LM here would bolt on a new, untrained head: random rewards.
-        found = ", ".join(architectures) or "none"
+        found = ", ".join(config.architectures or []) or "none"
         raise RlhfkitError(f"reward source '{name}': {path} is not a trained reward model (architectures: {found})")
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
     # The tokenizer saved with the reward model is the one its training data went through.

@@ -39,8 +39,12 @@ class PreallocatedLayer(DynamicLayer):
         self.key_buffer[:, :, self.length : end] = key_states
         self.value_buffer[:, :, self.length : end] = value_states
         self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        self._filled_views()
         return self.keys, self.values
+
+    def _filled_views(self) -> None:
+        """`keys` / `values`: views of the filled positions, what attention reads."""
+        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
 
     def get_seq_length(self) -> int:
         return self.length
@@ -52,7 +56,7 @@ class PreallocatedLayer(DynamicLayer):
         if self.length:
             self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
             self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+            self._filled_views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
@@ -62,13 +66,12 @@ class PreallocatedLayer(DynamicLayer):
             self.value_buffer = values.new_empty((values.shape[0], values.shape[1], self.capacity, values.shape[-1]))
             self.key_buffer[:, :, : self.length] = keys
             self.value_buffer[:, :, : self.length] = values
-            self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+            self._filled_views()
 
 
 def preallocated_cache(capacity: int) -> DynamicCache:
     """A `DynamicCache` (to the model it is one) whose layers are `PreallocatedLayer`s of
     `capacity` positions, created as the model first updates each layer."""
-    cache = DynamicCache()
-    cache.layers = []
+    cache = DynamicCache()  # no layers yet: each is made by `layer_class_to_replicate` on first use
     cache.layer_class_to_replicate = partial(PreallocatedLayer, capacity)
     return cache
