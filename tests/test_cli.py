@@ -322,3 +322,14 @@ def test_ai_win_rate_counts_a_verdict_of_one_half_as_a_tie():
 
     rate = ai_win_rate([0.9, 0.5, 0.2, 0.7])
     assert (rate.wins, rate.ties, rate.losses) == (2, 1, 1) and rate.rate == 2.5 / 4
+
+
+def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run_main(monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=3")
+    assert code == 0 and json.loads(out)["shuffle"] is False and json.loads(out)["group_size"] == 3
+    code, out, err = run_main(monkeypatch, capsys, "rloo", f"model={tiny_model_dir}", "max_steps=1", "prompts_per_step=2",
+                              "group_size=2", "mini_batch_size=4", "max_new_tokens=4", "eval_prompts=2",
+                              "eval_max_new_tokens=4", "train_prompts=16", "eval_every=0", "progress=false",
+                              "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    assert "held-out arith: {'accuracy'" in out and f"model saved to {tmp_path / 'runs' / 'rloo' / 'final'}" in out

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "iterative-grpo", "raft", "judge", "critique",
-                        "eval", "pipeline")
+COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "rloo", "iterative-grpo", "raft", "judge",
+                        "critique", "eval", "pipeline")
 
 
 def _quiet_libraries() -> None:
@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
              "online-dpo": "online, iterative or hybrid DPO: the policy's samples labelled during training, on a budget",
              "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
              "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
+             "rloo": "RLOO: leave-one-out baseline over G samples, KL penalty in the reward",
              "iterative-grpo": "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
              "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
              "judge": "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
@@ -74,6 +75,9 @@ def _config_class(command: str):
     if command == "grpo":
         from rlhfkit.train.grpo import GRPOConfig
         return GRPOConfig
+    if command == "rloo":
+        from rlhfkit.train.rloo import RLOOConfig
+        return RLOOConfig
     if command == "iterative-grpo":
         from rlhfkit.train.iterative_grpo import IterativeGRPOConfig
         return IterativeGRPOConfig
@@ -117,12 +121,13 @@ def _run_trainer(args, cfg) -> None:
             result = train_dpo(cfg, run, resume=args.resume)
             if result.evals:
                 print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
-        elif args.command in ("grpo", "ppo", "raft", "online-dpo"):
+        elif args.command in ("grpo", "rloo", "ppo", "raft", "online-dpo"):
             from rlhfkit.train.grpo import train_grpo
             from rlhfkit.train.online_dpo import train_online_dpo
             from rlhfkit.train.ppo import train_ppo
             from rlhfkit.train.raft import train_raft
-            train = {"grpo": train_grpo, "ppo": train_ppo, "raft": train_raft,
+            from rlhfkit.train.rloo import train_rloo
+            train = {"grpo": train_grpo, "rloo": train_rloo, "ppo": train_ppo, "raft": train_raft,
                      "online-dpo": train_online_dpo}[args.command]
             result = train(cfg, run, resume=args.resume)
             if result.evals:

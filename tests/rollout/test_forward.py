@@ -14,3 +14,45 @@ def test_response_logprobs_of_the_training_pass_equal_the_sampling_logprobs(mode
     assert diff < 1e-5
     assert (out.entropy[rollout.response_mask] > 0).all()
     assert (out.entropy <= torch.log(torch.tensor(300.0)) + 1e-4).all()  # at most log(vocab)
+
+
+def _logprobs_and_grads(model, rollout, **kwargs):
+    out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1], **kwargs)
+    # a loss that weighs every response token differently, so every gradient path counts
+    weights = torch.linspace(0.5, 1.5, out.logprobs.numel()).view_as(out.logprobs) * rollout.response_mask
+    (out.logprobs * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    return out, grads
+
+
+def test_prompts_shared_by_a_group_run_once_with_the_same_logprobs_and_gradients(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
+    model.train()
+    try:
+        plain, plain_grads = _logprobs_and_grads(model, rollout, temperature=1.3, with_entropy=True)
+        shared, shared_grads = _logprobs_and_grads(model, rollout, temperature=1.3, with_entropy=True, group_size=4)
+    finally:
+        model.eval()
+    mask = rollout.response_mask
+    assert (plain.logprobs.detach() - shared.logprobs.detach())[mask].abs().max() < 1e-5
+    assert (plain.entropy - shared.entropy)[mask].abs().max() < 1e-5
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, shared_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(model_and_tokenizer, monkeypatch):
+    from rlhfkit.rollout import forward
+
+    model, tokenizer = model_and_tokenizer
+    rollout = generate_samples(model, tokenizer, num_samples=2, max_new_tokens=8)
+    called = []
+    monkeypatch.setattr(forward, "_shared_prompt_logits", lambda *a: called.append(a) or None)
+    with torch.no_grad():
+        # 3 prompts x 2 samples: groups of 3 rows would mix two prompts
+        out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
+                                group_size=3)
+        plain = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
+    assert not called
+    assert torch.equal(out.logprobs, plain.logprobs)

@@ -56,3 +56,17 @@ def test_file_order_takes_consecutive_rows_and_wraps():
     assert micro_batch_rows(5, 2, seed=0, micro_index=0, shuffle=False) == [0, 1]
     assert micro_batch_rows(5, 2, seed=0, micro_index=2, shuffle=False) == [4, 0]  # wraps past the end
     assert micro_batch_rows(5, 2, seed=9, micro_index=3, shuffle=False) == [1, 2]  # the seed plays no part
+
+
+def test_policy_prompts_in_file_order_when_not_shuffled(tiny_model_dir, tmp_path):
+    from rlhfkit.runtime.rundir import prepare_run_dir
+    from rlhfkit.train.grpo import GRPOConfig
+    from rlhfkit.train.policy_run import PolicyRun
+
+    cfg = GRPOConfig(model=str(tiny_model_dir), train_prompts=10, eval_prompts=2, shuffle=False, progress=False,
+                     tensorboard=False)
+    run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
+                    needs_reference=False, stage="grpo")
+    pool = run.train_prompts
+    assert run.prompts_for_step(0, 4) == pool[:4] and run.prompts_for_step(1, 4) == pool[4:8]
+    assert run.prompts_for_step(2, 4) == pool[8:] + pool[: 12 - len(pool)]  # wraps to the start

@@ -28,7 +28,7 @@ def test_ppo_climbs_the_reward_and_logs_the_critic(tiny_model_dir, tmp_path):
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     row = result.history[-1]
     for key in ("value_loss", "explained_variance", "kl", "kl_coef", "clip_fraction", "entropy", "gold_score",
-                "time_generation", "time_reference", "time_values", "time_update"):
+                "time_generation", "time_reference", "time_values", "time_forward_backward", "time_optimizer"):
         assert key in row, key
     assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's
     assert result.history[-1]["kl"] > 0

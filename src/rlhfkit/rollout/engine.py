@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.kv_cache import preallocated_cache
+from rlhfkit.rollout.llama_step import FastDecoder, supports_fast_decode
 
 # Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
 # so compacting at every stop would cost more than the rows it saves.
@@ -99,6 +100,7 @@ def generate(
     top_k: int = 0,
     greedy: bool = False,
     generator: torch.Generator | None = None,
+    fast_decode: bool = True,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -111,6 +113,8 @@ def generate(
             tempered distribution, the policy that the losses differentiate.
         greedy: argmax decoding; log-probs are then those of softmax(logits).
         generator: the torch RNG to draw from (seeded by the caller, saved in checkpoints).
+        fast_decode: one-token steps through `llama_step` when the model is a plain Llama
+            (the same arithmetic, fewer launches); False = always through the model.
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -135,6 +139,8 @@ def generate(
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
 
+    # the one-token steps skip the module tree where the architecture allows (`llama_step`)
+    decoder = FastDecoder(model) if fast_decode and supports_fast_decode(model) else None
     # rows still in the cache (`rows`) and which of them are still sampling (`active`)
     rows = torch.arange(batch, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -164,9 +170,12 @@ def generate(
         # step 4. one cached forward step; stopped rows still in the batch feed padding
         tokens = torch.where(active, tokens, torch.full_like(tokens, pad_token_id))
         attention = torch.cat([attention, active.long().unsqueeze(1)], dim=1)
-        out = model(input_ids=tokens.unsqueeze(1), attention_mask=attention, position_ids=next_position.unsqueeze(1),
-                    past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1].float()
+        if decoder is not None:
+            logits = decoder.decode_step(tokens, next_position, attention, cache).float()
+        else:
+            out = model(input_ids=tokens.unsqueeze(1), attention_mask=attention,
+                        position_ids=next_position.unsqueeze(1), past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
         next_position = next_position + 1
 
     width = int(lengths.max()) if batch else 0

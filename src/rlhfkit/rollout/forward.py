@@ -2,11 +2,18 @@
 
 The training-side twin of `engine.generate`: the same positions (left padding skipped) and
 the same tempered distribution, so on an unchanged model both give the same log-probs.
+
+When G responses share each prompt (GRPO, RLOO), `group_size=G` runs each prompt once and
+lets its G responses attend to the prompt's keys and values (repeated, with their gradient),
+instead of running the prompt G times. The prompt's hidden states do not depend on what
+follows it (causal attention), so the log-probs and gradients are those of the full forward
+pass, to float rounding; the prompt's share of the work drops by a factor G.
 """
 
 from typing import NamedTuple
 
 import torch
+from transformers import DynamicCache
 
 from rlhfkit.objectives.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.rollout.engine import positions_from_mask
@@ -25,6 +32,7 @@ def response_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    group_size: int = 1,
 ) -> ResponseLogprobs:
     """log softmax(logits / T) of the last `response_len` tokens of each row.
 
@@ -35,21 +43,57 @@ def response_logprobs(
         response_len: how many trailing columns are the response.
         temperature: the sampling temperature, so the ratio to the sampling log-probs is exact.
         with_entropy: also return the per-token entropy (a metric; no gradient needed).
+        group_size: rows [k*G, (k+1)*G) share one prompt: each prompt runs once (see the module
+            docstring). Rows that do not form such groups take the plain path.
     Returns:
         ResponseLogprobs with (batch, response_len) tensors; values at masked positions are
         finite but meaningless.
     """
-    # The logits of position t predict token t + 1: the response needs the last response_len + 1
-    # positions except the very last, so the LM head runs on those only.
-    out = model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                position_ids=positions_from_mask(attention_mask), logits_to_keep=response_len + 1)
-    logits = out.logits[:, :-1].float() / temperature
+    if group_size > 1 and _shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size):
+        logits = _shared_prompt_logits(model, input_ids, attention_mask, response_len, group_size)
+    else:
+        # The logits of position t predict token t + 1: the response needs the last response_len + 1
+        # positions except the very last, so the LM head runs on those only.
+        out = model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                    position_ids=positions_from_mask(attention_mask), logits_to_keep=response_len + 1)
+        logits = out.logits[:, :-1]
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     logprobs = token_logprobs(logits, input_ids[:, -response_len:])
     entropy = None
     if with_entropy:
         with torch.no_grad():
             entropy = entropy_from_logits(logits)
     return ResponseLogprobs(logprobs, entropy)
+
+
+def _shares_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int) -> bool:
+    """Whether rows [k*G, (k+1)*G) hold the same prompt (ids and padding) for every k."""
+    rows = prompt_ids.shape[0]
+    if rows % group_size or prompt_ids.shape[1] == 0:
+        return False
+    shape = (rows // group_size, group_size, -1)
+    return bool((prompt_ids.view(shape) == prompt_ids[::group_size].unsqueeze(1)).all()
+                and (prompt_mask.view(shape) == prompt_mask[::group_size].unsqueeze(1)).all())
+
+
+def _shared_prompt_logits(model, input_ids, attention_mask, response_len: int, group_size: int) -> torch.Tensor:
+    """(batch, response_len, vocab) logits predicting each response token, each prompt run once."""
+    prompt_len = input_ids.shape[1] - response_len
+    prompt_ids, prompt_mask = input_ids[::group_size, :prompt_len], attention_mask[::group_size, :prompt_len]
+    # step 1. the distinct prompts; their last position predicts the first response token
+    cache = DynamicCache()
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    first = out.logits.repeat_interleave(group_size, dim=0)
+    if response_len == 1:
+        return first
+    # step 2. every response (but its last token, which predicts nothing) on its prompt's keys and values
+    cache.batch_repeat_interleave(group_size)
+    positions = attention_mask[:, :prompt_len].sum(dim=1, keepdim=True) + torch.arange(
+        response_len - 1, device=input_ids.device)
+    out = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1].long(),
+                position_ids=positions, past_key_values=cache, use_cache=True)
+    return torch.cat([first, out.logits], dim=1)
 
 
 def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:

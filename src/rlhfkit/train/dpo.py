@@ -97,7 +97,7 @@ class DPOConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    """Global gradient-norm clip."""
+    """Global gradient-norm clip (0 = none)."""
     eval_every: int = 50
     """Held-out metrics every this many steps (0 = only at the end)."""
     save_every: int = 50

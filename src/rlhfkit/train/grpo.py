@@ -23,29 +23,17 @@ from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
-from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun, Supervision, step_rewards_on_tokens
 from rlhfkit.train.schedule import is_due
 
 
 @dataclass(frozen=True)
-class GRPOConfig(PolicyRunConfig):
-    """The shared settings (`PolicyRunConfig`) plus GRPO's own."""
+class GRPOConfig(GroupRolloutConfig):
+    """The shared settings (`PolicyRunConfig`, `GroupRolloutConfig`) plus GRPO's own."""
 
     supervision: Supervision = Supervision.OUTCOME
     """outcome: one reward per response; process: step rewards placed on the tokens where steps end."""
-    prompts_per_step: int = 16
-    """Prompts per rollout; the rollout holds prompts_per_step * group_size responses."""
-    group_size: int = 8
-    """G: responses sampled per prompt."""
-    mini_batch_size: int = 64
-    """Responses per optimizer step; must divide prompts_per_step * group_size."""
-    mu: int = 1
-    """Passes over each rollout (inner iterations); 1 = strictly on-policy."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    top_k: int = 0
-    """Top-k sampling (0 = off)."""
     clip_eps: float = 0.2
     """Lower clip: the ratio may fall to 1 - clip_eps."""
     clip_eps_high: float = 0.2
@@ -71,11 +59,11 @@ class GRPOResult:
     evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, task metrics)
 
 
-def check_batch_sizes(cfg: GRPOConfig) -> None:
+def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
     """Reject sizes that cannot form whole groups or whole mini-batches, saying what to change."""
     rollout = cfg.prompts_per_step * cfg.group_size
     if cfg.group_size < 2:
-        raise ConfigError(f"group_size={cfg.group_size}: GRPO needs at least 2 responses per prompt")
+        raise ConfigError(f"group_size={cfg.group_size}: group baselines need at least 2 responses per prompt")
     if cfg.mini_batch_size <= 0 or rollout % cfg.mini_batch_size:
         divisors = [d for d in range(1, rollout + 1) if rollout % d == 0]
         raise ConfigError(
@@ -89,7 +77,7 @@ def _minibatch_loss(cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator) -
     mask = batch["response_mask"]
     with autocast(run.device, cfg.precision):
         current = response_logprobs(run.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1],
-                                    temperature=cfg.temperature, with_entropy=True)
+                                    temperature=cfg.temperature, with_entropy=True, group_size=cfg.group_size)
     policy = ppo_policy_loss(current.logprobs, batch["old_logprobs"], batch["advantages"], mask,
                              cfg.clip_eps, cfg.clip_eps_high, None, cfg.loss_aggregation, denominator)
     loss, stats = policy.loss, {"clip_fraction": policy.clip_fraction.item(),
@@ -143,21 +131,23 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                      "advantages": advantages}
             if cfg.beta > 0:
                 with timer("reference"):
-                    batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision)
+                    batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision,
+                                                                 group_size=cfg.group_size)
 
             # step 5. mu passes of clipped updates over mini-batches
-            with timer("update"):
-                stats = []
-                for _ in range(cfg.mu):
-                    for start in range(0, rollout_size, cfg.mini_batch_size):
-                        part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+            stats = []
+            for _ in range(cfg.mu):
+                for start in range(0, rollout_size, cfg.mini_batch_size):
+                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                    with timer("forward_backward"):
                         denominator = loss_denominator(part["response_mask"], cfg.loss_aggregation,
                                                        cfg.max_new_tokens)
                         loss, part_stats = _minibatch_loss(cfg, run, part, denominator)
                         loss.backward()
+                    with timer("optimizer"):
                         part_stats["loss"] = loss.item()
                         part_stats["grad_norm"] = run.optimizer_step(step, cfg)
-                        stats.append(part_stats)
+                    stats.append(part_stats)
 
             # step 6. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)

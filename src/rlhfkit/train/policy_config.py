@@ -20,6 +20,8 @@ class PolicyRunConfig:
     """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
     train_prompts: int = 2000
     """Prompts drawn from the task's generator when `train_data` is empty."""
+    shuffle: bool = True
+    """Seeded order of the training prompts; false = file order (step k takes rows k*P ... (k+1)*P - 1)."""
     eval_data: str = ""
     """Held-out prompts for evaluation; empty = drawn from the task's generator."""
     eval_prompts: int = 200
@@ -45,7 +47,7 @@ class PolicyRunConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    """Global gradient-norm clip."""
+    """Global gradient-norm clip (0 = none)."""
     lora_r: int = 0
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
@@ -68,3 +70,22 @@ class PolicyRunConfig:
     """Also write TensorBoard scalars."""
     progress: bool = True
     """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class GroupRolloutConfig(PolicyRunConfig):
+    """The settings of the critic-free trainers that sample a group of responses per prompt
+    (GRPO, RLOO): the rollout's shape, its mini-batches and the sampling filters."""
+
+    prompts_per_step: int = 16
+    """Prompts per rollout; the rollout holds prompts_per_step * group_size responses."""
+    group_size: int = 8
+    """G: responses sampled per prompt (at least 2: the baseline comes from the others)."""
+    mini_batch_size: int = 64
+    """Responses per optimizer step; must divide prompts_per_step * group_size."""
+    mu: int = 1
+    """Passes over each rollout (inner iterations); 1 = strictly on-policy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""

@@ -37,7 +37,7 @@ from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
-from rlhfkit.train.batching import stream_rows
+from rlhfkit.train.batching import micro_batch_rows, stream_rows
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, load_policy, resume_point
 from rlhfkit.train.optim import clipped_step
@@ -190,6 +190,8 @@ class PolicyRun:
     # --- prompts and text
     def prompts_for_step(self, step: int, count: int) -> list[PromptExample]:
         """The step's prompts: a pure function of (seed, step), so a resumed run sees the same."""
+        if not self.cfg.shuffle:
+            return [self.train_prompts[i] for i in micro_batch_rows(len(self.train_prompts), count, 0, step, shuffle=False)]
         return [self.train_prompts[i] for i in stream_rows(len(self.train_prompts), count, self.cfg.seed, step)]
 
     def sample(self, prompts: list[PromptExample], num_samples: int, *, max_new_tokens: int, temperature: float,
@@ -208,16 +210,19 @@ class PolicyRun:
     # --- model passes
     @torch.no_grad()
     def reference_logprobs(self, batch: dict, temperature: float, precision: Precision,
-                           chunk: int = 64) -> torch.Tensor:
-        """log pi_ref of the response tokens, in chunks, without autograd."""
+                           chunk: int = 64, group_size: int = 1) -> torch.Tensor:
+        """log pi_ref of the response tokens, in chunks of whole groups, without autograd
+        (`group_size`: rows sharing a prompt, run once; see `response_logprobs`)."""
         model = self.reference if self.reference is not None else self.policy
+        chunk = max(group_size, chunk // group_size * group_size)
         out = []
         with adapters_disabled(model) if self.reference is None else nullcontext():
             for start in range(0, batch["input_ids"].shape[0], chunk):
                 with autocast(self.device, precision):
                     out.append(response_logprobs(model, batch["input_ids"][start : start + chunk],
                                                  batch["attention_mask"][start : start + chunk],
-                                                 batch["response_mask"].shape[1], temperature=temperature).logprobs)
+                                                 batch["response_mask"].shape[1], temperature=temperature,
+                                                 group_size=group_size).logprobs)
         return torch.cat(out)
 
     def optimizer_step(self, step: int, cfg: PolicyRunConfig) -> float:

@@ -145,12 +145,11 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             sequence_kl = masked_sum(kl, response_mask, dim=1).mean().item()
 
             # step 5. PPO epochs over mini-batches: actor and critic each take a clipped step
-            with timer("update"):
-                stats = []
-                for _ in range(cfg.ppo_epochs):
-                    for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
-                        part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                        stats.append(_ppo_minibatch(cfg, run, critic, part, step))
+            stats = []
+            for _ in range(cfg.ppo_epochs):
+                for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
+                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                    stats.append(_ppo_minibatch(cfg, run, critic, part, step, timer))
 
             # step 6. the KL coefficient, metrics, evaluation, checkpoint, the KL limit
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
@@ -178,22 +177,26 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     return result
 
 
-def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int) -> dict:
+def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int, timer: PhaseTimer) -> dict:
     """One clipped actor step and one clipped critic step on a slice of the rollout."""
     mask = part["response_mask"]
     denominator = loss_denominator(mask, LossAggregation.TOKEN_MEAN)
-    with autocast(run.device, cfg.precision):
-        current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
-                                    temperature=cfg.temperature, with_entropy=True)
-    policy = ppo_policy_loss(current.logprobs, part["old_logprobs"], part["advantages"], mask, cfg.clip_eps,
-                             cfg.clip_eps, None, LossAggregation.TOKEN_MEAN, denominator)
-    policy.loss.backward()
-    grad_norm = run.optimizer_step(step, cfg)
-    with autocast(run.device, cfg.precision):
-        values = response_values(critic, part["input_ids"], part["attention_mask"], mask.shape[1])
-    critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
-                             LossAggregation.TOKEN_MEAN, denominator)
-    critic_loss.backward()
-    run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
+    with timer("forward_backward"):
+        with autocast(run.device, cfg.precision):
+            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
+                                        temperature=cfg.temperature, with_entropy=True)
+        policy = ppo_policy_loss(current.logprobs, part["old_logprobs"], part["advantages"], mask, cfg.clip_eps,
+                                 cfg.clip_eps, None, LossAggregation.TOKEN_MEAN, denominator)
+        policy.loss.backward()
+    with timer("optimizer"):
+        grad_norm = run.optimizer_step(step, cfg)
+    with timer("forward_backward"):
+        with autocast(run.device, cfg.precision):
+            values = response_values(critic, part["input_ids"], part["attention_mask"], mask.shape[1])
+        critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
+                                 LossAggregation.TOKEN_MEAN, denominator)
+        critic_loss.backward()
+    with timer("optimizer"):
+        run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
     return {"loss": policy.loss.item(), "value_loss": critic_loss.item(), "grad_norm": grad_norm,
             "clip_fraction": policy.clip_fraction.item(), "entropy": masked_mean(current.entropy, mask).item()}

@@ -65,7 +65,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
-    """Global gradient-norm clip."""
+    """Global gradient-norm clip (0 = none)."""
     eval_every: int = 100
     """Held-out loss every this many steps (0 = only at the end)."""
     sample_every: int = 100

@@ -1,0 +1,136 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Kool et al. 2019; Ahmadian et al. 2024), the
+critic-free sibling of GRPO.
+
+Each step samples G responses per prompt. The KL to the reference is a penalty in the reward
+(k1, summed over the response), and each response's baseline is the mean of the others':
+    R_i = r_i - beta * sum_t (log pi_old(y_t) - log pi_ref(y_t))
+    A_i = R_i - mean_{j != i} R_j
+The loss is PPO's clipped surrogate on the sequence-level ratio exp(sum_t log pi - sum_t log pi_old),
+one term per response. The old log-probs are the sampling log-probs (no extra forward pass).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.objectives.aggregate import LossAggregation
+from rlhfkit.objectives.group_advantages import rloo_advantages
+from rlhfkit.objectives.kl import KLEstimator, kl_penalty
+from rlhfkit.objectives.masked import masked_mean, masked_sum
+from rlhfkit.objectives.policy import ppo_policy_loss
+from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.runtime.device import autocast
+from rlhfkit.train.grpo import check_batch_sizes
+from rlhfkit.train.policy_config import GroupRolloutConfig
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.schedule import is_due
+
+
+@dataclass(frozen=True)
+class RLOOConfig(GroupRolloutConfig):
+    """The shared settings (`PolicyRunConfig`, `GroupRolloutConfig`) plus RLOO's own."""
+
+    clip_eps: float = 0.2
+    """The sequence ratio is clipped to [1 - clip_eps, 1 + clip_eps]."""
+    beta: float = 0.05
+    """KL coefficient in the reward (k1, summed over the response); 0 loads no reference model."""
+
+
+@dataclass
+class RLOOResult:
+    model_dir: Path
+    history: list[dict] = field(default_factory=list)
+    evals: list[tuple[int, dict]] = field(default_factory=list)
+
+
+def kl_shaped_sequence_rewards(rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                               response_mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """R_i = r_i - beta * sum_t (logprobs - ref_logprobs) over the response's tokens (k1).
+
+    Args:
+        rewards: (batch,) one score per response; logprobs, ref_logprobs: (batch, response_len)
+            sampling and reference log-probs; response_mask: (batch, response_len) bool.
+    """
+    return rewards - beta * masked_sum(kl_penalty(logprobs, ref_logprobs, KLEstimator.K1), response_mask, dim=1)
+
+
+def sequence_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                       response_mask: torch.Tensor, clip_eps: float):
+    """PPO's clipped surrogate with one ratio per response, exp(sum_t logprobs - sum_t old_logprobs),
+    averaged over the responses: the token-level loss on a response length of one."""
+    sequence = masked_sum(logprobs, response_mask, dim=1).unsqueeze(1)
+    old_sequence = masked_sum(old_logprobs, response_mask, dim=1).unsqueeze(1)
+    every = torch.ones_like(sequence, dtype=torch.bool)
+    return ppo_policy_loss(sequence, old_sequence, advantages.unsqueeze(1), every, clip_eps, clip_eps, None,
+                           LossAggregation.TOKEN_MEAN, sequence.shape[0])
+
+
+def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
+    """Optimise `cfg.model` with RLOO; the final model goes to `run_dir.final`."""
+    check_batch_sizes(cfg)
+    # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="rloo")
+    result = RLOOResult(model_dir=run_dir.final)
+    rollout_size = cfg.prompts_per_step * cfg.group_size
+
+    with run:
+        if run.start_step == 0 and cfg.eval_every >= 0:
+            result.evals.append((0, run.evaluate({})))
+        for step in range(run.start_step, cfg.max_steps):
+            timer = PhaseTimer()
+            prompts = run.prompts_for_step(step, cfg.prompts_per_step)
+
+            # step 2. sample G responses per prompt, keeping the sampling log-probs
+            with timer("generation"):
+                rollout, responses = run.sample(prompts, cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
+            with timer("reward"):
+                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.device)
+            batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
+                     "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs}
+
+            # step 3. the KL penalty in the reward, then the leave-one-out advantages
+            shaped, sequence_kl = rewards, torch.zeros_like(rewards)
+            if cfg.beta > 0:
+                with timer("reference"):
+                    ref = run.reference_logprobs(batch, cfg.temperature, cfg.precision, group_size=cfg.group_size)
+                shaped = kl_shaped_sequence_rewards(rewards, rollout.logprobs, ref, rollout.response_mask, cfg.beta)
+                sequence_kl = (rewards - shaped) / cfg.beta
+            batch["advantages"] = rloo_advantages(shaped, cfg.group_size)
+
+            # step 4. mu passes of clipped sequence-level updates over mini-batches
+            stats = []
+            for _ in range(cfg.mu):
+                for start in range(0, rollout_size, cfg.mini_batch_size):
+                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                    mask = part["response_mask"]
+                    with timer("forward_backward"):
+                        with autocast(run.device, cfg.precision):
+                            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"],
+                                                        mask.shape[1], temperature=cfg.temperature,
+                                                        with_entropy=True, group_size=cfg.group_size)
+                        policy = sequence_clip_loss(current.logprobs, part["old_logprobs"], part["advantages"],
+                                                    mask, cfg.clip_eps)
+                        policy.loss.backward()
+                    with timer("optimizer"):
+                        grad_norm = run.optimizer_step(step, cfg)
+                    stats.append({"loss": policy.loss.item(), "grad_norm": grad_norm,
+                                  "clip_fraction": policy.clip_fraction.item(),
+                                  "entropy": masked_mean(current.entropy, mask).item()})
+
+            # step 5. metrics, evaluation, checkpoint
+            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            row["kl"] = sequence_kl.mean().item()
+            result.history.append(row)
+            done = step + 1
+            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+                result.evals.append((done, run.evaluate(row)))
+            run.log(done, row)
+            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
+                run.save_checkpoint(done)
+
+    # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
+    run.save_final()
+    return result
