@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest -q tests
+
+# rlhfkit and TRL side by side on the shared benchmark (../shared/peer), alternating, with the
+# matmul ceiling before and after; BF16=1 runs both in bf16 autocast. Writes runs/bench/table.md.
+bench: setup
+	$(PY) benchmarks/bench.py --out-dir runs/bench$(if $(filter 1,$(BF16)),-bf16 --bf16)
 
 clean:
 	rm -rf $(VENV) runs

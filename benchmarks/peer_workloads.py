@@ -24,6 +24,7 @@ forward/backward, optimizer step), from the trainer's own phase timer.
 """
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import resource
@@ -40,6 +41,7 @@ from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_sft
 from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.objectives.aggregate import LossAggregation
@@ -179,9 +181,11 @@ def offline_metrics(workload: str, lines: list[dict], warmup: int, assets: Path)
             "first_loss_matches_reference": abs(losses[0] - FIRST_LOSS[workload]) < 1e-3}
 
 
-def run_workload(workload: str, assets: Path, steps: int, warmup: int, out_dir: Path) -> dict:
+def run_workload(workload: str, assets: Path, steps: int, warmup: int, out_dir: Path, bf16: bool = False) -> dict:
     make = _generation_config if workload in GENERATION else _offline_config
     train, cfg = make(workload, assets, warmup + steps)
+    # bf16 autocast over float32 master weights, as the reference's bf16=True
+    cfg = dataclasses.replace(cfg, precision=Precision.BF16 if bf16 else Precision.FP32)
     run = prepare_run_dir(out_dir / workload, resume=False, overwrite=True)
     started = time.perf_counter()
     train(cfg, run)
@@ -189,7 +193,7 @@ def run_workload(workload: str, assets: Path, steps: int, warmup: int, out_dir: 
     lines = read_metrics(run.metrics_path)
     metrics = (generation_metrics if workload in GENERATION else offline_metrics)(workload, lines, warmup, assets)
     return {
-        "workload": workload, "library": "rlhfkit", "version": importlib.metadata.version("rlhfkit"), "precision": "fp32",
+        "workload": workload, "library": "rlhfkit", "version": importlib.metadata.version("rlhfkit"), "precision": "bf16-autocast" if bf16 else "fp32",
         "threads": torch.get_num_threads(), "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
         "warmup_steps": warmup, **metrics,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "wall_s": wall,
@@ -200,16 +204,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--assets", type=Path, required=True, help="the directory make_assets.py wrote")
     parser.add_argument("--workload", nargs="+", choices=sorted(STEPS), default=sorted(STEPS))
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (0 = the reference's: 100)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (0 = the reference's: 100 or 30)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (the reference's BF16=1); default fp32")
     parser.add_argument("--out", type=Path, help="append the JSON lines here too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workload:
             # peak RSS is per process: run one workload per process to compare it (as the reference does)
-            line = json.dumps(run_workload(workload, args.assets, args.steps or STEPS[workload], args.warmup, Path(tmp)))
+            line = json.dumps(run_workload(workload, args.assets, args.steps or STEPS[workload], args.warmup, Path(tmp),
+                                           args.bf16))
             print(line, flush=True)
             if args.out:
                 with open(args.out, "a") as f:

@@ -67,3 +67,17 @@ def test_reward_model_scores_and_gradients_match_one_padded_batch(tiny_model_dir
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
     for p, g in zip(model.parameters(), grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_groups_stay_together_in_order_and_are_sorted_by_their_longest_row():
+    ids, mask = _padded([5, 1, 2, 2, 1, 4])  # groups of 2: longest rows 5, 2, 4
+    seen = []
+
+    def forward(t):
+        seen.append(t["attention_mask"].sum(dim=1).tolist())
+        return (t["input_ids"] * t["attention_mask"]).sum(dim=1)
+
+    out = forward_in_length_chunks(forward, {"input_ids": ids, "attention_mask": mask}, mask.sum(dim=1), 4,
+                                   group_size=2)
+    assert torch.equal(out, (ids * mask).sum(dim=1))
+    assert seen == [[2, 2, 1, 4], [5, 1]]  # groups (2, 2) and (1, 4) first: their longest rows are shorter

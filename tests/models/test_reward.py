@@ -161,3 +161,32 @@ def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(tiny_mode
         assert torch.allclose(critic(ids, mask).rewards, expected, atol=1e-5)
     # from a causal LM: a fresh single head; from a one-head reward model: that model itself
     assert value_model_from(tiny_model_dir).num_heads == 1
+
+
+def test_shared_prompt_rewards_equal_the_plain_forward_with_the_same_gradients(tiny_model_dir):
+    torch.manual_seed(0)
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2, with_lm_head=False)
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15], [16], [17, 18, 19]]
+    rows = [prompts[k // 2] + responses[k] for k in range(4)]  # two prompts, two responses each
+    width = max(map(len, rows))
+    ids = torch.full((4, width), model.model.config.pad_token_id or 0)
+    mask, response_mask = torch.zeros(4, width, dtype=torch.long), torch.zeros(4, width, dtype=torch.bool)
+    for k, row in enumerate(rows):
+        ids[k, : len(row)], mask[k, : len(row)] = torch.tensor(row), 1
+        response_mask[k, len(prompts[k // 2]) : len(row)] = True
+
+    def rewards_and_grads(**kwargs):
+        rewards = model.rewards_by_length(ids, mask, **kwargs)
+        (rewards * torch.tensor([[1.0, -2.0]])).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return rewards.detach(), grads
+
+    plain, plain_grads = rewards_and_grads()
+    shared, shared_grads = rewards_and_grads(response_mask=response_mask, group_size=2)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    # groups of 4 would mix two prompts: the plain forward answers, unchanged
+    torch.testing.assert_close(model.rewards_by_length(ids, mask, response_mask=response_mask, group_size=4), plain,
+                               rtol=1e-5, atol=1e-5)

@@ -146,3 +146,37 @@ def test_max_labels_keeps_the_leading_rows_within_the_budget(tiny_model_dir, adv
     assert rankings.train_losses[0] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="max_labels=5 buys no row"):
         train_dpo(config(tiny_model_dir, advice_rankings["rankings"], max_labels=5), run_dir(tmp_path, "none"))
+
+
+def test_pairs_run_their_prompt_once_with_the_plain_log_probs_and_gradients(tiny_model_dir):
+    import torch
+
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.objectives.logprobs import sequence_logprobs
+    from rlhfkit.runtime.device import Precision
+    from rlhfkit.train.dpo_losses import policy_logprobs
+
+    model = load_causal_lm(tiny_model_dir)
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15], [16, 2], [17, 18, 19]]
+    rows = [prompts[k // 2] + responses[k] for k in range(4)]
+    width = max(map(len, rows))
+    ids, mask = torch.zeros(4, width, dtype=torch.long), torch.zeros(4, width, dtype=torch.long)
+    response_mask = torch.zeros(4, width, dtype=torch.bool)
+    for k, row in enumerate(rows):
+        ids[k, : len(row)], mask[k, : len(row)] = torch.tensor(row), 1
+        response_mask[k, len(prompts[k // 2]) : len(row)] = True
+    batch = {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask, "best": torch.tensor([0, 2])}
+
+    def with_grads(fn):
+        values = fn()
+        (values * torch.tensor([1.0, -1.0, 0.5, 2.0])).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return values.detach(), grads
+
+    plain, plain_grads = with_grads(lambda: sequence_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids,
+                                                              response_mask))
+    shared, shared_grads = with_grads(lambda: policy_logprobs(model, batch, Precision.FP32))
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    for got, want in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

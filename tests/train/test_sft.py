@@ -86,3 +86,21 @@ def test_file_order_trains_the_first_step_on_the_first_rows(tiny_model_dir, arit
                            truncation=cfg.truncation)
     # the loss of step 1 is the untrained model's token-mean loss on rows 0-7 of the file
     assert first_loss == pytest.approx(eval_loss(load_causal_lm(tiny_model_dir), rows, tokenizer.pad_token_id, 8), abs=1e-5)
+
+
+def test_response_window_gives_the_loss_of_the_full_logits(tiny_model_dir):
+    import torch
+
+    from rlhfkit.models.loading import load_causal_lm
+    from rlhfkit.objectives.sft import sft_loss
+    from rlhfkit.train.sft import response_window_logits
+
+    model = load_causal_lm(tiny_model_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 1], [10, 11, 12, 13, 14, 15]])
+    attention = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
+    response = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    batch = {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+    logits, window_ids, window_mask = response_window_logits(model, batch)
+    assert logits.shape[1] == 4  # positions 2..5: position 2 predicts the first response token
+    full = sft_loss(model(input_ids=ids, attention_mask=attention).logits, ids, response, 4)
+    assert torch.allclose(sft_loss(logits, window_ids, window_mask, 4), full, atol=1e-6)

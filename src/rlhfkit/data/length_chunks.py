@@ -30,6 +30,7 @@ def forward_in_length_chunks(
     tensors: dict[str, torch.Tensor],
     lengths: torch.Tensor,
     rows_per_chunk: int = ROWS_PER_CHUNK,
+    group_size: int = 1,
 ) -> torch.Tensor:
     """`forward` on length-sorted chunks of right-padded rows; its per-row results in row order.
 
@@ -38,8 +39,13 @@ def forward_in_length_chunks(
         tensors: (rows, seq) right-padded tensors (input ids, masks) cut alike.
         lengths: (rows,) real tokens of each row; a chunk keeps its first max(lengths) columns.
         rows_per_chunk: rows per chunk (<= 0: one chunk).
+        group_size: rows [k*G, (k+1)*G) stay together, in order, in one chunk (groups are
+            sorted by their longest row), for a `forward` that runs a group's shared prompt once.
     """
-    chunks = length_sorted_chunks(lengths.tolist(), rows_per_chunk)
+    groups = lengths.view(-1, group_size).max(dim=1).values if group_size > 1 else lengths
+    per_chunk = max(1, rows_per_chunk // group_size) if rows_per_chunk > 0 else rows_per_chunk
+    chunks = [[g * group_size + j for g in chunk for j in range(group_size)]
+              for chunk in length_sorted_chunks(groups.tolist(), per_chunk)]
     outputs = []
     for rows in chunks:
         index = torch.tensor(rows, device=lengths.device)

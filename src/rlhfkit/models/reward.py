@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, DynamicCache
 
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
+from rlhfkit.data.shared_prompts import shares_prompts, split_at_response
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.rollout.engine import positions_from_mask
 
 
 @dataclass
@@ -97,12 +99,41 @@ class RewardModel(nn.Module):
         return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
 
     def rewards_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          rows_per_chunk: int = ROWS_PER_CHUNK) -> torch.Tensor:
+                          rows_per_chunk: int = ROWS_PER_CHUNK, *, response_mask: torch.Tensor | None = None,
+                          group_size: int = 1) -> torch.Tensor:
         """(batch, heads) the rewards of `forward` for right-padded rows, computed over
-        length-sorted chunks so that padding costs nothing (`data.length_chunks`)."""
-        return forward_in_length_chunks(lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
-                                        {"input_ids": input_ids, "attention_mask": attention_mask},
-                                        attention_mask.sum(dim=1), rows_per_chunk)
+        length-sorted chunks so that padding costs nothing (`data.length_chunks`). With
+        `response_mask` and `group_size` = K, rows [k*K, (k+1)*K) that answer one prompt run
+        it once (`shared_prompt_rewards`)."""
+        tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if response_mask is None or group_size <= 1:
+            return forward_in_length_chunks(lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
+                                            tensors, attention_mask.sum(dim=1), rows_per_chunk)
+        return forward_in_length_chunks(lambda t: self.shared_prompt_rewards(**t, group_size=group_size),
+                                        {**tensors, "response_mask": response_mask}, attention_mask.sum(dim=1),
+                                        rows_per_chunk, group_size)
+
+    def shared_prompt_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              response_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+        """(batch, heads) the rewards of `forward`, each group's prompt run once: the responses
+        attend to its keys and values, repeated (with their gradient). Falls back to `forward`
+        when the rows do not share their group's prompt or a response has no scored token."""
+        ids, attention, _, width = split_at_response(input_ids, attention_mask, response_mask)
+        prompt_ids, prompt_mask = ids[:, :-width], attention[:, :-width]
+        responses = ids[:, -width:]
+        scored = attention[:, -width:] & (responses != self.model.config.pad_token_id)
+        if not shares_prompts(prompt_ids, prompt_mask, group_size) or not bool(scored.any(dim=1).all()):
+            return self(input_ids, attention_mask).rewards
+        cache = DynamicCache()
+        self.backbone(input_ids=prompt_ids[::group_size], attention_mask=prompt_mask[::group_size].long(),
+                      position_ids=positions_from_mask(prompt_mask[::group_size]), past_key_values=cache,
+                      use_cache=True)
+        cache.batch_repeat_interleave(group_size)
+        positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=ids.device)
+        hidden = self.backbone(input_ids=responses, attention_mask=attention.long(), position_ids=positions,
+                               past_key_values=cache, use_cache=True).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
+        return _score_head(self.model)(last)
 
     def token_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, seq, heads) head applied at every position (process rewards score steps)."""

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 from transformers import DynamicCache
 
+from rlhfkit.data.shared_prompts import shares_prompts
 from rlhfkit.objectives.logprobs import entropy_from_logits, token_logprobs
 from rlhfkit.rollout.engine import positions_from_mask
 
@@ -49,7 +50,7 @@ def response_logprobs(
         ResponseLogprobs with (batch, response_len) tensors; values at masked positions are
         finite but meaningless.
     """
-    if group_size > 1 and _shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size):
+    if group_size > 1 and shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size):
         logits = _shared_prompt_logits(model, input_ids, attention_mask, response_len, group_size)
     else:
         # The logits of position t predict token t + 1: the response needs the last response_len + 1
@@ -64,16 +65,6 @@ def response_logprobs(
         with torch.no_grad():
             entropy = entropy_from_logits(logits)
     return ResponseLogprobs(logprobs, entropy)
-
-
-def _shares_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group_size: int) -> bool:
-    """Whether rows [k*G, (k+1)*G) hold the same prompt (ids and padding) for every k."""
-    rows = prompt_ids.shape[0]
-    if rows % group_size or prompt_ids.shape[1] == 0:
-        return False
-    shape = (rows // group_size, group_size, -1)
-    return bool((prompt_ids.view(shape) == prompt_ids[::group_size].unsqueeze(1)).all()
-                and (prompt_mask.view(shape) == prompt_mask[::group_size].unsqueeze(1)).all())
 
 
 def _shared_prompt_logits(model, input_ids, attention_mask, response_len: int, group_size: int) -> torch.Tensor:

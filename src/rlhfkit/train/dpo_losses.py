@@ -12,6 +12,7 @@ from rlhfkit.data.length_chunks import forward_in_length_chunks
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, ranking_layout
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.objectives.logprobs import sequence_logprobs
+from rlhfkit.objectives.masked import masked_sum
 from rlhfkit.objectives.preference import (
     DPOLoss,
     dpo_loss,
@@ -21,6 +22,8 @@ from rlhfkit.objectives.preference import (
     reward_margins,
 )
 from rlhfkit.objectives.ranking import gather_pair_rewards
+from rlhfkit.data.shared_prompts import split_at_response
+from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import Precision, autocast, move_batch
 
 # (logprobs, ref_logprobs, batch, denominator) -> scalar loss, with the loss settings bound
@@ -35,14 +38,24 @@ def make_batch(groups: list[RankedGroup], pad_token_id: int, device: torch.devic
 
 def policy_logprobs(model, batch: dict, precision: Precision) -> torch.Tensor:
     """(responses,) log pi(response | prompt), summed over response tokens, with gradient; run in
-    length-sorted chunks, so the padding of a batch of unequal responses costs nothing."""
+    length-sorted chunks, so the padding of a batch of unequal responses costs nothing. When
+    every group holds K responses to one prompt, the prompt runs once per group (see
+    `rollout.forward`): the same log-probs, without K - 1 copies of the prompt's work."""
+    rows = {name: batch[name] for name in ("input_ids", "attention_mask", "response_mask")}
+    responses, groups = batch["input_ids"].shape[0], batch["best"].shape[0]
+    group_size = responses // groups if groups and responses % groups == 0 else 1
+
     def forward(t: dict) -> torch.Tensor:
         with autocast(t["input_ids"].device, precision):
+            if group_size > 1:
+                ids, attention, counted, width = split_at_response(t["input_ids"], t["attention_mask"],
+                                                                   t["response_mask"])
+                logprobs = response_logprobs(model, ids, attention, width, group_size=group_size).logprobs
+                return masked_sum(logprobs, counted, dim=-1)
             logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
         return sequence_logprobs(logits, t["input_ids"], t["response_mask"])
 
-    rows = {name: batch[name] for name in ("input_ids", "attention_mask", "response_mask")}
-    return forward_in_length_chunks(forward, rows, batch["attention_mask"].sum(dim=1))
+    return forward_in_length_chunks(forward, rows, batch["attention_mask"].sum(dim=1), group_size=group_size)
 
 
 @dataclass

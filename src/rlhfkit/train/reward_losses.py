@@ -37,7 +37,10 @@ def pairwise_loss(
     """Bradley-Terry over all pairs of each group (weight 1/C(K,2) per pair, mean over groups),
     plus the optional imitation (LM on each group's best response) and centring terms."""
     batch = move_batch(collate_groups(groups, pad_token_id), model.device)
-    rewards = model.rewards_by_length(batch["input_ids"], batch["attention_mask"])
+    # K responses to each prompt (every group the same size): each prompt runs once
+    sizes = {len(group.responses) for group in groups}
+    rewards = model.rewards_by_length(batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"],
+                                      group_size=sizes.pop() if len(sizes) == 1 else 1)
     chosen, rejected = gather_pair_rewards(rewards, batch["winners"], batch["losers"])
     heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads

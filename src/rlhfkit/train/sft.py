@@ -99,6 +99,18 @@ class SFTResult:
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
 
 
+def response_window_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of the trailing window of positions that predict response tokens, with the ids and
+    response mask of the same window: the LM head skips the prompt positions every row shares
+    (about half the positions of a short answer), and the loss is unchanged."""
+    ids, mask = batch["input_ids"], batch["response_mask"]
+    # earliest response token of any row (a row without one gives 0: the whole width)
+    first = int(mask.int().argmax(dim=1).min())
+    keep = ids.shape[1] - max(0, first - 1)  # from the position that predicts it
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return logits, ids[:, -keep:], mask[:, -keep:]
+
+
 @torch.no_grad()
 def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Precision = Precision.FP32) -> float:
     """Token-mean cross-entropy over all completion tokens of `examples`."""
@@ -169,8 +181,8 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             loss_value = 0.0
             for batch in micro:
                 with autocast(device, cfg.precision):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = sft_loss(logits, batch["input_ids"], batch["response_mask"], num_targets)
+                    logits, ids, mask = response_window_logits(model, batch)
+                loss = sft_loss(logits, ids, mask, num_targets)
                 loss.backward()
                 loss_value += loss.item()
 
