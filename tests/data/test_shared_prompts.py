@@ -1,6 +1,6 @@
 import torch
 
-from rlhfkit.data.shared_prompts import shares_prompts, split_at_response
+from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, split_at_response
 
 
 def test_split_at_response_hand_example():
@@ -24,3 +24,13 @@ def test_shares_prompts_needs_equal_ids_and_padding_in_every_group():
     other_padding = mask.clone()
     other_padding[1, 0] = True
     assert not shares_prompts(ids, other_padding, 2)
+
+
+def test_common_prefix_starts_hand_values():
+    ids = torch.tensor([[5, 6, 7, 8, 0], [5, 6, 9, 0, 0], [1, 2, 3, 0, 0], [1, 2, 3, 4, 0]])
+    attention = (ids != 0).long()
+    # group 1 shares [5, 6]; group 2's shorter row is all prefix: kept one token short of it
+    assert common_prefix_starts(ids, attention, 2) == [2, 2, 2, 2]
+    assert common_prefix_starts(ids, attention, 1) == [3, 2, 2, 3]  # alone: all but the last token
+    ids[1, 0] = 4
+    assert common_prefix_starts(ids, attention, 2)[:2] == [0, 0]  # nothing shared

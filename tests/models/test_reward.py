@@ -163,11 +163,13 @@ def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(tiny_mode
     assert value_model_from(tiny_model_dir).num_heads == 1
 
 
-def test_shared_prompt_rewards_equal_the_plain_forward_with_the_same_gradients(tiny_model_dir):
+def test_shared_prefix_rewards_equal_the_plain_forward_with_the_same_gradients(tiny_model_dir):
     torch.manual_seed(0)
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2, with_lm_head=False)
-    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15], [16], [17, 18, 19]]
-    rows = [prompts[k // 2] + responses[k] for k in range(4)]  # two prompts, two responses each
+    # two prompts, two responses each: the first pair's shorter answer is a prefix of the longer,
+    # the second pair's answers share their first token
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [10, 11, 14, 15], [16, 20], [16, 18, 19]]
+    rows = [prompts[k // 2] + responses[k] for k in range(4)]
     width = max(map(len, rows))
     ids = torch.full((4, width), model.model.config.pad_token_id or 0)
     mask, response_mask = torch.zeros(4, width, dtype=torch.long), torch.zeros(4, width, dtype=torch.bool)

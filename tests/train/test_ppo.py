@@ -67,3 +67,23 @@ def test_explained_variance_hand_values():
     assert explained_variance(returns.clone(), returns, mask) == pytest.approx(1.0)
     # values = the mean: residual variance equals the variance -> 0
     assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
+
+
+def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_same(tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
+    from rlhfkit.train import ppo
+
+    calls = []
+    original = ppo.response_values
+    monkeypatch.setattr(ppo, "response_values", lambda *a, **k: calls.append(1) or original(*a, **k))
+    single = train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16, max_steps=3,
+                              eval_every=-1), run_dir(tmp_path, "single"))
+    assert len(calls) == 3  # the rollout's pass is the training pass
+    # two mini-batches of the same rollout: the second sees an updated critic, so a separate rollout pass
+    calls.clear()
+    train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=8, max_steps=1, eval_every=-1),
+              run_dir(tmp_path, "two"))
+    assert len(calls) == 3
+    # the critic still learns from that one pass: its loss falls
+    values_first = [row["value_loss"] for row in single.history]
+    assert all(v > 0 for v in values_first) and values_first[-1] < values_first[0]

@@ -5,18 +5,42 @@ that a forward pass can run each distinct prompt once (`rollout.forward`, `model
 import torch
 
 
-def split_at_response(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def response_starts(response_mask: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """Each row's first response token (its length when it has none): where its prompt ends."""
+    lengths = attention_mask.sum(dim=1).tolist()
+    return [int(row.nonzero()[0]) if row.any() else length for row, length in zip(response_mask, lengths)]
+
+
+def common_prefix_starts(input_ids: torch.Tensor, attention_mask: torch.Tensor, group_size: int) -> list[int]:
+    """Per row, the length of the longest token prefix its whole group shares, kept one token
+    short of the group's shortest row (so every row keeps a token after it).
+
+    A pair whose rejected answer differs from the chosen one only near its end (an edited
+    step, a wrong final number) shares far more than its prompt; the forward pass of a reward
+    model reads only the last token, so all of that shared part can run once.
+    """
+    lengths = attention_mask.sum(dim=1)
+    starts = []
+    for first in range(0, input_ids.shape[0], group_size):
+        rows, shortest = input_ids[first : first + group_size], int(lengths[first : first + group_size].min())
+        same = (rows[:, :shortest] == rows[:1, :shortest]).all(dim=0)
+        shared = int(same.long().cumprod(dim=0).sum())
+        starts += [min(shared, shortest - 1)] * rows.shape[0]
+    return starts
+
+
+def split_at_response(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                      starts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Right-padded prompt+response rows in the rollout's layout: prompts left-padded, then
     responses right-padded, so that `response_logprobs` (and its shared-prompt path) applies.
 
-    The prompt of a row is everything before its first response token.
+    The prompt of a row is everything before `starts[row]` (default: its first response token).
     Returns:
         input_ids, attention_mask (batch, prompt_len + response_len), counted (batch,
         response_len) bool = the response tokens that count, and response_len.
     """
     lengths = attention_mask.sum(dim=1).tolist()
-    starts = [int(row.nonzero()[0]) if row.any() else length for row, length in zip(response_mask, lengths)]
+    starts = response_starts(response_mask, attention_mask) if starts is None else starts
     prompt_len = max(starts)
     response_len = max(1, max(length - start for start, length in zip(starts, lengths)))
     rows = input_ids.shape[0]

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, DynamicCache
 
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
-from rlhfkit.data.shared_prompts import shares_prompts, split_at_response
+from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, split_at_response
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rollout.engine import positions_from_mask
 
@@ -115,10 +115,12 @@ class RewardModel(nn.Module):
 
     def shared_prompt_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                               response_mask: torch.Tensor, group_size: int) -> torch.Tensor:
-        """(batch, heads) the rewards of `forward`, each group's prompt run once: the responses
-        attend to its keys and values, repeated (with their gradient). Falls back to `forward`
-        when the rows do not share their group's prompt or a response has no scored token."""
-        ids, attention, _, width = split_at_response(input_ids, attention_mask, response_mask)
+        """(batch, heads) the rewards of `forward`, the prefix each group's rows share (its prompt,
+        and whatever its responses have in common) run once: the rest attends to its keys and
+        values, repeated (with their gradient). Falls back to `forward` when a row's remaining
+        part has no scored token (the reward is read at the last one)."""
+        starts = common_prefix_starts(input_ids, attention_mask, group_size)
+        ids, attention, _, width = split_at_response(input_ids, attention_mask, response_mask, starts)
         prompt_ids, prompt_mask = ids[:, :-width], attention[:, :-width]
         responses = ids[:, -width:]
         scored = attention[:, -width:] & (responses != self.model.config.pad_token_id)

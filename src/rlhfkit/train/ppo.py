@@ -8,10 +8,12 @@ values, whitened over the batch; then several epochs of the clipped surrogate (a
 clipped value loss (critic) over mini-batches. beta is fixed or follows the adaptive controller of
 Ziegler et al. (2019) towards a target KL; a run whose KL passes `kl_limit` stops (seed 003:
 beyond 10-20 nats the policy has left the reward model's domain).
-Departures: the old log-probs are the sampling log-probs (no extra forward pass), and the
-critic has its own optimizer and learning rate instead of a shared loss with a value coefficient.
+Departures: the old log-probs are the sampling log-probs (no extra forward pass), with one update
+per rollout the critic's rollout values come from its training pass, and the critic has its own
+optimizer and learning rate instead of a shared loss with a value coefficient.
 """
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,9 +135,13 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 scores = run.reward.score(prompts, responses).rewards.to(run.device)
             with timer("reference"):
                 batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision)
-            with timer("values"), torch.no_grad(), autocast(run.device, cfg.precision):
-                batch["old_values"] = response_values(critic, batch["input_ids"], batch["attention_mask"],
-                                                      response_mask.shape[1])
+            # with one update per rollout the critic is unchanged until its step, so the pass that
+            # gives the rollout's values (with autograd) is also the pass its loss differentiates
+            single_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.prompts_per_step
+            with timer("values"), nullcontext() if single_update else torch.no_grad(), \
+                    autocast(run.device, cfg.precision):
+                values = response_values(critic, batch["input_ids"], batch["attention_mask"], response_mask.shape[1])
+            batch["old_values"] = values.detach()
 
             # step 4. per-token rewards (KL penalty + score at the end), GAE, whitened advantages
             kl = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], KLEstimator.K1)
@@ -149,7 +155,8 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             for _ in range(cfg.ppo_epochs):
                 for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
                     part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                    stats.append(_ppo_minibatch(cfg, run, critic, part, step, timer))
+                    stats.append(_ppo_minibatch(cfg, run, critic, part, step, timer,
+                                                values if single_update else None))
 
             # step 6. the KL coefficient, metrics, evaluation, checkpoint, the KL limit
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
@@ -177,10 +184,22 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     return result
 
 
-def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int, timer: PhaseTimer) -> dict:
-    """One clipped actor step and one clipped critic step on a slice of the rollout."""
+def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int, timer: PhaseTimer,
+                   values: torch.Tensor | None) -> dict:
+    """One clipped actor step and one clipped critic step on a slice of the rollout; `values`:
+    the critic's values of this slice with autograd already there (None = run the critic).
+    The critic steps first, so its graph is freed before the actor's is built."""
     mask = part["response_mask"]
     denominator = loss_denominator(mask, LossAggregation.TOKEN_MEAN)
+    with timer("forward_backward"):
+        if values is None:
+            with autocast(run.device, cfg.precision):
+                values = response_values(critic, part["input_ids"], part["attention_mask"], mask.shape[1])
+        critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
+                                 LossAggregation.TOKEN_MEAN, denominator)
+        critic_loss.backward()
+    with timer("optimizer"):
+        run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
     with timer("forward_backward"):
         with autocast(run.device, cfg.precision):
             current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
@@ -190,13 +209,5 @@ def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int, timer: Ph
         policy.loss.backward()
     with timer("optimizer"):
         grad_norm = run.optimizer_step(step, cfg)
-    with timer("forward_backward"):
-        with autocast(run.device, cfg.precision):
-            values = response_values(critic, part["input_ids"], part["attention_mask"], mask.shape[1])
-        critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
-                                 LossAggregation.TOKEN_MEAN, denominator)
-        critic_loss.backward()
-    with timer("optimizer"):
-        run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
     return {"loss": policy.loss.item(), "value_loss": critic_loss.item(), "grad_norm": grad_norm,
             "clip_fraction": policy.clip_fraction.item(), "entropy": masked_mean(current.entropy, mask).item()}
