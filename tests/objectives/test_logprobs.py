@@ -115,3 +115,33 @@ def test_entropy_of_half_precision_logits_is_computed_in_float32(dtype):
     got = entropy_from_logits(logits)
     assert got.dtype == torch.float32
     assert torch.allclose(got, naive_entropy(logits), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_head_logprobs_equal_the_plain_log_softmax_with_the_same_gradients(chunk):
+    from rlhfkit.objectives.logprobs import entropy_from_logits, head_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    logprobs, entropy = head_logprobs(hidden, weight, targets, temperature=1.3, with_entropy=True, chunk=chunk)
+    logits = hidden @ weight.T / 1.3
+    naive = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(logprobs, naive, atol=1e-12)
+    assert torch.allclose(entropy, entropy_from_logits(logits.detach()), atol=1e-12)
+    upstream = torch.randn(37, dtype=torch.float64)
+    got = torch.autograd.grad((logprobs * upstream).sum(), (hidden, weight))
+    want = torch.autograd.grad((naive * upstream).sum(), (hidden, weight))
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12)
+
+
+def test_head_logprobs_hand_value_and_no_entropy_when_not_asked():
+    from rlhfkit.objectives.logprobs import head_logprobs
+
+    # logits [0, ln 3] for the one row: p(token 1) = 3 / 4
+    hidden = torch.tensor([[1.0]])
+    weight = torch.tensor([[0.0], [math.log(3.0)]])
+    logprobs, entropy = head_logprobs(hidden, weight, torch.tensor([1]))
+    assert torch.allclose(logprobs, torch.tensor([math.log(0.75)])) and entropy is None

@@ -47,12 +47,34 @@ def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(model_and
 
     model, tokenizer = model_and_tokenizer
     rollout = generate_samples(model, tokenizer, num_samples=2, max_new_tokens=8)
-    called = []
-    monkeypatch.setattr(forward, "_shared_prompt_logits", lambda *a: called.append(a) or None)
+    groups = []
+    original = forward._response_states
+    monkeypatch.setattr(forward, "_response_states", lambda *a, **k: groups.append(a[4]) or original(*a, **k))
     with torch.no_grad():
         # 3 prompts x 2 samples: groups of 3 rows would mix two prompts
         out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
                                 group_size=3)
         plain = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
-    assert not called
+    assert groups == [1, 1]
     assert torch.equal(out.logprobs, plain.logprobs)
+
+
+def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, monkeypatch):
+    """Plain Llama models read the LM head chunk by chunk (`head_logprobs`); any other model (here
+    the same one, told apart by hand) goes through its own logits: the same values and gradients."""
+    from rlhfkit.rollout import forward
+
+    model, tokenizer = model_and_tokenizer
+    rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
+    model.train()
+    try:
+        chunked, chunked_grads = _logprobs_and_grads(model, rollout, temperature=0.9, with_entropy=True, group_size=4)
+        monkeypatch.setattr(forward, "plain_lm_head", lambda model: None)
+        logits, logits_grads = _logprobs_and_grads(model, rollout, temperature=0.9, with_entropy=True, group_size=4)
+    finally:
+        model.eval()
+    mask = rollout.response_mask
+    assert (chunked.logprobs.detach() - logits.logprobs.detach())[mask].abs().max() < 1e-5
+    assert (chunked.entropy - logits.entropy)[mask].abs().max() < 1e-5
+    for name, grad in logits_grads.items():
+        assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-6), name

@@ -65,3 +65,78 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def head_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk of `head_logprobs`: about 2^20 logits (4 MB in float32), so one chunk's
+    logits stay in cache, and never fewer than 16 rows (the loop's overhead)."""
+    return max(16, (1 << 20) // vocab_size)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors, otherwise unchanged (float64 stays float64)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T / T)[target] chunk by chunk, the logits recomputed in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk, with_entropy):
+        wide = _wide(hidden).dtype
+        logprobs = hidden.new_empty(hidden.shape[0], dtype=wide)
+        entropy = hidden.new_empty(hidden.shape[0] if with_entropy else 0, dtype=wide)
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = _wide(hidden[rows] @ weight.T) / temperature
+            lse = torch.logsumexp(logits, dim=-1)
+            logprobs[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse
+            if with_entropy:
+                entropy[rows] = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy):
+        hidden, weight, targets = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=_wide(weight).dtype) if ctx.needs_input_grad[1] else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            logits = _wide(hidden[rows] @ weight.T) / ctx.temperature
+            # d log p[target] / d logits = onehot(target) - softmax(logits)
+            grad_logits = torch.softmax(logits, dim=-1).mul_(-grad_logprobs[rows].unsqueeze(-1))
+            grad_logits.scatter_add_(-1, targets[rows].unsqueeze(-1), grad_logprobs[rows].unsqueeze(-1))
+            grad_logits = (grad_logits / ctx.temperature).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = grad_logits @ weight.to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += _wide(grad_logits.T @ hidden[rows])
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of `targets` under softmax(hidden @ weight.T / temperature), without
+    ever holding all the logits: a (rows, vocab) logits tensor is what dominates the memory and
+    the memory traffic of a long response (64 x 512 x 2048 floats: 268 MB, and the log-softmax
+    and its gradient pass over it several times). Chunks of rows are computed and dropped, and
+    recomputed in the backward; the gradients are those of the plain form.
+
+    Args:
+        hidden: (rows, d) final hidden states; weight: (vocab, d) the LM head (no bias, no scaling).
+        targets: (rows,) the token each row predicts; temperature: logits are divided by it.
+        with_entropy: also the entropy of each row's distribution (no gradient).
+        chunk: rows per chunk (0 = `head_chunk_rows`).
+    Returns:
+        (rows,) log-probs (float32, or float64 for float64 inputs) with gradient to hidden and
+        weight; (rows,) entropies or None.
+
+    Naive equivalent: `token_logprobs(hidden @ weight.T / temperature, targets)` and
+    `entropy_from_logits` of the same logits.
+    """
+    chunk = chunk or head_chunk_rows(weight.shape[0])
+    logprobs, entropy = _HeadLogprobs.apply(hidden, weight, targets, float(temperature), chunk, with_entropy)
+    return logprobs, entropy if with_entropy else None

@@ -16,8 +16,9 @@ import torch
 from transformers import DynamicCache
 
 from rlhfkit.data.shared_prompts import shares_prompts
-from rlhfkit.objectives.logprobs import entropy_from_logits, token_logprobs
+from rlhfkit.objectives.logprobs import entropy_from_logits, head_logprobs, token_logprobs
 from rlhfkit.rollout.engine import positions_from_mask
+from rlhfkit.rollout.llama_step import plain_lm_head
 
 
 class ResponseLogprobs(NamedTuple):
@@ -50,16 +51,21 @@ def response_logprobs(
         ResponseLogprobs with (batch, response_len) tensors; values at masked positions are
         finite but meaningless.
     """
-    if group_size > 1 and shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size):
-        logits = _shared_prompt_logits(model, input_ids, attention_mask, response_len, group_size)
-    else:
-        # The logits of position t predict token t + 1: the response needs the last response_len + 1
-        # positions except the very last, so the LM head runs on those only.
-        out = model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                    position_ids=positions_from_mask(attention_mask), logits_to_keep=response_len + 1)
-        logits = out.logits[:, :-1]
+    shared = group_size > 1 and shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len],
+                                               group_size)
+    targets = input_ids[:, -response_len:]
+    head = plain_lm_head(model)
+    if head is not None and not torch.is_autocast_enabled(input_ids.device.type):
+        # the base model's hidden states, and the head applied chunk by chunk (`head_logprobs`)
+        states = _response_states(model.model, input_ids, attention_mask, response_len, group_size if shared else 1,
+                                  hidden=True)
+        rows, width, size = states.shape
+        logprobs, entropy = head_logprobs(states.reshape(-1, size), head, targets.reshape(-1), temperature,
+                                          with_entropy)
+        return ResponseLogprobs(logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width))
+    logits = _response_states(model, input_ids, attention_mask, response_len, group_size if shared else 1, hidden=False)
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = token_logprobs(logits, input_ids[:, -response_len:])
+    logprobs = token_logprobs(logits, targets)
     entropy = None
     if with_entropy:
         with torch.no_grad():
@@ -67,24 +73,37 @@ def response_logprobs(
     return ResponseLogprobs(logprobs, entropy)
 
 
-def _shared_prompt_logits(model, input_ids, attention_mask, response_len: int, group_size: int) -> torch.Tensor:
-    """(batch, response_len, vocab) logits predicting each response token, each prompt run once."""
+def _response_states(model, input_ids, attention_mask, response_len: int, group_size: int, *,
+                     hidden: bool) -> torch.Tensor:
+    """(batch, response_len, vocab) logits, or with `hidden` the (batch, response_len, d) last
+    hidden states of a base model, at the positions that predict the response tokens."""
+    def run(**inputs):
+        out = model(**inputs)
+        return out.last_hidden_state if hidden else out.logits
+
+    if group_size == 1:
+        # position t predicts token t + 1: the last response_len + 1 positions but the very last
+        # (the LM head runs on those only)
+        keep = {} if hidden else {"logits_to_keep": response_len + 1}
+        states = run(input_ids=input_ids, attention_mask=attention_mask.long(),
+                     position_ids=positions_from_mask(attention_mask), **keep)
+        return states[:, -response_len - 1 : -1]
     prompt_len = input_ids.shape[1] - response_len
     prompt_ids, prompt_mask = input_ids[::group_size, :prompt_len], attention_mask[::group_size, :prompt_len]
     # step 1. the distinct prompts; their last position predicts the first response token
     cache = DynamicCache()
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
-    first = out.logits.repeat_interleave(group_size, dim=0)
+    keep = {} if hidden else {"logits_to_keep": 1}
+    first = run(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
+                past_key_values=cache, use_cache=True, **keep)[:, -1:].repeat_interleave(group_size, dim=0)
     if response_len == 1:
         return first
     # step 2. every response (but its last token, which predicts nothing) on its prompt's keys and values
     cache.batch_repeat_interleave(group_size)
     positions = attention_mask[:, :prompt_len].sum(dim=1, keepdim=True) + torch.arange(
         response_len - 1, device=input_ids.device)
-    out = model(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1].long(),
-                position_ids=positions, past_key_values=cache, use_cache=True)
-    return torch.cat([first, out.logits], dim=1)
+    rest = run(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1].long(),
+               position_ids=positions, past_key_values=cache, use_cache=True)
+    return torch.cat([first, rest], dim=1)
 
 
 def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:

@@ -26,6 +26,12 @@ def supports_fast_decode(model) -> bool:
             and not hasattr(model, "peft_config"))
 
 
+def plain_lm_head(model) -> torch.Tensor | None:
+    """The LM head's weight when the logits are exactly `hidden @ weight.T` of the base model's
+    last hidden state (a plain Llama: no bias, scaling or soft-capping), else None."""
+    return model.lm_head.weight if supports_fast_decode(model) and model.lm_head.bias is None else None
+
+
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
