@@ -21,6 +21,12 @@ from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.llama_step import plain_lm_head
 
 
+# Logits at least this large (64 MB in float32: 64 responses of 512 tokens over a 2,048-token
+# vocabulary hold 67M) go through the chunked LM head; below it, holding them costs less than
+# the chunked loop (measured: equal at 64 x 32 tokens, 2.5% slower on the DPO pairs).
+CHUNKED_HEAD_MIN_LOGITS = 1 << 24
+
+
 class ResponseLogprobs(NamedTuple):
     logprobs: torch.Tensor  # (batch, response_len) log-prob of each response token
     entropy: torch.Tensor | None  # (batch, response_len) entropy of the tempered distribution, or None
@@ -55,7 +61,8 @@ def response_logprobs(
                                                group_size)
     targets = input_ids[:, -response_len:]
     head = plain_lm_head(model)
-    if head is not None and not torch.is_autocast_enabled(input_ids.device.type):
+    large = head is not None and targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS
+    if large and not torch.is_autocast_enabled(input_ids.device.type):
         # the base model's hidden states, and the head applied chunk by chunk (`head_logprobs`)
         states = _response_states(model.model, input_ids, attention_mask, response_len, group_size if shared else 1,
                                   hidden=True)
