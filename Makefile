@@ -31,9 +31,10 @@ test: setup browser
 	$(PY) -m pytest -q tests
 
 # rlhfkit and TRL side by side on the shared benchmark (../shared/peer), alternating, with the
-# matmul ceiling before and after; BF16=1 runs both in bf16 autocast. Writes runs/bench/table.md.
+# matmul ceiling before and after; BF16=1 runs both in bf16 autocast; ROUNDS=3 repeats it all and
+# takes each library's median run. Writes runs/bench/table.md.
 bench: setup
-	$(PY) benchmarks/bench.py --out-dir runs/bench$(if $(filter 1,$(BF16)),-bf16 --bf16)
+	$(PY) benchmarks/bench.py --rounds $(or $(ROUNDS),1) --out-dir runs/bench$(if $(filter 1,$(BF16)),-bf16 --bf16)
 
 clean:
 	rm -rf $(VENV) runs

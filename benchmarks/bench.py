@@ -5,12 +5,14 @@ in one run, and one table of the ratios.
    virtualenv with the pinned requirements; PPO from the last release that has it).
 2. Measures the fp32 matmul ceiling (1024 x 1024, the shared harness's script).
 3. Runs the workloads in the shared order, each library in its own process per workload,
-   alternating which library goes first, so that drift of the machine hits both alike.
+   alternating which library goes first, so that drift of the machine hits both alike; with
+   --rounds N all of it N times, each library's median run per workload counting (a shared
+   machine's speed drifts by more than some of the gaps measured).
 4. Measures the ceiling again, writes every JSON line to `results.jsonl` and prints (and saves
    as `table.md`) the table: seconds per step, speed-up (reference / rlhfkit), peak memory,
    first and final loss, utilisation of the ceiling on the full FLOP count, and the targets.
 
-    python benchmarks/bench.py [--out-dir runs/bench] [--bf16] [--steps-scale 1] [--workload grpo ...]
+    python benchmarks/bench.py [--out-dir runs/bench] [--bf16] [--steps-scale 1] [--rounds 1] [--workload grpo ...]
 
 Environment defaults as the shared harness: --peer ../shared/peer, --assets /tmp/peer-assets,
 --venv /tmp/peer-venv, --ppo-dir /tmp/peer-trl-1.12.0, two threads.
@@ -88,6 +90,16 @@ def run_rlhfkit(args, workload: str, steps: int, env: dict, log: Path) -> dict:
     return {"workload": workload, "library": "rlhfkit", **result}
 
 
+def median_run(found: list[dict]) -> dict:
+    """Of one library's runs of one workload (--rounds), the one with the median s/step (the
+    upper median of an even count); a failed run stands for the workload when any failed."""
+    failed = [r for r in found if "error" in r]
+    if failed:
+        return failed[0]
+    ranked = sorted(found, key=lambda r: r["median_s_per_step"])
+    return {**ranked[len(ranked) // 2], "rounds_s_per_step": [r["median_s_per_step"] for r in found]}
+
+
 def utilisation(result: dict, gflops: float) -> float | None:
     return result["achieved_gflops_full"] / gflops if "achieved_gflops_full" in result else None
 
@@ -160,6 +172,8 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (the shared BF16=1)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="timed steps x this (1 = the shared counts)")
     parser.add_argument("--workload", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run everything this many times, alternating; each library's median run counts")
     args = parser.parse_args()
     if not args.peer.is_dir():
         sys.exit(f"no shared benchmark at {args.peer}: pass --peer DIR")
@@ -170,17 +184,20 @@ def main() -> None:
     env = environment(args.threads)
     started = datetime.datetime.now(datetime.timezone.utc)
 
-    results, ceilings = [], []
+    ceilings = []
     ceilings.append(ceiling(args, env, logs / "ceiling_before.log")["gflops_median"])
     print(f"matmul ceiling before: {ceilings[0]:.1f} GFLOP/s", flush=True)
-    for index, workload in enumerate(args.workload):
-        steps = max(3, round(STEPS[workload] * args.steps_scale))
-        runners = [("trl", run_reference), ("rlhfkit", run_rlhfkit)]
-        for library, run in runners if index % 2 == 0 else runners[::-1]:
-            result = run(args, workload, steps, env, logs / f"{workload}-{library}.log")
-            results.append(result)
-            status = result.get("error", "")[:200] or f"{result['median_s_per_step']:.3f} s/step"
-            print(f"{workload:5s} {library:8s} {status}", flush=True)
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for round_index in range(args.rounds):
+        for index, workload in enumerate(args.workload):
+            steps = max(3, round(STEPS[workload] * args.steps_scale))
+            runners = [("trl", run_reference), ("rlhfkit", run_rlhfkit)]
+            for library, run in runners if (index + round_index) % 2 == 0 else runners[::-1]:
+                result = run(args, workload, steps, env, logs / f"{workload}-{library}-{round_index}.log")
+                runs.setdefault((workload, library), []).append(result)
+                status = result.get("error", "")[:200] or f"{result['median_s_per_step']:.3f} s/step"
+                print(f"{workload:5s} {library:8s} {status}", flush=True)
+    results = [median_run(found) for found in runs.values()]
     ceilings.append(ceiling(args, env, logs / "ceiling_after.log")["gflops_median"])
     print(f"matmul ceiling after: {ceilings[1]:.1f} GFLOP/s", flush=True)
 
