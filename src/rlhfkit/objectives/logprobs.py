@@ -5,6 +5,15 @@ import torch
 from rlhfkit.objectives.masked import masked_sum
 
 
+def _wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for the half-precision types, otherwise the type itself (float64 stays float64)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    return x.to(_wide_dtype(x.dtype))
+
+
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     """log p(token_ids) under softmax(logits), without a full log-softmax copy.
 
@@ -18,7 +27,7 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     which materialises a (batch, seq, vocab) tensor; here only the chosen logit and the
     logsumexp are kept: log p = logit[token] - logsumexp(logits).
     """
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = _wide(logits)
     chosen = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
 
@@ -62,7 +71,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     (batch, seq, vocab) tensors; since log p_v = logit_v - logsumexp, the entropy is
     logsumexp(logits) - sum_v p_v * logit_v and needs only the softmax.
     """
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    logits = _wide(logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
@@ -73,17 +82,12 @@ def head_chunk_rows(vocab_size: int) -> int:
     return max(16, (1 << 20) // vocab_size)
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision tensors, otherwise unchanged (float64 stays float64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 class _HeadLogprobs(torch.autograd.Function):
     """log softmax(hidden @ weight.T / T)[target] chunk by chunk, the logits recomputed in the backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk, with_entropy):
-        wide = _wide(hidden).dtype
+        wide = _wide_dtype(hidden.dtype)
         logprobs = hidden.new_empty(hidden.shape[0], dtype=wide)
         entropy = hidden.new_empty(hidden.shape[0] if with_entropy else 0, dtype=wide)
         for start in range(0, hidden.shape[0], chunk):
@@ -102,7 +106,7 @@ class _HeadLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs, _grad_entropy):
         hidden, weight, targets = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=_wide(weight).dtype) if ctx.needs_input_grad[1] else None
+        grad_weight = torch.zeros_like(weight, dtype=_wide_dtype(weight.dtype)) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             logits = _wide(hidden[rows] @ weight.T) / ctx.temperature

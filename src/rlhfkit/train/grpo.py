@@ -25,7 +25,6 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun, Supervision, step_rewards_on_tokens
-from rlhfkit.train.schedule import is_due
 
 
 @dataclass(frozen=True)
@@ -151,13 +150,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
 
             # step 6. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
-            result.history.append(row)
-            done = step + 1
-            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                result.evals.append((done, run.evaluate(row)))
-            run.log(done, row)
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                run.save_checkpoint(done)
+            run.end_step(step + 1, row, result)
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()

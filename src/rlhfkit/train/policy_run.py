@@ -41,6 +41,7 @@ from rlhfkit.train.batching import micro_batch_rows, stream_rows
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, load_policy, resume_point
 from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.schedule import is_due
 
 # Evaluation prompts are drawn from the task's generator with this offset on the seed, and
 # removed from the training prompts, so evaluation is on prompts never trained on.
@@ -249,6 +250,16 @@ class PolicyRun:
         self.policy.train()
         row.update({f"eval_{k}": v for k, v in metrics.items()})
         return metrics
+
+    def end_step(self, done: int, row: dict, result) -> None:
+        """After `done` steps: keep the step's row in `result.history`, evaluate when due (adding
+        to `result.evals`), log the row, and checkpoint when due."""
+        result.history.append(row)
+        if self.cfg.eval_every >= 0 and is_due(done, self.cfg.eval_every, self.cfg.max_steps, at_end=True):
+            result.evals.append((done, self.evaluate(row)))
+        self.log(done, row)
+        if is_due(done, self.cfg.save_every, self.cfg.max_steps, at_end=False):
+            self.save_checkpoint(done)
 
     def log(self, step: int, row: dict) -> None:
         self.metrics.log(step, row, stage=self.stage)

@@ -32,7 +32,6 @@ from rlhfkit.runtime.device import autocast
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
-from rlhfkit.train.schedule import is_due
 
 
 class RAFTMode(str, Enum):
@@ -187,13 +186,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             row.update(info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item())
-            result.history.append(row)
-            done = step + 1
-            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                result.evals.append((done, run.evaluate(row)))
-            run.log(done, row)
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                run.save_checkpoint(done)
+            run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()

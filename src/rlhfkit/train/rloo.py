@@ -24,7 +24,6 @@ from rlhfkit.runtime.device import autocast
 from rlhfkit.train.grpo import check_batch_sizes
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
-from rlhfkit.train.schedule import is_due
 
 
 @dataclass(frozen=True)
@@ -123,13 +122,7 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             row["kl"] = sequence_kl.mean().item()
-            result.history.append(row)
-            done = step + 1
-            if cfg.eval_every >= 0 and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                result.evals.append((done, run.evaluate(row)))
-            run.log(done, row)
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                run.save_checkpoint(done)
+            run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()
