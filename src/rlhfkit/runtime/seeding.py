@@ -1,6 +1,8 @@
 """Seed every random number generator and make torch choose deterministic kernels."""
 
+import hashlib
 import random
+from enum import Enum
 
 import numpy as np
 import torch
@@ -33,3 +35,22 @@ def set_deterministic(threads: int | None) -> None:
     torch.backends.cudnn.benchmark = False
     if threads is not None:
         torch.set_num_threads(threads)
+
+
+class SeedStream(str, Enum):
+    """The independent random streams of a run, each derived from the run's one `seed`."""
+
+    TRAIN_PROMPTS = "train_prompts"
+    """Prompts a trainer draws from a task's generator."""
+    EVAL_PROMPTS = "eval_prompts"
+    """Held-out prompts a trainer or `rlhfkit eval` draws for evaluation."""
+    ROUND_PROMPTS = "round_prompts"
+    """Prompts of one round of an iterative trainer (with the round's index)."""
+
+
+def derive_seed(seed: int, stream: SeedStream, index: int = 0) -> int:
+    """A 32-bit seed for one stream of a run: the same for the same (seed, stream, index), and
+    unrelated across streams, so no two streams replay each other's draws (an offset added to
+    the seed can collide with another stream's offset or with another run's seed)."""
+    digest = hashlib.sha256(f"{seed}:{stream.value}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
