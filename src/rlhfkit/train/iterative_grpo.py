@@ -33,6 +33,7 @@ from rlhfkit.runtime.checkpoint import latest_checkpoint, load_torch_state, save
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
@@ -43,7 +44,9 @@ PROMPT_SEED_STRIDE = 7_919
 
 
 @dataclass(frozen=True)
-class IterativeGRPOConfig:
+class IterativeGRPOConfig(RunConfig):
+    """`seed` (from `RunConfig`) seeds every round: round r uses seed + r."""
+
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model)."""
     reward_model: str = ""
@@ -79,10 +82,6 @@ class IterativeGRPOConfig:
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=60, lr=5e-5, batch_size=16,
                                                                   warmup_steps=5, eval_every=0, save_every=30))
     """Each round's reward-model training; `model`, `train_data`, `eval_data`, `seed`, `device` are set per round."""
-    seed: int = 0
-    """Seeds every round (round r uses seed + r)."""
-    device: str = "auto"
-    """auto, cpu, cuda, ..."""
     tensorboard: bool = True
     """Also write TensorBoard scalars (one point per round)."""
     progress: bool = True

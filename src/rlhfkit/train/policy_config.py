@@ -5,10 +5,11 @@ algorithm's fields, and override a default where their algorithm needs another."
 from dataclasses import dataclass
 
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.run_config import RunConfig
 
 
 @dataclass(frozen=True)
-class PolicyRunConfig:
+class PolicyRunConfig(RunConfig):
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model); also the frozen reference."""
     reference_model: str = ""
@@ -60,10 +61,6 @@ class PolicyRunConfig:
     """Checkpoint every this many steps (0 = only the final model)."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds prompts, sampling and every RNG."""
-    device: str = "auto"
-    """auto, cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 autocast for the forward passes."""
     tensorboard: bool = True
