@@ -1,17 +1,167 @@
-"""`rlhfkit`: parse, build, call. Every user error is one line on stderr and exit status 2."""
+"""`rlhfkit`: parse, build, call. Every user error is one line on stderr and exit status 2.
+
+Every command with a config is one row of `COMMANDS`: its help, its config class, the function
+that runs it and what it prints after. Classes and functions are named as strings and imported
+only when the command runs, so `rlhfkit --help` does not import torch.
+"""
 
 import argparse
 import dataclasses
+import importlib
 import json
 import random
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.errors import RlhfkitError
 
-COMMANDS_WITH_CONFIG = ("sft", "rm", "dpo", "online-dpo", "ppo", "grpo", "rloo", "iterative-grpo", "raft", "judge",
-                        "critique", "eval", "pipeline")
+
+def _print_model_saved(cfg, run, result) -> None:
+    print(f"model saved to {result.model_dir}")
+
+
+def _print_reward_accuracy(cfg, run, result) -> None:
+    if result.eval_accuracy:
+        print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+    _print_model_saved(cfg, run, result)
+
+
+def _print_preference_accuracy(cfg, run, result) -> None:
+    if result.evals:
+        print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
+    _print_model_saved(cfg, run, result)
+
+
+def _print_policy_eval(cfg, run, result) -> None:
+    if result.evals:
+        print(f"held-out {cfg.task}: {result.evals[-1][1]}")
+    _print_model_saved(cfg, run, result)
+
+
+def _print_rounds(cfg, run, result) -> None:
+    for summary in result.rounds:
+        before, after = summary["accuracy_before"], summary["accuracy_after"]
+        print(f"round {summary['round']}: gold {summary['eval_gold_end']}, "
+              f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}")
+    _print_model_saved(cfg, run, result)
+
+
+def _print_report(cfg, run, result) -> None:
+    print(json.dumps(result.report, indent=2))
+    print(f"written to {run.root}")
+
+
+def _print_eval_table(cfg, run, result) -> None:
+    from rich.console import Console
+
+    from rlhfkit.eval.tables import metric_table, rich_table
+
+    columns, rows = metric_table(result["models"])
+    short = [c if c == "metric" else "/".join(Path(c).parts[-2:]) for c in columns]
+    console = Console()
+    title = f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}"
+    console.print(rich_table(title, short, rows))
+    if "reward_model" in result:
+        rm = result["reward_model"]
+        console.print(f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "
+                      f"[{rm['accuracy_low']:.1%}, {rm['accuracy_high']:.1%}] "
+                      f"over {rm['pairs']} pairs")
+    print(f"written to {run.root / 'eval.json'}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One `rlhfkit NAME` command that reads a config."""
+
+    help: str
+    config: str
+    """Its config class, "module:Class"."""
+    run: str
+    """The function that runs it, "module:function": `f(cfg, run_dir)`, plus `resume=` when
+    `resumable`; without `run_dir`, `f(cfg)`."""
+    report: Callable[[Any, Any, Any], None] | None = None
+    """Prints the outcome: (config, run directory, the run function's result)."""
+    needs: tuple[str, ...] = ()
+    """Config keys that must be set (paths), checked before the run directory is made."""
+    resumable: bool = True
+    """Takes --resume; otherwise --resume is refused (a data-making recipe or a measurement)."""
+    resume_needs_checkpoint: bool = True
+    """--resume needs a checkpoint in the run directory (false where sub-runs keep their own)."""
+    run_dir: bool = True
+    """Takes --name, --runs-dir, --resume and --overwrite (the pipeline names its run in its
+    config instead)."""
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command(
+        "supervised fine-tuning",
+        config="rlhfkit.train.sft:SFTConfig", run="rlhfkit.train.sft:train_sft",
+        report=_print_model_saved, needs=("model", "train_data")),
+    "rm": Command(
+        "reward-model training (pairs, rankings, steps)",
+        config="rlhfkit.train.reward:RewardConfig", run="rlhfkit.train.reward:train_reward_model",
+        report=_print_reward_accuracy, needs=("model", "train_data")),
+    "dpo": Command(
+        "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
+        config="rlhfkit.train.dpo:DPOConfig", run="rlhfkit.train.dpo:train_dpo",
+        report=_print_preference_accuracy, needs=("model", "train_data")),
+    "online-dpo": Command(
+        "online, iterative or hybrid DPO: the policy's samples labelled during training, "
+        "on a budget",
+        config="rlhfkit.train.online_dpo:OnlineDPOConfig",
+        run="rlhfkit.train.online_dpo:train_online_dpo",
+        report=_print_policy_eval, needs=("model",)),
+    "ppo": Command(
+        "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
+        config="rlhfkit.train.ppo:PPOConfig", run="rlhfkit.train.ppo:train_ppo",
+        report=_print_policy_eval, needs=("model",)),
+    "grpo": Command(
+        "GRPO: group-relative policy optimisation (outcome or process rewards)",
+        config="rlhfkit.train.grpo:GRPOConfig", run="rlhfkit.train.grpo:train_grpo",
+        report=_print_policy_eval, needs=("model",)),
+    "rloo": Command(
+        "RLOO: leave-one-out baseline over G samples, KL penalty in the reward",
+        config="rlhfkit.train.rloo:RLOOConfig", run="rlhfkit.train.rloo:train_rloo",
+        report=_print_policy_eval, needs=("model",)),
+    "iterative-grpo": Command(
+        "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
+        config="rlhfkit.train.iterative_grpo:IterativeGRPOConfig",
+        run="rlhfkit.train.iterative_grpo:train_iterative_grpo",
+        # its sub-runs checkpoint themselves: it resumes from wherever a round stopped
+        report=_print_rounds, needs=("model",), resume_needs_checkpoint=False),
+    "raft": Command(
+        "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
+        config="rlhfkit.train.raft:RAFTConfig", run="rlhfkit.train.raft:train_raft",
+        report=_print_policy_eval, needs=("model",)),
+    "judge": Command(
+        "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
+        config="rlhfkit.train.rlaif:JudgeConfig", run="rlhfkit.train.rlaif:run_judge",
+        report=_print_report, resumable=False),
+    "critique": Command(
+        "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
+        config="rlhfkit.train.constitutional:CritiqueConfig",
+        run="rlhfkit.train.constitutional:run_critique",
+        report=_print_report, resumable=False),
+    "eval": Command(
+        "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, "
+        "pass@k, reward-hacking signs",
+        config="rlhfkit.eval.run_eval:EvalConfig", run="rlhfkit.eval.run_eval:run_eval",
+        report=_print_eval_table, resumable=False),
+    "pipeline": Command(
+        "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, "
+        "table",
+        config="rlhfkit.pipeline_config:PipelineConfig", run="rlhfkit.pipeline:run_pipeline",
+        run_dir=False),
+}
+
+
+def _load(path: str):
+    """The object a "module:name" string names, imported now."""
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _quiet_libraries() -> None:
@@ -25,31 +175,25 @@ def _quiet_libraries() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhfkit", description="Train language models from human feedback.")
+    parser = argparse.ArgumentParser(prog="rlhfkit",
+                                     description="Train language models from human feedback.")
     sub = parser.add_subparsers(dest="command", required=True)
-    helps = {"sft": "supervised fine-tuning", "rm": "reward-model training (pairs, rankings, steps)",
-             "dpo": "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
-             "online-dpo": "online, iterative or hybrid DPO: the policy's samples labelled during training, on a budget",
-             "ppo": "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
-             "grpo": "GRPO: group-relative policy optimisation (outcome or process rewards)",
-             "rloo": "RLOO: leave-one-out baseline over G samples, KL penalty in the reward",
-             "iterative-grpo": "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
-             "raft": "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
-             "judge": "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
-             "critique": "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
-             "eval": "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, pass@k, "
-                     "reward-hacking signs",
-             "pipeline": "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, table"}
-    for name in COMMANDS_WITH_CONFIG:
-        p = sub.add_parser(name, help=helps[name])
+    for name, command in COMMANDS.items():
+        # argparse %-formats a help string (not a description): "95% CI" must reach it as "95%% CI"
+        p = sub.add_parser(name, help=command.help.replace("%", "%%"), description=command.help)
         p.add_argument("--config", help="YAML config file")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4")
-        if name != "pipeline":
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. lr=3e-4")
+        if command.run_dir:
             p.add_argument("--name", default=name, help="run name (default: the command)")
-            p.add_argument("--runs-dir", default="runs", help="where runs are written (default: runs)")
-            p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-            p.add_argument("--overwrite", action="store_true", help="replace an existing run of that name")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+            p.add_argument("--runs-dir", default="runs",
+                           help="where runs are written (default: runs)")
+            p.add_argument("--resume", action="store_true",
+                           help="continue the run from its last checkpoint")
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace an existing run of that name")
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config and exit")
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
     tasks.add_argument("task", nargs="?", help="task to export")
@@ -59,147 +203,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_class(command: str):
-    if command == "sft":
-        from rlhfkit.train.sft import SFTConfig
-        return SFTConfig
-    if command == "rm":
-        from rlhfkit.train.reward import RewardConfig
-        return RewardConfig
-    if command == "dpo":
-        from rlhfkit.train.dpo import DPOConfig
-        return DPOConfig
-    if command == "online-dpo":
-        from rlhfkit.train.online_dpo import OnlineDPOConfig
-        return OnlineDPOConfig
-    if command == "grpo":
-        from rlhfkit.train.grpo import GRPOConfig
-        return GRPOConfig
-    if command == "rloo":
-        from rlhfkit.train.rloo import RLOOConfig
-        return RLOOConfig
-    if command == "iterative-grpo":
-        from rlhfkit.train.iterative_grpo import IterativeGRPOConfig
-        return IterativeGRPOConfig
-    if command == "raft":
-        from rlhfkit.train.raft import RAFTConfig
-        return RAFTConfig
-    if command == "ppo":
-        from rlhfkit.train.ppo import PPOConfig
-        return PPOConfig
-    if command == "judge":
-        from rlhfkit.train.rlaif import JudgeConfig
-        return JudgeConfig
-    if command == "critique":
-        from rlhfkit.train.constitutional import CritiqueConfig
-        return CritiqueConfig
-    if command == "eval":
-        from rlhfkit.eval.run_eval import EvalConfig
-        return EvalConfig
-    from rlhfkit.pipeline_config import PipelineConfig
-    return PipelineConfig
-
-
-def _run_trainer(args, cfg) -> None:
+def _run_in_dir(args, command: Command, cfg) -> None:
+    """Make the run directory, save the config, run, print the outcome. A fresh run stopped by
+    bad input leaves nothing worth keeping: the corrected command must start cleanly, not meet
+    "already exists"."""
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.rundir import prepare_run_dir
 
-    if args.command in ("sft", "rm", "dpo") and not (cfg.model and cfg.train_data):
-        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH and train_data=PATH")
-    if not cfg.model:
-        raise RlhfkitError(f"rlhfkit {args.command} needs model=PATH")
-    # iterative GRPO's sub-runs checkpoint themselves: it resumes from wherever a round stopped
-    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume, overwrite=args.overwrite,
-                          resume_needs_checkpoint=args.command != "iterative-grpo")
+    if args.resume and not command.resumable:
+        raise RlhfkitError(f"rlhfkit {args.command} does not resume: run it again with --overwrite")
+    if command.needs and not all(getattr(cfg, key) for key in command.needs):
+        paths = " and ".join(f"{key}=PATH" for key in command.needs)
+        raise RlhfkitError(f"rlhfkit {args.command} needs {paths}")
+    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume,
+                          overwrite=args.overwrite,
+                          resume_needs_checkpoint=command.resume_needs_checkpoint)
     save_config(cfg, run.config_path)
+    run_fn = _load(command.run)
     try:
-        if args.command == "sft":
-            from rlhfkit.train.sft import train_sft
-            result = train_sft(cfg, run, resume=args.resume)
-        elif args.command == "dpo":
-            from rlhfkit.train.dpo import train_dpo
-            result = train_dpo(cfg, run, resume=args.resume)
-            if result.evals:
-                print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
-        elif args.command in ("grpo", "rloo", "ppo", "raft", "online-dpo"):
-            from rlhfkit.train.grpo import train_grpo
-            from rlhfkit.train.online_dpo import train_online_dpo
-            from rlhfkit.train.ppo import train_ppo
-            from rlhfkit.train.raft import train_raft
-            from rlhfkit.train.rloo import train_rloo
-            train = {"grpo": train_grpo, "rloo": train_rloo, "ppo": train_ppo, "raft": train_raft,
-                     "online-dpo": train_online_dpo}[args.command]
-            result = train(cfg, run, resume=args.resume)
-            if result.evals:
-                print(f"held-out {cfg.task}: {result.evals[-1][1]}")
-        elif args.command == "iterative-grpo":
-            from rlhfkit.train.iterative_grpo import train_iterative_grpo
-            result = train_iterative_grpo(cfg, run, resume=args.resume)
-            for summary in result.rounds:
-                print(f"round {summary['round']}: gold {summary['eval_gold_end']}, reward-model accuracy on the "
-                      f"new policy {summary['accuracy_before']:.3f} -> {summary['accuracy_after']:.3f}")
-        else:
-            from rlhfkit.train.reward import train_reward_model
-            result = train_reward_model(cfg, run, resume=args.resume)
-            if result.eval_accuracy:
-                print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+        result = run_fn(cfg, run, resume=args.resume) if command.resumable else run_fn(cfg, run)
     except RlhfkitError:
-        # A fresh run stopped by bad input leaves nothing worth keeping: the corrected
-        # command must start cleanly, not meet "already exists".
         if not args.resume and not any(run.checkpoints.glob("step_*")) and not run.final.exists():
             shutil.rmtree(run.root, ignore_errors=True)
         raise
-    print(f"model saved to {result.model_dir}")
-
-
-def _run_feedback(args, cfg) -> None:
-    """`rlhfkit judge` and `rlhfkit critique`: data-making recipes, so nothing to resume."""
-    from rlhfkit.runtime.config import save_config
-    from rlhfkit.runtime.rundir import prepare_run_dir
-    from rlhfkit.train.constitutional import run_critique
-    from rlhfkit.train.rlaif import run_judge
-
-    if args.resume:
-        raise RlhfkitError(f"rlhfkit {args.command} does not resume: run it again with --overwrite")
-    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=False, overwrite=args.overwrite)
-    save_config(cfg, run.config_path)
-    try:
-        result = (run_judge if args.command == "judge" else run_critique)(cfg, run)
-    except RlhfkitError:
-        shutil.rmtree(run.root, ignore_errors=True)  # bad input: the corrected command starts cleanly
-        raise
-    print(json.dumps(result.report, indent=2))
-    print(f"written to {run.root}")
-
-
-def _run_eval(args, cfg) -> None:
-    """`rlhfkit eval`: a measurement, so nothing to resume; prints one table, writes eval.json."""
-    from rich.console import Console
-
-    from rlhfkit.eval.run_eval import run_eval
-    from rlhfkit.eval.tables import metric_table, rich_table
-    from rlhfkit.runtime.config import save_config
-    from rlhfkit.runtime.rundir import prepare_run_dir
-
-    if args.resume:
-        raise RlhfkitError("rlhfkit eval does not resume: run it again with --overwrite")
-    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=False, overwrite=args.overwrite)
-    save_config(cfg, run.config_path)
-    try:
-        result = run_eval(cfg, run)
-    except RlhfkitError:
-        shutil.rmtree(run.root, ignore_errors=True)  # bad input: the corrected command starts cleanly
-        raise
-    columns, rows = metric_table(result["models"])
-    short = [column if column == "metric" else "/".join(Path(column).parts[-2:]) for column in columns]
-    console = Console()
-    console.print(rich_table(f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}",
-                             short, rows))
-    if "reward_model" in result:
-        rm = result["reward_model"]
-        console.print(f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "
-                      f"[{rm['accuracy_low']:.1%}, {rm['accuracy_high']:.1%}] over {rm['pairs']} pairs")
-    print(f"written to {run.root / 'eval.json'}")
+    command.report(cfg, run, result)
 
 
 def _tasks(args) -> None:
@@ -214,7 +241,8 @@ def _tasks(args) -> None:
         raise RlhfkitError("rlhfkit tasks export needs a task name")
     task, rng, out = get_task(args.task), random.Random(args.seed), Path(args.out)
     sft = [dataclasses.asdict(x) for x in task.sft_examples(args.rows, rng)]
-    prompts = [{"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(args.rows, rng)]
+    prompts = [{"prompt": p.prompt, "answer": p.answer, **p.metadata}
+               for p in task.prompts(args.rows, rng)]
     print(f"wrote {write_jsonl(out / f'{args.task}_sft.jsonl', sft)}")
     print(f"wrote {write_jsonl(out / f'{args.task}_prompts.jsonl', prompts)}")
     if hasattr(task, "step_examples"):
@@ -243,19 +271,14 @@ def run(argv: list[str]) -> None:
         return _tasks(args)
     from rlhfkit.runtime.config import config_to_dict, load_config
 
-    cfg = load_config(_config_class(args.command), args.config, args.overrides)
+    command = COMMANDS[args.command]
+    cfg = load_config(_load(command.config), args.config, args.overrides)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
-        return
-    if args.command == "pipeline":
-        from rlhfkit.pipeline import Pipeline
-        Pipeline(cfg).run_all()
-    elif args.command in ("judge", "critique"):
-        _run_feedback(args, cfg)
-    elif args.command == "eval":
-        _run_eval(args, cfg)
+    elif command.run_dir:
+        _run_in_dir(args, command, cfg)
     else:
-        _run_trainer(args, cfg)
+        _load(command.run)(cfg)
 
 
 def main() -> None:

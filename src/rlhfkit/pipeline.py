@@ -239,3 +239,8 @@ class Pipeline:
             json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)
         path = write_report(self.root, self.summary, self.side_by_side)
         self.console.print(f"report: {path.resolve()}")
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    """`rlhfkit pipeline`: every stage in order, the tables, `summary.json` and `report.html`."""
+    return Pipeline(cfg).run_all()

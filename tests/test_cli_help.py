@@ -1,0 +1,58 @@
+"""`rlhfkit --help` and `rlhfkit COMMAND --help` print their help and exit 0, and every row of the
+command table names a config class and a run function that exist."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from rlhfkit import cli
+
+SUBCOMMANDS = [*cli.COMMANDS, "tasks"]
+
+
+def help_of(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *args, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert not err, err
+    return exit_.value.code, out
+
+
+def test_top_level_help_lists_every_command(monkeypatch, capsys):
+    code, out = help_of(monkeypatch, capsys)
+    assert code == 0 and out.startswith("usage: rlhfkit")
+    for name in SUBCOMMANDS:
+        assert name in out
+    assert "95% CI" in out  # the percent sign of eval's help is printed, not read as a format
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(monkeypatch, capsys, name):
+    code, out = help_of(monkeypatch, capsys, name)
+    assert code == 0 and out.startswith(f"usage: rlhfkit {name}")
+    assert ("--print-config" in out) == (name != "tasks")
+    if name in cli.COMMANDS:
+        assert "".join(cli.COMMANDS[name].help.split()) in "".join(out.split())
+    assert ("--resume" in out) == (name not in ("tasks", "pipeline"))
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_every_command_names_a_config_class_and_a_run_function_that_exist(name):
+    command = cli.COMMANDS[name]
+    config = cli._load(command.config)
+    assert dataclasses.is_dataclass(config) and callable(cli._load(command.run))
+    for key in command.needs:
+        assert key in {field.name for field in dataclasses.fields(config)}
+    assert (command.report is None) == (not command.run_dir)
+
+
+def test_help_does_not_import_torch():
+    """The table names its classes as strings: `rlhfkit --help` stays fast."""
+    code = ("import sys; from rlhfkit.cli import run\n"
+            "try:\n    run(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
