@@ -10,7 +10,9 @@ from rlhfkit.objectives.preference import (
     DPOLoss,
     dpo_loss,
     dpo_losses,
+    implicit_reward_scale,
     implicit_rewards,
+    pair_outcomes,
     plackett_luce_dpo_loss,
     plackett_luce_dpo_losses,
     plackett_luce_nll,
@@ -85,6 +87,39 @@ def test_implicit_rewards_margins_and_accuracy():
     # right, tie (one half), wrong
     assert preference_accuracy(t(0.2, 0.0, -1.0), t(-0.1, 0.0, 1.0)).item() == pytest.approx(0.5)
     assert preference_accuracy(t(1.0, 2.0), t(0.0, 1.0)).item() == 1.0
+
+
+def test_a_margin_within_the_tie_tolerance_is_a_tie():
+    # tolerance = 1e-5 + 1e-6 * (|r_w| + |r_l|): 1e-5 for rewards near 0, 1e-5 + 2e-6 at (1, 1)
+    chosen = t(1.0, 0.0, 8e-6, -8e-6, 1.0 + 1.1e-5, 1.0 + 1.3e-5, 0.2)
+    rejected = t(0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.3)
+    assert pair_outcomes(chosen, rejected).tolist() == [1.0, 0.5, 0.5, 0.5, 0.5, 1.0, 0.0]
+    assert preference_accuracy(chosen, rejected).item() == pytest.approx(4.0 / 7.0)
+
+
+def test_rounding_of_equal_policy_and_reference_log_probs_is_a_tie():
+    # the same sequence log-prob from two paths, one float32 ulp apart (2.4e-4 at 3000 nats):
+    # the implicit reward margins are +-2.4e-5, past the absolute tolerance alone
+    logprobs = torch.tensor([-3000.0, -3000.0], dtype=torch.float32)
+    ref = torch.nextafter(logprobs, torch.tensor([-4000.0, 0.0]))
+    rewards = implicit_rewards(logprobs, ref, beta=0.1)
+    assert rewards.tolist() == pytest.approx([2.44140625e-5, -2.44140625e-5])
+    # scale per pair: 0.1 * (3000 + 3000) for each response, 1200 in all -> tolerance 1.21e-3
+    scale = implicit_reward_scale(logprobs, ref, 0.1)
+    assert scale.tolist() == pytest.approx([600.0, 600.0])
+    assert preference_accuracy(rewards[:1], rewards[1:], scale=scale[:1] + scale[1:]).item() == 0.5
+    assert preference_accuracy(rewards[1:], rewards[:1], scale=scale[:1] + scale[1:]).item() == 0.5
+    # without the log-probs' scale the noise would decide: a win one way, a loss the other
+    assert preference_accuracy(rewards[:1], rewards[1:]).item() == 1.0
+    assert preference_accuracy(rewards[1:], rewards[:1]).item() == 0.0
+
+
+@given(st.floats(-1.0, 1.0), st.floats(-1.0, 1.0), st.floats(0.0, 1e3))
+def test_pair_outcomes_equal_the_naive_rule(chosen, rejected, scale):
+    tolerance = 1e-5 + 1e-6 * scale
+    margin = chosen - rejected
+    naive = 1.0 if margin > tolerance else 0.5 if margin >= -tolerance else 0.0
+    assert pair_outcomes(t(chosen), t(rejected), scale=t(scale)).item() == naive
 
 
 def test_weights_and_denominator():

@@ -48,7 +48,10 @@ def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     history = result.history
     # Plackett-Luce over 4 responses with the policy equal to its reference: log 4! = log 24
     assert history[0]["loss"] == pytest.approx(math.log(24.0), abs=1e-5)
-    assert history[0]["kl"] == 0.0 and history[0]["margin"] == 0.0 and history[0]["accuracy"] == 0.5
+    # the policy's and the reference's log-probs come from two paths: equal up to rounding
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert history[0]["margin"] == pytest.approx(0.0, abs=1e-5)
+    assert history[0]["accuracy"] == 0.5  # margins within rounding are ties
     rewards = [row["reward_mean"] for row in history]
     assert mean(rewards[-3:]) > 1.5 * mean(rewards[:3])
     assert mean([row["accuracy"] for row in history[-4:]]) > 0.5 and history[-1]["kl"] > 0

@@ -4,6 +4,7 @@ import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.objectives.preference import pair_outcomes
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.runtime.device import move_batch
 
@@ -27,12 +28,11 @@ def score_groups(model: RewardModel, groups: list[RankedGroup], pad_token_id: in
 
 
 def pair_accuracy(scores: list[torch.Tensor], groups: list[RankedGroup]) -> float:
-    """Share of labelled pairs (ties excluded) the model orders like the label; an exact
-    score tie counts one half."""
+    """Share of labelled pairs (ties excluded) the model orders like the label; a score tie
+    (equal up to float rounding, see `pair_outcomes`) counts one half."""
     right, total = 0.0, 0
     for group_scores, group in zip(scores, groups):
         winners, losers, _ = ranking_to_pairs(group.ranks)
-        diff = group_scores[winners] - group_scores[losers]
-        right += (diff > 0).sum().item() + 0.5 * (diff == 0).sum().item()
+        right += pair_outcomes(group_scores[winners], group_scores[losers]).sum().item()
         total += len(winners)
     return right / max(1, total)

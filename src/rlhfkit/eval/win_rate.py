@@ -1,11 +1,16 @@
 """Win rate of one policy against another, judged by scores, with a 95% confidence interval.
 
-A comparison is a win when the candidate's score is higher, a tie when equal (counted as half a
-win, the convention of the DPO and AlpacaEval comparisons), else a loss.
+A comparison is a win when the candidate's score is higher, a tie when equal up to float
+rounding (`objectives.preference.pair_outcomes`; counted as half a win, the convention of the DPO
+and AlpacaEval comparisons), else a loss.
 """
 
 import math
 from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.objectives.preference import pair_outcomes
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -45,8 +50,10 @@ def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
     """Pairwise win rate of `candidate[i]` over `baseline[i]` (same prompt, same sample index)."""
     if len(candidate) != len(baseline):
         raise ValueError(f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores")
-    wins = sum(c > b for c, b in zip(candidate, baseline))
-    ties = sum(c == b for c, b in zip(candidate, baseline))
+    # the same response scored in two batches can differ by rounding: a tie, not a win
+    outcomes = pair_outcomes(torch.tensor(candidate, dtype=torch.float64),
+                             torch.tensor(baseline, dtype=torch.float64)).tolist()
+    wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(candidate)
     rate = (wins + ties / 2) / n if n else 0.5
     low, high = wilson_interval(wins + ties / 2, n)

@@ -183,11 +183,62 @@ def reward_margins(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor)
     return chosen_rewards - rejected_rewards
 
 
-def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
-    """Scalar share of pairs whose chosen response has the higher implicit reward.
+TIE_RTOL = 1e-6
+"""Relative part of the tie tolerance: ~8 float32 epsilons of the size of what a margin was
+computed from. The same log-prob computed along two paths (with and without gradient, another
+batch shape, AVX2 or AVX-512 kernels) differs by about one ulp."""
+TIE_ATOL = 1e-5
+"""Absolute part of the tie tolerance, for margins computed from numbers near 0."""
 
-    An exact tie counts one half, as in reward-model pair accuracy: when the policy equals the
-    reference every reward is 0 and the accuracy is chance (0.5), not 0.
+
+def pair_outcomes(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    *,
+    scale: torch.Tensor | None = None,
+    rtol: float = TIE_RTOL,
+    atol: float = TIE_ATOL,
+) -> torch.Tensor:
+    """Per pair: 1 if the chosen response has the higher reward, 0.5 for a tie, 0 otherwise.
+
+    A margin m = r_w - r_l is a tie when |m| <= atol + rtol * scale (`torch.isclose`'s rule),
+    so float rounding cannot turn a tie into a win or a loss: with the policy equal to its
+    reference every DPO margin is 0 up to rounding, and the accuracy must be 0.5 on every CPU.
+
+    Args:
+        chosen_rewards, rejected_rewards: (pairs,) or (pairs, heads) rewards.
+        scale: same shape, the size of the numbers each margin was computed from; default
+            |r_w| + |r_l|. DPO's implicit rewards are small differences of large log-probs, so
+            their rounding follows beta * (|log pi(y_w)| + |log pi_ref(y_w)| + the same for y_l).
+    Returns:
+        outcomes of the same shape. Naive form: `1 if m > tol else 0.5 if m >= -tol else 0`.
     """
     margins = reward_margins(chosen_rewards, rejected_rewards)
-    return ((margins > 0).float() + 0.5 * (margins == 0).float()).mean()
+    if scale is None:
+        scale = chosen_rewards.abs() + rejected_rewards.abs()
+    tolerance = atol + rtol * scale
+    return ((margins > tolerance).to(margins.dtype) + (margins >= -tolerance).to(margins.dtype)) / 2
+
+
+def preference_accuracy(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    *,
+    scale: torch.Tensor | None = None,
+    rtol: float = TIE_RTOL,
+    atol: float = TIE_ATOL,
+) -> torch.Tensor:
+    """Scalar share of pairs whose chosen response has the higher reward, a tie counting one
+    half, as in reward-model pair accuracy: when the policy equals the reference every
+    implicit reward is 0 and the accuracy is chance (0.5), not 0. Ties and `scale`: see
+    `pair_outcomes`."""
+    outcomes = pair_outcomes(chosen_rewards, rejected_rewards, scale=scale, rtol=rtol, atol=atol)
+    return outcomes.mean()
+
+
+def implicit_reward_scale(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """beta * (|log pi(y|x)| + |log pi_ref(y|x)|), elementwise: the size that float rounding of
+    the implicit reward is proportional to (a pair's scale is the sum over its two responses)."""
+    return beta * (logprobs.abs() + ref_logprobs.abs())

@@ -16,6 +16,7 @@ from rlhfkit.objectives.masked import masked_sum
 from rlhfkit.objectives.preference import (
     DPOLoss,
     dpo_loss,
+    implicit_reward_scale,
     implicit_rewards,
     plackett_luce_dpo_loss,
     preference_accuracy,
@@ -125,10 +126,15 @@ def batch_loss_fn(loss_type: DPOLoss, *, beta: float, label_smoothing: float) ->
 
 
 def pair_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, batch: dict, beta: float):
-    """(chosen, rejected) implicit rewards of every labelled pair, detached: the metrics are on
-    the same pairs whichever loss trains, so pairwise and listwise runs compare."""
-    rewards = implicit_rewards(logprobs.detach(), ref_logprobs, beta)
-    return gather_pair_rewards(rewards, batch["winners"], batch["losers"])
+    """(chosen, rejected, scale) of every labelled pair, detached: the implicit rewards and the
+    size their rounding follows (`pair_outcomes`). The metrics are on the same pairs whichever
+    loss trains, so pairwise and listwise runs compare."""
+    winners, losers = batch["winners"], batch["losers"]
+    logprobs = logprobs.detach()
+    rewards = implicit_rewards(logprobs, ref_logprobs, beta)
+    chosen, rejected = gather_pair_rewards(rewards, winners, losers)
+    scale = implicit_reward_scale(logprobs, ref_logprobs, beta)  # (responses,)
+    return chosen, rejected, scale[winners] + scale[losers]
 
 
 @dataclass
@@ -149,7 +155,7 @@ def backward_groups(policy, micro_batches: Iterable[tuple[dict, torch.Tensor]], 
                     num_groups: int, beta: float, precision: Precision) -> StepGradients:
     """Accumulate one step's gradient: for each (batch from `make_batch`, its reference
     log-probs), the policy's log-probs, the loss over `num_groups` groups, backward."""
-    loss_value, tokens, logprobs_all, chosen, rejected = 0.0, 0, [], [], []
+    loss_value, tokens, logprobs_all, pairs = 0.0, 0, [], []
     for batch, ref_logprobs in micro_batches:
         logprobs = policy_logprobs(policy, batch, precision)
         loss = loss_fn(logprobs, ref_logprobs, batch, num_groups)
@@ -157,17 +163,16 @@ def backward_groups(policy, micro_batches: Iterable[tuple[dict, torch.Tensor]], 
         loss_value += loss.item()
         tokens += int(batch["attention_mask"].sum())
         logprobs_all.append(logprobs.detach())
-        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, beta)
-        chosen.append(pair_chosen)
-        rejected.append(pair_rejected)
-    return StepGradients(loss_value, reward_metrics(torch.cat(chosen), torch.cat(rejected)), torch.cat(logprobs_all),
-                         tokens)
+        pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
+    return StepGradients(loss_value, reward_metrics(pairs), torch.cat(logprobs_all), tokens)
 
 
-def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+def reward_metrics(pairs: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
+    """Mean rewards, margin and accuracy over the (chosen, rejected, scale) of `pair_rewards`."""
+    chosen, rejected, scale = (torch.cat(parts) for parts in zip(*pairs))
     return {"rewards_chosen": chosen.mean().item(), "rewards_rejected": rejected.mean().item(),
             "margin": reward_margins(chosen, rejected).mean().item(),
-            "accuracy": preference_accuracy(chosen, rejected).item()}
+            "accuracy": preference_accuracy(chosen, rejected, scale=scale).item()}
 
 
 @torch.no_grad()
@@ -175,16 +180,13 @@ def evaluate_dpo(policy, reference: Reference, groups: list[RankedGroup], loss_f
                  pad_token_id: int, batch_size: int, device: torch.device, precision: Precision) -> dict[str, float]:
     """Held-out loss (mean over groups) and implicit-reward metrics over all held-out pairs."""
     policy.eval()
-    loss, chosen, rejected = 0.0, [], []
+    loss, pairs = 0.0, []
     for start in range(0, len(groups), batch_size):
         rows = list(range(start, min(start + batch_size, len(groups))))
         batch = make_batch([groups[row] for row in rows], pad_token_id, device)
         logprobs = policy_logprobs(policy, batch, precision)
         ref_logprobs = reference.logprobs(batch, "eval", rows, precision)
         loss += loss_fn(logprobs, ref_logprobs, batch, len(groups)).item()
-        pair_chosen, pair_rejected = pair_rewards(logprobs, ref_logprobs, batch, beta)
-        chosen.append(pair_chosen)
-        rejected.append(pair_rejected)
+        pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
     policy.train()
-    metrics = reward_metrics(torch.cat(chosen), torch.cat(rejected))
-    return {"loss": loss, **metrics}
+    return {"loss": loss, **reward_metrics(pairs)}

@@ -5,6 +5,7 @@ import torch
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
 from rlhfkit.data.steps import EncodedSteps, collate_steps
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.objectives.preference import preference_accuracy
 from rlhfkit.objectives.ranking import gather_pair_rewards
 from rlhfkit.objectives.reward import bradley_terry_loss, process_reward_loss, reward_centering_loss
 from rlhfkit.objectives.sft import sft_loss
@@ -45,7 +46,8 @@ def pairwise_loss(
     heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads
     loss = bradley_terry_loss(chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"])
-    stats = {"bt_loss": loss.item(), "train_pair_accuracy": (chosen > rejected).float().mean().item(),
+    accuracy = preference_accuracy(chosen.detach(), rejected.detach()).item()
+    stats = {"bt_loss": loss.item(), "train_pair_accuracy": accuracy,
              "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
     if imitation_coef:  # the LM term reads only each group's best response: its own forward pass
         best = batch["best"]
