@@ -48,7 +48,8 @@ def test_dpo_learns_a_preference_set(tiny_model_dir, advice_rankings, tmp_path):
     history = result.history
     # the policy starts as the reference: every implicit reward is 0, accuracy is chance
     assert history[0]["loss"] == pytest.approx(math.log(2.0), abs=1e-5)
-    assert history[0]["margin"] == 0.0 and history[0]["accuracy"] == 0.5
+    # (the policy's and the reference's log-probs come from two paths, equal up to rounding)
+    assert history[0]["margin"] == pytest.approx(0.0, abs=1e-5) and history[0]["accuracy"] == 0.5
     late = history[-10:]
     assert sum(row["margin"] for row in late) / 10 > 0.5
     assert sum(row["accuracy"] for row in late) / 10 > 0.65
@@ -85,7 +86,7 @@ def test_precomputed_reference_equals_the_reference_model(tiny_model_dir, advice
         cfg = config(tiny_model_dir, advice_rankings["rankings"], max_steps=2, eval_every=0, precompute_ref=precompute)
         results[precompute] = train_dpo(cfg, run_dir(tmp_path, f"precompute_{precompute}"))
     # the first step's policy is the reference, so its loss is log 2 either way
-    assert results[True].train_losses[0] == pytest.approx(results[False].train_losses[0], abs=1e-6)
+    assert results[True].train_losses[0] == pytest.approx(results[False].train_losses[0], abs=1e-5)
     assert results[True].train_losses[0] == pytest.approx(math.log(2.0), abs=1e-5)
     for key in ("loss", "margin", "accuracy"):
         assert results[True].history[1][key] == pytest.approx(results[False].history[1][key], abs=1e-4)
@@ -99,7 +100,7 @@ def test_lora_uses_the_base_as_reference_and_saves_a_merged_model(tiny_model_dir
     result = train_dpo(cfg, run)
     # IPO with the policy equal to its reference: (0 - 1 / (2 * 0.5))^2 = 1
     assert result.train_losses[0] == pytest.approx(1.0, abs=1e-5)
-    assert result.history[-1]["margin"] != 0.0
+    assert abs(result.history[-1]["margin"]) > 1e-3  # far past rounding: the policy moved
     weights = load_file(run.final / "model.safetensors")
     assert not any("lora" in name for name in weights)
     start = load_file(tiny_model_dir / "model.safetensors")
