@@ -98,6 +98,30 @@ def test_entropy_hand_values():
     assert entropy_from_logits(torch.tensor([[[50.0, 0.0, 0.0]]])).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_masked_logits_give_the_entropy_of_the_tokens_left():
+    inf = float("inf")
+    # softmax([0, 0, -inf]) = (1/2, 1/2, 0) -> ln 2; (1/3, 2/3, 0, 0) -> ln 3 - (2/3) ln 2
+    logits = torch.tensor([[[0.0, 0.0, -inf, -inf], [0.0, math.log(2.0), -inf, -inf]]])
+    want = torch.tensor([[math.log(2.0), math.log(3.0) - 2.0 / 3.0 * math.log(2.0)]])
+    assert torch.allclose(entropy_from_logits(logits), want, atol=1e-6)
+    assert torch.allclose(entropy_from_logits(logits.bfloat16()), want, atol=1e-2)
+    # a gradient through masked logits is finite too (0 on the masked tokens)
+    logits.requires_grad_(True)
+    entropy_from_logits(logits).sum().backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad[0, 1, 2:] == 0).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_top_k_masked_logits_equal_the_naive_entropy_of_the_top_k(k):
+    generator = torch.Generator().manual_seed(k)
+    logits = torch.randn(2, 4, 17, generator=generator) * 3
+    top = logits.topk(k, dim=-1)
+    masked = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
+    got = entropy_from_logits(masked)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, naive_entropy(top.values), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_entropy_equals_naive_softmax_times_log_softmax(seed):
     generator = torch.Generator().manual_seed(seed)
@@ -145,3 +169,16 @@ def test_head_logprobs_hand_value_and_no_entropy_when_not_asked():
     weight = torch.tensor([[0.0], [math.log(3.0)]])
     logprobs, entropy = head_logprobs(hidden, weight, torch.tensor([1]))
     assert torch.allclose(logprobs, torch.tensor([math.log(0.75)])) and entropy is None
+
+
+def test_head_logprobs_with_a_masked_logit():
+    from rlhfkit.objectives.logprobs import head_logprobs
+
+    # 1e20 * -1e20 overflows float32 to -inf: logits [0, 0, -inf], entropy ln 2, p(token 0) = 1/2
+    hidden = torch.tensor([[1e20]], requires_grad=True)
+    weight = torch.tensor([[0.0], [0.0], [-1e20]])
+    logprobs, entropy = head_logprobs(hidden, weight, torch.tensor([0]), with_entropy=True)
+    assert torch.allclose(entropy, torch.tensor([math.log(2.0)]))
+    assert torch.allclose(logprobs, torch.tensor([-math.log(2.0)]))
+    logprobs.sum().backward()
+    assert torch.isfinite(hidden.grad).all()

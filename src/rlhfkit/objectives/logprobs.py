@@ -69,11 +69,19 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
     Naive equivalent: `-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)`, which keeps two
     (batch, seq, vocab) tensors; since log p_v = logit_v - logsumexp, the entropy is
-    logsumexp(logits) - sum_v p_v * logit_v and needs only the softmax.
+    logsumexp(logits) - sum_v p_v * logit_v and needs only the softmax. Masked tokens (logit
+    -inf: top-k, suppressed tokens) have p_v = 0 and add nothing, as in the naive form's limit;
+    softmax([0, 0, -inf]) has entropy ln 2.
     """
     logits = _wide(logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+    return _entropy(logits, torch.logsumexp(logits, dim=-1))
+
+
+def _entropy(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """lse - sum_v p_v * logit_v over the last dim, `lse` being logsumexp(logits). A -inf logit
+    has p_v = 0, and its term must be 0, not 0 * -inf = nan: it is clamped to the lowest float."""
+    finite = logits.clamp(min=torch.finfo(logits.dtype).min)
+    return lse - (torch.softmax(logits, dim=-1) * finite).sum(-1)
 
 
 def head_chunk_rows(vocab_size: int) -> int:
@@ -96,7 +104,7 @@ class _HeadLogprobs(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             logprobs[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse
             if with_entropy:
-                entropy[rows] = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+                entropy[rows] = _entropy(logits, lse)
         ctx.save_for_backward(hidden, weight, targets)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)
