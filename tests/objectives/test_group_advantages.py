@@ -42,6 +42,15 @@ def test_grpo_equals_naive_per_group_normalisation(seed, prompts, group_size, un
         assert torch.allclose(dr_got[k * group_size : (k + 1) * group_size], group - group.mean())
 
 
+def test_bessels_correction_on_a_group_of_two():
+    # rewards (1, 0): mean 1/2; Bessel std sqrt(1/2) -> +-1/sqrt 2; population std 1/2 -> +-1
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    got = group_advantages(rewards, 2, GroupNorm.GRPO, unbiased=True, eps=0.0)
+    assert got.tolist() == pytest.approx([1 / ROOT2, -1 / ROOT2], abs=1e-12)
+    got = group_advantages(rewards, 2, GroupNorm.GRPO, unbiased=False, eps=0.0)
+    assert got.tolist() == pytest.approx([1.0, -1.0], abs=1e-12)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(2, 6), st.floats(0.1, 10.0), st.floats(-5.0, 5.0))
 def test_grpo_is_invariant_to_affine_rescaling_and_dr_grpo_to_shifts(seed, prompts, group_size, scale, shift):

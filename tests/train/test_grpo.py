@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.objectives.group_advantages import group_advantages
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
@@ -120,3 +121,11 @@ def test_reference_model_names_another_reference_and_is_refused_with_lora(tiny_m
         PolicyRun(config(tiny_model_dir, tmp_path, beta=0.1, lora_r=4, reference_model=str(other)),
                   prepare_run_dir(tmp_path / "lora", resume=False, overwrite=False), resume=False,
                   needs_reference=True, stage="grpo")
+
+
+def test_the_group_std_has_bessels_correction_by_default():
+    # as TRL, OpenRLHF and veRL: rewards [1, 0] get +-0.707 (the population std would give +-1.0)
+    cfg = GRPOConfig()
+    assert cfg.std_unbiased
+    got = group_advantages(torch.tensor([1.0, 0.0]), 2, cfg.norm, cfg.std_unbiased, cfg.adv_eps)
+    assert got.tolist() == pytest.approx([0.5 / (0.5**0.5 + cfg.adv_eps), -0.5 / (0.5**0.5 + cfg.adv_eps)])

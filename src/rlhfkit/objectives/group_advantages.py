@@ -56,7 +56,8 @@ def group_advantages(
         rewards: (num_prompts * group_size,) one scalar per response, groups contiguous.
         group_size: G, responses per prompt.
         norm: GRPO or DR_GRPO (the latter ignores `unbiased` and `eps`).
-        unbiased: std with Bessel's correction (n - 1, as `torch.std`) or the population std (n).
+        unbiased: std with Bessel's correction (n - 1, as `torch.std`, TRL, OpenRLHF and veRL)
+            or the population std (n). Rewards [1, 0] get +-0.707 with it, +-1.0 without.
         eps: added to the std, so a group of equal rewards gets advantage 0.
     Returns:
         (num_prompts * group_size,) advantages; every token of response i uses A_i.

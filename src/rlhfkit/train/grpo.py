@@ -43,8 +43,9 @@ class GRPOConfig(GroupRolloutConfig):
     """KL estimator in the loss (k3 in DeepSeekMath)."""
     norm: GroupNorm = GroupNorm.GRPO
     """grpo: divide by the group's std; dr_grpo: only subtract the group mean."""
-    std_unbiased: bool = False
-    """Group std with Bessel's correction (True) or the population std (False)."""
+    std_unbiased: bool = True
+    """Group std with Bessel's correction, n - 1 (True, as TRL, OpenRLHF and veRL: rewards [1, 0]
+    get advantages +-0.707), or the population std, n (False: +-1.0)."""
     adv_eps: float = 1e-4
     """Added to the group std."""
     loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
