@@ -1,7 +1,11 @@
+import json
+
+import pytest
 import torch
 
-from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, ranking_layout
-from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, load_ranked_groups, ranking_layout
+from rlhfkit.data.tokenize import EncodedExample, encode_prompt_completion
+from rlhfkit.errors import RlhfkitError
 
 
 def response(token: int, length: int) -> EncodedExample:
@@ -18,3 +22,39 @@ def test_ranking_layout_indexes_the_flat_responses_group_by_group():
     # the index finds each response in the batch that collate_groups pads
     first_tokens = collate_groups(groups, pad_token_id=0)["input_ids"][:, 0]
     assert torch.equal(first_tokens[layout["ranking_index"]], torch.tensor([[1, 2, 1], [3, 4, 5]]))
+
+
+def write_rows(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_pairs_and_rankings_load_as_ranked_groups(tokenizer, tmp_path):
+    settings = dict(max_length=64, truncation="keep_start", needed_by="DPO")
+    pairs = write_rows(tmp_path / "pairs.jsonl", [
+        {"prompt": "what is two", "chosen": " three", "rejected": " the cat", "margin": 2.0},
+        {"prompt": "the cat", "chosen": " sat", "rejected": " on a mat"},
+    ])
+    groups, report = load_ranked_groups(pairs, tokenizer, **settings)
+    # a pair is a ranking of two, chosen first, with its margin
+    assert [(group.ranks, group.margin) for group in groups] == [((0, 1), 2.0), ((0, 1), 0.0)]
+    want = encode_prompt_completion(tokenizer, "what is two", " the cat", max_length=64,
+                                    truncation="keep_start")
+    assert groups[0].responses[1] == want and report.kept == 2
+    rankings = write_rows(tmp_path / "rankings.jsonl", [
+        {"prompt": "what is", "responses": [" two", " three", " a cat"], "ranks": [0, 1, 1]},
+    ])
+    groups, report = load_ranked_groups(rankings, tokenizer, **settings)
+    assert len(groups) == 1 and groups[0].ranks == (0, 1, 1) and len(groups[0].responses) == 3
+
+
+def test_other_data_and_rows_without_a_preference_are_refused(tokenizer, tmp_path):
+    settings = dict(max_length=64, truncation="keep_start", needed_by="a reward model")
+    sft = write_rows(tmp_path / "sft.jsonl", [{"prompt": "what is", "completion": " two"}])
+    with pytest.raises(RlhfkitError, match="a reward model needs preference pairs.*found sft data"):
+        load_ranked_groups(sft, tokenizer, **settings)
+    ties = write_rows(tmp_path / "ties.jsonl", [
+        {"prompt": "what is", "responses": [" two", " three"], "ranks": [0, 0]},
+    ])
+    with pytest.raises(RlhfkitError, match="nothing to prefer"):
+        load_ranked_groups(ties, tokenizer, **settings)

@@ -3,11 +3,23 @@ scored once, and all the group's pairs index into those scores (InstructGPT's C(
 K forward passes instead of 2 * C(K,2))."""
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from rlhfkit.data.collate import pad_batch
-from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.data.detect import detect_format
+from rlhfkit.data.formats import Format
+from rlhfkit.data.loading import load_examples
+from rlhfkit.data.tokenize import (
+    EncodedExample,
+    TokenizeReport,
+    Truncation,
+    tokenize_preferences,
+    tokenize_rankings,
+)
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.objectives.ranking import ranking_comparisons, ranking_to_pairs
 
 
@@ -24,6 +36,39 @@ def groups_from_pairs(pairs: list[tuple[EncodedExample, EncodedExample, float]])
 
 def groups_from_rankings(rankings: list[tuple[list[EncodedExample], tuple[int, ...]]]) -> list[RankedGroup]:
     return [RankedGroup(responses, ranks) for responses, ranks in rankings]
+
+
+def load_ranked_groups(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+    needed_by: str,
+) -> tuple[list[RankedGroup], TokenizeReport]:
+    """Preference pairs or K-way rankings read from `path` and tokenised, as ranked groups (a
+    pair is a ranking of two), with the report of what tokenising truncated and dropped.
+
+    Raises:
+        RlhfkitError: the data has another format (the message names `needed_by`, e.g. "DPO"),
+            or no row is left with two responses of different rank.
+    """
+    fmt = detect_format(path)
+    if fmt is Format.RANKING:
+        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt),
+                                             max_length=max_length, truncation=truncation)
+        groups = groups_from_rankings(rankings)
+    elif fmt is Format.PREFERENCE:
+        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt),
+                                             max_length=max_length, truncation=truncation)
+        groups = groups_from_pairs(pairs)
+    else:
+        raise RlhfkitError(f"{path}: {needed_by} needs preference pairs (prompt, chosen, rejected) "
+                           f"or rankings (prompt, responses, ranks), found {fmt.value} data")
+    if not any(len(set(group.ranks)) > 1 for group in groups):
+        raise RlhfkitError(f"{path}: no row left with two responses of different rank "
+                           f"({report.summary()}): nothing to prefer")
+    return groups, report
 
 
 def group_labels(groups: list[RankedGroup]) -> int:

@@ -22,18 +22,14 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.detect import detect_format
-from rlhfkit.data.formats import Format
-from rlhfkit.data.loading import load_examples
 from rlhfkit.data.ranking_batch import (
     RankedGroup,
     first_groups_within,
     group_labels,
-    groups_from_pairs,
-    groups_from_rankings,
+    load_ranked_groups,
 )
-from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.data.tokenize import Truncation
+from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.preference import DPOLoss
@@ -152,21 +148,9 @@ def check_config(cfg: DPOConfig) -> None:
 
 def load_preference_groups(path: str, tokenizer, *, max_length: int, truncation: Truncation) -> list[RankedGroup]:
     """Pairs or rankings as ranked groups (a pair is a ranking of two), dropped rows reported."""
-    fmt = detect_format(path)
-    if fmt is Format.RANKING:
-        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt), max_length=max_length,
-                                             truncation=truncation)
-        groups = groups_from_rankings(rankings)
-    elif fmt is Format.PREFERENCE:
-        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt), max_length=max_length,
-                                             truncation=truncation)
-        groups = groups_from_pairs(pairs)
-    else:
-        raise RlhfkitError(f"{path}: DPO needs preference pairs (prompt, chosen, rejected) or rankings "
-                           f"(prompt, responses, ranks), found {fmt.value} data")
+    groups, report = load_ranked_groups(path, tokenizer, max_length=max_length, truncation=truncation,
+                                        needed_by="DPO")
     print(f"preference data {path}: {report.summary()}")
-    if not any(len(set(group.ranks)) > 1 for group in groups):
-        raise RlhfkitError(f"{path}: no row left with two responses of different rank: nothing to prefer")
     return groups
 
 

@@ -18,9 +18,9 @@ import torch
 from rlhfkit.data.detect import detect_format
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
-from rlhfkit.data.ranking_batch import groups_from_pairs, groups_from_rankings
+from rlhfkit.data.ranking_batch import load_ranked_groups
 from rlhfkit.data.steps import collate_steps, tokenize_steps
-from rlhfkit.data.tokenize import Truncation, tokenize_preferences, tokenize_rankings
+from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import load_tokenizer
@@ -108,22 +108,15 @@ class RewardResult:
 
 def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
     """Groups (pairwise objective) or encoded step-labelled solutions (process objective)."""
-    fmt = detect_format(path)
     if cfg.objective == RewardObjective.PROCESS:
+        fmt = detect_format(path)
         if fmt != Format.STEPS:
             raise RlhfkitError(f"{path}: the process objective needs step labels (prompt, completions, labels)")
         items, report = tokenize_steps(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
                                        separator=cfg.step_separator)
-    elif fmt == Format.RANKING:
-        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
-                                             truncation=cfg.truncation)
-        items = groups_from_rankings(rankings)
-    elif fmt is Format.PREFERENCE:
-        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
-                                             truncation=cfg.truncation)
-        items = groups_from_pairs(pairs)
     else:
-        raise RlhfkitError(f"{path}: a reward model needs rankings or preference pairs, found {fmt.value} data")
+        items, report = load_ranked_groups(path, tokenizer, max_length=cfg.max_length,
+                                           truncation=cfg.truncation, needed_by="a reward model")
     print(f"reward data {path}: {report.summary()}")
     return items
 
