@@ -3,7 +3,12 @@ import json
 import pytest
 import torch
 
-from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, load_ranked_groups, ranking_layout
+from rlhfkit.data.ranking_batch import (
+    RankedGroup,
+    collate_groups,
+    load_ranked_groups,
+    ranking_layout,
+)
 from rlhfkit.data.tokenize import EncodedExample, encode_prompt_completion
 from rlhfkit.errors import RlhfkitError
 

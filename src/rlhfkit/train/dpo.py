@@ -148,8 +148,8 @@ def check_config(cfg: DPOConfig) -> None:
 
 def load_preference_groups(path: str, tokenizer, *, max_length: int, truncation: Truncation) -> list[RankedGroup]:
     """Pairs or rankings as ranked groups (a pair is a ranking of two), dropped rows reported."""
-    groups, report = load_ranked_groups(path, tokenizer, max_length=max_length, truncation=truncation,
-                                        needed_by="DPO")
+    groups, report = load_ranked_groups(path, tokenizer, max_length=max_length,
+                                        truncation=truncation, needed_by="DPO")
     print(f"preference data {path}: {report.summary()}")
     return groups
 
