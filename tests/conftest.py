@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
-from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.models.tiny import CHAT_TEMPLATE, build_tiny_model
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
 
@@ -44,3 +46,23 @@ def tiny_model_dir(tmp_path_factory, tiny_corpus) -> Path:
     """
     out = tmp_path_factory.mktemp("tiny_model")
     return build_tiny_model(out, tiny_corpus, seed=0, **TINY_SIZES)
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer(tiny_corpus) -> PreTrainedTokenizerFast:
+    """A byte-level BPE whose post-processor puts <s> before every text, as the tokenizers of
+    Llama, Mistral and Gemma do (the tiny model's adds nothing); ChatML template without BOS."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<s>", "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(tiny_corpus, trainer=trainer)
+    bos = bpe.token_to_id("<s>")
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", bos)])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
+                                      eos_token="<|endoftext|>", pad_token="<|pad|>")
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped

@@ -6,6 +6,7 @@ Token lists below are hand-checked against the seeded tiny tokenizer of `conftes
 import copy
 
 import pytest
+from transformers import AutoTokenizer
 
 from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample
 from rlhfkit.data.tokenize import (
@@ -14,6 +15,7 @@ from rlhfkit.data.tokenize import (
     Truncation,
     encode_prompt_completion,
     render_text,
+    special_prefix,
     tokenize_preferences,
     tokenize_rankings,
     tokenize_responses,
@@ -227,3 +229,66 @@ def test_tokenize_rankings_keeps_ranks_aligned_with_surviving_responses(tokenize
         "2 rows: 1 kept (0 truncated), 1 dropped (fewer than two responses left: 1); "
         "2 responses dropped (too long: 2)"
     )
+
+
+# ----- the tokenizer's own special tokens: BOS ------------------------------------------------
+
+
+def template_writing_bos(bos_tokenizer):
+    writes_bos = copy.deepcopy(bos_tokenizer)
+    writes_bos.chat_template = "{{ bos_token }}" + bos_tokenizer.chat_template
+    return writes_bos
+
+
+def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(bos_tokenizer, tokenizer,
+                                                                  tiny_model_dir):
+    assert special_prefix(bos_tokenizer) == [bos_tokenizer.bos_token_id]
+    assert special_prefix(tokenizer) == []
+    assert special_prefix(AutoTokenizer.from_pretrained(tiny_model_dir)) == []  # the demo's
+
+
+def test_a_plain_pair_gets_one_bos_at_the_start_and_none_before_the_completion(bos_tokenizer):
+    bos, eos = bos_tokenizer.bos_token_id, bos_tokenizer.eos_token_id
+    encoded = encode(bos_tokenizer)
+    # the tokenizer's own encoding of the whole text, then the EOS
+    assert encoded.input_ids == bos_tokenizer(PROMPT + COMPLETION)["input_ids"] + [eos]
+    assert encoded.input_ids[0] == bos and encoded.input_ids.count(bos) == 1
+    # the mask covers exactly the completion's tokens and the EOS; the BOS is prompt
+    completion = bos_tokenizer(COMPLETION, add_special_tokens=False)["input_ids"] + [eos]
+    assert [t for t, m in zip(encoded.input_ids, encoded.completion_mask) if m] == completion
+    assert encoded.completion_mask.index(True) == len(encoded.input_ids) - len(completion)
+
+
+def test_text_that_already_starts_with_the_bos_gets_no_second_one(bos_tokenizer):
+    assert encode(bos_tokenizer, prompt="<s>" + PROMPT) == encode(bos_tokenizer)
+
+
+def test_chat_prompts_keep_exactly_what_the_template_writes(bos_tokenizer):
+    bos = bos_tokenizer.bos_token_id
+    # a template that writes no BOS gets none, though the tokenizer adds one to plain text
+    encoded = encode(bos_tokenizer, [USER], [ASSISTANT])
+    rendered = render_text(bos_tokenizer, [USER, ASSISTANT], as_prompt=False)
+    assert encoded.input_ids == bos_tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    assert bos not in encoded.input_ids
+    # a template that writes the BOS has it once
+    writes_bos = template_writing_bos(bos_tokenizer)
+    encoded = encode(writes_bos, [USER], [ASSISTANT])
+    assert encoded.input_ids[0] == bos and encoded.input_ids.count(bos) == 1
+    prompt = writes_bos(render_text(writes_bos, [USER], as_prompt=True), add_special_tokens=False)
+    assert encoded.completion_mask.index(True) == len(prompt["input_ids"])
+
+
+def test_sft_tokenisation_with_a_bos_and_without(bos_tokenizer, tiny_model_dir):
+    examples = [SFTExample("Q: 2 + 3?\nA:", " 5"), SFTExample(PROMPT, COMPLETION)]
+    encoded, report = tokenize_sft(bos_tokenizer, examples, max_length=64, truncation="drop")
+    assert report.kept == 2
+    for example, row in zip(examples, encoded):
+        whole = bos_tokenizer(example.prompt + example.completion)["input_ids"]
+        assert row.input_ids == whole + [bos_tokenizer.eos_token_id]
+        assert row.input_ids.count(bos_tokenizer.bos_token_id) == 1 and not row.completion_mask[0]
+    # the tiny model's tokenizer adds nothing: the ids are those of the text alone, as before
+    tiny = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encoded, _ = tokenize_sft(tiny, examples, max_length=64, truncation="drop")
+    for example, row in zip(examples, encoded):
+        plain = tiny(example.prompt + example.completion, add_special_tokens=False)["input_ids"]
+        assert row.input_ids == plain + [tiny.eos_token_id]

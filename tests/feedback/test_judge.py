@@ -48,6 +48,14 @@ def test_answer_inputs_stop_where_the_two_answers_differ(corpus):
     assert tokenizer.decode(inputs) in (text, text + " ")  # the prompt, and the space when it stands alone
 
 
+def test_answer_inputs_start_with_the_bos_a_judge_row_is_trained_with(bos_tokenizer):
+    # a judge row is SFT text: the tokenizer's BOS opens it, so the question does too
+    text = judge_prompt(PROMPTS[0], FIRST[0], SECOND[0])
+    [inputs], [token_a], _ = answer_inputs(bos_tokenizer, [text])
+    assert inputs + [token_a] == bos_tokenizer(text + " A")["input_ids"][: len(inputs) + 1]
+    assert inputs[0] == bos_tokenizer.bos_token_id and inputs.count(bos_tokenizer.bos_token_id) == 1
+
+
 def test_batched_left_padded_probs_equal_one_row_at_a_time(judge):
     model, tokenizer = judge
     batched = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=3)

@@ -70,6 +70,16 @@ def test_conversational_prompts_are_scored_through_the_chat_template(tiny_model_
     assert scores.rewards.item() == pytest.approx(forward_alone(model, ids).item(), abs=1e-5)
 
 
+def test_plain_text_is_scored_with_the_tokenizers_bos(tiny_model_dir, bos_tokenizer):
+    # the same encoding as the reward model's training: one BOS first, the EOS last
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    source = RewardModelSource(model, bos_tokenizer, batch_size=2, max_length=256)
+    encoded = source.encode(PROMPTS[0].prompt, RESPONSES[0], 0)
+    whole = bos_tokenizer(PROMPTS[0].prompt + RESPONSES[0])["input_ids"]
+    assert encoded.input_ids == whole + [bos_tokenizer.eos_token_id]
+    assert encoded.input_ids.count(bos_tokenizer.bos_token_id) == 1
+
+
 def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble, tokenizer):
     plain = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
     texts = [plain_ids(tokenizer, p.prompt, r) for p, r in zip(PROMPTS, RESPONSES)]

@@ -42,6 +42,21 @@ def pad_batch(examples: list[EncodedExample], pad_token_id: int) -> dict[str, to
     }
 
 
+def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask): token rows left-padded, so every row's last token sits in the last column
+    (where generation continues). ids (batch, seq) long; mask (batch, seq) bool, True = a token."""
+    if pad_token_id is None:
+        raise RlhfkitError("padding needs a pad token id and the tokenizer has none: set one")
+    width = max((len(row) for row in rows), default=0)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = True
+    return ids, mask
+
+
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     """The number of real (non-padding) tokens in a batch from `pad_batch`."""
     return int(batch["attention_mask"].sum().item())

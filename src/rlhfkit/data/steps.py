@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.formats import StepsExample
-from rlhfkit.data.tokenize import TokenizeReport, DropReason, render_text
+from rlhfkit.data.tokenize import TokenizeReport, DropReason, encode_rendered, render_text
 
 
 @dataclass(frozen=True)
@@ -18,12 +18,15 @@ class EncodedSteps:
 
 def encode_steps(tokenizer, example: StepsExample, *, max_length: int, separator: str) -> EncodedSteps | None:
     """prompt + separator + step_1 + separator + step_2 ...; steps that do not fit in
-    `max_length` are cut off (with their labels); None when no step fits."""
+    `max_length` are cut off (with their labels); None when no step fits. A plain prompt starts
+    with the tokenizer's BOS when it adds one; a chat prompt is tokenised as the template
+    writes it."""
     prompt = render_text(tokenizer, example.prompt, as_prompt=True)
+    templated = not isinstance(example.prompt, str)
     text, ends, ids = prompt, [], []
     for step in example.completions:
         text += separator + step
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = encode_rendered(tokenizer, text, templated=templated)
         if len(ids) > max_length:
             break
         ends.append(len(ids) - 1)

@@ -6,6 +6,10 @@ is the longest common token prefix of the tokenised prompt and the tokenised who
 byte-level BPE can merge the last prompt characters with the first completion characters, and
 the merged token then counts as completion.
 
+Plain text starts with the special tokens the tokenizer puts before a text (the BOS of Llama,
+Mistral or Gemma; nothing for GPT-2-style tokenizers), once: models trained with a BOS degrade
+badly without it. A chat template's output is tokenised as written: the template writes its own.
+
 Rows that do not fit in `max_length` are truncated or dropped according to `Truncation`, and
 every drop and every truncation is counted in a `TokenizeReport`; nothing is lost silently.
 """
@@ -108,6 +112,48 @@ def render_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> str:
     )
 
 
+_PROBE = "a"  # any short text: what the tokenizer adds around it is what we read
+
+
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The ids the tokenizer puts before any text when it adds its special tokens: `[bos]` for
+    Llama, Mistral or Gemma, `[]` for GPT-2-style byte-level BPEs (the tiny model's included).
+    Read from the tokenizer itself (a probe text with and without special tokens), so a
+    tokenizer that defines a BOS but does not add it gets none. Trailing special tokens (an EOS
+    some tokenizers append) are not part of it: an EOS ends a completion, never a prompt."""
+    plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(_PROBE)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def encode_rendered(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
+    """Token ids of a string that will be fed to the model from its first token.
+
+    Args:
+        text: plain text, or the output of the chat template (possibly continued).
+        templated: True = `text` came from the chat template, tokenised exactly as written;
+            False = plain text, which starts with the tokenizer's `special_prefix` (its BOS),
+            never twice: text already starting with it is left as it is.
+    Naive equivalent for plain text: `tokenizer(text)["input_ids"]` minus any special tokens
+    appended at the end, and without a second BOS.
+    """
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if templated:
+        return ids
+    prefix = special_prefix(tokenizer)
+    return ids if ids[: len(prefix)] == prefix else prefix + ids
+
+
+def encode_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> list[int]:
+    """Token ids of a string (plain, with the tokenizer's BOS if it adds one) or of a list of
+    messages (through the chat template, as written; `as_prompt` opens the assistant turn)."""
+    rendered = render_text(tokenizer, text, as_prompt=as_prompt)
+    return encode_rendered(tokenizer, rendered, templated=not isinstance(text, str))
+
+
 def _require_chat_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or "(built in memory)"
@@ -128,10 +174,12 @@ def encode_prompt_completion(
 ) -> EncodedExample | None:
     """Tokenise one prompt/completion pair.
 
-    Plain strings are tokenised as `prompt` and `prompt + completion` without special tokens,
-    and the EOS token is appended when `add_eos` (the model must learn to stop). Message lists
-    go through the chat template instead (the prompt with the generation prompt, the whole
-    conversation without it), and no EOS is appended: the template already ends the turn.
+    Plain strings are tokenised as `prompt` and `prompt + completion`, both starting with the
+    tokenizer's BOS when it adds one (so one BOS opens the sequence, none comes before the
+    completion), and the EOS token is appended when `add_eos` (the model must learn to stop).
+    Message lists go through the chat template instead (the prompt with the generation prompt,
+    the whole conversation without it), tokenised as the template writes them, and no EOS is
+    appended: the template already ends the turn.
 
     Returns:
         The encoded sequence, or None when it is dropped: no completion token is left, or it is
@@ -160,9 +208,9 @@ def _encode(
     else:
         prompt_text = render_text(tokenizer, prompt, as_prompt=True)
         full_text = render_text(tokenizer, list(prompt) + list(completion), as_prompt=False)
-    # Without special tokens: a chat template writes its own, and plain text gets only the EOS.
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    input_ids = list(tokenizer(full_text, add_special_tokens=False)["input_ids"])
+    # A chat template writes its own special tokens; plain text gets the tokenizer's BOS
+    prompt_ids = encode_rendered(tokenizer, prompt_text, templated=not plain)
+    input_ids = encode_rendered(tokenizer, full_text, templated=not plain)
     if plain and add_eos:
         eos = tokenizer.eos_token_id
         if eos is None:

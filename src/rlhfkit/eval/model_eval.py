@@ -10,7 +10,6 @@ answer (`arith`), pass@k and maj@k. Win rates compare two such evaluations promp
 from dataclasses import dataclass, field
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.data.tokenize import render_text
 from rlhfkit.eval.intervals import mean_with_interval
 from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
 from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
@@ -45,7 +44,7 @@ def evaluate_model(
             on the sampled answers is reported beside the gold score; None = none.
         samples_per_prompt: sampled answers per prompt (temperature 1); pass@k for k up to it.
     """
-    texts = [render_text(tokenizer, p.prompt, as_prompt=True) for p in prompts]
+    texts = [p.prompt for p in prompts]  # rendered (chat prompts) and tokenised by the sampler
     common = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     greedy = sample_for_eval(model, tokenizer, texts, greedy=True, **common)
     sampled = sample_for_eval(model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.data.formats import Text
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
 from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
@@ -32,11 +33,12 @@ class EvalSamples:
 
 @torch.no_grad()
 def sample_for_eval(
-    model, tokenizer, prompts: list[str], *, num_samples: int = 1, greedy: bool = False, reference=None,
-    max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+    model, tokenizer, prompts: list[Text], *, num_samples: int = 1, greedy: bool = False,
+    reference=None, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
 ) -> EvalSamples:
-    """`num_samples` responses per rendered prompt, sampled at temperature 1 (or one greedy
-    answer), with the sequence KL to `reference` (k1 and k3) when sampling.
+    """`num_samples` responses per prompt (plain text, or messages for the chat template: see
+    `encode_prompts`), sampled at temperature 1 (or one greedy answer), with the sequence KL to
+    `reference` (k1 and k3) when sampling.
 
     Temperature 1 because the KL to the reference is a property of the policy itself: samples
     at another temperature would measure a different distribution.

@@ -25,7 +25,6 @@ from pathlib import Path
 import yaml
 
 from rlhfkit.data.formats import Text
-from rlhfkit.data.tokenize import render_text
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.judge import PairJudgements, conversation_text, judge_pairs, preference_rows
 from rlhfkit.rewards.reward_model import as_completion
@@ -115,7 +114,7 @@ def critique_and_revise(model, tokenizer, prompts: list[Text], responses: list[s
         One chain per prompt: a `Revision` per principle. An empty revision keeps the response.
     """
     if responses is None:
-        samples = sample_responses(model, tokenizer, [render_text(tokenizer, p, as_prompt=True) for p in prompts],
+        samples = sample_responses(model, tokenizer, list(prompts),
                                    max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
         responses = [group[0] for group in samples.texts]
     if len(responses) != len(prompts):

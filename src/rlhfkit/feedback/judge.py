@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.data.collate import left_pad
 from rlhfkit.data.formats import Text
+from rlhfkit.data.tokenize import special_prefix
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
 from rlhfkit.rollout.engine import positions_from_mask
@@ -52,31 +54,22 @@ def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[in
 
     The answers are told apart at the first token where `text + " A"` and `text + " B"` differ;
     the tokens before it (the prompt, and a shared leading space when the tokenizer keeps it
-    apart from the letter) are the judge's input. This is the split the SFT tokenisation of a
-    judge row makes, so a trained judge is asked at exactly the position it learned.
+    apart from the letter) are the judge's input, after the tokenizer's BOS when it adds one.
+    This is the split the SFT tokenisation of a judge row makes, so a trained judge is asked at
+    exactly the position it learned.
     """
     with_a = tokenizer([t + ANSWER_A for t in texts], add_special_tokens=False)["input_ids"]
     with_b = tokenizer([t + ANSWER_B for t in texts], add_special_tokens=False)["input_ids"]
+    prefix = special_prefix(tokenizer)
     inputs, tokens_a, tokens_b = [], [], []
     for ids_a, ids_b in zip(with_a, with_b):
         shared = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b)))
         if shared == 0 or shared >= min(len(ids_a), len(ids_b)):
             raise RlhfkitError(f"the tokenizer does not tell '{ANSWER_A}' from '{ANSWER_B}' after a judge prompt")
-        inputs.append(ids_a[:shared])
+        inputs.append(prefix + ids_a[:shared])
         tokens_a.append(ids_a[shared])
         tokens_b.append(ids_b[shared])
     return inputs, tokens_a, tokens_b
-
-
-def _left_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) left-padded so every row's last token sits in the last column."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = True
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -99,7 +92,8 @@ def judge_first_better_prob(model, tokenizer, prompts: list[Text], first: list[s
     probs = []
     try:
         for start in range(0, len(inputs), batch_size):
-            ids, mask = _left_pad(inputs[start : start + batch_size], tokenizer.pad_token_id, device)
+            ids, mask = left_pad(inputs[start : start + batch_size], tokenizer.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
             logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions_from_mask(mask),
                            logits_to_keep=1).logits[:, -1].float()  # (batch, vocab)
             rows = torch.arange(ids.shape[0], device=device)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.data.formats import Text
 from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.progress import ProgressBar
@@ -29,7 +30,7 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 def sample_responses(
     model,
     tokenizer,
-    prompts: list[str],
+    prompts: list[Text],
     *,
     num_samples: int = 1,
     max_new_tokens: int = 64,
@@ -41,7 +42,8 @@ def sample_responses(
     seed: int = 0,
     progress: str | None = None,
 ) -> Samples:
-    """`num_samples` responses to each prompt (prompts are already rendered text).
+    """`num_samples` responses to each prompt: plain text, or messages that the chat template
+    renders here (see `encode_prompts`).
 
     `batch_size` counts responses; each batch holds whole prompts with all their samples, so a
     prompt is prefilled once. Sampling draws from its own seeded generator, never from the

@@ -3,13 +3,21 @@ where each response token ends in the decoded text (to put step rewards on token
 
 import torch
 
+from rlhfkit.data.collate import left_pad
+from rlhfkit.data.formats import Text
+from rlhfkit.data.tokenize import encode_text
 from rlhfkit.rollout.engine import Rollout
 
 
-def encode_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of rendered prompt strings, left-padded so every row continues at the end."""
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    return batch["input_ids"].to(device), batch["attention_mask"].bool().to(device)
+def encode_prompts(
+    tokenizer, prompts: list[Text], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of prompts, left-padded so every row continues at the end: a string is plain
+    text and starts with the tokenizer's BOS when it adds one; a list of messages goes through
+    the chat template with the assistant turn opened, tokenised as the template writes it."""
+    rows = [encode_text(tokenizer, prompt, as_prompt=True) for prompt in prompts]
+    ids, mask = left_pad(rows, tokenizer.pad_token_id)
+    return ids.to(device), mask.to(device)
 
 
 def response_token_ids(rollout: Rollout) -> list[list[int]]:

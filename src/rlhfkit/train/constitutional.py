@@ -18,7 +18,6 @@ import torch
 
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples, write_jsonl
-from rlhfkit.data.tokenize import render_text
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.critique import (
     Revision,
@@ -125,9 +124,10 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
     prompts, principles = _prompts(cfg, task), _principles(cfg, task)
     device = resolve_device(cfg.device)
     model, tokenizer = load_causal_lm(cfg.model).to(device), load_tokenizer(cfg.model)
-    rendered = [render_text(tokenizer, p.prompt, as_prompt=True) for p in prompts]
-    samples = sample_responses(model, tokenizer, rendered, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    samples = sample_responses(model, tokenizer, [p.prompt for p in prompts],
+                               temperature=cfg.temperature,
+                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                               batch_size=cfg.batch_size)
     responses = [group[0] for group in samples.texts]
 
     # step 2. critique and revise against each principle in turn

@@ -14,7 +14,6 @@ import torch
 
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples
-from rlhfkit.data.tokenize import render_text
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -199,8 +198,7 @@ class PolicyRun:
                top_p: float = 1.0, top_k: int = 0) -> tuple[Rollout, list[str]]:
         """`num_samples` responses per prompt from the current policy (in eval mode while it samples),
         with their sampling log-probs, and their decoded texts."""
-        texts = [render_text(self.tokenizer, p.prompt, as_prompt=True) for p in prompts]
-        ids, mask = encode_prompts(self.tokenizer, texts, self.device)
+        ids, mask = encode_prompts(self.tokenizer, [p.prompt for p in prompts], self.device)
         self.policy.eval()
         rollout = generate(self.policy, ids, mask, num_samples=num_samples, max_new_tokens=max_new_tokens,
                            stop_ids=self.stop_ids, pad_token_id=self.pad_token_id, temperature=temperature,

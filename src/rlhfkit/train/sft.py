@@ -132,10 +132,11 @@ def _length_chunks(rows: list) -> list[list]:
 
 
 def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig) -> None:
-    prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in eval_rows[: cfg.num_samples]]
+    rows = eval_rows[: cfg.num_samples]
+    prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in rows]  # as logged
     if not prompts:
         return
-    samples = sample_responses(model, tokenizer, prompts, greedy=True,
+    samples = sample_responses(model, tokenizer, [ex.prompt for ex in rows], greedy=True,
                                max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
     with open(run.root / "samples.jsonl", "a") as f:
         for prompt, texts in zip(prompts, samples.texts):
