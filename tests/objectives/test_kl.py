@@ -131,3 +131,25 @@ def test_sequence_kl_estimates_the_exact_kl_of_a_two_step_process():
     mask = torch.ones(200_000, 2, dtype=torch.bool)
     for estimator in (KLEstimator.K1, KLEstimator.K3):
         assert abs(sequence_kl(logprobs, ref_logprobs, mask, estimator).mean() - exact) < 0.01
+
+
+def test_clamp_bounds_each_token_estimate_by_hand():
+    # log-ratios 12, -11 and 0.5: k1 clamped at 10 gives 10, -10, 0.5; k3 of d = -12 is
+    # e^-12 + 12 - 1 = 11.000006..., clamped to 10; 0 leaves every estimate as it is
+    logprobs = torch.tensor([[0.0, -11.0, -0.5]], dtype=torch.float64)
+    ref_logprobs = torch.tensor([[-12.0, 0.0, -1.0]], dtype=torch.float64)
+    k1 = kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, clamp=10.0)
+    assert torch.equal(k1, torch.tensor([[10.0, -10.0, 0.5]], dtype=torch.float64))
+    assert kl_penalty(logprobs, ref_logprobs, KLEstimator.K3, clamp=10.0)[0, 0].item() == 10.0
+    unclamped = kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, clamp=0.0)
+    assert torch.equal(unclamped, logprobs - ref_logprobs)
+    mask = torch.tensor([[True, True, False]])
+    assert sequence_kl(logprobs, ref_logprobs, mask, KLEstimator.K1, clamp=10.0).tolist() == [0.0]
+    assert sequence_kl(logprobs, ref_logprobs, mask, KLEstimator.K1).tolist() == [1.0]
+
+
+def test_clamped_tokens_pass_no_gradient():
+    logprobs = torch.tensor([[0.0, -0.5]], requires_grad=True)
+    ref_logprobs = torch.tensor([[-12.0, -1.0]])
+    kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, clamp=10.0).sum().backward()
+    assert logprobs.grad.tolist() == [[0.0, 1.0]]

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.train.schedule import is_due, warmup_cosine
+from rlhfkit.train.schedule import is_due, linear_warmup, warmup_cosine
 
 
 def lr(step, total=100, warmup=10, min_ratio=0.1):
@@ -20,6 +20,12 @@ def test_hand_values():
     assert lr(10 + 45 // 2) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 22 / 90)))
     assert lr(100) == pytest.approx(0.1)  # the end: min_ratio
     assert lr(1000) == pytest.approx(0.1)  # past the end it stays there
+
+
+def test_linear_warmup_hand_values_and_the_cosine_warmup_is_the_same():
+    assert [linear_warmup(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert linear_warmup(0, 0) == 1.0 and linear_warmup(7, 1) == 1.0
+    assert all(lr(step) == linear_warmup(step, 10) for step in range(10))
 
 
 def test_no_warmup_starts_at_the_peak():

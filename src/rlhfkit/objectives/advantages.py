@@ -90,6 +90,22 @@ def kl_shaped_rewards(
     return torch.where(response_mask, rewards, torch.zeros((), dtype=rewards.dtype, device=rewards.device))
 
 
+def kl_shaped_sequence_rewards(
+    rewards: torch.Tensor, sequence_kl: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """One reward per response, the KL penalty on the whole sequence (RLOO, Ahmadian et al. 2024):
+
+        R_i = r_i - kl_coef * KL_i,   KL_i = sum_t kl_t over the response's tokens (`sequence_kl`)
+
+    Args:
+        rewards: (batch,) one score per response; sequence_kl: (batch,) summed per-token estimates.
+        kl_coef: beta.
+    Returns:
+        (batch,) shaped rewards.
+    """
+    return rewards - kl_coef * sequence_kl
+
+
 def reinforce_pp_advantages(
     rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, unbiased: bool, eps: float = 1e-8
 ) -> tuple[torch.Tensor, torch.Tensor]:

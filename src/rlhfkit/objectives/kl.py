@@ -6,11 +6,15 @@ KL divergence", 2020):
     k2 = 0.5 * log_ratio^2                            biased, >= 0, low variance near pi_theta = pi_ref
     k3 = exp(-log_ratio) - (-log_ratio) - 1           unbiased, >= 0, low variance
 InstructGPT puts k1 into the per-token reward (seed 001); GRPO (DeepSeekMath) adds k3 to the loss.
+An optional clamp bounds each token's estimate to [-clamp, clamp] (OpenRLHF and veRL clamp at 10):
+one token the reference finds very unlikely then cannot dominate the penalty or its gradient.
 """
 
 from enum import Enum
 
 import torch
+
+from rlhfkit.objectives.masked import masked_sum
 
 
 class KLEstimator(str, Enum):
@@ -46,17 +50,21 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
 _KL_ESTIMATORS = {KLEstimator.K1: kl_k1, KLEstimator.K2: kl_k2, KLEstimator.K3: kl_k3}
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator) -> torch.Tensor:
+def kl_penalty(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator, clamp: float = 0.0
+) -> torch.Tensor:
     """Per-token KL estimate of the chosen kind; masking and reduction are left to the caller.
 
     Args:
         logprobs: (batch, response_len) log pi_theta of the sampled tokens.
         ref_logprobs: (batch, response_len) log pi_ref of the same tokens.
         estimator: k1, k2 or k3 (see the module docstring).
+        clamp: > 0 clamps every estimate to [-clamp, clamp] (no gradient beyond it); 0 = none.
     Returns:
         (batch, response_len) per-token estimates, padding included (reduce with a response_mask).
     """
-    return _KL_ESTIMATORS[KLEstimator(estimator)](logprobs, ref_logprobs)
+    per_token = _KL_ESTIMATORS[KLEstimator(estimator)](logprobs, ref_logprobs)
+    return per_token.clamp(-clamp, clamp) if clamp > 0 else per_token
 
 
 def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: int, batch_size: int) -> float:
@@ -76,7 +84,11 @@ def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: in
 
 
 def sequence_kl(
-    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor, estimator: KLEstimator
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    estimator: KLEstimator,
+    clamp: float = 0.0,
 ) -> torch.Tensor:
     """KL(pi || pi_ref) of each sampled response: the per-token estimates summed over its tokens.
 
@@ -88,8 +100,8 @@ def sequence_kl(
         logprobs, ref_logprobs: (batch, response_len) log-probs of the sampled tokens.
         response_mask: (batch, response_len) bool, True = a response token (padding False).
         estimator: k1, k2 or k3 (k2 is biased; named so that reports say which was used).
+        clamp: the per-token clamp of `kl_penalty` (0 = none).
     Returns:
         (batch,) summed estimates; divide their sum by response_mask.sum() for nats per token.
     """
-    per_token = kl_penalty(logprobs, ref_logprobs, estimator)
-    return torch.where(response_mask, per_token, torch.zeros((), dtype=per_token.dtype)).sum(dim=-1)
+    return masked_sum(kl_penalty(logprobs, ref_logprobs, estimator, clamp), response_mask, dim=-1)
