@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from rlhfkit.pipeline import Pipeline
+from rlhfkit.errors import ConfigError
+from rlhfkit.pipeline import Pipeline, stage_configs
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
 
@@ -25,6 +26,56 @@ TINY = [
     "raft.progress=false", "raft.tensorboard=false",
     "eval_max_new_tokens=12", "advice_eval_samples=1", "arith_eval_samples=2", "report_samples=2",
 ]
+
+
+# every key of a stage's section that the pipeline fills in itself
+FILLED = {
+    "sft": ("model", "train_data", "eval_data", "seed", "device"),
+    "rm": ("model", "train_data", "eval_data", "seed", "device"),
+    "ppo": ("model", "reward_model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
+    "grpo": ("model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
+    "dpo": ("model", "train_data", "eval_data", "seed", "device"),
+    "raft": ("model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
+}
+FILLED_KEYS = [f"{stage}.{name}" for stage, names in FILLED.items() for name in names]
+# keys the pipeline takes from its own: a user sets those there instead
+FROM_PIPELINE = {"seed": "12345", "device": "cpu", "eval_max_new_tokens": "7"}
+OTHER_TASK = {"ppo": "arith", "grpo": "advice", "raft": "advice"}
+
+
+def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_path):
+    cfg = load_config(PipelineConfig, overrides=["seed=3", "device=cpu", "eval_max_new_tokens=9",
+                                                 "sft.max_steps=6", "ppo.lr=1e-3"])
+    stages = stage_configs(cfg, tmp_path)
+    assert len(FILLED_KEYS) == 34
+    sft_final = str(tmp_path / "sft" / "final")
+    assert stages.sft.model == str(tmp_path / "base_model") and stages.sft.max_steps == 6
+    assert stages.sft.train_data == str(tmp_path / "data" / "sft.jsonl")
+    assert stages.rm.model == stages.ppo.model == stages.dpo.model == stages.raft.model == sft_final
+    rankings = str(tmp_path / "collect" / "rankings.jsonl")
+    assert stages.rm.train_data == stages.dpo.train_data == rankings
+    assert stages.ppo.reward_model == str(tmp_path / "rm" / "final") and stages.ppo.lr == 1e-3
+    assert (stages.ppo.task, stages.grpo.task, stages.raft.task) == ("advice", "arith", "arith")
+    assert stages.grpo.eval_data == str(tmp_path / "data" / "arith_eval_prompts.jsonl")
+    for section, keys in FILLED.items():
+        stage = getattr(stages, section)
+        assert (stage.seed, stage.device) == (3, "cpu")
+        if "eval_max_new_tokens" in keys:
+            assert stage.eval_max_new_tokens == 9
+
+
+@pytest.mark.parametrize("key", FILLED_KEYS)
+def test_a_user_setting_of_a_filled_key_is_refused_by_name(tmp_path, key):
+    stage, name = key.split(".")
+    value = OTHER_TASK[stage] if name == "task" else FROM_PIPELINE.get(name, "somewhere")
+    cfg = load_config(PipelineConfig, overrides=[f"{key}={value}", f"runs_dir={tmp_path}"])
+    with pytest.raises(ConfigError) as caught:
+        Pipeline(cfg)
+    message = str(caught.value)
+    assert message.startswith(f"{key} is set by the pipeline") and len(message.splitlines()) == 1
+    if name in FROM_PIPELINE:
+        assert message.endswith(f"set {name}= instead")
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import dataclasses
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -22,21 +24,88 @@ from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
-from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
-from rlhfkit.train.dpo import train_dpo
-from rlhfkit.train.grpo import train_grpo
-from rlhfkit.train.ppo import train_ppo
-from rlhfkit.train.raft import train_raft
-from rlhfkit.train.reward import train_reward_model
-from rlhfkit.train.sft import train_sft
+from rlhfkit.train.dpo import DPOConfig, train_dpo
+from rlhfkit.train.grpo import GRPOConfig, train_grpo
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from rlhfkit.train.raft import RAFTConfig, train_raft
+from rlhfkit.train.reward import RewardConfig, train_reward_model
+from rlhfkit.train.sft import SFTConfig, train_sft
 
 
 def _prompt_row(p: PromptExample) -> dict:
     return {"prompt": p.prompt, "answer": p.answer, **p.metadata}
+
+
+def _data_file(root: Path, name: str) -> Path:
+    return root / "data" / f"{name}.jsonl"
+
+
+def _collected_file(root: Path, name: str) -> Path:
+    return root / "collect" / f"{name}.jsonl"
+
+
+def _final(root: Path, stage: str) -> str:
+    return str(RunDir(root / stage).final)
+
+
+@dataclass(frozen=True)
+class StageConfigs:
+    """Every training stage's config as the pipeline runs it."""
+
+    sft: SFTConfig
+    rm: RewardConfig
+    ppo: PPOConfig
+    grpo: GRPOConfig
+    dpo: DPOConfig
+    raft: RAFTConfig
+
+
+def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
+    """Each stage's section with what the pipeline fills in: the paths earlier stages write under
+    `root`, the stage's task, and the job's seed, device (and the RL stages' evaluation length).
+    Built before the first stage runs, so a filled key the user set is refused at once, by name."""
+    base = cfg.model.base_model or str(root / "base_model")
+    base_model = Filled(base, "to the base model", "set model.base_model= instead")
+    sft, rm = _final(root, "sft"), _final(root, "rm")
+    demonstrations, held_out = str(_data_file(root, "sft")), str(_data_file(root, "sft_eval"))
+    rankings = str(_collected_file(root, "rankings"))
+    heldout = str(_collected_file(root, "heldout_rankings"))
+
+    def fill(section: str, shared: tuple[str, ...], **wired: tuple[Any, str] | Filled) -> Any:
+        """`shared` keys come from the pipeline's own; `wired` ones are (value, where from)."""
+        fills = {key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
+                 for key in shared}
+        for key, wire in wired.items():
+            fills[key] = wire if isinstance(wire, Filled) else \
+                Filled(*wire, f"run `rlhfkit {section}` alone for another {key}")
+        return fill_section(cfg, section, fills, by="the pipeline")
+
+    run, rl = ("seed", "device"), ("seed", "device", "eval_max_new_tokens")
+    eval_prompts = {task: (str(_data_file(root, f"{task}_eval_prompts")),
+                           f"to its held-out {task} prompts") for task in ("advice", "arith")}
+    return StageConfigs(
+        sft=fill("sft", run, model=base_model,
+                 train_data=(demonstrations, "to the demonstrations it generates"),
+                 eval_data=(held_out, "to its held-out demonstrations")),
+        rm=fill("rm", run, model=(sft, "to its SFT model"),
+                train_data=(rankings, "to the rankings it collects"),
+                eval_data=(heldout, "to the held-out rankings it collects")),
+        ppo=fill("ppo", rl, model=(sft, "to its SFT model"),
+                 reward_model=(rm, "to the reward model it trains"), task=("advice", "to advice"),
+                 eval_data=eval_prompts["advice"]),
+        grpo=fill("grpo", rl, model=(sft, "to its SFT model"), task=("arith", "to arith"),
+                  eval_data=eval_prompts["arith"]),
+        dpo=fill("dpo", run, model=(sft, "to its SFT model"),
+                 train_data=(rankings, "to the rankings it collects"),
+                 eval_data=(heldout, "to the held-out rankings it collects")),
+        raft=fill("raft", rl, model=(sft, "to its SFT model"), task=("arith", "to arith"),
+                  eval_data=eval_prompts["arith"]),
+    )
 
 
 class Pipeline:
@@ -45,6 +114,7 @@ class Pipeline:
     def __init__(self, cfg: PipelineConfig, *, overwrite: bool = True):
         self.cfg = cfg
         self.root = Path(cfg.runs_dir) / cfg.name
+        self.stages = stage_configs(cfg, self.root)  # before anything is written or overwritten
         self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
         save_config(cfg, self.run.config_path)
         self.console = Console()
@@ -61,8 +131,15 @@ class Pipeline:
         self.summary["stages"][name] = {"seconds": time.perf_counter() - started}
         return out
 
+    def train(self, name: str, train_fn):
+        """Run the training stage `name` with its config in a fresh run directory; its result."""
+        cfg = getattr(self.stages, name)
+        run = prepare_run_dir(self.root / name, resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        return train_fn(cfg, run)
+
     # stage 1. task data: demonstrations (mixed), held-out demonstrations and prompts
-    def make_data(self) -> dict[str, Path]:
+    def make_data(self) -> None:
         rng, d = random.Random(self.cfg.seed), self.cfg.data
         sft, held_out, self.eval_prompts = [], [], {}
         for name, task in self.tasks.items():
@@ -71,37 +148,32 @@ class Pipeline:
             self.eval_prompts[name] = task.prompts(d.eval_prompts_per_task, rng)
         rng.shuffle(sft)
         rng.shuffle(held_out)
-        data = self.root / "data"
-        self.eval_files = {name: write_jsonl(data / f"{name}_eval_prompts.jsonl", [_prompt_row(p) for p in prompts])
-                           for name, prompts in self.eval_prompts.items()}
-        return {"sft": write_jsonl(data / "sft.jsonl", sft), "sft_eval": write_jsonl(data / "sft_eval.jsonl", held_out)}
+        for name, prompts in self.eval_prompts.items():
+            write_jsonl(_data_file(self.root, f"{name}_eval_prompts"), [_prompt_row(p) for p in prompts])
+        write_jsonl(_data_file(self.root, "sft"), sft)
+        write_jsonl(_data_file(self.root, "sft_eval"), held_out)
 
     # stage 2. the tiny Llama-style model and its tokenizer (or the given model directory)
-    def make_model(self, files: dict[str, Path]) -> Path:
+    def make_model(self) -> None:
         m = self.cfg.model
         if m.base_model:
-            return Path(m.base_model)
-        corpus = [json.loads(line) for line in open(files["sft"])]
+            return
+        corpus = [json.loads(line) for line in open(self.stages.sft.train_data)]
         texts = [row["prompt"] + row["completion"] for row in corpus]
-        return build_tiny_model(self.root / "base_model", texts, seed=self.cfg.seed, vocab_size=m.vocab_size,
-                                hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                                intermediate_size=m.intermediate_size)
+        build_tiny_model(self.stages.sft.model, texts, seed=self.cfg.seed, vocab_size=m.vocab_size,
+                         hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                         intermediate_size=m.intermediate_size)
 
     # stage 3. supervised fine-tuning
-    def sft(self, base: Path, files: dict[str, Path]) -> Path:
-        cfg = dataclasses.replace(self.cfg.sft, model=str(base), train_data=str(files["sft"]),
-                                  eval_data=str(files["sft_eval"]), seed=self.cfg.seed,
-                                  device=self.cfg.device)
-        run = prepare_run_dir(self.root / "sft", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_sft(cfg, run)
+    def sft(self) -> Path:
+        result = self.train("sft", train_sft)
         losses = result.train_losses
         self.summary["sft"] = {"first_loss": losses[0], "last_loss": losses[-1],
                                "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None}
         return result.model_dir
 
     # stage 5. sample K responses per prompt and have the simulated annotators rank them
-    def collect(self, model_dir: Path) -> dict[str, Path]:
+    def collect(self, model_dir: Path) -> None:
         c, task = self.cfg.collect, self.tasks["advice"]
         rng = random.Random(self.cfg.seed + 1)
         prompts = task.prompts(c.train_prompts + c.heldout_prompts, rng)
@@ -112,33 +184,23 @@ class Pipeline:
         grouped = list(zip(prompts, samples.texts))
         collection = label_responses(task, grouped[: c.train_prompts], grouped[c.train_prompts :],
                                      target_agreement=c.target_agreement, rng=rng)
-        out = self.root / "collect"
         self.summary["collect"] = {"temperature": collection.temperature, "agreement": collection.agreement,
                                    "bayes_limit": collection.bayes_limit, "pairs": len(collection.pairs),
                                    "rankings": len(collection.rankings)}
         self.console.print(self.summary["collect"])
-        write_jsonl(out / "pairs.jsonl", collection.pairs)
-        return {"rankings": write_jsonl(out / "rankings.jsonl", collection.rankings),
-                "heldout": write_jsonl(out / "heldout_rankings.jsonl", collection.heldout_rankings)}
+        write_jsonl(_collected_file(self.root, "pairs"), collection.pairs)
+        write_jsonl(_collected_file(self.root, "rankings"), collection.rankings)
+        write_jsonl(_collected_file(self.root, "heldout_rankings"), collection.heldout_rankings)
 
     # stage 6. the reward model on the rankings, judged on annotator A's held-out labels
-    def reward_model(self, sft_dir: Path, files: dict[str, Path]) -> Path:
-        cfg = dataclasses.replace(self.cfg.rm, model=str(sft_dir), train_data=str(files["rankings"]),
-                                  eval_data=str(files["heldout"]), seed=self.cfg.seed,
-                                  device=self.cfg.device)
-        run = prepare_run_dir(self.root / "rm", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_reward_model(cfg, run)
+    def reward_model(self) -> Path:
+        result = self.train("rm", train_reward_model)
         self.summary["rm"] = {"heldout_accuracy": result.eval_accuracy[-1][1]}
         return result.model_dir
 
     # stage 7. PPO on advice against the learned reward model (proxy), judged by the gold annotator
-    def ppo(self, sft_dir: Path, rm_dir: Path) -> Path:
-        cfg = dataclasses.replace(self.cfg.ppo, model=str(sft_dir), reward_model=str(rm_dir), task="advice",
-                                  eval_data=str(self.eval_files["advice"]), **self.policy_run_settings())
-        run = prepare_run_dir(self.root / "ppo", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_ppo(cfg, run)
+    def ppo(self) -> Path:
+        result = self.train("ppo", train_ppo)
         first, last = result.history[0], result.history[-1]
         self.summary["ppo"] = {
             "steps": len(result.history), "kl": last["kl"], "stopped_at_kl_limit": result.stopped_at_kl_limit,
@@ -148,12 +210,8 @@ class Pipeline:
         return result.model_dir
 
     # stage 8. GRPO on arith with the verifiable reward (RLVR)
-    def grpo(self, sft_dir: Path) -> Path:
-        cfg = dataclasses.replace(self.cfg.grpo, model=str(sft_dir), task="arith",
-                                  eval_data=str(self.eval_files["arith"]), **self.policy_run_settings())
-        run = prepare_run_dir(self.root / "grpo", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_grpo(cfg, run)
+    def grpo(self) -> Path:
+        result = self.train("grpo", train_grpo)
         first, last = result.history[0], result.history[-1]
         self.summary["grpo"] = {
             "steps": len(result.history), "kl": last.get("kl", 0.0), "reward_first": first["reward_mean"],
@@ -163,31 +221,19 @@ class Pipeline:
         return result.model_dir
 
     # stage 9. DPO on the same rankings as the reward model: no reward model, no sampling
-    def dpo(self, sft_dir: Path, files: dict[str, Path]) -> Path:
-        cfg = dataclasses.replace(self.cfg.dpo, model=str(sft_dir), train_data=str(files["rankings"]),
-                                  eval_data=str(files["heldout"]), seed=self.cfg.seed, device=self.cfg.device)
-        run = prepare_run_dir(self.root / "dpo", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_dpo(cfg, run)
+    def dpo(self) -> Path:
+        result = self.train("dpo", train_dpo)
         held_out = result.evals[-1][1]
-        self.summary["dpo"] = {"steps": len(result.history), "loss": cfg.loss.value,
+        self.summary["dpo"] = {"steps": len(result.history), "loss": self.stages.dpo.loss.value,
                                "heldout_accuracy": held_out["accuracy"], "heldout_margin": held_out["margin"]}
         return result.model_dir
 
     # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after round
-    def raft(self, sft_dir: Path) -> Path:
-        cfg = dataclasses.replace(self.cfg.raft, model=str(sft_dir), task="arith",
-                                  eval_data=str(self.eval_files["arith"]), **self.policy_run_settings())
-        run = prepare_run_dir(self.root / "raft", resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        result = train_raft(cfg, run)
+    def raft(self) -> Path:
+        result = self.train("raft", train_raft)
         self.summary["raft"] = {"rounds": len(result.history),
                                 "kept": sum(row["kept_count"] for row in result.history)}
         return result.model_dir
-
-    def policy_run_settings(self) -> dict:
-        """What the RL stages share with the rest of the job: evaluation length, seed, device."""
-        return dict(eval_max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, device=self.cfg.device)
 
     # stage 11. every policy on the held-out prompts of its task: one greedy and a few sampled
     # answers per prompt give the gold score, the win rate against SFT, the KL to SFT (the
@@ -215,16 +261,16 @@ class Pipeline:
                 for i, p in enumerate(prompts[: c.report_samples])]
 
     def run_all(self) -> dict:
-        files = self.stage("data", self.make_data)
-        base = self.stage("model", lambda: self.make_model(files))
-        sft_dir = self.stage("sft", lambda: self.sft(base, files))
-        collected = self.stage("collect", lambda: self.collect(sft_dir))
-        rm_dir = self.stage("reward model", lambda: self.reward_model(sft_dir, collected))
-        models = {"sft": sft_dir}
-        models["ppo"] = self.stage("ppo", lambda: self.ppo(sft_dir, rm_dir))
-        models["grpo"] = self.stage("grpo", lambda: self.grpo(sft_dir))
-        models["dpo"] = self.stage("dpo", lambda: self.dpo(sft_dir, collected))
-        models["raft"] = self.stage("raft", lambda: self.raft(sft_dir))
+        # each stage reads what the earlier ones wrote where its config (self.stages) says
+        self.stage("data", self.make_data)
+        self.stage("model", self.make_model)
+        models = {"sft": self.stage("sft", self.sft)}
+        self.stage("collect", lambda: self.collect(models["sft"]))
+        rm_dir = self.stage("reward model", self.reward_model)
+        models["ppo"] = self.stage("ppo", self.ppo)
+        models["grpo"] = self.stage("grpo", self.grpo)
+        models["dpo"] = self.stage("dpo", self.dpo)
+        models["raft"] = self.stage("raft", self.raft)
         self.stage("evaluate", lambda: self.evaluate(models, rm_dir))
         self.report()
         return self.summary

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.ppo import PPOConfig
@@ -58,40 +59,46 @@ class CollectStage:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(RunConfig):
+    """`seed` and `device` (from `RunConfig`) apply to every stage; a stage's own `seed`,
+    `device`, `model`, data paths, task and evaluation length are the pipeline's to fill
+    (`stage_configs`), and setting one of them is an error that says what to set instead.
+
+    A section's defaults are its trainer's, except where a section below says otherwise for the
+    demo: short stages for its 10-minute budget on two CPU cores, no checkpoints (the pipeline
+    does not resume), and no evaluation inside the RL stages (eval_every=-1: the evaluate stage
+    measures every policy alike, from one set of samples each)."""
+
     name: str = "demo"
     """Run name: everything goes to `<runs_dir>/<name>/`."""
     runs_dir: str = "runs"
     """Where runs are written."""
-    seed: int = 0
-    """Seeds every stage."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, ... for every stage."""
     eval_max_new_tokens: int = 64
     """Length limit of evaluation generations."""
     data: DataStage = field(default_factory=DataStage)
     model: ModelStage = field(default_factory=ModelStage)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=48, lr=2e-3,
-                                                             eval_every=200, sample_every=400, save_every=0))
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(
+        max_steps=400, batch_size=48, lr=2e-3, eval_every=200, sample_every=400, save_every=0))
+    """SFT of the base model on the generated demonstrations. The tiny base model starts from
+    random weights: more steps, a larger batch and a higher lr than the trainer's defaults."""
     collect: CollectStage = field(default_factory=CollectStage)
-    rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=150, batch_size=16, lr=1e-3,
-                                                                  eval_every=0, save_every=0))
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=-1, save_every=0))
-    """PPO on advice against the stage's reward model (model, reward_model and prompts are filled in).
-    The RL stages do not evaluate themselves (eval_every=-1): the evaluate stage measures every
-    policy alike."""
+    rm: RewardConfig = field(default_factory=lambda: RewardConfig(eval_every=0, save_every=0))
+    """The reward model on the collected rankings (evaluated once, at the end)."""
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
+        max_steps=10, lr=2e-5, eval_every=-1, save_every=0))
+    """PPO on advice against the stage's reward model: 10 steps at lr 2e-5, the demo's setting."""
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
-        task="arith", max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8, mini_batch_size=128,
-        eval_every=-1, save_every=0))
-    """GRPO on arith with the verifiable reward (model and prompts are filled in)."""
+        max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8,
+        mini_batch_size=128, eval_every=-1, save_every=0))
+    """GRPO on arith with the verifiable reward: 32 prompts x 8 samples per step, sampled at
+    T = 0.7, the demo's setting."""
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        loss=DPOLoss.PLACKETT_LUCE, beta=0.5, max_steps=100, batch_size=16, lr=1e-4, precompute_ref=True,
-        eval_every=0, save_every=0))
-    """DPO on the collected rankings (model and data are filled in). beta 0.5, not 0.1: on these
-    rankings a small beta lets the policy drift until its samples lose to SFT's (README)."""
+        loss=DPOLoss.PLACKETT_LUCE, max_steps=100, precompute_ref=True, eval_every=0, save_every=0))
+    """DPO on the collected rankings: Plackett-Luce fits each whole ranking of K responses, and
+    the reference log-probs are computed once (no reference model kept)."""
     raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
         max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=-1, save_every=0))
-    """RAFT on arith with the verifiable reward (model and prompts are filled in)."""
+    """RAFT on arith with the verifiable reward, sampled at T = 0.7, the demo's setting."""
     advice_eval_samples: int = 2
     """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one greedy."""
     arith_eval_samples: int = 4

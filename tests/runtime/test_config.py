@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.runtime.config import config_keys, config_to_dict, load_config, save_config
+from rlhfkit.runtime.config import (
+    Filled,
+    config_keys,
+    config_to_dict,
+    fill_section,
+    load_config,
+    save_config,
+)
 
 
 class Schedule(str, enum.Enum):
@@ -226,3 +233,31 @@ def test_the_result_is_frozen():
     cfg = load_config(PipelineConfig)
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_fill_section_fills_the_keys_a_user_left_alone():
+    cfg = load_config(PipelineConfig, overrides=["dpo.targets=[a]"])
+    filled = fill_section(cfg, "dpo", {"steps": Filled(12, "from steps=", "set steps= instead")}, by="the job")
+    assert filled == SFTConfig(steps=12, targets=("a",))
+    assert cfg.dpo.steps == 7  # the job's config is not changed
+
+
+def test_fill_section_refuses_a_key_the_user_set_naming_it():
+    cfg = load_config(PipelineConfig, overrides=["dpo.steps=3"])
+    fills = {"steps": Filled(12, "from steps=", "set steps= instead")}
+    with pytest.raises(ConfigError) as caught:
+        fill_section(cfg, "dpo", fills, by="the job")
+    assert str(caught.value) == "dpo.steps is set by the job from steps=; set steps= instead"
+
+
+def test_fill_section_compares_with_the_sections_own_default():
+    # dpo's default is SFTConfig(steps=7): steps=7 is left alone, the class default 100 is a choice
+    assert fill_section(PipelineConfig(), "dpo", {"steps": Filled(12, "", "")}, by="x").steps == 12
+    with pytest.raises(ConfigError, match="dpo.steps is set by x"):
+        fill_section(load_config(PipelineConfig, overrides=["dpo.steps=100"]), "dpo",
+                     {"steps": Filled(12, "", "")}, by="x")
+
+
+def test_fill_section_accepts_a_user_value_equal_to_the_filled_one():
+    cfg = load_config(PipelineConfig, overrides=["sft.steps=12"])
+    assert fill_section(cfg, "sft", {"steps": Filled(12, "", "")}, by="x").steps == 12

@@ -24,8 +24,9 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
-from rlhfkit.tasks.registry import get_task
+from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.reward import RewardConfig, load_reward_data
 
 EVAL_SEED_OFFSET = 7919  # fresh prompts are drawn away from the seeds trainers draw theirs from
@@ -41,14 +42,14 @@ class Judge(str, Enum):
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(RunConfig):
     models: tuple[str, ...] = ()
     """Policy checkpoints to evaluate (causal-LM directories), e.g. models=[runs/ppo/final,runs/dpo/final]."""
     baseline: str = ""
     """The checkpoint win rates are measured against (e.g. the SFT model); empty = no win rates."""
     reference: str = ""
     """The model the KL is measured to; empty = the baseline (the usual reference: the SFT model)."""
-    task: str = "advice"
+    task: TaskName = TaskName.ADVICE
     """Built-in task: its gold annotator scores every answer."""
     prompts: str = ""
     """Held-out prompt file (prompt plus the task's metadata columns); empty = fresh prompts from the task."""
@@ -71,10 +72,6 @@ class EvalConfig:
     """Tokens per sequence when the reward model scores."""
     batch_size: int = 256
     """Answers generated (or scored) per batch."""
-    seed: int = 0
-    """Seeds the sampling and the prompts drawn from the task."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, ..."""
 
 
 def check_eval_config(cfg: EvalConfig) -> None:

@@ -15,7 +15,7 @@ import enum
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -63,6 +63,47 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """Write the config as readable YAML (fields in declaration order, lists inline)."""
     text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=False)  # escaped: raw U+0085 etc. read back as spaces
     Path(path).write_text(text, encoding="utf-8")
+
+
+class Filled(NamedTuple):
+    """A value a job writes into one key of a config section, and how to say so when refused."""
+
+    value: Any
+    source: str
+    """Where the value comes from, as the error says it: "from seed=", "to the SFT model"."""
+    instead: str
+    """What a user sets instead: "set seed= instead"."""
+
+
+def fill_section(cfg: Any, section: str, fills: Mapping[str, Filled], *, by: str) -> Any:
+    """`cfg.<section>` with the keys of `fills` set, refusing any key the user changed.
+
+    A job that runs a trainer as one of its parts (the pipeline, iterative GRPO) fills some of the
+    part's keys itself: the model it starts from, its data, the job's seed. Overwriting a key the
+    user set would silently drop the user's value, so a key whose value differs from the
+    section's default (the job config's field default) and from the value the job would fill is
+    refused with a one-line error naming it. A key set to exactly its default cannot be told
+    apart from one left alone, and is filled.
+
+    Args:
+        cfg: the job's config, a dataclass holding `section` as a dataclass field with a default.
+        section: the field's name, e.g. "sft".
+        fills: key of the section -> Filled(value, source, instead).
+        by: who fills the keys, for the error ("the pipeline").
+
+    Returns:
+        A copy of the section with every key of `fills` set to its value.
+
+    Raises:
+        ConfigError: "sft.seed is set by the pipeline from seed=; set seed= instead".
+    """
+    current = getattr(cfg, section)
+    default = _section_default({field.name: field for field in dataclasses.fields(cfg)}[section])
+    for key, fill in fills.items():
+        value = getattr(current, key)
+        if value != getattr(default, key) and value != fill.value:
+            raise ConfigError(f"{section}.{key} is set by {by} {fill.source}; {fill.instead}")
+    return dataclasses.replace(current, **{key: fill.value for key, fill in fills.items()})
 
 
 def config_keys(cls: type) -> list[str]:

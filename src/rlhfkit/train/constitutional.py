@@ -32,17 +32,18 @@ from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
-from rlhfkit.tasks.registry import get_task
+from rlhfkit.tasks.registry import TaskName, get_task
 
 
 @dataclass(frozen=True)
-class CritiqueConfig:
+class CritiqueConfig(RunConfig):
     model: str = ""
     """The causal-LM directory that answers, critiques and revises."""
-    task: str = "advice"
+    task: TaskName | None = TaskName.ADVICE
     """Built-in task: its prompts (without `prompts_data`), principles (without `principles`) and
-    gold score for the report; empty = none."""
+    gold score for the report; null = none."""
     prompts_data: str = ""
     """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
     num_prompts: int = 200
@@ -61,10 +62,6 @@ class CritiqueConfig:
     """Keep a judged pair only when |P(revision better) - 1/2| > min_margin."""
     batch_size: int = 64
     """Sequences per generation batch (and judge prompts per forward pass)."""
-    seed: int = 0
-    """Seeds the task's prompts and all sampling."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, ..."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
@@ -52,7 +53,7 @@ from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
 @dataclass(frozen=True)
-class DPOConfig:
+class DPOConfig(RunConfig):
     model: str = ""
     """Causal-LM directory to start from (usually the SFT model); also the frozen reference."""
     train_data: str = ""
@@ -64,8 +65,10 @@ class DPOConfig:
     comparisons (C(K,2) per ranking of K, 1 per pair), to compare with online runs; 0 = all rows."""
     loss: DPOLoss = DPOLoss.SIGMOID
     """sigmoid (DPO), ipo, or plackett_luce (whole rankings; with the others a ranking is its C(K,2) pairs)."""
-    beta: float = 0.1
-    """Scale of the implicit reward beta * log(pi / pi_ref): larger keeps the policy nearer the reference."""
+    beta: float = 0.5
+    """Scale of the implicit reward beta * log(pi / pi_ref): larger keeps the policy nearer the
+    reference. 0.5, not the paper's 0.1: on the demo's rankings, at 0.1 both log-likelihoods fall
+    and the policy's samples lose to SFT's (the DPO beta sweep)."""
     label_smoothing: float = 0.0
     """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
     precompute_ref: bool = False
@@ -100,12 +103,8 @@ class DPOConfig:
     """Checkpoint every this many steps (0 = only the final model)."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds the data order and every RNG."""
     shuffle: bool = True
     """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True

@@ -28,6 +28,7 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
@@ -43,7 +44,9 @@ class RewardObjective(str, Enum):
 
 
 @dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(RunConfig):
+    """`seed` also seeds the heads' initialisation and the bootstrap of an ensemble."""
+
     model: str = ""
     """Starting point: an SFT causal-LM directory (a head is added) or a saved reward model."""
     train_data: str = ""
@@ -69,8 +72,8 @@ class RewardConfig:
     """Prompts (rankings, pairs or solutions) per step: all responses of a prompt share a batch."""
     max_steps: int = 150
     """Optimizer steps."""
-    lr: float = 3e-4
-    """Peak learning rate (AdamW)."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW); 1e-3 is what the demo's reward model trains with."""
     min_lr_ratio: float = 0.1
     """The cosine schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 10
@@ -85,12 +88,8 @@ class RewardConfig:
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds the data order, head initialisation and the bootstrap."""
     shuffle: bool = True
     """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True

@@ -27,13 +27,16 @@ from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
-from rlhfkit.tasks.registry import get_task
+from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.sft import SFTConfig, train_sft
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(RunConfig):
+    """`seed` seeds the order of the judge's training rows and its training."""
+
     judge_model: str = ""
     """A causal-LM directory that judges as it is; empty = train a judge from `model` on `train_pairs`."""
     model: str = ""
@@ -44,16 +47,12 @@ class JudgeConfig:
     """Preference pairs to judge; their chosen/rejected are the labels the judge is compared with."""
     max_pairs: int = 0
     """Judge only the first this many of `pairs` (0 = all)."""
-    task: str = ""
-    """A built-in task whose gold annotator the judge is also compared with (advice); empty = none."""
+    task: TaskName | None = None
+    """A built-in task whose gold annotator the judge is also compared with (advice); null = none."""
     min_margin: float = 0.0
     """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
     batch_size: int = 32
     """Judge prompts per forward pass."""
-    seed: int = 0
-    """Seeds the order of the judge's training rows and its training."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, ..."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=16, lr=3e-3, eval_every=0,
                                                              sample_every=0, save_every=0))
     """Judge training (`model`, `train_data`, `seed` and `device` are filled in)."""

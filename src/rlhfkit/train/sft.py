@@ -25,6 +25,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
@@ -39,7 +40,7 @@ from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(RunConfig):
     model: str = ""
     """Hugging Face causal-LM directory to start from (the tiny default or any real model)."""
     train_data: str = ""
@@ -78,12 +79,8 @@ class SFTConfig:
     """Checkpoint every this many steps (0 = only at the end)."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
-    seed: int = 0
-    """Seeds the data order and every RNG."""
     shuffle: bool = True
     """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
-    device: str = "auto"
-    """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
