@@ -138,7 +138,8 @@ def write_report(out: Path) -> None:
             f"PPO {summary['steps']} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
             + figure_html("over training", png_data(fig)) + html_table(columns, table)
             + "".join(figure_html(f"{name}: proxy and gold against KL", overoptimisation_plot(
-                rows, "kl", "KL to SFT per sequence (k1, training samples)", "proxy_reward", "proxy: biased reward model"))
+                rows, "kl_per_sequence", "KL to SFT per sequence (k1, training samples)",
+                "proxy_reward", "proxy: biased reward model"))
                 for name, rows in logs.items())
             + "</body></html>")
     (out / "report.html").write_text(page, encoding="utf-8")

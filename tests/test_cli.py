@@ -175,7 +175,8 @@ def test_raft_command_trains_and_reports_the_held_out_score(monkeypatch, capsys,
     assert_one_line_error(code, err, "config key 'mode'", "'raft', 'online_rft'")
     code, _, err = run_main(monkeypatch, capsys, "raft", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(code, err, "rlhfkit raft needs model=PATH")
-    code, out, err = run_main(monkeypatch, capsys, "raft", f"model={tiny_model_dir}", "max_steps=1",
+    code, out, err = run_main(monkeypatch, capsys, "raft", f"model={tiny_model_dir}", "task=arith",
+                              "max_steps=1",
                               "prompts_per_round=2", "samples_per_prompt=2", "max_new_tokens=4", "eval_prompts=2",
                               "eval_max_new_tokens=4", "train_prompts=16", "progress=false", "tensorboard=false",
                               "--runs-dir", tmp_path / "runs")
@@ -202,14 +203,15 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(monkeyp
 
 def test_online_dpo_command_trains_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
     code, out, _ = run_main(monkeypatch, capsys, "online-dpo", "--print-config", "regime=iterative", "refresh_every=4",
-                            "label_budget=1000")
+                            "label_budget=1000", "task=advice")
     config = json.loads(out)
     assert code == 0 and config["regime"] == "iterative" and config["refresh_every"] == 4
     assert config["label_budget"] == 1000 and config["labeller"] == "annotator" and config["task"] == "advice"
     code, _, err = run_main(monkeypatch, capsys, "online-dpo", "regime=hybrid", "model=m", "--runs-dir",
                             tmp_path / "runs")
     assert_one_line_error(code, err, "regime=hybrid needs offline_data")
-    code, out, err = run_main(monkeypatch, capsys, "online-dpo", f"model={tiny_model_dir}", "max_steps=1",
+    code, out, err = run_main(monkeypatch, capsys, "online-dpo", f"model={tiny_model_dir}",
+                              "task=advice", "max_steps=1",
                               "prompts_per_step=2", "max_new_tokens=4", "eval_prompts=2", "eval_max_new_tokens=4",
                               "train_prompts=16", "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
     assert code == 0, err
@@ -327,7 +329,8 @@ def test_ai_win_rate_counts_a_verdict_of_one_half_as_a_tie():
 def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
     code, out, _ = run_main(monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=3")
     assert code == 0 and json.loads(out)["shuffle"] is False and json.loads(out)["group_size"] == 3
-    code, out, err = run_main(monkeypatch, capsys, "rloo", f"model={tiny_model_dir}", "max_steps=1", "prompts_per_step=2",
+    code, out, err = run_main(monkeypatch, capsys, "rloo", f"model={tiny_model_dir}", "task=arith",
+                              "max_steps=1", "prompts_per_step=2",
                               "group_size=2", "mini_batch_size=4", "max_new_tokens=4", "eval_prompts=2",
                               "eval_max_new_tokens=4", "train_prompts=16", "eval_every=0", "progress=false",
                               "tensorboard=false", "--runs-dir", tmp_path / "runs")

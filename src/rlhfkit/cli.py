@@ -37,7 +37,7 @@ def _print_preference_accuracy(cfg, run, result) -> None:
 
 def _print_policy_eval(cfg, run, result) -> None:
     if result.evals:
-        print(f"held-out {cfg.task}: {result.evals[-1][1]}")
+        print(f"held-out {cfg.task or cfg.eval_data}: {result.evals[-1][1]}")
     _print_model_saved(cfg, run, result)
 
 

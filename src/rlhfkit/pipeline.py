@@ -203,7 +203,8 @@ class Pipeline:
         result = self.train("ppo", train_ppo)
         first, last = result.history[0], result.history[-1]
         self.summary["ppo"] = {
-            "steps": len(result.history), "kl": last["kl"], "stopped_at_kl_limit": result.stopped_at_kl_limit,
+            "steps": len(result.history), "kl_per_sequence": last["kl_per_sequence"],
+            "stopped_at_kl_limit": result.stopped_at_kl_limit,
             "proxy_first": first["proxy_reward"], "proxy_last": last["proxy_reward"],
             "gold_first": first["gold_score"], "gold_last": last["gold_score"],
         }
@@ -214,7 +215,8 @@ class Pipeline:
         result = self.train("grpo", train_grpo)
         first, last = result.history[0], result.history[-1]
         self.summary["grpo"] = {
-            "steps": len(result.history), "kl": last.get("kl", 0.0), "reward_first": first["reward_mean"],
+            "steps": len(result.history), "kl_per_token": last.get("kl_per_token", 0.0),
+            "reward_first": first["reward_mean"],
             "reward_last": last["reward_mean"], "length_first": first["response_length"],
             "length_last": last["response_length"],
         }

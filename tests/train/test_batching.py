@@ -63,10 +63,11 @@ def test_policy_prompts_in_file_order_when_not_shuffled(tiny_model_dir, tmp_path
     from rlhfkit.train.grpo import GRPOConfig
     from rlhfkit.train.policy_run import PolicyRun
 
-    cfg = GRPOConfig(model=str(tiny_model_dir), train_prompts=10, eval_prompts=2, shuffle=False, progress=False,
+    cfg = GRPOConfig(model=str(tiny_model_dir), task="arith", train_prompts=10, eval_prompts=2,
+                     shuffle=False, progress=False,
                      tensorboard=False)
     run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
                     needs_reference=False, stage="grpo")
-    pool = run.train_prompts
+    pool = run.prompts.train
     assert run.prompts_for_step(0, 4) == pool[:4] and run.prompts_for_step(1, 4) == pool[4:8]
     assert run.prompts_for_step(2, 4) == pool[8:] + pool[: 12 - len(pool)]  # wraps to the start

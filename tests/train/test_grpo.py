@@ -55,8 +55,8 @@ def test_kl_term_keeps_the_policy_nearer_the_reference(tiny_model_dir, tmp_path)
                                                                                         overwrite=False))
     held = train_grpo(config(tiny_model_dir, tmp_path, max_steps=6, beta=1.0),
                       prepare_run_dir(tmp_path / "b", resume=False, overwrite=False))
-    assert "kl" in held.history[-1] and "kl" not in free.history[-1]
-    assert held.history[-1]["kl"] >= 0
+    assert "kl_per_token" in held.history[-1] and "kl_per_token" not in free.history[-1]
+    assert held.history[-1]["kl_per_token"] >= 0 and held.history[-1]["kl_per_sequence"] >= 0
     # measured as the exact KL on fixed texts (not as a weight distance, which Adam's per-weight
     # step sizes make nearly the same for both runs): 3-4x lower with the KL term
     texts = [e.prompt + e.completion for e in ArithTask().sft_examples(16, random.Random(5))]
@@ -88,20 +88,21 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir, tmp_
     cfg = config(tiny_model_dir, tmp_path, lora_r=4, lora_alpha=8, beta=0.1)
     run_dir = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     run = PolicyRun(cfg, run_dir, resume=False, needs_reference=True, stage="grpo")
-    assert run.reference is None  # no second copy of the model
-    trainable = [p for p in run.policy.parameters() if p.requires_grad]
+    assert run.models.reference is None  # no second copy of the model
+    trainable = [p for p in run.models.policy.parameters() if p.requires_grad]
     assert trainable and all(p.numel() < 2000 for p in trainable)  # adapters only
     with torch.no_grad():
         for p in trainable:
             p.add_(0.05 * torch.randn_like(p))  # move the adapters away from their identity init
-    ids = torch.randint(5, 200, (2, 10), device=run.device)
+    ids = torch.randint(5, 200, (2, 10), device=run.models.device)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
-             "response_mask": torch.ones(2, 4, dtype=torch.bool, device=run.device)}
+             "response_mask": torch.ones(2, 4, dtype=torch.bool, device=run.models.device)}
     reference = run.reference_logprobs(batch, 1.0, cfg.precision).cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         expected = response_logprobs(base, ids.cpu(), batch["attention_mask"].cpu(), 4).logprobs
-        adapted = response_logprobs(run.policy, ids, batch["attention_mask"], 4).logprobs.cpu()
+        adapted = response_logprobs(run.models.policy, ids, batch["attention_mask"], 4).logprobs
+    adapted = adapted.cpu()
     assert torch.allclose(reference, expected, atol=1e-5)
     assert not torch.allclose(adapted, expected, atol=1e-3)
 
@@ -115,8 +116,8 @@ def test_reference_model_names_another_reference_and_is_refused_with_lora(tiny_m
     cfg = config(tiny_model_dir, tmp_path, beta=0.1, reference_model=str(other))
     run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
                     needs_reference=True, stage="grpo")
-    assert torch.equal(run.reference.model.norm.weight.cpu(), model.model.norm.weight)
-    assert not torch.equal(run.policy.model.norm.weight.cpu(), model.model.norm.weight)
+    assert torch.equal(run.models.reference.model.norm.weight.cpu(), model.model.norm.weight)
+    assert not torch.equal(run.models.policy.model.norm.weight.cpu(), model.model.norm.weight)
     with pytest.raises(ConfigError, match="under LoRA"):
         PolicyRun(config(tiny_model_dir, tmp_path, beta=0.1, lora_r=4, reference_model=str(other)),
                   prepare_run_dir(tmp_path / "lora", resume=False, overwrite=False), resume=False,

@@ -44,7 +44,39 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
     with pytest.raises(ConfigError, match="needs model=PATH"):
         check_config(IterativeGRPOConfig())
     with pytest.raises(ConfigError, match="replay_fraction"):
-        check_config(IterativeGRPOConfig(model="m", reward_model="r", replay_fraction=1.0))
+        check_config(IterativeGRPOConfig(model="m", reward_model="r", task="advice",
+                                         replay_fraction=1.0))
+    with pytest.raises(ConfigError, match="grpo.train_data=PATH .* label_data=PATH"):
+        check_config(IterativeGRPOConfig(model="m", reward_model="r"))
+    with pytest.raises(ConfigError, match="labeller=annotator is a built-in task's"):
+        check_config(IterativeGRPOConfig(model="m", reward_model="r", label_data="p",
+                                         grpo=GRPOConfig(train_data="p")))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grpo.seed=5", "grpo.seed is set by iterative GRPO from seed= .*; set seed= instead"),
+    ("grpo.model=x", "grpo.model is set by iterative GRPO each round"),
+    ("grpo.reward=task", "grpo.reward is set by iterative GRPO each round"),
+    ("grpo.task=arith", "grpo.task is set by iterative GRPO from task="),
+    ("grpo.reference_model=x", "grpo.reference_model is set by iterative GRPO from reset_"),
+    ("grpo.device=cpu", "grpo.device is set by iterative GRPO from device="),
+    ("grpo.progress=false", "grpo.progress is set by iterative GRPO"),
+    ("rm.seed=3", "rm.seed is set by iterative GRPO"),
+    ("rm.model=x", "rm.model is set by iterative GRPO"),
+    ("rm.train_data=x", "rm.train_data is set by iterative GRPO"),
+    ("rm.eval_data=x", "rm.eval_data is set by iterative GRPO"),
+    ("rm.tensorboard=false", "rm.tensorboard is set by iterative GRPO"),
+])
+def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(override, message):
+    from rlhfkit.runtime.config import load_config
+
+    required = ["model=m", "reward_model=r", "task=advice"]
+    cfg = load_config(IterativeGRPOConfig, None, [*required, override])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+    # the keys a round does not fill are the user's
+    own = ["grpo.max_steps=3", "rm.lr=1e-5"]
+    check_config(load_config(IterativeGRPOConfig, None, [*required, *own]))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +97,8 @@ def config(model, start, **overrides) -> IterativeGRPOConfig:
                       eval_max_new_tokens=6, train_prompts=32, eval_prompts=4, lr=1e-3, warmup_steps=1,
                       eval_every=0, save_every=1)
     reward = RewardConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0, save_every=2)
-    settings = dict(model=str(model), reward_model=rm, reward_data=history, rounds=2, label_prompts=9,
+    settings = dict(model=str(model), task="advice", reward_model=rm, reward_data=history, rounds=2,
+                    label_prompts=9,
                     heldout_prompts=4, samples_per_prompt=3, grpo=grpo, rm=reward, progress=False, tensorboard=False)
     return IterativeGRPOConfig(**{**settings, **overrides})
 

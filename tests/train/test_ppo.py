@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.config import load_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config, explained_variance, train_ppo
 from tests.train.conftest import length_reward_spec
@@ -27,11 +28,13 @@ def test_ppo_climbs_the_reward_and_logs_the_critic(tiny_model_dir, tmp_path):
     rewards = [row["proxy_reward"] for row in result.history]
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     row = result.history[-1]
-    for key in ("value_loss", "explained_variance", "kl", "kl_coef", "clip_fraction", "entropy", "gold_score",
+    for key in ("value_loss", "explained_variance", "kl_per_sequence", "kl_per_token", "kl_coef",
+                "clip_fraction", "entropy", "gold_score",
                 "time_generation", "time_reference", "time_values", "time_forward_backward", "time_optimizer"):
         assert key in row, key
-    assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's
-    assert result.history[-1]["kl"] > 0
+    # the first rollout is the reference's
+    assert result.history[0]["kl_per_sequence"] == pytest.approx(0.0, abs=1e-4)
+    assert result.history[-1]["kl_per_sequence"] > 0
     assert [step for step, _ in result.evals] == [0, 10]
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
 
@@ -52,6 +55,13 @@ def test_adaptive_kl_moves_the_coefficient_and_the_kl_limit_stops_the_run(tiny_m
     limited = train_ppo(config(tiny_model_dir, tmp_path, kl_limit=1e-9, max_steps=6), run_dir(tmp_path, "b"))
     assert limited.stopped_at_kl_limit and len(limited.history) == 2  # step 1 samples from the reference itself
     assert (tmp_path / "b" / "final" / "config.json").is_file()
+
+
+def test_a_misspelt_critic_init_is_a_one_line_config_error():
+    message = "config key 'critic_init': expected one of 'reward_model', 'policy', got 'polcy'"
+    with pytest.raises(ConfigError) as error:
+        load_config(PPOConfig, None, ["critic_init=polcy"])
+    assert str(error.value) == message
 
 
 def test_config_errors_name_what_to_change(tmp_path):
@@ -79,6 +89,15 @@ def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_sam
     single = train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16, max_steps=3,
                               eval_every=-1), run_dir(tmp_path, "single"))
     assert len(calls) == 3  # the rollout's pass is the training pass
+    # shared_critic_pass=false: a separate rollout pass without autograd, the same numbers
+    calls.clear()
+    separate = train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16,
+                                max_steps=3, eval_every=-1, shared_critic_pass=False),
+                         run_dir(tmp_path, "separate"))
+    assert len(calls) == 6
+    for key in ("loss", "value_loss", "kl_per_sequence"):
+        expected = [row[key] for row in single.history]
+        assert [row[key] for row in separate.history] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     # two mini-batches of the same rollout: the second sees an updated critic, so a separate rollout pass
     calls.clear()
     train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=8, max_steps=1, eval_every=-1),

@@ -5,7 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.train.rloo import RLOOConfig, kl_shaped_sequence_rewards, sequence_clip_loss, train_rloo
+from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards
+from rlhfkit.objectives.kl import KLEstimator, sequence_kl
+from rlhfkit.train.rloo import RLOOConfig, sequence_clip_loss, train_rloo
 from tests.train.conftest import length_reward_spec
 
 
@@ -23,7 +25,9 @@ def test_kl_shaped_rewards_hand_values():
     ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -1.5, -0.5]])
     mask = torch.tensor([[True, True, False], [True, True, True]])
     # row 0: k1 = 0.5 + (-1.0) = -0.5 (the third token is masked); row 1: 0 + 1.0 + 0 = 1.0
-    shaped = kl_shaped_sequence_rewards(rewards, logprobs, ref, mask, beta=0.1)
+    kl = sequence_kl(logprobs, ref, mask, KLEstimator.K1)
+    assert torch.allclose(kl, torch.tensor([-0.5, 1.0]))
+    shaped = kl_shaped_sequence_rewards(rewards, kl, 0.1)
     assert torch.allclose(shaped, torch.tensor([1.0 + 0.05, 2.0 - 0.1]))
 
 
@@ -48,7 +52,8 @@ def test_rloo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == list(range(1, 13))
-    for key in ("loss", "clip_fraction", "entropy", "kl", "time_generation", "time_forward_backward", "time_optimizer"):
+    for key in ("loss", "clip_fraction", "entropy", "time_generation", "time_forward_backward",
+                "time_optimizer"):
         assert key in metrics[0], key
     # one update per rollout, so always on-policy: every sequence ratio is 1 and nothing is clipped
     assert all(row["clip_fraction"] == 0.0 for row in metrics)
@@ -58,7 +63,8 @@ def test_rloo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
 def test_kl_penalty_loads_the_reference_and_reports_the_sequence_kl(tiny_model_dir, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     result = train_rloo(config(tiny_model_dir, tmp_path, beta=0.5, max_steps=3), run)
-    kls = [row["kl"] for row in result.history]
+    kls = [row["kl_per_sequence"] for row in result.history]
+    assert all("kl_per_token" in row for row in result.history)
     assert abs(kls[0]) < 1e-3 and kls[-1] > kls[0]  # zero at the start (policy = reference), then grows
 
 

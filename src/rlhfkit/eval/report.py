@@ -26,15 +26,17 @@ from rlhfkit.runtime.metrics import read_metrics  # noqa: E402
 CURVES = {
     "sft": ["loss", "eval_loss"],
     "rm": ["loss", "train_pair_accuracy", "eval_accuracy"],
-    "ppo": ["proxy_reward", "gold_score", "kl", "value_loss"],
-    "grpo": ["reward_mean", "gold_score", "kl", "response_length"],
+    "ppo": ["proxy_reward", "gold_score", "kl_per_sequence", "value_loss"],
+    "grpo": ["reward_mean", "gold_score", "kl_per_token", "response_length"],
     "dpo": ["loss", "accuracy", "margin", "eval_accuracy"],
     "raft": ["reward_mean", "kept_count", "loss", "response_length"],
 }
 # (stage, KL key, axis label, proxy key, proxy label) of each RL run's over-optimisation plot
 OVEROPTIMISATION = [
-    ("ppo", "kl", "KL to SFT per sequence (k1, training samples)", "proxy_reward", "proxy: reward model"),
-    ("grpo", "kl", "KL to SFT per token (k3, training samples)", "reward_mean", "proxy: training reward"),
+    ("ppo", "kl_per_sequence", "KL to SFT per sequence (k1, training samples)", "proxy_reward",
+     "proxy: reward model"),
+    ("grpo", "kl_per_token", "KL to SFT per token (k3, training samples)", "reward_mean",
+     "proxy: training reward"),
 ]
 METHOD_COLOURS = {"sft": "#555555", "ppo": "#1f77b4", "dpo": "#d62728", "grpo": "#2ca02c", "raft": "#9467bd"}
 

@@ -26,11 +26,9 @@ from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.reward import RewardConfig, load_reward_data
-
-EVAL_SEED_OFFSET = 7919  # fresh prompts are drawn away from the seeds trainers draw theirs from
-
 
 class Judge(str, Enum):
     GOLD = "gold"
@@ -94,7 +92,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     # step 1. the task, its prompts, and the models everyone is compared with
     task, device = get_task(cfg.task), resolve_device(cfg.device)
     prompts = load_examples(cfg.prompts, Format.PROMPT) if cfg.prompts else \
-        task.prompts(cfg.num_prompts, random.Random(cfg.seed + EVAL_SEED_OFFSET))
+        task.prompts(cfg.num_prompts, random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS)))
     tokenizer = load_tokenizer(cfg.baseline or cfg.models[0])
     reference_path = cfg.reference or cfg.baseline
     reference = load_causal_lm(reference_path).to(device) if reference_path else None

@@ -11,6 +11,7 @@ aggregation are options.
 """
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -18,13 +19,22 @@ import torch
 from rlhfkit.errors import ConfigError
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, process_advantages
-from rlhfkit.objectives.kl import KLEstimator, kl_penalty
+from rlhfkit.objectives.kl import KLEstimator, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
+from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.policy_config import GroupRolloutConfig
-from rlhfkit.train.policy_run import PhaseTimer, PolicyRun, Supervision, step_rewards_on_tokens
+from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+
+
+class Supervision(str, Enum):
+    OUTCOME = "outcome"
+    """One reward per response, spread over all its tokens."""
+    PROCESS = "process"
+    """Step rewards placed on the tokens where each step ends (process supervision)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,30 @@ class GRPOConfig(GroupRolloutConfig):
 class GRPOResult:
     model_dir: Path
     history: list[dict] = field(default_factory=list)  # one metrics row per step
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, task metrics)
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, evaluation metrics)
+
+
+@dataclass
+class StepTensors:
+    rewards: torch.Tensor  # (batch, max_steps) reward of each step
+    mask: torch.Tensor  # (batch, max_steps) bool, True = a real step
+    ends: torch.Tensor  # (batch, max_steps) long, response-token index where the step ends
+
+
+def step_rewards_on_tokens(tokenizer, rollout: Rollout, responses: list[str],
+                           steps: list[list[tuple[int, float]]], device) -> StepTensors:
+    """Turn (character where a step ends, reward) lists into padded per-token step tensors."""
+    width = max(1, max(len(s) for s in steps))
+    rewards = torch.zeros(len(steps), width)
+    mask = torch.zeros(len(steps), width, dtype=torch.bool)
+    ends = torch.zeros(len(steps), width, dtype=torch.long)
+    rows = zip(response_token_ids(rollout), responses, steps)
+    for row, (ids, text, row_steps) in enumerate(rows):
+        char_ends = token_char_ends(tokenizer, ids, text)
+        for k, (char_end, reward) in enumerate(row_steps):
+            rewards[row, k], mask[row, k] = reward, True
+            ends[row, k] = char_to_token_index(char_ends, char_end) if char_ends else 0
+    return StepTensors(rewards.to(device), mask.to(device), ends.to(device))
 
 
 def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
@@ -75,17 +108,21 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
 def _minibatch_loss(cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + beta * KL for one mini-batch (a slice of the rollout)."""
     mask = batch["response_mask"]
-    with autocast(run.device, cfg.precision):
-        current = response_logprobs(run.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1],
-                                    temperature=cfg.temperature, with_entropy=True, group_size=cfg.group_size)
+    with autocast(run.models.device, cfg.precision):
+        current = response_logprobs(run.models.policy, batch["input_ids"], batch["attention_mask"],
+                                    mask.shape[1], temperature=cfg.temperature, with_entropy=True,
+                                    group_size=cfg.group_size)
     policy = ppo_policy_loss(current.logprobs, batch["old_logprobs"], batch["advantages"], mask,
                              cfg.clip_eps, cfg.clip_eps_high, None, cfg.loss_aggregation, denominator)
     loss, stats = policy.loss, {"clip_fraction": policy.clip_fraction.item(),
                                 "entropy": masked_mean(current.entropy, mask).item()}
     if cfg.beta > 0:
-        kl = kl_penalty(current.logprobs, batch["ref_logprobs"], cfg.kl_estimator)
+        kl = kl_penalty(current.logprobs, batch["ref_logprobs"], cfg.kl_estimator, cfg.kl_clamp)
         loss = loss + cfg.beta * aggregate_loss(kl, mask, cfg.loss_aggregation, denominator)
-        stats["kl"] = masked_mean(kl.detach(), mask).item()
+        stats["kl_per_token"] = masked_mean(kl.detach(), mask).item()
+        per_sequence = sequence_kl(current.logprobs.detach(), batch["ref_logprobs"], mask,
+                                   cfg.kl_estimator, cfg.kl_clamp)
+        stats["kl_per_sequence"] = per_sequence.mean().item()
     return loss, stats
 
 
@@ -98,8 +135,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     rollout_size = cfg.prompts_per_step * cfg.group_size
 
     with run:
-        if run.start_step == 0 and cfg.eval_every >= 0:
-            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
+        run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
@@ -113,12 +149,13 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             # step 3. rewards, and the advantages relative to each group
             with timer("reward"):
                 scores = run.reward.score(grouped_prompts, responses)
-                rewards = scores.rewards.to(run.device)
+                rewards = scores.rewards.to(run.models.device)
                 if cfg.supervision == Supervision.PROCESS:
                     if scores.step_rewards is None:
                         raise ConfigError(f"supervision=process needs step rewards, and reward '{run.reward.name}' "
                                           "scores whole responses only: use reward=process (arith's verifier)")
-                    steps = step_rewards_on_tokens(run.tokenizer, rollout, responses, scores.step_rewards, run.device)
+                    steps = step_rewards_on_tokens(run.models.tokenizer, rollout, responses,
+                                                   scores.step_rewards, run.models.device)
                     advantages = process_advantages(steps.rewards, steps.mask, steps.ends, rollout.response_mask,
                                                     cfg.group_size, cfg.std_unbiased, cfg.adv_eps)
                 else:
@@ -146,7 +183,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                         loss.backward()
                     with timer("optimizer"):
                         part_stats["loss"] = loss.item()
-                        part_stats["grad_norm"] = run.optimizer_step(step, cfg)
+                        part_stats["grad_norm"] = run.optimizer_step(step)
                     stats.append(part_stats)
 
             # step 6. metrics, evaluation, checkpoint

@@ -3,8 +3,10 @@
 policy moves away from them, and a stale proxy is what RL learns to exploit. Each round:
     1. GRPO for `grpo.max_steps` steps on the current reward model, with the reference reset to
        the round's starting policy (the KL term then bounds each round's move, not the total);
-    2. sample K responses to fresh prompts from the new policy; the simulated annotator ranks them
-       (and, apart, a held-out set of the same kind);
+    2. sample K responses to fresh prompts from the new policy; the labeller ranks them (and,
+       apart, a held-out set of the same kind): a task's simulated annotator, or on your own data
+       (no task) your reward function (`labeller=reward`, `label_reward=file.py:function`) or an
+       AI judge, on prompts drawn from `label_data`;
     3. the current reward model's accuracy on those held-out rankings: how far the policy has
        moved off the data the reward model was trained on;
     4. the reward model trained further on the new rankings plus `replay_fraction` of rows drawn
@@ -14,6 +16,8 @@ finished part is skipped and an interrupted GRPO or reward-model run resumes fro
 With `retrain_reward_model=false` the same rounds run on the first reward model throughout, and
 with `reset_reference=false` every round keeps the starting policy as its reference: the two
 controls that isolate what each half of the recipe does.
+Iterative GRPO fills some keys of its `grpo` and `rm` sections itself (each round's model,
+reward, seed, ...): a value a user sets for one of them is refused with an error naming it.
 """
 
 import dataclasses
@@ -23,29 +27,30 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhfkit.data.loading import read_rows, write_jsonl
+from rlhfkit.data.formats import Format, PromptExample
+from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
 from rlhfkit.errors import ConfigError
-from rlhfkit.feedback.labellers import SimulatedAnnotator
+from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import latest_checkpoint, load_torch_state, save_torch_state
-from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
-from rlhfkit.tasks.registry import get_task
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from rlhfkit.train.reward import RewardConfig, evaluate_reward_model, load_reward_data, train_reward_model
-
-# Prompts of round r are drawn with seed + PROMPT_SEED_STRIDE * r: fresh in every round.
-PROMPT_SEED_STRIDE = 7_919
 
 
 @dataclass(frozen=True)
 class IterativeGRPOConfig(RunConfig):
-    """`seed` (from `RunConfig`) seeds every round: round r uses seed + r."""
+    """`seed` (from `RunConfig`) seeds every round: round r's GRPO and reward model use seed + r;
+    its labelled prompts are drawn on their own seed stream, away from the evaluation prompts."""
 
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model)."""
@@ -53,8 +58,19 @@ class IterativeGRPOConfig(RunConfig):
     """The first round's reward model (a directory `rlhfkit rm` wrote)."""
     reward_data: str = ""
     """Rankings or pairs (JSONL) that reward model was trained on: replay draws from them too (empty = none)."""
-    task: str = "advice"
-    """Built-in task: prompts, the simulated annotator's gold score, evaluation."""
+    task: TaskName | None = None
+    """Built-in task (arith, advice): the prompts of GRPO and of labelling, the simulated
+    annotator, the gold score and evaluation; none (null) = your own data: `grpo.train_data`,
+    `label_data` and a labeller other than the annotator."""
+    label_data: str = ""
+    """Prompt file each round's labelled prompts are drawn from; empty = the task's generator."""
+    labeller: LabellerKind = LabellerKind.ANNOTATOR
+    """Who ranks each round's samples: annotator (the task's simulated human, gold + noise),
+    reward (the `label_reward` source, without noise) or judge (the AI judge at judge_model)."""
+    label_reward: str = ""
+    """labeller=reward: the reward source that ranks (e.g. path/to/file.py:function, model:PATH)."""
+    judge_model: str = ""
+    """labeller=judge: causal-LM directory of the judge (asked ' A' or ' B', see feedback.judge)."""
     rounds: int = 3
     """RL rounds; the reward model is retrained after each."""
     label_prompts: int = 200
@@ -68,20 +84,23 @@ class IterativeGRPOConfig(RunConfig):
     replay_fraction: float = 0.1
     """Share of the reward model's training rows drawn from earlier rounds' rankings."""
     annotator_temperature: float = 0.0
-    """The simulated annotator's Bradley-Terry T; 0 = calibrated on the first round's samples, then fixed."""
+    """labeller=annotator: its Bradley-Terry T; 0 = calibrated on the first round's samples, then
+    fixed."""
     target_agreement: float = 0.725
     """The inter-annotator agreement that calibration aims at."""
     retrain_reward_model: bool = True
     """false: every round uses the first reward model (the control without the refresh)."""
     reset_reference: bool = True
     """false: every round keeps the starting policy as its reference (the control without the reset)."""
-    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(task="advice", max_steps=20, prompts_per_step=16,
-                                                                group_size=4, mini_batch_size=64, lr=5e-5,
-                                                                eval_every=0, save_every=10))
-    """Each round's GRPO run; `model`, `reward`, `task`, `seed`, `device` and `precision` are set per round."""
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
+        max_steps=20, prompts_per_step=16, group_size=4, mini_batch_size=64, lr=5e-5, eval_every=0,
+        save_every=10))
+    """Each round's GRPO run; iterative GRPO fills `model`, `reward`, `reference_model`, `task`,
+    `seed`, `device`, `progress` and `tensorboard` (see `grpo_round_config`)."""
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=60, lr=5e-5, batch_size=16,
                                                                   warmup_steps=5, eval_every=0, save_every=30))
-    """Each round's reward-model training; `model`, `train_data`, `eval_data`, `seed`, `device` are set per round."""
+    """Each round's reward-model training; iterative GRPO fills `model`, `train_data`,
+    `eval_data`, `seed`, `device`, `progress` and `tensorboard` (see `rm_round_config`)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars (one point per round)."""
     progress: bool = True
@@ -97,6 +116,23 @@ class IterativeGRPOResult:
 def check_config(cfg: IterativeGRPOConfig) -> None:
     if not cfg.model or not cfg.reward_model:
         raise ConfigError("rlhfkit iterative-grpo needs model=PATH (the policy) and reward_model=PATH")
+    if not cfg.task and not (cfg.label_data and cfg.grpo.train_data):
+        raise ConfigError("without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
+                          "prompts) and label_data=PATH (the prompts labelled each round); or set "
+                          "task=arith|advice")
+    kind = LabellerKind(cfg.labeller)
+    if kind is LabellerKind.ANNOTATOR and not cfg.task:
+        raise ConfigError("labeller=annotator is a built-in task's simulated human: set "
+                          "task=arith|advice, or labeller=reward with "
+                          "label_reward=file.py:function, or labeller=judge")
+    if kind is LabellerKind.REWARD and not cfg.label_reward:
+        raise ConfigError("labeller=reward needs label_reward=SPEC (e.g. path/to/file.py:function)")
+    if kind is LabellerKind.JUDGE and not cfg.judge_model:
+        raise ConfigError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or "
+                          "' B')")
+    # the keys each round fills: a user's own value for one of them is refused, naming it
+    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
+    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
     if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
         raise ConfigError(f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
                           f"{cfg.label_prompts}: need at least 1 round, 2 samples and 1 prompt to rank")
@@ -158,45 +194,104 @@ def _sub_run(root: Path) -> tuple[RunDir, bool]:
     return prepare_run_dir(root, resume=resume, overwrite=not resume), resume
 
 
+def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
+    return {"seed": Filled(cfg.seed + r, "from seed= (round r: seed + r)", "set seed= instead"),
+            "device": Filled(cfg.device, "from device=", "set device= instead"),
+            "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
+            "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead")}
+
+
+def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
+    """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
+    reference = "" if cfg.reset_reference else cfg.model
+    fills = {"model": Filled(policy, "each round (the last round's policy)",
+                             "set model= for the first round"),
+             "reward": Filled(f"model:{rm}", "each round (the current reward model)",
+                              "set reward_model= for the first round"),
+             "reference_model": Filled(reference, "from reset_reference=",
+                                       "set reset_reference= instead"),
+             "task": Filled(cfg.task, "from task=", "set task= instead"), **_common_fills(cfg, r)}
+    return fill_section(cfg, "grpo", fills, by="iterative GRPO")
+
+
+def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> RewardConfig:
+    """Round r's reward-model settings: `cfg.rm` with the keys each round fills (`train_data`:
+    written once the round's rows are, see `_reward_round`)."""
+    fills = {"model": Filled(rm, "each round (the current reward model)",
+                             "set reward_model= for the first round"),
+             "eval_data": Filled(str(folder / "heldout_rankings.jsonl"),
+                                 "each round (its held-out rankings)",
+                                 "set heldout_prompts= instead"),
+             "train_data": Filled("", "each round (its rankings plus replay)",
+                                  "set reward_data= instead"),
+             **_common_fills(cfg, r)}
+    return fill_section(cfg, "rm", fills, by="iterative GRPO")
+
+
 def _grpo_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm: str) -> dict:
-    grpo_cfg = dataclasses.replace(cfg.grpo, model=policy, reward=f"model:{rm}", task=cfg.task, seed=cfg.seed + r,
-                                   device=cfg.device, progress=cfg.progress, tensorboard=cfg.tensorboard,
-                                   reference_model="" if cfg.reset_reference else cfg.model)
+    grpo_cfg = grpo_round_config(cfg, r, policy, rm)
     run, resume = _sub_run(folder / "grpo")
     save_config(grpo_cfg, run.config_path)
     result = train_grpo(grpo_cfg, run, resume=resume)
     rows = read_metrics(run.metrics_path)  # all steps, also those before a resume
     evals = [row for row in rows if "eval_gold_score" in row]
+    start = result.evals[0][1] if result.evals and result.evals[0][0] == 0 else {}
     return {"policy": str(run.final), "proxy_first": rows[0]["reward_mean"], "proxy_last": rows[-1]["reward_mean"],
-            "gold_first": rows[0]["gold_score"], "gold_last": rows[-1]["gold_score"],
-            "kl_last": rows[-1].get("kl", 0.0),
-            "eval_gold_start": result.evals[0][1]["gold_score"] if result.evals and result.evals[0][0] == 0 else None,
+            "gold_first": rows[0].get("gold_score"), "gold_last": rows[-1].get("gold_score"),
+            "kl_per_token_last": rows[-1].get("kl_per_token", 0.0),
+            "eval_gold_start": start.get("gold_score"),
             "eval_gold_end": evals[-1]["eval_gold_score"] if evals else None}
 
 
-def _label_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, annotator: SimulatedAnnotator) -> dict:
-    task = get_task(cfg.task)
-    prompts = task.prompts(cfg.label_prompts + cfg.heldout_prompts, random.Random(cfg.seed + PROMPT_SEED_STRIDE * r))
+def held_out_prompts(cfg: IterativeGRPOConfig) -> set[str]:
+    """The evaluation prompts no round labels: `grpo.eval_data`, else the first
+    `grpo.eval_prompts` of the task's evaluation stream for `seed` (which `rlhfkit eval` with
+    that seed draws by default)."""
+    if cfg.grpo.eval_data:
+        return {str(p.prompt) for p in load_examples(cfg.grpo.eval_data, Format.PROMPT)}
+    if not cfg.task:
+        return set()
+    rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
+    return {str(p.prompt) for p in get_task(cfg.task).prompts(cfg.grpo.eval_prompts, rng)}
+
+
+def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[PromptExample]:
+    """Round r's prompts to label, drawn on the round's own seed stream (from `label_data`, else
+    the task's generator), without the held-out evaluation prompts; a task with too few distinct
+    prompts to leave them out (advice: a fixed bank of questions) keeps them."""
+    count = cfg.label_prompts + cfg.heldout_prompts
+    rng = random.Random(derive_seed(cfg.seed, SeedStream.ROUND_PROMPTS, r))
+    if cfg.label_data:
+        rows = load_examples(cfg.label_data, Format.PROMPT)
+        fresh = [p for p in rows if str(p.prompt) not in held_out]
+        return rng.sample(fresh, min(count, len(fresh)))
+    drawn = get_task(cfg.task).prompts(count + len(held_out), rng)
+    fresh = [p for p in drawn if str(p.prompt) not in held_out]
+    return fresh[:count] if len(fresh) >= count else drawn[:count]
+
+
+def _label_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, labeller: Labeller,
+                 held_out: set[str]) -> dict:
+    prompts = round_prompts(cfg, r, held_out)
     model, tokenizer = load_causal_lm(policy).to(resolve_device(cfg.device)).eval(), load_tokenizer(policy)
     samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=cfg.samples_per_prompt,
                                temperature=cfg.label_temperature, max_new_tokens=cfg.grpo.max_new_tokens,
                                seed=cfg.seed + r, batch_size=256,
                                progress=f"round {r}: sampling" if cfg.progress else None)
-    orders = annotator.rank(prompts, samples.texts)
+    orders = labeller.rank(prompts, samples.texts)
     rows = _ranked_rows(prompts, samples.texts, orders)
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
-    save_torch_state(folder / "annotator.pt", annotator.state_dict())
-    return {"rankings": len(train), "heldout": len(heldout), "annotator_temperature": annotator.temperature,
-            "labels_used": annotator.labels_used}
+    save_torch_state(folder / "labeller.pt", labeller.state_dict())
+    return {"rankings": len(train), "heldout": len(heldout),
+            "annotator_temperature": getattr(labeller, "temperature", None),
+            "labels_used": labeller.labels_used}
 
 
 def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: list[dict],
                   history: list[dict]) -> dict:
-    rm_cfg = dataclasses.replace(cfg.rm, model=rm, eval_data=str(folder / "heldout_rankings.jsonl"),
-                                 seed=cfg.seed + r, device=cfg.device, progress=cfg.progress,
-                                 tensorboard=cfg.tensorboard)
+    rm_cfg = rm_round_config(cfg, r, rm, folder)
     # the current reward model on the new policy's held-out rankings, before it sees them
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(rm)
@@ -219,14 +314,30 @@ def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: 
             "train_rows": len(new), "replay_rows": len(replayed)}
 
 
+def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
+    """The labeller of every round; labeller=reward builds its `label_reward` source."""
+    device = resolve_device(cfg.device)
+    reward = None
+    if LabellerKind(cfg.labeller) is LabellerKind.REWARD:
+        reward = build_reward_source(cfg.label_reward, task_name=cfg.task or None,
+                                     tokenizer=load_tokenizer(cfg.model), device=device,
+                                     batch_size=64, max_length=cfg.rm.max_length,
+                                     uncertainty_coef=0.0, timeout_s=None)
+    return build_labeller(cfg.labeller, task=get_task(cfg.task) if cfg.task else None,
+                          reward=reward, annotator_temperature=cfg.annotator_temperature,
+                          target_agreement=cfg.target_agreement, seed=cfg.seed,
+                          judge_model=cfg.judge_model, device=device)
+
+
 def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: bool = False) -> IterativeGRPOResult:
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
-    # step 1. the starting policy and reward model, the annotator, the data replay draws from
+    # step 1. the starting policy and reward model, the labeller, the data replay draws from,
+    # the evaluation prompts no round labels
     policy, rm = cfg.model, cfg.reward_model
     history = [as_ranking_row(row) for row in _rows(cfg.reward_data)] if cfg.reward_data else []
-    annotator = SimulatedAnnotator(get_task(cfg.task).reward, temperature=cfg.annotator_temperature or None,
-                                   target_agreement=cfg.target_agreement, seed=cfg.seed)
+    labeller = _labeller(cfg)
+    held_out = held_out_prompts(cfg)
     result = IterativeGRPOResult(model_dir=run_dir.final)
     done_rounds = sum(1 for r in range(1, cfg.rounds + 1) if _Part(run_dir.root / f"round_{r:02d}", "round").done)
     metrics = MetricsLogger(run_dir.metrics_path, run_dir.tensorboard if cfg.tensorboard else None,
@@ -240,12 +351,13 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
             # step 2. GRPO on the current reward model, reference = this round's starting policy
             grpo = parts["grpo"].read() if parts["grpo"].done else parts["grpo"].write(
                 _grpo_round(cfg, r, folder, policy, rm))
-            # step 3. fresh samples of the new policy, ranked by the simulated annotator
+            # step 3. fresh samples of the new policy, ranked by the labeller
             if parts["labels"].done:
-                annotator.load_state_dict(load_torch_state(folder / "annotator.pt"))
+                labeller.load_state_dict(load_torch_state(folder / "labeller.pt"))
                 labels = parts["labels"].read()
             else:
-                labels = parts["labels"].write(_label_round(cfg, r, folder, grpo["policy"], annotator))
+                labelled = _label_round(cfg, r, folder, grpo["policy"], labeller, held_out)
+                labels = parts["labels"].write(labelled)
             # step 4. the reward model on the new rankings plus replayed history
             new = _rows(folder / "rankings.jsonl")
             reward = parts["reward"].read() if parts["reward"].done else parts["reward"].write(

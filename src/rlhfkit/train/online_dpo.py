@@ -18,8 +18,8 @@ The reference is the starting policy (a frozen copy, or the base under LoRA), or
 `refresh_reference` the policy as it was at each refresh (seed 003, Q16: iterative training
 sets the reference to the current policy). Reference log-probs are computed once per refresh.
 Every step logs the loss, the implicit-reward margin and preference accuracy over its labelled
-pairs, the labels used so far, the gold score and reward of its online samples, and their KL to
-the reference.
+pairs, the labels used so far, the reward (and, with a task, the gold score) of its online
+samples, and their KL to the reference (kl_per_sequence, kl_per_token).
 Departures: prompts are drawn as in the other RL trainers (the task's generator or a prompt
 file), a hybrid batch keeps its offline share also in a last, smaller online batch, and the
 offline rows are not re-labelled.
@@ -40,10 +40,18 @@ from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.train.dpo import check_loss_settings, load_preference_groups
 from rlhfkit.train.dpo_losses import Reference, backward_groups, batch_loss_fn, make_batch
-from rlhfkit.train.online_pool import Pool, StepGroups, assemble_pool, online_plan, ranked_groups, rollout_examples
+from rlhfkit.train.online_pool import (
+    Pool,
+    StepGroups,
+    assemble_pool,
+    online_plan,
+    pool_from_state,
+    pool_state,
+    ranked_groups,
+    rollout_examples,
+)
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
-from rlhfkit.train.schedule import is_due
 
 
 class Regime(str, Enum):
@@ -57,8 +65,7 @@ class Regime(str, Enum):
 
 @dataclass(frozen=True)
 class OnlineDPOConfig(PolicyRunConfig):
-    """The shared settings (`PolicyRunConfig`) plus those of online labelling and the DPO loss;
-    defaults that differ from the shared ones are redeclared at the end."""
+    """The shared settings (`PolicyRunConfig`) plus those of online labelling and the DPO loss."""
 
     regime: Regime = Regime.ONLINE
     """online (label every batch), iterative (every refresh_every batches) or hybrid (plus offline data)."""
@@ -79,8 +86,8 @@ class OnlineDPOConfig(PolicyRunConfig):
     label_budget: int = 0
     """Pairwise comparisons the labeller may make (C(K,2) per prompt); the run stops when spent. 0 = no limit."""
     labeller: LabellerKind = LabellerKind.ANNOTATOR
-    """annotator: the task's simulated human (gold + noise); reward: the `reward` source, without noise;
-    judge: the AI judge at judge_model."""
+    """annotator: the task's simulated human (gold + noise; needs a task); reward: the `reward`
+    source, without noise; judge: the AI judge at judge_model."""
     judge_model: str = ""
     """labeller=judge: causal-LM directory of the judge (asked ' A' or ' B', see feedback.judge)."""
     annotator_temperature: float = 0.0
@@ -99,15 +106,14 @@ class OnlineDPOConfig(PolicyRunConfig):
     """hybrid: tokens per offline prompt + response."""
     truncation: Truncation = Truncation.KEEP_START
     """hybrid: keep_start, keep_end or drop for longer offline rows."""
-    # defaults that differ from PolicyRunConfig's
-    task: str = "advice"
-    """Built-in task: its prompts (unless `train_data` is given), simulated annotator, gold score and evaluation."""
+    # the defaults PolicyRunConfig leaves to each trainer (see its fields; max_steps: optimizer
+    # steps, unless the label budget runs out first)
+    max_new_tokens: int = 48
     max_steps: int = 50
-    """Optimizer steps, unless the label budget runs out first."""
+    lr: float = 1e-4
     eval_every: int = 10
-    """Greedy evaluation on the held-out prompts every this many steps (0 = only at the start and end)."""
+    eval_max_new_tokens: int = 48
     save_every: int = 10
-    """Checkpoint every this many steps (0 = only the final model)."""
 
 
 @dataclass
@@ -116,7 +122,7 @@ class OnlineDPOResult:
     labels_used: int = 0  # comparisons the labeller made
     offline_labels: int = 0  # comparisons in the offline rows a hybrid run could draw from
     history: list[dict] = field(default_factory=list)  # one metrics row per step
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, task metrics)
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, evaluation metrics)
 
 
 def batch_shares(cfg: OnlineDPOConfig) -> tuple[int, int]:
@@ -157,6 +163,10 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
         raise ConfigError(f"label_budget={cfg.label_budget} cannot pay for one ranking of "
                           f"samples_per_prompt={cfg.samples_per_prompt} ({ranking_comparisons(cfg.samples_per_prompt)} "
                           "comparisons)")
+    if LabellerKind(cfg.labeller) is LabellerKind.ANNOTATOR and not cfg.task:
+        raise ConfigError("labeller=annotator is a built-in task's simulated human: set "
+                          "task=arith|advice, or labeller=reward (ranks by reward=) or "
+                          "labeller=judge")
     if LabellerKind(cfg.labeller) is LabellerKind.JUDGE and not cfg.judge_model:
         raise ConfigError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')")
     if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
@@ -166,11 +176,13 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
 def _step_loss(cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn) -> tuple[dict, torch.Tensor]:
     """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
     returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
-    size = cfg.micro_batch_size
-    micro_batches = ((make_batch(batch.groups[start : start + size], run.pad_token_id, run.device),
-                      torch.cat(batch.ref_logprobs[start : start + size]).to(run.device))
+    size, device = cfg.micro_batch_size, run.models.device
+    pad_token_id = run.models.tokenizer.pad_token_id
+    micro_batches = ((make_batch(batch.groups[start : start + size], pad_token_id, device),
+                      torch.cat(batch.ref_logprobs[start : start + size]).to(device))
                      for start in range(0, len(batch.groups), size))
-    step_grads = backward_groups(run.policy, micro_batches, loss_fn, num_groups=len(batch.groups), beta=cfg.beta,
+    step_grads = backward_groups(run.models.policy, micro_batches, loss_fn,
+                                 num_groups=len(batch.groups), beta=cfg.beta,
                                  precision=cfg.precision)
     return {"loss": step_grads.loss, **step_grads.metrics}, step_grads.logprobs
 
@@ -189,14 +201,24 @@ def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
 
 def _step_row(batch: StepGroups, stats: dict, logprobs: torch.Tensor, samples_per_prompt: int, labels_used: int,
               timer: PhaseTimer) -> dict:
-    """The step's metrics; KL(pi || pi_ref) per sequence is k1 on its online samples (drawn at
-    the last refresh, so slightly off-policy between refreshes)."""
+    """The step's metrics; KL(pi || pi_ref) is k1 on its online samples (drawn at the last
+    refresh, so slightly off-policy between refreshes): k1 of the sequence log-probs is the sum
+    of the tokens' k1, per sequence, and over the samples' tokens, per token."""
     ref_online = torch.cat(batch.ref_logprobs[: batch.online]).to(logprobs.device)
-    kl = kl_penalty(logprobs[: batch.online * samples_per_prompt], ref_online, KLEstimator.K1).mean().item()
-    row = {**stats, **batch.samples, "kl": kl, "labels_used": labels_used, "online_groups": batch.online,
+    kl = kl_penalty(logprobs[: batch.online * samples_per_prompt], ref_online, KLEstimator.K1)
+    row = {**stats, **batch.samples, "kl_per_sequence": kl.mean().item(),
+           "kl_per_token": kl.sum().item() / max(1.0, batch.samples["response_tokens"]),
+           "labels_used": labels_used, "online_groups": batch.online,
            "offline_groups": len(batch.groups) - batch.online, "step_seconds": sum(timer.seconds.values())}
     row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
     return row
+
+
+def _trainer_state(labeller, pool: Pool, done: int) -> dict:
+    """What a checkpoint after `done` steps keeps besides the models: the labeller's state, and
+    the pool while it still has steps to serve (a resumed run trains on the same samples)."""
+    pool_data = pool_state(pool) if pool.covers(done) else None
+    return {"labeller": labeller.state_dict(), "pool": pool_data}
 
 
 def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> OnlineDPOResult:
@@ -204,23 +226,26 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
     check_online_config(cfg)
     plan, (_, offline_per_step) = run_plan(cfg), batch_shares(cfg)
     k, every = cfg.samples_per_prompt, cfg.refresh_every
-    # step 1. policy, reference (none to load when it follows the policy), prompts, labeller
-    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=not cfg.refresh_reference, stage="online_dpo")
-    reference = (Reference(run.reference, adapters_off=False) if run.reference is not None
-                 else Reference(run.policy, adapters_off=not cfg.refresh_reference))
+    # step 1. policy, reference (none to load when it follows the policy), prompts, labeller;
+    # on resume the labeller's state and the pool of labelled samples still to train on
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=not cfg.refresh_reference,
+                    stage="online_dpo", total_steps=len(plan))
+    models = run.models
+    reference = (Reference(models.reference, adapters_off=False) if models.reference is not None
+                 else Reference(models.policy, adapters_off=not cfg.refresh_reference))
     labeller = build_labeller(cfg.labeller, task=run.task, reward=run.reward, seed=cfg.seed,
                               annotator_temperature=cfg.annotator_temperature, target_agreement=cfg.target_agreement,
-                              judge_model=cfg.judge_model, device=run.device)
-    offline = _offline_groups(cfg, run.tokenizer)
-    pool: Pool | None = run.extra_state.get("pool")
-    if run.extra_state:
-        labeller.load_state_dict(run.extra_state["labeller"])
+                              judge_model=cfg.judge_model, device=models.device)
+    offline = _offline_groups(cfg, models.tokenizer)
+    pool: Pool | None = None
+    if run.trainer_state:
+        labeller.load_state_dict(run.trainer_state["labeller"])
+        pool = pool_from_state(run.trainer_state["pool"]) if run.trainer_state["pool"] else None
     loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
     result = OnlineDPOResult(model_dir=run_dir.final, offline_labels=group_labels(offline))
 
     with run:
-        if run.start_step == 0:
-            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
+        run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, len(plan)):
             timer = PhaseTimer()
             if pool is None or not pool.covers(step):
@@ -237,7 +262,8 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     orders = labeller.rank(prompts, grouped)
                 with timer("reward"):
                     flat_prompts = [p for p in prompts for _ in range(k)]
-                    gold = [run.task.reward(p, r) for p, r in zip(flat_prompts, texts)]
+                    gold = [run.task.reward(p, r) for p, r in zip(flat_prompts, texts)] \
+                        if run.task is not None else None
                     rewards = run.reward.score(flat_prompts, texts).rewards.tolist()
 
                 # step 4. ranked groups per step, offline rows added, reference log-probs once
@@ -245,26 +271,21 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     pool = assemble_pool(start=step, plan=steps, samples_per_prompt=k,
                                          online_groups=ranked_groups(rollout_examples(rollout), orders), gold=gold,
                                          rewards=rewards, offline=offline, offline_per_step=offline_per_step,
-                                         seed=cfg.seed, reference=reference, pad_token_id=run.pad_token_id,
-                                         batch_size=cfg.micro_batch_size, device=run.device, precision=cfg.precision)
+                                         seed=cfg.seed, reference=reference,
+                                         pad_token_id=models.tokenizer.pad_token_id,
+                                         batch_size=cfg.micro_batch_size, device=models.device,
+                                         precision=cfg.precision)
 
             # step 5. the DPO loss of this step's groups, then one clipped update
             batch = pool.at(step)
             with timer("update"):
                 stats, logprobs = _step_loss(cfg, run, batch, loss_fn)
-                stats["grad_norm"] = run.optimizer_step(step, cfg)
+                stats["grad_norm"] = run.optimizer_step(step)
 
-            # step 6. metrics, evaluation, checkpoint
+            # step 6. metrics, evaluation, checkpoint (with the labeller's state and the pool)
             row = _step_row(batch, stats, logprobs, k, labeller.labels_used, timer)
-            result.history.append(row)
             done = step + 1
-            if is_due(done, cfg.eval_every, len(plan), at_end=True):
-                result.evals.append((done, run.evaluate(row)))
-            run.log(done, row)
-            if is_due(done, cfg.save_every, len(plan), at_end=False):
-                # the pool goes along while it still has steps to serve: a resumed run trains on it
-                run.extra_state = {"labeller": labeller.state_dict(), "pool": pool if pool.covers(done) else None}
-                run.save_checkpoint(done)
+            run.end_step(done, row, result, state=lambda: _trainer_state(labeller, pool, done))
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()

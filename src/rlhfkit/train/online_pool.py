@@ -2,9 +2,9 @@
 
 Every T steps (T = 1: every batch) the trainer samples K responses to the prompts of the next T
 steps, has them ranked, and assembles a pool: for each of those steps, its ranked groups (the
-online ones first, then the offline rows of a hybrid run) with their reference log-probs. The
-pool is a plain object, saved whole in a checkpoint, so a run killed between two refreshes
-resumes on the very samples and labels it had.
+online ones first, then the offline rows of a hybrid run) with their reference log-probs. A
+checkpoint holds the pool as plain data (`pool_state`: token lists, ranks, numbers and tensors),
+so a run killed between two refreshes resumes on the very samples and labels it had.
 """
 
 from dataclasses import dataclass
@@ -61,7 +61,7 @@ class StepGroups:
     online: int
     """How many of `groups` were sampled and labelled online."""
     samples: dict[str, float]
-    """Metrics of the online samples: gold score, reward, length."""
+    """Metrics of the online samples: reward, length, and the gold score when a task is named."""
 
 
 @dataclass
@@ -77,13 +77,44 @@ class Pool:
         return self.steps[step - self.start]
 
 
-def sample_metrics(gold: list[float], rewards: list[float], lengths: list[int]) -> dict[str, float]:
-    return {"gold_score": sum(gold) / len(gold), "reward_mean": sum(rewards) / len(rewards),
+def pool_state(pool: Pool) -> dict:
+    """The pool as plain data for a checkpoint (lists, numbers and tensors, no objects);
+    `pool_from_state` rebuilds it."""
+
+    def group(g: RankedGroup) -> dict:
+        responses = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask),
+                      "truncated": e.truncated} for e in g.responses]
+        return {"responses": responses, "ranks": list(g.ranks), "margin": g.margin}
+
+    steps = [{"groups": [group(g) for g in step.groups], "ref_logprobs": list(step.ref_logprobs),
+              "online": step.online, "samples": dict(step.samples)} for step in pool.steps]
+    return {"start": pool.start, "steps": steps}
+
+
+def pool_from_state(state: dict) -> Pool:
+    """The pool `pool_state` wrote."""
+
+    def group(g: dict) -> RankedGroup:
+        responses = [EncodedExample(e["input_ids"], e["completion_mask"], e["truncated"])
+                     for e in g["responses"]]
+        return RankedGroup(responses, tuple(g["ranks"]), g["margin"])
+
+    steps = [StepGroups([group(g) for g in step["groups"]], list(step["ref_logprobs"]),
+                        step["online"], dict(step["samples"])) for step in state["steps"]]
+    return Pool(state["start"], steps)
+
+
+def sample_metrics(gold: list[float] | None, rewards: list[float],
+                   lengths: list[int]) -> dict[str, float]:
+    """The online samples' mean reward, length and token count, and gold score (None: no task)."""
+    metrics = {"gold_score": sum(gold) / len(gold)} if gold is not None else {}
+    return {**metrics, "reward_mean": sum(rewards) / len(rewards),
             "response_length": sum(lengths) / len(lengths), "response_tokens": float(sum(lengths))}
 
 
 def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, online_groups: list[RankedGroup],
-                  gold: list[float], rewards: list[float], offline: list[RankedGroup], offline_per_step: int,
+                  gold: list[float] | None, rewards: list[float], offline: list[RankedGroup],
+                  offline_per_step: int,
                   seed: int, reference: Reference, pad_token_id: int, batch_size: int, device: torch.device,
                   precision) -> Pool:
     """Split the labelled groups into the steps `start, start + 1, ...` that `plan` sizes, add
@@ -91,7 +122,8 @@ def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, onlin
     reference log-prob once.
 
     Args:
-        gold, rewards: one per online response, in sampling order (prompt-major).
+        gold, rewards: one per online response, in sampling order (prompt-major); gold None
+            without a task.
         offline: the offline groups of a hybrid run (empty otherwise).
     """
     steps, first = [], 0
@@ -102,7 +134,8 @@ def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, onlin
         responses = slice(first * samples_per_prompt, (first + count) * samples_per_prompt)
         lengths = [sum(group.responses[j].completion_mask) for group in online for j in range(samples_per_prompt)]
         steps.append(StepGroups(online + [offline[row] for row in rows], [], count,
-                                sample_metrics(gold[responses], rewards[responses], lengths)))
+                                sample_metrics(gold[responses] if gold is not None else None,
+                                               rewards[responses], lengths)))
         first += count
     everything = [group for step in steps for group in step.groups]
     table = iter(reference.table(everything, pad_token_id=pad_token_id, batch_size=batch_size, device=device,

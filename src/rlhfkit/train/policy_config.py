@@ -1,22 +1,30 @@
 """The settings every policy-optimisation trainer shares (the policy, its prompts, the reward,
-optimisation, evaluation, checkpoints), in one place. GRPOConfig and PPOConfig add their own
-algorithm's fields, and override a default where their algorithm needs another."""
+optimisation, evaluation, checkpoints), in one place.
+
+Every default is written once. The few settings whose default depends on the trainer (the
+run's length, the learning rate, the response length, the evaluation and checkpoint cadence)
+are declared here without a default, and each trainer's config gives its own value once:
+`GroupRolloutConfig` for GRPO and RLOO, `PPOConfig`, `RAFTConfig` and `OnlineDPOConfig`.
+"""
 
 from dataclasses import dataclass
 
 from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.tasks.registry import TaskName
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PolicyRunConfig(RunConfig):
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model); also the frozen reference."""
     reference_model: str = ""
     """Another causal-LM directory as the frozen reference (e.g. the SFT model when `model` is a
     later policy); empty = `model` itself. Not with LoRA, whose reference is its own base."""
-    task: str = "arith"
-    """Built-in task: its prompts (unless `train_data` is given), gold score and evaluation."""
+    task: TaskName | None = None
+    """Built-in task (arith, advice), or none (null) to train on your own data. A named task gives
+    the prompts (unless `train_data` is given), the reward `task`, the gold score of every step's
+    samples and the evaluation; without one, `train_data` and `reward` are required."""
     train_data: str = ""
     """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
     train_prompts: int = 2000
@@ -24,24 +32,27 @@ class PolicyRunConfig(RunConfig):
     shuffle: bool = True
     """Seeded order of the training prompts; false = file order (step k takes rows k*P ... (k+1)*P - 1)."""
     eval_data: str = ""
-    """Held-out prompts for evaluation; empty = drawn from the task's generator."""
+    """Held-out prompts for evaluation; empty = drawn from the task's generator (without a task:
+    none)."""
     eval_prompts: int = 200
     """Held-out prompts drawn from the task's generator when `eval_data` is empty."""
-    reward: str = "task"
-    """Reward source: task, process, model:PATH, file.py:function, or a weighted sum '0.5*task + 0.5*model:PATH'."""
+    reward: str = ""
+    """Reward source: task, process, model:PATH, file.py:function, or a weighted sum
+    '0.5*task + 0.5*model:PATH'; empty = `task`, the named task's verifier (PPO:
+    model:<reward_model>)."""
     reward_max_length: int = 256
     """Tokens a reward model reads per response (as in its training)."""
     reward_uncertainty_coef: float = 0.0
     """Reward = ensemble mean - coef * ensemble std (a reward-model ensemble only)."""
     reward_timeout_s: float = 60.0
     """Longest one call of a user reward function may take (0 = no limit)."""
-    max_new_tokens: int = 48
+    max_new_tokens: int
     """Response length limit."""
     temperature: float = 1.0
     """Sampling temperature (the log-probs in the loss use the same)."""
-    max_steps: int = 100
-    """Rollout steps."""
-    lr: float = 1e-4
+    max_steps: int
+    """Rollout steps (RAFT: rounds)."""
+    lr: float
     """Peak learning rate (AdamW), constant after warm-up."""
     warmup_steps: int = 5
     """Linear warm-up (rollout steps)."""
@@ -53,11 +64,14 @@ class PolicyRunConfig(RunConfig):
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
     """LoRA scaling numerator."""
-    eval_every: int = 25
-    """Greedy evaluation on the held-out prompts every this many steps (0 = only at the start and end; -1 = never)."""
-    eval_max_new_tokens: int = 48
+    eval_every: int
+    """Greedy evaluation on the held-out prompts every this many steps, and at the start and the
+    end (0 = only at the start and end; -1 = never). With a task, its own metrics (accuracy,
+    gold score, ...); without one, the mean `reward` of the answers to `eval_data`
+    (eval_reward_mean); with neither a task nor eval_data, no evaluation."""
+    eval_max_new_tokens: int
     """Length limit at evaluation."""
-    save_every: int = 25
+    save_every: int
     """Checkpoint every this many steps (0 = only the final model)."""
     keep_last: int = 2
     """Checkpoints kept on disk."""
@@ -72,7 +86,7 @@ class PolicyRunConfig(RunConfig):
 @dataclass(frozen=True)
 class GroupRolloutConfig(PolicyRunConfig):
     """The settings of the critic-free trainers that sample a group of responses per prompt
-    (GRPO, RLOO): the rollout's shape, its mini-batches and the sampling filters."""
+    (GRPO, RLOO): the rollout's shape, its mini-batches, the sampling filters, the KL clamp."""
 
     prompts_per_step: int = 16
     """Prompts per rollout; the rollout holds prompts_per_step * group_size responses."""
@@ -86,3 +100,13 @@ class GroupRolloutConfig(PolicyRunConfig):
     """Nucleus sampling mass."""
     top_k: int = 0
     """Top-k sampling (0 = off)."""
+    kl_clamp: float = 0.0
+    """Clamp each token's KL estimate to [-kl_clamp, kl_clamp] (OpenRLHF and veRL use 10); 0 = no
+    clamp."""
+    # the defaults PolicyRunConfig leaves to each trainer (see its fields)
+    max_new_tokens: int = 48
+    max_steps: int = 100
+    lr: float = 1e-4
+    eval_every: int = 25
+    eval_max_new_tokens: int = 48
+    save_every: int = 25

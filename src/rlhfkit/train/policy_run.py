@@ -1,14 +1,26 @@
-"""What every policy-optimisation trainer (GRPO, PPO, ...) holds during a run: the policy and
-its reference, the reward source, the prompts, the sampling RNG, the optimizer, metrics and
-checkpoints. The trainers keep the algorithm; this keeps the bookkeeping in one place.
+"""The parts every policy-optimisation trainer (PPO, GRPO, RLOO, RAFT, online DPO) is built
+from, so that each trainer file holds its algorithm and reads top to bottom:
+
+- `build_policy_models`: the policy, its frozen reference, PPO's critic and their optimizers,
+  as one frozen `PolicyModels` bundle (from the checkpoint on resume);
+- `prompt_pools`: the training and held-out prompts (a prompt file, or a task's generator);
+- `PolicyRun`: the run around a trainer's loop: sampling, the reference's log-probs, the
+  optimizer step, and the end of every step (`end_step`: the history, evaluation when due, the
+  metrics log, a checkpoint when due), one mechanism for every trainer.
+
+A checkpoint holds the models, optimizers, RNG states and step, and the trainer's own state
+(PPO's KL coefficient, online DPO's labelled pool, ...) as plain data: tensors, numbers,
+strings, lists and dicts, read back with `torch.load(weights_only=True)`, never a pickled object.
 """
 
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -18,11 +30,13 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, merged_copy
+from rlhfkit.models.reward import value_model_from
+from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.engine import Rollout, generate
 from rlhfkit.rollout.forward import response_logprobs
-from rlhfkit.rollout.sample import stop_token_ids
-from rlhfkit.rollout.text import char_to_token_index, decode_responses, encode_prompts, response_token_ids, token_char_ends
+from rlhfkit.rollout.sample import sample_responses, stop_token_ids
+from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     load_torch_state,
@@ -34,46 +48,118 @@ from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
-from rlhfkit.runtime.seeding import seed_everything
+from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import micro_batch_rows, stream_rows
-from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, load_policy, resume_point
 from rlhfkit.train.optim import clipped_step
-from rlhfkit.train.schedule import is_due
+from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.schedule import is_due, linear_warmup
 
-# Evaluation prompts are drawn from the task's generator with this offset on the seed, and
-# removed from the training prompts, so evaluation is on prompts never trained on.
-EVAL_SEED_OFFSET = 10_007
+CRITIC_SUBDIR = "critic"
+TRAINER_STATE_FILE = "trainer_state.pt"
 
-
-class Supervision(str, Enum):
-    OUTCOME = "outcome"
-    """One reward per response, on its last token (or spread over all tokens by GRPO)."""
-    PROCESS = "process"
-    """Step rewards placed on the tokens where each step ends (process supervision)."""
+TrainerState = dict[str, Any]
+"""A trainer's own state in a checkpoint: tensors, numbers, strings, lists and dicts only."""
 
 
-@dataclass
-class StepTensors:
-    rewards: torch.Tensor  # (batch, max_steps) reward of each step
-    mask: torch.Tensor  # (batch, max_steps) bool, True = a real step
-    ends: torch.Tensor  # (batch, max_steps) long, response-token index where the step ends
+@dataclass(frozen=True)
+class PolicyModels:
+    """The models and optimizers of a policy run, built once by `build_policy_models`."""
+
+    policy: torch.nn.Module
+    """The trained causal LM (LoRA adapters on the base when lora_r > 0), in train mode."""
+    reference: torch.nn.Module | None
+    """The frozen reference; None without a KL term, and under LoRA (the base, adapters off)."""
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    """AdamW over the policy's trainable parameters."""
+    device: torch.device
+    critic: torch.nn.Module | None = None
+    """PPO's value model (a one-head reward model), in train mode; None for the other trainers."""
+    critic_optimizer: torch.optim.Optimizer | None = None
 
 
-def step_rewards_on_tokens(tokenizer, rollout: Rollout, responses: list[str],
-                           steps: list[list[tuple[int, float]]], device) -> StepTensors:
-    """Turn (character where a step ends, reward) lists into padded per-token step tensors."""
-    width = max(1, max(len(s) for s in steps))
-    rewards = torch.zeros(len(steps), width)
-    mask = torch.zeros(len(steps), width, dtype=torch.bool)
-    ends = torch.zeros(len(steps), width, dtype=torch.long)
-    for row, (ids, text, row_steps) in enumerate(zip(response_token_ids(rollout), responses, steps)):
-        char_ends = token_char_ends(tokenizer, ids, text)
-        for k, (char_end, reward) in enumerate(row_steps):
-            rewards[row, k], mask[row, k] = reward, True
-            ends[row, k] = char_to_token_index(char_ends, char_end) if char_ends else 0
-    return StepTensors(rewards.to(device), mask.to(device), ends.to(device))
+def _adamw(params, lr: float, weight_decay: float, checkpoint: Path | None,
+           name: str) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    if checkpoint:
+        optimizer.load_state_dict(load_torch_state(checkpoint / name))
+    return optimizer
+
+
+def build_policy_models(cfg: PolicyRunConfig, checkpoint: Path | None, *, needs_reference: bool,
+                        critic_start: str = "", critic_lr: float = 0.0) -> PolicyModels:
+    """The policy (and its reference when `needs_reference`), and with `critic_start` a critic
+    started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
+    trained models and the optimizer states come from the checkpoint."""
+    if cfg.reference_model and cfg.lora_r > 0:
+        raise ConfigError(f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
+                          "LoRA the reference is the base model with its adapters off; leave "
+                          "reference_model empty")
+    device = resolve_device(cfg.device)
+    policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                         device=device)
+    reference = None
+    if needs_reference and cfg.lora_r == 0:
+        reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
+        reference.requires_grad_(False)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = _adamw(trainable, cfg.lr, cfg.weight_decay, checkpoint, "optimizer.pt")
+    critic = critic_optimizer = None
+    if critic_start:
+        critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
+        critic = value_model_from(critic_dir).to(device).train()
+        critic_optimizer = _adamw(critic.parameters(), critic_lr, cfg.weight_decay, checkpoint,
+                                  "critic_optimizer.pt")
+    return PolicyModels(policy, reference, load_tokenizer(cfg.model), optimizer, device, critic,
+                        critic_optimizer)
+
+
+@dataclass(frozen=True)
+class PromptPools:
+    train: list[PromptExample]
+    eval: list[PromptExample]
+    """Held-out prompts; empty when there is nothing to evaluate on (no task and no eval_data)."""
+
+
+def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
+    """The training prompts (`train_data`, else drawn from the task's generator) and the held-out
+    ones (`eval_data`, else drawn from the task's generator on their own seed stream and removed
+    from the drawn training prompts, so evaluation is on prompts never trained on)."""
+    if not cfg.train_data and task is None:
+        raise ConfigError("no prompts to train on: set train_data=PATH (a prompt file) or "
+                          "task=arith|advice")
+    if cfg.eval_data:
+        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
+    elif task is not None:
+        rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
+        eval_prompts = task.prompts(cfg.eval_prompts, rng)
+    else:
+        eval_prompts = []
+    if cfg.train_data:
+        return PromptPools(load_examples(cfg.train_data, Format.PROMPT), eval_prompts)
+    held_out = {str(p.prompt) for p in eval_prompts}
+    rng = random.Random(derive_seed(cfg.seed, SeedStream.TRAIN_PROMPTS))
+    drawn = task.prompts(cfg.train_prompts, rng)
+    train = [p for p in drawn if str(p.prompt) not in held_out]
+    if len(train) < len(drawn) // 2:
+        # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
+        # questions out; its evaluation then uses the training questions with fresh samples
+        print(f"{task.name}: the held-out prompts repeat training prompts (few distinct "
+              "prompts); evaluating on them with fresh samples")
+        train = drawn
+    return PromptPools(train, eval_prompts)
+
+
+def reward_spec(cfg: PolicyRunConfig) -> str:
+    """The run's reward source: `reward`, else the named task's verifier."""
+    if cfg.reward:
+        return cfg.reward
+    if not cfg.task:
+        raise ConfigError("no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
+                          "or task=arith|advice to score with its verifier")
+    return "task"
 
 
 class PhaseTimer:
@@ -90,93 +176,56 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - started
 
 
-def _prompt_pools(cfg: PolicyRunConfig, task) -> tuple[list[PromptExample], list[PromptExample]]:
-    if cfg.eval_data:
-        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
-    else:
-        eval_prompts = task.prompts(cfg.eval_prompts, random.Random(cfg.seed + EVAL_SEED_OFFSET))
-    if cfg.train_data:
-        train = load_examples(cfg.train_data, Format.PROMPT)
-    else:
-        held_out = {str(p.prompt) for p in eval_prompts}
-        drawn = task.prompts(cfg.train_prompts, random.Random(cfg.seed))
-        train = [p for p in drawn if str(p.prompt) not in held_out]
-        if len(train) < len(drawn) // 2:
-            # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
-            # questions out; its evaluation then uses the training questions with fresh samples
-            print(f"{task.name}: the held-out prompts repeat training prompts (few distinct prompts); "
-                  "evaluating on them with fresh samples")
-            train = drawn
-    return train, eval_prompts
+class RunRecord(Protocol):
+    """What `end_step` adds to: a trainer's result."""
+
+    history: list[dict]
+    evals: list[tuple[int, dict]]
 
 
 class PolicyRun:
-    """Opened by a trainer; a context manager around the metrics log and progress bar."""
+    """Opened by a trainer: seeds everything, builds the models, prompts and reward, restores a
+    checkpoint on resume; a context manager around the metrics log and progress bar.
 
-    def __init__(self, cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool, needs_reference: bool, stage: str,
-                 reward_spec: str | None = None):
+    Args:
+        total_steps: the run's length (default `cfg.max_steps`; online DPO: its labelling plan's).
+        reward: the reward spec (default `reward_spec(cfg)`; PPO: its reward model).
+        critic_start, critic_lr: PPO's critic (see `build_policy_models`).
+    """
+
+    def __init__(self, cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool,
+                 needs_reference: bool, stage: str, total_steps: int | None = None,
+                 reward: str | None = None, critic_start: str = "", critic_lr: float = 0.0):
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
-        self.device = resolve_device(cfg.device)
-        self.task = get_task(cfg.task)
-        self.train_prompts, self.eval_prompts = _prompt_pools(cfg, self.task)
+        self.total_steps = cfg.max_steps if total_steps is None else total_steps
         checkpoint = resume_point(run_dir.checkpoints) if resume else None
-        self.checkpoint = checkpoint
-        # trainer-specific models and optimizers (PPO's critic) saved and restored with the run
-        self.extra_models: dict[str, torch.nn.Module] = {}
-        self.extra_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.extra_state: dict = {}
-        self.tokenizer = load_tokenizer(cfg.model)
-        self.policy, self.reference = self._models(cfg, checkpoint, needs_reference)
-        self.stop_ids = stop_token_ids(self.policy, self.tokenizer)
-        self.pad_token_id = self.tokenizer.pad_token_id
-        self.reward = build_reward_source(reward_spec or cfg.reward, task_name=cfg.task, tokenizer=self.tokenizer,
-                                          device=self.device, batch_size=64, max_length=cfg.reward_max_length,
-                                          uncertainty_coef=cfg.reward_uncertainty_coef,
-                                          timeout_s=cfg.reward_timeout_s or None)
-        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad],
-                                           lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.start_step = self._restore(checkpoint) if checkpoint else 0
-        self.metrics = MetricsLogger(run_dir.metrics_path, run_dir.tensorboard if cfg.tensorboard else None,
+        self.models = build_policy_models(cfg, checkpoint, needs_reference=needs_reference,
+                                          critic_start=critic_start, critic_lr=critic_lr)
+        self.task = get_task(cfg.task) if cfg.task else None
+        self.prompts = prompt_pools(cfg, self.task)
+        self.reward: RewardSource = build_reward_source(
+            reward or reward_spec(cfg), task_name=cfg.task or None,
+            tokenizer=self.models.tokenizer, device=self.models.device, batch_size=64,
+            max_length=cfg.reward_max_length, uncertainty_coef=cfg.reward_uncertainty_coef,
+            timeout_s=cfg.reward_timeout_s or None)
+        self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
+        # the step to start from, and the trainer's own state saved with it ({} on a fresh start)
+        self.start_step, self.trainer_state = self._restore(checkpoint) if checkpoint else (0, {})
+        tensorboard = run_dir.tensorboard if cfg.tensorboard else None
+        self.metrics = MetricsLogger(run_dir.metrics_path, tensorboard,
                                      resume_from_step=self.start_step if checkpoint else None)
-        self.bar = ProgressBar(cfg.max_steps, stage, enabled=cfg.progress, start=self.start_step)
+        self.bar = ProgressBar(self.total_steps, stage, enabled=cfg.progress,
+                               start=self.start_step)
 
-    # --- set-up and resume
-    def _models(self, cfg: PolicyRunConfig, checkpoint, needs_reference: bool):
-        policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=self.device)
-        if cfg.reference_model and cfg.lora_r > 0:
-            raise ConfigError(f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under LoRA the "
-                              "reference is the base model with its adapters off; leave reference_model empty")
-        # under LoRA the reference is the base model itself, with the adapters switched off
-        needs_copy = needs_reference and cfg.lora_r == 0
-        reference = (load_causal_lm(cfg.reference_model or cfg.model).to(self.device).eval().requires_grad_(False)
-                     if needs_copy else None)
-        return policy, reference
-
-    def _restore(self, checkpoint) -> int:
-        self.optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
+    def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
         state = load_torch_state(checkpoint / "state.pt")
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
-        self.extra_state = state.get("extra", {})
-        return state["step"]
-
-    def extra_model(self, name: str, load, path):
-        """A further trained model (PPO's critic): `load(path)` fresh, or its checkpointed copy."""
-        model = load(self.checkpoint / name if self.checkpoint else path).to(self.device).train()
-        self.extra_models[name] = model
-        return model
-
-    def extra_optimizer(self, name: str, params, lr: float) -> torch.optim.Optimizer:
-        optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=self.cfg.weight_decay)
-        if self.checkpoint:
-            optimizer.load_state_dict(load_torch_state(self.checkpoint / f"{name}_optimizer.pt"))
-        self.extra_optimizers[name] = optimizer
-        return optimizer
-
-    def extra_optimizer_step(self, name: str, step: int, lr: float, cfg: PolicyRunConfig) -> float:
-        return clipped_step(self.extra_optimizers[name], _warmup(step, cfg) * lr, cfg.max_grad_norm)
+        # weights_only: the trainer's state is plain data, never an object to unpickle
+        trainer_state = torch.load(checkpoint / TRAINER_STATE_FILE, map_location="cpu",
+                                   weights_only=True)
+        return state["step"], trainer_state
 
     def __enter__(self) -> "PolicyRun":
         self.metrics.__enter__()
@@ -187,104 +236,138 @@ class PolicyRun:
         self.bar.__exit__(*exc)
         self.metrics.__exit__(*exc)
 
-    # --- prompts and text
+    # --- prompts and sampling
     def prompts_for_step(self, step: int, count: int) -> list[PromptExample]:
         """The step's prompts: a pure function of (seed, step), so a resumed run sees the same."""
+        pool = self.prompts.train
         if not self.cfg.shuffle:
-            return [self.train_prompts[i] for i in micro_batch_rows(len(self.train_prompts), count, 0, step, shuffle=False)]
-        return [self.train_prompts[i] for i in stream_rows(len(self.train_prompts), count, self.cfg.seed, step)]
+            return [pool[i] for i in micro_batch_rows(len(pool), count, 0, step, shuffle=False)]
+        return [pool[i] for i in stream_rows(len(pool), count, self.cfg.seed, step)]
 
-    def sample(self, prompts: list[PromptExample], num_samples: int, *, max_new_tokens: int, temperature: float,
-               top_p: float = 1.0, top_k: int = 0) -> tuple[Rollout, list[str]]:
-        """`num_samples` responses per prompt from the current policy (in eval mode while it samples),
-        with their sampling log-probs, and their decoded texts."""
-        ids, mask = encode_prompts(self.tokenizer, [p.prompt for p in prompts], self.device)
-        self.policy.eval()
-        rollout = generate(self.policy, ids, mask, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                           stop_ids=self.stop_ids, pad_token_id=self.pad_token_id, temperature=temperature,
+    def sample(self, prompts: list[PromptExample], num_samples: int, *, max_new_tokens: int,
+               temperature: float, top_p: float = 1.0,
+               top_k: int = 0) -> tuple[Rollout, list[str]]:
+        """`num_samples` responses per prompt from the current policy (in eval mode while it
+        samples), with their sampling log-probs, and their decoded texts."""
+        policy, tokenizer = self.models.policy, self.models.tokenizer
+        ids, mask = encode_prompts(tokenizer, [p.prompt for p in prompts], self.models.device)
+        policy.eval()
+        rollout = generate(policy, ids, mask, num_samples=num_samples,
+                           max_new_tokens=max_new_tokens,
+                           stop_ids=stop_token_ids(policy, tokenizer),
+                           pad_token_id=tokenizer.pad_token_id, temperature=temperature,
                            top_p=top_p, top_k=top_k, generator=self.generator)
-        self.policy.train()
-        return rollout, decode_responses(self.tokenizer, rollout)
+        policy.train()
+        return rollout, decode_responses(tokenizer, rollout)
 
-    # --- model passes
+    # --- model passes and updates
     @torch.no_grad()
     def reference_logprobs(self, batch: dict, temperature: float, precision: Precision,
                            chunk: int = 64, group_size: int = 1) -> torch.Tensor:
         """log pi_ref of the response tokens, in chunks of whole groups, without autograd
         (`group_size`: rows sharing a prompt, run once; see `response_logprobs`)."""
-        model = self.reference if self.reference is not None else self.policy
+        reference = self.models.reference
+        model = reference if reference is not None else self.models.policy
         chunk = max(group_size, chunk // group_size * group_size)
         out = []
-        with adapters_disabled(model) if self.reference is None else nullcontext():
+        with adapters_disabled(model) if reference is None else nullcontext():
             for start in range(0, batch["input_ids"].shape[0], chunk):
-                with autocast(self.device, precision):
-                    out.append(response_logprobs(model, batch["input_ids"][start : start + chunk],
-                                                 batch["attention_mask"][start : start + chunk],
-                                                 batch["response_mask"].shape[1], temperature=temperature,
+                rows = slice(start, start + chunk)
+                with autocast(self.models.device, precision):
+                    out.append(response_logprobs(model, batch["input_ids"][rows],
+                                                 batch["attention_mask"][rows],
+                                                 batch["response_mask"].shape[1],
+                                                 temperature=temperature,
                                                  group_size=group_size).logprobs)
         return torch.cat(out)
 
-    def optimizer_step(self, step: int, cfg: PolicyRunConfig) -> float:
-        """Clip, set the warm-up learning rate, step, clear; returns the gradient norm."""
-        return clipped_step(self.optimizer, _warmup(step, cfg) * cfg.lr, cfg.max_grad_norm)
+    def optimizer_step(self, step: int) -> float:
+        """The policy's update: clip, set the warm-up learning rate, step, clear; returns the
+        gradient norm before clipping."""
+        lr = linear_warmup(step, self.cfg.warmup_steps) * self.cfg.lr
+        return clipped_step(self.models.optimizer, lr, self.cfg.max_grad_norm)
 
     # --- metrics, evaluation, checkpoints
-    def step_metrics(self, stats: list[dict], rewards: torch.Tensor, prompts: list[PromptExample],
-                     responses: list[str], rollout: Rollout, timer: PhaseTimer) -> dict:
+    def step_metrics(self, stats: list[dict], rewards: torch.Tensor,
+                     prompts: list[PromptExample], responses: list[str], rollout: Rollout,
+                     timer: PhaseTimer) -> dict:
+        """The step's row: the mean of each update's stats, the rewards, the task's gold score
+        (only when a task is named), lengths and times."""
         row = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
-        gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
+        row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()})
+        if self.task is not None:
+            gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
+            row["gold_score"] = sum(gold) / len(gold)
         tokens = int(rollout.response_mask.sum())
         elapsed = time.perf_counter() - timer.start
-        row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
-                    "gold_score": sum(gold) / len(gold), "response_length": tokens / len(responses),
-                    "response_tokens": tokens, "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
+        row.update({"response_length": tokens / len(responses), "response_tokens": tokens,
+                    "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
         row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return row
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether this run evaluates at all: eval_every >= 0 and held-out prompts to do it on."""
+        return self.cfg.eval_every >= 0 and bool(self.prompts.eval)
+
     def evaluate(self, row: dict) -> dict:
-        """Greedy answers to the held-out prompts, scored by the task; added to `row` as eval_*."""
-        metrics, _ = evaluate_policy(self.policy, self.tokenizer, self.task, self.eval_prompts,
-                                     max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
-        self.policy.train()
+        """Greedy answers to the held-out prompts, scored by the task when one is named, else by
+        the run's reward (`reward_mean`); added to `row` as eval_*."""
+        policy, tokenizer, prompts = self.models.policy, self.models.tokenizer, self.prompts.eval
+        settings = dict(max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
+        if self.task is not None:
+            metrics, _ = evaluate_policy(policy, tokenizer, self.task, prompts, **settings)
+        else:
+            samples = sample_responses(policy, tokenizer, [p.prompt for p in prompts], greedy=True,
+                                       batch_size=256, **settings)
+            scores = self.reward.score(prompts, [texts[0] for texts in samples.texts]).rewards
+            metrics = {"reward_mean": scores.mean().item()}
+        policy.train()
         row.update({f"eval_{k}": v for k, v in metrics.items()})
         return metrics
 
-    def end_step(self, done: int, row: dict, result) -> None:
-        """After `done` steps: keep the step's row in `result.history`, evaluate when due (adding
-        to `result.evals`), log the row, and checkpoint when due."""
+    def begin(self, result: RunRecord) -> None:
+        """On a fresh start, evaluate the starting policy (the run's baseline), if it evaluates."""
+        if self.start_step == 0 and self.evaluates:
+            result.evals.append((0, self.evaluate({})))
+
+    def end_step(self, done: int, row: dict, result: RunRecord, *,
+                 state: Callable[[], TrainerState] | None = None, stop: bool = False) -> None:
+        """After `done` steps: keep the row in `result.history`, evaluate when due (every
+        eval_every steps and after the last; eval_every=-1: never), log the row, and write a
+        checkpoint when due (every save_every steps, not after the last: the final model is
+        saved then). `stop`: the trainer ends the run here (PPO's KL limit), so this step is
+        the last. `state`: the trainer's own state, called only when a checkpoint is written."""
         result.history.append(row)
-        if self.cfg.eval_every >= 0 and is_due(done, self.cfg.eval_every, self.cfg.max_steps, at_end=True):
+        total = done if stop else self.total_steps
+        if self.evaluates and is_due(done, self.cfg.eval_every, total, at_end=True):
             result.evals.append((done, self.evaluate(row)))
-        self.log(done, row)
-        if is_due(done, self.cfg.save_every, self.cfg.max_steps, at_end=False):
-            self.save_checkpoint(done)
-
-    def log(self, step: int, row: dict) -> None:
-        self.metrics.log(step, row, stage=self.stage)
+        self.metrics.log(done, row, stage=self.stage)
         self.bar.update(1, loss=row.get("loss", 0.0), tokens=row["response_tokens"])
+        if is_due(done, self.cfg.save_every, total, at_end=False):
+            self.save_checkpoint(done, state() if state is not None else {})
 
-    def save_checkpoint(self, step: int) -> None:
-        def write(tmp):
-            self.policy.save_pretrained(tmp / MODEL_SUBDIR)
-            self.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
-            save_torch_state(tmp / "optimizer.pt", self.optimizer.state_dict())
+    def save_checkpoint(self, step: int, trainer_state: TrainerState) -> None:
+        models = self.models
+
+        def write(tmp: Path) -> None:
+            models.policy.save_pretrained(tmp / MODEL_SUBDIR)
+            models.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
+            save_torch_state(tmp / "optimizer.pt", models.optimizer.state_dict())
+            if models.critic is not None:
+                models.critic.save_pretrained(tmp / CRITIC_SUBDIR)
+                save_torch_state(tmp / "critic_optimizer.pt",
+                                 models.critic_optimizer.state_dict())
             save_torch_state(tmp / "state.pt", {"step": step, "rng": capture_rng_state(),
-                                                "generator": self.generator.get_state(),
-                                                "extra": dict(self.extra_state)})
-            for name, model in self.extra_models.items():
-                model.save_pretrained(tmp / name)
-            for name, optimizer in self.extra_optimizers.items():
-                save_torch_state(tmp / f"{name}_optimizer.pt", optimizer.state_dict())
+                                                "generator": self.generator.get_state()})
+            save_torch_state(tmp / TRAINER_STATE_FILE, trainer_state)
 
-        save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
+        save_checkpoint(self.run_dir.checkpoints, step, write=write,
+                        keep_last=self.cfg.keep_last)
 
     def save_final(self) -> None:
         """A plain causal-LM directory (LoRA adapters merged into a copy of the weights)."""
-        model = merged_copy(self.policy) if self.cfg.lora_r > 0 else self.policy
+        policy = self.models.policy
+        model = merged_copy(policy) if self.cfg.lora_r > 0 else policy
         model.save_pretrained(self.run_dir.final)
-        self.tokenizer.save_pretrained(self.run_dir.final)
-
-
-def _warmup(step: int, cfg: PolicyRunConfig) -> float:
-    """Linear warm-up over cfg.warmup_steps, then constant."""
-    return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        self.models.tokenizer.save_pretrained(self.run_dir.final)

@@ -9,38 +9,46 @@ clipped value loss (critic) over mini-batches. beta is fixed or follows the adap
 Ziegler et al. (2019) towards a target KL; a run whose KL passes `kl_limit` stops (seed 003:
 beyond 10-20 nats the policy has left the reward model's domain).
 Departures: the old log-probs are the sampling log-probs (no extra forward pass), with one update
-per rollout the critic's rollout values come from its training pass, and the critic has its own
-optimizer and learning rate instead of a shared loss with a value coefficient.
+per rollout the critic's rollout values come from its training pass (`shared_critic_pass`), and
+the critic has its own optimizer and learning rate instead of a shared loss with a value
+coefficient. Logged: kl_per_sequence and kl_per_token (k1 on the rollout's samples, the KL of
+the penalty), kl_coef, proxy_reward, value_loss, explained_variance, and the shared metrics.
 """
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.reward import value_model_from
 from rlhfkit.objectives.advantages import gae, kl_shaped_rewards
 from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
-from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty
-from rlhfkit.objectives.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, sequence_kl
+from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_logprobs, response_values
 from rlhfkit.runtime.device import autocast
+from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
-from rlhfkit.train.schedule import is_due
+from rlhfkit.train.schedule import linear_warmup
+
+
+class CriticInit(str, Enum):
+    REWARD_MODEL = "reward_model"
+    """The critic starts as the reward model (backbone and head; an ensemble's heads averaged)."""
+    POLICY = "policy"
+    """A fresh value head on the starting policy."""
 
 
 @dataclass(frozen=True)
 class PPOConfig(PolicyRunConfig):
-    """The shared settings (`PolicyRunConfig`) plus PPO's own; defaults that differ for PPO
-    are redeclared at the end."""
+    """The shared settings (`PolicyRunConfig`) plus PPO's own."""
 
     reward_model: str = ""
     """Saved reward-model directory: the frozen reward (unless `reward` says otherwise) and the critic's start."""
-    critic_init: str = "reward_model"
+    critic_init: CriticInit = CriticInit.REWARD_MODEL
     """reward_model: the critic starts as the reward model; policy: a fresh value head on the policy."""
     prompts_per_step: int = 64
     """Prompts per rollout (one response each)."""
@@ -58,6 +66,9 @@ class PPOConfig(PolicyRunConfig):
     """GAE lambda."""
     kl_coef: float = 0.05
     """beta: the KL penalty in the per-token reward (initial value when adaptive)."""
+    kl_clamp: float = 0.0
+    """Clamp each token's KL estimate to [-kl_clamp, kl_clamp] (OpenRLHF and veRL use 10); 0 = no
+    clamp."""
     kl_target: float = 0.0
     """Target KL per sequence (nats) of the adaptive controller; 0 = a fixed beta."""
     kl_horizon: int = 10000
@@ -66,17 +77,18 @@ class PPOConfig(PolicyRunConfig):
     """Stop the run when the mean KL per sequence passes this many nats."""
     critic_lr: float = 1e-4
     """Critic learning rate."""
-    # defaults that differ from PolicyRunConfig's
-    task: str = "advice"
-    """Built-in task: prompts (unless `train_data`), gold score and evaluation."""
-    reward: str = ""
-    """Reward source spec (see `rlhfkit grpo`); empty = model:<reward_model>."""
+    shared_critic_pass: bool = True
+    """With one update per rollout (ppo_epochs=1 and mini_batch_size=prompts_per_step), take the
+    critic's rollout values from the pass its update differentiates: one critic forward per step
+    instead of two, the same values and losses. false, or several updates per rollout (where a
+    later mini-batch meets an updated critic): a separate pass without autograd."""
+    # the defaults PolicyRunConfig leaves to each trainer (see its fields)
     max_new_tokens: int = 64
-    """Response length limit."""
+    max_steps: int = 100
     lr: float = 1e-5
-    """Actor learning rate (AdamW), constant after warm-up."""
+    eval_every: int = 25
     eval_max_new_tokens: int = 64
-    """Length limit at evaluation."""
+    save_every: int = 25
 
 
 @dataclass
@@ -90,34 +102,43 @@ class PPOResult:
 def check_ppo_config(cfg: PPOConfig) -> None:
     if not cfg.reward_model and not cfg.reward:
         raise ConfigError("PPO needs reward_model=PATH (a saved reward model) or a reward= source")
-    if cfg.critic_init == "reward_model" and not cfg.reward_model:
+    if CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL and not cfg.reward_model:
         raise ConfigError("critic_init=reward_model needs reward_model=PATH; or set critic_init=policy")
     if cfg.mini_batch_size <= 0 or cfg.prompts_per_step % cfg.mini_batch_size:
         raise ConfigError(f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
                           f"{cfg.prompts_per_step}: change one of them")
 
 
+def shares_critic_pass(cfg: PPOConfig) -> bool:
+    """Whether the critic's rollout pass is also its training pass (see `shared_critic_pass`)."""
+    one_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.prompts_per_step
+    return cfg.shared_critic_pass and one_update
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(returns - values) / Var(returns) over the counted tokens (1 = a perfect critic)."""
     variance = masked_var(returns, mask, unbiased=False)
-    return (1 - masked_var(returns - values, mask, unbiased=False) / variance).item() if variance > 0 else 0.0
+    if variance <= 0:
+        return 0.0
+    return (1 - masked_var(returns - values, mask, unbiased=False) / variance).item()
 
 
 def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     """Optimise `cfg.model` against the reward with PPO; the final policy goes to `run_dir.final`."""
     check_ppo_config(cfg)
-    spec = cfg.reward or f"model:{cfg.reward_model}"
-    # step 1. actor + reference, reward, prompts (shared bookkeeping), then the critic
-    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo", reward_spec=spec)
-    critic_dir = cfg.reward_model if cfg.critic_init == "reward_model" else cfg.model
-    critic = run.extra_model("critic", value_model_from, critic_dir)
-    run.extra_optimizer("critic", critic.parameters(), cfg.critic_lr)
-    kl_coef = run.extra_state.get("kl_coef", cfg.kl_coef)
+    # step 1. actor + reference, the critic, their optimizers, reward, prompts; restored on resume
+    from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
+    critic_start = cfg.reward_model if from_reward_model else cfg.model
+    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo",
+                    reward=cfg.reward or f"model:{cfg.reward_model}", critic_start=critic_start,
+                    critic_lr=cfg.critic_lr)
+    critic, device = run.models.critic, run.models.device
+    kl_coef = run.trainer_state.get("kl_coef", cfg.kl_coef)  # the adaptive controller's beta
+    shared_pass = shares_critic_pass(cfg)
     result = PPOResult(model_dir=run_dir.final)
 
     with run:
-        if run.start_step == 0 and cfg.eval_every >= 0:
-            result.evals.append((0, run.evaluate({})))
+        run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
@@ -132,82 +153,86 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 3. the reward model's score, the reference's log-probs, the critic's values
             with timer("reward"):
-                scores = run.reward.score(prompts, responses).rewards.to(run.device)
+                scores = run.reward.score(prompts, responses).rewards.to(device)
             with timer("reference"):
                 batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision)
-            # with one update per rollout the critic is unchanged until its step, so the pass that
-            # gives the rollout's values (with autograd) is also the pass its loss differentiates
-            single_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.prompts_per_step
-            with timer("values"), nullcontext() if single_update else torch.no_grad(), \
-                    autocast(run.device, cfg.precision):
-                values = response_values(critic, batch["input_ids"], batch["attention_mask"], response_mask.shape[1])
+            with timer("values"), torch.set_grad_enabled(shared_pass), \
+                    autocast(device, cfg.precision):
+                values = response_values(critic, batch["input_ids"], batch["attention_mask"],
+                                         response_mask.shape[1])
             batch["old_values"] = values.detach()
 
             # step 4. per-token rewards (KL penalty + score at the end), GAE, whitened advantages
-            kl = kl_penalty(batch["old_logprobs"], batch["ref_logprobs"], KLEstimator.K1)
+            logprobs, ref_logprobs = batch["old_logprobs"], batch["ref_logprobs"]
+            kl = kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, cfg.kl_clamp)
             rewards = kl_shaped_rewards(scores, kl, response_mask, kl_coef)
-            advantages, batch["returns"] = gae(rewards, batch["old_values"], response_mask, cfg.gamma, cfg.lam)
+            advantages, batch["returns"] = gae(rewards, batch["old_values"], response_mask,
+                                               cfg.gamma, cfg.lam)
             batch["advantages"] = masked_whiten(advantages, response_mask, unbiased=False)
-            sequence_kl = masked_sum(kl, response_mask, dim=1).mean().item()
+            kl_per_sequence = sequence_kl(logprobs, ref_logprobs, response_mask, KLEstimator.K1,
+                                          cfg.kl_clamp)
 
-            # step 5. PPO epochs over mini-batches: actor and critic each take a clipped step
+            # step 5. PPO epochs over mini-batches: critic and actor each take a clipped step
             stats = []
             for _ in range(cfg.ppo_epochs):
                 for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
                     part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                    stats.append(_ppo_minibatch(cfg, run, critic, part, step, timer,
-                                                values if single_update else None))
+                    part_values = values if shared_pass else None
+                    stats.append(_ppo_minibatch(cfg, run, part, step, timer, part_values))
 
-            # step 6. the KL coefficient, metrics, evaluation, checkpoint, the KL limit
+            # step 6. metrics and the KL coefficient; evaluation, log and checkpoint when due,
+            # or the end of the run when the KL passes its limit
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
-            row.update({"kl": sequence_kl, "kl_coef": kl_coef, "proxy_reward": scores.mean().item(),
-                        "explained_variance": explained_variance(batch["old_values"], batch["returns"],
-                                                                 response_mask)})
+            mean_kl = kl_per_sequence.mean().item()
+            tokens = response_mask.sum().clamp(min=1)
+            row.update({"kl_per_sequence": mean_kl,
+                        "kl_per_token": (kl_per_sequence.sum() / tokens).item(),
+                        "kl_coef": kl_coef, "proxy_reward": scores.mean().item(),
+                        "explained_variance": explained_variance(batch["old_values"],
+                                                                 batch["returns"], response_mask)})
             if cfg.kl_target > 0:
-                kl_coef = adaptive_kl_coef(kl_coef, sequence_kl, cfg.kl_target, cfg.kl_horizon, cfg.prompts_per_step)
-            result.history.append(row)
-            done = step + 1
-            stop = sequence_kl > cfg.kl_limit
-            if cfg.eval_every >= 0 and (is_due(done, cfg.eval_every, cfg.max_steps, at_end=True) or stop):
-                result.evals.append((done, run.evaluate(row)))
-            run.log(done, row)
+                kl_coef = adaptive_kl_coef(kl_coef, mean_kl, cfg.kl_target, cfg.kl_horizon,
+                                           cfg.prompts_per_step)
+            stop = mean_kl > cfg.kl_limit
+            run.end_step(step + 1, row, result, state=lambda: {"kl_coef": kl_coef}, stop=stop)
             if stop:
-                print(f"ppo: KL {sequence_kl:.1f} nats passed kl_limit={cfg.kl_limit}: stopping at step {done}")
+                print(f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
+                      f"stopping at step {step + 1}")
                 result.stopped_at_kl_limit = True
                 break
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                run.extra_state["kl_coef"] = kl_coef
-                run.save_checkpoint(done)
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()
     return result
 
 
-def _ppo_minibatch(cfg: PPOConfig, run, critic, part: dict, step: int, timer: PhaseTimer,
+def _ppo_minibatch(cfg: PPOConfig, run: PolicyRun, part: dict, step: int, timer: PhaseTimer,
                    values: torch.Tensor | None) -> dict:
-    """One clipped actor step and one clipped critic step on a slice of the rollout; `values`:
+    """One clipped critic step and one clipped actor step on a slice of the rollout; `values`:
     the critic's values of this slice with autograd already there (None = run the critic).
     The critic steps first, so its graph is freed before the actor's is built."""
-    mask = part["response_mask"]
+    models, mask = run.models, part["response_mask"]
     denominator = loss_denominator(mask, LossAggregation.TOKEN_MEAN)
     with timer("forward_backward"):
         if values is None:
-            with autocast(run.device, cfg.precision):
-                values = response_values(critic, part["input_ids"], part["attention_mask"], mask.shape[1])
+            with autocast(models.device, cfg.precision):
+                values = response_values(models.critic, part["input_ids"], part["attention_mask"],
+                                         mask.shape[1])
         critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
                                  LossAggregation.TOKEN_MEAN, denominator)
         critic_loss.backward()
     with timer("optimizer"):
-        run.extra_optimizer_step("critic", step, cfg.critic_lr, cfg)
+        critic_lr = linear_warmup(step, cfg.warmup_steps) * cfg.critic_lr
+        clipped_step(models.critic_optimizer, critic_lr, cfg.max_grad_norm)
     with timer("forward_backward"):
-        with autocast(run.device, cfg.precision):
-            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
-                                        temperature=cfg.temperature, with_entropy=True)
+        with autocast(models.device, cfg.precision):
+            current = response_logprobs(models.policy, part["input_ids"], part["attention_mask"],
+                                        mask.shape[1], temperature=cfg.temperature,
+                                        with_entropy=True)
         policy = ppo_policy_loss(current.logprobs, part["old_logprobs"], part["advantages"], mask, cfg.clip_eps,
                                  cfg.clip_eps, None, LossAggregation.TOKEN_MEAN, denominator)
         policy.loss.backward()
     with timer("optimizer"):
-        grad_norm = run.optimizer_step(step, cfg)
+        grad_norm = run.optimizer_step(step)
     return {"loss": policy.loss.item(), "value_loss": critic_loss.item(), "grad_norm": grad_norm,
             "clip_fraction": policy.clip_fraction.item(), "entropy": masked_mean(current.entropy, mask).item()}

@@ -43,8 +43,7 @@ class RAFTMode(str, Enum):
 
 @dataclass(frozen=True)
 class RAFTConfig(PolicyRunConfig):
-    """The shared settings (`PolicyRunConfig`) plus those of sampling and selecting; defaults
-    that differ from the shared ones are redeclared at the end."""
+    """The shared settings (`PolicyRunConfig`) plus those of sampling and selecting."""
 
     mode: RAFTMode = RAFTMode.RAFT
     """raft: fine-tune on the best samples; online_rft: +1 / -1 weighted log-likelihood of every sample."""
@@ -68,20 +67,20 @@ class RAFTConfig(PolicyRunConfig):
     """online_rft: coefficient of an incorrect response (-1 as in seed 003; 0 = DeepSeekMath's indicator)."""
     loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
     """online_rft: token_mean, sequence_mean or constant_length (as in GRPO)."""
-    # defaults that differ from PolicyRunConfig's
+    # the defaults PolicyRunConfig leaves to each trainer (see its fields; a step is a round)
+    max_new_tokens: int = 48
     max_steps: int = 20
-    """Rounds (raft) or steps (online_rft)."""
+    lr: float = 1e-4
     eval_every: int = 5
-    """Greedy evaluation on the held-out prompts every this many rounds (0 = only at the start and end; -1 = never)."""
+    eval_max_new_tokens: int = 48
     save_every: int = 5
-    """Checkpoint every this many rounds (0 = only the final model)."""
 
 
 @dataclass
 class RAFTResult:
     model_dir: Path
     history: list[dict] = field(default_factory=list)  # one metrics row per round
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (round, task metrics)
+    evals: list[tuple[int, dict]] = field(default_factory=list)  # (round, evaluation metrics)
 
 
 def check_raft_config(cfg: RAFTConfig) -> None:
@@ -104,8 +103,9 @@ def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Te
     """SFT loss of kept rollout rows: the token-mean negative log-likelihood of the response
     tokens (the left-padded prompt is context; the LM head runs on the response only)."""
     mask = batch["response_mask"]
-    with autocast(run.device, cfg.precision):
-        logprobs = response_logprobs(run.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1]).logprobs
+    with autocast(run.models.device, cfg.precision):
+        logprobs = response_logprobs(run.models.policy, batch["input_ids"], batch["attention_mask"],
+                                     mask.shape[1]).logprobs
     return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, mask.sum())
 
 
@@ -122,10 +122,11 @@ def _raft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
     round_seed = cfg.seed * 1_000_003 + step
     stats = []
     for index in range(cfg.epochs_per_round * batches_per_epoch(count, cfg.mini_batch_size)):
-        rows = torch.tensor(micro_batch_rows(count, cfg.mini_batch_size, round_seed, index), device=run.device)
+        rows = torch.tensor(micro_batch_rows(count, cfg.mini_batch_size, round_seed, index),
+                            device=run.models.device)
         loss = sft_minibatch_loss(cfg, run, {k: v[rows] for k, v in data.items()})
         loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, cfg)})
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
     # a round where nothing passed the threshold takes no step: its loss is that of an empty set
     return stats or [{"loss": 0.0, "grad_norm": 0.0}], {**info, "optimizer_steps": len(stats)}
 
@@ -139,13 +140,14 @@ def _online_rft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Roll
     for start in range(0, coefficients.shape[0], cfg.mini_batch_size):
         part = {k: v[start : start + cfg.mini_batch_size] for k, v in data.items()}
         mask = part["response_mask"]
-        with autocast(run.device, cfg.precision):
-            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"], mask.shape[1],
+        with autocast(run.models.device, cfg.precision):
+            current = response_logprobs(run.models.policy, part["input_ids"],
+                                        part["attention_mask"], mask.shape[1],
                                         temperature=cfg.temperature)
         denominator = loss_denominator(mask, cfg.loss_aggregation, cfg.max_new_tokens)
         loss = rft_loss(current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator)
         loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, cfg)})
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
     return stats, {"optimizer_steps": len(stats)}
 
 
@@ -163,8 +165,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
     result = RAFTResult(model_dir=run_dir.final)
 
     with run:
-        if run.start_step == 0 and cfg.eval_every >= 0:
-            result.evals.append((0, run.evaluate({})))  # the starting policy, the baseline of the run
+        run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_round)
@@ -177,7 +178,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 3. score every response
             with timer("reward"):
-                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.device)
+                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
 
             # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
             with timer("update"):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards
 from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import rloo_advantages
-from rlhfkit.objectives.kl import KLEstimator, kl_penalty
+from rlhfkit.objectives.kl import KLEstimator, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_sum
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.forward import response_logprobs
@@ -43,17 +44,6 @@ class RLOOResult:
     evals: list[tuple[int, dict]] = field(default_factory=list)
 
 
-def kl_shaped_sequence_rewards(rewards: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                               response_mask: torch.Tensor, beta: float) -> torch.Tensor:
-    """R_i = r_i - beta * sum_t (logprobs - ref_logprobs) over the response's tokens (k1).
-
-    Args:
-        rewards: (batch,) one score per response; logprobs, ref_logprobs: (batch, response_len)
-            sampling and reference log-probs; response_mask: (batch, response_len) bool.
-    """
-    return rewards - beta * masked_sum(kl_penalty(logprobs, ref_logprobs, KLEstimator.K1), response_mask, dim=1)
-
-
 def sequence_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                        response_mask: torch.Tensor, clip_eps: float):
     """PPO's clipped surrogate with one ratio per response, exp(sum_t logprobs - sum_t old_logprobs),
@@ -74,8 +64,7 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
     rollout_size = cfg.prompts_per_step * cfg.group_size
 
     with run:
-        if run.start_step == 0 and cfg.eval_every >= 0:
-            result.evals.append((0, run.evaluate({})))
+        run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
             prompts = run.prompts_for_step(step, cfg.prompts_per_step)
@@ -86,17 +75,19 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
             with timer("reward"):
-                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.device)
+                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
             batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
                      "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs}
 
-            # step 3. the KL penalty in the reward, then the leave-one-out advantages
-            shaped, sequence_kl = rewards, torch.zeros_like(rewards)
+            # step 3. the KL penalty (k1 summed over each response) in the reward, then the
+            # leave-one-out advantages
+            shaped, kl = rewards, None
             if cfg.beta > 0:
                 with timer("reference"):
                     ref = run.reference_logprobs(batch, cfg.temperature, cfg.precision, group_size=cfg.group_size)
-                shaped = kl_shaped_sequence_rewards(rewards, rollout.logprobs, ref, rollout.response_mask, cfg.beta)
-                sequence_kl = (rewards - shaped) / cfg.beta
+                kl = sequence_kl(rollout.logprobs, ref, rollout.response_mask, KLEstimator.K1,
+                                 cfg.kl_clamp)
+                shaped = kl_shaped_sequence_rewards(rewards, kl, cfg.beta)
             batch["advantages"] = rloo_advantages(shaped, cfg.group_size)
 
             # step 4. mu passes of clipped sequence-level updates over mini-batches
@@ -106,22 +97,26 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                     part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
                     mask = part["response_mask"]
                     with timer("forward_backward"):
-                        with autocast(run.device, cfg.precision):
-                            current = response_logprobs(run.policy, part["input_ids"], part["attention_mask"],
-                                                        mask.shape[1], temperature=cfg.temperature,
-                                                        with_entropy=True, group_size=cfg.group_size)
+                        with autocast(run.models.device, cfg.precision):
+                            current = response_logprobs(run.models.policy, part["input_ids"],
+                                                        part["attention_mask"], mask.shape[1],
+                                                        temperature=cfg.temperature,
+                                                        with_entropy=True,
+                                                        group_size=cfg.group_size)
                         policy = sequence_clip_loss(current.logprobs, part["old_logprobs"], part["advantages"],
                                                     mask, cfg.clip_eps)
                         policy.loss.backward()
                     with timer("optimizer"):
-                        grad_norm = run.optimizer_step(step, cfg)
+                        grad_norm = run.optimizer_step(step)
                     stats.append({"loss": policy.loss.item(), "grad_norm": grad_norm,
                                   "clip_fraction": policy.clip_fraction.item(),
                                   "entropy": masked_mean(current.entropy, mask).item()})
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
-            row["kl"] = sequence_kl.mean().item()
+            if kl is not None:
+                row["kl_per_sequence"] = kl.mean().item()
+                row["kl_per_token"] = (kl.sum() / rollout.response_mask.sum().clamp(min=1)).item()
             run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
