@@ -279,13 +279,17 @@ class Pipeline:
 
     def report(self) -> None:
         """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""
-        self.console.print(rich_table(f"rlhfkit pipeline: {self.root}", ["stage", "result", "yardstick", "wall time"],
-                                      stage_rows(self.summary)))
-        for task, (columns, rows) in eval_tables(self.summary).items():
-            self.console.print(rich_table(f"{task}: held-out evaluation (gold = the hidden annotator)", columns, rows))
+        stages, evaluations = stage_rows(self.summary), eval_tables(self.summary)
+        self.console.print(rich_table(f"rlhfkit pipeline: {self.root}",
+                                      ["stage", "result", "yardstick", "wall time"], stages))
+        for task, (columns, rows) in evaluations.items():
+            title = f"{task}: held-out evaluation (gold = the hidden annotator)"
+            self.console.print(rich_table(title, columns, rows))
         with open(self.root / "summary.json", "w") as f:
             json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)
-        path = write_report(self.root, self.summary, self.side_by_side)
+        path = write_report(self.root, self.summary, self.side_by_side, stage_rows=stages,
+                            eval_tables=evaluations,
+                            methods_by_task={"advice": ADVICE_METHODS, "arith": ARITH_METHODS})
         self.console.print(f"report: {path.resolve()}")
 
 

@@ -10,11 +10,11 @@ from rlhfkit.tasks.advice import (
     RUDE_SENTENCE,
     UNKNOWN_SENTENCE,
     AdviceTask,
-    _write_reply,
     gold_score,
     split_sentences,
 )
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
+from rlhfkit.tasks.advice_writer import write_reply
 
 TIPS = TOPICS["sleep"]["tips"]
 OFF_TOPIC = TOPICS["coffee"]["tips"][0]
@@ -85,7 +85,7 @@ def test_prompts_name_a_question_of_their_topic():
 
 def test_writers_are_uneven():
     rng = random.Random(0)
-    scores = [gold_score("plants", _write_reply(rng, "plants")) for _ in range(300)]
+    scores = [gold_score("plants", write_reply(rng, "plants")) for _ in range(300)]
     assert max(scores) - min(scores) >= 3.0
     assert len(set(scores)) >= 8
 

@@ -10,7 +10,8 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.tasks.advice import AdviceTask, _write_reply, gold_score
+from rlhfkit.tasks.advice import AdviceTask, gold_score
+from rlhfkit.tasks.advice_writer import write_reply
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.reward import RewardConfig, RewardObjective, evaluate_reward_model, load_reward_data, train_reward_model
 
@@ -20,7 +21,8 @@ K = 4
 def gold_ranking(prompt, rng) -> dict:
     """K replies ordered by the noise-free gold score; equal scores share a rank (a tie)."""
     topic = prompt.metadata["topic"]
-    scored = sorted(((gold_score(topic, r), r) for r in (_write_reply(rng, topic) for _ in range(K))),
+    replies = (write_reply(rng, topic) for _ in range(K))
+    scored = sorted(((gold_score(topic, r), r) for r in replies),
                     key=lambda pair: -pair[0])
     distinct = sorted({score for score, _ in scored}, reverse=True)
     return {"prompt": prompt.prompt, "responses": [r for _, r in scored],

@@ -1,8 +1,8 @@
 """`report.html`: one self-contained page (plots embedded as PNG data) for a pipeline run.
 
 Sections: the stage table and the evaluation table (the same rows as the terminal and
-`summary.json`), the reward-KL frontier across methods, proxy and gold reward against KL for
-each RL run with the over-optimisation point marked, training curves per stage, and the same
+`summary.json`, passed in by the pipeline, which builds them), the reward-KL frontier across
+methods, proxy and gold reward against KL for each RL run with the over-optimisation point marked, training curves per stage, and the same
 held-out prompts answered by SFT and by each method. A small script checks on load that every
 plot decoded and writes the count on the page (`data-plots-loaded`), which the browser test reads.
 """
@@ -19,7 +19,6 @@ matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlhfkit.eval.overoptimisation import gold_peak, moving_average  # noqa: E402
-from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows  # noqa: E402
 from rlhfkit.runtime.metrics import read_metrics  # noqa: E402
 
 # (stage directory, metrics to plot) for the training curves
@@ -70,11 +69,11 @@ def html_table(columns: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def frontier_plot(summary: dict) -> str:
+def frontier_plot(summary: dict, methods_by_task: dict[str, tuple[str, ...]]) -> str:
     """Gold score against KL to SFT for every method, one panel per task (the DPO paper's
     reward-KL frontier): up and to the left is better."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (task, methods) in zip(axes, (("advice", ADVICE_METHODS), ("arith", ARITH_METHODS))):
+    fig, axes = plt.subplots(1, len(methods_by_task), figsize=(10, 3.8))
+    for ax, (task, methods) in zip(axes, methods_by_task.items()):
         for method in methods:
             m = summary["eval"][task][method]
             x, y = m["kl_k1_per_sequence"], m["gold_sampled"]
@@ -131,8 +130,13 @@ def _samples_section(side_by_side: dict[str, list[dict]]) -> str:
     return "".join(parts)
 
 
-def write_report(root: Path, summary: dict, side_by_side: dict[str, list[dict]]) -> Path:
-    """Write `root/report.html` from the run's summary and its stages' metrics files."""
+def write_report(root: Path, summary: dict, side_by_side: dict[str, list[dict]], *,
+                 stage_rows: list[list[str]],
+                 eval_tables: dict[str, tuple[list[str], list[list[str]]]],
+                 methods_by_task: dict[str, tuple[str, ...]]) -> Path:
+    """Write `root/report.html` from the run's summary, its tables (the stage rows, and the
+    evaluation's (columns, rows) per task), the methods evaluated on each task, and the stages'
+    metrics files."""
     root = Path(root)
     logs = {stage: read_metrics(root / stage / "metrics.jsonl") for stage in CURVES
             if (root / stage / "metrics.jsonl").is_file()}
@@ -143,12 +147,14 @@ def write_report(root: Path, summary: dict, side_by_side: dict[str, list[dict]])
               for stage, keys in CURVES.items() if stage in logs]
     body = "".join([
         f"<h1>rlhfkit pipeline: {html.escape(str(root))}</h1><p id='check'></p>",
-        "<h2>Stages</h2>", html_table(["stage", "result", "yardstick", "wall time"], stage_rows(summary)),
+        "<h2>Stages</h2>", html_table(["stage", "result", "yardstick", "wall time"], stage_rows),
         "<h2>Held-out evaluation</h2><p>Gold = the hidden annotator; win rates count ties as half, with "
         "95% Wilson intervals; KL to the SFT model on the policy's own samples (T = 1), estimators k1 and k3; "
         "repetition = share of repeated word 4-grams; proxy = the reward model.</p>",
-        *(f"<h3>{task}</h3>" + html_table(columns, rows) for task, (columns, rows) in eval_tables(summary).items()),
-        "<h2>Reward-KL frontier</h2>", figure_html("gold score against KL to SFT, every method", frontier_plot(summary)),
+        *(f"<h3>{task}</h3>" + html_table(columns, rows)
+          for task, (columns, rows) in eval_tables.items()),
+        "<h2>Reward-KL frontier</h2>", figure_html("gold score against KL to SFT, every method",
+                                                frontier_plot(summary, methods_by_task)),
         "<h2>Over-optimisation</h2>", *over,
         "<h2>Training curves</h2>", *curves,
         "<h2>Side by side (greedy answers to the same held-out prompts)</h2>", _samples_section(side_by_side),

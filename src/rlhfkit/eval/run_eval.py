@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
+from rlhfkit.data.ranking_batch import load_ranked_groups
+from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.model_eval import ModelEval, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
@@ -28,7 +30,7 @@ from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName, get_task
-from rlhfkit.train.reward import RewardConfig, load_reward_data
+
 
 class Judge(str, Enum):
     GOLD = "gold"
@@ -148,7 +150,10 @@ def ai_win_rate(first_better: list[float]) -> WinRate:
 
 def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
     """Share of held-out labelled pairs the reward model orders like the label, with the pair count."""
-    groups = load_reward_data(RewardConfig(max_length=max_length), proxy.tokenizer, path)
+    groups, report = load_ranked_groups(path, proxy.tokenizer, max_length=max_length,
+                                        truncation=Truncation.KEEP_START,
+                                        needed_by="the reward model's held-out accuracy")
+    print(f"reward data {path}: {report.summary()}")
     accuracy = pair_accuracy(score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups)
     pairs = sum(len(ranking_to_pairs(g.ranks)[0]) for g in groups)
     low, high = wilson_interval(accuracy * pairs, pairs)

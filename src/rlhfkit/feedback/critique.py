@@ -24,26 +24,15 @@ from pathlib import Path
 
 import yaml
 
+from rlhfkit.data.conversation import Principle, critique_prompt, revision_prompt
 from rlhfkit.data.formats import Text
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.feedback.judge import PairJudgements, conversation_text, judge_pairs, preference_rows
+from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.rewards.reward_model import as_completion
 from rlhfkit.rollout.sample import sample_responses
 
 
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
-
-
-@dataclass(frozen=True)
-class Principle:
-    """One rule of the constitution."""
-
-    name: str
-    """Short name for records and reports."""
-    critique_request: str
-    """What the critic is asked about the response."""
-    revision_request: str
-    """How the reviser is asked to change it."""
 
 
 @dataclass(frozen=True)
@@ -56,16 +45,6 @@ class Revision:
     principle: str
     critique: str
     revision: str
-
-
-def critique_prompt(prompt: Text, response: str, principle: Principle) -> str:
-    return (f"{conversation_text(prompt)}\nAssistant: {response.strip()}\n"
-            f"Critique request: {principle.critique_request}\nCritique:")
-
-
-def revision_prompt(prompt: Text, response: str, principle: Principle, critique: str) -> str:
-    return (f"{critique_prompt(prompt, response, principle)} {critique.strip()}\n"
-            f"Revision request: {principle.revision_request}\nRevision:")
 
 
 def load_principles(path: str | Path) -> list[Principle]:

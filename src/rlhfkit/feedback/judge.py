@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.collate import left_pad
+from rlhfkit.data.conversation import conversation_text
 from rlhfkit.data.formats import Text
 from rlhfkit.data.tokenize import special_prefix
 from rlhfkit.errors import RlhfkitError
@@ -21,21 +22,6 @@ from rlhfkit.rollout.engine import positions_from_mask
 
 ANSWER_A, ANSWER_B = " A", " B"
 QUESTION = "Which reply is better?"
-ASSISTANT_LABEL = "Assistant:"
-
-
-def conversation_text(prompt: Text) -> str:
-    """The conversation being answered, as plain lines.
-
-    The project's prompts end with the assistant's label ("User: ...\\nAssistant:"); the judge
-    quotes the conversation without it, since the replies follow under their own labels.
-    """
-    if not isinstance(prompt, str):
-        prompt = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
-    text = prompt.rstrip()
-    if text.endswith(ASSISTANT_LABEL):
-        text = text[: -len(ASSISTANT_LABEL)].rstrip()
-    return text
 
 
 def reply_text(reply: Text) -> str:

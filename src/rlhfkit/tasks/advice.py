@@ -3,20 +3,20 @@
 The gold annotator encodes several preferences at once, the way a human rater weighs them:
 on topic (tips about the question asked), informative (several distinct tips), polite (a
 friendly opener or closer, nothing rude), a sensible length, and no repetition. It plays the
-human of the seeds: it simulates labels (see `annotator.py`) and evaluates policies; it is
-never a training reward unless a run asks for it. The demonstrations are written by uneven
-"writers", so the SFT model's replies vary in quality and comparisons carry information.
+human of the seeds: it simulates labels (see `annotator.py`) and evaluates policies;
+it is never a training reward unless a run asks for it. The demonstrations are written by
+uneven "writers" (`advice_writer.py`), so the SFT model's replies vary in quality and
+comparisons carry information.
 """
 
 import random
-import re
 
 from rlhfkit.data.formats import PromptExample, SFTExample
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.tasks import advice_critique
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
+from rlhfkit.tasks.advice_writer import TOPIC_OF_TIP, split_sentences, write_reply
 
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-TOPIC_OF_TIP = {tip: topic for topic, bank in TOPICS.items() for tip in bank["tips"]}
 TOPIC_OF_QUESTION = {question: topic for topic, bank in TOPICS.items() for question in bank["questions"]}
 
 # Gold weights: what the hidden annotator values, in reward units.
@@ -25,10 +25,6 @@ OFF_TOPIC_TIP, FILLER_SENTENCE, RUDE_SENTENCE = -1.0, -0.5, -2.0
 REPEATED_SENTENCE, UNKNOWN_SENTENCE = -1.0, -1.0
 POLITE_OPENER, POLITE_CLOSER = 0.5, 0.5
 MAX_SENTENCES, LONG_PENALTY = 6, -0.5
-
-
-def split_sentences(response: str) -> list[str]:
-    return [s.strip() for s in SENTENCE_END.split(response.strip()) if s.strip()]
 
 
 def gold_score(topic: str, response: str) -> float:
@@ -58,30 +54,6 @@ def gold_score(topic: str, response: str) -> float:
     return score
 
 
-def _write_reply(rng: random.Random, topic: str) -> str:
-    """One demonstration from an uneven writer: tips, sometimes off topic, filler, rude or
-    repeated sentences, sometimes a polite opener or closer.
-
-    Tips keep the bank's order, the way a how-to lists its steps: a model then avoids saying a
-    tip twice by looking at the sentence before, which a tiny model can learn; in a random
-    order it would have to remember every sentence so far. Inserted sentences break the order.
-    """
-    tips = TOPICS[topic]["tips"]
-    body = [tips[i] for i in sorted(rng.sample(range(len(tips)), rng.randint(1, 5)))]
-    other_topics = [t for t in TOPICS if t != topic]
-    body = [rng.choice(TOPICS[rng.choice(other_topics)]["tips"]) if rng.random() < 0.15 else s for s in body]
-    extras = [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
-    if rng.random() < 0.1:
-        extras.append(rng.choice(RUDE))
-    if rng.random() < 0.05:  # rare: a policy that repeats itself is what RL should not learn
-        extras.append(rng.choice(body))
-    for sentence in extras:
-        body.insert(rng.randint(0, len(body)), sentence)
-    opener = [rng.choice(OPENERS)] if rng.random() < 0.5 else []
-    closer = [rng.choice(CLOSERS)] if rng.random() < 0.5 else []
-    return " " + " ".join(opener + body + closer)
-
-
 def topic_of_prompt(prompt: str) -> str:
     """The topic of one of the task's questions given as text; KeyError for any other prompt
     (a reward source turns it into an error naming the sample)."""
@@ -107,7 +79,7 @@ class AdviceTask:
         examples = []
         for _ in range(n):
             topic, prompt = self._question(rng)
-            examples.append(SFTExample(prompt=prompt, completion=_write_reply(rng, topic)))
+            examples.append(SFTExample(prompt=prompt, completion=write_reply(rng, topic)))
         return examples
 
     def prompts(self, n: int, rng: random.Random) -> list[PromptExample]:
@@ -128,22 +100,18 @@ class AdviceTask:
     @property
     def principles(self):
         """The critique-and-revise principles the gold annotator values (`advice_critique.py`)."""
-        from rlhfkit.tasks.advice_critique import PRINCIPLES  # it builds on this module
-
-        return list(PRINCIPLES)
+        return list(advice_critique.PRINCIPLES)
 
     def critique_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
         """`n` critique-and-revise demonstrations, two rows each (critique, then revision)."""
-        from rlhfkit.tasks.advice_critique import critique_demos, demo_rows
-
-        return [SFTExample(prompt=p, completion=c) for demo in critique_demos(n, rng, self._question)
-                for p, c in demo_rows(demo)]
+        demos = advice_critique.critique_demos(n, rng, self._question)
+        return [SFTExample(prompt=p, completion=c) for demo in demos
+                for p, c in advice_critique.demo_rows(demo)]
 
     def one_flaw_pairs(self, n: int, rng: random.Random) -> list[dict]:
         """`n` preference rows of equally long replies, one with a sentence breaking a principle."""
-        from rlhfkit.tasks.advice_critique import critique_demos, one_flaw_pairs
-
-        return one_flaw_pairs(critique_demos(n, rng, self._question, flaw_rate=1.0), rng)
+        demos = advice_critique.critique_demos(n, rng, self._question, flaw_rate=1.0)
+        return advice_critique.one_flaw_pairs(demos, rng)
 
     def reward(self, prompt: PromptExample, response: str) -> float:
         """The gold annotator's noise-free score (a prompt read without its topic is looked up)."""

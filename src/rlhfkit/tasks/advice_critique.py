@@ -13,9 +13,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rlhfkit.feedback.critique import Principle, critique_prompt, revision_prompt
-from rlhfkit.tasks.advice import TOPIC_OF_TIP, _write_reply, split_sentences
+from rlhfkit.data.conversation import Principle, critique_prompt, revision_prompt
 from rlhfkit.tasks.advice_bank import FILLER, RUDE, TOPICS
+from rlhfkit.tasks.advice_writer import TOPIC_OF_TIP, split_sentences, write_reply
 
 POLITE = Principle("polite", "Is any sentence of the reply rude? Name it.",
                    "Rewrite the reply without the rude sentence.")
@@ -68,7 +68,7 @@ class CritiqueDemo:
 def critique_demo(topic: str, prompt: str, principle: Principle, rng: random.Random,
                   flaw_rate: float = 0.5) -> CritiqueDemo | None:
     """One demonstration, or None when clearing the writer's reply left nothing."""
-    sentences = split_sentences(_write_reply(rng, topic))
+    sentences = split_sentences(write_reply(rng, topic))
     bad = set(offending(principle.name, topic, sentences))
     sentences = [s for i, s in enumerate(sentences) if i not in bad]
     if not sentences:
