@@ -74,3 +74,17 @@ def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(tmp_
     assert not (tmp_path / "run" / "judge").exists()
     with pytest.raises(RlhfkitError, match="task 'arith' cannot score prompts read from a file"):
         run_judge(dataclasses.replace(cfg, task="arith"), run)
+
+
+def test_the_judge_sft_keys_rlhfkit_judge_fills_are_refused_by_name(tmp_path):
+    from rlhfkit.errors import ConfigError
+    from rlhfkit.runtime.config import load_config
+    from rlhfkit.train.rlaif import judge_sft_config
+
+    cfg = load_config(JudgeConfig, overrides=["model=m", "seed=3", "sft.max_steps=7"])
+    sft = judge_sft_config(cfg, tmp_path / "rows.jsonl")
+    assert (sft.model, sft.seed, sft.max_steps) == ("m", 3, 7)
+    assert sft.train_data == str(tmp_path / "rows.jsonl")
+    refused = r"^sft.seed is set by rlhfkit judge from seed=; set seed= instead$"
+    with pytest.raises(ConfigError, match=refused):
+        judge_sft_config(load_config(JudgeConfig, overrides=["seed=3", "sft.seed=4"]), tmp_path)

@@ -10,7 +10,6 @@ agreement with gold (Lee et al. 2023 compare RLAIF and RLHF labels the same way)
 judge's position bias.
 """
 
-import dataclasses
 import json
 import random
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.feedback.judge_data import judge_sft_rows
 from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
@@ -55,7 +54,8 @@ class JudgeConfig(RunConfig):
     """Judge prompts per forward pass."""
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=16, lr=3e-3, eval_every=0,
                                                              sample_every=0, save_every=0))
-    """Judge training (`model`, `train_data`, `seed` and `device` are filled in)."""
+    """Judge training; `model`, `train_data`, `eval_data`, `seed` and `device` are filled in
+    (`judge_sft_config`), and setting one of them is an error."""
 
 
 @dataclass
@@ -66,16 +66,28 @@ class JudgeResult:
     report: dict
 
 
+def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
+    """The judge's SFT settings: `cfg.sft` with the keys `rlhfkit judge` fills (the model, its
+    rows at `data`, no held-out rows, the seed and device); a user's setting of one is refused."""
+    fills = {"model": Filled(cfg.model, "from model=", "set model= instead"),
+             "train_data": Filled(str(data), "to the rows it builds from train_pairs=",
+                                  "set train_pairs= instead"),
+             "eval_data": Filled("", "to none (the judge is measured on pairs=)",
+                                 "set pairs= instead"),
+             "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
+             "device": Filled(cfg.device, "from device=", "set device= instead")}
+    return fill_section(cfg, "sft", fills, by="rlhfkit judge")
+
+
 def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     """Fine-tune `cfg.model` into a judge on `cfg.train_pairs`; returns the judge's directory."""
     if not (cfg.model and cfg.train_pairs):
         raise RlhfkitError("a judge needs judge_model=PATH, or model=PATH and train_pairs=PATH to train one")
+    data = run.root / "judge_sft.jsonl"
+    sft_cfg = judge_sft_config(cfg, data)
     pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
              for p in load_examples(cfg.train_pairs, Format.PREFERENCE)]
-    data = run.root / "judge_sft.jsonl"
     write_jsonl(data, judge_sft_rows(pairs, random.Random(cfg.seed)))
-    sft_cfg = dataclasses.replace(cfg.sft, model=cfg.model, train_data=str(data), eval_data="", seed=cfg.seed,
-                                  device=cfg.device)
     sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
     save_config(sft_cfg, sft_run.config_path)
     return train_sft(sft_cfg, sft_run).model_dir
