@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.run_eval import EvalConfig
 from rlhfkit.runtime.config import load_config
 from rlhfkit.runtime.rundir import prepare_run_dir
@@ -224,3 +224,14 @@ def test_checkpointed_trainer_state_is_plain_data(tiny_model_dir, tmp_path):
     assert state["pool"]["start"] == 0 and len(state["pool"]["steps"]) == 3
     assert isinstance(state["pool"]["steps"][2]["groups"][0]["responses"][0]["input_ids"], list)
     assert state["labeller"]["labels_used"] == 6
+
+
+def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(tiny_model_dir, tmp_path):
+    cfg = GRPOConfig(model=str(tiny_model_dir), task="arith", train_prompts=16, eval_prompts=4,
+                     **{**GROUPS, **COMMON, "save_every": 1, "eval_every": -1})
+    run = run_dir(tmp_path)
+    train_grpo(cfg, run)
+    (run.checkpoints / "step_00000001" / "trainer_state.pt").unlink()
+    resumed = prepare_run_dir(tmp_path / "run", resume=True, overwrite=False)
+    with pytest.raises(RlhfkitError, match="has no trainer_state.pt: it was written by an earlier"):
+        train_grpo(cfg, resumed, resume=True)

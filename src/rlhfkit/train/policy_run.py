@@ -26,7 +26,7 @@ import torch
 
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, merged_copy
@@ -219,6 +219,10 @@ class PolicyRun:
                                start=self.start_step)
 
     def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
+        if not (checkpoint / TRAINER_STATE_FILE).is_file():
+            raise RlhfkitError(f"{checkpoint} has no {TRAINER_STATE_FILE}: it was written by an "
+                               "earlier rlhfkit, whose checkpoints this one cannot resume; start "
+                               "afresh")
         state = load_torch_state(checkpoint / "state.pt")
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
