@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test bench clean
+.PHONY: setup browser demo lint test bench clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,12 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium could not be installed: the report's browser test will be skipped"
 
-test: setup browser
+# Style is checked, not argued: ruff's formatter and linter (settings in pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks examples
+	$(VENV)/bin/ruff check src tests scripts benchmarks examples
+
+test: setup browser lint
 	$(PY) -m pytest -q tests
 
 # rlhfkit and TRL side by side on the shared benchmark (../shared/peer), alternating, with the

@@ -54,6 +54,7 @@ import torch
 
 # the script's own folder is on sys.path when it runs, so the sibling benchmark imports directly
 from peer_workloads import _generation_config, generation_metrics
+
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 
@@ -64,8 +65,13 @@ POINT_SETS = {
     "quick": ((8, 16), (64, 128), 1),  # a smoke test: tiny sizes, one timed step
 }
 # generation_metrics' FLOP fields assume the width-256 policy; this script computes its own
-WIDTH_256_KEYS = ("matmul_params_N", "est_flops_per_step_2N_gen_plus_6N_train",
-                  "est_flops_per_step_incl_ref_and_aux_models", "achieved_gflops_brief", "achieved_gflops_full")
+WIDTH_256_KEYS = (
+    "matmul_params_N",
+    "est_flops_per_step_2N_gen_plus_6N_train",
+    "est_flops_per_step_incl_ref_and_aux_models",
+    "achieved_gflops_brief",
+    "achieved_gflops_full",
+)
 STEM = "grpo_cost_scaling"
 
 
@@ -73,7 +79,9 @@ STEM = "grpo_cost_scaling"
 def sweep_points(lengths, widths) -> list[tuple[int, int, list[str]]]:
     """(width, new tokens, sweeps) per distinct point; the first point of each sweep is shared."""
     base_width, base_tokens = widths[0], lengths[0]
-    points = [(base_width, n, ["length"] + (["width"] if n == base_tokens else [])) for n in lengths]
+    points = [
+        (base_width, n, ["length"] + (["width"] if n == base_tokens else [])) for n in lengths
+    ]
     return points + [(w, base_tokens, ["width"]) for w in widths if w != base_width]
 
 
@@ -105,9 +113,13 @@ def build_model(policy_dir: Path, width: int, model_dir: Path) -> Path:
 # --- FLOP estimates
 def architecture(model_dir: Path) -> dict:
     config = json.loads((model_dir / "config.json").read_text())
-    return {"layers": config["num_hidden_layers"], "hidden": config["hidden_size"],
-            "intermediate": config["intermediate_size"], "vocab": config["vocab_size"],
-            "heads": config["num_attention_heads"]}
+    return {
+        "layers": config["num_hidden_layers"],
+        "hidden": config["hidden_size"],
+        "intermediate": config["intermediate_size"],
+        "vocab": config["vocab_size"],
+        "heads": config["num_attention_heads"],
+    }
 
 
 def matmul_params(layers: int, hidden: int, intermediate: int, vocab: int) -> int:
@@ -126,14 +138,22 @@ def flop_estimates(arch: dict, metrics: dict) -> dict:
     n = matmul_params(arch["layers"], arch["hidden"], arch["intermediate"], arch["vocab"])
     tokens = metrics["prompt_tokens_per_step"] + metrics["completion_tokens_per_step"]
     matmul = 10 * n * tokens
-    attention = attention_flops(arch["layers"], arch["hidden"], metrics["sequences_per_step"],
-                                tokens / metrics["sequences_per_step"])
+    attention = attention_flops(
+        arch["layers"],
+        arch["hidden"],
+        metrics["sequences_per_step"],
+        tokens / metrics["sequences_per_step"],
+    )
     median = metrics["median_s_per_step"]
-    return {"matmul_params_N": n, "tokens_per_step": tokens, "est_flops_per_step_matmul_10NT": matmul,
-            "est_flops_per_step_with_attention": matmul + attention,
-            "attention_fraction": attention / (matmul + attention),
-            "achieved_gflops_matmul": matmul / median / 1e9,
-            "achieved_gflops_with_attention": (matmul + attention) / median / 1e9}
+    return {
+        "matmul_params_N": n,
+        "tokens_per_step": tokens,
+        "est_flops_per_step_matmul_10NT": matmul,
+        "est_flops_per_step_with_attention": matmul + attention,
+        "attention_fraction": attention / (matmul + attention),
+        "achieved_gflops_matmul": matmul / median / 1e9,
+        "achieved_gflops_with_attention": (matmul + attention) / median / 1e9,
+    }
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -141,8 +161,10 @@ def add_ratios(rows: list[dict]) -> None:
     base = rows[0]
     for row in rows:
         time_ratio = row["median_s_per_step"] / base["median_s_per_step"]
-        for key, name in (("est_flops_per_step_matmul_10NT", "matmul"), ("est_flops_per_step_with_attention",
-                                                                          "with_attention")):
+        for key, name in (
+            ("est_flops_per_step_matmul_10NT", "matmul"),
+            ("est_flops_per_step_with_attention", "with_attention"),
+        ):
             row[f"time_over_flop_prediction_{name}"] = time_ratio / (row[key] / base[key])
 
 
@@ -160,19 +182,47 @@ def measure_point(assets: Path, model_dir: Path, new_tokens: int, warmup: int, s
     metrics = generation_metrics("grpo", lines, warmup, assets)
     metrics = {key: value for key, value in metrics.items() if key not in WIDTH_256_KEYS}
     arch = architecture(model_dir)
-    return {"workload": "grpo", "width": arch["hidden"], "max_new_tokens": new_tokens, "architecture": arch,
-            "threads": torch.get_num_threads(), "warmup_steps": warmup, **metrics, **flop_estimates(arch, metrics),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "wall_s": wall,
-            "versions": {"torch": torch.__version__, "python": sys.version.split()[0]}}
+    return {
+        "workload": "grpo",
+        "width": arch["hidden"],
+        "max_new_tokens": new_tokens,
+        "architecture": arch,
+        "threads": torch.get_num_threads(),
+        "warmup_steps": warmup,
+        **metrics,
+        **flop_estimates(arch, metrics),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "wall_s": wall,
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+    }
 
 
 def run_point_process(args, model_dir: Path, new_tokens: int, steps: int) -> dict:
     """This script in --measure mode in a fresh process; its last stdout line is the result."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--assets", str(args.assets), "--out-dir",
-               str(args.out_dir), "--threads", str(args.threads), "--warmup", str(args.warmup), "--steps",
-               str(steps), "--measure", str(model_dir), str(new_tokens)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--assets",
+        str(args.assets),
+        "--out-dir",
+        str(args.out_dir),
+        "--threads",
+        str(args.threads),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(steps),
+        "--measure",
+        str(model_dir),
+        str(new_tokens),
+    ]
     threads = str(args.threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -183,12 +233,18 @@ def threads_text(threads: int) -> str:
 
 
 def markdown_table(rows: list[dict], args, steps: int) -> str:
-    header = ("| sweep | width | new tokens | tokens/step | median s/step | generation s | peak RSS MiB "
-              "| est GFLOP (matmul) | est GFLOP (+attention) | attention share | achieved GFLOP/s "
-              "| time / FLOP-prop. (matmul) | time / FLOP-prop. (+attention) |")
-    lines = [f"GRPO step cost, {threads_text(args.threads)}, {args.warmup} warm-up + {steps} timed steps per point; "
-             f"base point width {rows[0]['width']}, {rows[0]['max_new_tokens']} new tokens.", "",
-             header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = (
+        "| sweep | width | new tokens | tokens/step | median s/step | generation s | peak RSS MiB "
+        "| est GFLOP (matmul) | est GFLOP (+attention) | attention share | achieved GFLOP/s "
+        "| time / FLOP-prop. (matmul) | time / FLOP-prop. (+attention) |"
+    )
+    lines = [
+        f"GRPO step cost, {threads_text(args.threads)}, {args.warmup} warm-up + {steps} timed steps per point; "
+        f"base point width {rows[0]['width']}, {rows[0]['max_new_tokens']} new tokens.",
+        "",
+        header,
+        "|" + "---|" * header.count(" | ") + "---|",
+    ]
     for row in rows:
         lines.append(
             f"| {' + '.join(row['sweeps'])} | {row['width']} | {row['max_new_tokens']} | {row['tokens_per_step']:,.0f} "
@@ -196,9 +252,13 @@ def markdown_table(rows: list[dict], args, steps: int) -> str:
             f"| {row['peak_rss_mib']:,.0f} | {row['est_flops_per_step_matmul_10NT'] / 1e9:,.1f} "
             f"| {row['est_flops_per_step_with_attention'] / 1e9:,.1f} | {row['attention_fraction']:.1%} "
             f"| {row['achieved_gflops_matmul']:.1f} | {row['time_over_flop_prediction_matmul']:.2f} "
-            f"| {row['time_over_flop_prediction_with_attention']:.2f} |")
-    lines += ["", "tokens/step = prompt + completion tokens; achieved GFLOP/s = matmul estimate / median step time; "
-              "time / FLOP-prop. = (t / t_base) / (F / F_base), 1 = cost grew as the FLOP estimate did."]
+            f"| {row['time_over_flop_prediction_with_attention']:.2f} |"
+        )
+    lines += [
+        "",
+        "tokens/step = prompt + completion tokens; achieved GFLOP/s = matmul estimate / median step time; "
+        "time / FLOP-prop. = (t / t_base) / (F / F_base), 1 = cost grew as the FLOP estimate did.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -224,8 +284,10 @@ def plot_sweep(axis, rows: list[dict], x_key: str, x_label: str) -> list:
     xs = [row[x_key] for row in rows]
     times = [row["median_s_per_step"] for row in rows]
     base = rows[0]
-    for key, style, label in (("est_flops_per_step_matmul_10NT", "--", "proportional to FLOPs (matmul)"),
-                              ("est_flops_per_step_with_attention", ":", "proportional to FLOPs (+attention)")):
+    for key, style, label in (
+        ("est_flops_per_step_matmul_10NT", "--", "proportional to FLOPs (matmul)"),
+        ("est_flops_per_step_with_attention", ":", "proportional to FLOPs (+attention)"),
+    ):
         predicted = [base["median_s_per_step"] * row[key] / base[key] for row in rows]
         axis.plot(xs, predicted, style, color="gray", label=label)
     axis.plot(xs, times, "o-", color="tab:blue", label="median step time")
@@ -244,9 +306,21 @@ def plot_sweep(axis, rows: list[dict], x_key: str, x_label: str) -> list:
     memory.set_ylim(0, 1.15 * max(rss))
     # on the twin axes, drawn last, so the labels sit above the memory line
     for x, t, row in zip(xs, times, rows):
-        memory.annotate(f"{row['est_flops_per_step_matmul_10NT'] / 1e9:,.0f} GFLOP", (x, t), xycoords=axis.transData,
-                        textcoords="offset points", xytext=(6, -12), fontsize=8, color="tab:blue",
-                        bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        memory.annotate(
+            f"{row['est_flops_per_step_matmul_10NT'] / 1e9:,.0f} GFLOP",
+            (x, t),
+            xycoords=axis.transData,
+            textcoords="offset points",
+            xytext=(6, -12),
+            fontsize=8,
+            color="tab:blue",
+            bbox={
+                "boxstyle": "round,pad=0.1",
+                "facecolor": "white",
+                "edgecolor": "none",
+                "alpha": 0.8,
+            },
+        )
     return axis.get_legend_handles_labels()[0] + memory.get_legend_handles_labels()[0]
 
 
@@ -258,13 +332,19 @@ def plot(rows: list[dict], path: Path) -> None:
 
     figure, (by_length, by_width) = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
     base = rows[0]
-    handles = plot_sweep(by_length, [r for r in rows if "length" in r["sweeps"]], "max_new_tokens",
-                         "new tokens per completion")
+    handles = plot_sweep(
+        by_length,
+        [r for r in rows if "length" in r["sweeps"]],
+        "max_new_tokens",
+        "new tokens per completion",
+    )
     by_length.set_title(f"completion length (width {base['width']})")
     plot_sweep(by_width, [r for r in rows if "width" in r["sweeps"]], "width", "hidden size")
     by_width.set_title(f"model width ({base['max_new_tokens']} new tokens)")
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
-    figure.suptitle(f"rlhfkit GRPO step cost (8 prompts x 8 samples, {threads_text(base['threads'])})")
+    figure.suptitle(
+        f"rlhfkit GRPO step cost (8 prompts x 8 samples, {threads_text(base['threads'])})"
+    )
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
@@ -280,7 +360,9 @@ def run_all(args) -> None:
     jsonl_path.write_text("")
     rows = []
     for width, new_tokens, sweeps in sweep_points(lengths, widths):
-        model_dir = build_model(args.assets / "policy", width, work / f"llama_w{width}_pos{MAX_POSITIONS}")
+        model_dir = build_model(
+            args.assets / "policy", width, work / f"llama_w{width}_pos{MAX_POSITIONS}"
+        )
         print(f"width {width}, {new_tokens} new tokens ...", file=sys.stderr, flush=True)
         row = {"sweeps": sweeps, **run_point_process(args, model_dir, new_tokens, steps)}
         rows.append(row)
@@ -296,21 +378,32 @@ def run_all(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--assets", type=Path, required=True, help="the directory make_assets.py wrote")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--assets", type=Path, required=True, help="the directory make_assets.py wrote"
+    )
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--work", type=Path, help="where the models are cached (default OUT_DIR/work)")
+    parser.add_argument(
+        "--work", type=Path, help="where the models are cached (default OUT_DIR/work)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per point")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--points", choices=sorted(POINT_SETS), default="all")
     # internal: measure one point in this process and print its JSON line
-    parser.add_argument("--measure", nargs=2, metavar=("MODEL_DIR", "NEW_TOKENS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure", nargs=2, metavar=("MODEL_DIR", "NEW_TOKENS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.measure:
         torch.set_num_threads(args.threads)
         model_dir, new_tokens = Path(args.measure[0]), int(args.measure[1])
-        print(json.dumps(measure_point(args.assets, model_dir, new_tokens, args.warmup, args.steps)), flush=True)
+        print(
+            json.dumps(measure_point(args.assets, model_dir, new_tokens, args.warmup, args.steps)),
+            flush=True,
+        )
     else:
         run_all(args)
 

@@ -9,5 +9,8 @@ on the decoded response with special tokens removed, as the reference harness co
 
 
 def digits_and_answer(prompts, responses, *, answer, **columns) -> list[float]:
-    return [sum(ch.isdigit() for ch in text) / max(1, len(text)) + (1.0 if text.strip().startswith(ref) else 0.0)
-            for text, ref in zip(responses, answer)]
+    return [
+        sum(ch.isdigit() for ch in text) / max(1, len(text))
+        + (1.0 if text.strip().startswith(ref) else 0.0)
+        for text, ref in zip(responses, answer)
+    ]

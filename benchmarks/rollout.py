@@ -28,18 +28,33 @@ def _prompts(n: int) -> list[str]:
 
 
 def _engine(model, batch, stop_ids, pad_id, args) -> int:
-    rollout = generate(model, batch["input_ids"], batch["attention_mask"].bool(), num_samples=args.samples,
-                       max_new_tokens=args.max_new_tokens, stop_ids=stop_ids, pad_token_id=pad_id,
-                       generator=torch.Generator().manual_seed(0))
+    rollout = generate(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"].bool(),
+        num_samples=args.samples,
+        max_new_tokens=args.max_new_tokens,
+        stop_ids=stop_ids,
+        pad_token_id=pad_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     return int(rollout.response_mask.sum())
 
 
 def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
     ids = batch["input_ids"].repeat_interleave(args.samples, dim=0)
     mask = batch["attention_mask"].repeat_interleave(args.samples, dim=0)
-    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, max_new_tokens=args.max_new_tokens,
-                         eos_token_id=stop_ids or None, pad_token_id=pad_id, top_k=None, top_p=None)
-    new = out[:, ids.shape[1]:]
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        max_new_tokens=args.max_new_tokens,
+        eos_token_id=stop_ids or None,
+        pad_token_id=pad_id,
+        top_k=None,
+        top_p=None,
+    )
+    new = out[:, ids.shape[1] :]
     if not stop_ids:
         return new.numel()
     stops = torch.isin(new, torch.tensor(stop_ids))
@@ -54,7 +69,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--stop", action="store_true", help="stop at EOS (default: fixed-length responses)")
+    parser.add_argument(
+        "--stop", action="store_true", help="stop at EOS (default: fixed-length responses)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,10 +91,14 @@ def main() -> None:
                 tokens[name] = fn(model, batch, stop_ids, tokenizer.pad_token_id, args)
                 timings[name].append(time.perf_counter() - start)
     rate = {name: tokens[name] / statistics.median(times) for name, times in timings.items()}
-    print(f"{args.prompts} prompts x {args.samples} samples, up to {args.max_new_tokens} new tokens, "
-          f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads")
+    print(
+        f"{args.prompts} prompts x {args.samples} samples, up to {args.max_new_tokens} new tokens, "
+        f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads"
+    )
     for name in rate:
-        print(f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, median {statistics.median(timings[name]):.3f} s)")
+        print(
+            f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, median {statistics.median(timings[name]):.3f} s)"
+        )
     print(f"  engine / generate: {rate['engine'] / rate['generate']:.2f}x")
 
 

@@ -69,9 +69,13 @@ def make_data(cfg: ExampleConfig, task: AdviceTask, root: Path) -> tuple[Path, l
     rows = [dataclasses.asdict(x) for x in advice + task.critique_examples(cfg.critique_rows, rng)]
     rng.shuffle(rows)
     # a few judge prompts, so that the judge's format has tokens of its own in the vocabulary
-    judged = [judge_prompt(a.prompt, a.completion, b.completion) + ANSWER_A
-              for a, b in zip(advice[:200], advice[200:400])]
-    return write_jsonl(root / "data" / "sft.jsonl", rows), [r["prompt"] + r["completion"] for r in rows] + judged
+    judged = [
+        judge_prompt(a.prompt, a.completion, b.completion) + ANSWER_A
+        for a, b in zip(advice[:200], advice[200:400])
+    ]
+    return write_jsonl(root / "data" / "sft.jsonl", rows), [
+        r["prompt"] + r["completion"] for r in rows
+    ] + judged
 
 
 def collect(cfg: ExampleConfig, task: AdviceTask, sft_dir: Path, root: Path) -> tuple[Path, Path]:
@@ -79,30 +83,54 @@ def collect(cfg: ExampleConfig, task: AdviceTask, sft_dir: Path, root: Path) -> 
     rng = random.Random(cfg.seed + 1)
     prompts = task.prompts(cfg.collect_prompts + cfg.heldout_prompts, rng)
     model, tokenizer = load_causal_lm(sft_dir), load_tokenizer(sft_dir)
-    samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=cfg.replies_per_prompt,
-                               max_new_tokens=64, seed=cfg.seed, batch_size=256)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [p.prompt for p in prompts],
+        num_samples=cfg.replies_per_prompt,
+        max_new_tokens=64,
+        seed=cfg.seed,
+        batch_size=256,
+    )
     grouped = list(zip(prompts, samples.texts))
-    labelled = label_responses(task, grouped[: cfg.collect_prompts], grouped[cfg.collect_prompts :],
-                               target_agreement=0.725, rng=rng)
+    labelled = label_responses(
+        task,
+        grouped[: cfg.collect_prompts],
+        grouped[cfg.collect_prompts :],
+        target_agreement=0.725,
+        rng=rng,
+    )
     heldout = [pair for row in labelled.heldout_rankings for pair in ranking_pairs(row)]
-    return (write_jsonl(root / "collect" / "pairs.jsonl", labelled.pairs),
-            write_jsonl(root / "collect" / "heldout_pairs.jsonl", heldout))
+    return (
+        write_jsonl(root / "collect" / "pairs.jsonl", labelled.pairs),
+        write_jsonl(root / "collect" / "heldout_pairs.jsonl", heldout),
+    )
 
 
 def print_summary(s: dict) -> None:
     j, f, c = s["judge"], s["judge_one_flaw"], s["critique"]
-    print(f"judge vs gold, held-out pairs of the policy's replies: {j['judge_vs_gold']:.1%} of"
-          f" {j['gold_ordered_pairs']} (the annotator's own labels: {j['labels_vs_gold']:.1%});"
-          f" vs the annotator: {j['judge_vs_labels']:.1%}")
-    print(f"judge position bias: {j['position_bias']:+.3f} P(A); verdict flips with the order on {j['flip_rate']:.0%}")
-    print(f"judge vs gold, same-length pairs that differ by one flawed sentence: {f['judge_vs_gold']:.1%}"
-          f" of {f['gold_ordered_pairs']}")
-    print(f"critique and revise, {c['prompts']} replies: {c['changed']:.0%} changed ({c['deletions_of_changed']:.0%} of"
-          f" them only by deleting sentences); gold {c['gold_before']:.2f} -> {c['gold_after']:.2f}; raised"
-          f" {c['raised']:.0%}, lowered {c['lowered']:.0%}")
-    print(f"judge on revision vs original: prefers the revision {c['judge_prefers_revision']:.0%}, agrees with gold"
-          f" {c.get('judge_vs_gold', 0.5):.1%} of {c.get('gold_ordered_pairs', 0)};"
-          f" {c['preference_rows']} preference rows")
+    print(
+        f"judge vs gold, held-out pairs of the policy's replies: {j['judge_vs_gold']:.1%} of"
+        f" {j['gold_ordered_pairs']} (the annotator's own labels: {j['labels_vs_gold']:.1%});"
+        f" vs the annotator: {j['judge_vs_labels']:.1%}"
+    )
+    print(
+        f"judge position bias: {j['position_bias']:+.3f} P(A); verdict flips with the order on {j['flip_rate']:.0%}"
+    )
+    print(
+        f"judge vs gold, same-length pairs that differ by one flawed sentence: {f['judge_vs_gold']:.1%}"
+        f" of {f['gold_ordered_pairs']}"
+    )
+    print(
+        f"critique and revise, {c['prompts']} replies: {c['changed']:.0%} changed ({c['deletions_of_changed']:.0%} of"
+        f" them only by deleting sentences); gold {c['gold_before']:.2f} -> {c['gold_after']:.2f}; raised"
+        f" {c['raised']:.0%}, lowered {c['lowered']:.0%}"
+    )
+    print(
+        f"judge on revision vs original: prefers the revision {c['judge_prefers_revision']:.0%}, agrees with gold"
+        f" {c.get('judge_vs_gold', 0.5):.1%} of {c.get('gold_ordered_pairs', 0)};"
+        f" {c['preference_rows']} preference rows"
+    )
     print(f"wall time {s['seconds']:.0f} s; everything under {s['out']}")
 
 
@@ -128,31 +156,60 @@ def main(argv: list[str]) -> None:
     base = build_tiny_model(root / "base_model", corpus, seed=cfg.seed)
     # step 2. SFT: answering, critiquing and revising
     stage("sft")
-    sft_cfg = SFTConfig(model=str(base), train_data=str(sft_data), max_steps=cfg.sft_steps, batch_size=cfg.batch_size,
-                        lr=2e-3, eval_every=0, sample_every=0, save_every=0, seed=cfg.seed, progress=False)
+    sft_cfg = SFTConfig(
+        model=str(base),
+        train_data=str(sft_data),
+        max_steps=cfg.sft_steps,
+        batch_size=cfg.batch_size,
+        lr=2e-3,
+        eval_every=0,
+        sample_every=0,
+        save_every=0,
+        seed=cfg.seed,
+        progress=False,
+    )
     sft_dir = train_sft(sft_cfg, new_run(root / "sft", sft_cfg)).model_dir
     # step 3. human-style labels from the simulated annotator
     stage("collect")
     pairs, heldout_pairs = collect(cfg, task, sft_dir, root)
     # step 4. RLAIF: train the judge on the pairs, judge the held-out pairs
     stage("judge")
-    judge_cfg = JudgeConfig(model=str(sft_dir), train_pairs=str(pairs), pairs=str(heldout_pairs), task="advice",
-                            seed=cfg.seed, sft=dataclasses.replace(JudgeConfig().sft, max_steps=cfg.judge_steps,
-                                                                    batch_size=cfg.batch_size, progress=False))
+    judge_cfg = JudgeConfig(
+        model=str(sft_dir),
+        train_pairs=str(pairs),
+        pairs=str(heldout_pairs),
+        task="advice",
+        seed=cfg.seed,
+        sft=dataclasses.replace(
+            JudgeConfig().sft, max_steps=cfg.judge_steps, batch_size=cfg.batch_size, progress=False
+        ),
+    )
     judge = run_judge(judge_cfg, new_run(root / "judge", judge_cfg))
     # the same judge on equally long pairs that differ by one sentence breaking a principle
-    one_flaw = write_jsonl(root / "collect" / "one_flaw_pairs.jsonl",
-                           task.one_flaw_pairs(200, random.Random(cfg.seed + 3)))
+    one_flaw = write_jsonl(
+        root / "collect" / "one_flaw_pairs.jsonl",
+        task.one_flaw_pairs(200, random.Random(cfg.seed + 3)),
+    )
     one_flaw_cfg = JudgeConfig(judge_model=str(judge.judge_dir), pairs=str(one_flaw), task="advice")
     judge_one_flaw = run_judge(one_flaw_cfg, new_run(root / "judge_one_flaw", one_flaw_cfg))
     # step 5. Constitutional AI: critique and revise replies to fresh prompts, judged by the judge
     stage("critique and revise")
-    critique_cfg = CritiqueConfig(model=str(sft_dir), task="advice", num_prompts=cfg.heldout_prompts,
-                                  judge_model=str(judge.judge_dir), seed=cfg.seed + 2)
+    critique_cfg = CritiqueConfig(
+        model=str(sft_dir),
+        task="advice",
+        num_prompts=cfg.heldout_prompts,
+        judge_model=str(judge.judge_dir),
+        seed=cfg.seed + 2,
+    )
     critique = run_critique(critique_cfg, new_run(root / "critique", critique_cfg))
     stage("done")
-    summary = {"judge": judge.report, "judge_one_flaw": judge_one_flaw.report, "critique": critique.report,
-               "seconds": time.perf_counter() - started, "out": str(root)}
+    summary = {
+        "judge": judge.report,
+        "judge_one_flaw": judge_one_flaw.report,
+        "critique": critique.report,
+        "seconds": time.perf_counter() - started,
+        "out": str(root),
+    }
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary)
 

@@ -50,9 +50,14 @@ def biased_rankings(demo: Path, out: Path, bias: float, seed: int) -> dict:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         return [(task.prompt_example(row["prompt"]), row["responses"]) for row in rows]
 
-    collection = label_responses(task, groups(demo / "collect" / "rankings.jsonl"),
-                                 groups(demo / "collect" / "heldout_rankings.jsonl"),
-                                 target_agreement=0.725, rng=random.Random(seed), length_bias=bias)
+    collection = label_responses(
+        task,
+        groups(demo / "collect" / "rankings.jsonl"),
+        groups(demo / "collect" / "heldout_rankings.jsonl"),
+        target_agreement=0.725,
+        rng=random.Random(seed),
+        length_bias=bias,
+    )
     write_jsonl(out / "rankings.jsonl", collection.rankings)
     write_jsonl(out / "heldout_rankings.jsonl", collection.heldout_rankings)
     return {"temperature": collection.temperature, "agreement": collection.agreement}
@@ -60,14 +65,30 @@ def biased_rankings(demo: Path, out: Path, bias: float, seed: int) -> dict:
 
 def train_rm(sft: Path, out: Path, name: str, heads: int, steps: int, seed: int) -> Path:
     """The demo's reward-model settings, on the biased rankings."""
-    cfg = RewardConfig(model=str(sft), train_data=str(out / "rankings.jsonl"), eval_data=str(out / "heldout_rankings.jsonl"),
-                       num_heads=heads, max_steps=steps, batch_size=16, lr=1e-3, eval_every=0, save_every=0, seed=seed)
-    return train_reward_model(cfg, prepare_run_dir(out / name, resume=False, overwrite=True)).model_dir
+    cfg = RewardConfig(
+        model=str(sft),
+        train_data=str(out / "rankings.jsonl"),
+        eval_data=str(out / "heldout_rankings.jsonl"),
+        num_heads=heads,
+        max_steps=steps,
+        batch_size=16,
+        lr=1e-3,
+        eval_every=0,
+        save_every=0,
+        seed=seed,
+    )
+    return train_reward_model(
+        cfg, prepare_run_dir(out / name, resume=False, overwrite=True)
+    ).model_dir
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, default=Path("runs/demo"), help="a finished `make demo` run")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--demo", type=Path, default=Path("runs/demo"), help="a finished `make demo` run"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/length_hacking"))
     parser.add_argument("--bias", type=float, default=0.1, help="annotator score added per word")
     parser.add_argument("--steps", type=int, default=40, help="PPO steps per run")
@@ -75,7 +96,9 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.2)
     parser.add_argument("--uncertainty-coef", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--report-only", action="store_true", help="rewrite report.html from a finished run")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite report.html from a finished run"
+    )
     args = parser.parse_args()
     if args.report_only:
         return write_report(args.out)
@@ -88,29 +111,68 @@ def main() -> None:
     ensemble = train_rm(sft, out, "rm_ensemble", 4, args.rm_steps, args.seed)
 
     # step 2. PPO against them: no penalty, the KL penalty, the ensemble's uncertainty penalty
-    base = PPOConfig(model=str(sft), task="advice", max_steps=args.steps, lr=2e-5, eval_every=0, save_every=0,
-                     eval_data=str(args.demo / "data" / "advice_eval_prompts.jsonl"), seed=args.seed)
-    runs = {"no penalty": dataclasses.replace(base, reward_model=str(single), kl_coef=0.0),
-            f"KL penalty {args.kl_coef}": dataclasses.replace(base, reward_model=str(single), kl_coef=args.kl_coef),
-            f"ensemble, uncertainty {args.uncertainty_coef}": dataclasses.replace(
-                base, reward_model=str(ensemble), kl_coef=0.0, reward_uncertainty_coef=args.uncertainty_coef)}
-    policies = {name: train_ppo(cfg, prepare_run_dir(out / f"ppo_{i}", resume=False, overwrite=True)).model_dir
-                for i, (name, cfg) in enumerate(runs.items())}
+    base = PPOConfig(
+        model=str(sft),
+        task="advice",
+        max_steps=args.steps,
+        lr=2e-5,
+        eval_every=0,
+        save_every=0,
+        eval_data=str(args.demo / "data" / "advice_eval_prompts.jsonl"),
+        seed=args.seed,
+    )
+    runs = {
+        "no penalty": dataclasses.replace(base, reward_model=str(single), kl_coef=0.0),
+        f"KL penalty {args.kl_coef}": dataclasses.replace(
+            base, reward_model=str(single), kl_coef=args.kl_coef
+        ),
+        f"ensemble, uncertainty {args.uncertainty_coef}": dataclasses.replace(
+            base,
+            reward_model=str(ensemble),
+            kl_coef=0.0,
+            reward_uncertainty_coef=args.uncertainty_coef,
+        ),
+    }
+    policies = {
+        name: train_ppo(
+            cfg, prepare_run_dir(out / f"ppo_{i}", resume=False, overwrite=True)
+        ).model_dir
+        for i, (name, cfg) in enumerate(runs.items())
+    }
 
     # step 3. every policy on the held-out prompts, judged by the unbiased gold score
     task, tokenizer = get_task("advice"), load_tokenizer(sft)
     prompts = load_examples(str(args.demo / "data" / "advice_eval_prompts.jsonl"), Format.PROMPT)
     reference = load_causal_lm(sft)
-    proxy = load_reward_model_source(str(single), tokenizer=tokenizer, device="cpu", batch_size=256,
-                                     max_length=256, uncertainty_coef=0.0, name="biased reward model")
-    settings = dict(reference=reference, proxy=proxy, samples_per_prompt=2, max_new_tokens=64, seed=args.seed,
-                    batch_size=512)
+    proxy = load_reward_model_source(
+        str(single),
+        tokenizer=tokenizer,
+        device="cpu",
+        batch_size=256,
+        max_length=256,
+        uncertainty_coef=0.0,
+        name="biased reward model",
+    )
+    settings = dict(
+        reference=reference,
+        proxy=proxy,
+        samples_per_prompt=2,
+        max_new_tokens=64,
+        seed=args.seed,
+        batch_size=512,
+    )
     sft_eval = evaluate_model(reference, tokenizer, task, prompts, **settings)
     metrics = {"sft": sft_eval.metrics}
     for name, path in policies.items():
         result = evaluate_model(load_causal_lm(path), tokenizer, task, prompts, **settings)
         metrics[name] = {**result.metrics, **win_rates(result, sft_eval)}
-    summary = {"bias_per_word": args.bias, "labels": labels, "steps": args.steps, "runs": list(runs), "eval": metrics}
+    summary = {
+        "bias_per_word": args.bias,
+        "labels": labels,
+        "steps": args.steps,
+        "runs": list(runs),
+        "eval": metrics,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out)
 
@@ -129,24 +191,56 @@ def write_report(out: Path) -> None:
             ax.set_xlabel("PPO step")
     axes[0].legend(fontsize=8)
     columns, table = metric_table(summary["eval"])
-    peaks = {name: gold_peak([r["proxy_reward"] for r in rows], [r["gold_score"] for r in rows])
-             for name, rows in logs.items()}
+    peaks = {
+        name: gold_peak([r["proxy_reward"] for r in rows], [r["gold_score"] for r in rows])
+        for name, rows in logs.items()
+    }
     labels = summary["labels"]
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>length hacking</title></head><body>"
-            f"<h1>Length hacking: annotators add {summary['bias_per_word']} per word</h1>"
-            f"<p>Biased annotators: temperature {labels['temperature']:.2f}, agreement {labels['agreement']:.1%}. "
-            f"PPO {summary['steps']} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
-            + figure_html("over training", png_data(fig)) + html_table(columns, table)
-            + "".join(figure_html(f"{name}: proxy and gold against KL", overoptimisation_plot(
-                rows, "kl_per_sequence", "KL to SFT per sequence (k1, training samples)",
-                "proxy_reward", "proxy: biased reward model"))
-                for name, rows in logs.items())
-            + "</body></html>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>length hacking</title></head><body>"
+        f"<h1>Length hacking: annotators add {summary['bias_per_word']} per word</h1>"
+        f"<p>Biased annotators: temperature {labels['temperature']:.2f}, agreement {labels['agreement']:.1%}. "
+        f"PPO {summary['steps']} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
+        + figure_html("over training", png_data(fig))
+        + html_table(columns, table)
+        + "".join(
+            figure_html(
+                f"{name}: proxy and gold against KL",
+                overoptimisation_plot(
+                    rows,
+                    "kl_per_sequence",
+                    "KL to SFT per sequence (k1, training samples)",
+                    "proxy_reward",
+                    "proxy: biased reward model",
+                ),
+            )
+            for name, rows in logs.items()
+        )
+        + "</body></html>"
+    )
     (out / "report.html").write_text(page, encoding="utf-8")
-    print("gold peaks (logged step index; None = gold does not turn down while the proxy rises):", peaks)
-    print(json.dumps({name: {k: m.get(k) for k in ("length_tokens", "gold_sampled", "proxy_sampled",
-                                                   "kl_k1_per_sequence", "win_rate_sampled")}
-                      for name, m in summary["eval"].items()}, indent=2))
+    print(
+        "gold peaks (logged step index; None = gold does not turn down while the proxy rises):",
+        peaks,
+    )
+    print(
+        json.dumps(
+            {
+                name: {
+                    k: m.get(k)
+                    for k in (
+                        "length_tokens",
+                        "gold_sampled",
+                        "proxy_sampled",
+                        "kl_k1_per_sequence",
+                        "win_rate_sampled",
+                    )
+                }
+                for name, m in summary["eval"].items()
+            },
+            indent=2,
+        )
+    )
     print(f"report: {(out / 'report.html').resolve()}")
 
 

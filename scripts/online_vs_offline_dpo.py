@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.formats import Format
-from rlhfkit.data.loading import load_examples
+from rlhfkit.data.loading import load_examples, write_jsonl
 from rlhfkit.eval.policy import gold_win_rate
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_comparisons
-from rlhfkit.data.loading import write_jsonl
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -45,39 +44,94 @@ def one_pair_per_ranking(rankings: Path, out: Path, seed: int) -> Path:
     for line in rankings.read_text().splitlines():
         row = json.loads(line)
         first, second = sorted(rng.sample(range(len(row["responses"])), 2))
-        rows.append({"prompt": row["prompt"], "chosen": row["responses"][first], "rejected": row["responses"][second]})
+        rows.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": row["responses"][first],
+                "rejected": row["responses"][second],
+            }
+        )
     return write_jsonl(out, rows)
 
 
 def arms(args, pairs: Path) -> dict[str, tuple[str, dict]]:
     """name -> (trainer, settings); `small` = the small budget, `all` = every offline label."""
-    offline = dict(lr=args.lr, beta=args.beta, max_steps=args.steps, batch_size=args.prompts_per_step,
-                   warmup_steps=5, min_lr_ratio=1.0, loss="plackett_luce", precompute_ref=True)
-    online = dict(lr=args.lr, beta=args.beta, max_steps=args.steps, prompts_per_step=args.prompts_per_step,
-                  warmup_steps=5, task="advice", loss="plackett_luce", max_new_tokens=64, temperature=1.0,
-                  labeller="annotator", annotator_temperature=args.annotator_temperature,
-                  eval_data=str(args.eval_prompts), eval_max_new_tokens=64)
+    offline = dict(
+        lr=args.lr,
+        beta=args.beta,
+        max_steps=args.steps,
+        batch_size=args.prompts_per_step,
+        warmup_steps=5,
+        min_lr_ratio=1.0,
+        loss="plackett_luce",
+        precompute_ref=True,
+    )
+    online = dict(
+        lr=args.lr,
+        beta=args.beta,
+        max_steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        warmup_steps=5,
+        task="advice",
+        loss="plackett_luce",
+        max_new_tokens=64,
+        temperature=1.0,
+        labeller="annotator",
+        annotator_temperature=args.annotator_temperature,
+        eval_data=str(args.eval_prompts),
+        eval_max_new_tokens=64,
+    )
     small, everything = args.small_budget, args.all_labels
     return {
-        "offline_rankings_small": ("dpo", {**offline, "train_data": str(args.rankings), "max_labels": small}),
+        "offline_rankings_small": (
+            "dpo",
+            {**offline, "train_data": str(args.rankings), "max_labels": small},
+        ),
         "offline_pairs_small": ("dpo", {**offline, "train_data": str(pairs), "max_labels": small}),
         "online_k2_small": ("online", {**online, "samples_per_prompt": 2, "label_budget": small}),
-        "iterative_k2_small": ("online", {**online, "samples_per_prompt": 2, "label_budget": small,
-                                          "regime": "iterative", "refresh_every": 5}),
+        "iterative_k2_small": (
+            "online",
+            {
+                **online,
+                "samples_per_prompt": 2,
+                "label_budget": small,
+                "regime": "iterative",
+                "refresh_every": 5,
+            },
+        ),
         # half of each batch from the offline pairs, half online: half the budget each
-        "hybrid_k2_small": ("online", {**online, "samples_per_prompt": 2, "label_budget": small // 2,
-                                       "regime": "hybrid", "offline_data": str(pairs), "offline_fraction": 0.5,
-                                       "offline_max_labels": small // 2}),
+        "hybrid_k2_small": (
+            "online",
+            {
+                **online,
+                "samples_per_prompt": 2,
+                "label_budget": small // 2,
+                "regime": "hybrid",
+                "offline_data": str(pairs),
+                "offline_fraction": 0.5,
+                "offline_max_labels": small // 2,
+            },
+        ),
         "offline_rankings_all": ("dpo", {**offline, "train_data": str(args.rankings)}),
-        "online_k8_all": ("online", {**online, "samples_per_prompt": 8, "label_budget": everything}),
+        "online_k8_all": (
+            "online",
+            {**online, "samples_per_prompt": 8, "label_budget": everything},
+        ),
     }
 
 
 def train(kind: str, settings: dict, run_dir: Path, model: str, seed: int) -> tuple[Path, int, int]:
     """(final model, labels used, steps taken); a hybrid run's labels include its offline rows."""
     run = prepare_run_dir(run_dir, resume=False, overwrite=True)
-    common = dict(model=model, seed=seed, save_every=0, eval_every=0, progress=False, tensorboard=False,
-                  device="cpu")
+    common = dict(
+        model=model,
+        seed=seed,
+        save_every=0,
+        eval_every=0,
+        progress=False,
+        tensorboard=False,
+        device="cpu",
+    )
     if kind == "dpo":
         result = train_dpo(DPOConfig(**common, **settings), run)
         return result.model_dir, result.labels, len(result.history)
@@ -87,10 +141,18 @@ def train(kind: str, settings: dict, run_dir: Path, model: str, seed: int) -> tu
 
 def win_rates(model_dir: Path, sft_dir: str, prompts, samples_per_prompt: int) -> dict[str, float]:
     """Gold win rate against the SFT model: greedy, and sampled at T = 1."""
-    policy, sft, tokenizer = load_causal_lm(model_dir), load_causal_lm(sft_dir), load_tokenizer(sft_dir)
-    common = dict(tokenizer=tokenizer, task=get_task("advice"), prompts=prompts, max_new_tokens=64, seed=0)
+    policy, sft, tokenizer = (
+        load_causal_lm(model_dir),
+        load_causal_lm(sft_dir),
+        load_tokenizer(sft_dir),
+    )
+    common = dict(
+        tokenizer=tokenizer, task=get_task("advice"), prompts=prompts, max_new_tokens=64, seed=0
+    )
     greedy = gold_win_rate(policy, sft, greedy=True, **common)
-    sampled = gold_win_rate(policy, sft, temperature=1.0, samples_per_prompt=samples_per_prompt, **common)
+    sampled = gold_win_rate(
+        policy, sft, temperature=1.0, samples_per_prompt=samples_per_prompt, **common
+    )
     return {**greedy.as_dict("win_rate_greedy"), **sampled.as_dict("win_rate_sampled")}
 
 
@@ -103,8 +165,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sft", default=str(demo / "sft/final"))
     parser.add_argument("--rankings", type=Path, default=demo / "collect/rankings.jsonl")
-    parser.add_argument("--eval-prompts", type=Path, default=demo / "data/advice_eval_prompts.jsonl")
-    parser.add_argument("--summary", type=Path, default=demo / "summary.json", help="for the annotator temperature")
+    parser.add_argument(
+        "--eval-prompts", type=Path, default=demo / "data/advice_eval_prompts.jsonl"
+    )
+    parser.add_argument(
+        "--summary", type=Path, default=demo / "summary.json", help="for the annotator temperature"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/online_vs_offline"))
     parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
     parser.add_argument("--steps", type=int, default=75)
@@ -113,12 +179,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--win-rate-samples", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="training seed (data order, sampling, annotator noise)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="training seed (data order, sampling, annotator noise)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.annotator_temperature = json.loads(args.summary.read_text())["collect"]["temperature"]
-    args.all_labels = sum(ranking_comparisons(len(json.loads(line)["responses"]))
-                          for line in args.rankings.read_text().splitlines())
+    args.all_labels = sum(
+        ranking_comparisons(len(json.loads(line)["responses"]))
+        for line in args.rankings.read_text().splitlines()
+    )
     pairs = one_pair_per_ranking(args.rankings, args.out / "one_pair_per_ranking.jsonl", seed=0)
     prompts = load_examples(args.eval_prompts, Format.PROMPT)
     results_path = args.out / "results.json"
@@ -130,11 +200,21 @@ def main() -> None:
         started = time.perf_counter()
         model_dir, labels, steps = train(kind, settings, args.out / name, args.sft, args.seed)
         trained = time.perf_counter() - started
-        results[name] = {"labels": labels, "steps": steps, "train_seconds": round(trained),
-                         **win_rates(model_dir, args.sft, prompts, args.win_rate_samples)}
+        results[name] = {
+            "labels": labels,
+            "steps": steps,
+            "train_seconds": round(trained),
+            **win_rates(model_dir, args.sft, prompts, args.win_rate_samples),
+        }
         results_path.write_text(json.dumps(results, indent=2))
-        rates = ", ".join(f"{kind} {rate_text(results[name], f'win_rate_{kind}')}" for kind in ("greedy", "sampled"))
-        print(f"RESULT {name}: {labels} labels, {steps} steps, {trained:.0f} s; win rate vs SFT {rates}", flush=True)
+        rates = ", ".join(
+            f"{kind} {rate_text(results[name], f'win_rate_{kind}')}"
+            for kind in ("greedy", "sampled")
+        )
+        print(
+            f"RESULT {name}: {labels} labels, {steps} steps, {trained:.0f} s; win rate vs SFT {rates}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

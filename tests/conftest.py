@@ -34,7 +34,9 @@ def tiny_sizes() -> dict:
 @pytest.fixture(scope="session")
 def tiny_corpus() -> list[str]:
     """Texts of both built-in tasks: what the tiny tokenizer is trained on."""
-    examples = ArithTask().sft_examples(300, random.Random(0)) + AdviceTask().sft_examples(300, random.Random(0))
+    examples = ArithTask().sft_examples(300, random.Random(0)) + AdviceTask().sft_examples(
+        300, random.Random(0)
+    )
     return [example.prompt + example.completion for example in examples]
 
 
@@ -56,13 +58,19 @@ def bos_tokenizer(tiny_corpus) -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     special = ["<s>", "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(tiny_corpus, trainer=trainer)
     bos = bpe.token_to_id("<s>")
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", bos)])
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>",
-                                      eos_token="<|endoftext|>", pad_token="<|pad|>")
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
     wrapped.chat_template = CHAT_TEMPLATE
     return wrapped

@@ -16,7 +16,9 @@ GOOD_RANKING = {"prompt": "User: Hi\nAssistant:", "responses": [" Good luck!", "
 
 
 def write_rows(path, rows):
-    path.write_text("".join(row if isinstance(row, str) else json.dumps(row) + "\n" for row in rows))
+    path.write_text(
+        "".join(row if isinstance(row, str) else json.dumps(row) + "\n" for row in rows)
+    )
     return path
 
 
@@ -40,30 +42,67 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in err, err
 
 
-@pytest.mark.parametrize("bad_row, fragments", [
-    ('{"prompt": "Q: 2 + 2?\\nA:", "completion": \n', ["row 2", "malformed JSON"]),
-    ({"prompt": "Q: 2 + 2?\nA:"}, ["row 2", "field 'completion'", "missing"]),
-    ({"prompt": "Q: 2 + 2?\nA:", "completion": 4}, ["row 2", "field 'completion'", "got int"]),
-    ({"prompt": "Q: 2 + 2?\nA:", "completion": "  "}, ["row 2", "field 'completion'", "empty string"]),
-    ({"prompt": 7, "completion": " 4."}, ["row 2", "field 'prompt'", "got int"]),
-], ids=["malformed-json", "missing-field", "wrong-type", "empty-text", "wrong-type-prompt"])
+@pytest.mark.parametrize(
+    "bad_row, fragments",
+    [
+        ('{"prompt": "Q: 2 + 2?\\nA:", "completion": \n', ["row 2", "malformed JSON"]),
+        ({"prompt": "Q: 2 + 2?\nA:"}, ["row 2", "field 'completion'", "missing"]),
+        ({"prompt": "Q: 2 + 2?\nA:", "completion": 4}, ["row 2", "field 'completion'", "got int"]),
+        (
+            {"prompt": "Q: 2 + 2?\nA:", "completion": "  "},
+            ["row 2", "field 'completion'", "empty string"],
+        ),
+        ({"prompt": 7, "completion": " 4."}, ["row 2", "field 'prompt'", "got int"]),
+    ],
+    ids=["malformed-json", "missing-field", "wrong-type", "empty-text", "wrong-type-prompt"],
+)
 def test_bad_sft_rows(monkeypatch, capsys, tmp_path, tiny_model_dir, bad_row, fragments):
     data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, bad_row, GOOD_SFT])
-    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tiny_model_dir}", f"train_data={data}",
-                            "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert_one_line_error(code, err, str(data), *fragments)
 
 
-@pytest.mark.parametrize("bad_row, fragments", [
-    ({"prompt": "User: Hi\nAssistant:", "responses": [" Only one."]},
-     ["row 2", "field 'responses'", "at least two responses, got 1"]),
-    ({"prompt": "User: Hi\nAssistant:", "responses": [" A.", ""]}, ["row 2", "field 'responses[1]'", "empty"]),
-    ({"prompt": "User: Hi\nAssistant:", "responses": [" A.", " B."], "ranks": [1, 0]}, ["row 2", "field 'ranks'"]),
-], ids=["one-response", "empty-response", "decreasing-ranks"])
+@pytest.mark.parametrize(
+    "bad_row, fragments",
+    [
+        (
+            {"prompt": "User: Hi\nAssistant:", "responses": [" Only one."]},
+            ["row 2", "field 'responses'", "at least two responses, got 1"],
+        ),
+        (
+            {"prompt": "User: Hi\nAssistant:", "responses": [" A.", ""]},
+            ["row 2", "field 'responses[1]'", "empty"],
+        ),
+        (
+            {"prompt": "User: Hi\nAssistant:", "responses": [" A.", " B."], "ranks": [1, 0]},
+            ["row 2", "field 'ranks'"],
+        ),
+    ],
+    ids=["one-response", "empty-response", "decreasing-ranks"],
+)
 def test_bad_ranking_rows(monkeypatch, capsys, tmp_path, tiny_model_dir, bad_row, fragments):
     data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, bad_row])
-    code, _, err = run_main(monkeypatch, capsys, "rm", f"model={tiny_model_dir}", f"train_data={data}",
-                            "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "rm",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert_one_line_error(code, err, str(data), *fragments)
 
 
@@ -81,14 +120,28 @@ def test_wrong_config_type(monkeypatch, capsys):
 
 def test_missing_model_directory(monkeypatch, capsys, tmp_path):
     data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT])
-    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tmp_path / 'no_model'}", f"train_data={data}",
-                            "--runs-dir", tmp_path / "runs")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "sft",
+        f"model={tmp_path / 'no_model'}",
+        f"train_data={data}",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert_one_line_error(code, err, str(tmp_path / "no_model"), "does not exist")
 
 
 def test_missing_data_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    code, _, err = run_main(monkeypatch, capsys, "sft", f"model={tiny_model_dir}",
-                            f"train_data={tmp_path / 'nothing.jsonl'}", "--runs-dir", tmp_path / "runs")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={tmp_path / 'nothing.jsonl'}",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert_one_line_error(code, err, "nothing.jsonl", "no such file")
 
 
@@ -101,7 +154,9 @@ def test_trainer_needs_model_and_data(monkeypatch, capsys, tmp_path):
 
 
 def test_print_config_shows_the_overrides(monkeypatch, capsys):
-    code, out, _ = run_main(monkeypatch, capsys, "rm", "--print-config", "lr=1e-4", "objective=process")
+    code, out, _ = run_main(
+        monkeypatch, capsys, "rm", "--print-config", "lr=1e-4", "objective=process"
+    )
     assert code == 0
     config = json.loads(out)
     assert config["lr"] == 1e-4 and config["objective"] == "process" and config["num_heads"] == 1
@@ -116,9 +171,15 @@ def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
 
 def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_path):
     out_dir = tmp_path / "data"
-    code, out, _ = run_main(monkeypatch, capsys, "tasks", "export", "arith", "--out", out_dir, "--rows", 5)
+    code, out, _ = run_main(
+        monkeypatch, capsys, "tasks", "export", "arith", "--out", out_dir, "--rows", 5
+    )
     assert code == 0
-    assert sorted(p.name for p in out_dir.iterdir()) == ["arith_prompts.jsonl", "arith_sft.jsonl", "arith_steps.jsonl"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "arith_prompts.jsonl",
+        "arith_sft.jsonl",
+        "arith_steps.jsonl",
+    ]
     for name, fmt in [("sft", Format.SFT), ("prompts", Format.PROMPT), ("steps", Format.STEPS)]:
         examples = load_examples(out_dir / f"arith_{name}.jsonl", fmt)
         assert len(examples) == 5
@@ -128,9 +189,14 @@ def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_pa
 
 
 def test_tasks_export_advice_has_no_step_file(monkeypatch, capsys, tmp_path):
-    code, _, _ = run_main(monkeypatch, capsys, "tasks", "export", "advice", "--out", tmp_path, "--rows", 3)
+    code, _, _ = run_main(
+        monkeypatch, capsys, "tasks", "export", "advice", "--out", tmp_path, "--rows", 3
+    )
     assert code == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["advice_prompts.jsonl", "advice_sft.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "advice_prompts.jsonl",
+        "advice_sft.jsonl",
+    ]
 
 
 def test_tasks_export_errors(monkeypatch, capsys, tmp_path):
@@ -143,18 +209,44 @@ def test_tasks_export_errors(monkeypatch, capsys, tmp_path):
 def test_real_process_prints_one_line_and_exits_2(tmp_path, tiny_model_dir):
     """The same through `python -m rlhfkit`: nothing else (no library warning, no traceback)
     reaches stderr."""
-    data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, {"prompt": "User: Hi\nAssistant:",
-                                                                   "responses": [" Only one."]}])
-    result = subprocess.run([sys.executable, "-m", "rlhfkit", "rm", f"model={tiny_model_dir}", f"train_data={data}",
-                             "--runs-dir", str(tmp_path / "runs")],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    data = write_rows(
+        tmp_path / "rankings.jsonl",
+        [GOOD_RANKING, {"prompt": "User: Hi\nAssistant:", "responses": [" Only one."]}],
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rlhfkit",
+            "rm",
+            f"model={tiny_model_dir}",
+            f"train_data={data}",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert_one_line_error(result.returncode, result.stderr, f"{data}: row 2: field 'responses'")
 
 
-def test_a_run_that_failed_on_bad_input_can_be_started_again(monkeypatch, capsys, tmp_path, tiny_model_dir):
+def test_a_run_that_failed_on_bad_input_can_be_started_again(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
     data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, {"prompt": "Q: 2 + 2?\nA:"}])
-    args = ["sft", f"model={tiny_model_dir}", f"train_data={data}", "max_steps=1", "progress=false",
-            "tensorboard=false", "sample_every=0", "save_every=0", "--runs-dir", tmp_path / "runs"]
+    args = [
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "max_steps=1",
+        "progress=false",
+        "tensorboard=false",
+        "sample_every=0",
+        "save_every=0",
+        "--runs-dir",
+        tmp_path / "runs",
+    ]
     code, _, _ = run_main(monkeypatch, capsys, *args)
     assert code == 2
     write_rows(data, [GOOD_SFT, GOOD_SFT])  # the user fixes the file and runs the same command
@@ -163,93 +255,211 @@ def test_a_run_that_failed_on_bad_input_can_be_started_again(monkeypatch, capsys
 
 
 def test_overrides_on_both_sides_of_an_option(monkeypatch, capsys):
-    code, out, err = run_main(monkeypatch, capsys, "sft", "lr=0.5", "--name", "x", "max_steps=3", "--print-config")
+    code, out, err = run_main(
+        monkeypatch, capsys, "sft", "lr=0.5", "--name", "x", "max_steps=3", "--print-config"
+    )
     assert code == 0, err
     assert json.loads(out)["lr"] == 0.5 and json.loads(out)["max_steps"] == 3
 
 
-def test_raft_command_trains_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    code, out, _ = run_main(monkeypatch, capsys, "raft", "--print-config", "mode=online_rft", "selection=top_fraction")
-    assert code == 0 and json.loads(out)["mode"] == "online_rft" and json.loads(out)["selection"] == "top_fraction"
+def test_raft_command_trains_and_reports_the_held_out_score(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    code, out, _ = run_main(
+        monkeypatch, capsys, "raft", "--print-config", "mode=online_rft", "selection=top_fraction"
+    )
+    assert (
+        code == 0
+        and json.loads(out)["mode"] == "online_rft"
+        and json.loads(out)["selection"] == "top_fraction"
+    )
     code, _, err = run_main(monkeypatch, capsys, "raft", "mode=sft", "--print-config")
     assert_one_line_error(code, err, "config key 'mode'", "'raft', 'online_rft'")
     code, _, err = run_main(monkeypatch, capsys, "raft", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(code, err, "rlhfkit raft needs model=PATH")
-    code, out, err = run_main(monkeypatch, capsys, "raft", f"model={tiny_model_dir}", "task=arith",
-                              "max_steps=1",
-                              "prompts_per_round=2", "samples_per_prompt=2", "max_new_tokens=4", "eval_prompts=2",
-                              "eval_max_new_tokens=4", "train_prompts=16", "progress=false", "tensorboard=false",
-                              "--runs-dir", tmp_path / "runs")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "raft",
+        f"model={tiny_model_dir}",
+        "task=arith",
+        "max_steps=1",
+        "prompts_per_round=2",
+        "samples_per_prompt=2",
+        "max_new_tokens=4",
+        "eval_prompts=2",
+        "eval_max_new_tokens=4",
+        "train_prompts=16",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert code == 0, err
-    assert "held-out arith: {'accuracy'" in out and f"model saved to {tmp_path / 'runs' / 'raft' / 'final'}" in out
+    assert (
+        "held-out arith: {'accuracy'" in out
+        and f"model saved to {tmp_path / 'runs' / 'raft' / 'final'}" in out
+    )
 
 
-def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    code, out, _ = run_main(monkeypatch, capsys, "dpo", "--print-config", "loss=plackett_luce", "beta=0.5")
-    assert code == 0 and json.loads(out)["loss"] == "plackett_luce" and json.loads(out)["beta"] == 0.5
+def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    code, out, _ = run_main(
+        monkeypatch, capsys, "dpo", "--print-config", "loss=plackett_luce", "beta=0.5"
+    )
+    assert (
+        code == 0 and json.loads(out)["loss"] == "plackett_luce" and json.loads(out)["beta"] == 0.5
+    )
     code, _, err = run_main(monkeypatch, capsys, "dpo", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(code, err, "rlhfkit dpo needs model=PATH and train_data=PATH")
     data = write_rows(tmp_path / "rankings.jsonl", [GOOD_RANKING, GOOD_RANKING])
-    args = ["dpo", f"model={tiny_model_dir}", f"train_data={data}", "progress=false", "tensorboard=false",
-            "--runs-dir", tmp_path / "runs"]
+    args = [
+        "dpo",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    ]
     code, _, err = run_main(monkeypatch, capsys, *args, "loss=ipo", "label_smoothing=0.1")
     assert_one_line_error(code, err, "label_smoothing=0.1", "set label_smoothing=0 or loss=sigmoid")
-    code, out, err = run_main(monkeypatch, capsys, *args, "max_steps=1", f"eval_data={data}", "precompute_ref=true")
+    code, out, err = run_main(
+        monkeypatch, capsys, *args, "max_steps=1", f"eval_data={data}", "precompute_ref=true"
+    )
     assert code == 0, err
     # one small step on this very pair already orders it the right way
     assert "held-out preference accuracy: 1.0000" in out
     assert f"model saved to {tmp_path / 'runs' / 'dpo' / 'final'}" in out
 
 
-def test_online_dpo_command_trains_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    code, out, _ = run_main(monkeypatch, capsys, "online-dpo", "--print-config", "regime=iterative", "refresh_every=4",
-                            "label_budget=1000", "task=advice")
+def test_online_dpo_command_trains_and_reports_the_held_out_score(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    code, out, _ = run_main(
+        monkeypatch,
+        capsys,
+        "online-dpo",
+        "--print-config",
+        "regime=iterative",
+        "refresh_every=4",
+        "label_budget=1000",
+        "task=advice",
+    )
     config = json.loads(out)
     assert code == 0 and config["regime"] == "iterative" and config["refresh_every"] == 4
-    assert config["label_budget"] == 1000 and config["labeller"] == "annotator" and config["task"] == "advice"
-    code, _, err = run_main(monkeypatch, capsys, "online-dpo", "regime=hybrid", "model=m", "--runs-dir",
-                            tmp_path / "runs")
+    assert (
+        config["label_budget"] == 1000
+        and config["labeller"] == "annotator"
+        and config["task"] == "advice"
+    )
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "online-dpo",
+        "regime=hybrid",
+        "model=m",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert_one_line_error(code, err, "regime=hybrid needs offline_data")
-    code, out, err = run_main(monkeypatch, capsys, "online-dpo", f"model={tiny_model_dir}",
-                              "task=advice", "max_steps=1",
-                              "prompts_per_step=2", "max_new_tokens=4", "eval_prompts=2", "eval_max_new_tokens=4",
-                              "train_prompts=16", "progress=false", "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "online-dpo",
+        f"model={tiny_model_dir}",
+        "task=advice",
+        "max_steps=1",
+        "prompts_per_step=2",
+        "max_new_tokens=4",
+        "eval_prompts=2",
+        "eval_max_new_tokens=4",
+        "train_prompts=16",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert code == 0, err
     assert "held-out advice: {'gold_score'" in out
     assert f"model saved to {tmp_path / 'runs' / 'online-dpo' / 'final'}" in out
 
 
-def test_judge_command_trains_a_judge_and_writes_preferences_and_agreement(monkeypatch, capsys, tmp_path,
-                                                                           tiny_model_dir):
+def test_judge_command_trains_a_judge_and_writes_preferences_and_agreement(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
     prompt = "User: How can I sleep better at night?\nAssistant:"
-    pair = {"prompt": prompt, "chosen": " Keep your bedroom dark and cool.", "rejected": " That is a silly question."}
+    pair = {
+        "prompt": prompt,
+        "chosen": " Keep your bedroom dark and cool.",
+        "rejected": " That is a silly question.",
+    }
     pairs = write_rows(tmp_path / "pairs.jsonl", [pair, pair])
     runs = tmp_path / "runs"
-    code, _, err = run_main(monkeypatch, capsys, "judge", f"model={tiny_model_dir}", "--runs-dir", runs)
+    code, _, err = run_main(
+        monkeypatch, capsys, "judge", f"model={tiny_model_dir}", "--runs-dir", runs
+    )
     assert_one_line_error(code, err, "rlhfkit judge needs pairs=PATH")
     assert not (runs / "judge").exists()  # a failed fresh run leaves nothing behind
-    code, out, err = run_main(monkeypatch, capsys, "judge", f"model={tiny_model_dir}", f"train_pairs={pairs}",
-                              f"pairs={pairs}", "task=advice", "sft.max_steps=2", "sft.progress=false",
-                              "sft.tensorboard=false", "--runs-dir", runs)
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "judge",
+        f"model={tiny_model_dir}",
+        f"train_pairs={pairs}",
+        f"pairs={pairs}",
+        "task=advice",
+        "sft.max_steps=2",
+        "sft.progress=false",
+        "sft.tensorboard=false",
+        "--runs-dir",
+        runs,
+    )
     assert code == 0, err
     report = json.loads((runs / "judge" / "agreement.json").read_text())
-    assert report["pairs"] == 2 and report["labels_vs_gold"] == 1.0 and report["gold_ordered_pairs"] == 2
+    assert (
+        report["pairs"] == 2
+        and report["labels_vs_gold"] == 1.0
+        and report["gold_ordered_pairs"] == 2
+    )
     assert (runs / "judge" / "judge" / "final" / "config.json").is_file()
-    assert len(load_examples(runs / "judge" / "preferences.jsonl", Format.PREFERENCE)) == report["preference_rows"]
+    assert (
+        len(load_examples(runs / "judge" / "preferences.jsonl", Format.PREFERENCE))
+        == report["preference_rows"]
+    )
     assert f"written to {runs / 'judge'}" in out
-    code, _, err = run_main(monkeypatch, capsys, "judge", f"pairs={pairs}", "--resume", "--runs-dir", runs)
+    code, _, err = run_main(
+        monkeypatch, capsys, "judge", f"pairs={pairs}", "--resume", "--runs-dir", runs
+    )
     assert_one_line_error(code, err, "rlhfkit judge does not resume")
 
 
 def test_critique_command_writes_sft_rows(monkeypatch, capsys, tmp_path, tiny_model_dir):
     code, out, _ = run_main(monkeypatch, capsys, "critique", "--print-config")
-    assert code == 0 and json.loads(out)["task"] == "advice" and json.loads(out)["revise_temperature"] == 0.0
-    code, out, err = run_main(monkeypatch, capsys, "critique", f"model={tiny_model_dir}", "num_prompts=2",
-                              "max_new_tokens=4", "--name", "cai", "--runs-dir", tmp_path / "runs")
+    assert (
+        code == 0
+        and json.loads(out)["task"] == "advice"
+        and json.loads(out)["revise_temperature"] == 0.0
+    )
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "critique",
+        f"model={tiny_model_dir}",
+        "num_prompts=2",
+        "max_new_tokens=4",
+        "--name",
+        "cai",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert code == 0, err
     assert len(load_examples(tmp_path / "runs" / "cai" / "sft.jsonl", Format.SFT)) == 2
     assert json.loads((tmp_path / "runs" / "cai" / "report.json").read_text())["prompts"] == 2
-    assert not (tmp_path / "runs" / "cai" / "preferences.jsonl").exists()  # no judge, no preference rows
+    assert not (
+        tmp_path / "runs" / "cai" / "preferences.jsonl"
+    ).exists()  # no judge, no preference rows
 
 
 def perturbed_copy(model_dir, out):
@@ -267,40 +477,88 @@ def perturbed_copy(model_dir, out):
     return out
 
 
-def test_eval_command_measures_a_checkpoint_against_a_baseline(monkeypatch, capsys, tmp_path, tiny_model_dir):
+def test_eval_command_measures_a_checkpoint_against_a_baseline(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
     perturbed_copy(tiny_model_dir, tmp_path / "other")
-    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'other'}]", f"baseline={tiny_model_dir}",
-                              "task=arith", "num_prompts=4", "samples_per_prompt=2", "max_new_tokens=8",
-                              "--runs-dir", tmp_path, "--name", "ev")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{tmp_path / 'other'}]",
+        f"baseline={tiny_model_dir}",
+        "task=arith",
+        "num_prompts=4",
+        "samples_per_prompt=2",
+        "max_new_tokens=8",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "ev",
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "ev" / "eval.json").read_text())
     theirs, ours = result["models"][str(tiny_model_dir)], result["models"][str(tmp_path / "other")]
     assert "win_rate_greedy" not in theirs and ours["win_rate_sampled_n"] == 8
-    assert ours["kl_k1_per_sequence_n"] == 8 and ours["kl_k3_per_token"] > 0  # KL to the baseline, not to itself
-    assert "pass@2" in ours and "maj@2" in ours and "win rate, sampled" in out and "eval.json" in out
+    assert (
+        ours["kl_k1_per_sequence_n"] == 8 and ours["kl_k3_per_token"] > 0
+    )  # KL to the baseline, not to itself
+    assert (
+        "pass@2" in ours and "maj@2" in ours and "win rate, sampled" in out and "eval.json" in out
+    )
 
 
 def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
     code, _, err = run_main(monkeypatch, capsys, "eval", "--runs-dir", tmp_path)
     assert_one_line_error(code, err, "models=[PATH,...]")
-    code, _, err = run_main(monkeypatch, capsys, "eval", f"models=[{tiny_model_dir}]", "judge=reward_model",
-                            "--runs-dir", tmp_path)
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{tiny_model_dir}]",
+        "judge=reward_model",
+        "--runs-dir",
+        tmp_path,
+    )
     assert_one_line_error(code, err, "judge=reward_model needs reward_model=PATH")
-    code, _, err = run_main(monkeypatch, capsys, "eval", f"models=[{tmp_path / 'nothing'}]", "--runs-dir", tmp_path)
+    code, _, err = run_main(
+        monkeypatch, capsys, "eval", f"models=[{tmp_path / 'nothing'}]", "--runs-dir", tmp_path
+    )
     assert_one_line_error(code, err, "not a saved model directory")
 
 
-def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(monkeypatch, capsys, tmp_path, tiny_model_dir):
+def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
     from rlhfkit.models.loading import load_tokenizer
     from rlhfkit.models.reward import RewardModel
 
     RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
     load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
-    heldout = write_rows(tmp_path / "heldout.jsonl", [GOOD_RANKING, {**GOOD_RANKING, "responses": [" Hi.", " Go."]}])
-    common = [f"baseline={tiny_model_dir}", "task=advice", "num_prompts=3", "samples_per_prompt=2",
-              "max_new_tokens=6", "--runs-dir", tmp_path]
-    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{tiny_model_dir}]", "judge=reward_model",
-                              f"reward_model={tmp_path / 'rm'}", f"heldout_pairs={heldout}", "--name", "by_rm", *common)
+    heldout = write_rows(
+        tmp_path / "heldout.jsonl", [GOOD_RANKING, {**GOOD_RANKING, "responses": [" Hi.", " Go."]}]
+    )
+    common = [
+        f"baseline={tiny_model_dir}",
+        "task=advice",
+        "num_prompts=3",
+        "samples_per_prompt=2",
+        "max_new_tokens=6",
+        "--runs-dir",
+        tmp_path,
+    ]
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{tiny_model_dir}]",
+        "judge=reward_model",
+        f"reward_model={tmp_path / 'rm'}",
+        f"heldout_pairs={heldout}",
+        "--name",
+        "by_rm",
+        *common,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "by_rm" / "eval.json").read_text())
     assert result["judge"] == "reward_model" and result["reward_model"]["pairs"] == 2
@@ -310,12 +568,25 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(monkeypatch, capsy
     assert theirs["proxy_sampled_n"] == 6 and "win_rate_greedy" not in theirs
 
     other = perturbed_copy(tiny_model_dir, tmp_path / "other")
-    code, out, err = run_main(monkeypatch, capsys, "eval", f"models=[{other}]", "judge=ai",
-                              f"judge_model={tiny_model_dir}", "--name", "by_ai", *common)
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{other}]",
+        "judge=ai",
+        f"judge_model={tiny_model_dir}",
+        "--name",
+        "by_ai",
+        *common,
+    )
     assert code == 0, err
     result = json.loads((tmp_path / "by_ai" / "eval.json").read_text())
     ours = result["models"][str(other)]
-    assert result["judge"] == "ai" and ours["win_rate_greedy_n"] == 3 and ours["win_rate_sampled_n"] == 6
+    assert (
+        result["judge"] == "ai"
+        and ours["win_rate_greedy_n"] == 3
+        and ours["win_rate_sampled_n"] == 6
+    )
     assert 0.0 <= ours["judge_flip_rate_sampled"] <= 1.0
 
 
@@ -326,13 +597,35 @@ def test_ai_win_rate_counts_a_verdict_of_one_half_as_a_tie():
     assert (rate.wins, rate.ties, rate.losses) == (2, 1, 1) and rate.rate == 2.5 / 4
 
 
-def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    code, out, _ = run_main(monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=3")
+def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    code, out, _ = run_main(
+        monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=3"
+    )
     assert code == 0 and json.loads(out)["shuffle"] is False and json.loads(out)["group_size"] == 3
-    code, out, err = run_main(monkeypatch, capsys, "rloo", f"model={tiny_model_dir}", "task=arith",
-                              "max_steps=1", "prompts_per_step=2",
-                              "group_size=2", "mini_batch_size=4", "max_new_tokens=4", "eval_prompts=2",
-                              "eval_max_new_tokens=4", "train_prompts=16", "eval_every=0", "progress=false",
-                              "tensorboard=false", "--runs-dir", tmp_path / "runs")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "rloo",
+        f"model={tiny_model_dir}",
+        "task=arith",
+        "max_steps=1",
+        "prompts_per_step=2",
+        "group_size=2",
+        "mini_batch_size=4",
+        "max_new_tokens=4",
+        "eval_prompts=2",
+        "eval_max_new_tokens=4",
+        "train_prompts=16",
+        "eval_every=0",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
     assert code == 0, err
-    assert "held-out arith: {'accuracy'" in out and f"model saved to {tmp_path / 'runs' / 'rloo' / 'final'}" in out
+    assert (
+        "held-out arith: {'accuracy'" in out
+        and f"model saved to {tmp_path / 'runs' / 'rloo' / 'final'}" in out
+    )

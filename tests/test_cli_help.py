@@ -51,8 +51,10 @@ def test_every_command_names_a_config_class_and_a_run_function_that_exist(name):
 
 def test_help_does_not_import_torch():
     """The table names its classes as strings: `rlhfkit --help` stays fast."""
-    code = ("import sys; from rlhfkit.cli import run\n"
-            "try:\n    run(['--help'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from rlhfkit.cli import run\n"
+        "try:\n    run(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "rlhfkit"
-LAYERS = {"errors": 0, "objectives": 1, "train": 3, "pipeline": 4, "pipeline_config": 4,
-          "pipeline_table": 4, "cli": 5, "__main__": 5}
+LAYERS = {
+    "errors": 0,
+    "objectives": 1,
+    "train": 3,
+    "pipeline": 4,
+    "pipeline_config": 4,
+    "pipeline_table": 4,
+    "cli": 5,
+    "__main__": 5,
+}
 COMPONENTS = 2
 
 
@@ -70,10 +78,10 @@ def _absolute(node: ast.ImportFrom, source: str, is_package: bool, package: str)
 
 
 def _inner(name: str, package: str) -> str | None:
-    """"rlhfkit.eval.report" -> "eval.report"; None for other packages' modules."""
+    """ "rlhfkit.eval.report" -> "eval.report"; None for other packages' modules."""
     if name == package:
         return "__init__"
-    return name[len(package) + 1:] if name.startswith(package + ".") else None
+    return name[len(package) + 1 :] if name.startswith(package + ".") else None
 
 
 def top(module: str) -> str:
@@ -85,14 +93,17 @@ def layer(module: str) -> int:
 
 
 def upward_imports(edges: list[Import]) -> list[str]:
-    return [f"{edge.where}: {edge.source} (layer {layer(edge.source)}) imports {edge.target} "
-            f"(layer {layer(edge.target)})"
-            for edge in edges
-            if top(edge.source) != "__init__" and layer(edge.target) > layer(edge.source)]
+    return [
+        f"{edge.where}: {edge.source} (layer {layer(edge.source)}) imports {edge.target} "
+        f"(layer {layer(edge.target)})"
+        for edge in edges
+        if top(edge.source) != "__init__" and layer(edge.target) > layer(edge.source)
+    ]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected groups of more than one node (each is at least one cycle)."""
+
     def reach(start: str) -> set[str]:
         seen, stack = set(), [start]
         while stack:
@@ -103,9 +114,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         return seen
 
     reachable = {node: reach(node) for node in graph}
-    groups = {frozenset([node, *(other for other in reachable[node]
-                                 if node in reachable.get(other, ()))])
-              for node in graph}
+    groups = {
+        frozenset([node, *(other for other in reachable[node] if node in reachable.get(other, ()))])
+        for node in graph
+    }
     return sorted(sorted(group) for group in groups if len(group) > 1)
 
 
@@ -127,9 +139,13 @@ def module_cycles(edges: list[Import]) -> list[str]:
 
 
 def _describe(group: list[str], edges: list[Import], key) -> str:
-    inside = [f"{edge.where} imports {edge.target}" for edge in edges
-              if key(edge.source) != key(edge.target)
-              and key(edge.source) in group and key(edge.target) in group]
+    inside = [
+        f"{edge.where} imports {edge.target}"
+        for edge in edges
+        if key(edge.source) != key(edge.target)
+        and key(edge.source) in group
+        and key(edge.target) in group
+    ]
     return f"cycle {' <-> '.join(group)}: " + "; ".join(inside)
 
 
@@ -168,8 +184,9 @@ def tangled(tmp_path):
         "train/__init__.py": "",
         "train/reward.py": "from rlhfkit.errors import x\nfrom ..eval import run\n",
         "tasks/__init__.py": "",
-        "tasks/a.py": ("from rlhfkit.feedback.critique import p\n\n"
-                       "def f():\n    from rlhfkit.tasks import b\n"),
+        "tasks/a.py": (
+            "from rlhfkit.feedback.critique import p\n\ndef f():\n    from rlhfkit.tasks import b\n"
+        ),
         "tasks/b.py": "from . import a\n",
         "feedback/__init__.py": "",
         "feedback/critique.py": "import rlhfkit.data.formats\n",
@@ -184,9 +201,12 @@ def tangled(tmp_path):
 
 def test_the_checks_find_an_upward_import_and_cycles(tangled):
     assert upward_imports(tangled) == [
-        "eval/run.py:1: eval.run (layer 2) imports train.reward (layer 3)"]
+        "eval/run.py:1: eval.run (layer 2) imports train.reward (layer 3)"
+    ]
     found = package_cycles(tangled)
-    assert [line.split(":")[0] for line in found] == ["cycle data <-> feedback <-> tasks",
-                                                      "cycle eval <-> train"]
+    assert [line.split(":")[0] for line in found] == [
+        "cycle data <-> feedback <-> tasks",
+        "cycle eval <-> train",
+    ]
     assert "train/reward.py:2 imports eval.run" in found[1]  # a relative import resolved
     assert [line.split(":")[0] for line in module_cycles(tangled)] == ["cycle tasks.a <-> tasks.b"]

@@ -11,20 +11,58 @@ from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
 
 TINY = [
-    "data.sft_rows_per_task=300", "data.eval_rows_per_task=10", "data.eval_prompts_per_task=8",
-    "model.vocab_size=300", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-    "model.intermediate_size=64", "sft.max_steps=6", "sft.batch_size=8", "sft.eval_every=0", "sft.sample_every=0",
-    "sft.save_every=0", "sft.progress=false", "sft.tensorboard=false",
-    "collect.train_prompts=24", "collect.heldout_prompts=8", "collect.responses_per_prompt=4",
-    "collect.max_new_tokens=16", "rm.max_steps=3", "rm.batch_size=4", "rm.save_every=0", "rm.progress=false",
-    "rm.tensorboard=false", "ppo.max_steps=2", "ppo.prompts_per_step=8", "ppo.mini_batch_size=8",
-    "ppo.ppo_epochs=1", "ppo.max_new_tokens=12", "ppo.progress=false", "ppo.tensorboard=false",
-    "grpo.max_steps=2", "grpo.prompts_per_step=4", "grpo.group_size=4", "grpo.mini_batch_size=16",
-    "grpo.max_new_tokens=12", "grpo.progress=false", "grpo.tensorboard=false",
-    "dpo.max_steps=2", "dpo.batch_size=4", "dpo.progress=false", "dpo.tensorboard=false",
-    "raft.max_steps=2", "raft.prompts_per_round=4", "raft.samples_per_prompt=4", "raft.max_new_tokens=12",
-    "raft.progress=false", "raft.tensorboard=false",
-    "eval_max_new_tokens=12", "advice_eval_samples=1", "arith_eval_samples=2", "report_samples=2",
+    "data.sft_rows_per_task=300",
+    "data.eval_rows_per_task=10",
+    "data.eval_prompts_per_task=8",
+    "model.vocab_size=300",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.intermediate_size=64",
+    "sft.max_steps=6",
+    "sft.batch_size=8",
+    "sft.eval_every=0",
+    "sft.sample_every=0",
+    "sft.save_every=0",
+    "sft.progress=false",
+    "sft.tensorboard=false",
+    "collect.train_prompts=24",
+    "collect.heldout_prompts=8",
+    "collect.responses_per_prompt=4",
+    "collect.max_new_tokens=16",
+    "rm.max_steps=3",
+    "rm.batch_size=4",
+    "rm.save_every=0",
+    "rm.progress=false",
+    "rm.tensorboard=false",
+    "ppo.max_steps=2",
+    "ppo.prompts_per_step=8",
+    "ppo.mini_batch_size=8",
+    "ppo.ppo_epochs=1",
+    "ppo.max_new_tokens=12",
+    "ppo.progress=false",
+    "ppo.tensorboard=false",
+    "grpo.max_steps=2",
+    "grpo.prompts_per_step=4",
+    "grpo.group_size=4",
+    "grpo.mini_batch_size=16",
+    "grpo.max_new_tokens=12",
+    "grpo.progress=false",
+    "grpo.tensorboard=false",
+    "dpo.max_steps=2",
+    "dpo.batch_size=4",
+    "dpo.progress=false",
+    "dpo.tensorboard=false",
+    "raft.max_steps=2",
+    "raft.prompts_per_round=4",
+    "raft.samples_per_prompt=4",
+    "raft.max_new_tokens=12",
+    "raft.progress=false",
+    "raft.tensorboard=false",
+    "eval_max_new_tokens=12",
+    "advice_eval_samples=1",
+    "arith_eval_samples=2",
+    "report_samples=2",
 ]
 
 
@@ -44,8 +82,16 @@ OTHER_TASK = {"ppo": "arith", "grpo": "advice", "raft": "advice"}
 
 
 def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_path):
-    cfg = load_config(PipelineConfig, overrides=["seed=3", "device=cpu", "eval_max_new_tokens=9",
-                                                 "sft.max_steps=6", "ppo.lr=1e-3"])
+    cfg = load_config(
+        PipelineConfig,
+        overrides=[
+            "seed=3",
+            "device=cpu",
+            "eval_max_new_tokens=9",
+            "sft.max_steps=6",
+            "ppo.lr=1e-3",
+        ],
+    )
     stages = stage_configs(cfg, tmp_path)
     assert len(FILLED_KEYS) == 34
     sft_final = str(tmp_path / "sft" / "final")
@@ -88,16 +134,34 @@ def tiny_run(tmp_path_factory):
 def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     tmp_path, summary = tiny_run
     stages = list(summary["stages"])
-    assert stages == ["data", "model", "sft", "collect", "reward model", "ppo", "grpo", "dpo", "raft", "evaluate"]
+    assert stages == [
+        "data",
+        "model",
+        "sft",
+        "collect",
+        "reward model",
+        "ppo",
+        "grpo",
+        "dpo",
+        "raft",
+        "evaluate",
+    ]
     assert summary["ppo"]["steps"] == 2 and summary["grpo"]["steps"] == 2
     advice, arith = summary["eval"]["advice"], summary["eval"]["arith"]
     for method in ("ppo", "dpo"):
         for key in ("win_rate_greedy", "win_rate_sampled"):
-            assert advice[method][f"{key}_low"] <= advice[method][key] <= advice[method][f"{key}_high"]
+            assert (
+                advice[method][f"{key}_low"] <= advice[method][key] <= advice[method][f"{key}_high"]
+            )
             assert advice[method][f"{key}_n"] == 8
-        assert advice[method]["proxy_sampled_n"] == 8 and advice[method]["kl_k1_per_sequence_n"] == 8
+        assert (
+            advice[method]["proxy_sampled_n"] == 8 and advice[method]["kl_k1_per_sequence_n"] == 8
+        )
     # the SFT model is the reference: its KL to itself is zero (up to cached vs full-pass rounding)
-    assert abs(advice["sft"]["kl_k1_per_sequence"]) < 1e-5 and abs(arith["sft"]["kl_k3_per_token"]) < 1e-6
+    assert (
+        abs(advice["sft"]["kl_k1_per_sequence"]) < 1e-5
+        and abs(arith["sft"]["kl_k3_per_token"]) < 1e-6
+    )
     assert summary["raft"]["rounds"] == 2 and 0.0 <= arith["raft"]["greedy_accuracy"] <= 1.0
     # the RL stages leave evaluation to the evaluate stage: no evaluation lines in their logs
     for stage in ("ppo", "grpo", "raft"):
@@ -108,7 +172,9 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     assert summary["dpo"]["steps"] == 2 and summary["dpo"]["loss"] == "plackett_luce"
     on_disk = json.loads((tmp_path / "tiny" / "summary.json").read_text())
     assert all(on_disk[key] == summary[key] for key in ("ppo", "grpo", "dpo", "raft", "eval"))
-    assert [list(item) for item in on_disk["samples"]["advice"]] == [["prompt", "sft", "ppo", "dpo"]] * 2
+    assert [list(item) for item in on_disk["samples"]["advice"]] == [
+        ["prompt", "sft", "ppo", "dpo"]
+    ] * 2
     assert (tmp_path / "tiny" / "report.html").stat().st_size > 10_000
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()
@@ -118,21 +184,42 @@ def _browser() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(_browser() is None, reason="no chromium: `make test` installs Debian's package where it can (root + apt)")
+@pytest.mark.skipif(
+    _browser() is None,
+    reason="no chromium: `make test` installs Debian's package where it can (root + apt)",
+)
 def test_the_report_opens_in_a_browser_with_every_plot_and_table(tiny_run):
     tmp_path, _ = tiny_run
     report = tmp_path / "tiny" / "report.html"
     # --dump-dom prints the page after its scripts ran: the report's own check writes how many
     # of its plots decoded into <body data-plots-loaded="ok/total">
-    dom = subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
-                          "--virtual-time-budget=10000", report.resolve().as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = subprocess.run(
+        [
+            _browser(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            "--virtual-time-budget=10000",
+            report.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     loaded = re.search(r'data-plots-loaded="(\d+)/(\d+)"', dom)
     assert loaded, "the report's load check did not run"
     # one frontier, two over-optimisation plots (PPO, GRPO), training curves of six stages
     assert loaded.groups() == ("9", "9")
     assert dom.count("<table>") == 5  # stages, advice and arith evaluation, two side-by-side tables
-    for heading in ("Stages", "Held-out evaluation", "Reward-KL frontier", "Over-optimisation", "Training curves",
-                    "Side by side"):
+    for heading in (
+        "Stages",
+        "Held-out evaluation",
+        "Reward-KL frontier",
+        "Over-optimisation",
+        "Training curves",
+        "Side by side",
+    ):
         assert f"<h2>{heading}" in dom
     assert 'id="check"></p>' in dom  # the check wrote no failure message

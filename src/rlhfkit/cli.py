@@ -44,8 +44,10 @@ def _print_policy_eval(cfg, run, result) -> None:
 def _print_rounds(cfg, run, result) -> None:
     for summary in result.rounds:
         before, after = summary["accuracy_before"], summary["accuracy_after"]
-        print(f"round {summary['round']}: gold {summary['eval_gold_end']}, "
-              f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}")
+        print(
+            f"round {summary['round']}: gold {summary['eval_gold_end']}, "
+            f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}"
+        )
     _print_model_saved(cfg, run, result)
 
 
@@ -66,9 +68,11 @@ def _print_eval_table(cfg, run, result) -> None:
     console.print(rich_table(title, short, rows))
     if "reward_model" in result:
         rm = result["reward_model"]
-        console.print(f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "
-                      f"[{rm['accuracy_low']:.1%}, {rm['accuracy_high']:.1%}] "
-                      f"over {rm['pairs']} pairs")
+        console.print(
+            f"reward model on {rm['heldout_pairs']}: accuracy {rm['accuracy']:.1%} "
+            f"[{rm['accuracy_low']:.1%}, {rm['accuracy_high']:.1%}] "
+            f"over {rm['pairs']} pairs"
+        )
     print(f"written to {run.root / 'eval.json'}")
 
 
@@ -98,63 +102,99 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "sft": Command(
         "supervised fine-tuning",
-        config="rlhfkit.train.sft:SFTConfig", run="rlhfkit.train.sft:train_sft",
-        report=_print_model_saved, needs=("model", "train_data")),
+        config="rlhfkit.train.sft:SFTConfig",
+        run="rlhfkit.train.sft:train_sft",
+        report=_print_model_saved,
+        needs=("model", "train_data"),
+    ),
     "rm": Command(
         "reward-model training (pairs, rankings, steps)",
-        config="rlhfkit.train.reward:RewardConfig", run="rlhfkit.train.reward:train_reward_model",
-        report=_print_reward_accuracy, needs=("model", "train_data")),
+        config="rlhfkit.train.reward:RewardConfig",
+        run="rlhfkit.train.reward:train_reward_model",
+        report=_print_reward_accuracy,
+        needs=("model", "train_data"),
+    ),
     "dpo": Command(
         "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
-        config="rlhfkit.train.dpo:DPOConfig", run="rlhfkit.train.dpo:train_dpo",
-        report=_print_preference_accuracy, needs=("model", "train_data")),
+        config="rlhfkit.train.dpo:DPOConfig",
+        run="rlhfkit.train.dpo:train_dpo",
+        report=_print_preference_accuracy,
+        needs=("model", "train_data"),
+    ),
     "online-dpo": Command(
         "online, iterative or hybrid DPO: the policy's samples labelled during training, "
         "on a budget",
         config="rlhfkit.train.online_dpo:OnlineDPOConfig",
         run="rlhfkit.train.online_dpo:train_online_dpo",
-        report=_print_policy_eval, needs=("model",)),
+        report=_print_policy_eval,
+        needs=("model",),
+    ),
     "ppo": Command(
         "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",
-        config="rlhfkit.train.ppo:PPOConfig", run="rlhfkit.train.ppo:train_ppo",
-        report=_print_policy_eval, needs=("model",)),
+        config="rlhfkit.train.ppo:PPOConfig",
+        run="rlhfkit.train.ppo:train_ppo",
+        report=_print_policy_eval,
+        needs=("model",),
+    ),
     "grpo": Command(
         "GRPO: group-relative policy optimisation (outcome or process rewards)",
-        config="rlhfkit.train.grpo:GRPOConfig", run="rlhfkit.train.grpo:train_grpo",
-        report=_print_policy_eval, needs=("model",)),
+        config="rlhfkit.train.grpo:GRPOConfig",
+        run="rlhfkit.train.grpo:train_grpo",
+        report=_print_policy_eval,
+        needs=("model",),
+    ),
     "rloo": Command(
         "RLOO: leave-one-out baseline over G samples, KL penalty in the reward",
-        config="rlhfkit.train.rloo:RLOOConfig", run="rlhfkit.train.rloo:train_rloo",
-        report=_print_policy_eval, needs=("model",)),
+        config="rlhfkit.train.rloo:RLOOConfig",
+        run="rlhfkit.train.rloo:train_rloo",
+        report=_print_policy_eval,
+        needs=("model",),
+    ),
     "iterative-grpo": Command(
         "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
         config="rlhfkit.train.iterative_grpo:IterativeGRPOConfig",
         run="rlhfkit.train.iterative_grpo:train_iterative_grpo",
         # its sub-runs checkpoint themselves: it resumes from wherever a round stopped
-        report=_print_rounds, needs=("model",), resume_needs_checkpoint=False),
+        report=_print_rounds,
+        needs=("model",),
+        resume_needs_checkpoint=False,
+    ),
     "raft": Command(
         "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
-        config="rlhfkit.train.raft:RAFTConfig", run="rlhfkit.train.raft:train_raft",
-        report=_print_policy_eval, needs=("model",)),
+        config="rlhfkit.train.raft:RAFTConfig",
+        run="rlhfkit.train.raft:train_raft",
+        report=_print_policy_eval,
+        needs=("model",),
+    ),
     "judge": Command(
         "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",
-        config="rlhfkit.train.rlaif:JudgeConfig", run="rlhfkit.train.rlaif:run_judge",
-        report=_print_report, resumable=False),
+        config="rlhfkit.train.rlaif:JudgeConfig",
+        run="rlhfkit.train.rlaif:run_judge",
+        report=_print_report,
+        resumable=False,
+    ),
     "critique": Command(
         "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
         config="rlhfkit.train.constitutional:CritiqueConfig",
         run="rlhfkit.train.constitutional:run_critique",
-        report=_print_report, resumable=False),
+        report=_print_report,
+        resumable=False,
+    ),
     "eval": Command(
         "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, "
         "pass@k, reward-hacking signs",
-        config="rlhfkit.eval.run_eval:EvalConfig", run="rlhfkit.eval.run_eval:run_eval",
-        report=_print_eval_table, resumable=False),
+        config="rlhfkit.eval.run_eval:EvalConfig",
+        run="rlhfkit.eval.run_eval:run_eval",
+        report=_print_eval_table,
+        resumable=False,
+    ),
     "pipeline": Command(
         "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, "
         "table",
-        config="rlhfkit.pipeline_config:PipelineConfig", run="rlhfkit.pipeline:run_pipeline",
-        run_dir=False),
+        config="rlhfkit.pipeline_config:PipelineConfig",
+        run="rlhfkit.pipeline:run_pipeline",
+        run_dir=False,
+    ),
 }
 
 
@@ -175,25 +215,31 @@ def _quiet_libraries() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhfkit",
-                                     description="Train language models from human feedback.")
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit", description="Train language models from human feedback."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         # argparse %-formats a help string (not a description): "95% CI" must reach it as "95%% CI"
         p = sub.add_parser(name, help=command.help.replace("%", "%%"), description=command.help)
         p.add_argument("--config", help="YAML config file")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, e.g. lr=3e-4")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4"
+        )
         if command.run_dir:
             p.add_argument("--name", default=name, help="run name (default: the command)")
-            p.add_argument("--runs-dir", default="runs",
-                           help="where runs are written (default: runs)")
-            p.add_argument("--resume", action="store_true",
-                           help="continue the run from its last checkpoint")
-            p.add_argument("--overwrite", action="store_true",
-                           help="replace an existing run of that name")
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config and exit")
+            p.add_argument(
+                "--runs-dir", default="runs", help="where runs are written (default: runs)"
+            )
+            p.add_argument(
+                "--resume", action="store_true", help="continue the run from its last checkpoint"
+            )
+            p.add_argument(
+                "--overwrite", action="store_true", help="replace an existing run of that name"
+            )
+        p.add_argument(
+            "--print-config", action="store_true", help="print the resolved config and exit"
+        )
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
     tasks.add_argument("task", nargs="?", help="task to export")
@@ -215,9 +261,12 @@ def _run_in_dir(args, command: Command, cfg) -> None:
     if command.needs and not all(getattr(cfg, key) for key in command.needs):
         paths = " and ".join(f"{key}=PATH" for key in command.needs)
         raise RlhfkitError(f"rlhfkit {args.command} needs {paths}")
-    run = prepare_run_dir(Path(args.runs_dir) / args.name, resume=args.resume,
-                          overwrite=args.overwrite,
-                          resume_needs_checkpoint=command.resume_needs_checkpoint)
+    run = prepare_run_dir(
+        Path(args.runs_dir) / args.name,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        resume_needs_checkpoint=command.resume_needs_checkpoint,
+    )
     save_config(cfg, run.config_path)
     run_fn = _load(command.run)
     try:
@@ -241,8 +290,9 @@ def _tasks(args) -> None:
         raise RlhfkitError("rlhfkit tasks export needs a task name")
     task, rng, out = get_task(args.task), random.Random(args.seed), Path(args.out)
     sft = [dataclasses.asdict(x) for x in task.sft_examples(args.rows, rng)]
-    prompts = [{"prompt": p.prompt, "answer": p.answer, **p.metadata}
-               for p in task.prompts(args.rows, rng)]
+    prompts = [
+        {"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(args.rows, rng)
+    ]
     print(f"wrote {write_jsonl(out / f'{args.task}_sft.jsonl', sft)}")
     print(f"wrote {write_jsonl(out / f'{args.task}_prompts.jsonl', prompts)}")
     if hasattr(task, "step_examples"):

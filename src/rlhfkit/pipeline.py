@@ -78,33 +78,66 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
 
     def fill(section: str, shared: tuple[str, ...], **wired: tuple[Any, str] | Filled) -> Any:
         """`shared` keys come from the pipeline's own; `wired` ones are (value, where from)."""
-        fills = {key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
-                 for key in shared}
+        fills = {
+            key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead") for key in shared
+        }
         for key, wire in wired.items():
-            fills[key] = wire if isinstance(wire, Filled) else \
-                Filled(*wire, f"run `rlhfkit {section}` alone for another {key}")
+            fills[key] = (
+                wire
+                if isinstance(wire, Filled)
+                else Filled(*wire, f"run `rlhfkit {section}` alone for another {key}")
+            )
         return fill_section(cfg, section, fills, by="the pipeline")
 
     run, rl = ("seed", "device"), ("seed", "device", "eval_max_new_tokens")
-    eval_prompts = {task: (str(_data_file(root, f"{task}_eval_prompts")),
-                           f"to its held-out {task} prompts") for task in ("advice", "arith")}
+    eval_prompts = {
+        task: (str(_data_file(root, f"{task}_eval_prompts")), f"to its held-out {task} prompts")
+        for task in ("advice", "arith")
+    }
     return StageConfigs(
-        sft=fill("sft", run, model=base_model,
-                 train_data=(demonstrations, "to the demonstrations it generates"),
-                 eval_data=(held_out, "to its held-out demonstrations")),
-        rm=fill("rm", run, model=(sft, "to its SFT model"),
-                train_data=(rankings, "to the rankings it collects"),
-                eval_data=(heldout, "to the held-out rankings it collects")),
-        ppo=fill("ppo", rl, model=(sft, "to its SFT model"),
-                 reward_model=(rm, "to the reward model it trains"), task=("advice", "to advice"),
-                 eval_data=eval_prompts["advice"]),
-        grpo=fill("grpo", rl, model=(sft, "to its SFT model"), task=("arith", "to arith"),
-                  eval_data=eval_prompts["arith"]),
-        dpo=fill("dpo", run, model=(sft, "to its SFT model"),
-                 train_data=(rankings, "to the rankings it collects"),
-                 eval_data=(heldout, "to the held-out rankings it collects")),
-        raft=fill("raft", rl, model=(sft, "to its SFT model"), task=("arith", "to arith"),
-                  eval_data=eval_prompts["arith"]),
+        sft=fill(
+            "sft",
+            run,
+            model=base_model,
+            train_data=(demonstrations, "to the demonstrations it generates"),
+            eval_data=(held_out, "to its held-out demonstrations"),
+        ),
+        rm=fill(
+            "rm",
+            run,
+            model=(sft, "to its SFT model"),
+            train_data=(rankings, "to the rankings it collects"),
+            eval_data=(heldout, "to the held-out rankings it collects"),
+        ),
+        ppo=fill(
+            "ppo",
+            rl,
+            model=(sft, "to its SFT model"),
+            reward_model=(rm, "to the reward model it trains"),
+            task=("advice", "to advice"),
+            eval_data=eval_prompts["advice"],
+        ),
+        grpo=fill(
+            "grpo",
+            rl,
+            model=(sft, "to its SFT model"),
+            task=("arith", "to arith"),
+            eval_data=eval_prompts["arith"],
+        ),
+        dpo=fill(
+            "dpo",
+            run,
+            model=(sft, "to its SFT model"),
+            train_data=(rankings, "to the rankings it collects"),
+            eval_data=(heldout, "to the held-out rankings it collects"),
+        ),
+        raft=fill(
+            "raft",
+            rl,
+            model=(sft, "to its SFT model"),
+            task=("arith", "to arith"),
+            eval_data=eval_prompts["arith"],
+        ),
     )
 
 
@@ -119,7 +152,9 @@ class Pipeline:
         save_config(cfg, self.run.config_path)
         self.console = Console()
         d = cfg.data
-        arith = get_task("arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction)
+        arith = get_task(
+            "arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction
+        )
         self.tasks = {"arith": arith, "advice": get_task("advice")}
         self.summary: dict = {"stages": {}, "eval": {}}
         self.side_by_side: dict[str, list[dict]] = {}
@@ -144,12 +179,16 @@ class Pipeline:
         sft, held_out, self.eval_prompts = [], [], {}
         for name, task in self.tasks.items():
             sft += [dataclasses.asdict(x) for x in task.sft_examples(d.sft_rows_per_task, rng)]
-            held_out += [dataclasses.asdict(x) for x in task.sft_examples(d.eval_rows_per_task, rng)]
+            held_out += [
+                dataclasses.asdict(x) for x in task.sft_examples(d.eval_rows_per_task, rng)
+            ]
             self.eval_prompts[name] = task.prompts(d.eval_prompts_per_task, rng)
         rng.shuffle(sft)
         rng.shuffle(held_out)
         for name, prompts in self.eval_prompts.items():
-            write_jsonl(_data_file(self.root, f"{name}_eval_prompts"), [_prompt_row(p) for p in prompts])
+            write_jsonl(
+                _data_file(self.root, f"{name}_eval_prompts"), [_prompt_row(p) for p in prompts]
+            )
         write_jsonl(_data_file(self.root, "sft"), sft)
         write_jsonl(_data_file(self.root, "sft_eval"), held_out)
 
@@ -160,16 +199,26 @@ class Pipeline:
             return
         corpus = [json.loads(line) for line in open(self.stages.sft.train_data)]
         texts = [row["prompt"] + row["completion"] for row in corpus]
-        build_tiny_model(self.stages.sft.model, texts, seed=self.cfg.seed, vocab_size=m.vocab_size,
-                         hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                         intermediate_size=m.intermediate_size)
+        build_tiny_model(
+            self.stages.sft.model,
+            texts,
+            seed=self.cfg.seed,
+            vocab_size=m.vocab_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            num_heads=m.num_heads,
+            intermediate_size=m.intermediate_size,
+        )
 
     # stage 3. supervised fine-tuning
     def sft(self) -> Path:
         result = self.train("sft", train_sft)
         losses = result.train_losses
-        self.summary["sft"] = {"first_loss": losses[0], "last_loss": losses[-1],
-                               "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None}
+        self.summary["sft"] = {
+            "first_loss": losses[0],
+            "last_loss": losses[-1],
+            "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+        }
         return result.model_dir
 
     # stage 5. sample K responses per prompt and have the simulated annotators rank them
@@ -177,16 +226,36 @@ class Pipeline:
         c, task = self.cfg.collect, self.tasks["advice"]
         rng = random.Random(self.cfg.seed + 1)
         prompts = task.prompts(c.train_prompts + c.heldout_prompts, rng)
-        model, tokenizer = load_causal_lm(model_dir).to(resolve_device(self.cfg.device)), load_tokenizer(model_dir)
-        samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=c.responses_per_prompt,
-                                   temperature=c.temperature, max_new_tokens=c.max_new_tokens, seed=self.cfg.seed,
-                                   batch_size=1024, progress="sampling")
+        model, tokenizer = (
+            load_causal_lm(model_dir).to(resolve_device(self.cfg.device)),
+            load_tokenizer(model_dir),
+        )
+        samples = sample_responses(
+            model,
+            tokenizer,
+            [p.prompt for p in prompts],
+            num_samples=c.responses_per_prompt,
+            temperature=c.temperature,
+            max_new_tokens=c.max_new_tokens,
+            seed=self.cfg.seed,
+            batch_size=1024,
+            progress="sampling",
+        )
         grouped = list(zip(prompts, samples.texts))
-        collection = label_responses(task, grouped[: c.train_prompts], grouped[c.train_prompts :],
-                                     target_agreement=c.target_agreement, rng=rng)
-        self.summary["collect"] = {"temperature": collection.temperature, "agreement": collection.agreement,
-                                   "bayes_limit": collection.bayes_limit, "pairs": len(collection.pairs),
-                                   "rankings": len(collection.rankings)}
+        collection = label_responses(
+            task,
+            grouped[: c.train_prompts],
+            grouped[c.train_prompts :],
+            target_agreement=c.target_agreement,
+            rng=rng,
+        )
+        self.summary["collect"] = {
+            "temperature": collection.temperature,
+            "agreement": collection.agreement,
+            "bayes_limit": collection.bayes_limit,
+            "pairs": len(collection.pairs),
+            "rankings": len(collection.rankings),
+        }
         self.console.print(self.summary["collect"])
         write_jsonl(_collected_file(self.root, "pairs"), collection.pairs)
         write_jsonl(_collected_file(self.root, "rankings"), collection.rankings)
@@ -203,10 +272,13 @@ class Pipeline:
         result = self.train("ppo", train_ppo)
         first, last = result.history[0], result.history[-1]
         self.summary["ppo"] = {
-            "steps": len(result.history), "kl_per_sequence": last["kl_per_sequence"],
+            "steps": len(result.history),
+            "kl_per_sequence": last["kl_per_sequence"],
             "stopped_at_kl_limit": result.stopped_at_kl_limit,
-            "proxy_first": first["proxy_reward"], "proxy_last": last["proxy_reward"],
-            "gold_first": first["gold_score"], "gold_last": last["gold_score"],
+            "proxy_first": first["proxy_reward"],
+            "proxy_last": last["proxy_reward"],
+            "gold_first": first["gold_score"],
+            "gold_last": last["gold_score"],
         }
         return result.model_dir
 
@@ -215,9 +287,11 @@ class Pipeline:
         result = self.train("grpo", train_grpo)
         first, last = result.history[0], result.history[-1]
         self.summary["grpo"] = {
-            "steps": len(result.history), "kl_per_token": last.get("kl_per_token", 0.0),
+            "steps": len(result.history),
+            "kl_per_token": last.get("kl_per_token", 0.0),
             "reward_first": first["reward_mean"],
-            "reward_last": last["reward_mean"], "length_first": first["response_length"],
+            "reward_last": last["reward_mean"],
+            "length_first": first["response_length"],
             "length_last": last["response_length"],
         }
         return result.model_dir
@@ -226,15 +300,21 @@ class Pipeline:
     def dpo(self) -> Path:
         result = self.train("dpo", train_dpo)
         held_out = result.evals[-1][1]
-        self.summary["dpo"] = {"steps": len(result.history), "loss": self.stages.dpo.loss.value,
-                               "heldout_accuracy": held_out["accuracy"], "heldout_margin": held_out["margin"]}
+        self.summary["dpo"] = {
+            "steps": len(result.history),
+            "loss": self.stages.dpo.loss.value,
+            "heldout_accuracy": held_out["accuracy"],
+            "heldout_margin": held_out["margin"],
+        }
         return result.model_dir
 
     # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after round
     def raft(self) -> Path:
         result = self.train("raft", train_raft)
-        self.summary["raft"] = {"rounds": len(result.history),
-                                "kept": sum(row["kept_count"] for row in result.history)}
+        self.summary["raft"] = {
+            "rounds": len(result.history),
+            "kept": sum(row["kept_count"] for row in result.history),
+        }
         return result.model_dir
 
     # stage 11. every policy on the held-out prompts of its task: one greedy and a few sampled
@@ -244,23 +324,48 @@ class Pipeline:
         device, c = resolve_device(self.cfg.device), self.cfg
         sft = load_causal_lm(models["sft"]).to(device)
         tokenizer = load_tokenizer(models["sft"])
-        proxy = load_reward_model_source(str(rm_dir), tokenizer=tokenizer, device=device, batch_size=256,
-                                         max_length=c.rm.max_length, uncertainty_coef=0.0, name="reward model")
-        plan = {"advice": (ADVICE_METHODS, c.advice_eval_samples, proxy), "arith": (ARITH_METHODS, c.arith_eval_samples, None)}
+        proxy = load_reward_model_source(
+            str(rm_dir),
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=256,
+            max_length=c.rm.max_length,
+            uncertainty_coef=0.0,
+            name="reward model",
+        )
+        plan = {
+            "advice": (ADVICE_METHODS, c.advice_eval_samples, proxy),
+            "arith": (ARITH_METHODS, c.arith_eval_samples, None),
+        }
         for task_name, (methods, samples, task_proxy) in plan.items():
             task, prompts, evals = self.tasks[task_name], self.eval_prompts[task_name], {}
             for method in methods:
                 model = sft if method == "sft" else load_causal_lm(models[method]).to(device)
-                evals[method] = evaluate_model(model, tokenizer, task, prompts, reference=sft, proxy=task_proxy,
-                                               samples_per_prompt=samples, max_new_tokens=c.eval_max_new_tokens,
-                                               seed=c.seed, batch_size=512)
+                evals[method] = evaluate_model(
+                    model,
+                    tokenizer,
+                    task,
+                    prompts,
+                    reference=sft,
+                    proxy=task_proxy,
+                    samples_per_prompt=samples,
+                    max_new_tokens=c.eval_max_new_tokens,
+                    seed=c.seed,
+                    batch_size=512,
+                )
                 if method != "sft":
                     evals[method].metrics.update(win_rates(evals[method], evals["sft"]))
             self.summary["eval"][task_name] = {method: e.metrics for method, e in evals.items()}
             self.side_by_side[task_name] = [
-                {"prompt": p.prompt, **{method: {"response": e.greedy.texts[i][0], "gold": e.greedy_scores[i]}
-                                        for method, e in evals.items()}}
-                for i, p in enumerate(prompts[: c.report_samples])]
+                {
+                    "prompt": p.prompt,
+                    **{
+                        method: {"response": e.greedy.texts[i][0], "gold": e.greedy_scores[i]}
+                        for method, e in evals.items()
+                    },
+                }
+                for i, p in enumerate(prompts[: c.report_samples])
+            ]
 
     def run_all(self) -> dict:
         # each stage reads what the earlier ones wrote where its config (self.stages) says
@@ -280,16 +385,26 @@ class Pipeline:
     def report(self) -> None:
         """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""
         stages, evaluations = stage_rows(self.summary), eval_tables(self.summary)
-        self.console.print(rich_table(f"rlhfkit pipeline: {self.root}",
-                                      ["stage", "result", "yardstick", "wall time"], stages))
+        self.console.print(
+            rich_table(
+                f"rlhfkit pipeline: {self.root}",
+                ["stage", "result", "yardstick", "wall time"],
+                stages,
+            )
+        )
         for task, (columns, rows) in evaluations.items():
             title = f"{task}: held-out evaluation (gold = the hidden annotator)"
             self.console.print(rich_table(title, columns, rows))
         with open(self.root / "summary.json", "w") as f:
             json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)
-        path = write_report(self.root, self.summary, self.side_by_side, stage_rows=stages,
-                            eval_tables=evaluations,
-                            methods_by_task={"advice": ADVICE_METHODS, "arith": ARITH_METHODS})
+        path = write_report(
+            self.root,
+            self.summary,
+            self.side_by_side,
+            stage_rows=stages,
+            eval_tables=evaluations,
+            methods_by_task={"advice": ADVICE_METHODS, "arith": ARITH_METHODS},
+        )
         self.console.print(f"report: {path.resolve()}")
 
 

@@ -77,27 +77,55 @@ class PipelineConfig(RunConfig):
     """Length limit of evaluation generations."""
     data: DataStage = field(default_factory=DataStage)
     model: ModelStage = field(default_factory=ModelStage)
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(
-        max_steps=400, batch_size=48, lr=2e-3, eval_every=200, sample_every=400, save_every=0))
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(
+            max_steps=400, batch_size=48, lr=2e-3, eval_every=200, sample_every=400, save_every=0
+        )
+    )
     """SFT of the base model on the generated demonstrations. The tiny base model starts from
     random weights: more steps, a larger batch and a higher lr than the trainer's defaults."""
     collect: CollectStage = field(default_factory=CollectStage)
     rm: RewardConfig = field(default_factory=lambda: RewardConfig(eval_every=0, save_every=0))
     """The reward model on the collected rankings (evaluated once, at the end)."""
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(
-        max_steps=10, lr=2e-5, eval_every=-1, save_every=0))
+    ppo: PPOConfig = field(
+        default_factory=lambda: PPOConfig(max_steps=10, lr=2e-5, eval_every=-1, save_every=0)
+    )
     """PPO on advice against the stage's reward model: 10 steps at lr 2e-5, the demo's setting."""
-    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
-        max_steps=15, lr=5e-5, temperature=0.7, prompts_per_step=32, group_size=8,
-        mini_batch_size=128, eval_every=-1, save_every=0))
+    grpo: GRPOConfig = field(
+        default_factory=lambda: GRPOConfig(
+            max_steps=15,
+            lr=5e-5,
+            temperature=0.7,
+            prompts_per_step=32,
+            group_size=8,
+            mini_batch_size=128,
+            eval_every=-1,
+            save_every=0,
+        )
+    )
     """GRPO on arith with the verifiable reward: 32 prompts x 8 samples per step, sampled at
     T = 0.7, the demo's setting."""
-    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(
-        loss=DPOLoss.PLACKETT_LUCE, max_steps=100, precompute_ref=True, eval_every=0, save_every=0))
+    dpo: DPOConfig = field(
+        default_factory=lambda: DPOConfig(
+            loss=DPOLoss.PLACKETT_LUCE,
+            max_steps=100,
+            precompute_ref=True,
+            eval_every=0,
+            save_every=0,
+        )
+    )
     """DPO on the collected rankings: Plackett-Luce fits each whole ranking of K responses, and
     the reference log-probs are computed once (no reference model kept)."""
-    raft: RAFTConfig = field(default_factory=lambda: RAFTConfig(
-        max_steps=10, lr=5e-5, temperature=0.7, prompts_per_round=64, eval_every=-1, save_every=0))
+    raft: RAFTConfig = field(
+        default_factory=lambda: RAFTConfig(
+            max_steps=10,
+            lr=5e-5,
+            temperature=0.7,
+            prompts_per_round=64,
+            eval_every=-1,
+            save_every=0,
+        )
+    )
     """RAFT on arith with the verifiable reward, sampled at T = 0.7, the demo's setting."""
     advice_eval_samples: int = 2
     """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one greedy."""

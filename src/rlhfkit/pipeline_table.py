@@ -14,25 +14,61 @@ def stage_rows(s: dict) -> list[list[str]]:
     ppo, dpo, grpo, raft = advice["ppo"], advice["dpo"], arith["grpo"], arith["raft"]
     sft_arith, sft_advice = arith["sft"], advice["sft"]
     return [
-        ["data + model", "tiny Llama + BPE tokenizer", "", f"{s['stages']['data']['seconds'] + s['stages']['model']['seconds']:.0f} s"],
-        ["sft", f"loss {s['sft']['first_loss']:.3f} -> {s['sft']['last_loss']:.3f}",
-         f"held-out loss {s['sft']['eval_loss']:.3f}", secs["sft"]],
-        ["collect", f"{s['collect']['rankings']} rankings, {s['collect']['pairs']} pairs",
-         f"annotator T {s['collect']['temperature']:.2f}", secs["collect"]],
-        ["reward model", f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
-         f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}", secs["reward model"]],
-        ["ppo on advice", f"gold win rate vs SFT {rate(ppo, 'win_rate_greedy')} greedy, {rate(ppo, 'win_rate_sampled')} sampled",
-         f"KL {ppo['kl_k1_per_sequence']:.2f} nats; proxy {sft_advice['proxy_sampled']:.2f} -> {ppo['proxy_sampled']:.2f}, "
-         f"gold {sft_advice['gold_sampled']:.2f} -> {ppo['gold_sampled']:.2f}", secs["ppo"]],
-        ["grpo on arith", f"accuracy {sft_arith['greedy_accuracy']:.1%} -> {grpo['greedy_accuracy']:.1%}",
-         f"KL {grpo['kl_k1_per_sequence']:.2f}; {_passk(sft_arith)} -> {_passk(grpo)}", secs["grpo"]],
-        [f"dpo on advice ({s['dpo']['loss']})",
-         f"gold win rate vs SFT {rate(dpo, 'win_rate_greedy')} greedy, {rate(dpo, 'win_rate_sampled')} sampled",
-         f"KL {dpo['kl_k1_per_sequence']:.2f}; held-out preference accuracy {s['dpo']['heldout_accuracy']:.1%}", secs["dpo"]],
-        ["raft on arith", f"accuracy {sft_arith['greedy_accuracy']:.1%} -> {raft['greedy_accuracy']:.1%}",
-         f"KL {raft['kl_k1_per_sequence']:.2f}; {s['raft']['kept']} samples kept in {s['raft']['rounds']} rounds",
-         secs["raft"]],
-        ["evaluate", "SFT, PPO, DPO on advice; SFT, GRPO, RAFT on arith", "one set of samples per model", secs["evaluate"]],
+        [
+            "data + model",
+            "tiny Llama + BPE tokenizer",
+            "",
+            f"{s['stages']['data']['seconds'] + s['stages']['model']['seconds']:.0f} s",
+        ],
+        [
+            "sft",
+            f"loss {s['sft']['first_loss']:.3f} -> {s['sft']['last_loss']:.3f}",
+            f"held-out loss {s['sft']['eval_loss']:.3f}",
+            secs["sft"],
+        ],
+        [
+            "collect",
+            f"{s['collect']['rankings']} rankings, {s['collect']['pairs']} pairs",
+            f"annotator T {s['collect']['temperature']:.2f}",
+            secs["collect"],
+        ],
+        [
+            "reward model",
+            f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
+            f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}",
+            secs["reward model"],
+        ],
+        [
+            "ppo on advice",
+            f"gold win rate vs SFT {rate(ppo, 'win_rate_greedy')} greedy, {rate(ppo, 'win_rate_sampled')} sampled",
+            f"KL {ppo['kl_k1_per_sequence']:.2f} nats; proxy {sft_advice['proxy_sampled']:.2f} -> {ppo['proxy_sampled']:.2f}, "
+            f"gold {sft_advice['gold_sampled']:.2f} -> {ppo['gold_sampled']:.2f}",
+            secs["ppo"],
+        ],
+        [
+            "grpo on arith",
+            f"accuracy {sft_arith['greedy_accuracy']:.1%} -> {grpo['greedy_accuracy']:.1%}",
+            f"KL {grpo['kl_k1_per_sequence']:.2f}; {_passk(sft_arith)} -> {_passk(grpo)}",
+            secs["grpo"],
+        ],
+        [
+            f"dpo on advice ({s['dpo']['loss']})",
+            f"gold win rate vs SFT {rate(dpo, 'win_rate_greedy')} greedy, {rate(dpo, 'win_rate_sampled')} sampled",
+            f"KL {dpo['kl_k1_per_sequence']:.2f}; held-out preference accuracy {s['dpo']['heldout_accuracy']:.1%}",
+            secs["dpo"],
+        ],
+        [
+            "raft on arith",
+            f"accuracy {sft_arith['greedy_accuracy']:.1%} -> {raft['greedy_accuracy']:.1%}",
+            f"KL {raft['kl_k1_per_sequence']:.2f}; {s['raft']['kept']} samples kept in {s['raft']['rounds']} rounds",
+            secs["raft"],
+        ],
+        [
+            "evaluate",
+            "SFT, PPO, DPO on advice; SFT, GRPO, RAFT on arith",
+            "one set of samples per model",
+            secs["evaluate"],
+        ],
     ]
 
 
@@ -43,7 +79,7 @@ def _passk(m: dict) -> str:
 
 def eval_tables(s: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     """The pipeline's evaluation, one table per task."""
-    return {task: metric_table({m: s["eval"][task][m] for m in methods})
-            for task, methods in (("advice", ADVICE_METHODS), ("arith", ARITH_METHODS))}
-
-
+    return {
+        task: metric_table({m: s["eval"][task][m] for m in methods})
+        for task, methods in (("advice", ADVICE_METHODS), ("arith", ARITH_METHODS))
+    }

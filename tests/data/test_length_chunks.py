@@ -45,7 +45,9 @@ def test_results_come_back_in_row_order_and_chunks_are_trimmed():
         widths.append(t["input_ids"].shape[1])
         return (t["input_ids"] * t["attention_mask"]).sum(dim=1)  # padding adds nothing
 
-    out = forward_in_length_chunks(forward, {"input_ids": ids, "attention_mask": mask}, mask.sum(dim=1), 2)
+    out = forward_in_length_chunks(
+        forward, {"input_ids": ids, "attention_mask": mask}, mask.sum(dim=1), 2
+    )
     assert torch.equal(out, (ids * mask).sum(dim=1))
     assert widths == [2, 4]  # rows {1, 3} need 2 columns, rows {0, 2} need 4
 
@@ -77,7 +79,11 @@ def test_groups_stay_together_in_order_and_are_sorted_by_their_longest_row():
         seen.append(t["attention_mask"].sum(dim=1).tolist())
         return (t["input_ids"] * t["attention_mask"]).sum(dim=1)
 
-    out = forward_in_length_chunks(forward, {"input_ids": ids, "attention_mask": mask}, mask.sum(dim=1), 4,
-                                   group_size=2)
+    out = forward_in_length_chunks(
+        forward, {"input_ids": ids, "attention_mask": mask}, mask.sum(dim=1), 4, group_size=2
+    )
     assert torch.equal(out, (ids * mask).sum(dim=1))
-    assert seen == [[2, 2, 1, 4], [5, 1]]  # groups (2, 2) and (1, 4) first: their longest rows are shorter
+    assert seen == [
+        [2, 2, 1, 4],
+        [5, 1],
+    ]  # groups (2, 2) and (1, 4) first: their longest rows are shorter

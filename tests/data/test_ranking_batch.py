@@ -18,8 +18,10 @@ def response(token: int, length: int) -> EncodedExample:
 
 
 def test_ranking_layout_indexes_the_flat_responses_group_by_group():
-    groups = [RankedGroup([response(1, 3), response(2, 2)], (0, 1)),
-              RankedGroup([response(3, 2), response(4, 4), response(5, 2)], (0, 0, 1))]
+    groups = [
+        RankedGroup([response(1, 3), response(2, 2)], (0, 1)),
+        RankedGroup([response(3, 2), response(4, 4), response(5, 2)], (0, 0, 1)),
+    ]
     layout = ranking_layout(groups)
     assert layout["ranking_index"].tolist() == [[0, 1, 0], [2, 3, 4]]
     assert layout["ranking_ranks"].tolist() == [[0, 1, 0], [0, 0, 1]]
@@ -36,19 +38,26 @@ def write_rows(path, rows) -> str:
 
 def test_pairs_and_rankings_load_as_ranked_groups(tokenizer, tmp_path):
     settings = dict(max_length=64, truncation="keep_start", needed_by="DPO")
-    pairs = write_rows(tmp_path / "pairs.jsonl", [
-        {"prompt": "what is two", "chosen": " three", "rejected": " the cat", "margin": 2.0},
-        {"prompt": "the cat", "chosen": " sat", "rejected": " on a mat"},
-    ])
+    pairs = write_rows(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "what is two", "chosen": " three", "rejected": " the cat", "margin": 2.0},
+            {"prompt": "the cat", "chosen": " sat", "rejected": " on a mat"},
+        ],
+    )
     groups, report = load_ranked_groups(pairs, tokenizer, **settings)
     # a pair is a ranking of two, chosen first, with its margin
     assert [(group.ranks, group.margin) for group in groups] == [((0, 1), 2.0), ((0, 1), 0.0)]
-    want = encode_prompt_completion(tokenizer, "what is two", " the cat", max_length=64,
-                                    truncation="keep_start")
+    want = encode_prompt_completion(
+        tokenizer, "what is two", " the cat", max_length=64, truncation="keep_start"
+    )
     assert groups[0].responses[1] == want and report.kept == 2
-    rankings = write_rows(tmp_path / "rankings.jsonl", [
-        {"prompt": "what is", "responses": [" two", " three", " a cat"], "ranks": [0, 1, 1]},
-    ])
+    rankings = write_rows(
+        tmp_path / "rankings.jsonl",
+        [
+            {"prompt": "what is", "responses": [" two", " three", " a cat"], "ranks": [0, 1, 1]},
+        ],
+    )
     groups, report = load_ranked_groups(rankings, tokenizer, **settings)
     assert len(groups) == 1 and groups[0].ranks == (0, 1, 1) and len(groups[0].responses) == 3
 
@@ -58,8 +67,11 @@ def test_other_data_and_rows_without_a_preference_are_refused(tokenizer, tmp_pat
     sft = write_rows(tmp_path / "sft.jsonl", [{"prompt": "what is", "completion": " two"}])
     with pytest.raises(RlhfkitError, match="a reward model needs preference pairs.*found sft data"):
         load_ranked_groups(sft, tokenizer, **settings)
-    ties = write_rows(tmp_path / "ties.jsonl", [
-        {"prompt": "what is", "responses": [" two", " three"], "ranks": [0, 0]},
-    ])
+    ties = write_rows(
+        tmp_path / "ties.jsonl",
+        [
+            {"prompt": "what is", "responses": [" two", " three"], "ranks": [0, 0]},
+        ],
+    )
     with pytest.raises(RlhfkitError, match="nothing to prefer"):
         load_ranked_groups(ties, tokenizer, **settings)

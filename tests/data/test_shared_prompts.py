@@ -7,7 +7,9 @@ def test_split_at_response_hand_example():
     # right-padded rows: prompt [5, 6] + response [7, 8]; prompt [9] + response [10, 11, 12]
     ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 11, 12, 0]])
     attention = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
-    response = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)  # row 1: last token not counted
+    response = torch.tensor(
+        [[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool
+    )  # row 1: last token not counted
     out_ids, out_attention, counted, width = split_at_response(ids, attention, response)
     assert width == 3
     assert out_ids.tolist() == [[5, 6, 7, 8, 0], [0, 9, 10, 11, 12]]

@@ -163,7 +163,12 @@ def test_tokenize_sft_counts_kept_truncated_and_dropped(tokenizer):
     assert len(encoded) == 3
     assert [e.truncated for e in encoded] == [False, False, True]
     assert tokenizer.convert_ids_to_tokens(encoded[2].input_ids) == [
-        "Ġsat", "Ġon", "Ġthe", "Ġmat", "Ġwhat", EOS
+        "Ġsat",
+        "Ġon",
+        "Ġthe",
+        "Ġmat",
+        "Ġwhat",
+        EOS,
     ]
     assert (report.rows, report.kept, report.truncated, report.dropped) == (4, 3, 1, 1)
     assert report.reasons == {"completion does not fit in max_length": 1}
@@ -240,8 +245,9 @@ def template_writing_bos(bos_tokenizer):
     return writes_bos
 
 
-def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(bos_tokenizer, tokenizer,
-                                                                  tiny_model_dir):
+def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(
+    bos_tokenizer, tokenizer, tiny_model_dir
+):
     assert special_prefix(bos_tokenizer) == [bos_tokenizer.bos_token_id]
     assert special_prefix(tokenizer) == []
     assert special_prefix(AutoTokenizer.from_pretrained(tiny_model_dir)) == []  # the demo's

@@ -32,7 +32,9 @@ def test_on_binary_data_the_bootstrap_agrees_with_wilson():
     values = [1.0] * 120 + [0.0] * 280  # n = 400, p = 0.3; half-width about 1.96 * 0.0229 = 0.045
     low, high = bootstrap_interval(values)
     wilson_low, wilson_high = wilson_interval(120, 400)
-    assert low == pytest.approx(wilson_low, abs=0.01) and high == pytest.approx(wilson_high, abs=0.01)
+    assert low == pytest.approx(wilson_low, abs=0.01) and high == pytest.approx(
+        wilson_high, abs=0.01
+    )
     assert high - low > 0.08  # a real width, not a collapsed interval
 
 
@@ -61,8 +63,9 @@ def test_the_bounds_interpolate_between_sorted_replicates():
     # a statistic that ignores its input and counts 10, 9, ..., 0: the sorted replicates are
     # 0..10, so at level 0.9 the bounds sit at positions 0.05 * 10 = 0.5 and 0.95 * 10 = 9.5
     countdown = iter(range(10, -1, -1))
-    assert bootstrap_interval([1.0, 2.0], statistic=lambda _: next(countdown), num_resamples=11,
-                              level=0.9) == pytest.approx((0.5, 9.5))
+    assert bootstrap_interval(
+        [1.0, 2.0], statistic=lambda _: next(countdown), num_resamples=11, level=0.9
+    ) == pytest.approx((0.5, 9.5))
 
 
 def test_other_statistics():

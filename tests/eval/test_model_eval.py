@@ -19,8 +19,16 @@ def test_one_evaluation_holds_every_metric_and_its_own_samples(tiny_model_dir):
     model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
     task = get_task("arith")
     prompts = task.prompts(5, random.Random(0))
-    result = evaluate_model(model, tokenizer, task, prompts, reference=model, proxy=LengthProxy(),
-                            samples_per_prompt=4, max_new_tokens=10)
+    result = evaluate_model(
+        model,
+        tokenizer,
+        task,
+        prompts,
+        reference=model,
+        proxy=LengthProxy(),
+        samples_per_prompt=4,
+        max_new_tokens=10,
+    )
     m = result.metrics
     assert len(result.greedy_scores) == 5 and len(result.sampled_scores) == 20
     assert m["gold_sampled"] == sum(result.sampled_scores) / 20 and m["gold_sampled_n"] == 20
@@ -30,7 +38,17 @@ def test_one_evaluation_holds_every_metric_and_its_own_samples(tiny_model_dir):
     texts = result.sampled.flat(result.sampled.texts)
     assert abs(m["proxy_sampled"] - sum(map(len, texts)) / 20) < 1e-4
     assert m["length_tokens"] == sum(result.sampled.flat(result.sampled.lengths)) / 20
-    assert {"pass@1", "pass@2", "pass@4", "maj@1", "maj@2", "maj@4", "repetition", "distinct_1", "distinct_2"} <= set(m)
+    assert {
+        "pass@1",
+        "pass@2",
+        "pass@4",
+        "maj@1",
+        "maj@2",
+        "maj@4",
+        "repetition",
+        "distinct_1",
+        "distinct_2",
+    } <= set(m)
     assert m["pass@1"] <= m["pass@2"] <= m["pass@4"]
     assert m["greedy_accuracy"] == sum(result.greedy_scores) / 5
 
@@ -39,8 +57,12 @@ def test_a_model_against_itself_ties_everywhere(tiny_model_dir):
     model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
     task = get_task("advice")
     prompts = task.prompts(4, random.Random(1))
-    one = evaluate_model(model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8)
-    two = evaluate_model(model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8)
+    one = evaluate_model(
+        model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8
+    )
+    two = evaluate_model(
+        model, tokenizer, task, prompts, proxy=LengthProxy(), samples_per_prompt=2, max_new_tokens=8
+    )
     for by_proxy in (False, True):
         rates = win_rates(one, two, by_proxy=by_proxy)
         assert rates["win_rate_greedy"] == 0.5 and rates["win_rate_greedy_ties"] == 1.0

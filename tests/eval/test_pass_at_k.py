@@ -21,7 +21,11 @@ def test_pass_at_k_equals_the_binomial_form():
     for n in range(1, 31):
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert pass_at_k(n, c, k) == pytest.approx(naive_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+                assert pass_at_k(n, c, k) == pytest.approx(naive_pass_at_k(n, c, k), abs=1e-12), (
+                    n,
+                    c,
+                    k,
+                )
 
 
 def test_pass_at_1_is_the_fraction_correct_and_pass_at_k_grows_with_k():
@@ -46,7 +50,9 @@ def test_mean_pass_at_k_averages_problems():
     assert mean_pass_at_k([2, 0, 5], num_samples=5, k=2) == pytest.approx((0.7 + 0.0 + 1.0) / 3)
 
 
-@pytest.mark.parametrize("n, c, k", [(3, 1, 4), (3, 4, 1), (-1, 0, 1), (3, -1, 1), (3, 1, 0), (3, 1, -1)])
+@pytest.mark.parametrize(
+    "n, c, k", [(3, 1, 4), (3, 4, 1), (-1, 0, 1), (3, -1, 1), (3, 1, 0), (3, 1, -1)]
+)
 def test_pass_at_k_rejects_impossible_counts(n, c, k):
     with pytest.raises(ValueError):
         pass_at_k(n, c, k)

@@ -23,17 +23,31 @@ def test_ties_in_the_label_are_skipped_and_tied_scores_count_half():
     groups = [group([0, 1, 1])]  # pairs (0,1), (0,2); (1,2) is a tie in the label
     assert pair_accuracy([torch.tensor([1.0, 0.0, 5.0])], groups) == pytest.approx(1 / 2)
     assert pair_accuracy([torch.tensor([1.0, 1.0, 0.0])], groups) == pytest.approx((0.5 + 1.0) / 2)
-    assert pair_accuracy([torch.tensor([0.0, 0.0, 0.0])], [group([0, 0, 0])]) == 0.0  # no pairs at all
+    assert (
+        pair_accuracy([torch.tensor([0.0, 0.0, 0.0])], [group([0, 0, 0])]) == 0.0
+    )  # no pairs at all
 
 
 def test_score_groups_matches_scoring_each_response_alone(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=3)
     torch.nn.init.normal_(model.model.score.weight)
-    texts = [["User: Hi\nAssistant: Good luck!", "User: Hi\nAssistant: Great question. Be patient and stay calm."],
-             ["Q: 1 + 2?\nA: 3.", "Q: 1 + 2?\nA: 4.", "Q: 1 + 2?\nA:"]]
-    encoded = [[EncodedExample(tokenizer(t)["input_ids"], [False] * len(tokenizer(t)["input_ids"]), False)
-                for t in g] for g in texts]
+    texts = [
+        [
+            "User: Hi\nAssistant: Good luck!",
+            "User: Hi\nAssistant: Great question. Be patient and stay calm.",
+        ],
+        ["Q: 1 + 2?\nA: 3.", "Q: 1 + 2?\nA: 4.", "Q: 1 + 2?\nA:"],
+    ]
+    encoded = [
+        [
+            EncodedExample(
+                tokenizer(t)["input_ids"], [False] * len(tokenizer(t)["input_ids"]), False
+            )
+            for t in g
+        ]
+        for g in texts
+    ]
     groups = [RankedGroup(g, tuple(range(len(g)))) for g in encoded]
     model.train()
     scores = score_groups(model, groups, tokenizer.pad_token_id, batch_size=1)

@@ -21,28 +21,47 @@ def _models(tiny_model_dir):
 
 def test_kl_to_itself_is_zero_and_greedy_answers_carry_no_kl(tiny_model_dir):
     model, _, tokenizer = _models(tiny_model_dir)
-    sampled = sample_for_eval(model, tokenizer, PROMPTS, num_samples=3, reference=model, max_new_tokens=12)
-    assert [len(row) for row in sampled.texts] == [3, 3, 3] and [len(row) for row in sampled.lengths] == [3, 3, 3]
+    sampled = sample_for_eval(
+        model, tokenizer, PROMPTS, num_samples=3, reference=model, max_new_tokens=12
+    )
+    assert [len(row) for row in sampled.texts] == [3, 3, 3] and [
+        len(row) for row in sampled.lengths
+    ] == [3, 3, 3]
     for name in ("k1", "k3"):
         assert max(abs(v) for v in sampled.flat(sampled.kl[name])) < 1e-4
-    greedy = sample_for_eval(model, tokenizer, PROMPTS, greedy=True, reference=model, max_new_tokens=12)
+    greedy = sample_for_eval(
+        model, tokenizer, PROMPTS, greedy=True, reference=model, max_new_tokens=12
+    )
     assert greedy.kl == {} and [len(row) for row in greedy.texts] == [1, 1, 1]
 
 
 def test_sequence_kl_equals_the_naive_sum_over_a_fresh_pass_of_both_models(tiny_model_dir):
     model, reference, tokenizer = _models(tiny_model_dir)
-    got = sample_for_eval(model, tokenizer, PROMPTS, num_samples=2, reference=reference, max_new_tokens=12, seed=3)
+    got = sample_for_eval(
+        model, tokenizer, PROMPTS, num_samples=2, reference=reference, max_new_tokens=12, seed=3
+    )
     # the same draws by hand: the engine with the same seed, then both models' log-probs
     ids, mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
     with torch.no_grad():
-        rollout = generate(model.eval(), ids, mask, num_samples=2, max_new_tokens=12,
-                           stop_ids=stop_token_ids(model, tokenizer), pad_token_id=tokenizer.pad_token_id,
-                           generator=torch.Generator().manual_seed(3))
+        rollout = generate(
+            model.eval(),
+            ids,
+            mask,
+            num_samples=2,
+            max_new_tokens=12,
+            stop_ids=stop_token_ids(model, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            generator=torch.Generator().manual_seed(3),
+        )
         width = rollout.response_ids.shape[1]
         logp = response_logprobs(model, rollout.input_ids, rollout.attention_mask, width).logprobs
-        ref = response_logprobs(reference.eval(), rollout.input_ids, rollout.attention_mask, width).logprobs
-    naive = [sum((logp[i, t] - ref[i, t]).item() for t in range(width) if rollout.response_mask[i, t])
-             for i in range(logp.shape[0])]
+        ref = response_logprobs(
+            reference.eval(), rollout.input_ids, rollout.attention_mask, width
+        ).logprobs
+    naive = [
+        sum((logp[i, t] - ref[i, t]).item() for t in range(width) if rollout.response_mask[i, t])
+        for i in range(logp.shape[0])
+    ]
     assert torch.allclose(torch.tensor(got.flat(got.kl["k1"])), torch.tensor(naive), atol=1e-4)
     assert got.flat(got.lengths) == rollout.response_lengths.tolist()
     assert all(v >= 0 for v in got.flat(got.kl["k3"]))  # k3 is never negative
@@ -51,5 +70,7 @@ def test_sequence_kl_equals_the_naive_sum_over_a_fresh_pass_of_both_models(tiny_
 def test_the_models_modes_are_restored(tiny_model_dir):
     model, reference, tokenizer = _models(tiny_model_dir)
     model.train(), reference.train()
-    sample_for_eval(model, tokenizer, PROMPTS[:1], num_samples=2, reference=reference, max_new_tokens=4)
+    sample_for_eval(
+        model, tokenizer, PROMPTS[:1], num_samples=2, reference=reference, max_new_tokens=4
+    )
     assert model.training and reference.training

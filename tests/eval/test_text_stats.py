@@ -10,20 +10,22 @@ def naive_distinct_n(texts, n):
     for text in texts:
         words = text.lower().split()
         for i in range(len(words) - n + 1):
-            grams.append(" ".join(words[i:i + n]))
+            grams.append(" ".join(words[i : i + n]))
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def naive_repeated_fraction(text, n):
     words = text.lower().split()
     starts = range(len(words) - n + 1)
-    repeated = sum(any(words[j:j + n] == words[i:i + n] for j in range(i)) for i in starts)
+    repeated = sum(any(words[j : j + n] == words[i : i + n] for j in range(i)) for i in starts)
     return repeated / len(starts) if starts else 0.0
 
 
 def random_texts(rng, count):
     vocabulary = ["a", "b", "c", "A", "d"]
-    return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 12))) for _ in range(count)]
+    return [
+        " ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 12))) for _ in range(count)
+    ]
 
 
 def test_distinct_n_hand_values():
@@ -65,7 +67,9 @@ def test_the_set_based_forms_agree_with_naive_ones_on_random_texts():
         texts, n = random_texts(rng, rng.randint(0, 4)), rng.randint(1, 4)
         assert distinct_n(texts, n) == pytest.approx(naive_distinct_n(texts, n))
         for text in texts:
-            assert repeated_ngram_fraction(text, n) == pytest.approx(naive_repeated_fraction(text, n))
+            assert repeated_ngram_fraction(text, n) == pytest.approx(
+                naive_repeated_fraction(text, n)
+            )
 
 
 def test_invalid_inputs_are_rejected():

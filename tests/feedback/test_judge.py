@@ -14,11 +14,21 @@ from rlhfkit.feedback.judge import (
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import train_tokenizer
 
-PROMPTS = ["User: How can I sleep better at night?\nAssistant:", "User: Any tips for a new runner?\nAssistant:",
-           "User: How do I start running?\nAssistant:"]
-FIRST = [" Keep your bedroom dark and cool. Good luck!", " That is a silly question.", " Always wear a helmet."]
-SECOND = [" I do not care about this.", " Start with short runs and walk breaks. Wear shoes that fit your feet well.",
-          " Run at a pace where you can still talk."]
+PROMPTS = [
+    "User: How can I sleep better at night?\nAssistant:",
+    "User: Any tips for a new runner?\nAssistant:",
+    "User: How do I start running?\nAssistant:",
+]
+FIRST = [
+    " Keep your bedroom dark and cool. Good luck!",
+    " That is a silly question.",
+    " Always wear a helmet.",
+]
+SECOND = [
+    " I do not care about this.",
+    " Start with short runs and walk breaks. Wear shoes that fit your feet well.",
+    " Run at a pace where you can still talk.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +39,20 @@ def judge(tiny_model_dir):
 def test_judge_prompt_quotes_the_conversation_and_both_replies():
     assert judge_prompt(PROMPTS[0], FIRST[0], " Go to bed.") == (
         "User: How can I sleep better at night?\nReply A: Keep your bedroom dark and cool. Good luck!\n"
-        "Reply B: Go to bed.\nWhich reply is better?\nJudge:")
+        "Reply B: Go to bed.\nWhich reply is better?\nJudge:"
+    )
     messages = [{"role": "user", "content": "Hi"}]
     assert conversation_text(messages) == "User: Hi"
     assert judge_prompt(messages, [{"role": "assistant", "content": "Hello."}], "Hey.").startswith(
-        "User: Hi\nReply A: Hello.\nReply B: Hey.\n")
+        "User: Hi\nReply A: Hello.\nReply B: Hey.\n"
+    )
 
 
-@pytest.mark.parametrize("corpus", [["Reply A or B? A B A B"] * 20, ["hello world"]],
-                         ids=["answer-is-one-token", "space-split-from-letter"])
+@pytest.mark.parametrize(
+    "corpus",
+    [["Reply A or B? A B A B"] * 20, ["hello world"]],
+    ids=["answer-is-one-token", "space-split-from-letter"],
+)
 def test_answer_inputs_stop_where_the_two_answers_differ(corpus):
     tokenizer = train_tokenizer(corpus, 300)
     text = judge_prompt(PROMPTS[0], FIRST[0], SECOND[0])
@@ -45,7 +60,10 @@ def test_answer_inputs_stop_where_the_two_answers_differ(corpus):
     assert token_a != token_b
     assert tokenizer.decode(inputs + [token_a]) == text + " A"
     assert tokenizer.decode(inputs + [token_b]) == text + " B"
-    assert tokenizer.decode(inputs) in (text, text + " ")  # the prompt, and the space when it stands alone
+    assert tokenizer.decode(inputs) in (
+        text,
+        text + " ",
+    )  # the prompt, and the space when it stands alone
 
 
 def test_answer_inputs_start_with_the_bos_a_judge_row_is_trained_with(bos_tokenizer):
@@ -69,8 +87,11 @@ def test_batched_left_padded_probs_equal_one_row_at_a_time(judge):
             expected = torch.softmax(logits[[tokens_a[i], tokens_b[i]]], dim=0)[0]
             assert batched[i].item() == pytest.approx(expected.item(), abs=1e-5)
     # one row per batch gives the same numbers
-    assert torch.allclose(judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=1), batched,
-                          atol=1e-5)
+    assert torch.allclose(
+        judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=1),
+        batched,
+        atol=1e-5,
+    )
 
 
 def test_judge_pairs_asks_both_orders_and_averages(judge):
@@ -111,12 +132,21 @@ def test_a_judge_that_always_says_a_is_all_position_bias(judge):
 
 def test_preference_rows_follow_the_verdict_and_drop_near_ties():
     first_better = torch.tensor([0.9, 0.2, 0.5, 0.55])
-    rows = preference_rows(["p0", "p1", "p2", "p3"], ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"], first_better)
-    assert rows == [{"prompt": "p0", "chosen": "a0", "rejected": "b0"},
-                    {"prompt": "p1", "chosen": "b1", "rejected": "a1"},
-                    {"prompt": "p3", "chosen": "a3", "rejected": "b3"}]  # the exact tie is dropped
-    kept = preference_rows(["p0", "p1", "p2", "p3"], ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"],
-                           first_better, min_margin=0.1)
+    rows = preference_rows(
+        ["p0", "p1", "p2", "p3"], ["a0", "a1", "a2", "a3"], ["b0", "b1", "b2", "b3"], first_better
+    )
+    assert rows == [
+        {"prompt": "p0", "chosen": "a0", "rejected": "b0"},
+        {"prompt": "p1", "chosen": "b1", "rejected": "a1"},
+        {"prompt": "p3", "chosen": "a3", "rejected": "b3"},
+    ]  # the exact tie is dropped
+    kept = preference_rows(
+        ["p0", "p1", "p2", "p3"],
+        ["a0", "a1", "a2", "a3"],
+        ["b0", "b1", "b2", "b3"],
+        first_better,
+        min_margin=0.1,
+    )
     assert [row["prompt"] for row in kept] == ["p0", "p1"]
 
 

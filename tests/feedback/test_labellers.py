@@ -8,7 +8,13 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback import labellers
 from rlhfkit.feedback.judge import PairJudgements
-from rlhfkit.feedback.labellers import LabellerKind, RewardLabeller, SimulatedAnnotator, build_labeller, labels_for
+from rlhfkit.feedback.labellers import (
+    LabellerKind,
+    RewardLabeller,
+    SimulatedAnnotator,
+    build_labeller,
+    labels_for,
+)
 from rlhfkit.rewards.base import RewardScores
 from rlhfkit.tasks.annotator import expected_agreement
 
@@ -35,8 +41,10 @@ class LengthSource:
 def test_a_ranking_of_k_costs_c_k_2_comparisons():
     responses = [["a", "bb"], ["a", "bb", "ccc"], ["a", "bb", "ccc", "dddd", "eeeee"]]
     assert labels_for(responses) == 1 + 3 + 10
-    for labeller in (SimulatedAnnotator(length_gold, temperature=1.0, target_agreement=0.725, seed=0),
-                     RewardLabeller(LengthSource())):
+    for labeller in (
+        SimulatedAnnotator(length_gold, temperature=1.0, target_agreement=0.725, seed=0),
+        RewardLabeller(LengthSource()),
+    ):
         labeller.rank(prompts(3), responses)
         assert labeller.labels_used == 14
         labeller.rank(prompts(1), [["x", "y", "z", "w"]])  # C(4,2) = 6 more
@@ -62,8 +70,14 @@ def test_annotator_prefers_with_bradley_terry_probability():
 def test_temperature_calibrated_on_the_first_batch_then_kept():
     rng = random.Random(0)
     responses = [["x" * rng.randint(1, 6) for _ in range(4)] for _ in range(50)]
-    annotator = build_labeller(LabellerKind.ANNOTATOR, task=LengthTask(), reward=LengthSource(),
-                               annotator_temperature=0.0, target_agreement=0.725, seed=0)
+    annotator = build_labeller(
+        LabellerKind.ANNOTATOR,
+        task=LengthTask(),
+        reward=LengthSource(),
+        annotator_temperature=0.0,
+        target_agreement=0.725,
+        seed=0,
+    )
     annotator.rank(prompts(50), responses)
     diffs = [len(g[i]) - len(g[j]) for g in responses for i in range(4) for j in range(i)]
     assert expected_agreement(diffs, annotator.temperature) == pytest.approx(0.725, abs=1e-6)
@@ -99,10 +113,28 @@ def test_judge_ranks_by_summed_win_probability(monkeypatch):
 
 
 def test_an_untrained_judge_model_still_labels_every_pair(tiny_model_dir):
-    judge = build_labeller(LabellerKind.JUDGE, task=LengthTask(), reward=LengthSource(), annotator_temperature=0.0,
-                           target_agreement=0.725, seed=0, judge_model=str(tiny_model_dir), device="cpu")
+    judge = build_labeller(
+        LabellerKind.JUDGE,
+        task=LengthTask(),
+        reward=LengthSource(),
+        annotator_temperature=0.0,
+        target_agreement=0.725,
+        seed=0,
+        judge_model=str(tiny_model_dir),
+        device="cpu",
+    )
     orders = judge.rank(prompts(2), [[" Hi.", " Hello there.", " Good luck!"], [" A.", " B."]])
-    assert sorted(orders[0]) == [0, 1, 2] and sorted(orders[1]) == [0, 1] and judge.labels_used == 3 + 1
+    assert (
+        sorted(orders[0]) == [0, 1, 2]
+        and sorted(orders[1]) == [0, 1]
+        and judge.labels_used == 3 + 1
+    )
     with pytest.raises(RlhfkitError, match="needs judge_model"):
-        build_labeller(LabellerKind.JUDGE, task=LengthTask(), reward=LengthSource(), annotator_temperature=0.0,
-                       target_agreement=0.725, seed=0)
+        build_labeller(
+            LabellerKind.JUDGE,
+            task=LengthTask(),
+            reward=LengthSource(),
+            annotator_temperature=0.0,
+            target_agreement=0.725,
+            seed=0,
+        )

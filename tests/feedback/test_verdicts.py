@@ -24,7 +24,9 @@ def test_combining_cancels_a_constant_position_shift():
 
 def test_position_shift_by_hand():
     # (p_ab + p_ba) / 2 - 1/2: 0.0, 0.3, -0.1
-    assert torch.allclose(position_shift(PROB_AB, PROB_BA), torch.tensor([0.0, 0.3, -0.1]), atol=1e-6)
+    assert torch.allclose(
+        position_shift(PROB_AB, PROB_BA), torch.tensor([0.0, 0.3, -0.1]), atol=1e-6
+    )
     assert position_shift(torch.ones(1), torch.ones(1)).item() == pytest.approx(0.5)  # always A
     assert position_shift(torch.zeros(1), torch.zeros(1)).item() == pytest.approx(-0.5)  # always B
 

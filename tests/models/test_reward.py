@@ -10,7 +10,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel, last_token_index, value_model_from
 
-TEXTS = ["Q: Ann has 3 pens, buys 2 more.\nA: 3 + 2 = 5. The answer is 5.", "User: Hi\nAssistant: Good luck!"]
+TEXTS = [
+    "Q: Ann has 3 pens, buys 2 more.\nA: 3 + 2 = 5. The answer is 5.",
+    "User: Hi\nAssistant: Good luck!",
+]
 
 
 def naive_last_token_index(attention_mask):
@@ -19,7 +22,10 @@ def naive_last_token_index(attention_mask):
 
 def encode(tokenizer, texts, padding_side="right"):
     tokenizer.padding_side = padding_side
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    rows = [
+        tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for t in texts
+    ]
     length = max(map(len, rows))
     ids = torch.full((len(rows), length), tokenizer.pad_token_id)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -41,7 +47,10 @@ def test_last_token_index_hand_cases():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 6)), min_size=1, max_size=5), st.booleans())
+@given(
+    st.lists(st.tuples(st.integers(1, 12), st.integers(0, 6)), min_size=1, max_size=5),
+    st.booleans(),
+)
 def test_last_token_index_equals_naive_for_right_and_left_padding(rows, left):
     length = max(real + pad for real, pad in rows)
     mask = torch.zeros(len(rows), length, dtype=torch.long)
@@ -79,10 +88,14 @@ def test_score_is_read_at_the_last_real_token(tiny_model_dir, tokenizer, padding
         assert torch.allclose(padded.rewards[row], alone[row].rewards[0], atol=1e-5)
         assert torch.allclose(padded.rewards[row], per_token[row, last_token_index(mask)[row]])
     # and it is not the score at the final (padding) position
-    assert not torch.allclose(padded.rewards[short], per_token[short, -1 if padding_side == "right" else 0])
+    assert not torch.allclose(
+        padded.rewards[short], per_token[short, -1 if padding_side == "right" else 0]
+    )
 
 
-def test_saved_reward_model_gives_the_same_logits_in_plain_transformers(tiny_model_dir, tokenizer, tmp_path):
+def test_saved_reward_model_gives_the_same_logits_in_plain_transformers(
+    tiny_model_dir, tokenizer, tmp_path
+):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2).eval()
     torch.nn.init.normal_(model.model.score.weight)
     model.save_pretrained(tmp_path / "rm")
@@ -110,11 +123,14 @@ def test_saved_reward_model_agrees_with_transformers_when_pad_is_eos(tiny_model_
     model.save_pretrained(tmp_path / "rm")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     tokenizer = AutoTokenizer.from_pretrained(base)
-    ids = torch.tensor([tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]])
+    ids = torch.tensor(
+        [tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    )
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        assert torch.allclose(model(ids, mask).rewards, reloaded(input_ids=ids, attention_mask=mask).logits,
-                              atol=1e-6)
+        assert torch.allclose(
+            model(ids, mask).rewards, reloaded(input_ids=ids, attention_mask=mask).logits, atol=1e-6
+        )
 
 
 def test_num_heads_mismatch_is_a_user_error(tiny_model_dir, tmp_path):
@@ -147,13 +163,17 @@ def test_lm_logits_without_the_head_is_a_user_error(tiny_model_dir):
         model.lm_logits(torch.zeros(1, 2, model.model.config.hidden_size))
 
 
-def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(tiny_model_dir, tokenizer, tmp_path):
+def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(
+    tiny_model_dir, tokenizer, tmp_path
+):
     ensemble = RewardModel.from_pretrained(tiny_model_dir, num_heads=3)
     with torch.no_grad():
         for p in ensemble.model.score.parameters():
             p.normal_(0, 1, generator=torch.Generator().manual_seed(0))
     ensemble.save_pretrained(tmp_path / "rm")
-    ids, mask = encode(tokenizer, ["User: hi\nAssistant: hello", "User: tips?\nAssistant: sleep early"])
+    ids, mask = encode(
+        tokenizer, ["User: hi\nAssistant: hello", "User: tips?\nAssistant: sleep early"]
+    )
     critic = value_model_from(tmp_path / "rm")
     assert critic.num_heads == 1
     with torch.no_grad():
@@ -172,7 +192,10 @@ def test_shared_prefix_rewards_equal_the_plain_forward_with_the_same_gradients(t
     rows = [prompts[k // 2] + responses[k] for k in range(4)]
     width = max(map(len, rows))
     ids = torch.full((4, width), model.model.config.pad_token_id or 0)
-    mask, response_mask = torch.zeros(4, width, dtype=torch.long), torch.zeros(4, width, dtype=torch.bool)
+    mask, response_mask = (
+        torch.zeros(4, width, dtype=torch.long),
+        torch.zeros(4, width, dtype=torch.bool),
+    )
     for k, row in enumerate(rows):
         ids[k, : len(row)], mask[k, : len(row)] = torch.tensor(row), 1
         response_mask[k, len(prompts[k // 2]) : len(row)] = True
@@ -190,5 +213,9 @@ def test_shared_prefix_rewards_equal_the_plain_forward_with_the_same_gradients(t
     for got, want in zip(shared_grads, plain_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     # groups of 4 would mix two prompts: the plain forward answers, unchanged
-    torch.testing.assert_close(model.rewards_by_length(ids, mask, response_mask=response_mask, group_size=4), plain,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model.rewards_by_length(ids, mask, response_mask=response_mask, group_size=4),
+        plain,
+        rtol=1e-5,
+        atol=1e-5,
+    )

@@ -36,9 +36,15 @@ def test_default_sizes_make_a_small_llama(default_size_dir):
 def test_same_seed_same_weights(tmp_path, tiny_corpus, tiny_sizes, tiny_model_dir):
     again = build_tiny_model(tmp_path / "again", tiny_corpus, seed=0, **tiny_sizes)
     other = build_tiny_model(tmp_path / "other", tiny_corpus, seed=1, **tiny_sizes)
-    weights = {d: AutoModelForCausalLM.from_pretrained(d).state_dict() for d in (tiny_model_dir, again, other)}
+    weights = {
+        d: AutoModelForCausalLM.from_pretrained(d).state_dict()
+        for d in (tiny_model_dir, again, other)
+    }
     assert all(torch.equal(weights[tiny_model_dir][k], weights[again][k]) for k in weights[again])
-    assert not torch.equal(weights[tiny_model_dir]["model.embed_tokens.weight"], weights[other]["model.embed_tokens.weight"])
+    assert not torch.equal(
+        weights[tiny_model_dir]["model.embed_tokens.weight"],
+        weights[other]["model.embed_tokens.weight"],
+    )
 
 
 def test_tokenizer_special_tokens_and_chat_template(tiny_model_dir):
@@ -46,8 +52,9 @@ def test_tokenizer_special_tokens_and_chat_template(tiny_model_dir):
     assert tokenizer.eos_token == EOS and tokenizer.pad_token == PAD
     assert tokenizer.eos_token_id is not None and tokenizer.pad_token_id is not None
     assert tokenizer.eos_token_id != tokenizer.pad_token_id
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == f"{IM_START}user\nHi{IM_END}\n{IM_START}assistant\n"
     # the special tokens are single tokens, not spelled out byte by byte
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -59,7 +66,7 @@ def test_digits_are_one_token_each(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokens = tokenizer.tokenize("Q: 123 + 4567 = 4690. The answer is 4690.")
     digit_tokens = [t for t in tokens if re.search(r"\d", t)]
-    assert digit_tokens == list("123" "4567" "4690" "4690")
+    assert digit_tokens == list("123456746904690")
     # no merge anywhere in the vocabulary glues a digit to anything
     assert all(len(t) == 1 for t in tokenizer.get_vocab() if re.search(r"\d", t))
 

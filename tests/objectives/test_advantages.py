@@ -3,12 +3,19 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.objectives.advantages import discounted_returns, gae, kl_shaped_rewards, reinforce_pp_advantages
+from rlhfkit.objectives.advantages import (
+    discounted_returns,
+    gae,
+    kl_shaped_rewards,
+    reinforce_pp_advantages,
+)
 
 NAN = float("nan")
 
 
-def naive_gae_row(rewards: list[float], values: list[float], gamma: float, lam: float) -> list[float]:
+def naive_gae_row(
+    rewards: list[float], values: list[float], gamma: float, lam: float
+) -> list[float]:
     """A_t = sum_l (gamma lam)^l delta_{t+l} over one episode, V after the end = 0."""
     n = len(rewards)
     next_values = values[1:] + [0.0]
@@ -21,7 +28,9 @@ def naive_gae(rewards, values, mask, gamma, lam):
     advantages = torch.zeros_like(rewards)
     for row in range(rewards.shape[0]):
         counted = mask[row].nonzero().squeeze(1)
-        episode = naive_gae_row(rewards[row, counted].tolist(), values[row, counted].tolist(), gamma, lam)
+        episode = naive_gae_row(
+            rewards[row, counted].tolist(), values[row, counted].tolist(), gamma, lam
+        )
         advantages[row, counted] = torch.tensor(episode, dtype=rewards.dtype)
     return advantages
 
@@ -47,11 +56,19 @@ def test_gae_three_token_hand_example_and_a_padded_row():
     # row 1 ends at t=1 (V_2 = 0): delta_1 = 2 - 1 = 1, delta_0 = 1 + .9*1 - .5 = 1.4, A_0 = 1.4 + .72
     expected = torch.tensor([[0.21712, 0.246, 0.3], [2.12, 1.0, 0.0]], dtype=torch.float64)
     assert torch.allclose(advantages, expected)
-    assert torch.allclose(returns, torch.tensor([[0.71712, 0.846, 1.0], [2.62, 2.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(
+        returns, torch.tensor([[0.71712, 0.846, 1.0], [2.62, 2.0, 0.0]], dtype=torch.float64)
+    )
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 7), st.floats(0.5, 1.0), st.floats(0.0, 1.0))
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 4),
+    st.integers(1, 7),
+    st.floats(0.5, 1.0),
+    st.floats(0.0, 1.0),
+)
 def test_gae_equals_naive_per_row_episodes_with_padding(seed, rows, cols, gamma, lam):
     rewards, values, mask = right_padded_batch(seed, rows, cols)
     advantages, returns = gae(rewards, values, mask, gamma, lam)
@@ -67,7 +84,9 @@ def test_gae_skips_masked_positions_inside_a_row(seed, gamma, lam):
     rewards = torch.randn(1, 6, generator=generator, dtype=torch.float64)
     values = torch.randn(1, 6, generator=generator, dtype=torch.float64)
     mask = torch.rand(1, 6, generator=generator) < 0.6
-    advantages, _ = gae(rewards.masked_fill(~mask, NAN), values.masked_fill(~mask, NAN), mask, gamma, lam)
+    advantages, _ = gae(
+        rewards.masked_fill(~mask, NAN), values.masked_fill(~mask, NAN), mask, gamma, lam
+    )
     assert torch.allclose(advantages, naive_gae(rewards, values, mask, gamma, lam))
 
 
@@ -100,7 +119,9 @@ def test_gae_with_lambda_zero_is_the_one_step_td_error(seed, rows, cols, gamma):
 
 def test_gae_gradient_reaches_the_values():
     values = torch.tensor([[0.5, 0.6]], requires_grad=True)
-    advantages, _ = gae(torch.tensor([[0.0, 1.0]]), values, torch.ones(1, 2, dtype=torch.bool), 1.0, 1.0)
+    advantages, _ = gae(
+        torch.tensor([[0.0, 1.0]]), values, torch.ones(1, 2, dtype=torch.bool), 1.0, 1.0
+    )
     advantages.sum().backward()
     # lam = gamma = 1: A_t = sum of rewards from t - V_t, so dA/dV_t = -1 for each own value
     assert torch.allclose(values.grad, torch.tensor([[-1.0, -1.0]]))
@@ -153,7 +174,13 @@ def test_reinforce_pp_hand_example():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(2, 5), st.integers(1, 7), st.floats(0.5, 1.0), st.booleans())
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(2, 5),
+    st.integers(1, 7),
+    st.floats(0.5, 1.0),
+    st.booleans(),
+)
 def test_reinforce_pp_whitens_returns_over_the_whole_batch(seed, rows, cols, gamma, unbiased):
     rewards, _, mask = right_padded_batch(seed, rows, cols)
     # full rows with returns (0, ...) and (1, 0, ...): the returns are never all equal

@@ -5,7 +5,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, process_advantages, rloo_advantages
+from rlhfkit.objectives.group_advantages import (
+    GroupNorm,
+    group_advantages,
+    process_advantages,
+    rloo_advantages,
+)
 
 ROOT2 = math.sqrt(2.0)
 
@@ -38,7 +43,9 @@ def test_grpo_equals_naive_per_group_normalisation(seed, prompts, group_size, un
     for k in range(prompts):
         group = rewards[k * group_size : (k + 1) * group_size]
         std = group.std(correction=int(unbiased))
-        assert torch.allclose(got[k * group_size : (k + 1) * group_size], (group - group.mean()) / (std + 1e-6))
+        assert torch.allclose(
+            got[k * group_size : (k + 1) * group_size], (group - group.mean()) / (std + 1e-6)
+        )
         assert torch.allclose(dr_got[k * group_size : (k + 1) * group_size], group - group.mean())
 
 
@@ -52,15 +59,29 @@ def test_bessels_correction_on_a_group_of_two():
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(2, 6), st.floats(0.1, 10.0), st.floats(-5.0, 5.0))
-def test_grpo_is_invariant_to_affine_rescaling_and_dr_grpo_to_shifts(seed, prompts, group_size, scale, shift):
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 4),
+    st.integers(2, 6),
+    st.floats(0.1, 10.0),
+    st.floats(-5.0, 5.0),
+)
+def test_grpo_is_invariant_to_affine_rescaling_and_dr_grpo_to_shifts(
+    seed, prompts, group_size, scale, shift
+):
     rewards = random_rewards(seed, prompts, group_size)
     grpo = group_advantages(rewards, group_size, GroupNorm.GRPO, unbiased=True, eps=0.0)
-    assert torch.allclose(group_advantages(scale * rewards + shift, group_size, GroupNorm.GRPO, True, 0.0), grpo)
+    assert torch.allclose(
+        group_advantages(scale * rewards + shift, group_size, GroupNorm.GRPO, True, 0.0), grpo
+    )
     dr = group_advantages(rewards, group_size, GroupNorm.DR_GRPO, unbiased=True, eps=0.0)
-    assert torch.allclose(group_advantages(rewards + shift, group_size, GroupNorm.DR_GRPO, True, 0.0), dr)
+    assert torch.allclose(
+        group_advantages(rewards + shift, group_size, GroupNorm.DR_GRPO, True, 0.0), dr
+    )
     # each group's advantages sum to zero
-    assert torch.allclose(dr.reshape(prompts, group_size).sum(1), torch.zeros(prompts, dtype=dr.dtype))
+    assert torch.allclose(
+        dr.reshape(prompts, group_size).sum(1), torch.zeros(prompts, dtype=dr.dtype)
+    )
 
 
 def test_a_group_of_one_gets_zero_not_nan():
@@ -68,11 +89,14 @@ def test_a_group_of_one_gets_zero_not_nan():
     assert torch.equal(got, torch.zeros(2))
 
 
-@pytest.mark.parametrize("function", [
-    lambda rewards, g: group_advantages(rewards, g, GroupNorm.GRPO, True, 1e-6),
-    lambda rewards, g: group_advantages(rewards, g, GroupNorm.DR_GRPO, True, 1e-6),
-    rloo_advantages,
-])
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda rewards, g: group_advantages(rewards, g, GroupNorm.GRPO, True, 1e-6),
+        lambda rewards, g: group_advantages(rewards, g, GroupNorm.DR_GRPO, True, 1e-6),
+        rloo_advantages,
+    ],
+)
 def test_a_partial_group_is_rejected_naming_both_numbers(function):
     with pytest.raises(ValueError, match="7 responses cannot be split into groups of 3"):
         function(torch.zeros(7), 3)
@@ -80,8 +104,12 @@ def test_a_partial_group_is_rejected_naming_both_numbers(function):
 
 def test_rloo_hand_values():
     # baselines: mean of the others = (2+3)/2, (1+3)/2, (1+2)/2
-    assert torch.allclose(rloo_advantages(torch.tensor([1.0, 2.0, 3.0]), 3), torch.tensor([-1.5, 0.0, 1.5]))
-    assert torch.allclose(rloo_advantages(torch.tensor([1.0, 0.0, 4.0, 4.0]), 2), torch.tensor([1.0, -1.0, 0.0, 0.0]))
+    assert torch.allclose(
+        rloo_advantages(torch.tensor([1.0, 2.0, 3.0]), 3), torch.tensor([-1.5, 0.0, 1.5])
+    )
+    assert torch.allclose(
+        rloo_advantages(torch.tensor([1.0, 0.0, 4.0, 4.0]), 2), torch.tensor([1.0, -1.0, 0.0, 0.0])
+    )
     with pytest.raises(ValueError, match="at least 2"):
         rloo_advantages(torch.tensor([1.0, 2.0]), 1)
 
@@ -108,12 +136,16 @@ def test_process_advantages_hand_example():
     step_ends = torch.tensor([[1, 3], [2, -7]])
     response_mask = torch.tensor([[True] * 4 + [False], [True] * 3 + [False] * 2])
     # group steps (1, 0, 1): mean 2/3, population std sqrt(2)/3 -> 1 becomes 1/sqrt2, 0 becomes -sqrt2
-    got = process_advantages(step_rewards, step_mask, step_ends, response_mask, 2, unbiased=False, eps=0.0)
+    got = process_advantages(
+        step_rewards, step_mask, step_ends, response_mask, 2, unbiased=False, eps=0.0
+    )
     high, low = 1 / ROOT2, -ROOT2
     expected = [[high + low, high + low, low, low, 0.0], [high, high, high, 0.0, 0.0]]
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64))
     # Bessel std sqrt(1/3): 1 becomes (1/3) sqrt 3, 0 becomes -(2/3) sqrt 3
-    got = process_advantages(step_rewards, step_mask, step_ends, response_mask, 2, unbiased=True, eps=0.0)
+    got = process_advantages(
+        step_rewards, step_mask, step_ends, response_mask, 2, unbiased=True, eps=0.0
+    )
     high, low = math.sqrt(3) / 3, -2 * math.sqrt(3) / 3
     expected = [[high + low, high + low, low, low, 0.0], [high, high, high, 0.0, 0.0]]
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64))
@@ -131,10 +163,22 @@ def random_steps(seed: int, prompts: int, group_size: int, max_steps: int, respo
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 6))
-def test_process_advantages_equal_naive_double_loop(seed, prompts, group_size, max_steps, response_len):
-    step_rewards, step_mask, step_ends, response_mask = random_steps(seed, prompts, group_size, max_steps, response_len)
-    got = process_advantages(step_rewards, step_mask, step_ends, response_mask, group_size, unbiased=True, eps=1e-6)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 6),
+)
+def test_process_advantages_equal_naive_double_loop(
+    seed, prompts, group_size, max_steps, response_len
+):
+    step_rewards, step_mask, step_ends, response_mask = random_steps(
+        seed, prompts, group_size, max_steps, response_len
+    )
+    got = process_advantages(
+        step_rewards, step_mask, step_ends, response_mask, group_size, unbiased=True, eps=1e-6
+    )
     expected = torch.zeros(response_mask.shape, dtype=torch.float64)
     for k in range(prompts):
         rows = range(k * group_size, (k + 1) * group_size)
@@ -151,19 +195,38 @@ def test_process_advantages_equal_naive_double_loop(seed, prompts, group_size, m
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 3), st.integers(2, 4), st.integers(1, 6), st.booleans())
-def test_one_step_ending_at_the_last_token_is_outcome_supervision(seed, prompts, group_size, response_len, unbiased):
+@given(
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 3),
+    st.integers(2, 4),
+    st.integers(1, 6),
+    st.booleans(),
+)
+def test_one_step_ending_at_the_last_token_is_outcome_supervision(
+    seed, prompts, group_size, response_len, unbiased
+):
     # DeepSeekMath: with a single step per response, process supervision is GRPO on the outcome
     _, _, _, response_mask = random_steps(seed, prompts, group_size, 1, response_len)
-    rewards = torch.randn(prompts * group_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    rewards = torch.randn(
+        prompts * group_size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     last_token = (response_mask.sum(1) - 1).unsqueeze(1)
     step_mask = torch.ones(prompts * group_size, 1, dtype=torch.bool)
-    got = process_advantages(rewards.unsqueeze(1), step_mask, last_token, response_mask, group_size, unbiased, 1e-6)
+    got = process_advantages(
+        rewards.unsqueeze(1), step_mask, last_token, response_mask, group_size, unbiased, 1e-6
+    )
     outcome = group_advantages(rewards, group_size, GroupNorm.GRPO, unbiased, 1e-6)
     assert torch.allclose(got, torch.where(response_mask, outcome.unsqueeze(1), 0.0))
 
 
 def test_process_advantages_reject_a_partial_group():
     with pytest.raises(ValueError, match="3 responses cannot be split into groups of 2"):
-        process_advantages(torch.zeros(3, 1), torch.ones(3, 1, dtype=torch.bool), torch.zeros(3, 1, dtype=torch.long),
-                           torch.ones(3, 2, dtype=torch.bool), 2, True, 1e-6)
+        process_advantages(
+            torch.zeros(3, 1),
+            torch.ones(3, 1, dtype=torch.bool),
+            torch.zeros(3, 1, dtype=torch.long),
+            torch.ones(3, 2, dtype=torch.bool),
+            2,
+            True,
+            1e-6,
+        )

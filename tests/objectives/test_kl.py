@@ -18,8 +18,12 @@ def exact_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def test_hand_values():
-    assert torch.allclose(kl_k1(LOGPROBS, REF_LOGPROBS), torch.tensor([[LN2, -LN2]], dtype=torch.float64))
-    assert torch.allclose(kl_k2(LOGPROBS, REF_LOGPROBS), torch.full((1, 2), 0.5 * LN2**2, dtype=torch.float64))
+    assert torch.allclose(
+        kl_k1(LOGPROBS, REF_LOGPROBS), torch.tensor([[LN2, -LN2]], dtype=torch.float64)
+    )
+    assert torch.allclose(
+        kl_k2(LOGPROBS, REF_LOGPROBS), torch.full((1, 2), 0.5 * LN2**2, dtype=torch.float64)
+    )
     # d = ref - logp = (-ln 2, ln 2): e^d - d - 1 = (1/2 + ln 2 - 1, 2 - ln 2 - 1)
     expected_k3 = torch.tensor([[LN2 - 0.5, 1.0 - LN2]], dtype=torch.float64)
     assert torch.allclose(kl_k3(LOGPROBS, REF_LOGPROBS), expected_k3)
@@ -77,7 +81,9 @@ def test_monte_carlo_means_match_the_exact_kl():
     samples = torch.multinomial(p, 200_000, replacement=True, generator=generator)
     logprobs, ref_logprobs = p.log()[samples].unsqueeze(0), q.log()[samples].unsqueeze(0)
     kl = exact_kl(p, q).item()
-    estimates = {estimator: kl_penalty(logprobs, ref_logprobs, estimator) for estimator in KLEstimator}
+    estimates = {
+        estimator: kl_penalty(logprobs, ref_logprobs, estimator) for estimator in KLEstimator
+    }
     for estimator in (KLEstimator.K1, KLEstimator.K3):
         standard_error = estimates[estimator].std().item() / math.sqrt(samples.numel())
         assert abs(estimates[estimator].mean().item() - kl) < 4 * standard_error
@@ -124,7 +130,9 @@ def test_sequence_kl_estimates_the_exact_kl_of_a_two_step_process():
     g = torch.Generator().manual_seed(0)
     p = torch.tensor([0.8, 0.3], dtype=torch.float64)  # P(token 1) at step 1, 2 under pi
     q = torch.tensor([0.5, 0.6], dtype=torch.float64)  # under pi_ref
-    exact = sum(exact_kl(torch.stack([p[t], 1 - p[t]]), torch.stack([q[t], 1 - q[t]])) for t in range(2))
+    exact = sum(
+        exact_kl(torch.stack([p[t], 1 - p[t]]), torch.stack([q[t], 1 - q[t]])) for t in range(2)
+    )
     tokens = (torch.rand(200_000, 2, generator=g, dtype=torch.float64) < p).double()
     logprobs = tokens * p.log() + (1 - tokens) * (1 - p).log()
     ref_logprobs = tokens * q.log() + (1 - tokens) * (1 - q).log()

@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from rlhfkit.objectives.logprobs import entropy_from_logits, sequence_logprobs, shift_for_next_token, token_logprobs
+from rlhfkit.objectives.logprobs import (
+    entropy_from_logits,
+    sequence_logprobs,
+    shift_for_next_token,
+    token_logprobs,
+)
 
 
 def naive_token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -47,7 +52,11 @@ def test_two_token_hand_example():
 
 def test_shift_for_next_token_aligns_logits_at_t_with_token_t_plus_1():
     batch, seq, vocab = 2, 5, 7
-    logits = torch.arange(batch * seq, dtype=torch.float).reshape(batch, seq, 1).expand(batch, seq, vocab)
+    logits = (
+        torch.arange(batch * seq, dtype=torch.float)
+        .reshape(batch, seq, 1)
+        .expand(batch, seq, vocab)
+    )
     input_ids = torch.arange(batch * seq).reshape(batch, seq)
     mask = torch.tensor([[False, False, True, True, False], [False, True, True, True, True]])
     shifted_logits, targets, target_mask = shift_for_next_token(logits, input_ids, mask)
@@ -61,12 +70,16 @@ def test_shift_for_next_token_aligns_logits_at_t_with_token_t_plus_1():
 
 def test_sequence_logprobs_hand_example():
     # tokens (x, 2, 0): position 0 predicts 2 with p = 1/2, position 1 predicts 0 with p = 1/3
-    logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0], [5.0, 0.0, 0.0]]]).repeat(2, 1, 1)
+    logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0], [5.0, 0.0, 0.0]]]).repeat(
+        2, 1, 1
+    )
     input_ids = torch.tensor([[1, 2, 0], [1, 2, 0]])
     # row 0: both tokens are response; row 1: only the last (the 2 is prompt)
     response_mask = torch.tensor([[False, True, True], [False, False, True]])
     got = sequence_logprobs(logits, input_ids, response_mask)
-    assert torch.allclose(got, torch.tensor([math.log(0.5) + math.log(1 / 3), math.log(1 / 3)]), atol=1e-6)
+    assert torch.allclose(
+        got, torch.tensor([math.log(0.5) + math.log(1 / 3), math.log(1 / 3)]), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -74,7 +87,9 @@ def test_sequence_logprobs_equals_a_loop_over_response_tokens(seed):
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(3, 6, 11, generator=generator) * 3
     input_ids = torch.randint(0, 11, (3, 6), generator=generator)
-    response_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    response_mask = torch.tensor(
+        [[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], dtype=torch.bool
+    )
     expected = torch.zeros(3)
     for row in range(3):
         for t in range(1, 6):
@@ -93,9 +108,13 @@ def test_entropy_hand_values():
     # uniform over 4 -> ln 4; (1/4, 1/4, 1/2) -> 2 * (1/4) ln 4 + (1/2) ln 2 = 1.5 ln 2
     # the -1e4 token has (numerically) zero probability and adds nothing
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, math.log(2.0), -1e4]]])
-    assert torch.allclose(entropy_from_logits(logits), torch.tensor([[math.log(4.0), 1.5 * math.log(2.0)]]), atol=1e-6)
+    assert torch.allclose(
+        entropy_from_logits(logits), torch.tensor([[math.log(4.0), 1.5 * math.log(2.0)]]), atol=1e-6
+    )
     # one dominant logit: nearly deterministic
-    assert entropy_from_logits(torch.tensor([[[50.0, 0.0, 0.0]]])).item() == pytest.approx(0.0, abs=1e-12)
+    assert entropy_from_logits(torch.tensor([[[50.0, 0.0, 0.0]]])).item() == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_masked_logits_give_the_entropy_of_the_tokens_left():
@@ -149,7 +168,9 @@ def test_head_logprobs_equal_the_plain_log_softmax_with_the_same_gradients(chunk
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 50, (37,))
-    logprobs, entropy = head_logprobs(hidden, weight, targets, temperature=1.3, with_entropy=True, chunk=chunk)
+    logprobs, entropy = head_logprobs(
+        hidden, weight, targets, temperature=1.3, with_entropy=True, chunk=chunk
+    )
     logits = hidden @ weight.T / 1.3
     naive = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(logprobs, naive, atol=1e-12)

@@ -87,7 +87,9 @@ def test_masked_whiten_hand_values():
     values = torch.tensor([0.0, 4.0, 100.0])
     mask = torch.tensor([True, True, False])
     # mean 2; population variance 4, Bessel variance 8; the padded 100 becomes 0
-    assert torch.allclose(masked_whiten(values, mask, unbiased=False, eps=0.0), torch.tensor([-1.0, 1.0, 0.0]))
+    assert torch.allclose(
+        masked_whiten(values, mask, unbiased=False, eps=0.0), torch.tensor([-1.0, 1.0, 0.0])
+    )
     half_root2 = 2**-0.5
     got = masked_whiten(values, mask, unbiased=True, eps=0.0)
     assert torch.allclose(got, torch.tensor([-half_root2, half_root2, 0.0]))
@@ -103,7 +105,9 @@ def test_masked_whiten_of_constant_values_is_zero_thanks_to_eps():
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 5), st.integers(2, 7), st.integers(0, 2**31 - 1), st.booleans())
-def test_masked_whiten_gives_zero_mean_unit_variance_on_selected_elements(rows, cols, seed, unbiased):
+def test_masked_whiten_gives_zero_mean_unit_variance_on_selected_elements(
+    rows, cols, seed, unbiased
+):
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(rows, cols, generator=generator, dtype=torch.float64) * 5 - 2
     mask = torch.rand(rows, cols, generator=generator) < 0.6

@@ -11,14 +11,24 @@ from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 TOKEN_MEAN = LossAggregation.TOKEN_MEAN
 
 
-def policy(ratios, advantages, mask=None, clip_low=0.2, clip_high=0.2, dual_clip=None, denominator=None):
+def policy(
+    ratios, advantages, mask=None, clip_low=0.2, clip_high=0.2, dual_clip=None, denominator=None
+):
     """ppo_policy_loss from ratios: old log-probs 0, new log-probs log(ratio)."""
     logprobs = torch.log(torch.tensor([ratios], dtype=torch.float64)).requires_grad_(True)
     advantages = torch.tensor([advantages], dtype=torch.float64)
     mask = torch.ones_like(advantages, dtype=torch.bool) if mask is None else torch.tensor([mask])
     denominator = mask.sum() if denominator is None else denominator
     result = ppo_policy_loss(
-        logprobs, torch.zeros_like(logprobs), advantages, mask, clip_low, clip_high, dual_clip, TOKEN_MEAN, denominator
+        logprobs,
+        torch.zeros_like(logprobs),
+        advantages,
+        mask,
+        clip_low,
+        clip_high,
+        dual_clip,
+        TOKEN_MEAN,
+        denominator,
     )
     return result, logprobs
 
@@ -37,7 +47,9 @@ def test_hand_values_in_the_four_clipping_cases():
     assert result.clip_fraction.item() == pytest.approx(0.5)
     result.loss.backward()
     # clipped tokens get no gradient; otherwise d(-ratio * A)/d logprob = -ratio * A, / 4 tokens
-    assert torch.allclose(logprobs.grad, torch.tensor([[0.0, 1.5 / 4, -0.5 / 4, 0.0]], dtype=torch.float64))
+    assert torch.allclose(
+        logprobs.grad, torch.tensor([[0.0, 1.5 / 4, -0.5 / 4, 0.0]], dtype=torch.float64)
+    )
 
 
 def test_clip_low_and_clip_high_are_separate():
@@ -89,8 +101,12 @@ def naive_policy_loss(logprobs, old, advantages, mask, clip_low, clip_high, dual
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 6),
-    st.floats(0.05, 0.5), st.floats(0.05, 0.5), st.one_of(st.none(), st.floats(1.5, 5.0)),
+    st.integers(0, 2**31 - 1),
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.floats(0.05, 0.5),
+    st.floats(0.05, 0.5),
+    st.one_of(st.none(), st.floats(1.5, 5.0)),
 )
 def test_equals_naive_per_token_loop(seed, rows, cols, clip_low, clip_high, dual_clip):
     generator = torch.Generator().manual_seed(seed)
@@ -98,8 +114,12 @@ def test_equals_naive_per_token_loop(seed, rows, cols, clip_low, clip_high, dual
     old = logprobs + torch.randn(rows, cols, generator=generator, dtype=torch.float64) * 0.5
     advantages = torch.randn(rows, cols, generator=generator, dtype=torch.float64) * 2
     mask = torch.rand(rows, cols, generator=generator) < 0.7
-    got = ppo_policy_loss(logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, TOKEN_MEAN, 7.0)
-    expected = naive_policy_loss(logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, 7.0)
+    got = ppo_policy_loss(
+        logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, TOKEN_MEAN, 7.0
+    )
+    expected = naive_policy_loss(
+        logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, 7.0
+    )
     assert got.loss.item() == pytest.approx(expected, abs=1e-9)
     assert 0.0 <= got.clip_fraction.item() <= 1.0
 
@@ -108,7 +128,13 @@ def value(values, old_values, returns, clip_range):
     as_tensor = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
     mask = torch.ones(1, len(values), dtype=torch.bool)
     return value_loss(
-        as_tensor(values), as_tensor(old_values), as_tensor(returns), mask, clip_range, TOKEN_MEAN, len(values)
+        as_tensor(values),
+        as_tensor(old_values),
+        as_tensor(returns),
+        mask,
+        clip_range,
+        TOKEN_MEAN,
+        len(values),
     ).item()
 
 
@@ -131,10 +157,14 @@ def test_value_loss_hand_values():
 @given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 6), st.floats(0.01, 1.0))
 def test_clipped_value_loss_is_never_below_the_unclipped_one(seed, rows, cols, clip_range):
     generator = torch.Generator().manual_seed(seed)
-    values, old_values, returns = torch.randn(3, rows, cols, generator=generator, dtype=torch.float64)
+    values, old_values, returns = torch.randn(
+        3, rows, cols, generator=generator, dtype=torch.float64
+    )
     mask = torch.rand(rows, cols, generator=generator) < 0.7
     clipped = value_loss(values, old_values, returns, mask, clip_range, TOKEN_MEAN, 1.0)
     unclipped = value_loss(values, old_values, returns, mask, None, TOKEN_MEAN, 1.0)
     assert clipped.item() >= unclipped.item() - 1e-12
     # with V_old = V nothing is clipped
-    assert torch.allclose(value_loss(values, values, returns, mask, clip_range, TOKEN_MEAN, 1.0), unclipped)
+    assert torch.allclose(
+        value_loss(values, values, returns, mask, clip_range, TOKEN_MEAN, 1.0), unclipped
+    )

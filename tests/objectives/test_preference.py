@@ -29,7 +29,9 @@ def t(*values) -> torch.Tensor:
 
 
 def pair_loss(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, eps=0.0) -> float:
-    return dpo_losses(t(w), t(l), t(ref_w), t(ref_l), beta=beta, loss_type=loss_type, label_smoothing=eps).item()
+    return dpo_losses(
+        t(w), t(l), t(ref_w), t(ref_l), beta=beta, loss_type=loss_type, label_smoothing=eps
+    ).item()
 
 
 def naive_dpo(w, l, ref_w, ref_l, beta):
@@ -55,6 +57,7 @@ def pl(scores, ranks, mask=None) -> float:
 
 # --- pairwise: hand values ---------------------------------------------------------------------
 
+
 def test_sigmoid_hand_value():
     # beta = 0.1; log-ratios: chosen -10 - (-12) = 2, rejected -15 - (-14) = -1, so h = 3 and
     # the loss is -log sigmoid(0.3) = log(1 + e^-0.3) = 0.5543552
@@ -68,9 +71,13 @@ def test_label_smoothing_hand_value():
 
 def test_ipo_hand_values():
     # h = 3; target 1 / (2 beta): beta 0.1 -> (3 - 5)^2 = 4; beta 0.25 -> (3 - 2)^2 = 1; beta 1/6 -> 0
-    assert pair_loss(-10.0, -15.0, -12.0, -14.0, beta=0.1, loss_type=DPOLoss.IPO) == pytest.approx(4.0)
+    assert pair_loss(-10.0, -15.0, -12.0, -14.0, beta=0.1, loss_type=DPOLoss.IPO) == pytest.approx(
+        4.0
+    )
     assert pair_loss(-10.0, -15.0, -12.0, -14.0, beta=0.25, loss_type="ipo") == pytest.approx(1.0)
-    assert pair_loss(-10.0, -15.0, -12.0, -14.0, beta=1 / 6, loss_type=DPOLoss.IPO) == pytest.approx(0.0, abs=1e-12)
+    assert pair_loss(
+        -10.0, -15.0, -12.0, -14.0, beta=1 / 6, loss_type=DPOLoss.IPO
+    ) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_policy_equal_to_reference():
@@ -123,9 +130,23 @@ def test_pair_outcomes_equal_the_naive_rule(chosen, rejected, scale):
 
 
 def test_weights_and_denominator():
-    chosen, rejected, ref_chosen, ref_rejected = t(-10.0, -5.0), t(-15.0, -5.0), t(-12.0, -5.0), t(-14.0, -5.0)
-    got = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.1, loss_type=DPOLoss.SIGMOID,
-                   label_smoothing=0.0, weights=t(0.5, 2.0), denominator=4.0)
+    chosen, rejected, ref_chosen, ref_rejected = (
+        t(-10.0, -5.0),
+        t(-15.0, -5.0),
+        t(-12.0, -5.0),
+        t(-14.0, -5.0),
+    )
+    got = dpo_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        beta=0.1,
+        loss_type=DPOLoss.SIGMOID,
+        label_smoothing=0.0,
+        weights=t(0.5, 2.0),
+        denominator=4.0,
+    )
     assert got.item() == pytest.approx((0.5 * 0.5543552 + 2.0 * LN2) / 4.0, abs=1e-7)
 
 
@@ -140,10 +161,13 @@ def test_unsupported_variants_raise():
 
 # --- pairwise: naive form, properties, gradients -----------------------------------------------
 
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_label_smoothing_zero_equals_the_naive_dpo_equation(seed):
     generator = torch.Generator().manual_seed(seed)
-    w, l, ref_w, ref_l = (-torch.rand(32, generator=generator, dtype=torch.float64) * 40 for _ in range(4))
+    w, l, ref_w, ref_l = (
+        -torch.rand(32, generator=generator, dtype=torch.float64) * 40 for _ in range(4)
+    )
     got = dpo_losses(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, label_smoothing=0.0)
     assert torch.allclose(got, naive_dpo(w, l, ref_w, ref_l, 0.1), atol=1e-12)
     assert torch.equal(got, dpo_losses(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID))
@@ -156,7 +180,9 @@ def test_label_smoothing_mixes_the_loss_of_both_labels(w, l, ref_w, ref_l, beta,
     forward, flipped = pair_loss(w, l, ref_w, ref_l, beta), pair_loss(l, w, ref_l, ref_w, beta)
     assert smoothed == pytest.approx((1 - eps) * forward + eps * flipped, rel=1e-9, abs=1e-9)
     # -log sigmoid(-x) + log sigmoid(x) = x: flipping a label costs exactly beta * h
-    assert flipped - forward == pytest.approx(beta * ((w - ref_w) - (l - ref_l)), rel=1e-9, abs=1e-9)
+    assert flipped - forward == pytest.approx(
+        beta * ((w - ref_w) - (l - ref_l)), rel=1e-9, abs=1e-9
+    )
     assert forward >= 0.0 and smoothed >= 0.0
 
 
@@ -172,7 +198,9 @@ def test_gradients_raise_the_chosen_and_lower_the_rejected(loss_type):
 def test_ipo_pulls_back_a_margin_past_its_target():
     # h = 8 > 5: unlike DPO, IPO lowers the chosen response's log-prob again
     chosen, rejected = t(-4.0).requires_grad_(), t(-15.0).requires_grad_()
-    dpo_losses(chosen, rejected, t(-9.0), t(-12.0), beta=0.1, loss_type=DPOLoss.IPO).sum().backward()
+    dpo_losses(
+        chosen, rejected, t(-9.0), t(-12.0), beta=0.1, loss_type=DPOLoss.IPO
+    ).sum().backward()
     assert chosen.grad.item() > 0 > rejected.grad.item()
     assert chosen.grad.item() == pytest.approx(2 * (8.0 - 5.0))
 
@@ -180,13 +208,16 @@ def test_ipo_pulls_back_a_margin_past_its_target():
 @pytest.mark.parametrize("h", [-1e3, -1e5])
 def test_sigmoid_is_stable_for_very_wrong_pairs(h):
     chosen = torch.tensor([h], requires_grad=True)
-    loss = dpo_losses(chosen, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.1, loss_type=DPOLoss.SIGMOID)
+    loss = dpo_losses(
+        chosen, torch.zeros(1), torch.zeros(1), torch.zeros(1), beta=0.1, loss_type=DPOLoss.SIGMOID
+    )
     loss.backward()
     assert loss.item() == pytest.approx(-0.1 * h, rel=1e-6)
     assert chosen.grad.item() == pytest.approx(-0.1)  # beta * -sigmoid(-beta h), saturated
 
 
 # --- Plackett-Luce ----------------------------------------------------------------------------
+
 
 def test_plackett_luce_hand_value():
     # scores (1, 0, -1), best first: [lse(1, 0, -1) - 1] + [lse(0, -1) - 0] + 0
@@ -210,30 +241,48 @@ def test_plackett_luce_tie_hand_value():
 def test_plackett_luce_with_policy_equal_to_reference_is_log_k_factorial():
     logprobs = -torch.rand(2, 4, dtype=torch.float64) * 30
     mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
-    got = plackett_luce_dpo_losses(logprobs, logprobs.clone(), torch.arange(4).expand(2, 4), mask, beta=0.1)
+    got = plackett_luce_dpo_losses(
+        logprobs, logprobs.clone(), torch.arange(4).expand(2, 4), mask, beta=0.1
+    )
     assert torch.allclose(got, t(math.log(24.0), math.log(6.0)))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_plackett_luce_equals_the_naive_loop_with_ties_and_padding(seed):
     generator = torch.Generator().manual_seed(seed)
-    rows = [([0, 1, 2, 3, 4], 5), ([0, 0, 1, 2], 4), ([0, 1, 1, 1, 2], 5), ([0, 1], 2), ([3, 3, 3], 3)]
+    rows = [
+        ([0, 1, 2, 3, 4], 5),
+        ([0, 0, 1, 2], 4),
+        ([0, 1, 1, 1, 2], 5),
+        ([0, 1], 2),
+        ([3, 3, 3], 3),
+    ]
     scores = torch.randn(len(rows), 5, generator=generator, dtype=torch.float64) * 3
     ranks = torch.zeros(len(rows), 5, dtype=torch.long)
     mask = torch.zeros(len(rows), 5, dtype=torch.bool)
     for g, (row_ranks, size) in enumerate(rows):
         ranks[g, :size], mask[g, :size] = torch.tensor(row_ranks), True
     got = plackett_luce_nll(scores, ranks, mask)
-    expected = [naive_plackett_luce(scores[g, :size].tolist(), row_ranks) for g, (row_ranks, size) in enumerate(rows)]
+    expected = [
+        naive_plackett_luce(scores[g, :size].tolist(), row_ranks)
+        for g, (row_ranks, size) in enumerate(rows)
+    ]
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64), atol=1e-10)
 
 
 @settings(max_examples=100, deadline=None)
 @given(logprob, logprob, logprob, logprob, st.floats(0.01, 1.0))
 def test_plackett_luce_with_two_responses_is_pairwise_dpo(w, l, ref_w, ref_l, beta):
-    listwise = plackett_luce_dpo_losses(t(w, l)[None], t(ref_w, ref_l)[None], torch.tensor([[0, 1]]),
-                                        torch.ones(1, 2, dtype=torch.bool), beta=beta)
-    assert listwise.item() == pytest.approx(pair_loss(w, l, ref_w, ref_l, beta), rel=1e-9, abs=1e-12)
+    listwise = plackett_luce_dpo_losses(
+        t(w, l)[None],
+        t(ref_w, ref_l)[None],
+        torch.tensor([[0, 1]]),
+        torch.ones(1, 2, dtype=torch.bool),
+        beta=beta,
+    )
+    assert listwise.item() == pytest.approx(
+        pair_loss(w, l, ref_w, ref_l, beta), rel=1e-9, abs=1e-12
+    )
 
 
 @settings(max_examples=50, deadline=None)
@@ -249,17 +298,24 @@ def test_plackett_luce_order_probabilities_sum_to_one(scores, rng):
     ranks = list(range(len(scores)))
     shuffled = list(range(len(scores)))
     rng.shuffle(shuffled)
-    assert pl([scores[i] for i in shuffled], [ranks[i] for i in shuffled]) == pytest.approx(pl(scores, ranks), abs=1e-9)
+    assert pl([scores[i] for i in shuffled], [ranks[i] for i in shuffled]) == pytest.approx(
+        pl(scores, ranks), abs=1e-9
+    )
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.floats(-20.0, 20.0), min_size=2, max_size=5), st.floats(-100.0, 100.0),
-       st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=3))
+@given(
+    st.lists(st.floats(-20.0, 20.0), min_size=2, max_size=5),
+    st.floats(-100.0, 100.0),
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=3),
+)
 def test_plackett_luce_ignores_a_shift_and_padding(scores, shift, padding):
     ranks = list(range(len(scores)))
     base = pl(scores, ranks)
     assert pl([s + shift for s in scores], ranks) == pytest.approx(base, abs=1e-8)
-    padded = pl(scores + padding, ranks + [0] * len(padding), [True] * len(scores) + [False] * len(padding))
+    padded = pl(
+        scores + padding, ranks + [0] * len(padding), [True] * len(scores) + [False] * len(padding)
+    )
     assert padded == pytest.approx(base, abs=1e-12)
 
 
@@ -270,11 +326,16 @@ def test_plackett_luce_gradients():
     grad = scores.grad
     assert grad[0] < 0 < grad[2]  # the best is pushed up, the worst down
     assert grad.sum().item() == pytest.approx(0.0, abs=1e-12)  # a common shift changes nothing
-    assert torch.equal(grad[3:], torch.zeros(2, dtype=torch.float64))  # padding gets no gradient, no NaN
+    assert torch.equal(
+        grad[3:], torch.zeros(2, dtype=torch.float64)
+    )  # padding gets no gradient, no NaN
 
 
 def test_plackett_luce_loss_denominator():
-    logprobs, ref_logprobs = t(-5.0, -20.0, -30.0)[None].repeat(2, 1), t(-15.0, -20.0, -20.0)[None].repeat(2, 1)
+    logprobs, ref_logprobs = (
+        t(-5.0, -20.0, -30.0)[None].repeat(2, 1),
+        t(-15.0, -20.0, -20.0)[None].repeat(2, 1),
+    )
     ranks, mask = torch.tensor([[0, 1, 2]] * 2), torch.ones(2, 3, dtype=torch.bool)
     got = plackett_luce_dpo_loss(logprobs, ref_logprobs, ranks, mask, beta=0.1, denominator=4)
     assert got.item() == pytest.approx(2 * 0.7208677 / 4, abs=1e-7)

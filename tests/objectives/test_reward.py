@@ -42,22 +42,35 @@ def test_weights_and_denominator():
 
 def test_two_dimensional_heads_with_margins_broadcast_over_heads():
     generator = torch.Generator().manual_seed(0)
-    chosen, rejected = torch.randn(5, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    chosen, rejected = (
+        torch.randn(5, 3, generator=generator),
+        torch.randn(5, 3, generator=generator),
+    )
     weights = torch.rand(5, 3, generator=generator)
     margins = torch.rand(5, generator=generator)
     got = bradley_terry_loss(chosen, rejected, weights, 7.0, margins)
-    per_head = sum(bradley_terry_loss(chosen[:, h], rejected[:, h], weights[:, h], 7.0, margins) for h in range(3))
+    per_head = sum(
+        bradley_terry_loss(chosen[:, h], rejected[:, h], weights[:, h], 7.0, margins)
+        for h in range(3)
+    )
     assert torch.allclose(got, per_head, atol=1e-6)
-    assert torch.allclose(got, naive_bradley_terry(chosen, rejected, weights, 7.0, margins[:, None]), atol=1e-6)
+    assert torch.allclose(
+        got, naive_bradley_terry(chosen, rejected, weights, 7.0, margins[:, None]), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_equals_naive_minus_log_sigmoid(seed):
     generator = torch.Generator().manual_seed(seed)
-    chosen, rejected = torch.randn(20, generator=generator) * 3, torch.randn(20, generator=generator) * 3
+    chosen, rejected = (
+        torch.randn(20, generator=generator) * 3,
+        torch.randn(20, generator=generator) * 3,
+    )
     weights, margins = torch.rand(20, generator=generator), torch.rand(20, generator=generator)
     got = bradley_terry_loss(chosen, rejected, weights, 20, margins)
-    assert torch.allclose(got, naive_bradley_terry(chosen, rejected, weights, 20, margins), atol=1e-6)
+    assert torch.allclose(
+        got, naive_bradley_terry(chosen, rejected, weights, 20, margins), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("diff", [-100.0, -1000.0])
@@ -83,6 +96,8 @@ def test_process_reward_loss_hand_values_with_padded_steps():
     # BCE: -log sigmoid(0) = log 2; -log sigmoid(ln 3) = log 4/3; -log(1 - sigmoid(5)) = log(1 + e^5);
     # -log(1 - sigmoid(-ln 3)) = log 4/3. The two padded steps (loss ~9 each) must not count.
     expected = (math.log(2.0) + 2 * math.log(4.0 / 3.0) + math.log1p(math.exp(5.0))) / 4
-    assert process_reward_loss(step_logits, step_labels, step_mask, 4).item() == pytest.approx(expected, abs=1e-6)
+    assert process_reward_loss(step_logits, step_labels, step_mask, 4).item() == pytest.approx(
+        expected, abs=1e-6
+    )
     all_real = process_reward_loss(step_logits, step_labels, torch.ones_like(step_mask), 6).item()
     assert all_real > expected + 1.0

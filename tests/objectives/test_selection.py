@@ -46,13 +46,17 @@ def test_threshold_drops_selected_but_wrong_responses():
     # keep_fraction 1 with a threshold: every correct sample (rejection-sampling fine-tuning)
     every_correct = select_responses(REWARDS, "top_fraction", 3, 1.0, min_reward=0.5)
     assert every_correct.nonzero().squeeze(1).tolist() == [1, 3, 5]
-    assert torch.equal(select_responses(REWARDS, Selection.BEST_OF_K, 3, 1.0, None), best_of_k(REWARDS, 3))
+    assert torch.equal(
+        select_responses(REWARDS, Selection.BEST_OF_K, 3, 1.0, None), best_of_k(REWARDS, 3)
+    )
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(1, 6))
 def test_best_of_k_keeps_each_groups_maximum(seed, prompts, group_size):
-    rewards = torch.randint(0, 3, (prompts * group_size,), generator=torch.Generator().manual_seed(seed)).float()
+    rewards = torch.randint(
+        0, 3, (prompts * group_size,), generator=torch.Generator().manual_seed(seed)
+    ).float()
     kept = best_of_k(rewards, group_size)
     grouped, kept_grouped = rewards.reshape(prompts, group_size), kept.reshape(prompts, group_size)
     assert kept_grouped.sum(dim=1).tolist() == [1] * prompts
@@ -63,7 +67,12 @@ def test_best_of_k_keeps_each_groups_maximum(seed, prompts, group_size):
 
 def test_binary_coefficients_hand_values():
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.7])
-    assert binary_coefficients(rewards, 0.5).tolist() == [1.0, -1.0, -1.0, 1.0]  # 0.5 is not above 0.5
+    assert binary_coefficients(rewards, 0.5).tolist() == [
+        1.0,
+        -1.0,
+        -1.0,
+        1.0,
+    ]  # 0.5 is not above 0.5
     assert binary_coefficients(rewards, 0.5, wrong=0.0).tolist() == [1.0, 0.0, 0.0, 1.0]
     # no group normalisation: the coefficient of a response ignores the other responses
     assert binary_coefficients(torch.ones(4), 0.5).tolist() == [1.0] * 4
@@ -74,10 +83,16 @@ def test_rft_loss_hand_values():
     mask = torch.tensor([[True, True, False], [True, True, True]])
     coefficients = torch.tensor([1.0, -1.0])
     # row 0: -(+1)(-1 - 2) = 3 over 2 tokens; row 1: -(-1)(-1.5) = -1.5 over 3 tokens
-    assert rft_loss(logprobs, coefficients, mask, LossAggregation.TOKEN_MEAN, 5).item() == pytest.approx(1.5 / 5)
-    assert rft_loss(logprobs, coefficients, mask, LossAggregation.SEQUENCE_MEAN, 2).item() == pytest.approx(
-        (1.5 - 0.5) / 2)
-    assert rft_loss(logprobs, torch.tensor([0.0, 0.0]), mask, LossAggregation.TOKEN_MEAN, 5).item() == 0.0
+    assert rft_loss(
+        logprobs, coefficients, mask, LossAggregation.TOKEN_MEAN, 5
+    ).item() == pytest.approx(1.5 / 5)
+    assert rft_loss(
+        logprobs, coefficients, mask, LossAggregation.SEQUENCE_MEAN, 2
+    ).item() == pytest.approx((1.5 - 0.5) / 2)
+    assert (
+        rft_loss(logprobs, torch.tensor([0.0, 0.0]), mask, LossAggregation.TOKEN_MEAN, 5).item()
+        == 0.0
+    )
 
 
 def test_rft_loss_gradient_raises_correct_and_lowers_incorrect_logprobs():
@@ -96,6 +111,11 @@ def test_rft_loss_with_unit_coefficients_is_the_sft_loss():
     response_mask = torch.tensor([[True, True, False], [True, True, True]])
     full_mask = torch.cat([torch.zeros(2, prompt_len, dtype=torch.bool), response_mask], dim=1)
     # logits at position t score token t + 1: the response's log-probs come from positions 2..4
-    logprobs = logits[:, prompt_len - 1 : -1].log_softmax(-1).gather(-1, input_ids[:, prompt_len:, None]).squeeze(-1)
+    logprobs = (
+        logits[:, prompt_len - 1 : -1]
+        .log_softmax(-1)
+        .gather(-1, input_ids[:, prompt_len:, None])
+        .squeeze(-1)
+    )
     got = rft_loss(logprobs, torch.ones(2), response_mask, LossAggregation.TOKEN_MEAN, 5)
     assert got.item() == pytest.approx(sft_loss(logits, input_ids, full_mask, 5).item())

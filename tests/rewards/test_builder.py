@@ -17,12 +17,21 @@ PROMPT = PromptExample(
     metadata={"task": "arith", "steps": [[3, "+", 2, 5]]},
 )
 RESPONSES = [" 3 + 2 = 5. The answer is 5.", " 3 + 2 = 6. The answer is 6."]
-LENGTH_FILE = "def length(prompts, responses, **kwargs):\n    return [float(len(r)) for r in responses]\n"
+LENGTH_FILE = (
+    "def length(prompts, responses, **kwargs):\n    return [float(len(r)) for r in responses]\n"
+)
 
 
 def build(spec, **overrides):
-    args = dict(task_name="arith", tokenizer=None, device="cpu", batch_size=4, max_length=256,
-                uncertainty_coef=0.0, timeout_s=5.0)
+    args = dict(
+        task_name="arith",
+        tokenizer=None,
+        device="cpu",
+        batch_size=4,
+        max_length=256,
+        uncertainty_coef=0.0,
+        timeout_s=5.0,
+    )
     return build_reward_source(spec, **(args | overrides))
 
 
@@ -80,7 +89,9 @@ def test_model_term_loads_every_head_and_the_saved_tokenizer(saved_reward_model)
 
 
 def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, tmp_path):
-    with pytest.raises(RlhfkitError, match="is not a trained reward model .architectures: LlamaForCausalLM"):
+    with pytest.raises(
+        RlhfkitError, match="is not a trained reward model .architectures: LlamaForCausalLM"
+    ):
         build(f"model:{tiny_model_dir}")
     with pytest.raises(RlhfkitError, match="no config.json"):
         build(f"model:{tmp_path / 'nowhere'}")
@@ -89,7 +100,11 @@ def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, t
 @pytest.mark.parametrize(
     "spec, overrides, expected",
     [
-        ("judge:gpt", {}, r"unknown reward source 'judge:gpt': expected task, process, model:PATH, path/to/file.py"),
+        (
+            "judge:gpt",
+            {},
+            r"unknown reward source 'judge:gpt': expected task, process, model:PATH, path/to/file.py",
+        ),
         ("rewards.py", {}, "unknown reward source 'rewards.py'"),
         ("0.5*task + ", {}, "empty term"),
         ("", {}, "empty term"),

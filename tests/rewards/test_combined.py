@@ -36,7 +36,10 @@ def test_weighted_sum_of_rewards_and_uncertainties_matches_hand_values():
     # |0.5|*0.2 + |-0.25|*1 = 0.35 ; |0.5|*0.4 + |-0.25|*2 = 0.7 (c has none)
     assert scores.uncertainty.tolist() == pytest.approx([0.35, 0.7])
     assert {name: v.tolist() for name, v in scores.components.items()} == {
-        "a": [1.0, 2.0], "b": [10.0, -4.0], "c": [3.0, 5.0]}
+        "a": [1.0, 2.0],
+        "b": [10.0, -4.0],
+        "c": [3.0, 5.0],
+    }
     assert scores.step_rewards is None
 
 

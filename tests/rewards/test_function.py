@@ -7,7 +7,7 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rewards.function import FunctionReward, RewardFunctionError, load_reward_function
 
-REWARD_FILE = '''
+REWARD_FILE = """
 import math
 import time
 
@@ -74,11 +74,13 @@ def batch_only(prompts, responses, **kwargs):
     if len(responses) > 1:
         raise RuntimeError("cannot batch")
     return [1.0]
-'''
+"""
 
 PROMPTS = [
     PromptExample("Q: first prompt\nA:", answer="1", metadata={"topic": "cooking", "task": "t"}),
-    PromptExample("Q: second prompt about pens\nA:", answer="2", metadata={"topic": "garden", "task": "t"}),
+    PromptExample(
+        "Q: second prompt about pens\nA:", answer="2", metadata={"topic": "garden", "task": "t"}
+    ),
     PromptExample("Q: third prompt\nA:", answer="3", metadata={"task": "t"}),
 ]
 
@@ -116,14 +118,22 @@ def test_answer_and_metadata_come_as_columns_with_none_for_missing(reward_file):
 
 
 def test_conversational_prompts_come_as_message_lists(reward_file):
-    chat = PromptExample([{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}])
+    chat = PromptExample(
+        [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]
+    )
     scores = source(reward_file, "messages").score([chat, PROMPTS[0]], ["Hello", "1"])
     assert scores.rewards.tolist() == [2.0, -1.0]
 
 
 def test_tensors_and_booleans_are_accepted_as_rewards(reward_file):
-    assert source(reward_file, "tensor").score(PROMPTS[:2], ["a", "abc"]).rewards.tolist() == [1.0, 3.0]
-    assert source(reward_file, "booleans").score(PROMPTS[:2], ["1", "x"]).rewards.tolist() == [1.0, 0.0]
+    assert source(reward_file, "tensor").score(PROMPTS[:2], ["a", "abc"]).rewards.tolist() == [
+        1.0,
+        3.0,
+    ]
+    assert source(reward_file, "booleans").score(PROMPTS[:2], ["1", "x"]).rewards.tolist() == [
+        1.0,
+        0.0,
+    ]
 
 
 def test_a_raise_names_the_sample_that_fails_alone(reward_file):
@@ -134,7 +144,9 @@ def test_a_raise_names_the_sample_that_fails_alone(reward_file):
 
 def test_a_raise_only_in_batches_names_the_batch(reward_file):
     message = failure(reward_file, "batch_only", ["1", "2", "3"])
-    assert "raised RuntimeError: cannot batch on samples 0-2 (first: 'Q: first prompt A:')" in message
+    assert (
+        "raised RuntimeError: cannot batch on samples 0-2 (first: 'Q: first prompt A:')" in message
+    )
 
 
 def test_a_call_past_the_timeout_is_an_error(reward_file):
@@ -163,10 +175,19 @@ def test_the_timeout_works_off_the_main_thread(reward_file):
 @pytest.mark.parametrize(
     "fn_name, expected",
     [
-        ("nan_on_bad", "returned nan for sample 1 ('Q: second prompt about pens A:'), expected a finite number"),
+        (
+            "nan_on_bad",
+            "returned nan for sample 1 ('Q: second prompt about pens A:'), expected a finite number",
+        ),
         ("inf_on_bad", "returned -inf for sample 1"),
-        ("string_on_bad", "returned str 'high' for sample 1 ('Q: second prompt about pens A:'), expected a number"),
-        ("none_on_bad", "returned None for sample 1 ('Q: second prompt about pens A:'), expected a number"),
+        (
+            "string_on_bad",
+            "returned str 'high' for sample 1 ('Q: second prompt about pens A:'), expected a number",
+        ),
+        (
+            "none_on_bad",
+            "returned None for sample 1 ('Q: second prompt about pens A:'), expected a number",
+        ),
     ],
 )
 def test_bad_values_are_errors_naming_the_sample(reward_file, fn_name, expected):
@@ -174,9 +195,13 @@ def test_bad_values_are_errors_naming_the_sample(reward_file, fn_name, expected)
 
 
 def test_the_wrong_count_or_a_non_list_is_an_error(reward_file):
-    assert "returned 1 rewards for 3 responses on samples 0-2" in failure(reward_file, "one_reward", ["1", "2", "3"])
-    assert "returned float on samples 0-1 (first: 'Q: first prompt A:'), expected a list of 2 numbers" in failure(
-        reward_file, "scalar", ["1", "2"])
+    assert "returned 1 rewards for 3 responses on samples 0-2" in failure(
+        reward_file, "one_reward", ["1", "2", "3"]
+    )
+    assert (
+        "returned float on samples 0-1 (first: 'Q: first prompt A:'), expected a list of 2 numbers"
+        in failure(reward_file, "scalar", ["1", "2"])
+    )
 
 
 @pytest.mark.parametrize(
@@ -192,13 +217,17 @@ def test_loading_errors_name_the_spec(reward_file, spec_of, expected):
     spec = spec_of(reward_file)
     with pytest.raises(RlhfkitError, match=expected) as caught:
         load_reward_function(spec)
-    assert str(caught.value).startswith(f"reward function '{spec}': ") and "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"reward function '{spec}': ") and "\n" not in str(
+        caught.value
+    )
 
 
 def test_a_file_that_fails_to_load_is_an_error_naming_the_spec(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("def f(:\n    pass\n")
-    with pytest.raises(RlhfkitError, match=rf"reward function '{path}:f': loading .* raised SyntaxError"):
+    with pytest.raises(
+        RlhfkitError, match=rf"reward function '{path}:f': loading .* raised SyntaxError"
+    ):
         load_reward_function(f"{path}:f")
 
 
@@ -206,9 +235,13 @@ def test_two_files_with_the_same_name_do_not_collide(tmp_path):
     first, second = tmp_path / "a" / "rewards.py", tmp_path / "b" / "rewards.py"
     for path, value in ((first, 1.0), (second, 2.0)):
         path.parent.mkdir()
-        path.write_text(f"def r(prompts, responses, **kw):\n    return [{value}] * len(responses)\n")
-    values = [FunctionReward(load_reward_function(f"{p}:r"), "r").score(PROMPTS[:1], ["x"]).rewards.item()
-              for p in (first, second)]
+        path.write_text(
+            f"def r(prompts, responses, **kw):\n    return [{value}] * len(responses)\n"
+        )
+    values = [
+        FunctionReward(load_reward_function(f"{p}:r"), "r").score(PROMPTS[:1], ["x"]).rewards.item()
+        for p in (first, second)
+    ]
     assert values == [1.0, 2.0]
 
 

@@ -8,11 +8,17 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.reward_model import RewardModelSource
 
 PROMPTS = [
-    PromptExample("Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:", answer="5"),
+    PromptExample(
+        "Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:", answer="5"
+    ),
     PromptExample("User: How do I keep basil alive?\nAssistant:"),
     PromptExample("Q: Ben has 4 coins.\nA:", answer="4"),
 ]
-RESPONSES = [" 3 + 2 = 5. The answer is 5.", " Water it often. Give it sun. Good luck!", " The answer is 4."]
+RESPONSES = [
+    " 3 + 2 = 5. The answer is 5.",
+    " Water it often. Give it sun. Good luck!",
+    " The answer is 4.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +41,21 @@ def forward_alone(model, ids: list[int]) -> torch.Tensor:
 
 def plain_ids(tokenizer, prompt: str, response: str) -> list[int]:
     # The reward-model trainer's encoding of plain text: prompt + response, then EOS.
-    return tokenizer(prompt + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer(prompt + response, add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
 
 
 def test_scores_equal_the_models_forward_on_the_same_text(tiny_model_dir, tokenizer):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     # batch_size 2 over 3 samples of different lengths: padding and a second batch both happen.
-    scores = RewardModelSource(model, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
-    expected = [forward_alone(model, plain_ids(tokenizer, p.prompt, r)).item() for p, r in zip(PROMPTS, RESPONSES)]
+    scores = RewardModelSource(model, tokenizer, batch_size=2, max_length=256).score(
+        PROMPTS, RESPONSES
+    )
+    expected = [
+        forward_alone(model, plain_ids(tokenizer, p.prompt, r)).item()
+        for p, r in zip(PROMPTS, RESPONSES)
+    ]
     assert scores.rewards.dtype == torch.float32
     assert scores.rewards.tolist() == pytest.approx(expected, abs=1e-5)
     assert scores.uncertainty.tolist() == [0.0, 0.0, 0.0]
@@ -56,14 +69,18 @@ def test_a_long_sequence_is_scored_on_its_first_max_length_tokens(tiny_model_dir
     assert len(ids) > max_length
     source = RewardModelSource(model, tokenizer, batch_size=4, max_length=max_length)
     scores = source.score(PROMPTS[:1], RESPONSES[:1])
-    assert scores.rewards.item() == pytest.approx(forward_alone(model, ids[:max_length]).item(), abs=1e-5)
+    assert scores.rewards.item() == pytest.approx(
+        forward_alone(model, ids[:max_length]).item(), abs=1e-5
+    )
 
 
 def test_conversational_prompts_are_scored_through_the_chat_template(tiny_model_dir, tokenizer):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     prompt = [{"role": "user", "content": "How do I keep basil alive?"}]
     response = "Water it often."
-    text = tokenizer.apply_chat_template(prompt + [{"role": "assistant", "content": response}], tokenize=False)
+    text = tokenizer.apply_chat_template(
+        prompt + [{"role": "assistant", "content": response}], tokenize=False
+    )
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     source = RewardModelSource(model, tokenizer, batch_size=4, max_length=256)
     scores = source.score([PromptExample(prompt)], [response])
@@ -81,7 +98,9 @@ def test_plain_text_is_scored_with_the_tokenizers_bos(tiny_model_dir, bos_tokeni
 
 
 def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble, tokenizer):
-    plain = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
+    plain = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(
+        PROMPTS, RESPONSES
+    )
     texts = [plain_ids(tokenizer, p.prompt, r) for p, r in zip(PROMPTS, RESPONSES)]
     heads = torch.stack([forward_alone(ensemble, ids) for ids in texts])  # (samples, heads)
     assert heads.shape == (3, 3)
@@ -89,7 +108,9 @@ def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble,
     assert plain.uncertainty.tolist() == pytest.approx(heads.std(dim=1).tolist(), abs=1e-5)
     assert (plain.uncertainty > 0).all()
 
-    source = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256, uncertainty_coef=0.5)
+    source = RewardModelSource(
+        ensemble, tokenizer, batch_size=2, max_length=256, uncertainty_coef=0.5
+    )
     penalised = source.score(PROMPTS, RESPONSES)
     assert torch.equal(penalised.uncertainty, plain.uncertainty)
     assert torch.allclose(penalised.rewards, plain.rewards - 0.5 * plain.uncertainty, atol=1e-6)
@@ -98,12 +119,16 @@ def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble,
 
 def test_scoring_leaves_the_models_mode_and_gradients_alone(ensemble, tokenizer):
     ensemble.train()
-    scores = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(PROMPTS, RESPONSES)
+    scores = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(
+        PROMPTS, RESPONSES
+    )
     assert ensemble.training and not scores.rewards.requires_grad
     ensemble.eval()
 
 
 def test_a_prompt_that_leaves_no_room_for_the_response_is_an_error(ensemble, tokenizer):
     source = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=4)
-    with pytest.raises(RlhfkitError, match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in max_length=4"):
+    with pytest.raises(
+        RlhfkitError, match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in max_length=4"
+    ):
         source.score(PROMPTS[:1], RESPONSES[:1])

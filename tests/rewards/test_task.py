@@ -36,7 +36,13 @@ def test_task_reward_on_generated_arith_prompts():
 
 
 def test_process_reward_marks_each_step_and_keeps_the_outcome():
-    responses = [RIGHT, WRONG_FIRST_STEP, WRONG_LAST_STEP, RIGHT_STEPS_WRONG_ANSWER, "The answer is 10."]
+    responses = [
+        RIGHT,
+        WRONG_FIRST_STEP,
+        WRONG_LAST_STEP,
+        RIGHT_STEPS_WRONG_ANSWER,
+        "The answer is 10.",
+    ]
     scores = ProcessReward(ArithTask()).score([PROMPT] * 5, responses)
     # (character where the step ends, reward): two equations, then the final answer
     assert scores.step_rewards == [
@@ -56,7 +62,9 @@ def test_process_reward_needs_a_task_with_step_rewards():
 
 def test_prompts_without_the_task_metadata_are_an_error_naming_the_sample():
     bare = PromptExample("Q: what is 3 + 2?\nA:", answer="5")
-    with pytest.raises(RlhfkitError, match=r"cannot verify sample 1 \('Q: what is 3 \+ 2\? A:'\).*KeyError"):
+    with pytest.raises(
+        RlhfkitError, match=r"cannot verify sample 1 \('Q: what is 3 \+ 2\? A:'\).*KeyError"
+    ):
         ProcessReward(ArithTask()).score([PROMPT, bare], [RIGHT, " 3 + 2 = 5. The answer is 5."])
     with pytest.raises(RlhfkitError, match="task 'advice' cannot verify sample 0"):
         TaskReward(AdviceTask()).score([PromptExample("User: hi\nAssistant:")], [" Hello."])

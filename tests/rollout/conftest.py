@@ -6,7 +6,11 @@ import torch
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.engine import generate
 
-PROMPTS = ["Q: Ann has 3 apples, gets 4 more. How many?\nA:", "User: How do I sleep better?\nAssistant:", "Q: 7 + 2?\nA:"]
+PROMPTS = [
+    "Q: Ann has 3 apples, gets 4 more. How many?\nA:",
+    "User: How do I sleep better?\nAssistant:",
+    "Q: 7 + 2?\nA:",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,12 @@ def prompt_batch(tokenizer):
 
 def generate_samples(model, tokenizer, seed=0, **kwargs):
     ids, mask = prompt_batch(tokenizer)
-    options = dict(num_samples=3, max_new_tokens=24, stop_ids=[tokenizer.eos_token_id, 5],
-                   pad_token_id=tokenizer.pad_token_id, temperature=0.8)
+    options = dict(
+        num_samples=3,
+        max_new_tokens=24,
+        stop_ids=[tokenizer.eos_token_id, 5],
+        pad_token_id=tokenizer.pad_token_id,
+        temperature=0.8,
+    )
     options.update(kwargs)
     return generate(model, ids, mask, generator=torch.Generator().manual_seed(seed), **options)

@@ -1,10 +1,10 @@
-import pytest
 import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout import engine
 from rlhfkit.rollout.engine import filter_logits, generate, positions_from_mask
-from tests.rollout.conftest import generate_samples as _generate, prompt_batch as _prompts
+from tests.rollout.conftest import generate_samples as _generate
+from tests.rollout.conftest import prompt_batch as _prompts
 
 
 def test_sampling_logprobs_equal_a_fresh_forward_pass(model_and_tokenizer):
@@ -12,8 +12,11 @@ def test_sampling_logprobs_equal_a_fresh_forward_pass(model_and_tokenizer):
     rollout = _generate(model, tokenizer, temperature=0.7, top_k=50, top_p=0.9)
     mask = rollout.attention_mask
     with torch.no_grad():
-        logits = model(input_ids=rollout.input_ids, attention_mask=mask.long(),
-                       position_ids=positions_from_mask(mask)).logits
+        logits = model(
+            input_ids=rollout.input_ids,
+            attention_mask=mask.long(),
+            position_ids=positions_from_mask(mask),
+        ).logits
     prompt_len = rollout.prompt_ids.shape[1]
     # position t predicts token t+1: the response's logits start at the prompt's last token
     response_logits = logits[:, prompt_len - 1 : -1] / 0.7
@@ -38,7 +41,9 @@ def test_rows_stop_at_their_first_stop_token_and_are_padded_after(model_and_toke
     rollout = _generate(model, tokenizer, stop_ids=stop_ids, max_new_tokens=40)
     lengths = rollout.response_lengths.tolist()
     assert len(set(lengths)) > 1
-    for row, length, finished in zip(rollout.response_ids.tolist(), lengths, rollout.finished.tolist()):
+    for row, length, finished in zip(
+        rollout.response_ids.tolist(), lengths, rollout.finished.tolist()
+    ):
         body = row[:length]
         assert not any(t in stop_ids for t in body[:-1])
         assert finished == (body[-1] in stop_ids)
@@ -68,11 +73,25 @@ def test_samples_of_one_prompt_are_consecutive_rows(model_and_tokenizer):
 def test_greedy_matches_model_generate(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     ids, mask = _prompts(tokenizer)
-    rollout = generate(model, ids, mask, num_samples=1, max_new_tokens=16, stop_ids=[tokenizer.eos_token_id],
-                       pad_token_id=tokenizer.pad_token_id, greedy=True)
-    reference = model.generate(input_ids=ids, attention_mask=mask.long(), do_sample=False, max_new_tokens=16,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    expected = reference[:, ids.shape[1]:]
+    rollout = generate(
+        model,
+        ids,
+        mask,
+        num_samples=1,
+        max_new_tokens=16,
+        stop_ids=[tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        greedy=True,
+    )
+    reference = model.generate(
+        input_ids=ids,
+        attention_mask=mask.long(),
+        do_sample=False,
+        max_new_tokens=16,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    expected = reference[:, ids.shape[1] :]
     for row, want, length in zip(rollout.response_ids, expected, rollout.response_lengths):
         assert torch.equal(row[:length], want[:length])
 
@@ -82,8 +101,12 @@ def test_filter_logits_hand_values():
     assert torch.isinf(filter_logits(logits, top_k=2, top_p=1.0)[0, 2:]).all()
     assert torch.equal(filter_logits(logits, top_k=2, top_p=1.0)[0, :2], logits[0, :2])
     # probabilities ~ 0.644, 0.237, 0.087, 0.032: top_p 0.7 keeps the first two, 0.5 only the first
-    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.7)).tolist() == [[True, True, False, False]]
-    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.7)).tolist() == [
+        [True, True, False, False]
+    ]
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.5)).tolist() == [
+        [True, False, False, False]
+    ]
     assert torch.equal(filter_logits(logits, top_k=0, top_p=1.0), logits)
 
 
@@ -100,4 +123,3 @@ def test_inverse_cdf_draws_follow_the_filtered_distribution():
     expected = filter_logits(logits[:1], top_k=3, top_p=1.0).softmax(dim=-1)[0]
     assert frequencies[2] == 0 and frequencies[4] == 0  # outside the top 3: never drawn
     assert torch.allclose(frequencies, expected, atol=0.01)
-

@@ -7,8 +7,14 @@ from tests.rollout.conftest import generate_samples
 def test_response_logprobs_of_the_training_pass_equal_the_sampling_logprobs(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     rollout = generate_samples(model, tokenizer, temperature=1.3)
-    out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
-                            temperature=1.3, with_entropy=True)
+    out = response_logprobs(
+        model,
+        rollout.input_ids,
+        rollout.attention_mask,
+        rollout.response_ids.shape[1],
+        temperature=1.3,
+        with_entropy=True,
+    )
     assert out.logprobs.requires_grad
     diff = (out.logprobs.detach() - rollout.logprobs)[rollout.response_mask].abs().max()
     assert diff < 1e-5
@@ -17,22 +23,30 @@ def test_response_logprobs_of_the_training_pass_equal_the_sampling_logprobs(mode
 
 
 def _logprobs_and_grads(model, rollout, **kwargs):
-    out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1], **kwargs)
+    out = response_logprobs(
+        model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1], **kwargs
+    )
     # a loss that weighs every response token differently, so every gradient path counts
-    weights = torch.linspace(0.5, 1.5, out.logprobs.numel()).view_as(out.logprobs) * rollout.response_mask
+    weights = (
+        torch.linspace(0.5, 1.5, out.logprobs.numel()).view_as(out.logprobs) * rollout.response_mask
+    )
     (out.logprobs * weights).sum().backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     return out, grads
 
 
-def test_prompts_shared_by_a_group_run_once_with_the_same_logprobs_and_gradients(model_and_tokenizer):
+def test_prompts_shared_by_a_group_run_once_with_the_same_logprobs_and_gradients(
+    model_and_tokenizer,
+):
     model, tokenizer = model_and_tokenizer
     rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
     model.train()
     try:
         plain, plain_grads = _logprobs_and_grads(model, rollout, temperature=1.3, with_entropy=True)
-        shared, shared_grads = _logprobs_and_grads(model, rollout, temperature=1.3, with_entropy=True, group_size=4)
+        shared, shared_grads = _logprobs_and_grads(
+            model, rollout, temperature=1.3, with_entropy=True, group_size=4
+        )
     finally:
         model.eval()
     mask = rollout.response_mask
@@ -42,19 +56,30 @@ def test_prompts_shared_by_a_group_run_once_with_the_same_logprobs_and_gradients
         assert torch.allclose(grad, shared_grads[name], rtol=1e-4, atol=1e-6), name
 
 
-def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(model_and_tokenizer, monkeypatch):
+def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(
+    model_and_tokenizer, monkeypatch
+):
     from rlhfkit.rollout import forward
 
     model, tokenizer = model_and_tokenizer
     rollout = generate_samples(model, tokenizer, num_samples=2, max_new_tokens=8)
     groups = []
     original = forward._response_states
-    monkeypatch.setattr(forward, "_response_states", lambda *a, **k: groups.append(a[4]) or original(*a, **k))
+    monkeypatch.setattr(
+        forward, "_response_states", lambda *a, **k: groups.append(a[4]) or original(*a, **k)
+    )
     with torch.no_grad():
         # 3 prompts x 2 samples: groups of 3 rows would mix two prompts
-        out = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1],
-                                group_size=3)
-        plain = response_logprobs(model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1])
+        out = response_logprobs(
+            model,
+            rollout.input_ids,
+            rollout.attention_mask,
+            rollout.response_ids.shape[1],
+            group_size=3,
+        )
+        plain = response_logprobs(
+            model, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
+        )
     assert groups == [1, 1]
     assert torch.equal(out.logprobs, plain.logprobs)
 
@@ -68,10 +93,16 @@ def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, m
     rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
     model.train()
     try:
-        monkeypatch.setattr(forward, "CHUNKED_HEAD_MIN_LOGITS", 0)  # the tiny rollout's logits are small
-        chunked, chunked_grads = _logprobs_and_grads(model, rollout, temperature=0.9, with_entropy=True, group_size=4)
+        monkeypatch.setattr(
+            forward, "CHUNKED_HEAD_MIN_LOGITS", 0
+        )  # the tiny rollout's logits are small
+        chunked, chunked_grads = _logprobs_and_grads(
+            model, rollout, temperature=0.9, with_entropy=True, group_size=4
+        )
         monkeypatch.setattr(forward, "plain_lm_head", lambda model: None)
-        logits, logits_grads = _logprobs_and_grads(model, rollout, temperature=0.9, with_entropy=True, group_size=4)
+        logits, logits_grads = _logprobs_and_grads(
+            model, rollout, temperature=0.9, with_entropy=True, group_size=4
+        )
     finally:
         model.eval()
     mask = rollout.response_mask

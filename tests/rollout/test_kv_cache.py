@@ -6,7 +6,9 @@ from rlhfkit.rollout.kv_cache import PreallocatedLayer, preallocated_cache
 
 def _states(batch, length, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 2, length, 4, generator=g), torch.randn(batch, 2, length, 4, generator=g)
+    return torch.randn(batch, 2, length, 4, generator=g), torch.randn(
+        batch, 2, length, 4, generator=g
+    )
 
 
 def test_updates_equal_concatenation_through_repeat_and_select():

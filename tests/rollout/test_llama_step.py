@@ -11,8 +11,15 @@ from tests.rollout.conftest import generate_samples, prompt_batch
 def _grouped_query_model() -> LlamaForCausalLM:
     """4 query heads on 2 key/value heads: the grouped attention path."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=96, max_position_embeddings=128)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=128,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -21,15 +28,26 @@ def _decode_both_ways(model, ids, mask, tokens_per_row):
     positions = positions_from_mask(mask)
     caches = [preallocated_cache(ids.shape[1] + len(tokens_per_row)) for _ in range(2)]
     for cache in caches:
-        model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache, use_cache=True)
+        model(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
     decoder, attention, next_position = FastDecoder(model), mask.long(), mask.sum(dim=1)
     pairs = []
     for step, tokens in enumerate(tokens_per_row):
         # the second row stops after the first step: it feeds padding that it may not attend to
         live = torch.tensor([1, int(step == 0)] + [1] * (ids.shape[0] - 2))
         attention = torch.cat([attention, live.unsqueeze(1)], dim=1)
-        want = model(input_ids=tokens.unsqueeze(1), attention_mask=attention, position_ids=next_position.unsqueeze(1),
-                     past_key_values=caches[0], use_cache=True).logits[:, -1]
+        want = model(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=next_position.unsqueeze(1),
+            past_key_values=caches[0],
+            use_cache=True,
+        ).logits[:, -1]
         got = decoder.decode_step(tokens, next_position, attention, caches[1])
         pairs.append((want, got))
         next_position = next_position + 1
@@ -59,15 +77,36 @@ def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(model_a
     model, tokenizer = model_and_tokenizer
     assert supports_fast_decode(model)
     fast = generate_samples(model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20)
-    slow = generate_samples(model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, fast_decode=False)
+    slow = generate_samples(
+        model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, fast_decode=False
+    )
     assert torch.equal(fast.response_ids, slow.response_ids)
     assert torch.allclose(fast.logprobs, slow.logprobs, atol=1e-5)
 
 
 def test_only_plain_llama_models_take_the_fast_path(tiny_model_dir):
-    assert not supports_fast_decode(LlamaForCausalLM(LlamaConfig(
-        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, attention_bias=True)))
-    assert not supports_fast_decode(LlamaForCausalLM(LlamaConfig(
-        vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, hidden_act="gelu")))
+    assert not supports_fast_decode(
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=300,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                attention_bias=True,
+            )
+        )
+    )
+    assert not supports_fast_decode(
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=300,
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                hidden_act="gelu",
+            )
+        )
+    )
     from rlhfkit.models.loading import load_causal_lm
+
     assert not supports_fast_decode(add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8))

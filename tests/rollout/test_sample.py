@@ -5,13 +5,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhfkit.models.tiny import IM_END
 from rlhfkit.rollout.sample import sample_responses
 
-PROMPTS = ["Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:",
-           "User: How can I sleep better at night?\nAssistant:", "Q:"]
+PROMPTS = [
+    "Q: Ann has 3 pens, buys 2 more. How many pens does Ann have now?\nA:",
+    "User: How can I sleep better at night?\nAssistant:",
+    "Q:",
+]
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model_dir):
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(
+        tiny_model_dir
+    )
 
 
 def sample(model_and_tokenizer, **kwargs):
@@ -23,7 +28,9 @@ def sample(model_and_tokenizer, **kwargs):
 def test_shape_is_prompts_by_samples(model_and_tokenizer):
     samples = sample(model_and_tokenizer, num_samples=3, batch_size=4)  # 9 rows in 3 batches
     assert len(samples.texts) == len(PROMPTS)
-    assert all(len(texts) == 3 and all(isinstance(t, str) for t in texts) for texts in samples.texts)
+    assert all(
+        len(texts) == 3 and all(isinstance(t, str) for t in texts) for texts in samples.texts
+    )
     assert 0 < samples.num_tokens <= len(PROMPTS) * 3 * 8
 
 
@@ -84,8 +91,9 @@ def test_generation_stops_at_eos(model_and_tokenizer, monkeypatch):
 
 def test_generation_stops_at_the_end_of_an_assistant_turn(model_and_tokenizer, monkeypatch):
     model, tokenizer = model_and_tokenizer
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     always_emit(model, tokenizer.convert_tokens_to_ids(IM_END), monkeypatch)
     samples = sample_responses(model, tokenizer, [prompt], max_new_tokens=8)
     assert samples.num_tokens == 1

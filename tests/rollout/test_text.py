@@ -35,6 +35,7 @@ def test_without_a_bos_the_prompt_ids_are_the_texts_alone(tiny_model_dir):
     # the tiny model's tokenizer adds no BOS: the same batch as plain left-padded tokenising
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids, mask = encode_prompts(tokenizer, PROMPTS, CPU)
-    want = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left",
-                     add_special_tokens=False)
+    want = tokenizer(
+        PROMPTS, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
+    )
     assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"].bool())

@@ -81,7 +81,9 @@ def test_steps_are_ordered_by_number_not_by_name(tmp_path):
     checkpoints = tmp_path / "ckpt"
     save_checkpoint(checkpoints, 99_999_999, write=write_file("a"), keep_last=5)
     (checkpoints / "step_100000000").mkdir()  # wider than 8 digits: still a number
-    (checkpoints / "step_100000000" / "checkpoint.json").write_text('{"step": 100000000, "format": 1}')
+    (checkpoints / "step_100000000" / "checkpoint.json").write_text(
+        '{"step": 100000000, "format": 1}'
+    )
     assert latest_checkpoint(checkpoints) == checkpoints / "step_100000000"
 
 

@@ -79,7 +79,9 @@ def test_round_trip_of_a_nested_config_through_yaml(tmp_path):
         output=Path("/tmp/x"),
         compile=True,
         sft=SFTConfig(
-            steps=3, optim=OptimConfig(lr=1e-10, schedule=Schedule.COSINE, betas=(0.5, 0.25)), targets=("a",)
+            steps=3,
+            optim=OptimConfig(lr=1e-10, schedule=Schedule.COSINE, betas=(0.5, 0.25)),
+            targets=("a",),
         ),
     )
     path = tmp_path / "config.yaml"
@@ -102,7 +104,9 @@ def test_round_trip_of_a_nested_config_through_yaml(tmp_path):
     targets=st.lists(st.text(), max_size=3),
 )
 def test_any_values_survive_the_yaml_round_trip_exactly(name, lr, seed, targets):
-    cfg = PipelineConfig(name=name, seed=seed, sft=SFTConfig(optim=OptimConfig(lr=lr), targets=tuple(targets)))
+    cfg = PipelineConfig(
+        name=name, seed=seed, sft=SFTConfig(optim=OptimConfig(lr=lr), targets=tuple(targets))
+    )
     with tempfile.TemporaryDirectory() as directory:
         save_config(cfg, f"{directory}/config.yaml")
         assert load_config(PipelineConfig, f"{directory}/config.yaml") == cfg
@@ -121,7 +125,14 @@ def test_overrides_apply_after_the_file_and_parse_yaml_values(tmp_path):
     cfg = load_config(
         PipelineConfig,
         path,
-        ["seed=2", "sft.optim.lr=3e-4", "compile=true", "sft.targets=[x, y]", "max_tokens=null", "name=a=b"],
+        [
+            "seed=2",
+            "sft.optim.lr=3e-4",
+            "compile=true",
+            "sft.targets=[x, y]",
+            "max_tokens=null",
+            "name=a=b",
+        ],
     )
     assert cfg.seed == 2
     assert cfg.sft.steps == 5  # from the file, untouched by the override of a sibling key
@@ -164,7 +175,9 @@ def test_unknown_override_key_names_it_and_suggests_a_close_one(override, messag
 def test_unknown_key_in_a_file_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sft:\n  stepz: 3\n")
-    with pytest.raises(ConfigError, match=r"^unknown config key 'sft.stepz' \(did you mean 'sft.steps'\?\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^unknown config key 'sft.stepz' \(did you mean 'sft.steps'\?\)$"
+    ):
         load_config(PipelineConfig, path)
 
 
@@ -185,7 +198,9 @@ def test_malformed_overrides(override, message):
 
 
 def test_invalid_yaml_in_an_override_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"^override 'sft.targets=\[a, b': the value is not valid YAML"):
+    with pytest.raises(
+        ConfigError, match=r"^override 'sft.targets=\[a, b': the value is not valid YAML"
+    ):
         load_config(PipelineConfig, overrides=["sft.targets=[a, b"])
 
 
@@ -203,7 +218,9 @@ def test_a_section_given_as_a_scalar_is_an_error(tmp_path):
 def test_file_errors_name_the_file(tmp_path):
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping of keys to values, got a list$"):
+    with pytest.raises(
+        ConfigError, match=r"list\.yaml: expected a mapping of keys to values, got a list$"
+    ):
         load_config(PipelineConfig, not_mapping)
     broken = tmp_path / "broken.yaml"
     broken.write_text("seed: [1, 2\n")
@@ -222,7 +239,13 @@ def test_an_empty_file_sets_nothing(tmp_path):
 
 def test_config_keys_lists_every_dotted_leaf_key():
     assert config_keys(PipelineConfig)[:7] == [
-        "name", "seed", "precision", "max_tokens", "output", "compile", "sft.steps",
+        "name",
+        "seed",
+        "precision",
+        "max_tokens",
+        "output",
+        "compile",
+        "sft.steps",
     ]
     assert "sft.optim.lr" in config_keys(PipelineConfig)
     assert "sft" not in config_keys(PipelineConfig)
@@ -237,7 +260,9 @@ def test_the_result_is_frozen():
 
 def test_fill_section_fills_the_keys_a_user_left_alone():
     cfg = load_config(PipelineConfig, overrides=["dpo.targets=[a]"])
-    filled = fill_section(cfg, "dpo", {"steps": Filled(12, "from steps=", "set steps= instead")}, by="the job")
+    filled = fill_section(
+        cfg, "dpo", {"steps": Filled(12, "from steps=", "set steps= instead")}, by="the job"
+    )
     assert filled == SFTConfig(steps=12, targets=("a",))
     assert cfg.dpo.steps == 7  # the job's config is not changed
 
@@ -254,8 +279,12 @@ def test_fill_section_compares_with_the_sections_own_default():
     # dpo's default is SFTConfig(steps=7): steps=7 is left alone, the class default 100 is a choice
     assert fill_section(PipelineConfig(), "dpo", {"steps": Filled(12, "", "")}, by="x").steps == 12
     with pytest.raises(ConfigError, match="dpo.steps is set by x"):
-        fill_section(load_config(PipelineConfig, overrides=["dpo.steps=100"]), "dpo",
-                     {"steps": Filled(12, "", "")}, by="x")
+        fill_section(
+            load_config(PipelineConfig, overrides=["dpo.steps=100"]),
+            "dpo",
+            {"steps": Filled(12, "", "")},
+            by="x",
+        )
 
 
 def test_fill_section_accepts_a_user_value_equal_to_the_filled_one():

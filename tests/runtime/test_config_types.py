@@ -62,7 +62,15 @@ def error_of(*overrides: str) -> str:
 
 
 def test_values_are_converted_to_the_annotated_types():
-    cfg = load("lr=3", "weights=[1, 0.5]", "ids=[1,2]", "pair=[3, z]", "estimator=k3", "limit=5", "inner={}")
+    cfg = load(
+        "lr=3",
+        "weights=[1, 0.5]",
+        "ids=[1,2]",
+        "pair=[3, z]",
+        "estimator=k3",
+        "limit=5",
+        "inner={}",
+    )
     assert cfg.lr == 3.0 and isinstance(cfg.lr, float)
     assert cfg.weights == (1.0, 0.5) and all(isinstance(w, float) for w in cfg.weights)
     assert cfg.ids == (1, 2)
@@ -94,7 +102,10 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("ids=3", "config key 'ids': expected list of int, got 3"),
         ("pair=[1]", "config key 'pair': expected list of 2 items (int, str), got [1]"),
         ("section.beta=[1]", "config key 'section.beta': expected float, got [1]"),
-        ("inner=3", "config key 'inner': expected a section (a mapping of keys to values) or None, got 3"),
+        (
+            "inner=3",
+            "config key 'inner': expected a section (a mapping of keys to values) or None, got 3",
+        ),
     ],
 )
 def test_wrong_types_are_one_line_errors_naming_the_key(override, message):
@@ -102,7 +113,10 @@ def test_wrong_types_are_one_line_errors_naming_the_key(override, message):
 
 
 def test_an_unknown_key_inside_an_optional_section_is_reported_precisely():
-    assert error_of("inner={betta: 1}") == "unknown config key 'inner.betta' (did you mean 'inner.beta'?)"
+    assert (
+        error_of("inner={betta: 1}")
+        == "unknown config key 'inner.betta' (did you mean 'inner.beta'?)"
+    )
 
 
 def test_none_is_accepted_only_where_the_annotation_allows_it():

@@ -82,42 +82,123 @@ def preference_data(tmp_path_factory):
     rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(40, rng)]
     folder = tmp_path_factory.mktemp("cuda_data")
     sft = ArithTask(flawed_fraction=0.0).sft_examples(40, random.Random(1))
-    return {"rankings": write_jsonl(folder / "rankings.jsonl", rows[:32]),
-            "heldout": write_jsonl(folder / "heldout.jsonl", rows[32:]),
-            "sft": write_examples(folder / "sft.jsonl", sft[:32]),
-            "sft_eval": write_examples(folder / "sft_eval.jsonl", sft[32:])}
+    return {
+        "rankings": write_jsonl(folder / "rankings.jsonl", rows[:32]),
+        "heldout": write_jsonl(folder / "heldout.jsonl", rows[32:]),
+        "sft": write_examples(folder / "sft.jsonl", sft[:32]),
+        "sft_eval": write_examples(folder / "sft_eval.jsonl", sft[32:]),
+    }
 
 
 def _policy_settings(tmp_path) -> dict:
-    return dict(reward=length_reward_spec(tmp_path), train_prompts=32, eval_prompts=4, max_new_tokens=8,
-                eval_max_new_tokens=6, max_steps=2, lr=1e-3, warmup_steps=1, eval_every=0, save_every=0,
-                device="cuda", precision=Precision.BF16, **QUIET)
+    return dict(
+        reward=length_reward_spec(tmp_path),
+        train_prompts=32,
+        eval_prompts=4,
+        max_new_tokens=8,
+        eval_max_new_tokens=6,
+        max_steps=2,
+        lr=1e-3,
+        warmup_steps=1,
+        eval_every=0,
+        save_every=0,
+        device="cuda",
+        precision=Precision.BF16,
+        **QUIET,
+    )
 
 
 def _trainers(model: str, data: dict, tmp_path) -> dict:
     """Each trainer with a 2-step bf16 CUDA config; the value trains and returns the run's final dir."""
     policy = _policy_settings(tmp_path)
-    common = dict(model=model, max_steps=2, lr=1e-3, warmup_steps=1, save_every=0, device="cuda",
-                  precision=Precision.BF16, **QUIET)
+    common = dict(
+        model=model,
+        max_steps=2,
+        lr=1e-3,
+        warmup_steps=1,
+        save_every=0,
+        device="cuda",
+        precision=Precision.BF16,
+        **QUIET,
+    )
     return {
-        "sft": (train_sft, SFTConfig(train_data=data["sft"], eval_data=data["sft_eval"], batch_size=8,
-                                     eval_every=0, sample_every=0, **common)),
-        "reward": (train_reward_model, RewardConfig(train_data=data["rankings"], eval_data=data["heldout"],
-                                                    batch_size=8, eval_every=0, num_heads=2, **common)),
-        "dpo": (train_dpo, DPOConfig(train_data=data["rankings"], eval_data=data["heldout"], batch_size=8,
-                                     eval_every=0, loss=DPOLoss.PLACKETT_LUCE, **common)),
-        "grpo": (train_grpo, GRPOConfig(model=model, task="arith", prompts_per_step=4, group_size=4,
-                                        mini_batch_size=8, beta=0.04, **policy)),
-        "ppo": (train_ppo, PPOConfig(model=model, task="advice", critic_init="policy", prompts_per_step=8,
-                                     mini_batch_size=8, ppo_epochs=1, **policy)),
-        "raft": (train_raft, RAFTConfig(model=model, task="arith", prompts_per_round=4, samples_per_prompt=4,
-                                        mini_batch_size=8, require_correct=False, **policy)),
+        "sft": (
+            train_sft,
+            SFTConfig(
+                train_data=data["sft"],
+                eval_data=data["sft_eval"],
+                batch_size=8,
+                eval_every=0,
+                sample_every=0,
+                **common,
+            ),
+        ),
+        "reward": (
+            train_reward_model,
+            RewardConfig(
+                train_data=data["rankings"],
+                eval_data=data["heldout"],
+                batch_size=8,
+                eval_every=0,
+                num_heads=2,
+                **common,
+            ),
+        ),
+        "dpo": (
+            train_dpo,
+            DPOConfig(
+                train_data=data["rankings"],
+                eval_data=data["heldout"],
+                batch_size=8,
+                eval_every=0,
+                loss=DPOLoss.PLACKETT_LUCE,
+                **common,
+            ),
+        ),
+        "grpo": (
+            train_grpo,
+            GRPOConfig(
+                model=model,
+                task="arith",
+                prompts_per_step=4,
+                group_size=4,
+                mini_batch_size=8,
+                beta=0.04,
+                **policy,
+            ),
+        ),
+        "ppo": (
+            train_ppo,
+            PPOConfig(
+                model=model,
+                task="advice",
+                critic_init="policy",
+                prompts_per_step=8,
+                mini_batch_size=8,
+                ppo_epochs=1,
+                **policy,
+            ),
+        ),
+        "raft": (
+            train_raft,
+            RAFTConfig(
+                model=model,
+                task="arith",
+                prompts_per_round=4,
+                samples_per_prompt=4,
+                mini_batch_size=8,
+                require_correct=False,
+                **policy,
+            ),
+        ),
     }
 
 
 @needs_cuda
 @pytest.mark.parametrize("name", ["sft", "reward", "dpo", "grpo", "ppo", "raft"])
-def test_every_trainer_runs_in_bf16_on_cuda_and_saves_fp32_weights(name, tiny_model_dir, preference_data, tmp_path):
+def test_every_trainer_runs_in_bf16_on_cuda_and_saves_fp32_weights(
+    name, tiny_model_dir, preference_data, tmp_path
+):
     train, cfg = _trainers(str(tiny_model_dir), preference_data, tmp_path)[name]
     before = load_file(tiny_model_dir / "model.safetensors")
     run = prepare_run_dir(tmp_path / name, resume=False, overwrite=False)
@@ -134,9 +215,20 @@ def test_every_trainer_runs_in_bf16_on_cuda_and_saves_fp32_weights(name, tiny_mo
 def test_grpo_resumed_on_cuda_continues_the_same_run(tiny_model_dir, tmp_path):
     """The CUDA generator and RNG states go into checkpoints: a run resumed from step 2 samples
     the same rollouts as one that went straight through, so it ends with the same weights."""
-    cfg = GRPOConfig(model=str(tiny_model_dir), task="arith", prompts_per_step=4, group_size=4, mini_batch_size=8,
-                     beta=0.04, **{**_policy_settings(tmp_path), "max_steps": 4, "save_every": 2,
-                                   "precision": Precision.FP32})
+    cfg = GRPOConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        prompts_per_step=4,
+        group_size=4,
+        mini_batch_size=8,
+        beta=0.04,
+        **{
+            **_policy_settings(tmp_path),
+            "max_steps": 4,
+            "save_every": 2,
+            "precision": Precision.FP32,
+        },
+    )
     straight = prepare_run_dir(tmp_path / "straight", resume=False, overwrite=False)
     train_grpo(cfg, straight)
     shutil.copytree(straight.root, tmp_path / "resumed")
@@ -146,7 +238,10 @@ def test_grpo_resumed_on_cuda_continues_the_same_run(tiny_model_dir, tmp_path):
         shutil.rmtree(later)
     result = train_grpo(cfg, resumed, resume=True)
     assert [row for row in result.history] and len(result.history) == 2  # steps 3 and 4 only
-    a, b = load_file(straight.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
+    a, b = (
+        load_file(straight.final / "model.safetensors"),
+        load_file(resumed.final / "model.safetensors"),
+    )
     # CUDA kernels may reduce in another order between runs: equal to float32 rounding
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     AutoModelForCausalLM.from_pretrained(resumed.final)

@@ -43,7 +43,12 @@ def test_resume_drops_the_lines_after_the_checkpoint_step(tmp_path):
         logger.log(4, {"reward": 1.0}, stage="eval")
     with MetricsLogger(path, None, resume_from_step=3) as logger:
         logger.log(4, {"loss": 40.0})
-    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+    ]
 
 
 def test_a_line_cut_short_by_a_kill_is_skipped(tmp_path):
@@ -84,7 +89,11 @@ def test_without_tensorboard_installed_the_metrics_go_to_jsonl_only(tmp_path, mo
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a),
+    )
     with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb") as logger:
         logger.log(1, {"loss": 2.0})
     assert read_metrics(tmp_path / "m.jsonl")[0]["loss"] == 2.0

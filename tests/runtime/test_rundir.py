@@ -34,7 +34,9 @@ def test_an_existing_run_is_not_silently_reused(tmp_path):
     (root / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(RlhfkitError) as err:
         prepare_run_dir(root, resume=False, overwrite=False)
-    expected = f"run directory {root} already exists: pass --resume to continue it or choose another name"
+    expected = (
+        f"run directory {root} already exists: pass --resume to continue it or choose another name"
+    )
     assert str(err.value) == expected
 
 

@@ -34,17 +34,24 @@ def test_hand_scores_of_simple_replies():
     assert gold_score("sleep", reply(*TIPS[:5])) == pytest.approx(4.0)  # at most four tips count
     assert gold_score("sleep", reply(OPENERS[1], TIPS[0])) == pytest.approx(1.5)
     assert gold_score("sleep", reply(TIPS[0], CLOSERS[1])) == pytest.approx(1.5)
-    assert gold_score("sleep", reply(CLOSERS[1], TIPS[0])) == pytest.approx(1.0)  # a closer must close
-    assert gold_score("sleep", reply(*TIPS[:4], TIPS[4], TIPS[5], FILLER[0])) == pytest.approx(4 - 0.5 - 0.5)
+    assert gold_score("sleep", reply(CLOSERS[1], TIPS[0])) == pytest.approx(
+        1.0
+    )  # a closer must close
+    assert gold_score("sleep", reply(*TIPS[:4], TIPS[4], TIPS[5], FILLER[0])) == pytest.approx(
+        4 - 0.5 - 0.5
+    )
 
 
-@pytest.mark.parametrize("bad, weight", [
-    (OFF_TOPIC, OFF_TOPIC_TIP),
-    (RUDE[0], RUDE_SENTENCE),
-    (TIPS[0], REPEATED_SENTENCE),
-    (FILLER[0], FILLER_SENTENCE),
-    ("Bananas are yellow.", UNKNOWN_SENTENCE),
-])
+@pytest.mark.parametrize(
+    "bad, weight",
+    [
+        (OFF_TOPIC, OFF_TOPIC_TIP),
+        (RUDE[0], RUDE_SENTENCE),
+        (TIPS[0], REPEATED_SENTENCE),
+        (FILLER[0], FILLER_SENTENCE),
+        ("Bananas are yellow.", UNKNOWN_SENTENCE),
+    ],
+)
 def test_each_flaw_lowers_the_score_by_its_weight(bad, weight):
     # opener + 3 tips + closer = 4.0 in five sentences; one more sentence stays within the
     # length limit, so only the flaw's own weight changes the score

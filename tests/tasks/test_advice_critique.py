@@ -6,7 +6,14 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.tasks.advice import AdviceTask, gold_score, split_sentences
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
-from rlhfkit.tasks.advice_critique import NOTHING_WRONG, ON_TOPIC, PRINCIPLES, critique_demo, critique_demos, offending
+from rlhfkit.tasks.advice_critique import (
+    NOTHING_WRONG,
+    ON_TOPIC,
+    PRINCIPLES,
+    critique_demo,
+    critique_demos,
+    offending,
+)
 
 TIPS = TOPICS["sleep"]["tips"]
 OFF_TOPIC = TOPICS["coffee"]["tips"][0]
@@ -31,7 +38,10 @@ def test_revisions_remove_exactly_the_offending_sentence_and_raise_the_gold_scor
     for demo in flawed:
         sentences = split_sentences(demo.reply)
         assert offending(demo.principle.name, demo.topic, sentences) == [demo.offender]
-        assert split_sentences(demo.revision) == sentences[: demo.offender] + sentences[demo.offender + 1 :]
+        assert (
+            split_sentences(demo.revision)
+            == sentences[: demo.offender] + sentences[demo.offender + 1 :]
+        )
         assert gold_score(demo.topic, demo.revision) > gold_score(demo.topic, demo.reply)
         assert demo.critique.startswith(f' "{sentences[demo.offender]}" ')
 
@@ -49,15 +59,28 @@ def test_critique_examples_are_critique_then_revision_rows():
     for critique, revision in zip(examples[::2], examples[1::2]):
         assert critique.prompt.startswith("User: ") and "\nAssistant: " in critique.prompt
         assert critique.prompt.endswith("Name it.\nCritique:")
-        assert revision.prompt == (f"{critique.prompt}{critique.completion}\nRevision request: "
-                                   f"{revision.prompt.split('Revision request: ')[1]}")
+        assert revision.prompt == (
+            f"{critique.prompt}{critique.completion}\nRevision request: "
+            f"{revision.prompt.split('Revision request: ')[1]}"
+        )
         assert revision.prompt.endswith("\nRevision:") and revision.completion.startswith(" ")
 
 
 def test_on_topic_demo_of_a_fixed_draw_by_hand():
     # whatever the draw, the critique quotes the inserted off-topic tip
-    demo = next(d for d in (critique_demo("sleep", "User: How can I sleep better at night?\nAssistant:", ON_TOPIC,
-                                          random.Random(seed)) for seed in range(50)) if d and d.offender is not None)
+    demo = next(
+        d
+        for d in (
+            critique_demo(
+                "sleep",
+                "User: How can I sleep better at night?\nAssistant:",
+                ON_TOPIC,
+                random.Random(seed),
+            )
+            for seed in range(50)
+        )
+        if d and d.offender is not None
+    )
     bad = split_sentences(demo.reply)[demo.offender]
     assert bad not in TIPS and bad in {tip for t in TOPICS.values() for tip in t["tips"]}
     assert demo.critique == f' "{bad}" is off topic.'
@@ -67,7 +90,12 @@ def test_prompt_example_recovers_the_topic_for_the_gold_score():
     task = AdviceTask()
     example = task.prompt_example("User: How can I sleep better at night?\nAssistant:")
     assert example.metadata["topic"] == "sleep"
-    assert task.reward(PromptExample("User: How can I sleep better at night?\nAssistant:"), " " + TIPS[0]) == 1.0
+    assert (
+        task.reward(
+            PromptExample("User: How can I sleep better at night?\nAssistant:"), " " + TIPS[0]
+        )
+        == 1.0
+    )
     with pytest.raises(RlhfkitError, match="not an advice prompt"):
         task.prompt_example("Q: 2 + 2?\nA:")
 

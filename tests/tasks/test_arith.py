@@ -20,30 +20,42 @@ from rlhfkit.tasks.arith import (
 
 def first_wrong_step(steps: list[Step]) -> int | None:
     """Index of the first step whose arithmetic is wrong, by checking each equation on its own."""
-    return next((k for k, s in enumerate(steps) if apply_op(s.left, s.op, s.right) != s.result), None)
+    return next(
+        (k for k, s in enumerate(steps) if apply_op(s.left, s.op, s.right) != s.result), None
+    )
 
 
 def true_steps_from_question(question: str) -> list[Step]:
     """The correct solution, read back from the question's words alone."""
     start = int(re.search(r" has (\d+) ", question).group(1))
     clauses = question.split(", ", 1)[1].split(". How many")[0].split(", then ")
-    patterns = [(re.escape(p).replace(r"\{n\}", r"(\d+)"), op) for op, phrases in
-                (("+", ADD_PHRASES), ("-", SUB_PHRASES)) for p in phrases]
+    patterns = [
+        (re.escape(p).replace(r"\{n\}", r"(\d+)"), op)
+        for op, phrases in (("+", ADD_PHRASES), ("-", SUB_PHRASES))
+        for p in phrases
+    ]
     steps, value = [], start
     for clause in clauses:
         factor = next((f for f, phrase in MUL_PHRASES.items() if clause == phrase), None)
         if factor is not None:
             op, right = "*", factor
         else:
-            op, right = next((op, int(m.group(1))) for pattern, op in patterns if (m := re.fullmatch(pattern, clause)))
+            op, right = next(
+                (op, int(m.group(1)))
+                for pattern, op in patterns
+                if (m := re.fullmatch(pattern, clause))
+            )
         steps.append(Step(value, op, right, apply_op(value, op, right)))
         value = steps[-1].result
     return steps
 
 
 def prompt_with(steps: list[Step]) -> PromptExample:
-    return PromptExample("q", answer=str(steps[-1].result),
-                         metadata={"task": "arith", "steps": [[s.left, s.op, s.right, s.result] for s in steps]})
+    return PromptExample(
+        "q",
+        answer=str(steps[-1].result),
+        metadata={"task": "arith", "steps": [[s.left, s.op, s.right, s.result] for s in steps]},
+    )
 
 
 def test_solution_text_parses_back():
@@ -125,13 +137,20 @@ def test_no_flawed_demonstrations_when_the_fraction_is_zero():
 
 
 def test_shortcut_demonstrations_state_only_the_right_answer():
-    examples = ArithTask(flawed_fraction=0.0, shortcut_fraction=0.4).sft_examples(2000, random.Random(7))
+    examples = ArithTask(flawed_fraction=0.0, shortcut_fraction=0.4).sft_examples(
+        2000, random.Random(7)
+    )
     shortcuts = [e for e in examples if not parse_steps(e.completion)]
     assert abs(len(shortcuts) / len(examples) - 0.4) <= 0.03
     for example in shortcuts:
-        assert example.completion == f" The answer is {true_steps_from_question(example.prompt)[-1].result}."
+        assert (
+            example.completion
+            == f" The answer is {true_steps_from_question(example.prompt)[-1].result}."
+        )
     for example in examples:
-        assert (example in shortcuts) or parse_steps(example.completion) == true_steps_from_question(example.prompt)
+        assert (example in shortcuts) or parse_steps(
+            example.completion
+        ) == true_steps_from_question(example.prompt)
 
 
 def test_step_examples_labels_agree_with_the_verifier():
@@ -161,7 +180,11 @@ def test_evaluate_keys_and_values():
 
 def test_process_rewards_put_each_step_and_the_answer_where_they_end():
     task = ArithTask()
-    prompt = PromptExample(prompt="q", answer="13", metadata={"task": "arith", "steps": [[3, "+", 4, 7], [7, "+", 6, 13]]})
+    prompt = PromptExample(
+        prompt="q",
+        answer="13",
+        metadata={"task": "arith", "steps": [[3, "+", 4, 7], [7, "+", 6, 13]]},
+    )
     right = " 3 + 4 = 7. 7 + 6 = 13. The answer is 13."
     assert task.process_rewards(prompt, right) == [(10, 1.0), (22, 1.0), (40, 1.0)]
     wrong = " 3 + 4 = 8. 8 + 6 = 14. The answer is 14."

@@ -19,14 +19,22 @@ class NumberTask:
 
 
 def groups(n: int, rng: random.Random) -> list[tuple[PromptExample, list[str]]]:
-    return [(PromptExample(f"prompt {i}"), [f"{rng.gauss(0, 1.5):.3f}" for _ in range(K)]) for i in range(n)]
+    return [
+        (PromptExample(f"prompt {i}"), [f"{rng.gauss(0, 1.5):.3f}" for _ in range(K)])
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
 def collection():
     rng = random.Random(0)
-    return label_responses(NumberTask(), groups(300, rng), groups(600, rng), target_agreement=0.725,
-                           rng=random.Random(1))
+    return label_responses(
+        NumberTask(),
+        groups(300, rng),
+        groups(600, rng),
+        target_agreement=0.725,
+        rng=random.Random(1),
+    )
 
 
 def test_every_ranking_gives_its_c_k_2_pairs(collection):
@@ -61,8 +69,12 @@ def test_bayes_limit_is_at_least_the_agreement(collection):
 def test_lower_target_means_more_noise():
     rng = random.Random(2)
     train, heldout = groups(200, rng), groups(200, rng)
-    noisy = label_responses(NumberTask(), train, heldout, target_agreement=0.6, rng=random.Random(3))
-    clean = label_responses(NumberTask(), train, heldout, target_agreement=0.9, rng=random.Random(3))
+    noisy = label_responses(
+        NumberTask(), train, heldout, target_agreement=0.6, rng=random.Random(3)
+    )
+    clean = label_responses(
+        NumberTask(), train, heldout, target_agreement=0.9, rng=random.Random(3)
+    )
     assert noisy.temperature > clean.temperature
     assert noisy.agreement < clean.agreement
 
@@ -82,9 +94,17 @@ def test_a_length_biased_annotator_prefers_longer_answers():
     heldout = [(PromptExample(f"held {i}"), list(answers)) for i in range(20)]
 
     def longer_chosen(length_bias: float) -> float:
-        got = label_responses(FlatTask(), train, heldout, target_agreement=0.725, rng=random.Random(0),
-                              length_bias=length_bias)
-        return sum(len(p["chosen"].split()) > len(p["rejected"].split()) for p in got.pairs) / len(got.pairs)
+        got = label_responses(
+            FlatTask(),
+            train,
+            heldout,
+            target_agreement=0.725,
+            rng=random.Random(0),
+            length_bias=length_bias,
+        )
+        return sum(len(p["chosen"].split()) > len(p["rejected"].split()) for p in got.pairs) / len(
+            got.pairs
+        )
 
     # with no bias the flat scores tie and the order is a coin flip; with it, length wins as
     # often as the 72.5% agreement's noise allows (sigmoid of the bias over the temperature)

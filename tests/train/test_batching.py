@@ -6,7 +6,10 @@ from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 
 def epoch_batches(num_rows, batch_size, seed, epoch):
     per_epoch = batches_per_epoch(num_rows, batch_size)
-    return [micro_batch_rows(num_rows, batch_size, seed, epoch * per_epoch + k) for k in range(per_epoch)]
+    return [
+        micro_batch_rows(num_rows, batch_size, seed, epoch * per_epoch + k)
+        for k in range(per_epoch)
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -48,14 +51,27 @@ def test_stream_rows_always_gives_count_rows_and_walks_whole_epochs():
     assert stream_rows(10, 4, seed=3, index=2) == steps[2]  # a pure function of (seed, index)
     # naive form: the whole stream, then slice
     import torch
-    stream = [i for epoch in range(2) for i in torch.randperm(10, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)).tolist()]
+
+    stream = [
+        i
+        for epoch in range(2)
+        for i in torch.randperm(
+            10, generator=torch.Generator().manual_seed(3 * 100_003 + epoch)
+        ).tolist()
+    ]
     assert flat == stream
 
 
 def test_file_order_takes_consecutive_rows_and_wraps():
     assert micro_batch_rows(5, 2, seed=0, micro_index=0, shuffle=False) == [0, 1]
-    assert micro_batch_rows(5, 2, seed=0, micro_index=2, shuffle=False) == [4, 0]  # wraps past the end
-    assert micro_batch_rows(5, 2, seed=9, micro_index=3, shuffle=False) == [1, 2]  # the seed plays no part
+    assert micro_batch_rows(5, 2, seed=0, micro_index=2, shuffle=False) == [
+        4,
+        0,
+    ]  # wraps past the end
+    assert micro_batch_rows(5, 2, seed=9, micro_index=3, shuffle=False) == [
+        1,
+        2,
+    ]  # the seed plays no part
 
 
 def test_policy_prompts_in_file_order_when_not_shuffled(tiny_model_dir, tmp_path):
@@ -63,11 +79,22 @@ def test_policy_prompts_in_file_order_when_not_shuffled(tiny_model_dir, tmp_path
     from rlhfkit.train.grpo import GRPOConfig
     from rlhfkit.train.policy_run import PolicyRun
 
-    cfg = GRPOConfig(model=str(tiny_model_dir), task="arith", train_prompts=10, eval_prompts=2,
-                     shuffle=False, progress=False,
-                     tensorboard=False)
-    run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
-                    needs_reference=False, stage="grpo")
+    cfg = GRPOConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        train_prompts=10,
+        eval_prompts=2,
+        shuffle=False,
+        progress=False,
+        tensorboard=False,
+    )
+    run = PolicyRun(
+        cfg,
+        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+        resume=False,
+        needs_reference=False,
+        stage="grpo",
+    )
     pool = run.prompts.train
     assert run.prompts_for_step(0, 4) == pool[:4] and run.prompts_for_step(1, 4) == pool[4:8]
     assert run.prompts_for_step(2, 4) == pool[8:] + pool[: 12 - len(pool)]  # wraps to the start

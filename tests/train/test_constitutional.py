@@ -12,13 +12,17 @@ from rlhfkit.tasks.advice_bank import RUDE, TOPICS
 from rlhfkit.train.constitutional import CritiqueConfig, gold_report, run_critique
 
 TIPS = TOPICS["sleep"]["tips"]
-PROMPT = PromptExample("User: How can I sleep better at night?\nAssistant:", metadata={"topic": "sleep"})
+PROMPT = PromptExample(
+    "User: How can I sleep better at night?\nAssistant:", metadata={"topic": "sleep"}
+)
 
 
 def test_gold_report_by_hand():
-    chains = [[Revision(PROMPT.prompt, f" {TIPS[0]} {RUDE[0]}", "polite", "c", f" {TIPS[0]}")],   # -1 -> 1
-              [Revision(PROMPT.prompt, f" {TIPS[0]}", "polite", "c", f" {TIPS[0]}")],              # 1 -> 1
-              [Revision(PROMPT.prompt, f" {TIPS[0]} {TIPS[1]}", "polite", "c", f" {TIPS[1]} ")]]   # 2 -> 1
+    chains = [
+        [Revision(PROMPT.prompt, f" {TIPS[0]} {RUDE[0]}", "polite", "c", f" {TIPS[0]}")],  # -1 -> 1
+        [Revision(PROMPT.prompt, f" {TIPS[0]}", "polite", "c", f" {TIPS[0]}")],  # 1 -> 1
+        [Revision(PROMPT.prompt, f" {TIPS[0]} {TIPS[1]}", "polite", "c", f" {TIPS[1]} ")],
+    ]  # 2 -> 1
     report = gold_report(AdviceTask(), [PROMPT] * 3, chains)
     assert report["gold_before"] == pytest.approx((-1 + 1 + 2) / 3)
     assert report["gold_after"] == pytest.approx(1.0)
@@ -27,12 +31,16 @@ def test_gold_report_by_hand():
 
 
 def test_run_critique_writes_sft_rows_preferences_and_report(tmp_path, tiny_model_dir):
-    cfg = CritiqueConfig(model=str(tiny_model_dir), num_prompts=4, max_new_tokens=8, judge_model=str(tiny_model_dir))
+    cfg = CritiqueConfig(
+        model=str(tiny_model_dir), num_prompts=4, max_new_tokens=8, judge_model=str(tiny_model_dir)
+    )
     result = run_critique(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report == result.report and report["prompts"] == 4
     assert report["principles"] == ["polite", "on_topic", "no_repeats"]
-    records = [json.loads(line) for line in (tmp_path / "run" / "revisions.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "revisions.jsonl").read_text().splitlines()
+    ]
     assert len(records) == 4 * 3
     sft = load_examples(result.sft, Format.SFT)
     assert [row.completion for row in sft] == [chain[-1].revision for chain in result.chains]
@@ -41,9 +49,14 @@ def test_run_critique_writes_sft_rows_preferences_and_report(tmp_path, tiny_mode
     prompts = [task.prompt_example(row.prompt) for row in sft]
     before = [task.reward(p, chain[0].response) for p, chain in zip(prompts, result.chains)]
     assert report["gold_before"] == pytest.approx(sum(before) / 4)
-    assert report["judged_pairs"] == sum(chain[-1].revision.strip() != chain[0].response.strip()
-                                         for chain in result.chains)
-    assert report["preference_rows"] == len(result.preferences.read_text().splitlines()) <= report["judged_pairs"]
+    assert report["judged_pairs"] == sum(
+        chain[-1].revision.strip() != chain[0].response.strip() for chain in result.chains
+    )
+    assert (
+        report["preference_rows"]
+        == len(result.preferences.read_text().splitlines())
+        <= report["judged_pairs"]
+    )
 
 
 def test_run_critique_needs_a_model_and_principles(tmp_path, tiny_model_dir):

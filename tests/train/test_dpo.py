@@ -20,20 +20,40 @@ def advice_rankings(tmp_path_factory):
     """Gold-ranked advice replies (K = 4, ties possible), and best-vs-worst pairs of the same."""
     rng = random.Random(0)
     rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(180, rng)]
-    pairs = [{"prompt": r["prompt"], "chosen": r["responses"][0], "rejected": r["responses"][-1]}
-             for r in rows if r["ranks"][0] != r["ranks"][-1]]
+    pairs = [
+        {"prompt": r["prompt"], "chosen": r["responses"][0], "rejected": r["responses"][-1]}
+        for r in rows
+        if r["ranks"][0] != r["ranks"][-1]
+    ]
     folder = tmp_path_factory.mktemp("preferences")
-    return {"rankings": (write_jsonl(folder / "rankings.jsonl", rows[:150]),
-                         write_jsonl(folder / "eval_rankings.jsonl", rows[150:])),
-            "pairs": (write_jsonl(folder / "pairs.jsonl", pairs[:140]),
-                      write_jsonl(folder / "eval_pairs.jsonl", pairs[140:])),
-            "ranking_rows": rows[:150]}
+    return {
+        "rankings": (
+            write_jsonl(folder / "rankings.jsonl", rows[:150]),
+            write_jsonl(folder / "eval_rankings.jsonl", rows[150:]),
+        ),
+        "pairs": (
+            write_jsonl(folder / "pairs.jsonl", pairs[:140]),
+            write_jsonl(folder / "eval_pairs.jsonl", pairs[140:]),
+        ),
+        "ranking_rows": rows[:150],
+    }
 
 
 def config(model, data, **overrides) -> DPOConfig:
     train, held_out = data
-    settings = dict(model=str(model), train_data=train, eval_data=held_out, batch_size=8, max_steps=20, lr=3e-3,
-                    warmup_steps=2, eval_every=10, save_every=0, progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        train_data=train,
+        eval_data=held_out,
+        batch_size=8,
+        max_steps=20,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=10,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return DPOConfig(**{**settings, **overrides})
 
 
@@ -62,41 +82,79 @@ def test_dpo_learns_a_preference_set(tiny_model_dir, advice_rankings, tmp_path):
 
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == list(range(1, 21))
-    assert {"loss", "rewards_chosen", "rewards_rejected", "margin", "accuracy", "tokens_per_s"} <= metrics[0].keys()
+    assert {
+        "loss",
+        "rewards_chosen",
+        "rewards_rejected",
+        "margin",
+        "accuracy",
+        "tokens_per_s",
+    } <= metrics[0].keys()
     assert metrics[-1]["eval_accuracy"] == final["accuracy"]
     assert AutoModelForCausalLM.from_pretrained(run.final).config.vocab_size == 300
 
 
-def test_plackett_luce_first_step_loss_with_policy_equal_to_reference(tiny_model_dir, advice_rankings, tmp_path):
+def test_plackett_luce_first_step_loss_with_policy_equal_to_reference(
+    tiny_model_dir, advice_rankings, tmp_path
+):
     # all implicit rewards are 0, so each response's term is log(size of its choice set): the
     # responses not ranked strictly better (ties included); the step loss is the mean over groups
-    cfg = config(tiny_model_dir, advice_rankings["rankings"], loss=DPOLoss.PLACKETT_LUCE, max_steps=1,
-                 batch_size=150, eval_data="")
+    cfg = config(
+        tiny_model_dir,
+        advice_rankings["rankings"],
+        loss=DPOLoss.PLACKETT_LUCE,
+        max_steps=1,
+        batch_size=150,
+        eval_data="",
+    )
     result = train_dpo(cfg, run_dir(tmp_path))
     rows = advice_rankings["ranking_rows"]
-    expected = sum(sum(math.log(sum(r >= rank for r in row["ranks"])) for rank in row["ranks"])
-                   for row in rows) / len(rows)
+    expected = sum(
+        sum(math.log(sum(r >= rank for r in row["ranks"])) for rank in row["ranks"]) for row in rows
+    ) / len(rows)
     assert result.train_losses[0] == pytest.approx(expected, rel=1e-5)
     assert result.history[0]["accuracy"] == 0.5
 
 
-def test_precomputed_reference_equals_the_reference_model(tiny_model_dir, advice_rankings, tmp_path):
+def test_precomputed_reference_equals_the_reference_model(
+    tiny_model_dir, advice_rankings, tmp_path
+):
     results = {}
     for precompute in (False, True):
-        cfg = config(tiny_model_dir, advice_rankings["rankings"], max_steps=2, eval_every=0, precompute_ref=precompute)
+        cfg = config(
+            tiny_model_dir,
+            advice_rankings["rankings"],
+            max_steps=2,
+            eval_every=0,
+            precompute_ref=precompute,
+        )
         results[precompute] = train_dpo(cfg, run_dir(tmp_path, f"precompute_{precompute}"))
     # the first step's policy is the reference, so its loss is log 2 either way
     assert results[True].train_losses[0] == pytest.approx(results[False].train_losses[0], abs=1e-5)
     assert results[True].train_losses[0] == pytest.approx(math.log(2.0), abs=1e-5)
     for key in ("loss", "margin", "accuracy"):
-        assert results[True].history[1][key] == pytest.approx(results[False].history[1][key], abs=1e-4)
-    assert results[True].evals[-1][1]["loss"] == pytest.approx(results[False].evals[-1][1]["loss"], abs=1e-4)
+        assert results[True].history[1][key] == pytest.approx(
+            results[False].history[1][key], abs=1e-4
+        )
+    assert results[True].evals[-1][1]["loss"] == pytest.approx(
+        results[False].evals[-1][1]["loss"], abs=1e-4
+    )
 
 
-def test_lora_uses_the_base_as_reference_and_saves_a_merged_model(tiny_model_dir, advice_rankings, tmp_path):
+def test_lora_uses_the_base_as_reference_and_saves_a_merged_model(
+    tiny_model_dir, advice_rankings, tmp_path
+):
     run = run_dir(tmp_path)
-    cfg = config(tiny_model_dir, advice_rankings["pairs"], max_steps=4, eval_every=0, lora_r=4, lr=1e-2,
-                 loss=DPOLoss.IPO, beta=0.5)
+    cfg = config(
+        tiny_model_dir,
+        advice_rankings["pairs"],
+        max_steps=4,
+        eval_every=0,
+        lora_r=4,
+        lr=1e-2,
+        loss=DPOLoss.IPO,
+        beta=0.5,
+    )
     result = train_dpo(cfg, run)
     # IPO with the policy equal to its reference: (0 - 1 / (2 * 0.5))^2 = 1
     assert result.train_losses[0] == pytest.approx(1.0, abs=1e-5)
@@ -119,34 +177,77 @@ def test_checks_that_say_what_to_change():
     check_config(DPOConfig(label_smoothing=0.2))
 
 
-@pytest.mark.parametrize("rows, error, fragments", [
-    ([{"prompt": "Q:", "completion": " A."}], RlhfkitError, ["needs preference pairs", "found sft data"]),
-    ([{"prompt": "Q:", "chosen": " A.", "rejected": 3}], DataError, ["row 1", "field 'rejected'", "got int"]),
-    ([{"prompt": "Q:", "responses": [" A.", " B."], "ranks": [0, 0]}], RlhfkitError, ["no row left", "different rank"]),
-], ids=["sft-data", "bad-field", "only-ties"])
+@pytest.mark.parametrize(
+    "rows, error, fragments",
+    [
+        (
+            [{"prompt": "Q:", "completion": " A."}],
+            RlhfkitError,
+            ["needs preference pairs", "found sft data"],
+        ),
+        (
+            [{"prompt": "Q:", "chosen": " A.", "rejected": 3}],
+            DataError,
+            ["row 1", "field 'rejected'", "got int"],
+        ),
+        (
+            [{"prompt": "Q:", "responses": [" A.", " B."], "ranks": [0, 0]}],
+            RlhfkitError,
+            ["no row left", "different rank"],
+        ),
+    ],
+    ids=["sft-data", "bad-field", "only-ties"],
+)
 def test_bad_data_is_one_line_naming_the_file(tiny_model_dir, tmp_path, rows, error, fragments):
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     with pytest.raises(error) as caught:
-        train_dpo(DPOConfig(model=str(tiny_model_dir), train_data=data, progress=False, tensorboard=False),
-                  run_dir(tmp_path))
+        train_dpo(
+            DPOConfig(
+                model=str(tiny_model_dir), train_data=data, progress=False, tensorboard=False
+            ),
+            run_dir(tmp_path),
+        )
     message = str(caught.value)
     assert len(message.splitlines()) == 1 and message.startswith(data)
     assert all(fragment in message for fragment in fragments)
 
 
-def test_max_labels_keeps_the_leading_rows_within_the_budget(tiny_model_dir, advice_rankings, tmp_path):
+def test_max_labels_keeps_the_leading_rows_within_the_budget(
+    tiny_model_dir, advice_rankings, tmp_path
+):
     # rankings of K = 4 cost C(4,2) = 6 comparisons each, pairs 1: 40 labels buy 6 rankings or 40 pairs
-    rankings = train_dpo(config(tiny_model_dir, advice_rankings["rankings"], max_steps=1, eval_data="",
-                                max_labels=40, batch_size=100, loss=DPOLoss.PLACKETT_LUCE), run_dir(tmp_path, "r"))
-    pairs = train_dpo(config(tiny_model_dir, advice_rankings["pairs"], max_steps=1, eval_data="", max_labels=40),
-                      run_dir(tmp_path, "p"))
+    rankings = train_dpo(
+        config(
+            tiny_model_dir,
+            advice_rankings["rankings"],
+            max_steps=1,
+            eval_data="",
+            max_labels=40,
+            batch_size=100,
+            loss=DPOLoss.PLACKETT_LUCE,
+        ),
+        run_dir(tmp_path, "r"),
+    )
+    pairs = train_dpo(
+        config(tiny_model_dir, advice_rankings["pairs"], max_steps=1, eval_data="", max_labels=40),
+        run_dir(tmp_path, "p"),
+    )
     assert rankings.labels == 36 and pairs.labels == 40
     # one step over every kept ranking: the mean loss is that of the first six rows alone
     rows = advice_rankings["ranking_rows"][:6]
-    expected = sum(sum(math.log(sum(r >= rank for r in row["ranks"])) for rank in row["ranks"]) for row in rows) / 6
+    expected = (
+        sum(
+            sum(math.log(sum(r >= rank for r in row["ranks"])) for rank in row["ranks"])
+            for row in rows
+        )
+        / 6
+    )
     assert rankings.train_losses[0] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="max_labels=5 buys no row"):
-        train_dpo(config(tiny_model_dir, advice_rankings["rankings"], max_labels=5), run_dir(tmp_path, "none"))
+        train_dpo(
+            config(tiny_model_dir, advice_rankings["rankings"], max_labels=5),
+            run_dir(tmp_path, "none"),
+        )
 
 
 def test_pairs_run_their_prompt_once_with_the_plain_log_probs_and_gradients(tiny_model_dir):
@@ -166,7 +267,12 @@ def test_pairs_run_their_prompt_once_with_the_plain_log_probs_and_gradients(tiny
     for k, row in enumerate(rows):
         ids[k, : len(row)], mask[k, : len(row)] = torch.tensor(row), 1
         response_mask[k, len(prompts[k // 2]) : len(row)] = True
-    batch = {"input_ids": ids, "attention_mask": mask, "response_mask": response_mask, "best": torch.tensor([0, 2])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "response_mask": response_mask,
+        "best": torch.tensor([0, 2]),
+    }
 
     def with_grads(fn):
         values = fn()
@@ -175,8 +281,11 @@ def test_pairs_run_their_prompt_once_with_the_plain_log_probs_and_gradients(tiny
         model.zero_grad(set_to_none=True)
         return values.detach(), grads
 
-    plain, plain_grads = with_grads(lambda: sequence_logprobs(model(input_ids=ids, attention_mask=mask).logits, ids,
-                                                              response_mask))
+    plain, plain_grads = with_grads(
+        lambda: sequence_logprobs(
+            model(input_ids=ids, attention_mask=mask).logits, ids, response_mask
+        )
+    )
     shared, shared_grads = with_grads(lambda: policy_logprobs(model, batch, Precision.FP32))
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
     for got, want in zip(shared_grads, plain_grads):

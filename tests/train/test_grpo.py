@@ -15,12 +15,27 @@ from rlhfkit.train.policy_run import PolicyRun
 from tests.train.conftest import length_reward_spec
 
 
-
 def config(model, tmp_path, **overrides) -> GRPOConfig:
-    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), train_prompts=64, eval_prompts=8,
-                    prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=12, eval_max_new_tokens=8,
-                    max_steps=12, lr=2e-2, warmup_steps=1, beta=0.0, eval_every=100, save_every=0,
-                    progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        train_prompts=64,
+        eval_prompts=8,
+        prompts_per_step=4,
+        group_size=4,
+        mini_batch_size=8,
+        max_new_tokens=12,
+        eval_max_new_tokens=8,
+        max_steps=12,
+        lr=2e-2,
+        warmup_steps=1,
+        beta=0.0,
+        eval_every=100,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return GRPOConfig(**{**settings, **overrides})
 
 
@@ -32,8 +47,19 @@ def test_grpo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == list(range(1, 13))
-    for key in ("reward_mean", "reward_std", "gold_score", "clip_fraction", "entropy", "response_length",
-                "tokens_per_s", "time_generation", "time_reward", "time_forward_backward", "time_optimizer"):
+    for key in (
+        "reward_mean",
+        "reward_std",
+        "gold_score",
+        "clip_fraction",
+        "entropy",
+        "response_length",
+        "tokens_per_s",
+        "time_generation",
+        "time_reward",
+        "time_forward_backward",
+        "time_optimizer",
+    ):
         assert key in metrics[0], key
     assert [step for step, _ in result.evals] == [0, 12] and "accuracy" in result.evals[-1][1]
     AutoModelForCausalLM.from_pretrained(run.final)
@@ -51,10 +77,14 @@ def kl_to_model(model_dir, reference_dir, texts) -> float:
 
 
 def test_kl_term_keeps_the_policy_nearer_the_reference(tiny_model_dir, tmp_path):
-    free = train_grpo(config(tiny_model_dir, tmp_path, max_steps=6), prepare_run_dir(tmp_path / "a", resume=False,
-                                                                                        overwrite=False))
-    held = train_grpo(config(tiny_model_dir, tmp_path, max_steps=6, beta=1.0),
-                      prepare_run_dir(tmp_path / "b", resume=False, overwrite=False))
+    free = train_grpo(
+        config(tiny_model_dir, tmp_path, max_steps=6),
+        prepare_run_dir(tmp_path / "a", resume=False, overwrite=False),
+    )
+    held = train_grpo(
+        config(tiny_model_dir, tmp_path, max_steps=6, beta=1.0),
+        prepare_run_dir(tmp_path / "b", resume=False, overwrite=False),
+    )
     assert "kl_per_token" in held.history[-1] and "kl_per_token" not in free.history[-1]
     assert held.history[-1]["kl_per_token"] >= 0 and held.history[-1]["kl_per_sequence"] >= 0
     # measured as the exact KL on fixed texts (not as a weight distance, which Adam's per-weight
@@ -67,18 +97,26 @@ def test_kl_term_keeps_the_policy_nearer_the_reference(tiny_model_dir, tmp_path)
 
 def test_process_supervision_runs_on_arith_step_rewards(tiny_model_dir, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    result = train_grpo(config(tiny_model_dir, tmp_path, reward="process", supervision="process", max_steps=2), run)
-    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in result.history)
+    result = train_grpo(
+        config(tiny_model_dir, tmp_path, reward="process", supervision="process", max_steps=2), run
+    )
+    assert len(result.history) == 2 and all(
+        torch.isfinite(torch.tensor(r["loss"])) for r in result.history
+    )
 
 
-def test_process_supervision_without_step_rewards_is_an_error_not_outcome_supervision(tiny_model_dir, tmp_path):
+def test_process_supervision_without_step_rewards_is_an_error_not_outcome_supervision(
+    tiny_model_dir, tmp_path
+):
     cfg = config(tiny_model_dir, tmp_path, supervision="process", reward="task", max_steps=1)
     with pytest.raises(ConfigError, match="supervision=process needs step rewards.*reward=process"):
         train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
 
 
 def test_batch_sizes_that_cannot_form_whole_groups_are_rejected_with_what_to_change(tmp_path):
-    with pytest.raises(ConfigError, match=r"mini_batch_size=7 .* 4 \* 4 = 16 .*prompts_per_step / group_size"):
+    with pytest.raises(
+        ConfigError, match=r"mini_batch_size=7 .* 4 \* 4 = 16 .*prompts_per_step / group_size"
+    ):
         check_batch_sizes(config("m", tmp_path, mini_batch_size=7))
     with pytest.raises(ConfigError, match="group_size=1"):
         check_batch_sizes(config("m", tmp_path, group_size=1))
@@ -95,8 +133,11 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir, tmp_
         for p in trainable:
             p.add_(0.05 * torch.randn_like(p))  # move the adapters away from their identity init
     ids = torch.randint(5, 200, (2, 10), device=run.models.device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
-             "response_mask": torch.ones(2, 4, dtype=torch.bool, device=run.models.device)}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+        "response_mask": torch.ones(2, 4, dtype=torch.bool, device=run.models.device),
+    }
     reference = run.reference_logprobs(batch, 1.0, cfg.precision).cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
@@ -114,14 +155,23 @@ def test_reference_model_names_another_reference_and_is_refused_with_lora(tiny_m
         model.model.norm.weight.mul_(2.0)  # a model that differs from the policy's start
     model.save_pretrained(other)
     cfg = config(tiny_model_dir, tmp_path, beta=0.1, reference_model=str(other))
-    run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
-                    needs_reference=True, stage="grpo")
+    run = PolicyRun(
+        cfg,
+        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+        resume=False,
+        needs_reference=True,
+        stage="grpo",
+    )
     assert torch.equal(run.models.reference.model.norm.weight.cpu(), model.model.norm.weight)
     assert not torch.equal(run.models.policy.model.norm.weight.cpu(), model.model.norm.weight)
     with pytest.raises(ConfigError, match="under LoRA"):
-        PolicyRun(config(tiny_model_dir, tmp_path, beta=0.1, lora_r=4, reference_model=str(other)),
-                  prepare_run_dir(tmp_path / "lora", resume=False, overwrite=False), resume=False,
-                  needs_reference=True, stage="grpo")
+        PolicyRun(
+            config(tiny_model_dir, tmp_path, beta=0.1, lora_r=4, reference_model=str(other)),
+            prepare_run_dir(tmp_path / "lora", resume=False, overwrite=False),
+            resume=False,
+            needs_reference=True,
+            stage="grpo",
+        )
 
 
 def test_the_group_std_has_bessels_correction_by_default():

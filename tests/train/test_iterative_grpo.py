@@ -14,8 +14,13 @@ from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
-from rlhfkit.train.iterative_grpo import (IterativeGRPOConfig, as_ranking_row, check_config, replay_rows,
-                                          train_iterative_grpo)
+from rlhfkit.train.iterative_grpo import (
+    IterativeGRPOConfig,
+    as_ranking_row,
+    check_config,
+    replay_rows,
+    train_iterative_grpo,
+)
 from rlhfkit.train.reward import RewardConfig
 
 from .test_reward import gold_ranking, write_jsonl
@@ -28,7 +33,9 @@ def test_replay_makes_up_the_asked_share_of_the_mix():
     assert len(replay_rows(new, history, 0.1, rng)) == 10  # 10 / (90 + 10) = 10%
     assert len(replay_rows(new, history, 0.25, rng)) == 30  # 30 / 120
     assert replay_rows(new, history, 0.0, rng) == []
-    assert len(replay_rows(new, history[:4], 0.1, rng)) == 4  # history shorter than the share: all of it
+    assert (
+        len(replay_rows(new, history[:4], 0.1, rng)) == 4
+    )  # history shorter than the share: all of it
     drawn = replay_rows(new, history, 0.5, rng)
     assert len(drawn) == 90 and len({row["i"] for row in drawn}) == 90  # without repeats
 
@@ -44,29 +51,36 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
     with pytest.raises(ConfigError, match="needs model=PATH"):
         check_config(IterativeGRPOConfig())
     with pytest.raises(ConfigError, match="replay_fraction"):
-        check_config(IterativeGRPOConfig(model="m", reward_model="r", task="advice",
-                                         replay_fraction=1.0))
+        check_config(
+            IterativeGRPOConfig(model="m", reward_model="r", task="advice", replay_fraction=1.0)
+        )
     with pytest.raises(ConfigError, match="grpo.train_data=PATH .* label_data=PATH"):
         check_config(IterativeGRPOConfig(model="m", reward_model="r"))
     with pytest.raises(ConfigError, match="labeller=annotator is a built-in task's"):
-        check_config(IterativeGRPOConfig(model="m", reward_model="r", label_data="p",
-                                         grpo=GRPOConfig(train_data="p")))
+        check_config(
+            IterativeGRPOConfig(
+                model="m", reward_model="r", label_data="p", grpo=GRPOConfig(train_data="p")
+            )
+        )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("grpo.seed=5", "grpo.seed is set by iterative GRPO from seed= .*; set seed= instead"),
-    ("grpo.model=x", "grpo.model is set by iterative GRPO each round"),
-    ("grpo.reward=task", "grpo.reward is set by iterative GRPO each round"),
-    ("grpo.task=arith", "grpo.task is set by iterative GRPO from task="),
-    ("grpo.reference_model=x", "grpo.reference_model is set by iterative GRPO from reset_"),
-    ("grpo.device=cpu", "grpo.device is set by iterative GRPO from device="),
-    ("grpo.progress=false", "grpo.progress is set by iterative GRPO"),
-    ("rm.seed=3", "rm.seed is set by iterative GRPO"),
-    ("rm.model=x", "rm.model is set by iterative GRPO"),
-    ("rm.train_data=x", "rm.train_data is set by iterative GRPO"),
-    ("rm.eval_data=x", "rm.eval_data is set by iterative GRPO"),
-    ("rm.tensorboard=false", "rm.tensorboard is set by iterative GRPO"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grpo.seed=5", "grpo.seed is set by iterative GRPO from seed= .*; set seed= instead"),
+        ("grpo.model=x", "grpo.model is set by iterative GRPO each round"),
+        ("grpo.reward=task", "grpo.reward is set by iterative GRPO each round"),
+        ("grpo.task=arith", "grpo.task is set by iterative GRPO from task="),
+        ("grpo.reference_model=x", "grpo.reference_model is set by iterative GRPO from reset_"),
+        ("grpo.device=cpu", "grpo.device is set by iterative GRPO from device="),
+        ("grpo.progress=false", "grpo.progress is set by iterative GRPO"),
+        ("rm.seed=3", "rm.seed is set by iterative GRPO"),
+        ("rm.model=x", "rm.model is set by iterative GRPO"),
+        ("rm.train_data=x", "rm.train_data is set by iterative GRPO"),
+        ("rm.eval_data=x", "rm.eval_data is set by iterative GRPO"),
+        ("rm.tensorboard=false", "rm.tensorboard is set by iterative GRPO"),
+    ],
+)
 def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(override, message):
     from rlhfkit.runtime.config import load_config
 
@@ -87,19 +101,45 @@ def start(tiny_model_dir, tmp_path_factory):
     RewardModel.from_pretrained(tiny_model_dir).save_pretrained(rm)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(rm)
     rng = random.Random(0)
-    history = write_jsonl(folder / "history.jsonl", [gold_ranking(p, rng) for p in AdviceTask().prompts(30, rng)])
+    history = write_jsonl(
+        folder / "history.jsonl", [gold_ranking(p, rng) for p in AdviceTask().prompts(30, rng)]
+    )
     return str(rm), history
 
 
 def config(model, start, **overrides) -> IterativeGRPOConfig:
     rm, history = start
-    grpo = GRPOConfig(max_steps=2, prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=8,
-                      eval_max_new_tokens=6, train_prompts=32, eval_prompts=4, lr=1e-3, warmup_steps=1,
-                      eval_every=0, save_every=1)
-    reward = RewardConfig(max_steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0, save_every=2)
-    settings = dict(model=str(model), task="advice", reward_model=rm, reward_data=history, rounds=2,
-                    label_prompts=9,
-                    heldout_prompts=4, samples_per_prompt=3, grpo=grpo, rm=reward, progress=False, tensorboard=False)
+    grpo = GRPOConfig(
+        max_steps=2,
+        prompts_per_step=4,
+        group_size=4,
+        mini_batch_size=8,
+        max_new_tokens=8,
+        eval_max_new_tokens=6,
+        train_prompts=32,
+        eval_prompts=4,
+        lr=1e-3,
+        warmup_steps=1,
+        eval_every=0,
+        save_every=1,
+    )
+    reward = RewardConfig(
+        max_steps=3, batch_size=4, lr=1e-3, warmup_steps=1, eval_every=0, save_every=2
+    )
+    settings = dict(
+        model=str(model),
+        task="advice",
+        reward_model=rm,
+        reward_data=history,
+        rounds=2,
+        label_prompts=9,
+        heldout_prompts=4,
+        samples_per_prompt=3,
+        grpo=grpo,
+        rm=reward,
+        progress=False,
+        tensorboard=False,
+    )
     return IterativeGRPOConfig(**{**settings, **overrides})
 
 
@@ -108,10 +148,14 @@ def run_dir(tmp_path, name):
 
 
 def grpo_config(run, round_number) -> dict:
-    return yaml.safe_load((run.root / f"round_{round_number:02d}" / "grpo" / "config.yaml").read_text())
+    return yaml.safe_load(
+        (run.root / f"round_{round_number:02d}" / "grpo" / "config.yaml").read_text()
+    )
 
 
-def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(tiny_model_dir, start, tmp_path):
+def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(
+    tiny_model_dir, start, tmp_path
+):
     run = run_dir(tmp_path, "run")
     cfg = config(tiny_model_dir, start)
     result = train_iterative_grpo(cfg, run)
@@ -120,7 +164,10 @@ def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(tiny_mo
     # round 1: the given policy and reward model; round 2: round 1's policy (also its reference)
     # and round 1's retrained reward model
     assert first["model"] == str(tiny_model_dir) and first["reward"] == f"model:{start[0]}"
-    assert second["model"] == str(run.root / "round_01" / "grpo" / "final") and second["reference_model"] == ""
+    assert (
+        second["model"] == str(run.root / "round_01" / "grpo" / "final")
+        and second["reference_model"] == ""
+    )
     assert second["reward"] == f"model:{run.root / 'round_01' / 'rm' / 'final'}"
     # the reward model's rows: this round's rankings plus 10% replay (9 new rows: round(1.0) = 1)
     for r in (1, 2):
@@ -134,28 +181,40 @@ def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(tiny_mo
     assert 0.0 <= result.rounds[1]["accuracy_before"] <= 1.0
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == [1, 2] and "accuracy_after" in metrics[0]
-    assert load_file(run.final / "model.safetensors").keys() == load_file(
-        run.root / "round_02" / "grpo" / "final" / "model.safetensors").keys()
+    assert (
+        load_file(run.final / "model.safetensors").keys()
+        == load_file(run.root / "round_02" / "grpo" / "final" / "model.safetensors").keys()
+    )
     AutoModelForCausalLM.from_pretrained(run.final)
 
 
-def test_controls_keep_the_first_reward_model_or_the_first_reference(tiny_model_dir, start, tmp_path):
+def test_controls_keep_the_first_reward_model_or_the_first_reference(
+    tiny_model_dir, start, tmp_path
+):
     run = run_dir(tmp_path, "fixed")
-    train_iterative_grpo(config(tiny_model_dir, start, retrain_reward_model=False, reset_reference=False), run)
+    train_iterative_grpo(
+        config(tiny_model_dir, start, retrain_reward_model=False, reset_reference=False), run
+    )
     second = grpo_config(run, 2)
     assert second["reward"] == f"model:{start[0]}"  # the first reward model throughout
-    assert second["reference_model"] == str(tiny_model_dir)  # the starting policy stays the reference
+    assert second["reference_model"] == str(
+        tiny_model_dir
+    )  # the starting policy stays the reference
     assert not (run.root / "round_02" / "rm").exists()
 
 
-def test_a_run_resumed_mid_round_ends_as_one_that_went_straight_through(tiny_model_dir, start, tmp_path):
+def test_a_run_resumed_mid_round_ends_as_one_that_went_straight_through(
+    tiny_model_dir, start, tmp_path
+):
     cfg = config(tiny_model_dir, start)
     straight = run_dir(tmp_path, "straight")
     save_config(cfg, straight.config_path)  # what the command writes first
     train_iterative_grpo(cfg, straight)
     # a copy stopped in round 2 after its labels, in the middle of the reward model's training
     shutil.copytree(straight.root, tmp_path / "stopped")
-    stopped = prepare_run_dir(tmp_path / "stopped", resume=True, overwrite=False, resume_needs_checkpoint=False)
+    stopped = prepare_run_dir(
+        tmp_path / "stopped", resume=True, overwrite=False, resume_needs_checkpoint=False
+    )
     folder = stopped.root / "round_02"
     for name in ("reward.json", "round.json"):
         (folder / name).unlink()
@@ -171,9 +230,22 @@ def test_a_run_resumed_mid_round_ends_as_one_that_went_straight_through(tiny_mod
 
 
 def test_the_command_takes_nested_overrides_and_resumes_only_a_started_run(tmp_path, capsys):
-    cli(["iterative-grpo", "--print-config", "rounds=4", "grpo.max_steps=7", "rm.lr=1e-5", "replay_fraction=0.2"])
+    cli(
+        [
+            "iterative-grpo",
+            "--print-config",
+            "rounds=4",
+            "grpo.max_steps=7",
+            "rm.lr=1e-5",
+            "replay_fraction=0.2",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
-    assert printed["rounds"] == 4 and printed["grpo"]["max_steps"] == 7 and printed["rm"]["lr"] == 1e-5
+    assert (
+        printed["rounds"] == 4 and printed["grpo"]["max_steps"] == 7 and printed["rm"]["lr"] == 1e-5
+    )
     assert printed["replay_fraction"] == 0.2
     with pytest.raises(RlhfkitError, match="nothing to resume"):
-        cli(["iterative-grpo", "model=m", "reward_model=r", "--runs-dir", str(tmp_path), "--resume"])
+        cli(
+            ["iterative-grpo", "model=m", "reward_model=r", "--runs-dir", str(tmp_path), "--resume"]
+        )

@@ -13,8 +13,8 @@ from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
-from rlhfkit.train.dpo_losses import make_batch, policy_logprobs
 from rlhfkit.train.batching import stream_rows
+from rlhfkit.train.dpo_losses import make_batch, policy_logprobs
 from rlhfkit.train.online_dpo import OnlineDPOConfig, check_online_config, train_online_dpo
 from rlhfkit.train.online_pool import assemble_pool, online_plan, ranked_groups, rollout_examples
 from rlhfkit.train.policy_run import PolicyRun
@@ -27,10 +27,25 @@ LOG_2 = math.log(2.0)
 
 def config(model, tmp_path, **overrides) -> OnlineDPOConfig:
     # the reward labeller ranks by response length: a signal a random tiny model can climb
-    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), labeller="reward",
-                    train_prompts=64, eval_prompts=4, eval_max_new_tokens=8, prompts_per_step=4, samples_per_prompt=2,
-                    max_new_tokens=12, max_steps=4, lr=2e-2, warmup_steps=1, eval_every=100, save_every=0,
-                    progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        labeller="reward",
+        train_prompts=64,
+        eval_prompts=4,
+        eval_max_new_tokens=8,
+        prompts_per_step=4,
+        samples_per_prompt=2,
+        max_new_tokens=12,
+        max_steps=4,
+        lr=2e-2,
+        warmup_steps=1,
+        eval_every=100,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return OnlineDPOConfig(**{**settings, **overrides})
 
 
@@ -44,7 +59,9 @@ def mean(values) -> float:
 
 def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     run = run_dir(tmp_path)
-    result = train_online_dpo(config(tiny_model_dir, tmp_path, samples_per_prompt=4, max_steps=12), run)
+    result = train_online_dpo(
+        config(tiny_model_dir, tmp_path, samples_per_prompt=4, max_steps=12), run
+    )
     history = result.history
     # Plackett-Luce over 4 responses with the policy equal to its reference: log 4! = log 24
     assert history[0]["loss"] == pytest.approx(math.log(24.0), abs=1e-5)
@@ -60,16 +77,33 @@ def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     assert result.labels_used == 12 * 4 * 6
     assert [row["labels_used"] for row in history] == [24 * step for step in range(1, 13)]
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert [row["step"] for row in metrics] == list(range(1, 13)) and metrics[0]["stage"] == "online_dpo"
-    for key in ("loss", "margin", "accuracy", "rewards_chosen", "kl_per_sequence", "kl_per_token",
-                "labels_used", "gold_score", "reward_mean",
-                "response_length", "grad_norm", "time_generation", "time_labelling", "time_update"):
+    assert [row["step"] for row in metrics] == list(range(1, 13)) and metrics[0][
+        "stage"
+    ] == "online_dpo"
+    for key in (
+        "loss",
+        "margin",
+        "accuracy",
+        "rewards_chosen",
+        "kl_per_sequence",
+        "kl_per_token",
+        "labels_used",
+        "gold_score",
+        "reward_mean",
+        "response_length",
+        "grad_norm",
+        "time_generation",
+        "time_labelling",
+        "time_update",
+    ):
         assert key in metrics[0], key
     assert [step for step, _ in result.evals] == [0, 12] and "eval_accuracy" in metrics[-1]
     AutoModelForCausalLM.from_pretrained(run.final)
 
 
-@pytest.mark.parametrize("loss, k", [("sigmoid", 2), ("plackett_luce", 2), ("sigmoid", 4), ("ipo", 3)])
+@pytest.mark.parametrize(
+    "loss, k", [("sigmoid", 2), ("plackett_luce", 2), ("sigmoid", 4), ("ipo", 3)]
+)
 def test_first_step_loss_when_the_policy_is_its_reference(tiny_model_dir, tmp_path, loss, k):
     # every implicit reward is 0: -log sigmoid(0) = log 2 for each pair (weights 1/C(K,2) sum
     # to 1 per prompt); IPO: (0 - 1/(2 beta))^2 = 25 at beta = 0.1
@@ -84,12 +118,27 @@ def test_the_run_stops_when_the_label_budget_is_spent(tiny_model_dir, tmp_path):
     cfg = config(tiny_model_dir, tmp_path, samples_per_prompt=3, label_budget=40, max_steps=10)
     result = train_online_dpo(cfg, run_dir(tmp_path))
     assert [row["online_groups"] for row in result.history] == [4, 4, 4, 1]
-    assert [row["labels_used"] for row in result.history] == [12, 24, 36, 39] and result.labels_used == 39
-    assert [step for step, _ in result.evals] == [0, 4]  # the end of the run is where the budget ended
+    assert [row["labels_used"] for row in result.history] == [
+        12,
+        24,
+        36,
+        39,
+    ] and result.labels_used == 39
+    assert [step for step, _ in result.evals] == [
+        0,
+        4,
+    ]  # the end of the run is where the budget ended
 
 
 def test_iterative_labels_t_batches_at_each_refresh(tiny_model_dir, tmp_path):
-    cfg = config(tiny_model_dir, tmp_path, regime="iterative", refresh_every=3, samples_per_prompt=3, max_steps=5)
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        regime="iterative",
+        refresh_every=3,
+        samples_per_prompt=3,
+        max_steps=5,
+    )
     history = train_online_dpo(cfg, run_dir(tmp_path)).history
     # refreshes at steps 0 (for steps 0-2) and 3 (for steps 3-4): 4 prompts * 3 comparisons a step
     assert [row["labels_used"] for row in history] == [36, 36, 36, 60, 60]
@@ -98,46 +147,83 @@ def test_iterative_labels_t_batches_at_each_refresh(tiny_model_dir, tmp_path):
 
 
 def test_a_reference_refreshed_to_the_policy_starts_every_pool_at_log_2(tiny_model_dir, tmp_path):
-    cfg = config(tiny_model_dir, tmp_path, regime="iterative", refresh_every=2, refresh_reference=True, loss="sigmoid")
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        regime="iterative",
+        refresh_every=2,
+        refresh_reference=True,
+        loss="sigmoid",
+    )
     run = run_dir(tmp_path)
     losses = [row["loss"] for row in train_online_dpo(cfg, run).history]
-    assert losses[0] == pytest.approx(LOG_2, abs=1e-5) and losses[2] == pytest.approx(LOG_2, abs=1e-5)
+    assert losses[0] == pytest.approx(LOG_2, abs=1e-5) and losses[2] == pytest.approx(
+        LOG_2, abs=1e-5
+    )
     assert abs(losses[1] - LOG_2) > 1e-4 and abs(losses[3] - LOG_2) > 1e-4
     # with a frozen reference the third step no longer starts at log 2
-    frozen = train_online_dpo(config(tiny_model_dir, tmp_path, regime="iterative", refresh_every=2, loss="sigmoid"),
-                              run_dir(tmp_path, "frozen")).history
+    frozen = train_online_dpo(
+        config(tiny_model_dir, tmp_path, regime="iterative", refresh_every=2, loss="sigmoid"),
+        run_dir(tmp_path, "frozen"),
+    ).history
     assert abs(frozen[2]["loss"] - LOG_2) > 1e-4
 
 
 @pytest.fixture(scope="module")
 def offline_rankings(tmp_path_factory):
     rng = random.Random(0)
-    rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(40, rng)]  # K = 4, C(4,2) = 6 labels each
+    rows = [
+        gold_ranking(p, rng) for p in AdviceTask().prompts(40, rng)
+    ]  # K = 4, C(4,2) = 6 labels each
     rows = [row for row in rows if len(set(row["ranks"])) > 1][:30]  # every row prefers something
     return write_jsonl(tmp_path_factory.mktemp("offline") / "rankings.jsonl", rows)
 
 
-def test_hybrid_batches_mix_the_offline_share_into_online_samples(tiny_model_dir, tmp_path, offline_rankings):
-    cfg = config(tiny_model_dir, tmp_path, task="advice", regime="hybrid", offline_data=offline_rankings,
-                 offline_fraction=0.25, offline_max_labels=40, prompts_per_step=4, samples_per_prompt=2,
-                 label_budget=7, loss="sigmoid")
+def test_hybrid_batches_mix_the_offline_share_into_online_samples(
+    tiny_model_dir, tmp_path, offline_rankings
+):
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        task="advice",
+        regime="hybrid",
+        offline_data=offline_rankings,
+        offline_fraction=0.25,
+        offline_max_labels=40,
+        prompts_per_step=4,
+        samples_per_prompt=2,
+        label_budget=7,
+        loss="sigmoid",
+    )
     result = train_online_dpo(cfg, run_dir(tmp_path))
     # a quarter of 4 prompts is offline; 7 labels buy 3 + 3 + 1 online pairs
-    assert [(row["online_groups"], row["offline_groups"]) for row in result.history] == [(3, 1), (3, 1), (1, 1)]
-    assert result.labels_used == 7 and result.offline_labels == 36  # 6 rankings of 4 fit in 40 labels
+    assert [(row["online_groups"], row["offline_groups"]) for row in result.history] == [
+        (3, 1),
+        (3, 1),
+        (1, 1),
+    ]
+    assert (
+        result.labels_used == 7 and result.offline_labels == 36
+    )  # 6 rankings of 4 fit in 40 labels
     # sigmoid: each group's pairs weigh 1/C(K,2) together, so a ranking of 4 and a pair both start at log 2
     assert result.history[0]["loss"] == pytest.approx(LOG_2, abs=1e-5)
 
 
-@pytest.mark.parametrize("budget, k, expected", [
-    (0, 2, [4, 4, 4]),            # no budget: max_steps batches
-    (10, 2, [4, 4, 2]),           # a pair costs 1
-    (28, 3, [4, 4, 1]),           # a ranking of 3 costs C(3,2) = 3: 9 rankings, 27 spent
-    (100, 8, [3]),                # C(8,2) = 28: 3 rankings, 84 comparisons spent
-    (1000, 2, [4, 4, 4]),         # more budget than max_steps can use
-])
+@pytest.mark.parametrize(
+    "budget, k, expected",
+    [
+        (0, 2, [4, 4, 4]),  # no budget: max_steps batches
+        (10, 2, [4, 4, 2]),  # a pair costs 1
+        (28, 3, [4, 4, 1]),  # a ranking of 3 costs C(3,2) = 3: 9 rankings, 27 spent
+        (100, 8, [3]),  # C(8,2) = 28: 3 rankings, 84 comparisons spent
+        (1000, 2, [4, 4, 4]),  # more budget than max_steps can use
+    ],
+)
 def test_online_plan_hand_counts(budget, k, expected):
-    assert online_plan(max_steps=3, online_per_step=4, samples_per_prompt=k, label_budget=budget) == expected
+    assert (
+        online_plan(max_steps=3, online_per_step=4, samples_per_prompt=k, label_budget=budget)
+        == expected
+    )
 
 
 class IndexReference:
@@ -148,14 +234,29 @@ class IndexReference:
 
 
 def group(token: int, size: int = 2) -> RankedGroup:
-    return RankedGroup([EncodedExample([token, token], [False, True], truncated=False)] * size, tuple(range(size)))
+    return RankedGroup(
+        [EncodedExample([token, token], [False, True], truncated=False)] * size, tuple(range(size))
+    )
 
 
 def test_a_hybrid_pool_puts_each_steps_offline_rows_after_its_online_groups():
     online, offline = [group(100 + i) for i in range(5)], [group(i, size=4) for i in range(10)]
-    pool = assemble_pool(start=3, plan=[2, 2, 1], samples_per_prompt=2, online_groups=online, gold=[1.0] * 10,
-                         rewards=[2.0] * 10, offline=offline, offline_per_step=3, seed=7, reference=IndexReference(),
-                         pad_token_id=0, batch_size=4, device=torch.device("cpu"), precision="fp32")
+    pool = assemble_pool(
+        start=3,
+        plan=[2, 2, 1],
+        samples_per_prompt=2,
+        online_groups=online,
+        gold=[1.0] * 10,
+        rewards=[2.0] * 10,
+        offline=offline,
+        offline_per_step=3,
+        seed=7,
+        reference=IndexReference(),
+        pad_token_id=0,
+        batch_size=4,
+        device=torch.device("cpu"),
+        precision="fp32",
+    )
     assert [pool.covers(step) for step in range(2, 7)] == [False, True, True, True, False]
     for step, first in ((3, 0), (4, 2), (5, 4)):
         batch = pool.at(step)
@@ -163,7 +264,9 @@ def test_a_hybrid_pool_puts_each_steps_offline_rows_after_its_online_groups():
         assert batch.groups[:count] == online[first : first + count]
         assert batch.groups[count:] == [offline[row] for row in stream_rows(10, 3, 7, step)]
         # every group keeps its own reference log-probs, in order
-        assert [t[0].item() for t in batch.ref_logprobs] == [g.responses[0].input_ids[0] for g in batch.groups]
+        assert [t[0].item() for t in batch.ref_logprobs] == [
+            g.responses[0].input_ids[0] for g in batch.groups
+        ]
         assert batch.samples["gold_score"] == 1.0 and batch.samples["response_tokens"] == 2 * count
     assert [pool.at(step).online for step in (3, 4, 5)] == [2, 2, 1]
 
@@ -183,12 +286,23 @@ def test_pool_responses_are_the_sampled_tokens(tiny_model_dir, tmp_path):
     assert torch.allclose(logprobs, expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(task="advice", labeller="annotator", regime="iterative", refresh_every=3, samples_per_prompt=3),
-    dict(task="advice", regime="hybrid", refresh_reference=True, offline_fraction=0.5),
-], ids=["iterative-annotator", "hybrid-refreshed-reference"])
-def test_resuming_between_refreshes_repeats_the_uninterrupted_run(tiny_model_dir, tmp_path, offline_rankings,
-                                                                 overrides):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(
+            task="advice",
+            labeller="annotator",
+            regime="iterative",
+            refresh_every=3,
+            samples_per_prompt=3,
+        ),
+        dict(task="advice", regime="hybrid", refresh_reference=True, offline_fraction=0.5),
+    ],
+    ids=["iterative-annotator", "hybrid-refreshed-reference"],
+)
+def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
+    tiny_model_dir, tmp_path, offline_rankings, overrides
+):
     if overrides["regime"] == "hybrid":
         overrides = {**overrides, "offline_data": offline_rankings}
     # the checkpoint at step 4 falls inside the pool sampled at step 3; step 6 samples and labels again
@@ -200,25 +314,42 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(tiny_model_dir
     resumed = prepare_run_dir(tmp_path / "resumed", resume=True, overwrite=False)
     result = train_online_dpo(cfg, resumed, resume=True)
     assert len(result.history) == 3 and result.labels_used == uninterrupted.labels_used
-    a, b = load_file(full.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
+    a, b = (
+        load_file(full.final / "model.safetensors"),
+        load_file(resumed.final / "model.safetensors"),
+    )
     assert all(torch.equal(a[name], b[name]) for name in a)
-    rows = {run: [json.loads(line) for line in run.metrics_path.read_text().splitlines()] for run in (full, resumed)}
+    rows = {
+        run: [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+        for run in (full, resumed)
+    }
     assert [row["loss"] for row in rows[full]] == [row["loss"] for row in rows[resumed]]
-    assert [row["labels_used"] for row in rows[full]] == [row["labels_used"] for row in rows[resumed]]
+    assert [row["labels_used"] for row in rows[full]] == [
+        row["labels_used"] for row in rows[resumed]
+    ]
 
 
-@pytest.mark.parametrize("override, message", [
-    (dict(samples_per_prompt=1), "samples_per_prompt=1: a preference needs at least 2"),
-    (dict(refresh_every=3), "use regime=iterative"),
-    (dict(regime="iterative"), "refresh_every >= 2"),
-    (dict(regime="hybrid"), "regime=hybrid needs offline_data"),
-    (dict(offline_data="x.jsonl"), "offline_data goes with regime=hybrid"),
-    (dict(regime="hybrid", offline_data="x.jsonl", offline_fraction=0.1), "leaves 4 online and 0 offline"),
-    (dict(samples_per_prompt=4, label_budget=5), r"label_budget=5 cannot pay for one ranking .* \(6 comparisons\)"),
-    (dict(loss="ipo", label_smoothing=0.1), "set label_smoothing=0 or loss=sigmoid"),
-    (dict(target_agreement=0.4), "target_agreement"),
-    (dict(labeller="judge"), "labeller=judge needs judge_model=PATH"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(samples_per_prompt=1), "samples_per_prompt=1: a preference needs at least 2"),
+        (dict(refresh_every=3), "use regime=iterative"),
+        (dict(regime="iterative"), "refresh_every >= 2"),
+        (dict(regime="hybrid"), "regime=hybrid needs offline_data"),
+        (dict(offline_data="x.jsonl"), "offline_data goes with regime=hybrid"),
+        (
+            dict(regime="hybrid", offline_data="x.jsonl", offline_fraction=0.1),
+            "leaves 4 online and 0 offline",
+        ),
+        (
+            dict(samples_per_prompt=4, label_budget=5),
+            r"label_budget=5 cannot pay for one ranking .* \(6 comparisons\)",
+        ),
+        (dict(loss="ipo", label_smoothing=0.1), "set label_smoothing=0 or loss=sigmoid"),
+        (dict(target_agreement=0.4), "target_agreement"),
+        (dict(labeller="judge"), "labeller=judge needs judge_model=PATH"),
+    ],
+)
 def test_settings_that_contradict_the_regime_are_rejected(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         check_online_config(config("m", tmp_path, **override))

@@ -10,12 +10,29 @@ from rlhfkit.train.ppo import PPOConfig, check_ppo_config, explained_variance, t
 from tests.train.conftest import length_reward_spec
 
 
-
 def config(model, tmp_path, **overrides) -> PPOConfig:
-    settings = dict(model=str(model), task="advice", reward=length_reward_spec(tmp_path), critic_init="policy",
-                    train_prompts=64, eval_prompts=8, prompts_per_step=16, mini_batch_size=8, ppo_epochs=2,
-                    max_new_tokens=12, eval_max_new_tokens=8, max_steps=10, lr=1e-2, critic_lr=1e-2,
-                    warmup_steps=1, kl_coef=0.01, eval_every=100, save_every=0, progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        task="advice",
+        reward=length_reward_spec(tmp_path),
+        critic_init="policy",
+        train_prompts=64,
+        eval_prompts=8,
+        prompts_per_step=16,
+        mini_batch_size=8,
+        ppo_epochs=2,
+        max_new_tokens=12,
+        eval_max_new_tokens=8,
+        max_steps=10,
+        lr=1e-2,
+        critic_lr=1e-2,
+        warmup_steps=1,
+        kl_coef=0.01,
+        eval_every=100,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return PPOConfig(**{**settings, **overrides})
 
 
@@ -28,9 +45,21 @@ def test_ppo_climbs_the_reward_and_logs_the_critic(tiny_model_dir, tmp_path):
     rewards = [row["proxy_reward"] for row in result.history]
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     row = result.history[-1]
-    for key in ("value_loss", "explained_variance", "kl_per_sequence", "kl_per_token", "kl_coef",
-                "clip_fraction", "entropy", "gold_score",
-                "time_generation", "time_reference", "time_values", "time_forward_backward", "time_optimizer"):
+    for key in (
+        "value_loss",
+        "explained_variance",
+        "kl_per_sequence",
+        "kl_per_token",
+        "kl_coef",
+        "clip_fraction",
+        "entropy",
+        "gold_score",
+        "time_generation",
+        "time_reference",
+        "time_values",
+        "time_forward_backward",
+        "time_optimizer",
+    ):
         assert key in row, key
     # the first rollout is the reference's
     assert result.history[0]["kl_per_sequence"] == pytest.approx(0.0, abs=1e-4)
@@ -42,18 +71,32 @@ def test_ppo_climbs_the_reward_and_logs_the_critic(tiny_model_dir, tmp_path):
 def test_critic_started_from_a_reward_model_and_scored_by_it(tiny_model_dir, tmp_path):
     reward_dir = tmp_path / "rm"
     RewardModel.from_pretrained(tiny_model_dir).save_pretrained(reward_dir)
-    cfg = config(tiny_model_dir, tmp_path, reward="", reward_model=str(reward_dir), critic_init="reward_model",
-                 max_steps=2)
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        reward="",
+        reward_model=str(reward_dir),
+        critic_init="reward_model",
+        max_steps=2,
+    )
     result = train_ppo(cfg, run_dir(tmp_path))
-    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["value_loss"])) for r in result.history)
+    assert len(result.history) == 2 and all(
+        torch.isfinite(torch.tensor(r["value_loss"])) for r in result.history
+    )
 
 
 def test_adaptive_kl_moves_the_coefficient_and_the_kl_limit_stops_the_run(tiny_model_dir, tmp_path):
-    adaptive = train_ppo(config(tiny_model_dir, tmp_path, kl_target=1e-6, max_steps=4), run_dir(tmp_path, "a"))
+    adaptive = train_ppo(
+        config(tiny_model_dir, tmp_path, kl_target=1e-6, max_steps=4), run_dir(tmp_path, "a")
+    )
     coefs = [row["kl_coef"] for row in adaptive.history]
     assert coefs[0] == 0.01 and coefs[-1] > coefs[1]  # KL above the target: beta grows
-    limited = train_ppo(config(tiny_model_dir, tmp_path, kl_limit=1e-9, max_steps=6), run_dir(tmp_path, "b"))
-    assert limited.stopped_at_kl_limit and len(limited.history) == 2  # step 1 samples from the reference itself
+    limited = train_ppo(
+        config(tiny_model_dir, tmp_path, kl_limit=1e-9, max_steps=6), run_dir(tmp_path, "b")
+    )
+    assert (
+        limited.stopped_at_kl_limit and len(limited.history) == 2
+    )  # step 1 samples from the reference itself
     assert (tmp_path / "b" / "final" / "config.json").is_file()
 
 
@@ -79,29 +122,49 @@ def test_explained_variance_hand_values():
     assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
 
 
-def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_same(tiny_model_dir, tmp_path,
-                                                                                  monkeypatch):
+def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_same(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     from rlhfkit.train import ppo
 
     calls = []
     original = ppo.response_values
-    monkeypatch.setattr(ppo, "response_values", lambda *a, **k: calls.append(1) or original(*a, **k))
-    single = train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16, max_steps=3,
-                              eval_every=-1), run_dir(tmp_path, "single"))
+    monkeypatch.setattr(
+        ppo, "response_values", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    single = train_ppo(
+        config(
+            tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16, max_steps=3, eval_every=-1
+        ),
+        run_dir(tmp_path, "single"),
+    )
     assert len(calls) == 3  # the rollout's pass is the training pass
     # shared_critic_pass=false: a separate rollout pass without autograd, the same numbers
     calls.clear()
-    separate = train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=16,
-                                max_steps=3, eval_every=-1, shared_critic_pass=False),
-                         run_dir(tmp_path, "separate"))
+    separate = train_ppo(
+        config(
+            tiny_model_dir,
+            tmp_path,
+            ppo_epochs=1,
+            mini_batch_size=16,
+            max_steps=3,
+            eval_every=-1,
+            shared_critic_pass=False,
+        ),
+        run_dir(tmp_path, "separate"),
+    )
     assert len(calls) == 6
     for key in ("loss", "value_loss", "kl_per_sequence"):
         expected = [row[key] for row in single.history]
         assert [row[key] for row in separate.history] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     # two mini-batches of the same rollout: the second sees an updated critic, so a separate rollout pass
     calls.clear()
-    train_ppo(config(tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=8, max_steps=1, eval_every=-1),
-              run_dir(tmp_path, "two"))
+    train_ppo(
+        config(
+            tiny_model_dir, tmp_path, ppo_epochs=1, mini_batch_size=8, max_steps=1, eval_every=-1
+        ),
+        run_dir(tmp_path, "two"),
+    )
     assert len(calls) == 3
     # the critic still learns from that one pass: its loss falls
     values_first = [row["value_loss"] for row in single.history]

@@ -9,15 +9,37 @@ from transformers import AutoModelForCausalLM
 from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.policy_run import PolicyRun
-from rlhfkit.train.raft import RAFTConfig, check_raft_config, rollout_rows, sft_minibatch_loss, train_raft
+from rlhfkit.train.raft import (
+    RAFTConfig,
+    check_raft_config,
+    rollout_rows,
+    sft_minibatch_loss,
+    train_raft,
+)
 from tests.train.conftest import length_reward_spec
 
 
 def config(model, tmp_path, **overrides) -> RAFTConfig:
-    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), train_prompts=64,
-                    eval_prompts=8, prompts_per_round=4, samples_per_prompt=4, mini_batch_size=8, max_new_tokens=12,
-                    eval_max_new_tokens=8, max_steps=12, lr=2e-2, warmup_steps=1, require_correct=False,
-                    eval_every=100, save_every=0, progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        train_prompts=64,
+        eval_prompts=8,
+        prompts_per_round=4,
+        samples_per_prompt=4,
+        mini_batch_size=8,
+        max_new_tokens=12,
+        eval_max_new_tokens=8,
+        max_steps=12,
+        lr=2e-2,
+        warmup_steps=1,
+        require_correct=False,
+        eval_every=100,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return RAFTConfig(**{**settings, **overrides})
 
 
@@ -29,17 +51,33 @@ def test_raft_keeps_the_best_samples_and_climbs_the_reward(tiny_model_dir, tmp_p
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     result = train_raft(config(tiny_model_dir, tmp_path, epochs_per_round=2), run)
     history = result.history
-    assert len(history) == 12 and all(row["kept_count"] == 4 for row in history)  # best of 4, for 4 prompts
+    assert len(history) == 12 and all(
+        row["kept_count"] == 4 for row in history
+    )  # best of 4, for 4 prompts
     # the best of each group is at least the group's mean, and above it wherever rewards differ
     assert all(row["kept_reward_mean"] >= row["reward_mean"] for row in history)
-    assert mean([row["kept_reward_mean"] for row in history]) > mean([row["reward_mean"] for row in history])
+    assert mean([row["kept_reward_mean"] for row in history]) > mean(
+        [row["reward_mean"] for row in history]
+    )
     rewards = [row["reward_mean"] for row in history]
     assert mean(rewards[-3:]) > 1.5 * mean(rewards[:3])
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == list(range(1, 13)) and metrics[0]["stage"] == "raft"
-    for key in ("reward_mean", "kept_count", "kept_reward_mean", "kept_length", "loss", "gold_score",
-                "correct_fraction", "response_length", "tokens_per_s", "time_generation", "time_reward",
-                "time_update", "optimizer_steps"):
+    for key in (
+        "reward_mean",
+        "kept_count",
+        "kept_reward_mean",
+        "kept_length",
+        "loss",
+        "gold_score",
+        "correct_fraction",
+        "response_length",
+        "tokens_per_s",
+        "time_generation",
+        "time_reward",
+        "time_update",
+        "optimizer_steps",
+    ):
         assert key in metrics[0], key
     assert metrics[0]["optimizer_steps"] == 2  # 4 kept rows, one mini-batch, two epochs
     assert [step for step, _ in result.evals] == [0, 12] and "accuracy" in result.evals[-1][1]
@@ -54,8 +92,12 @@ def test_online_rft_climbs_a_thresholded_reward(tiny_model_dir, tmp_path):
     history = train_raft(cfg, run).history
     rewards = [row["reward_mean"] for row in history]
     assert mean(rewards[-3:]) > 1.2 * mean(rewards[:3])
-    assert mean([row["correct_fraction"] for row in history[-3:]]) > mean([row["correct_fraction"] for row in history[:3]])
-    assert "kept_count" not in history[0] and history[0]["optimizer_steps"] == 2  # 16 responses, mini-batches of 8
+    assert mean([row["correct_fraction"] for row in history[-3:]]) > mean(
+        [row["correct_fraction"] for row in history[:3]]
+    )
+    assert (
+        "kept_count" not in history[0] and history[0]["optimizer_steps"] == 2
+    )  # 16 responses, mini-batches of 8
     AutoModelForCausalLM.from_pretrained(run.final)
 
 
@@ -74,8 +116,13 @@ def test_sft_loss_of_sampled_rows_is_their_mean_negative_sampling_logprob(tiny_m
     # prompts of different lengths are left-padded: the loss must read the response tokens at
     # the positions they were sampled at, and only them
     cfg = config(tiny_model_dir, tmp_path)
-    run = PolicyRun(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False), resume=False,
-                    needs_reference=False, stage="raft")
+    run = PolicyRun(
+        cfg,
+        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+        resume=False,
+        needs_reference=False,
+        stage="raft",
+    )
     rollout, _ = run.sample(run.prompts_for_step(0, 4), 2, max_new_tokens=12, temperature=1.0)
     assert not rollout.prompt_mask.all()  # some padding to get wrong
     with torch.no_grad():
@@ -86,13 +133,17 @@ def test_sft_loss_of_sampled_rows_is_their_mean_negative_sampling_logprob(tiny_m
 
 def test_top_fraction_keeps_that_share_of_the_round(tiny_model_dir, tmp_path):
     cfg = config(tiny_model_dir, tmp_path, selection="top_fraction", keep_fraction=0.5, max_steps=2)
-    history = train_raft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)).history
+    history = train_raft(
+        cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    ).history
     assert [row["kept_count"] for row in history] == [8, 8]  # half of 4 prompts * 4 samples
     assert all(row["kept_reward_mean"] >= row["reward_mean"] for row in history)
 
 
 @pytest.mark.parametrize("eval_every, evaluated_at", [(0, [0, 2]), (1, [0, 1, 2]), (-1, [])])
-def test_eval_every_evaluates_at_the_start_and_end_or_never(tiny_model_dir, tmp_path, eval_every, evaluated_at):
+def test_eval_every_evaluates_at_the_start_and_end_or_never(
+    tiny_model_dir, tmp_path, eval_every, evaluated_at
+):
     cfg = config(tiny_model_dir, tmp_path, max_steps=2, eval_every=eval_every)
     result = train_raft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
     assert [step for step, _ in result.evals] == evaluated_at and len(result.history) == 2
@@ -100,7 +151,9 @@ def test_eval_every_evaluates_at_the_start_and_end_or_never(tiny_model_dir, tmp_
 
 @pytest.mark.parametrize("mode", ["raft", "online_rft"])
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir, tmp_path, mode):
-    cfg = config(tiny_model_dir, tmp_path, mode=mode, reward_threshold=1.2, max_steps=4, save_every=2)
+    cfg = config(
+        tiny_model_dir, tmp_path, mode=mode, reward_threshold=1.2, max_steps=4, save_every=2
+    )
     full = prepare_run_dir(tmp_path / "full", resume=False, overwrite=False)
     train_raft(cfg, full)
     # the uninterrupted run left its round-2 checkpoint: resume a copy of it from there
@@ -109,19 +162,27 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir
     resumed = prepare_run_dir(tmp_path / "resumed", resume=True, overwrite=False)
     history = train_raft(cfg, resumed, resume=True).history
     assert len(history) == 2  # rounds 3 and 4 only
-    a, b = load_file(full.final / "model.safetensors"), load_file(resumed.final / "model.safetensors")
+    a, b = (
+        load_file(full.final / "model.safetensors"),
+        load_file(resumed.final / "model.safetensors"),
+    )
     assert all(torch.equal(a[name], b[name]) for name in a)
-    losses = {run: [json.loads(line)["loss"] for line in run.metrics_path.read_text().splitlines()]
-              for run in (full, resumed)}
+    losses = {
+        run: [json.loads(line)["loss"] for line in run.metrics_path.read_text().splitlines()]
+        for run in (full, resumed)
+    }
     assert len(losses[full]) == 4 and losses[full] == losses[resumed]
 
 
-@pytest.mark.parametrize("override, message", [
-    (dict(keep_fraction=0.0), r"keep_fraction=0.0: must be in \(0, 1\]"),
-    (dict(keep_fraction=1.5), "keep_fraction=1.5"),
-    (dict(samples_per_prompt=0), "samples_per_prompt=0: must be at least 1"),
-    (dict(mini_batch_size=0), "mini_batch_size=0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(keep_fraction=0.0), r"keep_fraction=0.0: must be in \(0, 1\]"),
+        (dict(keep_fraction=1.5), "keep_fraction=1.5"),
+        (dict(samples_per_prompt=0), "samples_per_prompt=0: must be at least 1"),
+        (dict(mini_batch_size=0), "mini_batch_size=0"),
+    ],
+)
 def test_sizes_that_leave_nothing_to_train_on_are_rejected(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         check_raft_config(config("m", tmp_path, **override))

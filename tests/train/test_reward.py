@@ -6,14 +6,25 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, LlamaForCausalLM
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForCausalLM,
+)
 
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
 from rlhfkit.tasks.advice_writer import write_reply
 from rlhfkit.tasks.arith import ArithTask
-from rlhfkit.train.reward import RewardConfig, RewardObjective, evaluate_reward_model, load_reward_data, train_reward_model
+from rlhfkit.train.reward import (
+    RewardConfig,
+    RewardObjective,
+    evaluate_reward_model,
+    load_reward_data,
+    train_reward_model,
+)
 
 K = 4
 
@@ -22,11 +33,13 @@ def gold_ranking(prompt, rng) -> dict:
     """K replies ordered by the noise-free gold score; equal scores share a rank (a tie)."""
     topic = prompt.metadata["topic"]
     replies = (write_reply(rng, topic) for _ in range(K))
-    scored = sorted(((gold_score(topic, r), r) for r in replies),
-                    key=lambda pair: -pair[0])
+    scored = sorted(((gold_score(topic, r), r) for r in replies), key=lambda pair: -pair[0])
     distinct = sorted({score for score, _ in scored}, reverse=True)
-    return {"prompt": prompt.prompt, "responses": [r for _, r in scored],
-            "ranks": [distinct.index(score) for score, _ in scored]}
+    return {
+        "prompt": prompt.prompt,
+        "responses": [r for _, r in scored],
+        "ranks": [distinct.index(score) for score, _ in scored],
+    }
 
 
 def write_jsonl(path, rows) -> str:
@@ -39,12 +52,25 @@ def advice_rankings(tmp_path_factory):
     rng = random.Random(0)
     rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(180, rng)]
     folder = tmp_path_factory.mktemp("rankings")
-    return write_jsonl(folder / "train.jsonl", rows[:150]), write_jsonl(folder / "eval.jsonl", rows[150:])
+    return write_jsonl(folder / "train.jsonl", rows[:150]), write_jsonl(
+        folder / "eval.jsonl", rows[150:]
+    )
 
 
 def config(model, train, held_out, **overrides) -> RewardConfig:
-    settings = dict(model=str(model), train_data=train, eval_data=held_out, batch_size=8, max_steps=40, lr=3e-3,
-                    warmup_steps=3, eval_every=40, save_every=0, progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        train_data=train,
+        eval_data=held_out,
+        batch_size=8,
+        max_steps=40,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=40,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return RewardConfig(**{**settings, **overrides})
 
 
@@ -53,8 +79,9 @@ def test_reward_model_learns_gold_rankings(tiny_model_dir, advice_rankings, tmp_
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     held_out = load_reward_data(cfg, tokenizer, cfg.eval_data)
     torch.manual_seed(cfg.seed)  # a seeded head initialisation, like the run's
-    untrained = evaluate_reward_model(RewardModel.from_pretrained(tiny_model_dir), held_out, cfg,
-                                      tokenizer.pad_token_id)
+    untrained = evaluate_reward_model(
+        RewardModel.from_pretrained(tiny_model_dir), held_out, cfg, tokenizer.pad_token_id
+    )
 
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     result = train_reward_model(cfg, run)
@@ -67,10 +94,19 @@ def test_reward_model_learns_gold_rankings(tiny_model_dir, advice_rankings, tmp_
     assert AutoModelForSequenceClassification.from_pretrained(run.final).config.num_labels == 1
 
 
-def test_ensemble_with_imitation_and_centering_saves_three_heads(tiny_model_dir, advice_rankings, tmp_path):
+def test_ensemble_with_imitation_and_centering_saves_three_heads(
+    tiny_model_dir, advice_rankings, tmp_path
+):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    cfg = config(tiny_model_dir, *advice_rankings, num_heads=3, imitation_coef=0.5, centering_coef=0.01,
-                 max_steps=6, eval_every=6)
+    cfg = config(
+        tiny_model_dir,
+        *advice_rankings,
+        num_heads=3,
+        imitation_coef=0.5,
+        centering_coef=0.01,
+        max_steps=6,
+        eval_every=6,
+    )
     result = train_reward_model(cfg, run)
     assert len(result.train_losses) == 6 and all(torch.isfinite(torch.tensor(result.train_losses)))
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
@@ -92,8 +128,15 @@ def test_process_reward_model_fits_step_labels(tiny_model_dir, tmp_path):
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
 
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    cfg = config(tiny_model_dir, data, data, objective=RewardObjective.PROCESS, batch_size=16, lr=1e-2,
-                 eval_every=20)
+    cfg = config(
+        tiny_model_dir,
+        data,
+        data,
+        objective=RewardObjective.PROCESS,
+        batch_size=16,
+        lr=1e-2,
+        eval_every=20,
+    )
     result = train_reward_model(cfg, run)
     print(f"majority {majority:.3f}, step accuracy {result.eval_accuracy}")
     assert result.eval_accuracy[-1][1] >= majority + 0.2
@@ -124,8 +167,9 @@ def resume_matches_uninterrupted(model_dir, data, tmp_path, **overrides) -> bool
 
 
 def test_resume_in_process_with_imitation(tiny_model_dir, advice_rankings, tmp_path):
-    assert resume_matches_uninterrupted(tiny_model_dir, advice_rankings[0], tmp_path, imitation_coef=0.5,
-                                        num_heads=2)
+    assert resume_matches_uninterrupted(
+        tiny_model_dir, advice_rankings[0], tmp_path, imitation_coef=0.5, num_heads=2
+    )
 
 
 def test_resume_with_imitation_and_untied_embeddings(tiny_model_dir, advice_rankings, tmp_path):

@@ -12,8 +12,17 @@ from rlhfkit.tasks.advice_bank import RUDE, TOPICS
 from rlhfkit.train.rlaif import JudgeConfig, run_judge
 from rlhfkit.train.sft import SFTConfig
 
-FAST_SFT = SFTConfig(max_steps=40, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=0, sample_every=0, save_every=0,
-                     progress=False, tensorboard=False)
+FAST_SFT = SFTConfig(
+    max_steps=40,
+    batch_size=16,
+    lr=3e-3,
+    warmup_steps=5,
+    eval_every=0,
+    sample_every=0,
+    save_every=0,
+    progress=False,
+    tensorboard=False,
+)
 
 
 def tip_or_rude_pairs(n: int, rng: random.Random) -> list[dict]:
@@ -22,8 +31,13 @@ def tip_or_rude_pairs(n: int, rng: random.Random) -> list[dict]:
     for _ in range(n):
         topic = rng.choice(sorted(TOPICS))
         prompt = f"User: {rng.choice(TOPICS[topic]['questions'])}\nAssistant:"
-        rows.append({"prompt": prompt, "chosen": " " + rng.choice(TOPICS[topic]["tips"]),
-                     "rejected": " " + rng.choice(RUDE)})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": " " + rng.choice(TOPICS[topic]["tips"]),
+                "rejected": " " + rng.choice(RUDE),
+            }
+        )
     return rows
 
 
@@ -35,16 +49,24 @@ def write_jsonl(path, rows):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge_data")
-    return (write_jsonl(root / "train.jsonl", tip_or_rude_pairs(200, random.Random(1))),
-            write_jsonl(root / "heldout.jsonl", tip_or_rude_pairs(40, random.Random(2))))
+    return (
+        write_jsonl(root / "train.jsonl", tip_or_rude_pairs(200, random.Random(1))),
+        write_jsonl(root / "heldout.jsonl", tip_or_rude_pairs(40, random.Random(2))),
+    )
 
 
-def test_a_trained_judge_learns_the_labels_an_untrained_one_does_not(tmp_path, tiny_model_dir, data):
+def test_a_trained_judge_learns_the_labels_an_untrained_one_does_not(
+    tmp_path, tiny_model_dir, data
+):
     train, heldout = data
-    cfg = JudgeConfig(model=str(tiny_model_dir), train_pairs=train, pairs=heldout, task="advice", sft=FAST_SFT)
+    cfg = JudgeConfig(
+        model=str(tiny_model_dir), train_pairs=train, pairs=heldout, task="advice", sft=FAST_SFT
+    )
     trained = run_judge(cfg, prepare_run_dir(tmp_path / "trained", resume=False, overwrite=False))
-    untrained = run_judge(JudgeConfig(judge_model=str(tiny_model_dir), pairs=heldout, task="advice"),
-                          prepare_run_dir(tmp_path / "untrained", resume=False, overwrite=False))
+    untrained = run_judge(
+        JudgeConfig(judge_model=str(tiny_model_dir), pairs=heldout, task="advice"),
+        prepare_run_dir(tmp_path / "untrained", resume=False, overwrite=False),
+    )
     assert trained.report["judge_vs_labels"] >= 0.9 > untrained.report["judge_vs_labels"]
     # the labels here always agree with gold, and so does the judge wherever it agrees with them
     assert trained.report["labels_vs_gold"] == 1.0 and trained.report["gold_ordered_pairs"] == 40
@@ -65,10 +87,17 @@ def test_judge_needs_pairs_and_a_judge(tmp_path, data):
         run_judge(JudgeConfig(pairs=data[1]), run)
 
 
-def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(tmp_path, tiny_model_dir, data):
-    foreign = write_jsonl(tmp_path / "foreign.jsonl", [{"prompt": "Q: 2 + 2?\nA:", "chosen": " 4.", "rejected": " 5."}])
+def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(
+    tmp_path, tiny_model_dir, data
+):
+    foreign = write_jsonl(
+        tmp_path / "foreign.jsonl",
+        [{"prompt": "Q: 2 + 2?\nA:", "chosen": " 4.", "rejected": " 5."}],
+    )
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    cfg = JudgeConfig(model=str(tiny_model_dir), train_pairs=data[0], pairs=foreign, task="advice", sft=FAST_SFT)
+    cfg = JudgeConfig(
+        model=str(tiny_model_dir), train_pairs=data[0], pairs=foreign, task="advice", sft=FAST_SFT
+    )
     with pytest.raises(RlhfkitError, match="not an advice prompt"):
         run_judge(cfg, run)
     assert not (tmp_path / "run" / "judge").exists()

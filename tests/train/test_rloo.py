@@ -4,18 +4,34 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
+from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.rloo import RLOOConfig, sequence_clip_loss, train_rloo
 from tests.train.conftest import length_reward_spec
 
 
 def config(model, tmp_path, **overrides) -> RLOOConfig:
-    settings = dict(model=str(model), task="arith", reward=length_reward_spec(tmp_path), train_prompts=64, eval_prompts=8,
-                    prompts_per_step=4, group_size=4, mini_batch_size=8, max_new_tokens=12, eval_max_new_tokens=8,
-                    max_steps=12, lr=2e-2, warmup_steps=1, beta=0.0, eval_every=-1, save_every=0,
-                    progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        train_prompts=64,
+        eval_prompts=8,
+        prompts_per_step=4,
+        group_size=4,
+        mini_batch_size=8,
+        max_new_tokens=12,
+        eval_max_new_tokens=8,
+        max_steps=12,
+        lr=2e-2,
+        warmup_steps=1,
+        beta=0.0,
+        eval_every=-1,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return RLOOConfig(**{**settings, **overrides})
 
 
@@ -47,13 +63,21 @@ def test_sequence_clip_loss_against_its_naive_form():
 
 def test_rloo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    result = train_rloo(config(tiny_model_dir, tmp_path, mini_batch_size=16), run)  # one update per rollout
+    result = train_rloo(
+        config(tiny_model_dir, tmp_path, mini_batch_size=16), run
+    )  # one update per rollout
     rewards = [row["reward_mean"] for row in result.history]
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == list(range(1, 13))
-    for key in ("loss", "clip_fraction", "entropy", "time_generation", "time_forward_backward",
-                "time_optimizer"):
+    for key in (
+        "loss",
+        "clip_fraction",
+        "entropy",
+        "time_generation",
+        "time_forward_backward",
+        "time_optimizer",
+    ):
         assert key in metrics[0], key
     # one update per rollout, so always on-policy: every sequence ratio is 1 and nothing is clipped
     assert all(row["clip_fraction"] == 0.0 for row in metrics)
@@ -65,11 +89,16 @@ def test_kl_penalty_loads_the_reference_and_reports_the_sequence_kl(tiny_model_d
     result = train_rloo(config(tiny_model_dir, tmp_path, beta=0.5, max_steps=3), run)
     kls = [row["kl_per_sequence"] for row in result.history]
     assert all("kl_per_token" in row for row in result.history)
-    assert abs(kls[0]) < 1e-3 and kls[-1] > kls[0]  # zero at the start (policy = reference), then grows
+    assert (
+        abs(kls[0]) < 1e-3 and kls[-1] > kls[0]
+    )  # zero at the start (policy = reference), then grows
 
 
 def test_group_of_one_is_refused(tmp_path):
     from rlhfkit.errors import ConfigError
 
     with pytest.raises(ConfigError, match="group_size=1"):
-        train_rloo(config("m", tmp_path, group_size=1), prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+        train_rloo(
+            config("m", tmp_path, group_size=1),
+            prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+        )

@@ -36,7 +36,9 @@ def test_no_warmup_starts_at_the_peak():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 200), st.integers(0, 50), st.floats(0.0, 1.0))
 def test_rises_then_falls_within_min_ratio_and_one(total, warmup, min_ratio):
-    values = [lr(s, total=total, warmup=warmup, min_ratio=min_ratio) for s in range(total + warmup + 5)]
+    values = [
+        lr(s, total=total, warmup=warmup, min_ratio=min_ratio) for s in range(total + warmup + 5)
+    ]
     peak = min(warmup, len(values) - 1)
     assert all(0.0 < v <= 1.0 + 1e-12 for v in values[:peak])
     assert all(min_ratio - 1e-12 <= v <= 1.0 + 1e-12 for v in values[peak:])

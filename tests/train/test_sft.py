@@ -18,13 +18,28 @@ def write_jsonl(path, examples):
 @pytest.fixture
 def arith_data(tmp_path):
     examples = ArithTask(flawed_fraction=0.0).sft_examples(230, random.Random(1))
-    return write_jsonl(tmp_path / "train.jsonl", examples[:200]), write_jsonl(tmp_path / "eval.jsonl", examples[200:])
+    return write_jsonl(tmp_path / "train.jsonl", examples[:200]), write_jsonl(
+        tmp_path / "eval.jsonl", examples[200:]
+    )
 
 
 def config(model, train, held_out, **overrides) -> SFTConfig:
-    settings = dict(model=str(model), train_data=train, eval_data=held_out, batch_size=8, max_steps=30, lr=3e-3,
-                    warmup_steps=3, eval_every=10, sample_every=30, num_samples=2, sample_max_new_tokens=12,
-                    save_every=0, progress=False, tensorboard=False)
+    settings = dict(
+        model=str(model),
+        train_data=train,
+        eval_data=held_out,
+        batch_size=8,
+        max_steps=30,
+        lr=3e-3,
+        warmup_steps=3,
+        eval_every=10,
+        sample_every=30,
+        num_samples=2,
+        sample_max_new_tokens=12,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
     return SFTConfig(**{**settings, **overrides})
 
 
@@ -49,12 +64,17 @@ def test_short_sft_run_learns_and_writes_its_outputs(tiny_model_dir, arith_data,
 
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     assert result.model_dir == run.final
-    assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size
+    assert (
+        model.config.vocab_size
+        == AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.vocab_size
+    )
 
 
 def test_gradient_accumulation_runs_and_learns(tiny_model_dir, arith_data, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    cfg = config(tiny_model_dir, arith_data[0], "", batch_size=4, grad_accum=2, max_steps=10, eval_every=10)
+    cfg = config(
+        tiny_model_dir, arith_data[0], "", batch_size=4, grad_accum=2, max_steps=10, eval_every=10
+    )
     result = train_sft(cfg, run)
     assert len(result.train_losses) == 10
     assert result.train_losses[-1] < result.train_losses[0]
@@ -64,7 +84,9 @@ def test_gradient_accumulation_runs_and_learns(tiny_model_dir, arith_data, tmp_p
 
 def test_checkpoints_are_written_and_pruned(tiny_model_dir, arith_data, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    train_sft(config(tiny_model_dir, arith_data[0], "", max_steps=8, save_every=2, keep_last=2), run)
+    train_sft(
+        config(tiny_model_dir, arith_data[0], "", max_steps=8, save_every=2, keep_last=2), run
+    )
     # steps 2, 4, 6 were saved (8 is the final model); only the last two are kept
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step_00000004", "step_00000006"]
     assert (run.checkpoints / "step_00000006" / "checkpoint.json").is_file()
@@ -78,14 +100,30 @@ def test_file_order_trains_the_first_step_on_the_first_rows(tiny_model_dir, arit
     from rlhfkit.train.sft import eval_loss
 
     train, held_out = arith_data
-    cfg = config(tiny_model_dir, train, held_out, max_steps=1, warmup_steps=0, shuffle=False, eval_every=0,
-                 sample_every=0)
-    first_loss = train_sft(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)).train_losses[0]
+    cfg = config(
+        tiny_model_dir,
+        train,
+        held_out,
+        max_steps=1,
+        warmup_steps=0,
+        shuffle=False,
+        eval_every=0,
+        sample_every=0,
+    )
+    first_loss = train_sft(
+        cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    ).train_losses[0]
     tokenizer = load_tokenizer(tiny_model_dir)
-    rows, _ = tokenize_sft(tokenizer, load_examples(train, Format.SFT)[:8], max_length=cfg.max_length,
-                           truncation=cfg.truncation)
+    rows, _ = tokenize_sft(
+        tokenizer,
+        load_examples(train, Format.SFT)[:8],
+        max_length=cfg.max_length,
+        truncation=cfg.truncation,
+    )
     # the loss of step 1 is the untrained model's token-mean loss on rows 0-7 of the file
-    assert first_loss == pytest.approx(eval_loss(load_causal_lm(tiny_model_dir), rows, tokenizer.pad_token_id, 8), abs=1e-5)
+    assert first_loss == pytest.approx(
+        eval_loss(load_causal_lm(tiny_model_dir), rows, tokenizer.pad_token_id, 8), abs=1e-5
+    )
 
 
 def test_response_window_gives_the_loss_of_the_full_logits(tiny_model_dir):

@@ -38,10 +38,14 @@ class Principle:
 
 
 def critique_prompt(prompt: Text, response: str, principle: Principle) -> str:
-    return (f"{conversation_text(prompt)}\nAssistant: {response.strip()}\n"
-            f"Critique request: {principle.critique_request}\nCritique:")
+    return (
+        f"{conversation_text(prompt)}\nAssistant: {response.strip()}\n"
+        f"Critique request: {principle.critique_request}\nCritique:"
+    )
 
 
 def revision_prompt(prompt: Text, response: str, principle: Principle, critique: str) -> str:
-    return (f"{critique_prompt(prompt, response, principle)} {critique.strip()}\n"
-            f"Revision request: {principle.revision_request}\nRevision:")
+    return (
+        f"{critique_prompt(prompt, response, principle)} {critique.strip()}\n"
+        f"Revision request: {principle.revision_request}\nRevision:"
+    )

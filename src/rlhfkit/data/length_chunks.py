@@ -44,13 +44,17 @@ def forward_in_length_chunks(
     """
     groups = lengths.view(-1, group_size).max(dim=1).values if group_size > 1 else lengths
     per_chunk = max(1, rows_per_chunk // group_size) if rows_per_chunk > 0 else rows_per_chunk
-    chunks = [[g * group_size + j for g in chunk for j in range(group_size)]
-              for chunk in length_sorted_chunks(groups.tolist(), per_chunk)]
+    chunks = [
+        [g * group_size + j for g in chunk for j in range(group_size)]
+        for chunk in length_sorted_chunks(groups.tolist(), per_chunk)
+    ]
     outputs = []
     for rows in chunks:
         index = torch.tensor(rows, device=lengths.device)
         width = int(lengths[index].max())
-        outputs.append(forward({name: t[index.to(t.device), :width] for name, t in tensors.items()}))
+        outputs.append(
+            forward({name: t[index.to(t.device), :width] for name, t in tensors.items()})
+        )
     order = torch.tensor([row for rows in chunks for row in rows])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order))

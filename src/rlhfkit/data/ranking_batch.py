@@ -30,11 +30,15 @@ class RankedGroup:
     margin: float = 0.0  # the margin the winner must clear (pairs only)
 
 
-def groups_from_pairs(pairs: list[tuple[EncodedExample, EncodedExample, float]]) -> list[RankedGroup]:
+def groups_from_pairs(
+    pairs: list[tuple[EncodedExample, EncodedExample, float]],
+) -> list[RankedGroup]:
     return [RankedGroup([chosen, rejected], (0, 1), margin) for chosen, rejected, margin in pairs]
 
 
-def groups_from_rankings(rankings: list[tuple[list[EncodedExample], tuple[int, ...]]]) -> list[RankedGroup]:
+def groups_from_rankings(
+    rankings: list[tuple[list[EncodedExample], tuple[int, ...]]],
+) -> list[RankedGroup]:
     return [RankedGroup(responses, ranks) for responses, ranks in rankings]
 
 
@@ -55,19 +59,25 @@ def load_ranked_groups(
     """
     fmt = detect_format(path)
     if fmt is Format.RANKING:
-        rankings, report = tokenize_rankings(tokenizer, load_examples(path, fmt),
-                                             max_length=max_length, truncation=truncation)
+        rankings, report = tokenize_rankings(
+            tokenizer, load_examples(path, fmt), max_length=max_length, truncation=truncation
+        )
         groups = groups_from_rankings(rankings)
     elif fmt is Format.PREFERENCE:
-        pairs, report = tokenize_preferences(tokenizer, load_examples(path, fmt),
-                                             max_length=max_length, truncation=truncation)
+        pairs, report = tokenize_preferences(
+            tokenizer, load_examples(path, fmt), max_length=max_length, truncation=truncation
+        )
         groups = groups_from_pairs(pairs)
     else:
-        raise RlhfkitError(f"{path}: {needed_by} needs preference pairs (prompt, chosen, rejected) "
-                           f"or rankings (prompt, responses, ranks), found {fmt.value} data")
+        raise RlhfkitError(
+            f"{path}: {needed_by} needs preference pairs (prompt, chosen, rejected) "
+            f"or rankings (prompt, responses, ranks), found {fmt.value} data"
+        )
     if not any(len(set(group.ranks)) > 1 for group in groups):
-        raise RlhfkitError(f"{path}: no row left with two responses of different rank "
-                           f"({report.summary()}): nothing to prefer")
+        raise RlhfkitError(
+            f"{path}: no row left with two responses of different rank "
+            f"({report.summary()}): nothing to prefer"
+        )
     return groups, report
 
 

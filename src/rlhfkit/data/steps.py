@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.formats import StepsExample
-from rlhfkit.data.tokenize import TokenizeReport, DropReason, encode_rendered, render_text
+from rlhfkit.data.tokenize import DropReason, TokenizeReport, encode_rendered, render_text
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,9 @@ class EncodedSteps:
     labels: list[bool]  # True = the step is correct
 
 
-def encode_steps(tokenizer, example: StepsExample, *, max_length: int, separator: str) -> EncodedSteps | None:
+def encode_steps(
+    tokenizer, example: StepsExample, *, max_length: int, separator: str
+) -> EncodedSteps | None:
     """prompt + separator + step_1 + separator + step_2 ...; steps that do not fit in
     `max_length` are cut off (with their labels); None when no step fits. A plain prompt starts
     with the tokenizer's BOS when it adds one; a chat prompt is tokenised as the template
@@ -65,5 +67,10 @@ def collate_steps(items: list[EncodedSteps], pad_token_id: int) -> dict[str, tor
         step_ends[row, :n] = torch.tensor(item.step_ends)
         step_labels[row, :n] = torch.tensor(item.labels, dtype=torch.float)
         step_mask[row, :n] = True
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "step_ends": step_ends,
-            "step_labels": step_labels, "step_mask": step_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "step_ends": step_ends,
+        "step_labels": step_labels,
+        "step_mask": step_mask,
+    }

@@ -27,8 +27,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def bootstrap_interval(
-    values: list[float], *, statistic: Callable[[list[float]], float] = mean, num_resamples: int = 2000,
-    level: float = 0.95, seed: int = 0,
+    values: list[float],
+    *,
+    statistic: Callable[[list[float]], float] = mean,
+    num_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of `statistic(values)` (Efron 1979).
 
@@ -50,7 +54,9 @@ def bootstrap_interval(
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_interval: level must lie in (0, 1), got {level}")
     if num_resamples < 1:
-        raise ValueError(f"bootstrap_interval: num_resamples must be at least 1, got {num_resamples}")
+        raise ValueError(
+            f"bootstrap_interval: num_resamples must be at least 1, got {num_resamples}"
+        )
     if not values:
         return math.nan, math.nan
     if len(values) == 1:  # every resample is the value itself
@@ -73,4 +79,9 @@ def mean_with_interval(values: list[float], **bootstrap_options) -> dict:
         {"mean", "low", "high", "n"}; mean, low and high are nan when `values` is empty.
     """
     low, high = bootstrap_interval(values, statistic=mean, **bootstrap_options)
-    return {"mean": mean(values) if values else math.nan, "low": low, "high": high, "n": len(values)}
+    return {
+        "mean": mean(values) if values else math.nan,
+        "low": low,
+        "high": high,
+        "n": len(values),
+    }

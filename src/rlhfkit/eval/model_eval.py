@@ -33,8 +33,17 @@ class ModelEval:
 
 
 def evaluate_model(
-    model, tokenizer, task, prompts: list[PromptExample], *, reference=None, proxy=None, samples_per_prompt: int = 2,
-    max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+    model,
+    tokenizer,
+    task,
+    prompts: list[PromptExample],
+    *,
+    reference=None,
+    proxy=None,
+    samples_per_prompt: int = 2,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
 ) -> ModelEval:
     """Greedy and sampled answers of `model` to `prompts`, scored by `task`'s gold reward.
 
@@ -47,11 +56,17 @@ def evaluate_model(
     texts = [p.prompt for p in prompts]  # rendered (chat prompts) and tokenised by the sampler
     common = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     greedy = sample_for_eval(model, tokenizer, texts, greedy=True, **common)
-    sampled = sample_for_eval(model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common)
+    sampled = sample_for_eval(
+        model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common
+    )
     greedy_texts, sampled_texts = greedy.flat(greedy.texts), sampled.flat(sampled.texts)
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]
-    result = ModelEval(greedy, sampled, greedy_scores=[task.reward(p, t) for p, t in zip(prompts, greedy_texts)],
-                       sampled_scores=[task.reward(p, t) for p, t in zip(repeated, sampled_texts)])
+    result = ModelEval(
+        greedy,
+        sampled,
+        greedy_scores=[task.reward(p, t) for p, t in zip(prompts, greedy_texts)],
+        sampled_scores=[task.reward(p, t) for p, t in zip(repeated, sampled_texts)],
+    )
     m = result.metrics
     m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
     m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
@@ -72,22 +87,30 @@ def evaluate_model(
     # step 3. pass@k and maj@k where the task has a checkable final answer
     if hasattr(task, "final_answer"):
         answers = [[task.final_answer(t) for t in row] for row in sampled.texts]
-        correct = [sum(a is not None and a == p.answer for a in row) for p, row in zip(prompts, answers)]
+        correct = [
+            sum(a is not None and a == p.answer for a in row) for p, row in zip(prompts, answers)
+        ]
         for k in sorted({1, samples_per_prompt // 2, samples_per_prompt} - {0}):
             m[f"pass@{k}"] = mean_pass_at_k(correct, samples_per_prompt, k)
             m[f"maj@{k}"] = mean_maj_at_k(answers, [p.answer for p in prompts], k)
     return result
 
 
-def win_rates(candidate: ModelEval, baseline: ModelEval, *, by_proxy: bool = False) -> dict[str, float]:
+def win_rates(
+    candidate: ModelEval, baseline: ModelEval, *, by_proxy: bool = False
+) -> dict[str, float]:
     """Win rate of `candidate` over `baseline` on greedy and on sampled answers (ties half, 95%
     Wilson interval): answer i of one against answer i of the other, same prompt. Judged by the
     gold scores, or (`by_proxy`) by the proxy's."""
     if by_proxy:
-        return {**win_rate(candidate.greedy_proxy, baseline.greedy_proxy).as_dict("win_rate_greedy"),
-                **win_rate(candidate.sampled_proxy, baseline.sampled_proxy).as_dict("win_rate_sampled")}
-    return {**win_rate(candidate.greedy_scores, baseline.greedy_scores).as_dict("win_rate_greedy"),
-            **win_rate(candidate.sampled_scores, baseline.sampled_scores).as_dict("win_rate_sampled")}
+        return {
+            **win_rate(candidate.greedy_proxy, baseline.greedy_proxy).as_dict("win_rate_greedy"),
+            **win_rate(candidate.sampled_proxy, baseline.sampled_proxy).as_dict("win_rate_sampled"),
+        }
+    return {
+        **win_rate(candidate.greedy_scores, baseline.greedy_scores).as_dict("win_rate_greedy"),
+        **win_rate(candidate.sampled_scores, baseline.sampled_scores).as_dict("win_rate_sampled"),
+    }
 
 
 def _prefixed(prefix: str, stats: dict[str, float]) -> dict[str, float]:

@@ -17,7 +17,9 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def gold_peak(proxy: list[float], gold: list[float], *, window: int = 3, min_drop: float = 0.1) -> int | None:
+def gold_peak(
+    proxy: list[float], gold: list[float], *, window: int = 3, min_drop: float = 0.1
+) -> int | None:
     """Index where the smoothed gold score peaks before falling while the proxy keeps rising.
 
     Args:

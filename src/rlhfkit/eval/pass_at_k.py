@@ -73,15 +73,21 @@ def majority_vote_accuracy(answers: list, correct_answer) -> float:
 def mean_maj_at_k(answers_per_problem: list[list], correct_answers: list, k: int) -> float:
     """maj@k averaged over problems, voting with the first k answers of each problem."""
     if len(answers_per_problem) != len(correct_answers):
-        raise ValueError(f"mean_maj_at_k: {len(answers_per_problem)} problems answered "
-                         f"against {len(correct_answers)} correct answers")
+        raise ValueError(
+            f"mean_maj_at_k: {len(answers_per_problem)} problems answered "
+            f"against {len(correct_answers)} correct answers"
+        )
     if not answers_per_problem:
         raise ValueError("mean_maj_at_k: no problems")
     if k < 1:
         raise ValueError(f"mean_maj_at_k: k must be at least 1, got {k}")
     short = [j for j, answers in enumerate(answers_per_problem) if len(answers) < k]
     if short:
-        raise ValueError(f"mean_maj_at_k: problem {short[0]} has "
-                         f"{len(answers_per_problem[short[0]])} answers, fewer than k={k}")
-    return math.fsum(majority_vote_accuracy(answers[:k], correct)
-                     for answers, correct in zip(answers_per_problem, correct_answers)) / len(correct_answers)
+        raise ValueError(
+            f"mean_maj_at_k: problem {short[0]} has "
+            f"{len(answers_per_problem[short[0]])} answers, fewer than k={k}"
+        )
+    return math.fsum(
+        majority_vote_accuracy(answers[:k], correct)
+        for answers, correct in zip(answers_per_problem, correct_answers)
+    ) / len(correct_answers)

@@ -18,7 +18,12 @@ def score_groups(model: RewardModel, groups: list[RankedGroup], pad_token_id: in
     for start in range(0, len(groups), batch_size):
         chunk = groups[start : start + batch_size]
         batch = move_batch(collate_groups(chunk, pad_token_id), model.device)
-        rewards = model.rewards_by_length(batch["input_ids"], batch["attention_mask"]).float().mean(dim=-1).cpu()
+        rewards = (
+            model.rewards_by_length(batch["input_ids"], batch["attention_mask"])
+            .float()
+            .mean(dim=-1)
+            .cpu()
+        )
         offset = 0
         for group in chunk:
             scores.append(rewards[offset : offset + len(group.responses)])

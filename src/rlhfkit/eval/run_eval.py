@@ -82,7 +82,9 @@ def check_eval_config(cfg: EvalConfig) -> None:
     if cfg.judge is Judge.AI and not cfg.judge_model:
         raise RlhfkitError("judge=ai needs judge_model=PATH (a causal-LM judge directory)")
     if cfg.heldout_pairs and not cfg.reward_model:
-        raise RlhfkitError("heldout_pairs needs reward_model=PATH: it is the reward model's accuracy")
+        raise RlhfkitError(
+            "heldout_pairs needs reward_model=PATH: it is the reward model's accuracy"
+        )
     for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.reward_model, cfg.judge_model]:
         if path and not (Path(path) / "config.json").is_file():
             raise RlhfkitError(f"{path} is not a saved model directory (no config.json)")
@@ -93,16 +95,37 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     check_eval_config(cfg)
     # step 1. the task, its prompts, and the models everyone is compared with
     task, device = get_task(cfg.task), resolve_device(cfg.device)
-    prompts = load_examples(cfg.prompts, Format.PROMPT) if cfg.prompts else \
-        task.prompts(cfg.num_prompts, random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS)))
+    prompts = (
+        load_examples(cfg.prompts, Format.PROMPT)
+        if cfg.prompts
+        else task.prompts(
+            cfg.num_prompts, random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
+        )
+    )
     tokenizer = load_tokenizer(cfg.baseline or cfg.models[0])
     reference_path = cfg.reference or cfg.baseline
     reference = load_causal_lm(reference_path).to(device) if reference_path else None
-    proxy = load_reward_model_source(cfg.reward_model, tokenizer=tokenizer, device=device, batch_size=cfg.batch_size,
-                                     max_length=cfg.max_length, uncertainty_coef=0.0,
-                                     name="reward model") if cfg.reward_model else None
-    settings = dict(reference=reference, proxy=proxy, samples_per_prompt=cfg.samples_per_prompt,
-                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size)
+    proxy = (
+        load_reward_model_source(
+            cfg.reward_model,
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            uncertainty_coef=0.0,
+            name="reward model",
+        )
+        if cfg.reward_model
+        else None
+    )
+    settings = dict(
+        reference=reference,
+        proxy=proxy,
+        samples_per_prompt=cfg.samples_per_prompt,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
 
     def evaluate(path: str) -> ModelEval:
         model = reference if path == reference_path else load_causal_lm(path).to(device)
@@ -113,30 +136,49 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge.value, "models": {}}
     if baseline is not None:
         out["models"][cfg.baseline] = baseline.metrics
-    judge = (load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)) \
-        if cfg.judge is Judge.AI and baseline is not None else None
+    judge = (
+        (load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model))
+        if cfg.judge is Judge.AI and baseline is not None
+        else None
+    )
     for path in cfg.models:
         result = evaluate(path)
         if baseline is not None and path != cfg.baseline:
-            result.metrics.update(win_rates(result, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
-                                  if judge is None else ai_win_rates(*judge, result, baseline, prompts))
+            result.metrics.update(
+                win_rates(result, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
+                if judge is None
+                else ai_win_rates(*judge, result, baseline, prompts)
+            )
         out["models"][path] = result.metrics
     # step 3. the reward model on held-out comparisons
     if cfg.heldout_pairs:
-        out["reward_model"] = reward_model_accuracy(proxy, cfg.heldout_pairs, cfg.max_length, cfg.batch_size)
+        out["reward_model"] = reward_model_accuracy(
+            proxy, cfg.heldout_pairs, cfg.max_length, cfg.batch_size
+        )
     with open(run.root / "eval.json", "w") as f:
         json.dump(out, f, indent=2)
     return out
 
 
-def ai_win_rates(judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts) -> dict:
+def ai_win_rates(
+    judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts
+) -> dict:
     """Win rates by an AI judge: each answer against the baseline's answer i to the same prompt,
     asked in both orders; with the share of verdicts the order flips."""
     out = {}
-    for kind, ours, theirs in (("greedy", candidate.greedy, baseline.greedy), ("sampled", candidate.sampled, baseline.sampled)):
+    for kind, ours, theirs in (
+        ("greedy", candidate.greedy, baseline.greedy),
+        ("sampled", candidate.sampled, baseline.sampled),
+    ):
         asked = [p.prompt for p, row in zip(prompts, ours.texts) for _ in row]
-        verdicts = judge_pairs(judge, judge_tokenizer, asked, ours.flat(ours.texts), theirs.flat(theirs.texts),
-                               batch_size=32)
+        verdicts = judge_pairs(
+            judge,
+            judge_tokenizer,
+            asked,
+            ours.flat(ours.texts),
+            theirs.flat(theirs.texts),
+            batch_size=32,
+        )
         out |= ai_win_rate(verdicts.first_better.tolist()).as_dict(f"win_rate_{kind}")
         out[f"judge_flip_rate_{kind}"] = verdicts.flip_rate
     return out
@@ -150,11 +192,23 @@ def ai_win_rate(first_better: list[float]) -> WinRate:
 
 def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
     """Share of held-out labelled pairs the reward model orders like the label, with the pair count."""
-    groups, report = load_ranked_groups(path, proxy.tokenizer, max_length=max_length,
-                                        truncation=Truncation.KEEP_START,
-                                        needed_by="the reward model's held-out accuracy")
+    groups, report = load_ranked_groups(
+        path,
+        proxy.tokenizer,
+        max_length=max_length,
+        truncation=Truncation.KEEP_START,
+        needed_by="the reward model's held-out accuracy",
+    )
     print(f"reward data {path}: {report.summary()}")
-    accuracy = pair_accuracy(score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups)
+    accuracy = pair_accuracy(
+        score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups
+    )
     pairs = sum(len(ranking_to_pairs(g.ranks)[0]) for g in groups)
     low, high = wilson_interval(accuracy * pairs, pairs)
-    return {"heldout_pairs": path, "accuracy": accuracy, "accuracy_low": low, "accuracy_high": high, "pairs": pairs}
+    return {
+        "heldout_pairs": path,
+        "accuracy": accuracy,
+        "accuracy_low": low,
+        "accuracy_high": high,
+        "pairs": pairs,
+    }

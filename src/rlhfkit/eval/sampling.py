@@ -33,8 +33,16 @@ class EvalSamples:
 
 @torch.no_grad()
 def sample_for_eval(
-    model, tokenizer, prompts: list[Text], *, num_samples: int = 1, greedy: bool = False,
-    reference=None, max_new_tokens: int = 64, seed: int = 0, batch_size: int = 256,
+    model,
+    tokenizer,
+    prompts: list[Text],
+    *,
+    num_samples: int = 1,
+    greedy: bool = False,
+    reference=None,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
 ) -> EvalSamples:
     """`num_samples` responses per prompt (plain text, or messages for the chat template: see
     `encode_prompts`), sampled at temperature 1 (or one greedy answer), with the sequence KL to
@@ -52,28 +60,49 @@ def sample_for_eval(
     stop_ids = stop_token_ids(model, tokenizer)
     per_batch = max(1, batch_size // (1 if greedy else num_samples))
     with_kl = reference is not None and not greedy
-    texts, lengths, kl = [], [], {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {}
+    texts, lengths, kl = (
+        [],
+        [],
+        {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {},
+    )
     try:
         for start in range(0, len(prompts), per_batch):
             ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
-            rollout = generate(model, ids, mask, num_samples=1 if greedy else num_samples,
-                               max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                               greedy=greedy, generator=generator)
+            rollout = generate(
+                model,
+                ids,
+                mask,
+                num_samples=1 if greedy else num_samples,
+                max_new_tokens=max_new_tokens,
+                stop_ids=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                greedy=greedy,
+                generator=generator,
+            )
             texts += decode_responses(tokenizer, rollout)
             lengths += rollout.response_lengths.tolist()
             if with_kl:
                 width = rollout.response_ids.shape[1]
-                ref = response_logprobs(reference, rollout.input_ids, rollout.attention_mask, width).logprobs
+                ref = response_logprobs(
+                    reference, rollout.input_ids, rollout.attention_mask, width
+                ).logprobs
                 for name in kl:
-                    kl[name] += sequence_kl(rollout.logprobs.double(), ref.double(), rollout.response_mask,
-                                            KLEstimator(name)).tolist()
+                    kl[name] += sequence_kl(
+                        rollout.logprobs.double(),
+                        ref.double(),
+                        rollout.response_mask,
+                        KLEstimator(name),
+                    ).tolist()
     finally:
         model.train(was_training[0])
         if reference is not None:
             reference.train(was_training[1])
     k = 1 if greedy else num_samples
-    return EvalSamples(texts=_group(texts, k), lengths=_group(lengths, k),
-                       kl={name: _group(values, k) for name, values in kl.items()})
+    return EvalSamples(
+        texts=_group(texts, k),
+        lengths=_group(lengths, k),
+        kl={name: _group(values, k) for name, values in kl.items()},
+    )
 
 
 def _group(values: list, per_prompt: int) -> list[list]:

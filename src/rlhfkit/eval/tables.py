@@ -20,7 +20,11 @@ EVAL_METRICS = [
     ("win rate, greedy [95%]", "win_rate_greedy", lambda m: rate(m, "win_rate_greedy")),
     ("win rate, sampled [95%]", "win_rate_sampled", lambda m: rate(m, "win_rate_sampled")),
     ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: _interval(m, "kl_k1_per_sequence")),
-    ("KL/token k1 / k3", "kl_k1_per_token", lambda m: f"{m['kl_k1_per_token']:.4f} / {m['kl_k3_per_token']:.4f}"),
+    (
+        "KL/token k1 / k3",
+        "kl_k1_per_token",
+        lambda m: f"{m['kl_k1_per_token']:.4f} / {m['kl_k3_per_token']:.4f}",
+    ),
     ("proxy (RM) [95%]", "proxy_sampled", lambda m: _interval(m, "proxy_sampled")),
     ("length (tokens)", "length_tokens", lambda m: f"{m['length_tokens']:.1f}"),
     ("repeated 4-grams", "repetition", lambda m: f"{m['repetition']:.3f}"),
@@ -44,7 +48,9 @@ def metric_table(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         present = [key in models[name] for name in names]
         if any(present):
             if "@k" in label:  # name the k: that of the first model that has it
-                label = label.replace("@k", f"@{largest_k(next(models[n] for n, ok in zip(names, present) if ok))}")
+                label = label.replace(
+                    "@k", f"@{largest_k(next(models[n] for n, ok in zip(names, present) if ok))}"
+                )
             rows.append([label] + [write(models[n]) if ok else "" for n, ok in zip(names, present)])
     return ["metric", *names], rows
 

@@ -17,7 +17,7 @@ def _words(text: str) -> list[str]:
 def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
     if n < 1:
         raise ValueError(f"n-grams need n >= 1, got {n}")
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -29,8 +29,13 @@ class WinRate:
         return self.wins + self.ties + self.losses
 
     def as_dict(self, prefix: str = "win_rate") -> dict[str, float]:
-        return {prefix: self.rate, f"{prefix}_low": self.low, f"{prefix}_high": self.high,
-                f"{prefix}_ties": self.ties / max(1, self.n), f"{prefix}_n": float(self.n)}
+        return {
+            prefix: self.rate,
+            f"{prefix}_low": self.low,
+            f"{prefix}_high": self.high,
+            f"{prefix}_ties": self.ties / max(1, self.n),
+            f"{prefix}_n": float(self.n),
+        }
 
 
 def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -49,10 +54,13 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
     """Pairwise win rate of `candidate[i]` over `baseline[i]` (same prompt, same sample index)."""
     if len(candidate) != len(baseline):
-        raise ValueError(f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores")
+        raise ValueError(
+            f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores"
+        )
     # the same response scored in two batches can differ by rounding: a tie, not a win
-    outcomes = pair_outcomes(torch.tensor(candidate, dtype=torch.float64),
-                             torch.tensor(baseline, dtype=torch.float64)).tolist()
+    outcomes = pair_outcomes(
+        torch.tensor(candidate, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
+    ).tolist()
     wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(candidate)
     rate = (wins + ties / 2) / n if n else 0.5

@@ -31,7 +31,6 @@ from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.rewards.reward_model import as_completion
 from rlhfkit.rollout.sample import sample_responses
 
-
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
 
 
@@ -58,8 +57,12 @@ def load_principles(path: str | Path) -> list[Principle]:
     keys = ("name", "critique_request", "revision_request")
     principles = []
     for index, item in enumerate(data):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip() for k in keys):
-            raise RlhfkitError(f"{path}: principle {index + 1}: needs non-empty strings {', '.join(keys)}")
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) and item[k].strip() for k in keys
+        ):
+            raise RlhfkitError(
+                f"{path}: principle {index + 1}: needs non-empty strings {', '.join(keys)}"
+            )
         principles.append(Principle(*(item[k].strip() for k in keys)))
     return principles
 
@@ -71,17 +74,42 @@ def _one_line(text: str) -> str:
     return " " + lines[0].strip() if lines else ""
 
 
-def _generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, temperature: float, seed: int,
-              batch_size: int) -> list[str]:
+def _generate(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+) -> list[str]:
     """One completion per text: greedy at temperature 0, else sampled."""
-    samples = sample_responses(model, tokenizer, texts, greedy=temperature == 0, temperature=temperature or 1.0,
-                               max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        texts,
+        greedy=temperature == 0,
+        temperature=temperature or 1.0,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
     return [_one_line(group[0]) for group in samples.texts]
 
 
-def critique_and_revise(model, tokenizer, prompts: list[Text], responses: list[str] | None,
-                        principles: list[Principle], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                        seed: int = 0, batch_size: int = 64) -> list[list[Revision]]:
+def critique_and_revise(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    responses: list[str] | None,
+    principles: list[Principle],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[list[Revision]]:
     """Critique and revise each response once per principle, in order.
 
     Args:
@@ -93,16 +121,29 @@ def critique_and_revise(model, tokenizer, prompts: list[Text], responses: list[s
         One chain per prompt: a `Revision` per principle. An empty revision keeps the response.
     """
     if responses is None:
-        samples = sample_responses(model, tokenizer, list(prompts),
-                                   max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        samples = sample_responses(
+            model,
+            tokenizer,
+            list(prompts),
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+        )
         responses = [group[0] for group in samples.texts]
     if len(responses) != len(prompts):
-        raise ValueError(f"critique_and_revise: {len(prompts)} prompts and {len(responses)} responses")
+        raise ValueError(
+            f"critique_and_revise: {len(prompts)} prompts and {len(responses)} responses"
+        )
     current, chains = list(responses), [[] for _ in prompts]
     common = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     for step, principle in enumerate(principles):
-        critiques = _generate(model, tokenizer, [critique_prompt(p, r, principle) for p, r in zip(prompts, current)],
-                              seed=seed + 2 * step, **common)
+        critiques = _generate(
+            model,
+            tokenizer,
+            [critique_prompt(p, r, principle) for p, r in zip(prompts, current)],
+            seed=seed + 2 * step,
+            **common,
+        )
         asks = [revision_prompt(p, r, principle, c) for p, r, c in zip(prompts, current, critiques)]
         revisions = _generate(model, tokenizer, asks, seed=seed + 2 * step + 1, **common)
         for i, (critique, revision) in enumerate(zip(critiques, revisions)):
@@ -115,8 +156,14 @@ def critique_and_revise(model, tokenizer, prompts: list[Text], responses: list[s
 def revision_sft_rows(chains: list[list[Revision]]) -> list[dict]:
     """SFT rows `{"prompt", "completion"}`: each prompt with its final revision (an assistant
     message when the prompt is a conversation)."""
-    return [{"prompt": chain[0].prompt, "completion": as_completion(chain[0].prompt, chain[-1].revision)}
-            for chain in chains if chain]
+    return [
+        {
+            "prompt": chain[0].prompt,
+            "completion": as_completion(chain[0].prompt, chain[-1].revision),
+        }
+        for chain in chains
+        if chain
+    ]
 
 
 def changed(chain: list[Revision]) -> bool:
@@ -128,11 +175,20 @@ def only_deletes(response: str, revision: str) -> bool:
     """Whether the revision is the response with some sentences left out, the rest unchanged
     and in order: an edit, as opposed to a reply written anew."""
     remaining = iter(SENTENCE_BREAK.split(response.strip()))
-    return all(any(sentence == kept for kept in remaining) for sentence in SENTENCE_BREAK.split(revision.strip()))
+    return all(
+        any(sentence == kept for kept in remaining)
+        for sentence in SENTENCE_BREAK.split(revision.strip())
+    )
 
 
-def revision_preference_rows(chains: list[list[Revision]], judge_model, judge_tokenizer, *, min_margin: float = 0.0,
-                             batch_size: int = 32) -> tuple[list[dict], PairJudgements, list[int]]:
+def revision_preference_rows(
+    chains: list[list[Revision]],
+    judge_model,
+    judge_tokenizer,
+    *,
+    min_margin: float = 0.0,
+    batch_size: int = 32,
+) -> tuple[list[dict], PairJudgements, list[int]]:
     """Preference rows from the judge's verdict on final revision vs original response.
 
     Only chains whose revision changed the response are judged (the same text twice is a tie).
@@ -145,6 +201,10 @@ def revision_preference_rows(chains: list[list[Revision]], judge_model, judge_to
     prompts = [chains[i][0].prompt for i in judged]
     revised = [as_completion(chains[i][0].prompt, chains[i][-1].revision) for i in judged]
     originals = [as_completion(chains[i][0].prompt, chains[i][0].response) for i in judged]
-    judgements = judge_pairs(judge_model, judge_tokenizer, prompts, revised, originals, batch_size=batch_size)
-    rows = preference_rows(prompts, revised, originals, judgements.first_better, min_margin=min_margin)
+    judgements = judge_pairs(
+        judge_model, judge_tokenizer, prompts, revised, originals, batch_size=batch_size
+    )
+    rows = preference_rows(
+        prompts, revised, originals, judgements.first_better, min_margin=min_margin
+    )
     return rows, judgements, judged

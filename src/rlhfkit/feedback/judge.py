@@ -31,8 +31,10 @@ def reply_text(reply: Text) -> str:
 
 def judge_prompt(prompt: Text, reply_a: Text, reply_b: Text) -> str:
     """The comparison prompt; the judge's answer is " A" or " B"."""
-    return (f"{conversation_text(prompt)}\nReply A: {reply_text(reply_a)}\nReply B: {reply_text(reply_b)}\n"
-            f"{QUESTION}\nJudge:")
+    return (
+        f"{conversation_text(prompt)}\nReply A: {reply_text(reply_a)}\nReply B: {reply_text(reply_b)}\n"
+        f"{QUESTION}\nJudge:"
+    )
 
 
 def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
@@ -49,9 +51,13 @@ def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[in
     prefix = special_prefix(tokenizer)
     inputs, tokens_a, tokens_b = [], [], []
     for ids_a, ids_b in zip(with_a, with_b):
-        shared = next((i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b)))
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(ids_a, ids_b)) if a != b), min(len(ids_a), len(ids_b))
+        )
         if shared == 0 or shared >= min(len(ids_a), len(ids_b)):
-            raise RlhfkitError(f"the tokenizer does not tell '{ANSWER_A}' from '{ANSWER_B}' after a judge prompt")
+            raise RlhfkitError(
+                f"the tokenizer does not tell '{ANSWER_A}' from '{ANSWER_B}' after a judge prompt"
+            )
         inputs.append(prefix + ids_a[:shared])
         tokens_a.append(ids_a[shared])
         tokens_b.append(ids_b[shared])
@@ -59,8 +65,15 @@ def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[in
 
 
 @torch.no_grad()
-def judge_first_better_prob(model, tokenizer, prompts: list[Text], first: list[str], second: list[str],
-                            *, batch_size: int = 32) -> torch.Tensor:
+def judge_first_better_prob(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    first: list[str],
+    second: list[str],
+    *,
+    batch_size: int = 32,
+) -> torch.Tensor:
     """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
 
     Returns:
@@ -68,7 +81,9 @@ def judge_first_better_prob(model, tokenizer, prompts: list[Text], first: list[s
         (= sigmoid(logit_A - logit_B)).
     """
     if not len(prompts) == len(first) == len(second):
-        raise ValueError(f"judge: {len(prompts)} prompts, {len(first)} first and {len(second)} second replies")
+        raise ValueError(
+            f"judge: {len(prompts)} prompts, {len(first)} first and {len(second)} second replies"
+        )
     if not prompts:
         return torch.zeros(0)
     texts = [judge_prompt(p, a, b) for p, a, b in zip(prompts, first, second)]
@@ -80,8 +95,16 @@ def judge_first_better_prob(model, tokenizer, prompts: list[Text], first: list[s
         for start in range(0, len(inputs), batch_size):
             ids, mask = left_pad(inputs[start : start + batch_size], tokenizer.pad_token_id)
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions_from_mask(mask),
-                           logits_to_keep=1).logits[:, -1].float()  # (batch, vocab)
+            logits = (
+                model(
+                    input_ids=ids,
+                    attention_mask=mask.long(),
+                    position_ids=positions_from_mask(mask),
+                    logits_to_keep=1,
+                )
+                .logits[:, -1]
+                .float()
+            )  # (batch, vocab)
             rows = torch.arange(ids.shape[0], device=device)
             a = torch.tensor(tokens_a[start : start + batch_size], device=device)
             b = torch.tensor(tokens_b[start : start + batch_size], device=device)
@@ -105,26 +128,51 @@ class PairJudgements:
     @property
     def flip_rate(self) -> float:
         """Share of pairs whose verdict changes when the order is swapped."""
-        return float(order_flips(self.prob_ab, self.prob_ba).float().mean()) if len(self.prob_ab) else 0.0
+        return (
+            float(order_flips(self.prob_ab, self.prob_ba).float().mean())
+            if len(self.prob_ab)
+            else 0.0
+        )
 
     @property
     def position_bias(self) -> float:
         """Mean probability moved to position A (0 = none, +1/2 = always A)."""
-        return float(position_shift(self.prob_ab, self.prob_ba).mean()) if len(self.prob_ab) else 0.0
+        return (
+            float(position_shift(self.prob_ab, self.prob_ba).mean()) if len(self.prob_ab) else 0.0
+        )
 
 
-def judge_pairs(model, tokenizer, prompts: list[Text], first: list[str], second: list[str],
-                *, batch_size: int = 32) -> PairJudgements:
+def judge_pairs(
+    model,
+    tokenizer,
+    prompts: list[Text],
+    first: list[str],
+    second: list[str],
+    *,
+    batch_size: int = 32,
+) -> PairJudgements:
     """Ask every pair in both orders (in the same batches) and combine the answers."""
     n = len(prompts)
-    probs = judge_first_better_prob(model, tokenizer, list(prompts) * 2, list(first) + list(second),
-                                    list(second) + list(first), batch_size=batch_size)
+    probs = judge_first_better_prob(
+        model,
+        tokenizer,
+        list(prompts) * 2,
+        list(first) + list(second),
+        list(second) + list(first),
+        batch_size=batch_size,
+    )
     prob_ab, prob_ba = probs[:n], probs[n:]
     return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba)
 
 
-def preference_rows(prompts: list[Text], first: list[str], second: list[str], first_better: torch.Tensor,
-                    *, min_margin: float = 0.0) -> list[dict]:
+def preference_rows(
+    prompts: list[Text],
+    first: list[str],
+    second: list[str],
+    first_better: torch.Tensor,
+    *,
+    min_margin: float = 0.0,
+) -> list[dict]:
     """Preference rows `{"prompt", "chosen", "rejected"}` from judged pairs.
 
     A pair is kept when |P(first better) - 1/2| > min_margin: near-ties carry little signal

@@ -73,14 +73,23 @@ class SimulatedAnnotator:
 
     name = "annotator"
 
-    def __init__(self, gold: Callable[[PromptExample, str], float], *, temperature: float | None,
-                 target_agreement: float, seed: int):
+    def __init__(
+        self,
+        gold: Callable[[PromptExample, str], float],
+        *,
+        temperature: float | None,
+        target_agreement: float,
+        seed: int,
+    ):
         self.gold, self.temperature, self.target_agreement = gold, temperature, target_agreement
         self.rng = random.Random(seed)
         self.labels_used = 0
 
     def rank(self, prompts: list[PromptExample], responses: list[list[str]]) -> list[list[int]]:
-        gold = [[self.gold(prompt, response) for response in group] for prompt, group in zip(prompts, responses)]
+        gold = [
+            [self.gold(prompt, response) for response in group]
+            for prompt, group in zip(prompts, responses)
+        ]
         if self.temperature is None:
             diffs = [g[i] - g[j] for g in gold for i in range(len(g)) for j in range(i)]
             self.temperature = calibrate_temperature(diffs, self.target_agreement)
@@ -88,7 +97,11 @@ class SimulatedAnnotator:
         return [noisy_ranking(g, self.temperature, self.rng) for g in gold]
 
     def state_dict(self) -> dict:
-        return {"labels_used": self.labels_used, "temperature": self.temperature, "rng": self.rng.getstate()}
+        return {
+            "labels_used": self.labels_used,
+            "temperature": self.temperature,
+            "rng": self.rng.getstate(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.labels_used, self.temperature = state["labels_used"], state["temperature"]
@@ -104,7 +117,9 @@ class RewardLabeller:
 
     def rank(self, prompts: list[PromptExample], responses: list[list[str]]) -> list[list[int]]:
         flat_prompts = [prompt for prompt, group in zip(prompts, responses) for _ in group]
-        scores = self.source.score(flat_prompts, [r for group in responses for r in group]).rewards.tolist()
+        scores = self.source.score(
+            flat_prompts, [r for group in responses for r in group]
+        ).rewards.tolist()
         orders, offset = [], 0
         for group in responses:
             group_scores = scores[offset : offset + len(group)]
@@ -131,11 +146,20 @@ class JudgeLabeller:
         self.labels_used = 0
 
     def rank(self, prompts: list[PromptExample], responses: list[list[str]]) -> list[list[int]]:
-        pairs = [(g, i, j) for g, group in enumerate(responses)
-                 for i in range(len(group)) for j in range(i + 1, len(group))]
-        judged = judge_pairs(self.model, self.tokenizer, [prompts[g].prompt for g, _, _ in pairs],
-                             [responses[g][i] for g, i, _ in pairs], [responses[g][j] for g, _, j in pairs],
-                             batch_size=self.batch_size).first_better.tolist()
+        pairs = [
+            (g, i, j)
+            for g, group in enumerate(responses)
+            for i in range(len(group))
+            for j in range(i + 1, len(group))
+        ]
+        judged = judge_pairs(
+            self.model,
+            self.tokenizer,
+            [prompts[g].prompt for g, _, _ in pairs],
+            [responses[g][i] for g, i, _ in pairs],
+            [responses[g][j] for g, _, j in pairs],
+            batch_size=self.batch_size,
+        ).first_better.tolist()
         wins = [[0.0] * len(group) for group in responses]
         for (g, i, j), p in zip(pairs, judged):
             wins[g][i] += p
@@ -150,8 +174,17 @@ class JudgeLabeller:
         self.labels_used = state["labels_used"]
 
 
-def build_labeller(kind: LabellerKind, *, task, reward: RewardSource, annotator_temperature: float,
-                   target_agreement: float, seed: int, judge_model: str = "", device=None) -> Labeller:
+def build_labeller(
+    kind: LabellerKind,
+    *,
+    task,
+    reward: RewardSource,
+    annotator_temperature: float,
+    target_agreement: float,
+    seed: int,
+    judge_model: str = "",
+    device=None,
+) -> Labeller:
     """The labeller `kind` names.
 
     Args:
@@ -167,7 +200,15 @@ def build_labeller(kind: LabellerKind, *, task, reward: RewardSource, annotator_
         return RewardLabeller(reward)
     if kind is LabellerKind.JUDGE:
         if not judge_model:
-            raise RlhfkitError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')")
-        return JudgeLabeller(load_causal_lm(judge_model).to(device).eval(), load_tokenizer(judge_model))
-    return SimulatedAnnotator(task.reward, temperature=annotator_temperature or None,
-                              target_agreement=target_agreement, seed=seed)
+            raise RlhfkitError(
+                "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
+            )
+        return JudgeLabeller(
+            load_causal_lm(judge_model).to(device).eval(), load_tokenizer(judge_model)
+        )
+    return SimulatedAnnotator(
+        task.reward,
+        temperature=annotator_temperature or None,
+        target_agreement=target_agreement,
+        seed=seed,
+    )

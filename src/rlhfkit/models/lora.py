@@ -11,10 +11,17 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model
 
 
-def add_lora(model, r: int, alpha: int, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"):
+def add_lora(
+    model, r: int, alpha: int, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
+):
     """Wrap `model` with fresh LoRA adapters of rank `r`; only the adapters train."""
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 

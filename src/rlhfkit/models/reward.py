@@ -12,7 +12,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, DynamicCache
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    DynamicCache,
+)
 
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
 from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, split_at_response
@@ -75,15 +80,24 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, num_heads: int = 1, with_lm_head: bool = False, dtype=torch.float32
+        cls,
+        path: str | Path,
+        *,
+        num_heads: int = 1,
+        with_lm_head: bool = False,
+        dtype=torch.float32,
     ) -> "RewardModel":
         """Load a saved reward model, or start one from any causal-LM directory."""
         if not (Path(path) / "config.json").is_file():
             raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
         config = AutoConfig.from_pretrained(path)
         if is_reward_model(config) and config.num_labels != num_heads:
-            raise RlhfkitError(f"{path} has {config.num_labels} reward heads, {num_heads} were asked for")
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_heads, dtype=dtype)
+            raise RlhfkitError(
+                f"{path} has {config.num_labels} reward heads, {num_heads} were asked for"
+            )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_heads, dtype=dtype
+        )
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         lm_head = _lm_head_for(model, path, dtype) if with_lm_head else None
@@ -98,42 +112,74 @@ class RewardModel(nn.Module):
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
         return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
 
-    def rewards_by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          rows_per_chunk: int = ROWS_PER_CHUNK, *, response_mask: torch.Tensor | None = None,
-                          group_size: int = 1) -> torch.Tensor:
+    def rewards_by_length(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rows_per_chunk: int = ROWS_PER_CHUNK,
+        *,
+        response_mask: torch.Tensor | None = None,
+        group_size: int = 1,
+    ) -> torch.Tensor:
         """(batch, heads) the rewards of `forward` for right-padded rows, computed over
         length-sorted chunks so that padding costs nothing (`data.length_chunks`). With
         `response_mask` and `group_size` = K, rows [k*K, (k+1)*K) that answer one prompt run
         it once (`shared_prompt_rewards`)."""
         tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
         if response_mask is None or group_size <= 1:
-            return forward_in_length_chunks(lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
-                                            tensors, attention_mask.sum(dim=1), rows_per_chunk)
-        return forward_in_length_chunks(lambda t: self.shared_prompt_rewards(**t, group_size=group_size),
-                                        {**tensors, "response_mask": response_mask}, attention_mask.sum(dim=1),
-                                        rows_per_chunk, group_size)
+            return forward_in_length_chunks(
+                lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
+                tensors,
+                attention_mask.sum(dim=1),
+                rows_per_chunk,
+            )
+        return forward_in_length_chunks(
+            lambda t: self.shared_prompt_rewards(**t, group_size=group_size),
+            {**tensors, "response_mask": response_mask},
+            attention_mask.sum(dim=1),
+            rows_per_chunk,
+            group_size,
+        )
 
-    def shared_prompt_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                              response_mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    def shared_prompt_rewards(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        group_size: int,
+    ) -> torch.Tensor:
         """(batch, heads) the rewards of `forward`, the prefix each group's rows share (its prompt,
         and whatever its responses have in common) run once: the rest attends to its keys and
         values, repeated (with their gradient). Falls back to `forward` when a row's remaining
         part has no scored token (the reward is read at the last one)."""
         starts = common_prefix_starts(input_ids, attention_mask, group_size)
-        ids, attention, _, width = split_at_response(input_ids, attention_mask, response_mask, starts)
+        ids, attention, _, width = split_at_response(
+            input_ids, attention_mask, response_mask, starts
+        )
         prompt_ids, prompt_mask = ids[:, :-width], attention[:, :-width]
         responses = ids[:, -width:]
         scored = attention[:, -width:] & (responses != self.model.config.pad_token_id)
-        if not shares_prompts(prompt_ids, prompt_mask, group_size) or not bool(scored.any(dim=1).all()):
+        if not shares_prompts(prompt_ids, prompt_mask, group_size) or not bool(
+            scored.any(dim=1).all()
+        ):
             return self(input_ids, attention_mask).rewards
         cache = DynamicCache()
-        self.backbone(input_ids=prompt_ids[::group_size], attention_mask=prompt_mask[::group_size].long(),
-                      position_ids=positions_from_mask(prompt_mask[::group_size]), past_key_values=cache,
-                      use_cache=True)
+        self.backbone(
+            input_ids=prompt_ids[::group_size],
+            attention_mask=prompt_mask[::group_size].long(),
+            position_ids=positions_from_mask(prompt_mask[::group_size]),
+            past_key_values=cache,
+            use_cache=True,
+        )
         cache.batch_repeat_interleave(group_size)
         positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=ids.device)
-        hidden = self.backbone(input_ids=responses, attention_mask=attention.long(), position_ids=positions,
-                               past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = self.backbone(
+            input_ids=responses,
+            attention_mask=attention.long(),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
         return _score_head(self.model)(last)
 
@@ -158,7 +204,9 @@ def value_model_from(path: str | Path) -> RewardModel:
     heads = config.num_labels if config is not None and is_reward_model(config) else 1
     model = RewardModel.from_pretrained(path, num_heads=heads)  # a missing config.json is its error
     if heads > 1:
-        name, head = next((n, m) for n, m in model.model.named_children() if n != model.model.base_model_prefix)
+        name, head = next(
+            (n, m) for n, m in model.model.named_children() if n != model.model.base_model_prefix
+        )
         single = nn.Linear(head.in_features, 1, bias=head.bias is not None, dtype=head.weight.dtype)
         with torch.no_grad():
             single.weight.copy_(head.weight.mean(dim=0, keepdim=True))

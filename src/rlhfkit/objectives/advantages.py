@@ -13,7 +13,11 @@ from rlhfkit.objectives.masked import masked_whiten
 
 
 def gae(
-    rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float, lam: float
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float,
+    lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized Advantage Estimation (Schulman et al. 2016, seed 002).
 
@@ -48,12 +52,18 @@ def gae(
         next_value = torch.where(counts, values[:, t], next_value)
         next_advantage = torch.where(counts, advantage, next_advantage)
     # (batch, response_len); a batch of empty responses has nothing to stack
-    advantages = torch.stack(reversed_advantages[::-1], dim=1) if reversed_advantages else torch.zeros_like(rewards)
+    advantages = (
+        torch.stack(reversed_advantages[::-1], dim=1)
+        if reversed_advantages
+        else torch.zeros_like(rewards)
+    )
     returns = torch.where(response_mask, advantages + values, zero)
     return advantages, returns
 
 
-def discounted_returns(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float) -> torch.Tensor:
+def discounted_returns(
+    rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """G_t = sum_{k >= t} gamma^(k-t) r_k over the counted tokens; 0 where the mask is False.
 
     Args:
@@ -87,7 +97,9 @@ def kl_shaped_rewards(
     last = torch.where(response_mask, positions, -1).argmax(dim=1, keepdim=True)
     is_last = torch.zeros_like(response_mask).scatter(1, last, True) & response_mask
     rewards = -kl_coef * kl + torch.where(is_last, outcome_rewards.unsqueeze(1).to(kl.dtype), 0.0)
-    return torch.where(response_mask, rewards, torch.zeros((), dtype=rewards.dtype, device=rewards.device))
+    return torch.where(
+        response_mask, rewards, torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    )
 
 
 def kl_shaped_sequence_rewards(
@@ -107,7 +119,11 @@ def kl_shaped_sequence_rewards(
 
 
 def reinforce_pp_advantages(
-    rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float, unbiased: bool, eps: float = 1e-8
+    rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    gamma: float,
+    unbiased: bool,
+    eps: float = 1e-8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++ (Hu et al. 2025, arXiv:2501.03262; the `reinforce` estimator of OpenRLHF).
 

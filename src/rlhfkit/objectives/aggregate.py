@@ -39,8 +39,12 @@ _NUMERATORS = {
 
 _DENOMINATORS = {
     LossAggregation.TOKEN_MEAN: lambda mask, max_len: mask.sum(),
-    LossAggregation.SEQUENCE_MEAN: lambda mask, max_len: torch.tensor(mask.shape[0], device=mask.device),
-    LossAggregation.CONSTANT_LENGTH: lambda mask, max_len: torch.tensor(mask.shape[0] * max_len, device=mask.device),
+    LossAggregation.SEQUENCE_MEAN: lambda mask, max_len: torch.tensor(
+        mask.shape[0], device=mask.device
+    ),
+    LossAggregation.CONSTANT_LENGTH: lambda mask, max_len: torch.tensor(
+        mask.shape[0] * max_len, device=mask.device
+    ),
 }
 
 

@@ -83,7 +83,9 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         ValueError: fewer than two responses per prompt, or a partial group.
     """
     if group_size < 2:
-        raise ValueError(f"leave-one-out needs at least 2 responses per prompt, got group_size {group_size}")
+        raise ValueError(
+            f"leave-one-out needs at least 2 responses per prompt, got group_size {group_size}"
+        )
     grouped = _grouped(rewards, group_size)
     others_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - others_mean).reshape(-1)

@@ -67,7 +67,9 @@ def kl_penalty(
     return per_token.clamp(-clamp, clamp) if clamp > 0 else per_token
 
 
-def adaptive_kl_coef(coef: float, observed_kl: float, target: float, horizon: int, batch_size: int) -> float:
+def adaptive_kl_coef(
+    coef: float, observed_kl: float, target: float, horizon: int, batch_size: int
+) -> float:
     """The next KL coefficient of the adaptive controller (Ziegler et al. 2019, "Fine-Tuning
     Language Models from Human Preferences"), a proportional controller on log(beta):
 

@@ -43,7 +43,9 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: to
     return logits[:, :-1], input_ids[:, 1:], mask[:, 1:]
 
 
-def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def sequence_logprobs(
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
     """log pi(response | prompt) = sum over response tokens of log p(x_t | x_<t) (DPO's sequence log-prob).
 
     Args:
@@ -114,23 +116,42 @@ class _HeadLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprobs, _grad_entropy):
         hidden, weight, targets = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=_wide_dtype(weight.dtype)) if ctx.needs_input_grad[1] else None
+        grad_weight = (
+            torch.zeros_like(weight, dtype=_wide_dtype(weight.dtype))
+            if ctx.needs_input_grad[1]
+            else None
+        )
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             logits = _wide(hidden[rows] @ weight.T) / ctx.temperature
             # d log p[target] / d logits = onehot(target) - softmax(logits)
             grad_logits = torch.softmax(logits, dim=-1).mul_(-grad_logprobs[rows].unsqueeze(-1))
-            grad_logits.scatter_add_(-1, targets[rows].unsqueeze(-1), grad_logprobs[rows].unsqueeze(-1))
+            grad_logits.scatter_add_(
+                -1, targets[rows].unsqueeze(-1), grad_logprobs[rows].unsqueeze(-1)
+            )
             grad_logits = (grad_logits / ctx.temperature).to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[rows] = grad_logits @ weight.to(hidden.dtype)
             if grad_weight is not None:
                 grad_weight += _wide(grad_logits.T @ hidden[rows])
-        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None, None
+        return (
+            grad_hidden,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                  with_entropy: bool = False, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (and entropies) of `targets` under softmax(hidden @ weight.T / temperature), without
     ever holding all the logits: a (rows, vocab) logits tensor is what dominates the memory and
     the memory traffic of a long response (64 x 512 x 2048 floats: 268 MB, and the log-softmax
@@ -150,5 +171,7 @@ def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     `entropy_from_logits` of the same logits.
     """
     chunk = chunk or head_chunk_rows(weight.shape[0])
-    logprobs, entropy = _HeadLogprobs.apply(hidden, weight, targets, float(temperature), chunk, with_entropy)
+    logprobs, entropy = _HeadLogprobs.apply(
+        hidden, weight, targets, float(temperature), chunk, with_entropy
+    )
     return logprobs, entropy if with_entropy else None

@@ -15,7 +15,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked_sum(values, mask, dim) / count.clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool, dim: int | None = None) -> torch.Tensor:
+def masked_var(
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool, dim: int | None = None
+) -> torch.Tensor:
     """Variance of `values` over the True elements of `mask` (True = the element counts).
 
     Args:
@@ -34,7 +36,11 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool, dim: in
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, unbiased: bool, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    unbiased: bool,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
     """Scale `values` to unit variance (and zero mean) using the statistics of the True elements.
 
@@ -50,4 +56,6 @@ def masked_whiten(
     mean = masked_mean(values, mask)
     whitened = (values - mean) * torch.rsqrt(masked_var(values, mask, unbiased) + eps)
     whitened = whitened if shift_mean else whitened + mean
-    return torch.where(mask, whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device))
+    return torch.where(
+        mask, whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device)
+    )

@@ -60,7 +60,9 @@ def ppo_policy_loss(
         capped = torch.minimum(losses, -dual_clip * advantages)
         losses = torch.where(advantages < 0, capped, losses)
     clip_fraction = masked_mean((clipped < unclipped).to(logprobs.dtype), response_mask).detach()
-    return PolicyLoss(aggregate_loss(losses, response_mask, aggregation, denominator), clip_fraction)
+    return PolicyLoss(
+        aggregate_loss(losses, response_mask, aggregation, denominator), clip_fraction
+    )
 
 
 def value_loss(

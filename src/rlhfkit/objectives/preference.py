@@ -34,7 +34,9 @@ class DPOLoss(str, Enum):
     """Listwise: -log P(whole ranking) under Plackett-Luce; for K = 2 it equals sigmoid."""
 
 
-def implicit_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, beta: float) -> torch.Tensor:
+def implicit_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, beta: float
+) -> torch.Tensor:
     """r = beta * (log pi(y|x) - log pi_ref(y|x)), elementwise on sequence log-probs."""
     return beta * (logprobs - ref_logprobs)
 
@@ -52,13 +54,17 @@ def logratio_difference(
 def sigmoid_losses(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
     """-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h); eps = 0 is plain DPO.
     `logsigmoid`, not `log(sigmoid)`, which underflows to -inf for a badly ordered pair."""
-    return -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(
+        -beta * h
+    )
 
 
 def ipo_losses(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
     """(h - 1/(2 beta))^2. Label smoothing is a property of the sigmoid likelihood; IPO has none."""
     if label_smoothing:
-        raise ValueError(f"label smoothing is defined for the sigmoid loss only, got {label_smoothing} with ipo")
+        raise ValueError(
+            f"label smoothing is defined for the sigmoid loss only, got {label_smoothing} with ipo"
+        )
     return (h - 1.0 / (2.0 * beta)).pow(2)
 
 
@@ -88,8 +94,12 @@ def dpo_losses(
     """
     loss_type = DPOLoss(loss_type)
     if loss_type not in _PAIR_LOSSES:
-        raise ValueError(f"{loss_type.value} ranks whole lists, not pairs: use plackett_luce_dpo_losses")
-    h = logratio_difference(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs)
+        raise ValueError(
+            f"{loss_type.value} ranks whole lists, not pairs: use plackett_luce_dpo_losses"
+        )
+    h = logratio_difference(
+        chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs
+    )
     return _PAIR_LOSSES[loss_type](h, beta, label_smoothing)
 
 
@@ -110,12 +120,21 @@ def dpo_loss(
     weights: (pairs,) e.g. 1 / C(K,2) for the pairs of a K-way ranking (InstructGPT), 1 for pairs.
     denominator: e.g. the number of prompts in the whole (accumulated) batch.
     """
-    losses = dpo_losses(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs,
-                        beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+    losses = dpo_losses(
+        chosen_logprobs,
+        rejected_logprobs,
+        ref_chosen_logprobs,
+        ref_rejected_logprobs,
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+    )
     return (weights * losses).sum() / denominator
 
 
-def plackett_luce_nll(scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def plackett_luce_nll(
+    scores: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """-log P(ranking) under Plackett-Luce with utilities `scores`, one value per group.
 
     Args:
@@ -175,7 +194,9 @@ def plackett_luce_dpo_loss(
     denominator: float | torch.Tensor,
 ) -> torch.Tensor:
     """sum_groups plackett_luce_dpo_losses(...) / denominator (e.g. the number of groups)."""
-    return plackett_luce_dpo_losses(logprobs, ref_logprobs, ranks, mask, beta=beta).sum() / denominator
+    return (
+        plackett_luce_dpo_losses(logprobs, ref_logprobs, ranks, mask, beta=beta).sum() / denominator
+    )
 
 
 def reward_margins(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ def ranking_comparisons(num_responses: int) -> int:
     return math.comb(num_responses, 2)
 
 
-def ranking_to_pairs(ranks: list[int] | tuple[int, ...]) -> tuple[list[int], list[int], list[float]]:
+def ranking_to_pairs(
+    ranks: list[int] | tuple[int, ...],
+) -> tuple[list[int], list[int], list[float]]:
     """All ordered pairs (winner, loser) of a ranking, each weighted 1 / (number of pairs).
 
     InstructGPT puts all C(K,2) comparisons of one prompt in one batch and divides that

@@ -44,7 +44,9 @@ def best_of_k(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         ValueError: the number of rewards is not a multiple of group_size.
     """
     if group_size < 1 or rewards.shape[0] % group_size != 0:
-        raise ValueError(f"{rewards.shape[0]} responses cannot be split into groups of {group_size}")
+        raise ValueError(
+            f"{rewards.shape[0]} responses cannot be split into groups of {group_size}"
+        )
     grouped = rewards.reshape(-1, group_size)  # (prompts, K)
     best = grouped.argmax(dim=1, keepdim=True)  # argmax returns the first maximal index
     return torch.zeros_like(grouped, dtype=torch.bool).scatter(1, best, True).reshape(-1)
@@ -74,7 +76,11 @@ _SELECTIONS = {
 
 
 def select_responses(
-    rewards: torch.Tensor, selection: Selection, group_size: int, keep_fraction: float, min_reward: float | None
+    rewards: torch.Tensor,
+    selection: Selection,
+    group_size: int,
+    keep_fraction: float,
+    min_reward: float | None,
 ) -> torch.Tensor:
     """Which responses RAFT fine-tunes on.
 
@@ -92,7 +98,9 @@ def select_responses(
     return kept if min_reward is None else kept & (rewards > min_reward)
 
 
-def binary_coefficients(rewards: torch.Tensor, threshold: float, wrong: float = -1.0) -> torch.Tensor:
+def binary_coefficients(
+    rewards: torch.Tensor, threshold: float, wrong: float = -1.0
+) -> torch.Tensor:
     """Online RFT's gradient coefficients: +1 for a correct response, `wrong` for the others.
 
     Args:
@@ -102,7 +110,9 @@ def binary_coefficients(rewards: torch.Tensor, threshold: float, wrong: float = 
     Returns:
         (n,) float coefficients in the rewards' dtype; no group normalisation, unlike GRPO.
     """
-    return torch.where(rewards > threshold, torch.ones_like(rewards), torch.full_like(rewards, wrong))
+    return torch.where(
+        rewards > threshold, torch.ones_like(rewards), torch.full_like(rewards, wrong)
+    )
 
 
 def rft_loss(
@@ -124,4 +134,6 @@ def rft_loss(
         scalar: aggregate over tokens of -GC_i * log pi(y_it). With every GC_i = 1 and the
         token mean this is the SFT loss of the responses.
     """
-    return aggregate_loss(-coefficients.unsqueeze(1) * logprobs, response_mask, aggregation, denominator)
+    return aggregate_loss(
+        -coefficients.unsqueeze(1) * logprobs, response_mask, aggregation, denominator
+    )

@@ -32,12 +32,16 @@ class RewardScores:
             got = f"{self.rewards.dtype} {tuple(self.rewards.shape)}"
             raise ValueError(f"rewards must be a (n,) float32 tensor, got {got}")
         if self.uncertainty is not None and self.uncertainty.shape != (n,):
-            raise ValueError(f"uncertainty must have shape ({n},), got {tuple(self.uncertainty.shape)}")
+            raise ValueError(
+                f"uncertainty must have shape ({n},), got {tuple(self.uncertainty.shape)}"
+            )
         if self.step_rewards is not None and len(self.step_rewards) != n:
             raise ValueError(f"step_rewards must hold {n} lists, got {len(self.step_rewards)}")
         for name, values in self.components.items():
             if values.shape != (n,):
-                raise ValueError(f"component '{name}' must have shape ({n},), got {tuple(values.shape)}")
+                raise ValueError(
+                    f"component '{name}' must have shape ({n},), got {tuple(values.shape)}"
+                )
 
 
 class RewardSource(Protocol):
@@ -50,7 +54,9 @@ class RewardSource(Protocol):
 
 def check_same_length(name: str, prompts: list, responses: list) -> None:
     if len(prompts) != len(responses):
-        raise ValueError(f"reward source '{name}' got {len(prompts)} prompts and {len(responses)} responses")
+        raise ValueError(
+            f"reward source '{name}' got {len(prompts)} prompts and {len(responses)} responses"
+        )
 
 
 def excerpt(prompt: Text) -> str:

@@ -49,7 +49,9 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
         try:
             weight = float(match["weight"])
         except ValueError:
-            raise RlhfkitError(f"reward spec '{spec}': weight '{match['weight'].strip()}' is not a number") from None
+            raise RlhfkitError(
+                f"reward spec '{spec}': weight '{match['weight'].strip()}' is not a number"
+            ) from None
         terms.append((match["source"].strip(), weight))
     return terms
 
@@ -78,12 +80,23 @@ def build_reward_source(
         timeout_s: the longest one call of a reward function may take; None = no limit.
     """
     terms = parse_spec(spec)
-    build = dict(task_name=task_name, tokenizer=tokenizer, device=device, batch_size=batch_size,
-                 max_length=max_length, uncertainty_coef=uncertainty_coef, timeout_s=timeout_s)
+    build = dict(
+        task_name=task_name,
+        tokenizer=tokenizer,
+        device=device,
+        batch_size=batch_size,
+        max_length=max_length,
+        uncertainty_coef=uncertainty_coef,
+        timeout_s=timeout_s,
+    )
     if len(terms) == 1 and terms[0][1] is None:
         return build_term(terms[0][0], **build)
-    parts = [(build_term(term, **build), 1.0 if weight is None else weight) for term, weight in terms]
-    return WeightedSum(parts, name=" + ".join(f"{w:g}*{t}" if w is not None else t for t, w in terms))
+    parts = [
+        (build_term(term, **build), 1.0 if weight is None else weight) for term, weight in terms
+    ]
+    return WeightedSum(
+        parts, name=" + ".join(f"{w:g}*{t}" if w is not None else t for t, w in terms)
+    )
 
 
 def build_term(
@@ -92,13 +105,20 @@ def build_term(
     """One source of a spec, named by the term itself."""
     if term in ("task", "process"):
         if task_name is None:
-            raise RlhfkitError(f"reward source '{term}' needs a built-in task, and the run has none")
+            raise RlhfkitError(
+                f"reward source '{term}' needs a built-in task, and the run has none"
+            )
         task = get_task(task_name)
         return TaskReward(task, name=term) if term == "task" else ProcessReward(task, name=term)
     if term.startswith("model:"):
         return load_reward_model_source(
-            term[len("model:"):], tokenizer=tokenizer, device=device, batch_size=batch_size,
-            max_length=max_length, uncertainty_coef=uncertainty_coef, name=term,
+            term[len("model:") :],
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=batch_size,
+            max_length=max_length,
+            uncertainty_coef=uncertainty_coef,
+            name=term,
         )
     if FUNCTION_TERM.fullmatch(term):
         return FunctionReward(load_reward_function(term), name=term, timeout_s=timeout_s)
@@ -106,21 +126,38 @@ def build_term(
 
 
 def load_reward_model_source(
-    path: str, *, tokenizer, device, batch_size: int, max_length: int, uncertainty_coef: float, name: str
+    path: str,
+    *,
+    tokenizer,
+    device,
+    batch_size: int,
+    max_length: int,
+    uncertainty_coef: float,
+    name: str,
 ) -> RewardModelSource:
     """A saved reward model, with every head it was trained with, on `device`."""
     if not (Path(path) / "config.json").is_file():
-        raise RlhfkitError(f"reward source '{name}': {path} is not a saved model directory (no config.json)")
+        raise RlhfkitError(
+            f"reward source '{name}': {path} is not a saved model directory (no config.json)"
+        )
     config = AutoConfig.from_pretrained(path)
     if not is_reward_model(config):
         # Loading a causal LM here would bolt on a new, untrained head: random rewards.
         found = ", ".join(config.architectures or []) or "none"
-        raise RlhfkitError(f"reward source '{name}': {path} is not a trained reward model (architectures: {found})")
+        raise RlhfkitError(
+            f"reward source '{name}': {path} is not a trained reward model (architectures: {found})"
+        )
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
     # The tokenizer saved with the reward model is the one its training data went through.
     if any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
         tokenizer = load_tokenizer(path)
     elif tokenizer is None:
         raise RlhfkitError(f"reward source '{name}': {path} has no tokenizer and none was given")
-    return RewardModelSource(model, tokenizer, batch_size=batch_size, max_length=max_length,
-                             uncertainty_coef=uncertainty_coef, name=name)
+    return RewardModelSource(
+        model,
+        tokenizer,
+        batch_size=batch_size,
+        max_length=max_length,
+        uncertainty_coef=uncertainty_coef,
+        name=name,
+    )

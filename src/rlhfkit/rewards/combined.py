@@ -24,7 +24,9 @@ class WeightedSum:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             # Components are keyed by name: a repeat would hide one source from the metrics.
-            raise RlhfkitError(f"reward source '{name}': sources named more than once: {', '.join(repeated)}")
+            raise RlhfkitError(
+                f"reward source '{name}': sources named more than once: {', '.join(repeated)}"
+            )
         self.parts, self.name = [(source, float(weight)) for source, weight in parts], name
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
@@ -36,14 +38,23 @@ class WeightedSum:
             scores = source.score(prompts, responses)
             rewards = rewards + weight * scores.rewards
             if scores.uncertainty is not None:
-                uncertainty = (0 if uncertainty is None else uncertainty) + abs(weight) * scores.uncertainty
+                uncertainty = (0 if uncertainty is None else uncertainty) + abs(
+                    weight
+                ) * scores.uncertainty
             if scores.step_rewards is not None:
                 stepped.append(source.name)
-                step_rewards = [[(end, weight * x) for end, x in row] for row in scores.step_rewards]
+                step_rewards = [
+                    [(end, weight * x) for end, x in row] for row in scores.step_rewards
+                ]
             components[source.name] = scores.rewards
         if len(stepped) > 1:
             # Steps of different sources need not line up; adding them would mix unrelated steps.
             raise RlhfkitError(
                 f"reward source '{self.name}': more than one source gives step rewards: {', '.join(stepped)}"
             )
-        return RewardScores(rewards=rewards, uncertainty=uncertainty, step_rewards=step_rewards, components=components)
+        return RewardScores(
+            rewards=rewards,
+            uncertainty=uncertainty,
+            step_rewards=step_rewards,
+            components=components,
+        )

@@ -53,7 +53,9 @@ def load_reward_function(spec: str) -> Callable:
         raise RlhfkitError(f"reward function '{spec}': {path} defines no '{fn_name}'")
     fn = getattr(module, fn_name)
     if not callable(fn):
-        raise RlhfkitError(f"reward function '{spec}': '{fn_name}' in {path} is a {type_name(fn)}, not a function")
+        raise RlhfkitError(
+            f"reward function '{spec}': '{fn_name}' in {path} is a {type_name(fn)}, not a function"
+        )
     return fn
 
 
@@ -71,7 +73,9 @@ def _load_module(path: Path, spec: str):
         module_spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
-        raise RlhfkitError(f"reward function '{spec}': loading {path} raised {_one_line(error)}") from error
+        raise RlhfkitError(
+            f"reward function '{spec}': loading {path} raised {_one_line(error)}"
+        ) from error
     return module
 
 
@@ -118,7 +122,9 @@ def metadata_columns(prompts: list[PromptExample]) -> dict[str, list]:
     keys = list(dict.fromkeys(key for prompt in prompts for key in prompt.metadata))
     for key in keys:
         if key in RESERVED_COLUMNS or key == "answer":
-            raise RlhfkitError(f"prompt metadata column '{key}' clashes with a reward function argument: rename it")
+            raise RlhfkitError(
+                f"prompt metadata column '{key}' clashes with a reward function argument: rename it"
+            )
     columns = {"answer": [prompt.answer for prompt in prompts]}
     columns.update({key: [prompt.metadata.get(key) for prompt in prompts] for key in keys})
     return columns
@@ -135,7 +141,9 @@ class FunctionReward:
 
     def __init__(self, fn: Callable, name: str, timeout_s: float | None = None):
         if timeout_s is not None and not timeout_s > 0:
-            raise RlhfkitError(f"reward function '{name}': timeout_s must be positive, got {timeout_s}")
+            raise RlhfkitError(
+                f"reward function '{name}': timeout_s must be positive, got {timeout_s}"
+            )
         self.fn, self.name, self.timeout_s = fn, name, timeout_s
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
@@ -145,22 +153,32 @@ class FunctionReward:
         values = self._call(prompts, list(responses))
         return RewardScores(rewards=torch.tensor(self._check(values, prompts), dtype=torch.float32))
 
-    def _call_once(self, prompts: list[PromptExample], responses: list[str], columns: dict[str, list]) -> Any:
+    def _call_once(
+        self, prompts: list[PromptExample], responses: list[str], columns: dict[str, list]
+    ) -> Any:
         args = ([prompt.prompt for prompt in prompts], responses)
         return call_with_deadline(self.fn, args, columns, self.timeout_s)
 
     def _call(self, prompts: list[PromptExample], responses: list[str]) -> Any:
-        columns = metadata_columns(prompts)  # outside the try: a clash is the data's fault, not the function's
+        columns = metadata_columns(
+            prompts
+        )  # outside the try: a clash is the data's fault, not the function's
         try:
             return self._call_once(prompts, responses, columns)
         except _Timeout:
-            raise self._error(f"did not return within {self.timeout_s:g} s on {_batch(prompts)}") from None
+            raise self._error(
+                f"did not return within {self.timeout_s:g} s on {_batch(prompts)}"
+            ) from None
         except Exception as error:
             index, error = self._first_failing(prompts, responses, columns, error)
-            where = _batch(prompts) if index is None else describe_sample(index, prompts[index].prompt)
+            where = (
+                _batch(prompts) if index is None else describe_sample(index, prompts[index].prompt)
+            )
             raise self._error(f"raised {_one_line(error)} on {where}") from error
 
-    def _first_failing(self, prompts, responses, columns, error: Exception) -> tuple[int | None, Exception]:
+    def _first_failing(
+        self, prompts, responses, columns, error: Exception
+    ) -> tuple[int | None, Exception]:
         """The first sample the function fails on when called on it alone, and that failure:
         a batch error names no sample, and the user needs to know which response broke it.
         None when every sample passes alone (the batch as a whole is what fails)."""
@@ -183,7 +201,9 @@ class FunctionReward:
             expected = f"expected a list of {len(prompts)} numbers"
             raise self._error(f"returned {type_name(values)} on {_batch(prompts)}, {expected}")
         if len(values) != len(prompts):
-            raise self._error(f"returned {len(values)} rewards for {len(prompts)} responses on {_batch(prompts)}")
+            raise self._error(
+                f"returned {len(values)} rewards for {len(prompts)} responses on {_batch(prompts)}"
+            )
         rewards = []
         for index, value in enumerate(values):
             where = describe_sample(index, prompts[index].prompt)

@@ -49,9 +49,13 @@ class RewardModelSource:
         name: str = "model",
     ):
         if batch_size < 1:
-            raise RlhfkitError(f"reward source '{name}': batch_size must be at least 1, got {batch_size}")
+            raise RlhfkitError(
+                f"reward source '{name}': batch_size must be at least 1, got {batch_size}"
+            )
         if uncertainty_coef < 0:
-            raise RlhfkitError(f"reward source '{name}': uncertainty_coef must be >= 0, got {uncertainty_coef}")
+            raise RlhfkitError(
+                f"reward source '{name}': uncertainty_coef must be >= 0, got {uncertainty_coef}"
+            )
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.batch_size, self.max_length = batch_size, max_length
         self.uncertainty_coef, self.truncation = uncertainty_coef, Truncation(truncation)
@@ -62,8 +66,11 @@ class RewardModelSource:
         """The same encoding as the reward-model trainer's, so the model scores the kind of
         sequence it was trained on (same EOS, same chat template, same truncation)."""
         encoded = encode_prompt_completion(
-            self.tokenizer, prompt, as_completion(prompt, response),
-            max_length=self.max_length, truncation=self.truncation,
+            self.tokenizer,
+            prompt,
+            as_completion(prompt, response),
+            max_length=self.max_length,
+            truncation=self.truncation,
         )
         if encoded is None:
             # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
@@ -84,7 +91,9 @@ class RewardModelSource:
         for start in range(0, len(encoded), self.batch_size):
             batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
             batch = move_batch(batch, self.model.device)
-            chunks.append(self.model(batch["input_ids"], batch["attention_mask"]).rewards.float().cpu())
+            chunks.append(
+                self.model(batch["input_ids"], batch["attention_mask"]).rewards.float().cpu()
+            )
         self.model.train(was_training)
         return torch.cat(chunks) if chunks else torch.zeros(0, self.model.num_heads)
 

@@ -11,7 +11,9 @@ from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sampl
 from rlhfkit.tasks.base import Task
 
 
-def _verify(name: str, task: Task, check: Callable, prompts: list[PromptExample], responses: list[str]) -> list:
+def _verify(
+    name: str, task: Task, check: Callable, prompts: list[PromptExample], responses: list[str]
+) -> list:
     """`check(prompt, response)` on every pair; a prompt the verifier cannot read (e.g. from a
     dataset without the task's metadata) is an error naming the sample, not a reward of 0."""
     out = []

@@ -10,6 +10,7 @@ the cache is allocated once instead of growing by concatenation (`kv_cache`).
 from dataclasses import dataclass
 
 import torch
+
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.kv_cache import preallocated_cache
 from rlhfkit.rollout.llama_step import FastDecoder, supports_fast_decode
@@ -26,9 +27,13 @@ class Rollout:
     prompt_ids: torch.Tensor  # (batch, prompt_len) left-padded
     prompt_mask: torch.Tensor  # (batch, prompt_len) bool, True = a real prompt token
     response_ids: torch.Tensor  # (batch, response_len) right-padded with pad_token_id
-    response_mask: torch.Tensor  # (batch, response_len) bool, True = a sampled token (the stop token included)
+    response_mask: (
+        torch.Tensor
+    )  # (batch, response_len) bool, True = a sampled token (the stop token included)
     logprobs: torch.Tensor  # (batch, response_len) log-prob of each sampled token under softmax(logits / T); 0 where masked
-    finished: torch.Tensor  # (batch,) bool, True = stopped at a stop token (False = cut at max_new_tokens)
+    finished: (
+        torch.Tensor
+    )  # (batch,) bool, True = stopped at a stop token (False = cut at max_new_tokens)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -70,7 +75,9 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def _choose(logits: torch.Tensor, greedy: bool, top_k: int, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
+def _choose(
+    logits: torch.Tensor, greedy: bool, top_k: int, top_p: float, uniforms: torch.Tensor
+) -> torch.Tensor:
     """One token per row by inverting the CDF at a uniform draw per row.
 
     Each row has its own draw, taken for the whole batch every step, so a row's sample does
@@ -125,8 +132,14 @@ def generate(
 
     # step 1. prefill each prompt once, then copy its cache for every sample
     cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask.long(),
+        position_ids=positions_from_mask(prompt_mask),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     logits = out.logits[:, -1].float()
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
@@ -134,7 +147,9 @@ def generate(
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
     batch = prompt_ids.shape[0]
-    response_ids = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    response_ids = torch.full(
+        (batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device
+    )
     logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -165,7 +180,12 @@ def generate(
         if (~active).sum() >= COMPACT_WHEN_FINISHED * active.numel():
             keep = active.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
-            rows, tokens, attention, next_position = rows[keep], tokens[keep], attention[keep], next_position[keep]
+            rows, tokens, attention, next_position = (
+                rows[keep],
+                tokens[keep],
+                attention[keep],
+                next_position[keep],
+            )
             active = active[keep]
         # step 4. one cached forward step; stopped rows still in the batch feed padding
         tokens = torch.where(active, tokens, torch.full_like(tokens, pad_token_id))
@@ -173,11 +193,23 @@ def generate(
         if decoder is not None:
             logits = decoder.decode_step(tokens, next_position, attention, cache).float()
         else:
-            out = model(input_ids=tokens.unsqueeze(1), attention_mask=attention,
-                        position_ids=next_position.unsqueeze(1), past_key_values=cache, use_cache=True)
+            out = model(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=attention,
+                position_ids=next_position.unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            )
             logits = out.logits[:, -1].float()
         next_position = next_position + 1
 
     width = int(lengths.max()) if batch else 0
     response_mask = torch.arange(width, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    return Rollout(prompt_ids, prompt_mask, response_ids[:, :width], response_mask, logprobs[:, :width], finished)
+    return Rollout(
+        prompt_ids,
+        prompt_mask,
+        response_ids[:, :width],
+        response_mask,
+        logprobs[:, :width],
+        finished,
+    )

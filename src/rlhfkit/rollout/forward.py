@@ -20,7 +20,6 @@ from rlhfkit.objectives.logprobs import entropy_from_logits, head_logprobs, toke
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.llama_step import plain_lm_head
 
-
 # Logits at least this large (64 MB in float32: 64 responses of 512 tokens over a 2,048-token
 # vocabulary hold 67M) go through the chunked LM head; below it, holding them costs less than
 # the chunked loop (measured: equal at 64 x 32 tokens, 2.5% slower on the DPO pairs).
@@ -29,7 +28,9 @@ CHUNKED_HEAD_MIN_LOGITS = 1 << 24
 
 class ResponseLogprobs(NamedTuple):
     logprobs: torch.Tensor  # (batch, response_len) log-prob of each response token
-    entropy: torch.Tensor | None  # (batch, response_len) entropy of the tempered distribution, or None
+    entropy: (
+        torch.Tensor | None
+    )  # (batch, response_len) entropy of the tempered distribution, or None
 
 
 def response_logprobs(
@@ -57,20 +58,32 @@ def response_logprobs(
         ResponseLogprobs with (batch, response_len) tensors; values at masked positions are
         finite but meaningless.
     """
-    shared = group_size > 1 and shares_prompts(input_ids[:, :-response_len], attention_mask[:, :-response_len],
-                                               group_size)
+    shared = group_size > 1 and shares_prompts(
+        input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size
+    )
     targets = input_ids[:, -response_len:]
     head = plain_lm_head(model)
     large = head is not None and targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS
     if large and not torch.is_autocast_enabled(input_ids.device.type):
         # the base model's hidden states, and the head applied chunk by chunk (`head_logprobs`)
-        states = _response_states(model.model, input_ids, attention_mask, response_len, group_size if shared else 1,
-                                  hidden=True)
+        states = _response_states(
+            model.model,
+            input_ids,
+            attention_mask,
+            response_len,
+            group_size if shared else 1,
+            hidden=True,
+        )
         rows, width, size = states.shape
-        logprobs, entropy = head_logprobs(states.reshape(-1, size), head, targets.reshape(-1), temperature,
-                                          with_entropy)
-        return ResponseLogprobs(logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width))
-    logits = _response_states(model, input_ids, attention_mask, response_len, group_size if shared else 1, hidden=False)
+        logprobs, entropy = head_logprobs(
+            states.reshape(-1, size), head, targets.reshape(-1), temperature, with_entropy
+        )
+        return ResponseLogprobs(
+            logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width)
+        )
+    logits = _response_states(
+        model, input_ids, attention_mask, response_len, group_size if shared else 1, hidden=False
+    )
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     logprobs = token_logprobs(logits, targets)
     entropy = None
@@ -80,10 +93,12 @@ def response_logprobs(
     return ResponseLogprobs(logprobs, entropy)
 
 
-def _response_states(model, input_ids, attention_mask, response_len: int, group_size: int, *,
-                     hidden: bool) -> torch.Tensor:
+def _response_states(
+    model, input_ids, attention_mask, response_len: int, group_size: int, *, hidden: bool
+) -> torch.Tensor:
     """(batch, response_len, vocab) logits, or with `hidden` the (batch, response_len, d) last
     hidden states of a base model, at the positions that predict the response tokens."""
+
     def run(**inputs):
         out = model(**inputs)
         return out.last_hidden_state if hidden else out.logits
@@ -92,28 +107,49 @@ def _response_states(model, input_ids, attention_mask, response_len: int, group_
         # position t predicts token t + 1: the last response_len + 1 positions but the very last
         # (the LM head runs on those only)
         keep = {} if hidden else {"logits_to_keep": response_len + 1}
-        states = run(input_ids=input_ids, attention_mask=attention_mask.long(),
-                     position_ids=positions_from_mask(attention_mask), **keep)
+        states = run(
+            input_ids=input_ids,
+            attention_mask=attention_mask.long(),
+            position_ids=positions_from_mask(attention_mask),
+            **keep,
+        )
         return states[:, -response_len - 1 : -1]
     prompt_len = input_ids.shape[1] - response_len
-    prompt_ids, prompt_mask = input_ids[::group_size, :prompt_len], attention_mask[::group_size, :prompt_len]
+    prompt_ids, prompt_mask = (
+        input_ids[::group_size, :prompt_len],
+        attention_mask[::group_size, :prompt_len],
+    )
     # step 1. the distinct prompts; their last position predicts the first response token
     cache = DynamicCache()
     keep = {} if hidden else {"logits_to_keep": 1}
-    first = run(input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=positions_from_mask(prompt_mask),
-                past_key_values=cache, use_cache=True, **keep)[:, -1:].repeat_interleave(group_size, dim=0)
+    first = run(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask.long(),
+        position_ids=positions_from_mask(prompt_mask),
+        past_key_values=cache,
+        use_cache=True,
+        **keep,
+    )[:, -1:].repeat_interleave(group_size, dim=0)
     if response_len == 1:
         return first
     # step 2. every response (but its last token, which predicts nothing) on its prompt's keys and values
     cache.batch_repeat_interleave(group_size)
     positions = attention_mask[:, :prompt_len].sum(dim=1, keepdim=True) + torch.arange(
-        response_len - 1, device=input_ids.device)
-    rest = run(input_ids=input_ids[:, prompt_len:-1], attention_mask=attention_mask[:, :-1].long(),
-               position_ids=positions, past_key_values=cache, use_cache=True)
+        response_len - 1, device=input_ids.device
+    )
+    rest = run(
+        input_ids=input_ids[:, prompt_len:-1],
+        attention_mask=attention_mask[:, :-1].long(),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
     return torch.cat([first, rest], dim=1)
 
 
-def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int) -> torch.Tensor:
+def response_values(
+    critic, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_len: int
+) -> torch.Tensor:
     """V(s_t) for each response token t: the critic's head at the position that predicts token t.
 
     Args:
@@ -123,7 +159,10 @@ def response_values(critic, input_ids: torch.Tensor, attention_mask: torch.Tenso
     Returns:
         (batch, response_len) values; meaningless (but finite) where the response is padding.
     """
-    hidden = critic.backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
-                      position_ids=positions_from_mask(attention_mask)).last_hidden_state
+    hidden = critic.backbone(
+        input_ids=input_ids,
+        attention_mask=attention_mask.long(),
+        position_ids=positions_from_mask(attention_mask),
+    ).last_hidden_state
     # state s_t is the prefix before token t: the same positions whose logits sample token t
     return critic.token_scores(hidden[:, -response_len - 1 : -1]).squeeze(-1).float()

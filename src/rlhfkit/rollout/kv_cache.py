@@ -27,7 +27,9 @@ class PreallocatedLayer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         batch, heads, _, _ = key_states.shape
         self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
-        self.value_buffer = value_states.new_empty((batch, heads, self.capacity, value_states.shape[-1]))
+        self.value_buffer = value_states.new_empty(
+            (batch, heads, self.capacity, value_states.shape[-1])
+        )
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -44,7 +46,10 @@ class PreallocatedLayer(DynamicLayer):
 
     def _filled_views(self) -> None:
         """`keys` / `values`: views of the filled positions, what attention reads."""
-        self.keys, self.values = self.key_buffer[:, :, : self.length], self.value_buffer[:, :, : self.length]
+        self.keys, self.values = (
+            self.key_buffer[:, :, : self.length],
+            self.value_buffer[:, :, : self.length],
+        )
 
     def get_seq_length(self) -> int:
         return self.length
@@ -61,9 +66,16 @@ class PreallocatedLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
             # only the filled positions are copied; the rest of the new buffer stays unset
-            keys, values = self.key_buffer[indices, :, : self.length], self.value_buffer[indices, :, : self.length]
-            self.key_buffer = keys.new_empty((keys.shape[0], keys.shape[1], self.capacity, keys.shape[-1]))
-            self.value_buffer = values.new_empty((values.shape[0], values.shape[1], self.capacity, values.shape[-1]))
+            keys, values = (
+                self.key_buffer[indices, :, : self.length],
+                self.value_buffer[indices, :, : self.length],
+            )
+            self.key_buffer = keys.new_empty(
+                (keys.shape[0], keys.shape[1], self.capacity, keys.shape[-1])
+            )
+            self.value_buffer = values.new_empty(
+                (values.shape[0], values.shape[1], self.capacity, values.shape[-1])
+            )
             self.key_buffer[:, :, : self.length] = keys
             self.value_buffer[:, :, : self.length] = values
             self._filled_views()

@@ -20,16 +20,23 @@ def supports_fast_decode(model) -> bool:
     """A plain `LlamaForCausalLM` (no adapters, no biases, SiLU MLP, one tensor-parallel slice):
     the architecture `decode_step` reproduces. Everything else decodes through the model."""
     config = getattr(model, "config", None)
-    return (type(model).__name__ == "LlamaForCausalLM" and getattr(config, "model_type", "") == "llama"
-            and not getattr(config, "attention_bias", False) and not getattr(config, "mlp_bias", False)
-            and getattr(config, "hidden_act", "") == "silu" and getattr(config, "pretraining_tp", 1) == 1
-            and not hasattr(model, "peft_config"))
+    return (
+        type(model).__name__ == "LlamaForCausalLM"
+        and getattr(config, "model_type", "") == "llama"
+        and not getattr(config, "attention_bias", False)
+        and not getattr(config, "mlp_bias", False)
+        and getattr(config, "hidden_act", "") == "silu"
+        and getattr(config, "pretraining_tp", 1) == 1
+        and not hasattr(model, "peft_config")
+    )
 
 
 def plain_lm_head(model) -> torch.Tensor | None:
     """The LM head's weight when the logits are exactly `hidden @ weight.T` of the base model's
     last hidden state (a plain Llama: no bias, scaling or soft-capping), else None."""
-    return model.lm_head.weight if supports_fast_decode(model) and model.lm_head.bias is None else None
+    return (
+        model.lm_head.weight if supports_fast_decode(model) and model.lm_head.bias is None else None
+    )
 
 
 @dataclass
@@ -56,12 +63,22 @@ class FastDecoder:
         self.scale = self.head_dim**-0.5
         with torch.no_grad():
             self.layers = [
-                _Layer(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                       torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight,
-                                  layer.self_attn.v_proj.weight]),
-                       layer.self_attn.o_proj.weight,
-                       torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]), layer.mlp.down_proj.weight)
-                for layer in model.model.layers]
+                _Layer(
+                    layer.input_layernorm.weight,
+                    layer.post_attention_layernorm.weight,
+                    torch.cat(
+                        [
+                            layer.self_attn.q_proj.weight,
+                            layer.self_attn.k_proj.weight,
+                            layer.self_attn.v_proj.weight,
+                        ]
+                    ),
+                    layer.self_attn.o_proj.weight,
+                    torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
+                    layer.mlp.down_proj.weight,
+                )
+                for layer in model.model.layers
+            ]
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
         self.lm_head = model.lm_head.weight
@@ -70,10 +87,14 @@ class FastDecoder:
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # as LlamaRMSNorm: normalise in float32, cast back, then scale
         x32 = x.float()
-        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(
+            x.dtype
+        )
 
     @torch.no_grad()
-    def decode_step(self, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, cache) -> torch.Tensor:
+    def decode_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, cache
+    ) -> torch.Tensor:
         """Logits for one new token per row, appending its keys and values to `cache`.
 
         Args:
@@ -96,11 +117,17 @@ class FastDecoder:
             q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
             q = _rotate(q.view(batch, self.heads, self.head_dim), cos, sin)
             k = _rotate(k.view(batch, self.kv_heads, self.head_dim), cos, sin)
-            keys, values = cached.update(k.unsqueeze(2), v.view(batch, self.kv_heads, 1, self.head_dim))
+            keys, values = cached.update(
+                k.unsqueeze(2), v.view(batch, self.kv_heads, 1, self.head_dim)
+            )
             # (batch, kv_heads, groups, head_dim) @ (batch, kv_heads, head_dim, positions)
-            scores = torch.matmul(q.view(batch, self.kv_heads, groups, self.head_dim), keys.transpose(-1, -2))
+            scores = torch.matmul(
+                q.view(batch, self.kv_heads, groups, self.head_dim), keys.transpose(-1, -2)
+            )
             scores = (scores * self.scale).masked_fill(blocked, float("-inf"))
-            mixed = torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(values.dtype), values)
+            mixed = torch.matmul(
+                scores.softmax(dim=-1, dtype=torch.float32).to(values.dtype), values
+            )
             x = x + F.linear(mixed.reshape(batch, q_size), layer.out)
             gate, up = F.linear(self._rms(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)

@@ -23,7 +23,9 @@ class Samples:
 def stop_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return sorted(set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+    return sorted(
+        set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+    )
 
 
 @torch.no_grad()
@@ -57,12 +59,25 @@ def sample_responses(
     per_batch = max(1, batch_size // num_samples)
     texts, num_tokens = [], 0
     try:
-        with ProgressBar(-(-len(prompts) // per_batch), progress or "", enabled=progress is not None) as bar:
+        with ProgressBar(
+            -(-len(prompts) // per_batch), progress or "", enabled=progress is not None
+        ) as bar:
             for start in range(0, len(prompts), per_batch):
                 ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
-                rollout = generate(model, ids, mask, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                                   stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id, temperature=temperature,
-                                   top_p=top_p, top_k=top_k, greedy=greedy, generator=generator)
+                rollout = generate(
+                    model,
+                    ids,
+                    mask,
+                    num_samples=num_samples,
+                    max_new_tokens=max_new_tokens,
+                    stop_ids=stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    temperature=temperature,
+                    top_p=top_p,
+                    top_k=top_k,
+                    greedy=greedy,
+                    generator=generator,
+                )
                 texts += decode_responses(tokenizer, rollout)
                 batch_tokens = int(rollout.response_mask.sum())
                 num_tokens += batch_tokens

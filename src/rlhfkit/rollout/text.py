@@ -22,7 +22,10 @@ def encode_prompts(
 
 def response_token_ids(rollout: Rollout) -> list[list[int]]:
     """Each row's sampled tokens (stop token included), padding removed."""
-    return [row[:length] for row, length in zip(rollout.response_ids.tolist(), rollout.response_lengths.tolist())]
+    return [
+        row[:length]
+        for row, length in zip(rollout.response_ids.tolist(), rollout.response_lengths.tolist())
+    ]
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:

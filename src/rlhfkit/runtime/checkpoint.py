@@ -62,7 +62,9 @@ def save_checkpoint(
     try:
         write(tmp)
         # The marker goes in last: its presence is what makes a checkpoint complete.
-        (tmp / MARKER_NAME).write_text(json.dumps({"step": step, "format": CHECKPOINT_FORMAT}) + "\n")
+        (tmp / MARKER_NAME).write_text(
+            json.dumps({"step": step, "format": CHECKPOINT_FORMAT}) + "\n"
+        )
         _fsync_tree(tmp)
         _move_into_place(tmp, final)
     except BaseException:
@@ -89,10 +91,14 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
     try:
         info = json.loads(marker.read_text())
     except (OSError, ValueError) as err:
-        message = f"{checkpoint_dir} is not a complete checkpoint: cannot read {MARKER_NAME} ({err})"
+        message = (
+            f"{checkpoint_dir} is not a complete checkpoint: cannot read {MARKER_NAME} ({err})"
+        )
         raise RlhfkitError(message) from None
     if info.get("format") != CHECKPOINT_FORMAT:
-        raise RlhfkitError(f"{checkpoint_dir}: checkpoint format {info.get('format')!r} is not supported")
+        raise RlhfkitError(
+            f"{checkpoint_dir}: checkpoint format {info.get('format')!r} is not supported"
+        )
     return int(info["step"])
 
 

@@ -25,7 +25,9 @@ from rlhfkit.runtime.config_types import convert_value, section_type
 ConfigT = TypeVar("ConfigT")
 
 
-def load_config(cls: type[ConfigT], path: str | Path | None = None, overrides: Sequence[str] = ()) -> ConfigT:
+def load_config(
+    cls: type[ConfigT], path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> ConfigT:
     """Build a `cls` config from an optional YAML file and `key=value` overrides.
 
     Args:
@@ -56,12 +58,18 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"config_to_dict needs a dataclass instance, got {cfg!r}")
-    return {field.name: _plain(getattr(cfg, field.name)) for field in dataclasses.fields(cfg) if field.init}
+    return {
+        field.name: _plain(getattr(cfg, field.name))
+        for field in dataclasses.fields(cfg)
+        if field.init
+    }
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the config as readable YAML (fields in declaration order, lists inline)."""
-    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=False)  # escaped: raw U+0085 etc. read back as spaces
+    text = yaml.dump(
+        config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False, allow_unicode=False
+    )  # escaped: raw U+0085 etc. read back as spaces
     Path(path).write_text(text, encoding="utf-8")
 
 
@@ -128,11 +136,17 @@ def _build_section(cls: type, raw: Mapping[str, Any], prefix: str, base: Any) ->
         if name not in annotations:
             raise _unknown_key(prefix, name, list(annotations))
         annotation = annotations[name]
-        base_value = _section_default(fields[name]) if section_type(annotation) is not None else None
-        kwargs[name] = convert_value(value, annotation, _join(prefix, name), base_value, _build_section)
+        base_value = (
+            _section_default(fields[name]) if section_type(annotation) is not None else None
+        )
+        kwargs[name] = convert_value(
+            value, annotation, _join(prefix, name), base_value, _build_section
+        )
     if base is not None and isinstance(base, cls):
         return dataclasses.replace(base, **kwargs)
-    missing = [name for name, field in fields.items() if name not in kwargs and _has_no_default(field)]
+    missing = [
+        name for name, field in fields.items() if name not in kwargs and _has_no_default(field)
+    ]
     if missing:
         raise ConfigError(f"missing config key '{_join(prefix, missing[0])}' (it has no default)")
     return cls(**kwargs)
@@ -152,7 +166,9 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     if data is None:  # an empty file sets nothing
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of keys to values, got a {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys to values, got a {type(data).__name__}"
+        )
     return data
 
 
@@ -168,7 +184,9 @@ def _parse_override(override: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{override}': the value is not valid YAML: {_yaml_error_line(err)}") from None
+        raise ConfigError(
+            f"override '{override}': the value is not valid YAML: {_yaml_error_line(err)}"
+        ) from None
 
 
 def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> None:
@@ -256,7 +274,11 @@ def _yaml_error_line(err: yaml.YAMLError) -> str:
     """PyYAML errors span several lines; keep the problem and where it is."""
     problem = getattr(err, "problem", None) or str(err).splitlines()[0]
     mark = getattr(err, "problem_mark", None)
-    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+    return (
+        f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+        if mark is not None
+        else problem
+    )
 
 
 def _represent_list_inline(dumper: yaml.SafeDumper, data: list) -> yaml.Node:

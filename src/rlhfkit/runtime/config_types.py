@@ -24,7 +24,9 @@ class TypeMismatch(Exception):
     """A value does not fit an annotation; the caller turns it into a ConfigError naming the key."""
 
 
-def convert_value(value: Any, annotation: Any, key: str, base: Any, build_section: SectionBuilder) -> Any:
+def convert_value(
+    value: Any, annotation: Any, key: str, base: Any, build_section: SectionBuilder
+) -> Any:
     """Convert `value` for the field `key` annotated `annotation`.
 
     Args:
@@ -44,7 +46,9 @@ def convert_value(value: Any, annotation: Any, key: str, base: Any, build_sectio
     try:
         return _convert(value, annotation, key, base, build_section)
     except TypeMismatch:
-        raise ConfigError(f"config key '{key}': expected {describe(annotation)}, got {_show(value)}") from None
+        raise ConfigError(
+            f"config key '{key}': expected {describe(annotation)}, got {_show(value)}"
+        ) from None
 
 
 def describe(annotation: Any) -> str:
@@ -80,7 +84,9 @@ def section_type(annotation: Any) -> type | None:
     return None
 
 
-def _convert(value: Any, annotation: Any, key: str, base: Any, build_section: SectionBuilder) -> Any:
+def _convert(
+    value: Any, annotation: Any, key: str, base: Any, build_section: SectionBuilder
+) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is Any:
         return value
@@ -111,7 +117,9 @@ def _convert(value: Any, annotation: Any, key: str, base: Any, build_section: Se
     return converter(value)
 
 
-def _convert_union(value: Any, args: tuple, key: str, base: Any, build_section: SectionBuilder) -> Any:
+def _convert_union(
+    value: Any, args: tuple, key: str, base: Any, build_section: SectionBuilder
+) -> Any:
     if value is None and type(None) in args:
         return None
     arms = [arg for arg in args if arg is not type(None)]
@@ -126,7 +134,9 @@ def _convert_union(value: Any, args: tuple, key: str, base: Any, build_section: 
     raise TypeMismatch
 
 
-def _convert_sequence(value: Any, annotation: Any, key: str, build_section: SectionBuilder) -> tuple:
+def _convert_sequence(
+    value: Any, annotation: Any, key: str, build_section: SectionBuilder
+) -> tuple:
     # A frozen config holds tuples: a list default would be shared and mutable.
     if not isinstance(value, (list, tuple)):
         raise TypeMismatch

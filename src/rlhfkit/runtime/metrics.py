@@ -35,7 +35,13 @@ class MetricsLogger:
             larger step are removed first (and hidden from TensorBoard).
     """
 
-    def __init__(self, metrics_path: Path, tensorboard_dir: Path | None, *, resume_from_step: int | None = None):
+    def __init__(
+        self,
+        metrics_path: Path,
+        tensorboard_dir: Path | None,
+        *,
+        resume_from_step: int | None = None,
+    ):
         self.metrics_path = Path(metrics_path)
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if resume_from_step is not None and self.metrics_path.exists():
@@ -57,7 +63,9 @@ class MetricsLogger:
         """
         clashes = _RESERVED_KEYS & metrics.keys()
         if clashes:
-            raise ValueError(f"metric names {sorted(clashes)} are reserved for the line's own fields")
+            raise ValueError(
+                f"metric names {sorted(clashes)} are reserved for the line's own fields"
+            )
         values = {key: _plain_number(value) for key, value in metrics.items()}
         record = {"stage": stage, "step": step, "time": time.time()}
         record.update({key: value if _is_finite(value) else None for key, value in values.items()})
@@ -79,7 +87,10 @@ class MetricsLogger:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         self.close()
 

@@ -45,7 +45,9 @@ class RunDir:
         return self.root / "tensorboard"
 
 
-def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True) -> RunDir:
+def prepare_run_dir(
+    root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True
+) -> RunDir:
     """Create (or reopen) a run directory.
 
     Args:
@@ -69,11 +71,15 @@ def prepare_run_dir(root: Path, *, resume: bool, overwrite: bool, resume_needs_c
     has_content = root.is_dir() and any(root.iterdir())
     if resume and not resume_needs_checkpoint:
         if not run_dir.config_path.is_file():
-            raise RlhfkitError(f"nothing to resume in run directory {root}: it holds no config.yaml")
+            raise RlhfkitError(
+                f"nothing to resume in run directory {root}: it holds no config.yaml"
+            )
         return run_dir
     if resume:
         if latest_checkpoint(run_dir.checkpoints) is None:
-            raise RlhfkitError(f"nothing to resume in run directory {root}: it holds no complete checkpoint")
+            raise RlhfkitError(
+                f"nothing to resume in run directory {root}: it holds no complete checkpoint"
+            )
         return run_dir
     if has_content and not overwrite:
         raise RlhfkitError(
@@ -93,5 +99,7 @@ def _remove_old_run(run_dir: RunDir) -> None:
             "(no config.yaml, metrics.jsonl or checkpoints/)"
         )
     if Path.cwd().resolve().is_relative_to(run_dir.root.resolve()):
-        raise RlhfkitError(f"refusing to overwrite {run_dir.root}: it contains the current directory")
+        raise RlhfkitError(
+            f"refusing to overwrite {run_dir.root}: it contains the current directory"
+        )
     shutil.rmtree(run_dir.root)

@@ -17,7 +17,9 @@ from rlhfkit.tasks import advice_critique
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
 from rlhfkit.tasks.advice_writer import TOPIC_OF_TIP, split_sentences, write_reply
 
-TOPIC_OF_QUESTION = {question: topic for topic, bank in TOPICS.items() for question in bank["questions"]}
+TOPIC_OF_QUESTION = {
+    question: topic for topic, bank in TOPICS.items() for question in bank["questions"]
+}
 
 # Gold weights: what the hidden annotator values, in reward units.
 ON_TOPIC_TIP, MAX_USEFUL_TIPS = 1.0, 4
@@ -86,7 +88,11 @@ class AdviceTask:
         out = []
         for _ in range(n):
             topic, prompt = self._question(rng)
-            out.append(PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic}))
+            out.append(
+                PromptExample(
+                    prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic}
+                )
+            )
         return out
 
     def prompt_example(self, prompt: str) -> PromptExample:
@@ -95,7 +101,9 @@ class AdviceTask:
             topic = topic_of_prompt(prompt)
         except KeyError as error:
             raise RlhfkitError(error.args[0]) from None
-        return PromptExample(prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic})
+        return PromptExample(
+            prompt=prompt, answer=None, metadata={"task": self.name, "topic": topic}
+        )
 
     @property
     def principles(self):
@@ -105,8 +113,11 @@ class AdviceTask:
     def critique_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
         """`n` critique-and-revise demonstrations, two rows each (critique, then revision)."""
         demos = advice_critique.critique_demos(n, rng, self._question)
-        return [SFTExample(prompt=p, completion=c) for demo in demos
-                for p, c in advice_critique.demo_rows(demo)]
+        return [
+            SFTExample(prompt=p, completion=c)
+            for demo in demos
+            for p, c in advice_critique.demo_rows(demo)
+        ]
 
     def one_flaw_pairs(self, n: int, rng: random.Random) -> list[dict]:
         """`n` preference rows of equally long replies, one with a sentence breaking a principle."""

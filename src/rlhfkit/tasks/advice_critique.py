@@ -17,12 +17,21 @@ from rlhfkit.data.conversation import Principle, critique_prompt, revision_promp
 from rlhfkit.tasks.advice_bank import FILLER, RUDE, TOPICS
 from rlhfkit.tasks.advice_writer import TOPIC_OF_TIP, split_sentences, write_reply
 
-POLITE = Principle("polite", "Is any sentence of the reply rude? Name it.",
-                   "Rewrite the reply without the rude sentence.")
-ON_TOPIC = Principle("on_topic", "Is any sentence of the reply about another topic? Name it.",
-                     "Rewrite the reply without the off-topic sentence.")
-NO_REPEATS = Principle("no_repeats", "Does the reply say a sentence twice? Name it.",
-                       "Rewrite the reply without the repeated sentence.")
+POLITE = Principle(
+    "polite",
+    "Is any sentence of the reply rude? Name it.",
+    "Rewrite the reply without the rude sentence.",
+)
+ON_TOPIC = Principle(
+    "on_topic",
+    "Is any sentence of the reply about another topic? Name it.",
+    "Rewrite the reply without the off-topic sentence.",
+)
+NO_REPEATS = Principle(
+    "no_repeats",
+    "Does the reply say a sentence twice? Name it.",
+    "Rewrite the reply without the repeated sentence.",
+)
 PRINCIPLES = (POLITE, ON_TOPIC, NO_REPEATS)
 NOTHING_WRONG = "Nothing to fix."
 VERDICTS = {"polite": "is rude.", "on_topic": "is off topic.", "no_repeats": "is said twice."}
@@ -65,8 +74,9 @@ class CritiqueDemo:
     revision: str
 
 
-def critique_demo(topic: str, prompt: str, principle: Principle, rng: random.Random,
-                  flaw_rate: float = 0.5) -> CritiqueDemo | None:
+def critique_demo(
+    topic: str, prompt: str, principle: Principle, rng: random.Random, flaw_rate: float = 0.5
+) -> CritiqueDemo | None:
     """One demonstration, or None when clearing the writer's reply left nothing."""
     sentences = split_sentences(write_reply(rng, topic))
     bad = set(offending(principle.name, topic, sentences))
@@ -77,14 +87,28 @@ def critique_demo(topic: str, prompt: str, principle: Principle, rng: random.Ran
     if rng.random() < flaw_rate:
         offender, sentence = _flaw(principle.name, topic, sentences, rng)
         sentences.insert(offender, sentence)
-    critique = NOTHING_WRONG if offender is None else f'"{sentences[offender]}" {VERDICTS[principle.name]}'
+    critique = (
+        NOTHING_WRONG if offender is None else f'"{sentences[offender]}" {VERDICTS[principle.name]}'
+    )
     kept = [s for i, s in enumerate(sentences) if i != offender]
-    return CritiqueDemo(prompt, topic, principle, " " + " ".join(sentences), offender, " " + critique,
-                        " " + " ".join(kept))
+    return CritiqueDemo(
+        prompt,
+        topic,
+        principle,
+        " " + " ".join(sentences),
+        offender,
+        " " + critique,
+        " " + " ".join(kept),
+    )
 
 
-def critique_demos(n: int, rng: random.Random, question: Callable[[random.Random], tuple[str, str]],
-                   principles: tuple[Principle, ...] = PRINCIPLES, flaw_rate: float = 0.5) -> list[CritiqueDemo]:
+def critique_demos(
+    n: int,
+    rng: random.Random,
+    question: Callable[[random.Random], tuple[str, str]],
+    principles: tuple[Principle, ...] = PRINCIPLES,
+    flaw_rate: float = 0.5,
+) -> list[CritiqueDemo]:
     """`n` demonstrations; `question(rng)` gives (topic, prompt), the principle is drawn evenly."""
     demos = []
     while len(demos) < n:
@@ -104,11 +128,15 @@ def one_flaw_pairs(demos: list[CritiqueDemo], rng: random.Random) -> list[dict]:
     for demo in (d for d in demos if d.offender is not None):
         sentences = split_sentences(demo.reply)
         sentences[demo.offender] = rng.choice([s for s in FILLER if s not in sentences])
-        rows.append({"prompt": demo.prompt, "chosen": " " + " ".join(sentences), "rejected": demo.reply})
+        rows.append(
+            {"prompt": demo.prompt, "chosen": " " + " ".join(sentences), "rejected": demo.reply}
+        )
     return rows
 
 
 def demo_rows(demo: CritiqueDemo) -> list[tuple[str, str]]:
     """The demonstration's two (prompt, completion) rows: the critique, then the revision."""
-    return [(critique_prompt(demo.prompt, demo.reply, demo.principle), demo.critique),
-            (revision_prompt(demo.prompt, demo.reply, demo.principle, demo.critique), demo.revision)]
+    return [
+        (critique_prompt(demo.prompt, demo.reply, demo.principle), demo.critique),
+        (revision_prompt(demo.prompt, demo.reply, demo.principle, demo.critique), demo.revision),
+    ]

@@ -27,8 +27,10 @@ def write_reply(rng: random.Random, topic: str) -> str:
     tips = TOPICS[topic]["tips"]
     body = [tips[i] for i in sorted(rng.sample(range(len(tips)), rng.randint(1, 5)))]
     other_topics = [t for t in TOPICS if t != topic]
-    body = [rng.choice(TOPICS[rng.choice(other_topics)]["tips"]) if rng.random() < 0.15 else s
-            for s in body]
+    body = [
+        rng.choice(TOPICS[rng.choice(other_topics)]["tips"]) if rng.random() < 0.15 else s
+        for s in body
+    ]
     extras = [rng.choice(FILLER) for _ in range(2) if rng.random() < 0.25]
     if rng.random() < 0.1:
         extras.append(rng.choice(RUDE))

@@ -113,20 +113,30 @@ class ArithTask:
     name = "arith"
     description = "multi-step arithmetic word problems; verifiable answers and steps"
 
-    def __init__(self, flawed_fraction: float = 0.2, shortcut_fraction: float = 0.0, min_steps: int = 3,
-                 max_steps: int = 3, max_operand: int = 9):
+    def __init__(
+        self,
+        flawed_fraction: float = 0.2,
+        shortcut_fraction: float = 0.0,
+        min_steps: int = 3,
+        max_steps: int = 3,
+        max_operand: int = 9,
+    ):
         self.flawed_fraction, self.shortcut_fraction = flawed_fraction, shortcut_fraction
         self.min_steps, self.max_steps, self.max_operand = min_steps, max_steps, max_operand
 
     def _problem(self, rng: random.Random) -> tuple[str, list[Step]]:
-        start, steps = _random_steps(rng, rng.randint(self.min_steps, self.max_steps), self.max_operand)
+        start, steps = _random_steps(
+            rng, rng.randint(self.min_steps, self.max_steps), self.max_operand
+        )
         return _question(rng, start, steps), steps
 
     def sft_examples(self, n: int, rng: random.Random) -> list[SFTExample]:
         examples = []
         for _ in range(n):
             prompt, steps = self._problem(rng)
-            if self.shortcut_fraction > 0 and rng.random() < self.shortcut_fraction:  # no draw when off
+            if (
+                self.shortcut_fraction > 0 and rng.random() < self.shortcut_fraction
+            ):  # no draw when off
                 examples.append(SFTExample(prompt=prompt, completion=shortcut_text(steps)))
                 continue
             if rng.random() < self.flawed_fraction:
@@ -138,8 +148,13 @@ class ArithTask:
         out = []
         for _ in range(n):
             prompt, steps = self._problem(rng)
-            metadata = {"task": self.name, "steps": [[s.left, s.op, s.right, s.result] for s in steps]}
-            out.append(PromptExample(prompt=prompt, answer=str(steps[-1].result), metadata=metadata))
+            metadata = {
+                "task": self.name,
+                "steps": [[s.left, s.op, s.right, s.result] for s in steps],
+            }
+            out.append(
+                PromptExample(prompt=prompt, answer=str(steps[-1].result), metadata=metadata)
+            )
         return out
 
     def reward(self, prompt: PromptExample, response: str) -> float:
@@ -163,7 +178,9 @@ class ArithTask:
         the final answer with the outcome reward (at the answer, or the response's end if none)."""
         truth = [Step(*s) for s in prompt.metadata["steps"]]
         matches = list(STEP_PATTERN.finditer(response))
-        written = [Step(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in matches)]
+        written = [
+            Step(int(a), op, int(b), int(c)) for a, op, b, c in (m.groups() for m in matches)
+        ]
         out = [(m.end(), float(ok)) for m, ok in zip(matches, step_labels(truth, written))]
         answer = ANSWER_PATTERN.search(response)
         return out + [(answer.end() if answer else len(response), self.reward(prompt, response))]
@@ -188,4 +205,3 @@ class ArithTask:
             "step_accuracy": sum(steps) / max(1, len(steps)),
             "gold_score": sum(correct) / max(1, len(correct)),
         }
-

@@ -33,8 +33,10 @@ def _ranking_row(prompt: PromptExample, responses: list[str], order: list[int]) 
 def ranking_pairs(row: dict) -> list[dict]:
     """The C(K,2) preference rows of a ranking row (responses best to worst)."""
     winners, losers, _ = ranking_to_pairs(list(range(len(row["responses"]))))
-    return [{"prompt": row["prompt"], "chosen": row["responses"][w], "rejected": row["responses"][l]}
-            for w, l in zip(winners, losers)]
+    return [
+        {"prompt": row["prompt"], "chosen": row["responses"][w], "rejected": row["responses"][l]}
+        for w, l in zip(winners, losers)
+    ]
 
 
 def _agreement_with(order_a: list[int], score_of) -> tuple[float, int]:
@@ -50,7 +52,9 @@ def _agreement_with(order_a: list[int], score_of) -> tuple[float, int]:
     return total, count
 
 
-def _non_empty(groups: list[tuple[PromptExample, list[str]]]) -> list[tuple[PromptExample, list[str]]]:
+def _non_empty(
+    groups: list[tuple[PromptExample, list[str]]],
+) -> list[tuple[PromptExample, list[str]]]:
     kept = [(prompt, [r for r in responses if r.strip()]) for prompt, responses in groups]
     return [(prompt, responses) for prompt, responses in kept if len(responses) >= 2]
 
@@ -74,8 +78,16 @@ def label_responses(
     Agreement and Bayes limit are then those of the biased annotators.
     """
     train, heldout = _non_empty(train), _non_empty(heldout)
-    gold = {id(r): [task.reward(p, x) + length_bias * len(x.split()) for x in r] for p, r in train + heldout}
-    diffs = [g[i] - g[j] for g in (gold[id(r)] for _, r in train) for i in range(len(g)) for j in range(i)]
+    gold = {
+        id(r): [task.reward(p, x) + length_bias * len(x.split()) for x in r]
+        for p, r in train + heldout
+    }
+    diffs = [
+        g[i] - g[j]
+        for g in (gold[id(r)] for _, r in train)
+        for i in range(len(g))
+        for j in range(i)
+    ]
     temperature = calibrate_temperature(diffs, target_agreement)
     rankings = [_ranking_row(p, r, noisy_ranking(gold[id(r)], temperature, rng)) for p, r in train]
     heldout_rows, agree, bayes, count = [], 0.0, 0.0, 0
@@ -89,4 +101,6 @@ def label_responses(
         g_total, n = _agreement_with(order_a, lambda i: g[i])
         bayes, count = bayes + g_total, count + n
     pairs = [pair for row in rankings for pair in ranking_pairs(row)]
-    return Collection(rankings, pairs, heldout_rows, temperature, agree / max(1, count), bayes / max(1, count))
+    return Collection(
+        rankings, pairs, heldout_rows, temperature, agree / max(1, count), bayes / max(1, count)
+    )

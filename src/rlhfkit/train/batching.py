@@ -7,7 +7,9 @@ batches, and the order is reproducible across runs and machines.
 import torch
 
 
-def micro_batch_rows(num_rows: int, batch_size: int, seed: int, micro_index: int, *, shuffle: bool = True) -> list[int]:
+def micro_batch_rows(
+    num_rows: int, batch_size: int, seed: int, micro_index: int, *, shuffle: bool = True
+) -> list[int]:
     """Row indices of micro-batch `micro_index`: each epoch is a fresh seeded permutation,
     cut into ceil(num_rows / batch_size) batches (the last one may be smaller). Without
     `shuffle`, file order: batch k holds rows k*B ... (k+1)*B - 1, wrapping past the end, the
@@ -32,7 +34,9 @@ def stream_rows(num_rows: int, count: int, seed: int, index: int) -> list[int]:
     start, stop = index * count, (index + 1) * count
     rows = []
     for epoch in range(start // num_rows, (stop - 1) // num_rows + 1):
-        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        order = torch.randperm(
+            num_rows, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)
+        ).tolist()
         first, last = max(start, epoch * num_rows), min(stop, (epoch + 1) * num_rows)
         rows += order[first - epoch * num_rows : last - epoch * num_rows]
     return rows

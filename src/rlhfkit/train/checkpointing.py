@@ -35,17 +35,25 @@ def save_trainer_checkpoint(
         model.save_pretrained(tmp / MODEL_SUBDIR)
         tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
         save_torch_state(tmp / "optimizer.pt", optimizer.state_dict())
-        save_torch_state(tmp / "state.pt", {"step": step, "rng": capture_rng_state(), "extra": extra})
+        save_torch_state(
+            tmp / "state.pt", {"step": step, "rng": capture_rng_state(), "extra": extra}
+        )
 
     return save_checkpoint(checkpoints_dir, step, write=write, keep_last=keep_last)
 
 
-def load_policy(model_dir: str, checkpoint: Path | None, *, lora_r: int, lora_alpha: int, device: torch.device):
+def load_policy(
+    model_dir: str, checkpoint: Path | None, *, lora_r: int, lora_alpha: int, device: torch.device
+):
     """The policy to train, in train mode: the starting model or its checkpoint, or (lora_r > 0)
     LoRA adapters, fresh or from the checkpoint, on the starting model."""
     if lora_r > 0:
         base = load_causal_lm(model_dir).to(device)
-        policy = load_lora(base, checkpoint / MODEL_SUBDIR) if checkpoint else add_lora(base, lora_r, lora_alpha)
+        policy = (
+            load_lora(base, checkpoint / MODEL_SUBDIR)
+            if checkpoint
+            else add_lora(base, lora_r, lora_alpha)
+        )
     else:
         policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
     return policy.train()

@@ -84,7 +84,9 @@ def _principles(cfg: CritiqueConfig, task) -> list:
     if cfg.principles:
         return load_principles(cfg.principles)
     if task is None or not hasattr(task, "principles"):
-        raise RlhfkitError(f"rlhfkit critique needs principles=PATH: task '{cfg.task}' has no principles")
+        raise RlhfkitError(
+            f"rlhfkit critique needs principles=PATH: task '{cfg.task}' has no principles"
+        )
     return task.principles
 
 
@@ -93,22 +95,38 @@ def gold_report(task, prompts: list[PromptExample], chains: list[list[Revision]]
     before = torch.tensor([task.reward(p, chain[0].response) for p, chain in zip(prompts, chains)])
     after = torch.tensor([task.reward(p, chain[-1].revision) for p, chain in zip(prompts, chains)])
     was_changed = torch.tensor([changed(chain) for chain in chains])
-    return {"gold_before": float(before.mean()), "gold_after": float(after.mean()),
-            "raised": float((after > before).float().mean()), "lowered": float((after < before).float().mean()),
-            "raised_of_changed": float((after > before)[was_changed].float().mean()) if was_changed.any() else 0.0}
+    return {
+        "gold_before": float(before.mean()),
+        "gold_after": float(after.mean()),
+        "raised": float((after > before).float().mean()),
+        "lowered": float((after < before).float().mean()),
+        "raised_of_changed": float((after > before)[was_changed].float().mean())
+        if was_changed.any()
+        else 0.0,
+    }
 
 
 def judge_report(task, prompts: list[PromptExample], chains, judgements, judged: list[int]) -> dict:
     """The judge on revision vs original: how often it prefers the revision, its position bias,
     and (with a task) how often it orders the pair like the gold score."""
-    report = {"judged_pairs": len(judged), "position_bias": judgements.position_bias,
-              "flip_rate": judgements.flip_rate,
-              "judge_prefers_revision": float((judgements.first_better > 0.5).float().mean()) if judged else 0.0}
+    report = {
+        "judged_pairs": len(judged),
+        "position_bias": judgements.position_bias,
+        "flip_rate": judgements.flip_rate,
+        "judge_prefers_revision": float((judgements.first_better > 0.5).float().mean())
+        if judged
+        else 0.0,
+    }
     if task is not None and judged:
-        gold_revised = torch.tensor([task.reward(prompts[i], chains[i][-1].revision) for i in judged])
-        gold_original = torch.tensor([task.reward(prompts[i], chains[i][0].response) for i in judged])
-        report["judge_vs_gold"], report["gold_ordered_pairs"] = gold_agreement(judgements.first_better,
-                                                                               gold_revised, gold_original)
+        gold_revised = torch.tensor(
+            [task.reward(prompts[i], chains[i][-1].revision) for i in judged]
+        )
+        gold_original = torch.tensor(
+            [task.reward(prompts[i], chains[i][0].response) for i in judged]
+        )
+        report["judge_vs_gold"], report["gold_ordered_pairs"] = gold_agreement(
+            judgements.first_better, gold_revised, gold_original
+        )
     return report
 
 
@@ -121,32 +139,57 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
     prompts, principles = _prompts(cfg, task), _principles(cfg, task)
     device = resolve_device(cfg.device)
     model, tokenizer = load_causal_lm(cfg.model).to(device), load_tokenizer(cfg.model)
-    samples = sample_responses(model, tokenizer, [p.prompt for p in prompts],
-                               temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                               batch_size=cfg.batch_size)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [p.prompt for p in prompts],
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
     responses = [group[0] for group in samples.texts]
 
     # step 2. critique and revise against each principle in turn
-    chains = critique_and_revise(model, tokenizer, [p.prompt for p in prompts], responses, principles,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.revise_temperature,
-                                 seed=cfg.seed + 1, batch_size=cfg.batch_size)
-    write_jsonl(run.root / "revisions.jsonl", [dataclasses.asdict(r) for chain in chains for r in chain])
+    chains = critique_and_revise(
+        model,
+        tokenizer,
+        [p.prompt for p in prompts],
+        responses,
+        principles,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.revise_temperature,
+        seed=cfg.seed + 1,
+        batch_size=cfg.batch_size,
+    )
+    write_jsonl(
+        run.root / "revisions.jsonl", [dataclasses.asdict(r) for chain in chains for r in chain]
+    )
     sft = write_jsonl(run.root / "sft.jsonl", revision_sft_rows(chains))
     edited = [chain for chain in chains if changed(chain)]
     deletions = sum(only_deletes(chain[0].response, chain[-1].revision) for chain in edited)
-    report = {"prompts": len(prompts), "principles": [p.name for p in principles],
-              "changed": len(edited) / max(1, len(chains)), "deletions_of_changed": deletions / max(1, len(edited))}
+    report = {
+        "prompts": len(prompts),
+        "principles": [p.name for p in principles],
+        "changed": len(edited) / max(1, len(chains)),
+        "deletions_of_changed": deletions / max(1, len(edited)),
+    }
     if task is not None:
         report.update(gold_report(task, prompts, chains))
 
     # step 3. the judge's verdict on revision vs original becomes preference data
     preferences = None
     if cfg.judge_model:
-        judge, judge_tokenizer = load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model)
-        rows, judgements, judged = revision_preference_rows(chains, judge, judge_tokenizer, min_margin=cfg.min_margin,
-                                                            batch_size=cfg.batch_size)
+        judge, judge_tokenizer = (
+            load_causal_lm(cfg.judge_model).to(device),
+            load_tokenizer(cfg.judge_model),
+        )
+        rows, judgements, judged = revision_preference_rows(
+            chains, judge, judge_tokenizer, min_margin=cfg.min_margin, batch_size=cfg.batch_size
+        )
         preferences = write_jsonl(run.root / "preferences.jsonl", rows)
-        report.update(preference_rows=len(rows), **judge_report(task, prompts, chains, judgements, judged))
+        report.update(
+            preference_rows=len(rows), **judge_report(task, prompts, chains, judgements, judged)
+        )
     (run.root / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return CritiqueResult(chains, sft, preferences, report)

@@ -40,7 +40,12 @@ from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
-from rlhfkit.train.checkpointing import load_policy, restore_trainer_state, resume_point, save_trainer_checkpoint
+from rlhfkit.train.checkpointing import (
+    load_policy,
+    restore_trainer_state,
+    resume_point,
+    save_trainer_checkpoint,
+)
 from rlhfkit.train.dpo_losses import (
     Reference,
     backward_groups,
@@ -127,17 +132,23 @@ def check_loss_settings(loss: DPOLoss, beta: float, label_smoothing: float) -> N
     if beta <= 0:
         raise ConfigError(f"beta={beta}: the implicit reward's scale must be > 0 (e.g. beta=0.1)")
     if not 0.0 <= label_smoothing < 0.5:
-        raise ConfigError(f"label_smoothing={label_smoothing}: must be in [0, 0.5) (0.5 would make labels noise)")
+        raise ConfigError(
+            f"label_smoothing={label_smoothing}: must be in [0, 0.5) (0.5 would make labels noise)"
+        )
     if label_smoothing and DPOLoss(loss) is not DPOLoss.SIGMOID:
-        raise ConfigError(f"label_smoothing={label_smoothing} is defined for loss=sigmoid only (conservative "
-                          f"DPO), not loss={DPOLoss(loss).value}: set label_smoothing=0 or loss=sigmoid")
+        raise ConfigError(
+            f"label_smoothing={label_smoothing} is defined for loss=sigmoid only (conservative "
+            f"DPO), not loss={DPOLoss(loss).value}: set label_smoothing=0 or loss=sigmoid"
+        )
 
 
 def check_config(cfg: DPOConfig) -> None:
     """Reject settings the losses do not define, saying what to change."""
     check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
     if cfg.max_labels < 0:
-        raise ConfigError(f"max_labels={cfg.max_labels}: must be >= 0 (0 = every row of train_data)")
+        raise ConfigError(
+            f"max_labels={cfg.max_labels}: must be >= 0 (0 = every row of train_data)"
+        )
     for name in ("batch_size", "grad_accum"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
@@ -145,25 +156,41 @@ def check_config(cfg: DPOConfig) -> None:
         raise ConfigError(f"lora_r={cfg.lora_r}: must be >= 0 (0 = full fine-tuning)")
 
 
-def load_preference_groups(path: str, tokenizer, *, max_length: int, truncation: Truncation) -> list[RankedGroup]:
+def load_preference_groups(
+    path: str, tokenizer, *, max_length: int, truncation: Truncation
+) -> list[RankedGroup]:
     """Pairs or rankings as ranked groups (a pair is a ranking of two), dropped rows reported."""
-    groups, report = load_ranked_groups(path, tokenizer, max_length=max_length,
-                                        truncation=truncation, needed_by="DPO")
+    groups, report = load_ranked_groups(
+        path, tokenizer, max_length=max_length, truncation=truncation, needed_by="DPO"
+    )
     print(f"preference data {path}: {report.summary()}")
     return groups
 
 
-def build_reference(cfg: DPOConfig, policy, splits: dict[str, list[RankedGroup]], *, pad_token_id: int,
-                    device: torch.device) -> Reference:
+def build_reference(
+    cfg: DPOConfig,
+    policy,
+    splits: dict[str, list[RankedGroup]],
+    *,
+    pad_token_id: int,
+    device: torch.device,
+) -> Reference:
     """The reference of `policy`: its base with the adapters off (LoRA), else a frozen copy of
     `cfg.model`; with `precompute_ref`, tables of every response's log-prob and no model."""
     if cfg.lora_r > 0:
         reference = Reference(policy, adapters_off=True)
     else:
-        reference = Reference(load_causal_lm(cfg.model).to(device).eval().requires_grad_(False), adapters_off=False)
+        reference = Reference(
+            load_causal_lm(cfg.model).to(device).eval().requires_grad_(False), adapters_off=False
+        )
     if cfg.precompute_ref:
-        reference.tabulate(splits, pad_token_id=pad_token_id, batch_size=cfg.batch_size, device=device,
-                           precision=cfg.precision)
+        reference.tabulate(
+            splits,
+            pad_token_id=pad_token_id,
+            batch_size=cfg.batch_size,
+            device=device,
+            precision=cfg.precision,
+        )
     return reference
 
 
@@ -176,58 +203,107 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     tokenizer = load_tokenizer(cfg.model)
     pad = tokenizer.pad_token_id
     data = dict(max_length=cfg.max_length, truncation=cfg.truncation)
-    train = first_groups_within(load_preference_groups(cfg.train_data, tokenizer, **data), cfg.max_labels)
+    train = first_groups_within(
+        load_preference_groups(cfg.train_data, tokenizer, **data), cfg.max_labels
+    )
     if cfg.max_labels:
         if not train:
-            raise ConfigError(f"max_labels={cfg.max_labels} buys no row of {cfg.train_data}: its first row alone "
-                              "holds more comparisons")
-        print(f"labelling budget {cfg.max_labels}: {len(train)} rows, {group_labels(train)} comparisons")
+            raise ConfigError(
+                f"max_labels={cfg.max_labels} buys no row of {cfg.train_data}: its first row alone "
+                "holds more comparisons"
+            )
+        print(
+            f"labelling budget {cfg.max_labels}: {len(train)} rows, {group_labels(train)} comparisons"
+        )
     held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
 
     # step 2. the policy, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints) if resume else None
-    policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device)
+    policy = load_policy(
+        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+    )
 
     # step 3. the reference: the base under LoRA, a frozen copy, or a table computed now
-    reference = build_reference(cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device)
+    reference = build_reference(
+        cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device
+    )
 
     # step 4. optimizer over the trainable weights, restored with every RNG when resuming
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
     result = DPOResult(model_dir=run.final, labels=group_labels(train))
-    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
-                            resume_from_step=start_step if checkpoint else None)
+    metrics = MetricsLogger(
+        run.metrics_path,
+        run.tensorboard if cfg.tensorboard else None,
+        resume_from_step=start_step if checkpoint else None,
+    )
 
     with metrics, ProgressBar(cfg.max_steps, "dpo", enabled=cfg.progress, start=start_step) as bar:
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 5. this step's groups, fixed by (seed, position) alone
-            micro_rows = [micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k,
-                                           shuffle=cfg.shuffle) for k in range(cfg.grad_accum)]
+            micro_rows = [
+                micro_batch_rows(
+                    len(train),
+                    cfg.batch_size,
+                    cfg.seed,
+                    step * cfg.grad_accum + k,
+                    shuffle=cfg.shuffle,
+                )
+                for k in range(cfg.grad_accum)
+            ]
             num_groups = sum(len(rows) for rows in micro_rows)
             batches = (make_batch([train[i] for i in rows], pad, device) for rows in micro_rows)
 
             # step 6. sequence log-probs of every response; loss summed over groups / all groups of the step
             step_grads = backward_groups(
-                policy, ((batch, reference.logprobs(batch, "train", rows, cfg.precision))
-                         for batch, rows in zip(batches, micro_rows)),
-                loss_fn, num_groups=num_groups, beta=cfg.beta, precision=cfg.precision)
+                policy,
+                (
+                    (batch, reference.logprobs(batch, "train", rows, cfg.precision))
+                    for batch, rows in zip(batches, micro_rows)
+                ),
+                loss_fn,
+                num_groups=num_groups,
+                beta=cfg.beta,
+                precision=cfg.precision,
+            )
             loss_value, tokens = step_grads.loss, step_grads.tokens
 
             # step 7. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                                        min_ratio=cfg.min_lr_ratio)
+            lr = cfg.lr * warmup_cosine(
+                step,
+                total_steps=cfg.max_steps,
+                warmup_steps=cfg.warmup_steps,
+                min_ratio=cfg.min_lr_ratio,
+            )
             grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
 
             # step 8. log, evaluate, checkpoint
             done = step + 1
-            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, **step_grads.metrics,
-                   "tokens_per_s": tokens / (time.perf_counter() - started)}
+            row = {
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                **step_grads.metrics,
+                "tokens_per_s": tokens / (time.perf_counter() - started),
+            }
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                evaluation = evaluate_dpo(policy, reference, held_out, loss_fn, beta=cfg.beta, pad_token_id=pad,
-                                          batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+                evaluation = evaluate_dpo(
+                    policy,
+                    reference,
+                    held_out,
+                    loss_fn,
+                    beta=cfg.beta,
+                    pad_token_id=pad,
+                    batch_size=cfg.batch_size,
+                    device=device,
+                    precision=cfg.precision,
+                )
                 row.update({f"eval_{key}": value for key, value in evaluation.items()})
                 result.evals.append((done, evaluation))
             result.train_losses.append(loss_value)
@@ -235,8 +311,15 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
             metrics.log(done, row, stage="dpo")
             bar.update(1, loss=loss_value, tokens=tokens)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(run.checkpoints, step=done, model=policy, tokenizer=tokenizer,
-                                        optimizer=optimizer, extra={}, keep_last=cfg.keep_last)
+                save_trainer_checkpoint(
+                    run.checkpoints,
+                    step=done,
+                    model=policy,
+                    tokenizer=tokenizer,
+                    optimizer=optimizer,
+                    extra={},
+                    keep_last=cfg.keep_last,
+                )
 
     # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged)
     (merged_copy(policy) if cfg.lora_r > 0 else policy).save_pretrained(run.final)

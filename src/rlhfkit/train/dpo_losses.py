@@ -10,6 +10,7 @@ import torch
 
 from rlhfkit.data.length_chunks import forward_in_length_chunks
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups, ranking_layout
+from rlhfkit.data.shared_prompts import split_at_response
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.objectives.logprobs import sequence_logprobs
 from rlhfkit.objectives.masked import masked_sum
@@ -23,7 +24,6 @@ from rlhfkit.objectives.preference import (
     reward_margins,
 )
 from rlhfkit.objectives.ranking import gather_pair_rewards
-from rlhfkit.data.shared_prompts import split_at_response
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import Precision, autocast, move_batch
 
@@ -31,7 +31,9 @@ from rlhfkit.runtime.device import Precision, autocast, move_batch
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor]
 
 
-def make_batch(groups: list[RankedGroup], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(
+    groups: list[RankedGroup], pad_token_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Every response of the groups, padded once, with their pairs (`collate_groups`) and the
     (groups, K) table of the rankings (`ranking_layout`)."""
     return move_batch({**collate_groups(groups, pad_token_id), **ranking_layout(groups)}, device)
@@ -49,14 +51,19 @@ def policy_logprobs(model, batch: dict, precision: Precision) -> torch.Tensor:
     def forward(t: dict) -> torch.Tensor:
         with autocast(t["input_ids"].device, precision):
             if group_size > 1:
-                ids, attention, counted, width = split_at_response(t["input_ids"], t["attention_mask"],
-                                                                   t["response_mask"])
-                logprobs = response_logprobs(model, ids, attention, width, group_size=group_size).logprobs
+                ids, attention, counted, width = split_at_response(
+                    t["input_ids"], t["attention_mask"], t["response_mask"]
+                )
+                logprobs = response_logprobs(
+                    model, ids, attention, width, group_size=group_size
+                ).logprobs
                 return masked_sum(logprobs, counted, dim=-1)
             logits = model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).logits
         return sequence_logprobs(logits, t["input_ids"], t["response_mask"])
 
-    return forward_in_length_chunks(forward, rows, batch["attention_mask"].sum(dim=1), group_size=group_size)
+    return forward_in_length_chunks(
+        forward, rows, batch["attention_mask"].sum(dim=1), group_size=group_size
+    )
 
 
 @dataclass
@@ -71,10 +78,14 @@ class Reference:
     tables: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     """Split name -> per group, the (K,) log-probs of its responses (CPU); empty = on the fly."""
 
-    def logprobs(self, batch: dict, split: str, rows: list[int], precision: Precision) -> torch.Tensor:
+    def logprobs(
+        self, batch: dict, split: str, rows: list[int], precision: Precision
+    ) -> torch.Tensor:
         """(responses,) reference log-probs of the batch of groups `rows` of `split`."""
         if self.tables:
-            return torch.cat([self.tables[split][row] for row in rows]).to(batch["input_ids"].device)
+            return torch.cat([self.tables[split][row] for row in rows]).to(
+                batch["input_ids"].device
+            )
         return self._forward(batch, precision)
 
     @torch.no_grad()
@@ -82,8 +93,15 @@ class Reference:
         with adapters_disabled(self.model) if self.adapters_off else nullcontext():
             return policy_logprobs(self.model, batch, precision)
 
-    def table(self, groups: list[RankedGroup], *, pad_token_id: int, batch_size: int, device: torch.device,
-              precision: Precision) -> list[torch.Tensor]:
+    def table(
+        self,
+        groups: list[RankedGroup],
+        *,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: Precision,
+    ) -> list[torch.Tensor]:
         """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a pass."""
         table = []
         for start in range(0, len(groups), batch_size):
@@ -92,37 +110,69 @@ class Reference:
             table += list(values.split([len(group.responses) for group in chunk]))
         return table
 
-    def tabulate(self, splits: dict[str, list[RankedGroup]], *, pad_token_id: int, batch_size: int,
-                 device: torch.device, precision: Precision) -> None:
+    def tabulate(
+        self,
+        splits: dict[str, list[RankedGroup]],
+        *,
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        precision: Precision,
+    ) -> None:
         """Compute every response's reference log-prob once, then let go of the model: a frozen
         copy is freed, and training holds no reference at all."""
         for split, groups in splits.items():
-            self.tables[split] = self.table(groups, pad_token_id=pad_token_id, batch_size=batch_size, device=device,
-                                            precision=precision)
+            self.tables[split] = self.table(
+                groups,
+                pad_token_id=pad_token_id,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+            )
         self.model = None
 
 
 def _pairwise(logprobs, ref_logprobs, batch, denominator, *, beta, loss_type, label_smoothing):
     winners, losers = batch["winners"], batch["losers"]
-    return dpo_loss(logprobs[winners], logprobs[losers], ref_logprobs[winners], ref_logprobs[losers], beta=beta,
-                    loss_type=loss_type, label_smoothing=label_smoothing, weights=batch["pair_weights"],
-                    denominator=denominator)
+    return dpo_loss(
+        logprobs[winners],
+        logprobs[losers],
+        ref_logprobs[winners],
+        ref_logprobs[losers],
+        beta=beta,
+        loss_type=loss_type,
+        label_smoothing=label_smoothing,
+        weights=batch["pair_weights"],
+        denominator=denominator,
+    )
 
 
 def _listwise(logprobs, ref_logprobs, batch, denominator, *, beta, loss_type, label_smoothing):
     index = batch["ranking_index"]  # (groups, K) positions in the flat responses
-    return plackett_luce_dpo_loss(logprobs[index], ref_logprobs[index], batch["ranking_ranks"],
-                                  batch["ranking_mask"], beta=beta, denominator=denominator)
+    return plackett_luce_dpo_loss(
+        logprobs[index],
+        ref_logprobs[index],
+        batch["ranking_ranks"],
+        batch["ranking_mask"],
+        beta=beta,
+        denominator=denominator,
+    )
 
 
-_BATCH_LOSSES = {DPOLoss.SIGMOID: _pairwise, DPOLoss.IPO: _pairwise, DPOLoss.PLACKETT_LUCE: _listwise}
+_BATCH_LOSSES = {
+    DPOLoss.SIGMOID: _pairwise,
+    DPOLoss.IPO: _pairwise,
+    DPOLoss.PLACKETT_LUCE: _listwise,
+}
 
 
 def batch_loss_fn(loss_type: DPOLoss, *, beta: float, label_smoothing: float) -> BatchLoss:
     """The loss of one batch: pairwise (each of a ranking's C(K,2) pairs weighted 1/C(K,2), as
     InstructGPT) or Plackett-Luce over each whole ranking; divided by the given group count."""
     loss_type = DPOLoss(loss_type)
-    return partial(_BATCH_LOSSES[loss_type], beta=beta, loss_type=loss_type, label_smoothing=label_smoothing)
+    return partial(
+        _BATCH_LOSSES[loss_type], beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    )
 
 
 def pair_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, batch: dict, beta: float):
@@ -151,8 +201,15 @@ class StepGradients:
     """Real tokens read."""
 
 
-def backward_groups(policy, micro_batches: Iterable[tuple[dict, torch.Tensor]], loss_fn: BatchLoss, *,
-                    num_groups: int, beta: float, precision: Precision) -> StepGradients:
+def backward_groups(
+    policy,
+    micro_batches: Iterable[tuple[dict, torch.Tensor]],
+    loss_fn: BatchLoss,
+    *,
+    num_groups: int,
+    beta: float,
+    precision: Precision,
+) -> StepGradients:
     """Accumulate one step's gradient: for each (batch from `make_batch`, its reference
     log-probs), the policy's log-probs, the loss over `num_groups` groups, backward."""
     loss_value, tokens, logprobs_all, pairs = 0.0, 0, [], []
@@ -170,14 +227,27 @@ def backward_groups(policy, micro_batches: Iterable[tuple[dict, torch.Tensor]], 
 def reward_metrics(pairs: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
     """Mean rewards, margin and accuracy over the (chosen, rejected, scale) of `pair_rewards`."""
     chosen, rejected, scale = (torch.cat(parts) for parts in zip(*pairs))
-    return {"rewards_chosen": chosen.mean().item(), "rewards_rejected": rejected.mean().item(),
-            "margin": reward_margins(chosen, rejected).mean().item(),
-            "accuracy": preference_accuracy(chosen, rejected, scale=scale).item()}
+    return {
+        "rewards_chosen": chosen.mean().item(),
+        "rewards_rejected": rejected.mean().item(),
+        "margin": reward_margins(chosen, rejected).mean().item(),
+        "accuracy": preference_accuracy(chosen, rejected, scale=scale).item(),
+    }
 
 
 @torch.no_grad()
-def evaluate_dpo(policy, reference: Reference, groups: list[RankedGroup], loss_fn: BatchLoss, *, beta: float,
-                 pad_token_id: int, batch_size: int, device: torch.device, precision: Precision) -> dict[str, float]:
+def evaluate_dpo(
+    policy,
+    reference: Reference,
+    groups: list[RankedGroup],
+    loss_fn: BatchLoss,
+    *,
+    beta: float,
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+) -> dict[str, float]:
     """Held-out loss (mean over groups) and implicit-reward metrics over all held-out pairs."""
     policy.eval()
     loss, pairs = 0.0, []

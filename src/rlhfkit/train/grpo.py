@@ -76,8 +76,9 @@ class StepTensors:
     ends: torch.Tensor  # (batch, max_steps) long, response-token index where the step ends
 
 
-def step_rewards_on_tokens(tokenizer, rollout: Rollout, responses: list[str],
-                           steps: list[list[tuple[int, float]]], device) -> StepTensors:
+def step_rewards_on_tokens(
+    tokenizer, rollout: Rollout, responses: list[str], steps: list[list[tuple[int, float]]], device
+) -> StepTensors:
     """Turn (character where a step ends, reward) lists into padded per-token step tensors."""
     width = max(1, max(len(s) for s in steps))
     rewards = torch.zeros(len(steps), width)
@@ -96,32 +97,58 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
     """Reject sizes that cannot form whole groups or whole mini-batches, saying what to change."""
     rollout = cfg.prompts_per_step * cfg.group_size
     if cfg.group_size < 2:
-        raise ConfigError(f"group_size={cfg.group_size}: group baselines need at least 2 responses per prompt")
+        raise ConfigError(
+            f"group_size={cfg.group_size}: group baselines need at least 2 responses per prompt"
+        )
     if cfg.mini_batch_size <= 0 or rollout % cfg.mini_batch_size:
         divisors = [d for d in range(1, rollout + 1) if rollout % d == 0]
         raise ConfigError(
             f"mini_batch_size={cfg.mini_batch_size} does not divide the rollout of prompts_per_step * group_size = "
             f"{cfg.prompts_per_step} * {cfg.group_size} = {rollout} responses: use one of {divisors[-6:]} "
-            "or change prompts_per_step / group_size")
+            "or change prompts_per_step / group_size"
+        )
 
 
-def _minibatch_loss(cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator) -> tuple[torch.Tensor, dict]:
+def _minibatch_loss(
+    cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator
+) -> tuple[torch.Tensor, dict]:
     """Clipped surrogate + beta * KL for one mini-batch (a slice of the rollout)."""
     mask = batch["response_mask"]
     with autocast(run.models.device, cfg.precision):
-        current = response_logprobs(run.models.policy, batch["input_ids"], batch["attention_mask"],
-                                    mask.shape[1], temperature=cfg.temperature, with_entropy=True,
-                                    group_size=cfg.group_size)
-    policy = ppo_policy_loss(current.logprobs, batch["old_logprobs"], batch["advantages"], mask,
-                             cfg.clip_eps, cfg.clip_eps_high, None, cfg.loss_aggregation, denominator)
-    loss, stats = policy.loss, {"clip_fraction": policy.clip_fraction.item(),
-                                "entropy": masked_mean(current.entropy, mask).item()}
+        current = response_logprobs(
+            run.models.policy,
+            batch["input_ids"],
+            batch["attention_mask"],
+            mask.shape[1],
+            temperature=cfg.temperature,
+            with_entropy=True,
+            group_size=cfg.group_size,
+        )
+    policy = ppo_policy_loss(
+        current.logprobs,
+        batch["old_logprobs"],
+        batch["advantages"],
+        mask,
+        cfg.clip_eps,
+        cfg.clip_eps_high,
+        None,
+        cfg.loss_aggregation,
+        denominator,
+    )
+    loss, stats = (
+        policy.loss,
+        {
+            "clip_fraction": policy.clip_fraction.item(),
+            "entropy": masked_mean(current.entropy, mask).item(),
+        },
+    )
     if cfg.beta > 0:
         kl = kl_penalty(current.logprobs, batch["ref_logprobs"], cfg.kl_estimator, cfg.kl_clamp)
         loss = loss + cfg.beta * aggregate_loss(kl, mask, cfg.loss_aggregation, denominator)
         stats["kl_per_token"] = masked_mean(kl.detach(), mask).item()
-        per_sequence = sequence_kl(current.logprobs.detach(), batch["ref_logprobs"], mask,
-                                   cfg.kl_estimator, cfg.kl_clamp)
+        per_sequence = sequence_kl(
+            current.logprobs.detach(), batch["ref_logprobs"], mask, cfg.kl_estimator, cfg.kl_clamp
+        )
         stats["kl_per_sequence"] = per_sequence.mean().item()
     return loss, stats
 
@@ -142,8 +169,14 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
 
             # step 2. sample G responses per prompt, keeping the sampling log-probs
             with timer("generation"):
-                rollout, responses = run.sample(prompts, cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                rollout, responses = run.sample(
+                    prompts,
+                    cfg.group_size,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    top_k=cfg.top_k,
+                )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
 
             # step 3. rewards, and the advantages relative to each group
@@ -152,24 +185,45 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                 rewards = scores.rewards.to(run.models.device)
                 if cfg.supervision == Supervision.PROCESS:
                     if scores.step_rewards is None:
-                        raise ConfigError(f"supervision=process needs step rewards, and reward '{run.reward.name}' "
-                                          "scores whole responses only: use reward=process (arith's verifier)")
-                    steps = step_rewards_on_tokens(run.models.tokenizer, rollout, responses,
-                                                   scores.step_rewards, run.models.device)
-                    advantages = process_advantages(steps.rewards, steps.mask, steps.ends, rollout.response_mask,
-                                                    cfg.group_size, cfg.std_unbiased, cfg.adv_eps)
+                        raise ConfigError(
+                            f"supervision=process needs step rewards, and reward '{run.reward.name}' "
+                            "scores whole responses only: use reward=process (arith's verifier)"
+                        )
+                    steps = step_rewards_on_tokens(
+                        run.models.tokenizer,
+                        rollout,
+                        responses,
+                        scores.step_rewards,
+                        run.models.device,
+                    )
+                    advantages = process_advantages(
+                        steps.rewards,
+                        steps.mask,
+                        steps.ends,
+                        rollout.response_mask,
+                        cfg.group_size,
+                        cfg.std_unbiased,
+                        cfg.adv_eps,
+                    )
                 else:
-                    per_response = group_advantages(rewards, cfg.group_size, cfg.norm, cfg.std_unbiased, cfg.adv_eps)
+                    per_response = group_advantages(
+                        rewards, cfg.group_size, cfg.norm, cfg.std_unbiased, cfg.adv_eps
+                    )
                     advantages = per_response.unsqueeze(1) * rollout.response_mask
 
             # step 4. reference log-probs, once per rollout, without autograd
-            batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
-                     "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs,
-                     "advantages": advantages}
+            batch = {
+                "input_ids": rollout.input_ids,
+                "attention_mask": rollout.attention_mask,
+                "response_mask": rollout.response_mask,
+                "old_logprobs": rollout.logprobs,
+                "advantages": advantages,
+            }
             if cfg.beta > 0:
                 with timer("reference"):
-                    batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision,
-                                                                 group_size=cfg.group_size)
+                    batch["ref_logprobs"] = run.reference_logprobs(
+                        batch, cfg.temperature, cfg.precision, group_size=cfg.group_size
+                    )
 
             # step 5. mu passes of clipped updates over mini-batches
             stats = []
@@ -177,8 +231,9 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                 for start in range(0, rollout_size, cfg.mini_batch_size):
                     part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
                     with timer("forward_backward"):
-                        denominator = loss_denominator(part["response_mask"], cfg.loss_aggregation,
-                                                       cfg.max_new_tokens)
+                        denominator = loss_denominator(
+                            part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
+                        )
                         loss, part_stats = _minibatch_loss(cfg, run, part, denominator)
                         loss.backward()
                     with timer("optimizer"):

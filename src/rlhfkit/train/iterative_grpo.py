@@ -44,7 +44,12 @@ from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
-from rlhfkit.train.reward import RewardConfig, evaluate_reward_model, load_reward_data, train_reward_model
+from rlhfkit.train.reward import (
+    RewardConfig,
+    evaluate_reward_model,
+    load_reward_data,
+    train_reward_model,
+)
 
 
 @dataclass(frozen=True)
@@ -92,13 +97,24 @@ class IterativeGRPOConfig(RunConfig):
     """false: every round uses the first reward model (the control without the refresh)."""
     reset_reference: bool = True
     """false: every round keeps the starting policy as its reference (the control without the reset)."""
-    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(
-        max_steps=20, prompts_per_step=16, group_size=4, mini_batch_size=64, lr=5e-5, eval_every=0,
-        save_every=10))
+    grpo: GRPOConfig = field(
+        default_factory=lambda: GRPOConfig(
+            max_steps=20,
+            prompts_per_step=16,
+            group_size=4,
+            mini_batch_size=64,
+            lr=5e-5,
+            eval_every=0,
+            save_every=10,
+        )
+    )
     """Each round's GRPO run; iterative GRPO fills `model`, `reward`, `reference_model`, `task`,
     `seed`, `device`, `progress` and `tensorboard` (see `grpo_round_config`)."""
-    rm: RewardConfig = field(default_factory=lambda: RewardConfig(max_steps=60, lr=5e-5, batch_size=16,
-                                                                  warmup_steps=5, eval_every=0, save_every=30))
+    rm: RewardConfig = field(
+        default_factory=lambda: RewardConfig(
+            max_steps=60, lr=5e-5, batch_size=16, warmup_steps=5, eval_every=0, save_every=30
+        )
+    )
     """Each round's reward-model training; iterative GRPO fills `model`, `train_data`,
     `eval_data`, `seed`, `device`, `progress` and `tensorboard` (see `rm_round_config`)."""
     tensorboard: bool = True
@@ -115,32 +131,43 @@ class IterativeGRPOResult:
 
 def check_config(cfg: IterativeGRPOConfig) -> None:
     if not cfg.model or not cfg.reward_model:
-        raise ConfigError("rlhfkit iterative-grpo needs model=PATH (the policy) and reward_model=PATH")
+        raise ConfigError(
+            "rlhfkit iterative-grpo needs model=PATH (the policy) and reward_model=PATH"
+        )
     if not cfg.task and not (cfg.label_data and cfg.grpo.train_data):
-        raise ConfigError("without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
-                          "prompts) and label_data=PATH (the prompts labelled each round); or set "
-                          "task=arith|advice")
+        raise ConfigError(
+            "without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
+            "prompts) and label_data=PATH (the prompts labelled each round); or set "
+            "task=arith|advice"
+        )
     kind = LabellerKind(cfg.labeller)
     if kind is LabellerKind.ANNOTATOR and not cfg.task:
-        raise ConfigError("labeller=annotator is a built-in task's simulated human: set "
-                          "task=arith|advice, or labeller=reward with "
-                          "label_reward=file.py:function, or labeller=judge")
+        raise ConfigError(
+            "labeller=annotator is a built-in task's simulated human: set "
+            "task=arith|advice, or labeller=reward with "
+            "label_reward=file.py:function, or labeller=judge"
+        )
     if kind is LabellerKind.REWARD and not cfg.label_reward:
         raise ConfigError("labeller=reward needs label_reward=SPEC (e.g. path/to/file.py:function)")
     if kind is LabellerKind.JUDGE and not cfg.judge_model:
-        raise ConfigError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or "
-                          "' B')")
+        raise ConfigError(
+            "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
+        )
     # the keys each round fills: a user's own value for one of them is refused, naming it
     grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
     rm_round_config(cfg, 1, cfg.reward_model, Path("."))
     if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
-        raise ConfigError(f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
-                          f"{cfg.label_prompts}: need at least 1 round, 2 samples and 1 prompt to rank")
+        raise ConfigError(
+            f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
+            f"{cfg.label_prompts}: need at least 1 round, 2 samples and 1 prompt to rank"
+        )
     if not 0.0 <= cfg.replay_fraction < 1.0:
         raise ConfigError(f"replay_fraction={cfg.replay_fraction}: must be in [0, 1)")
 
 
-def replay_rows(new: list[dict], history: list[dict], fraction: float, rng: random.Random) -> list[dict]:
+def replay_rows(
+    new: list[dict], history: list[dict], fraction: float, rng: random.Random
+) -> list[dict]:
     """Rows drawn from `history` so they make up `fraction` of new + replayed (fewer if history is short)."""
     wanted = round(len(new) * fraction / (1.0 - fraction))
     return rng.sample(history, min(wanted, len(history)))
@@ -195,36 +222,52 @@ def _sub_run(root: Path) -> tuple[RunDir, bool]:
 
 
 def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
-    return {"seed": Filled(cfg.seed + r, "from seed= (round r: seed + r)", "set seed= instead"),
-            "device": Filled(cfg.device, "from device=", "set device= instead"),
-            "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
-            "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead")}
+    return {
+        "seed": Filled(cfg.seed + r, "from seed= (round r: seed + r)", "set seed= instead"),
+        "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
+        "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
+    }
 
 
 def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
     """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
     reference = "" if cfg.reset_reference else cfg.model
-    fills = {"model": Filled(policy, "each round (the last round's policy)",
-                             "set model= for the first round"),
-             "reward": Filled(f"model:{rm}", "each round (the current reward model)",
-                              "set reward_model= for the first round"),
-             "reference_model": Filled(reference, "from reset_reference=",
-                                       "set reset_reference= instead"),
-             "task": Filled(cfg.task, "from task=", "set task= instead"), **_common_fills(cfg, r)}
+    fills = {
+        "model": Filled(
+            policy, "each round (the last round's policy)", "set model= for the first round"
+        ),
+        "reward": Filled(
+            f"model:{rm}",
+            "each round (the current reward model)",
+            "set reward_model= for the first round",
+        ),
+        "reference_model": Filled(
+            reference, "from reset_reference=", "set reset_reference= instead"
+        ),
+        "task": Filled(cfg.task, "from task=", "set task= instead"),
+        **_common_fills(cfg, r),
+    }
     return fill_section(cfg, "grpo", fills, by="iterative GRPO")
 
 
 def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> RewardConfig:
     """Round r's reward-model settings: `cfg.rm` with the keys each round fills (`train_data`:
     written once the round's rows are, see `_reward_round`)."""
-    fills = {"model": Filled(rm, "each round (the current reward model)",
-                             "set reward_model= for the first round"),
-             "eval_data": Filled(str(folder / "heldout_rankings.jsonl"),
-                                 "each round (its held-out rankings)",
-                                 "set heldout_prompts= instead"),
-             "train_data": Filled("", "each round (its rankings plus replay)",
-                                  "set reward_data= instead"),
-             **_common_fills(cfg, r)}
+    fills = {
+        "model": Filled(
+            rm, "each round (the current reward model)", "set reward_model= for the first round"
+        ),
+        "eval_data": Filled(
+            str(folder / "heldout_rankings.jsonl"),
+            "each round (its held-out rankings)",
+            "set heldout_prompts= instead",
+        ),
+        "train_data": Filled(
+            "", "each round (its rankings plus replay)", "set reward_data= instead"
+        ),
+        **_common_fills(cfg, r),
+    }
     return fill_section(cfg, "rm", fills, by="iterative GRPO")
 
 
@@ -236,11 +279,16 @@ def _grpo_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm:
     rows = read_metrics(run.metrics_path)  # all steps, also those before a resume
     evals = [row for row in rows if "eval_gold_score" in row]
     start = result.evals[0][1] if result.evals and result.evals[0][0] == 0 else {}
-    return {"policy": str(run.final), "proxy_first": rows[0]["reward_mean"], "proxy_last": rows[-1]["reward_mean"],
-            "gold_first": rows[0].get("gold_score"), "gold_last": rows[-1].get("gold_score"),
-            "kl_per_token_last": rows[-1].get("kl_per_token", 0.0),
-            "eval_gold_start": start.get("gold_score"),
-            "eval_gold_end": evals[-1]["eval_gold_score"] if evals else None}
+    return {
+        "policy": str(run.final),
+        "proxy_first": rows[0]["reward_mean"],
+        "proxy_last": rows[-1]["reward_mean"],
+        "gold_first": rows[0].get("gold_score"),
+        "gold_last": rows[-1].get("gold_score"),
+        "kl_per_token_last": rows[-1].get("kl_per_token", 0.0),
+        "eval_gold_start": start.get("gold_score"),
+        "eval_gold_end": evals[-1]["eval_gold_score"] if evals else None,
+    }
 
 
 def held_out_prompts(cfg: IterativeGRPOConfig) -> set[str]:
@@ -270,37 +318,67 @@ def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[
     return fresh[:count] if len(fresh) >= count else drawn[:count]
 
 
-def _label_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, labeller: Labeller,
-                 held_out: set[str]) -> dict:
+def _label_round(
+    cfg: IterativeGRPOConfig,
+    r: int,
+    folder: Path,
+    policy: str,
+    labeller: Labeller,
+    held_out: set[str],
+) -> dict:
     prompts = round_prompts(cfg, r, held_out)
-    model, tokenizer = load_causal_lm(policy).to(resolve_device(cfg.device)).eval(), load_tokenizer(policy)
-    samples = sample_responses(model, tokenizer, [p.prompt for p in prompts], num_samples=cfg.samples_per_prompt,
-                               temperature=cfg.label_temperature, max_new_tokens=cfg.grpo.max_new_tokens,
-                               seed=cfg.seed + r, batch_size=256,
-                               progress=f"round {r}: sampling" if cfg.progress else None)
+    model, tokenizer = (
+        load_causal_lm(policy).to(resolve_device(cfg.device)).eval(),
+        load_tokenizer(policy),
+    )
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [p.prompt for p in prompts],
+        num_samples=cfg.samples_per_prompt,
+        temperature=cfg.label_temperature,
+        max_new_tokens=cfg.grpo.max_new_tokens,
+        seed=cfg.seed + r,
+        batch_size=256,
+        progress=f"round {r}: sampling" if cfg.progress else None,
+    )
     orders = labeller.rank(prompts, samples.texts)
     rows = _ranked_rows(prompts, samples.texts, orders)
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
     save_torch_state(folder / "labeller.pt", labeller.state_dict())
-    return {"rankings": len(train), "heldout": len(heldout),
-            "annotator_temperature": getattr(labeller, "temperature", None),
-            "labels_used": labeller.labels_used}
+    return {
+        "rankings": len(train),
+        "heldout": len(heldout),
+        "annotator_temperature": getattr(labeller, "temperature", None),
+        "labels_used": labeller.labels_used,
+    }
 
 
-def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: list[dict],
-                  history: list[dict]) -> dict:
+def _reward_round(
+    cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: list[dict], history: list[dict]
+) -> dict:
     rm_cfg = rm_round_config(cfg, r, rm, folder)
     # the current reward model on the new policy's held-out rankings, before it sees them
     device = resolve_device(cfg.device)
     tokenizer = load_tokenizer(rm)
     heldout = load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data)
-    before = evaluate_reward_model(RewardModel.from_pretrained(rm).to(device), heldout, rm_cfg,
-                                   tokenizer.pad_token_id) if heldout else float("nan")
+    before = (
+        evaluate_reward_model(
+            RewardModel.from_pretrained(rm).to(device), heldout, rm_cfg, tokenizer.pad_token_id
+        )
+        if heldout
+        else float("nan")
+    )
     if not cfg.retrain_reward_model:
-        return {"reward_model": rm, "accuracy_before": before, "accuracy_after": before, "train_rows": 0,
-                "replay_rows": 0}
+        return {
+            "reward_model": rm,
+            "accuracy_before": before,
+            "accuracy_after": before,
+            "train_rows": 0,
+            "replay_rows": 0,
+        }
     replayed = replay_rows(new, history, cfg.replay_fraction, random.Random(cfg.seed + r))
     mix = new + replayed
     random.Random(cfg.seed - r).shuffle(mix)
@@ -309,9 +387,13 @@ def _reward_round(cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: 
     rm_cfg = dataclasses.replace(rm_cfg, train_data=str(train_path))
     save_config(rm_cfg, run.config_path)
     result = train_reward_model(rm_cfg, run, resume=resume)
-    return {"reward_model": str(run.final), "accuracy_before": before,
-            "accuracy_after": result.eval_accuracy[-1][1] if result.eval_accuracy else float("nan"),
-            "train_rows": len(new), "replay_rows": len(replayed)}
+    return {
+        "reward_model": str(run.final),
+        "accuracy_before": before,
+        "accuracy_after": result.eval_accuracy[-1][1] if result.eval_accuracy else float("nan"),
+        "train_rows": len(new),
+        "replay_rows": len(replayed),
+    }
 
 
 def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
@@ -319,17 +401,31 @@ def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
     device = resolve_device(cfg.device)
     reward = None
     if LabellerKind(cfg.labeller) is LabellerKind.REWARD:
-        reward = build_reward_source(cfg.label_reward, task_name=cfg.task or None,
-                                     tokenizer=load_tokenizer(cfg.model), device=device,
-                                     batch_size=64, max_length=cfg.rm.max_length,
-                                     uncertainty_coef=0.0, timeout_s=None)
-    return build_labeller(cfg.labeller, task=get_task(cfg.task) if cfg.task else None,
-                          reward=reward, annotator_temperature=cfg.annotator_temperature,
-                          target_agreement=cfg.target_agreement, seed=cfg.seed,
-                          judge_model=cfg.judge_model, device=device)
+        reward = build_reward_source(
+            cfg.label_reward,
+            task_name=cfg.task or None,
+            tokenizer=load_tokenizer(cfg.model),
+            device=device,
+            batch_size=64,
+            max_length=cfg.rm.max_length,
+            uncertainty_coef=0.0,
+            timeout_s=None,
+        )
+    return build_labeller(
+        cfg.labeller,
+        task=get_task(cfg.task) if cfg.task else None,
+        reward=reward,
+        annotator_temperature=cfg.annotator_temperature,
+        target_agreement=cfg.target_agreement,
+        seed=cfg.seed,
+        judge_model=cfg.judge_model,
+        device=device,
+    )
 
 
-def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: bool = False) -> IterativeGRPOResult:
+def train_iterative_grpo(
+    cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: bool = False
+) -> IterativeGRPOResult:
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
     # step 1. the starting policy and reward model, the labeller, the data replay draws from,
@@ -339,9 +435,14 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
     labeller = _labeller(cfg)
     held_out = held_out_prompts(cfg)
     result = IterativeGRPOResult(model_dir=run_dir.final)
-    done_rounds = sum(1 for r in range(1, cfg.rounds + 1) if _Part(run_dir.root / f"round_{r:02d}", "round").done)
-    metrics = MetricsLogger(run_dir.metrics_path, run_dir.tensorboard if cfg.tensorboard else None,
-                            resume_from_step=done_rounds if resume else None)
+    done_rounds = sum(
+        1 for r in range(1, cfg.rounds + 1) if _Part(run_dir.root / f"round_{r:02d}", "round").done
+    )
+    metrics = MetricsLogger(
+        run_dir.metrics_path,
+        run_dir.tensorboard if cfg.tensorboard else None,
+        resume_from_step=done_rounds if resume else None,
+    )
 
     with metrics:
         for r in range(1, cfg.rounds + 1):
@@ -349,8 +450,11 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
             folder.mkdir(parents=True, exist_ok=True)
             parts = {name: _Part(folder, name) for name in ("grpo", "labels", "reward", "round")}
             # step 2. GRPO on the current reward model, reference = this round's starting policy
-            grpo = parts["grpo"].read() if parts["grpo"].done else parts["grpo"].write(
-                _grpo_round(cfg, r, folder, policy, rm))
+            grpo = (
+                parts["grpo"].read()
+                if parts["grpo"].done
+                else parts["grpo"].write(_grpo_round(cfg, r, folder, policy, rm))
+            )
             # step 3. fresh samples of the new policy, ranked by the labeller
             if parts["labels"].done:
                 labeller.load_state_dict(load_torch_state(folder / "labeller.pt"))
@@ -360,16 +464,22 @@ def train_iterative_grpo(cfg: IterativeGRPOConfig, run_dir: RunDir, *, resume: b
                 labels = parts["labels"].write(labelled)
             # step 4. the reward model on the new rankings plus replayed history
             new = _rows(folder / "rankings.jsonl")
-            reward = parts["reward"].read() if parts["reward"].done else parts["reward"].write(
-                _reward_round(cfg, r, folder, rm, new, history))
+            reward = (
+                parts["reward"].read()
+                if parts["reward"].done
+                else parts["reward"].write(_reward_round(cfg, r, folder, rm, new, history))
+            )
             history += new
             policy, rm = grpo["policy"], reward["reward_model"]
             # step 5. the round's summary and metrics row
             summary = {"round": r, **grpo, **labels, **reward}
             if not parts["round"].done:
                 parts["round"].write(summary)
-                metrics.log(r, {k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                            stage="iterative_grpo")
+                metrics.log(
+                    r,
+                    {k: v for k, v in summary.items() if isinstance(v, (int, float))},
+                    stage="iterative_grpo",
+                )
             result.rounds.append(summary)
 
     # step 6. the last policy as a plain causal-LM directory

@@ -127,14 +127,22 @@ class OnlineDPOResult:
 
 def batch_shares(cfg: OnlineDPOConfig) -> tuple[int, int]:
     """(online, offline) prompts of a full batch."""
-    offline = round(cfg.offline_fraction * cfg.prompts_per_step) if Regime(cfg.regime) is Regime.HYBRID else 0
+    offline = (
+        round(cfg.offline_fraction * cfg.prompts_per_step)
+        if Regime(cfg.regime) is Regime.HYBRID
+        else 0
+    )
     return cfg.prompts_per_step - offline, offline
 
 
 def run_plan(cfg: OnlineDPOConfig) -> list[int]:
     """Online prompts of every step; its length is the run's length."""
-    return online_plan(max_steps=cfg.max_steps, online_per_step=batch_shares(cfg)[0],
-                       samples_per_prompt=cfg.samples_per_prompt, label_budget=cfg.label_budget)
+    return online_plan(
+        max_steps=cfg.max_steps,
+        online_per_step=batch_shares(cfg)[0],
+        samples_per_prompt=cfg.samples_per_prompt,
+        label_budget=cfg.label_budget,
+    )
 
 
 def check_online_config(cfg: OnlineDPOConfig) -> None:
@@ -142,48 +150,75 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
     check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
     regime = Regime(cfg.regime)
     if cfg.samples_per_prompt < 2:
-        raise ConfigError(f"samples_per_prompt={cfg.samples_per_prompt}: a preference needs at least 2 responses")
+        raise ConfigError(
+            f"samples_per_prompt={cfg.samples_per_prompt}: a preference needs at least 2 responses"
+        )
     for name in ("prompts_per_step", "refresh_every", "micro_batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
     if regime is Regime.ONLINE and cfg.refresh_every != 1:
-        raise ConfigError(f"refresh_every={cfg.refresh_every} with regime=online, which labels every batch: "
-                          "use regime=iterative")
+        raise ConfigError(
+            f"refresh_every={cfg.refresh_every} with regime=online, which labels every batch: "
+            "use regime=iterative"
+        )
     if regime is Regime.ITERATIVE and cfg.refresh_every < 2:
         raise ConfigError("regime=iterative needs refresh_every >= 2 (1 is regime=online)")
     if (regime is Regime.HYBRID) != bool(cfg.offline_data):
-        raise ConfigError("offline_data goes with regime=hybrid, and regime=hybrid needs offline_data")
+        raise ConfigError(
+            "offline_data goes with regime=hybrid, and regime=hybrid needs offline_data"
+        )
     online, offline = batch_shares(cfg)
     if regime is Regime.HYBRID and (online < 1 or offline < 1):
-        raise ConfigError(f"offline_fraction={cfg.offline_fraction} of prompts_per_step={cfg.prompts_per_step} "
-                          f"leaves {online} online and {offline} offline prompts: both must be at least 1")
+        raise ConfigError(
+            f"offline_fraction={cfg.offline_fraction} of prompts_per_step={cfg.prompts_per_step} "
+            f"leaves {online} online and {offline} offline prompts: both must be at least 1"
+        )
     if cfg.label_budget < 0 or cfg.offline_max_labels < 0:
         raise ConfigError("label_budget and offline_max_labels must be >= 0 (0 = no limit)")
     if not run_plan(cfg):
-        raise ConfigError(f"label_budget={cfg.label_budget} cannot pay for one ranking of "
-                          f"samples_per_prompt={cfg.samples_per_prompt} ({ranking_comparisons(cfg.samples_per_prompt)} "
-                          "comparisons)")
+        raise ConfigError(
+            f"label_budget={cfg.label_budget} cannot pay for one ranking of "
+            f"samples_per_prompt={cfg.samples_per_prompt} ({ranking_comparisons(cfg.samples_per_prompt)} "
+            "comparisons)"
+        )
     if LabellerKind(cfg.labeller) is LabellerKind.ANNOTATOR and not cfg.task:
-        raise ConfigError("labeller=annotator is a built-in task's simulated human: set "
-                          "task=arith|advice, or labeller=reward (ranks by reward=) or "
-                          "labeller=judge")
+        raise ConfigError(
+            "labeller=annotator is a built-in task's simulated human: set "
+            "task=arith|advice, or labeller=reward (ranks by reward=) or "
+            "labeller=judge"
+        )
     if LabellerKind(cfg.labeller) is LabellerKind.JUDGE and not cfg.judge_model:
-        raise ConfigError("labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')")
+        raise ConfigError(
+            "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
+        )
     if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
-        raise ConfigError("target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)")
+        raise ConfigError(
+            "target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)"
+        )
 
 
-def _step_loss(cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn) -> tuple[dict, torch.Tensor]:
+def _step_loss(
+    cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn
+) -> tuple[dict, torch.Tensor]:
     """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
     returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
     size, device = cfg.micro_batch_size, run.models.device
     pad_token_id = run.models.tokenizer.pad_token_id
-    micro_batches = ((make_batch(batch.groups[start : start + size], pad_token_id, device),
-                      torch.cat(batch.ref_logprobs[start : start + size]).to(device))
-                     for start in range(0, len(batch.groups), size))
-    step_grads = backward_groups(run.models.policy, micro_batches, loss_fn,
-                                 num_groups=len(batch.groups), beta=cfg.beta,
-                                 precision=cfg.precision)
+    micro_batches = (
+        (
+            make_batch(batch.groups[start : start + size], pad_token_id, device),
+            torch.cat(batch.ref_logprobs[start : start + size]).to(device),
+        )
+        for start in range(0, len(batch.groups), size)
+    )
+    step_grads = backward_groups(
+        run.models.policy,
+        micro_batches,
+        loss_fn,
+        num_groups=len(batch.groups),
+        beta=cfg.beta,
+        precision=cfg.precision,
+    )
     return {"loss": step_grads.loss, **step_grads.metrics}, step_grads.logprobs
 
 
@@ -191,25 +226,41 @@ def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
     """hybrid: the offline rows within `offline_max_labels`; none in the other regimes."""
     if not cfg.offline_data:
         return []
-    groups = load_preference_groups(cfg.offline_data, tokenizer, max_length=cfg.max_length, truncation=cfg.truncation)
+    groups = load_preference_groups(
+        cfg.offline_data, tokenizer, max_length=cfg.max_length, truncation=cfg.truncation
+    )
     kept = first_groups_within(groups, cfg.offline_max_labels)
     if not kept:
-        raise ConfigError(f"offline_max_labels={cfg.offline_max_labels} buys no row of {cfg.offline_data}: its first "
-                          "row alone holds more comparisons")
+        raise ConfigError(
+            f"offline_max_labels={cfg.offline_max_labels} buys no row of {cfg.offline_data}: its first "
+            "row alone holds more comparisons"
+        )
     return kept
 
 
-def _step_row(batch: StepGroups, stats: dict, logprobs: torch.Tensor, samples_per_prompt: int, labels_used: int,
-              timer: PhaseTimer) -> dict:
+def _step_row(
+    batch: StepGroups,
+    stats: dict,
+    logprobs: torch.Tensor,
+    samples_per_prompt: int,
+    labels_used: int,
+    timer: PhaseTimer,
+) -> dict:
     """The step's metrics; KL(pi || pi_ref) is k1 on its online samples (drawn at the last
     refresh, so slightly off-policy between refreshes): k1 of the sequence log-probs is the sum
     of the tokens' k1, per sequence, and over the samples' tokens, per token."""
     ref_online = torch.cat(batch.ref_logprobs[: batch.online]).to(logprobs.device)
     kl = kl_penalty(logprobs[: batch.online * samples_per_prompt], ref_online, KLEstimator.K1)
-    row = {**stats, **batch.samples, "kl_per_sequence": kl.mean().item(),
-           "kl_per_token": kl.sum().item() / max(1.0, batch.samples["response_tokens"]),
-           "labels_used": labels_used, "online_groups": batch.online,
-           "offline_groups": len(batch.groups) - batch.online, "step_seconds": sum(timer.seconds.values())}
+    row = {
+        **stats,
+        **batch.samples,
+        "kl_per_sequence": kl.mean().item(),
+        "kl_per_token": kl.sum().item() / max(1.0, batch.samples["response_tokens"]),
+        "labels_used": labels_used,
+        "online_groups": batch.online,
+        "offline_groups": len(batch.groups) - batch.online,
+        "step_seconds": sum(timer.seconds.values()),
+    }
     row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
     return row
 
@@ -228,14 +279,30 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
     k, every = cfg.samples_per_prompt, cfg.refresh_every
     # step 1. policy, reference (none to load when it follows the policy), prompts, labeller;
     # on resume the labeller's state and the pool of labelled samples still to train on
-    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=not cfg.refresh_reference,
-                    stage="online_dpo", total_steps=len(plan))
+    run = PolicyRun(
+        cfg,
+        run_dir,
+        resume=resume,
+        needs_reference=not cfg.refresh_reference,
+        stage="online_dpo",
+        total_steps=len(plan),
+    )
     models = run.models
-    reference = (Reference(models.reference, adapters_off=False) if models.reference is not None
-                 else Reference(models.policy, adapters_off=not cfg.refresh_reference))
-    labeller = build_labeller(cfg.labeller, task=run.task, reward=run.reward, seed=cfg.seed,
-                              annotator_temperature=cfg.annotator_temperature, target_agreement=cfg.target_agreement,
-                              judge_model=cfg.judge_model, device=models.device)
+    reference = (
+        Reference(models.reference, adapters_off=False)
+        if models.reference is not None
+        else Reference(models.policy, adapters_off=not cfg.refresh_reference)
+    )
+    labeller = build_labeller(
+        cfg.labeller,
+        task=run.task,
+        reward=run.reward,
+        seed=cfg.seed,
+        annotator_temperature=cfg.annotator_temperature,
+        target_agreement=cfg.target_agreement,
+        judge_model=cfg.judge_model,
+        device=models.device,
+    )
     offline = _offline_groups(cfg, models.tokenizer)
     pool: Pool | None = None
     if run.trainer_state:
@@ -251,10 +318,13 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
             if pool is None or not pool.covers(step):
                 # step 2. a refresh: K samples per prompt of the next T batches, from the current policy
                 steps = plan[step : step - step % every + every]
-                prompts = [p for s, count in enumerate(steps, step) for p in run.prompts_for_step(s, count)]
+                prompts = [
+                    p for s, count in enumerate(steps, step) for p in run.prompts_for_step(s, count)
+                ]
                 with timer("generation"):
-                    rollout, texts = run.sample(prompts, k, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature)
+                    rollout, texts = run.sample(
+                        prompts, k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+                    )
                     grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
                 # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each); scores for metrics
@@ -262,19 +332,31 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     orders = labeller.rank(prompts, grouped)
                 with timer("reward"):
                     flat_prompts = [p for p in prompts for _ in range(k)]
-                    gold = [run.task.reward(p, r) for p, r in zip(flat_prompts, texts)] \
-                        if run.task is not None else None
+                    gold = (
+                        [run.task.reward(p, r) for p, r in zip(flat_prompts, texts)]
+                        if run.task is not None
+                        else None
+                    )
                     rewards = run.reward.score(flat_prompts, texts).rewards.tolist()
 
                 # step 4. ranked groups per step, offline rows added, reference log-probs once
                 with timer("reference"):
-                    pool = assemble_pool(start=step, plan=steps, samples_per_prompt=k,
-                                         online_groups=ranked_groups(rollout_examples(rollout), orders), gold=gold,
-                                         rewards=rewards, offline=offline, offline_per_step=offline_per_step,
-                                         seed=cfg.seed, reference=reference,
-                                         pad_token_id=models.tokenizer.pad_token_id,
-                                         batch_size=cfg.micro_batch_size, device=models.device,
-                                         precision=cfg.precision)
+                    pool = assemble_pool(
+                        start=step,
+                        plan=steps,
+                        samples_per_prompt=k,
+                        online_groups=ranked_groups(rollout_examples(rollout), orders),
+                        gold=gold,
+                        rewards=rewards,
+                        offline=offline,
+                        offline_per_step=offline_per_step,
+                        seed=cfg.seed,
+                        reference=reference,
+                        pad_token_id=models.tokenizer.pad_token_id,
+                        batch_size=cfg.micro_batch_size,
+                        device=models.device,
+                        precision=cfg.precision,
+                    )
 
             # step 5. the DPO loss of this step's groups, then one clipped update
             batch = pool.at(step)

@@ -20,7 +20,9 @@ from rlhfkit.train.batching import stream_rows
 from rlhfkit.train.dpo_losses import Reference
 
 
-def online_plan(*, max_steps: int, online_per_step: int, samples_per_prompt: int, label_budget: int) -> list[int]:
+def online_plan(
+    *, max_steps: int, online_per_step: int, samples_per_prompt: int, label_budget: int
+) -> list[int]:
     """Online prompts labelled for each step: `online_per_step` until the budget (pairwise
     comparisons, C(K,2) per prompt; 0 = none) cannot pay for a whole batch; one last smaller
     batch takes what is left; the run has as many steps as the list is long."""
@@ -36,18 +38,30 @@ def rollout_examples(rollout: Rollout) -> list[EncodedExample]:
     the completion (stop token included): the very tokens sampled, never re-tokenised text."""
     responses = response_token_ids(rollout)
     examples = []
-    for prompt_ids, prompt_mask, response, finished in zip(rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist(),
-                                                           responses, rollout.finished.tolist()):
+    for prompt_ids, prompt_mask, response, finished in zip(
+        rollout.prompt_ids.tolist(),
+        rollout.prompt_mask.tolist(),
+        responses,
+        rollout.finished.tolist(),
+    ):
         prompt = [token for token, real in zip(prompt_ids, prompt_mask) if real]
-        examples.append(EncodedExample(prompt + response, [False] * len(prompt) + [True] * len(response),
-                                       truncated=not finished))
+        examples.append(
+            EncodedExample(
+                prompt + response,
+                [False] * len(prompt) + [True] * len(response),
+                truncated=not finished,
+            )
+        )
     return examples
 
 
 def ranked_groups(examples: list[EncodedExample], orders: list[list[int]]) -> list[RankedGroup]:
     """Prompt i's samples (rows i * K ... i * K + K - 1) best first, in the labeller's order."""
     size = len(examples) // max(1, len(orders))
-    return [RankedGroup([examples[i * size + j] for j in order], tuple(range(size))) for i, order in enumerate(orders)]
+    return [
+        RankedGroup([examples[i * size + j] for j in order], tuple(range(size)))
+        for i, order in enumerate(orders)
+    ]
 
 
 @dataclass
@@ -82,12 +96,25 @@ def pool_state(pool: Pool) -> dict:
     `pool_from_state` rebuilds it."""
 
     def group(g: RankedGroup) -> dict:
-        responses = [{"input_ids": list(e.input_ids), "completion_mask": list(e.completion_mask),
-                      "truncated": e.truncated} for e in g.responses]
+        responses = [
+            {
+                "input_ids": list(e.input_ids),
+                "completion_mask": list(e.completion_mask),
+                "truncated": e.truncated,
+            }
+            for e in g.responses
+        ]
         return {"responses": responses, "ranks": list(g.ranks), "margin": g.margin}
 
-    steps = [{"groups": [group(g) for g in step.groups], "ref_logprobs": list(step.ref_logprobs),
-              "online": step.online, "samples": dict(step.samples)} for step in pool.steps]
+    steps = [
+        {
+            "groups": [group(g) for g in step.groups],
+            "ref_logprobs": list(step.ref_logprobs),
+            "online": step.online,
+            "samples": dict(step.samples),
+        }
+        for step in pool.steps
+    ]
     return {"start": pool.start, "steps": steps}
 
 
@@ -95,28 +122,54 @@ def pool_from_state(state: dict) -> Pool:
     """The pool `pool_state` wrote."""
 
     def group(g: dict) -> RankedGroup:
-        responses = [EncodedExample(e["input_ids"], e["completion_mask"], e["truncated"])
-                     for e in g["responses"]]
+        responses = [
+            EncodedExample(e["input_ids"], e["completion_mask"], e["truncated"])
+            for e in g["responses"]
+        ]
         return RankedGroup(responses, tuple(g["ranks"]), g["margin"])
 
-    steps = [StepGroups([group(g) for g in step["groups"]], list(step["ref_logprobs"]),
-                        step["online"], dict(step["samples"])) for step in state["steps"]]
+    steps = [
+        StepGroups(
+            [group(g) for g in step["groups"]],
+            list(step["ref_logprobs"]),
+            step["online"],
+            dict(step["samples"]),
+        )
+        for step in state["steps"]
+    ]
     return Pool(state["start"], steps)
 
 
-def sample_metrics(gold: list[float] | None, rewards: list[float],
-                   lengths: list[int]) -> dict[str, float]:
+def sample_metrics(
+    gold: list[float] | None, rewards: list[float], lengths: list[int]
+) -> dict[str, float]:
     """The online samples' mean reward, length and token count, and gold score (None: no task)."""
     metrics = {"gold_score": sum(gold) / len(gold)} if gold is not None else {}
-    return {**metrics, "reward_mean": sum(rewards) / len(rewards),
-            "response_length": sum(lengths) / len(lengths), "response_tokens": float(sum(lengths))}
+    return {
+        **metrics,
+        "reward_mean": sum(rewards) / len(rewards),
+        "response_length": sum(lengths) / len(lengths),
+        "response_tokens": float(sum(lengths)),
+    }
 
 
-def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, online_groups: list[RankedGroup],
-                  gold: list[float] | None, rewards: list[float], offline: list[RankedGroup],
-                  offline_per_step: int,
-                  seed: int, reference: Reference, pad_token_id: int, batch_size: int, device: torch.device,
-                  precision) -> Pool:
+def assemble_pool(
+    *,
+    start: int,
+    plan: list[int],
+    samples_per_prompt: int,
+    online_groups: list[RankedGroup],
+    gold: list[float] | None,
+    rewards: list[float],
+    offline: list[RankedGroup],
+    offline_per_step: int,
+    seed: int,
+    reference: Reference,
+    pad_token_id: int,
+    batch_size: int,
+    device: torch.device,
+    precision,
+) -> Pool:
     """Split the labelled groups into the steps `start, start + 1, ...` that `plan` sizes, add
     each step's offline rows (a pure function of (seed, step)), and compute every response's
     reference log-prob once.
@@ -130,16 +183,38 @@ def assemble_pool(*, start: int, plan: list[int], samples_per_prompt: int, onlin
     for step in range(start, start + len(plan)):
         count = plan[step - start]
         online = online_groups[first : first + count]
-        rows = stream_rows(len(offline), offline_per_step, seed, step) if offline and offline_per_step else []
+        rows = (
+            stream_rows(len(offline), offline_per_step, seed, step)
+            if offline and offline_per_step
+            else []
+        )
         responses = slice(first * samples_per_prompt, (first + count) * samples_per_prompt)
-        lengths = [sum(group.responses[j].completion_mask) for group in online for j in range(samples_per_prompt)]
-        steps.append(StepGroups(online + [offline[row] for row in rows], [], count,
-                                sample_metrics(gold[responses] if gold is not None else None,
-                                               rewards[responses], lengths)))
+        lengths = [
+            sum(group.responses[j].completion_mask)
+            for group in online
+            for j in range(samples_per_prompt)
+        ]
+        steps.append(
+            StepGroups(
+                online + [offline[row] for row in rows],
+                [],
+                count,
+                sample_metrics(
+                    gold[responses] if gold is not None else None, rewards[responses], lengths
+                ),
+            )
+        )
         first += count
     everything = [group for step in steps for group in step.groups]
-    table = iter(reference.table(everything, pad_token_id=pad_token_id, batch_size=batch_size, device=device,
-                                 precision=precision))
+    table = iter(
+        reference.table(
+            everything,
+            pad_token_id=pad_token_id,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
+    )
     for step in steps:
         step.ref_logprobs = [next(table) for _ in step.groups]
     return Pool(start, steps)

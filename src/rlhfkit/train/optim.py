@@ -8,7 +8,9 @@ def clipped_step(optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: flo
     clipping), set `lr`, step, clear the gradients; returns the norm before clipping. The
     caller's schedule decides `lr`."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    limit = max_grad_norm if max_grad_norm > 0 else float("inf")  # inf: measure the norm, scale nothing
+    limit = (
+        max_grad_norm if max_grad_norm > 0 else float("inf")
+    )  # inf: measure the norm, scale nothing
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
     for group in optimizer.param_groups:
         group["lr"] = lr

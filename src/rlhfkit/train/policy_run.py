@@ -80,26 +80,36 @@ class PolicyModels:
     critic_optimizer: torch.optim.Optimizer | None = None
 
 
-def _adamw(params, lr: float, weight_decay: float, checkpoint: Path | None,
-           name: str) -> torch.optim.Optimizer:
+def _adamw(
+    params, lr: float, weight_decay: float, checkpoint: Path | None, name: str
+) -> torch.optim.Optimizer:
     optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
     if checkpoint:
         optimizer.load_state_dict(load_torch_state(checkpoint / name))
     return optimizer
 
 
-def build_policy_models(cfg: PolicyRunConfig, checkpoint: Path | None, *, needs_reference: bool,
-                        critic_start: str = "", critic_lr: float = 0.0) -> PolicyModels:
+def build_policy_models(
+    cfg: PolicyRunConfig,
+    checkpoint: Path | None,
+    *,
+    needs_reference: bool,
+    critic_start: str = "",
+    critic_lr: float = 0.0,
+) -> PolicyModels:
     """The policy (and its reference when `needs_reference`), and with `critic_start` a critic
     started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
     trained models and the optimizer states come from the checkpoint."""
     if cfg.reference_model and cfg.lora_r > 0:
-        raise ConfigError(f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
-                          "LoRA the reference is the base model with its adapters off; leave "
-                          "reference_model empty")
+        raise ConfigError(
+            f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
+            "LoRA the reference is the base model with its adapters off; leave "
+            "reference_model empty"
+        )
     device = resolve_device(cfg.device)
-    policy = load_policy(cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                         device=device)
+    policy = load_policy(
+        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+    )
     reference = None
     if needs_reference and cfg.lora_r == 0:
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
@@ -110,10 +120,12 @@ def build_policy_models(cfg: PolicyRunConfig, checkpoint: Path | None, *, needs_
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
         critic = value_model_from(critic_dir).to(device).train()
-        critic_optimizer = _adamw(critic.parameters(), critic_lr, cfg.weight_decay, checkpoint,
-                                  "critic_optimizer.pt")
-    return PolicyModels(policy, reference, load_tokenizer(cfg.model), optimizer, device, critic,
-                        critic_optimizer)
+        critic_optimizer = _adamw(
+            critic.parameters(), critic_lr, cfg.weight_decay, checkpoint, "critic_optimizer.pt"
+        )
+    return PolicyModels(
+        policy, reference, load_tokenizer(cfg.model), optimizer, device, critic, critic_optimizer
+    )
 
 
 @dataclass(frozen=True)
@@ -128,8 +140,9 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
     ones (`eval_data`, else drawn from the task's generator on their own seed stream and removed
     from the drawn training prompts, so evaluation is on prompts never trained on)."""
     if not cfg.train_data and task is None:
-        raise ConfigError("no prompts to train on: set train_data=PATH (a prompt file) or "
-                          "task=arith|advice")
+        raise ConfigError(
+            "no prompts to train on: set train_data=PATH (a prompt file) or task=arith|advice"
+        )
     if cfg.eval_data:
         eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
     elif task is not None:
@@ -146,8 +159,10 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
     if len(train) < len(drawn) // 2:
         # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
         # questions out; its evaluation then uses the training questions with fresh samples
-        print(f"{task.name}: the held-out prompts repeat training prompts (few distinct "
-              "prompts); evaluating on them with fresh samples")
+        print(
+            f"{task.name}: the held-out prompts repeat training prompts (few distinct "
+            "prompts); evaluating on them with fresh samples"
+        )
         train = drawn
     return PromptPools(train, eval_prompts)
 
@@ -157,8 +172,10 @@ def reward_spec(cfg: PolicyRunConfig) -> str:
     if cfg.reward:
         return cfg.reward
     if not cfg.task:
-        raise ConfigError("no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
-                          "or task=arith|advice to score with its verifier")
+        raise ConfigError(
+            "no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
+            "or task=arith|advice to score with its verifier"
+        )
     return "task"
 
 
@@ -193,42 +210,67 @@ class PolicyRun:
         critic_start, critic_lr: PPO's critic (see `build_policy_models`).
     """
 
-    def __init__(self, cfg: PolicyRunConfig, run_dir: RunDir, *, resume: bool,
-                 needs_reference: bool, stage: str, total_steps: int | None = None,
-                 reward: str | None = None, critic_start: str = "", critic_lr: float = 0.0):
+    def __init__(
+        self,
+        cfg: PolicyRunConfig,
+        run_dir: RunDir,
+        *,
+        resume: bool,
+        needs_reference: bool,
+        stage: str,
+        total_steps: int | None = None,
+        reward: str | None = None,
+        critic_start: str = "",
+        critic_lr: float = 0.0,
+    ):
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
         checkpoint = resume_point(run_dir.checkpoints) if resume else None
-        self.models = build_policy_models(cfg, checkpoint, needs_reference=needs_reference,
-                                          critic_start=critic_start, critic_lr=critic_lr)
+        self.models = build_policy_models(
+            cfg,
+            checkpoint,
+            needs_reference=needs_reference,
+            critic_start=critic_start,
+            critic_lr=critic_lr,
+        )
         self.task = get_task(cfg.task) if cfg.task else None
         self.prompts = prompt_pools(cfg, self.task)
         self.reward: RewardSource = build_reward_source(
-            reward or reward_spec(cfg), task_name=cfg.task or None,
-            tokenizer=self.models.tokenizer, device=self.models.device, batch_size=64,
-            max_length=cfg.reward_max_length, uncertainty_coef=cfg.reward_uncertainty_coef,
-            timeout_s=cfg.reward_timeout_s or None)
+            reward or reward_spec(cfg),
+            task_name=cfg.task or None,
+            tokenizer=self.models.tokenizer,
+            device=self.models.device,
+            batch_size=64,
+            max_length=cfg.reward_max_length,
+            uncertainty_coef=cfg.reward_uncertainty_coef,
+            timeout_s=cfg.reward_timeout_s or None,
+        )
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
         # the step to start from, and the trainer's own state saved with it ({} on a fresh start)
         self.start_step, self.trainer_state = self._restore(checkpoint) if checkpoint else (0, {})
         tensorboard = run_dir.tensorboard if cfg.tensorboard else None
-        self.metrics = MetricsLogger(run_dir.metrics_path, tensorboard,
-                                     resume_from_step=self.start_step if checkpoint else None)
-        self.bar = ProgressBar(self.total_steps, stage, enabled=cfg.progress,
-                               start=self.start_step)
+        self.metrics = MetricsLogger(
+            run_dir.metrics_path,
+            tensorboard,
+            resume_from_step=self.start_step if checkpoint else None,
+        )
+        self.bar = ProgressBar(self.total_steps, stage, enabled=cfg.progress, start=self.start_step)
 
     def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
         if not (checkpoint / TRAINER_STATE_FILE).is_file():
-            raise RlhfkitError(f"{checkpoint} has no {TRAINER_STATE_FILE}: it was written by an "
-                               "earlier rlhfkit, whose checkpoints this one cannot resume; start "
-                               "afresh")
+            raise RlhfkitError(
+                f"{checkpoint} has no {TRAINER_STATE_FILE}: it was written by an "
+                "earlier rlhfkit, whose checkpoints this one cannot resume; start "
+                "afresh"
+            )
         state = load_torch_state(checkpoint / "state.pt")
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
         # weights_only: the trainer's state is plain data, never an object to unpickle
-        trainer_state = torch.load(checkpoint / TRAINER_STATE_FILE, map_location="cpu",
-                                   weights_only=True)
+        trainer_state = torch.load(
+            checkpoint / TRAINER_STATE_FILE, map_location="cpu", weights_only=True
+        )
         return state["step"], trainer_state
 
     def __enter__(self) -> "PolicyRun":
@@ -248,26 +290,47 @@ class PolicyRun:
             return [pool[i] for i in micro_batch_rows(len(pool), count, 0, step, shuffle=False)]
         return [pool[i] for i in stream_rows(len(pool), count, self.cfg.seed, step)]
 
-    def sample(self, prompts: list[PromptExample], num_samples: int, *, max_new_tokens: int,
-               temperature: float, top_p: float = 1.0,
-               top_k: int = 0) -> tuple[Rollout, list[str]]:
+    def sample(
+        self,
+        prompts: list[PromptExample],
+        num_samples: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ) -> tuple[Rollout, list[str]]:
         """`num_samples` responses per prompt from the current policy (in eval mode while it
         samples), with their sampling log-probs, and their decoded texts."""
         policy, tokenizer = self.models.policy, self.models.tokenizer
         ids, mask = encode_prompts(tokenizer, [p.prompt for p in prompts], self.models.device)
         policy.eval()
-        rollout = generate(policy, ids, mask, num_samples=num_samples,
-                           max_new_tokens=max_new_tokens,
-                           stop_ids=stop_token_ids(policy, tokenizer),
-                           pad_token_id=tokenizer.pad_token_id, temperature=temperature,
-                           top_p=top_p, top_k=top_k, generator=self.generator)
+        rollout = generate(
+            policy,
+            ids,
+            mask,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            stop_ids=stop_token_ids(policy, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            generator=self.generator,
+        )
         policy.train()
         return rollout, decode_responses(tokenizer, rollout)
 
     # --- model passes and updates
     @torch.no_grad()
-    def reference_logprobs(self, batch: dict, temperature: float, precision: Precision,
-                           chunk: int = 64, group_size: int = 1) -> torch.Tensor:
+    def reference_logprobs(
+        self,
+        batch: dict,
+        temperature: float,
+        precision: Precision,
+        chunk: int = 64,
+        group_size: int = 1,
+    ) -> torch.Tensor:
         """log pi_ref of the response tokens, in chunks of whole groups, without autograd
         (`group_size`: rows sharing a prompt, run once; see `response_logprobs`)."""
         reference = self.models.reference
@@ -278,11 +341,16 @@ class PolicyRun:
             for start in range(0, batch["input_ids"].shape[0], chunk):
                 rows = slice(start, start + chunk)
                 with autocast(self.models.device, precision):
-                    out.append(response_logprobs(model, batch["input_ids"][rows],
-                                                 batch["attention_mask"][rows],
-                                                 batch["response_mask"].shape[1],
-                                                 temperature=temperature,
-                                                 group_size=group_size).logprobs)
+                    out.append(
+                        response_logprobs(
+                            model,
+                            batch["input_ids"][rows],
+                            batch["attention_mask"][rows],
+                            batch["response_mask"].shape[1],
+                            temperature=temperature,
+                            group_size=group_size,
+                        ).logprobs
+                    )
         return torch.cat(out)
 
     def optimizer_step(self, step: int) -> float:
@@ -292,9 +360,15 @@ class PolicyRun:
         return clipped_step(self.models.optimizer, lr, self.cfg.max_grad_norm)
 
     # --- metrics, evaluation, checkpoints
-    def step_metrics(self, stats: list[dict], rewards: torch.Tensor,
-                     prompts: list[PromptExample], responses: list[str], rollout: Rollout,
-                     timer: PhaseTimer) -> dict:
+    def step_metrics(
+        self,
+        stats: list[dict],
+        rewards: torch.Tensor,
+        prompts: list[PromptExample],
+        responses: list[str],
+        rollout: Rollout,
+        timer: PhaseTimer,
+    ) -> dict:
         """The step's row: the mean of each update's stats, the rewards, the task's gold score
         (only when a task is named), lengths and times."""
         row = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
@@ -304,8 +378,14 @@ class PolicyRun:
             row["gold_score"] = sum(gold) / len(gold)
         tokens = int(rollout.response_mask.sum())
         elapsed = time.perf_counter() - timer.start
-        row.update({"response_length": tokens / len(responses), "response_tokens": tokens,
-                    "tokens_per_s": tokens / elapsed, "step_seconds": elapsed})
+        row.update(
+            {
+                "response_length": tokens / len(responses),
+                "response_tokens": tokens,
+                "tokens_per_s": tokens / elapsed,
+                "step_seconds": elapsed,
+            }
+        )
         row.update({f"time_{phase}": seconds for phase, seconds in timer.seconds.items()})
         return row
 
@@ -322,8 +402,14 @@ class PolicyRun:
         if self.task is not None:
             metrics, _ = evaluate_policy(policy, tokenizer, self.task, prompts, **settings)
         else:
-            samples = sample_responses(policy, tokenizer, [p.prompt for p in prompts], greedy=True,
-                                       batch_size=256, **settings)
+            samples = sample_responses(
+                policy,
+                tokenizer,
+                [p.prompt for p in prompts],
+                greedy=True,
+                batch_size=256,
+                **settings,
+            )
             scores = self.reward.score(prompts, [texts[0] for texts in samples.texts]).rewards
             metrics = {"reward_mean": scores.mean().item()}
         policy.train()
@@ -335,8 +421,15 @@ class PolicyRun:
         if self.start_step == 0 and self.evaluates:
             result.evals.append((0, self.evaluate({})))
 
-    def end_step(self, done: int, row: dict, result: RunRecord, *,
-                 state: Callable[[], TrainerState] | None = None, stop: bool = False) -> None:
+    def end_step(
+        self,
+        done: int,
+        row: dict,
+        result: RunRecord,
+        *,
+        state: Callable[[], TrainerState] | None = None,
+        stop: bool = False,
+    ) -> None:
         """After `done` steps: keep the row in `result.history`, evaluate when due (every
         eval_every steps and after the last; eval_every=-1: never), log the row, and write a
         checkpoint when due (every save_every steps, not after the last: the final model is
@@ -360,14 +453,14 @@ class PolicyRun:
             save_torch_state(tmp / "optimizer.pt", models.optimizer.state_dict())
             if models.critic is not None:
                 models.critic.save_pretrained(tmp / CRITIC_SUBDIR)
-                save_torch_state(tmp / "critic_optimizer.pt",
-                                 models.critic_optimizer.state_dict())
-            save_torch_state(tmp / "state.pt", {"step": step, "rng": capture_rng_state(),
-                                                "generator": self.generator.get_state()})
+                save_torch_state(tmp / "critic_optimizer.pt", models.critic_optimizer.state_dict())
+            save_torch_state(
+                tmp / "state.pt",
+                {"step": step, "rng": capture_rng_state(), "generator": self.generator.get_state()},
+            )
             save_torch_state(tmp / TRAINER_STATE_FILE, trainer_state)
 
-        save_checkpoint(self.run_dir.checkpoints, step, write=write,
-                        keep_last=self.cfg.keep_last)
+        save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
 
     def save_final(self) -> None:
         """A plain causal-LM directory (LoRA adapters merged into a copy of the weights)."""

@@ -103,10 +103,14 @@ def check_ppo_config(cfg: PPOConfig) -> None:
     if not cfg.reward_model and not cfg.reward:
         raise ConfigError("PPO needs reward_model=PATH (a saved reward model) or a reward= source")
     if CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL and not cfg.reward_model:
-        raise ConfigError("critic_init=reward_model needs reward_model=PATH; or set critic_init=policy")
+        raise ConfigError(
+            "critic_init=reward_model needs reward_model=PATH; or set critic_init=policy"
+        )
     if cfg.mini_batch_size <= 0 or cfg.prompts_per_step % cfg.mini_batch_size:
-        raise ConfigError(f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
-                          f"{cfg.prompts_per_step}: change one of them")
+        raise ConfigError(
+            f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
+            f"{cfg.prompts_per_step}: change one of them"
+        )
 
 
 def shares_critic_pass(cfg: PPOConfig) -> bool:
@@ -129,9 +133,16 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     # step 1. actor + reference, the critic, their optimizers, reward, prompts; restored on resume
     from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
     critic_start = cfg.reward_model if from_reward_model else cfg.model
-    run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=True, stage="ppo",
-                    reward=cfg.reward or f"model:{cfg.reward_model}", critic_start=critic_start,
-                    critic_lr=cfg.critic_lr)
+    run = PolicyRun(
+        cfg,
+        run_dir,
+        resume=resume,
+        needs_reference=True,
+        stage="ppo",
+        reward=cfg.reward or f"model:{cfg.reward_model}",
+        critic_start=critic_start,
+        critic_lr=cfg.critic_lr,
+    )
     critic, device = run.models.critic, run.models.device
     kl_coef = run.trainer_state.get("kl_coef", cfg.kl_coef)  # the adaptive controller's beta
     shared_pass = shares_critic_pass(cfg)
@@ -145,32 +156,45 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 2. one response per prompt, with its sampling log-probs
             with timer("generation"):
-                rollout, responses = run.sample(prompts, 1, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature)
-            batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
-                     "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs}
+                rollout, responses = run.sample(
+                    prompts, 1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+                )
+            batch = {
+                "input_ids": rollout.input_ids,
+                "attention_mask": rollout.attention_mask,
+                "response_mask": rollout.response_mask,
+                "old_logprobs": rollout.logprobs,
+            }
             response_mask = rollout.response_mask
 
             # step 3. the reward model's score, the reference's log-probs, the critic's values
             with timer("reward"):
                 scores = run.reward.score(prompts, responses).rewards.to(device)
             with timer("reference"):
-                batch["ref_logprobs"] = run.reference_logprobs(batch, cfg.temperature, cfg.precision)
-            with timer("values"), torch.set_grad_enabled(shared_pass), \
-                    autocast(device, cfg.precision):
-                values = response_values(critic, batch["input_ids"], batch["attention_mask"],
-                                         response_mask.shape[1])
+                batch["ref_logprobs"] = run.reference_logprobs(
+                    batch, cfg.temperature, cfg.precision
+                )
+            with (
+                timer("values"),
+                torch.set_grad_enabled(shared_pass),
+                autocast(device, cfg.precision),
+            ):
+                values = response_values(
+                    critic, batch["input_ids"], batch["attention_mask"], response_mask.shape[1]
+                )
             batch["old_values"] = values.detach()
 
             # step 4. per-token rewards (KL penalty + score at the end), GAE, whitened advantages
             logprobs, ref_logprobs = batch["old_logprobs"], batch["ref_logprobs"]
             kl = kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, cfg.kl_clamp)
             rewards = kl_shaped_rewards(scores, kl, response_mask, kl_coef)
-            advantages, batch["returns"] = gae(rewards, batch["old_values"], response_mask,
-                                               cfg.gamma, cfg.lam)
+            advantages, batch["returns"] = gae(
+                rewards, batch["old_values"], response_mask, cfg.gamma, cfg.lam
+            )
             batch["advantages"] = masked_whiten(advantages, response_mask, unbiased=False)
-            kl_per_sequence = sequence_kl(logprobs, ref_logprobs, response_mask, KLEstimator.K1,
-                                          cfg.kl_clamp)
+            kl_per_sequence = sequence_kl(
+                logprobs, ref_logprobs, response_mask, KLEstimator.K1, cfg.kl_clamp
+            )
 
             # step 5. PPO epochs over mini-batches: critic and actor each take a clipped step
             stats = []
@@ -185,19 +209,28 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
             mean_kl = kl_per_sequence.mean().item()
             tokens = response_mask.sum().clamp(min=1)
-            row.update({"kl_per_sequence": mean_kl,
-                        "kl_per_token": (kl_per_sequence.sum() / tokens).item(),
-                        "kl_coef": kl_coef, "proxy_reward": scores.mean().item(),
-                        "explained_variance": explained_variance(batch["old_values"],
-                                                                 batch["returns"], response_mask)})
+            row.update(
+                {
+                    "kl_per_sequence": mean_kl,
+                    "kl_per_token": (kl_per_sequence.sum() / tokens).item(),
+                    "kl_coef": kl_coef,
+                    "proxy_reward": scores.mean().item(),
+                    "explained_variance": explained_variance(
+                        batch["old_values"], batch["returns"], response_mask
+                    ),
+                }
+            )
             if cfg.kl_target > 0:
-                kl_coef = adaptive_kl_coef(kl_coef, mean_kl, cfg.kl_target, cfg.kl_horizon,
-                                           cfg.prompts_per_step)
+                kl_coef = adaptive_kl_coef(
+                    kl_coef, mean_kl, cfg.kl_target, cfg.kl_horizon, cfg.prompts_per_step
+                )
             stop = mean_kl > cfg.kl_limit
             run.end_step(step + 1, row, result, state=lambda: {"kl_coef": kl_coef}, stop=stop)
             if stop:
-                print(f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
-                      f"stopping at step {step + 1}")
+                print(
+                    f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
+                    f"stopping at step {step + 1}"
+                )
                 result.stopped_at_kl_limit = True
                 break
 
@@ -206,8 +239,14 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     return result
 
 
-def _ppo_minibatch(cfg: PPOConfig, run: PolicyRun, part: dict, step: int, timer: PhaseTimer,
-                   values: torch.Tensor | None) -> dict:
+def _ppo_minibatch(
+    cfg: PPOConfig,
+    run: PolicyRun,
+    part: dict,
+    step: int,
+    timer: PhaseTimer,
+    values: torch.Tensor | None,
+) -> dict:
     """One clipped critic step and one clipped actor step on a slice of the rollout; `values`:
     the critic's values of this slice with autograd already there (None = run the critic).
     The critic steps first, so its graph is freed before the actor's is built."""
@@ -216,23 +255,50 @@ def _ppo_minibatch(cfg: PPOConfig, run: PolicyRun, part: dict, step: int, timer:
     with timer("forward_backward"):
         if values is None:
             with autocast(models.device, cfg.precision):
-                values = response_values(models.critic, part["input_ids"], part["attention_mask"],
-                                         mask.shape[1])
-        critic_loss = value_loss(values, part["old_values"], part["returns"], mask, cfg.value_clip or None,
-                                 LossAggregation.TOKEN_MEAN, denominator)
+                values = response_values(
+                    models.critic, part["input_ids"], part["attention_mask"], mask.shape[1]
+                )
+        critic_loss = value_loss(
+            values,
+            part["old_values"],
+            part["returns"],
+            mask,
+            cfg.value_clip or None,
+            LossAggregation.TOKEN_MEAN,
+            denominator,
+        )
         critic_loss.backward()
     with timer("optimizer"):
         critic_lr = linear_warmup(step, cfg.warmup_steps) * cfg.critic_lr
         clipped_step(models.critic_optimizer, critic_lr, cfg.max_grad_norm)
     with timer("forward_backward"):
         with autocast(models.device, cfg.precision):
-            current = response_logprobs(models.policy, part["input_ids"], part["attention_mask"],
-                                        mask.shape[1], temperature=cfg.temperature,
-                                        with_entropy=True)
-        policy = ppo_policy_loss(current.logprobs, part["old_logprobs"], part["advantages"], mask, cfg.clip_eps,
-                                 cfg.clip_eps, None, LossAggregation.TOKEN_MEAN, denominator)
+            current = response_logprobs(
+                models.policy,
+                part["input_ids"],
+                part["attention_mask"],
+                mask.shape[1],
+                temperature=cfg.temperature,
+                with_entropy=True,
+            )
+        policy = ppo_policy_loss(
+            current.logprobs,
+            part["old_logprobs"],
+            part["advantages"],
+            mask,
+            cfg.clip_eps,
+            cfg.clip_eps,
+            None,
+            LossAggregation.TOKEN_MEAN,
+            denominator,
+        )
         policy.loss.backward()
     with timer("optimizer"):
         grad_norm = run.optimizer_step(step)
-    return {"loss": policy.loss.item(), "value_loss": critic_loss.item(), "grad_norm": grad_norm,
-            "clip_fraction": policy.clip_fraction.item(), "entropy": masked_mean(current.entropy, mask).item()}
+    return {
+        "loss": policy.loss.item(),
+        "value_loss": critic_loss.item(),
+        "grad_norm": grad_norm,
+        "clip_fraction": policy.clip_fraction.item(),
+        "entropy": masked_mean(current.entropy, mask).item(),
+    }

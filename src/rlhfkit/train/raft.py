@@ -89,14 +89,19 @@ def check_raft_config(cfg: RAFTConfig) -> None:
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
     if not 0.0 < cfg.keep_fraction <= 1.0:
-        raise ConfigError(f"keep_fraction={cfg.keep_fraction}: must be in (0, 1] (1 = keep every sample "
-                          "that passes reward_threshold)")
+        raise ConfigError(
+            f"keep_fraction={cfg.keep_fraction}: must be in (0, 1] (1 = keep every sample "
+            "that passes reward_threshold)"
+        )
 
 
 def rollout_rows(rollout: Rollout, rows: torch.Tensor | slice) -> dict:
     """The training tensors of some rows of a rollout (prompt + response ids, masks)."""
-    return {"input_ids": rollout.input_ids[rows], "attention_mask": rollout.attention_mask[rows],
-            "response_mask": rollout.response_mask[rows]}
+    return {
+        "input_ids": rollout.input_ids[rows],
+        "attention_mask": rollout.attention_mask[rows],
+        "response_mask": rollout.response_mask[rows],
+    }
 
 
 def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Tensor:
@@ -104,26 +109,38 @@ def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Te
     tokens (the left-padded prompt is context; the LM head runs on the response only)."""
     mask = batch["response_mask"]
     with autocast(run.models.device, cfg.precision):
-        logprobs = response_logprobs(run.models.policy, batch["input_ids"], batch["attention_mask"],
-                                     mask.shape[1]).logprobs
+        logprobs = response_logprobs(
+            run.models.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1]
+        ).logprobs
     return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, mask.sum())
 
 
-def _raft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
-                 rewards: torch.Tensor) -> tuple[list[dict], dict]:
+def _raft_update(
+    cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout, rewards: torch.Tensor
+) -> tuple[list[dict], dict]:
     """Keep the best responses, then `epochs_per_round` epochs of SFT on them in mini-batches."""
-    kept = select_responses(rewards, cfg.selection, cfg.samples_per_prompt, cfg.keep_fraction,
-                            cfg.reward_threshold if cfg.require_correct else None)
+    kept = select_responses(
+        rewards,
+        cfg.selection,
+        cfg.samples_per_prompt,
+        cfg.keep_fraction,
+        cfg.reward_threshold if cfg.require_correct else None,
+    )
     data = rollout_rows(rollout, kept.nonzero().squeeze(1))
     count = int(kept.sum())
-    info = {"kept_count": count, "kept_reward_mean": rewards[kept].mean().item() if count else float("nan"),
-            "kept_length": data["response_mask"].sum().item() / max(1, count)}
+    info = {
+        "kept_count": count,
+        "kept_reward_mean": rewards[kept].mean().item() if count else float("nan"),
+        "kept_length": data["response_mask"].sum().item() / max(1, count),
+    }
     # the order of each round's epochs is a pure function of (seed, round): nothing to checkpoint
     round_seed = cfg.seed * 1_000_003 + step
     stats = []
     for index in range(cfg.epochs_per_round * batches_per_epoch(count, cfg.mini_batch_size)):
-        rows = torch.tensor(micro_batch_rows(count, cfg.mini_batch_size, round_seed, index),
-                            device=run.models.device)
+        rows = torch.tensor(
+            micro_batch_rows(count, cfg.mini_batch_size, round_seed, index),
+            device=run.models.device,
+        )
         loss = sft_minibatch_loss(cfg, run, {k: v[rows] for k, v in data.items()})
         loss.backward()
         stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
@@ -131,8 +148,9 @@ def _raft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
     return stats or [{"loss": 0.0, "grad_norm": 0.0}], {**info, "optimizer_steps": len(stats)}
 
 
-def _online_rft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout,
-                       rewards: torch.Tensor) -> tuple[list[dict], dict]:
+def _online_rft_update(
+    cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout, rewards: torch.Tensor
+) -> tuple[list[dict], dict]:
     """One pass of the +1 / -1 weighted log-likelihood over the rollout in mini-batches."""
     coefficients = binary_coefficients(rewards, cfg.reward_threshold, cfg.wrong_coef)
     data = {**rollout_rows(rollout, slice(None)), "coefficients": coefficients}
@@ -141,11 +159,17 @@ def _online_rft_update(cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Roll
         part = {k: v[start : start + cfg.mini_batch_size] for k, v in data.items()}
         mask = part["response_mask"]
         with autocast(run.models.device, cfg.precision):
-            current = response_logprobs(run.models.policy, part["input_ids"],
-                                        part["attention_mask"], mask.shape[1],
-                                        temperature=cfg.temperature)
+            current = response_logprobs(
+                run.models.policy,
+                part["input_ids"],
+                part["attention_mask"],
+                mask.shape[1],
+                temperature=cfg.temperature,
+            )
         denominator = loss_denominator(mask, cfg.loss_aggregation, cfg.max_new_tokens)
-        loss = rft_loss(current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator)
+        loss = rft_loss(
+            current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator
+        )
         loss.backward()
         stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
     return stats, {"optimizer_steps": len(stats)}
@@ -172,8 +196,12 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 2. sample K responses per prompt from the current policy
             with timer("generation"):
-                rollout, responses = run.sample(prompts, cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature)
+                rollout, responses = run.sample(
+                    prompts,
+                    cfg.samples_per_prompt,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
 
             # step 3. score every response
@@ -186,7 +214,9 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
-            row.update(info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item())
+            row.update(
+                info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item()
+            )
             run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained

@@ -32,9 +32,14 @@ from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
-from rlhfkit.train.checkpointing import MODEL_SUBDIR, restore_trainer_state, resume_point, save_trainer_checkpoint
-from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
+from rlhfkit.train.checkpointing import (
+    MODEL_SUBDIR,
+    restore_trainer_state,
+    resume_point,
+    save_trainer_checkpoint,
+)
 from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -110,18 +115,31 @@ def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
     if cfg.objective == RewardObjective.PROCESS:
         fmt = detect_format(path)
         if fmt != Format.STEPS:
-            raise RlhfkitError(f"{path}: the process objective needs step labels (prompt, completions, labels)")
-        items, report = tokenize_steps(tokenizer, load_examples(path, fmt), max_length=cfg.max_length,
-                                       separator=cfg.step_separator)
+            raise RlhfkitError(
+                f"{path}: the process objective needs step labels (prompt, completions, labels)"
+            )
+        items, report = tokenize_steps(
+            tokenizer,
+            load_examples(path, fmt),
+            max_length=cfg.max_length,
+            separator=cfg.step_separator,
+        )
     else:
-        items, report = load_ranked_groups(path, tokenizer, max_length=cfg.max_length,
-                                           truncation=cfg.truncation, needed_by="a reward model")
+        items, report = load_ranked_groups(
+            path,
+            tokenizer,
+            max_length=cfg.max_length,
+            truncation=cfg.truncation,
+            needed_by="a reward model",
+        )
     print(f"reward data {path}: {report.summary()}")
     return items
 
 
 @torch.no_grad()
-def evaluate_reward_model(model: RewardModel, items: list, cfg: RewardConfig, pad_token_id: int) -> float:
+def evaluate_reward_model(
+    model: RewardModel, items: list, cfg: RewardConfig, pad_token_id: int
+) -> float:
     """Held-out pair accuracy (pairwise) or step-label accuracy (process)."""
     if cfg.objective is RewardObjective.PAIRWISE:
         return pair_accuracy(score_groups(model, items, pad_token_id, cfg.batch_size), items)
@@ -129,8 +147,12 @@ def evaluate_reward_model(model: RewardModel, items: list, cfg: RewardConfig, pa
     right = total = 0
     device = next(model.parameters()).device
     for start in range(0, len(items), cfg.batch_size):
-        batch = move_batch(collate_steps(items[start : start + cfg.batch_size], pad_token_id), device)
-        correct = ((process_step_logits(model, batch) > 0).float() == batch["step_labels"]) & batch["step_mask"]
+        batch = move_batch(
+            collate_steps(items[start : start + cfg.batch_size], pad_token_id), device
+        )
+        correct = ((process_step_logits(model, batch) > 0).float() == batch["step_labels"]) & batch[
+            "step_mask"
+        ]
         right, total = right + int(correct.sum()), total + int(batch["step_mask"].sum())
     model.train()
     return right / max(1, total)
@@ -140,8 +162,15 @@ def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, dev
     with autocast(device, cfg.precision):
         if cfg.objective == RewardObjective.PROCESS:
             return process_loss(model, items, pad_token_id=pad_token_id)
-        return pairwise_loss(model, items, row_ids, pad_token_id=pad_token_id, seed=cfg.seed,
-                             imitation_coef=cfg.imitation_coef, centering_coef=cfg.centering_coef)
+        return pairwise_loss(
+            model,
+            items,
+            row_ids,
+            pad_token_id=pad_token_id,
+            seed=cfg.seed,
+            imitation_coef=cfg.imitation_coef,
+            centering_coef=cfg.centering_coef,
+        )
 
 
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
@@ -154,8 +183,11 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
 
     # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints) if resume else None
-    model = RewardModel.from_pretrained(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model,
-                                        num_heads=cfg.num_heads, with_lm_head=cfg.imitation_coef > 0)
+    model = RewardModel.from_pretrained(
+        checkpoint / MODEL_SUBDIR if checkpoint else cfg.model,
+        num_heads=cfg.num_heads,
+        with_lm_head=cfg.imitation_coef > 0,
+    )
     device = resolve_device(cfg.device)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -163,35 +195,62 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     if "lm_head" in extra:  # an untied imitation head is not part of the saved model
         model.lm_head.load_state_dict(extra["lm_head"])
     result = RewardResult(model_dir=run.final)
-    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
-                            resume_from_step=start_step if checkpoint else None)
+    metrics = MetricsLogger(
+        run.metrics_path,
+        run.tensorboard if cfg.tensorboard else None,
+        resume_from_step=start_step if checkpoint else None,
+    )
 
-    with metrics, ProgressBar(cfg.max_steps, "reward model", enabled=cfg.progress, start=start_step) as bar:
+    with (
+        metrics,
+        ProgressBar(cfg.max_steps, "reward model", enabled=cfg.progress, start=start_step) as bar,
+    ):
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 3. this step's prompts, fixed by (seed, step) alone
-            row_ids = micro_batch_rows(len(train), cfg.batch_size, cfg.seed, step, shuffle=cfg.shuffle)
+            row_ids = micro_batch_rows(
+                len(train), cfg.batch_size, cfg.seed, step, shuffle=cfg.shuffle
+            )
             # step 4. score every response once; loss over all pairs of each prompt
-            loss, stats = _batch_loss(model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device)
+            loss, stats = _batch_loss(
+                model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device
+            )
             loss.backward()
             # step 5. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                                        min_ratio=cfg.min_lr_ratio)
+            lr = cfg.lr * warmup_cosine(
+                step,
+                total_steps=cfg.max_steps,
+                warmup_steps=cfg.warmup_steps,
+                min_ratio=cfg.min_lr_ratio,
+            )
             grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
             # step 6. log, evaluate, checkpoint
             done = step + 1
             result.train_losses.append(loss.item())
-            row = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats,
-                   "steps_per_s": 1.0 / (time.perf_counter() - started)}
+            row = {
+                "loss": loss.item(),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                **stats,
+                "steps_per_s": 1.0 / (time.perf_counter() - started),
+            }
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                row["eval_accuracy"] = evaluate_reward_model(model, held_out, cfg, tokenizer.pad_token_id)
+                row["eval_accuracy"] = evaluate_reward_model(
+                    model, held_out, cfg, tokenizer.pad_token_id
+                )
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
             metrics.log(done, row, stage="reward")
             bar.update(1, loss=loss.item())
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
-                                        optimizer=optimizer, keep_last=cfg.keep_last,
-                                        extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {})
+                save_trainer_checkpoint(
+                    run.checkpoints,
+                    step=done,
+                    model=model,
+                    tokenizer=tokenizer,
+                    optimizer=optimizer,
+                    keep_last=cfg.keep_last,
+                    extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {},
+                )
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification
     model.save_pretrained(run.final)

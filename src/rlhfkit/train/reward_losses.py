@@ -40,15 +40,25 @@ def pairwise_loss(
     batch = move_batch(collate_groups(groups, pad_token_id), model.device)
     # K responses to each prompt (every group the same size): each prompt runs once
     sizes = {len(group.responses) for group in groups}
-    rewards = model.rewards_by_length(batch["input_ids"], batch["attention_mask"], response_mask=batch["response_mask"],
-                                      group_size=sizes.pop() if len(sizes) == 1 else 1)
+    rewards = model.rewards_by_length(
+        batch["input_ids"],
+        batch["attention_mask"],
+        response_mask=batch["response_mask"],
+        group_size=sizes.pop() if len(sizes) == 1 else 1,
+    )
     chosen, rejected = gather_pair_rewards(rewards, batch["winners"], batch["losers"])
     heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads
-    loss = bradley_terry_loss(chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"])
+    loss = bradley_terry_loss(
+        chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"]
+    )
     accuracy = preference_accuracy(chosen.detach(), rejected.detach()).item()
-    stats = {"bt_loss": loss.item(), "train_pair_accuracy": accuracy,
-             "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
+    stats = {
+        "bt_loss": loss.item(),
+        "train_pair_accuracy": accuracy,
+        "reward_mean": rewards.mean().item(),
+        "reward_std": rewards.std().item(),
+    }
     if imitation_coef:  # the LM term reads only each group's best response: its own forward pass
         best = batch["best"]
         ids, mask = batch["input_ids"][best], batch["response_mask"][best]
@@ -61,11 +71,15 @@ def pairwise_loss(
     return loss, stats
 
 
-def process_loss(model: RewardModel, items: list[EncodedSteps], *, pad_token_id: int) -> tuple[torch.Tensor, dict]:
+def process_loss(
+    model: RewardModel, items: list[EncodedSteps], *, pad_token_id: int
+) -> tuple[torch.Tensor, dict]:
     """Binary cross-entropy of every step's correctness, read at the step's last token."""
     batch = move_batch(collate_steps(items, pad_token_id), model.device)
     step_logits = process_step_logits(model, batch)
-    loss = process_reward_loss(step_logits, batch["step_labels"], batch["step_mask"], batch["step_mask"].sum())
+    loss = process_reward_loss(
+        step_logits, batch["step_labels"], batch["step_mask"], batch["step_mask"].sum()
+    )
     right = ((step_logits > 0).float() == batch["step_labels"]) & batch["step_mask"]
     return loss, {"step_accuracy": (right.sum() / batch["step_mask"].sum()).item()}
 

@@ -52,8 +52,11 @@ class JudgeConfig(RunConfig):
     """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
     batch_size: int = 32
     """Judge prompts per forward pass."""
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(max_steps=400, batch_size=16, lr=3e-3, eval_every=0,
-                                                             sample_every=0, save_every=0))
+    sft: SFTConfig = field(
+        default_factory=lambda: SFTConfig(
+            max_steps=400, batch_size=16, lr=3e-3, eval_every=0, sample_every=0, save_every=0
+        )
+    )
     """Judge training; `model`, `train_data`, `eval_data`, `seed` and `device` are filled in
     (`judge_sft_config`), and setting one of them is an error."""
 
@@ -69,49 +72,69 @@ class JudgeResult:
 def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
     """The judge's SFT settings: `cfg.sft` with the keys `rlhfkit judge` fills (the model, its
     rows at `data`, no held-out rows, the seed and device); a user's setting of one is refused."""
-    fills = {"model": Filled(cfg.model, "from model=", "set model= instead"),
-             "train_data": Filled(str(data), "to the rows it builds from train_pairs=",
-                                  "set train_pairs= instead"),
-             "eval_data": Filled("", "to none (the judge is measured on pairs=)",
-                                 "set pairs= instead"),
-             "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
-             "device": Filled(cfg.device, "from device=", "set device= instead")}
+    fills = {
+        "model": Filled(cfg.model, "from model=", "set model= instead"),
+        "train_data": Filled(
+            str(data), "to the rows it builds from train_pairs=", "set train_pairs= instead"
+        ),
+        "eval_data": Filled("", "to none (the judge is measured on pairs=)", "set pairs= instead"),
+        "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
+        "device": Filled(cfg.device, "from device=", "set device= instead"),
+    }
     return fill_section(cfg, "sft", fills, by="rlhfkit judge")
 
 
 def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     """Fine-tune `cfg.model` into a judge on `cfg.train_pairs`; returns the judge's directory."""
     if not (cfg.model and cfg.train_pairs):
-        raise RlhfkitError("a judge needs judge_model=PATH, or model=PATH and train_pairs=PATH to train one")
+        raise RlhfkitError(
+            "a judge needs judge_model=PATH, or model=PATH and train_pairs=PATH to train one"
+        )
     data = run.root / "judge_sft.jsonl"
     sft_cfg = judge_sft_config(cfg, data)
-    pairs = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
-             for p in load_examples(cfg.train_pairs, Format.PREFERENCE)]
+    pairs = [
+        {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+        for p in load_examples(cfg.train_pairs, Format.PREFERENCE)
+    ]
     write_jsonl(data, judge_sft_rows(pairs, random.Random(cfg.seed)))
     sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
     save_config(sft_cfg, sft_run.config_path)
     return train_sft(sft_cfg, sft_run).model_dir
 
 
-def gold_scores(task_name: str, pairs: list[PreferenceExample]) -> tuple[torch.Tensor, torch.Tensor]:
+def gold_scores(
+    task_name: str, pairs: list[PreferenceExample]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n,) gold scores of each pair's chosen and rejected reply, the prompts read from text."""
     task = get_task(task_name)
     if not hasattr(task, "prompt_example"):
         raise RlhfkitError(f"task '{task_name}' cannot score prompts read from a file")
     examples = [task.prompt_example(p.prompt) for p in pairs]
-    return (torch.tensor([task.reward(e, p.chosen) for e, p in zip(examples, pairs)]),
-            torch.tensor([task.reward(e, p.rejected) for e, p in zip(examples, pairs)]))
+    return (
+        torch.tensor([task.reward(e, p.chosen) for e, p in zip(examples, pairs)]),
+        torch.tensor([task.reward(e, p.rejected) for e, p in zip(examples, pairs)]),
+    )
 
 
-def agreement_report(judgements: PairJudgements, gold: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+def agreement_report(
+    judgements: PairJudgements, gold: tuple[torch.Tensor, torch.Tensor] | None
+) -> dict:
     """Agreement of the judge with the pairs' labels and, given gold scores, with the gold annotator."""
     n = len(judgements.first_better)
     labels = torch.ones(n)  # the label puts `chosen` first: P(first better) = 1
-    report = {"pairs": n, "position_bias": judgements.position_bias, "flip_rate": judgements.flip_rate,
-              "judge_vs_labels": gold_agreement(judgements.first_better, labels, torch.zeros(n))[0]}
+    report = {
+        "pairs": n,
+        "position_bias": judgements.position_bias,
+        "flip_rate": judgements.flip_rate,
+        "judge_vs_labels": gold_agreement(judgements.first_better, labels, torch.zeros(n))[0],
+    }
     if gold is not None:
         judge, count = gold_agreement(judgements.first_better, *gold)
-        report.update(judge_vs_gold=judge, labels_vs_gold=gold_agreement(labels, *gold)[0], gold_ordered_pairs=count)
+        report.update(
+            judge_vs_gold=judge,
+            labels_vs_gold=gold_agreement(labels, *gold)[0],
+            gold_ordered_pairs=count,
+        )
     return report
 
 
@@ -130,12 +153,22 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
     # step 3. judge every pair in both orders, the labelled `chosen` first
     model = load_causal_lm(judge_dir).to(resolve_device(cfg.device))
     tokenizer = load_tokenizer(judge_dir)
-    prompts, chosen, rejected = [p.prompt for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs]
+    prompts, chosen, rejected = (
+        [p.prompt for p in pairs],
+        [p.chosen for p in pairs],
+        [p.rejected for p in pairs],
+    )
     judgements = judge_pairs(model, tokenizer, prompts, chosen, rejected, batch_size=cfg.batch_size)
 
     # step 4. the confident verdicts as preference rows; agreement and position bias
-    rows = preference_rows(prompts, chosen, rejected, judgements.first_better, min_margin=cfg.min_margin)
-    report = {"judge": str(judge_dir), **agreement_report(judgements, gold), "preference_rows": len(rows)}
+    rows = preference_rows(
+        prompts, chosen, rejected, judgements.first_better, min_margin=cfg.min_margin
+    )
+    report = {
+        "judge": str(judge_dir),
+        **agreement_report(judgements, gold),
+        "preference_rows": len(rows),
+    }
     preferences = write_jsonl(run.root / "preferences.jsonl", rows)
     (run.root / "agreement.json").write_text(json.dumps(report, indent=2) + "\n")
     return JudgeResult(judge_dir, preferences, report)

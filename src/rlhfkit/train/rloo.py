@@ -44,15 +44,29 @@ class RLOOResult:
     evals: list[tuple[int, dict]] = field(default_factory=list)
 
 
-def sequence_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                       response_mask: torch.Tensor, clip_eps: float):
+def sequence_clip_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+):
     """PPO's clipped surrogate with one ratio per response, exp(sum_t logprobs - sum_t old_logprobs),
     averaged over the responses: the token-level loss on a response length of one."""
     sequence = masked_sum(logprobs, response_mask, dim=1).unsqueeze(1)
     old_sequence = masked_sum(old_logprobs, response_mask, dim=1).unsqueeze(1)
     every = torch.ones_like(sequence, dtype=torch.bool)
-    return ppo_policy_loss(sequence, old_sequence, advantages.unsqueeze(1), every, clip_eps, clip_eps, None,
-                           LossAggregation.TOKEN_MEAN, sequence.shape[0])
+    return ppo_policy_loss(
+        sequence,
+        old_sequence,
+        advantages.unsqueeze(1),
+        every,
+        clip_eps,
+        clip_eps,
+        None,
+        LossAggregation.TOKEN_MEAN,
+        sequence.shape[0],
+    )
 
 
 def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
@@ -71,22 +85,35 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
 
             # step 2. sample G responses per prompt, keeping the sampling log-probs
             with timer("generation"):
-                rollout, responses = run.sample(prompts, cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                                                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                rollout, responses = run.sample(
+                    prompts,
+                    cfg.group_size,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    top_k=cfg.top_k,
+                )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
             with timer("reward"):
                 rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
-            batch = {"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask,
-                     "response_mask": rollout.response_mask, "old_logprobs": rollout.logprobs}
+            batch = {
+                "input_ids": rollout.input_ids,
+                "attention_mask": rollout.attention_mask,
+                "response_mask": rollout.response_mask,
+                "old_logprobs": rollout.logprobs,
+            }
 
             # step 3. the KL penalty (k1 summed over each response) in the reward, then the
             # leave-one-out advantages
             shaped, kl = rewards, None
             if cfg.beta > 0:
                 with timer("reference"):
-                    ref = run.reference_logprobs(batch, cfg.temperature, cfg.precision, group_size=cfg.group_size)
-                kl = sequence_kl(rollout.logprobs, ref, rollout.response_mask, KLEstimator.K1,
-                                 cfg.kl_clamp)
+                    ref = run.reference_logprobs(
+                        batch, cfg.temperature, cfg.precision, group_size=cfg.group_size
+                    )
+                kl = sequence_kl(
+                    rollout.logprobs, ref, rollout.response_mask, KLEstimator.K1, cfg.kl_clamp
+                )
                 shaped = kl_shaped_sequence_rewards(rewards, kl, cfg.beta)
             batch["advantages"] = rloo_advantages(shaped, cfg.group_size)
 
@@ -98,19 +125,33 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                     mask = part["response_mask"]
                     with timer("forward_backward"):
                         with autocast(run.models.device, cfg.precision):
-                            current = response_logprobs(run.models.policy, part["input_ids"],
-                                                        part["attention_mask"], mask.shape[1],
-                                                        temperature=cfg.temperature,
-                                                        with_entropy=True,
-                                                        group_size=cfg.group_size)
-                        policy = sequence_clip_loss(current.logprobs, part["old_logprobs"], part["advantages"],
-                                                    mask, cfg.clip_eps)
+                            current = response_logprobs(
+                                run.models.policy,
+                                part["input_ids"],
+                                part["attention_mask"],
+                                mask.shape[1],
+                                temperature=cfg.temperature,
+                                with_entropy=True,
+                                group_size=cfg.group_size,
+                            )
+                        policy = sequence_clip_loss(
+                            current.logprobs,
+                            part["old_logprobs"],
+                            part["advantages"],
+                            mask,
+                            cfg.clip_eps,
+                        )
                         policy.loss.backward()
                     with timer("optimizer"):
                         grad_norm = run.optimizer_step(step)
-                    stats.append({"loss": policy.loss.item(), "grad_norm": grad_norm,
-                                  "clip_fraction": policy.clip_fraction.item(),
-                                  "entropy": masked_mean(current.entropy, mask).item()})
+                    stats.append(
+                        {
+                            "loss": policy.loss.item(),
+                            "grad_norm": grad_norm,
+                            "clip_fraction": policy.clip_fraction.item(),
+                            "entropy": masked_mean(current.entropy, mask).item(),
+                        }
+                    )
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)

@@ -104,12 +104,16 @@ def response_window_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tens
     # earliest response token of any row (a row without one gives 0: the whole width)
     first = int(mask.int().argmax(dim=1).min())
     keep = ids.shape[1] - max(0, first - 1)  # from the position that predicts it
-    logits = model(input_ids=ids, attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    logits = model(
+        input_ids=ids, attention_mask=batch["attention_mask"], logits_to_keep=keep
+    ).logits
     return logits, ids[:, -keep:], mask[:, -keep:]
 
 
 @torch.no_grad()
-def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Precision = Precision.FP32) -> float:
+def eval_loss(
+    model, examples, pad_token_id: int, batch_size: int, precision: Precision = Precision.FP32
+) -> float:
     """Token-mean cross-entropy over all completion tokens of `examples`."""
     model.eval()
     total, count = 0.0, 0
@@ -117,7 +121,9 @@ def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Pr
     for start in range(0, len(examples), batch_size):
         batch = move_batch(pad_batch(examples[start : start + batch_size], pad_token_id), device)
         with autocast(device, precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
         total += sft_loss(logits, batch["input_ids"], batch["response_mask"], 1.0).item()
         count += int(batch["response_mask"][:, 1:].sum())
     model.train()
@@ -125,7 +131,10 @@ def eval_loss(model, examples, pad_token_id: int, batch_size: int, precision: Pr
 
 
 def _length_chunks(rows: list) -> list[list]:
-    return [[rows[i] for i in chunk] for chunk in length_sorted_chunks([len(r.input_ids) for r in rows], ROWS_PER_CHUNK)]
+    return [
+        [rows[i] for i in chunk]
+        for chunk in length_sorted_chunks([len(r.input_ids) for r in rows], ROWS_PER_CHUNK)
+    ]
 
 
 def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig) -> None:
@@ -133,8 +142,14 @@ def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTCo
     prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in rows]  # as logged
     if not prompts:
         return
-    samples = sample_responses(model, tokenizer, [ex.prompt for ex in rows], greedy=True,
-                               max_new_tokens=cfg.sample_max_new_tokens, seed=cfg.seed)
+    samples = sample_responses(
+        model,
+        tokenizer,
+        [ex.prompt for ex in rows],
+        greedy=True,
+        max_new_tokens=cfg.sample_max_new_tokens,
+        seed=cfg.seed,
+    )
     with open(run.root / "samples.jsonl", "a") as f:
         for prompt, texts in zip(prompts, samples.texts):
             f.write(json.dumps({"step": step, "prompt": prompt, "response": texts[0]}) + "\n")
@@ -146,11 +161,16 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
     tokenizer = load_tokenizer(cfg.model)
     train_rows = load_examples(cfg.train_data, Format.SFT)
-    train, report = tokenize_sft(tokenizer, train_rows, max_length=cfg.max_length, truncation=cfg.truncation)
+    train, report = tokenize_sft(
+        tokenizer, train_rows, max_length=cfg.max_length, truncation=cfg.truncation
+    )
     print(f"train data {cfg.train_data}: {report.summary()}")
     eval_rows = load_examples(cfg.eval_data, Format.SFT) if cfg.eval_data else []
-    held_out, eval_report = tokenize_sft(tokenizer, eval_rows, max_length=cfg.max_length,
-                                         truncation=cfg.truncation) if eval_rows else ([], None)
+    held_out, eval_report = (
+        tokenize_sft(tokenizer, eval_rows, max_length=cfg.max_length, truncation=cfg.truncation)
+        if eval_rows
+        else ([], None)
+    )
     if eval_report:
         print(f"eval data {cfg.eval_data}: {eval_report.summary()}")
 
@@ -162,17 +182,33 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     result = SFTResult(model_dir=run.final)
-    metrics = MetricsLogger(run.metrics_path, run.tensorboard if cfg.tensorboard else None,
-                            resume_from_step=start_step if checkpoint else None)
+    metrics = MetricsLogger(
+        run.metrics_path,
+        run.tensorboard if cfg.tensorboard else None,
+        resume_from_step=start_step if checkpoint else None,
+    )
 
     with metrics, ProgressBar(cfg.max_steps, "sft", enabled=cfg.progress, start=start_step) as bar:
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 3. this step's micro-batches, fixed by (seed, position) alone; each is run in
             # length-sorted chunks so that padding costs no compute (same loss: one denominator)
-            micro = [move_batch(pad_batch(chunk, tokenizer.pad_token_id), device) for k in range(cfg.grad_accum)
-                     for chunk in _length_chunks([train[i] for i in micro_batch_rows(
-                         len(train), cfg.batch_size, cfg.seed, step * cfg.grad_accum + k, shuffle=cfg.shuffle)])]
+            micro = [
+                move_batch(pad_batch(chunk, tokenizer.pad_token_id), device)
+                for k in range(cfg.grad_accum)
+                for chunk in _length_chunks(
+                    [
+                        train[i]
+                        for i in micro_batch_rows(
+                            len(train),
+                            cfg.batch_size,
+                            cfg.seed,
+                            step * cfg.grad_accum + k,
+                            shuffle=cfg.shuffle,
+                        )
+                    ]
+                )
+            ]
             num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
 
             # step 4. forward/backward: token mean over the whole accumulated batch
@@ -185,8 +221,12 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 loss_value += loss.item()
 
             # step 5. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(step, total_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                                        min_ratio=cfg.min_lr_ratio)
+            lr = cfg.lr * warmup_cosine(
+                step,
+                total_steps=cfg.max_steps,
+                warmup_steps=cfg.warmup_steps,
+                min_ratio=cfg.min_lr_ratio,
+            )
             grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
 
             # step 6. log, evaluate, sample, checkpoint
@@ -194,18 +234,35 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             tokens = sum(int(b["attention_mask"].sum()) for b in micro)
             elapsed = time.perf_counter() - started
             result.train_losses.append(loss_value)
-            row = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed}
+            row = {
+                "loss": loss_value,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens / elapsed,
+            }
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
-                row["eval_loss"] = eval_loss(model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision)
+                row["eval_loss"] = eval_loss(
+                    model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision
+                )
                 result.eval_losses.append((done, row["eval_loss"]))
-            if eval_rows and cfg.sample_every and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True):
+            if (
+                eval_rows
+                and cfg.sample_every
+                and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True)
+            ):
                 _log_samples(run, done, model, tokenizer, eval_rows, cfg)
             metrics.log(done, row, stage="sft")
             bar.update(1, loss=loss_value, tokens=tokens)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(run.checkpoints, step=done, model=model, tokenizer=tokenizer,
-                                        optimizer=optimizer, extra={"micro_index": done * cfg.grad_accum},
-                                        keep_last=cfg.keep_last)
+                save_trainer_checkpoint(
+                    run.checkpoints,
+                    step=done,
+                    model=model,
+                    tokenizer=tokenizer,
+                    optimizer=optimizer,
+                    extra={"micro_index": done * cfg.grad_accum},
+                    keep_last=cfg.keep_last,
+                )
 
     # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained
     model.save_pretrained(run.final)
