@@ -12,7 +12,8 @@ in one run, and one table of the ratios.
    as `table.md`) the table: seconds per step, speed-up (reference / rlhfkit), peak memory,
    first and final loss, utilisation of the ceiling on the full FLOP count, and the targets.
 
-    python benchmarks/bench.py [--out-dir runs/bench] [--bf16] [--steps-scale 1] [--rounds 1] [--workload grpo ...]
+    python benchmarks/bench.py [--out-dir runs/bench] [--bf16] [--steps-scale 1] [--rounds 1]
+                               [--workload grpo ...]
 
 Environment defaults as the shared harness: --peer ../shared/peer, --assets /tmp/peer-assets,
 --venv /tmp/peer-venv, --ppo-dir /tmp/peer-trl-1.12.0, two threads.
@@ -164,8 +165,9 @@ def table(results: list[dict], ceilings: list[float], precision: str) -> tuple[s
     by = {(r["workload"], r["library"]): r for r in results}
     rows, summary = [], {"ceiling_gflops": ceilings, "precision": precision, "workloads": {}}
     head = (
-        "| workload | TRL s/step | rlhfkit s/step | speed-up | target | peak RSS MiB TRL / rlhfkit | first loss TRL / "
-        "rlhfkit | final loss TRL / rlhfkit | utilisation (full FLOPs) TRL / rlhfkit |"
+        "| workload | TRL s/step | rlhfkit s/step | speed-up | target "
+        "| peak RSS MiB TRL / rlhfkit | first loss TRL / rlhfkit | final loss TRL / rlhfkit "
+        "| utilisation (full FLOPs) TRL / rlhfkit |"
     )
     rows += [head, "|" + "---|" * 9]
     for workload in WORKLOADS:
@@ -194,9 +196,12 @@ def table(results: list[dict], ceilings: list[float], precision: str) -> tuple[s
         }
         util_text = "-" if util[0] is None else f"{util[0]:.0%} / {util[1]:.0%}"
         rows.append(
-            f"| {workload} | {trl['median_s_per_step']:.3f} | {ours['median_s_per_step']:.3f} | **{speedup:.2f}x** | "
-            f"{TARGET_SPEEDUP[workload]}x {'met' if speedup >= TARGET_SPEEDUP[workload] else 'NOT met'} | "
-            f"{trl['peak_rss_mib']:.0f} / {ours['peak_rss_mib']:.0f}{'' if memory_ok else ' (higher)'} | "
+            f"| {workload} "
+            f"| {trl['median_s_per_step']:.3f} | {ours['median_s_per_step']:.3f} "
+            f"| **{speedup:.2f}x** | {TARGET_SPEEDUP[workload]}x "
+            f"{'met' if speedup >= TARGET_SPEEDUP[workload] else 'NOT met'} | "
+            f"{trl['peak_rss_mib']:.0f} / {ours['peak_rss_mib']:.0f}"
+            f"{'' if memory_ok else ' (higher)'} | "
             f"{trl['loss_per_step'][0]:.4g} / {ours['loss_per_step'][0]:.4g} | "
             f"{trl['final_loss']:.4g} / {ours['final_loss']:.4g} | {util_text} |"
         )
@@ -213,14 +218,16 @@ def targets(summary: dict) -> list[str]:
         value = summary[f"median_speedup_{name}"]
         if value is not None:
             lines.append(
-                f"- median speed-up, {'GRPO/RLOO/PPO' if name == 'rl' else 'SFT/RM/DPO'}: {value:.2f}x "
+                f"- median speed-up, {'GRPO/RLOO/PPO' if name == 'rl' else 'SFT/RM/DPO'}: "
+                f"{value:.2f}x "
                 f"(target {goal}x: {'met' if value >= goal else 'NOT met'})"
             )
     workloads = summary["workloads"]
     if workloads:
         high = [w for w, s in workloads.items() if not s["memory_ok"]]
         lines.append(
-            f"- peak memory no higher than TRL's: {'met' if not high else 'NOT met on ' + ', '.join(high)}"
+            f"- peak memory no higher than TRL's: "
+            f"{'met' if not high else 'NOT met on ' + ', '.join(high)}"
         )
         wrong = [w for w, s in workloads.items() if not s["first_loss_ok"]]
         lines.append(
@@ -231,7 +238,8 @@ def targets(summary: dict) -> list[str]:
         util = workloads["grpo"]["utilisation"]
         lines.append(
             f"- GRPO utilisation of the matmul ceiling (full FLOP count): {util:.0%} "
-            f"(target {TARGET_GRPO_UTILISATION:.0%}: {'met' if util >= TARGET_GRPO_UTILISATION else 'NOT met'})"
+            f"(target {TARGET_GRPO_UTILISATION:.0%}: "
+            f"{'met' if util >= TARGET_GRPO_UTILISATION else 'NOT met'})"
         )
     return lines
 
@@ -301,7 +309,8 @@ def main() -> None:
         platform.processor(),
     )
     header = (
-        f"{started:%Y-%m-%d}, {precision}, {args.threads} threads, {cpu}; matmul ceiling (1024^2 fp32) "
+        f"{started:%Y-%m-%d}, {precision}, {args.threads} threads, {cpu}; "
+        "matmul ceiling (1024^2 fp32) "
         f"{ceilings[0]:.1f} before, {ceilings[1]:.1f} after (GFLOP/s); TRL 1.16 (PPO: 1.12)"
     )
     report = "\n".join([header, "", text, "", *targets(summary)])

@@ -1,4 +1,4 @@
-"""How the cost of one rlhfkit GRPO step grows with completion length and with model width.
+r"""How the cost of one rlhfkit GRPO step grows with completion length and with model width.
 
 The shared benchmark's GRPO workload (`peer_workloads.py`: 8 prompts x 8 samples, T = 1,
 beta 0.04 with the k3 KL, lr 1e-5, prompts in file order, the rule reward of `peer_reward.py`),
@@ -19,7 +19,8 @@ lines, as in `peer_workloads.py`, so they include the trainer's per-step logging
 
     python ../shared/peer/make_assets.py /tmp/peer-assets
     python benchmarks/cost_scaling.py --assets /tmp/peer-assets --out-dir runs/cost_scaling
-    python benchmarks/cost_scaling.py --assets /tmp/peer-assets --out-dir /tmp/cs --points quick --threads 1
+    python benchmarks/cost_scaling.py --assets /tmp/peer-assets --out-dir /tmp/cs \
+        --points quick --threads 1
 
 Writes OUT_DIR/grpo_cost_scaling.jsonl (one line per point, with the per-phase seconds),
 OUT_DIR/grpo_cost_scaling.md (the table, also printed) and OUT_DIR/grpo_cost_scaling.png.
@@ -28,7 +29,8 @@ FLOP columns (T = prompt + completion tokens per step, as measured; peer README)
 
     N            = layers * (4 h^2 + 3 h i) + vocab * h      weights entering a matmul per token
     matmul       = 10 N T   (2NT generation + 6NT training forward/backward + 2NT reference forward)
-    + attention  = matmul + 5 * layers * 4 h * sum over sequences and positions of the context length
+    + attention  = matmul + 5 * layers * 4 h * (sum over sequences and positions of the
+                   context length)
 
 The attention term counts the query-key scores and the weighted sum of values, 2 h c FLOPs
 each for a token seeing c positions (causal, so c = 1 ... L for a sequence of length L), once
@@ -239,7 +241,8 @@ def markdown_table(rows: list[dict], args, steps: int) -> str:
         "| time / FLOP-prop. (matmul) | time / FLOP-prop. (+attention) |"
     )
     lines = [
-        f"GRPO step cost, {threads_text(args.threads)}, {args.warmup} warm-up + {steps} timed steps per point; "
+        f"GRPO step cost, {threads_text(args.threads)}, {args.warmup} warm-up + {steps} timed "
+        "steps per point; "
         f"base point width {rows[0]['width']}, {rows[0]['max_new_tokens']} new tokens.",
         "",
         header,
@@ -247,16 +250,22 @@ def markdown_table(rows: list[dict], args, steps: int) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {' + '.join(row['sweeps'])} | {row['width']} | {row['max_new_tokens']} | {row['tokens_per_step']:,.0f} "
-            f"| {row['median_s_per_step']:.3f} | {row['phase_s_per_step_median'].get('generation', 0.0):.3f} "
-            f"| {row['peak_rss_mib']:,.0f} | {row['est_flops_per_step_matmul_10NT'] / 1e9:,.1f} "
-            f"| {row['est_flops_per_step_with_attention'] / 1e9:,.1f} | {row['attention_fraction']:.1%} "
-            f"| {row['achieved_gflops_matmul']:.1f} | {row['time_over_flop_prediction_matmul']:.2f} "
+            f"| {' + '.join(row['sweeps'])} | {row['width']} | {row['max_new_tokens']} "
+            f"| {row['tokens_per_step']:,.0f} "
+            f"| {row['median_s_per_step']:.3f} "
+            f"| {row['phase_s_per_step_median'].get('generation', 0.0):.3f} "
+            f"| {row['peak_rss_mib']:,.0f} "
+            f"| {row['est_flops_per_step_matmul_10NT'] / 1e9:,.1f} "
+            f"| {row['est_flops_per_step_with_attention'] / 1e9:,.1f} "
+            f"| {row['attention_fraction']:.1%} "
+            f"| {row['achieved_gflops_matmul']:.1f} "
+            f"| {row['time_over_flop_prediction_matmul']:.2f} "
             f"| {row['time_over_flop_prediction_with_attention']:.2f} |"
         )
     lines += [
         "",
-        "tokens/step = prompt + completion tokens; achieved GFLOP/s = matmul estimate / median step time; "
+        "tokens/step = prompt + completion tokens; "
+        "achieved GFLOP/s = matmul estimate / median step time; "
         "time / FLOP-prop. = (t / t_base) / (F / F_base), 1 = cost grew as the FLOP estimate did.",
     ]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""rlhfkit on the shared benchmark workloads (the peer harness's assets), one JSON line each.
+r"""rlhfkit on the shared benchmark workloads (the peer harness's assets), one JSON line each.
 
 The same work as the reference harness (`../shared/peer/README.md`): the same model and data
 files, file order (batch k = rows k*B ... (k+1)*B - 1), a constant learning rate with no
@@ -20,7 +20,8 @@ seconds per phase of a step (generation, reward, reference forward, value forwar
 forward/backward, optimizer step), from the trainer's own phase timer.
 
     python ../shared/peer/make_assets.py /tmp/peer-assets
-    python benchmarks/peer_workloads.py --assets /tmp/peer-assets --workload sft rm dpo grpo rloo ppo
+    python benchmarks/peer_workloads.py --assets /tmp/peer-assets \
+        --workload sft rm dpo grpo rloo ppo
 """
 
 import argparse
@@ -345,7 +346,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workload:
-            # peak RSS is per process: run one workload per process to compare it (as the reference does)
+            # peak RSS is per process: run one workload per process to compare it (as the
+            # reference does)
             line = json.dumps(
                 run_workload(
                     workload,

@@ -97,7 +97,8 @@ def main() -> None:
     )
     for name in rate:
         print(
-            f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, median {statistics.median(timings[name]):.3f} s)"
+            f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, "
+            f"median {statistics.median(timings[name]):.3f} s)"
         )
     print(f"  engine / generate: {rate['engine'] / rate['generate']:.2f}x")
 

@@ -55,7 +55,8 @@ class ExampleConfig:
     collect_prompts: int = 300
     """Prompts whose sampled replies are ranked for the judge's training pairs."""
     heldout_prompts: int = 100
-    """Held-out prompts: ranked pairs for the judge's agreement, and prompts to critique and revise."""
+    """Held-out prompts: ranked pairs for the judge's agreement, and prompts to critique and
+    revise."""
     replies_per_prompt: int = 4
     """K replies sampled and ranked per prompt."""
     judge_steps: int = 400
@@ -115,19 +116,22 @@ def print_summary(s: dict) -> None:
         f" vs the annotator: {j['judge_vs_labels']:.1%}"
     )
     print(
-        f"judge position bias: {j['position_bias']:+.3f} P(A); verdict flips with the order on {j['flip_rate']:.0%}"
+        f"judge position bias: {j['position_bias']:+.3f} P(A); verdict flips with the order on"
+        f" {j['flip_rate']:.0%}"
     )
     print(
-        f"judge vs gold, same-length pairs that differ by one flawed sentence: {f['judge_vs_gold']:.1%}"
-        f" of {f['gold_ordered_pairs']}"
+        "judge vs gold, same-length pairs that differ by one flawed sentence:"
+        f" {f['judge_vs_gold']:.1%} of {f['gold_ordered_pairs']}"
     )
     print(
-        f"critique and revise, {c['prompts']} replies: {c['changed']:.0%} changed ({c['deletions_of_changed']:.0%} of"
-        f" them only by deleting sentences); gold {c['gold_before']:.2f} -> {c['gold_after']:.2f}; raised"
-        f" {c['raised']:.0%}, lowered {c['lowered']:.0%}"
+        f"critique and revise, {c['prompts']} replies: {c['changed']:.0%} changed"
+        f" ({c['deletions_of_changed']:.0%} of them only by deleting sentences);"
+        f" gold {c['gold_before']:.2f} -> {c['gold_after']:.2f};"
+        f" raised {c['raised']:.0%}, lowered {c['lowered']:.0%}"
     )
     print(
-        f"judge on revision vs original: prefers the revision {c['judge_prefers_revision']:.0%}, agrees with gold"
+        "judge on revision vs original: prefers the revision"
+        f" {c['judge_prefers_revision']:.0%}, agrees with gold"
         f" {c.get('judge_vs_gold', 0.5):.1%} of {c.get('gold_ordered_pairs', 0)};"
         f" {c['preference_rows']} preference rows"
     )

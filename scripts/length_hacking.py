@@ -197,10 +197,13 @@ def write_report(out: Path) -> None:
     }
     labels = summary["labels"]
     page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>length hacking</title></head><body>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<title>length hacking</title></head><body>"
         f"<h1>Length hacking: annotators add {summary['bias_per_word']} per word</h1>"
-        f"<p>Biased annotators: temperature {labels['temperature']:.2f}, agreement {labels['agreement']:.1%}. "
-        f"PPO {summary['steps']} steps from the demo's SFT model. Gold = the unbiased annotator.</p>"
+        f"<p>Biased annotators: temperature {labels['temperature']:.2f}, "
+        f"agreement {labels['agreement']:.1%}. "
+        f"PPO {summary['steps']} steps from the demo's SFT model. "
+        "Gold = the unbiased annotator.</p>"
         + figure_html("over training", png_data(fig))
         + html_table(columns, table)
         + "".join(

@@ -1,4 +1,4 @@
-"""Online vs offline DPO at the same labelling budget, on `advice`, from the demo's SFT model.
+r"""Online vs offline DPO at the same labelling budget, on `advice`, from the demo's SFT model.
 
 A measurement, not a test: every arm starts from the same SFT model, takes the same number of
 optimizer steps of `--prompts-per-step` ranked groups at the same learning rate (constant after a
@@ -15,7 +15,8 @@ calibrated to 72.5% agreement, read from summary.json), so only where the sample
 differs between the arms.
 
     python scripts/online_vs_offline_dpo.py                    # every arm, about 30 min at 1 thread
-    python scripts/online_vs_offline_dpo.py --arms online_k2_small,offline_pairs_small --seed 1 --out runs/ovo_seed1
+    python scripts/online_vs_offline_dpo.py --arms online_k2_small,offline_pairs_small \
+        --seed 1 --out runs/ovo_seed1
 """
 
 import argparse
@@ -212,7 +213,8 @@ def main() -> None:
             for kind in ("greedy", "sampled")
         )
         print(
-            f"RESULT {name}: {labels} labels, {steps} steps, {trained:.0f} s; win rate vs SFT {rates}",
+            f"RESULT {name}: {labels} labels, {steps} steps, {trained:.0f} s; "
+            f"win rate vs SFT {rates}",
             flush=True,
         )
 

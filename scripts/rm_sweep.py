@@ -1,4 +1,5 @@
-"""Reward-model sweep on a GPU: one pipeline run collects rankings, then several settings train on them."""
+"""Reward-model sweep on a GPU: one pipeline run collects rankings, then several settings train
+on them."""
 
 import json
 from pathlib import Path
@@ -26,7 +27,7 @@ over = [
 p = Pipeline(load_config(PipelineConfig, None, over))
 p.run_all()
 root = Path("/tmp/runs/sweep")
-rows = [json.loads(l) for l in open(root / "collect/rankings.jsonl")]
+rows = [json.loads(line) for line in open(root / "collect/rankings.jsonl")]
 for n in (1200, 2400):
     write_jsonl(root / f"r{n}.jsonl", rows[:n])
 settings = [

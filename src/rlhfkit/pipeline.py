@@ -308,7 +308,8 @@ class Pipeline:
         }
         return result.model_dir
 
-    # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after round
+    # stage 10. RAFT on arith: fine-tune on the best correct sample of each prompt, round after
+    # round
     def raft(self) -> Path:
         result = self.train("raft", train_raft)
         self.summary["raft"] = {

@@ -128,7 +128,8 @@ class PipelineConfig(RunConfig):
     )
     """RAFT on arith with the verifiable reward, sampled at T = 0.7, the demo's setting."""
     advice_eval_samples: int = 2
-    """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one greedy."""
+    """Sampled answers (T = 1) per held-out advice prompt in the final evaluation, plus one
+    greedy."""
     arith_eval_samples: int = 4
     """Sampled answers (T = 1) per held-out arith problem in the final evaluation: pass@k and
     maj@k for k up to this."""

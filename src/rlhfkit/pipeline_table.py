@@ -35,13 +35,16 @@ def stage_rows(s: dict) -> list[list[str]]:
         [
             "reward model",
             f"held-out accuracy {s['rm']['heldout_accuracy']:.1%}",
-            f"agreement {s['collect']['agreement']:.1%}, Bayes limit {s['collect']['bayes_limit']:.1%}",
+            f"agreement {s['collect']['agreement']:.1%}, "
+            f"Bayes limit {s['collect']['bayes_limit']:.1%}",
             secs["reward model"],
         ],
         [
             "ppo on advice",
-            f"gold win rate vs SFT {rate(ppo, 'win_rate_greedy')} greedy, {rate(ppo, 'win_rate_sampled')} sampled",
-            f"KL {ppo['kl_k1_per_sequence']:.2f} nats; proxy {sft_advice['proxy_sampled']:.2f} -> {ppo['proxy_sampled']:.2f}, "
+            f"gold win rate vs SFT {rate(ppo, 'win_rate_greedy')} greedy, "
+            f"{rate(ppo, 'win_rate_sampled')} sampled",
+            f"KL {ppo['kl_k1_per_sequence']:.2f} nats; "
+            f"proxy {sft_advice['proxy_sampled']:.2f} -> {ppo['proxy_sampled']:.2f}, "
             f"gold {sft_advice['gold_sampled']:.2f} -> {ppo['gold_sampled']:.2f}",
             secs["ppo"],
         ],
@@ -53,14 +56,17 @@ def stage_rows(s: dict) -> list[list[str]]:
         ],
         [
             f"dpo on advice ({s['dpo']['loss']})",
-            f"gold win rate vs SFT {rate(dpo, 'win_rate_greedy')} greedy, {rate(dpo, 'win_rate_sampled')} sampled",
-            f"KL {dpo['kl_k1_per_sequence']:.2f}; held-out preference accuracy {s['dpo']['heldout_accuracy']:.1%}",
+            f"gold win rate vs SFT {rate(dpo, 'win_rate_greedy')} greedy, "
+            f"{rate(dpo, 'win_rate_sampled')} sampled",
+            f"KL {dpo['kl_k1_per_sequence']:.2f}; "
+            f"held-out preference accuracy {s['dpo']['heldout_accuracy']:.1%}",
             secs["dpo"],
         ],
         [
             "raft on arith",
             f"accuracy {sft_arith['greedy_accuracy']:.1%} -> {raft['greedy_accuracy']:.1%}",
-            f"KL {raft['kl_k1_per_sequence']:.2f}; {s['raft']['kept']} samples kept in {s['raft']['rounds']} rounds",
+            f"KL {raft['kl_k1_per_sequence']:.2f}; "
+            f"{s['raft']['kept']} samples kept in {s['raft']['rounds']} rounds",
             secs["raft"],
         ],
         [

@@ -41,8 +41,8 @@ def test_critique_and_revision_prompts_continue_the_conversation():
     assert revision_prompt(
         PROMPTS[0], RESPONSES[0], RUDE, ' "That is a silly question." is rude.'
     ) == (
-        critique_prompt(PROMPTS[0], RESPONSES[0], RUDE)
-        + ' "That is a silly question." is rude.\nRevision request: Remove the rude sentence.\nRevision:'
+        critique_prompt(PROMPTS[0], RESPONSES[0], RUDE) + ' "That is a silly question." is rude.\n'
+        "Revision request: Remove the rude sentence.\nRevision:"
     )
 
 
@@ -115,7 +115,9 @@ def test_only_changed_revisions_are_judged(tiny_model_dir):
 def test_load_principles(tmp_path):
     good = tmp_path / "principles.yaml"
     good.write_text(
-        "- name: polite\n  critique_request: Is any sentence rude?\n  revision_request: Remove it.\n"
+        "- name: polite\n"
+        "  critique_request: Is any sentence rude?\n"
+        "  revision_request: Remove it.\n"
     )
     assert load_principles(good) == [Principle("polite", "Is any sentence rude?", "Remove it.")]
     bad = tmp_path / "bad.yaml"

@@ -38,7 +38,8 @@ def judge(tiny_model_dir):
 
 def test_judge_prompt_quotes_the_conversation_and_both_replies():
     assert judge_prompt(PROMPTS[0], FIRST[0], " Go to bed.") == (
-        "User: How can I sleep better at night?\nReply A: Keep your bedroom dark and cool. Good luck!\n"
+        "User: How can I sleep better at night?\n"
+        "Reply A: Keep your bedroom dark and cool. Good luck!\n"
         "Reply B: Go to bed.\nWhich reply is better?\nJudge:"
     )
     messages = [{"role": "user", "content": "Hi"}]

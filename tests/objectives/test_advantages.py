@@ -53,7 +53,8 @@ def test_gae_three_token_hand_example_and_a_padded_row():
     advantages, returns = gae(rewards, values, mask, gamma=0.9, lam=0.8)
     # row 0: deltas (0 + .9*.6 - .5, 0 + .9*.7 - .6, 1 + 0 - .7) = (.04, .03, .3), gamma*lam = .72
     # A_2 = .3, A_1 = .03 + .72*.3 = .246, A_0 = .04 + .72*.246 = .21712
-    # row 1 ends at t=1 (V_2 = 0): delta_1 = 2 - 1 = 1, delta_0 = 1 + .9*1 - .5 = 1.4, A_0 = 1.4 + .72
+    # row 1 ends at t=1 (V_2 = 0): delta_1 = 2 - 1 = 1, delta_0 = 1 + .9*1 - .5 = 1.4,
+    # A_0 = 1.4 + .72
     expected = torch.tensor([[0.21712, 0.246, 0.3], [2.12, 1.0, 0.0]], dtype=torch.float64)
     assert torch.allclose(advantages, expected)
     assert torch.allclose(

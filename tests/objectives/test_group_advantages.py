@@ -135,7 +135,8 @@ def test_process_advantages_hand_example():
     step_mask = torch.tensor([[True, True], [True, False]])
     step_ends = torch.tensor([[1, 3], [2, -7]])
     response_mask = torch.tensor([[True] * 4 + [False], [True] * 3 + [False] * 2])
-    # group steps (1, 0, 1): mean 2/3, population std sqrt(2)/3 -> 1 becomes 1/sqrt2, 0 becomes -sqrt2
+    # group steps (1, 0, 1): mean 2/3, population std sqrt(2)/3 -> 1 becomes 1/sqrt2,
+    # 0 becomes -sqrt2
     got = process_advantages(
         step_rewards, step_mask, step_ends, response_mask, 2, unbiased=False, eps=0.0
     )

@@ -42,7 +42,8 @@ def test_float64_logits_keep_their_precision():
 
 
 def test_two_token_hand_example():
-    # position 0: logits (0, 0, ln 2) -> p = (1/4, 1/4, 1/2); position 1: logits (1, 1, 1) -> 1/3 each
+    # position 0: logits (0, 0, ln 2) -> p = (1/4, 1/4, 1/2);
+    # position 1: logits (1, 1, 1) -> 1/3 each
     logits = torch.tensor([[[0.0, 0.0, math.log(2.0)], [1.0, 1.0, 1.0]]])
     got = token_logprobs(logits, torch.tensor([[2, 0]]))
     assert torch.allclose(got, torch.tensor([[math.log(0.5), math.log(1 / 3)]]), atol=1e-7)

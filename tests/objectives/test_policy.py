@@ -139,7 +139,8 @@ def value(values, old_values, returns, clip_range):
 
 
 def test_value_loss_hand_values():
-    # V = 1.5 from V_old = 1, R = 2, e = 0.2: unclipped (0.5)^2 = 0.25; clipped V = 1.2, (0.8)^2 = 0.64
+    # V = 1.5 from V_old = 1, R = 2, e = 0.2: unclipped (0.5)^2 = 0.25;
+    # clipped V = 1.2, (0.8)^2 = 0.64
     assert value([1.5], [1.0], [2.0], 0.2) == pytest.approx(0.5 * 0.64)
     # V = 2.5: unclipped 0.25, clipped 1.2 -> 0.64: the step past the target is not rewarded
     assert value([2.5], [1.0], [2.0], 0.2) == pytest.approx(0.5 * 0.64)

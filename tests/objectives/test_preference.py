@@ -28,15 +28,15 @@ def t(*values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64)
 
 
-def pair_loss(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, eps=0.0) -> float:
+def pair_loss(w, lo, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, eps=0.0) -> float:
     return dpo_losses(
-        t(w), t(l), t(ref_w), t(ref_l), beta=beta, loss_type=loss_type, label_smoothing=eps
+        t(w), t(lo), t(ref_w), t(ref_l), beta=beta, loss_type=loss_type, label_smoothing=eps
     ).item()
 
 
-def naive_dpo(w, l, ref_w, ref_l, beta):
+def naive_dpo(w, lo, ref_w, ref_l, beta):
     """The DPO paper's equation as written."""
-    return -torch.log(torch.sigmoid(beta * (w - ref_w) - beta * (l - ref_l)))
+    return -torch.log(torch.sigmoid(beta * (w - ref_w) - beta * (lo - ref_l)))
 
 
 def naive_plackett_luce(scores: list[float], ranks: list[int]) -> float:
@@ -70,7 +70,8 @@ def test_label_smoothing_hand_value():
 
 
 def test_ipo_hand_values():
-    # h = 3; target 1 / (2 beta): beta 0.1 -> (3 - 5)^2 = 4; beta 0.25 -> (3 - 2)^2 = 1; beta 1/6 -> 0
+    # h = 3; target 1 / (2 beta): beta 0.1 -> (3 - 5)^2 = 4; beta 0.25 -> (3 - 2)^2 = 1;
+    # beta 1/6 -> 0
     assert pair_loss(-10.0, -15.0, -12.0, -14.0, beta=0.1, loss_type=DPOLoss.IPO) == pytest.approx(
         4.0
     )
@@ -165,23 +166,23 @@ def test_unsupported_variants_raise():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_label_smoothing_zero_equals_the_naive_dpo_equation(seed):
     generator = torch.Generator().manual_seed(seed)
-    w, l, ref_w, ref_l = (
+    w, lo, ref_w, ref_l = (
         -torch.rand(32, generator=generator, dtype=torch.float64) * 40 for _ in range(4)
     )
-    got = dpo_losses(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, label_smoothing=0.0)
-    assert torch.allclose(got, naive_dpo(w, l, ref_w, ref_l, 0.1), atol=1e-12)
-    assert torch.equal(got, dpo_losses(w, l, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID))
+    got = dpo_losses(w, lo, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID, label_smoothing=0.0)
+    assert torch.allclose(got, naive_dpo(w, lo, ref_w, ref_l, 0.1), atol=1e-12)
+    assert torch.equal(got, dpo_losses(w, lo, ref_w, ref_l, beta=0.1, loss_type=DPOLoss.SIGMOID))
 
 
 @settings(max_examples=100, deadline=None)
 @given(logprob, logprob, logprob, logprob, st.floats(0.01, 1.0), st.floats(0.0, 0.49))
-def test_label_smoothing_mixes_the_loss_of_both_labels(w, l, ref_w, ref_l, beta, eps):
-    smoothed = pair_loss(w, l, ref_w, ref_l, beta, eps=eps)
-    forward, flipped = pair_loss(w, l, ref_w, ref_l, beta), pair_loss(l, w, ref_l, ref_w, beta)
+def test_label_smoothing_mixes_the_loss_of_both_labels(w, lo, ref_w, ref_l, beta, eps):
+    smoothed = pair_loss(w, lo, ref_w, ref_l, beta, eps=eps)
+    forward, flipped = pair_loss(w, lo, ref_w, ref_l, beta), pair_loss(lo, w, ref_l, ref_w, beta)
     assert smoothed == pytest.approx((1 - eps) * forward + eps * flipped, rel=1e-9, abs=1e-9)
     # -log sigmoid(-x) + log sigmoid(x) = x: flipping a label costs exactly beta * h
     assert flipped - forward == pytest.approx(
-        beta * ((w - ref_w) - (l - ref_l)), rel=1e-9, abs=1e-9
+        beta * ((w - ref_w) - (lo - ref_l)), rel=1e-9, abs=1e-9
     )
     assert forward >= 0.0 and smoothed >= 0.0
 
@@ -232,7 +233,8 @@ def test_plackett_luce_hand_value():
 
 def test_plackett_luce_tie_hand_value():
     # ranks (0, 1, 1): the two tied responses each choose from {0, -1}
-    #   0.4076060 + [lse(0, -1) - 0] + [lse(0, -1) + 1] = 0.4076060 + 0.3132617 + 1.3132617 = 2.0341293
+    #   0.4076060 + [lse(0, -1) - 0] + [lse(0, -1) + 1]
+    #   = 0.4076060 + 0.3132617 + 1.3132617 = 2.0341293
     assert pl([1.0, 0.0, -1.0], [0, 1, 1]) == pytest.approx(2.0341293, abs=1e-7)
     # a tie is symmetric: swapping the tied scores changes nothing
     assert pl([1.0, -1.0, 0.0], [0, 1, 1]) == pytest.approx(2.0341293, abs=1e-7)
@@ -272,16 +274,16 @@ def test_plackett_luce_equals_the_naive_loop_with_ties_and_padding(seed):
 
 @settings(max_examples=100, deadline=None)
 @given(logprob, logprob, logprob, logprob, st.floats(0.01, 1.0))
-def test_plackett_luce_with_two_responses_is_pairwise_dpo(w, l, ref_w, ref_l, beta):
+def test_plackett_luce_with_two_responses_is_pairwise_dpo(w, lo, ref_w, ref_l, beta):
     listwise = plackett_luce_dpo_losses(
-        t(w, l)[None],
+        t(w, lo)[None],
         t(ref_w, ref_l)[None],
         torch.tensor([[0, 1]]),
         torch.ones(1, 2, dtype=torch.bool),
         beta=beta,
     )
     assert listwise.item() == pytest.approx(
-        pair_loss(w, l, ref_w, ref_l, beta), rel=1e-9, abs=1e-12
+        pair_loss(w, lo, ref_w, ref_l, beta), rel=1e-9, abs=1e-12
     )
 
 

@@ -93,8 +93,9 @@ def test_process_reward_loss_hand_values_with_padded_steps():
     step_logits = torch.tensor([[0.0, math.log(3.0), 5.0], [-math.log(3.0), 9.0, -9.0]])
     step_labels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     step_mask = torch.tensor([[True, True, True], [True, False, False]])  # row 1: one real step
-    # BCE: -log sigmoid(0) = log 2; -log sigmoid(ln 3) = log 4/3; -log(1 - sigmoid(5)) = log(1 + e^5);
-    # -log(1 - sigmoid(-ln 3)) = log 4/3. The two padded steps (loss ~9 each) must not count.
+    # BCE: -log sigmoid(0) = log 2; -log sigmoid(ln 3) = log 4/3;
+    # -log(1 - sigmoid(5)) = log(1 + e^5); -log(1 - sigmoid(-ln 3)) = log 4/3.
+    # The two padded steps (loss ~9 each) must not count.
     expected = (math.log(2.0) + 2 * math.log(4.0 / 3.0) + math.log1p(math.exp(5.0))) / 4
     assert process_reward_loss(step_logits, step_labels, step_mask, 4).item() == pytest.approx(
         expected, abs=1e-6

@@ -103,7 +103,8 @@ def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, t
         (
             "judge:gpt",
             {},
-            r"unknown reward source 'judge:gpt': expected task, process, model:PATH, path/to/file.py",
+            r"unknown reward source 'judge:gpt': "
+            r"expected task, process, model:PATH, path/to/file.py",
         ),
         ("rewards.py", {}, "unknown reward source 'rewards.py'"),
         ("0.5*task + ", {}, "empty term"),

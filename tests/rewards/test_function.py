@@ -22,7 +22,10 @@ def length(prompts, responses, **kwargs):
 
 def columns(prompts, responses, answer, topic, task):
     # 1 for the reference answer, +0.5 on the cooking topic, +10 where the row has no topic
-    return [float(r == a) + 0.5 * (t == "cooking") + 10 * (t is None) for r, a, t in zip(responses, answer, topic)]
+    return [
+        float(r == a) + 0.5 * (t == "cooking") + 10 * (t is None)
+        for r, a, t in zip(responses, answer, topic)
+    ]
 
 
 def messages(prompts, responses, **kwargs):
@@ -177,12 +180,14 @@ def test_the_timeout_works_off_the_main_thread(reward_file):
     [
         (
             "nan_on_bad",
-            "returned nan for sample 1 ('Q: second prompt about pens A:'), expected a finite number",
+            "returned nan for sample 1 ('Q: second prompt about pens A:'), "
+            "expected a finite number",
         ),
         ("inf_on_bad", "returned -inf for sample 1"),
         (
             "string_on_bad",
-            "returned str 'high' for sample 1 ('Q: second prompt about pens A:'), expected a number",
+            "returned str 'high' for sample 1 ('Q: second prompt about pens A:'), "
+            "expected a number",
         ),
         (
             "none_on_bad",

@@ -24,7 +24,8 @@ def _grouped_query_model() -> LlamaForCausalLM:
 
 
 def _decode_both_ways(model, ids, mask, tokens_per_row):
-    """Logits of each one-token step through the model and through the fast decoder, on twin caches."""
+    """Logits of each one-token step through the model and through the fast decoder, on twin
+    caches."""
     positions = positions_from_mask(mask)
     caches = [preallocated_cache(ids.shape[1] + len(tokens_per_row)) for _ in range(2)]
     for cache in caches:

@@ -109,7 +109,8 @@ def _policy_settings(tmp_path) -> dict:
 
 
 def _trainers(model: str, data: dict, tmp_path) -> dict:
-    """Each trainer with a 2-step bf16 CUDA config; the value trains and returns the run's final dir."""
+    """Each trainer with a 2-step bf16 CUDA config; the value trains and returns the run's final
+    dir."""
     policy = _policy_settings(tmp_path)
     common = dict(
         model=model,

@@ -215,7 +215,8 @@ def test_bad_data_is_one_line_naming_the_file(tiny_model_dir, tmp_path, rows, er
 def test_max_labels_keeps_the_leading_rows_within_the_budget(
     tiny_model_dir, advice_rankings, tmp_path
 ):
-    # rankings of K = 4 cost C(4,2) = 6 comparisons each, pairs 1: 40 labels buy 6 rankings or 40 pairs
+    # rankings of K = 4 cost C(4,2) = 6 comparisons each, pairs 1: 40 labels buy 6 rankings or
+    # 40 pairs
     rankings = train_dpo(
         config(
             tiny_model_dir,

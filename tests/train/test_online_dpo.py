@@ -202,10 +202,10 @@ def test_hybrid_batches_mix_the_offline_share_into_online_samples(
         (3, 1),
         (1, 1),
     ]
-    assert (
-        result.labels_used == 7 and result.offline_labels == 36
-    )  # 6 rankings of 4 fit in 40 labels
-    # sigmoid: each group's pairs weigh 1/C(K,2) together, so a ranking of 4 and a pair both start at log 2
+    # 6 rankings of 4 fit in 40 labels
+    assert result.labels_used == 7 and result.offline_labels == 36
+    # sigmoid: each group's pairs weigh 1/C(K,2) together, so a ranking of 4 and a pair both start
+    # at log 2
     assert result.history[0]["loss"] == pytest.approx(LOG_2, abs=1e-5)
 
 
@@ -305,7 +305,8 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
 ):
     if overrides["regime"] == "hybrid":
         overrides = {**overrides, "offline_data": offline_rankings}
-    # the checkpoint at step 4 falls inside the pool sampled at step 3; step 6 samples and labels again
+    # the checkpoint at step 4 falls inside the pool sampled at step 3; step 6 samples and labels
+    # again
     cfg = config(tiny_model_dir, tmp_path, max_steps=7, save_every=4, **overrides)
     full = run_dir(tmp_path, "full")
     uninterrupted = train_online_dpo(cfg, full)

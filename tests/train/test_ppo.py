@@ -157,7 +157,8 @@ def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_sam
     for key in ("loss", "value_loss", "kl_per_sequence"):
         expected = [row[key] for row in single.history]
         assert [row[key] for row in separate.history] == pytest.approx(expected, rel=1e-5, abs=1e-7)
-    # two mini-batches of the same rollout: the second sees an updated critic, so a separate rollout pass
+    # two mini-batches of the same rollout: the second sees an updated critic, so a separate
+    # rollout pass
     calls.clear()
     train_ppo(
         config(

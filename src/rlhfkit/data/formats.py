@@ -4,7 +4,7 @@ Column names follow TRL's documented dataset formats, so a dataset prepared for 
 unchanged. Every row is checked before any training starts; a bad row raises `DataError` naming
 the file, the 1-based row number, the field and what was expected, e.g.
 
-    data/prefs.jsonl: row 7: field 'chosen': expected a non-empty string or a list of messages, got int
+    prefs.jsonl: row 7: field 'chosen': expected a non-empty string or a list of messages, got int
 
 A "text" is either a non-empty string or a conversational list of messages
 `[{"role": "user", "content": "..."}, ...]`. Message fields are named with 0-based indices,
@@ -17,12 +17,12 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 from rlhfkit.errors import DataError, RlhfkitError
 
 Message = dict[str, Any]
-Text = Union[str, list[Message]]
+Text = str | list[Message]
 """A non-empty string, or a non-empty list of messages with a `role` and a non-empty `content`."""
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -87,7 +87,7 @@ class StepsExample:
     labels: tuple[bool, ...]
 
 
-Example = Union[SFTExample, PreferenceExample, RankingExample, PromptExample, StepsExample]
+Example = SFTExample | PreferenceExample | RankingExample | PromptExample | StepsExample
 
 
 # ---------------------------------------------------------------------------------------------

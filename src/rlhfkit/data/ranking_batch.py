@@ -113,9 +113,9 @@ def collate_groups(groups: list[RankedGroup], pad_token_id: int) -> dict[str, to
     winners, losers, weights, margins, pair_group, best = [], [], [], [], [], []
     offset = 0
     for g, group in enumerate(groups):
-        w, l, wt = ranking_to_pairs(group.ranks)
+        w, lo, wt = ranking_to_pairs(group.ranks)
         winners += [offset + i for i in w]
-        losers += [offset + j for j in l]
+        losers += [offset + j for j in lo]
         weights += wt
         margins += [group.margin] * len(w)
         pair_group += [g] * len(w)

@@ -1,11 +1,11 @@
 """pass@k and maj@k: how often k sampled answers to a problem contain, or vote for, the right one.
 
 pass@k is estimated from n >= k samples per problem of which c are correct with the estimator of
-Chen et al. 2021 (Codex, "Evaluating Large Language Models Trained on Code"): 1 - C(n-c, k) / C(n, k)
-is the exact probability that k of the n samples drawn without replacement are all wrong, so it
-is unbiased, while plugging the pass@1 estimate c / n into 1 - (1 - p)^k is biased (it
-underestimates pass@k, by Jensen's inequality). maj@k (majority voting, self-consistency, Wang et
-al. 2023) scores the most frequent of k parsed answers.
+Chen et al. 2021 (Codex, "Evaluating Large Language Models Trained on Code"):
+1 - C(n-c, k) / C(n, k) is the exact probability that k of the n samples drawn without
+replacement are all wrong, so it is unbiased, while plugging the pass@1 estimate c / n into
+1 - (1 - p)^k is biased (it underestimates pass@k, by Jensen's inequality). maj@k (majority
+voting, self-consistency, Wang et al. 2023) scores the most frequent of k parsed answers.
 """
 
 import math

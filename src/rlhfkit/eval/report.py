@@ -2,9 +2,10 @@
 
 Sections: the stage table and the evaluation table (the same rows as the terminal and
 `summary.json`, passed in by the pipeline, which builds them), the reward-KL frontier across
-methods, proxy and gold reward against KL for each RL run with the over-optimisation point marked, training curves per stage, and the same
-held-out prompts answered by SFT and by each method. A small script checks on load that every
-plot decoded and writes the count on the page (`data-plots-loaded`), which the browser test reads.
+methods, proxy and gold reward against KL for each RL run with the over-optimisation point
+marked, training curves per stage, and the same held-out prompts answered by SFT and by each
+method. A small script checks on load that every plot decoded and writes the count on the page
+(`data-plots-loaded`), which the browser test reads.
 """
 
 import base64
@@ -128,7 +129,8 @@ def overoptimisation_plot(
         and r.get(proxy_key) is not None
         and r.get("gold_score") is not None
     ]
-    # per-step values are noisy (KL included): each series is a 3-step trailing mean, as in gold_peak
+    # per-step values are noisy (KL included): each series is a 3-step trailing mean, as in
+    # gold_peak
     kl = moving_average([r[kl_key] for r in rows], 3)
     proxy, gold = [r[proxy_key] for r in rows], [r["gold_score"] for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -233,9 +235,10 @@ def write_report(
             f"<h1>rlhfkit pipeline: {html.escape(str(root))}</h1><p id='check'></p>",
             "<h2>Stages</h2>",
             html_table(["stage", "result", "yardstick", "wall time"], stage_rows),
-            "<h2>Held-out evaluation</h2><p>Gold = the hidden annotator; win rates count ties as half, with "
-            "95% Wilson intervals; KL to the SFT model on the policy's own samples (T = 1), estimators k1 and k3; "
-            "repetition = share of repeated word 4-grams; proxy = the reward model.</p>",
+            "<h2>Held-out evaluation</h2>"
+            "<p>Gold = the hidden annotator; win rates count ties as half, with 95% Wilson "
+            "intervals; KL to the SFT model on the policy's own samples (T = 1), estimators k1 "
+            "and k3; repetition = share of repeated word 4-grams; proxy = the reward model.</p>",
             *(
                 f"<h3>{task}</h3>" + html_table(columns, rows)
                 for task, (columns, rows) in eval_tables.items()
@@ -254,12 +257,15 @@ def write_report(
         ]
     )
     style = (
-        "body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;white-space:pre-wrap}"
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;"
+        "white-space:pre-wrap}"
         "th{background:#f0f0f0}figure{display:inline-block;margin:0.5em}#check{color:#b00}"
     )
     page = (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlhfkit report</title><style>{style}</style>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlhfkit report</title>"
+        f"<style>{style}</style>"
         f"</head><body>{body}<script>{_CHECK_SCRIPT}</script></body></html>"
     )
     path = root / "report.html"

@@ -44,15 +44,18 @@ class Judge(str, Enum):
 @dataclass(frozen=True)
 class EvalConfig(RunConfig):
     models: tuple[str, ...] = ()
-    """Policy checkpoints to evaluate (causal-LM directories), e.g. models=[runs/ppo/final,runs/dpo/final]."""
+    """Policy checkpoints to evaluate (causal-LM directories), e.g.
+    models=[runs/ppo/final,runs/dpo/final]."""
     baseline: str = ""
     """The checkpoint win rates are measured against (e.g. the SFT model); empty = no win rates."""
     reference: str = ""
-    """The model the KL is measured to; empty = the baseline (the usual reference: the SFT model)."""
+    """The model the KL is measured to; empty = the baseline (the usual reference: the SFT
+    model)."""
     task: TaskName = TaskName.ADVICE
     """Built-in task: its gold annotator scores every answer."""
     prompts: str = ""
-    """Held-out prompt file (prompt plus the task's metadata columns); empty = fresh prompts from the task."""
+    """Held-out prompt file (prompt plus the task's metadata columns); empty = fresh prompts from
+    the task."""
     num_prompts: int = 200
     """Prompts drawn from the task when `prompts` is empty."""
     judge: Judge = Judge.GOLD
@@ -191,7 +194,8 @@ def ai_win_rate(first_better: list[float]) -> WinRate:
 
 
 def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
-    """Share of held-out labelled pairs the reward model orders like the label, with the pair count."""
+    """Share of held-out labelled pairs the reward model orders like the label, with the pair
+    count."""
     groups, report = load_ranked_groups(
         path,
         proxy.tokenizer,

@@ -6,7 +6,10 @@ from rich.table import Table
 
 def rate(metrics: dict, key: str) -> str:
     """A win rate with its 95% interval, e.g. `59% [52, 66]`."""
-    return f"{metrics[key]:.0%} [{100 * metrics[key + '_low']:.0f}, {100 * metrics[key + '_high']:.0f}]"
+    return (
+        f"{metrics[key]:.0%} "
+        f"[{100 * metrics[key + '_low']:.0f}, {100 * metrics[key + '_high']:.0f}]"
+    )
 
 
 def _interval(m: dict, key: str, digits: int = 3) -> str:

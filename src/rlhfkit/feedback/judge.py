@@ -32,7 +32,8 @@ def reply_text(reply: Text) -> str:
 def judge_prompt(prompt: Text, reply_a: Text, reply_b: Text) -> str:
     """The comparison prompt; the judge's answer is " A" or " B"."""
     return (
-        f"{conversation_text(prompt)}\nReply A: {reply_text(reply_a)}\nReply B: {reply_text(reply_b)}\n"
+        f"{conversation_text(prompt)}\n"
+        f"Reply A: {reply_text(reply_a)}\nReply B: {reply_text(reply_b)}\n"
         f"{QUESTION}\nJudge:"
     )
 

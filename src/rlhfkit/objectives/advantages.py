@@ -79,7 +79,8 @@ def discounted_returns(
 def kl_shaped_rewards(
     outcome_rewards: torch.Tensor, kl: torch.Tensor, response_mask: torch.Tensor, kl_coef: float
 ) -> torch.Tensor:
-    """Per-token rewards of InstructGPT (seed 001): a KL penalty on every token, the outcome at the end.
+    """Per-token rewards of InstructGPT (seed 001): a KL penalty on every token, the outcome at
+    the end.
 
         r_t = -kl_coef * kl_t + [t is the last counted token] * outcome_reward
 

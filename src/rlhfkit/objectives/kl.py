@@ -2,9 +2,9 @@
 
 With tokens sampled from pi_theta and log_ratio = logprobs - ref_logprobs (Schulman, "Approximating
 KL divergence", 2020):
-    k1 = log_ratio                                    unbiased, can be negative, high variance
-    k2 = 0.5 * log_ratio^2                            biased, >= 0, low variance near pi_theta = pi_ref
-    k3 = exp(-log_ratio) - (-log_ratio) - 1           unbiased, >= 0, low variance
+    k1 = log_ratio                            unbiased, can be negative, high variance
+    k2 = 0.5 * log_ratio^2                    biased, >= 0, low variance near pi_theta = pi_ref
+    k3 = exp(-log_ratio) - (-log_ratio) - 1   unbiased, >= 0, low variance
 InstructGPT puts k1 into the per-token reward (seed 001); GRPO (DeepSeekMath) adds k3 to the loss.
 An optional clamp bounds each token's estimate to [-clamp, clamp] (OpenRLHF and veRL clamp at 10):
 one token the reference finds very unlikely then cannot dominate the penalty or its gradient.

@@ -36,7 +36,8 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: to
     """Align position t's logits with token t+1, the token they predict.
 
     Args:
-        logits: (batch, seq, vocab); input_ids: (batch, seq); mask: (batch, seq) bool over input_ids.
+        logits: (batch, seq, vocab); input_ids: (batch, seq);
+        mask: (batch, seq) bool over input_ids.
     Returns:
         logits (batch, seq-1, vocab), targets (batch, seq-1), target mask (batch, seq-1).
     """
@@ -46,7 +47,8 @@ def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: to
 def sequence_logprobs(
     logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
-    """log pi(response | prompt) = sum over response tokens of log p(x_t | x_<t) (DPO's sequence log-prob).
+    """log pi(response | prompt) = sum over response tokens of log p(x_t | x_<t) (DPO's sequence
+    log-prob).
 
     Args:
         logits: (batch, seq, vocab) model outputs for `input_ids` (right padding is fine).
@@ -93,7 +95,8 @@ def head_chunk_rows(vocab_size: int) -> int:
 
 
 class _HeadLogprobs(torch.autograd.Function):
-    """log softmax(hidden @ weight.T / T)[target] chunk by chunk, the logits recomputed in the backward."""
+    """log softmax(hidden @ weight.T / T)[target] chunk by chunk, the logits recomputed in the
+    backward."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk, with_entropy):
@@ -152,9 +155,9 @@ def head_logprobs(
     with_entropy: bool = False,
     chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of `targets` under softmax(hidden @ weight.T / temperature), without
-    ever holding all the logits: a (rows, vocab) logits tensor is what dominates the memory and
-    the memory traffic of a long response (64 x 512 x 2048 floats: 268 MB, and the log-softmax
+    """Log-probs (and entropies) of `targets` under softmax(hidden @ weight.T / temperature),
+    without ever holding all the logits: a (rows, vocab) logits tensor is what dominates the memory
+    and the memory traffic of a long response (64 x 512 x 2048 floats: 268 MB, and the log-softmax
     and its gradient pass over it several times). Chunks of rows are computed and dropped, and
     recomputed in the backward; the gradients are those of the plain form.
 

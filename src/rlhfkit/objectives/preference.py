@@ -8,8 +8,8 @@ implicit reward r(x, y) = beta * (log pi(y|x) - log pi_ref(y|x)). With the log-r
 
 the per-pair losses are
     sigmoid (DPO):  -log sigmoid(beta h)
-    conservative:   -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (Mitchell 2023, cDPO:
-                    each label is wrong with probability eps)
+    conservative:   -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
+                    (Mitchell 2023, cDPO: each label is wrong with probability eps)
     IPO:            (h - 1 / (2 beta))^2   (Azar et al. 2023, eq. 17, beta = tau)
 and a ranking y_1 > ... > y_K has the Plackett-Luce loss (DPO paper, appendix A.3)
     -log P(order) = sum_i [logsumexp_{j >= i} r(x, y_j) - r(x, y_i)]
@@ -87,7 +87,8 @@ def dpo_losses(
         chosen_logprobs, rejected_logprobs: (pairs,) sequence log-probs under the policy.
         ref_chosen_logprobs, ref_rejected_logprobs: (pairs,) the same under the reference.
         beta: strength of the KL constraint (DPO's beta, IPO's tau).
-        loss_type: sigmoid or ipo; plackett_luce works on whole rankings (`plackett_luce_dpo_losses`).
+        loss_type: sigmoid or ipo; plackett_luce works on whole rankings
+            (`plackett_luce_dpo_losses`).
         label_smoothing: eps in [0, 0.5), the assumed label-noise rate (sigmoid only).
     Returns:
         (pairs,) losses.

@@ -29,7 +29,10 @@ from rlhfkit.rewards.reward_model import RewardModelSource
 from rlhfkit.rewards.task import ProcessReward, TaskReward
 from rlhfkit.tasks.registry import get_task
 
-ACCEPTED = "task, process, model:PATH, path/to/file.py:function, or a weighted sum like '0.7*model:PATH + 0.3*task'"
+ACCEPTED = (
+    "task, process, model:PATH, path/to/file.py:function, "
+    "or a weighted sum like '0.7*model:PATH + 0.3*task'"
+)
 FUNCTION_TERM = re.compile(r".+\.py:[A-Za-z_]\w*")
 WEIGHTED_TERM = re.compile(r"(?P<weight>[^*]+)\*(?P<source>.+)")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

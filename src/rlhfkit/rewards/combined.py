@@ -50,7 +50,8 @@ class WeightedSum:
         if len(stepped) > 1:
             # Steps of different sources need not line up; adding them would mix unrelated steps.
             raise RlhfkitError(
-                f"reward source '{self.name}': more than one source gives step rewards: {', '.join(stepped)}"
+                f"reward source '{self.name}': more than one source gives step rewards: "
+                f"{', '.join(stepped)}"
             )
         return RewardScores(
             rewards=rewards,

@@ -22,7 +22,8 @@ def _verify(
             out.append(check(prompt, response))
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise RlhfkitError(
-                f"reward source '{name}': task '{task.name}' cannot verify {describe_sample(index, prompt.prompt)}: "
+                f"reward source '{name}': task '{task.name}' cannot verify "
+                f"{describe_sample(index, prompt.prompt)}: "
                 f"{type(error).__name__} {error} (the prompts need the task's answer and metadata)"
             ) from error
     return out
@@ -42,7 +43,8 @@ class TaskReward:
 
 class ProcessReward:
     """Verified step rewards (`task.process_rewards`: where each written step ends and whether
-    it is right, then the final answer) plus the outcome reward of the whole response as `rewards`."""
+    it is right, then the final answer) plus the outcome reward of the whole response as
+    `rewards`."""
 
     def __init__(self, task: Task, name: str = "process"):
         if not callable(getattr(task, "process_rewards", None)):

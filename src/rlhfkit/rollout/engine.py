@@ -27,13 +27,12 @@ class Rollout:
     prompt_ids: torch.Tensor  # (batch, prompt_len) left-padded
     prompt_mask: torch.Tensor  # (batch, prompt_len) bool, True = a real prompt token
     response_ids: torch.Tensor  # (batch, response_len) right-padded with pad_token_id
-    response_mask: (
-        torch.Tensor
-    )  # (batch, response_len) bool, True = a sampled token (the stop token included)
-    logprobs: torch.Tensor  # (batch, response_len) log-prob of each sampled token under softmax(logits / T); 0 where masked
-    finished: (
-        torch.Tensor
-    )  # (batch,) bool, True = stopped at a stop token (False = cut at max_new_tokens)
+    # (batch, response_len) bool, True = a sampled token (the stop token included)
+    response_mask: torch.Tensor
+    # (batch, response_len) log-prob of each sampled token under softmax(logits / T); 0 where masked
+    logprobs: torch.Tensor
+    # (batch,) bool, True = stopped at a stop token (False = cut at max_new_tokens)
+    finished: torch.Tensor
 
     @property
     def input_ids(self) -> torch.Tensor:

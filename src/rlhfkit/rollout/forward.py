@@ -28,9 +28,8 @@ CHUNKED_HEAD_MIN_LOGITS = 1 << 24
 
 class ResponseLogprobs(NamedTuple):
     logprobs: torch.Tensor  # (batch, response_len) log-prob of each response token
-    entropy: (
-        torch.Tensor | None
-    )  # (batch, response_len) entropy of the tempered distribution, or None
+    # (batch, response_len) entropy of the tempered distribution, or None
+    entropy: torch.Tensor | None
 
 
 def response_logprobs(
@@ -132,7 +131,8 @@ def _response_states(
     )[:, -1:].repeat_interleave(group_size, dim=0)
     if response_len == 1:
         return first
-    # step 2. every response (but its last token, which predicts nothing) on its prompt's keys and values
+    # step 2. every response (but its last token, which predicts nothing) on its prompt's keys
+    # and values
     cache.batch_repeat_interleave(group_size)
     positions = attention_mask[:, :prompt_len].sum(dim=1, keepdim=True) + torch.arange(
         response_len - 1, device=input_ids.device

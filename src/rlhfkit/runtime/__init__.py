@@ -1,6 +1,7 @@
 """What every run needs around its training loop.
 
-- `config`: frozen dataclass configs from YAML and `key=value` overrides (`config_types` checks values)
+- `config`: frozen dataclass configs from YAML and `key=value` overrides (`config_types` checks
+  values)
 - `rundir`: the run directory layout and its exists / resume / overwrite rules
 - `checkpoint`: atomic checkpoints, the latest complete one, RNG state for exact resume
 - `metrics`: JSONL metrics and TensorBoard scalars

@@ -125,8 +125,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if cuda_states is not None and torch.cuda.is_available():
         if len(cuda_states) != torch.cuda.device_count():
             raise RlhfkitError(
-                f"the checkpoint holds RNG states for {len(cuda_states)} CUDA devices but this machine has "
-                f"{torch.cuda.device_count()}: resume on the same number of devices"
+                f"the checkpoint holds RNG states for {len(cuda_states)} CUDA devices but this "
+                f"machine has {torch.cuda.device_count()}: resume on the same number of devices"
             )
         torch.cuda.set_rng_state_all(cuda_states)
 

@@ -127,7 +127,8 @@ def config_keys(cls: type) -> list[str]:
 
 
 def _build_section(cls: type, raw: Mapping[str, Any], prefix: str, base: Any) -> Any:
-    """Build one dataclass from a mapping, overlaying `base` (the field default) when there is one."""
+    """Build one dataclass from a mapping, overlaying `base` (the field default) when there is
+    one."""
     annotations = _field_annotations(cls)
     fields = {field.name: field for field in dataclasses.fields(cls) if field.init}
     kwargs = {}
@@ -205,7 +206,10 @@ def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> Non
         if child is None:  # absent, or `sft: null` in the file
             child = node[name] = {}
         elif not isinstance(child, dict):
-            message = f"config key '{dotted}': expected a section (a mapping of keys to values), got {child!r}"
+            message = (
+                f"config key '{dotted}': expected a section (a mapping of keys to values), "
+                f"got {child!r}"
+            )
             raise ConfigError(message)
         node, node_cls = child, section
     last = parts[-1]
@@ -286,7 +290,8 @@ def _represent_list_inline(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 
 class _ConfigDumper(yaml.SafeDumper):
-    """Safe YAML dumper writing lists inline (`targets: [q_proj, v_proj]`) and sections as blocks."""
+    """Safe YAML dumper writing lists inline (`targets: [q_proj, v_proj]`) and sections as
+    blocks."""
 
     # A class-level copy, so the shared SafeDumper registry is left untouched.
     yaml_representers = {**yaml.SafeDumper.yaml_representers, list: _represent_list_inline}

@@ -34,7 +34,8 @@ def convert_value(
         annotation: the resolved field annotation (from `typing.get_type_hints`).
         key: the dotted config key, for error messages ("sft.lr").
         base: the field's default when it is a dataclass section, so that given keys overlay it.
-        build_section: builds a nested dataclass from a mapping (passed in to avoid an import cycle).
+        build_section: builds a nested dataclass from a mapping (passed in to avoid an import
+            cycle).
 
     Returns:
         The converted value: tuples for lists, Enum members for their value strings, floats for ints
@@ -52,7 +53,8 @@ def convert_value(
 
 
 def describe(annotation: Any) -> str:
-    """Say in words what an annotation accepts, for error messages ("list of int", "float or None")."""
+    """Say in words what an annotation accepts, for error messages
+    ("list of int", "float or None")."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
         return "None"

@@ -1,4 +1,5 @@
-"""Metrics: one JSON line per logged step (the record reports read) and optional TensorBoard scalars.
+"""Metrics: one JSON line per logged step (the record reports read) and optional TensorBoard
+scalars.
 
 Each line is `{"stage": "train", "step": 42, "time": 1718000000.0, "loss": 1.23, ...}`. Non-finite
 values are written as null so that every line is strict JSON. A resumed run first drops the lines

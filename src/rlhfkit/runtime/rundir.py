@@ -83,7 +83,8 @@ def prepare_run_dir(
         return run_dir
     if has_content and not overwrite:
         raise RlhfkitError(
-            f"run directory {root} already exists: pass --resume to continue it or choose another name"
+            f"run directory {root} already exists: pass --resume to continue it or choose "
+            "another name"
         )
     if has_content:
         _remove_old_run(run_dir)

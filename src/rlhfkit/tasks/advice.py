@@ -96,7 +96,8 @@ class AdviceTask:
         return out
 
     def prompt_example(self, prompt: str) -> PromptExample:
-        """A prompt given as text (e.g. read from a pairs file) with the topic the gold score needs."""
+        """A prompt given as text (e.g. read from a pairs file) with the topic the gold score
+        needs."""
         try:
             topic = topic_of_prompt(prompt)
         except KeyError as error:

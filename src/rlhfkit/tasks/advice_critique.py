@@ -42,7 +42,8 @@ BREAKS: dict[str, Callable[[str, list[str], int], bool]] = {
     "on_topic": lambda topic, sentences, i: TOPIC_OF_TIP.get(sentences[i], topic) != topic,
     "no_repeats": lambda topic, sentences, i: sentences[i] in sentences[:i],
 }
-"""Whether sentence i of a reply on `topic` breaks the principle (a repeat: every occurrence after the first)."""
+"""Whether sentence i of a reply on `topic` breaks the principle (a repeat: every occurrence after
+the first)."""
 
 
 def offending(principle: str, topic: str, sentences: list[str]) -> list[int]:
@@ -69,7 +70,8 @@ class CritiqueDemo:
     principle: Principle
     reply: str
     offender: int | None
-    """Index of the sentence (in `split_sentences(reply)`) that breaks the principle; None = none."""
+    """Index of the sentence (in `split_sentences(reply)`) that breaks the principle;
+    None = none."""
     critique: str
     revision: str
 

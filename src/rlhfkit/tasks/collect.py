@@ -34,8 +34,8 @@ def ranking_pairs(row: dict) -> list[dict]:
     """The C(K,2) preference rows of a ranking row (responses best to worst)."""
     winners, losers, _ = ranking_to_pairs(list(range(len(row["responses"]))))
     return [
-        {"prompt": row["prompt"], "chosen": row["responses"][w], "rejected": row["responses"][l]}
-        for w, l in zip(winners, losers)
+        {"prompt": row["prompt"], "chosen": row["responses"][w], "rejected": row["responses"][lo]}
+        for w, lo in zip(winners, losers)
     ]
 
 
@@ -97,8 +97,8 @@ def label_responses(
         heldout_rows.append(_ranking_row(prompt, responses, order_a))
         for _ in range(second_annotators):
             ranks_b = order_to_ranks(noisy_ranking(g, temperature, rng))
-            agree += _agreement_with(order_a, lambda i: -ranks_b[i])[0] / second_annotators
-        g_total, n = _agreement_with(order_a, lambda i: g[i])
+            agree += _agreement_with(order_a, lambda i, r=ranks_b: -r[i])[0] / second_annotators
+        g_total, n = _agreement_with(order_a, lambda i, g=g: g[i])
         bayes, count = bayes + g_total, count + n
     pairs = [pair for row in rankings for pair in ranking_pairs(row)]
     return Collection(

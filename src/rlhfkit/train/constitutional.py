@@ -49,7 +49,8 @@ class CritiqueConfig(RunConfig):
     num_prompts: int = 200
     """Prompts drawn from the task's generator when there is no `prompts_data`."""
     principles: str = ""
-    """YAML/JSON list of {name, critique_request, revision_request}; empty = the task's principles."""
+    """YAML/JSON list of {name, critique_request, revision_request}; empty = the task's
+    principles."""
     judge_model: str = ""
     """A judge of revision vs original (e.g. `rlhfkit judge`'s); empty = no preference rows."""
     temperature: float = 1.0

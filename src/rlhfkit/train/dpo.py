@@ -62,14 +62,16 @@ class DPOConfig(RunConfig):
     model: str = ""
     """Causal-LM directory to start from (usually the SFT model); also the frozen reference."""
     train_data: str = ""
-    """Preference pairs (`prompt`, `chosen`, `rejected`) or rankings (`prompt`, `responses`, optional `ranks`)."""
+    """Preference pairs (`prompt`, `chosen`, `rejected`) or rankings (`prompt`, `responses`,
+    optional `ranks`)."""
     eval_data: str = ""
     """Held-out pairs or rankings for the eval loss, accuracy and margin; empty = none."""
     max_labels: int = 0
     """Labelling budget: train on the leading rows of train_data holding at most this many pairwise
     comparisons (C(K,2) per ranking of K, 1 per pair), to compare with online runs; 0 = all rows."""
     loss: DPOLoss = DPOLoss.SIGMOID
-    """sigmoid (DPO), ipo, or plackett_luce (whole rankings; with the others a ranking is its C(K,2) pairs)."""
+    """sigmoid (DPO), ipo, or plackett_luce (whole rankings; with the others a ranking is its C(K,2)
+    pairs)."""
     beta: float = 0.5
     """Scale of the implicit reward beta * log(pi / pi_ref): larger keeps the policy nearer the
     reference. 0.5, not the paper's 0.1: on the demo's rankings, at 0.1 both log-likelihoods fall
@@ -77,7 +79,8 @@ class DPOConfig(RunConfig):
     label_smoothing: float = 0.0
     """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
     precompute_ref: bool = False
-    """Compute every reference log-prob once before training, and keep no reference model in memory."""
+    """Compute every reference log-prob once before training, and keep no reference model in
+    memory."""
     lora_r: int = 0
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
@@ -95,7 +98,8 @@ class DPOConfig(RunConfig):
     lr: float = 1e-4
     """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio (1 = constant after warm-up, as the DPO paper)."""
+    """The cosine schedule ends at lr * min_lr_ratio (1 = constant after warm-up, as the DPO
+    paper)."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
     weight_decay: float = 0.0
@@ -109,7 +113,8 @@ class DPOConfig(RunConfig):
     keep_last: int = 2
     """Checkpoints kept on disk."""
     shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
+    k*B ... (k+1)*B - 1."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
@@ -213,7 +218,8 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 "holds more comparisons"
             )
         print(
-            f"labelling budget {cfg.max_labels}: {len(train)} rows, {group_labels(train)} comparisons"
+            f"labelling budget {cfg.max_labels}: {len(train)} rows, "
+            f"{group_labels(train)} comparisons"
         )
     held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
 
@@ -260,7 +266,8 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
             num_groups = sum(len(rows) for rows in micro_rows)
             batches = (make_batch([train[i] for i in rows], pad, device) for rows in micro_rows)
 
-            # step 6. sequence log-probs of every response; loss summed over groups / all groups of the step
+            # step 6. sequence log-probs of every response; loss summed over groups / all groups of
+            # the step
             step_grads = backward_groups(
                 policy,
                 (

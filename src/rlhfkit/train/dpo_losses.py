@@ -70,7 +70,8 @@ def policy_logprobs(model, batch: dict, precision: Precision) -> torch.Tensor:
 class Reference:
     """log pi_ref of each response: from a frozen model on the fly (a copy of the start, or the
     LoRA policy with its adapters off), or looked up in tables computed once before training.
-    Online DPO's refreshed reference is the policy itself, read (without gradient) at each refresh."""
+    Online DPO's refreshed reference is the policy itself, read (without gradient) at each
+    refresh."""
 
     model: torch.nn.Module | None
     adapters_off: bool
@@ -102,7 +103,8 @@ class Reference:
         device: torch.device,
         precision: Precision,
     ) -> list[torch.Tensor]:
-        """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a pass."""
+        """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a
+        pass."""
         table = []
         for start in range(0, len(groups), batch_size):
             chunk = groups[start : start + batch_size]

@@ -2,7 +2,8 @@
 
 Each step samples G responses per prompt, scores them, and replaces PPO's critic with the group:
     outcome:  A_i = (r_i - mean(r_group)) / (std(r_group) + eps)   on every token of response i
-    process:  step rewards normalised over the group, A_t = sum of those of steps ending at or after t
+    process:  step rewards normalised over the group, A_t = sum of those of steps ending at or
+              after t
 The loss is PPO's clipped surrogate on those advantages plus beta * KL(pi || pi_ref) in the loss
 (k3 estimator, not in the reward), over `mu` passes that reuse the rollout's log-probs.
 Departures: the old log-probs are the sampling log-probs themselves (no extra forward pass;
@@ -42,7 +43,8 @@ class GRPOConfig(GroupRolloutConfig):
     """The shared settings (`PolicyRunConfig`, `GroupRolloutConfig`) plus GRPO's own."""
 
     supervision: Supervision = Supervision.OUTCOME
-    """outcome: one reward per response; process: step rewards placed on the tokens where steps end."""
+    """outcome: one reward per response; process: step rewards placed on the tokens where steps
+    end."""
     clip_eps: float = 0.2
     """Lower clip: the ratio may fall to 1 - clip_eps."""
     clip_eps_high: float = 0.2
@@ -103,8 +105,9 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
     if cfg.mini_batch_size <= 0 or rollout % cfg.mini_batch_size:
         divisors = [d for d in range(1, rollout + 1) if rollout % d == 0]
         raise ConfigError(
-            f"mini_batch_size={cfg.mini_batch_size} does not divide the rollout of prompts_per_step * group_size = "
-            f"{cfg.prompts_per_step} * {cfg.group_size} = {rollout} responses: use one of {divisors[-6:]} "
+            f"mini_batch_size={cfg.mini_batch_size} does not divide the rollout of "
+            f"prompts_per_step * group_size = {cfg.prompts_per_step} * {cfg.group_size} = "
+            f"{rollout} responses: use one of {divisors[-6:]} "
             "or change prompts_per_step / group_size"
         )
 
@@ -186,8 +189,9 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                 if cfg.supervision == Supervision.PROCESS:
                     if scores.step_rewards is None:
                         raise ConfigError(
-                            f"supervision=process needs step rewards, and reward '{run.reward.name}' "
-                            "scores whole responses only: use reward=process (arith's verifier)"
+                            "supervision=process needs step rewards, and reward "
+                            f"'{run.reward.name}' scores whole responses only: "
+                            "use reward=process (arith's verifier)"
                         )
                     steps = step_rewards_on_tokens(
                         run.models.tokenizer,

@@ -62,7 +62,8 @@ class IterativeGRPOConfig(RunConfig):
     reward_model: str = ""
     """The first round's reward model (a directory `rlhfkit rm` wrote)."""
     reward_data: str = ""
-    """Rankings or pairs (JSONL) that reward model was trained on: replay draws from them too (empty = none)."""
+    """Rankings or pairs (JSONL) that reward model was trained on: replay draws from them too
+    (empty = none)."""
     task: TaskName | None = None
     """Built-in task (arith, advice): the prompts of GRPO and of labelling, the simulated
     annotator, the gold score and evaluation; none (null) = your own data: `grpo.train_data`,
@@ -81,7 +82,8 @@ class IterativeGRPOConfig(RunConfig):
     label_prompts: int = 200
     """Fresh prompts sampled and ranked after each round (the reward model's new training rows)."""
     heldout_prompts: int = 50
-    """Further prompts ranked the same way, held out: the reward model's accuracy on the new policy."""
+    """Further prompts ranked the same way, held out: the reward model's accuracy on the new
+    policy."""
     samples_per_prompt: int = 4
     """K responses per labelled prompt: C(K,2) comparisons each."""
     label_temperature: float = 1.0
@@ -96,7 +98,8 @@ class IterativeGRPOConfig(RunConfig):
     retrain_reward_model: bool = True
     """false: every round uses the first reward model (the control without the refresh)."""
     reset_reference: bool = True
-    """false: every round keeps the starting policy as its reference (the control without the reset)."""
+    """false: every round keeps the starting policy as its reference (the control without the
+    reset)."""
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             max_steps=20,
@@ -168,7 +171,8 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
 def replay_rows(
     new: list[dict], history: list[dict], fraction: float, rng: random.Random
 ) -> list[dict]:
-    """Rows drawn from `history` so they make up `fraction` of new + replayed (fewer if history is short)."""
+    """Rows drawn from `history` so they make up `fraction` of new + replayed (fewer if history is
+    short)."""
     wanted = round(len(new) * fraction / (1.0 - fraction))
     return rng.sample(history, min(wanted, len(history)))
 

@@ -3,10 +3,10 @@ training, under a labelling budget (seed 000, "Online/offline learning"; Guo et 
 "Direct language model alignment from online AI feedback"; Xiong et al. 2024, iterative DPO).
 
 Each refresh samples K responses per prompt from the current policy, has a labeller rank them
-(the task's simulated human, a reward model or an AI judge; `feedback.labellers`), and trains on the ranked
-groups with the DPO losses of `train.dpo` (K = 2: pairwise DPO; K > 2: Plackett-Luce over the
-whole ranking, or its C(K,2) pairs with sigmoid / ipo; the log-probs are the policy's own, T = 1,
-whatever `temperature` the samples were drawn at):
+(the task's simulated human, a reward model or an AI judge; `feedback.labellers`), and trains on
+the ranked groups with the DPO losses of `train.dpo` (K = 2: pairwise DPO; K > 2: Plackett-Luce
+over the whole ranking, or its C(K,2) pairs with sigmoid / ipo; the log-probs are the policy's
+own, T = 1, whatever `temperature` the samples were drawn at):
     online:     a refresh every step: every batch is fresh samples, labelled (batch-wise online);
     iterative:  a refresh every T steps labels the prompts of the next T batches at once, and
                 the policy trains on them for T steps (its samples grow stale in between);
@@ -27,6 +27,7 @@ offline rows are not re-labelled.
 
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,7 +69,8 @@ class OnlineDPOConfig(PolicyRunConfig):
     """The shared settings (`PolicyRunConfig`) plus those of online labelling and the DPO loss."""
 
     regime: Regime = Regime.ONLINE
-    """online (label every batch), iterative (every refresh_every batches) or hybrid (plus offline data)."""
+    """online (label every batch), iterative (every refresh_every batches) or hybrid (plus offline
+    data)."""
     samples_per_prompt: int = 2
     """K responses sampled and ranked per prompt: 2 = pairwise DPO; more = a K-way ranking."""
     prompts_per_step: int = 16
@@ -76,7 +78,8 @@ class OnlineDPOConfig(PolicyRunConfig):
     refresh_every: int = 1
     """T: steps between two refreshes (iterative: at least 2; online: 1; hybrid: either)."""
     refresh_reference: bool = False
-    """At each refresh the reference becomes the current policy (else the starting policy throughout)."""
+    """At each refresh the reference becomes the current policy (else the starting policy
+    throughout)."""
     offline_data: str = ""
     """hybrid: preference pairs or rankings (as `rlhfkit dpo` reads) mixed into every batch."""
     offline_fraction: float = 0.5
@@ -84,18 +87,21 @@ class OnlineDPOConfig(PolicyRunConfig):
     offline_max_labels: int = 0
     """hybrid: use the leading offline rows holding at most this many comparisons (0 = all)."""
     label_budget: int = 0
-    """Pairwise comparisons the labeller may make (C(K,2) per prompt); the run stops when spent. 0 = no limit."""
+    """Pairwise comparisons the labeller may make (C(K,2) per prompt); the run stops when spent.
+    0 = no limit."""
     labeller: LabellerKind = LabellerKind.ANNOTATOR
     """annotator: the task's simulated human (gold + noise; needs a task); reward: the `reward`
     source, without noise; judge: the AI judge at judge_model."""
     judge_model: str = ""
     """labeller=judge: causal-LM directory of the judge (asked ' A' or ' B', see feedback.judge)."""
     annotator_temperature: float = 0.0
-    """The annotator's Bradley-Terry temperature; 0 = calibrate on the first batch to target_agreement."""
+    """The annotator's Bradley-Terry temperature; 0 = calibrate on the first batch to
+    target_agreement."""
     target_agreement: float = 0.725
     """Inter-annotator agreement the calibrated temperature gives (human labellers: ~72.5%)."""
     loss: DPOLoss = DPOLoss.PLACKETT_LUCE
-    """plackett_luce (whole rankings; K = 2 is DPO), sigmoid or ipo (a ranking as its C(K,2) pairs)."""
+    """plackett_luce (whole rankings; K = 2 is DPO), sigmoid or ipo (a ranking as its C(K,2)
+    pairs)."""
     beta: float = 0.1
     """Scale of the implicit reward beta * log(pi / pi_ref)."""
     label_smoothing: float = 0.0
@@ -146,7 +152,8 @@ def run_plan(cfg: OnlineDPOConfig) -> list[int]:
 
 
 def check_online_config(cfg: OnlineDPOConfig) -> None:
-    """Reject settings that contradict the regime or leave nothing to label, saying what to change."""
+    """Reject settings that contradict the regime or leave nothing to label, saying what to
+    change."""
     check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
     regime = Regime(cfg.regime)
     if cfg.samples_per_prompt < 2:
@@ -178,8 +185,8 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
     if not run_plan(cfg):
         raise ConfigError(
             f"label_budget={cfg.label_budget} cannot pay for one ranking of "
-            f"samples_per_prompt={cfg.samples_per_prompt} ({ranking_comparisons(cfg.samples_per_prompt)} "
-            "comparisons)"
+            f"samples_per_prompt={cfg.samples_per_prompt} "
+            f"({ranking_comparisons(cfg.samples_per_prompt)} comparisons)"
         )
     if LabellerKind(cfg.labeller) is LabellerKind.ANNOTATOR and not cfg.task:
         raise ConfigError(
@@ -232,8 +239,8 @@ def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
     kept = first_groups_within(groups, cfg.offline_max_labels)
     if not kept:
         raise ConfigError(
-            f"offline_max_labels={cfg.offline_max_labels} buys no row of {cfg.offline_data}: its first "
-            "row alone holds more comparisons"
+            f"offline_max_labels={cfg.offline_max_labels} buys no row of {cfg.offline_data}: "
+            "its first row alone holds more comparisons"
         )
     return kept
 
@@ -273,7 +280,8 @@ def _trainer_state(labeller, pool: Pool, done: int) -> dict:
 
 
 def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> OnlineDPOResult:
-    """Optimise `cfg.model` by online, iterative or hybrid DPO; the final model goes to `run_dir.final`."""
+    """Optimise `cfg.model` by online, iterative or hybrid DPO; the final model goes to
+    `run_dir.final`."""
     check_online_config(cfg)
     plan, (_, offline_per_step) = run_plan(cfg), batch_shares(cfg)
     k, every = cfg.samples_per_prompt, cfg.refresh_every
@@ -316,7 +324,8 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
         for step in range(run.start_step, len(plan)):
             timer = PhaseTimer()
             if pool is None or not pool.covers(step):
-                # step 2. a refresh: K samples per prompt of the next T batches, from the current policy
+                # step 2. a refresh: K samples per prompt of the next T batches, from the current
+                # policy
                 steps = plan[step : step - step % every + every]
                 prompts = [
                     p for s, count in enumerate(steps, step) for p in run.prompts_for_step(s, count)
@@ -327,7 +336,8 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     )
                     grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
-                # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each); scores for metrics
+                # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each); scores
+                # for metrics
                 with timer("labelling"):
                     orders = labeller.rank(prompts, grouped)
                 with timer("reward"):
@@ -367,7 +377,7 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
             # step 6. metrics, evaluation, checkpoint (with the labeller's state and the pool)
             row = _step_row(batch, stats, logprobs, k, labeller.labels_used, timer)
             done = step + 1
-            run.end_step(done, row, result, state=lambda: _trainer_state(labeller, pool, done))
+            run.end_step(done, row, result, state=partial(_trainer_state, labeller, pool, done))
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()

@@ -17,7 +17,8 @@ from rlhfkit.tasks.registry import TaskName
 @dataclass(frozen=True, kw_only=True)
 class PolicyRunConfig(RunConfig):
     model: str = ""
-    """Causal-LM directory of the starting policy (usually the SFT model); also the frozen reference."""
+    """Causal-LM directory of the starting policy (usually the SFT model); also the frozen
+    reference."""
     reference_model: str = ""
     """Another causal-LM directory as the frozen reference (e.g. the SFT model when `model` is a
     later policy); empty = `model` itself. Not with LoRA, whose reference is its own base."""
@@ -30,7 +31,8 @@ class PolicyRunConfig(RunConfig):
     train_prompts: int = 2000
     """Prompts drawn from the task's generator when `train_data` is empty."""
     shuffle: bool = True
-    """Seeded order of the training prompts; false = file order (step k takes rows k*P ... (k+1)*P - 1)."""
+    """Seeded order of the training prompts; false = file order (step k takes rows
+    k*P ... (k+1)*P - 1)."""
     eval_data: str = ""
     """Held-out prompts for evaluation; empty = drawn from the task's generator (without a task:
     none)."""

@@ -47,9 +47,11 @@ class PPOConfig(PolicyRunConfig):
     """The shared settings (`PolicyRunConfig`) plus PPO's own."""
 
     reward_model: str = ""
-    """Saved reward-model directory: the frozen reward (unless `reward` says otherwise) and the critic's start."""
+    """Saved reward-model directory: the frozen reward (unless `reward` says otherwise) and the
+    critic's start."""
     critic_init: CriticInit = CriticInit.REWARD_MODEL
-    """reward_model: the critic starts as the reward model; policy: a fresh value head on the policy."""
+    """reward_model: the critic starts as the reward model; policy: a fresh value head on the
+    policy."""
     prompts_per_step: int = 64
     """Prompts per rollout (one response each)."""
     mini_batch_size: int = 32
@@ -128,7 +130,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
-    """Optimise `cfg.model` against the reward with PPO; the final policy goes to `run_dir.final`."""
+    """Optimise `cfg.model` against the reward with PPO; the final policy goes to
+    `run_dir.final`."""
     check_ppo_config(cfg)
     # step 1. actor + reference, the critic, their optimizers, reward, prompts; restored on resume
     from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
@@ -225,7 +228,9 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                     kl_coef, mean_kl, cfg.kl_target, cfg.kl_horizon, cfg.prompts_per_step
                 )
             stop = mean_kl > cfg.kl_limit
-            run.end_step(step + 1, row, result, state=lambda: {"kl_coef": kl_coef}, stop=stop)
+            run.end_step(
+                step + 1, row, result, state=lambda kl_coef=kl_coef: {"kl_coef": kl_coef}, stop=stop
+            )
             if stop:
                 print(
                     f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "

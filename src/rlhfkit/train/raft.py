@@ -46,13 +46,15 @@ class RAFTConfig(PolicyRunConfig):
     """The shared settings (`PolicyRunConfig`) plus those of sampling and selecting."""
 
     mode: RAFTMode = RAFTMode.RAFT
-    """raft: fine-tune on the best samples; online_rft: +1 / -1 weighted log-likelihood of every sample."""
+    """raft: fine-tune on the best samples; online_rft: +1 / -1 weighted log-likelihood of every
+    sample."""
     prompts_per_round: int = 32
     """Prompts per round (online_rft: per step)."""
     samples_per_prompt: int = 8
     """K: responses sampled per prompt."""
     selection: Selection = Selection.BEST_OF_K
-    """raft: best_of_k (the best of each prompt's K) or top_fraction (the best keep_fraction of the round)."""
+    """raft: best_of_k (the best of each prompt's K) or top_fraction (the best keep_fraction of the
+    round)."""
     keep_fraction: float = 0.25
     """raft with selection=top_fraction: share of the round's responses kept."""
     reward_threshold: float = 0.5
@@ -64,7 +66,8 @@ class RAFTConfig(PolicyRunConfig):
     mini_batch_size: int = 64
     """Responses per optimizer step (the last mini-batch of a pass may be smaller)."""
     wrong_coef: float = -1.0
-    """online_rft: coefficient of an incorrect response (-1 as in seed 003; 0 = DeepSeekMath's indicator)."""
+    """online_rft: coefficient of an incorrect response (-1 as in seed 003; 0 = DeepSeekMath's
+    indicator)."""
     loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
     """online_rft: token_mean, sequence_mean or constant_length (as in GRPO)."""
     # the defaults PolicyRunConfig leaves to each trainer (see its fields; a step is a round)

@@ -56,7 +56,8 @@ class RewardConfig(RunConfig):
     """Starting point: an SFT causal-LM directory (a head is added) or a saved reward model."""
     train_data: str = ""
     """Rankings (`prompt`, `responses`, optional `ranks`), pairs (`prompt`, `chosen`, `rejected`,
-    optional `margin`), or, for the process objective, step labels (`prompt`, `completions`, `labels`)."""
+    optional `margin`), or, for the process objective, step labels (`prompt`, `completions`,
+    `labels`)."""
     eval_data: str = ""
     """Held-out data of the same kinds; empty = none."""
     objective: RewardObjective = RewardObjective.PAIRWISE
@@ -94,7 +95,8 @@ class RewardConfig(RunConfig):
     keep_last: int = 2
     """Checkpoints kept on disk."""
     shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
+    k*B ... (k+1)*B - 1."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
@@ -174,7 +176,8 @@ def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, dev
 
 
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
-    """Train a reward model; the final model (a Hugging Face sequence classifier) goes to `run.final`."""
+    """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
+    `run.final`."""
     seed_everything(cfg.seed)
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)

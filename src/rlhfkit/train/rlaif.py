@@ -37,17 +37,20 @@ class JudgeConfig(RunConfig):
     """`seed` seeds the order of the judge's training rows and its training."""
 
     judge_model: str = ""
-    """A causal-LM directory that judges as it is; empty = train a judge from `model` on `train_pairs`."""
+    """A causal-LM directory that judges as it is; empty = train a judge from `model` on
+    `train_pairs`."""
     model: str = ""
     """Where a trained judge starts (e.g. the SFT model); only without `judge_model`."""
     train_pairs: str = ""
     """Preference pairs (prompt/chosen/rejected) the judge learns from, each in both orders."""
     pairs: str = ""
-    """Preference pairs to judge; their chosen/rejected are the labels the judge is compared with."""
+    """Preference pairs to judge; their chosen/rejected are the labels the judge is compared
+    with."""
     max_pairs: int = 0
     """Judge only the first this many of `pairs` (0 = all)."""
     task: TaskName | None = None
-    """A built-in task whose gold annotator the judge is also compared with (advice); null = none."""
+    """A built-in task whose gold annotator the judge is also compared with (advice);
+    null = none."""
     min_margin: float = 0.0
     """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
     batch_size: int = 32
@@ -119,7 +122,8 @@ def gold_scores(
 def agreement_report(
     judgements: PairJudgements, gold: tuple[torch.Tensor, torch.Tensor] | None
 ) -> dict:
-    """Agreement of the judge with the pairs' labels and, given gold scores, with the gold annotator."""
+    """Agreement of the judge with the pairs' labels and, given gold scores, with the gold
+    annotator."""
     n = len(judgements.first_better)
     labels = torch.ones(n)  # the label puts `chosen` first: P(first better) = 1
     report = {
@@ -139,7 +143,8 @@ def agreement_report(
 
 
 def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
-    """Train (or take) a judge, judge `cfg.pairs` in both orders, write preference rows and a report."""
+    """Train (or take) a judge, judge `cfg.pairs` in both orders, write preference rows and a
+    report."""
     if not cfg.pairs:
         raise RlhfkitError("rlhfkit judge needs pairs=PATH (preference pairs to judge)")
     # step 1. the pairs to judge and their gold scores, checked before any training

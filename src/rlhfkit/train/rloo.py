@@ -5,8 +5,9 @@ Each step samples G responses per prompt. The KL to the reference is a penalty i
 (k1, summed over the response), and each response's baseline is the mean of the others':
     R_i = r_i - beta * sum_t (log pi_old(y_t) - log pi_ref(y_t))
     A_i = R_i - mean_{j != i} R_j
-The loss is PPO's clipped surrogate on the sequence-level ratio exp(sum_t log pi - sum_t log pi_old),
-one term per response. The old log-probs are the sampling log-probs (no extra forward pass).
+The loss is PPO's clipped surrogate on the sequence-level ratio
+exp(sum_t log pi - sum_t log pi_old), one term per response. The old log-probs are the sampling
+log-probs (no extra forward pass).
 """
 
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ def sequence_clip_loss(
     response_mask: torch.Tensor,
     clip_eps: float,
 ):
-    """PPO's clipped surrogate with one ratio per response, exp(sum_t logprobs - sum_t old_logprobs),
-    averaged over the responses: the token-level loss on a response length of one."""
+    """PPO's clipped surrogate with one ratio per response,
+    exp(sum_t logprobs - sum_t old_logprobs), averaged over the responses: the token-level loss on
+    a response length of one."""
     sequence = masked_sum(logprobs, response_mask, dim=1).unsqueeze(1)
     old_sequence = masked_sum(old_logprobs, response_mask, dim=1).unsqueeze(1)
     every = torch.ones_like(sequence, dtype=torch.bool)

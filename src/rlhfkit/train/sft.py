@@ -44,13 +44,15 @@ class SFTConfig(RunConfig):
     model: str = ""
     """Hugging Face causal-LM directory to start from (the tiny default or any real model)."""
     train_data: str = ""
-    """SFT data: JSONL, Parquet, a saved `datasets` directory or a hub name (prompt/completion or messages)."""
+    """SFT data: JSONL, Parquet, a saved `datasets` directory or a hub name (prompt/completion or
+    messages)."""
     eval_data: str = ""
     """Held-out SFT data for the eval loss and sample generations; empty = none."""
     max_length: int = 256
     """Tokens per row after tokenisation; longer rows follow `truncation`."""
     truncation: Truncation = Truncation.KEEP_START
-    """keep_start: cut the completion's end; keep_end: cut the prompt's start; drop: drop the row."""
+    """keep_start: cut the completion's end; keep_end: cut the prompt's start; drop: drop the
+    row."""
     batch_size: int = 32
     """Rows per micro-batch."""
     grad_accum: int = 1
@@ -80,7 +82,8 @@ class SFTConfig(RunConfig):
     keep_last: int = 2
     """Checkpoints kept on disk."""
     shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows k*B ... (k+1)*B - 1."""
+    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
+    k*B ... (k+1)*B - 1."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
