@@ -1,8 +1,10 @@
+import pytest
 import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout import engine
 from rlhfkit.rollout.engine import filter_logits, generate, positions_from_mask
+from tests.rollout.conftest import acceptable_tokens, assert_paths_agree, seeded_uniforms
 from tests.rollout.conftest import generate_samples as _generate
 from tests.rollout.conftest import prompt_batch as _prompts
 
@@ -58,8 +60,18 @@ def test_dropping_finished_rows_does_not_change_the_samples(model_and_tokenizer,
     kept = _generate(model, tokenizer, stop_ids=stop_ids)
     monkeypatch.setattr(engine, "COMPACT_WHEN_FINISHED", 0.0)  # compact at every stop
     compacted = _generate(model, tokenizer, stop_ids=stop_ids)
-    assert torch.equal(kept.response_ids, compacted.response_ids)
-    assert torch.allclose(kept.logprobs, compacted.logprobs, atol=1e-5)
+    assert len(set(kept.response_lengths.tolist())) > 1  # rows stopped at different steps
+    assert_paths_agree(
+        model,
+        kept.prompt_ids,
+        kept.prompt_mask,
+        {
+            name: (rollout.response_ids, rollout.response_lengths, rollout.logprobs)
+            for name, rollout in (("kept", kept), ("compacted", compacted))
+        },
+        uniforms=seeded_uniforms(0, kept.prompt_ids.shape[0], 24),
+        temperature=0.8,
+    )
 
 
 def test_samples_of_one_prompt_are_consecutive_rows(model_and_tokenizer):
@@ -92,8 +104,50 @@ def test_greedy_matches_model_generate(model_and_tokenizer):
         pad_token_id=tokenizer.pad_token_id,
     )
     expected = reference[:, ids.shape[1] :]
-    for row, want, length in zip(rollout.response_ids, expected, rollout.response_lengths):
-        assert torch.equal(row[:length], want[:length])
+    ends = expected == tokenizer.eos_token_id
+    expected_lengths = torch.where(ends.any(dim=1), ends.int().argmax(dim=1) + 1, expected.shape[1])
+    assert_paths_agree(
+        model,
+        ids,
+        mask,
+        {
+            "engine": (rollout.response_ids, rollout.response_lengths, rollout.logprobs),
+            "generate": (expected, expected_lengths, None),
+        },
+    )
+
+
+def test_near_ties_are_the_only_tokens_two_paths_may_choose_differently():
+    # greedy: within 1e-4 of the logit scale (here 1) of the maximum
+    assert acceptable_tokens(torch.tensor([1.0, 1.0 - 5e-5, 0.9])).tolist() == [True, True, False]
+    # sampled from probabilities (1/4, 1/4, 1/2): CDF edges at 0.25 and 0.5
+    logits = torch.tensor([0.25, 0.25, 0.5]).log()
+    assert acceptable_tokens(logits, torch.tensor(0.2)).tolist() == [True, False, False]
+    assert acceptable_tokens(logits, torch.tensor(0.5 - 5e-5)).tolist() == [False, True, True]
+    # T = 0.5 sharpens them to (1/6, 1/6, 2/3): the same draw falls in the second interval
+    assert acceptable_tokens(logits, torch.tensor(0.2), temperature=0.5).tolist() == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_the_path_comparison_fails_on_a_wrong_token(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    rollout = _generate(model, tokenizer)
+    assert rollout.response_lengths[0] > 3
+    wrong = rollout.response_ids.clone()
+    # half the vocabulary away from the drawn token in the CDF: never a near-tie
+    wrong[0, 3] = (wrong[0, 3] + model.config.vocab_size // 2) % model.config.vocab_size
+    paths = {
+        "sampled": (rollout.response_ids, rollout.response_lengths, rollout.logprobs),
+        "wrong": (wrong, rollout.response_lengths, rollout.logprobs),
+    }
+    uniforms = seeded_uniforms(0, rollout.prompt_ids.shape[0], 24)
+    with pytest.raises(AssertionError, match="wrong: row 0 step 3: not the reference's choice"):
+        assert_paths_agree(
+            model, rollout.prompt_ids, rollout.prompt_mask, paths, uniforms, temperature=0.8
+        )
 
 
 def test_filter_logits_hand_values():
