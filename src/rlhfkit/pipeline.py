@@ -27,6 +27,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -224,7 +225,7 @@ class Pipeline:
     # stage 5. sample K responses per prompt and have the simulated annotators rank them
     def collect(self, model_dir: Path) -> None:
         c, task = self.cfg.collect, self.tasks["advice"]
-        rng = random.Random(self.cfg.seed + 1)
+        rng = random.Random(derive_seed(self.cfg.seed, SeedStream.COLLECT))
         prompts = task.prompts(c.train_prompts + c.heldout_prompts, rng)
         model, tokenizer = (
             load_causal_lm(model_dir).to(resolve_device(self.cfg.device)),

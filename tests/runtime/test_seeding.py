@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.runtime.seeding import seed_everything, set_deterministic
+from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything, set_deterministic
 
 
 def draw():
@@ -47,3 +47,18 @@ def test_set_deterministic_switches_torch_to_deterministic_kernels(restore_torch
     assert torch.get_num_threads() == 1
     with pytest.raises(RlhfkitError, match="threads must be at least 1"):
         set_deterministic(threads=0)
+
+
+def test_derived_seeds_are_stable_32_bit_and_distinct_per_stream_and_index():
+    seeds = {
+        (stream, index): derive_seed(7, stream, index)
+        for stream in SeedStream
+        for index in range(4)
+    }
+    assert all(0 <= s < 2**32 for s in seeds.values())
+    assert len(set(seeds.values())) == len(seeds)  # no two streams or rounds share a seed
+    assert derive_seed(7, SeedStream.EVAL_PROMPTS) == seeds[(SeedStream.EVAL_PROMPTS, 0)]
+    # an offset scheme maps (seed 0, round 1) and (seed 1, round 0) to one seed; this does not
+    assert derive_seed(0, SeedStream.ROUND_TRAINERS, 1) != derive_seed(
+        1, SeedStream.ROUND_TRAINERS, 0
+    )

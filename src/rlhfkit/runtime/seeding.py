@@ -44,8 +44,18 @@ class SeedStream(str, Enum):
     """Prompts a trainer draws from a task's generator."""
     EVAL_PROMPTS = "eval_prompts"
     """Held-out prompts a trainer or `rlhfkit eval` draws for evaluation."""
+    COLLECT = "collect"
+    """The main job's collect stage: its prompts and its simulated annotators."""
+    REVISIONS = "revisions"
+    """Critique-and-revise: the sampled critiques and revisions."""
     ROUND_PROMPTS = "round_prompts"
     """Prompts of one round of an iterative trainer (with the round's index)."""
+    ROUND_TRAINERS = "round_trainers"
+    """The `seed` of the trainers one round of an iterative trainer runs (with its index)."""
+    ROUND_SAMPLING = "round_sampling"
+    """The answers one round of an iterative trainer samples for labelling (with its index)."""
+    ROUND_REPLAY = "round_replay"
+    """Which earlier labels one round replays, and their order (with its index)."""
 
 
 def derive_seed(seed: int, stream: SeedStream, index: int = 0) -> int:

@@ -34,6 +34,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName, get_task
 
 
@@ -160,7 +161,7 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
         principles,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.revise_temperature,
-        seed=cfg.seed + 1,
+        seed=derive_seed(cfg.seed, SeedStream.REVISIONS),
         batch_size=cfg.batch_size,
     )
     write_jsonl(

@@ -54,8 +54,9 @@ from rlhfkit.train.reward import (
 
 @dataclass(frozen=True)
 class IterativeGRPOConfig(RunConfig):
-    """`seed` (from `RunConfig`) seeds every round: round r's GRPO and reward model use seed + r;
-    its labelled prompts are drawn on their own seed stream, away from the evaluation prompts."""
+    """`seed` (from `RunConfig`) seeds every round: round r's GRPO and reward model, its sampled
+    answers, its replay and its labelled prompts each take a seed derived from (seed, r) on their
+    own stream (`runtime.seeding.derive_seed`), so no round replays another run's draws."""
 
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model)."""
@@ -227,7 +228,11 @@ def _sub_run(root: Path) -> tuple[RunDir, bool]:
 
 def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
     return {
-        "seed": Filled(cfg.seed + r, "from seed= (round r: seed + r)", "set seed= instead"),
+        "seed": Filled(
+            derive_seed(cfg.seed, SeedStream.ROUND_TRAINERS, r),
+            "from seed= (round r: its own derived seed)",
+            "set seed= instead",
+        ),
         "device": Filled(cfg.device, "from device=", "set device= instead"),
         "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
         "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
@@ -342,7 +347,7 @@ def _label_round(
         num_samples=cfg.samples_per_prompt,
         temperature=cfg.label_temperature,
         max_new_tokens=cfg.grpo.max_new_tokens,
-        seed=cfg.seed + r,
+        seed=derive_seed(cfg.seed, SeedStream.ROUND_SAMPLING, r),
         batch_size=256,
         progress=f"round {r}: sampling" if cfg.progress else None,
     )
@@ -383,9 +388,10 @@ def _reward_round(
             "train_rows": 0,
             "replay_rows": 0,
         }
-    replayed = replay_rows(new, history, cfg.replay_fraction, random.Random(cfg.seed + r))
+    rng = random.Random(derive_seed(cfg.seed, SeedStream.ROUND_REPLAY, r))
+    replayed = replay_rows(new, history, cfg.replay_fraction, rng)
     mix = new + replayed
-    random.Random(cfg.seed - r).shuffle(mix)
+    rng.shuffle(mix)
     train_path = write_jsonl(folder / "rm_train.jsonl", mix)
     run, resume = _sub_run(folder / "rm")
     rm_cfg = dataclasses.replace(rm_cfg, train_data=str(train_path))
