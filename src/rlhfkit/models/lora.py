@@ -30,10 +30,6 @@ def load_lora(base_model, adapter_dir: str | Path):
     return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=True)
 
 
-def is_lora(model) -> bool:
-    return isinstance(model, PeftModel)
-
-
 @contextmanager
 def adapters_disabled(model):
     """Inside, `model` computes with its base weights only: the reference policy."""
