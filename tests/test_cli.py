@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -629,3 +630,134 @@ def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(
         "held-out arith: {'accuracy'" in out
         and f"model saved to {tmp_path / 'runs' / 'rloo' / 'final'}" in out
     )
+
+
+def sft_args(tmp_path, tiny_model_dir, data, *extra):
+    """A two-step SFT run of the tiny model with a checkpoint after each step."""
+    return [
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "max_steps=2",
+        "save_every=1",
+        "progress=false",
+        "tensorboard=false",
+        "sample_every=0",
+        "--runs-dir",
+        tmp_path / "runs",
+        *extra,
+    ]
+
+
+def files_of(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_overwrite_with_a_mistyped_data_file_keeps_the_old_run(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, GOOD_SFT])
+    code, _, err = run_main(monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data))
+    assert code == 0, err
+    before = files_of(tmp_path / "runs" / "sft")
+    assert "final/model.safetensors" in before
+    typo = tmp_path / "trian.jsonl"
+    code, _, err = run_main(
+        monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, typo, "lr=0.5", "--overwrite")
+    )
+    assert_one_line_error(code, err, "trian.jsonl", "no such file")
+    assert files_of(tmp_path / "runs" / "sft") == before  # config.yaml and final/ untouched
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sft"]
+    # with good data the overwrite goes through, and the replaced run is gone
+    code, _, err = run_main(
+        monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data, "lr=0.5", "--overwrite")
+    )
+    assert code == 0, err
+    assert "lr: 0.5" in (tmp_path / "runs" / "sft" / "config.yaml").read_text()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["sft"]
+
+
+def test_a_run_name_cannot_reach_outside_the_runs_dir(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT])
+    code, _, err = run_main(
+        monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data, "--name", "../x")
+    )
+    assert_one_line_error(code, err, "--name '../x' is not a plain run name")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "config.yaml").write_text("mine: true\n")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        *sft_args(tmp_path, tiny_model_dir, data, "--name", str(precious), "--overwrite"),
+    )
+    assert_one_line_error(code, err, f"--name '{precious}' is not a plain run name")
+    assert (precious / "config.yaml").read_text() == "mine: true\n"
+
+
+def test_runs_dir_that_is_a_file_is_a_one_line_error(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT])
+    args = sft_args(tmp_path, tiny_model_dir, data)
+    args[args.index("--runs-dir") + 1] = data
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, f"--runs-dir {data} is a file, not a directory")
+
+
+def test_resume_with_a_changed_config_is_refused_unless_asked_for(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, GOOD_SFT])
+    code, _, err = run_main(monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data))
+    assert code == 0, err
+    config = tmp_path / "runs" / "sft" / "config.yaml"
+    saved = config.read_text()
+    longer = sft_args(tmp_path, tiny_model_dir, data, "max_steps=3", "lr=0.002")
+    code, _, err = run_main(monkeypatch, capsys, *longer, "--resume")
+    assert_one_line_error(
+        code, err, "config differs", "lr: 0.001 -> 0.002", "max_steps: 2 -> 3", "--resume-with"
+    )
+    assert config.read_text() == saved
+    code, _, err = run_main(monkeypatch, capsys, *longer, "--resume-with-changes")
+    assert code == 0, err
+    text = config.read_text()
+    assert "lr: 0.002" in text and "max_steps: 3" in text
+    assert text.splitlines()[-1].endswith("with changes: max_steps: 2 -> 3; lr: 0.001 -> 0.002")
+    rows = [json.loads(line) for line in (config.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]  # it continued, it did not start again
+
+
+def write_lock(root, pid):
+    """The lock file a run holding `root` on this host writes: its pid, host and a token."""
+    lock = root / "run.lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "token": "t"}) + "\n")
+    return lock
+
+
+def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, GOOD_SFT])
+    args = sft_args(tmp_path, tiny_model_dir, data)
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    root = tmp_path / "runs" / "sft"
+    checkpoints = files_of(root / "checkpoints")
+    lock = write_lock(root, os.getpid())  # a live process (this one) is resuming it right now
+    for flag in ("--resume", "--overwrite"):
+        code, _, err = run_main(monkeypatch, capsys, *args, flag)
+        assert_one_line_error(code, err, f"run {root} is in use by process {os.getpid()}")
+    assert files_of(root / "checkpoints") == checkpoints
+    lock.unlink()
+    # a run killed outright leaves its lock behind: the next start takes it over and says so
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    write_lock(root, child.pid)
+    code, _, err = run_main(monkeypatch, capsys, *args, "--resume")
+    assert code == 0, err
+    assert err.strip() == (
+        f"run {root}: taking over its lock from process {child.pid}, which is no longer running"
+    )
+    assert not lock.exists()  # released at the end

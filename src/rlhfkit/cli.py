@@ -10,7 +10,6 @@ import dataclasses
 import importlib
 import json
 import random
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -235,7 +234,16 @@ def _parser() -> argparse.ArgumentParser:
                 "--resume", action="store_true", help="continue the run from its last checkpoint"
             )
             p.add_argument(
-                "--overwrite", action="store_true", help="replace an existing run of that name"
+                "--resume-with-changes",
+                action="store_true",
+                help="resume although the config differs from the run's config.yaml; the new "
+                "values are saved and the change recorded there (implies --resume)",
+            )
+            p.add_argument(
+                "--overwrite",
+                action="store_true",
+                help="replace an existing run of that name (kept until the new run has saved "
+                "progress)",
             )
         p.add_argument(
             "--print-config", action="store_true", help="print the resolved config and exit"
@@ -250,31 +258,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_in_dir(args, command: Command, cfg) -> None:
-    """Make the run directory, save the config, run, print the outcome. A fresh run stopped by
-    bad input leaves nothing worth keeping: the corrected command must start cleanly, not meet
-    "already exists"."""
+    """Lock and open the run directory, save (or, on resume, check) the config, run, print the
+    outcome. What a failed run leaves behind, and when a replaced run is deleted, is
+    `open_run`'s rule (runtime/rundir.py)."""
     from rlhfkit.runtime.config import save_config
-    from rlhfkit.runtime.rundir import prepare_run_dir
+    from rlhfkit.runtime.rundir import open_run, resume_with_config, run_root
 
-    if args.resume and not command.resumable:
+    resume = args.resume or args.resume_with_changes
+    if resume and not command.resumable:
         raise RlhfkitError(f"rlhfkit {args.command} does not resume: run it again with --overwrite")
     if command.needs and not all(getattr(cfg, key) for key in command.needs):
         paths = " and ".join(f"{key}=PATH" for key in command.needs)
         raise RlhfkitError(f"rlhfkit {args.command} needs {paths}")
-    run = prepare_run_dir(
-        Path(args.runs_dir) / args.name,
-        resume=args.resume,
+    root = run_root(Path(args.runs_dir), args.name)
+    with open_run(
+        root,
+        resume=resume,
         overwrite=args.overwrite,
         resume_needs_checkpoint=command.resume_needs_checkpoint,
-    )
-    save_config(cfg, run.config_path)
-    run_fn = _load(command.run)
-    try:
-        result = run_fn(cfg, run, resume=args.resume) if command.resumable else run_fn(cfg, run)
-    except RlhfkitError:
-        if not args.resume and not any(run.checkpoints.glob("step_*")) and not run.final.exists():
-            shutil.rmtree(run.root, ignore_errors=True)
-        raise
+    ) as (run, lock):
+        if lock.notice:
+            print(lock.notice, file=sys.stderr)
+        if resume:
+            resume_with_config(run, cfg, allow_changes=args.resume_with_changes)
+        else:
+            save_config(cfg, run.config_path)
+        run_fn = _load(command.run)
+        result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
     command.report(cfg, run, result)
 
 

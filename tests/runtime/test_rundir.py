@@ -1,12 +1,53 @@
-"""prepare_run_dir: fresh, existing, resume and overwrite."""
+"""The run directory: names confined to the runs directory, fresh / existing / resume /
+overwrite, an overwritten run kept until the new one has progress, the resumed config checked."""
 
+import dataclasses
+import json
 import os
 
 import pytest
+import yaml
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.runtime.checkpoint import save_checkpoint
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.runtime.config import load_config, save_config
+from rlhfkit.runtime.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock
+from rlhfkit.runtime.rundir import (
+    RunDir,
+    has_progress,
+    open_run,
+    prepare_run_dir,
+    resume_with_config,
+    run_root,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Optim:
+    betas: tuple[float, float] = (0.9, 0.99)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiny:
+    lr: float = 1e-3
+    max_steps: int = 10
+    data: str = "train.jsonl"
+    optim: Optim = dataclasses.field(default_factory=Optim)
+
+
+def old_run(root, *, checkpoint=False):
+    """An earlier finished run: config, metrics and final model (and a checkpoint if asked)."""
+    (root / "final").mkdir(parents=True)
+    (root / "final" / "model.bin").write_bytes(b"old weights")
+    (root / "config.yaml").write_text("lr: 0.001\n")
+    (root / "metrics.jsonl").write_text('{"step": 1}\n')
+    if checkpoint:
+        save_checkpoint(root / "checkpoints", 1, write=lambda d: (d / "w").write_bytes(b"w"))
+    return root
+
+
+def contents(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def test_paths_inside_the_run_directory(tmp_path):
@@ -86,3 +127,179 @@ def test_resume_keeps_the_content(tmp_path):
 def test_resume_and_overwrite_together_is_an_error(tmp_path):
     with pytest.raises(RlhfkitError, match="not both"):
         prepare_run_dir(tmp_path, resume=True, overwrite=True)
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/path", "a/b", ".", "..", "", "  ", ".hidden"])
+def test_a_run_name_must_be_a_plain_name_inside_the_runs_dir(tmp_path, name):
+    with pytest.raises(RlhfkitError) as err:
+        run_root(tmp_path / "runs", name)
+    assert str(err.value).startswith(f"--name {name!r} is not a plain run name")
+
+
+def test_a_plain_name_is_a_folder_of_the_runs_dir(tmp_path):
+    assert run_root(tmp_path / "runs", "sft-1.b") == tmp_path / "runs" / "sft-1.b"
+
+
+def test_runs_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(RlhfkitError, match=f"--runs-dir {tmp_path / 'runs'} is a file"):
+        run_root(tmp_path / "runs", "sft")
+
+
+def test_a_run_directory_under_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RlhfkitError, match="cannot create run directory"):
+        with open_run(tmp_path / "file" / "sft", resume=False, overwrite=False):
+            pass
+
+
+def test_open_run_holds_the_lock_while_the_run_runs(tmp_path):
+    root = tmp_path / "a"
+    with open_run(root, resume=False, overwrite=False) as (run, lock):
+        assert run.root == root and lock.path == root / LOCK_NAME
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(RlhfkitError, match=f"run {root} is in use by process {os.getpid()}"):
+            with open_run(root, resume=False, overwrite=True):
+                pass
+        (run.final).mkdir()
+    assert not (root / LOCK_NAME).exists() and run.final.is_dir()
+
+
+def test_a_locked_run_is_not_overwritten(tmp_path):
+    root = old_run(tmp_path / "a", checkpoint=True)
+    before = contents(root)
+    lock = acquire_run_lock(root)  # another process runs it
+    with pytest.raises(RlhfkitError, match="is in use by process"):
+        with open_run(root, resume=False, overwrite=True):
+            pass
+    with pytest.raises(RlhfkitError, match="is in use by process"):
+        with open_run(root, resume=True, overwrite=False):
+            pass
+    release_run_lock(lock)
+    assert contents(root) == before
+
+
+def test_a_lock_alone_is_not_an_existing_run(tmp_path):
+    root = tmp_path / "a"
+    root.mkdir()
+    (root / LOCK_NAME).write_text(json.dumps({"pid": 0, "host": "h", "token": "t"}))
+    with pytest.raises(RlhfkitError, match="on host h"):  # refused by the lock, not "exists"
+        with open_run(root, resume=False, overwrite=False):
+            pass
+
+
+def test_resuming_a_run_that_never_ran_creates_nothing(tmp_path):
+    with pytest.raises(RlhfkitError, match="nothing to resume"):
+        with open_run(tmp_path / "never-ran", resume=True, overwrite=False):
+            pass
+    assert not (tmp_path / "never-ran").exists()
+
+
+def test_overwrite_keeps_the_old_run_aside_until_the_new_run_succeeds(tmp_path):
+    root = old_run(tmp_path / "runs" / "a")
+    with open_run(root, resume=False, overwrite=True) as (run, _):
+        aside = tmp_path / "runs" / f".a.replaced-{os.getpid()}"
+        assert (aside / "final" / "model.bin").read_bytes() == b"old weights"
+        assert not (aside / LOCK_NAME).exists()
+        assert sorted(p.name for p in run.root.iterdir()) == [LOCK_NAME]
+        (run.final).mkdir()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
+    assert sorted(p.name for p in root.iterdir()) == ["final"]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [RlhfkitError("train.jsonl: no such file"), KeyboardInterrupt(), RuntimeError("bug")],
+    ids=["bad-input", "ctrl-c", "crash"],
+)
+def test_a_failed_overwrite_before_any_progress_puts_the_old_run_back(tmp_path, failure):
+    root = old_run(tmp_path / "runs" / "a", checkpoint=True)
+    before = contents(root)
+    with pytest.raises(type(failure)):
+        with open_run(root, resume=False, overwrite=True) as (run, _):
+            run.config_path.write_text("lr: 0.002\n")
+            run.metrics_path.write_text('{"step": 1}\n')
+            raise failure
+    assert contents(root) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
+
+
+def test_a_failed_overwrite_after_a_checkpoint_keeps_the_new_run(tmp_path):
+    root = old_run(tmp_path / "runs" / "a")
+    with pytest.raises(KeyboardInterrupt):
+        with open_run(root, resume=False, overwrite=True) as (run, _):
+            save_checkpoint(run.checkpoints, 5, write=lambda d: (d / "w").write_bytes(b"new"))
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoints"]  # resumable, old one gone
+
+
+def test_a_fresh_run_stopped_by_bad_input_leaves_nothing(tmp_path):
+    root = tmp_path / "a"
+    with pytest.raises(RlhfkitError):
+        with open_run(root, resume=False, overwrite=False) as (run, _):
+            run.config_path.write_text("lr: 1\n")
+            raise RlhfkitError("bad row")
+    assert not root.exists()
+    with pytest.raises(RuntimeError):  # a crash keeps its logs for inspection, unlocked
+        with open_run(root, resume=False, overwrite=False) as (run, _):
+            run.metrics_path.write_text('{"step": 1}\n')
+            raise RuntimeError("bug")
+    assert sorted(p.name for p in root.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_failed_resume_keeps_everything(tmp_path):
+    root = old_run(tmp_path / "a", checkpoint=True)
+    with pytest.raises(RlhfkitError):
+        with open_run(root, resume=True, overwrite=False) as (run, _):
+            (run.root / "new.txt").write_text("x")
+            raise RlhfkitError("diverged")
+    assert (root / "new.txt").exists() and (root / "final" / "model.bin").exists()
+    assert not (root / LOCK_NAME).exists()
+
+
+def test_progress_is_a_complete_checkpoint_or_a_final_model_of_the_run_or_a_sub_run(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "checkpoints" / "step_00000001").mkdir(parents=True)  # no marker: incomplete
+    assert not has_progress(run)
+    save_checkpoint(tmp_path / "round_01" / "grpo" / "checkpoints", 1, write=lambda d: None)
+    assert has_progress(run)
+    assert has_progress(RunDir(old_run(tmp_path / "b")))
+
+
+def test_resume_with_the_same_config_leaves_the_file_alone(tmp_path):
+    run = RunDir(tmp_path)
+    save_config(Tiny(), run.config_path)
+    run.config_path.write_text(run.config_path.read_text() + "# resumed at T with changes: x\n")
+    before = run.config_path.read_text()
+    resume_with_config(run, Tiny(), allow_changes=False)
+    assert run.config_path.read_text() == before
+
+
+def test_resume_with_another_config_is_refused_naming_each_change(tmp_path):
+    run = RunDir(tmp_path)
+    save_config(Tiny(), run.config_path)
+    before = run.config_path.read_text()
+    changed = Tiny(lr=0.002, optim=Optim(betas=(0.9, 0.95)))
+    with pytest.raises(RlhfkitError) as err:
+        resume_with_config(run, changed, allow_changes=False)
+    message = str(err.value)
+    assert "lr: 0.001 -> 0.002; optim.betas: [0.9, 0.99] -> [0.9, 0.95]; pass" in message
+    assert "--resume-with-changes" in message and "\n" not in message
+    assert run.config_path.read_text() == before
+
+
+def test_resume_with_changes_saves_the_config_and_records_the_change(tmp_path):
+    run = RunDir(tmp_path)
+    save_config(Tiny(), run.config_path)
+    resume_with_config(run, Tiny(lr=0.002), allow_changes=True)
+    resume_with_config(run, Tiny(lr=0.002, data="fixed\nname"), allow_changes=True)
+    assert load_config(Tiny, run.config_path) == Tiny(lr=0.002, data="fixed\nname")
+    history = [line for line in run.config_path.read_text().splitlines() if line.startswith("#")]
+    assert len(history) == 2
+    assert history[0].startswith("# resumed at ") and history[0].endswith(
+        "Z with changes: lr: 0.001 -> 0.002"
+    )
+    assert history[1].endswith('with changes: data: "train.jsonl" -> "fixed\\nname"')
+    assert yaml.safe_load(run.config_path.read_text())["lr"] == 0.002
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

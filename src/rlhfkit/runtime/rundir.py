@@ -2,25 +2,63 @@
 
 ```
 runs/<name>/
-  config.yaml      the resolved config the run used
+  config.yaml      the resolved config the run used (and, as comments at its end, every
+                   --resume-with-changes: when, and which keys changed from what to what)
   metrics.jsonl    one JSON line per logged step
   checkpoints/     step_00000042/ ... (see checkpoint.py)
   final/           the trained model
   tensorboard/     event files
+  run.lock         while a process runs it: its pid and host (see run_lock.py)
 ```
+
+The CLI opens a run with `open_run`, which never loses a run:
+
+- `--name` is a plain name inside `--runs-dir` (`run_root`): no path separators, not `.` or `..`,
+  not hidden, so a run can neither be written nor replaced outside the runs directory.
+- One process per run: `run.lock` refuses a second one (a lock left by a dead process is taken
+  over).
+- `--overwrite` does not delete the earlier run up front. It renames it to the hidden sibling
+  `runs/.<name>.replaced-<pid>` and starts the new run in `runs/<name>`. The earlier run is
+  deleted once the new one has succeeded, or has failed after saving progress (a complete
+  checkpoint or a final model, its own or a sub-run's): a run that can be resumed replaces it.
+  A new run that fails before saving any progress (bad input, any exception, Ctrl-C) is
+  removed and the earlier run is moved back untouched. A process killed outright leaves the
+  earlier run in `runs/.<name>.replaced-<pid>`, to move back or delete by hand.
+- A fresh run (nothing replaced) stopped by bad input (an `RlhfkitError`) before saving progress
+  leaves no directory behind, so the corrected command starts cleanly; after other failures
+  its logs are kept for inspection. A resumed run keeps everything.
+- `--resume` refuses a config that differs from the saved `config.yaml`, naming each changed key
+  with its old and new value, unless the changes are asked for (`--resume-with-changes`): then
+  the new config is saved and the change is recorded at the end of `config.yaml`
+  (`resume_with_config`).
+
+`prepare_run_dir` is the plain version for jobs that make their own sub-run directories inside a
+run they already hold (the pipeline's stages, iterative GRPO's rounds): no lock, and
+`overwrite=True` deletes at once.
 """
 
+import json
+import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.runtime.checkpoint import latest_checkpoint
+from rlhfkit.runtime.checkpoint import MARKER_NAME, latest_checkpoint
+from rlhfkit.runtime.config import config_to_dict, load_config, save_config
+from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, release_run_lock
+
+_HISTORY_PREFIX = "# resumed at "
+_UNSET = object()  # a key one of two configs lacks (a section that is None in the other)
 
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory; creating it is `prepare_run_dir`'s job."""
+    """Paths inside one run directory; creating it is `open_run`'s or `prepare_run_dir`'s job."""
 
     root: Path
 
@@ -45,10 +83,122 @@ class RunDir:
         return self.root / "tensorboard"
 
 
+def run_root(runs_dir: Path, name: str) -> Path:
+    """`runs_dir / name`, refusing a name that is not a plain name inside `runs_dir`.
+
+    Raises:
+        RlhfkitError: the name is empty, holds a path separator or NUL, or starts with "." (".",
+            "..", and the hidden names where replaced runs are kept); `runs_dir` is a file.
+    """
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    if not name.strip() or name.startswith(".") or any(c in name for c in [*separators, "\0"]):
+        raise RlhfkitError(
+            f"--name {name!r} is not a plain run name: it must be a folder name inside --runs-dir "
+            "(no '/', not empty, not starting with '.')"
+        )
+    runs_dir = Path(runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise RlhfkitError(f"--runs-dir {runs_dir} is a file, not a directory")
+    return runs_dir / name
+
+
+@contextmanager
+def open_run(
+    root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True
+) -> Iterator[tuple[RunDir, RunLock]]:
+    """Lock and open a run directory for the run inside the `with` block (the module docstring
+    gives the rules); yields the run directory and the lock (`lock.notice`: tell the user).
+
+    Args:
+        root: the run directory (`run_root`).
+        resume: continue the run: the directory must hold a complete checkpoint.
+        overwrite: replace an earlier run, which is moved aside until the new one has progress.
+        resume_needs_checkpoint: False for a run made of sub-runs that checkpoint themselves
+            (iterative GRPO): then resuming needs only the run's config.
+
+    Raises:
+        RlhfkitError: as `prepare_run_dir`, and: another process runs it, or its directory
+            cannot be made.
+    """
+    root, run_dir = Path(root), RunDir(Path(root))
+    _check_request(root, resume=resume, overwrite=overwrite)
+    if resume:  # checked before locking, so resuming a mistyped name creates nothing
+        _check_resumable(run_dir, resume_needs_checkpoint)
+    created = _make_dir(root)
+    lock, aside = _lock(root, created), None
+    try:
+        if not resume and _has_content(root):
+            if not overwrite:
+                raise _already_exists(root)
+            _check_replaceable(run_dir)
+            aside, lock = _move_aside(run_dir, lock)
+    except BaseException:
+        release_run_lock(lock)
+        if created:
+            _remove_if_empty(root)
+        raise
+    try:
+        yield run_dir, lock
+    except BaseException as error:
+        _after_failure(run_dir, aside, resume=resume, error=error)
+        raise
+    else:
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        release_run_lock(lock)
+
+
+def has_progress(run: RunDir) -> bool:
+    """Whether the run saved something to resume from or use: a complete checkpoint or a final
+    model, its own or a sub-run's (iterative GRPO's rounds, the judge's SFT)."""
+    checkpoints = run.root.glob(f"**/checkpoints/step_*/{MARKER_NAME}")
+    return any(checkpoints) or any(path.is_dir() for path in run.root.glob("**/final"))
+
+
+def resume_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> None:
+    """Check the config of a resumed run against its saved `config.yaml`.
+
+    Nothing is exempt from the comparison: every key shapes what the run computes or records,
+    and a resumed run must be the run the file describes. Changes asked for are saved, with
+    a comment line at the end of the file recording them (`# resumed at <UTC time> with changes:
+    lr: 0.001 -> 0.002`); comments keep the file loadable as a config.
+
+    Raises:
+        RlhfkitError: the configs differ and `allow_changes` is False (each changed key is
+            named with its old and new value), or the saved config cannot be read.
+    """
+    path = run.config_path
+    if not path.is_file():  # a run without its config (copied checkpoints): record this one
+        save_config(cfg, path)
+        return
+    try:
+        saved = config_to_dict(load_config(type(cfg), path))
+    except RlhfkitError as err:
+        raise RlhfkitError(f"--resume cannot read the run's saved config: {err}") from None
+    changes = _config_changes(_flat(saved), _flat(config_to_dict(cfg)))
+    if not changes:
+        return
+    if not allow_changes:
+        raise RlhfkitError(
+            f"--resume: the config differs from the run's {path}: {changes}; pass "
+            "--resume-with-changes to continue with the new values (recorded in config.yaml)"
+        )
+    history = [line for line in path.read_text().splitlines() if line.startswith(_HISTORY_PREFIX)]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    history.append(f"{_HISTORY_PREFIX}{now} with changes: {changes}")
+    # written beside and renamed over, so a crash cannot leave half a config
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_config(cfg, tmp)
+    with tmp.open("a", encoding="utf-8") as file:
+        file.write("".join(line + "\n" for line in history))
+    os.replace(tmp, path)
+
+
 def prepare_run_dir(
     root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True
 ) -> RunDir:
-    """Create (or reopen) a run directory.
+    """Create (or reopen) a run directory, without a lock: for sub-runs inside a held run.
 
     Args:
         root: the run directory.
@@ -64,43 +214,172 @@ def prepare_run_dir(
     """
     root = Path(root)
     run_dir = RunDir(root)
+    _check_request(root, resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resumable(run_dir, resume_needs_checkpoint)
+        return run_dir
+    if _has_content(root):
+        if not overwrite:
+            raise _already_exists(root)
+        _check_replaceable(run_dir)
+        shutil.rmtree(root)
+    _make_dir(root)
+    return run_dir
+
+
+def _check_request(root: Path, *, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise RlhfkitError("pass either --resume or --overwrite, not both")
     if root.exists() and not root.is_dir():
         raise RlhfkitError(f"run directory {root} is a file, not a directory")
-    has_content = root.is_dir() and any(root.iterdir())
-    if resume and not resume_needs_checkpoint:
+
+
+def _check_resumable(run_dir: RunDir, resume_needs_checkpoint: bool) -> None:
+    if not resume_needs_checkpoint:
         if not run_dir.config_path.is_file():
             raise RlhfkitError(
-                f"nothing to resume in run directory {root}: it holds no config.yaml"
+                f"nothing to resume in run directory {run_dir.root}: it holds no config.yaml"
             )
-        return run_dir
-    if resume:
-        if latest_checkpoint(run_dir.checkpoints) is None:
-            raise RlhfkitError(
-                f"nothing to resume in run directory {root}: it holds no complete checkpoint"
-            )
-        return run_dir
-    if has_content and not overwrite:
+    elif latest_checkpoint(run_dir.checkpoints) is None:
         raise RlhfkitError(
-            f"run directory {root} already exists: pass --resume to continue it or choose "
-            "another name"
+            f"nothing to resume in run directory {run_dir.root}: it holds no complete checkpoint"
         )
-    if has_content:
-        _remove_old_run(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
-def _remove_old_run(run_dir: RunDir) -> None:
+def _has_content(root: Path) -> bool:
+    """Anything in the directory besides a lock."""
+    return root.is_dir() and any(entry.name != LOCK_NAME for entry in root.iterdir())
+
+
+def _already_exists(root: Path) -> RlhfkitError:
+    return RlhfkitError(
+        f"run directory {root} already exists: pass --resume to continue it or choose another name"
+    )
+
+
+def _check_replaceable(run_dir: RunDir) -> None:
+    """Refuse to replace what may not be a run, or the directory the user stands in."""
     markers = (run_dir.config_path, run_dir.metrics_path, run_dir.checkpoints)
     if not any(path.exists() for path in markers):
         raise RlhfkitError(
             f"refusing to overwrite {run_dir.root}: it does not look like a run directory "
             "(no config.yaml, metrics.jsonl or checkpoints/)"
         )
+    if run_dir.root.is_symlink():
+        raise RlhfkitError(f"refusing to overwrite {run_dir.root}: it is a symbolic link")
     if Path.cwd().resolve().is_relative_to(run_dir.root.resolve()):
         raise RlhfkitError(
             f"refusing to overwrite {run_dir.root}: it contains the current directory"
         )
-    shutil.rmtree(run_dir.root)
+
+
+def _make_dir(root: Path) -> bool:
+    """Make the directory (and its parents); True when it did not exist before."""
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RlhfkitError(f"cannot create run directory {root}: {err.strerror}") from None
+    return created
+
+
+def _lock(root: Path, created: bool) -> RunLock:
+    try:
+        return acquire_run_lock(root)
+    except BaseException:
+        if created:
+            _remove_if_empty(root)
+        raise
+
+
+def _remove_if_empty(root: Path) -> None:
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # not empty: someone else's now
+
+
+def _move_aside(run_dir: RunDir, lock: RunLock) -> tuple[Path, RunLock]:
+    """Rename the earlier run to its hidden sibling and lock a fresh directory in its place;
+    returns the sibling and the new lock."""
+    root = run_dir.root
+    aside = root.with_name(f".{root.name}.replaced-{os.getpid()}")
+    if aside.exists():
+        raise RlhfkitError(
+            f"cannot move {root} aside: {aside} is in the way (an earlier run left by a "
+            "killed --overwrite): move it back or delete it"
+        )
+    try:
+        os.rename(root, aside)
+    except OSError as err:
+        raise RlhfkitError(f"cannot move {root} aside to {aside}: {err.strerror}") from None
+    moved_lock = replace(lock, path=aside / LOCK_NAME)
+    try:
+        root.mkdir()
+        new_lock = acquire_run_lock(root)
+    except (OSError, RlhfkitError):
+        # another process made the directory in the instant it did not exist: it is theirs
+        release_run_lock(moved_lock)
+        raise RlhfkitError(
+            f"run directory {root} was taken by another process while it was being replaced; "
+            f"the earlier run is kept in {aside}"
+        ) from None
+    release_run_lock(moved_lock)
+    return aside, new_lock
+
+
+def _after_failure(
+    run_dir: RunDir, aside: Path | None, *, resume: bool, error: BaseException
+) -> None:
+    """What a failed run leaves: the module docstring's rules."""
+    if resume:
+        return
+    if has_progress(run_dir):
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return
+    if aside is not None:
+        _restore(run_dir.root, aside)
+    elif isinstance(error, RlhfkitError):
+        shutil.rmtree(run_dir.root, ignore_errors=True)
+
+
+def _restore(root: Path, aside: Path) -> None:
+    """Put the earlier run back in place of a failed new one."""
+    failed = root.with_name(f".{root.name}.failed-{os.getpid()}")
+    try:
+        os.rename(root, failed)
+        os.rename(aside, root)
+    except OSError as err:
+        raise RlhfkitError(
+            f"the new run failed, and the earlier run could not be moved back to {root} "
+            f"({err.strerror}): it is kept in {aside}"
+        ) from None
+    shutil.rmtree(failed, ignore_errors=True)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict with sections spread into dotted keys ("sft.lr")."""
+    flat = {}
+    for name, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The keys whose values differ, "lr: 0.001 -> 0.002; ..." (empty when none), in the order of
+    the saved config."""
+    keys = list(old) + [key for key in new if key not in old]
+    changed = [key for key in keys if old.get(key, _UNSET) != new.get(key, _UNSET)]
+    return "; ".join(
+        f"{key}: {_show(old.get(key, _UNSET))} -> {_show(new.get(key, _UNSET))}" for key in changed
+    )
+
+
+def _show(value: Any) -> str:
+    # JSON keeps every value on one line (a newline in a string is escaped): the message and the
+    # history comment stay one line each
+    return "(unset)" if value is _UNSET else json.dumps(value)
