@@ -1,6 +1,7 @@
 """Reading rows from JSON lines, Parquet, saved datasets and the Hub, and the errors for each."""
 
 import json
+import random
 
 import datasets
 import huggingface_hub.constants
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhfkit.data.formats import Format, PreferenceExample, SFTExample
-from rlhfkit.data.loading import load_examples, read_rows
+from rlhfkit.data.loading import MAX_ROW_BYTES, load_examples, read_rows
 from rlhfkit.errors import DataError, RlhfkitError
 
 PAIRS = [
@@ -201,3 +202,180 @@ def test_unknown_hub_name_offline_is_one_line_error(monkeypatch):
     assert message.startswith("could not load dataset 'nobody/no-such-dataset': ")
     assert "\n" not in message and "Traceback" not in message
     assert caught.value.__suppress_context__
+
+
+# ----- hostile files: separators, huge, deep, binary, not UTF-8 --------------------------------
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_unicode_line_separators_inside_json_strings_are_not_line_breaks(tmp_path, separator):
+    # JSON allows these raw inside strings; only "\n" ends a JSON line.
+    row = {"prompt": f"a{separator}b", "completion": "c"}
+    path = write_jsonl(tmp_path / "sft.jsonl", [json.dumps(row, ensure_ascii=False)] * 2)
+    assert read_rows(path) == [(1, row), (2, row)]
+
+
+def test_windows_line_endings_are_read(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_bytes(b"".join(json.dumps(row).encode() + b"\r\n" for row in PAIRS))
+    assert read_rows(path) == [(1, PAIRS[0]), (2, PAIRS[1])]
+
+
+def test_a_line_past_the_row_limit_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    huge = json.dumps({"prompt": "p", "completion": "x" * MAX_ROW_BYTES})
+    path.write_text(json.dumps(PAIRS[0]) + "\n" + huge + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (
+        f"{path}: row 2: the line is longer than the limit of 16 MiB ({MAX_ROW_BYTES} bytes)"
+    )
+
+
+def test_a_line_just_within_the_row_limit_is_read(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    row = {"prompt": "p", "completion": ""}
+    row["completion"] = "x" * (MAX_ROW_BYTES - len(json.dumps(row)))
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    assert path.stat().st_size == MAX_ROW_BYTES + 1
+    assert read_rows(path) == [(1, row)]
+
+
+def test_deeply_nested_json_is_a_data_error(tmp_path):
+    deep = '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path = write_jsonl(tmp_path / "sft.jsonl", [json.dumps(PAIRS[0]), deep])
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}: row 2: JSON nested too deeply to read"
+    array = tmp_path / "sft.json"
+    array.write_text("[" + deep + "]", encoding="utf-8")
+    with pytest.raises(DataError, match=r"sft.json: JSON nested too deeply to read$"):
+        read_rows(array)
+
+
+def test_an_integer_too_long_for_python_is_a_data_error(tmp_path):
+    path = write_jsonl(tmp_path / "prefs.jsonl", ['{"margin": ' + "1" * 5000 + "}"])
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: row 1: malformed JSON: ") and "\n" not in message
+
+
+def test_a_line_that_is_not_utf8_names_its_row(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_bytes(json.dumps(PAIRS[0]).encode() + b'\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (
+        f"{path}: row 2: not UTF-8 text (invalid byte 0xe9 at byte 16 of the line)"
+    )
+
+
+def test_a_json_array_that_is_not_utf8(tmp_path):
+    path = tmp_path / "sft.json"
+    path.write_bytes(b'[{"prompt": "caf\xe9"}]')
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (invalid byte 0xe9 at byte 17)"
+
+
+def binary_bytes(size: int = 4096) -> bytes:
+    # Seeded, so the bytes (and whichever check they trip first) are the same each run.
+    return random.Random(0).randbytes(size)
+
+
+@pytest.mark.parametrize("name", ["data.jsonl", "data.json", "data.parquet", "data.bin"])
+def test_a_binary_file_is_a_one_line_data_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(binary_bytes())
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_a_binary_file_without_newlines_stops_at_the_row_limit(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(binary_bytes(64).replace(b"\n", b" ") * (MAX_ROW_BYTES // 64 + 1))
+    with pytest.raises(DataError, match=r"row 1: the line is longer than the limit of 16 MiB"):
+        read_rows(path)
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.json", "empty.parquet"])
+def test_an_empty_file_is_a_one_line_data_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+
+
+def test_a_folder_of_other_files_is_a_one_line_data_error(tmp_path):
+    folder = tmp_path / "not_saved"
+    folder.mkdir()
+    write_jsonl(folder / "sft.jsonl", [json.dumps(PAIRS[0])])
+    with pytest.raises(DataError) as caught:
+        read_rows(folder)
+    message = str(caught.value)
+    assert message.startswith(f"{folder}: not a dataset directory saved with save_to_disk: ")
+    assert "\n" not in message
+
+
+# ----- local paths never go to the Hub; Hub names still do -------------------------------------
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """`datasets.load_dataset` replaced by a recorder that serves the first pair, so no test
+    calls the network; the names it was called with are in the returned list."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = []
+
+    def load_dataset(name, split):
+        asked.append(name)
+        return datasets.Dataset.from_list(PAIRS[:1])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("dat/sft.jsonl", "no such file"),
+        ("dat/sft.json", "no such file"),
+        ("dat/sft.parquet", "no such file"),
+        ("dat/sft.csv", "no such file"),
+        ("sft.JSONL", "no such file"),
+        ("data/typo", "no such file or directory"),  # data/ exists here
+        ("./sft", "no such file or directory"),
+        ("dat/sub/sft", "no such file or directory"),
+        ("~/sft", "no such file or directory"),
+        ("my data/sft", "no such file or directory"),  # a space: no Hub id has one
+    ],
+)
+def test_a_missing_local_path_fails_at_once_without_the_hub(
+    tmp_path, monkeypatch, hub, name, message
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError) as caught:
+        read_rows(name)
+    assert str(caught.value) == f"{name}: {message}"
+    assert hub == []
+
+
+@pytest.mark.parametrize("name", ["x" * 5000 + ".jsonl", "dat/" + "x" * 5000])
+def test_a_name_too_long_for_the_file_system_is_a_one_line_data_error(hub, name):
+    with pytest.raises(DataError) as caught:
+        read_rows(name)
+    assert str(caught.value) == f"{name}: not a usable path: File name too long"
+    assert hub == []
+
+
+@pytest.mark.parametrize("name", ["owner/name", "name", "dat/sft", "org-x/set_v1.2"])
+def test_hub_names_that_are_not_local_paths_still_go_to_the_hub(tmp_path, monkeypatch, hub, name):
+    monkeypatch.chdir(tmp_path)
+    assert read_rows(name) == [(1, PAIRS[0])]
+    assert hub == [name]

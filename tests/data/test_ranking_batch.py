@@ -75,3 +75,16 @@ def test_other_data_and_rows_without_a_preference_are_refused(tokenizer, tmp_pat
     )
     with pytest.raises(RlhfkitError, match="nothing to prefer"):
         load_ranked_groups(ties, tokenizer, **settings)
+
+
+def test_contradictory_rows_are_dropped_and_named_in_the_report(tokenizer, tmp_path):
+    settings = dict(max_length=64, truncation="keep_start", needed_by="DPO")
+    same = {"prompt": "what is two", "chosen": " three", "rejected": " three"}
+    good = {"prompt": "what is two", "chosen": " three", "rejected": " the cat"}
+    pairs = write_rows(tmp_path / "pairs.jsonl", [same, good, same, same])
+    groups, report = load_ranked_groups(pairs, tokenizer, **settings)
+    assert len(groups) == 1 and groups[0].ranks == (0, 1)
+    assert report.summary() == "4 rows: 1 kept (0 truncated), 3 dropped (chosen equals rejected: 3)"
+    only_same = write_rows(tmp_path / "same.jsonl", [same])
+    with pytest.raises(RlhfkitError, match=r"chosen equals rejected: 1\)\): nothing to prefer"):
+        load_ranked_groups(only_same, tokenizer, **settings)

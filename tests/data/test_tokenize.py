@@ -4,10 +4,12 @@ Token lists below are hand-checked against the seeded tiny tokenizer of `conftes
 """
 
 import copy
+import random
 
 import pytest
 from transformers import AutoTokenizer
 
+from rlhfkit.data import tokenize
 from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample
 from rlhfkit.data.tokenize import (
     EncodedExample,
@@ -298,3 +300,147 @@ def test_sft_tokenisation_with_a_bos_and_without(bos_tokenizer, tiny_model_dir):
     for example, row in zip(examples, encoded):
         plain = tiny(example.prompt + example.completion, add_special_tokens=False)["input_ids"]
         assert row.input_ids == plain + [tiny.eos_token_id]
+
+
+# ----- long rows: cut to a character window before they are tokenised ------------------------
+
+
+class RecordingTokenizer:
+    """A tokenizer that remembers the longest text it was asked to tokenise."""
+
+    def __init__(self, inner):
+        self.inner, self.longest = inner, 0
+
+    def __call__(self, text, **kwargs):
+        self.longest = max(self.longest, len(text))
+        return self.inner(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def tokenize_sft_whole(monkeypatch, tokenizer, examples, **settings):
+    """`tokenize_sft` with every text tokenised whole however long, as before windows existed."""
+    with monkeypatch.context() as patched:
+        patched.setattr(tokenize, "CHARS_PER_TOKEN", 10**9)
+        return tokenize_sft(tokenizer, examples, **settings)
+
+
+HUGE = " the cat sat on the mat" * 200_000  # 4.6 MB of text
+
+
+@pytest.mark.parametrize(
+    "truncation, prompt, completion, reasons",
+    [
+        ("keep_start", PROMPT, HUGE, {}),
+        ("keep_end", "what is" + HUGE, COMPLETION, {}),
+        ("keep_end", PROMPT, HUGE, {"completion does not fit in max_length": 1}),
+        ("drop", PROMPT, HUGE, {"too long": 1}),
+        ("drop", HUGE, COMPLETION, {"too long": 1}),
+    ],
+)
+def test_a_huge_row_is_never_tokenised_whole(
+    tokenizer, monkeypatch, truncation, prompt, completion, reasons
+):
+    recording = RecordingTokenizer(tokenizer)
+    example = SFTExample(prompt, completion)
+    encoded, report = tokenize_sft(recording, [example], max_length=64, truncation=truncation)
+    assert recording.longest < 10_000
+    assert report.reasons == reasons
+    # the same result as tokenising a 40,000-character window whole, on the kept side
+    cut = 40_000
+    if truncation == "keep_end":
+        kept_prompt = max(0, cut - len(completion))
+        shorter = SFTExample(prompt[len(prompt) - kept_prompt :], completion[-cut:])
+    else:
+        shorter = SFTExample(prompt[:cut], completion[: cut - min(len(prompt), cut)])
+    want = tokenize_sft_whole(
+        monkeypatch, tokenizer, [shorter], max_length=64, truncation=truncation
+    )
+    assert (encoded, report) == want
+    assert all(len(row.input_ids) == 64 and row.truncated for row in encoded)
+
+
+def long_text(seed: int, words: int = 800) -> str:
+    rng = random.Random(seed)
+    return " " + " ".join(
+        rng.choice(["the", "cat", "sat", "on", "a", "mat", "two"]) for _ in range(words)
+    )
+
+
+LONG_CASES = {
+    "long prompt": (PROMPT + long_text(1), COMPLETION),
+    "long completion": (PROMPT, long_text(2)),
+    "both long": (PROMPT + long_text(3), long_text(4)),
+    "one long word": (PROMPT, " " + "thecatsat" * 600),
+    "chat, long question": ([{"role": "user", "content": long_text(5)}], [ASSISTANT]),
+    "chat, long answer": ([USER], [{"role": "assistant", "content": long_text(6)}]),
+}
+
+
+@pytest.mark.parametrize("chars_per_token", [1, 8])  # 1: a first guess too small, widened
+@pytest.mark.parametrize("truncation", list(Truncation))
+@pytest.mark.parametrize("case", list(LONG_CASES))
+@pytest.mark.parametrize("which", ["tokenizer", "bos_tokenizer"])
+def test_a_cut_window_gives_what_the_whole_text_gives(
+    request, monkeypatch, which, case, truncation, chars_per_token
+):
+    chosen_tokenizer = request.getfixturevalue(which)
+    monkeypatch.setattr(tokenize, "CHARS_PER_TOKEN", chars_per_token)
+    prompt, completion = LONG_CASES[case]
+    examples = [SFTExample(prompt, completion)]
+    recording = RecordingTokenizer(chosen_tokenizer)
+    windowed = tokenize_sft(recording, examples, max_length=16, truncation=truncation)
+    whole = tokenize_sft_whole(
+        monkeypatch, chosen_tokenizer, examples, max_length=16, truncation=truncation
+    )
+    assert windowed == whole
+    longest_text = len(render_text(chosen_tokenizer, prompt, as_prompt=False)) + len(
+        render_text(chosen_tokenizer, completion, as_prompt=False)
+    )
+    assert recording.longest < longest_text
+
+
+def test_rows_within_the_budget_are_tokenised_whole(tokenizer):
+    recording = RecordingTokenizer(tokenizer)
+    example = SFTExample(PROMPT, long_text(7, words=100))
+    encoded, _ = tokenize_sft(recording, [example], max_length=8, truncation="keep_start")
+    assert recording.longest == len(PROMPT + example.completion)
+    whole = tokenizer(PROMPT + example.completion)["input_ids"]
+    assert encoded[0].input_ids == whole[:8]
+
+
+# ----- contradictory preferences ---------------------------------------------------------------
+
+
+def test_a_pair_whose_chosen_equals_rejected_is_dropped_and_counted(tokenizer):
+    examples = [
+        PreferenceExample(PROMPT, COMPLETION, " two"),
+        PreferenceExample(PROMPT, COMPLETION, COMPLETION),
+        PreferenceExample([USER], [ASSISTANT], [ASSISTANT]),
+        # different texts, but the same tokens once cut to max_length: nothing to compare
+        PreferenceExample(PROMPT, " the cat" * 40 + " two", " the cat" * 40 + " a"),
+    ]
+    pairs, report = tokenize_preferences(
+        tokenizer, examples, max_length=64, truncation="keep_start"
+    )
+    assert len(pairs) == 1
+    assert tokens(tokenizer, pairs[0][1])[-2:] == ["Ġtwo", EOS]
+    assert report.summary() == "4 rows: 1 kept (0 truncated), 3 dropped (chosen equals rejected: 3)"
+
+
+def test_rankings_without_a_usable_preference_are_dropped_and_counted(tokenizer):
+    long = " three the cat sat on the mat"
+    examples = [
+        RankingExample(PROMPT, (COMPLETION, " two", " a"), (0, 1, 2)),
+        RankingExample(PROMPT, (COMPLETION, " two"), (0, 0)),  # all tied
+        RankingExample(PROMPT, (COMPLETION, " two", COMPLETION), (0, 1, 2)),  # above and below
+        RankingExample(PROMPT, (COMPLETION, COMPLETION, " two"), (0, 0, 1)),  # copies tied: fine
+        RankingExample(PROMPT, (long, COMPLETION, " two"), (0, 1, 1)),  # all tied once cut
+    ]
+    rankings, report = tokenize_rankings(tokenizer, examples, max_length=6, truncation="drop")
+    assert [ranks for _, ranks in rankings] == [(0, 1, 2), (0, 0, 1)]
+    assert report.summary() == (
+        "5 rows: 2 kept (0 truncated), 3 dropped (all responses tied: 2, "
+        "identical responses ranked apart: 1); 1 responses dropped (too long: 1)"
+    )

@@ -2,12 +2,17 @@
 
 Every source gives the same thing: `(row_number, row)` pairs with 1-based row numbers, so that
 validation errors point at a line a user can open. Failures are `RlhfkitError`s with a one-line
-message; no library traceback text reaches the user.
+message (`DataError`s naming the file, and the row where there is one); no library traceback
+text reaches the user.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
+from collections.abc import Iterator
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,16 @@ from rlhfkit.errors import DataError, RlhfkitError
 
 JSON_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+DATA_FILE_SUFFIXES = JSON_SUFFIXES + PARQUET_SUFFIXES + (".csv",)
+"""Endings that mark a name as a file, never a dataset on the Hub."""
+
+MAX_ROW_BYTES = 16 * 1024 * 1024
+"""The longest line of a JSON lines file, in bytes (16 MiB). A longer line is a `DataError`
+naming it, read no further than the limit: a file without newlines or a pasted binary cannot
+fill the memory. Real rows are far shorter, and text past `max_length` tokens is cut anyway."""
+
+# What the Hub accepts as a dataset id: `name` or `owner/name`, letters, digits, '-', '_', '.'.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 Rows = list[tuple[int, dict]]
 
@@ -34,29 +49,40 @@ def read_rows(path: str | Path) -> Rows:
         number (blank lines are skipped but counted).
 
     Raises:
-        DataError: a malformed line, or a line that is not a JSON object.
-        RlhfkitError: a missing file, an unreadable source, or a dataset with no rows.
+        DataError: a malformed, non-UTF-8, too deeply nested or too long (`MAX_ROW_BYTES`)
+            line, a line that is not a JSON object, a missing or unreadable file, a directory
+            that is not a saved dataset, or a dataset with no rows.
+        RlhfkitError: a Hub dataset that could not be loaded.
     """
     source = Path(path)
     suffix = source.suffix.lower()
-    if source.is_dir():
+    try:
+        is_dir, is_file, exists = source.is_dir(), source.is_file(), source.exists()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        message = f"not a usable path: {error.strerror or _short(error)}"
+        raise DataError(str(path), None, None, message) from None
+    if is_dir:
         rows = _read_saved_dataset(source)
-    elif suffix in JSON_SUFFIXES + PARQUET_SUFFIXES:
-        if not source.is_file():
-            raise RlhfkitError(f"{path}: no such file")
-        rows = _read_json(source) if suffix in JSON_SUFFIXES else _read_parquet(source)
-    elif source.exists():
-        raise RlhfkitError(
-            f"{path}: unsupported file type '{suffix or source.name}'; use .jsonl, .json, "
-            ".parquet, a directory saved with datasets' save_to_disk, or a dataset name"
+    elif is_file and suffix in JSON_SUFFIXES:
+        rows = _read_json(source)
+    elif is_file and suffix in PARQUET_SUFFIXES:
+        rows = _read_parquet(source)
+    elif exists:
+        raise DataError(
+            str(path),
+            None,
+            None,
+            f"unsupported file type '{suffix or source.name}'; use .jsonl, .json, .parquet, "
+            "a directory saved with datasets' save_to_disk, or a dataset name",
         )
+    elif suffix in DATA_FILE_SUFFIXES:
+        raise DataError(str(path), None, None, "no such file")
     elif _looks_like_local_path(str(path)):
-        # Sending "./data/missing" to the Hub would only turn a typo into a network error.
-        raise RlhfkitError(f"{path}: no such file or directory")
+        raise DataError(str(path), None, None, "no such file or directory")
     else:
         rows = _read_hub(str(path))
     if not rows:
-        raise RlhfkitError(f"{path}: the dataset has no rows")
+        raise DataError(str(path), None, None, "the dataset has no rows")
     return rows
 
 
@@ -76,13 +102,19 @@ def load_examples(path: str | Path, fmt: Format | str) -> list[Example]:
 
 
 def _looks_like_local_path(name: str) -> bool:
-    """Hub names are `name` or `owner/name`; anything else with path syntax is meant locally."""
-    return (
-        name.startswith((".", "/", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-        or Path(name).is_absolute()
-    )
+    """Whether a name that exists neither as a file nor as a folder was meant as a local path.
+
+    Such a name fails at once with "no such file"; sent to the Hub, a typo would only become a
+    network error half a minute later. The rule looks at the name and at most one folder:
+    - the Hub takes only `name` or `owner/name` made of letters, digits, '-', '_' and '.',
+      never starting with '.' or '-'; anything else (`./x`, `a/b/c`, `~/x`, `C:\\x`) is a path;
+    - `owner/name` whose `owner` is a folder here (`data/typo` when `data/` exists) is a path.
+    Names ending in a data-file extension are caught before this (`DATA_FILE_SUFFIXES`).
+    """
+    if not _HUB_ID.fullmatch(name) or name.startswith((".", "-")):
+        return True
+    owner, slash, _ = name.partition("/")
+    return bool(slash) and Path(owner).is_dir()
 
 
 def _short(error: BaseException) -> str:
@@ -93,40 +125,88 @@ def _short(error: BaseException) -> str:
 
 def _read_json(path: Path) -> Rows:
     try:
-        # utf-8-sig also reads files that start with a byte order mark.
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as error:
-        raise RlhfkitError(f"{path}: could not read the file: {_short(error)}") from None
-    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
-        return _read_json_array(path, text)
-    rows = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        rows.append((line_number, _parse_object(path, line_number, line)))
-    return rows
+        if path.suffix.lower() == ".json" and _holds_array(path):
+            return _read_json_array(path)
+        rows = []
+        for line_number, line in _json_lines(path):
+            if line.strip():
+                rows.append((line_number, _parse_object(path, line_number, line)))
+        return rows
+    except OSError as error:
+        message = f"could not read the file: {_short(error)}"
+        raise DataError(str(path), None, None, message) from None
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, str]]:
+    r"""`(line_number, line)` of a JSON lines file, split on "\n" only ("\r\n" read too).
+
+    Not `str.splitlines()`: it also breaks at U+2028, U+2029 and U+0085, which JSON allows raw
+    inside strings. Each line is read up to `MAX_ROW_BYTES` and decoded on its own, so an
+    error names the line.
+    """
+    with open(path, "rb") as file:
+        for line_number in count(1):
+            raw = file.readline(MAX_ROW_BYTES + 1)
+            if not raw:
+                return
+            line = raw.removesuffix(b"\n")
+            if len(line) > MAX_ROW_BYTES:
+                limit = f"{MAX_ROW_BYTES // 2**20} MiB"
+                message = f"the line is longer than the limit of {limit} ({MAX_ROW_BYTES} bytes)"
+                raise DataError(str(path), line_number, None, message)
+            # utf-8-sig also reads files that start with a byte order mark.
+            encoding = "utf-8-sig" if line_number == 1 else "utf-8"
+            yield line_number, _decode(path, line_number, line.removesuffix(b"\r"), encoding)
+
+
+def _decode(path: Path, row: int | None, data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        where = f"byte {error.start + 1}" + (" of the line" if row is not None else "")
+        message = f"not UTF-8 text (invalid byte 0x{data[error.start]:02x} at {where})"
+        raise DataError(str(path), row, None, message) from None
 
 
 def _parse_object(path: Path, line_number: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        message = f"malformed JSON: {error.msg} (column {error.colno})"
-        raise DataError(str(path), line_number, None, message) from None
+    row = _parse_json(path, line_number, line)
     if not isinstance(row, dict):
         got = _json_type(row)
         raise DataError(str(path), line_number, None, f"expected a JSON object, got {got}")
     return row
 
 
-def _read_json_array(path: Path, text: str) -> Rows:
-    """A `.json` file holding one array of objects; row number = position in the array."""
+def _parse_json(path: Path, row: int | None, text: str) -> Any:
+    """`json.loads`, with every way it can fail as a one-line `DataError`."""
     try:
-        items = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        # The array spans many lines, so the position is a line, not a row number.
-        message = f"malformed JSON: {error.msg} (line {error.lineno}, column {error.colno})"
-        raise DataError(str(path), None, None, message) from None
+        # A whole array spans many lines, so there the position is a line, not a row number.
+        line = f"line {error.lineno}, " if row is None else ""
+        message = f"malformed JSON: {error.msg} ({line}column {error.colno})"
+    except RecursionError:
+        message = "JSON nested too deeply to read"
+    except ValueError as error:  # e.g. an integer past Python's 4300-digit limit
+        message = f"malformed JSON: {_short(error)}"
+    raise DataError(str(path), row, None, message)
+
+
+_PEEK_BYTES = 64 * 1024
+
+
+def _holds_array(path: Path) -> bool:
+    """Whether a `.json` file holds one array: its first character past blanks is '['."""
+    with open(path, "rb") as file:
+        chunk = file.read(_PEEK_BYTES).removeprefix(codecs.BOM_UTF8)
+        while chunk and not chunk.strip():
+            chunk = file.read(_PEEK_BYTES)
+    return chunk.lstrip().startswith(b"[")
+
+
+def _read_json_array(path: Path) -> Rows:
+    """A `.json` file holding one array of objects; row number = position in the array. The
+    array is one JSON document, so it is read whole (`MAX_ROW_BYTES` is for JSON lines)."""
+    items = _parse_json(path, None, _decode(path, None, path.read_bytes(), "utf-8-sig"))
     rows = []
     for row_number, item in enumerate(items, start=1):
         if not isinstance(item, dict):
@@ -148,7 +228,8 @@ def _read_parquet(path: Path) -> Rows:
     try:
         records = pyarrow.parquet.read_table(path).to_pylist()
     except Exception as error:  # pyarrow raises several unrelated types for a bad file
-        raise RlhfkitError(f"{path}: could not read the Parquet file: {_short(error)}") from None
+        message = f"could not read the Parquet file: {_short(error)}"
+        raise DataError(str(path), None, None, message) from None
     return list(enumerate(records, start=1))
 
 
@@ -158,12 +239,13 @@ def _read_saved_dataset(path: Path) -> Rows:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises FileNotFoundError, ValueError, ...
-        message = f"{path}: not a dataset directory saved with save_to_disk: {_short(error)}"
-        raise RlhfkitError(message) from None
+        message = f"not a dataset directory saved with save_to_disk: {_short(error)}"
+        raise DataError(str(path), None, None, message) from None
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             splits = ", ".join(f"'{name}'" for name in loaded) or "none"
-            raise RlhfkitError(f"{path}: the saved dataset has no 'train' split (splits: {splits})")
+            message = f"the saved dataset has no 'train' split (splits: {splits})"
+            raise DataError(str(path), None, None, message)
         loaded = loaded["train"]
     return list(enumerate(loaded.to_list(), start=1))
 

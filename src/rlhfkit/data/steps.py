@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.formats import StepsExample
-from rlhfkit.data.tokenize import DropReason, TokenizeReport, encode_rendered, render_text
+from rlhfkit.data.tokenize import DropReason, TokenizeReport, encode_window, render_text
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,10 @@ def encode_steps(
     text, ends, ids = prompt, [], []
     for step in example.completions:
         text += separator + step
-        ids = encode_rendered(tokenizer, text, templated=templated)
+        # a huge step is cut to a window first: only whether it fits in max_length matters
+        (ids,), _ = encode_window(
+            tokenizer, [text], templated=templated, max_length=max_length, keep_end=False
+        )
         if len(ids) > max_length:
             break
         ends.append(len(ids) - 1)

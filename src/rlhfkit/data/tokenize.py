@@ -12,6 +12,11 @@ badly without it. A chat template's output is tokenised as written: the template
 
 Rows that do not fit in `max_length` are truncated or dropped according to `Truncation`, and
 every drop and every truncation is counted in a `TokenizeReport`; nothing is lost silently.
+A long text is cut to a character budget before it is tokenised (`encode_window`), so one
+huge row costs the memory of `max_length` tokens, not of the whole row.
+
+Preference pairs and rankings that contradict themselves (the same response on both sides, a
+ranking that is all ties) carry no signal and are dropped and counted like the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class DropReason(str, Enum):
     NO_COMPLETION_TOKENS = "no completion tokens left"
     COMPLETION_TOO_LONG = "completion does not fit in max_length"
     TOO_FEW_RESPONSES = "fewer than two responses left"
+    CHOSEN_EQUALS_REJECTED = "chosen equals rejected"
+    SAME_RESPONSE_RANKED_APART = "identical responses ranked apart"
+    ALL_TIED = "all responses tied"
 
 
 @dataclass(frozen=True)
@@ -147,6 +155,45 @@ def encode_rendered(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
     return ids if ids[: len(prefix)] == prefix else prefix + ids
 
 
+CHARS_PER_TOKEN = 8
+"""First guess of the characters one token covers, for the character budget of `encode_window`
+(English text averages about 4). Text with longer tokens gets a budget doubled until it fits."""
+CUT_MARGIN_TOKENS = 64
+"""Tokens a cut window must hold beyond `max_length`. Cutting a text can change the tokens next
+to the cut (a word split in two); the margin keeps those tokens out of the ones kept."""
+
+
+def encode_window(
+    tokenizer: Any, texts: list[str], *, templated: bool, max_length: int, keep_end: bool
+) -> tuple[list[list[int]], bool]:
+    """Token ids of texts that each extend the one before (a prompt, then the prompt with its
+    completion), tokenising no more of them than `max_length` tokens need.
+
+    Texts within the character budget are tokenised whole, exactly as `encode_rendered` does.
+    Longer ones are all cut at the same character offsets, to the first `budget` characters of
+    the last text, or its last `budget` when `keep_end`. The budget starts at
+    `CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)` and doubles until the last text's
+    window holds `max_length + CUT_MARGIN_TOKENS` tokens, which checks, rather than assumes,
+    that the window covers every token kept; at worst the window grows to the whole text.
+
+    Returns:
+        The ids of each text (or of its window), and whether the texts were cut. When they
+        were, the last text has more than `max_length` tokens.
+    """
+    budget = CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)
+    longest = len(texts[-1])
+    while longest > budget:
+        if keep_end:
+            windows = [text[longest - budget :] for text in texts]
+        else:
+            windows = [text[:budget] for text in texts]
+        ids = [encode_rendered(tokenizer, window, templated=templated) for window in windows]
+        if len(ids[-1]) >= max_length + CUT_MARGIN_TOKENS:
+            return ids, True
+        budget *= 2  # the window's tokens are longer than the guess: widen it
+    return [encode_rendered(tokenizer, text, templated=templated) for text in texts], False
+
+
 def encode_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> list[int]:
     """Token ids of a string (plain, with the tokenizer's BOS if it adds one) or of a list of
     messages (through the chat template, as written; `as_prompt` opens the assistant turn)."""
@@ -209,8 +256,15 @@ def _encode(
         prompt_text = render_text(tokenizer, prompt, as_prompt=True)
         full_text = render_text(tokenizer, list(prompt) + list(completion), as_prompt=False)
     # A chat template writes its own special tokens; plain text gets the tokenizer's BOS
-    prompt_ids = encode_rendered(tokenizer, prompt_text, templated=not plain)
-    input_ids = encode_rendered(tokenizer, full_text, templated=not plain)
+    (prompt_ids, input_ids), cut = encode_window(
+        tokenizer,
+        [prompt_text, full_text],
+        templated=not plain,
+        max_length=max_length,
+        keep_end=truncation is Truncation.KEEP_END,
+    )
+    if cut and truncation is Truncation.DROP:
+        return DropReason.TOO_LONG  # its window alone holds more than max_length tokens
     if plain and add_eos:
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -315,7 +369,9 @@ def tokenize_preferences(
     """Tokenise preference pairs as `(chosen, rejected, margin)`.
 
     A pair is dropped when either side drops (the reason counted is the chosen side's first,
-    then the rejected side's); a pair is counted as truncated when either side was.
+    then the rejected side's), and when chosen and rejected are the same tokens: such a pair
+    has a loss of constant value, so it teaches nothing and only dilutes the batch. A pair is
+    counted as truncated when either side was.
     """
     truncation = Truncation(truncation)
     report = TokenizeReport()
@@ -326,6 +382,9 @@ def tokenize_preferences(
         )
         if isinstance(chosen, DropReason) or isinstance(rejected, DropReason):
             report.add_dropped(chosen if isinstance(chosen, DropReason) else rejected)
+            continue
+        if chosen.input_ids == rejected.input_ids:
+            report.add_dropped(DropReason.CHOSEN_EQUALS_REJECTED)
             continue
         report.add_kept(chosen.truncated or rejected.truncated)
         pairs.append((chosen, rejected, example.margin))
@@ -342,8 +401,10 @@ def tokenize_rankings(
     """Tokenise rankings as `(responses, ranks)`, best response first.
 
     A response that drops is removed together with its rank, so ranks stay aligned; it is
-    counted in `report.responses_dropped`. A ranking left with fewer than two responses is
-    dropped. A ranking is counted as truncated when any kept response was.
+    counted in `report.responses_dropped`. A ranking is dropped when it is left with fewer than
+    two responses, when all its responses are tied (no pair to learn from), or when the same
+    tokens appear at two different ranks (see `_contradiction`). A ranking is counted as
+    truncated when any kept response was.
     """
     truncation = Truncation(truncation)
     report = TokenizeReport()
@@ -363,6 +424,28 @@ def tokenize_rankings(
         if len(kept_responses) < 2:
             report.add_dropped(DropReason.TOO_FEW_RESPONSES)
             continue
+        contradiction = _contradiction(kept_responses, kept_ranks)
+        if contradiction is not None:
+            report.add_dropped(contradiction)
+            continue
         report.add_kept(any(response.truncated for response in kept_responses))
         rankings.append((kept_responses, tuple(kept_ranks)))
     return rankings, report
+
+
+def _contradiction(responses: list[EncodedExample], ranks: list[int]) -> DropReason | None:
+    """Why a ranking carries no usable signal, or None.
+
+    All ties: no response is preferred to another. One response at two ranks: the ranking says
+    it is better (or worse) than itself, so its comparisons with the responses ranked between
+    the two copies contradict each other. The row is dropped rather than the copies merged into
+    a tie, because a merge would have to pick one of the two ranks and silently discard the
+    other judgement. (A pair whose chosen equals its rejected is the two-response case.)
+    """
+    if len(set(ranks)) == 1:
+        return DropReason.ALL_TIED
+    rank_of: dict[tuple[int, ...], int] = {}
+    for response, rank in zip(responses, ranks):
+        if rank_of.setdefault(tuple(response.input_ids), rank) != rank:
+            return DropReason.SAME_RESPONSE_RANKED_APART
+    return None
