@@ -346,7 +346,7 @@ def main() -> None:
         run(sys.argv[1:])
     except RlhfkitError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_status", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

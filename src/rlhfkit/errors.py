@@ -1,4 +1,5 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with status 2."""
+"""Errors a user can fix. The CLI prints them as one line and exits with status 2 (3 for a
+numerical fault)."""
 
 
 class RlhfkitError(Exception):
@@ -20,3 +21,10 @@ class DataError(RlhfkitError):
         if field is not None:
             where += f": field '{field}'"
         super().__init__(f"{where}: {message}")
+
+
+class NumericalFault(RlhfkitError):
+    """Training diverged: non-finite losses or gradients past the allowed skips, or a model
+    with non-finite weights about to be saved. The CLI exits with status 3."""
+
+    exit_status = 3

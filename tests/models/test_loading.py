@@ -1,7 +1,13 @@
+"""Loading a model directory as it was saved, and every fault of one as a one-line error."""
+
+import json
+import pickle
 import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -35,3 +41,119 @@ def test_missing_pad_token_falls_back_to_eos(tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(copy)
     reloaded = load_tokenizer(copy)
     assert reloaded.pad_token_id == reloaded.eos_token_id is not None
+
+
+def truncate_weights(model_dir):
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def replace_weights_with_pickle(model_dir):
+    # a pickle that creates a file when loaded: the loader must refuse it without unpickling
+    marker = model_dir / "unpickled"
+
+    class RunsCode:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "pytorch_model.bin").write_bytes(pickle.dumps(RunsCode()))
+
+
+def drop_one_tensor(model_dir):
+    tensors = load_file(model_dir / "model.safetensors")
+    del tensors["model.layers.0.mlp.up_proj.weight"]
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+
+
+def edit_config(**changes):
+    def edit(model_dir):
+        config = json.loads((model_dir / "config.json").read_text())
+        config.update(changes)
+        (model_dir / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def save_bert_for_masked_lm(model_dir):
+    for name in ("config.json", "model.safetensors"):
+        (model_dir / name).unlink()
+    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+    BertForMaskedLM(config).save_pretrained(model_dir)
+
+
+def save_reward_model(model_dir):
+    scorer = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    scorer.save_pretrained(model_dir)
+
+
+BROKEN_MODELS = {
+    "no-weights": (lambda d: (d / "model.safetensors").unlink(), "no weights (model.safetensors)"),
+    "config-not-json": (
+        lambda d: (d / "config.json").write_text('{"model_type": "llama",'),
+        "config.json is not valid JSON (Expecting property name",
+    ),
+    "config-a-list": (
+        lambda d: (d / "config.json").write_text("[1, 2]"),
+        "config.json holds a list, not a mapping",
+    ),
+    "no-model-type": (edit_config(model_type=None), "config.json names no model_type"),
+    "unknown-model-type": (edit_config(model_type="llamma"), "model type 'llamma' is unknown"),
+    "t5-config": (edit_config(model_type="t5"), "a 't5' model is not a causal language model"),
+    "bert": (save_bert_for_masked_lm, "holds a BertForMaskedLM, not a causal language model"),
+    "reward-model": (save_reward_model, "holds a LlamaForSequenceClassification, not a causal"),
+    "truncated-weights": (truncate_weights, "the weights are damaged or truncated"),
+    "pickle-weights": (replace_weights_with_pickle, "pytorch_model.bin, a pickle file; only"),
+    "missing-tensor": (drop_one_tensor, "lack 1 of the model's tensors (first: model.layers.0"),
+    "wrong-shapes": (edit_config(intermediate_size=128), "do not have the shape config.json"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_MODELS))
+def test_a_broken_model_directory_is_one_line_naming_it_and_the_fault(
+    name, tiny_model_dir, tmp_path
+):
+    breaks, fault = BROKEN_MODELS[name]
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    breaks(model_dir)
+    with pytest.raises(RlhfkitError) as caught:
+        load_causal_lm(model_dir)
+    message = str(caught.value)
+    assert message.startswith(f"model directory {model_dir}: ") and fault in message
+    assert len(message.splitlines()) == 1
+    assert not (model_dir / "unpickled").exists()
+
+
+BROKEN_TOKENIZERS = {
+    "no-tokenizer": (
+        ("tokenizer.json", "tokenizer_config.json"),
+        None,
+        "no tokenizer (tokenizer.json or tokenizer_config.json)",
+    ),
+    "tokenizer-not-json": ((), "{not json", "the tokenizer cannot be loaded (JSONDecodeError"),
+    "tokenizer-wrong-json": ((), '{"a": 1}', "the tokenizer cannot be loaded (KeyError"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_TOKENIZERS))
+def test_a_missing_or_broken_tokenizer_is_one_line_naming_the_directory(
+    name, tiny_model_dir, tmp_path
+):
+    removed, tokenizer_json, fault = BROKEN_TOKENIZERS[name]
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    for file_name in removed:
+        (model_dir / file_name).unlink()
+    if tokenizer_json is not None:
+        (model_dir / "tokenizer.json").write_text(tokenizer_json)
+    with pytest.raises(RlhfkitError) as caught:
+        load_tokenizer(model_dir)
+    message = str(caught.value)
+    assert message.startswith(f"model directory {model_dir}: ") and fault in message
+    assert len(message.splitlines()) == 1
+
+
+def test_a_broken_config_is_named_by_the_tokenizer_loader_too(tiny_model_dir, tmp_path):
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    (model_dir / "config.json").write_text("{")
+    with pytest.raises(RlhfkitError, match="config.json is not valid JSON"):
+        load_tokenizer(model_dir)

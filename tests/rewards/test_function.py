@@ -1,3 +1,4 @@
+import signal
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ from rlhfkit.rewards.function import FunctionReward, RewardFunctionError, load_r
 
 REWARD_FILE = """
 import math
+import sys
 import time
 
 import torch
@@ -77,6 +79,20 @@ def batch_only(prompts, responses, **kwargs):
     if len(responses) > 1:
         raise RuntimeError("cannot batch")
     return [1.0]
+
+
+def exits_on_bad(prompts, responses, **kwargs):
+    if "bad" in responses:
+        sys.exit(int(kwargs["answer"][responses.index("bad")]))
+    return [1.0] * len(responses)
+
+
+def bare_exit(prompts, responses, **kwargs):
+    sys.exit()
+
+
+def interrupts(prompts, responses, **kwargs):
+    raise KeyboardInterrupt
 """
 
 PROMPTS = [
@@ -260,3 +276,55 @@ def test_metadata_columns_that_clash_with_arguments_are_refused(reward_file):
 def test_timeout_must_be_positive(reward_file):
     with pytest.raises(RlhfkitError, match="timeout_s must be positive"):
         source(reward_file, "length", timeout_s=0)
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0], ids=["on-the-main-thread", "with-a-deadline"])
+def test_sys_exit_in_the_function_is_an_error_naming_the_sample(reward_file, timeout_s):
+    # the answer column gives the exit status: sample 1's is 2, sample 0's would be 1
+    message = failure(reward_file, "exits_on_bad", ["1", "bad", "3"], timeout_s)
+    assert "raised SystemExit(2) from sys.exit" in message
+    assert "on sample 1 ('Q: second prompt about pens A:')" in message
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0], ids=["on-the-main-thread", "with-a-deadline"])
+def test_a_bare_sys_exit_is_an_error_too(reward_file, timeout_s):
+    assert "raised SystemExit(None) from sys.exit" in failure(
+        reward_file, "bare_exit", ["1"], timeout_s
+    )
+
+
+def test_a_keyboard_interrupt_the_function_raises_off_the_main_thread_is_its_error(reward_file):
+    # a Ctrl-C never reaches the deadline's worker thread: this one is the function's own
+    try:
+        message = failure(reward_file, "interrupts", ["1", "2"], timeout_s=5.0)
+    except KeyboardInterrupt:  # caught here, or it would stop the whole test session
+        pytest.fail("the function's own KeyboardInterrupt passed for a Ctrl-C")
+    assert "raised KeyboardInterrupt on sample 0 ('Q: first prompt A:')" in message
+
+
+def test_a_keyboard_interrupt_on_the_main_thread_still_stops_the_run(reward_file):
+    # without a deadline the function runs on the main thread, where its own KeyboardInterrupt
+    # and the user's Ctrl-C look the same: both stop the run as a Ctrl-C does
+    with pytest.raises(KeyboardInterrupt):
+        source(reward_file, "interrupts").score(PROMPTS[:1], ["1"])
+
+
+def test_ctrl_c_while_the_function_runs_with_a_deadline_stops_the_run(reward_file):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    reward = source(reward_file, "slow", timeout_s=30.0)
+    ctrl_c = threading.Timer(
+        0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+    )
+    ctrl_c.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reward.score(PROMPTS[:1], ["1"])
+    finally:
+        ctrl_c.cancel()
+
+
+def test_a_file_that_exits_while_loading_is_an_error_naming_the_spec(tmp_path):
+    path = tmp_path / "exits.py"
+    path.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(RlhfkitError, match=rf"'{path}:f': loading .* raised SystemExit: 3$"):
+        load_reward_function(f"{path}:f")

@@ -1,18 +1,23 @@
 """Atomic checkpoints, the latest one, pruning, RNG state, and an exact resume end to end."""
 
 import json
+import os
+import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
 
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
+    checkpoint_damage,
     checkpoint_step,
     latest_checkpoint,
     load_torch_state,
     restore_rng_state,
+    resumable_checkpoint,
     save_checkpoint,
     save_torch_state,
 )
@@ -33,7 +38,12 @@ def test_a_saved_checkpoint_holds_the_files_and_the_marker(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", 42, write=write_file("model.bin", b"weights"))
     assert path == tmp_path / "ckpt" / "step_00000042"
     assert (path / "model.bin").read_bytes() == b"weights"
-    assert json.loads((path / "checkpoint.json").read_text()) == {"step": 42, "format": 1}
+    assert json.loads((path / "checkpoint.json").read_text()) == {
+        "step": 42,
+        "format": 2,
+        # sha256 of b"weights", computed with `printf weights | sha256sum`
+        "sha256": {"model.bin": "9a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c"},
+    }
     assert checkpoint_step(path) == 42
     assert latest_checkpoint(tmp_path / "ckpt") == path
 
@@ -101,13 +111,79 @@ def test_no_checkpoint_directory_means_no_latest(tmp_path):
 
 def test_rng_state_round_trip_through_a_file(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    random.random(), np.random.rand(), torch.rand(1)
+    random.random(), np.random.randn(), torch.rand(1)  # randn leaves a cached gaussian
     save_torch_state(tmp_path / "rng.pt", capture_rng_state())
-    expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist())
+    expected = (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist())
     # Move every generator on, then restore.
     random.random(), np.random.rand(5), torch.rand(5)
     restore_rng_state(load_torch_state(tmp_path / "rng.pt"))
-    assert (random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()) == expected
+    assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def three_checkpoints(tmp_path):
+    root = tmp_path / "ckpt"
+    for step in (1, 2, 3):
+        save_checkpoint(root, step, write=write_file("model.bin", bytes([step]) * 64), keep_last=3)
+    return root
+
+
+def test_a_damaged_checkpoint_is_named_and_the_one_before_used(tmp_path, capsys):
+    root = three_checkpoints(tmp_path)
+    newest = root / "step_00000003" / "model.bin"
+    data = bytearray(newest.read_bytes())
+    data[10] ^= 0xFF  # one flipped byte
+    newest.write_bytes(bytes(data))
+    assert checkpoint_damage(root / "step_00000003") == "model.bin does not match its sha256"
+    assert resumable_checkpoint(root) == root / "step_00000002"
+    assert "step_00000003 is damaged" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_damage(tmp_path):
+    root = three_checkpoints(tmp_path)
+    (root / "step_00000003" / "model.bin").unlink()
+    assert checkpoint_damage(root / "step_00000003") == "model.bin is missing"
+    assert resumable_checkpoint(root) == root / "step_00000002"
+
+
+def test_an_earlier_format_without_a_manifest_is_not_resumed(tmp_path):
+    root = three_checkpoints(tmp_path)
+    (root / "step_00000003" / "checkpoint.json").write_text('{"step": 3, "format": 1}')
+    assert "format 1" in checkpoint_damage(root / "step_00000003")
+    assert resumable_checkpoint(root) == root / "step_00000002"
+
+
+def test_when_every_checkpoint_is_damaged_resuming_is_an_error(tmp_path):
+    root = three_checkpoints(tmp_path)
+    for step in (1, 2, 3):
+        (root / f"step_{step:08d}" / "model.bin").write_bytes(b"zeros")
+    with pytest.raises(RlhfkitError, match="every checkpoint .* is damaged"):
+        resumable_checkpoint(root)
+    assert resumable_checkpoint(tmp_path / "none") is None
+
+
+class _Payload:
+    """Unpickling this object runs `os.system`: what a planted state file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_payload_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "optimizer.pt"
+    with open(path, "wb") as file:
+        pickle.dump({"state": _Payload(marker)}, file, protocol=2)
+    with pytest.raises(RlhfkitError, match="refusing to load .*optimizer.pt"):
+        load_torch_state(path)
+    assert not marker.exists()
+    # the same payload inside torch.save's zip format
+    torch.save({"state": _Payload(marker)}, path)
+    with pytest.raises(RlhfkitError, match="refusing to load"):
+        load_torch_state(path)
+    assert not marker.exists()
 
 
 def make_model_and_optimizer():

@@ -96,17 +96,22 @@ def test_round_trip_of_a_nested_config_through_yaml(tmp_path):
     assert "schedule: cosine" in text
 
 
+FINITE_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
+
+
+# Any value a bound allows (config_bounds: lr > 0, a 32-bit seed, every float finite); the betas
+# have no bound, so any finite float of either sign goes through YAML there.
 @settings(max_examples=50, deadline=None)
 @given(
     name=st.text(),
-    lr=st.floats(allow_nan=False),
-    seed=st.integers(min_value=-(2**63), max_value=2**63),
+    lr=st.floats(min_value=0.0, exclude_min=True, allow_infinity=False),
+    betas=st.tuples(FINITE_FLOATS, FINITE_FLOATS),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
     targets=st.lists(st.text(), max_size=3),
 )
-def test_any_values_survive_the_yaml_round_trip_exactly(name, lr, seed, targets):
-    cfg = PipelineConfig(
-        name=name, seed=seed, sft=SFTConfig(optim=OptimConfig(lr=lr), targets=tuple(targets))
-    )
+def test_any_legal_values_survive_the_yaml_round_trip_exactly(name, lr, betas, seed, targets):
+    optim = OptimConfig(lr=lr, betas=betas)
+    cfg = PipelineConfig(name=name, seed=seed, sft=SFTConfig(optim=optim, targets=tuple(targets)))
     with tempfile.TemporaryDirectory() as directory:
         save_config(cfg, f"{directory}/config.yaml")
         assert load_config(PipelineConfig, f"{directory}/config.yaml") == cfg

@@ -1,6 +1,10 @@
+import math
+
+import pytest
 import torch
 
-from rlhfkit.train.optim import clipped_step
+from rlhfkit.errors import NumericalFault
+from rlhfkit.train.optim import NonFiniteGuard, all_finite, clipped_step
 
 
 def _one_parameter_optimizer(grad: list[float]):
@@ -9,9 +13,13 @@ def _one_parameter_optimizer(grad: list[float]):
     return param, torch.optim.SGD([param], lr=1.0)
 
 
+def _guard(max_skips: int = 2, checkpoints_dir="/nonexistent") -> NonFiniteGuard:
+    return NonFiniteGuard(max_skips, checkpoints_dir)
+
+
 def test_gradient_is_clipped_to_the_global_norm():
     param, optimizer = _one_parameter_optimizer([3.0, 4.0])
-    norm = clipped_step(optimizer, lr=1.0, max_grad_norm=1.0)
+    norm = clipped_step(optimizer, lr=1.0, max_grad_norm=1.0, guard=_guard(), step=0)
     assert abs(norm - 5.0) < 1e-6
     assert (
         torch.allclose(param.detach(), torch.tensor([-0.6, -0.8]), atol=1e-5) and param.grad is None
@@ -20,6 +28,41 @@ def test_gradient_is_clipped_to_the_global_norm():
 
 def test_zero_limit_means_no_clipping_and_still_reports_the_norm():
     param, optimizer = _one_parameter_optimizer([3.0, 4.0])
-    norm = clipped_step(optimizer, lr=0.5, max_grad_norm=0.0)
+    norm = clipped_step(optimizer, lr=0.5, max_grad_norm=0.0, guard=_guard(), step=0)
     assert abs(norm - 5.0) < 1e-6
     assert torch.allclose(param.detach(), torch.tensor([-1.5, -2.0]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_gradient_is_not_applied_and_is_counted(bad, capsys):
+    param, optimizer = _one_parameter_optimizer([bad, 1.0])
+    guard = _guard()
+    norm = clipped_step(optimizer, lr=1.0, max_grad_norm=1.0, guard=guard, step=4)
+    assert not math.isfinite(norm)
+    assert torch.equal(param.detach(), torch.zeros(2)) and param.grad is None
+    assert guard.skipped == 1
+    assert "step 5" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_skips_the_update_even_with_finite_gradients():
+    param, optimizer = _one_parameter_optimizer([1.0, 1.0])
+    guard = _guard()
+    clipped_step(optimizer, lr=1.0, max_grad_norm=0.0, guard=guard, step=0, loss=math.nan)
+    assert torch.equal(param.detach(), torch.zeros(2)) and guard.skipped == 1
+
+
+def test_past_the_allowed_skips_the_run_stops_naming_step_and_checkpoint(tmp_path):
+    guard = _guard(max_skips=1, checkpoints_dir=tmp_path)
+    assert not guard.allows(0, math.nan)
+    assert guard.allows(1, 2.0)
+    with pytest.raises(NumericalFault, match=r"step 3: .*max_nonfinite_skips=1.*none") as err:
+        guard.allows(2, math.inf)
+    assert err.value.exit_status == 3
+
+
+def test_all_finite_sees_one_bad_weight():
+    model = torch.nn.Linear(3, 2)
+    assert all_finite(model)
+    with torch.no_grad():
+        model.weight[1, 2] = math.nan
+    assert not all_finite(model)

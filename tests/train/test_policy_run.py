@@ -306,7 +306,9 @@ def test_checkpointed_trainer_state_is_plain_data(tiny_model_dir, tmp_path):
     assert state["labeller"]["labels_used"] == 6
 
 
-def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(tiny_model_dir, tmp_path):
+def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(
+    tiny_model_dir, tmp_path, capsys
+):
     cfg = GRPOConfig(
         model=str(tiny_model_dir),
         task="arith",
@@ -318,5 +320,6 @@ def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(tiny_model_di
     train_grpo(cfg, run)
     (run.checkpoints / "step_00000001" / "trainer_state.pt").unlink()
     resumed = prepare_run_dir(tmp_path / "run", resume=True, overwrite=False)
-    with pytest.raises(RlhfkitError, match="has no trainer_state.pt: it was written by an earlier"):
+    with pytest.raises(RlhfkitError, match="every checkpoint in .* is damaged"):
         train_grpo(cfg, resumed, resume=True)
+    assert "trainer_state.pt is missing" in capsys.readouterr().err

@@ -1,10 +1,18 @@
 import dataclasses
 import json
 import random
+import shutil
+import sys
+from unittest import mock
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rlhfkit.cli import main
+from rlhfkit.errors import NumericalFault
+from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.sft import SFTConfig, train_sft
@@ -142,3 +150,85 @@ def test_response_window_gives_the_loss_of_the_full_logits(tiny_model_dir):
     assert logits.shape[1] == 4  # positions 2..5: position 2 predicts the first response token
     full = sft_loss(model(input_ids=ids, attention_mask=attention).logits, ids, response, 4)
     assert torch.allclose(sft_loss(logits, window_ids, window_mask, 4), full, atol=1e-6)
+
+
+def nan_loss_from_step(first_bad: int):
+    """`sft_loss` turned NaN from the `first_bad`-th call on: a run that diverges. (The tiny
+    model stays finite at any learning rate, its norms rescale the weights.)"""
+    calls = []
+
+    def loss(*args):
+        calls.append(1)
+        value = sft_loss(*args)
+        return value * float("nan") if len(calls) >= first_bad else value
+
+    return mock.patch("rlhfkit.train.sft.sft_loss", loss)
+
+
+def test_a_diverging_run_stops_with_a_numerical_fault_and_writes_no_final(
+    tiny_model_dir, arith_data, tmp_path, capsys
+):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(
+        tiny_model_dir, *arith_data, max_nonfinite_skips=2, save_every=2, keep_last=5, eval_every=0
+    )
+    with nan_loss_from_step(5), pytest.raises(NumericalFault) as fault:
+        train_sft(cfg, run)
+    # steps 5 and 6 skipped, step 7 stops the run, naming the last checkpoint: step 6, whose
+    # weights are step 4's, since skipped updates change nothing
+    assert "step 7: " in str(fault.value) and "max_nonfinite_skips=2" in str(fault.value)
+    assert "step_00000006" in str(fault.value)
+    assert capsys.readouterr().err.count("update skipped") == 2
+    assert not run.final.exists()
+    saved = [
+        load_file(run.checkpoints / f"step_0000000{step}" / "model" / "model.safetensors")
+        for step in (4, 6)
+    ]
+    assert all(torch.equal(saved[0][name], saved[1][name]) for name in saved[0])
+    assert all(torch.isfinite(w).all() for w in saved[1].values())
+
+
+def test_the_cli_exits_with_status_3_and_one_line(tiny_model_dir, arith_data, tmp_path, capsys):
+    argv = [
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={arith_data[0]}",
+        "max_steps=10",
+        "batch_size=8",
+        "progress=false",
+        "--runs-dir",
+        str(tmp_path),
+    ]
+    with (
+        nan_loss_from_step(1),
+        mock.patch.object(sys, "argv", ["rlhfkit", *argv]),
+        pytest.raises(SystemExit) as exit,
+    ):
+        main()
+    assert exit.value.code == 3
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "non-finite" in errors[0]
+    assert not (tmp_path / "sft" / "final").exists()
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.pt", "model/model.safetensors", "state.pt"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_still_resumes_exactly(
+    tiny_model_dir, arith_data, tmp_path, damaged, capsys
+):
+    settings = dict(max_steps=6, save_every=2, keep_last=2, eval_every=0, sample_every=0)
+    full = prepare_run_dir(tmp_path / "full", resume=False, overwrite=False)
+    train_sft(config(tiny_model_dir, *arith_data, **settings), full)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    train_sft(config(tiny_model_dir, *arith_data, **settings), run)
+    shutil.rmtree(run.final)  # as if killed after step 4's checkpoint
+    path = run.checkpoints / "step_00000004" / damaged
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+    train_sft(config(tiny_model_dir, *arith_data, **settings), run, resume=True)
+    assert "step_00000004 is damaged" in capsys.readouterr().err
+    expected = load_file(full.final / "model.safetensors")
+    resumed = load_file(run.final / "model.safetensors")
+    assert all(torch.equal(expected[name], resumed[name]) for name in expected)

@@ -1,25 +1,39 @@
-"""Loading any Hugging Face causal LM directory (or the tiny default) unchanged."""
+"""Loading any Hugging Face causal LM directory (or the tiny default) unchanged.
 
+Whatever is wrong with a directory is one `RlhfkitError` naming it and the fault, before any
+training starts: no directory, no or broken `config.json`, a model type transformers does not
+know or cannot run as a causal LM (a BERT, a reward model), no weights, pickle weights, damaged
+or incomplete safetensors, a missing or broken tokenizer. Only safetensors weights are loaded:
+unpickling a `.bin` file can run any code it holds.
+"""
+
+import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import __version__ as transformers_version
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhfkit.errors import RlhfkitError
 
-
-def _check_model_dir(path: str | Path) -> None:
-    if not Path(path).is_dir():
-        raise RlhfkitError(f"model directory {path} does not exist")
-    if not (Path(path) / "config.json").is_file():
-        raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def load_tokenizer(path: str | Path):
     """The tokenizer saved with a model; a missing pad token falls back to EOS (common for
     decoder-only models) because batches are padded."""
-    _check_model_dir(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    _read_config_json(path)  # transformers reads it too, and would blame the tokenizer
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise _error(path, f"no tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as error:  # tokenizers raises KeyError, TypeError, bare Exception, ...
+        raise _error(path, f"the tokenizer cannot be loaded ({_one_line(error)})") from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise RlhfkitError(f"the tokenizer at {path} has neither a pad nor an EOS token")
@@ -28,6 +42,126 @@ def load_tokenizer(path: str | Path):
 
 
 def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained(path)`: the policy, exactly as saved."""
-    _check_model_dir(path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    """`AutoModelForCausalLM.from_pretrained(path)`: the policy, exactly as saved.
+
+    Raises:
+        RlhfkitError: naming `path` and what is wrong with it (see the module docstring).
+    """
+    config = read_model_config(path)
+    _check_causal_lm(path, config)
+    check_weight_files(path)
+    try:
+        # mismatched shapes are loaded as random values and reported in `info`, so that the
+        # error below can name the tensor (transformers' own error points at a printed table)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            dtype=dtype,
+            use_safetensors=True,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+        )
+    except SafetensorError as error:
+        raise _error(path, f"the weights are damaged or truncated ({_one_line(error)})") from None
+    except (OSError, ValueError, KeyError) as error:  # a missing shard, ...
+        raise _error(path, f"the weights cannot be loaded ({_one_line(error)})") from None
+    _check_loading_info(path, info)
+    return model
+
+
+def read_model_config(path: str | Path):
+    """The `PretrainedConfig` of a model directory, or one line saying why there is none."""
+    raw = _read_config_json(path)
+    model_type = raw.get("model_type")
+    if not model_type:
+        raise _error(path, 'config.json names no model_type (e.g. "llama")')
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise _error(
+            path, f"model type '{model_type}' is unknown to transformers {transformers_version}"
+        )
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _error(path, f"config.json cannot be read ({_one_line(error)})") from None
+
+
+def _read_config_json(path: str | Path) -> dict:
+    """config.json as a mapping, after checking the directory holds one."""
+    if not Path(path).is_dir():
+        raise RlhfkitError(f"model directory {path} does not exist")
+    config_path = Path(path) / "config.json"
+    if not config_path.is_file():
+        raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _error(path, "config.json is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise _error(path, f"config.json is not valid JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise _error(path, f"config.json holds a {type(raw).__name__}, not a mapping of settings")
+    return raw
+
+
+def _check_causal_lm(path: str | Path, config) -> None:
+    """Refuse a model transformers cannot run as a causal LM, or one saved as something else
+    (`architectures`): a BERT saved for masked LM would load with a fresh, random LM head."""
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise _error(path, f"a '{config.model_type}' model is not a causal language model")
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    architectures = list(config.architectures or [])
+    if architectures and not causal_classes & set(architectures):
+        raise _error(
+            path,
+            f"it holds a {architectures[0]}, not a causal language model "
+            "(e.g. a *ForCausalLM; a reward model is not a policy)",
+        )
+
+
+def check_weight_files(path: str | Path) -> None:
+    """Refuse a directory whose weights are not safetensors (pickle, or none at all)."""
+    if any((Path(path) / name).is_file() for name in SAFETENSORS_FILES):
+        return
+    pickles = sorted(p.name for p in Path(path).iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise _error(
+            path,
+            f"the weights are in {pickles[0]}, a pickle file; only safetensors weights are "
+            "loaded, since unpickling a file can run any code in it (convert it where you "
+            "trust it: save_pretrained(..., safe_serialization=True))",
+        )
+    raise _error(path, "no weights (model.safetensors)")
+
+
+def _check_loading_info(path: str | Path, info: dict) -> None:
+    """Refuse tensors the weights lack or hold in another shape: transformers fills them with
+    random values and only warns, which would train a silently broken policy."""
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise _error(
+            path,
+            f"the weights lack {len(missing)} of the model's tensors (first: {missing[0]}); "
+            "the file is incomplete or belongs to another model",
+        )
+    mismatched = sorted(info["mismatched_keys"], key=str)
+    if mismatched:
+        first = mismatched[0]
+        if isinstance(first, tuple) and len(first) == 3:
+            name, saved, expected = first
+            first = f"{name} is {list(saved)} where config.json asks for {list(expected)}"
+        raise _error(
+            path,
+            f"{len(mismatched)} tensors of the weights do not have the shape config.json gives "
+            f"them (first: {first})",
+        )
+
+
+def _error(path: str | Path, problem: str) -> RlhfkitError:
+    return RlhfkitError(f"model directory {path}: {problem}")
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message` on one line, cut short: transformers' messages can run to a page."""
+    message = " ".join(str(error).split())
+    message = message if len(message) <= 200 else message[:197] + "..."
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

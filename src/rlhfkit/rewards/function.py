@@ -8,7 +8,7 @@ The function is called once per batch, like TRL's reward functions:
 conversational data), `answer` the reference answers (None where a row has none), and every
 other column of the prompt rows comes as one keyword list (None where a row lacks it); a
 function that does not need them takes `**kwargs`. Anything wrong with what it does (it raises,
-hangs past the timeout, returns NaN/inf, a non-number or the wrong count) is a
+calls `sys.exit`, hangs past the timeout, returns NaN/inf, a non-number or the wrong count) is a
 `RewardFunctionError` naming the function and the sample: nothing is silently turned into 0.
 """
 
@@ -71,7 +71,7 @@ def _load_module(path: Path, spec: str):
     sys.modules[module_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # sys.exit() at import would end the run silently
         del sys.modules[module_name]
         raise RlhfkitError(
             f"reward function '{spec}': loading {path} raised {_one_line(error)}"
@@ -80,6 +80,13 @@ def _load_module(path: Path, spec: str):
 
 
 def _one_line(error: BaseException) -> str:
+    if isinstance(error, EscapedCall):
+        error = error.error
+        if isinstance(error, SystemExit):
+            return (
+                f"SystemExit({error.code!r}) from sys.exit (a reward function returns its "
+                "rewards, it does not end the run)"
+            )
     message = " ".join(str(error).split())
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
@@ -88,21 +95,53 @@ class _Timeout(Exception):
     pass
 
 
+class EscapedCall(Exception):
+    """The function raised a BaseException that is not an Exception (`sys.exit()`'s SystemExit,
+    its own KeyboardInterrupt, ...), carried as an ordinary failure: let through, it would end
+    the run with no message, no final model and an exit status of the function's choosing."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(error)
+        self.error = error
+
+
+def call_catching_exits(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """`fn(*args, **kwargs)`, with any BaseException it raises that is not an Exception wrapped
+    in `EscapedCall`, except a KeyboardInterrupt on the main thread.
+
+    Python delivers Ctrl-C to the main thread only, as a KeyboardInterrupt raised in whatever
+    code runs there, `fn` included: on the main thread one that `fn` raised itself cannot be
+    told from the user's Ctrl-C, so it stops the run as a Ctrl-C does. On any other thread (the
+    deadline's worker) it can only be `fn`'s own, and is reported as its failure.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except KeyboardInterrupt as error:
+        if threading.current_thread() is threading.main_thread():
+            raise
+        raise EscapedCall(error) from error
+    except Exception:
+        raise
+    except BaseException as error:
+        raise EscapedCall(error) from error
+
+
 def call_with_deadline(fn: Callable, args: tuple, kwargs: dict, timeout_s: float | None) -> Any:
     """`fn(*args, **kwargs)`, raising `_Timeout` when it has not returned after `timeout_s`.
 
     The call runs on a worker thread the caller waits on with a deadline. Not SIGALRM: signals
     are delivered only to the main thread (and not on every platform), and rewards may be
     computed off it. A Python thread cannot be killed, so a call that times out is abandoned
-    as a daemon thread; the run stops with an error anyway.
+    as a daemon thread; the run stops with an error anyway. What `fn` raises is re-raised here,
+    `sys.exit()` and the like as `EscapedCall` (see `call_catching_exits`).
     """
     if timeout_s is None:
-        return fn(*args, **kwargs)
+        return call_catching_exits(fn, args, kwargs)
     outcome: dict[str, Any] = {}
 
     def run():
         try:
-            outcome["value"] = fn(*args, **kwargs)
+            outcome["value"] = call_catching_exits(fn, args, kwargs)
         except BaseException as error:  # handed to the caller, re-raised on its thread
             outcome["error"] = error
 

@@ -2,19 +2,26 @@
 
 A checkpoint is a directory `checkpoints/step_00000042/` holding whatever the trainer writes (model
 in HF format, optimizer, scheduler, RNG, data position) plus a `checkpoint.json` marker written
-last. It is assembled in a `.tmp-*` sibling and renamed into place only when complete, so a run
-killed at any moment leaves either the whole new checkpoint or none of it: `latest_checkpoint`
-never returns a half-written one.
+last, with the sha256 of every other file. It is assembled in a `.tmp-*` sibling and renamed into
+place only when complete, so a run killed at any moment leaves either the whole new checkpoint or
+none of it: `latest_checkpoint` never returns a half-written one, and `resumable_checkpoint`
+skips (and names) one whose bytes were damaged since, falling back to the one before.
+
+Nothing is unpickled: state files are read with `torch.load(weights_only=True)`, which accepts
+tensors and plain containers of numbers and strings only, and refuses a planted object.
 
 Exact resume (bitwise-identical weights to an uninterrupted run) also needs every random number
 generator restored: `capture_rng_state` / `restore_rng_state`.
 """
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +33,7 @@ import torch
 from rlhfkit.errors import RlhfkitError
 
 MARKER_NAME = "checkpoint.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the marker holds a sha256 manifest; 1 pickled the RNG state
 _STEP_DIR = re.compile(r"step_(\d+)")
 _TMP_PREFIX = ".tmp-"
 
@@ -62,9 +69,8 @@ def save_checkpoint(
     try:
         write(tmp)
         # The marker goes in last: its presence is what makes a checkpoint complete.
-        (tmp / MARKER_NAME).write_text(
-            json.dumps({"step": step, "format": CHECKPOINT_FORMAT}) + "\n"
-        )
+        marker = {"step": step, "format": CHECKPOINT_FORMAT, "sha256": file_digests(tmp)}
+        (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
         _fsync_tree(tmp)
         _move_into_place(tmp, final)
     except BaseException:
@@ -83,6 +89,67 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     """
     complete = _complete_checkpoints(Path(checkpoints_dir))
     return complete[-1][1] if complete else None
+
+
+def resumable_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest complete checkpoint whose files match their recorded sha256, or None when
+    there is no complete checkpoint. A damaged one is named on stderr and the one before it
+    used; when every checkpoint is damaged, that is an error."""
+    complete = _complete_checkpoints(Path(checkpoints_dir))
+    for _, path in reversed(complete):
+        problem = checkpoint_damage(path)
+        if problem is None:
+            return path
+        print(f"warning: checkpoint {path} is damaged ({problem}); skipping it", file=sys.stderr)
+    if complete:
+        raise RlhfkitError(
+            f"every checkpoint in {checkpoints_dir} is damaged (see above): nothing to resume; "
+            "start afresh with --overwrite"
+        )
+    return None
+
+
+def checkpoint_damage(checkpoint_dir: Path) -> str | None:
+    """What is wrong with a complete checkpoint's files (None: every file listed in the marker
+    is there with its recorded sha256)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    try:
+        info = json.loads((checkpoint_dir / MARKER_NAME).read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable {MARKER_NAME}: {err}"
+    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
+        return (
+            f"checkpoint format {info.get('format') if isinstance(info, dict) else None!r}, "
+            f"this rlhfkit reads format {CHECKPOINT_FORMAT}"
+        )
+    recorded = info.get("sha256")
+    if not isinstance(recorded, dict) or not recorded:
+        return f"{MARKER_NAME} lists no files"
+    for name, digest in sorted(recorded.items()):
+        path = checkpoint_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by path relative to it (POSIX separators)."""
+    root = Path(root)
+    return {
+        path.relative_to(root).as_posix(): _sha256(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def checkpoint_step(checkpoint_dir: Path) -> int:
@@ -104,9 +171,17 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every random number generator a run draws from: python, numpy, torch, CUDA."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # as a tensor and numbers: plain data that weights_only loading accepts
+        "numpy": (
+            kind,
+            torch.from_numpy(keys.astype(np.int64)),
+            position,
+            has_gauss,
+            cached_gaussian,
+        ),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -119,7 +194,10 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     GPUs cannot resume exactly, so that is an error rather than a silently different run.
     """
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(
+        (kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+    )
     torch.set_rng_state(state["torch"])
     cuda_states = state.get("cuda")
     if cuda_states is not None and torch.cuda.is_available():
@@ -139,10 +217,34 @@ def save_torch_state(path: Path, state: dict[str, Any]) -> None:
 def load_torch_state(path: Path) -> dict[str, Any]:
     """Load a state dict written by `save_torch_state`, tensors on CPU.
 
-    `weights_only=False` because RNG states hold numpy arrays and tuples; the file is one we wrote.
-    Optimizers move their state to the parameters' device in `load_state_dict`.
+    `weights_only=True`: tensors and plain containers only, so a file with a planted object
+    (pickle runs code on load) is refused, never run. Optimizers move their state to the
+    parameters' device in `load_state_dict`.
     """
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RlhfkitError(
+            f"refusing to load {path}: it holds more than tensors and plain data ({reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise RlhfkitError(f"cannot read {path}: {err}") from None
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Flush the complete directory `tmp` to disk and rename it to `final` (replacing an older
+    `final`): a reader sees the old directory or the whole new one, never a part."""
+    _fsync_tree(tmp)
+    _move_into_place(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def temporary_sibling(final: Path) -> Path:
+    """A fresh temporary directory beside `final`, on the same filesystem so a rename publishes
+    it; leftovers of a crash carry the `.tmp-` prefix."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
 
 
 def _complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:

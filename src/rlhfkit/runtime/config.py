@@ -2,8 +2,9 @@
 
 A config is a frozen dataclass whose fields all have defaults; a field may itself be a dataclass
 (a section, e.g. `sft: SFTConfig`). `load_config` reads an optional YAML file, applies `key=value`
-overrides (dotted keys for sections: `sft.lr=3e-4`) and checks every value against the field
-annotations. Every mistake is a one-line `ConfigError` naming the key.
+overrides (dotted keys for sections: `sft.lr=3e-4`), checks every value against the field
+annotations and every number against its bound (`config_bounds`: `max_steps` >= 1, `lr` > 0, every
+float finite). Every mistake is a one-line `ConfigError` naming the key.
 
 Config classes must be defined at module level: field annotations are resolved with
 `typing.get_type_hints`, which cannot see names local to a function.
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple, TypeVar
 import yaml
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.config_types import convert_value, section_type
 
 ConfigT = TypeVar("ConfigT")
@@ -40,7 +42,8 @@ def load_config(
         The frozen config; keys not given keep their defaults.
 
     Raises:
-        ConfigError: unknown key (with a close match suggested), wrong type, bad override or file.
+        ConfigError: unknown key (with a close match suggested), wrong type, a number outside its
+            bound (`config_bounds.BOUNDS`, sections included), bad override or file.
     """
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
@@ -48,7 +51,9 @@ def load_config(
     for override in overrides:
         key, value = _parse_override(override)
         _apply_override(raw, cls, key, value)
-    return _build_section(cls, raw, "", None)
+    cfg = _build_section(cls, raw, "", None)
+    validate(cfg)
+    return cfg
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -10,3 +10,6 @@ class RunConfig:
     """Seeds every random choice of the run (data order, prompts, sampling, initialisation)."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ..."""
+    max_nonfinite_skips: int = 3
+    """Updates with a non-finite loss or gradient skipped, each with a warning, before the run
+    stops with exit status 3 (0 = stop at the first)."""

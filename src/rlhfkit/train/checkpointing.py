@@ -1,20 +1,26 @@
 """What a trainer checkpoint holds, and putting it back: model (Hugging Face format),
 tokenizer, optimizer, every RNG state, the step and the data position."""
 
+import shutil
 from pathlib import Path
 
 import torch
 
+from rlhfkit.errors import NumericalFault
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora, load_lora
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     load_torch_state,
+    publish_dir,
     restore_rng_state,
+    resumable_checkpoint,
     save_checkpoint,
     save_torch_state,
+    temporary_sibling,
 )
+from rlhfkit.train.optim import all_finite
 
 MODEL_SUBDIR = "model"
 
@@ -60,8 +66,30 @@ def load_policy(
 
 
 def resume_point(checkpoints_dir: Path) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh start."""
-    return latest_checkpoint(checkpoints_dir)
+    """The checkpoint to resume from: the newest undamaged one (see
+    runtime.checkpoint.resumable_checkpoint), or None for a fresh start."""
+    return resumable_checkpoint(checkpoints_dir)
+
+
+def save_final_model(model, tokenizer, final_dir: Path, checkpoints_dir: Path) -> Path:
+    """Write the trained model and its tokenizer to `final_dir` the way checkpoints are written:
+    into a temporary sibling, then renamed, so `final/` is whole or absent. A model with a
+    non-finite weight is never saved: that is a `NumericalFault`."""
+    if not all_finite(model):
+        last = latest_checkpoint(checkpoints_dir)
+        raise NumericalFault(
+            f"the trained model has non-finite weights: final/ not written. Last checkpoint: "
+            f"{last or 'none'} (lower lr, then --resume or start afresh)"
+        )
+    tmp = temporary_sibling(Path(final_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        publish_dir(tmp, Path(final_dir))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Path(final_dir)
 
 
 def restore_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:

@@ -242,7 +242,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                         loss.backward()
                     with timer("optimizer"):
                         part_stats["loss"] = loss.item()
-                        part_stats["grad_norm"] = run.optimizer_step(step)
+                        part_stats["grad_norm"] = run.optimizer_step(step, part_stats["loss"])
                     stats.append(part_stats)
 
             # step 6. metrics, evaluation, checkpoint

@@ -35,7 +35,13 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.sample import sample_responses
-from rlhfkit.runtime.checkpoint import latest_checkpoint, load_torch_state, save_torch_state
+from rlhfkit.runtime.checkpoint import (
+    latest_checkpoint,
+    load_torch_state,
+    publish_dir,
+    save_torch_state,
+    temporary_sibling,
+)
 from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
@@ -493,7 +499,7 @@ def train_iterative_grpo(
             result.rounds.append(summary)
 
     # step 6. the last policy as a plain causal-LM directory
-    if run_dir.final.exists():
-        shutil.rmtree(run_dir.final)
-    shutil.copytree(policy, run_dir.final)
+    tmp = temporary_sibling(run_dir.final)
+    shutil.copytree(policy, tmp, dirs_exist_ok=True)
+    publish_dir(tmp, run_dir.final)
     return result

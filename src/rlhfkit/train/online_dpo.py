@@ -372,7 +372,7 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
             batch = pool.at(step)
             with timer("update"):
                 stats, logprobs = _step_loss(cfg, run, batch, loss_fn)
-                stats["grad_norm"] = run.optimizer_step(step)
+                stats["grad_norm"] = run.optimizer_step(step, stats["loss"])
 
             # step 6. metrics, evaluation, checkpoint (with the labeller's state and the pool)
             row = _step_row(batch, stats, logprobs, k, labeller.labels_used, timer)

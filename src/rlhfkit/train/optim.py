@@ -1,19 +1,74 @@
-"""The update every trainer ends its step with."""
+"""The update every trainer ends its step with, and the guard that keeps non-finite numbers out
+of the weights."""
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from rlhfkit.errors import NumericalFault
+from rlhfkit.runtime.checkpoint import latest_checkpoint
 
-def clipped_step(optimizer: torch.optim.Optimizer, lr: float, max_grad_norm: float) -> float:
+
+@dataclass
+class NonFiniteGuard:
+    """Counts updates whose loss or gradient is not finite. Each is skipped with a warning (one
+    overflow in a long run should not end it); past `max_skips` the run stops with a
+    `NumericalFault` naming the step and the last checkpoint, so a diverged run is never saved
+    as if it had trained."""
+
+    max_skips: int
+    checkpoints_dir: Path
+    skipped: int = 0
+
+    def allows(self, step: int, grad_norm: float, loss: float = 0.0) -> bool:
+        """True when the update of optimizer step `step` (0-based) may be applied."""
+        if math.isfinite(grad_norm) and math.isfinite(loss):
+            return True
+        self.skipped += 1
+        what = f"loss {loss}, gradient norm {grad_norm}"
+        if self.skipped > self.max_skips:
+            last = latest_checkpoint(self.checkpoints_dir)
+            raise NumericalFault(
+                f"step {step + 1}: {what}: {self.skipped} non-finite updates, more than "
+                f"max_nonfinite_skips={self.max_skips}; stopped without saving final/. Last "
+                f"checkpoint: {last or 'none'} (lower lr, then --resume or start afresh)"
+            )
+        print(
+            f"warning: step {step + 1}: {what}: update skipped "
+            f"({self.skipped} of at most {self.max_skips})",
+            file=sys.stderr,
+        )
+        return False
+
+
+def clipped_step(
+    optimizer: torch.optim.Optimizer,
+    lr: float,
+    max_grad_norm: float,
+    *,
+    guard: NonFiniteGuard,
+    step: int,
+    loss: float = 0.0,
+) -> float:
     """Clip the global gradient norm of the optimizer's parameters (max_grad_norm <= 0: no
     clipping), set `lr`, step, clear the gradients; returns the norm before clipping. The
-    caller's schedule decides `lr`."""
+    caller's schedule decides `lr`. An update with a non-finite `loss` or gradient is not
+    applied (`guard`): the gradients are cleared and the weights and optimizer state stay."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    limit = (
-        max_grad_norm if max_grad_norm > 0 else float("inf")
-    )  # inf: measure the norm, scale nothing
+    limit = max_grad_norm if max_grad_norm > 0 else float("inf")  # inf: measure, scale nothing
     grad_norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
+    if guard.allows(step, grad_norm, loss):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer of `model` is finite."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())

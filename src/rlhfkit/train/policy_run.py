@@ -26,7 +26,7 @@ import torch
 
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, merged_copy
@@ -51,8 +51,13 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import micro_batch_rows, stream_rows
-from rlhfkit.train.checkpointing import MODEL_SUBDIR, load_policy, resume_point
-from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.checkpointing import (
+    MODEL_SUBDIR,
+    load_policy,
+    resume_point,
+    save_final_model,
+)
+from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.schedule import is_due, linear_warmup
 
@@ -247,6 +252,8 @@ class PolicyRun:
             timeout_s=cfg.reward_timeout_s or None,
         )
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
+        # shared by every optimizer of the run (PPO: the critic's too)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_skips, run_dir.checkpoints)
         # the step to start from, and the trainer's own state saved with it ({} on a fresh start)
         self.start_step, self.trainer_state = self._restore(checkpoint) if checkpoint else (0, {})
         tensorboard = run_dir.tensorboard if cfg.tensorboard else None
@@ -258,19 +265,10 @@ class PolicyRun:
         self.bar = ProgressBar(self.total_steps, stage, enabled=cfg.progress, start=self.start_step)
 
     def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
-        if not (checkpoint / TRAINER_STATE_FILE).is_file():
-            raise RlhfkitError(
-                f"{checkpoint} has no {TRAINER_STATE_FILE}: it was written by an "
-                "earlier rlhfkit, whose checkpoints this one cannot resume; start "
-                "afresh"
-            )
         state = load_torch_state(checkpoint / "state.pt")
         restore_rng_state(state["rng"])
         self.generator.set_state(state["generator"])
-        # weights_only: the trainer's state is plain data, never an object to unpickle
-        trainer_state = torch.load(
-            checkpoint / TRAINER_STATE_FILE, map_location="cpu", weights_only=True
-        )
+        trainer_state = load_torch_state(checkpoint / TRAINER_STATE_FILE)
         return state["step"], trainer_state
 
     def __enter__(self) -> "PolicyRun":
@@ -353,11 +351,18 @@ class PolicyRun:
                     )
         return torch.cat(out)
 
-    def optimizer_step(self, step: int) -> float:
+    def optimizer_step(self, step: int, loss: float = 0.0) -> float:
         """The policy's update: clip, set the warm-up learning rate, step, clear; returns the
-        gradient norm before clipping."""
+        gradient norm before clipping. Skipped when `loss` or the gradient is not finite."""
         lr = linear_warmup(step, self.cfg.warmup_steps) * self.cfg.lr
-        return clipped_step(self.models.optimizer, lr, self.cfg.max_grad_norm)
+        return clipped_step(
+            self.models.optimizer,
+            lr,
+            self.cfg.max_grad_norm,
+            guard=self.guard,
+            step=step,
+            loss=loss,
+        )
 
     # --- metrics, evaluation, checkpoints
     def step_metrics(
@@ -466,5 +471,4 @@ class PolicyRun:
         """A plain causal-LM directory (LoRA adapters merged into a copy of the weights)."""
         policy = self.models.policy
         model = merged_copy(policy) if self.cfg.lora_r > 0 else policy
-        model.save_pretrained(self.run_dir.final)
-        self.models.tokenizer.save_pretrained(self.run_dir.final)
+        save_final_model(model, self.models.tokenizer, self.run_dir.final, self.run_dir.checkpoints)

@@ -275,7 +275,14 @@ def _ppo_minibatch(
         critic_loss.backward()
     with timer("optimizer"):
         critic_lr = linear_warmup(step, cfg.warmup_steps) * cfg.critic_lr
-        clipped_step(models.critic_optimizer, critic_lr, cfg.max_grad_norm)
+        clipped_step(
+            models.critic_optimizer,
+            critic_lr,
+            cfg.max_grad_norm,
+            guard=run.guard,
+            step=step,
+            loss=critic_loss.item(),
+        )
     with timer("forward_backward"):
         with autocast(models.device, cfg.precision):
             current = response_logprobs(
@@ -299,7 +306,7 @@ def _ppo_minibatch(
         )
         policy.loss.backward()
     with timer("optimizer"):
-        grad_norm = run.optimizer_step(step)
+        grad_norm = run.optimizer_step(step, policy.loss.item())
     return {
         "loss": policy.loss.item(),
         "value_loss": critic_loss.item(),

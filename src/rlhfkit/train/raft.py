@@ -146,7 +146,7 @@ def _raft_update(
         )
         loss = sft_minibatch_loss(cfg, run, {k: v[rows] for k, v in data.items()})
         loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, loss.item())})
     # a round where nothing passed the threshold takes no step: its loss is that of an empty set
     return stats or [{"loss": 0.0, "grad_norm": 0.0}], {**info, "optimizer_steps": len(stats)}
 
@@ -174,7 +174,7 @@ def _online_rft_update(
             current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator
         )
         loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step)})
+        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, loss.item())})
     return stats, {"optimizer_steps": len(stats)}
 
 

@@ -36,9 +36,10 @@ from rlhfkit.train.checkpointing import (
     MODEL_SUBDIR,
     restore_trainer_state,
     resume_point,
+    save_final_model,
     save_trainer_checkpoint,
 )
-from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
@@ -198,6 +199,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     if "lm_head" in extra:  # an untied imitation head is not part of the saved model
         model.lm_head.load_state_dict(extra["lm_head"])
     result = RewardResult(model_dir=run.final)
+    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
         run.metrics_path,
         run.tensorboard if cfg.tensorboard else None,
@@ -226,7 +228,9 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 warmup_steps=cfg.warmup_steps,
                 min_ratio=cfg.min_lr_ratio,
             )
-            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
+            grad_norm = clipped_step(
+                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss.item()
+            )
             # step 6. log, evaluate, checkpoint
             done = step + 1
             result.train_losses.append(loss.item())
@@ -256,6 +260,5 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 )
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification
-    model.save_pretrained(run.final)
-    tokenizer.save_pretrained(run.final)
+    save_final_model(model, tokenizer, run.final, run.checkpoints)
     return result

@@ -145,7 +145,7 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                         )
                         policy.loss.backward()
                     with timer("optimizer"):
-                        grad_norm = run.optimizer_step(step)
+                        grad_norm = run.optimizer_step(step, policy.loss.item())
                     stats.append(
                         {
                             "loss": policy.loss.item(),

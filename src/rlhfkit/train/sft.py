@@ -33,9 +33,10 @@ from rlhfkit.train.checkpointing import (
     MODEL_SUBDIR,
     restore_trainer_state,
     resume_point,
+    save_final_model,
     save_trainer_checkpoint,
 )
-from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -185,6 +186,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     result = SFTResult(model_dir=run.final)
+    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
         run.metrics_path,
         run.tensorboard if cfg.tensorboard else None,
@@ -230,7 +232,9 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 warmup_steps=cfg.warmup_steps,
                 min_ratio=cfg.min_lr_ratio,
             )
-            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
+            grad_norm = clipped_step(
+                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
+            )
 
             # step 6. log, evaluate, sample, checkpoint
             done = step + 1
@@ -268,6 +272,5 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 )
 
     # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained
-    model.save_pretrained(run.final)
-    tokenizer.save_pretrained(run.final)
+    save_final_model(model, tokenizer, run.final, run.checkpoints)
     return result
