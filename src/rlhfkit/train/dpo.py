@@ -44,6 +44,7 @@ from rlhfkit.train.checkpointing import (
     load_policy,
     restore_trainer_state,
     resume_point,
+    save_final_model,
     save_trainer_checkpoint,
 )
 from rlhfkit.train.dpo_losses import (
@@ -53,7 +54,7 @@ from rlhfkit.train.dpo_losses import (
     evaluate_dpo,
     make_batch,
 )
-from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -78,6 +79,9 @@ class DPOConfig(RunConfig):
     and the policy's samples lose to SFT's (the DPO beta sweep)."""
     label_smoothing: float = 0.0
     """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
+    nll_weight: float = 0.0
+    """Add this multiple of the top-ranked response's per-token NLL to the loss (RPO, Pang et al.
+    2024; `rpo_alpha` in TRL): it pulls the greedy answer towards the best labelled ones."""
     precompute_ref: bool = False
     """Compute every reference log-prob once before training, and keep no reference model in
     memory."""
@@ -241,8 +245,11 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         weight_decay=cfg.weight_decay,
     )
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
-    loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
+    loss_fn = batch_loss_fn(
+        cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing, nll_weight=cfg.nll_weight
+    )
     result = DPOResult(model_dir=run.final, labels=group_labels(train))
+    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
         run.metrics_path,
         run.tensorboard if cfg.tensorboard else None,
@@ -288,7 +295,9 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 warmup_steps=cfg.warmup_steps,
                 min_ratio=cfg.min_lr_ratio,
             )
-            grad_norm = clipped_step(optimizer, lr, cfg.max_grad_norm)
+            grad_norm = clipped_step(
+                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
+            )
 
             # step 8. log, evaluate, checkpoint
             done = step + 1
@@ -329,6 +338,6 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 )
 
     # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged)
-    (merged_copy(policy) if cfg.lora_r > 0 else policy).save_pretrained(run.final)
-    tokenizer.save_pretrained(run.final)
+    model = merged_copy(policy) if cfg.lora_r > 0 else policy
+    save_final_model(model, tokenizer, run.final, run.checkpoints)
     return result

@@ -168,13 +168,28 @@ _BATCH_LOSSES = {
 }
 
 
-def batch_loss_fn(loss_type: DPOLoss, *, beta: float, label_smoothing: float) -> BatchLoss:
+def _with_best_nll(logprobs, ref_logprobs, batch, denominator, *, preference, weight):
+    # RPO (Pang et al. 2024): + weight * the per-token NLL of each group's top response, which
+    # pulls the policy's mode towards the best answers instead of only away from the worst
+    best = batch["best"]
+    lengths = batch["response_mask"][best].sum(dim=1).clamp(min=1)
+    nll = -(logprobs[best] / lengths).sum() / denominator
+    return preference(logprobs, ref_logprobs, batch, denominator) + weight * nll
+
+
+def batch_loss_fn(
+    loss_type: DPOLoss, *, beta: float, label_smoothing: float, nll_weight: float = 0.0
+) -> BatchLoss:
     """The loss of one batch: pairwise (each of a ranking's C(K,2) pairs weighted 1/C(K,2), as
-    InstructGPT) or Plackett-Luce over each whole ranking; divided by the given group count."""
+    InstructGPT) or Plackett-Luce over each whole ranking; divided by the given group count.
+    `nll_weight` > 0 adds that multiple of the top response's per-token NLL (RPO)."""
     loss_type = DPOLoss(loss_type)
-    return partial(
+    preference = partial(
         _BATCH_LOSSES[loss_type], beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
     )
+    if nll_weight == 0:
+        return preference
+    return partial(_with_best_nll, preference=preference, weight=nll_weight)
 
 
 def pair_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, batch: dict, beta: float):
