@@ -1,0 +1,360 @@
+"""Kill -9 every trainer at random moments, resume it, and compare with a run never killed.
+
+For each trainer: one uninterrupted run, then `--trials` runs of the same command, each killed
+with SIGKILL at a random moment and resumed with `--resume` until it finishes (a run killed
+before its first checkpoint is started again with `--overwrite`, as a user would). Each trial is
+killed after a random number of logged steps: one in four at the next moment a checkpoint is
+being written (a `.tmp-` directory under `checkpoints/`), the others a random fraction of a
+second later.
+A trial passes when its final weights equal the uninterrupted run's bit for bit and its
+metrics log holds every step once, with the same losses.
+
+    python scripts/fault_injection.py                        # 7 trainers x 20 trials
+    python scripts/fault_injection.py --trainers sft dpo --trials 5 --workers 2
+
+Not in CI (about 30 minutes on 2 cores). Every process runs one thread, so that float sums are
+reduced in the same order in all of them. Writes `<out>/table.md` and `<out>/results.json`.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.tasks.advice import AdviceTask, gold_score
+from rlhfkit.tasks.advice_writer import write_reply
+from rlhfkit.tasks.arith import ArithTask
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "0"}
+TINY = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+LENGTH_REWARD = (
+    "def chars(prompts, responses, **columns):\n    return [len(r) / 10 for r in responses]\n"
+)
+QUIET = ["progress=false", "tensorboard=false"]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def gold_rankings(n: int, seed: int) -> list[dict]:
+    """Advice replies ranked by the gold score (equal scores tie)."""
+    rng, rows = random.Random(seed), []
+    for prompt in AdviceTask().prompts(n, rng):
+        topic = prompt.metadata["topic"]
+        scored = sorted(
+            ((gold_score(topic, r), r) for r in (write_reply(rng, topic) for _ in range(4))),
+            key=lambda x: -x[0],
+        )
+        distinct = sorted({score for score, _ in scored}, reverse=True)
+        rows.append(
+            {
+                "prompt": prompt.prompt,
+                "responses": [r for _, r in scored],
+                "ranks": [distinct.index(s) for s, _ in scored],
+            }
+        )
+    return rows
+
+
+def commands(work: Path) -> dict[str, list[str]]:
+    """The trainers' command lines (small, with a checkpoint every few steps)."""
+    model = build_tiny_model(work / "model", corpus(), seed=0, **TINY)
+    sft = write_jsonl(
+        work / "sft.jsonl",
+        [
+            {"prompt": e.prompt, "completion": e.completion}
+            for e in ArithTask().sft_examples(300, random.Random(0))
+        ],
+    )
+    rankings = write_jsonl(work / "rankings.jsonl", gold_rankings(40, 0))
+    (work / "reward.py").write_text(LENGTH_REWARD)
+    reward = f"reward={work / 'reward.py'}:chars"
+    policy = [
+        "train_prompts=64",
+        "eval_prompts=4",
+        "eval_max_new_tokens=4",
+        "max_new_tokens=12",
+        "lr=1e-2",
+        "warmup_steps=1",
+        "eval_every=100",
+        "save_every=2",
+    ]
+    return {
+        "sft": [
+            "sft",
+            f"model={model}",
+            f"train_data={sft}",
+            "max_steps=60",
+            "batch_size=16",
+            "warmup_steps=5",
+            "save_every=5",
+            "sample_every=0",
+        ],
+        "rm": [
+            "rm",
+            f"model={model}",
+            f"train_data={rankings}",
+            "max_steps=30",
+            "batch_size=4",
+            "warmup_steps=3",
+            "save_every=5",
+        ],
+        "dpo": [
+            "dpo",
+            f"model={model}",
+            f"train_data={rankings}",
+            "max_steps=30",
+            "batch_size=4",
+            "warmup_steps=3",
+            "lr=3e-3",
+            "save_every=5",
+            "precompute_ref=true",
+        ],
+        "grpo": [
+            "grpo",
+            f"model={model}",
+            "task=arith",
+            reward,
+            "prompts_per_step=4",
+            "group_size=4",
+            "mini_batch_size=8",
+            "mu=2",
+            "max_steps=10",
+            "beta=0.1",
+            *policy,
+        ],
+        "ppo": [
+            "ppo",
+            f"model={model}",
+            "task=advice",
+            reward,
+            "critic_init=policy",
+            "prompts_per_step=8",
+            "mini_batch_size=4",
+            "ppo_epochs=2",
+            "max_steps=8",
+            "kl_target=0.5",
+            "critic_lr=1e-2",
+            *policy,
+        ],
+        "raft": [
+            "raft",
+            f"model={model}",
+            "task=arith",
+            reward,
+            "require_correct=false",
+            "prompts_per_round=4",
+            "samples_per_prompt=4",
+            "epochs_per_round=2",
+            "mini_batch_size=2",
+            "max_steps=10",
+            *policy,
+        ],
+        "online-dpo": [
+            "online-dpo",
+            f"model={model}",
+            "task=advice",
+            "labeller=annotator",
+            "regime=iterative",
+            "refresh_every=3",
+            "samples_per_prompt=3",
+            "prompts_per_step=4",
+            "max_steps=10",
+            *policy,
+        ],
+    }
+
+
+def corpus() -> list[str]:
+    examples = ArithTask().sft_examples(300, random.Random(0)) + AdviceTask().sft_examples(
+        300, random.Random(0)
+    )
+    return [e.prompt + e.completion for e in examples]
+
+
+def rlhfkit(command: list[str], runs: Path, name: str, *flags: str, log: Path) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rlhfkit",
+                *command,
+                *QUIET,
+                "--runs-dir",
+                str(runs),
+                "--name",
+                name,
+                *flags,
+            ],
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def saving(run: Path) -> bool:
+    checkpoints = run / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+
+
+def logged_steps(run: Path) -> int:
+    try:
+        return (run / "metrics.jsonl").read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def killed_run(
+    command: list[str], runs: Path, name: str, *, after_step: int, delay: float, mid_save: bool
+) -> tuple[bool, bool]:
+    """Start the run; once it has logged `after_step` steps, SIGKILL it `delay` seconds later,
+    or (mid_save) at the next moment a checkpoint is being written. Returns (killed, killed
+    while a checkpoint was being written)."""
+    process, armed_at = rlhfkit(command, runs, name, log=runs / f"{name}.log"), None
+    while process.poll() is None:
+        if armed_at is None and logged_steps(runs / name) >= after_step:
+            armed_at = time.monotonic()
+        in_save = saving(runs / name)
+        due = armed_at is not None and (
+            in_save if mid_save else time.monotonic() >= armed_at + delay
+        )
+        if due:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True, in_save
+        time.sleep(0.0005 if armed_at is not None and mid_save else 0.002)
+    return False, False
+
+
+def max_steps(command: list[str]) -> int:
+    return next(int(arg.split("=")[1]) for arg in command if arg.startswith("max_steps="))
+
+
+def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
+    """Trial `index`: killed after a random number of steps (one in four mid-save), then
+    resumed, or started again when no checkpoint was complete yet."""
+    rng = random.Random(seed * 1000 + index)
+    mid_save, after_step, delay = index % 4 == 0, rng.randrange(max_steps(command)), rng.random()
+    name = f"trial{index:02d}"
+    killed, in_save = killed_run(
+        command, runs, name, after_step=after_step, delay=delay, mid_save=mid_save
+    )
+    outcome = {
+        "trial": index,
+        "after_step": after_step,
+        "killed": killed,
+        "killed_mid_save": in_save,
+        "restarted": False,
+    }
+    if killed:
+        done = [
+            p
+            for p in (runs / name / "checkpoints").glob("step_*")
+            if (p / "checkpoint.json").is_file()
+        ]
+        outcome["restarted"] = not done
+        flag = "--resume" if done else "--overwrite"
+        outcome["exit"] = rlhfkit(command, runs, name, flag, log=runs / f"{name}.log").wait()
+    outcome["equal"] = same_run(runs / "full", runs / name)
+    if outcome["equal"]:
+        shutil.rmtree(runs / name, ignore_errors=True)
+    return outcome
+
+
+def same_run(full: Path, other: Path) -> bool:
+    try:
+        a, b = (
+            load_file(full / "final" / "model.safetensors"),
+            load_file(other / "final" / "model.safetensors"),
+        )
+        losses = [
+            [
+                json.loads(line).get("loss")
+                for line in (run / "metrics.jsonl").read_text().splitlines()
+            ]
+            for run in (full, other)
+        ]
+        steps = [
+            [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for run in (full, other)
+        ]
+    except (OSError, ValueError):
+        return False
+    return (
+        a.keys() == b.keys()
+        and all(torch.equal(a[k], b[k]) for k in a)
+        and losses[0] == losses[1]
+        and steps[0] == steps[1]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--trainers", nargs="*", default=["sft", "rm", "dpo", "grpo", "ppo", "raft", "online-dpo"]
+    )
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="trials run at once (one thread each)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/fault-injection")
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    all_commands, results = commands(out), {}
+    for trainer in args.trainers:
+        runs, command = out / trainer, all_commands[trainer]
+        runs.mkdir()
+        started = time.monotonic()
+        if rlhfkit(command, runs, "full", log=runs / "full.log").wait() != 0:
+            sys.exit(f"{trainer}: the uninterrupted run failed, see {runs / 'full.log'}")
+        duration = time.monotonic() - started
+        with ThreadPoolExecutor(args.workers) as pool:
+            jobs = [pool.submit(trial, command, runs, i, args.seed) for i in range(args.trials)]
+            results[trainer] = {
+                "duration_s": round(duration, 1),
+                "trials": [job.result() for job in jobs],
+            }
+        summary = row(trainer, results[trainer])
+        print(summary, flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    header = (
+        "| trainer | trials | killed | of which mid-save | restarted (no checkpoint yet) "
+        "| bitwise equal |\n|---|---|---|---|---|---|\n"
+    )
+    (out / "table.md").write_text(header + "\n".join(row(t, r) for t, r in results.items()) + "\n")
+    print(f"written to {out / 'table.md'}")
+    if not all(t["equal"] for r in results.values() for t in r["trials"]):
+        sys.exit(1)
+
+
+def row(trainer: str, result: dict) -> str:
+    trials = result["trials"]
+    killed, mid_save, restarted, equal = (
+        sum(bool(t[key]) for t in trials)
+        for key in ("killed", "killed_mid_save", "restarted", "equal")
+    )
+    return (
+        f"| {trainer} | {len(trials)} | {killed} | {mid_save} | {restarted} "
+        f"| {equal}/{len(trials)} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
