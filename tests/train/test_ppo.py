@@ -2,7 +2,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, NumericalFault
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config
 from rlhfkit.runtime.rundir import prepare_run_dir
@@ -170,3 +170,22 @@ def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_sam
     # the critic still learns from that one pass: its loss falls
     values_first = [row["value_loss"] for row in single.history]
     assert all(v > 0 for v in values_first) and values_first[-1] < values_first[0]
+
+
+def test_rewards_that_overflow_the_value_loss_stop_the_run_instead_of_training_on(
+    tiny_model_dir, tmp_path, capsys
+):
+    # 1e30 squared is past float32: the critic's loss is inf at every step. It used to train on
+    # silently; now each update is skipped with a warning, then the run stops without final/
+    reward = tmp_path / "huge.py"
+    reward.write_text(
+        "def huge(prompts, responses, **columns):\n    return [1e30] * len(responses)\n"
+    )
+    cfg = config(
+        tiny_model_dir, tmp_path, reward=f"{reward}:huge", max_steps=4, max_nonfinite_skips=1
+    )
+    run = run_dir(tmp_path)
+    with pytest.raises(NumericalFault, match="non-finite updates"):
+        train_ppo(cfg, run)
+    assert "update skipped" in capsys.readouterr().err
+    assert not run.final.exists()

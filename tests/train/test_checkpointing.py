@@ -1,0 +1,45 @@
+import errno
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhfkit.errors import NumericalFault
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.train.checkpointing import save_final_model
+
+
+def test_the_final_model_is_written_whole(tiny_model_dir, tmp_path):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    final = save_final_model(model, tokenizer, tmp_path / "run" / "final", tmp_path / "none")
+    saved = load_file(final / "model.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
+    assert [p.name for p in final.parent.iterdir()] == ["final"]  # no temporary left
+
+
+def test_a_full_disk_during_the_final_save_leaves_the_earlier_final_untouched(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    final = tmp_path / "run" / "final"
+    final.mkdir(parents=True)
+    (final / "earlier.txt").write_text("the earlier final model")
+
+    def full_disk(directory, *args, **kwargs):
+        (directory / "config.json").write_text("{}")  # the first files fit, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_final_model(model, tokenizer, final, tmp_path / "none")
+    assert [p.name for p in final.iterdir()] == ["earlier.txt"]
+    assert [p.name for p in final.parent.iterdir()] == ["final"]
+
+
+def test_a_model_with_a_non_finite_weight_is_never_saved(tiny_model_dir, tmp_path):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("inf")
+    with pytest.raises(NumericalFault, match="non-finite weights: final/ not written"):
+        save_final_model(model, tokenizer, tmp_path / "run" / "final", tmp_path / "none")
+    assert not (tmp_path / "run" / "final").exists()
