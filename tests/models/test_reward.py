@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel, last_token_index, value_model_from
+from tests.models.test_loading import BROKEN_MODELS
 
 TEXTS = [
     "Q: Ann has 3 pens, buys 2 more.\nA: 3 + 2 = 5. The answer is 5.",
@@ -140,8 +141,11 @@ def test_num_heads_mismatch_is_a_user_error(tiny_model_dir, tmp_path):
 
 
 def test_directory_without_config_is_a_user_error(tmp_path):
-    with pytest.raises(RlhfkitError, match="no config.json"):
+    with pytest.raises(RlhfkitError, match="missing does not exist"):
         RewardModel.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RlhfkitError, match="no config.json"):
+        RewardModel.from_pretrained(tmp_path / "empty")
 
 
 def test_imitation_head_gives_the_causal_lm_logits(tiny_model_dir, tokenizer):
@@ -219,3 +223,21 @@ def test_shared_prefix_rewards_equal_the_plain_forward_with_the_same_gradients(t
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["no-weights", "config-not-json", "unknown-model-type", "truncated-weights", "pickle-weights"],
+)
+def test_a_broken_reward_model_directory_is_one_line_naming_it(name, tiny_model_dir, tmp_path):
+    breaks, fault = BROKEN_MODELS[name]
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    RewardModel.from_pretrained(model_dir).save_pretrained(model_dir)
+    breaks(model_dir)
+    for load in (RewardModel.from_pretrained, value_model_from):
+        with pytest.raises(RlhfkitError) as caught:
+            load(model_dir)
+        message = str(caught.value)
+        assert message.startswith(f"model directory {model_dir}: ") and fault in message
+        assert len(message.splitlines()) == 1
+    assert not (model_dir / "unpickled").exists()

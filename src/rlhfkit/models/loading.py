@@ -61,10 +61,8 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> P
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
-    except SafetensorError as error:
-        raise _error(path, f"the weights are damaged or truncated ({_one_line(error)})") from None
-    except (OSError, ValueError, KeyError) as error:  # a missing shard, ...
-        raise _error(path, f"the weights cannot be loaded ({_one_line(error)})") from None
+    except (SafetensorError, OSError, ValueError, KeyError) as error:  # a missing shard, ...
+        raise weights_error(path, error) from None
     _check_loading_info(path, info)
     return model
 
@@ -154,6 +152,13 @@ def _check_loading_info(path: str | Path, info: dict) -> None:
             f"{len(mismatched)} tensors of the weights do not have the shape config.json gives "
             f"them (first: {first})",
         )
+
+
+def weights_error(path: str | Path, error: BaseException) -> RlhfkitError:
+    """One line for a failure inside `from_pretrained` while reading a directory's weights."""
+    if isinstance(error, SafetensorError):
+        return _error(path, f"the weights are damaged or truncated ({_one_line(error)})")
+    return _error(path, f"the weights cannot be loaded ({_one_line(error)})")
 
 
 def _error(path: str | Path, problem: str) -> RlhfkitError:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     DynamicCache,
@@ -22,6 +22,7 @@ from transformers import (
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
 from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, split_at_response
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.loading import check_weight_files, read_model_config, weights_error
 from rlhfkit.rollout.engine import positions_from_mask
 
 
@@ -88,16 +89,18 @@ class RewardModel(nn.Module):
         dtype=torch.float32,
     ) -> "RewardModel":
         """Load a saved reward model, or start one from any causal-LM directory."""
-        if not (Path(path) / "config.json").is_file():
-            raise RlhfkitError(f"{path} is not a Hugging Face model directory (no config.json)")
-        config = AutoConfig.from_pretrained(path)
+        config = read_model_config(path)
         if is_reward_model(config) and config.num_labels != num_heads:
             raise RlhfkitError(
                 f"{path} has {config.num_labels} reward heads, {num_heads} were asked for"
             )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_heads, dtype=dtype
-        )
+        check_weight_files(path)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_heads, dtype=dtype, use_safetensors=True
+            )
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            raise weights_error(path, error) from None
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         lm_head = _lm_head_for(model, path, dtype) if with_lm_head else None
@@ -200,9 +203,9 @@ def value_model_from(path: str | Path) -> RewardModel:
     """A one-head model for PPO's critic, started from `path`: a reward model keeps its backbone
     and head (an ensemble's heads averaged into one, so the critic starts at the ensemble's mean
     reward); a causal LM gets a fresh head."""
-    config = AutoConfig.from_pretrained(path) if (Path(path) / "config.json").is_file() else None
-    heads = config.num_labels if config is not None and is_reward_model(config) else 1
-    model = RewardModel.from_pretrained(path, num_heads=heads)  # a missing config.json is its error
+    config = read_model_config(path)
+    heads = config.num_labels if is_reward_model(config) else 1
+    model = RewardModel.from_pretrained(path, num_heads=heads)
     if heads > 1:
         name, head = next(
             (n, m) for n, m in model.model.named_children() if n != model.model.base_model_prefix

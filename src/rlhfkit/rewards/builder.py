@@ -17,10 +17,9 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.loading import load_tokenizer, read_model_config
 from rlhfkit.models.reward import RewardModel, is_reward_model
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.combined import WeightedSum
@@ -143,7 +142,7 @@ def load_reward_model_source(
         raise RlhfkitError(
             f"reward source '{name}': {path} is not a saved model directory (no config.json)"
         )
-    config = AutoConfig.from_pretrained(path)
+    config = read_model_config(path)
     if not is_reward_model(config):
         # Loading a causal LM here would bolt on a new, untrained head: random rewards.
         found = ", ".join(config.architectures or []) or "none"
