@@ -92,8 +92,6 @@ CASES = [
     Case(
         "device-unknown",
         sft("device=banana", expect=("device", "'banana'")),
-        xfail="torch.device's RuntimeError escapes resolve_device: a traceback, exit status 1, "
-        "and runs/sft/ is left behind",
     ),
     Case(
         "device-cuda-without-cuda",
@@ -159,7 +157,6 @@ CASES = [
     Case(
         "yaml-not-utf8",
         sft(expect=("{config}", "UTF-8"), config=b"lr: 0.1\nname: caf\xe9\n"),
-        xfail="UnicodeDecodeError escapes load_config: a traceback, exit status 1",
     ),
 ]
 

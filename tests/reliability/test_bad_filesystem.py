@@ -201,9 +201,7 @@ CASES = [
     Case("run-name-taken-by-a-file", run_name_taken_by_a_file),
     Case(
         "run-name-too-long",
-        lambda env: Invocation(env.sft("--name", "r" * 300), ("--name", "File name too long")),
-        xfail="OSError ENAMETOOLONG from Path.exists() in rundir._check_request escapes: "
-        "a traceback, exit status 1",
+        lambda env: Invocation(env.sft("--name", "r" * 300), ("--name is 300 bytes long",)),
     ),
     Case("run-in-use-by-a-live-process", run_in_use),
     Case("overwrite-a-run-in-use", overwriting_a_run_in_use),
@@ -221,9 +219,6 @@ CASES = [
         "full-disk",
         full_disk,
         skip=NEEDS_ROOT_TO_MOUNT,
-        xfail="OSError ENOSPC escapes run_lock._create while it writes run.lock: a traceback, "
-        "exit status 1, and runs/sft/ holding an empty run.lock is left behind (a lock that "
-        "names no process, which the next run on that name refuses)",
     ),
 ]
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import __version__ as transformers_version
@@ -27,7 +28,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 def load_tokenizer(path: str | Path):
     """The tokenizer saved with a model; a missing pad token falls back to EOS (common for
     decoder-only models) because batches are padded."""
-    _read_config_json(path)  # transformers reads it too, and would blame the tokenizer
+    read_model_config(path)  # transformers reads it too, and would blame the tokenizer
     if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         raise _error(path, f"no tokenizer ({' or '.join(TOKENIZER_FILES)})")
     try:
@@ -79,7 +80,7 @@ def read_model_config(path: str | Path):
         )
     try:
         return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as error:
         raise _error(path, f"config.json cannot be read ({_one_line(error)})") from None
 
 

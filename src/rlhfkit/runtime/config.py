@@ -165,6 +165,11 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found") from None
     except OSError as err:
         raise ConfigError(f"config file {path}: cannot read it ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#x} at offset "
+            f"{err.start})"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

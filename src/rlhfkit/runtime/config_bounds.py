@@ -209,6 +209,23 @@ def validate(cfg: Any, prefix: str = "") -> None:
                 raise ConfigError(f"config key '{key}': must hold finite numbers, got {value!r}")
         elif _is_number(value):
             _check_number(type(cfg), field.name, key, value)
+        elif field.name == "device" and isinstance(value, str):
+            _check_device(key, value)
+
+
+def _check_device(key: str, value: str) -> None:
+    """`auto` or a name torch can parse (cpu, cuda, cuda:1, mps, ...); whether the device is
+    present is checked when the run starts."""
+    if value == "auto":
+        return
+    import torch  # here, not at the top: `rlhfkit --help` must not import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"config key '{key}': not a device: {value!r} (auto, cpu, cuda, cuda:1, mps, ...)"
+        ) from None
 
 
 def _check_number(cls: type, name: str, key: str, value: float) -> None:

@@ -19,7 +19,12 @@ def resolve_device(name: str) -> torch.device:
     """`auto` = the first CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise RlhfkitError(
+            f"device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RlhfkitError(f"device '{name}' was asked for, but no CUDA device is available")
     return device

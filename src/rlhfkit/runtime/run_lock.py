@@ -87,8 +87,12 @@ def _create(path: Path, owner: LockOwner) -> bool:
         return False
     except OSError as err:
         raise RlhfkitError(f"cannot create the lock {path}: {err.strerror}") from None
-    with os.fdopen(fd, "w") as file:
-        file.write(json.dumps(asdict(owner)) + "\n")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(json.dumps(asdict(owner)) + "\n")
+    except OSError as err:  # a full disk: an empty lock left behind would block the next run
+        path.unlink(missing_ok=True)
+        raise RlhfkitError(f"cannot write the lock {path}: {err.strerror}") from None
     return True
 
 

@@ -53,6 +53,8 @@ from rlhfkit.runtime.config import config_to_dict, load_config, save_config
 from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, release_run_lock
 
 _HISTORY_PREFIX = "# resumed at "
+# folder names stop at 255 bytes; the hidden `.<name>.replaced-<pid>` of --overwrite needs room
+MAX_NAME_BYTES = 200
 _UNSET = object()  # a key one of two configs lacks (a section that is None in the other)
 
 
@@ -95,6 +97,11 @@ def run_root(runs_dir: Path, name: str) -> Path:
         raise RlhfkitError(
             f"--name {name!r} is not a plain run name: it must be a folder name inside --runs-dir "
             "(no '/', not empty, not starting with '.')"
+        )
+    if len(os.fsencode(name)) > MAX_NAME_BYTES:
+        raise RlhfkitError(
+            f"--name is {len(os.fsencode(name))} bytes long: a run name must fit in "
+            f"{MAX_NAME_BYTES} bytes (a folder name on common file systems)"
         )
     runs_dir = Path(runs_dir)
     if runs_dir.exists() and not runs_dir.is_dir():
