@@ -33,6 +33,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -206,6 +207,7 @@ def build_reference(
 def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult:
     """Optimise `cfg.model` on preferences; the final model goes to `run.final`."""
     check_config(cfg)
+    validate(cfg)  # as the CLI does, for configs built in Python
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # step 1. tokenizer and data: each pair or ranking is one group whose responses share a batch

@@ -44,6 +44,7 @@ from rlhfkit.runtime.checkpoint import (
     save_checkpoint,
     save_torch_state,
 )
+from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -228,6 +229,7 @@ class PolicyRun:
         critic_start: str = "",
         critic_lr: float = 0.0,
     ):
+        validate(cfg)  # as the CLI does, for configs built in Python
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps

@@ -25,6 +25,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -179,6 +180,7 @@ def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, dev
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
+    validate(cfg)  # as the CLI does, for configs built in Python
     seed_everything(cfg.seed)
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)

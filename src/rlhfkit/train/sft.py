@@ -22,6 +22,7 @@ from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
+from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -161,6 +162,7 @@ def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTCo
 
 def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult:
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
+    validate(cfg)  # as the CLI does, for configs built in Python
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
     tokenizer = load_tokenizer(cfg.model)
