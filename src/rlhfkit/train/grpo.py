@@ -27,6 +27,7 @@ from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.runtime.device import autocast
+from rlhfkit.train.micro_batches import Stats, backward_micro_batches, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -114,8 +115,9 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
 
 def _minibatch_loss(
     cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator
-) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate + beta * KL for one mini-batch (a slice of the rollout)."""
+) -> tuple[torch.Tensor, Stats]:
+    """Clipped surrogate + beta * KL for one micro-batch (a slice of a mini-batch), over the
+    mini-batch's `denominator`."""
     mask = batch["response_mask"]
     with autocast(run.models.device, cfg.precision):
         current = response_logprobs(
@@ -141,18 +143,18 @@ def _minibatch_loss(
     loss, stats = (
         policy.loss,
         {
-            "clip_fraction": policy.clip_fraction.item(),
-            "entropy": masked_mean(current.entropy, mask).item(),
+            "clip_fraction": token_stat(policy.clip_fraction, mask),
+            "entropy": token_stat(masked_mean(current.entropy, mask), mask),
         },
     )
     if cfg.beta > 0:
         kl = kl_penalty(current.logprobs, batch["ref_logprobs"], cfg.kl_estimator, cfg.kl_clamp)
         loss = loss + cfg.beta * aggregate_loss(kl, mask, cfg.loss_aggregation, denominator)
-        stats["kl_per_token"] = masked_mean(kl.detach(), mask).item()
+        stats["kl_per_token"] = token_stat(masked_mean(kl.detach(), mask), mask)
         per_sequence = sequence_kl(
             current.logprobs.detach(), batch["ref_logprobs"], mask, cfg.kl_estimator, cfg.kl_clamp
         )
-        stats["kl_per_sequence"] = per_sequence.mean().item()
+        stats["kl_per_sequence"] = row_stat(per_sequence.mean(), mask)
     return loss, stats
 
 
@@ -238,11 +240,14 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                         denominator = loss_denominator(
                             part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
                         )
-                        loss, part_stats = _minibatch_loss(cfg, run, part, denominator)
-                        loss.backward()
+                        loss, part_stats = backward_micro_batches(
+                            part,
+                            cfg.micro_batch_size,
+                            lambda micro, d=denominator: _minibatch_loss(cfg, run, micro, d),
+                        )
                     with timer("optimizer"):
-                        part_stats["loss"] = loss.item()
-                        part_stats["grad_norm"] = run.optimizer_step(step, part_stats["loss"])
+                        part_stats["loss"] = loss
+                        part_stats["grad_norm"] = run.optimizer_step(step, loss)
                     stats.append(part_stats)
 
             # step 6. metrics, evaluation, checkpoint

@@ -209,7 +209,7 @@ def _step_loss(
 ) -> tuple[dict, torch.Tensor]:
     """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
     returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
-    size, device = cfg.micro_batch_size, run.models.device
+    size, device = cfg.micro_batch_size or len(batch.groups), run.models.device
     pad_token_id = run.models.tokenizer.pad_token_id
     micro_batches = (
         (

@@ -62,6 +62,10 @@ class PolicyRunConfig(RunConfig):
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip (0 = none)."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward pass inside a mini-batch (PPO: prompts; RAFT: samples); their
+    gradients add up to the mini-batch's one update, equal to the unsplit one. 0 = the whole
+    mini-batch in one pass; lower it when a mini-batch does not fit in memory."""
     lora_r: int = 0
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16

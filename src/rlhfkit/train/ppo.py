@@ -29,6 +29,7 @@ from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_logprobs, response_values
 from rlhfkit.runtime.device import autocast
+from rlhfkit.train.micro_batches import backward_micro_batches, token_stat
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
@@ -82,8 +83,9 @@ class PPOConfig(PolicyRunConfig):
     shared_critic_pass: bool = True
     """With one update per rollout (ppo_epochs=1 and mini_batch_size=prompts_per_step), take the
     critic's rollout values from the pass its update differentiates: one critic forward per step
-    instead of two, the same values and losses. false, or several updates per rollout (where a
-    later mini-batch meets an updated critic): a separate pass without autograd."""
+    instead of two, the same values and losses. false, several updates per rollout (where a
+    later mini-batch meets an updated critic) or micro-batches: a separate pass without
+    autograd."""
     # the defaults PolicyRunConfig leaves to each trainer (see its fields)
     max_new_tokens: int = 64
     max_steps: int = 100
@@ -118,7 +120,9 @@ def check_ppo_config(cfg: PPOConfig) -> None:
 def shares_critic_pass(cfg: PPOConfig) -> bool:
     """Whether the critic's rollout pass is also its training pass (see `shared_critic_pass`)."""
     one_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.prompts_per_step
-    return cfg.shared_critic_pass and one_update
+    # micro-batches exist to hold one slice's graph at a time; a shared pass holds them all
+    unsplit = cfg.micro_batch_size == 0 or cfg.micro_batch_size >= cfg.mini_batch_size
+    return cfg.shared_critic_pass and one_update and unsplit
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -252,65 +256,88 @@ def _ppo_minibatch(
     timer: PhaseTimer,
     values: torch.Tensor | None,
 ) -> dict:
-    """One clipped critic step and one clipped actor step on a slice of the rollout; `values`:
-    the critic's values of this slice with autograd already there (None = run the critic).
-    The critic steps first, so its graph is freed before the actor's is built."""
-    models, mask = run.models, part["response_mask"]
-    denominator = loss_denominator(mask, LossAggregation.TOKEN_MEAN)
+    """One clipped critic step and one clipped actor step on a slice of the rollout, each
+    accumulated over micro-batches; `values`: the critic's values of this slice with autograd
+    already there (None = run the critic). The critic steps first, so its graphs are freed
+    before the actor's are built."""
+    denominator = loss_denominator(part["response_mask"], LossAggregation.TOKEN_MEAN)
     with timer("forward_backward"):
-        if values is None:
-            with autocast(models.device, cfg.precision):
-                values = response_values(
-                    models.critic, part["input_ids"], part["attention_mask"], mask.shape[1]
-                )
-        critic_loss = value_loss(
-            values,
-            part["old_values"],
-            part["returns"],
-            mask,
-            cfg.value_clip or None,
-            LossAggregation.TOKEN_MEAN,
-            denominator,
-        )
-        critic_loss.backward()
+        if values is not None:  # the shared pass: its graph covers the whole slice
+            critic_loss = _critic_loss(cfg, run, part, denominator, values)
+            critic_loss.backward()
+            critic_value = critic_loss.item()
+        else:
+            critic_value, _ = backward_micro_batches(
+                part,
+                cfg.micro_batch_size,
+                lambda micro, d=denominator: (_critic_loss(cfg, run, micro, d, None), {}),
+            )
     with timer("optimizer"):
         critic_lr = linear_warmup(step, cfg.warmup_steps) * cfg.critic_lr
         clipped_step(
-            models.critic_optimizer,
+            run.models.critic_optimizer,
             critic_lr,
             cfg.max_grad_norm,
             guard=run.guard,
             step=step,
-            loss=critic_loss.item(),
+            loss=critic_value,
         )
     with timer("forward_backward"):
-        with autocast(models.device, cfg.precision):
-            current = response_logprobs(
-                models.policy,
-                part["input_ids"],
-                part["attention_mask"],
-                mask.shape[1],
-                temperature=cfg.temperature,
-                with_entropy=True,
-            )
-        policy = ppo_policy_loss(
-            current.logprobs,
-            part["old_logprobs"],
-            part["advantages"],
-            mask,
-            cfg.clip_eps,
-            cfg.clip_eps,
-            None,
-            LossAggregation.TOKEN_MEAN,
-            denominator,
+        loss, stats = backward_micro_batches(
+            part,
+            cfg.micro_batch_size,
+            lambda micro, d=denominator: _actor_loss(cfg, run, micro, d),
         )
-        policy.loss.backward()
     with timer("optimizer"):
-        grad_norm = run.optimizer_step(step, policy.loss.item())
-    return {
-        "loss": policy.loss.item(),
-        "value_loss": critic_loss.item(),
-        "grad_norm": grad_norm,
-        "clip_fraction": policy.clip_fraction.item(),
-        "entropy": masked_mean(current.entropy, mask).item(),
+        grad_norm = run.optimizer_step(step, loss)
+    return {"loss": loss, "value_loss": critic_value, "grad_norm": grad_norm, **stats}
+
+
+def _critic_loss(
+    cfg: PPOConfig, run: PolicyRun, micro: dict, denominator, values: torch.Tensor | None
+) -> torch.Tensor:
+    """The clipped value loss of a micro-batch over the mini-batch's token count."""
+    mask = micro["response_mask"]
+    if values is None:
+        with autocast(run.models.device, cfg.precision):
+            values = response_values(
+                run.models.critic, micro["input_ids"], micro["attention_mask"], mask.shape[1]
+            )
+    return value_loss(
+        values,
+        micro["old_values"],
+        micro["returns"],
+        mask,
+        cfg.value_clip or None,
+        LossAggregation.TOKEN_MEAN,
+        denominator,
+    )
+
+
+def _actor_loss(cfg: PPOConfig, run: PolicyRun, micro: dict, denominator) -> tuple:
+    """The clipped surrogate of a micro-batch over the mini-batch's token count."""
+    mask = micro["response_mask"]
+    with autocast(run.models.device, cfg.precision):
+        current = response_logprobs(
+            run.models.policy,
+            micro["input_ids"],
+            micro["attention_mask"],
+            mask.shape[1],
+            temperature=cfg.temperature,
+            with_entropy=True,
+        )
+    policy = ppo_policy_loss(
+        current.logprobs,
+        micro["old_logprobs"],
+        micro["advantages"],
+        mask,
+        cfg.clip_eps,
+        cfg.clip_eps,
+        None,
+        LossAggregation.TOKEN_MEAN,
+        denominator,
+    )
+    return policy.loss, {
+        "clip_fraction": token_stat(policy.clip_fraction, mask),
+        "entropy": token_stat(masked_mean(current.entropy, mask), mask),
     }

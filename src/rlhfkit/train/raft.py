@@ -30,6 +30,7 @@ from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
+from rlhfkit.train.micro_batches import backward_micro_batches
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -107,15 +108,19 @@ def rollout_rows(rollout: Rollout, rows: torch.Tensor | slice) -> dict:
     }
 
 
-def sft_minibatch_loss(cfg: RAFTConfig, run: PolicyRun, batch: dict) -> torch.Tensor:
-    """SFT loss of kept rollout rows: the token-mean negative log-likelihood of the response
-    tokens (the left-padded prompt is context; the LM head runs on the response only)."""
+def sft_minibatch_loss(
+    cfg: RAFTConfig, run: PolicyRun, batch: dict, denominator: torch.Tensor | None = None
+) -> torch.Tensor:
+    """SFT loss of kept rollout rows: the negative log-likelihood of the response tokens over
+    `denominator` (the mini-batch's response tokens; None = these rows' own: a token mean).
+    The left-padded prompt is context; the LM head runs on the response only."""
     mask = batch["response_mask"]
     with autocast(run.models.device, cfg.precision):
         logprobs = response_logprobs(
             run.models.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1]
         ).logprobs
-    return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, mask.sum())
+    total = mask.sum() if denominator is None else denominator
+    return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, total)
 
 
 def _raft_update(
@@ -144,9 +149,14 @@ def _raft_update(
             micro_batch_rows(count, cfg.mini_batch_size, round_seed, index),
             device=run.models.device,
         )
-        loss = sft_minibatch_loss(cfg, run, {k: v[rows] for k, v in data.items()})
-        loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, loss.item())})
+        part = {k: v[rows] for k, v in data.items()}
+        tokens = part["response_mask"].sum()
+        loss, _ = backward_micro_batches(
+            part,
+            cfg.micro_batch_size,
+            lambda micro, d=tokens: (sft_minibatch_loss(cfg, run, micro, d), {}),
+        )
+        stats.append({"loss": loss, "grad_norm": run.optimizer_step(step, loss)})
     # a round where nothing passed the threshold takes no step: its loss is that of an empty set
     return stats or [{"loss": 0.0, "grad_norm": 0.0}], {**info, "optimizer_steps": len(stats)}
 
@@ -160,22 +170,31 @@ def _online_rft_update(
     stats = []
     for start in range(0, coefficients.shape[0], cfg.mini_batch_size):
         part = {k: v[start : start + cfg.mini_batch_size] for k, v in data.items()}
-        mask = part["response_mask"]
-        with autocast(run.models.device, cfg.precision):
-            current = response_logprobs(
-                run.models.policy,
-                part["input_ids"],
-                part["attention_mask"],
-                mask.shape[1],
-                temperature=cfg.temperature,
-            )
-        denominator = loss_denominator(mask, cfg.loss_aggregation, cfg.max_new_tokens)
-        loss = rft_loss(
-            current.logprobs, part["coefficients"], mask, cfg.loss_aggregation, denominator
+        denominator = loss_denominator(
+            part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
         )
-        loss.backward()
-        stats.append({"loss": loss.item(), "grad_norm": run.optimizer_step(step, loss.item())})
+        loss, _ = backward_micro_batches(
+            part,
+            cfg.micro_batch_size,
+            lambda micro, d=denominator: (_rft_micro_loss(cfg, run, micro, d), {}),
+        )
+        stats.append({"loss": loss, "grad_norm": run.optimizer_step(step, loss)})
     return stats, {"optimizer_steps": len(stats)}
+
+
+def _rft_micro_loss(cfg: RAFTConfig, run: PolicyRun, micro: dict, denominator) -> torch.Tensor:
+    mask = micro["response_mask"]
+    with autocast(run.models.device, cfg.precision):
+        current = response_logprobs(
+            run.models.policy,
+            micro["input_ids"],
+            micro["attention_mask"],
+            mask.shape[1],
+            temperature=cfg.temperature,
+        )
+    return rft_loss(
+        current.logprobs, micro["coefficients"], mask, cfg.loss_aggregation, denominator
+    )
 
 
 # The mode is picked once; each update turns a scored rollout into optimizer steps.

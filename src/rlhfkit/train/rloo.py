@@ -24,6 +24,7 @@ from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.grpo import check_batch_sizes
+from rlhfkit.train.micro_batches import backward_micro_batches, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -51,10 +52,12 @@ def sequence_clip_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     clip_eps: float,
+    denominator: float | None = None,
 ):
     """PPO's clipped surrogate with one ratio per response,
-    exp(sum_t logprobs - sum_t old_logprobs), averaged over the responses: the token-level loss on
-    a response length of one."""
+    exp(sum_t logprobs - sum_t old_logprobs), summed over the responses / `denominator` (the
+    mini-batch's responses; None = these rows': a mean): the token-level loss on a response
+    length of one."""
     sequence = masked_sum(logprobs, response_mask, dim=1).unsqueeze(1)
     old_sequence = masked_sum(old_logprobs, response_mask, dim=1).unsqueeze(1)
     every = torch.ones_like(sequence, dtype=torch.bool)
@@ -67,8 +70,30 @@ def sequence_clip_loss(
         clip_eps,
         None,
         LossAggregation.TOKEN_MEAN,
-        sequence.shape[0],
+        sequence.shape[0] if denominator is None else denominator,
     )
+
+
+def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tuple:
+    """The sequence-level clipped loss of a micro-batch over the mini-batch's `rows`."""
+    mask = micro["response_mask"]
+    with autocast(run.models.device, cfg.precision):
+        current = response_logprobs(
+            run.models.policy,
+            micro["input_ids"],
+            micro["attention_mask"],
+            mask.shape[1],
+            temperature=cfg.temperature,
+            with_entropy=True,
+            group_size=cfg.group_size,
+        )
+    policy = sequence_clip_loss(
+        current.logprobs, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_eps, rows
+    )
+    return policy.loss, {
+        "clip_fraction": row_stat(policy.clip_fraction, mask),
+        "entropy": token_stat(masked_mean(current.entropy, mask), mask),
+    }
 
 
 def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
@@ -124,36 +149,17 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
             for _ in range(cfg.mu):
                 for start in range(0, rollout_size, cfg.mini_batch_size):
                     part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                    mask = part["response_mask"]
+                    rows = part["response_mask"].shape[0]
                     with timer("forward_backward"):
-                        with autocast(run.models.device, cfg.precision):
-                            current = response_logprobs(
-                                run.models.policy,
-                                part["input_ids"],
-                                part["attention_mask"],
-                                mask.shape[1],
-                                temperature=cfg.temperature,
-                                with_entropy=True,
-                                group_size=cfg.group_size,
-                            )
-                        policy = sequence_clip_loss(
-                            current.logprobs,
-                            part["old_logprobs"],
-                            part["advantages"],
-                            mask,
-                            cfg.clip_eps,
+                        loss, part_stats = backward_micro_batches(
+                            part,
+                            cfg.micro_batch_size,
+                            lambda micro, n=rows: _micro_loss(cfg, run, micro, n),
                         )
-                        policy.loss.backward()
                     with timer("optimizer"):
-                        grad_norm = run.optimizer_step(step, policy.loss.item())
-                    stats.append(
-                        {
-                            "loss": policy.loss.item(),
-                            "grad_norm": grad_norm,
-                            "clip_fraction": policy.clip_fraction.item(),
-                            "entropy": masked_mean(current.entropy, mask).item(),
-                        }
-                    )
+                        part_stats["loss"] = loss
+                        part_stats["grad_norm"] = run.optimizer_step(step, loss)
+                    stats.append(part_stats)
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)

@@ -1,0 +1,92 @@
+"""Micro-batches change memory, not the update: every policy trainer's run with its mini-batches
+cut into micro-batches (of a size that does not divide them, so the last slice is short) ends
+with the weights and losses of the unsplit run, up to float rounding."""
+
+import pytest
+import torch
+
+from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.train import policy_run, ppo
+from rlhfkit.train.grpo import train_grpo
+from rlhfkit.train.micro_batches import backward_micro_batches, micro_slices, row_stat, token_stat
+from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.raft import train_raft
+from rlhfkit.train.rloo import train_rloo
+
+from . import test_grpo, test_ppo, test_raft, test_rloo
+
+
+def test_slices_cover_the_rows_once_and_zero_means_one_slice():
+    assert micro_slices(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert micro_slices(7, 0) == [slice(0, 7)]
+    assert micro_slices(4, 8) == [slice(0, 4)]
+
+
+def test_accumulated_gradient_and_weighted_stats_equal_the_whole_batch():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(3))
+    part = {
+        "x": torch.randn(5, 3),
+        "response_mask": torch.tensor([[1, 1], [1, 0], [1, 1], [0, 0], [1, 0]]).bool(),
+    }
+
+    def loss_of(micro):
+        values = micro["x"] @ weight  # (rows,)
+        tokens = micro["response_mask"].sum(dim=1)
+        loss = (values * tokens).sum() / 6  # over the whole part's 6 tokens
+        mean = (values.detach() * tokens).sum() / tokens.sum().clamp(min=1)
+        return loss, {
+            "token_mean": token_stat(mean, micro["response_mask"]),
+            "row_mean": row_stat(values.detach().mean(), micro["response_mask"]),
+        }
+
+    whole_loss, whole_stats = backward_micro_batches(part, 0, loss_of)
+    whole_grad, weight.grad = weight.grad.clone(), None
+    split_loss, split_stats = backward_micro_batches(part, 2, loss_of)
+    assert split_loss == pytest.approx(whole_loss, rel=1e-6)
+    assert torch.allclose(weight.grad, whole_grad, atol=1e-6)
+    for name in whole_stats:
+        assert split_stats[name] == pytest.approx(whole_stats[name], rel=1e-5), name
+
+
+# one update per step and one step, so every gradient is taken at the same weights in both runs
+# (after a first Adam step, rounding can flip the sign of a near-zero gradient element, and the
+# runs would part by the learning rate there)
+ONE_UPDATE = dict(max_steps=1)
+TRAINERS = {
+    "grpo": (train_grpo, test_grpo.config, dict(beta=0.1, prompts_per_step=4, group_size=4, mini_batch_size=16)),
+    "rloo": (train_rloo, test_rloo.config, dict(prompts_per_step=4, group_size=4, mini_batch_size=16)),
+    "ppo": (train_ppo, test_ppo.config, dict(ppo_epochs=1, prompts_per_step=4, mini_batch_size=4)),
+    "raft": (train_raft, test_raft.config, dict(epochs_per_round=1, mini_batch_size=16)),
+    "online-rft": (train_raft, test_raft.config, dict(mode="online_rft", mini_batch_size=16)),
+}
+
+
+def recorded_gradients(monkeypatch) -> list[torch.Tensor]:
+    """Every update's gradient (all parameters, flattened), recorded as it is applied."""
+    seen = []
+
+    def recording(optimizer, *args, **kwargs):
+        grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
+        seen.append(torch.cat([g for g in grads if g is not None]).clone())
+        return clipped_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(policy_run, "clipped_step", recording)
+    monkeypatch.setattr(ppo, "clipped_step", recording)
+    return seen
+
+
+@pytest.mark.parametrize("name", list(TRAINERS))
+def test_micro_batches_give_the_unsplit_update(name, tiny_model_dir, tmp_path, monkeypatch):
+    train, config, settings = TRAINERS[name]
+    gradients, histories = {}, {}
+    for size in (0, 3):  # 3 divides no mini-batch here: the last slice is short
+        gradients[size] = recorded_gradients(monkeypatch)
+        cfg = config(tiny_model_dir, tmp_path, micro_batch_size=size, **ONE_UPDATE, **settings)
+        run = prepare_run_dir(tmp_path / f"micro{size}", resume=False, overwrite=False)
+        histories[size] = train(cfg, run).history
+    assert histories[3][0]["loss"] == pytest.approx(histories[0][0]["loss"], rel=1e-5, abs=1e-7)
+    assert len(gradients[0]) == len(gradients[3]) == (2 if name == "ppo" else 1)
+    for whole, split in zip(gradients[0], gradients[3], strict=True):
+        assert torch.allclose(split, whole, rtol=1e-4, atol=1e-6)
