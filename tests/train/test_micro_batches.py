@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.train import policy_run, ppo
+from rlhfkit.train import policy_run, ppo, reward
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.micro_batches import backward_micro_batches, micro_slices, row_stat, token_stat
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.raft import train_raft
+from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.rloo import train_rloo
 
-from . import test_grpo, test_ppo, test_raft, test_rloo
+from . import test_grpo, test_ppo, test_raft, test_reward, test_rloo
+from .test_reward import advice_rankings  # noqa: F401 (a fixture)
 
 
 def test_slices_cover_the_rows_once_and_zero_means_one_slice():
@@ -55,8 +57,16 @@ def test_accumulated_gradient_and_weighted_stats_equal_the_whole_batch():
 # runs would part by the learning rate there)
 ONE_UPDATE = dict(max_steps=1)
 TRAINERS = {
-    "grpo": (train_grpo, test_grpo.config, dict(beta=0.1, prompts_per_step=4, group_size=4, mini_batch_size=16)),
-    "rloo": (train_rloo, test_rloo.config, dict(prompts_per_step=4, group_size=4, mini_batch_size=16)),
+    "grpo": (
+        train_grpo,
+        test_grpo.config,
+        dict(beta=0.1, prompts_per_step=4, group_size=4, mini_batch_size=16),
+    ),
+    "rloo": (
+        train_rloo,
+        test_rloo.config,
+        dict(prompts_per_step=4, group_size=4, mini_batch_size=16),
+    ),
     "ppo": (train_ppo, test_ppo.config, dict(ppo_epochs=1, prompts_per_step=4, mini_batch_size=4)),
     "raft": (train_raft, test_raft.config, dict(epochs_per_round=1, mini_batch_size=16)),
     "online-rft": (train_raft, test_raft.config, dict(mode="online_rft", mini_batch_size=16)),
@@ -90,3 +100,40 @@ def test_micro_batches_give_the_unsplit_update(name, tiny_model_dir, tmp_path, m
     assert len(gradients[0]) == len(gradients[3]) == (2 if name == "ppo" else 1)
     for whole, split in zip(gradients[0], gradients[3], strict=True):
         assert torch.allclose(split, whole, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(),
+        dict(num_heads=2, imitation_coef=0.5, centering_coef=0.1),
+    ],
+    ids=["bradley-terry", "ensemble-imitation-centring"],
+)
+def test_reward_model_accumulation_gives_the_unsplit_update(
+    settings, tiny_model_dir, advice_rankings, tmp_path, monkeypatch  # noqa: F811
+):
+    gradients, losses = {}, {}
+    for batch_size, grad_accum in ((8, 1), (4, 2)):  # the same 8 rankings in one or two passes
+        seen = gradients[grad_accum] = []
+
+        def recording(optimizer, *args, seen=seen, **kwargs):
+            grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
+            seen.append(torch.cat([g for g in grads if g is not None]).clone())
+            return clipped_step(optimizer, *args, **kwargs)
+
+        monkeypatch.setattr(reward, "clipped_step", recording)
+        cfg = test_reward.config(
+            tiny_model_dir,
+            *advice_rankings,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_steps=1,
+            eval_data="",
+            **settings,
+        )
+        run = prepare_run_dir(tmp_path / f"accum{grad_accum}", resume=False, overwrite=False)
+        torch.manual_seed(0)  # the heads' initialisation
+        losses[grad_accum] = train_reward_model(cfg, run).train_losses
+    assert losses[2][0] == pytest.approx(losses[1][0], rel=1e-5)
+    assert torch.allclose(gradients[2][0], gradients[1][0], rtol=1e-4, atol=1e-6)

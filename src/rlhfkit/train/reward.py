@@ -41,7 +41,12 @@ from rlhfkit.train.checkpointing import (
     save_trainer_checkpoint,
 )
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
-from rlhfkit.train.reward_losses import pairwise_loss, process_loss, process_step_logits
+from rlhfkit.train.reward_losses import (
+    pair_denominators,
+    pairwise_loss,
+    process_loss,
+    process_step_logits,
+)
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -77,7 +82,11 @@ class RewardConfig(RunConfig):
     truncation: Truncation = Truncation.KEEP_START
     """keep_start, keep_end or drop (see the SFT trainer)."""
     batch_size: int = 16
-    """Prompts (rankings, pairs or solutions) per step: all responses of a prompt share a batch."""
+    """Prompts (rankings, pairs or solutions) per micro-batch: all responses of a prompt share
+    one."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the step's losses divide by counts over all of them,
+    so a step of grad_accum x batch_size prompts is one update whatever its split."""
     max_steps: int = 150
     """Optimizer steps."""
     lr: float = 1e-3
@@ -162,10 +171,17 @@ def evaluate_reward_model(
     return right / max(1, total)
 
 
-def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, device: torch.device):
+# statistics that are terms of the step's loss: each micro-batch's is its share of the total
+LOSS_TERMS = ("bt_loss", "imitation_loss")
+
+
+def _batch_loss(
+    model, items, row_ids, cfg: RewardConfig, pad_token_id: int, device: torch.device, counts
+):
+    """The loss of one micro-batch over the step's `counts` (`_step_counts`)."""
     with autocast(device, cfg.precision):
         if cfg.objective == RewardObjective.PROCESS:
-            return process_loss(model, items, pad_token_id=pad_token_id)
+            return process_loss(model, items, pad_token_id=pad_token_id, denominator=counts)
         return pairwise_loss(
             model,
             items,
@@ -174,7 +190,15 @@ def _batch_loss(model, items, row_ids, cfg: RewardConfig, pad_token_id: int, dev
             seed=cfg.seed,
             imitation_coef=cfg.imitation_coef,
             centering_coef=cfg.centering_coef,
+            denominators=counts,
         )
+
+
+def _step_counts(cfg: RewardConfig, items: list):
+    """What the step's losses divide by, over all its micro-batches' items."""
+    if cfg.objective == RewardObjective.PROCESS:
+        return max(1, sum(len(item.labels) for item in items))
+    return pair_denominators(items)
 
 
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
@@ -214,15 +238,37 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     ):
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
-            # step 3. this step's prompts, fixed by (seed, step) alone
-            row_ids = micro_batch_rows(
-                len(train), cfg.batch_size, cfg.seed, step, shuffle=cfg.shuffle
-            )
-            # step 4. score every response once; loss over all pairs of each prompt
-            loss, stats = _batch_loss(
-                model, [train[i] for i in row_ids], row_ids, cfg, tokenizer.pad_token_id, device
-            )
-            loss.backward()
+            # step 3. this step's micro-batches of prompts, fixed by (seed, position) alone
+            micro_rows = [
+                micro_batch_rows(
+                    len(train),
+                    cfg.batch_size,
+                    cfg.seed,
+                    step * cfg.grad_accum + k,
+                    shuffle=cfg.shuffle,
+                )
+                for k in range(cfg.grad_accum)
+            ]
+            counts = _step_counts(cfg, [train[i] for rows in micro_rows for i in rows])
+            # step 4. score every response once; loss over all pairs of each prompt, over the
+            # whole step's counts, backpropagated micro-batch by micro-batch
+            loss_value, stats, total = 0.0, {}, sum(len(rows) for rows in micro_rows)
+            for row_ids in micro_rows:
+                loss, part = _batch_loss(
+                    model,
+                    [train[i] for i in row_ids],
+                    row_ids,
+                    cfg,
+                    tokenizer.pad_token_id,
+                    device,
+                    counts,
+                )
+                loss.backward()
+                loss_value += loss.item()
+                for key, value in part.items():
+                    # loss terms are shares of the step's loss and add up; the rest are means
+                    share = 1.0 if key in LOSS_TERMS else len(row_ids) / total
+                    stats[key] = stats.get(key, 0.0) + value * share
             # step 5. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
                 step,
@@ -231,13 +277,13 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 min_ratio=cfg.min_lr_ratio,
             )
             grad_norm = clipped_step(
-                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss.item()
+                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
             )
             # step 6. log, evaluate, checkpoint
             done = step + 1
-            result.train_losses.append(loss.item())
+            result.train_losses.append(loss_value)
             row = {
-                "loss": loss.item(),
+                "loss": loss_value,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 **stats,
@@ -249,7 +295,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 )
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
             metrics.log(done, row, stage="reward")
-            bar.update(1, loss=loss.item())
+            bar.update(1, loss=loss_value)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 save_trainer_checkpoint(
                     run.checkpoints,

@@ -1,5 +1,7 @@
 """Per-batch losses of the reward-model trainer: the model call plus the pure objectives."""
 
+from dataclasses import dataclass
+
 import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
@@ -25,6 +27,26 @@ def bootstrap_weights(row_ids: list[int], num_heads: int, seed: int) -> torch.Te
     return torch.stack(draws)
 
 
+@dataclass(frozen=True)
+class PairDenominators:
+    """What the pairwise loss's terms divide by, counted over a whole step's groups, so the
+    losses of its micro-batches add up to the loss of the step."""
+
+    groups: int
+    responses: int
+    best_tokens: int
+    """Completion tokens of the groups' top responses (the imitation term's targets)."""
+
+
+def pair_denominators(groups: list[RankedGroup]) -> PairDenominators:
+    best = [g.responses[min(range(len(g.ranks)), key=g.ranks.__getitem__)] for g in groups]
+    return PairDenominators(
+        groups=len(groups),
+        responses=sum(len(g.responses) for g in groups),
+        best_tokens=max(1, sum(sum(r.completion_mask) for r in best)),
+    )
+
+
 def pairwise_loss(
     model: RewardModel,
     groups: list[RankedGroup],
@@ -34,9 +56,12 @@ def pairwise_loss(
     seed: int,
     imitation_coef: float,
     centering_coef: float,
+    denominators: PairDenominators | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Bradley-Terry over all pairs of each group (weight 1/C(K,2) per pair, mean over groups),
-    plus the optional imitation (LM on each group's best response) and centring terms."""
+    plus the optional imitation (LM on each group's best response) and centring terms, each
+    over `denominators` (None: these groups' own)."""
+    counts = denominators or pair_denominators(groups)
     batch = move_batch(collate_groups(groups, pad_token_id), model.device)
     # K responses to each prompt (every group the same size): each prompt runs once
     sizes = {len(group.responses) for group in groups}
@@ -50,7 +75,7 @@ def pairwise_loss(
     heads = bootstrap_weights(row_ids, model.num_heads, seed).to(model.device)[batch["pair_group"]]
     weights = batch["pair_weights"].unsqueeze(-1) * heads
     loss = bradley_terry_loss(
-        chosen, rejected, weights, len(groups) * model.num_heads, batch["margins"]
+        chosen, rejected, weights, counts.groups * model.num_heads, batch["margins"]
     )
     accuracy = preference_accuracy(chosen.detach(), rejected.detach()).item()
     stats = {
@@ -63,23 +88,29 @@ def pairwise_loss(
         best = batch["best"]
         ids, mask = batch["input_ids"][best], batch["response_mask"][best]
         logits = model.lm_logits(model(ids, batch["attention_mask"][best]).hidden)
-        imitation = sft_loss(logits, ids, mask, mask[:, 1:].sum().clamp(min=1))
+        imitation = sft_loss(logits, ids, mask, counts.best_tokens)
         loss = loss + imitation_coef * imitation
         stats["imitation_loss"] = imitation.item()
     if centering_coef:
-        loss = loss + centering_coef * reward_centering_loss(rewards, rewards.numel())
+        loss = loss + centering_coef * reward_centering_loss(
+            rewards, counts.responses * model.num_heads
+        )
     return loss, stats
 
 
 def process_loss(
-    model: RewardModel, items: list[EncodedSteps], *, pad_token_id: int
+    model: RewardModel,
+    items: list[EncodedSteps],
+    *,
+    pad_token_id: int,
+    denominator: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Binary cross-entropy of every step's correctness, read at the step's last token."""
+    """Binary cross-entropy of every step's correctness, read at the step's last token, over
+    `denominator` steps (None: these items' own; a step's micro-batches share the step's)."""
     batch = move_batch(collate_steps(items, pad_token_id), model.device)
     step_logits = process_step_logits(model, batch)
-    loss = process_reward_loss(
-        step_logits, batch["step_labels"], batch["step_mask"], batch["step_mask"].sum()
-    )
+    total = batch["step_mask"].sum() if denominator is None else denominator
+    loss = process_reward_loss(step_logits, batch["step_labels"], batch["step_mask"], total)
     right = ((step_logits > 0).float() == batch["step_labels"]) & batch["step_mask"]
     return loss, {"step_accuracy": (right.sum() / batch["step_mask"].sum()).item()}
 
