@@ -110,3 +110,37 @@ def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, m
     assert (chunked.entropy - logits.entropy)[mask].abs().max() < 1e-5
     for name, grad in logits_grads.items():
         assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_under_bf16_autocast_the_chunked_head_agrees_with_the_full_logits(
+    model_and_tokenizer, monkeypatch
+):
+    """The chunked head also serves autocast runs (it used to fall back to the full logits
+    there): bf16 matmuls, float32 reductions, to bf16 tolerance of the full-logits path."""
+    from rlhfkit.rollout import forward
+
+    model, tokenizer = model_and_tokenizer
+    rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
+    calls = []
+    real = forward.head_logprobs
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    model.train()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            monkeypatch.setattr(forward, "head_logprobs", counting)
+            monkeypatch.setattr(forward, "CHUNKED_HEAD_MIN_LOGITS", 0)
+            chunked, chunked_grads = _logprobs_and_grads(model, rollout, temperature=0.9)
+            monkeypatch.setattr(forward, "plain_lm_head", lambda model: None)
+            logits, logits_grads = _logprobs_and_grads(model, rollout, temperature=0.9)
+    finally:
+        model.eval()
+    assert calls == [torch.bfloat16]  # the chunked path ran, in bf16
+    mask = rollout.response_mask
+    assert (chunked.logprobs.detach() - logits.logprobs.detach())[mask].abs().max() < 5e-2
+    for name, grad in logits_grads.items():
+        scale = grad.abs().max().clamp(min=1e-6)
+        assert (grad - chunked_grads[name]).abs().max() / scale < 5e-2, name

@@ -63,7 +63,7 @@ def response_logprobs(
     targets = input_ids[:, -response_len:]
     head = plain_lm_head(model)
     large = head is not None and targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS
-    if large and not torch.is_autocast_enabled(input_ids.device.type):
+    if large:
         # the base model's hidden states, and the head applied chunk by chunk (`head_logprobs`)
         states = _response_states(
             model.model,
@@ -74,9 +74,17 @@ def response_logprobs(
             hidden=True,
         )
         rows, width, size = states.shape
-        logprobs, entropy = head_logprobs(
-            states.reshape(-1, size), head, targets.reshape(-1), temperature, with_entropy
-        )
+        device_type = input_ids.device.type
+        if torch.is_autocast_enabled(device_type):
+            # autocast does not reach into the chunk loop's own backward: run the head's
+            # matmuls in the autocast dtype by hand (the gradient flows back to the fp32 head
+            # through the cast), reductions in float32 as the plain path does
+            dtype = torch.get_autocast_dtype(device_type)
+            states, head = states.to(dtype), head.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            logprobs, entropy = head_logprobs(
+                states.reshape(-1, size), head, targets.reshape(-1), temperature, with_entropy
+            )
         return ResponseLogprobs(
             logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width)
         )
