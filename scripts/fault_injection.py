@@ -246,15 +246,21 @@ def max_steps(command: list[str]) -> int:
 
 def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
     """Trial `index`: killed after a random number of steps (one in four mid-save), then
-    resumed, or started again when no checkpoint was complete yet."""
+    resumed, or started again when no checkpoint was complete yet. A draw that comes after the
+    run has already finished kills nothing: it is drawn again, so every trial is a kill."""
     rng = random.Random(seed * 1000 + index)
-    mid_save, after_step, delay = index % 4 == 0, rng.randrange(max_steps(command)), rng.random()
-    name = f"trial{index:02d}"
-    killed, in_save = killed_run(
-        command, runs, name, after_step=after_step, delay=delay, mid_save=mid_save
-    )
+    name, mid_save, draws = f"trial{index:02d}", index % 4 == 0, 0
+    killed = False
+    while not killed and draws < 5:
+        shutil.rmtree(runs / name, ignore_errors=True)
+        draws += 1
+        after_step, delay = rng.randrange(max_steps(command)), rng.random()
+        killed, in_save = killed_run(
+            command, runs, name, after_step=after_step, delay=delay, mid_save=mid_save
+        )
     outcome = {
         "trial": index,
+        "draws": draws,
         "after_step": after_step,
         "killed": killed,
         "killed_mid_save": in_save,
