@@ -2,11 +2,15 @@
 cut into micro-batches (of a size that does not divide them, so the last slice is short) ends
 with the weights and losses of the unsplit run, up to float rounding."""
 
+import random
+
 import pytest
 import torch
 
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.train import policy_run, ppo, reward
+from rlhfkit.tasks.advice import AdviceTask
+from rlhfkit.train import dpo, policy_run, ppo, reward
+from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.micro_batches import backward_micro_batches, micro_slices, row_stat, token_stat
 from rlhfkit.train.optim import clipped_step
@@ -15,8 +19,20 @@ from rlhfkit.train.raft import train_raft
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.rloo import train_rloo
 
-from . import test_grpo, test_ppo, test_raft, test_reward, test_rloo
-from .test_reward import advice_rankings  # noqa: F401 (a fixture)
+from . import test_dpo, test_grpo, test_ppo, test_raft, test_reward, test_rloo
+from .test_reward import gold_ranking, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def rankings(tmp_path_factory):
+    """Gold-ranked advice replies (K = 4): train and held-out files."""
+    rng = random.Random(0)
+    rows = [gold_ranking(p, rng) for p in AdviceTask().prompts(60, rng)]
+    folder = tmp_path_factory.mktemp("rankings")
+    return (
+        write_jsonl(folder / "rankings.jsonl", rows[:40]),
+        write_jsonl(folder / "eval_rankings.jsonl", rows[40:]),
+    )
 
 
 def test_slices_cover_the_rows_once_and_zero_means_one_slice():
@@ -111,7 +127,11 @@ def test_micro_batches_give_the_unsplit_update(name, tiny_model_dir, tmp_path, m
     ids=["bradley-terry", "ensemble-imitation-centring"],
 )
 def test_reward_model_accumulation_gives_the_unsplit_update(
-    settings, tiny_model_dir, advice_rankings, tmp_path, monkeypatch  # noqa: F811
+    settings,
+    tiny_model_dir,
+    rankings,
+    tmp_path,
+    monkeypatch,
 ):
     gradients, losses = {}, {}
     for batch_size, grad_accum in ((8, 1), (4, 2)):  # the same 8 rankings in one or two passes
@@ -125,7 +145,7 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
         monkeypatch.setattr(reward, "clipped_step", recording)
         cfg = test_reward.config(
             tiny_model_dir,
-            *advice_rankings,
+            *rankings,
             batch_size=batch_size,
             grad_accum=grad_accum,
             max_steps=1,
@@ -137,3 +157,54 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
         losses[grad_accum] = train_reward_model(cfg, run).train_losses
     assert losses[2][0] == pytest.approx(losses[1][0], rel=1e-5)
     assert torch.allclose(gradients[2][0], gradients[1][0], rtol=1e-4, atol=1e-6)
+
+
+def first_update(monkeypatch, modules) -> list[torch.Tensor]:
+    seen = []
+
+    def recording(optimizer, *args, **kwargs):
+        grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
+        seen.append(torch.cat([g for g in grads if g is not None]).clone())
+        return clipped_step(optimizer, *args, **kwargs)
+
+    for module in modules:
+        monkeypatch.setattr(module, "clipped_step", recording)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["grpo", "ppo", "reward", "dpo"])
+def test_gradient_checkpointing_gives_the_same_update(
+    name,
+    tiny_model_dir,
+    rankings,
+    tmp_path,
+    monkeypatch,
+):
+    """Recomputed activations, the same gradient; GRPO's shared prompts and the reward model's
+    fall back to whole rows under checkpointing (its dropped cache would cut them off)."""
+    runs = {
+        "grpo": lambda **o: train_grpo(
+            test_grpo.config(tiny_model_dir, tmp_path, max_steps=1, mini_batch_size=16, **o),
+            prepare_run_dir(tmp_path / f"grpo{o}", resume=False, overwrite=False),
+        ),
+        "ppo": lambda **o: train_ppo(
+            test_ppo.config(tiny_model_dir, tmp_path, max_steps=1, ppo_epochs=1, **o),
+            prepare_run_dir(tmp_path / f"ppo{o}", resume=False, overwrite=False),
+        ),
+        "reward": lambda **o: train_reward_model(
+            test_reward.config(tiny_model_dir, *rankings, max_steps=1, eval_data="", **o),
+            prepare_run_dir(tmp_path / f"rm{o}", resume=False, overwrite=False),
+        ),
+        "dpo": lambda **o: train_dpo(
+            test_dpo.config(tiny_model_dir, (rankings[0], ""), max_steps=1, **o),
+            prepare_run_dir(tmp_path / f"dpo{o}", resume=False, overwrite=False),
+        ),
+    }
+    gradients = {}
+    for on in (False, True):
+        gradients[on] = first_update(monkeypatch, [policy_run, ppo, reward, dpo])
+        torch.manual_seed(0)  # the reward model's head
+        runs[name](gradient_checkpointing=on)
+    assert len(gradients[True]) == len(gradients[False]) > 0
+    for plain, checkpointed in zip(gradients[False], gradients[True], strict=True):
+        assert torch.allclose(checkpointed, plain, rtol=1e-4, atol=1e-6)

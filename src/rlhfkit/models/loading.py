@@ -171,3 +171,12 @@ def _one_line(error: BaseException) -> str:
     message = " ".join(str(error).split())
     message = message if len(message) <= 200 else message[:197] + "..."
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing: each decoder layer's activations are recomputed in
+    the backward instead of kept, trading about a third more compute for memory. Non-reentrant,
+    so it works with frozen inputs and LoRA. Shared-prompt passes fall back to whole rows."""
+    base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own model
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False

@@ -24,6 +24,7 @@ from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, sp
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import check_weight_files, read_model_config, weights_error
 from rlhfkit.rollout.engine import positions_from_mask
+from rlhfkit.rollout.forward import is_checkpointing
 
 
 @dataclass
@@ -129,7 +130,9 @@ class RewardModel(nn.Module):
         `response_mask` and `group_size` = K, rows [k*K, (k+1)*K) that answer one prompt run
         it once (`shared_prompt_rewards`)."""
         tensors = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if response_mask is None or group_size <= 1:
+        # a prompt run once hands its keys and values to the responses through a cache, which
+        # activation checkpointing drops: then every row runs whole
+        if response_mask is None or group_size <= 1 or is_checkpointing(self.model):
             return forward_in_length_chunks(
                 lambda t: self(t["input_ids"], t["attention_mask"]).rewards,
                 tensors,

@@ -26,6 +26,12 @@ from rlhfkit.rollout.llama_step import plain_lm_head
 CHUNKED_HEAD_MIN_LOGITS = 1 << 24
 
 
+def is_checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (`models.loading.enable_checkpointing`)."""
+    base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own model
+    return bool(getattr(base, "is_activation_checkpointing", False))
+
+
 class ResponseLogprobs(NamedTuple):
     logprobs: torch.Tensor  # (batch, response_len) log-prob of each response token
     # (batch, response_len) entropy of the tempered distribution, or None
@@ -57,8 +63,13 @@ def response_logprobs(
         ResponseLogprobs with (batch, response_len) tensors; values at masked positions are
         finite but meaningless.
     """
-    shared = group_size > 1 and shares_prompts(
-        input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size
+    # activation checkpointing drops the cache that carries a shared prompt to its responses
+    shared = (
+        group_size > 1
+        and not is_checkpointing(model)
+        and shares_prompts(
+            input_ids[:, :-response_len], attention_mask[:, :-response_len], group_size
+        )
     )
     targets = input_ids[:, -response_len:]
     head = plain_lm_head(model)

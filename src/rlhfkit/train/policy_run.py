@@ -28,7 +28,7 @@ from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
 from rlhfkit.models.lora import adapters_disabled, merged_copy
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.rewards.base import RewardSource
@@ -116,6 +116,8 @@ def build_policy_models(
     policy = load_policy(
         cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
     )
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(policy)
     reference = None
     if needs_reference and cfg.lora_r == 0:
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
@@ -126,6 +128,8 @@ def build_policy_models(
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
         critic = value_model_from(critic_dir).to(device).train()
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(critic.model)
         critic_optimizer = _adamw(
             critic.parameters(), critic_lr, cfg.weight_decay, checkpoint, "critic_optimizer.pt"
         )
