@@ -9,7 +9,8 @@ import pytest
 
 from rlhfkit import cli
 
-SUBCOMMANDS = [*cli.COMMANDS, "tasks"]
+SUBCOMMANDS = [*cli.COMMANDS, "tasks", "label"]
+NO_CONFIG = ("tasks", "label")  # their own arguments, no config
 
 
 def help_of(monkeypatch, capsys, *args) -> tuple[int, str]:
@@ -33,10 +34,10 @@ def test_top_level_help_lists_every_command(monkeypatch, capsys):
 def test_every_subcommand_has_help(monkeypatch, capsys, name):
     code, out = help_of(monkeypatch, capsys, name)
     assert code == 0 and out.startswith(f"usage: rlhfkit {name}")
-    assert ("--print-config" in out) == (name != "tasks")
+    assert ("--print-config" in out) == (name not in NO_CONFIG)
     if name in cli.COMMANDS:
         assert "".join(cli.COMMANDS[name].help.split()) in "".join(out.split())
-    assert ("--resume" in out) == (name not in ("tasks", "pipeline"))
+    assert ("--resume" in out) == (name not in (*NO_CONFIG, "pipeline"))
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

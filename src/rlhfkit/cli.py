@@ -55,6 +55,13 @@ def _print_report(cfg, run, result) -> None:
     print(f"written to {run.root}")
 
 
+def _print_candidates(cfg, run, result) -> None:
+    print(
+        f"{result.rows} prompts with {cfg.k} responses each in {result.path} "
+        f"({result.written} written by this run)"
+    )
+
+
 def _print_eval_table(cfg, run, result) -> None:
     from rich.console import Console
 
@@ -187,6 +194,15 @@ COMMANDS: dict[str, Command] = {
         report=_print_eval_table,
         resumable=False,
     ),
+    "sample": Command(
+        "sample K responses per prompt from a policy into candidates.jsonl, for people to rank",
+        config="rlhfkit.labelling.sample:SampleConfig",
+        run="rlhfkit.labelling.sample:run_sample",
+        report=_print_candidates,
+        needs=("model",),
+        # no checkpoints: --resume continues after the last complete row of candidates.jsonl
+        resume_needs_checkpoint=False,
+    ),
     "pipeline": Command(
         "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, "
         "table",
@@ -254,7 +270,70 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--out", default="data", help="output directory for export")
     tasks.add_argument("--rows", type=int, default=1000, help="rows per exported file")
     tasks.add_argument("--seed", type=int, default=0)
+    _add_label_parser(sub)
     return parser
+
+
+def _add_label_parser(sub) -> None:
+    label = sub.add_parser(
+        "label", help="human labels: label in a browser, export for training, statistics, import"
+    )
+    actions = label.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="rankings or TRL pairs as JSON lines (rm, dpo)")
+    export.add_argument("labels", help="labels folder (candidates.jsonl, submissions.jsonl)")
+    export.add_argument("--out", required=True, help="the JSON lines file to write")
+    export.add_argument("--format", choices=("rankings", "pairs"), default="rankings")
+    export.add_argument(
+        "--merge", action="store_true", help="one ranking per item: mean rank over labellers"
+    )
+    stats = actions.add_parser("stats", help="agreement, position bias, time, skips and flags")
+    stats.add_argument("labels", help="labels folder (candidates.jsonl, submissions.jsonl)")
+    stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    imports = actions.add_parser("import", help="rankings from Argilla or Label Studio")
+    imports.add_argument(
+        "source", choices=("argilla", "label-studio-ranker", "label-studio-pairwise")
+    )
+    imports.add_argument("file", help="the tool's JSON export")
+    imports.add_argument("--out", required=True, help="labels folder to write")
+    imports.add_argument("--prompt-field", help="field holding the prompt (default: prompt)")
+    imports.add_argument(
+        "--response-fields", help="comma-separated fields holding the responses (Argilla, Pairwise)"
+    )
+    imports.add_argument("--question", help="Argilla: the ranking question (default: ranking)")
+    imports.add_argument("--items-field", help="Ranker: the list of items (default: items)")
+    imports.add_argument("--text-field", help="Ranker: an item's text (default: body)")
+
+
+def _label(args) -> None:
+    from rlhfkit.labelling.candidates import read_labels, write_labels
+
+    if args.action == "import":
+        from rlhfkit.labelling.importers import import_labels
+
+        fields = tuple(args.response_fields.split(",")) if args.response_fields else None
+        items, submissions = import_labels(
+            args.source,
+            args.file,
+            prompt_field=args.prompt_field,
+            response_fields=fields,
+            question=args.question,
+            items_field=args.items_field,
+            text_field=args.text_field,
+        )
+        folder = write_labels(args.out, items, submissions)
+        print(f"{len(items)} items, {len(submissions)} submissions written to {folder}")
+        return
+    items, submissions = read_labels(args.labels)
+    if args.action == "export":
+        from rlhfkit.labelling.export import write_export
+
+        rows = write_export(items, submissions, args.out, args.format, merge=args.merge)
+        print(f"{rows} {args.format} rows written to {args.out}")
+    else:
+        from rlhfkit.labelling.stats import label_stats, render_stats
+
+        stats = label_stats(items, submissions)
+        print(json.dumps(stats, indent=2) if args.json else render_stats(stats))
 
 
 def _run_in_dir(args, command: Command, cfg) -> None:
@@ -329,6 +408,8 @@ def run(argv: list[str]) -> None:
     _quiet_libraries()
     if args.command == "tasks":
         return _tasks(args)
+    if args.command == "label":
+        return _label(args)
     from rlhfkit.runtime.config import config_to_dict, load_config
 
     command = COMMANDS[args.command]

@@ -4,7 +4,7 @@
 Every row records where its responses come from (`source`: the model directory, the sha256 of
 its weights, the sampler's settings and seed), so each label can be traced to the policy that
 produced it. Prompts are sampled in batches; batch b draws from its own seed,
-`derive_seed(seed, ROUND_SAMPLING, b)`, and is appended and flushed as soon as it is done. A
+`derive_seed(seed, CANDIDATES, b)`, and is appended and flushed as soon as it is done. A
 resumed run (`--resume`) cuts a partial last line, re-samples the batch it stopped in and writes
 only the rows that are missing, so its file equals an uninterrupted run's byte for byte.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rlhfkit.data.formats import Format, Text
 from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import (
     CANDIDATES_FILE,
     append_rows,
@@ -36,9 +36,6 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName, get_task
 
-K_RANGE = (2, 9)
-"""Responses per prompt: a ranking needs two, and the labelling page keys them 1-9."""
-
 
 @dataclass(frozen=True)
 class SampleConfig(RunConfig):
@@ -54,7 +51,8 @@ class SampleConfig(RunConfig):
     num_prompts: int = 100
     """Prompts drawn from `task`."""
     k: int = 4
-    """Responses sampled per prompt, 2 to 9."""
+    """Responses sampled per prompt, 2 to 9: a ranking needs two, and the labelling page keys
+    them 1-9."""
     temperature: float = 1.0
     """Sampling temperature."""
     top_p: float = 1.0
@@ -84,9 +82,6 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise RlhfkitError("rlhfkit sample needs model=PATH (a causal-LM directory)")
     if bool(cfg.prompts) == (cfg.task is not None):
         raise RlhfkitError("rlhfkit sample needs prompts=PATH or task=NAME (one of the two)")
-    low, high = K_RANGE
-    if not low <= cfg.k <= high:
-        raise ConfigError(f"config key 'k': must be in [{low}, {high}], got {cfg.k}")
 
 
 def load_prompts(cfg: SampleConfig) -> list[Text]:
@@ -163,7 +158,7 @@ def run_sample(cfg: SampleConfig, run: RunDir, *, resume: bool = False) -> Sampl
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
                 batch_size=cfg.batch_size,
-                seed=derive_seed(cfg.seed, SeedStream.ROUND_SAMPLING, batch),
+                seed=derive_seed(cfg.seed, SeedStream.CANDIDATES, batch),
             )
             rows = [
                 item_to_row(Item(ids[start + i], prompt, tuple(texts), source))

@@ -123,6 +123,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "eval_every": at_least(0, "0 = only at the end"),
         "PolicyRunConfig.eval_every": at_least(-1, "0 = only at the start and end, -1 = never"),
         "PolicyRunConfig.micro_batch_size": at_least(0, "0 = the whole mini-batch at once"),
+        "SampleConfig.k": within(2, 9),
         "save_every": at_least(0, "0 = only the final model"),
         "sample_every": at_least(0, "0 = never"),
         "warmup_steps": at_least(0),

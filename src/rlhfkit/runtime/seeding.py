@@ -56,6 +56,8 @@ class SeedStream(str, Enum):
     """The answers one round of an iterative trainer samples for labelling (with its index)."""
     ROUND_REPLAY = "round_replay"
     """Which earlier labels one round replays, and their order (with its index)."""
+    CANDIDATES = "candidates"
+    """`rlhfkit sample`: the responses sampled for people to rank (with the batch's index)."""
 
 
 def derive_seed(seed: int, stream: SeedStream, index: int = 0) -> int:
