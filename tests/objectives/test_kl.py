@@ -5,7 +5,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlhfkit.objectives.kl import KLEstimator, kl_k1, kl_k2, kl_k3, kl_penalty, sequence_kl
+from rlhfkit.objectives.kl import (
+    KLEstimator,
+    kl_k1,
+    kl_k2,
+    kl_k3,
+    kl_penalty,
+    sampler_mismatch,
+    sequence_kl,
+)
 
 LN2 = math.log(2.0)
 # policy puts 1/2 then 1/4 on the two sampled tokens, the reference the reverse
@@ -161,3 +169,16 @@ def test_clamped_tokens_pass_no_gradient():
     ref_logprobs = torch.tensor([[-12.0, -1.0]])
     kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, clamp=10.0).sum().backward()
     assert logprobs.grad.tolist() == [[0.0, 1.0]]
+
+
+def test_sampler_mismatch_hand_values_and_naive_form():
+    logprobs = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.25, -9.0]])
+    sampler = torch.tensor([[-1.5, -2.0, -1.0], [-0.5, -0.75, -0.1]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    gap, ratio = sampler_mismatch(logprobs, sampler, mask)
+    # |delta| on the counted tokens: 0.5, 0, 0, 0.5 (the masked 2.0 and 8.9 do not count)
+    assert gap.item() == pytest.approx(0.25)
+    assert ratio.item() == pytest.approx(math.exp(0.5))
+    d = (logprobs - sampler)[mask]
+    assert gap.item() == pytest.approx(d.abs().mean().item())
+    assert ratio.item() == pytest.approx(d.abs().exp().max().item())

@@ -181,3 +181,15 @@ def test_the_group_std_has_bessels_correction_by_default():
     got = group_advantages(torch.tensor([1.0, 0.0]), 2, cfg.norm, cfg.std_unbiased, cfg.adv_eps)
     half = 0.5 / (0.5**0.5 + cfg.adv_eps)
     assert got.tolist() == pytest.approx([half, -half])
+
+
+def test_every_step_logs_the_sampler_vs_trainer_gap(tiny_model_dir, tmp_path):
+    """The rollout's log-probs come from the sampler (KV cache, one token at a time), the loss's
+    from one training forward: in fp32 on the same weights they agree to rounding."""
+    history = train_grpo(
+        config(tiny_model_dir, tmp_path, max_steps=2, mini_batch_size=8),
+        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+    ).history
+    for row in history:
+        assert 0 <= row["sampler_logprob_gap"] < 1e-4
+        assert 1 <= row["sampler_ratio_max"] < 1.001

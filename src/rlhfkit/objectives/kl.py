@@ -107,3 +107,18 @@ def sequence_kl(
         (batch,) summed estimates; divide their sum by response_mask.sum() for nats per token.
     """
     return masked_sum(kl_penalty(logprobs, ref_logprobs, estimator, clamp), response_mask, dim=-1)
+
+
+def sampler_mismatch(
+    logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the training forward's log-probs are from the sampler's for the same tokens and
+    weights: (mean |delta| over response tokens, largest exp(|delta|)). Both should be ~0 and ~1;
+    a different precision, kernel or cache path in the sampler shows up here before it biases
+    the importance ratios (TRL #4772).
+
+    Naive equivalent: d = (logprobs - sampler_logprobs)[mask]; (d.abs().mean(), d.abs().exp().max())
+    """
+    gap = (logprobs.detach() - sampler_logprobs).abs() * response_mask
+    tokens = response_mask.sum().clamp(min=1)
+    return gap.sum() / tokens, gap.max().exp()

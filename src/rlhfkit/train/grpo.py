@@ -27,7 +27,13 @@ from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.runtime.device import autocast
-from rlhfkit.train.micro_batches import Stats, backward_micro_batches, row_stat, token_stat
+from rlhfkit.train.micro_batches import (
+    Stats,
+    backward_micro_batches,
+    mismatch_stats,
+    row_stat,
+    token_stat,
+)
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -145,6 +151,7 @@ def _minibatch_loss(
         {
             "clip_fraction": token_stat(policy.clip_fraction, mask),
             "entropy": token_stat(masked_mean(current.entropy, mask), mask),
+            **mismatch_stats(current.logprobs, batch["old_logprobs"], mask),
         },
     )
     if cfg.beta > 0:

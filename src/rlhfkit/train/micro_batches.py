@@ -5,12 +5,15 @@ denominator (`objectives.aggregate.loss_denominator`), so the summed gradient is
 one; only float rounding differs.
 
 A micro-batch's statistics come back as (mean, weight) pairs, so the mini-batch's are the
-weighted means: token means weigh by tokens, sequence means by rows.
+weighted means: token means weigh by tokens, sequence means by rows. A statistic whose name ends
+in `_max` is a maximum: the mini-batch's is the largest of its micro-batches'.
 """
 
 from collections.abc import Callable
 
 import torch
+
+from rlhfkit.objectives.kl import sampler_mismatch
 
 Stats = dict[str, tuple[float, float]]
 """Name -> (mean over the micro-batch, weight: the tokens or rows the mean is over)."""
@@ -35,9 +38,12 @@ def backward_micro_batches(
         loss, stats = loss_of({key: value[rows_slice] for key, value in part.items()})
         loss.backward()
         loss_total += loss.item()
-        for name, (mean, weight) in stats.items():
-            sums[name] = sums.get(name, 0.0) + mean * weight
-            weights[name] = weights.get(name, 0.0) + weight
+        for name, (value, weight) in stats.items():
+            if name.endswith("_max"):
+                sums[name], weights[name] = max(sums.get(name, value), value), 1.0
+            else:
+                sums[name] = sums.get(name, 0.0) + value * weight
+                weights[name] = weights.get(name, 0.0) + weight
     return loss_total, {name: sums[name] / max(weights[name], 1e-12) for name in sums}
 
 
@@ -49,3 +55,23 @@ def token_stat(mean: torch.Tensor | float, mask: torch.Tensor) -> tuple[float, f
 def row_stat(mean: torch.Tensor | float, mask: torch.Tensor) -> tuple[float, float]:
     """A mean over rows (sequences): its (value, weight)."""
     return float(mean), float(mask.shape[0])
+
+
+def mismatch_stats(
+    logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor
+) -> Stats:
+    """The sampler-vs-trainer gap (`objectives.kl.sampler_mismatch`) as micro-batch statistics;
+    meaningful on a step's first mini-batch, before any update moves the policy."""
+    gap, ratio = sampler_mismatch(logprobs, sampler_logprobs, mask)
+    return {"sampler_logprob_gap": token_stat(gap, mask), "sampler_ratio_max": (float(ratio), 1.0)}
+
+
+MISMATCH_KEYS = ("sampler_logprob_gap", "sampler_ratio_max")
+
+
+def first_part_only(stats: list[dict], keys=MISMATCH_KEYS) -> list[dict]:
+    """Drop `keys` from every mini-batch's statistics but the step's first: after an update the
+    gap measures the policy's own change, not the sampler's."""
+    return [
+        s if i == 0 else {k: v for k, v in s.items() if k not in keys} for i, s in enumerate(stats)
+    ]

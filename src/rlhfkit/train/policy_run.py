@@ -58,6 +58,7 @@ from rlhfkit.train.checkpointing import (
     resume_point,
     save_final_model,
 )
+from rlhfkit.train.micro_batches import first_part_only
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.schedule import is_due, linear_warmup
@@ -380,9 +381,16 @@ class PolicyRun:
         rollout: Rollout,
         timer: PhaseTimer,
     ) -> dict:
-        """The step's row: the mean of each update's stats, the rewards, the task's gold score
-        (only when a task is named), lengths and times."""
-        row = {key: sum(s[key] for s in stats) / len(stats) for key in stats[0]}
+        """The step's row: the mean of each update's stats (the sampler-vs-trainer gap from the
+        first update only), the rewards, the task's gold score (only when a task is named),
+        lengths and times."""
+        stats = first_part_only(stats)
+        keys = dict.fromkeys(key for part in stats for key in part)
+        row = {
+            key: sum(values) / len(values)
+            for key in keys
+            for values in [[part[key] for part in stats if key in part]]
+        }
         row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()})
         if self.task is not None:
             gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]

@@ -29,7 +29,7 @@ from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_logprobs, response_values
 from rlhfkit.runtime.device import autocast
-from rlhfkit.train.micro_batches import backward_micro_batches, token_stat
+from rlhfkit.train.micro_batches import backward_micro_batches, mismatch_stats, token_stat
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
@@ -340,4 +340,5 @@ def _actor_loss(cfg: PPOConfig, run: PolicyRun, micro: dict, denominator) -> tup
     return policy.loss, {
         "clip_fraction": token_stat(policy.clip_fraction, mask),
         "entropy": token_stat(masked_mean(current.entropy, mask), mask),
+        **mismatch_stats(current.logprobs, micro["old_logprobs"], mask),
     }

@@ -24,7 +24,12 @@ from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.grpo import check_batch_sizes
-from rlhfkit.train.micro_batches import backward_micro_batches, row_stat, token_stat
+from rlhfkit.train.micro_batches import (
+    backward_micro_batches,
+    mismatch_stats,
+    row_stat,
+    token_stat,
+)
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -93,6 +98,7 @@ def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tupl
     return policy.loss, {
         "clip_fraction": row_stat(policy.clip_fraction, mask),
         "entropy": token_stat(masked_mean(current.entropy, mask), mask),
+        **mismatch_stats(current.logprobs, micro["old_logprobs"], mask),
     }
 
 
