@@ -437,10 +437,14 @@ def test_rankings_without_a_usable_preference_are_dropped_and_counted(tokenizer)
         RankingExample(PROMPT, (COMPLETION, " two", COMPLETION), (0, 1, 2)),  # above and below
         RankingExample(PROMPT, (COMPLETION, COMPLETION, " two"), (0, 0, 1)),  # copies tied: fine
         RankingExample(PROMPT, (long, COMPLETION, " two"), (0, 1, 1)),  # all tied once cut
+        # the copies go, the rest of the ranking stays
+        RankingExample(PROMPT, (COMPLETION, " two", " a", COMPLETION), (0, 1, 2, 3)),
     ]
     rankings, report = tokenize_rankings(tokenizer, examples, max_length=6, truncation="drop")
-    assert [ranks for _, ranks in rankings] == [(0, 1, 2), (0, 0, 1)]
+    assert [ranks for _, ranks in rankings] == [(0, 1, 2), (0, 0, 1), (1, 2)]
+    assert [tokens(tokenizer, r)[-2] for r in rankings[2][0]] == ["Ġtwo", "Ġa"]
     assert report.summary() == (
-        "5 rows: 2 kept (0 truncated), 3 dropped (all responses tied: 2, "
-        "identical responses ranked apart: 1); 1 responses dropped (too long: 1)"
+        "6 rows: 3 kept (0 truncated), 3 dropped (all responses tied: 2, "
+        "identical responses ranked apart: 1); 5 responses dropped (identical responses ranked "
+        "apart: 4, too long: 1)"
     )

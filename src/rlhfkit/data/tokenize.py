@@ -402,9 +402,9 @@ def tokenize_rankings(
 
     A response that drops is removed together with its rank, so ranks stay aligned; it is
     counted in `report.responses_dropped`. A ranking is dropped when it is left with fewer than
-    two responses, when all its responses are tied (no pair to learn from), or when the same
-    tokens appear at two different ranks (see `_contradiction`). A ranking is counted as
-    truncated when any kept response was.
+    two responses, or when all its responses are tied (no pair to learn from). A response whose
+    tokens appear at two different ranks is removed, every copy of it (`_without_contradicted`).
+    A ranking is counted as truncated when any kept response was.
     """
     truncation = Truncation(truncation)
     report = TokenizeReport()
@@ -424,28 +424,42 @@ def tokenize_rankings(
         if len(kept_responses) < 2:
             report.add_dropped(DropReason.TOO_FEW_RESPONSES)
             continue
-        contradiction = _contradiction(kept_responses, kept_ranks)
-        if contradiction is not None:
-            report.add_dropped(contradiction)
+        kept_responses, kept_ranks, contradicted = _without_contradicted(kept_responses, kept_ranks)
+        if contradicted:
+            reason = DropReason.SAME_RESPONSE_RANKED_APART.value
+            report.responses_dropped[reason] = (
+                report.responses_dropped.get(reason, 0) + contradicted
+            )
+        if len(kept_responses) < 2:
+            report.add_dropped(DropReason.SAME_RESPONSE_RANKED_APART)
+            continue
+        if len(set(kept_ranks)) == 1:  # no response preferred to another: nothing to learn
+            report.add_dropped(DropReason.ALL_TIED)
             continue
         report.add_kept(any(response.truncated for response in kept_responses))
         rankings.append((kept_responses, tuple(kept_ranks)))
     return rankings, report
 
 
-def _contradiction(responses: list[EncodedExample], ranks: list[int]) -> DropReason | None:
-    """Why a ranking carries no usable signal, or None.
+def _without_contradicted(
+    responses: list[EncodedExample], ranks: list[int]
+) -> tuple[list[EncodedExample], list[int], int]:
+    """The ranking without the responses it places at two different ranks (the others keep
+    their ranks); and how many copies were removed.
 
-    All ties: no response is preferred to another. One response at two ranks: the ranking says
-    it is better (or worse) than itself, so its comparisons with the responses ranked between
-    the two copies contradict each other. The row is dropped rather than the copies merged into
-    a tie, because a merge would have to pick one of the two ranks and silently discard the
-    other judgement. (A pair whose chosen equals its rejected is the two-response case.)
+    Such a ranking says a response is better (or worse) than itself, so the copies' comparisons
+    with the responses ranked between them contradict each other. Removing every copy drops
+    exactly that judgement and keeps the ranking's other comparisons (samples of a small policy
+    repeat often, and a K-way ranking holds C(K,2) pairs); merging the copies would have to
+    invent a rank for them. Copies at the same rank are a consistent tie and stay.
+    (A pair whose chosen equals its rejected is the two-response case: nothing is left.)
     """
-    if len(set(ranks)) == 1:
-        return DropReason.ALL_TIED
-    rank_of: dict[tuple[int, ...], int] = {}
+    ranks_of: dict[tuple[int, ...], set[int]] = {}
     for response, rank in zip(responses, ranks):
-        if rank_of.setdefault(tuple(response.input_ids), rank) != rank:
-            return DropReason.SAME_RESPONSE_RANKED_APART
-    return None
+        ranks_of.setdefault(tuple(response.input_ids), set()).add(rank)
+    keep = [len(ranks_of[tuple(r.input_ids)]) == 1 for r in responses]
+    return (
+        [response for response, k in zip(responses, keep) if k],
+        [rank for rank, k in zip(ranks, keep) if k],
+        keep.count(False),
+    )
