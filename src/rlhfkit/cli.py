@@ -302,9 +302,66 @@ def _add_label_parser(sub) -> None:
     imports.add_argument("--question", help="Argilla: the ranking question (default: ranking)")
     imports.add_argument("--items-field", help="Ranker: the list of items (default: items)")
     imports.add_argument("--text-field", help="Ranker: an item's text (default: body)")
+    serve = actions.add_parser(
+        "serve", help="the labelling page: people rank the candidates in a browser"
+    )
+    serve.add_argument("labels", help="labels folder holding candidates.jsonl")
+    serve.add_argument("--db", help="the SQLite label store (default: LABELS/labels.db)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; another prints a "
+        "warning)",
+    )
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
+    serve.add_argument("--guidelines", help="a text file shown on the page")
+    serve.add_argument(
+        "--overlap",
+        type=float,
+        help="share of the items ranked by several labellers (default 0.1, or the store's)",
+    )
+    serve.add_argument(
+        "--overlap-labellers",
+        type=int,
+        help="labellers per overlapping item (default 2, or the store's)",
+    )
+    serve.add_argument(
+        "--seed",
+        type=int,
+        help="picks the overlapping items and the response orders (default 0, or the store's)",
+    )
+    serve.add_argument(
+        "--labellers", help="comma-separated names, the only ones accepted (default: anyone)"
+    )
+
+
+def _label_serve(args) -> None:
+    try:
+        from rlhfkit.labelling.server import run_label_server
+    except ModuleNotFoundError as error:
+        if error.name not in ("starlette", "uvicorn"):
+            raise
+        raise RlhfkitError(
+            f"rlhfkit label serve needs {error.name}: pip install 'rlhfkit[label]'"
+        ) from None
+    folder = Path(args.labels)
+    names = args.labellers.split(",") if args.labellers else []
+    run_label_server(
+        candidates=folder / "candidates.jsonl",
+        db=args.db or folder / "labels.db",
+        host=args.host,
+        port=args.port,
+        guidelines=args.guidelines,
+        overlap=args.overlap,
+        overlap_labellers=args.overlap_labellers,
+        seed=args.seed,
+        labellers=tuple(name.strip() for name in names if name.strip()),
+    )
 
 
 def _label(args) -> None:
+    if args.action == "serve":
+        return _label_serve(args)
     from rlhfkit.labelling.candidates import read_labels, write_labels
 
     if args.action == "import":
@@ -405,11 +462,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def run(argv: list[str]) -> None:
     args = _parse(argv)
+    if args.command == "label":  # needs neither torch nor transformers: starts at once
+        return _label(args)
     _quiet_libraries()
     if args.command == "tasks":
         return _tasks(args)
-    if args.command == "label":
-        return _label(args)
     from rlhfkit.runtime.config import config_to_dict, load_config
 
     command = COMMANDS[args.command]
