@@ -12,7 +12,7 @@ metrics log holds every step once, with the same losses.
     python scripts/fault_injection.py                        # 7 trainers x 20 trials
     python scripts/fault_injection.py --trainers sft dpo --trials 5 --workers 2
 
-Not in CI (about 30 minutes on 2 cores). Every process runs one thread, so that float sums are
+Not in CI (about 20 minutes on 2 cores). Every process runs one thread, so that float sums are
 reduced in the same order in all of them. Writes `<out>/table.md` and `<out>/results.json`.
 """
 
