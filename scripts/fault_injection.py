@@ -92,7 +92,7 @@ def commands(work: Path) -> dict[str, list[str]]:
         "eval_every=100",
         "save_every=2",
     ]
-    return {
+    commands = {
         "sft": [
             "sft",
             f"model={model}",
@@ -122,6 +122,19 @@ def commands(work: Path) -> dict[str, list[str]]:
             "lr=3e-3",
             "save_every=5",
             "precompute_ref=true",
+        ],
+        "rloo": [
+            "rloo",
+            f"model={model}",
+            "task=arith",
+            reward,
+            "prompts_per_step=4",
+            "group_size=4",
+            "mini_batch_size=8",
+            "mu=2",
+            "max_steps=10",
+            "beta=0.05",
+            *policy,
         ],
         "grpo": [
             "grpo",
@@ -176,6 +189,67 @@ def commands(work: Path) -> dict[str, list[str]]:
             *policy,
         ],
     }
+    return {**commands, "iterative-grpo": iterative_grpo(work, model, rankings)}
+
+
+def iterative_grpo(work: Path, model: Path, rankings: str) -> list[str]:
+    """Rounds of GRPO and a retrained reward model, started from a reward model trained here."""
+    start = [
+        "rm",
+        f"model={model}",
+        f"train_data={rankings}",
+        "max_steps=3",
+        "batch_size=4",
+        "eval_every=0",
+        "save_every=0",
+        *QUIET,
+        "--runs-dir",
+        str(work),
+        "--name",
+        "rm-start",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "rlhfkit", *start],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    grpo = {
+        "max_steps": 2,
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "mini_batch_size": 8,
+        "max_new_tokens": 8,
+        "eval_max_new_tokens": 6,
+        "train_prompts": 32,
+        "eval_prompts": 4,
+        "lr": 1e-3,
+        "warmup_steps": 1,
+        "eval_every": 0,
+        "save_every": 1,
+    }
+    rm = {
+        "max_steps": 3,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_steps": 1,
+        "eval_every": 0,
+        "save_every": 2,
+    }
+    return [
+        "iterative-grpo",
+        f"model={model}",
+        "task=advice",
+        f"reward_model={work / 'rm-start' / 'final'}",
+        f"reward_data={rankings}",
+        "rounds=2",
+        "label_prompts=9",
+        "heldout_prompts=4",
+        "samples_per_prompt=3",
+        *(f"grpo.{k}={v}" for k, v in grpo.items()),
+        *(f"rm.{k}={v}" for k, v in rm.items()),
+    ]
 
 
 def corpus() -> list[str]:
@@ -207,8 +281,8 @@ def rlhfkit(command: list[str], runs: Path, name: str, *flags: str, log: Path) -
 
 
 def saving(run: Path) -> bool:
-    checkpoints = run / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.startswith(".tmp-") for p in checkpoints.iterdir())
+    """Whether a checkpoint of the run (or of one of its sub-runs) is being written."""
+    return run.is_dir() and any(run.glob("**/checkpoints/.tmp-*"))
 
 
 def logged_steps(run: Path) -> int:
@@ -241,7 +315,8 @@ def killed_run(
 
 
 def max_steps(command: list[str]) -> int:
-    return next(int(arg.split("=")[1]) for arg in command if arg.startswith("max_steps="))
+    """The run's logged steps: optimizer steps, or rounds (iterative GRPO)."""
+    return next(int(a.split("=")[1]) for a in command if a.startswith(("max_steps=", "rounds=")))
 
 
 def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
@@ -267,14 +342,12 @@ def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
         "restarted": False,
     }
     if killed:
-        done = [
-            p
-            for p in (runs / name / "checkpoints").glob("step_*")
-            if (p / "checkpoint.json").is_file()
-        ]
-        outcome["restarted"] = not done
-        flag = "--resume" if done else "--overwrite"
-        outcome["exit"] = rlhfkit(command, runs, name, flag, log=runs / f"{name}.log").wait()
+        # as a user would: --resume, and when there is nothing to resume yet, start again
+        log = runs / f"{name}.log"
+        outcome["exit"] = rlhfkit(command, runs, name, "--resume", log=log).wait()
+        if outcome["exit"] == 2 and "nothing to resume" in log.read_text()[-2000:]:
+            outcome["restarted"] = True
+            outcome["exit"] = rlhfkit(command, runs, name, "--overwrite", log=log).wait()
     outcome["equal"] = same_run(runs / "full", runs / name)
     if outcome["equal"]:
         shutil.rmtree(runs / name, ignore_errors=True)
@@ -311,7 +384,9 @@ def same_run(full: Path, other: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--trainers", nargs="*", default=["sft", "rm", "dpo", "grpo", "ppo", "raft", "online-dpo"]
+        "--trainers",
+        nargs="*",
+        default=["sft", "rm", "dpo", "grpo", "rloo", "ppo", "raft", "online-dpo", "iterative-grpo"],
     )
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument(
