@@ -5,13 +5,10 @@ pairs that hold exactly what was clicked, and `rlhfkit rm` and `rlhfkit dpo` tra
 
 import hashlib
 import json
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +29,8 @@ from transformers import (  # noqa: E402
 
 from rlhfkit import cli  # noqa: E402
 
+from .server_link import wait_for_link  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LABELLER = "rosa"
 
@@ -50,23 +49,7 @@ def serve(labels: Path) -> tuple[subprocess.Popen, str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # a thread reads the output, so that a server that hangs fails the test instead of hanging it
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
-    ).start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited: {process.stderr.read()}") from None
-            continue
-        if line.startswith("labelling page: "):
-            return process, line.split(": ", 1)[1].strip()
-    process.kill()
-    raise AssertionError("rlhfkit label serve printed no link within 60 s")
+    return process, wait_for_link(process)
 
 
 def stop(process: subprocess.Popen) -> tuple[int, str]:

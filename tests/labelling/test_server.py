@@ -4,13 +4,10 @@ nothing acknowledged lost to kill -9."""
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -38,6 +35,8 @@ from rlhfkit.labelling.server import (  # noqa: E402
     submission_from_payload,
 )
 from rlhfkit.labelling.store import LabelStore, shown_order  # noqa: E402
+
+from .server_link import wait_for_link
 
 PAGE_DIR = Path(__file__).resolve().parents[2] / "src" / "rlhfkit" / "labelling" / "page"
 
@@ -81,25 +80,9 @@ def start_server(candidates: Path, db: Path, **settings) -> Server:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # a thread reads the output, so that a server that hangs fails the test instead of hanging it
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(line) for line in process.stdout], daemon=True
-    ).start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            if process.poll() is not None:
-                raise AssertionError(f"the server exited: {process.stderr.read()}") from None
-            continue
-        if line.startswith("labelling page: "):
-            link = urlsplit(line.split(": ", 1)[1].strip())
-            token = parse_qs(link.query)["token"][0]
-            return Server(process, f"{link.scheme}://{link.netloc}", token, Path(db))
-    process.kill()
-    raise AssertionError("the server printed no link within 60 s")
+    link = urlsplit(wait_for_link(process))
+    token = parse_qs(link.query)["token"][0]
+    return Server(process, f"{link.scheme}://{link.netloc}", token, Path(db))
 
 
 def stop(server: Server) -> None:
