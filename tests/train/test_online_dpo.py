@@ -2,6 +2,8 @@ import json
 import math
 import random
 import shutil
+import threading
+import time
 
 import pytest
 import torch
@@ -10,12 +12,19 @@ from transformers import AutoModelForCausalLM
 
 from rlhfkit.data.ranking_batch import RankedGroup
 from rlhfkit.data.tokenize import EncodedExample
-from rlhfkit.errors import ConfigError
-from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.labelling.records import Submission
+from rlhfkit.labelling.store import LabelStore, shown_order
+from rlhfkit.runtime.rundir import has_progress, prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.batching import stream_rows
 from rlhfkit.train.dpo_losses import make_batch, policy_logprobs
-from rlhfkit.train.online_dpo import OnlineDPOConfig, check_online_config, train_online_dpo
+from rlhfkit.train.online_dpo import (
+    OnlineDPOConfig,
+    check_online_config,
+    spread_ranked,
+    train_online_dpo,
+)
 from rlhfkit.train.online_pool import assemble_pool, online_plan, ranked_groups, rollout_examples
 from rlhfkit.train.policy_run import PolicyRun
 from tests.train.conftest import length_reward_spec
@@ -354,3 +363,97 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
 def test_settings_that_contradict_the_regime_are_rejected(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         check_online_config(config("m", tmp_path, **override))
+
+
+@pytest.mark.parametrize(
+    "rankings, plan, expected",
+    [
+        ([(0, 1), (1, 0), (0, 0)], [2, 1], ([0, 1, 2], [2, 1])),  # nothing skipped: the plan
+        ([(0, 1), None, (1, 0), (0, 1), (0, 1)], [3, 2], ([0, 2, 3, 4], [2, 2])),
+        ([None, (0, 1), (0, 1), (1, 0), None, (0, 1), (0, 1)], [4, 3], ([1, 2, 3, 5, 6], [3, 2])),
+        ([None, (0, 1), None], [1, 1, 1], None),  # fewer ranked prompts than steps: refused
+    ],
+)
+def test_skipped_prompts_leave_the_refresh_and_the_rest_are_spread(rankings, plan, expected):
+    if expected is None:
+        with pytest.raises(RlhfkitError, match="1 of 3 prompts of a refresh were ranked"):
+            spread_ranked(rankings, plan)
+    else:
+        assert spread_ranked(rankings, plan) == expected
+
+
+def answer_as_people(labels_dir, answer, count: int) -> threading.Thread:
+    """A thread that plays the people on the labelling page: once the run has queued items in
+    `labels_dir/labels.db`, it answers `count` of them, each with `answer(item_id)` (ranks, or
+    None to skip)."""
+
+    def work():
+        deadline = time.monotonic() + 120
+        while not (labels_dir / "candidates.jsonl").exists():  # the store is set up by then
+            time.sleep(0.02)
+        store = LabelStore(labels_dir / "labels.db")
+        while count > len(store.submissions()) and time.monotonic() < deadline:
+            item = store.next_item("ann")
+            if item is None:
+                time.sleep(0.02)
+                continue
+            order = shown_order(store.seed, "ann", item.item_id, len(item.responses))
+            store.submit(Submission(item.item_id, "ann", answer(item.item_id), order))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def human_config(model, tmp_path, **overrides) -> OnlineDPOConfig:
+    settings = dict(
+        labeller="human",
+        human_serve=False,
+        regime="iterative",
+        refresh_every=2,
+        prompts_per_step=2,
+        samples_per_prompt=3,
+        max_steps=2,
+    )
+    return config(model, tmp_path, **{**settings, **overrides})
+
+
+def test_people_label_an_iterative_run_through_the_store(tiny_model_dir, tmp_path):
+    # the first prompt is skipped; every other one gets the first two responses tied, best
+    run = run_dir(tmp_path)
+    people = answer_as_people(
+        run.root / "labels", lambda item_id: None if item_id.endswith("p0000") else (0, 0, 1), 4
+    )
+    result = train_online_dpo(human_config(tiny_model_dir, tmp_path), run)
+    people.join()
+    history = result.history
+    # one refresh of 2 steps * 2 prompts: the skipped prompt is dropped, the 3 ranked ones spread
+    assert [row["online_groups"] for row in history] == [2, 1]
+    assert result.labels_used == 4 * 3  # C(3,2) for every prompt put to people
+    # Plackett-Luce with ties (Breslow) at the reference: each of the two tied best responses is
+    # chosen among all 3 (log 3 each), the last among itself (0); untied it would be log 3!
+    assert history[0]["loss"] == pytest.approx(2 * math.log(3.0), abs=1e-5)
+    AutoModelForCausalLM.from_pretrained(run.final)
+
+
+def test_a_run_that_timed_out_resumes_on_the_answers_in_the_store(tiny_model_dir, tmp_path):
+    # nobody answers while the run waits, so each refresh times out; people answer while it is
+    # stopped, and each resumed run asks only for what is missing
+    cfg = human_config(tiny_model_dir, tmp_path, max_steps=4, human_timeout_s=1.0)
+    run = run_dir(tmp_path)
+    labels = run.root / "labels"
+    with pytest.raises(RlhfkitError, match="0 of 4 prompts of refresh 0 answered"):
+        train_online_dpo(cfg, run)
+    # a checkpoint before the first refresh: the run, and the store inside it, are kept
+    assert has_progress(run)
+    answer_as_people(labels, lambda item_id: (0, 1, 2), 4).join()
+    resumed = prepare_run_dir(run.root, resume=True, overwrite=False)
+    with pytest.raises(RlhfkitError, match="0 of 4 prompts of refresh 1 answered"):
+        train_online_dpo(cfg, resumed, resume=True)
+    answer_as_people(labels, lambda item_id: (2, 1, 0), 8).join()
+    resumed = prepare_run_dir(run.root, resume=True, overwrite=False)
+    result = train_online_dpo(cfg, resumed, resume=True)
+    # resumed at the checkpoint before refresh 1 (step 2); the same 8 items, none asked again
+    assert len(result.history) == 2 and result.labels_used == 8 * 3
+    assert len(LabelStore(labels / "labels.db").items()) == 8
+    AutoModelForCausalLM.from_pretrained(resumed.final)

@@ -14,18 +14,22 @@ same unit `train.dpo` counts offline rankings in (`max_labels`). Labellers:
     judge:     an AI judge (`feedback.judge`, RLAIF): every pair asked in both orders, responses
                in order of their summed probability of beating the others (a Borda count; for
                K = 2 the judge's verdict).
+    human:     people on the labelling page (`labelling.human`): the run waits for their
+               rankings, which may tie responses or skip a prompt (no preference).
 Each labeller keeps its own count and RNG and hands them over as a state dict, so a resumed run
 draws the same labels and spends the same budget.
 """
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from typing import Protocol
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.judge import judge_pairs
+from rlhfkit.labelling.human import HumanLabeller, HumanSettings, Ranks, open_human_labeller
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.rewards.base import RewardSource
@@ -39,6 +43,8 @@ class LabellerKind(str, Enum):
     """A reward source (e.g. model:PATH): responses ordered by their score, without noise."""
     JUDGE = "judge"
     """An AI judge (a causal LM asked which of two replies is better), every pair in both orders."""
+    HUMAN = "human"
+    """People ranking on the labelling page; online DPO waits for their answers."""
 
 
 class Labeller(Protocol):
@@ -59,6 +65,34 @@ class Labeller(Protocol):
 def labels_for(responses: list[list[str]]) -> int:
     """Comparisons that ranking each list of responses costs."""
     return sum(ranking_comparisons(len(group)) for group in responses)
+
+
+def ranks_of(order: list[int]) -> Ranks:
+    """[2, 0, 1] (indices best first) -> (1, 2, 0): each response's rank, 0 = best."""
+    ranks = [0] * len(order)
+    for rank, index in enumerate(order):
+        ranks[index] = rank
+    return tuple(ranks)
+
+
+def rank_with_ties(
+    labeller: Labeller, prompts: list[PromptExample], responses: list[list[str]]
+) -> list[Ranks | None]:
+    """Each prompt's ranks per response (0 = best, equal = a tie), or None for no preference.
+    Only people tie responses or skip a prompt; the other labellers order strictly."""
+    if isinstance(labeller, HumanLabeller):
+        return labeller.rank_with_ties(prompts, responses)
+    return [ranks_of(order) for order in labeller.rank(prompts, responses)]
+
+
+@contextmanager
+def in_use(labeller: Labeller) -> Iterator[Labeller]:
+    """The labeller, let go of on leaving: the human labeller stops the page it serves."""
+    try:
+        yield labeller
+    finally:
+        if isinstance(labeller, HumanLabeller):
+            labeller.close()
 
 
 class SimulatedAnnotator:
@@ -184,6 +218,7 @@ def build_labeller(
     seed: int,
     judge_model: str = "",
     device=None,
+    human: HumanSettings | None = None,
 ) -> Labeller:
     """The labeller `kind` names.
 
@@ -194,8 +229,13 @@ def build_labeller(
         target_agreement: the inter-annotator agreement that calibration aims at.
         seed: the annotator's noise seed.
         judge_model: the judge's causal-LM directory (`judge` only), loaded onto `device`.
+        human: the label store and waiting settings (`human` only; online DPO's).
     """
     kind = LabellerKind(kind)
+    if kind is LabellerKind.HUMAN:
+        if human is None:
+            raise RlhfkitError("labeller=human is for rlhfkit online-dpo (its human_* settings)")
+        return open_human_labeller(human)
     if kind is LabellerKind.REWARD:
         return RewardLabeller(reward)
     if kind is LabellerKind.JUDGE:

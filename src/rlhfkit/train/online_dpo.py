@@ -3,10 +3,10 @@ training, under a labelling budget (seed 000, "Online/offline learning"; Guo et 
 "Direct language model alignment from online AI feedback"; Xiong et al. 2024, iterative DPO).
 
 Each refresh samples K responses per prompt from the current policy, has a labeller rank them
-(the task's simulated human, a reward model or an AI judge; `feedback.labellers`), and trains on
-the ranked groups with the DPO losses of `train.dpo` (K = 2: pairwise DPO; K > 2: Plackett-Luce
-over the whole ranking, or its C(K,2) pairs with sigmoid / ipo; the log-probs are the policy's
-own, T = 1, whatever `temperature` the samples were drawn at):
+(the task's simulated human, a reward model, an AI judge or people; `feedback.labellers`), and
+trains on the ranked groups with the DPO losses of `train.dpo` (K = 2: pairwise DPO; K > 2:
+Plackett-Luce over the whole ranking, or its C(K,2) pairs with sigmoid / ipo; the log-probs are
+the policy's own, T = 1, whatever `temperature` the samples were drawn at):
     online:     a refresh every step: every batch is fresh samples, labelled (batch-wise online);
     iterative:  a refresh every T steps labels the prompts of the next T batches at once, and
                 the policy trains on them for T steps (its samples grow stale in between);
@@ -22,7 +22,10 @@ pairs, the labels used so far, the reward (and, with a task, the gold score) of 
 samples, and their KL to the reference (kl_per_sequence, kl_per_token).
 Departures: prompts are drawn as in the other RL trainers (the task's generator or a prompt
 file), a hybrid batch keeps its offline share also in a last, smaller online batch, and the
-offline rows are not re-labelled.
+offline rows are not re-labelled. People (labeller=human) may tie responses (equal ranks) and
+skip a prompt: a skipped prompt is dropped and the refresh's ranked prompts are spread over its
+steps; each refresh they label starts with a checkpoint, so a resumed run samples the same
+responses and finds their answers in the label store.
 """
 
 from dataclasses import dataclass, field
@@ -33,9 +36,10 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, first_groups_within, group_labels
-from rlhfkit.data.tokenize import Truncation
-from rlhfkit.errors import ConfigError
-from rlhfkit.feedback.labellers import LabellerKind, build_labeller
+from rlhfkit.data.tokenize import EncodedExample, Truncation
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.feedback.labellers import LabellerKind, build_labeller, in_use, rank_with_ties
+from rlhfkit.labelling.human import HumanSettings, Ranks
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
@@ -48,11 +52,11 @@ from rlhfkit.train.online_pool import (
     online_plan,
     pool_from_state,
     pool_state,
-    ranked_groups,
     rollout_examples,
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.schedule import is_due
 
 
 class Regime(str, Enum):
@@ -91,9 +95,21 @@ class OnlineDPOConfig(PolicyRunConfig):
     0 = no limit."""
     labeller: LabellerKind = LabellerKind.ANNOTATOR
     """annotator: the task's simulated human (gold + noise; needs a task); reward: the `reward`
-    source, without noise; judge: the AI judge at judge_model."""
+    source, without noise; judge: the AI judge at judge_model; human: people on the labelling
+    page, the run waiting for them."""
     judge_model: str = ""
     """labeller=judge: causal-LM directory of the judge (asked ' A' or ' B', see feedback.judge)."""
+    human_store: str = ""
+    """labeller=human: the SQLite label store people answer in; empty = labels/labels.db in the
+    run directory. Its folder is kept a labels folder (`rlhfkit label export` reads it)."""
+    human_timeout_s: float = 3600.0
+    """labeller=human: seconds a refresh waits for all its prompts to be answered (0 = no limit);
+    then the run stops, and --resume asks only for what is missing."""
+    human_serve: bool = True
+    """labeller=human: serve the labelling page from the run (127.0.0.1, the link printed);
+    false = another process serves the store."""
+    human_port: int = 8765
+    """labeller=human, human_serve: the page's port; 0 = a free one."""
     annotator_temperature: float = 0.0
     """The annotator's Bradley-Terry temperature; 0 = calibrate on the first batch to
     target_agreement."""
@@ -229,6 +245,40 @@ def _step_loss(
     return {"loss": step_grads.loss, **step_grads.metrics}, step_grads.logprobs
 
 
+def human_settings(cfg: OnlineDPOConfig, run_dir) -> HumanSettings:
+    """labeller=human: the store (by default inside the run directory) and the waiting rules."""
+    store = Path(cfg.human_store) if cfg.human_store else run_dir.root / "labels" / "labels.db"
+    return HumanSettings(
+        store=store,
+        run_tag=run_dir.root.name,
+        timeout_s=cfg.human_timeout_s,
+        serve=cfg.human_serve,
+        port=cfg.human_port,
+    )
+
+
+def spread_ranked(rankings: list[Ranks | None], plan: list[int]) -> tuple[list[int], list[int]]:
+    """The prompts to train on and how many each step of the refresh takes: every prompt and
+    the plan, unless some were skipped (no preference, dropped); then the ranked ones are spread
+    over the steps as evenly as they go, the first steps taking one more."""
+    kept = [index for index, ranks in enumerate(rankings) if ranks is not None]
+    if len(kept) == len(rankings):
+        return kept, plan
+    if len(kept) < len(plan):
+        raise RlhfkitError(
+            f"{len(kept)} of {len(rankings)} prompts of a refresh were ranked (the rest "
+            f"skipped), fewer than its {len(plan)} steps: undo some skips and rerun with --resume"
+        )
+    size, extra = divmod(len(kept), len(plan))
+    return kept, [size + (step < extra) for step in range(len(plan))]
+
+
+def group_from_ranks(examples: list[EncodedExample], ranks: Ranks) -> RankedGroup:
+    """One prompt's samples best first, tied ones in sampling order, with their ranks."""
+    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+    return RankedGroup([examples[i] for i in order], tuple(ranks[i] for i in order))
+
+
 def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
     """hybrid: the offline rows within `offline_max_labels`; none in the other regimes."""
     if not cfg.offline_data:
@@ -272,11 +322,25 @@ def _step_row(
     return row
 
 
-def _trainer_state(labeller, pool: Pool, done: int) -> dict:
+def _trainer_state(labeller, pool: Pool | None, done: int) -> dict:
     """What a checkpoint after `done` steps keeps besides the models: the labeller's state, and
     the pool while it still has steps to serve (a resumed run trains on the same samples)."""
-    pool_data = pool_state(pool) if pool.covers(done) else None
+    pool_data = pool_state(pool) if pool is not None and pool.covers(done) else None
     return {"labeller": labeller.state_dict(), "pool": pool_data}
+
+
+def _checkpoint_before_people(cfg: OnlineDPOConfig, run: PolicyRun, step: int, total: int) -> bool:
+    """labeller=human: whether the refresh at `step` first writes a checkpoint. People's answers
+    outlive the run in their store; a checkpoint taken before sampling lets a resumed run draw
+    the same samples and find the answers there (and a first refresh that times out leaves a run
+    to resume). Not when the step has one: the one resumed from, or the one `end_step` wrote."""
+    if LabellerKind(cfg.labeller) is not LabellerKind.HUMAN:
+        return False
+    resumed_here = step == run.start_step and bool(run.trainer_state)
+    saved_after_last_step = step > run.start_step and is_due(
+        step, cfg.save_every, total, at_end=False
+    )
+    return not (resumed_here or saved_after_last_step)
 
 
 def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> OnlineDPOResult:
@@ -310,6 +374,7 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
         target_agreement=cfg.target_agreement,
         judge_model=cfg.judge_model,
         device=models.device,
+        human=human_settings(cfg, run_dir),
     )
     offline = _offline_groups(cfg, models.tokenizer)
     pool: Pool | None = None
@@ -319,11 +384,13 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
     loss_fn = batch_loss_fn(cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing)
     result = OnlineDPOResult(model_dir=run_dir.final, offline_labels=group_labels(offline))
 
-    with run:
+    with run, in_use(labeller):
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, len(plan)):
             timer = PhaseTimer()
             if pool is None or not pool.covers(step):
+                if _checkpoint_before_people(cfg, run, step, len(plan)):
+                    run.save_checkpoint(step, _trainer_state(labeller, pool, step))
                 # step 2. a refresh: K samples per prompt of the next T batches, from the current
                 # policy
                 steps = plan[step : step - step % every + every]
@@ -336,10 +403,10 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     )
                     grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
-                # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each); scores
-                # for metrics
+                # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each; people
+                # may tie responses or skip a prompt, which is then dropped); scores for metrics
                 with timer("labelling"):
-                    orders = labeller.rank(prompts, grouped)
+                    rankings = rank_with_ties(labeller, prompts, grouped)
                 with timer("reward"):
                     flat_prompts = [p for p in prompts for _ in range(k)]
                     gold = (
@@ -349,15 +416,22 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     )
                     rewards = run.reward.score(flat_prompts, texts).rewards.tolist()
 
-                # step 4. ranked groups per step, offline rows added, reference log-probs once
+                # step 4. ranked groups per step (a skipped prompt has no preference: dropped),
+                # offline rows added, reference log-probs once
                 with timer("reference"):
+                    kept, counts = spread_ranked(rankings, steps)
+                    rows = [i * k + j for i in kept for j in range(k)]
+                    examples = rollout_examples(rollout)
                     pool = assemble_pool(
                         start=step,
-                        plan=steps,
+                        plan=counts,
                         samples_per_prompt=k,
-                        online_groups=ranked_groups(rollout_examples(rollout), orders),
-                        gold=gold,
-                        rewards=rewards,
+                        online_groups=[
+                            group_from_ranks(examples[i * k : (i + 1) * k], rankings[i])
+                            for i in kept
+                        ],
+                        gold=[gold[row] for row in rows] if gold is not None else None,
+                        rewards=[rewards[row] for row in rows],
                         offline=offline,
                         offline_per_step=offline_per_step,
                         seed=cfg.seed,
