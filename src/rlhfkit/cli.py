@@ -346,17 +346,21 @@ def _label_serve(args) -> None:
         ) from None
     folder = Path(args.labels)
     names = args.labellers.split(",") if args.labellers else []
-    run_label_server(
-        candidates=folder / "candidates.jsonl",
-        db=args.db or folder / "labels.db",
-        host=args.host,
-        port=args.port,
-        guidelines=args.guidelines,
-        overlap=args.overlap,
-        overlap_labellers=args.overlap_labellers,
-        seed=args.seed,
-        labellers=tuple(name.strip() for name in names if name.strip()),
-    )
+    try:
+        run_label_server(
+            candidates=folder / "candidates.jsonl",
+            db=args.db or folder / "labels.db",
+            host=args.host,
+            port=args.port,
+            guidelines=args.guidelines,
+            overlap=args.overlap,
+            overlap_labellers=args.overlap_labellers,
+            seed=args.seed,
+            labellers=tuple(name.strip() for name in names if name.strip()),
+        )
+    except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: a normal end, status 0
+        pass
+    print(f"labelling server stopped; every answer is in {args.db or folder / 'labels.db'}")
 
 
 def _label(args) -> None:

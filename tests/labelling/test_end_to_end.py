@@ -230,8 +230,8 @@ def test_sample_label_in_the_browser_export_and_train_rm_and_dpo(tiny_model_dir,
     except BaseException:
         stop(process)
         raise
-    # the command line's answer to Ctrl-C: one line and status 130, no traceback
-    assert stop(process) == (130, "interrupted\n")
+    # Ctrl-C is how the server is stopped: a normal end (status 0), no traceback
+    assert stop(process) == (0, "")
 
     # step 3. export rankings and pairs: exactly what was clicked, in the candidates' order
     rankings, pairs = tmp_path / "rankings.jsonl", tmp_path / "pairs.jsonl"
