@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/rlhfkit pipeline
 
-# The report's browser test renders it in Debian's chromium, installed here where this user can
-# (root and apt); elsewhere that one test is skipped and says why.
+# The report's and the labelling page's browser tests run Debian's chromium, installed here
+# where this user can (root and apt); elsewhere those tests are skipped and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-		echo "chromium could not be installed: the report's browser test will be skipped"
+		echo "chromium could not be installed: the report's and the labelling page's browser tests will be skipped"
 
 # Style is checked, not argued: ruff's formatter and linter (settings in pyproject.toml).
 lint: setup
