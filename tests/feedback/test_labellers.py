@@ -138,3 +138,16 @@ def test_an_untrained_judge_model_still_labels_every_pair(tiny_model_dir):
             target_agreement=0.725,
             seed=0,
         )
+
+
+def test_ranks_of_turns_an_order_into_each_responses_rank():
+    assert labellers.ranks_of([2, 0, 1]) == (1, 2, 0)
+    assert labellers.ranks_of([0]) == (0,)
+
+
+def test_labellers_that_order_strictly_give_strict_ranks_through_rank_with_ties():
+    labeller = RewardLabeller(LengthSource())
+    responses = [["a", "ccc", "bb"], ["dd", "e"]]
+    ranks = labellers.rank_with_ties(labeller, prompts(2), responses)
+    assert ranks == [(2, 0, 1), (0, 1)]  # longest first
+    assert labeller.labels_used == 3 + 1
