@@ -24,9 +24,7 @@ from rlhfkit.objectives.kl import KLEstimator, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.engine import Rollout
-from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
-from rlhfkit.runtime.device import autocast
 from rlhfkit.train.micro_batches import (
     Stats,
     backward_micro_batches,
@@ -125,16 +123,9 @@ def _minibatch_loss(
     """Clipped surrogate + beta * KL for one micro-batch (a slice of a mini-batch), over the
     mini-batch's `denominator`."""
     mask = batch["response_mask"]
-    with autocast(run.models.device, cfg.precision):
-        current = response_logprobs(
-            run.models.policy,
-            batch["input_ids"],
-            batch["attention_mask"],
-            mask.shape[1],
-            temperature=cfg.temperature,
-            with_entropy=True,
-            group_size=cfg.group_size,
-        )
+    current = run.policy_logprobs(
+        batch, temperature=cfg.temperature, with_entropy=True, group_size=cfg.group_size
+    )
     policy = ppo_policy_loss(
         current.logprobs,
         batch["old_logprobs"],

@@ -34,7 +34,7 @@ from rlhfkit.models.reward import value_model_from
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.engine import Rollout, generate
-from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.checkpoint import (
@@ -357,6 +357,27 @@ class PolicyRun:
                         ).logprobs
                     )
         return torch.cat(out)
+
+    def policy_logprobs(
+        self,
+        batch: dict,
+        *,
+        temperature: float = 1.0,
+        with_entropy: bool = False,
+        group_size: int = 1,
+    ) -> ResponseLogprobs:
+        """The policy's log-probs (with gradient) of a batch of rollout rows' response tokens, in
+        the run's precision (`rollout.forward.response_logprobs`)."""
+        with autocast(self.models.device, self.cfg.precision):
+            return response_logprobs(
+                self.models.policy,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["response_mask"].shape[1],
+                temperature=temperature,
+                with_entropy=with_entropy,
+                group_size=group_size,
+            )
 
     def optimizer_step(self, step: int, loss: float = 0.0) -> float:
         """The policy's update: clip, set the warm-up learning rate, step, clear; returns the

@@ -27,7 +27,7 @@ from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
-from rlhfkit.rollout.forward import response_logprobs, response_values
+from rlhfkit.rollout.forward import response_values
 from rlhfkit.runtime.device import autocast
 from rlhfkit.train.micro_batches import backward_micro_batches, mismatch_stats, token_stat
 from rlhfkit.train.optim import clipped_step
@@ -317,15 +317,7 @@ def _critic_loss(
 def _actor_loss(cfg: PPOConfig, run: PolicyRun, micro: dict, denominator) -> tuple:
     """The clipped surrogate of a micro-batch over the mini-batch's token count."""
     mask = micro["response_mask"]
-    with autocast(run.models.device, cfg.precision):
-        current = response_logprobs(
-            run.models.policy,
-            micro["input_ids"],
-            micro["attention_mask"],
-            mask.shape[1],
-            temperature=cfg.temperature,
-            with_entropy=True,
-        )
+    current = run.policy_logprobs(micro, temperature=cfg.temperature, with_entropy=True)
     policy = ppo_policy_loss(
         current.logprobs,
         micro["old_logprobs"],

@@ -27,8 +27,6 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
 from rlhfkit.rollout.engine import Rollout
-from rlhfkit.rollout.forward import response_logprobs
-from rlhfkit.runtime.device import autocast
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.micro_batches import backward_micro_batches
 from rlhfkit.train.policy_config import PolicyRunConfig
@@ -115,10 +113,7 @@ def sft_minibatch_loss(
     `denominator` (the mini-batch's response tokens; None = these rows' own: a token mean).
     The left-padded prompt is context; the LM head runs on the response only."""
     mask = batch["response_mask"]
-    with autocast(run.models.device, cfg.precision):
-        logprobs = response_logprobs(
-            run.models.policy, batch["input_ids"], batch["attention_mask"], mask.shape[1]
-        ).logprobs
+    logprobs = run.policy_logprobs(batch).logprobs
     total = mask.sum() if denominator is None else denominator
     return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, total)
 
@@ -184,14 +179,7 @@ def _online_rft_update(
 
 def _rft_micro_loss(cfg: RAFTConfig, run: PolicyRun, micro: dict, denominator) -> torch.Tensor:
     mask = micro["response_mask"]
-    with autocast(run.models.device, cfg.precision):
-        current = response_logprobs(
-            run.models.policy,
-            micro["input_ids"],
-            micro["attention_mask"],
-            mask.shape[1],
-            temperature=cfg.temperature,
-        )
+    current = run.policy_logprobs(micro, temperature=cfg.temperature)
     return rft_loss(
         current.logprobs, micro["coefficients"], mask, cfg.loss_aggregation, denominator
     )

@@ -21,8 +21,6 @@ from rlhfkit.objectives.group_advantages import rloo_advantages
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_sum
 from rlhfkit.objectives.policy import ppo_policy_loss
-from rlhfkit.rollout.forward import response_logprobs
-from rlhfkit.runtime.device import autocast
 from rlhfkit.train.grpo import check_batch_sizes
 from rlhfkit.train.micro_batches import (
     backward_micro_batches,
@@ -82,16 +80,9 @@ def sequence_clip_loss(
 def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tuple:
     """The sequence-level clipped loss of a micro-batch over the mini-batch's `rows`."""
     mask = micro["response_mask"]
-    with autocast(run.models.device, cfg.precision):
-        current = response_logprobs(
-            run.models.policy,
-            micro["input_ids"],
-            micro["attention_mask"],
-            mask.shape[1],
-            temperature=cfg.temperature,
-            with_entropy=True,
-            group_size=cfg.group_size,
-        )
+    current = run.policy_logprobs(
+        micro, temperature=cfg.temperature, with_entropy=True, group_size=cfg.group_size
+    )
     policy = sequence_clip_loss(
         current.logprobs, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_eps, rows
     )
