@@ -10,6 +10,8 @@ rows plus at most one partial line, which `complete_rows` cuts off before a resu
 import json
 import math
 import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,24 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         file.write("".join(json.dumps(row) + "\n" for row in rows))
         file.flush()
         os.fsync(file.fileno())
+
+
+def replace_rows(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write `rows` as JSON lines to a temporary file beside `path`, flush it to disk and rename
+    it over `path`, so a reader (export, stats, the page) never sees half a file."""
+    path = Path(path)
+    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with open(handle, "w", encoding="utf-8") as file:
+            for row in rows:
+                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def complete_rows(path: Path) -> int:

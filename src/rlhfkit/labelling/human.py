@@ -13,11 +13,8 @@ from the store), so `rlhfkit label export`, `label stats` and `label serve` read
 With `serve`, the page runs in a thread of this process on 127.0.0.1; its link is printed.
 """
 
-import json
-import os
 import secrets
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +23,12 @@ from pathlib import Path
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.labelling.candidates import CANDIDATES_FILE, SUBMISSIONS_FILE, item_to_row
+from rlhfkit.labelling.candidates import (
+    CANDIDATES_FILE,
+    SUBMISSIONS_FILE,
+    item_to_row,
+    replace_rows,
+)
 from rlhfkit.labelling.records import Item, Submission
 from rlhfkit.labelling.store import LabelStore, write_submissions_file
 from rlhfkit.objectives.ranking import ranking_comparisons
@@ -210,20 +212,9 @@ class HumanLabeller:
 
 
 def write_candidates_file(store: LabelStore, path: Path) -> Path:
-    """Every item of the store as a labels folder's `candidates.jsonl`, written to a temporary
-    file and renamed over `path`, so a reader never sees half a file."""
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with open(handle, "w", encoding="utf-8") as file:
-            for item in store.items():
-                file.write(json.dumps(item_to_row(item), ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return path
+    """Every item of the store as a labels folder's `candidates.jsonl`, replaced whole
+    (`replace_rows`), so a reader never sees half a file."""
+    return replace_rows(path, (item_to_row(item) for item in store.items()))
 
 
 def serve_page(store: LabelStore, port: int) -> tuple[str, Callable[[], None]]:

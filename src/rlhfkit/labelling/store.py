@@ -16,17 +16,15 @@ labeller's answer but not as a ranking, so a skipped item goes to someone else.
 
 import hashlib
 import json
-import os
 import random
 import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.labelling.candidates import submission_problem, submission_to_row
+from rlhfkit.labelling.candidates import replace_rows, submission_problem, submission_to_row
 from rlhfkit.labelling.records import FLAGS, Item, Submission
 
 DEFAULTS = {"overlap": 0.1, "overlap_labellers": 2, "seed": 0}
@@ -272,20 +270,8 @@ def shown_order(seed: int, labeller: str, item_id: str, num_responses: int) -> t
 def write_submissions_file(store: LabelStore, path: str | Path) -> Path:
     """Write every submission of the store as a labels folder's `submissions.jsonl`, which
     `rlhfkit label export` and `stats` read. Written to a temporary file and renamed over
-    `path`, so a reader never sees half a file."""
-    path = Path(path)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with open(handle, "w", encoding="utf-8") as file:
-            for submission in store.submissions():
-                file.write(json.dumps(submission_to_row(submission), ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
-    return path
+    `path` (`replace_rows`), so a reader never sees half a file."""
+    return replace_rows(path, (submission_to_row(s) for s in store.submissions()))
 
 
 def _check_settings(asked: dict) -> None:
