@@ -1,0 +1,88 @@
+"""The models of a policy-optimisation run, built once: the policy, its frozen reference, PPO's
+critic and their optimizers, as one frozen `PolicyModels` bundle (from the checkpoint on
+resume)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
+from rlhfkit.models.reward import value_model_from
+from rlhfkit.runtime.checkpoint import load_torch_state
+from rlhfkit.runtime.device import resolve_device
+from rlhfkit.train.checkpointing import load_policy
+from rlhfkit.train.policy_config import PolicyRunConfig
+
+CRITIC_SUBDIR = "critic"
+
+
+@dataclass(frozen=True)
+class PolicyModels:
+    """The models and optimizers of a policy run, built once by `build_policy_models`."""
+
+    policy: torch.nn.Module
+    """The trained causal LM (LoRA adapters on the base when lora_r > 0), in train mode."""
+    reference: torch.nn.Module | None
+    """The frozen reference; None without a KL term, and under LoRA (the base, adapters off)."""
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    """AdamW over the policy's trainable parameters."""
+    device: torch.device
+    critic: torch.nn.Module | None = None
+    """PPO's value model (a one-head reward model), in train mode; None for the other trainers."""
+    critic_optimizer: torch.optim.Optimizer | None = None
+
+
+def _adamw(
+    params, lr: float, weight_decay: float, checkpoint: Path | None, name: str
+) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+    if checkpoint:
+        optimizer.load_state_dict(load_torch_state(checkpoint / name))
+    return optimizer
+
+
+def build_policy_models(
+    cfg: PolicyRunConfig,
+    checkpoint: Path | None,
+    *,
+    needs_reference: bool,
+    critic_start: str = "",
+    critic_lr: float = 0.0,
+) -> PolicyModels:
+    """The policy (and its reference when `needs_reference`), and with `critic_start` a critic
+    started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
+    trained models and the optimizer states come from the checkpoint."""
+    if cfg.reference_model and cfg.lora_r > 0:
+        raise ConfigError(
+            f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
+            "LoRA the reference is the base model with its adapters off; leave "
+            "reference_model empty"
+        )
+    device = resolve_device(cfg.device)
+    policy = load_policy(
+        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+    )
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(policy)
+    reference = None
+    if needs_reference and cfg.lora_r == 0:
+        reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
+        reference.requires_grad_(False)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = _adamw(trainable, cfg.lr, cfg.weight_decay, checkpoint, "optimizer.pt")
+    critic = critic_optimizer = None
+    if critic_start:
+        critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
+        critic = value_model_from(critic_dir).to(device).train()
+        if cfg.gradient_checkpointing:
+            enable_checkpointing(critic.model)
+        critic_optimizer = _adamw(
+            critic.parameters(), critic_lr, cfg.weight_decay, checkpoint, "critic_optimizer.pt"
+        )
+    return PolicyModels(
+        policy, reference, load_tokenizer(cfg.model), optimizer, device, critic, critic_optimizer
+    )
