@@ -65,18 +65,16 @@ def save_checkpoint(
     _remove_leftover_tmp_dirs(checkpoints_dir)
 
     final = checkpoints_dir / f"step_{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=checkpoints_dir))
+    tmp = temporary_sibling(final)
     try:
         write(tmp)
         # The marker goes in last: its presence is what makes a checkpoint complete.
         marker = {"step": step, "format": CHECKPOINT_FORMAT, "sha256": file_digests(tmp)}
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
-        _fsync_tree(tmp)
-        _move_into_place(tmp, final)
+        publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(checkpoints_dir)
     _prune(checkpoints_dir, keep_last=keep_last, keep=final)
     return final
 
