@@ -89,8 +89,9 @@ TRAINERS = {
 }
 
 
-def recorded_gradients(monkeypatch) -> list[torch.Tensor]:
-    """Every update's gradient (all parameters, flattened), recorded as it is applied."""
+def recorded_gradients(monkeypatch, modules=(policy_run, ppo)) -> list[torch.Tensor]:
+    """Every update's gradient (all parameters, flattened), recorded as `clipped_step` applies
+    it in `modules`."""
     seen = []
 
     def recording(optimizer, *args, **kwargs):
@@ -98,8 +99,8 @@ def recorded_gradients(monkeypatch) -> list[torch.Tensor]:
         seen.append(torch.cat([g for g in grads if g is not None]).clone())
         return clipped_step(optimizer, *args, **kwargs)
 
-    monkeypatch.setattr(policy_run, "clipped_step", recording)
-    monkeypatch.setattr(ppo, "clipped_step", recording)
+    for module in modules:
+        monkeypatch.setattr(module, "clipped_step", recording)
     return seen
 
 
@@ -135,14 +136,7 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
 ):
     gradients, losses = {}, {}
     for batch_size, grad_accum in ((8, 1), (4, 2)):  # the same 8 rankings in one or two passes
-        seen = gradients[grad_accum] = []
-
-        def recording(optimizer, *args, seen=seen, **kwargs):
-            grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
-            seen.append(torch.cat([g for g in grads if g is not None]).clone())
-            return clipped_step(optimizer, *args, **kwargs)
-
-        monkeypatch.setattr(reward, "clipped_step", recording)
+        gradients[grad_accum] = recorded_gradients(monkeypatch, [reward])
         cfg = test_reward.config(
             tiny_model_dir,
             *rankings,
@@ -157,19 +151,6 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
         losses[grad_accum] = train_reward_model(cfg, run).train_losses
     assert losses[2][0] == pytest.approx(losses[1][0], rel=1e-5)
     assert torch.allclose(gradients[2][0], gradients[1][0], rtol=1e-4, atol=1e-6)
-
-
-def first_update(monkeypatch, modules) -> list[torch.Tensor]:
-    seen = []
-
-    def recording(optimizer, *args, **kwargs):
-        grads = [p.grad.flatten() for g in optimizer.param_groups for p in g["params"]]
-        seen.append(torch.cat([g for g in grads if g is not None]).clone())
-        return clipped_step(optimizer, *args, **kwargs)
-
-    for module in modules:
-        monkeypatch.setattr(module, "clipped_step", recording)
-    return seen
 
 
 @pytest.mark.parametrize("name", ["grpo", "ppo", "reward", "dpo"])
@@ -202,7 +183,7 @@ def test_gradient_checkpointing_gives_the_same_update(
     }
     gradients = {}
     for on in (False, True):
-        gradients[on] = first_update(monkeypatch, [policy_run, ppo, reward, dpo])
+        gradients[on] = recorded_gradients(monkeypatch, [policy_run, ppo, reward, dpo])
         torch.manual_seed(0)  # the reward model's head
         runs[name](gradient_checkpointing=on)
     assert len(gradients[True]) == len(gradients[False]) > 0
