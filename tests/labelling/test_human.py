@@ -13,10 +13,10 @@ import pytest
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import read_labels
+from rlhfkit.labelling.export import dense_ranks
 from rlhfkit.labelling.human import (
     HumanLabeller,
     HumanSettings,
-    dense_ranks,
     first_answers,
     open_human_labeller,
 )

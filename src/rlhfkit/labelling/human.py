@@ -29,6 +29,7 @@ from rlhfkit.labelling.candidates import (
     item_to_row,
     replace_rows,
 )
+from rlhfkit.labelling.export import dense_ranks
 from rlhfkit.labelling.records import Item, Submission
 from rlhfkit.labelling.store import LabelStore, write_submissions_file
 from rlhfkit.objectives.ranking import ranking_comparisons
@@ -68,12 +69,6 @@ def refresh_items(
         )
         for index, (prompt, group) in enumerate(zip(prompts, responses))
     ]
-
-
-def dense_ranks(ranks: Ranks) -> Ranks:
-    """(0, 2, 2, 5) -> (0, 1, 1, 2): the same order and ties, with no gaps."""
-    levels = {rank: level for level, rank in enumerate(sorted(set(ranks)))}
-    return tuple(levels[rank] for rank in ranks)
 
 
 def first_answers(
