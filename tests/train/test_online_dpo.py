@@ -457,3 +457,8 @@ def test_a_run_that_timed_out_resumes_on_the_answers_in_the_store(tiny_model_dir
     assert len(result.history) == 2 and result.labels_used == 8 * 3
     assert len(LabelStore(labels / "labels.db").items()) == 8
     AutoModelForCausalLM.from_pretrained(resumed.final)
+
+
+def test_micro_batch_size_zero_means_every_group_in_one_pass():
+    # as for every policy trainer (PolicyRunConfig.micro_batch_size); the check used to refuse it
+    check_online_config(OnlineDPOConfig(model="m", task="advice", micro_batch_size=0, max_steps=2))

@@ -123,7 +123,8 @@ class OnlineDPOConfig(PolicyRunConfig):
     label_smoothing: float = 0.0
     """Assumed share of flipped labels, in [0, 0.5): conservative DPO (loss=sigmoid only)."""
     micro_batch_size: int = 16
-    """Groups per forward pass; a step's gradient is accumulated over all its groups."""
+    """Groups per forward pass (0 = all of a step's groups at once); a step's gradient is
+    accumulated over all its groups."""
     max_length: int = 256
     """hybrid: tokens per offline prompt + response."""
     truncation: Truncation = Truncation.KEEP_START
@@ -176,7 +177,8 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
         raise ConfigError(
             f"samples_per_prompt={cfg.samples_per_prompt}: a preference needs at least 2 responses"
         )
-    for name in ("prompts_per_step", "refresh_every", "micro_batch_size"):
+    # micro_batch_size=0 (all groups in one pass) is legal, as for every policy trainer
+    for name in ("prompts_per_step", "refresh_every"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
     if regime is Regime.ONLINE and cfg.refresh_every != 1:
