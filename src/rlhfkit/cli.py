@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -103,6 +104,8 @@ class Command:
     run_dir: bool = True
     """Takes --name, --runs-dir, --resume and --overwrite (the pipeline names its run in its
     config instead)."""
+    torchrun: bool = False
+    """Runs data-parallel under torchrun, one process per device (docs/scaling.md)."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -112,6 +115,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.sft:train_sft",
         report=_print_model_saved,
         needs=("model", "train_data"),
+        torchrun=True,
     ),
     "rm": Command(
         "reward-model training (pairs, rankings, steps)",
@@ -119,6 +123,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.reward:train_reward_model",
         report=_print_reward_accuracy,
         needs=("model", "train_data"),
+        torchrun=True,
     ),
     "dpo": Command(
         "DPO on preference pairs or rankings (sigmoid, conservative, IPO, Plackett-Luce)",
@@ -126,6 +131,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.dpo:train_dpo",
         report=_print_preference_accuracy,
         needs=("model", "train_data"),
+        torchrun=True,
     ),
     "online-dpo": Command(
         "online, iterative or hybrid DPO: the policy's samples labelled during training, "
@@ -402,7 +408,8 @@ def _run_in_dir(args, command: Command, cfg) -> None:
     outcome. What a failed run leaves behind, and when a replaced run is deleted, is
     `open_run`'s rule (runtime/rundir.py)."""
     from rlhfkit.runtime.config import save_config
-    from rlhfkit.runtime.rundir import open_run, resume_with_config, run_root
+    from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
+    from rlhfkit.runtime.rundir import RunDir, open_run, resume_with_config, run_root
 
     resume = args.resume or args.resume_with_changes
     if resume and not command.resumable:
@@ -411,20 +418,34 @@ def _run_in_dir(args, command: Command, cfg) -> None:
         paths = " and ".join(f"{key}=PATH" for key in command.needs)
         raise RlhfkitError(f"rlhfkit {args.command} needs {paths}")
     root = run_root(Path(args.runs_dir), args.name)
-    with open_run(
-        root,
-        resume=resume,
-        overwrite=args.overwrite,
-        resume_needs_checkpoint=command.resume_needs_checkpoint,
-    ) as (run, lock):
-        if lock.notice:
-            print(lock.notice, file=sys.stderr)
-        if resume:
-            resume_with_config(run, cfg, allow_changes=args.resume_with_changes)
-        else:
-            save_config(cfg, run.config_path)
-        run_fn = _load(command.run)
-        result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+    run_fn = _load(command.run)
+    ranks = current_ranks()
+    if not ranks.is_main:  # under torchrun rank 0 holds the run directory; the others use it
+        if broadcast_from_main(None, ranks) is not None:
+            raise SystemExit(2)  # rank 0 could not open it, and says why
+        run = RunDir(root)
+        run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+        return
+    ready = False
+    try:
+        with open_run(
+            root,
+            resume=resume,
+            overwrite=args.overwrite,
+            resume_needs_checkpoint=command.resume_needs_checkpoint,
+        ) as (run, lock):
+            if lock.notice:
+                print(lock.notice, file=sys.stderr)
+            if resume:
+                resume_with_config(run, cfg, allow_changes=args.resume_with_changes)
+            else:
+                save_config(cfg, run.config_path)
+            ready = broadcast_from_main(None, ranks) is None
+            result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+    except BaseException as error:
+        if not ready:  # the other ranks wait for the run directory: tell them it failed
+            broadcast_from_main(str(error) or type(error).__name__, ranks)
+        raise
     command.report(cfg, run, result)
 
 
@@ -464,16 +485,53 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def run(argv: list[str]) -> None:
+def run(argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run one command line; `env` (default: the process environment) says whether torchrun
+    started this process."""
     args = _parse(argv)
+    if _torchrun_started(os.environ if env is None else env):
+        return _run_under_torchrun(args, os.environ if env is None else env)
     if args.command == "label":  # needs neither torch nor transformers: starts at once
         return _label(args)
     _quiet_libraries()
     if args.command == "tasks":
         return _tasks(args)
+    _run_command(args, COMMANDS[args.command])
+
+
+def _torchrun_started(env) -> bool:
+    return "WORLD_SIZE" in env
+
+
+def _run_under_torchrun(args, env) -> None:
+    """One rank of a torchrun job: start the process group, run the command, close it. Only
+    rank 0 prints; errors come from every rank."""
+    from rlhfkit.runtime.distributed import close_distributed, init_distributed, launch_from_env
+
+    command = COMMANDS.get(args.command)
+    if command is None or not command.torchrun:
+        supported = ", ".join(name for name, c in COMMANDS.items() if c.torchrun)
+        raise RlhfkitError(
+            f"rlhfkit {args.command} does not run under torchrun yet; commands that do: {supported}"
+        )
+    launch = launch_from_env(env)
+    init_distributed(launch)
+    quiet = launch.rank != 0 and open(os.devnull, "w")
+    try:
+        if quiet:
+            sys.stdout = quiet
+        _quiet_libraries()
+        _run_command(args, command)
+    finally:
+        if quiet:
+            sys.stdout = sys.__stdout__
+            quiet.close()
+        close_distributed()
+
+
+def _run_command(args, command: Command) -> None:
     from rlhfkit.runtime.config import config_to_dict, load_config
 
-    command = COMMANDS[args.command]
     cfg = load_config(_load(command.config), args.config, args.overrides)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))

@@ -30,7 +30,8 @@ class MetricsLogger:
     """Append metrics to a JSONL file and, when given a directory, to TensorBoard.
 
     Args:
-        metrics_path: the JSONL file (created if missing, appended to otherwise).
+        metrics_path: the JSONL file (created if missing, appended to otherwise); None: log
+            nothing (the ranks other than 0 of a torchrun job).
         tensorboard_dir: where TensorBoard event files go; None for no TensorBoard.
         resume_from_step: the step of the checkpoint a resumed run starts from: lines with a
             larger step are removed first (and hidden from TensorBoard).
@@ -38,17 +39,19 @@ class MetricsLogger:
 
     def __init__(
         self,
-        metrics_path: Path,
+        metrics_path: Path | None,
         tensorboard_dir: Path | None,
         *,
         resume_from_step: int | None = None,
     ):
-        self.metrics_path = Path(metrics_path)
+        self._file, self._writer = None, None
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        if self.metrics_path is None:
+            return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if resume_from_step is not None and self.metrics_path.exists():
             _drop_lines_after(self.metrics_path, resume_from_step)
         self._file = open(self.metrics_path, "a", encoding="utf-8")
-        self._writer = None
         if tensorboard_dir is not None and tensorboard_available():
             # Imported here: it takes seconds and most uses (tests, quiet runs) never need it.
             from torch.utils.tensorboard import SummaryWriter
@@ -67,6 +70,8 @@ class MetricsLogger:
             raise ValueError(
                 f"metric names {sorted(clashes)} are reserved for the line's own fields"
             )
+        if self._file is None:
+            return
         values = {key: _plain_number(value) for key, value in metrics.items()}
         record = {"stage": stage, "step": step, "time": time.time()}
         record.update({key: value if _is_finite(value) else None for key, value in values.items()})
@@ -78,7 +83,7 @@ class MetricsLogger:
 
     def close(self) -> None:
         """Flush and close the file and the TensorBoard writer; calling it twice is harmless."""
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         if self._writer is not None:
             self._writer.close()

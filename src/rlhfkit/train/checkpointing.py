@@ -20,7 +20,7 @@ from rlhfkit.runtime.checkpoint import (
     save_torch_state,
     temporary_sibling,
 )
-from rlhfkit.train.optim import all_finite
+from rlhfkit.train.optim import all_finite, all_finite_tensors
 
 MODEL_SUBDIR = "model"
 
@@ -71,11 +71,16 @@ def resume_point(checkpoints_dir: Path) -> Path | None:
     return resumable_checkpoint(checkpoints_dir)
 
 
-def save_final_model(model, tokenizer, final_dir: Path, checkpoints_dir: Path) -> Path:
+def save_final_model(
+    model, tokenizer, final_dir: Path, checkpoints_dir: Path, *, state_dict: dict | None = None
+) -> Path:
     """Write the trained model and its tokenizer to `final_dir` the way checkpoints are written:
     into a temporary sibling, then renamed, so `final/` is whole or absent. A model with a
-    non-finite weight is never saved: that is a `NumericalFault`."""
-    if not all_finite(model):
+    non-finite weight is never saved: that is a `NumericalFault`. `state_dict`: the weights to
+    write instead of the model's own (a sharded model's, gathered by
+    `runtime.distributed.full_state_dict`); the model then gives the class and config."""
+    finite = all_finite(model) if state_dict is None else all_finite_tensors(state_dict.values())
+    if not finite:
         last = latest_checkpoint(checkpoints_dir)
         raise NumericalFault(
             f"the trained model has non-finite weights: final/ not written. Last checkpoint: "
@@ -83,7 +88,10 @@ def save_final_model(model, tokenizer, final_dir: Path, checkpoints_dir: Path) -
         )
     tmp = temporary_sibling(Path(final_dir))
     try:
-        model.save_pretrained(tmp)
+        if state_dict is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         publish_dir(tmp, Path(final_dir))
     except BaseException:

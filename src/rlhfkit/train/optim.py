@@ -70,5 +70,9 @@ def clipped_step(
 
 def all_finite(model: torch.nn.Module) -> bool:
     """Whether every parameter and buffer of `model` is finite."""
-    tensors = [*model.parameters(), *model.buffers()]
+    return all_finite_tensors([*model.parameters(), *model.buffers()])
+
+
+def all_finite_tensors(tensors) -> bool:
+    """Whether every floating-point tensor of `tensors` is finite."""
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())

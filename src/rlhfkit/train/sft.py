@@ -4,7 +4,9 @@ Runs next-token cross-entropy on completion tokens only (the prompt is masked ou
 gradient accumulation, global-norm clipping, linear warm-up then cosine decay, a held-out
 loss, and sample generations written to `samples.jsonl`. The loss is the token mean over the
 whole accumulated batch (the denominator counts every completion token of every micro-batch),
-so accumulation gives exactly the gradient of one big batch.
+so accumulation gives exactly the gradient of one big batch. Under torchrun each rank runs its
+share of every micro-batch, and the token count is summed over the ranks
+(`runtime.distributed`): the step's gradient is still that of the one global batch.
 """
 
 import json
@@ -24,6 +26,16 @@ from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
+from rlhfkit.runtime.distributed import (
+    current_ranks,
+    device_mesh,
+    full_state_dict,
+    rank_shares,
+    reduce_sums,
+    refuse_unsupported,
+    shard_model,
+    sync_on_last,
+)
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
@@ -145,7 +157,9 @@ def _length_chunks(rows: list) -> list[list]:
     ]
 
 
-def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig) -> None:
+def _log_samples(
+    run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig, is_main: bool
+) -> None:
     rows = eval_rows[: cfg.num_samples]
     prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in rows]  # as logged
     if not prompts:
@@ -158,6 +172,8 @@ def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTCo
         max_new_tokens=cfg.sample_max_new_tokens,
         seed=cfg.seed,
     )
+    if not is_main:  # every rank generates (the sharded weights take all of them), one writes
+        return
     with open(run.root / "samples.jsonl", "a") as f:
         for prompt, texts in zip(prompts, samples.texts):
             f.write(json.dumps({"step": step, "prompt": prompt, "response": texts[0]}) + "\n")
@@ -166,6 +182,8 @@ def _log_samples(run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTCo
 def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult:
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
+    ranks = current_ranks()
+    refuse_unsupported(ranks, {"save_every > 0": cfg.save_every > 0, "--resume": resume})
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
     tokenizer = load_tokenizer(cfg.model)
@@ -189,48 +207,65 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     model = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model).to(device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
+    if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
+        model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     result = SFTResult(model_dir=run.final)
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
-        run.metrics_path,
-        run.tensorboard if cfg.tensorboard else None,
+        run.metrics_path if ranks.is_main else None,
+        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
         resume_from_step=start_step if checkpoint else None,
     )
+    show = cfg.progress and ranks.is_main
 
-    with metrics, ProgressBar(cfg.max_steps, "sft", enabled=cfg.progress, start=start_step) as bar:
+    with metrics, ProgressBar(cfg.max_steps, "sft", enabled=show, start=start_step) as bar:
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
-            # step 3. this step's micro-batches, fixed by (seed, position) alone; each is run in
-            # length-sorted chunks so that padding costs no compute (same loss: one denominator)
-            micro = [
-                move_batch(pad_batch(chunk, tokenizer.pad_token_id), device)
-                for k in range(cfg.grad_accum)
-                for chunk in _length_chunks(
-                    [
-                        train[i]
-                        for i in micro_batch_rows(
-                            len(train),
-                            cfg.batch_size,
-                            cfg.seed,
-                            step * cfg.grad_accum + k,
-                            shuffle=cfg.shuffle,
-                        )
-                    ]
+            # step 3. this step's micro-batches, fixed by (seed, position) alone; this rank's share
+            # of each is run in length-sorted chunks so that padding costs no compute (same loss:
+            # one denominator)
+            micro_rows = [
+                micro_batch_rows(
+                    len(train),
+                    cfg.batch_size,
+                    cfg.seed,
+                    step * cfg.grad_accum + k,
+                    shuffle=cfg.shuffle,
                 )
+                for k in range(cfg.grad_accum)
             ]
-            num_targets = sum(int(b["response_mask"][:, 1:].sum()) for b in micro)
+            shares = rank_shares(micro_rows, ranks)
+            micro = [
+                (move_batch(pad_batch(chunk, tokenizer.pad_token_id), device), share.stand_in)
+                for share in shares
+                for chunk in _length_chunks([train[i] for i in share.rows])
+            ]
+            counts = {
+                "targets": sum(
+                    int(b["response_mask"][:, 1:].sum()) for b, stand_in in micro if not stand_in
+                ),
+                "tokens": sum(
+                    int(b["attention_mask"].sum()) for b, stand_in in micro if not stand_in
+                ),
+            }
+            totals = reduce_sums(counts, ranks)  # over every rank's rows
+            num_targets = totals["targets"]
 
-            # step 4. forward/backward: token mean over the whole accumulated batch
+            # step 4. forward/backward: token mean over the whole accumulated global batch
             loss_value = 0.0
-            for batch in micro:
+            for batch, stand_in in sync_on_last(model, micro):
                 with autocast(device, cfg.precision):
                     logits, ids, mask = response_window_logits(model, batch)
                 loss = sft_loss(logits, ids, mask, num_targets)
+                if stand_in:  # a rank without rows only takes part in the collectives
+                    loss = loss * 0.0
                 loss.backward()
                 loss_value += loss.item()
+            # each rank's loss is its share of the global one
+            loss_value = reduce_sums({"loss": loss_value}, ranks)["loss"]
 
             # step 5. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
@@ -245,7 +280,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
 
             # step 6. log, evaluate, sample, checkpoint
             done = step + 1
-            tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+            tokens = int(totals["tokens"])
             elapsed = time.perf_counter() - started
             result.train_losses.append(loss_value)
             row = {
@@ -264,7 +299,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 and cfg.sample_every
                 and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True)
             ):
-                _log_samples(run, done, model, tokenizer, eval_rows, cfg)
+                _log_samples(run, done, model, tokenizer, eval_rows, cfg, ranks.is_main)
             metrics.log(done, row, stage="sft")
             bar.update(1, loss=loss_value, tokens=tokens)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
@@ -278,6 +313,9 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                     keep_last=cfg.keep_last,
                 )
 
-    # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained
-    save_final_model(model, tokenizer, run.final, run.checkpoints)
+    # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained; under torchrun
+    # the shards are gathered to rank 0, which writes it
+    weights = full_state_dict(model, ranks)
+    if ranks.is_main:
+        save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result

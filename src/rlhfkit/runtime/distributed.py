@@ -1,0 +1,262 @@
+"""Data-parallel training under torchrun with FSDP2: one process per device, each holding a shard
+of the weights, gradients and optimizer state.
+
+`torchrun --nproc_per_node N -m rlhfkit COMMAND ...` sets WORLD_SIZE, RANK and LOCAL_RANK; the
+entry point reads them (`launch_from_env`) and starts the process group (`init_distributed`);
+trainers ask `current_ranks()`. A single process (no torchrun) has no process group, and every
+helper here leaves it on today's path: no wrapping, no communication.
+
+Why a 2-process step gives the 1-process gradient of the same global batch:
+- Each rank takes a contiguous share of every global micro-batch after the seeded selection
+  (`rank_shares`), so the global order does not depend on N.
+- Every loss divides by its count over the global batch (tokens, groups), so the ranks' losses
+  add up to the one-process loss, and so do their gradients.
+- FSDP2 averages gradients over the ranks by default (its reduce-scatter uses ReduceOp.AVG, a
+  division by N). `shard_model` sets the divide factor to 1 with sum-only reductions, so the
+  reduced gradient is the plain sum of the ranks' gradients, which is the one-process gradient.
+"""
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.runtime.device import Precision
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What torchrun tells a process about the job it belongs to."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch_from_env(env: Mapping[str, str]) -> Launch | None:
+    """The torchrun launch described by `env` (WORLD_SIZE, RANK, LOCAL_RANK), or None for a
+    plain single process."""
+    if "WORLD_SIZE" not in env:
+        return None
+    try:
+        launch = Launch(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    except (KeyError, ValueError):
+        raise RlhfkitError(
+            "WORLD_SIZE is set but RANK / LOCAL_RANK are missing or not integers: start "
+            "multi-process runs with torchrun"
+        ) from None
+    if not 0 <= launch.rank < launch.world_size:
+        raise RlhfkitError(f"RANK={launch.rank} is outside WORLD_SIZE={launch.world_size}")
+    return launch
+
+
+def init_distributed(launch: Launch) -> None:
+    """Start the process group: NCCL with one CUDA device per local rank where CUDA exists,
+    gloo on CPUs."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(launch.local_rank)  # `device=cuda` now means this rank's device
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def close_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in the job; the defaults are a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    sharded: bool = False
+    """True under torchrun (even with N = 1): the models are wrapped with FSDP2."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, shows progress and writes files."""
+        return self.rank == 0
+
+
+def current_ranks() -> Ranks:
+    """This process's place in the started process group, or a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), sharded=True)
+    return Ranks()
+
+
+@dataclass(frozen=True)
+class Share:
+    """This rank's rows of one global micro-batch."""
+
+    rows: list[int]
+    stand_in: bool = False
+    """True: the rank has no row in the whole step; `rows` holds one row of the batch, whose
+    loss the trainer multiplies by zero, so the rank still runs a forward and backward and
+    takes part in the step's collectives."""
+
+
+def rank_slice(count: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s contiguous part of `count` items: the first count % N ranks take one more."""
+    base, extra = divmod(count, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def rank_shares(micro_rows: list[list[int]], ranks: Ranks) -> list[Share]:
+    """This rank's non-empty shares of a step's global micro-batches (one process: all of
+    them, whole); a stand-in share when the rank has none (`Share.stand_in`)."""
+    shares = [
+        Share(rows[rank_slice(len(rows), ranks.rank, ranks.world_size)]) for rows in micro_rows
+    ]
+    shares = [share for share in shares if share.rows]
+    return shares or [Share(micro_rows[0][:1], stand_in=True)]
+
+
+def device_mesh(device: torch.device, ranks: Ranks):
+    """The 1-D data-parallel mesh over all ranks, on `device`'s type. Always passed to
+    `fully_shard` explicitly: without it FSDP2 builds a mesh on the default accelerator and
+    moves CPU weights to CUDA on a machine that has one (pytorch#132471)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (ranks.world_size,))
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of a Hugging Face model (or of one held inside a wrapper such as
+    the reward model): the module classes its `_no_split_modules` names."""
+    names = {
+        name
+        for module in model.modules()
+        for name in (getattr(module, "_no_split_modules", None) or [])
+    }
+    layers = [module for module in model.modules() if type(module).__name__ in names]
+    if not layers:
+        raise RlhfkitError(
+            f"{type(model).__name__}: no decoder layers found to shard (the model names none in "
+            "_no_split_modules)"
+        )
+    return layers
+
+
+def shard_model(model: nn.Module, mesh, precision: Precision) -> nn.Module:
+    """Wrap `model` with FSDP2: `fully_shard` on each decoder layer, then on the root.
+
+    With bf16, parameters are gathered in bf16 and gradients reduced in fp32; the sharded master
+    weights and the optimizer state stay fp32. Gradients are summed over the ranks, not averaged
+    (module docstring). Parameters stay gathered from a step's first forward to its last
+    backward (`reshard_after_forward=False`, and `sync_on_last`): the collectives of a step then
+    do not depend on how many passes each rank's data takes, at the cost of holding the whole
+    model's parameters and gradients during the step (the optimizer state stays sharded).
+    """
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == Precision.BF16
+        else MixedPrecisionPolicy()
+    )
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
+    fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):  # per module: the setter is not recursive
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def sync_on_last(model: nn.Module, passes: Iterable[T]) -> Iterator[T]:
+    """Yield the forward/backward passes of one optimizer step. A sharded model reduces its
+    gradients only in the backward of the last pass (earlier ones accumulate locally, with the
+    parameters kept gathered); any other model is left alone."""
+    modules = _fsdp_modules(model)
+    if not modules:
+        yield from passes
+        return
+    items = iter(passes)
+    try:
+        current = next(items)
+    except StopIteration:  # a rank without a pass would miss the step's collectives
+        raise RlhfkitError("a step with no forward/backward pass on this rank") from None
+    for following in items:
+        _set_sync(modules, False)
+        yield current
+        current = following
+    _set_sync(modules, True)
+    yield current
+
+
+def _set_sync(modules: list[nn.Module], sync: bool) -> None:
+    for module in modules:
+        module.set_requires_gradient_sync(sync, recurse=False)
+        module.set_reshard_after_backward(sync, recurse=False)
+
+
+def reduce_sums(values: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """`values` summed over the ranks (one all-reduce); unchanged in a single process. For
+    loss denominators, and for metrics each rank holds as its share of the global value."""
+    if not ranks.sharded or not values:
+        return dict(values)
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return dict(zip(values, tensor.tolist()))
+
+
+def full_state_dict(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on rank 0's CPU (every rank must call it: it gathers the
+    shards); None on the other ranks. One process: None, the model itself holds them."""
+    if not ranks.sharded:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    for module in _fsdp_modules(model):  # an evaluation may have left parameters gathered
+        module.reshard()
+    state = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    # a tied weight (the LM head sharing the embedding) comes back under both names, as two
+    # copies; written once, as one process writes it
+    tied = (
+        dict(model.named_parameters(remove_duplicate=False)).keys()
+        - dict(model.named_parameters()).keys()
+    )
+    return {k: v for k, v in state.items() if k not in tied} if ranks.is_main else None
+
+
+def refuse_unsupported(ranks: Ranks, settings: dict[str, bool]) -> None:
+    """Under torchrun, one error naming every setting in `settings` that is on (True): what the
+    sharded path does not do yet. A single process accepts them all."""
+    named = [name for name, on in settings.items() if on]
+    if ranks.sharded and named:
+        raise RlhfkitError(
+            f"not supported under torchrun yet: {', '.join(named)} (see docs/scaling.md)"
+        )
+
+
+def broadcast_from_main(value, ranks: Ranks):
+    """Rank 0's `value` on every rank (any picklable object); unchanged in a single process."""
+    if not ranks.sharded:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
