@@ -5,6 +5,7 @@ CI has no GPU, so the CUDA tests are skipped there; run them on a GPU machine wi
 
 import random
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.runtime import device as device_module
 from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
@@ -51,6 +53,27 @@ def test_fp32_is_no_autocast_and_bf16_casts_matmuls():
         assert (x @ x).dtype == torch.float32
     with autocast(torch.device("cpu"), Precision.BF16):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch):
+    monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        autocast(torch.device("cpu"), Precision.BF16)
+    monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        autocast(torch.device("cpu"), Precision.BF16)
+        autocast(torch.device("cpu"), Precision.FP32)
+
+
+def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    flags = "flags\t\t: fpu avx2 {}\n"
+    for extra, want in (("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True)):
+        (tmp_path / "cpuinfo").write_text("processor : 0\n" + flags.format(extra))
+        monkeypatch.setattr(device_module, "Path", lambda _: tmp_path / "cpuinfo")
+        device_module.cpu_has_bf16_units.cache_clear()
+        assert device_module.cpu_has_bf16_units() is want
+    device_module.cpu_has_bf16_units.cache_clear()
 
 
 def _prompt_batch(tokenizer, device):

@@ -193,3 +193,17 @@ def test_every_step_logs_the_sampler_vs_trainer_gap(tiny_model_dir, tmp_path):
     for row in history:
         assert 0 <= row["sampler_logprob_gap"] < 1e-4
         assert 1 <= row["sampler_ratio_max"] < 1.001
+
+
+def test_a_bf16_run_samples_in_bf16_and_its_sampler_gap_stays_at_bf16_rounding(
+    tiny_model_dir, tmp_path
+):
+    """precision=bf16 samples with bf16 weights and cache and trains under bf16 autocast: the two
+    differ in rounding only, so the logged gap is small, but no longer ~0 as in fp32."""
+    history = train_grpo(
+        config(tiny_model_dir, tmp_path, max_steps=2, precision="bf16"),
+        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
+    ).history
+    for row in history:
+        assert 1e-5 < row["sampler_logprob_gap"] < 0.05
+        assert 1 < row["sampler_ratio_max"] < 1.5

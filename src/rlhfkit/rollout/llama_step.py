@@ -13,6 +13,7 @@ steps take this path, and only for models it reproduces exactly (`supports_fast_
 from dataclasses import dataclass
 
 import torch
+import torch.fx.experimental._config  # noqa: F401  (the compile option below)
 import torch.nn.functional as F
 
 
@@ -49,47 +50,63 @@ class _Layer:
     down: torch.Tensor
 
 
+@dataclass(frozen=True)
+class _Shape:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+
+
 class FastDecoder:
     """The weights of `model` laid out for `decode_step`, taken at construction (call again
-    after the weights change)."""
+    after the weights change).
 
-    def __init__(self, model):
+    Args:
+        model: a model `supports_fast_decode` accepts.
+        dtype: the dtype the step computes in (None = the model's): bf16 samples with bf16
+            copies of the weights and a bf16 cache, as a bf16 run trains.
+        compiled: run the step through `torch.compile` (see `compiled_step`).
+    """
+
+    def __init__(self, model, dtype: torch.dtype | None = None, compiled: bool = False):
         config = model.config
         self.model = model
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = config.rms_norm_eps
-        self.scale = self.head_dim**-0.5
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.shape = _Shape(
+            heads,
+            kv_heads,
+            getattr(config, "head_dim", None) or config.hidden_size // heads,
+            config.rms_norm_eps,
+        )
+        self.dtype = dtype or model.lm_head.weight.dtype
+        cast = lambda t: t.detach().to(self.dtype)  # noqa: E731
         with torch.no_grad():
             self.layers = [
                 _Layer(
-                    layer.input_layernorm.weight,
-                    layer.post_attention_layernorm.weight,
-                    torch.cat(
-                        [
-                            layer.self_attn.q_proj.weight,
-                            layer.self_attn.k_proj.weight,
-                            layer.self_attn.v_proj.weight,
-                        ]
+                    cast(layer.input_layernorm.weight),
+                    cast(layer.post_attention_layernorm.weight),
+                    cast(
+                        torch.cat(
+                            [
+                                layer.self_attn.q_proj.weight,
+                                layer.self_attn.k_proj.weight,
+                                layer.self_attn.v_proj.weight,
+                            ]
+                        )
                     ),
-                    layer.self_attn.o_proj.weight,
-                    torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
-                    layer.mlp.down_proj.weight,
+                    cast(layer.self_attn.o_proj.weight),
+                    cast(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])),
+                    cast(layer.mlp.down_proj.weight),
                 )
                 for layer in model.model.layers
             ]
-        self.embed = model.model.embed_tokens.weight
-        self.final_norm = model.model.norm.weight
-        self.lm_head = model.lm_head.weight
+            self.embed = cast(model.model.embed_tokens.weight)
+            self.final_norm = cast(model.model.norm.weight)
+            self.lm_head = cast(model.lm_head.weight)
         self.rotary = model.model.rotary_emb
-
-    def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # as LlamaRMSNorm: normalise in float32, cast back, then scale
-        x32 = x.float()
-        return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(
-            x.dtype
-        )
+        self.step = compiled_step() if compiled else static_step
 
     @torch.no_grad()
     def decode_step(
@@ -101,37 +118,115 @@ class FastDecoder:
             tokens: (batch,) the tokens just sampled; positions: (batch,) their position ids.
             attention: (batch, cached + 1) bool or 0/1, which cached positions (and the new one)
                 each row may attend to.
-            cache: the `preallocated_cache` the prefill filled (one layer per model layer).
+            cache: the `preallocated_cache` the prefill filled (one layer per model layer), its
+                buffers in this decoder's dtype.
         Returns:
-            (batch, vocab) logits.
+            (batch, vocab) logits in the decoder's dtype.
         """
-        batch = tokens.shape[0]
-        x = F.embedding(tokens, self.embed)  # (batch, hidden)
+        layers = cache.layers
+        capacity, index = layers[0].capacity, layers[0].length
+        # attention over the cache's whole capacity (positions not yet written are blocked), so
+        # every step has the same shapes: what a compiled or captured step needs
+        valid = F.pad(attention.bool(), (0, capacity - attention.shape[1]))
+        x = F.embedding(tokens, self.embed)
         cos, sin = self.rotary(x, positions.unsqueeze(1))  # (batch, 1, head_dim)
-        cos, sin = cos[:, None, 0], sin[:, None, 0]  # (batch, 1, head_dim): broadcast over heads
-        groups = self.heads // self.kv_heads
-        blocked = ~attention.bool()[:, None, None, :]  # (batch, 1, 1, positions)
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        for layer, cached in zip(self.layers, cache.layers):
-            h = self._rms(x, layer.input_norm)
-            q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
-            q = _rotate(q.view(batch, self.heads, self.head_dim), cos, sin)
-            k = _rotate(k.view(batch, self.kv_heads, self.head_dim), cos, sin)
-            keys, values = cached.update(
-                k.unsqueeze(2), v.view(batch, self.kv_heads, 1, self.head_dim)
-            )
-            # (batch, kv_heads, groups, head_dim) @ (batch, kv_heads, head_dim, positions)
-            scores = torch.matmul(
-                q.view(batch, self.kv_heads, groups, self.head_dim), keys.transpose(-1, -2)
-            )
-            scores = (scores * self.scale).masked_fill(blocked, float("-inf"))
-            mixed = torch.matmul(
-                scores.softmax(dim=-1, dtype=torch.float32).to(values.dtype), values
-            )
-            x = x + F.linear(mixed.reshape(batch, q_size), layer.out)
-            gate, up = F.linear(self._rms(x, layer.post_norm), layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
-        return F.linear(self._rms(x, self.final_norm), self.lm_head)
+        logits = self.step(
+            self.shape,
+            self.embed,
+            self.layers,
+            self.final_norm,
+            self.lm_head,
+            tokens,
+            cos[:, None, 0],  # (batch, 1, head_dim): broadcast over heads
+            sin[:, None, 0],
+            valid,
+            torch.tensor([index], device=tokens.device),
+            [layer.key_buffer for layer in layers],
+            [layer.value_buffer for layer in layers],
+        )
+        for layer in layers:
+            layer.advance(1)
+        return logits
+
+
+def static_step(
+    shape: _Shape,
+    embed: torch.Tensor,
+    layers: list[_Layer],
+    final_norm: torch.Tensor,
+    lm_head: torch.Tensor,
+    tokens: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    valid: torch.Tensor,
+    index: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+) -> torch.Tensor:
+    """One decoding step on whole cache buffers: a pure function of tensors whose shapes do not
+    change from step to step (the new keys and values are written at `index` in place).
+
+    Args:
+        tokens: (batch,); cos, sin: (batch, 1, head_dim) rotary factors of each row's position.
+        valid: (batch, capacity) bool, the positions each row attends to (the new one included).
+        index: (1,) long, the cache position the new token's keys and values go to.
+        keys, values: per layer (batch, kv_heads, capacity, head_dim) buffers, written in place.
+    Returns:
+        (batch, vocab) logits.
+    """
+    batch = tokens.shape[0]
+    heads, kv_heads, head_dim = shape.heads, shape.kv_heads, shape.head_dim
+    groups, scale = heads // kv_heads, head_dim**-0.5
+    blocked = ~valid[:, None, None, :]  # (batch, 1, 1, capacity)
+    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    x = F.embedding(tokens, embed)  # (batch, hidden)
+    for layer, key_buffer, value_buffer in zip(layers, keys, values):
+        h = _rms(x, layer.input_norm, shape.eps)
+        q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
+        q = _rotate(q.view(batch, heads, head_dim), cos, sin)
+        k = _rotate(k.view(batch, kv_heads, head_dim), cos, sin)
+        key_buffer.index_copy_(2, index, k.unsqueeze(2))
+        value_buffer.index_copy_(2, index, v.view(batch, kv_heads, 1, head_dim))
+        # (batch, kv_heads, groups, head_dim) @ (batch, kv_heads, head_dim, capacity)
+        scores = torch.matmul(
+            q.view(batch, kv_heads, groups, head_dim), key_buffer.transpose(-1, -2)
+        )
+        scores = (scores * scale).masked_fill(blocked, float("-inf"))
+        mixed = torch.matmul(
+            scores.softmax(dim=-1, dtype=torch.float32).to(value_buffer.dtype), value_buffer
+        )
+        x = x + F.linear(mixed.reshape(batch, q_size), layer.out)
+        gate, up = F.linear(_rms(x, layer.post_norm, shape.eps), layer.gate_up).chunk(2, dim=-1)
+        x = x + F.linear(F.silu(gate) * up, layer.down)
+    return F.linear(_rms(x, final_norm, shape.eps), lm_head)
+
+
+_COMPILED = None
+
+
+def compiled_step():
+    """`static_step` through `torch.compile`, made once per process and shared by every decoder:
+    the elementwise work of a step (norms, rotary, softmax, SiLU) fuses into a few kernels. It
+    compiles on the first step (tens of seconds on a CPU, once; later calls reuse it), with the
+    batch and cache sizes symbolic, so dropping finished rows does not compile it again."""
+    global _COMPILED
+    if _COMPILED is None:
+        compiled = torch.compile(static_step, dynamic=True)
+
+        def step(*args):
+            # no "duck sizing": sizes that happen to be equal on the first call (3 prompts, 3
+            # heads) would otherwise be assumed equal, and compiled again when they are not
+            with torch.fx.experimental._config.patch(use_duck_shape=False):
+                return compiled(*args)
+
+        _COMPILED = step
+    return _COMPILED
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # as LlamaRMSNorm: normalise in float32, cast back, then scale
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

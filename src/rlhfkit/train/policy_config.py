@@ -85,7 +85,12 @@ class PolicyRunConfig(RunConfig):
     keep_last: int = 2
     """Checkpoints kept on disk."""
     precision: Precision = Precision.FP32
-    """fp32, or bf16 autocast for the forward passes."""
+    """fp32, or bf16: autocast for the forward passes, and sampling with bf16 weights and cache
+    (the draws and their log-probs in float32); weights and optimizer state stay float32."""
+    compile_sampling: bool = False
+    """Compile the one-token decoding step (`torch.compile`; plain Llama models): faster
+    sampling for a one-off compile per run (tens of seconds on a CPU, reused by later runs
+    through the compile cache), worth it for long runs."""
     tensorboard: bool = True
     """Also write TensorBoard scalars."""
     progress: bool = True

@@ -250,6 +250,8 @@ class PolicyRun:
             top_p=top_p,
             top_k=top_k,
             generator=self.generator,
+            dtype=torch.bfloat16 if self.cfg.precision == Precision.BF16 else None,
+            compiled=self.cfg.compile_sampling,
         )
         policy.train()
         return rollout, decode_responses(tokenizer, rollout)
