@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.lora import add_lora
 from rlhfkit.rollout.engine import generate, positions_from_mask
 
 PROMPTS = [
@@ -133,3 +134,30 @@ def assert_paths_agree(model, prompt_ids, prompt_mask, paths, uniforms=None, tem
             )
             tokens = (int(ids_a[row, first]), int(ids_b[row, first]))
             assert tied[list(tokens)].all(), f"row {row} step {first}: {tokens} are no near-tie"
+
+
+def tiny_family_model(config_class, model_class, **settings):
+    """A randomly initialised 2-layer model of any transformers family (4 query heads on 2
+    key/value heads), in eval mode."""
+    torch.manual_seed(0)
+    sizes = dict(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=128,
+    )
+    return model_class(config_class(**{**sizes, **settings})).eval()
+
+
+def lora_with_weights(model):
+    """LoRA adapters whose B is not zero (fresh ones are), so they change every output."""
+    lora = add_lora(model, r=4, alpha=8)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return lora.eval()

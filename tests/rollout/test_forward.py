@@ -1,7 +1,9 @@
+import pytest
 import torch
 
+from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.rollout.forward import response_logprobs
-from tests.rollout.conftest import generate_samples
+from tests.rollout.conftest import generate_samples, lora_with_weights
 
 
 def test_response_logprobs_of_the_training_pass_equal_the_sampling_logprobs(model_and_tokenizer):
@@ -31,7 +33,7 @@ def _logprobs_and_grads(model, rollout, **kwargs):
         torch.linspace(0.5, 1.5, out.logprobs.numel()).view_as(out.logprobs) * rollout.response_mask
     )
     (out.logprobs * weights).sum().backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return out, grads
 
@@ -84,12 +86,18 @@ def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(
     assert torch.equal(out.logprobs, plain.logprobs)
 
 
-def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, monkeypatch):
-    """Plain Llama models read large logits chunk by chunk (`head_logprobs`); any other model (here
-    the same one, told apart by hand) goes through its own logits: the same values and gradients."""
+@pytest.mark.parametrize("adapters", [False, True])
+def test_the_chunked_head_and_the_models_own_logits_agree(
+    model_and_tokenizer, tiny_model_dir, monkeypatch, adapters
+):
+    """Models with a linear head read large logits chunk by chunk (`head_logprobs`), a LoRA model
+    too (its adapters live in the decoder); any other model (here the same one, told apart by
+    hand) goes through its own logits: the same values and gradients."""
     from rlhfkit.rollout import forward
 
     model, tokenizer = model_and_tokenizer
+    if adapters:
+        model = lora_with_weights(load_causal_lm(tiny_model_dir))
     rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
     model.train()
     try:
@@ -99,7 +107,7 @@ def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, m
         chunked, chunked_grads = _logprobs_and_grads(
             model, rollout, temperature=0.9, with_entropy=True, group_size=4
         )
-        monkeypatch.setattr(forward, "plain_lm_head", lambda model: None)
+        monkeypatch.setattr(forward, "linear_head", lambda model: None)
         logits, logits_grads = _logprobs_and_grads(
             model, rollout, temperature=0.9, with_entropy=True, group_size=4
         )
@@ -108,6 +116,8 @@ def test_the_chunked_head_and_the_models_own_logits_agree(model_and_tokenizer, m
     mask = rollout.response_mask
     assert (chunked.logprobs.detach() - logits.logprobs.detach())[mask].abs().max() < 1e-5
     assert (chunked.entropy - logits.entropy)[mask].abs().max() < 1e-5
+    assert logits_grads.keys() == chunked_grads.keys()
+    assert adapters == all("lora" in name for name in logits_grads)
     for name, grad in logits_grads.items():
         assert torch.allclose(grad, chunked_grads[name], rtol=1e-4, atol=1e-6), name
 
@@ -134,7 +144,7 @@ def test_under_bf16_autocast_the_chunked_head_agrees_with_the_full_logits(
             monkeypatch.setattr(forward, "head_logprobs", counting)
             monkeypatch.setattr(forward, "CHUNKED_HEAD_MIN_LOGITS", 0)
             chunked, chunked_grads = _logprobs_and_grads(model, rollout, temperature=0.9)
-            monkeypatch.setattr(forward, "plain_lm_head", lambda model: None)
+            monkeypatch.setattr(forward, "linear_head", lambda model: None)
             logits, logits_grads = _logprobs_and_grads(model, rollout, temperature=0.9)
     finally:
         model.eval()

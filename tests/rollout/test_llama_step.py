@@ -1,31 +1,30 @@
+import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GemmaConfig,
+    GemmaForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
+from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora
+from rlhfkit.rollout.architecture import supports_fast_decode
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.kv_cache import preallocated_cache
-from rlhfkit.rollout.llama_step import FastDecoder, supports_fast_decode
+from rlhfkit.rollout.llama_step import FastDecoder
 from tests.rollout.conftest import (
     assert_paths_agree,
     generate_samples,
+    lora_with_weights,
     prompt_batch,
     seeded_uniforms,
+    tiny_family_model,
 )
-
-
-def _grouped_query_model() -> LlamaForCausalLM:
-    """4 query heads on 2 key/value heads: the grouped attention path."""
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 def _decode_both_ways(model, ids, mask, tokens_per_row):
@@ -69,19 +68,9 @@ def test_decode_step_equals_the_models_own_step(model_and_tokenizer):
             assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
 
 
-def test_decode_step_with_grouped_query_attention():
-    model = _grouped_query_model()
-    ids = torch.tensor([[1, 7, 9, 11], [0, 0, 4, 5], [3, 3, 3, 3]])
-    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
-    tokens = [torch.tensor([5, 6, 7]), torch.tensor([8, 0, 10]), torch.tensor([11, 0, 13])]
-    with torch.no_grad():
-        for want, got in _decode_both_ways(model, ids, mask, tokens):
-            assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
-
-
 def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    assert supports_fast_decode(model)
+    assert supports_fast_decode(model, 64)
     fast = generate_samples(model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20)
     slow = generate_samples(
         model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, fast_decode=False
@@ -99,29 +88,40 @@ def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(model_a
     )
 
 
-def test_only_plain_llama_models_take_the_fast_path(tiny_model_dir):
-    assert not supports_fast_decode(
-        LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=300,
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                attention_bias=True,
-            )
-        )
-    )
-    assert not supports_fast_decode(
-        LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=300,
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                hidden_act="gelu",
-            )
-        )
-    )
-    from rlhfkit.models.loading import load_causal_lm
+@pytest.mark.parametrize("family", ["llama_gqa", "qwen2", "mistral", "llama_lora"])
+def test_decode_step_reproduces_other_llama_layer_families(family, tiny_model_dir):
+    """Grouped-query attention (4 query heads on 2 key/value heads), Qwen2 (q/k/v biases),
+    Mistral (a window wider than the cache), and a LoRA model whose adapters are merged into the
+    decoder's weights."""
+    if family == "llama_gqa":
+        model = tiny_family_model(LlamaConfig, LlamaForCausalLM)
+    elif family == "qwen2":
+        model = tiny_family_model(Qwen2Config, Qwen2ForCausalLM)
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+    elif family == "mistral":
+        model = tiny_family_model(MistralConfig, MistralForCausalLM, sliding_window=64)
+    else:
+        model = lora_with_weights(load_causal_lm(tiny_model_dir))
+    assert supports_fast_decode(model, 16)
+    ids = torch.tensor([[1, 7, 9, 11], [0, 0, 4, 5], [3, 3, 3, 3]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    tokens = [torch.tensor([5, 6, 7]), torch.tensor([8, 0, 10]), torch.tensor([11, 0, 13])]
+    with torch.no_grad():
+        for want, got in _decode_both_ways(model, ids, mask, tokens):
+            assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
 
-    assert not supports_fast_decode(add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8))
+
+def test_only_models_the_step_reproduces_take_the_fast_path(tiny_model_dir):
+    # an output bias, another activation, a window narrower than the cache, another family
+    assert not supports_fast_decode(
+        tiny_family_model(LlamaConfig, LlamaForCausalLM, attention_bias=True), 8
+    )
+    assert not supports_fast_decode(
+        tiny_family_model(LlamaConfig, LlamaForCausalLM, hidden_act="gelu"), 8
+    )
+    mistral = tiny_family_model(MistralConfig, MistralForCausalLM, sliding_window=16)
+    assert supports_fast_decode(mistral, 16) and not supports_fast_decode(mistral, 17)
+    assert not supports_fast_decode(
+        tiny_family_model(GemmaConfig, GemmaForCausalLM, head_dim=16), 8
+    )
+    assert supports_fast_decode(add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8), 8)

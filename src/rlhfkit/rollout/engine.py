@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
+from rlhfkit.rollout.architecture import supports_fast_decode
 from rlhfkit.rollout.kv_cache import preallocated_cache
-from rlhfkit.rollout.llama_step import FastDecoder, supports_fast_decode
+from rlhfkit.rollout.llama_step import FastDecoder
 
 # Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
 # so compacting at every stop would cost more than the rows it saves.
@@ -121,8 +122,9 @@ def generate(
             tempered distribution, the policy that the losses differentiate.
         greedy: argmax decoding; log-probs are then those of softmax(logits).
         generator: the torch RNG to draw from (seeded by the caller, saved in checkpoints).
-        fast_decode: one-token steps through `llama_step` when the model is a plain Llama
-            (the same arithmetic, fewer launches); False = always through the model.
+        fast_decode: one-token steps through `llama_step` where it reproduces the model
+            (`architecture.supports_fast_decode`: the same arithmetic, fewer launches);
+            False = always through the model.
         dtype: the dtype the model samples in (None = its own): bf16 runs the prefill under
             bf16 autocast and the one-token steps with bf16 weights and cache; the sampling
             itself (softmax, draws, log-probs) stays in float32.
@@ -139,16 +141,16 @@ def generate(
     weights_dtype = next(model.parameters()).dtype
     low_precision = dtype is not None and dtype != weights_dtype
     # the one-token steps skip the module tree where the architecture allows (`llama_step`)
-    decoder = (
-        FastDecoder(model, dtype, compiled) if fast_decode and supports_fast_decode(model) else None
-    )
+    capacity = prompt_ids.shape[1] + max_new_tokens
+    fast = fast_decode and supports_fast_decode(model, capacity)
+    decoder = FastDecoder(model, dtype, compiled) if fast else None
 
     def model_step(**inputs) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=low_precision):
             return model(past_key_values=cache, use_cache=True, **inputs).logits[:, -1].float()
 
     # step 1. prefill each prompt once, then copy its cache for every sample
-    cache = preallocated_cache(prompt_ids.shape[1] + max_new_tokens)
+    cache = preallocated_cache(capacity)
     logits = model_step(
         input_ids=prompt_ids,
         attention_mask=prompt_mask.long(),

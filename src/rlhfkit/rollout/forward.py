@@ -17,8 +17,8 @@ from transformers import DynamicCache
 
 from rlhfkit.data.shared_prompts import shares_prompts
 from rlhfkit.objectives.logprobs import entropy_from_logits, head_logprobs, token_logprobs
+from rlhfkit.rollout.architecture import linear_head
 from rlhfkit.rollout.engine import positions_from_mask
-from rlhfkit.rollout.llama_step import plain_lm_head
 
 # Logits at least this large (64 MB in float32: 64 responses of 512 tokens over a 2,048-token
 # vocabulary hold 67M) go through the chunked LM head; below it, holding them costs less than
@@ -72,12 +72,12 @@ def response_logprobs(
         )
     )
     targets = input_ids[:, -response_len:]
-    head = plain_lm_head(model)
+    decoder, head = linear_head(model) or (None, None)
     large = head is not None and targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS
     if large:
-        # the base model's hidden states, and the head applied chunk by chunk (`head_logprobs`)
+        # the decoder's hidden states, and the head applied chunk by chunk (`head_logprobs`)
         states = _response_states(
-            model.model,
+            decoder,
             input_ids,
             attention_mask,
             response_len,

@@ -1,5 +1,6 @@
-"""One decoding step of a Llama-architecture model with the fewest kernel launches: the same
-arithmetic as transformers' `LlamaForCausalLM` forward, without its per-module overhead.
+"""One decoding step of a Llama-layer model (Llama, Mistral, Qwen2; LoRA merged in) with the
+fewest kernel launches: the same arithmetic as the transformers forward, without its per-module
+overhead.
 
 On a small model a decoding step is dominated by overhead, not by multiplies: through the
 module tree, a 4-layer step of 64 rows launches about 300 small ops, and the multiplies are
@@ -7,7 +8,7 @@ a third of its time. Here each layer is one fused QKV multiply, the rotary embed
 in-place cache write, attention as two batched multiplies, the output multiply, and one fused
 gate/up multiply. The fused weights are concatenated once per `generate` call (the policy
 changes between calls). The prefill still runs through the model itself; only the one-token
-steps take this path, and only for models it reproduces exactly (`supports_fast_decode`).
+steps take this path, and only for models it reproduces (`architecture.supports_fast_decode`).
 """
 
 from dataclasses import dataclass
@@ -16,28 +17,7 @@ import torch
 import torch.fx.experimental._config  # noqa: F401  (the compile option below)
 import torch.nn.functional as F
 
-
-def supports_fast_decode(model) -> bool:
-    """A plain `LlamaForCausalLM` (no adapters, no biases, SiLU MLP, one tensor-parallel slice):
-    the architecture `decode_step` reproduces. Everything else decodes through the model."""
-    config = getattr(model, "config", None)
-    return (
-        type(model).__name__ == "LlamaForCausalLM"
-        and getattr(config, "model_type", "") == "llama"
-        and not getattr(config, "attention_bias", False)
-        and not getattr(config, "mlp_bias", False)
-        and getattr(config, "hidden_act", "") == "silu"
-        and getattr(config, "pretraining_tp", 1) == 1
-        and not hasattr(model, "peft_config")
-    )
-
-
-def plain_lm_head(model) -> torch.Tensor | None:
-    """The LM head's weight when the logits are exactly `hidden @ weight.T` of the base model's
-    last hidden state (a plain Llama: no bias, scaling or soft-capping), else None."""
-    return (
-        model.lm_head.weight if supports_fast_decode(model) and model.lm_head.bias is None else None
-    )
+from rlhfkit.rollout.architecture import causal_lm, layer_weight_bias
 
 
 @dataclass
@@ -45,6 +25,7 @@ class _Layer:
     input_norm: torch.Tensor
     post_norm: torch.Tensor
     qkv: torch.Tensor  # (q + k + v out, hidden) rows of q_proj, k_proj, v_proj stacked
+    qkv_bias: torch.Tensor | None  # their biases stacked (Qwen2), or None
     out: torch.Tensor
     gate_up: torch.Tensor  # (2 * intermediate, hidden) rows of gate_proj then up_proj
     down: torch.Tensor
@@ -70,8 +51,8 @@ class FastDecoder:
     """
 
     def __init__(self, model, dtype: torch.dtype | None = None, compiled: bool = False):
-        config = model.config
-        self.model = model
+        base = causal_lm(model)  # LoRA layers are merged into the weights below
+        config = base.config
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         self.shape = _Shape(
@@ -80,32 +61,13 @@ class FastDecoder:
             getattr(config, "head_dim", None) or config.hidden_size // heads,
             config.rms_norm_eps,
         )
-        self.dtype = dtype or model.lm_head.weight.dtype
-        cast = lambda t: t.detach().to(self.dtype)  # noqa: E731
+        self.dtype = dtype or base.lm_head.weight.dtype
         with torch.no_grad():
-            self.layers = [
-                _Layer(
-                    cast(layer.input_layernorm.weight),
-                    cast(layer.post_attention_layernorm.weight),
-                    cast(
-                        torch.cat(
-                            [
-                                layer.self_attn.q_proj.weight,
-                                layer.self_attn.k_proj.weight,
-                                layer.self_attn.v_proj.weight,
-                            ]
-                        )
-                    ),
-                    cast(layer.self_attn.o_proj.weight),
-                    cast(torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight])),
-                    cast(layer.mlp.down_proj.weight),
-                )
-                for layer in model.model.layers
-            ]
-            self.embed = cast(model.model.embed_tokens.weight)
-            self.final_norm = cast(model.model.norm.weight)
-            self.lm_head = cast(model.lm_head.weight)
-        self.rotary = model.model.rotary_emb
+            self.layers = [_fused_layer(layer, self.dtype) for layer in base.model.layers]
+            self.embed = _cast(base.model.embed_tokens.weight, self.dtype)
+            self.final_norm = _cast(base.model.norm.weight, self.dtype)
+            self.lm_head = _cast(base.lm_head.weight, self.dtype)
+        self.rotary = base.model.rotary_emb
         self.step = compiled_step() if compiled else static_step
 
     @torch.no_grad()
@@ -182,7 +144,7 @@ def static_step(
     x = F.embedding(tokens, embed)  # (batch, hidden)
     for layer, key_buffer, value_buffer in zip(layers, keys, values):
         h = _rms(x, layer.input_norm, shape.eps)
-        q, k, v = F.linear(h, layer.qkv).split([q_size, kv_size, kv_size], dim=-1)
+        q, k, v = F.linear(h, layer.qkv, layer.qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
         q = _rotate(q.view(batch, heads, head_dim), cos, sin)
         k = _rotate(k.view(batch, kv_heads, head_dim), cos, sin)
         key_buffer.index_copy_(2, index, k.unsqueeze(2))
@@ -221,6 +183,34 @@ def compiled_step():
 
         _COMPILED = step
     return _COMPILED
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.detach().to(dtype)
+
+
+def _fused_layer(layer, dtype: torch.dtype) -> _Layer:
+    """One decoder layer's weights as `static_step` takes them: q, k, v stacked, gate and up
+    stacked, LoRA deltas merged, cast to `dtype`."""
+    attn, mlp = layer.self_attn, layer.mlp
+    (q, q_bias), (k, k_bias), (v, v_bias) = (
+        layer_weight_bias(attn.q_proj),
+        layer_weight_bias(attn.k_proj),
+        layer_weight_bias(attn.v_proj),
+    )
+    biases = None if q_bias is None else torch.cat([q_bias, k_bias, v_bias])
+    return _Layer(
+        _cast(layer.input_layernorm.weight, dtype),
+        _cast(layer.post_attention_layernorm.weight, dtype),
+        _cast(torch.cat([q, k, v]), dtype),
+        _cast(biases, dtype),
+        _cast(layer_weight_bias(attn.o_proj)[0], dtype),
+        _cast(
+            torch.cat([layer_weight_bias(mlp.gate_proj)[0], layer_weight_bias(mlp.up_proj)[0]]),
+            dtype,
+        ),
+        _cast(layer_weight_bias(mlp.down_proj)[0], dtype),
+    )
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
