@@ -6,6 +6,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.reward_model import RewardModelSource
+from rlhfkit.runtime.device import Precision
 
 PROMPTS = [
     PromptExample(
@@ -59,6 +60,24 @@ def test_scores_equal_the_models_forward_on_the_same_text(tiny_model_dir, tokeni
     assert scores.rewards.dtype == torch.float32
     assert scores.rewards.tolist() == pytest.approx(expected, abs=1e-5)
     assert scores.uncertainty.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_bf16_run_scores_in_bf16_and_the_scores_can_enter_a_loss(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    exact, bf16 = (
+        RewardModelSource(model, tokenizer, batch_size=2, max_length=256, precision=p).score(
+            PROMPTS, RESPONSES
+        )
+        for p in (Precision.FP32, Precision.BF16)
+    )
+    gap = (exact.rewards - bf16.rewards).abs()
+    assert bf16.rewards.dtype == torch.float32
+    assert 0 < gap.max() < 0.05 * exact.rewards.abs().max().clamp(min=1.0)
+    # computed in inference mode, handed back as an ordinary tensor a backward may keep
+    weight = torch.ones(3, requires_grad=True)
+    assert not bf16.rewards.is_inference()
+    (weight * bf16.rewards).sum().backward()
+    assert torch.equal(weight.grad, bf16.rewards)
 
 
 def test_a_long_sequence_is_scored_on_its_first_max_length_tokens(tiny_model_dir, tokenizer):

@@ -138,7 +138,9 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tiny_model_dir, tmp_
         "attention_mask": torch.ones_like(ids, dtype=torch.bool),
         "response_mask": torch.ones(2, 4, dtype=torch.bool, device=run.models.device),
     }
-    reference = run.reference_logprobs(batch, 1.0, cfg.precision).cpu()
+    reference = run.reference_logprobs(batch, 1.0, cfg.precision)
+    assert not reference.is_inference()  # run in inference mode, but usable by a loss
+    reference = reference.cpu()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         expected = response_logprobs(base, ids.cpu(), batch["attention_mask"].cpu(), 4).logprobs

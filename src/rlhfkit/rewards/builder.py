@@ -26,6 +26,7 @@ from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
 from rlhfkit.rewards.reward_model import RewardModelSource
 from rlhfkit.rewards.task import ProcessReward, TaskReward
+from rlhfkit.runtime.device import Precision
 from rlhfkit.tasks.registry import get_task
 
 ACCEPTED = (
@@ -68,6 +69,7 @@ def build_reward_source(
     max_length: int,
     uncertainty_coef: float,
     timeout_s: float | None,
+    precision: Precision = Precision.FP32,
 ) -> RewardSource:
     """The reward source a spec names (see the module docstring for the spec language).
 
@@ -80,6 +82,7 @@ def build_reward_source(
         max_length: tokens per sequence a reward model reads (as in its training).
         uncertainty_coef: ensemble std penalty of a reward model (0 = off).
         timeout_s: the longest one call of a reward function may take; None = no limit.
+        precision: the run's; a reward model scores in it (bf16: under autocast).
     """
     terms = parse_spec(spec)
     build = dict(
@@ -90,6 +93,7 @@ def build_reward_source(
         max_length=max_length,
         uncertainty_coef=uncertainty_coef,
         timeout_s=timeout_s,
+        precision=precision,
     )
     if len(terms) == 1 and terms[0][1] is None:
         return build_term(terms[0][0], **build)
@@ -102,7 +106,16 @@ def build_reward_source(
 
 
 def build_term(
-    term: str, *, task_name, tokenizer, device, batch_size, max_length, uncertainty_coef, timeout_s
+    term: str,
+    *,
+    task_name,
+    tokenizer,
+    device,
+    batch_size,
+    max_length,
+    uncertainty_coef,
+    timeout_s,
+    precision=Precision.FP32,
 ) -> RewardSource:
     """One source of a spec, named by the term itself."""
     if term in ("task", "process"):
@@ -121,6 +134,7 @@ def build_term(
             max_length=max_length,
             uncertainty_coef=uncertainty_coef,
             name=term,
+            precision=precision,
         )
     if FUNCTION_TERM.fullmatch(term):
         return FunctionReward(load_reward_function(term), name=term, timeout_s=timeout_s)
@@ -136,6 +150,7 @@ def load_reward_model_source(
     max_length: int,
     uncertainty_coef: float,
     name: str,
+    precision: Precision = Precision.FP32,
 ) -> RewardModelSource:
     """A saved reward model, with every head it was trained with, on `device`."""
     if not (Path(path) / "config.json").is_file():
@@ -162,4 +177,5 @@ def load_reward_model_source(
         max_length=max_length,
         uncertainty_coef=uncertainty_coef,
         name=name,
+        precision=precision,
     )

@@ -16,7 +16,7 @@ from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_comp
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
-from rlhfkit.runtime.device import move_batch
+from rlhfkit.runtime.device import Precision, autocast, move_batch
 
 
 def as_completion(prompt: Text, response: str) -> Text:
@@ -35,6 +35,7 @@ class RewardModelSource:
         uncertainty_coef: weight of the ensemble std subtracted from the mean (0 = off).
         truncation: what to do with a longer sequence, as in the reward model's training.
         name: the source's name in metrics and errors.
+        precision: the run's: bf16 scores under bf16 autocast (the rewards come back float32).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class RewardModelSource:
         uncertainty_coef: float = 0.0,
         truncation: Truncation | str = Truncation.KEEP_START,
         name: str = "model",
+        precision: Precision = Precision.FP32,
     ):
         if batch_size < 1:
             raise RlhfkitError(
@@ -57,6 +59,7 @@ class RewardModelSource:
                 f"reward source '{name}': uncertainty_coef must be >= 0, got {uncertainty_coef}"
             )
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.precision = Precision(precision)
         self.batch_size, self.max_length = batch_size, max_length
         self.uncertainty_coef, self.truncation = uncertainty_coef, Truncation(truncation)
         pad = tokenizer.pad_token_id
@@ -80,7 +83,6 @@ class RewardModelSource:
             )
         return encoded
 
-    @torch.no_grad()
     def head_rewards(self, prompts: list[PromptExample], responses: list[str]) -> torch.Tensor:
         """(n, heads) float32 on the CPU: every head's reward of every response."""
         check_same_length(self.name, prompts, responses)
@@ -88,14 +90,16 @@ class RewardModelSource:
         was_training = self.model.training
         self.model.eval()
         chunks = []
-        for start in range(0, len(encoded), self.batch_size):
-            batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
-            batch = move_batch(batch, self.model.device)
-            chunks.append(
-                self.model(batch["input_ids"], batch["attention_mask"]).rewards.float().cpu()
-            )
+        with torch.inference_mode():
+            for start in range(0, len(encoded), self.batch_size):
+                batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
+                batch = move_batch(batch, self.model.device)
+                with autocast(self.model.device, self.precision):
+                    rewards = self.model(batch["input_ids"], batch["attention_mask"]).rewards
+                chunks.append(rewards.float().cpu())
+            out = torch.cat(chunks) if chunks else torch.zeros(0, self.model.num_heads)
         self.model.train(was_training)
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.model.num_heads)
+        return out.clone()  # an ordinary tensor again: a loss may keep it for its backward
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
         heads = self.head_rewards(prompts, responses)

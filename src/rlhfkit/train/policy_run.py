@@ -185,6 +185,7 @@ class PolicyRun:
             max_length=cfg.reward_max_length,
             uncertainty_coef=cfg.reward_uncertainty_coef,
             timeout_s=cfg.reward_timeout_s or None,
+            precision=cfg.precision,
         )
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
         # shared by every optimizer of the run (PPO: the critic's too)
@@ -257,7 +258,6 @@ class PolicyRun:
         return rollout, decode_responses(tokenizer, rollout)
 
     # --- model passes and updates
-    @torch.no_grad()
     def reference_logprobs(
         self,
         batch: dict,
@@ -266,13 +266,17 @@ class PolicyRun:
         chunk: int = 64,
         group_size: int = 1,
     ) -> torch.Tensor:
-        """log pi_ref of the response tokens, in chunks of whole groups, without autograd
-        (`group_size`: rows sharing a prompt, run once; see `response_logprobs`)."""
+        """log pi_ref of the response tokens, in chunks of whole groups, in inference mode and
+        the run's precision (`group_size`: rows sharing a prompt, run once; see
+        `response_logprobs`)."""
         reference = self.models.reference
         model = reference if reference is not None else self.models.policy
         chunk = max(group_size, chunk // group_size * group_size)
         out = []
-        with adapters_disabled(model) if reference is None else nullcontext():
+        with (
+            adapters_disabled(model) if reference is None else nullcontext(),
+            torch.inference_mode(),
+        ):
             for start in range(0, batch["input_ids"].shape[0], chunk):
                 rows = slice(start, start + chunk)
                 with autocast(self.models.device, precision):
@@ -286,7 +290,8 @@ class PolicyRun:
                             group_size=group_size,
                         ).logprobs
                     )
-        return torch.cat(out)
+            logprobs = torch.cat(out)
+        return logprobs.clone()  # an ordinary tensor again: the loss keeps it for its backward
 
     def policy_logprobs(
         self,
