@@ -28,3 +28,10 @@ class NumericalFault(RlhfkitError):
     with non-finite weights about to be saved. The CLI exits with status 3."""
 
     exit_status = 3
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: message` on one line, cut short: a library's message can run to a page."""
+    message = " ".join(str(error).split())
+    message = message if len(message) <= 200 else message[:197] + "..."
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -22,6 +22,7 @@ from rlhfkit.eval.model_eval import ModelEval, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
+from rlhfkit.models.gguf_import import is_gguf_path
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import load_reward_model_source
@@ -89,7 +90,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
             "heldout_pairs needs reward_model=PATH: it is the reward model's accuracy"
         )
     for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.reward_model, cfg.judge_model]:
-        if path and not (Path(path) / "config.json").is_file():
+        if path and not is_gguf_path(path) and not (Path(path) / "config.json").is_file():
             raise RlhfkitError(f"{path} is not a saved model directory (no config.json)")
 
 

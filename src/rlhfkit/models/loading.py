@@ -5,9 +5,13 @@ training starts: no directory, no or broken `config.json`, a model type transfor
 know or cannot run as a causal LM (a BERT, a reward model), no weights, pickle weights, damaged
 or incomplete safetensors, a missing or broken tokenizer. Only safetensors weights are loaded:
 unpickling a `.bin` file can run any code it holds.
+
+A `.gguf` file stands wherever a directory does: `resolve_model_path` converts it once into a
+cached directory (models/gguf_import.py), and every loader here starts by calling it.
 """
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,23 +22,36 @@ from transformers import __version__ as transformers_version
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, one_line
+from rlhfkit.models.gguf_import import cached_conversion, default_cache_dir, is_gguf_path
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def resolve_model_path(path: str | Path) -> str | Path:
+    """`path` itself, or for a `.gguf` file the model directory it converts to (converted on
+    first use, cached by the file's sha256 under $RLHFKIT_CACHE/gguf or ~/.cache/rlhfkit/gguf).
+
+    The cache location is read from the environment here, at the one moment it is needed,
+    rather than threaded through every trainer's config."""
+    if not is_gguf_path(path):
+        return path
+    return cached_conversion(path, default_cache_dir(os.environ))
+
+
 def load_tokenizer(path: str | Path):
     """The tokenizer saved with a model; a missing pad token falls back to EOS (common for
     decoder-only models) because batches are padded."""
+    path = resolve_model_path(path)
     read_model_config(path)  # transformers reads it too, and would blame the tokenizer
     if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
         raise _error(path, f"no tokenizer ({' or '.join(TOKENIZER_FILES)})")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # tokenizers raises KeyError, TypeError, bare Exception, ...
-        raise _error(path, f"the tokenizer cannot be loaded ({_one_line(error)})") from None
+        raise _error(path, f"the tokenizer cannot be loaded ({one_line(error)})") from None
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
             raise RlhfkitError(f"the tokenizer at {path} has neither a pad nor an EOS token")
@@ -48,6 +65,7 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> P
     Raises:
         RlhfkitError: naming `path` and what is wrong with it (see the module docstring).
     """
+    path = resolve_model_path(path)
     config = read_model_config(path)
     _check_causal_lm(path, config)
     check_weight_files(path)
@@ -70,6 +88,7 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> P
 
 def read_model_config(path: str | Path):
     """The `PretrainedConfig` of a model directory, or one line saying why there is none."""
+    path = resolve_model_path(path)
     raw = _read_config_json(path)
     model_type = raw.get("model_type")
     if not model_type:
@@ -81,7 +100,7 @@ def read_model_config(path: str | Path):
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as error:
-        raise _error(path, f"config.json cannot be read ({_one_line(error)})") from None
+        raise _error(path, f"config.json cannot be read ({one_line(error)})") from None
 
 
 def _read_config_json(path: str | Path) -> dict:
@@ -119,6 +138,7 @@ def _check_causal_lm(path: str | Path, config) -> None:
 
 def check_weight_files(path: str | Path) -> None:
     """Refuse a directory whose weights are not safetensors (pickle, or none at all)."""
+    path = resolve_model_path(path)
     if any((Path(path) / name).is_file() for name in SAFETENSORS_FILES):
         return
     pickles = sorted(p.name for p in Path(path).iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -158,19 +178,12 @@ def _check_loading_info(path: str | Path, info: dict) -> None:
 def weights_error(path: str | Path, error: BaseException) -> RlhfkitError:
     """One line for a failure inside `from_pretrained` while reading a directory's weights."""
     if isinstance(error, SafetensorError):
-        return _error(path, f"the weights are damaged or truncated ({_one_line(error)})")
-    return _error(path, f"the weights cannot be loaded ({_one_line(error)})")
+        return _error(path, f"the weights are damaged or truncated ({one_line(error)})")
+    return _error(path, f"the weights cannot be loaded ({one_line(error)})")
 
 
 def _error(path: str | Path, problem: str) -> RlhfkitError:
     return RlhfkitError(f"model directory {path}: {problem}")
-
-
-def _one_line(error: BaseException) -> str:
-    """`Type: message` on one line, cut short: transformers' messages can run to a page."""
-    message = " ".join(str(error).split())
-    message = message if len(message) <= 200 else message[:197] + "..."
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 def enable_checkpointing(model) -> None:

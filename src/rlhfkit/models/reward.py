@@ -22,7 +22,12 @@ from transformers import (
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, forward_in_length_chunks
 from rlhfkit.data.shared_prompts import common_prefix_starts, shares_prompts, split_at_response
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.loading import check_weight_files, read_model_config, weights_error
+from rlhfkit.models.loading import (
+    check_weight_files,
+    read_model_config,
+    resolve_model_path,
+    weights_error,
+)
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.forward import is_checkpointing
 
@@ -89,7 +94,8 @@ class RewardModel(nn.Module):
         with_lm_head: bool = False,
         dtype=torch.float32,
     ) -> "RewardModel":
-        """Load a saved reward model, or start one from any causal-LM directory."""
+        """Load a saved reward model, or start one from any causal-LM directory (or GGUF file)."""
+        path = resolve_model_path(path)
         config = read_model_config(path)
         if is_reward_model(config) and config.num_labels != num_heads:
             raise RlhfkitError(

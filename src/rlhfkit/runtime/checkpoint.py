@@ -238,6 +238,22 @@ def publish_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def publish_new_dir(tmp: Path, final: Path) -> bool:
+    """`publish_dir` for a directory whose content is fixed by its name (a cache entry): never
+    replaces. When `final` already exists, another process published the same content first
+    and may be reading it: `tmp` is deleted and False returned."""
+    _fsync_tree(tmp)
+    try:
+        os.rename(tmp, final)  # unlike os.replace, fails on an existing non-empty directory
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    _fsync_dir(final.parent)
+    return True
+
+
 def temporary_sibling(final: Path) -> Path:
     """A fresh temporary directory beside `final`, on the same filesystem so a rename publishes
     it; leftovers of a crash carry the `.tmp-` prefix."""
