@@ -1,3 +1,4 @@
+import math
 import signal
 import threading
 
@@ -41,6 +42,18 @@ def as_int(prompts, responses, **kwargs):
 def slow(prompts, responses, **kwargs):
     time.sleep(3)
     return [0.0] * len(responses)
+
+
+LOADED = []
+
+
+def loads_then_scores(prompts, responses, **kwargs):
+    if not LOADED:
+        time.sleep(0.5)  # loading a judge model, once
+        LOADED.append(True)
+    if "slow" in responses:
+        time.sleep(0.5)
+    return [1.0] * len(responses)
 
 
 def nan_on_bad(prompts, responses, **kwargs):
@@ -328,3 +341,34 @@ def test_a_file_that_exits_while_loading_is_an_error_naming_the_spec(tmp_path):
     path.write_text("import sys\nsys.exit(3)\n")
     with pytest.raises(RlhfkitError, match=rf"'{path}:f': loading .* raised SystemExit: 3$"):
         load_reward_function(f"{path}:f")
+
+
+def test_the_first_call_has_its_own_limit_for_a_function_that_loads_a_model(reward_file):
+    """A judge that loads for 0.5 s on its first call passes a 0.2 s limit with a 5 s first-call
+    limit; its later calls have the 0.2 s limit again, and one that needs 0.5 s fails."""
+    spec = f"{reward_file}:loads_then_scores"
+    reward = FunctionReward(
+        load_reward_function(spec), name=spec, timeout_s=0.2, first_call_timeout_s=5.0
+    )
+    assert reward.limit_s == 5.0
+    assert reward.score(PROMPTS[:2], ["1", "2"]).rewards.tolist() == [1.0, 1.0]
+    assert reward.limit_s == 0.2
+    assert reward.score(PROMPTS[:2], ["1", "2"]).rewards.tolist() == [1.0, 1.0]
+    with pytest.raises(RewardFunctionError, match="did not return within 0.2 s on samples 0-1"):
+        reward.score(PROMPTS[:2], ["slow", "2"])
+
+
+def test_without_a_first_call_limit_the_first_call_is_timed_like_every_call(reward_file):
+    spec = f"{reward_file}:loads_then_scores"
+    reward = FunctionReward(load_reward_function(spec), name=spec, timeout_s=0.2)
+    with pytest.raises(RewardFunctionError, match=r"within 0.2 s on sample 0"):
+        reward.score(PROMPTS[:1], ["slow"])
+    patient = FunctionReward(
+        load_reward_function(spec), name=spec, timeout_s=0.1, first_call_timeout_s=0.2
+    )
+    with pytest.raises(RewardFunctionError, match=r"within 0.2 s \(the limit of a first call\)"):
+        patient.score(PROMPTS[:1], ["slow"])
+    unlimited = FunctionReward(
+        load_reward_function(spec), name=spec, timeout_s=0.2, first_call_timeout_s=math.inf
+    )
+    assert unlimited.limit_s is None

@@ -69,6 +69,7 @@ def build_reward_source(
     max_length: int,
     uncertainty_coef: float,
     timeout_s: float | None,
+    first_call_timeout_s: float | None = None,
     precision: Precision = Precision.FP32,
 ) -> RewardSource:
     """The reward source a spec names (see the module docstring for the spec language).
@@ -82,6 +83,8 @@ def build_reward_source(
         max_length: tokens per sequence a reward model reads (as in its training).
         uncertainty_coef: ensemble std penalty of a reward model (0 = off).
         timeout_s: the longest one call of a reward function may take; None = no limit.
+        first_call_timeout_s: the limit of a reward function's calls until one has returned,
+            when longer (None = timeout_s, inf = no limit): the first call may load a model.
         precision: the run's; a reward model scores in it (bf16: under autocast).
     """
     terms = parse_spec(spec)
@@ -93,6 +96,7 @@ def build_reward_source(
         max_length=max_length,
         uncertainty_coef=uncertainty_coef,
         timeout_s=timeout_s,
+        first_call_timeout_s=first_call_timeout_s,
         precision=precision,
     )
     if len(terms) == 1 and terms[0][1] is None:
@@ -115,6 +119,7 @@ def build_term(
     max_length,
     uncertainty_coef,
     timeout_s,
+    first_call_timeout_s=None,
     precision=Precision.FP32,
 ) -> RewardSource:
     """One source of a spec, named by the term itself."""
@@ -137,7 +142,12 @@ def build_term(
             precision=precision,
         )
     if FUNCTION_TERM.fullmatch(term):
-        return FunctionReward(load_reward_function(term), name=term, timeout_s=timeout_s)
+        return FunctionReward(
+            load_reward_function(term),
+            name=term,
+            timeout_s=timeout_s,
+            first_call_timeout_s=first_call_timeout_s,
+        )
     raise RlhfkitError(f"unknown reward source '{term}': expected {ACCEPTED}")
 
 

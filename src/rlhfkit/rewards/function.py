@@ -176,14 +176,36 @@ class FunctionReward:
         fn: called as `fn(prompts, responses, answer=[...], **metadata_columns)`.
         name: how errors and metrics name it (the spec it was loaded from).
         timeout_s: the longest one call may take; None = no limit.
+        first_call_timeout_s: the limit of calls until one has returned, when longer (None =
+            timeout_s, inf = no limit): a function that loads a model or a judge on its first
+            call takes that long once.
     """
 
-    def __init__(self, fn: Callable, name: str, timeout_s: float | None = None):
-        if timeout_s is not None and not timeout_s > 0:
-            raise RlhfkitError(
-                f"reward function '{name}': timeout_s must be positive, got {timeout_s}"
-            )
+    def __init__(
+        self,
+        fn: Callable,
+        name: str,
+        timeout_s: float | None = None,
+        first_call_timeout_s: float | None = None,
+    ):
+        for key, value in (
+            ("timeout_s", timeout_s),
+            ("first_call_timeout_s", first_call_timeout_s),
+        ):
+            if value is not None and not value > 0:
+                raise RlhfkitError(f"reward function '{name}': {key} must be positive, got {value}")
         self.fn, self.name, self.timeout_s = fn, name, timeout_s
+        self.first_call_timeout_s = first_call_timeout_s
+        self.returned_once = False
+
+    @property
+    def limit_s(self) -> float | None:
+        """The limit of the next call (None = none): the first call's until one has returned."""
+        if self.returned_once or self.timeout_s is None or self.first_call_timeout_s is None:
+            return self.timeout_s
+        if math.isinf(self.first_call_timeout_s):
+            return None
+        return max(self.timeout_s, self.first_call_timeout_s)
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
         check_same_length(self.name, prompts, responses)
@@ -196,17 +218,21 @@ class FunctionReward:
         self, prompts: list[PromptExample], responses: list[str], columns: dict[str, list]
     ) -> Any:
         args = ([prompt.prompt for prompt in prompts], responses)
-        return call_with_deadline(self.fn, args, columns, self.timeout_s)
+        value = call_with_deadline(self.fn, args, columns, self.limit_s)
+        self.returned_once = True
+        return value
 
     def _call(self, prompts: list[PromptExample], responses: list[str]) -> Any:
         columns = metadata_columns(
             prompts
         )  # outside the try: a clash is the data's fault, not the function's
+        limit = self.limit_s
         try:
             return self._call_once(prompts, responses, columns)
         except _Timeout:
+            first = "" if limit == self.timeout_s else " (the limit of a first call)"
             raise self._error(
-                f"did not return within {self.timeout_s:g} s on {_batch(prompts)}"
+                f"did not return within {limit:g} s{first} on {_batch(prompts)}"
             ) from None
         except Exception as error:
             index, error = self._first_failing(prompts, responses, columns, error)
@@ -228,7 +254,7 @@ class FunctionReward:
                 alone = {key: values[index : index + 1] for key, values in columns.items()}
                 self._call_once(prompts[index : index + 1], responses[index : index + 1], alone)
             except _Timeout:
-                return index, TimeoutError(f"timed out after {self.timeout_s:g} s alone")
+                return index, TimeoutError(f"timed out after {self.limit_s:g} s alone")
             except Exception as single_error:
                 return index, single_error
         return None, error

@@ -165,6 +165,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "top_k": at_least(0, "0 = off"),
         # rewards, labelling and selection
         "reward_timeout_s": at_least(0, "0 = no limit"),
+        "reward_first_call_timeout_s": at_least(0, "0 = no limit"),
         "human_timeout_s": at_least(0, "0 = no limit"),
         "human_port": within(0, 65535, note="0 = a free port"),
         "reward_uncertainty_coef": FINITE,  # negative: a bonus for uncertain rewards

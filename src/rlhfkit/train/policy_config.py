@@ -48,6 +48,10 @@ class PolicyRunConfig(RunConfig):
     """Reward = ensemble mean - coef * ensemble std (a reward-model ensemble only)."""
     reward_timeout_s: float = 60.0
     """Longest one call of a user reward function may take (0 = no limit)."""
+    reward_first_call_timeout_s: float = 600.0
+    """The limit of a user reward function's calls until one has returned, when longer than
+    `reward_timeout_s`: a function that loads a model or a judge on its first call (0 = no
+    limit on that call)."""
     max_new_tokens: int
     """Response length limit."""
     temperature: float = 1.0

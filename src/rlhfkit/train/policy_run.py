@@ -13,6 +13,7 @@ A checkpoint holds the models, optimizers, RNG states and step, and the trainer'
 strings, lists and dicts, read back with `torch.load(weights_only=True)`, never a pickled object.
 """
 
+import math
 import random
 import time
 from collections import defaultdict
@@ -185,6 +186,7 @@ class PolicyRun:
             max_length=cfg.reward_max_length,
             uncertainty_coef=cfg.reward_uncertainty_coef,
             timeout_s=cfg.reward_timeout_s or None,
+            first_call_timeout_s=cfg.reward_first_call_timeout_s or math.inf,
             precision=cfg.precision,
         )
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
