@@ -10,10 +10,10 @@ answer (`arith`), pass@k and maj@k. Win rates compare two such evaluations promp
 from dataclasses import dataclass, field
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.text_stats import distinct_n, repetition_rate
 from rlhfkit.eval.intervals import mean_with_interval
 from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
 from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
-from rlhfkit.eval.text_stats import distinct_n, repetition_rate
 from rlhfkit.eval.win_rate import win_rate
 
 

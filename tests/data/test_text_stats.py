@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from rlhfkit.eval.text_stats import distinct_n, mean_words, repeated_ngram_fraction, repetition_rate
+from rlhfkit.data.text_stats import distinct_n, mean_words, repeated_ngram_fraction, repetition_rate
 
 
 def naive_distinct_n(texts, n):

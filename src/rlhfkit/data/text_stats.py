@@ -5,6 +5,9 @@ loops on the same phrase inside one response (the repetition rate rises) or pads
 (the mean length grows, the length bias of reward models). None of these needs the reward model,
 so they cross-check it. Words are whitespace tokens, lower-cased; n-grams never cross from one
 response into the next.
+
+They live in data/, below both of their users: the model evaluation (`eval/model_eval.py`) and the
+built-in tasks' own `evaluate()`, which eval imports in turn.
 """
 
 import math
