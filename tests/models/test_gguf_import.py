@@ -147,8 +147,12 @@ def test_failed_conversion_leaves_nothing(gguf_files, tiny_model_dir, tmp_path):
             lambda d, tmp: write_tiny_gguf(d, tmp / "bert.gguf", architecture="nosuchformer"),
             "architecture 'nosuchformer' cannot be read",
         ),
+        (
+            lambda d, tmp: write_tiny_gguf(d, tmp / "t5.gguf", architecture="t5"),
+            "a 't5' model is not a causal language model",
+        ),
     ],
-    ids=["missing", "directory", "not-gguf", "truncated", "unsupported-architecture"],
+    ids=["missing", "directory", "not-gguf", "truncated", "unsupported-architecture", "t5"],
 )
 def test_bad_files_are_one_line_errors(tiny_model_dir, tmp_path, cache, make, fragment):
     path = make(tiny_model_dir, tmp_path)

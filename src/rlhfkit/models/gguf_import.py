@@ -32,6 +32,7 @@ from transformers import (
     GgufConfig,
 )
 from transformers import __version__ as transformers_version
+from transformers.integrations.gguf import read_gguf_metadata
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhfkit.errors import RlhfkitError, one_line
@@ -64,13 +65,14 @@ def cached_conversion(path: str | Path, cache_dir: Path) -> Path:
     Raises:
         RlhfkitError: naming the file and why it cannot be read (see `check_gguf_file`).
     """
-    check_gguf_file(path)
+    _check_magic(Path(path))  # the full check reads the metadata: only when converting
     digest = file_sha256(path)
     final = Path(cache_dir) / digest
     if final.is_dir():  # published whole by one rename: if it is there, it is complete
         return final
+    architecture = check_gguf_file(path)
     print(f"converting {path} to a model directory in {final} (once)", file=sys.stderr)
-    seconds = _write_converted(path, final, digest)
+    seconds = _write_converted(path, final, digest, architecture)
     print(f"converted {path} in {seconds:.0f} s", file=sys.stderr)
     return final
 
@@ -80,35 +82,37 @@ def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RlhfkitError(f"{out_dir} already exists and is not empty: choose another --out")
-    check_gguf_file(path)
+    architecture = check_gguf_file(path)
     if out_dir.is_dir():
         out_dir.rmdir()  # an empty directory: the rename below puts the new one in its place
-    _write_converted(path, out_dir, file_sha256(path))
+    _write_converted(path, out_dir, file_sha256(path), architecture)
     return out_dir
 
 
 def check_gguf_file(path: str | Path) -> str:
     """The file's architecture (llama.cpp's name, e.g. "llama"), after checking that it is a
-    GGUF file transformers can read as a causal LM; otherwise one line naming the file and why."""
+    GGUF file of an architecture transformers reads; otherwise one line naming the file and why.
+    Reads the metadata only (milliseconds): whether it is a causal LM shows in its config, which
+    `convert_gguf` reads."""
     path = Path(path)
-    if not path.is_file():
-        raise _error(path, "no such file" if not path.exists() else "not a file")
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise _error(path, "not a GGUF file (it does not start with the GGUF magic bytes)")
-    architecture = _read_architecture(path)
+    _check_magic(path)
+    try:
+        import gguf  # noqa: F401  (transformers' reader of most families needs it)
+    except ModuleNotFoundError:
+        raise _error(path, f"reading GGUF files needs the gguf package: {INSTALL_HINT}") from None
+    try:
+        metadata, _ = read_gguf_metadata(str(path))
+    except Exception as error:  # struct.error on a truncated file, UnicodeDecodeError, ...
+        raise _error(path, f"the file is damaged or truncated ({one_line(error)})") from None
+    architecture = metadata.get("general.architecture")
+    if not architecture:
+        raise _error(path, "its metadata names no architecture (general.architecture)")
     if not _transformers_reads(architecture):
         raise _error(
             path,
             f"architecture '{architecture}' cannot be read from GGUF by transformers "
             f"{transformers_version}",
         )
-    try:
-        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as error:  # transformers raises ValueError, KeyError, TypeError, ...
-        raise _error(path, f"its config cannot be read ({one_line(error)})") from None
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise _error(path, f"a '{config.model_type}' model is not a causal language model")
     return architecture
 
 
@@ -123,8 +127,15 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
     template."""
     path = Path(path)
     try:
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as error:  # transformers raises ValueError, KeyError, TypeError, ...
+        raise _error(path, f"its config cannot be read ({one_line(error)})") from None
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise _error(path, f"a '{config.model_type}' model is not a causal language model")
+    try:
         model = AutoModelForCausalLM.from_pretrained(
             path.parent,
+            config=config,
             gguf_file=path.name,
             # every weight unpacked to float32 now, rather than kept in blocks for inference
             quantization_config=GgufConfig(dequantize=True),
@@ -139,7 +150,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _write_converted(path: str | Path, final: Path, digest: str) -> float:
+def _write_converted(path: str | Path, final: Path, digest: str, architecture: str) -> float:
     """Convert into a temporary sibling of `final`, then rename it into place; returns the
     seconds it took. Another process that published `final` first wins (same content)."""
     started = time.perf_counter()
@@ -151,7 +162,7 @@ def _write_converted(path: str | Path, final: Path, digest: str) -> float:
             "file": Path(path).name,
             "sha256": digest,
             "bytes": os.path.getsize(path),
-            "architecture": _read_architecture(Path(path)),
+            "architecture": architecture,
             "transformers": transformers_version,
             "seconds": round(seconds, 1),
         }
@@ -163,18 +174,12 @@ def _write_converted(path: str | Path, final: Path, digest: str) -> float:
     return seconds
 
 
-def _read_architecture(path: Path) -> str:
-    try:
-        from gguf import GGUFReader
-    except ModuleNotFoundError:
-        raise _error(path, f"reading GGUF files needs the gguf package: {INSTALL_HINT}") from None
-    try:
-        field = GGUFReader(path).fields.get("general.architecture")
-    except Exception as error:  # numpy's ValueError on a truncated file, struct errors, ...
-        raise _error(path, f"the file is damaged or truncated ({one_line(error)})") from None
-    if field is None:
-        raise _error(path, "its metadata names no architecture (general.architecture)")
-    return str(field.contents())
+def _check_magic(path: Path) -> None:
+    if not path.is_file():
+        raise _error(path, "no such file" if not path.exists() else "not a file")
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise _error(path, "not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
 def _transformers_reads(architecture: str) -> bool:
