@@ -9,8 +9,8 @@ import pytest
 
 from rlhfkit import cli
 
-SUBCOMMANDS = [*cli.COMMANDS, "tasks", "label"]
-NO_CONFIG = ("tasks", "label")  # their own arguments, no config
+SUBCOMMANDS = [*cli.COMMANDS, "tasks", "label", "models"]
+NO_CONFIG = ("tasks", "label", "models")  # their own arguments, no config
 
 
 def help_of(monkeypatch, capsys, *args) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError
 
 
@@ -270,6 +271,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--print-config", action="store_true", help="print the resolved config and exit"
         )
+        p.add_argument(
+            "--force-lr",
+            action="store_true",
+            help="train a pretrained model with an lr far above its safe range "
+            "(docs/pretrained-models.md)",
+        )
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
     tasks.add_argument("task", nargs="?", help="task to export")
@@ -277,6 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--rows", type=int, default=1000, help="rows per exported file")
     tasks.add_argument("--seed", type=int, default=0)
     _add_label_parser(sub)
+    add_models_parser(sub)
     return parser
 
 
@@ -496,6 +504,8 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     _quiet_libraries()
     if args.command == "tasks":
         return _tasks(args)
+    if args.command == "models":
+        return run_models(args)
     _run_command(args, COMMANDS[args.command])
 
 
@@ -535,7 +545,13 @@ def _run_command(args, command: Command) -> None:
     cfg = load_config(_load(command.config), args.config, args.overrides)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
-    elif command.run_dir:
+        return
+    model = getattr(cfg, "model", None)  # the pipeline's is a stage of settings, not a path
+    if isinstance(model, str) and model and hasattr(cfg, "lr") and not args.force_lr:
+        from rlhfkit.models.pretrained import check_learning_rate
+
+        check_learning_rate(model, cfg.lr, lora_r=getattr(cfg, "lora_r", 0))
+    if command.run_dir:
         _run_in_dir(args, command, cfg)
     else:
         _load(command.run)(cfg)

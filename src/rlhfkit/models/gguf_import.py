@@ -36,7 +36,7 @@ from transformers.integrations.gguf import read_gguf_metadata
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhfkit.errors import RlhfkitError, one_line
-from rlhfkit.runtime.checkpoint import publish_new_dir, temporary_sibling
+from rlhfkit.runtime.checkpoint import clear_new_output, publish_new_dir, temporary_sibling
 
 GGUF_MAGIC = b"GGUF"
 SOURCE_RECORD = "gguf_source.json"
@@ -80,11 +80,8 @@ def cached_conversion(path: str | Path, cache_dir: Path) -> Path:
 def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert `path` into `out_dir`, which must not exist yet or be empty."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise RlhfkitError(f"{out_dir} already exists and is not empty: choose another --out")
     architecture = check_gguf_file(path)
-    if out_dir.is_dir():
-        out_dir.rmdir()  # an empty directory: the rename below puts the new one in its place
+    clear_new_output(out_dir)
     _write_converted(path, out_dir, file_sha256(path), architecture)
     return out_dir
 

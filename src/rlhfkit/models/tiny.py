@@ -1,15 +1,20 @@
 """The embedded default: a tiny Llama-style model and a byte-level BPE tokenizer, built locally.
 
 Both are saved as an ordinary Hugging Face model directory, so every later stage loads them
-exactly as it would load a real model (`AutoModelForCausalLM.from_pretrained(path)`).
+exactly as it would load a real model (`AutoModelForCausalLM.from_pretrained(path)`). The
+pipeline builds one on its tasks' text; `rlhfkit models tiny --corpus FILE` builds one on a
+user's own text (`new_tiny_model`).
 """
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlhfkit.runtime.checkpoint import clear_new_output, publish_new_dir, temporary_sibling
 
 EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 
@@ -115,3 +120,26 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def new_tiny_model(out_dir: str | Path, corpus: list[str], *, seed: int, **sizes) -> Path:
+    """`build_tiny_model` into `out_dir`, which must not exist yet or be empty; written beside
+    it and renamed into place, so a crash leaves no half-built model under that name."""
+    out_dir = Path(out_dir)
+    clear_new_output(out_dir)
+    tmp = temporary_sibling(out_dir)
+    try:
+        build_tiny_model(tmp, corpus, seed=seed, **sizes)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_new_dir(tmp, out_dir)
+    return out_dir
+
+
+def tokens_per_word(tokenizer, texts: list[str]) -> float:
+    """Tokens per whitespace-separated word over `texts`: the fewer, the better the tokenizer
+    fits them (on these docs' prose: 3.9 for the demo's, 2.5 for 1024 tokens trained on it)."""
+    words = sum(len(text.split()) for text in texts)
+    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return tokens / max(words, 1)

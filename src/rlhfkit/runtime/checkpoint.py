@@ -254,6 +254,15 @@ def publish_new_dir(tmp: Path, final: Path) -> bool:
     return True
 
 
+def clear_new_output(out_dir: Path) -> None:
+    """Refuse an output directory that holds anything; remove an empty one, so that
+    `publish_new_dir` can rename the finished directory into its place."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RlhfkitError(f"{out_dir} already exists and is not empty: choose another --out")
+    if out_dir.is_dir():
+        out_dir.rmdir()
+
+
 def temporary_sibling(final: Path) -> Path:
     """A fresh temporary directory beside `final`, on the same filesystem so a rename publishes
     it; leftovers of a crash carry the `.tmp-` prefix."""
