@@ -1,10 +1,14 @@
-"""Sampling speed: the rollout engine against `model.generate` on the same prompts and model.
+"""Sampling speed: the rollout engine (eager or compiled, fp32 or bf16) against
+`model.generate` on the same prompts and model.
 
     python benchmarks/rollout.py                       # a fresh tiny model, fixed-length responses
     python benchmarks/rollout.py --model runs/demo/sft/final --stop   # a trained model, EOS stops
+    python benchmarks/rollout.py --model /tmp/peer-assets/policy --prompts 8 --samples 8 \
+        --max-new-tokens 32 --variants engine compiled bf16 bf16-compiled
 
-Prints generated tokens per second of both and their ratio (median of --repeats runs each,
-alternating so that machine drift hits both).
+Prints generated tokens per second of each variant and its ratio to the first (median of
+--repeats runs each, alternating so that machine drift hits all alike). The first call of each
+variant runs untimed and is reported apart: it holds the compile of a compiled one.
 """
 
 import argparse
@@ -12,6 +16,7 @@ import random
 import statistics
 import tempfile
 import time
+from functools import partial
 
 import torch
 
@@ -27,7 +32,7 @@ def _prompts(n: int) -> list[str]:
     return [tasks[i % len(tasks)].prompts(1, rng)[0].prompt for i in range(n)]
 
 
-def _engine(model, batch, stop_ids, pad_id, args) -> int:
+def _engine(model, batch, stop_ids, pad_id, args, **options) -> int:
     rollout = generate(
         model,
         batch["input_ids"],
@@ -37,8 +42,17 @@ def _engine(model, batch, stop_ids, pad_id, args) -> int:
         stop_ids=stop_ids,
         pad_token_id=pad_id,
         generator=torch.Generator().manual_seed(0),
+        **options,
     )
     return int(rollout.response_mask.sum())
+
+
+VARIANTS = {
+    "engine": partial(_engine),
+    "compiled": partial(_engine, compiled=True),
+    "bf16": partial(_engine, dtype=torch.bfloat16),
+    "bf16-compiled": partial(_engine, dtype=torch.bfloat16, compiled=True),
+}
 
 
 def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
@@ -62,6 +76,9 @@ def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
     return int(torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1]).sum())
 
 
+VARIANTS["generate"] = _hf_generate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", help="a causal-LM directory (default: a fresh tiny model)")
@@ -73,6 +90,9 @@ def main() -> None:
         "--stop", action="store_true", help="stop at EOS (default: fixed-length responses)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=["engine", "generate"]
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     prompts = _prompts(args.prompts)
@@ -82,25 +102,29 @@ def main() -> None:
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     eos = model.generation_config.eos_token_id
     stop_ids = ([eos] if isinstance(eos, int) else list(eos)) if args.stop else []
-    timings = {"engine": [], "generate": []}
-    tokens = {}
+    first_call, timings, tokens = {}, {name: [] for name in args.variants}, {}
     with torch.no_grad():
-        for _ in range(args.repeats):
-            for name, fn in (("engine", _engine), ("generate", _hf_generate)):
+        for repeat in range(args.repeats + 1):
+            for name in args.variants:
                 start = time.perf_counter()
-                tokens[name] = fn(model, batch, stop_ids, tokenizer.pad_token_id, args)
-                timings[name].append(time.perf_counter() - start)
+                tokens[name] = VARIANTS[name](model, batch, stop_ids, tokenizer.pad_token_id, args)
+                elapsed = time.perf_counter() - start
+                if repeat == 0:
+                    first_call[name] = elapsed  # the compile, for a compiled variant
+                else:
+                    timings[name].append(elapsed)
     rate = {name: tokens[name] / statistics.median(times) for name, times in timings.items()}
     print(
         f"{args.prompts} prompts x {args.samples} samples, up to {args.max_new_tokens} new tokens, "
         f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads"
     )
+    base = args.variants[0]
     for name in rate:
         print(
-            f"  {name:9s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, "
-            f"median {statistics.median(timings[name]):.3f} s)"
+            f"  {name:13s} {rate[name]:9.0f} tokens/s  ({tokens[name]} tokens, median "
+            f"{statistics.median(timings[name]):.3f} s, first call {first_call[name]:.1f} s)  "
+            f"{rate[name] / rate[base]:.2f}x {base}"
         )
-    print(f"  engine / generate: {rate['engine'] / rate['generate']:.2f}x")
 
 
 if __name__ == "__main__":

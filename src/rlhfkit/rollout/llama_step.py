@@ -68,6 +68,7 @@ class FastDecoder:
             self.final_norm = _cast(base.model.norm.weight, self.dtype)
             self.lm_head = _cast(base.lm_head.weight, self.dtype)
         self.rotary = base.model.rotary_emb
+        self.compiled = compiled
         self.step = compiled_step() if compiled else static_step
 
     @torch.no_grad()
@@ -86,10 +87,18 @@ class FastDecoder:
             (batch, vocab) logits in the decoder's dtype.
         """
         layers = cache.layers
-        capacity, index = layers[0].capacity, layers[0].length
-        # attention over the cache's whole capacity (positions not yet written are blocked), so
-        # every step has the same shapes: what a compiled or captured step needs
-        valid = F.pad(attention.bool(), (0, capacity - attention.shape[1]))
+        index = layers[0].length
+        if self.compiled:
+            # attention over the cache's whole capacity (positions not yet written blocked), so
+            # every step has the same shapes: what a compiled or captured step needs
+            keys = [layer.key_buffer for layer in layers]
+            values = [layer.value_buffer for layer in layers]
+            valid = F.pad(attention.bool(), (0, layers[0].capacity - attention.shape[1]))
+        else:
+            # eagerly, only over the positions written so far and the new one (fewer scores)
+            keys = [layer.key_buffer[:, :, : index + 1] for layer in layers]
+            values = [layer.value_buffer[:, :, : index + 1] for layer in layers]
+            valid = attention.bool()
         x = F.embedding(tokens, self.embed)
         cos, sin = self.rotary(x, positions.unsqueeze(1))  # (batch, 1, head_dim)
         logits = self.step(
@@ -103,8 +112,8 @@ class FastDecoder:
             sin[:, None, 0],
             valid,
             torch.tensor([index], device=tokens.device),
-            [layer.key_buffer for layer in layers],
-            [layer.value_buffer for layer in layers],
+            keys,
+            values,
         )
         for layer in layers:
             layer.advance(1)
@@ -125,14 +134,16 @@ def static_step(
     keys: list[torch.Tensor],
     values: list[torch.Tensor],
 ) -> torch.Tensor:
-    """One decoding step on whole cache buffers: a pure function of tensors whose shapes do not
-    change from step to step (the new keys and values are written at `index` in place).
+    """One decoding step on cache buffers, the new keys and values written at `index` in place: a
+    pure function of tensors, whose shapes do not change from step to step when the buffers are
+    whole (compiled) rather than the filled part (eager).
 
     Args:
         tokens: (batch,); cos, sin: (batch, 1, head_dim) rotary factors of each row's position.
-        valid: (batch, capacity) bool, the positions each row attends to (the new one included).
+        valid: (batch, positions) bool, the positions each row attends to (the new one included).
         index: (1,) long, the cache position the new token's keys and values go to.
-        keys, values: per layer (batch, kv_heads, capacity, head_dim) buffers, written in place.
+        keys, values: per layer (batch, kv_heads, positions, head_dim) buffers or views of them
+            (positions > index), written in place.
     Returns:
         (batch, vocab) logits.
     """
