@@ -167,7 +167,7 @@ def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "tasks")
     assert code == 0
     names = [line.split()[0] for line in out.strip().splitlines()]
-    assert names == ["advice", "arith"]
+    assert names == ["advice", "arith", "sentiment"]
 
 
 def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_path):

@@ -83,7 +83,8 @@ def test_a_typo_in_a_choice_is_a_one_line_error_naming_the_key_and_the_choices(n
 
 def test_a_task_typo_names_the_built_in_tasks():
     with pytest.raises(
-        ConfigError, match=r"config key 'task': expected one of 'arith', 'advice', got 'arth'"
+        ConfigError,
+        match=r"config key 'task': expected one of 'arith', 'advice', 'sentiment', got 'arth'",
     ):
         load_config(CONFIGS["eval"], overrides=["task=arth"])
     assert load_config(CONFIGS["critique"], overrides=["task=null"]).task is None

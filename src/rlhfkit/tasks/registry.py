@@ -5,6 +5,7 @@ from enum import StrEnum
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.tasks.sentiment import SentimentTask
 
 
 class TaskName(StrEnum):
@@ -14,9 +15,15 @@ class TaskName(StrEnum):
     """Multi-step arithmetic word problems: verifiable answers and steps."""
     ADVICE = "advice"
     """Short advice replies judged by a hidden multi-preference gold annotator."""
+    SENTIMENT = "sentiment"
+    """Movie-review openings to continue, judged by the VADER sentiment of the continuation."""
 
 
-TASKS = {TaskName.ARITH: ArithTask, TaskName.ADVICE: AdviceTask}
+TASKS = {
+    TaskName.ARITH: ArithTask,
+    TaskName.ADVICE: AdviceTask,
+    TaskName.SENTIMENT: SentimentTask,
+}
 
 
 def get_task(name: str, **kwargs):
