@@ -143,8 +143,9 @@ def test_tiny_reads_dataset_files(monkeypatch, capsys, tmp_path):
         (lambda tmp: None, [], "no such file"),
         (lambda tmp: (tmp / "corpus.txt").write_text("\n \n"), [], "no text"),
         (lambda tmp: (tmp / "corpus.txt").write_text("hi\n"), ["--heads", "3"], "multiple of"),
+        (lambda tmp: (tmp / "corpus.txt").write_text("hi\n"), ["--layers", "0"], "--layers must"),
     ],
-    ids=["missing", "empty", "bad-heads"],
+    ids=["missing", "empty", "bad-heads", "no-layers"],
 )
 def test_tiny_bad_input(monkeypatch, capsys, tmp_path, setup, extra, fragment):
     setup(tmp_path)

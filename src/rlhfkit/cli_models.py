@@ -4,8 +4,6 @@ Part of the command line (cli.py registers it): parse, call, print. Heavy import
 command runs, so `rlhfkit --help` stays fast.
 """
 
-import argparse
-
 
 def add_models_parser(sub) -> None:
     models = sub.add_parser(
@@ -22,7 +20,6 @@ def add_models_parser(sub) -> None:
     tiny = actions.add_parser(
         "tiny",
         help="train a byte-level BPE tokenizer on your text and initialise a tiny Llama with it",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tiny.add_argument(
         "--corpus",
@@ -31,13 +28,17 @@ def add_models_parser(sub) -> None:
         ".json, .parquet; every string of every row)",
     )
     tiny.add_argument("--out", required=True, help="the directory to write (new or empty)")
-    tiny.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary, at most")
-    tiny.add_argument("--hidden-size", type=int, default=128)
-    tiny.add_argument("--layers", type=int, default=4)
-    tiny.add_argument("--heads", type=int, default=4)
-    tiny.add_argument("--intermediate-size", type=int, default=384)
-    tiny.add_argument("--max-positions", type=int, default=256, help="longest sequence, tokens")
-    tiny.add_argument("--seed", type=int, default=0, help="initialises the weights")
+    sizes = [
+        ("--vocab-size", 1024, "tokenizer vocabulary, at most"),
+        ("--hidden-size", 128, "model width"),
+        ("--layers", 4, "decoder layers"),
+        ("--heads", 4, "attention heads (a divisor of --hidden-size)"),
+        ("--intermediate-size", 384, "MLP width"),
+        ("--max-positions", 256, "longest sequence, in tokens"),
+        ("--seed", 0, "initialises the weights"),
+    ]
+    for flag, default, what in sizes:
+        tiny.add_argument(flag, type=int, default=default, help=f"{what} (default {default})")
 
 
 def run_models(args) -> None:
@@ -57,6 +58,10 @@ def _tiny(args) -> None:
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.models.tiny import new_tiny_model, tokens_per_word
 
+    sizes = ("vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "max_positions")
+    for size in sizes:
+        if getattr(args, size) < 1:
+            raise RlhfkitError(f"--{size.replace('_', '-')} must be at least 1")
     if args.hidden_size % args.heads:
         raise RlhfkitError(
             f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}"
