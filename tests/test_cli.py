@@ -591,6 +591,58 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
     assert 0.0 <= ours["judge_flip_rate_sampled"] <= 1.0
 
 
+def test_eval_on_a_users_own_task_is_judged_by_their_reward_function(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    """No built-in task: the user's prompts and reward function give the same table (gold score,
+    win rates, KL, hacking signs); the function's scores are the gold scores."""
+    prompts = write_rows(
+        tmp_path / "mine.jsonl",
+        [{"prompt": f"Tell me about item {i}.", "topic": "items"} for i in range(3)],
+    )
+    judge = tmp_path / "judge.py"
+    judge.write_text(
+        "def vowels(prompts, responses, topic, **kwargs):\n"
+        "    assert set(topic) == {'items'}  # the prompt file's own columns arrive\n"
+        "    return [float(sum(c in 'aeiou' for c in r)) for r in responses]\n"
+    )
+    other = perturbed_copy(tiny_model_dir, tmp_path / "other")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{other}]",
+        f"baseline={tiny_model_dir}",
+        "task=null",
+        f"prompts={prompts}",
+        f"judge={judge}:vowels",
+        "samples_per_prompt=2",
+        "max_new_tokens=6",
+        "--runs-dir",
+        tmp_path,
+        "--name",
+        "mine",
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "mine" / "eval.json").read_text())
+    ours = result["models"][str(other)]
+    assert result["task"] is None and result["judge"] == f"{judge}:vowels"
+    assert ours["win_rate_greedy_n"] == 3 and ours["win_rate_sampled_n"] == 6
+    assert ours["gold_sampled"] >= 0 and ours["greedy_gold_score"] >= 0
+    assert "kl_k3_per_token" in ours and "repetition" in ours and "pass@1" not in ours
+    assert "mine.jsonl: win rates" in out and "judged" in out
+
+
+def test_eval_without_a_task_needs_prompts_and_a_reward_source_judge(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    common = [f"models=[{tiny_model_dir}]", "task=null", "--runs-dir", tmp_path]
+    code, _, err = run_main(monkeypatch, capsys, "eval", *common, "judge=gold")
+    assert_one_line_error(code, err, "without a task needs prompts=FILE and judge=<reward source>")
+    code, _, err = run_main(monkeypatch, capsys, "eval", *common, "judge=no_such_judge")
+    assert_one_line_error(code, err, "no_such_judge")
+
+
 def test_ai_win_rate_counts_a_verdict_of_one_half_as_a_tie():
     from rlhfkit.eval.run_eval import ai_win_rate
 

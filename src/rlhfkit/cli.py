@@ -72,7 +72,8 @@ def _print_eval_table(cfg, run, result) -> None:
     columns, rows = metric_table(result["models"])
     short = [c if c == "metric" else "/".join(Path(c).parts[-2:]) for c in columns]
     console = Console()
-    title = f"{cfg.task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge.value}"
+    task = cfg.task or Path(cfg.prompts).name
+    title = f"{task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge}"
     console.print(rich_table(title, short, rows))
     if "reward_model" in result:
         rm = result["reward_model"]
@@ -462,8 +463,9 @@ def _tasks(args) -> None:
     from rlhfkit.tasks.registry import TASKS, get_task
 
     if args.action == "list":
+        width = max(len(name) for name in TASKS)
         for name, cls in sorted(TASKS.items()):
-            print(f"{name:8s} {cls.description}")
+            print(f"{name:{width}s} {cls.description}")
         return
     if not args.task:
         raise RlhfkitError("rlhfkit tasks export needs a task name")

@@ -5,7 +5,7 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.builder import build_reward_source, parse_spec
+from rlhfkit.rewards.builder import build_reward_source, check_spec, parse_spec
 from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward
 from rlhfkit.rewards.reward_model import RewardModelSource
@@ -119,3 +119,9 @@ def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, t
 def test_bad_specs_are_errors(spec, overrides, expected):
     with pytest.raises(RlhfkitError, match=expected):
         build(spec, **overrides)
+
+
+def test_check_spec_refuses_a_term_that_names_no_source_before_anything_loads():
+    check_spec("0.5*task + 0.5*model:runs/rm/final + my_rewards.py:score")  # not loaded yet
+    with pytest.raises(RlhfkitError, match="unknown reward source 'judge_me'"):
+        check_spec("task + judge_me")

@@ -44,10 +44,15 @@ def evaluate_model(
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 256,
+    gold=None,
 ) -> ModelEval:
     """Greedy and sampled answers of `model` to `prompts`, scored by `task`'s gold reward.
 
     Args:
+        task: a built-in task (its gold reward, its own metrics, pass@k where it has a final
+            answer), or None with `gold`.
+        gold: a reward source that plays the gold annotator instead of the task's (a user's own
+            judge: `file.py:function`, `model:PATH`, weighted sums); None = the task's reward.
         reference: the model the KL is measured to (the SFT model); None = no KL.
         proxy: a reward source (`.score(prompts, responses)`, e.g. the reward model) whose mean
             on the sampled answers is reported beside the gold score; None = none.
@@ -64,11 +69,14 @@ def evaluate_model(
     result = ModelEval(
         greedy,
         sampled,
-        greedy_scores=[task.reward(p, t) for p, t in zip(prompts, greedy_texts)],
-        sampled_scores=[task.reward(p, t) for p, t in zip(repeated, sampled_texts)],
+        greedy_scores=gold_scores(task, gold, prompts, greedy_texts),
+        sampled_scores=gold_scores(task, gold, repeated, sampled_texts),
     )
     m = result.metrics
-    m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
+    if task is not None:
+        m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
+    if gold is not None:  # the judge's mean replaces the task's own gold score
+        m["greedy_gold_score"] = sum(result.greedy_scores) / max(1, len(result.greedy_scores))
     m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
     tokens = sum(sampled.flat(sampled.lengths))
     # step 1. KL to the reference on the policy's own samples
@@ -85,7 +93,7 @@ def evaluate_model(
         result.sampled_proxy = proxy.score(repeated, sampled_texts).rewards.tolist()
         m.update(_prefixed("proxy_sampled", mean_with_interval(result.sampled_proxy)))
     # step 3. pass@k and maj@k where the task has a checkable final answer
-    if hasattr(task, "final_answer"):
+    if task is not None and hasattr(task, "final_answer"):
         answers = [[task.final_answer(t) for t in row] for row in sampled.texts]
         correct = [
             sum(a is not None and a == p.answer for a in row) for p, row in zip(prompts, answers)
@@ -94,6 +102,14 @@ def evaluate_model(
             m[f"pass@{k}"] = mean_pass_at_k(correct, samples_per_prompt, k)
             m[f"maj@{k}"] = mean_maj_at_k(answers, [p.answer for p in prompts], k)
     return result
+
+
+def gold_scores(task, gold, prompts: list[PromptExample], responses: list[str]) -> list[float]:
+    """The gold score of each response: by the `gold` reward source when given, else by the
+    task's own gold reward."""
+    if gold is not None:
+        return gold.score(prompts, responses).rewards.tolist()
+    return [task.reward(p, r) for p, r in zip(prompts, responses)]
 
 
 def win_rates(

@@ -5,6 +5,10 @@ annotator, a reward model or an AI judge (each pair asked in both orders), the K
 reference per token and per sequence, the reward-hacking signs, and on `arith` pass@k and
 maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json` and prints
 one table.
+
+A user's own task gets the same table: `judge=` also takes any reward source the trainers take
+(`file.py:function`, `model:PATH`, weighted sums), which then plays the gold annotator on the
+user's `prompts=` file (with `task=null`, or beside a built-in task's own metrics).
 """
 
 import json
@@ -25,7 +29,7 @@ from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_to_pairs
-from rlhfkit.rewards.builder import load_reward_model_source
+from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
@@ -52,15 +56,18 @@ class EvalConfig(RunConfig):
     reference: str = ""
     """The model the KL is measured to; empty = the baseline (the usual reference: the SFT
     model)."""
-    task: TaskName = TaskName.ADVICE
-    """Built-in task: its gold annotator scores every answer."""
+    task: TaskName | None = TaskName.ADVICE
+    """Built-in task: its gold annotator scores every answer; null = none (then `prompts` and a
+    reward-source `judge` are needed)."""
     prompts: str = ""
-    """Held-out prompt file (prompt plus the task's metadata columns); empty = fresh prompts from
-    the task."""
+    """Held-out prompt file (prompt plus the task's or the judge's metadata columns); empty =
+    fresh prompts from the task."""
     num_prompts: int = 200
     """Prompts drawn from the task when `prompts` is empty."""
-    judge: Judge = Judge.GOLD
-    """Who decides the win rates: gold, reward_model or ai."""
+    judge: str = Judge.GOLD.value
+    """Who decides the win rates: gold (the task's annotator), reward_model, ai, or any reward
+    source as the trainers' `reward=` takes it (`file.py:function`, `model:PATH`, `task`,
+    weighted sums), which then also gives the gold scores."""
     reward_model: str = ""
     """A saved reward model: its mean score is reported beside the gold score (the proxy), it
     judges with judge=reward_model, and it is scored on `heldout_pairs`."""
@@ -78,12 +85,31 @@ class EvalConfig(RunConfig):
     """Answers generated (or scored) per batch."""
 
 
+def judge_kind(cfg: EvalConfig) -> Judge | None:
+    """The named judge, or None when `judge` is a reward source."""
+    return Judge(cfg.judge) if cfg.judge in {j.value for j in Judge} else None
+
+
 def check_eval_config(cfg: EvalConfig) -> None:
     if not cfg.models:
         raise RlhfkitError("rlhfkit eval needs models=[PATH,...]: the checkpoints to evaluate")
-    if cfg.judge is Judge.REWARD_MODEL and not cfg.reward_model:
+    kind = judge_kind(cfg)
+    if kind is None:
+        try:
+            check_spec(cfg.judge)
+        except RlhfkitError as error:
+            named = ", ".join(j.value for j in Judge)
+            raise RlhfkitError(
+                f"judge={cfg.judge!r}: expected {named}, or a reward source ({error})"
+            ) from None
+    if cfg.task is None and (kind is not None or not cfg.prompts):
+        raise RlhfkitError(
+            "rlhfkit eval without a task needs prompts=FILE and judge=<reward source> "
+            "(file.py:function, model:PATH or a weighted sum): nothing else can score the answers"
+        )
+    if kind is Judge.REWARD_MODEL and not cfg.reward_model:
         raise RlhfkitError("judge=reward_model needs reward_model=PATH")
-    if cfg.judge is Judge.AI and not cfg.judge_model:
+    if kind is Judge.AI and not cfg.judge_model:
         raise RlhfkitError("judge=ai needs judge_model=PATH (a causal-LM judge directory)")
     if cfg.heldout_pairs and not cfg.reward_model:
         raise RlhfkitError(
@@ -98,7 +124,8 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     """Evaluate every model; returns and writes `{model: metrics}` (plus `reward_model`)."""
     check_eval_config(cfg)
     # step 1. the task, its prompts, and the models everyone is compared with
-    task, device = get_task(cfg.task), resolve_device(cfg.device)
+    task = get_task(cfg.task) if cfg.task else None
+    device, kind = resolve_device(cfg.device), judge_kind(cfg)
     prompts = (
         load_examples(cfg.prompts, Format.PROMPT)
         if cfg.prompts
@@ -122,9 +149,24 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         if cfg.reward_model
         else None
     )
+    gold = (
+        None
+        if kind is not None
+        else build_reward_source(
+            cfg.judge,
+            task_name=cfg.task,
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=cfg.batch_size,
+            max_length=cfg.max_length,
+            uncertainty_coef=0.0,
+            timeout_s=None,
+        )
+    )
     settings = dict(
         reference=reference,
         proxy=proxy,
+        gold=gold,
         samples_per_prompt=cfg.samples_per_prompt,
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
@@ -137,19 +179,19 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
 
     # step 2. every model, and its win rates against the baseline by the chosen judge
     baseline = evaluate(cfg.baseline) if cfg.baseline else None
-    out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge.value, "models": {}}
+    out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge, "models": {}}
     if baseline is not None:
         out["models"][cfg.baseline] = baseline.metrics
     judge = (
         (load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model))
-        if cfg.judge is Judge.AI and baseline is not None
+        if kind is Judge.AI and baseline is not None
         else None
     )
     for path in cfg.models:
         result = evaluate(path)
         if baseline is not None and path != cfg.baseline:
             result.metrics.update(
-                win_rates(result, baseline, by_proxy=cfg.judge is Judge.REWARD_MODEL)
+                win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
                 if judge is None
                 else ai_win_rates(*judge, result, baseline, prompts)
             )

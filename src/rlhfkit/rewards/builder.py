@@ -59,6 +59,15 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
     return terms
 
 
+def check_spec(spec: str) -> None:
+    """A one-line error, before anything loads, when `spec` names no reward source."""
+    for term, _ in parse_spec(spec):
+        if term not in ("task", "process") and not (
+            term.startswith("model:") or FUNCTION_TERM.fullmatch(term)
+        ):
+            raise RlhfkitError(f"unknown reward source '{term}': expected {ACCEPTED}")
+
+
 def build_reward_source(
     spec: str,
     *,

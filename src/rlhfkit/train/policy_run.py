@@ -168,6 +168,9 @@ class PolicyRun:
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
         checkpoint = resume_point(run_dir.checkpoints) if resume else None
+        # the task first: one that cannot be built (an extra not installed) fails before the
+        # models load
+        self.task = get_task(cfg.task) if cfg.task else None
         self.models = build_policy_models(
             cfg,
             checkpoint,
@@ -175,7 +178,6 @@ class PolicyRun:
             critic_start=critic_start,
             critic_lr=critic_lr,
         )
-        self.task = get_task(cfg.task) if cfg.task else None
         self.prompts = prompt_pools(cfg, self.task)
         self.reward: RewardSource = build_reward_source(
             reward or reward_spec(cfg),
