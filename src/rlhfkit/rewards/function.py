@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rlhfkit.data.formats import PromptExample, type_name
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, one_line
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample, excerpt
 
 RESERVED_COLUMNS = ("prompts", "responses")
@@ -87,8 +87,7 @@ def _one_line(error: BaseException) -> str:
                 f"SystemExit({error.code!r}) from sys.exit (a reward function returns its "
                 "rewards, it does not end the run)"
             )
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return one_line(error)
 
 
 class _Timeout(Exception):
