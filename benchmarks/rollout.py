@@ -49,6 +49,7 @@ def _engine(model, batch, stop_ids, pad_id, args, **options) -> int:
 
 VARIANTS = {
     "engine": partial(_engine),
+    "generic": partial(_engine, fast_decode=False),  # every step through the model's modules
     "compiled": partial(_engine, compiled=True),
     "bf16": partial(_engine, dtype=torch.bfloat16),
     "bf16-compiled": partial(_engine, dtype=torch.bfloat16, compiled=True),
