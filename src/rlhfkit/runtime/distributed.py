@@ -153,9 +153,9 @@ def shard_model(model: nn.Module, mesh, precision: Precision) -> nn.Module:
     With bf16, parameters are gathered in bf16 and gradients reduced in fp32; the sharded master
     weights and the optimizer state stay fp32. Gradients are summed over the ranks, not averaged
     (module docstring). Parameters stay gathered from a step's first forward to its last
-    backward (`reshard_after_forward=False`, and `sync_on_last`): the collectives of a step then
-    do not depend on how many passes each rank's data takes, at the cost of holding the whole
-    model's parameters and gradients during the step (the optimizer state stays sharded).
+    backward (`reshard_after_forward=False`, and `gradient_passes`): the collectives of a step
+    then do not depend on how many passes each rank's data takes, at the cost of holding the
+    whole model's parameters and gradients during the step (the optimizer state stays sharded).
     """
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
@@ -180,25 +180,48 @@ def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if isinstance(module, FSDPModule)]
 
 
-def sync_on_last(model: nn.Module, passes: Iterable[T]) -> Iterator[T]:
-    """Yield the forward/backward passes of one optimizer step. A sharded model reduces its
-    gradients only in the backward of the last pass (earlier ones accumulate locally, with the
-    parameters kept gathered); any other model is left alone."""
+def gradient_passes(model: nn.Module, passes: Iterable[T]) -> Iterator[T]:
+    """Yield the forward/backward passes of one optimizer step, then reduce the gradients once.
+
+    A sharded model accumulates each pass's gradients locally, with its parameters kept
+    gathered; after the last pass every rank runs one zero-weight pass on a single token, whose
+    backward reduce-scatters the accumulated gradients. The reduction so happens in the same
+    backward on every rank, whatever number of passes (length chunks, shared-prompt forwards)
+    each rank's data took: FSDP2 reduces in each module's post-backward hook, which fires once
+    per forward of the module, so reducing in a data-dependent backward would give the ranks
+    different sequences of collectives. Any other model is left alone."""
     modules = _fsdp_modules(model)
     if not modules:
         yield from passes
         return
-    items = iter(passes)
-    try:
-        current = next(items)
-    except StopIteration:  # a rank without a pass would miss the step's collectives
-        raise RlhfkitError("a step with no forward/backward pass on this rank") from None
-    for following in items:
-        _set_sync(modules, False)
-        yield current
-        current = following
+    _set_sync(modules, False)
+    gather_parameters(model)
+    yield from passes
     _set_sync(modules, True)
-    yield current
+    (_first_tensor(_probe(model)).sum() * 0.0).backward()
+
+
+def gather_parameters(model: nn.Module) -> None:
+    """Gather every shard of a sharded model now, in the same order on every rank (a no-op for
+    any other model). They stay gathered until a step's reduction: callers that run parts of the
+    model without its root `forward` (the reward model's shared-prompt path runs the backbone
+    and the head itself) then find whole parameters, and the step's collectives do not depend
+    on the path the data takes."""
+    if _fsdp_modules(model):
+        with torch.no_grad():  # a root forward: FSDP2 sets itself up on the first one
+            _probe(model)
+
+
+def _probe(model: nn.Module):
+    """The model's output for one token: a forward every rank runs alike."""
+    token = torch.zeros((1, 1), dtype=torch.long, device=next(model.parameters()).device)
+    return model(input_ids=token, attention_mask=torch.ones_like(token))
+
+
+def _first_tensor(output) -> torch.Tensor:
+    """The first tensor of a model's output (a Hugging Face `ModelOutput` or a dataclass)."""
+    values = output.values() if hasattr(output, "values") else vars(output).values()
+    return next(value for value in values if isinstance(value, torch.Tensor))
 
 
 def _set_sync(modules: list[nn.Module], sync: bool) -> None:

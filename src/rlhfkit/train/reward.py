@@ -6,6 +6,9 @@ K-way rankings with all C(K,2) pairs of a prompt in one batch, each weighted 1/C
 reward centring, and N heads on one backbone trained on bootstrap resamples: an ensemble whose
 std is the uncertainty later stages can penalise (seed 000).
 Process objective: a process reward model trained on step labels (one score per step).
+Under torchrun each rank scores its share of every micro-batch's prompts; the losses divide by
+counts over the global batch, which every rank reads from the seeded row order without
+communication, so the summed gradient is that of the one global batch (`runtime.distributed`).
 """
 
 import time
@@ -27,6 +30,17 @@ from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
+from rlhfkit.runtime.distributed import (
+    current_ranks,
+    device_mesh,
+    full_state_dict,
+    gather_parameters,
+    gradient_passes,
+    rank_shares,
+    reduce_sums,
+    refuse_unsupported,
+    shard_model,
+)
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
@@ -208,7 +222,9 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
-    seed_everything(cfg.seed)
+    ranks = current_ranks()
+    refuse_unsupported(ranks, {"save_every > 0": cfg.save_every > 0, "--resume": resume})
+    seed_everything(cfg.seed)  # the same new head on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)
     train = load_reward_data(cfg, tokenizer, cfg.train_data)
@@ -225,6 +241,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         enable_checkpointing(model.model)
     device = resolve_device(cfg.device)
     model.to(device).train()
+    if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
+        model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step, extra = restore_trainer_state(checkpoint, optimizer) if checkpoint else (0, {})
     if "lm_head" in extra:  # an untied imitation head is not part of the saved model
@@ -232,14 +250,15 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     result = RewardResult(model_dir=run.final)
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
-        run.metrics_path,
-        run.tensorboard if cfg.tensorboard else None,
+        run.metrics_path if ranks.is_main else None,
+        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
         resume_from_step=start_step if checkpoint else None,
     )
+    show = cfg.progress and ranks.is_main
 
     with (
         metrics,
-        ProgressBar(cfg.max_steps, "reward model", enabled=cfg.progress, start=start_step) as bar,
+        ProgressBar(cfg.max_steps, "reward model", enabled=show, start=start_step) as bar,
     ):
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
@@ -255,25 +274,30 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 for k in range(cfg.grad_accum)
             ]
             counts = _step_counts(cfg, [train[i] for rows in micro_rows for i in rows])
-            # step 4. score every response once; loss over all pairs of each prompt, over the
-            # whole step's counts, backpropagated micro-batch by micro-batch
+            # step 4. score every response of this rank's share once; loss over all pairs of each
+            # prompt, over the whole step's counts, backpropagated micro-batch by micro-batch
             loss_value, stats, total = 0.0, {}, sum(len(rows) for rows in micro_rows)
-            for row_ids in micro_rows:
+            for share in gradient_passes(model, rank_shares(micro_rows, ranks)):
                 loss, part = _batch_loss(
                     model,
-                    [train[i] for i in row_ids],
-                    row_ids,
+                    [train[i] for i in share.rows],
+                    share.rows,
                     cfg,
                     tokenizer.pad_token_id,
                     device,
                     counts,
                 )
+                if share.stand_in:  # a rank without prompts only takes part in the collectives
+                    loss, part = loss * 0.0, {key: 0.0 for key in part}
                 loss.backward()
                 loss_value += loss.item()
                 for key, value in part.items():
                     # loss terms are shares of the step's loss and add up; the rest are means
-                    share = 1.0 if key in LOSS_TERMS else len(row_ids) / total
-                    stats[key] = stats.get(key, 0.0) + value * share
+                    weight = 1.0 if key in LOSS_TERMS else len(share.rows) / total
+                    stats[key] = stats.get(key, 0.0) + value * weight
+            # every rank holds its share of the step's loss and statistics
+            summed = reduce_sums({"loss": loss_value, **stats}, ranks)
+            loss_value, stats = summed.pop("loss"), summed
             # step 5. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
                 step,
@@ -295,6 +319,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 "steps_per_s": 1.0 / (time.perf_counter() - started),
             }
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+                gather_parameters(model)  # the scoring runs the backbone and head by themselves
                 row["eval_accuracy"] = evaluate_reward_model(
                     model, held_out, cfg, tokenizer.pad_token_id
                 )
@@ -312,6 +337,14 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {},
                 )
 
-    # step 7. the final reward model, loadable with AutoModelForSequenceClassification
-    save_final_model(model, tokenizer, run.final, run.checkpoints)
+    # step 7. the final reward model, loadable with AutoModelForSequenceClassification; under
+    # torchrun the shards are gathered to rank 0, which writes the classifier's weights
+    weights = full_state_dict(model, ranks)
+    if not ranks.sharded:
+        save_final_model(model, tokenizer, run.final, run.checkpoints)
+    elif ranks.is_main:
+        classifier = {
+            k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")
+        }
+        save_final_model(model.model, tokenizer, run.final, run.checkpoints, state_dict=classifier)
     return result

@@ -30,11 +30,11 @@ from rlhfkit.runtime.distributed import (
     current_ranks,
     device_mesh,
     full_state_dict,
+    gradient_passes,
     rank_shares,
     reduce_sums,
     refuse_unsupported,
     shard_model,
-    sync_on_last,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -256,7 +256,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
 
             # step 4. forward/backward: token mean over the whole accumulated global batch
             loss_value = 0.0
-            for batch, stand_in in sync_on_last(model, micro):
+            for batch, stand_in in gradient_passes(model, micro):
                 with autocast(device, cfg.precision):
                     logits, ids, mask = response_window_logits(model, batch)
                 loss = sft_loss(logits, ids, mask, num_targets)

@@ -1,0 +1,83 @@
+"""Reward-model training under torchrun: 2 gloo processes equal 1 process on the same global
+batches, and rank 0's model loads with plain transformers."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification
+
+from rlhfkit.runtime.metrics import read_metrics
+from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.tasks.advice import AdviceTask, gold_score
+from rlhfkit.tasks.advice_writer import write_reply
+from rlhfkit.train.reward import RewardConfig, train_reward_model
+from tests.distributed.ranks import run_on_ranks
+from tests.distributed.test_sft import TOLERANCE, max_weight_difference
+
+
+@pytest.fixture
+def rankings(tmp_path) -> tuple[str, str]:
+    """Rankings of 2 to 4 replies (uneven groups), ordered by the gold score."""
+    rng = random.Random(0)
+    rows = []
+    for prompt in AdviceTask().prompts(24, rng):
+        topic = prompt.metadata["topic"]
+        replies = [write_reply(rng, topic) for _ in range(rng.choice((2, 3, 4)))]
+        replies.sort(key=lambda reply: -gold_score(topic, reply))
+        rows.append({"prompt": prompt.prompt, "responses": replies})
+    paths = []
+    for name, part in (("train.jsonl", rows[:19]), ("eval.jsonl", rows[19:])):
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in part))
+        paths.append(str(tmp_path / name))
+    return paths[0], paths[1]
+
+
+def train_in_run(cfg: RewardConfig, root: str) -> list[float]:
+    return train_reward_model(cfg, RunDir(Path(root))).train_losses
+
+
+def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
+    # 19 prompts in batches of 5 (the epoch's last holds 4), two heads (a bootstrap ensemble),
+    # the centring term: every term's denominator spans both ranks. lr 1e-3: AdamW's update
+    # divides by the root of the squared gradient, which magnifies the reduction's rounding
+    # (1e-7) in weights whose gradient is near zero; at 3e-3 one weight moved 1.5e-5 apart
+    cfg = RewardConfig(
+        model=str(tiny_model_dir),
+        train_data=rankings[0],
+        eval_data=rankings[1],
+        num_heads=2,
+        centering_coef=0.1,
+        batch_size=5,
+        grad_accum=2,
+        max_steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        eval_every=3,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
+    one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
+    losses_one = train_reward_model(cfg, one).train_losses
+    two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
+    losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
+
+    assert len(losses_two) == 3
+    assert max(abs(a - b) for a, b in zip(losses_one, losses_two)) < TOLERANCE
+    weights_one = load_file(one.final / "model.safetensors")
+    weights_two = load_file(two.final / "model.safetensors")
+    assert max_weight_difference(weights_one, weights_two) < TOLERANCE
+    # the loss terms add up exactly; row-weighted means of per-pass statistics (pair accuracy,
+    # reward mean) depend on how the rows are cut, across ranks as across micro-batches
+    for a, b in zip(read_metrics(one.metrics_path), read_metrics(two.metrics_path)):
+        for key in ("loss", "bt_loss", "grad_norm"):
+            assert abs(a[key] - b[key]) < TOLERANCE, key
+    assert (
+        read_metrics(two.metrics_path)[-1]["eval_accuracy"]
+        == read_metrics(one.metrics_path)[-1]["eval_accuracy"]
+    )
+    model = AutoModelForSequenceClassification.from_pretrained(two.final)
+    assert model.config.num_labels == 2
