@@ -99,8 +99,8 @@ class FastDecoder:
             keys = [layer.key_buffer[:, :, : index + 1] for layer in layers]
             values = [layer.value_buffer[:, :, : index + 1] for layer in layers]
             valid = attention.bool()
-        x = F.embedding(tokens, self.embed)
-        cos, sin = self.rotary(x, positions.unsqueeze(1))  # (batch, 1, head_dim)
+        # the rotary module reads only the dtype and device of its first argument
+        cos, sin = self.rotary(self.final_norm, positions.unsqueeze(1))  # (batch, 1, head_dim)
         logits = self.step(
             self.shape,
             self.embed,
@@ -111,7 +111,7 @@ class FastDecoder:
             cos[:, None, 0],  # (batch, 1, head_dim): broadcast over heads
             sin[:, None, 0],
             valid,
-            torch.tensor([index], device=tokens.device),
+            torch.tensor([index], device=tokens.device) if self.compiled else index,
             keys,
             values,
         )
@@ -141,7 +141,8 @@ def static_step(
     Args:
         tokens: (batch,); cos, sin: (batch, 1, head_dim) rotary factors of each row's position.
         valid: (batch, positions) bool, the positions each row attends to (the new one included).
-        index: (1,) long, the cache position the new token's keys and values go to.
+        index: the cache position the new token's keys and values go to: an int, or a (1,)
+            long tensor for a compiled step.
         keys, values: per layer (batch, kv_heads, positions, head_dim) buffers or views of them
             (positions > index), written in place.
     Returns:
@@ -158,8 +159,8 @@ def static_step(
         q, k, v = F.linear(h, layer.qkv, layer.qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
         q = _rotate(q.view(batch, heads, head_dim), cos, sin)
         k = _rotate(k.view(batch, kv_heads, head_dim), cos, sin)
-        key_buffer.index_copy_(2, index, k.unsqueeze(2))
-        value_buffer.index_copy_(2, index, v.view(batch, kv_heads, 1, head_dim))
+        _write(key_buffer, index, k.unsqueeze(2))
+        _write(value_buffer, index, v.view(batch, kv_heads, 1, head_dim))
         # (batch, kv_heads, groups, head_dim) @ (batch, kv_heads, head_dim, capacity)
         scores = torch.matmul(
             q.view(batch, kv_heads, groups, head_dim), key_buffer.transpose(-1, -2)
@@ -194,6 +195,16 @@ def compiled_step():
 
         _COMPILED = step
     return _COMPILED
+
+
+def _write(buffer: torch.Tensor, index: int | torch.Tensor, new: torch.Tensor) -> None:
+    """`new` (batch, heads, 1, head_dim) into cache position `index` of `buffer`: a plain slice
+    copy for an int (eager: index_copy_ costs 6x more there), index_copy_ for a (1,) tensor
+    (compiled: a position that changes every step must not be a constant of the graph)."""
+    if isinstance(index, int):
+        buffer[:, :, index : index + 1] = new
+    else:
+        buffer.index_copy_(2, index, new)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
