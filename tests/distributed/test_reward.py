@@ -15,7 +15,7 @@ from rlhfkit.tasks.advice import AdviceTask, gold_score
 from rlhfkit.tasks.advice_writer import write_reply
 from rlhfkit.train.reward import RewardConfig, train_reward_model
 from tests.distributed.ranks import run_on_ranks
-from tests.distributed.test_sft import TOLERANCE, max_weight_difference
+from tests.distributed.test_sft import TOLERANCE, close, max_weight_difference
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
     losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
 
     assert len(losses_two) == 3
-    assert max(abs(a - b) for a, b in zip(losses_one, losses_two)) < TOLERANCE
+    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
     weights_one = load_file(one.final / "model.safetensors")
     weights_two = load_file(two.final / "model.safetensors")
     assert max_weight_difference(weights_one, weights_two) < TOLERANCE
@@ -74,7 +74,7 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
     # reward mean) depend on how the rows are cut, across ranks as across micro-batches
     for a, b in zip(read_metrics(one.metrics_path), read_metrics(two.metrics_path)):
         for key in ("loss", "bt_loss", "grad_norm"):
-            assert abs(a[key] - b[key]) < TOLERANCE, key
+            assert close(a[key], b[key]), key
     assert (
         read_metrics(two.metrics_path)[-1]["eval_accuracy"]
         == read_metrics(one.metrics_path)[-1]["eval_accuracy"]

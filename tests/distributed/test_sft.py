@@ -22,6 +22,12 @@ from tests.distributed.ranks import run_on_ranks
 TOLERANCE = 1e-5
 
 
+def close(a: float, b: float) -> bool:
+    """Equal to 1e-5, relative to values past 1: the ranks sum a gradient's squares (the clipping
+    norm) in another order, and after two AdamW updates a loss of 5.6 was measured 1.2e-5 apart."""
+    return abs(a - b) <= TOLERANCE * max(1.0, abs(a))
+
+
 @pytest.fixture
 def arith_data(tmp_path):
     examples = ArithTask(flawed_fraction=0.0).sft_examples(26, random.Random(1))
@@ -76,15 +82,14 @@ def test_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
     losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
 
     assert len(losses_two) == 3
-    assert max(abs(a - b) for a, b in zip(losses_one, losses_two)) < TOLERANCE
+    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
     assert max_weight_difference(final_weights(one.root), final_weights(two.root)) < TOLERANCE
     # rank 0 alone writes the metrics (global loss, summed tokens) and the samples
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     assert [r["step"] for r in rows_two] == [1, 2, 3]
     for a, b in zip(rows_one, rows_two):
-        assert abs(a["loss"] - b["loss"]) < TOLERANCE
-        assert abs(a["grad_norm"] - b["grad_norm"]) < TOLERANCE
-    assert abs(rows_one[-1]["eval_loss"] - rows_two[-1]["eval_loss"]) < TOLERANCE
+        assert close(a["loss"], b["loss"]) and close(a["grad_norm"], b["grad_norm"])
+    assert close(rows_one[-1]["eval_loss"], rows_two[-1]["eval_loss"])
     samples = (two.root / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 2  # once, not once per rank
 
@@ -133,6 +138,6 @@ def test_torchrun_cli_writes_a_model_that_from_pretrained_loads(
         [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl")]
         for name in ("one", "two")
     ]
-    assert max(abs(a - b) for a, b in zip(*losses)) < TOLERANCE
+    assert all(close(a, b) for a, b in zip(*losses))
     started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert max_weight_difference(model.state_dict(), started) > 1e-4  # it trained

@@ -14,6 +14,9 @@ The reference is a frozen copy of the starting model, the base weights when trai
 adapters, or (`precompute_ref`) a table of log-probs computed once, with no model kept.
 Departures: pairs' `margin` column is ignored, and ties in a ranking form no pair (pairwise) or
 follow Breslow's rule (Plackett-Luce, see objectives.preference.plackett_luce_nll).
+Under torchrun each rank runs its share of every micro-batch's groups against a replicated
+reference; the loss divides by the global group count, so the summed gradient is that of the
+one global batch (`runtime.distributed`).
 """
 
 import time
@@ -35,6 +38,16 @@ from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, resolve_device
+from rlhfkit.runtime.distributed import (
+    current_ranks,
+    device_mesh,
+    full_state_dict,
+    gradient_passes,
+    rank_shares,
+    reduce_sums,
+    refuse_unsupported,
+    shard_model,
+)
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
@@ -211,6 +224,11 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     """Optimise `cfg.model` on preferences; the final model goes to `run.final`."""
     check_config(cfg)
     validate(cfg)  # as the CLI does, for configs built in Python
+    ranks = current_ranks()
+    refuse_unsupported(
+        ranks,
+        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+    )
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # step 1. tokenizer and data: each pair or ranking is one group whose responses share a batch
@@ -239,8 +257,11 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
+    if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
+        policy = shard_model(policy, device_mesh(device, ranks), cfg.precision)
 
-    # step 3. the reference: the base under LoRA, a frozen copy, or a table computed now
+    # step 3. the reference: the base under LoRA, a frozen copy (whole on every rank: it has no
+    # gradient to shard), or a table computed now
     reference = build_reference(
         cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device
     )
@@ -258,12 +279,13 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     result = DPOResult(model_dir=run.final, labels=group_labels(train))
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
-        run.metrics_path,
-        run.tensorboard if cfg.tensorboard else None,
+        run.metrics_path if ranks.is_main else None,
+        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
         resume_from_step=start_step if checkpoint else None,
     )
+    show = cfg.progress and ranks.is_main
 
-    with metrics, ProgressBar(cfg.max_steps, "dpo", enabled=cfg.progress, start=start_step) as bar:
+    with metrics, ProgressBar(cfg.max_steps, "dpo", enabled=show, start=start_step) as bar:
         for step in range(start_step, cfg.max_steps):
             started = time.perf_counter()
             # step 5. this step's groups, fixed by (seed, position) alone
@@ -278,22 +300,27 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 for k in range(cfg.grad_accum)
             ]
             num_groups = sum(len(rows) for rows in micro_rows)
-            batches = (make_batch([train[i] for i in rows], pad, device) for rows in micro_rows)
+            shares = rank_shares(micro_rows, ranks)  # this rank's groups of each micro-batch
+            batches = (make_batch([train[i] for i in s.rows], pad, device) for s in shares)
 
             # step 6. sequence log-probs of every response; loss summed over groups / all groups of
-            # the step
+            # the step (a rank without groups runs one at zero weight, for the collectives)
+            stand_in = shares[0].stand_in
             step_grads = backward_groups(
                 policy,
-                (
-                    (batch, reference.logprobs(batch, "train", rows, cfg.precision))
-                    for batch, rows in zip(batches, micro_rows)
+                gradient_passes(
+                    policy,
+                    (
+                        (batch, reference.logprobs(batch, "train", share.rows, cfg.precision))
+                        for batch, share in zip(batches, shares)
+                    ),
                 ),
-                loss_fn,
+                _zero_weight(loss_fn) if stand_in else loss_fn,
                 num_groups=num_groups,
                 beta=cfg.beta,
                 precision=cfg.precision,
             )
-            loss_value, tokens = step_grads.loss, step_grads.tokens
+            loss_value, tokens, step_metrics = _reduced(step_grads, stand_in, ranks)
 
             # step 7. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
@@ -312,7 +339,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 "loss": loss_value,
                 "lr": lr,
                 "grad_norm": grad_norm,
-                **step_grads.metrics,
+                **step_metrics,
                 "tokens_per_s": tokens / (time.perf_counter() - started),
             }
             if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
@@ -344,7 +371,34 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                     keep_last=cfg.keep_last,
                 )
 
-    # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged)
-    model = merged_copy(policy) if cfg.lora_r > 0 else policy
-    save_final_model(model, tokenizer, run.final, run.checkpoints)
+    # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);
+    # under torchrun the shards are gathered to rank 0, which writes it
+    weights = full_state_dict(policy, ranks)
+    if ranks.is_main:
+        model = merged_copy(policy) if cfg.lora_r > 0 else policy
+        save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result
+
+
+def _zero_weight(loss_fn):
+    """`loss_fn` times zero: a pass that only takes part in the step's collectives."""
+    return lambda *args: loss_fn(*args) * 0.0
+
+
+def _reduced(step_grads, stand_in: bool, ranks) -> tuple[float, int, dict[str, float]]:
+    """The step's loss, tokens and pair metrics over every rank: losses and tokens add up, the
+    metrics are means over all the step's pairs (one process: unchanged)."""
+    if not ranks.sharded:
+        return step_grads.loss, step_grads.tokens, step_grads.metrics
+    pairs = 0 if stand_in else step_grads.pairs
+    sums = reduce_sums(
+        {
+            "loss": step_grads.loss,
+            "tokens": 0 if stand_in else step_grads.tokens,
+            "pairs": pairs,
+            **{key: value * pairs for key, value in step_grads.metrics.items()},
+        },
+        ranks,
+    )
+    loss, tokens, total = sums.pop("loss"), int(sums.pop("tokens")), sums.pop("pairs")
+    return loss, tokens, {key: value / max(total, 1) for key, value in sums.items()}

@@ -216,6 +216,8 @@ class StepGradients:
     """(responses,) detached sequence log-probs, micro-batch after micro-batch."""
     tokens: int
     """Real tokens read."""
+    pairs: int = 0
+    """Labelled pairs the metrics are over."""
 
 
 def backward_groups(
@@ -229,7 +231,7 @@ def backward_groups(
 ) -> StepGradients:
     """Accumulate one step's gradient: for each (batch from `make_batch`, its reference
     log-probs), the policy's log-probs, the loss over `num_groups` groups, backward."""
-    loss_value, tokens, logprobs_all, pairs = 0.0, 0, [], []
+    loss_value, tokens, logprobs_all, pairs, count = 0.0, 0, [], [], 0
     for batch, ref_logprobs in micro_batches:
         logprobs = policy_logprobs(policy, batch, precision)
         loss = loss_fn(logprobs, ref_logprobs, batch, num_groups)
@@ -238,7 +240,8 @@ def backward_groups(
         tokens += int(batch["attention_mask"].sum())
         logprobs_all.append(logprobs.detach())
         pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
-    return StepGradients(loss_value, reward_metrics(pairs), torch.cat(logprobs_all), tokens)
+        count += int(batch["winners"].numel())
+    return StepGradients(loss_value, reward_metrics(pairs), torch.cat(logprobs_all), tokens, count)
 
 
 def reward_metrics(pairs: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
