@@ -21,7 +21,8 @@ from rlhfkit.data.formats import Format
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
-from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
+from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
@@ -43,7 +44,7 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
-    MODEL_SUBDIR,
+    load_policy,
     restore_trainer_state,
     resume_point,
     save_final_model,
@@ -98,6 +99,11 @@ class SFTConfig(RunConfig):
     shuffle: bool = True
     """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
     k*B ... (k+1)*B - 1."""
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning): only the adapters train, and the final model has them
+    merged in."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
@@ -183,7 +189,10 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
     ranks = current_ranks()
-    refuse_unsupported(ranks, {"save_every > 0": cfg.save_every > 0, "--resume": resume})
+    refuse_unsupported(
+        ranks,
+        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+    )
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
     tokenizer = load_tokenizer(cfg.model)
@@ -204,13 +213,17 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints) if resume else None
     device = resolve_device(cfg.device)
-    model = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else cfg.model).to(device)
+    model = load_policy(
+        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+    )
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
     result = SFTResult(model_dir=run.final)
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
@@ -313,9 +326,10 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                     keep_last=cfg.keep_last,
                 )
 
-    # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained; under torchrun
-    # the shards are gathered to rank 0, which writes it
+    # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);
+    # under torchrun the shards are gathered to rank 0, which writes it
     weights = full_state_dict(model, ranks)
     if ranks.is_main:
-        save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
+        final = merged_copy(model) if cfg.lora_r > 0 else model
+        save_final_model(final, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result
