@@ -175,3 +175,30 @@ def test_resume_in_process_with_imitation(tiny_model_dir, advice_rankings, tmp_p
 def test_resume_with_imitation_and_untied_embeddings(tiny_model_dir, advice_rankings, tmp_path):
     untied = untied_copy(tiny_model_dir, tmp_path / "untied")
     assert resume_matches_uninterrupted(untied, advice_rankings[0], tmp_path, imitation_coef=0.5)
+
+
+def test_lora_reward_model_learns_resumes_and_saves_a_plain_classifier(
+    tiny_model_dir, advice_rankings, tmp_path
+):
+    """Adapters on the backbone plus the score head train; the saved model is a plain sequence
+    classifier with them merged (embeddings and norms untouched), and a run resumed from a
+    checkpoint ends with the same weights."""
+    assert resume_matches_uninterrupted(
+        tiny_model_dir, advice_rankings[0], tmp_path / "resume", lora_r=4, imitation_coef=0.5
+    )
+    cfg = config(tiny_model_dir, *advice_rankings, lora_r=8, lora_alpha=16)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    result = train_reward_model(cfg, run)
+    assert sum(result.train_losses[-10:]) / 10 < result.train_losses[0]
+    [(_, accuracy)] = result.eval_accuracy
+    assert accuracy >= 0.6
+    base, final = (
+        load_file(tiny_model_dir / "model.safetensors"),
+        load_file(run.final / "model.safetensors"),
+    )
+    assert not any("lora" in key for key in final) and "score.weight" in final
+    backbone = [key for key in final if key.startswith("model.")]
+    moved = [k for k in backbone if not torch.equal(final[k], base[k])]
+    assert moved and all("proj" in key for key in moved)
+    loaded = AutoModelForSequenceClassification.from_pretrained(run.final)
+    assert loaded.config.num_labels == 1

@@ -1,14 +1,21 @@
-"""LoRA through `peft`: adapters on a causal LM, the base model as the reference, merged saves.
+"""LoRA through `peft`: adapters on a causal LM, the base model as the reference, merged saves;
+and adapters on a reward model's backbone.
 
 With adapters, the frozen reference of PPO/GRPO/DPO is the same weights with the adapters
-switched off, so no second copy of the model is held in memory.
+switched off, so no second copy of the model is held in memory. A reward model keeps its own
+class (backbone + score head): the adapters are injected into the backbone's linear layers in
+place, the head trains whole, and it saves as a plain sequence classifier with the adapters
+merged.
 """
 
 import copy
 from contextlib import contextmanager
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel, get_peft_model
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
 
 
 def add_lora(
@@ -41,3 +48,44 @@ def merged_copy(model):
     """A plain transformers model with the adapters merged into a copy of the weights (the
     training model keeps its adapters)."""
     return copy.deepcopy(model).merge_and_unload()
+
+
+def add_backbone_lora(reward_model, r: int, alpha: int) -> None:
+    """Fresh LoRA adapters of rank `r` on every linear layer of a `RewardModel`'s backbone, in
+    place; only they and the score head (and nothing of the backbone) train."""
+    backbone = reward_model.backbone
+    targets = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in backbone.named_modules() if type(m) is nn.Linear}
+    )
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=targets), backbone)
+    for name, param in backbone.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def has_backbone_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoraLayer) for m in model.modules())
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights that train (adapters and head), for a checkpoint: the rest is the start."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s state dict with every LoRA layer's delta merged into its base weight, under the
+    names the plain model has (`q_proj.weight`, not `q_proj.base_layer.weight`), adapters gone."""
+    merged = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight.detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            merged[f"{name}.weight"] = weight
+    out = {}
+    for key, value in model.state_dict().items():
+        if "lora_" in key:
+            continue
+        plain = key.replace(".base_layer.", ".")
+        out[plain] = merged.get(plain, value)
+    return out

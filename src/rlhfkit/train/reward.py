@@ -27,6 +27,7 @@ from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
+from rlhfkit.models.lora import add_backbone_lora, trainable_state
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
@@ -122,6 +123,11 @@ class RewardConfig(RunConfig):
     shuffle: bool = True
     """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
     k*B ... (k+1)*B - 1."""
+    lora_r: int = 0
+    """LoRA rank on the backbone's linear layers (0 = full fine-tuning): the adapters and the
+    score head train; the saved model has the adapters merged (a plain sequence classifier)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
@@ -218,12 +224,24 @@ def _step_counts(cfg: RewardConfig, items: list):
     return pair_denominators(items)
 
 
+def checkpoint_extra(model: RewardModel, cfg: RewardConfig) -> dict:
+    """What a checkpoint keeps beside the saved model: an untied imitation head, and under LoRA
+    the adapters and score head (the saved model has them merged, which cannot be undone)."""
+    extra = {"lm_head": model.lm_head.state_dict()} if model.lm_head else {}
+    if cfg.lora_r > 0:
+        extra["trainable"] = trainable_state(model)
+    return extra
+
+
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
     ranks = current_ranks()
-    refuse_unsupported(ranks, {"save_every > 0": cfg.save_every > 0, "--resume": resume})
+    refuse_unsupported(
+        ranks,
+        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+    )
     seed_everything(cfg.seed)  # the same new head on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)
@@ -232,21 +250,29 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
 
     # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints) if resume else None
+    # (under LoRA the frozen backbone is always the start; the adapters and head come back
+    # from the checkpoint's trainer state)
     model = RewardModel.from_pretrained(
-        checkpoint / MODEL_SUBDIR if checkpoint else cfg.model,
+        checkpoint / MODEL_SUBDIR if checkpoint and not cfg.lora_r else cfg.model,
         num_heads=cfg.num_heads,
         with_lm_head=cfg.imitation_coef > 0,
     )
+    if cfg.lora_r > 0:
+        add_backbone_lora(model, cfg.lora_r, cfg.lora_alpha)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model.model)
     device = resolve_device(cfg.device)
     model.to(device).train()
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     start_step, extra = restore_trainer_state(checkpoint, optimizer) if checkpoint else (0, {})
     if "lm_head" in extra:  # an untied imitation head is not part of the saved model
         model.lm_head.load_state_dict(extra["lm_head"])
+    if "trainable" in extra:  # LoRA: the adapters and the head as they were
+        model.load_state_dict(extra["trainable"], strict=False)
     result = RewardResult(model_dir=run.final)
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
@@ -334,7 +360,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     tokenizer=tokenizer,
                     optimizer=optimizer,
                     keep_last=cfg.keep_last,
-                    extra={"lm_head": model.lm_head.state_dict()} if model.lm_head else {},
+                    extra=checkpoint_extra(model, cfg),
                 )
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification; under
