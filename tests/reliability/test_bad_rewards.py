@@ -110,8 +110,16 @@ CASES = [
         "reward-hangs",
         reward_file(
             "import time\ndef score(prompts, responses, **columns):\n    time.sleep(5)\n",
-            "did not return within 0.5 s",
-            extra=("reward_timeout_s=0.5",),
+            "did not return within 0.5 s on",
+            extra=("reward_timeout_s=0.5", "reward_first_call_timeout_s=0.5"),
+        ),
+    ),
+    Case(
+        "reward-hangs-on-its-first-call",
+        reward_file(
+            "import time\ndef score(prompts, responses, **columns):\n    time.sleep(5)\n",
+            "did not return within 1 s (the limit of a first call)",
+            extra=("reward_timeout_s=0.2", "reward_first_call_timeout_s=1"),
         ),
     ),
     Case(
