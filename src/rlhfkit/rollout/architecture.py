@@ -8,6 +8,7 @@ peft's `disable_adapter`) like the wrapper does.
 """
 
 import torch
+from torch.distributed.tensor import DTensor
 
 # Families whose causal-LM head is a bias-free linear map of the decoder's last hidden state,
 # with no scaling or soft-capping after it (checked again on the config's own settings below).
@@ -35,6 +36,7 @@ def linear_head(model) -> tuple[torch.nn.Module, torch.Tensor] | None:
     if (
         getattr(config, "model_type", "") not in LINEAR_HEAD_FAMILIES
         or type(head) is not torch.nn.Linear  # a LoRA-adapted head is another type
+        or isinstance(head.weight, DTensor)  # an FSDP2 shard, not the whole head
         or head.bias is not None
         or any(getattr(config, k, none) != none for k, none in _LOGIT_SCALINGS.items())
     ):
@@ -67,7 +69,10 @@ def supports_fast_decode(model, positions: int) -> bool:
     ]
     if any(kind not in ("LORA", "PeftType.LORA") or dora for kind, dora in peft_types):
         return False
-    return layer_weight_bias(base.model.layers[0].self_attn.o_proj)[1] is None
+    layer = base.model.layers[0]
+    if any(isinstance(p, DTensor) for p in layer.parameters()):
+        return False  # FSDP2 shards between passes: the step needs whole weights
+    return layer_weight_bias(layer.self_attn.o_proj)[1] is None
 
 
 def layer_weight_bias(module) -> tuple[torch.Tensor, torch.Tensor | None]:
