@@ -1,20 +1,11 @@
 """DPO under torchrun: 2 gloo processes equal 1 process on the same global batches."""
 
-from pathlib import Path
-
 import pytest
-from safetensors.torch import load_file
 
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.train.dpo import DPOConfig, train_dpo
-from tests.distributed.ranks import run_on_ranks
+from tests.distributed.ranks import close, one_process_and_two_ranks
 from tests.distributed.test_reward import rankings  # noqa: F401 (a fixture)
-from tests.distributed.test_sft import TOLERANCE, close, max_weight_difference
-
-
-def train_in_run(cfg: DPOConfig, root: str) -> list[float]:
-    return train_dpo(cfg, RunDir(Path(root))).train_losses
 
 
 @pytest.mark.parametrize(
@@ -41,16 +32,7 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, b
         progress=False,
         tensorboard=False,
     )
-    one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
-    losses_one = train_dpo(cfg, one).train_losses
-    two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
-    losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
-
-    assert len(losses_two) == 3
-    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
-    weights_one = load_file(one.final / "model.safetensors")
-    weights_two = load_file(two.final / "model.safetensors")
-    assert max_weight_difference(weights_one, weights_two) < TOLERANCE
+    one, two = one_process_and_two_ranks(train_dpo, cfg, tmp_path)
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     for a, b in zip(rows_one, rows_two):  # means over all the step's pairs, whatever the split
         for key in ("loss", "accuracy", "margin", "rewards_chosen"):

@@ -3,19 +3,15 @@ batches, and rank 0's model loads with plain transformers."""
 
 import json
 import random
-from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
 from rlhfkit.tasks.advice_writer import write_reply
 from rlhfkit.train.reward import RewardConfig, train_reward_model
-from tests.distributed.ranks import run_on_ranks
-from tests.distributed.test_sft import TOLERANCE, close, max_weight_difference
+from tests.distributed.ranks import close, one_process_and_two_ranks
 
 
 @pytest.fixture
@@ -33,10 +29,6 @@ def rankings(tmp_path) -> tuple[str, str]:
         (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in part))
         paths.append(str(tmp_path / name))
     return paths[0], paths[1]
-
-
-def train_in_run(cfg: RewardConfig, root: str) -> list[float]:
-    return train_reward_model(cfg, RunDir(Path(root))).train_losses
 
 
 def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
@@ -60,16 +52,7 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
         progress=False,
         tensorboard=False,
     )
-    one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
-    losses_one = train_reward_model(cfg, one).train_losses
-    two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
-    losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
-
-    assert len(losses_two) == 3
-    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
-    weights_one = load_file(one.final / "model.safetensors")
-    weights_two = load_file(two.final / "model.safetensors")
-    assert max_weight_difference(weights_one, weights_two) < TOLERANCE
+    one, two = one_process_and_two_ranks(train_reward_model, cfg, tmp_path)
     # the loss terms add up exactly; row-weighted means of per-pass statistics (pair accuracy,
     # reward mean) depend on how the rows are cut, across ranks as across micro-batches
     for a, b in zip(read_metrics(one.metrics_path), read_metrics(two.metrics_path)):

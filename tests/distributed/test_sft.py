@@ -6,26 +6,19 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.sft import SFTConfig, train_sft
-from tests.distributed.ranks import run_on_ranks
-
-TOLERANCE = 1e-5
-
-
-def close(a: float, b: float) -> bool:
-    """Equal to 1e-5, relative to values past 1: the ranks sum a gradient's squares (the clipping
-    norm) in another order, and after two AdamW updates a loss of 5.6 was measured 1.2e-5 apart."""
-    return abs(a - b) <= TOLERANCE * max(1.0, abs(a))
+from tests.distributed.ranks import (
+    TOLERANCE,
+    close,
+    max_weight_difference,
+    one_process_and_two_ranks,
+)
 
 
 @pytest.fixture
@@ -61,29 +54,9 @@ def config(model, train, held_out) -> SFTConfig:
     )
 
 
-def train_in_run(cfg: SFTConfig, root: str) -> list[float]:
-    return train_sft(cfg, RunDir(Path(root))).train_losses
-
-
-def final_weights(run_root) -> dict[str, torch.Tensor]:
-    return load_file(run_root / "final" / "model.safetensors")
-
-
-def max_weight_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
 def test_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
     cfg = config(tiny_model_dir, *arith_data)
-    one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
-    losses_one = train_sft(cfg, one).train_losses
-    two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
-    losses_two = run_on_ranks(2, train_in_run, cfg, str(two.root))
-
-    assert len(losses_two) == 3
-    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
-    assert max_weight_difference(final_weights(one.root), final_weights(two.root)) < TOLERANCE
+    one, two = one_process_and_two_ranks(train_sft, cfg, tmp_path)
     # rank 0 alone writes the metrics (global loss, summed tokens) and the samples
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     assert [r["step"] for r in rows_two] == [1, 2, 3]
