@@ -17,6 +17,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from rlhfkit.rollout.architecture import layer_weight_bias
+
 
 def add_lora(
     model, r: int, alpha: int, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
@@ -74,14 +76,11 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """`model`'s state dict with every LoRA layer's delta merged into its base weight, under the
     names the plain model has (`q_proj.weight`, not `q_proj.base_layer.weight`), adapters gone."""
-    merged = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight.detach()
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            merged[f"{name}.weight"] = weight
+    merged = {
+        f"{name}.weight": layer_weight_bias(module)[0].detach()
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
     out = {}
     for key, value in model.state_dict().items():
         if "lora_" in key:
