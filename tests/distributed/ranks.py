@@ -7,12 +7,14 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from rlhfkit.runtime.distributed import close_distributed, init_distributed, launch_from_env
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 
 TOLERANCE = 1e-5
@@ -85,3 +87,24 @@ def one_process_and_two_ranks(train: Callable, cfg, tmp_path: Path) -> tuple[Run
     weights_two = load_file(two.final / "model.safetensors")
     assert max_weight_difference(weights_one, weights_two) < TOLERANCE
     return one, two
+
+
+def history_losses(train: Callable, cfg, run: RunDir) -> SimpleNamespace:
+    """A policy trainer's `train(cfg, run)` with each step's logged loss as `train_losses`, as
+    `one_process_and_two_ranks` reads it (pass `functools.partial(history_losses, train)`)."""
+    return SimpleNamespace(train_losses=[row["loss"] for row in train(cfg, run).history])
+
+
+def assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...]) -> None:
+    """The metrics of a policy trainer's run on one process and on 2 ranks: rank 0 alone wrote
+    them; the same sampled tokens (as many, and the same `keys`: rewards, KL, ...) and gradient
+    norms at every step, and the same final evaluation."""
+    rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
+    assert [row["step"] for row in rows_two] == [1, 2, 3]
+    for a, b in zip(rows_one, rows_two):
+        assert a["response_tokens"] == b["response_tokens"]
+        for key in keys:
+            assert close(a[key], b[key]), key
+        # the ranks sum a gradient's squares in another order
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
+    assert close(rows_one[-1]["eval_accuracy"], rows_two[-1]["eval_accuracy"])

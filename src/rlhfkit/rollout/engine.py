@@ -50,6 +50,28 @@ class Rollout:
         return self.response_mask.sum(dim=1)
 
 
+@dataclass(frozen=True)
+class DrawRows:
+    """Rows `first` .. `first + count - 1` of a batch of `total` rows whose sampling noise comes
+    from one generator: `generate` draws `total` uniforms per step and keeps these rows'."""
+
+    first: int
+    total: int
+
+
+def _draw(generator, device, rows: DrawRows) -> torch.Tensor:
+    """One step's uniforms of the whole batch, from `rows.first` on (the caller keeps its own)."""
+    return torch.rand(rows.total, generator=generator, device=device)[rows.first :]
+
+
+def skip_draws(generator, device, total: int, steps: int) -> None:
+    """Advance `generator` past `steps` decoding steps of a `total`-row batch without decoding:
+    a share of the batch whose rows all stopped early draws what the longest share drew, so the
+    generator leaves the batch in the same state however it was split."""
+    for _ in range(steps):
+        torch.rand(total, generator=generator, device=device)
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that skip left padding: 0 at each row's first real token."""
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
@@ -110,6 +132,7 @@ def generate(
     fast_decode: bool = True,
     dtype: torch.dtype | None = None,
     compiled: bool = False,
+    draw_rows: DrawRows | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -130,6 +153,10 @@ def generate(
             itself (softmax, draws, log-probs) stays in float32.
         compiled: the one-token steps through `torch.compile` (`llama_step.compiled_step`;
             plain Llama only, like `fast_decode`).
+        draw_rows: where these rows sit in a larger batch sampled together (one rank's share
+            under torchrun): each step draws the uniforms of the whole batch and keeps these
+            rows', so a row's tokens do not depend on how the batch is split (see
+            `skip_draws`). None: these rows are the whole batch.
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -181,7 +208,7 @@ def generate(
     for t in range(max_new_tokens):
         # step 2. draw one token per row and keep its log-prob under the tempered policy
         scaled = logits / temperature
-        uniforms = torch.rand(batch, generator=generator, device=device)[rows]
+        uniforms = _draw(generator, device, draw_rows or DrawRows(0, batch))[rows]
         tokens = _choose(scaled, greedy, top_k, top_p, uniforms)
         token_lp = token_logprobs(scaled, tokens)
         live = rows[active]

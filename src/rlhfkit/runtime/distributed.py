@@ -17,6 +17,7 @@ Why a 2-process step gives the 1-process gradient of the same global batch:
 """
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -181,22 +182,30 @@ def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def gradient_passes(model: nn.Module, passes: Iterable[T]) -> Iterator[T]:
-    """Yield the forward/backward passes of one optimizer step, then reduce the gradients once.
+    """Yield the forward/backward passes of one optimizer step, then reduce the gradients once
+    (`one_reduction`)."""
+    with one_reduction(model):
+        yield from passes
+
+
+@contextmanager
+def one_reduction(model: nn.Module) -> Iterator[None]:
+    """Around the forward/backward passes of one optimizer step: reduce their gradients once.
 
     A sharded model accumulates each pass's gradients locally, with its parameters kept
-    gathered; after the last pass every rank runs one zero-weight pass on a single token, whose
+    gathered; on leaving, every rank runs one zero-weight pass on a single token, whose
     backward reduce-scatters the accumulated gradients. The reduction so happens in the same
-    backward on every rank, whatever number of passes (length chunks, shared-prompt forwards)
-    each rank's data took: FSDP2 reduces in each module's post-backward hook, which fires once
-    per forward of the module, so reducing in a data-dependent backward would give the ranks
-    different sequences of collectives. Any other model is left alone."""
+    backward on every rank, whatever number of passes (length chunks, shared-prompt forwards,
+    none at all) each rank's data took: FSDP2 reduces in each module's post-backward hook,
+    which fires once per forward of the module, so reducing in a data-dependent backward would
+    give the ranks different sequences of collectives. Any other model is left alone."""
     modules = _fsdp_modules(model)
     if not modules:
-        yield from passes
+        yield
         return
     _set_sync(modules, False)
     gather_parameters(model)
-    yield from passes
+    yield
     _set_sync(modules, True)
     (_first_tensor(_probe(model)).sum() * 0.0).backward()
 
@@ -274,6 +283,17 @@ def refuse_unsupported(ranks: Ranks, settings: dict[str, bool]) -> None:
         raise RlhfkitError(
             f"not supported under torchrun yet: {', '.join(named)} (see docs/scaling.md)"
         )
+
+
+def gather_objects(value: T, ranks: Ranks) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order, on every rank; `[value]` in
+    a single process. For the small per-row results (rewards, lengths) and statistics a step
+    reports over all ranks."""
+    if not ranks.sharded:
+        return [value]
+    out = [None] * ranks.world_size
+    dist.all_gather_object(out, value)
+    return out
 
 
 def broadcast_from_main(value, ranks: Ranks):

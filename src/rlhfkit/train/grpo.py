@@ -9,6 +9,10 @@ The loss is PPO's clipped surrogate on those advantages plus beta * KL(pi || pi_
 Departures: the old log-probs are the sampling log-probs themselves (no extra forward pass;
 exact because the rollout engine returns them), and Dr. GRPO's normalisation and loss
 aggregation are options.
+Under torchrun each rank samples, scores and normalises the groups of its own prompts (a group
+never straddles two ranks) and runs its rows of every mini-batch; the loss denominators are
+summed over the ranks, so each update is the one-process update of the same global batch
+(`policy_run`).
 """
 
 from dataclasses import dataclass, field
@@ -25,13 +29,7 @@ from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
-from rlhfkit.train.micro_batches import (
-    Stats,
-    backward_micro_batches,
-    mismatch_stats,
-    row_stat,
-    token_stat,
-)
+from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -168,12 +166,13 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
-            prompts = run.prompts_for_step(step, cfg.prompts_per_step)
+            share = run.rank_prompts(step, cfg.prompts_per_step)  # one process: every prompt
+            prompts = share.prompts
 
             # step 2. sample G responses per prompt, keeping the sampling log-probs
             with timer("generation"):
                 rollout, responses = run.sample(
-                    prompts,
+                    share,
                     cfg.group_size,
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature,
@@ -229,16 +228,20 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                         batch, cfg.temperature, cfg.precision, group_size=cfg.group_size
                     )
 
-            # step 5. mu passes of clipped updates over mini-batches
+            # step 5. mu passes of clipped updates over mini-batches (this rank's rows of each,
+            # maybe none; the denominator counts every rank's)
             stats = []
             for _ in range(cfg.mu):
                 for start in range(0, rollout_size, cfg.mini_batch_size):
-                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                    rows = share.rows(start, cfg.mini_batch_size, cfg.group_size)
+                    part = {k: v[rows] for k, v in batch.items()}
                     with timer("forward_backward"):
-                        denominator = loss_denominator(
-                            part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
+                        denominator = run.global_sum(
+                            loss_denominator(
+                                part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
+                            )
                         )
-                        loss, part_stats = backward_micro_batches(
+                        loss, part_stats = run.backward(
                             part,
                             cfg.micro_batch_size,
                             lambda micro, d=denominator: _minibatch_loss(cfg, run, micro, d),

@@ -1,6 +1,8 @@
 """The models of a policy-optimisation run, built once: the policy, its frozen reference, PPO's
 critic and their optimizers, as one frozen `PolicyModels` bundle (from the checkpoint on
-resume)."""
+resume). Under torchrun the trained models (policy, critic) are sharded with FSDP2 before their
+optimizers are built; the frozen reference is whole on every rank (it has no gradient to
+shard, and each rank scores its own rows with it)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_to
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.checkpoint import load_torch_state
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
 from rlhfkit.train.checkpointing import load_policy
 from rlhfkit.train.policy_config import PolicyRunConfig
 
@@ -52,10 +55,12 @@ def build_policy_models(
     needs_reference: bool,
     critic_start: str = "",
     critic_lr: float = 0.0,
+    ranks: Ranks | None = None,
 ) -> PolicyModels:
     """The policy (and its reference when `needs_reference`), and with `critic_start` a critic
     started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
-    trained models and the optimizer states come from the checkpoint."""
+    trained models and the optimizer states come from the checkpoint. `ranks` under torchrun:
+    the policy and critic sharded over them."""
     if cfg.reference_model and cfg.lora_r > 0:
         raise ConfigError(
             f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
@@ -68,6 +73,9 @@ def build_policy_models(
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
+    mesh = device_mesh(device, ranks) if ranks is not None and ranks.sharded else None
+    if mesh is not None:
+        policy = shard_model(policy, mesh, cfg.precision)
     reference = None
     if needs_reference and cfg.lora_r == 0:
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
@@ -80,6 +88,8 @@ def build_policy_models(
         critic = value_model_from(critic_dir).to(device).train()
         if cfg.gradient_checkpointing:
             enable_checkpointing(critic.model)
+        if mesh is not None:
+            critic = shard_model(critic, mesh, cfg.precision)
         critic_optimizer = _adamw(
             critic.parameters(), critic_lr, cfg.weight_decay, checkpoint, "critic_optimizer.pt"
         )

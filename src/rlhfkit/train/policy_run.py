@@ -3,10 +3,20 @@ from, so that each trainer file holds its algorithm and reads top to bottom:
 
 - `build_policy_models` (`policy_models.py`): the policy, its frozen reference, PPO's critic and
   their optimizers, as one frozen `PolicyModels` bundle (from the checkpoint on resume);
-- `prompt_pools`: the training and held-out prompts (a prompt file, or a task's generator);
+- `prompt_pools` (`policy_prompts.py`): the training and held-out prompts (a prompt file, or a
+  task's generator), and each step's share of them on this rank;
 - `PolicyRun`: the run around a trainer's loop: sampling, the reference's log-probs, the
   optimizer step, and the end of every step (`end_step`: the history, evaluation when due, the
   metrics log, a checkpoint when due), one mechanism for every trainer.
+
+Under torchrun (GRPO, RLOO, PPO) each rank samples for its own contiguous share of a step's
+prompts (`policy_prompts.PromptShare`), scores them and computes their advantages; the losses
+divide by counts over every rank and the gradients are reduced once per update
+(`runtime.distributed.one_reduction`), so an update equals the one-process update of the same
+global batch. The policy (and PPO's critic) is sharded with FSDP2, the reference and reward
+models are whole on every rank. Every rank draws the sampling noise of the whole batch from the
+same generator and keeps its own rows' (`rollout.engine.DrawRows`), so the sampled tokens do
+not depend on the number of ranks. Rank 0 alone logs, shows progress and writes files.
 
 A checkpoint holds the models, optimizers, RNG states and step, and the trainer's own state
 (PPO's KL coefficient, online DPO's labelled pool, ...) as plain data: tensors, numbers,
@@ -14,25 +24,21 @@ strings, lists and dicts, read back with `torch.load(weights_only=True)`, never 
 """
 
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from rlhfkit.data.formats import Format, PromptExample
-from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import ConfigError
+from rlhfkit.data.formats import PromptExample
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled, merged_copy
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.builder import build_reward_source
-from rlhfkit.rollout.engine import Rollout, generate
+from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
@@ -45,10 +51,20 @@ from rlhfkit.runtime.checkpoint import (
 )
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.runtime.distributed import (
+    Ranks,
+    current_ranks,
+    full_state_dict,
+    gather_objects,
+    gather_parameters,
+    one_reduction,
+    reduce_sums,
+    refuse_unsupported,
+)
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.rundir import RunDir
-from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything
+from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import micro_batch_rows, stream_rows
 from rlhfkit.train.checkpointing import (
@@ -56,67 +72,17 @@ from rlhfkit.train.checkpointing import (
     resume_point,
     save_final_model,
 )
-from rlhfkit.train.micro_batches import first_part_only
+from rlhfkit.train.micro_batches import backward_micro_batches, first_part_only
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_models import CRITIC_SUBDIR, build_policy_models
+from rlhfkit.train.policy_prompts import PromptShare, prompt_pools, prompt_share, reward_spec
 from rlhfkit.train.schedule import is_due, linear_warmup
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 
 TrainerState = dict[str, Any]
 """A trainer's own state in a checkpoint: tensors, numbers, strings, lists and dicts only."""
-
-
-@dataclass(frozen=True)
-class PromptPools:
-    train: list[PromptExample]
-    eval: list[PromptExample]
-    """Held-out prompts; empty when there is nothing to evaluate on (no task and no eval_data)."""
-
-
-def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
-    """The training prompts (`train_data`, else drawn from the task's generator) and the held-out
-    ones (`eval_data`, else drawn from the task's generator on their own seed stream and removed
-    from the drawn training prompts, so evaluation is on prompts never trained on)."""
-    if not cfg.train_data and task is None:
-        raise ConfigError(
-            "no prompts to train on: set train_data=PATH (a prompt file) or task=arith|advice"
-        )
-    if cfg.eval_data:
-        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
-    elif task is not None:
-        rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
-        eval_prompts = task.prompts(cfg.eval_prompts, rng)
-    else:
-        eval_prompts = []
-    if cfg.train_data:
-        return PromptPools(load_examples(cfg.train_data, Format.PROMPT), eval_prompts)
-    held_out = {str(p.prompt) for p in eval_prompts}
-    rng = random.Random(derive_seed(cfg.seed, SeedStream.TRAIN_PROMPTS))
-    drawn = task.prompts(cfg.train_prompts, rng)
-    train = [p for p in drawn if str(p.prompt) not in held_out]
-    if len(train) < len(drawn) // 2:
-        # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
-        # questions out; its evaluation then uses the training questions with fresh samples
-        print(
-            f"{task.name}: the held-out prompts repeat training prompts (few distinct "
-            "prompts); evaluating on them with fresh samples"
-        )
-        train = drawn
-    return PromptPools(train, eval_prompts)
-
-
-def reward_spec(cfg: PolicyRunConfig) -> str:
-    """The run's reward source: `reward`, else the named task's verifier."""
-    if cfg.reward:
-        return cfg.reward
-    if not cfg.task:
-        raise ConfigError(
-            "no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
-            "or task=arith|advice to score with its verifier"
-        )
-    return "task"
 
 
 class PhaseTimer:
@@ -164,6 +130,15 @@ class PolicyRun:
         critic_lr: float = 0.0,
     ):
         validate(cfg)  # as the CLI does, for configs built in Python
+        self.ranks = current_ranks()
+        refuse_unsupported(
+            self.ranks,
+            {
+                "save_every > 0": cfg.save_every > 0,
+                "--resume": resume,
+                "lora_r > 0": cfg.lora_r > 0,
+            },
+        )
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
@@ -177,6 +152,7 @@ class PolicyRun:
             needs_reference=needs_reference,
             critic_start=critic_start,
             critic_lr=critic_lr,
+            ranks=self.ranks,
         )
         self.prompts = prompt_pools(cfg, self.task)
         self.reward: RewardSource = build_reward_source(
@@ -196,13 +172,16 @@ class PolicyRun:
         self.guard = NonFiniteGuard(cfg.max_nonfinite_skips, run_dir.checkpoints)
         # the step to start from, and the trainer's own state saved with it ({} on a fresh start)
         self.start_step, self.trainer_state = self._restore(checkpoint) if checkpoint else (0, {})
-        tensorboard = run_dir.tensorboard if cfg.tensorboard else None
+        main = self.ranks.is_main  # under torchrun rank 0 alone logs and shows progress
+        tensorboard = run_dir.tensorboard if cfg.tensorboard and main else None
         self.metrics = MetricsLogger(
-            run_dir.metrics_path,
+            run_dir.metrics_path if main else None,
             tensorboard,
             resume_from_step=self.start_step if checkpoint else None,
         )
-        self.bar = ProgressBar(self.total_steps, stage, enabled=cfg.progress, start=self.start_step)
+        self.bar = ProgressBar(
+            self.total_steps, stage, enabled=cfg.progress and main, start=self.start_step
+        )
 
     def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
         state = load_torch_state(checkpoint / "state.pt")
@@ -228,9 +207,14 @@ class PolicyRun:
             return [pool[i] for i in micro_batch_rows(len(pool), count, 0, step, shuffle=False)]
         return [pool[i] for i in stream_rows(len(pool), count, self.cfg.seed, step)]
 
+    def rank_prompts(self, step: int, count: int) -> PromptShare:
+        """This rank's share of the step's prompts (`prompts_for_step`); all of them in one
+        process."""
+        return prompt_share(self.prompts_for_step(step, count), self.ranks)
+
     def sample(
         self,
-        prompts: list[PromptExample],
+        prompts: list[PromptExample] | PromptShare,
         num_samples: int,
         *,
         max_new_tokens: int,
@@ -239,9 +223,15 @@ class PolicyRun:
         top_k: int = 0,
     ) -> tuple[Rollout, list[str]]:
         """`num_samples` responses per prompt from the current policy (in eval mode while it
-        samples), with their sampling log-probs, and their decoded texts."""
-        policy, tokenizer = self.models.policy, self.models.tokenizer
-        ids, mask = encode_prompts(tokenizer, [p.prompt for p in prompts], self.models.device)
+        samples), with their sampling log-probs, and their decoded texts. A `PromptShare`: this
+        rank's rows of the step's batch, drawn as the whole batch would draw them."""
+        share = prompts if isinstance(prompts, PromptShare) else prompt_share(prompts, Ranks())
+        policy, tokenizer, device = self.models.policy, self.models.tokenizer, self.models.device
+        ids, mask = encode_prompts(tokenizer, [p.prompt for p in share.prompts], device)
+        total = share.total * num_samples
+        # sharded: gathered once, so the decoding steps take no collectives and each rank may
+        # stop when its own rows are done
+        gather_parameters(policy)
         policy.eval()
         rollout = generate(
             policy,
@@ -257,8 +247,12 @@ class PolicyRun:
             generator=self.generator,
             dtype=torch.bfloat16 if self.cfg.precision == Precision.BF16 else None,
             compiled=self.cfg.compile_sampling,
+            draw_rows=DrawRows(share.first * num_samples, total),
         )
         policy.train()
+        # the generator goes on as far as the longest share's decoding took it
+        steps = rollout.response_mask.shape[1]
+        skip_draws(self.generator, device, total, max(gather_objects(steps, self.ranks)) - steps)
         return rollout, decode_responses(tokenizer, rollout)
 
     # --- model passes and updates
@@ -318,6 +312,26 @@ class PolicyRun:
                 group_size=group_size,
             )
 
+    def backward(
+        self, part: dict, micro_batch_size: int, loss_of: Callable[[dict], tuple]
+    ) -> tuple[float, dict[str, float]]:
+        """Backpropagate the policy's `loss_of` over this rank's rows of a mini-batch (maybe
+        none), in micro-batches; the gradients reduced once over the ranks. Returns the loss
+        and statistics of the whole mini-batch, over every rank."""
+        with one_reduction(self.models.policy):
+            return backward_micro_batches(part, micro_batch_size, loss_of, ranks=self.ranks)
+
+    def global_sum(self, value):
+        """`value` summed over the ranks (a loss denominator); unchanged in one process."""
+        return reduce_sums({"value": value}, self.ranks)["value"]
+
+    def all_rows(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row `values` (batch, ...) of every rank's rows, in the step's order; unchanged
+        in one process."""
+        if not self.ranks.sharded:
+            return values
+        return torch.cat(gather_objects(values.cpu(), self.ranks)).to(values.device)
+
     def optimizer_step(self, step: int, loss: float = 0.0) -> float:
         """The policy's update: clip, set the warm-up learning rate, step, clear; returns the
         gradient norm before clipping. Skipped when `loss` or the gradient is not finite."""
@@ -351,15 +365,17 @@ class PolicyRun:
             for key in keys
             for values in [[part[key] for part in stats if key in part]]
         }
+        rewards = self.all_rows(rewards)  # every rank's rows (one process: these)
         row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()})
         if self.task is not None:
             gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
-            row["gold_score"] = sum(gold) / len(gold)
-        tokens = int(rollout.response_mask.sum())
+            gold = self.all_rows(torch.tensor(gold, dtype=torch.float64))
+            row["gold_score"] = gold.sum().item() / len(gold)
+        tokens = int(self.all_rows(rollout.response_lengths).sum())
         elapsed = time.perf_counter() - timer.start
         row.update(
             {
-                "response_length": tokens / len(responses),
+                "response_length": tokens / len(rewards),
                 "response_tokens": tokens,
                 "tokens_per_s": tokens / elapsed,
                 "step_seconds": elapsed,
@@ -375,8 +391,10 @@ class PolicyRun:
 
     def evaluate(self, row: dict) -> dict:
         """Greedy answers to the held-out prompts, scored by the task when one is named, else by
-        the run's reward (`reward_mean`); added to `row` as eval_*."""
+        the run's reward (`reward_mean`); added to `row` as eval_*. Under torchrun every rank
+        runs the same evaluation, on parameters gathered once (no collective while decoding)."""
         policy, tokenizer, prompts = self.models.policy, self.models.tokenizer, self.prompts.eval
+        gather_parameters(policy)
         settings = dict(max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed)
         if self.task is not None:
             metrics, _ = evaluate_policy(policy, tokenizer, self.task, prompts, **settings)
@@ -442,7 +460,17 @@ class PolicyRun:
         save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
 
     def save_final(self) -> None:
-        """A plain causal-LM directory (LoRA adapters merged into a copy of the weights)."""
+        """A plain causal-LM directory (LoRA adapters merged into a copy of the weights); under
+        torchrun the shards are gathered to rank 0, which writes it."""
         policy = self.models.policy
+        weights = full_state_dict(policy, self.ranks)
+        if not self.ranks.is_main:
+            return
         model = merged_copy(policy) if self.cfg.lora_r > 0 else policy
-        save_final_model(model, self.models.tokenizer, self.run_dir.final, self.run_dir.checkpoints)
+        save_final_model(
+            model,
+            self.models.tokenizer,
+            self.run_dir.final,
+            self.run_dir.checkpoints,
+            state_dict=weights,
+        )

@@ -8,6 +8,10 @@ Each step samples G responses per prompt. The KL to the reference is a penalty i
 The loss is PPO's clipped surrogate on the sequence-level ratio
 exp(sum_t log pi - sum_t log pi_old), one term per response. The old log-probs are the sampling
 log-probs (no extra forward pass).
+Under torchrun each rank samples and scores the groups of its own prompts, computes their
+baselines and runs its rows of every mini-batch; the loss divides by the mini-batch's responses
+over all ranks, so each update is the one-process update of the same global batch
+(`policy_run`).
 """
 
 from dataclasses import dataclass, field
@@ -22,12 +26,7 @@ from rlhfkit.objectives.kl import KLEstimator, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_sum
 from rlhfkit.objectives.policy import ppo_policy_loss
 from rlhfkit.train.grpo import check_batch_sizes
-from rlhfkit.train.micro_batches import (
-    backward_micro_batches,
-    mismatch_stats,
-    row_stat,
-    token_stat,
-)
+from rlhfkit.train.micro_batches import mismatch_stats, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
@@ -105,12 +104,13 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
-            prompts = run.prompts_for_step(step, cfg.prompts_per_step)
+            share = run.rank_prompts(step, cfg.prompts_per_step)  # one process: every prompt
+            prompts = share.prompts
 
             # step 2. sample G responses per prompt, keeping the sampling log-probs
             with timer("generation"):
                 rollout, responses = run.sample(
-                    prompts,
+                    share,
                     cfg.group_size,
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature,
@@ -141,17 +141,19 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                 shaped = kl_shaped_sequence_rewards(rewards, kl, cfg.beta)
             batch["advantages"] = rloo_advantages(shaped, cfg.group_size)
 
-            # step 4. mu passes of clipped sequence-level updates over mini-batches
+            # step 4. mu passes of clipped sequence-level updates over mini-batches (this rank's
+            # rows of each, maybe none), each over the mini-batch's responses on every rank
             stats = []
             for _ in range(cfg.mu):
                 for start in range(0, rollout_size, cfg.mini_batch_size):
-                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
-                    rows = part["response_mask"].shape[0]
+                    own = share.rows(start, cfg.mini_batch_size, cfg.group_size)
+                    part = {k: v[own] for k, v in batch.items()}
                     with timer("forward_backward"):
-                        loss, part_stats = backward_micro_batches(
+                        loss, part_stats = run.backward(
                             part,
                             cfg.micro_batch_size,
-                            lambda micro, n=rows: _micro_loss(cfg, run, micro, n),
+                            # mini_batch_size divides the rollout: every mini-batch is whole
+                            lambda micro: _micro_loss(cfg, run, micro, cfg.mini_batch_size),
                         )
                     with timer("optimizer"):
                         part_stats["loss"] = loss
@@ -161,8 +163,9 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
             if kl is not None:
+                kl, tokens = run.all_rows(kl), run.all_rows(rollout.response_lengths)  # all ranks'
                 row["kl_per_sequence"] = kl.mean().item()
-                row["kl_per_token"] = (kl.sum() / rollout.response_mask.sum().clamp(min=1)).item()
+                row["kl_per_token"] = (kl.sum() / tokens.sum().clamp(min=1)).item()
             run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained

@@ -1,0 +1,88 @@
+"""The prompts of a policy-optimisation run: the training and held-out pools, each step's share
+of them on this rank, and the reward source a run scores with by default."""
+
+import random
+from dataclasses import dataclass
+
+from rlhfkit.data.formats import Format, PromptExample
+from rlhfkit.data.loading import load_examples
+from rlhfkit.errors import ConfigError
+from rlhfkit.runtime.distributed import Ranks, rank_slice
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.train.policy_config import PolicyRunConfig
+
+
+@dataclass(frozen=True)
+class PromptPools:
+    train: list[PromptExample]
+    eval: list[PromptExample]
+    """Held-out prompts; empty when there is nothing to evaluate on (no task and no eval_data)."""
+
+
+def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
+    """The training prompts (`train_data`, else drawn from the task's generator) and the held-out
+    ones (`eval_data`, else drawn from the task's generator on their own seed stream and removed
+    from the drawn training prompts, so evaluation is on prompts never trained on)."""
+    if not cfg.train_data and task is None:
+        raise ConfigError(
+            "no prompts to train on: set train_data=PATH (a prompt file) or task=arith|advice"
+        )
+    if cfg.eval_data:
+        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
+    elif task is not None:
+        rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
+        eval_prompts = task.prompts(cfg.eval_prompts, rng)
+    else:
+        eval_prompts = []
+    if cfg.train_data:
+        return PromptPools(load_examples(cfg.train_data, Format.PROMPT), eval_prompts)
+    held_out = {str(p.prompt) for p in eval_prompts}
+    rng = random.Random(derive_seed(cfg.seed, SeedStream.TRAIN_PROMPTS))
+    drawn = task.prompts(cfg.train_prompts, rng)
+    train = [p for p in drawn if str(p.prompt) not in held_out]
+    if len(train) < len(drawn) // 2:
+        # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
+        # questions out; its evaluation then uses the training questions with fresh samples
+        print(
+            f"{task.name}: the held-out prompts repeat training prompts (few distinct "
+            "prompts); evaluating on them with fresh samples"
+        )
+        train = drawn
+    return PromptPools(train, eval_prompts)
+
+
+def reward_spec(cfg: PolicyRunConfig) -> str:
+    """The run's reward source: `reward`, else the named task's verifier."""
+    if cfg.reward:
+        return cfg.reward
+    if not cfg.task:
+        raise ConfigError(
+            "no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
+            "or task=arith|advice to score with its verifier"
+        )
+    return "task"
+
+
+@dataclass(frozen=True)
+class PromptShare:
+    """This rank's prompts of one step: a contiguous run of the step's prompts, so that all the
+    samples of a prompt (a GRPO or RLOO group) live on one rank. One process: all of them."""
+
+    prompts: list[PromptExample]
+    first: int
+    """Index of `prompts[0]` among the step's prompts."""
+    total: int
+    """The step's prompts over all ranks."""
+
+    def rows(self, start: int, size: int, per_prompt: int) -> slice:
+        """The rows of this rank's rollout (`per_prompt` samples per prompt, in prompt order)
+        that fall in the step's global rows `start` .. `start + size - 1`; may be empty."""
+        held = len(self.prompts) * per_prompt
+        offset = self.first * per_prompt
+        return slice(min(max(start - offset, 0), held), min(max(start + size - offset, 0), held))
+
+
+def prompt_share(prompts: list[PromptExample], ranks: Ranks) -> PromptShare:
+    """This rank's share of a step's `prompts` (`rank_slice`: the first ranks take one more)."""
+    part = rank_slice(len(prompts), ranks.rank, ranks.world_size)
+    return PromptShare(prompts[part], part.start, len(prompts))

@@ -1,0 +1,59 @@
+"""GRPO under torchrun: 2 gloo processes sample the same tokens and train exactly as 1 process on
+the same global batch."""
+
+from functools import partial
+
+import pytest
+
+from rlhfkit.objectives.aggregate import LossAggregation
+from rlhfkit.objectives.group_advantages import GroupNorm
+from rlhfkit.train.grpo import GRPOConfig, train_grpo
+from tests.distributed.ranks import (
+    assert_same_policy_steps,
+    history_losses,
+    one_process_and_two_ranks,
+)
+from tests.train.conftest import length_reward_spec
+
+
+@pytest.mark.parametrize(
+    "aggregation, norm, mu",
+    [
+        # a token mean: the denominator is the mini-batch's tokens over both ranks
+        (LossAggregation.TOKEN_MEAN, GroupNorm.GRPO, 1),
+        # Dr. GRPO, two passes over the rollout (6 updates in all)
+        (LossAggregation.CONSTANT_LENGTH, GroupNorm.DR_GRPO, 2),
+    ],
+)
+def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, aggregation, norm, mu):
+    # 3 prompts of 4 samples: rank 0 holds 2 groups (8 rows), rank 1 one (4 rows); the
+    # mini-batches of 6 rows lie on rank 0 alone, then across both ranks. The reward is the
+    # response's length, which a random tiny model varies (arith's verifier gives it only 0s)
+    cfg = GRPOConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        loss_aggregation=aggregation,
+        norm=norm,
+        mu=mu,
+        train_prompts=32,
+        eval_prompts=4,
+        prompts_per_step=3,
+        group_size=4,
+        mini_batch_size=6,
+        micro_batch_size=4,
+        max_new_tokens=10,
+        eval_max_new_tokens=6,
+        max_steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        beta=0.04,
+        eval_every=3,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
+    one, two = one_process_and_two_ranks(partial(history_losses, train_grpo), cfg, tmp_path)
+    assert_same_policy_steps(
+        one, two, ("reward_mean", "reward_std", "gold_score", "kl_per_token", "clip_fraction")
+    )
