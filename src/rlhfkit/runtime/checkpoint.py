@@ -56,6 +56,18 @@ def save_checkpoint(
     Returns:
         The final checkpoint directory.
     """
+    final, tmp = begin_checkpoint(checkpoints_dir, step, keep_last=keep_last)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return finish_checkpoint(tmp, final, step, keep_last=keep_last)
+
+
+def begin_checkpoint(checkpoints_dir: Path, step: int, *, keep_last: int) -> tuple[Path, Path]:
+    """The first half of `save_checkpoint`, for writers in several processes: remove what a
+    crashed save left behind and open a temporary directory. Returns (final, tmp)."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if keep_last < 1:
@@ -63,19 +75,30 @@ def save_checkpoint(
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftover_tmp_dirs(checkpoints_dir)
-
     final = checkpoints_dir / f"step_{step:08d}"
-    tmp = temporary_sibling(final)
+    return final, temporary_sibling(final)
+
+
+def finish_checkpoint(
+    tmp: Path, final: Path, step: int, *, keep_last: int, info: dict | None = None
+) -> Path:
+    """The second half of `save_checkpoint`, once every file is in `tmp`: write the marker
+    (with `info`'s fields beside the step and the sha256 manifest), rename, prune. On failure
+    `tmp` is removed."""
     try:
-        write(tmp)
         # The marker goes in last: its presence is what makes a checkpoint complete.
-        marker = {"step": step, "format": CHECKPOINT_FORMAT, "sha256": file_digests(tmp)}
+        marker = {
+            "step": step,
+            "format": CHECKPOINT_FORMAT,
+            **(info or {}),
+            "sha256": file_digests(tmp),
+        }
         (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n")
         publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(checkpoints_dir, keep_last=keep_last, keep=final)
+    _prune(final.parent, keep_last=keep_last, keep=final)
     return final
 
 

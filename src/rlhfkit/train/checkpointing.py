@@ -1,12 +1,17 @@
 """What a trainer checkpoint holds, and putting it back: model (Hugging Face format),
-tokenizer, optimizer, every RNG state, the step and the data position."""
+tokenizer, optimizer, every RNG state, the step and the data position.
+
+One process writes them all (`optimizer.pt`, `state.pt`). Under torchrun rank 0 writes the
+model and tokenizer from the gathered weights, and every rank its shard of the rest
+(`runtime.distributed_checkpoint`); either kind resumes on any number of processes.
+"""
 
 import shutil
 from pathlib import Path
 
 import torch
 
-from rlhfkit.errors import NumericalFault
+from rlhfkit.errors import NumericalFault, RlhfkitError
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora, load_lora
 from rlhfkit.runtime.checkpoint import (
@@ -20,9 +25,19 @@ from rlhfkit.runtime.checkpoint import (
     save_torch_state,
     temporary_sibling,
 )
+from rlhfkit.runtime.distributed import Ranks, full_state_dict
+from rlhfkit.runtime.distributed_checkpoint import (
+    is_sharded_checkpoint,
+    load_full_optimizer_state,
+    load_sharded_checkpoint,
+    on_main,
+    save_sharded_checkpoint,
+    warn_if_resharded,
+)
 from rlhfkit.train.optim import all_finite, all_finite_tensors
 
 MODEL_SUBDIR = "model"
+ONE_PROCESS = Ranks()  # frozen: the default of every `ranks` argument here
 
 
 def save_trainer_checkpoint(
@@ -34,8 +49,33 @@ def save_trainer_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict,
     keep_last: int,
+    ranks: Ranks = ONE_PROCESS,
+    hf_part: str = "",
 ) -> Path:
-    """Atomically write checkpoint `step` (see runtime.checkpoint.save_checkpoint)."""
+    """Atomically write checkpoint `step` (see runtime.checkpoint.save_checkpoint); under
+    torchrun every rank must call it. `hf_part`: the submodule whose weights make the saved
+    Hugging Face model (a reward model's classifier), when not the whole model; under torchrun
+    only, a single process saves with the model's own `save_pretrained`."""
+    if ranks.sharded:
+        weights = full_state_dict(model, ranks)  # every rank takes part; rank 0 gets them
+
+        def write_main(tmp: Path) -> None:
+            saved = model.get_submodule(hf_part) if hf_part else model
+            saved.save_pretrained(
+                tmp / MODEL_SUBDIR, state_dict=submodule_weights(weights, hf_part)
+            )
+            tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
+
+        return save_sharded_checkpoint(
+            checkpoints_dir,
+            step,
+            model=model,
+            optimizer=optimizer,
+            extra=extra,
+            write_main=write_main,
+            keep_last=keep_last,
+            ranks=ranks,
+        )
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp / MODEL_SUBDIR)
@@ -46,6 +86,14 @@ def save_trainer_checkpoint(
         )
 
     return save_checkpoint(checkpoints_dir, step, write=write, keep_last=keep_last)
+
+
+def submodule_weights(weights: dict, part: str) -> dict:
+    """The entries of a full state dict under submodule `part` ("" = all), named from it."""
+    if not part:
+        return weights
+    prefix = f"{part}."
+    return {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def load_policy(
@@ -65,10 +113,11 @@ def load_policy(
     return policy.train()
 
 
-def resume_point(checkpoints_dir: Path) -> Path | None:
+def resume_point(checkpoints_dir: Path, ranks: Ranks = ONE_PROCESS) -> Path | None:
     """The checkpoint to resume from: the newest undamaged one (see
-    runtime.checkpoint.resumable_checkpoint), or None for a fresh start."""
-    return resumable_checkpoint(checkpoints_dir)
+    runtime.checkpoint.resumable_checkpoint), or None for a fresh start. Under torchrun rank 0
+    chooses and every rank takes its choice."""
+    return on_main(lambda: resumable_checkpoint(checkpoints_dir), ranks)
 
 
 def save_final_model(
@@ -100,10 +149,33 @@ def save_final_model(
     return Path(final_dir)
 
 
-def restore_trainer_state(checkpoint: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+def restore_trainer_state(
+    checkpoint: Path,
+    optimizer: torch.optim.Optimizer,
+    *,
+    model=None,
+    extra_like: dict | None = None,
+    ranks: Ranks = ONE_PROCESS,
+) -> tuple[int, dict]:
     """Load the optimizer and RNG states; return (step, extra). The model itself is loaded
-    from `checkpoint / MODEL_SUBDIR` by the trainer, like any model directory."""
-    optimizer.load_state_dict(load_torch_state(checkpoint / "optimizer.pt"))
+    from `checkpoint / MODEL_SUBDIR` by the trainer, like any model directory.
+
+    A checkpoint written under torchrun needs `model` (its parameter names key the optimizer
+    state) and `extra_like` (the extras as the trainer saves them: what to load into)."""
+    if is_sharded_checkpoint(checkpoint):
+        if model is None:
+            raise RlhfkitError(
+                f"{checkpoint} was written under torchrun: this trainer cannot read it"
+            )
+        return load_sharded_checkpoint(
+            checkpoint, model=model, optimizer=optimizer, extra_like=extra_like or {}, ranks=ranks
+        )
+    optimizer_state = load_torch_state(checkpoint / "optimizer.pt")
+    if ranks.sharded:  # a single process's checkpoint, on several
+        warn_if_resharded(checkpoint, ranks)
+        load_full_optimizer_state(model, optimizer, optimizer_state)
+    else:
+        optimizer.load_state_dict(optimizer_state)
     state = load_torch_state(checkpoint / "state.pt")
     restore_rng_state(state["rng"])
     return state["step"], state["extra"]

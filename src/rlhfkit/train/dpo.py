@@ -227,7 +227,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     ranks = current_ranks()
     refuse_unsupported(
         ranks,
-        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+        {"lora_r > 0": cfg.lora_r > 0},
     )
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -251,7 +251,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
 
     # step 2. the policy, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     policy = load_policy(
         cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
     )
@@ -272,7 +272,11 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
     )
-    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    start_step = (
+        restore_trainer_state(checkpoint, optimizer, model=policy, ranks=ranks)[0]
+        if checkpoint
+        else 0
+    )
     loss_fn = batch_loss_fn(
         cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing, nll_weight=cfg.nll_weight
     )
@@ -369,6 +373,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                     optimizer=optimizer,
                     extra={},
                     keep_last=cfg.keep_last,
+                    ranks=ranks,
                 )
 
     # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);

@@ -54,6 +54,7 @@ from rlhfkit.train.checkpointing import (
     resume_point,
     save_final_model,
     save_trainer_checkpoint,
+    submodule_weights,
 )
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.reward_losses import (
@@ -240,7 +241,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     ranks = current_ranks()
     refuse_unsupported(
         ranks,
-        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+        {"lora_r > 0": cfg.lora_r > 0},
     )
     seed_everything(cfg.seed)  # the same new head on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
@@ -249,7 +250,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     held_out = load_reward_data(cfg, tokenizer, cfg.eval_data) if cfg.eval_data else []
 
     # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     # (under LoRA the frozen backbone is always the start; the adapters and head come back
     # from the checkpoint's trainer state)
     model = RewardModel.from_pretrained(
@@ -268,7 +269,17 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    start_step, extra = restore_trainer_state(checkpoint, optimizer) if checkpoint else (0, {})
+    start_step, extra = (
+        restore_trainer_state(
+            checkpoint,
+            optimizer,
+            model=model,
+            extra_like=checkpoint_extra(model, cfg),
+            ranks=ranks,
+        )
+        if checkpoint
+        else (0, {})
+    )
     if "lm_head" in extra:  # an untied imitation head is not part of the saved model
         model.lm_head.load_state_dict(extra["lm_head"])
     if "trainable" in extra:  # LoRA: the adapters and the head as they were
@@ -361,6 +372,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     optimizer=optimizer,
                     keep_last=cfg.keep_last,
                     extra=checkpoint_extra(model, cfg),
+                    ranks=ranks,
+                    hf_part="model",  # under torchrun: the classifier, as the final save
                 )
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification; under
@@ -369,8 +382,6 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     if not ranks.sharded:
         save_final_model(model, tokenizer, run.final, run.checkpoints)
     elif ranks.is_main:
-        classifier = {
-            k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")
-        }
+        classifier = submodule_weights(weights, "model")
         save_final_model(model.model, tokenizer, run.final, run.checkpoints, state_dict=classifier)
     return result

@@ -191,7 +191,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     ranks = current_ranks()
     refuse_unsupported(
         ranks,
-        {"save_every > 0": cfg.save_every > 0, "--resume": resume, "lora_r > 0": cfg.lora_r > 0},
+        {"lora_r > 0": cfg.lora_r > 0},
     )
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
@@ -211,7 +211,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         print(f"eval data {cfg.eval_data}: {eval_report.summary()}")
 
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     device = resolve_device(cfg.device)
     model = load_policy(
         cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
@@ -224,7 +224,13 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    start_step = restore_trainer_state(checkpoint, optimizer)[0] if checkpoint else 0
+    start_step = (
+        restore_trainer_state(
+            checkpoint, optimizer, model=model, extra_like={"micro_index": 0}, ranks=ranks
+        )[0]
+        if checkpoint
+        else 0
+    )
     result = SFTResult(model_dir=run.final)
     guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
     metrics = MetricsLogger(
@@ -324,6 +330,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                     optimizer=optimizer,
                     extra={"micro_index": done * cfg.grad_accum},
                     keep_last=cfg.keep_last,
+                    ranks=ranks,
                 )
 
     # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);
