@@ -190,10 +190,13 @@ def checkpoint_step(checkpoint_dir: Path) -> int:
     return int(info["step"])
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """The state of every random number generator a run draws from: python, numpy, torch, CUDA."""
+def capture_rng_state(*, all_cuda_devices: bool = True) -> dict[str, Any]:
+    """The state of every random number generator a run draws from: python, numpy, torch, CUDA.
+    `all_cuda_devices=False`: only the current CUDA device's (a rank under torchrun, which
+    would otherwise open a context on every GPU of its machine)."""
+    cuda = torch.cuda.is_available()
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {
+    state = {
         "python": random.getstate(),
         # as a tensor and numbers: plain data that weights_only loading accepts
         "numpy": (
@@ -204,8 +207,11 @@ def capture_rng_state() -> dict[str, Any]:
             cached_gaussian,
         ),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state_all() if cuda and all_cuda_devices else None,
     }
+    if not all_cuda_devices:
+        state["cuda_current"] = torch.cuda.get_rng_state() if cuda else None
+    return state
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -228,6 +234,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                 f"machine has {torch.cuda.device_count()}: resume on the same number of devices"
             )
         torch.cuda.set_rng_state_all(cuda_states)
+    if state.get("cuda_current") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_current"])  # to the current device
 
 
 def save_torch_state(path: Path, state: dict[str, Any]) -> None:

@@ -230,7 +230,7 @@ def _trainer_state(model, optimizer, extra: dict, step: int, ranks: Ranks) -> di
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     buffer = io.BytesIO()
-    torch.save(capture_rng_state(), buffer)
+    torch.save(capture_rng_state(all_cuda_devices=False), buffer)  # this rank's device
     rng = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
     return {
         "step": torch.tensor(step, dtype=torch.int64),
