@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled, merged_copy
 from rlhfkit.rewards.base import RewardSource
@@ -210,6 +211,11 @@ class PolicyRun:
     def rank_prompts(self, step: int, count: int) -> PromptShare:
         """This rank's share of the step's prompts (`prompts_for_step`); all of them in one
         process."""
+        if count < self.ranks.world_size:
+            raise ConfigError(
+                f"prompts_per_step={count} is fewer than the {self.ranks.world_size} ranks: "
+                "each rank samples for at least one prompt"
+            )
         return prompt_share(self.prompts_for_step(step, count), self.ranks)
 
     def sample(
@@ -313,12 +319,17 @@ class PolicyRun:
             )
 
     def backward(
-        self, part: dict, micro_batch_size: int, loss_of: Callable[[dict], tuple]
+        self,
+        part: dict,
+        micro_batch_size: int,
+        loss_of: Callable[[dict], tuple],
+        model: torch.nn.Module | None = None,
     ) -> tuple[float, dict[str, float]]:
-        """Backpropagate the policy's `loss_of` over this rank's rows of a mini-batch (maybe
-        none), in micro-batches; the gradients reduced once over the ranks. Returns the loss
-        and statistics of the whole mini-batch, over every rank."""
-        with one_reduction(self.models.policy):
+        """Backpropagate `loss_of` over this rank's rows of a mini-batch (maybe none), in
+        micro-batches; the gradients of `model` (default: the policy; PPO: also the critic)
+        reduced once over the ranks. Returns the loss and statistics of the whole mini-batch,
+        over every rank."""
+        with one_reduction(self.models.policy if model is None else model):
             return backward_micro_batches(part, micro_batch_size, loss_of, ranks=self.ranks)
 
     def global_sum(self, value):
@@ -326,11 +337,16 @@ class PolicyRun:
         return reduce_sums({"value": value}, self.ranks)["value"]
 
     def all_rows(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-row `values` (batch, ...) of every rank's rows, in the step's order; unchanged
-        in one process."""
+        """Per-row `values` (batch,) or (batch, response_len) of every rank's rows, in the
+        step's order, responses padded on the right with zeros (False) to the longest; as one
+        process holds them. Unchanged in one process."""
         if not self.ranks.sharded:
             return values
-        return torch.cat(gather_objects(values.cpu(), self.ranks)).to(values.device)
+        every = gather_objects(values.cpu(), self.ranks)
+        if values.dim() == 2:
+            width = max(part.shape[1] for part in every)
+            every = [torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in every]
+        return torch.cat(every).to(values.device)
 
     def optimizer_step(self, step: int, loss: float = 0.0) -> float:
         """The policy's update: clip, set the warm-up learning rate, step, clear; returns the

@@ -13,6 +13,12 @@ per rollout the critic's rollout values come from its training pass (`shared_cri
 the critic has its own optimizer and learning rate instead of a shared loss with a value
 coefficient. Logged: kl_per_sequence and kl_per_token (k1 on the rollout's samples, the KL of
 the penalty), kl_coef, proxy_reward, value_loss, explained_variance, and the shared metrics.
+Under torchrun each rank samples for its own prompts and runs the reward model, reference and
+critic on its rows (actor and critic sharded, reference and reward model whole on every rank);
+the advantages are whitened over every rank's tokens, the loss denominators count every rank's,
+and the KL controller and the KL limit read the global KL, so each update is the one-process
+update of the same global batch (`policy_run`). The critic's rollout values then come from a
+separate pass (`shared_critic_pass` is off).
 """
 
 from dataclasses import dataclass, field
@@ -29,9 +35,11 @@ from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_values
 from rlhfkit.runtime.device import autocast
-from rlhfkit.train.micro_batches import backward_micro_batches, mismatch_stats, token_stat
+from rlhfkit.runtime.distributed import gather_parameters
+from rlhfkit.train.micro_batches import mismatch_stats, token_stat
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 from rlhfkit.train.schedule import linear_warmup
 
@@ -152,19 +160,21 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     )
     critic, device = run.models.critic, run.models.device
     kl_coef = run.trainer_state.get("kl_coef", cfg.kl_coef)  # the adaptive controller's beta
-    shared_pass = shares_critic_pass(cfg)
+    # sharded, the critic's gradients are reduced once around its update's own passes
+    shared_pass = shares_critic_pass(cfg) and not run.ranks.sharded
     result = PPOResult(model_dir=run_dir.final)
 
     with run:
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
-            prompts = run.prompts_for_step(step, cfg.prompts_per_step)
+            share = run.rank_prompts(step, cfg.prompts_per_step)  # one process: every prompt
+            prompts = share.prompts
 
             # step 2. one response per prompt, with its sampling log-probs
             with timer("generation"):
                 rollout, responses = run.sample(
-                    prompts, 1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+                    share, 1, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
                 )
             batch = {
                 "input_ids": rollout.input_ids,
@@ -181,6 +191,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 batch["ref_logprobs"] = run.reference_logprobs(
                     batch, cfg.temperature, cfg.precision
                 )
+            gather_parameters(critic)  # sharded: its backbone runs without the root's forward
             with (
                 timer("values"),
                 torch.set_grad_enabled(shared_pass),
@@ -198,7 +209,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             advantages, batch["returns"] = gae(
                 rewards, batch["old_values"], response_mask, cfg.gamma, cfg.lam
             )
-            batch["advantages"] = masked_whiten(advantages, response_mask, unbiased=False)
+            batch["advantages"] = _whitened(run, share, advantages, response_mask)
             kl_per_sequence = sequence_kl(
                 logprobs, ref_logprobs, response_mask, KLEstimator.K1, cfg.kl_clamp
             )
@@ -207,23 +218,27 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             stats = []
             for _ in range(cfg.ppo_epochs):
                 for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
-                    part = {k: v[start : start + cfg.mini_batch_size] for k, v in batch.items()}
+                    own = share.rows(start, cfg.mini_batch_size, 1)  # this rank's rows, maybe none
+                    part = {k: v[own] for k, v in batch.items()}
                     part_values = values if shared_pass else None
                     stats.append(_ppo_minibatch(cfg, run, part, step, timer, part_values))
 
-            # step 6. metrics and the KL coefficient; evaluation, log and checkpoint when due,
-            # or the end of the run when the KL passes its limit
+            # step 6. metrics and the KL coefficient (over every rank's rows); evaluation, log
+            # and checkpoint when due, or the end of the run when the KL passes its limit
             row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
+            kl_per_sequence = run.all_rows(kl_per_sequence)
             mean_kl = kl_per_sequence.mean().item()
-            tokens = response_mask.sum().clamp(min=1)
+            tokens = run.all_rows(rollout.response_lengths).sum().clamp(min=1)
             row.update(
                 {
                     "kl_per_sequence": mean_kl,
                     "kl_per_token": (kl_per_sequence.sum() / tokens).item(),
                     "kl_coef": kl_coef,
-                    "proxy_reward": scores.mean().item(),
+                    "proxy_reward": run.all_rows(scores).mean().item(),
                     "explained_variance": explained_variance(
-                        batch["old_values"], batch["returns"], response_mask
+                        run.all_rows(batch["old_values"]),
+                        run.all_rows(batch["returns"]),
+                        run.all_rows(response_mask),
                     ),
                 }
             )
@@ -236,16 +251,27 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 step + 1, row, result, state=lambda kl_coef=kl_coef: {"kl_coef": kl_coef}, stop=stop
             )
             if stop:
-                print(
-                    f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
-                    f"stopping at step {step + 1}"
-                )
+                if run.ranks.is_main:
+                    print(
+                        f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
+                        f"stopping at step {step + 1}"
+                    )
                 result.stopped_at_kl_limit = True
                 break
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained
     run.save_final()
     return result
+
+
+def _whitened(
+    run: PolicyRun, share: PromptShare, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """This rank's rows of the advantages whitened over every rank's tokens: the whole batch is
+    gathered as one process holds it and whitened alike (one process: these advantages)."""
+    every = masked_whiten(run.all_rows(advantages), run.all_rows(mask), unbiased=False)
+    own = slice(share.first, share.first + len(share.prompts))
+    return every[own, : mask.shape[1]]
 
 
 def _ppo_minibatch(
@@ -260,17 +286,21 @@ def _ppo_minibatch(
     accumulated over micro-batches; `values`: the critic's values of this slice with autograd
     already there (None = run the critic). The critic steps first, so its graphs are freed
     before the actor's are built."""
-    denominator = loss_denominator(part["response_mask"], LossAggregation.TOKEN_MEAN)
+    # the slice's tokens on every rank (this rank's rows may be none of them)
+    denominator = run.global_sum(
+        loss_denominator(part["response_mask"], LossAggregation.TOKEN_MEAN)
+    )
     with timer("forward_backward"):
-        if values is not None:  # the shared pass: its graph covers the whole slice
+        if values is not None:  # the shared pass (one process): its graph covers the slice
             critic_loss = _critic_loss(cfg, run, part, denominator, values)
             critic_loss.backward()
             critic_value = critic_loss.item()
         else:
-            critic_value, _ = backward_micro_batches(
+            critic_value, _ = run.backward(
                 part,
                 cfg.micro_batch_size,
                 lambda micro, d=denominator: (_critic_loss(cfg, run, micro, d, None), {}),
+                model=run.models.critic,
             )
     with timer("optimizer"):
         critic_lr = linear_warmup(step, cfg.warmup_steps) * cfg.critic_lr
@@ -283,7 +313,7 @@ def _ppo_minibatch(
             loss=critic_value,
         )
     with timer("forward_backward"):
-        loss, stats = backward_micro_batches(
+        loss, stats = run.backward(
             part,
             cfg.micro_batch_size,
             lambda micro, d=denominator: _actor_loss(cfg, run, micro, d),

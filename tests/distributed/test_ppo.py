@@ -1,0 +1,57 @@
+"""PPO under torchrun: 2 gloo processes sample the same tokens and train actor and critic exactly
+as 1 process on the same global batch."""
+
+from functools import partial
+
+import pytest
+
+from rlhfkit.train.ppo import PPOConfig, train_ppo
+from tests.distributed.ranks import (
+    assert_same_policy_steps,
+    history_losses,
+    one_process_and_two_ranks,
+)
+from tests.train.conftest import length_reward_spec
+
+
+@pytest.mark.parametrize(
+    "prompts, mini_batch",
+    [
+        (6, 3),  # 3 prompts a rank: each mini-batch lies on one rank, the other runs none
+        (5, 5),  # 3 and 2 prompts: one mini-batch across both ranks
+    ],
+)
+def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, prompts, mini_batch):
+    # two epochs over micro-batches of 2 rows. The advantages are whitened
+    # over both ranks' tokens, and the adaptive KL coefficient follows the global KL
+    cfg = PPOConfig(
+        model=str(tiny_model_dir),
+        task="arith",
+        reward=length_reward_spec(tmp_path),
+        critic_init="policy",
+        train_prompts=32,
+        eval_prompts=4,
+        prompts_per_step=prompts,
+        mini_batch_size=mini_batch,
+        micro_batch_size=2,
+        ppo_epochs=2,
+        max_new_tokens=10,
+        eval_max_new_tokens=6,
+        max_steps=3,
+        lr=1e-3,
+        critic_lr=1e-3,
+        warmup_steps=1,
+        kl_coef=0.05,
+        kl_target=0.01,
+        kl_horizon=100,
+        eval_every=3,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
+    one, two = one_process_and_two_ranks(partial(history_losses, train_ppo), cfg, tmp_path)
+    assert_same_policy_steps(
+        one,
+        two,
+        ("proxy_reward", "kl_per_sequence", "kl_coef", "value_loss", "explained_variance"),
+    )
