@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout import engine
@@ -177,3 +178,57 @@ def test_inverse_cdf_draws_follow_the_filtered_distribution():
     expected = filter_logits(logits[:1], top_k=3, top_p=1.0).softmax(dim=-1)[0]
     assert frequencies[2] == 0 and frequencies[4] == 0  # outside the top 3: never drawn
     assert torch.allclose(frequencies, expected, atol=0.01)
+
+
+def test_a_batch_sampled_in_shares_draws_as_the_whole_batch(model_and_tokenizer):
+    # two ranks' shares of one batch (whole prompts each), each drawing the whole batch's noise
+    # and keeping its rows', then advancing the generator as far as the longest share decoded
+    model, tokenizer = model_and_tokenizer
+    ids, mask = _prompts(tokenizer)
+    options = dict(
+        num_samples=3,
+        max_new_tokens=24,
+        stop_ids=list(range(2, 300, 5)),  # rows stop at different steps
+        pad_token_id=tokenizer.pad_token_id,
+        temperature=0.8,
+    )
+    whole_generator = torch.Generator().manual_seed(0)
+    whole = generate(model, ids, mask, generator=whole_generator, **options)
+    total, split = whole.response_ids.shape[0], 1
+    shares, generators = [], []
+    for prompts, first in ((slice(0, split), 0), (slice(split, None), split * 3)):
+        generator = torch.Generator().manual_seed(0)
+        rows = engine.DrawRows(first, total)
+        shares.append(
+            generate(
+                model, ids[prompts], mask[prompts], generator=generator, draw_rows=rows, **options
+            )
+        )
+        generators.append(generator)
+    steps = [share.response_ids.shape[1] for share in shares]
+    assert steps[0] != steps[1]  # one share stopped earlier
+    for share, generator in zip(shares, generators):
+        engine.skip_draws(
+            generator, torch.device("cpu"), total, max(steps) - share.response_ids.shape[1]
+        )
+        assert torch.equal(generator.get_state(), whole_generator.get_state())
+
+    def joined(name, pad):
+        parts = [getattr(share, name) for share in shares]
+        return torch.cat([F.pad(p, (0, max(steps) - p.shape[1]), value=pad) for p in parts])
+
+    assert_paths_agree(
+        model,
+        whole.prompt_ids,
+        whole.prompt_mask,
+        {
+            "whole": (whole.response_ids, whole.response_lengths, whole.logprobs),
+            "shares": (
+                joined("response_ids", tokenizer.pad_token_id),
+                torch.cat([share.response_lengths for share in shares]),
+                joined("logprobs", 0.0),
+            ),
+        },
+        uniforms=seeded_uniforms(0, total, 24),
+        temperature=0.8,
+    )
