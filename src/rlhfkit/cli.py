@@ -150,6 +150,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.ppo:train_ppo",
         report=_print_policy_eval,
         needs=("model",),
+        torchrun=True,
     ),
     "grpo": Command(
         "GRPO: group-relative policy optimisation (outcome or process rewards)",
@@ -157,6 +158,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.grpo:train_grpo",
         report=_print_policy_eval,
         needs=("model",),
+        torchrun=True,
     ),
     "rloo": Command(
         "RLOO: leave-one-out baseline over G samples, KL penalty in the reward",
@@ -164,6 +166,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.rloo:train_rloo",
         report=_print_policy_eval,
         needs=("model",),
+        torchrun=True,
     ),
     "iterative-grpo": Command(
         "rounds of GRPO, each followed by fresh rankings and a retrained reward model",
