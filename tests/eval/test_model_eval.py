@@ -2,7 +2,8 @@ import random
 
 import torch
 
-from rlhfkit.eval.model_eval import evaluate_model, win_rates
+from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
+from rlhfkit.eval.sampling import EvalSamples
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rewards.base import RewardScores
 from rlhfkit.tasks.registry import get_task
@@ -68,3 +69,28 @@ def test_a_model_against_itself_ties_everywhere(tiny_model_dir):
         assert rates["win_rate_greedy"] == 0.5 and rates["win_rate_greedy_ties"] == 1.0
         assert rates["win_rate_sampled"] == 0.5 and rates["win_rate_sampled_n"] == 8
     assert "kl_k1_per_sequence" not in one.metrics  # no reference, no KL
+
+
+def _scored(greedy: list[float], sampled: list[float], distinct: list[int]) -> ModelEval:
+    empty = EvalSamples(texts=[], lengths=[], kl={})
+    return ModelEval(empty, empty, greedy, sampled, distinct=distinct)
+
+
+def test_a_prompt_drawn_twice_is_one_greedy_comparison():
+    # prompts a, b, a, a: the candidate wins b and loses a, which was drawn three times
+    assert distinct_indices(["a", "b", "a", "a"]) == [0, 1]
+    assert distinct_indices([[{"role": "user", "content": "a"}]] * 2) == [0]
+    baseline = _scored([2.0, 0.0, 2.0, 2.0], [1.0] * 4, distinct=[0, 1])
+    candidate = _scored([1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 0.0, 2.0], distinct=[0, 1])
+    rates = win_rates(candidate, baseline)
+    assert rates["win_rate_greedy"] == 0.5 and rates["win_rate_greedy_n"] == 2
+    assert rates["win_rate_sampled"] == 0.75 and rates["win_rate_sampled_n"] == 4
+
+
+def test_evaluation_records_the_distinct_prompts(tiny_model_dir):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    task = get_task("advice")
+    prompts = task.prompts(2, random.Random(1))
+    result = evaluate_model(model, tokenizer, task, prompts * 2, max_new_tokens=4)
+    assert result.distinct == distinct_indices([p.prompt for p in prompts])
+    assert win_rates(result, result)["win_rate_greedy_n"] == len(result.distinct)

@@ -7,6 +7,7 @@ repetition, distinct-n, the proxy reward next to the gold score) and, on a task 
 answer (`arith`), pass@k and maj@k. Win rates compare two such evaluations prompt by prompt.
 """
 
+import json
 from dataclasses import dataclass, field
 
 from rlhfkit.data.formats import PromptExample
@@ -30,6 +31,8 @@ class ModelEval:
     """The proxy's score of each answer, in the same order; empty without a proxy."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Every number of this model, flat (`summary.json`)."""
+    distinct: list[int] = field(default_factory=list)
+    """Index of the first occurrence of each distinct prompt: the greedy comparisons."""
 
 
 def evaluate_model(
@@ -71,6 +74,7 @@ def evaluate_model(
         sampled,
         greedy_scores=gold_scores(task, gold, prompts, greedy_texts),
         sampled_scores=gold_scores(task, gold, repeated, sampled_texts),
+        distinct=distinct_indices(texts),
     )
     m = result.metrics
     if task is not None:
@@ -112,20 +116,41 @@ def gold_scores(task, gold, prompts: list[PromptExample], responses: list[str]) 
     return [task.reward(p, r) for p, r in zip(prompts, responses)]
 
 
+def distinct_indices(prompts: list) -> list[int]:
+    """Index of the first occurrence of each distinct prompt (text or chat messages), in order."""
+    first: dict[str, int] = {}
+    for i, prompt in enumerate(prompts):
+        first.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt), i)
+    return list(first.values())
+
+
 def win_rates(
     candidate: ModelEval, baseline: ModelEval, *, by_proxy: bool = False
 ) -> dict[str, float]:
     """Win rate of `candidate` over `baseline` on greedy and on sampled answers (ties half, 95%
     Wilson interval): answer i of one against answer i of the other, same prompt. Judged by the
-    gold scores, or (`by_proxy`) by the proxy's."""
-    if by_proxy:
-        return {
-            **win_rate(candidate.greedy_proxy, baseline.greedy_proxy).as_dict("win_rate_greedy"),
-            **win_rate(candidate.sampled_proxy, baseline.sampled_proxy).as_dict("win_rate_sampled"),
-        }
+    gold scores, or (`by_proxy`) by the proxy's.
+
+    A greedy answer is a function of its prompt, so a prompt drawn twice repeats the same
+    comparison: greedy answers count once per distinct prompt (a task with 30 questions gives
+    30 greedy comparisons however many prompts were drawn, and an interval that says so).
+    Sampled answers are independent draws and all count."""
+    greedy_c, greedy_b = (
+        (candidate.greedy_proxy, baseline.greedy_proxy)
+        if by_proxy
+        else (candidate.greedy_scores, baseline.greedy_scores)
+    )
+    sampled_c, sampled_b = (
+        (candidate.sampled_proxy, baseline.sampled_proxy)
+        if by_proxy
+        else (candidate.sampled_scores, baseline.sampled_scores)
+    )
+    once = baseline.distinct or list(range(len(greedy_b)))
     return {
-        **win_rate(candidate.greedy_scores, baseline.greedy_scores).as_dict("win_rate_greedy"),
-        **win_rate(candidate.sampled_scores, baseline.sampled_scores).as_dict("win_rate_sampled"),
+        **win_rate([greedy_c[i] for i in once], [greedy_b[i] for i in once]).as_dict(
+            "win_rate_greedy"
+        ),
+        **win_rate(sampled_c, sampled_b).as_dict("win_rate_sampled"),
     }
 
 

@@ -210,19 +210,21 @@ def ai_win_rates(
     judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts
 ) -> dict:
     """Win rates by an AI judge: each answer against the baseline's answer i to the same prompt,
-    asked in both orders; with the share of verdicts the order flips."""
+    asked in both orders; with the share of verdicts the order flips. Greedy answers count once
+    per distinct prompt, as in `win_rates`."""
     out = {}
-    for kind, ours, theirs in (
-        ("greedy", candidate.greedy, baseline.greedy),
-        ("sampled", candidate.sampled, baseline.sampled),
+    once = baseline.distinct or list(range(len(prompts)))  # a greedy comparison per prompt
+    for kind, ours, theirs, rows in (
+        ("greedy", candidate.greedy, baseline.greedy, once),
+        ("sampled", candidate.sampled, baseline.sampled, range(len(prompts))),
     ):
-        asked = [p.prompt for p, row in zip(prompts, ours.texts) for _ in row]
+        asked = [prompts[i].prompt for i in rows for _ in ours.texts[i]]
         verdicts = judge_pairs(
             judge,
             judge_tokenizer,
             asked,
-            ours.flat(ours.texts),
-            theirs.flat(theirs.texts),
+            [t for i in rows for t in ours.texts[i]],
+            [t for i in rows for t in theirs.texts[i]],
             batch_size=32,
         )
         out |= ai_win_rate(verdicts.first_better.tolist()).as_dict(f"win_rate_{kind}")
