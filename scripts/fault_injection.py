@@ -11,6 +11,7 @@ metrics log holds every step once, with the same losses.
 
     python scripts/fault_injection.py                        # 7 trainers x 20 trials
     python scripts/fault_injection.py --trainers sft dpo --trials 5 --workers 2
+    python scripts/fault_injection.py --trainers sft rm dpo --nproc 2   # torchrun jobs
 
 Not in CI (about 20 minutes on 2 cores). Every process runs one thread, so that float sums are
 reduced in the same order in all of them. Writes `<out>/table.md` and `<out>/results.json`.
@@ -28,6 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file
 
@@ -259,13 +261,21 @@ def corpus() -> list[str]:
     return [e.prompt + e.completion for e in examples]
 
 
-def rlhfkit(command: list[str], runs: Path, name: str, *flags: str, log: Path) -> subprocess.Popen:
+def launcher(nproc: int) -> list[str]:
+    """How a run starts: one process, or (nproc > 1) a torchrun job of nproc processes."""
+    if nproc == 1:
+        return [sys.executable, "-m", "rlhfkit"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*torchrun, "--nproc_per_node", str(nproc), "-m", "rlhfkit"]
+
+
+def rlhfkit(
+    command: list[str], runs: Path, name: str, *flags: str, log: Path, start: list[str]
+) -> subprocess.Popen:
     with open(log, "a") as out:
         return subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "rlhfkit",
+                *start,
                 *command,
                 *QUIET,
                 "--runs-dir",
@@ -292,13 +302,32 @@ def logged_steps(run: Path) -> int:
         return 0
 
 
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the run and, for a torchrun job, its workers (they run in sessions of their own,
+    so they outlive the launcher)."""
+    workers = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGKILL)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+    process.wait()
+    psutil.wait_procs(workers, timeout=30)
+
+
 def killed_run(
-    command: list[str], runs: Path, name: str, *, after_step: int, delay: float, mid_save: bool
+    command: list[str],
+    runs: Path,
+    name: str,
+    *,
+    after_step: int,
+    delay: float,
+    mid_save: bool,
+    start: list[str],
 ) -> tuple[bool, bool]:
     """Start the run; once it has logged `after_step` steps, SIGKILL it `delay` seconds later,
     or (mid_save) at the next moment a checkpoint is being written. Returns (killed, killed
     while a checkpoint was being written)."""
-    process, armed_at = rlhfkit(command, runs, name, log=runs / f"{name}.log"), None
+    process = rlhfkit(command, runs, name, log=runs / f"{name}.log", start=start)
+    armed_at = None
     while process.poll() is None:
         if armed_at is None and logged_steps(runs / name) >= after_step:
             armed_at = time.monotonic()
@@ -307,8 +336,7 @@ def killed_run(
             in_save if mid_save else time.monotonic() >= armed_at + delay
         )
         if due:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+            kill(process)
             return True, in_save
         time.sleep(0.0005 if armed_at is not None and mid_save else 0.002)
     return False, False
@@ -319,7 +347,7 @@ def max_steps(command: list[str]) -> int:
     return next(int(a.split("=")[1]) for a in command if a.startswith(("max_steps=", "rounds=")))
 
 
-def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
+def trial(command: list[str], runs: Path, index: int, seed: int, start: list[str]) -> dict:
     """Trial `index`: killed after a random number of steps (one in four mid-save), then
     resumed, or started again when no checkpoint was complete yet. A draw that comes after the
     run has already finished kills nothing: it is drawn again, so every trial is a kill."""
@@ -331,7 +359,13 @@ def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
         draws += 1
         after_step, delay = rng.randrange(max_steps(command)), rng.random()
         killed, in_save = killed_run(
-            command, runs, name, after_step=after_step, delay=delay, mid_save=mid_save
+            command,
+            runs,
+            name,
+            after_step=after_step,
+            delay=delay,
+            mid_save=mid_save,
+            start=start,
         )
     outcome = {
         "trial": index,
@@ -344,10 +378,11 @@ def trial(command: list[str], runs: Path, index: int, seed: int) -> dict:
     if killed:
         # as a user would: --resume, and when there is nothing to resume yet, start again
         log = runs / f"{name}.log"
-        outcome["exit"] = rlhfkit(command, runs, name, "--resume", log=log).wait()
-        if outcome["exit"] == 2 and "nothing to resume" in log.read_text()[-2000:]:
+        outcome["exit"] = rlhfkit(command, runs, name, "--resume", log=log, start=start).wait()
+        if outcome["exit"] != 0 and "nothing to resume" in log.read_text()[-2000:]:
             outcome["restarted"] = True
-            outcome["exit"] = rlhfkit(command, runs, name, "--overwrite", log=log).wait()
+            again = rlhfkit(command, runs, name, "--overwrite", log=log, start=start)
+            outcome["exit"] = again.wait()
     outcome["equal"] = same_run(runs / "full", runs / name)
     if outcome["equal"]:
         shutil.rmtree(runs / name, ignore_errors=True)
@@ -392,6 +427,12 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=2, help="trials run at once (one thread each)"
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes per run: above 1 every run is a torchrun job (sft, rm and dpo)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/fault-injection")
     args = parser.parse_args()
@@ -403,11 +444,14 @@ def main() -> None:
         runs, command = out / trainer, all_commands[trainer]
         runs.mkdir()
         started = time.monotonic()
-        if rlhfkit(command, runs, "full", log=runs / "full.log").wait() != 0:
+        start = launcher(args.nproc)
+        if rlhfkit(command, runs, "full", log=runs / "full.log", start=start).wait() != 0:
             sys.exit(f"{trainer}: the uninterrupted run failed, see {runs / 'full.log'}")
         duration = time.monotonic() - started
         with ThreadPoolExecutor(args.workers) as pool:
-            jobs = [pool.submit(trial, command, runs, i, args.seed) for i in range(args.trials)]
+            jobs = [
+                pool.submit(trial, command, runs, i, args.seed, start) for i in range(args.trials)
+            ]
             results[trainer] = {
                 "duration_s": round(duration, 1),
                 "trials": [job.result() for job in jobs],

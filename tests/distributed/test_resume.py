@@ -50,28 +50,34 @@ def _torchrun(tmp_path: Path, name: str, settings: list[str], *flags: str) -> su
         "2",
     ]
     command += ["-m", "rlhfkit", "sft", "--runs-dir", str(tmp_path), "--name", name]
-    return subprocess.Popen(
-        [*command, *settings, *flags],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with open(tmp_path / f"{name}.log", "a") as log:  # a file: a full pipe would block a job
+        return subprocess.Popen(
+            [*command, *settings, *flags],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-def _kill_job_after_checkpoint(job: subprocess.Popen, checkpoints: Path) -> None:
+def _finished(job: subprocess.Popen, log: Path) -> str:
+    """The job's output once it exited with status 0."""
+    assert job.wait(timeout=300) == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
+def _kill_job_after_checkpoint(job: subprocess.Popen, checkpoints: Path, log: Path) -> None:
     """SIGKILL torchrun and its workers (they run in sessions of their own) as soon as the
     job's first checkpoint is complete."""
     deadline = time.monotonic() + 240
     while latest_checkpoint(checkpoints) is None:
-        assert job.poll() is None, job.communicate()[1][-3000:]
+        assert job.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within 240 s"
         time.sleep(0.01)
     workers = psutil.Process(job.pid).children(recursive=True)
     job.send_signal(signal.SIGKILL)
     for worker in workers:
         worker.send_signal(signal.SIGKILL)
-    job.communicate()  # torchrun is this process's child: reaped here, its status kept
+    job.wait()  # torchrun is this process's child: reaped here, its status kept
     psutil.wait_procs(workers, timeout=30)
 
 
@@ -91,16 +97,14 @@ def test_a_killed_torchrun_job_resumes_bitwise(tiny_model_dir, arith_data, tmp_p
     ]
     whole = _torchrun(tmp_path, "whole", settings)  # the two jobs run side by side
     killed = _torchrun(tmp_path, "killed", settings)
-    _kill_job_after_checkpoint(killed, tmp_path / "killed" / "checkpoints")
-    out, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err[-3000:]
+    _kill_job_after_checkpoint(killed, tmp_path / "killed" / "checkpoints", tmp_path / "killed.log")
+    _finished(whole, tmp_path / "whole.log")
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "final").exists(), "the job ended before it was killed"
 
     resumed = _torchrun(tmp_path, "killed", settings, "--resume")
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err[-3000:]
-    assert RESUME_WARNING not in err  # the same number of processes: no warning
+    output = _finished(resumed, tmp_path / "killed.log")
+    assert RESUME_WARNING not in output  # the same number of processes: no warning
 
     losses = {
         name: [row["loss"] for row in read_metrics(tmp_path / name / "metrics.jsonl")]
