@@ -183,6 +183,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.raft:train_raft",
         report=_print_policy_eval,
         needs=("model",),
+        torchrun=True,
     ),
     "judge": Command(
         "RLAIF: train or take an AI judge, label pairs in both orders, report agreement with gold",

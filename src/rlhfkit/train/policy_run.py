@@ -211,12 +211,16 @@ class PolicyRun:
     def rank_prompts(self, step: int, count: int) -> PromptShare:
         """This rank's share of the step's prompts (`prompts_for_step`); all of them in one
         process."""
-        if count < self.ranks.world_size:
+        return self.rank_share(self.prompts_for_step(step, count))
+
+    def rank_share(self, prompts: list[PromptExample]) -> PromptShare:
+        """This rank's share of the prompts a step samples for; all of them in one process."""
+        if len(prompts) < self.ranks.world_size:
             raise ConfigError(
-                f"prompts_per_step={count} is fewer than the {self.ranks.world_size} ranks: "
-                "each rank samples for at least one prompt"
+                f"{len(prompts)} prompts in a step, fewer than the {self.ranks.world_size} "
+                "ranks: each rank samples for at least one prompt (raise the prompts per step)"
             )
-        return prompt_share(self.prompts_for_step(step, count), self.ranks)
+        return prompt_share(prompts, self.ranks)
 
     def sample(
         self,

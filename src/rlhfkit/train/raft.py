@@ -15,6 +15,10 @@ of a step the samples are slightly off-policy. DeepSeekMath writes RFT's coeffic
 indicator 1 / 0 (`wrong_coef=0`); seed 003's -1 pushes log pi of a wrong answer down without
 bound, so when most samples are wrong the policy can collapse (GRPO's group baseline centres
 the coefficients instead).
+Under torchrun each rank samples and scores its own share of a round's prompts (all K samples of
+a prompt on one rank); RAFT selects over every rank's rewards, and each rank runs its rows of
+every global mini-batch (maybe none), with the denominators summed over the ranks, so each
+update is the one-process update of the same round (`policy_run`).
 """
 
 from dataclasses import dataclass, field
@@ -28,8 +32,8 @@ from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_d
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
-from rlhfkit.train.micro_batches import backward_micro_batches
 from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 
 
@@ -118,35 +122,57 @@ def sft_minibatch_loss(
     return aggregate_loss(-logprobs, mask, LossAggregation.TOKEN_MEAN, total)
 
 
+def local_kept_rows(kept: torch.Tensor, first: int, held: int, rows: list[int]) -> list[int]:
+    """This rank's rows of a mini-batch of kept responses.
+
+    Args:
+        kept: (round_responses,) bool over every rank's responses, True = kept.
+        first, held: this rank's responses are rows `first` .. `first + held - 1` of the round.
+        rows: the mini-batch, as indices into the round's kept responses in round order.
+    Returns:
+        indices into this rank's kept responses (in its own row order), the mini-batch's order
+        kept; all of `rows` in one process (first = 0, held = every response).
+    """
+    before = int(kept[:first].sum())  # kept responses on the ranks before this one
+    here = int(kept[first : first + held].sum())
+    return [row - before for row in rows if before <= row < before + here]
+
+
 def _raft_update(
-    cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout, rewards: torch.Tensor
+    cfg: RAFTConfig,
+    run: PolicyRun,
+    step: int,
+    share: PromptShare,
+    rollout: Rollout,
+    rewards: torch.Tensor,
 ) -> tuple[list[dict], dict]:
-    """Keep the best responses, then `epochs_per_round` epochs of SFT on them in mini-batches."""
+    """Keep the best responses of the round (over every rank's), then `epochs_per_round`
+    epochs of SFT on them in mini-batches."""
+    every = run.all_rows(rewards)  # the round's rewards, as one process holds them
     kept = select_responses(
-        rewards,
+        every,
         cfg.selection,
         cfg.samples_per_prompt,
         cfg.keep_fraction,
         cfg.reward_threshold if cfg.require_correct else None,
     )
-    data = rollout_rows(rollout, kept.nonzero().squeeze(1))
+    first, held = share.first * cfg.samples_per_prompt, rewards.shape[0]
+    data = rollout_rows(rollout, kept[first : first + held].nonzero().squeeze(1))
     count = int(kept.sum())
     info = {
         "kept_count": count,
-        "kept_reward_mean": rewards[kept].mean().item() if count else float("nan"),
-        "kept_length": data["response_mask"].sum().item() / max(1, count),
+        "kept_reward_mean": every[kept].mean().item() if count else float("nan"),
+        "kept_length": run.global_sum(data["response_mask"].sum().item()) / max(1, count),
     }
     # the order of each round's epochs is a pure function of (seed, round): nothing to checkpoint
     round_seed = cfg.seed * 1_000_003 + step
     stats = []
     for index in range(cfg.epochs_per_round * batches_per_epoch(count, cfg.mini_batch_size)):
-        rows = torch.tensor(
-            micro_batch_rows(count, cfg.mini_batch_size, round_seed, index),
-            device=run.models.device,
-        )
-        part = {k: v[rows] for k, v in data.items()}
-        tokens = part["response_mask"].sum()
-        loss, _ = backward_micro_batches(
+        rows = micro_batch_rows(count, cfg.mini_batch_size, round_seed, index)
+        rows = torch.tensor(local_kept_rows(kept, first, held, rows), dtype=torch.long)
+        part = {k: v[rows.to(v.device)] for k, v in data.items()}
+        tokens = run.global_sum(part["response_mask"].sum())  # over every rank's rows
+        loss, _ = run.backward(
             part,
             cfg.micro_batch_size,
             lambda micro, d=tokens: (sft_minibatch_loss(cfg, run, micro, d), {}),
@@ -157,18 +183,25 @@ def _raft_update(
 
 
 def _online_rft_update(
-    cfg: RAFTConfig, run: PolicyRun, step: int, rollout: Rollout, rewards: torch.Tensor
+    cfg: RAFTConfig,
+    run: PolicyRun,
+    step: int,
+    share: PromptShare,
+    rollout: Rollout,
+    rewards: torch.Tensor,
 ) -> tuple[list[dict], dict]:
-    """One pass of the +1 / -1 weighted log-likelihood over the rollout in mini-batches."""
+    """One pass of the +1 / -1 weighted log-likelihood over the round's responses in
+    mini-batches (this rank's rows of each, maybe none; the denominator counts every rank's)."""
     coefficients = binary_coefficients(rewards, cfg.reward_threshold, cfg.wrong_coef)
     data = {**rollout_rows(rollout, slice(None)), "coefficients": coefficients}
     stats = []
-    for start in range(0, coefficients.shape[0], cfg.mini_batch_size):
-        part = {k: v[start : start + cfg.mini_batch_size] for k, v in data.items()}
-        denominator = loss_denominator(
-            part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens
+    for start in range(0, share.total * cfg.samples_per_prompt, cfg.mini_batch_size):
+        rows = share.rows(start, cfg.mini_batch_size, cfg.samples_per_prompt)
+        part = {k: v[rows] for k, v in data.items()}
+        denominator = run.global_sum(
+            loss_denominator(part["response_mask"], cfg.loss_aggregation, cfg.max_new_tokens)
         )
-        loss, _ = backward_micro_batches(
+        loss, _ = run.backward(
             part,
             cfg.micro_batch_size,
             lambda micro, d=denominator: (_rft_micro_loss(cfg, run, micro, d), {}),
@@ -202,31 +235,31 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
-            prompts = run.prompts_for_step(step, cfg.prompts_per_round)
+            share = run.rank_prompts(step, cfg.prompts_per_round)  # one process: every prompt
+            prompts = share.prompts
 
             # step 2. sample K responses per prompt from the current policy
             with timer("generation"):
                 rollout, responses = run.sample(
-                    prompts,
+                    share,
                     cfg.samples_per_prompt,
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature,
                 )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
 
-            # step 3. score every response
+            # step 3. score every response (this rank's)
             with timer("reward"):
                 rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
 
             # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
             with timer("update"):
-                stats, info = update(cfg, run, step, rollout, rewards)
+                stats, info = update(cfg, run, step, share, rollout, rewards)
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
-            row.update(
-                info, correct_fraction=(rewards > cfg.reward_threshold).float().mean().item()
-            )
+            correct = run.all_rows(rewards) > cfg.reward_threshold  # over every rank's
+            row.update(info, correct_fraction=correct.float().mean().item())
             run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
