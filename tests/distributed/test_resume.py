@@ -133,17 +133,41 @@ def test_a_killed_torchrun_job_resumes_bitwise(tiny_model_dir, arith_data, tmp_p
     assert max_weight_difference(model.state_dict(), started) > 1e-4
 
 
-def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str | None):
+def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str):
     """On every rank: the whole run; a copy of it stopped after its checkpoint (rank 0 copies),
-    resumed; and, given `single`, a single process's run resumed here. Losses of each."""
+    resumed; and a single process's run stopped likewise, resumed here. Losses of each."""
     losses = [train(cfg, RunDir(Path(whole))).train_losses]
     if dist.get_rank() == 0:
         shutil.copytree(whole, stopped, ignore=shutil.ignore_patterns("final"))
     dist.barrier()
     losses.append(train(cfg, RunDir(Path(stopped)), resume=True).train_losses)
-    if single:
-        losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
+    losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
     return losses
+
+
+def _resumes_on_two_processes(train, cfg, tmp_path: Path) -> tuple[RunDir, list[float]]:
+    """A 2-process run resumed from its checkpoint equals the whole run bitwise; a single
+    process's run resumed on 2 processes ends within 1e-5 of its uninterrupted end. Returns the
+    whole 2-process run and its losses."""
+    single = prepare_run_dir(tmp_path / "single", resume=False, overwrite=False)
+    single_losses = train(cfg, single).train_losses
+    single_on_two = _stopped_copy(single, tmp_path / "single_on_two")
+    whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
+    whole_losses, resumed_losses, from_single = run_on_ranks(
+        2,
+        _whole_then_resumed,
+        train,
+        cfg,
+        str(whole.root),
+        str(tmp_path / "resumed"),
+        str(single_on_two.root),
+    )
+    assert resumed_losses == whole_losses[2:]
+    _bitwise_equal_runs(whole.root, tmp_path / "resumed")
+    assert all(close(a, b) for a, b in zip(from_single, single_losses[2:]))
+    ends = [load_file(run.final / "model.safetensors") for run in (single, single_on_two)]
+    assert max_weight_difference(*ends) < TOLERANCE
+    return whole, whole_losses
 
 
 def _stopped_copy(run: RunDir, to: Path) -> RunDir:
@@ -164,7 +188,7 @@ def _bitwise_equal_runs(a: Path, b: Path) -> None:
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_reward_model_resumes_bitwise_and_on_one_process(
+def test_reward_model_resumes_on_two_processes_and_on_one(
     tiny_model_dir,
     rankings,  # noqa: F811
     tmp_path,
@@ -178,12 +202,7 @@ def test_reward_model_resumes_bitwise_and_on_one_process(
         imitation_coef=0.1,  # its LM head is a trainer extra of the checkpoint
         **FOUR_STEPS,
     )
-    whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
-    whole_losses, resumed_losses = run_on_ranks(
-        2, _whole_then_resumed, train_reward_model, cfg, str(whole.root), str(tmp_path / "b"), None
-    )
-    assert resumed_losses == whole_losses[2:]
-    _bitwise_equal_runs(whole.root, tmp_path / "b")
+    whole, whole_losses = _resumes_on_two_processes(train_reward_model, cfg, tmp_path)
 
     # the 2-process checkpoint, resumed by one process: it continues, and says it is not bitwise
     capfd.readouterr()
@@ -192,29 +211,11 @@ def test_reward_model_resumes_bitwise_and_on_one_process(
     assert all(close(a, b) for a, b in zip(one.train_losses, whole_losses[2:]))
 
 
-def test_dpo_resumes_bitwise_and_from_one_process(tiny_model_dir, rankings, tmp_path):  # noqa: F811
+def test_dpo_resumes_on_two_processes(tiny_model_dir, rankings, tmp_path):  # noqa: F811
     cfg = DPOConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
         nll_weight=0.1,
         **FOUR_STEPS,
     )
-    # a single process's run, stopped after its checkpoint, to be resumed on 2 processes
-    single = prepare_run_dir(tmp_path / "single", resume=False, overwrite=False)
-    single_losses = train_dpo(cfg, single).train_losses
-    stopped_single = _stopped_copy(single, tmp_path / "single_on_two")
-    whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
-    whole_losses, resumed_losses, from_single = run_on_ranks(
-        2,
-        _whole_then_resumed,
-        train_dpo,
-        cfg,
-        str(whole.root),
-        str(tmp_path / "b"),
-        str(stopped_single.root),
-    )
-    assert resumed_losses == whole_losses[2:]
-    _bitwise_equal_runs(whole.root, tmp_path / "b")
-    assert all(close(a, b) for a, b in zip(from_single, single_losses[2:]))
-    two = load_file(stopped_single.final / "model.safetensors")
-    assert max_weight_difference(two, load_file(single.final / "model.safetensors")) < TOLERANCE
+    _resumes_on_two_processes(train_dpo, cfg, tmp_path)

@@ -216,6 +216,19 @@ def load_full_optimizer_state(
     )
 
 
+def shard_like(value: Any, template: Any) -> Any:
+    """`value` (whole tensors in nested dicts, as a single process saved them) with each tensor
+    whose `template` counterpart is a sharded DTensor cut into this rank's shard like it. Every
+    rank must call it with the same values (the tensors are scattered from rank 0)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(value, dict) and isinstance(template, dict):
+        return {key: shard_like(item, template.get(key)) for key, item in value.items()}
+    if isinstance(template, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value, template.device_mesh, template.placements)
+    return value
+
+
 @contextmanager
 def _without_process_group_warning():
     """DCP warns when it runs without a process group: one process reading a checkpoint of

@@ -32,6 +32,7 @@ from rlhfkit.runtime.distributed_checkpoint import (
     load_sharded_checkpoint,
     on_main,
     save_sharded_checkpoint,
+    shard_like,
     warn_if_resharded,
 )
 from rlhfkit.train.optim import all_finite, all_finite_tensors
@@ -178,4 +179,5 @@ def restore_trainer_state(
         optimizer.load_state_dict(optimizer_state)
     state = load_torch_state(checkpoint / "state.pt")
     restore_rng_state(state["rng"])
-    return state["step"], state["extra"]
+    extra = shard_like(state["extra"], extra_like or {}) if ranks.sharded else state["extra"]
+    return state["step"], extra
