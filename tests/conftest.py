@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from rlhfkit.models.tiny import CHAT_TEMPLATE, build_tiny_model
 from rlhfkit.tasks.advice import AdviceTask
@@ -14,6 +14,16 @@ from rlhfkit.tasks.arith import ArithTask
 
 # Tiny sizes: a forward pass over a batch of ~100-token rows takes milliseconds.
 TINY_SIZES = dict(vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+# SmolLM2-135M's shape: 135M parameters, 28M of them the (tied) embedding
+SMOLLM2_SIZES = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,6 +58,14 @@ def tiny_model_dir(tmp_path_factory, tiny_corpus) -> Path:
     """
     out = tmp_path_factory.mktemp("tiny_model")
     return build_tiny_model(out, tiny_corpus, seed=0, **TINY_SIZES)
+
+
+@pytest.fixture(scope="session")
+def smollm2_config_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M's config without weights: the learning-rate guard reads the config alone."""
+    out = tmp_path_factory.mktemp("smollm2_shape")
+    LlamaConfig(**SMOLLM2_SIZES).save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="session")

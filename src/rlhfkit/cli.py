@@ -109,6 +109,10 @@ class Command:
     config instead)."""
     torchrun: bool = False
     """Runs data-parallel under torchrun, one process per device (docs/scaling.md)."""
+    lr_check: str = ""
+    """For a command that runs several trainers on one model: "module:function" refusing a
+    learning rate far too large for a pretrained model, skipped with --force-lr (a command with
+    `model` and `lr` keys gets the one check of its own)."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -222,6 +226,14 @@ COMMANDS: dict[str, Command] = {
         config="rlhfkit.pipeline_config:PipelineConfig",
         run="rlhfkit.pipeline:run_pipeline",
         run_dir=False,
+    ),
+    "frontier": Command(
+        "the reward-KL frontier on a pretrained model: SFT, rankings, reward model, PPO, GRPO, "
+        "DPO at several betas; every checkpoint evaluated",
+        config="rlhfkit.frontier_config:FrontierConfig",
+        run="rlhfkit.frontier:run_frontier",
+        run_dir=False,
+        lr_check="rlhfkit.frontier:check_learning_rates",
     ),
 }
 
@@ -435,6 +447,8 @@ def _run_command(args, command: Command) -> None:
         from rlhfkit.models.pretrained import check_learning_rate
 
         check_learning_rate(model, cfg.lr, lora_r=getattr(cfg, "lora_r", 0))
+    if command.lr_check and not args.force_lr:
+        _load(command.lr_check)(cfg)
     if command.run_dir:
         _run_in_dir(args, command, cfg)
     else:

@@ -3,29 +3,10 @@
 import json
 
 import pytest
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.pretrained import backbone_parameters, check_learning_rate, lr_limit
-
-# SmolLM2-135M's shape: 135M parameters, 28M of them the (tied) embedding
-SMOLLM2_SIZES = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
-)
-
-
-@pytest.fixture(scope="module")
-def smollm2_config_dir(tmp_path_factory):
-    """A config without weights: the guard reads the config alone."""
-    out = tmp_path_factory.mktemp("smollm2_shape")
-    LlamaConfig(**SMOLLM2_SIZES).save_pretrained(out)
-    return out
 
 
 def test_counts_parameters_from_the_config(tiny_model_dir, smollm2_config_dir):

@@ -186,7 +186,7 @@ def training_curves(stage: str, rows: list[dict], keys: list[str]) -> str:
     return png_data(fig)
 
 
-def _samples_section(side_by_side: dict[str, list[dict]]) -> str:
+def samples_section(side_by_side: dict[str, list[dict]]) -> str:
     parts = []
     for task, items in side_by_side.items():
         methods = [k for k in items[0] if k != "prompt"] if items else []
@@ -253,9 +253,16 @@ def write_report(
             "<h2>Training curves</h2>",
             *curves,
             "<h2>Side by side (greedy answers to the same held-out prompts)</h2>",
-            _samples_section(side_by_side),
+            samples_section(side_by_side),
         ]
     )
+    path = root / "report.html"
+    path.write_text(html_page(body), encoding="utf-8")
+    return path
+
+
+def html_page(body: str) -> str:
+    """A whole self-contained page around `body`, with the script that counts decoded plots."""
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;margin:1em 0}"
@@ -263,11 +270,8 @@ def write_report(
         "white-space:pre-wrap}"
         "th{background:#f0f0f0}figure{display:inline-block;margin:0.5em}#check{color:#b00}"
     )
-    page = (
+    return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rlhfkit report</title>"
         f"<style>{style}</style>"
         f"</head><body>{body}<script>{_CHECK_SCRIPT}</script></body></html>"
     )
-    path = root / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path

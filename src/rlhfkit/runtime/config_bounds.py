@@ -103,6 +103,12 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "eval_rows_per_task": COUNT,
         "eval_prompts_per_task": COUNT,
         "advice_eval_samples": COUNT,
+        "sft_rows": COUNT,
+        "sft_eval_rows": COUNT,
+        "collect_prompts": COUNT,
+        "heldout_rankings": COUNT,
+        "eval_samples": COUNT,
+        "points_per_run": COUNT,
         "arith_eval_samples": COUNT,
         "samples_per_prompt": COUNT,
         "OnlineDPOConfig.samples_per_prompt": at_least(2, "a preference needs two responses"),
@@ -142,6 +148,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "beta": at_least(0, "0 = no KL term"),
         "DPOConfig.beta": above(0),  # the implicit reward's scale
         "OnlineDPOConfig.beta": above(0),
+        "dpo_betas": above(0),
         "label_smoothing": within(0, 0.5, high_open=True),
         "nll_weight": at_least(0, "0 = off"),
         "imitation_coef": at_least(0, "0 = off"),
@@ -212,6 +219,9 @@ def validate(cfg: Any, prefix: str = "") -> None:
         elif isinstance(value, (list, tuple)):
             if any(_is_non_finite(item) for item in value):
                 raise ConfigError(f"config key '{key}': must hold finite numbers, got {value!r}")
+            for item in value:  # each number of a list is held to the field's bound
+                if _is_number(item):
+                    _check_number(type(cfg), field.name, key, item)
         elif _is_number(value):
             _check_number(type(cfg), field.name, key, value)
         elif field.name == "device" and isinstance(value, str):

@@ -1,0 +1,402 @@
+"""`rlhfkit frontier`: the reward-KL frontier of the DPO paper (Rafailov et al. 2023, section
+6.1 and figure 2) on one built-in task and one base model.
+
+Stages, each calling its trainer as `rlhfkit <trainer>` would:
+1. data: the task's demonstrations and held-out prompts;
+2. sft: a short SFT of the base model;
+3. collect: K responses per prompt sampled from the SFT model, ranked by the task's simulated
+   annotators (noise calibrated to the target agreement), training and held-out rankings;
+4. rm: a reward model on the SFT model's backbone, on those rankings;
+5. the runs, each started from the SFT model, which is also every run's reference: PPO against
+   the reward model, GRPO against the reward model, GRPO against the task's gold reward (a
+   verifiable reward), and DPO on the rankings at each beta of `dpo_betas`. Each saves
+   `points_per_run` checkpoints;
+6. evaluate: SFT and every checkpoint answer the same held-out prompts (one greedy answer and
+   `eval_samples` at T = 1): gold score and KL to SFT (bootstrap 95% intervals) place the point
+   on the frontier; win rates against SFT (Wilson 95%), the reward model's score and the task's
+   reward-hacking signs sit beside it;
+7. report: `frontier.png` and `.svg`, `summary.json`, `report.md` and `report.html`.
+"""
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from rlhfkit.data.loading import write_jsonl
+from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.eval.frontier_report import Point, write_frontier_report
+from rlhfkit.eval.model_eval import evaluate_model, win_rates
+from rlhfkit.frontier_config import FrontierConfig
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rate
+from rlhfkit.rewards.builder import load_reward_model_source
+from rlhfkit.rollout.sample import sample_responses
+from rlhfkit.runtime.checkpoint import checkpoint_step
+from rlhfkit.runtime.config import Filled, fill_section, save_config
+from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.collect import label_responses
+from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.checkpointing import load_policy
+from rlhfkit.train.dpo import train_dpo
+from rlhfkit.train.grpo import train_grpo
+from rlhfkit.train.ppo import train_ppo
+from rlhfkit.train.reward import train_reward_model
+from rlhfkit.train.sft import train_sft
+
+BY = "the frontier"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run on the frontier: its directory name, method, label, trainer and filled config."""
+
+    name: str
+    method: str
+    """ppo, grpo or dpo: the plot's colour family."""
+    label: str
+    train: Callable
+    cfg: Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The configs of every stage, as the frontier runs them."""
+
+    sft: Any
+    rm: Any
+    runs: tuple[RunPlan, ...]
+
+
+def _files(root: Path) -> dict[str, str]:
+    return {
+        "sft": str(root / "data" / "sft.jsonl"),
+        "sft_eval": str(root / "data" / "sft_eval.jsonl"),
+        "eval_prompts": str(root / "data" / "eval_prompts.jsonl"),
+        "rankings": str(root / "collect" / "rankings.jsonl"),
+        "heldout": str(root / "collect" / "heldout_rankings.jsonl"),
+        "sft_model": str(RunDir(root / "sft").final),
+        "rm_model": str(RunDir(root / "rm").final),
+    }
+
+
+def _cadence(cfg: FrontierConfig, section: Any) -> dict[str, Filled]:
+    """Checkpoint every ceil(max_steps / points_per_run) steps, all of them kept."""
+    every = max(1, math.ceil(section.max_steps / max(1, cfg.points_per_run)))
+    instead = "set points_per_run= instead"
+    return {
+        "save_every": Filled(every, "from points_per_run=", instead),
+        "keep_last": Filled(max(1, cfg.points_per_run), "from points_per_run=", instead),
+    }
+
+
+def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
+    """Every stage's config with what the frontier fills in, built before anything runs, so a
+    filled key the user set is refused at once, by name."""
+    if not cfg.dpo_betas:
+        raise ConfigError("dpo_betas is empty: give at least one beta, e.g. dpo_betas=[0.1,0.5]")
+    f = _files(root)
+
+    def fill(section: str, **wired: Any) -> Any:
+        fills = {
+            key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
+            for key in ("seed", "device")
+        }
+        for key, value in wired.items():
+            fills[key] = (
+                value
+                if isinstance(value, Filled)
+                else Filled(value, f"to {value}", f"run `rlhfkit {section}` alone for another")
+            )
+        return fill_section(cfg, section, fills, by=BY)
+
+    sft = fill(
+        "sft", model=Filled(cfg.model, "from model=", "set model= instead"),
+        train_data=f["sft"], eval_data=f["sft_eval"],
+    )  # fmt: skip
+    rm = fill("rm", model=f["sft_model"], train_data=f["rankings"], eval_data=f["heldout"])
+    itself = Filled(-1, "to -1 (it evaluates every checkpoint itself)", "leave it out")
+    policy = dict(
+        model=f["sft_model"], task=cfg.task, eval_data=f["eval_prompts"], eval_every=itself
+    )
+    ppo = fill("ppo", reward_model=f["rm_model"], **policy, **_cadence(cfg, cfg.ppo))
+    grpo = {
+        reward: fill("grpo", reward=reward, **policy, **_cadence(cfg, cfg.grpo))
+        for reward in (f"model:{f['rm_model']}", "task")
+    }
+    runs = [
+        RunPlan("ppo", "ppo", "PPO (reward model)", train_ppo, ppo),
+        RunPlan(
+            "grpo_rm", "grpo", "GRPO (reward model)", train_grpo, grpo[f"model:{f['rm_model']}"]
+        ),
+        RunPlan("grpo_gold", "grpo", f"GRPO ({cfg.task} reward)", train_grpo, grpo["task"]),
+    ]
+    for beta in cfg.dpo_betas:
+        dpo = fill(
+            "dpo", model=f["sft_model"], train_data=f["rankings"], eval_data=f["heldout"],
+            beta=Filled(beta, "from dpo_betas=", "set dpo_betas= instead"),
+            **_cadence(cfg, cfg.dpo),
+        )  # fmt: skip
+        runs.append(RunPlan(f"dpo_beta{beta:g}", "dpo", f"DPO beta={beta:g}", train_dpo, dpo))
+    return Plan(sft, rm, tuple(runs))
+
+
+def check_learning_rates(cfg: FrontierConfig) -> None:
+    """Each stage's lr (and PPO's critic lr) against the base model, before anything runs: the
+    trainers' defaults suit a tiny model and erase a pretrained one (models/pretrained.py)."""
+    if not cfg.model:
+        return
+    rates = [
+        (f"{name}.lr", section.lr, section.lora_r)
+        for name, section in (
+            ("sft", cfg.sft), ("rm", cfg.rm), ("ppo", cfg.ppo), ("grpo", cfg.grpo), ("dpo", cfg.dpo)
+        )
+    ] + [("ppo.critic_lr", cfg.ppo.critic_lr, 0)]  # fmt: skip
+    for key, lr, lora_r in rates:
+        try:
+            check_learning_rate(cfg.model, lr, lora_r=lora_r)
+        except RlhfkitError as error:
+            raise RlhfkitError(f"{key}: {error}") from None
+
+
+def cpu_name() -> str:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if os.path.exists("/proc/cpuinfo") else []
+    ):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+class Frontier:
+    """Stages in order; each records its wall time and its results in `self.summary`."""
+
+    def __init__(self, cfg: FrontierConfig, *, overwrite: bool = True):
+        self.cfg = cfg
+        self.root = Path(cfg.runs_dir) / cfg.name
+        self.plan = plan_stages(cfg, self.root)  # before anything is written or overwritten
+        self.files = _files(self.root)
+        self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
+        save_config(cfg, self.run.config_path)
+        self.console = Console()
+        self.task = get_task(cfg.task)
+        self.summary: dict = {"stages": {}, "runs": {}}
+
+    def stage(self, name: str, fn) -> Any:
+        self.console.rule(f"[bold]{name}")
+        started = time.perf_counter()
+        out = fn()
+        self.summary["stages"][name] = {"seconds": time.perf_counter() - started}
+        return out
+
+    def train(self, name: str, train_fn, cfg) -> Any:
+        run = prepare_run_dir(self.root / name, resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        return train_fn(cfg, run)
+
+    # stage 1. demonstrations, held-out demonstrations and the held-out prompts
+    def make_data(self) -> None:
+        rng, d = random.Random(self.cfg.seed), self.cfg.data
+        rows = {
+            "sft": self.task.sft_examples(d.sft_rows, rng),
+            "sft_eval": self.task.sft_examples(d.sft_eval_rows, rng),
+        }
+        for name, examples in rows.items():
+            write_jsonl(self.files[name], [dataclasses.asdict(x) for x in examples])
+        self.eval_prompts = self.task.prompts(d.eval_prompts, rng)
+        prompt_rows = [
+            {"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in self.eval_prompts
+        ]
+        write_jsonl(self.files["eval_prompts"], prompt_rows)
+
+    # stage 2. a short SFT
+    def sft(self) -> None:
+        result = self.train("sft", train_sft, self.plan.sft)
+        self.summary["sft"] = {
+            "steps": len(result.train_losses),
+            "first_loss": result.train_losses[0],
+            "last_loss": result.train_losses[-1],
+            "eval_loss": result.eval_losses[-1][1] if result.eval_losses else None,
+        }
+
+    # stage 3. K responses per prompt from the SFT model, ranked by the simulated annotators
+    def collect(self) -> None:
+        d = self.cfg.data
+        rng = random.Random(derive_seed(self.cfg.seed, SeedStream.COLLECT))
+        held_out = {p.prompt for p in self.eval_prompts}
+        prompts = [
+            p for p in self.task.prompts(2 * (d.collect_prompts + d.heldout_rankings), rng)
+            if p.prompt not in held_out
+        ][: d.collect_prompts + d.heldout_rankings]  # fmt: skip
+        model = load_causal_lm(self.files["sft_model"]).to(resolve_device(self.cfg.device))
+        samples = sample_responses(
+            model,
+            load_tokenizer(self.files["sft_model"]),
+            [p.prompt for p in prompts],
+            num_samples=d.responses_per_prompt,
+            temperature=d.temperature,
+            max_new_tokens=d.max_new_tokens,
+            seed=self.cfg.seed,
+            progress="sampling",
+        )
+        grouped = list(zip(prompts, samples.texts))
+        collection = label_responses(
+            self.task,
+            grouped[: d.collect_prompts],
+            grouped[d.collect_prompts :],
+            target_agreement=d.target_agreement,
+            rng=rng,
+        )
+        self.summary["collect"] = {
+            "rankings": len(collection.rankings),
+            "pairs": len(collection.pairs),
+            "heldout_rankings": len(collection.heldout_rankings),
+            "annotator_temperature": collection.temperature,
+            "agreement": collection.agreement,
+            "bayes_limit": collection.bayes_limit,
+        }
+        write_jsonl(self.files["rankings"], collection.rankings)
+        write_jsonl(self.files["heldout"], collection.heldout_rankings)
+
+    # stage 4. the reward model on the SFT model's backbone
+    def reward_model(self) -> None:
+        result = self.train("rm", train_reward_model, self.plan.rm)
+        self.summary["rm"] = {"heldout_accuracy": result.eval_accuracy[-1][1]}
+
+    # stage 5. one run of each method (DPO: one per beta), each from the SFT model
+    def run_method(self, plan: RunPlan) -> None:
+        result = self.train(plan.name, plan.train, plan.cfg)
+        first, last = result.history[0], result.history[-1]
+        self.summary["runs"][plan.name] = {
+            "method": plan.method,
+            "label": plan.label,
+            "steps": len(result.history),
+            "first": first,
+            "last": last,
+        }
+
+    # stage 6. SFT and every checkpoint of every run on the same held-out prompts
+    def evaluate(self) -> None:
+        c, device = self.cfg, resolve_device(self.cfg.device)
+        sft = load_causal_lm(self.files["sft_model"]).to(device)
+        tokenizer = load_tokenizer(self.files["sft_model"])
+        proxy = load_reward_model_source(
+            self.files["rm_model"],
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=64,
+            max_length=self.plan.rm.max_length,
+            uncertainty_coef=0.0,
+            name="reward model",
+        )
+
+        def measure(model):
+            e = evaluate_model(
+                model,
+                tokenizer,
+                self.task,
+                self.eval_prompts,
+                reference=sft,
+                proxy=proxy,
+                samples_per_prompt=c.eval_samples,
+                max_new_tokens=c.eval_max_new_tokens,
+                seed=c.seed,
+                batch_size=64,
+            )
+            # the task's hacking signs of the sampled answers too (evaluate_model: greedy only)
+            repeated = [p for p in self.eval_prompts for _ in range(c.eval_samples)]
+            sampled = self.task.evaluate(repeated, e.sampled.flat(e.sampled.texts))
+            e.metrics.update({f"sampled_{k}": v for k, v in sampled.items()})
+            return e
+
+        base = measure(sft)
+        self.points = [Point("sft", "sft", "SFT", 0, base.metrics)]
+        self.finals = {"sft": base}
+        for plan in self.plan.runs:
+            steps = self.summary["runs"][plan.name]["steps"]
+            for step, final, path in run_points(self.root / plan.name, steps):
+                model = checkpoint_model(plan.cfg, path, final, device)
+                e = measure(model)
+                e.metrics.update(win_rates(e, base))
+                self.points.append(Point(plan.name, plan.method, plan.label, step, e.metrics))
+                if final:
+                    self.finals[plan.name] = e
+                del model
+
+    def run_all(self) -> dict:
+        started = time.perf_counter()
+        self.summary["machine"] = machine_info()
+        self.stage("data", self.make_data)
+        self.stage("sft", self.sft)
+        self.stage("collect", self.collect)
+        self.stage("reward model", self.reward_model)
+        for plan in self.plan.runs:
+            self.stage(plan.name, lambda plan=plan: self.run_method(plan))
+        self.stage("evaluate", self.evaluate)
+        self.summary["seconds"] = time.perf_counter() - started
+        self.summary["machine"]["load_average_end"] = list(os.getloadavg())
+        paths = write_frontier_report(
+            self.root,
+            self.summary,
+            self.points,
+            side_by_side(self.eval_prompts, self.finals, self.plan, self.cfg.report_samples),
+            title=f"{self.cfg.task} on {self.cfg.model}",
+        )
+        for path in paths:
+            self.console.print(f"wrote {path}")
+        return self.summary
+
+
+def run_points(run_root: Path, steps: int) -> list[tuple[int, bool, Path]]:
+    """(step, is final, path) of a run's saved checkpoints and of its final model after `steps`
+    steps, by step."""
+    run = RunDir(run_root)
+    points = sorted((checkpoint_step(path), False, path) for path in run.checkpoints.glob("step_*"))
+    return [p for p in points if p[0] < steps] + [(steps, True, run.final)]
+
+
+def checkpoint_model(cfg, path: Path, final: bool, device):
+    """A checkpoint's policy as a plain model (LoRA adapters merged), or the final model."""
+    if final:
+        return load_causal_lm(path).to(device)
+    lora_r = cfg.lora_r
+    policy = load_policy(cfg.model, path, lora_r=lora_r, lora_alpha=cfg.lora_alpha, device=device)
+    return policy.merge_and_unload() if lora_r > 0 else policy
+
+
+def side_by_side(prompts, finals: dict, plan: Plan, count: int) -> list[dict]:
+    labels = {"sft": "SFT", **{p.name: p.label for p in plan.runs}}
+    return [
+        {
+            "prompt": p.prompt,
+            **{
+                labels[name]: {"response": e.greedy.texts[i][0], "gold": e.greedy_scores[i]}
+                for name, e in finals.items()
+            },
+        }
+        for i, p in enumerate(prompts[:count])
+    ]
+
+
+def machine_info() -> dict:
+    return {
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+def run_frontier(cfg: FrontierConfig) -> dict:
+    """`rlhfkit frontier`: every stage in order, then the plot, the tables and the report."""
+    return Frontier(cfg).run_all()
