@@ -147,6 +147,7 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.online_dpo:train_online_dpo",
         report=_print_policy_eval,
         needs=("model",),
+        torchrun=True,
     ),
     "ppo": Command(
         "PPO against a reward model: actor, critic, reference, reward; GAE, KL penalty",

@@ -95,6 +95,27 @@ def history_losses(train: Callable, cfg, run: RunDir) -> SimpleNamespace:
     return SimpleNamespace(train_losses=[row["loss"] for row in train(cfg, run).history])
 
 
+def small_policy_run(model_dir: Path, reward: str) -> dict:
+    """The shared settings of a policy trainer's 2-rank test: the tiny model on the arith task's
+    prompts, scored by `reward`, 3 steps of short responses, evaluated after the last."""
+    return dict(
+        model=str(model_dir),
+        task="arith",
+        reward=reward,
+        train_prompts=32,
+        eval_prompts=4,
+        max_new_tokens=10,
+        eval_max_new_tokens=6,
+        max_steps=3,
+        lr=1e-3,
+        warmup_steps=1,
+        eval_every=3,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
+
+
 def assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...]) -> None:
     """The metrics of a policy trainer's run on one process and on 2 ranks: rank 0 alone wrote
     them; the same sampled tokens (as many, and the same `keys`: rewards, KL, ...) and gradient

@@ -11,6 +11,7 @@ from tests.distributed.ranks import (
     assert_same_policy_steps,
     history_losses,
     one_process_and_two_ranks,
+    small_policy_run,
 )
 from tests.train.conftest import length_reward_spec
 
@@ -30,30 +31,17 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, mode, keys):
     # is the response's length, which a random tiny model varies; the threshold keeps the
     # longer ones correct and the shorter ones wrong
     cfg = RAFTConfig(
-        model=str(tiny_model_dir),
-        task="arith",
-        reward=length_reward_spec(tmp_path),
+        **small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)),
         mode=mode,
         selection=Selection.TOP_FRACTION,
         keep_fraction=0.5,
         reward_threshold=1.1,
         require_correct=False,
         epochs_per_round=2,
-        train_prompts=32,
-        eval_prompts=4,
         prompts_per_round=3,
         samples_per_prompt=4,
         mini_batch_size=5 if mode is RAFTMode.ONLINE_RFT else 4,
         micro_batch_size=2,
-        max_new_tokens=10,
-        eval_max_new_tokens=6,
-        max_steps=3,
-        lr=1e-3,
-        warmup_steps=1,
-        eval_every=3,
-        save_every=0,
-        progress=False,
-        tensorboard=False,
     )
     one, two = one_process_and_two_ranks(partial(history_losses, train_raft), cfg, tmp_path)
     assert_same_policy_steps(one, two, ("reward_mean", "reward_std", "gold_score", *keys))

@@ -44,7 +44,6 @@ from rlhfkit.runtime.distributed import (
     full_state_dict,
     gradient_passes,
     rank_shares,
-    reduce_sums,
     refuse_unsupported,
     shard_model,
 )
@@ -67,6 +66,8 @@ from rlhfkit.train.dpo_losses import (
     batch_loss_fn,
     evaluate_dpo,
     make_batch,
+    reduced_gradients,
+    zero_weight,
 )
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
@@ -319,12 +320,12 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                         for batch, share in zip(batches, shares)
                     ),
                 ),
-                _zero_weight(loss_fn) if stand_in else loss_fn,
+                zero_weight(loss_fn) if stand_in else loss_fn,
                 num_groups=num_groups,
                 beta=cfg.beta,
                 precision=cfg.precision,
             )
-            loss_value, tokens, step_metrics = _reduced(step_grads, stand_in, ranks)
+            loss_value, tokens, step_metrics = reduced_gradients(step_grads, stand_in, ranks)
 
             # step 7. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
@@ -383,27 +384,3 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         model = merged_copy(policy) if cfg.lora_r > 0 else policy
         save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result
-
-
-def _zero_weight(loss_fn):
-    """`loss_fn` times zero: a pass that only takes part in the step's collectives."""
-    return lambda *args: loss_fn(*args) * 0.0
-
-
-def _reduced(step_grads, stand_in: bool, ranks) -> tuple[float, int, dict[str, float]]:
-    """The step's loss, tokens and pair metrics over every rank: losses and tokens add up, the
-    metrics are means over all the step's pairs (one process: unchanged)."""
-    if not ranks.sharded:
-        return step_grads.loss, step_grads.tokens, step_grads.metrics
-    pairs = 0 if stand_in else step_grads.pairs
-    sums = reduce_sums(
-        {
-            "loss": step_grads.loss,
-            "tokens": 0 if stand_in else step_grads.tokens,
-            "pairs": pairs,
-            **{key: value * pairs for key, value in step_grads.metrics.items()},
-        },
-        ranks,
-    )
-    loss, tokens, total = sums.pop("loss"), int(sums.pop("tokens")), sums.pop("pairs")
-    return loss, tokens, {key: value / max(total, 1) for key, value in sums.items()}

@@ -26,6 +26,7 @@ from rlhfkit.objectives.preference import (
 from rlhfkit.objectives.ranking import gather_pair_rewards
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import Precision, autocast, move_batch
+from rlhfkit.runtime.distributed import Ranks, reduce_sums
 
 # (logprobs, ref_logprobs, batch, denominator) -> scalar loss, with the loss settings bound
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor]
@@ -242,6 +243,34 @@ def backward_groups(
         pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
         count += int(batch["winners"].numel())
     return StepGradients(loss_value, reward_metrics(pairs), torch.cat(logprobs_all), tokens, count)
+
+
+def zero_weight(loss_fn: BatchLoss) -> BatchLoss:
+    """`loss_fn` times zero: a pass that only takes part in the step's collectives (a rank
+    without groups in a step runs one at this weight)."""
+    return lambda *args: loss_fn(*args) * 0.0
+
+
+def reduced_gradients(
+    step_grads: StepGradients, stand_in: bool, ranks: Ranks
+) -> tuple[float, int, dict[str, float]]:
+    """The step's loss, tokens and pair metrics over every rank: losses and tokens add up, the
+    metrics are means over all the step's pairs (`stand_in`: this rank's pass counts for
+    nothing; one process: unchanged)."""
+    if not ranks.sharded:
+        return step_grads.loss, step_grads.tokens, step_grads.metrics
+    pairs = 0 if stand_in else step_grads.pairs
+    sums = reduce_sums(
+        {
+            "loss": step_grads.loss,
+            "tokens": 0 if stand_in else step_grads.tokens,
+            "pairs": pairs,
+            **{key: value * pairs for key, value in step_grads.metrics.items()},
+        },
+        ranks,
+    )
+    loss, tokens, total = sums.pop("loss"), int(sums.pop("tokens")), sums.pop("pairs")
+    return loss, tokens, {key: value / max(total, 1) for key, value in sums.items()}
 
 
 def reward_metrics(pairs: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:

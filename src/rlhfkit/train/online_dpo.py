@@ -26,6 +26,11 @@ offline rows are not re-labelled. People (labeller=human) may tie responses (equ
 skip a prompt: a skipped prompt is dropped and the refresh's ranked prompts are spread over its
 steps; each refresh they label starts with a checkpoint, so a resumed run samples the same
 responses and finds their answers in the label store.
+Under torchrun each rank samples its contiguous share of a refresh's prompts (the shared
+sampling noise of `policy_run`); the samples are gathered, rank 0 has them ranked and sends the
+rankings to every rank, and every rank assembles the same pool. Each rank then backpropagates
+its contiguous share of every step's groups, over all the step's groups, so each update is the
+one-process update (labeller=human is refused: people answer one process).
 """
 
 from dataclasses import dataclass, field
@@ -36,19 +41,35 @@ from pathlib import Path
 import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, first_groups_within, group_labels
-from rlhfkit.data.tokenize import EncodedExample, Truncation
+from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.feedback.labellers import LabellerKind, build_labeller, in_use, rank_with_ties
 from rlhfkit.labelling.human import HumanSettings, Ranks
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
+from rlhfkit.runtime.distributed import (
+    broadcast_from_main,
+    current_ranks,
+    gather_objects,
+    one_reduction,
+    rank_shares,
+    refuse_unsupported,
+)
 from rlhfkit.train.dpo import check_loss_settings, load_preference_groups
-from rlhfkit.train.dpo_losses import Reference, backward_groups, batch_loss_fn, make_batch
+from rlhfkit.train.dpo_losses import (
+    Reference,
+    backward_groups,
+    batch_loss_fn,
+    make_batch,
+    reduced_gradients,
+    zero_weight,
+)
 from rlhfkit.train.online_pool import (
     Pool,
     StepGroups,
     assemble_pool,
+    group_from_ranks,
     online_plan,
     pool_from_state,
     pool_state,
@@ -226,25 +247,37 @@ def _step_loss(
     cfg: OnlineDPOConfig, run: PolicyRun, batch: StepGroups, loss_fn
 ) -> tuple[dict, torch.Tensor]:
     """DPO loss over the step's groups (summed over micro-batches / all groups), backpropagated;
-    returns the loss, implicit-reward metrics and the sequence log-probs of every response."""
-    size, device = cfg.micro_batch_size or len(batch.groups), run.models.device
+    returns the loss, implicit-reward metrics and the sequence log-probs of every response.
+    Under torchrun each rank runs its contiguous share of the groups (a rank without any runs
+    one at zero weight), the gradients reduced once; the results are over every rank's."""
+    share = rank_shares([list(range(len(batch.groups)))], run.ranks)[0]
+    size, device = cfg.micro_batch_size or len(share.rows), run.models.device
     pad_token_id = run.models.tokenizer.pad_token_id
+    parts = [share.rows[start : start + size] for start in range(0, len(share.rows), size)]
     micro_batches = (
         (
-            make_batch(batch.groups[start : start + size], pad_token_id, device),
-            torch.cat(batch.ref_logprobs[start : start + size]).to(device),
+            make_batch([batch.groups[i] for i in rows], pad_token_id, device),
+            torch.cat([batch.ref_logprobs[i] for i in rows]).to(device),
         )
-        for start in range(0, len(batch.groups), size)
+        for rows in parts
     )
-    step_grads = backward_groups(
-        run.models.policy,
-        micro_batches,
-        loss_fn,
-        num_groups=len(batch.groups),
-        beta=cfg.beta,
-        precision=cfg.precision,
-    )
-    return {"loss": step_grads.loss, **step_grads.metrics}, step_grads.logprobs
+    with one_reduction(run.models.policy):
+        step_grads = backward_groups(
+            run.models.policy,
+            micro_batches,
+            zero_weight(loss_fn) if share.stand_in else loss_fn,
+            num_groups=len(batch.groups),
+            beta=cfg.beta,
+            precision=cfg.precision,
+        )
+    loss, _, metrics = reduced_gradients(step_grads, share.stand_in, run.ranks)
+    logprobs = step_grads.logprobs[: 0 if share.stand_in else None]
+    return {"loss": loss, **metrics}, run.all_rows(logprobs)  # every rank's, in group order
+
+
+def _every_rank(values: list, run: PolicyRun) -> list:
+    """Every rank's `values`, one list in rank order (the step's order); one process: these."""
+    return [value for part in gather_objects(values, run.ranks) for value in part]
 
 
 def human_settings(cfg: OnlineDPOConfig, run_dir) -> HumanSettings:
@@ -273,12 +306,6 @@ def spread_ranked(rankings: list[Ranks | None], plan: list[int]) -> tuple[list[i
         )
     size, extra = divmod(len(kept), len(plan))
     return kept, [size + (step < extra) for step in range(len(plan))]
-
-
-def group_from_ranks(examples: list[EncodedExample], ranks: Ranks) -> RankedGroup:
-    """One prompt's samples best first, tied ones in sampling order, with their ranks."""
-    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
-    return RankedGroup([examples[i] for i in order], tuple(ranks[i] for i in order))
 
 
 def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
@@ -349,6 +376,9 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
     """Optimise `cfg.model` by online, iterative or hybrid DPO; the final model goes to
     `run_dir.final`."""
     check_online_config(cfg)
+    refuse_unsupported(
+        current_ranks(), {"labeller=human": LabellerKind(cfg.labeller) is LabellerKind.HUMAN}
+    )
     plan, (_, offline_per_step) = run_plan(cfg), batch_shares(cfg)
     k, every = cfg.samples_per_prompt, cfg.refresh_every
     # step 1. policy, reference (none to load when it follows the policy), prompts, labeller;
@@ -399,16 +429,23 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                 prompts = [
                     p for s, count in enumerate(steps, step) for p in run.prompts_for_step(s, count)
                 ]
+                # (under torchrun: this rank's share, then every rank's samples gathered)
                 with timer("generation"):
-                    rollout, texts = run.sample(
-                        prompts, k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
+                    share = run.rank_share(prompts)
+                    rollout, own_texts = run.sample(
+                        share, k, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature
                     )
+                    texts = _every_rank(own_texts, run)
                     grouped = [texts[i * k : (i + 1) * k] for i in range(len(prompts))]
 
                 # step 3. the labeller ranks each prompt's K responses (C(K,2) labels each; people
-                # may tie responses or skip a prompt, which is then dropped); scores for metrics
+                # may tie responses or skip a prompt, which is then dropped); scores for metrics.
+                # Under torchrun rank 0's labeller ranks them all, for every rank
                 with timer("labelling"):
-                    rankings = rank_with_ties(labeller, prompts, grouped)
+                    rankings = broadcast_from_main(
+                        rank_with_ties(labeller, prompts, grouped) if run.ranks.is_main else None,
+                        run.ranks,
+                    )
                 with timer("reward"):
                     flat_prompts = [p for p in prompts for _ in range(k)]
                     gold = (
@@ -416,14 +453,16 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                         if run.task is not None
                         else None
                     )
-                    rewards = run.reward.score(flat_prompts, texts).rewards.tolist()
+                    own_prompts = [p for p in share.prompts for _ in range(k)]
+                    own_rewards = run.reward.score(own_prompts, own_texts).rewards.tolist()
+                    rewards = _every_rank(own_rewards, run)
 
                 # step 4. ranked groups per step (a skipped prompt has no preference: dropped),
                 # offline rows added, reference log-probs once
                 with timer("reference"):
                     kept, counts = spread_ranked(rankings, steps)
                     rows = [i * k + j for i in kept for j in range(k)]
-                    examples = rollout_examples(rollout)
+                    examples = _every_rank(rollout_examples(rollout), run)
                     pool = assemble_pool(
                         start=step,
                         plan=counts,

@@ -64,6 +64,12 @@ def ranked_groups(examples: list[EncodedExample], orders: list[list[int]]) -> li
     ]
 
 
+def group_from_ranks(examples: list[EncodedExample], ranks: tuple[int, ...]) -> RankedGroup:
+    """One prompt's samples best first, tied ones in sampling order, with their ranks."""
+    order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
+    return RankedGroup([examples[i] for i in order], tuple(ranks[i] for i in order))
+
+
 @dataclass
 class StepGroups:
     """What one step trains on."""
