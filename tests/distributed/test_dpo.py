@@ -9,19 +9,23 @@ from tests.distributed.test_reward import rankings  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize(
-    "loss, batch_size",
+    "loss, batch_size, lora_r",
     [
-        ("sigmoid", 5),  # each rank takes 3 or 2 groups of a micro-batch
-        ("plackett_luce", 1),  # rank 1 has no group: it runs a zero-weight stand-in
+        ("sigmoid", 5, 0),  # each rank takes 3 or 2 groups of a micro-batch
+        ("plackett_luce", 1, 0),  # rank 1 has no group: it runs a zero-weight stand-in
+        # LoRA: the adapters train on the sharded policy, the reference is its base (adapters off)
+        ("sigmoid", 5, 4),
     ],
 )
-def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, batch_size):  # noqa: F811
+def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, batch_size, lora_r):  # noqa: F811
     cfg = DPOConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
         eval_data=rankings[1],
         loss=loss,
         nll_weight=0.1,
+        lora_r=lora_r,
+        lora_alpha=8,
         batch_size=batch_size,
         grad_accum=2,
         max_steps=3,

@@ -4,6 +4,7 @@ the same global batch."""
 from functools import partial
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import GroupNorm
@@ -11,7 +12,9 @@ from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from tests.distributed.ranks import (
     assert_same_policy_steps,
     history_losses,
+    max_weight_difference,
     one_process_and_two_ranks,
+    small_policy_run,
 )
 from tests.train.conftest import length_reward_spec
 
@@ -57,3 +60,23 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, aggregation, norm
     assert_same_policy_steps(
         one, two, ("reward_mean", "reward_std", "gold_score", "kl_per_token", "clip_fraction")
     )
+
+
+def test_lora_two_ranks_equal_one_process(tiny_model_dir, tmp_path):
+    # LoRA adapters on the sharded policy; the reference is the same shards, adapters off
+    cfg = GRPOConfig(
+        **{**small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)), "lr": 1e-2},
+        lora_r=4,
+        lora_alpha=8,
+        prompts_per_step=3,
+        group_size=4,
+        mini_batch_size=6,
+        micro_batch_size=4,
+        beta=0.04,
+    )
+    one, two = one_process_and_two_ranks(partial(history_losses, train_grpo), cfg, tmp_path)
+    assert_same_policy_steps(one, two, ("reward_mean", "gold_score", "kl_per_token"))
+    weights = AutoModelForCausalLM.from_pretrained(two.final).state_dict()
+    assert not any("lora" in name for name in weights)
+    started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert max_weight_difference(weights, started) > 1e-5  # the merged adapters moved it

@@ -114,3 +114,15 @@ def test_torchrun_cli_writes_a_model_that_from_pretrained_loads(
     assert all(close(a, b) for a, b in zip(*losses))
     started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert max_weight_difference(model.state_dict(), started) > 1e-4  # it trained
+
+
+def test_lora_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
+    # the adapters train under FSDP2 (the decoder layers of the peft model sharded); rank 0
+    # merges the gathered adapters into a plain model that from_pretrained loads
+    cfg = dataclasses.replace(config(tiny_model_dir, *arith_data), lora_r=4, lora_alpha=8)
+    one, two = one_process_and_two_ranks(train_sft, cfg, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(two.final)
+    weights = model.state_dict()
+    assert not any("lora" in name for name in weights)
+    started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert max_weight_difference(weights, started) > 1e-4  # the merged adapters moved it

@@ -52,6 +52,30 @@ def merged_copy(model):
     return copy.deepcopy(model).merge_and_unload()
 
 
+def load_gathered(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """`model` (unsharded, with the same adapters) given `weights`, the whole state dict
+    gathered from a sharded copy of it (`runtime.distributed.full_state_dict`, which writes a
+    tied weight under one name only); every other weight must be there."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(
+        dict(model.named_parameters())
+    )
+    if unexpected or set(missing) - tied:
+        raise ValueError(
+            f"gathered weights do not fit {type(model).__name__}: missing "
+            f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    return model
+
+
+def merged_gathered(base, weights: dict[str, torch.Tensor], r: int, alpha: int):
+    """A plain transformers model: `base` (an unsharded copy of the starting model) with fresh
+    rank-`r` adapters, given the weights gathered from the sharded LoRA policy (`load_gathered`),
+    merged. Under torchrun the trained policy's parameters are shards and cannot be merged in
+    place, so rank 0 merges this copy."""
+    return load_gathered(add_lora(base, r, alpha), weights).merge_and_unload()
+
+
 def add_backbone_lora(reward_model, r: int, alpha: int) -> None:
     """Fresh LoRA adapters of rank `r` on every linear layer of a `RewardModel`'s backbone, in
     place; only they and the score head (and nothing of the backbone) train."""

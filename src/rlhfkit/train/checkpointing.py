@@ -13,7 +13,7 @@ import torch
 
 from rlhfkit.errors import NumericalFault, RlhfkitError
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.lora import add_lora, load_lora
+from rlhfkit.models.lora import add_lora, load_lora, merged_copy, merged_gathered
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
@@ -112,6 +112,19 @@ def load_policy(
     else:
         policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
     return policy.train()
+
+
+def final_policy(
+    model, weights: dict | None, *, model_dir: str, lora_r: int, lora_alpha: int
+) -> tuple[object, dict | None]:
+    """The policy to write as final/ and the weights to write it with (`save_final_model`): the
+    trained model as it is, or under LoRA a plain copy with the adapters merged; under torchrun
+    (`weights` gathered from the shards) rank 0 merges them into a fresh copy of `model_dir`."""
+    if lora_r == 0:
+        return model, weights
+    if weights is None:
+        return merged_copy(model), None
+    return merged_gathered(load_causal_lm(model_dir), weights, lora_r, lora_alpha), None
 
 
 def resume_point(checkpoints_dir: Path, ranks: Ranks = ONE_PROCESS) -> Path | None:

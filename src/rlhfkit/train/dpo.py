@@ -34,7 +34,6 @@ from rlhfkit.data.ranking_batch import (
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
-from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, resolve_device
@@ -54,6 +53,7 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
+    final_policy,
     load_policy,
     restore_trainer_state,
     resume_point,
@@ -228,7 +228,10 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     ranks = current_ranks()
     refuse_unsupported(
         ranks,
-        {"lora_r > 0": cfg.lora_r > 0},
+        {
+            "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
+            and (cfg.save_every > 0 or resume)
+        },
     )
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -381,6 +384,8 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     # under torchrun the shards are gathered to rank 0, which writes it
     weights = full_state_dict(policy, ranks)
     if ranks.is_main:
-        model = merged_copy(policy) if cfg.lora_r > 0 else policy
+        model, weights = final_policy(
+            policy, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
+        )
         save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result

@@ -36,7 +36,7 @@ import torch
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
-from rlhfkit.models.lora import adapters_disabled, merged_copy
+from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
@@ -70,6 +70,7 @@ from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import micro_batch_rows, stream_rows
 from rlhfkit.train.checkpointing import (
     MODEL_SUBDIR,
+    final_policy,
     resume_point,
     save_final_model,
 )
@@ -137,7 +138,6 @@ class PolicyRun:
             {
                 "save_every > 0": cfg.save_every > 0,
                 "--resume": resume,
-                "lora_r > 0": cfg.lora_r > 0,
             },
         )
         seed_everything(cfg.seed)
@@ -482,11 +482,13 @@ class PolicyRun:
     def save_final(self) -> None:
         """A plain causal-LM directory (LoRA adapters merged into a copy of the weights); under
         torchrun the shards are gathered to rank 0, which writes it."""
-        policy = self.models.policy
+        policy, cfg = self.models.policy, self.cfg
         weights = full_state_dict(policy, self.ranks)
         if not self.ranks.is_main:
             return
-        model = merged_copy(policy) if self.cfg.lora_r > 0 else policy
+        model, weights = final_policy(
+            policy, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
+        )
         save_final_model(
             model,
             self.models.tokenizer,

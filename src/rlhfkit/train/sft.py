@@ -22,7 +22,6 @@ from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
-from rlhfkit.models.lora import merged_copy
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
@@ -44,6 +43,7 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
+    final_policy,
     load_policy,
     restore_trainer_state,
     resume_point,
@@ -191,7 +191,10 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     ranks = current_ranks()
     refuse_unsupported(
         ranks,
-        {"lora_r > 0": cfg.lora_r > 0},
+        {
+            "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
+            and (cfg.save_every > 0 or resume)
+        },
     )
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
@@ -337,6 +340,8 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     # under torchrun the shards are gathered to rank 0, which writes it
     weights = full_state_dict(model, ranks)
     if ranks.is_main:
-        final = merged_copy(model) if cfg.lora_r > 0 else model
+        final, weights = final_policy(
+            model, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
+        )
         save_final_model(final, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result
