@@ -109,6 +109,8 @@ class Command:
     config instead)."""
     torchrun: bool = False
     """Runs data-parallel under torchrun, one process per device (docs/scaling.md)."""
+    not_under_torchrun: str = ""
+    """For a command without `torchrun`: why it is refused under torchrun (empty: not yet)."""
     lr_check: str = ""
     """For a command that runs several trainers on one model: "module:function" refusing a
     learning rate far too large for a pretrained model, skipped with --force-lr (a command with
@@ -181,6 +183,10 @@ COMMANDS: dict[str, Command] = {
         report=_print_rounds,
         needs=("model",),
         resume_needs_checkpoint=False,
+        not_under_torchrun=(
+            "its rounds resume from their own GRPO checkpoints, which GRPO does not write under "
+            "torchrun yet"
+        ),
     ),
     "raft": Command(
         "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
@@ -227,6 +233,11 @@ COMMANDS: dict[str, Command] = {
         config="rlhfkit.pipeline_config:PipelineConfig",
         run="rlhfkit.pipeline:run_pipeline",
         run_dir=False,
+        not_under_torchrun=(
+            "its data stages (task data, the tiny model, sampled rankings, the tables) write "
+            "files from one process, and its RL stages checkpoint, which they do not under "
+            "torchrun yet"
+        ),
     ),
     "frontier": Command(
         "the reward-KL frontier on a pretrained model: SFT, rankings, reward model, PPO, GRPO, "
@@ -418,8 +429,12 @@ def _run_under_torchrun(args, env) -> None:
     command = COMMANDS.get(args.command)
     if command is None or not command.torchrun:
         supported = ", ".join(name for name, c in COMMANDS.items() if c.torchrun)
+        reason = (
+            f" ({command.not_under_torchrun})" if command and command.not_under_torchrun else ""
+        )
         raise RlhfkitError(
-            f"rlhfkit {args.command} does not run under torchrun yet; commands that do: {supported}"
+            f"rlhfkit {args.command} does not run under torchrun yet{reason}; commands that do: "
+            f"{supported}"
         )
     launch = launch_from_env(env)
     init_distributed(launch)
