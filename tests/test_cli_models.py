@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import tokens_per_word
-from tests.models.test_pretrained import SMOLLM2_SIZES
+from tests.conftest import SMOLLM2_SIZES
 from tests.models.tiny_gguf import write_tiny_gguf
 from tests.test_cli import GOOD_SFT, assert_one_line_error, run_main, write_rows
 
