@@ -106,6 +106,10 @@ def test_the_tables_show_every_run_and_stage(frontier, summary):
     stages = ["data", "sft", "collect", "reward model", *RUNS, "evaluate"]
     assert list(summary["stages"]) == stages
     assert summary["seconds"] >= sum(s["seconds"] for s in summary["stages"].values())
+    machine = summary["machine"]  # what the timings depend on
+    assert (
+        machine["cpu"] and machine["torch_threads"] >= 1 and len(machine["load_average_end"]) == 3
+    )
     samples = report.split("## Side by side")[1].splitlines()
     rows = [line for line in samples if line.startswith("| ")]
     assert len(rows) == 1 + 3  # the head, one row per report_samples

@@ -170,12 +170,11 @@ def check_learning_rates(cfg: FrontierConfig) -> None:
 
 
 def cpu_name() -> str:
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if os.path.exists("/proc/cpuinfo") else []
-    ):
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+    """The CPU's model name as Linux reports it (the timings in summary.json depend on it)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else "unknown CPU"
 
 
 class Frontier:
