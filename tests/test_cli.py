@@ -816,7 +816,7 @@ def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
 
 
 @pytest.mark.parametrize(
-    "command, reason", [("iterative-grpo", "its rounds resume"), ("pipeline", "its data stages")]
+    "command, reason", [("iterative-grpo", "between its GRPO"), ("pipeline", "its data stages")]
 )
 def test_a_command_refused_under_torchrun_says_why(command, reason):
     torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}

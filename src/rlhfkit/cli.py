@@ -184,8 +184,8 @@ COMMANDS: dict[str, Command] = {
         needs=("model",),
         resume_needs_checkpoint=False,
         not_under_torchrun=(
-            "its rounds resume from their own GRPO checkpoints, which GRPO does not write under "
-            "torchrun yet"
+            "between its GRPO and reward-model sub-runs each round samples and labels fresh "
+            "prompts, scores the held-out rankings and writes its files from one process"
         ),
     ),
     "raft": Command(
@@ -235,8 +235,7 @@ COMMANDS: dict[str, Command] = {
         run_dir=False,
         not_under_torchrun=(
             "its data stages (task data, the tiny model, sampled rankings, the tables) write "
-            "files from one process, and its RL stages checkpoint, which they do not under "
-            "torchrun yet"
+            "files from one process"
         ),
     ),
     "frontier": Command(

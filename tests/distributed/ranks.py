@@ -3,6 +3,7 @@ comparison every trainer's 2-rank test makes with one process."""
 
 import os
 import pickle
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
@@ -18,6 +20,7 @@ from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 
 TOLERANCE = 1e-5
+RESUME_WARNING = "not bitwise"  # what a run resumed on another number of processes says
 
 
 def free_port() -> int:
@@ -89,10 +92,11 @@ def one_process_and_two_ranks(train: Callable, cfg, tmp_path: Path) -> tuple[Run
     return one, two
 
 
-def history_losses(train: Callable, cfg, run: RunDir) -> SimpleNamespace:
+def history_losses(train: Callable, cfg, run: RunDir, resume: bool = False) -> SimpleNamespace:
     """A policy trainer's `train(cfg, run)` with each step's logged loss as `train_losses`, as
     `one_process_and_two_ranks` reads it (pass `functools.partial(history_losses, train)`)."""
-    return SimpleNamespace(train_losses=[row["loss"] for row in train(cfg, run).history])
+    result = train(cfg, run, resume=resume)
+    return SimpleNamespace(train_losses=[row["loss"] for row in result.history])
 
 
 def small_policy_run(model_dir: Path, reward: str) -> dict:
@@ -129,3 +133,58 @@ def assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...]) ->
         # the ranks sum a gradient's squares in another order
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
     assert close(rows_one[-1]["eval_accuracy"], rows_two[-1]["eval_accuracy"])
+
+
+def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str):
+    """On every rank: the whole run; a copy of it stopped after its checkpoint (rank 0 copies),
+    resumed; and a single process's run stopped likewise, resumed here. Losses of each."""
+    losses = [train(cfg, RunDir(Path(whole))).train_losses]
+    if dist.get_rank() == 0:
+        shutil.copytree(whole, stopped, ignore=shutil.ignore_patterns("final"))
+    dist.barrier()
+    losses.append(train(cfg, RunDir(Path(stopped)), resume=True).train_losses)
+    losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
+    return losses
+
+
+def resumes_on_two_processes(train, cfg, tmp_path: Path) -> tuple[RunDir, list[float]]:
+    """A 2-process run resumed from its checkpoint equals the whole run bitwise; a single
+    process's run resumed on 2 processes ends within 1e-5 of its uninterrupted end. Returns the
+    whole 2-process run and its losses."""
+    single = prepare_run_dir(tmp_path / "single", resume=False, overwrite=False)
+    single_losses = train(cfg, single).train_losses
+    single_on_two = stopped_copy(single, tmp_path / "single_on_two")
+    whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
+    whole_losses, resumed_losses, from_single = run_on_ranks(
+        2,
+        _whole_then_resumed,
+        train,
+        cfg,
+        str(whole.root),
+        str(tmp_path / "resumed"),
+        str(single_on_two.root),
+    )
+    assert resumed_losses == whole_losses[2:]
+    _bitwise_equal_runs(whole.root, tmp_path / "resumed")
+    assert all(close(a, b) for a, b in zip(from_single, single_losses[2:]))
+    ends = [load_file(run.final / "model.safetensors") for run in (single, single_on_two)]
+    assert max_weight_difference(*ends) < TOLERANCE
+    return whole, whole_losses
+
+
+def stopped_copy(run: RunDir, to: Path) -> RunDir:
+    """`run` as it stood after its checkpoint: a copy without the final model."""
+    shutil.copytree(run.root, to, ignore=shutil.ignore_patterns("final"))
+    return RunDir(to)
+
+
+def _bitwise_equal_runs(a: Path, b: Path) -> None:
+    assert [r["loss"] for r in read_metrics(a / "metrics.jsonl")] == [
+        r["loss"] for r in read_metrics(b / "metrics.jsonl")
+    ]
+    weights_a, weights_b = (
+        load_file(a / "final" / "model.safetensors"),
+        load_file(b / "final" / "model.safetensors"),
+    )
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

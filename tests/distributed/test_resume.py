@@ -3,7 +3,6 @@ checkpoint, then resumed, ends bitwise equal to the job that was never stopped (
 step, final weights); on another number of processes a run continues and says so."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,21 +11,24 @@ from pathlib import Path
 
 import psutil
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.runtime.checkpoint import latest_checkpoint
 from rlhfkit.runtime.metrics import read_metrics
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.reward import RewardConfig, train_reward_model
-from tests.distributed.ranks import TOLERANCE, close, max_weight_difference, run_on_ranks
+from tests.distributed.ranks import (
+    RESUME_WARNING,
+    close,
+    max_weight_difference,
+    resumes_on_two_processes,
+    stopped_copy,
+)
 from tests.distributed.test_reward import rankings  # noqa: F401 (a fixture)
 from tests.distributed.test_sft import arith_data  # noqa: F401 (a fixture)
 
-RESUME_WARNING = "not bitwise"
 # the in-process runs: 4 steps of 2 micro-batches of 5 prompts, a checkpoint after step 2
 FOUR_STEPS = dict(
     batch_size=5,
@@ -133,61 +135,6 @@ def test_a_killed_torchrun_job_resumes_bitwise(tiny_model_dir, arith_data, tmp_p
     assert max_weight_difference(model.state_dict(), started) > 1e-4
 
 
-def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str):
-    """On every rank: the whole run; a copy of it stopped after its checkpoint (rank 0 copies),
-    resumed; and a single process's run stopped likewise, resumed here. Losses of each."""
-    losses = [train(cfg, RunDir(Path(whole))).train_losses]
-    if dist.get_rank() == 0:
-        shutil.copytree(whole, stopped, ignore=shutil.ignore_patterns("final"))
-    dist.barrier()
-    losses.append(train(cfg, RunDir(Path(stopped)), resume=True).train_losses)
-    losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
-    return losses
-
-
-def _resumes_on_two_processes(train, cfg, tmp_path: Path) -> tuple[RunDir, list[float]]:
-    """A 2-process run resumed from its checkpoint equals the whole run bitwise; a single
-    process's run resumed on 2 processes ends within 1e-5 of its uninterrupted end. Returns the
-    whole 2-process run and its losses."""
-    single = prepare_run_dir(tmp_path / "single", resume=False, overwrite=False)
-    single_losses = train(cfg, single).train_losses
-    single_on_two = _stopped_copy(single, tmp_path / "single_on_two")
-    whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
-    whole_losses, resumed_losses, from_single = run_on_ranks(
-        2,
-        _whole_then_resumed,
-        train,
-        cfg,
-        str(whole.root),
-        str(tmp_path / "resumed"),
-        str(single_on_two.root),
-    )
-    assert resumed_losses == whole_losses[2:]
-    _bitwise_equal_runs(whole.root, tmp_path / "resumed")
-    assert all(close(a, b) for a, b in zip(from_single, single_losses[2:]))
-    ends = [load_file(run.final / "model.safetensors") for run in (single, single_on_two)]
-    assert max_weight_difference(*ends) < TOLERANCE
-    return whole, whole_losses
-
-
-def _stopped_copy(run: RunDir, to: Path) -> RunDir:
-    """`run` as it stood after its checkpoint: a copy without the final model."""
-    shutil.copytree(run.root, to, ignore=shutil.ignore_patterns("final"))
-    return RunDir(to)
-
-
-def _bitwise_equal_runs(a: Path, b: Path) -> None:
-    assert [r["loss"] for r in read_metrics(a / "metrics.jsonl")] == [
-        r["loss"] for r in read_metrics(b / "metrics.jsonl")
-    ]
-    weights_a, weights_b = (
-        load_file(a / "final" / "model.safetensors"),
-        load_file(b / "final" / "model.safetensors"),
-    )
-    assert weights_a.keys() == weights_b.keys()
-    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-
-
 def test_reward_model_resumes_on_two_processes_and_on_one(
     tiny_model_dir,
     rankings,  # noqa: F811
@@ -202,20 +149,20 @@ def test_reward_model_resumes_on_two_processes_and_on_one(
         imitation_coef=0.1,  # its LM head is a trainer extra of the checkpoint
         **FOUR_STEPS,
     )
-    whole, whole_losses = _resumes_on_two_processes(train_reward_model, cfg, tmp_path)
+    whole, whole_losses = resumes_on_two_processes(train_reward_model, cfg, tmp_path)
 
     # the 2-process checkpoint, resumed by one process: it continues, and says it is not bitwise
     capfd.readouterr()
-    one = train_reward_model(cfg, _stopped_copy(whole, tmp_path / "one"), resume=True)
+    one = train_reward_model(cfg, stopped_copy(whole, tmp_path / "one"), resume=True)
     assert RESUME_WARNING in capfd.readouterr().err
     assert all(close(a, b) for a, b in zip(one.train_losses, whole_losses[2:]))
 
 
-def test_dpo_resumes_on_two_processes(tiny_model_dir, rankings, tmp_path):  # noqa: F811
+def test_dporesumes_on_two_processes(tiny_model_dir, rankings, tmp_path):  # noqa: F811
     cfg = DPOConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
         nll_weight=0.1,
         **FOUR_STEPS,
     )
-    _resumes_on_two_processes(train_dpo, cfg, tmp_path)
+    resumes_on_two_processes(train_dpo, cfg, tmp_path)

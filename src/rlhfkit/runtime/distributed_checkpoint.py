@@ -5,8 +5,9 @@ A checkpoint written by N processes holds, beside what rank 0 alone writes (the 
 Hugging Face files, see `train.checkpointing`):
 
     trainer/.metadata        DCP's index of the saved tensors (written by rank 0)
-    trainer/__<r>_0.distcp   rank r's shard of the optimizer state, its RNG state, the step and
-                             the trainer's extras (the data position)
+    trainer/__<r>_0.distcp   rank r's shard of the optimizer state (and of further models'
+                             optimizers: PPO's critic), its RNG state, the step and the
+                             trainer's extras (the data position, the sampling generator)
 
 It is assembled in a temporary directory that rank 0 opens and names to the other ranks; every
 rank writes its shard; once all have finished (DCP's save ends with a gather on rank 0), rank 0
@@ -32,7 +33,7 @@ import json
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,8 @@ from rlhfkit.runtime.distributed import Ranks, broadcast_from_main
 TRAINER_SUBDIR = "trainer"
 _METADATA = ".metadata"
 T = TypeVar("T")
+Trained = Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]]
+"""Further (sharded) models and their optimizers, by the key their state is saved under."""
 
 
 def is_sharded_checkpoint(checkpoint: Path) -> bool:
@@ -107,6 +110,7 @@ def save_sharded_checkpoint(
     write_main: Callable[[Path], None],
     keep_last: int,
     ranks: Ranks,
+    also: Trained | None = None,
 ) -> Path:
     """Write checkpoint `step` from every rank (all must call it); returns its directory.
 
@@ -115,11 +119,13 @@ def save_sharded_checkpoint(
         extra: numbers and tensors (nested dicts of them) the trainer restores, e.g. the data
             position; a sharded tensor is saved as shards.
         write_main: writes rank 0's own files (the model) into the directory it is given.
+        also: further models' optimizers to save alike (PPO's critic), by key.
     """
     import torch.distributed.checkpoint as dcp
 
     # step 1. every rank: its shard of the optimizer state, its RNG state, the step, the extras
     state = _trainer_state(model, optimizer, extra, step, ranks)
+    state.update({key: _optimizer_shard(m, o) for key, (m, o) in (also or {}).items()})
     # step 2. rank 0 opens the temporary directory and names it to the others
     final, tmp = on_main(
         lambda: begin_checkpoint(checkpoints_dir, step, keep_last=keep_last), ranks
@@ -153,6 +159,7 @@ def load_sharded_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra_like: dict,
     ranks: Ranks,
+    also: Trained | None = None,
 ) -> tuple[int, dict]:
     """Restore the optimizer state and this rank's RNG state from a checkpoint written by
     `save_sharded_checkpoint`, on any number of processes (one, without a process group, too).
@@ -160,6 +167,7 @@ def load_sharded_checkpoint(
     Args:
         extra_like: the extras as the trainer would save them now: the shapes and types to
             load into (a sharded tensor is loaded into its shards in place).
+        also: further models' optimizers, as `save_sharded_checkpoint` was given them.
 
     Returns:
         (step, extra): the step the checkpoint holds and the saved extras.
@@ -176,17 +184,19 @@ def load_sharded_checkpoint(
     reader = dcp.FileSystemReader(checkpoint / TRAINER_SUBDIR)
     rng_size = reader.read_metadata().state_dict_metadata[f"rng.rank{source}"].size
     # a fresh optimizer gets its state set up (a step at lr 0) so that DCP can load into it
-    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    trained = {"optimizer": (model, optimizer), **(also or {})}
+    optimizer_states = {key: get_optimizer_state_dict(m, o) for key, (m, o) in trained.items()}
     state = {
         "step": torch.zeros((), dtype=torch.int64),
-        "optimizer": optimizer_state["state"],
+        **{key: value["state"] for key, value in optimizer_states.items()},
         "rng": {f"rank{source}": torch.empty(rng_size, dtype=torch.uint8)},
         "extra": _as_tensors(extra_like),
     }
     with _without_process_group_warning():
         dcp.load(state, storage_reader=reader)
-    # DCP loaded into the optimizer's own tensors where it could; this sets the rest
-    set_optimizer_state_dict(model, optimizer, optimizer_state)
+    # DCP loaded into the optimizers' own tensors where it could; this sets the rest
+    for key, (m, o) in trained.items():
+        set_optimizer_state_dict(m, o, optimizer_states[key])
     rng = torch.load(io.BytesIO(state["rng"][f"rank{source}"].numpy().tobytes()), weights_only=True)
     restore_rng_state(rng)
     return int(state["step"]), _like(state["extra"], extra_like)
@@ -238,17 +248,22 @@ def _without_process_group_warning():
         yield
 
 
-def _trainer_state(model, optimizer, extra: dict, step: int, ranks: Ranks) -> dict:
-    """What DCP saves for this rank: tensors only (see the module docstring)."""
+def _optimizer_shard(model, optimizer) -> dict:
+    """This rank's per-parameter optimizer state only: the hyper-parameters come from the
+    config."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+    return get_optimizer_state_dict(model, optimizer)["state"]
+
+
+def _trainer_state(model, optimizer, extra: dict, step: int, ranks: Ranks) -> dict:
+    """What DCP saves for this rank: tensors only (see the module docstring)."""
     buffer = io.BytesIO()
     torch.save(capture_rng_state(all_cuda_devices=False), buffer)  # this rank's device
     rng = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
     return {
         "step": torch.tensor(step, dtype=torch.int64),
-        # per-parameter state only: the hyper-parameters come from the config
-        "optimizer": get_optimizer_state_dict(model, optimizer)["state"],
+        "optimizer": _optimizer_shard(model, optimizer),
         # one key per rank: DCP keeps one copy of a key that several ranks save
         "rng": {f"rank{ranks.rank}": rng},
         "extra": _as_tensors(extra),

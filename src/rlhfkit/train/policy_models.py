@@ -13,7 +13,6 @@ import torch
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import value_model_from
-from rlhfkit.runtime.checkpoint import load_torch_state
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
 from rlhfkit.train.checkpointing import load_policy
@@ -39,15 +38,6 @@ class PolicyModels:
     critic_optimizer: torch.optim.Optimizer | None = None
 
 
-def _adamw(
-    params, lr: float, weight_decay: float, checkpoint: Path | None, name: str
-) -> torch.optim.Optimizer:
-    optimizer = torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
-    if checkpoint:
-        optimizer.load_state_dict(load_torch_state(checkpoint / name))
-    return optimizer
-
-
 def build_policy_models(
     cfg: PolicyRunConfig,
     checkpoint: Path | None,
@@ -59,7 +49,8 @@ def build_policy_models(
 ) -> PolicyModels:
     """The policy (and its reference when `needs_reference`), and with `critic_start` a critic
     started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
-    trained models and the optimizer states come from the checkpoint. `ranks` under torchrun:
+    trained models come from the checkpoint (their optimizer states are put back by
+    `policy_checkpoint.restore_policy_checkpoint`). `ranks` under torchrun:
     the policy and critic sharded over them."""
     if cfg.reference_model and cfg.lora_r > 0:
         raise ConfigError(
@@ -81,7 +72,7 @@ def build_policy_models(
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
         reference.requires_grad_(False)
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = _adamw(trainable, cfg.lr, cfg.weight_decay, checkpoint, "optimizer.pt")
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     critic = critic_optimizer = None
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
@@ -90,8 +81,8 @@ def build_policy_models(
             enable_checkpointing(critic.model)
         if mesh is not None:
             critic = shard_model(critic, mesh, cfg.precision)
-        critic_optimizer = _adamw(
-            critic.parameters(), critic_lr, cfg.weight_decay, checkpoint, "critic_optimizer.pt"
+        critic_optimizer = torch.optim.AdamW(
+            critic.parameters(), lr=critic_lr, weight_decay=cfg.weight_decay
         )
     return PolicyModels(
         policy, reference, load_tokenizer(cfg.model), optimizer, device, critic, critic_optimizer

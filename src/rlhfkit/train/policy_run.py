@@ -18,9 +18,10 @@ models are whole on every rank. Every rank draws the sampling noise of the whole
 same generator and keeps its own rows' (`rollout.engine.DrawRows`), so the sampled tokens do
 not depend on the number of ranks. Rank 0 alone logs, shows progress and writes files.
 
-A checkpoint holds the models, optimizers, RNG states and step, and the trainer's own state
-(PPO's KL coefficient, online DPO's labelled pool, ...) as plain data: tensors, numbers,
-strings, lists and dicts, read back with `torch.load(weights_only=True)`, never a pickled object.
+A checkpoint (`policy_checkpoint.py`) holds the models, optimizers, RNG states and step, and the
+trainer's own state (PPO's KL coefficient, online DPO's labelled pool, ...) as plain data:
+tensors, numbers, strings, lists and dicts, read back with `torch.load(weights_only=True)`, never
+a pickled object. Under torchrun every rank writes its shard of the optimizer states.
 """
 
 import math
@@ -28,8 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -43,13 +43,6 @@ from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
-from rlhfkit.runtime.checkpoint import (
-    capture_rng_state,
-    load_torch_state,
-    restore_rng_state,
-    save_checkpoint,
-    save_torch_state,
-)
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast
 from rlhfkit.runtime.distributed import (
@@ -68,23 +61,18 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.batching import micro_batch_rows, stream_rows
-from rlhfkit.train.checkpointing import (
-    MODEL_SUBDIR,
-    final_policy,
-    resume_point,
-    save_final_model,
-)
+from rlhfkit.train.checkpointing import final_policy, resume_point, save_final_model
 from rlhfkit.train.micro_batches import backward_micro_batches, first_part_only
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.policy_checkpoint import (
+    TrainerState,
+    restore_policy_checkpoint,
+    save_policy_checkpoint,
+)
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_models import CRITIC_SUBDIR, build_policy_models
+from rlhfkit.train.policy_models import build_policy_models
 from rlhfkit.train.policy_prompts import PromptShare, prompt_pools, prompt_share, reward_spec
 from rlhfkit.train.schedule import is_due, linear_warmup
-
-TRAINER_STATE_FILE = "trainer_state.pt"
-
-TrainerState = dict[str, Any]
-"""A trainer's own state in a checkpoint: tensors, numbers, strings, lists and dicts only."""
 
 
 class PhaseTimer:
@@ -136,14 +124,14 @@ class PolicyRun:
         refuse_unsupported(
             self.ranks,
             {
-                "save_every > 0": cfg.save_every > 0,
-                "--resume": resume,
+                "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
+                and (cfg.save_every > 0 or resume)
             },
         )
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
-        checkpoint = resume_point(run_dir.checkpoints) if resume else None
+        checkpoint = resume_point(run_dir.checkpoints, self.ranks) if resume else None
         # the task first: one that cannot be built (an extra not installed) fails before the
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
@@ -172,7 +160,13 @@ class PolicyRun:
         # shared by every optimizer of the run (PPO: the critic's too)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_skips, run_dir.checkpoints)
         # the step to start from, and the trainer's own state saved with it ({} on a fresh start)
-        self.start_step, self.trainer_state = self._restore(checkpoint) if checkpoint else (0, {})
+        self.start_step, self.trainer_state = (
+            restore_policy_checkpoint(
+                checkpoint, models=self.models, generator=self.generator, ranks=self.ranks
+            )
+            if checkpoint
+            else (0, {})
+        )
         main = self.ranks.is_main  # under torchrun rank 0 alone logs and shows progress
         tensorboard = run_dir.tensorboard if cfg.tensorboard and main else None
         self.metrics = MetricsLogger(
@@ -183,13 +177,6 @@ class PolicyRun:
         self.bar = ProgressBar(
             self.total_steps, stage, enabled=cfg.progress and main, start=self.start_step
         )
-
-    def _restore(self, checkpoint: Path) -> tuple[int, TrainerState]:
-        state = load_torch_state(checkpoint / "state.pt")
-        restore_rng_state(state["rng"])
-        self.generator.set_state(state["generator"])
-        trainer_state = load_torch_state(checkpoint / TRAINER_STATE_FILE)
-        return state["step"], trainer_state
 
     def __enter__(self) -> "PolicyRun":
         self.metrics.__enter__()
@@ -462,22 +449,16 @@ class PolicyRun:
             self.save_checkpoint(done, state() if state is not None else {})
 
     def save_checkpoint(self, step: int, trainer_state: TrainerState) -> None:
-        models = self.models
-
-        def write(tmp: Path) -> None:
-            models.policy.save_pretrained(tmp / MODEL_SUBDIR)
-            models.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
-            save_torch_state(tmp / "optimizer.pt", models.optimizer.state_dict())
-            if models.critic is not None:
-                models.critic.save_pretrained(tmp / CRITIC_SUBDIR)
-                save_torch_state(tmp / "critic_optimizer.pt", models.critic_optimizer.state_dict())
-            save_torch_state(
-                tmp / "state.pt",
-                {"step": step, "rng": capture_rng_state(), "generator": self.generator.get_state()},
-            )
-            save_torch_state(tmp / TRAINER_STATE_FILE, trainer_state)
-
-        save_checkpoint(self.run_dir.checkpoints, step, write=write, keep_last=self.cfg.keep_last)
+        """Checkpoint `step` (`policy_checkpoint`); under torchrun every rank calls it."""
+        save_policy_checkpoint(
+            self.run_dir,
+            step,
+            models=self.models,
+            generator=self.generator,
+            trainer_state=trainer_state,
+            keep_last=self.cfg.keep_last,
+            ranks=self.ranks,
+        )
 
     def save_final(self) -> None:
         """A plain causal-LM directory (LoRA adapters merged into a copy of the weights); under
