@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
@@ -19,6 +20,7 @@ from rlhfkit.runtime.checkpoint import latest_checkpoint
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.reward import RewardConfig, train_reward_model
+from rlhfkit.train.sft import SFTConfig, train_sft
 from tests.distributed.ranks import (
     RESUME_WARNING,
     close,
@@ -158,11 +160,20 @@ def test_reward_model_resumes_on_two_processes_and_on_one(
     assert all(close(a, b) for a, b in zip(one.train_losses, whole_losses[2:]))
 
 
-def test_dporesumes_on_two_processes(tiny_model_dir, rankings, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("lora_r", [0, 4])  # LoRA: the checkpoint holds the adapters
+def test_dpo_resumes_on_two_processes(tiny_model_dir, rankings, tmp_path, lora_r):  # noqa: F811
     cfg = DPOConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
         nll_weight=0.1,
+        lora_r=lora_r,
         **FOUR_STEPS,
     )
     resumes_on_two_processes(train_dpo, cfg, tmp_path)
+
+
+def test_sft_with_lora_resumes_on_two_processes(tiny_model_dir, arith_data, tmp_path):  # noqa: F811
+    # the checkpoint's model/ holds the adapters, written by rank 0 from the gathered weights
+    cfg = SFTConfig(model=str(tiny_model_dir), train_data=arith_data[0], lora_r=4, **FOUR_STEPS)
+    whole, _ = resumes_on_two_processes(train_sft, cfg, tmp_path)
+    assert (whole.checkpoints / "step_00000002" / "model" / "adapter_model.safetensors").is_file()

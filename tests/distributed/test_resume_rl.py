@@ -5,6 +5,7 @@ resumed by one, continue within 1e-5 and the latter says so."""
 
 from functools import partial
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
@@ -26,12 +27,14 @@ from tests.train.conftest import length_reward_spec
 FOUR_STEPS = dict(max_steps=4, save_every=2, eval_every=4, prompts_per_step=3)
 
 
-def test_grpo_resumes_on_two_processes(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("lora_r", [0, 4])  # LoRA: the checkpoint holds the adapters
+def test_grpo_resumes_on_two_processes(tiny_model_dir, tmp_path, lora_r):
     settings = {**small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)), **FOUR_STEPS}
-    cfg = GRPOConfig(**settings, group_size=4, mini_batch_size=6, micro_batch_size=4)
+    cfg = GRPOConfig(**settings, group_size=4, mini_batch_size=6, micro_batch_size=4, lora_r=lora_r)
     whole, _ = resumes_on_two_processes(partial(history_losses, train_grpo), cfg, tmp_path)
-    # the sampling generator's state is saved once, beside each rank's RNG state
     checkpoint = whole.checkpoints / "step_00000002"
+    assert (checkpoint / "model" / "adapter_model.safetensors").is_file() == (lora_r > 0)
+    # the sampling generator's state is saved once, beside each rank's RNG state
     saved = FileSystemReader(checkpoint / "trainer").read_metadata().state_dict_metadata
     assert {"step", "rng.rank0", "rng.rank1", "extra.generator"} <= saved.keys()
     assert load_torch_state(checkpoint / "trainer_state.pt") == {}

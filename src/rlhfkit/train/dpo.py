@@ -43,7 +43,6 @@ from rlhfkit.runtime.distributed import (
     full_state_dict,
     gradient_passes,
     rank_shares,
-    refuse_unsupported,
     shard_model,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -226,13 +225,6 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     check_config(cfg)
     validate(cfg)  # as the CLI does, for configs built in Python
     ranks = current_ranks()
-    refuse_unsupported(
-        ranks,
-        {
-            "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
-            and (cfg.save_every > 0 or resume)
-        },
-    )
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     # step 1. tokenizer and data: each pair or ranking is one group whose responses share a batch

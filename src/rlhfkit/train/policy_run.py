@@ -53,7 +53,6 @@ from rlhfkit.runtime.distributed import (
     gather_parameters,
     one_reduction,
     reduce_sums,
-    refuse_unsupported,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -121,13 +120,6 @@ class PolicyRun:
     ):
         validate(cfg)  # as the CLI does, for configs built in Python
         self.ranks = current_ranks()
-        refuse_unsupported(
-            self.ranks,
-            {
-                "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
-                and (cfg.save_every > 0 or resume)
-            },
-        )
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps

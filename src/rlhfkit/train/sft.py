@@ -33,7 +33,6 @@ from rlhfkit.runtime.distributed import (
     gradient_passes,
     rank_shares,
     reduce_sums,
-    refuse_unsupported,
     shard_model,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -189,13 +188,6 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
     ranks = current_ranks()
-    refuse_unsupported(
-        ranks,
-        {
-            "lora_r > 0 with checkpoints (save_every > 0, --resume)": cfg.lora_r > 0
-            and (cfg.save_every > 0 or resume)
-        },
-    )
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
     tokenizer = load_tokenizer(cfg.model)
