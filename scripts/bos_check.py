@@ -3,8 +3,9 @@ front, through plain transformers (teacher-forced), on a few plain-text passages
 
     python scripts/bos_check.py MODEL_DIR [--text "..."]...
 
-Prints whether the tokenizer adds a BOS itself, and nats/token over the passages' tokens after
-the first (the first has no prediction without a BOS, so both sides score the same tokens).
+Prints whether the tokenizer adds a BOS itself, nats/token over the passages' tokens after
+the first (the first has no prediction without a BOS, so both sides score the same tokens), and
+the greedy continuation of each passage's opening (its first half) with and without a BOS.
 """
 
 import argparse
@@ -37,10 +38,25 @@ def nats_per_token(model, token_lists: list[list[int]], skip: int) -> float:
     return total / count
 
 
+def greedy_continuation(model, tokenizer, ids: list[int], new_tokens: int) -> str:
+    """The model's greedy continuation of `ids`, decoded."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--text", action="append", help="a passage (default: four built in)")
+    parser.add_argument("--new-tokens", type=int, default=24, help="greedy tokens per sample")
     args = parser.parse_args()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
@@ -55,6 +71,15 @@ def main() -> None:
     if tokenizer.bos_token_id is not None:
         with_bos = [[tokenizer.bos_token_id, *ids] for ids in plain]
         print(f"with BOS:    {nats_per_token(model, with_bos, 1):.3f} nats/token")
+    for ids in plain:
+        opening = ids[: len(ids) // 2]
+        print(f"\nopening: {tokenizer.decode(opening)!r}")
+        sides = {"without BOS": opening}
+        if tokenizer.bos_token_id is not None:
+            sides["with BOS"] = [tokenizer.bos_token_id, *opening]
+        for name, prompt in sides.items():
+            text = greedy_continuation(model, tokenizer, prompt, args.new_tokens)
+            print(f"  {name:<11}: {text!r}")
 
 
 if __name__ == "__main__":
