@@ -93,13 +93,16 @@ class PipelineConfig(RunConfig):
     """The reward model on the collected rankings (evaluated once, at the end)."""
     ppo: PPOConfig = field(
         default_factory=lambda: PPOConfig(
-            max_steps=20, lr=2e-5, kl_coef=0.2, eval_every=-1, save_every=0
+            max_steps=20, lr=1e-5, kl_coef=0.2, eval_every=-1, save_every=0
         )
     )
-    """PPO on advice against the stage's reward model: 20 steps at lr 2e-5 with beta 0.2, the
+    """PPO on advice against the stage's reward model: 20 steps at lr 1e-5 with beta 0.2, the
     demo's setting. The reward model learnt "more tips is better" past the gold annotator's
-    six-sentence limit; at the trainer's beta 0.05 the greedy answers grew a seventh sentence and
-    lost to SFT's on a seed (43%), at 0.2 they hold (docs/demo.md)."""
+    six-sentence limit and values a tip over a polite opener; at the trainer's beta 0.05 the
+    greedy answers grew a seventh sentence and lost to SFT's on a seed (43%). At beta 0.2 most
+    greedy answers stay SFT's and the rest split about evenly: lr 2e-5 and 1e-5 gave 45% and 43%
+    on seed 0, 48% and 57% on seed 2, with 69-72% and 67% of sampled comparisons won
+    (docs/demo.md)."""
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             supervision=Supervision.PROCESS,
