@@ -2,8 +2,9 @@
 each other (directly or round a longer loop), and no two modules of one package do either.
 
 Layers: errors 0; objectives 1 (pure math); the components 2 (data, models, rollout, rewards,
-tasks, eval, feedback, runtime and any new package); train 3; pipeline, pipeline_config,
-pipeline_table, frontier and frontier_config 4; cli, cli_models, cli_label and __main__ 5. Every
+tasks, eval, feedback, runtime and any new package); train 3 (with the frontier, a recipe of
+trainers like iterative GRPO); pipeline, pipeline_config and pipeline_table 4; cli, cli_models,
+cli_label and __main__ 5. Every
 import counts, function-level ones included. (The CLI's command table names its modules as
 strings; the CLI is the top layer, so those cannot point upward.)
 """
@@ -22,8 +23,6 @@ LAYERS = {
     "pipeline": 4,
     "pipeline_config": 4,
     "pipeline_table": 4,
-    "frontier": 4,
-    "frontier_config": 4,
     "cli": 5,
     "cli_models": 5,
     "cli_label": 5,

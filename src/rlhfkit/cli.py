@@ -241,10 +241,10 @@ COMMANDS: dict[str, Command] = {
     "frontier": Command(
         "the reward-KL frontier on a pretrained model: SFT, rankings, reward model, PPO, GRPO, "
         "DPO at several betas; every checkpoint evaluated",
-        config="rlhfkit.frontier_config:FrontierConfig",
-        run="rlhfkit.frontier:run_frontier",
+        config="rlhfkit.train.frontier_config:FrontierConfig",
+        run="rlhfkit.train.frontier:run_frontier",
         run_dir=False,
-        lr_check="rlhfkit.frontier:check_learning_rates",
+        lr_check="rlhfkit.train.frontier:check_learning_rates",
     ),
 }
 

@@ -35,7 +35,6 @@ from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
-from rlhfkit.frontier_config import FrontierConfig
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rate
 from rlhfkit.rewards.builder import load_reward_model_source
@@ -49,6 +48,7 @@ from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.checkpointing import load_policy
 from rlhfkit.train.dpo import train_dpo
+from rlhfkit.train.frontier_config import FrontierConfig
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward_model

@@ -8,11 +8,11 @@ import pytest
 
 from rlhfkit import cli
 from rlhfkit.errors import ConfigError, RlhfkitError
-from rlhfkit.frontier import check_learning_rates, plan_stages
-from rlhfkit.frontier_config import FrontierConfig
 from rlhfkit.runtime.config import load_config
+from rlhfkit.train.frontier import check_learning_rates, plan_stages
+from rlhfkit.train.frontier_config import FrontierConfig
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "sentiment_smollm2.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment_smollm2.yaml"
 EVAL_PROMPTS, EVAL_SAMPLES, STEPS = 6, 2, 2
 QUIET = ("progress=false", "tensorboard=false")
 TINY = [
