@@ -6,7 +6,6 @@ each, print the tables and write `summary.json` and `report.html`."""
 import dataclasses
 import json
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.runtime.stages import timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -161,18 +161,11 @@ class Pipeline:
         self.side_by_side: dict[str, list[dict]] = {}
 
     def stage(self, name: str, fn):
-        self.console.rule(f"[bold]{name}")
-        started = time.perf_counter()
-        out = fn()
-        self.summary["stages"][name] = {"seconds": time.perf_counter() - started}
-        return out
+        return timed_stage(self.console, self.summary["stages"], name, fn)
 
     def train(self, name: str, train_fn):
         """Run the training stage `name` with its config in a fresh run directory; its result."""
-        cfg = getattr(self.stages, name)
-        run = prepare_run_dir(self.root / name, resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        return train_fn(cfg, run)
+        return train_stage(self.root, name, train_fn, getattr(self.stages, name))
 
     # stage 1. task data: demonstrations (mixed), held-out demonstrations and prompts
     def make_data(self) -> None:

@@ -44,6 +44,7 @@ from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.runtime.stages import timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.checkpointing import load_policy
@@ -192,16 +193,10 @@ class Frontier:
         self.summary: dict = {"stages": {}, "runs": {}}
 
     def stage(self, name: str, fn) -> Any:
-        self.console.rule(f"[bold]{name}")
-        started = time.perf_counter()
-        out = fn()
-        self.summary["stages"][name] = {"seconds": time.perf_counter() - started}
-        return out
+        return timed_stage(self.console, self.summary["stages"], name, fn)
 
     def train(self, name: str, train_fn, cfg) -> Any:
-        run = prepare_run_dir(self.root / name, resume=False, overwrite=True)
-        save_config(cfg, run.config_path)
-        return train_fn(cfg, run)
+        return train_stage(self.root, name, train_fn, cfg)
 
     # stage 1. demonstrations, held-out demonstrations and the held-out prompts
     def make_data(self) -> None:
