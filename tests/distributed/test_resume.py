@@ -28,20 +28,11 @@ from tests.distributed.ranks import (
     resumes_on_two_processes,
     stopped_copy,
 )
-from tests.distributed.test_reward import rankings  # noqa: F401 (a fixture)
+from tests.distributed.test_reward import THREE_STEPS, rankings  # noqa: F401 (a fixture)
 from tests.distributed.test_sft import arith_data  # noqa: F401 (a fixture)
 
 # the in-process runs: 4 steps of 2 micro-batches of 5 prompts, a checkpoint after step 2
-FOUR_STEPS = dict(
-    batch_size=5,
-    grad_accum=2,
-    max_steps=4,
-    lr=1e-3,
-    warmup_steps=1,
-    save_every=2,
-    progress=False,
-    tensorboard=False,
-)
+FOUR_STEPS = {**THREE_STEPS, "max_steps": 4, "save_every": 2}
 
 
 def _torchrun(tmp_path: Path, name: str, settings: list[str], *flags: str) -> subprocess.Popen:
@@ -137,11 +128,13 @@ def test_a_killed_torchrun_job_resumes_bitwise(tiny_model_dir, arith_data, tmp_p
     assert max_weight_difference(model.state_dict(), started) > 1e-4
 
 
+@pytest.mark.parametrize("lora_r", [0, 4])  # LoRA: the adapters and head are trainer extras
 def test_reward_model_resumes_on_two_processes_and_on_one(
     tiny_model_dir,
     rankings,  # noqa: F811
     tmp_path,
     capfd,
+    lora_r,
 ):
     cfg = RewardConfig(
         model=str(tiny_model_dir),
@@ -149,9 +142,13 @@ def test_reward_model_resumes_on_two_processes_and_on_one(
         num_heads=2,
         centering_coef=0.1,
         imitation_coef=0.1,  # its LM head is a trainer extra of the checkpoint
+        lora_r=lora_r,
         **FOUR_STEPS,
     )
     whole, whole_losses = resumes_on_two_processes(train_reward_model, cfg, tmp_path)
+    if lora_r:  # the checkpoint's model/ is the merged classifier, as a single process writes
+        saved = load_file(whole.checkpoints / "step_00000002" / "model" / "model.safetensors")
+        assert not any("lora" in key for key in saved) and "score.weight" in saved
 
     # the 2-process checkpoint, resumed by one process: it continues, and says it is not bitwise
     capfd.readouterr()

@@ -5,6 +5,8 @@ import json
 import random
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rlhfkit.runtime.metrics import read_metrics
@@ -31,26 +33,32 @@ def rankings(tmp_path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
+# 19 prompts in batches of 5 (the epoch's last holds 4), 3 steps of 2 micro-batches. lr 1e-3:
+# AdamW's update divides by the root of the squared gradient, which magnifies the reduction's
+# rounding (1e-7) in weights whose gradient is near zero; at 3e-3 one weight moved 1.5e-5 apart
+THREE_STEPS = dict(
+    batch_size=5,
+    grad_accum=2,
+    max_steps=3,
+    lr=1e-3,
+    warmup_steps=1,
+    save_every=0,
+    progress=False,
+    tensorboard=False,
+)
+
+
 def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
-    # 19 prompts in batches of 5 (the epoch's last holds 4), two heads (a bootstrap ensemble),
-    # the centring term: every term's denominator spans both ranks. lr 1e-3: AdamW's update
-    # divides by the root of the squared gradient, which magnifies the reduction's rounding
-    # (1e-7) in weights whose gradient is near zero; at 3e-3 one weight moved 1.5e-5 apart
+    # two heads (a bootstrap ensemble), the centring term: every term's denominator spans both
+    # ranks
     cfg = RewardConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
         eval_data=rankings[1],
         num_heads=2,
         centering_coef=0.1,
-        batch_size=5,
-        grad_accum=2,
-        max_steps=3,
-        lr=1e-3,
-        warmup_steps=1,
         eval_every=3,
-        save_every=0,
-        progress=False,
-        tensorboard=False,
+        **THREE_STEPS,
     )
     one, two = one_process_and_two_ranks(train_reward_model, cfg, tmp_path)
     # the loss terms add up exactly; row-weighted means of per-pass statistics (pair accuracy,
@@ -64,3 +72,19 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
     )
     model = AutoModelForSequenceClassification.from_pretrained(two.final)
     assert model.config.num_labels == 2
+
+
+def test_lora_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
+    # adapters on the sharded backbone and the whole head train; rank 0 merges the gathered
+    # adapters into a fresh copy of the start, so final/ is a plain classifier
+    cfg = RewardConfig(model=str(tiny_model_dir), train_data=rankings[0], lora_r=8, **THREE_STEPS)
+    _, two = one_process_and_two_ranks(train_reward_model, cfg, tmp_path)
+    final = load_file(two.final / "model.safetensors")
+    assert not any("lora" in key for key in final) and "score.weight" in final
+    base = load_file(tiny_model_dir / "model.safetensors")
+    moved = [k for k in final if k in base and not torch.equal(final[k], base[k])]
+    assert moved and all("proj" in key for key in moved)  # only the adapted layers changed
+    model, loading = AutoModelForSequenceClassification.from_pretrained(
+        two.final, output_loading_info=True
+    )
+    assert model.config.num_labels == 1 and not loading["missing_keys"]

@@ -7,7 +7,9 @@ model and tokenizer from the gathered weights, and every rank its shard of the r
 """
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,20 +53,22 @@ def save_trainer_checkpoint(
     extra: dict,
     keep_last: int,
     ranks: Ranks = ONE_PROCESS,
-    hf_part: str = "",
+    saved_model: Callable[[dict], tuple[Any, dict | None]] | None = None,
 ) -> Path:
     """Atomically write checkpoint `step` (see runtime.checkpoint.save_checkpoint); under
-    torchrun every rank must call it. `hf_part`: the submodule whose weights make the saved
-    Hugging Face model (a reward model's classifier), when not the whole model; under torchrun
-    only, a single process saves with the model's own `save_pretrained`."""
+    torchrun every rank must call it. `saved_model`, under torchrun only (a single process
+    saves with the model's own `save_pretrained`): given the gathered weights on rank 0, the
+    model that writes `model/` and the weights it writes (None: its own), when that is not the
+    whole model with all of them (a reward model's classifier)."""
     if ranks.sharded:
         weights = full_state_dict(model, ranks)  # every rank takes part; rank 0 gets them
 
         def write_main(tmp: Path) -> None:
-            saved = model.get_submodule(hf_part) if hf_part else model
-            saved.save_pretrained(
-                tmp / MODEL_SUBDIR, state_dict=submodule_weights(weights, hf_part)
-            )
+            saved, state_dict = saved_model(weights) if saved_model else (model, weights)
+            if state_dict is None:
+                saved.save_pretrained(tmp / MODEL_SUBDIR)
+            else:
+                saved.save_pretrained(tmp / MODEL_SUBDIR, state_dict=state_dict)
             tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
 
         return save_sharded_checkpoint(

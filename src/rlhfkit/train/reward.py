@@ -27,7 +27,7 @@ from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
-from rlhfkit.models.lora import add_backbone_lora, trainable_state
+from rlhfkit.models.lora import add_backbone_lora, load_gathered, trainable_state
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
@@ -39,7 +39,6 @@ from rlhfkit.runtime.distributed import (
     gradient_passes,
     rank_shares,
     reduce_sums,
-    refuse_unsupported,
     shard_model,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -234,16 +233,30 @@ def checkpoint_extra(model: RewardModel, cfg: RewardConfig) -> dict:
     return extra
 
 
+def saved_classifier(
+    model: RewardModel, weights: dict, cfg: RewardConfig
+) -> tuple[torch.nn.Module, dict | None]:
+    """Under torchrun, on rank 0: the sequence classifier to write (a checkpoint's model/ or
+    final/) from the weights gathered from the shards, and the weights it writes (None: its
+    own). Under LoRA the sharded adapters cannot be merged in place: a fresh unsharded copy of
+    the starting model takes the gathered adapters and head, and saves them merged."""
+    classifier = submodule_weights(weights, "model")
+    if cfg.lora_r == 0:
+        return model.model, classifier
+    # the copy's new head and adapters are overwritten; drawing them must not move rank 0's RNG
+    with torch.random.fork_rng(devices=[]):
+        copy = RewardModel.from_pretrained(cfg.model, num_heads=cfg.num_heads)
+        add_backbone_lora(copy, cfg.lora_r, cfg.lora_alpha)
+    load_gathered(copy.model, classifier)
+    return copy, None
+
+
 def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) -> RewardResult:
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
     ranks = current_ranks()
-    refuse_unsupported(
-        ranks,
-        {"lora_r > 0": cfg.lora_r > 0},
-    )
-    seed_everything(cfg.seed)  # the same new head on every rank
+    seed_everything(cfg.seed)  # the same new head (and LoRA adapters) on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)
     train = load_reward_data(cfg, tokenizer, cfg.train_data)
@@ -373,7 +386,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     keep_last=cfg.keep_last,
                     extra=checkpoint_extra(model, cfg),
                     ranks=ranks,
-                    hf_part="model",  # under torchrun: the classifier, as the final save
+                    saved_model=lambda weights: saved_classifier(model, weights, cfg),
                 )
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification; under
@@ -382,6 +395,6 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     if not ranks.sharded:
         save_final_model(model, tokenizer, run.final, run.checkpoints)
     elif ranks.is_main:
-        classifier = submodule_weights(weights, "model")
-        save_final_model(model.model, tokenizer, run.final, run.checkpoints, state_dict=classifier)
+        classifier, state_dict = saved_classifier(model, weights, cfg)
+        save_final_model(classifier, tokenizer, run.final, run.checkpoints, state_dict=state_dict)
     return result
