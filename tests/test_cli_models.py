@@ -173,10 +173,19 @@ def test_learning_rate_guard(monkeypatch, capsys, tmp_path):
     args = ["sft", f"model={model}", f"train_data={data}", "--runs-dir", tmp_path / "runs"]
     code, _, err = run_main(monkeypatch, capsys, *args)  # SFT's default lr, 1e-3
     assert_one_line_error(code, err, "lr=0.001 is far too large", "135M parameters", "--force-lr")
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs" / "sft").exists()  # a refused fresh run leaves no directory
     # a sensible rate, or --force-lr, passes the guard and meets what the directory lacks
     for extra in (["lr=2e-5"], ["--force-lr"]):
         code, _, err = run_main(monkeypatch, capsys, *args, *extra, "--overwrite")
         assert_one_line_error(code, err, "no tokenizer")
     code, out, _ = run_main(monkeypatch, capsys, *args, "--print-config")
-    assert code == 0 and json.loads(out)["lr"] == 1e-3
+    assert code == 0 and json.loads(out)["lr"] == 1e-3 and json.loads(out)["force_lr"] is False
+    # the pipeline checks its stages' rates against a pretrained base model, naming the stage
+    pipeline = ["pipeline", f"model.base_model={model}", f"runs_dir={tmp_path / 'runs'}"]
+    code, _, err = run_main(monkeypatch, capsys, *pipeline)
+    assert_one_line_error(code, err, "sft.lr=0.002 is far too large", "--force-lr")
+    assert not (tmp_path / "runs" / "demo").exists()
+    # --force-lr is the config key force_lr, for a trainer as for a job made of trainers
+    for command in (args, ["pipeline", f"model.base_model={model}"]):
+        code, out, _ = run_main(monkeypatch, capsys, *command, "--force-lr", "--print-config")
+        assert code == 0 and json.loads(out)["force_lr"] is True

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.pipeline import Pipeline, stage_configs
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
@@ -67,17 +67,18 @@ TINY = [
 
 
 # every key of a stage's section that the pipeline fills in itself
+SHARED = ("seed", "device", "force_lr")
 FILLED = {
-    "sft": ("model", "train_data", "eval_data", "seed", "device"),
-    "rm": ("model", "train_data", "eval_data", "seed", "device"),
-    "ppo": ("model", "reward_model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
-    "grpo": ("model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
-    "dpo": ("model", "train_data", "eval_data", "seed", "device"),
-    "raft": ("model", "task", "eval_data", "eval_max_new_tokens", "seed", "device"),
+    "sft": ("model", "train_data", "eval_data", *SHARED),
+    "rm": ("model", "train_data", "eval_data", *SHARED),
+    "ppo": ("model", "reward_model", "task", "eval_data", "eval_max_new_tokens", *SHARED),
+    "grpo": ("model", "task", "eval_data", "eval_max_new_tokens", *SHARED),
+    "dpo": ("model", "train_data", "eval_data", *SHARED),
+    "raft": ("model", "task", "eval_data", "eval_max_new_tokens", *SHARED),
 }
 FILLED_KEYS = [f"{stage}.{name}" for stage, names in FILLED.items() for name in names]
 # keys the pipeline takes from its own: a user sets those there instead
-FROM_PIPELINE = {"seed": "12345", "device": "cpu", "eval_max_new_tokens": "7"}
+FROM_PIPELINE = {"seed": "12345", "device": "cpu", "force_lr": "true", "eval_max_new_tokens": "7"}
 OTHER_TASK = {"ppo": "arith", "grpo": "advice", "raft": "advice"}
 
 
@@ -87,13 +88,14 @@ def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_pa
         overrides=[
             "seed=3",
             "device=cpu",
+            "force_lr=true",
             "eval_max_new_tokens=9",
             "sft.max_steps=6",
             "ppo.lr=1e-3",
         ],
     )
     stages = stage_configs(cfg, tmp_path)
-    assert len(FILLED_KEYS) == 34
+    assert len(FILLED_KEYS) == 40
     sft_final = str(tmp_path / "sft" / "final")
     assert stages.sft.model == str(tmp_path / "base_model") and stages.sft.max_steps == 6
     assert stages.sft.train_data == str(tmp_path / "data" / "sft.jsonl")
@@ -105,7 +107,7 @@ def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_pa
     assert stages.grpo.eval_data == str(tmp_path / "data" / "arith_eval_prompts.jsonl")
     for section, keys in FILLED.items():
         stage = getattr(stages, section)
-        assert (stage.seed, stage.device) == (3, "cpu")
+        assert (stage.seed, stage.device, stage.force_lr) == (3, "cpu", True)
         if "eval_max_new_tokens" in keys:
             assert stage.eval_max_new_tokens == 9
 
@@ -122,6 +124,26 @@ def test_a_user_setting_of_a_filled_key_is_refused_by_name(tmp_path, key):
     if name in FROM_PIPELINE:
         assert message.endswith(f"set {name}= instead")
     assert not (tmp_path / "demo").exists()  # refused before anything was written
+
+
+def test_a_pretrained_base_model_has_every_stage_lr_checked_by_its_key(
+    smollm2_config_dir, tmp_path
+):
+    where = [f"model.base_model={smollm2_config_dir}", f"runs_dir={tmp_path}"]
+    # the demo's rates suit its tiny model, trained from scratch: SFT's 2e-3 is the first refused
+    with pytest.raises(RlhfkitError) as caught:
+        Pipeline(load_config(PipelineConfig, overrides=where))
+    message = str(caught.value)
+    assert message.startswith("sft.lr=0.002 is far too large") and "\n" not in message
+    assert "--force-lr" in message and "force_lr=true" in message
+    sensible = [*where, *(f"{stage}.lr=1e-6" for stage in ("sft", "rm", "grpo", "dpo", "raft"))]
+    with pytest.raises(RlhfkitError, match=r"^ppo\.critic_lr=0\.0001 is far too large"):
+        Pipeline(load_config(PipelineConfig, overrides=sensible))
+    with pytest.raises(RlhfkitError, match=r"^ppo\.lr=0\.001 is far too large"):
+        Pipeline(load_config(PipelineConfig, overrides=[*sensible, "ppo.lr=1e-3"]))
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
+    Pipeline(load_config(PipelineConfig, overrides=[*sensible, "ppo.critic_lr=1e-5"]))
+    Pipeline(load_config(PipelineConfig, overrides=[*where, "force_lr=true"]))
 
 
 @pytest.fixture(scope="module")

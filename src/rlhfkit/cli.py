@@ -111,10 +111,6 @@ class Command:
     """Runs data-parallel under torchrun, one process per device (docs/scaling.md)."""
     not_under_torchrun: str = ""
     """For a command without `torchrun`: why it is refused under torchrun (empty: not yet)."""
-    lr_check: str = ""
-    """For a command that runs several trainers on one model: "module:function" refusing a
-    learning rate far too large for a pretrained model, skipped with --force-lr (a command with
-    `model` and `lr` keys gets the one check of its own)."""
 
 
 COMMANDS: dict[str, Command] = {
@@ -244,7 +240,6 @@ COMMANDS: dict[str, Command] = {
         config="rlhfkit.train.frontier_config:FrontierConfig",
         run="rlhfkit.train.frontier:run_frontier",
         run_dir=False,
-        lr_check="rlhfkit.train.frontier:check_learning_rates",
     ),
 }
 
@@ -303,8 +298,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--force-lr",
             action="store_true",
-            help="train a pretrained model with an lr far above its safe range "
-            "(docs/pretrained-models.md)",
+            help="train a pretrained model with an lr far above its safe range: sets "
+            "force_lr=true (docs/pretrained-models.md)",
         )
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
@@ -453,17 +448,12 @@ def _run_under_torchrun(args, env) -> None:
 def _run_command(args, command: Command) -> None:
     from rlhfkit.runtime.config import config_to_dict, load_config
 
-    cfg = load_config(_load(command.config), args.config, args.overrides)
+    # --force-lr is the config key force_lr: every trainer (and job) checks its rates itself
+    overrides = [*args.overrides, "force_lr=true"] if args.force_lr else args.overrides
+    cfg = load_config(_load(command.config), args.config, overrides)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return
-    model = getattr(cfg, "model", None)  # the pipeline's is a stage of settings, not a path
-    if isinstance(model, str) and model and hasattr(cfg, "lr") and not args.force_lr:
-        from rlhfkit.models.pretrained import check_learning_rate
-
-        check_learning_rate(model, cfg.lr, lora_r=getattr(cfg, "lora_r", 0))
-    if command.lr_check and not args.force_lr:
-        _load(command.lr_check)(cfg)
     if command.run_dir:
         _run_in_dir(args, command, cfg)
     else:

@@ -6,7 +6,7 @@ each, print the tables and write `summary.json` and `report.html`."""
 import dataclasses
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from rlhfkit.eval.model_eval import evaluate_model, win_rates
 from rlhfkit.eval.report import write_report
 from rlhfkit.eval.tables import rich_table
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
@@ -32,6 +33,7 @@ from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
+from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.raft import RAFTConfig, train_raft
 from rlhfkit.train.reward import RewardConfig, train_reward_model
@@ -68,7 +70,8 @@ class StageConfigs:
 
 def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
     """Each stage's section with what the pipeline fills in: the paths earlier stages write under
-    `root`, the stage's task, and the job's seed, device (and the RL stages' evaluation length).
+    `root`, the stage's task, and the job's seed, device, force_lr (and the RL stages' evaluation
+    length).
     Built before the first stage runs, so a filled key the user set is refused at once, by name."""
     base = cfg.model.base_model or str(root / "base_model")
     base_model = Filled(base, "to the base model", "set model.base_model= instead")
@@ -90,7 +93,8 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
             )
         return fill_section(cfg, section, fills, by="the pipeline")
 
-    run, rl = ("seed", "device"), ("seed", "device", "eval_max_new_tokens")
+    run = ("seed", "device", "force_lr")
+    rl = (*run, "eval_max_new_tokens")
     eval_prompts = {
         task: (str(_data_file(root, f"{task}_eval_prompts")), f"to its held-out {task} prompts")
         for task in ("advice", "arith")
@@ -149,6 +153,11 @@ class Pipeline:
         self.cfg = cfg
         self.root = Path(cfg.runs_dir) / cfg.name
         self.stages = stage_configs(cfg, self.root)  # before anything is written or overwritten
+        # the tiny default is trained from scratch: only a given base model has rates to check
+        sections = {field.name: getattr(self.stages, field.name) for field in fields(StageConfigs)}
+        check_learning_rates(
+            cfg.model.base_model, stage_learning_rates(sections), force=cfg.force_lr
+        )
         self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
         save_config(cfg, self.run.config_path)
         self.console = Console()

@@ -63,9 +63,11 @@ class CollectStage:
 
 @dataclass(frozen=True)
 class PipelineConfig(RunConfig):
-    """`seed` and `device` (from `RunConfig`) apply to every stage; a stage's own `seed`,
-    `device`, `model`, data paths, task and evaluation length are the pipeline's to fill
-    (`stage_configs`), and setting one of them is an error that says what to set instead.
+    """`seed`, `device` and `force_lr` (from `RunConfig`) apply to every stage; a stage's own
+    `seed`, `device`, `force_lr`, `model`, data paths, task and evaluation length are the
+    pipeline's to fill (`stage_configs`), and setting one of them is an error that says what to
+    set instead. With a pretrained `model.base_model`, every stage's `lr` (and PPO's
+    `critic_lr`) is checked against it before the first stage (docs/pretrained-models.md).
 
     A section's defaults are its trainer's, except where a section below says otherwise for the
     demo: short stages for its 10-minute budget on two CPU cores, no checkpoints (the pipeline

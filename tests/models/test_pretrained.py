@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.pretrained import backbone_parameters, check_learning_rate, lr_limit
+from rlhfkit.models.pretrained import backbone_parameters, check_learning_rates, lr_limit
 
 
 def test_counts_parameters_from_the_config(tiny_model_dir, smollm2_config_dir):
@@ -32,18 +32,35 @@ def test_limits_by_size_and_method():
 )
 def test_pretrained_model(smollm2_config_dir, lr, lora_r, refused):
     if not refused:
-        check_learning_rate(smollm2_config_dir, lr, lora_r=lora_r)
+        check_learning_rates(smollm2_config_dir, {"lr": (lr, lora_r)})
         return
     with pytest.raises(RlhfkitError) as caught:
-        check_learning_rate(smollm2_config_dir, lr, lora_r=lora_r)
+        check_learning_rates(smollm2_config_dir, {"lr": (lr, lora_r)})
     message = str(caught.value)
     assert "\n" not in message
-    for fragment in (f"lr={lr:g}", "135M parameters", "--force-lr", "docs/pretrained-models.md"):
+    for fragment in (
+        f"lr={lr:g} is far too large",
+        "135M parameters",
+        "--force-lr",
+        "force_lr=true",
+        "docs/pretrained-models.md",
+    ):
         assert fragment in message
+    check_learning_rates(smollm2_config_dir, {"lr": (lr, lora_r)}, force=True)
+
+
+def test_the_error_names_the_key_that_is_too_large(smollm2_config_dir):
+    rates = {"ppo.lr": (1e-5, 0), "ppo.critic_lr": (1e-4, 0)}
+    with pytest.raises(RlhfkitError, match=r"^ppo\.critic_lr=0\.0001 is far too large"):
+        check_learning_rates(smollm2_config_dir, rates)
 
 
 def test_tiny_model_takes_any_rate(tiny_model_dir):
-    check_learning_rate(tiny_model_dir, 1.0, lora_r=0)
+    check_learning_rates(tiny_model_dir, {"lr": (1.0, 0), "critic_lr": (1.0, 0)})
+
+
+def test_no_model_is_not_checked():
+    check_learning_rates("", {"lr": (1.0, 0)})  # a job's tiny default, built later
 
 
 def test_reads_the_config_of_a_reward_model(tmp_path, smollm2_config_dir):
@@ -51,8 +68,8 @@ def test_reads_the_config_of_a_reward_model(tmp_path, smollm2_config_dir):
     config["architectures"] = ["LlamaForSequenceClassification"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(RlhfkitError, match="far too large"):
-        check_learning_rate(tmp_path, 1e-3, lora_r=0)
+        check_learning_rates(tmp_path, {"lr": (1e-3, 0)})
 
 
 def test_an_unreadable_model_is_left_to_the_trainer(tmp_path):
-    check_learning_rate(tmp_path / "missing", 1e-3, lora_r=0)  # the trainer will name the fault
+    check_learning_rates(tmp_path / "missing", {"lr": (1e-3, 0)})  # the trainer names the fault

@@ -9,7 +9,7 @@ import pytest
 from rlhfkit import cli
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.runtime.config import load_config
-from rlhfkit.train.frontier import check_learning_rates, plan_stages
+from rlhfkit.train.frontier import Frontier, plan_stages
 from rlhfkit.train.frontier_config import FrontierConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment_smollm2.yaml"
@@ -124,14 +124,22 @@ def test_a_key_the_frontier_fills_is_refused_by_name(tmp_path):
         plan_stages(load_config(FrontierConfig, overrides=["dpo_betas=[]"]), tmp_path)
 
 
-def test_every_stage_lr_is_checked_against_a_pretrained_model(smollm2_config_dir, tiny_model_dir):
-    with pytest.raises(RlhfkitError, match=r"^sft.lr: lr=0.001 is far too large"):
-        check_learning_rates(load_config(FrontierConfig, overrides=[f"model={smollm2_config_dir}"]))
-    example = load_config(FrontierConfig, EXAMPLE, [f"model={smollm2_config_dir}"])
-    check_learning_rates(example)  # the example's rates suit the model
-    too_fast = load_config(
-        FrontierConfig, EXAMPLE, [f"model={smollm2_config_dir}", "ppo.critic_lr=1e-3"]
+def test_every_stage_lr_is_checked_against_a_pretrained_model(
+    smollm2_config_dir, tiny_model_dir, tmp_path
+):
+    where = [f"model={smollm2_config_dir}", f"runs_dir={tmp_path}"]
+    with pytest.raises(RlhfkitError, match=r"^sft\.lr=0\.001 is far too large"):
+        Frontier(load_config(FrontierConfig, overrides=where))
+    too_fast = load_config(FrontierConfig, EXAMPLE, [*where, "ppo.critic_lr=1e-3"])
+    with pytest.raises(RlhfkitError, match=r"^ppo\.critic_lr=0\.001 is far too large"):
+        Frontier(too_fast)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+    Frontier(load_config(FrontierConfig, EXAMPLE, where))  # the example's rates suit the model
+    Frontier(
+        load_config(FrontierConfig, overrides=[f"model={tiny_model_dir}", f"runs_dir={tmp_path}"])
     )
-    with pytest.raises(RlhfkitError, match=r"^ppo.critic_lr: "):
-        check_learning_rates(too_fast)
-    check_learning_rates(load_config(FrontierConfig, overrides=[f"model={tiny_model_dir}"]))
+    # forced: every stage is forced too, and a stage's own force_lr is the frontier's to set
+    forced = Frontier(load_config(FrontierConfig, overrides=[*where, "force_lr=true"]))
+    assert forced.plan.sft.force_lr and all(run.cfg.force_lr for run in forced.plan.runs)
+    with pytest.raises(ConfigError, match=r"sft.force_lr is set by the frontier .*set force_lr="):
+        Frontier(load_config(FrontierConfig, overrides=[*where, "sft.force_lr=true"]))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 import shutil
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlhfkit.cli import run as cli
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.config import load_config, save_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
@@ -74,11 +75,13 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
         ("grpo.reference_model=x", "grpo.reference_model is set by iterative GRPO from reset_"),
         ("grpo.device=cpu", "grpo.device is set by iterative GRPO from device="),
         ("grpo.progress=false", "grpo.progress is set by iterative GRPO"),
+        ("grpo.force_lr=true", "grpo.force_lr is set by iterative GRPO from force_lr="),
         ("rm.seed=3", "rm.seed is set by iterative GRPO"),
         ("rm.model=x", "rm.model is set by iterative GRPO"),
         ("rm.train_data=x", "rm.train_data is set by iterative GRPO"),
         ("rm.eval_data=x", "rm.eval_data is set by iterative GRPO"),
         ("rm.tensorboard=false", "rm.tensorboard is set by iterative GRPO"),
+        ("rm.force_lr=true", "rm.force_lr is set by iterative GRPO from force_lr="),
     ],
 )
 def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(override, message):
@@ -91,6 +94,22 @@ def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(overrid
     # the keys a round does not fill are the user's
     own = ["grpo.max_steps=3", "rm.lr=1e-5"]
     check_config(load_config(IterativeGRPOConfig, None, [*required, *own]))
+
+
+@pytest.mark.parametrize("key", ["grpo.lr", "rm.lr"])
+def test_each_round_lr_is_checked_by_its_key_before_the_first_round(
+    smollm2_config_dir, tmp_path, key
+):
+    model = str(smollm2_config_dir)  # GRPO trains the policy, each refresh the reward model
+    overrides = [f"model={model}", f"reward_model={model}", "task=advice", f"{key}=1e-4"]
+    cfg = load_config(IterativeGRPOConfig, None, overrides)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(RlhfkitError, match=rf"^{key}=0\.0001 is far too large"):
+        train_iterative_grpo(cfg, run)
+    assert list(run.root.iterdir()) == []  # refused before the first round
+    # forced, every round is too: the first GRPO goes on to load the policy, which has no weights
+    with pytest.raises(RlhfkitError, match="no weights"):
+        train_iterative_grpo(dataclasses.replace(cfg, force_lr=True), run)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
-from rlhfkit.train.rlaif import JudgeConfig, run_judge
+from rlhfkit.train.rlaif import JudgeConfig, judge_sft_config, run_judge
 from rlhfkit.train.sft import SFTConfig
 
 FAST_SFT = SFTConfig(
@@ -103,6 +103,20 @@ def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(
     assert not (tmp_path / "run" / "judge").exists()
     with pytest.raises(RlhfkitError, match="task 'arith' cannot score prompts read from a file"):
         run_judge(dataclasses.replace(cfg, task="arith"), run)
+
+
+def test_a_judge_trained_from_a_pretrained_model_has_its_sft_lr_checked_first(
+    tmp_path, smollm2_config_dir, data
+):
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = JudgeConfig(model=str(smollm2_config_dir), train_pairs=data[0], pairs=data[1])
+    with pytest.raises(RlhfkitError, match=r"^sft\.lr=0\.003 is far too large"):
+        run_judge(cfg, run)
+    assert not (tmp_path / "run" / "judge").exists()
+    forced = dataclasses.replace(cfg, force_lr=True)
+    assert judge_sft_config(forced, tmp_path / "rows.jsonl").force_lr  # the judge's SFT too
+    with pytest.raises(RlhfkitError, match="no tokenizer"):
+        run_judge(forced, run)
 
 
 def test_the_judge_sft_keys_rlhfkit_judge_fills_are_refused_by_name(tmp_path):

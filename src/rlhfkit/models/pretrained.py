@@ -13,10 +13,14 @@ few steps what pretraining taught. The rule, documented in docs/pretrained-model
   5e-5 up to 1B parameters and 2e-5 above; LoRA, which trains a low-rank update from zero
   and needs about 10-20x more, 1e-3 and 5e-4. These are the top of the published ranges
   (SFT 1e-5 to 5e-5, DPO 5e-7 to 5e-6, PPO and GRPO 1e-6 to 1e-5), not recommendations.
-- A larger rate is refused before the run starts, unless the user passes `--force-lr`.
+- A larger rate is refused before the run starts, unless the config sets `force_lr: true`
+  (what `--force-lr` does). Each trainer checks its own rates before it loads anything, and a
+  job made of trainers checks every stage's against its base model before the first stage
+  (`train/lr_guard.py`), so a trainer called from Python is checked as the CLI's is.
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,23 +72,37 @@ def lr_limit(parameters: int, lora: bool) -> float | None:
     return row.lora if lora else row.full
 
 
-def check_learning_rate(model: str | Path, lr: float, *, lora_r: int) -> None:
-    """Refuse `lr` when it is far too large for the pretrained model at `model`.
+def check_learning_rates(
+    model: str | Path, rates: Mapping[str, tuple[float, int]], *, force: bool = False
+) -> None:
+    """Refuse each rate of `rates` that is far too large for the pretrained model at `model`.
+
+    Args:
+        model: what the rates train (a model directory or a `.gguf` file; empty = none, nothing
+            to check); its size is read once.
+        rates: config key -> (learning rate, LoRA rank of what it trains; 0 = full fine-tuning),
+            e.g. {"lr": (1e-3, 0), "critic_lr": (1e-4, 0)}; the error names the key.
+        force: skip the check (the config key `force_lr`, set by `--force-lr`).
 
     Raises:
-        RlhfkitError: naming the model, its size, the limit and the suggested range.
+        RlhfkitError: one line naming the key, the model, its size, the limit, the suggested
+            range and both ways to override.
     """
+    if force or not model or not rates:
+        return  # forced, or no model given (a job's tiny default, built later)
     try:
         parameters = backbone_parameters(model)
     except RlhfkitError:
         return  # an unreadable model is the trainer's to report, after its own config checks
-    limit = lr_limit(parameters, lora=lora_r > 0)
-    if limit is None or lr <= limit:
-        return
-    how = f"LoRA r={lora_r}" if lora_r > 0 else "full fine-tuning"
-    raise RlhfkitError(
-        f"lr={lr:g} is far too large for {model}, a pretrained model of "
-        f"{parameters / 1e6:.0f}M parameters ({how}: at most {limit:g}); it would unlearn "
-        f"what the model knows within a few steps. Use {SUGGESTED[lora_r > 0]} "
-        "(docs/pretrained-models.md), or pass --force-lr to train with it anyway"
-    )
+    for key, (lr, lora_r) in rates.items():
+        limit = lr_limit(parameters, lora=lora_r > 0)
+        if limit is None or lr <= limit:
+            continue
+        how = f"LoRA r={lora_r}" if lora_r > 0 else "full fine-tuning"
+        raise RlhfkitError(
+            f"{key}={lr:g} is far too large for {model}, a pretrained model of "
+            f"{parameters / 1e6:.0f}M parameters ({how}: at most {limit:g}); it would unlearn "
+            f"what the model knows within a few steps. Use {SUGGESTED[lora_r > 0]} "
+            "(docs/pretrained-models.md), or pass --force-lr (the config key force_lr=true) to "
+            "train with it anyway"
+        )

@@ -34,6 +34,7 @@ from rlhfkit.data.ranking_batch import (
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, resolve_device
@@ -224,6 +225,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     """Optimise `cfg.model` on preferences; the final model goes to `run.final`."""
     check_config(cfg)
     validate(cfg)  # as the CLI does, for configs built in Python
+    check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
     ranks = current_ranks()
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

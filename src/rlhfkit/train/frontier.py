@@ -32,11 +32,11 @@ import torch
 from rich.console import Console
 
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.models.pretrained import check_learning_rate
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import checkpoint_step
@@ -51,6 +51,7 @@ from rlhfkit.train.checkpointing import load_policy
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.frontier_config import FrontierConfig
 from rlhfkit.train.grpo import train_grpo
+from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.sft import train_sft
@@ -111,7 +112,7 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     def fill(section: str, **wired: Any) -> Any:
         fills = {
             key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
-            for key in ("seed", "device")
+            for key in ("seed", "device", "force_lr")
         }
         for key, value in wired.items():
             fills[key] = (
@@ -152,24 +153,6 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     return Plan(sft, rm, tuple(runs))
 
 
-def check_learning_rates(cfg: FrontierConfig) -> None:
-    """Each stage's lr (and PPO's critic lr) against the base model, before anything runs: the
-    trainers' defaults suit a tiny model and erase a pretrained one (models/pretrained.py)."""
-    if not cfg.model:
-        return
-    rates = [
-        (f"{name}.lr", section.lr, section.lora_r)
-        for name, section in (
-            ("sft", cfg.sft), ("rm", cfg.rm), ("ppo", cfg.ppo), ("grpo", cfg.grpo), ("dpo", cfg.dpo)
-        )
-    ] + [("ppo.critic_lr", cfg.ppo.critic_lr, 0)]  # fmt: skip
-    for key, lr, lora_r in rates:
-        try:
-            check_learning_rate(cfg.model, lr, lora_r=lora_r)
-        except RlhfkitError as error:
-            raise RlhfkitError(f"{key}: {error}") from None
-
-
 def cpu_name() -> str:
     """The CPU's model name as Linux reports it (the timings in summary.json depend on it)."""
     cpuinfo = Path("/proc/cpuinfo")
@@ -185,6 +168,8 @@ class Frontier:
         self.cfg = cfg
         self.root = Path(cfg.runs_dir) / cfg.name
         self.plan = plan_stages(cfg, self.root)  # before anything is written or overwritten
+        sections = {name: getattr(cfg, name) for name in ("sft", "rm", "ppo", "grpo", "dpo")}
+        check_learning_rates(cfg.model, stage_learning_rates(sections), force=cfg.force_lr)
         self.files = _files(self.root)
         self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
         save_config(cfg, self.run.config_path)

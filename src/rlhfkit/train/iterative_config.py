@@ -71,14 +71,15 @@ class IterativeGRPOConfig(RunConfig):
         )
     )
     """Each round's GRPO run; iterative GRPO fills `model`, `reward`, `reference_model`, `task`,
-    `seed`, `device`, `progress` and `tensorboard` (see `grpo_round_config`)."""
+    `seed`, `device`, `force_lr`, `progress` and `tensorboard` (see `grpo_round_config`)."""
     rm: RewardConfig = field(
         default_factory=lambda: RewardConfig(
             max_steps=60, lr=5e-5, batch_size=16, warmup_steps=5, eval_every=0, save_every=30
         )
     )
     """Each round's reward-model training; iterative GRPO fills `model`, `train_data`,
-    `eval_data`, `seed`, `device`, `progress` and `tensorboard` (see `rm_round_config`)."""
+    `eval_data`, `seed`, `device`, `force_lr`, `progress` and `tensorboard` (see
+    `rm_round_config`)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars (one point per round)."""
     progress: bool = True

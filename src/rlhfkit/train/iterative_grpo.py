@@ -32,6 +32,7 @@ from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.sample import sample_responses
@@ -50,6 +51,7 @@ from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from rlhfkit.train.iterative_config import IterativeGRPOConfig
+from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.reward import (
     RewardConfig,
     evaluate_reward_model,
@@ -165,6 +167,7 @@ def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
             "set seed= instead",
         ),
         "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
         "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
         "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
     }
@@ -369,6 +372,10 @@ def train_iterative_grpo(
 ) -> IterativeGRPOResult:
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
+    # every round's rates before the first round: GRPO trains the policy, the refresh the reward
+    # model (each round's trainers check theirs again)
+    check_learning_rates(cfg.model, stage_learning_rates({"grpo": cfg.grpo}), force=cfg.force_lr)
+    check_learning_rates(cfg.reward_model, stage_learning_rates({"rm": cfg.rm}), force=cfg.force_lr)
     # step 1. the starting policy and reward model, the labeller, the data replay draws from,
     # the evaluation prompts no round labels
     policy, rm = cfg.model, cfg.reward_model

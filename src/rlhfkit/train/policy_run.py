@@ -37,6 +37,7 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
@@ -119,6 +120,9 @@ class PolicyRun:
         critic_lr: float = 0.0,
     ):
         validate(cfg)  # as the CLI does, for configs built in Python
+        check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
+        if critic_start:  # PPO's critic: always fully fine-tuned, from its own start
+            check_learning_rates(critic_start, {"critic_lr": (critic_lr, 0)}, force=cfg.force_lr)
         self.ranks = current_ranks()
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage

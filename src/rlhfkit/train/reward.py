@@ -28,6 +28,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.lora import add_backbone_lora, load_gathered, trainable_state
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
@@ -255,6 +256,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
+    check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
     ranks = current_ranks()
     seed_everything(cfg.seed)  # the same new head (and LoRA adapters) on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch

@@ -24,11 +24,13 @@ from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.feedback.judge_data import judge_sft_rows
 from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.registry import TaskName, get_task
+from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.sft import SFTConfig, train_sft
 
 
@@ -60,8 +62,8 @@ class JudgeConfig(RunConfig):
             max_steps=400, batch_size=16, lr=3e-3, eval_every=0, sample_every=0, save_every=0
         )
     )
-    """Judge training; `model`, `train_data`, `eval_data`, `seed` and `device` are filled in
-    (`judge_sft_config`), and setting one of them is an error."""
+    """Judge training; `model`, `train_data`, `eval_data`, `seed`, `device` and `force_lr` are
+    filled in (`judge_sft_config`), and setting one of them is an error."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ class JudgeResult:
 
 def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
     """The judge's SFT settings: `cfg.sft` with the keys `rlhfkit judge` fills (the model, its
-    rows at `data`, no held-out rows, the seed and device); a user's setting of one is refused."""
+    rows at `data`, no held-out rows, the seed, device and force_lr); a user's setting of one is
+    refused."""
     fills = {
         "model": Filled(cfg.model, "from model=", "set model= instead"),
         "train_data": Filled(
@@ -83,6 +86,7 @@ def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
         "eval_data": Filled("", "to none (the judge is measured on pairs=)", "set pairs= instead"),
         "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
         "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
     }
     return fill_section(cfg, "sft", fills, by="rlhfkit judge")
 
@@ -95,6 +99,7 @@ def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
         )
     data = run.root / "judge_sft.jsonl"
     sft_cfg = judge_sft_config(cfg, data)
+    check_learning_rates(cfg.model, stage_learning_rates({"sft": cfg.sft}), force=cfg.force_lr)
     pairs = [
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
         for p in load_examples(cfg.train_pairs, Format.PREFERENCE)

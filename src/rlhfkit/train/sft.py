@@ -22,6 +22,7 @@ from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
+from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
@@ -187,6 +188,7 @@ def _log_samples(
 def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult:
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
+    check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
     ranks = current_ranks()
     seed_everything(cfg.seed)
     # step 1. load the tokenizer and data; every dropped or truncated row is reported
