@@ -418,7 +418,12 @@ def _torchrun_started(env) -> bool:
 def _run_under_torchrun(args, env) -> None:
     """One rank of a torchrun job: start the process group, run the command, close it. Only
     rank 0 prints; errors come from every rank."""
-    from rlhfkit.runtime.distributed import close_distributed, init_distributed, launch_from_env
+    from rlhfkit.runtime.distributed import (
+        close_distributed,
+        init_distributed,
+        launch_from_env,
+        wait_for_every_rank,
+    )
 
     command = COMMANDS.get(args.command)
     if command is None or not command.torchrun:
@@ -438,6 +443,7 @@ def _run_under_torchrun(args, env) -> None:
             sys.stdout = quiet
         _quiet_libraries()
         _run_command(args, command)
+        wait_for_every_rank()
     finally:
         if quiet:
             sys.stdout = sys.__stdout__

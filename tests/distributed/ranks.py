@@ -1,6 +1,7 @@
 """Run a function on N gloo processes on this machine, as torchrun would start them; and the
 comparison every trainer's 2-rank test makes with one process."""
 
+import faulthandler
 import os
 import pickle
 import shutil
@@ -15,7 +16,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from rlhfkit.runtime.distributed import close_distributed, init_distributed, launch_from_env
+from rlhfkit.runtime.distributed import (
+    close_distributed,
+    init_distributed,
+    launch_from_env,
+    wait_for_every_rank,
+)
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 
@@ -38,12 +44,14 @@ def _rank_main(rank: int, world_size: int, port: int, fn: Callable, args: tuple,
         LOCAL_RANK=str(rank),
         OMP_NUM_THREADS="1",
     )
+    faulthandler.enable(all_threads=True)  # a rank that aborts shows where, not only its signal
     torch.set_num_threads(1)  # one thread per process, as the single-process reference
     init_distributed(launch_from_env(os.environ))
     try:
         result = fn(*args)
         if rank == 0:
             Path(out).write_bytes(pickle.dumps(result))
+        wait_for_every_rank()
     finally:
         close_distributed()
 

@@ -67,6 +67,15 @@ def init_distributed(launch: Launch) -> None:
         dist.init_process_group("gloo")
 
 
+def wait_for_every_rank() -> None:
+    """After a successful run, before `close_distributed`: a rank that tore down its connections
+    while another still worked (rank 0 writing the final model) was seen to abort at exit
+    (SIGABRT, about 1 run in 30 of a 2-rank PPO test; none in 60 with this barrier). Not on
+    failure: a rank that raised must not wait for ranks that may never arrive."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def close_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
