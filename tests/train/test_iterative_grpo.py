@@ -2,6 +2,7 @@ import dataclasses
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -24,6 +25,7 @@ from rlhfkit.train.iterative_grpo import (
 )
 from rlhfkit.train.reward import RewardConfig
 
+from .test_policy_models import assert_only_adapters_trained_and_merged, built_policies
 from .test_reward import gold_ranking, write_jsonl
 
 
@@ -268,3 +270,30 @@ def test_the_command_takes_nested_overrides_and_resumes_only_a_started_run(tmp_p
         cli(
             ["iterative-grpo", "model=m", "reward_model=r", "--runs-dir", str(tmp_path), "--resume"]
         )
+
+
+def test_lora_rounds_train_only_adapters_and_hand_on_merged_models(
+    tiny_model_dir, start, tmp_path, monkeypatch
+):
+    cfg = config(tiny_model_dir, start, rounds=1)
+    lora = dict(lora_r=4, lora_alpha=8)
+    cfg = dataclasses.replace(
+        cfg, grpo=dataclasses.replace(cfg.grpo, **lora), rm=dataclasses.replace(cfg.rm, **lora)
+    )
+    policies = built_policies(monkeypatch)
+    run = run_dir(tmp_path, "run")
+    train_iterative_grpo(cfg, run)
+    round_final = run.root / "round_01" / "grpo" / "final"
+    assert len(policies) == 1
+    assert_only_adapters_trained_and_merged(tiny_model_dir, policies[0], round_final)
+    assert (run.final / "model.safetensors").read_bytes() == (
+        round_final / "model.safetensors"
+    ).read_bytes()
+    # the refreshed reward model is a plain classifier too, trained: the next round's reward
+    rm_start = load_file(Path(start[0]) / "model.safetensors")
+    rm_final = load_file(run.root / "round_01" / "rm" / "final" / "model.safetensors")
+    assert rm_final.keys() == rm_start.keys()
+    assert any((rm_final[key] != rm_start[key]).any() for key in rm_start)
+    # keeping the first policy as every round's reference is not LoRA's (its base, adapters off)
+    with pytest.raises(ConfigError, match="reset_reference=false with grpo.lora_r=4"):
+        check_config(dataclasses.replace(cfg, reset_reference=False))

@@ -1,25 +1,40 @@
 """Micro-batches change memory, not the update: every policy trainer's run with its mini-batches
 cut into micro-batches (of a size that does not divide them, so the last slice is short) ends
-with the weights and losses of the unsplit run, up to float rounding."""
+with the weights and losses of the unsplit run, up to float rounding. Gradient checkpointing
+neither: every trainer's gradient is the one without it."""
 
+import dataclasses
 import random
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
-from rlhfkit.train import dpo, policy_run, ppo, reward
+from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.train import dpo, policy_run, ppo, reward, sft
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.micro_batches import backward_micro_batches, micro_slices, row_stat, token_stat
+from rlhfkit.train.online_dpo import train_online_dpo
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.ppo import train_ppo
 from rlhfkit.train.raft import train_raft
 from rlhfkit.train.reward import train_reward_model
 from rlhfkit.train.rloo import train_rloo
+from rlhfkit.train.sft import train_sft
 
-from . import test_dpo, test_grpo, test_ppo, test_raft, test_reward, test_rloo
+from . import (
+    test_dpo,
+    test_grpo,
+    test_online_dpo,
+    test_ppo,
+    test_raft,
+    test_reward,
+    test_rloo,
+    test_sft,
+)
 from .test_reward import gold_ranking, write_jsonl
 
 
@@ -33,6 +48,13 @@ def rankings(tmp_path_factory):
         write_jsonl(folder / "rankings.jsonl", rows[:40]),
         write_jsonl(folder / "eval_rankings.jsonl", rows[40:]),
     )
+
+
+@pytest.fixture(scope="module")
+def sft_rows(tmp_path_factory) -> str:
+    """Arithmetic prompts with correct completions: SFT's training file."""
+    rows = ArithTask(flawed_fraction=0.0).sft_examples(16, random.Random(0))
+    return test_sft.write_jsonl(tmp_path_factory.mktemp("sft") / "train.jsonl", rows)
 
 
 def test_slices_cover_the_rows_once_and_zero_means_one_slice():
@@ -153,39 +175,74 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
     assert torch.allclose(gradients[2][0], gradients[1][0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["grpo", "ppo", "reward", "dpo"])
+def one_update(name: str, model, rankings, sft_rows: str, tmp_path) -> tuple:
+    """Trainer `name`'s train function and its test module's config, cut to one step on the
+    tiny model."""
+    step = dict(max_steps=1)
+    configs = {
+        "grpo": (train_grpo, test_grpo.config(model, tmp_path, mini_batch_size=16, **step)),
+        "rloo": (train_rloo, test_rloo.config(model, tmp_path, mini_batch_size=16, **step)),
+        "ppo": (train_ppo, test_ppo.config(model, tmp_path, ppo_epochs=1, **step)),
+        "raft": (train_raft, test_raft.config(model, tmp_path, epochs_per_round=1, **step)),
+        "online-dpo": (train_online_dpo, test_online_dpo.config(model, tmp_path, **step)),
+        "reward": (train_reward_model, test_reward.config(model, *rankings, eval_data="", **step)),
+        "dpo": (train_dpo, test_dpo.config(model, (rankings[0], ""), **step)),
+        "sft": (train_sft, test_sft.config(model, sft_rows, "", **step)),
+    }
+    return configs[name]
+
+
+@contextmanager
+def forwards_inside_backward():
+    """Inside, a one-element count of the module forwards run inside a backward: the recomputed
+    activations of checkpointed layers (without checkpointing none run there)."""
+    count, inside = [0], [False]
+    backward = torch.autograd.backward
+
+    def marked_backward(*args, **kwargs):
+        inside[0] = True
+        try:
+            return backward(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    def hook(module, args, output):
+        count[0] += inside[0]
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.autograd, "backward", marked_backward)
+        try:
+            yield count
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize(
+    "name", ["grpo", "rloo", "ppo", "raft", "online-dpo", "reward", "dpo", "sft"]
+)
 def test_gradient_checkpointing_gives_the_same_update(
     name,
     tiny_model_dir,
     rankings,
+    sft_rows,
     tmp_path,
     monkeypatch,
 ):
-    """Recomputed activations, the same gradient; GRPO's shared prompts and the reward model's
-    fall back to whole rows under checkpointing (its dropped cache would cut them off)."""
-    runs = {
-        "grpo": lambda **o: train_grpo(
-            test_grpo.config(tiny_model_dir, tmp_path, max_steps=1, mini_batch_size=16, **o),
-            prepare_run_dir(tmp_path / f"grpo{o}", resume=False, overwrite=False),
-        ),
-        "ppo": lambda **o: train_ppo(
-            test_ppo.config(tiny_model_dir, tmp_path, max_steps=1, ppo_epochs=1, **o),
-            prepare_run_dir(tmp_path / f"ppo{o}", resume=False, overwrite=False),
-        ),
-        "reward": lambda **o: train_reward_model(
-            test_reward.config(tiny_model_dir, *rankings, max_steps=1, eval_data="", **o),
-            prepare_run_dir(tmp_path / f"rm{o}", resume=False, overwrite=False),
-        ),
-        "dpo": lambda **o: train_dpo(
-            test_dpo.config(tiny_model_dir, (rankings[0], ""), max_steps=1, **o),
-            prepare_run_dir(tmp_path / f"dpo{o}", resume=False, overwrite=False),
-        ),
-    }
-    gradients = {}
+    """Recomputed activations, the same gradient; GRPO's and RLOO's shared prompts and the
+    reward model's fall back to whole rows under checkpointing (its dropped cache would cut them
+    off)."""
+    train, cfg = one_update(name, tiny_model_dir, rankings, sft_rows, tmp_path)
+    gradients, recomputed = {}, {}
     for on in (False, True):
-        gradients[on] = recorded_gradients(monkeypatch, [policy_run, ppo, reward, dpo])
+        gradients[on] = recorded_gradients(monkeypatch, [policy_run, ppo, reward, dpo, sft])
         torch.manual_seed(0)  # the reward model's head
-        runs[name](gradient_checkpointing=on)
+        run = prepare_run_dir(tmp_path / f"{name}{on}", resume=False, overwrite=False)
+        with forwards_inside_backward() as count:
+            train(dataclasses.replace(cfg, gradient_checkpointing=on), run)
+        recomputed[on] = count[0]
+    # the option reached the model: layers re-ran in the backward only when it was on
+    assert recomputed[False] == 0 and recomputed[True] > 0
     assert len(gradients[True]) == len(gradients[False]) > 0
     for plain, checkpointed in zip(gradients[False], gradients[True], strict=True):
         assert torch.allclose(checkpointed, plain, rtol=1e-4, atol=1e-6)

@@ -100,6 +100,14 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
         )
     if not 0.0 <= cfg.replay_fraction < 1.0:
         raise ConfigError(f"replay_fraction={cfg.replay_fraction}: must be in [0, 1)")
+    # a LoRA round's reference is its own base: from round 2 on the last round's policy, so
+    # keeping the first policy as every round's reference cannot be expressed
+    if cfg.grpo.lora_r > 0 and not cfg.reset_reference:
+        raise ConfigError(
+            f"reset_reference=false with grpo.lora_r={cfg.grpo.lora_r}: under LoRA each "
+            "round's reference is that round's starting policy with its adapters off; set "
+            "reset_reference=true or grpo.lora_r=0"
+        )
 
 
 def replay_rows(
