@@ -179,10 +179,7 @@ COMMANDS: dict[str, Command] = {
         report=_print_rounds,
         needs=("model",),
         resume_needs_checkpoint=False,
-        not_under_torchrun=(
-            "between its GRPO and reward-model sub-runs each round samples and labels fresh "
-            "prompts, scores the held-out rankings and writes its files from one process"
-        ),
+        torchrun=True,
     ),
     "raft": Command(
         "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",

@@ -1,10 +1,15 @@
 """The settings of iterative GRPO (`train.iterative_grpo`): the rounds, what each round labels
-and how, and the GRPO and reward-model sections each round runs."""
+and how, and the GRPO and reward-model sections each round runs; the checks made before the first
+round, and the keys each round fills in those sections."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import LabellerKind
+from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.reward import RewardConfig
@@ -84,3 +89,102 @@ class IterativeGRPOConfig(RunConfig):
     """Also write TensorBoard scalars (one point per round)."""
     progress: bool = True
     """Show progress bars."""
+
+
+def check_config(cfg: IterativeGRPOConfig) -> None:
+    if not cfg.model or not cfg.reward_model:
+        raise ConfigError(
+            "rlhfkit iterative-grpo needs model=PATH (the policy) and reward_model=PATH"
+        )
+    if not cfg.task and not (cfg.label_data and cfg.grpo.train_data):
+        raise ConfigError(
+            "without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
+            "prompts) and label_data=PATH (the prompts labelled each round); or set "
+            "task=arith|advice"
+        )
+    kind = LabellerKind(cfg.labeller)
+    if kind is LabellerKind.ANNOTATOR and not cfg.task:
+        raise ConfigError(
+            "labeller=annotator is a built-in task's simulated human: set "
+            "task=arith|advice, or labeller=reward with "
+            "label_reward=file.py:function, or labeller=judge"
+        )
+    if kind is LabellerKind.REWARD and not cfg.label_reward:
+        raise ConfigError("labeller=reward needs label_reward=SPEC (e.g. path/to/file.py:function)")
+    if kind is LabellerKind.JUDGE and not cfg.judge_model:
+        raise ConfigError(
+            "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
+        )
+    # the keys each round fills: a user's own value for one of them is refused, naming it
+    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
+    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
+    if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
+        raise ConfigError(
+            f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
+            f"{cfg.label_prompts}: need at least 1 round, 2 samples and 1 prompt to rank"
+        )
+    if not 0.0 <= cfg.replay_fraction < 1.0:
+        raise ConfigError(f"replay_fraction={cfg.replay_fraction}: must be in [0, 1)")
+    # a LoRA round's reference is its own base: from round 2 on the last round's policy, so
+    # keeping the first policy as every round's reference cannot be expressed
+    if cfg.grpo.lora_r > 0 and not cfg.reset_reference:
+        raise ConfigError(
+            f"reset_reference=false with grpo.lora_r={cfg.grpo.lora_r}: under LoRA each "
+            "round's reference is that round's starting policy with its adapters off; set "
+            "reset_reference=true or grpo.lora_r=0"
+        )
+
+
+def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
+    return {
+        "seed": Filled(
+            derive_seed(cfg.seed, SeedStream.ROUND_TRAINERS, r),
+            "from seed= (round r: its own derived seed)",
+            "set seed= instead",
+        ),
+        "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
+        "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
+        "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
+    }
+
+
+def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
+    """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
+    reference = "" if cfg.reset_reference else cfg.model
+    fills = {
+        "model": Filled(
+            policy, "each round (the last round's policy)", "set model= for the first round"
+        ),
+        "reward": Filled(
+            f"model:{rm}",
+            "each round (the current reward model)",
+            "set reward_model= for the first round",
+        ),
+        "reference_model": Filled(
+            reference, "from reset_reference=", "set reset_reference= instead"
+        ),
+        "task": Filled(cfg.task, "from task=", "set task= instead"),
+        **_common_fills(cfg, r),
+    }
+    return fill_section(cfg, "grpo", fills, by="iterative GRPO")
+
+
+def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> RewardConfig:
+    """Round r's reward-model settings: `cfg.rm` with the keys each round fills (`train_data`:
+    written once the round's rows are, see `_reward_round`)."""
+    fills = {
+        "model": Filled(
+            rm, "each round (the current reward model)", "set reward_model= for the first round"
+        ),
+        "eval_data": Filled(
+            str(folder / "heldout_rankings.jsonl"),
+            "each round (its held-out rankings)",
+            "set heldout_prompts= instead",
+        ),
+        "train_data": Filled(
+            "", "each round (its rankings plus replay)", "set reward_data= instead"
+        ),
+        **_common_fills(cfg, r),
+    }
+    return fill_section(cfg, "rm", fills, by="iterative GRPO")

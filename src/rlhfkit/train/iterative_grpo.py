@@ -18,18 +18,22 @@ with `reset_reference=false` every round keeps the starting policy as its refere
 controls that isolate what each half of the recipe does.
 Iterative GRPO fills some keys of its `grpo` and `rm` sections itself (each round's model,
 reward, seed, ...): a value a user sets for one of them is refused with an error naming it.
+Under torchrun each round's GRPO and reward-model training run sharded on every rank, as the
+trainers do alone; the glue between them (sub-run directories, sampling and labelling, the
+held-out accuracy, the replay mix, every file and summary) runs on rank 0 while the other ranks
+wait for it (`on_main`), so a round's files are complete before any rank reads them.
 """
 
 import dataclasses
 import json
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
-from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
@@ -43,14 +47,21 @@ from rlhfkit.runtime.checkpoint import (
     save_torch_state,
     temporary_sibling,
 )
-from rlhfkit.runtime.config import Filled, fill_section, save_config
+from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.distributed import Ranks, current_ranks
+from rlhfkit.runtime.distributed_checkpoint import on_main
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import get_task
-from rlhfkit.train.grpo import GRPOConfig, train_grpo
-from rlhfkit.train.iterative_config import IterativeGRPOConfig
+from rlhfkit.train.grpo import train_grpo
+from rlhfkit.train.iterative_config import (
+    IterativeGRPOConfig,
+    check_config,
+    grpo_round_config,
+    rm_round_config,
+)
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.reward import (
     RewardConfig,
@@ -64,50 +75,6 @@ from rlhfkit.train.reward import (
 class IterativeGRPOResult:
     model_dir: Path
     rounds: list[dict] = field(default_factory=list)  # one summary per round
-
-
-def check_config(cfg: IterativeGRPOConfig) -> None:
-    if not cfg.model or not cfg.reward_model:
-        raise ConfigError(
-            "rlhfkit iterative-grpo needs model=PATH (the policy) and reward_model=PATH"
-        )
-    if not cfg.task and not (cfg.label_data and cfg.grpo.train_data):
-        raise ConfigError(
-            "without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
-            "prompts) and label_data=PATH (the prompts labelled each round); or set "
-            "task=arith|advice"
-        )
-    kind = LabellerKind(cfg.labeller)
-    if kind is LabellerKind.ANNOTATOR and not cfg.task:
-        raise ConfigError(
-            "labeller=annotator is a built-in task's simulated human: set "
-            "task=arith|advice, or labeller=reward with "
-            "label_reward=file.py:function, or labeller=judge"
-        )
-    if kind is LabellerKind.REWARD and not cfg.label_reward:
-        raise ConfigError("labeller=reward needs label_reward=SPEC (e.g. path/to/file.py:function)")
-    if kind is LabellerKind.JUDGE and not cfg.judge_model:
-        raise ConfigError(
-            "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
-        )
-    # the keys each round fills: a user's own value for one of them is refused, naming it
-    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
-    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
-    if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
-        raise ConfigError(
-            f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
-            f"{cfg.label_prompts}: need at least 1 round, 2 samples and 1 prompt to rank"
-        )
-    if not 0.0 <= cfg.replay_fraction < 1.0:
-        raise ConfigError(f"replay_fraction={cfg.replay_fraction}: must be in [0, 1)")
-    # a LoRA round's reference is its own base: from round 2 on the last round's policy, so
-    # keeping the first policy as every round's reference cannot be expressed
-    if cfg.grpo.lora_r > 0 and not cfg.reset_reference:
-        raise ConfigError(
-            f"reset_reference=false with grpo.lora_r={cfg.grpo.lora_r}: under LoRA each "
-            "round's reference is that round's starting policy with its adapters off; set "
-            "reset_reference=true or grpo.lora_r=0"
-        )
 
 
 def replay_rows(
@@ -161,72 +128,37 @@ class _Part:
         return summary
 
 
-def _sub_run(root: Path) -> tuple[RunDir, bool]:
-    """A GRPO or reward-model run directory: resumed from its checkpoint, else started afresh."""
-    resume = latest_checkpoint(root / "checkpoints") is not None
-    return prepare_run_dir(root, resume=resume, overwrite=not resume), resume
+def _done_or_make(part: _Part, make: Callable[[], dict], ranks: Ranks) -> dict:
+    """A part's summary: read when it is done (rank 0 looks, for every rank, so all ranks take
+    the same branch), else `make()` on every rank."""
+    done = on_main(lambda: part.read() if part.done else None, ranks)
+    return done if done is not None else make()
 
 
-def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
-    return {
-        "seed": Filled(
-            derive_seed(cfg.seed, SeedStream.ROUND_TRAINERS, r),
-            "from seed= (round r: its own derived seed)",
-            "set seed= instead",
-        ),
-        "device": Filled(cfg.device, "from device=", "set device= instead"),
-        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
-        "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
-        "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
-    }
+def _sub_run(root: Path, cfg, ranks: Ranks) -> tuple[RunDir, bool]:
+    """A GRPO or reward-model run directory holding `cfg`: resumed from its checkpoint, else
+    started afresh. Rank 0 prepares it; the other ranks wait, then open the same directory."""
+
+    def prepare() -> bool:
+        resume = latest_checkpoint(root / "checkpoints") is not None
+        save_config(cfg, prepare_run_dir(root, resume=resume, overwrite=not resume).config_path)
+        return resume
+
+    resume = on_main(prepare, ranks)
+    return RunDir(root), resume
 
 
-def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
-    """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
-    reference = "" if cfg.reset_reference else cfg.model
-    fills = {
-        "model": Filled(
-            policy, "each round (the last round's policy)", "set model= for the first round"
-        ),
-        "reward": Filled(
-            f"model:{rm}",
-            "each round (the current reward model)",
-            "set reward_model= for the first round",
-        ),
-        "reference_model": Filled(
-            reference, "from reset_reference=", "set reset_reference= instead"
-        ),
-        "task": Filled(cfg.task, "from task=", "set task= instead"),
-        **_common_fills(cfg, r),
-    }
-    return fill_section(cfg, "grpo", fills, by="iterative GRPO")
-
-
-def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> RewardConfig:
-    """Round r's reward-model settings: `cfg.rm` with the keys each round fills (`train_data`:
-    written once the round's rows are, see `_reward_round`)."""
-    fills = {
-        "model": Filled(
-            rm, "each round (the current reward model)", "set reward_model= for the first round"
-        ),
-        "eval_data": Filled(
-            str(folder / "heldout_rankings.jsonl"),
-            "each round (its held-out rankings)",
-            "set heldout_prompts= instead",
-        ),
-        "train_data": Filled(
-            "", "each round (its rankings plus replay)", "set reward_data= instead"
-        ),
-        **_common_fills(cfg, r),
-    }
-    return fill_section(cfg, "rm", fills, by="iterative GRPO")
-
-
-def _grpo_round(cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm: str) -> dict:
+def _grpo_round(
+    cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm: str, part: _Part, ranks: Ranks
+) -> dict:
     grpo_cfg = grpo_round_config(cfg, r, policy, rm)
-    run, resume = _sub_run(folder / "grpo")
-    save_config(grpo_cfg, run.config_path)
-    result = train_grpo(grpo_cfg, run, resume=resume)
+    run, resume = _sub_run(folder / "grpo", grpo_cfg, ranks)
+    result = train_grpo(grpo_cfg, run, resume=resume)  # sharded under torchrun
+    return on_main(lambda: part.write(_grpo_summary(run, result)), ranks)
+
+
+def _grpo_summary(run: RunDir, result) -> dict:
+    """What a round's GRPO did, from the metrics rank 0 wrote."""
     rows = read_metrics(run.metrics_path)  # all steps, also those before a resume
     evals = [row for row in rows if "eval_gold_score" in row]
     start = result.evals[0][1] if result.evals and result.evals[0][0] == 0 else {}
@@ -269,14 +201,23 @@ def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[
     return fresh[:count] if len(fresh) >= count else drawn[:count]
 
 
-def _label_round(
+def _labels(
     cfg: IterativeGRPOConfig,
     r: int,
     folder: Path,
     policy: str,
     labeller: Labeller,
     held_out: set[str],
+    part: _Part,
 ) -> dict:
+    """Round r's rankings, on rank 0 alone. Sampling is not split over the ranks: one seeded
+    generator draws every sample and one stateful labeller (its calibration, its noise) ranks
+    them, so the rankings are a single process's whatever the number of ranks; label_prompts x
+    K short samples from an unsharded copy of the policy cost little beside the round's GRPO.
+    Done before a resume: the labeller takes back its state after them."""
+    if part.done:
+        labeller.load_state_dict(load_torch_state(folder / "labeller.pt"))
+        return part.read()
     prompts = round_prompts(cfg, r, held_out)
     model, tokenizer = (
         load_causal_lm(policy).to(resolve_device(cfg.device)).eval(),
@@ -299,22 +240,61 @@ def _label_round(
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
     save_torch_state(folder / "labeller.pt", labeller.state_dict())
-    return {
+    summary = {
         "rankings": len(train),
         "heldout": len(heldout),
         "annotator_temperature": getattr(labeller, "temperature", None),
         "labels_used": labeller.labels_used,
     }
+    return part.write(summary)
 
 
 def _reward_round(
-    cfg: IterativeGRPOConfig, r: int, folder: Path, rm: str, new: list[dict], history: list[dict]
+    cfg: IterativeGRPOConfig,
+    r: int,
+    folder: Path,
+    rm: str,
+    new: list[dict],
+    history: list[dict],
+    part: _Part,
+    ranks: Ranks,
 ) -> dict:
     rm_cfg = rm_round_config(cfg, r, rm, folder)
-    # the current reward model on the new policy's held-out rankings, before it sees them
-    device = resolve_device(cfg.device)
+    before, train_path, replayed = on_main(
+        lambda: _reward_rows(cfg, r, folder, rm, rm_cfg, new, history), ranks
+    )
+    if not cfg.retrain_reward_model:
+        summary = {"reward_model": rm, "accuracy_before": before, "accuracy_after": before}
+        return on_main(lambda: part.write({**summary, "train_rows": 0, "replay_rows": 0}), ranks)
+    rm_cfg = dataclasses.replace(rm_cfg, train_data=train_path)
+    run, resume = _sub_run(folder / "rm", rm_cfg, ranks)
+    result = train_reward_model(rm_cfg, run, resume=resume)  # sharded under torchrun
+    summary = {
+        "reward_model": str(run.final),
+        "accuracy_before": before,
+        "accuracy_after": result.eval_accuracy[-1][1] if result.eval_accuracy else float("nan"),
+        "train_rows": len(new),
+        "replay_rows": replayed,
+    }
+    return on_main(lambda: part.write(summary), ranks)
+
+
+def _reward_rows(
+    cfg: IterativeGRPOConfig,
+    r: int,
+    folder: Path,
+    rm: str,
+    rm_cfg: RewardConfig,
+    new: list[dict],
+    history: list[dict],
+) -> tuple[float, str, int]:
+    """On rank 0: the current reward model's accuracy on the new policy's held-out rankings,
+    before it sees them; with `retrain_reward_model`, its training rows (the new rankings plus
+    replay) written to `rm_train.jsonl`. Returns the accuracy, that file and the replayed rows."""
     tokenizer = load_tokenizer(rm)
     heldout = load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data)
+    device = resolve_device(cfg.device)
+    # an unsharded copy on rank 0: scoring a few held-out rankings needs no other rank
     before = (
         evaluate_reward_model(
             RewardModel.from_pretrained(rm).to(device), heldout, rm_cfg, tokenizer.pad_token_id
@@ -323,29 +303,12 @@ def _reward_round(
         else float("nan")
     )
     if not cfg.retrain_reward_model:
-        return {
-            "reward_model": rm,
-            "accuracy_before": before,
-            "accuracy_after": before,
-            "train_rows": 0,
-            "replay_rows": 0,
-        }
+        return before, "", 0
     rng = random.Random(derive_seed(cfg.seed, SeedStream.ROUND_REPLAY, r))
     replayed = replay_rows(new, history, cfg.replay_fraction, rng)
     mix = new + replayed
     rng.shuffle(mix)
-    train_path = write_jsonl(folder / "rm_train.jsonl", mix)
-    run, resume = _sub_run(folder / "rm")
-    rm_cfg = dataclasses.replace(rm_cfg, train_data=str(train_path))
-    save_config(rm_cfg, run.config_path)
-    result = train_reward_model(rm_cfg, run, resume=resume)
-    return {
-        "reward_model": str(run.final),
-        "accuracy_before": before,
-        "accuracy_after": result.eval_accuracy[-1][1] if result.eval_accuracy else float("nan"),
-        "train_rows": len(new),
-        "replay_rows": len(replayed),
-    }
+    return before, str(write_jsonl(folder / "rm_train.jsonl", mix)), len(replayed)
 
 
 def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
@@ -384,8 +347,10 @@ def train_iterative_grpo(
     # model (each round's trainers check theirs again)
     check_learning_rates(cfg.model, stage_learning_rates({"grpo": cfg.grpo}), force=cfg.force_lr)
     check_learning_rates(cfg.reward_model, stage_learning_rates({"rm": cfg.rm}), force=cfg.force_lr)
-    # step 1. the starting policy and reward model, the labeller, the data replay draws from,
-    # the evaluation prompts no round labels
+    # step 1. the starting policy and reward model, the labeller (built on every rank, so a bad
+    # setting fails on all alike; rank 0's alone ranks), the data replay draws from, the
+    # evaluation prompts no round labels
+    ranks = current_ranks()
     policy, rm = cfg.model, cfg.reward_model
     history = [as_ranking_row(row) for row in _rows(cfg.reward_data)] if cfg.reward_data else []
     labeller = _labeller(cfg)
@@ -394,43 +359,22 @@ def train_iterative_grpo(
     done_rounds = sum(
         1 for r in range(1, cfg.rounds + 1) if _Part(run_dir.root / f"round_{r:02d}", "round").done
     )
-    metrics = MetricsLogger(
-        run_dir.metrics_path,
-        run_dir.tensorboard if cfg.tensorboard else None,
+    metrics = MetricsLogger(  # rank 0 alone logs
+        run_dir.metrics_path if ranks.is_main else None,
+        run_dir.tensorboard if cfg.tensorboard and ranks.is_main else None,
         resume_from_step=done_rounds if resume else None,
     )
 
     with metrics:
         for r in range(1, cfg.rounds + 1):
+            # steps 2-4. GRPO, fresh rankings, the reward model refreshed on them
             folder = run_dir.root / f"round_{r:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            parts = {name: _Part(folder, name) for name in ("grpo", "labels", "reward", "round")}
-            # step 2. GRPO on the current reward model, reference = this round's starting policy
-            grpo = (
-                parts["grpo"].read()
-                if parts["grpo"].done
-                else parts["grpo"].write(_grpo_round(cfg, r, folder, policy, rm))
-            )
-            # step 3. fresh samples of the new policy, ranked by the labeller
-            if parts["labels"].done:
-                labeller.load_state_dict(load_torch_state(folder / "labeller.pt"))
-                labels = parts["labels"].read()
-            else:
-                labelled = _label_round(cfg, r, folder, grpo["policy"], labeller, held_out)
-                labels = parts["labels"].write(labelled)
-            # step 4. the reward model on the new rankings plus replayed history
-            new = _rows(folder / "rankings.jsonl")
-            reward = (
-                parts["reward"].read()
-                if parts["reward"].done
-                else parts["reward"].write(_reward_round(cfg, r, folder, rm, new, history))
-            )
-            history += new
-            policy, rm = grpo["policy"], reward["reward_model"]
-            # step 5. the round's summary and metrics row
-            summary = {"round": r, **grpo, **labels, **reward}
-            if not parts["round"].done:
-                parts["round"].write(summary)
+            summary = _round(cfg, r, folder, policy, rm, labeller, held_out, history, ranks)
+            history += _rows(folder / "rankings.jsonl")
+            policy, rm = summary["policy"], summary["reward_model"]
+            # step 5. the round's summary and metrics row (rank 0)
+            if ranks.is_main and not _Part(folder, "round").done:
+                _Part(folder, "round").write(summary)
                 metrics.log(
                     r,
                     {k: v for k, v in summary.items() if isinstance(v, (int, float))},
@@ -438,8 +382,46 @@ def train_iterative_grpo(
                 )
             result.rounds.append(summary)
 
-    # step 6. the last policy as a plain causal-LM directory
-    tmp = temporary_sibling(run_dir.final)
-    shutil.copytree(policy, tmp, dirs_exist_ok=True)
-    publish_dir(tmp, run_dir.final)
+    # step 6. the last policy as a plain causal-LM directory (rank 0; the others wait for it)
+    on_main(lambda: _publish_copy(policy, run_dir.final), ranks)
     return result
+
+
+def _round(
+    cfg: IterativeGRPOConfig,
+    r: int,
+    folder: Path,
+    policy: str,
+    rm: str,
+    labeller: Labeller,
+    held_out: set[str],
+    history: list[dict],
+    ranks: Ranks,
+) -> dict:
+    """Round r's parts, each read back instead when it was done before a resume; returns the
+    round's summary (the same on every rank)."""
+    on_main(lambda: folder.mkdir(parents=True, exist_ok=True), ranks)
+    parts = {name: _Part(folder, name) for name in ("grpo", "labels", "reward")}
+    # step 2. GRPO on the current reward model, reference = this round's starting policy
+    grpo = _done_or_make(
+        parts["grpo"], lambda: _grpo_round(cfg, r, folder, policy, rm, parts["grpo"], ranks), ranks
+    )
+    # step 3. fresh samples of the new policy, ranked by the labeller (rank 0)
+    labels = on_main(
+        lambda: _labels(cfg, r, folder, grpo["policy"], labeller, held_out, parts["labels"]),
+        ranks,
+    )
+    # step 4. the reward model on the new rankings plus replayed history
+    new = _rows(folder / "rankings.jsonl")
+    reward = _done_or_make(
+        parts["reward"],
+        lambda: _reward_round(cfg, r, folder, rm, new, history, parts["reward"], ranks),
+        ranks,
+    )
+    return {"round": r, **grpo, **labels, **reward}
+
+
+def _publish_copy(source: str, final: Path) -> None:
+    tmp = temporary_sibling(final)
+    shutil.copytree(source, tmp, dirs_exist_ok=True)
+    publish_dir(tmp, final)
