@@ -226,10 +226,7 @@ COMMANDS: dict[str, Command] = {
         config="rlhfkit.pipeline_config:PipelineConfig",
         run="rlhfkit.pipeline:run_pipeline",
         run_dir=False,
-        not_under_torchrun=(
-            "its data stages (task data, the tiny model, sampled rankings, the tables) write "
-            "files from one process"
-        ),
+        torchrun=True,
     ),
     "frontier": Command(
         "the reward-KL frontier on a pretrained model: SFT, rankings, reward model, PPO, GRPO, "
@@ -237,6 +234,10 @@ COMMANDS: dict[str, Command] = {
         config="rlhfkit.train.frontier_config:FrontierConfig",
         run="rlhfkit.train.frontier:run_frontier",
         run_dir=False,
+        not_under_torchrun=(
+            "its rankings and the evaluation of every checkpoint are not yet split between "
+            "the ranks or run on rank 0"
+        ),
     ),
 }
 

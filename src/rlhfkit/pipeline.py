@@ -1,7 +1,9 @@
 """The main job: build the tiny model, SFT, collect simulated rankings, train the reward
 model, PPO against it (advice), GRPO with the verifiable reward (arith), DPO on the rankings
 (advice), RAFT with the verifiable reward (arith), evaluate every policy from one set of samples
-each, print the tables and write `summary.json` and `report.html`."""
+each, print the tables and write `summary.json` and `report.html`. Under torchrun the training
+stages run sharded on every rank; the others (data, model, collect, evaluate, report) on rank 0
+alone while the other ranks wait (`runtime.stages.main_stage`)."""
 
 import dataclasses
 import json
@@ -26,9 +28,10 @@ from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
-from rlhfkit.runtime.stages import timed_stage, train_stage
+from rlhfkit.runtime.stages import main_stage, timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -158,9 +161,8 @@ class Pipeline:
         check_learning_rates(
             cfg.model.base_model, stage_learning_rates(sections), force=cfg.force_lr
         )
-        self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
-        save_config(cfg, self.run.config_path)
-        self.console = Console()
+        self.run = main_stage(lambda: self._open(overwrite))()
+        self.console = Console(quiet=not current_ranks().is_main)  # rank 0 alone prints
         d = cfg.data
         arith = get_task(
             "arith", flawed_fraction=d.flawed_fraction, shortcut_fraction=d.shortcut_fraction
@@ -168,6 +170,11 @@ class Pipeline:
         self.tasks = {"arith": arith, "advice": get_task("advice")}
         self.summary: dict = {"stages": {}, "eval": {}}
         self.side_by_side: dict[str, list[dict]] = {}
+
+    def _open(self, overwrite: bool) -> RunDir:
+        run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
+        save_config(self.cfg, run.config_path)
+        return run
 
     def stage(self, name: str, fn):
         return timed_stage(self.console, self.summary["stages"], name, fn)
@@ -373,18 +380,18 @@ class Pipeline:
 
     def run_all(self) -> dict:
         # each stage reads what the earlier ones wrote where its config (self.stages) says
-        self.stage("data", self.make_data)
-        self.stage("model", self.make_model)
+        self.stage("data", main_stage(self.make_data))
+        self.stage("model", main_stage(self.make_model))
         models = {"sft": self.stage("sft", self.sft)}
-        self.stage("collect", lambda: self.collect(models["sft"]))
+        self.stage("collect", main_stage(lambda: self.collect(models["sft"])))
         rm_dir = self.stage("reward model", self.reward_model)
         models["ppo"] = self.stage("ppo", self.ppo)
         models["grpo"] = self.stage("grpo", self.grpo)
         models["dpo"] = self.stage("dpo", self.dpo)
         models["raft"] = self.stage("raft", self.raft)
-        self.stage("evaluate", lambda: self.evaluate(models, rm_dir))
-        self.report()
-        return self.summary
+        self.stage("evaluate", main_stage(lambda: self.evaluate(models, rm_dir)))
+        main_stage(self.report)()
+        return self.summary  # rank 0's is the whole one
 
     def report(self) -> None:
         """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""

@@ -1,5 +1,6 @@
 """Jobs made of stages (the demo pipeline, the frontier): each stage timed under a heading, each
-training stage in a fresh run directory of its own beside the job's."""
+training stage in a fresh run directory of its own beside the job's. Under torchrun every rank
+runs every stage; a stage that is not a trainer runs on rank 0 alone (`main_stage`)."""
 
 import time
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from typing import Any
 from rich.console import Console
 
 from rlhfkit.runtime.config import save_config
+from rlhfkit.runtime.distributed import current_ranks
+from rlhfkit.runtime.distributed_checkpoint import on_main
 from rlhfkit.runtime.rundir import prepare_run_dir
 
 
@@ -21,8 +24,21 @@ def timed_stage(console: Console, stages: dict, name: str, fn: Callable[[], Any]
     return out
 
 
+def main_stage(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """`fn` made to run on rank 0 alone (data, sampling, evaluation, tables), its result on every
+    rank. Rank 0 hands it over only once `fn` has finished, so the files it wrote are there
+    before any rank reads them; one process just runs it."""
+    return lambda: on_main(fn, current_ranks())
+
+
 def train_stage(root: Path, name: str, train_fn: Callable[[Any, Any], Any], cfg: Any) -> Any:
-    """`train_fn(cfg, run)` in a fresh run directory `root / name` holding its config."""
-    run = prepare_run_dir(root / name, resume=False, overwrite=True)
-    save_config(cfg, run.config_path)
-    return train_fn(cfg, run)
+    """`train_fn(cfg, run)` in a fresh run directory `root / name` holding its config. Under
+    torchrun rank 0 makes the directory while the others wait (so they also wait for whatever
+    rank 0 wrote before: the last stage's final model), then every rank trains, sharded."""
+
+    def prepare():
+        run = prepare_run_dir(root / name, resume=False, overwrite=True)
+        save_config(cfg, run.config_path)
+        return run
+
+    return train_fn(cfg, main_stage(prepare)())
