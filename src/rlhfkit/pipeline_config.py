@@ -47,8 +47,10 @@ class ModelStage:
 
 @dataclass(frozen=True)
 class CollectStage:
-    train_prompts: int = 1200
-    """Advice prompts whose sampled responses are ranked for reward-model training."""
+    train_prompts: int = 2400
+    """Advice prompts whose sampled responses are ranked for reward-model training: 2400, so
+    the reward model's 150 steps see each ranking once (at 1200, twice) and PPO's greedy answers
+    follow it less where it errs (docs/demo.md)."""
     heldout_prompts: int = 200
     """Held-out prompts ranked by two annotators (reward-model accuracy and its yardsticks)."""
     responses_per_prompt: int = 8
@@ -91,19 +93,27 @@ class PipelineConfig(RunConfig):
     random weights: more steps, a larger batch and a higher lr than the trainer's defaults
     (at 400 steps its arithmetic was learnt on some seeds and not on others)."""
     collect: CollectStage = field(default_factory=CollectStage)
-    rm: RewardConfig = field(default_factory=lambda: RewardConfig(eval_every=0, save_every=0))
-    """The reward model on the collected rankings (evaluated once, at the end)."""
+    rm: RewardConfig = field(
+        default_factory=lambda: RewardConfig(num_heads=4, eval_every=0, save_every=0)
+    )
+    """The reward model on the collected rankings (evaluated once, at the end): an ensemble of 4
+    heads, each on its own bootstrap resample, whose disagreement PPO subtracts from the reward."""
     ppo: PPOConfig = field(
         default_factory=lambda: PPOConfig(
-            max_steps=20, lr=1e-5, kl_coef=0.2, eval_every=-1, save_every=0
+            max_steps=20,
+            lr=2e-5,
+            kl_coef=0.2,
+            reward_uncertainty_coef=1.0,
+            eval_every=-1,
+            save_every=0,
         )
     )
-    """PPO on advice against the stage's reward model: 20 steps at lr 1e-5 with beta 0.2, the
-    demo's setting. The reward model learnt "more tips is better" past the gold annotator's
-    six-sentence limit and values a tip over a polite opener; at the trainer's beta 0.05 the
-    greedy answers grew a seventh sentence and lost to SFT's on a seed (43%). At beta 0.2 most
-    greedy answers stay SFT's and the rest split about evenly: lr 2e-5 and 1e-5 gave 45% and 43%
-    on seed 0, 48% and 57% on seed 2, with 69-72% and 67% of sampled comparisons won
+    """PPO on advice against the stage's reward model: 20 steps at lr 2e-5 with beta 0.2, the
+    reward minus the ensemble's spread (coefficient 1), the demo's setting. A single reward
+    model learnt "more tips is better" past the gold annotator's six-sentence limit, and PPO's
+    changed greedy answers followed it: a seventh sentence, the opener dropped for a fifth tip
+    (43-45% of greedy comparisons on seed 0 at lr 1e-5 or 2e-5, with 1200 or 2400 rankings).
+    Twice the rankings and the ensemble's penalty gave 58% and 60% on seeds 0 and 1
     (docs/demo.md)."""
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
