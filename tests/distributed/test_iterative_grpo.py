@@ -17,6 +17,9 @@ ROUNDS = 2
 # at lr 1e-3 round 2's policy ended 1.2e-5 apart in one weight: round 1 leaves the two runs 1.4e-7
 # apart, and AdamW's division by the root of a near-zero gradient magnifies that; at 3e-4, 4.2e-7
 GRPO_LR = 3e-4
+# the reward model likewise: at 1e-3 its round-2 weights ended 1.0e-4 apart when the suite ran
+# test_grpo first (alone, they passed); at 3e-4 they pass either way
+RM_LR = 3e-4
 # what rank 0 writes in each round folder and the next round's stages read
 ROUND_FILES = ("rankings.jsonl", "heldout_rankings.jsonl", "rm_train.jsonl")
 
@@ -33,7 +36,11 @@ def test_two_ranks_equal_one_process(tiny_model_dir, start, tmp_path):  # noqa: 
     # 2 rounds of 2 GRPO steps (4 prompts: 2 groups per rank) and 3 reward-model steps; round 2
     # starts from round 1's policy and reward model, and its replay draws from round 1's rows
     cfg = config(tiny_model_dir, start, rounds=ROUNDS)
-    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, lr=GRPO_LR))
+    cfg = dataclasses.replace(
+        cfg,
+        grpo=dataclasses.replace(cfg.grpo, lr=GRPO_LR),
+        rm=dataclasses.replace(cfg.rm, lr=RM_LR),
+    )
     one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
     rounds_one = iterate(cfg, str(one.root))
     two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
