@@ -297,3 +297,22 @@ def test_lora_rounds_train_only_adapters_and_hand_on_merged_models(
     # keeping the first policy as every round's reference is not LoRA's (its base, adapters off)
     with pytest.raises(ConfigError, match="reset_reference=false with grpo.lora_r=4"):
         check_config(dataclasses.replace(cfg, reset_reference=False))
+
+
+def test_an_ensemble_reward_model_is_scored_and_retrained_with_its_heads(
+    tiny_model_dir, start, tmp_path
+):
+    # the held-out accuracy before each refresh loads the reward model with rm.num_heads; it
+    # loaded one head whatever the model had, and refused the demo's 4-head reward model
+    rm, history = start
+    ensemble = tmp_path / "ensemble"
+    RewardModel.from_pretrained(tiny_model_dir, num_heads=4).save_pretrained(ensemble)
+    AutoTokenizer.from_pretrained(rm).save_pretrained(ensemble)
+    cfg = config(tiny_model_dir, (str(ensemble), history), rounds=1)
+    cfg = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, num_heads=4))
+    result = train_iterative_grpo(cfg, run_dir(tmp_path, "run"))
+    assert 0.0 <= result.rounds[0]["accuracy_before"] <= 1.0
+    refreshed = RewardModel.from_pretrained(
+        tmp_path / "run" / "round_01" / "rm" / "final", num_heads=4
+    )
+    assert refreshed.num_heads == 4

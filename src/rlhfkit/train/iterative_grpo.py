@@ -297,7 +297,10 @@ def _reward_rows(
     # an unsharded copy on rank 0: scoring a few held-out rankings needs no other rank
     before = (
         evaluate_reward_model(
-            RewardModel.from_pretrained(rm).to(device), heldout, rm_cfg, tokenizer.pad_token_id
+            RewardModel.from_pretrained(rm, num_heads=rm_cfg.num_heads).to(device),
+            heldout,
+            rm_cfg,
+            tokenizer.pad_token_id,
         )
         if heldout
         else float("nan")
