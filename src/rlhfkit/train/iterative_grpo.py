@@ -372,12 +372,13 @@ def train_iterative_grpo(
         for r in range(1, cfg.rounds + 1):
             # steps 2-4. GRPO, fresh rankings, the reward model refreshed on them
             folder = run_dir.root / f"round_{r:02d}"
-            summary = _round(cfg, r, folder, policy, rm, labeller, held_out, history, ranks)
-            history += _rows(folder / "rankings.jsonl")
+            summary, new = _round(cfg, r, folder, policy, rm, labeller, held_out, history, ranks)
+            history += new
             policy, rm = summary["policy"], summary["reward_model"]
             # step 5. the round's summary and metrics row (rank 0)
-            if ranks.is_main and not _Part(folder, "round").done:
-                _Part(folder, "round").write(summary)
+            part = _Part(folder, "round")
+            if ranks.is_main and not part.done:
+                part.write(summary)
                 metrics.log(
                     r,
                     {k: v for k, v in summary.items() if isinstance(v, (int, float))},
@@ -400,9 +401,9 @@ def _round(
     held_out: set[str],
     history: list[dict],
     ranks: Ranks,
-) -> dict:
+) -> tuple[dict, list[dict]]:
     """Round r's parts, each read back instead when it was done before a resume; returns the
-    round's summary (the same on every rank)."""
+    round's summary (the same on every rank) and its new rankings."""
     on_main(lambda: folder.mkdir(parents=True, exist_ok=True), ranks)
     parts = {name: _Part(folder, name) for name in ("grpo", "labels", "reward")}
     # step 2. GRPO on the current reward model, reference = this round's starting policy
@@ -421,7 +422,7 @@ def _round(
         lambda: _reward_round(cfg, r, folder, rm, new, history, parts["reward"], ranks),
         ranks,
     )
-    return {"round": r, **grpo, **labels, **reward}
+    return {"round": r, **grpo, **labels, **reward}, new
 
 
 def _publish_copy(source: str, final: Path) -> None:
