@@ -13,6 +13,7 @@ per step, peak 75.8 GiB. The prompt length is not recorded with it: PROMPT_TOKEN
 from dataclasses import dataclass
 
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.memory_model import GIB, ModelShape, Sharding, estimate_memory
 
 # the GPU benchmark's measured step (see the module docstring)
@@ -90,18 +91,21 @@ class Plan:
     checkpointing: bool
     offload: bool
     frozen_bytes: int
-    frozen_sharded: bool
+    frozen_models: FrozenModels
     sample_rows: int
 
 
 PROMPT, RESPONSE = 512, 1024  # tokens per row in the large runs
+STEP, LAYER = Sharding.FSDP_STEP, Sharding.FSDP_LAYER
+WHOLE, SHARDED = FrozenModels.REPLICATED, FrozenModels.SHARDED
 PLANS = [
-    Plan("7B, as rlhfkit runs today", QWEN_7B, 8, Sharding.FSDP_STEP, 4, True, False, 4, False, 64),
-    Plan("7B", QWEN_7B, 8, Sharding.FSDP_LAYER, 4, True, False, 2, True, 64),
-    Plan("7B, no checkpointing", QWEN_7B, 8, Sharding.FSDP_LAYER, 1, False, False, 2, True, 64),
-    Plan("70B", LLAMA_70B, 8, Sharding.FSDP_LAYER, 1, True, False, 2, True, 16),
-    Plan("70B, offload", LLAMA_70B, 8, Sharding.FSDP_LAYER, 2, True, True, 2, True, 16),
-    Plan("70B, offload, 4 nodes", LLAMA_70B, 32, Sharding.FSDP_LAYER, 2, True, True, 2, True, 16),
+    Plan("7B, rlhfkit, frozen_models=replicated", QWEN_7B, 8, STEP, 4, True, False, 4, WHOLE, 64),
+    Plan("7B, rlhfkit, frozen_models=sharded", QWEN_7B, 8, STEP, 4, True, False, 4, SHARDED, 64),
+    Plan("7B", QWEN_7B, 8, LAYER, 4, True, False, 2, SHARDED, 64),
+    Plan("7B, no checkpointing", QWEN_7B, 8, LAYER, 1, False, False, 2, SHARDED, 64),
+    Plan("70B", LLAMA_70B, 8, LAYER, 1, True, False, 2, SHARDED, 16),
+    Plan("70B, offload", LLAMA_70B, 8, LAYER, 2, True, True, 2, SHARDED, 16),
+    Plan("70B, offload, 4 nodes", LLAMA_70B, 32, LAYER, 2, True, True, 2, SHARDED, 16),
 ]
 
 
@@ -109,9 +113,9 @@ def large_runs() -> None:
     print(f"### GRPO plans: {PROMPT} prompt + {RESPONSE} response tokens per row, bf16\n")
     print(
         "| plan | P | N | micro-batch | ckpt | offload | reference | training GiB "
-        "| sampling GiB | host GiB/rank | fits 80 GB |"
+        "| sampling GiB | scoring GiB | host GiB/rank | fits 80 GB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for plan in PLANS:
         est = estimate_memory(
             plan.shape,
@@ -123,20 +127,20 @@ def large_runs() -> None:
             checkpointing=plan.checkpointing,
             reference=True,
             frozen_bytes=plan.frozen_bytes,
-            frozen_sharded=plan.frozen_sharded,
+            frozen_models=plan.frozen_models,
             sample_rows=plan.sample_rows,
             sample_positions=PROMPT + RESPONSE,
             offload=plan.offload,
         )
         reference = ("fp32" if plan.frozen_bytes == 4 else "bf16") + (
-            " sharded" if plan.frozen_sharded else " whole"
+            " sharded" if plan.frozen_models is SHARDED else " whole"
         )
         fits = "yes" if est.peak <= 80e9 else "no"
         print(
             f"| {plan.name} | {plan.shape.parameters() / 1e9:.1f}B | {plan.world_size} "
             f"| {plan.micro_batch} | {'on' if plan.checkpointing else 'off'} "
             f"| {'yes' if plan.offload else 'no'} | {reference} | {gib(est.training)} "
-            f"| {gib(est.sampling)} | {gib(est.host)} | {fits} |"
+            f"| {gib(est.sampling)} | {gib(est.scoring)} | {gib(est.host)} | {fits} |"
         )
     print()
 

@@ -17,8 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from rlhfkit.runtime import distributed
 from rlhfkit.runtime.distributed import (
     close_distributed,
+    current_ranks,
     init_distributed,
     launch_from_env,
     wait_for_every_rank,
@@ -113,6 +115,27 @@ def history_losses(train: Callable, cfg, run: RunDir, resume: bool = False) -> S
     `one_process_and_two_ranks` reads it (pass `functools.partial(history_losses, train)`)."""
     result = train(cfg, run, resume=resume)
     return SimpleNamespace(train_losses=[row["loss"] for row in result.history])
+
+
+def sharding_frozen(train: Callable, expected: list[str], cfg, run: RunDir, resume: bool = False):
+    """`train(cfg, run)`, asserting that under torchrun it shards exactly the frozen models of
+    the classes `expected` (in order), and none in one process: a run with
+    `frozen_models=sharded` that left them whole would pass the comparison with one process.
+    The models `place_frozen` shards go through `runtime.distributed.shard_model`, which is
+    watched here (the trainers shard their trained models through their own imported name)."""
+    sharded, shard_model = [], distributed.shard_model
+
+    def watched(model, mesh, precision):
+        sharded.append(type(model).__name__)
+        return shard_model(model, mesh, precision)
+
+    distributed.shard_model = watched
+    try:
+        result = train(cfg, run, resume=resume)
+    finally:
+        distributed.shard_model = shard_model
+    assert sharded == (expected if current_ranks().sharded else []), sharded
+    return result
 
 
 def small_policy_run(model_dir: Path, reward: str) -> dict:

@@ -1,23 +1,37 @@
 """DPO under torchrun: 2 gloo processes equal 1 process on the same global batches."""
 
+from functools import partial
+
 import pytest
 
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.train.dpo import DPOConfig, train_dpo
-from tests.distributed.ranks import close, one_process_and_two_ranks
+from tests.distributed.ranks import close, one_process_and_two_ranks, sharding_frozen
 from tests.distributed.test_reward import rankings  # noqa: F401 (a fixture)
 
 
 @pytest.mark.parametrize(
-    "loss, batch_size, lora_r",
+    "loss, batch_size, lora_r, frozen_models",
     [
-        ("sigmoid", 5, 0),  # each rank takes 3 or 2 groups of a micro-batch
-        ("plackett_luce", 1, 0),  # rank 1 has no group: it runs a zero-weight stand-in
+        ("sigmoid", 5, 0, "replicated"),  # each rank takes 3 or 2 groups of a micro-batch
+        # rank 1 has no group: it runs a zero-weight stand-in
+        ("plackett_luce", 1, 0, "replicated"),
         # LoRA: the adapters train on the sharded policy, the reference is its base (adapters off)
-        ("sigmoid", 5, 4),
+        ("sigmoid", 5, 4, "replicated"),
+        # the reference sharded like the policy: rank 0 runs two reference passes a step, rank 1
+        # one (its stand-in), on parameters gathered once
+        ("plackett_luce", 1, 0, "sharded"),
     ],
 )
-def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, batch_size, lora_r):  # noqa: F811
+def test_two_ranks_equal_one_process(
+    tiny_model_dir,
+    rankings,  # noqa: F811
+    tmp_path,
+    loss,
+    batch_size,
+    lora_r,
+    frozen_models,
+):
     cfg = DPOConfig(
         model=str(tiny_model_dir),
         train_data=rankings[0],
@@ -26,6 +40,7 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, b
         nll_weight=0.1,
         lora_r=lora_r,
         lora_alpha=8,
+        frozen_models=frozen_models,
         batch_size=batch_size,
         grad_accum=2,
         max_steps=3,
@@ -36,7 +51,9 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path, loss, b
         progress=False,
         tensorboard=False,
     )
-    one, two = one_process_and_two_ranks(train_dpo, cfg, tmp_path)
+    sharded = ["LlamaForCausalLM"] if frozen_models == "sharded" else []  # the reference
+    train = partial(sharding_frozen, train_dpo, sharded)
+    one, two = one_process_and_two_ranks(train, cfg, tmp_path)
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     for a, b in zip(rows_one, rows_two):  # means over all the step's pairs, whatever the split
         for key in ("loss", "accuracy", "margin", "rewards_chosen"):

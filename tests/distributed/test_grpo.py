@@ -14,21 +14,26 @@ from tests.distributed.ranks import (
     history_losses,
     max_weight_difference,
     one_process_and_two_ranks,
+    sharding_frozen,
     small_policy_run,
 )
 from tests.train.conftest import length_reward_spec
 
 
 @pytest.mark.parametrize(
-    "aggregation, norm, mu",
+    "aggregation, norm, mu, frozen_models",
     [
         # a token mean: the denominator is the mini-batch's tokens over both ranks
-        (LossAggregation.TOKEN_MEAN, GroupNorm.GRPO, 1),
+        (LossAggregation.TOKEN_MEAN, GroupNorm.GRPO, 1, "replicated"),
         # Dr. GRPO, two passes over the rollout (6 updates in all)
-        (LossAggregation.CONSTANT_LENGTH, GroupNorm.DR_GRPO, 2),
+        (LossAggregation.CONSTANT_LENGTH, GroupNorm.DR_GRPO, 2, "replicated"),
+        # the reference sharded like the policy, gathered around its passes on each rank's rows
+        (LossAggregation.TOKEN_MEAN, GroupNorm.GRPO, 1, "sharded"),
     ],
 )
-def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, aggregation, norm, mu):
+def test_two_ranks_equal_one_process(
+    tiny_model_dir, tmp_path, aggregation, norm, mu, frozen_models
+):
     # 3 prompts of 4 samples: rank 0 holds 2 groups (8 rows), rank 1 one (4 rows); the
     # mini-batches of 6 rows lie on rank 0 alone, then across both ranks. The reward is the
     # response's length, which a random tiny model varies (arith's verifier gives it only 0s)
@@ -51,12 +56,15 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, aggregation, norm
         lr=1e-3,
         warmup_steps=1,
         beta=0.04,
+        frozen_models=frozen_models,
         eval_every=3,
         save_every=0,
         progress=False,
         tensorboard=False,
     )
-    one, two = one_process_and_two_ranks(partial(history_losses, train_grpo), cfg, tmp_path)
+    sharded = ["LlamaForCausalLM"] if frozen_models == "sharded" else []  # the reference
+    train = partial(sharding_frozen, partial(history_losses, train_grpo), sharded)
+    one, two = one_process_and_two_ranks(train, cfg, tmp_path)
     assert_same_policy_steps(
         one, two, ("reward_mean", "reward_std", "gold_score", "kl_per_token", "clip_fraction")
     )

@@ -2,15 +2,19 @@
 labels and train exactly as 1 process on the same batches."""
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.objectives.preference import DPOLoss
+from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train.online_dpo import OnlineDPOConfig, Regime, train_online_dpo
 from tests.distributed.ranks import (
     assert_same_policy_steps,
     history_losses,
     one_process_and_two_ranks,
+    run_on_ranks,
     small_policy_run,
 )
 from tests.train.conftest import length_reward_spec
@@ -43,3 +47,21 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, settings):
     one, two = one_process_and_two_ranks(partial(history_losses, train_online_dpo), cfg, tmp_path)
     keys = ("reward_mean", "gold_score", "labels_used", "accuracy", "margin", "kl_per_token")
     assert_same_policy_steps(one, two, keys)
+
+
+def refusal(cfg: OnlineDPOConfig, root: str) -> str:
+    """The error `train_online_dpo` stops with on this rank ('' if it ran)."""
+    try:
+        train_online_dpo(cfg, RunDir(Path(root)))
+    except RlhfkitError as error:
+        return str(error)
+    return ""
+
+
+def test_a_reward_labeller_is_refused_with_sharded_frozen_models(tmp_path):
+    # rank 0 alone ranks the samples, and a sharded reward model would need every rank
+    cfg = OnlineDPOConfig(task="arith", labeller="reward", frozen_models="sharded")
+    assert run_on_ranks(1, refusal, cfg, str(tmp_path)) == (
+        "not supported under torchrun yet: labeller=reward with frozen_models=sharded "
+        "(see docs/scaling.md)"
+    )

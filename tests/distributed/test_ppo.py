@@ -5,30 +5,23 @@ from functools import partial
 
 import pytest
 
+from rlhfkit.models.reward import RewardModel
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from tests.distributed.ranks import (
     assert_same_policy_steps,
     history_losses,
     one_process_and_two_ranks,
+    sharding_frozen,
 )
 from tests.train.conftest import length_reward_spec
 
 
-@pytest.mark.parametrize(
-    "prompts, mini_batch",
-    [
-        (6, 3),  # 3 prompts a rank: each mini-batch lies on one rank, the other runs none
-        (5, 5),  # 3 and 2 prompts: one mini-batch across both ranks
-    ],
-)
-def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, prompts, mini_batch):
-    # two epochs over micro-batches of 2 rows. The advantages are whitened
-    # over both ranks' tokens, and the adaptive KL coefficient follows the global KL
-    cfg = PPOConfig(
-        model=str(tiny_model_dir),
+def ppo_config(model_dir, prompts: int, mini_batch: int, **settings) -> PPOConfig:
+    """Two epochs over micro-batches of 2 rows; the adaptive KL coefficient follows the global
+    KL."""
+    return PPOConfig(
+        model=str(model_dir),
         task="arith",
-        reward=length_reward_spec(tmp_path),
-        critic_init="policy",
         train_prompts=32,
         eval_prompts=4,
         prompts_per_step=prompts,
@@ -48,10 +41,47 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, prompts, mini_bat
         save_every=0,
         progress=False,
         tensorboard=False,
+        **settings,
+    )
+
+
+PPO_KEYS = ("proxy_reward", "kl_per_sequence", "kl_coef", "value_loss", "explained_variance")
+
+
+@pytest.mark.parametrize(
+    "prompts, mini_batch",
+    [
+        (6, 3),  # 3 prompts a rank: each mini-batch lies on one rank, the other runs none
+        (5, 5),  # 3 and 2 prompts: one mini-batch across both ranks
+    ],
+)
+def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, prompts, mini_batch):
+    # the advantages are whitened over both ranks' tokens
+    cfg = ppo_config(
+        tiny_model_dir,
+        prompts,
+        mini_batch,
+        reward=length_reward_spec(tmp_path),
+        critic_init="policy",
     )
     one, two = one_process_and_two_ranks(partial(history_losses, train_ppo), cfg, tmp_path)
-    assert_same_policy_steps(
-        one,
-        two,
-        ("proxy_reward", "kl_per_sequence", "kl_coef", "value_loss", "explained_variance"),
+    assert_same_policy_steps(one, two, PPO_KEYS)
+
+
+def test_sharded_reference_and_reward_model_equal_one_process(tiny_model_dir, tmp_path):
+    # frozen_models=sharded: the reference and the reward model (scoring 3 and 2 prompts on the
+    # two ranks) sharded like the actor and the critic, which starts from the reward model
+    reward_dir = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(reward_dir)
+    cfg = ppo_config(
+        tiny_model_dir,
+        5,
+        5,
+        reward_model=str(reward_dir),
+        critic_init="reward_model",
+        frozen_models="sharded",
     )
+    sharded = ["LlamaForCausalLM", "RewardModel"]  # the reference, the reward model
+    train = partial(sharding_frozen, partial(history_losses, train_ppo), sharded)
+    one, two = one_process_and_two_ranks(train, cfg, tmp_path)
+    assert_same_policy_steps(one, two, PPO_KEYS)

@@ -5,13 +5,17 @@ import pytest
 import torch
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.distributed import (
+    FrozenModels,
     Launch,
     Ranks,
     current_ranks,
     full_state_dict,
+    gathered,
     gradient_passes,
     launch_from_env,
+    place_frozen,
     rank_shares,
     rank_slice,
     reduce_sums,
@@ -62,6 +66,16 @@ def test_single_process_helpers_change_nothing():
     assert reduce_sums(values, Ranks()) == values
     assert full_state_dict(model, Ranks()) is None
     refuse_unsupported(Ranks(), {"save_every > 0": True})  # accepted in one process
+
+
+@pytest.mark.parametrize("frozen_models", list(FrozenModels))
+def test_a_single_process_keeps_frozen_models_whole_whatever_the_setting(frozen_models):
+    model = torch.nn.Linear(2, 1)
+    weight = model.weight
+    placed = place_frozen(model, frozen_models, None, Precision.FP32)  # no mesh: one process
+    assert placed is model and placed.weight is weight
+    with gathered(placed):  # nothing to gather
+        assert placed.weight is weight
 
 
 def test_unsupported_settings_are_named_under_torchrun():

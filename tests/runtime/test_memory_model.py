@@ -3,6 +3,7 @@
 import pytest
 
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.memory_model import (
     ModelShape,
     Sharding,
@@ -166,6 +167,35 @@ def test_critic_and_reward_model_have_a_scalar_head_instead_of_the_vocabulary():
     )
     q = LLAMA2_7B.parameters()
     assert untied.weights == 4 * (q + q - 32000 * 4096 + 4096)  # the vocabulary head goes
+
+
+def test_sharded_frozen_models_hold_a_shard_and_are_gathered_around_their_passes():
+    p = LLAMA2_7B.parameters()
+    kwargs = dict(precision=Precision.BF16, micro_batch=1, seq_len=1024, reference=True)
+    fsdp = dict(world_size=8, sharding=Sharding.FSDP_STEP, sample_rows=8, sample_positions=64)
+    whole = estimate_memory(LLAMA2_7B, **kwargs, **fsdp)
+    sharded = estimate_memory(LLAMA2_7B, frozen_models=FrozenModels.SHARDED, **kwargs, **fsdp)
+    assert (whole.frozen, whole.frozen_gathered) == (4 * p, 0)
+    assert sharded.frozen == 4 * p // 8
+    assert sharded.frozen_gathered == 2 * p  # the whole reference in bf16, for its passes
+    assert whole.training - sharded.training == 4 * p - 4 * p // 8
+    # its passes hold the gathered policy and the gathered reference, not the sampler's cache
+    assert sharded.scoring == sharded.sampling - sharded.kv_cache + 2 * p
+    assert sharded.peak == max(sharded.training, sharded.sampling, sharded.scoring)
+    assert whole.scoring <= whole.sampling
+    per_layer = estimate_memory(
+        LLAMA2_7B,
+        frozen_models=FrozenModels.SHARDED,
+        **kwargs,
+        **{**fsdp, "sharding": Sharding.FSDP_LAYER},
+    )
+    layers = 2 * LLAMA2_7B.layer_parameters() + LLAMA2_7B.embedding_parameters()
+    assert per_layer.frozen_gathered == layers * 2
+    # one process: the setting changes nothing
+    one = dict(precision=Precision.FP32, micro_batch=1, seq_len=1, reference=True)
+    assert estimate_memory(TINY, frozen_models=FrozenModels.SHARDED, **one) == estimate_memory(
+        TINY, **one
+    )
 
 
 def test_impossible_layouts_are_refused():

@@ -11,9 +11,11 @@ import torch
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.run_eval import EvalConfig
 from rlhfkit.runtime.config import load_config
+from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from rlhfkit.train.iterative_grpo import (
     IterativeGRPOConfig,
@@ -219,6 +221,23 @@ def test_task_is_optional_and_a_misspelt_one_is_a_config_error(config_class):
     assert load_config(config_class).task is None
     with pytest.raises(ConfigError, match=r"^config key 'task': expected one of 'arith', 'advice'"):
         load_config(config_class, None, ["task=arithmetic"])
+
+
+@pytest.mark.parametrize(
+    "config_class", [DPOConfig, PPOConfig, GRPOConfig, RLOOConfig, RAFTConfig, OnlineDPOConfig]
+)
+def test_frozen_models_is_replicated_by_default_and_a_misspelt_one_is_a_config_error(
+    config_class,
+):
+    assert load_config(config_class).frozen_models is FrozenModels.REPLICATED
+    assert load_config(config_class, None, ["frozen_models=sharded"]).frozen_models is (
+        FrozenModels.SHARDED
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(config_class, None, ["frozen_models=shraded"])
+    assert str(error.value) == (
+        "config key 'frozen_models': expected one of 'replicated', 'sharded', got 'shraded'"
+    )
 
 
 def texts(prompts) -> set[str]:

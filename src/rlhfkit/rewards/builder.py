@@ -14,9 +14,11 @@ inside a sum cannot contain `+` (it separates the terms).
 """
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer, read_model_config
@@ -80,6 +82,7 @@ def build_reward_source(
     timeout_s: float | None,
     first_call_timeout_s: float | None = None,
     precision: Precision = Precision.FP32,
+    place_model: Callable[[nn.Module], nn.Module] | None = None,
 ) -> RewardSource:
     """The reward source a spec names (see the module docstring for the spec language).
 
@@ -95,6 +98,8 @@ def build_reward_source(
         first_call_timeout_s: the limit of a reward function's calls until one has returned,
             when longer (None = timeout_s, inf = no limit): the first call may load a model.
         precision: the run's; a reward model scores in it (bf16: under autocast).
+        place_model: applied to each reward model once loaded on `device` (under torchrun with
+            `frozen_models=sharded`: sharding it, `runtime.distributed.place_frozen`).
     """
     terms = parse_spec(spec)
     build = dict(
@@ -107,6 +112,7 @@ def build_reward_source(
         timeout_s=timeout_s,
         first_call_timeout_s=first_call_timeout_s,
         precision=precision,
+        place_model=place_model,
     )
     if len(terms) == 1 and terms[0][1] is None:
         return build_term(terms[0][0], **build)
@@ -130,6 +136,7 @@ def build_term(
     timeout_s,
     first_call_timeout_s=None,
     precision=Precision.FP32,
+    place_model=None,
 ) -> RewardSource:
     """One source of a spec, named by the term itself."""
     if term in ("task", "process"):
@@ -149,6 +156,7 @@ def build_term(
             uncertainty_coef=uncertainty_coef,
             name=term,
             precision=precision,
+            place_model=place_model,
         )
     if FUNCTION_TERM.fullmatch(term):
         return FunctionReward(
@@ -170,8 +178,10 @@ def load_reward_model_source(
     uncertainty_coef: float,
     name: str,
     precision: Precision = Precision.FP32,
+    place_model: Callable[[nn.Module], nn.Module] | None = None,
 ) -> RewardModelSource:
-    """A saved reward model, with every head it was trained with, on `device`."""
+    """A saved reward model, with every head it was trained with, on `device` (then given to
+    `place_model`, when one is given)."""
     if not (Path(path) / "config.json").is_file():
         raise RlhfkitError(
             f"reward source '{name}': {path} is not a saved model directory (no config.json)"
@@ -184,6 +194,8 @@ def load_reward_model_source(
             f"reward source '{name}': {path} is not a trained reward model (architectures: {found})"
         )
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
+    if place_model is not None:
+        model = place_model(model)
     # The tokenizer saved with the reward model is the one its training data went through.
     if any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
         tokenizer = load_tokenizer(path)

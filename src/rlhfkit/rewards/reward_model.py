@@ -17,6 +17,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
 from rlhfkit.runtime.device import Precision, autocast, move_batch
+from rlhfkit.runtime.distributed import gathered
 
 
 def as_completion(prompt: Text, response: str) -> Text:
@@ -84,13 +85,15 @@ class RewardModelSource:
         return encoded
 
     def head_rewards(self, prompts: list[PromptExample], responses: list[str]) -> torch.Tensor:
-        """(n, heads) float32 on the CPU: every head's reward of every response."""
+        """(n, heads) float32 on the CPU: every head's reward of every response. A sharded
+        model is gathered once around the batches, whose number depends on this rank's rows:
+        every rank must call this together (see `runtime.distributed.gathered`)."""
         check_same_length(self.name, prompts, responses)
         encoded = [self.encode(p.prompt, r, i) for i, (p, r) in enumerate(zip(prompts, responses))]
         was_training = self.model.training
         self.model.eval()
         chunks = []
-        with torch.inference_mode():
+        with gathered(self.model), torch.inference_mode():
             for start in range(0, len(encoded), self.batch_size):
                 batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
                 batch = move_batch(batch, self.model.device)

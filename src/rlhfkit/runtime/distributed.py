@@ -14,11 +14,16 @@ Why a 2-process step gives the 1-process gradient of the same global batch:
 - FSDP2 averages gradients over the ranks by default (its reduce-scatter uses ReduceOp.AVG, a
   division by N). `shard_model` sets the divide factor to 1 with sum-only reductions, so the
   reduced gradient is the plain sum of the ranks' gradients, which is the one-process gradient.
+
+Frozen models (a reference, a reward model) are whole on every rank, or with
+`FrozenModels.SHARDED` sharded like the policy and gathered only around their own passes
+(`gathered`).
 """
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from typing import TypeVar
 
 import torch
@@ -186,10 +191,65 @@ def shard_model(model: nn.Module, mesh, precision: Precision) -> nn.Module:
     return model
 
 
+class FrozenModels(str, Enum):
+    """How a run holds its frozen models (the reference, a reward model) under torchrun. In a
+    single process every model is whole and the setting changes nothing (`sharded` is accepted
+    and ignored), so one config runs alike on one process and under torchrun."""
+
+    REPLICATED = "replicated"
+    """A whole copy on every rank: no communication, the model's full size on each."""
+    SHARDED = "sharded"
+    """Sharded like the policy (`shard_model`, the same mesh): 1/N of the weights on each rank
+    between its passes, gathered whole around them (`gathered`), at the cost of one all-gather
+    per use."""
+
+
+def place_frozen(
+    model: nn.Module, frozen_models: FrozenModels, mesh, precision: Precision
+) -> nn.Module:
+    """A frozen model as the run holds it: sharded over `mesh` with `frozen_models=sharded`,
+    else whole (`mesh` None: a single process, where the setting changes nothing)."""
+    if mesh is None or FrozenModels(frozen_models) is FrozenModels.REPLICATED:
+        return model
+    return shard_model(model, mesh, precision)
+
+
+@contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Around passes without gradient through a sharded model (a frozen reference or reward
+    model, or the policy read as a reference): its parameters gathered once on entering, by the
+    same collectives on every rank, so that each rank then runs as many passes as its rows need
+    (maybe none) without communication; on leaving, the whole copies are freed again (a local
+    operation), unless they were gathered already on entering (the policy, gathered for its
+    sampling and its step, stays so). Any other model is left alone."""
+    modules = _fsdp_modules(model)
+    if not modules or not _holds_shards(model):
+        yield
+        return
+    gather_parameters(model)
+    try:
+        yield
+    finally:
+        _reshard(modules)
+
+
 def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
     from torch.distributed.fsdp import FSDPModule
 
     return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def _holds_shards(model: nn.Module) -> bool:
+    """Whether a sharded model's parameters are shards now (not gathered)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def _reshard(modules: list[nn.Module]) -> None:
+    """Free the gathered parameters of every FSDP module (per module: not recursive)."""
+    for module in modules:
+        module.reshard()
 
 
 def gradient_passes(model: nn.Module, passes: Iterable[T]) -> Iterator[T]:
@@ -272,8 +332,7 @@ def full_state_dict(model: nn.Module, ranks: Ranks) -> dict[str, torch.Tensor] |
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    for module in _fsdp_modules(model):  # an evaluation may have left parameters gathered
-        module.reshard()
+    _reshard(_fsdp_modules(model))  # an evaluation may have left parameters gathered
     state = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )

@@ -8,8 +8,9 @@ before it runs.
 Per trained model of P parameters on N ranks (fp32 master weights, AdamW's two moments):
     weights P * 4 / N,  gradients P * 4 / N,  optimizer state P * 8 / N
 plus the unsharded copy the computation reads (`Sharding`), frozen models (reference, reward
-model), the activations saved for the backward (per token, `activation_bytes_per_token`) and,
-while sampling, the key/value cache:
+model: whole on every rank, or sharded and gathered around their own passes), the activations
+saved for the backward (per token, `activation_bytes_per_token`) and, while sampling, the
+key/value cache:
     kv cache = 2 * layers * kv_heads * head_dim * rows * positions * bytes
 
 The activation count follows what PyTorch's autograd keeps for one Hugging Face Llama layer
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.distributed import FrozenModels
 
 FP32_BYTES = 4
 BF16_BYTES = 2
@@ -165,10 +167,32 @@ def kv_cache_bytes(shape: ModelShape, rows: int, positions: int, dtype_bytes: in
     return 2 * shape.layers * shape.kv_dim * rows * positions * dtype_bytes
 
 
+def frozen_model_bytes(
+    shape: ModelShape,
+    model_params: list[int],
+    *,
+    frozen_bytes: int,
+    frozen_models: FrozenModels,
+    world_size: int,
+    sharding: Sharding,
+    compute: int,
+) -> tuple[int, int]:
+    """(held, gathered) bytes on one rank of frozen models of `model_params` parameters each:
+    `frozen_bytes` per parameter, whole (replicated, or one process) or 1/N of them (sharded);
+    gathered: the largest sharded one in the `compute` dtype around its passes, whole as
+    rlhfkit gathers (`FSDP_STEP`), two layers and the root with `FSDP_LAYER`; 0 when whole."""
+    sharded = sharding != Sharding.NONE and FrozenModels(frozen_models) is FrozenModels.SHARDED
+    held = sum(model_params) * frozen_bytes // (world_size if sharded else 1)
+    if not sharded or not model_params:
+        return held, 0
+    per_layer = 2 * shape.layer_parameters() + shape.embedding_parameters()
+    return held, (max(model_params) if sharding == Sharding.FSDP_STEP else per_layer) * compute
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes on one rank. The training phase and the sampling phase peak at different times;
-    `peak` is the larger."""
+    """Bytes on one rank. The training, sampling and scoring (the frozen models' passes)
+    phases peak at different times; `peak` is the largest."""
 
     weights: int
     """Trained models' fp32 master weights (sharded under FSDP2, offloaded with `offload`)."""
@@ -180,7 +204,10 @@ class MemoryEstimate:
     """Unsharded copies the training computation reads: gathered parameters and unsharded
     gradients (`Sharding`), or the autocast weight cache of one process."""
     frozen: int
-    """Reference and reward model weights."""
+    """Reference and reward model weights (1/N of them on a rank when sharded)."""
+    frozen_gathered: int
+    """Sharded frozen models: the largest one gathered in the compute dtype around its own
+    passes (after sampling, before the update); 0 when they are whole on every rank."""
     activations_per_token: int
     activations: int
     """Saved activations of one micro-batch: micro_batch * seq_len * activations_per_token."""
@@ -215,8 +242,22 @@ class MemoryEstimate:
         return self.weights + self.optimizer + self.frozen + self.sampling_weights + self.kv_cache
 
     @property
+    def scoring(self) -> int:
+        """The reference and reward passes between sampling and the update: the cache freed,
+        the sampler's weights counted as still held (rlhfkit keeps the policy gathered from its
+        sampling into its step), a sharded frozen model gathered. Never above `sampling` when
+        the frozen models are whole."""
+        return (
+            self.weights
+            + self.optimizer
+            + self.frozen
+            + self.sampling_weights
+            + self.frozen_gathered
+        )
+
+    @property
     def peak(self) -> int:
-        return max(self.training, self.sampling)
+        return max(self.training, self.sampling, self.scoring)
 
 
 def estimate_memory(
@@ -235,7 +276,7 @@ def estimate_memory(
     reward_model: bool = False,
     critic: bool = False,
     frozen_bytes: int = FP32_BYTES,
-    frozen_sharded: bool = False,
+    frozen_models: FrozenModels = FrozenModels.REPLICATED,
     sample_rows: int = 0,
     sample_positions: int = 0,
     offload: bool = False,
@@ -251,8 +292,10 @@ def estimate_memory(
         chunked_head: rlhfkit's chunked LM-head log-probs (no logits kept); False keeps the
             logits of `scored_len` tokens per row (default `seq_len`).
         reference, reward_model: frozen copies of the policy's shape (a reward model's head
-            is one output, not the vocabulary), `frozen_bytes` per parameter, whole on every
-            rank unless `frozen_sharded`.
+            is one output, not the vocabulary), `frozen_bytes` per parameter.
+        frozen_models: replicated (whole on every rank), or sharded over the N ranks under
+            FSDP2 and gathered in the compute dtype around their own passes, one at a time (as
+            the policy's gathering: whole with `FSDP_STEP`, two layers with `FSDP_LAYER`).
         critic: a trained value model of the policy's shape (PPO); it trains after the policy,
             so its activations do not add to the policy's.
         sample_rows, sample_positions: the sampler's batch and its prompt + new tokens, its
@@ -287,8 +330,15 @@ def estimate_memory(
         gathered = 2 * (2 * shape.layer_parameters() + shape.embedding_parameters()) * a
 
     reward_params = params - head_params + shape.hidden if reward_model else 0
-    frozen_params = (params if reference else 0) + reward_params
-    frozen = frozen_params * frozen_bytes // (world_size if frozen_sharded else 1)
+    frozen, frozen_gathered = frozen_model_bytes(
+        shape,
+        [params] * reference + [reward_params] * reward_model,
+        frozen_bytes=frozen_bytes,
+        frozen_models=frozen_models,
+        world_size=world_size,
+        sharding=sharding,
+        compute=a,
+    )
 
     per_token = activation_bytes_per_token(
         shape, precision, checkpointing=checkpointing, repeated_kv=repeated_kv
@@ -307,6 +357,7 @@ def estimate_memory(
         optimizer=optimizer,
         gathered=gathered,
         frozen=frozen,
+        frozen_gathered=frozen_gathered,
         activations_per_token=per_token,
         activations=micro_batch * seq_len * per_token,
         logits=logits,

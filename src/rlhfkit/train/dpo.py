@@ -15,8 +15,9 @@ adapters, or (`precompute_ref`) a table of log-probs computed once, with no mode
 Departures: pairs' `margin` column is ignored, and ties in a ranking form no pair (pairwise) or
 follow Breslow's rule (Plackett-Luce, see objectives.preference.plackett_luce_nll).
 Under torchrun each rank runs its share of every micro-batch's groups against a replicated
-reference; the loss divides by the global group count, so the summed gradient is that of the
-one global batch (`runtime.distributed`).
+reference (or one sharded like the policy, `frozen_models=sharded`); the loss divides by the
+global group count, so the summed gradient is that of the one global batch
+(`runtime.distributed`).
 """
 
 import time
@@ -39,10 +40,12 @@ from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.distributed import (
+    FrozenModels,
     current_ranks,
     device_mesh,
     full_state_dict,
-    gradient_passes,
+    one_reduction,
+    place_frozen,
     rank_shares,
     shard_model,
 )
@@ -100,6 +103,10 @@ class DPOConfig(RunConfig):
     precompute_ref: bool = False
     """Compute every reference log-prob once before training, and keep no reference model in
     memory."""
+    frozen_models: FrozenModels = FrozenModels.REPLICATED
+    """Under torchrun, the frozen reference: replicated (whole on every rank) or sharded like the
+    policy (1/N of its weights on each rank between its passes, gathered whole around them). In
+    a single process this changes nothing."""
     lora_r: int = 0
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
@@ -201,15 +208,17 @@ def build_reference(
     *,
     pad_token_id: int,
     device: torch.device,
+    mesh,
 ) -> Reference:
     """The reference of `policy`: its base with the adapters off (LoRA), else a frozen copy of
-    `cfg.model`; with `precompute_ref`, tables of every response's log-prob and no model."""
+    `cfg.model` (sharded over `mesh` with `frozen_models=sharded`); with `precompute_ref`,
+    tables of every response's log-prob and no model."""
     if cfg.lora_r > 0:
         reference = Reference(policy, adapters_off=True)
     else:
-        reference = Reference(
-            load_causal_lm(cfg.model).to(device).eval().requires_grad_(False), adapters_off=False
-        )
+        frozen = load_causal_lm(cfg.model).to(device).eval().requires_grad_(False)
+        frozen = place_frozen(frozen, cfg.frozen_models, mesh, cfg.precision)
+        reference = Reference(frozen, adapters_off=False)
     if cfg.precompute_ref:
         reference.tabulate(
             splits,
@@ -255,13 +264,14 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
-    if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
-        policy = shard_model(policy, device_mesh(device, ranks), cfg.precision)
+    mesh = device_mesh(device, ranks) if ranks.sharded else None
+    if mesh is not None:  # under torchrun: each rank keeps a shard (FSDP2)
+        policy = shard_model(policy, mesh, cfg.precision)
 
-    # step 3. the reference: the base under LoRA, a frozen copy (whole on every rank: it has no
-    # gradient to shard), or a table computed now
+    # step 3. the reference: the base under LoRA, a frozen copy (whole on every rank, or sharded
+    # with frozen_models=sharded), or a table computed now
     reference = build_reference(
-        cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device
+        cfg, policy, {"train": train, "eval": held_out}, pad_token_id=pad, device=device, mesh=mesh
     )
 
     # step 4. optimizer over the trainable weights, restored with every RNG when resuming
@@ -303,25 +313,26 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
             ]
             num_groups = sum(len(rows) for rows in micro_rows)
             shares = rank_shares(micro_rows, ranks)  # this rank's groups of each micro-batch
-            batches = (make_batch([train[i] for i in s.rows], pad, device) for s in shares)
+            batches = [make_batch([train[i] for i in s.rows], pad, device) for s in shares]
 
-            # step 6. sequence log-probs of every response; loss summed over groups / all groups of
-            # the step (a rank without groups runs one at zero weight, for the collectives)
+            # step 6. sequence log-probs of every response, the reference's first (a sharded one is
+            # whole only around them); loss summed over groups / all groups of the step (a rank
+            # without groups runs one at zero weight, for the collectives), gradients reduced once
             stand_in = shares[0].stand_in
-            step_grads = backward_groups(
-                policy,
-                gradient_passes(
-                    policy,
-                    (
-                        (batch, reference.logprobs(batch, "train", share.rows, cfg.precision))
+            with one_reduction(policy):
+                with reference.in_use():
+                    ref_logprobs = [
+                        reference.logprobs(batch, "train", share.rows, cfg.precision)
                         for batch, share in zip(batches, shares)
-                    ),
-                ),
-                zero_weight(loss_fn) if stand_in else loss_fn,
-                num_groups=num_groups,
-                beta=cfg.beta,
-                precision=cfg.precision,
-            )
+                    ]
+                step_grads = backward_groups(
+                    policy,
+                    zip(batches, ref_logprobs),
+                    zero_weight(loss_fn) if stand_in else loss_fn,
+                    num_groups=num_groups,
+                    beta=cfg.beta,
+                    precision=cfg.precision,
+                )
             loss_value, tokens, step_metrics = reduced_gradients(step_grads, stand_in, ranks)
 
             # step 7. clip, schedule, update

@@ -2,7 +2,7 @@
 the reference, the pairwise or listwise loss, and the implicit-reward metrics."""
 
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,7 +26,7 @@ from rlhfkit.objectives.preference import (
 from rlhfkit.objectives.ranking import gather_pair_rewards
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.device import Precision, autocast, move_batch
-from rlhfkit.runtime.distributed import Ranks, reduce_sums
+from rlhfkit.runtime.distributed import Ranks, gathered, reduce_sums
 
 # (logprobs, ref_logprobs, batch, denominator) -> scalar loss, with the loss settings bound
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, dict, float], torch.Tensor]
@@ -80,10 +80,17 @@ class Reference:
     tables: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     """Split name -> per group, the (K,) log-probs of its responses (CPU); empty = on the fly."""
 
+    def in_use(self) -> AbstractContextManager[None]:
+        """Around a run of `logprobs` calls: a sharded model gathered once, by the same
+        collectives on every rank, whatever number of calls each rank then makes
+        (`runtime.distributed.gathered`); nothing to do for tables."""
+        return gathered(self.model) if self.model is not None else nullcontext()
+
     def logprobs(
         self, batch: dict, split: str, rows: list[int], precision: Precision
     ) -> torch.Tensor:
-        """(responses,) reference log-probs of the batch of groups `rows` of `split`."""
+        """(responses,) reference log-probs of the batch of groups `rows` of `split`; a sharded
+        model only inside `in_use`."""
         if self.tables:
             return torch.cat([self.tables[split][row] for row in rows]).to(
                 batch["input_ids"].device
@@ -107,10 +114,11 @@ class Reference:
         """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a
         pass."""
         table = []
-        for start in range(0, len(groups), batch_size):
-            chunk = groups[start : start + batch_size]
-            values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
-            table += list(values.split([len(group.responses) for group in chunk]))
+        with self.in_use():
+            for start in range(0, len(groups), batch_size):
+                chunk = groups[start : start + batch_size]
+                values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
+                table += list(values.split([len(group.responses) for group in chunk]))
         return table
 
     def tabulate(
@@ -300,12 +308,13 @@ def evaluate_dpo(
     """Held-out loss (mean over groups) and implicit-reward metrics over all held-out pairs."""
     policy.eval()
     loss, pairs = 0.0, []
-    for start in range(0, len(groups), batch_size):
-        rows = list(range(start, min(start + batch_size, len(groups))))
-        batch = make_batch([groups[row] for row in rows], pad_token_id, device)
-        logprobs = policy_logprobs(policy, batch, precision)
-        ref_logprobs = reference.logprobs(batch, "eval", rows, precision)
-        loss += loss_fn(logprobs, ref_logprobs, batch, len(groups)).item()
-        pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
+    with reference.in_use():
+        for start in range(0, len(groups), batch_size):
+            rows = list(range(start, min(start + batch_size, len(groups))))
+            batch = make_batch([groups[row] for row in rows], pad_token_id, device)
+            logprobs = policy_logprobs(policy, batch, precision)
+            ref_logprobs = reference.logprobs(batch, "eval", rows, precision)
+            loss += loss_fn(logprobs, ref_logprobs, batch, len(groups)).item()
+            pairs.append(pair_rewards(logprobs, ref_logprobs, batch, beta))
     policy.train()
     return {"loss": loss, **reward_metrics(pairs)}

@@ -30,7 +30,8 @@ Under torchrun each rank samples its contiguous share of a refresh's prompts (th
 sampling noise of `policy_run`); the samples are gathered, rank 0 has them ranked and sends the
 rankings to every rank, and every rank assembles the same pool. Each rank then backpropagates
 its contiguous share of every step's groups, over all the step's groups, so each update is the
-one-process update (labeller=human is refused: people answer one process).
+one-process update. Refused there: labeller=human (people answer one process), and
+labeller=reward with frozen_models=sharded (rank 0 alone ranks, a sharded model needs every rank).
 """
 
 from dataclasses import dataclass, field
@@ -42,13 +43,14 @@ import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup, first_groups_within, group_labels
 from rlhfkit.data.tokenize import Truncation
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import LabellerKind, build_labeller, in_use, rank_with_ties
-from rlhfkit.labelling.human import HumanSettings, Ranks
+from rlhfkit.labelling.human import HumanSettings
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.runtime.distributed import (
+    FrozenModels,
     broadcast_from_main,
     current_ranks,
     gather_objects,
@@ -74,6 +76,7 @@ from rlhfkit.train.online_pool import (
     pool_from_state,
     pool_state,
     rollout_examples,
+    spread_ranked,
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
@@ -292,22 +295,6 @@ def human_settings(cfg: OnlineDPOConfig, run_dir) -> HumanSettings:
     )
 
 
-def spread_ranked(rankings: list[Ranks | None], plan: list[int]) -> tuple[list[int], list[int]]:
-    """The prompts to train on and how many each step of the refresh takes: every prompt and
-    the plan, unless some were skipped (no preference, dropped); then the ranked ones are spread
-    over the steps as evenly as they go, the first steps taking one more."""
-    kept = [index for index, ranks in enumerate(rankings) if ranks is not None]
-    if len(kept) == len(rankings):
-        return kept, plan
-    if len(kept) < len(plan):
-        raise RlhfkitError(
-            f"{len(kept)} of {len(rankings)} prompts of a refresh were ranked (the rest "
-            f"skipped), fewer than its {len(plan)} steps: undo some skips and rerun with --resume"
-        )
-    size, extra = divmod(len(kept), len(plan))
-    return kept, [size + (step < extra) for step in range(len(plan))]
-
-
 def _offline_groups(cfg: OnlineDPOConfig, tokenizer) -> list[RankedGroup]:
     """hybrid: the offline rows within `offline_max_labels`; none in the other regimes."""
     if not cfg.offline_data:
@@ -376,8 +363,13 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
     """Optimise `cfg.model` by online, iterative or hybrid DPO; the final model goes to
     `run_dir.final`."""
     check_online_config(cfg)
+    kind, sharded = LabellerKind(cfg.labeller), cfg.frozen_models == FrozenModels.SHARDED
     refuse_unsupported(
-        current_ranks(), {"labeller=human": LabellerKind(cfg.labeller) is LabellerKind.HUMAN}
+        current_ranks(),
+        {
+            "labeller=human": kind is LabellerKind.HUMAN,
+            "labeller=reward with frozen_models=sharded": kind is LabellerKind.REWARD and sharded,
+        },
     )
     plan, (_, offline_per_step) = run_plan(cfg), batch_shares(cfg)
     k, every = cfg.samples_per_prompt, cfg.refresh_every

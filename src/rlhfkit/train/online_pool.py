@@ -13,6 +13,8 @@ import torch
 
 from rlhfkit.data.ranking_batch import RankedGroup
 from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.labelling.human import Ranks
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import response_token_ids
@@ -31,6 +33,22 @@ def online_plan(
     affordable = label_budget // ranking_comparisons(samples_per_prompt)
     full, rest = divmod(affordable, online_per_step)
     return ([online_per_step] * full + ([rest] if rest else []))[:max_steps]
+
+
+def spread_ranked(rankings: list[Ranks | None], plan: list[int]) -> tuple[list[int], list[int]]:
+    """The prompts to train on and how many each step of the refresh takes: every prompt and
+    the plan, unless some were skipped (no preference, dropped); then the ranked ones are spread
+    over the steps as evenly as they go, the first steps taking one more."""
+    kept = [index for index, ranks in enumerate(rankings) if ranks is not None]
+    if len(kept) == len(rankings):
+        return kept, plan
+    if len(kept) < len(plan):
+        raise RlhfkitError(
+            f"{len(kept)} of {len(rankings)} prompts of a refresh were ranked (the rest "
+            f"skipped), fewer than its {len(plan)} steps: undo some skips and rerun with --resume"
+        )
+    size, extra = divmod(len(kept), len(plan))
+    return kept, [size + (step < extra) for step in range(len(plan))]
 
 
 def rollout_examples(rollout: Rollout) -> list[EncodedExample]:

@@ -10,6 +10,7 @@ are declared here without a default, and each trainer's config gives its own val
 from dataclasses import dataclass
 
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.tasks.registry import TaskName
 
@@ -91,6 +92,10 @@ class PolicyRunConfig(RunConfig):
     precision: Precision = Precision.FP32
     """fp32, or bf16: autocast for the forward passes, and sampling with bf16 weights and cache
     (the draws and their log-probs in float32); weights and optimizer state stay float32."""
+    frozen_models: FrozenModels = FrozenModels.REPLICATED
+    """Under torchrun, the reference and the reward models of `reward`: replicated (whole on
+    every rank) or sharded like the policy (1/N of their weights on each rank between their
+    passes, gathered whole around them). In a single process this changes nothing."""
     compile_sampling: bool = False
     """Compile the one-token decoding step (`torch.compile`; plain Llama models): faster
     sampling for a one-off compile per run (tens of seconds on a CPU, reused by later runs

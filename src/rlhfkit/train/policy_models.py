@@ -1,8 +1,8 @@
 """The models of a policy-optimisation run, built once: the policy, its frozen reference, PPO's
 critic and their optimizers, as one frozen `PolicyModels` bundle (from the checkpoint on
 resume). Under torchrun the trained models (policy, critic) are sharded with FSDP2 before their
-optimizers are built; the frozen reference is whole on every rank (it has no gradient to
-shard, and each rank scores its own rows with it)."""
+optimizers are built; the frozen reference is whole on every rank, or with
+`frozen_models=sharded` sharded over the same mesh (`runtime.distributed.place_frozen`)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +14,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
+from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
 from rlhfkit.train.checkpointing import load_policy
 from rlhfkit.train.policy_config import PolicyRunConfig
 
@@ -36,6 +36,8 @@ class PolicyModels:
     critic: torch.nn.Module | None = None
     """PPO's value model (a one-head reward model), in train mode; None for the other trainers."""
     critic_optimizer: torch.optim.Optimizer | None = None
+    mesh: Any = None
+    """The device mesh the models are sharded over under torchrun; None in a single process."""
 
 
 def build_policy_models(
@@ -51,7 +53,7 @@ def build_policy_models(
     started from that directory (PPO), each with its AdamW; on resume (`checkpoint`) the
     trained models come from the checkpoint (their optimizer states are put back by
     `policy_checkpoint.restore_policy_checkpoint`). `ranks` under torchrun:
-    the policy and critic sharded over them."""
+    the policy and critic sharded over them, and the reference with `frozen_models=sharded`."""
     if cfg.reference_model and cfg.lora_r > 0:
         raise ConfigError(
             f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
@@ -71,6 +73,7 @@ def build_policy_models(
     if needs_reference and cfg.lora_r == 0:
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
         reference.requires_grad_(False)
+        reference = place_frozen(reference, cfg.frozen_models, mesh, cfg.precision)
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     critic = critic_optimizer = None
@@ -85,5 +88,12 @@ def build_policy_models(
             critic.parameters(), lr=critic_lr, weight_decay=cfg.weight_decay
         )
     return PolicyModels(
-        policy, reference, load_tokenizer(cfg.model), optimizer, device, critic, critic_optimizer
+        policy,
+        reference,
+        load_tokenizer(cfg.model),
+        optimizer,
+        device,
+        critic,
+        critic_optimizer,
+        mesh,
     )

@@ -13,10 +13,12 @@ Under torchrun (GRPO, RLOO, PPO) each rank samples for its own contiguous share 
 prompts (`policy_prompts.PromptShare`), scores them and computes their advantages; the losses
 divide by counts over every rank and the gradients are reduced once per update
 (`runtime.distributed.one_reduction`), so an update equals the one-process update of the same
-global batch. The policy (and PPO's critic) is sharded with FSDP2, the reference and reward
-models are whole on every rank. Every rank draws the sampling noise of the whole batch from the
-same generator and keeps its own rows' (`rollout.engine.DrawRows`), so the sampled tokens do
-not depend on the number of ranks. Rank 0 alone logs, shows progress and writes files.
+global batch. The policy (and PPO's critic) is sharded with FSDP2; the reference and reward
+models are whole on every rank, or sharded alike with `frozen_models=sharded` and gathered
+around their passes (`runtime.distributed.gathered`). Every rank draws the sampling noise of
+the whole batch from the same generator and keeps its own rows' (`rollout.engine.DrawRows`), so
+the sampled tokens do not depend on the number of ranks. Rank 0 alone logs, shows progress and
+writes files.
 
 A checkpoint (`policy_checkpoint.py`) holds the models, optimizers, RNG states and step, and the
 trainer's own state (PPO's KL coefficient, online DPO's labelled pool, ...) as plain data:
@@ -29,6 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -52,7 +55,9 @@ from rlhfkit.runtime.distributed import (
     full_state_dict,
     gather_objects,
     gather_parameters,
+    gathered,
     one_reduction,
+    place_frozen,
     reduce_sums,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -151,6 +156,12 @@ class PolicyRun:
             timeout_s=cfg.reward_timeout_s or None,
             first_call_timeout_s=cfg.reward_first_call_timeout_s or math.inf,
             precision=cfg.precision,
+            place_model=partial(
+                place_frozen,
+                frozen_models=cfg.frozen_models,
+                mesh=self.models.mesh,
+                precision=cfg.precision,
+            ),
         )
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
         # shared by every optimizer of the run (PPO: the critic's too)
@@ -259,12 +270,14 @@ class PolicyRun:
     ) -> torch.Tensor:
         """log pi_ref of the response tokens, in chunks of whole groups, in inference mode and
         the run's precision (`group_size`: rows sharing a prompt, run once; see
-        `response_logprobs`)."""
+        `response_logprobs`). A sharded reference is gathered once around the chunks, whose
+        number depends on this rank's rows."""
         reference = self.models.reference
         model = reference if reference is not None else self.models.policy
         chunk = max(group_size, chunk // group_size * group_size)
         out = []
         with (
+            gathered(model),
             adapters_disabled(model) if reference is None else nullcontext(),
             torch.inference_mode(),
         ):

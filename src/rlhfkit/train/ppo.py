@@ -14,11 +14,12 @@ the critic has its own optimizer and learning rate instead of a shared loss with
 coefficient. Logged: kl_per_sequence and kl_per_token (k1 on the rollout's samples, the KL of
 the penalty), kl_coef, proxy_reward, value_loss, explained_variance, and the shared metrics.
 Under torchrun each rank samples for its own prompts and runs the reward model, reference and
-critic on its rows (actor and critic sharded, reference and reward model whole on every rank);
-the advantages are whitened over every rank's tokens, the loss denominators count every rank's,
-and the KL controller and the KL limit read the global KL, so each update is the one-process
-update of the same global batch (`policy_run`). The critic's rollout values then come from a
-separate pass (`shared_critic_pass` is off).
+critic on its rows (actor and critic sharded; reference and reward model whole on every rank,
+or sharded alike with `frozen_models=sharded`); the advantages are whitened over every rank's
+tokens, the loss denominators count every rank's, and the KL controller and the KL limit read
+the global KL, so each update is the one-process update of the same global batch
+(`policy_run`). The critic's rollout values then come from a separate pass (`shared_critic_pass`
+is off).
 """
 
 from dataclasses import dataclass, field
