@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.runtime.metrics import read_metrics
+from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.sft import SFTConfig, train_sft
 from tests.distributed.ranks import (
@@ -18,7 +21,12 @@ from tests.distributed.ranks import (
     close,
     max_weight_difference,
     one_process_and_two_ranks,
+    run_on_ranks,
+    train_in_run,
 )
+from tests.train.test_micro_batches import forwards_inside_backward
+
+BF16_TOLERANCE = 4e-3  # relative: one bf16 rounding (2^-8); measured 1.4e-4 apart
 
 
 @pytest.fixture
@@ -126,3 +134,44 @@ def test_lora_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
     assert not any("lora" in name for name in weights)
     started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert max_weight_difference(weights, started) > 1e-4  # the merged adapters moved it
+
+
+def test_bf16_two_ranks_follow_one_process_to_bf16_tolerance(tiny_model_dir, arith_data, tmp_path):
+    # One process autocasts over fp32 weights; FSDP2 gathers bf16 parameters and reduces the
+    # gradients in fp32 (MixedPrecisionPolicy). Both round every matmul input to bf16, in other
+    # places, so the runs agree to bf16's precision (8 bits of mantissa), not to 1e-5
+    cfg = dataclasses.replace(config(tiny_model_dir, *arith_data), precision="bf16")
+    one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
+    losses_one = train_sft(cfg, one).train_losses
+    two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
+    losses_two = run_on_ranks(2, train_in_run, train_sft, cfg, str(two.root))
+    assert len(losses_two) == 3
+    assert all(abs(a - b) <= BF16_TOLERANCE * abs(a) for a, b in zip(losses_one, losses_two))
+    saved = load_file(two.final / "model.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # the fp32 master weights
+    weights_one = AutoModelForCausalLM.from_pretrained(one.final).state_dict()
+    weights_two = AutoModelForCausalLM.from_pretrained(two.final).state_dict()
+    started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    # AdamW's first steps move every weight by about lr whatever its gradient's size, so a
+    # near-zero gradient whose sign bf16 rounding flips moves one weight the other way: compare
+    # the whole update, not the largest difference
+    moved = update_norm(weights_one, started)
+    assert update_norm(weights_one, weights_two) < 0.1 * moved  # measured 2%
+
+
+def update_norm(a: dict, b: dict) -> float:
+    return sum(float((a[k] - b[k]).square().sum()) for k in a) ** 0.5
+
+
+def train_recomputing(cfg: SFTConfig, run):
+    """`train_sft`, asserting that the backward recomputed activations (on every rank)."""
+    with forwards_inside_backward() as recomputed:
+        result = train_sft(cfg, run)
+    assert recomputed[0] > 0
+    return result
+
+
+def test_gradient_checkpointing_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
+    # recomputation inside FSDP2's sharded decoder layers: the same numbers as one process
+    cfg = dataclasses.replace(config(tiny_model_dir, *arith_data), gradient_checkpointing=True)
+    one_process_and_two_ranks(train_recomputing, cfg, tmp_path)
