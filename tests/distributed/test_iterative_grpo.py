@@ -2,11 +2,13 @@
 rank 0 samples, labels and writes the round's files, and the rounds end as 1 process's do."""
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.train.iterative_grpo import train_iterative_grpo
@@ -71,3 +73,36 @@ def test_two_ranks_equal_one_process(tiny_model_dir, start, tmp_path):  # noqa: 
     started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     loaded = AutoModelForCausalLM.from_pretrained(two.final).state_dict()
     assert max_weight_difference(loaded, started) > 1e-4  # trained, not the start copied
+
+
+def resume_iterating(cfg, root: str) -> list[dict]:
+    return train_iterative_grpo(cfg, RunDir(Path(root)), resume=True).rounds
+
+
+def test_two_ranks_resumed_mid_round_end_bitwise(tiny_model_dir, start, tmp_path):  # noqa: F811
+    # a 2-rank run stopped in round 2 after its labels, in the middle of the reward model's
+    # training (its sharded checkpoint at step 2 of 3), then resumed on 2 ranks
+    cfg = config(tiny_model_dir, start, rounds=ROUNDS)
+    cfg = dataclasses.replace(cfg, rm=dataclasses.replace(cfg.rm, lr=RM_LR))
+    straight = prepare_run_dir(tmp_path / "straight", resume=False, overwrite=False)
+    save_config(cfg, straight.config_path)  # what the command writes first
+    run_on_ranks(2, iterate, cfg, str(straight.root))
+    shutil.copytree(straight.root, tmp_path / "stopped")
+    folder = tmp_path / "stopped" / "round_02"
+    for name in ("reward.json", "round.json"):
+        (folder / name).unlink()
+    shutil.rmtree(folder / "rm" / "final")
+    shutil.rmtree(tmp_path / "stopped" / "final")
+    rounds = run_on_ranks(2, resume_iterating, cfg, str(tmp_path / "stopped"))
+    assert [r["round"] for r in rounds] == [1, 2]
+    rows = [
+        read_metrics(tmp_path / name / "round_02" / "rm" / "metrics.jsonl")
+        for name in ("straight", "stopped")
+    ]
+    # steps 1 and 2 were not run again (their rows, times included, are the first run's); step 3
+    # ran from the checkpoint, later, to the same loss
+    assert rows[1][:2] == rows[0][:2] and len(rows[1]) == 3
+    assert rows[1][2]["time"] > rows[0][2]["time"] and rows[1][2]["loss"] == rows[0][2]["loss"]
+    for path in ("round_02/rm/final/model.safetensors", "final/model.safetensors"):
+        a, b = load_file(straight.root / path), load_file(tmp_path / "stopped" / path)
+        assert all((a[k] == b[k]).all() for k in a), path
