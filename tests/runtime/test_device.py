@@ -17,7 +17,7 @@ from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime import device as device_module
-from rlhfkit.runtime.device import Precision, autocast, resolve_device
+from rlhfkit.runtime.device import Precision, autocast, resolve_device, use_fastest_attention
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
@@ -74,6 +74,61 @@ def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
         device_module.cpu_has_bf16_units.cache_clear()
         assert device_module.cpu_has_bf16_units() is want
     device_module.cpu_has_bf16_units.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "device, precision, kernel",
+    [("cpu", "bf16", "eager"), ("cpu", "fp32", "sdpa"), ("cuda", "bf16", "sdpa")],
+)
+def test_eager_attention_only_on_a_cpu_in_bf16(tiny_model_dir, tmp_path, device, precision, kernel):
+    model = load_causal_lm(tiny_model_dir)  # loaded with SDPA, transformers' default
+    assert use_fastest_attention(model, torch.device(device), precision) is model
+    assert model.config._attn_implementation == kernel
+    model.save_pretrained(tmp_path)  # the choice is not saved: a reload has the default
+    assert load_causal_lm(tmp_path).config._attn_implementation == "sdpa"
+
+
+def test_eager_and_sdpa_attention_agree_in_bf16(tiny_model_dir):
+    # a padded batch, forward and backward under bf16 autocast: the kernels agree to bf16's
+    # precision (they round in other places), so the switch changes speed, not results
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, mask = _prompt_batch(tokenizer, "cpu")
+    results = {}
+    for kernel in ("sdpa", "eager"):
+        model = load_causal_lm(tiny_model_dir)
+        model.set_attn_implementation(kernel)
+        with autocast(torch.device("cpu"), Precision.BF16):
+            logprobs = response_logprobs(model, ids, mask, 3).logprobs
+        logprobs.sum().backward()
+        results[kernel] = logprobs.detach(), model.model.embed_tokens.weight.grad
+    (lp_sdpa, grad_sdpa), (lp_eager, grad_eager) = results["sdpa"], results["eager"]
+    assert torch.allclose(lp_sdpa, lp_eager, atol=0.05)
+    assert torch.allclose(grad_sdpa, grad_eager, atol=0.05 * float(grad_sdpa.abs().max()))
+
+
+def test_trainers_train_in_bf16_on_the_cpu_with_eager_attention(
+    tiny_model_dir, preference_data, tmp_path, monkeypatch
+):
+    kernels = []
+    forward = torch.nn.Module.__call__
+
+    def recording(module, *args, **kwargs):
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation") and module.training:
+            kernels.append(config._attn_implementation)
+        return forward(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", recording)
+    common = dict(model=str(tiny_model_dir), max_steps=1, lr=1e-4, warmup_steps=0, eval_every=0)
+    common.update(save_every=0, device="cpu", precision=Precision.BF16, **QUIET)
+    sft = SFTConfig(**common, train_data=preference_data["sft"], batch_size=4)
+    rm = RewardConfig(**common, train_data=preference_data["rankings"], batch_size=4)
+    for train, cfg, name in ((train_sft, sft, "sft"), (train_reward_model, rm, "rm")):
+        kernels.clear()
+        train(cfg, prepare_run_dir(tmp_path / name, resume=False, overwrite=False))
+        assert kernels and set(kernels) == {"eager"}, (name, set(kernels))
 
 
 def _prompt_batch(tokenizer, device):

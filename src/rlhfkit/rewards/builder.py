@@ -28,7 +28,7 @@ from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
 from rlhfkit.rewards.reward_model import RewardModelSource
 from rlhfkit.rewards.task import ProcessReward, TaskReward
-from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.device import Precision, use_fastest_attention
 from rlhfkit.tasks.registry import get_task
 
 ACCEPTED = (
@@ -194,6 +194,7 @@ def load_reward_model_source(
             f"reward source '{name}': {path} is not a trained reward model (architectures: {found})"
         )
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
+    use_fastest_attention(model.model, torch.device(device), precision)
     if place_model is not None:
         model = place_model(model)
     # The tokenizer saved with the reward model is the one its training data went through.

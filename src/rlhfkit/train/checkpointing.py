@@ -27,6 +27,7 @@ from rlhfkit.runtime.checkpoint import (
     save_torch_state,
     temporary_sibling,
 )
+from rlhfkit.runtime.device import Precision, use_fastest_attention
 from rlhfkit.runtime.distributed import Ranks, full_state_dict
 from rlhfkit.runtime.distributed_checkpoint import (
     is_sharded_checkpoint,
@@ -102,12 +103,19 @@ def submodule_weights(weights: dict, part: str) -> dict:
 
 
 def load_policy(
-    model_dir: str, checkpoint: Path | None, *, lora_r: int, lora_alpha: int, device: torch.device
+    model_dir: str,
+    checkpoint: Path | None,
+    *,
+    lora_r: int,
+    lora_alpha: int,
+    device: torch.device,
+    precision: Precision = Precision.FP32,
 ):
     """The policy to train, in train mode: the starting model or its checkpoint, or (lora_r > 0)
-    LoRA adapters, fresh or from the checkpoint, on the starting model."""
+    LoRA adapters, fresh or from the checkpoint, on the starting model; with the attention
+    kernel fastest for `device` and `precision`."""
     if lora_r > 0:
-        base = load_causal_lm(model_dir).to(device)
+        base = use_fastest_attention(load_causal_lm(model_dir).to(device), device, precision)
         policy = (
             load_lora(base, checkpoint / MODEL_SUBDIR)
             if checkpoint
@@ -115,6 +123,7 @@ def load_policy(
         )
     else:
         policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
+        use_fastest_attention(policy, device, precision)
     return policy.train()
 
 

@@ -38,7 +38,7 @@ from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_to
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, resolve_device
+from rlhfkit.runtime.device import Precision, resolve_device, use_fastest_attention
 from rlhfkit.runtime.distributed import (
     FrozenModels,
     current_ranks,
@@ -217,6 +217,7 @@ def build_reference(
         reference = Reference(policy, adapters_off=True)
     else:
         frozen = load_causal_lm(cfg.model).to(device).eval().requires_grad_(False)
+        use_fastest_attention(frozen, device, cfg.precision)
         frozen = place_frozen(frozen, cfg.frozen_models, mesh, cfg.precision)
         reference = Reference(frozen, adapters_off=False)
     if cfg.precompute_ref:
@@ -260,7 +261,12 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     # step 2. the policy, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     policy = load_policy(
-        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+        cfg.model,
+        checkpoint,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        device=device,
+        precision=cfg.precision,
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)

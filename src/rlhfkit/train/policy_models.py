@@ -13,7 +13,7 @@ import torch
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
 from rlhfkit.models.reward import value_model_from
-from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.device import resolve_device, use_fastest_attention
 from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
 from rlhfkit.train.checkpointing import load_policy
 from rlhfkit.train.policy_config import PolicyRunConfig
@@ -62,7 +62,12 @@ def build_policy_models(
         )
     device = resolve_device(cfg.device)
     policy = load_policy(
-        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+        cfg.model,
+        checkpoint,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        device=device,
+        precision=cfg.precision,
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
@@ -72,6 +77,7 @@ def build_policy_models(
     reference = None
     if needs_reference and cfg.lora_r == 0:
         reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
+        use_fastest_attention(reference, device, cfg.precision)
         reference.requires_grad_(False)
         reference = place_frozen(reference, cfg.frozen_models, mesh, cfg.precision)
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -80,6 +86,7 @@ def build_policy_models(
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
         critic = value_model_from(critic_dir).to(device).train()
+        use_fastest_attention(critic.model, device, cfg.precision)
         if cfg.gradient_checkpointing:
             enable_checkpointing(critic.model)
         if mesh is not None:

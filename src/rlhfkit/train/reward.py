@@ -31,7 +31,13 @@ from rlhfkit.models.lora import add_backbone_lora, load_gathered, trainable_stat
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
+from rlhfkit.runtime.device import (
+    Precision,
+    autocast,
+    move_batch,
+    resolve_device,
+    use_fastest_attention,
+)
 from rlhfkit.runtime.distributed import (
     current_ranks,
     device_mesh,
@@ -279,6 +285,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         enable_checkpointing(model.model)
     device = resolve_device(cfg.device)
     model.to(device).train()
+    use_fastest_attention(model.model, device, cfg.precision)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     optimizer = torch.optim.AdamW(

@@ -211,7 +211,12 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     device = resolve_device(cfg.device)
     model = load_policy(
-        cfg.model, checkpoint, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, device=device
+        cfg.model,
+        checkpoint,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        device=device,
+        precision=cfg.precision,
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
