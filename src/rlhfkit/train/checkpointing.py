@@ -127,6 +127,19 @@ def load_policy(
     return policy.train()
 
 
+def load_configured_policy(cfg, checkpoint: Path | None, device: torch.device):
+    """`load_policy` with the settings of a run's config (`model`, `lora_r`, `lora_alpha`,
+    `precision`: SFT, DPO and the policy trainers share them)."""
+    return load_policy(
+        cfg.model,
+        checkpoint,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        device=device,
+        precision=cfg.precision,
+    )
+
+
 def final_policy(
     model, weights: dict | None, *, model_dir: str, lora_r: int, lora_alpha: int
 ) -> tuple[object, dict | None]:

@@ -57,7 +57,7 @@ from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     final_policy,
-    load_policy,
+    load_configured_policy,
     restore_trainer_state,
     resume_point,
     save_final_model,
@@ -260,14 +260,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
 
     # step 2. the policy, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
-    policy = load_policy(
-        cfg.model,
-        checkpoint,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        device=device,
-        precision=cfg.precision,
-    )
+    policy = load_configured_policy(cfg, checkpoint, device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
     mesh = device_mesh(device, ranks) if ranks.sharded else None

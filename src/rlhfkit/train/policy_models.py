@@ -15,7 +15,7 @@ from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_to
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device, use_fastest_attention
 from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
-from rlhfkit.train.checkpointing import load_policy
+from rlhfkit.train.checkpointing import load_configured_policy
 from rlhfkit.train.policy_config import PolicyRunConfig
 
 CRITIC_SUBDIR = "critic"
@@ -61,14 +61,7 @@ def build_policy_models(
             "reference_model empty"
         )
     device = resolve_device(cfg.device)
-    policy = load_policy(
-        cfg.model,
-        checkpoint,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        device=device,
-        precision=cfg.precision,
-    )
+    policy = load_configured_policy(cfg, checkpoint, device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
     mesh = device_mesh(device, ranks) if ranks is not None and ranks.sharded else None

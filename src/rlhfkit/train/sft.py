@@ -44,7 +44,7 @@ from rlhfkit.runtime.seeding import seed_everything
 from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     final_policy,
-    load_policy,
+    load_configured_policy,
     restore_trainer_state,
     resume_point,
     save_final_model,
@@ -210,14 +210,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     device = resolve_device(cfg.device)
-    model = load_policy(
-        cfg.model,
-        checkpoint,
-        lora_r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        device=device,
-        precision=cfg.precision,
-    )
+    model = load_configured_policy(cfg, checkpoint, device)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
