@@ -28,7 +28,7 @@ from rlhfkit.runtime.checkpoint import (
     temporary_sibling,
 )
 from rlhfkit.runtime.device import Precision, use_fastest_attention
-from rlhfkit.runtime.distributed import Ranks, full_state_dict
+from rlhfkit.runtime.distributed import FrozenModels, Ranks, full_state_dict, place_frozen
 from rlhfkit.runtime.distributed_checkpoint import (
     is_sharded_checkpoint,
     load_full_optimizer_state,
@@ -138,6 +138,21 @@ def load_configured_policy(cfg, checkpoint: Path | None, device: torch.device):
         device=device,
         precision=cfg.precision,
     )
+
+
+def load_frozen_reference(
+    model_dir: str,
+    *,
+    device: torch.device,
+    precision: Precision,
+    frozen_models: FrozenModels,
+    mesh,
+):
+    """A frozen copy of `model_dir` to score with: eval mode, no gradients, the attention kernel
+    fastest for `device` and `precision`, sharded over `mesh` with `frozen_models=sharded`."""
+    model = load_causal_lm(model_dir).to(device).eval().requires_grad_(False)
+    use_fastest_attention(model, device, precision)
+    return place_frozen(model, frozen_models, mesh, precision)
 
 
 def final_policy(

@@ -34,18 +34,17 @@ from rlhfkit.data.ranking_batch import (
 )
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, resolve_device, use_fastest_attention
+from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.distributed import (
     FrozenModels,
     current_ranks,
     device_mesh,
     full_state_dict,
     one_reduction,
-    place_frozen,
     rank_shares,
     shard_model,
 )
@@ -58,6 +57,7 @@ from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     final_policy,
     load_configured_policy,
+    load_frozen_reference,
     restore_trainer_state,
     resume_point,
     save_final_model,
@@ -216,9 +216,13 @@ def build_reference(
     if cfg.lora_r > 0:
         reference = Reference(policy, adapters_off=True)
     else:
-        frozen = load_causal_lm(cfg.model).to(device).eval().requires_grad_(False)
-        use_fastest_attention(frozen, device, cfg.precision)
-        frozen = place_frozen(frozen, cfg.frozen_models, mesh, cfg.precision)
+        frozen = load_frozen_reference(
+            cfg.model,
+            device=device,
+            precision=cfg.precision,
+            frozen_models=cfg.frozen_models,
+            mesh=mesh,
+        )
         reference = Reference(frozen, adapters_off=False)
     if cfg.precompute_ref:
         reference.tabulate(

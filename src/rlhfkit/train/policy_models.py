@@ -11,11 +11,11 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import enable_checkpointing, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device, use_fastest_attention
-from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
-from rlhfkit.train.checkpointing import load_configured_policy
+from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
+from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
 from rlhfkit.train.policy_config import PolicyRunConfig
 
 CRITIC_SUBDIR = "critic"
@@ -69,10 +69,13 @@ def build_policy_models(
         policy = shard_model(policy, mesh, cfg.precision)
     reference = None
     if needs_reference and cfg.lora_r == 0:
-        reference = load_causal_lm(cfg.reference_model or cfg.model).to(device).eval()
-        use_fastest_attention(reference, device, cfg.precision)
-        reference.requires_grad_(False)
-        reference = place_frozen(reference, cfg.frozen_models, mesh, cfg.precision)
+        reference = load_frozen_reference(
+            cfg.reference_model or cfg.model,
+            device=device,
+            precision=cfg.precision,
+            frozen_models=cfg.frozen_models,
+            mesh=mesh,
+        )
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     critic = critic_optimizer = None
