@@ -13,6 +13,7 @@ import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.architecture import supports_fast_decode
+from rlhfkit.rollout.decode_graphs import steps_for
 from rlhfkit.rollout.kv_cache import preallocated_cache
 from rlhfkit.rollout.llama_step import FastDecoder
 
@@ -114,6 +115,32 @@ def _choose(
     return token.clamp(max=logits.shape[-1] - 1)
 
 
+class CacheSteps:
+    """The one-token steps on the prefill's cache, through the fast decoder where it applies
+    (`llama_step`), else through the model (`model_step`). Same interface as
+    `decode_graphs.BucketedSteps`."""
+
+    def __init__(self, cache, decoder: FastDecoder | None, model_step):
+        self.cache, self.decoder, self.model_step = cache, decoder, model_step
+
+    def should_compact(self, active: torch.Tensor) -> bool:
+        return bool((~active).sum() >= COMPACT_WHEN_FINISHED * active.numel())
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+
+    def step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor
+    ) -> torch.Tensor:
+        if self.decoder is not None:
+            return self.decoder.decode_step(tokens, positions, attention, self.cache)
+        return self.model_step(
+            input_ids=tokens.unsqueeze(1),
+            attention_mask=attention,
+            position_ids=positions.unsqueeze(1),
+        )
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -133,6 +160,7 @@ def generate(
     dtype: torch.dtype | None = None,
     compiled: bool = False,
     draw_rows: DrawRows | None = None,
+    cuda_graphs: bool | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -157,6 +185,9 @@ def generate(
             under torchrun): each step draws the uniforms of the whole batch and keeps these
             rows', so a row's tokens do not depend on how the batch is split (see
             `skip_draws`). None: these rows are the whole batch.
+        cuda_graphs: the one-token steps at fixed batch sizes, replayed from CUDA graphs
+            (`decode_graphs`; plain Llama-layer models, not with `compiled`). None: on CUDA;
+            True: also elsewhere, run eagerly (what the tests check); False: never.
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -170,7 +201,10 @@ def generate(
     # the one-token steps skip the module tree where the architecture allows (`llama_step`)
     capacity = prompt_ids.shape[1] + max_new_tokens
     fast = fast_decode and supports_fast_decode(model, capacity)
-    decoder = FastDecoder(model, dtype, compiled) if fast else None
+    on_cuda = device.type == "cuda"
+    graphed = fast and not compiled and (on_cuda if cuda_graphs is None else cuda_graphs)
+    buckets = steps_for(model, dtype, capacity, capture=on_cuda) if graphed else None
+    decoder = buckets.decoder if graphed else FastDecoder(model, dtype, compiled) if fast else None
 
     def model_step(**inputs) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=low_precision):
@@ -187,8 +221,14 @@ def generate(
     if decoder is not None:
         for layer in cache.layers:
             layer.to_dtype(decoder.dtype)  # autocast's prefill may leave float32 keys
+    if graphed:
+        buckets.start(cache, num_samples)
+        steps = buckets
+    else:
+        if num_samples > 1:
+            cache.batch_repeat_interleave(num_samples)
+        steps = CacheSteps(cache, decoder, model_step)
     if num_samples > 1:
-        cache.batch_repeat_interleave(num_samples)
         logits = logits.repeat_interleave(num_samples, dim=0)
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)
@@ -221,9 +261,9 @@ def generate(
         if t == max_new_tokens - 1 or not bool(active.any()):
             break
         # step 3. drop finished rows from the batch and the cache once enough have stopped
-        if (~active).sum() >= COMPACT_WHEN_FINISHED * active.numel():
+        if steps.should_compact(active):
             keep = active.nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
+            steps.select(keep)
             rows, tokens, attention, next_position = (
                 rows[keep],
                 tokens[keep],
@@ -234,14 +274,7 @@ def generate(
         # step 4. one cached forward step; stopped rows still in the batch feed padding
         tokens = torch.where(active, tokens, torch.full_like(tokens, pad_token_id))
         attention = torch.cat([attention, active.long().unsqueeze(1)], dim=1)
-        if decoder is not None:
-            logits = decoder.decode_step(tokens, next_position, attention, cache).float()
-        else:
-            logits = model_step(
-                input_ids=tokens.unsqueeze(1),
-                attention_mask=attention,
-                position_ids=next_position.unsqueeze(1),
-            )
+        logits = steps.step(tokens, next_position, attention).float()
         next_position = next_position + 1
 
     width = int(lengths.max()) if batch else 0

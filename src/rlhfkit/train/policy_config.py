@@ -100,6 +100,10 @@ class PolicyRunConfig(RunConfig):
     """Compile the one-token decoding step (`torch.compile`; plain Llama models): faster
     sampling for a one-off compile per run (tens of seconds on a CPU, reused by later runs
     through the compile cache), worth it for long runs."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the one-token decoding steps from CUDA graphs (plain Llama-layer models;
+    `rollout.decode_graphs`): captured once per run for each batch size the rows pass
+    through. No effect on a CPU."""
     tensorboard: bool = True
     """Also write TensorBoard scalars."""
     progress: bool = True

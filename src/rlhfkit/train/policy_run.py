@@ -251,6 +251,7 @@ class PolicyRun:
             generator=self.generator,
             dtype=torch.bfloat16 if self.cfg.precision == Precision.BF16 else None,
             compiled=self.cfg.compile_sampling,
+            cuda_graphs=None if self.cfg.cuda_graphs else False,
             draw_rows=DrawRows(share.first * num_samples, total),
         )
         policy.train()
