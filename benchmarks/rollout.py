@@ -5,6 +5,9 @@
     python benchmarks/rollout.py --model runs/demo/sft/final --stop   # a trained model, EOS stops
     python benchmarks/rollout.py --model /tmp/peer-assets/policy --prompts 8 --samples 8 \
         --max-new-tokens 32 --variants engine compiled bf16 bf16-compiled
+    # on a GPU: CUDA-graph steps against eager ones and transformers' compiled generate
+    python benchmarks/rollout.py --model DIR --device cuda --prompts 32 --samples 8 \
+        --max-new-tokens 256 --repeats 3 --variants bf16 bf16-eager generate-compiled-bf16
 
 Prints generated tokens per second of each variant and its ratio to the first (median of
 --repeats runs each, alternating so that machine drift hits all alike). The first call of each
@@ -16,6 +19,7 @@ import random
 import statistics
 import tempfile
 import time
+from copy import deepcopy as copy_model
 from functools import partial
 
 import torch
@@ -41,10 +45,10 @@ def _engine(model, batch, stop_ids, pad_id, args, **options) -> int:
         max_new_tokens=args.max_new_tokens,
         stop_ids=stop_ids,
         pad_token_id=pad_id,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator(args.device).manual_seed(0),
         **options,
     )
-    return int(rollout.response_mask.sum())
+    return int(rollout.response_mask.sum())  # waits for the device
 
 
 VARIANTS = {
@@ -53,6 +57,9 @@ VARIANTS = {
     "compiled": partial(_engine, compiled=True),
     "bf16": partial(_engine, dtype=torch.bfloat16),
     "bf16-compiled": partial(_engine, dtype=torch.bfloat16, compiled=True),
+    # on CUDA the engine replays its decoding steps from CUDA graphs; these variants do not
+    "eager": partial(_engine, cuda_graphs=False),
+    "bf16-eager": partial(_engine, dtype=torch.bfloat16, cuda_graphs=False),
 }
 
 
@@ -68,6 +75,8 @@ def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
         pad_token_id=pad_id,
         top_k=None,
         top_p=None,
+        # fixed length as the engine's (EOS suppressed), not the model's own EOS
+        min_new_tokens=None if stop_ids else args.max_new_tokens,
     )
     new = out[:, ids.shape[1] :]
     if not stop_ids:
@@ -77,7 +86,23 @@ def _hf_generate(model, batch, stop_ids, pad_id, args) -> int:
     return int(torch.where(stops.any(1), stops.int().argmax(1) + 1, new.shape[1]).sum())
 
 
+def _hf_bf16(model, compiled: bool):
+    """A bf16 copy of the model for `model.generate`, made once per variant; compiled: a static
+    cache and the forward through `torch.compile(mode="reduce-overhead")` (CUDA graphs on a
+    GPU), as transformers documents for fast generation."""
+    key = "_bench_bf16_compiled" if compiled else "_bench_bf16"
+    if key not in model.__dict__:
+        copy = copy_model(model).to(torch.bfloat16)
+        if compiled:
+            copy.generation_config.cache_implementation = "static"
+            copy.forward = torch.compile(copy.forward, mode="reduce-overhead", fullgraph=True)
+        model.__dict__[key] = copy
+    return model.__dict__[key]
+
+
 VARIANTS["generate"] = _hf_generate
+VARIANTS["generate-bf16"] = lambda model, *rest: _hf_generate(_hf_bf16(model, False), *rest)
+VARIANTS["generate-compiled-bf16"] = lambda model, *rest: _hf_generate(_hf_bf16(model, True), *rest)
 
 
 def main() -> None:
@@ -91,6 +116,7 @@ def main() -> None:
         "--stop", action="store_true", help="stop at EOS (default: fixed-length responses)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=["engine", "generate"]
     )
@@ -98,9 +124,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     prompts = _prompts(args.prompts)
     model_dir = args.model or build_tiny_model(tempfile.mkdtemp(), prompts * 10, seed=0)
-    model, tokenizer = load_causal_lm(model_dir).eval(), load_tokenizer(model_dir)
+    model, tokenizer = load_causal_lm(model_dir).to(args.device).eval(), load_tokenizer(model_dir)
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = {key: value.to(args.device) for key, value in batch.items()}
     eos = model.generation_config.eos_token_id
     stop_ids = ([eos] if isinstance(eos, int) else list(eos)) if args.stop else []
     first_call, timings, tokens = {}, {name: [] for name in args.variants}, {}
@@ -117,7 +144,8 @@ def main() -> None:
     rate = {name: tokens[name] / statistics.median(times) for name, times in timings.items()}
     print(
         f"{args.prompts} prompts x {args.samples} samples, up to {args.max_new_tokens} new tokens, "
-        f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads"
+        f"{'EOS stops' if args.stop else 'fixed length'}, {args.threads} threads, "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}"
     )
     base = args.variants[0]
     for name in rate:
