@@ -52,6 +52,7 @@ else
 fi
 
 part "2. versions"
+git log -1 --format='commit %h %ci' 2>/dev/null || true
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv \
     2>/dev/null || echo "no nvidia-smi"
 timeout 60 "$PYTHON" - <<'EOF'
