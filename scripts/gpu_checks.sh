@@ -4,11 +4,11 @@
 #      here): .whl/ into /tmp/site, TRL 1.12 from .whl-trl112/ into /tmp/site-trl112;
 #   2. the GPU, torch and package versions;
 #   3. every test file with a CUDA-only test (those skipped without CUDA);
-#   4. the GPU benchmark, rlhfkit against TRL (benchmarks/gpu/bench_gpu.py), with the time left
+#   4. the benchmark's assets, then benchmarks/rollout.py on its model at GRPO's rollout shape
+#      (32 prompts x 8 samples x 256 tokens): the sampling engine with CUDA graphs and eager;
+#   5. the GPU benchmark, rlhfkit against TRL (benchmarks/gpu/bench_gpu.py), with the time left
 #      but what the last part needs;
-#   5. scripts/gpu_check.py --quick: the pipeline on CUDA in bf16, with the time left;
-#   6. when a minute is still left, benchmarks/rollout.py: the sampling engine (CUDA graphs and
-#      eager) against model.generate on the benchmark's model, GRPO's rollout shape.
+#   6. scripts/gpu_check.py --quick: the pipeline on CUDA in bf16, with the time left.
 # Each part runs under `timeout`, so a hung part cannot eat the others'. Everything lands in $OUT
 # (at most 8 files): gpu_checks.log, pytest_cuda.xml, bench_table.md, bench_results.jsonl,
 # bench_logs.txt, gpu_check.log, rollout.log.
@@ -81,7 +81,25 @@ timeout --kill-after=10 $(($(left) < 180 ? $(left) / 2 : 180)) "$PYTHON" -m pyte
     tee /tmp/pytest_cuda.txt
 echo "pytest exit: ${PIPESTATUS[0]}"
 
-part "4. benchmark"
+part "4. sampling benchmark"
+timeout --kill-after=5 120 "$PYTHON" benchmarks/gpu/bench_gpu.py --assets-only \
+    --out-dir "$BENCH_DIR" $([ "$TINY" = 1 ] && echo --tiny)
+ROLLOUT=(--model "$BENCH_DIR/assets/policy" --repeats 2 --variants bf16 bf16-eager)
+if [ "$TINY" = 1 ]; then
+    ROLLOUT+=(--device cpu --prompts 4 --samples 4 --max-new-tokens 16)
+else
+    ROLLOUT+=(--device cuda --prompts 32 --samples 8 --max-new-tokens 256)
+fi
+if [ -e "$BENCH_DIR/assets/policy/config.json" ]; then
+    timeout --kill-after=5 90 "$PYTHON" benchmarks/rollout.py "${ROLLOUT[@]}" \
+        >"$OUT/rollout.log" 2>&1
+    echo "rollout exit: $?"
+    grep -E "tokens/s|prompts x" "$OUT/rollout.log"
+else
+    echo "skipped: no assets"
+fi
+
+part "5. benchmark"
 BENCH=(--out-dir "$BENCH_DIR" --trl-python "$TRL_PYTHON" --trl-ppo-path "$TRL_PPO_PATH")
 if [ "$TINY" = 1 ]; then
     BENCH+=(--tiny --device cpu --threads 2)
@@ -105,7 +123,7 @@ for log in "$BENCH_DIR"/logs/*.log; do
     tail -n 200 "$log" | cut -c1-500
 done >"$OUT/bench_logs.txt"
 
-part "5. pipeline check"
+part "6. pipeline check"
 CHECK=(--quick --runs-dir /tmp/gpu-check-runs)
 if [ "$TINY" = 1 ]; then
     CHECK+=(--device cpu model.hidden_size=32 model.num_layers=1 sft.max_steps=20 rm.max_steps=5)
@@ -120,24 +138,9 @@ else
     echo "skipped: $(left) s left"
 fi
 
-part "6. sampling benchmark"
-ROLLOUT=(--model "$BENCH_DIR/assets/policy" --repeats 2 --variants bf16 bf16-eager generate-bf16)
-if [ "$TINY" = 1 ]; then
-    ROLLOUT+=(--device cpu --prompts 4 --samples 4 --max-new-tokens 16)
-else
-    ROLLOUT+=(--device cuda --prompts 32 --samples 8 --max-new-tokens 256)
-fi
-if [ "$(left)" -gt 60 ] && [ -e "$BENCH_DIR/assets/policy/config.json" ]; then
-    timeout --kill-after=5 $(($(left) - 5)) "$PYTHON" benchmarks/rollout.py "${ROLLOUT[@]}" \
-        >"$OUT/rollout.log" 2>&1
-    echo "rollout exit: $?"
-    grep -E "tokens/s|prompts x" "$OUT/rollout.log"
-else
-    echo "skipped: $(left) s left"
-fi
-
 part "summary"
 echo "CUDA tests: $(tail -n 1 /tmp/pytest_cuda.txt)"
+grep -E "tokens/s" "$OUT/rollout.log" 2>/dev/null
 cat "$OUT/bench_table.md" 2>/dev/null
 echo "done in $SECONDS s"
 exec >&- 2>&-

@@ -193,6 +193,7 @@ def parse_args():
     parser.add_argument(
         "--compile-sampling", action="store_true", help="rlhfkit's compile_sampling=true"
     )
+    parser.add_argument("--assets-only", action="store_true", help="build the assets, then stop")
     return parser.parse_args()
 
 
@@ -207,6 +208,8 @@ def main() -> None:
     shape, sizes = (TINY, SMALL) if args.tiny else (QWEN_05B, FULL)
     manifest = build_assets(assets, shape, sizes)
     print(f"assets ready in {time.monotonic() - started_at:.0f} s: {assets}", flush=True)
+    if args.assets_only:
+        return
 
     scale = 0.1 if args.tiny else 1.0
     results = []
