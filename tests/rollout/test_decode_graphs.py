@@ -101,6 +101,51 @@ def test_the_decoder_owns_its_weights(model_and_tokenizer):
         assert tensor.untyped_storage().data_ptr() not in model_storages
 
 
+class _RecordedStep:
+    """A stand-in for a captured CUDA graph on a CPU: the step's arguments are bound once, at
+    "capture", and every replay recomputes into the output buffer of that first run, as a
+    graph replays its kernels on the addresses it recorded. A bucket whose inputs, caches or
+    weights were rebound rather than written in place would replay on stale tensors."""
+
+    def __init__(self, decoder, bucket):
+        self.args = decode_graphs._step_args(decoder, bucket)
+        bucket.logits = decode_graphs.static_step(*self.args)
+        self.output = bucket.logits
+
+    def replay(self):
+        self.output.copy_(decode_graphs.static_step(*self.args))
+
+
+def test_replayed_steps_read_only_the_recorded_buffers(model_and_tokenizer, monkeypatch):
+    """With every bucket's step "captured" (`_RecordedStep`), two calls, the weights changed
+    between them, sample the plain engine's tokens: inputs, caches and weights are all written
+    in place, where a replay reads them."""
+    model, tokenizer = model_and_tokenizer
+    model = type(model)(model.config).eval()  # its own steps, not the other tests'
+    model.load_state_dict(model_and_tokenizer[0].state_dict())
+    recorded = []
+
+    def capture(decoder, bucket):
+        bucket.graph = _RecordedStep(decoder, bucket)
+        recorded.append(bucket.graph)
+
+    real_steps_for = decode_graphs.steps_for
+    monkeypatch.setattr(decode_graphs, "_capture", capture)
+    monkeypatch.setattr(
+        "rlhfkit.rollout.engine.steps_for",
+        lambda model, dtype, positions, capture: real_steps_for(model, dtype, positions, True),
+    )
+    stops = list(range(0, model.config.vocab_size, 10))
+    options = dict(num_samples=8, max_new_tokens=16, stop_ids=stops)
+    for seed in (7, 8):
+        bucketed = generate_samples(model, tokenizer, seed=seed, cuda_graphs=True, **options)
+        plain = generate_samples(model, tokenizer, seed=seed, cuda_graphs=False, **options)
+        _agree(model, tokenizer, bucketed, plain, seed=seed, steps=16)
+        with torch.no_grad():
+            model.model.layers[1].self_attn.o_proj.weight.mul_(-2.0)
+    assert len(recorded) == 3, "each bucket (24, 16, 8) recorded once, over both calls"
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_captured_steps_sample_as_the_eager_engine_on_cuda(tiny_model_dir, dtype):
