@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 # the script's own folder is on sys.path when it runs, so the sibling benchmark imports directly
-from peer_workloads import _generation_config, generation_metrics
+from peer_workloads import generation_config, generation_metrics
 
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
@@ -173,7 +173,7 @@ def add_ratios(rows: list[dict]) -> None:
 # --- one point, in its own process
 def measure_point(assets: Path, model_dir: Path, new_tokens: int, warmup: int, steps: int) -> dict:
     """Run GRPO on `model_dir` for warmup + steps steps; timing, tokens, phases, peak RSS."""
-    train_fn, cfg = _generation_config("grpo", assets, warmup + steps)
+    train_fn, cfg = generation_config("grpo", assets, warmup + steps)
     cfg = dataclasses.replace(cfg, model=str(model_dir), max_new_tokens=new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = prepare_run_dir(Path(tmp) / "run", resume=False, overwrite=True)

@@ -86,7 +86,7 @@ def sequence_tokens(workload: str, assets: Path) -> list[int]:
     return [len(chosen.input_ids) + len(rejected.input_ids) for chosen, rejected, _ in pairs]
 
 
-def _offline_config(workload: str, assets: Path, max_steps: int):
+def offline_config(workload: str, assets: Path, max_steps: int):
     """rlhfkit's config for an SFT, reward-model or DPO workload."""
     common = dict(
         max_steps=max_steps,
@@ -129,7 +129,7 @@ def _offline_config(workload: str, assets: Path, max_steps: int):
     )
 
 
-def _generation_config(workload: str, assets: Path, max_steps: int):
+def generation_config(workload: str, assets: Path, max_steps: int):
     """rlhfkit's config for a GRPO, RLOO or PPO workload: prompts in file order, 32 new tokens at
     T = 1, stop at EOS, constant learning rate 1e-5, no evaluation, no checkpoints."""
     common = dict(
@@ -200,13 +200,13 @@ def _generation_config(workload: str, assets: Path, max_steps: int):
     )
 
 
-def _step_durations(lines: list[dict], warmup: int) -> list[float]:
+def step_durations(lines: list[dict], warmup: int) -> list[float]:
     """Steps warmup+1 ... : the time between consecutive metrics lines (step 1 has no start)."""
     times = [line["time"] for line in lines]
     return [b - a for a, b in zip(times, times[1:])][warmup - 1 :]
 
 
-def _timing(durations: list[float]) -> dict:
+def timing(durations: list[float]) -> dict:
     return {
         "steps_timed": len(durations),
         "median_s_per_step": statistics.median(durations),
@@ -231,7 +231,7 @@ def flop_estimates(workload: str, tokens_per_step: float) -> tuple[float, float]
 
 def generation_metrics(workload: str, lines: list[dict], warmup: int, assets: Path) -> dict:
     timed = lines[warmup:]
-    durations = _step_durations(lines, warmup)
+    durations = step_durations(lines, warmup)
     tokenizer = load_tokenizer(assets / "policy")
     prompts = load_examples(str(assets / "data" / "prompts.jsonl"), Format.PROMPT)
     prompt_lengths = [
@@ -253,7 +253,7 @@ def generation_metrics(workload: str, lines: list[dict], warmup: int, assets: Pa
         line["loss"] + (0.1 * line["value_loss"] if workload == "ppo" else 0.0) for line in lines
     ]
     return {
-        **_timing(durations),
+        **timing(durations),
         "completion_tokens_per_s": completion / total,
         "total_tokens_per_s": (completion + prompt_tokens) / total,
         "tokens_per_s": (completion + prompt_tokens) / total,
@@ -278,7 +278,7 @@ def generation_metrics(workload: str, lines: list[dict], warmup: int, assets: Pa
 
 
 def offline_metrics(workload: str, lines: list[dict], warmup: int, assets: Path) -> dict:
-    durations = _step_durations(lines, warmup)
+    durations = step_durations(lines, warmup)
     losses = [line["loss"] for line in lines]
     tokens = sequence_tokens(workload, assets)
     timed_tokens = sum(
@@ -287,7 +287,7 @@ def offline_metrics(workload: str, lines: list[dict], warmup: int, assets: Path)
         for i in range(BATCH)
     )
     return {
-        **_timing(durations),
+        **timing(durations),
         "tokens_per_s": timed_tokens / sum(durations),
         "tokens_per_step": timed_tokens / len(durations),
         "final_loss": losses[-1],
@@ -299,7 +299,7 @@ def offline_metrics(workload: str, lines: list[dict], warmup: int, assets: Path)
 def run_workload(
     workload: str, assets: Path, steps: int, warmup: int, out_dir: Path, bf16: bool = False
 ) -> dict:
-    make = _generation_config if workload in GENERATION else _offline_config
+    make = generation_config if workload in GENERATION else offline_config
     train, cfg = make(workload, assets, warmup + steps)
     # bf16 autocast over float32 master weights, as the reference's bf16=True
     cfg = dataclasses.replace(cfg, precision=Precision.BF16 if bf16 else Precision.FP32)

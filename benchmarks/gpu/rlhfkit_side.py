@@ -75,10 +75,10 @@ def step_tokens(workload: str, sizes: Sizes, manifest: dict, step: int) -> int:
 
 
 def metrics(workload: str, sizes: Sizes, manifest: dict, lines: list[dict], warmup: int) -> dict:
-    durations = peer_workloads._step_durations(lines, warmup)
+    durations = peer_workloads.step_durations(lines, warmup)
     timed = lines[warmup:]
     tokens = [step_tokens(workload, sizes, manifest, k) for k in range(warmup, len(lines))]
-    out = peer_workloads._timing(durations)
+    out = peer_workloads.timing(durations)
     losses = [line["loss"] for line in lines]
     if workload == "ppo":  # as the shared benchmark: policy loss + 0.1 * value loss
         losses = [line["loss"] + 0.1 * line["value_loss"] for line in lines]
@@ -118,9 +118,9 @@ def run(
     manifest = json.loads((assets / "manifest.json").read_text())
     warmup, timed = sizes.steps(workload)
     make = (
-        peer_workloads._generation_config
+        peer_workloads.generation_config
         if workload in GENERATION
-        else peer_workloads._offline_config
+        else peer_workloads.offline_config
     )
     train, cfg = make(workload, assets, warmup + timed)
     cfg = dataclasses.replace(cfg, **gpu_settings(workload, sizes, device, compile_sampling))
