@@ -51,7 +51,9 @@ def seed_row(summary: dict) -> dict:
             row[f"{m}_win_{kind}"] = 100 * advice[m][f"win_rate_{kind}"]
             row[f"{m}_win_{kind}_low"] = 100 * advice[m][f"win_rate_{kind}_low"]
     row["seconds"] = sum(stage["seconds"] for stage in summary["stages"].values())
-    return row
+    # percentages of whole counts: 21.5 - 16.5 is 4.999999999999999 in floats, which must
+    # not read as short of a 5-point target
+    return {key: round(value, 6) for key, value in row.items()}
 
 
 def targets(rows: list[dict]) -> list[tuple[str, bool]]:
