@@ -1,11 +1,11 @@
 """The learning-rate guard: a rate that suits the tiny model ruins a pretrained one.
 
 The trainers' defaults (SFT and reward models 1e-3, the policy trainers 1e-4) are tuned for
-the 0.9M-parameter model rlhfkit trains from scratch. On a pretrained model they erase in a
+the 0.8M-parameter model rlhfkit trains from scratch. On a pretrained model they erase in a
 few steps what pretraining taught. The rule, documented in docs/pretrained-models.md:
 
 - A model is *pretrained* when its backbone has more than `PRETRAINED_PARAMETERS` (50M)
-  parameters. The tiny models rlhfkit builds are far below it (0.9M for the demo, about 1M
+  parameters. The tiny models rlhfkit builds are far below it (0.8M for the demo, about 1M
   for `rlhfkit models tiny` with its defaults), the published instruction models above it
   (SmolLM2-135M is the smallest common one). A model trained from scratch above 50M is the
   exception that `--force-lr` is for.
