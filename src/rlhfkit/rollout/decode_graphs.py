@@ -210,13 +210,22 @@ def _capture(decoder: FastDecoder, bucket: _Bucket) -> None:
     bucket.graph = graph
 
 
+_DECODER_WEIGHTS = ("embed", "final_norm", "lm_head")
+_LAYER_WEIGHTS = ("input_norm", "post_norm", "qkv", "qkv_bias", "out", "gate_up", "down")
+
+
+def _weight_slots(decoder: FastDecoder) -> list[tuple[object, str]]:
+    """(holder, attribute) of every weight tensor of the decoder, in a fixed order; a layer's
+    `qkv_bias` only where it has one."""
+    slots = [(decoder, name) for name in _DECODER_WEIGHTS]
+    for layer in decoder.layers:
+        slots += [(layer, name) for name in _LAYER_WEIGHTS if getattr(layer, name) is not None]
+    return slots
+
+
 def _weights(decoder: FastDecoder) -> list[torch.Tensor]:
     """Every weight tensor of the decoder, in a fixed order."""
-    tensors = [decoder.embed, decoder.final_norm, decoder.lm_head]
-    for layer in decoder.layers:
-        tensors += [layer.input_norm, layer.post_norm, layer.qkv, layer.out, layer.gate_up]
-        tensors += [layer.down] + ([] if layer.qkv_bias is None else [layer.qkv_bias])
-    return tensors
+    return [getattr(holder, name) for holder, name in _weight_slots(decoder)]
 
 
 # The steps of each model, kept as long as the model lives: {model: {(dtype, capture): steps}}
@@ -243,13 +252,5 @@ def _own_weights(decoder: FastDecoder) -> None:
     """Give the decoder copies of the weights it shares with the model (`FastDecoder` casts
     without copying where the dtype already matches): `refresh` writes into them, and a
     sharded model may free or move its own between calls."""
-    decoder.embed, decoder.final_norm, decoder.lm_head = (
-        decoder.embed.clone(),
-        decoder.final_norm.clone(),
-        decoder.lm_head.clone(),
-    )
-    for layer in decoder.layers:
-        for name in ("input_norm", "post_norm", "qkv", "qkv_bias", "out", "gate_up", "down"):
-            tensor = getattr(layer, name)
-            if tensor is not None:
-                setattr(layer, name, tensor.clone())
+    for holder, name in _weight_slots(decoder):
+        setattr(holder, name, getattr(holder, name).clone())
