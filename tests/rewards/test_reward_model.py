@@ -62,6 +62,26 @@ def test_scores_equal_the_models_forward_on_the_same_text(tiny_model_dir, tokeni
     assert scores.uncertainty.tolist() == [0.0, 0.0, 0.0]
 
 
+def test_rows_of_similar_length_share_a_batch_and_come_back_in_order(tiny_model_dir, tokenizer):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[2]]  # long, short, long, short
+    responses = [RESPONSES[0], RESPONSES[2], RESPONSES[0], RESPONSES[2]]
+    widths = []
+    hook = model.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape))
+    scores = RewardModelSource(model, tokenizer, batch_size=2, max_length=256).score(
+        prompts, responses
+    )
+    hook.remove()
+    short = len(plain_ids(tokenizer, PROMPTS[2].prompt, RESPONSES[2]))
+    long = len(plain_ids(tokenizer, PROMPTS[0].prompt, RESPONSES[0]))
+    assert widths == [(2, short), (2, long)]  # no row padded to the other kind's length
+    expected = [
+        forward_alone(model, plain_ids(tokenizer, p.prompt, r)).item()
+        for p, r in zip(prompts, responses)
+    ]
+    assert scores.rewards.tolist() == pytest.approx(expected, abs=1e-5)
+
+
 def test_a_bf16_run_scores_in_bf16_and_the_scores_can_enter_a_loss(tiny_model_dir, tokenizer):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     exact, bf16 = (

@@ -12,6 +12,7 @@ import torch
 
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.formats import PromptExample, Text
+from rlhfkit.data.length_chunks import length_sorted_chunks
 from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_completion
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel
@@ -31,7 +32,7 @@ class RewardModelSource:
     Args:
         model: the reward model; it is scored where it lives (`model.device`).
         tokenizer: the tokenizer the reward model was trained with.
-        batch_size: sequences per forward pass.
+        batch_size: sequences per forward pass (rows of similar length go together).
         max_length: tokens per sequence, as in the reward model's training.
         uncertainty_coef: weight of the ensemble std subtracted from the mean (0 = off).
         truncation: what to do with a longer sequence, as in the reward model's training.
@@ -92,15 +93,17 @@ class RewardModelSource:
         encoded = [self.encode(p.prompt, r, i) for i, (p, r) in enumerate(zip(prompts, responses))]
         was_training = self.model.training
         self.model.eval()
-        chunks = []
+        out = torch.zeros(len(encoded), self.model.num_heads)
+        # batches of rows of similar length: little padding, and on a CPU a batch of 32 rows
+        # keeps its activations in cache (64 rows of the benchmark's 44 tokens: 20% slower)
+        lengths = [len(e.input_ids) for e in encoded]
         with gathered(self.model), torch.inference_mode():
-            for start in range(0, len(encoded), self.batch_size):
-                batch = pad_batch(encoded[start : start + self.batch_size], self.pad_token_id)
+            for rows in length_sorted_chunks(lengths, self.batch_size):
+                batch = pad_batch([encoded[i] for i in rows], self.pad_token_id)
                 batch = move_batch(batch, self.model.device)
                 with autocast(self.model.device, self.precision):
                     rewards = self.model(batch["input_ids"], batch["attention_mask"]).rewards
-                chunks.append(rewards.float().cpu())
-            out = torch.cat(chunks) if chunks else torch.zeros(0, self.model.num_heads)
+                out[rows] = rewards.float().cpu()
         self.model.train(was_training)
         return out.clone()  # an ordinary tensor again: a loss may keep it for its backward
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
@@ -273,7 +274,7 @@ class Frontier:
             self.files["rm_model"],
             tokenizer=tokenizer,
             device=device,
-            batch_size=64,
+            batch_size=ROWS_PER_CHUNK,
             max_length=self.plan.rm.max_length,
             uncertainty_coef=0.0,
             name="reward model",

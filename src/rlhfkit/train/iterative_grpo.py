@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhfkit.data.formats import Format, PromptExample
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
 from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -324,7 +325,7 @@ def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
             task_name=cfg.task or None,
             tokenizer=load_tokenizer(cfg.model),
             device=device,
-            batch_size=64,
+            batch_size=ROWS_PER_CHUNK,
             max_length=cfg.rm.max_length,
             uncertainty_coef=0.0,
             timeout_s=None,

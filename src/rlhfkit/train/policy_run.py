@@ -37,6 +37,7 @@ from typing import Protocol
 import torch
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
@@ -150,7 +151,7 @@ class PolicyRun:
             task_name=cfg.task or None,
             tokenizer=self.models.tokenizer,
             device=self.models.device,
-            batch_size=64,
+            batch_size=ROWS_PER_CHUNK,
             max_length=cfg.reward_max_length,
             uncertainty_coef=cfg.reward_uncertainty_coef,
             timeout_s=cfg.reward_timeout_s or None,
