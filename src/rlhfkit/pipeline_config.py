@@ -117,8 +117,8 @@ class PipelineConfig(RunConfig):
     changed greedy answers followed it: a seventh sentence, the opener dropped for a fifth tip
     (43-45% of greedy comparisons on seed 0 at lr 1e-5 or 2e-5, with 1200 or 2400 rankings).
     The ensemble's penalty and a reward model trained for two passes over its rankings gave
-    65%, 52% and 62% on seeds 0, 1 and 2 at lr 3e-5 (4 layers, 2,400 rankings), and 60%, 65%
-    and 72% with the demo's 3 layers and 1,600 rankings (docs/demo.md)."""
+    65%, 52% and 62% on seeds 0, 1 and 2 at lr 3e-5 (4 layers, 2,400 rankings), and 60%, 70%
+    and 67% with the demo's 3 layers and 1,600 rankings (docs/demo.md)."""
     grpo: GRPOConfig = field(
         default_factory=lambda: GRPOConfig(
             supervision=Supervision.PROCESS,
