@@ -323,7 +323,9 @@ def test_a_keyboard_interrupt_on_the_main_thread_still_stops_the_run(reward_file
 
 
 def test_ctrl_c_while_the_function_runs_with_a_deadline_stops_the_run(reward_file):
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, as in a terminal: a job a shell starts in the background
+    # (`make test &`) inherits Ctrl-C ignored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     reward = source(reward_file, "slow", timeout_s=30.0)
     ctrl_c = threading.Timer(
         0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
@@ -334,6 +336,7 @@ def test_ctrl_c_while_the_function_runs_with_a_deadline_stops_the_run(reward_fil
             reward.score(PROMPTS[:1], ["1"])
     finally:
         ctrl_c.cancel()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_a_file_that_exits_while_loading_is_an_error_naming_the_spec(tmp_path):
