@@ -1,5 +1,8 @@
 """Run a function on N gloo processes on this machine, as torchrun would start them; and the
-comparison every trainer's 2-rank test makes with one process."""
+comparison every trainer's 2-rank test makes with one process: the two compute the same numbers
+along two float paths (each rank samples its share of a step's rows, in other batch shapes;
+gradients are summed in another order), compared up to a step whose samples part at a near-tie
+(`tests.rollout.recorded_draws`)."""
 
 import faulthandler
 import os
@@ -8,7 +11,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +30,13 @@ from rlhfkit.runtime.distributed import (
 )
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from tests.rollout.recorded_draws import (
+    Sampled,
+    first_apart,
+    recording_draws,
+    step_being_run,
+    steps_before,
+)
 
 TOLERANCE = 1e-5
 RESUME_WARNING = "not bitwise"  # what a run resumed on another number of processes says
@@ -91,22 +101,64 @@ def max_weight_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _on_every_rank(calls: list[Sampled]) -> list[Sampled]:
+    """On rank 0, its calls with every rank's share of the batches drawn in shares joined in
+    (each rank drew its shares in the same order), tagged where rank 0 was."""
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, calls)
+    main, others = shares[0], [list(reversed(share)) for share in shares[1:]]
+    joined = []
+    for call in main:
+        parts = [call]
+        while sum(len(part.rows) for part in parts) < call.total:
+            parts.append(others[len(parts) - 1].pop())
+        # the shares are consecutive runs of the batch's rows, in rank order
+        assert [part.first for part in parts] == [
+            sum(len(part.rows) for part in parts[:k]) for k in range(len(parts))
+        ]
+        rows = [row for part in parts for row in part.rows]
+        joined.append(Sampled(call.where, 0, call.total, rows))
+    assert not any(others), "every rank's shares belong to batches rank 0 drew from"
+    return joined
+
+
+def recorded_run(fn: Callable, where: Callable[[], Hashable], *args):
+    """For `run_on_ranks`: `fn(*args)` on every rank, and what the ranks sampled meanwhile
+    (`recording_draws` tagged `where()`, joined on rank 0 by `_on_every_rank`)."""
+    with recording_draws(where) as sampled:
+        result = fn(*args)
+    return result, _on_every_rank(sampled)
+
+
+_COMPARED: dict[Path, int] = {}
+"""The 1-process run of `one_process_and_two_ranks` (its root) -> how many of its steps the
+2-rank run must agree with."""
+
+
 def train_in_run(train: Callable, cfg, root: str) -> list[float]:
     return train(cfg, RunDir(Path(root))).train_losses
 
 
 def one_process_and_two_ranks(train: Callable, cfg, tmp_path: Path) -> tuple[RunDir, RunDir]:
     """`train(cfg, run)` in this process and on 2 ranks (3 steps each); asserts that the losses
-    of every step and the final weights agree, and returns both runs for further checks."""
+    of every step and the final weights agree, and returns both runs for further checks. A
+    policy trainer's runs are compared up to the first step whose samples differ, at a near-tie
+    (`first_apart`), and the final weights only where none did."""
     one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
-    losses_one = train(cfg, one).train_losses
+    with recording_draws(step_being_run(one), near_ties=True) as sampled_one:
+        losses_one = train(cfg, one).train_losses
     two = prepare_run_dir(tmp_path / "two", resume=False, overwrite=False)
-    losses_two = run_on_ranks(2, train_in_run, train, cfg, str(two.root))
-    assert len(losses_two) == 3
-    assert all(close(a, b) for a, b in zip(losses_one, losses_two))
-    weights_one = load_file(one.final / "model.safetensors")
-    weights_two = load_file(two.final / "model.safetensors")
-    assert max_weight_difference(weights_one, weights_two) < TOLERANCE
+    losses_two, sampled_two = run_on_ranks(
+        2, recorded_run, train_in_run, step_being_run(two), train, cfg, str(two.root)
+    )
+    assert len(losses_two) == len(losses_one) == 3
+    # (the final evaluation samples after the last step's update: it counts in that step)
+    agree = _COMPARED[one.root] = steps_before(first_apart(sampled_one, sampled_two), 1, 3)
+    assert all(close(a, b) for a, b in zip(losses_one[:agree], losses_two[:agree]))
+    if agree == len(losses_one):
+        weights_one = load_file(one.final / "model.safetensors")
+        weights_two = load_file(two.final / "model.safetensors")
+        assert max_weight_difference(weights_one, weights_two) < TOLERANCE
     return one, two
 
 
@@ -162,39 +214,51 @@ def small_policy_run(model_dir: Path, reward: str) -> dict:
 def assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...]) -> None:
     """The metrics of a policy trainer's run on one process and on 2 ranks: rank 0 alone wrote
     them; the same sampled tokens (as many, and the same `keys`: rewards, KL, ...) and gradient
-    norms at every step, and the same final evaluation."""
+    norms at every step, and the same final evaluation; up to a step whose samples differ at a
+    near-tie, as `one_process_and_two_ranks` found."""
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     assert [row["step"] for row in rows_two] == [1, 2, 3]
-    for a, b in zip(rows_one, rows_two):
+    agree = _COMPARED.get(one.root, len(rows_one))
+    for a, b in zip(rows_one[:agree], rows_two[:agree]):
         assert a["response_tokens"] == b["response_tokens"]
         for key in keys:
             assert close(a[key], b[key]), key
         # the ranks sum a gradient's squares in another order
         assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * a["grad_norm"]
-    assert close(rows_one[-1]["eval_accuracy"], rows_two[-1]["eval_accuracy"])
+    if agree == len(rows_one):
+        assert close(rows_one[-1]["eval_accuracy"], rows_two[-1]["eval_accuracy"])
 
 
 def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str):
     """On every rank: the whole run; a copy of it stopped after its checkpoint (rank 0 copies),
-    resumed; and a single process's run stopped likewise, resumed here. Losses of each."""
-    losses = [train(cfg, RunDir(Path(whole))).train_losses]
+    resumed; and a single process's run stopped likewise, resumed here. Losses of each, and
+    what the whole run and the resumed single process's run sampled."""
+    with recording_draws(step_being_run(RunDir(Path(whole)))) as sampled_whole:
+        losses = [train(cfg, RunDir(Path(whole))).train_losses]
     if dist.get_rank() == 0:
         shutil.copytree(whole, stopped, ignore=shutil.ignore_patterns("final"))
     dist.barrier()
     losses.append(train(cfg, RunDir(Path(stopped)), resume=True).train_losses)
-    losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
-    return losses
+    with recording_draws(step_being_run(RunDir(Path(single)))) as sampled_single:
+        losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
+    return losses, _on_every_rank(sampled_whole), _on_every_rank(sampled_single)
+
+
+_SAMPLED_ON_TWO: dict[Path, list[Sampled]] = {}
+"""The 2-process run of `resumes_on_two_processes` (its root) -> what it sampled."""
 
 
 def resumes_on_two_processes(train, cfg, tmp_path: Path) -> tuple[RunDir, list[float]]:
     """A 2-process run resumed from its checkpoint equals the whole run bitwise; a single
-    process's run resumed on 2 processes ends within 1e-5 of its uninterrupted end. Returns the
-    whole 2-process run and its losses."""
+    process's run resumed on 2 processes ends within 1e-5 of its uninterrupted end (up to a step
+    whose samples differ at a near-tie, `first_apart`). Returns the whole 2-process run and its
+    losses."""
     single = prepare_run_dir(tmp_path / "single", resume=False, overwrite=False)
-    single_losses = train(cfg, single).train_losses
+    with recording_draws(step_being_run(single), near_ties=True) as sampled_single:
+        single_losses = train(cfg, single).train_losses
     single_on_two = stopped_copy(single, tmp_path / "single_on_two")
     whole = prepare_run_dir(tmp_path / "whole", resume=False, overwrite=False)
-    whole_losses, resumed_losses, from_single = run_on_ranks(
+    (whole_losses, resumed_losses, from_single), sampled_whole, sampled_on_two = run_on_ranks(
         2,
         _whole_then_resumed,
         train,
@@ -205,10 +269,27 @@ def resumes_on_two_processes(train, cfg, tmp_path: Path) -> tuple[RunDir, list[f
     )
     assert resumed_losses == whole_losses[2:]
     _bitwise_equal_runs(whole.root, tmp_path / "resumed")
-    assert all(close(a, b) for a, b in zip(from_single, single_losses[2:]))
-    ends = [load_file(run.final / "model.safetensors") for run in (single, single_on_two)]
-    assert max_weight_difference(*ends) < TOLERANCE
+    _SAMPLED_ON_TWO[whole.root] = sampled_whole
+    # resumed after step 2: steps 3 on sample from one process's weights, in each rank's share
+    assert len(from_single) == len(single_losses) - 2
+    apart = first_apart(sampled_single, sampled_on_two, after=2)
+    agree = steps_before(apart, 3, len(from_single))
+    assert all(close(a, b) for a, b in zip(from_single[:agree], single_losses[2 : 2 + agree]))
+    if agree == len(from_single):
+        ends = [load_file(run.final / "model.safetensors") for run in (single, single_on_two)]
+        assert max_weight_difference(*ends) < TOLERANCE
     return whole, whole_losses
+
+
+def resumed_by_one_process(train: Callable, cfg, whole: RunDir, to: Path) -> tuple[list, int]:
+    """`whole` (a 2-process run of `resumes_on_two_processes`, checkpointed after step 2)
+    resumed by this process from a copy at `to`: its losses of steps 3 on, and how many of them
+    come before a step whose samples differ from the 2-process run's at a near-tie."""
+    run = stopped_copy(whole, to)
+    with recording_draws(step_being_run(run), near_ties=True) as sampled:
+        losses = train(cfg, run, resume=True).train_losses
+    apart = first_apart(sampled, _SAMPLED_ON_TWO[whole.root], after=2)
+    return losses, steps_before(apart, 3, len(losses))
 
 
 def stopped_copy(run: RunDir, to: Path) -> RunDir:

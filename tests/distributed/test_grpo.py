@@ -4,6 +4,7 @@ the same global batch."""
 from functools import partial
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.objectives.aggregate import LossAggregation
@@ -17,6 +18,7 @@ from tests.distributed.ranks import (
     sharding_frozen,
     small_policy_run,
 )
+from tests.rollout.recorded_draws import Sampled, first_apart, steps_before
 from tests.train.conftest import length_reward_spec
 
 
@@ -88,3 +90,24 @@ def test_lora_two_ranks_equal_one_process(tiny_model_dir, tmp_path):
     assert not any("lora" in name for name in weights)
     started = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert max_weight_difference(weights, started) > 1e-5  # the merged adapters moved it
+
+
+def test_the_runs_may_part_only_at_a_near_tie():
+    # the 1-process run drew row 0's tokens 2, 5, 7; at the second draw 5 and 6 were a near-tie
+    acceptable = torch.zeros(1, 3, 8, dtype=torch.bool)
+    acceptable[0, 0, 2] = acceptable[0, 1, 5] = acceptable[0, 1, 6] = acceptable[0, 2, 7] = True
+    one = [Sampled(1, 0, 1, [[2, 5, 7]], acceptable), Sampled(2, 0, 1, [[2, 5, 7]], acceptable)]
+
+    def two(first_call, second_call):
+        return [Sampled(1, 0, 1, [first_call]), Sampled(2, 0, 1, [second_call])]
+
+    assert first_apart(one, two([2, 5, 7], [2, 5, 7])) is None
+    # the other path chose 6 there and went its own way: the runs part at step 2
+    assert first_apart(one, two([2, 5, 7], [2, 6, 1, 1])) == 2
+    assert steps_before(2, 1, 3) == 1 and steps_before(None, 1, 3) == 3
+    with pytest.raises(AssertionError, match=r"1 row 0 token 1: \(5, 4\) are no near-tie"):
+        first_apart(one, two([2, 4, 7], [2, 5, 7]))  # 4 was no near-tie of 5
+    with pytest.raises(AssertionError, match="other lengths"):
+        first_apart(one, two([2, 5], [2, 5, 7]))
+    with pytest.raises(AssertionError, match="the recorded draws are not the run's"):
+        first_apart([Sampled(1, 0, 1, [[3, 5, 7]], acceptable)], [Sampled(1, 0, 1, [[3, 5, 7]])])

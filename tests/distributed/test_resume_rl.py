@@ -22,9 +22,9 @@ from tests.distributed.ranks import (
     RESUME_WARNING,
     close,
     history_losses,
+    resumed_by_one_process,
     resumes_on_two_processes,
     small_policy_run,
-    stopped_copy,
 )
 from tests.train.conftest import length_reward_spec
 
@@ -81,10 +81,12 @@ def test_ppo_resumes_on_two_processes_and_on_one(tiny_model_dir, tmp_path, capfd
     assert all(torch.isfinite(weight).all() for weight in critic.values())
 
     # the 2-process checkpoint, resumed by one process: it continues, and says it is not bitwise
+    # (compared up to a step that sampled other tokens at a near-tie, if one did)
     capfd.readouterr()
-    one = train(cfg, stopped_copy(whole, tmp_path / "one"), resume=True)
+    losses, agree = resumed_by_one_process(train, cfg, whole, tmp_path / "one")
     assert RESUME_WARNING in capfd.readouterr().err
-    assert all(close(a, b) for a, b in zip(one.train_losses, whole_losses[2:]))
+    assert len(losses) == 2
+    assert all(close(a, b) for a, b in zip(losses[:agree], whole_losses[2 : 2 + agree]))
 
 
 @pytest.mark.parametrize(
