@@ -10,6 +10,20 @@ from rlhfkit.pipeline import Pipeline, stage_configs
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
 
+# the pipeline's stages in the order they run (`summary["stages"]`)
+STAGES = (
+    "data",
+    "model",
+    "sft",
+    "collect",
+    "reward model",
+    "ppo",
+    "grpo",
+    "dpo",
+    "raft",
+    "evaluate",
+)
+
 TINY = [
     "data.sft_rows_per_task=300",
     "data.eval_rows_per_task=10",
@@ -156,18 +170,7 @@ def tiny_run(tmp_path_factory):
 def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     tmp_path, summary = tiny_run
     stages = list(summary["stages"])
-    assert stages == [
-        "data",
-        "model",
-        "sft",
-        "collect",
-        "reward model",
-        "ppo",
-        "grpo",
-        "dpo",
-        "raft",
-        "evaluate",
-    ]
+    assert stages == list(STAGES)
     assert summary["ppo"]["steps"] == 2 and summary["grpo"]["steps"] == 2
     advice, arith = summary["eval"]["advice"], summary["eval"]["arith"]
     # greedy answers are compared once per distinct prompt, sampled ones all

@@ -10,22 +10,10 @@ from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
 from tests.distributed.ranks import close, max_weight_difference, recorded_run, run_on_ranks
 from tests.rollout.recorded_draws import first_apart, recording_draws
-from tests.test_pipeline import TINY
+from tests.test_pipeline import STAGES, TINY
 
 TRAINED = ("sft", "rm", "ppo", "grpo", "dpo", "raft")
-# the stages in the order they run, and the summary's section of each
-STAGES = (
-    "data",
-    "model",
-    "sft",
-    "collect",
-    "reward model",
-    "ppo",
-    "grpo",
-    "dpo",
-    "raft",
-    "evaluate",
-)
+# the summary sections named otherwise than their stage
 SECTIONS = {"rm": "reward model", "eval": "evaluate"}
 
 _stage = ["data"]

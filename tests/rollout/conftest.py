@@ -74,6 +74,17 @@ def teacher_forced_logits(model, prompt_ids, prompt_mask, response_ids, lengths)
     return logits[:, prompt_ids.shape[1] - 1 : -1].float()
 
 
+def rollout_logits(model, rollout) -> torch.Tensor:
+    """`teacher_forced_logits` of an `engine.Rollout`'s own prompts and responses."""
+    return teacher_forced_logits(
+        model,
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.response_ids,
+        rollout.response_lengths,
+    )
+
+
 def acceptable_tokens(logits, uniforms=None, temperature=1.0) -> torch.Tensor:
     """(..., vocab) bool: the tokens a draw from `logits` (..., vocab) may return when the logits
     it saw differ from these in the last bits. Greedy (`uniforms` None): the argmax and every

@@ -23,7 +23,7 @@ from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train import policy_run
-from tests.rollout.conftest import acceptable_tokens, teacher_forced_logits
+from tests.rollout.conftest import acceptable_tokens, rollout_logits
 
 
 def _step_of(run: RunDir) -> int:
@@ -64,13 +64,7 @@ _SAMPLERS = (rollout_sample, eval_sampling, policy_run)
 def _acceptable_draws(model, rollout, generator_state, draw_rows, options) -> torch.Tensor:
     """`Sampled.acceptable` of `rollout`, sampled by `model` from the generator state
     `generator_state` as the rows `draw_rows` of a batch."""
-    logits = teacher_forced_logits(
-        model,
-        rollout.prompt_ids,
-        rollout.prompt_mask,
-        rollout.response_ids,
-        rollout.response_lengths,
-    )
+    logits = rollout_logits(model, rollout)
     if options.get("greedy", False):
         return acceptable_tokens(logits)
     generator = torch.Generator()  # the 2-rank tests run on the CPU

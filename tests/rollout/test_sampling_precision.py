@@ -12,8 +12,8 @@ from rlhfkit.rollout.llama_step import FastDecoder, compiled_step
 from tests.rollout.conftest import (
     assert_paths_agree,
     generate_samples,
+    rollout_logits,
     seeded_uniforms,
-    teacher_forced_logits,
 )
 
 
@@ -82,13 +82,7 @@ def test_bf16_sampling_logprobs_match_the_training_forward_in_bf16(model_and_tok
             fast_decode=fast_decode, temperature=1.0,
         )  # fmt: skip
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = teacher_forced_logits(
-                model,
-                rollout.prompt_ids,
-                rollout.prompt_mask,
-                rollout.response_ids,
-                rollout.response_lengths,
-            )
+            logits = rollout_logits(model, rollout)
         training = token_logprobs(logits, rollout.response_ids)
         gap = (training - rollout.logprobs)[rollout.response_mask].abs()
         # bf16 keeps 8 bits of mantissa: log-probs of a few nats agree to a few hundredths

@@ -133,36 +133,27 @@ def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_sam
     monkeypatch.setattr(
         ppo, "response_values", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
+
+    def one_update(**extra):  # 3 steps of one update per rollout
+        return config(
+            tiny_model_dir,
+            tmp_path,
+            ppo_epochs=1,
+            mini_batch_size=16,
+            max_steps=3,
+            eval_every=-1,
+            **extra,
+        )
+
     single_run = run_dir(tmp_path, "single")
     with recording_draws(step_being_run(single_run), near_ties=True) as sampled_single:
-        single = train_ppo(
-            config(
-                tiny_model_dir,
-                tmp_path,
-                ppo_epochs=1,
-                mini_batch_size=16,
-                max_steps=3,
-                eval_every=-1,
-            ),
-            single_run,
-        )
+        single = train_ppo(one_update(), single_run)
     assert len(calls) == 3  # the rollout's pass is the training pass
     # shared_critic_pass=false: a separate rollout pass without autograd, the same numbers
     calls.clear()
     separate_run = run_dir(tmp_path, "separate")
     with recording_draws(step_being_run(separate_run)) as sampled_separate:
-        separate = train_ppo(
-            config(
-                tiny_model_dir,
-                tmp_path,
-                ppo_epochs=1,
-                mini_batch_size=16,
-                max_steps=3,
-                eval_every=-1,
-                shared_critic_pass=False,
-            ),
-            separate_run,
-        )
+        separate = train_ppo(one_update(shared_critic_pass=False), separate_run)
     assert len(calls) == 6
     # values with and without autograd are equal up to rounding, and so are the weights after
     # each update: steps 2 and 3 sample the same tokens unless a draw sat on a near-tie, where
