@@ -101,7 +101,7 @@ def max_weight_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _on_every_rank(calls: list[Sampled]) -> list[Sampled]:
+def on_every_rank(calls: list[Sampled]) -> list[Sampled]:
     """On rank 0, its calls with every rank's share of the batches drawn in shares joined in
     (each rank drew its shares in the same order), tagged where rank 0 was."""
     shares = [None] * dist.get_world_size()
@@ -124,26 +124,24 @@ def _on_every_rank(calls: list[Sampled]) -> list[Sampled]:
 
 def recorded_run(fn: Callable, where: Callable[[], Hashable], *args):
     """For `run_on_ranks`: `fn(*args)` on every rank, and what the ranks sampled meanwhile
-    (`recording_draws` tagged `where()`, joined on rank 0 by `_on_every_rank`)."""
+    (`recording_draws` tagged `where()`, joined on rank 0 by `on_every_rank`)."""
     with recording_draws(where) as sampled:
         result = fn(*args)
-    return result, _on_every_rank(sampled)
-
-
-_COMPARED: dict[Path, int] = {}
-"""The 1-process run of `one_process_and_two_ranks` (its root) -> how many of its steps the
-2-rank run must agree with."""
+    return result, on_every_rank(sampled)
 
 
 def train_in_run(train: Callable, cfg, root: str) -> list[float]:
     return train(cfg, RunDir(Path(root))).train_losses
 
 
-def one_process_and_two_ranks(train: Callable, cfg, tmp_path: Path) -> tuple[RunDir, RunDir]:
+def one_process_and_two_ranks(
+    train: Callable, cfg, tmp_path: Path, policy_keys: tuple[str, ...] | None = None
+) -> tuple[RunDir, RunDir]:
     """`train(cfg, run)` in this process and on 2 ranks (3 steps each); asserts that the losses
     of every step and the final weights agree, and returns both runs for further checks. A
     policy trainer's runs are compared up to the first step whose samples differ, at a near-tie
-    (`first_apart`), and the final weights only where none did."""
+    (`first_apart`), and the final weights only where none did; with `policy_keys`, their
+    metrics too (`_assert_same_policy_steps`)."""
     one = prepare_run_dir(tmp_path / "one", resume=False, overwrite=False)
     with recording_draws(step_being_run(one), near_ties=True) as sampled_one:
         losses_one = train(cfg, one).train_losses
@@ -153,12 +151,14 @@ def one_process_and_two_ranks(train: Callable, cfg, tmp_path: Path) -> tuple[Run
     )
     assert len(losses_two) == len(losses_one) == 3
     # (the final evaluation samples after the last step's update: it counts in that step)
-    agree = _COMPARED[one.root] = steps_before(first_apart(sampled_one, sampled_two), 1, 3)
+    agree = steps_before(first_apart(sampled_one, sampled_two), 1, 3)
     assert all(close(a, b) for a, b in zip(losses_one[:agree], losses_two[:agree]))
     if agree == len(losses_one):
         weights_one = load_file(one.final / "model.safetensors")
         weights_two = load_file(two.final / "model.safetensors")
         assert max_weight_difference(weights_one, weights_two) < TOLERANCE
+    if policy_keys is not None:
+        _assert_same_policy_steps(one, two, policy_keys, agree)
     return one, two
 
 
@@ -211,14 +211,13 @@ def small_policy_run(model_dir: Path, reward: str) -> dict:
     )
 
 
-def assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...]) -> None:
+def _assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...], agree: int):
     """The metrics of a policy trainer's run on one process and on 2 ranks: rank 0 alone wrote
     them; the same sampled tokens (as many, and the same `keys`: rewards, KL, ...) and gradient
-    norms at every step, and the same final evaluation; up to a step whose samples differ at a
-    near-tie, as `one_process_and_two_ranks` found."""
+    norms at each of the first `agree` steps (those before a step whose samples differ at a
+    near-tie), and, when that is every step, the same final evaluation."""
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     assert [row["step"] for row in rows_two] == [1, 2, 3]
-    agree = _COMPARED.get(one.root, len(rows_one))
     for a, b in zip(rows_one[:agree], rows_two[:agree]):
         assert a["response_tokens"] == b["response_tokens"]
         for key in keys:
@@ -241,7 +240,7 @@ def _whole_then_resumed(train, cfg, whole: str, stopped: str, single: str):
     losses.append(train(cfg, RunDir(Path(stopped)), resume=True).train_losses)
     with recording_draws(step_being_run(RunDir(Path(single)))) as sampled_single:
         losses.append(train(cfg, RunDir(Path(single)), resume=True).train_losses)
-    return losses, _on_every_rank(sampled_whole), _on_every_rank(sampled_single)
+    return losses, on_every_rank(sampled_whole), on_every_rank(sampled_single)
 
 
 _SAMPLED_ON_TWO: dict[Path, list[Sampled]] = {}

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from rlhfkit.pipeline import Pipeline
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
-from tests.distributed.ranks import close, max_weight_difference, recorded_run, run_on_ranks
+from tests.distributed.ranks import close, max_weight_difference, on_every_rank, run_on_ranks
 from tests.rollout.recorded_draws import first_apart, recording_draws
 from tests.test_pipeline import STAGES, TINY
 
@@ -16,25 +16,19 @@ TRAINED = ("sft", "rm", "ppo", "grpo", "dpo", "raft")
 # the summary sections named otherwise than their stage
 SECTIONS = {"rm": "reward model", "eval": "evaluate"}
 
-_stage = ["data"]
 
-
-def stage_being_run() -> str:
-    """`where` for `recording_draws`: the stage `run_pipeline_in` is in."""
-    return _stage[0]
-
-
-def run_pipeline_in(runs_dir: str, name: str) -> dict:
+def run_pipeline_in(runs_dir: str, name: str, near_ties: bool = False) -> tuple[dict, list]:
+    """The pipeline's summary, and what it sampled (`recording_draws`) tagged with the stage it
+    was in: the first of `STAGES` not yet in its summary."""
     cfg = load_config(PipelineConfig, overrides=[f"runs_dir={runs_dir}", f"name={name}", *TINY])
     pipeline = Pipeline(cfg)
-    stage = pipeline.stage
+    with recording_draws(lambda: STAGES[len(pipeline.summary["stages"])], near_ties) as sampled:
+        return pipeline.run_all(), sampled
 
-    def named(name, fn):
-        _stage[0] = name
-        return stage(name, fn)
 
-    pipeline.stage = named
-    return pipeline.run_all()
+def on_two_ranks(runs_dir: str, name: str) -> tuple[dict, list]:
+    summary, sampled = run_pipeline_in(runs_dir, name)
+    return summary, on_every_rank(sampled)
 
 
 def numbers(tree, path=()) -> dict:
@@ -51,11 +45,8 @@ def numbers(tree, path=()) -> dict:
 
 
 def test_two_ranks_equal_one_process(tmp_path):
-    with recording_draws(stage_being_run, near_ties=True) as sampled_one:
-        one = run_pipeline_in(str(tmp_path), "one")
-    two, sampled_two = run_on_ranks(
-        2, recorded_run, run_pipeline_in, stage_being_run, str(tmp_path), "two"
-    )
+    one, sampled_one = run_pipeline_in(str(tmp_path), "one", near_ties=True)
+    two, sampled_two = run_on_ranks(2, on_two_ranks, str(tmp_path), "two")
     numbers_one, numbers_two = numbers(one), numbers(two)
     # every stage's results and every evaluation, from the same data, samples and labels
     assert numbers_one.keys() == numbers_two.keys() and ("eval", "advice", "ppo") in {

@@ -8,7 +8,6 @@ import pytest
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from tests.distributed.ranks import (
-    assert_same_policy_steps,
     history_losses,
     one_process_and_two_ranks,
     sharding_frozen,
@@ -64,8 +63,9 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, prompts, mini_bat
         reward=length_reward_spec(tmp_path),
         critic_init="policy",
     )
-    one, two = one_process_and_two_ranks(partial(history_losses, train_ppo), cfg, tmp_path)
-    assert_same_policy_steps(one, two, PPO_KEYS)
+    one_process_and_two_ranks(
+        partial(history_losses, train_ppo), cfg, tmp_path, policy_keys=PPO_KEYS
+    )
 
 
 def test_sharded_reference_and_reward_model_equal_one_process(tiny_model_dir, tmp_path):
@@ -83,5 +83,4 @@ def test_sharded_reference_and_reward_model_equal_one_process(tiny_model_dir, tm
     )
     sharded = ["LlamaForCausalLM", "RewardModel"]  # the reference, the reward model
     train = partial(sharding_frozen, partial(history_losses, train_ppo), sharded)
-    one, two = one_process_and_two_ranks(train, cfg, tmp_path)
-    assert_same_policy_steps(one, two, PPO_KEYS)
+    one_process_and_two_ranks(train, cfg, tmp_path, policy_keys=PPO_KEYS)

@@ -127,7 +127,7 @@ def recording_draws(where: Callable[[], Hashable], near_ties: bool = False) -> I
 def first_apart(one: list[Sampled], two: list[Sampled], after=None) -> Hashable | None:
     """Where the first call's tokens differ between a 1-process run (`one`, recorded with
     near-ties) and another run of the same draws along another float path (`two`; a 2-rank run's
-    calls joined by `_on_every_rank`), asserting that each row's first difference is a near-tie:
+    calls joined by `on_every_rank`), asserting that each row's first difference is a near-tie:
     both tokens are acceptable draws of the 1-process run there. None: every call drew the same
     tokens. `after`: only the calls where > `after`."""
     if after is not None:

@@ -93,6 +93,7 @@ class RewardModelSource:
         encoded = [self.encode(p.prompt, r, i) for i, (p, r) in enumerate(zip(prompts, responses))]
         was_training = self.model.training
         self.model.eval()
+        # made outside inference mode, so an ordinary tensor: a loss may keep it for its backward
         out = torch.zeros(len(encoded), self.model.num_heads)
         # batches of rows of similar length: little padding, and on a CPU a batch of 32 rows
         # keeps its activations in cache (64 rows of the benchmark's 44 tokens: 20% slower)
@@ -105,7 +106,7 @@ class RewardModelSource:
                     rewards = self.model(batch["input_ids"], batch["attention_mask"]).rewards
                 out[rows] = rewards.float().cpu()
         self.model.train(was_training)
-        return out.clone()  # an ordinary tensor again: a loss may keep it for its backward
+        return out
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
         heads = self.head_rewards(prompts, responses)
