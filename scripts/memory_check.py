@@ -27,7 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlhfkit.data.tokenize import encode_text
+from rlhfkit.data.text_ids import encode_text
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.objectives.sft import sft_loss

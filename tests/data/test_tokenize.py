@@ -9,15 +9,14 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
-from rlhfkit.data import tokenize
+from rlhfkit.data import text_ids
 from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample
+from rlhfkit.data.text_ids import render_text
 from rlhfkit.data.tokenize import (
     EncodedExample,
     TokenizeReport,
     Truncation,
     encode_prompt_completion,
-    render_text,
-    special_prefix,
     tokenize_preferences,
     tokenize_rankings,
     tokenize_responses,
@@ -132,13 +131,6 @@ def test_conversational_row_uses_the_chat_template(tokenizer):
     assert not any(encoded.completion_mask[:-6])
 
 
-def test_render_text_passes_strings_and_templates_messages(tokenizer):
-    assert render_text(tokenizer, "plain", as_prompt=True) == "plain"
-    rendered = render_text(tokenizer, [USER], as_prompt=True)
-    assert rendered == "<|im_start|>user\nwhat is two plus three<|im_end|>\n<|im_start|>assistant\n"
-    assert not render_text(tokenizer, [USER], as_prompt=False).endswith("assistant\n")
-
-
 def test_conversational_data_without_chat_template(tokenizer_without_template):
     with pytest.raises(RlhfkitError) as caught:
         encode(tokenizer_without_template, prompt=[USER], completion=[ASSISTANT])
@@ -247,14 +239,6 @@ def template_writing_bos(bos_tokenizer):
     return writes_bos
 
 
-def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(
-    bos_tokenizer, tokenizer, tiny_model_dir
-):
-    assert special_prefix(bos_tokenizer) == [bos_tokenizer.bos_token_id]
-    assert special_prefix(tokenizer) == []
-    assert special_prefix(AutoTokenizer.from_pretrained(tiny_model_dir)) == []  # the demo's
-
-
 def test_a_plain_pair_gets_one_bos_at_the_start_and_none_before_the_completion(bos_tokenizer):
     bos, eos = bos_tokenizer.bos_token_id, bos_tokenizer.eos_token_id
     encoded = encode(bos_tokenizer)
@@ -312,7 +296,8 @@ class RecordingTokenizer:
         self.inner, self.longest = inner, 0
 
     def __call__(self, text, **kwargs):
-        self.longest = max(self.longest, len(text))
+        texts = [text] if isinstance(text, str) else text  # rlhfkit passes a list
+        self.longest = max(self.longest, *(len(t) for t in texts))
         return self.inner(text, **kwargs)
 
     def __getattr__(self, name):
@@ -322,7 +307,7 @@ class RecordingTokenizer:
 def tokenize_sft_whole(monkeypatch, tokenizer, examples, **settings):
     """`tokenize_sft` with every text tokenised whole however long, as before windows existed."""
     with monkeypatch.context() as patched:
-        patched.setattr(tokenize, "CHARS_PER_TOKEN", 10**9)
+        patched.setattr(text_ids, "CHARS_PER_TOKEN", 10**9)
         return tokenize_sft(tokenizer, examples, **settings)
 
 
@@ -386,7 +371,7 @@ def test_a_cut_window_gives_what_the_whole_text_gives(
     request, monkeypatch, which, case, truncation, chars_per_token
 ):
     chosen_tokenizer = request.getfixturevalue(which)
-    monkeypatch.setattr(tokenize, "CHARS_PER_TOKEN", chars_per_token)
+    monkeypatch.setattr(text_ids, "CHARS_PER_TOKEN", chars_per_token)
     prompt, completion = LONG_CASES[case]
     examples = [SFTExample(prompt, completion)]
     recording = RecordingTokenizer(chosen_tokenizer)

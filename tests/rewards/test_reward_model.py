@@ -130,7 +130,7 @@ def test_plain_text_is_scored_with_the_tokenizers_bos(tiny_model_dir, bos_tokeni
     # the same encoding as the reward model's training: one BOS first, the EOS last
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     source = RewardModelSource(model, bos_tokenizer, batch_size=2, max_length=256)
-    encoded = source.encode(PROMPTS[0].prompt, RESPONSES[0], 0)
+    (encoded,) = source.encode([PROMPTS[0].prompt], [RESPONSES[0]])
     whole = bos_tokenizer(PROMPTS[0].prompt + RESPONSES[0])["input_ids"]
     assert encoded.input_ids == whole + [bos_tokenizer.eos_token_id]
     assert encoded.input_ids.count(bos_tokenizer.bos_token_id) == 1

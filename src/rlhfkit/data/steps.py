@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.formats import StepsExample
-from rlhfkit.data.tokenize import DropReason, TokenizeReport, encode_window, render_text
+from rlhfkit.data.text_ids import encode_window, render_text
+from rlhfkit.data.tokenize import DropReason, TokenizeReport
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ is the longest common token prefix of the tokenised prompt and the tokenised who
 byte-level BPE can merge the last prompt characters with the first completion characters, and
 the merged token then counts as completion.
 
-Plain text starts with the special tokens the tokenizer puts before a text (the BOS of Llama,
-Mistral or Gemma; nothing for GPT-2-style tokenizers), once: models trained with a BOS degrade
-badly without it. A chat template's output is tokenised as written: the template writes its own.
+Plain text starts with the tokenizer's BOS when it adds one; a chat template's output is
+tokenised as written (`text_ids`).
 
 Rows that do not fit in `max_length` are truncated or dropped according to `Truncation`, and
 every drop and every truncation is counted in a `TokenizeReport`; nothing is lost silently.
-A long text is cut to a character budget before it is tokenised (`encode_window`), so one
+A long text is cut to a character budget before it is tokenised (`text_ids.encode_window`), so one
 huge row costs the memory of `max_length` tokens, not of the whole row.
 
 Preference pairs and rankings that contradict themselves (the same response on both sides, a
@@ -27,6 +26,7 @@ from enum import Enum
 from typing import Any
 
 from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample, Text
+from rlhfkit.data.text_ids import encode_windows, render_text
 from rlhfkit.errors import RlhfkitError
 
 
@@ -106,110 +106,6 @@ def _counts(by_reason: dict[str, int]) -> str:
     return " (" + ", ".join(f"{reason}: {n}" for reason, n in by_reason.items()) + ")"
 
 
-def render_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> str:
-    """A text as the string the tokenizer will see.
-
-    A string is returned as it is; a list of messages goes through the tokenizer's chat
-    template, with the assistant turn opened when `as_prompt` (the generation prompt).
-    """
-    if isinstance(text, str):
-        return text
-    _require_chat_template(tokenizer)
-    return tokenizer.apply_chat_template(
-        list(text), tokenize=False, add_generation_prompt=as_prompt
-    )
-
-
-_PROBE = "a"  # any short text: what the tokenizer adds around it is what we read
-
-
-def special_prefix(tokenizer: Any) -> list[int]:
-    """The ids the tokenizer puts before any text when it adds its special tokens: `[bos]` for
-    Llama, Mistral or Gemma, `[]` for GPT-2-style byte-level BPEs (the tiny model's included).
-    Read from the tokenizer itself (a probe text with and without special tokens), so a
-    tokenizer that defines a BOS but does not add it gets none. Trailing special tokens (an EOS
-    some tokenizers append) are not part of it: an EOS ends a completion, never a prompt."""
-    plain = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
-    full = list(tokenizer(_PROBE)["input_ids"])
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return full[:start]
-    return []
-
-
-def encode_rendered(tokenizer: Any, text: str, *, templated: bool) -> list[int]:
-    """Token ids of a string that will be fed to the model from its first token.
-
-    Args:
-        text: plain text, or the output of the chat template (possibly continued).
-        templated: True = `text` came from the chat template, tokenised exactly as written;
-            False = plain text, which starts with the tokenizer's `special_prefix` (its BOS),
-            never twice: text already starting with it is left as it is.
-    Naive equivalent for plain text: `tokenizer(text)["input_ids"]` minus any special tokens
-    appended at the end, and without a second BOS.
-    """
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if templated:
-        return ids
-    prefix = special_prefix(tokenizer)
-    return ids if ids[: len(prefix)] == prefix else prefix + ids
-
-
-CHARS_PER_TOKEN = 8
-"""First guess of the characters one token covers, for the character budget of `encode_window`
-(English text averages about 4). Text with longer tokens gets a budget doubled until it fits."""
-CUT_MARGIN_TOKENS = 64
-"""Tokens a cut window must hold beyond `max_length`. Cutting a text can change the tokens next
-to the cut (a word split in two); the margin keeps those tokens out of the ones kept."""
-
-
-def encode_window(
-    tokenizer: Any, texts: list[str], *, templated: bool, max_length: int, keep_end: bool
-) -> tuple[list[list[int]], bool]:
-    """Token ids of texts that each extend the one before (a prompt, then the prompt with its
-    completion), tokenising no more of them than `max_length` tokens need.
-
-    Texts within the character budget are tokenised whole, exactly as `encode_rendered` does.
-    Longer ones are all cut at the same character offsets, to the first `budget` characters of
-    the last text, or its last `budget` when `keep_end`. The budget starts at
-    `CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)` and doubles until the last text's
-    window holds `max_length + CUT_MARGIN_TOKENS` tokens, which checks, rather than assumes,
-    that the window covers every token kept; at worst the window grows to the whole text.
-
-    Returns:
-        The ids of each text (or of its window), and whether the texts were cut. When they
-        were, the last text has more than `max_length` tokens.
-    """
-    budget = CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)
-    longest = len(texts[-1])
-    while longest > budget:
-        if keep_end:
-            windows = [text[longest - budget :] for text in texts]
-        else:
-            windows = [text[:budget] for text in texts]
-        ids = [encode_rendered(tokenizer, window, templated=templated) for window in windows]
-        if len(ids[-1]) >= max_length + CUT_MARGIN_TOKENS:
-            return ids, True
-        budget *= 2  # the window's tokens are longer than the guess: widen it
-    return [encode_rendered(tokenizer, text, templated=templated) for text in texts], False
-
-
-def encode_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> list[int]:
-    """Token ids of a string (plain, with the tokenizer's BOS if it adds one) or of a list of
-    messages (through the chat template, as written; `as_prompt` opens the assistant turn)."""
-    rendered = render_text(tokenizer, text, as_prompt=as_prompt)
-    return encode_rendered(tokenizer, rendered, templated=not isinstance(text, str))
-
-
-def _require_chat_template(tokenizer: Any) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or "(built in memory)"
-        raise RlhfkitError(
-            f"conversational data needs a chat template, and the tokenizer at {name} has none: "
-            "add one or use prompt/completion strings"
-        )
-
-
 def encode_prompt_completion(
     tokenizer: Any,
     prompt: Text,
@@ -236,6 +132,19 @@ def encode_prompt_completion(
     return None if isinstance(encoded, DropReason) else encoded
 
 
+def encode_prompt_completions(
+    tokenizer: Any,
+    pairs: list[tuple[Text, Text]],
+    *,
+    max_length: int,
+    truncation: Truncation | str,
+    add_eos: bool = True,
+) -> list[EncodedExample | None]:
+    """`encode_prompt_completion` of each (prompt, completion) pair, tokenised together."""
+    encoded = _encode_many(tokenizer, pairs, max_length, Truncation(truncation), add_eos)
+    return [None if isinstance(e, DropReason) else e for e in encoded]
+
+
 def _encode(
     tokenizer: Any,
     prompt: Text,
@@ -245,27 +154,74 @@ def _encode(
     add_eos: bool,
 ) -> EncodedExample | DropReason:
     """`encode_prompt_completion`, returning why a row was dropped instead of None."""
+    return _encode_many(tokenizer, [(prompt, completion)], max_length, truncation, add_eos)[0]
+
+
+PAIRS_PER_BATCH = 512
+"""Pairs whose texts `_encode_many` tokenises together: few tokenizer calls, and the ids of a
+large dataset held only once (a batch's are held twice while they are assembled)."""
+
+
+def _encode_many(
+    tokenizer: Any,
+    pairs: list[tuple[Text, Text]],
+    max_length: int,
+    truncation: Truncation,
+    add_eos: bool,
+) -> list[EncodedExample | DropReason]:
+    """`_encode` of each pair, the texts of `PAIRS_PER_BATCH` pairs tokenised together
+    (`encode_windows`)."""
     if max_length < 1:
         raise RlhfkitError(f"max_length must be at least 1, got {max_length}")
-    plain = isinstance(prompt, str)
-    if plain != isinstance(completion, str):
+    encoded = []
+    for start in range(0, len(pairs), PAIRS_PER_BATCH):
+        batch = pairs[start : start + PAIRS_PER_BATCH]
+        plain = [_is_plain(prompt, completion) for prompt, completion in batch]
+        texts = [
+            [prompt, prompt + completion]
+            if is_plain
+            else [
+                render_text(tokenizer, prompt, as_prompt=True),
+                render_text(tokenizer, list(prompt) + list(completion), as_prompt=False),
+            ]
+            for (prompt, completion), is_plain in zip(batch, plain)
+        ]
+        # A chat template writes its own special tokens; plain text gets the tokenizer's BOS
+        windows = encode_windows(
+            tokenizer,
+            texts,
+            templated=[not p for p in plain],
+            max_length=max_length,
+            keep_end=truncation is Truncation.KEEP_END,
+        )
+        encoded += [
+            _assembled(tokenizer, prompt_ids, ids, cut, p and add_eos, max_length, truncation)
+            for ((prompt_ids, ids), cut), p in zip(windows, plain)
+        ]
+    return encoded
+
+
+def _is_plain(prompt: Text, completion: Text) -> bool:
+    """Whether a pair is plain text (else messages); a mixed pair is an error."""
+    if isinstance(prompt, str) != isinstance(completion, str):
         raise RlhfkitError("prompt and completion must both be strings or both lists of messages")
-    if plain:
-        prompt_text, full_text = prompt, prompt + completion
-    else:
-        prompt_text = render_text(tokenizer, prompt, as_prompt=True)
-        full_text = render_text(tokenizer, list(prompt) + list(completion), as_prompt=False)
-    # A chat template writes its own special tokens; plain text gets the tokenizer's BOS
-    (prompt_ids, input_ids), cut = encode_window(
-        tokenizer,
-        [prompt_text, full_text],
-        templated=not plain,
-        max_length=max_length,
-        keep_end=truncation is Truncation.KEEP_END,
-    )
+    return isinstance(prompt, str)
+
+
+def _assembled(
+    tokenizer: Any,
+    prompt_ids: list[int],
+    input_ids: list[int],
+    cut: bool,
+    add_eos: bool,
+    max_length: int,
+    truncation: Truncation,
+) -> EncodedExample | DropReason:
+    """One pair's sequence from its tokenised prompt and whole: the EOS appended when
+    `add_eos`, the completion marked, the truncation applied."""
     if cut and truncation is Truncation.DROP:
         return DropReason.TOO_LONG  # its window alone holds more than max_length tokens
-    if plain and add_eos:
+    if add_eos:
         eos = tokenizer.eos_token_id
         if eos is None:
             raise RlhfkitError("the tokenizer has no EOS token; set one or turn add_eos off")
@@ -325,10 +281,8 @@ def tokenize_sft(
     truncation = Truncation(truncation)
     report = TokenizeReport()
     encoded = []
-    for example in examples:
-        result = _encode(
-            tokenizer, example.prompt, example.completion, max_length, truncation, add_eos=True
-        )
+    pairs = [(example.prompt, example.completion) for example in examples]
+    for result in _encode_many(tokenizer, pairs, max_length, truncation, add_eos=True):
         if isinstance(result, DropReason):
             report.add_dropped(result)
         else:
@@ -346,17 +300,24 @@ def tokenize_responses(
     truncation: Truncation | str,
 ) -> list[EncodedExample | None]:
     """Tokenise each (prompt, response) pair for reward models; None where a pair drops."""
-    results = _encode_responses(tokenizer, prompt, responses, max_length, Truncation(truncation))
-    return [None if isinstance(result, DropReason) else result for result in results]
+    return encode_prompt_completions(
+        tokenizer,
+        [(prompt, response) for response in responses],
+        max_length=max_length,
+        truncation=truncation,
+    )
 
 
-def _encode_responses(
-    tokenizer: Any, prompt: Text, responses: list[Text], max_length: int, truncation: Truncation
-) -> list[EncodedExample | DropReason]:
-    return [
-        _encode(tokenizer, prompt, response, max_length, truncation, add_eos=True)
-        for response in responses
-    ]
+def _encode_grouped(
+    tokenizer: Any,
+    groups: list[tuple[Text, list[Text]]],
+    max_length: int,
+    truncation: Truncation,
+) -> list[list[EncodedExample | DropReason]]:
+    """Each group's (prompt, response) pairs encoded, all groups' texts tokenised together."""
+    pairs = [(prompt, response) for prompt, responses in groups for response in responses]
+    flat = iter(_encode_many(tokenizer, pairs, max_length, truncation, add_eos=True))
+    return [[next(flat) for _ in responses] for _, responses in groups]
 
 
 def tokenize_preferences(
@@ -376,10 +337,9 @@ def tokenize_preferences(
     truncation = Truncation(truncation)
     report = TokenizeReport()
     pairs = []
-    for example in examples:
-        chosen, rejected = _encode_responses(
-            tokenizer, example.prompt, [example.chosen, example.rejected], max_length, truncation
-        )
+    groups = [(example.prompt, [example.chosen, example.rejected]) for example in examples]
+    encoded = _encode_grouped(tokenizer, groups, max_length, truncation)
+    for example, (chosen, rejected) in zip(examples, encoded):
         if isinstance(chosen, DropReason) or isinstance(rejected, DropReason):
             report.add_dropped(chosen if isinstance(chosen, DropReason) else rejected)
             continue
@@ -409,10 +369,9 @@ def tokenize_rankings(
     truncation = Truncation(truncation)
     report = TokenizeReport()
     rankings = []
-    for example in examples:
-        results = _encode_responses(
-            tokenizer, example.prompt, list(example.responses), max_length, truncation
-        )
+    groups = [(example.prompt, list(example.responses)) for example in examples]
+    encoded = _encode_grouped(tokenizer, groups, max_length, truncation)
+    for example, results in zip(examples, encoded):
         kept_responses, kept_ranks = [], []
         for result, rank in zip(results, example.ranks):
             if isinstance(result, DropReason):

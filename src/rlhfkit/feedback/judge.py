@@ -15,7 +15,7 @@ import torch
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.conversation import conversation_text
 from rlhfkit.data.formats import Text
-from rlhfkit.data.tokenize import special_prefix
+from rlhfkit.data.text_ids import special_prefix
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
 from rlhfkit.rollout.engine import positions_from_mask

@@ -13,7 +13,7 @@ import torch
 from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.formats import PromptExample, Text
 from rlhfkit.data.length_chunks import length_sorted_chunks
-from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_completion
+from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_completions
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
@@ -67,22 +67,22 @@ class RewardModelSource:
         pad = tokenizer.pad_token_id
         self.pad_token_id = model.model.config.pad_token_id if pad is None else pad
 
-    def encode(self, prompt: Text, response: str, index: int) -> EncodedExample:
+    def encode(self, prompts: list[Text], responses: list[str]) -> list[EncodedExample]:
         """The same encoding as the reward-model trainer's, so the model scores the kind of
         sequence it was trained on (same EOS, same chat template, same truncation)."""
-        encoded = encode_prompt_completion(
+        encoded = encode_prompt_completions(
             self.tokenizer,
-            prompt,
-            as_completion(prompt, response),
+            [(prompt, as_completion(prompt, r)) for prompt, r in zip(prompts, responses)],
             max_length=self.max_length,
             truncation=self.truncation,
         )
-        if encoded is None:
-            # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
-            raise RlhfkitError(
-                f"reward source '{self.name}': {describe_sample(index, prompt)} does not fit in "
-                f"max_length={self.max_length} with truncation '{self.truncation.value}'"
-            )
+        for index, (prompt, row) in enumerate(zip(prompts, encoded)):
+            if row is None:
+                # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
+                raise RlhfkitError(
+                    f"reward source '{self.name}': {describe_sample(index, prompt)} does not fit "
+                    f"in max_length={self.max_length} with truncation '{self.truncation.value}'"
+                )
         return encoded
 
     def head_rewards(self, prompts: list[PromptExample], responses: list[str]) -> torch.Tensor:
@@ -90,7 +90,7 @@ class RewardModelSource:
         model is gathered once around the batches, whose number depends on this rank's rows:
         every rank must call this together (see `runtime.distributed.gathered`)."""
         check_same_length(self.name, prompts, responses)
-        encoded = [self.encode(p.prompt, r, i) for i, (p, r) in enumerate(zip(prompts, responses))]
+        encoded = self.encode([p.prompt for p in prompts], responses)
         was_training = self.model.training
         self.model.eval()
         # made outside inference mode, so an ordinary tensor: a loss may keep it for its backward

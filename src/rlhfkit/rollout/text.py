@@ -5,7 +5,7 @@ import torch
 
 from rlhfkit.data.collate import left_pad
 from rlhfkit.data.formats import Text
-from rlhfkit.data.tokenize import encode_text
+from rlhfkit.data.text_ids import encode_texts
 from rlhfkit.rollout.engine import Rollout
 
 
@@ -15,7 +15,7 @@ def encode_prompts(
     """(ids, mask) of prompts, left-padded so every row continues at the end: a string is plain
     text and starts with the tokenizer's BOS when it adds one; a list of messages goes through
     the chat template with the assistant turn opened, tokenised as the template writes it."""
-    rows = [encode_text(tokenizer, prompt, as_prompt=True) for prompt in prompts]
+    rows = encode_texts(tokenizer, prompts, as_prompt=True)
     ids, mask = left_pad(rows, tokenizer.pad_token_id)
     return ids.to(device), mask.to(device)
 

@@ -20,7 +20,8 @@ from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.formats import Format
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
-from rlhfkit.data.tokenize import Truncation, render_text, tokenize_sft
+from rlhfkit.data.text_ids import render_text
+from rlhfkit.data.tokenize import Truncation, tokenize_sft
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.sft import sft_loss
