@@ -82,20 +82,11 @@ class PreallocatedLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.length:
-            # only the filled positions are copied; the rest stays zero (a decoding step over
-            # the whole buffer reads it with zero weight: garbage could be NaN, and 0 * NaN = NaN)
-            keys, values = (
-                self.key_buffer[indices, :, : self.length],
-                self.value_buffer[indices, :, : self.length],
-            )
-            self.key_buffer = keys.new_zeros(
-                (keys.shape[0], keys.shape[1], self.capacity, keys.shape[-1])
-            )
-            self.value_buffer = values.new_zeros(
-                (values.shape[0], values.shape[1], self.capacity, values.shape[-1])
-            )
-            self.key_buffer[:, :, : self.length] = keys
-            self.value_buffer[:, :, : self.length] = values
+            # the positions not yet written are zero and stay zero (a decoding step over the
+            # whole buffer reads them with zero weight: garbage could be NaN, and 0 * NaN = NaN),
+            # so the kept rows are taken whole: one copy
+            self.key_buffer = self.key_buffer.index_select(0, indices)
+            self.value_buffer = self.value_buffer.index_select(0, indices)
             self._filled_views()
 
 

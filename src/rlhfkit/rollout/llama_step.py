@@ -4,9 +4,10 @@ overhead.
 
 On a small model a decoding step is dominated by overhead, not by multiplies: through the
 module tree, a 4-layer step of 64 rows launches about 300 small ops, and the multiplies are
-a third of its time. Here each layer is one fused QKV multiply, the rotary embedding, an
-in-place cache write, attention as two batched multiplies, the output multiply, and one fused
-gate/up multiply. The fused weights are concatenated once per `generate` call (the policy
+a third of its time. Here each layer is one fused QKV multiply, the rotary embedding of the
+queries and keys together, an in-place cache write, attention as two batched multiplies (the
+first one scaling and masking the scores too), the output multiply, and one fused gate/up
+multiply. The fused weights are concatenated once per `generate` call (the policy
 changes between calls). The prefill still runs through the model itself; only the one-token
 steps take this path, and only for models it reproduces (`architecture.supports_fast_decode`).
 """
@@ -150,26 +151,32 @@ def static_step(
     """
     batch = tokens.shape[0]
     heads, kv_heads, head_dim = shape.heads, shape.kv_heads, shape.head_dim
-    groups, scale = heads // kv_heads, head_dim**-0.5
-    blocked = ~valid[:, None, None, :]  # (batch, 1, 1, capacity)
-    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    groups, positions = heads // kv_heads, valid.shape[1]
+    qk_size, kv_size = (heads + kv_heads) * head_dim, kv_heads * head_dim
+    # -inf where a row may not attend, added to each head's scores: (batch * kv_heads, 1, positions)
+    blocked = torch.zeros(valid.shape, dtype=embed.dtype, device=valid.device)
+    blocked = blocked.masked_fill(~valid, float("-inf"))
+    blocked = blocked[:, None, None].expand(batch, kv_heads, 1, positions).reshape(-1, 1, positions)
+    sin = torch.cat((-sin[..., : head_dim // 2], sin[..., head_dim // 2 :]), dim=-1)  # see _rotate
     x = F.embedding(tokens, embed)  # (batch, hidden)
     for layer, key_buffer, value_buffer in zip(layers, keys, values):
         h = _rms(x, layer.input_norm, shape.eps)
-        q, k, v = F.linear(h, layer.qkv, layer.qkv_bias).split([q_size, kv_size, kv_size], dim=-1)
-        q = _rotate(q.view(batch, heads, head_dim), cos, sin)
-        k = _rotate(k.view(batch, kv_heads, head_dim), cos, sin)
-        _write(key_buffer, index, k.unsqueeze(2))
+        qk, v = F.linear(h, layer.qkv, layer.qkv_bias).split([qk_size, kv_size], dim=-1)
+        qk = _rotate(qk.view(batch, heads + kv_heads, head_dim), cos, sin)  # queries and keys
+        _write(key_buffer, index, qk[:, heads:].unsqueeze(2))
         _write(value_buffer, index, v.view(batch, kv_heads, 1, head_dim))
-        # (batch, kv_heads, groups, head_dim) @ (batch, kv_heads, head_dim, capacity)
-        scores = torch.matmul(
-            q.view(batch, kv_heads, groups, head_dim), key_buffer.transpose(-1, -2)
-        )
-        scores = (scores * scale).masked_fill(blocked, float("-inf"))
+        # (batch * kv_heads, groups, head_dim) @ (batch * kv_heads, head_dim, positions), scaled
+        # and blocked positions added in the same call (the same floats as three calls)
+        scores = torch.baddbmm(
+            blocked,
+            qk[:, :heads].reshape(batch * kv_heads, groups, head_dim),
+            key_buffer.reshape(batch * kv_heads, positions, head_dim).transpose(-1, -2),
+            alpha=head_dim**-0.5,
+        ).view(batch, kv_heads, groups, positions)
         mixed = torch.matmul(
             scores.softmax(dim=-1, dtype=torch.float32).to(value_buffer.dtype), value_buffer
         )
-        x = x + F.linear(mixed.reshape(batch, q_size), layer.out)
+        x = x + F.linear(mixed.reshape(batch, heads * head_dim), layer.out)
         gate, up = F.linear(_rms(x, layer.post_norm, shape.eps), layer.gate_up).chunk(2, dim=-1)
         x = x + F.linear(F.silu(gate) * up, layer.down)
     return F.linear(_rms(x, final_norm, shape.eps), lm_head)
@@ -241,7 +248,8 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding as transformers applies it: x * cos + rotate_half(x) * sin."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding as transformers applies it, x * cos + rotate_half(x) * sin with
+    rotate_half(x) = cat(-x2, x1), in fewer kernels: cat(x2, x1) is a roll by half the head, and
+    the sign moves to the first half of `signed_sin` = cat(-sin1, sin2) (the same floats)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
