@@ -252,6 +252,8 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """The rotary embedding as transformers applies it, x * cos + rotate_half(x) * sin with
-    rotate_half(x) = cat(-x2, x1), in fewer kernels: cat(x2, x1) is a roll by half the head, and
-    the sign moves to the first half of `signed_sin` = cat(-sin1, sin2) (the same floats)."""
-    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
+    rotate_half(x) = cat(-x2, x1), in fewer kernels: the sign moves to the first half of
+    `signed_sin` = cat(-sin1, sin2) (the same floats). (`torch.roll` would do the swap too, but
+    a compiled step with it ran 17% slower.)"""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * signed_sin
