@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhfkit.errors import NumericalFault
-from rlhfkit.train.optim import NonFiniteGuard, all_finite, clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, all_finite, clip_grad_norm, clipped_step
 
 
 def _one_parameter_optimizer(grad: list[float]):
@@ -31,6 +31,36 @@ def test_zero_limit_means_no_clipping_and_still_reports_the_norm():
     norm = clipped_step(optimizer, lr=0.5, max_grad_norm=0.0, guard=_guard(), step=0)
     assert abs(norm - 5.0) < 1e-6
     assert torch.allclose(param.detach(), torch.tensor([-1.5, -2.0]))
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [
+        0.5,  # within the limit: torch multiplies by 1.0, here nothing is multiplied
+        2.0,  # above it: scaled
+        1.0 - 5e-7,  # below the limit by less than torch's 1e-6: torch still scales, so must we
+        math.nan,  # not finite: scaled by nan in both (the update is then skipped)
+    ],
+)
+def test_clip_grad_norm_gives_torchs_gradients_to_the_bit(scale):
+    torch.manual_seed(0)
+    grads = [torch.randn(7, 5), torch.randn(11)]
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item()
+    grads = [g / norm * scale for g in grads]  # global norm `scale`, limit 1
+    ours = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    theirs = [torch.nn.Parameter(torch.zeros_like(g)) for g in grads]
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0).item()
+    got = clip_grad_norm(ours, 1.0)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+    for a, b in zip(ours, theirs):
+        if math.isnan(scale):
+            assert torch.isnan(a.grad).all() and torch.isnan(b.grad).all()
+        else:
+            assert torch.equal(a.grad, b.grad)
+    if scale == 1.0 - 5e-7:
+        assert not torch.equal(ours[0].grad, grads[0])  # the boundary case was really scaled
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -59,12 +59,26 @@ def clipped_step(
     applied (`guard`): the gradients are cleared and the weights and optimizer state stay."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")  # inf: measure, scale nothing
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
+    grad_norm = clip_grad_norm(params, limit)
     if guard.allows(step, grad_norm, loss):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def clip_grad_norm(params: list[torch.Tensor], limit: float) -> float:
+    """`torch.nn.utils.clip_grad_norm_(params, limit).item()`, the same gradients to the bit,
+    without its multiply when the norm is within the limit: torch scales every gradient by
+    min(1, limit / (norm + 1e-6)) even when that is 1 (3.3 ms of a 90 ms step for 3.7M
+    parameters on 2 CPU cores). The coefficient is computed as torch computes it, in the norm's
+    dtype, so the two agree on which updates are scaled."""
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    grad_norm = total.item()
+    coefficient = limit / (torch.tensor(grad_norm, dtype=total.dtype) + 1e-6)
+    if bool(coefficient < 1.0):
+        torch.nn.utils.clip_grads_with_norm_(params, limit, total)
     return grad_norm
 
 
