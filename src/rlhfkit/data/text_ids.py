@@ -72,11 +72,8 @@ def encode_rendered_batch(tokenizer: Any, texts: list[str], *, templated: bool) 
         chunk = unique[start : start + TEXTS_PER_CALL]
         ids_of.update(zip(chunk, tokenizer(chunk, add_special_tokens=False)["input_ids"]))
     prefix = [] if templated or not texts else special_prefix(tokenizer)
-    # a new list for each text: callers append to them
-    return [
-        list(ids) if ids[: len(prefix)] == prefix else prefix + list(ids)
-        for ids in (ids_of[text] for text in texts)
-    ]
+    rows = (list(ids_of[text]) for text in texts)  # a new list for each text: callers append
+    return [row if row[: len(prefix)] == prefix else prefix + row for row in rows]
 
 
 CHARS_PER_TOKEN = 8
