@@ -101,14 +101,14 @@ def encode_window(
         The ids of each text (or of its window), and whether the texts were cut. When they
         were, the last text has more than `max_length` tokens.
     """
-    budget = CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)
+    budget = _first_budget(max_length)
     longest = len(texts[-1])
     while longest > budget:
         if keep_end:
             windows = [text[longest - budget :] for text in texts]
         else:
             windows = [text[:budget] for text in texts]
-        ids = [encode_rendered(tokenizer, window, templated=templated) for window in windows]
+        ids = encode_rendered_batch(tokenizer, windows, templated=templated)
         if len(ids[-1]) >= max_length + CUT_MARGIN_TOKENS:
             return ids, True
         budget *= 2  # the window's tokens are longer than the guess: widen it
@@ -124,24 +124,40 @@ def encode_windows(
     keep_end: bool,
 ) -> list[tuple[list[list[int]], bool]]:
     """`encode_window` of each row of texts (`templated[i]` for row i), the same ids: the rows
-    within the first character budget are tokenised together (`encode_rendered_batch`), the
+    within the first character budget are tokenised together (`encode_rendered_each`), the
     longer ones one by one through their windows."""
-    budget = CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)
-    results: list = [None] * len(rows)
-    whole = {False: [], True: []}  # row indices tokenised whole, by `templated`
-    for i, texts in enumerate(rows):
-        if len(texts[-1]) > budget:
-            results[i] = encode_window(
-                tokenizer, texts, templated=templated[i], max_length=max_length, keep_end=keep_end
-            )
-        else:
-            whole[templated[i]].append(i)
-    for flag, indices in whole.items():
-        flat = [text for i in indices for text in rows[i]]
-        ids = iter(encode_rendered_batch(tokenizer, flat, templated=flag))
-        for i in indices:
-            results[i] = ([next(ids) for _ in rows[i]], False)
-    return results
+    budget = _first_budget(max_length)
+    whole = [i for i, texts in enumerate(rows) if len(texts[-1]) <= budget]
+    flat = [(text, templated[i]) for i in whole for text in rows[i]]
+    ids = iter(encode_rendered_each(tokenizer, [t for t, _ in flat], [f for _, f in flat]))
+    results = {i: ([next(ids) for _ in rows[i]], False) for i in whole}
+    return [
+        results[i]
+        if i in results
+        else encode_window(
+            tokenizer, texts, templated=templated[i], max_length=max_length, keep_end=keep_end
+        )
+        for i, texts in enumerate(rows)
+    ]
+
+
+def encode_rendered_each(
+    tokenizer: Any, texts: list[str], templated: list[bool]
+) -> list[list[int]]:
+    """`encode_rendered` of each text with its own `templated` flag: the plain texts tokenised
+    together, then the templated ones (`encode_rendered_batch`)."""
+    ids: list = [None] * len(texts)
+    for flag in (False, True):
+        indices = [i for i, f in enumerate(templated) if f == flag]
+        chosen = [texts[i] for i in indices]
+        for i, row in zip(indices, encode_rendered_batch(tokenizer, chosen, templated=flag)):
+            ids[i] = row
+    return ids
+
+
+def _first_budget(max_length: int) -> int:
+    """The characters `encode_window` first cuts a text to (see `CHARS_PER_TOKEN`)."""
+    return CHARS_PER_TOKEN * (max_length + CUT_MARGIN_TOKENS)
 
 
 def encode_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> list[int]:
@@ -151,16 +167,10 @@ def encode_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> list[int]:
 
 
 def encode_texts(tokenizer: Any, texts: list[Text], *, as_prompt: bool) -> list[list[int]]:
-    """`encode_text` of each text, the plain ones tokenised together and the templated ones
-    together (`encode_rendered_batch`)."""
+    """`encode_text` of each text, in as few tokenizer calls as it takes
+    (`encode_rendered_each`)."""
     rendered = [render_text(tokenizer, text, as_prompt=as_prompt) for text in texts]
-    ids: list = [None] * len(texts)
-    for templated in (False, True):
-        indices = [i for i, text in enumerate(texts) if isinstance(text, str) != templated]
-        chosen = [rendered[i] for i in indices]
-        for i, row in zip(indices, encode_rendered_batch(tokenizer, chosen, templated=templated)):
-            ids[i] = row
-    return ids
+    return encode_rendered_each(tokenizer, rendered, [not isinstance(t, str) for t in texts])
 
 
 def _require_chat_template(tokenizer: Any) -> None:

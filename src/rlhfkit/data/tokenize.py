@@ -128,8 +128,13 @@ def encode_prompt_completion(
         The encoded sequence, or None when it is dropped: no completion token is left, or it is
         too long and `truncation` cannot make it fit.
     """
-    encoded = _encode(tokenizer, prompt, completion, max_length, Truncation(truncation), add_eos)
-    return None if isinstance(encoded, DropReason) else encoded
+    return encode_prompt_completions(
+        tokenizer,
+        [(prompt, completion)],
+        max_length=max_length,
+        truncation=truncation,
+        add_eos=add_eos,
+    )[0]
 
 
 def encode_prompt_completions(
@@ -145,18 +150,6 @@ def encode_prompt_completions(
     return [None if isinstance(e, DropReason) else e for e in encoded]
 
 
-def _encode(
-    tokenizer: Any,
-    prompt: Text,
-    completion: Text,
-    max_length: int,
-    truncation: Truncation,
-    add_eos: bool,
-) -> EncodedExample | DropReason:
-    """`encode_prompt_completion`, returning why a row was dropped instead of None."""
-    return _encode_many(tokenizer, [(prompt, completion)], max_length, truncation, add_eos)[0]
-
-
 PAIRS_PER_BATCH = 512
 """Pairs whose texts `_encode_many` tokenises together: few tokenizer calls, and the ids of a
 large dataset held only once (a batch's are held twice while they are assembled)."""
@@ -169,8 +162,8 @@ def _encode_many(
     truncation: Truncation,
     add_eos: bool,
 ) -> list[EncodedExample | DropReason]:
-    """`_encode` of each pair, the texts of `PAIRS_PER_BATCH` pairs tokenised together
-    (`encode_windows`)."""
+    """`encode_prompt_completion` of each pair, returning why a row was dropped instead of
+    None; the texts of `PAIRS_PER_BATCH` pairs are tokenised together (`encode_windows`)."""
     if max_length < 1:
         raise RlhfkitError(f"max_length must be at least 1, got {max_length}")
     encoded = []
