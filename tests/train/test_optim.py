@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from rlhfkit.errors import NumericalFault
-from rlhfkit.train.optim import NonFiniteGuard, all_finite, clip_grad_norm, clipped_step
+from rlhfkit.train.optim import (
+    NonFiniteGuard,
+    adamw,
+    all_finite,
+    clip_grad_norm,
+    clipped_step,
+)
 
 
 def _one_parameter_optimizer(grad: list[float]):
@@ -96,3 +102,30 @@ def test_all_finite_sees_one_bad_weight():
     with torch.no_grad():
         model.weight[1, 2] = math.nan
     assert not all_finite(model)
+
+
+def test_adamw_uses_the_fused_kernel_on_cpu_and_takes_the_loops_steps():
+    torch.manual_seed(0)
+    start = [torch.randn(300, 7), torch.randn(11)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(5)]
+    runs = {}
+    for name in ("fused", "loop"):
+        weights = [w.clone().requires_grad_(True) for w in start]
+        if name == "fused":
+            optimizer = adamw(weights, lr=1e-2, weight_decay=0.1)
+            assert optimizer.defaults["fused"] is True
+        else:
+            optimizer = torch.optim.AdamW(weights, lr=1e-2, weight_decay=0.1, foreach=False)
+        for step_grads in grads:
+            for w, g in zip(weights, step_grads):
+                w.grad = g.clone()
+            optimizer.step()
+        runs[name] = [w.detach() for w in weights]
+    for fused, loop, first in zip(runs["fused"], runs["loop"], start):
+        assert not torch.equal(fused, first)  # it moved: 5 steps of about lr each
+        torch.testing.assert_close(fused, loop, rtol=1e-6, atol=1e-6)
+
+
+def test_adamw_falls_back_to_the_loop_for_a_device_without_a_fused_kernel():
+    weight = torch.zeros(3, device="meta", requires_grad=True)
+    assert not adamw([weight], lr=1e-3, weight_decay=0.0).defaults["fused"]

@@ -72,7 +72,7 @@ from rlhfkit.train.dpo_losses import (
     reduced_gradients,
     zero_weight,
 )
-from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -278,11 +278,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     )
 
     # step 4. optimizer over the trainable weights, restored with every RNG when resuming
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = adamw([p for p in policy.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     start_step = (
         restore_trainer_state(checkpoint, optimizer, model=policy, ranks=ranks)[0]
         if checkpoint

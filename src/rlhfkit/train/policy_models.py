@@ -16,6 +16,7 @@ from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device, use_fastest_attention
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
+from rlhfkit.train.optim import adamw
 from rlhfkit.train.policy_config import PolicyRunConfig
 
 CRITIC_SUBDIR = "critic"
@@ -77,7 +78,7 @@ def build_policy_models(
             mesh=mesh,
         )
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(trainable, cfg.lr, cfg.weight_decay)
     critic = critic_optimizer = None
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
@@ -87,9 +88,7 @@ def build_policy_models(
             enable_checkpointing(critic.model)
         if mesh is not None:
             critic = shard_model(critic, mesh, cfg.precision)
-        critic_optimizer = torch.optim.AdamW(
-            critic.parameters(), lr=critic_lr, weight_decay=cfg.weight_decay
-        )
+        critic_optimizer = adamw(critic.parameters(), critic_lr, cfg.weight_decay)
     return PolicyModels(
         policy,
         reference,

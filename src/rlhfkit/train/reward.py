@@ -62,7 +62,7 @@ from rlhfkit.train.checkpointing import (
     save_trainer_checkpoint,
     submodule_weights,
 )
-from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.reward_losses import (
     pair_denominators,
     pairwise_loss,
@@ -288,9 +288,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     use_fastest_attention(model.model, device, cfg.precision)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     start_step, extra = (
         restore_trainer_state(
             checkpoint,

@@ -51,7 +51,7 @@ from rlhfkit.train.checkpointing import (
     save_final_model,
     save_trainer_checkpoint,
 )
-from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 
@@ -217,9 +217,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     model.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
     start_step = (
         restore_trainer_state(
             checkpoint, optimizer, model=model, extra_like={"micro_index": 0}, ranks=ranks
