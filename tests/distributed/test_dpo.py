@@ -56,8 +56,15 @@ def test_two_ranks_equal_one_process(
     one, two = one_process_and_two_ranks(train, cfg, tmp_path)
     rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
     for a, b in zip(rows_one, rows_two):  # means over all the step's pairs, whatever the split
-        for key in ("loss", "accuracy", "margin", "rewards_chosen"):
+        for key in ("loss", "accuracy"):
             assert close(a[key], b[key]), key
+        # the implicit rewards are beta times differences of sequence log-probs of tens of nats,
+        # so their rounding scales with those sums, not with the small difference: at step 1,
+        # before any update, they are already up to 7e-6 apart (the shared-prompt path below),
+        # and up to 1.04e-5 after two updates (9.6e-6 with AdamW's loop instead of its fused
+        # kernel)
+        for key in ("margin", "rewards_chosen"):
+            assert abs(a[key] - b[key]) <= 3e-5, key
         # a rank whose share of a micro-batch holds rankings of one size runs each prompt once
         # (the shared-prompt path), where the whole mixed micro-batch runs every row whole: the
         # same gradient by another float path, measured up to 2e-5 apart relative to its norm
