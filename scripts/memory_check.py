@@ -37,7 +37,7 @@ from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
-from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 
 MIB = 1 << 20
 # (name, hidden, layers, heads, kv heads, intermediate): the demo's tiny model, and a GQA shape
@@ -111,7 +111,7 @@ def sft_peak(name: str, precision: Precision, checkpointing: bool, rows: int, le
     if checkpointing:
         enable_checkpointing(model)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = adamw(model.parameters(), lr=1e-4, weight_decay=0.0)  # as the trainers build it
     ids = torch.randint(0, VOCAB, (rows, length), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids, dtype=torch.bool)
     mask[:, 0] = False  # the first token has no prediction
