@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,15 @@ def test_adamw_uses_the_fused_kernel_on_cpu_and_takes_the_loops_steps():
 def test_adamw_falls_back_to_the_loop_for_a_device_without_a_fused_kernel():
     weight = torch.zeros(3, device="meta", requires_grad=True)
     assert not adamw([weight], lr=1e-3, weight_decay=0.0).defaults["fused"]
+
+
+def test_every_trainer_builds_its_optimizer_through_adamw():
+    import rlhfkit
+
+    package = Path(rlhfkit.__file__).parent
+    direct = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "optim.py" and "optim.AdamW(" in path.read_text()
+    ]
+    assert direct == []

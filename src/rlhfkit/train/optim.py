@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from rlhfkit.errors import NumericalFault
 from rlhfkit.runtime.checkpoint import latest_checkpoint
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # device types with torch's fused AdamW kernel (torch >= 2.4)
 
 
 @dataclass
@@ -52,8 +53,7 @@ def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
     (torch >= 2.8). It computes AdamW's update in another order, so its floats differ from the
     loop's in the last bits; one run replays bitwise, as before."""
     params = list(params)
-    devices = _get_fused_kernels_supported_devices()
-    fused = all(p.device.type in devices and p.is_floating_point() for p in params)
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
