@@ -278,7 +278,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     )
 
     # step 4. optimizer over the trainable weights, restored with every RNG when resuming
-    optimizer = adamw([p for p in policy.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    optimizer = adamw(policy.parameters(), cfg.lr, cfg.weight_decay)
     start_step = (
         restore_trainer_state(checkpoint, optimizer, model=policy, ranks=ranks)[0]
         if checkpoint

@@ -47,12 +47,13 @@ class NonFiniteGuard:
 
 
 def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """torch's AdamW, with its fused kernel where every parameter's device has one (CPU, CUDA):
+    """torch's AdamW over the trainable ones of `params` (`requires_grad`: a LoRA model's
+    adapters), with its fused kernel where every parameter's device has one (CPU, CUDA):
     one pass over each tensor instead of a dozen elementwise ops, 1.35 ms against 4.4 ms a step
     for 3.7M parameters on 2 CPU cores. Hugging Face's Trainer picks the same kernel by default
     (torch >= 2.8). It computes AdamW's update in another order, so its floats differ from the
     loop's in the last bits; one run replays bitwise, as before."""
-    params = list(params)
+    params = [p for p in params if p.requires_grad]
     fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 

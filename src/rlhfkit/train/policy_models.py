@@ -77,8 +77,7 @@ def build_policy_models(
             frozen_models=cfg.frozen_models,
             mesh=mesh,
         )
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = adamw(trainable, cfg.lr, cfg.weight_decay)
+    optimizer = adamw(policy.parameters(), cfg.lr, cfg.weight_decay)
     critic = critic_optimizer = None
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start

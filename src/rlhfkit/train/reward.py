@@ -288,7 +288,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     use_fastest_attention(model.model, device, cfg.precision)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     start_step, extra = (
         restore_trainer_state(
             checkpoint,

@@ -217,7 +217,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     model.train()
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], cfg.lr, cfg.weight_decay)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     start_step = (
         restore_trainer_state(
             checkpoint, optimizer, model=model, extra_like={"micro_index": 0}, ranks=ranks
