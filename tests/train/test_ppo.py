@@ -92,12 +92,13 @@ def test_adaptive_kl_moves_the_coefficient_and_the_kl_limit_stops_the_run(tiny_m
     )
     coefs = [row["kl_coef"] for row in adaptive.history]
     assert coefs[0] == 0.01 and coefs[-1] > coefs[1]  # KL above the target: beta grows
+    # step 1 samples from the reference itself: its KL is rounding noise of either sign (the
+    # sampler's and the reference's forward passes differ in the last bits; -9e-8 with AVX-512
+    # kernels), and one update at lr 1e-2 takes it to about 0.25 nats
     limited = train_ppo(
-        config(tiny_model_dir, tmp_path, kl_limit=1e-9, max_steps=6), run_dir(tmp_path, "b")
+        config(tiny_model_dir, tmp_path, kl_limit=1e-3, max_steps=6), run_dir(tmp_path, "b")
     )
-    assert (
-        limited.stopped_at_kl_limit and len(limited.history) == 2
-    )  # step 1 samples from the reference itself
+    assert limited.stopped_at_kl_limit and len(limited.history) == 2
     assert (tmp_path / "b" / "final" / "config.json").is_file()
 
 
