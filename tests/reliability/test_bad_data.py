@@ -81,6 +81,12 @@ def eval_data_with_a_bad_row(env: Env) -> Invocation:
     return Invocation(env.sft(f"eval_data={data}"), (str(data), "row 2", "field 'completion'"))
 
 
+def every_eval_row_too_long(env: Env) -> Invocation:
+    data = env.jsonl("eval.jsonl", [{"prompt": "Q:", "completion": " 2" * 40}])
+    argv = env.sft(f"eval_data={data}", "max_length=24", "truncation=drop")
+    return Invocation(argv, (str(data), "no row left", "nothing to evaluate on"))
+
+
 SFT = "train.jsonl"
 CASES = [
     Case(
@@ -265,6 +271,28 @@ CASES = [
             "rm",
             [{"prompt": "Hi", "responses": [" A.", " B."], "ranks": [0, 0]}] * 2,
             "all responses tied: 2",
+        ),
+    ),
+    Case(
+        "every-row-too-long",
+        trainer_rows(
+            "sft",
+            [GOOD_SFT] * 2,
+            "no row left",
+            "too long: 2",
+            "nothing to train on",
+            extra=("max_length=3", "truncation=drop"),
+        ),
+    ),
+    Case("every-eval-row-too-long", every_eval_row_too_long),
+    Case(
+        "every-step-labelled-row-too-long",
+        trainer_rows(
+            "rm",
+            [{"prompt": "Q: 1 + 1?", "completions": [" 1 + 1 = 2."], "labels": [True]}] * 2,
+            "no row left",
+            "nothing to train on",
+            extra=("objective=process", "max_length=3"),
         ),
     ),
     Case("bad-row-in-the-eval-data", eval_data_with_a_bad_row),

@@ -77,7 +77,7 @@ def config(model, train, held_out, **overrides) -> RewardConfig:
 def test_reward_model_learns_gold_rankings(tiny_model_dir, advice_rankings, tmp_path):
     cfg = config(tiny_model_dir, *advice_rankings)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data)
+    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data, "eval")
     torch.manual_seed(cfg.seed)  # a seeded head initialisation, like the run's
     untrained = evaluate_reward_model(
         RewardModel.from_pretrained(tiny_model_dir), held_out, cfg, tokenizer.pad_token_id

@@ -100,6 +100,14 @@ class TokenizeReport:
         return line
 
 
+def require_rows(rows: list, path: str, report: TokenizeReport, purpose: str) -> list:
+    """`rows`, or a one-line error naming the file when tokenising left none (every row too
+    long to keep, say), before a run trains or evaluates on nothing."""
+    if not rows:
+        raise RlhfkitError(f"{path}: no row left ({report.summary()}): nothing to {purpose}")
+    return rows
+
+
 def _counts(by_reason: dict[str, int]) -> str:
     if not by_reason:
         return ""

@@ -293,7 +293,7 @@ def _reward_rows(
     before it sees them; with `retrain_reward_model`, its training rows (the new rankings plus
     replay) written to `rm_train.jsonl`. Returns the accuracy, that file and the replayed rows."""
     tokenizer = load_tokenizer(rm)
-    heldout = load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data)
+    heldout = load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data, "eval")
     device = resolve_device(cfg.device)
     # an unsharded copy on rank 0: scoring a few held-out rankings needs no other rank
     before = (

@@ -23,7 +23,7 @@ from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.ranking_batch import load_ranked_groups
 from rlhfkit.data.steps import collate_steps, tokenize_steps
-from rlhfkit.data.tokenize import Truncation
+from rlhfkit.data.tokenize import Truncation, require_rows
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
@@ -153,8 +153,9 @@ class RewardResult:
     train_losses: list[float] = field(default_factory=list)
 
 
-def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
-    """Groups (pairwise objective) or encoded step-labelled solutions (process objective)."""
+def load_reward_data(cfg: RewardConfig, tokenizer, path: str, role: str) -> list:
+    """Groups (pairwise objective) or encoded step-labelled solutions (process objective) of
+    the `role` ("train", "eval") file."""
     if cfg.objective == RewardObjective.PROCESS:
         fmt = detect_format(path)
         if fmt != Format.STEPS:
@@ -167,6 +168,7 @@ def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
             max_length=cfg.max_length,
             separator=cfg.step_separator,
         )
+        require_rows(items, path, report, "train on" if role == "train" else "evaluate on")
     else:
         items, report = load_ranked_groups(
             path,
@@ -175,7 +177,7 @@ def load_reward_data(cfg: RewardConfig, tokenizer, path: str) -> list:
             truncation=cfg.truncation,
             needed_by="a reward model",
         )
-    print(f"reward data {path}: {report.summary()}")
+    print(f"{role} data {path}: {report.summary()}")
     return items
 
 
@@ -267,8 +269,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     seed_everything(cfg.seed)  # the same new head (and LoRA adapters) on every rank
     # step 1. tokenizer and data: whole rankings, so every prompt's pairs share one batch
     tokenizer = load_tokenizer(cfg.model)
-    train = load_reward_data(cfg, tokenizer, cfg.train_data)
-    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data) if cfg.eval_data else []
+    train = load_reward_data(cfg, tokenizer, cfg.train_data, "train")
+    held_out = load_reward_data(cfg, tokenizer, cfg.eval_data, "eval") if cfg.eval_data else []
 
     # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None

@@ -21,7 +21,7 @@ from rlhfkit.data.formats import Format
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.text_ids import render_text
-from rlhfkit.data.tokenize import Truncation, tokenize_sft
+from rlhfkit.data.tokenize import Truncation, require_rows, tokenize_sft
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.sft import sft_loss
@@ -199,6 +199,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         tokenizer, train_rows, max_length=cfg.max_length, truncation=cfg.truncation
     )
     print(f"train data {cfg.train_data}: {report.summary()}")
+    require_rows(train, cfg.train_data, report, "train on")
     eval_rows = load_examples(cfg.eval_data, Format.SFT) if cfg.eval_data else []
     held_out, eval_report = (
         tokenize_sft(tokenizer, eval_rows, max_length=cfg.max_length, truncation=cfg.truncation)
@@ -207,6 +208,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     )
     if eval_report:
         print(f"eval data {cfg.eval_data}: {eval_report.summary()}")
+        require_rows(held_out, cfg.eval_data, eval_report, "evaluate on")
 
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
