@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from rlhfkit.errors import NumericalFault
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.train.checkpointing import save_final_model
+from rlhfkit.train.checkpointing import save_final_model, save_trainer_checkpoint
 
 
 def test_the_final_model_is_written_whole(tiny_model_dir, tmp_path):
@@ -43,3 +43,16 @@ def test_a_model_with_a_non_finite_weight_is_never_saved(tiny_model_dir, tmp_pat
     with pytest.raises(NumericalFault, match="non-finite weights: final/ not written"):
         save_final_model(model, tokenizer, tmp_path / "run" / "final", tmp_path / "none")
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_checkpoint_with_a_non_finite_weight_is_never_written(tiny_model_dir, tmp_path):
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    optimizer = torch.optim.AdamW(model.parameters())
+    save = dict(model=model, tokenizer=tokenizer, optimizer=optimizer, extra={}, keep_last=3)
+    checkpoints = tmp_path / "checkpoints"
+    save_trainer_checkpoint(checkpoints, step=2, **save)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(NumericalFault, match="step 3: .* checkpoint not written.*step_00000002"):
+        save_trainer_checkpoint(checkpoints, step=3, **save)
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000002"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.errors import ConfigError, NumericalFault
 from rlhfkit.objectives.group_advantages import group_advantages
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime.rundir import prepare_run_dir
@@ -209,3 +209,15 @@ def test_a_bf16_run_samples_in_bf16_and_its_sampler_gap_stays_at_bf16_rounding(
     for row in history:
         assert 1e-5 < row["sampler_logprob_gap"] < 0.05
         assert 1 < row["sampler_ratio_max"] < 1.5
+
+
+def test_an_update_that_overflows_the_weights_is_never_checkpointed(tiny_model_dir, tmp_path):
+    # lr 1e38: the first update's loss and gradient are finite, the weights it makes are not
+    # (one update per step: a second one would see a NaN loss and stop the run itself)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(
+        tiny_model_dir, tmp_path, lr=1e38, max_grad_norm=0.0, save_every=1, mini_batch_size=16
+    )
+    with pytest.raises(NumericalFault, match="step 1: the model has non-finite weights"):
+        train_grpo(cfg, run)
+    assert not run.final.exists() and not any(run.checkpoints.glob("step_*"))

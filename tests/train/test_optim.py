@@ -97,6 +97,14 @@ def test_past_the_allowed_skips_the_run_stops_naming_step_and_checkpoint(tmp_pat
     assert err.value.exit_status == 3
 
 
+def test_a_non_finite_update_on_overflowed_weights_stops_at_once(tmp_path):
+    guard = _guard(max_skips=3, checkpoints_dir=tmp_path)
+    finite, overflowed = [torch.ones(2)], [torch.tensor([1.0, math.inf])]
+    assert not guard.allows(0, math.nan, weights=finite)  # skipped: the weights can recover
+    with pytest.raises(NumericalFault, match=r"step 2: .*overflowed them.*none"):
+        guard.allows(1, math.nan, weights=overflowed)  # skipping more cannot mend them
+
+
 def test_all_finite_sees_one_bad_weight():
     model = torch.nn.Linear(3, 2)
     assert all_finite(model)

@@ -228,6 +228,23 @@ def test_a_diverging_run_stops_with_a_numerical_fault_and_writes_no_final(
     assert all(torch.isfinite(w).all() for w in saved[1].values())
 
 
+def test_an_update_that_overflows_the_weights_stops_the_run_at_once(
+    tiny_model_dir, arith_data, tmp_path
+):
+    # lr 1e38: the first update's loss and gradient are finite, the weights it makes are not;
+    # step 2's loss is NaN, and skipping cannot mend the weights
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = config(
+        tiny_model_dir, *arith_data, lr=1e38, max_grad_norm=0.0, warmup_steps=0, eval_every=0
+    )
+    with pytest.raises(NumericalFault, match="step 2: .*overflowed them"):
+        train_sft(dataclasses.replace(cfg, save_every=0), run)
+    run = prepare_run_dir(tmp_path / "saving", resume=False, overwrite=False)
+    with pytest.raises(NumericalFault, match="step 1: .*checkpoint not written"):
+        train_sft(dataclasses.replace(cfg, save_every=1), run)
+    assert not any(run.checkpoints.glob("step_*"))
+
+
 def test_the_cli_exits_with_status_3_and_one_line(tiny_model_dir, arith_data, tmp_path, capsys):
     argv = [
         "sft",

@@ -7,7 +7,7 @@ model and tokenizer from the gathered weights, and every rank its shard of the r
 """
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ def save_trainer_checkpoint(
     whole model with all of them (a reward model's classifier)."""
     if ranks.sharded:
         weights = full_state_dict(model, ranks)  # every rank takes part; rank 0 gets them
+        refuse_non_finite(lambda: weights.values(), step, checkpoints_dir, ranks)
 
         def write_main(tmp: Path) -> None:
             saved, state_dict = saved_model(weights) if saved_model else (model, weights)
@@ -83,6 +84,8 @@ def save_trainer_checkpoint(
             ranks=ranks,
         )
 
+    refuse_non_finite(lambda: [*model.parameters(), *model.buffers()], step, checkpoints_dir, ranks)
+
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp / MODEL_SUBDIR)
         tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
@@ -92,6 +95,25 @@ def save_trainer_checkpoint(
         )
 
     return save_checkpoint(checkpoints_dir, step, write=write, keep_last=keep_last)
+
+
+def refuse_non_finite(
+    tensors: Callable[[], Iterable[torch.Tensor]], step: int, checkpoints_dir: Path, ranks: Ranks
+) -> None:
+    """A `NumericalFault` on every rank, before checkpoint `step` is written, when a weight of
+    `tensors()` (rank 0's: under torchrun the gathered ones) is not finite. An update can
+    overflow the weights with a finite loss and gradient (a far too high lr); its checkpoint
+    would be the one a resume starts from, so the last one written stays the last good one."""
+    if not on_main(lambda: all_finite_tensors(tensors()), ranks):
+        raise _non_finite(f"step {step}: the model", "checkpoint not written", checkpoints_dir)
+
+
+def _non_finite(what: str, outcome: str, checkpoints_dir: Path) -> NumericalFault:
+    last = latest_checkpoint(checkpoints_dir)
+    return NumericalFault(
+        f"{what} has non-finite weights: {outcome}. Last checkpoint: {last or 'none'} "
+        "(lower lr, then --resume or start afresh)"
+    )
 
 
 def submodule_weights(weights: dict, part: str) -> dict:
@@ -185,11 +207,7 @@ def save_final_model(
     `runtime.distributed.full_state_dict`); the model then gives the class and config."""
     finite = all_finite(model) if state_dict is None else all_finite_tensors(state_dict.values())
     if not finite:
-        last = latest_checkpoint(checkpoints_dir)
-        raise NumericalFault(
-            f"the trained model has non-finite weights: final/ not written. Last checkpoint: "
-            f"{last or 'none'} (lower lr, then --resume or start afresh)"
-        )
+        raise _non_finite("the trained model", "final/ not written", checkpoints_dir)
     tmp = temporary_sibling(Path(final_dir))
     try:
         if state_dict is None:

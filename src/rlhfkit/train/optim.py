@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from rlhfkit.errors import NumericalFault
 from rlhfkit.runtime.checkpoint import latest_checkpoint
@@ -25,17 +26,25 @@ class NonFiniteGuard:
     checkpoints_dir: Path
     skipped: int = 0
 
-    def allows(self, step: int, grad_norm: float, loss: float = 0.0) -> bool:
-        """True when the update of optimizer step `step` (0-based) may be applied."""
+    def allows(self, step: int, grad_norm: float, loss: float = 0.0, weights=()) -> bool:
+        """True when the update of optimizer step `step` (0-based) may be applied. `weights`:
+        the trained tensors, looked at only when the update is not finite: if they are not
+        either, an earlier update overflowed them and skipping more cannot help."""
         if math.isfinite(grad_norm) and math.isfinite(loss):
             return True
         self.skipped += 1
         what = f"loss {loss}, gradient norm {grad_norm}"
-        if self.skipped > self.max_skips:
+        overflowed = not all_finite_tensors(weights)
+        if self.skipped > self.max_skips or overflowed:
             last = latest_checkpoint(self.checkpoints_dir)
+            why = (
+                "the weights themselves are not finite (an earlier update overflowed them)"
+                if overflowed
+                else f"{self.skipped} non-finite updates, more than "
+                f"max_nonfinite_skips={self.max_skips}"
+            )
             raise NumericalFault(
-                f"step {step + 1}: {what}: {self.skipped} non-finite updates, more than "
-                f"max_nonfinite_skips={self.max_skips}; stopped without saving final/. Last "
+                f"step {step + 1}: {what}: {why}; stopped without saving final/. Last "
                 f"checkpoint: {last or 'none'} (lower lr, then --resume or start afresh)"
             )
         print(
@@ -74,7 +83,10 @@ def clipped_step(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")  # inf: measure, scale nothing
     grad_norm = clip_grad_norm(params, limit)
-    if guard.allows(step, grad_norm, loss):
+    # a shard tells only of its own rank's part: under torchrun the checkpoints' own check
+    # (`checkpointing.refuse_non_finite`, on the gathered weights) is the one that holds
+    local = [] if any(isinstance(p, DTensor) for p in params) else params
+    if guard.allows(step, grad_norm, loss, local):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()

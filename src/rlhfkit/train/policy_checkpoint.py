@@ -36,7 +36,7 @@ from rlhfkit.runtime.distributed_checkpoint import (
     warn_if_resharded,
 )
 from rlhfkit.runtime.rundir import RunDir
-from rlhfkit.train.checkpointing import MODEL_SUBDIR, submodule_weights
+from rlhfkit.train.checkpointing import MODEL_SUBDIR, refuse_non_finite, submodule_weights
 from rlhfkit.train.policy_models import CRITIC_SUBDIR, PolicyModels
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -59,6 +59,13 @@ def save_policy_checkpoint(
     """Atomically write checkpoint `step`; under torchrun every rank must call it."""
     if ranks.sharded:
         return _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ranks)
+    trained = [models.policy, *([models.critic] if models.critic is not None else [])]
+    refuse_non_finite(
+        lambda: [t for m in trained for t in (*m.parameters(), *m.buffers())],
+        step,
+        run_dir.checkpoints,
+        ranks,
+    )
 
     def write(tmp: Path) -> None:
         models.policy.save_pretrained(tmp / MODEL_SUBDIR)
@@ -81,6 +88,12 @@ def _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ra
     weights = full_state_dict(models.policy, ranks)
     critic = models.critic
     critic_weights = full_state_dict(critic, ranks) if critic is not None else None
+    refuse_non_finite(
+        lambda: [*weights.values(), *(critic_weights or {}).values()],
+        step,
+        run_dir.checkpoints,
+        ranks,
+    )
 
     def write_main(tmp: Path) -> None:
         models.policy.save_pretrained(tmp / MODEL_SUBDIR, state_dict=weights)
