@@ -146,8 +146,17 @@ def test_ranks_of_turns_an_order_into_each_responses_rank():
 
 
 def test_labellers_that_order_strictly_give_strict_ranks_through_rank_with_ties():
-    labeller = RewardLabeller(LengthSource())
+    labeller = SimulatedAnnotator(length_gold, temperature=1e-4, target_agreement=0.725, seed=0)
     responses = [["a", "ccc", "bb"], ["dd", "e"]]
     ranks = labellers.rank_with_ties(labeller, prompts(2), responses)
     assert ranks == [(2, 0, 1), (0, 1)]  # longest first
     assert labeller.labels_used == 3 + 1
+
+
+def test_a_reward_labeller_ties_equal_scores_and_has_no_preference_when_all_tie():
+    labeller = RewardLabeller(LengthSource())
+    responses = [["a", "ccc", "bb"], ["dd", "ee", "f", "gg"], ["x", "y"]]
+    ranks = labellers.rank_with_ties(labeller, prompts(3), responses)
+    # equal lengths, equal ranks (a tie is no pair); one length for all, no preference at all
+    assert ranks == [(2, 0, 1), (0, 0, 1, 0), None]
+    assert labeller.labels_used == 3 + 6 + 1

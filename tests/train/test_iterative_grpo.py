@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.cli import run as cli
+from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config, save_config
@@ -20,6 +21,7 @@ from rlhfkit.train.iterative_grpo import (
     IterativeGRPOConfig,
     as_ranking_row,
     check_config,
+    ranked_rows,
     replay_rows,
     train_iterative_grpo,
 )
@@ -316,3 +318,13 @@ def test_an_ensemble_reward_model_is_scored_and_retrained_with_its_heads(
         tmp_path / "run" / "round_01" / "rm" / "final", num_heads=4
     )
     assert refreshed.num_heads == 4
+
+
+def test_ranked_rows_keep_ties_and_drop_prompts_without_a_preference():
+    questions = [PromptExample(prompt=f"Q{i}", answer=None, metadata={}) for i in range(5)]
+    texts = [["b", "a", "c"], ["x", "y", "z"], ["p", "q"], ["ok", "  "], [" ", "u", "v"]]
+    rankings = [(1, 0, 2), (0, 0, 1), None, (0, 1), (0, 1, 1)]
+    assert ranked_rows(questions, texts, rankings) == [
+        {"prompt": "Q0", "responses": ["a", "b", "c"]},  # a strict order needs no ranks
+        {"prompt": "Q1", "responses": ["x", "y", "z"], "ranks": [0, 0, 1]},
+    ]  # Q2: no preference; Q3: one response left; Q4: the two left are tied

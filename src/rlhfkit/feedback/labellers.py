@@ -79,8 +79,9 @@ def rank_with_ties(
     labeller: Labeller, prompts: list[PromptExample], responses: list[list[str]]
 ) -> list[Ranks | None]:
     """Each prompt's ranks per response (0 = best, equal = a tie), or None for no preference.
-    Only people tie responses or skip a prompt; the other labellers order strictly."""
-    if isinstance(labeller, HumanLabeller):
+    People tie responses or skip a prompt, and a reward source ties equal scores; the simulated
+    annotator and the judge order strictly."""
+    if isinstance(labeller, (HumanLabeller, RewardLabeller)):
         return labeller.rank_with_ties(prompts, responses)
     return [ranks_of(order) for order in labeller.rank(prompts, responses)]
 
@@ -143,24 +144,45 @@ class SimulatedAnnotator:
 
 
 class RewardLabeller:
-    """Orders each prompt's responses by a reward source's score (ties keep the sampled order)."""
+    """Ranks each prompt's responses by a reward source's score. Equal scores are a tie, not an
+    order: a 0/1 checker's two right answers are no preference, and a prompt whose responses all
+    score alike has none at all (`rank_with_ties` gives None, as for a prompt people skip)."""
 
     def __init__(self, source: RewardSource):
         self.source, self.name = source, source.name
         self.labels_used = 0
 
     def rank(self, prompts: list[PromptExample], responses: list[list[str]]) -> list[list[int]]:
+        """Indices best first, tied responses in sampling order."""
+        return [
+            sorted(range(len(group)), key=lambda i: -group_scores[i])
+            for group, group_scores in zip(responses, self._scores(prompts, responses))
+        ]
+
+    def rank_with_ties(
+        self, prompts: list[PromptExample], responses: list[list[str]]
+    ) -> list[Ranks | None]:
+        """Per prompt, each response's rank (0 = best; equal scores, equal ranks), or None when
+        every response scored alike."""
+        ranked = []
+        for group_scores in self._scores(prompts, responses):
+            levels = sorted(set(group_scores), reverse=True)
+            ranks = tuple(levels.index(score) for score in group_scores)
+            ranked.append(ranks if len(levels) > 1 else None)
+        return ranked
+
+    def _scores(self, prompts: list[PromptExample], responses: list[list[str]]):
+        """Each prompt's list of its responses' scores; counts the labels they cost."""
         flat_prompts = [prompt for prompt, group in zip(prompts, responses) for _ in group]
         scores = self.source.score(
             flat_prompts, [r for group in responses for r in group]
         ).rewards.tolist()
-        orders, offset = [], 0
-        for group in responses:
-            group_scores = scores[offset : offset + len(group)]
-            orders.append(sorted(range(len(group)), key=lambda i: -group_scores[i]))
-            offset += len(group)
         self.labels_used += labels_for(responses)
-        return orders
+        groups, offset = [], 0
+        for group in responses:
+            groups.append(scores[offset : offset + len(group)])
+            offset += len(group)
+        return groups
 
     def state_dict(self) -> dict:
         return {"labels_used": self.labels_used}

@@ -35,7 +35,7 @@ from pathlib import Path
 from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
-from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller
+from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller, rank_with_ties
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.reward import RewardModel
@@ -99,13 +99,24 @@ def as_ranking_row(row: dict) -> dict:
     return row
 
 
-def _ranked_rows(prompts, texts, orders) -> list[dict]:
-    """Ranking rows (responses best first), without empty responses or prompts left with one."""
+def ranked_rows(prompts, texts, rankings: list[tuple[int, ...] | None]) -> list[dict]:
+    """Ranking rows, responses best first (with `ranks` where some are tied), without empty
+    responses, and without prompts left with no preference (none given, one response, or
+    every one tied)."""
     rows = []
-    for prompt, responses, order in zip(prompts, texts, orders):
-        ranked = [responses[i] for i in order if responses[i].strip()]
-        if len(ranked) >= 2:
-            rows.append({"prompt": prompt.prompt, "responses": ranked})
+    for prompt, responses, ranks in zip(prompts, texts, rankings):
+        if ranks is None:
+            continue
+        kept = sorted(
+            (i for i in range(len(responses)) if responses[i].strip()), key=lambda i: ranks[i]
+        )
+        kept_ranks = [ranks[i] for i in kept]
+        if len(set(kept_ranks)) < 2:
+            continue
+        row = {"prompt": prompt.prompt, "responses": [responses[i] for i in kept]}
+        if len(set(kept_ranks)) < len(kept):  # a tie: the ranks say which
+            row["ranks"] = [sorted(set(kept_ranks)).index(rank) for rank in kept_ranks]
+        rows.append(row)
     return rows
 
 
@@ -235,8 +246,7 @@ def _labels(
         batch_size=256,
         progress=f"round {r}: sampling" if cfg.progress else None,
     )
-    orders = labeller.rank(prompts, samples.texts)
-    rows = _ranked_rows(prompts, samples.texts, orders)
+    rows = ranked_rows(prompts, samples.texts, rank_with_ties(labeller, prompts, samples.texts))
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
