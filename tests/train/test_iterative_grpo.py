@@ -116,6 +116,18 @@ def test_each_round_lr_is_checked_by_its_key_before_the_first_round(
         train_iterative_grpo(dataclasses.replace(cfg, force_lr=True), run)
 
 
+def test_a_reward_model_with_other_heads_is_refused_before_the_first_round(
+    tiny_model_dir, tmp_path
+):
+    rm = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_model_dir, num_heads=2).save_pretrained(rm)
+    overrides = [f"model={tiny_model_dir}", f"reward_model={rm}", "task=advice"]
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match=r"has 2 reward heads and rm.num_heads=1: set rm.num_he"):
+        train_iterative_grpo(load_config(IterativeGRPOConfig, None, overrides), run)
+    assert list(run.root.iterdir()) == []
+
+
 @pytest.fixture(scope="module")
 def start(tiny_model_dir, tmp_path_factory):
     """A reward model started from the tiny model, and rankings it was 'trained' on."""

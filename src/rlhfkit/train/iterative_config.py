@@ -7,6 +7,8 @@ from pathlib import Path
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import LabellerKind
+from rlhfkit.models.loading import read_model_config
+from rlhfkit.models.reward import is_reward_model
 from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
@@ -132,6 +134,17 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
             f"reset_reference=false with grpo.lora_r={cfg.grpo.lora_r}: under LoRA each "
             "round's reference is that round's starting policy with its adapters off; set "
             "reset_reference=true or grpo.lora_r=0"
+        )
+
+
+def check_reward_heads(cfg: IterativeGRPOConfig) -> None:
+    """The first reward model's head count against `rm.num_heads`, before the first round: it is
+    read when round 1 refreshes the model, after its GRPO and labelling."""
+    config = read_model_config(cfg.reward_model)
+    if is_reward_model(config) and config.num_labels != cfg.rm.num_heads:
+        raise ConfigError(
+            f"reward_model={cfg.reward_model} has {config.num_labels} reward heads and "
+            f"rm.num_heads={cfg.rm.num_heads}: set rm.num_heads={config.num_labels}"
         )
 
 

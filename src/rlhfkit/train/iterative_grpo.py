@@ -60,6 +60,7 @@ from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.iterative_config import (
     IterativeGRPOConfig,
     check_config,
+    check_reward_heads,
     grpo_round_config,
     rm_round_config,
 )
@@ -357,6 +358,7 @@ def train_iterative_grpo(
 ) -> IterativeGRPOResult:
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
+    check_reward_heads(cfg)
     # every round's rates before the first round: GRPO trains the policy, the refresh the reward
     # model (each round's trainers check theirs again)
     check_learning_rates(cfg.model, stage_learning_rates({"grpo": cfg.grpo}), force=cfg.force_lr)
