@@ -37,8 +37,11 @@ def test_every_subcommand_has_help(monkeypatch, capsys, name):
     assert ("--print-config" in out) == (name not in NO_CONFIG)
     if name in cli.COMMANDS:
         assert "".join(cli.COMMANDS[name].help.split()) in "".join(out.split())
-    # the pipeline and the frontier name their run in their config: no run-directory options
-    assert ("--resume" in out) == (name in cli.COMMANDS and cli.COMMANDS[name].run_dir)
+    # the pipeline and the frontier name their run in their config: no run-directory options;
+    # a command that does not resume (eval, judge, critique) does not offer --resume
+    command = cli.COMMANDS.get(name)
+    assert ("--overwrite" in out) == (command is not None and command.run_dir)
+    assert ("--resume" in out) == (command is not None and command.run_dir and command.resumable)
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

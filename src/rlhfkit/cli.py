@@ -275,14 +275,22 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--runs-dir", default="runs", help="where runs are written (default: runs)"
             )
+            # a command that does not resume still takes the flags, to say so in one line, but
+            # does not offer them in its --help
             p.add_argument(
-                "--resume", action="store_true", help="continue the run from its last checkpoint"
+                "--resume",
+                action="store_true",
+                help="continue the run from its last checkpoint"
+                if command.resumable
+                else argparse.SUPPRESS,
             )
             p.add_argument(
                 "--resume-with-changes",
                 action="store_true",
                 help="resume although the config differs from the run's config.yaml; the new "
-                "values are saved and the change recorded there (implies --resume)",
+                "values are saved and the change recorded there (implies --resume)"
+                if command.resumable
+                else argparse.SUPPRESS,
             )
             p.add_argument(
                 "--overwrite",
@@ -340,6 +348,7 @@ def _run_in_dir(args, command: Command, cfg) -> None:
             resume=resume,
             overwrite=args.overwrite,
             resume_needs_checkpoint=command.resume_needs_checkpoint,
+            resumable=command.resumable,
         ) as (run, lock):
             if lock.notice:
                 print(lock.notice, file=sys.stderr)

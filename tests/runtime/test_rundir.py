@@ -76,9 +76,20 @@ def test_an_existing_run_is_not_silently_reused(tmp_path):
     with pytest.raises(RlhfkitError) as err:
         prepare_run_dir(root, resume=False, overwrite=False)
     expected = (
-        f"run directory {root} already exists: pass --resume to continue it or choose another name"
+        f"run directory {root} already exists: pass --resume to continue it, --overwrite to "
+        "replace it, or choose another name (--name)"
     )
     assert str(err.value) == expected
+
+
+def test_a_run_that_does_not_resume_points_to_overwrite_alone(tmp_path):
+    root = tmp_path / "eval"
+    root.mkdir()
+    (root / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(RlhfkitError) as err:
+        with open_run(root, resume=False, overwrite=False, resumable=False):
+            pass
+    assert "pass --overwrite to replace it" in str(err.value) and "--resume" not in str(err.value)
 
 
 def test_overwrite_removes_the_old_run(tmp_path):

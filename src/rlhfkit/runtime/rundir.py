@@ -111,7 +111,12 @@ def run_root(runs_dir: Path, name: str) -> Path:
 
 @contextmanager
 def open_run(
-    root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True
+    root: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    resume_needs_checkpoint: bool = True,
+    resumable: bool = True,
 ) -> Iterator[tuple[RunDir, RunLock]]:
     """Lock and open a run directory for the run inside the `with` block (the module docstring
     gives the rules); yields the run directory and the lock (`lock.notice`: tell the user).
@@ -122,6 +127,8 @@ def open_run(
         overwrite: replace an earlier run, which is moved aside until the new one has progress.
         resume_needs_checkpoint: False for a run made of sub-runs that checkpoint themselves
             (iterative GRPO): then resuming needs only the run's config.
+        resumable: False for a command that does not resume (an evaluation): a run of the same
+            name then points to --overwrite alone.
 
     Raises:
         RlhfkitError: as `prepare_run_dir`, and: another process runs it, or its directory
@@ -136,7 +143,7 @@ def open_run(
     try:
         if not resume and _has_content(root):
             if not overwrite:
-                raise _already_exists(root)
+                raise _already_exists(root, resumable)
             _check_replaceable(run_dir)
             aside, lock = _move_aside(run_dir, lock)
     except BaseException:
@@ -258,9 +265,11 @@ def _has_content(root: Path) -> bool:
     return root.is_dir() and any(entry.name != LOCK_NAME for entry in root.iterdir())
 
 
-def _already_exists(root: Path) -> RlhfkitError:
+def _already_exists(root: Path, resumable: bool = True) -> RlhfkitError:
+    resume = "--resume to continue it, " if resumable else ""
     return RlhfkitError(
-        f"run directory {root} already exists: pass --resume to continue it or choose another name"
+        f"run directory {root} already exists: pass {resume}--overwrite to replace it, "
+        "or choose another name (--name)"
     )
 
 
