@@ -21,8 +21,9 @@ ROUNDS = 2
 # apart, and AdamW's division by the root of a near-zero gradient magnifies that; at 3e-4, 4.2e-7
 GRPO_LR = 3e-4
 # the reward model likewise: at 1e-3 its round-2 weights ended 1.0e-4 apart when the suite ran
-# test_grpo first (alone, they passed); at 3e-4 they pass either way
-RM_LR = 3e-4
+# test_grpo first (alone, they passed); at 3e-4 one weight 1.23e-5 apart on 2026-12-05 (Intel
+# Xeon, alone, also with the code that passed the day before); at 1e-4 at most 1.7e-6
+RM_LR = 1e-4
 # what rank 0 writes in each round folder and the next round's stages read
 ROUND_FILES = ("rankings.jsonl", "heldout_rankings.jsonl", "rm_train.jsonl")
 
@@ -32,7 +33,8 @@ def iterate(cfg, root: str) -> list[dict]:
 
 
 def stage_losses(run: RunDir, folder: str, stage: str) -> list[float]:
-    return [row["loss"] for row in read_metrics(run.root / folder / stage / "metrics.jsonl")]
+    rows = read_metrics(run.root / folder / stage / "metrics.jsonl")
+    return [row["loss"] for row in rows if row["step"] > 0]  # GRPO's step 0: its start's eval
 
 
 def test_two_ranks_equal_one_process(tiny_model_dir, start, tmp_path):  # noqa: F811
