@@ -182,7 +182,10 @@ def write_report(out: Path) -> None:
     training, proxy and gold against KL (gold peak marked), and the evaluation table."""
     summary = json.loads((out / "summary.json").read_text())
     names = summary.get("runs") or [name for name in summary["eval"] if name != "sft"]
-    logs = {name: read_metrics(out / f"ppo_{i}" / "metrics.jsonl") for i, name in enumerate(names)}
+    logs = {  # training steps (step 0 holds the starting evaluation alone)
+        name: [r for r in read_metrics(out / f"ppo_{i}" / "metrics.jsonl") if r["step"] > 0]
+        for i, name in enumerate(names)
+    }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for name, rows in logs.items():
         for ax, key in zip(axes, ("response_length", "proxy_reward", "gold_score")):

@@ -38,16 +38,20 @@ def _print_preference_accuracy(cfg, run, result) -> None:
 
 
 def _print_policy_eval(cfg, run, result) -> None:
-    if result.evals:
-        print(f"held-out {cfg.task or cfg.eval_data}: {result.evals[-1][1]}")
+    held_out = cfg.task or cfg.eval_data or "held-out prompts"
+    for step, metrics in result.evals[:1] + result.evals[1:][-1:]:  # the start and the end
+        when = "at the start" if step == 0 else f"after step {step}"
+        print(f"held-out {held_out} {when}: {metrics}")
     _print_model_saved(cfg, run, result)
 
 
 def _print_rounds(cfg, run, result) -> None:
     for summary in result.rounds:
         before, after = summary["accuracy_before"], summary["accuracy_after"]
+        gold, reward = summary["eval_gold_end"], summary.get("eval_reward_end")
+        held_out = f"gold {gold}" if gold is not None else f"held-out reward {reward}"
         print(
-            f"round {summary['round']}: gold {summary['eval_gold_end']}, "
+            f"round {summary['round']}: {held_out}, "
             f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}"
         )
     _print_model_saved(cfg, run, result)

@@ -216,8 +216,14 @@ def _assert_same_policy_steps(one: RunDir, two: RunDir, keys: tuple[str, ...], a
     them; the same sampled tokens (as many, and the same `keys`: rewards, KL, ...) and gradient
     norms at each of the first `agree` steps (those before a step whose samples differ at a
     near-tie), and, when that is every step, the same final evaluation."""
-    rows_one, rows_two = read_metrics(one.metrics_path), read_metrics(two.metrics_path)
+    (start_one, *rows_one), (start_two, *rows_two) = (
+        read_metrics(one.metrics_path),
+        read_metrics(two.metrics_path),
+    )
     assert [row["step"] for row in rows_two] == [1, 2, 3]
+    # step 0: the starting policy's evaluation, before any sample of the run
+    assert start_one["step"] == start_two["step"] == 0
+    assert close(start_one["eval_accuracy"], start_two["eval_accuracy"])
     for a, b in zip(rows_one[:agree], rows_two[:agree]):
         assert a["response_tokens"] == b["response_tokens"]
         for key in keys:
@@ -298,8 +304,9 @@ def stopped_copy(run: RunDir, to: Path) -> RunDir:
 
 
 def _bitwise_equal_runs(a: Path, b: Path) -> None:
-    assert [r["loss"] for r in read_metrics(a / "metrics.jsonl")] == [
-        r["loss"] for r in read_metrics(b / "metrics.jsonl")
+    # (a policy run's step 0 is its starting evaluation, without a loss)
+    assert [(r["step"], r.get("loss")) for r in read_metrics(a / "metrics.jsonl")] == [
+        (r["step"], r.get("loss")) for r in read_metrics(b / "metrics.jsonl")
     ]
     weights_a, weights_b = (
         load_file(a / "final" / "model.safetensors"),

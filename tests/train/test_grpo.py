@@ -45,8 +45,16 @@ def test_grpo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
     rewards = [row["reward_mean"] for row in result.history]
     assert len(rewards) == 12
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
-    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert [row["step"] for row in metrics] == list(range(1, 13))
+    lines = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    # step 0: the starting policy's evaluation alone, where the curves start
+    assert [row["step"] for row in lines] == list(range(0, 13))
+    assert set(lines[0]) - {"stage", "step", "time"} == {
+        "eval_accuracy",
+        "eval_step_accuracy",
+        "eval_gold_score",
+    }
+    assert lines[0]["eval_accuracy"] == result.evals[0][1]["accuracy"]
+    metrics = lines[1:]
     for key in (
         "reward_mean",
         "reward_std",

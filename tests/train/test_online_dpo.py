@@ -85,10 +85,11 @@ def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     # 16 steps of 4 prompts, each ranking of 4 costing C(4,2) = 6 comparisons
     assert result.labels_used == 16 * 4 * 6
     assert [row["labels_used"] for row in history] == [24 * step for step in range(1, 17)]
-    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert [row["step"] for row in metrics] == list(range(1, 17)) and metrics[0][
-        "stage"
-    ] == "online_dpo"
+    lines = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    # step 0: the starting policy's evaluation alone
+    assert [row["step"] for row in lines] == list(range(0, 17))
+    assert all(row["stage"] == "online_dpo" for row in lines) and "loss" not in lines[0]
+    metrics = lines[1:]
     for key in (
         "loss",
         "margin",
@@ -333,8 +334,8 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
         load_file(resumed.final / "model.safetensors"),
     )
     assert all(torch.equal(a[name], b[name]) for name in a)
-    rows = {
-        run: [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    rows = {  # the training steps (step 0: the starting evaluation, logged once)
+        run: [json.loads(line) for line in run.metrics_path.read_text().splitlines()][1:]
         for run in (full, resumed)
     }
     assert [row["loss"] for row in rows[full]] == [row["loss"] for row in rows[resumed]]

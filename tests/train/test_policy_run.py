@@ -112,8 +112,9 @@ def test_every_trainer_runs_on_own_prompts_and_reward_without_a_task(
     assert cfg.task is None  # no task is the default
     run = run_dir(tmp_path)
     result = train(cfg, run)
-    rows = metrics_rows(run)
+    start, *rows = metrics_rows(run)
     assert [row["step"] for row in rows] == [1, 2] and len(result.history) == 2
+    assert start["step"] == 0 and start["eval_reward_mean"] == result.evals[0][1]["reward_mean"]
     # scored by the user's reward, and no task's judge: no gold score anywhere
     assert all(row["reward_mean"] > 0 and "gold_score" not in row for row in rows)
     # evaluation without a task: the reward of greedy answers to eval_data, at the start and end

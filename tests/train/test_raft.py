@@ -61,8 +61,10 @@ def test_raft_keeps_the_best_samples_and_climbs_the_reward(tiny_model_dir, tmp_p
     )
     rewards = [row["reward_mean"] for row in history]
     assert mean(rewards[-3:]) > 1.5 * mean(rewards[:3])
-    metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert [row["step"] for row in metrics] == list(range(1, 13)) and metrics[0]["stage"] == "raft"
+    lines = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
+    # step 0: the starting policy's evaluation alone
+    assert [row["step"] for row in lines] == list(range(0, 13)) and lines[0]["stage"] == "raft"
+    metrics = lines[1:]
     for key in (
         "reward_mean",
         "kept_count",
@@ -167,8 +169,8 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir
         load_file(resumed.final / "model.safetensors"),
     )
     assert all(torch.equal(a[name], b[name]) for name in a)
-    losses = {
-        run: [json.loads(line)["loss"] for line in run.metrics_path.read_text().splitlines()]
+    losses = {  # the training steps (step 0: the starting evaluation, logged once)
+        run: [json.loads(line)["loss"] for line in run.metrics_path.read_text().splitlines()[1:]]
         for run in (full, resumed)
     }
     assert len(losses[full]) == 4 and losses[full] == losses[resumed]

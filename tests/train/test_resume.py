@@ -71,12 +71,15 @@ def assert_same_run(runs: Path, max_steps: int) -> None:
     resumed = load_file(runs / "killed" / "final" / "model.safetensors")
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[name], resumed[name]) for name in full)
-    # the metrics log has every step once, with the same losses as the uninterrupted run
+    # the metrics log has every step once, with the same losses as the uninterrupted run (a
+    # policy run's starting evaluation is step 0, logged once, not again on resume)
     losses = {}
     for name in ("full", "killed"):
         rows = [
             json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()
         ]
+        assert sum(row["step"] == 0 for row in rows) <= 1
+        rows = [row for row in rows if row["step"] > 0]
         assert [row["step"] for row in rows] == list(range(1, max_steps + 1))
         losses[name] = [row["loss"] for row in rows]
     assert losses["full"] == losses["killed"]

@@ -166,15 +166,16 @@ def _grpo_round(
 ) -> dict:
     grpo_cfg = grpo_round_config(cfg, r, policy, rm)
     run, resume = _sub_run(folder / "grpo", grpo_cfg, ranks)
-    result = train_grpo(grpo_cfg, run, resume=resume)  # sharded under torchrun
-    return on_main(lambda: part.write(_grpo_summary(run, result)), ranks)
+    train_grpo(grpo_cfg, run, resume=resume)  # sharded under torchrun
+    return on_main(lambda: part.write(_grpo_summary(run)), ranks)
 
 
-def _grpo_summary(run: RunDir, result) -> dict:
+def _grpo_summary(run: RunDir) -> dict:
     """What a round's GRPO did, from the metrics rank 0 wrote."""
-    rows = read_metrics(run.metrics_path)  # all steps, also those before a resume
-    evals = [row for row in rows if "eval_gold_score" in row]
-    start = result.evals[0][1] if result.evals and result.evals[0][0] == 0 else {}
+    lines = read_metrics(run.metrics_path)  # all steps, also those before a resume
+    rows = [line for line in lines if line["step"] > 0]  # step 0: the starting evaluation
+    start = next((line for line in lines if line["step"] == 0), {})
+    evals = [line for line in rows if "eval_gold_score" in line or "eval_reward_mean" in line]
     return {
         "policy": str(run.final),
         "proxy_first": rows[0]["reward_mean"],
@@ -182,8 +183,11 @@ def _grpo_summary(run: RunDir, result) -> dict:
         "gold_first": rows[0].get("gold_score"),
         "gold_last": rows[-1].get("gold_score"),
         "kl_per_token_last": rows[-1].get("kl_per_token", 0.0),
-        "eval_gold_start": start.get("gold_score"),
-        "eval_gold_end": evals[-1]["eval_gold_score"] if evals else None,
+        # held-out: the task's gold score, or without a task the run's reward
+        "eval_gold_start": start.get("eval_gold_score"),
+        "eval_gold_end": evals[-1].get("eval_gold_score") if evals else None,
+        "eval_reward_start": start.get("eval_reward_mean"),
+        "eval_reward_end": evals[-1].get("eval_reward_mean") if evals else None,
     }
 
 
@@ -272,6 +276,8 @@ def _reward_round(
     ranks: Ranks,
 ) -> dict:
     rm_cfg = rm_round_config(cfg, r, rm, folder)
+    if not Path(rm_cfg.eval_data).stat().st_size:  # no held-out prompt had a preference
+        rm_cfg = dataclasses.replace(rm_cfg, eval_data="")
     before, train_path, replayed = on_main(
         lambda: _reward_rows(cfg, r, folder, rm, rm_cfg, new, history), ranks
     )
@@ -304,7 +310,9 @@ def _reward_rows(
     before it sees them; with `retrain_reward_model`, its training rows (the new rankings plus
     replay) written to `rm_train.jsonl`. Returns the accuracy, that file and the replayed rows."""
     tokenizer = load_tokenizer(rm)
-    heldout = load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data, "eval")
+    heldout = (
+        load_reward_data(rm_cfg, tokenizer, rm_cfg.eval_data, "eval") if rm_cfg.eval_data else []
+    )
     device = resolve_device(cfg.device)
     # an unsharded copy on rank 0: scoring a few held-out rankings needs no other rank
     before = (

@@ -432,9 +432,12 @@ class PolicyRun:
         return metrics
 
     def begin(self, result: RunRecord) -> None:
-        """On a fresh start, evaluate the starting policy (the run's baseline), if it evaluates."""
+        """On a fresh start, evaluate the starting policy (the run's baseline), if it evaluates,
+        and log it as step 0 (a line of eval_* keys only), where curves start."""
         if self.start_step == 0 and self.evaluates:
-            result.evals.append((0, self.evaluate({})))
+            row: dict = {}
+            result.evals.append((0, self.evaluate(row)))
+            self.metrics.log(0, row, stage=self.stage)
 
     def end_step(
         self,
