@@ -66,7 +66,7 @@ CASES = [
     ),
     Case(
         "model-path-is-a-file",
-        lambda env: sft_with(env.file("model.txt", "weights"), env),
+        lambda env: sft_with(env.file("model.txt", "weights"), env, "is a file, not a model"),
     ),
     Case("no-config-json", broken(remove("config.json"), "no config.json")),
     Case("config-json-broken", broken(write("config.json", b'{"model_type": '), "not valid JSON")),

@@ -190,7 +190,10 @@ def test_unknown_key_in_a_file_section(tmp_path):
     "override, message",
     [
         ("seed", "override 'seed' must look like key=value"),
-        ("seed=", "override 'seed=' has no value (write seed=null for None)"),
+        (
+            "seed=",
+            "override 'seed=' has no value: give one (a key that may be empty takes seed=null)",
+        ),
         ("=3", "override '=3' has a malformed key"),
         ("sft..steps=3", "override 'sft..steps=3' has a malformed key"),
         ("seed.x=3", "config key 'seed' is not a section: set it with seed=VALUE"),

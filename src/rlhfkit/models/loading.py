@@ -105,6 +105,11 @@ def read_model_config(path: str | Path):
 
 def _read_config_json(path: str | Path) -> dict:
     """config.json as a mapping, after checking the directory holds one."""
+    if Path(path).is_file():
+        raise RlhfkitError(
+            f"{path} is a file, not a model directory (a Hugging Face model directory, or a "
+            ".gguf file)"
+        )
     if not Path(path).is_dir():
         raise RlhfkitError(f"model directory {path} does not exist")
     config_path = Path(path) / "config.json"

@@ -191,7 +191,10 @@ def _parse_override(override: str) -> tuple[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{override}' has a malformed key")
     if not text.strip():
-        raise ConfigError(f"override '{override}' has no value (write {key}=null for None)")
+        raise ConfigError(
+            f"override '{override}' has no value: give one (a key that may be empty takes "
+            f"{key}=null)"
+        )
     try:
         return key, yaml.safe_load(text)
     except yaml.YAMLError as err:
