@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import random
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from rlhfkit.cli_label import add_label_parser, run_label
 from rlhfkit.cli_models import add_models_parser, run_models
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, Terminated
 
 
 def _print_model_saved(cfg, run, result) -> None:
@@ -477,7 +478,13 @@ def _run_command(args, command: Command) -> None:
         _load(command.run)(cfg)
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
+    # SIGTERM stops a run as Ctrl-C does (errors.Terminated), instead of killing it mid-step
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         run(sys.argv[1:])
     except RlhfkitError as error:
@@ -486,3 +493,6 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(143)

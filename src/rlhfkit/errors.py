@@ -30,6 +30,13 @@ class NumericalFault(RlhfkitError):
     exit_status = 3
 
 
+class Terminated(BaseException):
+    """The process was sent SIGTERM (a scheduler preempting the job, `kill`, torchrun stopping
+    its workers): raised on the main thread, it stops the run as Ctrl-C's KeyboardInterrupt
+    does, so the run directory's rules apply (the lock released, progress kept) and the CLI says
+    so and exits with status 143 (128 + SIGTERM)."""
+
+
 def one_line(error: BaseException) -> str:
     """`Type: message` on one line, cut short: a library's message can run to a page."""
     message = " ".join(str(error).split())

@@ -292,3 +292,42 @@ def test_online_dpo_killed_and_resumed_matches_an_uninterrupted_run(tiny_model_d
         runs,
     )
     assert_same_run(runs, steps)
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tiny_model_dir, tmp_path):
+    # a scheduler preempting the job sends SIGTERM: one line, status 143, the lock released and
+    # the checkpoints kept, and --resume goes on to the end
+    examples = ArithTask().sft_examples(100, random.Random(0))
+    data = write_jsonl(
+        tmp_path / "sft.jsonl", [{"prompt": e.prompt, "completion": e.completion} for e in examples]
+    )
+    runs = tmp_path / "runs"
+    command = rlhfkit(
+        "sft",
+        f"model={tiny_model_dir}",
+        f"train_data={data}",
+        "max_steps=100",
+        "save_every=2",
+        "progress=false",
+        "tensorboard=false",
+        "sample_every=0",
+        "--runs-dir",
+        str(runs),
+    )
+    stopped = subprocess.Popen(command, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not complete_checkpoints(runs / "sft") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
+    assert not (runs / "sft" / "run.lock").exists() and complete_checkpoints(runs / "sft")
+    resumed = subprocess.run(
+        [*command, "--resume"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (runs / "sft" / "final" / "config.json").is_file()

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rlhfkit.data.formats import PromptExample, type_name
-from rlhfkit.errors import RlhfkitError, one_line
+from rlhfkit.errors import RlhfkitError, Terminated, one_line
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample, excerpt
 
 RESERVED_COLUMNS = ("prompts", "responses")
@@ -115,7 +115,7 @@ def call_catching_exits(fn: Callable, args: tuple, kwargs: dict) -> Any:
     """
     try:
         return fn(*args, **kwargs)
-    except KeyboardInterrupt as error:
+    except (KeyboardInterrupt, Terminated) as error:  # SIGTERM arrives the same way
         if threading.current_thread() is threading.main_thread():
             raise
         raise EscapedCall(error) from error
