@@ -88,7 +88,8 @@ class SFTConfig(RunConfig):
     eval_every: int = 100
     """Held-out loss every this many steps (0 = only at the end)."""
     sample_every: int = 100
-    """Greedy sample generations for a few held-out prompts every this many steps."""
+    """Greedy sample generations for a few held-out prompts every this many steps and after the
+    last, into samples.jsonl (0 = never)."""
     num_samples: int = 4
     """Held-out prompts whose generations are logged."""
     sample_max_new_tokens: int = 64
