@@ -144,8 +144,13 @@ def test_tiny_reads_dataset_files(monkeypatch, capsys, tmp_path):
         (lambda tmp: (tmp / "corpus.txt").write_text("\n \n"), [], "no text"),
         (lambda tmp: (tmp / "corpus.txt").write_text("hi\n"), ["--heads", "3"], "multiple of"),
         (lambda tmp: (tmp / "corpus.txt").write_text("hi\n"), ["--layers", "0"], "--layers must"),
+        (
+            lambda tmp: (tmp / "corpus.txt").write_text("hi\n"),
+            ["--vocab-size", "10"],
+            "at least 260",
+        ),
     ],
-    ids=["missing", "empty", "bad-heads", "no-layers"],
+    ids=["missing", "empty", "bad-heads", "no-layers", "vocabulary-below-the-bytes"],
 )
 def test_tiny_bad_input(monkeypatch, capsys, tmp_path, setup, extra, fragment):
     setup(tmp_path)

@@ -56,12 +56,19 @@ def _tiny(args) -> None:
 
     from rlhfkit.data.corpus import read_corpus
     from rlhfkit.errors import RlhfkitError
-    from rlhfkit.models.tiny import new_tiny_model, tokens_per_word
+    from rlhfkit.models.tiny import SPECIAL_TOKENS, new_tiny_model, tokens_per_word
 
     sizes = ("vocab_size", "hidden_size", "layers", "heads", "intermediate_size", "max_positions")
     for size in sizes:
         if getattr(args, size) < 1:
             raise RlhfkitError(f"--{size.replace('_', '-')} must be at least 1")
+    # byte-level BPE starts from the 256 bytes, and the tokenizer adds its 4 special tokens
+    smallest = 256 + len(SPECIAL_TOKENS)
+    if args.vocab_size < smallest:
+        raise RlhfkitError(
+            f"--vocab-size {args.vocab_size}: at least {smallest} (the 256 bytes a byte-level "
+            f"BPE starts from and {len(SPECIAL_TOKENS)} special tokens)"
+        )
     if args.hidden_size % args.heads:
         raise RlhfkitError(
             f"--hidden-size {args.hidden_size} must be a multiple of --heads {args.heads}"

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from rlhfkit.runtime.checkpoint import clear_new_output, publish_new_dir, temporary_sibling
 
 EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (EOS, PAD, IM_START, IM_END)
 
 # ChatML: the assistant turn ends with <|im_end|>, which the model learns to emit.
 CHAT_TEMPLATE = (
@@ -43,7 +44,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=[EOS, PAD, IM_START, IM_END],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
