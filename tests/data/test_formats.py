@@ -60,6 +60,46 @@ def test_preference_with_and_without_margin():
     assert with_margin.margin == 2.0 and isinstance(with_margin.margin, float)
 
 
+@pytest.mark.parametrize(
+    "chosen, rejected, expected",
+    [
+        ("Q: 2 + 3? A: 5", "Q: 2 + 3? A: 6", ("Q: 2 + 3? A:", " 5", " 6")),
+        ("The sum is five", "The sum is six", ("The sum is", " five", " six")),  # no cut word
+        ("Hi there you", "Hi there", ("Hi", " there you", " there")),  # one a prefix of the other
+        ("same text", "same text", ("same", " text", " text")),  # later dropped as equal
+    ],
+)
+def test_an_implicit_prompt_is_the_answers_common_start_up_to_a_word(chosen, rejected, expected):
+    example = validate_row({"chosen": chosen, "rejected": rejected}, "preference", PATH, 1)
+    assert example == PreferenceExample(*expected)
+
+
+def test_an_implicit_prompt_in_conversations_is_their_common_leading_messages():
+    other = {"role": "assistant", "content": "six"}
+    row = {"chosen": [USER, ASSISTANT], "rejected": [USER, other]}
+    example = validate_row(row, Format.PREFERENCE, PATH, 1)
+    assert example == PreferenceExample([USER], [ASSISTANT], [other])
+    same = validate_row(
+        {"chosen": [USER, ASSISTANT], "rejected": [USER, ASSISTANT]}, "preference", PATH, 1
+    )
+    assert same == PreferenceExample([USER], [ASSISTANT], [ASSISTANT])
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"chosen": "abc", "rejected": "abd"}, "share no leading words"),
+        ({"chosen": [ASSISTANT], "rejected": [USER]}, "share no leading message"),
+        (
+            {"chosen": "Q: 1 A: 1", "rejected": [USER, ASSISTANT]},
+            "field 'rejected': expected a string",
+        ),
+    ],
+)
+def test_an_implicit_prompt_that_cannot_be_found_is_one_line(row, message):
+    assert message in str(error_for(row, Format.PREFERENCE))
+
+
 def test_ranking_default_ranks_and_ties():
     row = {"prompt": "p", "responses": ["a", "b", "c", "d"]}
     assert validate_row(row, Format.RANKING, PATH, 1) == RankingExample(

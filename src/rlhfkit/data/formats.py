@@ -220,11 +220,19 @@ def _sft_from_messages(value: Any, where: _Where) -> SFTExample:
 
 
 def _validate_preference(row: dict, where: _Where) -> PreferenceExample:
-    prompt = _check_text(_require(row, "prompt", where), "prompt", where)
-    chosen = _check_text(_require(row, "chosen", where), "chosen", where)
-    _check_same_kind(prompt, chosen, "chosen", where)
-    rejected = _check_text(_require(row, "rejected", where), "rejected", where)
-    _check_same_kind(prompt, rejected, "rejected", where)
+    """`prompt`, `chosen`, `rejected`; or TRL's implicit prompt: no `prompt`, and `chosen` and
+    `rejected` hold the whole text or conversation (see `_implicit_prompt`)."""
+    if row.get("prompt") is None and "chosen" in row and "rejected" in row:
+        chosen = _check_text(row["chosen"], "chosen", where)
+        rejected = _check_text(row["rejected"], "rejected", where)
+        _check_same_kind(chosen, rejected, "rejected", where)
+        prompt, chosen, rejected = _implicit_prompt(chosen, rejected, where)
+    else:
+        prompt = _check_text(_require(row, "prompt", where), "prompt", where)
+        chosen = _check_text(_require(row, "chosen", where), "chosen", where)
+        _check_same_kind(prompt, chosen, "chosen", where)
+        rejected = _check_text(_require(row, "rejected", where), "rejected", where)
+        _check_same_kind(prompt, rejected, "rejected", where)
     margin = row.get("margin")
     if margin is None:
         return PreferenceExample(prompt, chosen, rejected)
@@ -234,6 +242,33 @@ def _validate_preference(row: dict, where: _Where) -> PreferenceExample:
     if not math.isfinite(margin):
         raise _fail(where, "margin", f"expected a finite number, got {margin}")
     return PreferenceExample(prompt, chosen, rejected, float(margin))
+
+
+def _implicit_prompt(chosen: Text, rejected: Text, where: _Where) -> tuple[Text, Text, Text]:
+    """The prompt two whole answers share, and what each adds: for conversations the leading
+    messages they have in common (at least one, and at least one message left on each side);
+    for strings their common start up to the last space in it, each answer keeping that space
+    (`"Q: 2 + 2? A: 4"` and `"... A: 5"` give `"Q: 2 + 2? A:"`, `" 4"`, `" 5"`), so words are not
+    cut. Answers that are the same leave the last message or word on each side (such a pair is
+    then dropped as chosen equals rejected)."""
+    if isinstance(chosen, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        shared = min(shared, len(chosen) - 1, len(rejected) - 1)
+        if shared < 1:
+            raise _fail(
+                where, "prompt", "missing, and 'chosen' and 'rejected' share no leading message"
+            )
+        return chosen[:shared], chosen[shared:], rejected[shared:]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    # the last space inside the common start that leaves text on both sides
+    cut = chosen.rfind(" ", 0, min(shared, len(chosen) - 1, len(rejected) - 1))
+    if cut < 1 or not chosen[:cut].strip():
+        raise _fail(where, "prompt", "missing, and 'chosen' and 'rejected' share no leading words")
+    return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
 def _validate_ranking(row: dict, where: _Where) -> RankingExample:
