@@ -2,6 +2,7 @@
 
 import pytest
 
+from rlhfkit.data.detect import format_of_columns
 from rlhfkit.data.formats import (
     Format,
     PreferenceExample,
@@ -44,6 +45,19 @@ def test_sft_messages_split_into_prompt_and_last_assistant_turn():
 def test_sft_conversational_prompt_completion():
     example = validate_row({"prompt": [USER], "completion": [ASSISTANT]}, Format.SFT, PATH, 1)
     assert example == SFTExample(prompt=[USER], completion=[ASSISTANT])
+
+
+def test_sft_text_is_a_language_modelling_row_with_the_empty_prompt():
+    example = validate_row({"text": "two plus three is five"}, Format.SFT, PATH, 1)
+    assert example == SFTExample(prompt="", completion="two plus three is five")
+    assert "field 'text'" in str(error_for({"text": 5}, Format.SFT))
+    assert format_of_columns({"text"}) is Format.SFT
+
+
+def test_unpaired_preferences_are_refused_not_imitated():
+    row = {"prompt": "2+3=", "completion": "6", "label": False}
+    assert "field 'label'" in str(error_for(row, Format.SFT))
+    assert "KTO" in str(error_for(row, Format.SFT))
 
 
 def test_example_does_not_share_message_dicts_with_the_row():
@@ -150,11 +164,11 @@ BAD_ROWS = {
         "missing (the row has columns: 'prompt', 'rejected')",
     ),
     "null field": ({"prompt": None, "completion": "c"}, Format.SFT, "prompt", "missing"),
-    "sft without prompt or messages": (
-        {"text": "t"},
+    "sft without prompt, messages or text": (
+        {"body": "t"},
         Format.SFT,
         "prompt",
-        "needs 'prompt' and 'completion', or 'messages'",
+        "needs 'prompt' and 'completion', 'messages', or 'text'",
     ),
     "wrong type": (
         {"prompt": "p", "chosen": 3, "rejected": "r"},

@@ -51,6 +51,13 @@ def test_prompt_masked_and_eos_appended_and_counted(tokenizer):
     assert encoded.truncated is False
 
 
+def test_a_text_row_counts_every_token(tokenizer):
+    # TRL's language-modelling row: the empty prompt, the whole text is the completion
+    encoded = encode(tokenizer, prompt="", completion=PROMPT + COMPLETION)
+    assert tokens(tokenizer, encoded) == ["what", "Ġis", "Ġtwo", "Ġplus", "Ġthree", EOS]
+    assert all(encoded.completion_mask)
+
+
 def test_token_merged_across_the_boundary_counts_as_completion(tokenizer):
     # "what is tw" alone ends in Ġt w, but with "o plus" it becomes Ġtwo: the common prefix
     # is two tokens, so Ġtwo is a completion token.

@@ -9,14 +9,15 @@ from rlhfkit.errors import RlhfkitError
 
 def format_of_columns(columns: set[str]) -> Format:
     """TRL's column conventions: responses = ranking, chosen/rejected = preference,
-    completions + labels = step-labelled, completion or messages = SFT, prompt alone = prompts."""
+    completions + labels = step-labelled, completion, messages or text = SFT, prompt alone =
+    prompts."""
     if "responses" in columns:
         return Format.RANKING
     if "chosen" in columns or "rejected" in columns:
         return Format.PREFERENCE
     if "completions" in columns and "labels" in columns:
         return Format.STEPS
-    if "completion" in columns or "messages" in columns:
+    if "completion" in columns or "messages" in columns or "text" in columns:
         return Format.SFT
     if "prompt" in columns:
         return Format.PROMPT

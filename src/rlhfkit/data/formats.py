@@ -40,7 +40,8 @@ class Format(str, Enum):
 
 @dataclass(frozen=True)
 class SFTExample:
-    """A demonstration: the loss is taken on `completion` given `prompt`."""
+    """A demonstration: the loss is taken on `completion` given `prompt`. A language-modelling
+    row (TRL's `text` column) has the empty prompt: the loss is taken on the whole text."""
 
     prompt: Text
     completion: Text
@@ -189,10 +190,20 @@ def _check_list(value: Any, name: str, where: _Where, what: str) -> list:
 
 
 def _validate_sft(row: dict, where: _Where) -> SFTExample:
-    """`prompt` + `completion`, or TRL's `messages` column ending in an assistant turn."""
+    """`prompt` + `completion`, TRL's `messages` column ending in an assistant turn, or TRL's
+    language-modelling `text` (the empty prompt: every token counts)."""
+    if isinstance(row.get("label"), bool):  # TRL's unpaired preferences: fine-tuning on them
+        raise _fail(  # would imitate the completions labelled bad as well
+            where,
+            "label",
+            "a completion labelled good or bad is TRL's unpaired preference (KTO) data, which "
+            "rlhfkit does not train on; SFT needs demonstrations",
+        )
     if row.get("messages") is not None and row.get("prompt") is None:
         return _sft_from_messages(row["messages"], where)
-    hint = ": an SFT row needs 'prompt' and 'completion', or 'messages'"
+    if "text" in row and row.get("prompt") is None and row.get("completion") is None:
+        return SFTExample(prompt="", completion=_check_string(row["text"], "text", where))
+    hint = ": an SFT row needs 'prompt' and 'completion', 'messages', or 'text'"
     prompt = _check_text(_require(row, "prompt", where, hint), "prompt", where)
     completion = _check_text(_require(row, "completion", where), "completion", where)
     _check_same_kind(prompt, completion, "completion", where)

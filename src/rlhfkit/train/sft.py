@@ -168,7 +168,8 @@ def _length_chunks(rows: list) -> list[list]:
 def _log_samples(
     run: RunDir, step: int, model, tokenizer, eval_rows, cfg: SFTConfig, is_main: bool
 ) -> None:
-    rows = eval_rows[: cfg.num_samples]
+    # a text row (the empty prompt) has no question to answer
+    rows = [ex for ex in eval_rows if ex.prompt][: cfg.num_samples]
     prompts = [render_text(tokenizer, ex.prompt, as_prompt=True) for ex in rows]  # as logged
     if not prompts:
         return
