@@ -40,6 +40,14 @@ def test_an_enabled_bar_shows_progress_loss_and_rate():
     assert "500 tok/s" in text
 
 
+def test_a_bar_without_a_loss_shows_none():
+    output = io.StringIO()
+    console = Console(file=output, force_terminal=True, width=150)
+    with ProgressBar(4, "sample", console=console, with_loss=False) as bar:
+        bar.update(1, tokens=10)
+    assert "1/4" in output.getvalue() and "loss" not in output.getvalue()
+
+
 def test_a_bar_that_is_not_a_terminal_never_fails():
     output = io.StringIO()
     with ProgressBar(3, "dpo", console=Console(file=output, force_terminal=False)) as bar:

@@ -145,7 +145,9 @@ def run_sample(cfg: SampleConfig, run: RunDir, *, resume: bool = False) -> Sampl
     num_batches = -(-len(prompts) // per_batch)
     first_batch = done // per_batch
     # step 3. each batch from its own seed, appended as soon as it is sampled
-    with ProgressBar(num_batches, "sample", enabled=cfg.progress, start=first_batch) as bar:
+    with ProgressBar(
+        num_batches, "sample", enabled=cfg.progress, start=first_batch, with_loss=False
+    ) as bar:
         for batch in range(first_batch, num_batches):
             start = batch * per_batch
             batch_prompts = prompts[start : start + per_batch]

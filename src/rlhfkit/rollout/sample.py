@@ -60,7 +60,10 @@ def sample_responses(
     texts, num_tokens = [], 0
     try:
         with ProgressBar(
-            -(-len(prompts) // per_batch), progress or "", enabled=progress is not None
+            -(-len(prompts) // per_batch),
+            progress or "",
+            enabled=progress is not None,
+            with_loss=False,
         ) as bar:
             for start in range(0, len(prompts), per_batch):
                 ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)

@@ -28,6 +28,7 @@ class ProgressBar:
         start: steps already done (a resumed run); the ETA uses only this run's speed.
         console: where to draw; rich's default console (stdout) when None.
         clock: seconds as a float; a fake clock makes the rate testable.
+        with_loss: show the loss (False for work that has none: sampling).
     """
 
     def __init__(
@@ -39,8 +40,10 @@ class ProgressBar:
         start: int = 0,
         console: Console | None = None,
         clock: Callable[[], float] = time.monotonic,
+        with_loss: bool = True,
     ):
         self.total = total
+        self.with_loss = with_loss
         self.description = description
         self.enabled = enabled
         self.completed = start
@@ -59,7 +62,7 @@ class ProgressBar:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
+                *([TextColumn("loss {task.fields[loss]}")] if self.with_loss else []),
                 TextColumn("{task.fields[tokens_per_second]} tok/s"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
