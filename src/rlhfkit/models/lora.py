@@ -9,6 +9,7 @@ merged.
 """
 
 import copy
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,12 +32,25 @@ def add_lora(
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with _peft_reading_a_renamed_attribute():
+        return get_peft_model(model, config)
 
 
 def load_lora(base_model, adapter_dir: str | Path):
     """Adapters saved by `save_pretrained` on a LoRA model, put back on `base_model`, trainable."""
-    return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=True)
+    with _peft_reading_a_renamed_attribute():
+        return PeftModel.from_pretrained(base_model, str(adapter_dir), is_trainable=True)
+
+
+@contextmanager
+def _peft_reading_a_renamed_attribute():
+    """peft reads `is_gradient_checkpointing`, which transformers 5 renamed and warns about on
+    every read: a FutureWarning in every LoRA run that no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 @contextmanager
