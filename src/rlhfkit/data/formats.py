@@ -14,7 +14,7 @@ e.g. `messages[2].content`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -262,24 +262,29 @@ def _implicit_prompt(chosen: Text, rejected: Text, where: _Where) -> tuple[Text,
     (`"Q: 2 + 2? A: 4"` and `"... A: 5"` give `"Q: 2 + 2? A:"`, `" 4"`, `" 5"`), so words are not
     cut. Answers that are the same leave the last message or word on each side (such a pair is
     then dropped as chosen equals rejected)."""
+    shared = common_prefix_length(chosen, rejected)
     if isinstance(chosen, list):
-        shared = 0
-        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-            shared += 1
         shared = min(shared, len(chosen) - 1, len(rejected) - 1)
         if shared < 1:
             raise _fail(
                 where, "prompt", "missing, and 'chosen' and 'rejected' share no leading message"
             )
         return chosen[:shared], chosen[shared:], rejected[shared:]
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
     # the last space inside the common start that leaves text on both sides
     cut = chosen.rfind(" ", 0, min(shared, len(chosen) - 1, len(rejected) - 1))
     if cut < 1 or not chosen[:cut].strip():
         raise _fail(where, "prompt", "missing, and 'chosen' and 'rejected' share no leading words")
     return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items (characters, messages, token ids) `a` and `b` share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
 
 
 def _validate_ranking(row: dict, where: _Where) -> RankingExample:

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from rlhfkit.data.formats import PreferenceExample, RankingExample, SFTExample, Text
+from rlhfkit.data.formats import (
+    PreferenceExample,
+    RankingExample,
+    SFTExample,
+    Text,
+    common_prefix_length,
+)
 from rlhfkit.data.text_ids import encode_windows, render_text
 from rlhfkit.errors import RlhfkitError
 
@@ -100,12 +106,11 @@ class TokenizeReport:
         return line
 
 
-def require_rows(rows: list, path: str, report: TokenizeReport, purpose: str) -> list:
-    """`rows`, or a one-line error naming the file when tokenising left none (every row too
-    long to keep, say), before a run trains or evaluates on nothing."""
+def require_rows(rows: list, path: str, report: TokenizeReport, purpose: str) -> None:
+    """A one-line error naming the file when tokenising left no row (every row too long to
+    keep, say), before a run trains or evaluates on nothing."""
     if not rows:
         raise RlhfkitError(f"{path}: no row left ({report.summary()}): nothing to {purpose}")
-    return rows
 
 
 def _counts(by_reason: dict[str, int]) -> str:
@@ -228,22 +233,13 @@ def _assembled(
             raise RlhfkitError("the tokenizer has no EOS token; set one or turn add_eos off")
         if not input_ids or input_ids[-1] != eos:
             input_ids.append(eos)
-    boundary = _common_prefix_length(prompt_ids, input_ids)
+    boundary = common_prefix_length(prompt_ids, input_ids)
     completion_mask = [False] * boundary + [True] * (len(input_ids) - boundary)
     if boundary == len(input_ids):
         return DropReason.NO_COMPLETION_TOKENS
     if len(input_ids) <= max_length:
         return EncodedExample(input_ids, completion_mask, truncated=False)
     return _TRUNCATIONS[truncation](input_ids, completion_mask, max_length)
-
-
-def _common_prefix_length(a: list[int], b: list[int]) -> int:
-    length = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        length += 1
-    return length
 
 
 def _keep_start(ids: list[int], mask: list[bool], max_length: int) -> EncodedExample | DropReason:

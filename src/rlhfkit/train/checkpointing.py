@@ -7,7 +7,7 @@ model and tokenizer from the gathered weights, and every rank its shard of the r
 """
 
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,9 @@ def save_trainer_checkpoint(
     whole model with all of them (a reward model's classifier)."""
     if ranks.sharded:
         weights = full_state_dict(model, ranks)  # every rank takes part; rank 0 gets them
-        refuse_non_finite(lambda: weights.values(), step, checkpoints_dir, ranks)
+        refuse_non_finite(
+            lambda: all_finite_tensors(weights.values()), step, checkpoints_dir, ranks
+        )
 
         def write_main(tmp: Path) -> None:
             saved, state_dict = saved_model(weights) if saved_model else (model, weights)
@@ -84,7 +86,7 @@ def save_trainer_checkpoint(
             ranks=ranks,
         )
 
-    refuse_non_finite(lambda: [*model.parameters(), *model.buffers()], step, checkpoints_dir, ranks)
+    refuse_non_finite(lambda: all_finite(model), step, checkpoints_dir, ranks)
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp / MODEL_SUBDIR)
@@ -98,13 +100,14 @@ def save_trainer_checkpoint(
 
 
 def refuse_non_finite(
-    tensors: Callable[[], Iterable[torch.Tensor]], step: int, checkpoints_dir: Path, ranks: Ranks
+    finite: Callable[[], bool], step: int, checkpoints_dir: Path, ranks: Ranks
 ) -> None:
-    """A `NumericalFault` on every rank, before checkpoint `step` is written, when a weight of
-    `tensors()` (rank 0's: under torchrun the gathered ones) is not finite. An update can
-    overflow the weights with a finite loss and gradient (a far too high lr); its checkpoint
-    would be the one a resume starts from, so the last one written stays the last good one."""
-    if not on_main(lambda: all_finite_tensors(tensors()), ranks):
+    """A `NumericalFault` on every rank, before checkpoint `step` is written, unless `finite()`
+    (run on rank 0: under torchrun on the gathered weights) says every weight is finite. An
+    update can overflow the weights with a finite loss and gradient (a far too high lr); its
+    checkpoint would be the one a resume starts from, so the last one written stays the last
+    good one."""
+    if not on_main(finite, ranks):
         raise _non_finite(f"step {step}: the model", "checkpoint not written", checkpoints_dir)
 
 

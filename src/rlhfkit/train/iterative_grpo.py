@@ -112,11 +112,12 @@ def ranked_rows(prompts, texts, rankings: list[tuple[int, ...] | None]) -> list[
             (i for i in range(len(responses)) if responses[i].strip()), key=lambda i: ranks[i]
         )
         kept_ranks = [ranks[i] for i in kept]
-        if len(set(kept_ranks)) < 2:
+        levels = sorted(set(kept_ranks))
+        if len(levels) < 2:
             continue
         row = {"prompt": prompt.prompt, "responses": [responses[i] for i in kept]}
-        if len(set(kept_ranks)) < len(kept):  # a tie: the ranks say which
-            row["ranks"] = [sorted(set(kept_ranks)).index(rank) for rank in kept_ranks]
+        if len(levels) < len(kept):  # a tie: the ranks say which
+            row["ranks"] = [levels.index(rank) for rank in kept_ranks]
         rows.append(row)
     return rows
 
@@ -272,11 +273,12 @@ def _reward_round(
     rm: str,
     new: list[dict],
     history: list[dict],
+    heldout: int,
     part: _Part,
     ranks: Ranks,
 ) -> dict:
     rm_cfg = rm_round_config(cfg, r, rm, folder)
-    if not Path(rm_cfg.eval_data).stat().st_size:  # no held-out prompt had a preference
+    if not heldout:  # no held-out prompt had a preference: nothing to evaluate on
         rm_cfg = dataclasses.replace(rm_cfg, eval_data="")
     before, train_path, replayed = on_main(
         lambda: _reward_rows(cfg, r, folder, rm, rm_cfg, new, history), ranks
@@ -440,7 +442,9 @@ def _round(
     new = _rows(folder / "rankings.jsonl")
     reward = _done_or_make(
         parts["reward"],
-        lambda: _reward_round(cfg, r, folder, rm, new, history, parts["reward"], ranks),
+        lambda: _reward_round(
+            cfg, r, folder, rm, new, history, labels["heldout"], parts["reward"], ranks
+        ),
         ranks,
     )
     return {"round": r, **grpo, **labels, **reward}, new

@@ -29,12 +29,16 @@ class NonFiniteGuard:
     def allows(self, step: int, grad_norm: float, loss: float = 0.0, weights=()) -> bool:
         """True when the update of optimizer step `step` (0-based) may be applied. `weights`:
         the trained tensors, looked at only when the update is not finite: if they are not
-        either, an earlier update overflowed them and skipping more cannot help."""
+        either, an earlier update overflowed them and skipping more cannot help. Shards are
+        not looked at: one tells only of its own rank's part, and under torchrun the
+        checkpoints' own check (`checkpointing.refuse_non_finite`, on the gathered weights) is
+        the one that holds."""
         if math.isfinite(grad_norm) and math.isfinite(loss):
             return True
         self.skipped += 1
         what = f"loss {loss}, gradient norm {grad_norm}"
-        overflowed = not all_finite_tensors(weights)
+        sharded = any(isinstance(w, DTensor) for w in weights)
+        overflowed = not sharded and not all_finite_tensors(weights)
         if self.skipped > self.max_skips or overflowed:
             last = latest_checkpoint(self.checkpoints_dir)
             why = (
@@ -83,10 +87,7 @@ def clipped_step(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     limit = max_grad_norm if max_grad_norm > 0 else float("inf")  # inf: measure, scale nothing
     grad_norm = clip_grad_norm(params, limit)
-    # a shard tells only of its own rank's part: under torchrun the checkpoints' own check
-    # (`checkpointing.refuse_non_finite`, on the gathered weights) is the one that holds
-    local = [] if any(isinstance(p, DTensor) for p in params) else params
-    if guard.allows(step, grad_norm, loss, local):
+    if guard.allows(step, grad_norm, loss, params):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()

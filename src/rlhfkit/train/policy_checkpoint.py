@@ -37,6 +37,7 @@ from rlhfkit.runtime.distributed_checkpoint import (
 )
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train.checkpointing import MODEL_SUBDIR, refuse_non_finite, submodule_weights
+from rlhfkit.train.optim import all_finite, all_finite_tensors
 from rlhfkit.train.policy_models import CRITIC_SUBDIR, PolicyModels
 
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -60,12 +61,7 @@ def save_policy_checkpoint(
     if ranks.sharded:
         return _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ranks)
     trained = [models.policy, *([models.critic] if models.critic is not None else [])]
-    refuse_non_finite(
-        lambda: [t for m in trained for t in (*m.parameters(), *m.buffers())],
-        step,
-        run_dir.checkpoints,
-        ranks,
-    )
+    refuse_non_finite(lambda: all(map(all_finite, trained)), step, run_dir.checkpoints, ranks)
 
     def write(tmp: Path) -> None:
         models.policy.save_pretrained(tmp / MODEL_SUBDIR)
@@ -89,7 +85,7 @@ def _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ra
     critic = models.critic
     critic_weights = full_state_dict(critic, ranks) if critic is not None else None
     refuse_non_finite(
-        lambda: [*weights.values(), *(critic_weights or {}).values()],
+        lambda: all_finite_tensors([*weights.values(), *(critic_weights or {}).values()]),
         step,
         run_dir.checkpoints,
         ranks,
