@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime import device as device_module
-from rlhfkit.runtime.device import Precision, autocast, resolve_device, use_fastest_attention
+from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
@@ -82,8 +83,10 @@ def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
 )
 def test_eager_attention_only_on_a_cpu_in_bf16(tiny_model_dir, tmp_path, device, precision, kernel):
     model = load_causal_lm(tiny_model_dir)  # loaded with SDPA, transformers' default
-    assert use_fastest_attention(model, torch.device(device), precision) is model
+    assert use_fastest_kernels(model, torch.device(device), precision) is model
     assert model.config._attn_implementation == kernel
+    fused = "forward" in vars(model.model.norm)  # fuse_layers: on a CPU in fp32 only
+    assert fused == (device == "cpu" and precision == "fp32")
     model.save_pretrained(tmp_path)  # the choice is not saved: a reload has the default
     assert load_causal_lm(tmp_path).config._attn_implementation == "sdpa"
 

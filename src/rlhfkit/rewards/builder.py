@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_tokenizer, read_model_config
 from rlhfkit.models.reward import RewardModel, is_reward_model
 from rlhfkit.rewards.base import RewardSource
@@ -28,7 +29,7 @@ from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
 from rlhfkit.rewards.reward_model import RewardModelSource
 from rlhfkit.rewards.task import ProcessReward, TaskReward
-from rlhfkit.runtime.device import Precision, use_fastest_attention
+from rlhfkit.runtime.device import Precision
 from rlhfkit.tasks.registry import get_task
 
 ACCEPTED = (
@@ -194,7 +195,7 @@ def load_reward_model_source(
             f"reward source '{name}': {path} is not a trained reward model (architectures: {found})"
         )
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
-    use_fastest_attention(model.model, torch.device(device), precision)
+    use_fastest_kernels(model.model, torch.device(device), precision)
     if place_model is not None:
         model = place_model(model)
     # The tokenizer saved with the reward model is the one its training data went through.

@@ -46,17 +46,6 @@ def autocast(device: torch.device, precision: Precision):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def use_fastest_attention(model, device: torch.device, precision: Precision):
-    """`model` (a transformers model) with the attention kernel that is fastest where it runs: on
-    a CPU in bf16, transformers' eager attention, since PyTorch's CPU flash-attention backward in
-    bf16 took 27% of the benchmark's reward-model step (eager: 0.156 -> 0.113 s a step on an
-    Intel Xeon with AMX); elsewhere the kernel it was loaded with (SDPA unless the user chose).
-    The choice lives in the loaded config only: `save_pretrained` does not write it."""
-    if device.type == "cpu" and Precision(precision) is Precision.BF16:
-        model.set_attn_implementation("eager")
-    return model
-
-
 @functools.cache
 def cpu_has_bf16_units() -> bool | None:
     """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), from /proc/cpuinfo's

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import NumericalFault, RlhfkitError
+from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora, load_lora, merged_copy, merged_gathered
 from rlhfkit.runtime.checkpoint import (
@@ -27,7 +28,7 @@ from rlhfkit.runtime.checkpoint import (
     save_torch_state,
     temporary_sibling,
 )
-from rlhfkit.runtime.device import Precision, use_fastest_attention
+from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.distributed import FrozenModels, Ranks, full_state_dict, place_frozen
 from rlhfkit.runtime.distributed_checkpoint import (
     is_sharded_checkpoint,
@@ -140,7 +141,7 @@ def load_policy(
     LoRA adapters, fresh or from the checkpoint, on the starting model; with the attention
     kernel fastest for `device` and `precision`."""
     if lora_r > 0:
-        base = use_fastest_attention(load_causal_lm(model_dir).to(device), device, precision)
+        base = use_fastest_kernels(load_causal_lm(model_dir).to(device), device, precision)
         policy = (
             load_lora(base, checkpoint / MODEL_SUBDIR)
             if checkpoint
@@ -148,7 +149,7 @@ def load_policy(
         )
     else:
         policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
-        use_fastest_attention(policy, device, precision)
+        use_fastest_kernels(policy, device, precision)
     return policy.train()
 
 
@@ -176,7 +177,7 @@ def load_frozen_reference(
     """A frozen copy of `model_dir` to score with: eval mode, no gradients, the attention kernel
     fastest for `device` and `precision`, sharded over `mesh` with `frozen_models=sharded`."""
     model = load_causal_lm(model_dir).to(device).eval().requires_grad_(False)
-    use_fastest_attention(model, device, precision)
+    use_fastest_kernels(model, device, precision)
     return place_frozen(model, frozen_models, mesh, precision)
 
 

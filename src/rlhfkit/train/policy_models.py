@@ -11,9 +11,10 @@ from typing import Any
 import torch
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.reward import value_model_from
-from rlhfkit.runtime.device import resolve_device, use_fastest_attention
+from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
 from rlhfkit.train.optim import adamw
@@ -82,7 +83,7 @@ def build_policy_models(
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
         critic = value_model_from(critic_dir).to(device).train()
-        use_fastest_attention(critic.model, device, cfg.precision)
+        use_fastest_kernels(critic.model, device, cfg.precision)
         if cfg.gradient_checkpointing:
             enable_checkpointing(critic.model)
         if mesh is not None:

@@ -26,6 +26,7 @@ from rlhfkit.data.steps import collate_steps, tokenize_steps
 from rlhfkit.data.tokenize import Truncation, require_rows
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
+from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.lora import add_backbone_lora, load_gathered, trainable_state
 from rlhfkit.models.pretrained import check_learning_rates
@@ -36,7 +37,6 @@ from rlhfkit.runtime.device import (
     autocast,
     move_batch,
     resolve_device,
-    use_fastest_attention,
 )
 from rlhfkit.runtime.distributed import (
     current_ranks,
@@ -287,7 +287,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         enable_checkpointing(model.model)
     device = resolve_device(cfg.device)
     model.to(device).train()
-    use_fastest_attention(model.model, device, cfg.precision)
+    use_fastest_kernels(model.model, device, cfg.precision)
     if ranks.sharded:  # under torchrun: each rank keeps a shard (FSDP2)
         model = shard_model(model, device_mesh(device, ranks), cfg.precision)
     optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
