@@ -181,3 +181,12 @@ def test_only_llamas_rotary_is_replaced(restore_rotary):
     qwen = modeling_qwen2.Qwen2ForCausalLM(modeling_qwen2.Qwen2Config(**SMALL))
     assert fuse_layers(qwen) is qwen
     assert modeling_qwen2.apply_rotary_pos_emb is fused_layers.apply_rotary_pos_emb
+
+
+def test_a_frozen_weight_gets_no_gradient_and_the_input_still_does():
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    frozen = torch.randn(8)
+    rms_norm(x, frozen, 1e-6).sum().backward()
+    expected = torch.autograd.grad(naive_rms_norm(x, frozen, 1e-6).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+    assert frozen.grad is None

@@ -26,7 +26,7 @@ from rlhfkit.runtime.device import Precision
 class RMSNormFunction(torch.autograd.Function):
     """y = w * x * r with r = 1 / sqrt(mean(x^2) + eps) over the last dimension.
 
-    Backward, with x_hat = x * r and n the width:
+    Backward, with x_hat = x * r and means over the last dimension:
         dx = r * (g * w - x_hat * mean(g * w * x_hat)),   dw = sum over rows of g * x_hat.
     """
 
@@ -40,9 +40,12 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x_hat, weight, scale = ctx.saved_tensors
-        grad_w = grad * weight
-        grad_x = scale * (grad_w - x_hat * (grad_w * x_hat).mean(-1, keepdim=True))
-        grad_weight = (grad * x_hat).reshape(-1, grad.shape[-1]).sum(0)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_w = grad * weight
+            grad_x = scale * (grad_w - x_hat * (grad_w * x_hat).mean(-1, keepdim=True))
+        if ctx.needs_input_grad[1]:  # not for a frozen model's or LoRA's base norms
+            grad_weight = (grad * x_hat).reshape(-1, grad.shape[-1]).sum(0)
         return grad_x, grad_weight, None
 
 
