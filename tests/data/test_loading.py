@@ -2,6 +2,8 @@
 
 import json
 import random
+import socket
+import time
 
 import datasets
 import huggingface_hub.constants
@@ -10,7 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from rlhfkit.data.formats import Format, PreferenceExample, SFTExample
-from rlhfkit.data.loading import MAX_ROW_BYTES, load_examples, read_rows
+from rlhfkit.data.loading import (
+    MAX_ROW_BYTES,
+    hub_host_resolves,
+    load_examples,
+    offline_mode,
+    read_rows,
+)
 from rlhfkit.errors import DataError, RlhfkitError
 
 PAIRS = [
@@ -320,6 +328,36 @@ def test_a_folder_of_other_files_is_a_one_line_data_error(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{folder}: not a dataset directory saved with save_to_disk: ")
     assert "\n" not in message
+
+
+def test_without_network_a_hub_name_fails_at_once_and_names_why(monkeypatch):
+    # no name resolves (as on a machine without network): the cache alone is tried, in well
+    # under the ~25 s of retries a lookup otherwise takes, and offline mode is undone after
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    assert not hub_host_resolves()
+    before = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    started = time.monotonic()
+    with pytest.raises(RlhfkitError) as caught:
+        read_rows("nobody/no-such-dataset")
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert message.startswith(
+        "could not load dataset 'nobody/no-such-dataset' (the Hub cannot be reached from here: "
+        "only the local cache was tried): "
+    )
+    assert "\n" not in message
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
+
+
+def test_offline_mode_restores_both_settings():
+    before = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    with pytest.raises(ValueError), offline_mode():
+        assert datasets.config.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_OFFLINE
+        raise ValueError
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before
 
 
 # ----- local paths never go to the Hub; Hub names still do -------------------------------------

@@ -9,12 +9,15 @@ text reaches the user.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import re
+import socket
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from rlhfkit.data.formats import Example, Format, type_name, validate_rows
 from rlhfkit.errors import DataError, RlhfkitError
@@ -252,9 +255,41 @@ def _read_saved_dataset(path: Path) -> Rows:
 
 def _read_hub(name: str) -> Rows:
     import datasets  # imported here: importing it takes about a second
+    from huggingface_hub import constants
+
+    unreachable = not constants.HF_HUB_OFFLINE and not hub_host_resolves()
+    try:
+        with offline_mode() if unreachable else contextlib.nullcontext():
+            loaded = datasets.load_dataset(name, split="train")
+    except Exception as error:  # offline, not found, no train split, bad config, ...
+        where = " (the Hub cannot be reached from here: only the local cache was tried)"
+        message = f"could not load dataset '{name}'{where if unreachable else ''}"
+        raise RlhfkitError(f"{message}: {_short(error)}") from None
+    return list(enumerate(loaded.to_list(), start=1))
+
+
+def hub_host_resolves() -> bool:
+    """Whether the Hub's host name resolves. Where it does not (no network), every request of
+    `datasets` would be retried for about 25 s before the cache is tried or the name refused."""
+    from huggingface_hub import constants
 
     try:
-        loaded = datasets.load_dataset(name, split="train")
-    except Exception as error:  # offline, not found, no train split, bad config, ...
-        raise RlhfkitError(f"could not load dataset '{name}': {_short(error)}") from None
-    return list(enumerate(loaded.to_list(), start=1))
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def offline_mode():
+    """`datasets` and `huggingface_hub` in offline mode, as with HF_HUB_OFFLINE=1 (both read
+    the variable once, at import): a cached dataset loads, any other name fails at once."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
