@@ -138,8 +138,8 @@ def load_policy(
     precision: Precision = Precision.FP32,
 ):
     """The policy to train, in train mode: the starting model or its checkpoint, or (lora_r > 0)
-    LoRA adapters, fresh or from the checkpoint, on the starting model; with the attention
-    kernel fastest for `device` and `precision`."""
+    LoRA adapters, fresh or from the checkpoint, on the starting model; with the kernels
+    fastest for `device` and `precision` (`use_fastest_kernels`)."""
     if lora_r > 0:
         base = use_fastest_kernels(load_causal_lm(model_dir).to(device), device, precision)
         policy = (
@@ -174,8 +174,8 @@ def load_frozen_reference(
     frozen_models: FrozenModels,
     mesh,
 ):
-    """A frozen copy of `model_dir` to score with: eval mode, no gradients, the attention kernel
-    fastest for `device` and `precision`, sharded over `mesh` with `frozen_models=sharded`."""
+    """A frozen copy of `model_dir` to score with: eval mode, no gradients, the kernels fastest
+    for `device` and `precision`, sharded over `mesh` with `frozen_models=sharded`."""
     model = load_causal_lm(model_dir).to(device).eval().requires_grad_(False)
     use_fastest_kernels(model, device, precision)
     return place_frozen(model, frozen_models, mesh, precision)
