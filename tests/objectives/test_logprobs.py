@@ -8,6 +8,7 @@ from rlhfkit.objectives.logprobs import (
     sequence_logprobs,
     shift_for_next_token,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 
 
@@ -204,3 +205,29 @@ def test_head_logprobs_with_a_masked_logit():
     assert torch.allclose(logprobs, torch.tensor([-math.log(2.0)]))
     logprobs.sum().backward()
     assert torch.isfinite(hidden.grad).all()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_logprobs_and_entropy_from_one_log_softmax_equal_the_two_apart(masked):
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 33, generator=generator) * 3
+    if masked:  # top-k style: -inf outside each row's 4 largest
+        top = logits.topk(4, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, top.indices, top.values)
+        token_ids = top.indices[..., 1]
+    else:
+        token_ids = torch.randint(0, 33, (2, 5), generator=generator)
+    together = logits.clone().requires_grad_(True)
+    apart = logits.clone().requires_grad_(True)
+    logprobs, entropy = token_logprobs_and_entropy(together, token_ids)
+    want = token_logprobs(apart, token_ids)
+    assert torch.allclose(logprobs, want, atol=1e-6, rtol=0)
+    assert torch.allclose(
+        entropy, naive_entropy(logits.masked_fill(logits.isinf(), -1e9)), atol=1e-5
+    )
+    assert not entropy.requires_grad  # a metric
+    weights = torch.linspace(0.5, 1.5, 10).view(2, 5)
+    (logprobs * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert torch.isfinite(together.grad).all()
+    assert torch.allclose(together.grad, apart.grad, atol=1e-6, rtol=0)

