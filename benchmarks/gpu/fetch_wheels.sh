@@ -27,6 +27,7 @@ download .whl transformers==5.23.0 tokenizers==0.23.3 peft==0.21.2 datasets==5.2
 download .whl-trl112 trl==1.12.0
 mkdir -p .peer
 cp -f "$PEER/bench_trl.py" .peer/
+mkdir -p .git/info && touch .git/info/exclude  # a clone may have none
 for folder in /.whl/ /.whl-trl112/ /.peer/; do
     grep -qxF "$folder" .git/info/exclude || echo "$folder" >>.git/info/exclude
 done
