@@ -18,6 +18,7 @@ from rlhfkit.models.fused_layers import (
     has_llama_norm_forward,
     rms_norm,
 )
+from tests.rollout.conftest import tiny_family_model
 
 
 @pytest.fixture
@@ -162,23 +163,15 @@ def test_rotary_keeps_transformers_path_for_bf16_and_learnt_angles():
     assert learnt.grad is not None  # the fused function would give the angles no gradient
 
 
-SMALL = dict(
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    vocab_size=32,
-    pad_token_id=0,
-    bos_token_id=0,
-    eos_token_id=0,
-)
-
-
 def test_only_llamas_rotary_is_replaced(restore_rotary):
-    config = modeling_phi3.Phi3Config(partial_rotary_factor=0.5, **SMALL)
-    assert fuse_rotary_embeddings(modeling_phi3.Phi3ForCausalLM(config)) == 0  # Phi-3's own code
-    qwen = modeling_qwen2.Qwen2ForCausalLM(modeling_qwen2.Qwen2Config(**SMALL))
+    phi3 = tiny_family_model(
+        modeling_phi3.Phi3Config,
+        modeling_phi3.Phi3ForCausalLM,
+        partial_rotary_factor=0.5,
+        pad_token_id=0,  # Phi-3's default, 32000, is past the tiny vocabulary
+    )
+    assert fuse_rotary_embeddings(phi3) == 0  # Phi-3's own code
+    qwen = tiny_family_model(modeling_qwen2.Qwen2Config, modeling_qwen2.Qwen2ForCausalLM)
     assert fuse_layers(qwen) is qwen
     assert modeling_qwen2.apply_rotary_pos_emb is fused_layers.apply_rotary_pos_emb
 

@@ -262,8 +262,11 @@ def _read_hub(name: str) -> Rows:
         with offline_mode() if unreachable else contextlib.nullcontext():
             loaded = datasets.load_dataset(name, split="train")
     except Exception as error:  # offline, not found, no train split, bad config, ...
-        why = " (the Hub cannot be reached from here: only the local cache was tried)"
-        why = why if unreachable else ""
+        why = (
+            " (the Hub cannot be reached from here: only the local cache was tried)"
+            if unreachable
+            else ""
+        )
         raise RlhfkitError(f"could not load dataset '{name}'{why}: {_short(error)}") from None
     return list(enumerate(loaded.to_list(), start=1))
 

@@ -85,9 +85,10 @@ def fuse_rms_norms(model: torch.nn.Module) -> int:
     return count
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+LLAMA_APPLY_ROTARY = modeling_llama.apply_rotary_pos_emb
+LLAMA_ROTATE_HALF = modeling_llama.rotate_half
+REPLACED: dict[str, object] = {}
+"""transformers' own `apply_rotary_pos_emb` of each module changed, by module name."""
 
 
 def _rotate_half_transposed(y: torch.Tensor) -> torch.Tensor:
@@ -102,7 +103,7 @@ class RotaryFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
-        return (x * cos) + (_rotate_half(x) * sin)
+        return (x * cos) + (LLAMA_ROTATE_HALF(x) * sin)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -118,12 +119,6 @@ def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         return LLAMA_APPLY_ROTARY(q, k, cos, sin, unsqueeze_dim)
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
     return RotaryFunction.apply(q, cos, sin), RotaryFunction.apply(k, cos, sin)
-
-
-LLAMA_APPLY_ROTARY = modeling_llama.apply_rotary_pos_emb
-LLAMA_ROTATE_HALF = modeling_llama.rotate_half
-REPLACED: dict[str, object] = {}
-"""transformers' own `apply_rotary_pos_emb` of each module changed, by module name."""
 
 
 def fuse_rotary_embeddings(model: torch.nn.Module) -> int:
