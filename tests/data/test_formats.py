@@ -78,9 +78,15 @@ def test_preference_with_and_without_margin():
     "chosen, rejected, expected",
     [
         ("Q: 2 + 3? A: 5", "Q: 2 + 3? A: 6", ("Q: 2 + 3? A:", " 5", " 6")),
-        ("The sum is five", "The sum is six", ("The sum is", " five", " six")),  # no cut word
+        ("The sum is five", "The sum is six", ("The sum is", " five", " six")),
+        ("It is forty", "It is fifty", ("It is", " forty", " fifty")),  # no cut word
         ("Hi there you", "Hi there", ("Hi", " there you", " there")),  # one a prefix of the other
         ("same text", "same text", ("same", " text", " text")),  # later dropped as equal
+        ("Q?\nyes", "Q?\nno", ("Q?\n", "yes", "no")),  # other whitespace stays with the prompt
+        ("What is 0 + 1?\n1", "What is 0 + 1?\n2", ("What is 0 + 1?\n", "1", "2")),
+        ("Sum:\n\tfive", "Sum:\n\tsix", ("Sum:\n\t", "five", "six")),  # back to the word start
+        ("A:  5", "A:  6", ("A: ", " 5", " 6")),  # one space to the answers, as TRL
+        ("A:4", "A:5", ("A:", "4", "5")),  # no whitespace: where they part, as TRL
     ],
 )
 def test_an_implicit_prompt_is_the_answers_common_start_up_to_a_word(chosen, rejected, expected):
@@ -102,7 +108,8 @@ def test_an_implicit_prompt_in_conversations_is_their_common_leading_messages():
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({"chosen": "abc", "rejected": "abd"}, "share no leading words"),
+        ({"chosen": "abc", "rejected": "xyz"}, "share no leading text"),
+        ({"chosen": " yes", "rejected": " no"}, "share no leading text"),  # only whitespace
         ({"chosen": [ASSISTANT], "rejected": [USER]}, "share no leading message"),
         (
             {"chosen": "Q: 1 A: 1", "rejected": [USER, ASSISTANT]},

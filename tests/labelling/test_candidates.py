@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -10,6 +11,7 @@ from rlhfkit.labelling.candidates import (
     complete_rows,
     read_items,
     read_labels,
+    replace_rows,
     write_labels,
 )
 from rlhfkit.labelling.records import Item, Submission
@@ -129,3 +131,16 @@ def test_a_malformed_submission_row_names_its_field(tmp_path, change, field):
     with pytest.raises(DataError) as caught:
         read_labels(tmp_path)
     assert (caught.value.row, caught.value.field) == (1, field)
+
+
+def test_a_replaced_file_is_whole_and_takes_its_mode_from_the_umask(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("old\n")
+    old = os.umask(0o022)
+    try:
+        replace_rows(path, [{"a": 1}, {"a": 2}])
+    finally:
+        os.umask(old)
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    assert path.stat().st_mode & 0o777 == 0o644  # not a temporary file's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]  # no partial file left

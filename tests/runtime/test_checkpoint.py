@@ -227,3 +227,14 @@ def test_a_resumed_run_ends_with_bitwise_identical_weights(tmp_path):
 
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, uninterrupted[name]), name
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_a_published_checkpoint_takes_its_mode_from_the_umask(tmp_path, umask, mode):
+    # as any directory the user makes: other users and a serving process can read the model
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / "ckpt", 1, write=write_file("model.bin"))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode

@@ -258,10 +258,8 @@ def _validate_preference(row: dict, where: _Where) -> PreferenceExample:
 def _implicit_prompt(chosen: Text, rejected: Text, where: _Where) -> tuple[Text, Text, Text]:
     """The prompt two whole answers share, and what each adds: for conversations the leading
     messages they have in common (at least one, and at least one message left on each side);
-    for strings their common start up to the last space in it, each answer keeping that space
-    (`"Q: 2 + 2? A: 4"` and `"... A: 5"` give `"Q: 2 + 2? A:"`, `" 4"`, `" 5"`), so words are not
-    cut. Answers that are the same leave the last message or word on each side (such a pair is
-    then dropped as chosen equals rejected)."""
+    for strings see `_text_cut`. Answers that are the same leave the last message or word on
+    each side (such a pair is then dropped as chosen equals rejected)."""
     shared = common_prefix_length(chosen, rejected)
     if isinstance(chosen, list):
         shared = min(shared, len(chosen) - 1, len(rejected) - 1)
@@ -270,11 +268,26 @@ def _implicit_prompt(chosen: Text, rejected: Text, where: _Where) -> tuple[Text,
                 where, "prompt", "missing, and 'chosen' and 'rejected' share no leading message"
             )
         return chosen[:shared], chosen[shared:], rejected[shared:]
-    # the last space inside the common start that leaves text on both sides
-    cut = chosen.rfind(" ", 0, min(shared, len(chosen) - 1, len(rejected) - 1))
+    cut = _text_cut(chosen, min(shared, len(chosen) - 1, len(rejected) - 1))
     if cut < 1 or not chosen[:cut].strip():
-        raise _fail(where, "prompt", "missing, and 'chosen' and 'rejected' share no leading words")
+        raise _fail(where, "prompt", "missing, and 'chosen' and 'rejected' share no leading text")
     return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _text_cut(text: str, shared: int) -> int:
+    """Where a string's implicit prompt ends, given the length of the common start (at most
+    one character short of either answer). Where the answers part at a word boundary this is
+    TRL's cut: a space before the parting point goes to the answers (`"Q: 2 + 3? A: 5"` and
+    `"... A: 6"` give `"Q: 2 + 3? A:"`, `" 5"`, `" 6"`), other whitespace stays with the prompt
+    (`"Q?\nyes"` and `"Q?\nno"` give `"Q?\n"`, `"yes"`, `"no"`). Inside a word, where TRL cuts the
+    word, the cut moves back to the word's start by the same rule, so words stay whole; with no
+    whitespace before it, it stays where the answers part, as TRL's."""
+    end = shared
+    while end > 0 and not text[end - 1].isspace():
+        end -= 1
+    if end == 0:  # no whitespace in the common start
+        return shared
+    return end - 1 if text[end - 1] == " " else end
 
 
 def common_prefix_length(a: Sequence, b: Sequence) -> int:

@@ -10,7 +10,7 @@ rows plus at most one partial line, which `complete_rows` cuts off before a resu
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,12 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 def replace_rows(path: str | Path, rows: Iterable[dict]) -> Path:
     """Write `rows` as JSON lines to a temporary file beside `path`, flush it to disk and rename
-    it over `path`, so a reader (export, stats, the page) never sees half a file."""
+    it over `path`, so a reader (export, stats, the page) never sees half a file. Opened as any
+    new file, so the umask sets its mode (mkstemp's 0600 would lock other users out)."""
     path = Path(path)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial")
     try:
-        with open(handle, "w", encoding="utf-8") as file:
+        with open(partial, "x", encoding="utf-8") as file:
             for row in rows:
                 file.write(json.dumps(row, ensure_ascii=False) + "\n")
             file.flush()

@@ -32,8 +32,18 @@ def add_lora(
         target_modules=target_modules,
         task_type="CAUSAL_LM",
     )
+    _name_base_by_absolute_path(model)
     with _peft_reading_a_renamed_attribute():
         return get_peft_model(model, config)
+
+
+def _name_base_by_absolute_path(model) -> None:
+    """peft writes the base model's `name_or_path` into every saved adapter's config as it was
+    typed: a relative directory (`model=models/qwen`) would load only from the same working
+    directory, and elsewhere sends `AutoPeftModel` looking for it on the Hub."""
+    name = model.__dict__.get("name_or_path") or ""
+    if name and Path(name).is_dir():
+        model.name_or_path = str(Path(name).absolute())
 
 
 def load_lora(base_model, adapter_dir: str | Path):

@@ -22,7 +22,7 @@ import random
 import re
 import shutil
 import sys
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -296,9 +296,13 @@ def clear_new_output(out_dir: Path) -> None:
 
 def temporary_sibling(final: Path) -> Path:
     """A fresh temporary directory beside `final`, on the same filesystem so a rename publishes
-    it; leftovers of a crash carry the `.tmp-` prefix."""
+    it; leftovers of a crash carry the `.tmp-` prefix. Made with a plain mkdir, so the user's
+    umask sets its mode as for any directory they create (mkdtemp's is 0700: a published model
+    no other user or serving process could read)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=final.parent))
+    tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    return tmp
 
 
 def _complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
