@@ -160,6 +160,30 @@ def test_a_pretrained_base_model_has_every_stage_lr_checked_by_its_key(
     Pipeline(load_config(PipelineConfig, overrides=[*where, "force_lr=true"]))
 
 
+def test_a_failed_rerun_leaves_the_earlier_run_as_it_was(tmp_path, monkeypatch):
+    earlier = tmp_path / "demo"
+    earlier.mkdir()
+    (earlier / "config.yaml").write_text("seed: 0\n")
+    (earlier / "summary.json").write_text("{}")
+    where = [f"runs_dir={tmp_path}", *TINY]
+    # a base model that is not there is refused before anything is written or moved
+    with pytest.raises(RlhfkitError, match=r"model directory .*nope does not exist"):
+        Pipeline(
+            load_config(PipelineConfig, overrides=[*where, f"model.base_model={tmp_path}/nope"])
+        )
+    assert sorted(p.name for p in earlier.iterdir()) == ["config.yaml", "summary.json"]
+
+    def interrupted(self):
+        raise KeyboardInterrupt  # Ctrl-C in the second stage, before any model is saved
+
+    monkeypatch.setattr(Pipeline, "make_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(load_config(PipelineConfig, overrides=where)).run_all()
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # moved back, nothing beside it
+    assert sorted(p.name for p in earlier.iterdir()) == ["config.yaml", "summary.json"]
+    assert (earlier / "config.yaml").read_text() == "seed: 0\n"
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("runs")

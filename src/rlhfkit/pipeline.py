@@ -19,19 +19,19 @@ from rlhfkit.data.loading import write_jsonl
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
 from rlhfkit.eval.report import write_report
 from rlhfkit.eval.tables import rich_table
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, read_model_config
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
-from rlhfkit.runtime.config import Filled, fill_section, save_config
+from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import current_ranks
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
-from rlhfkit.runtime.stages import main_stage, timed_stage, train_stage
+from rlhfkit.runtime.stages import job_run_dir, main_stage, timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -152,16 +152,18 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
 class Pipeline:
     """Stages in order; each records its wall time and its results in `self.summary`."""
 
-    def __init__(self, cfg: PipelineConfig, *, overwrite: bool = True):
+    def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
-        self.root = Path(cfg.runs_dir) / cfg.name
-        self.stages = stage_configs(cfg, self.root)  # before anything is written or overwritten
-        # the tiny default is trained from scratch: only a given base model has rates to check
+        self.root = run_root(Path(cfg.runs_dir), cfg.name)  # a plain name inside runs_dir
+        # checked before anything is written or replaced: the stages' configs, a given base
+        # model (the tiny default is built from scratch) and the rates that train it
+        self.stages = stage_configs(cfg, self.root)
+        if cfg.model.base_model:
+            read_model_config(cfg.model.base_model)
         sections = {field.name: getattr(self.stages, field.name) for field in fields(StageConfigs)}
         check_learning_rates(
             cfg.model.base_model, stage_learning_rates(sections), force=cfg.force_lr
         )
-        self.run = main_stage(lambda: self._open(overwrite))()
         self.console = Console(quiet=not current_ranks().is_main)  # rank 0 alone prints
         d = cfg.data
         arith = get_task(
@@ -170,11 +172,6 @@ class Pipeline:
         self.tasks = {"arith": arith, "advice": get_task("advice")}
         self.summary: dict = {"stages": {}, "eval": {}}
         self.side_by_side: dict[str, list[dict]] = {}
-
-    def _open(self, overwrite: bool) -> RunDir:
-        run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
-        save_config(self.cfg, run.config_path)
-        return run
 
     def stage(self, name: str, fn):
         return timed_stage(self.console, self.summary["stages"], name, fn)
@@ -379,6 +376,10 @@ class Pipeline:
             ]
 
     def run_all(self) -> dict:
+        with job_run_dir(self.root, self.cfg):
+            return self._stages()
+
+    def _stages(self) -> dict:
         # each stage reads what the earlier ones wrote where its config (self.stages) says
         self.stage("data", main_stage(self.make_data))
         self.stage("model", main_stage(self.make_model))

@@ -143,3 +143,12 @@ def test_every_stage_lr_is_checked_against_a_pretrained_model(
     assert forced.plan.sft.force_lr and all(run.cfg.force_lr for run in forced.plan.runs)
     with pytest.raises(ConfigError, match=r"sft.force_lr is set by the frontier .*set force_lr="):
         Frontier(load_config(FrontierConfig, overrides=[*where, "sft.force_lr=true"]))
+
+
+def test_a_missing_model_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match=r"^rlhfkit frontier needs model=PATH"):
+        Frontier(load_config(FrontierConfig, overrides=[f"runs_dir={tmp_path}"]))
+    nowhere = [f"runs_dir={tmp_path}", f"model={tmp_path / 'nope'}"]
+    with pytest.raises(RlhfkitError, match=r"model directory .*nope does not exist"):
+        Frontier(load_config(FrontierConfig, overrides=nowhere))
+    assert list(tmp_path.iterdir()) == []

@@ -2,8 +2,10 @@
 training stage in a fresh run directory of its own beside the job's. Under torchrun every rank
 runs every stage; a stage that is not a trainer runs on rank 0 alone (`main_stage`)."""
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ from rich.console import Console
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.distributed_checkpoint import on_main
-from rlhfkit.runtime.rundir import prepare_run_dir
+from rlhfkit.runtime.rundir import RunDir, open_run, prepare_run_dir
 
 
 def timed_stage(console: Console, stages: dict, name: str, fn: Callable[[], Any]) -> Any:
@@ -29,6 +31,30 @@ def main_stage(fn: Callable[[], Any]) -> Callable[[], Any]:
     rank. Rank 0 hands it over only once `fn` has finished, so the files it wrote are there
     before any rank reads them; one process just runs it."""
     return lambda: on_main(fn, current_ranks())
+
+
+@contextmanager
+def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
+    """The job's run directory, holding its config, for the `with` block. A job reruns under its
+    name as `--overwrite` replaces a run (runtime/rundir.py): the earlier run is moved aside,
+    deleted once the new one has saved a model, and moved back if it fails before (bad input,
+    Ctrl-C), so a mistyped rerun never costs the earlier results. Under torchrun rank 0 opens
+    and holds it; the other ranks wait until it is open."""
+    ranks = current_ranks()
+    if not ranks.is_main:
+        on_main(lambda: None, ranks)
+        yield RunDir(root)
+        return
+    with ExitStack() as held:
+
+        def open_dir() -> RunDir:
+            run, lock = held.enter_context(open_run(root, resume=False, overwrite=True))
+            if lock.notice:
+                print(lock.notice, file=sys.stderr)
+            save_config(cfg, run.config_path)
+            return run
+
+        yield on_main(open_dir, ranks)
 
 
 def train_stage(root: Path, name: str, train_fn: Callable[[Any, Any], Any], cfg: Any) -> Any:

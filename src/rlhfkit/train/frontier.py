@@ -36,16 +36,16 @@ from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer, read_model_config
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import checkpoint_step
-from rlhfkit.runtime.config import Filled, fill_section, save_config
+from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
-from rlhfkit.runtime.stages import timed_stage, train_stage
+from rlhfkit.runtime.stages import job_run_dir, timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.checkpointing import load_policy
@@ -165,15 +165,20 @@ def cpu_name() -> str:
 class Frontier:
     """Stages in order; each records its wall time and its results in `self.summary`."""
 
-    def __init__(self, cfg: FrontierConfig, *, overwrite: bool = True):
+    def __init__(self, cfg: FrontierConfig):
         self.cfg = cfg
-        self.root = Path(cfg.runs_dir) / cfg.name
-        self.plan = plan_stages(cfg, self.root)  # before anything is written or overwritten
+        self.root = run_root(Path(cfg.runs_dir), cfg.name)  # a plain name inside runs_dir
+        # checked before anything is written or replaced: the model, the stages, the rates
+        if not cfg.model:
+            raise ConfigError(
+                "rlhfkit frontier needs model=PATH (a Hugging Face causal-LM directory or a "
+                ".gguf file)"
+            )
+        read_model_config(cfg.model)
+        self.plan = plan_stages(cfg, self.root)
         sections = {name: getattr(cfg, name) for name in ("sft", "rm", "ppo", "grpo", "dpo")}
         check_learning_rates(cfg.model, stage_learning_rates(sections), force=cfg.force_lr)
         self.files = _files(self.root)
-        self.run = prepare_run_dir(self.root, resume=False, overwrite=overwrite)
-        save_config(cfg, self.run.config_path)
         self.console = Console()
         self.task = get_task(cfg.task)
         self.summary: dict = {"stages": {}, "runs": {}}
@@ -314,6 +319,10 @@ class Frontier:
                 del model
 
     def run_all(self) -> dict:
+        with job_run_dir(self.root, self.cfg):
+            return self._stages()
+
+    def _stages(self) -> dict:
         started = time.perf_counter()
         self.summary["machine"] = machine_info()
         self.stage("data", self.make_data)
