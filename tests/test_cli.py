@@ -205,6 +205,15 @@ def test_tasks_export_errors(monkeypatch, capsys, tmp_path):
     assert_one_line_error(code, err, "unknown task 'chess'", "advice, arith")
     code, _, err = run_main(monkeypatch, capsys, "tasks", "export", "--out", tmp_path)
     assert_one_line_error(code, err, "needs a task name")
+    for rows in ("0", "-5"):  # wrote three empty files
+        code, _, err = run_main(monkeypatch, capsys, "tasks", "export", "arith", "--rows", rows)
+        assert_one_line_error(code, err, f"--rows must be at least 1, got {rows}")
+    a_file = tmp_path / "corpus.jsonl"
+    a_file.write_text("{}\n")
+    for out in (a_file, a_file / "below"):  # was a FileExistsError / NotADirectoryError traceback
+        code, _, err = run_main(monkeypatch, capsys, "tasks", "export", "arith", "--out", out)
+        assert_one_line_error(code, err, f"--out {out}: cannot write there")
+    assert a_file.read_text() == "{}\n" and sorted(tmp_path.iterdir()) == [a_file]
 
 
 def test_real_process_prints_one_line_and_exits_2(tmp_path, tiny_model_dir):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from rlhfkit import cli
+from rlhfkit.runtime.config import load_config
 
 SUBCOMMANDS = [*cli.COMMANDS, "tasks", "label", "models"]
 NO_CONFIG = ("tasks", "label", "models")  # their own arguments, no config
@@ -42,6 +43,10 @@ def test_every_subcommand_has_help(monkeypatch, capsys, name):
     command = cli.COMMANDS.get(name)
     assert ("--overwrite" in out) == (command is not None and command.run_dir)
     assert ("--resume" in out) == (command is not None and command.run_dir and command.resumable)
+    # a command that trains nothing takes no --force-lr; the override example is its own key
+    assert ("--force-lr" in out) == (command is not None and command.trains)
+    if command is not None:
+        assert f"e.g. {command.example}" in out
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -49,6 +54,8 @@ def test_every_command_names_a_config_class_and_a_run_function_that_exist(name):
     command = cli.COMMANDS[name]
     config = cli._load(command.config)
     assert dataclasses.is_dataclass(config) and callable(cli._load(command.run))
+    load_config(config, overrides=[command.example])  # --help's example is a key of its own
+    assert not command.check_keys or callable(cli._load(command.check_keys))
     for key in command.needs:
         assert key in {field.name for field in dataclasses.fields(config)}
     assert (command.report is None) == (not command.run_dir)
@@ -63,3 +70,30 @@ def test_help_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_option_shows_the_commands_usage(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", "sft", "--bogus"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: rlhfkit sft ")  # not rlhfkit's
+    assert err.strip().endswith("rlhfkit sft: error: unrecognized arguments: --bogus")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pipeline", "sft.model=x"], "sft.model is set by the pipeline"),
+        (["frontier", "sft.model=x"], "sft.model is set by the frontier"),
+        (["judge", "sft.model=x"], "sft.model is set by rlhfkit judge"),
+        (["iterative-grpo", "grpo.model=x"], "grpo.model is set by iterative GRPO"),
+    ],
+)
+def test_print_config_refuses_what_the_run_refuses(monkeypatch, capsys, argv, message):
+    # it printed the config and exited 0, and the same settings were then refused by the run
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *argv, "--print-config"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and not out and err.startswith(f"error: {message}")

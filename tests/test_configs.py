@@ -84,7 +84,7 @@ def test_a_task_typo_names_the_built_in_tasks():
     with pytest.raises(
         ConfigError,
         match=(
-            r"config key 'task': expected one of 'arith', 'advice', 'sentiment' or None, "
+            r"config key 'task': expected one of 'arith', 'advice', 'sentiment' or null, "
             r"got 'arth'"
         ),
     ):

@@ -112,6 +112,13 @@ class Command:
     run_dir: bool = True
     """Takes --name, --runs-dir, --resume and --overwrite (the pipeline names its run in its
     config instead)."""
+    trains: bool = True
+    """Trains a model, so takes --force-lr (its learning rates are checked)."""
+    check_keys: str = ""
+    """"module:function" that checks the config's sections as a run fills them (a filled key
+    set by the user is refused), before --print-config prints it; empty = none."""
+    example: str = "lr=3e-4"
+    """An override its --help shows: a key of its own config."""
     torchrun: bool = False
     """Runs data-parallel under torchrun, one process per device (docs/scaling.md)."""
     not_under_torchrun: str = ""
@@ -185,6 +192,8 @@ COMMANDS: dict[str, Command] = {
         needs=("model",),
         resume_needs_checkpoint=False,
         torchrun=True,
+        check_keys="rlhfkit.train.iterative_config:check_round_keys",
+        example="grpo.lr=1e-4",
     ),
     "raft": Command(
         "RAFT: fine-tune on the best of K samples (or online RFT: +1 / -1 weighted samples)",
@@ -200,6 +209,8 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.rlaif:run_judge",
         report=_print_report,
         resumable=False,
+        example="sft.lr=1e-4",
+        check_keys="rlhfkit.train.rlaif:check_sft_keys",
     ),
     "critique": Command(
         "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
@@ -207,6 +218,8 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.train.constitutional:run_critique",
         report=_print_report,
         resumable=False,
+        example="num_prompts=100",
+        trains=False,
     ),
     "eval": Command(
         "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, "
@@ -215,6 +228,8 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.eval.run_eval:run_eval",
         report=_print_eval_table,
         resumable=False,
+        example="num_prompts=100",
+        trains=False,
     ),
     "sample": Command(
         "sample K responses per prompt from a policy into candidates.jsonl, for people to rank",
@@ -224,6 +239,8 @@ COMMANDS: dict[str, Command] = {
         needs=("model",),
         # no checkpoints: --resume continues after the last complete row of candidates.jsonl
         resume_needs_checkpoint=False,
+        example="num_prompts=100",
+        trains=False,
     ),
     "pipeline": Command(
         "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, "
@@ -232,6 +249,8 @@ COMMANDS: dict[str, Command] = {
         run="rlhfkit.pipeline:run_pipeline",
         run_dir=False,
         torchrun=True,
+        example="sft.max_steps=100",
+        check_keys="rlhfkit.pipeline:check_stage_keys",
     ),
     "frontier": Command(
         "the reward-KL frontier on a pretrained model: SFT, rankings, reward model, PPO, GRPO, "
@@ -243,6 +262,8 @@ COMMANDS: dict[str, Command] = {
             "its rankings and the evaluation of every checkpoint are not yet split between "
             "the ranks or run on rank 0"
         ),
+        example="dpo_betas=[0.1,0.5]",
+        check_keys="rlhfkit.train.frontier:check_stage_keys",
     ),
 }
 
@@ -273,7 +294,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help.replace("%", "%%"), description=command.help)
         p.add_argument("--config", help="YAML config file")
         p.add_argument(
-            "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=3e-4"
+            "overrides",
+            nargs="*",
+            metavar="key=value",
+            help=f"config overrides, e.g. {command.example}",
         )
         if command.run_dir:
             p.add_argument("--name", default=name, help="run name (default: the command)")
@@ -306,12 +330,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--print-config", action="store_true", help="print the resolved config and exit"
         )
-        p.add_argument(
-            "--force-lr",
-            action="store_true",
-            help="train a pretrained model with an lr far above its safe range: sets "
-            "force_lr=true (docs/pretrained-models.md)",
-        )
+        if command.trains:
+            p.add_argument(
+                "--force-lr",
+                action="store_true",
+                help="train a pretrained model with an lr far above its safe range: sets "
+                "force_lr=true (docs/pretrained-models.md)",
+            )
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
     tasks.add_argument("task", nargs="?", help="task to export")
@@ -320,6 +345,7 @@ def _parser() -> argparse.ArgumentParser:
     tasks.add_argument("--seed", type=int, default=0)
     add_label_parser(sub)
     add_models_parser(sub)
+    parser.commands = sub.choices  # each command's parser, whose usage an error shows
     return parser
 
 
@@ -381,7 +407,13 @@ def _tasks(args) -> None:
         return
     if not args.task:
         raise RlhfkitError("rlhfkit tasks export needs a task name")
+    if args.rows < 1:
+        raise RlhfkitError(f"--rows must be at least 1, got {args.rows}")
     task, rng, out = get_task(args.task), random.Random(args.seed), Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, a folder that cannot be made
+        raise RlhfkitError(f"--out {out}: cannot write there ({error.strerror})") from None
     sft = [dataclasses.asdict(x) for x in task.sft_examples(args.rows, rng)]
     prompts = [
         {"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(args.rows, rng)
@@ -397,12 +429,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     """Overrides may stand before and after options (`lr=1 --name x steps=3`)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    command = parser.commands.get(getattr(args, "command", None), parser)
     unknown = [a for a in extra if "=" not in a or a.startswith("-")]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         if not hasattr(args, "overrides"):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     return args
 
@@ -467,8 +500,11 @@ def _run_command(args, command: Command) -> None:
     from rlhfkit.runtime.config import config_to_dict, load_config
 
     # --force-lr is the config key force_lr: every trainer (and job) checks its rates itself
-    overrides = [*args.overrides, "force_lr=true"] if args.force_lr else args.overrides
+    forced = getattr(args, "force_lr", False)
+    overrides = [*args.overrides, "force_lr=true"] if forced else args.overrides
     cfg = load_config(_load(command.config), args.config, overrides)
+    if command.check_keys:
+        _load(command.check_keys)(cfg)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return

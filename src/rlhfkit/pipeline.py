@@ -71,6 +71,12 @@ class StageConfigs:
     raft: RAFTConfig
 
 
+def check_stage_keys(cfg: PipelineConfig) -> None:
+    """The stages' settings as a run checks them (a key the pipeline fills is refused), for
+    `--print-config`: what it prints, the run takes."""
+    stage_configs(cfg, Path(cfg.runs_dir) / cfg.name)
+
+
 def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
     """Each stage's section with what the pipeline fills in: the paths earlier stages write under
     `root`, the stage's task, and the job's seed, device, force_lr (and the RL stages' evaluation

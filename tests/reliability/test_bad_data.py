@@ -306,6 +306,30 @@ CASES = [
             extra=("task=arith",),
         ),
     ),
+    # a task's verifier reads what its own prompt files carry: without it, every reward was 0
+    # (no answer) or the first evaluation crashed (no steps)
+    Case(
+        "prompt-without-the-tasks-answer",
+        trainer_rows(
+            "grpo",
+            [{"prompt": "Q: 2 + 3?\nA:"}],
+            "row 1",
+            "field 'answer'",
+            "task arith checks each final answer",
+            extra=("task=arith",),
+        ),
+    ),
+    Case(
+        "prompt-without-the-tasks-steps",
+        trainer_rows(
+            "rloo",
+            [GOOD_PROMPT],
+            "row 1",
+            "field 'steps'",
+            "tasks export arith",
+            extra=("task=arith",),
+        ),
+    ),
 ]
 
 

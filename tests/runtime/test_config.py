@@ -192,7 +192,8 @@ def test_unknown_key_in_a_file_section(tmp_path):
         ("seed", "override 'seed' must look like key=value"),
         (
             "seed=",
-            "override 'seed=' has no value: give one (a key that may be empty takes seed=null)",
+            "override 'seed=' has no value: give one (empty text is 'seed=\"\"' in a shell; a "
+            "key that may be unset takes seed=null)",
         ),
         ("=3", "override '=3' has a malformed key"),
         ("sft..steps=3", "override 'sft..steps=3' has a malformed key"),

@@ -94,7 +94,7 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("steps=1.5", "config key 'steps': expected int, got 1.5"),
         ("flag=1", "config key 'flag': expected bool, got 1"),
         ("name=12", "config key 'name': expected str, got 12"),
-        ("limit=x", "config key 'limit': expected int or None, got 'x'"),
+        ("limit=x", "config key 'limit': expected int or null, got 'x'"),
         ("mode=c", "config key 'mode': expected one of 'a', 'b', got 'c'"),
         ("level=true", "config key 'level': expected one of 1, 2, got True"),
         ("estimator=k2", "config key 'estimator': expected one of 'k1', 'k3', got 'k2'"),
@@ -104,7 +104,7 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("section.beta=[1]", "config key 'section.beta': expected float, got [1]"),
         (
             "inner=3",
-            "config key 'inner': expected a section (a mapping of keys to values) or None, got 3",
+            "config key 'inner': expected a section (a mapping of keys to values) or null, got 3",
         ),
     ],
 )

@@ -48,6 +48,20 @@ def test_asking_for_cuda_without_one_is_a_one_line_error():
         resolve_device("cuda")
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="an accelerator is present")
+@pytest.mark.parametrize("name, label", [("mps", "MPS"), ("xpu", "XPU"), ("meta", "meta")])
+def test_asking_for_a_device_this_machine_lacks_is_a_one_line_error(name, label):
+    # not torch's "not linked with support for mps devices" at the first .to(device)
+    with pytest.raises(RlhfkitError, match=f"'{name}' was asked for, but no {label} device is"):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_a_cuda_index_past_the_devices_is_a_one_line_error():
+    with pytest.raises(RlhfkitError, match=r"this machine has \d+ CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
 def test_fp32_is_no_autocast_and_bf16_casts_matmuls():
     x = torch.randn(4, 4)
     with autocast(torch.device("cpu"), Precision.FP32):

@@ -63,5 +63,10 @@ def test_run_critique_needs_a_model_and_principles(tmp_path, tiny_model_dir):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     with pytest.raises(RlhfkitError, match="needs model=PATH"):
         run_critique(CritiqueConfig(), run)
-    with pytest.raises(RlhfkitError, match="has no principles"):
+    with pytest.raises(RlhfkitError, match="principles=PATH: task 'arith' has no principles"):
         run_critique(CritiqueConfig(model=str(tiny_model_dir), task="arith"), run)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Hi?"}\n')
+    untasked = CritiqueConfig(model=str(tiny_model_dir), task=None, prompts_data=str(prompts))
+    with pytest.raises(RlhfkitError, match=r"needs principles=PATH \(or a task that has some\)$"):
+        run_critique(untasked, run)  # was "task 'None' has no principles"

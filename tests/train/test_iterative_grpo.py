@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.cli import run as cli
-from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.formats import PreferenceExample, PromptExample, RankingExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config, save_config
@@ -23,6 +23,7 @@ from rlhfkit.train.iterative_grpo import (
     check_config,
     ranked_rows,
     replay_rows,
+    reward_history,
     train_iterative_grpo,
 )
 from rlhfkit.train.reward import RewardConfig
@@ -45,11 +46,31 @@ def test_replay_makes_up_the_asked_share_of_the_mix():
     assert len(drawn) == 90 and len({row["i"] for row in drawn}) == 90  # without repeats
 
 
-def test_replayed_pairs_become_rankings_of_two():
-    pair = {"prompt": "p", "chosen": "good", "rejected": "bad", "margin": 1.0}
+def test_replayed_pairs_become_rankings_of_two(tmp_path):
+    pair = PreferenceExample("p", "good", "bad", 1.0)
     assert as_ranking_row(pair) == {"prompt": "p", "responses": ["good", "bad"]}
-    ranking = {"prompt": "p", "responses": ["a", "b", "c"]}
-    assert as_ranking_row(ranking) is ranking
+    ranking = RankingExample("p", ("a", "b", "c"), (0, 1, 1))
+    assert as_ranking_row(ranking) == {
+        "prompt": "p",
+        "responses": ["a", "b", "c"],
+        "ranks": [0, 1, 1],
+    }
+    implicit = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"chosen": "Q? A: yes", "rejected": "Q? A: no"}]
+    )
+    assert reward_history(implicit) == [{"prompt": "Q? A:", "responses": [" yes", " no"]}]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"prompt": "p", "responses": ["only one"]}], r"pairs.jsonl: row 1: field 'responses'"),
+        ([{"prompt": "p", "completion": " c"}], r"pairs.jsonl: reward_data needs .* found sft"),
+    ],
+)
+def test_bad_reward_data_is_named_in_the_users_file(tmp_path, rows, message):
+    with pytest.raises(RlhfkitError, match=message):
+        reward_history(write_jsonl(tmp_path / "pairs.jsonl", rows))
 
 
 def test_settings_that_leave_nothing_to_do_are_rejected():

@@ -1,12 +1,13 @@
 import dataclasses
 import json
 import random
+import re
 
 import pytest
 
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
 from rlhfkit.train.rlaif import JudgeConfig, judge_sft_config, run_judge
@@ -85,6 +86,14 @@ def test_judge_needs_pairs_and_a_judge(tmp_path, data):
         run_judge(JudgeConfig(judge_model="x"), run)
     with pytest.raises(RlhfkitError, match="model=PATH and train_pairs=PATH"):
         run_judge(JudgeConfig(pairs=data[1]), run)
+    # a given judge with the settings that train one: they were silently ignored
+    for given, named in (
+        ({"model": "m"}, "model"),
+        ({"train_pairs": data[0]}, "train_pairs"),
+        ({"sft": dataclasses.replace(JudgeConfig().sft, max_steps=5)}, "sft.*"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{re.escape(named)} train a judge"):
+            run_judge(JudgeConfig(judge_model="x", pairs=data[1], **given), run)
 
 
 def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(
@@ -92,14 +101,30 @@ def test_pairs_the_gold_annotator_cannot_score_stop_the_run_before_training(
 ):
     foreign = write_jsonl(
         tmp_path / "foreign.jsonl",
-        [{"prompt": "Q: 2 + 2?\nA:", "chosen": " 4.", "rejected": " 5."}],
+        [
+            json.loads(open(data[1]).readline()),  # one of the task's questions
+            {"prompt": "Q: 2 + 2?\nA:", "chosen": " 4.", "rejected": " 5."},
+        ],
+    )
+    conversation = write_jsonl(
+        tmp_path / "conversation.jsonl",
+        [
+            {
+                "prompt": [{"role": "user", "content": "Hi?"}],
+                "chosen": [{"role": "assistant", "content": "Hello."}],
+                "rejected": [{"role": "assistant", "content": "Go."}],
+            }
+        ],
     )
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     cfg = JudgeConfig(
         model=str(tiny_model_dir), train_pairs=data[0], pairs=foreign, task="advice", sft=FAST_SFT
     )
-    with pytest.raises(RlhfkitError, match="not an advice prompt"):
+    # the file and row are named, not only the prompt
+    with pytest.raises(RlhfkitError, match=r"foreign.jsonl: row 2: field 'prompt': not an advice"):
         run_judge(cfg, run)
+    with pytest.raises(RlhfkitError, match=r"row 1: field 'prompt': a conversation, not one"):
+        run_judge(dataclasses.replace(cfg, pairs=conversation), run)  # was an AttributeError
     assert not (tmp_path / "run" / "judge").exists()
     with pytest.raises(RlhfkitError, match="task 'arith' cannot score prompts read from a file"):
         run_judge(dataclasses.replace(cfg, task="arith"), run)

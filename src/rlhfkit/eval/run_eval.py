@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from rlhfkit.data.formats import Format
-from rlhfkit.data.loading import load_examples
 from rlhfkit.data.ranking_batch import load_ranked_groups
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
@@ -34,6 +32,7 @@ from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import TaskName, get_task
 
 
@@ -127,7 +126,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     task = get_task(cfg.task) if cfg.task else None
     device, kind = resolve_device(cfg.device), judge_kind(cfg)
     prompts = (
-        load_examples(cfg.prompts, Format.PROMPT)
+        load_task_prompts(cfg.prompts, task)
         if cfg.prompts
         else task.prompts(
             cfg.num_prompts, random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))

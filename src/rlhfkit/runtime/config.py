@@ -192,8 +192,8 @@ def _parse_override(override: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{override}' has a malformed key")
     if not text.strip():
         raise ConfigError(
-            f"override '{override}' has no value: give one (a key that may be empty takes "
-            f"{key}=null)"
+            f"override '{override}' has no value: give one (empty text is '{key}=\"\"' in a "
+            f"shell; a key that may be unset takes {key}=null)"
         )
     try:
         return key, yaml.safe_load(text)

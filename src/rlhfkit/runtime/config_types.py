@@ -54,10 +54,10 @@ def convert_value(
 
 def describe(annotation: Any) -> str:
     """Say in words what an annotation accepts, for error messages
-    ("list of int", "float or None")."""
+    ("list of int", "float or null": null is what a config file or override writes for None)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
-        return "None"
+        return "null"
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(arg) for arg in args)
     if _is_union(annotation):

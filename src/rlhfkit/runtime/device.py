@@ -28,8 +28,19 @@ def resolve_device(name: str) -> torch.device:
         raise RlhfkitError(
             f"device {name!r} is not a device (auto, cpu, cuda, cuda:1, ...)"
         ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RlhfkitError(f"device '{name}' was asked for, but no CUDA device is available")
+    if device.type != "cpu":
+        # torch would fail at the first `.to(device)`, deep inside a model, with a traceback
+        present = (
+            torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        )
+        label = {"cuda": "CUDA", "mps": "MPS", "xpu": "XPU"}.get(device.type, device.type)
+        if present is None or present.type != device.type:
+            raise RlhfkitError(f"device '{name}' was asked for, but no {label} device is available")
+        count = torch.accelerator.device_count()
+        if device.index is not None and device.index >= count:
+            raise RlhfkitError(
+                f"device '{name}' was asked for, but this machine has {count} {label} device(s)"
+            )
     return device
 
 

@@ -59,10 +59,14 @@ def gold_score(topic: str, response: str) -> float:
 def topic_of_prompt(prompt: str) -> str:
     """The topic of one of the task's questions given as text; KeyError for any other prompt
     (a reward source turns it into an error naming the sample)."""
-    question = prompt.strip().removeprefix("User:").removesuffix("Assistant:").strip()
+    question = _question_of(prompt)
     if question not in TOPIC_OF_QUESTION:
         raise KeyError(f"not an advice prompt (unknown question): {prompt[:60]!r}")
     return TOPIC_OF_QUESTION[question]
+
+
+def _question_of(prompt: str) -> str:
+    return prompt.strip().removeprefix("User:").removesuffix("Assistant:").strip()
 
 
 def _prompt_text(question: str) -> str:
@@ -98,6 +102,8 @@ class AdviceTask:
     def prompt_example(self, prompt: str) -> PromptExample:
         """A prompt given as text (e.g. read from a pairs file) with the topic the gold score
         needs."""
+        if not isinstance(prompt, str):
+            raise RlhfkitError("a conversation, not one of the task's questions as text")
         try:
             topic = topic_of_prompt(prompt)
         except KeyError as error:
@@ -124,6 +130,19 @@ class AdviceTask:
         """`n` preference rows of equally long replies, one with a sentence breaking a principle."""
         demos = advice_critique.critique_demos(n, rng, self._question, flaw_rate=1.0)
         return advice_critique.one_flaw_pairs(demos, rng)
+
+    def prompt_problem(self, prompt: PromptExample) -> tuple[str, str] | None:
+        # the gold annotator judges a reply by its question's topic
+        topic = prompt.metadata.get("topic")
+        if topic is not None:
+            known = ", ".join(sorted(TOPICS))
+            return None if topic in TOPICS else ("topic", f"{topic!r} is not one of {known}")
+        if isinstance(prompt.prompt, str) and _question_of(prompt.prompt) in TOPIC_OF_QUESTION:
+            return None
+        return "prompt", (
+            f"not one of task {self.name}'s questions, and no 'topic': its gold annotator "
+            f"judges only those (`rlhfkit tasks export {self.name}` writes them)"
+        )
 
     def reward(self, prompt: PromptExample, response: str) -> float:
         """The gold annotator's noise-free score (a prompt read without its topic is looked up)."""

@@ -157,6 +157,19 @@ class ArithTask:
             )
         return out
 
+    def prompt_problem(self, prompt: PromptExample) -> tuple[str, str] | None:
+        # the outcome reward reads the answer, the process reward and evaluation the steps
+        if prompt.answer is None:
+            return "answer", f"missing: task {self.name} checks each final answer against it"
+        try:
+            [Step(*step) for step in prompt.metadata["steps"]]
+        except (KeyError, TypeError):
+            return "steps", (
+                f"missing, or not a list of [left, op, right, result]: task {self.name} checks "
+                f"each written step against them (`rlhfkit tasks export {self.name}` writes them)"
+            )
+        return None
+
     def reward(self, prompt: PromptExample, response: str) -> float:
         """Outcome reward (RLVR): 1.0 when the final answer is right, else 0.0."""
         answer = parse_answer(response)

@@ -16,6 +16,11 @@ class Task(Protocol):
     def prompts(self, n: int, rng: random.Random) -> list[PromptExample]:
         """Prompts with the hidden information the task's reward needs, in `metadata`."""
 
+    def prompt_problem(self, prompt: PromptExample) -> tuple[str, str] | None:
+        """(field, what is wrong) when the task's reward or evaluation cannot read `prompt` (a
+        prompt file without the task's answer or metadata), else None: checked when a file is
+        loaded, so it fails there, naming the row, rather than scoring 0 or crashing later."""
+
     def reward(self, prompt: PromptExample, response: str) -> float:
         """The task's gold reward of one response (hidden from training unless asked for)."""
 

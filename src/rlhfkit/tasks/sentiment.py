@@ -171,6 +171,9 @@ class SentimentTask:
         response, so any text will do."""
         return PromptExample(prompt=prompt, answer=None, metadata={"task": self.name})
 
+    def prompt_problem(self, prompt: PromptExample) -> tuple[str, str] | None:
+        return None  # the lexicon scores any continuation of any prompt
+
     def reward(self, prompt: PromptExample, response: str) -> float:
         """VADER's compound score of the continuation alone, in [-1, 1]; the prompt is neutral
         by construction and is not scored."""

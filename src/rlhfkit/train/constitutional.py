@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.formats import Format, PromptExample
-from rlhfkit.data.loading import load_examples, write_jsonl
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.critique import (
     Revision,
@@ -35,6 +35,7 @@ from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import TaskName, get_task
 
 
@@ -76,7 +77,7 @@ class CritiqueResult:
 
 def _prompts(cfg: CritiqueConfig, task) -> list[PromptExample]:
     if cfg.prompts_data:
-        return load_examples(cfg.prompts_data, Format.PROMPT)
+        return load_task_prompts(cfg.prompts_data, task)
     if task is None:
         raise RlhfkitError("rlhfkit critique needs prompts_data=PATH or a task")
     return task.prompts(cfg.num_prompts, random.Random(cfg.seed))
@@ -85,9 +86,11 @@ def _prompts(cfg: CritiqueConfig, task) -> list[PromptExample]:
 def _principles(cfg: CritiqueConfig, task) -> list:
     if cfg.principles:
         return load_principles(cfg.principles)
-    if task is None or not hasattr(task, "principles"):
+    if task is None:
+        raise RlhfkitError("rlhfkit critique needs principles=PATH (or a task that has some)")
+    if not hasattr(task, "principles"):
         raise RlhfkitError(
-            f"rlhfkit critique needs principles=PATH: task '{cfg.task}' has no principles"
+            f"rlhfkit critique needs principles=PATH: task '{task.name}' has no principles"
         )
     return task.principles
 

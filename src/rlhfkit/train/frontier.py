@@ -103,6 +103,12 @@ def _cadence(cfg: FrontierConfig, section: Any) -> dict[str, Filled]:
     }
 
 
+def check_stage_keys(cfg: FrontierConfig) -> None:
+    """The stages' settings as a run checks them (a key the frontier fills is refused), for
+    `--print-config`: what it prints, the run takes."""
+    plan_stages(cfg, Path(cfg.runs_dir) / cfg.name)
+
+
 def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     """Every stage's config with what the frontier fills in, built before anything runs, so a
     filled key the user set is refused at once, by name."""

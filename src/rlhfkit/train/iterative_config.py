@@ -117,9 +117,7 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
         raise ConfigError(
             "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
         )
-    # the keys each round fills: a user's own value for one of them is refused, naming it
-    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
-    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
+    check_round_keys(cfg)  # a user's own value for a key each round fills is refused
     if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
         raise ConfigError(
             f"rounds={cfg.rounds}, samples_per_prompt={cfg.samples_per_prompt}, label_prompts="
@@ -160,6 +158,13 @@ def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
         "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
         "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
     }
+
+
+def check_round_keys(cfg: IterativeGRPOConfig) -> None:
+    """Round 1's GRPO and reward-model settings as a run makes them (a key each round fills is
+    refused), for `--print-config`: what it prints, the run takes."""
+    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
+    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
 
 
 def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:

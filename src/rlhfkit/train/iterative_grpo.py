@@ -32,9 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhfkit.data.formats import Format, PromptExample
+from rlhfkit.data.detect import detect_format
+from rlhfkit.data.formats import Format, PreferenceExample, PromptExample, RankingExample
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller, rank_with_ties
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
@@ -55,6 +57,7 @@ from rlhfkit.runtime.distributed_checkpoint import on_main
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.iterative_config import (
@@ -93,11 +96,28 @@ def _rows(path: str | Path) -> list[dict]:
     return [row for _, row in read_rows(path)]
 
 
-def as_ranking_row(row: dict) -> dict:
-    """A preference pair as a ranking of two, so replayed pairs and new rankings share one file."""
-    if "chosen" in row:
-        return {"prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]]}
-    return row
+def reward_history(path: str | Path) -> list[dict]:
+    """`reward_data` as ranking rows, checked as a reward model's data is, so a bad row stops
+    the run before round 1, naming the user's file, row and field (not round 1's mix)."""
+    fmt = detect_format(path)
+    if fmt not in (Format.PREFERENCE, Format.RANKING):
+        raise RlhfkitError(
+            f"{path}: reward_data needs preference pairs (prompt, chosen, rejected) or rankings "
+            f"(prompt, responses, ranks), found {fmt.value} data"
+        )
+    return [as_ranking_row(example) for example in load_examples(path, fmt)]
+
+
+def as_ranking_row(example: PreferenceExample | RankingExample) -> dict:
+    """A pair as a ranking of two (an implicit prompt already split off), a ranking as itself,
+    so replayed pairs and new rankings share one file."""
+    if isinstance(example, PreferenceExample):
+        return {"prompt": example.prompt, "responses": [example.chosen, example.rejected]}
+    return {
+        "prompt": example.prompt,
+        "responses": list(example.responses),
+        "ranks": list(example.ranks),
+    }
 
 
 def ranked_rows(prompts, texts, rankings: list[tuple[int, ...] | None]) -> list[dict]:
@@ -211,7 +231,7 @@ def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[
     count = cfg.label_prompts + cfg.heldout_prompts
     rng = random.Random(derive_seed(cfg.seed, SeedStream.ROUND_PROMPTS, r))
     if cfg.label_data:
-        rows = load_examples(cfg.label_data, Format.PROMPT)
+        rows = load_task_prompts(cfg.label_data, get_task(cfg.task) if cfg.task else None)
         fresh = [p for p in rows if str(p.prompt) not in held_out]
         return rng.sample(fresh, min(count, len(fresh)))
     drawn = get_task(cfg.task).prompts(count + len(held_out), rng)
@@ -378,7 +398,9 @@ def train_iterative_grpo(
     # evaluation prompts no round labels
     ranks = current_ranks()
     policy, rm = cfg.model, cfg.reward_model
-    history = [as_ranking_row(row) for row in _rows(cfg.reward_data)] if cfg.reward_data else []
+    history = reward_history(cfg.reward_data) if cfg.reward_data else []
+    if cfg.label_data:  # read again each round: checked here, before round 1
+        load_task_prompts(cfg.label_data, get_task(cfg.task) if cfg.task else None)
     labeller = _labeller(cfg)
     held_out = held_out_prompts(cfg)
     result = IterativeGRPOResult(model_dir=run_dir.final)

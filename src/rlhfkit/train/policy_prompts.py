@@ -4,11 +4,11 @@ of them on this rank, and the reward source a run scores with by default."""
 import random
 from dataclasses import dataclass
 
-from rlhfkit.data.formats import Format, PromptExample
-from rlhfkit.data.loading import load_examples
+from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.distributed import Ranks, rank_slice
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.train.policy_config import PolicyRunConfig
 
 
@@ -28,14 +28,14 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
             "no prompts to train on: set train_data=PATH (a prompt file) or task=arith|advice"
         )
     if cfg.eval_data:
-        eval_prompts = load_examples(cfg.eval_data, Format.PROMPT)
+        eval_prompts = load_task_prompts(cfg.eval_data, task)
     elif task is not None:
         rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
         eval_prompts = task.prompts(cfg.eval_prompts, rng)
     else:
         eval_prompts = []
     if cfg.train_data:
-        return PromptPools(load_examples(cfg.train_data, Format.PROMPT), eval_prompts)
+        return PromptPools(load_task_prompts(cfg.train_data, task), eval_prompts)
     held_out = {str(p.prompt) for p in eval_prompts}
     rng = random.Random(derive_seed(cfg.seed, SeedStream.TRAIN_PROMPTS))
     drawn = task.prompts(cfg.train_prompts, rng)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data.formats import Format, PreferenceExample
-from rlhfkit.data.loading import load_examples, write_jsonl
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.data.formats import Format, PreferenceExample, validate_rows
+from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
+from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
 from rlhfkit.feedback.judge_data import judge_sft_rows
 from rlhfkit.feedback.verdicts import gold_agreement
@@ -91,6 +91,12 @@ def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
     return fill_section(cfg, "sft", fills, by="rlhfkit judge")
 
 
+def check_sft_keys(cfg: JudgeConfig) -> None:
+    """The judge's SFT settings as a run checks them (a key it fills is refused), for
+    `--print-config`: what it prints, the run takes."""
+    judge_sft_config(cfg, Path("judge_sft.jsonl"))
+
+
 def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     """Fine-tune `cfg.model` into a judge on `cfg.train_pairs`; returns the judge's directory."""
     if not (cfg.model and cfg.train_pairs):
@@ -111,13 +117,19 @@ def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
 
 
 def gold_scores(
-    task_name: str, pairs: list[PreferenceExample]
+    task_name: str, pairs: list[PreferenceExample], path: str, row_numbers: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n,) gold scores of each pair's chosen and rejected reply, the prompts read from text."""
+    """(n,) gold scores of each pair's chosen and rejected reply, the prompts read from text; a
+    prompt the task cannot score names its row of `path`."""
     task = get_task(task_name)
     if not hasattr(task, "prompt_example"):
         raise RlhfkitError(f"task '{task_name}' cannot score prompts read from a file")
-    examples = [task.prompt_example(p.prompt) for p in pairs]
+    examples = []
+    for row_number, pair in zip(row_numbers, pairs):
+        try:
+            examples.append(task.prompt_example(pair.prompt))
+        except RlhfkitError as error:
+            raise DataError(path, row_number, "prompt", str(error)) from None
     return (
         torch.tensor([task.reward(e, p.chosen) for e, p in zip(examples, pairs)]),
         torch.tensor([task.reward(e, p.rejected) for e, p in zip(examples, pairs)]),
@@ -152,10 +164,19 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
     report."""
     if not cfg.pairs:
         raise RlhfkitError("rlhfkit judge needs pairs=PATH (preference pairs to judge)")
+    if cfg.judge_model:  # a given judge: the settings that would train one would be ignored
+        trainers = [key for key in ("model", "train_pairs") if getattr(cfg, key)]
+        trainers += ["sft.*"] if cfg.sft != JudgeConfig().sft else []
+        if trainers:
+            raise ConfigError(
+                f"{' and '.join(trainers)} train a judge, which judge_model= replaces: give "
+                "judge_model= alone, or model= and train_pairs= without it"
+            )
     # step 1. the pairs to judge and their gold scores, checked before any training
-    pairs = load_examples(cfg.pairs, Format.PREFERENCE)
-    pairs = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
-    gold = gold_scores(cfg.task, pairs) if cfg.task else None
+    rows = read_rows(cfg.pairs)
+    rows = rows[: cfg.max_pairs] if cfg.max_pairs else rows
+    pairs = validate_rows(rows, Format.PREFERENCE, cfg.pairs)
+    gold = gold_scores(cfg.task, pairs, cfg.pairs, [n for n, _ in rows]) if cfg.task else None
 
     # step 2. the judge: given, or fine-tuned from model on train_pairs
     judge_dir = Path(cfg.judge_model) if cfg.judge_model else train_judge(cfg, run)
