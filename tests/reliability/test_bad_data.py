@@ -320,13 +320,13 @@ CASES = [
         ),
     ),
     Case(
-        "prompt-without-the-tasks-steps",
+        "prompt-with-unreadable-steps",
         trainer_rows(
             "rloo",
-            [GOOD_PROMPT],
+            [{**GOOD_PROMPT, "steps": "2 + 3 = 5"}],
             "row 1",
             "field 'steps'",
-            "tasks export arith",
+            "not a list of [left, op, right, result]",
             extra=("task=arith",),
         ),
     ),

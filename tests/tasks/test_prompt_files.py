@@ -31,8 +31,8 @@ def test_a_tasks_own_prompt_file_loads_with_its_metadata(tmp_path, name):
     "name, change, field, words",
     [
         ("arith", lambda row: row.pop("answer"), "answer", "checks each final answer"),
-        ("arith", lambda row: row.pop("steps"), "steps", "tasks export arith"),
         ("arith", lambda row: row.update(steps=[[1, "+", 2]]), "steps", "[left, op, right"),
+        ("arith", lambda row: row.update(steps=7), "steps", "tasks export arith"),
         ("advice", lambda row: row.update(topic="gardening"), "topic", "not one of"),
         (
             "advice",
@@ -59,3 +59,14 @@ def test_without_a_task_any_prompt_loads(tmp_path):
     assert [p.prompt for p in load_task_prompts(path, None)] == ["Anything?", "Else."]
     with pytest.raises(DataError, match="row 1: field 'answer'"):
         load_task_prompts(path, get_task("arith"))
+
+
+def test_arith_prompts_with_answers_alone_load_and_evaluate_without_step_accuracy(tmp_path):
+    # a benchmark's or a user's file: the outcome reward needs only the answer
+    rows = [{k: v for k, v in row.items() if k != "steps"} for row in exported_rows("arith")]
+    task = get_task("arith")
+    prompts = load_task_prompts(write(tmp_path / "p.jsonl", rows), task)
+    right = [f"The answer is {p.answer}." for p in prompts]
+    assert task.evaluate(prompts, right) == {"accuracy": 1.0, "gold_score": 1.0}
+    with_steps = get_task("arith").prompts(3, random.Random(0))
+    assert "step_accuracy" in task.evaluate(with_steps, right)

@@ -109,6 +109,14 @@ def step_labels(truth: list[Step], written: list[Step]) -> list[bool]:
     return [k < len(truth) and step == truth[k] for k, step in enumerate(written)]
 
 
+def _readable_steps(steps) -> bool:
+    try:
+        [Step(*step) for step in steps]
+    except TypeError:
+        return False
+    return True
+
+
 class ArithTask:
     name = "arith"
     description = "multi-step arithmetic word problems; verifiable answers and steps"
@@ -158,16 +166,12 @@ class ArithTask:
         return out
 
     def prompt_problem(self, prompt: PromptExample) -> tuple[str, str] | None:
-        # the outcome reward reads the answer, the process reward and evaluation the steps
+        # the outcome reward and the accuracy read the answer; the steps, where a file has them,
+        # are what the process reward and the step accuracy check
         if prompt.answer is None:
             return "answer", f"missing: task {self.name} checks each final answer against it"
-        try:
-            [Step(*step) for step in prompt.metadata["steps"]]
-        except (KeyError, TypeError):
-            return "steps", (
-                f"missing, or not a list of [left, op, right, result]: task {self.name} checks "
-                f"each written step against them (`rlhfkit tasks export {self.name}` writes them)"
-            )
+        if "steps" in prompt.metadata and not _readable_steps(prompt.metadata["steps"]):
+            return "steps", "not a list of [left, op, right, result] (`rlhfkit tasks export arith`)"
         return None
 
     def reward(self, prompt: PromptExample, response: str) -> float:
@@ -211,10 +215,17 @@ class ArithTask:
         return out
 
     def evaluate(self, prompts: list[PromptExample], responses: list[str]) -> dict[str, float]:
+        """Accuracy (the gold score) and, over the prompts that carry their steps, the share of
+        written steps that are right (no `step_accuracy` when none does: a prompt file with
+        answers only)."""
         correct = [self.reward(p, r) for p, r in zip(prompts, responses)]
-        steps = [x for p, r in zip(prompts, responses) for x in self.step_rewards(p, r)]
+        with_steps = [(p, r) for p, r in zip(prompts, responses) if "steps" in p.metadata]
+        steps = [x for p, r in with_steps for x in self.step_rewards(p, r)]
+        accuracy = sum(correct) / max(1, len(correct))
+        if not with_steps:
+            return {"accuracy": accuracy, "gold_score": accuracy}
         return {
-            "accuracy": sum(correct) / max(1, len(correct)),
+            "accuracy": accuracy,
             "step_accuracy": sum(steps) / max(1, len(steps)),
-            "gold_score": sum(correct) / max(1, len(correct)),
+            "gold_score": accuracy,
         }
