@@ -784,6 +784,15 @@ def test_resume_with_a_changed_config_is_refused_unless_asked_for(
         code, err, "config differs", "lr: 0.001 -> 0.002", "max_steps: 2 -> 3", "--resume-with"
     )
     assert config.read_text() == saved
+    # a change the run itself refuses is not saved: the original command still resumes
+    missing = sft_args(tmp_path, tiny_model_dir, tmp_path / "missing.jsonl")
+    code, _, err = run_main(monkeypatch, capsys, *missing, "--resume-with-changes")
+    assert_one_line_error(code, err, "missing.jsonl: no such file")
+    assert config.read_text() == saved
+    code, _, err = run_main(
+        monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data), "--resume"
+    )
+    assert code == 0, err
     code, _, err = run_main(monkeypatch, capsys, *longer, "--resume-with-changes")
     assert code == 0, err
     text = config.read_text()

@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +356,7 @@ def _run_in_dir(args, command: Command, cfg) -> None:
     `open_run`'s rule (runtime/rundir.py)."""
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
-    from rlhfkit.runtime.rundir import RunDir, open_run, resume_with_config, run_root
+    from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config, run_root
 
     resume = args.resume or args.resume_with_changes
     if resume and not command.resumable:
@@ -383,12 +384,15 @@ def _run_in_dir(args, command: Command, cfg) -> None:
         ) as (run, lock):
             if lock.notice:
                 print(lock.notice, file=sys.stderr)
-            if resume:
-                resume_with_config(run, cfg, allow_changes=args.resume_with_changes)
-            else:
-                save_config(cfg, run.config_path)
-            ready = broadcast_from_main(None, ranks) is None
-            result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+            with ExitStack() as config_kept:
+                if resume:  # a change the run then refuses is undone (rundir.py)
+                    config_kept.enter_context(
+                        resumed_with_config(run, cfg, allow_changes=args.resume_with_changes)
+                    )
+                else:
+                    save_config(cfg, run.config_path)
+                ready = broadcast_from_main(None, ranks) is None
+                result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
     except BaseException as error:
         if not ready:  # the other ranks wait for the run directory: tell them it failed
             broadcast_from_main(str(error) or type(error).__name__, ranks)

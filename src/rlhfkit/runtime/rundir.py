@@ -209,6 +209,39 @@ def resume_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def resumed_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> Iterator[None]:
+    """`resume_with_config` for the run inside the `with` block, undone when the run then fails
+    before saving anything: a change the run refuses (a mistyped path) must not become the
+    saved config, which a plain `--resume` of the original command would then be refused by."""
+    path = run.config_path
+    before, saved = path.read_bytes() if path.is_file() else None, _saved_results(run.root)
+    resume_with_config(run, cfg, allow_changes=allow_changes)
+    try:
+        yield
+    except BaseException:
+        if before is not None and _saved_results(run.root) == saved:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(before)
+            os.replace(tmp, path)
+        raise
+
+
+def _saved_results(root: Path) -> set:
+    """What a run has saved: its complete checkpoints and final models (its own or a
+    sub-run's), and the size of each file it writes its results into directly (sample's
+    candidates.jsonl); not its config, metrics or lock, which every resume rewrites."""
+    rewritten = {"config.yaml", "metrics.jsonl", LOCK_NAME}
+    marks: set = {str(p) for p in root.glob(f"**/checkpoints/step_*/{MARKER_NAME}")}
+    marks |= {str(p) for p in root.glob("**/final") if p.is_dir()}
+    marks |= {
+        (f.name, f.stat().st_size)
+        for f in root.iterdir()
+        if f.is_file() and f.name not in rewritten
+    }
+    return marks
+
+
 def prepare_run_dir(
     root: Path, *, resume: bool, overwrite: bool, resume_needs_checkpoint: bool = True
 ) -> RunDir:
