@@ -5,6 +5,8 @@ command runs, so `rlhfkit --help` stays fast.
 """
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
@@ -99,14 +101,27 @@ def _label_serve(args) -> None:
     print(f"labelling server stopped; every answer is in {args.db or folder / 'labels.db'}")
 
 
+def print_out(text: str) -> None:
+    """Print a command's output. A reader that stops early (`| head -1`) closes the pipe: end
+    quietly with the status a shell gives a command killed by SIGPIPE, as other tools do."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python flushes stdout again on exit, which would fail and print a warning: send that
+        # flush to /dev/null instead
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE (13)
+
+
 def run_label(args) -> None:
     if args.action == "serve":
         return _label_serve(args)
-    from rlhfkit.labelling.candidates import read_labels, write_labels
+    from rlhfkit.labelling.candidates import check_new_labels_folder, read_labels, write_labels
 
     if args.action == "import":
         from rlhfkit.labelling.importers import import_labels
 
+        check_new_labels_folder(args.out)  # before reading: nothing is overwritten
         fields = tuple(args.response_fields.split(",")) if args.response_fields else None
         items, submissions = import_labels(
             args.source,
@@ -118,16 +133,16 @@ def run_label(args) -> None:
             text_field=args.text_field,
         )
         folder = write_labels(args.out, items, submissions)
-        print(f"{len(items)} items, {len(submissions)} submissions written to {folder}")
+        print_out(f"{len(items)} items, {len(submissions)} submissions written to {folder}")
         return
     items, submissions = read_labels(args.labels)
     if args.action == "export":
         from rlhfkit.labelling.export import write_export
 
         rows = write_export(items, submissions, args.out, args.format, merge=args.merge)
-        print(f"{rows} {args.format} rows written to {args.out}")
+        print_out(f"{rows} {args.format} rows written to {args.out}")
     else:
         from rlhfkit.labelling.stats import label_stats, render_stats
 
         stats = label_stats(items, submissions)
-        print(json.dumps(stats, indent=2) if args.json else render_stats(stats))
+        print_out(json.dumps(stats, indent=2) if args.json else render_stats(stats))

@@ -121,6 +121,9 @@ def test_a_submission_that_does_not_fit_its_item_is_refused(tmp_path, change, me
         ({"flags": {"0": "rude"}}, "flags.0"),
         ({"seconds": -1}, "seconds"),
         ({"submitted_at": 5}, "submitted_at"),
+        # "²".isdigit() is true, yet int("²") fails; a float cannot hold 10**400
+        ({"flags": {"²": "unsafe"}}, "flags.²"),
+        ({"seconds": 10**400}, "seconds"),
     ],
 )
 def test_a_malformed_submission_row_names_its_field(tmp_path, change, field):

@@ -1,11 +1,14 @@
 """`rlhfkit label export | stats | import` from the command line."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from rlhfkit import cli
-from rlhfkit.labelling.candidates import write_labels
+from rlhfkit.labelling.candidates import read_labels, write_labels
 from rlhfkit.labelling.records import Item, Submission
 
 ITEMS = [Item("a", "Q1?", ("x", "y", "z")), Item("b", "Q2?", ("p", "q"))]
@@ -46,3 +49,76 @@ def test_a_missing_labels_folder_is_one_line_and_exit_2(tmp_path, capsys, monkey
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "none" in err[0]
+
+
+def run_main(monkeypatch, capsys, *argv: str) -> tuple[int, list[str]]:
+    """`rlhfkit ARGV` as the command line runs it, for a command that fails: (exit status,
+    stderr lines)."""
+    monkeypatch.setattr("sys.argv", ["rlhfkit", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    return exit_.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def write_ranker_export(path) -> str:
+    task = {
+        "id": 1,
+        "data": {
+            "prompt": "Say hi.",
+            "items": [{"id": "a", "body": "hi"}, {"id": "b", "body": "yo"}],
+        },
+        "annotations": [
+            {"result": [{"type": "ranker", "value": {"ranker": ["b", "a"]}}], "completed_by": 3}
+        ],
+    }
+    path.write_text(json.dumps([task]))
+    return str(path)
+
+
+def test_import_refuses_an_out_that_holds_files_or_is_a_file(tmp_path, capsys, monkeypatch):
+    export = write_ranker_export(tmp_path / "ls.json")
+    labels = write_labels(tmp_path / "labels", ITEMS, SUBMISSIONS)
+    before = {path.name: path.read_bytes() for path in labels.iterdir()}
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for out, message in ((labels, "already holds files"), (afile, "is a file")):
+        argv = ["label", "import", "label-studio-ranker", export, "--out", str(out)]
+        status, err = run_main(monkeypatch, capsys, *argv)
+        assert status == 2 and len(err) == 1
+        assert err[0].startswith(f"error: {out}") and message in err[0]
+    assert {path.name: path.read_bytes() for path in labels.iterdir()} == before
+    assert afile.read_text() == "keep"
+    # an empty folder is a new one
+    (tmp_path / "empty").mkdir()
+    cli.run(["label", "import", "label-studio-ranker", export, "--out", str(tmp_path / "empty")])
+    assert read_labels(tmp_path / "empty")[1][0].ranks == (1, 0)
+
+
+def test_export_to_a_folder_or_under_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    labels = write_labels(tmp_path / "labels", ITEMS, SUBMISSIONS)
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path, tmp_path / "afile" / "rankings.jsonl"):
+        status, err = run_main(
+            monkeypatch, capsys, "label", "export", str(labels), "--out", str(out)
+        )
+        assert status == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write {out}: ")
+
+
+@pytest.mark.parametrize("options", [[], ["--json"]])
+def test_stats_into_a_closed_pipe_ends_quietly(tmp_path, options):
+    labels = write_labels(tmp_path / "labels", ITEMS, SUBMISSIONS)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone, as `| head -1` goes after one line
+    command = [sys.executable, "-c", "from rlhfkit.cli import main; main()"]
+    try:
+        result = subprocess.run(
+            [*command, "label", "stats", str(labels), *options],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""  # no BrokenPipeError traceback
+    assert result.returncode == 141  # 128 + SIGPIPE, as a shell reports `tool | head`

@@ -303,6 +303,11 @@ RESULT = [0, "annotations", 0, "result", 0]
             "expected seconds >= 0",
         ),
         (
+            broken(LABEL_STUDIO_RANKER, [0, "annotations", 0, "lead_time"], 10**400),
+            "annotations[0].lead_time",
+            "expected seconds >= 0, got 1000000",  # too large for a float, and cut short
+        ),
+        (
             broken(LABEL_STUDIO_RANKER, [0, "annotations", 0, "completed_by"], None),
             "annotations[0].completed_by",
             "missing",
@@ -318,6 +323,34 @@ def test_bad_label_studio_ranker_tasks_name_the_file_row_and_field(
         import_label_studio_ranker(path)
     assert (caught.value.row, caught.value.field) == (1, field)
     assert message in caught.value.message
+
+
+def test_a_ranker_item_id_listed_twice_is_refused_not_read_as_a_tie(tmp_path):
+    task = {
+        "id": 4,
+        "data": {
+            "prompt": "Say hi.",
+            "items": [{"id": "a", "body": "hi"}, {"id": "a", "body": "yo"}],
+        },
+        "annotations": [
+            {"result": [{"type": "ranker", "value": {"ranker": ["a", "a"]}}], "completed_by": 3}
+        ],
+    }
+
+    with pytest.raises(DataError) as caught:
+        import_label_studio_ranker(write_json(tmp_path / "ls.json", [task]))
+    assert (caught.value.row, caught.value.field) == (1, "data.items[1].id")
+    assert caught.value.message == "repeats the item id 'a'"
+
+
+def test_a_question_no_record_answers_is_refused_naming_the_questions_there(tmp_path):
+    path = write_json_lines(tmp_path / "a.jsonl", ARGILLA_V1)
+
+    with pytest.raises(DataError) as caught:
+        import_argilla(path, question="rank")
+    assert str(caught.value) == (
+        f"{path}: no record answers the question 'rank'; the records answer: comment, ranking"
+    )
 
 
 def test_a_pairwise_choice_other_than_left_or_right_is_refused(tmp_path):

@@ -22,7 +22,7 @@ pytest.importorskip("uvicorn", reason="the labelling server needs the `label` ex
 
 from rlhfkit.errors import RlhfkitError  # noqa: E402
 from rlhfkit.labelling.candidates import read_labels  # noqa: E402
-from rlhfkit.labelling.records import Item  # noqa: E402
+from rlhfkit.labelling.records import Item, Submission  # noqa: E402
 from rlhfkit.labelling.server import (  # noqa: E402
     CONTENT_SECURITY_POLICY,
     bind_socket,
@@ -261,7 +261,9 @@ def test_a_submission_over_http_is_stored_as_sent_and_undo_takes_it_back(server)
         {"ranking": [[0], [1], [True]]},
         {"flags": {"0": "boring"}},
         {"flags": {"9": "unsafe"}},
+        {"flags": {"²": "unsafe"}},  # "²".isdigit() is true, yet int("²") fails
         {"seconds": -1},
+        {"seconds": 10**400},  # too large for a float
         {"comment": "x" * 5001},
         {"labeller": "  "},
         {"item_id": "no-such-item"},
@@ -364,6 +366,28 @@ def test_serving_beyond_loopback_warns_and_the_link_names_a_reachable_address():
     assert "token" in exposure_warning("192.168.1.20")
     assert page_url("0.0.0.0", 8765, "T") == "http://127.0.0.1:8765/?token=T"
     assert page_url("::1", 80, "T") == "http://[::1]:80/?token=T"
+
+
+@pytest.mark.parametrize("port", [70000, -1])
+def test_a_port_out_of_range_is_a_one_line_error(port):
+    with pytest.raises(RlhfkitError, match=f"cannot listen on 127.0.0.1:{port}: a port is 0 to"):
+        bind_socket("127.0.0.1", port)
+
+
+def test_a_new_batch_served_with_a_store_of_earlier_labels_keeps_them_exportable(tmp_path):
+    earlier = make_items(2)
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items(earlier)
+    store.submit(Submission("item-0", "ann", (0, 1, 2), (0, 1, 2)))
+    batch = [Item(f"new-{i}", f"new prompt {i}", ("a", "b")) for i in range(3)]
+    candidates = write_candidates(tmp_path / "candidates.jsonl", batch)
+
+    stop(start_server(candidates, tmp_path / "labels.db"))
+
+    # submissions.jsonl holds the store's labels, so candidates.jsonl lists the store's items
+    items, submissions = read_labels(tmp_path)
+    assert [item.item_id for item in items] == ["item-0", "item-1", "new-0", "new-1", "new-2"]
+    assert submissions == store.submissions()
 
 
 def test_a_port_in_use_is_a_one_line_error():

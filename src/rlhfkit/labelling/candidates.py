@@ -8,7 +8,6 @@ rows plus at most one partial line, which `complete_rows` cuts off before a resu
 """
 
 import json
-import math
 import os
 import uuid
 from collections.abc import Iterable
@@ -17,8 +16,15 @@ from typing import Any
 
 from rlhfkit.data.formats import Format, validate_row
 from rlhfkit.data.loading import read_rows, write_jsonl
-from rlhfkit.errors import DataError
-from rlhfkit.labelling.records import FLAGS, Item, Submission
+from rlhfkit.errors import DataError, RlhfkitError
+from rlhfkit.labelling.records import (
+    FLAGS,
+    Item,
+    Submission,
+    flag_index,
+    seconds_value,
+    show_value,
+)
 
 CANDIDATES_FILE = "candidates.jsonl"
 SUBMISSIONS_FILE = "submissions.jsonl"
@@ -144,11 +150,12 @@ def submission_from_row(row: dict, path: str, row_number: int) -> Submission:
     if not isinstance(flags, dict):
         raise fail("flags", "expected an object: response index -> flag")
     for key, flag in flags.items():
-        if not str(key).isdigit() or flag not in FLAGS:
+        if flag_index(key) is None or flag not in FLAGS:
             raise fail(f"flags.{key}", f"expected a response index -> one of {FLAGS}")
-    seconds = row.get("seconds", 0.0)
-    if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
-        raise fail("seconds", f"expected a number of seconds >= 0, got {seconds!r}")
+    seconds = seconds_value(row.get("seconds", 0.0))
+    if seconds is None:
+        got = show_value(row.get("seconds"))
+        raise fail("seconds", f"expected a number of seconds >= 0, got {got}")
     for name in ("comment", "submitted_at"):
         if not isinstance(row.get(name, ""), str):
             raise fail(name, "expected a string")
@@ -157,9 +164,9 @@ def submission_from_row(row: dict, path: str, row_number: int) -> Submission:
         labeller=row["labeller"],
         ranks=None if ranks is None else tuple(ranks),
         shown_order=tuple(shown_order),
-        flags={int(key): flag for key, flag in flags.items()},
+        flags={flag_index(key): flag for key, flag in flags.items()},
         comment=row.get("comment", ""),
-        seconds=float(seconds),
+        seconds=seconds,
         submitted_at=row.get("submitted_at", ""),
     )
 
@@ -194,12 +201,45 @@ def read_submissions(path: str | Path, items: list[Item]) -> list[Submission]:
     return submissions
 
 
-def write_labels(folder: str | Path, items: list[Item], submissions: list[Submission]) -> Path:
-    """Write `candidates.jsonl` and `submissions.jsonl` into `folder` (made if needed)."""
+def check_new_labels_folder(folder: str | Path) -> None:
+    """Refuse a `folder` to write new labels into that is a file, or a folder holding anything:
+    its candidates and submissions would be overwritten. A missing or empty folder is fine."""
     folder = Path(folder)
-    write_jsonl(folder / CANDIDATES_FILE, [item_to_row(item) for item in items])
-    write_jsonl(folder / SUBMISSIONS_FILE, [submission_to_row(s) for s in submissions])
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise RlhfkitError(f"{folder} is a file: give a new folder to write the labels to")
+        if folder.is_dir() and any(folder.iterdir()):
+            raise RlhfkitError(
+                f"{folder} already holds files: give a new or empty folder, so that no labels "
+                "are overwritten"
+            )
+    except OSError as error:
+        raise cannot_write(folder, error) from None
+
+
+def write_labels(folder: str | Path, items: list[Item], submissions: list[Submission]) -> Path:
+    """Write `candidates.jsonl` and `submissions.jsonl` into `folder` (made if needed).
+
+    Raises:
+        RlhfkitError: the folder cannot be made or written.
+    """
+    folder = Path(folder)
+    try:
+        write_jsonl(folder / CANDIDATES_FILE, [item_to_row(item) for item in items])
+        write_jsonl(folder / SUBMISSIONS_FILE, [submission_to_row(s) for s in submissions])
+    except OSError as error:
+        raise cannot_write(folder, error) from None
     return folder
+
+
+def cannot_write(path: str | Path, error: OSError) -> RlhfkitError:
+    """One line for a file or folder that could not be written (a directory where a file goes,
+    a parent that cannot be made), naming the path that failed when it is another."""
+    reason = error.strerror or str(error)
+    failed = error.filename
+    if failed is not None and str(failed) != str(path):
+        reason += f": {failed}"
+    return RlhfkitError(f"cannot write {path}: {reason}")
 
 
 def read_labels(folder: str | Path) -> tuple[list[Item], list[Submission]]:
@@ -218,7 +258,3 @@ def _int_list(value: Any, name: str, fail) -> list[int]:
     ):
         raise fail(name, f"expected a list of integers, got {value!r}")
     return value
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.labelling.candidates import submission_problem
+from rlhfkit.labelling.candidates import cannot_write, submission_problem
 from rlhfkit.labelling.records import Item, Submission
 
 
@@ -168,11 +168,15 @@ def write_export(
     """Write rankings or pairs as JSON lines; returns the number of rows.
 
     Raises:
-        RlhfkitError: nothing to write (no ranking prefers one response to another).
+        RlhfkitError: nothing to write (no ranking prefers one response to another), or `path`
+            cannot be written (a directory, a folder that cannot be made).
     """
     make_rows = pair_rows if ExportFormat(fmt) is ExportFormat.PAIRS else rankings_rows
     rows = make_rows(items, submissions, merge=merge)
     if not rows:
         raise RlhfkitError(f"nothing to export to {path}: no submission ranks two responses apart")
-    write_jsonl(path, rows)
+    try:
+        write_jsonl(path, rows)
+    except OSError as error:
+        raise cannot_write(path, error) from None
     return len(rows)

@@ -23,15 +23,10 @@ from pathlib import Path
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.labelling.candidates import (
-    CANDIDATES_FILE,
-    SUBMISSIONS_FILE,
-    item_to_row,
-    replace_rows,
-)
+from rlhfkit.labelling.candidates import CANDIDATES_FILE, SUBMISSIONS_FILE
 from rlhfkit.labelling.export import dense_ranks
 from rlhfkit.labelling.records import Item, Submission
-from rlhfkit.labelling.store import LabelStore, write_submissions_file
+from rlhfkit.labelling.store import LabelStore, write_candidates_file, write_submissions_file
 from rlhfkit.objectives.ranking import ranking_comparisons
 
 Ranks = tuple[int, ...]
@@ -204,12 +199,6 @@ class HumanLabeller:
             f"labeller=human: refresh {self.refreshes}: {answered} of {total} prompts answered "
             f"({skipped} skipped); {where}"
         )
-
-
-def write_candidates_file(store: LabelStore, path: Path) -> Path:
-    """Every item of the store as a labels folder's `candidates.jsonl`, replaced whole
-    (`replace_rows`), so a reader never sees half a file."""
-    return replace_rows(path, (item_to_row(item) for item in store.items()))
 
 
 def serve_page(store: LabelStore, port: int) -> tuple[str, Callable[[], None]]:

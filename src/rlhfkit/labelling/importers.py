@@ -8,21 +8,21 @@ statistics work on them as on rlhfkit's own labels.
   equal ranks = a tie), or just the names best first. Responses come in the v1 form (a list of
   `{"user_id", "values": {question: {"value": ...}}, "status"}`) or the v2 form
   (`{question: [{"value": ..., "user_id", "status"}]}`). Status `submitted` (or none) is a
-  ranking, `discarded` a skip; drafts are left out. Argilla records no time spent or shown
-  order.
+  ranking, `discarded` a skip; drafts are left out. Records that answer other questions but
+  never `question` are refused. Argilla records no time spent or shown order.
 - Label Studio `Ranker` and `Pairwise`: the JSON export (a JSON array of tasks, not JSON-MIN).
   Ranker: `data[items_field]` lists `{"id", text_field: response}` and a result
   `{"type": "ranker", "value": {"ranker": [ids best first]}}` (or `{"ranker": {name: [ids]}}`);
-  Ranker has no ties, and buckets are refused. Pairwise: `data[response_fields[0]]` is shown on
-  the left, `data[response_fields[1]]` on the right, and a result
-  `{"type": "pairwise", "value": {"selected": "left" | "right"}}`. A cancelled annotation, or one
-  with no such result, is a skip; `lead_time` is the seconds spent, `completed_by` the labeller.
+  Ranker has no ties, so buckets are refused, and so are two items under one id. Pairwise:
+  `data[response_fields[0]]` is shown on the left, `data[response_fields[1]]` on the right, and
+  a result `{"type": "pairwise", "value": {"selected": "left" | "right"}}`. A cancelled
+  annotation, or one with no such result, is a skip; `lead_time` is the seconds spent,
+  `completed_by` the labeller.
 
 Bad input is a `DataError` naming the file, the row (record or task, 1-based) and the field.
 """
 
 import inspect
-import math
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 from rlhfkit.data.loading import read_rows
 from rlhfkit.errors import DataError, RlhfkitError
-from rlhfkit.labelling.records import Item, Submission
+from rlhfkit.labelling.records import Item, Submission, seconds_value, show_value
 
 Labels = tuple[list[Item], list[Submission]]
 
@@ -53,7 +53,7 @@ class _Row:
     def text(self, mapping: Any, key: str, field: str) -> str:
         value = mapping.get(key) if isinstance(mapping, dict) else None
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(field, f"expected a non-empty string, got {_show(value)}")
+            raise self.fail(field, f"expected a non-empty string, got {show_value(value)}")
         return value
 
     def item_id(self, *candidates: Any) -> str:
@@ -86,12 +86,17 @@ def import_argilla(
     prompt_field: str = "prompt",
     response_fields: tuple[str, ...] = (),
 ) -> Labels:
-    """Items and submissions of an Argilla `RankingQuestion` export (module docstring)."""
+    """Items and submissions of an Argilla `RankingQuestion` export (module docstring).
+
+    Raises:
+        DataError: a bad record, or records that answer questions but never `question`.
+    """
     items, submissions, rows = [], [], _read(path)
+    questions: set[str] = set()
     for row in rows:
         fields = row.row.get("fields")
         if not isinstance(fields, dict):
-            raise row.fail("fields", f"expected an object of fields, got {_show(fields)}")
+            raise row.fail("fields", f"expected an object of fields, got {show_value(fields)}")
         prompt = row.text(fields, prompt_field, f"fields.{prompt_field}")
         names = response_fields or tuple(name for name in fields if name != prompt_field)
         if len(names) < 2:
@@ -100,12 +105,28 @@ def import_argilla(
         item_id = row.item_id(row.row.get("external_id"), row.row.get("id"))
         source = {"imported_from": ImportSource.ARGILLA.value, "path": str(path)}
         items.append(Item(item_id, prompt, responses, source))
+        questions |= _argilla_questions(row)
         for field, value_field, answer in _argilla_answers(row, question):
             submission = _argilla_submission(row, field, value_field, answer, item_id, names)
             if submission is not None:
                 submissions.append(submission)
     _check_unique(items, rows)
+    if questions and question not in questions:
+        # a misspelt question would import every record as unanswered: nothing to export
+        found = ", ".join(sorted(questions))
+        message = f"no record answers the question {question!r}; the records answer: {found}"
+        raise DataError(str(path), None, None, message)
     return items, submissions
+
+
+def _argilla_questions(row: _Row) -> set[str]:
+    """The questions a record holds answers to, in either export form (module docstring)."""
+    responses = row.row.get("responses")
+    if isinstance(responses, dict):  # v2: grouped by question
+        return set(responses)
+    answers = responses if isinstance(responses, list) else []
+    values = [answer.get("values") for answer in answers if isinstance(answer, dict)]
+    return {question for value in values if isinstance(value, dict) for question in value}
 
 
 def _argilla_answers(row: _Row, question: str) -> list[tuple[str, str, dict]]:
@@ -121,7 +142,7 @@ def _argilla_answers(row: _Row, question: str) -> list[tuple[str, str, dict]]:
         for index, response in enumerate(responses):
             field = f"responses[{index}]"
             if not isinstance(response, dict):
-                raise row.fail(field, f"expected an object, got {_show(response)}")
+                raise row.fail(field, f"expected an object, got {show_value(response)}")
             values = response.get("values") or {}
             answer = values.get(question) if isinstance(values, dict) else None
             if answer is None and response.get("status") != "discarded":
@@ -130,7 +151,7 @@ def _argilla_answers(row: _Row, question: str) -> list[tuple[str, str, dict]]:
             merged = {**response, "value": answer.get("value")}
             answers.append((field, f"{field}.values.{question}.value", merged))
     else:
-        raise row.fail("responses", f"expected a list or an object, got {_show(responses)}")
+        raise row.fail("responses", f"expected a list or an object, got {show_value(responses)}")
     return answers
 
 
@@ -138,7 +159,7 @@ def _argilla_submission(
     row: _Row, field: str, value_field: str, answer: Any, item_id: str, names: tuple[str, ...]
 ) -> Submission | None:
     if not isinstance(answer, dict):
-        raise row.fail(field, f"expected an object, got {_show(answer)}")
+        raise row.fail(field, f"expected an object, got {show_value(answer)}")
     status = answer.get("status") or "submitted"
     if status not in ("submitted", "discarded"):
         return None  # a draft is not a judgement yet
@@ -161,7 +182,7 @@ def _argilla_ranks(row: _Row, field: str, value: Any, names: tuple[str, ...]) ->
     """0-based ranks in `names` order from `[{"value": name, "rank": r}]` (r from 1, equal =
     tie) or `[name, ...]` best first."""
     if not isinstance(value, list):
-        raise row.fail(field, f"expected a list of ranked responses, got {_show(value)}")
+        raise row.fail(field, f"expected a list of ranked responses, got {show_value(value)}")
     ranks: dict[str, int] = {}
     for position, entry in enumerate(value):
         where = f"{field}[{position}]"
@@ -181,10 +202,12 @@ def _argilla_ranks(row: _Row, field: str, value: Any, names: tuple[str, ...]) ->
 
 def _named_rank(row: _Row, where: str, entry: Any) -> tuple[str, int]:
     if not isinstance(entry, dict):
-        raise row.fail(where, f"expected {{'value': name, 'rank': n}}, got {_show(entry)}")
+        raise row.fail(where, f"expected {{'value': name, 'rank': n}}, got {show_value(entry)}")
     rank = entry.get("rank")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise row.fail(f"{where}.rank", f"expected an integer from 1 (best), got {_show(rank)}")
+        raise row.fail(
+            f"{where}.rank", f"expected an integer from 1 (best), got {show_value(rank)}"
+        )
     return entry.get("value"), rank
 
 
@@ -213,6 +236,9 @@ def import_label_studio_ranker(
             where = f"data.{items_field}[{index}]"
             if not isinstance(entry, dict) or entry.get("id") in (None, ""):
                 raise row.fail(where, "expected an object with an 'id'")
+            if str(entry["id"]) in ids:
+                # a ranking names items by id: two items under one id would read as a tie
+                raise row.fail(f"{where}.id", f"repeats the item id {str(entry['id'])!r}")
             ids.append(str(entry["id"]))
             responses.append(row.text(entry, text_field, f"{where}.{text_field}"))
         item = _label_studio_item(row, data, prompt, responses)
@@ -251,7 +277,7 @@ def import_label_studio_pairwise(
                 selected = value.get("selected") if isinstance(value, dict) else None
                 if selected not in ("left", "right"):
                     where = f"{result_field}.value.selected"
-                    raise row.fail(where, f"expected 'left' or 'right', got {_show(selected)}")
+                    raise row.fail(where, f"expected 'left' or 'right', got {show_value(selected)}")
                 ranks = (0, 1) if selected == "left" else (1, 0)
             submissions.append(_label_studio_submission(row, field, annotation, item, ranks))
     _check_unique(items, rows)
@@ -261,7 +287,7 @@ def import_label_studio_pairwise(
 def _task_data(row: _Row) -> dict:
     data = row.row.get("data")
     if not isinstance(data, dict):
-        raise row.fail("data", f"expected an object, got {_show(data)}")
+        raise row.fail("data", f"expected an object, got {show_value(data)}")
     return data
 
 
@@ -277,15 +303,15 @@ def _annotations(row: _Row, result_type: str) -> list[tuple[str, str, dict, dict
     `result_type` or None) of every annotation of a task; a cancelled one has no result."""
     annotations = row.row.get("annotations") or []
     if not isinstance(annotations, list):
-        raise row.fail("annotations", f"expected a list, got {_show(annotations)}")
+        raise row.fail("annotations", f"expected a list, got {show_value(annotations)}")
     out = []
     for index, annotation in enumerate(annotations):
         field = f"annotations[{index}]"
         if not isinstance(annotation, dict):
-            raise row.fail(field, f"expected an object, got {_show(annotation)}")
+            raise row.fail(field, f"expected an object, got {show_value(annotation)}")
         results = annotation.get("result") or []
         if not isinstance(results, list):
-            raise row.fail(f"{field}.result", f"expected a list, got {_show(results)}")
+            raise row.fail(f"{field}.result", f"expected a list, got {show_value(results)}")
         found = None
         if not annotation.get("was_cancelled"):
             found = next(
@@ -310,7 +336,7 @@ def _ranker_ranks(row: _Row, field: str, value: Any, ids: list[str]) -> tuple[in
             raise row.fail(field, "Ranker buckets are not a ranking: use a Ranker without Bucket")
         order = next(iter(order.values()))
     if not isinstance(order, list) or sorted(map(str, order)) != sorted(ids):
-        got = ", ".join(map(str, order)) if isinstance(order, list) else _show(order)
+        got = ", ".join(map(str, order)) if isinstance(order, list) else show_value(order)
         raise row.fail(field, f"expected every item id once ({', '.join(ids)}), got {got}")
     position = {str(item_id): rank for rank, item_id in enumerate(order)}
     return tuple(position[item_id] for item_id in ids)
@@ -324,17 +350,17 @@ def _label_studio_submission(
         user = user.get("email") or user.get("id")
     if user in (None, ""):
         raise row.fail(f"{field}.completed_by", "missing")
-    seconds = annotation.get("lead_time") or 0.0
-    is_number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
-    if not is_number or not math.isfinite(seconds) or seconds < 0:
-        raise row.fail(f"{field}.lead_time", f"expected seconds >= 0, got {_show(seconds)}")
+    lead_time = annotation.get("lead_time") or 0.0
+    seconds = seconds_value(lead_time)
+    if seconds is None:
+        raise row.fail(f"{field}.lead_time", f"expected seconds >= 0, got {show_value(lead_time)}")
     return Submission(
         item_id=item.item_id,
         labeller=str(user),
         ranks=ranks,
         # Ranker starts from the items' order, Pairwise shows left then right
         shown_order=tuple(range(len(item.responses))),
-        seconds=float(seconds),
+        seconds=seconds,
         submitted_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
     )
 
@@ -363,11 +389,3 @@ def import_labels(source: ImportSource | str, path: str | Path, **options: Any) 
     if unknown:
         raise RlhfkitError(f"{ImportSource(source).value} labels take no {', '.join(unknown)}")
     return importer(path, **given)
-
-
-def _show(value: Any) -> str:
-    """A value as the error shows it: its JSON type for containers, else its repr, cut short."""
-    if isinstance(value, (dict, list)):
-        return "an object" if isinstance(value, dict) else "a list"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

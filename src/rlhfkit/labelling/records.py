@@ -2,11 +2,15 @@
 `candidates.jsonl`) and a labeller's submission for it. The label store keeps submissions; the
 exporters and statistics read them; nothing else needs to know how they are stored."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 FLAGS = ("unsafe", "broken")
 """What a labeller can flag a response as."""
+
+MAX_INDEX_DIGITS = 9
+"""A response index longer than this is no index of any item (and int() refuses past 4300)."""
 
 
 @dataclass(frozen=True)
@@ -45,3 +49,32 @@ class Submission:
     @property
     def skipped(self) -> bool:
         return self.ranks is None
+
+
+def flag_index(key: Any) -> int | None:
+    """A flags key as a response index (JSON object keys are strings: "2" -> 2), or None when it
+    is not ASCII digits: "²" passes str.isdigit(), yet int() refuses it."""
+    if not isinstance(key, str) or not key.isascii() or not key.isdigit():
+        return None
+    return int(key) if len(key) <= MAX_INDEX_DIGITS else None
+
+
+def seconds_value(value: Any) -> float | None:
+    """Time spent as a float, or None unless a finite number >= 0. An integer too large for a
+    float is refused here: math.isfinite would raise OverflowError on it."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def show_value(value: Any) -> str:
+    """A value as an error shows it: its JSON type for containers, else its repr, cut short
+    (a 400-digit number stays one short line)."""
+    if isinstance(value, dict | list):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -19,7 +19,6 @@ Routes (the API speaks JSON; `labeller` names the person):
 import hashlib
 import ipaddress
 import json
-import math
 import secrets
 import socket
 import sys
@@ -39,8 +38,13 @@ from starlette.staticfiles import StaticFiles
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import SUBMISSIONS_FILE, read_items
-from rlhfkit.labelling.records import FLAGS, Item, Submission
-from rlhfkit.labelling.store import LabelStore, shown_order, write_submissions_file
+from rlhfkit.labelling.records import FLAGS, Item, Submission, flag_index, seconds_value, show_value
+from rlhfkit.labelling.store import (
+    LabelStore,
+    shown_order,
+    write_candidates_file,
+    write_submissions_file,
+)
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -57,6 +61,7 @@ SECURITY_HEADERS = (
 MAX_BODY_BYTES = 1024 * 1024
 MAX_COMMENT_CHARS = 5000
 MAX_NAME_CHARS = 64
+MAX_PORT = 65535
 
 
 def run_label_server(
@@ -75,7 +80,8 @@ def run_label_server(
     Args:
         candidates: a `candidates.jsonl` written by `rlhfkit sample`; items already in the
             store are kept, new ones added. Its folder is the labels folder: every submit and
-            undo rewrites its `submissions.jsonl` from the store, for `rlhfkit label export`.
+            undo rewrites its `submissions.jsonl` from the store, for `rlhfkit label export`,
+            and the file itself gets back the store's items it lacks (`sync_labels_folder`).
         db: the SQLite store (created if missing); restarting on it resumes every labeller.
         host, port: where to listen; 127.0.0.1 unless another address is asked for (then a
             warning is printed). Port 0 takes a free port; the printed address names it.
@@ -91,7 +97,7 @@ def run_label_server(
     submissions_file = _submissions_file(candidates, db)
     store = LabelStore(db, overlap=overlap, overlap_labellers=overlap_labellers, seed=seed)
     added = store.add_items(items)
-    write_submissions_file(store, submissions_file)  # current again after a crash
+    earlier = sync_labels_folder(store, Path(candidates), len(items), submissions_file)
     token = secrets.token_urlsafe(32)
     app = build_app(store, token, text, labellers, submissions_file)
     sock = bind_socket(host, port)
@@ -101,6 +107,8 @@ def run_label_server(
     print(
         f"{added} new items, {len(store.items())} in {db}; submissions kept in {submissions_file}"
     )
+    if earlier:
+        print(f"{candidates}: the store's {earlier} earlier items added, so their labels export")
     print(f"labelling page: {page_url(host, sock.getsockname()[1], token)}", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
@@ -262,13 +270,13 @@ def submission_from_payload(payload: dict, item: Item, labeller: str, seed: int)
     ranking = payload.get("ranking")
     flags = payload.get("flags") or {}
     comment = payload.get("comment") or ""
-    seconds = payload.get("seconds", 0)
+    seconds = seconds_value(payload.get("seconds", 0))
     if not isinstance(flags, dict) or any(flag not in FLAGS for flag in flags.values()):
         raise RlhfkitError(f"flags map a response index to one of {FLAGS}")
     if not isinstance(comment, str) or len(comment) > MAX_COMMENT_CHARS:
         raise RlhfkitError(f"a comment is text of at most {MAX_COMMENT_CHARS} characters")
-    if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
-        raise RlhfkitError("seconds must be a number of seconds")
+    if seconds is None:
+        raise RlhfkitError("seconds must be a number of seconds >= 0")
     return Submission(
         item_id=item.item_id,
         labeller=labeller,
@@ -276,7 +284,7 @@ def submission_from_payload(payload: dict, item: Item, labeller: str, seed: int)
         shown_order=shown_order(seed, labeller, item.item_id, k),
         flags={_response_index(index, k): flag for index, flag in flags.items()},
         comment=comment,
-        seconds=float(seconds),
+        seconds=seconds,
         submitted_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
 
@@ -302,10 +310,12 @@ def ranks_from_groups(groups, k: int) -> tuple[int, ...]:
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening socket, bound before the address is printed, so the printed port (a free
     one for port 0) is already taken by this server."""
+    if not 0 <= port <= MAX_PORT:  # bind() raises OverflowError past it, not OSError
+        raise RlhfkitError(f"cannot listen on {host}:{port}: a port is 0 to {MAX_PORT}")
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         return socket.create_server((host, port), family=family)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a host name idna cannot encode
         raise RlhfkitError(f"cannot listen on {host}:{port}: {error}") from None
 
 
@@ -336,6 +346,20 @@ def page_url(host: str, port: int, token: str) -> str:
         host = "::1"
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/?token={token}"
+
+
+def sync_labels_folder(
+    store: LabelStore, candidates: Path, listed: int, submissions_file: Path
+) -> int:
+    """Keep the labels folder what the store holds. `submissions_file` gets every submission,
+    so `candidates` (which lists `listed` items, all now in the store) must list every item:
+    those of an earlier candidates file served with this store too, or export and stats fail on
+    "no such item". It is rewritten only then; returns how many items it got back."""
+    earlier = len(store.items()) - listed
+    if earlier:
+        write_candidates_file(store, candidates)
+    write_submissions_file(store, submissions_file)  # current again after a crash
+    return earlier
 
 
 def _submissions_file(candidates: str | Path, db: str | Path) -> Path:
@@ -389,16 +413,13 @@ def _error(error: RlhfkitError) -> JSONResponse:
     return JSONResponse({"error": str(error)}, status_code=400)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _is_index(value, k: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < k
 
 
 def _response_index(key, k: int) -> int:
     """A flag's key: a response index, as JSON object keys come (strings of digits)."""
-    if isinstance(key, str) and key.isdigit() and _is_index(int(key), k):
-        return int(key)
-    raise RlhfkitError(f"flags name a response by its index 0..{k - 1}, got {key!r}")
+    index = flag_index(key)
+    if index is not None and _is_index(index, k):
+        return index
+    raise RlhfkitError(f"flags name a response by its index 0..{k - 1}, got {show_value(key)}")

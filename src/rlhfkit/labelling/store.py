@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.labelling.candidates import replace_rows, submission_problem, submission_to_row
+from rlhfkit.labelling.candidates import (
+    item_to_row,
+    replace_rows,
+    submission_problem,
+    submission_to_row,
+)
 from rlhfkit.labelling.records import FLAGS, Item, Submission
 
 DEFAULTS = {"overlap": 0.1, "overlap_labellers": 2, "seed": 0}
@@ -272,6 +277,12 @@ def write_submissions_file(store: LabelStore, path: str | Path) -> Path:
     `rlhfkit label export` and `stats` read. Written to a temporary file and renamed over
     `path` (`replace_rows`), so a reader never sees half a file."""
     return replace_rows(path, (submission_to_row(s) for s in store.submissions()))
+
+
+def write_candidates_file(store: LabelStore, path: str | Path) -> Path:
+    """Every item of the store as a labels folder's `candidates.jsonl`, replaced whole
+    (`replace_rows`), so a reader never sees half a file."""
+    return replace_rows(path, (item_to_row(item) for item in store.items()))
 
 
 def _check_settings(asked: dict) -> None:
