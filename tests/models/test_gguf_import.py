@@ -16,6 +16,7 @@ from rlhfkit.models.gguf_import import (
     import_gguf,
 )
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from rlhfkit.models.pretrained import backbone_parameters
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.models.tiny import IM_END, IM_START
 
@@ -177,3 +178,10 @@ def test_default_cache_dir():
     assert default_cache_dir({"RLHFKIT_CACHE": "/c"}).as_posix() == "/c/gguf"
     assert default_cache_dir({"XDG_CACHE_HOME": "/x"}).as_posix() == "/x/rlhfkit/gguf"
     assert default_cache_dir({}).parts[-3:] == (".cache", "rlhfkit", "gguf")
+
+
+def test_the_size_of_a_gguf_model_is_read_without_converting_it(gguf_files, cache, tiny_model_dir):
+    # the learning-rate guard sizes the model before a first run converts anything: a refused
+    # rate took a full conversion (17 s and 538 MB for SmolLM2-135M) before
+    assert backbone_parameters(gguf_files["F32"]) == backbone_parameters(tiny_model_dir)
+    assert not cache.exists()

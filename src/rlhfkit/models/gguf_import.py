@@ -118,17 +118,27 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
-    """Dequantize `path` with transformers and save it to `out_dir` as a plain directory:
-    float32 safetensors, config.json, generation_config.json, the tokenizer and its chat
-    template."""
+def gguf_config(path: str | Path):
+    """The causal-LM config a GGUF file's metadata describes, read without converting the file
+    (seconds, where converting takes tens and writes the float32 weights): what sizing the model
+    needs, e.g. the learning-rate guard before a first run converts anything."""
     path = Path(path)
+    check_gguf_file(path)
     try:
         config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as error:  # transformers raises ValueError, KeyError, TypeError, ...
         raise _error(path, f"its config cannot be read ({one_line(error)})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise _error(path, f"a '{config.model_type}' model is not a causal language model")
+    return config
+
+
+def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
+    """Dequantize `path` with transformers and save it to `out_dir` as a plain directory:
+    float32 safetensors, config.json, generation_config.json, the tokenizer and its chat
+    template."""
+    path = Path(path)
+    config = gguf_config(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path.parent,

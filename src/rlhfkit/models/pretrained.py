@@ -28,6 +28,7 @@ import torch
 from transformers import AutoModel
 
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.models.gguf_import import gguf_config, is_gguf_path
 from rlhfkit.models.loading import read_model_config
 
 PRETRAINED_PARAMETERS = 50_000_000
@@ -56,8 +57,9 @@ SUGGESTED = {
 
 def backbone_parameters(path: str | Path) -> int:
     """Parameters of the model at `path` without its output head, counted from its config
-    alone (built on the meta device: no weights read, no memory taken)."""
-    config = read_model_config(path)
+    alone (built on the meta device: no weights read, no memory taken); a `.gguf` file's from
+    its metadata, so a refused rate is refused before the file is converted."""
+    config = gguf_config(path) if is_gguf_path(path) else read_model_config(path)
     with torch.device("meta"):
         backbone = AutoModel.from_config(config)
     return sum(p.numel() for p in backbone.parameters())
