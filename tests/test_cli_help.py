@@ -52,10 +52,10 @@ def test_every_subcommand_has_help(monkeypatch, capsys, name):
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
 def test_every_command_names_a_config_class_and_a_run_function_that_exist(name):
     command = cli.COMMANDS[name]
-    config = cli._load(command.config)
-    assert dataclasses.is_dataclass(config) and callable(cli._load(command.run))
+    config = cli.load_object(command.config)
+    assert dataclasses.is_dataclass(config) and callable(cli.load_object(command.run))
     load_config(config, overrides=[command.example])  # --help's example is a key of its own
-    assert not command.check_keys or callable(cli._load(command.check_keys))
+    assert not command.check_keys or callable(cli.load_object(command.check_keys))
     for key in command.needs:
         assert key in {field.name for field in dataclasses.fields(config)}
     assert (command.report is None) == (not command.run_dir)

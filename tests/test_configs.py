@@ -17,7 +17,7 @@ from rlhfkit.runtime.config_bounds import BOUNDS, bound_of
 from rlhfkit.runtime.config_types import section_type
 from rlhfkit.runtime.run_config import RunConfig
 
-CONFIGS = {name: cli._load(command.config) for name, command in cli.COMMANDS.items()}
+CONFIGS = {name: cli.load_object(command.config) for name, command in cli.COMMANDS.items()}
 
 
 def enum_keys(cls: type, prefix: str = "") -> list[tuple[str, type[enum.Enum]]]:
