@@ -19,7 +19,7 @@ from rlhfkit.data.loading import write_jsonl
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
 from rlhfkit.eval.report import write_report
 from rlhfkit.eval.tables import rich_table
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, read_model_config
+from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import PipelineConfig
@@ -165,7 +165,7 @@ class Pipeline:
         # model (the tiny default is built from scratch) and the rates that train it
         self.stages = stage_configs(cfg, self.root)
         if cfg.model.base_model:
-            read_model_config(cfg.model.base_model)
+            check_model_path(cfg.model.base_model)
         sections = {field.name: getattr(self.stages, field.name) for field in fields(StageConfigs)}
         check_learning_rates(
             cfg.model.base_model, stage_learning_rates(sections), force=cfg.force_lr

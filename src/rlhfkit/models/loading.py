@@ -23,7 +23,12 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhfkit.errors import RlhfkitError, one_line
-from rlhfkit.models.gguf_import import cached_conversion, default_cache_dir, is_gguf_path
+from rlhfkit.models.gguf_import import (
+    cached_conversion,
+    check_gguf_file,
+    default_cache_dir,
+    is_gguf_path,
+)
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -84,6 +89,16 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32) -> P
         raise weights_error(path, error) from None
     _check_loading_info(path, info)
     return model
+
+
+def check_model_path(path: str | Path) -> None:
+    """That `path` is a model directory or a GGUF file transformers reads, or one line saying
+    why not; a GGUF file is checked from its header, not converted (a job checks its model
+    before anything else, the learning-rate guard included)."""
+    if is_gguf_path(path):
+        check_gguf_file(path)
+    else:
+        read_model_config(path)
 
 
 def read_model_config(path: str | Path):

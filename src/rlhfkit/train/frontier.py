@@ -36,7 +36,7 @@ from rlhfkit.data.loading import write_jsonl
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer, read_model_config
+from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
@@ -180,7 +180,7 @@ class Frontier:
                 "rlhfkit frontier needs model=PATH (a Hugging Face causal-LM directory or a "
                 ".gguf file)"
             )
-        read_model_config(cfg.model)
+        check_model_path(cfg.model)
         self.plan = plan_stages(cfg, self.root)
         sections = {name: getattr(cfg, name) for name in ("sft", "rm", "ppo", "grpo", "dpo")}
         check_learning_rates(cfg.model, stage_learning_rates(sections), force=cfg.force_lr)

@@ -224,6 +224,11 @@ def held_out_prompts(cfg: IterativeGRPOConfig) -> set[str]:
     return {str(p.prompt) for p in get_task(cfg.task).prompts(cfg.grpo.eval_prompts, rng)}
 
 
+def label_data_prompts(cfg: IterativeGRPOConfig) -> list[PromptExample]:
+    """`label_data`'s prompts, each one the task's labeller can judge (when a task is named)."""
+    return load_task_prompts(cfg.label_data, get_task(cfg.task) if cfg.task else None)
+
+
 def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[PromptExample]:
     """Round r's prompts to label, drawn on the round's own seed stream (from `label_data`, else
     the task's generator), without the held-out evaluation prompts; a task with too few distinct
@@ -231,7 +236,7 @@ def round_prompts(cfg: IterativeGRPOConfig, r: int, held_out: set[str]) -> list[
     count = cfg.label_prompts + cfg.heldout_prompts
     rng = random.Random(derive_seed(cfg.seed, SeedStream.ROUND_PROMPTS, r))
     if cfg.label_data:
-        rows = load_task_prompts(cfg.label_data, get_task(cfg.task) if cfg.task else None)
+        rows = label_data_prompts(cfg)
         fresh = [p for p in rows if str(p.prompt) not in held_out]
         return rng.sample(fresh, min(count, len(fresh)))
     drawn = get_task(cfg.task).prompts(count + len(held_out), rng)
@@ -400,7 +405,7 @@ def train_iterative_grpo(
     policy, rm = cfg.model, cfg.reward_model
     history = reward_history(cfg.reward_data) if cfg.reward_data else []
     if cfg.label_data:  # read again each round: checked here, before round 1
-        load_task_prompts(cfg.label_data, get_task(cfg.task) if cfg.task else None)
+        label_data_prompts(cfg)
     labeller = _labeller(cfg)
     held_out = held_out_prompts(cfg)
     result = IterativeGRPOResult(model_dir=run_dir.final)
