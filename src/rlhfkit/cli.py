@@ -211,16 +211,20 @@ def _torchrun_started(env) -> bool:
 
 def _run_under_torchrun(args, env) -> None:
     """One rank of a torchrun job: start the process group, run the command, close it. Only
-    rank 0 prints; errors come from every rank."""
+    rank 0 prints; an error every rank shares is printed once, by rank 0 (`rank_errors`)."""
     from rlhfkit.runtime.distributed import (
         close_distributed,
         init_distributed,
         launch_from_env,
         wait_for_every_rank,
     )
+    from rlhfkit.runtime.rank_errors import prints_error
 
+    launch = launch_from_env(env)
     command = COMMANDS.get(args.command)
     if command is None or not command.torchrun:
+        if launch.rank != 0:
+            sys.exit(2)  # every rank is refused alike: rank 0 says why
         supported = ", ".join(name for name, c in COMMANDS.items() if c.torchrun)
         reason = (
             f" ({command.not_under_torchrun})" if command and command.not_under_torchrun else ""
@@ -229,7 +233,6 @@ def _run_under_torchrun(args, env) -> None:
             f"rlhfkit {args.command} does not run under torchrun yet{reason}; commands that do: "
             f"{supported}"
         )
-    launch = launch_from_env(env)
     init_distributed(launch)
     quiet = launch.rank != 0 and open(os.devnull, "w")
     try:
@@ -238,6 +241,21 @@ def _run_under_torchrun(args, env) -> None:
         _quiet_libraries()
         _run_command(args, command)
         wait_for_every_rank()
+    except RlhfkitError as error:
+        try:
+            prints = prints_error(launch.rank, str(error), env)
+        except (KeyboardInterrupt, Terminated):
+            prints = False  # torchrun stops the job: the rank that failed first reports
+        if not prints:
+            sys.exit(getattr(error, "exit_status", 2))  # rank 0 printed the same line
+        if launch.rank != 0:
+            print(f"error (rank {launch.rank}): {error}", file=sys.stderr)
+            sys.exit(getattr(error, "exit_status", 2))
+        raise
+    except (KeyboardInterrupt, Terminated) as stop:
+        if launch.rank != 0:  # torchrun stops every rank alike: rank 0 says so
+            sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
+        raise
     finally:
         if quiet:
             sys.stdout = sys.__stdout__
