@@ -7,7 +7,6 @@ import dataclasses
 import importlib
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 
@@ -62,14 +61,12 @@ def _print_candidates(cfg, run, result) -> None:
 def _print_eval_table(cfg, run, result) -> None:
     from rich.console import Console
 
-    from rlhfkit.eval.tables import metric_table, rich_table
+    from rlhfkit.eval.run_eval import report_title
+    from rlhfkit.eval.tables import metric_table, rich_table, short_names
 
     columns, rows = metric_table(result["models"])
-    short = [c if c == "metric" else "/".join(Path(c).parts[-2:]) for c in columns]
     console = Console()
-    task = cfg.task or Path(cfg.prompts).name
-    title = f"{task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge}"
-    console.print(rich_table(title, short, rows))
+    console.print(rich_table(report_title(cfg), short_names(columns), rows))
     if "reward_model" in result:
         rm = result["reward_model"]
         console.print(
@@ -78,6 +75,7 @@ def _print_eval_table(cfg, run, result) -> None:
             f"over {rm['pairs']} pairs"
         )
     print(f"written to {run.root / 'eval.json'}")
+    print(f"report: {(run.root / 'report.html').resolve()}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,10 +20,11 @@ from rlhfkit.eval.report import (  # noqa: E402
     figure_html,
     html_page,
     html_table,
+    kl_gold_errorbar,
     png_data,
     samples_section,
 )
-from rlhfkit.eval.tables import metric_table, rate  # noqa: E402
+from rlhfkit.eval.tables import markdown_table, metric_table, rate, sample_rows  # noqa: E402
 
 # a colour map per method; the runs of one method take shades of it
 METHOD_MAPS = {"ppo": "Blues", "grpo": "Greens", "dpo": "Reds"}
@@ -61,19 +62,9 @@ def frontier_figure(points: list[Point], gold_label: str):
     colours = _colours(points)
     for run, colour in colours.items():
         series = [sft] + sorted((p for p in points if p.run == run), key=lambda p: p.step)
-        xs = [p.metrics["kl_k1_per_sequence"] for p in series]
-        ys = [p.metrics["gold_sampled"] for p in series]
-        ax.errorbar(
-            xs,
-            ys,
-            xerr=[
-                [x - p.metrics["kl_k1_per_sequence_low"] for x, p in zip(xs, series)],
-                [p.metrics["kl_k1_per_sequence_high"] - x for x, p in zip(xs, series)],
-            ],
-            yerr=[
-                [y - p.metrics["gold_sampled_low"] for y, p in zip(ys, series)],
-                [p.metrics["gold_sampled_high"] - y for y, p in zip(ys, series)],
-            ],
+        xs, ys = kl_gold_errorbar(
+            ax,
+            [p.metrics for p in series],
             fmt="o-",
             color=colour,
             ecolor=(*colour[:3], 0.35),
@@ -171,24 +162,6 @@ def stage_rows(summary: dict) -> list[list[str]]:
     rows.append(["evaluate", "SFT and every checkpoint, one set of samples each", secs["evaluate"]])
     rows.append(["total", "", f"{summary['seconds'] / 60:.1f} min"])
     return rows
-
-
-def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def sample_rows(side_by_side: list[dict]) -> tuple[list[str], list[list[str]]]:
-    models = [k for k in side_by_side[0] if k != "prompt"] if side_by_side else []
-    rows = [
-        [item["prompt"]] + [f"{item[m]['response']} [gold {item[m]['gold']:.2f}]" for m in models]
-        for item in side_by_side
-    ]
-    return ["prompt", *models], rows
 
 
 def write_frontier_report(

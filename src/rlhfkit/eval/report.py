@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlhfkit.eval.overoptimisation import gold_peak, moving_average  # noqa: E402
+from rlhfkit.eval.tables import sample_rows  # noqa: E402
 from rlhfkit.runtime.metrics import read_metrics  # noqa: E402
 
 # (stage directory, metrics to plot) for the training curves
@@ -90,19 +91,35 @@ def html_table(columns: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def kl_gold_errorbar(ax, models: list[dict], **style) -> tuple[list[float], list[float]]:
+    """Each model's sampled gold score against its KL per sequence (k1), both with their 95%
+    intervals, drawn on `ax` with matplotlib's `errorbar` `style`; returns the points (xs, ys)."""
+    xs = [m["kl_k1_per_sequence"] for m in models]
+    ys = [m["gold_sampled"] for m in models]
+
+    def spread(points: list[float], key: str) -> list[list[float]]:
+        # max(0, ...): an interval of equal values can miss its mean by a rounding error, and
+        # matplotlib refuses a negative error bar
+        return [
+            [max(0.0, v - m[f"{key}_low"]) for v, m in zip(points, models)],
+            [max(0.0, m[f"{key}_high"] - v) for v, m in zip(points, models)],
+        ]
+
+    ax.errorbar(
+        xs, ys, xerr=spread(xs, "kl_k1_per_sequence"), yerr=spread(ys, "gold_sampled"), **style
+    )
+    return xs, ys
+
+
 def frontier_plot(summary: dict, methods_by_task: dict[str, tuple[str, ...]]) -> str:
     """Gold score against KL to SFT for every method, one panel per task (the DPO paper's
     reward-KL frontier): up and to the left is better."""
     fig, axes = plt.subplots(1, len(methods_by_task), figsize=(10, 3.8))
     for ax, (task, methods) in zip(axes, methods_by_task.items()):
         for method in methods:
-            m = summary["eval"][task][method]
-            x, y = m["kl_k1_per_sequence"], m["gold_sampled"]
-            ax.errorbar(
-                [x],
-                [y],
-                yerr=[[y - m["gold_sampled_low"]], [m["gold_sampled_high"] - y]],
-                xerr=[[x - m["kl_k1_per_sequence_low"]], [m["kl_k1_per_sequence_high"] - x]],
+            kl_gold_errorbar(
+                ax,
+                [summary["eval"][task][method]],
                 fmt="o",
                 color=METHOD_COLOURS.get(method),
                 capsize=3,
@@ -187,16 +204,11 @@ def training_curves(stage: str, rows: list[dict], keys: list[str]) -> str:
 
 
 def samples_section(side_by_side: dict[str, list[dict]]) -> str:
-    parts = []
-    for task, items in side_by_side.items():
-        methods = [k for k in items[0] if k != "prompt"] if items else []
-        rows = [
-            [item["prompt"]]
-            + [f"{item[m]['response']}\n[gold {item[m]['gold']:.2f}]" for m in methods]
-            for item in items
-        ]
-        parts.append(f"<h3>{html.escape(task)}</h3>" + html_table(["prompt", *methods], rows))
-    return "".join(parts)
+    """Greedy answers side by side (`tables.sample_rows`), a table per task."""
+    return "".join(
+        f"<h3>{html.escape(task)}</h3>" + html_table(*sample_rows(items))
+        for task, items in side_by_side.items()
+    )
 
 
 def write_report(

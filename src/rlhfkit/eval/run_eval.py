@@ -3,8 +3,9 @@
 For each model: the gold score, the win rate against the baseline judged by the gold
 annotator, a reward model or an AI judge (each pair asked in both orders), the KL to the
 reference per token and per sequence, the reward-hacking signs, and on `arith` pass@k and
-maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json` and prints
-one table.
+maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json`, prints
+one table, and writes the same table with the settings, gold against KL and a few greedy answers
+side by side as `report.md` and `report.html` (`eval_report`).
 
 A user's own task gets the same table: `judge=` also takes any reward source the trainers take
 (`file.py:function`, `model:PATH`, weighted sums), which then plays the gold annotator on the
@@ -20,7 +21,8 @@ from pathlib import Path
 from rlhfkit.data.ranking_batch import load_ranked_groups
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.eval.model_eval import ModelEval, evaluate_model, win_rates
+from rlhfkit.eval.eval_report import REPORT_PROMPTS, greedy_answers, side_by_side, write_eval_report
+from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
@@ -179,8 +181,11 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     # step 2. every model, and its win rates against the baseline by the chosen judge
     baseline = evaluate(cfg.baseline) if cfg.baseline else None
     out = {"baseline": cfg.baseline, "task": cfg.task, "judge": cfg.judge, "models": {}}
+    # the report's greedy answers: kept from each evaluation, so nothing is sampled again
+    shown, answers = distinct_indices([p.prompt for p in prompts])[:REPORT_PROMPTS], {}
     if baseline is not None:
         out["models"][cfg.baseline] = baseline.metrics
+        answers[cfg.baseline] = greedy_answers(baseline, shown)
     judge = (
         (load_causal_lm(cfg.judge_model).to(device), load_tokenizer(cfg.judge_model))
         if kind is Judge.AI and baseline is not None
@@ -195,6 +200,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
                 else ai_win_rates(*judge, result, baseline, prompts)
             )
         out["models"][path] = result.metrics
+        answers[path] = greedy_answers(result, shown)
     # step 3. the reward model on held-out comparisons
     if cfg.heldout_pairs:
         out["reward_model"] = reward_model_accuracy(
@@ -202,7 +208,43 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         )
     with open(run.root / "eval.json", "w") as f:
         json.dump(out, f, indent=2)
+    # step 4. the report: the table, the settings, gold against KL, answers side by side
+    write_eval_report(
+        run.root,
+        out,
+        title=report_title(cfg),
+        settings=report_settings(cfg, len(prompts)),
+        side_by_side=side_by_side(prompts, shown, answers),
+    )
     return out
+
+
+def report_title(cfg: EvalConfig) -> str:
+    """The title of the printed table, for the report's heading."""
+    task = TaskName(cfg.task).value if cfg.task else Path(cfg.prompts).name
+    return f"{task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge}"
+
+
+def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:
+    """(setting, value) rows of what decides the numbers; unset optional paths left out."""
+    drawn = f"{num_prompts} drawn from the task with seed {cfg.seed}"
+    rows = [
+        ["models", ", ".join(cfg.models)],
+        ["baseline", cfg.baseline or "none (no win rates)"],
+        ["reference (KL)", cfg.reference or cfg.baseline or "none (no KL)"],
+        ["judge", cfg.judge],
+        ["task", TaskName(cfg.task).value if cfg.task else "none"],
+        ["prompts", f"{cfg.prompts} ({num_prompts} prompts)" if cfg.prompts else drawn],
+        ["samples_per_prompt", f"{cfg.samples_per_prompt} at T = 1, besides one greedy answer"],
+        ["max_new_tokens", str(cfg.max_new_tokens)],
+        ["seed", str(cfg.seed)],
+    ]
+    optional = {
+        "reward_model": cfg.reward_model,
+        "judge_model": cfg.judge_model,
+        "heldout_pairs": cfg.heldout_pairs,
+    }
+    return rows + [[key, value] for key, value in optional.items() if value]
 
 
 def ai_win_rates(

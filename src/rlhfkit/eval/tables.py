@@ -1,5 +1,8 @@
 """Tables of evaluation metrics, one column per model, written from the metrics dicts alone
-(`model_eval.evaluate_model`), so every place that shows them shows the same numbers."""
+(`model_eval.evaluate_model`), so every place that shows them shows the same numbers; and the
+forms a table takes in the terminal and in `report.md`."""
+
+from pathlib import Path
 
 from rich.table import Table
 
@@ -66,3 +69,32 @@ def rich_table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """The `report.md` form of a table (a cell's `|` escaped, its line breaks made spaces)."""
+
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sample_rows(side_by_side: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of greedy answers side by side: one row per `{"prompt", model:
+    {"response", "gold"}}` item, a column per model."""
+    models = [k for k in side_by_side[0] if k != "prompt"] if side_by_side else []
+    rows = [
+        [item["prompt"]] + [f"{item[m]['response']}\n[gold {item[m]['gold']:.2f}]" for m in models]
+        for item in side_by_side
+    ]
+    return ["prompt", *models], rows
+
+
+def short_names(paths: list[str]) -> list[str]:
+    """Column names for model paths: the last two parts (`runs/ppo/final` -> `ppo/final`), or
+    the whole paths where two would read alike."""
+    short = ["/".join(Path(p).parts[-2:]) for p in paths]
+    return short if len(set(short)) == len(short) else list(paths)
