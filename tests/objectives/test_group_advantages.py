@@ -138,18 +138,26 @@ def test_process_advantages_hand_example():
     # group steps (1, 0, 1): mean 2/3, population std sqrt(2)/3 -> 1 becomes 1/sqrt2,
     # 0 becomes -sqrt2
     got = process_advantages(
-        step_rewards, step_mask, step_ends, response_mask, 2, unbiased=False, eps=0.0
+        step_rewards, step_mask, step_ends, response_mask, 2, GroupNorm.GRPO, False, 0.0
     )
     high, low = 1 / ROOT2, -ROOT2
     expected = [[high + low, high + low, low, low, 0.0], [high, high, high, 0.0, 0.0]]
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64))
     # Bessel std sqrt(1/3): 1 becomes (1/3) sqrt 3, 0 becomes -(2/3) sqrt 3
     got = process_advantages(
-        step_rewards, step_mask, step_ends, response_mask, 2, unbiased=True, eps=0.0
+        step_rewards, step_mask, step_ends, response_mask, 2, GroupNorm.GRPO, True, 0.0
     )
     high, low = math.sqrt(3) / 3, -2 * math.sqrt(3) / 3
     expected = [[high + low, high + low, low, low, 0.0], [high, high, high, 0.0, 0.0]]
     assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64))
+    # Dr. GRPO: centred only, 1 becomes 1/3 and 0 becomes -2/3, whatever the std convention
+    for unbiased in (False, True):
+        got = process_advantages(
+            step_rewards, step_mask, step_ends, response_mask, 2, GroupNorm.DR_GRPO, unbiased, 0.5
+        )
+        high, low = 1 / 3, -2 / 3
+        expected = [[high + low, high + low, low, low, 0.0], [high, high, high, 0.0, 0.0]]
+        assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64))
 
 
 def random_steps(seed: int, prompts: int, group_size: int, max_steps: int, response_len: int):
@@ -178,7 +186,7 @@ def test_process_advantages_equal_naive_double_loop(
         seed, prompts, group_size, max_steps, response_len
     )
     got = process_advantages(
-        step_rewards, step_mask, step_ends, response_mask, group_size, unbiased=True, eps=1e-6
+        step_rewards, step_mask, step_ends, response_mask, group_size, GroupNorm.GRPO, True, 1e-6
     )
     expected = torch.zeros(response_mask.shape, dtype=torch.float64)
     for k in range(prompts):
@@ -202,9 +210,10 @@ def test_process_advantages_equal_naive_double_loop(
     st.integers(2, 4),
     st.integers(1, 6),
     st.booleans(),
+    st.sampled_from(GroupNorm),
 )
 def test_one_step_ending_at_the_last_token_is_outcome_supervision(
-    seed, prompts, group_size, response_len, unbiased
+    seed, prompts, group_size, response_len, unbiased, norm
 ):
     # DeepSeekMath: with a single step per response, process supervision is GRPO on the outcome
     _, _, _, response_mask = random_steps(seed, prompts, group_size, 1, response_len)
@@ -214,9 +223,9 @@ def test_one_step_ending_at_the_last_token_is_outcome_supervision(
     last_token = (response_mask.sum(1) - 1).unsqueeze(1)
     step_mask = torch.ones(prompts * group_size, 1, dtype=torch.bool)
     got = process_advantages(
-        rewards.unsqueeze(1), step_mask, last_token, response_mask, group_size, unbiased, 1e-6
+        rewards.unsqueeze(1), step_mask, last_token, response_mask, group_size, norm, unbiased, 1e-6
     )
-    outcome = group_advantages(rewards, group_size, GroupNorm.GRPO, unbiased, 1e-6)
+    outcome = group_advantages(rewards, group_size, norm, unbiased, 1e-6)
     assert torch.allclose(got, torch.where(response_mask, outcome.unsqueeze(1), 0.0))
 
 
@@ -228,6 +237,7 @@ def test_process_advantages_reject_a_partial_group():
             torch.zeros(3, 1, dtype=torch.long),
             torch.ones(3, 2, dtype=torch.bool),
             2,
+            GroupNorm.GRPO,
             True,
             1e-6,
         )

@@ -97,15 +97,17 @@ def process_advantages(
     step_ends: torch.Tensor,
     response_mask: torch.Tensor,
     group_size: int,
+    norm: GroupNorm,
     unbiased: bool,
     eps: float,
 ) -> torch.Tensor:
     """GRPO with process supervision (DeepSeekMath section 4.1.3; seeds 001, 003).
 
-    Every step reward of the group is normalised by the mean and std of all the group's steps,
-    then a token's advantage is the sum of the normalised rewards of the steps that end at or
-    after it:
+    Every step reward of the group is normalised by the mean and std of all the group's steps
+    (Dr. GRPO: by the mean only), then a token's advantage is the sum of the normalised rewards
+    of the steps that end at or after it:
         r~_ij = (r_ij - mean(R_group)) / (std(R_group) + eps),   A_it = sum_{j: end(j) >= t} r~_ij
+        Dr. GRPO: r~_ij = r_ij - mean(R_group)
 
     Args:
         step_rewards: (batch, max_steps) reward of each step (e.g. a process reward model).
@@ -114,7 +116,8 @@ def process_advantages(
             read only where step_mask is True.
         response_mask: (batch, response_len) bool, True = the token counts.
         group_size: G, rows per prompt (contiguous); batch = num_prompts * G.
-        unbiased, eps: std convention and stabiliser, as in `group_advantages`.
+        norm, unbiased, eps: the normalisation, std convention and stabiliser, as in
+            `group_advantages`.
     Returns:
         (batch, response_len) advantages, 0 where response_mask is False.
 
@@ -127,9 +130,11 @@ def process_advantages(
     # (batch, max_steps) -> (prompts, G * max_steps): one row holds every step of a group
     flat_rewards = step_rewards.reshape(prompts, group_size * max_steps)
     flat_mask = step_mask.reshape(prompts, group_size * max_steps)
-    mean = masked_mean(flat_rewards, flat_mask, dim=1).unsqueeze(1)
-    std = masked_var(flat_rewards, flat_mask, unbiased, dim=1).sqrt().unsqueeze(1)
-    normalised = ((flat_rewards - mean) / (std + eps)).reshape(batch, max_steps)
+    centred = flat_rewards - masked_mean(flat_rewards, flat_mask, dim=1).unsqueeze(1)
+    if GroupNorm(norm) == GroupNorm.GRPO:
+        std = masked_var(flat_rewards, flat_mask, unbiased, dim=1).sqrt().unsqueeze(1)
+        centred = centred / (std + eps)
+    normalised = centred.reshape(batch, max_steps)
     zero = torch.zeros((), dtype=normalised.dtype, device=normalised.device)
     normalised = torch.where(step_mask, normalised, zero)
     at_ends = torch.zeros(response_mask.shape, dtype=normalised.dtype, device=normalised.device)

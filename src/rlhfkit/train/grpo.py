@@ -205,6 +205,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                         steps.ends,
                         rollout.response_mask,
                         cfg.group_size,
+                        cfg.norm,
                         cfg.std_unbiased,
                         cfg.adv_eps,
                     )
