@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import disable_dropout, load_causal_lm, load_tokenizer
 
 
 def test_loads_model_and_tokenizer(tiny_model_dir):
@@ -157,3 +157,42 @@ def test_a_broken_config_is_named_by_the_tokenizer_loader_too(tiny_model_dir, tm
     (model_dir / "config.json").write_text("{")
     with pytest.raises(RlhfkitError, match="config.json is not valid JSON"):
         load_tokenizer(model_dir)
+
+
+def dropout_models() -> dict[str, torch.nn.Module]:
+    """Models whose outputs dropout changes in train mode: GPT-2 (dropout layers), Llama (the
+    float rate its attention passes to the kernel), LoRA (dropout on the adapters' input)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    )
+    sizes = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2)
+    llama = LlamaForCausalLM(LlamaConfig(**sizes, num_attention_heads=2, attention_dropout=0.5))
+    lora_base = LlamaForCausalLM(LlamaConfig(**sizes, num_attention_heads=2))
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules="all-linear")
+    lora = get_peft_model(lora_base, config)
+    for module in lora.modules():  # adapters that act (peft starts B at 0)
+        if hasattr(module, "lora_B"):
+            torch.nn.init.normal_(module.lora_B["default"].weight)
+    return {"gpt2": gpt2, "llama": llama, "lora": lora}
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "lora"])
+def test_disable_dropout_makes_the_train_mode_forward_the_eval_mode_one(name):
+    model = dropout_models()[name]
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def logits(train: bool) -> torch.Tensor:
+        torch.manual_seed(2)
+        with torch.no_grad():
+            return model.train(train)(input_ids=ids).logits
+
+    assert not torch.allclose(logits(True), logits(False), atol=1e-4)  # dropout acts
+    rates = model.config.to_dict()
+    assert disable_dropout(model.train()) is model
+    assert model.training  # left in train mode (gradient checkpointing needs it)
+    assert torch.allclose(logits(True), logits(False), atol=1e-6)
+    assert model.config.to_dict() == rates  # a saved checkpoint keeps the model's own rates

@@ -1,6 +1,7 @@
 import json
 import math
 import random
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -291,3 +292,19 @@ def test_pairs_run_their_prompt_once_with_the_plain_log_probs_and_gradients(tiny
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
     for got, want in zip(shared_grads, plain_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_the_first_step_loss_is_log_2_with_a_dropout_model(
+    tiny_model_dir, advice_rankings, tmp_path
+):
+    # dropout would make the policy's log-probs differ from the reference's at step 1
+    model_dir = tmp_path / "dropout_model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    settings = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**settings, "attention_dropout": 0.5}))
+    losses = {}
+    for disable in (True, False):
+        cfg = config(model_dir, advice_rankings["pairs"], max_steps=1, disable_dropout=disable)
+        losses[disable] = train_dpo(cfg, run_dir(tmp_path, f"d{disable}")).history[0]["loss"]
+    assert losses[True] == pytest.approx(math.log(2.0), abs=1e-5)
+    assert abs(losses[False] - math.log(2.0)) > 1e-3

@@ -93,3 +93,31 @@ def test_lora_trains_only_the_adapters_and_saves_a_merged_model(
         assert abs(history[0]["kl_per_sequence"]) < 1e-4
         assert abs(history[1]["kl_per_sequence"]) > 1e-3
     assert_only_adapters_trained_and_merged(tiny_model_dir, policies[0], run.final)
+
+
+@pytest.fixture
+def dropout_model_dir(tiny_model_dir, tmp_path) -> Path:
+    """The tiny model with attention dropout 0.5 in its config (GPT-2's rate is 0.1)."""
+    import json
+    import shutil
+
+    model_dir = tmp_path / "dropout_model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    return model_dir
+
+
+@pytest.mark.parametrize("disable_dropout", [True, False])
+def test_the_policy_trains_without_dropout_so_its_first_ratio_is_one(
+    dropout_model_dir, tmp_path, disable_dropout
+):
+    # the first update's log-probs are the sampler's (ratio 1) only with dropout off
+    cfg = test_grpo.config(
+        dropout_model_dir, tmp_path, max_steps=1, disable_dropout=disable_dropout
+    )
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    gap = train_grpo(cfg, run).history[0]["sampler_logprob_gap"]
+    assert gap < 1e-5 if disable_dropout else gap > 1e-3
+    final = AutoModelForCausalLM.from_pretrained(run.final)
+    assert final.config.attention_dropout == 0.5  # the model's own rate is saved

@@ -213,3 +213,23 @@ def enable_checkpointing(model) -> None:
     base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own model
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     base.config.use_cache = False
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off in `model` (in place), kept in train mode (gradient checkpointing needs it).
+
+    A policy-gradient or preference loss compares the trained model's log-probs with ones taken
+    without dropout (the sampler's, the reference's): with dropout on, the ratio to the sampler
+    is not 1 before any update, the clip acts on noise and the KL estimates are biased. Covers
+    `nn.Dropout` modules (GPT-2's, LoRA's) and the float rates attention modules pass to their
+    kernels (`attention_dropout` in Llama, Qwen2, Mistral; `dropout` in others). The saved
+    config keeps its rates.
+    """
+    layers = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d)
+    for module in model.modules():
+        if isinstance(module, layers):
+            module.p = 0.0
+        rates = [k for k, v in vars(module).items() if k.endswith("dropout") and type(v) is float]
+        for name in rates:
+            setattr(module, name, 0.0)
+    return model

@@ -34,7 +34,7 @@ from rlhfkit.data.ranking_batch import (
 )
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError
-from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
+from rlhfkit.models.loading import disable_dropout, enable_checkpointing, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
@@ -144,6 +144,9 @@ class DPOConfig(RunConfig):
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
+    disable_dropout: bool = True
+    """Dropout off in the policy, as the loss assumes: its log-ratios compare it with the
+    reference's log-probs, taken without dropout. false = the model's own rates."""
     precision: Precision = Precision.FP32
     """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
     tensorboard: bool = True
@@ -265,6 +268,8 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     # step 2. the policy, restored from the last checkpoint when resuming
     checkpoint = resume_point(run.checkpoints, ranks) if resume else None
     policy = load_configured_policy(cfg, checkpoint, device)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
     mesh = device_mesh(device, ranks) if ranks.sharded else None

@@ -70,6 +70,9 @@ class PolicyRunConfig(RunConfig):
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
+    disable_dropout: bool = True
+    """Dropout off in the policy (and PPO's critic), as the losses assume: their ratios and KL
+    compare it with log-probs taken without dropout. false = the model's own rates."""
     micro_batch_size: int = 0
     """Rows per forward/backward pass inside a mini-batch (PPO: prompts; RAFT: samples); their
     gradients add up to the mini-batch's one update, equal to the unsplit one. 0 = the whole

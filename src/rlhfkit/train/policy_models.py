@@ -12,7 +12,7 @@ import torch
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.fused_layers import use_fastest_kernels
-from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
+from rlhfkit.models.loading import disable_dropout, enable_checkpointing, load_tokenizer
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
@@ -64,6 +64,8 @@ def build_policy_models(
         )
     device = resolve_device(cfg.device)
     policy = load_configured_policy(cfg, checkpoint, device)
+    if cfg.disable_dropout:
+        disable_dropout(policy)
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
     mesh = device_mesh(device, ranks) if ranks is not None and ranks.sharded else None
@@ -83,6 +85,8 @@ def build_policy_models(
     if critic_start:
         critic_dir = checkpoint / CRITIC_SUBDIR if checkpoint else critic_start
         critic = value_model_from(critic_dir).to(device).train()
+        if cfg.disable_dropout:
+            disable_dropout(critic)
         use_fastest_kernels(critic.model, device, cfg.precision)
         if cfg.gradient_checkpointing:
             enable_checkpointing(critic.model)
