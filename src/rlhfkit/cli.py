@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 from rlhfkit.cli_commands import COMMANDS, Command, load_object
@@ -96,53 +95,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_in_dir(args, command: Command, cfg) -> None:
-    """Lock and open the run directory, save (or, on resume, check) the config, run, print the
-    outcome. What a failed run leaves behind, and when a replaced run is deleted, is
-    `open_run`'s rule (runtime/rundir.py)."""
-    from rlhfkit.runtime.config import save_config
-    from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
-    from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config, run_root
+    from rlhfkit.runner import run_in_dir
+    from rlhfkit.runtime.rundir import run_root
 
-    resume = args.resume or args.resume_with_changes
-    if resume and not command.resumable:
-        raise RlhfkitError(f"rlhfkit {args.command} does not resume: run it again with --overwrite")
-    if command.needs and not all(getattr(cfg, key) for key in command.needs):
-        paths = " and ".join(f"{key}=PATH" for key in command.needs)
-        raise RlhfkitError(f"rlhfkit {args.command} needs {paths}")
-    root = run_root(Path(args.runs_dir), args.name)
-    run_fn = load_object(command.run)
-    ranks = current_ranks()
-    if not ranks.is_main:  # under torchrun rank 0 holds the run directory; the others use it
-        if broadcast_from_main(None, ranks) is not None:
-            raise SystemExit(2)  # rank 0 could not open it, and says why
-        run = RunDir(root)
-        run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
-        return
-    ready = False
-    try:
-        with open_run(
-            root,
-            resume=resume,
-            overwrite=args.overwrite,
-            resume_needs_checkpoint=command.resume_needs_checkpoint,
-            resumable=command.resumable,
-        ) as (run, lock):
-            if lock.notice:
-                print(lock.notice, file=sys.stderr)
-            with ExitStack() as config_kept:
-                if resume:  # a change the run then refuses is undone (rundir.py)
-                    config_kept.enter_context(
-                        resumed_with_config(run, cfg, allow_changes=args.resume_with_changes)
-                    )
-                else:
-                    save_config(cfg, run.config_path)
-                ready = broadcast_from_main(None, ranks) is None
-                result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
-    except BaseException as error:
-        if not ready:  # the other ranks wait for the run directory: tell them it failed
-            broadcast_from_main(str(error) or type(error).__name__, ranks)
-        raise
-    command.report(cfg, run, result)
+    run, result = run_in_dir(
+        args.command,
+        command,
+        cfg,
+        run_root(Path(args.runs_dir), args.name),
+        resume=args.resume or args.resume_with_changes,
+        allow_changes=args.resume_with_changes,
+        overwrite=args.overwrite,
+    )
+    if run is not None:
+        command.report(cfg, run, result)
 
 
 def _tasks(args) -> None:

@@ -121,7 +121,11 @@ def test_bad_specs_are_errors(spec, overrides, expected):
         build(spec, **overrides)
 
 
-def test_check_spec_refuses_a_term_that_names_no_source_before_anything_loads():
-    check_spec("0.5*task + 0.5*model:runs/rm/final + my_rewards.py:score")  # not loaded yet
+def test_check_spec_refuses_a_term_that_names_no_source_before_anything_loads(tmp_path):
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text("raise SystemExit('not loaded by the check')\n")
+    check_spec(f"0.5*task + 0.5*model:runs/rm/final + {rewards}:score")  # nothing loaded
     with pytest.raises(RlhfkitError, match="unknown reward source 'judge_me'"):
         check_spec("task + judge_me")
+    with pytest.raises(RlhfkitError, match="'my_rewardz.py:score': no file my_rewardz.py"):
+        check_spec("task + my_rewardz.py:score")

@@ -6,6 +6,7 @@ The spec language:
     process                   the task's verified step rewards plus its outcome reward (arith)
     model:PATH                a saved reward model directory (ensemble heads included)
     path/to/file.py:function  a user reward function (see `rewards.function`)
+    python:MODULE.NAME        a function object given to `rlhfkit.run` (`rewards.python_functions`)
     0.7*model:PATH + 0.3*task a weighted sum of any of the above; a term without a weight
                               counts once (`task + 0.1*file.py:brevity`)
 
@@ -27,6 +28,7 @@ from rlhfkit.models.reward import RewardModel, is_reward_model
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
+from rlhfkit.rewards.python_functions import is_python_term, python_function
 from rlhfkit.rewards.reward_model import RewardModelSource
 from rlhfkit.rewards.task import ProcessReward, TaskReward
 from rlhfkit.runtime.device import Precision
@@ -34,7 +36,7 @@ from rlhfkit.tasks.registry import get_task
 
 ACCEPTED = (
     "task, process, model:PATH, path/to/file.py:function, "
-    "or a weighted sum like '0.7*model:PATH + 0.3*task'"
+    "or a weighted sum like '0.7*model:PATH + 0.3*task' (from Python also a function object)"
 )
 FUNCTION_TERM = re.compile(r".+\.py:[A-Za-z_]\w*")
 WEIGHTED_TERM = re.compile(r"(?P<weight>[^*]+)\*(?P<source>.+)")
@@ -63,11 +65,16 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
 
 
 def check_spec(spec: str) -> None:
-    """A one-line error, before anything loads, when `spec` names no reward source."""
+    """A one-line error, before anything loads, when `spec` names no reward source, a reward
+    function's file that does not exist, or a Python function not given in this process."""
     for term, _ in parse_spec(spec):
-        if term not in ("task", "process") and not (
-            term.startswith("model:") or FUNCTION_TERM.fullmatch(term)
-        ):
+        if is_python_term(term):
+            python_function(term)
+        elif FUNCTION_TERM.fullmatch(term):
+            path = Path(term.rpartition(":")[0])
+            if not path.is_file():
+                raise RlhfkitError(f"reward function '{term}': no file {path}")
+        elif term not in ("task", "process") and not term.startswith("model:"):
             raise RlhfkitError(f"unknown reward source '{term}': expected {ACCEPTED}")
 
 
@@ -159,9 +166,9 @@ def build_term(
             precision=precision,
             place_model=place_model,
         )
-    if FUNCTION_TERM.fullmatch(term):
+    if FUNCTION_TERM.fullmatch(term) or is_python_term(term):
         return FunctionReward(
-            load_reward_function(term),
+            python_function(term) if is_python_term(term) else load_reward_function(term),
             name=term,
             timeout_s=timeout_s,
             first_call_timeout_s=first_call_timeout_s,

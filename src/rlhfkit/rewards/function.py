@@ -62,6 +62,11 @@ def load_reward_function(spec: str) -> Callable:
 def _load_module(path: Path, spec: str):
     # A name from the full path, so two files both called `rewards.py` do not collide; the
     # module is registered in sys.modules because dataclasses and pickling look it up there.
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path.resolve():
+        # the running script itself (a script that trains with a function it defines): loading
+        # it again would run the whole script a second time, inside the first run
+        return main
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     module_name = f"rlhfkit_reward_fn_{path.stem}_{digest}"
     if module_name in sys.modules:

@@ -56,6 +56,21 @@ def load_config(
     return cfg
 
 
+def config_from_values(
+    cls: type[ConfigT], values: Mapping[str, Any], path: str | Path | None = None
+) -> ConfigT:
+    """`load_config` with Python values in place of `key=value` strings: `values` (nested
+    mappings for sections) overlays the optional YAML file at `path`, and each value is checked
+    and converted as a YAML file's is (an enum from its name, a float from an int), with the
+    same one-line `ConfigError` naming the key."""
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"config_from_values needs a dataclass type, got {cls!r}")
+    raw = _read_yaml_mapping(Path(path)) if path is not None else {}
+    cfg = _build_section(cls, _merged(raw, dict(values)), "", None)
+    validate(cfg)
+    return cfg
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """The config as plain YAML-able data: enums become their values, tuples lists, paths strings.
 

@@ -101,12 +101,20 @@ class MetricsLogger:
         self.close()
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Every line of a metrics file as a dict, in file order (null values come back as None).
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every line of a metrics file as a dict, in file order (null values come back as None);
+    `path` is the file, or a run directory holding `metrics.jsonl`.
 
     A last line cut short by a killed process is skipped; a damaged line elsewhere is an error.
     """
-    return _parse_lines(Path(path).read_text(encoding="utf-8"), Path(path))
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise RlhfkitError(f"cannot read metrics {path}: {error.strerror}") from None
+    return _parse_lines(text, path)
 
 
 def _drop_lines_after(path: Path, last_step: int) -> None:

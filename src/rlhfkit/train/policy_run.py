@@ -43,7 +43,7 @@ from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.base import RewardSource
-from rlhfkit.rewards.builder import build_reward_source
+from rlhfkit.rewards.builder import build_reward_source, check_spec
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
@@ -137,6 +137,8 @@ class PolicyRun:
         # the task first: one that cannot be built (an extra not installed) fails before the
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
+        spec = reward or reward_spec(cfg)
+        check_spec(spec)  # a mistyped reward file fails before the models load, not after
         self.models = build_policy_models(
             cfg,
             checkpoint,
@@ -147,7 +149,7 @@ class PolicyRun:
         )
         self.prompts = prompt_pools(cfg, self.task)
         self.reward: RewardSource = build_reward_source(
-            reward or reward_spec(cfg),
+            spec,
             task_name=cfg.task or None,
             tokenizer=self.models.tokenizer,
             device=self.models.device,

@@ -1,0 +1,204 @@
+"""rlhfkit from Python: `rlhfkit.run(command, run_dir, **settings)` runs any command that reads a
+config, as the command line does (the same run directory, lock, `config.yaml`, resume and
+overwrite rules, and the same checks of every setting), and returns its result.
+
+What Python adds to the command line:
+- settings are Python values (`lr=1e-3`, `loss="ipo"`, nested dicts for a section), checked
+  and converted as a YAML file's values are, with the same one-line errors naming the key;
+- a data setting (a path on the command line) also takes its rows in memory, a list of dicts
+  or a `datasets.Dataset`: they are written to `RUN_DIR/inputs/KEY-HASH.jsonl` and the config
+  names that file, so `config.yaml` says what ran and a resume reads the same rows;
+- a reward setting (`reward`, `label_reward`, eval's `judge`) also takes a function object, or
+  a list of functions, spec strings and (weight, function or spec) pairs, summed
+  (`rewards.python_functions`).
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.errors import RlhfkitError
+
+INPUTS_DIR = "inputs"
+
+
+def run(
+    command: str,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    resume: bool = False,
+    resume_with_changes: bool = False,
+    overwrite: bool = False,
+    **settings: Any,
+) -> Any:
+    """Run `rlhfkit COMMAND` in this process and return its result.
+
+    Args:
+        command: a command that reads a config (`sft`, `rm`, `dpo`, `ppo`, `grpo`, `rloo`,
+            `raft`, `online-dpo` or `online_dpo`, `eval`, `pipeline`, ...; `rlhfkit --help`).
+        run_dir: its run directory (the command line's `--runs-dir/--name`); default
+            `runs/COMMAND`. `pipeline` and `frontier` name theirs with their `runs_dir` and
+            `name` settings instead.
+        config: a YAML config file, which `settings` overlay.
+        resume, resume_with_changes, overwrite: as `--resume`, `--resume-with-changes` and
+            `--overwrite`.
+        settings: the command's config keys (`docs/configuration.md`).
+    Returns:
+        The command's result (e.g. `SFTResult`, `GRPOResult`: its `model_dir`, its history).
+    Raises:
+        RlhfkitError: a one-line message naming what is wrong (a setting, a file, a row).
+    """
+    from rlhfkit.cli_commands import COMMANDS, load_object
+    from rlhfkit.runner import run_in_dir
+    from rlhfkit.runtime.config import config_from_values
+
+    name = command.replace("_", "-")
+    spec = COMMANDS.get(name)
+    if spec is None:
+        raise RlhfkitError(f"unknown command '{command}': one of {', '.join(COMMANDS)}")
+    if "WORLD_SIZE" in os.environ:
+        raise RlhfkitError(
+            "rlhfkit.run runs in one process; under torchrun start the command line: "
+            f"torchrun ... -m rlhfkit {name} ..."
+        )
+    if not spec.run_dir and run_dir is not None:
+        raise RlhfkitError(
+            f"rlhfkit {name} places its own run: set its runs_dir= and name= instead of run_dir"
+        )
+    root = Path(run_dir) if run_dir is not None else Path("runs") / name
+    inputs: dict[Path, list[str]] = {}
+    values = python_values(settings, root / INPUTS_DIR, inputs)
+    if inputs and not spec.run_dir:
+        raise RlhfkitError(f"rlhfkit {name} reads its data from files: pass paths, not rows")
+    cfg = config_from_values(load_object(spec.config), values, config)
+    if spec.check_keys:
+        load_object(spec.check_keys)(cfg)
+    with quiet_libraries():
+        if not spec.run_dir:
+            return load_object(spec.run)(cfg)
+        run_dir_, result = run_in_dir(
+            name,
+            spec,
+            cfg,
+            root,
+            resume=resume or resume_with_changes,
+            allow_changes=resume_with_changes,
+            overwrite=overwrite,
+            before_run=lambda _: write_inputs(inputs),
+        )
+        spec.report(cfg, run_dir_, result)
+    return result
+
+
+def python_values(
+    settings: Mapping[str, Any], inputs_dir: Path, inputs: dict[Path, list[str]], prefix: str = ""
+) -> dict:
+    """`settings` as a config file would hold them: rows in memory become the path of the file
+    they will be written to (added to `inputs`), function objects reward spec terms, paths
+    strings; a section (a dict) the same, key by key (`prefix`: its dotted name)."""
+    values = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            values[key] = python_values(value, inputs_dir, inputs, f"{prefix}{key}.")
+        elif _is_rows(value):
+            values[key] = str(_rows_file(f"{prefix}{key}", value, inputs_dir, inputs))
+        elif _is_reward(value):
+            values[key] = reward_spec(value)
+        elif isinstance(value, (list, tuple)):  # a list setting (eval's models): paths as text
+            values[key] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+        elif isinstance(value, os.PathLike):
+            values[key] = os.fspath(value)
+        else:
+            values[key] = value
+    return values
+
+
+def reward_spec(value: Any) -> str:
+    """A reward given in Python as a spec string: a function object is named by its
+    `python:` term; a list is a sum of its items, each a function, a spec or a (weight, item)
+    pair."""
+    from rlhfkit.rewards.python_functions import python_term
+
+    if isinstance(value, str):
+        return value
+    if callable(value):
+        return python_term(value)
+    terms = []
+    for item in value:
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, float)):
+            terms.append(f"{float(item[0]):g}*{reward_spec(item[1])}")
+        else:
+            terms.append(reward_spec(item))
+    return " + ".join(terms)
+
+
+def write_inputs(inputs: dict[Path, list[str]]) -> None:
+    """Write each in-memory dataset to its file (JSON lines), once: a file of that name holds
+    those very rows (its name carries their hash)."""
+    for path, lines in inputs.items():
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """transformers and datasets quiet during a run, as on the command line (rlhfkit prints its
+    own progress and messages), then as the caller had them."""
+    import datasets
+    import transformers
+
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    dataset_bars = datasets.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+        if dataset_bars:
+            datasets.enable_progress_bars()
+
+
+def _is_rows(value: Any) -> bool:
+    if type(value).__module__.startswith("datasets.") and hasattr(value, "to_list"):
+        return True  # a datasets.Dataset
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(row, Mapping) for row in value)
+    )
+
+
+def _is_reward(value: Any) -> bool:
+    if callable(value):
+        return True
+    return isinstance(value, (list, tuple)) and any(
+        callable(item) or isinstance(item, tuple) for item in value
+    )
+
+
+def _rows_file(key: str, value: Any, inputs_dir: Path, inputs: dict[Path, list[str]]) -> Path:
+    """The file rows in memory go to, named by the setting and a hash of the rows."""
+    rows = value.to_list() if hasattr(value, "to_list") else list(value)
+    lines = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            lines.append(json.dumps(dict(row), ensure_ascii=False))
+        except (TypeError, ValueError) as error:
+            raise RlhfkitError(
+                f"setting '{key}': row {number} cannot be written as JSON ({error})"
+            ) from None
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:12]
+    path = inputs_dir / f"{key}-{digest}.jsonl"
+    inputs[path] = lines
+    return path

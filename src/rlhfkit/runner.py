@@ -1,0 +1,82 @@
+"""One command run in its run directory: the lock, `config.yaml`, and the rules of resume and
+overwrite (`runtime/rundir.py`). Shared by the command line (`cli.py`) and the Python API
+(`api.py`), so a run started either way leaves the same directory."""
+
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from rlhfkit.cli_commands import Command, load_object
+from rlhfkit.errors import RlhfkitError
+
+
+def run_in_dir(
+    name: str,
+    command: Command,
+    cfg,
+    root: Path,
+    *,
+    resume: bool,
+    allow_changes: bool,
+    overwrite: bool,
+    before_run: Callable[[Any], None] | None = None,
+):
+    """Lock and open the run directory `root`, save (or, on resume, check) the config, run.
+    What a failed run leaves behind, and when a replaced run is deleted, is `open_run`'s rule.
+
+    Args:
+        name: the command's name, for messages; command: its row of `COMMANDS`.
+        resume: continue the run in `root`; allow_changes: with a config that differs from its
+            `config.yaml` (the change is recorded there).
+        overwrite: replace an earlier run in `root`.
+        before_run: called with the opened run directory once its config is saved or checked,
+            before the run (the Python API writes in-memory data there).
+    Returns:
+        (the run directory, the run function's result); (None, its result) on a rank other
+        than 0 under torchrun, which uses rank 0's directory and reports nothing.
+    """
+    from rlhfkit.runtime.config import save_config
+    from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
+    from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
+
+    if resume and not command.resumable:
+        raise RlhfkitError(f"rlhfkit {name} does not resume: run it again with --overwrite")
+    if command.needs and not all(getattr(cfg, key) for key in command.needs):
+        paths = " and ".join(f"{key}=PATH" for key in command.needs)
+        raise RlhfkitError(f"rlhfkit {name} needs {paths}")
+    run_fn = load_object(command.run)
+    ranks = current_ranks()
+    if not ranks.is_main:  # under torchrun rank 0 holds the run directory; the others use it
+        if broadcast_from_main(None, ranks) is not None:
+            raise SystemExit(2)  # rank 0 could not open it, and says why
+        run = RunDir(root)
+        return None, run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+    ready = False
+    try:
+        with open_run(
+            root,
+            resume=resume,
+            overwrite=overwrite,
+            resume_needs_checkpoint=command.resume_needs_checkpoint,
+            resumable=command.resumable,
+        ) as (run, lock):
+            if lock.notice:
+                print(lock.notice, file=sys.stderr)
+            with ExitStack() as config_kept:
+                if resume:  # a change the run then refuses is undone (rundir.py)
+                    config_kept.enter_context(
+                        resumed_with_config(run, cfg, allow_changes=allow_changes)
+                    )
+                else:
+                    save_config(cfg, run.config_path)
+                if before_run is not None:
+                    before_run(run)
+                ready = broadcast_from_main(None, ranks) is None
+                result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+    except BaseException as error:
+        if not ready:  # the other ranks wait for the run directory: tell them it failed
+            broadcast_from_main(str(error) or type(error).__name__, ranks)
+        raise
+    return run, result

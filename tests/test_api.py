@@ -1,0 +1,178 @@
+"""`rlhfkit.run`: a command from Python, with settings as Python values, data rows in memory and
+reward functions as objects, in the run directory the command line would make."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import datasets
+import pytest
+import transformers
+import yaml
+
+import rlhfkit
+from rlhfkit.api import quiet_libraries
+from rlhfkit.rewards.builder import check_spec
+
+SETTINGS = dict(progress=False, tensorboard=False, save_every=0)
+
+
+def sft_rows(count: int = 40) -> list[dict]:
+    return [
+        {"prompt": f"{a} + {b} =", "completion": f" {a + b}"} for a in range(8) for b in range(5)
+    ][:count]
+
+
+def prompt_rows() -> list[dict]:
+    return [{"prompt": f"{a} + {b} =", "answer": str(a + b)} for a in range(8) for b in range(8)]
+
+
+def grpo_settings(model) -> dict:
+    return dict(
+        model=str(model),
+        train_data=prompt_rows(),
+        max_steps=2,
+        prompts_per_step=2,
+        group_size=4,
+        mini_batch_size=8,
+        max_new_tokens=4,
+        eval_every=-1,
+        **SETTINGS,
+    )
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_sft_trains_on_rows_in_memory_written_into_the_run(tiny_model_dir, tmp_path, as_dataset):
+    rows = sft_rows()
+    data = datasets.Dataset.from_list(rows) if as_dataset else rows
+    run_dir = tmp_path / "sft"
+    result = rlhfkit.run(
+        "sft", run_dir, model=tiny_model_dir, train_data=data, max_steps=2, batch_size=4, **SETTINGS
+    )
+    assert (run_dir / "final" / "config.json").is_file() and result.model_dir == run_dir / "final"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    written = config["train_data"]
+    assert written.startswith(str(run_dir / "inputs" / "train_data-"))
+    assert datasets.load_dataset("json", data_files=written)["train"].to_list() == rows
+    assert [m["step"] for m in rlhfkit.read_metrics(run_dir)] == [1, 2]
+
+
+def test_the_same_rows_name_the_same_file_and_other_rows_another():
+    from rlhfkit.api import python_values
+
+    def written(rows) -> str:
+        return python_values({"train_data": rows}, Path("inputs"), {})["train_data"]
+
+    assert written(sft_rows()) == written(sft_rows())
+    assert written(sft_rows()) != written(sft_rows(39))
+
+
+def test_a_reward_function_object_scores_the_samples_in_this_process(tiny_model_dir, tmp_path):
+    calls = []
+
+    def brevity(prompts, responses, **columns):
+        calls.append(len(responses))
+        return [-len(response) / 10 for response in responses]
+
+    settings = grpo_settings(tiny_model_dir)
+    settings["reward"] = [brevity, (0.5, lambda prompts, responses, **c: [0.0] * len(responses))]
+    rlhfkit.run("grpo", tmp_path / "grpo", **settings)
+    assert calls == [8, 8]  # both steps' 2 prompts x 4 samples, in this very function
+    spec = yaml.safe_load((tmp_path / "grpo" / "config.yaml").read_text())["reward"]
+    name = f"{__name__}.test_a_reward_function_object_scores_the_samples_in_this_process"
+    assert spec == f"python:{name}.<locals>.brevity + 0.5*python:{name}.<locals>.<lambda>"
+
+
+def test_a_function_given_in_another_process_is_named_in_the_error():
+    with pytest.raises(rlhfkit.RlhfkitError, match="passed to rlhfkit.run in another process"):
+        check_spec("python:elsewhere.score + task")
+
+
+def test_settings_are_checked_as_a_config_files_are(tiny_model_dir, tmp_path):
+    with pytest.raises(rlhfkit.ConfigError, match="config key 'lr': expected float, got 'abc'"):
+        rlhfkit.run("sft", tmp_path / "a", model=tiny_model_dir, train_data=sft_rows(), lr="abc")
+    with pytest.raises(rlhfkit.ConfigError, match="expected one of 'sigmoid', 'ipo'"):
+        rlhfkit.run("dpo", tmp_path / "b", model=tiny_model_dir, train_data="x", loss="sigmod")
+    with pytest.raises(rlhfkit.ConfigError, match="unknown config key 'lrr'"):
+        rlhfkit.run("sft", tmp_path / "c", lrr=1e-3)
+    assert not any(path.exists() for path in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
+
+
+def test_a_run_directory_is_refused_replaced_or_resumed_as_on_the_command_line(
+    tiny_model_dir, tmp_path
+):
+    run_dir = tmp_path / "sft"
+    settings = {**SETTINGS, "save_every": 1, "max_steps": 2, "batch_size": 4}
+    settings.update(model=tiny_model_dir, train_data=sft_rows())
+    rlhfkit.run("sft", run_dir, **settings)
+    with pytest.raises(rlhfkit.RlhfkitError, match="already exists"):
+        rlhfkit.run("sft", run_dir, **settings)
+    rlhfkit.run("sft", run_dir, overwrite=True, **settings)
+    assert [m["step"] for m in rlhfkit.read_metrics(run_dir)] == [1, 2]  # not both runs' lines
+    rlhfkit.run("sft", run_dir, resume=True, **settings)  # the same rows: the same config
+    with pytest.raises(rlhfkit.RlhfkitError, match="the config differs.*train_data"):
+        rlhfkit.run("sft", run_dir, resume=True, **{**settings, "train_data": sft_rows(39)})
+
+
+def test_a_script_that_names_its_own_file_as_reward_runs_once(tiny_model_dir, tmp_path):
+    # `reward="this_script.py:fn"` used to import the script again: its body ran twice
+    script = tmp_path / "train.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import rlhfkit
+            print("body runs")
+            calls = []
+            def score(prompts, responses, **columns):
+                calls.append(len(responses))
+                return [0.0] * len(responses)
+            settings = {grpo_settings(tiny_model_dir)!r}
+            rlhfkit.run("grpo", {str(tmp_path / "run")!r}, reward=__file__ + ":score", **settings)
+            print("calls", calls)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("body runs") == 1 and "calls [8, 8]" in done.stdout
+
+
+def test_commands_that_place_their_own_run_or_run_elsewhere_say_so(monkeypatch):
+    with pytest.raises(rlhfkit.RlhfkitError, match="unknown command 'sfft'"):
+        rlhfkit.run("sfft")
+    with pytest.raises(rlhfkit.RlhfkitError, match="set its runs_dir= and name="):
+        rlhfkit.run("pipeline", "runs/demo")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(rlhfkit.RlhfkitError, match="-m rlhfkit sft"):
+        rlhfkit.run("sft")
+
+
+def test_the_libraries_are_quiet_during_a_run_and_as_before_after():
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_info()
+    logging.enable_progress_bar()
+    with quiet_libraries():
+        assert logging.get_verbosity() == logging.ERROR
+        assert not logging.is_progress_bar_enabled()
+    assert logging.get_verbosity() == logging.INFO and logging.is_progress_bar_enabled()
+    logging.set_verbosity(verbosity)  # as the other tests had it
+    if not bars:
+        logging.disable_progress_bar()
+
+
+def test_paths_become_text_in_plain_and_list_settings():
+    from rlhfkit.api import python_values
+
+    values = python_values(
+        {"model": Path("m"), "models": [Path("a"), "b"], "sft": {"model": Path("s")}}, Path("i"), {}
+    )
+    assert values == {"model": "m", "models": ["a", "b"], "sft": {"model": "s"}}
