@@ -182,3 +182,25 @@ def test_sampler_mismatch_hand_values_and_naive_form():
     d = (logprobs - sampler)[mask]
     assert gap.item() == pytest.approx(d.abs().mean().item())
     assert ratio.item() == pytest.approx(d.abs().exp().max().item())
+
+
+def test_k3_gradient_in_the_logprob_is_one_minus_the_probability_ratio():
+    # d k3 / d log pi = 1 - pi_ref / pi (seed 003's GRPO KL coefficient); LOGPROBS against
+    # REF_LOGPROBS have pi_ref / pi = 1/2 then 2, so 1/2 then -1; equal policies give 0
+    logprobs = torch.cat([LOGPROBS, torch.tensor([[-0.7]], dtype=torch.float64)], dim=1)
+    ref_logprobs = torch.cat([REF_LOGPROBS, torch.tensor([[-0.7]], dtype=torch.float64)], dim=1)
+    expected = torch.tensor([[0.5, -1.0, 0.0]], dtype=torch.float64)
+    for estimate in (kl_k3, lambda a, b: kl_penalty(a, b, KLEstimator.K3)):
+        current = logprobs.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(estimate(current, ref_logprobs).sum(), current)
+        assert torch.allclose(grad, expected, atol=1e-12)
+
+
+def test_k3_gradient_matches_its_closed_form_on_random_log_probs():
+    generator = torch.Generator().manual_seed(0)
+    logprobs = -torch.rand(4, 16, generator=generator, dtype=torch.float64) * 6
+    ref_logprobs = -torch.rand(4, 16, generator=generator, dtype=torch.float64) * 6
+    current = logprobs.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(kl_k3(current, ref_logprobs).sum(), current)
+    naive = 1.0 - ref_logprobs.exp() / logprobs.exp()
+    assert torch.allclose(grad, naive, rtol=1e-9, atol=1e-12)

@@ -1,8 +1,12 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.models.reward import RewardModel
+from rlhfkit.rollout.forward import response_logprobs, response_values
 from tests.rollout.conftest import generate_samples, lora_with_weights
 
 
@@ -155,3 +159,39 @@ def test_under_bf16_autocast_the_chunked_head_agrees_with_the_full_logits(
     for name, grad in logits_grads.items():
         scale = grad.abs().max().clamp(min=1e-6)
         assert (grad - chunked_grads[name]).abs().max() / scale < 5e-2, name
+
+
+class ColumnBackbone(nn.Module):
+    """Hidden state = the column index: the critic's value at a position is its index."""
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        columns = torch.arange(input_ids.shape[1], dtype=torch.float).expand(input_ids.shape)
+        return SimpleNamespace(last_hidden_state=columns.unsqueeze(-1))
+
+
+class ColumnCritic(nn.Module):
+    """A one-head classifier (the shape `RewardModel` wraps) whose head is the identity."""
+
+    base_model_prefix = "body"
+
+    def __init__(self):
+        super().__init__()
+        self.body = ColumnBackbone()
+        self.score = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.score.weight.fill_(1.0)
+            self.score.bias.zero_()
+        self.config = SimpleNamespace(num_labels=1, pad_token_id=0)
+
+
+def test_response_values_read_the_critic_at_the_position_that_predicts_each_token():
+    critic = RewardModel(ColumnCritic())
+    # 3 prompt columns (the second row left-padded), 3 response columns (its last one padding)
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10], [0, 6, 7, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    values = response_values(critic, input_ids, mask, response_len=3)
+    # V(s_t) for response token t (column 3 + t) is read at column 2 + t: the prompt's last
+    # token gives V(s_0), and the last response token predicts nothing, so it is never read
+    expected = torch.tensor([[2.0, 3.0, 4.0], [2.0, 3.0, 4.0]])
+    assert values.dtype == torch.float32
+    assert torch.allclose(values, expected, atol=1e-6)

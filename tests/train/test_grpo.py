@@ -7,10 +7,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.errors import ConfigError, NumericalFault
 from rlhfkit.objectives.group_advantages import group_advantages
+from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
+from rlhfkit.rollout.text import decode_responses
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
-from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, train_grpo
+from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, step_rewards_on_tokens, train_grpo
 from rlhfkit.train.policy_run import PolicyRun
 from tests.train.conftest import length_reward_spec
 
@@ -229,3 +231,42 @@ def test_an_update_that_overflows_the_weights_is_never_checkpointed(tiny_model_d
     with pytest.raises(NumericalFault, match="step 1: the model has non-finite weights"):
         train_grpo(cfg, run)
     assert not run.final.exists() and not any(run.checkpoints.glob("step_*"))
+
+
+def test_step_rewards_land_on_the_token_that_ends_each_step(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    finished = " 3 + 4 = 7. The answer is 7."
+    cut = " 3+4=7 \u00e9 5"  # "\u00e9" is two byte tokens
+    rows = [
+        tokenizer(finished, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
+        tokenizer(cut, add_special_tokens=False)["input_ids"],
+    ]
+    # the tokens, as the hand example reads them
+    assert [tokenizer.decode([i]) for i in rows[0]][6:10] == [" =", " ", "7", "."]
+    assert [tokenizer.decode([i]) for i in rows[0]][17:] == [" ", "7", ".", "<|endoftext|>"]
+    assert len(rows[1]) == 11 and tokenizer.decode(rows[1][:9]) == " 3+4=7 \u00e9"
+    width = max(len(row) for row in rows)
+    response_ids = torch.full((2, width), tokenizer.pad_token_id)
+    response_mask = torch.zeros(2, width, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        response_ids[r, : len(row)] = torch.tensor(row)
+        response_mask[r, : len(row)] = True
+    rollout = Rollout(
+        prompt_ids=torch.full((2, 1), 5),
+        prompt_mask=torch.ones(2, 1, dtype=torch.bool),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=torch.zeros(2, width),
+        finished=torch.tensor([True, False]),
+    )
+    responses = decode_responses(tokenizer, rollout)
+    assert responses == [finished, cut]
+    # row 0: the step "3 + 4 = 7" ends at character 10, the answer "... is 7" at 27;
+    # row 1: one step through character 10 (the "5"), after the split character
+    steps = [[(10, 1.0), (27, 0.5)], [(10, -1.0)]]
+    out = step_rewards_on_tokens(tokenizer, rollout, responses, steps, torch.device("cpu"))
+    # " 3 + 4 = 7" is tokens 0-8 and "... is 7" ends at token 18 (the EOS is token 20); the
+    # split character counts once, so the "5" is token 10, not 9
+    assert out.ends.tolist() == [[8, 18], [10, 0]]
+    assert out.rewards.tolist() == [[1.0, 0.5], [-1.0, 0.0]]
+    assert out.mask.tolist() == [[True, True], [True, False]]

@@ -47,7 +47,20 @@ def token_char_ends(tokenizer, ids: list[int], text: str) -> list[int]:
         ends.append(total)
     if total == len(text):
         return ends
-    return [len(tokenizer.decode(ids[: k + 1], skip_special_tokens=True)) for k in range(len(ids))]
+    return [
+        completed_chars(tokenizer.decode(ids[: k + 1], skip_special_tokens=True), text)
+        for k in range(len(ids))
+    ]
+
+
+def completed_chars(prefix: str, text: str) -> int:
+    """How many characters of `text` a decoded prefix of its tokens completes: a character
+    split over byte tokens decodes as U+FFFD (one per byte) until its last byte arrives, and
+    does not count until then."""
+    end = len(prefix)
+    while end and prefix[end - 1] == "\ufffd" and text[end - 1 : end] != "\ufffd":
+        end -= 1
+    return end
 
 
 def char_to_token_index(char_ends: list[int], char_end: int) -> int:
