@@ -7,6 +7,7 @@ from rlhfkit.objectives.advantages import (
     discounted_returns,
     gae,
     kl_shaped_rewards,
+    penalise_unfinished,
     reinforce_pp_advantages,
 )
 
@@ -194,3 +195,11 @@ def test_reinforce_pp_whitens_returns_over_the_whole_batch(seed, rows, cols, gam
     expected = (selected - selected.mean()) / selected.std(correction=int(unbiased))
     assert torch.allclose(advantages[mask], expected)
     assert advantages[mask].mean().abs().item() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_penalise_unfinished_lowers_only_the_cut_responses():
+    rewards = torch.tensor([1.0, 0.5, -1.0])
+    finished = torch.tensor([True, False, False])
+    got = penalise_unfinished(rewards, finished, 0.25)
+    assert torch.allclose(got, torch.tensor([1.0, 0.25, -1.25]))
+    assert penalise_unfinished(rewards, finished, 0.0) is rewards

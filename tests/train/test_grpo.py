@@ -270,3 +270,24 @@ def test_step_rewards_land_on_the_token_that_ends_each_step(tiny_model_dir):
     assert out.ends.tolist() == [[8, 18], [10, 0]]
     assert out.rewards.tolist() == [[1.0, 0.5], [-1.0, 0.0]]
     assert out.mask.tolist() == [[True, True], [True, False]]
+
+
+def test_the_missing_eos_penalty_lowers_the_reward_of_cut_responses(tiny_model_dir, tmp_path):
+    # 4 new tokens: the tiny model rarely stops that soon, so most responses are cut
+    rewards = {}
+    for penalty in (0.0, 0.5):
+        cfg = config(
+            tiny_model_dir, tmp_path, max_steps=1, max_new_tokens=4, missing_eos_penalty=penalty
+        )
+        run = prepare_run_dir(tmp_path / f"run{penalty}", resume=False, overwrite=False)
+        row = train_grpo(cfg, run).history[0]
+        rewards[penalty] = (row["reward_mean"], row["truncated_fraction"])
+    (plain, cut), (penalised, cut_again) = rewards[0.0], rewards[0.5]
+    assert cut == cut_again > 0.5  # the same seeded samples
+    assert penalised == pytest.approx(plain - 0.5 * cut, abs=1e-6)
+
+
+def test_the_missing_eos_penalty_is_refused_with_process_supervision(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, supervision="process", missing_eos_penalty=0.5)
+    with pytest.raises(ConfigError, match="missing_eos_penalty=0.5 applies to outcome rewards"):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))

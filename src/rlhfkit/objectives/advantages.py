@@ -144,3 +144,18 @@ def reinforce_pp_advantages(
     """
     returns = discounted_returns(rewards, response_mask, gamma)
     return masked_whiten(returns, response_mask, unbiased, eps=eps), returns
+
+
+def penalise_unfinished(
+    rewards: torch.Tensor, finished: torch.Tensor, penalty: float
+) -> torch.Tensor:
+    """r_i - penalty for each response cut at the length limit before its stop token (TRL's
+    missing_eos_penalty); a finished response keeps its reward.
+
+    Args:
+        rewards: (batch,) one reward per response; finished: (batch,) bool, True = it stopped.
+        penalty: >= 0; 0 returns `rewards` itself.
+    """
+    if not penalty:
+        return rewards
+    return rewards - penalty * (~finished.to(rewards.device)).to(rewards.dtype)

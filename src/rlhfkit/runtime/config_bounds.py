@@ -176,6 +176,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "human_timeout_s": at_least(0, "0 = no limit"),
         "human_port": within(0, 65535, note="0 = a free port"),
         "reward_uncertainty_coef": FINITE,  # negative: a bonus for uncertain rewards
+        "missing_eos_penalty": at_least(0, "0 = none"),
         "reward_threshold": FINITE,
         "wrong_coef": FINITE,
         "annotator_temperature": at_least(0, "0 = calibrate"),

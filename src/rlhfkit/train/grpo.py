@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.objectives.advantages import penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, process_advantages
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty, sequence_kl
@@ -115,6 +116,16 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
         )
 
 
+def check_supervision(cfg: GRPOConfig) -> None:
+    """The missing-EOS penalty lowers an outcome reward; process supervision's advantages come
+    from the step rewards alone, where it would silently do nothing."""
+    if cfg.supervision == Supervision.PROCESS and cfg.missing_eos_penalty:
+        raise ConfigError(
+            f"missing_eos_penalty={cfg.missing_eos_penalty} applies to outcome rewards: with "
+            "supervision=process the advantages come from the step rewards alone; set it to 0"
+        )
+
+
 def _minibatch_loss(
     cfg: GRPOConfig, run: PolicyRun, batch: dict, denominator
 ) -> tuple[torch.Tensor, Stats]:
@@ -157,6 +168,7 @@ def _minibatch_loss(
 def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     """Optimise `cfg.model` with GRPO; the final model goes to `run_dir.final`."""
     check_batch_sizes(cfg)
+    check_supervision(cfg)
     # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
     run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")
     result = GRPOResult(model_dir=run_dir.final)
@@ -184,7 +196,9 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
             # step 3. rewards, and the advantages relative to each group
             with timer("reward"):
                 scores = run.reward.score(grouped_prompts, responses)
-                rewards = scores.rewards.to(run.models.device)
+                rewards = penalise_unfinished(
+                    scores.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
+                )
                 if cfg.supervision == Supervision.PROCESS:
                     if scores.step_rewards is None:
                         raise ConfigError(

@@ -47,6 +47,10 @@ class PolicyRunConfig(RunConfig):
     """Tokens a reward model reads per response (as in its training)."""
     reward_uncertainty_coef: float = 0.0
     """Reward = ensemble mean - coef * ensemble std (a reward-model ensemble only)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the reward of every response cut at `max_new_tokens` before its stop
+    token (TRL's missing_eos_penalty): a reward model reads a cut response as if it had ended,
+    and this makes running on cost something. 0 = none; outcome rewards only."""
     reward_timeout_s: float = 60.0
     """Longest one call of a user reward function may take (0 = no limit)."""
     reward_first_call_timeout_s: float = 600.0

@@ -391,6 +391,8 @@ class PolicyRun:
             gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
             gold = self.all_rows(torch.tensor(gold, dtype=torch.float64))
             row["gold_score"] = gold.sum().item() / len(gold)
+        cut = self.all_rows((~rollout.finished).to(torch.float64))
+        row["truncated_fraction"] = cut.mean().item()  # cut at max_new_tokens, no stop token
         tokens = int(self.all_rows(rollout.response_lengths).sum())
         elapsed = time.perf_counter() - timer.start
         row.update(

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.objectives.advantages import gae, kl_shaped_rewards
+from rlhfkit.objectives.advantages import gae, kl_shaped_rewards, penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
@@ -187,7 +187,11 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 3. the reward model's score, the reference's log-probs, the critic's values
             with timer("reward"):
-                scores = run.reward.score(prompts, responses).rewards.to(device)
+                scores = penalise_unfinished(
+                    run.reward.score(prompts, responses).rewards.to(device),
+                    rollout.finished,
+                    cfg.missing_eos_penalty,
+                )
             with timer("reference"):
                 batch["ref_logprobs"] = run.reference_logprobs(
                     batch, cfg.temperature, cfg.precision

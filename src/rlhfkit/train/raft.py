@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.objectives.advantages import penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
 from rlhfkit.rollout.engine import Rollout
@@ -250,7 +251,11 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 3. score every response (this rank's)
             with timer("reward"):
-                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
+                rewards = penalise_unfinished(
+                    run.reward.score(grouped_prompts, responses).rewards.to(run.models.device),
+                    rollout.finished,
+                    cfg.missing_eos_penalty,
+                )
 
             # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
             with timer("update"):

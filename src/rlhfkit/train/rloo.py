@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards
+from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards, penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import rloo_advantages
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
@@ -119,7 +119,11 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                 )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
             with timer("reward"):
-                rewards = run.reward.score(grouped_prompts, responses).rewards.to(run.models.device)
+                rewards = penalise_unfinished(
+                    run.reward.score(grouped_prompts, responses).rewards.to(run.models.device),
+                    rollout.finished,
+                    cfg.missing_eos_penalty,
+                )
             batch = {
                 "input_ids": rollout.input_ids,
                 "attention_mask": rollout.attention_mask,
