@@ -247,7 +247,7 @@ def generate(
     next_position = prompt_mask.sum(dim=1)
     for t in range(max_new_tokens):
         # step 2. draw one token per row and keep its log-prob under the tempered policy
-        scaled = logits / temperature
+        scaled = logits / temperature if temperature != 1.0 else logits  # x / 1 is x: one pass less
         uniforms = _draw(generator, device, draw_rows or DrawRows(0, batch))[rows]
         tokens = _choose(scaled, greedy, top_k, top_p, uniforms)
         token_lp = token_logprobs(scaled, tokens)
