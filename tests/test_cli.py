@@ -665,9 +665,13 @@ def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):
     code, out, _ = run_main(
-        monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=3"
+        monkeypatch, capsys, "rloo", "--print-config", "shuffle=false", "group_size=4"
     )
-    assert code == 0 and json.loads(out)["shuffle"] is False and json.loads(out)["group_size"] == 3
+    assert code == 0 and json.loads(out)["shuffle"] is False and json.loads(out)["group_size"] == 4
+    # 16 prompts x 3 samples = 48 rows, which mini-batches of 64 do not divide: the run would
+    # refuse it, and so does --print-config
+    code, _, err = run_main(monkeypatch, capsys, "rloo", "--print-config", "group_size=3")
+    assert_one_line_error(code, err, "mini_batch_size=64 does not divide the rollout")
     code, out, err = run_main(
         monkeypatch,
         capsys,

@@ -275,3 +275,15 @@ def test_the_report_opens_in_a_browser_with_every_plot_and_table(tiny_run):
     ):
         assert f"<h2>{heading}" in dom
     assert 'id="check"></p>' in dom  # the check wrote no failure message
+
+
+def test_a_stage_setting_its_trainer_refuses_is_refused_before_the_first_stage(tmp_path):
+    # GRPO's mini-batches must divide its rollout: refused when the pipeline starts, not after
+    # SFT, collection, the reward model and PPO have run
+    from rlhfkit.pipeline import check_stage_keys
+
+    cfg = load_config(PipelineConfig, None, [f"runs_dir={tmp_path}", "grpo.mini_batch_size=7"])
+    for check in (check_stage_keys, Pipeline):  # --print-config, and the run
+        with pytest.raises(ConfigError, match="mini_batch_size=7 does not divide the rollout"):
+            check(cfg)
+    assert not any(tmp_path.iterdir())

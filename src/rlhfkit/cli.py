@@ -238,7 +238,10 @@ def _run_command(args, command: Command) -> None:
     cfg = load_config(load_object(command.config), args.config, overrides)
     if command.check_keys:
         load_object(command.check_keys)(cfg)
-    if args.print_config:
+    if args.print_config:  # what the run would refuse, refused here too
+        from rlhfkit.train.config_checks import check_trainer_config
+
+        check_trainer_config(cfg)
         print(json.dumps(config_to_dict(cfg), indent=2))
         return
     if command.run_dir:

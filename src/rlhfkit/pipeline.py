@@ -34,6 +34,7 @@ from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.runtime.stages import job_run_dir, main_stage, timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.config_checks import check_stage_configs
 from rlhfkit.train.dpo import DPOConfig, train_dpo
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from rlhfkit.train.lr_guard import stage_learning_rates
@@ -74,7 +75,7 @@ class StageConfigs:
 def check_stage_keys(cfg: PipelineConfig) -> None:
     """The stages' settings as a run checks them (a key the pipeline fills is refused), for
     `--print-config`: what it prints, the run takes."""
-    stage_configs(cfg, Path(cfg.runs_dir) / cfg.name)
+    check_stage_configs(vars(stage_configs(cfg, Path(cfg.runs_dir) / cfg.name)).values())
 
 
 def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
@@ -164,6 +165,7 @@ class Pipeline:
         # checked before anything is written or replaced: the stages' configs, a given base
         # model (the tiny default is built from scratch) and the rates that train it
         self.stages = stage_configs(cfg, self.root)
+        check_stage_configs(vars(self.stages).values())  # what each stage's trainer would refuse
         if cfg.model.base_model:
             check_model_path(cfg.model.base_model)
         sections = {field.name: getattr(self.stages, field.name) for field in fields(StageConfigs)}

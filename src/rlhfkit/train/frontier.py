@@ -49,6 +49,7 @@ from rlhfkit.runtime.stages import job_run_dir, timed_stage, train_stage
 from rlhfkit.tasks.collect import label_responses
 from rlhfkit.tasks.registry import get_task
 from rlhfkit.train.checkpointing import load_policy
+from rlhfkit.train.config_checks import check_stage_configs
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.frontier_config import FrontierConfig
 from rlhfkit.train.grpo import train_grpo
@@ -106,7 +107,12 @@ def _cadence(cfg: FrontierConfig, section: Any) -> dict[str, Filled]:
 def check_stage_keys(cfg: FrontierConfig) -> None:
     """The stages' settings as a run checks them (a key the frontier fills is refused), for
     `--print-config`: what it prints, the run takes."""
-    plan_stages(cfg, Path(cfg.runs_dir) / cfg.name)
+    check_stage_configs(stage_configs_of(plan_stages(cfg, Path(cfg.runs_dir) / cfg.name)))
+
+
+def stage_configs_of(plan: Plan) -> list:
+    """Every stage's filled config in `plan`."""
+    return [plan.sft, plan.rm, *(run.cfg for run in plan.runs)]
 
 
 def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
@@ -182,6 +188,7 @@ class Frontier:
             )
         check_model_path(cfg.model)
         self.plan = plan_stages(cfg, self.root)
+        check_stage_configs(stage_configs_of(self.plan))  # what each trainer would refuse, now
         sections = {name: getattr(cfg, name) for name in ("sft", "rm", "ppo", "grpo", "dpo")}
         check_learning_rates(cfg.model, stage_learning_rates(sections), force=cfg.force_lr)
         self.files = _files(self.root)

@@ -59,6 +59,7 @@ from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import get_task
+from rlhfkit.train.config_checks import check_trainer_config
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.iterative_config import (
     IterativeGRPOConfig,
@@ -394,6 +395,7 @@ def train_iterative_grpo(
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
     check_reward_heads(cfg)
+    check_trainer_config(cfg)  # its GRPO section, as each round's trainer would, up front
     # every round's rates before the first round: GRPO trains the policy, the refresh the reward
     # model (each round's trainers check theirs again)
     check_learning_rates(cfg.model, stage_learning_rates({"grpo": cfg.grpo}), force=cfg.force_lr)

@@ -1,0 +1,49 @@
+"""What each trainer refuses in its config before it loads anything (settings that cannot go
+together: a mini-batch that does not divide the rollout, a loss with a setting it does not
+define), by config class.
+
+Each trainer runs its own checks when it starts. A job runs those of every stage up front
+(`check_trainer_config`): the pipeline, iterative GRPO and the frontier when they build their
+stages' configs, and every command's `--print-config`, so a bad combination is refused before
+the first stage rather than minutes into the run.
+"""
+
+from collections.abc import Callable
+
+from rlhfkit.train.dpo import DPOConfig
+from rlhfkit.train.dpo import check_config as check_dpo_config
+from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, check_supervision
+from rlhfkit.train.iterative_config import IterativeGRPOConfig
+from rlhfkit.train.online_dpo import OnlineDPOConfig, check_online_config
+from rlhfkit.train.ppo import PPOConfig, check_ppo_config
+from rlhfkit.train.raft import RAFTConfig, check_raft_config
+from rlhfkit.train.rloo import RLOOConfig
+
+
+def check_grpo_section(cfg: IterativeGRPOConfig) -> None:
+    """Iterative GRPO's rounds run GRPO with its `grpo` section (their paths filled)."""
+    check_trainer_config(cfg.grpo)
+
+
+CHECKS: dict[type, tuple[Callable, ...]] = {
+    IterativeGRPOConfig: (check_grpo_section,),
+    GRPOConfig: (check_batch_sizes, check_supervision),
+    RLOOConfig: (check_batch_sizes,),
+    PPOConfig: (check_ppo_config,),
+    RAFTConfig: (check_raft_config,),
+    DPOConfig: (check_dpo_config,),
+    OnlineDPOConfig: (check_online_config,),
+}
+
+
+def check_trainer_config(cfg) -> None:
+    """Run the checks `cfg`'s trainer runs at its start (none for a config without any)."""
+    for check in CHECKS.get(type(cfg), ()):
+        check(cfg)
+
+
+def check_stage_configs(configs) -> None:
+    """`check_trainer_config` on each of a job's stage configs, as the job will run them (the
+    keys it fills, filled): every value of `configs`, a dataclass or a list of them."""
+    for config in configs:
+        check_trainer_config(config)
