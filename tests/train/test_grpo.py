@@ -291,3 +291,14 @@ def test_the_missing_eos_penalty_is_refused_with_process_supervision(tiny_model_
     cfg = config(tiny_model_dir, tmp_path, supervision="process", missing_eos_penalty=0.5)
     with pytest.raises(ConfigError, match="missing_eos_penalty=0.5 applies to outcome rewards"):
         train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+
+
+def test_each_source_of_a_weighted_sum_is_logged_beside_the_sum(tiny_model_dir, tmp_path):
+    length = length_reward_spec(tmp_path)
+    cfg = config(tiny_model_dir, tmp_path, max_steps=1, reward=f"task + 0.5*{length}")
+    row = train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)).history[
+        0
+    ]
+    task, chars = row["reward/task"], row[f"reward/{length}"]
+    assert chars > 1  # the responses' mean length in characters: the unweighted source
+    assert row["reward_mean"] == pytest.approx(task + 0.5 * chars, rel=1e-5)

@@ -267,7 +267,9 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
                     stats.append(part_stats)
 
             # step 6. metrics, evaluation, checkpoint
-            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            row = run.step_metrics(
+                stats, rewards, grouped_prompts, responses, rollout, timer, scores.components
+            )
             run.end_step(step + 1, row, result)
 
     # step 7. the final policy, loadable with AutoModelForCausalLM.from_pretrained

@@ -374,10 +374,11 @@ class PolicyRun:
         responses: list[str],
         rollout: Rollout,
         timer: PhaseTimer,
+        components: dict[str, torch.Tensor] | None = None,
     ) -> dict:
         """The step's row: the mean of each update's stats (the sampler-vs-trainer gap from the
-        first update only), the rewards, the task's gold score (only when a task is named),
-        lengths and times."""
+        first update only), the rewards (a sum's sources as `reward/<source>`), the task's gold
+        score (only when a task is named), lengths and times."""
         stats = first_part_only(stats)
         keys = dict.fromkeys(key for part in stats for key in part)
         row = {
@@ -387,6 +388,8 @@ class PolicyRun:
         }
         rewards = self.all_rows(rewards)  # every rank's rows (one process: these)
         row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()})
+        for source, values in (components or {}).items():
+            row[f"reward/{source}"] = self.all_rows(values.to(rewards.device)).mean().item()
         if self.task is not None:
             gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
             gold = self.all_rows(torch.tensor(gold, dtype=torch.float64))

@@ -187,10 +187,9 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 3. the reward model's score, the reference's log-probs, the critic's values
             with timer("reward"):
+                scored = run.reward.score(prompts, responses)
                 scores = penalise_unfinished(
-                    run.reward.score(prompts, responses).rewards.to(device),
-                    rollout.finished,
-                    cfg.missing_eos_penalty,
+                    scored.rewards.to(device), rollout.finished, cfg.missing_eos_penalty
                 )
             with timer("reference"):
                 batch["ref_logprobs"] = run.reference_logprobs(
@@ -230,7 +229,9 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 6. metrics and the KL coefficient (over every rank's rows); evaluation, log
             # and checkpoint when due, or the end of the run when the KL passes its limit
-            row = run.step_metrics(stats, scores, prompts, responses, rollout, timer)
+            row = run.step_metrics(
+                stats, scores, prompts, responses, rollout, timer, scored.components
+            )
             kl_per_sequence = run.all_rows(kl_per_sequence)
             mean_kl = kl_per_sequence.mean().item()
             tokens = run.all_rows(rollout.response_lengths).sum().clamp(min=1)

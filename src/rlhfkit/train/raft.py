@@ -251,10 +251,9 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 3. score every response (this rank's)
             with timer("reward"):
+                scored = run.reward.score(grouped_prompts, responses)
                 rewards = penalise_unfinished(
-                    run.reward.score(grouped_prompts, responses).rewards.to(run.models.device),
-                    rollout.finished,
-                    cfg.missing_eos_penalty,
+                    scored.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )
 
             # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
@@ -262,7 +261,9 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
                 stats, info = update(cfg, run, step, share, rollout, rewards)
 
             # step 5. metrics, evaluation, checkpoint
-            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            row = run.step_metrics(
+                stats, rewards, grouped_prompts, responses, rollout, timer, scored.components
+            )
             correct = run.all_rows(rewards) > cfg.reward_threshold  # over every rank's
             row.update(info, correct_fraction=correct.float().mean().item())
             run.end_step(step + 1, row, result)

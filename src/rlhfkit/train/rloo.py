@@ -119,10 +119,9 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                 )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
             with timer("reward"):
+                scored = run.reward.score(grouped_prompts, responses)
                 rewards = penalise_unfinished(
-                    run.reward.score(grouped_prompts, responses).rewards.to(run.models.device),
-                    rollout.finished,
-                    cfg.missing_eos_penalty,
+                    scored.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )
             batch = {
                 "input_ids": rollout.input_ids,
@@ -165,7 +164,9 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                     stats.append(part_stats)
 
             # step 5. metrics, evaluation, checkpoint
-            row = run.step_metrics(stats, rewards, grouped_prompts, responses, rollout, timer)
+            row = run.step_metrics(
+                stats, rewards, grouped_prompts, responses, rollout, timer, scored.components
+            )
             if kl is not None:
                 kl, tokens = run.all_rows(kl), run.all_rows(rollout.response_lengths)  # all ranks'
                 row["kl_per_sequence"] = kl.mean().item()
