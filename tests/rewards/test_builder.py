@@ -5,7 +5,13 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.rewards.builder import build_reward_source, check_spec, parse_spec
+from rlhfkit.rewards.builder import (
+    KINDS,
+    build_reward_source,
+    check_spec,
+    parse_spec,
+    source_kind,
+)
 from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward
 from rlhfkit.rewards.reward_model import RewardModelSource
@@ -129,3 +135,25 @@ def test_check_spec_refuses_a_term_that_names_no_source_before_anything_loads(tm
         check_spec("task + judge_me")
     with pytest.raises(RlhfkitError, match="'my_rewardz.py:score': no file my_rewardz.py"):
         check_spec("task + my_rewardz.py:score")
+
+
+@pytest.mark.parametrize(
+    "term, form",
+    [
+        ("task", "task"),
+        ("process", "process"),
+        ("model:runs/rm/final", "model:PATH"),
+        ("model:dir/r.py:score", "model:PATH"),  # a model path, though it looks like a file
+        ("python:__main__.score", "python:NAME"),
+        ("my_rewards.py:score", "path/to/file.py:function"),
+    ],
+)
+def test_each_term_is_taken_by_the_first_kind_that_matches_it(term, form):
+    assert source_kind(term).form == form
+
+
+def test_the_error_lists_every_kind_a_spec_can_name():
+    forms = [kind.form for kind in KINDS if kind.form != "python:NAME"]  # given from Python
+    with pytest.raises(RlhfkitError) as caught:
+        source_kind("judge_me")
+    assert all(form in str(caught.value) for form in forms)

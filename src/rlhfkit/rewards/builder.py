@@ -16,6 +16,7 @@ inside a sum cannot contain `+` (it separates the terms).
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,10 +35,6 @@ from rlhfkit.rewards.task import ProcessReward, TaskReward
 from rlhfkit.runtime.device import Precision
 from rlhfkit.tasks.registry import get_task
 
-ACCEPTED = (
-    "task, process, model:PATH, path/to/file.py:function, "
-    "or a weighted sum like '0.7*model:PATH + 0.3*task' (from Python also a function object)"
-)
 FUNCTION_TERM = re.compile(r".+\.py:[A-Za-z_]\w*")
 WEIGHTED_TERM = re.compile(r"(?P<weight>[^*]+)\*(?P<source>.+)")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -65,17 +62,11 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
 
 
 def check_spec(spec: str) -> None:
-    """A one-line error, before anything loads, when `spec` names no reward source, a reward
-    function's file that does not exist, or a Python function not given in this process."""
+    """A one-line error, before anything loads, when a term of `spec` names no reward source
+    or one that cannot be built (each kind's `check`: a reward function's missing file, a
+    Python function not given in this process)."""
     for term, _ in parse_spec(spec):
-        if is_python_term(term):
-            python_function(term)
-        elif FUNCTION_TERM.fullmatch(term):
-            path = Path(term.rpartition(":")[0])
-            if not path.is_file():
-                raise RlhfkitError(f"reward function '{term}': no file {path}")
-        elif term not in ("task", "process") and not term.startswith("model:"):
-            raise RlhfkitError(f"unknown reward source '{term}': expected {ACCEPTED}")
+        source_kind(term).check(term)
 
 
 def build_reward_source(
@@ -132,47 +123,75 @@ def build_reward_source(
     )
 
 
-def build_term(
-    term: str,
-    *,
-    task_name,
-    tokenizer,
-    device,
-    batch_size,
-    max_length,
-    uncertainty_coef,
-    timeout_s,
-    first_call_timeout_s=None,
-    precision=Precision.FP32,
-    place_model=None,
-) -> RewardSource:
-    """One source of a spec, named by the term itself."""
-    if term in ("task", "process"):
-        if task_name is None:
-            raise RlhfkitError(
-                f"reward source '{term}' needs a built-in task, and the run has none"
-            )
-        task = get_task(task_name)
-        return TaskReward(task, name=term) if term == "task" else ProcessReward(task, name=term)
-    if term.startswith("model:"):
-        return load_reward_model_source(
-            term[len("model:") :],
-            tokenizer=tokenizer,
-            device=device,
-            batch_size=batch_size,
-            max_length=max_length,
-            uncertainty_coef=uncertainty_coef,
-            name=term,
-            precision=precision,
-            place_model=place_model,
-        )
-    if FUNCTION_TERM.fullmatch(term) or is_python_term(term):
-        return FunctionReward(
-            python_function(term) if is_python_term(term) else load_reward_function(term),
-            name=term,
-            timeout_s=timeout_s,
-            first_call_timeout_s=first_call_timeout_s,
-        )
+def build_term(term: str, **build) -> RewardSource:
+    """One source of a spec, named by the term itself; `build`: `build_reward_source`'s
+    settings."""
+    return source_kind(term).build(term, **build)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of term of the spec language: how it is written, which terms it takes, what is
+    checked before anything loads, and how the source is built."""
+
+    form: str
+    matches: Callable[[str], bool]
+    check: Callable[[str], None]
+    build: Callable[..., RewardSource]
+
+
+def _task_source(term: str, *, task_name, **_) -> RewardSource:
+    if task_name is None:
+        raise RlhfkitError(f"reward source '{term}' needs a built-in task, and the run has none")
+    task = get_task(task_name)
+    return TaskReward(task, name=term) if term == "task" else ProcessReward(task, name=term)
+
+
+def _model_source(term: str, *, timeout_s, first_call_timeout_s=None, task_name=None, **model):
+    return load_reward_model_source(term[len("model:") :], name=term, **model)
+
+
+def _function_source(term: str, *, timeout_s, first_call_timeout_s=None, **_) -> RewardSource:
+    fn = python_function(term) if is_python_term(term) else load_reward_function(term)
+    return FunctionReward(
+        fn, name=term, timeout_s=timeout_s, first_call_timeout_s=first_call_timeout_s
+    )
+
+
+def _check_function_file(term: str) -> None:
+    path = Path(term.rpartition(":")[0])
+    if not path.is_file():
+        raise RlhfkitError(f"reward function '{term}': no file {path}")
+
+
+def _nothing_to_check(term: str) -> None:
+    pass
+
+
+# in order: the first kind that matches a term takes it (`model:dir/r.py:f` is a model path)
+KINDS = (
+    SourceKind("task", lambda t: t == "task", _nothing_to_check, _task_source),
+    SourceKind("process", lambda t: t == "process", _nothing_to_check, _task_source),
+    SourceKind("model:PATH", lambda t: t.startswith("model:"), _nothing_to_check, _model_source),
+    SourceKind("python:NAME", is_python_term, python_function, _function_source),
+    SourceKind(
+        "path/to/file.py:function",
+        lambda t: FUNCTION_TERM.fullmatch(t) is not None,
+        _check_function_file,
+        _function_source,
+    ),
+)
+ACCEPTED = (
+    ", ".join(k.form for k in KINDS if k.form != "python:NAME")
+    + ", or a weighted sum like '0.7*model:PATH + 0.3*task' (from Python also a function object)"
+)
+
+
+def source_kind(term: str) -> SourceKind:
+    """The kind of source a term names, or a one-line error listing the kinds."""
+    for kind in KINDS:
+        if kind.matches(term):
+            return kind
     raise RlhfkitError(f"unknown reward source '{term}': expected {ACCEPTED}")
 
 
