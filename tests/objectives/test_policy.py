@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.objectives.aggregate import LossAggregation
-from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
+from rlhfkit.objectives.policy import RatioLevel, log_ratio, ppo_policy_loss, value_loss
 
 TOKEN_MEAN = LossAggregation.TOKEN_MEAN
 
@@ -24,11 +24,11 @@ def policy(
         torch.zeros_like(logprobs),
         advantages,
         mask,
-        clip_low,
-        clip_high,
-        dual_clip,
-        TOKEN_MEAN,
-        denominator,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        aggregation=TOKEN_MEAN,
+        denominator=denominator,
     )
     return result, logprobs
 
@@ -115,7 +115,15 @@ def test_equals_naive_per_token_loop(seed, rows, cols, clip_low, clip_high, dual
     advantages = torch.randn(rows, cols, generator=generator, dtype=torch.float64) * 2
     mask = torch.rand(rows, cols, generator=generator) < 0.7
     got = ppo_policy_loss(
-        logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, TOKEN_MEAN, 7.0
+        logprobs,
+        old,
+        advantages,
+        mask,
+        clip_low=clip_low,
+        clip_high=clip_high,
+        dual_clip=dual_clip,
+        aggregation=TOKEN_MEAN,
+        denominator=7.0,
     )
     expected = naive_policy_loss(
         logprobs, old, advantages, mask, clip_low, clip_high, dual_clip, 7.0
@@ -169,3 +177,60 @@ def test_clipped_value_loss_is_never_below_the_unclipped_one(seed, rows, cols, c
     assert torch.allclose(
         value_loss(values, values, returns, mask, clip_range, TOKEN_MEAN, 1.0), unclipped
     )
+
+
+def test_sequence_ratio_is_gspo_hand_values():
+    # response 1: log ratios 0.1, 0.3 (+ a padded 5.0) -> s = exp(0.2) = 1.2214 > 1.2, A = +1:
+    #   clipped, -1.2, no gradient.
+    # response 2: log ratios -0.1, 0.0, -0.2 -> s = exp(-0.1) = 0.904837 inside [0.8, 1.2],
+    #   A = -1: -min(-0.904837, -0.904837) = 0.904837; d/d logprob_t = s / 3 tokens / 2 rows.
+    logprobs = torch.tensor(
+        [[0.1, 0.3, 5.0], [-0.1, 0.0, -0.2]], dtype=torch.float64, requires_grad=True
+    )
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    advantages = torch.tensor([[1.0, 1.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    result = ppo_policy_loss(
+        logprobs,
+        torch.zeros_like(logprobs),
+        advantages,
+        mask,
+        clip_low=0.2,
+        clip_high=0.2,
+        aggregation=LossAggregation.SEQUENCE_MEAN,
+        denominator=2,
+        ratio_level=RatioLevel.SEQUENCE,
+    )
+    s2 = math.exp(-0.1)
+    assert result.loss.item() == pytest.approx((-1.2 + s2) / 2)
+    assert result.clip_fraction.item() == pytest.approx(2 / 5)  # response 1's two tokens
+    result.loss.backward()
+    expected = torch.tensor([[0.0, 0.0, 0.0], [s2 / 6] * 3], dtype=torch.float64)
+    assert torch.allclose(logprobs.grad, expected)
+
+
+def test_sequence_ratio_equals_the_token_ratio_on_one_token_responses():
+    logprobs = torch.tensor([[0.3], [-0.4], [0.05]], dtype=torch.float64)
+    advantages = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    mask = torch.ones_like(advantages, dtype=torch.bool)
+    losses = [
+        ppo_policy_loss(
+            logprobs,
+            torch.zeros_like(logprobs),
+            advantages,
+            mask,
+            clip_low=0.2,
+            clip_high=0.2,
+            aggregation=TOKEN_MEAN,
+            denominator=3,
+            ratio_level=level,
+        ).loss
+        for level in (RatioLevel.TOKEN, RatioLevel.SEQUENCE)
+    ]
+    assert losses[0].item() == pytest.approx(losses[1].item())
+
+
+def test_sequence_log_ratio_is_the_masked_mean_on_every_token():
+    logprobs = torch.tensor([[1.0, 2.0, 9.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    ratios = log_ratio(logprobs, torch.zeros_like(logprobs), mask, RatioLevel.SEQUENCE)
+    assert torch.equal(ratios, torch.tensor([[1.5, 1.5, 1.5], [0.0, 0.0, 0.0]]))

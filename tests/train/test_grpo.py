@@ -302,3 +302,19 @@ def test_each_source_of_a_weighted_sum_is_logged_beside_the_sum(tiny_model_dir, 
     task, chars = row["reward/task"], row[f"reward/{length}"]
     assert chars > 1  # the responses' mean length in characters: the unweighted source
     assert row["reward_mean"] == pytest.approx(task + 0.5 * chars, rel=1e-5)
+
+
+def test_gspo_sequence_ratio_climbs_the_reward(tiny_model_dir, tmp_path):
+    # mu=2: the second pass sees ratios away from 1, where the sequence ratio and its clip act
+    cfg = config(tiny_model_dir, tmp_path, ratio_level="sequence", mu=2)
+    result = train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    rewards = [row["reward_mean"] for row in result.history]
+    assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
+
+
+def test_gspo_is_refused_with_process_supervision(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, supervision="process", ratio_level="sequence")
+    with pytest.raises(
+        ConfigError, match="ratio_level=sequence .* needs one advantage per response"
+    ):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))

@@ -6,8 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
+from rlhfkit.objectives.policy import sequence_sum_clip_loss
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.train.rloo import RLOOConfig, sequence_clip_loss, train_rloo
+from rlhfkit.train.rloo import RLOOConfig, train_rloo
 from tests.train.conftest import length_reward_spec
 
 
@@ -47,13 +48,13 @@ def test_kl_shaped_rewards_hand_values():
     assert torch.allclose(shaped, torch.tensor([1.0 + 0.05, 2.0 - 0.1]))
 
 
-def test_sequence_clip_loss_against_its_naive_form():
+def test_sequence_sum_clip_loss_against_its_naive_form():
     torch.manual_seed(0)
     logprobs = (0.1 * torch.randn(6, 5)).requires_grad_()
     old = 0.1 * torch.randn(6, 5)
     mask = torch.rand(6, 5) > 0.3
     advantages = torch.randn(6)
-    loss = sequence_clip_loss(logprobs, old, advantages, mask, clip_eps=0.2).loss
+    loss = sequence_sum_clip_loss(logprobs, old, advantages, mask, clip_eps=0.2).loss
     naive = 0.0
     for i in range(6):
         ratio = torch.exp(sum(logprobs[i, t] - old[i, t] for t in range(5) if mask[i, t]))

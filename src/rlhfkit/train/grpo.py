@@ -27,7 +27,7 @@ from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_d
 from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, process_advantages
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean
-from rlhfkit.objectives.policy import ppo_policy_loss
+from rlhfkit.objectives.policy import RatioLevel, ppo_policy_loss
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
@@ -66,6 +66,10 @@ class GRPOConfig(GroupRolloutConfig):
     """Added to the group std."""
     loss_aggregation: LossAggregation = LossAggregation.SEQUENCE_MEAN
     """token_mean, sequence_mean (GRPO) or constant_length (Dr. GRPO)."""
+    ratio_level: RatioLevel = RatioLevel.TOKEN
+    """token: one importance ratio per token (GRPO); sequence: one per response,
+    exp(mean_t (log pi - log pi_old)), clipped per response (GSPO, Zheng et al. 2025; it uses
+    far smaller clip ranges, e.g. clip_eps=3e-4 clip_eps_high=4e-4). Outcome supervision only."""
 
 
 @dataclass
@@ -118,7 +122,13 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
 
 def check_supervision(cfg: GRPOConfig) -> None:
     """The missing-EOS penalty lowers an outcome reward; process supervision's advantages come
-    from the step rewards alone, where it would silently do nothing."""
+    from the step rewards alone, where it would silently do nothing. A sequence-level ratio
+    (GSPO) weighs one advantage per response; process supervision gives one per token."""
+    if cfg.supervision == Supervision.PROCESS and cfg.ratio_level == RatioLevel.SEQUENCE:
+        raise ConfigError(
+            "ratio_level=sequence (GSPO) needs one advantage per response: use "
+            "supervision=outcome, or ratio_level=token with supervision=process"
+        )
     if cfg.supervision == Supervision.PROCESS and cfg.missing_eos_penalty:
         raise ConfigError(
             f"missing_eos_penalty={cfg.missing_eos_penalty} applies to outcome rewards: with "
@@ -140,11 +150,11 @@ def _minibatch_loss(
         batch["old_logprobs"],
         batch["advantages"],
         mask,
-        cfg.clip_eps,
-        cfg.clip_eps_high,
-        None,
-        cfg.loss_aggregation,
-        denominator,
+        clip_low=cfg.clip_eps,
+        clip_high=cfg.clip_eps_high,
+        aggregation=cfg.loss_aggregation,
+        denominator=denominator,
+        ratio_level=cfg.ratio_level,
     )
     loss, stats = (
         policy.loss,

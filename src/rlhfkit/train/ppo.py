@@ -359,11 +359,10 @@ def _actor_loss(cfg: PPOConfig, run: PolicyRun, micro: dict, denominator) -> tup
         micro["old_logprobs"],
         micro["advantages"],
         mask,
-        cfg.clip_eps,
-        cfg.clip_eps,
-        None,
-        LossAggregation.TOKEN_MEAN,
-        denominator,
+        clip_low=cfg.clip_eps,
+        clip_high=cfg.clip_eps,
+        aggregation=LossAggregation.TOKEN_MEAN,
+        denominator=denominator,
     )
     return policy.loss, {
         "clip_fraction": token_stat(policy.clip_fraction, mask),

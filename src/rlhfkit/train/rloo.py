@@ -17,14 +17,11 @@ over all ranks, so each update is the one-process update of the same global batc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards, penalise_unfinished
-from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import rloo_advantages
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
-from rlhfkit.objectives.masked import masked_mean, masked_sum
-from rlhfkit.objectives.policy import ppo_policy_loss
+from rlhfkit.objectives.masked import masked_mean
+from rlhfkit.objectives.policy import sequence_sum_clip_loss
 from rlhfkit.train.grpo import check_batch_sizes
 from rlhfkit.train.micro_batches import mismatch_stats, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
@@ -48,41 +45,13 @@ class RLOOResult:
     evals: list[tuple[int, dict]] = field(default_factory=list)
 
 
-def sequence_clip_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    response_mask: torch.Tensor,
-    clip_eps: float,
-    denominator: float | None = None,
-):
-    """PPO's clipped surrogate with one ratio per response,
-    exp(sum_t logprobs - sum_t old_logprobs), summed over the responses / `denominator` (the
-    mini-batch's responses; None = these rows': a mean): the token-level loss on a response
-    length of one."""
-    sequence = masked_sum(logprobs, response_mask, dim=1).unsqueeze(1)
-    old_sequence = masked_sum(old_logprobs, response_mask, dim=1).unsqueeze(1)
-    every = torch.ones_like(sequence, dtype=torch.bool)
-    return ppo_policy_loss(
-        sequence,
-        old_sequence,
-        advantages.unsqueeze(1),
-        every,
-        clip_eps,
-        clip_eps,
-        None,
-        LossAggregation.TOKEN_MEAN,
-        sequence.shape[0] if denominator is None else denominator,
-    )
-
-
 def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tuple:
     """The sequence-level clipped loss of a micro-batch over the mini-batch's `rows`."""
     mask = micro["response_mask"]
     current = run.policy_logprobs(
         micro, temperature=cfg.temperature, with_entropy=True, group_size=cfg.group_size
     )
-    policy = sequence_clip_loss(
+    policy = sequence_sum_clip_loss(
         current.logprobs, micro["old_logprobs"], micro["advantages"], mask, cfg.clip_eps, rows
     )
     return policy.loss, {
