@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlhfkit.tasks.annotator import (
+    LOWEST_TEMPERATURE,
+    agreement_out_of_reach,
     calibrate_temperature,
     expected_agreement,
     noisy_ranking,
@@ -79,3 +81,12 @@ def test_order_to_ranks_inverts_the_order(order):
     ranks = order_to_ranks(order)
     assert [order[r] for r in ranks] == list(range(7))
     assert sorted(range(7), key=lambda i: ranks[i]) == order
+
+
+def test_an_agreement_that_tied_gold_scores_put_out_of_reach_is_named():
+    # half the pairs tied (a 0/1 verifier): annotators agree on at most 1/2 + 1/2 * 1/2 = 0.75
+    diffs = [1.0, 0.0] * 50
+    message = agreement_out_of_reach(diffs, 0.8)
+    assert message is not None and "at most 0.750" in message and "0.8" in message
+    assert agreement_out_of_reach(diffs, 0.7) is None
+    assert calibrate_temperature(diffs, 0.8) == pytest.approx(LOWEST_TEMPERATURE)

@@ -21,6 +21,7 @@ draws the same labels and spends the same budget.
 """
 
 import random
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -33,7 +34,7 @@ from rlhfkit.labelling.human import HumanLabeller, HumanSettings, Ranks, open_hu
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.rewards.base import RewardSource
-from rlhfkit.tasks.annotator import calibrate_temperature, noisy_ranking
+from rlhfkit.tasks.annotator import agreement_out_of_reach, calibrate_temperature, noisy_ranking
 
 
 class LabellerKind(str, Enum):
@@ -128,6 +129,8 @@ class SimulatedAnnotator:
         if self.temperature is None:
             diffs = [g[i] - g[j] for g in gold for i in range(len(g)) for j in range(i)]
             self.temperature = calibrate_temperature(diffs, self.target_agreement)
+            if (warning := agreement_out_of_reach(diffs, self.target_agreement)) is not None:
+                print(f"warning: {warning}", file=sys.stderr)
         self.labels_used += labels_for(responses)
         return [noisy_ranking(g, self.temperature, self.rng) for g in gold]
 

@@ -30,13 +30,32 @@ def expected_agreement(gold_diffs: list[float], temperature: float) -> float:
     return total / max(1, len(gold_diffs))
 
 
+LOWEST_TEMPERATURE, HIGHEST_TEMPERATURE = 1e-3, 1e3
+
+
+def agreement_out_of_reach(gold_diffs: list[float], target_agreement: float) -> str | None:
+    """What to tell the user when no temperature reaches the target agreement, else None: tied
+    gold scores (a 0/1 verifier's, mostly) are a coin flip for any annotator, so agreement
+    cannot pass 1 - (share of tied pairs) / 2, and `calibrate_temperature` then settles for the
+    lowest temperature, nearly noise-free labels on every other pair."""
+    reachable = expected_agreement(gold_diffs, LOWEST_TEMPERATURE)
+    if reachable >= target_agreement:
+        return None
+    return (
+        f"the simulated annotators agree on at most {reachable:.3f} of pairs, below the target "
+        f"{target_agreement} (tied gold scores are a coin flip): labelling as noise-free as it "
+        "can, at that agreement"
+    )
+
+
 def calibrate_temperature(gold_diffs: list[float], target_agreement: float) -> float:
-    """The temperature at which expected inter-annotator agreement equals the target.
+    """The temperature at which expected inter-annotator agreement equals the target (the
+    lowest one where it cannot be reached: `agreement_out_of_reach`).
 
     Agreement falls monotonically from (share of non-tied pairs) towards 0.5 as T grows,
     so a bisection on log T finds it.
     """
-    low, high = math.log(1e-3), math.log(1e3)
+    low, high = math.log(LOWEST_TEMPERATURE), math.log(HIGHEST_TEMPERATURE)
     if expected_agreement(gold_diffs, math.exp(low)) < target_agreement:
         return math.exp(low)
     for _ in range(60):

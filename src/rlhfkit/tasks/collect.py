@@ -9,11 +9,17 @@ reward model is judged against on the same noisy labels (annotator A's):
 """
 
 import random
+import sys
 from dataclasses import dataclass
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.objectives.ranking import ranking_to_pairs
-from rlhfkit.tasks.annotator import calibrate_temperature, noisy_ranking, order_to_ranks
+from rlhfkit.tasks.annotator import (
+    agreement_out_of_reach,
+    calibrate_temperature,
+    noisy_ranking,
+    order_to_ranks,
+)
 
 
 @dataclass
@@ -89,6 +95,8 @@ def label_responses(
         for j in range(i)
     ]
     temperature = calibrate_temperature(diffs, target_agreement)
+    if (warning := agreement_out_of_reach(diffs, target_agreement)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     rankings = [_ranking_row(p, r, noisy_ranking(gold[id(r)], temperature, rng)) for p, r in train]
     heldout_rows, agree, bayes, count = [], 0.0, 0.0, 0
     for prompt, responses in heldout:
