@@ -11,6 +11,7 @@ import pytest
 from rlhfkit import cli
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
+from rlhfkit.tasks.registry import TASKS, TaskName
 
 GOOD_SFT = {"prompt": "Q: 1 + 1?\nA:", "completion": " 2."}
 GOOD_RANKING = {"prompt": "User: Hi\nAssistant:", "responses": [" Good luck!", " Hello."]}
@@ -166,8 +167,9 @@ def test_print_config_shows_the_overrides(monkeypatch, capsys):
 def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "tasks")
     assert code == 0
-    names = [line.split()[0] for line in out.strip().splitlines()]
-    assert names == ["advice", "arith", "sentiment"]
+    rows = [line.split(maxsplit=1) for line in out.strip().splitlines()]
+    assert [name for name, _ in rows] == sorted(name.value for name in TaskName)
+    assert all(description == TASKS[name].description for name, description in rows)
 
 
 def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_path):

@@ -113,6 +113,7 @@ def _run_in_dir(args, command: Command, cfg) -> None:
 
 def _tasks(args) -> None:
     from rlhfkit.data.loading import write_jsonl
+    from rlhfkit.tasks.base import HasStepExamples
     from rlhfkit.tasks.registry import TASKS, get_task
 
     if args.action == "list":
@@ -135,7 +136,7 @@ def _tasks(args) -> None:
     ]
     print(f"wrote {write_jsonl(out / f'{args.task}_sft.jsonl', sft)}")
     print(f"wrote {write_jsonl(out / f'{args.task}_prompts.jsonl', prompts)}")
-    if hasattr(task, "step_examples"):
+    if isinstance(task, HasStepExamples):
         steps = [dataclasses.asdict(x) for x in task.step_examples(args.rows, rng)]
         print(f"wrote {write_jsonl(out / f'{args.task}_steps.jsonl', steps)}")
 

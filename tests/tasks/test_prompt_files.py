@@ -5,7 +5,7 @@ import pytest
 
 from rlhfkit.errors import DataError
 from rlhfkit.tasks.prompt_files import load_task_prompts
-from rlhfkit.tasks.registry import get_task
+from rlhfkit.tasks.registry import TaskName, get_task
 
 
 def exported_rows(name: str, n: int = 3) -> list[dict]:
@@ -19,7 +19,7 @@ def write(path, rows):
     return path
 
 
-@pytest.mark.parametrize("name", ["arith", "advice", "sentiment"])
+@pytest.mark.parametrize("name", list(TaskName))
 def test_a_tasks_own_prompt_file_loads_with_its_metadata(tmp_path, name):
     rows = exported_rows(name)
     prompts = load_task_prompts(write(tmp_path / "p.jsonl", rows), get_task(name))

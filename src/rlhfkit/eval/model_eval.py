@@ -16,6 +16,7 @@ from rlhfkit.eval.intervals import mean_with_interval
 from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
 from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
 from rlhfkit.eval.win_rate import win_rate
+from rlhfkit.tasks.base import HasFinalAnswer
 
 
 @dataclass
@@ -97,7 +98,7 @@ def evaluate_model(
         result.sampled_proxy = proxy.score(repeated, sampled_texts).rewards.tolist()
         m.update(_prefixed("proxy_sampled", mean_with_interval(result.sampled_proxy)))
     # step 3. pass@k and maj@k where the task has a checkable final answer
-    if task is not None and hasattr(task, "final_answer"):
+    if isinstance(task, HasFinalAnswer):
         answers = [[task.final_answer(t) for t in row] for row in sampled.texts]
         correct = [
             sum(a is not None and a == p.answer for a in row) for p, row in zip(prompts, answers)

@@ -8,7 +8,7 @@ import torch
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
-from rlhfkit.tasks.base import Task
+from rlhfkit.tasks.base import HasProcessRewards, Task
 
 
 def _verify(
@@ -47,7 +47,7 @@ class ProcessReward:
     `rewards`."""
 
     def __init__(self, task: Task, name: str = "process"):
-        if not callable(getattr(task, "process_rewards", None)):
+        if not isinstance(task, HasProcessRewards):
             raise RlhfkitError(
                 f"reward source '{name}': task '{task.name}' cannot check single steps (it has no "
                 "process_rewards); use the outcome reward 'task' instead"

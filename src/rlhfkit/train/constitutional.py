@@ -35,6 +35,7 @@ from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
+from rlhfkit.tasks.base import HasPrinciples
 from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import TaskName, get_task
 
@@ -88,7 +89,7 @@ def _principles(cfg: CritiqueConfig, task) -> list:
         return load_principles(cfg.principles)
     if task is None:
         raise RlhfkitError("rlhfkit critique needs principles=PATH (or a task that has some)")
-    if not hasattr(task, "principles"):
+    if not isinstance(task, HasPrinciples):
         raise RlhfkitError(
             f"rlhfkit critique needs principles=PATH: task '{task.name}' has no principles"
         )

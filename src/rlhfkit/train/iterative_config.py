@@ -31,9 +31,9 @@ class IterativeGRPOConfig(RunConfig):
     """Rankings or pairs (JSONL) that reward model was trained on: replay draws from them too
     (empty = none)."""
     task: TaskName | None = None
-    """Built-in task (arith, advice): the prompts of GRPO and of labelling, the simulated
-    annotator, the gold score and evaluation; none (null) = your own data: `grpo.train_data`,
-    `label_data` and a labeller other than the annotator."""
+    """A built-in task (`rlhfkit tasks` lists them): the prompts of GRPO and of labelling, the
+    simulated annotator, the gold score and evaluation; none (null) = your own data:
+    `grpo.train_data`, `label_data` and a labeller other than the annotator."""
     label_data: str = ""
     """Prompt file each round's labelled prompts are drawn from; empty = the task's generator."""
     labeller: LabellerKind = LabellerKind.ANNOTATOR

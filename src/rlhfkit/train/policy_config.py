@@ -24,9 +24,10 @@ class PolicyRunConfig(RunConfig):
     """Another causal-LM directory as the frozen reference (e.g. the SFT model when `model` is a
     later policy); empty = `model` itself. Not with LoRA, whose reference is its own base."""
     task: TaskName | None = None
-    """Built-in task (arith, advice), or none (null) to train on your own data. A named task gives
-    the prompts (unless `train_data` is given), the reward `task`, the gold score of every step's
-    samples and the evaluation; without one, `train_data` and `reward` are required."""
+    """A built-in task (`rlhfkit tasks` lists them), or none (null) to train on your own data. A
+    named task gives the prompts (unless `train_data` is given), the reward `task`, the gold score
+    of every step's samples and the evaluation; without one, `train_data` and `reward` are
+    required."""
     train_data: str = ""
     """Prompt-only data (prompt, optional answer and metadata); empty = the task's generator."""
     train_prompts: int = 2000

@@ -29,6 +29,7 @@ from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.tasks.base import HasPromptExample
 from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.sft import SFTConfig, train_sft
@@ -122,7 +123,7 @@ def gold_scores(
     """(n,) gold scores of each pair's chosen and rejected reply, the prompts read from text; a
     prompt the task cannot score names its row of `path`."""
     task = get_task(task_name)
-    if not hasattr(task, "prompt_example"):
+    if not isinstance(task, HasPromptExample):
         raise RlhfkitError(f"task '{task_name}' cannot score prompts read from a file")
     examples = []
     for row_number, pair in zip(row_numbers, pairs):
