@@ -189,7 +189,9 @@ def test_eval_every_minus_one_never_evaluates(tiny_model_dir, tmp_path, name):
 def test_a_run_without_prompts_or_reward_says_what_to_set(tiny_model_dir, tmp_path, own_data):
     settings = dict(model=str(tiny_model_dir), progress=False, tensorboard=False)
     opened = dict(resume=False, needs_reference=False, stage="grpo")
-    with pytest.raises(ConfigError, match="train_data=PATH .* or task=arith"):
+    with pytest.raises(
+        ConfigError, match="train_data=PATH .* or task=NAME \\(rlhfkit tasks list\\)"
+    ):
         PolicyRun(
             GRPOConfig(**settings, reward=own_data["reward"]), run_dir(tmp_path, "a"), **opened
         )

@@ -102,13 +102,13 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
         raise ConfigError(
             "without a task, iterative-grpo needs grpo.train_data=PATH (GRPO's "
             "prompts) and label_data=PATH (the prompts labelled each round); or set "
-            "task=arith|advice"
+            "task=NAME (rlhfkit tasks list)"
         )
     kind = LabellerKind(cfg.labeller)
     if kind is LabellerKind.ANNOTATOR and not cfg.task:
         raise ConfigError(
             "labeller=annotator is a built-in task's simulated human: set "
-            "task=arith|advice, or labeller=reward with "
+            "task=NAME (rlhfkit tasks list), or labeller=reward with "
             "label_reward=file.py:function, or labeller=judge"
         )
     if kind is LabellerKind.REWARD and not cfg.label_reward:

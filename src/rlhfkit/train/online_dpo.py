@@ -233,7 +233,7 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
     if LabellerKind(cfg.labeller) is LabellerKind.ANNOTATOR and not cfg.task:
         raise ConfigError(
             "labeller=annotator is a built-in task's simulated human: set "
-            "task=arith|advice, or labeller=reward (ranks by reward=) or "
+            "task=NAME (rlhfkit tasks list), or labeller=reward (ranks by reward=) or "
             "labeller=judge"
         )
     if LabellerKind(cfg.labeller) is LabellerKind.JUDGE and not cfg.judge_model:

@@ -25,7 +25,8 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
     from the drawn training prompts, so evaluation is on prompts never trained on)."""
     if not cfg.train_data and task is None:
         raise ConfigError(
-            "no prompts to train on: set train_data=PATH (a prompt file) or task=arith|advice"
+            "no prompts to train on: set train_data=PATH (a prompt file) or task=NAME "
+            "(rlhfkit tasks list)"
         )
     if cfg.eval_data:
         eval_prompts = load_task_prompts(cfg.eval_data, task)
@@ -58,7 +59,7 @@ def reward_spec(cfg: PolicyRunConfig) -> str:
     if not cfg.task:
         raise ConfigError(
             "no reward: set reward=path/to/file.py:function (or model:PATH, ...), "
-            "or task=arith|advice to score with its verifier"
+            "or task=NAME (rlhfkit tasks list) to score with its verifier"
         )
     return "task"
 

@@ -52,8 +52,8 @@ class JudgeConfig(RunConfig):
     max_pairs: int = 0
     """Judge only the first this many of `pairs` (0 = all)."""
     task: TaskName | None = None
-    """A built-in task whose gold annotator the judge is also compared with (advice);
-    null = none."""
+    """A built-in task whose gold annotator the judge is also compared with (one with
+    `prompt_example`: advice, sentiment); null = none."""
     min_margin: float = 0.0
     """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
     batch_size: int = 32
