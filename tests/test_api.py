@@ -176,3 +176,27 @@ def test_paths_become_text_in_plain_and_list_settings():
         {"model": Path("m"), "models": [Path("a"), "b"], "sft": {"model": Path("s")}}, Path("i"), {}
     )
     assert values == {"model": "m", "models": ["a", "b"], "sft": {"model": "s"}}
+
+
+def test_two_functions_of_one_name_keep_their_own_names_and_scores():
+    from rlhfkit.api import reward_spec
+    from rlhfkit.rewards.python_functions import python_function
+
+    def scaled(factor):
+        def score(prompts, responses, **columns):
+            return [factor] * len(responses)
+
+        return score
+
+    named = {}
+    first, second = scaled(1.0), scaled(2.0)
+    spec = reward_spec([first, second, (0.5, first)], named)
+    terms = [term.split("*")[-1] for term in spec.split(" + ")]
+    assert terms[1] == terms[0] + "#2" and terms[2] == terms[0]  # first named once
+    assert python_function(terms[0]) is first and python_function(terms[1]) is second
+
+
+def test_jobs_that_rerun_refuse_resume_and_overwrite():
+    for flag in ("resume", "overwrite"):
+        with pytest.raises(rlhfkit.RlhfkitError, match="neither resumes nor takes overwrite"):
+            rlhfkit.run("pipeline", **{flag: True})

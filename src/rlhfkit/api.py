@@ -70,9 +70,14 @@ def run(
         raise RlhfkitError(
             f"rlhfkit {name} places its own run: set its runs_dir= and name= instead of run_dir"
         )
+    if not spec.run_dir and (resume or resume_with_changes or overwrite):
+        raise RlhfkitError(
+            f"rlhfkit {name} neither resumes nor takes overwrite: run again, and it replaces "
+            "its earlier run once the new one has a model"
+        )
     root = Path(run_dir) if run_dir is not None else Path("runs") / name
     inputs: dict[Path, list[str]] = {}
-    values = python_values(settings, root / INPUTS_DIR, inputs)
+    values = python_values(settings, root / INPUTS_DIR, inputs, functions={})
     if inputs and not spec.run_dir:
         raise RlhfkitError(f"rlhfkit {name} reads its data from files: pass paths, not rows")
     cfg = config_from_values(load_object(spec.config), values, config)
@@ -96,19 +101,25 @@ def run(
 
 
 def python_values(
-    settings: Mapping[str, Any], inputs_dir: Path, inputs: dict[Path, list[str]], prefix: str = ""
+    settings: Mapping[str, Any],
+    inputs_dir: Path,
+    inputs: dict[Path, list[str]],
+    prefix: str = "",
+    functions: dict | None = None,
 ) -> dict:
     """`settings` as a config file would hold them: rows in memory become the path of the file
-    they will be written to (added to `inputs`), function objects reward spec terms, paths
-    strings; a section (a dict) the same, key by key (`prefix`: its dotted name)."""
+    they will be written to (added to `inputs`), function objects reward spec terms (each its
+    own name among `functions`, those of this call), paths strings; a section (a dict) the
+    same, key by key (`prefix`: its dotted name)."""
+    functions = {} if functions is None else functions
     values = {}
     for key, value in settings.items():
         if isinstance(value, Mapping):
-            values[key] = python_values(value, inputs_dir, inputs, f"{prefix}{key}.")
+            values[key] = python_values(value, inputs_dir, inputs, f"{prefix}{key}.", functions)
         elif _is_rows(value):
             values[key] = str(_rows_file(f"{prefix}{key}", value, inputs_dir, inputs))
         elif _is_reward(value):
-            values[key] = reward_spec(value)
+            values[key] = reward_spec(value, functions)
         elif isinstance(value, (list, tuple)):  # a list setting (eval's models): paths as text
             values[key] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
         elif isinstance(value, os.PathLike):
@@ -118,22 +129,22 @@ def python_values(
     return values
 
 
-def reward_spec(value: Any) -> str:
-    """A reward given in Python as a spec string: a function object is named by its
-    `python:` term; a list is a sum of its items, each a function, a spec or a (weight, item)
-    pair."""
+def reward_spec(value: Any, functions: dict) -> str:
+    """A reward given in Python as a spec string: a function object is named by its `python:`
+    term (`functions`: those this call named, so two functions never share a name); a list is a
+    sum of its items, each a function, a spec or a (weight, item) pair."""
     from rlhfkit.rewards.python_functions import python_term
 
     if isinstance(value, str):
         return value
     if callable(value):
-        return python_term(value)
+        return python_term(value, functions)
     terms = []
     for item in value:
         if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, float)):
-            terms.append(f"{float(item[0]):g}*{reward_spec(item[1])}")
+            terms.append(f"{float(item[0]):g}*{reward_spec(item[1], functions)}")
         else:
-            terms.append(reward_spec(item))
+            terms.append(reward_spec(item, functions))
     return " + ".join(terms)
 
 

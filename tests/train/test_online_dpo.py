@@ -467,3 +467,11 @@ def test_a_run_that_timed_out_resumes_on_the_answers_in_the_store(tiny_model_dir
 def test_micro_batch_size_zero_means_every_group_in_one_pass():
     # as for every policy trainer (PolicyRunConfig.micro_batch_size); the check used to refuse it
     check_online_config(OnlineDPOConfig(model="m", task="advice", micro_batch_size=0, max_steps=2))
+
+
+def test_the_missing_eos_penalty_is_refused_since_no_reward_trains(tiny_model_dir, tmp_path):
+    from rlhfkit.train.online_dpo import check_online_config
+
+    cfg = config(tiny_model_dir, tmp_path, missing_eos_penalty=0.5)
+    with pytest.raises(ConfigError, match="missing_eos_penalty=0.5: online DPO learns from"):
+        check_online_config(cfg)

@@ -15,18 +15,24 @@ PREFIX = "python:"
 _FUNCTIONS: dict[str, Callable] = {}
 
 
-def python_term(fn: Callable) -> str:
+def python_term(fn: Callable, named: dict[str, Callable]) -> str:
     """Keep `fn` and return the spec term that names it: `python:` and its module and qualified
-    name (a callable object: its class's). The latest function of a name wins, as when a
+    name (a callable object: its class's). `named` holds the functions one `rlhfkit.run` call
+    has named so far: another function of the same name (two lambdas, two closures of one
+    factory) gets `#2`, `#3`, ... Across calls the latest function of a name wins, as when a
     notebook cell defines it again."""
     if not callable(fn):
         raise RlhfkitError(
             f"a reward must be a function, a spec string or a list of them, got {fn!r}"
         )
     owner = fn if hasattr(fn, "__qualname__") else type(fn)
-    name = f"{getattr(owner, '__module__', None) or 'python'}.{owner.__qualname__}"
-    name = "".join(c for c in name if not c.isspace() and c not in "+*")  # the spec's separators
-    _FUNCTIONS[name] = fn
+    base = f"{getattr(owner, '__module__', None) or 'python'}.{owner.__qualname__}"
+    base = "".join(c for c in base if not c.isspace() and c not in "+*#")  # the spec's separators
+    name, count = base, 1
+    while name in named and named[name] is not fn:
+        count += 1
+        name = f"{base}#{count}"
+    named[name] = _FUNCTIONS[name] = fn
     return PREFIX + name
 
 

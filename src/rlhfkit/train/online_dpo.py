@@ -196,6 +196,12 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
     """Reject settings that contradict the regime or leave nothing to label, saying what to
     change."""
     check_loss_settings(cfg.loss, cfg.beta, cfg.label_smoothing)
+    if cfg.missing_eos_penalty:
+        raise ConfigError(
+            f"missing_eos_penalty={cfg.missing_eos_penalty}: online DPO learns from the "
+            "labeller's rankings, not from rewards, so the penalty would change nothing: "
+            "set it to 0"
+        )
     regime = Regime(cfg.regime)
     if cfg.samples_per_prompt < 2:
         raise ConfigError(
