@@ -73,3 +73,28 @@ def test_reads_the_config_of_a_reward_model(tmp_path, smollm2_config_dir):
 
 def test_an_unreadable_model_is_left_to_the_trainer(tmp_path):
     check_learning_rates(tmp_path / "missing", {"lr": (1e-3, 0)})  # the trainer names the fault
+
+
+def test_a_converted_gguf_file_is_sized_from_its_converted_config(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # reading a GGUF file's metadata takes seconds; once a run has converted it, its
+    # config.json answers at once
+    import hashlib
+    import shutil
+
+    from rlhfkit.models import pretrained
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF stand-in bytes")
+    cache = tmp_path / "cache"
+    converted = cache / "gguf" / hashlib.sha256(gguf.read_bytes()).hexdigest()
+    converted.mkdir(parents=True)
+    shutil.copy(tiny_model_dir / "config.json", converted / "config.json")
+    monkeypatch.setenv("RLHFKIT_CACHE", str(cache))
+
+    def unread(path):
+        raise AssertionError("the metadata was read")
+
+    monkeypatch.setattr(pretrained, "gguf_config", unread)
+    assert backbone_parameters(gguf) == backbone_parameters(tiny_model_dir)

@@ -77,6 +77,13 @@ def cached_conversion(path: str | Path, cache_dir: Path) -> Path:
     return final
 
 
+def converted_if_cached(path: str | Path, cache_dir: Path) -> Path | None:
+    """The model directory an earlier run converted `path` to, or None: a sha256 of the file
+    (a fraction of a second), where reading its metadata takes seconds."""
+    final = Path(cache_dir) / file_sha256(path)
+    return final if final.is_dir() else None
+
+
 def import_gguf(path: str | Path, out_dir: str | Path) -> Path:
     """Convert `path` into `out_dir`, which must not exist yet or be empty."""
     out_dir = Path(out_dir)

@@ -20,6 +20,7 @@ few steps what pretraining taught. The rule, documented in docs/pretrained-model
 """
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,12 @@ import torch
 from transformers import AutoModel
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.gguf_import import gguf_config, is_gguf_path
+from rlhfkit.models.gguf_import import (
+    converted_if_cached,
+    default_cache_dir,
+    gguf_config,
+    is_gguf_path,
+)
 from rlhfkit.models.loading import read_model_config
 
 PRETRAINED_PARAMETERS = 50_000_000
@@ -58,8 +64,13 @@ SUGGESTED = {
 def backbone_parameters(path: str | Path) -> int:
     """Parameters of the model at `path` without its output head, counted from its config
     alone (built on the meta device: no weights read, no memory taken); a `.gguf` file's from
-    its metadata, so a refused rate is refused before the file is converted."""
-    config = gguf_config(path) if is_gguf_path(path) else read_model_config(path)
+    its metadata, so a refused rate is refused before the file is converted (from the converted
+    directory once a run has converted it: reading the metadata takes seconds)."""
+    if is_gguf_path(path):
+        converted = converted_if_cached(path, default_cache_dir(os.environ))
+        config = read_model_config(converted) if converted else gguf_config(path)
+    else:
+        config = read_model_config(path)
     with torch.device("meta"):
         backbone = AutoModel.from_config(config)
     return sum(p.numel() for p in backbone.parameters())
