@@ -107,8 +107,11 @@ def test_a_run_directory_is_refused_replaced_or_resumed_as_on_the_command_line(
     settings = {**SETTINGS, "save_every": 1, "max_steps": 2, "batch_size": 4}
     settings.update(model=tiny_model_dir, train_data=sft_rows())
     rlhfkit.run("sft", run_dir, **settings)
-    with pytest.raises(rlhfkit.RlhfkitError, match="already exists"):
+    with pytest.raises(rlhfkit.RlhfkitError, match="already exists") as caught:
         rlhfkit.run("sft", run_dir, **settings)
+    # its advice in rlhfkit.run's keywords, not the command line's flags
+    assert "resume=True" in str(caught.value) and "overwrite=True" in str(caught.value)
+    assert "--" not in str(caught.value)
     rlhfkit.run("sft", run_dir, overwrite=True, **settings)
     assert [m["step"] for m in rlhfkit.read_metrics(run_dir)] == [1, 2]  # not both runs' lines
     rlhfkit.run("sft", run_dir, resume=True, **settings)  # the same rows: the same config
@@ -200,3 +203,14 @@ def test_jobs_that_rerun_refuse_resume_and_overwrite():
     for flag in ("resume", "overwrite"):
         with pytest.raises(rlhfkit.RlhfkitError, match="neither resumes nor takes overwrite"):
             rlhfkit.run("pipeline", **{flag: True})
+
+
+def test_the_command_lines_flags_read_as_keywords():
+    from rlhfkit.api import python_wording
+
+    guard = "lr=0.001 ... or pass --force-lr (the config key force_lr=true) to train anyway"
+    assert python_wording(guard) == "lr=0.001 ... or pass force_lr=True to train anyway"
+    changed = "pass --resume-with-changes to continue; or --resume; choose another name (--name)"
+    assert python_wording(changed) == (
+        "pass resume_with_changes=True to continue; or resume=True; choose another name (run_dir)"
+    )

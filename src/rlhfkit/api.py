@@ -53,9 +53,7 @@ def run(
     Raises:
         RlhfkitError: a one-line message naming what is wrong (a setting, a file, a row).
     """
-    from rlhfkit.cli_commands import COMMANDS, load_object
-    from rlhfkit.runner import run_in_dir
-    from rlhfkit.runtime.config import config_from_values
+    from rlhfkit.cli_commands import COMMANDS
 
     name = command.replace("_", "-")
     spec = COMMANDS.get(name)
@@ -76,6 +74,19 @@ def run(
             "its earlier run once the new one has a model"
         )
     root = Path(run_dir) if run_dir is not None else Path("runs") / name
+    try:
+        return _run(spec, name, root, config, resume, resume_with_changes, overwrite, settings)
+    except RlhfkitError as error:  # its advice in this caller's terms
+        error.args = (python_wording(str(error)),)
+        raise
+
+
+def _run(spec, name, root, config, resume, resume_with_changes, overwrite, settings) -> Any:
+    """`run` once its arguments are checked: the config, the run directory, the run."""
+    from rlhfkit.cli_commands import load_object
+    from rlhfkit.runner import run_in_dir
+    from rlhfkit.runtime.config import config_from_values
+
     inputs: dict[Path, list[str]] = {}
     values = python_values(settings, root / INPUTS_DIR, inputs, functions={})
     if inputs and not spec.run_dir:
@@ -98,6 +109,24 @@ def run(
         )
         spec.report(cfg, run_dir_, result)
     return result
+
+
+# the command line's flags in a message, as `rlhfkit.run` takes them (longest first)
+FLAGS_IN_PYTHON = (
+    ("pass --force-lr (the config key force_lr=true)", "pass force_lr=True"),
+    ("--resume-with-changes", "resume_with_changes=True"),
+    ("--resume", "resume=True"),
+    ("--overwrite", "overwrite=True"),
+    ("--force-lr", "force_lr=True"),
+    ("(--name)", "(run_dir)"),
+)
+
+
+def python_wording(message: str) -> str:
+    """An error message's advice in `rlhfkit.run`'s keywords instead of command-line flags."""
+    for flag, keyword in FLAGS_IN_PYTHON:
+        message = message.replace(flag, keyword)
+    return message
 
 
 def python_values(
