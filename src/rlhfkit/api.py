@@ -193,12 +193,12 @@ def quiet_libraries() -> Iterator[None]:
     import datasets
     import transformers
 
+    from rlhfkit.runner import silence_libraries
+
     logging = transformers.utils.logging
     verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     dataset_bars = datasets.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    silence_libraries()
     try:
         yield
     finally:

@@ -17,16 +17,7 @@ from rlhfkit.cli_commands import COMMANDS, Command, load_object
 from rlhfkit.cli_label import add_label_parser, run_label
 from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
-
-
-def _quiet_libraries() -> None:
-    """Our own progress bars and messages replace the libraries' per-file ones."""
-    import datasets
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+from rlhfkit.runner import silence_libraries
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,7 +155,7 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
         return _run_under_torchrun(args, os.environ if env is None else env)
     if args.command == "label":  # needs neither torch nor transformers: starts at once
         return run_label(args)
-    _quiet_libraries()
+    silence_libraries()
     if args.command == "tasks":
         return _tasks(args)
     if args.command == "models":
@@ -205,7 +196,7 @@ def _run_under_torchrun(args, env) -> None:
     try:
         if quiet:
             sys.stdout = quiet
-        _quiet_libraries()
+        silence_libraries()
         _run_command(args, command)
         wait_for_every_rank()
     except RlhfkitError as error:

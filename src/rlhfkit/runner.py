@@ -12,6 +12,17 @@ from rlhfkit.cli_commands import Command, load_object
 from rlhfkit.errors import RlhfkitError
 
 
+def silence_libraries() -> None:
+    """transformers and datasets quiet: rlhfkit's own progress bars and messages replace their
+    per-file ones (the command line for its whole process; `rlhfkit.run` for one run)."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def run_in_dir(
     name: str,
     command: Command,

@@ -44,6 +44,6 @@ def check_trainer_config(cfg) -> None:
 
 def check_stage_configs(configs) -> None:
     """`check_trainer_config` on each of a job's stage configs, as the job will run them (the
-    keys it fills, filled): every value of `configs`, a dataclass or a list of them."""
+    keys it fills, filled): each config in `configs`."""
     for config in configs:
         check_trainer_config(config)
