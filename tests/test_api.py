@@ -119,6 +119,19 @@ def test_a_run_directory_is_refused_replaced_or_resumed_as_on_the_command_line(
         rlhfkit.run("sft", run_dir, resume=True, **{**settings, "train_data": sft_rows(39)})
 
 
+def run_script(script: Path) -> subprocess.CompletedProcess:
+    """`python SCRIPT` in a fresh process, which must succeed."""
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_a_script_that_names_its_own_file_as_reward_runs_once(tiny_model_dir, tmp_path):
     # `reward="this_script.py:fn"` used to import the script again: its body ran twice
     script = tmp_path / "train.py"
@@ -137,14 +150,7 @@ def test_a_script_that_names_its_own_file_as_reward_runs_once(tiny_model_dir, tm
             """
         )
     )
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_script(script)
     assert done.stdout.count("body runs") == 1 and "calls [8, 8]" in done.stdout
 
 
@@ -214,3 +220,27 @@ def test_the_command_lines_flags_read_as_keywords():
     assert python_wording(changed) == (
         "pass resume_with_changes=True to continue; or resume=True; choose another name (run_dir)"
     )
+
+
+def test_messages_are_printed_until_the_caller_sets_up_logging(tiny_model_dir, tmp_path):
+    # a fresh process: pytest's own logging set-up would stand for the caller's here
+    script = tmp_path / "train.py"
+    settings = dict(model=str(tiny_model_dir), max_steps=1, batch_size=4, **SETTINGS)
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import logging, rlhfkit
+            rows = {sft_rows(8)!r}
+            rlhfkit.run("sft", {str(tmp_path / "a")!r}, train_data=rows, **{settings!r})
+            print("-- rlhfkit at WARNING")
+            logging.getLogger("rlhfkit").setLevel(logging.WARNING)
+            rlhfkit.run("sft", {str(tmp_path / "b")!r}, train_data=rows, **{settings!r})
+            """
+        )
+    )
+    done = run_script(script)
+    default, quiet = done.stdout.split("-- rlhfkit at WARNING")
+    assert "train data " in default and "train data " not in quiet
+    assert "model saved to" in quiet  # the command's own final lines stay
+    assert "train data " in (tmp_path / "a" / "log.txt").read_text()
+    assert not (tmp_path / "b" / "log.txt").exists()  # nothing passed the caller's level

@@ -345,6 +345,12 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
     # one small step on this very pair already orders it the right way
     assert "held-out preference accuracy: 1.0000" in out
     assert f"model saved to {tmp_path / 'runs' / 'dpo' / 'final'}" in out
+    # the data report is printed, and kept with its time in the run's log
+    report = f"preference data {data}: "
+    assert report in out
+    assert (
+        f"INFO rlhfkit.train.dpo: {report}" in (tmp_path / "runs" / "dpo" / "log.txt").read_text()
+    )
 
 
 def test_online_dpo_command_trains_and_reports_the_held_out_score(
@@ -837,7 +843,8 @@ def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
     code, _, err = run_main(monkeypatch, capsys, *args, "--resume")
     assert code == 0, err
     assert err.strip() == (
-        f"run {root}: taking over its lock from process {child.pid}, which is no longer running"
+        f"warning: run {root}: taking over its lock from process {child.pid}, "
+        "which is no longer running"
     )
     assert not lock.exists()  # released at the end
 

@@ -86,6 +86,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     from rlhfkit.cli_commands import load_object
     from rlhfkit.runner import run_in_dir
     from rlhfkit.runtime.config import config_from_values
+    from rlhfkit.runtime.logs import console_messages
 
     inputs: dict[Path, list[str]] = {}
     values = python_values(settings, root / INPUTS_DIR, inputs, functions={})
@@ -94,7 +95,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     cfg = config_from_values(load_object(spec.config), values, config)
     if spec.check_keys:
         load_object(spec.check_keys)(cfg)
-    with quiet_libraries():
+    with quiet_libraries(), console_messages():
         if not spec.run_dir:
             return load_object(spec.run)(cfg)
         run_dir_, result = run_in_dir(

@@ -18,6 +18,7 @@ from rlhfkit.cli_label import add_label_parser, run_label
 from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runner import silence_libraries
+from rlhfkit.runtime.logs import console_messages
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -156,11 +157,12 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     if args.command == "label":  # needs neither torch nor transformers: starts at once
         return run_label(args)
     silence_libraries()
-    if args.command == "tasks":
-        return _tasks(args)
-    if args.command == "models":
-        return run_models(args)
-    _run_command(args, COMMANDS[args.command])
+    with console_messages(program=True):
+        if args.command == "tasks":
+            return _tasks(args)
+        if args.command == "models":
+            return run_models(args)
+        _run_command(args, COMMANDS[args.command])
 
 
 def _torchrun_started(env) -> bool:
@@ -197,7 +199,8 @@ def _run_under_torchrun(args, env) -> None:
         if quiet:
             sys.stdout = quiet
         silence_libraries()
-        _run_command(args, command)
+        with console_messages(quiet=launch.rank != 0, program=True):
+            _run_command(args, command)
         wait_for_every_rank()
     except RlhfkitError as error:
         try:

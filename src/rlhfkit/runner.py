@@ -2,7 +2,7 @@
 overwrite (`runtime/rundir.py`). Shared by the command line (`cli.py`) and the Python API
 (`api.py`), so a run started either way leaves the same directory."""
 
-import sys
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -10,6 +10,8 @@ from typing import Any
 
 from rlhfkit.cli_commands import Command, load_object
 from rlhfkit.errors import RlhfkitError
+
+log = logging.getLogger(__name__)
 
 
 def silence_libraries() -> None:
@@ -50,6 +52,7 @@ def run_in_dir(
     """
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
+    from rlhfkit.runtime.logs import run_log
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
 
     if resume and not command.resumable:
@@ -66,15 +69,18 @@ def run_in_dir(
         return None, run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
     ready = False
     try:
-        with open_run(
-            root,
-            resume=resume,
-            overwrite=overwrite,
-            resume_needs_checkpoint=command.resume_needs_checkpoint,
-            resumable=command.resumable,
-        ) as (run, lock):
+        with (
+            open_run(
+                root,
+                resume=resume,
+                overwrite=overwrite,
+                resume_needs_checkpoint=command.resume_needs_checkpoint,
+                resumable=command.resumable,
+            ) as (run, lock),
+            run_log(run.root),
+        ):
             if lock.notice:
-                print(lock.notice, file=sys.stderr)
+                log.warning(lock.notice)
             with ExitStack() as config_kept:
                 if resume:  # a change the run then refuses is undone (rundir.py)
                     config_kept.enter_context(

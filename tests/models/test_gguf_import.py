@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import shutil
 
 import pytest
@@ -85,10 +86,12 @@ def test_round_trip_same_tokenizer(gguf_files, cache, tiny_model_dir):
     )
 
 
-def test_converted_once_into_a_plain_directory(gguf_files, cache, capsys):
+def test_converted_once_into_a_plain_directory(gguf_files, cache, caplog):
+    caplog.set_level(logging.INFO, logger="rlhfkit")  # the conversion is announced at INFO
     path = gguf_files["Q8_0"]
     first = resolve_model_path(path)
-    assert "converting" in capsys.readouterr().err
+    assert "converting" in caplog.text
+    caplog.clear()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert first == cache / digest
     # plain transformers loads it: no quantizer, no gguf reader, float32 safetensors
@@ -104,7 +107,7 @@ def test_converted_once_into_a_plain_directory(gguf_files, cache, capsys):
     stamp = (first / "model.safetensors").stat().st_mtime_ns
     renamed = shutil.copy(path, path.parent / "copy-of-tiny.gguf")
     assert resolve_model_path(path) == resolve_model_path(renamed) == first
-    assert "converting" not in capsys.readouterr().err
+    assert "converting" not in caplog.text
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in cache.iterdir()) == [digest]  # no leftovers beside it
 

@@ -127,7 +127,7 @@ def three_checkpoints(tmp_path):
     return root
 
 
-def test_a_damaged_checkpoint_is_named_and_the_one_before_used(tmp_path, capsys):
+def test_a_damaged_checkpoint_is_named_and_the_one_before_used(tmp_path, caplog):
     root = three_checkpoints(tmp_path)
     newest = root / "step_00000003" / "model.bin"
     data = bytearray(newest.read_bytes())
@@ -135,7 +135,7 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_used(tmp_path, capsys)
     newest.write_bytes(bytes(data))
     assert checkpoint_damage(root / "step_00000003") == "model.bin does not match its sha256"
     assert resumable_checkpoint(root) == root / "step_00000002"
-    assert "step_00000003 is damaged" in capsys.readouterr().err
+    assert "step_00000003 is damaged" in caplog.text
 
 
 def test_a_missing_file_is_damage(tmp_path):

@@ -329,7 +329,7 @@ def test_checkpointed_trainer_state_is_plain_data(tiny_model_dir, tmp_path):
 
 
 def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path, caplog
 ):
     cfg = GRPOConfig(
         model=str(tiny_model_dir),
@@ -344,4 +344,4 @@ def test_a_checkpoint_without_trainer_state_is_refused_in_one_line(
     resumed = prepare_run_dir(tmp_path / "run", resume=True, overwrite=False)
     with pytest.raises(RlhfkitError, match="every checkpoint in .* is damaged"):
         train_grpo(cfg, resumed, resume=True)
-    assert "trainer_state.pt is missing" in capsys.readouterr().err
+    assert "trainer_state.pt is missing" in caplog.text

@@ -181,7 +181,7 @@ def test_one_update_per_rollout_runs_the_critic_once_per_step_and_learns_the_sam
 
 
 def test_rewards_that_overflow_the_value_loss_stop_the_run_instead_of_training_on(
-    tiny_model_dir, tmp_path, capsys
+    tiny_model_dir, tmp_path, caplog
 ):
     # 1e30 squared is past float32: the critic's loss is inf at every step. It used to train on
     # silently; now each update is skipped with a warning, then the run stops without final/
@@ -195,5 +195,5 @@ def test_rewards_that_overflow_the_value_loss_stop_the_run_instead_of_training_o
     run = run_dir(tmp_path)
     with pytest.raises(NumericalFault, match="non-finite updates"):
         train_ppo(cfg, run)
-    assert "update skipped" in capsys.readouterr().err
+    assert "update skipped" in caplog.text
     assert not run.final.exists()

@@ -206,7 +206,7 @@ def nan_loss_from_step(first_bad: int):
 
 
 def test_a_diverging_run_stops_with_a_numerical_fault_and_writes_no_final(
-    tiny_model_dir, arith_data, tmp_path, capsys
+    tiny_model_dir, arith_data, tmp_path, caplog
 ):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     cfg = config(
@@ -218,7 +218,7 @@ def test_a_diverging_run_stops_with_a_numerical_fault_and_writes_no_final(
     # weights are step 4's, since skipped updates change nothing
     assert "step 7: " in str(fault.value) and "max_nonfinite_skips=2" in str(fault.value)
     assert "step_00000006" in str(fault.value)
-    assert capsys.readouterr().err.count("update skipped") == 2
+    assert caplog.text.count("update skipped") == 2
     assert not run.final.exists()
     saved = [
         load_file(run.checkpoints / f"step_0000000{step}" / "model" / "model.safetensors")
@@ -270,7 +270,7 @@ def test_the_cli_exits_with_status_3_and_one_line(tiny_model_dir, arith_data, tm
 
 @pytest.mark.parametrize("damaged", ["optimizer.pt", "model/model.safetensors", "state.pt"])
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_still_resumes_exactly(
-    tiny_model_dir, arith_data, tmp_path, damaged, capsys
+    tiny_model_dir, arith_data, tmp_path, damaged, caplog
 ):
     settings = dict(max_steps=6, save_every=2, keep_last=2, eval_every=0, sample_every=0)
     full = prepare_run_dir(tmp_path / "full", resume=False, overwrite=False)
@@ -285,7 +285,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_still_resumes_e
     path.write_bytes(bytes(data))
 
     train_sft(config(tiny_model_dir, *arith_data, **settings), run, resume=True)
-    assert "step_00000004 is damaged" in capsys.readouterr().err
+    assert "step_00000004 is damaged" in caplog.text
     expected = load_file(full.final / "model.safetensors")
     resumed = load_file(run.final / "model.safetensors")
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)

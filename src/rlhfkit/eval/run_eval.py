@@ -13,6 +13,7 @@ user's `prompts=` file (with `task=null`, or beside a built-in task's own metric
 """
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from enum import Enum
@@ -36,6 +37,8 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.tasks.registry import TaskName, get_task
+
+log = logging.getLogger(__name__)
 
 
 class Judge(str, Enum):
@@ -289,7 +292,7 @@ def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) ->
         truncation=Truncation.KEEP_START,
         needed_by="the reward model's held-out accuracy",
     )
-    print(f"reward data {path}: {report.summary()}")
+    log.info(f"reward data {path}: {report.summary()}")
     accuracy = pair_accuracy(
         score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups
     )

@@ -20,8 +20,8 @@ Each labeller keeps its own count and RNG and hands them over as a state dict, s
 draws the same labels and spends the same budget.
 """
 
+import logging
 import random
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
@@ -35,6 +35,8 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.tasks.annotator import agreement_out_of_reach, calibrate_temperature, noisy_ranking
+
+log = logging.getLogger(__name__)
 
 
 class LabellerKind(str, Enum):
@@ -130,7 +132,7 @@ class SimulatedAnnotator:
             diffs = [g[i] - g[j] for g in gold for i in range(len(g)) for j in range(i)]
             self.temperature = calibrate_temperature(diffs, self.target_agreement)
             if (warning := agreement_out_of_reach(diffs, self.target_agreement)) is not None:
-                print(f"warning: {warning}", file=sys.stderr)
+                log.warning(warning)
         self.labels_used += labels_for(responses)
         return [noisy_ranking(g, self.temperature, self.rng) for g in gold]
 

@@ -16,9 +16,9 @@ leaves a half-written directory under the final name.
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +37,8 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from rlhfkit.errors import RlhfkitError, one_line
 from rlhfkit.runtime.checkpoint import clear_new_output, publish_new_dir, temporary_sibling
+
+log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 SOURCE_RECORD = "gguf_source.json"
@@ -71,9 +73,9 @@ def cached_conversion(path: str | Path, cache_dir: Path) -> Path:
     if final.is_dir():  # published whole by one rename: if it is there, it is complete
         return final
     architecture = check_gguf_file(path)
-    print(f"converting {path} to a model directory in {final} (once)", file=sys.stderr)
+    log.info(f"converting {path} to a model directory in {final} (once)")
     seconds = _write_converted(path, final, digest, architecture)
-    print(f"converted {path} in {seconds:.0f} s", file=sys.stderr)
+    log.info(f"converted {path} in {seconds:.0f} s")
     return final
 
 

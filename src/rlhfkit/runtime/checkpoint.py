@@ -16,12 +16,12 @@ generator restored: `capture_rng_state` / `restore_rng_state`.
 
 import hashlib
 import json
+import logging
 import os
 import pickle
 import random
 import re
 import shutil
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +31,8 @@ import numpy as np
 import torch
 
 from rlhfkit.errors import RlhfkitError
+
+log = logging.getLogger(__name__)
 
 MARKER_NAME = "checkpoint.json"
 CHECKPOINT_FORMAT = 2  # 2: the marker holds a sha256 manifest; 1 pickled the RNG state
@@ -121,7 +123,7 @@ def resumable_checkpoint(checkpoints_dir: Path) -> Path | None:
         problem = checkpoint_damage(path)
         if problem is None:
             return path
-        print(f"warning: checkpoint {path} is damaged ({problem}); skipping it", file=sys.stderr)
+        log.warning(f"checkpoint {path} is damaged ({problem}); skipping it")
     if complete:
         raise RlhfkitError(
             f"every checkpoint in {checkpoints_dir} is damaged (see above): nothing to resume; "

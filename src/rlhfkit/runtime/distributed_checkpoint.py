@@ -30,8 +30,8 @@ continues, not bitwise; one line says so.
 
 import io
 import json
+import logging
 import shutil
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -49,6 +49,8 @@ from rlhfkit.runtime.checkpoint import (
     restore_rng_state,
 )
 from rlhfkit.runtime.distributed import Ranks, broadcast_from_main
+
+log = logging.getLogger(__name__)
 
 TRAINER_SUBDIR = "trainer"
 _METADATA = ".metadata"
@@ -73,11 +75,10 @@ def warn_if_resharded(checkpoint: Path, ranks: Ranks) -> None:
     the run continues from it, but not bitwise."""
     saved = saved_world_size(checkpoint)
     if saved != ranks.world_size and ranks.is_main:
-        print(
-            f"warning: {checkpoint} was written by {saved} process{'es' * (saved > 1)}, this "
+        log.warning(
+            f"{checkpoint} was written by {saved} process{'es' * (saved > 1)}, this "
             f"run has {ranks.world_size}: it continues from there, but not bitwise as an "
-            "uninterrupted run would",
-            file=sys.stderr,
+            "uninterrupted run would"
         )
 
 

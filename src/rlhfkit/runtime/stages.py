@@ -2,7 +2,7 @@
 training stage in a fresh run directory of its own beside the job's. Under torchrun every rank
 runs every stage; a stage that is not a trainer runs on rank 0 alone (`main_stage`)."""
 
-import sys
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -15,6 +15,8 @@ from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.distributed_checkpoint import on_main
 from rlhfkit.runtime.rundir import RunDir, open_run, prepare_run_dir
+
+log = logging.getLogger(__name__)
 
 
 def timed_stage(console: Console, stages: dict, name: str, fn: Callable[[], Any]) -> Any:
@@ -50,7 +52,7 @@ def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
         def open_dir() -> RunDir:
             run, lock = held.enter_context(open_run(root, resume=False, overwrite=True))
             if lock.notice:
-                print(lock.notice, file=sys.stderr)
+                log.warning(lock.notice)
             save_config(cfg, run.config_path)
             return run
 

@@ -8,8 +8,8 @@ reward model is judged against on the same noisy labels (annotator A's):
 - the Bayes limit: how often the noise-free gold preference orders it like A.
 """
 
+import logging
 import random
-import sys
 from dataclasses import dataclass
 
 from rlhfkit.data.formats import PromptExample
@@ -20,6 +20,8 @@ from rlhfkit.tasks.annotator import (
     noisy_ranking,
     order_to_ranks,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,7 +98,7 @@ def label_responses(
     ]
     temperature = calibrate_temperature(diffs, target_agreement)
     if (warning := agreement_out_of_reach(diffs, target_agreement)) is not None:
-        print(f"warning: {warning}", file=sys.stderr)
+        log.warning(warning)
     rankings = [_ranking_row(p, r, noisy_ranking(gold[id(r)], temperature, rng)) for p, r in train]
     heldout_rows, agree, bayes, count = [], 0.0, 0.0, 0
     for prompt, responses in heldout:

@@ -20,6 +20,7 @@ global group count, so the summed gradient is that of the one global batch
 (`runtime.distributed`).
 """
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,8 @@ from rlhfkit.train.dpo_losses import (
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def load_preference_groups(
     groups, report = load_ranked_groups(
         path, tokenizer, max_length=max_length, truncation=truncation, needed_by="DPO"
     )
-    print(f"preference data {path}: {report.summary()}")
+    log.info(f"preference data {path}: {report.summary()}")
     return groups
 
 
@@ -259,7 +262,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 f"max_labels={cfg.max_labels} buys no row of {cfg.train_data}: its first row alone "
                 "holds more comparisons"
             )
-        print(
+        log.info(
             f"labelling budget {cfg.max_labels}: {len(train)} rows, "
             f"{group_labels(train)} comparisons"
         )

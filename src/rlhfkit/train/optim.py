@@ -1,8 +1,8 @@
 """The update every trainer ends its step with, and the guard that keeps non-finite numbers out
 of the weights."""
 
+import logging
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,8 @@ from torch.distributed.tensor import DTensor
 
 from rlhfkit.errors import NumericalFault
 from rlhfkit.runtime.checkpoint import latest_checkpoint
+
+log = logging.getLogger(__name__)
 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # device types with torch's fused AdamW kernel (torch >= 2.4)
 
@@ -51,10 +53,8 @@ class NonFiniteGuard:
                 f"step {step + 1}: {what}: {why}; stopped without saving final/. Last "
                 f"checkpoint: {last or 'none'} (lower lr, then --resume or start afresh)"
             )
-        print(
-            f"warning: step {step + 1}: {what}: update skipped "
-            f"({self.skipped} of at most {self.max_skips})",
-            file=sys.stderr,
+        log.warning(
+            f"step {step + 1}: {what}: update skipped ({self.skipped} of at most {self.max_skips})"
         )
         return False
 

@@ -1,6 +1,7 @@
 """The prompts of a policy-optimisation run: the training and held-out pools, each step's share
 of them on this rank, and the reward source a run scores with by default."""
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from rlhfkit.runtime.distributed import Ranks, rank_slice
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.prompt_files import load_task_prompts
 from rlhfkit.train.policy_config import PolicyRunConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
     if len(train) < len(drawn) // 2:
         # a task with few distinct prompts (advice: a fixed bank of questions) cannot hold
         # questions out; its evaluation then uses the training questions with fresh samples
-        print(
+        log.info(
             f"{task.name}: the held-out prompts repeat training prompts (few distinct "
             "prompts); evaluating on them with fresh samples"
         )

@@ -22,6 +22,7 @@ the global KL, so each update is the one-process update of the same global batch
 is off).
 """
 
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,8 @@ from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
 from rlhfkit.train.schedule import linear_warmup
+
+log = logging.getLogger(__name__)
 
 
 class CriticInit(str, Enum):
@@ -258,7 +261,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
             )
             if stop:
                 if run.ranks.is_main:
-                    print(
+                    log.info(
                         f"ppo: KL {mean_kl:.1f} nats passed kl_limit={cfg.kl_limit}: "
                         f"stopping at step {step + 1}"
                     )

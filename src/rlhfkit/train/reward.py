@@ -11,6 +11,7 @@ counts over the global batch, which every rank reads from the seeded row order w
 communication, so the summed gradient is that of the one global batch (`runtime.distributed`).
 """
 
+import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -70,6 +71,8 @@ from rlhfkit.train.reward_losses import (
     process_step_logits,
 )
 from rlhfkit.train.schedule import is_due, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 class RewardObjective(str, Enum):
@@ -177,7 +180,7 @@ def load_reward_data(cfg: RewardConfig, tokenizer, path: str, role: str) -> list
             truncation=cfg.truncation,
             needed_by="a reward model",
         )
-    print(f"{role} data {path}: {report.summary()}")
+    log.info(f"{role} data {path}: {report.summary()}")
     return items
 
 

@@ -10,6 +10,7 @@ share of every micro-batch, and the token count is summed over the ranks
 """
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ from rlhfkit.train.checkpointing import (
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.schedule import is_due, warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     train, report = tokenize_sft(
         tokenizer, train_rows, max_length=cfg.max_length, truncation=cfg.truncation
     )
-    print(f"train data {cfg.train_data}: {report.summary()}")
+    log.info(f"train data {cfg.train_data}: {report.summary()}")
     require_rows(train, cfg.train_data, report, "train on")
     eval_rows = load_examples(cfg.eval_data, Format.SFT) if cfg.eval_data else []
     held_out, eval_report = (
@@ -209,7 +212,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         else ([], None)
     )
     if eval_report:
-        print(f"eval data {cfg.eval_data}: {eval_report.summary()}")
+        log.info(f"eval data {cfg.eval_data}: {eval_report.summary()}")
         require_rows(held_out, cfg.eval_data, eval_report, "evaluate on")
 
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
