@@ -23,7 +23,6 @@ global group count, so the summed gradient is that of the one global batch
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -74,6 +73,7 @@ from rlhfkit.train.dpo_losses import (
     zero_weight,
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -159,12 +159,9 @@ class DPOConfig(RunConfig):
 
 
 @dataclass
-class DPOResult:
-    model_dir: Path
+class DPOResult(TrainResult):
     labels: int = 0  # pairwise comparisons in the training rows used (C(K,2) per ranking)
     train_losses: list[float] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)  # one metrics row per step
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, held-out metrics)
 
 
 def check_loss_settings(loss: DPOLoss, beta: float, label_smoothing: float) -> None:
@@ -377,7 +374,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 row.update({f"eval_{key}": value for key, value in evaluation.items()})
                 result.evals.append((done, evaluation))
             result.train_losses.append(loss_value)
-            result.history.append(row)
+            result.record(done, row)
             metrics.log(done, row, stage="dpo")
             bar.update(1, loss=loss_value, tokens=tokens)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):

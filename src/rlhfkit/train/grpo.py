@@ -15,9 +15,8 @@ summed over the ranks, so each update is the one-process update of the same glob
 (`policy_run`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 import torch
 
@@ -33,6 +32,7 @@ from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.result import TrainResult
 
 
 class Supervision(str, Enum):
@@ -73,10 +73,8 @@ class GRPOConfig(GroupRolloutConfig):
 
 
 @dataclass
-class GRPOResult:
-    model_dir: Path
-    history: list[dict] = field(default_factory=list)  # one metrics row per step
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, evaluation metrics)
+class GRPOResult(TrainResult):
+    """GRPO's result: `TrainResult`'s fields."""
 
 
 @dataclass

@@ -69,6 +69,7 @@ from rlhfkit.train.iterative_config import (
     rm_round_config,
 )
 from rlhfkit.train.lr_guard import stage_learning_rates
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.reward import (
     RewardConfig,
     evaluate_reward_model,
@@ -78,9 +79,8 @@ from rlhfkit.train.reward import (
 
 
 @dataclass
-class IterativeGRPOResult:
-    model_dir: Path
-    rounds: list[dict] = field(default_factory=list)  # one summary per round
+class IterativeGRPOResult(TrainResult):
+    rounds: list[dict] = field(default_factory=list)  # one summary per round (history: numbers)
 
 
 def replay_rows(
@@ -429,14 +429,12 @@ def train_iterative_grpo(
             policy, rm = summary["policy"], summary["reward_model"]
             # step 5. the round's summary and metrics row (rank 0)
             part = _Part(folder, "round")
+            row = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
             if ranks.is_main and not part.done:
                 part.write(summary)
-                metrics.log(
-                    r,
-                    {k: v for k, v in summary.items() if isinstance(v, (int, float))},
-                    stage="iterative_grpo",
-                )
+                metrics.log(r, row, stage="iterative_grpo")
             result.rounds.append(summary)
+            result.record(r, row)
 
     # step 6. the last policy as a plain causal-LM directory (rank 0; the others wait for it)
     on_main(lambda: _publish_copy(policy, run_dir.final), ranks)

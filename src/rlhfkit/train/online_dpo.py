@@ -34,7 +34,7 @@ one-process update. Refused there: labeller=human (people answer one process), a
 labeller=reward with frozen_models=sharded (rank 0 alone ranks, a sharded model needs every rank).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 from pathlib import Path
@@ -80,6 +80,7 @@ from rlhfkit.train.online_pool import (
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due
 
 
@@ -164,12 +165,9 @@ class OnlineDPOConfig(PolicyRunConfig):
 
 
 @dataclass
-class OnlineDPOResult:
-    model_dir: Path
+class OnlineDPOResult(TrainResult):
     labels_used: int = 0  # comparisons the labeller made
     offline_labels: int = 0  # comparisons in the offline rows a hybrid run could draw from
-    history: list[dict] = field(default_factory=list)  # one metrics row per step
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (step, evaluation metrics)
 
 
 def batch_shares(cfg: OnlineDPOConfig) -> tuple[int, int]:

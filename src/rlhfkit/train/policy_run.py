@@ -32,7 +32,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from functools import partial
-from typing import Protocol
 
 import torch
 
@@ -78,6 +77,7 @@ from rlhfkit.train.policy_checkpoint import (
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_models import build_policy_models
 from rlhfkit.train.policy_prompts import PromptShare, prompt_pools, prompt_share, reward_spec
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, linear_warmup
 
 
@@ -93,13 +93,6 @@ class PhaseTimer:
         started = time.perf_counter()
         yield
         self.seconds[phase] += time.perf_counter() - started
-
-
-class RunRecord(Protocol):
-    """What `end_step` adds to: a trainer's result."""
-
-    history: list[dict]
-    evals: list[tuple[int, dict]]
 
 
 class PolicyRun:
@@ -438,7 +431,7 @@ class PolicyRun:
         row.update({f"eval_{k}": v for k, v in metrics.items()})
         return metrics
 
-    def begin(self, result: RunRecord) -> None:
+    def begin(self, result: TrainResult) -> None:
         """On a fresh start, evaluate the starting policy (the run's baseline), if it evaluates,
         and log it as step 0 (a line of eval_* keys only), where curves start."""
         if self.start_step == 0 and self.evaluates:
@@ -450,7 +443,7 @@ class PolicyRun:
         self,
         done: int,
         row: dict,
-        result: RunRecord,
+        result: TrainResult,
         *,
         state: Callable[[], TrainerState] | None = None,
         stop: bool = False,
@@ -460,7 +453,7 @@ class PolicyRun:
         checkpoint when due (every save_every steps, not after the last: the final model is
         saved then). `stop`: the trainer ends the run here (PPO's KL limit), so this step is
         the last. `state`: the trainer's own state, called only when a checkpoint is written."""
-        result.history.append(row)
+        result.record(done, row)
         total = done if stop else self.total_steps
         if self.evaluates and is_due(done, self.cfg.eval_every, total, at_end=True):
             result.evals.append((done, self.evaluate(row)))

@@ -23,9 +23,8 @@ is off).
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 import torch
 
@@ -43,6 +42,7 @@ from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import linear_warmup
 
 log = logging.getLogger(__name__)
@@ -108,10 +108,7 @@ class PPOConfig(PolicyRunConfig):
 
 
 @dataclass
-class PPOResult:
-    model_dir: Path
-    history: list[dict] = field(default_factory=list)
-    evals: list[tuple[int, dict]] = field(default_factory=list)
+class PPOResult(TrainResult):
     stopped_at_kl_limit: bool = False
 
 

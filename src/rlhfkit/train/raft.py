@@ -21,9 +21,8 @@ every global mini-batch (maybe none), with the denominators summed over the rank
 update is the one-process update of the same round (`policy_run`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 
 import torch
 
@@ -36,6 +35,7 @@ from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.result import TrainResult
 
 
 class RAFTMode(str, Enum):
@@ -84,10 +84,8 @@ class RAFTConfig(PolicyRunConfig):
 
 
 @dataclass
-class RAFTResult:
-    model_dir: Path
-    history: list[dict] = field(default_factory=list)  # one metrics row per round
-    evals: list[tuple[int, dict]] = field(default_factory=list)  # (round, evaluation metrics)
+class RAFTResult(TrainResult):
+    """RAFT's result: `TrainResult`'s fields."""
 
 
 def check_raft_config(cfg: RAFTConfig) -> None:

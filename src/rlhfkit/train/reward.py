@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 
 import torch
 
@@ -64,6 +63,7 @@ from rlhfkit.train.checkpointing import (
     submodule_weights,
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.reward_losses import (
     pair_denominators,
     pairwise_loss,
@@ -150,9 +150,8 @@ class RewardConfig(RunConfig):
 
 
 @dataclass
-class RewardResult:
-    model_dir: Path
-    eval_accuracy: list[tuple[int, float]] = field(default_factory=list)
+class RewardResult(TrainResult):
+    eval_accuracy: list[tuple[int, float]] = field(default_factory=list)  # evals' accuracy
     train_losses: list[float] = field(default_factory=list)
 
 
@@ -386,6 +385,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     model, held_out, cfg, tokenizer.pad_token_id
                 )
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
+                result.evals.append((done, {"eval_accuracy": row["eval_accuracy"]}))
+            result.record(done, row)
             metrics.log(done, row, stage="reward")
             bar.update(1, loss=loss_value)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):

@@ -14,8 +14,7 @@ over all ranks, so each update is the one-process update of the same global batc
 (`policy_run`).
 """
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from rlhfkit.objectives.advantages import kl_shaped_sequence_rewards, penalise_unfinished
 from rlhfkit.objectives.group_advantages import rloo_advantages
@@ -26,6 +25,7 @@ from rlhfkit.train.grpo import check_batch_sizes
 from rlhfkit.train.micro_batches import mismatch_stats, row_stat, token_stat
 from rlhfkit.train.policy_config import GroupRolloutConfig
 from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.result import TrainResult
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,8 @@ class RLOOConfig(GroupRolloutConfig):
 
 
 @dataclass
-class RLOOResult:
-    model_dir: Path
-    history: list[dict] = field(default_factory=list)
-    evals: list[tuple[int, dict]] = field(default_factory=list)
+class RLOOResult(TrainResult):
+    """RLOO's result: `TrainResult`'s fields."""
 
 
 def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tuple:

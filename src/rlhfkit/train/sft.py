@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -53,6 +52,7 @@ from rlhfkit.train.checkpointing import (
     save_trainer_checkpoint,
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
+from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,9 @@ class SFTConfig(RunConfig):
 
 
 @dataclass
-class SFTResult:
-    model_dir: Path
+class SFTResult(TrainResult):
     train_losses: list[float] = field(default_factory=list)
-    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)  # evals' "eval_loss"
 
 
 def response_window_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -314,12 +313,14 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                     model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision
                 )
                 result.eval_losses.append((done, row["eval_loss"]))
+                result.evals.append((done, {"eval_loss": row["eval_loss"]}))
             if (
                 eval_rows
                 and cfg.sample_every
                 and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True)
             ):
                 _log_samples(run, done, model, tokenizer, eval_rows, cfg, ranks.is_main)
+            result.record(done, row)
             metrics.log(done, row, stage="sft")
             bar.update(1, loss=loss_value, tokens=tokens)
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
