@@ -218,3 +218,65 @@ def test_markup_in_a_response_is_shown_as_text_and_never_runs(tmp_path, page):
         assert page.evaluate("window.pwned") is None
     finally:
         stop(server)
+
+
+def test_a_failed_undo_leaves_the_item_on_screen_answerable(tmp_path, page):
+    server = start_server(
+        write_candidates(tmp_path / "candidates.jsonl", ITEMS), tmp_path / "db", overlap=0.0
+    )
+    try:
+        start_labelling(page, server, "ann", "basil")
+        page.click("#submit")
+        wait_for_item(page, "chat")
+        failures = []
+        # one dropped connection on the undo request, as a flaky network does
+        page.route("**/api/undo", lambda route: failures.append(1) or route.abort())
+        page.click("#undo")
+        page.wait_for_selector("#error", state="visible")
+        assert failures == [1]
+        page.click("#submit")  # the item on screen is still answered
+        wait_for_item(page, "item-3")
+    finally:
+        stop(server)
+    assert [s.item_id for s in LabelStore(tmp_path / "db").submissions()] == ["basil", "chat"]
+
+
+def test_right_to_left_text_is_laid_out_right_to_left(tmp_path, page):
+    arabic, hebrew = "مرحبا! هذا رد باللغة العربية، مع رقم 123.", "שלום, זו תשובה בעברית."
+    items = [Item("rtl", "مرحبا، كيف حالك؟", (arabic, hebrew, "An English answer."))]
+    server = start_server(write_candidates(tmp_path / "candidates.jsonl", items), tmp_path / "db")
+    try:
+        start_labelling(page, server, "ann", "rtl")
+        directions = page.eval_on_selector_all(
+            "#prompt .text, .response .text",
+            "blocks => blocks.map(b => [b.textContent, getComputedStyle(b).direction])",
+        )
+    finally:
+        stop(server)
+    expected = [[items[0].prompt, "rtl"], [arabic, "rtl"], [hebrew, "rtl"]]
+    assert sorted(directions) == sorted([*expected, ["An English answer.", "ltr"]])
+
+
+def test_two_people_in_tabs_of_one_browser_each_keep_their_own_name(tmp_path, browser):
+    server = start_server(
+        write_candidates(tmp_path / "candidates.jsonl", ITEMS), tmp_path / "db", overlap=0.0
+    )
+    context = browser.new_context()
+    try:
+        ann = context.new_page()
+        start_labelling(ann, server, "ann", "basil")
+        bob = context.new_page()
+        bob.goto(server.link)
+        bob.wait_for_selector("#login", state="visible")  # asked, not signed in as ann
+        bob.fill("#name", "bob")
+        bob.click("#login button")
+        wait_for_item(bob, "chat")
+        ann.reload()  # ann's tab is still ann's, on her item
+        wait_for_item(ann, "basil")
+        assert ann.text_content("#who-name") == "ann"
+        bob.reload()
+        wait_for_item(bob, "chat")
+        assert bob.text_content("#who-name") == "bob"
+    finally:
+        context.close()
+        stop(server)

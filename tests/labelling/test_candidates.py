@@ -96,14 +96,21 @@ def test_a_repeated_item_id_is_refused(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"item_id": "zzz"}, "item 'zzz': no such item"),
-        ({"ranks": [0, 1]}, "item 'a': 2 ranks for 3 responses"),
-        ({"ranks": [0, -1, 2]}, "item 'a': a rank below 0"),
-        ({"shown_order": [0, 0, 1]}, r"item 'a': shown_order \[0, 0, 1\] is not an order of 3"),
-        ({"flags": {"7": "unsafe"}}, r"item 'a': a flag on a response index outside 0\.\.2"),
+        ({"item_id": "zzz"}, "field 'item_id': item 'zzz': no such item"),
+        ({"ranks": [0, 1]}, "field 'ranks': item 'a': 2 ranks for 3 responses"),
+        ({"ranks": [0, -1, 2]}, "field 'ranks': item 'a': a rank below 0"),
+        (
+            {"shown_order": [0, 0, 1]},
+            r"field 'shown_order': item 'a': shown_order \[0, 0, 1\] is not an order of 3",
+        ),
+        (
+            {"flags": {"7": "unsafe"}},
+            r"field 'flags.7': item 'a': a flag on a response index outside 0\.\.2",
+        ),
     ],
 )
 def test_a_submission_that_does_not_fit_its_item_is_refused(tmp_path, change, message):
+    """One line naming the file, the row and the field, as for every other bad row."""
     write_labels(tmp_path, ITEMS, [])
     row = {"item_id": "a", "labeller": "al", "ranks": [0, 1, 2], "shown_order": [0, 1, 2]}
     write_lines(tmp_path / SUBMISSIONS_FILE, [{**row, **change}])

@@ -395,3 +395,31 @@ def test_a_port_in_use_is_a_one_line_error():
         port = taken.getsockname()[1]
         with pytest.raises(RlhfkitError, match=f"cannot listen on 127.0.0.1:{port}"):
             bind_socket("127.0.0.1", port)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
+    """A declared length over the limit is refused at once, and a chunked body (no length) as
+    soon as it passes the limit: neither is held in memory whole."""
+    host, port = urlsplit(server.base).hostname, urlsplit(server.base).port
+    for headers, body in (
+        (f"Content-Length: {50 * 1024**3}\r\n", b"{}"),  # 50 GiB announced, 2 bytes sent
+        ("Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (2**21, b"x" * 2**21)),
+    ):
+        with socket.create_connection((host, port), timeout=30) as connection:
+            connection.sendall(
+                (
+                    f"POST /api/submit HTTP/1.1\r\nHost: {host}\r\nCookie: {server.cookie}\r\n"
+                    f"Content-Type: application/json\r\n{headers}\r\n"
+                ).encode()
+                + body
+            )
+            answer = b""
+            while b'"}' not in answer:  # the head and the JSON error may come apart
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+            answer = answer.decode(errors="replace")
+        assert answer.startswith("HTTP/1.1 400"), answer
+        assert "a request body is at most 1048576 bytes" in answer
+    assert LabelStore(server.db).submissions() == []

@@ -174,16 +174,24 @@ def submission_from_row(row: dict, path: str, row_number: int) -> Submission:
 def submission_problem(item: Item, submission: Submission) -> str | None:
     """What makes a submission unusable with its item (None when nothing): ranks or flags
     that do not fit the item's responses, or a shown order that is not a permutation of them."""
+    found = submission_field_problem(item, submission)
+    return None if found is None else found[1]
+
+
+def submission_field_problem(item: Item, submission: Submission) -> tuple[str, str] | None:
+    """`submission_problem` with the field it is in: (field, message), or None."""
     size = len(item.responses)
     if submission.ranks is not None:
         if len(submission.ranks) != size:
-            return f"{len(submission.ranks)} ranks for {size} responses"
+            return "ranks", f"{len(submission.ranks)} ranks for {size} responses"
         if any(rank < 0 for rank in submission.ranks):
-            return "a rank below 0"
+            return "ranks", "a rank below 0"
     if submission.shown_order and sorted(submission.shown_order) != list(range(size)):
-        return f"shown_order {list(submission.shown_order)} is not an order of {size} responses"
-    if any(not 0 <= index < size for index in submission.flags):
-        return f"a flag on a response index outside 0..{size - 1}"
+        order = list(submission.shown_order)
+        return "shown_order", f"shown_order {order} is not an order of {size} responses"
+    for index in submission.flags:
+        if not 0 <= index < size:
+            return f"flags.{index}", f"a flag on a response index outside 0..{size - 1}"
     return None
 
 
@@ -194,9 +202,13 @@ def read_submissions(path: str | Path, items: list[Item]) -> list[Submission]:
     for row_number, row in read_rows(path):
         submission = submission_from_row(row, str(path), row_number)
         item = by_id.get(submission.item_id)
-        problem = "no such item" if item is None else submission_problem(item, submission)
-        if problem is not None:
-            raise DataError(str(path), row_number, None, f"item {submission.item_id!r}: {problem}")
+        if item is None:
+            found = ("item_id", "no such item")
+        else:
+            found = submission_field_problem(item, submission)
+        if found is not None:
+            field, problem = found
+            raise DataError(str(path), row_number, field, f"item {submission.item_id!r}: {problem}")
         submissions.append(submission)
     return submissions
 

@@ -397,9 +397,17 @@ def _read_guidelines(path: str | Path | None) -> str:
 async def _json_body(request: Request) -> dict:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise RlhfkitError("send JSON (Content-Type: application/json)")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise RlhfkitError(f"a request body is at most {MAX_BODY_BYTES} bytes")
+    too_large = RlhfkitError(f"a request body is at most {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large  # refused before reading: a huge body never reaches memory
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked bodies have no length: count as they come
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):

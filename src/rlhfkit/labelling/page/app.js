@@ -3,6 +3,9 @@
 // also refuses inline scripts, so markup inside a response stays text.
 "use strict";
 
+// The name a tab labels under lives in that tab (sessionStorage: kept over a reload, never
+// shared with another tab), so several people on one browser each keep their own; the last
+// name given in this browser only fills in the name field of a new tab.
 const NAME_KEY = "rlhfkit-labeller";
 const FLAG_CHOICES = [["", "no flag"], ["unsafe", "unsafe"], ["broken", "broken"]];
 
@@ -94,6 +97,7 @@ function showPrompt(prompt) {
 function textBlock(className, text) {
   const div = document.createElement("div");
   div.className = className;
+  div.dir = "auto"; // Arabic or Hebrew text is laid out right to left, English left to right
   div.textContent = text;
   return div;
 }
@@ -262,8 +266,13 @@ async function submit(skip) {
 
 async function undo() {
   if (view.busy) return;
-  view.item = null; // the undone item comes back as new: a fresh arrangement
-  await act(() => call("POST", "/api/undo", { labeller: view.labeller }));
+  await act(async () => {
+    const state = await call("POST", "/api/undo", { labeller: view.labeller });
+    // only once the server took it back: the undone item comes back as new, a fresh
+    // arrangement; a failed undo leaves the item on screen as it was, still answerable
+    view.item = null;
+    return state;
+  });
 }
 
 // One request at a time; the page moves on only once the server has stored the answer.
@@ -293,6 +302,7 @@ async function start(name) {
     $("guidelines").textContent = guidelines.text;
     $("guidelines-box").hidden = !guidelines.text;
     showState(await call("GET", `/api/next?labeller=${encodeURIComponent(name)}`));
+    sessionStorage.setItem(NAME_KEY, name);
     localStorage.setItem(NAME_KEY, name);
     showError("");
   } catch (error) {
@@ -305,7 +315,7 @@ function askName() {
   $("work").hidden = true;
   $("who").hidden = true;
   $("login").hidden = false;
-  $("name").value = localStorage.getItem(NAME_KEY) || "";
+  $("name").value = sessionStorage.getItem(NAME_KEY) || localStorage.getItem(NAME_KEY) || "";
   $("name").focus();
 }
 
@@ -320,7 +330,7 @@ function main() {
     start($("name").value.trim());
   });
   $("change-name").addEventListener("click", () => {
-    localStorage.removeItem(NAME_KEY);
+    sessionStorage.removeItem(NAME_KEY);
     view.item = null;
     askName();
   });
@@ -328,7 +338,7 @@ function main() {
   $("skip").addEventListener("click", () => submit(true));
   $("undo").addEventListener("click", undo);
   document.addEventListener("keydown", onKey);
-  const name = localStorage.getItem(NAME_KEY);
+  const name = sessionStorage.getItem(NAME_KEY);
   if (name) start(name);
   else askName();
 }
