@@ -168,7 +168,9 @@ def run_labelling_session(page, server) -> list[tuple]:
     page.reload()
     wait_for_item(page, "item-4")
     assert arrangement(page) == before_reload
-    assert page.text_content("#progress") == "3 of 5 done · you: 3 (1 skipped)"
+    assert (
+        page.text_content("#progress") == "2 of 5 done · you: 3 (1 skipped)"
+    )  # a skip leaves it undone
 
     # undo takes the skip back: item 3 again, now ranked as shown but for its last response
     page.click("#undo")

@@ -212,7 +212,7 @@ def test_the_state_shows_the_labellers_order_and_progress(server):
     order = shown_order(0, "ann", "item-0", 3)
     assert [r["index"] for r in state["item"]["responses"]] == list(order)
     assert [r["text"] for r in state["item"]["responses"]] == [f"r0.{i}" for i in order]
-    assert state["progress"] == {"seen": 0, "total": 10, "mine": 0, "mine_skipped": 0}
+    assert state["progress"] == {"done": 0, "total": 10, "mine": 0, "mine_skipped": 0}
     assert state["can_undo"] is False
     assert next_state(server, "bob")["item"]["item_id"] != "item-0"  # ann holds item-0
 

@@ -220,16 +220,28 @@ def test_a_second_answer_to_the_same_item_is_refused(tmp_path):
     assert len(store.submissions()) == 1
 
 
-def test_progress_counts_items_seen_and_the_labellers_own_answers(tmp_path):
+def test_progress_counts_items_with_their_rankings_and_the_labellers_own_answers(tmp_path):
     store = LabelStore(tmp_path / "labels.db", overlap=0.0)
     store.add_items(make_items(5))
     answer(store, "ann", store.next_item("ann"))
     answer(store, "ann", store.next_item("ann"), skip=True)
     answer(store, "bob", store.next_item("bob"))  # the item ann skipped
     answer(store, "bob", store.next_item("bob"))
+    answer(store, "ann", store.next_item("ann"), skip=True)  # answered, not yet ranked
     ann = store.progress("ann")
-    assert (ann.seen, ann.total, ann.mine, ann.mine_skipped) == (3, 5, 2, 1)
+    assert (ann.done, ann.total, ann.mine, ann.mine_skipped) == (3, 5, 3, 2)
     assert store.progress("bob").mine == 2
+
+
+def test_an_overlap_item_is_done_once_it_has_every_ranking_it_wants(tmp_path):
+    store = LabelStore(tmp_path / "labels.db", overlap=1.0, overlap_labellers=2)
+    store.add_items(make_items(1))
+    answer(store, "ann", store.next_item("ann"))
+    assert store.progress("ann").done == 0  # one of its two rankings
+    answer(store, "bob", store.next_item("bob"), skip=True)
+    assert store.progress("ann").done == 0
+    answer(store, "cy", store.next_item("cy"))
+    assert store.progress("ann").done == 1
 
 
 def test_settings_are_kept_by_the_store_and_a_different_one_is_refused_by_name(tmp_path):

@@ -80,8 +80,9 @@ ORDER BY position LIMIT 1
 class Progress:
     """How far labelling has got, for the page's "37 of 200"."""
 
-    seen: int
-    """Items with at least one submission (ranked or skipped), by anyone."""
+    done: int
+    """Items with every ranking they want (one, or `overlap_labellers` for an overlap item);
+    skips are not rankings."""
     total: int
     """Items in the store."""
     mine: int
@@ -253,15 +254,16 @@ class LabelStore:
 
     def progress(self, labeller: str) -> Progress:
         with self._transaction(write=False) as db:
-            seen, total = db.execute(
-                "SELECT (SELECT COUNT(DISTINCT item_id) FROM submissions), "
+            done, total = db.execute(
+                "SELECT (SELECT COUNT(*) FROM items AS i WHERE i.labels_wanted <= (SELECT COUNT(*) "
+                "FROM submissions AS s WHERE s.item_id = i.item_id AND s.ranks IS NOT NULL)), "
                 "(SELECT COUNT(*) FROM items)"
             ).fetchone()
             mine, skipped = db.execute(
                 "SELECT COUNT(*), COUNT(*) - COUNT(ranks) FROM submissions WHERE labeller = ?",
                 (labeller,),
             ).fetchone()
-        return Progress(seen=seen, total=total, mine=mine, mine_skipped=skipped)
+        return Progress(done=done, total=total, mine=mine, mine_skipped=skipped)
 
 
 def shown_order(seed: int, labeller: str, item_id: str, num_responses: int) -> tuple[int, ...]:

@@ -50,7 +50,7 @@ function showState(state) {
   const p = state.progress;
   let mine = `you: ${p.mine}`;
   if (p.mine_skipped) mine += ` (${p.mine_skipped} skipped)`;
-  $("progress").textContent = `${p.seen} of ${p.total} done · ${mine}`;
+  $("progress").textContent = `${p.done} of ${p.total} done · ${mine}`;
   $("who-name").textContent = state.labeller;
   $("who").hidden = false;
   $("undo").disabled = !state.can_undo;
