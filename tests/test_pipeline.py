@@ -227,6 +227,9 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     assert [list(item) for item in on_disk["samples"]["advice"]] == [
         ["prompt", "sft", "ppo", "dpo"]
     ] * 2
+    for task_samples in on_disk["samples"].values():  # distinct prompts, as rlhfkit eval shows
+        shown = [item["prompt"] for item in task_samples]
+        assert len(set(shown)) == len(shown)
     assert (tmp_path / "tiny" / "report.html").stat().st_size > 10_000
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.eval.model_eval import evaluate_model, win_rates
+from rlhfkit.eval.model_eval import distinct_indices, evaluate_model, win_rates
 from rlhfkit.eval.report import write_report
 from rlhfkit.eval.tables import rich_table
 from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokenizer
@@ -380,7 +380,8 @@ class Pipeline:
                         for method, e in evals.items()
                     },
                 }
-                for i, p in enumerate(prompts[: c.report_samples])
+                for i in distinct_indices([p.prompt for p in prompts])[: c.report_samples]
+                for p in [prompts[i]]
             ]
 
     def run_all(self) -> dict:

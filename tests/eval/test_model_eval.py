@@ -71,6 +71,25 @@ def test_a_model_against_itself_ties_everywhere(tiny_model_dir):
     assert "kl_k1_per_sequence" not in one.metrics  # no reference, no KL
 
 
+def test_greedy_metrics_count_each_distinct_prompt_once(tiny_model_dir):
+    # prompts a, b, a, a: the greedy answer to a is the same each time, and counts once, as in
+    # the greedy win rate; the gold judge's greedy mean and the task's own evaluation alike
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    task = get_task("advice")
+    a, b = task.prompts(2, random.Random(3))
+    assert a.prompt != b.prompt
+    prompts = [a, b, a, a]
+    for gold in (None, LengthProxy()):
+        result = evaluate_model(
+            model, tokenizer, task, prompts, samples_per_prompt=1, max_new_tokens=6, gold=gold
+        )
+        scores = result.greedy_scores
+        assert result.distinct == [0, 1] and scores[0] == scores[2] == scores[3]
+        assert abs(result.metrics["greedy_gold_score"] - (scores[0] + scores[1]) / 2) < 1e-6
+        texts = result.greedy.flat(result.greedy.texts)
+        assert result.metrics["greedy_sentences"] == task.evaluate([a, b], texts[:2])["sentences"]
+
+
 def _scored(greedy: list[float], sampled: list[float], distinct: list[int]) -> ModelEval:
     empty = EvalSamples(texts=[], lengths=[], kl={})
     return ModelEval(empty, empty, greedy, sampled, distinct=distinct)

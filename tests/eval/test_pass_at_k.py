@@ -77,9 +77,13 @@ def test_majority_vote_hand_cases():
     assert majority_vote_accuracy([None, "1"], None) == 0.0  # None never wins
 
 
-def test_mean_maj_at_k_uses_the_first_k_answers():
+def test_mean_maj_at_k_votes_in_disjoint_blocks_of_k():
     answers = [["1", "2", "2", "1", "1"], ["7", "7", "8", "8", "8"]]
-    assert mean_maj_at_k(answers, ["1", "7"], k=1) == 1.0
+    # k = 1: every answer is its own vote, so maj@1 is pass@1 (3/5 and 2/5 right)
+    assert mean_maj_at_k(answers, ["1", "7"], k=1) == pytest.approx((3 / 5 + 2 / 5) / 2)
+    assert mean_maj_at_k(answers, ["1", "7"], k=1) == pytest.approx(mean_pass_at_k([3, 2], 5, 1))
+    # k = 2: blocks [0:2], [2:4] (the fifth answer is left over): ties count 1/2
+    assert mean_maj_at_k(answers, ["1", "7"], k=2) == pytest.approx(((0.5 + 0.5) / 2 + 0.5) / 2)
     assert mean_maj_at_k(answers, ["1", "7"], k=3) == pytest.approx((0.0 + 1.0) / 2)
     assert mean_maj_at_k(answers, ["1", "7"], k=4) == pytest.approx((0.5 + 0.5) / 2)
     assert mean_maj_at_k(answers, ["1", "7"], k=5) == pytest.approx((1.0 + 0.0) / 2)

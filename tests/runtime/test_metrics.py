@@ -85,6 +85,18 @@ def test_tensorboard_scalars_are_written(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
 
 
+def test_tensorboard_leaves_out_what_the_jsonl_writes_as_null(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb") as logger:
+        logger.log(1, {"kept_reward_mean": math.nan, "loss": 1.0})
+        logger.log(2, {"kept_reward_mean": 0.5, "loss": math.inf})
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/kept_reward_mean")] == [(2, 0.5)]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 1.0)]
+
+
 def test_without_tensorboard_installed_the_metrics_go_to_jsonl_only(tmp_path, monkeypatch):
     import importlib.util
 

@@ -225,6 +225,10 @@ def test_each_round_trains_on_the_last_reward_model_from_the_last_policy(
         and second["reference_model"] == ""
     )
     assert second["reward"] == f"model:{run.root / 'round_01' / 'rm' / 'final'}"
+    # every round evaluates on the same held-out prompts, the task's stream for `seed`, so
+    # round 2's start is round 1's end (the same policy on the same prompts)
+    assert first["eval_data"] == second["eval_data"] == str(run.root / "eval_prompts.jsonl")
+    assert result.rounds[1]["eval_gold_start"] == result.rounds[0]["eval_gold_end"]
     # the reward model's rows: this round's rankings plus 10% replay (9 new rows: round(1.0) = 1)
     for r in (1, 2):
         folder = run.root / f"round_{r:02d}"

@@ -293,3 +293,17 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one_and_still_resumes_e
     expected = load_file(full.final / "model.safetensors")
     resumed = load_file(run.final / "model.safetensors")
     assert all(torch.equal(expected[name], resumed[name]) for name in expected)
+
+
+def test_a_resumed_run_does_not_repeat_the_sample_generations(tiny_model_dir, arith_data, tmp_path):
+    settings = dict(max_steps=6, save_every=2, keep_last=3, eval_every=0, sample_every=2)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    train_sft(config(tiny_model_dir, *arith_data, **settings), run)
+    # as if killed after step 6's samples, with step 4's checkpoint the newest
+    shutil.rmtree(run.final)
+    for checkpoint in run.checkpoints.glob("step_*"):
+        if int(checkpoint.name.split("_")[1]) > 4:
+            shutil.rmtree(checkpoint)
+    train_sft(config(tiny_model_dir, *arith_data, **settings), run, resume=True)
+    samples = [json.loads(line) for line in (run.root / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 2, 4, 4, 6, 6]

@@ -78,10 +78,19 @@ def evaluate_model(
         distinct=distinct_indices(texts),
     )
     m = result.metrics
+    # greedy answers once per distinct prompt, as the greedy win rate counts them: a repeated
+    # prompt repeats the same answer, which would weigh its question more, not add information
+    once = result.distinct
     if task is not None:
-        m.update({f"greedy_{k}": v for k, v in task.evaluate(prompts, greedy_texts).items()})
+        answers = [greedy_texts[i] for i in once]
+        m.update(
+            {
+                f"greedy_{k}": v
+                for k, v in task.evaluate([prompts[i] for i in once], answers).items()
+            }
+        )
     if gold is not None:  # the judge's mean replaces the task's own gold score
-        m["greedy_gold_score"] = sum(result.greedy_scores) / max(1, len(result.greedy_scores))
+        m["greedy_gold_score"] = sum(result.greedy_scores[i] for i in once) / max(1, len(once))
     m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
     tokens = sum(sampled.flat(sampled.lengths))
     # step 1. KL to the reference on the policy's own samples

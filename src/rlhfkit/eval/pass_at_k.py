@@ -71,7 +71,10 @@ def majority_vote_accuracy(answers: list, correct_answer) -> float:
 
 
 def mean_maj_at_k(answers_per_problem: list[list], correct_answers: list, k: int) -> float:
-    """maj@k averaged over problems, voting with the first k answers of each problem."""
+    """maj@k averaged over problems; each problem's n answers form n // k disjoint votes of k
+    answers (answers[0:k], answers[k:2k], ...), and its maj@k is their mean. Using every answer
+    as pass@k does keeps maj@1 equal to pass@1 (the share of correct answers) rather than the
+    correctness of the first answer alone."""
     if len(answers_per_problem) != len(correct_answers):
         raise ValueError(
             f"mean_maj_at_k: {len(answers_per_problem)} problems answered "
@@ -88,6 +91,10 @@ def mean_maj_at_k(answers_per_problem: list[list], correct_answers: list, k: int
             f"{len(answers_per_problem[short[0]])} answers, fewer than k={k}"
         )
     return math.fsum(
-        majority_vote_accuracy(answers[:k], correct)
+        math.fsum(
+            majority_vote_accuracy(answers[j * k : (j + 1) * k], correct)
+            for j in range(len(answers) // k)
+        )
+        / (len(answers) // k)
         for answers, correct in zip(answers_per_problem, correct_answers)
     ) / len(correct_answers)

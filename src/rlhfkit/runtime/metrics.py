@@ -50,7 +50,7 @@ class MetricsLogger:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if resume_from_step is not None and self.metrics_path.exists():
-            _drop_lines_after(self.metrics_path, resume_from_step)
+            drop_lines_after(self.metrics_path, resume_from_step)
         self._file = open(self.metrics_path, "a", encoding="utf-8")
         if tensorboard_dir is not None and tensorboard_available():
             # Imported here: it takes seconds and most uses (tests, quiet runs) never need it.
@@ -79,7 +79,8 @@ class MetricsLogger:
         self._file.flush()
         if self._writer is not None:
             for key, value in values.items():
-                self._writer.add_scalar(f"{stage}/{key}", value, global_step=step)
+                if _is_finite(value):  # null in the JSONL: no point in TensorBoard either
+                    self._writer.add_scalar(f"{stage}/{key}", value, global_step=step)
 
     def close(self) -> None:
         """Flush and close the file and the TensorBoard writer; calling it twice is harmless."""
@@ -117,8 +118,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     return _parse_lines(text, path)
 
 
-def _drop_lines_after(path: Path, last_step: int) -> None:
-    """Rewrite the file keeping only lines with step <= last_step (atomically, via a temp file)."""
+def drop_lines_after(path: Path, last_step: int) -> None:
+    """Rewrite a JSONL file of `step` rows keeping only lines with step <= last_step
+    (atomically, via a temp file): metrics.jsonl, and SFT's samples.jsonl, on resume."""
     kept = [record for record in read_metrics(path) if record.get("step", -1) <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as file:

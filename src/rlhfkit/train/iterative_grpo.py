@@ -187,6 +187,13 @@ def _grpo_round(
     cfg: IterativeGRPOConfig, r: int, folder: Path, policy: str, rm: str, part: _Part, ranks: Ranks
 ) -> dict:
     grpo_cfg = grpo_round_config(cfg, r, policy, rm)
+    if not cfg.grpo.eval_data and cfg.task:
+        # every round evaluates on the same held-out prompts, those no round labels (the task's
+        # evaluation stream for `seed`), not on a stream of its own round seed: the rounds'
+        # eval_gold_start / eval_gold_end then compare
+        path = folder.parent / "eval_prompts.jsonl"
+        on_main(lambda: path.exists() or write_jsonl(path, _eval_prompt_rows(cfg)), ranks)
+        grpo_cfg = dataclasses.replace(grpo_cfg, eval_data=str(path))
     run, resume = _sub_run(folder / "grpo", grpo_cfg, ranks)
     train_grpo(grpo_cfg, run, resume=resume)  # sharded under torchrun
     return on_main(lambda: part.write(_grpo_summary(run)), ranks)
@@ -221,8 +228,17 @@ def held_out_prompts(cfg: IterativeGRPOConfig) -> set[str]:
         return {str(p.prompt) for p in load_examples(cfg.grpo.eval_data, Format.PROMPT)}
     if not cfg.task:
         return set()
+    return {str(row["prompt"]) for row in _eval_prompt_rows(cfg)}
+
+
+def _eval_prompt_rows(cfg: IterativeGRPOConfig) -> list[dict]:
+    """The first `grpo.eval_prompts` of the task's evaluation stream for `seed`, as prompt rows
+    (as `rlhfkit tasks export` writes them)."""
     rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
-    return {str(p.prompt) for p in get_task(cfg.task).prompts(cfg.grpo.eval_prompts, rng)}
+    return [
+        {"prompt": p.prompt, "answer": p.answer, **p.metadata}
+        for p in get_task(cfg.task).prompts(cfg.grpo.eval_prompts, rng)
+    ]
 
 
 def label_data_prompts(cfg: IterativeGRPOConfig) -> list[PromptExample]:

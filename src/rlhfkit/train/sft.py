@@ -37,7 +37,7 @@ from rlhfkit.runtime.distributed import (
     reduce_sums,
     shard_model,
 )
-from rlhfkit.runtime.metrics import MetricsLogger
+from rlhfkit.runtime.metrics import MetricsLogger, drop_lines_after
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
@@ -238,6 +238,10 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         run.tensorboard if cfg.tensorboard and ranks.is_main else None,
         resume_from_step=start_step if checkpoint else None,
     )
+    samples_path = run.root / "samples.jsonl"
+    if checkpoint and ranks.is_main and samples_path.exists():
+        # as metrics.jsonl: the killed run's generations after the checkpoint are made again
+        drop_lines_after(samples_path, start_step)
     show = cfg.progress and ranks.is_main
 
     with metrics, ProgressBar(cfg.max_steps, "sft", enabled=show, start=start_step) as bar:
