@@ -13,7 +13,7 @@ import transformers
 import yaml
 
 import rlhfkit
-from rlhfkit.api import quiet_libraries
+from rlhfkit.api import call_text, quiet_libraries
 from rlhfkit.rewards.builder import check_spec
 
 SETTINGS = dict(progress=False, tensorboard=False, save_every=0)
@@ -244,3 +244,25 @@ def test_messages_are_printed_until_the_caller_sets_up_logging(tiny_model_dir, t
     assert "model saved to" in quiet  # the command's own final lines stay
     assert "train data " in (tmp_path / "a" / "log.txt").read_text()
     assert not (tmp_path / "b" / "log.txt").exists()  # nothing passed the caller's level
+
+
+def test_a_run_records_the_call_that_started_it(tiny_model_dir, tmp_path):
+    def brevity(prompts, responses, **columns):
+        return [0.0] * len(responses)
+
+    text = call_text("grpo", tmp_path / "g", {"model": tiny_model_dir, "prompts": prompt_rows()})
+    assert (
+        text
+        == f"rlhfkit.run('grpo', '{tmp_path / 'g'}', model='{tiny_model_dir}', prompts=<64 rows>)"
+    )
+    assert call_text("grpo", Path("g"), {"reward": brevity, "tags": ["a", "b"]}).endswith(
+        "reward=<function test_a_run_records_the_call_that_started_it.<locals>.brevity>, "
+        "tags=['a', 'b'])"
+    )
+    run_dir = tmp_path / "sft"
+    rlhfkit.run(
+        "sft", run_dir, model=tiny_model_dir, train_data=sft_rows(8), max_steps=1, **SETTINGS
+    )
+    [start] = rlhfkit.read_metrics(run_dir / "starts.jsonl")
+    assert start["command"].startswith(f"rlhfkit.run('sft', '{run_dir}', model=")
+    assert "train_data=<8 rows>" in start["command"]

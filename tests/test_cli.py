@@ -11,6 +11,7 @@ import pytest
 from rlhfkit import cli
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.tasks.registry import TASKS, TaskName
 
 GOOD_SFT = {"prompt": "Q: 1 + 1?\nA:", "completion": " 2."}
@@ -351,6 +352,10 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
     assert (
         f"INFO rlhfkit.train.dpo: {report}" in (tmp_path / "runs" / "dpo" / "log.txt").read_text()
     )
+    # and where it came from: one line per start (the refused start above left none)
+    [start] = read_metrics(tmp_path / "runs" / "dpo" / "starts.jsonl")
+    assert start["command"].startswith(f"rlhfkit dpo model={tiny_model_dir} train_data={data} ")
+    assert start["command"].endswith(f"max_steps=1 eval_data={data} precompute_ref=true")
 
 
 def test_online_dpo_command_trains_and_reports_the_held_out_score(
@@ -526,6 +531,10 @@ def test_eval_command_measures_a_checkpoint_against_a_baseline(
     assert (
         "pass@2" in ours and "maj@2" in ours and "win rate, sampled" in out and "eval.json" in out
     )
+    # the numbers name what made them: the command, the code and the machine
+    assert result["started"]["command"].startswith("rlhfkit eval 'models=[")  # as a shell reads it
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert f"| made by | rlhfkit {result['started']['rlhfkit']}" in report
 
 
 def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):

@@ -231,6 +231,9 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
         shown = [item["prompt"] for item in task_samples]
         assert len(set(shown)) == len(shown)
     assert (tmp_path / "tiny" / "report.html").stat().st_size > 10_000
+    # what made the numbers: Pipeline(cfg) called directly names no command, and says so
+    assert on_disk["started"]["command"] == "" and on_disk["started"]["world_size"] == 1
+    assert "class='made-by'>rlhfkit " in (tmp_path / "tiny" / "report.html").read_text()
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()
 

@@ -87,6 +87,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     from rlhfkit.runner import run_in_dir
     from rlhfkit.runtime.config import config_from_values
     from rlhfkit.runtime.logs import console_messages
+    from rlhfkit.runtime.provenance import started_by
 
     inputs: dict[Path, list[str]] = {}
     values = python_values(settings, root / INPUTS_DIR, inputs, functions={})
@@ -95,7 +96,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     cfg = config_from_values(load_object(spec.config), values, config)
     if spec.check_keys:
         load_object(spec.check_keys)(cfg)
-    with quiet_libraries(), console_messages():
+    with quiet_libraries(), console_messages(), started_by(call_text(name, root, settings)):
         if not spec.run_dir:
             return load_object(spec.run)(cfg)
         run_dir_, result = run_in_dir(
@@ -121,6 +122,27 @@ FLAGS_IN_PYTHON = (
     ("--force-lr", "force_lr=True"),
     ("(--name)", "(run_dir)"),
 )
+
+
+def call_text(name: str, root: Path, settings: Mapping[str, Any]) -> str:
+    """The `rlhfkit.run` call as one line for `starts.jsonl`: plain values as written, rows in
+    memory and functions by what they are (their contents are in `inputs/` and the config)."""
+
+    def shown(value) -> str:
+        if callable(value):
+            return f"<function {getattr(value, '__qualname__', type(value).__name__)}>"
+        if isinstance(value, (str, int, float, bool, Path)) or value is None:
+            text = repr(str(value) if isinstance(value, Path) else value)
+            return text if len(text) <= 200 else f"<text of {len(text)} characters>"
+        if hasattr(value, "__len__") and not isinstance(value, Mapping):
+            items = list(value) if not hasattr(value, "column_names") else []
+            if items and all(isinstance(v, (str, int, float, bool)) for v in items):
+                return repr(items) if len(repr(items)) <= 200 else f"<{len(items)} values>"
+            return f"<{len(value)} rows>"
+        return f"<{type(value).__name__}>"
+
+    arguments = [repr(name), repr(str(root)), *(f"{k}={shown(v)}" for k, v in settings.items())]
+    return f"rlhfkit.run({', '.join(arguments)})"
 
 
 def python_wording(message: str) -> str:

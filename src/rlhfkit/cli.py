@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import random
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runner import silence_libraries
 from rlhfkit.runtime.logs import console_messages
+from rlhfkit.runtime.provenance import started_by
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -152,6 +154,7 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run one command line; `env` (default: the process environment) says whether torchrun
     started this process."""
     args = _parse(argv)
+    args.argv = list(map(str, argv))
     if _torchrun_started(os.environ if env is None else env):
         return _run_under_torchrun(args, os.environ if env is None else env)
     if args.command == "label":  # needs neither torch nor transformers: starts at once
@@ -239,10 +242,11 @@ def _run_command(args, command: Command) -> None:
         check_trainer_config(cfg)
         print(json.dumps(config_to_dict(cfg), indent=2))
         return
-    if command.run_dir:
-        _run_in_dir(args, command, cfg)
-    else:
-        load_object(command.run)(cfg)
+    with started_by(shlex.join(["rlhfkit", *args.argv])):  # recorded in starts.jsonl
+        if command.run_dir:
+            _run_in_dir(args, command, cfg)
+        else:
+            load_object(command.run)(cfg)
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -29,6 +29,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import current_ranks
+from rlhfkit.runtime.provenance import latest_start
 from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.runtime.stages import job_run_dir, main_stage, timed_stage, train_stage
@@ -406,6 +407,9 @@ class Pipeline:
     def report(self) -> None:
         """The tables on the terminal, `summary.json` (every number in them) and `report.html`."""
         stages, evaluations = stage_rows(self.summary), eval_tables(self.summary)
+        started = latest_start(self.root)  # the command, code and machine behind the numbers
+        if started is not None:
+            self.summary["started"] = started
         self.console.print(
             rich_table(
                 f"rlhfkit pipeline: {self.root}",

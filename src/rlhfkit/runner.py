@@ -53,6 +53,7 @@ def run_in_dir(
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
     from rlhfkit.runtime.logs import run_log
+    from rlhfkit.runtime.provenance import record_start, start_record
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
 
     if resume and not command.resumable:
@@ -88,6 +89,7 @@ def run_in_dir(
                     )
                 else:
                     save_config(cfg, run.config_path)
+                record_start(run.root, start_record(ranks.world_size))  # provenance.py
                 if before_run is not None:
                     before_run(run)
                 ready = broadcast_from_main(None, ranks) is None

@@ -32,12 +32,13 @@ def on_two_ranks(runs_dir: str, name: str) -> tuple[dict, list]:
 
 
 def numbers(tree, path=()) -> dict:
-    """Every number of a nested summary by its path (wall times left out)."""
+    """Every number of a nested summary by its path (wall times and the start's record, which
+    names the process count, left out)."""
     if isinstance(tree, dict):
         return {
             k: v
             for key, value in tree.items()
-            if key != "seconds"
+            if key not in ("seconds", "started")
             for k, v in numbers(value, (*path, key)).items()
         }
     is_number = isinstance(tree, (int, float)) and not isinstance(tree, bool)

@@ -21,10 +21,12 @@ from rlhfkit.eval.report import (  # noqa: E402
     html_page,
     html_table,
     kl_gold_errorbar,
+    made_by_html,
     png_data,
     samples_section,
 )
 from rlhfkit.eval.tables import markdown_table, metric_table, rate, sample_rows  # noqa: E402
+from rlhfkit.runtime.provenance import start_line  # noqa: E402
 
 # a colour map per method; the runs of one method take shades of it
 METHOD_MAPS = {"ppo": "Blues", "grpo": "Greens", "dpo": "Reds"}
@@ -197,11 +199,15 @@ def write_frontier_report(
         f"{machine['load_average_end'][0]:.1f} at the end; "
         f"wall time {summary['seconds'] / 60:.1f} min.\n"
     )
+    started = summary.get("started")
+    if started is not None:  # the command, code and machine behind the numbers
+        header += f"\n{start_line(started)}: `{started['command']}`\n"
     markdown = [header, "![reward-KL frontier](frontier.png)\n"]
     markdown += [f"## {name}\n\n{markdown_table(*table)}\n" for name, table in tables.items()]
     (root / "report.md").write_text("\n".join(markdown))
     body = [
         f"<h1>rlhfkit frontier: {title}</h1><p id='check'></p><p>{header.split(chr(10))[2]}</p>",
+        made_by_html(started),
         figure_html("gold reward against KL to SFT, every checkpoint", png),
     ]
     for name, (columns, rows) in list(tables.items())[:-1]:

@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rlhfkit.eval.overoptimisation import gold_peak, moving_average  # noqa: E402
 from rlhfkit.eval.tables import sample_rows  # noqa: E402
 from rlhfkit.runtime.metrics import read_metrics  # noqa: E402
+from rlhfkit.runtime.provenance import start_line
 
 # (stage directory, metrics to plot) for the training curves
 CURVES = {
@@ -211,6 +212,16 @@ def samples_section(side_by_side: dict[str, list[dict]]) -> str:
     )
 
 
+def made_by_html(started: dict | None) -> str:
+    """The line under a report's title: the command, code and machine that made it."""
+    if started is None:
+        return ""
+    return (
+        f"<p class='made-by'>{html.escape(start_line(started))}<br>"
+        f"<code>{html.escape(started['command'])}</code></p>"
+    )
+
+
 def write_report(
     root: Path,
     summary: dict,
@@ -244,7 +255,9 @@ def write_report(
     ]
     body = "".join(
         [
-            f"<h1>rlhfkit pipeline: {html.escape(str(root))}</h1><p id='check'></p>",
+            f"<h1>rlhfkit pipeline: {html.escape(str(root))}</h1>",
+            made_by_html(summary.get("started")),
+            "<p id='check'></p>",
             "<h2>Stages</h2>",
             html_table(["stage", "result", "yardstick", "wall time"], stage_rows),
             "<h2>Held-out evaluation</h2>"

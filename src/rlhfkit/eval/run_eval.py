@@ -32,6 +32,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.provenance import latest_start, start_line
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
@@ -209,14 +210,20 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         out["reward_model"] = reward_model_accuracy(
             proxy, cfg.heldout_pairs, cfg.max_length, cfg.batch_size
         )
+    started = latest_start(run.root)  # the command, code and machine that made these numbers
+    if started is not None:
+        out["started"] = started
     with open(run.root / "eval.json", "w") as f:
         json.dump(out, f, indent=2)
     # step 4. the report: the table, the settings, gold against KL, answers side by side
+    settings = report_settings(cfg, len(prompts))
+    if started is not None:
+        settings += [["made by", start_line(started)], ["command", started["command"]]]
     write_eval_report(
         run.root,
         out,
         title=report_title(cfg),
-        settings=report_settings(cfg, len(prompts)),
+        settings=settings,
         side_by_side=side_by_side(prompts, shown, answers),
     )
     return out

@@ -5,6 +5,8 @@ runs/<name>/
   config.yaml      the resolved config the run used (and, as comments at its end, every
                    --resume-with-changes: when, and which keys changed from what to what)
   metrics.jsonl    one JSON line per logged step
+  starts.jsonl     one line per start: time, command, code version, machine (provenance.py)
+  log.txt          every message of the run, with its time (logs.py)
   checkpoints/     step_00000042/ ... (see checkpoint.py)
   final/           the trained model
   tensorboard/     event files
@@ -50,6 +52,8 @@ from typing import Any
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.runtime.checkpoint import MARKER_NAME, latest_checkpoint
 from rlhfkit.runtime.config import config_to_dict, load_config, save_config
+from rlhfkit.runtime.logs import RUN_LOG
+from rlhfkit.runtime.provenance import STARTS_FILE
 from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, release_run_lock
 
 _HISTORY_PREFIX = "# resumed at "
@@ -230,8 +234,9 @@ def resumed_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> Iterat
 def _saved_results(root: Path) -> set:
     """What a run has saved: its complete checkpoints and final models (its own or a
     sub-run's), and the size of each file it writes its results into directly (sample's
-    candidates.jsonl); not its config, metrics or lock, which every resume rewrites."""
-    rewritten = {"config.yaml", "metrics.jsonl", LOCK_NAME}
+    candidates.jsonl); not its config, metrics, lock, starts or log, which every start rewrites
+    or appends to."""
+    rewritten = {"config.yaml", "metrics.jsonl", LOCK_NAME, STARTS_FILE, RUN_LOG}
     marks: set = {str(p) for p in root.glob(f"**/checkpoints/step_*/{MARKER_NAME}")}
     marks |= {str(p) for p in root.glob("**/final") if p.is_dir()}
     marks |= {

@@ -14,6 +14,7 @@ from rich.console import Console
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.distributed_checkpoint import on_main
+from rlhfkit.runtime.provenance import record_start, start_record
 from rlhfkit.runtime.rundir import RunDir, open_run, prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
             if lock.notice:
                 log.warning(lock.notice)
             save_config(cfg, run.config_path)
+            record_start(run.root, start_record(ranks.world_size))  # provenance.py
             return run
 
         yield on_main(open_dir, ranks)

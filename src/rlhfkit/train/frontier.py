@@ -43,6 +43,7 @@ from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import checkpoint_step
 from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.provenance import latest_start
 from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.runtime.stages import job_run_dir, timed_stage, train_stage
@@ -347,6 +348,9 @@ class Frontier:
         self.stage("evaluate", self.evaluate)
         self.summary["seconds"] = time.perf_counter() - started
         self.summary["machine"]["load_average_end"] = list(os.getloadavg())
+        started = latest_start(self.root)  # the command, code and machine behind the numbers
+        if started is not None:
+            self.summary["started"] = started
         paths = write_frontier_report(
             self.root,
             self.summary,
