@@ -107,12 +107,15 @@ def test_kl_term_keeps_the_policy_nearer_the_reference(tiny_model_dir, tmp_path)
 
 def test_process_supervision_runs_on_arith_step_rewards(tiny_model_dir, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    result = train_grpo(
-        config(tiny_model_dir, tmp_path, reward="process", supervision="process", max_steps=2), run
-    )
+    settings = dict(reward="process", supervision="process", max_steps=2, warmup_steps=4)
+    result = train_grpo(config(tiny_model_dir, tmp_path, **settings), run)
     assert len(result.history) == 2 and all(
         torch.isfinite(torch.tensor(r["loss"])) for r in result.history
     )
+    # the learning rate of each step is logged: the first two steps of the linear warm-up
+    ramp = [config(tiny_model_dir, tmp_path).lr * step / 4 for step in (1, 2)]
+    assert [r["step"] for r in result.history] == [1, 2]
+    assert [r["lr"] for r in result.history] == pytest.approx(ramp)
 
 
 def test_process_supervision_without_step_rewards_is_an_error_not_outcome_supervision(

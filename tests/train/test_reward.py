@@ -13,6 +13,9 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from rlhfkit.data.ranking_batch import RankedGroup
+from rlhfkit.data.steps import EncodedSteps
+from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
@@ -22,6 +25,7 @@ from rlhfkit.train.reward import (
     RewardConfig,
     RewardObjective,
     evaluate_reward_model,
+    item_tokens,
     load_reward_data,
     train_reward_model,
 )
@@ -203,3 +207,16 @@ def test_lora_reward_model_learns_resumes_and_saves_a_plain_classifier(
     assert moved and all("proj" in key for key in moved)
     loaded = AutoModelForSequenceClassification.from_pretrained(run.final)
     assert loaded.config.num_labels == 1
+
+
+def test_a_training_item_counts_every_token_the_model_reads():
+    # the progress bar's tokens per second: each response of a group, prompt included
+    pair = RankedGroup(
+        responses=[
+            EncodedExample([1, 2, 3], [0, 1, 1], False),
+            EncodedExample([1, 2], [0, 1], False),
+        ],
+        ranks=(0, 1),
+    )
+    assert item_tokens(pair) == 5
+    assert item_tokens(EncodedSteps(input_ids=[4, 5, 6, 7], step_ends=[1, 3], labels=[1, 0])) == 4

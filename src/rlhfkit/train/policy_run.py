@@ -345,13 +345,16 @@ class PolicyRun:
             every = [torch.nn.functional.pad(part, (0, width - part.shape[1])) for part in every]
         return torch.cat(every).to(values.device)
 
+    def learning_rate(self, step: int) -> float:
+        """The policy's learning rate at `step` (0-based): linear warm-up, then `lr`."""
+        return linear_warmup(step, self.cfg.warmup_steps) * self.cfg.lr
+
     def optimizer_step(self, step: int, loss: float = 0.0) -> float:
         """The policy's update: clip, set the warm-up learning rate, step, clear; returns the
         gradient norm before clipping. Skipped when `loss` or the gradient is not finite."""
-        lr = linear_warmup(step, self.cfg.warmup_steps) * self.cfg.lr
         return clipped_step(
             self.models.optimizer,
-            lr,
+            self.learning_rate(step),
             self.cfg.max_grad_norm,
             guard=self.guard,
             step=step,
@@ -453,6 +456,7 @@ class PolicyRun:
         checkpoint when due (every save_every steps, not after the last: the final model is
         saved then). `stop`: the trainer ends the run here (PPO's KL limit), so this step is
         the last. `state`: the trainer's own state, called only when a checkpoint is written."""
+        row["lr"] = self.learning_rate(done - 1)
         result.record(done, row)
         total = done if stop else self.total_steps
         if self.evaluates and is_due(done, self.cfg.eval_every, total, at_end=True):

@@ -21,8 +21,8 @@ import torch
 from rlhfkit.data.detect import detect_format
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
-from rlhfkit.data.ranking_batch import load_ranked_groups
-from rlhfkit.data.steps import collate_steps, tokenize_steps
+from rlhfkit.data.ranking_batch import RankedGroup, load_ranked_groups
+from rlhfkit.data.steps import EncodedSteps, collate_steps, tokenize_steps
 from rlhfkit.data.tokenize import Truncation, require_rows
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
@@ -228,6 +228,14 @@ def _batch_loss(
         )
 
 
+def item_tokens(item: RankedGroup | EncodedSteps) -> int:
+    """Tokens the model reads for one training item: each response of a ranked group (its
+    prompt included), or a step-labelled solution."""
+    if isinstance(item, EncodedSteps):
+        return len(item.input_ids)
+    return sum(len(response.input_ids) for response in item.responses)
+
+
 def _step_counts(cfg: RewardConfig, items: list):
     """What the step's losses divide by, over all its micro-batches' items."""
     if cfg.objective == RewardObjective.PROCESS:
@@ -334,7 +342,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 )
                 for k in range(cfg.grad_accum)
             ]
-            counts = _step_counts(cfg, [train[i] for rows in micro_rows for i in rows])
+            step_items = [train[i] for rows in micro_rows for i in rows]  # every rank's
+            counts = _step_counts(cfg, step_items)
             # step 4. score every response of this rank's share once; loss over all pairs of each
             # prompt, over the whole step's counts, backpropagated micro-batch by micro-batch
             loss_value, stats, total = 0.0, {}, sum(len(rows) for rows in micro_rows)
@@ -388,7 +397,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 result.evals.append((done, {"eval_accuracy": row["eval_accuracy"]}))
             result.record(done, row)
             metrics.log(done, row, stage="reward")
-            bar.update(1, loss=loss_value)
+            bar.update(1, loss=loss_value, tokens=sum(map(item_tokens, step_items)))
             if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
                 save_trainer_checkpoint(
                     run.checkpoints,
