@@ -163,7 +163,7 @@ class LabelStore:
                     (item.item_id,),
                 ).fetchone()
                 if stored is None:
-                    wanted = _labels_wanted(item.item_id, self.settings)
+                    wanted = labels_wanted(item.item_id, self.settings)
                     db.execute(
                         "INSERT INTO items (item_id, prompt, responses, source, labels_wanted) "
                         "VALUES (?, ?, ?, ?, ?)",
@@ -319,7 +319,9 @@ def _hash_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
-def _labels_wanted(item_id: str, settings: dict) -> int:
+def labels_wanted(item_id: str, settings: dict) -> int:
+    """Rankings the item wants: `overlap_labellers` for the share `overlap` of the items that a
+    hash of the seed and the item id picks, else one."""
     share = _hash_int(f"{settings['seed']}/overlap/{item_id}") / 2**64
     return settings["overlap_labellers"] if share < settings["overlap"] else 1
 
