@@ -71,6 +71,13 @@ def add_label_parser(sub) -> None:
     serve.add_argument(
         "--labellers", help="comma-separated names, the only ones accepted (default: anyone)"
     )
+    serve.add_argument(
+        "--hold-minutes",
+        type=float,
+        default=10.0,
+        help="an item on someone's screen is theirs alone this long after they opened it; "
+        "after that it may go to another labeller too, when nothing else is left (default 10)",
+    )
 
 
 def _label_serve(args) -> None:
@@ -95,6 +102,7 @@ def _label_serve(args) -> None:
             overlap_labellers=args.overlap_labellers,
             seed=args.seed,
             labellers=tuple(name.strip() for name in names if name.strip()),
+            hold_minutes=args.hold_minutes,
         )
     except KeyboardInterrupt:  # Ctrl-C is how a server is stopped: a normal end, status 0
         pass

@@ -282,3 +282,32 @@ def test_two_people_in_tabs_of_one_browser_each_keep_their_own_name(tmp_path, br
     finally:
         context.close()
         stop(server)
+
+
+def test_a_labeller_waits_for_a_prompt_on_someone_elses_screen_and_gets_it_when_skipped(
+    tmp_path, browser
+):
+    # one prompt, held by ann: bob is told he waits (not that he is done), and his page asks
+    # again by itself, so the prompt reaches him once ann skips it
+    server = start_server(
+        write_candidates(tmp_path / "candidates.jsonl", ITEMS[:1]),
+        tmp_path / "db",
+        overlap=0.0,
+        hold_minutes=0.5,  # held 30 s; a waiting page asks again every 7.5 s
+    )
+    ann, bob = browser.new_page(), browser.new_page()
+    try:
+        start_labelling(ann, server, "ann", ITEMS[0].item_id)
+        bob.goto(server.link)
+        bob.fill("#name", "bob")
+        bob.click("#login button")
+        bob.wait_for_selector("#waiting", state="visible")
+        assert bob.is_hidden("#finished") and bob.is_hidden("#item")
+        assert bob.text_content("#waiting-count") == "1 prompt is on other labellers' screens."
+        ann.click("#skip")
+        ann.wait_for_selector("#finished", state="visible")
+        wait_for_item(bob, ITEMS[0].item_id)  # well within the hold: no reload, no expiry
+    finally:
+        ann.close()
+        bob.close()
+        stop(server)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from rlhfkit.labelling.server import (  # noqa: E402
     exposure_warning,
     page_url,
     ranks_from_groups,
+    run_label_server,
     submission_from_payload,
 )
 from rlhfkit.labelling.store import LabelStore, shown_order  # noqa: E402
@@ -423,3 +425,29 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(server):
         assert answer.startswith("HTTP/1.1 400"), answer
         assert "a request body is at most 1048576 bytes" in answer
     assert LabelStore(server.db).submissions() == []
+
+
+def test_a_labeller_with_nothing_open_is_told_how_many_prompts_others_hold(tmp_path):
+    server = start_server(
+        write_candidates(tmp_path / "candidates.jsonl", make_items(1)),
+        tmp_path / "db",
+        overlap=0.0,
+        hold_minutes=0.02,  # 1.2 s
+    )
+    try:
+        assert next_state(server, "ann")["item"]["item_id"] == "item-0"
+        waiting = next_state(server, "bob")
+        assert waiting["item"] is None and waiting["waiting"] == 1
+        assert waiting["ask_again_seconds"] == pytest.approx(0.3)
+        time.sleep(1.5)  # ann left it past the hold: it goes to bob too
+        state = next_state(server, "bob")
+        assert state["item"]["item_id"] == "item-0" and state["waiting"] == 0
+    finally:
+        stop(server)
+
+
+def test_the_hold_must_be_a_positive_time(tmp_path):
+    with pytest.raises(RlhfkitError, match="--hold-minutes must be above 0, got 0"):
+        run_label_server(
+            write_candidates(tmp_path / "c.jsonl", make_items(1)), tmp_path / "db", hold_minutes=0
+        )

@@ -124,13 +124,53 @@ def test_labellers_working_at_once_get_different_items(tmp_path):
     assert store.next_item("ann") == ann
 
 
-def test_an_item_held_by_a_labeller_who_left_is_served_at_the_end(tmp_path):
-    store = LabelStore(tmp_path / "labels.db", overlap=0.0)
+class Clock:
+    """Seconds that pass only when a test says so."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_item_on_someones_screen_waits_for_them_then_goes_to_others(tmp_path):
+    clock = Clock()
+    store = LabelStore(tmp_path / "labels.db", overlap=0.0, hold_seconds=600, clock=clock)
     store.add_items(make_items(3))
     left_open = store.next_item("ann")
-    served = [answer(store, "bob", store.next_item("bob")).item_id for _ in range(3)]
-    assert served == ["item-1", "item-2", left_open.item_id]
-    assert store.next_item("bob") is None
+    served = [answer(store, "bob", store.next_item("bob")).item_id for _ in range(2)]
+    assert served == ["item-1", "item-2"]
+    # ann's item is hers while she may still be at it: bob waits, and is told why
+    clock.now += 599
+    assert store.next_item("bob") is None and store.waiting("bob") == 1
+    # ann opened it again (a reload): held anew from then
+    assert store.next_item("ann") == left_open
+    clock.now += 599
+    assert store.next_item("bob") is None and store.waiting("bob") == 1
+    # left alone past the hold: it goes to bob too, and then nothing is left for him
+    clock.now += 2
+    assert store.next_item("bob") == left_open and store.waiting("bob") == 0
+    answer(store, "bob", left_open)
+    assert store.next_item("bob") is None and store.waiting("bob") == 0
+    assert store.waiting("cy") == 0  # every item has its ranking: nothing to wait for
+
+
+def test_a_store_from_before_claims_had_times_keeps_its_claims(tmp_path):
+    path = tmp_path / "labels.db"
+    store = LabelStore(path, overlap=0.0)
+    store.add_items(make_items(2))
+    held = store.next_item("ann")
+    with sqlite3.connect(path) as db:  # the table as earlier versions made it
+        db.execute("CREATE TABLE old AS SELECT labeller, item_id FROM claims")
+        db.execute("DROP TABLE claims")
+        db.execute("ALTER TABLE old RENAME TO claims")
+    store = LabelStore(path)
+    assert store.next_item("bob").item_id == "item-1"  # not ann's, while another is open
+    answer(store, "bob", store.next_item("bob"))
+    # an untimed claim counts as old: once nothing else is open it goes to others too
+    assert store.next_item("bob") == held
+    assert store.next_item("ann") == held  # and it is still on ann's screen
 
 
 def test_a_skipped_item_goes_to_another_labeller(tmp_path):

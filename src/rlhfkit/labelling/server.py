@@ -40,6 +40,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import SUBMISSIONS_FILE, read_items
 from rlhfkit.labelling.records import FLAGS, Item, Submission, flag_index, seconds_value, show_value
 from rlhfkit.labelling.store import (
+    HOLD_SECONDS,
     LabelStore,
     shown_order,
     write_candidates_file,
@@ -74,6 +75,7 @@ def run_label_server(
     overlap_labellers: int | None = None,
     seed: int | None = None,
     labellers: tuple[str, ...] = (),
+    hold_minutes: float = HOLD_SECONDS / 60,
 ) -> None:
     """Load `candidates` into the store at `db` and serve the labelling page until interrupted.
 
@@ -89,13 +91,23 @@ def run_label_server(
         overlap, overlap_labellers, seed: the store's assignment settings (see `LabelStore`);
             None keeps an existing store's.
         labellers: if given, the only names accepted.
+        hold_minutes: how long an item stays with the labeller who opened it before it may go to
+            another too (`LabelStore.hold_seconds`).
     """
     text = _read_guidelines(guidelines)
     items = read_items(candidates)
     if not items:
         raise RlhfkitError(f"{candidates}: no items to label")
     submissions_file = _submissions_file(candidates, db)
-    store = LabelStore(db, overlap=overlap, overlap_labellers=overlap_labellers, seed=seed)
+    if not hold_minutes > 0:
+        raise RlhfkitError(f"--hold-minutes must be above 0, got {hold_minutes}")
+    store = LabelStore(
+        db,
+        overlap=overlap,
+        overlap_labellers=overlap_labellers,
+        seed=seed,
+        hold_seconds=hold_minutes * 60,
+    )
     added = store.add_items(items)
     earlier = sync_labels_folder(store, Path(candidates), len(items), submissions_file)
     token = secrets.token_urlsafe(32)
@@ -230,7 +242,8 @@ async def api_undo(request: Request) -> JSONResponse:
 
 def labeller_state(store: LabelStore, labeller: str) -> dict:
     """What the page shows a labeller: progress, and the item with its responses in this
-    labeller's order (null when nothing is left for them)."""
+    labeller's order (null when nothing is open to them; then `waiting` counts the items on
+    others' screens that may still come to them, and the page asks again)."""
     item = store.next_item(labeller)
     progress = store.progress(labeller)
     view = None
@@ -245,6 +258,9 @@ def labeller_state(store: LabelStore, labeller: str) -> dict:
         "labeller": labeller,
         "progress": asdict(progress),
         "item": view,
+        "waiting": store.waiting(labeller) if item is None else 0,
+        # how soon a waiting page asks again: well within the hold, at most every 30 s
+        "ask_again_seconds": min(30.0, store.hold_seconds / 4),
         "can_undo": progress.mine > 0,
     }
 

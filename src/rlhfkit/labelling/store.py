@@ -9,16 +9,19 @@ Assignment. Each item wants one ranking, or `overlap_labellers` rankings from di
 for a deterministic share `overlap` of the items (chosen by a hash of the seed and the item id, so
 the same items get overlap whatever order they arrive in). A labeller is served items in file
 order; the item on their screen is held for them (a claim), so two labellers working at once get
-different items, and a labeller who comes back sees the item they left. When only items held by
-others remain, those are served too: nobody waits on a labeller who left. A skip counts as the
-labeller's answer but not as a ranking, so a skipped item goes to someone else.
+different items, and a labeller who comes back sees the item they left. A claim holds for
+`hold_seconds` after the labeller last opened the item; an item whose claim is older is served to
+others once nothing else is open, so nobody waits long on a labeller who left, and until then a
+labeller with nothing open waits (`waiting`). A skip counts as the labeller's answer but not as a
+ranking, so a skipped item goes to someone else.
 """
 
 import hashlib
 import json
 import random
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,8 @@ from rlhfkit.labelling.records import FLAGS, Item, Submission
 
 DEFAULTS = {"overlap": 0.1, "overlap_labellers": 2, "seed": 0}
 """Store settings used when a new store is created without them."""
+HOLD_SECONDS = 600.0
+"""How long an item stays with the labeller who last opened it before others may get it too."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,21 +63,26 @@ CREATE TABLE IF NOT EXISTS submissions (
     UNIQUE (labeller, item_id)
 );
 CREATE INDEX IF NOT EXISTS submissions_item ON submissions (item_id);
-CREATE TABLE IF NOT EXISTS claims (labeller TEXT PRIMARY KEY, item_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (
+    labeller TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    claimed_at REAL NOT NULL DEFAULT 0
+);
 CREATE INDEX IF NOT EXISTS claims_item ON claims (item_id);
 """
 # Columns are JSON text where the record holds a list or dict; `ranks` is NULL for a skip.
 
-# Items this labeller has not answered that still want a ranking. With :count_claims = 1 an item
-# held by another labeller counts as answered (the first choice); with 0 it does not (the last).
-_OPEN_ITEM = """
+# Items this labeller has not answered that still want a ranking, where a claim by another
+# labeller made after :held_since counts as a ranking on its way. :held_since = -1 counts every
+# claim (the first choice: items nobody holds); now - hold_seconds only the claims still held.
+_OPEN_ITEMS = """
 SELECT item_id FROM items AS i
 WHERE item_id NOT IN (SELECT item_id FROM submissions WHERE labeller = :labeller)
   AND (SELECT COUNT(*) FROM submissions AS s WHERE s.item_id = i.item_id AND s.ranks IS NOT NULL)
-    + :count_claims * (SELECT COUNT(*) FROM claims AS c
-                       WHERE c.item_id = i.item_id AND c.labeller != :labeller)
+    + (SELECT COUNT(*) FROM claims AS c
+       WHERE c.item_id = i.item_id AND c.labeller != :labeller AND c.claimed_at > :held_since)
     < i.labels_wanted
-ORDER BY position LIMIT 1
+ORDER BY position
 """
 
 
@@ -105,8 +115,11 @@ class LabelStore:
         overlap: float | None = None,
         overlap_labellers: int | None = None,
         seed: int | None = None,
+        hold_seconds: float = HOLD_SECONDS,
+        clock: Callable[[], float] = time.time,
     ):
         self.path = Path(path)
+        self.hold_seconds, self.clock = hold_seconds, clock
         asked = {"overlap": overlap, "overlap_labellers": overlap_labellers, "seed": seed}
         _check_settings(asked)
         db = self._connect()
@@ -119,6 +132,9 @@ class LabelStore:
             # executescript would commit first: run the statements inside this transaction
             for statement in filter(str.strip, SCHEMA.split(";")):
                 db.execute(statement)
+            claim_columns = {row[1] for row in db.execute("PRAGMA table_info(claims)")}
+            if "claimed_at" not in claim_columns:  # a store from before claims had times
+                db.execute("ALTER TABLE claims ADD COLUMN claimed_at REAL NOT NULL DEFAULT 0")
             self.settings = _settle_settings(db, asked, self.path)
 
     @property
@@ -190,20 +206,38 @@ class LabelStore:
         return [_item_from_row(row) for row in rows]
 
     def next_item(self, labeller: str) -> Item | None:
-        """The item to show `labeller` now (held for them until they answer it), or None when
-        nothing is left for them."""
+        """The item to show `labeller` now (held for them until they answer it, `hold_seconds`
+        after they last opened it), or None when nothing is open to them (`waiting` tells
+        whether items on others' screens may still come their way)."""
+        now = self.clock()
         with self._transaction() as db:
             item_id = _held_item(db, labeller)
-            for count_claims in (1, 0):
+            for held_since in (-1.0, now - self.hold_seconds):
                 if item_id is None:
                     found = db.execute(
-                        _OPEN_ITEM, {"labeller": labeller, "count_claims": count_claims}
+                        f"{_OPEN_ITEMS} LIMIT 1", {"labeller": labeller, "held_since": held_since}
                     ).fetchone()
                     item_id = found and found[0]
             if item_id is None:
                 return None
-            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?)", (labeller, item_id))
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (labeller, item_id, now))
             return _fetch_item(db, item_id)
+
+    def waiting(self, labeller: str) -> int:
+        """Items that still want a ranking `labeller` could give but that others hold now: when
+        `next_item` has nothing for them, these may come their way once answered, skipped or
+        left for `hold_seconds`."""
+        with self._transaction(write=False) as db:
+            held_since = self.clock() - self.hold_seconds
+            open_now = db.execute(
+                f"SELECT COUNT(*) FROM ({_OPEN_ITEMS})",
+                {"labeller": labeller, "held_since": held_since},
+            ).fetchone()[0]
+            open_at_all = db.execute(
+                f"SELECT COUNT(*) FROM ({_OPEN_ITEMS})",
+                {"labeller": labeller, "held_since": float("inf")},  # no claim counts
+            ).fetchone()[0]
+        return open_at_all - open_now
 
     def submit(self, submission: Submission) -> None:
         """Store a submission; committed to disk when this returns. Refuses one for an unknown
@@ -243,7 +277,9 @@ class LabelStore:
             if row is None:
                 return None
             db.execute("DELETE FROM submissions WHERE id = ?", (row[0],))
-            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?)", (labeller, row[1]))
+            db.execute(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (labeller, row[1], self.clock())
+            )
         return _submission_from_row(row[1:])
 
     def submissions(self) -> list[Submission]:

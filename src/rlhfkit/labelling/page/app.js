@@ -19,6 +19,7 @@ const view = {
   letters: new Map(), // response index -> the letter it was first shown with
   shownAt: 0,
   busy: false,
+  poll: null,        // the timer of a page waiting for a prompt held by someone else
 };
 
 const $ = (id) => document.getElementById(id);
@@ -55,9 +56,21 @@ function showState(state) {
   $("who").hidden = false;
   $("undo").disabled = !state.can_undo;
   $("item").hidden = state.item === null;
-  $("finished").hidden = state.item !== null;
+  const waiting = state.item === null && state.waiting > 0;
+  $("waiting").hidden = !waiting;
+  $("finished").hidden = state.item !== null || waiting;
+  clearTimeout(view.poll);
   if (state.item === null) {
     view.item = null;
+    if (waiting) {
+      // the last open prompts are on other labellers' screens: one may come back (skipped, or
+      // left for the hold time), so ask again rather than say there is nothing left
+      const n = state.waiting;
+      $("waiting-count").textContent =
+        `${n} prompt${n === 1 ? " is" : "s are"} on other labellers' screens.`;
+      const again = () => call("GET", `/api/next?labeller=${encodeURIComponent(view.labeller)}`);
+      view.poll = setTimeout(() => act(again), state.ask_again_seconds * 1000);
+    }
     return;
   }
   if (!view.item || view.item.item_id !== state.item.item_id) startItem(state.item);
