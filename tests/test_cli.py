@@ -863,3 +863,20 @@ def test_a_command_refused_under_torchrun_says_why(command, reason):
     torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
     with pytest.raises(cli.RlhfkitError, match=f"does not run under torchrun yet \\({reason}"):
         cli.run([command], env=torchrun)
+
+
+def test_resume_by_another_command_is_refused(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    # an RLOO run's config reads as a GRPO config (RLOO's keys are GRPO's, less some): `grpo
+    # --resume` would have continued RLOO's checkpoint as GRPO; any two commands alike
+    data = write_rows(tmp_path / "sft.jsonl", [GOOD_SFT] * 4)
+    code, _, err = run_main(monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data))
+    assert code == 0, err
+    root = tmp_path / "runs" / "sft"
+    args = [f"model={tiny_model_dir}", f"train_data={data}", "--runs-dir", tmp_path / "runs"]
+    code, _, err = run_main(monkeypatch, capsys, "rm", *args, "--name", "sft", "--resume")
+    assert_one_line_error(code, err, f"{root} is a run of rlhfkit sft, not rlhfkit rm")
+    # the run's own command resumes it (nothing left to do: its two steps are done)
+    code, _, err = run_main(
+        monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data), "--resume"
+    )
+    assert code == 0, err

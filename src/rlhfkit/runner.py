@@ -53,7 +53,7 @@ def run_in_dir(
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
     from rlhfkit.runtime.logs import run_log
-    from rlhfkit.runtime.provenance import record_start, start_record
+    from rlhfkit.runtime.provenance import first_command_name, record_start, start_record
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
 
     if resume and not command.resumable:
@@ -83,13 +83,19 @@ def run_in_dir(
             if lock.notice:
                 log.warning(lock.notice)
             with ExitStack() as config_kept:
+                made_by = first_command_name(run.root) if resume else None
+                if made_by not in (None, name):  # another trainer's checkpoint, state and config
+                    raise RlhfkitError(
+                        f"{run.root} is a run of rlhfkit {made_by}, not rlhfkit {name}: resume "
+                        f"it with rlhfkit {made_by}, or choose another run directory (--name)"
+                    )
                 if resume:  # a change the run then refuses is undone (rundir.py)
                     config_kept.enter_context(
                         resumed_with_config(run, cfg, allow_changes=allow_changes)
                     )
                 else:
                     save_config(cfg, run.config_path)
-                record_start(run.root, start_record(ranks.world_size))  # provenance.py
+                record_start(run.root, start_record(ranks.world_size, command_name=name))
                 if before_run is not None:
                     before_run(run)
                 ready = broadcast_from_main(None, ranks) is None

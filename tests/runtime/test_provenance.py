@@ -4,6 +4,7 @@ import subprocess
 from rlhfkit.runtime.provenance import (
     STARTS_FILE,
     cpu_description,
+    first_command_name,
     git_commit,
     latest_start,
     record_start,
@@ -45,9 +46,9 @@ def test_the_commit_of_a_checkout_and_whether_it_has_changes(tmp_path):
 
 
 def test_each_start_appends_a_record_and_the_latest_is_quoted(tmp_path):
-    assert latest_start(tmp_path) is None
+    assert latest_start(tmp_path) is None and first_command_name(tmp_path) is None
     with started_by("rlhfkit sft model=m"):
-        first = start_record()
+        first = start_record(command_name="sft")
     assert start_record()["command"] == ""  # outside: no command named
     record_start(tmp_path, first)
     record_start(tmp_path, {**first, "command": "rlhfkit sft model=m --resume"})
@@ -57,6 +58,7 @@ def test_each_start_appends_a_record_and_the_latest_is_quoted(tmp_path):
         "rlhfkit sft model=m --resume",
     ]
     assert latest_start(tmp_path)["command"].endswith("--resume")
+    assert first_command_name(tmp_path) == "sft"  # the command that made the run
     assert first["started"].endswith("Z") and first["world_size"] == 1
     assert {"rlhfkit", "git_commit", "torch", "transformers", "host", "cpu", "threads"} <= set(
         first

@@ -314,3 +314,33 @@ def test_resume_with_changes_saves_the_config_and_records_the_change(tmp_path):
     assert history[1].endswith('with changes: data: "train.jsonl" -> "fixed\\nname"')
     assert yaml.safe_load(run.config_path.read_text())["lr"] == 0.002
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_failed_overwrite_of_a_run_that_does_not_resume_puts_the_old_run_back(tmp_path):
+    """judge, eval and the pipeline do not resume: a checkpoint or final model their failed
+    rerun saved (the judge's SFT, the pipeline's first stages) is nothing to continue from, so
+    the earlier, complete run must come back."""
+    root = old_run(tmp_path / "runs" / "a", checkpoint=True)
+    before = contents(root)
+    with pytest.raises(KeyboardInterrupt):
+        with open_run(root, resume=False, overwrite=True, resumable=False) as (run, _):
+            save_checkpoint(run.checkpoints, 5, write=lambda d: (d / "w").write_bytes(b"new"))
+            (run.root / "sft" / "final").mkdir(parents=True)
+            raise KeyboardInterrupt
+    assert contents(root) == before
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_points_to_overwrite(tmp_path):
+    """Ctrl-C or a kill before the first checkpoint leaves config.yaml: a plain rerun must not
+    send the user to --resume, which has nothing to take, and --resume names --overwrite."""
+    root = tmp_path / "a"
+    root.mkdir()
+    (root / "config.yaml").write_text("lr: 0.001\n")
+    with pytest.raises(RlhfkitError) as error:
+        with open_run(root, resume=False, overwrite=False):
+            pass
+    assert "--resume" not in str(error.value) and "--overwrite" in str(error.value)
+    with pytest.raises(RlhfkitError, match="nothing to resume.*--overwrite"):
+        with open_run(root, resume=True, overwrite=False):
+            pass

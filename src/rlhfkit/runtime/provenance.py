@@ -83,9 +83,11 @@ def rlhfkit_version() -> str:
         return "unknown"
 
 
-def start_record(world_size: int = 1, command: str | None = None) -> dict:
-    """This start of a run: when (UTC), what command (default: `started_by`'s), which code and
-    libraries, which machine."""
+def start_record(
+    world_size: int = 1, command: str | None = None, command_name: str | None = None
+) -> dict:
+    """This start of a run: when (UTC), what command (default: `started_by`'s) and which
+    rlhfkit command it ran (`command_name`: "grpo"), which code and libraries, which machine."""
     import torch
     import transformers
 
@@ -97,6 +99,7 @@ def start_record(world_size: int = 1, command: str | None = None) -> dict:
     return {
         "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": _COMMAND_LINE.get() if command is None else command,
+        "command_name": command_name,
         "rlhfkit": rlhfkit_version(),
         "git_commit": commit,
         "git_dirty": dirty,
@@ -126,6 +129,18 @@ def latest_start(run_root: Path) -> dict | None:
     except OSError:
         return None
     return json.loads(lines[-1]) if lines else None
+
+
+def first_command_name(run_root: Path) -> str | None:
+    """The rlhfkit command that made the run (its first start's `command_name`), or None when
+    its first start named none or the run has no starts file (made before it was kept)."""
+    path = Path(run_root) / STARTS_FILE
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline()
+        return json.loads(first).get("command_name") if first.strip() else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def start_line(record: dict) -> str:

@@ -21,8 +21,9 @@ The CLI opens a run with `open_run`, which never loses a run:
   over).
 - `--overwrite` does not delete the earlier run up front. It renames it to the hidden sibling
   `runs/.<name>.replaced-<pid>` and starts the new run in `runs/<name>`. The earlier run is
-  deleted once the new one has succeeded, or has failed after saving progress (a complete
-  checkpoint or a final model, its own or a sub-run's): a run that can be resumed replaces it.
+  deleted once the new one has succeeded, or, for a command that resumes, has failed after
+  saving progress (a complete checkpoint or a final model, its own or a sub-run's): a run that
+  can be resumed replaces it; a failed run of a command that cannot resume never does.
   A new run that fails before saving any progress (bad input, any exception, Ctrl-C) is
   removed and the earlier run is moved back untouched. A process killed outright leaves the
   earlier run in `runs/.<name>.replaced-<pid>`, to move back or delete by hand.
@@ -147,7 +148,11 @@ def open_run(
     try:
         if not resume and _has_content(root):
             if not overwrite:
-                raise _already_exists(root, resumable)
+                # a run stopped before its first checkpoint has nothing --resume could take
+                can_resume = resumable and (
+                    not resume_needs_checkpoint or latest_checkpoint(run_dir.checkpoints)
+                )
+                raise _already_exists(root, bool(can_resume))
             _check_replaceable(run_dir)
             aside, lock = _move_aside(run_dir, lock)
     except BaseException:
@@ -158,7 +163,7 @@ def open_run(
     try:
         yield run_dir, lock
     except BaseException as error:
-        _after_failure(run_dir, aside, resume=resume, error=error)
+        _after_failure(run_dir, aside, resume=resume, resumable=resumable, error=error)
         raise
     else:
         if aside is not None:
@@ -294,7 +299,8 @@ def _check_resumable(run_dir: RunDir, resume_needs_checkpoint: bool) -> None:
             )
     elif latest_checkpoint(run_dir.checkpoints) is None:
         raise RlhfkitError(
-            f"nothing to resume in run directory {run_dir.root}: it holds no complete checkpoint"
+            f"nothing to resume in run directory {run_dir.root}: it holds no complete checkpoint "
+            "(it stopped before its first): start it again with --overwrite"
         )
 
 
@@ -383,12 +389,14 @@ def _move_aside(run_dir: RunDir, lock: RunLock) -> tuple[Path, RunLock]:
 
 
 def _after_failure(
-    run_dir: RunDir, aside: Path | None, *, resume: bool, error: BaseException
+    run_dir: RunDir, aside: Path | None, *, resume: bool, resumable: bool, error: BaseException
 ) -> None:
-    """What a failed run leaves: the module docstring's rules."""
+    """What a failed run leaves: the module docstring's rules. A run that cannot be resumed
+    (judge, eval, the pipeline) never replaces the earlier one by failing: what it saved is no
+    progress, since nothing can continue from it."""
     if resume:
         return
-    if has_progress(run_dir):
+    if has_progress(run_dir) and (resumable or aside is None):
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
         return

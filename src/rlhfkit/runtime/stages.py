@@ -51,7 +51,10 @@ def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
     with ExitStack() as held:
 
         def open_dir() -> RunDir:
-            run, lock = held.enter_context(open_run(root, resume=False, overwrite=True))
+            # a job does not resume: a rerun that fails keeps the earlier run, whatever it saved
+            run, lock = held.enter_context(
+                open_run(root, resume=False, overwrite=True, resumable=False)
+            )
             if lock.notice:
                 log.warning(lock.notice)
             save_config(cfg, run.config_path)
