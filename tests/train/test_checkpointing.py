@@ -4,9 +4,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhfkit.errors import NumericalFault
+from rlhfkit.errors import ConfigError, NumericalFault
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
-from rlhfkit.train.checkpointing import save_final_model, save_trainer_checkpoint
+from rlhfkit.runtime.checkpoint import save_checkpoint
+from rlhfkit.train.checkpointing import resume_point, save_final_model, save_trainer_checkpoint
 
 
 def test_the_final_model_is_written_whole(tiny_model_dir, tmp_path):
@@ -15,6 +16,23 @@ def test_the_final_model_is_written_whole(tiny_model_dir, tmp_path):
     saved = load_file(final / "model.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items() if k in saved)
     assert [p.name for p in final.parent.iterdir()] == ["final"]  # no temporary left
+    # a crash during a save of final/ left copies beside it: the next save clears them
+    for leftover in (".tmp-final-0123456789ab", ".tmp-old-final-77"):
+        (final.parent / leftover).mkdir()
+        (final.parent / leftover / "model.safetensors").write_bytes(b"half a model")
+    (final.parent / ".tmp-finalist-1").mkdir()  # another name's: not its business
+    save_final_model(model, tokenizer, final, tmp_path / "none")
+    assert sorted(p.name for p in final.parent.iterdir()) == [".tmp-finalist-1", "final"]
+
+
+def test_a_checkpoint_past_the_runs_steps_is_refused_not_saved_as_final(tmp_path):
+    # `--resume-with-changes max_steps=10` on a run checkpointed at step 15: the loop would not
+    # run, and step 15's weights would become final/ of a 10-step run
+    checkpoints = tmp_path / "checkpoints"
+    save_checkpoint(checkpoints, 15, write=lambda d: (d / "w").write_bytes(b"w"))
+    assert resume_point(checkpoints, total_steps=15).name == "step_00000015"
+    with pytest.raises(ConfigError, match="is step 15, past this run's 10 steps: resume with"):
+        resume_point(checkpoints, total_steps=10)
 
 
 def test_a_full_disk_during_the_final_save_leaves_the_earlier_final_untouched(

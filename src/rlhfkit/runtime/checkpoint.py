@@ -296,6 +296,17 @@ def clear_new_output(out_dir: Path) -> None:
         out_dir.rmdir()
 
 
+def remove_leftovers_of(final: Path) -> None:
+    """Delete what a crash while publishing `final` left beside it: its `.tmp-` copies, which
+    may each hold a whole model (one writer per run directory, so none is in use)."""
+    if not final.parent.is_dir():
+        return
+    mine = (f"{_TMP_PREFIX}{final.name}-", f"{_TMP_PREFIX}old-{final.name}-")
+    for entry in final.parent.iterdir():
+        if entry.name.startswith(mine) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def temporary_sibling(final: Path) -> Path:
     """A fresh temporary directory beside `final`, on the same filesystem so a rename publishes
     it; leftovers of a crash carry the `.tmp-` prefix. Made with a plain mkdir, so the user's

@@ -13,15 +13,17 @@ from typing import Any
 
 import torch
 
-from rlhfkit.errors import NumericalFault, RlhfkitError
+from rlhfkit.errors import ConfigError, NumericalFault, RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora, load_lora, merged_copy, merged_gathered
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
+    checkpoint_step,
     latest_checkpoint,
     load_torch_state,
     publish_dir,
+    remove_leftovers_of,
     restore_rng_state,
     resumable_checkpoint,
     save_checkpoint,
@@ -194,11 +196,22 @@ def final_policy(
     return merged_gathered(load_causal_lm(model_dir), weights, lora_r, lora_alpha), None
 
 
-def resume_point(checkpoints_dir: Path, ranks: Ranks = ONE_PROCESS) -> Path | None:
+def resume_point(
+    checkpoints_dir: Path, ranks: Ranks = ONE_PROCESS, *, total_steps: int | None = None
+) -> Path | None:
     """The checkpoint to resume from: the newest undamaged one (see
     runtime.checkpoint.resumable_checkpoint), or None for a fresh start. Under torchrun rank 0
-    chooses and every rank takes its choice."""
-    return on_main(lambda: resumable_checkpoint(checkpoints_dir), ranks)
+    chooses and every rank takes its choice. One past `total_steps` (a run resumed with a
+    lower max_steps) is refused: the run would save that checkpoint as its final model."""
+    checkpoint = on_main(lambda: resumable_checkpoint(checkpoints_dir), ranks)
+    if checkpoint is not None and total_steps is not None:
+        step = checkpoint_step(checkpoint)
+        if step > total_steps:
+            raise ConfigError(
+                f"{checkpoint} is step {step}, past this run's {total_steps} steps: resume "
+                f"with at least {step} steps, or start again with --overwrite"
+            )
+    return checkpoint
 
 
 def save_final_model(
@@ -212,6 +225,7 @@ def save_final_model(
     finite = all_finite(model) if state_dict is None else all_finite_tensors(state_dict.values())
     if not finite:
         raise _non_finite("the trained model", "final/ not written", checkpoints_dir)
+    remove_leftovers_of(Path(final_dir))  # a crash during an earlier save of it
     tmp = temporary_sibling(Path(final_dir))
     try:
         if state_dict is None:

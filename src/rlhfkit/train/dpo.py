@@ -266,7 +266,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     held_out = load_preference_groups(cfg.eval_data, tokenizer, **data) if cfg.eval_data else []
 
     # step 2. the policy, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks, total_steps=cfg.max_steps) if resume else None
     policy = load_configured_policy(cfg, checkpoint, device)
     if cfg.disable_dropout:
         disable_dropout(policy)

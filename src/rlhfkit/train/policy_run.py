@@ -126,7 +126,11 @@ class PolicyRun:
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
-        checkpoint = resume_point(run_dir.checkpoints, self.ranks) if resume else None
+        checkpoint = (
+            resume_point(run_dir.checkpoints, self.ranks, total_steps=self.total_steps)
+            if resume
+            else None
+        )
         # the task first: one that cannot be built (an extra not installed) fails before the
         # models load
         self.task = get_task(cfg.task) if cfg.task else None

@@ -283,7 +283,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     held_out = load_reward_data(cfg, tokenizer, cfg.eval_data, "eval") if cfg.eval_data else []
 
     # step 2. backbone + head(s), optimizer, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks, total_steps=cfg.max_steps) if resume else None
     # (under LoRA the frozen backbone is always the start; the adapters and head come back
     # from the checkpoint's trainer state)
     model = RewardModel.from_pretrained(

@@ -215,7 +215,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         require_rows(held_out, cfg.eval_data, eval_report, "evaluate on")
 
     # step 2. the model and optimizer, restored from the last checkpoint when resuming
-    checkpoint = resume_point(run.checkpoints, ranks) if resume else None
+    checkpoint = resume_point(run.checkpoints, ranks, total_steps=cfg.max_steps) if resume else None
     device = resolve_device(cfg.device)
     model = load_configured_policy(cfg, checkpoint, device)
     if cfg.gradient_checkpointing:
