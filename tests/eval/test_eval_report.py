@@ -14,7 +14,7 @@ import torch
 from rlhfkit import cli
 from rlhfkit.data.conversation import conversation_text
 from rlhfkit.eval.eval_report import write_eval_report
-from rlhfkit.eval.tables import markdown_table, metric_table, rate, short_names
+from rlhfkit.eval.tables import fixed, markdown_table, metric_table, rate, short_names
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import get_task
@@ -57,7 +57,9 @@ def test_the_html_report_holds_every_model_and_the_numbers_of_eval_json(report):
     for m in (theirs, ours):
         assert f"<td>{m['greedy_gold_score']:.3f}</td>" in page
         assert f"{m['gold_sampled']:.3f} [{m['gold_sampled_low']:.3f}," in page
-        assert f"<td>{m['kl_k1_per_token']:.4f} / {m['kl_k3_per_token']:.4f}</td>" in page
+        assert (
+            f"<td>{fixed(m['kl_k1_per_token'], 4)} / {fixed(m['kl_k3_per_token'], 4)}</td>" in page
+        )
         assert f"<td>{m['pass@2']:.1%}</td>" in page
     assert f"<td>{rate(ours, 'win_rate_sampled')}</td>" in page
     assert f"<td>{rate(ours, 'win_rate_greedy')}</td>" in page

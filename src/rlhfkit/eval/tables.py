@@ -15,8 +15,16 @@ def rate(metrics: dict, key: str) -> str:
     )
 
 
+def fixed(value: float, digits: int = 3) -> str:
+    """`value` with `digits` decimals, never "-0.000": a KL of -1e-7 (a model against itself,
+    rounding) reads as 0.000."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _interval(m: dict, key: str, digits: int = 3) -> str:
-    return f"{m[key]:.{digits}f} [{m[key + '_low']:.{digits}f}, {m[key + '_high']:.{digits}f}]"
+    low, high = m[key + "_low"], m[key + "_high"]
+    return f"{fixed(m[key], digits)} [{fixed(low, digits)}, {fixed(high, digits)}]"
 
 
 # (row label, the key a model's metrics must hold for it, how to write it); one row each
@@ -29,7 +37,7 @@ EVAL_METRICS = [
     (
         "KL/token k1 / k3",
         "kl_k1_per_token",
-        lambda m: f"{m['kl_k1_per_token']:.4f} / {m['kl_k3_per_token']:.4f}",
+        lambda m: f"{fixed(m['kl_k1_per_token'], 4)} / {fixed(m['kl_k3_per_token'], 4)}",
     ),
     ("proxy (RM) [95%]", "proxy_sampled", lambda m: _interval(m, "proxy_sampled")),
     ("length (tokens)", "length_tokens", lambda m: f"{m['length_tokens']:.1f}"),

@@ -28,13 +28,13 @@ class WinRate:
     def n(self) -> int:
         return self.wins + self.ties + self.losses
 
-    def as_dict(self, prefix: str = "win_rate") -> dict[str, float]:
+    def as_dict(self, prefix: str = "win_rate") -> dict[str, float | int]:
         return {
             prefix: self.rate,
             f"{prefix}_low": self.low,
             f"{prefix}_high": self.high,
             f"{prefix}_ties": self.ties / max(1, self.n),
-            f"{prefix}_n": float(self.n),
+            f"{prefix}_n": self.n,  # a count, as gold_sampled_n
         }
 
 

@@ -175,7 +175,7 @@ def sample_metrics(
         **metrics,
         "reward_mean": sum(rewards) / len(rewards),
         "response_length": sum(lengths) / len(lengths),
-        "response_tokens": float(sum(lengths)),
+        "response_tokens": int(sum(lengths)),  # a count, as the other trainers log it
     }
 
 
