@@ -848,14 +848,15 @@ def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
     # a run killed outright leaves its lock behind: the next start takes it over and says so
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    write_lock(root, child.pid)
-    code, _, err = run_main(monkeypatch, capsys, *args, "--resume")
-    assert code == 0, err
-    assert err.strip() == (
-        f"warning: run {root}: taking over its lock from process {child.pid}, "
-        "which is no longer running"
-    )
-    assert not lock.exists()  # released at the end
+    for flag in ("--resume", "--overwrite"):  # the replacing run says so too
+        write_lock(root, child.pid)
+        code, _, err = run_main(monkeypatch, capsys, *args, flag)
+        assert code == 0, err
+        assert err.strip() == (
+            f"warning: run {root}: taking over its lock from process {child.pid}, "
+            "which is no longer running"
+        )
+        assert not lock.exists()  # released at the end
 
 
 @pytest.mark.parametrize("command, reason", [("frontier", "its rankings")])

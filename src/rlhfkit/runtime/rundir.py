@@ -385,7 +385,7 @@ def _move_aside(run_dir: RunDir, lock: RunLock) -> tuple[Path, RunLock]:
             f"the earlier run is kept in {aside}"
         ) from None
     release_run_lock(moved_lock)
-    return aside, new_lock
+    return aside, replace(new_lock, notice=lock.notice)  # a stale lock taken over: still said
 
 
 def _after_failure(
