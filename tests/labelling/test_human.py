@@ -194,3 +194,21 @@ def test_the_page_served_in_process_takes_answers(tmp_path):
     with pytest.raises(OSError):
         urllib.request.urlopen(link, timeout=2)
     assert read_labels(tmp_path)[1][0].ranks == (1, 1, 0)  # the page kept submissions.jsonl
+
+
+def test_a_refresh_the_run_moved_on_from_no_longer_serves_its_skipped_prompts(tmp_path):
+    # "Hi!" is skipped and dropped; the next refresh's prompt must come first, not the old one
+    store = LabelStore(tmp_path / "labels.db", overlap=0.0)  # as a store the run creates
+    human = HumanLabeller(store, run_tag="run", timeout_s=20.0, poll_s=0.02, log=io.StringIO())
+    people = {"What is 2+2?": (0, 1, 2), "Name a colour.": None, "Hi!": None}
+    thread = play_human(store, people)
+    assert human.rank_with_ties(PROMPTS, RESPONSES) == [(0, 1, 2), None, None]
+    thread.join()
+    assert human.store.next_item("bob") is None  # the skipped ones are not offered again
+    progress = human.store.progress("bob")
+    assert (progress.done, progress.total) == (3, 3)
+
+
+def test_the_run_sets_how_long_a_prompt_stays_on_someones_screen(tmp_path):
+    settings = HumanSettings(tmp_path / "labels.db", "run", 20.0, serve=False, port=0, hold_s=30.0)
+    assert open_human_labeller(settings, log=io.StringIO()).store.hold_seconds == 30.0

@@ -362,3 +362,15 @@ def test_several_processes_labelling_at_once_never_share_a_single_label_item(tmp
     per_item = Counter(s.item_id for s in done)
     assert set(per_item) == {item.item_id for item in make_items(40)}
     assert sum(per_item.values()) - 40 <= 6
+
+
+def test_retire_unranked_stops_serving_items_without_a_ranking(tmp_path):
+    from rlhfkit.labelling.records import Item, Submission
+
+    store = LabelStore(tmp_path / "db", overlap=0.0)
+    store.add_items([Item(f"i{n}", "p", ("a", "b")) for n in range(3)])
+    store.submit(Submission("i0", "ann", (0, 1), (0, 1)))
+    store.submit(Submission("i1", "ann", None, (0, 1)))
+    assert store.retire_unranked(["i0", "i1"]) == 1  # i0 has its ranking; i1 only a skip
+    assert store.next_item("bob").item_id == "i2"
+    assert store.progress("bob").done == 2

@@ -26,7 +26,12 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import CANDIDATES_FILE, SUBMISSIONS_FILE
 from rlhfkit.labelling.export import dense_ranks
 from rlhfkit.labelling.records import Item, Submission
-from rlhfkit.labelling.store import LabelStore, write_candidates_file, write_submissions_file
+from rlhfkit.labelling.store import (
+    HOLD_SECONDS,
+    LabelStore,
+    write_candidates_file,
+    write_submissions_file,
+)
 from rlhfkit.objectives.ranking import ranking_comparisons
 
 Ranks = tuple[int, ...]
@@ -49,6 +54,8 @@ class HumanSettings:
     """The page's port; 0 = a free one."""
     poll_s: float = 1.0
     """Seconds between two looks at the store."""
+    hold_s: float = HOLD_SECONDS
+    """How long a prompt on someone's screen stays theirs alone (`LabelStore.hold_seconds`)."""
 
 
 def refresh_items(
@@ -126,6 +133,9 @@ class HumanLabeller:
         items = refresh_items(self.run_tag, self.refreshes, prompts, responses)
         self._queue(items)
         ranked = self._wait([item.item_id for item in items])
+        # the skipped prompts are dropped: stop serving them, or they come before the next
+        # refresh's prompts (file order) and people rank what no run will use
+        self.store.retire_unranked(item.item_id for item in items if item.item_id not in ranked)
         self.refreshes += 1
         self.labels_used += sum(ranking_comparisons(len(group)) for group in responses)
         return [ranked.get(item.item_id) for item in items]
@@ -239,7 +249,7 @@ def open_human_labeller(settings: HumanSettings, log=sys.stderr) -> HumanLabelle
     folder around it, and the page when `settings.serve`."""
     path = Path(settings.store)
     path.parent.mkdir(parents=True, exist_ok=True)
-    store = LabelStore(path, overlap=None if path.exists() else 0.0)
+    store = LabelStore(path, overlap=None if path.exists() else 0.0, hold_seconds=settings.hold_s)
     page, stop = serve_page(store, settings.port) if settings.serve else (None, None)
     if page is not None:
         print(f"labelling page: {page}", file=log, flush=True)

@@ -282,6 +282,22 @@ class LabelStore:
             )
         return _submission_from_row(row[1:])
 
+    def retire_unranked(self, item_ids: Iterable[str]) -> int:
+        """Stop serving those of `item_ids` that have no ranking (only skips, or no answer):
+        they want no more rankings, and count as done. A training run calls this for the
+        prompts of a refresh it has moved on from, so people are not served prompts nobody will
+        use ahead of the ones the run waits for. Returns how many were retired."""
+        ids = list(item_ids)
+        with self._transaction() as db:
+            before = db.total_changes
+            db.executemany(
+                "UPDATE items SET labels_wanted = 0 WHERE item_id = ? AND labels_wanted > 0 "
+                "AND NOT EXISTS (SELECT 1 FROM submissions AS s "
+                "WHERE s.item_id = items.item_id AND s.ranks IS NOT NULL)",
+                [(item_id,) for item_id in ids],
+            )
+            return db.total_changes - before
+
     def submissions(self) -> list[Submission]:
         """Every submission, in the order they were made."""
         with self._transaction(write=False) as db:

@@ -175,6 +175,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "reward_first_call_timeout_s": at_least(0, "0 = no limit"),
         "human_timeout_s": at_least(0, "0 = no limit"),
         "human_port": within(0, 65535, note="0 = a free port"),
+        "human_hold_minutes": above(0),
         "reward_uncertainty_coef": FINITE,  # negative: a bonus for uncertain rewards
         "missing_eos_penalty": at_least(0, "0 = none"),
         "reward_threshold": FINITE,

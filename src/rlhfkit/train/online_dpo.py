@@ -135,6 +135,10 @@ class OnlineDPOConfig(PolicyRunConfig):
     false = another process serves the store."""
     human_port: int = 8765
     """labeller=human, human_serve: the page's port; 0 = a free one."""
+    human_hold_minutes: float = 10.0
+    """labeller=human: how long a prompt on someone's screen stays theirs alone after they last
+    opened it, before the page gives it to another labeller (`rlhfkit label serve
+    --hold-minutes`); a refresh can wait this long on a labeller who left."""
     annotator_temperature: float = 0.0
     """The annotator's Bradley-Terry temperature; 0 = calibrate on the first batch to
     target_agreement."""
@@ -296,6 +300,7 @@ def human_settings(cfg: OnlineDPOConfig, run_dir) -> HumanSettings:
         timeout_s=cfg.human_timeout_s,
         serve=cfg.human_serve,
         port=cfg.human_port,
+        hold_s=cfg.human_hold_minutes * 60,
     )
 
 

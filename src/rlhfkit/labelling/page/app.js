@@ -35,7 +35,17 @@ async function call(method, path, body) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch {
+    // no answer at all: the server has stopped (a training run that serves this page has
+    // ended, been stopped, or timed out), so nothing sent now was stored
+    throw new Error(
+      "The labelling server is not answering (it has stopped: the training run serving this " +
+        "page may have ended). Nothing was saved just now; open the new link once it runs again."
+    );
+  }
   if (response.status === 403) {
     throw new Error("Access refused: open the page with the link that `rlhfkit label serve` printed.");
   }
@@ -68,9 +78,11 @@ function showState(state) {
       const n = state.waiting;
       $("waiting-count").textContent =
         `${n} prompt${n === 1 ? " is" : "s are"} on other labellers' screens.`;
-      const again = () => call("GET", `/api/next?labeller=${encodeURIComponent(view.labeller)}`);
-      view.poll = setTimeout(() => act(again), state.ask_again_seconds * 1000);
     }
+    // nothing open now: ask again by itself, also when nothing is held, since a training run
+    // (online DPO, labeller=human) adds the next refresh's prompts to the store as it goes
+    const again = () => call("GET", `/api/next?labeller=${encodeURIComponent(view.labeller)}`);
+    view.poll = setTimeout(() => act(again), state.ask_again_seconds * 1000);
     return;
   }
   if (!view.item || view.item.item_id !== state.item.item_id) startItem(state.item);
