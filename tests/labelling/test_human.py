@@ -146,6 +146,10 @@ def test_the_first_ranking_counts_and_ranks_are_made_dense():
     ]
     ranked, skipped = first_answers(submissions, ["a", "b", "c"])
     assert ranked == {"a": (0, 1, 1)} and skipped == {"b"}
+    # every response tied prefers nothing: a skip, and a later real ranking is used
+    tied = [sub("c", "ann", (1, 1, 1)), sub("d", "ann", (0, 0, 0)), sub("d", "bob", (1, 0, 2))]
+    ranked, skipped = first_answers(tied, ["c", "d"])
+    assert ranked == {"d": (1, 0, 2)} and skipped == {"c"}
     assert dense_ranks((3, 0, 7, 3)) == (1, 0, 2, 1)
 
 

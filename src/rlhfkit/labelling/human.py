@@ -77,14 +77,15 @@ def first_answers(
     submissions: list[Submission], item_ids: list[str]
 ) -> tuple[dict[str, Ranks], set[str]]:
     """(ranked, skipped) among `item_ids`: each item's first ranking in submission order, dense;
-    and the items that have only skips so far."""
+    and the items that have only skips so far. A ranking that ties every response prefers
+    nothing: it counts as a skip, as the export leaves it out."""
     wanted = set(item_ids)
     ranked: dict[str, Ranks] = {}
     skipped: set[str] = set()
     for submission in submissions:
         if submission.item_id not in wanted or submission.item_id in ranked:
             continue
-        if submission.skipped:
+        if submission.skipped or len(set(submission.ranks)) < 2:
             skipped.add(submission.item_id)
         else:
             ranked[submission.item_id] = dense_ranks(submission.ranks)
