@@ -179,8 +179,9 @@ class TokenGuard:
 
         if not granted:
             refusal = PlainTextResponse(
-                "403 Forbidden: open the page with the link (and its token) that "
-                "`rlhfkit label serve` printed",
+                "403 Forbidden: open the page with the link (and its token) that the server "
+                "printed (`rlhfkit label serve`, or a training run's 'labelling page:' line); a "
+                "server started again prints a new link",
                 status_code=403,
             )
             return await refusal(scope, receive, send_with_headers)

@@ -47,7 +47,10 @@ async function call(method, path, body) {
     );
   }
   if (response.status === 403) {
-    throw new Error("Access refused: open the page with the link that `rlhfkit label serve` printed.");
+    throw new Error(
+      "Access refused: open the page with the link the server printed (rlhfkit label serve, or " +
+        "the training run's 'labelling page:' line). A server started again prints a new link."
+    );
   }
   const data = await response.json();
   if (!response.ok) throw new Error(data.error || `request failed (${response.status})`);
