@@ -1,4 +1,5 @@
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -188,7 +189,12 @@ def test_a_failed_rerun_leaves_the_earlier_run_as_it_was(tmp_path, monkeypatch):
 def tiny_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("runs")
     cfg = load_config(PipelineConfig, overrides=[f"runs_dir={tmp_path}", "name=tiny", *TINY])
-    return tmp_path, Pipeline(cfg).run_all()
+    logger = logging.getLogger("rlhfkit")
+    logger.setLevel(logging.INFO)  # as the command line sets it: INFO reaches the job's log.txt
+    try:
+        return tmp_path, Pipeline(cfg).run_all()
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
@@ -234,6 +240,10 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     # what made the numbers: Pipeline(cfg) called directly names no command, and says so
     assert on_disk["started"]["command"] == "" and on_disk["started"]["world_size"] == 1
     assert "class='made-by'>rlhfkit " in (tmp_path / "tiny" / "report.html").read_text()
+    # every stage's messages in the job's log: the data reports of SFT and the reward model
+    logged = (tmp_path / "tiny" / "log.txt").read_text()
+    assert "INFO rlhfkit.train.sft: train data " in logged
+    assert "INFO rlhfkit.train.reward: train data " in logged
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()
 

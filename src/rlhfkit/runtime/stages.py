@@ -14,6 +14,7 @@ from rich.console import Console
 from rlhfkit.runtime.config import save_config
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.distributed_checkpoint import on_main
+from rlhfkit.runtime.logs import run_log
 from rlhfkit.runtime.provenance import record_start, start_record
 from rlhfkit.runtime.rundir import RunDir, open_run, prepare_run_dir
 
@@ -40,9 +41,10 @@ def main_stage(fn: Callable[[], Any]) -> Callable[[], Any]:
 def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
     """The job's run directory, holding its config, for the `with` block. A job reruns under its
     name as `--overwrite` replaces a run (runtime/rundir.py): the earlier run is moved aside,
-    deleted once the new one has saved a model, and moved back if it fails before (bad input,
-    Ctrl-C), so a mistyped rerun never costs the earlier results. Under torchrun rank 0 opens
-    and holds it; the other ranks wait until it is open."""
+    deleted once the new one has finished, and moved back if it fails or is stopped, so a
+    mistyped rerun never costs the earlier results. Its messages, the stages' included, go to
+    its `log.txt`. Under torchrun rank 0 opens and holds it; the other ranks wait until it is
+    open."""
     ranks = current_ranks()
     if not ranks.is_main:
         on_main(lambda: None, ranks)
@@ -55,6 +57,7 @@ def job_run_dir(root: Path, cfg: Any) -> Iterator[RunDir]:
             run, lock = held.enter_context(
                 open_run(root, resume=False, overwrite=True, resumable=False)
             )
+            held.enter_context(run_log(run.root))
             if lock.notice:
                 log.warning(lock.notice)
             save_config(cfg, run.config_path)
