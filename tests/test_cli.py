@@ -881,3 +881,24 @@ def test_resume_by_another_command_is_refused(monkeypatch, capsys, tmp_path, tin
         monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data), "--resume"
     )
     assert code == 0, err
+
+
+def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(capsys):
+    for rank, printed in (("1", False), ("0", True)):
+        env = {"WORLD_SIZE": "2", "RANK": rank, "LOCAL_RANK": rank}
+        with pytest.raises(SystemExit) as stop:
+            cli.run(["sft", "--bogus"], env=env)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert ("unrecognized arguments: --bogus" in err) is printed, (rank, err)
+
+
+def test_a_collective_that_lost_a_peer_is_told_apart():
+    lost = [
+        RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [x]: ..."),
+        RuntimeError("[c10d] Connection reset by peer"),
+        RuntimeError("NCCL error: remote process exited or there was a network error"),
+    ]
+    assert all(cli._lost_a_rank(error) for error in lost)
+    assert not cli._lost_a_rank(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not cli._lost_a_rank(ValueError("Connection reset by peer"))  # not a collective's

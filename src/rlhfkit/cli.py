@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import random
+import re
 import shlex
 import signal
 import sys
@@ -153,9 +154,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run one command line; `env` (default: the process environment) says whether torchrun
     started this process."""
-    args = _parse(argv)
+    environ = os.environ if env is None else env
+    if _torchrun_started(environ) and environ.get("RANK", "0") != "0":
+        # every rank parses the same command line: rank 0 alone prints a usage error (or --help)
+        with open(os.devnull, "w") as null:
+            out, err = sys.stdout, sys.stderr
+            sys.stdout = sys.stderr = null
+            try:
+                args = _parse(argv)
+            finally:
+                sys.stdout, sys.stderr = out, err
+    else:
+        args = _parse(argv)
     args.argv = list(map(str, argv))
-    if _torchrun_started(os.environ if env is None else env):
+    if _torchrun_started(environ):
         return _run_under_torchrun(args, os.environ if env is None else env)
     if args.command == "label":  # needs neither torch nor transformers: starts at once
         return run_label(args)
@@ -216,6 +228,20 @@ def _run_under_torchrun(args, env) -> None:
             print(f"error (rank {launch.rank}): {error}", file=sys.stderr)
             sys.exit(getattr(error, "exit_status", 2))
         raise
+    except Exception as error:
+        if not _lost_a_rank(error):
+            raise
+        # another process of the job died (killed, out of memory): this rank's collective
+        # failed. One line instead of the collective's traceback; torchrun stops the others.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its SIGTERM: no traceback at exit
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". This is typically")[0]
+        print(
+            f"error (rank {launch.rank}): another process of the job stopped ({detail[:160]}); "
+            "the job stops: rerun with --resume to continue from the last checkpoint",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except (KeyboardInterrupt, Terminated) as stop:
         if launch.rank != 0:  # torchrun stops every rank alike: rank 0 says so
             sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
@@ -225,6 +251,28 @@ def _run_under_torchrun(args, env) -> None:
             sys.stdout = sys.__stdout__
             quiet.close()
         close_distributed()
+
+
+# what a collective says when a peer process has gone (gloo on CPUs, NCCL on GPUs)
+_PEER_LOST = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Socket Timeout",
+    "remote process exited",
+)
+
+
+def _lost_a_rank(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another rank of the job died."""
+    import torch.distributed as dist
+
+    message = str(error)
+    if isinstance(error, getattr(dist, "DistNetworkError", ())) or "gloo/transport" in message:
+        return True
+    return isinstance(error, (RuntimeError, getattr(dist, "DistError", RuntimeError))) and any(
+        text in message for text in _PEER_LOST
+    )
 
 
 def _run_command(args, command: Command) -> None:

@@ -207,6 +207,23 @@ def evaluate_reward_model(
 
 # statistics that are terms of the step's loss: each micro-batch's is its share of the total
 LOSS_TERMS = ("bt_loss", "imitation_loss")
+# raw sums over a micro-batch's rewards (`pairwise_loss`): added up over the step's micro-batches
+# and ranks, then turned into the step's reward mean and std
+REWARD_SUMS = ("reward_sum", "reward_sq_sum", "reward_count")
+
+
+def whole_batch_reward_stats(stats: dict[str, float]) -> None:
+    """Replace the per-micro-batch reward mean and std by the whole step's, from the summed raw
+    sums: the same numbers whatever the number of micro-batches or ranks."""
+    if not all(key in stats for key in REWARD_SUMS):
+        return
+    total, squares, count = (stats.pop(key) for key in REWARD_SUMS)
+    if count < 1:
+        return
+    mean = total / count
+    stats["reward_mean"] = mean
+    if count > 1:  # unbiased, as torch.std
+        stats["reward_std"] = max(0.0, (squares - count * mean * mean) / (count - 1)) ** 0.5
 
 
 def _batch_loss(
@@ -363,11 +380,13 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 loss_value += loss.item()
                 for key, value in part.items():
                     # loss terms are shares of the step's loss and add up; the rest are means
-                    weight = 1.0 if key in LOSS_TERMS else len(share.rows) / total
+                    summed_key = key in LOSS_TERMS or key in REWARD_SUMS
+                    weight = 1.0 if summed_key else len(share.rows) / total
                     stats[key] = stats.get(key, 0.0) + value * weight
             # every rank holds its share of the step's loss and statistics
             summed = reduce_sums({"loss": loss_value, **stats}, ranks)
             loss_value, stats = summed.pop("loss"), summed
+            whole_batch_reward_stats(stats)
             # step 5. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
                 step,

@@ -83,6 +83,11 @@ def pairwise_loss(
         "train_pair_accuracy": accuracy,
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item(),
+        # raw sums, so that a step's mean and std over several micro-batches or ranks are the
+        # whole batch's (train.reward adds them up and replaces the two above)
+        "reward_sum": rewards.detach().double().sum().item(),
+        "reward_sq_sum": rewards.detach().double().square().sum().item(),
+        "reward_count": float(rewards.numel()),
     }
     if imitation_coef:  # the LM term reads only each group's best response: its own forward pass
         best = batch["best"]
