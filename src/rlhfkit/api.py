@@ -71,7 +71,8 @@ def run(
     if not spec.run_dir and (resume or resume_with_changes or overwrite):
         raise RlhfkitError(
             f"rlhfkit {name} neither resumes nor takes overwrite: run again, and it replaces "
-            "its earlier run once the new one has a model"
+            "its earlier run once the new one has finished (a failed or stopped one puts the "
+            "earlier run back)"
         )
     root = Path(run_dir) if run_dir is not None else Path("runs") / name
     try:

@@ -72,6 +72,11 @@ def test_grpo_climbs_the_reward_and_saves_a_loadable_policy(tiny_model_dir, tmp_
     ):
         assert key in metrics[0], key
     assert [step for step, _ in result.evals] == [0, 12] and "accuracy" in result.evals[-1][1]
+    # the result's rows are metrics.jsonl's after step 0, the last with its evaluation
+    assert [{k: v for k, v in row.items() if k not in ("stage", "time")} for row in metrics] == (
+        result.history
+    )
+    assert result.history[-1]["eval_accuracy"] == result.evals[-1][1]["accuracy"]
     AutoModelForCausalLM.from_pretrained(run.final)
 
 

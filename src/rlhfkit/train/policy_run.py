@@ -461,10 +461,10 @@ class PolicyRun:
         saved then). `stop`: the trainer ends the run here (PPO's KL limit), so this step is
         the last. `state`: the trainer's own state, called only when a checkpoint is written."""
         row["lr"] = self.learning_rate(done - 1)
-        result.record(done, row)
         total = done if stop else self.total_steps
         if self.evaluates and is_due(done, self.cfg.eval_every, total, at_end=True):
-            result.evals.append((done, self.evaluate(row)))
+            result.evals.append((done, self.evaluate(row)))  # also into the row, as eval_*
+        result.record(done, row)  # the row as metrics.jsonl has it
         self.metrics.log(done, row, stage=self.stage)
         self.bar.update(1, loss=row.get("loss", 0.0), tokens=row["response_tokens"])
         if is_due(done, self.cfg.save_every, total, at_end=False):
