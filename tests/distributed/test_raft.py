@@ -2,14 +2,18 @@
 1 process on the same round."""
 
 from functools import partial
+from pathlib import Path
 
 import pytest
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.objectives.selection import Selection
+from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.raft import RAFTConfig, RAFTMode, train_raft
 from tests.distributed.ranks import (
     history_losses,
     one_process_and_two_ranks,
+    run_on_ranks,
     small_policy_run,
 )
 from tests.train.conftest import length_reward_spec
@@ -48,3 +52,24 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, mode, keys):
         tmp_path,
         policy_keys=("reward_mean", "reward_std", "gold_score", *keys),
     )
+
+
+def refusal(cfg, root: str) -> str:
+    """`train_raft` on this rank: the ConfigError's message (every rank refuses alike)."""
+    try:
+        train_raft(cfg, prepare_run_dir(Path(root), resume=False, overwrite=False))
+    except ConfigError as error:
+        return str(error)
+    return "no error"
+
+
+def test_fewer_prompts_than_ranks_is_refused_naming_the_setting(tiny_model_dir, tmp_path):
+    cfg = RAFTConfig(
+        **small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)),
+        prompts_per_round=1,
+        samples_per_prompt=4,
+        mini_batch_size=4,
+    )
+    message = run_on_ranks(2, refusal, cfg, str(tmp_path / "run"))
+    assert message.startswith("prompts_per_round=1 is fewer than the 2 ranks: ")
+    assert message.endswith("(raise prompts_per_round)")

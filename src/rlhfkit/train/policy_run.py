@@ -95,6 +95,12 @@ class PhaseTimer:
         self.seconds[phase] += time.perf_counter() - started
 
 
+def prompts_setting(cfg: PolicyRunConfig) -> str:
+    """The setting that counts a step's prompts: `prompts_per_round` for RAFT, else
+    `prompts_per_step`."""
+    return "prompts_per_round" if hasattr(cfg, "prompts_per_round") else "prompts_per_step"
+
+
 class PolicyRun:
     """Opened by a trainer: seeds everything, builds the models, prompts and reward, restores a
     checkpoint on resume; a context manager around the metrics log and progress bar.
@@ -123,6 +129,12 @@ class PolicyRun:
         if critic_start:  # PPO's critic: always fully fine-tuned, from its own start
             check_learning_rates(critic_start, {"critic_lr": (critic_lr, 0)}, force=cfg.force_lr)
         self.ranks = current_ranks()
+        setting = prompts_setting(cfg)  # checked before any model loads
+        if getattr(cfg, setting, self.ranks.world_size) < self.ranks.world_size:
+            raise ConfigError(
+                f"{setting}={getattr(cfg, setting)} is fewer than the {self.ranks.world_size} "
+                f"ranks: each rank samples for at least one prompt (raise {setting})"
+            )
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
@@ -212,7 +224,8 @@ class PolicyRun:
         if len(prompts) < self.ranks.world_size:
             raise ConfigError(
                 f"{len(prompts)} prompts in a step, fewer than the {self.ranks.world_size} "
-                "ranks: each rank samples for at least one prompt (raise the prompts per step)"
+                f"ranks: each rank samples for at least one prompt (raise "
+                f"{prompts_setting(self.cfg)})"
             )
         return prompt_share(prompts, self.ranks)
 
