@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -902,3 +903,15 @@ def test_a_collective_that_lost_a_peer_is_told_apart():
     assert all(cli._lost_a_rank(error) for error in lost)
     assert not cli._lost_a_rank(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not cli._lost_a_rank(ValueError("Connection reset by peer"))  # not a collective's
+
+
+def test_sigterm_is_a_clean_stop_during_the_run_and_the_default_after_it(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda argv: seen.append(signal.getsignal(signal.SIGTERM)))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        assert run_main(monkeypatch, capsys, "tasks", "list")[0] == 0
+        assert seen == [cli._raise_terminated]  # during the run: Terminated, one line
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # teardown: no traceback
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -315,3 +315,7 @@ def main() -> None:
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         sys.exit(143)
+    finally:
+        # the run is over: a SIGTERM during the interpreter's teardown ends the process as
+        # SIGTERM does, not with a Terminated traceback from an exit handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
