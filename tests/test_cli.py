@@ -345,7 +345,7 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
     )
     assert code == 0, err
     # one small step on this very pair already orders it the right way
-    assert "held-out preference accuracy: 1.0000" in out
+    assert "held-out preference accuracy: 100.0%" in out
     assert f"model saved to {tmp_path / 'runs' / 'dpo' / 'final'}" in out
     # the data report is printed, and kept with its time in the run's log
     report = f"preference data {data}: "

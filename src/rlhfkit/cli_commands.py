@@ -16,13 +16,13 @@ def _print_model_saved(cfg, run, result) -> None:
 
 def _print_reward_accuracy(cfg, run, result) -> None:
     if result.eval_accuracy:
-        print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.4f}")
+        print(f"held-out accuracy: {result.eval_accuracy[-1][1]:.1%}")  # as the pipeline's
     _print_model_saved(cfg, run, result)
 
 
 def _print_preference_accuracy(cfg, run, result) -> None:
     if result.evals:
-        print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.4f}")
+        print(f"held-out preference accuracy: {result.evals[-1][1]['accuracy']:.1%}")
     _print_model_saved(cfg, run, result)
 
 
