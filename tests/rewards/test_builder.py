@@ -157,3 +157,9 @@ def test_the_error_lists_every_kind_a_spec_can_name():
     with pytest.raises(RlhfkitError) as caught:
         source_kind("judge_me")
     assert all(form in str(caught.value) for form in forms)
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf"])
+def test_a_weight_that_is_not_finite_is_refused(weight):
+    with pytest.raises(RlhfkitError, match="is not a finite number"):
+        parse_spec(f"{weight}*task")

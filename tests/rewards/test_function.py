@@ -375,3 +375,16 @@ def test_without_a_first_call_limit_the_first_call_is_timed_like_every_call(rewa
         load_reward_function(spec), name=spec, timeout_s=0.2, first_call_timeout_s=math.inf
     )
     assert unlimited.limit_s is None
+
+
+def test_numpy_and_tensor_scalars_count_and_an_overflowing_int_is_one_line():
+    import numpy as np
+
+    def scalars(prompts, responses, **kwargs):
+        return [np.bool_(True), torch.tensor(2.5)][: len(responses)]
+
+    prompts = [PromptExample(prompt="a"), PromptExample(prompt="b")]
+    assert FunctionReward(scalars, "s").score(prompts, ["x", "y"]).rewards.tolist() == [1.0, 2.5]
+    huge = FunctionReward(lambda p, r, **k: [10**400] * len(r), "huge")
+    with pytest.raises(RewardFunctionError, match="returned int .* expected a finite number"):
+        huge.score(prompts, ["x", "y"])

@@ -301,6 +301,13 @@ def test_the_missing_eos_penalty_is_refused_with_process_supervision(tiny_model_
         train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
 
 
+def test_a_weighted_sum_is_refused_with_process_supervision(tiny_model_dir, tmp_path):
+    # the advantages come from the step rewards alone: the other term would never be trained on
+    cfg = config(tiny_model_dir, tmp_path, supervision="process", reward="process + 0.5*task")
+    with pytest.raises(ConfigError, match="would be logged but not trained on"):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+
+
 def test_each_source_of_a_weighted_sum_is_logged_beside_the_sum(tiny_model_dir, tmp_path):
     length = length_reward_spec(tmp_path)
     cfg = config(tiny_model_dir, tmp_path, max_steps=1, reward=f"task + 0.5*{length}")

@@ -14,6 +14,7 @@ Each source is named by its term as written (`model:runs/rm`), which keys its me
 inside a sum cannot contain `+` (it separates the terms).
 """
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
             raise RlhfkitError(
                 f"reward spec '{spec}': weight '{match['weight'].strip()}' is not a number"
             ) from None
+        if not math.isfinite(weight):
+            # a NaN or infinite weight makes every reward NaN/inf: skipped updates, 0% win rates
+            raise RlhfkitError(
+                f"reward spec '{spec}': weight '{match['weight'].strip()}' is not a finite number"
+            )
         terms.append((match["source"].strip(), weight))
     return terms
 

@@ -276,11 +276,18 @@ class FunctionReward:
         rewards = []
         for index, value in enumerate(values):
             where = describe_sample(index, prompts[index].prompt)
+            if not isinstance(value, numbers.Real) and getattr(value, "ndim", None) == 0:
+                value = value.item()  # a numpy scalar (np.bool_ included) or a 0-d tensor
             # bool counts as a number: a verifier returning True/False means 1/0.
             if not isinstance(value, numbers.Real):
                 raise self._error(f"returned {_describe(value)} for {where}, expected a number")
-            if not math.isfinite(value):
-                raise self._error(f"returned {float(value)} for {where}, expected a finite number")
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an int beyond float's range
+                finite = False
+            if not finite:
+                shown = _describe(value) if isinstance(value, numbers.Integral) else float(value)
+                raise self._error(f"returned {shown} for {where}, expected a finite number")
             rewards.append(float(value))
         return rewards
 

@@ -27,6 +27,7 @@ from rlhfkit.objectives.group_advantages import GroupNorm, group_advantages, pro
 from rlhfkit.objectives.kl import KLEstimator, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import RatioLevel, ppo_policy_loss
+from rlhfkit.rewards.builder import parse_spec
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
@@ -126,6 +127,14 @@ def check_supervision(cfg: GRPOConfig) -> None:
         raise ConfigError(
             "ratio_level=sequence (GSPO) needs one advantage per response: use "
             "supervision=outcome, or ratio_level=token with supervision=process"
+        )
+    if cfg.supervision == Supervision.PROCESS and len(parse_spec(cfg.reward or "task")) > 1:
+        # the advantages come from the one stepped source's step rewards: every other term of
+        # the sum (and the outcome part of `process`) would be logged but never trained on
+        raise ConfigError(
+            f"reward={cfg.reward}: with supervision=process the advantages come from the step "
+            "rewards alone, and the other terms of a sum would be logged but not trained on: "
+            "use reward=process, or supervision=outcome for a weighted sum"
         )
     if cfg.supervision == Supervision.PROCESS and cfg.missing_eos_penalty:
         raise ConfigError(
