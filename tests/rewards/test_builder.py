@@ -163,3 +163,8 @@ def test_the_error_lists_every_kind_a_spec_can_name():
 def test_a_weight_that_is_not_finite_is_refused(weight):
     with pytest.raises(RlhfkitError, match="is not a finite number"):
         parse_spec(f"{weight}*task")
+
+
+def test_a_difference_of_terms_is_told_how_to_write_it():
+    with pytest.raises(RlhfkitError, match=r"write 'a \+ -0.1\*b'"):
+        parse_spec("task - 0.1*model:runs/rm")

@@ -388,3 +388,13 @@ def test_numpy_and_tensor_scalars_count_and_an_overflowing_int_is_one_line():
     huge = FunctionReward(lambda p, r, **k: [10**400] * len(r), "huge")
     with pytest.raises(RewardFunctionError, match="returned int .* expected a finite number"):
         huge.score(prompts, ["x", "y"])
+
+
+def test_an_async_function_is_refused_saying_so(recwarn):
+    async def judge(prompts, responses, **columns):
+        return [1.0] * len(responses)
+
+    prompts = [PromptExample(prompt="a")]
+    with pytest.raises(RewardFunctionError, match="'judge' is async .*must be a plain function"):
+        FunctionReward(judge, "judge").score(prompts, ["x"])
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]

@@ -55,8 +55,10 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
         try:
             weight = float(match["weight"])
         except ValueError:
+            hint = " (terms are joined by '+': write 'a + -0.1*b' for a - 0.1*b)"
             raise RlhfkitError(
                 f"reward spec '{spec}': weight '{match['weight'].strip()}' is not a number"
+                + (hint if "-" in match["weight"] else "")
             ) from None
         if not math.isfinite(weight):
             # a NaN or infinite weight makes every reward NaN/inf: skipped updates, 0% win rates

@@ -14,6 +14,7 @@ calls `sys.exit`, hangs past the timeout, returns NaN/inf, a non-number or the w
 
 import hashlib
 import importlib.util
+import inspect
 import math
 import numbers
 import sys
@@ -232,7 +233,7 @@ class FunctionReward:
         )  # outside the try: a clash is the data's fault, not the function's
         limit = self.limit_s
         try:
-            return self._call_once(prompts, responses, columns)
+            value = self._call_once(prompts, responses, columns)
         except _Timeout:
             first = "" if limit == self.timeout_s else " (the limit of a first call)"
             raise self._error(
@@ -244,6 +245,10 @@ class FunctionReward:
                 _batch(prompts) if index is None else describe_sample(index, prompts[index].prompt)
             )
             raise self._error(f"raised {_one_line(error)} on {where}") from error
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: closed here, so Python does not warn about it
+            raise self._error("is async (async def): a reward function must be a plain function")
+        return value
 
     def _first_failing(
         self, prompts, responses, columns, error: Exception
