@@ -860,7 +860,16 @@ def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
         assert not lock.exists()  # released at the end
 
 
-@pytest.mark.parametrize("command, reason", [("frontier", "its rankings")])
+@pytest.mark.parametrize(
+    "command, reason",
+    [
+        ("frontier", "its rankings"),
+        ("judge", "its judge training"),
+        ("critique", "its generation"),
+        ("eval", "its sampling"),
+        ("sample", "it writes its candidates file"),
+    ],
+)
 def test_a_command_refused_under_torchrun_says_why(command, reason):
     torchrun = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
     with pytest.raises(cli.RlhfkitError, match=f"does not run under torchrun yet \\({reason}"):

@@ -198,6 +198,8 @@ COMMANDS: dict[str, Command] = {
         resumable=False,
         example="sft.lr=1e-4",
         check_keys="rlhfkit.train.rlaif:check_sft_keys",
+        not_under_torchrun="its judge training and labelling run in one process only; run it "
+        "without torchrun",
     ),
     "critique": Command(
         "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
@@ -207,6 +209,8 @@ COMMANDS: dict[str, Command] = {
         resumable=False,
         example="num_prompts=100",
         trains=False,
+        not_under_torchrun="its generation and judging run in one process only; run it without "
+        "torchrun",
     ),
     "eval": Command(
         "checkpoints on held-out prompts: gold score, win rate vs a baseline (95% CI), KL, "
@@ -217,6 +221,8 @@ COMMANDS: dict[str, Command] = {
         resumable=False,
         example="num_prompts=100",
         trains=False,
+        not_under_torchrun="its sampling and scoring run in one process only; run it without "
+        "torchrun",
     ),
     "sample": Command(
         "sample K responses per prompt from a policy into candidates.jsonl, for people to rank",
@@ -228,6 +234,8 @@ COMMANDS: dict[str, Command] = {
         resume_needs_checkpoint=False,
         example="num_prompts=100",
         trains=False,
+        not_under_torchrun="it writes its candidates file from one process only; run it without "
+        "torchrun",
     ),
     "pipeline": Command(
         "the main job: tiny model, SFT, simulated rankings, reward model, PPO, GRPO, DPO, RAFT, "
