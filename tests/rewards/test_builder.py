@@ -168,3 +168,13 @@ def test_a_weight_that_is_not_finite_is_refused(weight):
 def test_a_difference_of_terms_is_told_how_to_write_it():
     with pytest.raises(RlhfkitError, match=r"write 'a \+ -0.1\*b'"):
         parse_spec("task - 0.1*model:runs/rm")
+
+
+def test_a_weight_in_scientific_notation_keeps_its_exponent():
+    assert parse_spec("1e+2*task + 2.5E-1*model:runs/rm") == [
+        ("task", 100.0),
+        ("model:runs/rm", 0.25),
+    ]
+    assert parse_spec("task + 1e2*process") == [("task", None), ("process", 100.0)]
+    with pytest.raises(RlhfkitError, match="empty term"):
+        parse_spec("+task")

@@ -41,10 +41,25 @@ WEIGHTED_TERM = re.compile(r"(?P<weight>[^*]+)\*(?P<source>.+)")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+# a weight cut at the '+' of its exponent (`1e+2*task`): that '+' does not separate terms
+EXPONENT_CUT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)[eE]")
+
+
+def split_terms(spec: str) -> list[str]:
+    """The terms of a spec, split at each '+' but those of a weight's exponent."""
+    terms: list[str] = []
+    for piece in spec.split("+"):
+        if terms and EXPONENT_CUT.fullmatch(terms[-1]):
+            terms[-1] += "+" + piece
+        else:
+            terms.append(piece)
+    return terms
+
+
 def parse_spec(spec: str) -> list[tuple[str, float | None]]:
     """`"0.7*model:rm + task"` -> `[("model:rm", 0.7), ("task", None)]` (None = no weight)."""
     terms = []
-    for raw in spec.split("+"):
+    for raw in split_terms(spec):
         term = raw.strip()
         if not term:
             raise RlhfkitError(f"reward spec '{spec}': empty term; expected {ACCEPTED}")
