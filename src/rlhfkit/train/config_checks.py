@@ -14,7 +14,7 @@ from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.dpo import check_config as check_dpo_config
 from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, check_supervision
 from rlhfkit.train.iterative_config import IterativeGRPOConfig
-from rlhfkit.train.online_dpo import OnlineDPOConfig, check_online_config
+from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
 from rlhfkit.train.rloo import RLOOConfig

@@ -31,8 +31,9 @@ from rlhfkit.rewards.builder import parse_spec
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
+from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import GroupRolloutConfig
-from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 
 

@@ -90,3 +90,9 @@ def prompt_share(prompts: list[PromptExample], ranks: Ranks) -> PromptShare:
     """This rank's share of a step's `prompts` (`rank_slice`: the first ranks take one more)."""
     part = rank_slice(len(prompts), ranks.rank, ranks.world_size)
     return PromptShare(prompts[part], part.start, len(prompts))
+
+
+def prompts_setting(cfg: PolicyRunConfig) -> str:
+    """The setting that counts a step's prompts: `prompts_per_round` for RAFT, else
+    `prompts_per_step`."""
+    return "prompts_per_round" if hasattr(cfg, "prompts_per_round") else "prompts_per_step"

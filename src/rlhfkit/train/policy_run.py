@@ -28,9 +28,8 @@ a pickled object. Under torchrun every rank writes its shard of the optimizer st
 
 import math
 import time
-from collections import defaultdict
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -69,6 +68,7 @@ from rlhfkit.train.batching import micro_batch_rows, stream_rows
 from rlhfkit.train.checkpointing import final_policy, resume_point, save_final_model
 from rlhfkit.train.micro_batches import backward_micro_batches, first_part_only
 from rlhfkit.train.optim import NonFiniteGuard, clipped_step
+from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_checkpoint import (
     TrainerState,
     restore_policy_checkpoint,
@@ -76,29 +76,15 @@ from rlhfkit.train.policy_checkpoint import (
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_models import build_policy_models
-from rlhfkit.train.policy_prompts import PromptShare, prompt_pools, prompt_share, reward_spec
+from rlhfkit.train.policy_prompts import (
+    PromptShare,
+    prompt_pools,
+    prompt_share,
+    prompts_setting,
+    reward_spec,
+)
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, linear_warmup
-
-
-class PhaseTimer:
-    """Seconds spent per phase of one step (generation, reference, reward, update, ...)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.start = time.perf_counter()
-
-    @contextmanager
-    def __call__(self, phase: str):
-        started = time.perf_counter()
-        yield
-        self.seconds[phase] += time.perf_counter() - started
-
-
-def prompts_setting(cfg: PolicyRunConfig) -> str:
-    """The setting that counts a step's prompts: `prompts_per_round` for RAFT, else
-    `prompts_per_step`."""
-    return "prompts_per_round" if hasattr(cfg, "prompts_per_round") else "prompts_per_step"
 
 
 class PolicyRun:

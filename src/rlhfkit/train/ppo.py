@@ -39,9 +39,10 @@ from rlhfkit.runtime.device import autocast
 from rlhfkit.runtime.distributed import gather_parameters
 from rlhfkit.train.micro_batches import mismatch_stats, token_stat
 from rlhfkit.train.optim import clipped_step
+from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
-from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import linear_warmup
 

@@ -32,9 +32,10 @@ from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_d
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
+from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
-from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 
 

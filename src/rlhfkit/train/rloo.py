@@ -23,8 +23,9 @@ from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import sequence_sum_clip_loss
 from rlhfkit.train.grpo import check_batch_sizes
 from rlhfkit.train.micro_batches import mismatch_stats, row_stat, token_stat
+from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import GroupRolloutConfig
-from rlhfkit.train.policy_run import PhaseTimer, PolicyRun
+from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 
 
