@@ -13,6 +13,7 @@ import re
 import shlex
 import signal
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from rlhfkit.cli_commands import COMMANDS, Command, load_object
@@ -157,18 +158,13 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
     environ = os.environ if env is None else env
     if _torchrun_started(environ) and environ.get("RANK", "0") != "0":
         # every rank parses the same command line: rank 0 alone prints a usage error (or --help)
-        with open(os.devnull, "w") as null:
-            out, err = sys.stdout, sys.stderr
-            sys.stdout = sys.stderr = null
-            try:
-                args = _parse(argv)
-            finally:
-                sys.stdout, sys.stderr = out, err
+        with open(os.devnull, "w") as null, redirect_stdout(null), redirect_stderr(null):
+            args = _parse(argv)
     else:
         args = _parse(argv)
     args.argv = list(map(str, argv))
     if _torchrun_started(environ):
-        return _run_under_torchrun(args, os.environ if env is None else env)
+        return _run_under_torchrun(args, environ)
     if args.command == "label":  # needs neither torch nor transformers: starts at once
         return run_label(args)
     silence_libraries()

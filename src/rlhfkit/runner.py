@@ -83,13 +83,14 @@ def run_in_dir(
             if lock.notice:
                 log.warning(lock.notice)
             with ExitStack() as config_kept:
-                made_by = first_command_name(run.root) if resume else None
-                if made_by not in (None, name):  # another trainer's checkpoint, state and config
-                    raise RlhfkitError(
-                        f"{run.root} is a run of rlhfkit {made_by}, not rlhfkit {name}: resume "
-                        f"it with rlhfkit {made_by}, or choose another run directory (--name)"
-                    )
                 if resume:  # a change the run then refuses is undone (rundir.py)
+                    made_by = first_command_name(run.root)
+                    if made_by not in (None, name):  # another trainer's checkpoint and state
+                        raise RlhfkitError(
+                            f"{run.root} is a run of rlhfkit {made_by}, not rlhfkit {name}: "
+                            f"resume it with rlhfkit {made_by}, or choose another run directory "
+                            "(--name)"
+                        )
                     config_kept.enter_context(
                         resumed_with_config(run, cfg, allow_changes=allow_changes)
                     )
