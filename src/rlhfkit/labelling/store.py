@@ -227,17 +227,17 @@ class LabelStore:
         """Items that still want a ranking `labeller` could give but that others hold now: when
         `next_item` has nothing for them, these may come their way once answered, skipped or
         left for `hold_seconds`."""
+        now = self.clock()
         with self._transaction(write=False) as db:
-            held_since = self.clock() - self.hold_seconds
-            open_now = db.execute(
-                f"SELECT COUNT(*) FROM ({_OPEN_ITEMS})",
-                {"labeller": labeller, "held_since": held_since},
-            ).fetchone()[0]
-            open_at_all = db.execute(
-                f"SELECT COUNT(*) FROM ({_OPEN_ITEMS})",
-                {"labeller": labeller, "held_since": float("inf")},  # no claim counts
-            ).fetchone()[0]
-        return open_at_all - open_now
+
+            def open_items(held_since: float) -> int:
+                query = f"SELECT COUNT(*) FROM ({_OPEN_ITEMS})"
+                return db.execute(
+                    query, {"labeller": labeller, "held_since": held_since}
+                ).fetchone()[0]
+
+            # open if no claim held (none is after +inf), less those open with the held claims
+            return open_items(float("inf")) - open_items(now - self.hold_seconds)
 
     def submit(self, submission: Submission) -> None:
         """Store a submission; committed to disk when this returns. Refuses one for an unknown
