@@ -48,6 +48,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a test's `torchrun` job: one thread per rank, and torchrun's own
+    temporary directories (torchelastic_*) kept in the test's directory, not left in /tmp."""
+    scratch = tmp_path / "torchrun-tmp"
+    scratch.mkdir(exist_ok=True)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
+
+
 def _rank_main(rank: int, world_size: int, port: int, fn: Callable, args: tuple, out: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",

@@ -2,7 +2,6 @@
 checkpoint, then resumed, ends bitwise equal to the job that was never stopped (losses of every
 step, final weights); on another number of processes a run continues and says so."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from tests.distributed.ranks import (
     max_weight_difference,
     resumes_on_two_processes,
     stopped_copy,
+    torchrun_env,
 )
 from tests.distributed.test_reward import THREE_STEPS, rankings  # noqa: F401 (a fixture)
 from tests.distributed.test_sft import arith_data  # noqa: F401 (a fixture)
@@ -48,7 +48,7 @@ def _torchrun(tmp_path: Path, name: str, settings: list[str], *flags: str) -> su
     with open(tmp_path / f"{name}.log", "a") as log:  # a file: a full pipe would block a job
         return subprocess.Popen(
             [*command, *settings, *flags],
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env=torchrun_env(tmp_path),
             stdout=log,
             stderr=subprocess.STDOUT,
         )

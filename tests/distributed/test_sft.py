@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import random
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from tests.distributed.ranks import (
     max_weight_difference,
     one_process_and_two_ranks,
     run_on_ranks,
+    torchrun_env,
     train_in_run,
 )
 from tests.train.test_micro_batches import forwards_inside_backward
@@ -90,7 +90,7 @@ def test_torchrun_cli_writes_a_model_that_from_pretrained_loads(
         "progress=false",
         "tensorboard=false",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = torchrun_env(tmp_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     done = subprocess.run(
         [*command, "-m", "rlhfkit", "sft", "--runs-dir", str(tmp_path), "--name", "two", *settings],

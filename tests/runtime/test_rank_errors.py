@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -8,7 +7,7 @@ import torch.distributed as dist
 
 from rlhfkit.runtime import rank_errors
 from rlhfkit.runtime.rank_errors import error_key, prints_error, rank_zero_error
-from tests.distributed.ranks import free_port
+from tests.distributed.ranks import free_port, torchrun_env
 
 MESSAGE = "data.jsonl: row 3: field 'prompt': missing"
 
@@ -58,7 +57,7 @@ def test_bad_input_under_torchrun_is_one_error_line(tmp_path):
     done = subprocess.run(
         [*command, "-m", "rlhfkit", "sft", "--runs-dir", str(tmp_path), "--name", "bad"]
         + [f"model={tmp_path / 'missing'}", f"train_data={tmp_path / 'missing.jsonl'}"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=torchrun_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
