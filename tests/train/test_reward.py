@@ -236,3 +236,49 @@ def test_a_steps_reward_spread_is_the_whole_batchs_however_it_is_split():
     assert stats == pytest.approx(
         {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
     )
+
+
+SPLIT_DATA = {
+    # rankings of four (six pairs) and of two (one): micro-batches of unequal pair counts
+    RewardObjective.PAIRWISE: [
+        {"prompt": "Q: sleep? A:", "responses": [" Rest.", " Read.", " Walk.", " Coffee."]},
+        {"prompt": "Q: money? A:", "responses": [" Save it.", " Spend it."]},
+    ],
+    # a solution of three steps and one of one
+    RewardObjective.PROCESS: [
+        {
+            "prompt": "Q: 3 + 4?",
+            "completions": ["3 + 4 = 7.", "7 + 0 = 8.", "So 8."],
+            "labels": [True, False, False],
+        },
+        {"prompt": "Q: 2 * 2?", "completions": ["2 * 2 = 4."], "labels": [True]},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "objective, key",
+    [(RewardObjective.PAIRWISE, "train_pair_accuracy"), (RewardObjective.PROCESS, "step_accuracy")],
+)
+def test_a_steps_accuracy_is_the_share_of_all_its_pairs_however_it_is_split(
+    tiny_model_dir, tmp_path, objective, key
+):
+    # micro-batches were averaged by prompts: one of 6 pairs and one of 1 counted alike
+    data = write_jsonl(tmp_path / "data.jsonl", SPLIT_DATA[objective])
+    accuracies = []
+    for batch_size, grad_accum in ((2, 1), (1, 2)):
+        cfg = config(
+            tiny_model_dir,
+            data,
+            "",
+            objective=objective,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_steps=1,
+            shuffle=False,
+            seed=3,
+        )
+        run = prepare_run_dir(tmp_path / f"run{batch_size}", resume=False, overwrite=False)
+        accuracies.append(train_reward_model(cfg, run).history[0][key])
+    assert 0 < accuracies[0] < 1  # both kinds of outcome, or any weighting gives the same
+    assert accuracies[1] == pytest.approx(accuracies[0])

@@ -210,6 +210,13 @@ LOSS_TERMS = ("bt_loss", "imitation_loss")
 # raw sums over a micro-batch's rewards (`pairwise_loss`): added up over the step's micro-batches
 # and ranks, then turned into the step's reward mean and std
 REWARD_SUMS = ("reward_sum", "reward_sq_sum", "reward_count")
+# each accuracy's raw (right, counted) sums: added up over the step's micro-batches and ranks,
+# then turned into the share of all the step's pairs or steps
+ACCURACY_SUMS = {
+    "train_pair_accuracy": ("pairs_right", "pairs_counted"),
+    "step_accuracy": ("steps_right", "steps_counted"),
+}
+SUMMED = LOSS_TERMS + REWARD_SUMS + tuple(key for keys in ACCURACY_SUMS.values() for key in keys)
 
 
 def whole_batch_reward_stats(stats: dict[str, float]) -> None:
@@ -224,6 +231,16 @@ def whole_batch_reward_stats(stats: dict[str, float]) -> None:
     stats["reward_mean"] = mean
     if count > 1:  # unbiased, as torch.std
         stats["reward_std"] = max(0.0, (squares - count * mean * mean) / (count - 1)) ** 0.5
+
+
+def whole_batch_accuracies(stats: dict[str, float]) -> None:
+    """Replace each per-micro-batch accuracy by the share of the whole step's pairs (or steps)
+    ordered right, from the summed counts: micro-batches with more pairs weigh more."""
+    for name, (right_key, counted_key) in ACCURACY_SUMS.items():
+        if right_key in stats and counted_key in stats:
+            right, counted = stats.pop(right_key), stats.pop(counted_key)
+            if counted > 0:
+                stats[name] = right / counted
 
 
 def _batch_loss(
@@ -380,13 +397,13 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 loss_value += loss.item()
                 for key, value in part.items():
                     # loss terms are shares of the step's loss and add up; the rest are means
-                    summed_key = key in LOSS_TERMS or key in REWARD_SUMS
-                    weight = 1.0 if summed_key else len(share.rows) / total
+                    weight = 1.0 if key in SUMMED else len(share.rows) / total
                     stats[key] = stats.get(key, 0.0) + value * weight
             # every rank holds its share of the step's loss and statistics
             summed = reduce_sums({"loss": loss_value, **stats}, ranks)
             loss_value, stats = summed.pop("loss"), summed
             whole_batch_reward_stats(stats)
+            whole_batch_accuracies(stats)
             # step 5. clip, schedule, update
             lr = cfg.lr * warmup_cosine(
                 step,

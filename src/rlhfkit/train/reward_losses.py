@@ -7,7 +7,7 @@ import torch
 from rlhfkit.data.ranking_batch import RankedGroup, collate_groups
 from rlhfkit.data.steps import EncodedSteps, collate_steps
 from rlhfkit.models.reward import RewardModel
-from rlhfkit.objectives.preference import preference_accuracy
+from rlhfkit.objectives.preference import pair_outcomes
 from rlhfkit.objectives.ranking import gather_pair_rewards
 from rlhfkit.objectives.reward import bradley_terry_loss, process_reward_loss, reward_centering_loss
 from rlhfkit.objectives.sft import sft_loss
@@ -77,10 +77,14 @@ def pairwise_loss(
     loss = bradley_terry_loss(
         chosen, rejected, weights, counts.groups * model.num_heads, batch["margins"]
     )
-    accuracy = preference_accuracy(chosen.detach(), rejected.detach()).item()
+    outcomes = pair_outcomes(chosen.detach(), rejected.detach())
     stats = {
         "bt_loss": loss.item(),
-        "train_pair_accuracy": accuracy,
+        "train_pair_accuracy": outcomes.mean().item(),
+        # raw counts, so that a step's accuracy over micro-batches or ranks with different
+        # numbers of pairs is the share of all its pairs (train.reward adds them up)
+        "pairs_right": outcomes.sum().item(),
+        "pairs_counted": float(outcomes.numel()),
         "reward_mean": rewards.mean().item(),
         "reward_std": rewards.std().item(),
         # raw sums, so that a step's mean and std over several micro-batches or ranks are the
@@ -117,7 +121,12 @@ def process_loss(
     total = batch["step_mask"].sum() if denominator is None else denominator
     loss = process_reward_loss(step_logits, batch["step_labels"], batch["step_mask"], total)
     right = ((step_logits > 0).float() == batch["step_labels"]) & batch["step_mask"]
-    return loss, {"step_accuracy": (right.sum() / batch["step_mask"].sum()).item()}
+    steps = batch["step_mask"].sum()
+    return loss, {
+        "step_accuracy": (right.sum() / steps).item(),
+        "steps_right": right.sum().item(),  # raw counts, added up over a step's micro-batches
+        "steps_counted": steps.item(),
+    }
 
 
 def process_step_logits(model: RewardModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
