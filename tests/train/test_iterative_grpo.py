@@ -29,7 +29,7 @@ from rlhfkit.train.iterative_grpo import (
 from rlhfkit.train.reward import RewardConfig
 
 from .test_policy_models import assert_only_adapters_trained_and_merged, built_policies
-from .test_reward import gold_ranking, write_jsonl
+from .test_reward import gold_ranking, untied_copy, write_jsonl
 
 
 def test_replay_makes_up_the_asked_share_of_the_mix():
@@ -146,6 +146,19 @@ def test_a_reward_model_with_other_heads_is_refused_before_the_first_round(
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     with pytest.raises(ConfigError, match=r"has 2 reward heads and rm.num_heads=1: set rm.num_he"):
         train_iterative_grpo(load_config(IterativeGRPOConfig, None, overrides), run)
+    assert list(run.root.iterdir()) == []
+
+
+def test_imitation_on_an_untied_reward_model_is_refused_before_the_first_round(
+    tiny_model_dir, tmp_path
+):
+    # round 2 retrains round 1's saved reward model, which keeps no LM head to imitate with
+    untied = untied_copy(tiny_model_dir, tmp_path / "untied")
+    overrides = [f"model={tiny_model_dir}", f"reward_model={untied}", "task=advice"]
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    cfg = load_config(IterativeGRPOConfig, None, [*overrides, "rm.imitation_coef=0.5"])
+    with pytest.raises(ConfigError, match=r"^rm.imitation_coef=0.5 with .* untied"):
+        train_iterative_grpo(cfg, run)
     assert list(run.root.iterdir()) == []
 
 

@@ -16,6 +16,7 @@ from transformers import (
 from rlhfkit.data.ranking_batch import RankedGroup
 from rlhfkit.data.steps import EncodedSteps
 from rlhfkit.data.tokenize import EncodedExample
+from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
@@ -282,3 +283,16 @@ def test_a_steps_accuracy_is_the_share_of_all_its_pairs_however_it_is_split(
         accuracies.append(train_reward_model(cfg, run).history[0][key])
     assert 0 < accuracies[0] < 1  # both kinds of outcome, or any weighting gives the same
     assert accuracies[1] == pytest.approx(accuracies[0])
+
+
+def test_imitation_from_a_saved_untied_reward_model_is_refused(
+    tiny_model_dir, advice_rankings, tmp_path
+):
+    # a saved reward model keeps no LM head: loading it as a causal LM drew a random one
+    untied = untied_copy(tiny_model_dir, tmp_path / "untied")
+    first = prepare_run_dir(tmp_path / "first", resume=False, overwrite=False)
+    train_reward_model(config(untied, advice_rankings[0], "", max_steps=1), first)
+    cfg = config(first.final, advice_rankings[0], "", max_steps=1, imitation_coef=0.5)
+    run = prepare_run_dir(tmp_path / "second", resume=False, overwrite=False)
+    with pytest.raises(RlhfkitError, match="keeps no LM head for the imitation term"):
+        train_reward_model(cfg, run)

@@ -93,9 +93,12 @@ class RewardModel(nn.Module):
         *,
         num_heads: int = 1,
         with_lm_head: bool = False,
+        lm_head_from: str | Path | None = None,
         dtype=torch.float32,
     ) -> "RewardModel":
-        """Load a saved reward model, or start one from any causal-LM directory (or GGUF file)."""
+        """Load a saved reward model, or start one from any causal-LM directory (or GGUF file).
+        `lm_head_from`: the causal LM whose output projection the imitation term uses when the
+        embeddings are untied (default `path`; a saved reward model keeps none)."""
         path = resolve_model_path(path)
         config = read_model_config(path)
         if is_reward_model(config) and config.num_labels != num_heads:
@@ -111,7 +114,8 @@ class RewardModel(nn.Module):
             raise weights_error(path, error) from None
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
-        lm_head = _lm_head_for(model, path, dtype) if with_lm_head else None
+        head_path = path if lm_head_from is None else resolve_model_path(lm_head_from)
+        lm_head = _lm_head_for(model, head_path, dtype) if with_lm_head else None
         return cls(model, lm_head)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> RewardOutput:
@@ -242,5 +246,11 @@ def _lm_head_for(model: nn.Module, path: str | Path, dtype) -> nn.Module:
         head = nn.Linear(embeddings.weight.shape[1], embeddings.weight.shape[0], bias=False)
         head.weight = embeddings.weight
         return head
+    if is_reward_model(read_model_config(path)):
+        # loading it as a causal LM would silently draw a random LM head
+        raise RlhfkitError(
+            f"{path} is a saved reward model with untied embeddings: it keeps no LM head for "
+            "the imitation term; start from the causal LM, or set imitation_coef=0"
+        )
     causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return causal.get_output_embeddings()

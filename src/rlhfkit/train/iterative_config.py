@@ -135,14 +135,20 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
         )
 
 
-def check_reward_heads(cfg: IterativeGRPOConfig) -> None:
-    """The first reward model's head count against `rm.num_heads`, before the first round: it is
-    read when round 1 refreshes the model, after its GRPO and labelling."""
+def check_reward_model(cfg: IterativeGRPOConfig) -> None:
+    """The first reward model against the `rm` settings, before the first round: it is read
+    when round 1 refreshes the model, after its GRPO and labelling."""
     config = read_model_config(cfg.reward_model)
     if is_reward_model(config) and config.num_labels != cfg.rm.num_heads:
         raise ConfigError(
             f"reward_model={cfg.reward_model} has {config.num_labels} reward heads and "
             f"rm.num_heads={cfg.rm.num_heads}: set rm.num_heads={config.num_labels}"
+        )
+    if cfg.rm.imitation_coef > 0 and not getattr(config, "tie_word_embeddings", False):
+        raise ConfigError(
+            f"rm.imitation_coef={cfg.rm.imitation_coef} with reward_model={cfg.reward_model}, "
+            "whose embeddings are untied: each round retrains the last round's reward model, "
+            "which keeps no LM head for the imitation term; set rm.imitation_coef=0"
         )
 
 

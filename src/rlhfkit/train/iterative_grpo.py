@@ -64,7 +64,7 @@ from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.iterative_config import (
     IterativeGRPOConfig,
     check_config,
-    check_reward_heads,
+    check_reward_model,
     grpo_round_config,
     rm_round_config,
 )
@@ -410,7 +410,7 @@ def train_iterative_grpo(
 ) -> IterativeGRPOResult:
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
-    check_reward_heads(cfg)
+    check_reward_model(cfg)
     check_trainer_config(cfg)  # its GRPO section, as each round's trainer would, up front
     # every round's rates before the first round: GRPO trains the policy, the refresh the reward
     # model (each round's trainers check theirs again)

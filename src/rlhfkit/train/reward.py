@@ -324,6 +324,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         checkpoint / MODEL_SUBDIR if checkpoint and not cfg.lora_r else cfg.model,
         num_heads=cfg.num_heads,
         with_lm_head=cfg.imitation_coef > 0,
+        lm_head_from=cfg.model,  # a checkpoint's LM head is restored below, from its state
     )
     if cfg.lora_r > 0:
         add_backbone_lora(model, cfg.lora_r, cfg.lora_alpha)
