@@ -16,7 +16,7 @@ from transformers import (
 from rlhfkit.data.ranking_batch import RankedGroup
 from rlhfkit.data.steps import EncodedSteps
 from rlhfkit.data.tokenize import EncodedExample
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
@@ -295,4 +295,19 @@ def test_imitation_from_a_saved_untied_reward_model_is_refused(
     cfg = config(first.final, advice_rankings[0], "", max_steps=1, imitation_coef=0.5)
     run = prepare_run_dir(tmp_path / "second", resume=False, overwrite=False)
     with pytest.raises(RlhfkitError, match="keeps no LM head for the imitation term"):
+        train_reward_model(cfg, run)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"imitation_coef": 0.5}, {"centering_coef": 0.1}, {"truncation": "drop"}]
+)
+def test_the_process_objective_refuses_settings_it_would_ignore(tiny_model_dir, tmp_path, setting):
+    # they were accepted and did nothing: drop kept a solution cut to the steps that fit
+    steps = {"prompt": "Q: 3 + 4?", "completions": ["3 + 4 = 7.", "So 7."], "labels": [1, 1]}
+    data = write_jsonl(tmp_path / "steps.jsonl", [steps])
+    cfg = config(
+        tiny_model_dir, data, "", objective=RewardObjective.PROCESS, max_steps=1, **setting
+    )
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match=f"{next(iter(setting))}=.* process objective"):
         train_reward_model(cfg, run)

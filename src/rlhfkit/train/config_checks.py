@@ -17,6 +17,7 @@ from rlhfkit.train.iterative_config import IterativeGRPOConfig
 from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
+from rlhfkit.train.reward import RewardConfig, check_reward_config
 from rlhfkit.train.rloo import RLOOConfig
 
 
@@ -32,6 +33,7 @@ CHECKS: dict[type, tuple[Callable, ...]] = {
     PPOConfig: (check_ppo_config,),
     RAFTConfig: (check_raft_config,),
     DPOConfig: (check_dpo_config,),
+    RewardConfig: (check_reward_config,),
     OnlineDPOConfig: (check_online_config,),
 }
 

@@ -24,7 +24,7 @@ from rlhfkit.data.loading import load_examples
 from rlhfkit.data.ranking_batch import RankedGroup, load_ranked_groups
 from rlhfkit.data.steps import EncodedSteps, collate_steps, tokenize_steps
 from rlhfkit.data.tokenize import Truncation, require_rows
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
@@ -153,6 +153,25 @@ class RewardConfig(RunConfig):
 class RewardResult(TrainResult):
     eval_accuracy: list[tuple[int, float]] = field(default_factory=list)  # evals' accuracy
     train_losses: list[float] = field(default_factory=list)
+
+
+def check_reward_config(cfg: RewardConfig) -> None:
+    """The process objective has no preferred response to imitate, no pairwise rewards to
+    centre, and keeps the steps that fit: settings of the pairwise objective would silently
+    do nothing there."""
+    if cfg.objective != RewardObjective.PROCESS:
+        return
+    for name in ("imitation_coef", "centering_coef"):
+        if getattr(cfg, name):
+            raise ConfigError(
+                f"{name}={getattr(cfg, name)} is a term of the pairwise objective, not of the "
+                "process objective: set it to 0"
+            )
+    if Truncation(cfg.truncation) != Truncation.KEEP_START:
+        raise ConfigError(
+            f"truncation={Truncation(cfg.truncation).value}: the process objective keeps the "
+            "steps that fit in max_length (keep_start); set truncation=keep_start"
+        )
 
 
 def load_reward_data(cfg: RewardConfig, tokenizer, path: str, role: str) -> list:
@@ -308,6 +327,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     """Train a reward model; the final model (a Hugging Face sequence classifier) goes to
     `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
+    check_reward_config(cfg)
     check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
     ranks = current_ranks()
     seed_everything(cfg.seed)  # the same new head (and LoRA adapters) on every rank
