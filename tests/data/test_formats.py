@@ -130,6 +130,12 @@ def test_ranking_default_ranks_and_ties():
     assert tied.ranks == (0, 1, 1, 2)
 
 
+def test_a_ranking_with_a_margin_is_refused():
+    # a pair's column that a ranking would read nowhere
+    row = {"prompt": "p", "responses": ["a", "b"], "margin": 2.0}
+    assert "row 7: field 'margin': a ranking has no margin" in str(error_for(row, Format.RANKING))
+
+
 def test_prompt_keeps_other_columns_as_metadata():
     row = {"prompt": "2+3=", "answer": "5", "source": "gsm8k", "level": 2}
     example = validate_row(row, Format.PROMPT, PATH, 1)

@@ -301,6 +301,13 @@ def common_prefix_length(a: Sequence, b: Sequence) -> int:
 
 
 def _validate_ranking(row: dict, where: _Where) -> RankingExample:
+    if row.get("margin") is not None:  # it would be read nowhere
+        raise _fail(
+            where,
+            "margin",
+            "a ranking has no margin (a chosen/rejected pair's column): give pairs with "
+            "margins, or leave it out",
+        )
     prompt = _check_text(_require(row, "prompt", where), "prompt", where)
     raw = _check_list(_require(row, "responses", where), "responses", where, "responses")
     if len(raw) < 2:
