@@ -59,6 +59,19 @@ def test_sft_trains_on_rows_in_memory_written_into_the_run(tiny_model_dir, tmp_p
     assert [m["step"] for m in rlhfkit.read_metrics(run_dir)] == [1, 2]
 
 
+def test_a_bad_row_in_memory_is_named_by_its_setting_not_by_the_file_of_a_failed_run(
+    tiny_model_dir, tmp_path
+):
+    # the run and its inputs/ file are gone once it fails: the message named that file
+    rows = [*sft_rows(3), {"prompt": "1 + 1 ="}]
+    with pytest.raises(rlhfkit.RlhfkitError) as caught:
+        rlhfkit.run("sft", tmp_path / "sft", model=tiny_model_dir, train_data=rows, **SETTINGS)
+    assert str(caught.value).startswith(
+        "setting 'train_data' (rows in memory): row 4: field 'completion': missing"
+    )
+    assert not (tmp_path / "sft").exists()
+
+
 def test_the_same_rows_name_the_same_file_and_other_rows_another():
     from rlhfkit.api import python_values
 

@@ -94,24 +94,37 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     values = python_values(settings, root / INPUTS_DIR, inputs, functions={})
     if inputs and not spec.run_dir:
         raise RlhfkitError(f"rlhfkit {name} reads its data from files: pass paths, not rows")
-    cfg = config_from_values(load_object(spec.config), values, config)
-    if spec.check_keys:
-        load_object(spec.check_keys)(cfg)
-    with quiet_libraries(), console_messages(), started_by(call_text(name, root, settings)):
-        if not spec.run_dir:
-            return load_object(spec.run)(cfg)
-        run_dir_, result = run_in_dir(
-            name,
-            spec,
-            cfg,
-            root,
-            resume=resume or resume_with_changes,
-            allow_changes=resume_with_changes,
-            overwrite=overwrite,
-            before_run=lambda _: write_inputs(inputs),
-        )
-        spec.report(cfg, run_dir_, result)
-    return result
+    try:
+        cfg = config_from_values(load_object(spec.config), values, config)
+        if spec.check_keys:
+            load_object(spec.check_keys)(cfg)
+        with quiet_libraries(), console_messages(), started_by(call_text(name, root, settings)):
+            if not spec.run_dir:
+                return load_object(spec.run)(cfg)
+            run_dir_, result = run_in_dir(
+                name,
+                spec,
+                cfg,
+                root,
+                resume=resume or resume_with_changes,
+                allow_changes=resume_with_changes,
+                overwrite=overwrite,
+                before_run=lambda _: write_inputs(inputs),
+            )
+            spec.report(cfg, run_dir_, result)
+        return result
+    except RlhfkitError as error:
+        error.args = (rows_in_memory_named(str(error), inputs),)
+        raise
+
+
+def rows_in_memory_named(message: str, inputs: dict[Path, list[str]]) -> str:
+    """`message` with the file that rows passed in memory were written to named by their
+    setting instead: the caller passed no file, and a failed run's is gone with it."""
+    for path in inputs:
+        setting = path.name.rsplit("-", 1)[0]  # `_rows_file`'s "{setting}-{hash}.jsonl"
+        message = message.replace(str(path), f"setting '{setting}' (rows in memory)")
+    return message
 
 
 # the command line's flags in a message, as `rlhfkit.run` takes them (longest first)
