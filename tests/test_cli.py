@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -555,6 +556,31 @@ def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_mo
         monkeypatch, capsys, "eval", f"models=[{tmp_path / 'nothing'}]", "--runs-dir", tmp_path
     )
     assert_one_line_error(code, err, "not a saved model directory")
+
+
+def test_eval_command_checks_every_model_before_sampling_any(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    # a directory with a config and no weights, last in the list: refused before the baseline
+    # and the first model are sampled, not after them
+    (tmp_path / "no_weights").mkdir()
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "no_weights")
+
+    def sampled(*args, **kwargs):
+        raise AssertionError("a model was sampled before every model was checked")
+
+    monkeypatch.setattr("rlhfkit.eval.run_eval.evaluate_model", sampled)
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{tiny_model_dir},{tmp_path / 'no_weights'}]",
+        f"baseline={tiny_model_dir}",
+        "task=arith",
+        "--runs-dir",
+        tmp_path,
+    )
+    assert_one_line_error(code, err, f"{tmp_path / 'no_weights'}: no weights")
 
 
 def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(

@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -6,7 +8,11 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from rlhfkit.eval.run_eval import reward_model_accuracy
+import rlhfkit
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.eval.run_eval import check_same_tokenizer, reward_model_accuracy
+from rlhfkit.models.loading import load_tokenizer
+from rlhfkit.models.tiny import build_tiny_model
 
 # the score each response text gets: Beta and Gamma tie
 SCORES = {" Alpha.": 3.0, " Beta.": 1.0, " Gamma.": 1.0, " Delta.": 2.0}
@@ -67,3 +73,29 @@ def test_reward_model_accuracy_counts_score_ties_half_with_a_wilson_interval(
     assert result["accuracy_low"] == pytest.approx(0.299993, abs=1e-5)
     assert result["accuracy_high"] == pytest.approx(0.903229, abs=1e-5)
     assert result["heldout_pairs"] == str(path)
+
+
+def test_eval_refuses_a_model_whose_tokenizer_is_not_the_baselines(
+    tiny_model_dir, tiny_sizes, tmp_path
+):
+    # the same model size, a tokenizer trained on other texts: the baseline's ids would stand for
+    # other tokens in it, or lie past its embedding table (an IndexError deep in torch)
+    other = build_tiny_model(
+        tmp_path / "other", ["Lorem ipsum dolor sit amet, consectetur."] * 20, seed=0, **tiny_sizes
+    )
+    refused = re.escape(f"{other}: its tokenizer is not {tiny_model_dir}'s")
+    with pytest.raises(RlhfkitError, match=refused):
+        rlhfkit.run(
+            "eval",
+            tmp_path / "ev",
+            models=[other],
+            baseline=tiny_model_dir,
+            task="arith",
+            num_prompts=2,
+            samples_per_prompt=1,
+            max_new_tokens=4,
+        )
+    assert not (tmp_path / "ev").exists()  # refused before anything ran
+    # the baseline's own tokenizer, as every checkpoint trained from it has, passes
+    shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    check_same_tokenizer(load_tokenizer(tiny_model_dir), "baseline", [str(tmp_path / "copy")])

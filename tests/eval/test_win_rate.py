@@ -46,3 +46,27 @@ def test_a_clean_sweep_has_an_interval_that_reaches_one():
     low, high = wilson_interval(10, 10)
     assert high == 1.0 and low == pytest.approx(0.72247, abs=1e-5)
     assert wilson_interval(0, 10) == (0.0, pytest.approx(1 - 0.72247, abs=1e-5))
+
+
+@pytest.mark.parametrize("unit", [1e-9, 1e-6, 1.0, 1e3])
+def test_ties_do_not_depend_on_the_judges_units(unit):
+    # 3 wins, 1 tie, 1 loss in any unit: a judge scoring in millionths (a probability, a
+    # length in millions of words) decides as many comparisons as one scoring in ones
+    candidate, baseline = [3.0, 8.0, 2.0, 5.0, 1.0], [1.0, 1.0, 1.0, 5.0, 4.0]
+    result = win_rate([unit * c for c in candidate], [unit * b for b in baseline])
+    assert (result.wins, result.ties, result.losses) == (3, 1, 1)
+    assert result.rate == pytest.approx(3.5 / 5)
+
+
+def test_rounding_is_still_a_tie_in_the_judges_units():
+    # the same score from two batches, a few float32 roundings apart, is a tie at any scale
+    for unit in (1e-6, 1.0, 1e3):
+        result = win_rate([unit * 2.0 * (1 + 3e-7)], [unit * 2.0])
+        assert result.ties == 1
+    assert win_rate([0.0], [0.0]).ties == 1
+
+
+def test_one_outlier_does_not_turn_close_scores_into_ties():
+    # a score of a million among scores near 1: 1.001 against 1.0 is still a win
+    result = win_rate([1.001, 1e6, 2.0], [1.0, 1.0, 2.0])
+    assert (result.wins, result.ties, result.losses) == (2, 1, 0)

@@ -28,7 +28,7 @@ from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import check_causal_lm_dir, load_causal_lm, load_tokenizer
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
@@ -123,6 +123,11 @@ def check_eval_config(cfg: EvalConfig) -> None:
     for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.reward_model, cfg.judge_model]:
         if path and not is_gguf_path(path) and not (Path(path) / "config.json").is_file():
             raise RlhfkitError(f"{path} is not a saved model directory (no config.json)")
+    # every policy before the first is sampled: a reward model or a directory without weights
+    # among them would otherwise stop the run after minutes spent on the models before it
+    for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.judge_model]:
+        if path and not is_gguf_path(path):  # a GGUF file is a causal LM with its weights
+            check_causal_lm_dir(path)
 
 
 def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
@@ -139,6 +144,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         )
     )
     tokenizer = load_tokenizer(cfg.baseline or cfg.models[0])
+    check_same_tokenizer(tokenizer, cfg.baseline or cfg.models[0], [*cfg.models, cfg.reference])
     reference_path = cfg.reference or cfg.baseline
     reference = load_causal_lm(reference_path).to(device) if reference_path else None
     proxy = (
@@ -227,6 +233,19 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         side_by_side=side_by_side(prompts, shown, answers),
     )
     return out
+
+
+def check_same_tokenizer(tokenizer, source: str, paths: list[str]) -> None:
+    """Refuse a model whose tokenizer is not `source`'s (`tokenizer`): every model is sampled,
+    and its KL measured, with that one tokenizer, so another vocabulary would feed a model ids
+    that stand for other tokens (or lie past its embedding table)."""
+    vocab = tokenizer.get_vocab()
+    for path in dict.fromkeys(p for p in paths if p and p != source):
+        if load_tokenizer(path).get_vocab() != vocab:
+            raise RlhfkitError(
+                f"{path}: its tokenizer is not {source}'s; rlhfkit eval samples every model "
+                "and measures its KL with that one tokenizer"
+            )
 
 
 def report_title(cfg: EvalConfig) -> str:

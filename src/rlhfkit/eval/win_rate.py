@@ -1,8 +1,9 @@
 """Win rate of one policy against another, judged by scores, with a 95% confidence interval.
 
 A comparison is a win when the candidate's score is higher, a tie when equal up to float
-rounding (`objectives.preference.pair_outcomes`; counted as half a win, the convention of the DPO
-and AlpacaEval comparisons), else a loss.
+rounding (`objectives.preference.pair_outcomes`, its absolute tolerance scaled by the scores'
+median size so that ties do not depend on the judge's units; counted as half a win, the
+convention of the DPO and AlpacaEval comparisons), else a loss.
 """
 
 import math
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit.objectives.preference import pair_outcomes
+from rlhfkit.objectives.preference import TIE_ATOL, pair_outcomes
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -57,10 +58,13 @@ def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
         raise ValueError(
             f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores"
         )
-    # the same response scored in two batches can differ by rounding: a tie, not a win
-    outcomes = pair_outcomes(
-        torch.tensor(candidate, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
-    ).tolist()
+    # the same response scored in two batches can differ by rounding: a tie, not a win. The
+    # absolute tolerance is in the judge's units (the median size of its scores, which one
+    # outlier does not move): a judge that scores in millionths must not make every
+    # comparison a tie
+    scores = torch.tensor([candidate, baseline], dtype=torch.float64)  # (2, n)
+    size = float(scores.abs().median()) if candidate else 0.0
+    outcomes = pair_outcomes(scores[0], scores[1], atol=TIE_ATOL * size).tolist()
     wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(candidate)
     rate = (wins + ties / 2) / n if n else 0.5

@@ -156,6 +156,14 @@ def _check_causal_lm(path: str | Path, config) -> None:
         )
 
 
+def check_causal_lm_dir(path: str | Path) -> None:
+    """What `load_causal_lm` refuses without reading the weights (not a causal LM, no
+    safetensors weights), as the same one line: a job that loads several models checks them all
+    before it starts on the first."""
+    _check_causal_lm(path, read_model_config(path))
+    check_weight_files(path)
+
+
 def check_weight_files(path: str | Path) -> None:
     """Refuse a directory whose weights are not safetensors (pickle, or none at all)."""
     path = resolve_model_path(path)
