@@ -14,6 +14,7 @@ import torch
 from rlhfkit import cli
 from rlhfkit.data.conversation import conversation_text
 from rlhfkit.eval.eval_report import write_eval_report
+from rlhfkit.eval.run_eval import EvalConfig
 from rlhfkit.eval.tables import fixed, markdown_table, metric_table, rate, short_names
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
@@ -64,7 +65,8 @@ def test_the_html_report_holds_every_model_and_the_numbers_of_eval_json(report):
     assert f"<td>{rate(ours, 'win_rate_sampled')}</td>" in page
     assert f"<td>{rate(ours, 'win_rate_greedy')}</td>" in page
     # the settings that decide the numbers, and the plot, embedded
-    for row in (["task", "arith"], ["samples_per_prompt", "2 at T = 1"], ["seed", "0"]):
+    settings = (["task", "arith"], ["samples_per_prompt", "2 at T = 1"], ["seed", "0"])
+    for row in (*settings, ["batch_size", str(EvalConfig.batch_size)]):
         assert f"<td>{row[0]}</td><td>{row[1]}" in page
     assert page.count('<img class="plot"') == 1 and "data:image/png;base64," in page
 

@@ -267,6 +267,8 @@ def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:
         ["samples_per_prompt", f"{cfg.samples_per_prompt} at T = 1, besides one greedy answer"],
         ["max_new_tokens", str(cfg.max_new_tokens)],
         ["seed", str(cfg.seed)],
+        # one random stream over the batches: another split draws other sampled answers
+        ["batch_size", str(cfg.batch_size)],
     ]
     optional = {
         "reward_model": cfg.reward_model,
