@@ -70,3 +70,16 @@ def test_run_critique_needs_a_model_and_principles(tmp_path, tiny_model_dir):
     untasked = CritiqueConfig(model=str(tiny_model_dir), task=None, prompts_data=str(prompts))
     with pytest.raises(RlhfkitError, match=r"needs principles=PATH \(or a task that has some\)$"):
         run_critique(untasked, run)  # was "task 'None' has no principles"
+
+
+def test_a_missing_judge_model_is_refused_before_any_reply_is_sampled(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the judge was checked")
+
+    monkeypatch.setattr("rlhfkit.train.constitutional.sample_responses", no_sampling)
+    cfg = CritiqueConfig(model=str(tiny_model_dir), num_prompts=2, judge_model=str(tmp_path / "no"))
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(RlhfkitError, match=r"^model directory .*no does not exist$"):
+        run_critique(cfg, run)

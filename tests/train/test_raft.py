@@ -1,5 +1,7 @@
 import json
+import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -188,3 +190,13 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir
 def test_sizes_that_leave_nothing_to_train_on_are_rejected(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         check_raft_config(config("m", tmp_path, **override))
+
+
+def test_a_round_of_one_response_logs_no_spread_and_no_torch_warning(tiny_model_dir, tmp_path):
+    cfg = config(tiny_model_dir, tmp_path, prompts_per_round=1, samples_per_prompt=1, max_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was torch's "std(): degrees of freedom is <= 0"
+        history = train_raft(
+            cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+        ).history
+    assert math.isnan(history[0]["reward_std"])  # null in metrics.jsonl

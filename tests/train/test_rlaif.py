@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import random
 import re
 
@@ -7,10 +8,10 @@ import pytest
 
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
-from rlhfkit.errors import ConfigError, RlhfkitError
+from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
-from rlhfkit.train.rlaif import JudgeConfig, judge_sft_config, run_judge
+from rlhfkit.train.rlaif import JudgeConfig, distinct_pairs, judge_sft_config, run_judge
 from rlhfkit.train.sft import SFTConfig
 
 FAST_SFT = SFTConfig(
@@ -156,3 +157,14 @@ def test_the_judge_sft_keys_rlhfkit_judge_fills_are_refused_by_name(tmp_path):
     refused = r"^sft.seed is set by rlhfkit judge from seed=; set seed= instead$"
     with pytest.raises(ConfigError, match=refused):
         judge_sft_config(load_config(JudgeConfig, overrides=["seed=3", "sft.seed=4"]), tmp_path)
+
+
+def test_a_pair_of_equal_replies_is_dropped_and_counted_not_trained_on(caplog):
+    # it would teach " A" and " B" for the same comparison prompt (was: trained on, "0 dropped")
+    same = {"prompt": "User: Hi?\nAssistant:", "chosen": " Hello.", "rejected": " Hello. "}
+    differ = {"prompt": "User: Hi?\nAssistant:", "chosen": " Hello.", "rejected": " Go."}
+    with caplog.at_level(logging.INFO, logger="rlhfkit"):
+        assert distinct_pairs([same, differ], "p.jsonl") == [differ]
+    assert "p.jsonl: 2 rows: 1 kept, 1 dropped (chosen equals rejected: 1)" in caplog.text
+    with pytest.raises(DataError, match="^p.jsonl: every pair's chosen equals its rejected"):
+        distinct_pairs([same], "p.jsonl")

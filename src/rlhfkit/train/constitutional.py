@@ -29,7 +29,7 @@ from rlhfkit.feedback.critique import (
     revision_sft_rows,
 )
 from rlhfkit.feedback.verdicts import gold_agreement
-from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RunConfig
@@ -141,6 +141,8 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
     if not cfg.model:
         raise RlhfkitError("rlhfkit critique needs model=PATH")
     task = get_task(cfg.task) if cfg.task else None
+    if cfg.judge_model:  # a mistyped judge fails now, not after every reply has been revised
+        check_model_path(cfg.judge_model)
     # step 1. prompts, principles, and the model's own responses
     prompts, principles = _prompts(cfg, task), _principles(cfg, task)
     device = resolve_device(cfg.device)

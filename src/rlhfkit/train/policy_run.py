@@ -386,7 +386,9 @@ class PolicyRun:
             for values in [[part[key] for part in stats if key in part]]
         }
         rewards = self.all_rows(rewards)  # every rank's rows (one process: these)
-        row.update({"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()})
+        # one response (RAFT's best of 1 on one prompt) has no spread: null, without torch's warning
+        spread = rewards.std().item() if rewards.numel() > 1 else math.nan
+        row.update({"reward_mean": rewards.mean().item(), "reward_std": spread})
         for source, values in (components or {}).items():
             row[f"reward/{source}"] = self.all_rows(values.to(rewards.device)).mean().item()
         if self.task is not None:

@@ -11,6 +11,7 @@ judge's position bias.
 """
 
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from rlhfkit.data.formats import Format, PreferenceExample, validate_rows
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
-from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows
+from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows, reply_text
 from rlhfkit.feedback.judge_data import judge_sft_rows
 from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -33,6 +34,8 @@ from rlhfkit.tasks.base import HasPromptExample
 from rlhfkit.tasks.registry import TaskName, get_task
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.sft import SFTConfig, train_sft
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,22 @@ def check_sft_keys(cfg: JudgeConfig) -> None:
     judge_sft_config(cfg, Path("judge_sft.jsonl"))
 
 
+def distinct_pairs(pairs: list[dict], path: str) -> list[dict]:
+    """The pairs whose two replies differ, the others dropped and counted in the log: two equal
+    replies would teach the answer " A" and " B" to one and the same comparison prompt."""
+    kept = [p for p in pairs if reply_text(p["chosen"]) != reply_text(p["rejected"])]
+    dropped = len(pairs) - len(kept)
+    reason = f" (chosen equals rejected: {dropped})" if dropped else ""
+    log.info(
+        f"judge train pairs {path}: {len(pairs)} rows: {len(kept)} kept, {dropped} dropped{reason}"
+    )
+    if not kept:
+        raise DataError(
+            path, None, None, "every pair's chosen equals its rejected: nothing to prefer"
+        )
+    return kept
+
+
 def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     """Fine-tune `cfg.model` into a judge on `cfg.train_pairs`; returns the judge's directory."""
     if not (cfg.model and cfg.train_pairs):
@@ -111,6 +130,7 @@ def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
         {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
         for p in load_examples(cfg.train_pairs, Format.PREFERENCE)
     ]
+    pairs = distinct_pairs(pairs, cfg.train_pairs)
     write_jsonl(data, judge_sft_rows(pairs, random.Random(cfg.seed)))
     sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
     save_config(sft_cfg, sft_run.config_path)
