@@ -281,13 +281,14 @@ def test_raft_command_trains_and_reports_the_held_out_score(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):
     code, out, _ = run_main(
+        monkeypatch, capsys, "raft", "--print-config", "mode=online_rft", "wrong_coef=0"
+    )
+    printed = json.loads(out)
+    assert code == 0 and printed["mode"] == "online_rft" and printed["wrong_coef"] == 0
+    code, _, err = run_main(
         monkeypatch, capsys, "raft", "--print-config", "mode=online_rft", "selection=top_fraction"
     )
-    assert (
-        code == 0
-        and json.loads(out)["mode"] == "online_rft"
-        and json.loads(out)["selection"] == "top_fraction"
-    )
+    assert_one_line_error(code, err, "selection=top_fraction is read by mode=raft only")
     code, _, err = run_main(monkeypatch, capsys, "raft", "mode=sft", "--print-config")
     assert_one_line_error(code, err, "config key 'mode'", "'raft', 'online_rft'")
     code, _, err = run_main(monkeypatch, capsys, "raft", "--runs-dir", tmp_path / "runs")

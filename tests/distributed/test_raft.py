@@ -33,14 +33,17 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path, mode, keys):
     # 3 prompts of 4 samples: rank 0 holds 2 prompts (8 rows), rank 1 one (4 rows). The reward
     # is the response's length, which a random tiny model varies; the threshold keeps the
     # longer ones correct and the shorter ones wrong
-    cfg = RAFTConfig(
-        **small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)),
-        mode=mode,
+    selecting = dict(
         selection=Selection.TOP_FRACTION,
         keep_fraction=0.5,
-        reward_threshold=1.1,
         require_correct=False,
         epochs_per_round=2,
+    )
+    cfg = RAFTConfig(
+        **small_policy_run(tiny_model_dir, length_reward_spec(tmp_path)),
+        **(selecting if mode is RAFTMode.RAFT else {}),  # raft's alone (online RFT refuses them)
+        mode=mode,
+        reward_threshold=1.1,
         prompts_per_round=3,
         samples_per_prompt=4,
         mini_batch_size=5 if mode is RAFTMode.ONLINE_RFT else 4,

@@ -42,6 +42,8 @@ def config(model, tmp_path, **overrides) -> RAFTConfig:
         progress=False,
         tensorboard=False,
     )
+    if overrides.get("mode") == "online_rft":
+        del settings["require_correct"]  # raft's alone, refused under online RFT
     return RAFTConfig(**{**settings, **overrides})
 
 
@@ -190,6 +192,25 @@ def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_model_dir
 def test_sizes_that_leave_nothing_to_train_on_are_rejected(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         check_raft_config(config("m", tmp_path, **override))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(wrong_coef=0.0), "^wrong_coef=0.0 is read by mode=online_rft only"),
+        (dict(loss_aggregation="token_mean"), "^loss_aggregation=token_mean is read by mode=onl"),
+        (dict(mode="online_rft", epochs_per_round=2), "^epochs_per_round=2 is read by mode=raft"),
+        (dict(mode="online_rft", require_correct=False), "^require_correct=False is read by mo"),
+        (dict(mode="online_rft", selection="top_fraction"), "^selection=top_fraction is read by"),
+        (dict(keep_fraction=0.5), "^keep_fraction=0.5 is read by selection=top_fraction only"),
+    ],
+)
+def test_a_setting_the_mode_or_selection_would_ignore_is_refused(tmp_path, override, message):
+    # they were accepted and did nothing
+    with pytest.raises(ConfigError, match=message):
+        check_raft_config(config("m", tmp_path, **override))
+    check_raft_config(config("m", tmp_path, selection="top_fraction", keep_fraction=0.5))
+    check_raft_config(config("m", tmp_path, mode="online_rft", wrong_coef=0.0))
 
 
 def test_a_round_of_one_response_logs_no_spread_and_no_torch_warning(tiny_model_dir, tmp_path):

@@ -21,7 +21,7 @@ every global mini-batch (maybe none), with the denominators summed over the rank
 update is the one-process update of the same round (`policy_run`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 
 import torch
@@ -89,8 +89,17 @@ class RAFTResult(TrainResult):
     """RAFT's result: `TrainResult`'s fields."""
 
 
+# the settings only one mode reads: a value other than the default under the other mode would
+# silently do nothing
+MODE_SETTINGS = {
+    RAFTMode.RAFT: ("selection", "keep_fraction", "require_correct", "epochs_per_round"),
+    RAFTMode.ONLINE_RFT: ("wrong_coef", "loss_aggregation"),
+}
+
+
 def check_raft_config(cfg: RAFTConfig) -> None:
-    """Reject sizes that leave nothing to sample or to train on, saying what to change."""
+    """Reject sizes that leave nothing to sample or to train on, and settings that the mode (or
+    selection) would ignore, saying what to change."""
     for name in ("prompts_per_round", "samples_per_prompt", "epochs_per_round", "mini_batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
@@ -98,6 +107,25 @@ def check_raft_config(cfg: RAFTConfig) -> None:
         raise ConfigError(
             f"keep_fraction={cfg.keep_fraction}: must be in (0, 1] (1 = keep every sample "
             "that passes reward_threshold)"
+        )
+    mode = RAFTMode(cfg.mode)
+    defaults = {f.name: f.default for f in fields(RAFTConfig)}
+    for other, names in MODE_SETTINGS.items():
+        for name in names:
+            value = getattr(cfg, name)
+            if other is not mode and value != defaults[name]:
+                shown = value.value if isinstance(value, Enum) else value
+                raise ConfigError(
+                    f"{name}={shown} is read by mode={other.value} only: leave it out with "
+                    f"mode={mode.value}"
+                )
+    if (
+        Selection(cfg.selection) is Selection.BEST_OF_K
+        and cfg.keep_fraction != defaults["keep_fraction"]
+    ):
+        raise ConfigError(
+            f"keep_fraction={cfg.keep_fraction} is read by selection=top_fraction only: set "
+            "selection=top_fraction, or leave keep_fraction out"
         )
 
 
