@@ -1,3 +1,4 @@
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from rlhfkit.feedback.judge import (
 )
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.tiny import train_tokenizer
+from rlhfkit.rollout import architecture
 
 PROMPTS = [
     "User: How can I sleep better at night?\nAssistant:",
@@ -154,3 +156,15 @@ def test_preference_rows_follow_the_verdict_and_drop_near_ties():
 def test_no_pairs_no_work(judge):
     model, tokenizer = judge
     assert judge_pairs(model, tokenizer, [], [], []).first_better.shape == (0,)
+
+
+def test_a_judge_asked_past_its_positions_says_so(judge, monkeypatch, caplog):
+    # the judge reads prompt and both replies whole: past its positions its verdict is noise
+    model, tokenizer = judge
+    monkeypatch.setattr(architecture, "_WARNED_POSITIONS", set())
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(PROMPTS, FIRST, SECOND)]
+    longest = max(len(ids) for ids in answer_inputs(tokenizer, texts)[0])
+    monkeypatch.setattr(model.config, "max_position_embeddings", longest - 1)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND)
+    assert f"judge (prompt and both replies): sequences of up to {longest} positions" in caplog.text

@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from transformers import (
@@ -14,8 +16,14 @@ from transformers import (
 )
 
 from rlhfkit.models.loading import load_causal_lm
+from rlhfkit.rollout import architecture
 from rlhfkit.rollout.architecture import causal_lm, layer_weight_bias, linear_head
-from tests.rollout.conftest import lora_with_weights, tiny_family_model
+from tests.rollout.conftest import (
+    generate_samples,
+    lora_with_weights,
+    prompt_batch,
+    tiny_family_model,
+)
 
 FAMILIES = {
     "llama": (LlamaConfig, LlamaForCausalLM, {}),
@@ -60,3 +68,21 @@ def test_a_lora_layers_weight_is_its_base_plus_the_scaled_adapter(tiny_model_dir
         with model.disable_adapter():
             assert torch.equal(layer_weight_bias(layer)[0], layer.base_layer.weight)
     assert bias is None
+
+
+def test_sampling_past_the_models_positions_warns_once(model_and_tokenizer, monkeypatch, caplog):
+    # it computes there anyway, with positions the model never saw: the user must be told
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(architecture, "_WARNED_POSITIONS", set())
+    longest = int(prompt_batch(tokenizer)[1].sum(dim=1).max())
+    monkeypatch.setattr(model.config, "max_position_embeddings", longest + 4)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        generate_samples(model, tokenizer, max_new_tokens=4)  # exactly up to the limit
+        assert "max_position_embeddings" not in caplog.text
+        generate_samples(model, tokenizer, max_new_tokens=6)
+        generate_samples(model, tokenizer, max_new_tokens=6)
+    warnings = [r.getMessage() for r in caplog.records if "max_position_embeddings" in r.message]
+    assert warnings == [
+        f"sampling (prompt + max_new_tokens): sequences of up to {longest + 6} positions, past "
+        f"the model's max_position_embeddings={longest + 4}; its outputs there are unreliable"
+    ]

@@ -18,6 +18,7 @@ from rlhfkit.data.formats import Text
 from rlhfkit.data.text_ids import special_prefix
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
+from rlhfkit.rollout.architecture import warn_past_positions
 from rlhfkit.rollout.engine import positions_from_mask
 
 ANSWER_A, ANSWER_B = " A", " B"
@@ -89,6 +90,7 @@ def judge_first_better_prob(
         return torch.zeros(0)
     texts = [judge_prompt(p, a, b) for p, a, b in zip(prompts, first, second)]
     inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts)
+    warn_past_positions(model, max(map(len, inputs)), "judge (prompt and both replies)")
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
     probs = []

@@ -7,8 +7,13 @@ that model's modules, so its decoder stack runs with the adapters (or without th
 peft's `disable_adapter`) like the wrapper does.
 """
 
+import logging
+
 import torch
 from torch.distributed.tensor import DTensor
+
+log = logging.getLogger(__name__)
+_WARNED_POSITIONS: set[tuple[str, int]] = set()  # (what, limit) already warned about
 
 # Families whose causal-LM head is a bias-free linear map of the decoder's last hidden state,
 # with no scaling or soft-capping after it (checked again on the config's own settings below).
@@ -88,3 +93,16 @@ def layer_weight_bias(module) -> tuple[torch.Tensor, torch.Tensor | None]:
             if name in module.lora_A:
                 weight = weight + module.get_delta_weight(name).to(weight.dtype)
     return weight, base.bias
+
+
+def warn_past_positions(model, positions: int, what: str) -> None:
+    """Warn once per process and `what` when `positions` run past the model's
+    `max_position_embeddings`: it still computes, with positions it was never trained on (a
+    rotary model's answers degrade, silently)."""
+    limit = getattr(getattr(causal_lm(model), "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and positions > limit and (what, limit) not in _WARNED_POSITIONS:
+        _WARNED_POSITIONS.add((what, limit))
+        log.warning(
+            f"{what}: sequences of up to {positions} positions, past the model's "
+            f"max_position_embeddings={limit}; its outputs there are unreliable"
+        )

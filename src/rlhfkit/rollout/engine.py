@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
-from rlhfkit.rollout.architecture import supports_fast_decode
+from rlhfkit.rollout.architecture import supports_fast_decode, warn_past_positions
 from rlhfkit.rollout.decode_graphs import steps_for
 from rlhfkit.rollout.kv_cache import preallocated_cache
 from rlhfkit.rollout.llama_step import FastDecoder
@@ -200,6 +200,8 @@ def generate(
     low_precision = dtype is not None and dtype != weights_dtype
     # the one-token steps skip the module tree where the architecture allows (`llama_step`)
     capacity = prompt_ids.shape[1] + max_new_tokens
+    longest = int(prompt_mask.sum(dim=1).max()) if prompt_mask.numel() else 0
+    warn_past_positions(model, longest + max_new_tokens, "sampling (prompt + max_new_tokens)")
     fast = fast_decode and supports_fast_decode(model, capacity)
     on_cuda = device.type == "cuda"
     graphed = fast and not compiled and (on_cuda if cuda_graphs is None else cuda_graphs)
