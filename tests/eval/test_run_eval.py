@@ -10,7 +10,12 @@ from transformers import AutoTokenizer
 
 import rlhfkit
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.eval.run_eval import check_same_tokenizer, reward_model_accuracy
+from rlhfkit.eval.run_eval import (
+    EvalConfig,
+    check_same_tokenizer,
+    report_title,
+    reward_model_accuracy,
+)
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
 
@@ -99,3 +104,10 @@ def test_eval_refuses_a_model_whose_tokenizer_is_not_the_baselines(
     # the baseline's own tokenizer, as every checkpoint trained from it has, passes
     shutil.copytree(tiny_model_dir, tmp_path / "copy")
     check_same_tokenizer(load_tokenizer(tiny_model_dir), "baseline", [str(tmp_path / "copy")])
+
+
+def test_the_title_without_a_baseline_says_there_are_no_win_rates():
+    cfg = EvalConfig(models=["runs/ppo/final"], task="arith")
+    assert report_title(cfg) == "arith: judged by gold (no baseline: no win rates)"
+    with_baseline = EvalConfig(models=["runs/ppo/final"], baseline="runs/sft/final", task="arith")
+    assert report_title(with_baseline) == "arith: win rates against runs/sft/final judged by gold"

@@ -1,4 +1,4 @@
-from rlhfkit.eval.tables import EVAL_METRICS, fixed
+from rlhfkit.eval.tables import EVAL_METRICS, fixed, metric_table, score
 
 
 def test_a_rounded_zero_never_shows_a_minus_sign():
@@ -16,3 +16,19 @@ def test_the_kl_of_a_model_against_itself_reads_as_zero():
         "KL/sequence k1 [95%]": "0.000 [0.000, 0.000]",
         "KL/token k1 / k3": "0.0000 / 0.0000",
     }
+
+
+def test_a_judge_scoring_in_millionths_is_not_shown_as_zero():
+    # 3 decimals showed "0.000 [0.000, 0.000]" where eval.json held 3.2e-5
+    m = {"gold_sampled": 3.2e-5, "gold_sampled_low": 2.91e-5, "gold_sampled_high": 3.5e-5}
+    m |= {"greedy_gold_score": 1.5e-6}
+    rows = {label: write(m) for label, key, write in EVAL_METRICS if key in m}
+    assert rows == {"gold, greedy": "1.5e-06", "gold, sampled [95%]": "3.2e-05 [2.91e-05, 3.5e-05]"}
+    assert score(0.0) == "0.000" and score(1.5) == "1.500" and score(-0.0004) == "-0.0004"
+
+
+def test_one_sample_per_prompt_shows_pass_at_1_once():
+    m = {"pass@1": 0.25, "maj@1": 0.25}
+    assert [row[0] for row in metric_table({"model": m})[1]] == ["pass@1"]
+    two = {"pass@1": 0.25, "pass@2": 0.4, "maj@1": 0.25, "maj@2": 0.3}
+    assert [row[0] for row in metric_table({"model": two})[1]] == ["pass@1", "pass@2", "maj@2"]

@@ -251,7 +251,9 @@ def check_same_tokenizer(tokenizer, source: str, paths: list[str]) -> None:
 def report_title(cfg: EvalConfig) -> str:
     """The title of the printed table, for the report's heading."""
     task = TaskName(cfg.task).value if cfg.task else Path(cfg.prompts).name
-    return f"{task}: win rates against {cfg.baseline or '-'} judged by {cfg.judge}"
+    if not cfg.baseline:
+        return f"{task}: judged by {cfg.judge} (no baseline: no win rates)"
+    return f"{task}: win rates against {cfg.baseline} judged by {cfg.judge}"
 
 
 def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:

@@ -27,10 +27,20 @@ def _interval(m: dict, key: str, digits: int = 3) -> str:
     return f"{fixed(m[key], digits)} [{fixed(low, digits)}, {fixed(high, digits)}]"
 
 
+def score(value: float) -> str:
+    """A judge's score: 3 decimals, or 3 significant digits where those would round a non-zero
+    score to 0 (a judge may score in millionths; a KL of rounding noise keeps `fixed`)."""
+    return f"{value:.3g}" if value and abs(value) < 5e-4 else fixed(value)
+
+
+def _score_interval(m: dict, key: str) -> str:
+    return f"{score(m[key])} [{score(m[key + '_low'])}, {score(m[key + '_high'])}]"
+
+
 # (row label, the key a model's metrics must hold for it, how to write it); one row each
 EVAL_METRICS = [
-    ("gold, greedy", "greedy_gold_score", lambda m: f"{m['greedy_gold_score']:.3f}"),
-    ("gold, sampled [95%]", "gold_sampled", lambda m: _interval(m, "gold_sampled")),
+    ("gold, greedy", "greedy_gold_score", lambda m: score(m["greedy_gold_score"])),
+    ("gold, sampled [95%]", "gold_sampled", lambda m: _score_interval(m, "gold_sampled")),
     ("win rate, greedy [95%]", "win_rate_greedy", lambda m: rate(m, "win_rate_greedy")),
     ("win rate, sampled [95%]", "win_rate_sampled", lambda m: rate(m, "win_rate_sampled")),
     ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: _interval(m, "kl_k1_per_sequence")),
@@ -39,7 +49,7 @@ EVAL_METRICS = [
         "kl_k1_per_token",
         lambda m: f"{fixed(m['kl_k1_per_token'], 4)} / {fixed(m['kl_k3_per_token'], 4)}",
     ),
-    ("proxy (RM) [95%]", "proxy_sampled", lambda m: _interval(m, "proxy_sampled")),
+    ("proxy (RM) [95%]", "proxy_sampled", lambda m: _score_interval(m, "proxy_sampled")),
     ("length (tokens)", "length_tokens", lambda m: f"{m['length_tokens']:.1f}"),
     ("repeated 4-grams", "repetition", lambda m: f"{m['repetition']:.3f}"),
     ("distinct-2", "distinct_2", lambda m: f"{m['distinct_2']:.3f}"),
@@ -62,9 +72,10 @@ def metric_table(models: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
         present = [key in models[name] for name in names]
         if any(present):
             if "@k" in label:  # name the k: that of the first model that has it
-                label = label.replace(
-                    "@k", f"@{largest_k(next(models[n] for n, ok in zip(names, present) if ok))}"
-                )
+                k = largest_k(next(models[n] for n, ok in zip(names, present) if ok))
+                if k == 1:
+                    continue  # pass@1 and maj@1 are the pass@1 row's number
+                label = label.replace("@k", f"@{k}")
             rows.append([label] + [write(models[n]) if ok else "" for n, ok in zip(names, present)])
     return ["metric", *names], rows
 
