@@ -2,8 +2,17 @@ import json
 import shutil
 import warnings
 
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.lora import add_lora, load_lora
+from rlhfkit.models.lora import add_backbone_lora, add_lora, load_lora
+from rlhfkit.models.reward import RewardModel
 
 
 def test_adding_and_loading_adapters_raise_no_warning_a_user_cannot_act_on(
@@ -26,3 +35,43 @@ def test_saved_adapters_name_their_base_by_an_absolute_path(tiny_model_dir, tmp_
     config = json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())
     # loadable with AutoPeftModelForCausalLM from any working directory
     assert config["base_model_name_or_path"] == str(tmp_path / "base")
+
+
+def test_reward_model_adapters_cover_gpt2s_conv1d_layers_and_save_merged(tmp_path):
+    """GPT-2's linear layers are `Conv1D`, not `nn.Linear`: the adapters must find them (a
+    backbone with none was a peft traceback), and the merged classifier must score as the
+    adapted model does."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path / "base")
+    model = RewardModel.from_pretrained(tmp_path / "base")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # peft setting fan_in_fan_out itself warns per layer
+        add_backbone_lora(model, r=4, alpha=8)
+    trained = {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n}
+    assert trained == {"c_attn", "c_proj", "c_fc"}
+    assert [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n] == [
+        "model.score.weight"
+    ]
+    for name, param in model.named_parameters():  # adapters that act (peft starts B at 0)
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    ids = torch.randint(0, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        adapted = model.eval()(ids, mask).rewards
+        model.save_pretrained(tmp_path / "merged")
+        merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+
+
+def test_reward_model_adapters_leave_an_untied_imitation_head_frozen(tiny_model_dir, tmp_path):
+    """Under LoRA the imitation term's LM head is the base model's: with untied embeddings it is
+    a projection of its own (vocabulary x hidden), which must not train as the adapters do."""
+    untied = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=False)
+    untied.save_pretrained(tmp_path / "untied")
+    model = RewardModel.from_pretrained(tmp_path / "untied", with_lm_head=True)
+    assert model.lm_head.weight.requires_grad  # trained with the whole model without LoRA
+    add_backbone_lora(model, r=4, alpha=8)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n or n == "model.score.weight" for n in trained)

@@ -344,3 +344,30 @@ def test_a_run_stopped_before_its_first_checkpoint_points_to_overwrite(tmp_path)
     with pytest.raises(RlhfkitError, match="nothing to resume.*--overwrite"):
         with open_run(root, resume=True, overwrite=False):
             pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraTiny:
+    lr: float = 1e-3
+    lora_r: int = 4
+    lora_alpha: int = 16
+    grpo: Tiny = dataclasses.field(default_factory=Tiny)
+
+
+@pytest.mark.parametrize("changed", [{"lora_r": 8}, {"lora_r": 0}, {"lora_alpha": 32}])
+def test_resume_with_changes_refuses_the_lora_settings_the_checkpoints_are_made_of(
+    tmp_path, changed
+):
+    """A LoRA checkpoint's adapters load with the rank and alpha they were saved with: a new
+    value would be recorded in config.yaml and silently not used (or fail in the loading)."""
+    run = RunDir(tmp_path)
+    save_config(LoraTiny(), run.config_path)
+    before = run.config_path.read_text()
+    with pytest.raises(RlhfkitError) as err:
+        resume_with_config(run, LoraTiny(lr=0.002, **changed), allow_changes=True)
+    [(key, value)] = changed.items()
+    message = str(err.value)
+    assert f"--resume cannot change {key}: {getattr(LoraTiny(), key)} -> {value}:" in message
+    assert "lr:" not in message and "\n" not in message
+    assert run.config_path.read_text() == before
+    resume_with_config(run, LoraTiny(lr=0.002), allow_changes=True)  # other keys still change

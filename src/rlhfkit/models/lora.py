@@ -17,6 +17,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from rlhfkit.rollout.architecture import layer_weight_bias
 
@@ -30,11 +31,18 @@ def add_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=target_modules,
+        fan_in_fan_out=_has_conv1d(model),
         task_type="CAUSAL_LM",
     )
     _name_base_by_absolute_path(model)
     with _peft_reading_a_renamed_attribute():
         return get_peft_model(model, config)
+
+
+def _has_conv1d(model) -> bool:
+    """Whether the model's linear layers are GPT-2's `Conv1D` (weights stored transposed): peft
+    needs `fan_in_fan_out` for them, and warns on every layer when it has to set it itself."""
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 def _name_base_by_absolute_path(model) -> None:
@@ -102,14 +110,18 @@ def merged_gathered(base, weights: dict[str, torch.Tensor], r: int, alpha: int):
 
 def add_backbone_lora(reward_model, r: int, alpha: int) -> None:
     """Fresh LoRA adapters of rank `r` on every linear layer of a `RewardModel`'s backbone, in
-    place; only they and the score head (and nothing of the backbone) train."""
+    place; only they and the score head train: nothing of the backbone, nor the imitation term's
+    LM head, the base model's own (a separate projection when the embeddings are untied). Linear
+    layers as `add_lora` finds them: `nn.Linear`, and GPT-2's `Conv1D`, its only ones."""
     backbone = reward_model.backbone
-    targets = sorted(
-        {name.rsplit(".", 1)[-1] for name, m in backbone.named_modules() if type(m) is nn.Linear}
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules="all-linear", fan_in_fan_out=_has_conv1d(backbone)
     )
-    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, target_modules=targets), backbone)
+    inject_adapter_in_model(config, backbone)
     for name, param in backbone.named_parameters():
         param.requires_grad_("lora_" in name)
+    if reward_model.lm_head is not None:
+        reward_model.lm_head.requires_grad_(False)
 
 
 def has_backbone_lora(model: nn.Module) -> bool:

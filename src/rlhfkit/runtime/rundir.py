@@ -61,6 +61,10 @@ _HISTORY_PREFIX = "# resumed at "
 # folder names stop at 255 bytes; the hidden `.<name>.replaced-<pid>` of --overwrite needs room
 MAX_NAME_BYTES = 200
 _UNSET = object()  # a key one of two configs lacks (a section that is None in the other)
+FIXED_ON_RESUME = frozenset({"lora_r", "lora_alpha"})
+"""Settings, by field name in any section, that the checkpoints are made of: a LoRA run's
+checkpoint holds adapters of its rank and scale (a full run's, whole weights), and the policy
+trainers load them as saved, so a changed value would be recorded but not used."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,8 @@ def resume_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> None:
 
     Raises:
         RlhfkitError: the configs differ and `allow_changes` is False (each changed key is
-            named with its old and new value), or the saved config cannot be read.
+            named with its old and new value), a key of `FIXED_ON_RESUME` differs, or the
+            saved config cannot be read.
     """
     path = run.config_path
     if not path.is_file():  # a run without its config (copied checkpoints): record this one
@@ -199,9 +204,18 @@ def resume_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> None:
         saved = config_to_dict(load_config(type(cfg), path))
     except RlhfkitError as err:
         raise RlhfkitError(f"--resume cannot read the run's saved config: {err}") from None
-    changes = _config_changes(_flat(saved), _flat(config_to_dict(cfg)))
+    old, new = _flat(saved), _flat(config_to_dict(cfg))
+    changes = _config_changes(old, new)
     if not changes:
         return
+    fixed = [k for k in new if k.rsplit(".", 1)[-1] in FIXED_ON_RESUME and k in old]
+    fixed_changes = _config_changes({k: old[k] for k in fixed}, {k: new[k] for k in fixed})
+    if fixed_changes:
+        raise RlhfkitError(
+            f"--resume cannot change {fixed_changes}: the run's checkpoints hold the model "
+            "these settings made; start afresh (--overwrite) or choose another run directory "
+            "(--name)"
+        )
     if not allow_changes:
         raise RlhfkitError(
             f"--resume: the config differs from the run's {path}: {changes}; pass "
