@@ -14,6 +14,8 @@ from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, step_rewards_on_tokens, train_grpo
 from rlhfkit.train.policy_run import PolicyRun
+from rlhfkit.train.raft import train_raft
+from tests.train import test_raft
 from tests.train.conftest import length_reward_spec
 
 
@@ -192,6 +194,19 @@ def test_reference_model_names_another_reference_and_is_refused_with_lora(tiny_m
             needs_reference=True,
             stage="grpo",
         )
+
+
+@pytest.mark.parametrize("trainer", ["grpo", "raft"])
+def test_a_reference_model_that_would_not_be_loaded_is_refused(tiny_model_dir, tmp_path, trainer):
+    # GRPO at beta = 0 and RAFT load no reference: the setting was accepted and did nothing
+    train, make, settings = {
+        "grpo": (train_grpo, config, dict(beta=0.0)),
+        "raft": (train_raft, test_raft.config, {}),
+    }[trainer]
+    cfg = make(tiny_model_dir, tmp_path, reference_model=str(tiny_model_dir), **settings)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="^reference_model=.*: this run loads no reference model"):
+        train(cfg, run)
 
 
 def test_the_group_std_has_bessels_correction_by_default():

@@ -175,7 +175,8 @@ def check_round_keys(cfg: IterativeGRPOConfig) -> None:
 
 def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
     """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
-    reference = "" if cfg.reset_reference else cfg.model
+    # beta = 0: GRPO loads no reference, and refuses one it would not use
+    reference = "" if cfg.reset_reference or cfg.grpo.beta == 0 else cfg.model
     fills = {
         "model": Filled(
             policy, "each round (the last round's policy)", "set model= for the first round"

@@ -62,6 +62,12 @@ def build_policy_models(
             "LoRA the reference is the base model with its adapters off; leave "
             "reference_model empty"
         )
+    if cfg.reference_model and not needs_reference:
+        raise ConfigError(
+            f"reference_model={cfg.reference_model}: this run loads no reference model (RAFT "
+            "never does, GRPO and RLOO with beta=0 and online DPO with refresh_reference=true "
+            "neither); leave reference_model empty"
+        )
     device = resolve_device(cfg.device)
     policy = load_configured_policy(cfg, checkpoint, device)
     if cfg.disable_dropout:
