@@ -5,6 +5,7 @@ import time
 
 import torch
 
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.kv_cache import preallocated_cache
@@ -74,8 +75,13 @@ def test_a_bf16_step_matches_the_fp32_step_to_bf16_rounding(model_and_tokenizer)
     assert (logits[torch.bfloat16] - logits[torch.float32]).abs().max() < 0.05 * scale
 
 
-def test_bf16_sampling_logprobs_match_the_training_forward_in_bf16(model_and_tokenizer):
-    model, tokenizer = model_and_tokenizer
+def test_bf16_sampling_logprobs_match_the_training_forward_in_bf16(tiny_model_dir):
+    # eager attention, as a bf16 run on a CPU trains (`use_fastest_kernels`); the fast step
+    # computes as autocast does, so sampler and trainer agree to a bf16 rounding here and
+    # there (it kept the residual stream, norms and angles in bf16: gaps of 0.1-0.4 nats)
+    model, tokenizer = load_causal_lm(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+    tokenizer.padding_side = "left"
+    model.set_attn_implementation("eager")
     for fast_decode in (True, False):
         rollout = generate_samples(
             model, tokenizer, seed=1, max_new_tokens=12, dtype=torch.bfloat16,
@@ -85,11 +91,48 @@ def test_bf16_sampling_logprobs_match_the_training_forward_in_bf16(model_and_tok
             logits = rollout_logits(model, rollout)
         training = token_logprobs(logits, rollout.response_ids)
         gap = (training - rollout.logprobs)[rollout.response_mask].abs()
-        # bf16 keeps 8 bits of mantissa: log-probs of a few nats agree to a few hundredths
-        assert gap.mean() < 0.02 and gap.max() < 0.1, (fast_decode, gap.mean(), gap.max())
+        assert gap.mean() < 1e-3 and gap.max() < 1e-2, (fast_decode, gap.mean(), gap.max())
         # and it did sample in bf16: the first token (same draw, same prompt) has another
         # log-prob than in float32
         fp32 = generate_samples(model, tokenizer, seed=1, max_new_tokens=1, temperature=1.0)
         same = fp32.response_ids[:, 0] == rollout.response_ids[:, 0]
         assert same.sum() > 3
         assert (fp32.logprobs[same, 0] - rollout.logprobs[same, 0]).abs().max() > 1e-4
+
+
+def test_a_bf16_step_computes_as_the_model_does_under_bf16_autocast(tiny_model_dir):
+    # the multiplies in bf16, the residual stream, norms, angles and softmax in float32, and
+    # the scores scaled in bf16 as eager attention does: the model's own step to rounding (the
+    # step that ran all of it in bf16 was 2e-3 to 4e-3 off here, 0.03 to 0.09 on a trained model)
+    model = load_causal_lm(tiny_model_dir).eval()
+    model.set_attn_implementation("eager")
+    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
+    mask = ids != 0
+    caches = [preallocated_cache(ids.shape[1] + 4) for _ in range(2)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for cache in caches:
+            model(
+                input_ids=ids,
+                attention_mask=mask.long(),
+                position_ids=positions_from_mask(mask),
+                past_key_values=cache,
+                use_cache=True,
+            )
+    for layer in caches[1].layers:
+        layer.to_dtype(torch.bfloat16)
+    decoder, attention, positions = FastDecoder(model, torch.bfloat16), mask.long(), mask.sum(1)
+    for step in range(4):
+        tokens = torch.tensor([7 + step, 9 + step])
+        attention = torch.cat([attention, torch.ones(2, 1, dtype=torch.long)], dim=1)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            want = model(
+                input_ids=tokens[:, None],
+                attention_mask=attention,
+                position_ids=positions[:, None],
+                past_key_values=caches[0],
+                use_cache=True,
+            ).logits[:, -1]
+        got = decoder.decode_step(tokens, positions, attention, caches[1])
+        gap = (want.float().log_softmax(-1) - got.float().log_softmax(-1)).abs().max()
+        assert gap < 5e-4, (step, gap)
+        positions = positions + 1

@@ -165,8 +165,8 @@ class BucketedSteps:
             sin=like.new_zeros((size, 1, shape.head_dim)),
             valid=torch.zeros((size, self.capacity), dtype=torch.bool, device=like.device),
             index=torch.zeros(1, dtype=torch.long, device=like.device),
-            keys=[like.new_zeros(cache_shape) for _ in decoder.layers],
-            values=[like.new_zeros(cache_shape) for _ in decoder.layers],
+            keys=[like.new_zeros(cache_shape, dtype=decoder.dtype) for _ in decoder.layers],
+            values=[like.new_zeros(cache_shape, dtype=decoder.dtype) for _ in decoder.layers],
         )
         bucket.valid[:, 0] = True
         if self.capture:

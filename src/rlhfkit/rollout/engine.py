@@ -177,8 +177,9 @@ def generate(
             (`architecture.supports_fast_decode`: the same arithmetic, fewer launches);
             False = always through the model.
         dtype: the dtype the model samples in (None = its own): bf16 runs the prefill under
-            bf16 autocast and the one-token steps with bf16 weights and cache; the sampling
-            itself (softmax, draws, log-probs) stays in float32.
+            bf16 autocast and the one-token steps as autocast computes them (bf16 multiplies
+            and cache, the rest in float32: `llama_step.FastDecoder`); the sampling itself
+            (softmax, draws, log-probs) stays in float32.
         compiled: the one-token steps through `torch.compile` (`llama_step.compiled_step`;
             plain Llama only, like `fast_decode`).
         draw_rows: where these rows sit in a larger batch sampled together (one rank's share

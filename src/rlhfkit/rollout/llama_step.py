@@ -10,6 +10,11 @@ first one scaling and masking the scores too), the output multiply, and one fuse
 multiply. The fused weights are concatenated once per `generate` call (the policy
 changes between calls). The prefill still runs through the model itself; only the one-token
 steps take this path, and only for models it reproduces (`architecture.supports_fast_decode`).
+
+In bf16 on a float32 model it computes what the model computes under bf16 autocast with eager
+attention (a bf16 run's training pass on a CPU): so the sampling log-probs are the training
+pass's, up to a rare bf16 rounding, and an on-policy ratio starts at 1. Under SDPA (CUDA) the
+training pass's scores are not rounded to bf16 before the softmax: a bf16 rounding apart.
 """
 
 from dataclasses import dataclass
@@ -46,8 +51,10 @@ class FastDecoder:
 
     Args:
         model: a model `supports_fast_decode` accepts.
-        dtype: the dtype the step computes in (None = the model's): bf16 samples with bf16
-            copies of the weights and a bf16 cache, as a bf16 run trains.
+        dtype: the dtype of the step's multiplies and cache (None = the model's). bf16 on a
+            float32 model computes as bf16 autocast does, as a bf16 run trains: the multiplies
+            on bf16 copies of the weights, everything else (the residual stream, the norms,
+            the rotary embedding, the softmax) in the model's float32.
         compiled: run the step through `torch.compile` (see `compiled_step`).
     """
 
@@ -65,8 +72,9 @@ class FastDecoder:
         self.dtype = dtype or base.lm_head.weight.dtype
         with torch.no_grad():
             self.layers = [_fused_layer(layer, self.dtype) for layer in base.model.layers]
-            self.embed = _cast(base.model.embed_tokens.weight, self.dtype)
-            self.final_norm = _cast(base.model.norm.weight, self.dtype)
+            # the residual stream's weights keep the model's dtype (autocast leaves them)
+            self.embed = base.model.embed_tokens.weight.detach()
+            self.final_norm = base.model.norm.weight.detach()
             self.lm_head = _cast(base.lm_head.weight, self.dtype)
         self.rotary = base.model.rotary_emb
         self.compiled = compiled
@@ -139,7 +147,8 @@ def static_step(
 ) -> torch.Tensor:
     """One decoding step on cache buffers, the new keys and values written at `index` in place: a
     pure function of tensors, whose shapes do not change from step to step when the buffers are
-    whole (compiled) rather than the filled part (eager).
+    whole (compiled) rather than the filled part (eager). The multiplies run in the weights'
+    dtype (`lm_head`'s), the rest in the embedding's, as autocast runs the model.
 
     Args:
         tokens: (batch,); cos, sin: (batch, 1, head_dim) rotary factors of each row's position.
@@ -155,6 +164,7 @@ def static_step(
     heads, kv_heads, head_dim = shape.heads, shape.kv_heads, shape.head_dim
     groups, positions = heads // kv_heads, valid.shape[1]
     qk_size, kv_size = (heads + kv_heads) * head_dim, kv_heads * head_dim
+    low = lm_head.dtype  # the multiplies' dtype; a cast to it is a no-op in float32
     # -inf where a row may not attend, added to each head's scores: (batch * kv_heads, 1, positions)
     blocked = torch.zeros(valid.shape, dtype=embed.dtype, device=valid.device)
     blocked = blocked.masked_fill(~valid, float("-inf"))
@@ -163,25 +173,28 @@ def static_step(
     x = F.embedding(tokens, embed)  # (batch, hidden)
     for layer, key_buffer, value_buffer in zip(layers, keys, values):
         h = _rms(x, layer.input_norm, shape.eps)
-        qk, v = F.linear(h, layer.qkv, layer.qkv_bias).split([qk_size, kv_size], dim=-1)
-        qk = _rotate(qk.view(batch, heads + kv_heads, head_dim), cos, sin)  # queries and keys
+        qk, v = F.linear(h.to(low), layer.qkv, layer.qkv_bias).split([qk_size, kv_size], dim=-1)
+        # queries and keys rotated in the angles' dtype (a bf16 product times float32 angles
+        # is float32, as in transformers under autocast)
+        qk = _rotate(qk.view(batch, heads + kv_heads, head_dim), cos, sin)
         _write(key_buffer, index, qk[:, heads:].unsqueeze(2))
         _write(value_buffer, index, v.view(batch, kv_heads, 1, head_dim))
-        # (batch * kv_heads, groups, head_dim) @ (batch * kv_heads, head_dim, positions), scaled
-        # and blocked positions added in the same call (the same floats as three calls)
-        scores = torch.baddbmm(
-            blocked,
-            qk[:, :heads].reshape(batch * kv_heads, groups, head_dim),
-            key_buffer.reshape(batch * kv_heads, positions, head_dim).transpose(-1, -2),
-            alpha=head_dim**-0.5,
-        ).view(batch, kv_heads, groups, positions)
+        # (batch * kv_heads, groups, head_dim) @ (batch * kv_heads, head_dim, positions)
+        queries = qk[:, :heads].reshape(batch * kv_heads, groups, head_dim).to(low)
+        keys_t = key_buffer.reshape(batch * kv_heads, positions, head_dim).transpose(-1, -2)
+        if low == blocked.dtype:  # scaled and blocked in the same call (the floats of three)
+            scores = torch.baddbmm(blocked, queries, keys_t, alpha=head_dim**-0.5)
+        else:  # as eager attention under autocast: scaled in bf16, blocked in float32
+            scores = torch.bmm(queries, keys_t).mul(head_dim**-0.5) + blocked
+        scores = scores.view(batch, kv_heads, groups, positions)
         mixed = torch.matmul(
             scores.softmax(dim=-1, dtype=torch.float32).to(value_buffer.dtype), value_buffer
         )
         x = x + F.linear(mixed.reshape(batch, heads * head_dim), layer.out)
-        gate, up = F.linear(_rms(x, layer.post_norm, shape.eps), layer.gate_up).chunk(2, dim=-1)
+        h = _rms(x, layer.post_norm, shape.eps).to(low)
+        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
         x = x + F.linear(F.silu(gate) * up, layer.down)
-    return F.linear(_rms(x, final_norm, shape.eps), lm_head)
+    return F.linear(_rms(x, final_norm, shape.eps).to(low), lm_head)
 
 
 _COMPILED = None
@@ -210,6 +223,7 @@ def _write(buffer: torch.Tensor, index: int | torch.Tensor, new: torch.Tensor) -
     """`new` (batch, heads, 1, head_dim) into cache position `index` of `buffer`: a plain slice
     copy for an int (eager: index_copy_ costs 6x more there), index_copy_ for a (1,) tensor
     (compiled: a position that changes every step must not be a constant of the graph)."""
+    new = new.to(buffer.dtype)  # rotated keys are float32 under a bf16 step, as autocast's
     if isinstance(index, int):
         buffer[:, :, index : index + 1] = new
     else:
@@ -231,8 +245,8 @@ def _fused_layer(layer, dtype: torch.dtype) -> _Layer:
     )
     biases = None if q_bias is None else torch.cat([q_bias, k_bias, v_bias])
     return _Layer(
-        _cast(layer.input_layernorm.weight, dtype),
-        _cast(layer.post_attention_layernorm.weight, dtype),
+        layer.input_layernorm.weight.detach(),  # the norms keep the model's dtype (autocast's)
+        layer.post_attention_layernorm.weight.detach(),
         _cast(torch.cat([q, k, v]), dtype),
         _cast(biases, dtype),
         _cast(layer_weight_bias(attn.o_proj)[0], dtype),
