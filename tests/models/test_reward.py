@@ -74,6 +74,24 @@ def test_rewards_shape_batch_by_heads(tiny_model_dir, tokenizer, num_heads):
     assert model.token_scores(out.hidden).shape == (2, ids.shape[1], num_heads)
 
 
+def test_rewards_are_float32_under_bf16_autocast(tiny_model_dir, tokenizer):
+    # the head runs in float32: bf16 rewards kept 8 bits, so a logged pair accuracy of 127/224
+    # read 0.5664 and rewards closer than bf16's spacing became ties
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2).eval()
+    ids, mask = encode(tokenizer, TEXTS)
+    response_mask = mask.bool() & (torch.arange(ids.shape[1]) >= 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, mask)
+        shared = model.rewards_by_length(ids, mask, response_mask=response_mask, group_size=2)
+        per_token = model.token_scores(out.hidden)
+    head = model.model.score.weight
+    last = out.hidden[torch.arange(2), last_token_index(mask)].float()
+    for rewards in (out.rewards, shared, per_token):
+        assert rewards.dtype == torch.float32
+    torch.testing.assert_close(out.rewards, last @ head.T)
+    torch.testing.assert_close(per_token.float(), out.hidden.float() @ head.T)
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_score_is_read_at_the_last_real_token(tiny_model_dir, tokenizer, padding_side):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=2).eval()

@@ -3,6 +3,7 @@
 CI has no GPU, so the CUDA tests are skipped there; run them on a GPU machine with
 `pytest tests/runtime/test_device.py`."""
 
+import logging
 import random
 import shutil
 import warnings
@@ -70,21 +71,43 @@ def test_fp32_is_no_autocast_and_bf16_casts_matmuls():
         assert (x @ x).dtype == torch.bfloat16
 
 
-def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch):
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch, caplog):
+    # through rlhfkit's logger, so the run's log.txt keeps it (not Python's warnings, printed
+    # with a source line at each place that enters autocast); once, not at every forward
+    device_module._warn_bf16_emulated.cache_clear()
     monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: False)
-    with pytest.warns(UserWarning, match="emulated"):
-        autocast(torch.device("cpu"), Precision.BF16)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        for _ in range(3):
+            autocast(torch.device("cpu"), Precision.BF16)
+    assert [(r.name, r.levelno) for r in caplog.records] == [
+        ("rlhfkit.runtime.device", logging.WARNING)
+    ]
+    assert "emulated" in caplog.records[0].getMessage()
+    device_module._warn_bf16_emulated.cache_clear()
+    caplog.clear()
     monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: True)
-    with warnings.catch_warnings():
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"), warnings.catch_warnings():
         warnings.simplefilter("error")
         autocast(torch.device("cpu"), Precision.BF16)
         autocast(torch.device("cpu"), Precision.FP32)
+    assert not caplog.records
 
 
 def test_bf16_units_are_read_from_the_cpu_flags(monkeypatch, tmp_path):
     flags = "flags\t\t: fpu avx2 {}\n"
     for extra, want in (("", False), ("avx512_bf16", True), ("amx_bf16 amx_tile", True)):
         (tmp_path / "cpuinfo").write_text("processor : 0\n" + flags.format(extra))
+        monkeypatch.setattr(device_module, "Path", lambda _: tmp_path / "cpuinfo")
+        device_module.cpu_has_bf16_units.cache_clear()
+        assert device_module.cpu_has_bf16_units() is want
+    device_module.cpu_has_bf16_units.cache_clear()
+
+
+def test_bf16_units_are_read_from_an_arm_cpus_features(monkeypatch, tmp_path):
+    # aarch64's /proc/cpuinfo has no "flags" line: its extensions are listed as "Features"
+    features = "processor\t: 0\nFeatures\t: fp asimd sve {}\nCPU implementer\t: 0x41\n"
+    for extra, want in (("", False), ("svebf16 i8mm bf16", True)):
+        (tmp_path / "cpuinfo").write_text(features.format(extra))
         monkeypatch.setattr(device_module, "Path", lambda _: tmp_path / "cpuinfo")
         device_module.cpu_has_bf16_units.cache_clear()
         assert device_module.cpu_has_bf16_units() is want

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 from transformers import (
@@ -125,7 +126,7 @@ class RewardModel(nn.Module):
         # pad token, so a saved model scores alike in both (it differs when pad == EOS).
         scored = attention_mask.bool() & (input_ids != self.model.config.pad_token_id)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
-        return RewardOutput(rewards=_score_head(self.model)(last), hidden=hidden)
+        return RewardOutput(rewards=self._scores(last), hidden=hidden)
 
     def rewards_by_length(
         self,
@@ -198,11 +199,20 @@ class RewardModel(nn.Module):
             use_cache=True,
         ).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(scored)]
-        return _score_head(self.model)(last)
+        return self._scores(last)
 
     def token_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, seq, heads) head applied at every position (process rewards score steps)."""
-        return _score_head(self.model)(hidden)
+        return self._scores(hidden)
+
+    def _scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head on (..., d) `hidden`, in float32 also under bf16 autocast: rewards are
+        compared and subtracted (pair accuracy and its ties, Bradley-Terry margins, PPO's
+        values), and bf16 keeps 8 bits of them; a (d -> heads) multiply costs nothing."""
+        head = _score_head(self.model)
+        bias = None if head.bias is None else head.bias.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            return F.linear(hidden.float(), head.weight.float(), bias)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:

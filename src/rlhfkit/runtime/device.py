@@ -2,13 +2,15 @@
 
 import contextlib
 import functools
-import warnings
+import logging
 from enum import Enum
 from pathlib import Path
 
 import torch
 
 from rlhfkit.errors import RlhfkitError
+
+log = logging.getLogger(__name__)
 
 
 class Precision(str, Enum):
@@ -49,29 +51,35 @@ def autocast(device: torch.device, precision: Precision):
     if precision == Precision.FP32:
         return contextlib.nullcontext()
     if device.type == "cpu" and cpu_has_bf16_units() is False:
-        warnings.warn(
-            "precision=bf16 on a CPU without bf16 units (no amx_bf16 or avx512_bf16 in "
-            "/proc/cpuinfo): bf16 is emulated there and far slower than fp32",
-            stacklevel=2,
-        )
+        _warn_bf16_emulated()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @functools.cache
+def _warn_bf16_emulated() -> None:
+    """Once per process, through rlhfkit's logger (the console and the run's log.txt), though
+    `autocast` is entered at every forward pass."""
+    log.warning(
+        "precision=bf16 on a CPU without bf16 units (no amx_bf16, avx512_bf16 or Arm's bf16 "
+        "in /proc/cpuinfo): bf16 is emulated there and far slower than fp32"
+    )
+
+
+@functools.cache
 def cpu_has_bf16_units() -> bool | None:
-    """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16), from /proc/cpuinfo's
-    flags; None where that file does not exist (not Linux). Without them a bf16 matrix multiply
-    is emulated: about 100x slower than fp32 on an AVX2-only CPU, where it is ~9x faster with
-    AMX."""
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX-512 BF16; on Arm, its BF16
+    extension), from /proc/cpuinfo's flags (x86) or Features (Arm); None where that file does not
+    exist (not Linux). Without them a bf16 matrix multiply is emulated: about 100x slower than
+    fp32 on an AVX2-only CPU, where it is ~9x faster with AMX."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
     flags = set()
     for line in text.splitlines():
-        if line.startswith("flags"):
+        if line.startswith(("flags", "Features")):
             flags.update(line.partition(":")[2].split())
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})
 
 
 def move_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
