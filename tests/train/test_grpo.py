@@ -230,18 +230,23 @@ def test_every_step_logs_the_sampler_vs_trainer_gap(tiny_model_dir, tmp_path):
         assert 1 <= row["sampler_ratio_max"] < 1.001
 
 
-def test_a_bf16_run_samples_in_bf16_and_its_sampler_gap_stays_at_bf16_rounding(
+def test_a_bf16_run_samples_as_it_trains_so_its_sampler_gap_stays_at_rounding(
     tiny_model_dir, tmp_path
 ):
-    """precision=bf16 samples with bf16 weights and cache and trains under bf16 autocast: the two
-    differ in rounding only, so the logged gap is small, but no longer ~0 as in fp32."""
-    history = train_grpo(
-        config(tiny_model_dir, tmp_path, max_steps=2, precision="bf16"),
-        prepare_run_dir(tmp_path / "run", resume=False, overwrite=False),
-    ).history
-    for row in history:
-        assert 1e-5 < row["sampler_logprob_gap"] < 0.05
-        assert 1 < row["sampler_ratio_max"] < 1.5
+    """precision=bf16 samples with bf16 multiplies and cache and trains under bf16 autocast;
+    the decoding step computes what autocast computes, so the two agree to a bf16 rounding
+    here and there (the step that ran everything in bf16 logged ratios up to 1.85)."""
+    fp32, bf16 = (
+        train_grpo(
+            config(tiny_model_dir, tmp_path, max_steps=2, precision=precision),
+            prepare_run_dir(tmp_path / precision, resume=False, overwrite=False),
+        ).history
+        for precision in ("fp32", "bf16")
+    )
+    for row in bf16:
+        assert 0 <= row["sampler_logprob_gap"] < 1e-3
+        assert 1 <= row["sampler_ratio_max"] < 1.01
+    assert bf16[0]["loss"] != fp32[0]["loss"]  # it did run in bf16
 
 
 def test_an_update_that_overflows_the_weights_is_never_checkpointed(tiny_model_dir, tmp_path):
