@@ -277,6 +277,21 @@ def test_overrides_on_both_sides_of_an_option(monkeypatch, capsys):
     assert json.loads(out)["lr"] == 0.5 and json.loads(out)["max_steps"] == 3
 
 
+@pytest.mark.parametrize("command", ["sft", "pipeline"])
+def test_a_second_config_file_is_refused_not_dropped(monkeypatch, capsys, tmp_path, command):
+    # argparse would keep the last --config: the first file's settings would be lost unsaid
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("seed: 5\n")
+    second.write_text("seed: 6\n")
+    code, out, err = run_main(
+        monkeypatch, capsys, command, "--config", first, f"--config={second}", "--print-config"
+    )
+    assert code == 2 and out == ""
+    assert f"error: --config given twice ({first}, then {second}): one config file" in err
+    code, out, err = run_main(monkeypatch, capsys, command, "--config", first, "--print-config")
+    assert code == 0 and json.loads(out)["seed"] == 5, err
+
+
 def test_raft_command_trains_and_reports_the_held_out_score(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):

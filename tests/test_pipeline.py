@@ -141,6 +141,17 @@ def test_a_user_setting_of_a_filled_key_is_refused_by_name(tmp_path, key):
     assert not (tmp_path / "demo").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("name", ["../x", ".hidden", ""])
+def test_a_run_name_that_is_not_plain_is_refused_by_its_config_key(tmp_path, name):
+    # the pipeline has no --name or --runs-dir: the error names the keys a user sets
+    cfg = load_config(PipelineConfig, overrides=[f"name='{name}'", f"runs_dir={tmp_path}"])
+    with pytest.raises(RlhfkitError) as caught:
+        Pipeline(cfg)
+    assert str(caught.value).startswith(
+        f"name {name!r} is not a plain run name: it must be a folder name inside runs_dir ("
+    )
+
+
 def test_a_pretrained_base_model_has_every_stage_lr_checked_by_its_key(
     smollm2_config_dir, tmp_path
 ):

@@ -25,6 +25,19 @@ from rlhfkit.runtime.logs import console_messages
 from rlhfkit.runtime.provenance import started_by
 
 
+class _Once(argparse.Action):
+    """An option given at most once: argparse keeps the last of two and drops the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        earlier = getattr(namespace, self.dest)
+        if earlier is not None:
+            parser.error(
+                f"{option_string} given twice ({earlier}, then {values}): one config file per run; "
+                "give the other's keys as key=value overrides"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhfkit", description="Train language models from human feedback."
@@ -33,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         # argparse %-formats a help string (not a description): "95% CI" must reach it as "95%% CI"
         p = sub.add_parser(name, help=command.help.replace("%", "%%"), description=command.help)
-        p.add_argument("--config", help="YAML config file")
+        p.add_argument("--config", action=_Once, help="YAML config file")
         p.add_argument(
             "overrides",
             nargs="*",

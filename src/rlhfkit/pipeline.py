@@ -162,7 +162,8 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig):
         self.cfg = cfg
-        self.root = run_root(Path(cfg.runs_dir), cfg.name)  # a plain name inside runs_dir
+        # a plain name inside runs_dir
+        self.root = run_root(Path(cfg.runs_dir), cfg.name, name_key="name", dir_key="runs_dir")
         # checked before anything is written or replaced: the stages' configs, a given base
         # model (the tiny default is built from scratch) and the rates that train it
         self.stages = stage_configs(cfg, self.root)

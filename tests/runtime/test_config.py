@@ -240,6 +240,55 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(PipelineConfig, tmp_path / "missing.yaml")
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys: the first setting would be dropped silently
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("seed: 1\nname: a\nseed: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, twice)
+    assert str(err.value) == (
+        f"config file {twice}: invalid YAML: key 'seed' given twice (first on line 1) "
+        "(line 3, column 1)"
+    )
+    section_twice = tmp_path / "sections.yaml"
+    section_twice.write_text("sft:\n  steps: 3\nsft:\n  optim: {lr: 0.5}\n")
+    with pytest.raises(ConfigError, match=r"key 'sft' given twice \(first on line 1\)"):
+        load_config(PipelineConfig, section_twice)
+    with pytest.raises(ConfigError, match=r"^override 'sft=\{steps: 1, steps: 2\}': .* twice"):
+        load_config(PipelineConfig, overrides=["sft={steps: 1, steps: 2}"])
+    # a merge key is not a duplicate: the keys written beside it override the merged ones
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("sft: &s {steps: 3}\ndpo:\n  <<: *s\n  steps: 4\n")
+    cfg = load_config(PipelineConfig, merged)
+    assert (cfg.sft.steps, cfg.dpo.steps) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "text, meaning",
+    [("0123", "83 in YAML 1.1 (octal)"), ("1:30", "90 in YAML 1.1 (base 60)")],
+)
+def test_a_yaml_1_1_number_that_means_another_number_is_refused(tmp_path, text, meaning):
+    # PyYAML reads them so: seed 0123 would silently be 83, 1:30 steps 90
+    path = tmp_path / "c.yaml"
+    path.write_text(f"seed: {text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, path)
+    assert str(err.value) == (
+        f"config file {path}: invalid YAML: {text} reads as {meaning}: write "
+        f"{meaning.split()[0]} for that number, or '{text}' in quotes for text (line 1, column 7)"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(PipelineConfig, overrides=[f"sft.steps={text}"])
+    assert str(err.value).startswith(f"override 'sft.steps={text}': the value is not valid YAML: ")
+    assert f"{text} reads as {meaning}" in str(err.value)
+    with pytest.raises(ConfigError, match=r"reads as 60\.5 in YAML 1\.1 \(base 60\)"):
+        load_config(PipelineConfig, overrides=["sft.optim.lr=1:0.5"])
+    # what means what it shows is kept: leading zeros of an equal number, hex, quoted text
+    overrides = ["seed=007", "sft.steps=0x10", "max_tokens=1_000", f"name='{text}'"]
+    cfg = load_config(PipelineConfig, overrides=overrides)
+    assert (cfg.seed, cfg.sft.steps, cfg.max_tokens, cfg.name) == (7, 16, 1000, text)
+
+
 def test_an_empty_file_sets_nothing(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")

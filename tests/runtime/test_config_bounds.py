@@ -75,6 +75,11 @@ def test_validate_accepts_legal_values_and_ignores_flags():
         (SFTConfig(lr=-1.0), "config key 'lr': must be > 0, got -1.0"),
         (SFTConfig(max_grad_norm=math.nan), "config key 'max_grad_norm': must be a finite"),
         (JobConfig(seed=-1), "config key 'seed': must be in [0, 4294967295], got -1"),
+        (
+            # refused when the config is read, not after the run has started
+            GRPOConfig(reward_uncertainty_coef=-0.5),
+            "config key 'reward_uncertainty_coef': must be >= 0 (0 = off), got -0.5",
+        ),
         (JobConfig(stage=StageConfig(lr=0.0)), "config key 'stage.lr': must be > 0, got 0.0"),
         (
             JobConfig(optional=StageConfig(max_steps=-3)),

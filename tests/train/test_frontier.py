@@ -145,6 +145,12 @@ def test_every_stage_lr_is_checked_against_a_pretrained_model(
         Frontier(load_config(FrontierConfig, overrides=[*where, "sft.force_lr=true"]))
 
 
+def test_a_run_name_that_is_not_plain_is_refused_by_its_config_key(tmp_path):
+    cfg = load_config(FrontierConfig, overrides=["name=a/b", f"runs_dir={tmp_path}"])
+    with pytest.raises(RlhfkitError, match=r"^name 'a/b' is not a plain run name: .* runs_dir \("):
+        Frontier(cfg)
+
+
 def test_a_missing_model_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"^rlhfkit frontier needs model=PATH"):
         Frontier(load_config(FrontierConfig, overrides=[f"runs_dir={tmp_path}"]))

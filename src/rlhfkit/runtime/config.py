@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import enum
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -186,7 +186,7 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
             f"{err.start})"
         ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path}: invalid YAML: {_yaml_error_line(err)}") from None
     if data is None:  # an empty file sets nothing
@@ -211,7 +211,7 @@ def _parse_override(override: str) -> tuple[str, Any]:
             f"shell; a key that may be unset takes {key}=null)"
         )
     try:
-        return key, yaml.safe_load(text)
+        return key, yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as err:
         raise ConfigError(
             f"override '{override}': the value is not valid YAML: {_yaml_error_line(err)}"
@@ -311,6 +311,53 @@ def _yaml_error_line(err: yaml.YAMLError) -> str:
         if mark is not None
         else problem
     )
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader refusing a key given twice in one mapping: PyYAML keeps the last one, which
+    would drop the first setting (a whole section, for `sft:` written twice) without a word;
+    and the YAML 1.1 numbers that mean another number than they show: PyYAML reads
+    `seed: 0123` as octal 83 and `max_steps: 1:30` as 90 (base 60)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader says "found unhashable key"
+            if key in lines:
+                problem = f"key {key!r} given twice (first on line {lines[key]})"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = super().construct_yaml_int(node)
+        digits = node.value.replace("_", "")
+        if ":" in digits or (digits.lstrip("+-").isdigit() and int(digits) != value):
+            _refuse_number(node, value)  # 0x10 and 0b11 say what they are: kept
+        return value
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value = super().construct_yaml_float(node)
+        if ":" in node.value:
+            _refuse_number(node, value)
+        return value
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+_ConfigLoader.add_constructor("tag:yaml.org,2002:float", _ConfigLoader.construct_yaml_float)
+
+
+def _refuse_number(node: yaml.ScalarNode, value: float) -> None:
+    base = "base 60" if ":" in node.value else "octal"
+    problem = (
+        f"{node.value} reads as {value} in YAML 1.1 ({base}): write {value} for that number, "
+        f"or '{node.value}' in quotes for text"
+    )
+    raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
 
 
 def _represent_list_inline(dumper: yaml.SafeDumper, data: list) -> yaml.Node:

@@ -176,7 +176,8 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "human_timeout_s": at_least(0, "0 = no limit"),
         "human_port": within(0, 65535, note="0 = a free port"),
         "human_hold_minutes": above(0),
-        "reward_uncertainty_coef": FINITE,  # negative: a bonus for uncertain rewards
+        # the reward-model source refuses a negative one (a bonus for uncertain rewards)
+        "reward_uncertainty_coef": at_least(0, "0 = off"),
         "missing_eos_penalty": at_least(0, "0 = none"),
         "reward_threshold": FINITE,
         "wrong_coef": FINITE,

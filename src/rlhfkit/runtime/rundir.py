@@ -94,8 +94,13 @@ class RunDir:
         return self.root / "tensorboard"
 
 
-def run_root(runs_dir: Path, name: str) -> Path:
+def run_root(
+    runs_dir: Path, name: str, *, name_key: str = "--name", dir_key: str = "--runs-dir"
+) -> Path:
     """`runs_dir / name`, refusing a name that is not a plain name inside `runs_dir`.
+
+    `name_key` and `dir_key` are how the user gave them, for the error: the command line's flags,
+    or a job's config keys (`name`, `runs_dir`: the pipeline and the frontier).
 
     Raises:
         RlhfkitError: the name is empty, holds a path separator or NUL, or starts with "." (".",
@@ -104,17 +109,17 @@ def run_root(runs_dir: Path, name: str) -> Path:
     separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
     if not name.strip() or name.startswith(".") or any(c in name for c in [*separators, "\0"]):
         raise RlhfkitError(
-            f"--name {name!r} is not a plain run name: it must be a folder name inside --runs-dir "
-            "(no '/', not empty, not starting with '.')"
+            f"{name_key} {name!r} is not a plain run name: it must be a folder name inside "
+            f"{dir_key} (no '/', not empty, not starting with '.')"
         )
     if len(os.fsencode(name)) > MAX_NAME_BYTES:
         raise RlhfkitError(
-            f"--name is {len(os.fsencode(name))} bytes long: a run name must fit in "
+            f"{name_key} is {len(os.fsencode(name))} bytes long: a run name must fit in "
             f"{MAX_NAME_BYTES} bytes (a folder name on common file systems)"
         )
     runs_dir = Path(runs_dir)
     if runs_dir.exists() and not runs_dir.is_dir():
-        raise RlhfkitError(f"--runs-dir {runs_dir} is a file, not a directory")
+        raise RlhfkitError(f"{dir_key} {runs_dir} is a file, not a directory")
     return runs_dir / name
 
 

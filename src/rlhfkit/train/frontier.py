@@ -180,7 +180,8 @@ class Frontier:
 
     def __init__(self, cfg: FrontierConfig):
         self.cfg = cfg
-        self.root = run_root(Path(cfg.runs_dir), cfg.name)  # a plain name inside runs_dir
+        # a plain name inside runs_dir
+        self.root = run_root(Path(cfg.runs_dir), cfg.name, name_key="name", dir_key="runs_dir")
         # checked before anything is written or replaced: the model, the stages, the rates
         if not cfg.model:
             raise ConfigError(
