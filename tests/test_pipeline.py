@@ -82,7 +82,7 @@ TINY = [
 
 
 # every key of a stage's section that the pipeline fills in itself
-SHARED = ("seed", "device", "force_lr")
+SHARED = ("seed", "device", "max_nonfinite_skips", "force_lr")
 FILLED = {
     "sft": ("model", "train_data", "eval_data", *SHARED),
     "rm": ("model", "train_data", "eval_data", *SHARED),
@@ -93,7 +93,13 @@ FILLED = {
 }
 FILLED_KEYS = [f"{stage}.{name}" for stage, names in FILLED.items() for name in names]
 # keys the pipeline takes from its own: a user sets those there instead
-FROM_PIPELINE = {"seed": "12345", "device": "cpu", "force_lr": "true", "eval_max_new_tokens": "7"}
+FROM_PIPELINE = {
+    "seed": "12345",
+    "device": "cpu",
+    "max_nonfinite_skips": "5",
+    "force_lr": "true",
+    "eval_max_new_tokens": "7",
+}
 OTHER_TASK = {"ppo": "arith", "grpo": "advice", "raft": "advice"}
 
 
@@ -103,6 +109,7 @@ def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_pa
         overrides=[
             "seed=3",
             "device=cpu",
+            "max_nonfinite_skips=8",
             "force_lr=true",
             "eval_max_new_tokens=9",
             "sft.max_steps=6",
@@ -110,7 +117,7 @@ def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_pa
         ],
     )
     stages = stage_configs(cfg, tmp_path)
-    assert len(FILLED_KEYS) == 40
+    assert len(FILLED_KEYS) == 46
     sft_final = str(tmp_path / "sft" / "final")
     assert stages.sft.model == str(tmp_path / "base_model") and stages.sft.max_steps == 6
     assert stages.sft.train_data == str(tmp_path / "data" / "sft.jsonl")
@@ -123,6 +130,7 @@ def test_stage_configs_wire_each_stage_to_the_outputs_of_the_earlier_ones(tmp_pa
     for section, keys in FILLED.items():
         stage = getattr(stages, section)
         assert (stage.seed, stage.device, stage.force_lr) == (3, "cpu", True)
+        assert stage.max_nonfinite_skips == 8  # the job's own, not the trainer's default 3
         if "eval_max_new_tokens" in keys:
             assert stage.eval_max_new_tokens == 9
 

@@ -81,8 +81,8 @@ def check_stage_keys(cfg: PipelineConfig) -> None:
 
 def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
     """Each stage's section with what the pipeline fills in: the paths earlier stages write under
-    `root`, the stage's task, and the job's seed, device, force_lr (and the RL stages' evaluation
-    length).
+    `root`, the stage's task, and the job's seed, device, max_nonfinite_skips, force_lr (and the
+    RL stages' evaluation length).
     Built before the first stage runs, so a filled key the user set is refused at once, by name."""
     base = cfg.model.base_model or str(root / "base_model")
     base_model = Filled(base, "to the base model", "set model.base_model= instead")
@@ -104,7 +104,7 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
             )
         return fill_section(cfg, section, fills, by="the pipeline")
 
-    run = ("seed", "device", "force_lr")
+    run = ("seed", "device", "max_nonfinite_skips", "force_lr")
     rl = (*run, "eval_max_new_tokens")
     eval_prompts = {
         task: (str(_data_file(root, f"{task}_eval_prompts")), f"to its held-out {task} prompts")

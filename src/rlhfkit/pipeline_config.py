@@ -65,8 +65,8 @@ class CollectStage:
 
 @dataclass(frozen=True)
 class PipelineConfig(RunConfig):
-    """`seed`, `device` and `force_lr` (from `RunConfig`) apply to every stage; a stage's own
-    `seed`, `device`, `force_lr`, `model`, data paths, task and evaluation length are the
+    """`seed`, `device`, `max_nonfinite_skips` and `force_lr` (from `RunConfig`) apply to every
+    stage; a stage's own copies of them, `model`, data paths, task and evaluation length are the
     pipeline's to fill (`stage_configs`), and setting one of them is an error that says what to
     set instead. With a pretrained `model.base_model`, every stage's `lr` (and PPO's
     `critic_lr`) is checked against it before the first stage (docs/pretrained-models.md).

@@ -9,7 +9,7 @@ import pytest
 from rlhfkit import cli
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.runtime.config import load_config
-from rlhfkit.train.frontier import Frontier, plan_stages
+from rlhfkit.train.frontier import Frontier, plan_stages, stage_configs_of
 from rlhfkit.train.frontier_config import FrontierConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sentiment_smollm2.yaml"
@@ -122,6 +122,14 @@ def test_a_key_the_frontier_fills_is_refused_by_name(tmp_path):
         plan_stages(cfg, tmp_path)
     with pytest.raises(ConfigError, match="dpo_betas is empty"):
         plan_stages(load_config(FrontierConfig, overrides=["dpo_betas=[]"]), tmp_path)
+    skips = load_config(FrontierConfig, overrides=["rm.max_nonfinite_skips=5"])
+    with pytest.raises(ConfigError, match=r"rm.max_nonfinite_skips is set by the frontier from"):
+        plan_stages(skips, tmp_path)
+
+
+def test_every_stage_takes_the_frontiers_max_nonfinite_skips(tmp_path):
+    plan = plan_stages(load_config(FrontierConfig, overrides=["max_nonfinite_skips=5"]), tmp_path)
+    assert [stage.max_nonfinite_skips for stage in stage_configs_of(plan)] == [5] * 8
 
 
 def test_every_stage_lr_is_checked_against_a_pretrained_model(

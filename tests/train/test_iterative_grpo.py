@@ -17,6 +17,7 @@ from rlhfkit.runtime.config import load_config, save_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
+from rlhfkit.train.iterative_config import grpo_round_config, rm_round_config
 from rlhfkit.train.iterative_grpo import (
     IterativeGRPOConfig,
     as_ranking_row,
@@ -101,12 +102,14 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
         ("grpo.device=cpu", "grpo.device is set by iterative GRPO from device="),
         ("grpo.progress=false", "grpo.progress is set by iterative GRPO"),
         ("grpo.force_lr=true", "grpo.force_lr is set by iterative GRPO from force_lr="),
+        ("grpo.max_nonfinite_skips=9", "grpo.max_nonfinite_skips is set by iterative GRPO from"),
         ("rm.seed=3", "rm.seed is set by iterative GRPO"),
         ("rm.model=x", "rm.model is set by iterative GRPO"),
         ("rm.train_data=x", "rm.train_data is set by iterative GRPO"),
         ("rm.eval_data=x", "rm.eval_data is set by iterative GRPO"),
         ("rm.tensorboard=false", "rm.tensorboard is set by iterative GRPO"),
         ("rm.force_lr=true", "rm.force_lr is set by iterative GRPO from force_lr="),
+        ("rm.max_nonfinite_skips=9", "rm.max_nonfinite_skips is set by iterative GRPO from"),
     ],
 )
 def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(override, message):
@@ -119,6 +122,13 @@ def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(overrid
     # the keys a round does not fill are the user's
     own = ["grpo.max_steps=3", "rm.lr=1e-5"]
     check_config(load_config(IterativeGRPOConfig, None, [*required, *own]))
+
+
+def test_each_round_takes_the_jobs_max_nonfinite_skips():
+    overrides = ["model=m", "reward_model=r", "task=advice", "max_nonfinite_skips=9"]
+    cfg = load_config(IterativeGRPOConfig, None, overrides)
+    assert grpo_round_config(cfg, 1, "m", "r").max_nonfinite_skips == 9
+    assert rm_round_config(cfg, 1, "r", Path(".")).max_nonfinite_skips == 9
 
 
 @pytest.mark.parametrize("key", ["grpo.lr", "rm.lr"])

@@ -150,9 +150,9 @@ def test_the_judge_sft_keys_rlhfkit_judge_fills_are_refused_by_name(tmp_path):
     from rlhfkit.runtime.config import load_config
     from rlhfkit.train.rlaif import judge_sft_config
 
-    cfg = load_config(JudgeConfig, overrides=["model=m", "seed=3", "sft.max_steps=7"])
-    sft = judge_sft_config(cfg, tmp_path / "rows.jsonl")
-    assert (sft.model, sft.seed, sft.max_steps) == ("m", 3, 7)
+    overrides = ["model=m", "seed=3", "max_nonfinite_skips=6", "sft.max_steps=7"]
+    sft = judge_sft_config(load_config(JudgeConfig, overrides=overrides), tmp_path / "rows.jsonl")
+    assert (sft.model, sft.seed, sft.max_nonfinite_skips, sft.max_steps) == ("m", 3, 6, 7)
     assert sft.train_data == str(tmp_path / "rows.jsonl")
     refused = r"^sft.seed is set by rlhfkit judge from seed=; set seed= instead$"
     with pytest.raises(ConfigError, match=refused):

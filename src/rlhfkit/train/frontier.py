@@ -126,7 +126,7 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     def fill(section: str, **wired: Any) -> Any:
         fills = {
             key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
-            for key in ("seed", "device", "force_lr")
+            for key in ("seed", "device", "max_nonfinite_skips", "force_lr")
         }
         for key, value in wired.items():
             fills[key] = (

@@ -42,10 +42,10 @@ class FrontierConfig(RunConfig):
     saved checkpoint of every run is evaluated alike.
 
     A section's defaults are its trainer's. What the frontier fills (each stage's model, data,
-    task, reward, seed, device, force_lr, checkpoint cadence; DPO's beta) is refused when set in
-    a section, with a message saying what to set instead. Each stage's `lr` (and PPO's
-    `critic_lr`) is checked against `model` before anything runs (docs/pretrained-models.md),
-    unless `force_lr` (--force-lr)."""
+    task, reward, seed, device, max_nonfinite_skips, force_lr, checkpoint cadence; DPO's beta) is
+    refused when set in a section, with a message saying what to set instead. Each stage's `lr`
+    (and PPO's `critic_lr`) is checked against `model` before anything runs
+    (docs/pretrained-models.md), unless `force_lr` (--force-lr)."""
 
     name: str = "frontier"
     """Run name: everything goes to `<runs_dir>/<name>/`."""

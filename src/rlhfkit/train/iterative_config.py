@@ -78,15 +78,16 @@ class IterativeGRPOConfig(RunConfig):
         )
     )
     """Each round's GRPO run; iterative GRPO fills `model`, `reward`, `reference_model`, `task`,
-    `seed`, `device`, `force_lr`, `progress` and `tensorboard` (see `grpo_round_config`)."""
+    `seed`, `device`, `max_nonfinite_skips`, `force_lr`, `progress` and `tensorboard` (see
+    `grpo_round_config`)."""
     rm: RewardConfig = field(
         default_factory=lambda: RewardConfig(
             max_steps=60, lr=5e-5, batch_size=16, warmup_steps=5, eval_every=0, save_every=30
         )
     )
     """Each round's reward-model training; iterative GRPO fills `model`, `train_data`,
-    `eval_data`, `seed`, `device`, `force_lr`, `progress` and `tensorboard` (see
-    `rm_round_config`)."""
+    `eval_data`, `seed`, `device`, `max_nonfinite_skips`, `force_lr`, `progress` and
+    `tensorboard` (see `rm_round_config`)."""
     tensorboard: bool = True
     """Also write TensorBoard scalars (one point per round)."""
     progress: bool = True
@@ -160,6 +161,9 @@ def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
             "set seed= instead",
         ),
         "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "max_nonfinite_skips": Filled(
+            cfg.max_nonfinite_skips, "from max_nonfinite_skips=", "set max_nonfinite_skips= instead"
+        ),
         "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
         "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
         "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),

@@ -66,8 +66,9 @@ class JudgeConfig(RunConfig):
             max_steps=400, batch_size=16, lr=3e-3, eval_every=0, sample_every=0, save_every=0
         )
     )
-    """Judge training; `model`, `train_data`, `eval_data`, `seed`, `device` and `force_lr` are
-    filled in (`judge_sft_config`), and setting one of them is an error."""
+    """Judge training; `model`, `train_data`, `eval_data`, `seed`, `device`,
+    `max_nonfinite_skips` and `force_lr` are filled in (`judge_sft_config`), and setting one of
+    them is an error."""
 
 
 @dataclass
@@ -80,8 +81,8 @@ class JudgeResult:
 
 def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
     """The judge's SFT settings: `cfg.sft` with the keys `rlhfkit judge` fills (the model, its
-    rows at `data`, no held-out rows, the seed, device and force_lr); a user's setting of one is
-    refused."""
+    rows at `data`, no held-out rows, the seed, device, max_nonfinite_skips and force_lr); a
+    user's setting of one is refused."""
     fills = {
         "model": Filled(cfg.model, "from model=", "set model= instead"),
         "train_data": Filled(
@@ -90,6 +91,9 @@ def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
         "eval_data": Filled("", "to none (the judge is measured on pairs=)", "set pairs= instead"),
         "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
         "device": Filled(cfg.device, "from device=", "set device= instead"),
+        "max_nonfinite_skips": Filled(
+            cfg.max_nonfinite_skips, "from max_nonfinite_skips=", "set max_nonfinite_skips= instead"
+        ),
         "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
     }
     return fill_section(cfg, "sft", fills, by="rlhfkit judge")
