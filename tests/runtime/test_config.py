@@ -177,6 +177,29 @@ def test_unknown_override_key_names_it_and_suggests_a_close_one(override, messag
     assert str(err.value) == message
 
 
+@pytest.mark.parametrize(
+    "config, override, ours",
+    [
+        ("grpo", "learning_rate=1e-5", "lr"),
+        ("grpo", "num_generations=8", "group_size"),
+        ("grpo", "kl_coef=0.04", "beta"),
+        ("ppo", "beta=0.04", "kl_coef"),
+        ("sft", "gradient_accumulation_steps=2", "grad_accum"),
+    ],
+)
+def test_a_trl_name_is_answered_with_rlhfkits(config, override, ours):
+    # difflib finds nothing close to learning_rate among rlhfkit's keys
+    from rlhfkit.train.grpo import GRPOConfig
+    from rlhfkit.train.ppo import PPOConfig
+    from rlhfkit.train.sft import SFTConfig
+
+    cls = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig}[config]
+    name = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, overrides=[override])
+    assert str(err.value) == f"unknown config key '{name}' (TRL's name; rlhfkit's is '{ours}')"
+
+
 def test_unknown_key_in_a_file_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sft:\n  stepz: 3\n")

@@ -251,10 +251,35 @@ def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> Non
         node[last] = value
 
 
+# TRL's and transformers' names of settings rlhfkit names otherwise, for a user coming from them
+# (suggested where the config has the key: `kl_coef` is PPO's, `beta` the others')
+PEER_NAMES = {
+    "learning_rate": "lr",
+    "model_name_or_path": "model",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "num_generations": "group_size",
+    "max_completion_length": "max_new_tokens",
+    "num_ppo_epochs": "ppo_epochs",
+    "cliprange": "clip_eps",
+    "epsilon": "clip_eps",
+    "epsilon_high": "clip_eps_high",
+    "loss_type": "loss",
+    "kl_coef": "beta",
+    "beta": "kl_coef",
+    "eval_steps": "eval_every",
+    "save_steps": "save_every",
+    "bf16": "precision",
+}
+
+
 def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
     message = f"unknown config key '{_join(prefix, name)}'"
-    close = difflib.get_close_matches(name, valid, n=1)
-    if close:
+    ours = PEER_NAMES.get(name)
+    close = [ours] if ours in valid else difflib.get_close_matches(name, valid, n=1)
+    if close and close[0] == ours:
+        message += f" (TRL's name; rlhfkit's is '{_join(prefix, ours)}')"
+    elif close:
         message += f" (did you mean '{_join(prefix, close[0])}'?)"
     return ConfigError(message)
 
