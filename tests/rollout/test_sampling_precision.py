@@ -49,21 +49,31 @@ def test_the_compiled_step_samples_the_same_tokens_as_the_eager_one(model_and_to
     assert compiled_step() is compiled_step()
 
 
+PROMPTS = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])  # 0: left padding
+
+
+def prefilled_cache(model, steps: int):
+    """`PROMPTS` run through `model` into a cache with room for `steps` more tokens (under the
+    caller's autocast, if any)."""
+    mask = PROMPTS != 0
+    cache = preallocated_cache(PROMPTS.shape[1] + steps)
+    with torch.no_grad():
+        model(
+            input_ids=PROMPTS,
+            attention_mask=mask.long(),
+            position_ids=positions_from_mask(mask),
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return cache
+
+
 def test_a_bf16_step_matches_the_fp32_step_to_bf16_rounding(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
-    mask = ids != 0
+    mask = PROMPTS != 0
     logits = {}
     for dtype in (torch.float32, torch.bfloat16):
-        cache = preallocated_cache(ids.shape[1] + 1)
-        with torch.no_grad():
-            model(
-                input_ids=ids,
-                attention_mask=mask.long(),
-                position_ids=positions_from_mask(mask),
-                past_key_values=cache,
-                use_cache=True,
-            )
+        cache = prefilled_cache(model, 1)
         for layer in cache.layers:
             layer.to_dtype(dtype)
         decoder = FastDecoder(model, dtype)
@@ -106,18 +116,9 @@ def test_a_bf16_step_computes_as_the_model_does_under_bf16_autocast(tiny_model_d
     # step that ran all of it in bf16 was 2e-3 to 4e-3 off here, 0.03 to 0.09 on a trained model)
     model = load_causal_lm(tiny_model_dir).eval()
     model.set_attn_implementation("eager")
-    ids = torch.tensor([[0, 0, 11, 12, 13], [21, 22, 23, 24, 25]])
-    mask = ids != 0
-    caches = [preallocated_cache(ids.shape[1] + 4) for _ in range(2)]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for cache in caches:
-            model(
-                input_ids=ids,
-                attention_mask=mask.long(),
-                position_ids=positions_from_mask(mask),
-                past_key_values=cache,
-                use_cache=True,
-            )
+    mask = PROMPTS != 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        caches = [prefilled_cache(model, 4) for _ in range(2)]
     for layer in caches[1].layers:
         layer.to_dtype(torch.bfloat16)
     decoder, attention, positions = FastDecoder(model, torch.bfloat16), mask.long(), mask.sum(1)

@@ -276,10 +276,9 @@ PEER_NAMES = {
 def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
     message = f"unknown config key '{_join(prefix, name)}'"
     ours = PEER_NAMES.get(name)
-    close = [ours] if ours in valid else difflib.get_close_matches(name, valid, n=1)
-    if close and close[0] == ours:
+    if ours in valid:
         message += f" (TRL's name; rlhfkit's is '{_join(prefix, ours)}')"
-    elif close:
+    elif close := difflib.get_close_matches(name, valid, n=1):
         message += f" (did you mean '{_join(prefix, close[0])}'?)"
     return ConfigError(message)
 

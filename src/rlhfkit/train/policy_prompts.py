@@ -96,3 +96,13 @@ def prompts_setting(cfg: PolicyRunConfig) -> str:
     """The setting that counts a step's prompts: `prompts_per_round` for RAFT, else
     `prompts_per_step`."""
     return "prompts_per_round" if hasattr(cfg, "prompts_per_round") else "prompts_per_step"
+
+
+def require_a_prompt_per_rank(count: int, subject: str, setting: str, world_size: int) -> None:
+    """Refuse fewer prompts than ranks (`subject` says which count): each rank samples for at
+    least one prompt."""
+    if count < world_size:
+        raise ConfigError(
+            f"{subject} fewer than the {world_size} ranks: each rank samples for at least one "
+            f"prompt (raise {setting})"
+        )

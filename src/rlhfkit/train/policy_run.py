@@ -36,7 +36,6 @@ import torch
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
-from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
@@ -81,6 +80,7 @@ from rlhfkit.train.policy_prompts import (
     prompt_pools,
     prompt_share,
     prompts_setting,
+    require_a_prompt_per_rank,
     reward_spec,
 )
 from rlhfkit.train.result import TrainResult
@@ -116,11 +116,8 @@ class PolicyRun:
             check_learning_rates(critic_start, {"critic_lr": (critic_lr, 0)}, force=cfg.force_lr)
         self.ranks = current_ranks()
         setting = prompts_setting(cfg)  # checked before any model loads
-        if getattr(cfg, setting, self.ranks.world_size) < self.ranks.world_size:
-            raise ConfigError(
-                f"{setting}={getattr(cfg, setting)} is fewer than the {self.ranks.world_size} "
-                f"ranks: each rank samples for at least one prompt (raise {setting})"
-            )
+        count = getattr(cfg, setting)
+        require_a_prompt_per_rank(count, f"{setting}={count} is", setting, self.ranks.world_size)
         seed_everything(cfg.seed)
         self.cfg, self.run_dir, self.stage = cfg, run_dir, stage
         self.total_steps = cfg.max_steps if total_steps is None else total_steps
@@ -207,12 +204,9 @@ class PolicyRun:
 
     def rank_share(self, prompts: list[PromptExample]) -> PromptShare:
         """This rank's share of the prompts a step samples for; all of them in one process."""
-        if len(prompts) < self.ranks.world_size:
-            raise ConfigError(
-                f"{len(prompts)} prompts in a step, fewer than the {self.ranks.world_size} "
-                f"ranks: each rank samples for at least one prompt (raise "
-                f"{prompts_setting(self.cfg)})"
-            )
+        subject = f"{len(prompts)} prompts in a step,"
+        setting = prompts_setting(self.cfg)
+        require_a_prompt_per_rank(len(prompts), subject, setting, self.ranks.world_size)
         return prompt_share(prompts, self.ranks)
 
     def sample(
