@@ -33,7 +33,8 @@ def test_top_level_help_lists_every_command(monkeypatch, capsys):
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_every_subcommand_has_help(monkeypatch, capsys, name):
-    code, out = help_of(monkeypatch, capsys, name)
+    code, text = help_of(monkeypatch, capsys, name)
+    out = text.split("\nconfig keys (")[0]  # the options, without the keys' meanings
     assert code == 0 and out.startswith(f"usage: rlhfkit {name}")
     assert ("--print-config" in out) == (name not in NO_CONFIG)
     if name in cli.COMMANDS:
@@ -47,6 +48,8 @@ def test_every_subcommand_has_help(monkeypatch, capsys, name):
     assert ("--force-lr" in out) == (command is not None and command.trains)
     if command is not None:
         assert f"e.g. {command.example}" in out
+        # then every config key with its default and meaning (tests/runtime/test_config_help.py)
+        assert "\nconfig keys (key=value" in text and "\n  seed = 0\n      Seeds every" in text
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

@@ -38,6 +38,23 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _HelpWithKeys(argparse.Action):
+    """A command's --help: its options, then its config keys (importing its config class, and so
+    torch, only when asked: `rlhfkit --help` stays fast)."""
+
+    def __init__(self, option_strings, dest, config: str, help: str) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS)
+        self.config, self.help = config, help
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from rlhfkit.runtime.config_help import keys_help
+
+        command_of = {c.config: name for name, c in COMMANDS.items()}  # "module:Class" -> name
+        parser.print_help()
+        print(f"\n{keys_help(load_object(self.config), command_of)}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhfkit", description="Train language models from human feedback."
@@ -45,7 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         # argparse %-formats a help string (not a description): "95% CI" must reach it as "95%% CI"
-        p = sub.add_parser(name, help=command.help.replace("%", "%%"), description=command.help)
+        p = sub.add_parser(
+            name, help=command.help.replace("%", "%%"), description=command.help, add_help=False
+        )
+        p.add_argument(
+            "-h",
+            "--help",
+            action=_HelpWithKeys,
+            config=command.config,
+            help="show this help, then every config key with its default and meaning, and exit",
+        )
         p.add_argument("--config", action=_Once, help="YAML config file")
         p.add_argument(
             "overrides",

@@ -79,7 +79,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"config_to_dict needs a dataclass instance, got {cfg!r}")
     return {
-        field.name: _plain(getattr(cfg, field.name))
+        field.name: plain_value(getattr(cfg, field.name))
         for field in dataclasses.fields(cfg)
         if field.init
     }
@@ -302,13 +302,14 @@ def _has_no_default(field: dataclasses.Field) -> bool:
     return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A config value as plain YAML-able data (enums as their values, sections as mappings)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return config_to_dict(value)
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_value(item) for item in value]
     if isinstance(value, Path):
         return str(value)
     return value

@@ -1,0 +1,132 @@
+"""The config keys a command's `--help` lists: each key, its default and its meaning.
+
+The meanings are the attribute docstrings under each field of the config dataclasses, the same
+text a reader of the source sees. Python keeps no attribute docstring at run time, so they are
+read from the classes' source with `ast`."""
+
+import ast
+import dataclasses
+import inspect
+import json
+import shutil
+import textwrap
+import typing
+from typing import Any
+
+import yaml
+
+from rlhfkit.runtime.config import config_to_dict, plain_value
+from rlhfkit.runtime.config_types import section_type
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string right under it), over the class and its
+    dataclass bases; a subclass's text replaces its base's. Fields without one are absent."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):  # no source at hand (a frozen install): no meanings
+            continue
+        body = ast.parse(source).body[0].body
+        for node, after in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def keys_help(cls: type, command_of: dict[str, str], width: int | None = None) -> str:
+    """The text that follows a command's usage in its `--help`: every key of config class `cls`
+    as `key = default` and its meaning, indented and wrapped. A section that is another
+    command's config (the pipeline's `sft`) is one entry naming that command's `--help` and the
+    defaults the section changes; `command_of` maps such classes ("module:Class", as the command
+    table names them) to their command's name."""
+    width = width or min(shutil.get_terminal_size().columns, 100)
+    lines = [
+        "config keys (key=value on the command line, or in the --config YAML file), with "
+        "their defaults:"
+    ]
+    _describe(cls, _defaults(cls), "", command_of, width, lines)
+    return "\n".join(lines)
+
+
+def _describe(
+    cls: type, defaults: Any, prefix: str, command_of: dict[str, str], width: int, out: list
+) -> None:
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        key, default = prefix + field.name, getattr(defaults, field.name, dataclasses.MISSING)
+        section = section_type(hints[field.name])
+        command = (
+            command_of.get(f"{section.__module__}:{section.__qualname__}") if section else None
+        )
+        if command is not None:
+            changed = _changed(default, _defaults(section))
+            note = f"The keys of `rlhfkit {command}` (its --help lists them)"
+            note += f", with these defaults here: {changed}." if changed else "."
+            _entry(f"{key}.KEY", " ".join(filter(None, [docs.get(field.name), note])), width, out)
+        elif section is not None:
+            if field.name in docs:
+                _entry(f"{key}.*", docs[field.name], width, out)
+            _describe(section, default, f"{key}.", command_of, width, out)
+        else:
+            shown = "(required)" if default is dataclasses.MISSING else _shown(default)
+            _entry(f"{key} = {shown}", docs.get(field.name, ""), width, out)
+
+
+def _entry(head: str, text: str, width: int, out: list) -> None:
+    out.append(f"  {head}")
+    if text:
+        indent = " " * 6
+        out.extend(
+            textwrap.wrap(
+                text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+            )
+        )
+
+
+def _defaults(cls: type) -> Any:
+    """An instance of `cls` with its defaults, or, where a key has none (a base's required
+    key), an object that answers each defaulted field."""
+    try:
+        return cls()
+    except TypeError:
+        values = {
+            field.name: field.default
+            if field.default is not dataclasses.MISSING
+            else field.default_factory()
+            for field in dataclasses.fields(cls)
+            if field.default is not dataclasses.MISSING
+            or field.default_factory is not dataclasses.MISSING
+        }
+        return type("Defaults", (), values)()
+
+
+def _changed(section: Any, plain: Any) -> str:
+    """`key=value` for each key where a section's defaults differ from its command's own."""
+    ours, theirs = config_to_dict(section), config_to_dict(plain)
+    return ", ".join(
+        f"{key}={_shown(value)}" for key, value in ours.items() if theirs.get(key) != value
+    )
+
+
+def _shown(value: Any) -> str:
+    """A default as it is written on the command line (YAML: true, null, [a, b], 1e-05)."""
+    plain = plain_value(value)
+    if isinstance(plain, str) and plain.isprintable() and plain == plain.strip():
+        try:
+            if yaml.safe_load(plain) == plain:  # reads back as itself: bare, as one types it
+                return plain
+        except yaml.YAMLError:
+            pass
+    return json.dumps(plain)  # "" or "\n" quoted (YAML reads JSON's quoting)
