@@ -110,6 +110,8 @@ def test_settings_are_checked_as_a_config_files_are(tiny_model_dir, tmp_path):
         rlhfkit.run("dpo", tmp_path / "b", model=tiny_model_dir, train_data="x", loss="sigmod")
     with pytest.raises(rlhfkit.ConfigError, match="unknown config key 'lrr'"):
         rlhfkit.run("sft", tmp_path / "c", lrr=1e-3)
+    with pytest.raises(rlhfkit.ConfigError, match="force_lr: rlhfkit eval trains nothing"):
+        rlhfkit.run("eval", tmp_path / "d", force_lr=True)
     assert not any(path.exists() for path in (tmp_path / "a", tmp_path / "b", tmp_path / "c"))
 
 

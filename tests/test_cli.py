@@ -118,6 +118,12 @@ def test_unknown_config_key_names_the_nearest_valid_key(monkeypatch, capsys):
     assert_one_line_error(code, err, "'num_head'", "did you mean 'num_heads'?")
 
 
+@pytest.mark.parametrize("name", [n for n, c in cli.COMMANDS.items() if not c.trains])
+def test_a_command_that_trains_nothing_refuses_force_lr(monkeypatch, capsys, name):
+    code, _, err = run_main(monkeypatch, capsys, name, "force_lr=true")
+    assert_one_line_error(code, err, f"force_lr: rlhfkit {name} trains nothing", "remove it")
+
+
 def test_wrong_config_type(monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, "sft", "max_steps=many")
     assert_one_line_error(code, err, "config key 'max_steps'", "expected int")

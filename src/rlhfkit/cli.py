@@ -16,7 +16,7 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-from rlhfkit.cli_commands import COMMANDS, Command, load_object
+from rlhfkit.cli_commands import COMMANDS, Command, check_command_config, load_object
 from rlhfkit.cli_label import add_label_parser, run_label
 from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
@@ -317,8 +317,7 @@ def _run_command(args, command: Command) -> None:
     forced = getattr(args, "force_lr", False)
     overrides = [*args.overrides, "force_lr=true"] if forced else args.overrides
     cfg = load_config(load_object(command.config), args.config, overrides)
-    if command.check_keys:
-        load_object(command.check_keys)(cfg)
+    check_command_config(args.command, command, cfg)
     if args.print_config:  # what the run would refuse, refused here too
         from rlhfkit.train.config_checks import check_trainer_config
 

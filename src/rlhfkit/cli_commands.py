@@ -267,3 +267,15 @@ def load_object(path: str):
     """The object a "module:name" string names, imported now."""
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def check_command_config(name: str, command: Command, cfg) -> None:
+    """What the command refuses in its config before anything runs (the command line's and
+    `rlhfkit.run`'s alike): its own `check_keys`, and `force_lr` where nothing is trained, since
+    a setting that changes nothing must not look as if it did."""
+    from rlhfkit.errors import ConfigError
+
+    if cfg.force_lr and not command.trains:
+        raise ConfigError(f"force_lr: rlhfkit {name} trains nothing, so no lr to force; remove it")
+    if command.check_keys:
+        load_object(command.check_keys)(cfg)
