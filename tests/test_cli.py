@@ -298,6 +298,43 @@ def test_a_second_config_file_is_refused_not_dropped(monkeypatch, capsys, tmp_pa
     assert code == 0 and json.loads(out)["seed"] == 5, err
 
 
+@pytest.mark.parametrize(
+    "command, needed",
+    [
+        ("grpo", []),
+        ("rloo", []),
+        ("ppo", ["reward_model=rm"]),
+        ("raft", []),
+        ("online-dpo", ["task=advice"]),
+        ("dpo", []),
+    ],
+)
+def test_lora_dropout_that_disable_dropout_turns_off_is_refused(
+    monkeypatch, capsys, command, needed
+):
+    command = [command, *needed]
+    code, _, err = run_main(monkeypatch, capsys, *command, "--print-config", "lora_dropout=0.05")
+    assert_one_line_error(code, err, "lora_dropout=0.05 with disable_dropout=true", "set ")
+    code, out, _ = run_main(
+        monkeypatch,
+        capsys,
+        *command,
+        "--print-config",
+        "lora_dropout=0.05",
+        "disable_dropout=false",
+    )
+    assert code == 0 and json.loads(out)["lora_dropout"] == 0.05
+    # one layer name on the command line is that name, a list the names
+    code, out, _ = run_main(
+        monkeypatch, capsys, *command, "--print-config", "lora_target_modules=q_proj"
+    )
+    assert json.loads(out)["lora_target_modules"] == "q_proj"
+    code, out, _ = run_main(
+        monkeypatch, capsys, *command, "--print-config", "lora_target_modules=[q_proj,v_proj]"
+    )
+    assert json.loads(out)["lora_target_modules"] == ["q_proj", "v_proj"]
+
+
 def test_raft_command_trains_and_reports_the_held_out_score(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):

@@ -164,6 +164,8 @@ HOSTILE_SETTINGS = [
     ("sft", "lr=nan", "a finite number, got nan"),
     ("sft", "lr=-1", "> 0, got -1.0"),
     ("sft", "keep_last=0", ">= 1, got 0"),
+    ("sft", "lora_dropout=1", "in [0, 1), got 1.0"),
+    ("grpo", "lora_dropout=-0.1", "in [0, 1), got -0.1"),
     ("rm", "num_heads=0", ">= 1, got 0"),
     ("grpo", "prompts_per_step=0", ">= 1, got 0"),
     ("ppo", "prompts_per_step=0", ">= 1, got 0"),

@@ -1,7 +1,9 @@
+import copy
 import json
 import shutil
 import warnings
 
+import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -10,8 +12,9 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.lora import add_backbone_lora, add_lora, load_lora
+from rlhfkit.models.lora import add_backbone_lora, add_lora, load_lora, merged_gathered
 from rlhfkit.models.reward import RewardModel
 
 
@@ -75,3 +78,56 @@ def test_reward_model_adapters_leave_an_untied_imitation_head_frozen(tiny_model_
     add_backbone_lora(model, r=4, alpha=8)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n or n == "model.score.weight" for n in trained)
+
+
+def test_adapters_go_on_the_named_layers_only_with_their_dropout(tiny_model_dir):
+    model = add_lora(
+        load_causal_lm(tiny_model_dir),
+        r=4,
+        alpha=8,
+        dropout=0.1,
+        target_modules=["q_proj", "v_proj"],
+    )
+    adapted = {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n}
+    assert adapted == {"q_proj", "v_proj"}
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+    assert rates == {0.1}
+    # one name as a string is that layer, not a pattern that must match a whole dotted name
+    one = add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules="self_attn.o_proj")
+    assert {n.split(".")[-4] for n, p in one.named_parameters() if "lora_A" in n} == {"o_proj"}
+
+
+@pytest.mark.parametrize("target", ["qproj", "lm_head", "input_layernorm", "all-linear"])
+def test_a_name_that_is_no_adaptable_layer_is_refused_naming_the_layers(tiny_model_dir, target):
+    """An unknown name, a norm, the output head (tied to the input embeddings, which its merge
+    would change too) or all-linear among names: one line naming the layers there are."""
+    names = ["q_proj", target] if target == "all-linear" else [target]
+    with pytest.raises(ConfigError) as error:
+        add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules=names)
+    message = str(error.value)
+    assert message.startswith(f"lora_target_modules: '{target}' is not a linear layer")
+    assert "q_proj" in message and "lm_head" not in message.split("its layers:")[1]
+
+
+def test_adapters_gathered_from_shards_merge_onto_the_same_layers(tiny_model_dir):
+    """Rank 0 merges a sharded LoRA policy's gathered weights into a fresh copy of the start:
+    that copy must carry adapters on the layers the policy had them on."""
+    torch.manual_seed(0)
+    targets = ("k_proj", "down_proj")
+    trained = add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules=targets)
+    for name, param in trained.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param)
+    weights = {k: v.clone() for k, v in trained.state_dict().items()}
+    merged = merged_gathered(load_causal_lm(tiny_model_dir), weights, 4, 8, targets)
+    expected = copy.deepcopy(trained).merge_and_unload().state_dict()
+    assert merged.state_dict().keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.allclose(merged.state_dict()[key], value, atol=1e-6), key
+
+
+def test_reward_model_adapters_take_the_named_layers(tiny_model_dir):
+    model = RewardModel.from_pretrained(tiny_model_dir)
+    add_backbone_lora(model, r=4, alpha=8, dropout=0.05, target_modules=("up_proj",))
+    assert {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n} == {"up_proj"}
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0} == {0.05}

@@ -351,15 +351,27 @@ class LoraTiny:
     lr: float = 1e-3
     lora_r: int = 4
     lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
     grpo: Tiny = dataclasses.field(default_factory=Tiny)
 
 
-@pytest.mark.parametrize("changed", [{"lora_r": 8}, {"lora_r": 0}, {"lora_alpha": 32}])
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"lora_r": 8},
+        {"lora_r": 0},
+        {"lora_alpha": 32},
+        {"lora_dropout": 0.1},
+        {"lora_target_modules": ("q_proj",)},
+    ],
+)
 def test_resume_with_changes_refuses_the_lora_settings_the_checkpoints_are_made_of(
     tmp_path, changed
 ):
-    """A LoRA checkpoint's adapters load with the rank and alpha they were saved with: a new
-    value would be recorded in config.yaml and silently not used (or fail in the loading)."""
+    """A LoRA checkpoint's adapters load with the rank, alpha, dropout and layers they were saved
+    with: a new value would be recorded in config.yaml and silently not used (or fail in the
+    loading)."""
     run = RunDir(tmp_path)
     save_config(LoraTiny(), run.config_path)
     before = run.config_path.read_text()
@@ -367,7 +379,9 @@ def test_resume_with_changes_refuses_the_lora_settings_the_checkpoints_are_made_
         resume_with_config(run, LoraTiny(lr=0.002, **changed), allow_changes=True)
     [(key, value)] = changed.items()
     message = str(err.value)
-    assert f"--resume cannot change {key}: {getattr(LoraTiny(), key)} -> {value}:" in message
+    assert message.startswith(f"--resume cannot change {key}: ")
+    if key != "lora_target_modules":  # written as YAML: "all-linear" -> ["q_proj"]
+        assert f"{key}: {getattr(LoraTiny(), key)} -> {value}:" in message
     assert "lr:" not in message and "\n" not in message
     assert run.config_path.read_text() == before
     resume_with_config(run, LoraTiny(lr=0.002), allow_changes=True)  # other keys still change

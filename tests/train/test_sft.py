@@ -134,6 +134,27 @@ def test_lora_trains_only_adapters_resumes_from_them_and_saves_a_merged_model(
     assert again.train_losses == straight.train_losses[6:]
 
 
+def test_lora_on_named_layers_moves_only_those_layers_in_the_merged_model(
+    tiny_model_dir, arith_data, tmp_path
+):
+    cfg = config(
+        tiny_model_dir,
+        arith_data[0],
+        "",
+        lora_r=4,
+        lora_dropout=0.1,
+        lora_target_modules=("q_proj", "v_proj"),
+        max_steps=2,
+        lr=1e-2,
+    )
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    train_sft(cfg, run)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    final = load_file(run.final / "model.safetensors")
+    moved = {key for key in base if not torch.equal(base[key], final[key])}
+    assert moved and {key.split(".")[-2] for key in moved} == {"q_proj", "v_proj"}
+
+
 def test_checkpoints_are_written_and_pruned(tiny_model_dir, arith_data, tmp_path):
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     train_sft(

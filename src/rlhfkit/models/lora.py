@@ -10,6 +10,7 @@ merged.
 
 import copy
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,24 +20,57 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.rollout.architecture import layer_weight_bias
+
+ALL_LINEAR = "all-linear"
 
 
 def add_lora(
-    model, r: int, alpha: int, dropout: float = 0.0, target_modules: str | list[str] = "all-linear"
+    model,
+    r: int,
+    alpha: int,
+    dropout: float = 0.0,
+    target_modules: str | Sequence[str] = ALL_LINEAR,
 ):
-    """Wrap `model` with fresh LoRA adapters of rank `r`; only the adapters train."""
+    """Wrap `model` with fresh LoRA adapters of rank `r` on `target_modules` (`lora_targets`);
+    only the adapters train."""
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=target_modules,
+        target_modules=lora_targets(model, target_modules),
         fan_in_fan_out=_has_conv1d(model),
         task_type="CAUSAL_LM",
     )
     _name_base_by_absolute_path(model)
     with _peft_reading_a_renamed_attribute():
         return get_peft_model(model, config)
+
+
+def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str]:
+    """peft's `target_modules` for the setting `lora_target_modules`: "all-linear" (every linear
+    layer but the output head), or layer names, each the end of a module's dotted name (`q_proj`,
+    `self_attn.q_proj`), as peft matches a list. Each must name one of the layers "all-linear"
+    would take: an unknown name, a norm or the output head (whose merge would also change the
+    input embeddings it is tied to) is refused, naming the layers there are."""
+    names = [names] if isinstance(names, str) else list(names)
+    if names == [ALL_LINEAR]:
+        return ALL_LINEAR
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and module is not output
+    ]
+    for target in names:
+        if not any(name == target or name.endswith(f".{target}") for name in layers):
+            known = sorted({name.rsplit(".", 1)[-1] for name in layers})
+            raise ConfigError(
+                f"lora_target_modules: {target!r} is not a linear layer of the model (or is "
+                f"combined with {ALL_LINEAR!r}); its layers: {', '.join(known)}, or {ALL_LINEAR}"
+            )
+    return names
 
 
 def _has_conv1d(model) -> bool:
@@ -100,22 +134,36 @@ def load_gathered(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Modu
     return model
 
 
-def merged_gathered(base, weights: dict[str, torch.Tensor], r: int, alpha: int):
+def merged_gathered(
+    base, weights: dict[str, torch.Tensor], r: int, alpha: int, target_modules: str | Sequence[str]
+):
     """A plain transformers model: `base` (an unsharded copy of the starting model) with fresh
-    rank-`r` adapters, given the weights gathered from the sharded LoRA policy (`load_gathered`),
-    merged. Under torchrun the trained policy's parameters are shards and cannot be merged in
-    place, so rank 0 merges this copy."""
-    return load_gathered(add_lora(base, r, alpha), weights).merge_and_unload()
+    rank-`r` adapters on `target_modules`, given the weights gathered from the sharded LoRA
+    policy (`load_gathered`), merged. Under torchrun the trained policy's parameters are shards
+    and cannot be merged in place, so rank 0 merges this copy."""
+    adapted = add_lora(base, r, alpha, target_modules=target_modules)
+    return load_gathered(adapted, weights).merge_and_unload()
 
 
-def add_backbone_lora(reward_model, r: int, alpha: int) -> None:
-    """Fresh LoRA adapters of rank `r` on every linear layer of a `RewardModel`'s backbone, in
-    place; only they and the score head train: nothing of the backbone, nor the imitation term's
-    LM head, the base model's own (a separate projection when the embeddings are untied). Linear
-    layers as `add_lora` finds them: `nn.Linear`, and GPT-2's `Conv1D`, its only ones."""
+def add_backbone_lora(
+    reward_model,
+    r: int,
+    alpha: int,
+    dropout: float = 0.0,
+    target_modules: str | Sequence[str] = ALL_LINEAR,
+) -> None:
+    """Fresh LoRA adapters of rank `r` on a `RewardModel`'s backbone (every linear layer, or
+    `target_modules` as `lora_targets` reads them), in place; only they and the score head
+    train: nothing of the backbone, nor the imitation term's LM head, the base model's own (a
+    separate projection when the embeddings are untied). Linear layers as `add_lora` finds
+    them: `nn.Linear`, and GPT-2's `Conv1D`, its only ones."""
     backbone = reward_model.backbone
     config = LoraConfig(
-        r=r, lora_alpha=alpha, target_modules="all-linear", fan_in_fan_out=_has_conv1d(backbone)
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_targets(backbone, target_modules),
+        fan_in_fan_out=_has_conv1d(backbone),
     )
     inject_adapter_in_model(config, backbone)
     for name, param in backbone.named_parameters():

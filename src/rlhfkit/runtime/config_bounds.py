@@ -125,6 +125,7 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "vocab_size": COUNT,
         "lora_r": at_least(0, "0 = full fine-tuning"),
         "lora_alpha": COUNT,
+        "lora_dropout": within(0, 1, high_open=True),
         # when periodic work runs
         "eval_every": at_least(0, "0 = only at the end"),
         "PolicyRunConfig.eval_every": at_least(-1, "0 = only at the start and end, -1 = never"),

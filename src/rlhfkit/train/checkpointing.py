@@ -7,7 +7,7 @@ model and tokenizer from the gathered weights, and every rank its shard of the r
 """
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import torch
 from rlhfkit.errors import ConfigError, NumericalFault, RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.lora import add_lora, load_lora, merged_copy, merged_gathered
+from rlhfkit.models.lora import ALL_LINEAR, add_lora, load_lora, merged_copy, merged_gathered
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     checkpoint_step,
@@ -136,18 +136,21 @@ def load_policy(
     *,
     lora_r: int,
     lora_alpha: int,
+    lora_dropout: float = 0.0,
+    lora_target_modules: str | Sequence[str] = ALL_LINEAR,
     device: torch.device,
     precision: Precision = Precision.FP32,
 ):
     """The policy to train, in train mode: the starting model or its checkpoint, or (lora_r > 0)
-    LoRA adapters, fresh or from the checkpoint, on the starting model; with the kernels
-    fastest for `device` and `precision` (`use_fastest_kernels`)."""
+    LoRA adapters, fresh (`lora_dropout`, `lora_target_modules`: `add_lora`'s) or from the
+    checkpoint (as saved), on the starting model; with the kernels fastest for `device` and
+    `precision` (`use_fastest_kernels`)."""
     if lora_r > 0:
         base = use_fastest_kernels(load_causal_lm(model_dir).to(device), device, precision)
         policy = (
             load_lora(base, checkpoint / MODEL_SUBDIR)
             if checkpoint
-            else add_lora(base, lora_r, lora_alpha)
+            else add_lora(base, lora_r, lora_alpha, lora_dropout, lora_target_modules)
         )
     else:
         policy = load_causal_lm(checkpoint / MODEL_SUBDIR if checkpoint else model_dir).to(device)
@@ -156,13 +159,15 @@ def load_policy(
 
 
 def load_configured_policy(cfg, checkpoint: Path | None, device: torch.device):
-    """`load_policy` with the settings of a run's config (`model`, `lora_r`, `lora_alpha`,
+    """`load_policy` with the settings of a run's config (`model`, the `lora_` keys,
     `precision`: SFT, DPO and the policy trainers share them)."""
     return load_policy(
         cfg.model,
         checkpoint,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        lora_target_modules=cfg.lora_target_modules,
         device=device,
         precision=cfg.precision,
     )
@@ -183,17 +188,18 @@ def load_frozen_reference(
     return place_frozen(model, frozen_models, mesh, precision)
 
 
-def final_policy(
-    model, weights: dict | None, *, model_dir: str, lora_r: int, lora_alpha: int
-) -> tuple[object, dict | None]:
+def final_policy(model, weights: dict | None, cfg) -> tuple[object, dict | None]:
     """The policy to write as final/ and the weights to write it with (`save_final_model`): the
     trained model as it is, or under LoRA a plain copy with the adapters merged; under torchrun
-    (`weights` gathered from the shards) rank 0 merges them into a fresh copy of `model_dir`."""
-    if lora_r == 0:
+    (`weights` gathered from the shards) rank 0 merges them into a fresh copy of the starting
+    model. `cfg`: the run's config (`model` and the `lora_` keys)."""
+    if cfg.lora_r == 0:
         return model, weights
     if weights is None:
         return merged_copy(model), None
-    return merged_gathered(load_causal_lm(model_dir), weights, lora_r, lora_alpha), None
+    base = load_causal_lm(cfg.model)
+    adapters = (cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+    return merged_gathered(base, weights, *adapters), None
 
 
 def resume_point(

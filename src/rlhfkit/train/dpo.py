@@ -73,6 +73,7 @@ from rlhfkit.train.dpo_losses import (
     zero_weight,
 )
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
+from rlhfkit.train.policy_config import check_lora_dropout
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
@@ -114,6 +115,13 @@ class DPOConfig(RunConfig):
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
     """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout). `disable_dropout` turns it off with
+    the rest of the policy's dropout, so it is refused with it: set disable_dropout=false to train
+    with it."""
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    """The layers that get adapters: all-linear (every linear layer but the output head), or
+    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
     max_length: int = 256
     """Tokens per prompt + response after tokenisation."""
     truncation: Truncation = Truncation.KEEP_START
@@ -191,6 +199,7 @@ def check_config(cfg: DPOConfig) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
     if cfg.lora_r < 0:
         raise ConfigError(f"lora_r={cfg.lora_r}: must be >= 0 (0 = full fine-tuning)")
+    check_lora_dropout(cfg)
 
 
 def load_preference_groups(
@@ -393,8 +402,6 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
     # under torchrun the shards are gathered to rank 0, which writes it
     weights = full_state_dict(policy, ranks)
     if ranks.is_main:
-        model, weights = final_policy(
-            policy, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
-        )
+        model, weights = final_policy(policy, weights, cfg)
         save_final_model(model, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result

@@ -9,6 +9,7 @@ are declared here without a default, and each trainer's config gives its own val
 
 from dataclasses import dataclass
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.run_config import RunConfig
@@ -86,6 +87,13 @@ class PolicyRunConfig(RunConfig):
     """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
     lora_alpha: int = 16
     """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout). `disable_dropout` turns it off with
+    the rest of the policy's dropout, so it is refused with it: set disable_dropout=false to train
+    with it."""
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    """The layers that get adapters: all-linear (every linear layer but the output head), or
+    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
     eval_every: int
     """Greedy evaluation on the held-out prompts every this many steps, and at the start and the
     end (0 = only at the start and end; -1 = never). With a task, its own metrics (accuracy,
@@ -116,6 +124,17 @@ class PolicyRunConfig(RunConfig):
     """Also write TensorBoard scalars."""
     progress: bool = True
     """Show a progress bar."""
+
+
+def check_lora_dropout(cfg) -> None:
+    """`lora_dropout` with `disable_dropout` (a policy trainer's or DPO's config): the latter
+    turns the adapters' dropout off too, so the setting would change nothing."""
+    if cfg.lora_dropout > 0 and cfg.disable_dropout:
+        raise ConfigError(
+            f"lora_dropout={cfg.lora_dropout} with disable_dropout=true: the policy's dropout, "
+            "the adapters' too, is off (the losses compare log-probs taken without it); set "
+            "disable_dropout=false to train with it, or lora_dropout=0"
+        )
 
 
 @dataclass(frozen=True)

@@ -484,9 +484,7 @@ class PolicyRun:
         weights = full_state_dict(policy, self.ranks)
         if not self.ranks.is_main:
             return
-        model, weights = final_policy(
-            policy, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
-        )
+        model, weights = final_policy(policy, weights, cfg)
         save_final_model(
             model,
             self.models.tokenizer,

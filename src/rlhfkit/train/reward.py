@@ -138,6 +138,11 @@ class RewardConfig(RunConfig):
     score head train; the saved model has the adapters merged (a plain sequence classifier)."""
     lora_alpha: int = 16
     """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout)."""
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    """The layers that get adapters: all-linear (every linear layer but the output head), or
+    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
@@ -305,6 +310,11 @@ def checkpoint_extra(model: RewardModel, cfg: RewardConfig) -> dict:
     return extra
 
 
+def lora_settings(cfg: RewardConfig) -> tuple:
+    """`add_backbone_lora`'s settings after the model: rank, alpha, dropout, target layers."""
+    return cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules
+
+
 def saved_classifier(
     model: RewardModel, weights: dict, cfg: RewardConfig
 ) -> tuple[torch.nn.Module, dict | None]:
@@ -318,7 +328,7 @@ def saved_classifier(
     # the copy's new head and adapters are overwritten; drawing them must not move rank 0's RNG
     with torch.random.fork_rng(devices=[]):
         copy = RewardModel.from_pretrained(cfg.model, num_heads=cfg.num_heads)
-        add_backbone_lora(copy, cfg.lora_r, cfg.lora_alpha)
+        add_backbone_lora(copy, *lora_settings(cfg))
     load_gathered(copy.model, classifier)
     return copy, None
 
@@ -347,7 +357,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         lm_head_from=cfg.model,  # a checkpoint's LM head is restored below, from its state
     )
     if cfg.lora_r > 0:
-        add_backbone_lora(model, cfg.lora_r, cfg.lora_alpha)
+        add_backbone_lora(model, *lora_settings(cfg))
     if cfg.gradient_checkpointing:
         enable_checkpointing(model.model)
     device = resolve_device(cfg.device)

@@ -109,6 +109,11 @@ class SFTConfig(RunConfig):
     merged in."""
     lora_alpha: int = 16
     """LoRA scaling numerator."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout)."""
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    """The layers that get adapters: all-linear (every linear layer but the output head), or
+    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward instead of keeping them: less
     memory for about a third more compute (prompts shared by a group then run per row)."""
@@ -343,8 +348,6 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
     # under torchrun the shards are gathered to rank 0, which writes it
     weights = full_state_dict(model, ranks)
     if ranks.is_main:
-        final, weights = final_policy(
-            model, weights, model_dir=cfg.model, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha
-        )
+        final, weights = final_policy(model, weights, cfg)
         save_final_model(final, tokenizer, run.final, run.checkpoints, state_dict=weights)
     return result
