@@ -35,17 +35,21 @@ def add_lora(
 ):
     """Wrap `model` with fresh LoRA adapters of rank `r` on `target_modules` (`lora_targets`);
     only the adapters train."""
-    config = LoraConfig(
+    config = _lora_config(model, r, alpha, dropout, target_modules, task_type="CAUSAL_LM")
+    _name_base_by_absolute_path(model)
+    with _peft_reading_a_renamed_attribute():
+        return get_peft_model(model, config)
+
+
+def _lora_config(model, r, alpha, dropout, target_modules, **task) -> LoraConfig:
+    return LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=lora_targets(model, target_modules),
         fan_in_fan_out=_has_conv1d(model),
-        task_type="CAUSAL_LM",
+        **task,
     )
-    _name_base_by_absolute_path(model)
-    with _peft_reading_a_renamed_attribute():
-        return get_peft_model(model, config)
 
 
 def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str]:
@@ -158,13 +162,7 @@ def add_backbone_lora(
     separate projection when the embeddings are untied). Linear layers as `add_lora` finds
     them: `nn.Linear`, and GPT-2's `Conv1D`, its only ones."""
     backbone = reward_model.backbone
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=lora_targets(backbone, target_modules),
-        fan_in_fan_out=_has_conv1d(backbone),
-    )
+    config = _lora_config(backbone, r, alpha, dropout, target_modules)
     inject_adapter_in_model(config, backbone)
     for name, param in backbone.named_parameters():
         param.requires_grad_("lora_" in name)
