@@ -10,6 +10,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 from rlhfkit.errors import ConfigError
@@ -99,14 +101,29 @@ def test_adapters_go_on_the_named_layers_only_with_their_dropout(tiny_model_dir)
 
 @pytest.mark.parametrize("target", ["qproj", "lm_head", "input_layernorm", "all-linear"])
 def test_a_name_that_is_no_adaptable_layer_is_refused_naming_the_layers(tiny_model_dir, target):
-    """An unknown name, a norm, the output head (tied to the input embeddings, which its merge
+    """An unknown name, a norm, the output head tied to the input embeddings (which its merge
     would change too) or all-linear among names: one line naming the layers there are."""
+    assert load_causal_lm(tiny_model_dir).config.tie_word_embeddings
     names = ["q_proj", target] if target == "all-linear" else [target]
     with pytest.raises(ConfigError) as error:
         add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules=names)
     message = str(error.value)
     assert message.startswith(f"lora_target_modules: '{target}' is not a linear layer")
     assert "q_proj" in message and "lm_head" not in message.split("its layers:")[1]
+
+
+def test_an_untied_output_head_takes_adapters(tmp_path):
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model = add_lora(load_causal_lm(tmp_path), r=2, alpha=4, target_modules=["lm_head"])
+    assert {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n} == {"lm_head"}
 
 
 def test_adapters_gathered_from_shards_merge_onto_the_same_layers(tiny_model_dir):

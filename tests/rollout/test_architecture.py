@@ -51,9 +51,10 @@ def test_a_linear_head_gives_the_models_own_logits(family, tiny_model_dir):
 def test_soft_capped_or_adapted_heads_are_not_linear(tiny_model_dir):
     # Gemma 2 soft-caps its logits; a LoRA adapter on the head changes the head itself
     assert linear_head(tiny_family_model(Gemma2Config, Gemma2ForCausalLM, head_dim=16)) is None
-    from rlhfkit.models.lora import add_lora
+    from peft import LoraConfig, get_peft_model  # add_lora refuses a tied head; peft does not
 
-    adapted = add_lora(load_causal_lm(tiny_model_dir), r=2, alpha=4, target_modules=["lm_head"])
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["lm_head"], task_type="CAUSAL_LM")
+    adapted = get_peft_model(load_causal_lm(tiny_model_dir), config)
     assert linear_head(adapted) is None
 
 

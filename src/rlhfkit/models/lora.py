@@ -55,17 +55,16 @@ def _lora_config(model, r, alpha, dropout, target_modules, **task) -> LoraConfig
 def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str]:
     """peft's `target_modules` for the setting `lora_target_modules`: "all-linear" (every linear
     layer but the output head), or layer names, each the end of a module's dotted name (`q_proj`,
-    `self_attn.q_proj`), as peft matches a list. Each must name one of the layers "all-linear"
-    would take: an unknown name, a norm or the output head (whose merge would also change the
-    input embeddings it is tied to) is refused, naming the layers there are."""
+    `self_attn.q_proj`), as peft matches a list. Each must name a linear layer: an unknown name,
+    a norm or an output head tied to the input embeddings (whose merge would change them too) is
+    refused, naming the layers there are."""
     names = [names] if isinstance(names, str) else list(names)
     if names == [ALL_LINEAR]:
         return ALL_LINEAR
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     layers = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and module is not output
+        if isinstance(module, (nn.Linear, Conv1D)) and not _tied_head(model, module)
     ]
     for target in names:
         if not any(name == target or name.endswith(f".{target}") for name in layers):
@@ -75,6 +74,13 @@ def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str
                 f"combined with {ALL_LINEAR!r}); its layers: {', '.join(known)}, or {ALL_LINEAR}"
             )
     return names
+
+
+def _tied_head(model: nn.Module, module: nn.Module) -> bool:
+    """Whether `module` is the output head and shares its weight with the input embeddings."""
+    if not hasattr(model, "get_output_embeddings") or module is not model.get_output_embeddings():
+        return False
+    return module.weight is model.get_input_embeddings().weight
 
 
 def _has_conv1d(model) -> bool:
