@@ -156,6 +156,15 @@ def test_ensemble_mean_is_the_reward_and_the_penalty_is_coef_times_std(ensemble,
     assert (penalised.rewards < plain.rewards).all()
 
 
+def test_an_uncertainty_penalty_on_a_single_head_says_it_does_nothing(
+    tiny_model_dir, tokenizer, caplog
+):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        RewardModelSource(model, tokenizer, batch_size=2, max_length=256, uncertainty_coef=1.0)
+    assert "uncertainty_coef=1.0 has no effect: the reward model has one head" in caplog.text
+
+
 def test_scoring_leaves_the_models_mode_and_gradients_alone(ensemble, tokenizer):
     ensemble.train()
     scores = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=256).score(

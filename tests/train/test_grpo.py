@@ -12,6 +12,7 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.text import decode_responses
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
+from rlhfkit.train.config_checks import check_trainer_config
 from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, step_rewards_on_tokens, train_grpo
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.raft import train_raft
@@ -131,6 +132,19 @@ def test_process_supervision_without_step_rewards_is_an_error_not_outcome_superv
     cfg = config(tiny_model_dir, tmp_path, supervision="process", reward="task", max_steps=1)
     with pytest.raises(ConfigError, match="supervision=process needs step rewards.*reward=process"):
         train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+
+
+@pytest.mark.parametrize("reward", ["task", "model:runs/rm/final", "LENGTH", ""])
+def test_a_reward_without_step_rewards_is_refused_with_process_supervision_before_loading(
+    tmp_path, reward
+):
+    # no model exists at "m": the check is made from the config alone, as --print-config makes
+    # it, not after the models, the prompts and the starting evaluation
+    reward = length_reward_spec(tmp_path) if reward == "LENGTH" else reward
+    cfg = config("m", tmp_path, supervision="process", reward=reward)
+    with pytest.raises(ConfigError, match="supervision=process needs step rewards"):
+        check_trainer_config(cfg)
+    check_trainer_config(config("m", tmp_path, supervision="process", reward="process"))
 
 
 def test_batch_sizes_that_cannot_form_whole_groups_are_rejected_with_what_to_change(tmp_path):
@@ -313,6 +327,14 @@ def test_the_missing_eos_penalty_lowers_the_reward_of_cut_responses(tiny_model_d
     (plain, cut), (penalised, cut_again) = rewards[0.0], rewards[0.5]
     assert cut == cut_again > 0.5  # the same seeded samples
     assert penalised == pytest.approx(plain - 0.5 * cut, abs=1e-6)
+
+
+def test_an_uncertainty_penalty_without_a_reward_model_is_refused_before_loading(tmp_path):
+    # a function's reward has no ensemble spread: the penalty would silently do nothing
+    cfg = config("m", tmp_path, reward_uncertainty_coef=1.0)  # no model at "m": nothing loads
+    with pytest.raises(ConfigError, match="reward_uncertainty_coef=1.0 .* has no reward model"):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_the_missing_eos_penalty_is_refused_with_process_supervision(tiny_model_dir, tmp_path):

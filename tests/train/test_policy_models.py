@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.models.lora import merged_copy
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train import policy_run
@@ -121,3 +122,50 @@ def test_the_policy_trains_without_dropout_so_its_first_ratio_is_one(
     assert gap < 1e-5 if disable_dropout else gap > 1e-3
     final = AutoModelForCausalLM.from_pretrained(run.final)
     assert final.config.attention_dropout == 0.5  # the model's own rate is saved
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_dir(tmp_path_factory, tiny_sizes) -> Path:
+    """A tiny model whose tokenizer is trained on other text than the policy's."""
+    from rlhfkit.models.tiny import build_tiny_model
+
+    corpus = [f"zebra {i} quartz {i * 7} jumps over the lazy yak" for i in range(200)]
+    sizes = {**tiny_sizes, "vocab_size": 400}  # ids past the policy's own table too
+    return build_tiny_model(tmp_path_factory.mktemp("other_tokenizer"), corpus, seed=1, **sizes)
+
+
+def test_a_reference_with_another_tokenizer_is_refused_before_training(
+    tiny_model_dir, other_tokenizer_dir, tmp_path
+):
+    cfg = test_grpo.config(
+        tiny_model_dir, tmp_path, reference_model=str(other_tokenizer_dir), beta=0.1, max_steps=1
+    )
+    with pytest.raises(ConfigError, match="reference_model=.*tokenizer is not the policy's"):
+        train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_a_critic_started_from_a_model_with_another_tokenizer_is_refused(
+    tiny_model_dir, other_tokenizer_dir, tmp_path
+):
+    cfg = test_ppo.config(
+        tiny_model_dir,
+        tmp_path,
+        reward_model=str(other_tokenizer_dir),
+        critic_init="reward_model",
+        max_steps=1,
+    )
+    with pytest.raises(ConfigError, match="reward_model=.*critic_init=policy"):
+        train_ppo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    # as a reward source alone (critic_init=policy) its own tokenizer reads the text: allowed
+    cfg = test_ppo.config(
+        tiny_model_dir,
+        tmp_path,
+        reward_model=str(other_tokenizer_dir),
+        critic_init="policy",
+        prompts_per_step=4,
+        mini_batch_size=4,
+        ppo_epochs=1,
+        max_steps=1,
+    )
+    train_ppo(cfg, prepare_run_dir(tmp_path / "run2", resume=False, overwrite=False))

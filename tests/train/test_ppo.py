@@ -116,6 +116,14 @@ def test_config_errors_name_what_to_change(tmp_path):
         check_ppo_config(config("m", tmp_path, mini_batch_size=7))
 
 
+def test_an_adaptive_kl_target_from_a_zero_kl_coef_is_refused(tmp_path):
+    # the controller multiplies kl_coef: from 0 it would stay 0 whatever the KL, ignoring the target
+    with pytest.raises(ConfigError, match="kl_target=6.0 with kl_coef=0"):
+        check_ppo_config(config("m", tmp_path, kl_coef=0.0, kl_target=6.0))
+    check_ppo_config(config("m", tmp_path, kl_coef=0.0, kl_target=0.0))  # no penalty at all
+    check_ppo_config(config("m", tmp_path, kl_coef=0.01, kl_target=6.0))
+
+
 def test_explained_variance_hand_values():
     returns = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[True, True, True, False]])

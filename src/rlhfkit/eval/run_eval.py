@@ -28,7 +28,12 @@ from rlhfkit.eval.reward_model import pair_accuracy, score_groups
 from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
-from rlhfkit.models.loading import check_causal_lm_dir, load_causal_lm, load_tokenizer
+from rlhfkit.models.loading import (
+    check_causal_lm_dir,
+    load_causal_lm,
+    load_tokenizer,
+    same_vocabulary,
+)
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
 from rlhfkit.runtime.device import resolve_device
@@ -239,9 +244,8 @@ def check_same_tokenizer(tokenizer, source: str, paths: list[str]) -> None:
     """Refuse a model whose tokenizer is not `source`'s (`tokenizer`): every model is sampled,
     and its KL measured, with that one tokenizer, so another vocabulary would feed a model ids
     that stand for other tokens (or lie past its embedding table)."""
-    vocab = tokenizer.get_vocab()
     for path in dict.fromkeys(p for p in paths if p and p != source):
-        if load_tokenizer(path).get_vocab() != vocab:
+        if not same_vocabulary(tokenizer, path):
             raise RlhfkitError(
                 f"{path}: its tokenizer is not {source}'s; rlhfkit eval samples every model "
                 "and measures its KL with that one tokenizer"

@@ -35,6 +35,16 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
+def same_vocabulary(tokenizer, path: str | Path) -> bool:
+    """Whether the tokenizer saved with the model at `path` has `tokenizer`'s vocabulary, so the
+    model reads ids as `tokenizer` writes them; true where `path` holds no tokenizer (the model
+    reads whatever ids it is given)."""
+    directory = Path(resolve_model_path(path))
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return True
+    return load_tokenizer(directory).get_vocab() == tokenizer.get_vocab()
+
+
 def resolve_model_path(path: str | Path) -> str | Path:
     """`path` itself, or for a `.gguf` file the model directory it converts to (converted on
     first use, cached by the file's sha256 under $RLHFKIT_CACHE/gguf or ~/.cache/rlhfkit/gguf).

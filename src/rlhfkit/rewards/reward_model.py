@@ -8,6 +8,8 @@ the std being the Bessel-corrected sample std over heads (0 with one head): the 
 paid less where the members disagree, i.e. where the reward model is least trustworthy.
 """
 
+import logging
+
 import torch
 
 from rlhfkit.data.collate import pad_batch
@@ -19,6 +21,8 @@ from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
 from rlhfkit.runtime.device import Precision, autocast, move_batch
 from rlhfkit.runtime.distributed import gathered
+
+log = logging.getLogger(__name__)
 
 
 def as_completion(prompt: Text, response: str) -> Text:
@@ -59,6 +63,13 @@ class RewardModelSource:
         if uncertainty_coef < 0:
             raise RlhfkitError(
                 f"reward source '{name}': uncertainty_coef must be >= 0, got {uncertainty_coef}"
+            )
+        if uncertainty_coef > 0 and model.num_heads == 1:
+            # one head has no spread: the penalty would silently do nothing
+            log.warning(
+                f"reward source '{name}': uncertainty_coef={uncertainty_coef} has no effect: "
+                "the reward model has one head, no ensemble spread to penalise (rlhfkit rm "
+                "num_heads=4 trains an ensemble)"
             )
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.precision = Precision(precision)

@@ -142,6 +142,14 @@ def check_supervision(cfg: GRPOConfig) -> None:
             f"missing_eos_penalty={cfg.missing_eos_penalty} applies to outcome rewards: with "
             "supervision=process the advantages come from the step rewards alone; set it to 0"
         )
+    terms = parse_spec(cfg.reward or "task")
+    if cfg.supervision == Supervision.PROCESS and len(terms) == 1 and terms[0][0] != "process":
+        # only the task's `process` source judges steps: any other would fail at the first step,
+        # after the models, the prompts and the starting evaluation
+        raise ConfigError(
+            f"supervision=process needs step rewards, and reward '{terms[0][0]}' scores whole "
+            "responses only: use reward=process (arith's verifier), or supervision=outcome"
+        )
 
 
 def _minibatch_loss(

@@ -12,7 +12,12 @@ import torch
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.fused_layers import use_fastest_kernels
-from rlhfkit.models.loading import disable_dropout, enable_checkpointing, load_tokenizer
+from rlhfkit.models.loading import (
+    disable_dropout,
+    enable_checkpointing,
+    load_tokenizer,
+    same_vocabulary,
+)
 from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
@@ -42,6 +47,16 @@ class PolicyModels:
     """The device mesh the models are sharded over under torchrun; None in a single process."""
 
 
+def check_same_tokenizer(tokenizer, model: str, key: str, path: str, hint: str = "") -> None:
+    """Refuse a model (`key`=`path`) saved with a tokenizer other than the policy's (`model`'s):
+    it is fed the policy's token ids. A directory without a tokenizer is not checked."""
+    if path and path != model and not same_vocabulary(tokenizer, path):
+        raise ConfigError(
+            f"{key}={path}: its tokenizer is not the policy's ({model}), whose token ids it "
+            f"would read; use a model with the same tokenizer{hint}"
+        )
+
+
 def build_policy_models(
     cfg: PolicyRunConfig,
     checkpoint: Path | None,
@@ -68,6 +83,14 @@ def build_policy_models(
             f"reference_model={cfg.reference_model}: this run loads no reference model (RAFT "
             "never does, GRPO and RLOO with beta=0 and online DPO with refresh_reference=true "
             "neither); leave reference_model empty"
+        )
+    tokenizer = load_tokenizer(cfg.model)
+    # the reference and the critic read the policy's token ids: another vocabulary would feed
+    # them ids that stand for other tokens (or lie past their embedding table)
+    check_same_tokenizer(tokenizer, cfg.model, "reference_model", cfg.reference_model)
+    if critic_start and critic_start != cfg.model:
+        check_same_tokenizer(
+            tokenizer, cfg.model, "reward_model", critic_start, "; or set critic_init=policy"
         )
     device = resolve_device(cfg.device)
     policy = load_configured_policy(cfg, checkpoint, device)
@@ -103,7 +126,7 @@ def build_policy_models(
     return PolicyModels(
         policy,
         reference,
-        load_tokenizer(cfg.model),
+        tokenizer,
         optimizer,
         device,
         critic,

@@ -120,6 +120,13 @@ def check_ppo_config(cfg: PPOConfig) -> None:
         raise ConfigError(
             "critic_init=reward_model needs reward_model=PATH; or set critic_init=policy"
         )
+    if cfg.kl_target > 0 and cfg.kl_coef == 0:
+        # the controller multiplies beta: from 0 it never moves, and the target is ignored
+        raise ConfigError(
+            f"kl_target={cfg.kl_target} with kl_coef=0: the adaptive controller scales kl_coef "
+            "by a factor each step, so from 0 it never moves; set kl_coef > 0 as its starting "
+            "value, or kl_target=0 for a fixed beta"
+        )
     if cfg.mini_batch_size <= 0 or cfg.prompts_per_step % cfg.mini_batch_size:
         raise ConfigError(
             f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
