@@ -185,15 +185,20 @@ def test_unknown_override_key_names_it_and_suggests_a_close_one(override, messag
         ("grpo", "kl_coef=0.04", "beta"),
         ("ppo", "beta=0.04", "kl_coef"),
         ("sft", "gradient_accumulation_steps=2", "grad_accum"),
+        # docs/dpo.md: nll_weight is TRL's rpo_alpha; difflib offered 'lora_alpha', which
+        # without lora_r does nothing at all
+        ("dpo", "rpo_alpha=1.0", "nll_weight"),
+        ("dpo", "precompute_ref_log_probs=true", "precompute_ref"),
     ],
 )
 def test_a_trl_name_is_answered_with_rlhfkits(config, override, ours):
     # difflib finds nothing close to learning_rate among rlhfkit's keys
+    from rlhfkit.train.dpo import DPOConfig
     from rlhfkit.train.grpo import GRPOConfig
     from rlhfkit.train.ppo import PPOConfig
     from rlhfkit.train.sft import SFTConfig
 
-    cls = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig}[config]
+    cls = {"grpo": GRPOConfig, "ppo": PPOConfig, "sft": SFTConfig, "dpo": DPOConfig}[config]
     name = override.split("=")[0]
     with pytest.raises(ConfigError) as err:
         load_config(cls, overrides=[override])

@@ -122,6 +122,11 @@ def test_a_key_the_frontier_fills_is_refused_by_name(tmp_path):
         plan_stages(cfg, tmp_path)
     with pytest.raises(ConfigError, match="dpo_betas is empty"):
         plan_stages(load_config(FrontierConfig, overrides=["dpo_betas=[]"]), tmp_path)
+    # each beta's run has its own directory, dpo_beta<b>: a repeated one used to overwrite the
+    # first, and both points of the frontier then showed the second run
+    for betas in ("[0.1,0.1]", "[0.1234567,0.12345671]"):
+        with pytest.raises(ConfigError, match=r"dpo_betas=.* repeats a beta"):
+            plan_stages(load_config(FrontierConfig, overrides=[f"dpo_betas={betas}"]), tmp_path)
     skips = load_config(FrontierConfig, overrides=["rm.max_nonfinite_skips=5"])
     with pytest.raises(ConfigError, match=r"rm.max_nonfinite_skips is set by the frontier from"):
         plan_stages(skips, tmp_path)

@@ -94,6 +94,23 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
 @pytest.mark.parametrize(
     "override, message",
     [
+        ("judge_model=j", "judge_model=j is read only with labeller=judge, and labeller=annot"),
+        ("label_reward=f.py:g", "label_reward=f.py:g is read only with labeller=reward"),
+    ],
+)
+def test_a_labellers_setting_without_that_labeller_is_refused(override, message):
+    # it used to be ignored: the task's annotator ranked every round's samples, silently
+    from rlhfkit.runtime.config import load_config
+
+    required = ["model=m", "reward_model=r", "task=advice"]
+    cfg = load_config(IterativeGRPOConfig, None, [*required, override])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
         ("grpo.seed=5", "grpo.seed is set by iterative GRPO from seed= .*; set seed= instead"),
         ("grpo.model=x", "grpo.model is set by iterative GRPO each round"),
         ("grpo.reward=task", "grpo.reward is set by iterative GRPO each round"),
@@ -142,8 +159,9 @@ def test_each_round_lr_is_checked_by_its_key_before_the_first_round(
     with pytest.raises(RlhfkitError, match=rf"^{key}=0\.0001 is far too large"):
         train_iterative_grpo(cfg, run)
     assert list(run.root.iterdir()) == []  # refused before the first round
-    # forced, every round is too: the first GRPO goes on to load the policy, which has no weights
-    with pytest.raises(RlhfkitError, match="no weights"):
+    # forced, every round is too: the first GRPO goes on to load the policy, a directory with a
+    # config alone (no tokenizer, no weights)
+    with pytest.raises(RlhfkitError, match="no tokenizer"):
         train_iterative_grpo(dataclasses.replace(cfg, force_lr=True), run)
 
 
@@ -388,3 +406,35 @@ def test_ranked_rows_keep_ties_and_drop_prompts_without_a_preference():
         {"prompt": "Q0", "responses": ["a", "b", "c"]},  # a strict order needs no ranks
         {"prompt": "Q1", "responses": ["x", "y", "z"], "ranks": [0, 0, 1]},
     ]  # Q2: no preference; Q3: one response left; Q4: the two left are tied
+
+
+def test_label_data_made_only_of_evaluation_prompts_is_refused_before_round_one(
+    tiny_model_dir, start, tmp_path
+):
+    # no round labels an evaluation prompt: round 1 used to train its GRPO, then stop on
+    # "round_01/rankings.jsonl: the dataset has no rows"
+    rng = random.Random(0)
+    rows = [{"prompt": p.prompt, **p.metadata} for p in AdviceTask().prompts(8, rng)]
+    prompts = str(write_jsonl(tmp_path / "prompts.jsonl", rows))
+    cfg = config(tiny_model_dir, start, label_data=prompts)
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, eval_data=prompts))
+    run = run_dir(tmp_path, "run")
+    with pytest.raises(RlhfkitError, match=r"^label_data=.*: all 8 of its prompts are evaluation"):
+        train_iterative_grpo(cfg, run)
+    assert not (run.root / "round_01").exists()
+
+
+def test_a_round_left_without_rankings_says_why(tiny_model_dir, start, tmp_path):
+    # a labeller that ties every response leaves no ranking: said by the round, not by the
+    # reward model finding an empty file
+    constant = tmp_path / "constant.py"
+    constant.write_text(
+        "def same(prompts, responses, **columns):\n    return [1.0] * len(responses)\n"
+    )
+    cfg = config(
+        tiny_model_dir, start, rounds=1, labeller="reward", label_reward=f"{constant}:same"
+    )
+    with pytest.raises(
+        RlhfkitError, match=r"^round 1: of 13 prompts ranked, 13 had no preference .* 0 rankings"
+    ):
+        train_iterative_grpo(cfg, run_dir(tmp_path, "run"))

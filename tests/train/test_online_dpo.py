@@ -363,6 +363,13 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
         (dict(loss="ipo", label_smoothing=0.1), "set label_smoothing=0 or loss=sigmoid"),
         (dict(target_agreement=0.4), "target_agreement"),
         (dict(labeller="judge"), "labeller=judge needs judge_model=PATH"),
+        # a judge named without labeller=judge used to be ignored: the annotator (or reward)
+        # labelled every sample, silently
+        (dict(judge_model="j"), "judge_model=j is read only with labeller=judge"),
+        (
+            dict(labeller="annotator", judge_model="j"),
+            "judge_model=j is read only with labeller=judge, and labeller=annotator",
+        ),
     ],
 )
 def test_settings_that_contradict_the_regime_are_rejected(tmp_path, override, message):
@@ -467,6 +474,19 @@ def test_a_run_that_timed_out_resumes_on_the_answers_in_the_store(tiny_model_dir
 def test_micro_batch_size_zero_means_every_group_in_one_pass():
     # as for every policy trainer (PolicyRunConfig.micro_batch_size); the check used to refuse it
     check_online_config(OnlineDPOConfig(model="m", task="advice", micro_batch_size=0, max_steps=2))
+
+
+def test_a_run_with_micro_batch_size_zero_trains_as_one_in_micro_batches(tiny_model_dir, tmp_path):
+    # 0 = every group in one pass: the reference table too (it used to crash in range(.., 0))
+    whole = train_online_dpo(
+        config(tiny_model_dir, tmp_path, micro_batch_size=0, max_steps=2), run_dir(tmp_path, "a")
+    )
+    split = train_online_dpo(
+        config(tiny_model_dir, tmp_path, micro_batch_size=3, max_steps=2), run_dir(tmp_path, "b")
+    )
+    assert [row["loss"] for row in whole.history if "loss" in row] == pytest.approx(
+        [row["loss"] for row in split.history if "loss" in row], abs=1e-5
+    )
 
 
 def test_the_missing_eos_penalty_is_refused_since_no_reward_trains(tiny_model_dir, tmp_path):

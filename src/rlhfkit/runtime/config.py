@@ -265,6 +265,8 @@ PEER_NAMES = {
     "epsilon": "clip_eps",
     "epsilon_high": "clip_eps_high",
     "loss_type": "loss",
+    "rpo_alpha": "nll_weight",
+    "precompute_ref_log_probs": "precompute_ref",
     "kl_coef": "beta",
     "beta": "kl_coef",
     "eval_steps": "eval_every",

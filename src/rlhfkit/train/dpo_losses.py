@@ -112,11 +112,12 @@ class Reference:
         precision: Precision,
     ) -> list[torch.Tensor]:
         """Per group, the (K,) reference log-probs of its responses (CPU), `batch_size` groups a
-        pass."""
+        pass (0 = every group in one pass, as online DPO's `micro_batch_size=0`)."""
         table = []
+        size = batch_size if batch_size > 0 else max(1, len(groups))
         with self.in_use():
-            for start in range(0, len(groups), batch_size):
-                chunk = groups[start : start + batch_size]
+            for start in range(0, len(groups), size):
+                chunk = groups[start : start + size]
                 values = self._forward(make_batch(chunk, pad_token_id, device), precision).cpu()
                 table += list(values.split([len(group.responses) for group in chunk]))
         return table

@@ -121,6 +121,12 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     filled key the user set is refused at once, by name."""
     if not cfg.dpo_betas:
         raise ConfigError("dpo_betas is empty: give at least one beta, e.g. dpo_betas=[0.1,0.5]")
+    names = [f"dpo_beta{beta:g}" for beta in cfg.dpo_betas]
+    if len(set(names)) < len(names):  # one run directory each: a second would replace the first
+        raise ConfigError(
+            f"dpo_betas={list(cfg.dpo_betas)} repeats a beta (to 6 significant digits, the run "
+            f"names {names}): give each beta once"
+        )
     f = _files(root)
 
     def fill(section: str, **wired: Any) -> Any:

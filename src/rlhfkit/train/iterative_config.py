@@ -5,7 +5,8 @@ round, and the keys each round fills in those sections."""
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhfkit.errors import ConfigError
+from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.feedback.labellers import LabellerKind
 from rlhfkit.models.loading import read_model_config
 from rlhfkit.models.reward import is_reward_model
@@ -118,6 +119,13 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
         raise ConfigError(
             "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
         )
+    for key, reads in (("judge_model", LabellerKind.JUDGE), ("label_reward", LabellerKind.REWARD)):
+        if getattr(cfg, key) and kind is not reads:
+            raise ConfigError(
+                f"{key}={getattr(cfg, key)} is read only with labeller={reads.value}, and "
+                f"labeller={kind.value} would rank every sample without it: set "
+                f"labeller={reads.value}, or leave {key} empty"
+            )
     check_round_keys(cfg)  # a user's own value for a key each round fills is refused
     if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
         raise ConfigError(
@@ -217,3 +225,16 @@ def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> 
         **_common_fills(cfg, r),
     }
     return fill_section(cfg, "rm", fills, by="iterative GRPO")
+
+
+def check_label_prompts(
+    cfg: IterativeGRPOConfig, prompts: list[PromptExample], held_out: set[str]
+) -> None:
+    """Refuse `label_data` when every one of its prompts is an evaluation prompt, which no round
+    labels: round 1 would find nothing to rank after its GRPO."""
+    if not any(str(p.prompt) not in held_out for p in prompts):
+        raise RlhfkitError(
+            f"label_data={cfg.label_data}: all {len(prompts)} of its prompts are evaluation "
+            f"prompts (grpo.eval_data={cfg.grpo.eval_data}), which no round labels: give "
+            "label_data prompts apart from grpo.eval_data"
+        )

@@ -64,6 +64,7 @@ from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.iterative_config import (
     IterativeGRPOConfig,
     check_config,
+    check_label_prompts,
     check_reward_model,
     grpo_round_config,
     rm_round_config,
@@ -296,6 +297,14 @@ def _labels(
     )
     rows = ranked_rows(prompts, samples.texts, rank_with_ties(labeller, prompts, samples.texts))
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]
+    if not train or not heldout:  # the reward model would find an empty file to read
+        raise RlhfkitError(
+            f"round {r}: of {len(prompts)} prompts ranked, {len(prompts) - len(rows)} had no "
+            "preference (every response tied or empty), leaving "
+            f"{len(train)} rankings to train the reward model on and {len(heldout)} held out; "
+            "both need at least one: a labeller that tells the responses apart, or more "
+            "label_prompts, heldout_prompts or label_data prompts"
+        )
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
     save_torch_state(folder / "labeller.pt", labeller.state_dict())
@@ -422,10 +431,10 @@ def train_iterative_grpo(
     ranks = current_ranks()
     policy, rm = cfg.model, cfg.reward_model
     history = reward_history(cfg.reward_data) if cfg.reward_data else []
-    if cfg.label_data:  # read again each round: checked here, before round 1
-        label_data_prompts(cfg)
     labeller = _labeller(cfg)
     held_out = held_out_prompts(cfg)
+    if cfg.label_data:  # read again each round: checked here, before round 1
+        check_label_prompts(cfg, label_data_prompts(cfg), held_out)
     result = IterativeGRPOResult(model_dir=run_dir.final)
     done_rounds = sum(
         1 for r in range(1, cfg.rounds + 1) if _Part(run_dir.root / f"round_{r:02d}", "round").done

@@ -172,6 +172,12 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
         raise ConfigError(
             "labeller=judge needs judge_model=PATH (a causal LM that answers ' A' or ' B')"
         )
+    if cfg.judge_model and LabellerKind(cfg.labeller) is not LabellerKind.JUDGE:
+        raise ConfigError(
+            f"judge_model={cfg.judge_model} is read only with labeller=judge, and "
+            f"labeller={LabellerKind(cfg.labeller).value} would rank every sample without it: "
+            "set labeller=judge, or leave judge_model empty"
+        )
     if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
         raise ConfigError(
             "target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)"
