@@ -96,6 +96,10 @@ def test_settings_that_leave_nothing_to_do_are_rejected():
     [
         ("judge_model=j", "judge_model=j is read only with labeller=judge, and labeller=annot"),
         ("label_reward=f.py:g", "label_reward=f.py:g is read only with labeller=reward"),
+        (
+            "labeller=reward label_reward=f.py:g target_agreement=0.8",
+            "target_agreement=0.8 is read by labeller=annotator only",
+        ),
     ],
 )
 def test_a_labellers_setting_without_that_labeller_is_refused(override, message):
@@ -103,7 +107,7 @@ def test_a_labellers_setting_without_that_labeller_is_refused(override, message)
     from rlhfkit.runtime.config import load_config
 
     required = ["model=m", "reward_model=r", "task=advice"]
-    cfg = load_config(IterativeGRPOConfig, None, [*required, override])
+    cfg = load_config(IterativeGRPOConfig, None, [*required, *override.split()])
     with pytest.raises(ConfigError, match=message):
         check_config(cfg)
 
@@ -133,7 +137,7 @@ def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(overrid
     from rlhfkit.runtime.config import load_config
 
     required = ["model=m", "reward_model=r", "task=advice"]
-    cfg = load_config(IterativeGRPOConfig, None, [*required, override])
+    cfg = load_config(IterativeGRPOConfig, None, [*required, *override.split()])
     with pytest.raises(ConfigError, match=message):
         check_config(cfg)
     # the keys a round does not fill are the user's

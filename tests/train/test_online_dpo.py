@@ -370,6 +370,14 @@ def test_resuming_between_refreshes_repeats_the_uninterrupted_run(
             dict(labeller="annotator", judge_model="j"),
             "judge_model=j is read only with labeller=judge, and labeller=annotator",
         ),
+        # settings of one regime or labeller alone, set for another: they would change nothing
+        (dict(offline_fraction=0.25), "offline_fraction=0.25 is read by regime=hybrid only"),
+        (dict(offline_max_labels=10), "offline_max_labels=10 is read by regime=hybrid only"),
+        (dict(human_port=9000), "human_port=9000 is read by labeller=human only: leave it out "),
+        (
+            dict(labeller="reward", annotator_temperature=2.0),
+            "annotator_temperature=2.0 is read by labeller=annotator only",
+        ),
     ],
 )
 def test_settings_that_contradict_the_regime_are_rejected(tmp_path, override, message):

@@ -134,6 +134,27 @@ def fill_section(cfg: Any, section: str, fills: Mapping[str, Filled], *, by: str
     return dataclasses.replace(current, **{key: fill.value for key, fill in fills.items()})
 
 
+def refuse_unread_settings(cfg: Any, choice: str, readers: Mapping[enum.Enum, tuple[str, ...]]):
+    """Refuse a setting that only another value of the enum key `choice` reads (`readers`: value
+    -> the keys read with it alone), when set away from its default: it would change nothing,
+    silently. A key set to exactly its default cannot be told apart from one left out.
+
+    Raises:
+        ConfigError: "human_port=9000 is read by labeller=human only: leave it out with
+            labeller=annotator".
+    """
+    current = plain_value(getattr(cfg, choice))  # a config built in Python may hold the string
+    defaults = {field.name: field.default for field in dataclasses.fields(cfg)}
+    for value, names in readers.items():
+        for name in names:
+            if value.value != current and getattr(cfg, name) != defaults[name]:
+                shown = plain_value(getattr(cfg, name))
+                raise ConfigError(
+                    f"{name}={shown} is read by {choice}={value.value} only: leave it out with "
+                    f"{choice}={current}"
+                )
+
+
 def config_keys(cls: type) -> list[str]:
     """Every settable dotted key of a config class, sections expanded ("sft.lr"), in field order."""
     keys = []

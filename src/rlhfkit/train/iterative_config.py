@@ -10,7 +10,7 @@ from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.feedback.labellers import LabellerKind
 from rlhfkit.models.loading import read_model_config
 from rlhfkit.models.reward import is_reward_model
-from rlhfkit.runtime.config import Filled, fill_section
+from rlhfkit.runtime.config import Filled, fill_section, refuse_unread_settings
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName
@@ -95,6 +95,10 @@ class IterativeGRPOConfig(RunConfig):
     """Show progress bars."""
 
 
+ANNOTATOR_SETTINGS = ("annotator_temperature", "target_agreement")
+"""Read with labeller=annotator alone."""
+
+
 def check_config(cfg: IterativeGRPOConfig) -> None:
     if not cfg.model or not cfg.reward_model:
         raise ConfigError(
@@ -126,6 +130,7 @@ def check_config(cfg: IterativeGRPOConfig) -> None:
                 f"labeller={kind.value} would rank every sample without it: set "
                 f"labeller={reads.value}, or leave {key} empty"
             )
+    refuse_unread_settings(cfg, "labeller", {LabellerKind.ANNOTATOR: ANNOTATOR_SETTINGS})
     check_round_keys(cfg)  # a user's own value for a key each round fills is refused
     if cfg.rounds < 1 or cfg.samples_per_prompt < 2 or cfg.label_prompts < 1:
         raise ConfigError(

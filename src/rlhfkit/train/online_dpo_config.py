@@ -9,6 +9,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.feedback.labellers import LabellerKind
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.objectives.ranking import ranking_comparisons
+from rlhfkit.runtime.config import refuse_unread_settings
 from rlhfkit.train.dpo import check_loss_settings
 from rlhfkit.train.online_pool import online_plan
 from rlhfkit.train.policy_config import PolicyRunConfig
@@ -118,6 +119,20 @@ def run_plan(cfg: OnlineDPOConfig) -> list[int]:
     )
 
 
+HYBRID_SETTINGS = ("offline_fraction", "offline_max_labels")
+LABELLER_SETTINGS = {
+    LabellerKind.ANNOTATOR: ("annotator_temperature", "target_agreement"),
+    LabellerKind.HUMAN: (
+        "human_store",
+        "human_timeout_s",
+        "human_serve",
+        "human_port",
+        "human_hold_minutes",
+    ),
+}
+"""The keys read with one labeller alone (`refuse_unread_settings`)."""
+
+
 def check_online_config(cfg: OnlineDPOConfig) -> None:
     """Reject settings that contradict the regime or leave nothing to label, saying what to
     change."""
@@ -178,6 +193,8 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
             f"labeller={LabellerKind(cfg.labeller).value} would rank every sample without it: "
             "set labeller=judge, or leave judge_model empty"
         )
+    refuse_unread_settings(cfg, "regime", {Regime.HYBRID: HYBRID_SETTINGS})
+    refuse_unread_settings(cfg, "labeller", LABELLER_SETTINGS)
     if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
         raise ConfigError(
             "target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)"

@@ -31,6 +31,7 @@ from rlhfkit.objectives.advantages import penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
 from rlhfkit.rollout.engine import Rollout
+from rlhfkit.runtime.config import refuse_unread_settings
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import PolicyRunConfig
@@ -108,17 +109,8 @@ def check_raft_config(cfg: RAFTConfig) -> None:
             f"keep_fraction={cfg.keep_fraction}: must be in (0, 1] (1 = keep every sample "
             "that passes reward_threshold)"
         )
-    mode = RAFTMode(cfg.mode)
+    refuse_unread_settings(cfg, "mode", MODE_SETTINGS)
     defaults = {f.name: f.default for f in fields(RAFTConfig)}
-    for other, names in MODE_SETTINGS.items():
-        for name in names:
-            value = getattr(cfg, name)
-            if other is not mode and value != defaults[name]:
-                shown = value.value if isinstance(value, Enum) else value
-                raise ConfigError(
-                    f"{name}={shown} is read by mode={other.value} only: leave it out with "
-                    f"mode={mode.value}"
-                )
     if (
         Selection(cfg.selection) is Selection.BEST_OF_K
         and cfg.keep_fraction != defaults["keep_fraction"]
