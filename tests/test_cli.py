@@ -371,8 +371,8 @@ def test_raft_command_trains_and_reports_the_held_out_score(
     )
     assert code == 0, err
     assert (
-        "held-out arith at the start: {'accuracy'" in out
-        and "held-out arith after step 1: {'accuracy'" in out
+        "held-out arith at the start: accuracy " in out
+        and "held-out arith after step 1: accuracy " in out
         and f"model saved to {tmp_path / 'runs' / 'raft' / 'final'}" in out
     )
 
@@ -467,8 +467,8 @@ def test_online_dpo_command_trains_and_reports_the_held_out_score(
         tmp_path / "runs",
     )
     assert code == 0, err
-    assert "held-out advice at the start: {'gold_score'" in out
-    assert "held-out advice after step 1: {'gold_score'" in out
+    assert "held-out advice at the start: gold_score " in out
+    assert "held-out advice after step 1: gold_score " in out
     assert f"model saved to {tmp_path / 'runs' / 'online-dpo' / 'final'}" in out
 
 
@@ -797,8 +797,8 @@ def test_rloo_command_trains_in_file_order_and_reports_the_held_out_score(
     )
     assert code == 0, err
     assert (
-        "held-out arith at the start: {'accuracy'" in out
-        and "held-out arith after step 1: {'accuracy'" in out
+        "held-out arith at the start: accuracy " in out
+        and "held-out arith after step 1: accuracy " in out
         and f"model saved to {tmp_path / 'runs' / 'rloo' / 'final'}" in out
     )
 

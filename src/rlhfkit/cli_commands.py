@@ -26,11 +26,19 @@ def _print_preference_accuracy(cfg, run, result) -> None:
     _print_model_saved(cfg, run, result)
 
 
+def _numbers(metrics: dict) -> str:
+    """`accuracy 0.305, gold_score 3.127`: each metric to 4 significant digits."""
+    return ", ".join(
+        f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in metrics.items()
+    )
+
+
 def _print_policy_eval(cfg, run, result) -> None:
     held_out = cfg.task or cfg.eval_data or "held-out prompts"
     for step, metrics in result.evals[:1] + result.evals[1:][-1:]:  # the start and the end
         when = "at the start" if step == 0 else f"after step {step}"
-        print(f"held-out {held_out} {when}: {metrics}")
+        print(f"held-out {held_out} {when}: {_numbers(metrics)}")
     _print_model_saved(cfg, run, result)
 
 
@@ -38,7 +46,10 @@ def _print_rounds(cfg, run, result) -> None:
     for summary in result.rounds:
         before, after = summary["accuracy_before"], summary["accuracy_after"]
         gold, reward = summary["eval_gold_end"], summary.get("eval_reward_end")
-        held_out = f"gold {gold}" if gold is not None else f"held-out reward {reward}"
+        if gold is not None:
+            held_out = f"gold {gold:.4g}"
+        else:
+            held_out = "no evaluation" if reward is None else f"held-out reward {reward:.4g}"
         print(
             f"round {summary['round']}: {held_out}, "
             f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}"
