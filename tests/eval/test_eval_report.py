@@ -66,7 +66,7 @@ def test_the_html_report_holds_every_model_and_the_numbers_of_eval_json(report):
     assert f"<td>{rate(ours, 'win_rate_greedy')}</td>" in page
     # the settings that decide the numbers, and the plot, embedded
     settings = (["task", "arith"], ["samples_per_prompt", "2 at T = 1"], ["seed", "0"])
-    for row in (*settings, ["batch_size", str(EvalConfig.batch_size)]):
+    for row in (*settings, ["batch_size", str(EvalConfig.batch_size)], ["precision", "fp32"]):
         assert f"<td>{row[0]}</td><td>{row[1]}" in page
     assert page.count('<img class="plot"') == 1 and "data:image/png;base64," in page
 

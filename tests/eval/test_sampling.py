@@ -6,6 +6,7 @@ from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import encode_prompts
+from rlhfkit.runtime.device import Precision
 
 PROMPTS = ["Q: 3 + 4?\nA:", "User: How do I sleep better?\nAssistant:", "Q: 9 - 2?\nA:"]
 
@@ -65,6 +66,38 @@ def test_sequence_kl_equals_the_naive_sum_over_a_fresh_pass_of_both_models(tiny_
     assert torch.allclose(torch.tensor(got.flat(got.kl["k1"])), torch.tensor(naive), atol=1e-4)
     assert got.flat(got.lengths) == rollout.response_lengths.tolist()
     assert all(v >= 0 for v in got.flat(got.kl["k3"]))  # k3 is never negative
+
+
+def test_bf16_samples_as_a_bf16_run_and_measures_the_kl_under_autocast(tiny_model_dir):
+    model, _, tokenizer = _models(tiny_model_dir)
+    got = sample_for_eval(
+        model,
+        tokenizer,
+        PROMPTS,
+        num_samples=2,
+        reference=model,
+        max_new_tokens=12,
+        seed=3,
+        precision=Precision.BF16,
+    )
+    ids, mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
+    with torch.no_grad():
+        rollout = generate(
+            model.eval(),
+            ids,
+            mask,
+            num_samples=2,
+            max_new_tokens=12,
+            stop_ids=stop_token_ids(model, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            generator=torch.Generator().manual_seed(3),
+            dtype=torch.bfloat16,
+        )
+    assert got.flat(got.lengths) == rollout.response_lengths.tolist()  # the bf16 draws
+    # the sampler's bf16 log-probs against the model's own pass under bf16 autocast: its KL to
+    # itself is zero up to bf16 rounding (fp32's sampler against a bf16 pass is not)
+    for name in ("k1", "k3"):
+        assert max(abs(v) for v in got.flat(got.kl[name])) < 0.02
 
 
 def test_the_models_modes_are_restored(tiny_model_dir):

@@ -16,6 +16,7 @@ from rlhfkit.eval.intervals import mean_with_interval
 from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
 from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
 from rlhfkit.eval.win_rate import win_rate
+from rlhfkit.runtime.device import Precision
 from rlhfkit.tasks.base import HasFinalAnswer
 
 
@@ -49,6 +50,7 @@ def evaluate_model(
     seed: int = 0,
     batch_size: int = 256,
     gold=None,
+    precision: Precision = Precision.FP32,
 ) -> ModelEval:
     """Greedy and sampled answers of `model` to `prompts`, scored by `task`'s gold reward.
 
@@ -61,9 +63,12 @@ def evaluate_model(
         proxy: a reward source (`.score(prompts, responses)`, e.g. the reward model) whose mean
             on the sampled answers is reported beside the gold score; None = none.
         samples_per_prompt: sampled answers per prompt (temperature 1); pass@k for k up to it.
+        precision: bf16 samples and measures the KL as a bf16 run does (`sample_for_eval`).
     """
     texts = [p.prompt for p in prompts]  # rendered (chat prompts) and tokenised by the sampler
-    common = dict(max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    common = dict(
+        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, precision=precision
+    )
     greedy = sample_for_eval(model, tokenizer, texts, greedy=True, **common)
     sampled = sample_for_eval(
         model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common

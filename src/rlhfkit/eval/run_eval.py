@@ -36,7 +36,7 @@ from rlhfkit.models.loading import (
 )
 from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
-from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.provenance import latest_start, start_line
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
@@ -93,6 +93,11 @@ class EvalConfig(RunConfig):
     """Tokens per sequence when the reward model scores."""
     batch_size: int = 256
     """Answers generated (or scored) per batch."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16: every model samples as a bf16 run samples (bf16 weights and cache, the
+    draws in float32), and the reference's KL pass, the reward models and the AI judge run under
+    bf16 autocast. On a CPU without bf16 units (no AMX or AVX-512 BF16) bf16 is emulated and far
+    slower: a warning says so."""
 
 
 def judge_kind(cfg: EvalConfig) -> Judge | None:
@@ -161,6 +166,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
             max_length=cfg.max_length,
             uncertainty_coef=0.0,
             name="reward model",
+            precision=cfg.precision,
         )
         if cfg.reward_model
         else None
@@ -177,6 +183,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
             max_length=cfg.max_length,
             uncertainty_coef=0.0,
             timeout_s=None,
+            precision=cfg.precision,
         )
     )
     settings = dict(
@@ -187,6 +194,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        precision=cfg.precision,
     )
 
     def evaluate(path: str) -> ModelEval:
@@ -209,11 +217,12 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
     for path in cfg.models:
         result = evaluate(path)
         if baseline is not None and path != cfg.baseline:
-            result.metrics.update(
-                win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
-                if judge is None
-                else ai_win_rates(*judge, result, baseline, prompts)
-            )
+            with autocast(device, cfg.precision):  # the AI judge's passes
+                result.metrics.update(
+                    win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
+                    if judge is None
+                    else ai_win_rates(*judge, result, baseline, prompts)
+                )
         out["models"][path] = result.metrics
         answers[path] = greedy_answers(result, shown)
     # step 3. the reward model on held-out comparisons
@@ -275,6 +284,7 @@ def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:
         ["seed", str(cfg.seed)],
         # one random stream over the batches: another split draws other sampled answers
         ["batch_size", str(cfg.batch_size)],
+        ["precision", Precision(cfg.precision).value],
     ]
     optional = {
         "reward_model": cfg.reward_model,

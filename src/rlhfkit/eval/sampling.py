@@ -15,6 +15,7 @@ from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
+from rlhfkit.runtime.device import Precision, autocast
 
 
 @dataclass
@@ -43,10 +44,12 @@ def sample_for_eval(
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 256,
+    precision: Precision = Precision.FP32,
 ) -> EvalSamples:
     """`num_samples` responses per prompt (plain text, or messages for the chat template: see
     `encode_prompts`), sampled at temperature 1 (or one greedy answer), with the sequence KL to
-    `reference` (k1 and k3) when sampling.
+    `reference` (k1 and k3) when sampling. `precision` bf16: sampled as a bf16 run samples
+    (`generate`'s dtype), the reference's pass under bf16 autocast.
 
     Temperature 1 because the KL to the reference is a property of the policy itself: samples
     at another temperature would measure a different distribution.
@@ -78,14 +81,16 @@ def sample_for_eval(
                 pad_token_id=tokenizer.pad_token_id,
                 greedy=greedy,
                 generator=generator,
+                dtype=torch.bfloat16 if precision == Precision.BF16 else None,
             )
             texts += decode_responses(tokenizer, rollout)
             lengths += rollout.response_lengths.tolist()
             if with_kl:
                 width = rollout.response_ids.shape[1]
-                ref = response_logprobs(
-                    reference, rollout.input_ids, rollout.attention_mask, width
-                ).logprobs
+                with autocast(device, precision):
+                    ref = response_logprobs(
+                        reference, rollout.input_ids, rollout.attention_mask, width
+                    ).logprobs
                 for name in kl:
                     kl[name] += sequence_kl(
                         rollout.logprobs.double(),
