@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.labelling import sample
@@ -129,6 +130,21 @@ def test_a_resume_refuses_rows_sampled_with_other_settings(tiny_model_dir, promp
 
     with pytest.raises(RlhfkitError, match="holds rows of other prompts"):
         run_sample(config(tiny_model_dir, prompts_file, seed=2), run, resume=True)
+
+
+def test_bf16_sampling_is_recorded_and_a_resume_in_fp32_refused(
+    tiny_model_dir, prompts_file, tmp_path, monkeypatch
+):
+    dtypes, real = [], sample.sample_responses
+    monkeypatch.setattr(
+        sample, "sample_responses", lambda *a, **k: dtypes.append(k["dtype"]) or real(*a, **k)
+    )
+    run = run_dir(tmp_path, "run")
+    result = run_sample(config(tiny_model_dir, prompts_file, precision="bf16"), run)
+    assert set(dtypes) == {torch.bfloat16}
+    assert all(item.source["precision"] == "bf16" for item in read_items(result.path))
+    with pytest.raises(RlhfkitError, match="holds rows of other prompts"):
+        run_sample(config(tiny_model_dir, prompts_file), run, resume=True)
 
 
 def test_a_task_gives_its_prompts_from_the_run_seed(tiny_model_dir, tmp_path):

@@ -263,6 +263,33 @@ def test_a_bf16_run_samples_as_it_trains_so_its_sampler_gap_stays_at_rounding(
     assert bf16[0]["loss"] != fp32[0]["loss"]  # it did run in bf16
 
 
+@pytest.mark.parametrize("task", ["arith", None])
+def test_a_bf16_runs_held_out_evaluation_samples_as_its_rollouts_do(
+    tiny_model_dir, tmp_path, monkeypatch, task
+):
+    from rlhfkit.rollout import sample
+
+    dtypes, real = [], sample.generate
+    monkeypatch.setattr(
+        sample, "generate", lambda *a, **k: dtypes.append(k["dtype"]) or real(*a, **k)
+    )
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(
+        "".join(json.dumps({"prompt": f"Q: {i} + 1?\nA:"}) + "\n" for i in range(4))
+    )
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        max_steps=1,
+        precision="bf16",
+        task=task,
+        train_data="" if task else str(held_out),
+        eval_data="" if task else str(held_out),
+    )
+    train_grpo(cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False))
+    assert dtypes == [torch.bfloat16, torch.bfloat16]  # at the start and at the end
+
+
 def test_an_update_that_overflows_the_weights_is_never_checkpointed(tiny_model_dir, tmp_path):
     # lr 1e38: the first update's loss and gradient are finite, the weights it makes are not
     # (one update per step: a second one would see a NaN loss and stop the run itself)

@@ -17,8 +17,10 @@ def evaluate_policy(
     seed: int = 0,
     batch_size: int = 256,
     progress: str | None = None,
+    dtype=None,
 ) -> tuple[dict[str, float], list[str]]:
-    """The task's `evaluate()` on one response per prompt; returns (metrics, responses)."""
+    """The task's `evaluate()` on one response per prompt; returns (metrics, responses).
+    `dtype`: as `sample_responses`'s."""
     samples = sample_responses(
         model,
         tokenizer,
@@ -29,6 +31,7 @@ def evaluate_policy(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        dtype=dtype,
     )
     responses = [texts[0] for texts in samples.texts]
     return task.evaluate(prompts, responses), responses

@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from rlhfkit.data.formats import Format, Text
 from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import RlhfkitError
@@ -29,7 +31,7 @@ from rlhfkit.labelling.records import Item
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.device import Precision, resolve_device
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
@@ -62,6 +64,9 @@ class SampleConfig(RunConfig):
     batch_size: int = 64
     """Responses generated per batch: batch_size // k prompts (at least one) with all their
     responses."""
+    precision: Precision = Precision.FP32
+    """fp32, or bf16: sampled as a bf16 run samples (bf16 weights and cache, the draws in
+    float32); on a CPU without bf16 units emulated and far slower."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -107,7 +112,9 @@ def weights_sha256(model_dir: str | Path) -> str:
 
 
 def sample_source(cfg: SampleConfig, weights_digest: str) -> dict:
-    """What every row records about the policy and the sampler."""
+    """What every row records about the policy and the sampler (bf16 sampling named; fp32's
+    rows as they always were, so their ids stay the same)."""
+    bf16 = cfg.precision == Precision.BF16
     return {
         "model": cfg.model,
         "weights_sha256": weights_digest,
@@ -116,6 +123,7 @@ def sample_source(cfg: SampleConfig, weights_digest: str) -> dict:
         "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.seed,
         "k": cfg.k,
+        **({"precision": Precision.BF16.value} if bf16 else {}),
     }
 
 
@@ -161,6 +169,7 @@ def run_sample(cfg: SampleConfig, run: RunDir, *, resume: bool = False) -> Sampl
                 top_p=cfg.top_p,
                 batch_size=cfg.batch_size,
                 seed=derive_seed(cfg.seed, SeedStream.CANDIDATES, batch),
+                dtype=torch.bfloat16 if cfg.precision == Precision.BF16 else None,
             )
             rows = [
                 item_to_row(Item(ids[start + i], prompt, tuple(texts), source))

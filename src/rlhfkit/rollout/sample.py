@@ -43,6 +43,7 @@ def sample_responses(
     batch_size: int = 64,
     seed: int = 0,
     progress: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Samples:
     """`num_samples` responses to each prompt: plain text, or messages that the chat template
     renders here (see `encode_prompts`).
@@ -50,6 +51,7 @@ def sample_responses(
     `batch_size` counts responses; each batch holds whole prompts with all their samples, so a
     prompt is prefilled once. Sampling draws from its own seeded generator, never from the
     caller's RNG streams. `progress`: a description shows a progress bar; None = silent.
+    `dtype`: as `generate`'s (bf16 samples as a bf16 run does; None = the model's own).
     """
     was_training = model.training
     model.eval()
@@ -80,6 +82,7 @@ def sample_responses(
                     top_k=top_k,
                     greedy=greedy,
                     generator=generator,
+                    dtype=dtype,
                 )
                 texts += decode_responses(tokenizer, rollout)
                 batch_tokens = int(rollout.response_mask.sum())

@@ -106,8 +106,9 @@ class PolicyRunConfig(RunConfig):
     keep_last: int = 2
     """Checkpoints kept on disk."""
     precision: Precision = Precision.FP32
-    """fp32, or bf16: autocast for the forward passes, and sampling with bf16 weights and cache
-    (the draws and their log-probs in float32); weights and optimizer state stay float32."""
+    """fp32, or bf16: autocast for the forward passes, and sampling (the rollouts and the
+    held-out evaluation) with bf16 weights and cache (the draws and their log-probs in float32);
+    weights and optimizer state stay float32."""
     frozen_models: FrozenModels = FrozenModels.REPLICATED
     """Under torchrun, the reference and the reward models of `reward`: replicated (whole on
     every rank) or sharded like the policy (1/N of their weights on each rank between their
