@@ -15,7 +15,7 @@ from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
-from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.runtime.device import Precision, autocast, sampling_dtype
 
 
 @dataclass
@@ -81,7 +81,7 @@ def sample_for_eval(
                 pad_token_id=tokenizer.pad_token_id,
                 greedy=greedy,
                 generator=generator,
-                dtype=torch.bfloat16 if precision == Precision.BF16 else None,
+                dtype=sampling_dtype(precision),
             )
             texts += decode_responses(tokenizer, rollout)
             lengths += rollout.response_lengths.tolist()

@@ -15,8 +15,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from rlhfkit.data.formats import Format, Text
 from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import RlhfkitError
@@ -31,7 +29,7 @@ from rlhfkit.labelling.records import Item
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, resolve_device
+from rlhfkit.runtime.device import Precision, resolve_device, sampling_dtype
 from rlhfkit.runtime.progress import ProgressBar
 from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
@@ -169,7 +167,7 @@ def run_sample(cfg: SampleConfig, run: RunDir, *, resume: bool = False) -> Sampl
                 top_p=cfg.top_p,
                 batch_size=cfg.batch_size,
                 seed=derive_seed(cfg.seed, SeedStream.CANDIDATES, batch),
-                dtype=torch.bfloat16 if cfg.precision == Precision.BF16 else None,
+                dtype=sampling_dtype(cfg.precision),
             )
             rows = [
                 item_to_row(Item(ids[start + i], prompt, tuple(texts), source))

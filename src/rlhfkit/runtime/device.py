@@ -46,6 +46,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def sampling_dtype(precision: Precision) -> torch.dtype | None:
+    """The dtype `rollout.engine.generate` samples in for a run's precision: bf16 computes as
+    the bf16 training pass does; None = the model's own (fp32)."""
+    return torch.bfloat16 if precision == Precision.BF16 else None
+
+
 def autocast(device: torch.device, precision: Precision):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
     if precision == Precision.FP32:

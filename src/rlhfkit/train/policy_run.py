@@ -47,7 +47,7 @@ from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, autocast
+from rlhfkit.runtime.device import Precision, autocast, sampling_dtype
 from rlhfkit.runtime.distributed import (
     Ranks,
     current_ranks,
@@ -251,7 +251,7 @@ class PolicyRun:
             top_p=top_p,
             top_k=top_k,
             generator=self.generator,
-            dtype=self.dtype,
+            dtype=sampling_dtype(self.cfg.precision),
             compiled=self.cfg.compile_sampling,
             cuda_graphs=None if self.cfg.cuda_graphs else False,
             draw_rows=DrawRows(share.first * num_samples, total),
@@ -418,11 +418,6 @@ class PolicyRun:
         """Whether this run evaluates at all: eval_every >= 0 and held-out prompts to do it on."""
         return self.cfg.eval_every >= 0 and bool(self.prompts.eval)
 
-    @property
-    def dtype(self) -> torch.dtype | None:
-        """What sampling computes in: bf16 under precision=bf16, else the model's own."""
-        return torch.bfloat16 if self.cfg.precision == Precision.BF16 else None
-
     def evaluate(self, row: dict) -> dict:
         """Greedy answers to the held-out prompts, scored by the task when one is named, else by
         the run's reward (`reward_mean`); added to `row` as eval_*. Under torchrun every rank
@@ -430,7 +425,9 @@ class PolicyRun:
         policy, tokenizer, prompts = self.models.policy, self.models.tokenizer, self.prompts.eval
         gather_parameters(policy)
         settings = dict(
-            max_new_tokens=self.cfg.eval_max_new_tokens, seed=self.cfg.seed, dtype=self.dtype
+            max_new_tokens=self.cfg.eval_max_new_tokens,
+            seed=self.cfg.seed,
+            dtype=sampling_dtype(self.cfg.precision),
         )
         if self.task is not None:
             metrics, _ = evaluate_policy(policy, tokenizer, self.task, prompts, **settings)

@@ -27,7 +27,13 @@ from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.sft import sft_loss
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, autocast, move_batch, resolve_device
+from rlhfkit.runtime.device import (
+    Precision,
+    autocast,
+    move_batch,
+    resolve_device,
+    sampling_dtype,
+)
 from rlhfkit.runtime.distributed import (
     current_ranks,
     device_mesh,
@@ -187,6 +193,7 @@ def _log_samples(
         greedy=True,
         max_new_tokens=cfg.sample_max_new_tokens,
         seed=cfg.seed,
+        dtype=sampling_dtype(cfg.precision),
     )
     if not is_main:  # every rank generates (the sharded weights take all of them), one writes
         return
