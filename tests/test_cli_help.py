@@ -100,3 +100,17 @@ def test_print_config_refuses_what_the_run_refuses(monkeypatch, capsys, argv, me
         cli.main()
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and not out and err.startswith(f"error: {message}")
+
+
+def test_help_read_in_part_ends_without_a_traceback():
+    """`rlhfkit grpo --help | head`: the reader leaves after the first lines, while the keys
+    (printed after their config class is imported) are still to come."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "rlhfkit", "grpo", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert child.stdout.readline().startswith(b"usage: rlhfkit grpo")
+    child.stdout.close()
+    _, err = child.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()

@@ -349,6 +349,11 @@ def main() -> None:
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
         sys.exit(143)
+    except BrokenPipeError:
+        # the reader of the output left (`rlhfkit grpo --help | head`): stop without a
+        # traceback, and without another one when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     finally:
         # the run is over: a SIGTERM during the interpreter's teardown ends the process as
         # SIGTERM does, not with a Terminated traceback from an exit handler

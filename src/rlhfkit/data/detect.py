@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import read_rows
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import DataError, RlhfkitError
 
 
 def format_of_columns(columns: set[str]) -> Format:
@@ -26,8 +26,20 @@ def format_of_columns(columns: set[str]) -> Format:
 
 def detect_format(path: str | Path) -> Format:
     rows = read_rows(path)
-    first_row = rows[0][1]
+    row_number, first_row = rows[0]
     try:
-        return format_of_columns(set(first_row))
+        fmt = format_of_columns(set(first_row))
     except RlhfkitError as error:
-        raise RlhfkitError(f"{path}: row {rows[0][0]}: {error}") from None
+        raise RlhfkitError(f"{path}: row {row_number}: {error}") from None
+    if fmt is Format.SFT and isinstance(first_row.get("label"), bool):
+        # TRL's unpaired preferences, named as the SFT check names them (formats.py), not
+        # called SFT data by the commands that need pairs or rankings
+        raise DataError(
+            str(path),
+            row_number,
+            "label",
+            "a completion labelled good or bad is TRL's unpaired preference (KTO) data, which "
+            "rlhfkit does not train on; give preference pairs (prompt, chosen, rejected) or "
+            "rankings (prompt, responses)",
+        )
+    return fmt
