@@ -143,6 +143,21 @@ def test_missing_model_directory(monkeypatch, capsys, tmp_path):
     assert_one_line_error(code, err, str(tmp_path / "no_model"), "does not exist")
 
 
+def test_missing_gguf_model_file(monkeypatch, capsys, tmp_path):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "sft",
+        f"model={tmp_path / 'no_model.gguf'}",
+        f"train_data={data}",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
+    assert_one_line_error(code, err, str(tmp_path / "no_model.gguf"), "no such file")
+    assert not (tmp_path / "runs" / "sft").exists()
+
+
 def test_missing_data_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
     code, _, err = run_main(
         monkeypatch,

@@ -74,6 +74,8 @@ def test_rank_returns_the_ranks_people_submitted_while_it_waited(tmp_path):
     ]
     # progress went to the log, saying how many were answered
     assert "0 of 3 prompts answered" in human.log.getvalue()
+    # the last change too, once everything is answered
+    assert "3 of 3 prompts answered (1 skipped)" in human.log.getvalue()
 
 
 def test_the_next_refresh_queues_new_items(tmp_path):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from rlhfkit.errors import DataError, RlhfkitError
+from rlhfkit.labelling.candidates import read_labels, write_labels
 from rlhfkit.labelling.export import rankings_rows
 from rlhfkit.labelling.importers import (
     IMPORTERS,
@@ -14,6 +15,7 @@ from rlhfkit.labelling.importers import (
     import_labels,
 )
 from rlhfkit.labelling.records import Submission
+from rlhfkit.labelling.stats import label_stats
 
 # Argilla 1.x FeedbackDataset records: responses are a list, one entry per user
 ARGILLA_V1 = [
@@ -146,8 +148,10 @@ def test_argilla_rankings_with_ties_skips_and_drafts(tmp_path):
     ]
     assert submissions == [
         # rank 1 = best: reply-2; reply-1 and reply-3 tie
-        Submission("rec-1", "u-ann", (1, 0, 1), (), submitted_at="2024-01-02T03:04:05"),
-        Submission("rec-1", "u-ben", None, ()),  # discarded: a skip
+        Submission(
+            "rec-1", "u-ann", (1, 0, 1), (), seconds=None, submitted_at="2024-01-02T03:04:05"
+        ),
+        Submission("rec-1", "u-ben", None, (), seconds=None),  # discarded: a skip
     ]
 
 
@@ -215,6 +219,16 @@ def test_imported_labels_export_as_rankings(tmp_path):
         assert all(row["responses"][0] != row["responses"][-1] for row in rows)
     argilla = rankings_rows(*import_argilla(write_json(tmp_path / "a.json", ARGILLA_V1)))
     assert [(r["responses"], r["ranks"]) for r in argilla] == [(["hello", "hi", "go"], [0, 1, 1])]
+
+
+def test_argilla_records_no_time_and_stats_show_none(tmp_path):
+    """Argilla keeps no time spent: the statistics show it unknown, not a median of 0 s."""
+    items, submissions = import_argilla(write_json(tmp_path / "a.json", ARGILLA_V1))
+    folder = write_labels(tmp_path / "labels", items, submissions)
+    items, submissions = read_labels(folder)  # through submissions.jsonl and back
+    assert [s.seconds for s in submissions] == [None, None]
+    row = label_stats(items, submissions)["labellers"]["u-ann"]
+    assert (row["ranked"], row["median_seconds"], row["mean_seconds"]) == (1, None, None)
 
 
 def broken(records, path: list, value):

@@ -75,6 +75,11 @@ def test_an_unreadable_model_is_left_to_the_trainer(tmp_path):
     check_learning_rates(tmp_path / "missing", {"lr": (1e-3, 0)})  # the trainer names the fault
 
 
+def test_a_missing_gguf_file_is_left_to_the_trainer(tmp_path):
+    # was: FileNotFoundError from hashing the file, a traceback instead of the trainer's error
+    check_learning_rates(tmp_path / "missing.gguf", {"lr": (1e-3, 0)})
+
+
 def test_a_converted_gguf_file_is_sized_from_its_converted_config(
     tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -152,9 +152,10 @@ def submission_from_row(row: dict, path: str, row_number: int) -> Submission:
     for key, flag in flags.items():
         if flag_index(key) is None or flag not in FLAGS:
             raise fail(f"flags.{key}", f"expected a response index -> one of {FLAGS}")
-    seconds = seconds_value(row.get("seconds", 0.0))
-    if seconds is None:
-        got = show_value(row.get("seconds"))
+    raw = row.get("seconds", 0.0)
+    seconds = None if raw is None else seconds_value(raw)  # null: not recorded (Argilla)
+    if seconds is None and raw is not None:
+        got = show_value(raw)
         raise fail("seconds", f"expected a number of seconds >= 0, got {got}")
     for name in ("comment", "submitted_at"):
         if not isinstance(row.get(name, ""), str):

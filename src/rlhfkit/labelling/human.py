@@ -190,6 +190,8 @@ class HumanLabeller:
             ranked, skipped = first_answers(self.store.submissions(), item_ids)
             answered = len(ranked) + len(skipped)
             if answered == len(item_ids):
+                if shown != -1 and answered != shown:  # the last change, as every other
+                    print(self._progress(answered, len(skipped), len(item_ids)), file=self.log)
                 write_submissions_file(self.store, self.store.path.parent / SUBMISSIONS_FILE)
                 return ranked
             if answered != shown:

@@ -174,6 +174,7 @@ def _argilla_submission(
         labeller=str(user),
         ranks=ranks,
         shown_order=(),  # Argilla does not record the order it showed the options in
+        seconds=None,  # nor the time spent: unknown, not 0 s
         submitted_at=str(answer.get("updated_at") or answer.get("inserted_at") or ""),
     )
 

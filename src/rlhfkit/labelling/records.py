@@ -41,8 +41,8 @@ class Submission:
     flags: dict[int, str] = field(default_factory=dict)
     """Response index -> one of FLAGS."""
     comment: str = ""
-    seconds: float = 0.0
-    """Time the labeller spent on the item."""
+    seconds: float | None = 0.0
+    """Time the labeller spent on the item; None where the tool recorded none (Argilla)."""
     submitted_at: str = ""
     """UTC time of the submission, ISO 8601 (2026-12-04T20:51:03Z)."""
 

@@ -116,16 +116,18 @@ def position_bias(judged: list[tuple[Item, list[Submission]]]) -> dict:
 
 def labeller_stats(submissions: list[Submission]) -> dict[str, dict]:
     """Per labeller: items ranked and skipped, responses flagged, and the median and mean
-    seconds spent on a ranked item (None without one)."""
+    seconds spent on a ranked item (None without one whose time was recorded)."""
     by_labeller: dict[str, list[Submission]] = defaultdict(list)
     for submission in submissions:
         by_labeller[submission.labeller].append(submission)
     out = {}
     for labeller in sorted(by_labeller):
         own = by_labeller[labeller]
-        seconds = [s.seconds for s in own if not s.skipped]
+        ranked = [s for s in own if not s.skipped]
+        # an imported ranking without a recorded time (Argilla) is not one of 0 s
+        seconds = [s.seconds for s in ranked if s.seconds is not None]
         out[labeller] = {
-            "ranked": len(seconds),
+            "ranked": len(ranked),
             "skipped": sum(s.skipped for s in own),
             "flags": sum(len(s.flags) for s in own),
             "median_seconds": statistics.median(seconds) if seconds else None,

@@ -81,7 +81,10 @@ def cached_conversion(path: str | Path, cache_dir: Path) -> Path:
 
 def converted_if_cached(path: str | Path, cache_dir: Path) -> Path | None:
     """The model directory an earlier run converted `path` to, or None: a sha256 of the file
-    (a fraction of a second), where reading its metadata takes seconds."""
+    (a fraction of a second), where reading its metadata takes seconds. A path that is no file
+    (missing, a directory) has no conversion: the caller's own checks name the fault."""
+    if not Path(path).is_file():
+        return None
     final = Path(cache_dir) / file_sha256(path)
     return final if final.is_dir() else None
 
