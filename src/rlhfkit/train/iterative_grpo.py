@@ -297,13 +297,13 @@ def _labels(
     )
     rows = ranked_rows(prompts, samples.texts, rank_with_ties(labeller, prompts, samples.texts))
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]
-    if not train or not heldout:  # the reward model would find an empty file to read
+    if not train:  # the reward model would find an empty file to train on (none held out
+        # is allowed: that round's accuracy is then not measured)
         raise RlhfkitError(
             f"round {r}: of {len(prompts)} prompts ranked, {len(prompts) - len(rows)} had no "
-            "preference (every response tied or empty), leaving "
-            f"{len(train)} rankings to train the reward model on and {len(heldout)} held out; "
-            "both need at least one: a labeller that tells the responses apart, or more "
-            "label_prompts, heldout_prompts or label_data prompts"
+            "preference (every response tied or empty), leaving 0 rankings to train the reward "
+            "model on: a labeller that tells the responses apart, or more label_prompts or "
+            "label_data prompts"
         )
     write_jsonl(folder / "rankings.jsonl", train)
     write_jsonl(folder / "heldout_rankings.jsonl", heldout)
