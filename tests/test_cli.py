@@ -327,7 +327,7 @@ def test_a_second_config_file_is_refused_not_dropped(monkeypatch, capsys, tmp_pa
 def test_lora_dropout_that_disable_dropout_turns_off_is_refused(
     monkeypatch, capsys, command, needed
 ):
-    command = [command, *needed]
+    command = [command, *needed, "lora_r=8"]
     code, _, err = run_main(monkeypatch, capsys, *command, "--print-config", "lora_dropout=0.05")
     assert_one_line_error(code, err, "lora_dropout=0.05 with disable_dropout=true", "set ")
     code, out, _ = run_main(

@@ -50,6 +50,8 @@ def test_every_subcommand_has_help(monkeypatch, capsys, name):
         assert f"e.g. {command.example}" in out
         # then every config key with its default and meaning (tests/runtime/test_config_help.py)
         assert "\nconfig keys (key=value" in text and "\n  seed = 0\n      Seeds every" in text
+        # force_lr=true is refused where nothing trains: not offered among the keys either
+        assert ("\n  force_lr = false\n" in text) == command.trains
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

@@ -42,16 +42,17 @@ class _HelpWithKeys(argparse.Action):
     """A command's --help: its options, then its config keys (importing its config class, and so
     torch, only when asked: `rlhfkit --help` stays fast)."""
 
-    def __init__(self, option_strings, dest, config: str, help: str) -> None:
+    def __init__(self, option_strings, dest, config: str, trains: bool, help: str) -> None:
         super().__init__(option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS)
-        self.config, self.help = config, help
+        self.config, self.trains, self.help = config, trains, help
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         from rlhfkit.runtime.config_help import keys_help
 
         command_of = {c.config: name for name, c in COMMANDS.items()}  # "module:Class" -> name
         parser.print_help()
-        print(f"\n{keys_help(load_object(self.config), command_of)}")
+        omit = () if self.trains else ("force_lr",)  # refused where nothing trains
+        print(f"\n{keys_help(load_object(self.config), command_of, omit=omit)}")
         parser.exit()
 
 
@@ -70,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
             "--help",
             action=_HelpWithKeys,
             config=command.config,
+            trains=command.trains,
             help="show this help, then every config key with its default and meaning, and exit",
         )
         p.add_argument("--config", action=_Once, help="YAML config file")

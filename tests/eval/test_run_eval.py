@@ -18,6 +18,7 @@ from rlhfkit.eval.run_eval import (
 )
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.tiny import build_tiny_model
+from rlhfkit.runtime.device import Precision
 
 # the score each response text gets: Beta and Gamma tie
 SCORES = {" Alpha.": 3.0, " Beta.": 1.0, " Gamma.": 1.0, " Delta.": 2.0}
@@ -41,6 +42,7 @@ class TextScorer(nn.Module):
             self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
             for ids, mask in zip(input_ids, attention_mask)
         ]
+        self.autocast = torch.is_autocast_enabled(self.device.type)
         scores = [next(s for end, s in SCORES.items() if text.endswith(end)) for text in texts]
         return torch.tensor([[s - 1.0, s + 1.0] for s in scores])
 
@@ -68,7 +70,10 @@ def test_reward_model_accuracy_counts_score_ties_half_with_a_wilson_interval(
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     proxy = SimpleNamespace(
-        model=TextScorer(tokenizer), tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id
+        model=TextScorer(tokenizer),
+        tokenizer=tokenizer,
+        pad_token_id=tokenizer.pad_token_id,
+        precision=Precision.FP32,
     )
     result = reward_model_accuracy(proxy, str(path), max_length=64, batch_size=2)
     # 3 wins + 2 ties of 6 pairs: 4 / 6; Wilson with z = 1.96 at p = 2/3, n = 6:
@@ -78,6 +83,25 @@ def test_reward_model_accuracy_counts_score_ties_half_with_a_wilson_interval(
     assert result["accuracy_low"] == pytest.approx(0.299993, abs=1e-5)
     assert result["accuracy_high"] == pytest.approx(0.903229, abs=1e-5)
     assert result["heldout_pairs"] == str(path)
+
+
+def test_reward_model_accuracy_scores_in_the_proxys_precision(tiny_model_dir, tmp_path):
+    """eval precision=bf16: the reward model's held-out accuracy is scored under bf16 autocast,
+    as its proxy scores are (docs/evaluation.md), not in float32."""
+    rows = [{"prompt": "Q: two?\nA:", "responses": [" Alpha.", " Delta."], "ranks": [0, 1]}]
+    path = tmp_path / "heldout.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for precision, expected in ((Precision.BF16, True), (Precision.FP32, False)):
+        scorer = TextScorer(tokenizer)
+        proxy = SimpleNamespace(
+            model=scorer,
+            tokenizer=tokenizer,
+            pad_token_id=tokenizer.pad_token_id,
+            precision=precision,
+        )
+        assert reward_model_accuracy(proxy, str(path), 64, 2)["accuracy"] == 1.0
+        assert scorer.autocast is expected, precision
 
 
 def test_eval_refuses_a_model_whose_tokenizer_is_not_the_baselines(

@@ -99,10 +99,10 @@ def test_adapters_go_on_the_named_layers_only_with_their_dropout(tiny_model_dir)
     assert {n.split(".")[-4] for n, p in one.named_parameters() if "lora_A" in n} == {"o_proj"}
 
 
-@pytest.mark.parametrize("target", ["qproj", "lm_head", "input_layernorm", "all-linear"])
+@pytest.mark.parametrize("target", ["qproj", "input_layernorm", "all-linear"])
 def test_a_name_that_is_no_adaptable_layer_is_refused_naming_the_layers(tiny_model_dir, target):
-    """An unknown name, a norm, the output head tied to the input embeddings (which its merge
-    would change too) or all-linear among names: one line naming the layers there are."""
+    """An unknown name, a norm or all-linear among names: one line naming the layers there are
+    (the output head, tied to the embeddings here, not among them)."""
     assert load_causal_lm(tiny_model_dir).config.tie_word_embeddings
     names = ["q_proj", target] if target == "all-linear" else [target]
     with pytest.raises(ConfigError) as error:
@@ -112,7 +112,13 @@ def test_a_name_that_is_no_adaptable_layer_is_refused_naming_the_layers(tiny_mod
     assert "q_proj" in message and "lm_head" not in message.split("its layers:")[1]
 
 
-def test_an_untied_output_head_takes_adapters(tmp_path):
+def test_an_output_head_tied_to_the_embeddings_is_refused_saying_so(tiny_model_dir):
+    with pytest.raises(ConfigError, match="'lm_head' is the output head, which shares its weight"):
+        add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules=["lm_head"])
+
+
+def untied_llama(directory):
+    """A one-layer Llama whose output head has a weight of its own, saved to `directory`."""
     config = LlamaConfig(
         vocab_size=64,
         hidden_size=16,
@@ -121,8 +127,14 @@ def test_an_untied_output_head_takes_adapters(tmp_path):
         num_attention_heads=2,
         tie_word_embeddings=False,
     )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    model = add_lora(load_causal_lm(tmp_path), r=2, alpha=4, target_modules=["lm_head"])
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def test_an_untied_output_head_takes_adapters(tmp_path):
+    model = add_lora(
+        load_causal_lm(untied_llama(tmp_path)), r=2, alpha=4, target_modules=["lm_head"]
+    )
     assert {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n} == {"lm_head"}
 
 
@@ -148,3 +160,12 @@ def test_reward_model_adapters_take_the_named_layers(tiny_model_dir):
     add_backbone_lora(model, r=4, alpha=8, dropout=0.05, target_modules=("up_proj",))
     assert {n.split(".")[-4] for n, p in model.named_parameters() if "lora_A" in n} == {"up_proj"}
     assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0} == {0.05}
+
+
+@pytest.mark.parametrize("targets", [[], ()])
+def test_an_empty_list_of_target_layers_is_refused_by_name(tiny_model_dir, targets):
+    """`lora_target_modules=[]` is a one-line config error, not peft's traceback."""
+    with pytest.raises(ConfigError, match="lora_target_modules: empty"):
+        add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8, target_modules=targets)
+    with pytest.raises(ConfigError, match="lora_target_modules: empty"):
+        add_backbone_lora(RewardModel.from_pretrained(tiny_model_dir), 4, 8, 0.0, targets)

@@ -1,5 +1,6 @@
 """load_config / save_config / config_keys: round trip, overrides, unknown keys, file errors."""
 
+import dataclasses
 import enum
 import tempfile
 from dataclasses import dataclass, field
@@ -376,3 +377,27 @@ def test_fill_section_compares_with_the_sections_own_default():
 def test_fill_section_accepts_a_user_value_equal_to_the_filled_one():
     cfg = load_config(PipelineConfig, overrides=["sft.steps=12"])
     assert fill_section(cfg, "sft", {"steps": Filled(12, "", "")}, by="x").steps == 12
+
+
+class _Mode(str, enum.Enum):
+    A = "a"
+    B = "b"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Modal:
+    mode: _Mode = _Mode.A
+    names: tuple[str, ...] = ()
+    ports: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+def test_a_setting_only_another_choice_reads_is_refused_when_set_away_from_its_default():
+    from rlhfkit.runtime.config import refuse_unread_settings
+
+    readers = {_Mode.B: ("names", "ports")}
+    refuse_unread_settings(_Modal(), "mode", readers)  # defaults, a default_factory's included
+    refuse_unread_settings(_Modal(mode="b", names=("x",), ports=[3]), "mode", readers)  # read
+    with pytest.raises(ConfigError, match=r"^ports=\[3\] is read by mode=b only: .* mode=a$"):
+        refuse_unread_settings(_Modal(ports=[3]), "mode", readers)
+    with pytest.raises(ConfigError, match=r"^names=\['x'\] is read by mode=b only"):
+        refuse_unread_settings(_Modal(mode="a", names=("x",)), "mode", readers)

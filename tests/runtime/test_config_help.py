@@ -77,3 +77,11 @@ def test_a_section_that_is_another_commands_config_names_it_and_the_defaults_it_
     assert "max_steps=600" in sft and "lr=0.002" in sft and "batch_size=48" in sft
     assert "seed=" not in sft  # unchanged defaults are not repeated
     assert "  data.sft_rows_per_task = 6000\n" in text  # a section of its own is expanded
+
+
+def test_the_heading_wraps_to_the_width_as_the_entries_do():
+    """COLUMNS=40: the line above the keys is wrapped like their meanings, not one 95-column
+    line."""
+    lines = keys_help(_Child, {}, width=40).splitlines()
+    assert lines[0].startswith("config keys (key=value")
+    assert all(len(line) <= 40 for line in lines), [line for line in lines if len(line) > 40]

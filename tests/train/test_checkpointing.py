@@ -74,3 +74,42 @@ def test_a_checkpoint_with_a_non_finite_weight_is_never_written(tiny_model_dir, 
     with pytest.raises(NumericalFault, match="step 3: .* checkpoint not written.*step_00000002"):
         save_trainer_checkpoint(checkpoints, step=3, **save)
     assert [p.name for p in checkpoints.iterdir()] == ["step_00000002"]
+
+
+def test_a_lora_checkpoint_on_an_untied_head_holds_the_adapters_alone(tmp_path):
+    """peft writes a targeted output head's whole base weight beside its adapters unless told
+    not to (with a warning on every save): a checkpoint is the adapters, and loads back."""
+    import warnings
+
+    from safetensors import safe_open
+
+    from rlhfkit.models.lora import add_lora, load_lora
+    from tests.models.test_lora import untied_llama
+
+    untied_llama(tmp_path / "base")
+    model = add_lora(load_causal_lm(tmp_path / "base"), r=2, alpha=4, target_modules=["lm_head"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*save_embedding_layers")
+        saved = save_trainer_checkpoint(
+            tmp_path / "checkpoints",
+            step=1,
+            model=model,
+            tokenizer=load_tokenizer_stub(),
+            optimizer=optimizer,
+            extra={},
+            keep_last=1,
+        )
+    with safe_open(saved / "model" / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys), keys
+    loaded = load_lora(load_causal_lm(tmp_path / "base"), saved / "model")
+    assert {n for n, _ in loaded.named_parameters() if "lora_A" in n}
+
+
+def load_tokenizer_stub():
+    class _Tokenizer:
+        def save_pretrained(self, directory):
+            pass
+
+    return _Tokenizer()

@@ -442,3 +442,29 @@ def test_a_round_left_without_rankings_says_why(tiny_model_dir, start, tmp_path)
         RlhfkitError, match=r"^round 1: of 13 prompts ranked, 13 had no preference .* 0 rankings"
     ):
         train_iterative_grpo(cfg, run_dir(tmp_path, "run"))
+
+
+def test_a_bf16_runs_rankings_are_sampled_in_bf16_as_its_rollouts_are(
+    tiny_model_dir, start, tmp_path, monkeypatch
+):
+    """grpo.precision=bf16: the responses each round ranks come from the policy sampled as the
+    round's GRPO samples it (every sampler of a bf16 run samples in bf16)."""
+    import torch
+
+    from rlhfkit.runtime.device import Precision
+    from rlhfkit.train import iterative_grpo
+
+    class Sampled(Exception):
+        pass
+
+    def sample_responses(*args, dtype=None, **kwargs):
+        raise Sampled(dtype)
+
+    monkeypatch.setattr(iterative_grpo, "sample_responses", sample_responses)
+    base = config(tiny_model_dir, start)
+    for precision, dtype in ((Precision.BF16, torch.bfloat16), (Precision.FP32, None)):
+        cfg = dataclasses.replace(base, grpo=dataclasses.replace(base.grpo, precision=precision))
+        part = iterative_grpo._Part(tmp_path, f"labels_{precision.value}")
+        with pytest.raises(Sampled) as sampled:
+            iterative_grpo._labels(cfg, 1, tmp_path, str(tiny_model_dir), None, set(), part)
+        assert sampled.value.args == (dtype,)

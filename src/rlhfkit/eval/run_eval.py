@@ -328,7 +328,7 @@ def ai_win_rate(first_better: list[float]) -> WinRate:
 
 def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
     """Share of held-out labelled pairs the reward model orders like the label, with the pair
-    count."""
+    count; scored in the proxy's precision (bf16 autocast with eval's precision=bf16)."""
     groups, report = load_ranked_groups(
         path,
         proxy.tokenizer,
@@ -337,9 +337,9 @@ def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) ->
         needed_by="the reward model's held-out accuracy",
     )
     log.info(f"reward data {path}: {report.summary()}")
-    accuracy = pair_accuracy(
-        score_groups(proxy.model, groups, proxy.pad_token_id, batch_size), groups
-    )
+    with autocast(proxy.model.device, proxy.precision):  # as the proxy scores (bf16 or not)
+        scores = score_groups(proxy.model, groups, proxy.pad_token_id, batch_size)
+    accuracy = pair_accuracy(scores, groups)
     pairs = sum(len(ranking_to_pairs(g.ranks)[0]) for g in groups)
     low, high = wilson_interval(accuracy * pairs, pairs)
     return {

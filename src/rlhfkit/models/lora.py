@@ -59,15 +59,27 @@ def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str
     a norm or an output head tied to the input embeddings (whose merge would change them too) is
     refused, naming the layers there are."""
     names = [names] if isinstance(names, str) else list(names)
+    if not names:  # peft would fail deep inside with "No `target_modules` passed"
+        raise ConfigError(
+            f"lora_target_modules: empty; name the layers that get adapters, or {ALL_LINEAR}"
+        )
     if names == [ALL_LINEAR]:
         return ALL_LINEAR
-    layers = [
-        name
+    linear = [
+        (name, _tied_head(model, module))
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and not _tied_head(model, module)
+        if isinstance(module, (nn.Linear, Conv1D))
     ]
+    layers = [name for name, tied in linear if not tied]
     for target in names:
-        if not any(name == target or name.endswith(f".{target}") for name in layers):
+        matches = [tied for name, tied in linear if name == target or name.endswith(f".{target}")]
+        if matches and all(matches):
+            raise ConfigError(
+                f"lora_target_modules: {target!r} is the output head, which shares its weight "
+                "with the input embeddings: merging adapters into it would change them too; "
+                "leave it out (or give the model untied embeddings)"
+            )
+        if not matches:
             known = sorted({name.rsplit(".", 1)[-1] for name in layers})
             raise ConfigError(
                 f"lora_target_modules: {target!r} is not a linear layer of the model (or is "
@@ -96,6 +108,16 @@ def _name_base_by_absolute_path(model) -> None:
     name = model.__dict__.get("name_or_path") or ""
     if name and Path(name).is_dir():
         model.name_or_path = str(Path(name).absolute())
+
+
+def save_pretrained(model, directory: str | Path, **kwargs) -> None:
+    """`model.save_pretrained(directory, **kwargs)`; a LoRA model's saves its adapters alone.
+    peft otherwise writes the whole base output head (or input embeddings) beside them whenever
+    one is among the targets (`save_embedding_layers="auto"`, with a warning on each save): a
+    copy of the starting model's largest matrix in every checkpoint, which loading never needs."""
+    if isinstance(model, PeftModel):
+        kwargs["save_embedding_layers"] = False
+    model.save_pretrained(directory, **kwargs)
 
 
 def load_lora(base_model, adapter_dir: str | Path):

@@ -144,7 +144,7 @@ def refuse_unread_settings(cfg: Any, choice: str, readers: Mapping[enum.Enum, tu
             labeller=annotator".
     """
     current = plain_value(getattr(cfg, choice))  # a config built in Python may hold the string
-    defaults = {field.name: field.default for field in dataclasses.fields(cfg)}
+    defaults = {field.name: _section_default(field) for field in dataclasses.fields(cfg)}
     for value, names in readers.items():
         for name in names:
             if value.value != current and getattr(cfg, name) != defaults[name]:

@@ -43,27 +43,37 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def keys_help(cls: type, command_of: dict[str, str], width: int | None = None) -> str:
+def keys_help(
+    cls: type, command_of: dict[str, str], width: int | None = None, omit: tuple[str, ...] = ()
+) -> str:
     """The text that follows a command's usage in its `--help`: every key of config class `cls`
     as `key = default` and its meaning, indented and wrapped. A section that is another
     command's config (the pipeline's `sft`) is one entry naming that command's `--help` and the
     defaults the section changes; `command_of` maps such classes ("module:Class", as the command
-    table names them) to their command's name."""
+    table names them) to their command's name. `omit`: top-level keys the command refuses to
+    set (`force_lr` where nothing trains), not listed."""
     width = width or min(shutil.get_terminal_size().columns, 100)
-    lines = [
+    lines = textwrap.wrap(  # as narrow as the entries below it
         "config keys (key=value on the command line, or in the --config YAML file), with "
-        "their defaults:"
-    ]
-    _describe(cls, _defaults(cls), "", command_of, width, lines)
+        "their defaults:",
+        width,
+    )
+    _describe(cls, _defaults(cls), "", command_of, width, lines, omit)
     return "\n".join(lines)
 
 
 def _describe(
-    cls: type, defaults: Any, prefix: str, command_of: dict[str, str], width: int, out: list
+    cls: type,
+    defaults: Any,
+    prefix: str,
+    command_of: dict[str, str],
+    width: int,
+    out: list,
+    omit: tuple[str, ...] = (),
 ) -> None:
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if not field.init:
+        if not field.init or field.name in omit:
             continue
         key, default = prefix + field.name, getattr(defaults, field.name, dataclasses.MISSING)
         section = section_type(hints[field.name])

@@ -16,7 +16,14 @@ import torch
 from rlhfkit.errors import ConfigError, NumericalFault, RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
-from rlhfkit.models.lora import ALL_LINEAR, add_lora, load_lora, merged_copy, merged_gathered
+from rlhfkit.models.lora import (
+    ALL_LINEAR,
+    add_lora,
+    load_lora,
+    merged_copy,
+    merged_gathered,
+    save_pretrained,
+)
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     checkpoint_step,
@@ -73,9 +80,9 @@ def save_trainer_checkpoint(
         def write_main(tmp: Path) -> None:
             saved, state_dict = saved_model(weights) if saved_model else (model, weights)
             if state_dict is None:
-                saved.save_pretrained(tmp / MODEL_SUBDIR)
+                save_pretrained(saved, tmp / MODEL_SUBDIR)
             else:
-                saved.save_pretrained(tmp / MODEL_SUBDIR, state_dict=state_dict)
+                save_pretrained(saved, tmp / MODEL_SUBDIR, state_dict=state_dict)
             tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
 
         return save_sharded_checkpoint(
@@ -92,7 +99,7 @@ def save_trainer_checkpoint(
     refuse_non_finite(lambda: all_finite(model), step, checkpoints_dir, ranks)
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp / MODEL_SUBDIR)
+        save_pretrained(model, tmp / MODEL_SUBDIR)
         tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
         save_torch_state(tmp / "optimizer.pt", optimizer.state_dict())
         save_torch_state(

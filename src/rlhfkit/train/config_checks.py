@@ -14,8 +14,8 @@ from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.dpo import check_config as check_dpo_config
 from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, check_supervision
 from rlhfkit.train.iterative_config import IterativeGRPOConfig
+from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
-from rlhfkit.train.policy_config import check_lora_dropout
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
 from rlhfkit.train.reward import RewardConfig, check_reward_config
@@ -29,13 +29,13 @@ def check_grpo_section(cfg: IterativeGRPOConfig) -> None:
 
 CHECKS: dict[type, tuple[Callable, ...]] = {
     IterativeGRPOConfig: (check_grpo_section,),
-    GRPOConfig: (check_batch_sizes, check_supervision, check_lora_dropout),
-    RLOOConfig: (check_batch_sizes, check_lora_dropout),
-    PPOConfig: (check_ppo_config, check_lora_dropout),
-    RAFTConfig: (check_raft_config, check_lora_dropout),
+    GRPOConfig: (check_batch_sizes, check_supervision, check_lora_settings),
+    RLOOConfig: (check_batch_sizes, check_lora_settings),
+    PPOConfig: (check_ppo_config, check_lora_settings),
+    RAFTConfig: (check_raft_config, check_lora_settings),
     DPOConfig: (check_dpo_config,),
     RewardConfig: (check_reward_config,),
-    OnlineDPOConfig: (check_online_config, check_lora_dropout),
+    OnlineDPOConfig: (check_online_config, check_lora_settings),
 }
 
 

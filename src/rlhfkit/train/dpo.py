@@ -72,8 +72,8 @@ from rlhfkit.train.dpo_losses import (
     reduced_gradients,
     zero_weight,
 )
+from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
-from rlhfkit.train.policy_config import check_lora_dropout
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, warmup_cosine
 
@@ -199,7 +199,7 @@ def check_config(cfg: DPOConfig) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be at least 1")
     if cfg.lora_r < 0:
         raise ConfigError(f"lora_r={cfg.lora_r}: must be >= 0 (0 = full fine-tuning)")
-    check_lora_dropout(cfg)
+    check_lora_settings(cfg)
 
 
 def load_preference_groups(

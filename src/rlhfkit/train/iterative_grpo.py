@@ -51,7 +51,7 @@ from rlhfkit.runtime.checkpoint import (
     temporary_sibling,
 )
 from rlhfkit.runtime.config import save_config
-from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.device import resolve_device, sampling_dtype
 from rlhfkit.runtime.distributed import Ranks, current_ranks
 from rlhfkit.runtime.distributed_checkpoint import on_main
 from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
@@ -294,6 +294,7 @@ def _labels(
         seed=derive_seed(cfg.seed, SeedStream.ROUND_SAMPLING, r),
         batch_size=256,
         progress=f"round {r}: sampling" if cfg.progress else None,
+        dtype=sampling_dtype(cfg.grpo.precision),  # as the round's GRPO samples
     )
     rows = ranked_rows(prompts, samples.texts, rank_with_ties(labeller, prompts, samples.texts))
     train, heldout = rows[: cfg.label_prompts], rows[cfg.label_prompts :]

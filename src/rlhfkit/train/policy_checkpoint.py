@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit.models.lora import save_pretrained
 from rlhfkit.runtime.checkpoint import (
     capture_rng_state,
     load_torch_state,
@@ -64,7 +65,7 @@ def save_policy_checkpoint(
     refuse_non_finite(lambda: all(map(all_finite, trained)), step, run_dir.checkpoints, ranks)
 
     def write(tmp: Path) -> None:
-        models.policy.save_pretrained(tmp / MODEL_SUBDIR)
+        save_pretrained(models.policy, tmp / MODEL_SUBDIR)
         models.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
         save_torch_state(tmp / "optimizer.pt", models.optimizer.state_dict())
         if models.critic is not None:
@@ -92,7 +93,7 @@ def _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ra
     )
 
     def write_main(tmp: Path) -> None:
-        models.policy.save_pretrained(tmp / MODEL_SUBDIR, state_dict=weights)
+        save_pretrained(models.policy, tmp / MODEL_SUBDIR, state_dict=weights)
         models.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
         if critic is not None:  # the classifier inside, as one process saves it
             critic.model.save_pretrained(

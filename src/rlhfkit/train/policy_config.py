@@ -9,7 +9,6 @@ are declared here without a default, and each trainer's config gives its own val
 
 from dataclasses import dataclass
 
-from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.run_config import RunConfig
@@ -125,17 +124,6 @@ class PolicyRunConfig(RunConfig):
     """Also write TensorBoard scalars."""
     progress: bool = True
     """Show a progress bar."""
-
-
-def check_lora_dropout(cfg) -> None:
-    """`lora_dropout` with `disable_dropout` (a policy trainer's or DPO's config): the latter
-    turns the adapters' dropout off too, so the setting would change nothing."""
-    if cfg.lora_dropout > 0 and cfg.disable_dropout:
-        raise ConfigError(
-            f"lora_dropout={cfg.lora_dropout} with disable_dropout=true: the policy's dropout, "
-            "the adapters' too, is off (the losses compare log-probs taken without it); set "
-            "disable_dropout=false to train with it, or lora_dropout=0"
-        )
 
 
 @dataclass(frozen=True)

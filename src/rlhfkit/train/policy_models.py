@@ -22,8 +22,9 @@ from rlhfkit.models.reward import value_model_from
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
+from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import adamw
-from rlhfkit.train.policy_config import PolicyRunConfig, check_lora_dropout
+from rlhfkit.train.policy_config import PolicyRunConfig
 
 CRITIC_SUBDIR = "critic"
 
@@ -77,7 +78,7 @@ def build_policy_models(
             "LoRA the reference is the base model with its adapters off; leave "
             "reference_model empty"
         )
-    check_lora_dropout(cfg)
+    check_lora_settings(cfg)
     if cfg.reference_model and not needs_reference:
         raise ConfigError(
             f"reference_model={cfg.reference_model}: this run loads no reference model (RAFT "

@@ -62,6 +62,7 @@ from rlhfkit.train.checkpointing import (
     save_trainer_checkpoint,
     submodule_weights,
 )
+from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.reward_losses import (
@@ -163,7 +164,8 @@ class RewardResult(TrainResult):
 def check_reward_config(cfg: RewardConfig) -> None:
     """The process objective has no preferred response to imitate, no pairwise rewards to
     centre, and keeps the steps that fit: settings of the pairwise objective would silently
-    do nothing there."""
+    do nothing there. LoRA's settings as every trainer checks them (`check_lora_settings`)."""
+    check_lora_settings(cfg)
     if cfg.objective != RewardObjective.PROCESS:
         return
     for name in ("imitation_coef", "centering_coef"):

@@ -57,6 +57,7 @@ from rlhfkit.train.checkpointing import (
     save_final_model,
     save_trainer_checkpoint,
 )
+from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, warmup_cosine
@@ -205,6 +206,7 @@ def _log_samples(
 def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult:
     """Fine-tune `cfg.model` on `cfg.train_data`; the final model goes to `run.final`."""
     validate(cfg)  # as the CLI does, for configs built in Python
+    check_lora_settings(cfg)
     check_learning_rates(cfg.model, {"lr": (cfg.lr, cfg.lora_r)}, force=cfg.force_lr)
     ranks = current_ranks()
     seed_everything(cfg.seed)
