@@ -39,7 +39,7 @@ def test_two_ranks_equal_one_process(
         loss=loss,
         nll_weight=0.1,
         lora_r=lora_r,
-        lora_alpha=8,
+        lora_alpha=8 if lora_r else 16,  # an adapter setting without adapters is refused
         frozen_models=frozen_models,
         batch_size=batch_size,
         grad_accum=2,
