@@ -20,6 +20,23 @@ def _models(tiny_model_dir):
     return model, other, tokenizer
 
 
+@torch.no_grad()
+def same_draws(model, tokenizer, dtype=None):
+    """The engine's rollout of two samples per prompt with seed 3, as `sample_for_eval` draws."""
+    ids, mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
+    return generate(
+        model.eval(),
+        ids,
+        mask,
+        num_samples=2,
+        max_new_tokens=12,
+        stop_ids=stop_token_ids(model, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        generator=torch.Generator().manual_seed(3),
+        dtype=dtype,
+    )
+
+
 def test_kl_to_itself_is_zero_and_greedy_answers_carry_no_kl(tiny_model_dir):
     model, _, tokenizer = _models(tiny_model_dir)
     sampled = sample_for_eval(
@@ -42,18 +59,8 @@ def test_sequence_kl_equals_the_naive_sum_over_a_fresh_pass_of_both_models(tiny_
         model, tokenizer, PROMPTS, num_samples=2, reference=reference, max_new_tokens=12, seed=3
     )
     # the same draws by hand: the engine with the same seed, then both models' log-probs
-    ids, mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
+    rollout = same_draws(model, tokenizer)
     with torch.no_grad():
-        rollout = generate(
-            model.eval(),
-            ids,
-            mask,
-            num_samples=2,
-            max_new_tokens=12,
-            stop_ids=stop_token_ids(model, tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            generator=torch.Generator().manual_seed(3),
-        )
         width = rollout.response_ids.shape[1]
         logp = response_logprobs(model, rollout.input_ids, rollout.attention_mask, width).logprobs
         ref = response_logprobs(
@@ -80,19 +87,7 @@ def test_bf16_samples_as_a_bf16_run_and_measures_the_kl_under_autocast(tiny_mode
         seed=3,
         precision=Precision.BF16,
     )
-    ids, mask = encode_prompts(tokenizer, PROMPTS, torch.device("cpu"))
-    with torch.no_grad():
-        rollout = generate(
-            model.eval(),
-            ids,
-            mask,
-            num_samples=2,
-            max_new_tokens=12,
-            stop_ids=stop_token_ids(model, tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            generator=torch.Generator().manual_seed(3),
-            dtype=torch.bfloat16,
-        )
+    rollout = same_draws(model, tokenizer, dtype=torch.bfloat16)
     assert got.flat(got.lengths) == rollout.response_lengths.tolist()  # the bf16 draws
     # the sampler's bf16 log-probs against the model's own pass under bf16 autocast: its KL to
     # itself is zero up to bf16 rounding (fp32's sampler against a bf16 pass is not)

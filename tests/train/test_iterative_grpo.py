@@ -10,7 +10,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.cli import run as cli
-from rlhfkit.data.formats import PreferenceExample, PromptExample, RankingExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config, save_config
@@ -18,60 +17,11 @@ from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.iterative_config import grpo_round_config, rm_round_config
-from rlhfkit.train.iterative_grpo import (
-    IterativeGRPOConfig,
-    as_ranking_row,
-    check_config,
-    ranked_rows,
-    replay_rows,
-    reward_history,
-    train_iterative_grpo,
-)
+from rlhfkit.train.iterative_grpo import IterativeGRPOConfig, check_config, train_iterative_grpo
 from rlhfkit.train.reward import RewardConfig
 
 from .test_policy_models import assert_only_adapters_trained_and_merged, built_policies
 from .test_reward import gold_ranking, untied_copy, write_jsonl
-
-
-def test_replay_makes_up_the_asked_share_of_the_mix():
-    history = [{"i": i} for i in range(100)]
-    new = [{"n": i} for i in range(90)]
-    rng = random.Random(0)
-    assert len(replay_rows(new, history, 0.1, rng)) == 10  # 10 / (90 + 10) = 10%
-    assert len(replay_rows(new, history, 0.25, rng)) == 30  # 30 / 120
-    assert replay_rows(new, history, 0.0, rng) == []
-    assert (
-        len(replay_rows(new, history[:4], 0.1, rng)) == 4
-    )  # history shorter than the share: all of it
-    drawn = replay_rows(new, history, 0.5, rng)
-    assert len(drawn) == 90 and len({row["i"] for row in drawn}) == 90  # without repeats
-
-
-def test_replayed_pairs_become_rankings_of_two(tmp_path):
-    pair = PreferenceExample("p", "good", "bad", 1.0)
-    assert as_ranking_row(pair) == {"prompt": "p", "responses": ["good", "bad"]}
-    ranking = RankingExample("p", ("a", "b", "c"), (0, 1, 1))
-    assert as_ranking_row(ranking) == {
-        "prompt": "p",
-        "responses": ["a", "b", "c"],
-        "ranks": [0, 1, 1],
-    }
-    implicit = write_jsonl(
-        tmp_path / "pairs.jsonl", [{"chosen": "Q? A: yes", "rejected": "Q? A: no"}]
-    )
-    assert reward_history(implicit) == [{"prompt": "Q? A:", "responses": [" yes", " no"]}]
-
-
-@pytest.mark.parametrize(
-    "rows, message",
-    [
-        ([{"prompt": "p", "responses": ["only one"]}], r"pairs.jsonl: row 1: field 'responses'"),
-        ([{"prompt": "p", "completion": " c"}], r"pairs.jsonl: reward_data needs .* found sft"),
-    ],
-)
-def test_bad_reward_data_is_named_in_the_users_file(tmp_path, rows, message):
-    with pytest.raises(RlhfkitError, match=message):
-        reward_history(write_jsonl(tmp_path / "pairs.jsonl", rows))
 
 
 def test_settings_that_leave_nothing_to_do_are_rejected():
@@ -400,16 +350,6 @@ def test_an_ensemble_reward_model_is_scored_and_retrained_with_its_heads(
         tmp_path / "run" / "round_01" / "rm" / "final", num_heads=4
     )
     assert refreshed.num_heads == 4
-
-
-def test_ranked_rows_keep_ties_and_drop_prompts_without_a_preference():
-    questions = [PromptExample(prompt=f"Q{i}", answer=None, metadata={}) for i in range(5)]
-    texts = [["b", "a", "c"], ["x", "y", "z"], ["p", "q"], ["ok", "  "], [" ", "u", "v"]]
-    rankings = [(1, 0, 2), (0, 0, 1), None, (0, 1), (0, 1, 1)]
-    assert ranked_rows(questions, texts, rankings) == [
-        {"prompt": "Q0", "responses": ["a", "b", "c"]},  # a strict order needs no ranks
-        {"prompt": "Q1", "responses": ["x", "y", "z"], "ranks": [0, 0, 1]},
-    ]  # Q2: no preference; Q3: one response left; Q4: the two left are tied
 
 
 def test_label_data_made_only_of_evaluation_prompts_is_refused_before_round_one(

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_tokenizer, read_model_config
 from rlhfkit.models.reward import RewardModel, is_reward_model
@@ -84,12 +84,19 @@ def parse_spec(spec: str) -> list[tuple[str, float | None]]:
     return terms
 
 
-def check_spec(spec: str) -> None:
+def check_spec(spec: str, *, uncertainty_coef: float = 0.0) -> None:
     """A one-line error, before anything loads, when a term of `spec` names no reward source
     or one that cannot be built (each kind's `check`: a reward function's missing file, a
-    Python function not given in this process)."""
-    for term, _ in parse_spec(spec):
+    Python function not given in this process), or when `uncertainty_coef` would penalise the
+    spread of a reward-model ensemble and `spec` has no reward model (it would do nothing)."""
+    terms = parse_spec(spec)
+    for term, _ in terms:
         source_kind(term).check(term)
+    if uncertainty_coef > 0 and not any(term.startswith("model:") for term, _ in terms):
+        raise ConfigError(
+            f"reward_uncertainty_coef={uncertainty_coef} penalises the spread of a reward-model "
+            f"ensemble, and reward '{spec}' has no reward model: set it to 0"
+        )
 
 
 def build_reward_source(

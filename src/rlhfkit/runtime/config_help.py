@@ -58,7 +58,7 @@ def keys_help(
         "their defaults:",
         width,
     )
-    _describe(cls, _defaults(cls), "", command_of, width, lines, omit)
+    _describe(cls, cls(), "", command_of, width, lines, omit)  # every config has defaults
     return "\n".join(lines)
 
 
@@ -75,13 +75,13 @@ def _describe(
     for field in dataclasses.fields(cls):
         if not field.init or field.name in omit:
             continue
-        key, default = prefix + field.name, getattr(defaults, field.name, dataclasses.MISSING)
+        key, default = prefix + field.name, getattr(defaults, field.name)
         section = section_type(hints[field.name])
         command = (
             command_of.get(f"{section.__module__}:{section.__qualname__}") if section else None
         )
         if command is not None:
-            changed = _changed(default, _defaults(section))
+            changed = _changed(default, section())
             note = f"The keys of `rlhfkit {command}` (its --help lists them)"
             note += f", with these defaults here: {changed}." if changed else "."
             _entry(f"{key}.KEY", " ".join(filter(None, [docs.get(field.name), note])), width, out)
@@ -90,8 +90,7 @@ def _describe(
                 _entry(f"{key}.*", docs[field.name], width, out)
             _describe(section, default, f"{key}.", command_of, width, out)
         else:
-            shown = "(required)" if default is dataclasses.MISSING else _shown(default)
-            _entry(f"{key} = {shown}", docs.get(field.name, ""), width, out)
+            _entry(f"{key} = {_shown(default)}", docs.get(field.name, ""), width, out)
 
 
 def _entry(head: str, text: str, width: int, out: list) -> None:
@@ -103,23 +102,6 @@ def _entry(head: str, text: str, width: int, out: list) -> None:
                 text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
             )
         )
-
-
-def _defaults(cls: type) -> Any:
-    """An instance of `cls` with its defaults, or, where a key has none (a base's required
-    key), an object that answers each defaulted field."""
-    try:
-        return cls()
-    except TypeError:
-        values = {
-            field.name: field.default
-            if field.default is not dataclasses.MISSING
-            else field.default_factory()
-            for field in dataclasses.fields(cls)
-            if field.default is not dataclasses.MISSING
-            or field.default_factory is not dataclasses.MISSING
-        }
-        return type("Defaults", (), values)()
 
 
 def _changed(section: Any, plain: Any) -> str:

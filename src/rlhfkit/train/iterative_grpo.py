@@ -32,10 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhfkit.data.detect import detect_format
-from rlhfkit.data.formats import Format, PreferenceExample, PromptExample, RankingExample
+from rlhfkit.data.formats import Format, PromptExample
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
-from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
+from rlhfkit.data.loading import load_examples, write_jsonl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.labellers import Labeller, LabellerKind, build_labeller, rank_with_ties
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
@@ -69,6 +68,7 @@ from rlhfkit.train.iterative_config import (
     grpo_round_config,
     rm_round_config,
 )
+from rlhfkit.train.iterative_rows import ranked_rows, read_plain_rows, replay_rows, reward_history
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.reward import (
@@ -82,66 +82,6 @@ from rlhfkit.train.reward import (
 @dataclass
 class IterativeGRPOResult(TrainResult):
     rounds: list[dict] = field(default_factory=list)  # one summary per round (history: numbers)
-
-
-def replay_rows(
-    new: list[dict], history: list[dict], fraction: float, rng: random.Random
-) -> list[dict]:
-    """Rows drawn from `history` so they make up `fraction` of new + replayed (fewer if history is
-    short)."""
-    wanted = round(len(new) * fraction / (1.0 - fraction))
-    return rng.sample(history, min(wanted, len(history)))
-
-
-def _rows(path: str | Path) -> list[dict]:
-    """A dataset's rows (JSONL, JSON, Parquet, a saved dataset) as plain dicts."""
-    return [row for _, row in read_rows(path)]
-
-
-def reward_history(path: str | Path) -> list[dict]:
-    """`reward_data` as ranking rows, checked as a reward model's data is, so a bad row stops
-    the run before round 1, naming the user's file, row and field (not round 1's mix)."""
-    fmt = detect_format(path)
-    if fmt not in (Format.PREFERENCE, Format.RANKING):
-        raise RlhfkitError(
-            f"{path}: reward_data needs preference pairs (prompt, chosen, rejected) or rankings "
-            f"(prompt, responses, ranks), found {fmt.value} data"
-        )
-    return [as_ranking_row(example) for example in load_examples(path, fmt)]
-
-
-def as_ranking_row(example: PreferenceExample | RankingExample) -> dict:
-    """A pair as a ranking of two (an implicit prompt already split off), a ranking as itself,
-    so replayed pairs and new rankings share one file."""
-    if isinstance(example, PreferenceExample):
-        return {"prompt": example.prompt, "responses": [example.chosen, example.rejected]}
-    return {
-        "prompt": example.prompt,
-        "responses": list(example.responses),
-        "ranks": list(example.ranks),
-    }
-
-
-def ranked_rows(prompts, texts, rankings: list[tuple[int, ...] | None]) -> list[dict]:
-    """Ranking rows, responses best first (with `ranks` where some are tied), without empty
-    responses, and without prompts left with no preference (none given, one response, or
-    every one tied)."""
-    rows = []
-    for prompt, responses, ranks in zip(prompts, texts, rankings):
-        if ranks is None:
-            continue
-        kept = sorted(
-            (i for i in range(len(responses)) if responses[i].strip()), key=lambda i: ranks[i]
-        )
-        kept_ranks = [ranks[i] for i in kept]
-        levels = sorted(set(kept_ranks))
-        if len(levels) < 2:
-            continue
-        row = {"prompt": prompt.prompt, "responses": [responses[i] for i in kept]}
-        if len(levels) < len(kept):  # a tie: the ranks say which
-            row["ranks"] = [levels.index(rank) for rank in kept_ranks]
-        rows.append(row)
-    return rows
 
 
 class _Part:
@@ -492,7 +432,7 @@ def _round(
         ranks,
     )
     # step 4. the reward model on the new rankings plus replayed history
-    new = _rows(folder / "rankings.jsonl")
+    new = read_plain_rows(folder / "rankings.jsonl")
     reward = _done_or_make(
         parts["reward"],
         lambda: _reward_round(

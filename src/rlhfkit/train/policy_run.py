@@ -36,12 +36,11 @@ import torch
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
-from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.base import RewardSource
-from rlhfkit.rewards.builder import build_reward_source, check_spec, parse_spec
+from rlhfkit.rewards.builder import build_reward_source, check_spec
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
@@ -131,15 +130,8 @@ class PolicyRun:
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
         spec = reward or reward_spec(cfg)
-        check_spec(spec)  # a mistyped reward file fails before the models load, not after
-        if cfg.reward_uncertainty_coef > 0 and not any(
-            term.startswith("model:") for term, _ in parse_spec(spec)
-        ):
-            # only a reward-model ensemble has a spread to penalise: it would do nothing
-            raise ConfigError(
-                f"reward_uncertainty_coef={cfg.reward_uncertainty_coef} penalises the spread of "
-                f"a reward-model ensemble, and reward '{spec}' has no reward model: set it to 0"
-            )
+        # a mistyped reward file fails before the models load, not after
+        check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
         self.models = build_policy_models(
             cfg,
             checkpoint,
