@@ -113,24 +113,23 @@ def main() -> None:
     args = parser.parse_args()
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
     if not args.aggregate_only:
-        pending, running, started = list(args.seeds), [], time.time()
+        pending, running = list(args.seeds), []
         while pending or running:
             while pending and len(running) < args.parallel:
                 seed = pending.pop(0)
-                running.append((seed, run_seed(seed, args, args.overrides)))
+                running.append((seed, run_seed(seed, args, args.overrides), time.time()))
             time.sleep(2)
-            for seed, proc in [r for r in running if r[1].poll() is not None]:
-                running.remove((seed, proc))
+            for seed, proc, started in [r for r in running if r[1].poll() is not None]:
+                running.remove((seed, proc, started))
                 print(
                     f"seed {seed}: exit {proc.returncode} after {time.time() - started:.0f} s",
                     flush=True,
                 )
-    rows = [
-        seed_row(
-            json.loads((Path(args.runs_dir) / f"{args.prefix}{s}" / "summary.json").read_text())
-        )
-        for s in args.seeds
-    ]
+    summaries = [Path(args.runs_dir) / f"{args.prefix}{s}" / "summary.json" for s in args.seeds]
+    missing = [str(path) for path in summaries if not path.is_file()]
+    if missing:
+        sys.exit(f"no summary (a run failed or has not run): {', '.join(missing)}")
+    rows = [seed_row(json.loads(path.read_text())) for path in summaries]
     out = Path(args.runs_dir) / "demo-seeds"
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows, args.seeds)

@@ -1,8 +1,10 @@
+import importlib.util
 import json
 import logging
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +267,41 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
     assert "INFO rlhfkit.train.reward: train data " in logged
     for stage in ("sft", "rm", "ppo", "grpo", "dpo", "raft"):
         assert (tmp_path / "tiny" / stage / "final" / "config.json").exists()
+
+
+def _script(name: str):
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("stage", ["ppo", "raft"])
+def test_a_stage_rerun_gives_the_pipeline_numbers_at_the_pipeline_step_count(tiny_run, stage):
+    # scripts/stage_rerun.py, how the demo's settings were chosen: the stage again on a copy of
+    # the run's inputs, longer, and a checkpoint at the pipeline's 2 steps replays the pipeline's
+    # own stage (the learning rate does not depend on max_steps), so its numbers are the table's
+    tmp_path, summary = tiny_run
+    overrides = [f"{stage}.max_steps=3", f"{stage}.save_every=2", f"{stage}.keep_last=3"]
+    rows = _script("stage_rerun").rerun(tmp_path / "tiny", stage, overrides)
+    assert [row["policy"] for row in rows] == ["step_00000002", "final"]
+    if stage == "ppo":
+        table = summary["eval"]["advice"]["ppo"]
+        for key in ("win_rate_greedy", "win_rate_sampled", "win_rate_sampled_low"):
+            assert rows[0][key] == table[key]
+        distinct = table["win_rate_greedy_n"]
+        changed = rows[0]["greedy_better"] + rows[0]["greedy_worse"]
+        assert changed == round(distinct * (1 - table["win_rate_greedy_ties"]))
+    else:
+        arith = summary["eval"]["arith"]
+        gain = 100 * (arith["raft"]["greedy_accuracy"] - arith["sft"]["greedy_accuracy"])
+        assert rows[0]["greedy_gain_points"] == round(gain, 6)
+    rerun_dir = tmp_path / f"tiny-rerun-{stage}"
+    assert len((rerun_dir / stage / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((rerun_dir / "rerun.jsonl").read_text().splitlines()) == 2
+    # the run itself is as the pipeline left it
+    assert len((tmp_path / "tiny" / stage / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def _browser() -> str | None:

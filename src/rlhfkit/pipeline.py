@@ -339,38 +339,16 @@ class Pipeline:
     # answers per prompt give the gold score, the win rate against SFT, the KL to SFT (the
     # reference of every method), the reward-hacking signs, and pass@k / maj@k on arith
     def evaluate(self, models: dict[str, Path], rm_dir: Path) -> None:
-        device, c = resolve_device(self.cfg.device), self.cfg
+        device = resolve_device(self.cfg.device)
         sft = load_causal_lm(models["sft"]).to(device)
         tokenizer = load_tokenizer(models["sft"])
-        proxy = load_reward_model_source(
-            str(rm_dir),
-            tokenizer=tokenizer,
-            device=device,
-            batch_size=256,
-            max_length=c.rm.max_length,
-            uncertainty_coef=0.0,
-            name="reward model",
-        )
-        plan = {
-            "advice": (ADVICE_METHODS, c.advice_eval_samples, proxy),
-            "arith": (ARITH_METHODS, c.arith_eval_samples, None),
-        }
-        for task_name, (methods, samples, task_proxy) in plan.items():
-            task, prompts, evals = self.tasks[task_name], self.eval_prompts[task_name], {}
+        proxy = self.proxy(rm_dir, tokenizer, device)
+        plan = {"advice": (ADVICE_METHODS, proxy), "arith": (ARITH_METHODS, None)}
+        for task_name, (methods, task_proxy) in plan.items():
+            prompts, evals = self.eval_prompts[task_name], {}
             for method in methods:
                 model = sft if method == "sft" else load_causal_lm(models[method]).to(device)
-                evals[method] = evaluate_model(
-                    model,
-                    tokenizer,
-                    task,
-                    prompts,
-                    reference=sft,
-                    proxy=task_proxy,
-                    samples_per_prompt=samples,
-                    max_new_tokens=c.eval_max_new_tokens,
-                    seed=c.seed,
-                    batch_size=512,
-                )
+                evals[method] = self.evaluate_policy(task_name, model, tokenizer, sft, task_proxy)
                 if method != "sft":
                     evals[method].metrics.update(win_rates(evals[method], evals["sft"]))
             self.summary["eval"][task_name] = {method: e.metrics for method, e in evals.items()}
@@ -382,9 +360,39 @@ class Pipeline:
                         for method, e in evals.items()
                     },
                 }
-                for i in distinct_indices([p.prompt for p in prompts])[: c.report_samples]
+                for i in distinct_indices([p.prompt for p in prompts])[: self.cfg.report_samples]
                 for p in [prompts[i]]
             ]
+
+    def proxy(self, rm_dir: Path, tokenizer, device):
+        """The reward model as the evaluation reads it: its mean score, no uncertainty penalty."""
+        return load_reward_model_source(
+            str(rm_dir),
+            tokenizer=tokenizer,
+            device=device,
+            batch_size=256,
+            max_length=self.cfg.rm.max_length,
+            uncertainty_coef=0.0,
+            name="reward model",
+        )
+
+    def evaluate_policy(self, task_name: str, model, tokenizer, sft, proxy):
+        """One policy on a task's held-out prompts (`make_data` draws them), as the evaluate
+        stage measures every policy: one greedy and a few sampled answers per prompt."""
+        c = self.cfg
+        samples = c.advice_eval_samples if task_name == "advice" else c.arith_eval_samples
+        return evaluate_model(
+            model,
+            tokenizer,
+            self.tasks[task_name],
+            self.eval_prompts[task_name],
+            reference=sft,
+            proxy=proxy,
+            samples_per_prompt=samples,
+            max_new_tokens=c.eval_max_new_tokens,
+            seed=c.seed,
+            batch_size=512,
+        )
 
     def run_all(self) -> dict:
         with job_run_dir(self.root, self.cfg):

@@ -1,0 +1,116 @@
+"""One RL stage of a finished demo run again, with other settings, evaluated against SFT as the
+pipeline evaluates it: how the demo's PPO, DPO and RAFT settings were chosen (docs/demo.md).
+
+    python scripts/stage_rerun.py runs/demo ppo ppo.max_steps=40 ppo.save_every=10 ppo.keep_last=4
+
+The stage (ppo, grpo, dpo or raft) runs in a sibling run directory, `<run>-rerun-<stage>`, on a
+copy of what it reads from the run (its data, SFT model, rankings and reward model), with the
+run's own config and seed and the given overrides; the run itself is not touched. Then every
+checkpoint the rerun kept and its final policy answer the task's held-out prompts as in the
+pipeline: on arith (grpo, raft) the greedy accuracy's gain over SFT in points, on advice (ppo,
+dpo) the greedy and sampled win rates against SFT. One JSON line per policy, on stdout and in
+`<rerun>/rerun.jsonl`.
+
+Run it with the environment the run had (threads, forced kernels): the floats depend on it. A
+checkpoint's numbers equal a shorter run's where the stage's learning rate does not depend on
+`max_steps` (PPO, GRPO and RAFT: constant after warm-up; DPO's cosine schedule does).
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from rlhfkit.eval.model_eval import distinct_indices, win_rates
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
+from rlhfkit.pipeline import Pipeline
+from rlhfkit.pipeline_config import PipelineConfig
+from rlhfkit.runtime.config import load_config
+from rlhfkit.runtime.device import resolve_device
+from rlhfkit.runtime.rundir import RunDir
+from rlhfkit.train.checkpointing import MODEL_SUBDIR
+
+TASK_OF_STAGE = {"ppo": "advice", "dpo": "advice", "grpo": "arith", "raft": "arith"}
+# what a stage reads from the earlier ones (the data stage's files are written again, the same)
+INPUTS = ("base_model", "collect", "sft", "rm")
+
+
+def policies(stage_dir: Path) -> list[tuple[str, Path]]:
+    """The checkpoints a run kept, oldest first, then its final policy: (label, model dir)."""
+    run = RunDir(stage_dir)
+    kept = sorted(run.checkpoints.glob("step_*")) if run.checkpoints.is_dir() else []
+    found = [
+        (c.name, c / MODEL_SUBDIR) for c in kept if (c / MODEL_SUBDIR / "config.json").is_file()
+    ]
+    return [*found, ("final", run.final)]
+
+
+def greedy_changes(prompts: list[str], scores: list[float], sft_scores: list[float]) -> dict:
+    """Of the distinct prompts (each counts once, as the greedy win rate counts them), how many
+    greedy answers scored above SFT's and how many below."""
+    distinct = distinct_indices(prompts)
+    return {
+        "greedy_better": sum(scores[i] > sft_scores[i] for i in distinct),
+        "greedy_worse": sum(scores[i] < sft_scores[i] for i in distinct),
+    }
+
+
+def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
+    root = run.parent / f"{run.name}-rerun-{stage}"
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir()
+    for name in INPUTS:
+        shutil.copytree(run / name, root / name)
+    cfg = load_config(
+        PipelineConfig,
+        str(run / "config.yaml"),
+        [f"name={root.name}", f"runs_dir={root.parent}", *overrides],
+    )
+    pipeline = Pipeline(cfg)
+    pipeline.make_data()  # the run's files again, and its held-out prompts
+    getattr(pipeline, stage)()
+
+    task_name = TASK_OF_STAGE[stage]
+    device, sft_dir = resolve_device(cfg.device), root / "sft" / "final"
+    sft, tokenizer = load_causal_lm(sft_dir).to(device), load_tokenizer(sft_dir)
+    proxy = pipeline.proxy(root / "rm" / "final", tokenizer, device)
+
+    def evaluate(model):
+        return pipeline.evaluate_policy(
+            task_name, model, tokenizer, sft, proxy if task_name == "advice" else None
+        )
+
+    base, rows = evaluate(sft), []
+    for label, path in policies(root / stage):
+        result = evaluate(load_causal_lm(path).to(device))
+        row = {"stage": stage, "policy": label, "overrides": overrides}
+        if task_name == "arith":
+            gain = result.metrics["greedy_accuracy"] - base.metrics["greedy_accuracy"]
+            row["greedy_gain_points"] = round(100 * gain, 6)
+        else:
+            rates = win_rates(result, base)
+            row.update({k: rates[k] for k in ("win_rate_greedy", "win_rate_sampled")})
+            row["win_rate_sampled_low"] = rates["win_rate_sampled_low"]
+            texts = [p.prompt for p in pipeline.eval_prompts[task_name]]
+            row.update(greedy_changes(texts, result.greedy_scores, base.greedy_scores))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with open(root / "rerun.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run", type=Path, help="a finished `rlhfkit pipeline` run directory")
+    parser.add_argument("stage", choices=sorted(TASK_OF_STAGE))
+    parser.add_argument("overrides", nargs="*", help="pipeline config overrides for the rerun")
+    args = parser.parse_args()
+    rerun(args.run, args.stage, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
