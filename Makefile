@@ -44,8 +44,9 @@ test: setup browser lint
 	$(PY) -m pytest -q tests
 
 # The suite with torch's, MKL's and oneDNN's AVX2 kernels forced: on a CPU with AVX-512 it rounds
-# as an AVX2-only CPU's kernels do (not bit for bit as any one such CPU), which is where a test
-# that compares two computation paths too tightly shows. Compiled kernels go to their own cache:
+# as an AVX2-only CPU's kernels do (on an AMD EPYC bit for bit as the AVX2-only EPYC's benchmark,
+# on an Intel Xeon not), which is where a test that compares two computation paths too tightly
+# shows. Compiled kernels go to their own cache:
 # torch's is keyed without the forced kernel set, and one built for the other set gave NaN.
 test-avx2: setup browser
 	ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 \
