@@ -21,10 +21,11 @@ import json
 import shutil
 from pathlib import Path
 
-from rlhfkit.eval.model_eval import distinct_indices, win_rates
+from rlhfkit.eval.model_eval import win_rates
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.pipeline import Pipeline
 from rlhfkit.pipeline_config import PipelineConfig
+from rlhfkit.runtime.checkpoint import complete_checkpoints
 from rlhfkit.runtime.config import load_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.rundir import RunDir
@@ -38,21 +39,16 @@ INPUTS = ("base_model", "collect", "sft", "rm")
 def policies(stage_dir: Path) -> list[tuple[str, Path]]:
     """The checkpoints a run kept, oldest first, then its final policy: (label, model dir)."""
     run = RunDir(stage_dir)
-    kept = sorted(run.checkpoints.glob("step_*")) if run.checkpoints.is_dir() else []
-    found = [
-        (c.name, c / MODEL_SUBDIR) for c in kept if (c / MODEL_SUBDIR / "config.json").is_file()
-    ]
-    return [*found, ("final", run.final)]
+    kept = [(path.name, path / MODEL_SUBDIR) for _, path in complete_checkpoints(run.checkpoints)]
+    return [*kept, ("final", run.final)]
 
 
-def greedy_changes(prompts: list[str], scores: list[float], sft_scores: list[float]) -> dict:
-    """Of the distinct prompts (each counts once, as the greedy win rate counts them), how many
-    greedy answers scored above SFT's and how many below."""
-    distinct = distinct_indices(prompts)
-    return {
-        "greedy_better": sum(scores[i] > sft_scores[i] for i in distinct),
-        "greedy_worse": sum(scores[i] < sft_scores[i] for i in distinct),
-    }
+def greedy_changes(rates: dict) -> dict:
+    """How many of the distinct prompts' greedy answers scored above SFT's and how many below,
+    from the greedy win rate (ties half) and its share of ties."""
+    n, ties = rates["win_rate_greedy_n"], rates["win_rate_greedy_ties"]
+    better = round(n * (rates["win_rate_greedy"] - ties / 2))
+    return {"greedy_better": better, "greedy_worse": n - better - round(n * ties)}
 
 
 def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
@@ -74,12 +70,12 @@ def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
     task_name = TASK_OF_STAGE[stage]
     device, sft_dir = resolve_device(cfg.device), root / "sft" / "final"
     sft, tokenizer = load_causal_lm(sft_dir).to(device), load_tokenizer(sft_dir)
-    proxy = pipeline.proxy(root / "rm" / "final", tokenizer, device)
+    proxy = None  # the reward model scores advice answers only, as in the pipeline's tables
+    if task_name == "advice":
+        proxy = pipeline.proxy(root / "rm" / "final", tokenizer, device)
 
     def evaluate(model):
-        return pipeline.evaluate_policy(
-            task_name, model, tokenizer, sft, proxy if task_name == "advice" else None
-        )
+        return pipeline.evaluate_policy(task_name, model, tokenizer, sft, proxy)
 
     base, rows = evaluate(sft), []
     for label, path in policies(root / stage):
@@ -90,10 +86,8 @@ def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
             row["greedy_gain_points"] = round(100 * gain, 6)
         else:
             rates = win_rates(result, base)
-            row.update({k: rates[k] for k in ("win_rate_greedy", "win_rate_sampled")})
-            row["win_rate_sampled_low"] = rates["win_rate_sampled_low"]
-            texts = [p.prompt for p in pipeline.eval_prompts[task_name]]
-            row.update(greedy_changes(texts, result.greedy_scores, base.greedy_scores))
+            kept = ("win_rate_greedy", "win_rate_sampled", "win_rate_sampled_low")
+            row.update({key: rates[key] for key in kept}, **greedy_changes(rates))
         rows.append(row)
         print(json.dumps(row), flush=True)
     with open(root / "rerun.jsonl", "w") as f:

@@ -110,7 +110,7 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     Complete means a `step_*` directory holding the marker; `.tmp-*` directories and step
     directories without a marker (copied by hand, or damaged) are ignored.
     """
-    complete = _complete_checkpoints(Path(checkpoints_dir))
+    complete = complete_checkpoints(Path(checkpoints_dir))
     return complete[-1][1] if complete else None
 
 
@@ -118,7 +118,7 @@ def resumable_checkpoint(checkpoints_dir: Path) -> Path | None:
     """The newest complete checkpoint whose files match their recorded sha256, or None when
     there is no complete checkpoint. A damaged one is named on stderr and the one before it
     used; when every checkpoint is damaged, that is an error."""
-    complete = _complete_checkpoints(Path(checkpoints_dir))
+    complete = complete_checkpoints(Path(checkpoints_dir))
     for _, path in reversed(complete):
         problem = checkpoint_damage(path)
         if problem is None:
@@ -318,7 +318,7 @@ def temporary_sibling(final: Path) -> Path:
     return tmp
 
 
-def _complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+def complete_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every complete checkpoint, oldest first."""
     if not checkpoints_dir.is_dir():
         return []
@@ -343,7 +343,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 def _prune(checkpoints_dir: Path, *, keep_last: int, keep: Path) -> None:
-    complete = _complete_checkpoints(checkpoints_dir)
+    complete = complete_checkpoints(checkpoints_dir)
     for _, path in complete[:-keep_last]:
         if path != keep:
             shutil.rmtree(path)
