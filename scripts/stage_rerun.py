@@ -2,14 +2,16 @@
 pipeline evaluates it: how the demo's PPO, DPO and RAFT settings were chosen (docs/demo.md).
 
     python scripts/stage_rerun.py runs/demo ppo ppo.max_steps=40 ppo.save_every=10 ppo.keep_last=4
+    python scripts/stage_rerun.py runs/demo rm+ppo rm.max_steps=150   # PPO on a new reward model
 
 The stage (ppo, grpo, dpo or raft) runs in a sibling run directory, `<run>-rerun-<stage>`, on a
 copy of what it reads from the run (its data, SFT model, rankings and reward model), with the
-run's own config and seed and the given overrides; the run itself is not touched. Then every
-checkpoint the rerun kept and its final policy answer the task's held-out prompts as in the
-pipeline: on arith (grpo, raft) the greedy accuracy's gain over SFT in points, on advice (ppo,
-dpo) the greedy and sampled win rates against SFT. One JSON line per policy, on stdout and in
-`<rerun>/rerun.jsonl`.
+run's own config and seed and the given overrides; the run itself is not touched. Stages joined
+by `+` run in that order, each on what the ones before it wrote (`rm+ppo`: the reward model
+again, then PPO against it); the last one is evaluated. Then every checkpoint the rerun kept
+and its final policy answer the task's held-out prompts as in the pipeline: on arith (grpo,
+raft) the greedy accuracy's gain over SFT in points, on advice (ppo, dpo) the greedy and
+sampled win rates against SFT. One JSON line per policy, on stdout and in `<rerun>/rerun.jsonl`.
 
 Run it with the environment the run had (threads, forced kernels): the floats depend on it. A
 checkpoint's numbers equal a shorter run's where the stage's learning rate does not depend on
@@ -32,6 +34,8 @@ from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train.checkpointing import MODEL_SUBDIR
 
 TASK_OF_STAGE = {"ppo": "advice", "dpo": "advice", "grpo": "arith", "raft": "arith"}
+# the pipeline's method that runs each stage; the reward model only before a stage that reads it
+PIPELINE_STAGES = {"rm": "reward_model", **{stage: stage for stage in TASK_OF_STAGE}}
 # what a stage reads from the earlier ones (the data stage's files are written again, the same)
 INPUTS = ("base_model", "collect", "sft", "rm")
 
@@ -51,8 +55,20 @@ def greedy_changes(rates: dict) -> dict:
     return {"greedy_better": better, "greedy_worse": n - better - round(n * ties)}
 
 
-def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
-    root = run.parent / f"{run.name}-rerun-{stage}"
+def stage_chain(stages: str) -> list[str]:
+    """The stages of "rm+ppo" in order; the last one an RL stage to evaluate."""
+    chain = stages.split("+")
+    if any(name not in PIPELINE_STAGES for name in chain) or chain[-1] not in TASK_OF_STAGE:
+        raise ValueError(
+            f"{stages}: stages joined by '+' from {', '.join(PIPELINE_STAGES)}, "
+            f"ending with one of {', '.join(TASK_OF_STAGE)}"
+        )
+    return chain
+
+
+def rerun(run: Path, stages: str, overrides: list[str]) -> list[dict]:
+    *earlier, stage = stage_chain(stages)
+    root = run.parent / f"{run.name}-rerun-{'-'.join([*earlier, stage])}"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir()
@@ -65,7 +81,8 @@ def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
     )
     pipeline = Pipeline(cfg)
     pipeline.make_data()  # the run's files again, and its held-out prompts
-    getattr(pipeline, stage)()
+    for name in [*earlier, stage]:
+        getattr(pipeline, PIPELINE_STAGES[name])()
 
     task_name = TASK_OF_STAGE[stage]
     device, sft_dir = resolve_device(cfg.device), root / "sft" / "final"
@@ -80,7 +97,7 @@ def rerun(run: Path, stage: str, overrides: list[str]) -> list[dict]:
     base, rows = evaluate(sft), []
     for label, path in policies(root / stage):
         result = evaluate(load_causal_lm(path).to(device))
-        row = {"stage": stage, "policy": label, "overrides": overrides}
+        row = {"stage": stages, "policy": label, "overrides": overrides}
         if task_name == "arith":
             gain = result.metrics["greedy_accuracy"] - base.metrics["greedy_accuracy"]
             row["greedy_gain_points"] = round(100 * gain, 6)
@@ -100,9 +117,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", type=Path, help="a finished `rlhfkit pipeline` run directory")
-    parser.add_argument("stage", choices=sorted(TASK_OF_STAGE))
+    parser.add_argument(
+        "stage", help=f"one of {', '.join(TASK_OF_STAGE)}, or stages joined by '+': rm+ppo"
+    )
     parser.add_argument("overrides", nargs="*", help="pipeline config overrides for the rerun")
     args = parser.parse_args()
+    try:
+        stage_chain(args.stage)
+    except ValueError as err:
+        parser.error(str(err))
     rerun(args.run, args.stage, args.overrides)
 
 

@@ -277,14 +277,17 @@ def _script(name: str):
     return module
 
 
-@pytest.mark.parametrize("stage", ["ppo", "raft"])
-def test_a_stage_rerun_gives_the_pipeline_numbers_at_the_pipeline_step_count(tiny_run, stage):
+@pytest.mark.parametrize("stages", ["ppo", "raft", "rm+ppo"])
+def test_a_stage_rerun_gives_the_pipeline_numbers_at_the_pipeline_step_count(tiny_run, stages):
     # scripts/stage_rerun.py, how the demo's settings were chosen: the stage again on a copy of
     # the run's inputs, longer, and a checkpoint at the pipeline's 2 steps replays the pipeline's
-    # own stage (the learning rate does not depend on max_steps), so its numbers are the table's
+    # own stage (the learning rate does not depend on max_steps), so its numbers are the table's;
+    # with "rm+ppo" the reward model is trained again first, the same one, so PPO's are too
     tmp_path, summary = tiny_run
+    stage = stages.split("+")[-1]
     overrides = [f"{stage}.max_steps=3", f"{stage}.save_every=2", f"{stage}.keep_last=3"]
-    rows = _script("stage_rerun").rerun(tmp_path / "tiny", stage, overrides)
+    rows = _script("stage_rerun").rerun(tmp_path / "tiny", stages, overrides)
+    assert {row["stage"] for row in rows} == {stages}
     assert [row["policy"] for row in rows] == ["step_00000002", "final"]
     if stage == "ppo":
         table = summary["eval"]["advice"]["ppo"]
@@ -297,11 +300,19 @@ def test_a_stage_rerun_gives_the_pipeline_numbers_at_the_pipeline_step_count(tin
         arith = summary["eval"]["arith"]
         gain = 100 * (arith["raft"]["greedy_accuracy"] - arith["sft"]["greedy_accuracy"])
         assert rows[0]["greedy_gain_points"] == round(gain, 6)
-    rerun_dir = tmp_path / f"tiny-rerun-{stage}"
+    rerun_dir = tmp_path / f"tiny-rerun-{stages.replace('+', '-')}"
     assert len((rerun_dir / stage / "metrics.jsonl").read_text().splitlines()) == 3
     assert len((rerun_dir / "rerun.jsonl").read_text().splitlines()) == 2
     # the run itself is as the pipeline left it
     assert len((tmp_path / "tiny" / stage / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_stage_rerun_refuses_a_chain_that_does_not_end_with_an_rl_stage():
+    chain = _script("stage_rerun").stage_chain
+    assert chain("rm+ppo") == ["rm", "ppo"]
+    for bad in ("rm", "ppo+rm", "rm+sft"):
+        with pytest.raises(ValueError, match="joined by"):
+            chain(bad)
 
 
 def _browser() -> str | None:
