@@ -67,8 +67,9 @@ def stage_chain(stages: str) -> list[str]:
 
 
 def rerun(run: Path, stages: str, overrides: list[str]) -> list[dict]:
-    *earlier, stage = stage_chain(stages)
-    root = run.parent / f"{run.name}-rerun-{'-'.join([*earlier, stage])}"
+    chain = stage_chain(stages)
+    stage = chain[-1]  # the one evaluated
+    root = run.parent / f"{run.name}-rerun-{'-'.join(chain)}"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir()
@@ -81,7 +82,7 @@ def rerun(run: Path, stages: str, overrides: list[str]) -> list[dict]:
     )
     pipeline = Pipeline(cfg)
     pipeline.make_data()  # the run's files again, and its held-out prompts
-    for name in [*earlier, stage]:
+    for name in chain:
         getattr(pipeline, PIPELINE_STAGES[name])()
 
     task_name = TASK_OF_STAGE[stage]

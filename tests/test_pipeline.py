@@ -1,10 +1,8 @@
-import importlib.util
 import json
 import logging
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -12,6 +10,7 @@ from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.pipeline import Pipeline, stage_configs
 from rlhfkit.pipeline_config import PipelineConfig
 from rlhfkit.runtime.config import load_config
+from tests.file_modules import ROOT, load_file_module
 
 # the pipeline's stages in the order they run (`summary["stages"]`)
 STAGES = (
@@ -270,11 +269,7 @@ def test_pipeline_runs_every_stage_and_writes_the_table_numbers(tiny_run):
 
 
 def _script(name: str):
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(ROOT / "scripts" / f"{name}.py", name)
 
 
 @pytest.mark.parametrize("stages", ["ppo", "raft", "rm+ppo"])

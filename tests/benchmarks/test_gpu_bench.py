@@ -2,7 +2,6 @@
 between the rare runs on a GPU: the orchestrator builds the assets, runs GRPO and DPO each in
 its own process and writes a plausible result line per run. No timing is asserted."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.file_modules import load_file_module
+
 GPU_BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
 
 
 def _module(name: str):
     """One of the benchmark's modules, under a name of its own (they import nothing local)."""
-    spec = importlib.util.spec_from_file_location(f"gpu_bench_{name}", GPU_BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(GPU_BENCH / f"{name}.py", f"gpu_bench_{name}")
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,8 @@
 """scripts/demo_seeds.py: the demo's targets read from each seed's summary."""
 
-import importlib.util
-from pathlib import Path
+from tests.file_modules import ROOT, load_file_module
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "demo_seeds.py"
-spec = importlib.util.spec_from_file_location("demo_seeds", SCRIPT)
-demo_seeds = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo_seeds)
+demo_seeds = load_file_module(ROOT / "scripts" / "demo_seeds.py", "demo_seeds")
 
 
 def _summary(sft: float, grpo: float, raft: float, greedy: float) -> dict:
