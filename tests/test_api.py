@@ -281,3 +281,9 @@ def test_a_run_records_the_call_that_started_it(tiny_model_dir, tmp_path):
     [start] = rlhfkit.read_metrics(run_dir / "starts.jsonl")
     assert start["command"].startswith(f"rlhfkit.run('sft', '{run_dir}', model=")
     assert "train_data=<8 rows>" in start["command"]
+
+
+def test_a_jobs_filled_key_given_at_its_default_is_refused_by_name(tmp_path):
+    with pytest.raises(rlhfkit.RlhfkitError, match="^sft.seed is set by the pipeline from seed="):
+        rlhfkit.run("pipeline", runs_dir=str(tmp_path), seed=1, sft={"seed": 0})
+    assert not any(tmp_path.iterdir())

@@ -188,6 +188,34 @@ def test_print_config_shows_the_overrides(monkeypatch, capsys):
     assert config["lr"] == 1e-4 and config["objective"] == "process" and config["num_heads"] == 1
 
 
+def test_a_jobs_filled_key_is_refused_even_at_its_default(monkeypatch, capsys):
+    # sft.seed=0 is SFTConfig's default: only the command line can tell it was set
+    code, _, err = run_main(
+        monkeypatch, capsys, "pipeline", "sft.seed=0", "seed=1", "--print-config"
+    )
+    assert_one_line_error(
+        code, err, "sft.seed is set by the pipeline from seed=; set seed= instead"
+    )
+
+
+def test_a_jobs_printed_config_leaves_its_filled_keys_out_and_runs_as_it_is(
+    monkeypatch, capsys, tmp_path
+):
+    code, out, _ = run_main(monkeypatch, capsys, "pipeline", "--print-config", "sft.lr=1e-3")
+    assert code == 0
+    printed = json.loads(out)
+    assert printed["sft"]["lr"] == 1e-3 and printed["ppo"]["max_steps"] == 40
+    assert not {"seed", "model", "train_data"} & set(printed["sft"])
+    assert not {"task", "reward_model", "eval_max_new_tokens"} & set(printed["ppo"])
+    path = tmp_path / "demo.yaml"
+    path.write_text(out)
+    code, again, err = run_main(
+        monkeypatch, capsys, "pipeline", "--config", path, "seed=4", "--print-config"
+    )
+    assert code == 0, err
+    assert json.loads(again) == {**printed, "seed": 4}
+
+
 def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
     code, out, _ = run_main(monkeypatch, capsys, "tasks")
     assert code == 0

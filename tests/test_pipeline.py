@@ -355,6 +355,29 @@ def test_the_report_opens_in_a_browser_with_every_plot_and_table(tiny_run):
     assert 'id="check"></p>' in dom  # the check wrote no failure message
 
 
+def test_the_configs_filled_keys_are_the_ones_the_pipeline_fills():
+    assert {s: set(keys) for s, keys in PipelineConfig.FILLED.items()} == {
+        s: set(keys) for s, keys in FILLED.items()
+    }
+
+
+@pytest.mark.parametrize("key", ["sft.seed", "ppo.device", "grpo.eval_max_new_tokens"])
+def test_a_filled_key_given_at_its_default_is_refused_too(tmp_path, key):
+    from rlhfkit.pipeline import check_stage_keys
+    from rlhfkit.runtime.config import given_keys
+
+    default = {"sft.seed": "0", "ppo.device": "auto", "grpo.eval_max_new_tokens": "64"}[key]
+    overrides = [f"{key}={default}", "seed=1", "device=cpu", "eval_max_new_tokens=32"]
+    cfg = load_config(PipelineConfig, overrides=[*overrides, f"runs_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=f"^{key} is set by the pipeline"):
+        check_stage_keys(cfg, given_keys(overrides=overrides))
+    # given at the value the pipeline fills, it is accepted
+    name = key.split(".")[1]
+    same = [*overrides[1:], f"{key}=" + {"seed": "1", "device": "cpu"}.get(name, "32")]
+    cfg = load_config(PipelineConfig, overrides=[*same, f"runs_dir={tmp_path}"])
+    check_stage_keys(cfg, given_keys(overrides=same))
+
+
 def test_a_stage_setting_its_trainer_refuses_is_refused_before_the_first_stage(tmp_path):
     # GRPO's mini-batches must divide its rollout: refused when the pipeline starts, not after
     # SFT, collection, the reward model and PPO have run

@@ -86,7 +86,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
     """`run` once its arguments are checked: the config, the run directory, the run."""
     from rlhfkit.cli_commands import check_command_config, load_object
     from rlhfkit.runner import run_in_dir
-    from rlhfkit.runtime.config import config_from_values
+    from rlhfkit.runtime.config import config_from_values, given_keys
     from rlhfkit.runtime.logs import console_messages
     from rlhfkit.runtime.provenance import started_by
 
@@ -96,7 +96,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
         raise RlhfkitError(f"rlhfkit {name} reads its data from files: pass paths, not rows")
     try:
         cfg = config_from_values(load_object(spec.config), values, config)
-        check_command_config(name, spec, cfg)
+        check_command_config(name, spec, cfg, given_keys(config, values=values))
         with quiet_libraries(), console_messages(), started_by(call_text(name, root, settings)):
             if not spec.run_dir:
                 return load_object(spec.run)(cfg)

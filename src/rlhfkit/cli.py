@@ -313,13 +313,13 @@ def _lost_a_rank(error: BaseException) -> bool:
 
 
 def _run_command(args, command: Command) -> None:
-    from rlhfkit.runtime.config import config_to_dict, load_config
+    from rlhfkit.runtime.config import config_to_dict, given_keys, load_config
 
     # --force-lr is the config key force_lr: every trainer (and job) checks its rates itself
     forced = getattr(args, "force_lr", False)
     overrides = [*args.overrides, "force_lr=true"] if forced else args.overrides
     cfg = load_config(load_object(command.config), args.config, overrides)
-    check_command_config(args.command, command, cfg)
+    check_command_config(args.command, command, cfg, given_keys(args.config, overrides))
     if args.print_config:  # what the run would refuse, refused here too
         from rlhfkit.train.config_checks import check_trainer_config
 

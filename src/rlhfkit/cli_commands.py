@@ -113,8 +113,9 @@ class Command:
     trains: bool = True
     """Trains a model, so takes --force-lr (its learning rates are checked)."""
     check_keys: str = ""
-    """"module:function" that checks the config's sections as a run fills them (a filled key
-    set by the user is refused), before --print-config prints it; empty = none."""
+    """"module:function" that checks the config's sections as a run fills them, `f(cfg, given)`
+    (a filled key the user set, `given`, is refused), before --print-config prints it; empty =
+    none."""
     example: str = "lr=3e-4"
     """An override its --help shows: a key of its own config."""
     torchrun: bool = False
@@ -280,13 +281,16 @@ def load_object(path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def check_command_config(name: str, command: Command, cfg) -> None:
+def check_command_config(
+    name: str, command: Command, cfg, given: frozenset[str] = frozenset()
+) -> None:
     """What the command refuses in its config before anything runs (the command line's and
     `rlhfkit.run`'s alike): its own `check_keys`, and `force_lr` where nothing is trained, since
-    a setting that changes nothing must not look as if it did."""
+    a setting that changes nothing must not look as if it did. `given`: the keys the user set
+    (`runtime.config.given_keys`), so that a key a job fills is refused even at its default."""
     from rlhfkit.errors import ConfigError
 
     if cfg.force_lr and not command.trains:
         raise ConfigError(f"force_lr: rlhfkit {name} trains nothing, so no lr to force; remove it")
     if command.check_keys:
-        load_object(command.check_keys)(cfg)
+        load_object(command.check_keys)(cfg, given)

@@ -22,7 +22,7 @@ from rlhfkit.eval.tables import rich_table
 from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.tiny import build_tiny_model
-from rlhfkit.pipeline_config import PipelineConfig
+from rlhfkit.pipeline_config import RL_KEYS, PipelineConfig
 from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
@@ -30,6 +30,7 @@ from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.provenance import latest_start
+from rlhfkit.runtime.run_config import RUN_KEYS
 from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.runtime.stages import job_run_dir, main_stage, timed_stage, train_stage
@@ -73,17 +74,20 @@ class StageConfigs:
     raft: RAFTConfig
 
 
-def check_stage_keys(cfg: PipelineConfig) -> None:
+def check_stage_keys(cfg: PipelineConfig, given: frozenset[str] = frozenset()) -> None:
     """The stages' settings as a run checks them (a key the pipeline fills is refused), for
     `--print-config`: what it prints, the run takes."""
-    check_stage_configs(vars(stage_configs(cfg, Path(cfg.runs_dir) / cfg.name)).values())
+    check_stage_configs(vars(stage_configs(cfg, Path(cfg.runs_dir) / cfg.name, given)).values())
 
 
-def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
+def stage_configs(
+    cfg: PipelineConfig, root: Path, given: frozenset[str] = frozenset()
+) -> StageConfigs:
     """Each stage's section with what the pipeline fills in: the paths earlier stages write under
     `root`, the stage's task, and the job's seed, device, max_nonfinite_skips, force_lr (and the
     RL stages' evaluation length).
-    Built before the first stage runs, so a filled key the user set is refused at once, by name."""
+    Built before the first stage runs, so a filled key the user set (changed, or `given`) is
+    refused at once, by name."""
     base = cfg.model.base_model or str(root / "base_model")
     base_model = Filled(base, "to the base model", "set model.base_model= instead")
     sft, rm = _final(root, "sft"), _final(root, "rm")
@@ -102,10 +106,9 @@ def stage_configs(cfg: PipelineConfig, root: Path) -> StageConfigs:
                 if isinstance(wire, Filled)
                 else Filled(*wire, f"run `rlhfkit {section}` alone for another {key}")
             )
-        return fill_section(cfg, section, fills, by="the pipeline")
+        return fill_section(cfg, section, fills, by="the pipeline", given=given)
 
-    run = ("seed", "device", "max_nonfinite_skips", "force_lr")
-    rl = (*run, "eval_max_new_tokens")
+    run, rl = RUN_KEYS, RL_KEYS
     eval_prompts = {
         task: (str(_data_file(root, f"{task}_eval_prompts")), f"to its held-out {task} prompts")
         for task in ("advice", "arith")

@@ -1,9 +1,10 @@
 """The main job's config: one section per stage, each a trainer's own config."""
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from rlhfkit.objectives.preference import DPOLoss
-from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig, Supervision
 from rlhfkit.train.ppo import PPOConfig
@@ -63,6 +64,10 @@ class CollectStage:
     """Inter-annotator agreement the simulated annotators' noise is set to (humans: 70-75%)."""
 
 
+RL_KEYS = (*RUN_KEYS, "eval_max_new_tokens")
+"""The pipeline's own keys that each RL stage takes from it."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig(RunConfig):
     """`seed`, `device`, `max_nonfinite_skips` and `force_lr` (from `RunConfig`) apply to every
@@ -75,6 +80,16 @@ class PipelineConfig(RunConfig):
     demo: short stages for its 10-minute budget on two CPU cores, no checkpoints (the pipeline
     does not resume), and no evaluation inside the RL stages (eval_every=-1: the evaluate stage
     measures every policy alike, from one set of samples each)."""
+
+    FILLED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sft": (*RUN_KEYS, "model", "train_data", "eval_data"),
+        "rm": (*RUN_KEYS, "model", "train_data", "eval_data"),
+        "ppo": (*RL_KEYS, "model", "reward_model", "task", "eval_data"),
+        "grpo": (*RL_KEYS, "model", "task", "eval_data"),
+        "dpo": (*RUN_KEYS, "model", "train_data", "eval_data"),
+        "raft": (*RL_KEYS, "model", "task", "eval_data"),
+    }
+    """The keys of each section the pipeline fills (`stage_configs`)."""
 
     name: str = "demo"
     """Run name: everything goes to `<runs_dir>/<name>/`."""

@@ -5,7 +5,7 @@ import enum
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +17,7 @@ from rlhfkit.runtime.config import (
     config_keys,
     config_to_dict,
     fill_section,
+    given_keys,
     load_config,
     save_config,
 )
@@ -65,6 +66,13 @@ class PipelineConfig:
     """SFT stage."""
     dpo: SFTConfig = field(default_factory=lambda: SFTConfig(steps=7))
     """A section whose default differs from its class defaults."""
+
+
+@dataclass(frozen=True)
+class JobConfig(PipelineConfig):
+    """A job that fills `steps` in both its sections."""
+
+    FILLED: ClassVar[dict[str, tuple[str, ...]]] = {"sft": ("steps",), "dpo": ("steps",)}
 
 
 def test_defaults_without_file_or_overrides():
@@ -346,7 +354,7 @@ def test_the_result_is_frozen():
 
 
 def test_fill_section_fills_the_keys_a_user_left_alone():
-    cfg = load_config(PipelineConfig, overrides=["dpo.targets=[a]"])
+    cfg = load_config(JobConfig, overrides=["dpo.targets=[a]"])
     filled = fill_section(
         cfg, "dpo", {"steps": Filled(12, "from steps=", "set steps= instead")}, by="the job"
     )
@@ -355,7 +363,7 @@ def test_fill_section_fills_the_keys_a_user_left_alone():
 
 
 def test_fill_section_refuses_a_key_the_user_set_naming_it():
-    cfg = load_config(PipelineConfig, overrides=["dpo.steps=3"])
+    cfg = load_config(JobConfig, overrides=["dpo.steps=3"])
     fills = {"steps": Filled(12, "from steps=", "set steps= instead")}
     with pytest.raises(ConfigError) as caught:
         fill_section(cfg, "dpo", fills, by="the job")
@@ -364,18 +372,62 @@ def test_fill_section_refuses_a_key_the_user_set_naming_it():
 
 def test_fill_section_compares_with_the_sections_own_default():
     # dpo's default is SFTConfig(steps=7): steps=7 is left alone, the class default 100 is a choice
-    assert fill_section(PipelineConfig(), "dpo", {"steps": Filled(12, "", "")}, by="x").steps == 12
+    assert fill_section(JobConfig(), "dpo", {"steps": Filled(12, "", "")}, by="x").steps == 12
     with pytest.raises(ConfigError, match="dpo.steps is set by x"):
         fill_section(
-            load_config(PipelineConfig, overrides=["dpo.steps=100"]),
+            load_config(JobConfig, overrides=["dpo.steps=100"]),
             "dpo",
             {"steps": Filled(12, "", "")},
             by="x",
         )
 
 
+@pytest.mark.parametrize("override", ["dpo.steps=7", "dpo={steps: 7}"])
+def test_fill_section_refuses_a_given_key_even_at_its_default(override):
+    cfg = load_config(JobConfig, overrides=[override])
+    assert cfg == JobConfig()  # the value alone cannot tell it was set
+    given = given_keys(overrides=[override])
+    with pytest.raises(ConfigError, match="^dpo.steps is set by x"):
+        fill_section(cfg, "dpo", {"steps": Filled(12, "", "")}, by="x", given=given)
+    # given, but at the value the job fills: nothing is lost
+    same = given_keys(overrides=["dpo.steps=12"])
+    filled = fill_section(JobConfig(), "dpo", {"steps": Filled(7, "", "")}, by="x", given=same)
+    assert filled.steps == 7
+
+
+def test_fill_section_refuses_fills_its_class_does_not_declare():
+    with pytest.raises(TypeError, match="FILLED"):
+        fill_section(JobConfig(), "dpo", {"optim": Filled(OptimConfig(), "", "")}, by="x")
+    with pytest.raises(TypeError, match="FILLED"):  # a config that is no job's
+        fill_section(PipelineConfig(), "dpo", {"steps": Filled(12, "", "")}, by="x")
+
+
+def test_given_keys_from_a_file_overrides_and_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nsft:\n  steps: 5\n  optim:\n    lr: 0.5\n")
+    assert given_keys(path) == {"seed", "sft.steps", "sft.optim.lr"}
+    assert given_keys(overrides=["dpo.steps=3", "sft={optim: {lr: 1}}", "name=x"]) == {
+        "dpo.steps",
+        "sft.optim.lr",
+        "name",
+    }
+    assert given_keys(values={"sft": {"steps": 2}, "seed": 0}) == {"sft.steps", "seed"}
+    assert given_keys() == frozenset()
+
+
+def test_a_job_configs_dict_leaves_its_filled_keys_out_and_loads_back(tmp_path):
+    cfg = load_config(JobConfig, overrides=["sft.optim.lr=0.5", "seed=3"])
+    data = config_to_dict(cfg)
+    assert "steps" not in data["sft"] and "steps" not in data["dpo"]
+    assert data["sft"]["optim"]["lr"] == 0.5 and data["seed"] == 3
+    path = tmp_path / "job.yaml"
+    save_config(cfg, path)
+    assert load_config(JobConfig, path) == cfg
+    assert not {"sft.steps", "dpo.steps"} & given_keys(path)  # loading it back sets neither
+
+
 def test_fill_section_accepts_a_user_value_equal_to_the_filled_one():
-    cfg = load_config(PipelineConfig, overrides=["sft.steps=12"])
+    cfg = load_config(JobConfig, overrides=["sft.steps=12"])
     assert fill_section(cfg, "sft", {"steps": Filled(12, "", "")}, by="x").steps == 12
 
 

@@ -95,6 +95,20 @@ def test_a_key_each_round_fills_is_refused_by_name_when_the_user_sets_it(overrid
     check_config(load_config(IterativeGRPOConfig, None, [*required, *own]))
 
 
+def test_a_key_each_round_fills_is_refused_when_given_at_its_default():
+    from rlhfkit.runtime.config import given_keys, load_config
+    from rlhfkit.train.iterative_config import check_round_keys
+
+    required = ["model=m", "reward_model=r", "task=advice"]
+    for given in (["grpo.seed=0"], ['rm.eval_data=""']):
+        cfg = load_config(IterativeGRPOConfig, None, [*required, *given])
+        check_config(cfg)  # the values alone are the defaults
+        key = given[0].split("=")[0]
+        with pytest.raises(ConfigError, match=f"^{key} is set by iterative GRPO"):
+            check_round_keys(cfg, given_keys(overrides=given))
+    assert set(IterativeGRPOConfig.FILLED) == {"grpo", "rm"}
+
+
 def test_each_round_takes_the_jobs_max_nonfinite_skips():
     overrides = ["model=m", "reward_model=r", "task=advice", "max_nonfinite_skips=9"]
     cfg = load_config(IterativeGRPOConfig, None, overrides)

@@ -6,6 +6,12 @@ overrides (dotted keys for sections: `sft.lr=3e-4`), checks every value against 
 annotations and every number against its bound (`config_bounds`: `max_steps` >= 1, `lr` > 0, every
 float finite). Every mistake is a one-line `ConfigError` naming the key.
 
+A job that runs trainers as its parts (the pipeline, iterative GRPO) holds each part's config as a
+section and fills some of its keys itself (`fill_section`); its class names them in a `FILLED`
+class attribute (section -> keys). A user's setting of a filled key is refused by name, even at
+its default value (`given_keys` says which keys a file and the overrides set), and a saved or
+printed job config leaves the filled keys out, so that loading it back sets none of them.
+
 Config classes must be defined at module level: field annotations are resolved with
 `typing.get_type_hints`, which cannot see names local to a function.
 """
@@ -71,18 +77,57 @@ def config_from_values(
     return cfg
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """The config as plain YAML-able data: enums become their values, tuples lists, paths strings.
+def given_keys(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    values: Mapping[str, Any] | None = None,
+) -> frozenset[str]:
+    """The dotted keys a YAML file, `key=value` overrides and Python `values` (nested mappings
+    for sections) set, whatever their values: `{"seed", "sft.lr"}`. Read after `load_config` or
+    `config_from_values` has accepted the same input."""
+    raw = _read_yaml_mapping(Path(path)) if path is not None else {}
+    keys = set(_dotted_keys(raw)) | set(_dotted_keys(dict(values or {})))
+    for override in overrides:
+        key, value = _parse_override(override)
+        # `sft={lr: 1}` sets sft.lr, and names no key of its own
+        keys |= (
+            {_join(key, sub) for sub in _dotted_keys(value)} if isinstance(value, dict) else {key}
+        )
+    return frozenset(keys)
 
-    `load_config(type(cfg), ...)` on this data (saved as YAML) rebuilds a config equal to `cfg`.
+
+def _dotted_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in raw.items():
+        dotted = _join(prefix, str(name))
+        keys += _dotted_keys(value, dotted) if isinstance(value, dict) else [dotted]
+    return keys
+
+
+def filled_keys(cfg: Any) -> dict[str, tuple[str, ...]]:
+    """The keys of each section that a job config's runs fill (its class's `FILLED`; {} for a
+    config that is no job's)."""
+    return dict(getattr(cfg, "FILLED", {}))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able data: enums become their values, tuples lists, paths strings;
+    a job config's filled keys (`FILLED`) are left out, since its runs set them.
+
+    `load_config(type(cfg), ...)` on this data (saved as YAML) rebuilds a config equal to `cfg`
+    (whose filled keys hold their sections' defaults: a job refuses other values but the filled
+    ones).
     """
     if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
         raise TypeError(f"config_to_dict needs a dataclass instance, got {cfg!r}")
-    return {
+    data = {
         field.name: plain_value(getattr(cfg, field.name))
         for field in dataclasses.fields(cfg)
         if field.init
     }
+    for section, keys in filled_keys(cfg).items():
+        data[section] = {key: value for key, value in data[section].items() if key not in keys}
+    return data
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -103,21 +148,30 @@ class Filled(NamedTuple):
     """What a user sets instead: "set seed= instead"."""
 
 
-def fill_section(cfg: Any, section: str, fills: Mapping[str, Filled], *, by: str) -> Any:
-    """`cfg.<section>` with the keys of `fills` set, refusing any key the user changed.
+def fill_section(
+    cfg: Any,
+    section: str,
+    fills: Mapping[str, Filled],
+    *,
+    by: str,
+    given: frozenset[str] = frozenset(),
+) -> Any:
+    """`cfg.<section>` with the keys of `fills` set, refusing any key the user set.
 
     A job that runs a trainer as one of its parts (the pipeline, iterative GRPO) fills some of the
     part's keys itself: the model it starts from, its data, the job's seed. Overwriting a key the
-    user set would silently drop the user's value, so a key whose value differs from the
-    section's default (the job config's field default) and from the value the job would fill is
-    refused with a one-line error naming it. A key set to exactly its default cannot be told
-    apart from one left alone, and is filled.
+    user set would silently drop the user's value, so a key the user gave (`given`, from
+    `given_keys`) or changed from the section's default (the job config's field default, for a
+    config built in Python) is refused with a one-line error naming it, unless it holds the
+    value the job would fill.
 
     Args:
-        cfg: the job's config, a dataclass holding `section` as a dataclass field with a default.
+        cfg: the job's config, a dataclass holding `section` as a dataclass field with a default;
+            its class's `FILLED[section]` names exactly the keys of `fills`.
         section: the field's name, e.g. "sft".
         fills: key of the section -> Filled(value, source, instead).
         by: who fills the keys, for the error ("the pipeline").
+        given: the dotted keys the user's file and overrides set (`given_keys`).
 
     Returns:
         A copy of the section with every key of `fills` set to its value.
@@ -125,11 +179,18 @@ def fill_section(cfg: Any, section: str, fills: Mapping[str, Filled], *, by: str
     Raises:
         ConfigError: "sft.seed is set by the pipeline from seed=; set seed= instead".
     """
+    declared = filled_keys(cfg).get(section, ())
+    if set(declared) != set(fills):  # a job's FILLED is what its saved configs leave out
+        raise TypeError(
+            f"{type(cfg).__name__}.FILLED[{section!r}] is {sorted(declared)}, but the keys "
+            f"filled are {sorted(fills)}"
+        )
     current = getattr(cfg, section)
     default = _section_default({field.name: field for field in dataclasses.fields(cfg)}[section])
     for key, fill in fills.items():
         value = getattr(current, key)
-        if value != getattr(default, key) and value != fill.value:
+        user_set = f"{section}.{key}" in given or value != getattr(default, key)
+        if user_set and value != fill.value:
             raise ConfigError(f"{section}.{key} is set by {by} {fill.source}; {fill.instead}")
     return dataclasses.replace(current, **{key: fill.value for key, fill in fills.items()})
 

@@ -2,7 +2,7 @@
 pipeline's config inherits `RunConfig`, so `seed=`, `device=` and `force_lr=` mean the same
 everywhere."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -18,3 +18,7 @@ class RunConfig:
     """Train a pretrained model (more than 50M parameters) with a learning rate far above its
     safe range instead of refusing it (docs/pretrained-models.md); `--force-lr` sets it. A job
     made of trainers passes it to every stage."""
+
+
+RUN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(RunConfig))
+"""The keys a job made of trainers passes to each of them from its own."""

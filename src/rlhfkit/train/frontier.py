@@ -44,6 +44,7 @@ from rlhfkit.runtime.checkpoint import checkpoint_step
 from rlhfkit.runtime.config import Filled, fill_section
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.provenance import latest_start
+from rlhfkit.runtime.run_config import RUN_KEYS
 from rlhfkit.runtime.rundir import RunDir, run_root
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.runtime.stages import job_run_dir, timed_stage, train_stage
@@ -105,10 +106,10 @@ def _cadence(cfg: FrontierConfig, section: Any) -> dict[str, Filled]:
     }
 
 
-def check_stage_keys(cfg: FrontierConfig) -> None:
+def check_stage_keys(cfg: FrontierConfig, given: frozenset[str] = frozenset()) -> None:
     """The stages' settings as a run checks them (a key the frontier fills is refused), for
     `--print-config`: what it prints, the run takes."""
-    check_stage_configs(stage_configs_of(plan_stages(cfg, Path(cfg.runs_dir) / cfg.name)))
+    check_stage_configs(stage_configs_of(plan_stages(cfg, Path(cfg.runs_dir) / cfg.name, given)))
 
 
 def stage_configs_of(plan: Plan) -> list:
@@ -116,9 +117,9 @@ def stage_configs_of(plan: Plan) -> list:
     return [plan.sft, plan.rm, *(run.cfg for run in plan.runs)]
 
 
-def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
+def plan_stages(cfg: FrontierConfig, root: Path, given: frozenset[str] = frozenset()) -> Plan:
     """Every stage's config with what the frontier fills in, built before anything runs, so a
-    filled key the user set is refused at once, by name."""
+    filled key the user set (changed, or `given`) is refused at once, by name."""
     if not cfg.dpo_betas:
         raise ConfigError("dpo_betas is empty: give at least one beta, e.g. dpo_betas=[0.1,0.5]")
     names = [f"dpo_beta{beta:g}" for beta in cfg.dpo_betas]
@@ -132,7 +133,7 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
     def fill(section: str, **wired: Any) -> Any:
         fills = {
             key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
-            for key in ("seed", "device", "max_nonfinite_skips", "force_lr")
+            for key in RUN_KEYS
         }
         for key, value in wired.items():
             fills[key] = (
@@ -140,7 +141,7 @@ def plan_stages(cfg: FrontierConfig, root: Path) -> Plan:
                 if isinstance(value, Filled)
                 else Filled(value, f"to {value}", f"run `rlhfkit {section}` alone for another")
             )
-        return fill_section(cfg, section, fills, by=BY)
+        return fill_section(cfg, section, fills, by=BY, given=given)
 
     sft = fill(
         "sft", model=Filled(cfg.model, "from model=", "set model= instead"),

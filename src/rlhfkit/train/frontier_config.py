@@ -2,8 +2,9 @@
 own config), the DPO betas swept, and the evaluation of every checkpoint."""
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.tasks.registry import TaskName
 from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig
@@ -46,6 +47,17 @@ class FrontierConfig(RunConfig):
     refused when set in a section, with a message saying what to set instead. Each stage's `lr`
     (and PPO's `critic_lr`) is checked against `model` before anything runs
     (docs/pretrained-models.md), unless `force_lr` (--force-lr)."""
+
+    FILLED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sft": (*RUN_KEYS, "model", "train_data", "eval_data"),
+        "rm": (*RUN_KEYS, "model", "train_data", "eval_data"),
+        "ppo": (*RUN_KEYS, "model", "reward_model", "task", "eval_data", "eval_every")
+        + ("save_every", "keep_last"),
+        "grpo": (*RUN_KEYS, "model", "reward", "task", "eval_data", "eval_every")
+        + ("save_every", "keep_last"),
+        "dpo": (*RUN_KEYS, "model", "train_data", "eval_data", "beta", "save_every", "keep_last"),
+    }
+    """The keys of each section the frontier fills (`frontier.plan_stages`)."""
 
     name: str = "frontier"
     """Run name: everything goes to `<runs_dir>/<name>/`."""

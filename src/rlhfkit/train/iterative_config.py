@@ -4,6 +4,7 @@ round, and the keys each round fills in those sections."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError, RlhfkitError
@@ -11,11 +12,14 @@ from rlhfkit.feedback.labellers import LabellerKind
 from rlhfkit.models.loading import read_model_config
 from rlhfkit.models.reward import is_reward_model
 from rlhfkit.runtime.config import Filled, fill_section, refuse_unread_settings
-from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.reward import RewardConfig
+
+ROUND_KEYS = (*RUN_KEYS, "progress", "tensorboard")
+"""The job's own keys that each round's GRPO and reward model take from it."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,12 @@ class IterativeGRPOConfig(RunConfig):
     """`seed` (from `RunConfig`) seeds every round: round r's GRPO and reward model, its sampled
     answers, its replay and its labelled prompts each take a seed derived from (seed, r) on their
     own stream (`runtime.seeding.derive_seed`), so no round replays another run's draws."""
+
+    FILLED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "grpo": (*ROUND_KEYS, "model", "reward", "reference_model", "task"),
+        "rm": (*ROUND_KEYS, "model", "eval_data", "train_data"),
+    }
+    """The keys of each section every round fills (`grpo_round_config`, `rm_round_config`)."""
 
     model: str = ""
     """Causal-LM directory of the starting policy (usually the SFT model)."""
@@ -183,15 +193,18 @@ def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
     }
 
 
-def check_round_keys(cfg: IterativeGRPOConfig) -> None:
+def check_round_keys(cfg: IterativeGRPOConfig, given: frozenset[str] = frozenset()) -> None:
     """Round 1's GRPO and reward-model settings as a run makes them (a key each round fills is
     refused), for `--print-config`: what it prints, the run takes."""
-    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model)
-    rm_round_config(cfg, 1, cfg.reward_model, Path("."))
+    grpo_round_config(cfg, 1, cfg.model, cfg.reward_model, given)
+    rm_round_config(cfg, 1, cfg.reward_model, Path("."), given)
 
 
-def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) -> GRPOConfig:
-    """Round r's GRPO settings: `cfg.grpo` with the keys each round fills."""
+def grpo_round_config(
+    cfg: IterativeGRPOConfig, r: int, policy: str, rm: str, given: frozenset[str] = frozenset()
+) -> GRPOConfig:
+    """Round r's GRPO settings: `cfg.grpo` with the keys each round fills (one the user set,
+    `given`, refused)."""
     # beta = 0: GRPO loads no reference, and refuses one it would not use
     reference = "" if cfg.reset_reference or cfg.grpo.beta == 0 else cfg.model
     fills = {
@@ -209,10 +222,12 @@ def grpo_round_config(cfg: IterativeGRPOConfig, r: int, policy: str, rm: str) ->
         "task": Filled(cfg.task, "from task=", "set task= instead"),
         **_common_fills(cfg, r),
     }
-    return fill_section(cfg, "grpo", fills, by="iterative GRPO")
+    return fill_section(cfg, "grpo", fills, by="iterative GRPO", given=given)
 
 
-def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> RewardConfig:
+def rm_round_config(
+    cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path, given: frozenset[str] = frozenset()
+) -> RewardConfig:
     """Round r's reward-model settings: `cfg.rm` with the keys each round fills (`train_data`:
     written once the round's rows are, see `_reward_round`)."""
     fills = {
@@ -229,7 +244,7 @@ def rm_round_config(cfg: IterativeGRPOConfig, r: int, rm: str, folder: Path) -> 
         ),
         **_common_fills(cfg, r),
     }
-    return fill_section(cfg, "rm", fills, by="iterative GRPO")
+    return fill_section(cfg, "rm", fills, by="iterative GRPO", given=given)
 
 
 def check_label_prompts(

@@ -15,6 +15,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -28,7 +29,7 @@ from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.runtime.config import Filled, fill_section, save_config
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.base import HasPromptExample
 from rlhfkit.tasks.registry import TaskName, get_task
@@ -41,6 +42,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class JudgeConfig(RunConfig):
     """`seed` seeds the order of the judge's training rows and its training."""
+
+    FILLED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "sft": (*RUN_KEYS, "model", "train_data", "eval_data")
+    }
+    """The keys of the `sft` section the judge fills (`judge_sft_config`)."""
 
     judge_model: str = ""
     """A causal-LM directory that judges as it is; empty = train a judge from `model` on
@@ -79,10 +85,12 @@ class JudgeResult:
     report: dict
 
 
-def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
+def judge_sft_config(
+    cfg: JudgeConfig, data: Path, given: frozenset[str] = frozenset()
+) -> SFTConfig:
     """The judge's SFT settings: `cfg.sft` with the keys `rlhfkit judge` fills (the model, its
     rows at `data`, no held-out rows, the seed, device, max_nonfinite_skips and force_lr); a
-    user's setting of one is refused."""
+    user's setting of one (`given`: the keys the user set) is refused."""
     fills = {
         "model": Filled(cfg.model, "from model=", "set model= instead"),
         "train_data": Filled(
@@ -96,13 +104,13 @@ def judge_sft_config(cfg: JudgeConfig, data: Path) -> SFTConfig:
         ),
         "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
     }
-    return fill_section(cfg, "sft", fills, by="rlhfkit judge")
+    return fill_section(cfg, "sft", fills, by="rlhfkit judge", given=given)
 
 
-def check_sft_keys(cfg: JudgeConfig) -> None:
+def check_sft_keys(cfg: JudgeConfig, given: frozenset[str] = frozenset()) -> None:
     """The judge's SFT settings as a run checks them (a key it fills is refused), for
     `--print-config`: what it prints, the run takes."""
-    judge_sft_config(cfg, Path("judge_sft.jsonl"))
+    judge_sft_config(cfg, Path("judge_sft.jsonl"), given)
 
 
 def distinct_pairs(pairs: list[dict], path: str) -> list[dict]:
