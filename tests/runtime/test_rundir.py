@@ -385,3 +385,14 @@ def test_resume_with_changes_refuses_the_lora_settings_the_checkpoints_are_made_
     assert "lr:" not in message and "\n" not in message
     assert run.config_path.read_text() == before
     resume_with_config(run, LoraTiny(lr=0.002), allow_changes=True)  # other keys still change
+
+
+def test_resume_takes_the_lora_layers_named_in_another_order_as_the_same(tmp_path):
+    run = RunDir(tmp_path)
+    save_config(LoraTiny(lora_target_modules=("q_proj", "v_proj")), run.config_path)
+    before = run.config_path.read_text()
+    for same in (("v_proj", "q_proj"), ("q_proj", "v_proj", "q_proj")):
+        resume_with_config(run, LoraTiny(lora_target_modules=same), allow_changes=False)
+    assert run.config_path.read_text() == before
+    with pytest.raises(RlhfkitError, match="^--resume cannot change lora_target_modules: "):
+        resume_with_config(run, LoraTiny(lora_target_modules=("q_proj",)), allow_changes=True)

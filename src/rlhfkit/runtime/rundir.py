@@ -66,6 +66,9 @@ FIXED_ON_RESUME = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targe
 checkpoint holds adapters of its rank, scale, dropout and layers (a full run's, whole weights),
 and the policy trainers load them as saved, so a changed value would be recorded but not used."""
 
+UNORDERED_KEYS = frozenset({"lora_target_modules"})
+"""Keys whose value is a set of names: a resumed run compares them in any order."""
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -440,14 +443,24 @@ def _restore(root: Path, aside: Path) -> None:
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config dict with sections spread into dotted keys ("sft.lr")."""
+    """A config dict with sections spread into dotted keys ("sft.lr"), each value as it compares
+    (`_compared`)."""
     flat = {}
     for name, value in config.items():
         if isinstance(value, dict):
             flat.update(_flat(value, f"{prefix}{name}."))
         else:
-            flat[f"{prefix}{name}"] = value
+            flat[f"{prefix}{name}"] = _compared(name, value)
     return flat
+
+
+def _compared(name: str, value: Any) -> Any:
+    """A key's value as a resumed run compares it: the layers named in `lora_target_modules` are
+    a set (peft matches each against every layer's name), so naming them in another order, or one
+    twice, is the same run."""
+    if name in UNORDERED_KEYS and isinstance(value, list):
+        return sorted(set(value))
+    return value
 
 
 def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
