@@ -26,7 +26,7 @@ from rlhfkit.pipeline_config import RL_KEYS, PipelineConfig
 from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
-from rlhfkit.runtime.config import Filled, fill_section
+from rlhfkit.runtime.config import Filled, fill_section, passed_on
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import current_ranks
 from rlhfkit.runtime.provenance import latest_start
@@ -97,9 +97,7 @@ def stage_configs(
 
     def fill(section: str, shared: tuple[str, ...], **wired: tuple[Any, str] | Filled) -> Any:
         """`shared` keys come from the pipeline's own; `wired` ones are (value, where from)."""
-        fills = {
-            key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead") for key in shared
-        }
+        fills = passed_on(cfg, shared)
         for key, wire in wired.items():
             fills[key] = (
                 wire
@@ -108,7 +106,6 @@ def stage_configs(
             )
         return fill_section(cfg, section, fills, by="the pipeline", given=given)
 
-    run, rl = RUN_KEYS, RL_KEYS
     eval_prompts = {
         task: (str(_data_file(root, f"{task}_eval_prompts")), f"to its held-out {task} prompts")
         for task in ("advice", "arith")
@@ -116,21 +113,21 @@ def stage_configs(
     return StageConfigs(
         sft=fill(
             "sft",
-            run,
+            RUN_KEYS,
             model=base_model,
             train_data=(demonstrations, "to the demonstrations it generates"),
             eval_data=(held_out, "to its held-out demonstrations"),
         ),
         rm=fill(
             "rm",
-            run,
+            RUN_KEYS,
             model=(sft, "to its SFT model"),
             train_data=(rankings, "to the rankings it collects"),
             eval_data=(heldout, "to the held-out rankings it collects"),
         ),
         ppo=fill(
             "ppo",
-            rl,
+            RL_KEYS,
             model=(sft, "to its SFT model"),
             reward_model=(rm, "to the reward model it trains"),
             task=("advice", "to advice"),
@@ -138,21 +135,21 @@ def stage_configs(
         ),
         grpo=fill(
             "grpo",
-            rl,
+            RL_KEYS,
             model=(sft, "to its SFT model"),
             task=("arith", "to arith"),
             eval_data=eval_prompts["arith"],
         ),
         dpo=fill(
             "dpo",
-            run,
+            RUN_KEYS,
             model=(sft, "to its SFT model"),
             train_data=(rankings, "to the rankings it collects"),
             eval_data=(heldout, "to the held-out rankings it collects"),
         ),
         raft=fill(
             "raft",
-            rl,
+            RL_KEYS,
             model=(sft, "to its SFT model"),
             task=("arith", "to arith"),
             eval_data=eval_prompts["arith"],

@@ -148,6 +148,11 @@ class Filled(NamedTuple):
     """What a user sets instead: "set seed= instead"."""
 
 
+def passed_on(cfg: Any, keys: Sequence[str]) -> dict[str, Filled]:
+    """Fills of a section's `keys` from the job's own keys of the same names (`seed=`)."""
+    return {key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead") for key in keys}
+
+
 def fill_section(
     cfg: Any,
     section: str,

@@ -41,7 +41,7 @@ from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.checkpoint import checkpoint_step
-from rlhfkit.runtime.config import Filled, fill_section
+from rlhfkit.runtime.config import Filled, fill_section, passed_on
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.provenance import latest_start
 from rlhfkit.runtime.run_config import RUN_KEYS
@@ -131,10 +131,7 @@ def plan_stages(cfg: FrontierConfig, root: Path, given: frozenset[str] = frozens
     f = _files(root)
 
     def fill(section: str, **wired: Any) -> Any:
-        fills = {
-            key: Filled(getattr(cfg, key), f"from {key}=", f"set {key}= instead")
-            for key in RUN_KEYS
-        }
+        fills = passed_on(cfg, RUN_KEYS)
         for key, value in wired.items():
             fills[key] = (
                 value

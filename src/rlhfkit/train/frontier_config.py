@@ -35,6 +35,10 @@ class FrontierData:
     """Inter-annotator agreement the simulated annotators' noise is set to (humans: 70-75%)."""
 
 
+RL_RUN_KEYS = (*RUN_KEYS, "model", "task", "eval_data", "eval_every", "save_every", "keep_last")
+"""What the frontier fills in each RL run's section, besides its reward."""
+
+
 @dataclass(frozen=True)
 class FrontierConfig(RunConfig):
     """Every stage of the reward-KL frontier on one task (the DPO paper's figure 2): SFT,
@@ -51,10 +55,8 @@ class FrontierConfig(RunConfig):
     FILLED: ClassVar[dict[str, tuple[str, ...]]] = {
         "sft": (*RUN_KEYS, "model", "train_data", "eval_data"),
         "rm": (*RUN_KEYS, "model", "train_data", "eval_data"),
-        "ppo": (*RUN_KEYS, "model", "reward_model", "task", "eval_data", "eval_every")
-        + ("save_every", "keep_last"),
-        "grpo": (*RUN_KEYS, "model", "reward", "task", "eval_data", "eval_every")
-        + ("save_every", "keep_last"),
+        "ppo": (*RL_RUN_KEYS, "reward_model"),
+        "grpo": (*RL_RUN_KEYS, "reward"),
         "dpo": (*RUN_KEYS, "model", "train_data", "eval_data", "beta", "save_every", "keep_last"),
     }
     """The keys of each section the frontier fills (`frontier.plan_stages`)."""

@@ -11,7 +11,7 @@ from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.feedback.labellers import LabellerKind
 from rlhfkit.models.loading import read_model_config
 from rlhfkit.models.reward import is_reward_model
-from rlhfkit.runtime.config import Filled, fill_section, refuse_unread_settings
+from rlhfkit.runtime.config import Filled, fill_section, passed_on, refuse_unread_settings
 from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName
@@ -183,13 +183,7 @@ def _common_fills(cfg: IterativeGRPOConfig, r: int) -> dict[str, Filled]:
             "from seed= (round r: its own derived seed)",
             "set seed= instead",
         ),
-        "device": Filled(cfg.device, "from device=", "set device= instead"),
-        "max_nonfinite_skips": Filled(
-            cfg.max_nonfinite_skips, "from max_nonfinite_skips=", "set max_nonfinite_skips= instead"
-        ),
-        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
-        "progress": Filled(cfg.progress, "from progress=", "set progress= instead"),
-        "tensorboard": Filled(cfg.tensorboard, "from tensorboard=", "set tensorboard= instead"),
+        **passed_on(cfg, [key for key in ROUND_KEYS if key != "seed"]),
     }
 
 

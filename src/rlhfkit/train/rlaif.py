@@ -27,7 +27,7 @@ from rlhfkit.feedback.judge_data import judge_sft_rows
 from rlhfkit.feedback.verdicts import gold_agreement
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
-from rlhfkit.runtime.config import Filled, fill_section, save_config
+from rlhfkit.runtime.config import Filled, fill_section, passed_on, save_config
 from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
@@ -92,17 +92,11 @@ def judge_sft_config(
     rows at `data`, no held-out rows, the seed, device, max_nonfinite_skips and force_lr); a
     user's setting of one (`given`: the keys the user set) is refused."""
     fills = {
-        "model": Filled(cfg.model, "from model=", "set model= instead"),
+        **passed_on(cfg, ("model", *RUN_KEYS)),
         "train_data": Filled(
             str(data), "to the rows it builds from train_pairs=", "set train_pairs= instead"
         ),
         "eval_data": Filled("", "to none (the judge is measured on pairs=)", "set pairs= instead"),
-        "seed": Filled(cfg.seed, "from seed=", "set seed= instead"),
-        "device": Filled(cfg.device, "from device=", "set device= instead"),
-        "max_nonfinite_skips": Filled(
-            cfg.max_nonfinite_skips, "from max_nonfinite_skips=", "set max_nonfinite_skips= instead"
-        ),
-        "force_lr": Filled(cfg.force_lr, "from force_lr=", "set force_lr= instead"),
     }
     return fill_section(cfg, "sft", fills, by="rlhfkit judge", given=given)
 
