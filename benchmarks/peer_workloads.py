@@ -4,7 +4,9 @@ The same work as the reference harness (`../shared/peer/README.md`): the same mo
 files, file order (batch k = rows k*B ... (k+1)*B - 1), a constant learning rate with no
 warm-up, AdamW (0.9, 0.999, 1e-8, no weight decay), global-norm clipping at 1.0, fp32, two
 threads, EOS appended to every completion, and for DPO a frozen reference run at every step
-(not precomputed). Each run is rlhfkit's own trainer through its config, nothing else.
+(not precomputed). Each run is rlhfkit's own trainer through its config, in a process set up
+as an `rlhfkit` command sets up its own (threads, and the C allocator keeping freed memory:
+`runtime/host_memory.py`), nothing else.
 
 Keys follow the reference harness: `median_s_per_step` (and mean/min/max) over the timed steps,
 `tokens_per_s` (non-padding tokens of every sequence entering the trained model, over the
@@ -45,6 +47,7 @@ from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import GroupNorm
 from rlhfkit.objectives.kl import KLEstimator
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.host_memory import keep_freed_memory
 from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.dpo import DPOConfig, train_dpo
@@ -344,6 +347,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="append the JSON lines here too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as every `rlhfkit` run does (runner.run_in_dir)
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.workload:
             # peak RSS is per process: run one workload per process to compare it (as the

@@ -52,6 +52,7 @@ def run_in_dir(
     """
     from rlhfkit.runtime.config import save_config
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
+    from rlhfkit.runtime.host_memory import keep_freed_memory
     from rlhfkit.runtime.logs import run_log
     from rlhfkit.runtime.provenance import first_command_name, record_start, start_record
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
@@ -62,6 +63,7 @@ def run_in_dir(
         paths = " and ".join(f"{key}=PATH" for key in command.needs)
         raise RlhfkitError(f"rlhfkit {name} needs {paths}")
     run_fn = load_object(command.run)
+    keep_freed_memory()  # a run owns its process: freed blocks are reused, not refaulted
     ranks = current_ranks()
     if not ranks.is_main:  # under torchrun rank 0 holds the run directory; the others use it
         if broadcast_from_main(None, ranks) is not None:

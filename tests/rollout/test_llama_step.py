@@ -11,12 +11,13 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+import rlhfkit.rollout.engine as engine
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora
 from rlhfkit.rollout.architecture import supports_fast_decode
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.kv_cache import preallocated_cache
-from rlhfkit.rollout.llama_step import FastDecoder
+from rlhfkit.rollout.llama_step import PACK_MIN_HIDDEN, FastDecoder, packs_weights
 from tests.rollout.conftest import (
     assert_paths_agree,
     generate_samples,
@@ -27,9 +28,9 @@ from tests.rollout.conftest import (
 )
 
 
-def _decode_both_ways(model, ids, mask, tokens_per_row):
-    """Logits of each one-token step through the model and through the fast decoder, on twin
-    caches."""
+def _decode_both_ways(model, ids, mask, tokens_per_row, pack_rows=0):
+    """Logits of each one-token step through the model and through the fast decoder (its
+    weights packed for oneDNN with `pack_rows`), on twin caches."""
     positions = positions_from_mask(mask)
     caches = [preallocated_cache(ids.shape[1] + len(tokens_per_row)) for _ in range(2)]
     for cache in caches:
@@ -40,7 +41,8 @@ def _decode_both_ways(model, ids, mask, tokens_per_row):
             past_key_values=cache,
             use_cache=True,
         )
-    decoder, attention, next_position = FastDecoder(model), mask.long(), mask.sum(dim=1)
+    decoder = FastDecoder(model, pack_rows=pack_rows)
+    attention, next_position = mask.long(), mask.sum(dim=1)
     pairs = []
     for step, tokens in enumerate(tokens_per_row):
         # the second row stops after the first step: it feeds padding that it may not attend to
@@ -59,6 +61,16 @@ def _decode_both_ways(model, ids, mask, tokens_per_row):
     return pairs
 
 
+def _random_biases(model):
+    """`model` with random biases (a fresh model's are zero, which a step could leave out)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(torch.randn(param.shape, generator=generator))
+    return model
+
+
 def test_decode_step_equals_the_models_own_step(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     ids, mask = prompt_batch(tokenizer)  # left-padded: rows of different lengths
@@ -68,9 +80,18 @@ def test_decode_step_equals_the_models_own_step(model_and_tokenizer):
             assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
 
 
-def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(model_and_tokenizer):
+@pytest.mark.parametrize("packed", [False, True])
+def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(
+    model_and_tokenizer, monkeypatch, packed
+):
+    """packed: the fast path's weights packed for oneDNN (forced: the tiny model is below the
+    size `packs_weights` chooses it from)."""
     model, tokenizer = model_and_tokenizer
     assert supports_fast_decode(model, 64)
+    if packed:
+        if not torch.backends.mkldnn.is_available():
+            pytest.skip("no oneDNN in this torch")
+        monkeypatch.setattr(engine, "packs_weights", lambda *args: True)
     fast = generate_samples(model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20)
     slow = generate_samples(
         model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, fast_decode=False
@@ -96,8 +117,8 @@ def test_decode_step_reproduces_other_llama_layer_families(family, tiny_model_di
     if family == "llama_gqa":
         model = tiny_family_model(LlamaConfig, LlamaForCausalLM)
     elif family == "qwen2":
-        model = tiny_family_model(Qwen2Config, Qwen2ForCausalLM)
-        assert model.model.layers[0].self_attn.q_proj.bias is not None
+        model = _random_biases(tiny_family_model(Qwen2Config, Qwen2ForCausalLM))
+        assert model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
     elif family == "mistral":
         model = tiny_family_model(MistralConfig, MistralForCausalLM, sliding_window=64)
     else:
@@ -125,3 +146,41 @@ def test_only_models_the_step_reproduces_take_the_fast_path(tiny_model_dir):
         tiny_family_model(GemmaConfig, GemmaForCausalLM, head_dim=16), 8
     )
     assert supports_fast_decode(add_lora(load_causal_lm(tiny_model_dir), r=4, alpha=8), 8)
+
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="no oneDNN in this torch"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_decode_step_with_packed_weights_equals_the_models_own_step(family):
+    """oneDNN's multiply on packed weights (biases included, Qwen2's) computes the model's step
+    up to float rounding, at a batch other than the one the weights were packed for."""
+    config, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[family]
+    model = tiny_family_model(config, model_class)
+    _random_biases(model)
+    assert FastDecoder(model, pack_rows=64).layers[0].qkv.is_mkldnn
+    ids = torch.tensor([[1, 7, 9, 11], [0, 0, 4, 5], [3, 3, 3, 3]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    tokens = [torch.tensor([5, 6, 7]), torch.tensor([8, 0, 10]), torch.tensor([11, 0, 13])]
+    with torch.no_grad():
+        pairs = _decode_both_ways(model, ids, mask, tokens, pack_rows=64)
+    for want, got in pairs:
+        assert torch.allclose(want, got, atol=1e-5), (want - got).abs().max()
+
+
+def test_weights_are_packed_on_a_cpu_in_bf16_and_from_the_size_where_float32_gains():
+    cpu, onednn = torch.device("cpu"), torch.backends.mkldnn.is_available()
+    small = tiny_family_model(LlamaConfig, LlamaForCausalLM)
+    wide = tiny_family_model(LlamaConfig, LlamaForCausalLM, hidden_size=PACK_MIN_HIDDEN)
+    assert not packs_weights(small, cpu, None)
+    assert packs_weights(wide, cpu, None) == onednn
+    assert packs_weights(wide, cpu, torch.float32) == onednn
+    bf16_kernels = onednn and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert packs_weights(small, cpu, torch.bfloat16) == bf16_kernels
+    assert not packs_weights(wide, torch.device("cuda"), None)

@@ -15,7 +15,7 @@ from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.architecture import supports_fast_decode, warn_past_positions
 from rlhfkit.rollout.decode_graphs import steps_for
 from rlhfkit.rollout.kv_cache import preallocated_cache
-from rlhfkit.rollout.llama_step import FastDecoder
+from rlhfkit.rollout.llama_step import FastDecoder, packs_weights
 
 # Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
 # so compacting at every stop would cost more than the rows it saves.
@@ -207,7 +207,14 @@ def generate(
     on_cuda = device.type == "cuda"
     graphed = fast and not compiled and (on_cuda if cuda_graphs is None else cuda_graphs)
     buckets = steps_for(model, dtype, capacity, capture=on_cuda) if graphed else None
-    decoder = buckets.decoder if graphed else FastDecoder(model, dtype, compiled) if fast else None
+    if graphed:
+        decoder = buckets.decoder
+    elif fast:
+        packed = not compiled and packs_weights(model, device, dtype)
+        rows = prompt_ids.shape[0] * num_samples
+        decoder = FastDecoder(model, dtype, compiled, pack_rows=rows if packed else 0)
+    else:
+        decoder = None
 
     def model_step(**inputs) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=low_precision):

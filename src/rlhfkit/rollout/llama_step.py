@@ -8,7 +8,8 @@ a third of its time. Here each layer is one fused QKV multiply, the rotary embed
 queries and keys together, an in-place cache write, attention as two batched multiplies (the
 first one scaling and masking the scores too), the output multiply, and one fused gate/up
 multiply. The fused weights are concatenated once per `generate` call (the policy
-changes between calls). The prefill still runs through the model itself; only the one-token
+changes between calls), and on a CPU packed once for oneDNN's multiply where that pays
+(`packs_weights`). The prefill still runs through the model itself; only the one-token
 steps take this path, and only for models it reproduces (`architecture.supports_fast_decode`).
 
 In bf16 on a float32 model it computes what the model computes under bf16 autocast with eager
@@ -56,9 +57,18 @@ class FastDecoder:
             on bf16 copies of the weights, everything else (the residual stream, the norms,
             the rotary embedding, the softmax) in the model's float32.
         compiled: run the step through `torch.compile` (see `compiled_step`).
+        pack_rows: pack the multiplies' weights for oneDNN (`packs_weights`), laid out for
+            steps of about this many rows; 0 keeps them plain tensors, as a compiled step and
+            `decode_graphs` (which copies new weights into them) need.
     """
 
-    def __init__(self, model, dtype: torch.dtype | None = None, compiled: bool = False):
+    def __init__(
+        self,
+        model,
+        dtype: torch.dtype | None = None,
+        compiled: bool = False,
+        pack_rows: int = 0,
+    ):
         base = causal_lm(model)  # LoRA layers are merged into the weights below
         config = base.config
         heads = config.num_attention_heads
@@ -76,6 +86,12 @@ class FastDecoder:
             self.embed = base.model.embed_tokens.weight.detach()
             self.final_norm = base.model.norm.weight.detach()
             self.lm_head = _cast(base.lm_head.weight, self.dtype)
+            if pack_rows:
+                for layer in self.layers:
+                    layer.qkv, layer.out = _pack(layer.qkv, pack_rows), _pack(layer.out, pack_rows)
+                    layer.gate_up = _pack(layer.gate_up, pack_rows)
+                    layer.down = _pack(layer.down, pack_rows)
+                self.lm_head = _pack(self.lm_head, pack_rows)
         self.rotary = base.model.rotary_emb
         self.compiled = compiled
         self.step = compiled_step() if compiled else static_step
@@ -173,7 +189,7 @@ def static_step(
     x = F.embedding(tokens, embed)  # (batch, hidden)
     for layer, key_buffer, value_buffer in zip(layers, keys, values):
         h = _rms(x, layer.input_norm, shape.eps)
-        qk, v = F.linear(h.to(low), layer.qkv, layer.qkv_bias).split([qk_size, kv_size], dim=-1)
+        qk, v = _linear(h.to(low), layer.qkv, layer.qkv_bias).split([qk_size, kv_size], dim=-1)
         # queries and keys rotated in the angles' dtype (a bf16 product times float32 angles
         # is float32, as in transformers under autocast)
         qk = _rotate(qk.view(batch, heads + kv_heads, head_dim), cos, sin)
@@ -190,11 +206,37 @@ def static_step(
         mixed = torch.matmul(
             scores.softmax(dim=-1, dtype=torch.float32).to(value_buffer.dtype), value_buffer
         )
-        x = x + F.linear(mixed.reshape(batch, heads * head_dim), layer.out)
+        x = x + _linear(mixed.reshape(batch, heads * head_dim), layer.out)
         h = _rms(x, layer.post_norm, shape.eps).to(low)
-        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-        x = x + F.linear(F.silu(gate) * up, layer.down)
-    return F.linear(_rms(x, final_norm, shape.eps).to(low), lm_head)
+        gate, up = _linear(h, layer.gate_up).chunk(2, dim=-1)
+        x = x + _linear(F.silu(gate) * up, layer.down)
+    return _linear(_rms(x, final_norm, shape.eps).to(low), lm_head)
+
+
+# Below this hidden size a float32 step is bound by its other work: packing gained nothing at
+# hidden 128 (the demo's model: a `generate` call 0.98-1.06x), and oneDNN's float32 multiply
+# rounds in other last bits than the BLAS one, so those models keep the BLAS multiply.
+PACK_MIN_HIDDEN = 256
+
+
+def packs_weights(model, device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Whether an eager decoding step on `device` in `dtype` (None = the model's) packs its
+    weights for oneDNN (`FastDecoder(pack_rows=...)`): on a CPU, in bf16 always, in float32 from
+    `PACK_MIN_HIDDEN` on (bf16 only where oneDNN has bf16 kernels for the CPU: AVX-512 or
+    AVX-NE-CONVERT; elsewhere it refuses to pack).
+
+    The BLAS multiply repacks the whole weight matrix at every call, which at a decoding step's
+    few rows costs as much as the multiply; packed once per `generate` call, the weights serve
+    every step. On an AMD EPYC (Zen 4, 2 threads) the multiplies of the benchmark's model
+    (hidden 256, 4 layers) ran at 138 against 87 GFLOP/s at 64 rows in float32, a `generate`
+    call of 64 rows ran 1.10-1.20x faster, and in bf16 (the same floats as unpacked) the
+    multiplies ran 1.16-1.46x faster (docs/benchmarks.md)."""
+    dtype = dtype or causal_lm(model).lm_head.weight.dtype
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype == torch.float32 and causal_lm(model).config.hidden_size >= PACK_MIN_HIDDEN
 
 
 _COMPILED = None
@@ -228,6 +270,19 @@ def _write(buffer: torch.Tensor, index: int | torch.Tensor, new: torch.Tensor) -
         buffer[:, :, index : index + 1] = new
     else:
         buffer.index_copy_(2, index, new)
+
+
+def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` (out, in) in oneDNN's layout for multiplies of about `rows` rows (the layout
+    inductor's CPU freezing gives linear weights)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """F.linear, through oneDNN for a weight `_pack` packed."""
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [None], "")
+    return F.linear(x, weight, bias)
 
 
 def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
