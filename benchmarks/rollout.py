@@ -5,6 +5,9 @@
     python benchmarks/rollout.py --model runs/demo/sft/final --stop   # a trained model, EOS stops
     python benchmarks/rollout.py --model /tmp/peer-assets/policy --prompts 8 --samples 8 \
         --max-new-tokens 32 --variants engine compiled bf16 bf16-compiled
+    # on a CPU: the decoding steps' weights packed for oneDNN against MKL's multiply
+    python benchmarks/rollout.py --model /tmp/peer-assets/policy --prompts 8 --samples 8 \
+        --max-new-tokens 32 --repeats 7 --variants engine unpacked bf16 bf16-unpacked
     # on a GPU: CUDA-graph steps against eager ones and transformers' compiled generate
     python benchmarks/rollout.py --model DIR --device cuda --prompts 32 --samples 8 \
         --max-new-tokens 256 --repeats 3 --variants bf16 bf16-eager generate-compiled-bf16
@@ -57,6 +60,9 @@ VARIANTS = {
     "compiled": partial(_engine, compiled=True),
     "bf16": partial(_engine, dtype=torch.bfloat16),
     "bf16-compiled": partial(_engine, dtype=torch.bfloat16, compiled=True),
+    # on a CPU the engine packs its weights for oneDNN where that pays; these variants do not
+    "unpacked": partial(_engine, pack_weights=False),
+    "bf16-unpacked": partial(_engine, dtype=torch.bfloat16, pack_weights=False),
     # on CUDA the engine replays its decoding steps from CUDA graphs; these variants do not
     "eager": partial(_engine, cuda_graphs=False),
     "bf16-eager": partial(_engine, dtype=torch.bfloat16, cuda_graphs=False),

@@ -11,7 +11,6 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-import rlhfkit.rollout.engine as engine
 from rlhfkit.models.loading import load_causal_lm
 from rlhfkit.models.lora import add_lora
 from rlhfkit.rollout.architecture import supports_fast_decode
@@ -82,7 +81,7 @@ def test_decode_step_equals_the_models_own_step(model_and_tokenizer):
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(
-    model_and_tokenizer, monkeypatch, packed
+    model_and_tokenizer, packed
 ):
     """packed: the fast path's weights packed for oneDNN (forced: the tiny model is below the
     size `packs_weights` chooses it from)."""
@@ -91,8 +90,9 @@ def test_generate_samples_the_same_tokens_with_and_without_the_fast_path(
     if packed:
         if not torch.backends.mkldnn.is_available():
             pytest.skip("no oneDNN in this torch")
-        monkeypatch.setattr(engine, "packs_weights", lambda *args: True)
-    fast = generate_samples(model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20)
+    fast = generate_samples(
+        model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, pack_weights=packed
+    )
     slow = generate_samples(
         model, tokenizer, seed=2, temperature=1.0, max_new_tokens=20, fast_decode=False
     )

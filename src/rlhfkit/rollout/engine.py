@@ -161,6 +161,7 @@ def generate(
     compiled: bool = False,
     draw_rows: DrawRows | None = None,
     cuda_graphs: bool | None = None,
+    pack_weights: bool | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -189,6 +190,9 @@ def generate(
         cuda_graphs: the one-token steps at fixed batch sizes, replayed from CUDA graphs
             (`decode_graphs`; plain Llama-layer models, not with `compiled`). None: on CUDA;
             True: also elsewhere, run eagerly (what the tests check); False: never.
+        pack_weights: the fast decoder's multiplies on weights packed for oneDNN (on a CPU, not
+            compiled: `llama_step.packs_weights`). None: where that pays; False: never (MKL's
+            multiply, `benchmarks/rollout.py`'s unpacked variants); True: also where it does not.
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -210,7 +214,9 @@ def generate(
     if graphed:
         decoder = buckets.decoder
     elif fast:
-        packed = not compiled and packs_weights(model, device, dtype)
+        if pack_weights is None:
+            pack_weights = packs_weights(model, device, dtype)
+        packed = pack_weights and not compiled and device.type == "cpu"
         rows = prompt_ids.shape[0] * num_samples
         decoder = FastDecoder(model, dtype, compiled, pack_rows=rows if packed else 0)
     else:
