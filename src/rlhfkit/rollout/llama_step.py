@@ -225,13 +225,13 @@ def packs_weights(model, device: torch.device, dtype: torch.dtype | None) -> boo
     `PACK_MIN_HIDDEN` on (bf16 only where oneDNN has bf16 kernels for the CPU: AVX-512 or
     AVX-NE-CONVERT; elsewhere it refuses to pack).
 
-    The BLAS multiply repacks the whole weight matrix at every call, which at a decoding step's
-    few rows costs as much as the multiply; packed once per `generate` call, the weights serve
-    every step. On an AMD EPYC (Zen 4, 2 threads) the multiplies of the benchmark's model
-    (hidden 256, 4 layers) ran at 138 against 87 GFLOP/s at 64 rows in float32, and a
-    `generate` call of 64 rows ran 1.10-1.20x faster; of SmolLM2-135M (hidden 576, 30 layers)
-    1.37-1.54x faster in float32 and 1.22x in bf16 (the same floats as unpacked there;
-    docs/benchmarks.md)."""
+    The BLAS multiply lays the weight matrix out anew at every call (what MKL's packed-GEMM
+    interface exists to avoid), a cost that a decoding step's few rows do not amortise; packed
+    once per `generate` call, the weights serve every step. On an AMD EPYC (Zen 4, 2 threads)
+    the multiplies of the benchmark's model (hidden 256, 4 layers) ran at 138 against 87
+    GFLOP/s at 64 rows in float32, and a `generate` call of 64 rows ran 1.10-1.20x faster; of
+    SmolLM2-135M (hidden 576, 30 layers) 1.37-1.67x faster in float32 and 1.22-1.33x in bf16
+    (the same floats as unpacked there; docs/benchmarks.md)."""
     dtype = dtype or causal_lm(model).lm_head.weight.dtype
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
