@@ -232,12 +232,13 @@ def packs_weights(model, device: torch.device, dtype: torch.dtype | None) -> boo
     GFLOP/s at 64 rows in float32, and a `generate` call of 64 rows ran 1.10-1.20x faster; of
     SmolLM2-135M (hidden 576, 30 layers) 1.37-1.67x faster in float32 and 1.22-1.33x in bf16
     (the same floats as unpacked there; docs/benchmarks.md)."""
-    dtype = dtype or causal_lm(model).lm_head.weight.dtype
+    base = causal_lm(model)
+    dtype = dtype or base.lm_head.weight.dtype
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return dtype == torch.float32 and causal_lm(model).config.hidden_size >= PACK_MIN_HIDDEN
+    return dtype == torch.float32 and base.config.hidden_size >= PACK_MIN_HIDDEN
 
 
 _COMPILED = None

@@ -86,22 +86,21 @@ def given_keys(
     for sections) set, whatever their values: `{"seed", "sft.lr"}`. Read after `load_config` or
     `config_from_values` has accepted the same input."""
     raw = _read_yaml_mapping(Path(path)) if path is not None else {}
-    keys = set(_dotted_keys(raw)) | set(_dotted_keys(dict(values or {})))
+    keys = set(dotted_items(raw)) | set(dotted_items(dict(values or {})))
     for override in overrides:
         key, value = _parse_override(override)
         # `sft={lr: 1}` sets sft.lr, and names no key of its own
-        keys |= (
-            {_join(key, sub) for sub in _dotted_keys(value)} if isinstance(value, dict) else {key}
-        )
+        keys |= set(dotted_items({key: value}))
     return frozenset(keys)
 
 
-def _dotted_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = []
+def dotted_items(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings spread into dotted keys: {"sft": {"lr": 1}} -> {"sft.lr": 1}."""
+    items = {}
     for name, value in raw.items():
         dotted = _join(prefix, str(name))
-        keys += _dotted_keys(value, dotted) if isinstance(value, dict) else [dotted]
-    return keys
+        items.update(dotted_items(value, dotted) if isinstance(value, dict) else {dotted: value})
+    return items
 
 
 def filled_keys(cfg: Any) -> dict[str, tuple[str, ...]]:

@@ -52,7 +52,7 @@ from typing import Any
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.runtime.checkpoint import MARKER_NAME, latest_checkpoint
-from rlhfkit.runtime.config import config_to_dict, load_config, save_config
+from rlhfkit.runtime.config import config_to_dict, dotted_items, load_config, save_config
 from rlhfkit.runtime.logs import RUN_LOG
 from rlhfkit.runtime.provenance import STARTS_FILE
 from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, release_run_lock
@@ -442,16 +442,12 @@ def _restore(root: Path, aside: Path) -> None:
     shutil.rmtree(failed, ignore_errors=True)
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
     """A config dict with sections spread into dotted keys ("sft.lr"), each value as it compares
     (`_compared`)."""
-    flat = {}
-    for name, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = _compared(name, value)
-    return flat
+    return {
+        key: _compared(key.rsplit(".", 1)[-1], value) for key, value in dotted_items(config).items()
+    }
 
 
 def _compared(name: str, value: Any) -> Any:
