@@ -1,4 +1,4 @@
-"""seed_everything and set_deterministic."""
+"""seed_everything and derive_seed."""
 
 import random
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything, set_deterministic
+from rlhfkit.runtime.seeding import SeedStream, derive_seed, seed_everything
 
 
 def draw():
@@ -26,27 +26,6 @@ def test_the_same_seed_gives_the_same_numbers_and_another_seed_others():
 def test_an_out_of_range_seed_is_an_error():
     with pytest.raises(RlhfkitError, match="seed must be between"):
         seed_everything(-1)
-
-
-@pytest.fixture
-def restore_torch_settings():
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    benchmark = torch.backends.cudnn.benchmark
-    yield
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.set_num_threads(threads)
-    torch.backends.cudnn.benchmark = benchmark
-
-
-def test_set_deterministic_switches_torch_to_deterministic_kernels(restore_torch_settings):
-    set_deterministic(threads=1)
-    assert torch.are_deterministic_algorithms_enabled()
-    assert torch.is_deterministic_algorithms_warn_only_enabled()
-    assert torch.get_num_threads() == 1
-    with pytest.raises(RlhfkitError, match="threads must be at least 1"):
-        set_deterministic(threads=0)
 
 
 def test_derived_seeds_are_stable_32_bit_and_distinct_per_stream_and_index():

@@ -6,7 +6,7 @@
 - `checkpoint`: atomic checkpoints, the latest complete one, RNG state for exact resume
 - `metrics`: JSONL metrics and TensorBoard scalars
 - `progress`: the training progress bar
-- `seeding`: seeds and deterministic kernels
+- `seeding`: seeds, and the seed of each random stream
 
 Import from the modules (`from rlhfkit.runtime.config import load_config`): nothing is re-exported
 here, so reading a config does not import torch.

@@ -1,4 +1,4 @@
-"""Seed every random number generator and make torch choose deterministic kernels."""
+"""Seed every random number generator, and derive each random stream's seed from the run's."""
 
 import hashlib
 import random
@@ -19,22 +19,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def set_deterministic(threads: int | None) -> None:
-    """Ask torch for deterministic algorithms and, when given, a fixed number of CPU threads.
-
-    `warn_only=True`: an op without a deterministic kernel warns instead of stopping the run.
-    The thread count matters on CPU because float sums are reduced in a different order with a
-    different number of threads. Deterministic cuBLAS also needs the environment variable
-    `CUBLAS_WORKSPACE_CONFIG=:4096:8`, which the entry point sets before CUDA starts.
-    """
-    if threads is not None and threads < 1:
-        raise RlhfkitError(f"threads must be at least 1, got {threads}")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 class SeedStream(str, Enum):
