@@ -17,9 +17,9 @@ from rlhfkit.data.tokenize import (
     TokenizeReport,
     Truncation,
     encode_prompt_completion,
+    encode_prompt_completions,
     tokenize_preferences,
     tokenize_rankings,
-    tokenize_responses,
     tokenize_sft,
 )
 from rlhfkit.errors import RlhfkitError
@@ -197,10 +197,9 @@ def test_report_summary_without_drops():
     assert TokenizeReport(rows=2, kept=2).summary() == "2 rows: 2 kept (0 truncated), 0 dropped"
 
 
-def test_tokenize_responses_shares_the_prompt(tokenizer):
-    results = tokenize_responses(
-        tokenizer, PROMPT, [COMPLETION, " three the cat sat"], max_length=6, truncation="drop"
-    )
+def test_responses_to_one_prompt_each_start_with_it(tokenizer):
+    pairs = [(PROMPT, COMPLETION), (PROMPT, " three the cat sat")]
+    results = encode_prompt_completions(tokenizer, pairs, max_length=6, truncation="drop")
     assert tokens(tokenizer, results[0])[:4] == ["what", "Ġis", "Ġtwo", "Ġplus"]
     assert results[1] is None
 

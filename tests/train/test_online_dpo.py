@@ -25,7 +25,12 @@ from rlhfkit.train.online_dpo import (
     spread_ranked,
     train_online_dpo,
 )
-from rlhfkit.train.online_pool import assemble_pool, online_plan, ranked_groups, rollout_examples
+from rlhfkit.train.online_pool import (
+    assemble_pool,
+    group_from_ranks,
+    online_plan,
+    rollout_examples,
+)
 from rlhfkit.train.policy_run import PolicyRun
 from tests.train.conftest import length_reward_spec
 
@@ -292,7 +297,9 @@ def test_pool_responses_are_the_sampled_tokens(tiny_model_dir, tmp_path):
     run = PolicyRun(cfg, run_dir(tmp_path), resume=False, needs_reference=False, stage="online_dpo")
     rollout, _ = run.sample(run.prompts_for_step(0, 4), 3, max_new_tokens=12, temperature=1.0)
     assert not rollout.prompt_mask.all()
-    groups = ranked_groups(rollout_examples(rollout), [[2, 0, 1]] * 4)
+    examples = rollout_examples(rollout)
+    # the labeller's order [2, 0, 1] (best first) as ranks of the samples 0, 1, 2
+    groups = [group_from_ranks(examples[i * 3 : i * 3 + 3], (1, 2, 0)) for i in range(4)]
     with torch.no_grad():
         batch = make_batch(groups, run.models.tokenizer.pad_token_id, run.models.device)
         logprobs = policy_logprobs(run.models.policy, batch, cfg.precision)

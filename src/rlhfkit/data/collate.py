@@ -55,8 +55,3 @@ def left_pad(rows: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = True
     return ids, mask
-
-
-def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """The number of real (non-padding) tokens in a batch from `pad_batch`."""
-    return int(batch["attention_mask"].sum().item())

@@ -288,23 +288,6 @@ def tokenize_sft(
     return encoded, report
 
 
-def tokenize_responses(
-    tokenizer: Any,
-    prompt: Text,
-    responses: list[Text],
-    *,
-    max_length: int,
-    truncation: Truncation | str,
-) -> list[EncodedExample | None]:
-    """Tokenise each (prompt, response) pair for reward models; None where a pair drops."""
-    return encode_prompt_completions(
-        tokenizer,
-        [(prompt, response) for response in responses],
-        max_length=max_length,
-        truncation=truncation,
-    )
-
-
 def _encode_grouped(
     tokenizer: Any,
     groups: list[tuple[Text, list[Text]]],

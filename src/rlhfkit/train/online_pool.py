@@ -75,15 +75,6 @@ def rollout_examples(rollout: Rollout) -> list[EncodedExample]:
     return examples
 
 
-def ranked_groups(examples: list[EncodedExample], orders: list[list[int]]) -> list[RankedGroup]:
-    """Prompt i's samples (rows i * K ... i * K + K - 1) best first, in the labeller's order."""
-    size = len(examples) // max(1, len(orders))
-    return [
-        RankedGroup([examples[i * size + j] for j in order], tuple(range(size)))
-        for i, order in enumerate(orders)
-    ]
-
-
 def group_from_ranks(examples: list[EncodedExample], ranks: tuple[int, ...]) -> RankedGroup:
     """One prompt's samples best first, tied ones in sampling order, with their ranks."""
     order = sorted(range(len(ranks)), key=lambda i: (ranks[i], i))
