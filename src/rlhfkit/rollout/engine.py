@@ -13,7 +13,7 @@ import torch
 
 from rlhfkit.objectives.logprobs import token_logprobs
 from rlhfkit.rollout.architecture import supports_fast_decode, warn_past_positions
-from rlhfkit.rollout.decode_graphs import steps_for
+from rlhfkit.rollout.decode_graphs import BucketedSteps, steps_for
 from rlhfkit.rollout.kv_cache import preallocated_cache
 from rlhfkit.rollout.llama_step import FastDecoder, packs_weights
 
@@ -141,6 +141,34 @@ class CacheSteps:
         )
 
 
+def _one_token_steps(
+    model,
+    dtype: torch.dtype | None,
+    capacity: int,
+    rows: int,
+    *,
+    fast_decode: bool,
+    compiled: bool,
+    cuda_graphs: bool | None,
+    pack_weights: bool | None,
+    device: torch.device,
+) -> tuple[FastDecoder | None, BucketedSteps | None]:
+    """How `generate`'s one-token steps run, as (decoder, buckets) (see its arguments of the same
+    names): `decode_graphs` steps at fixed batch sizes and the decoder they replay; or the fast
+    decoder alone (`llama_step`; `rows` rows a step, its weights packed where they are); or
+    (None, None), through the model."""
+    if not (fast_decode and supports_fast_decode(model, capacity)):
+        return None, None
+    on_cuda = device.type == "cuda"
+    if not compiled and (on_cuda if cuda_graphs is None else cuda_graphs):
+        buckets = steps_for(model, dtype, capacity, capture=on_cuda)
+        return buckets.decoder, buckets
+    if pack_weights is None:
+        pack_weights = packs_weights(model, device, dtype)
+    packed = pack_weights and not compiled and device.type == "cpu"
+    return FastDecoder(model, dtype, compiled, pack_rows=rows if packed else 0), None
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -207,20 +235,18 @@ def generate(
     capacity = prompt_ids.shape[1] + max_new_tokens
     longest = int(prompt_mask.sum(dim=1).max()) if prompt_mask.numel() else 0
     warn_past_positions(model, longest + max_new_tokens, "sampling (prompt + max_new_tokens)")
-    fast = fast_decode and supports_fast_decode(model, capacity)
-    on_cuda = device.type == "cuda"
-    graphed = fast and not compiled and (on_cuda if cuda_graphs is None else cuda_graphs)
-    buckets = steps_for(model, dtype, capacity, capture=on_cuda) if graphed else None
-    if graphed:
-        decoder = buckets.decoder
-    elif fast:
-        if pack_weights is None:
-            pack_weights = packs_weights(model, device, dtype)
-        packed = pack_weights and not compiled and device.type == "cpu"
-        rows = prompt_ids.shape[0] * num_samples
-        decoder = FastDecoder(model, dtype, compiled, pack_rows=rows if packed else 0)
-    else:
-        decoder = None
+    decoder, buckets = _one_token_steps(
+        model,
+        dtype,
+        capacity,
+        prompt_ids.shape[0] * num_samples,
+        fast_decode=fast_decode,
+        compiled=compiled,
+        cuda_graphs=cuda_graphs,
+        pack_weights=pack_weights,
+        device=device,
+    )
+    graphed = buckets is not None
 
     def model_step(**inputs) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=low_precision):
