@@ -134,6 +134,10 @@ def test_a_bf16_step_computes_as_the_model_does_under_bf16_autocast(tiny_model_d
                 use_cache=True,
             ).logits[:, -1]
         got = decoder.decode_step(tokens, positions, attention, caches[1])
-        gap = (want.float().log_softmax(-1) - got.float().log_softmax(-1)).abs().max()
-        assert gap < 5e-4, (step, gap)
+        gap = (want.float().log_softmax(-1) - got.float().log_softmax(-1)).abs()
+        # equal on an AMD EPYC with AVX-512; another CPU's bf16 kernels may round a rare
+        # logit the other way (one bf16 step is up to 4e-3 at these logits), while the step
+        # that ran all of it in bf16 left 31-48% of these log-probs more than 5e-4 off
+        assert (gap > 5e-4).float().mean() < 0.02, (step, gap.max())
+        assert gap.max() < 1e-2, (step, gap.max())
         positions = positions + 1
