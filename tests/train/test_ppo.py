@@ -1,12 +1,21 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import ConfigError, NumericalFault
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.objectives.advantages import reinforce_pp_advantages
 from rlhfkit.runtime.config import load_config
 from rlhfkit.runtime.rundir import prepare_run_dir
-from rlhfkit.train.ppo import PPOConfig, check_ppo_config, explained_variance, train_ppo
+from rlhfkit.train.ppo import (
+    PPOConfig,
+    _advantages,
+    check_ppo_config,
+    explained_variance,
+    train_ppo,
+)
 from tests.rollout.recorded_draws import first_apart, recording_draws, step_being_run, steps_before
 from tests.train.conftest import length_reward_spec
 
@@ -122,6 +131,47 @@ def test_an_adaptive_kl_target_from_a_zero_kl_coef_is_refused(tmp_path):
         check_ppo_config(config("m", tmp_path, kl_coef=0.0, kl_target=6.0))
     check_ppo_config(config("m", tmp_path, kl_coef=0.0, kl_target=0.0))  # no penalty at all
     check_ppo_config(config("m", tmp_path, kl_coef=0.01, kl_target=6.0))
+
+
+def test_reinforce_pp_climbs_the_reward_without_a_critic(tiny_model_dir, tmp_path):
+    # critic_init=reward_model (the default) with no reward model: no critic is built to need one
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        advantage_estimator="reinforce_pp",
+        critic_init="reward_model",
+        save_every=5,
+    )
+    result = train_ppo(cfg, run_dir(tmp_path))
+    rewards = [row["proxy_reward"] for row in result.history]
+    assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
+    row = result.history[-1]
+    assert {"kl_per_sequence", "clip_fraction", "time_forward_backward"} <= row.keys()
+    assert not {"value_loss", "explained_variance", "time_values"} & row.keys()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000005"
+    assert (checkpoint / "model").is_dir() and not (checkpoint / "critic").exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+
+
+def test_advantages_by_each_estimator_hand_values():
+    # one process: all_rows returns what it is given, and this rank's rows are all of them
+    run = SimpleNamespace(all_rows=lambda values: values)
+    share = SimpleNamespace(first=0, prompts=["a", "b"])
+    rewards = torch.tensor([[0.0, 1.0, 5.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    reinforce = PPOConfig(model="m", advantage_estimator="reinforce_pp", gamma=1.0)
+    advantages, returns = _advantages(reinforce, run, share, rewards, None, mask)
+    # returns [[1, 1], [0, 0]]: mean 0.5, population std 0.5; the padding's 5 never counts
+    assert returns.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(advantages, torch.tensor([[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0]]))
+    expected = reinforce_pp_advantages(rewards, mask, 1.0, unbiased=False)
+    torch.testing.assert_close(advantages, expected[0])
+    # GAE with lambda = 1 on V = 0.5 everywhere: the returns minus 0.5, whitened alike
+    gae_cfg = PPOConfig(model="m", gamma=1.0, lam=1.0)
+    values = torch.full_like(rewards, 0.5)
+    advantages, returns = _advantages(gae_cfg, run, share, rewards, values, mask)
+    assert returns.tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(advantages, torch.tensor([[1.0, 1.0, 0.0], [-1.0, -1.0, 0.0]]))
 
 
 def test_explained_variance_hand_values():

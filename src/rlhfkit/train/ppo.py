@@ -5,7 +5,9 @@ policy), the frozen reference (the SFT model) and the frozen reward model. Per t
     r_t = -beta * KL_t  (+ the reward model's score on the last response token)
 with KL_t = log pi(y_t) - log pi_ref(y_t) (k1); advantages by GAE(gamma, lambda) on the critic's
 values, whitened over the batch; then several epochs of the clipped surrogate (actor) and the
-clipped value loss (critic) over mini-batches. beta is fixed or follows the adaptive controller of
+clipped value loss (critic) over mini-batches. `advantage_estimator=reinforce_pp` is REINFORCE++
+(Hu et al. 2025): no critic, each token's discounted return of the same rewards, whitened over
+the batch, is its advantage. beta is fixed or follows the adaptive controller of
 Ziegler et al. (2019) towards a target KL; a run whose KL passes `kl_limit` stops (seed 003:
 beyond 10-20 nats the policy has left the reward model's domain).
 Departures: the old log-probs are the sampling log-probs (no extra forward pass), with one update
@@ -29,7 +31,12 @@ from enum import Enum
 import torch
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.objectives.advantages import gae, kl_shaped_rewards, penalise_unfinished
+from rlhfkit.objectives.advantages import (
+    gae,
+    kl_shaped_rewards,
+    penalise_unfinished,
+    reinforce_pp_advantages,
+)
 from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, sequence_kl
 from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
@@ -49,6 +56,15 @@ from rlhfkit.train.schedule import linear_warmup
 log = logging.getLogger(__name__)
 
 
+class AdvantageEstimator(str, Enum):
+    GAE = "gae"
+    """GAE(gamma, lambda) on the critic's values, whitened over the batch (InstructGPT)."""
+    REINFORCE_PP = "reinforce_pp"
+    """REINFORCE++ (Hu et al. 2025; OpenRLHF's `reinforce`): no critic, each token's discounted
+    return of the same KL-shaped rewards, whitened over the batch
+    (`objectives.advantages.reinforce_pp_advantages`)."""
+
+
 class CriticInit(str, Enum):
     REWARD_MODEL = "reward_model"
     """The critic starts as the reward model (backbone and head; an ensemble's heads averaged)."""
@@ -63,6 +79,10 @@ class PPOConfig(PolicyRunConfig):
     reward_model: str = ""
     """Saved reward-model directory: the frozen reward (unless `reward` says otherwise) and the
     critic's start."""
+    advantage_estimator: AdvantageEstimator = AdvantageEstimator.GAE
+    """gae: a critic (`critic_init`, `critic_lr`, `value_clip`, `lam`) and GAE on its values;
+    reinforce_pp: REINFORCE++, no critic loaded or trained (those four settings unused): half
+    the trained weights, and nothing learns a baseline that could lag the policy."""
     critic_init: CriticInit = CriticInit.REWARD_MODEL
     """reward_model: the critic starts as the reward model; policy: a fresh value head on the
     policy."""
@@ -116,7 +136,11 @@ class PPOResult(TrainResult):
 def check_ppo_config(cfg: PPOConfig) -> None:
     if not cfg.reward_model and not cfg.reward:
         raise ConfigError("PPO needs reward_model=PATH (a saved reward model) or a reward= source")
-    if CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL and not cfg.reward_model:
+    if (
+        uses_critic(cfg)
+        and CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
+        and not cfg.reward_model
+    ):
         raise ConfigError(
             "critic_init=reward_model needs reward_model=PATH; or set critic_init=policy"
         )
@@ -132,6 +156,11 @@ def check_ppo_config(cfg: PPOConfig) -> None:
             f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
             f"{cfg.prompts_per_step}: change one of them"
         )
+
+
+def uses_critic(cfg: PPOConfig) -> bool:
+    """Whether the advantages come from a critic (GAE) or from the returns alone (REINFORCE++)."""
+    return AdvantageEstimator(cfg.advantage_estimator) is AdvantageEstimator.GAE
 
 
 def shares_critic_pass(cfg: PPOConfig) -> bool:
@@ -154,9 +183,11 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     """Optimise `cfg.model` against the reward with PPO; the final policy goes to
     `run_dir.final`."""
     check_ppo_config(cfg)
-    # step 1. actor + reference, the critic, their optimizers, reward, prompts; restored on resume
+    # step 1. actor + reference, the critic (GAE), their optimizers, reward, prompts; restored
+    # on resume
     from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
     critic_start = cfg.reward_model if from_reward_model else cfg.model
+    critic_start = critic_start if uses_critic(cfg) else ""
     run = PolicyRun(
         cfg,
         run_dir,
@@ -203,25 +234,27 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 batch["ref_logprobs"] = run.reference_logprobs(
                     batch, cfg.temperature, cfg.precision
                 )
-            gather_parameters(critic)  # sharded: its backbone runs without the root's forward
-            with (
-                timer("values"),
-                torch.set_grad_enabled(shared_pass),
-                autocast(device, cfg.precision),
-            ):
-                values = response_values(
-                    critic, batch["input_ids"], batch["attention_mask"], response_mask.shape[1]
-                )
-            batch["old_values"] = values.detach()
+            values = None
+            if critic is not None:
+                gather_parameters(critic)  # sharded: its backbone runs without the root's forward
+                with (
+                    timer("values"),
+                    torch.set_grad_enabled(shared_pass),
+                    autocast(device, cfg.precision),
+                ):
+                    values = response_values(
+                        critic, batch["input_ids"], batch["attention_mask"], response_mask.shape[1]
+                    )
+                batch["old_values"] = values.detach()
 
-            # step 4. per-token rewards (KL penalty + score at the end), GAE, whitened advantages
+            # step 4. per-token rewards (KL penalty + score at the end); the advantages by GAE
+            # or REINFORCE++, whitened over every rank's tokens
             logprobs, ref_logprobs = batch["old_logprobs"], batch["ref_logprobs"]
             kl = kl_penalty(logprobs, ref_logprobs, KLEstimator.K1, cfg.kl_clamp)
             rewards = kl_shaped_rewards(scores, kl, response_mask, kl_coef)
-            advantages, batch["returns"] = gae(
-                rewards, batch["old_values"], response_mask, cfg.gamma, cfg.lam
+            batch["advantages"], batch["returns"] = _advantages(
+                cfg, run, share, rewards, batch.get("old_values"), response_mask
             )
-            batch["advantages"] = _whitened(run, share, advantages, response_mask)
             kl_per_sequence = sequence_kl(
                 logprobs, ref_logprobs, response_mask, KLEstimator.K1, cfg.kl_clamp
             )
@@ -232,7 +265,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                 for start in range(0, cfg.prompts_per_step, cfg.mini_batch_size):
                     own = share.rows(start, cfg.mini_batch_size, 1)  # this rank's rows, maybe none
                     part = {k: v[own] for k, v in batch.items()}
-                    part_values = values if shared_pass else None
+                    part_values = values if shared_pass else None  # None: run the critic
                     stats.append(_ppo_minibatch(cfg, run, part, step, timer, part_values))
 
             # step 6. metrics and the KL coefficient (over every rank's rows); evaluation, log
@@ -249,13 +282,14 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
                     "kl_per_token": (kl_per_sequence.sum() / tokens).item(),
                     "kl_coef": kl_coef,
                     "proxy_reward": run.all_rows(scores).mean().item(),
-                    "explained_variance": explained_variance(
-                        run.all_rows(batch["old_values"]),
-                        run.all_rows(batch["returns"]),
-                        run.all_rows(response_mask),
-                    ),
                 }
             )
+            if critic is not None:
+                row["explained_variance"] = explained_variance(
+                    run.all_rows(batch["old_values"]),
+                    run.all_rows(batch["returns"]),
+                    run.all_rows(response_mask),
+                )
             if cfg.kl_target > 0:
                 kl_coef = adaptive_kl_coef(
                     kl_coef, mean_kl, cfg.kl_target, cfg.kl_horizon, cfg.prompts_per_step
@@ -278,14 +312,27 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     return result
 
 
-def _whitened(
-    run: PolicyRun, share: PromptShare, advantages: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """This rank's rows of the advantages whitened over every rank's tokens: the whole batch is
-    gathered as one process holds it and whitened alike (one process: these advantages)."""
-    every = masked_whiten(run.all_rows(advantages), run.all_rows(mask), unbiased=False)
+def _advantages(
+    cfg: PPOConfig,
+    run: PolicyRun,
+    share: PromptShare,
+    rewards: torch.Tensor,
+    values: torch.Tensor | None,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows of the whitened advantages and of the returns, (batch, response_len)
+    each. The whole batch is gathered as one process holds it (one process: these rows), so
+    the whitening's statistics are every rank's tokens'."""
+    every_rewards, every_mask = run.all_rows(rewards), run.all_rows(mask)
+    if values is None:  # REINFORCE++: the return-to-go is the advantage
+        advantages, returns = reinforce_pp_advantages(
+            every_rewards, every_mask, cfg.gamma, unbiased=False
+        )
+    else:
+        raw, returns = gae(every_rewards, run.all_rows(values), every_mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(raw, every_mask, unbiased=False)
     own = slice(share.first, share.first + len(share.prompts))
-    return every[own, : mask.shape[1]]
+    return advantages[own, : mask.shape[1]], returns[own, : mask.shape[1]]
 
 
 def _ppo_minibatch(
@@ -304,6 +351,8 @@ def _ppo_minibatch(
     denominator = run.global_sum(
         loss_denominator(part["response_mask"], LossAggregation.TOKEN_MEAN)
     )
+    if run.models.critic is None:  # REINFORCE++: the actor alone
+        return _actor_step(cfg, run, part, step, timer, denominator)
     with timer("forward_backward"):
         if values is not None:  # the shared pass (one process): its graph covers the slice
             critic_loss = _critic_loss(cfg, run, part, denominator, values)
@@ -326,6 +375,13 @@ def _ppo_minibatch(
             step=step,
             loss=critic_value,
         )
+    return {**_actor_step(cfg, run, part, step, timer, denominator), "value_loss": critic_value}
+
+
+def _actor_step(
+    cfg: PPOConfig, run: PolicyRun, part: dict, step: int, timer: PhaseTimer, denominator
+) -> dict:
+    """One clipped actor step on a slice of the rollout, accumulated over micro-batches."""
     with timer("forward_backward"):
         loss, stats = run.backward(
             part,
@@ -334,7 +390,7 @@ def _ppo_minibatch(
         )
     with timer("optimizer"):
         grad_norm = run.optimizer_step(step, loss)
-    return {"loss": loss, "value_loss": critic_value, "grad_norm": grad_norm, **stats}
+    return {"loss": loss, "grad_norm": grad_norm, **stats}
 
 
 def _critic_loss(
