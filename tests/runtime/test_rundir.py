@@ -20,6 +20,7 @@ from rlhfkit.runtime.rundir import (
     resume_with_config,
     run_root,
 )
+from rlhfkit.train.ppo import PPOConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,6 +386,18 @@ def test_resume_with_changes_refuses_the_lora_settings_the_checkpoints_are_made_
     assert "lr:" not in message and "\n" not in message
     assert run.config_path.read_text() == before
     resume_with_config(run, LoraTiny(lr=0.002), allow_changes=True)  # other keys still change
+
+
+def test_resume_with_changes_refuses_another_advantage_estimator(tmp_path):
+    # a GAE run's checkpoints hold a critic, a REINFORCE++ run's none
+    run = RunDir(tmp_path)
+    save_config(PPOConfig(model="m"), run.config_path)
+    expected = '^--resume cannot change advantage_estimator: "gae" -> "reinforce_pp": '
+    with pytest.raises(RlhfkitError, match=expected):
+        resume_with_config(
+            run, PPOConfig(model="m", advantage_estimator="reinforce_pp"), allow_changes=True
+        )
+    resume_with_config(run, PPOConfig(model="m", lr=2e-5), allow_changes=True)
 
 
 def test_resume_takes_the_lora_layers_named_in_another_order_as_the_same(tmp_path):

@@ -61,10 +61,13 @@ _HISTORY_PREFIX = "# resumed at "
 # folder names stop at 255 bytes; the hidden `.<name>.replaced-<pid>` of --overwrite needs room
 MAX_NAME_BYTES = 200
 _UNSET = object()  # a key one of two configs lacks (a section that is None in the other)
-FIXED_ON_RESUME = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"})
+FIXED_ON_RESUME = frozenset(
+    {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "advantage_estimator"}
+)
 """Settings, by field name in any section, that the checkpoints are made of: a LoRA run's
 checkpoint holds adapters of its rank, scale, dropout and layers (a full run's, whole weights),
-and the policy trainers load them as saved, so a changed value would be recorded but not used."""
+and the policy trainers load them as saved, so a changed value would be recorded but not used;
+a PPO checkpoint holds a critic with GAE and none with REINFORCE++ (`advantage_estimator`)."""
 
 UNORDERED_KEYS = frozenset({"lora_target_modules"})
 """Keys whose value is a set of names: a resumed run compares them in any order."""
