@@ -15,6 +15,7 @@ from rlhfkit.train.ppo import (
     check_ppo_config,
     explained_variance,
     train_ppo,
+    unused_critic_settings,
 )
 from tests.rollout.recorded_draws import first_apart, recording_draws, step_being_run, steps_before
 from tests.train.conftest import length_reward_spec
@@ -133,7 +134,7 @@ def test_an_adaptive_kl_target_from_a_zero_kl_coef_is_refused(tmp_path):
     check_ppo_config(config("m", tmp_path, kl_coef=0.01, kl_target=6.0))
 
 
-def test_reinforce_pp_climbs_the_reward_without_a_critic(tiny_model_dir, tmp_path):
+def test_reinforce_pp_climbs_the_reward_without_a_critic(tiny_model_dir, tmp_path, caplog):
     # critic_init=reward_model (the default) with no reward model: no critic is built to need one
     cfg = config(
         tiny_model_dir,
@@ -143,6 +144,8 @@ def test_reinforce_pp_climbs_the_reward_without_a_critic(tiny_model_dir, tmp_pat
         save_every=5,
     )
     result = train_ppo(cfg, run_dir(tmp_path))
+    # config() sets critic_lr; the other critic settings keep their defaults
+    assert "ppo: critic_lr=0.01 has no effect with advantage_estimator=reinforce_pp" in caplog.text
     rewards = [row["proxy_reward"] for row in result.history]
     assert sum(rewards[-3:]) / 3 > 1.2 * sum(rewards[:3]) / 3
     row = result.history[-1]
@@ -151,6 +154,14 @@ def test_reinforce_pp_climbs_the_reward_without_a_critic(tiny_model_dir, tmp_pat
     checkpoint = tmp_path / "run" / "checkpoints" / "step_00000005"
     assert (checkpoint / "model").is_dir() and not (checkpoint / "critic").exists()
     AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+
+
+def test_critic_settings_without_a_critic_are_named():
+    assert unused_critic_settings(PPOConfig(model="m", critic_lr=1e-3)) == []  # GAE uses it
+    rpp = PPOConfig(model="m", advantage_estimator="reinforce_pp")
+    assert unused_critic_settings(rpp) == []
+    changed = PPOConfig(model="m", advantage_estimator="reinforce_pp", critic_lr=1e-3, lam=1.0)
+    assert unused_critic_settings(changed) == ["critic_lr=0.001", "lam=1.0"]
 
 
 def test_advantages_by_each_estimator_hand_values():

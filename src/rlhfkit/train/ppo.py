@@ -163,6 +163,16 @@ def uses_critic(cfg: PPOConfig) -> bool:
     return AdvantageEstimator(cfg.advantage_estimator) is AdvantageEstimator.GAE
 
 
+def unused_critic_settings(cfg: PPOConfig) -> list[str]:
+    """The critic's settings given other values than their defaults in a run without a critic
+    (REINFORCE++), which would otherwise pass unnoticed."""
+    if uses_critic(cfg):
+        return []
+    names = ("critic_init", "critic_lr", "value_clip", "lam")
+    default = PPOConfig()
+    return [f"{n}={getattr(cfg, n)}" for n in names if getattr(cfg, n) != getattr(default, n)]
+
+
 def shares_critic_pass(cfg: PPOConfig) -> bool:
     """Whether the critic's rollout pass is also its training pass (see `shared_critic_pass`)."""
     one_update = cfg.ppo_epochs == 1 and cfg.mini_batch_size == cfg.prompts_per_step
@@ -188,6 +198,11 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
     critic_start = cfg.reward_model if from_reward_model else cfg.model
     critic_start = critic_start if uses_critic(cfg) else ""
+    if unused := unused_critic_settings(cfg):
+        log.warning(
+            f"ppo: {', '.join(unused)} has no effect with advantage_estimator=reinforce_pp, "
+            "which trains no critic"
+        )
     run = PolicyRun(
         cfg,
         run_dir,
