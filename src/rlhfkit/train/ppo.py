@@ -32,10 +32,10 @@ import torch
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.objectives.advantages import (
+    discounted_returns,
     gae,
     kl_shaped_rewards,
     penalise_unfinished,
-    reinforce_pp_advantages,
 )
 from rlhfkit.objectives.aggregate import LossAggregation, loss_denominator
 from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, sequence_kl
@@ -195,9 +195,10 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     check_ppo_config(cfg)
     # step 1. actor + reference, the critic (GAE), their optimizers, reward, prompts; restored
     # on resume
-    from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
-    critic_start = cfg.reward_model if from_reward_model else cfg.model
-    critic_start = critic_start if uses_critic(cfg) else ""
+    critic_start = ""  # REINFORCE++: no critic
+    if uses_critic(cfg):
+        from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
+        critic_start = cfg.reward_model if from_reward_model else cfg.model
     if unused := unused_critic_settings(cfg):
         log.warning(
             f"ppo: {', '.join(unused)} has no effect with advantage_estimator=reinforce_pp, "
@@ -335,19 +336,24 @@ def _advantages(
     values: torch.Tensor | None,
     mask: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's rows of the whitened advantages and of the returns, (batch, response_len)
-    each. The whole batch is gathered as one process holds it (one process: these rows), so
-    the whitening's statistics are every rank's tokens'."""
-    every_rewards, every_mask = run.all_rows(rewards), run.all_rows(mask)
-    if values is None:  # REINFORCE++: the return-to-go is the advantage
-        advantages, returns = reinforce_pp_advantages(
-            every_rewards, every_mask, cfg.gamma, unbiased=False
-        )
+    """The advantages, whitened over every rank's tokens, and the returns, (batch,
+    response_len) each: by GAE on the critic's `values`, or (None) by REINFORCE++, whose
+    advantage is the return itself (`reinforce_pp_advantages`, here whitened over every rank)."""
+    if values is None:
+        raw = returns = discounted_returns(rewards, mask, cfg.gamma)
     else:
-        raw, returns = gae(every_rewards, run.all_rows(values), every_mask, cfg.gamma, cfg.lam)
-        advantages = masked_whiten(raw, every_mask, unbiased=False)
+        raw, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+    return _whitened(run, share, raw, mask), returns
+
+
+def _whitened(
+    run: PolicyRun, share: PromptShare, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """This rank's rows of the advantages whitened over every rank's tokens: the whole batch is
+    gathered as one process holds it and whitened alike (one process: these advantages)."""
+    every = masked_whiten(run.all_rows(advantages), run.all_rows(mask), unbiased=False)
     own = slice(share.first, share.first + len(share.prompts))
-    return advantages[own, : mask.shape[1]], returns[own, : mask.shape[1]]
+    return every[own, : mask.shape[1]]
 
 
 def _ppo_minibatch(
