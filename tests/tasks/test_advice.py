@@ -14,7 +14,7 @@ from rlhfkit.tasks.advice import (
     split_sentences,
 )
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
-from rlhfkit.tasks.advice_writer import write_reply
+from rlhfkit.tasks.advice_writer import split_sentences, write_reply
 
 TIPS = TOPICS["sleep"]["tips"]
 OFF_TOPIC = TOPICS["coffee"]["tips"][0]
@@ -95,6 +95,16 @@ def test_writers_are_uneven():
     scores = [gold_score("plants", write_reply(rng, "plants")) for _ in range(300)]
     assert max(scores) - min(scores) >= 3.0
     assert len(set(scores)) >= 8
+
+
+def test_writers_open_politely_mostly_and_close_half_the_time():
+    # an opener at a half would make the SFT model's first sentence a near tie (advice_writer)
+    rng = random.Random(0)
+    replies = [split_sentences(write_reply(rng, "sleep")) for _ in range(2000)]
+    opened = sum(sentences[0] in OPENERS for sentences in replies) / len(replies)
+    closed = sum(sentences[-1] in CLOSERS for sentences in replies) / len(replies)
+    assert 0.72 < opened < 0.78
+    assert 0.46 < closed < 0.54
 
 
 def test_evaluate_keys_and_values():

@@ -10,6 +10,12 @@ from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TOPIC_OF_TIP = {tip: topic for topic, bank in TOPICS.items() for tip in bank["tips"]}
+# How often a writer opens and closes politely. Not a half for the opener: with three openers
+# sharing it, the SFT model's likeliest first sentence would be a near tie between an opener
+# and the first tip (12 of 30 questions within 0.05 of probability), so a greedy answer's
+# first sentence, worth the opener's 0.5, was decided by rounding (docs/demo.md). After the
+# last tip, ending the reply keeps the majority over each closer.
+OPENER_RATE, CLOSER_RATE = 0.75, 0.5
 
 
 def split_sentences(response: str) -> list[str]:
@@ -38,6 +44,6 @@ def write_reply(rng: random.Random, topic: str) -> str:
         extras.append(rng.choice(body))
     for sentence in extras:
         body.insert(rng.randint(0, len(body)), sentence)
-    opener = [rng.choice(OPENERS)] if rng.random() < 0.5 else []
-    closer = [rng.choice(CLOSERS)] if rng.random() < 0.5 else []
+    opener = [rng.choice(OPENERS)] if rng.random() < OPENER_RATE else []
+    closer = [rng.choice(CLOSERS)] if rng.random() < CLOSER_RATE else []
     return " " + " ".join(opener + body + closer)
