@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_causal_lm
+from rlhfkit.models.short_attention import SHORT_EAGER
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.runtime import device as device_module
@@ -116,9 +117,11 @@ def test_bf16_units_are_read_from_an_arm_cpus_features(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(
     "device, precision, kernel",
-    [("cpu", "bf16", "eager"), ("cpu", "fp32", "sdpa"), ("cuda", "bf16", "sdpa")],
+    [("cpu", "bf16", "eager"), ("cpu", "fp32", SHORT_EAGER), ("cuda", "bf16", "sdpa")],
 )
-def test_eager_attention_only_on_a_cpu_in_bf16(tiny_model_dir, tmp_path, device, precision, kernel):
+def test_attention_kernels_by_device_and_precision(
+    tiny_model_dir, tmp_path, device, precision, kernel
+):
     model = load_causal_lm(tiny_model_dir)  # loaded with SDPA, transformers' default
     assert use_fastest_kernels(model, torch.device(device), precision) is model
     assert model.config._attn_implementation == kernel

@@ -20,6 +20,7 @@ import torch
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
+from rlhfkit.models.short_attention import use_short_eager_attention
 from rlhfkit.runtime.device import Precision
 
 
@@ -153,7 +154,8 @@ def use_fastest_kernels(model, device: torch.device, precision: Precision):
     """`model` (a transformers model, or a module holding one) with the kernels that are
     fastest where it runs. On a CPU:
     - in fp32, its Llama-style norms and rotary embeddings fused (`fuse_layers`: an SFT step
-      of the benchmark's model 4% shorter; docs/benchmarks.md);
+      of the benchmark's model 4% shorter; docs/benchmarks.md), and its attention eager up to
+      64 keys and SDPA above (`short_attention`);
     - in bf16, transformers' eager attention, since PyTorch's CPU flash-attention backward in
       bf16 took 27% of the benchmark's reward-model step (eager: 0.156 -> 0.113 s a step on an
       Intel Xeon with AMX).
@@ -165,4 +167,5 @@ def use_fastest_kernels(model, device: torch.device, precision: Precision):
         model.set_attn_implementation("eager")
     else:
         fuse_layers(model)
+        use_short_eager_attention(model)
     return model
