@@ -14,7 +14,7 @@ from rlhfkit.tasks.advice import (
     split_sentences,
 )
 from rlhfkit.tasks.advice_bank import CLOSERS, FILLER, OPENERS, RUDE, TOPICS
-from rlhfkit.tasks.advice_writer import split_sentences, write_reply
+from rlhfkit.tasks.advice_writer import write_reply
 
 TIPS = TOPICS["sleep"]["tips"]
 OFF_TOPIC = TOPICS["coffee"]["tips"][0]
