@@ -64,7 +64,9 @@ def run_dir(tmp_path, name="run"):
 
 def test_dpo_learns_a_preference_set(tiny_model_dir, advice_rankings, tmp_path):
     run = run_dir(tmp_path)
-    result = train_dpo(config(tiny_model_dir, advice_rankings["pairs"]), run)
+    # 30 steps: the last 10 batches of 8 pairs are noisy, and 20 steps left them at chance plus
+    # 0.12 with the fixture's data of 2026-12-07
+    result = train_dpo(config(tiny_model_dir, advice_rankings["pairs"], max_steps=30), run)
 
     history = result.history
     # the policy starts as the reference: every implicit reward is 0, accuracy is chance
@@ -76,13 +78,13 @@ def test_dpo_learns_a_preference_set(tiny_model_dir, advice_rankings, tmp_path):
     assert sum(row["accuracy"] for row in late) / 10 > 0.65
     assert sum(row["loss"] for row in late) / 10 < math.log(2.0) - 0.1
     # held-out pairs, never trained on, are ordered better than chance
-    assert [step for step, _ in result.evals] == [10, 20]
+    assert [step for step, _ in result.evals] == [10, 20, 30]
     final = result.evals[-1][1]
     assert final["accuracy"] >= 0.65 and final["loss"] < math.log(2.0) - 0.1
     assert final["rewards_chosen"] > final["rewards_rejected"]
 
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
-    assert [row["step"] for row in metrics] == list(range(1, 21))
+    assert [row["step"] for row in metrics] == list(range(1, 31))
     assert {
         "loss",
         "rewards_chosen",

@@ -63,6 +63,20 @@ def config(model, tmp_path, **overrides) -> OnlineDPOConfig:
     return OnlineDPOConfig(**{**settings, **overrides})
 
 
+# Length with a tie-break below one character (0.1), so that responses of equal length still
+# get distinct ranks unless they are the same text.
+DISTINCT_LENGTH_REWARD = (
+    "def chars(prompts, responses, **columns):\n"
+    "    return [len(r) / 10 + (sum(map(ord, r)) % 1000) / 1e5 for r in responses]\n"
+)
+
+
+def distinct_length_reward_spec(directory) -> str:
+    path = directory / "distinct_reward.py"
+    path.write_text(DISTINCT_LENGTH_REWARD)
+    return f"{path}:chars"
+
+
 def run_dir(tmp_path, name="run"):
     return prepare_run_dir(tmp_path / name, resume=False, overwrite=False)
 
@@ -73,8 +87,10 @@ def mean(values) -> float:
 
 def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     run = run_dir(tmp_path)
+    # ranks without ties: with ties the first loss is Breslow's, above log 4!
+    reward = distinct_length_reward_spec(tmp_path)
     result = train_online_dpo(
-        config(tiny_model_dir, tmp_path, samples_per_prompt=4, max_steps=16), run
+        config(tiny_model_dir, tmp_path, reward=reward, samples_per_prompt=4, max_steps=24), run
     )
     history = result.history
     # Plackett-Luce over 4 responses with the policy equal to its reference: log 4! = log 24
@@ -87,12 +103,12 @@ def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     assert mean(rewards[-3:]) > 1.5 * mean(rewards[:3])
     assert mean([row["accuracy"] for row in history[-4:]]) > 0.5
     assert history[-1]["kl_per_sequence"] > 0
-    # 16 steps of 4 prompts, each ranking of 4 costing C(4,2) = 6 comparisons
-    assert result.labels_used == 16 * 4 * 6
-    assert [row["labels_used"] for row in history] == [24 * step for step in range(1, 17)]
+    # 24 steps of 4 prompts, each ranking of 4 costing C(4,2) = 6 comparisons
+    assert result.labels_used == 24 * 4 * 6
+    assert [row["labels_used"] for row in history] == [24 * step for step in range(1, 25)]
     lines = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     # step 0: the starting policy's evaluation alone
-    assert [row["step"] for row in lines] == list(range(0, 17))
+    assert [row["step"] for row in lines] == list(range(0, 25))
     assert all(row["stage"] == "online_dpo" for row in lines) and "loss" not in lines[0]
     metrics = lines[1:]
     for key in (
@@ -112,7 +128,7 @@ def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
         "time_update",
     ):
         assert key in metrics[0], key
-    assert [step for step, _ in result.evals] == [0, 16] and "eval_accuracy" in metrics[-1]
+    assert [step for step, _ in result.evals] == [0, 24] and "eval_accuracy" in metrics[-1]
     AutoModelForCausalLM.from_pretrained(run.final)
 
 

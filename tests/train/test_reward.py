@@ -142,6 +142,7 @@ def test_process_reward_model_fits_step_labels(tiny_model_dir, tmp_path):
         objective=RewardObjective.PROCESS,
         batch_size=16,
         lr=1e-2,
+        max_steps=60,
         eval_every=20,
     )
     result = train_reward_model(cfg, run)
