@@ -63,20 +63,6 @@ def config(model, tmp_path, **overrides) -> OnlineDPOConfig:
     return OnlineDPOConfig(**{**settings, **overrides})
 
 
-# Length with a tie-break below one character (0.1), so that responses of equal length still
-# get distinct ranks unless they are the same text.
-DISTINCT_LENGTH_REWARD = (
-    "def chars(prompts, responses, **columns):\n"
-    "    return [len(r) / 10 + (sum(map(ord, r)) % 1000) / 1e5 for r in responses]\n"
-)
-
-
-def distinct_length_reward_spec(directory) -> str:
-    path = directory / "distinct_reward.py"
-    path.write_text(DISTINCT_LENGTH_REWARD)
-    return f"{path}:chars"
-
-
 def run_dir(tmp_path, name="run"):
     return prepare_run_dir(tmp_path / name, resume=False, overwrite=False)
 
@@ -88,7 +74,7 @@ def mean(values) -> float:
 def test_online_dpo_climbs_the_labellers_preference(tiny_model_dir, tmp_path):
     run = run_dir(tmp_path)
     # ranks without ties: with ties the first loss is Breslow's, above log 4!
-    reward = distinct_length_reward_spec(tmp_path)
+    reward = length_reward_spec(tmp_path, distinct=True)
     result = train_online_dpo(
         config(tiny_model_dir, tmp_path, reward=reward, samples_per_prompt=4, max_steps=24), run
     )
