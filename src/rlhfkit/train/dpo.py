@@ -22,7 +22,7 @@ global group count, so the summed gradient is that of the one global batch
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -38,7 +38,7 @@ from rlhfkit.models.loading import disable_dropout, enable_checkpointing, load_t
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.preference import DPOLoss
 from rlhfkit.runtime.config_bounds import validate
-from rlhfkit.runtime.device import Precision, resolve_device
+from rlhfkit.runtime.device import resolve_device
 from rlhfkit.runtime.distributed import (
     FrozenModels,
     current_ranks,
@@ -48,12 +48,8 @@ from rlhfkit.runtime.distributed import (
     rank_shares,
     shard_model,
 )
-from rlhfkit.runtime.metrics import MetricsLogger
-from rlhfkit.runtime.progress import ProgressBar
-from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
-from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     final_policy,
     load_configured_policy,
@@ -61,7 +57,6 @@ from rlhfkit.train.checkpointing import (
     restore_trainer_state,
     resume_point,
     save_final_model,
-    save_trainer_checkpoint,
 )
 from rlhfkit.train.dpo_losses import (
     Reference,
@@ -73,15 +68,18 @@ from rlhfkit.train.dpo_losses import (
     zero_weight,
 )
 from rlhfkit.train.lora_settings import check_lora_settings
-from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
-from rlhfkit.train.result import TrainResult
-from rlhfkit.train.schedule import is_due, warmup_cosine
+from rlhfkit.train.offline_config import OfflineConfig
+from rlhfkit.train.offline_loop import OfflineLoop, OfflineResult
+from rlhfkit.train.optim import adamw
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DPOConfig(RunConfig):
+class DPOConfig(OfflineConfig):
+    """The settings every offline trainer shares are `OfflineConfig`'s; these give DPO's values
+    and meanings, then its own."""
+
     model: str = ""
     """Causal-LM directory to start from (usually the SFT model); also the frozen reference."""
     train_data: str = ""
@@ -89,6 +87,22 @@ class DPOConfig(RunConfig):
     optional `ranks`)."""
     eval_data: str = ""
     """Held-out pairs or rankings for the eval loss, accuracy and margin; empty = none."""
+    max_length: int = 256
+    """Tokens per prompt + response after tokenisation."""
+    batch_size: int = 16
+    """Prompts (pairs or rankings) per micro-batch: all responses of a prompt share one."""
+    max_steps: int = 150
+    lr: float = 1e-4
+    warmup_steps: int = 10
+    eval_every: int = 50
+    """Held-out metrics every this many steps and after the last (0 = only at the end)."""
+    save_every: int = 50
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout). `disable_dropout` turns it off with
+    the rest of the policy's dropout, so it is refused with it: set disable_dropout=false to train
+    with it."""
     max_labels: int = 0
     """Labelling budget: train on the leading rows of train_data holding at most this many pairwise
     comparisons (C(K,2) per ranking of K, 1 per pair), to compare with online runs; 0 = all rows."""
@@ -111,65 +125,14 @@ class DPOConfig(RunConfig):
     """Under torchrun, the frozen reference: replicated (whole on every rank) or sharded like the
     policy (1/N of its weights on each rank between its passes, gathered whole around them). In
     a single process this changes nothing."""
-    lora_r: int = 0
-    """LoRA rank (0 = full fine-tuning). With LoRA the reference is the base with adapters off."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """Dropout on the adapters' input (peft's lora_dropout). `disable_dropout` turns it off with
-    the rest of the policy's dropout, so it is refused with it: set disable_dropout=false to train
-    with it."""
-    lora_target_modules: str | tuple[str, ...] = "all-linear"
-    """The layers that get adapters: all-linear (every linear layer but the output head), or
-    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
-    max_length: int = 256
-    """Tokens per prompt + response after tokenisation."""
-    truncation: Truncation = Truncation.KEEP_START
-    """keep_start, keep_end or drop (see the SFT trainer)."""
-    batch_size: int = 16
-    """Prompts (pairs or rankings) per micro-batch: all responses of a prompt share one."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    max_steps: int = 150
-    """Optimizer steps."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW)."""
-    min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio (1 = constant after warm-up, as the DPO
-    paper)."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip (0 = none)."""
-    eval_every: int = 50
-    """Held-out metrics every this many steps (0 = only at the end)."""
-    save_every: int = 50
-    """Checkpoint every this many steps (0 = only the final model)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk."""
-    shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
-    k*B ... (k+1)*B - 1."""
-    gradient_checkpointing: bool = False
-    """Recompute each decoder layer's activations in the backward instead of keeping them: less
-    memory for about a third more compute (prompts shared by a group then run per row)."""
     disable_dropout: bool = True
     """Dropout off in the policy, as the loss assumes: its log-ratios compare it with the
     reference's log-probs, taken without dropout. false = the model's own rates."""
-    precision: Precision = Precision.FP32
-    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass
-class DPOResult(TrainResult):
+class DPOResult(OfflineResult):
     labels: int = 0  # pairwise comparisons in the training rows used (C(K,2) per ranking)
-    train_losses: list[float] = field(default_factory=list)
 
 
 def check_loss_settings(loss: DPOLoss, beta: float, label_smoothing: float) -> None:
@@ -302,28 +265,24 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         cfg.loss, beta=cfg.beta, label_smoothing=cfg.label_smoothing, nll_weight=cfg.nll_weight
     )
     result = DPOResult(model_dir=run.final, labels=group_labels(train))
-    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
-    metrics = MetricsLogger(
-        run.metrics_path if ranks.is_main else None,
-        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
-        resume_from_step=start_step if checkpoint else None,
+    loop = OfflineLoop(
+        cfg,
+        run,
+        ranks,
+        model=policy,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        stage="dpo",
+        label="dpo",
+        start_step=start_step,
+        resumed=checkpoint is not None,
     )
-    show = cfg.progress and ranks.is_main
 
-    with metrics, ProgressBar(cfg.max_steps, "dpo", enabled=show, start=start_step) as bar:
-        for step in range(start_step, cfg.max_steps):
+    with loop:
+        for step in loop.steps():
             started = time.perf_counter()
             # step 5. this step's groups, fixed by (seed, position) alone
-            micro_rows = [
-                micro_batch_rows(
-                    len(train),
-                    cfg.batch_size,
-                    cfg.seed,
-                    step * cfg.grad_accum + k,
-                    shuffle=cfg.shuffle,
-                )
-                for k in range(cfg.grad_accum)
-            ]
+            micro_rows = loop.micro_rows(step, len(train))
             num_groups = sum(len(rows) for rows in micro_rows)
             shares = rank_shares(micro_rows, ranks)  # this rank's groups of each micro-batch
             batches = [make_batch([train[i] for i in s.rows], pad, device) for s in shares]
@@ -349,15 +308,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
             loss_value, tokens, step_metrics = reduced_gradients(step_grads, stand_in, ranks)
 
             # step 7. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(
-                step,
-                total_steps=cfg.max_steps,
-                warmup_steps=cfg.warmup_steps,
-                min_ratio=cfg.min_lr_ratio,
-            )
-            grad_norm = clipped_step(
-                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
-            )
+            lr, grad_norm = loop.update(step, loss_value)
 
             # step 8. log, evaluate, checkpoint
             done = step + 1
@@ -368,7 +319,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 **step_metrics,
                 "tokens_per_s": tokens / (time.perf_counter() - started),
             }
-            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+            if held_out and loop.eval_due(done):
                 evaluation = evaluate_dpo(
                     policy,
                     reference,
@@ -382,21 +333,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
                 )
                 row.update({f"eval_{key}": value for key, value in evaluation.items()})
                 result.evals.append((done, evaluation))
-            result.train_losses.append(loss_value)
-            result.record(done, row)
-            metrics.log(done, row, stage="dpo")
-            bar.update(1, loss=loss_value, tokens=tokens)
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(
-                    run.checkpoints,
-                    step=done,
-                    model=policy,
-                    tokenizer=tokenizer,
-                    optimizer=optimizer,
-                    extra={},
-                    keep_last=cfg.keep_last,
-                    ranks=ranks,
-                )
+            loop.end_step(done, row, result, tokens=tokens)
 
     # step 9. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);
     # under torchrun the shards are gathered to rank 0, which writes it

@@ -33,7 +33,6 @@ from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import (
-    Precision,
     autocast,
     move_batch,
     resolve_device,
@@ -48,30 +47,25 @@ from rlhfkit.runtime.distributed import (
     reduce_sums,
     shard_model,
 )
-from rlhfkit.runtime.metrics import MetricsLogger
-from rlhfkit.runtime.progress import ProgressBar
-from rlhfkit.runtime.run_config import RunConfig
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
-from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     MODEL_SUBDIR,
     restore_trainer_state,
     resume_point,
     save_final_model,
-    save_trainer_checkpoint,
     submodule_weights,
 )
 from rlhfkit.train.lora_settings import check_lora_settings
-from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
-from rlhfkit.train.result import TrainResult
+from rlhfkit.train.offline_config import OfflineConfig
+from rlhfkit.train.offline_loop import OfflineLoop, OfflineResult
+from rlhfkit.train.optim import adamw
 from rlhfkit.train.reward_losses import (
     pair_denominators,
     pairwise_loss,
     process_loss,
     process_step_logits,
 )
-from rlhfkit.train.schedule import is_due, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +76,10 @@ class RewardObjective(str, Enum):
 
 
 @dataclass(frozen=True)
-class RewardConfig(RunConfig):
-    """`seed` also seeds the heads' initialisation and the bootstrap of an ensemble."""
+class RewardConfig(OfflineConfig):
+    """The settings every offline trainer shares are `OfflineConfig`'s; these give the reward
+    model's values and meanings, then its own. `seed` also seeds the heads' initialisation and
+    the bootstrap of an ensemble."""
 
     model: str = ""
     """Starting point: an SFT causal-LM directory (a head is added) or a saved reward model."""
@@ -93,6 +89,23 @@ class RewardConfig(RunConfig):
     `labels`)."""
     eval_data: str = ""
     """Held-out data of the same kinds; empty = none."""
+    max_length: int = 256
+    """Tokens per response after tokenisation."""
+    batch_size: int = 16
+    """Prompts (rankings, pairs or solutions) per micro-batch: all responses of a prompt share
+    one."""
+    max_steps: int = 150
+    lr: float = 1e-3
+    """Peak learning rate (AdamW); 1e-3 is what the demo's reward model trains with."""
+    warmup_steps: int = 10
+    eval_every: int = 50
+    """Held-out accuracy every this many steps and after the last (0 = only at the end)."""
+    save_every: int = 50
+    lora_r: int = 0
+    """LoRA rank on the backbone's linear layers (0 = full fine-tuning): the adapters and the
+    score head train; the saved model has the adapters merged (a plain sequence classifier)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout)."""
     objective: RewardObjective = RewardObjective.PAIRWISE
     """pairwise: Bradley-Terry on pairs/rankings; process: per-step labels (PRM)."""
     num_heads: int = 1
@@ -103,62 +116,11 @@ class RewardConfig(RunConfig):
     """Weight of the mean squared reward, pulling rewards towards zero (0 = off)."""
     step_separator: str = " "
     """Text between the prompt and the steps, and between steps (process objective)."""
-    max_length: int = 256
-    """Tokens per response after tokenisation."""
-    truncation: Truncation = Truncation.KEEP_START
-    """keep_start, keep_end or drop (see the SFT trainer)."""
-    batch_size: int = 16
-    """Prompts (rankings, pairs or solutions) per micro-batch: all responses of a prompt share
-    one."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; the step's losses divide by counts over all of them,
-    so a step of grad_accum x batch_size prompts is one update whatever its split."""
-    max_steps: int = 150
-    """Optimizer steps."""
-    lr: float = 1e-3
-    """Peak learning rate (AdamW); 1e-3 is what the demo's reward model trains with."""
-    min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio."""
-    warmup_steps: int = 10
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip (0 = none)."""
-    eval_every: int = 50
-    """Held-out accuracy every this many steps (0 = only at the end)."""
-    save_every: int = 50
-    """Checkpoint every this many steps (0 = only at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk."""
-    shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
-    k*B ... (k+1)*B - 1."""
-    lora_r: int = 0
-    """LoRA rank on the backbone's linear layers (0 = full fine-tuning): the adapters and the
-    score head train; the saved model has the adapters merged (a plain sequence classifier)."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """Dropout on the adapters' input (peft's lora_dropout)."""
-    lora_target_modules: str | tuple[str, ...] = "all-linear"
-    """The layers that get adapters: all-linear (every linear layer but the output head), or
-    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
-    gradient_checkpointing: bool = False
-    """Recompute each decoder layer's activations in the backward instead of keeping them: less
-    memory for about a third more compute (prompts shared by a group then run per row)."""
-    precision: Precision = Precision.FP32
-    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass
-class RewardResult(TrainResult):
+class RewardResult(OfflineResult):
     eval_accuracy: list[tuple[int, float]] = field(default_factory=list)  # evals' accuracy
-    train_losses: list[float] = field(default_factory=list)
 
 
 def check_reward_config(cfg: RewardConfig) -> None:
@@ -384,31 +346,26 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
     if "trainable" in extra:  # LoRA: the adapters and the head as they were
         model.load_state_dict(extra["trainable"], strict=False)
     result = RewardResult(model_dir=run.final)
-    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
-    metrics = MetricsLogger(
-        run.metrics_path if ranks.is_main else None,
-        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
-        resume_from_step=start_step if checkpoint else None,
+    loop = OfflineLoop(
+        cfg,
+        run,
+        ranks,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        stage="reward",
+        label="reward model",
+        start_step=start_step,
+        resumed=checkpoint is not None,
+        checkpoint_extra=lambda done: checkpoint_extra(model, cfg),
+        saved_model=lambda weights: saved_classifier(model, weights, cfg),
     )
-    show = cfg.progress and ranks.is_main
 
-    with (
-        metrics,
-        ProgressBar(cfg.max_steps, "reward model", enabled=show, start=start_step) as bar,
-    ):
-        for step in range(start_step, cfg.max_steps):
+    with loop:
+        for step in loop.steps():
             started = time.perf_counter()
             # step 3. this step's micro-batches of prompts, fixed by (seed, position) alone
-            micro_rows = [
-                micro_batch_rows(
-                    len(train),
-                    cfg.batch_size,
-                    cfg.seed,
-                    step * cfg.grad_accum + k,
-                    shuffle=cfg.shuffle,
-                )
-                for k in range(cfg.grad_accum)
-            ]
+            micro_rows = loop.micro_rows(step, len(train))
             step_items = [train[i] for rows in micro_rows for i in rows]  # every rank's
             counts = _step_counts(cfg, step_items)
             # step 4. score every response of this rank's share once; loss over all pairs of each
@@ -438,18 +395,9 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
             whole_batch_reward_stats(stats)
             whole_batch_accuracies(stats)
             # step 5. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(
-                step,
-                total_steps=cfg.max_steps,
-                warmup_steps=cfg.warmup_steps,
-                min_ratio=cfg.min_lr_ratio,
-            )
-            grad_norm = clipped_step(
-                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
-            )
+            lr, grad_norm = loop.update(step, loss_value)
             # step 6. log, evaluate, checkpoint
             done = step + 1
-            result.train_losses.append(loss_value)
             row = {
                 "loss": loss_value,
                 "lr": lr,
@@ -457,28 +405,15 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                 **stats,
                 "steps_per_s": 1.0 / (time.perf_counter() - started),
             }
-            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+            if held_out and loop.eval_due(done):
                 gather_parameters(model)  # the scoring runs the backbone and head by themselves
                 row["eval_accuracy"] = evaluate_reward_model(
                     model, held_out, cfg, tokenizer.pad_token_id
                 )
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
                 result.evals.append((done, {"eval_accuracy": row["eval_accuracy"]}))
-            result.record(done, row)
-            metrics.log(done, row, stage="reward")
-            bar.update(1, loss=loss_value, tokens=sum(map(item_tokens, step_items)))
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(
-                    run.checkpoints,
-                    step=done,
-                    model=model,
-                    tokenizer=tokenizer,
-                    optimizer=optimizer,
-                    keep_last=cfg.keep_last,
-                    extra=checkpoint_extra(model, cfg),
-                    ranks=ranks,
-                    saved_model=lambda weights: saved_classifier(model, weights, cfg),
-                )
+            tokens = sum(map(item_tokens, step_items))
+            loop.end_step(done, row, result, tokens=tokens)
 
     # step 7. the final reward model, loadable with AutoModelForSequenceClassification; under
     # torchrun the shards are gathered to rank 0, which writes the classifier's weights

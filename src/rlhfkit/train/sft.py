@@ -21,7 +21,7 @@ from rlhfkit.data.formats import Format
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK, length_sorted_chunks
 from rlhfkit.data.loading import load_examples
 from rlhfkit.data.text_ids import render_text
-from rlhfkit.data.tokenize import Truncation, require_rows, tokenize_sft
+from rlhfkit.data.tokenize import require_rows, tokenize_sft
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.objectives.sft import sft_loss
@@ -43,30 +43,30 @@ from rlhfkit.runtime.distributed import (
     reduce_sums,
     shard_model,
 )
-from rlhfkit.runtime.metrics import MetricsLogger, drop_lines_after
-from rlhfkit.runtime.progress import ProgressBar
-from rlhfkit.runtime.run_config import RunConfig
+from rlhfkit.runtime.metrics import drop_lines_after
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.runtime.seeding import seed_everything
-from rlhfkit.train.batching import micro_batch_rows
 from rlhfkit.train.checkpointing import (
     final_policy,
     load_configured_policy,
     restore_trainer_state,
     resume_point,
     save_final_model,
-    save_trainer_checkpoint,
 )
 from rlhfkit.train.lora_settings import check_lora_settings
-from rlhfkit.train.optim import NonFiniteGuard, adamw, clipped_step
-from rlhfkit.train.result import TrainResult
-from rlhfkit.train.schedule import is_due, warmup_cosine
+from rlhfkit.train.offline_config import OfflineConfig
+from rlhfkit.train.offline_loop import OfflineLoop, OfflineResult
+from rlhfkit.train.optim import adamw
+from rlhfkit.train.schedule import is_due
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SFTConfig(RunConfig):
+class SFTConfig(OfflineConfig):
+    """The settings every offline trainer shares are `OfflineConfig`'s; these give SFT's
+    values and meanings."""
+
     model: str = ""
     """Hugging Face causal-LM directory to start from (the tiny default or any real model)."""
     train_data: str = ""
@@ -76,27 +76,19 @@ class SFTConfig(RunConfig):
     """Held-out SFT data for the eval loss and sample generations; empty = none."""
     max_length: int = 256
     """Tokens per row after tokenisation; longer rows follow `truncation`."""
-    truncation: Truncation = Truncation.KEEP_START
-    """keep_start: cut the completion's end; keep_end: cut the prompt's start; drop: drop the
-    row."""
     batch_size: int = 32
     """Rows per micro-batch."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step."""
     max_steps: int = 300
-    """Optimizer steps."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW)."""
-    min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio."""
     warmup_steps: int = 20
-    """Linear warm-up steps."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip (0 = none)."""
     eval_every: int = 100
-    """Held-out loss every this many steps (0 = only at the end)."""
+    """Held-out loss every this many steps and after the last (0 = only at the end)."""
+    save_every: int = 100
+    lora_r: int = 0
+    """LoRA rank (0 = full fine-tuning): only the adapters train, and the final model has them
+    merged in."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input (peft's lora_dropout)."""
     sample_every: int = 100
     """Greedy sample generations for a few held-out prompts every this many steps and after the
     last, into samples.jsonl (0 = never)."""
@@ -104,37 +96,10 @@ class SFTConfig(RunConfig):
     """Held-out prompts whose generations are logged."""
     sample_max_new_tokens: int = 64
     """Length limit of logged generations."""
-    save_every: int = 100
-    """Checkpoint every this many steps (0 = only at the end)."""
-    keep_last: int = 2
-    """Checkpoints kept on disk."""
-    shuffle: bool = True
-    """Shuffle the rows each epoch (seeded); false = file order, batch k = rows
-    k*B ... (k+1)*B - 1."""
-    lora_r: int = 0
-    """LoRA rank (0 = full fine-tuning): only the adapters train, and the final model has them
-    merged in."""
-    lora_alpha: int = 16
-    """LoRA scaling numerator."""
-    lora_dropout: float = 0.0
-    """Dropout on the adapters' input (peft's lora_dropout)."""
-    lora_target_modules: str | tuple[str, ...] = "all-linear"
-    """The layers that get adapters: all-linear (every linear layer but the output head), or
-    their names, e.g. [q_proj, v_proj] (peft's list: the end of each layer's dotted name)."""
-    gradient_checkpointing: bool = False
-    """Recompute each decoder layer's activations in the backward instead of keeping them: less
-    memory for about a third more compute (prompts shared by a group then run per row)."""
-    precision: Precision = Precision.FP32
-    """fp32, or bf16 (autocast forward passes, fp32 weights and optimizer state)."""
-    tensorboard: bool = True
-    """Also write TensorBoard scalars."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass
-class SFTResult(TrainResult):
-    train_losses: list[float] = field(default_factory=list)
+class SFTResult(OfflineResult):
     eval_losses: list[tuple[int, float]] = field(default_factory=list)  # evals' "eval_loss"
 
 
@@ -246,35 +211,31 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         else 0
     )
     result = SFTResult(model_dir=run.final)
-    guard = NonFiniteGuard(cfg.max_nonfinite_skips, run.checkpoints)
-    metrics = MetricsLogger(
-        run.metrics_path if ranks.is_main else None,
-        run.tensorboard if cfg.tensorboard and ranks.is_main else None,
-        resume_from_step=start_step if checkpoint else None,
+    loop = OfflineLoop(
+        cfg,
+        run,
+        ranks,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        stage="sft",
+        label="sft",
+        start_step=start_step,
+        resumed=checkpoint is not None,
+        checkpoint_extra=lambda done: {"micro_index": done * cfg.grad_accum},
     )
     samples_path = run.root / "samples.jsonl"
     if checkpoint and ranks.is_main and samples_path.exists():
         # as metrics.jsonl: the killed run's generations after the checkpoint are made again
         drop_lines_after(samples_path, start_step)
-    show = cfg.progress and ranks.is_main
 
-    with metrics, ProgressBar(cfg.max_steps, "sft", enabled=show, start=start_step) as bar:
-        for step in range(start_step, cfg.max_steps):
+    with loop:
+        for step in loop.steps():
             started = time.perf_counter()
             # step 3. this step's micro-batches, fixed by (seed, position) alone; this rank's share
             # of each is run in length-sorted chunks so that padding costs no compute (same loss:
             # one denominator)
-            micro_rows = [
-                micro_batch_rows(
-                    len(train),
-                    cfg.batch_size,
-                    cfg.seed,
-                    step * cfg.grad_accum + k,
-                    shuffle=cfg.shuffle,
-                )
-                for k in range(cfg.grad_accum)
-            ]
-            shares = rank_shares(micro_rows, ranks)
+            shares = rank_shares(loop.micro_rows(step, len(train)), ranks)
             micro = [
                 (move_batch(pad_batch(chunk, tokenizer.pad_token_id), device), share.stand_in)
                 for share in shares
@@ -305,28 +266,19 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
             loss_value = reduce_sums({"loss": loss_value}, ranks)["loss"]
 
             # step 5. clip, schedule, update
-            lr = cfg.lr * warmup_cosine(
-                step,
-                total_steps=cfg.max_steps,
-                warmup_steps=cfg.warmup_steps,
-                min_ratio=cfg.min_lr_ratio,
-            )
-            grad_norm = clipped_step(
-                optimizer, lr, cfg.max_grad_norm, guard=guard, step=step, loss=loss_value
-            )
+            lr, grad_norm = loop.update(step, loss_value)
 
             # step 6. log, evaluate, sample, checkpoint
             done = step + 1
             tokens = int(totals["tokens"])
             elapsed = time.perf_counter() - started
-            result.train_losses.append(loss_value)
             row = {
                 "loss": loss_value,
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "tokens_per_s": tokens / elapsed,
             }
-            if held_out and is_due(done, cfg.eval_every, cfg.max_steps, at_end=True):
+            if held_out and loop.eval_due(done):
                 row["eval_loss"] = eval_loss(
                     model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision
                 )
@@ -338,20 +290,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                 and is_due(done, cfg.sample_every, cfg.max_steps, at_end=True)
             ):
                 _log_samples(run, done, model, tokenizer, eval_rows, cfg, ranks.is_main)
-            result.record(done, row)
-            metrics.log(done, row, stage="sft")
-            bar.update(1, loss=loss_value, tokens=tokens)
-            if is_due(done, cfg.save_every, cfg.max_steps, at_end=False):
-                save_trainer_checkpoint(
-                    run.checkpoints,
-                    step=done,
-                    model=model,
-                    tokenizer=tokenizer,
-                    optimizer=optimizer,
-                    extra={"micro_index": done * cfg.grad_accum},
-                    keep_last=cfg.keep_last,
-                    ranks=ranks,
-                )
+            loop.end_step(done, row, result, tokens=tokens)
 
     # step 7. the final model, loadable with AutoModelForCausalLM.from_pretrained (LoRA merged);
     # under torchrun the shards are gathered to rank 0, which writes it
