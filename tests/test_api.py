@@ -72,6 +72,16 @@ def test_a_bad_row_in_memory_is_named_by_its_setting_not_by_the_file_of_a_failed
     assert not (tmp_path / "sft").exists()
 
 
+def test_a_row_in_memory_that_is_not_valid_unicode_is_named_as_a_bad_row(tiny_model_dir, tmp_path):
+    rows = [*sft_rows(3), {"prompt": "1 + 1 =\ud800", "completion": " 2"}]
+    with pytest.raises(rlhfkit.RlhfkitError) as caught:
+        rlhfkit.run("sft", tmp_path / "sft", model=tiny_model_dir, train_data=rows, **SETTINGS)
+    assert str(caught.value).startswith(
+        "setting 'train_data' (rows in memory): row 4: field 'prompt': not valid Unicode"
+    )
+    assert not (tmp_path / "sft").exists()
+
+
 def test_the_same_rows_name_the_same_file_and_other_rows_another():
     from rlhfkit.api import python_values
 

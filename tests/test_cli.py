@@ -952,6 +952,46 @@ def test_resume_with_a_changed_config_is_refused_unless_asked_for(
     assert [row["step"] for row in rows] == [1, 2, 3]  # it continued, it did not start again
 
 
+def test_resume_without_keys_takes_the_runs_own_settings_and_says_where_it_starts(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, GOOD_SFT])
+    code, _, err = run_main(monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data))
+    assert code == 0, err
+    root = tmp_path / "runs" / "sft"
+    where = ["--runs-dir", tmp_path / "runs", "--name", "sft"]
+    code, out, err = run_main(monkeypatch, capsys, "sft", *where, "--resume")
+    assert code == 0, err
+    assert f"resuming with the settings of {root / 'config.yaml'}" in out
+    assert f"resuming from {root / 'checkpoints' / 'step_00000001'}: step 1 of 2 done" in out
+    assert f"warning: the run had finished: its final model {root / 'final'} will be" in err
+    # one changed key on top of the run's settings
+    code, out, err = run_main(
+        monkeypatch, capsys, "sft", *where, "--resume-with-changes", "max_steps=3"
+    )
+    assert code == 0, err
+    assert "step 1 of 3 done" in out  # no checkpoint after the last step: the final model
+    rows = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3]
+
+
+def test_resume_of_a_missing_or_finished_run_without_checkpoints_says_which(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    where = ["--runs-dir", tmp_path / "runs", "--name", "nope"]
+    code, _, err = run_main(monkeypatch, capsys, "sft", *where, "--resume")
+    assert_one_line_error(code, err, f"there is no run directory {tmp_path / 'runs' / 'nope'}")
+    data = write_rows(tmp_path / "train.jsonl", [GOOD_SFT, GOOD_SFT])
+    args = sft_args(tmp_path, tiny_model_dir, data, "save_every=0")
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    final = tmp_path / "runs" / "sft" / "final"
+    code, _, err = run_main(monkeypatch, capsys, *args, "--resume")
+    assert_one_line_error(
+        code, err, "the run has finished, with no checkpoint kept", f"model={final}"
+    )
+
+
 def write_lock(root, pid):
     """The lock file a run holding `root` on this host writes: its pid, host and a token."""
     lock = root / "run.lock"
@@ -981,10 +1021,17 @@ def test_a_run_in_use_is_refused_and_a_dead_runs_lock_is_taken_over(
         write_lock(root, child.pid)
         code, _, err = run_main(monkeypatch, capsys, *args, flag)
         assert code == 0, err
-        assert err.strip() == (
+        warnings = err.strip().splitlines()
+        assert warnings[0] == (
             f"warning: run {root}: taking over its lock from process {child.pid}, "
             "which is no longer running"
         )
+        if flag == "--resume":  # the run had finished: resuming it says what that does
+            assert warnings[1:] == [
+                f"warning: the run had finished: its final model {root / 'final'} will be replaced"
+            ]
+        else:
+            assert len(warnings) == 1
         assert not lock.exists()  # released at the end
 
 

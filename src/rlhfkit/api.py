@@ -129,6 +129,7 @@ def rows_in_memory_named(message: str, inputs: dict[Path, list[str]]) -> str:
 # the command line's flags in a message, as `rlhfkit.run` takes them (longest first)
 FLAGS_IN_PYTHON = (
     ("pass --force-lr (the config key force_lr=true)", "pass force_lr=True"),
+    ("(check --runs-dir and --name)", "(check run_dir)"),
     ("--resume-with-changes", "resume_with_changes=True"),
     ("--resume", "resume=True"),
     ("--overwrite", "overwrite=True"),
@@ -269,11 +270,15 @@ def _rows_file(key: str, value: Any, inputs_dir: Path, inputs: dict[Path, list[s
     lines = []
     for number, row in enumerate(rows, start=1):
         try:
-            lines.append(json.dumps(dict(row), ensure_ascii=False))
+            line = json.dumps(dict(row), ensure_ascii=False)
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: kept as its escape, for the data checks
+            line = json.dumps(dict(row))
         except (TypeError, ValueError) as error:
             raise RlhfkitError(
                 f"setting '{key}': row {number} cannot be written as JSON ({error})"
             ) from None
+        lines.append(line)
     digest = hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:12]
     path = inputs_dir / f"{key}-{digest}.jsonl"
     inputs[path] = lines

@@ -7,6 +7,7 @@ Every command with a config is one row of `COMMANDS` (cli_commands.py); `tasks`,
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import random
 import re
@@ -23,6 +24,8 @@ from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runner import silence_libraries
 from rlhfkit.runtime.logs import console_messages
 from rlhfkit.runtime.provenance import started_by
+
+log = logging.getLogger(__name__)
 
 
 class _Once(argparse.Action):
@@ -312,14 +315,35 @@ def _lost_a_rank(error: BaseException) -> bool:
     )
 
 
+def _config_file(args, command: Command) -> str | None:
+    """The --config file; when resuming a run of this command without one, the run's own
+    config.yaml, so that it resumes with the settings it started with (the keys given on the
+    command line then change them, which --resume refuses and --resume-with-changes records)."""
+    resuming = command.run_dir and command.resumable and (args.resume or args.resume_with_changes)
+    if args.config is not None or not resuming:
+        return args.config
+    from rlhfkit.runtime.provenance import first_command_name
+    from rlhfkit.runtime.rundir import require_run_dir, run_root
+
+    root = run_root(Path(args.runs_dir), args.name)
+    require_run_dir(root)
+    saved = root / "config.yaml"
+    if not saved.is_file() or first_command_name(root) != args.command:
+        return None  # opening the run says why it cannot resume
+    if not args.overrides:
+        log.info(f"resuming with the settings of {saved}")
+    return str(saved)
+
+
 def _run_command(args, command: Command) -> None:
     from rlhfkit.runtime.config import config_to_dict, given_keys, load_config
 
     # --force-lr is the config key force_lr: every trainer (and job) checks its rates itself
     forced = getattr(args, "force_lr", False)
     overrides = [*args.overrides, "force_lr=true"] if forced else args.overrides
-    cfg = load_config(load_object(command.config), args.config, overrides)
-    check_command_config(args.command, command, cfg, given_keys(args.config, overrides))
+    config_file = _config_file(args, command)
+    cfg = load_config(load_object(command.config), config_file, overrides)
+    check_command_config(args.command, command, cfg, given_keys(config_file, overrides))
     if args.print_config:  # what the run would refuse, refused here too
         from rlhfkit.train.config_checks import check_trainer_config
 

@@ -40,3 +40,10 @@ def test_bad_corpus_names_the_file(tmp_path, name, content, fragment):
     with pytest.raises(DataError, match=fragment) as caught:
         read_corpus(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_lone_surrogate_in_a_dataset_row_names_its_row(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "half a pair \\ud800"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="row 2: not valid Unicode: a lone surrogate"):
+        read_corpus(path)

@@ -202,6 +202,25 @@ BAD_ROWS = {
         "got an empty string",
     ),
     "empty message list": ({"prompt": [], "completion": "c"}, Format.SFT, "prompt", "empty list"),
+    # JSON's "\\ud800" (half a surrogate pair) decodes to a str no tokenizer can encode
+    "lone surrogate": (
+        {"prompt": "p", "chosen": "ok \ud83d", "rejected": "r"},
+        Format.PREFERENCE,
+        "chosen",
+        "not valid Unicode: a lone surrogate '\\ud83d' at character 4",
+    ),
+    "lone surrogate in a message": (
+        {"messages": [{"role": "user", "content": "\udc00 hi"}, ASSISTANT]},
+        Format.SFT,
+        "messages[0].content",
+        "lone surrogate '\\udc00' at character 1",
+    ),
+    "lone surrogate in a step": (
+        {"prompt": "p", "completions": ["a", "b\ud800"], "labels": [True, False]},
+        Format.STEPS,
+        "completions[1]",
+        "not valid Unicode",
+    ),
     "message not a dict": (
         {"messages": [USER, "five"]},
         Format.SFT,

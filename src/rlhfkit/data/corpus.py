@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rlhfkit.data.formats import not_unicode
 from rlhfkit.data.loading import DATA_FILE_SUFFIXES, read_rows
 from rlhfkit.errors import DataError
 
@@ -18,7 +19,7 @@ def read_corpus(path: str | Path) -> list[str]:
     """
     source = Path(path)
     if source.is_dir() or source.suffix.lower() in DATA_FILE_SUFFIXES:
-        texts = [text for _, row in read_rows(source) for text in _strings(row)]
+        texts = [text for number, row in read_rows(source) for text in _texts(source, number, row)]
     else:
         texts = _lines(source)
     texts = [text for text in texts if text.strip()]
@@ -36,6 +37,15 @@ def _lines(path: Path) -> list[str]:
         raise DataError(str(path), None, None, f"not UTF-8 text ({error.reason})") from None
     except OSError as error:
         raise DataError(str(path), None, None, f"cannot be read ({error.strerror})") from None
+
+
+def _texts(path: Path, number: int, row: Any) -> list[str]:
+    """The strings of row `number`, each valid Unicode."""
+    texts = list(_strings(row))
+    for text in texts:
+        if (problem := not_unicode(text)) is not None:
+            raise DataError(str(path), number, None, problem)
+    return texts
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -124,6 +124,27 @@ def _check_string(value: Any, name: str, where: _Where) -> str:
         raise _fail(where, name, f"expected a non-empty string, got {type_name(value)}")
     if not value.strip():
         raise _fail(where, name, "expected a non-empty string, got an empty string")
+    return _check_unicode(value, name, where)
+
+
+def not_unicode(text: str) -> str | None:
+    """Why `text` is not valid Unicode, or None when it is. JSON's escapes can spell half of a
+    surrogate pair (`"\\ud800"`), which Python decodes to a string that no tokenizer and no
+    UTF-8 file takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        surrogate = ascii(text[error.start])
+        return (
+            f"not valid Unicode: a lone surrogate {surrogate} at character {error.start + 1} "
+            "(half of an escaped surrogate pair?)"
+        )
+    return None
+
+
+def _check_unicode(value: str, name: str, where: _Where) -> str:
+    if (problem := not_unicode(value)) is not None:
+        raise _fail(where, name, problem)
     return value
 
 
@@ -160,7 +181,7 @@ def _check_text(value: Any, name: str, where: _Where) -> Text:
         raise _fail(where, name, f"{expected}, got {type_name(value)}")
     if not value.strip():
         raise _fail(where, name, f"{expected}, got an empty string")
-    return value
+    return _check_unicode(value, name, where)
 
 
 def _check_same_kind(prompt: Text, value: Text, name: str, where: _Where) -> None:

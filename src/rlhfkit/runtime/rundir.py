@@ -316,15 +316,31 @@ def _check_request(root: Path, *, resume: bool, overwrite: bool) -> None:
         raise RlhfkitError(f"run directory {root} is a file, not a directory")
 
 
+def require_run_dir(root: Path) -> None:
+    """Refuse to resume a run directory that does not exist (a mistyped name)."""
+    if not Path(root).is_dir():
+        raise RlhfkitError(
+            f"nothing to resume: there is no run directory {root} (check --runs-dir and --name)"
+        )
+
+
 def _check_resumable(run_dir: RunDir, resume_needs_checkpoint: bool) -> None:
+    root = run_dir.root
+    require_run_dir(root)
     if not resume_needs_checkpoint:
         if not run_dir.config_path.is_file():
             raise RlhfkitError(
-                f"nothing to resume in run directory {run_dir.root}: it holds no config.yaml"
+                f"nothing to resume in run directory {root}: it holds no config.yaml"
             )
     elif latest_checkpoint(run_dir.checkpoints) is None:
+        if run_dir.final.is_dir():  # save_every past max_steps: no checkpoint on the way
+            raise RlhfkitError(
+                f"nothing to resume in run directory {root}: the run has finished, with no "
+                f"checkpoint kept; its model is {run_dir.final} (to train on from it, start a "
+                f"new run with model={run_dir.final})"
+            )
         raise RlhfkitError(
-            f"nothing to resume in run directory {run_dir.root}: it holds no complete checkpoint "
+            f"nothing to resume in run directory {root}: it holds no complete checkpoint "
             "(it stopped before its first): start it again with --overwrite"
         )
 

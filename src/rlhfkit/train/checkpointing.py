@@ -6,6 +6,7 @@ model and tokenizer from the gathered weights, and every rank its shard of the r
 (`runtime.distributed_checkpoint`); either kind resumes on any number of processes.
 """
 
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ from rlhfkit.runtime.distributed_checkpoint import (
     warn_if_resharded,
 )
 from rlhfkit.train.optim import all_finite, all_finite_tensors
+
+log = logging.getLogger(__name__)
 
 MODEL_SUBDIR = "model"
 ONE_PROCESS = Ranks()  # frozen: the default of every `ranks` argument here
@@ -217,13 +220,20 @@ def resume_point(
     chooses and every rank takes its choice. One past `total_steps` (a run resumed with a
     lower max_steps) is refused: the run would save that checkpoint as its final model."""
     checkpoint = on_main(lambda: resumable_checkpoint(checkpoints_dir), ranks)
-    if checkpoint is not None and total_steps is not None:
-        step = checkpoint_step(checkpoint)
-        if step > total_steps:
-            raise ConfigError(
-                f"{checkpoint} is step {step}, past this run's {total_steps} steps: resume "
-                f"with at least {step} steps, or start again with --overwrite"
-            )
+    if checkpoint is None:
+        return None
+    step = checkpoint_step(checkpoint)
+    if total_steps is not None and step > total_steps:
+        raise ConfigError(
+            f"{checkpoint} is step {step}, past this run's {total_steps} steps: resume "
+            f"with at least {step} steps, or start again with --overwrite"
+        )
+    if ranks.is_main:
+        of = f" of {total_steps}" if total_steps is not None else ""
+        log.info(f"resuming from {checkpoint}: step {step}{of} done")
+        final = checkpoints_dir.parent / "final"
+        if final.is_dir():  # a finished run, resumed as it was (redone alike) or with more steps
+            log.warning(f"the run had finished: its final model {final} will be replaced")
     return checkpoint
 
 
