@@ -188,6 +188,29 @@ def test_print_config_shows_the_overrides(monkeypatch, capsys):
     assert config["lr"] == 1e-4 and config["objective"] == "process" and config["num_heads"] == 1
 
 
+@pytest.mark.parametrize(
+    "command, refusal",
+    [("ppo", "PPO needs reward_model=PATH"), ("online-dpo", "labeller=annotator is a built-in")],
+)
+def test_print_config_of_a_config_not_yet_complete_shows_it_then_says_what_is_missing(
+    monkeypatch, capsys, command, refusal
+):
+    code, out, err = run_main(monkeypatch, capsys, command, "--print-config")
+    assert_one_line_error(code, err, refusal)
+    assert json.loads(out)["seed"] == 0  # the defaults, as a config file would hold them
+
+
+def test_ppo_with_a_reward_model_as_its_reward_says_how_the_critic_starts(monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "ppo", "reward=model:rm/final", "--print-config")
+    assert_one_line_error(
+        code, err, "critic_init=reward_model needs reward_model=PATH", "reward_model=rm/final)"
+    )
+    code, out, _ = run_main(
+        monkeypatch, capsys, "ppo", "reward=model:rm/final", "critic_init=policy", "--print-config"
+    )
+    assert code == 0 and json.loads(out)["critic_init"] == "policy"
+
+
 def test_a_jobs_filled_key_is_refused_even_at_its_default(monkeypatch, capsys):
     # sft.seed=0 is SFTConfig's default: only the command line can tell it was set
     code, _, err = run_main(
@@ -795,7 +818,15 @@ def test_eval_without_a_task_needs_prompts_and_a_reward_source_judge(
 ):
     common = [f"models=[{tiny_model_dir}]", "task=null", "--runs-dir", tmp_path]
     code, _, err = run_main(monkeypatch, capsys, "eval", *common, "judge=gold")
-    assert_one_line_error(code, err, "without a task needs prompts=FILE and judge=<reward source>")
+    assert_one_line_error(code, err, "judge=gold needs a task", "model:PATH for a reward model")
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "Say hi."}])
+    for named in ("reward_model", "ai"):  # a named judge is refused without a task, prompts or not
+        code, _, err = run_main(
+            monkeypatch, capsys, "eval", *common, f"judge={named}", f"prompts={prompts}"
+        )
+        assert_one_line_error(code, err, f"judge={named} needs a task")
+    code, _, err = run_main(monkeypatch, capsys, "eval", *common, "judge=model:somewhere")
+    assert_one_line_error(code, err, "without a task needs prompts=FILE")
     code, _, err = run_main(monkeypatch, capsys, "eval", *common, "judge=no_such_judge")
     assert_one_line_error(code, err, "no_such_judge")
 

@@ -344,11 +344,13 @@ def _run_command(args, command: Command) -> None:
     config_file = _config_file(args, command)
     cfg = load_config(load_object(command.config), config_file, overrides)
     check_command_config(args.command, command, cfg, given_keys(config_file, overrides))
-    if args.print_config:  # what the run would refuse, refused here too
+    if args.print_config:
         from rlhfkit.train.config_checks import check_trainer_config
 
-        check_trainer_config(cfg)
         print(json.dumps(config_to_dict(cfg), indent=2))
+        # what the run would refuse, refused here too, after the printout: a config that is not
+        # complete yet (`rlhfkit ppo --print-config`, with no reward) still shows its defaults
+        check_trainer_config(cfg)
         return
     with started_by(shlex.join(["rlhfkit", *args.argv])):  # recorded in starts.jsonl
         if command.run_dir:

@@ -312,11 +312,17 @@ BAD_ROWS = {
         "ranks[0]",
         "expected an integer, got bool",
     ),
-    "answer wrong type": (
+    "answer a number": (
         {"prompt": "p", "answer": 5},
         Format.PROMPT,
         "answer",
-        "expected a non-empty string, got int",
+        'expected text, got a number: write it as "5"',
+    ),
+    "answer wrong type": (
+        {"prompt": "p", "answer": ["5"]},
+        Format.PROMPT,
+        "answer",
+        "expected a non-empty string, got list",
     ),
     "labels length mismatch": (
         {"prompt": "p", "completions": ["s1", "s2"], "labels": [True]},

@@ -198,6 +198,11 @@ def test_unknown_override_key_names_it_and_suggests_a_close_one(override, messag
         # without lora_r does nothing at all
         ("dpo", "rpo_alpha=1.0", "nll_weight"),
         ("dpo", "precompute_ref_log_probs=true", "precompute_ref"),
+        # the first of rlhfkit's names that the trainer has
+        ("grpo", "per_device_train_batch_size=4", "micro_batch_size"),
+        ("sft", "per_device_train_batch_size=4", "batch_size"),
+        ("grpo", "loss_type=dapo", "loss_aggregation"),
+        ("dpo", "loss_type=ipo", "loss"),
     ],
 )
 def test_a_trl_name_is_answered_with_rlhfkits(config, override, ours):
@@ -212,6 +217,18 @@ def test_a_trl_name_is_answered_with_rlhfkits(config, override, ours):
     with pytest.raises(ConfigError) as err:
         load_config(cls, overrides=[override])
     assert str(err.value) == f"unknown config key '{name}' (TRL's name; rlhfkit's is '{ours}')"
+
+
+@pytest.mark.parametrize(
+    "override, meant",
+    [("LR=1", "lr"), ("Max_Steps=3", "max_steps"), ("learnign_rate=1", "lr"), ("lrr=1", "lr")],
+)
+def test_a_key_in_other_case_or_a_misspelled_peer_name_is_answered(override, meant):
+    from rlhfkit.train.sft import SFTConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, overrides=[override])
+    assert str(err.value).endswith(f"(did you mean '{meant}'?)")
 
 
 def test_unknown_key_in_a_file_section(tmp_path):

@@ -363,6 +363,10 @@ def _validate_ranking(row: dict, where: _Where) -> RankingExample:
 def _validate_prompt(row: dict, where: _Where) -> PromptExample:
     prompt = _check_text(_require(row, "prompt", where), "prompt", where)
     answer = row.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        # not turned into text silently: a reward function comparing it with a number would
+        # then score every answer 0
+        raise _fail(where, "answer", f'expected text, got a number: write it as "{answer}"')
     if answer is not None:
         _check_string(answer, "answer", where)
     metadata = {key: value for key, value in row.items() if key not in ("prompt", "answer")}

@@ -117,10 +117,15 @@ def check_eval_config(cfg: EvalConfig) -> None:
             raise RlhfkitError(
                 f"judge={cfg.judge!r}: expected {named}, or a reward source ({error})"
             ) from None
-    if cfg.task is None and (kind is not None or not cfg.prompts):
+    if cfg.task is None and kind is not None:
         raise RlhfkitError(
-            "rlhfkit eval without a task needs prompts=FILE and judge=<reward source> "
-            "(file.py:function, model:PATH or a weighted sum): nothing else can score the answers"
+            f"judge={kind.value} needs a task: without one the judge is a reward source "
+            "(file.py:function, model:PATH for a reward model, or a weighted sum), nothing else "
+            "can score the answers"
+        )
+    if cfg.task is None and not cfg.prompts:
+        raise RlhfkitError(
+            "rlhfkit eval without a task needs prompts=FILE: the held-out prompts to answer"
         )
     if kind is Judge.REWARD_MODEL and not cfg.reward_model:
         raise RlhfkitError("judge=reward_model needs reward_model=PATH")

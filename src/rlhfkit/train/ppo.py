@@ -141,8 +141,11 @@ def check_ppo_config(cfg: PPOConfig) -> None:
         and CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
         and not cfg.reward_model
     ):
+        model = cfg.reward.removeprefix("model:") if cfg.reward.startswith("model:") else ""
+        named = f" (with reward={cfg.reward}: reward_model={model})" if model else ""
         raise ConfigError(
-            "critic_init=reward_model needs reward_model=PATH; or set critic_init=policy"
+            f"critic_init=reward_model needs reward_model=PATH, the critic's start{named}; or "
+            "set critic_init=policy"
         )
     if cfg.kl_target > 0 and cfg.kl_coef == 0:
         # the controller multiplies beta: from 0 it never moves, and the target is ignored
