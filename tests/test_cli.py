@@ -1092,6 +1092,9 @@ def test_resume_by_another_command_is_refused(monkeypatch, capsys, tmp_path, tin
     args = [f"model={tiny_model_dir}", f"train_data={data}", "--runs-dir", tmp_path / "runs"]
     code, _, err = run_main(monkeypatch, capsys, "rm", *args, "--name", "sft", "--resume")
     assert_one_line_error(code, err, f"{root} is a run of rlhfkit sft, not rlhfkit rm")
+    where = ["--runs-dir", tmp_path / "runs", "--name", "sft"]  # no keys: the run's own
+    code, _, err = run_main(monkeypatch, capsys, "rm", *where, "--resume")
+    assert_one_line_error(code, err, f"{root} is a run of rlhfkit sft, not rlhfkit rm")
     # the run's own command resumes it (nothing left to do: its two steps are done)
     code, _, err = run_main(
         monkeypatch, capsys, *sft_args(tmp_path, tiny_model_dir, data), "--resume"

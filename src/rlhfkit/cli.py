@@ -322,14 +322,20 @@ def _config_file(args, command: Command) -> str | None:
     resuming = command.run_dir and command.resumable and (args.resume or args.resume_with_changes)
     if args.config is not None or not resuming:
         return args.config
-    from rlhfkit.runtime.provenance import first_command_name
+    from rlhfkit.runner import check_made_by
+    from rlhfkit.runtime.config import load_config
     from rlhfkit.runtime.rundir import require_run_dir, run_root
 
     root = run_root(Path(args.runs_dir), args.name)
     require_run_dir(root)
+    check_made_by(root, args.command)  # before its config: another command's keys
     saved = root / "config.yaml"
-    if not saved.is_file() or first_command_name(root) != args.command:
+    if not saved.is_file():
         return None  # opening the run says why it cannot resume
+    try:  # alone first, so that a bad key=value is not taken for a damaged file
+        load_config(load_object(command.config), saved)
+    except RlhfkitError as error:
+        raise RlhfkitError(f"--resume cannot read the run's saved config: {error}") from None
     if not args.overrides:
         log.info(f"resuming with the settings of {saved}")
     return str(saved)

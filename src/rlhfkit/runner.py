@@ -25,6 +25,19 @@ def silence_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def check_made_by(root: Path, name: str) -> None:
+    """Refuse to resume, with `rlhfkit name`, a run another command made: its checkpoint holds
+    another trainer's state."""
+    from rlhfkit.runtime.provenance import first_command_name
+
+    made_by = first_command_name(root)
+    if made_by not in (None, name):
+        raise RlhfkitError(
+            f"{root} is a run of rlhfkit {made_by}, not rlhfkit {name}: resume it with "
+            f"rlhfkit {made_by}, or choose another run directory (--name)"
+        )
+
+
 def run_in_dir(
     name: str,
     command: Command,
@@ -54,7 +67,7 @@ def run_in_dir(
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
     from rlhfkit.runtime.host_memory import keep_freed_memory
     from rlhfkit.runtime.logs import run_log
-    from rlhfkit.runtime.provenance import first_command_name, record_start, start_record
+    from rlhfkit.runtime.provenance import record_start, start_record
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
 
     if resume and not command.resumable:
@@ -86,13 +99,7 @@ def run_in_dir(
                 log.warning(lock.notice)
             with ExitStack() as config_kept:
                 if resume:  # a change the run then refuses is undone (rundir.py)
-                    made_by = first_command_name(run.root)
-                    if made_by not in (None, name):  # another trainer's checkpoint and state
-                        raise RlhfkitError(
-                            f"{run.root} is a run of rlhfkit {made_by}, not rlhfkit {name}: "
-                            f"resume it with rlhfkit {made_by}, or choose another run directory "
-                            "(--name)"
-                        )
+                    check_made_by(run.root, name)
                     config_kept.enter_context(
                         resumed_with_config(run, cfg, allow_changes=allow_changes)
                     )

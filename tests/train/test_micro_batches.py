@@ -13,7 +13,7 @@ import torch
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask
-from rlhfkit.train import dpo, policy_run, ppo, reward, sft
+from rlhfkit.train import offline_loop, policy_run, ppo
 from rlhfkit.train.dpo import train_dpo
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.micro_batches import backward_micro_batches, micro_slices, row_stat, token_stat
@@ -172,7 +172,7 @@ def test_reward_model_accumulation_gives_the_unsplit_update(
 ):
     gradients, losses = {}, {}
     for batch_size, grad_accum in ((8, 1), (4, 2)):  # the same 8 rankings in one or two passes
-        gradients[grad_accum] = recorded_gradients(monkeypatch, [reward])
+        gradients[grad_accum] = recorded_gradients(monkeypatch, [offline_loop])
         cfg = test_reward.config(
             tiny_model_dir,
             *rankings,
@@ -249,7 +249,7 @@ def test_gradient_checkpointing_gives_the_same_update(
     train, cfg = one_update(name, tiny_model_dir, rankings, sft_rows, tmp_path)
     gradients, recomputed = {}, {}
     for on in (False, True):
-        gradients[on] = recorded_gradients(monkeypatch, [policy_run, ppo, reward, dpo, sft])
+        gradients[on] = recorded_gradients(monkeypatch, [policy_run, ppo, offline_loop])
         torch.manual_seed(0)  # the reward model's head
         run = prepare_run_dir(tmp_path / f"{name}{on}", resume=False, overwrite=False)
         with forwards_inside_backward() as count:
