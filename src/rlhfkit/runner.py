@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhfkit.cli_commands import Command, load_object
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -113,5 +113,16 @@ def run_in_dir(
     except BaseException as error:
         if not ready:  # the other ranks wait for the run directory: tell them it failed
             broadcast_from_main(str(error) or type(error).__name__, ranks)
+        if isinstance(error, (KeyboardInterrupt, Terminated)) and command.resumable:
+            _say_how_to_continue(RunDir(root))
         raise
     return run, result
+
+
+def _say_how_to_continue(run) -> None:
+    """After Ctrl-C or SIGTERM: where the stopped run can continue from, if anywhere."""
+    from rlhfkit.runtime.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run.checkpoints) if run.root.is_dir() else None
+    if last is not None:
+        log.warning(f"{run.root} continues from {last} with the same command and --resume")

@@ -321,7 +321,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tiny_model_dir, tmp_p
     stopped.send_signal(signal.SIGTERM)
     _, err = stopped.communicate(timeout=60)
     assert stopped.returncode == 143, err
-    assert err.strip().splitlines()[-1] == "terminated (SIGTERM)"
+    *_, said, stopped_line = err.strip().splitlines()
+    assert stopped_line == "terminated (SIGTERM)"
+    assert said.startswith(f"warning: {runs / 'sft'} continues from {runs / 'sft' / 'checkpoints'}")
+    assert said.endswith("with the same command and --resume")
     assert not (runs / "sft" / "run.lock").exists() and complete_checkpoints(runs / "sft")
     resumed = subprocess.run(
         [*command, "--resume"],
