@@ -49,6 +49,20 @@ def test_load_examples_validates_into_examples(tmp_path):
     ]
 
 
+def test_a_key_given_twice_in_a_row_is_refused_not_settled_silently(tmp_path):
+    nested = '{"prompt": [{"role": "user", "content": "a", "content": "b"}], "completion": "c"}'
+    path = write_jsonl(tmp_path / "sft.jsonl", [json.dumps(PAIRS[0]), nested])
+    with pytest.raises(DataError) as caught:
+        read_rows(path)
+    assert str(caught.value) == (
+        f"{path}: row 2: key 'content' given twice in one object (JSON would keep the last)"
+    )
+    array = tmp_path / "rows.json"
+    array.write_text('[{"prompt": "a", "completion": "b", "prompt": "c"}]')
+    with pytest.raises(DataError, match="key 'prompt' given twice"):
+        read_rows(array)
+
+
 def test_malformed_json_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "prefs.jsonl", [json.dumps(PAIRS[0]), '{"prompt": "a",'])
     with pytest.raises(DataError) as caught:

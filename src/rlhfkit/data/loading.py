@@ -179,14 +179,30 @@ def _parse_object(path: Path, line_number: int, line: str) -> dict:
     return row
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict, refusing a key given twice, which `json.loads` would settle
+    silently by keeping the last (the config files refuse it too)."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return row
+
+
 def _parse_json(path: Path, row: int | None, text: str) -> Any:
     """`json.loads`, with every way it can fail as a one-line `DataError`."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object_without_repeats)
     except json.JSONDecodeError as error:
         # A whole array spans many lines, so there the position is a line, not a row number.
         line = f"line {error.lineno}, " if row is None else ""
         message = f"malformed JSON: {error.msg} ({line}column {error.colno})"
+    except _DuplicateKey as error:
+        message = f"key {error.args[0]!r} given twice in one object (JSON would keep the last)"
     except RecursionError:
         message = "JSON nested too deeply to read"
     except ValueError as error:  # e.g. an integer past Python's 4300-digit limit
