@@ -269,6 +269,9 @@ def test_a_submission_over_http_is_stored_as_sent_and_undo_takes_it_back(server)
         {"comment": "x" * 5001},
         {"labeller": "  "},
         {"item_id": "no-such-item"},
+        {"ranking": [[0, 1, 2]]},  # every response tied: it prefers none
+        {"comment": "half a pair \ud800"},  # sent as JSON's escape: no text the store keeps
+        {"item_id": "\udc00"},
     ],
 )
 def test_a_bad_submission_is_refused_and_nothing_is_stored(server, change):
@@ -289,6 +292,17 @@ def test_a_second_answer_and_a_body_that_is_not_json_are_refused(server):
     )
     assert status == 400
     assert len(LabelStore(server.db).submissions()) == 1
+
+
+def test_a_body_nested_too_deeply_is_refused_as_a_bad_request(server):
+    body = b"[" * 100_000 + b"]" * 100_000
+    request = urllib.request.Request(f"{server.base}/api/submit", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Cookie", server.cookie)
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 400
+    assert "nested too deeply" in json.loads(caught.value.read().decode())["error"]
 
 
 def test_kill_9_loses_no_acknowledged_submission_and_the_labeller_resumes(tmp_path):
@@ -350,7 +364,9 @@ def test_only_the_listed_labellers_are_accepted_when_a_list_is_given():
 
 def test_ranking_groups_become_ranks_with_ties_and_the_shown_order_is_the_servers():
     assert ranks_from_groups([[2], [0, 3], [1]], 4) == (1, 2, 0, 1)
-    assert ranks_from_groups([[0, 1, 2]], 3) == (0, 0, 0)
+    assert ranks_from_groups([[0, 1], [2]], 3) == (0, 0, 1)
+    with pytest.raises(RlhfkitError, match="ties every response prefers none"):
+        ranks_from_groups([[0, 1, 2]], 3)  # it would count as done, and export nothing
     item = Item("x", "p", ("a", "b", "c"))
     payload = {"ranking": [[1], [0], [2]], "flags": {"2": "unsafe"}, "shown_order": [2, 1, 0]}
     submission = submission_from_payload(payload, item, "ann", seed=5)

@@ -321,6 +321,11 @@ def ranks_from_groups(groups, k: int) -> tuple[int, ...]:
             ranks[index] = rank
     if None in ranks:
         raise problem
+    if len(groups) == 1 and k > 1:  # kept, it would count as done and export no pair
+        raise RlhfkitError(
+            "a ranking that ties every response prefers none, and trains nothing: rank at "
+            "least two apart, or skip the item"
+        )
     return tuple(ranks)
 
 
@@ -429,8 +434,14 @@ async def _json_body(request: Request) -> dict:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise RlhfkitError("the request body is not JSON") from None
+    except RecursionError:
+        raise RlhfkitError("the request body is JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise RlhfkitError("the request body must be a JSON object")
+    try:  # an escaped half of a surrogate pair ("\\ud800") is no text the store can keep
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RlhfkitError("the request body holds text that is not valid Unicode") from None
     return payload
 
 
