@@ -278,7 +278,8 @@ def _run_under_torchrun(args, env) -> None:
         detail = re.sub(r"^\[[^\]]*\]\s*", "", detail).split(". This is typically")[0]
         print(
             f"error (rank {launch.rank}): another process of the job stopped ({detail[:160]}); "
-            "the job stops: rerun with --resume to continue from the last checkpoint",
+            "the job stops. An error that process printed says why; a process that was killed "
+            "prints none, and the job continues from its last checkpoint with --resume",
             file=sys.stderr,
         )
         sys.exit(1)
