@@ -33,13 +33,16 @@ def prompt_pools(cfg: PolicyRunConfig, task) -> PromptPools:
         )
     if cfg.eval_data:
         eval_prompts = load_task_prompts(cfg.eval_data, task)
+        log.info(f"eval data {cfg.eval_data}: {len(eval_prompts)} prompts")
     elif task is not None:
         rng = random.Random(derive_seed(cfg.seed, SeedStream.EVAL_PROMPTS))
         eval_prompts = task.prompts(cfg.eval_prompts, rng)
     else:
         eval_prompts = []
     if cfg.train_data:
-        return PromptPools(load_task_prompts(cfg.train_data, task), eval_prompts)
+        train = load_task_prompts(cfg.train_data, task)
+        log.info(f"train data {cfg.train_data}: {len(train)} prompts")  # as the offline trainers
+        return PromptPools(train, eval_prompts)
     held_out = {str(p.prompt) for p in eval_prompts}
     rng = random.Random(derive_seed(cfg.seed, SeedStream.TRAIN_PROMPTS))
     drawn = task.prompts(cfg.train_prompts, rng)
