@@ -3,9 +3,9 @@ written once: which rows each micro-batch of a step holds, the scheduled and cli
 and the end of a step (the row into the result, metrics.jsonl, TensorBoard and the progress
 bar; a checkpoint when due). The RL trainers' counterpart is `PolicyRun`.
 
-Everything here is a pure function of the step and the config, so a resumed run repeats the
-uninterrupted one exactly: the rows come from (seed, position), the learning rate from the
-step (`schedule.warmup_cosine`)."""
+A step's rows and learning rate are pure functions of the step and the config, so a resumed
+run repeats the uninterrupted one exactly: the rows come from (seed, position), the learning
+rate from the step (`schedule.warmup_cosine`)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
