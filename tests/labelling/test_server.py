@@ -283,7 +283,8 @@ def test_a_bad_submission_is_refused_and_nothing_is_stored(server, change):
 
 
 def test_a_second_answer_and_a_body_that_is_not_json_are_refused(server):
-    payload = {"labeller": "ann", "item_id": "item-0", "ranking": None}
+    item_id = next_state(server)["item"]["item_id"]
+    payload = {"labeller": "ann", "item_id": item_id, "ranking": None}
     assert submit(server, payload)[0] == 200
     status, answer = submit(server, payload)
     assert status == 400 and "already answered" in answer["error"]
@@ -292,6 +293,14 @@ def test_a_second_answer_and_a_body_that_is_not_json_are_refused(server):
     )
     assert status == 400
     assert len(LabelStore(server.db).submissions()) == 1
+
+
+def test_an_item_held_for_another_labeller_is_not_taken_from_them(server):
+    item_id = next_state(server)["item"]["item_id"]  # on ann's screen
+    status, answer = submit(server, {"labeller": "bob", "item_id": item_id, "ranking": None})
+    assert status == 400 and answer["error"] == f"item {item_id!r} was not served to 'bob'"
+    assert LabelStore(server.db).submissions() == []
+    assert submit(server, {"labeller": "ann", "item_id": item_id, "ranking": None})[0] == 200
 
 
 def test_a_body_nested_too_deeply_is_refused_as_a_bad_request(server):

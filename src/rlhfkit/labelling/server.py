@@ -218,6 +218,9 @@ async def api_submit(request: Request) -> JSONResponse:
         item = await run_in_threadpool(store.item, str(payload.get("item_id")))
         if item is None:
             raise RlhfkitError(f"no item {payload.get('item_id')!r}")
+        if not await run_in_threadpool(store.was_served, labeller, item.item_id):
+            # the page answers what it was served; another client would get around the holds
+            raise RlhfkitError(f"item {item.item_id!r} was not served to {labeller!r}")
         submission = submission_from_payload(payload, item, labeller, store.seed)
         # committed to disk before the answer goes out: an acknowledged submission is kept
         await run_in_threadpool(store.submit, submission)

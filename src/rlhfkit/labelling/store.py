@@ -265,6 +265,16 @@ class LabelStore:
                 (submission.labeller, submission.item_id),
             )
 
+    def was_served(self, labeller: str, item_id: str) -> bool:
+        """Whether `item_id` was put on `labeller`'s screen: they hold it, or have answered it."""
+        with self._transaction(write=False) as db:
+            found = db.execute(
+                "SELECT 1 FROM claims WHERE labeller = ? AND item_id = ? UNION "
+                "SELECT 1 FROM submissions WHERE labeller = ? AND item_id = ?",
+                (labeller, item_id, labeller, item_id),
+            ).fetchone()
+        return found is not None
+
     def undo_last(self, labeller: str) -> Submission | None:
         """Delete `labeller`'s latest submission and hold its item for them again (their next
         item); returns what was deleted, or None when they have submitted nothing."""
