@@ -17,7 +17,6 @@ Config classes must be defined at module level: field annotations are resolved w
 """
 
 import dataclasses
-import difflib
 import enum
 import typing
 from collections.abc import Hashable, Mapping, Sequence
@@ -28,6 +27,7 @@ import yaml
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.config_bounds import validate
+from rlhfkit.runtime.config_keys import unknown_key
 from rlhfkit.runtime.config_types import convert_value, section_type
 
 ConfigT = TypeVar("ConfigT")
@@ -241,7 +241,7 @@ def _build_section(cls: type, raw: Mapping[str, Any], prefix: str, base: Any) ->
     for raw_name, value in raw.items():
         name = str(raw_name)
         if name not in annotations:
-            raise _unknown_key(prefix, name, list(annotations))
+            raise unknown_key(prefix, name, list(annotations))
         annotation = annotations[name]
         base_value = (
             _section_default(fields[name]) if section_type(annotation) is not None else None
@@ -312,7 +312,7 @@ def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> Non
         annotations = _field_annotations(node_cls)
         prefix, dotted = ".".join(parts[:depth]), ".".join(parts[: depth + 1])
         if name not in annotations:
-            raise _unknown_key(prefix, name, list(annotations))
+            raise unknown_key(prefix, name, list(annotations))
         section = section_type(annotations[name])
         if section is None:
             raise ConfigError(f"config key '{dotted}' is not a section: set it with {dotted}=VALUE")
@@ -329,62 +329,12 @@ def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> Non
     last = parts[-1]
     annotations = _field_annotations(node_cls)
     if last not in annotations:
-        raise _unknown_key(".".join(parts[:-1]), last, list(annotations))
+        raise unknown_key(".".join(parts[:-1]), last, list(annotations))
     if isinstance(value, dict) and isinstance(node.get(last), dict):
         # `sft={lr: 1}` adds to the file's sft section rather than dropping its other keys.
         node[last] = _merged(node[last], value)
     else:
         node[last] = value
-
-
-# TRL's and transformers' names of settings rlhfkit names otherwise, for a user coming from them
-# (the first of rlhfkit's names that the config has is suggested: `kl_coef` is PPO's, `beta` the
-# others'; a policy trainer's rows per forward/backward pass are its micro_batch_size)
-PEER_NAMES: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("lr",),
-    "model_name_or_path": ("model",),
-    "per_device_train_batch_size": ("batch_size", "micro_batch_size"),
-    "gradient_accumulation_steps": ("grad_accum",),
-    "num_generations": ("group_size",),
-    "max_completion_length": ("max_new_tokens",),
-    "num_ppo_epochs": ("ppo_epochs",),
-    "cliprange": ("clip_eps",),
-    "epsilon": ("clip_eps",),
-    "epsilon_high": ("clip_eps_high",),
-    "loss_type": ("loss", "loss_aggregation"),
-    "rpo_alpha": ("nll_weight",),
-    "precompute_ref_log_probs": ("precompute_ref",),
-    "kl_coef": ("beta",),
-    "beta": ("kl_coef",),
-    "eval_steps": ("eval_every",),
-    "save_steps": ("save_every",),
-    "bf16": ("precision",),
-}
-
-
-def _unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
-    message = f"unknown config key '{_join(prefix, name)}'"
-    if ours := _peer_name(name, valid):
-        message += f" (TRL's name; rlhfkit's is '{_join(prefix, ours)}')"
-    elif close := _close_key(name, valid):
-        message += f" (did you mean '{_join(prefix, close)}'?)"
-    return ConfigError(message)
-
-
-def _peer_name(name: str, valid: list[str]) -> str | None:
-    return next((ours for ours in PEER_NAMES.get(name, ()) if ours in valid), None)
-
-
-def _close_key(name: str, valid: list[str]) -> str | None:
-    """The valid key `name` was most likely meant as: the same in other case (`LR`), a close
-    spelling (`lrr`), or the rlhfkit name of a close spelling of a peer's (`learnign_rate`)."""
-    lowered = {key.lower(): key for key in valid}
-    if name.lower() in lowered:
-        return lowered[name.lower()]
-    if close := difflib.get_close_matches(name.lower(), list(lowered), n=1):
-        return lowered[close[0]]
-    peer = difflib.get_close_matches(name.lower(), list(PEER_NAMES), n=1)
-    return _peer_name(peer[0], valid) if peer else None
 
 
 def _field_annotations(cls: type) -> dict[str, Any]:
