@@ -219,18 +219,6 @@ def test_a_trl_name_is_answered_with_rlhfkits(config, override, ours):
     assert str(err.value) == f"unknown config key '{name}' (TRL's name; rlhfkit's is '{ours}')"
 
 
-@pytest.mark.parametrize(
-    "override, meant",
-    [("LR=1", "lr"), ("Max_Steps=3", "max_steps"), ("learnign_rate=1", "lr"), ("lrr=1", "lr")],
-)
-def test_a_key_in_other_case_or_a_misspelled_peer_name_is_answered(override, meant):
-    from rlhfkit.train.sft import SFTConfig
-
-    with pytest.raises(ConfigError) as err:
-        load_config(SFTConfig, overrides=[override])
-    assert str(err.value).endswith(f"(did you mean '{meant}'?)")
-
-
 def test_unknown_key_in_a_file_section(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("sft:\n  stepz: 3\n")
