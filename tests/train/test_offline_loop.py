@@ -12,7 +12,7 @@ from rlhfkit.train.reward import RewardConfig
 from rlhfkit.train.sft import SFTConfig
 
 
-def _loop(tmp_path, cfg, *, start_step=0, resumed=False, ranks=None):
+def _loop(tmp_path, cfg, *, start_step=0, ranks=None):
     weight = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([weight], lr=0.0)
     loop = OfflineLoop(
@@ -25,7 +25,6 @@ def _loop(tmp_path, cfg, *, start_step=0, resumed=False, ranks=None):
         stage="sft",
         label="sft",
         start_step=start_step,
-        resumed=resumed,
     )
     return loop, weight, optimizer
 
@@ -100,7 +99,7 @@ def test_a_resumed_loop_starts_at_its_checkpoint_and_drops_the_later_metrics(tmp
     with loop:
         for step in loop.steps():
             loop.end_step(step + 1, {"loss": 1.0}, result, tokens=1)
-    resumed, _, _ = _loop(tmp_path, _cfg(max_steps=5), start_step=2, resumed=True)
+    resumed, _, _ = _loop(tmp_path, _cfg(max_steps=5), start_step=2)
     assert list(resumed.steps()) == [2, 3, 4]
     with resumed:
         pass

@@ -49,6 +49,7 @@ from rlhfkit.runtime.distributed_checkpoint import (
     shard_like,
     warn_if_resharded,
 )
+from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train.optim import all_finite, all_finite_tensors
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ def resume_point(
     if ranks.is_main:
         of = f" of {total_steps}" if total_steps is not None else ""
         log.info(f"resuming from {checkpoint}: step {step}{of} done")
-        final = checkpoints_dir.parent / "final"
+        final = RunDir(checkpoints_dir.parent).final
         if final.is_dir():  # a finished run, resumed as it was (redone alike) or with more steps
             log.warning(f"the run had finished: its final model {final} will be replaced")
     return checkpoint

@@ -275,7 +275,6 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         stage="dpo",
         label="dpo",
         start_step=start_step,
-        resumed=checkpoint is not None,
     )
 
     with loop:

@@ -36,8 +36,8 @@ class OfflineLoop:
     model, tokenizer: what a checkpoint holds, with the optimizer, `optimizer`, which `update`
         steps.
     stage: the name in metrics.jsonl; `label` the progress bar's.
-    start_step: the first step to run (a resumed run's checkpoint step, else 0).
-    resumed: a resumed run: metrics.jsonl loses the lines after `start_step` first.
+    start_step: the first step to run: a resumed run's checkpoint step (metrics.jsonl then
+        loses its lines after it first), else 0.
     checkpoint_extra: the trainer's own state after `done` steps, kept in its checkpoint.
     saved_model: under torchrun, the model a checkpoint writes from the gathered weights, when
         not the whole trained model (`checkpointing.save_trainer_checkpoint`).
@@ -55,7 +55,6 @@ class OfflineLoop:
         stage: str,
         label: str,
         start_step: int,
-        resumed: bool,
         checkpoint_extra: Callable[[int], dict] = lambda done: {},
         saved_model: Callable[[dict], tuple] | None = None,
     ):
@@ -67,7 +66,7 @@ class OfflineLoop:
         self.metrics = MetricsLogger(
             run.metrics_path if ranks.is_main else None,
             run.tensorboard if cfg.tensorboard and ranks.is_main else None,
-            resume_from_step=start_step if resumed else None,
+            resume_from_step=start_step or None,  # no checkpoint is step 0
         )
         show = cfg.progress and ranks.is_main
         self.bar = ProgressBar(cfg.max_steps, label, enabled=show, start=start_step)

@@ -356,7 +356,6 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         stage="reward",
         label="reward model",
         start_step=start_step,
-        resumed=checkpoint is not None,
         checkpoint_extra=lambda done: checkpoint_extra(model, cfg),
         saved_model=lambda weights: saved_classifier(model, weights, cfg),
     )

@@ -221,7 +221,6 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         stage="sft",
         label="sft",
         start_step=start_step,
-        resumed=checkpoint is not None,
         checkpoint_extra=lambda done: {"micro_index": done * cfg.grad_accum},
     )
     samples_path = run.root / "samples.jsonl"
