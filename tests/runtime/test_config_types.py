@@ -99,7 +99,7 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("level=true", "config key 'level': expected one of 1, 2, got True"),
         ("estimator=k2", "config key 'estimator': expected one of 'k1', 'k3', got 'k2'"),
         ("ids=[1, x]", "config key 'ids': expected list of int, got [1, 'x']"),
-        ("ids=3", "config key 'ids': expected list of int, got 3"),
+        ("ids=3", "config key 'ids': expected list of int, got 3; write a list: [3]"),
         ("pair=[1]", "config key 'pair': expected list of 2 items (int, str), got [1]"),
         ("section.beta=[1]", "config key 'section.beta': expected float, got [1]"),
         (

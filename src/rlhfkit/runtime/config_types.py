@@ -49,7 +49,22 @@ def convert_value(
     except TypeMismatch:
         raise ConfigError(
             f"config key '{key}': expected {describe(annotation)}, got {_show(value)}"
+            + _list_hint(value, annotation)
         ) from None
+
+
+def _list_hint(value: Any, annotation: Any) -> str:
+    """One value where a list is wanted (`models=runs/a/final`) is the likely slip: show the
+    list form of the very value given."""
+    if isinstance(value, (list, tuple, Mapping)) or not _wants_sequence(annotation):
+        return ""
+    return f"; write a list: [{value}]"
+
+
+def _wants_sequence(annotation: Any) -> bool:
+    if _is_union(annotation):
+        return any(_wants_sequence(arg) for arg in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (list, tuple) or annotation in (list, tuple)
 
 
 def describe(annotation: Any) -> str:
