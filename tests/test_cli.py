@@ -771,6 +771,39 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
     assert 0.0 <= ours["judge_flip_rate_sampled"] <= 1.0
 
 
+def test_eval_reads_the_held_out_pairs_before_sampling_any_model(
+    monkeypatch, capsys, tmp_path, tiny_model_dir
+):
+    """A bad row in heldout_pairs stops the run before the models are sampled (minutes on a
+    real model), not after."""
+    from rlhfkit.eval import run_eval
+    from rlhfkit.models.loading import load_tokenizer
+    from rlhfkit.models.reward import RewardModel
+
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    bad = write_rows(tmp_path / "heldout.jsonl", [GOOD_RANKING, {**GOOD_RANKING, "responses": 5}])
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a model was sampled before the held-out pairs were read")
+
+    monkeypatch.setattr(run_eval, "evaluate_model", no_sampling)
+    capsys.readouterr()  # the set-up's own loading bars
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "eval",
+        f"models=[{tiny_model_dir}]",
+        f"baseline={tiny_model_dir}",
+        "task=advice",
+        f"reward_model={tmp_path / 'rm'}",
+        f"heldout_pairs={bad}",
+        "--runs-dir",
+        tmp_path,
+    )
+    assert_one_line_error(code, err, f"{bad}: row 2: field 'responses'")
+
+
 def test_eval_on_a_users_own_task_is_judged_by_their_reward_function(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):

@@ -79,3 +79,23 @@ def test_other_statistics():
 def test_invalid_options_are_rejected(options):
     with pytest.raises(ValueError):
         bootstrap_interval([1.0, 2.0], **options)
+
+
+def test_the_cluster_bootstrap_draws_whole_clusters():
+    # each cluster's values all equal its own: drawing clusters is drawing those values, so the
+    # interval is the plain bootstrap's over one value per cluster (the same draws, same seed)
+    per_cluster = [0.1, 0.9, 0.4, 0.7, 0.2]
+    values = [v for v in per_cluster for _ in range(3)]
+    clusters = [c for c in range(5) for _ in range(3)]
+    clustered = bootstrap_interval(values, clusters=clusters, seed=3)
+    assert clustered == pytest.approx(bootstrap_interval(per_cluster, seed=3))
+    # ... and wider than the bootstrap that takes the 15 values as independent
+    low, high = bootstrap_interval(values, seed=3)
+    assert clustered[1] - clustered[0] > 1.5 * (high - low)
+
+
+def test_one_cluster_has_a_degenerate_interval_and_clusters_must_match_the_values():
+    assert bootstrap_interval([1.0, 3.0], clusters=["a", "a"]) == (2.0, 2.0)
+    with pytest.raises(ValueError):
+        bootstrap_interval([1.0, 3.0], clusters=["a"])
+    assert mean_with_interval([1.0, 3.0], clusters=[0, 1])["n"] == 2

@@ -1,9 +1,17 @@
 import random
 
+import pytest
 import torch
 
-from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
+from rlhfkit.eval.model_eval import (
+    ModelEval,
+    distinct_indices,
+    evaluate_model,
+    first_indices,
+    win_rates,
+)
 from rlhfkit.eval.sampling import EvalSamples
+from rlhfkit.eval.win_rate import wilson_interval
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.rewards.base import RewardScores
 from rlhfkit.tasks.registry import get_task
@@ -113,3 +121,24 @@ def test_evaluation_records_the_distinct_prompts(tiny_model_dir):
     result = evaluate_model(model, tokenizer, task, prompts * 2, max_new_tokens=4)
     assert result.distinct == distinct_indices([p.prompt for p in prompts])
     assert win_rates(result, result)["win_rate_greedy_n"] == len(result.distinct)
+    # two samples per prompt, clustered by the prompt's first occurrence: the copy at index 2
+    # and 3 is the same question as 0 and 1
+    assert result.sampled_prompts == [p for p in [0, 1, 0, 1] for _ in range(2)]
+
+
+def test_first_indices_names_each_prompts_first_occurrence():
+    assert first_indices(["a", "b", "a", "c", "b"]) == [0, 1, 0, 3, 1]
+    assert distinct_indices(["a", "b", "a", "c", "b"]) == [0, 1, 3]
+
+
+def test_the_sampled_interval_counts_one_prompts_samples_as_correlated():
+    # two prompts, four samples each: the candidate wins every sample of prompt 0 and loses
+    # every one of prompt 1: two pieces of evidence, not eight
+    baseline = _scored([0.0, 0.0], [1.0] * 8, distinct=[0, 1])
+    baseline.sampled_prompts = [0] * 4 + [1] * 4
+    candidate = _scored([0.0, 0.0], [2.0] * 4 + [0.0] * 4, distinct=[0, 1])
+    rates = win_rates(candidate, baseline)
+    assert rates["win_rate_sampled"] == 0.5 and rates["win_rate_sampled_n"] == 8
+    assert (rates["win_rate_sampled_low"], rates["win_rate_sampled_high"]) == pytest.approx(
+        wilson_interval(1, 2)
+    )

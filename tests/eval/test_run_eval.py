@@ -13,6 +13,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.run_eval import (
     EvalConfig,
     check_same_tokenizer,
+    load_heldout_groups,
     report_title,
     reward_model_accuracy,
 )
@@ -47,7 +48,7 @@ class TextScorer(nn.Module):
         return torch.tensor([[s - 1.0, s + 1.0] for s in scores])
 
 
-def test_reward_model_accuracy_counts_score_ties_half_with_a_wilson_interval(
+def test_reward_model_accuracy_counts_ties_half_and_a_rankings_pairs_as_correlated(
     tiny_model_dir, tmp_path
 ):
     rows = [
@@ -75,13 +76,16 @@ def test_reward_model_accuracy_counts_score_ties_half_with_a_wilson_interval(
         pad_token_id=tokenizer.pad_token_id,
         precision=Precision.FP32,
     )
-    result = reward_model_accuracy(proxy, str(path), max_length=64, batch_size=2)
-    # 3 wins + 2 ties of 6 pairs: 4 / 6; Wilson with z = 1.96 at p = 2/3, n = 6:
-    # centre (p + z^2/12) / (1 + z^2/6) = 0.601611, half-width 0.301618
+    groups = load_heldout_groups(proxy, str(path), max_length=64)
+    result = reward_model_accuracy(proxy, str(path), groups, batch_size=2)
+    # 3 wins + 2 ties of 6 pairs: p = 4 / 6. Outcomes by ranking [1, 1, .5], [1], [.5, 0]:
+    # deviations from p summed per ranking 1/2, 1/3, -5/6, squared 38/36; one by one 30/36;
+    # the pairs count as n = 6 * 30 / 38 = 4.7368 (`effective_count`), and Wilson with
+    # z = 1.96 there: centre 0.592031, half-width 0.324167 (0.300, 0.903 at n = 6)
     assert result["pairs"] == 6
     assert result["accuracy"] == pytest.approx(4 / 6)
-    assert result["accuracy_low"] == pytest.approx(0.299993, abs=1e-5)
-    assert result["accuracy_high"] == pytest.approx(0.903229, abs=1e-5)
+    assert result["accuracy_low"] == pytest.approx(0.267865, abs=1e-5)
+    assert result["accuracy_high"] == pytest.approx(0.916198, abs=1e-5)
     assert result["heldout_pairs"] == str(path)
 
 
@@ -100,7 +104,8 @@ def test_reward_model_accuracy_scores_in_the_proxys_precision(tiny_model_dir, tm
             pad_token_id=tokenizer.pad_token_id,
             precision=precision,
         )
-        assert reward_model_accuracy(proxy, str(path), 64, 2)["accuracy"] == 1.0
+        groups = load_heldout_groups(proxy, str(path), 64)
+        assert reward_model_accuracy(proxy, str(path), groups, 2)["accuracy"] == 1.0
         assert scorer.autocast is expected, precision
 
 

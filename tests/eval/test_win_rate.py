@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rlhfkit.eval.win_rate import wilson_interval, win_rate
+from rlhfkit.eval.win_rate import effective_count, wilson_interval, win_rate
 
 
 def test_wilson_interval_matches_hand_computed_values():
@@ -70,3 +70,40 @@ def test_one_outlier_does_not_turn_close_scores_into_ties():
     # a score of a million among scores near 1: 1.001 against 1.0 is still a win
     result = win_rate([1.001, 1e6, 2.0], [1.0, 1.0, 2.0])
     assert (result.wins, result.ties, result.losses) == (2, 1, 0)
+
+
+def test_effective_count_by_hand():
+    # outcomes [1, 1] in cluster a, [0, 1] in b: p = 3/4, deviations 1/4, 1/4 | -3/4, 1/4;
+    # squared one by one 12/16, summed per cluster then squared (1/2)^2 + (-1/2)^2 = 8/16:
+    # n = 4 * 12 / 8 = 6, past 4, so 4 (a negative correlation never narrows the interval)
+    assert effective_count([1.0, 1.0, 0.0, 1.0], ["a", "a", "b", "b"]) == 4
+    # [1, 1] in a, [0, 0] in b: deviations 1/2, 1/2 | -1/2, -1/2; one by one 1, per cluster
+    # 1 + 1 = 2: n = 4 * 1 / 2 = 2, the two clusters
+    assert effective_count([1.0, 1.0, 0.0, 0.0], ["a", "a", "b", "b"]) == pytest.approx(2.0)
+    # [1, 0.5, 0] in a, [1] in b: p = 5/8; deviations 3/8, -1/8, -5/8 | 3/8; one by one
+    # (9 + 1 + 25 + 9) / 64 = 44/64, per cluster (-3/8)^2 + (3/8)^2 = 18/64: n = 4 * 44 / 18,
+    # past 4, so 4
+    assert effective_count([1.0, 0.5, 0.0, 1.0], [0, 0, 0, 1]) == 4
+
+
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=1, max_size=40))
+def test_one_outcome_per_cluster_is_the_independent_count(outcomes):
+    n = len(outcomes)
+    assert effective_count(outcomes, list(range(n))) == pytest.approx(n)
+
+
+def test_outcomes_that_all_agree_count_one_per_cluster():
+    assert effective_count([1.0] * 6, [0, 0, 0, 1, 1, 1]) == 2
+
+
+def test_win_rate_with_clusters():
+    # the candidate wins both samples of prompt 0 and loses both of prompt 1: the interval of
+    # 1 win in 2, not 2 in 4; one comparison per cluster is the unclustered interval
+    candidate, baseline = [2.0, 2.0, 0.0, 0.0], [1.0] * 4
+    clustered = win_rate(candidate, baseline, clusters=[0, 0, 1, 1])
+    assert clustered.rate == 0.5 and clustered.n == 4
+    assert (clustered.low, clustered.high) == pytest.approx(wilson_interval(1, 2))
+    alone = win_rate(candidate, baseline, clusters=[0, 1, 2, 3])
+    assert (alone.low, alone.high) == pytest.approx(wilson_interval(2, 4))
+    with pytest.raises(ValueError):
+        win_rate(candidate, baseline, clusters=[0, 1])

@@ -9,7 +9,7 @@ ties have a closed-form interval instead (`wilson_interval` in `rlhfkit.eval.win
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 
 def mean(values: list[float]) -> float:
@@ -29,6 +29,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def bootstrap_interval(
     values: list[float],
     *,
+    clusters: Sequence[Hashable] | None = None,
     statistic: Callable[[list[float]], float] = mean,
     num_resamples: int = 2000,
     level: float = 0.95,
@@ -40,8 +41,13 @@ def bootstrap_interval(
     statistic(x*_b); the interval is (Q(alpha / 2), Q(1 - alpha / 2)) of the t*_b with
     alpha = 1 - level and Q the linearly interpolated empirical quantile.
 
+    With `clusters`, whole clusters are drawn instead of values (the cluster bootstrap, Davison
+    & Hinkley 1997, 2.4): the samples of one prompt move together, so that the interval speaks
+    of the prompts a task draws, not only of new samples on these prompts.
+
     Args:
         values: (n,) the per-sample values, e.g. one reward per prompt.
+        clusters: (n,) the cluster of each value (e.g. its prompt), or None: each value alone.
         statistic: maps a list of values to one float; the mean by default.
         num_resamples: B, the number of bootstrap resamples.
         level: coverage of the interval, in (0, 1).
@@ -49,7 +55,8 @@ def bootstrap_interval(
 
     Returns:
         (low, high); (nan, nan) when `values` is empty, and the degenerate interval
-        (statistic(values), statistic(values)), i.e. (v, v) for the mean, for a single value.
+        (statistic(values), statistic(values)), i.e. (v, v) for the mean, for a single value
+        or a single cluster.
     """
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_interval: level must lie in (0, 1), got {level}")
@@ -59,13 +66,25 @@ def bootstrap_interval(
         )
     if not values:
         return math.nan, math.nan
-    if len(values) == 1:  # every resample is the value itself
+    units = [[v] for v in values] if clusters is None else _grouped(values, clusters)
+    if len(units) == 1:  # every resample is the data itself
         point = statistic(list(values))
         return point, point
     rng = random.Random(seed)
-    replicates = sorted(statistic(rng.choices(values, k=len(values))) for _ in range(num_resamples))
+    replicates = sorted(
+        statistic([v for unit in rng.choices(units, k=len(units)) for v in unit])
+        for _ in range(num_resamples)
+    )
     alpha = 1 - level
     return _quantile(replicates, alpha / 2), _quantile(replicates, 1 - alpha / 2)
+
+
+def _grouped(values: list[float], clusters: Sequence[Hashable]) -> list[list[float]]:
+    """The values cluster by cluster, in the order each cluster first appears."""
+    groups: dict[Hashable, list[float]] = {}
+    for value, cluster in zip(values, clusters, strict=True):
+        groups.setdefault(cluster, []).append(value)
+    return list(groups.values())
 
 
 def mean_with_interval(values: list[float], **bootstrap_options) -> dict:
@@ -73,7 +92,8 @@ def mean_with_interval(values: list[float], **bootstrap_options) -> dict:
 
     Args:
         values: (n,) the per-sample values.
-        **bootstrap_options: keyword arguments of `bootstrap_interval` (num_resamples, level, seed).
+        **bootstrap_options: keyword arguments of `bootstrap_interval` (clusters, num_resamples,
+            level, seed).
 
     Returns:
         {"mean", "low", "high", "n"}; mean, low and high are nan when `values` is empty.

@@ -35,6 +35,9 @@ class ModelEval:
     """Every number of this model, flat (`summary.json`)."""
     distinct: list[int] = field(default_factory=list)
     """Index of the first occurrence of each distinct prompt: the greedy comparisons."""
+    sampled_prompts: list[int] = field(default_factory=list)
+    """The distinct prompt (its first index) of each sampled answer: the clusters of the
+    sampled intervals, whose answers to one prompt are correlated."""
 
 
 def evaluate_model(
@@ -81,8 +84,10 @@ def evaluate_model(
         greedy_scores=gold_scores(task, gold, prompts, greedy_texts),
         sampled_scores=gold_scores(task, gold, repeated, sampled_texts),
         distinct=distinct_indices(texts),
+        sampled_prompts=[p for p in first_indices(texts) for _ in range(samples_per_prompt)],
     )
     m = result.metrics
+    by_prompt = {"clusters": result.sampled_prompts}  # a prompt's samples resampled together
     # greedy answers once per distinct prompt, as the greedy win rate counts them: a repeated
     # prompt repeats the same answer, which would weigh its question more, not add information
     once = result.distinct
@@ -96,12 +101,14 @@ def evaluate_model(
         )
     if gold is not None:  # the judge's mean replaces the task's own gold score
         m["greedy_gold_score"] = sum(result.greedy_scores[i] for i in once) / max(1, len(once))
-    m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores)))
+    m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores, **by_prompt)))
     tokens = sum(sampled.flat(sampled.lengths))
     # step 1. KL to the reference on the policy's own samples
     for name, values in sampled.kl.items():
         per_sequence = sampled.flat(values)
-        m.update(_prefixed(f"kl_{name}_per_sequence", mean_with_interval(per_sequence)))
+        m.update(
+            _prefixed(f"kl_{name}_per_sequence", mean_with_interval(per_sequence, **by_prompt))
+        )
         m[f"kl_{name}_per_token"] = sum(per_sequence) / max(1, tokens)
     # step 2. the reward-hacking signs
     m["length_tokens"] = tokens / max(1, len(sampled_texts))
@@ -110,7 +117,7 @@ def evaluate_model(
     if proxy is not None:
         result.greedy_proxy = proxy.score(prompts, greedy_texts).rewards.tolist()
         result.sampled_proxy = proxy.score(repeated, sampled_texts).rewards.tolist()
-        m.update(_prefixed("proxy_sampled", mean_with_interval(result.sampled_proxy)))
+        m.update(_prefixed("proxy_sampled", mean_with_interval(result.sampled_proxy, **by_prompt)))
     # step 3. pass@k and maj@k where the task has a checkable final answer
     if isinstance(task, HasFinalAnswer):
         answers = [[task.final_answer(t) for t in row] for row in sampled.texts]
@@ -133,10 +140,16 @@ def gold_scores(task, gold, prompts: list[PromptExample], responses: list[str]) 
 
 def distinct_indices(prompts: list) -> list[int]:
     """Index of the first occurrence of each distinct prompt (text or chat messages), in order."""
+    return sorted(set(first_indices(prompts)))
+
+
+def first_indices(prompts: list) -> list[int]:
+    """For each prompt (text or chat messages), the index where that prompt first occurs."""
     first: dict[str, int] = {}
-    for i, prompt in enumerate(prompts):
+    return [
         first.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt), i)
-    return list(first.values())
+        for i, prompt in enumerate(prompts)
+    ]
 
 
 def win_rates(
@@ -149,7 +162,8 @@ def win_rates(
     A greedy answer is a function of its prompt, so a prompt drawn twice repeats the same
     comparison: greedy answers count once per distinct prompt (a task with 30 questions gives
     30 greedy comparisons however many prompts were drawn, and an interval that says so).
-    Sampled answers are independent draws and all count."""
+    Sampled answers all count, and their interval counts those of one prompt as correlated
+    (`win_rate`'s clusters): they are fresh draws on the same question."""
     greedy_c, greedy_b = (
         (candidate.greedy_proxy, baseline.greedy_proxy)
         if by_proxy
@@ -165,7 +179,9 @@ def win_rates(
         **win_rate([greedy_c[i] for i in once], [greedy_b[i] for i in once]).as_dict(
             "win_rate_greedy"
         ),
-        **win_rate(sampled_c, sampled_b).as_dict("win_rate_sampled"),
+        **win_rate(sampled_c, sampled_b, baseline.sampled_prompts or None).as_dict(
+            "win_rate_sampled"
+        ),
     }
 
 

@@ -82,7 +82,8 @@ def gold_win_rate(
 ) -> WinRate:
     """Win rate of `candidate` against `baseline` judged by the task's gold score: both answer
     the same prompts (`samples_per_prompt` each, or one greedy answer) and sample i of one is
-    compared with sample i of the other."""
+    compared with sample i of the other; the interval counts the comparisons on one prompt as
+    correlated (`win_rate`'s clusters)."""
     settings = dict(
         max_new_tokens=max_new_tokens,
         greedy=greedy,
@@ -91,7 +92,9 @@ def gold_win_rate(
         seed=seed,
         batch_size=batch_size,
     )
+    per_prompt = 1 if greedy else samples_per_prompt
     return win_rate(
         gold_scores(candidate, tokenizer, task, prompts, **settings),
         gold_scores(baseline, tokenizer, task, prompts, **settings),
+        clusters=[p.prompt for p in prompts for _ in range(per_prompt)],  # a prompt's samples
     )

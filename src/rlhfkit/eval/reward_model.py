@@ -35,9 +35,17 @@ def score_groups(model: RewardModel, groups: list[RankedGroup], pad_token_id: in
 def pair_accuracy(scores: list[torch.Tensor], groups: list[RankedGroup]) -> float:
     """Share of labelled pairs (ties excluded) the model orders like the label; a score tie
     (equal up to float rounding, see `pair_outcomes`) counts one half."""
-    right, total = 0.0, 0
+    outcomes = [o for group in pair_outcomes_by_group(scores, groups) for o in group]
+    return sum(outcomes) / max(1, len(outcomes))
+
+
+def pair_outcomes_by_group(
+    scores: list[torch.Tensor], groups: list[RankedGroup]
+) -> list[list[float]]:
+    """Each group's labelled pairs (ties in the label excluded) as outcomes: 1 ordered like the
+    label, 0.5 a score tie, 0 the other way round."""
+    outcomes = []
     for group_scores, group in zip(scores, groups):
         winners, losers, _ = ranking_to_pairs(group.ranks)
-        right += pair_outcomes(group_scores[winners], group_scores[losers]).sum().item()
-        total += len(winners)
-    return right / max(1, total)
+        outcomes.append(pair_outcomes(group_scores[winners], group_scores[losers]).tolist())
+    return outcomes

@@ -14,18 +14,19 @@ user's `prompts=` file (with `task=null`, or beside a built-in task's own metric
 
 import json
 import logging
+import math
 import random
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from rlhfkit.data.ranking_batch import load_ranked_groups
+from rlhfkit.data.ranking_batch import RankedGroup, load_ranked_groups
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.eval_report import REPORT_PROMPTS, greedy_answers, side_by_side, write_eval_report
 from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
-from rlhfkit.eval.reward_model import pair_accuracy, score_groups
-from rlhfkit.eval.win_rate import WinRate, wilson_interval, win_rate
+from rlhfkit.eval.reward_model import pair_outcomes_by_group, score_groups
+from rlhfkit.eval.win_rate import WinRate, effective_count, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
 from rlhfkit.models.loading import (
@@ -34,7 +35,6 @@ from rlhfkit.models.loading import (
     load_tokenizer,
     same_vocabulary,
 )
-from rlhfkit.objectives.ranking import ranking_to_pairs
 from rlhfkit.rewards.builder import build_reward_source, check_spec, load_reward_model_source
 from rlhfkit.runtime.device import Precision, autocast, resolve_device
 from rlhfkit.runtime.provenance import latest_start, start_line
@@ -176,6 +176,8 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         if cfg.reward_model
         else None
     )
+    # read now: a bad row must stop the run before every model is sampled, not after
+    heldout = load_heldout_groups(proxy, cfg.heldout_pairs, cfg.max_length) if proxy else None
     gold = (
         None
         if kind is not None
@@ -231,9 +233,9 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         out["models"][path] = result.metrics
         answers[path] = greedy_answers(result, shown)
     # step 3. the reward model on held-out comparisons
-    if cfg.heldout_pairs:
+    if heldout:
         out["reward_model"] = reward_model_accuracy(
-            proxy, cfg.heldout_pairs, cfg.max_length, cfg.batch_size
+            proxy, cfg.heldout_pairs, heldout, cfg.batch_size
         )
     started = latest_start(run.root)  # the command, code and machine that made these numbers
     if started is not None:
@@ -320,20 +322,22 @@ def ai_win_rates(
             [t for i in rows for t in theirs.texts[i]],
             batch_size=32,
         )
-        out |= ai_win_rate(verdicts.first_better.tolist()).as_dict(f"win_rate_{kind}")
+        clusters = [i for i in rows for _ in ours.texts[i]]  # a prompt's samples together
+        out |= ai_win_rate(verdicts.first_better.tolist(), clusters).as_dict(f"win_rate_{kind}")
         out[f"judge_flip_rate_{kind}"] = verdicts.flip_rate
     return out
 
 
-def ai_win_rate(first_better: list[float]) -> WinRate:
+def ai_win_rate(first_better: list[float], clusters: list[int] | None = None) -> WinRate:
     """Win rate from a judge's P(candidate better), both orders combined: above 1/2 a win,
-    exactly 1/2 a tie, below a loss."""
-    return win_rate(first_better, [1.0 - p for p in first_better])
+    exactly 1/2 a tie, below a loss; `clusters` as `win_rate`'s."""
+    return win_rate(first_better, [1.0 - p for p in first_better], clusters)
 
 
-def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) -> dict:
-    """Share of held-out labelled pairs the reward model orders like the label, with the pair
-    count; scored in the proxy's precision (bf16 autocast with eval's precision=bf16)."""
+def load_heldout_groups(proxy, path: str, max_length: int) -> list[RankedGroup] | None:
+    """The held-out pairs or rankings `path` (none when empty), tokenised for the reward model."""
+    if not path:
+        return None
     groups, report = load_ranked_groups(
         path,
         proxy.tokenizer,
@@ -342,11 +346,22 @@ def reward_model_accuracy(proxy, path: str, max_length: int, batch_size: int) ->
         needed_by="the reward model's held-out accuracy",
     )
     log.info(f"reward data {path}: {report.summary()}")
+    return groups
+
+
+def reward_model_accuracy(proxy, path: str, groups: list[RankedGroup], batch_size: int) -> dict:
+    """Share of the held-out labelled pairs `groups` (read from `path`) the reward model orders
+    like the label, with the pair count and a Wilson interval that counts the pairs of one
+    ranking as correlated (`effective_count`); scored in the proxy's precision (bf16 autocast
+    with eval's precision=bf16)."""
     with autocast(proxy.model.device, proxy.precision):  # as the proxy scores (bf16 or not)
         scores = score_groups(proxy.model, groups, proxy.pad_token_id, batch_size)
-    accuracy = pair_accuracy(scores, groups)
-    pairs = sum(len(ranking_to_pairs(g.ranks)[0]) for g in groups)
-    low, high = wilson_interval(accuracy * pairs, pairs)
+    outcomes = pair_outcomes_by_group(scores, groups)
+    flat = [o for group in outcomes for o in group]
+    accuracy, pairs = math.fsum(flat) / max(1, len(flat)), len(flat)
+    # the pairs of one ranking share its responses: correlated, so they count as fewer
+    effective = effective_count(flat, [g for g, group in enumerate(outcomes) for _ in group])
+    low, high = wilson_interval(accuracy * effective, effective)
     return {
         "heldout_pairs": path,
         "accuracy": accuracy,

@@ -7,6 +7,7 @@ convention of the DPO and AlpacaEval comparisons), else a loss.
 """
 
 import math
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +40,11 @@ class WinRate:
         }
 
 
-def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: float, z: float = Z_95) -> tuple[float, float]:
     """Wilson score interval for a proportion successes / n (Wilson 1927); (0, 1) when n = 0.
 
-    successes may be fractional (ties counted as half a win)."""
+    successes may be fractional (ties counted as half a win), and n too (an effective count,
+    `effective_count`)."""
     if n == 0:
         return 0.0, 1.0
     p = successes / n
@@ -52,8 +54,44 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
     return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
-def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
-    """Pairwise win rate of `candidate[i]` over `baseline[i]` (same prompt, same sample index)."""
+def effective_count(outcomes: Sequence[float], clusters: Sequence[Hashable]) -> float:
+    """How many independent outcomes `outcomes` are worth when those of one cluster (the samples
+    of one prompt, the pairs of one ranking) are correlated: n divided by the design effect
+    (Kish 1965), the cluster-robust variance of the mean over the independent one,
+
+        deff = sum_c (sum_{i in c} (o_i - p))^2 / sum_i (o_i - p)^2,    p = mean(o),
+
+    never above n (a negative correlation within clusters does not make the interval narrower
+    than independent outcomes give). Outcomes that all agree say nothing of the correlation:
+    each cluster then counts once. One outcome per cluster gives n, the independent count.
+
+    Args:
+        outcomes: (n,) per-comparison values, e.g. 1 win, 0.5 tie, 0 loss.
+        clusters: (n,) the cluster of each outcome (any hashable key).
+    """
+    n = len(outcomes)
+    if n == 0:
+        return 0.0
+    p = math.fsum(outcomes) / n
+    deviations = [o - p for o in outcomes]
+    within = math.fsum(d * d for d in deviations)
+    sums: dict[Hashable, list[float]] = {}
+    for d, cluster in zip(deviations, clusters, strict=True):
+        sums.setdefault(cluster, []).append(d)
+    if within <= 1e-12 * n:
+        return float(len(sums))
+    between = math.fsum(math.fsum(ds) ** 2 for ds in sums.values())
+    return n if between <= within else n * within / between
+
+
+def win_rate(
+    candidate: list[float], baseline: list[float], clusters: Sequence[Hashable] | None = None
+) -> WinRate:
+    """Pairwise win rate of `candidate[i]` over `baseline[i]` (same prompt, same sample index).
+
+    `clusters` (the prompt of each comparison) makes the interval count correlated comparisons
+    as fewer (`effective_count`): several samples of one prompt are not independent evidence
+    about the prompts a task draws. None: every comparison is independent."""
     if len(candidate) != len(baseline):
         raise ValueError(
             f"win_rate: {len(candidate)} candidate scores against {len(baseline)} baseline scores"
@@ -68,5 +106,9 @@ def win_rate(candidate: list[float], baseline: list[float]) -> WinRate:
     wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(candidate)
     rate = (wins + ties / 2) / n if n else 0.5
-    low, high = wilson_interval(wins + ties / 2, n)
+    if clusters is None:
+        low, high = wilson_interval(wins + ties / 2, n)
+    else:
+        effective = effective_count(outcomes, clusters)
+        low, high = wilson_interval(rate * effective, effective)
     return WinRate(wins=wins, ties=ties, losses=n - wins - ties, rate=rate, low=low, high=high)
