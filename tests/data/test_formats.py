@@ -199,7 +199,13 @@ BAD_ROWS = {
         {"prompt": "p", "completion": " \n\t"},
         Format.SFT,
         "completion",
-        "got an empty string",
+        "got only whitespace (' \\n\\t')",
+    ),
+    "chosen alone": (
+        {"chosen": "Q: 2 + 3?\nA: 5."},
+        Format.PREFERENCE,
+        "rejected",
+        "missing (the row has columns: 'chosen')",
     ),
     "empty message list": ({"prompt": [], "completion": "c"}, Format.SFT, "prompt", "empty list"),
     # JSON's "\\ud800" (half a surrogate pair) decodes to a str no tokenizer can encode

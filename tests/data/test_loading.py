@@ -90,6 +90,22 @@ def test_json_file_holding_an_array(tmp_path):
     assert read_rows(path) == [(1, PAIRS[0]), (2, PAIRS[1])]
 
 
+def test_a_json_file_that_is_one_object_over_several_lines_is_named_as_such(tmp_path):
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps(PAIRS[0], indent=2), encoding="utf-8")
+    with pytest.raises(DataError, match=r"the file is one JSON object \(keys 'prompt', "):
+        read_rows(path)
+    path.write_text(json.dumps({"data": PAIRS}, indent=2), encoding="utf-8")
+    with pytest.raises(DataError, match=r"keys 'data'\); a .json file holds an array of rows"):
+        read_rows(path)
+    # the same in a .jsonl file is a broken JSON line, and one object on one line is one row
+    jsonl = write_jsonl(tmp_path / "prefs.jsonl", json.dumps(PAIRS[0], indent=2).split("\n"))
+    with pytest.raises(DataError, match=r"row 1: malformed JSON"):
+        read_rows(jsonl)
+    path.write_text(json.dumps(PAIRS[0]), encoding="utf-8")
+    assert read_rows(path) == [(1, PAIRS[0])]
+
+
 def test_json_array_with_a_non_object_item(tmp_path):
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps([PAIRS[0], 3]), encoding="utf-8")

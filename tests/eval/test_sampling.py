@@ -102,3 +102,29 @@ def test_the_models_modes_are_restored(tiny_model_dir):
         model, tokenizer, PROMPTS[:1], num_samples=2, reference=reference, max_new_tokens=4
     )
     assert model.training and reference.training
+
+
+def test_a_progress_name_draws_a_bar_of_the_batches_and_changes_no_answer(
+    tiny_model_dir, monkeypatch
+):
+    from rlhfkit.eval import sampling
+
+    bars = []
+
+    class Recorder(sampling.ProgressBar):
+        def __init__(self, total, description, **kwargs):
+            super().__init__(total, description, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(sampling, "ProgressBar", Recorder)
+    model, _, tokenizer = _models(tiny_model_dir)
+    common = dict(num_samples=2, max_new_tokens=6, batch_size=4, seed=1)
+    shown = sample_for_eval(model, tokenizer, PROMPTS, progress="eval tiny", **common)
+    silent = sample_for_eval(model, tokenizer, PROMPTS, **common)
+    assert shown.texts == silent.texts
+    # 3 prompts, 2 prompts (4 answers) a batch: 2 batches; the silent call's bar draws nothing
+    assert [(b.description, b.total, b.completed, b.enabled) for b in bars] == [
+        ("eval tiny", 2, 2, True),
+        ("", 2, 2, False),
+    ]
+    assert bars[0].tokens == sum(shown.flat(shown.lengths))

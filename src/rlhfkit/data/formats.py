@@ -123,8 +123,13 @@ def _check_string(value: Any, name: str, where: _Where) -> str:
     if not isinstance(value, str):
         raise _fail(where, name, f"expected a non-empty string, got {type_name(value)}")
     if not value.strip():
-        raise _fail(where, name, "expected a non-empty string, got an empty string")
+        raise _fail(where, name, f"expected a non-empty string, got {_blank(value)}")
     return _check_unicode(value, name, where)
+
+
+def _blank(value: str) -> str:
+    """What a blank string holds, in words: a file that shows '   ' is not 'empty' to its reader."""
+    return "an empty string" if not value else f"only whitespace ({value!r})"
 
 
 def not_unicode(text: str) -> str | None:
@@ -180,7 +185,7 @@ def _check_text(value: Any, name: str, where: _Where) -> Text:
     if not isinstance(value, str):
         raise _fail(where, name, f"{expected}, got {type_name(value)}")
     if not value.strip():
-        raise _fail(where, name, f"{expected}, got an empty string")
+        raise _fail(where, name, f"{expected}, got {_blank(value)}")
     return _check_unicode(value, name, where)
 
 
@@ -254,9 +259,10 @@ def _sft_from_messages(value: Any, where: _Where) -> SFTExample:
 def _validate_preference(row: dict, where: _Where) -> PreferenceExample:
     """`prompt`, `chosen`, `rejected`; or TRL's implicit prompt: no `prompt`, and `chosen` and
     `rejected` hold the whole text or conversation (see `_implicit_prompt`)."""
-    if row.get("prompt") is None and "chosen" in row and "rejected" in row:
-        chosen = _check_text(row["chosen"], "chosen", where)
-        rejected = _check_text(row["rejected"], "rejected", where)
+    if row.get("prompt") is None and ("chosen" in row or "rejected" in row):
+        # read as an implicit-prompt pair, so the answer it lacks is what the error names
+        chosen = _check_text(_require(row, "chosen", where), "chosen", where)
+        rejected = _check_text(_require(row, "rejected", where), "rejected", where)
         _check_same_kind(chosen, rejected, "rejected", where)
         prompt, chosen, rejected = _implicit_prompt(chosen, rejected, where)
     else:

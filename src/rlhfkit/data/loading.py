@@ -135,6 +135,10 @@ def _read_json(path: Path) -> Rows:
             if line.strip():
                 rows.append((line_number, _parse_object(path, line_number, line)))
         return rows
+    except DataError:
+        if path.suffix.lower() == ".json":
+            _refuse_one_object(path)
+        raise
     except OSError as error:
         message = f"could not read the file: {_short(error)}"
         raise DataError(str(path), None, None, message) from None
@@ -220,6 +224,23 @@ def _holds_array(path: Path) -> bool:
         while chunk and not chunk.strip():
             chunk = file.read(_PEEK_BYTES)
     return chunk.lstrip().startswith(b"[")
+
+
+def _refuse_one_object(path: Path) -> None:
+    """A `.json` file that is one JSON object over several lines (a pretty-printed row, or an
+    export such as {"data": [...]}) is neither of the two layouts: say so, not that its second
+    line is malformed."""
+    try:
+        document = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (ValueError, RecursionError):
+        return  # not one JSON document: the line's own error stands
+    if isinstance(document, dict):
+        keys = ", ".join(repr(key) for key in list(document)[:5])
+        message = (
+            f"the file is one JSON object (keys {keys}); a .json file holds an array of rows "
+            "([{...}, {...}]) or one row per line (JSON lines)"
+        )
+        raise DataError(str(path), None, None, message)
 
 
 def _read_json_array(path: Path) -> Rows:

@@ -54,6 +54,7 @@ def evaluate_model(
     batch_size: int = 256,
     gold=None,
     precision: Precision = Precision.FP32,
+    progress: str | None = None,
 ) -> ModelEval:
     """Greedy and sampled answers of `model` to `prompts`, scored by `task`'s gold reward.
 
@@ -67,14 +68,23 @@ def evaluate_model(
             on the sampled answers is reported beside the gold score; None = none.
         samples_per_prompt: sampled answers per prompt (temperature 1); pass@k for k up to it.
         precision: bf16 samples and measures the KL as a bf16 run does (`sample_for_eval`).
+        progress: a name shows a progress bar for the greedy and the sampled answers; None =
+            silent.
     """
     texts = [p.prompt for p in prompts]  # rendered (chat prompts) and tokenised by the sampler
     common = dict(
         max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, precision=precision
     )
-    greedy = sample_for_eval(model, tokenizer, texts, greedy=True, **common)
+    bars = [None, None] if progress is None else [f"{progress} greedy", f"{progress} sampled"]
+    greedy = sample_for_eval(model, tokenizer, texts, greedy=True, progress=bars[0], **common)
     sampled = sample_for_eval(
-        model, tokenizer, texts, num_samples=samples_per_prompt, reference=reference, **common
+        model,
+        tokenizer,
+        texts,
+        num_samples=samples_per_prompt,
+        reference=reference,
+        progress=bars[1],
+        **common,
     )
     greedy_texts, sampled_texts = greedy.flat(greedy.texts), sampled.flat(sampled.texts)
     repeated = [p for p in prompts for _ in range(samples_per_prompt)]

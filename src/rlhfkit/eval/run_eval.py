@@ -93,6 +93,8 @@ class EvalConfig(RunConfig):
     """Tokens per sequence when the reward model scores."""
     batch_size: int = 256
     """Answers generated (or scored) per batch."""
+    progress: bool = True
+    """Show a progress bar while each model answers."""
     precision: Precision = Precision.FP32
     """fp32, or bf16: every model samples as a bf16 run samples (bf16 weights and cache, the
     draws in float32), and the reference's KL pass, the reward models and the AI judge run under
@@ -206,7 +208,9 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
 
     def evaluate(path: str) -> ModelEval:
         model = reference if path == reference_path else load_causal_lm(path).to(device)
-        return evaluate_model(model, tokenizer, task, prompts, **settings)
+        bar = Path(path).name if Path(path).name != "final" else Path(path).parent.name
+        progress = f"eval {bar}" if cfg.progress else None
+        return evaluate_model(model, tokenizer, task, prompts, progress=progress, **settings)
 
     # step 2. every model, and its win rates against the baseline by the chosen judge
     baseline = evaluate(cfg.baseline) if cfg.baseline else None
@@ -222,7 +226,8 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         else None
     )
     for path in cfg.models:
-        result = evaluate(path)
+        # the baseline listed among the models is its own evaluation, not a second one
+        result = baseline if path == cfg.baseline and baseline is not None else evaluate(path)
         if baseline is not None and path != cfg.baseline:
             with autocast(device, cfg.precision):  # the AI judge's passes
                 result.metrics.update(

@@ -16,6 +16,7 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.device import Precision, autocast, sampling_dtype
+from rlhfkit.runtime.progress import ProgressBar
 
 
 @dataclass
@@ -45,6 +46,7 @@ def sample_for_eval(
     seed: int = 0,
     batch_size: int = 256,
     precision: Precision = Precision.FP32,
+    progress: str | None = None,
 ) -> EvalSamples:
     """`num_samples` responses per prompt (plain text, or messages for the chat template: see
     `encode_prompts`), sampled at temperature 1 (or one greedy answer), with the sequence KL to
@@ -52,7 +54,8 @@ def sample_for_eval(
     (`generate`'s dtype), the reference's pass under bf16 autocast.
 
     Temperature 1 because the KL to the reference is a property of the policy itself: samples
-    at another temperature would measure a different distribution.
+    at another temperature would measure a different distribution. `progress`: a description
+    shows a progress bar; None = silent.
     """
     was_training = model.training, reference.training if reference is not None else False
     model.eval()
@@ -69,35 +72,31 @@ def sample_for_eval(
         {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {},
     )
     try:
-        for start in range(0, len(prompts), per_batch):
-            ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
-            rollout = generate(
-                model,
-                ids,
-                mask,
-                num_samples=1 if greedy else num_samples,
-                max_new_tokens=max_new_tokens,
-                stop_ids=stop_ids,
-                pad_token_id=tokenizer.pad_token_id,
-                greedy=greedy,
-                generator=generator,
-                dtype=sampling_dtype(precision),
-            )
-            texts += decode_responses(tokenizer, rollout)
-            lengths += rollout.response_lengths.tolist()
-            if with_kl:
-                width = rollout.response_ids.shape[1]
-                with autocast(device, precision):
-                    ref = response_logprobs(
-                        reference, rollout.input_ids, rollout.attention_mask, width
-                    ).logprobs
-                for name in kl:
-                    kl[name] += sequence_kl(
-                        rollout.logprobs.double(),
-                        ref.double(),
-                        rollout.response_mask,
-                        KLEstimator(name),
-                    ).tolist()
+        with ProgressBar(
+            -(-len(prompts) // per_batch),
+            progress or "",
+            enabled=progress is not None,
+            with_loss=False,
+        ) as bar:
+            for start in range(0, len(prompts), per_batch):
+                ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
+                rollout = generate(
+                    model,
+                    ids,
+                    mask,
+                    num_samples=1 if greedy else num_samples,
+                    max_new_tokens=max_new_tokens,
+                    stop_ids=stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    greedy=greedy,
+                    generator=generator,
+                    dtype=sampling_dtype(precision),
+                )
+                texts += decode_responses(tokenizer, rollout)
+                lengths += rollout.response_lengths.tolist()
+                for name, values in _sequence_kls(reference, rollout, precision, kl).items():
+                    kl[name] += values
+                bar.update(1, tokens=int(rollout.response_mask.sum()))
     finally:
         model.train(was_training[0])
         if reference is not None:
@@ -108,6 +107,23 @@ def sample_for_eval(
         lengths=_group(lengths, k),
         kl={name: _group(values, k) for name, values in kl.items()},
     )
+
+
+def _sequence_kls(reference, rollout, precision: Precision, estimators) -> dict[str, list]:
+    """Each response's KL to `reference` by each of `estimators` (names; none: no pass)."""
+    if not estimators:
+        return {}
+    device = rollout.input_ids.device
+    with autocast(device, precision):
+        ref = response_logprobs(
+            reference, rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1]
+        ).logprobs
+    return {
+        name: sequence_kl(
+            rollout.logprobs.double(), ref.double(), rollout.response_mask, KLEstimator(name)
+        ).tolist()
+        for name in estimators
+    }
 
 
 def _group(values: list, per_prompt: int) -> list[list]:
