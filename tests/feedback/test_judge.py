@@ -4,7 +4,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from rlhfkit.data.formats import SFTExample
+from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.feedback.judge import (
+    ANSWER_A,
     answer_inputs,
     conversation_text,
     judge_first_better_prob,
@@ -158,13 +161,36 @@ def test_no_pairs_no_work(judge):
     assert judge_pairs(model, tokenizer, [], [], []).first_better.shape == (0,)
 
 
-def test_a_judge_asked_past_its_positions_says_so(judge, monkeypatch, caplog):
-    # the judge reads prompt and both replies whole: past its positions its verdict is noise
+def test_a_judge_asked_past_its_positions_reads_the_end_of_each_comparison(
+    judge, monkeypatch, caplog
+):
+    # the judge reads prompt and both replies: past its positions its verdict would be noise,
+    # so a comparison too long loses the start of its prompt, as its training rows do
     model, tokenizer = judge
     monkeypatch.setattr(architecture, "_WARNED_POSITIONS", set())
     texts = [judge_prompt(p, a, b) for p, a, b in zip(PROMPTS, FIRST, SECOND)]
     longest = max(len(ids) for ids in answer_inputs(tokenizer, texts)[0])
-    monkeypatch.setattr(model.config, "max_position_embeddings", longest - 1)
+    limit = longest - 4
+    monkeypatch.setattr(model.config, "max_position_embeddings", limit)
     with caplog.at_level(logging.WARNING, logger="rlhfkit"):
-        judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND)
-    assert f"judge (prompt and both replies): sequences of up to {longest} positions" in caplog.text
+        by_limit = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND)
+    assert "past the model's max_position_embeddings" not in caplog.text
+    explicit = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, max_length=limit)
+    assert torch.equal(by_limit, explicit)  # the same computation: the limit is the model's
+    inputs = answer_inputs(tokenizer, texts, limit)[0]
+    assert max(map(len, inputs)) < limit
+
+
+@pytest.mark.parametrize("max_length", [12, 20, 1000])
+def test_a_cut_comparison_is_what_the_judges_sft_row_keeps(judge, max_length):
+    # a judge row is the comparison with " A" (or " B") as its completion, tokenised by SFT with
+    # keep_end: the tokens before the answer's letter (a space the tokenizer keeps apart
+    # included) are exactly what the judge is then asked on
+    _, tokenizer = judge
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(PROMPTS, FIRST, SECOND)]
+    inputs, tokens_a, _ = answer_inputs(tokenizer, texts, max_length)
+    rows = [SFTExample(prompt=text, completion=ANSWER_A) for text in texts]
+    encoded, _ = tokenize_sft(tokenizer, rows, max_length=max_length, truncation="keep_end")
+    for ids, answer, row in zip(inputs, tokens_a, encoded):
+        assert row.input_ids[: len(ids)] == ids and row.input_ids[len(ids)] == answer
+        assert row.input_ids[len(ids) + 1 :] == [tokenizer.eos_token_id]  # the letter, then EOS

@@ -514,3 +514,26 @@ def test_the_missing_eos_penalty_is_refused_since_no_reward_trains(tiny_model_di
     cfg = config(tiny_model_dir, tmp_path, missing_eos_penalty=0.5)
     with pytest.raises(ConfigError, match="missing_eos_penalty=0.5: online DPO learns from"):
         check_online_config(cfg)
+
+
+def test_a_judge_ranks_a_users_own_prompts_with_no_reward_and_no_task(tiny_model_dir, tmp_path):
+    # the judge's rankings train the policy: no reward is needed, none is logged, and with
+    # nothing to score held-out answers with, the run does not evaluate
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"Q: what is {i} + 1?\nA:"}) + "\n" for i in range(8))
+    )
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        task=None,
+        reward="",
+        labeller="judge",
+        judge_model=str(tiny_model_dir),
+        train_data=str(prompts),
+        max_steps=2,
+    )
+    result = train_online_dpo(cfg, run_dir(tmp_path))
+    assert len(result.history) == 2 and result.labels_used == 2 * 4  # one pair per prompt
+    assert all(math.isfinite(row["loss"]) and "reward_mean" not in row for row in result.history)
+    assert not any(key.startswith("eval_") for row in result.history for key in row)

@@ -130,7 +130,8 @@ def point_rows(points: list[Point]) -> list[list[str]]:
                 rate(m, "win_rate_sampled") if "win_rate_sampled" in m else "",
                 rate(m, "win_rate_greedy") if "win_rate_greedy" in m else "",
                 f"{m['proxy_sampled']:.2f}" if "proxy_sampled" in m else "",
-                f"{m['sampled_positive_repeats']:.3f}",
+                # the sentiment task's own sign; other tasks have none
+                f"{m['sampled_positive_repeats']:.3f}" if "sampled_positive_repeats" in m else "",
                 f"{m['sampled_distinct_1']:.3f}",
                 f"{m['sampled_words']:.1f}",
             ]

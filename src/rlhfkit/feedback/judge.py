@@ -18,7 +18,7 @@ from rlhfkit.data.formats import Text
 from rlhfkit.data.text_ids import special_prefix
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
-from rlhfkit.rollout.architecture import warn_past_positions
+from rlhfkit.rollout.architecture import position_limit, warn_past_positions
 from rlhfkit.rollout.engine import positions_from_mask
 
 ANSWER_A, ANSWER_B = " A", " B"
@@ -39,14 +39,18 @@ def judge_prompt(prompt: Text, reply_a: Text, reply_b: Text) -> str:
     )
 
 
-def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[int], list[int]]:
+def answer_inputs(
+    tokenizer, texts: list[str], max_length: int | None = None
+) -> tuple[list[list[int]], list[int], list[int]]:
     """Token ids to run the judge on and the two answer tokens it chooses between, per text.
 
     The answers are told apart at the first token where `text + " A"` and `text + " B"` differ;
     the tokens before it (the prompt, and a shared leading space when the tokenizer keeps it
     apart from the letter) are the judge's input, after the tokenizer's BOS when it adds one.
     This is the split the SFT tokenisation of a judge row makes, so a trained judge is asked at
-    exactly the position it learned.
+    exactly the position it learned. A row past `max_length` (None: no limit) loses its start as
+    a judge row does in training (`keep_end`: the whole row, answer and EOS included, keeps its
+    last max_length tokens).
     """
     with_a = tokenizer([t + ANSWER_A for t in texts], add_special_tokens=False)["input_ids"]
     with_b = tokenizer([t + ANSWER_B for t in texts], add_special_tokens=False)["input_ids"]
@@ -60,7 +64,9 @@ def answer_inputs(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[in
             raise RlhfkitError(
                 f"the tokenizer does not tell '{ANSWER_A}' from '{ANSWER_B}' after a judge prompt"
             )
-        inputs.append(prefix + ids_a[:shared])
+        ids = prefix + ids_a[:shared]
+        keep = None if max_length is None else max(1, max_length - (len(ids_a) - shared) - 1)
+        inputs.append(ids if keep is None else ids[-keep:])
         tokens_a.append(ids_a[shared])
         tokens_b.append(ids_b[shared])
     return inputs, tokens_a, tokens_b
@@ -75,8 +81,11 @@ def judge_first_better_prob(
     second: list[str],
     *,
     batch_size: int = 32,
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
+    A comparison longer than `max_length` tokens (None: the model's max_position_embeddings)
+    loses the start of its prompt, as the judge's training rows do (`answer_inputs`).
 
     Returns:
         (n,) float32 on the CPU: softmax over the logits of the two answer tokens, A's share
@@ -89,7 +98,8 @@ def judge_first_better_prob(
     if not prompts:
         return torch.zeros(0)
     texts = [judge_prompt(p, a, b) for p, a, b in zip(prompts, first, second)]
-    inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts)
+    limit = max_length if max_length is not None else position_limit(model)
+    inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts, limit)
     warn_past_positions(model, max(map(len, inputs)), "judge (prompt and both replies)")
     was_training, device = model.training, next(model.parameters()).device
     model.eval()
@@ -153,8 +163,10 @@ def judge_pairs(
     second: list[str],
     *,
     batch_size: int = 32,
+    max_length: int | None = None,
 ) -> PairJudgements:
-    """Ask every pair in both orders (in the same batches) and combine the answers."""
+    """Ask every pair in both orders (in the same batches) and combine the answers; `max_length`
+    as `judge_first_better_prob`'s."""
     n = len(prompts)
     probs = judge_first_better_prob(
         model,
@@ -163,6 +175,7 @@ def judge_pairs(
         list(first) + list(second),
         list(second) + list(first),
         batch_size=batch_size,
+        max_length=max_length,
     )
     prob_ab, prob_ba = probs[:n], probs[n:]
     return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba)

@@ -95,11 +95,17 @@ def layer_weight_bias(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, base.bias
 
 
+def position_limit(model) -> int | None:
+    """The model's `max_position_embeddings`, or None where its config has none."""
+    limit = getattr(getattr(causal_lm(model), "config", None), "max_position_embeddings", None)
+    return limit if isinstance(limit, int) else None
+
+
 def warn_past_positions(model, positions: int, what: str) -> None:
     """Warn once per process and `what` when `positions` run past the model's
     `max_position_embeddings`: it still computes, with positions it was never trained on (a
     rotary model's answers degrade, silently)."""
-    limit = getattr(getattr(causal_lm(model), "config", None), "max_position_embeddings", None)
+    limit = position_limit(model)
     if isinstance(limit, int) and positions > limit and (what, limit) not in _WARNED_POSITIONS:
         _WARNED_POSITIONS.add((what, limit))
         log.warning(

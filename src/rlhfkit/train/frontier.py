@@ -33,6 +33,7 @@ from rich.console import Console
 
 from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.data.loading import write_jsonl
+from rlhfkit.data.text_stats import distinct_n, mean_words
 from rlhfkit.errors import ConfigError
 from rlhfkit.eval.frontier_report import Point, write_frontier_report
 from rlhfkit.eval.model_eval import evaluate_model, win_rates
@@ -317,9 +318,14 @@ class Frontier:
                 seed=c.seed,
                 batch_size=64,
             )
-            # the task's hacking signs of the sampled answers too (evaluate_model: greedy only)
+            # the task's own signs of the sampled answers too (evaluate_model: greedy only),
+            # and the words and distinct-1 of the report's table whatever the task measures
             repeated = [p for p in self.eval_prompts for _ in range(c.eval_samples)]
-            sampled = self.task.evaluate(repeated, e.sampled.flat(e.sampled.texts))
+            texts = e.sampled.flat(e.sampled.texts)
+            e.metrics.update(
+                {"sampled_words": mean_words(texts), "sampled_distinct_1": distinct_n(texts, 1)}
+            )
+            sampled = self.task.evaluate(repeated, texts)
             e.metrics.update({f"sampled_{k}": v for k, v in sampled.items()})
             return e
 

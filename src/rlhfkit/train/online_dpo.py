@@ -229,6 +229,8 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
         needs_reference=not cfg.refresh_reference,
         stage="online_dpo",
         total_steps=len(plan),
+        # ranked by a judge or by people, a run needs no reward; with one, its mean is logged
+        needs_reward=LabellerKind(cfg.labeller) in (LabellerKind.ANNOTATOR, LabellerKind.REWARD),
     )
     models = run.models
     reference = (
@@ -293,8 +295,11 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                         else None
                     )
                     own_prompts = [p for p in share.prompts for _ in range(k)]
-                    own_rewards = run.reward.score(own_prompts, own_texts).rewards.tolist()
-                    rewards = _every_rank(own_rewards, run)
+                    rewards = (
+                        _every_rank(run.reward.score(own_prompts, own_texts).rewards.tolist(), run)
+                        if run.reward is not None
+                        else None
+                    )
 
                 # step 4. ranked groups per step (a skipped prompt has no preference: dropped),
                 # offline rows added, reference log-probs once
@@ -311,7 +316,7 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                             for i in kept
                         ],
                         gold=[gold[row] for row in rows] if gold is not None else None,
-                        rewards=[rewards[row] for row in rows],
+                        rewards=[rewards[row] for row in rows] if rewards is not None else None,
                         offline=offline,
                         offline_per_step=offline_per_step,
                         seed=cfg.seed,

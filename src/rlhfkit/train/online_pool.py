@@ -158,13 +158,15 @@ def pool_from_state(state: dict) -> Pool:
 
 
 def sample_metrics(
-    gold: list[float] | None, rewards: list[float], lengths: list[int]
+    gold: list[float] | None, rewards: list[float] | None, lengths: list[int]
 ) -> dict[str, float]:
-    """The online samples' mean reward, length and token count, and gold score (None: no task)."""
+    """The online samples' mean reward (None: no reward), length and token count, and gold score
+    (None: no task)."""
     metrics = {"gold_score": sum(gold) / len(gold)} if gold is not None else {}
+    if rewards is not None:
+        metrics["reward_mean"] = sum(rewards) / len(rewards)
     return {
         **metrics,
-        "reward_mean": sum(rewards) / len(rewards),
         "response_length": sum(lengths) / len(lengths),
         "response_tokens": int(sum(lengths)),  # a count, as the other trainers log it
     }
@@ -177,7 +179,7 @@ def assemble_pool(
     samples_per_prompt: int,
     online_groups: list[RankedGroup],
     gold: list[float] | None,
-    rewards: list[float],
+    rewards: list[float] | None,
     offline: list[RankedGroup],
     offline_per_step: int,
     seed: int,
@@ -193,7 +195,7 @@ def assemble_pool(
 
     Args:
         gold, rewards: one per online response, in sampling order (prompt-major); gold None
-            without a task.
+            without a task, rewards None without a reward.
         offline: the offline groups of a hybrid run (empty otherwise).
     """
     steps, first = [], 0
@@ -217,7 +219,9 @@ def assemble_pool(
                 [],
                 count,
                 sample_metrics(
-                    gold[responses] if gold is not None else None, rewards[responses], lengths
+                    gold[responses] if gold is not None else None,
+                    rewards[responses] if rewards is not None else None,
+                    lengths,
                 ),
             )
         )

@@ -4,12 +4,15 @@ resume). Under torchrun the trained models (policy, critic) are sharded with FSD
 optimizers are built; the frozen reference is whole on every rank, or with
 `frozen_models=sharded` sharded over the same mesh (`runtime.distributed.place_frozen`)."""
 
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import (
@@ -19,8 +22,10 @@ from rlhfkit.models.loading import (
     same_vocabulary,
 )
 from rlhfkit.models.reward import value_model_from
+from rlhfkit.rewards.base import RewardSource
+from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.distributed import Ranks, device_mesh, shard_model
+from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
 from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import adamw
@@ -133,4 +138,28 @@ def build_policy_models(
         critic,
         critic_optimizer,
         mesh,
+    )
+
+
+def build_run_reward(
+    cfg: PolicyRunConfig, spec: str | None, models: PolicyModels
+) -> RewardSource | None:
+    """The run's reward source from `spec` (None: the run has none), on the models' device; a
+    reward model in it is placed as the run's frozen models are (`frozen_models`)."""
+    if spec is None:
+        return None
+    return build_reward_source(
+        spec,
+        task_name=cfg.task or None,
+        tokenizer=models.tokenizer,
+        device=models.device,
+        batch_size=ROWS_PER_CHUNK,
+        max_length=cfg.reward_max_length,
+        uncertainty_coef=cfg.reward_uncertainty_coef,
+        timeout_s=cfg.reward_timeout_s or None,
+        first_call_timeout_s=cfg.reward_first_call_timeout_s or math.inf,
+        precision=cfg.precision,
+        place_model=partial(
+            place_frozen, frozen_models=cfg.frozen_models, mesh=models.mesh, precision=cfg.precision
+        ),
     )

@@ -30,17 +30,14 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from functools import partial
 
 import torch
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.data.length_chunks import ROWS_PER_CHUNK
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
-from rlhfkit.rewards.base import RewardSource
-from rlhfkit.rewards.builder import build_reward_source, check_spec
+from rlhfkit.rewards.builder import check_spec
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
@@ -55,7 +52,6 @@ from rlhfkit.runtime.distributed import (
     gather_parameters,
     gathered,
     one_reduction,
-    place_frozen,
     reduce_sums,
 )
 from rlhfkit.runtime.metrics import MetricsLogger
@@ -74,7 +70,7 @@ from rlhfkit.train.policy_checkpoint import (
     save_policy_checkpoint,
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_models import build_policy_models
+from rlhfkit.train.policy_models import build_policy_models, build_run_reward
 from rlhfkit.train.policy_prompts import (
     PromptShare,
     prompt_pools,
@@ -94,6 +90,9 @@ class PolicyRun:
     Args:
         total_steps: the run's length (default `cfg.max_steps`; online DPO: its labelling plan's).
         reward: the reward spec (default `reward_spec(cfg)`; PPO: its reward model).
+        needs_reward: False where the trainer learns from another signal (online DPO ranked by
+            a judge or by people): without `reward` or a task the run then has none
+            (`self.reward` None), its samples are not scored, and it does not evaluate.
         critic_start, critic_lr: PPO's critic (see `build_policy_models`).
     """
 
@@ -107,6 +106,7 @@ class PolicyRun:
         stage: str,
         total_steps: int | None = None,
         reward: str | None = None,
+        needs_reward: bool = True,
         critic_start: str = "",
         critic_lr: float = 0.0,
     ):
@@ -129,9 +129,10 @@ class PolicyRun:
         # the task first: one that cannot be built (an extra not installed) fails before the
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
-        spec = reward or reward_spec(cfg)
-        # a mistyped reward file fails before the models load, not after
-        check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
+        has_reward = bool(reward or cfg.reward or cfg.task) or needs_reward
+        spec = (reward or reward_spec(cfg)) if has_reward else None
+        if spec is not None:  # a mistyped reward file fails before the models load, not after
+            check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
         self.models = build_policy_models(
             cfg,
             checkpoint,
@@ -141,24 +142,7 @@ class PolicyRun:
             ranks=self.ranks,
         )
         self.prompts = prompt_pools(cfg, self.task)
-        self.reward: RewardSource = build_reward_source(
-            spec,
-            task_name=cfg.task or None,
-            tokenizer=self.models.tokenizer,
-            device=self.models.device,
-            batch_size=ROWS_PER_CHUNK,
-            max_length=cfg.reward_max_length,
-            uncertainty_coef=cfg.reward_uncertainty_coef,
-            timeout_s=cfg.reward_timeout_s or None,
-            first_call_timeout_s=cfg.reward_first_call_timeout_s or math.inf,
-            precision=cfg.precision,
-            place_model=partial(
-                place_frozen,
-                frozen_models=cfg.frozen_models,
-                mesh=self.models.mesh,
-                precision=cfg.precision,
-            ),
-        )
+        self.reward = build_run_reward(cfg, spec, self.models)
         self.generator = torch.Generator(device=self.models.device).manual_seed(cfg.seed)
         # shared by every optimizer of the run (PPO: the critic's too)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_skips, run_dir.checkpoints)
@@ -407,8 +391,10 @@ class PolicyRun:
 
     @property
     def evaluates(self) -> bool:
-        """Whether this run evaluates at all: eval_every >= 0 and held-out prompts to do it on."""
-        return self.cfg.eval_every >= 0 and bool(self.prompts.eval)
+        """Whether this run evaluates at all: eval_every >= 0, held-out prompts to do it on, and
+        a task or a reward to score the answers with."""
+        scorer = self.task is not None or self.reward is not None
+        return self.cfg.eval_every >= 0 and bool(self.prompts.eval) and scorer
 
     def evaluate(self, row: dict) -> dict:
         """Greedy answers to the held-out prompts, scored by the task when one is named, else by

@@ -21,6 +21,7 @@ import torch
 
 from rlhfkit.data.formats import Format, PreferenceExample, validate_rows
 from rlhfkit.data.loading import load_examples, read_rows, write_jsonl
+from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
 from rlhfkit.feedback.judge import PairJudgements, judge_pairs, preference_rows, reply_text
 from rlhfkit.feedback.judge_data import judge_sft_rows
@@ -69,7 +70,14 @@ class JudgeConfig(RunConfig):
     """Judge prompts per forward pass."""
     sft: SFTConfig = field(
         default_factory=lambda: SFTConfig(
-            max_steps=400, batch_size=16, lr=3e-3, eval_every=0, sample_every=0, save_every=0
+            max_steps=400,
+            batch_size=16,
+            lr=3e-3,
+            eval_every=0,
+            sample_every=0,
+            save_every=0,
+            # the verdict ends each row: a long row loses the start of its prompt, not it
+            truncation=Truncation.KEEP_END,
         )
     )
     """Judge training; `model`, `train_data`, `eval_data`, `seed`, `device`,
@@ -216,7 +224,17 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
         [p.chosen for p in pairs],
         [p.rejected for p in pairs],
     )
-    judgements = judge_pairs(model, tokenizer, prompts, chosen, rejected, batch_size=cfg.batch_size)
+    # a judge trained here is asked within the length it learned at; a given one, its own limit
+    max_length = None if cfg.judge_model else cfg.sft.max_length
+    judgements = judge_pairs(
+        model,
+        tokenizer,
+        prompts,
+        chosen,
+        rejected,
+        batch_size=cfg.batch_size,
+        max_length=max_length,
+    )
 
     # step 4. the confident verdicts as preference rows; agreement and position bias
     rows = preference_rows(
