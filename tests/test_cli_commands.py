@@ -35,6 +35,12 @@ def test_each_round_prints_its_held_out_score_or_says_there_was_none(capsys):
             "eval_gold_end": None,
             "eval_reward_end": None,
         },
+        {  # no held-out rankings: no accuracy to print ("nan -> nan" before)
+            "round": 4,
+            "accuracy_before": float("nan"),
+            "accuracy_after": float("nan"),
+            "eval_gold_end": 1.0,
+        },
     ]
     result = SimpleNamespace(rounds=rounds, model_dir=Path("runs/it/final"))
     cli_commands._print_rounds(None, None, result)
@@ -42,3 +48,4 @@ def test_each_round_prints_its_held_out_score_or_says_there_was_none(capsys):
     assert lines[0] == "round 1: gold 3.142, reward-model accuracy on the new policy 0.610 -> 0.700"
     assert lines[1].startswith("round 2: held-out reward -0.1235, ")
     assert lines[2].startswith("round 3: no evaluation, ")
+    assert lines[3].endswith("accuracy on the new policy not measured (no held-out rankings)")

@@ -6,6 +6,7 @@ only when the command runs (`load_object`), so `rlhfkit --help` does not import 
 import dataclasses
 import importlib
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +51,14 @@ def _print_rounds(cfg, run, result) -> None:
             held_out = f"gold {gold:.4g}"
         else:
             held_out = "no evaluation" if reward is None else f"held-out reward {reward:.4g}"
+        accuracy = (
+            "not measured (no held-out rankings)"
+            if math.isnan(before) and math.isnan(after)
+            else f"{before:.3f} -> {after:.3f}"
+        )
         print(
             f"round {summary['round']}: {held_out}, "
-            f"reward-model accuracy on the new policy {before:.3f} -> {after:.3f}"
+            f"reward-model accuracy on the new policy {accuracy}"
         )
     _print_model_saved(cfg, run, result)
 

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -10,13 +11,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.cli import run as cli
+from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config, save_config
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.train.grpo import GRPOConfig
-from rlhfkit.train.iterative_config import grpo_round_config, rm_round_config
+from rlhfkit.train.iterative_config import (
+    check_label_prompts,
+    grpo_round_config,
+    rm_round_config,
+)
 from rlhfkit.train.iterative_grpo import IterativeGRPOConfig, check_config, train_iterative_grpo
 from rlhfkit.train.reward import RewardConfig
 
@@ -380,6 +386,33 @@ def test_label_data_made_only_of_evaluation_prompts_is_refused_before_round_one(
     with pytest.raises(RlhfkitError, match=r"^label_data=.*: all 8 of its prompts are evaluation"):
         train_iterative_grpo(cfg, run)
     assert not (run.root / "round_01").exists()
+
+
+@pytest.mark.parametrize(
+    "count, expected",
+    [
+        (
+            4,
+            "4 prompts to label, fewer than label_prompts + heldout_prompts = 3 + 2: each round "
+            "ranks all 4, 3 to train the reward model and 1 held out",
+        ),
+        (
+            2,
+            "2 to train the reward model and 0 held out (its accuracy on the new policy is then "
+            "not measured)",
+        ),
+    ],
+)
+def test_label_data_with_fewer_prompts_than_a_round_wants_is_told(caplog, count, expected):
+    prompts = [PromptExample(prompt=f"Q{i}?") for i in range(count + 1)]
+    cfg = IterativeGRPOConfig(label_data="mine.jsonl", label_prompts=3, heldout_prompts=2)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        check_label_prompts(cfg, prompts, held_out={"Q0?"})  # Q0 is an evaluation prompt
+    assert expected in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        check_label_prompts(cfg, prompts * 5, held_out=set())  # enough: nothing said
+    assert caplog.text == ""
 
 
 def test_a_round_left_without_rankings_says_why(tiny_model_dir, start, tmp_path):

@@ -2,6 +2,7 @@
 and how, and the GRPO and reward-model sections each round runs; the checks made before the first
 round, and the keys each round fills in those sections."""
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -17,6 +18,8 @@ from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.registry import TaskName
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.reward import RewardConfig
+
+log = logging.getLogger(__name__)
 
 ROUND_KEYS = (*RUN_KEYS, "progress", "tensorboard")
 """The job's own keys that each round's GRPO and reward model take from it."""
@@ -246,9 +249,19 @@ def check_label_prompts(
 ) -> None:
     """Refuse `label_data` when every one of its prompts is an evaluation prompt, which no round
     labels: round 1 would find nothing to rank after its GRPO."""
-    if not any(str(p.prompt) not in held_out for p in prompts):
+    fresh = sum(str(p.prompt) not in held_out for p in prompts)
+    if not fresh:
         raise RlhfkitError(
             f"label_data={cfg.label_data}: all {len(prompts)} of its prompts are evaluation "
             f"prompts (grpo.eval_data={cfg.grpo.eval_data}), which no round labels: give "
             "label_data prompts apart from grpo.eval_data"
+        )
+    wanted = cfg.label_prompts + cfg.heldout_prompts
+    if fresh < wanted:
+        heldout = max(0, fresh - cfg.label_prompts)
+        log.warning(
+            f"label_data={cfg.label_data}: {fresh} prompts to label, fewer than label_prompts + "
+            f"heldout_prompts = {cfg.label_prompts} + {cfg.heldout_prompts}: each round ranks "
+            f"all {fresh}, {fresh - heldout} to train the reward model and {heldout} held out"
+            + (" (its accuracy on the new policy is then not measured)" if not heldout else "")
         )
