@@ -122,6 +122,23 @@ def test_unknown_config_key_names_the_nearest_valid_key(monkeypatch, capsys):
 def test_a_command_that_trains_nothing_refuses_force_lr(monkeypatch, capsys, name):
     code, _, err = run_main(monkeypatch, capsys, name, "force_lr=true")
     assert_one_line_error(code, err, f"force_lr: rlhfkit {name} trains nothing", "remove it")
+    code, _, err = run_main(monkeypatch, capsys, name, "max_nonfinite_skips=7")
+    assert_one_line_error(code, err, f"max_nonfinite_skips=7: rlhfkit {name} trains nothing")
+
+
+def test_critique_refuses_num_prompts_beside_a_prompt_file(monkeypatch, capsys, tmp_path):
+    prompts = write_rows(tmp_path / "p.jsonl", [{"prompt": "How do I sleep?"}])
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "critique",
+        f"prompts_data={prompts}",
+        "num_prompts=3",
+        "--runs-dir",
+        tmp_path / "runs",
+    )
+    assert_one_line_error(code, err, "num_prompts=3 is read only without prompts_data")
+    assert not (tmp_path / "runs").exists()  # refused before the run folder
 
 
 def test_wrong_config_type(monkeypatch, capsys):

@@ -223,6 +223,7 @@ COMMANDS: dict[str, Command] = {
         "Constitutional AI: critique and revise own replies; SFT rows and judged preference rows",
         config="rlhfkit.train.constitutional:CritiqueConfig",
         run="rlhfkit.train.constitutional:run_critique",
+        check_keys="rlhfkit.train.constitutional:check_critique_keys",
         report=_print_report,
         resumable=False,
         example="num_prompts=100",
@@ -291,12 +292,19 @@ def check_command_config(
     name: str, command: Command, cfg, given: frozenset[str] = frozenset()
 ) -> None:
     """What the command refuses in its config before anything runs (the command line's and
-    `rlhfkit.run`'s alike): its own `check_keys`, and `force_lr` where nothing is trained, since
-    a setting that changes nothing must not look as if it did. `given`: the keys the user set
-    (`runtime.config.given_keys`), so that a key a job fills is refused even at its default."""
+    `rlhfkit.run`'s alike): its own `check_keys`, and `force_lr` and `max_nonfinite_skips` where
+    nothing is trained, since a setting that changes nothing must not look as if it did.
+    `given`: the keys the user set (`runtime.config.given_keys`), so that a key a job fills is
+    refused even at its default."""
     from rlhfkit.errors import ConfigError
+    from rlhfkit.runtime.run_config import RunConfig
 
     if cfg.force_lr and not command.trains:
         raise ConfigError(f"force_lr: rlhfkit {name} trains nothing, so no lr to force; remove it")
+    if cfg.max_nonfinite_skips != RunConfig.max_nonfinite_skips and not command.trains:
+        raise ConfigError(
+            f"max_nonfinite_skips={cfg.max_nonfinite_skips}: rlhfkit {name} trains nothing, so "
+            "no update to skip; remove it"
+        )
     if command.check_keys:
         load_object(command.check_keys)(cfg, given)

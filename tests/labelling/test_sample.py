@@ -162,8 +162,9 @@ def test_a_task_gives_its_prompts_from_the_run_seed(tiny_model_dir, tmp_path):
         (dict(k=1), ConfigError, r"config key 'k': must be in \[2, 9\], got 1"),
         (dict(k=10), ConfigError, r"config key 'k': must be in \[2, 9\], got 10"),
         (dict(temperature=0.0), ConfigError, "config key 'temperature'"),
-        (dict(prompts=""), RlhfkitError, "needs prompts=PATH or task=NAME"),
-        (dict(task="arith"), RlhfkitError, "needs prompts=PATH or task=NAME"),
+        (dict(prompts=""), RlhfkitError, r"needs prompts=PATH or task=NAME, .*neither is given"),
+        (dict(task="arith"), RlhfkitError, r"needs prompts=PATH or task=NAME, not both \(both"),
+        (dict(num_prompts=2), RlhfkitError, "num_prompts=2 is read only with task="),
         (dict(model=""), RlhfkitError, "needs model=PATH"),
     ],
 )

@@ -84,7 +84,13 @@ def check_sample_config(cfg: SampleConfig) -> None:
     if not cfg.model:
         raise RlhfkitError("rlhfkit sample needs model=PATH (a causal-LM directory)")
     if bool(cfg.prompts) == (cfg.task is not None):
-        raise RlhfkitError("rlhfkit sample needs prompts=PATH or task=NAME (one of the two)")
+        given = "both are given" if cfg.prompts else "neither is given"
+        raise RlhfkitError(f"rlhfkit sample needs prompts=PATH or task=NAME, not both ({given})")
+    if cfg.prompts and cfg.num_prompts != SampleConfig.num_prompts:
+        raise RlhfkitError(
+            f"num_prompts={cfg.num_prompts} is read only with task= (prompts drawn from its "
+            f"generator); every row of prompts={cfg.prompts} is used: cut the file to take fewer"
+        )
 
 
 def load_prompts(cfg: SampleConfig) -> list[Text]:

@@ -18,7 +18,7 @@ import torch
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.loading import write_jsonl
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.feedback.critique import (
     Revision,
     changed,
@@ -74,6 +74,17 @@ class CritiqueResult:
     sft: Path
     preferences: Path | None
     report: dict
+
+
+def check_critique_keys(cfg: CritiqueConfig, given: frozenset[str] = frozenset()) -> None:
+    """Refuse `num_prompts` beside `prompts_data`, whose every row is used: it would change
+    nothing, silently."""
+    if cfg.prompts_data and cfg.num_prompts != CritiqueConfig.num_prompts:
+        raise ConfigError(
+            f"num_prompts={cfg.num_prompts} is read only without prompts_data (prompts drawn "
+            f"from the task's generator); every row of prompts_data={cfg.prompts_data} is "
+            "used: cut the file to take fewer"
+        )
 
 
 def _prompts(cfg: CritiqueConfig, task) -> list[PromptExample]:
