@@ -388,3 +388,21 @@ def test_a_stage_setting_its_trainer_refuses_is_refused_before_the_first_stage(t
         with pytest.raises(ConfigError, match="mini_batch_size=7 does not divide the rollout"):
             check(cfg)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_collection_prints_as_one_readable_line():
+    from rlhfkit.pipeline_table import collection_line
+
+    line = collection_line(
+        {
+            "temperature": 1.1348,
+            "agreement": 0.72083,
+            "bayes_limit": 0.79716,
+            "pairs": 44723,
+            "rankings": 1600,
+        }
+    )
+    assert line == (
+        "1600 rankings (44723 pairs) by the simulated annotator at T = 1.135: agreement 72.1% "
+        "between annotators (Bayes limit 79.7%)"
+    )

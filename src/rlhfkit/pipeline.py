@@ -23,7 +23,14 @@ from rlhfkit.models.loading import check_model_path, load_causal_lm, load_tokeni
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.models.tiny import build_tiny_model
 from rlhfkit.pipeline_config import RL_KEYS, PipelineConfig
-from rlhfkit.pipeline_table import ADVICE_METHODS, ARITH_METHODS, eval_tables, stage_rows
+from rlhfkit.pipeline_table import (
+    ADVICE_METHODS,
+    ARITH_METHODS,
+    GOLD,
+    collection_line,
+    eval_tables,
+    stage_rows,
+)
 from rlhfkit.rewards.builder import load_reward_model_source
 from rlhfkit.rollout.sample import sample_responses
 from rlhfkit.runtime.config import Filled, fill_section, passed_on
@@ -273,7 +280,7 @@ class Pipeline:
             "pairs": len(collection.pairs),
             "rankings": len(collection.rankings),
         }
-        self.console.print(self.summary["collect"])
+        self.console.print(collection_line(self.summary["collect"]))
         write_jsonl(_collected_file(self.root, "pairs"), collection.pairs)
         write_jsonl(_collected_file(self.root, "rankings"), collection.rankings)
         write_jsonl(_collected_file(self.root, "heldout_rankings"), collection.heldout_rankings)
@@ -427,7 +434,7 @@ class Pipeline:
             )
         )
         for task, (columns, rows) in evaluations.items():
-            title = f"{task}: held-out evaluation (gold = the hidden annotator)"
+            title = f"{task}: held-out evaluation (gold = {GOLD[task]})"
             self.console.print(rich_table(title, columns, rows))
         with open(self.root / "summary.json", "w") as f:
             json.dump({**self.summary, "samples": self.side_by_side}, f, indent=2)

@@ -89,3 +89,16 @@ def eval_tables(s: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
         task: metric_table({m: s["eval"][task][m] for m in methods})
         for task, methods in (("advice", ADVICE_METHODS), ("arith", ARITH_METHODS))
     }
+
+
+# what plays the gold judge of each task the pipeline evaluates (the tables' titles)
+GOLD = {"advice": "the hidden annotator", "arith": "a right final answer"}
+
+
+def collection_line(collect: dict) -> str:
+    """The collection stage's numbers in one line."""
+    return (
+        f"{collect['rankings']} rankings ({collect['pairs']} pairs) by the simulated annotator at "
+        f"T = {collect['temperature']:.3f}: agreement {collect['agreement']:.1%} between "
+        f"annotators (Bayes limit {collect['bayes_limit']:.1%})"
+    )

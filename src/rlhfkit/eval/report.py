@@ -261,9 +261,11 @@ def write_report(
             "<h2>Stages</h2>",
             html_table(["stage", "result", "yardstick", "wall time"], stage_rows),
             "<h2>Held-out evaluation</h2>"
-            "<p>Gold = the hidden annotator; win rates count ties as half, with 95% Wilson "
-            "intervals; KL to the SFT model on the policy's own samples (T = 1), estimators k1 "
-            "and k3; repetition = share of repeated word 4-grams; proxy = the reward model.</p>",
+            "<p>Gold = advice's hidden annotator, arith's right final answer; win rates count "
+            "ties as half, with 95% Wilson intervals (sampled: the answers to one prompt "
+            "counted as correlated); KL to the SFT model on the policy's own samples (T = 1), "
+            "estimators k1 and k3; repetition = share of repeated word 4-grams; proxy = the "
+            "reward model.</p>",
             *(
                 f"<h3>{task}</h3>" + html_table(columns, rows)
                 for task, (columns, rows) in eval_tables.items()
