@@ -1,13 +1,16 @@
 import json
+import logging
 import math
 
 import pytest
 import torch
 
+from rlhfkit.data.ranking_batch import RankedGroup
+from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.runtime.distributed import Ranks
 from rlhfkit.runtime.rundir import RunDir
 from rlhfkit.train.dpo import DPOConfig
-from rlhfkit.train.offline_loop import OfflineLoop, OfflineResult
+from rlhfkit.train.offline_loop import OfflineLoop, OfflineResult, longest_sequence
 from rlhfkit.train.reward import RewardConfig
 from rlhfkit.train.sft import SFTConfig
 
@@ -115,3 +118,31 @@ def test_only_rank_zero_writes_metrics(tmp_path):
         loop.end_step(1, {"loss": 1.0}, result, tokens=1)
     assert not RunDir(tmp_path).metrics_path.exists()
     assert result.train_losses == [1.0]
+
+
+def test_a_sequence_past_the_models_positions_is_told_at_the_start(
+    tiny_model_dir, tmp_path, caplog, monkeypatch
+):
+    from rlhfkit.models.reward import RewardModel
+    from rlhfkit.rollout import architecture
+
+    monkeypatch.setattr(architecture, "_WARNED_POSITIONS", set())
+    rows = [EncodedExample(list(range(n)), [True] * n, truncated=False) for n in (5, 9)]
+    groups = [RankedGroup(rows, (0, 1))]
+    model = RewardModel.from_pretrained(tiny_model_dir)
+    assert longest_sequence(rows) == longest_sequence(groups) == 9 and longest_sequence([]) == 0
+    monkeypatch.setattr(model.config, "max_position_embeddings", 8)
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        OfflineLoop(
+            _cfg(),
+            RunDir(tmp_path),
+            Ranks(),
+            model=model,
+            tokenizer=None,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+            stage="reward",
+            label="reward model",
+            start_step=0,
+            rows=groups,
+        )
+    assert "reward model data: sequences of up to 9 positions, past the model's" in caplog.text

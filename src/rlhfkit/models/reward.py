@@ -84,6 +84,12 @@ class RewardModel(nn.Module):
         return getattr(self.model, self.model.base_model_prefix)
 
     @property
+    def config(self):
+        """The sequence classifier's config (its positions, its heads), as a transformers model
+        exposes its own."""
+        return self.model.config
+
+    @property
     def num_heads(self) -> int:
         return self.model.config.num_labels
 

@@ -275,6 +275,7 @@ def train_dpo(cfg: DPOConfig, run: RunDir, *, resume: bool = False) -> DPOResult
         stage="dpo",
         label="dpo",
         start_step=start_step,
+        rows=[*train, *held_out],
     )
 
     with loop:

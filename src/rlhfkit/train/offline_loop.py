@@ -7,9 +7,10 @@ A step's rows and learning rate are pure functions of the step and the config, s
 run repeats the uninterrupted one exactly: the rows come from (seed, position), the learning
 rate from the step (`schedule.warmup_cosine`)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rlhfkit.rollout.architecture import warn_past_positions
 from rlhfkit.runtime.distributed import Ranks
 from rlhfkit.runtime.metrics import MetricsLogger
 from rlhfkit.runtime.progress import ProgressBar
@@ -27,6 +28,13 @@ class OfflineResult(TrainResult):
     train_losses: list[float] = field(default_factory=list)  # one per step, as logged
 
 
+def longest_sequence(rows: Sequence) -> int:
+    """Tokens in the longest sequence of `rows`: tokenised rows (SFT, step-labelled) or ranked
+    groups, whose every response is a whole sequence."""
+    sequences = (r for row in rows for r in getattr(row, "responses", (row,)))
+    return max((len(r.input_ids) for r in sequences), default=0)
+
+
 class OfflineLoop:
     """Args:
     cfg: an SFT, reward-model or DPO config (its batches, schedule, clipping, cadence and
@@ -41,6 +49,8 @@ class OfflineLoop:
     checkpoint_extra: the trainer's own state after `done` steps, kept in its checkpoint.
     saved_model: under torchrun, the model a checkpoint writes from the gathered weights, when
         not the whole trained model (`checkpointing.save_trainer_checkpoint`).
+    rows: the run's tokenised rows, train and held out (sequences, ranked groups or
+        step-labelled rows): a warning names a sequence past the model's positions.
     """
 
     def __init__(
@@ -57,7 +67,10 @@ class OfflineLoop:
         start_step: int,
         checkpoint_extra: Callable[[int], dict] = lambda done: {},
         saved_model: Callable[[dict], tuple] | None = None,
+        rows: Sequence = (),
     ):
+        # it still trains there, on positions the model never learned (silently worse)
+        warn_past_positions(model, longest_sequence(rows), f"{label} data")
         self.cfg, self.run, self.ranks, self.stage = cfg, run, ranks, stage
         self.model, self.tokenizer, self.optimizer = model, tokenizer, optimizer
         self.start_step = start_step

@@ -358,6 +358,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         start_step=start_step,
         checkpoint_extra=lambda done: checkpoint_extra(model, cfg),
         saved_model=lambda weights: saved_classifier(model, weights, cfg),
+        rows=[*train, *held_out],
     )
 
     with loop:

@@ -222,6 +222,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
         label="sft",
         start_step=start_step,
         checkpoint_extra=lambda done: {"micro_index": done * cfg.grad_accum},
+        rows=[*train, *held_out],
     )
     samples_path = run.root / "samples.jsonl"
     if checkpoint and ranks.is_main and samples_path.exists():
