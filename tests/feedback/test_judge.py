@@ -194,3 +194,12 @@ def test_a_cut_comparison_is_what_the_judges_sft_row_keeps(judge, max_length):
     for ids, answer, row in zip(inputs, tokens_a, encoded):
         assert row.input_ids[: len(ids)] == ids and row.input_ids[len(ids)] == answer
         assert row.input_ids[len(ids) + 1 :] == [tokenizer.eos_token_id]  # the letter, then EOS
+
+
+def test_a_progress_bar_changes_no_verdict(judge):
+    model, tokenizer = judge
+    shown = judge_first_better_prob(
+        model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=2, progress="judging"
+    )
+    silent = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=2)
+    assert torch.equal(shown, silent)  # the same computation, replayed

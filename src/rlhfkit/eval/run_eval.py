@@ -233,7 +233,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
                 result.metrics.update(
                     win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
                     if judge is None
-                    else ai_win_rates(*judge, result, baseline, prompts)
+                    else ai_win_rates(*judge, result, baseline, prompts, cfg.progress)
                 )
         out["models"][path] = result.metrics
         answers[path] = greedy_answers(result, shown)
@@ -307,7 +307,7 @@ def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:
 
 
 def ai_win_rates(
-    judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts
+    judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts, progress=False
 ) -> dict:
     """Win rates by an AI judge: each answer against the baseline's answer i to the same prompt,
     asked in both orders; with the share of verdicts the order flips. Greedy answers count once
@@ -326,6 +326,7 @@ def ai_win_rates(
             [t for i in rows for t in ours.texts[i]],
             [t for i in rows for t in theirs.texts[i]],
             batch_size=32,
+            progress=f"judging {kind}" if progress else None,
         )
         clusters = [i for i in rows for _ in ours.texts[i]]  # a prompt's samples together
         out |= ai_win_rate(verdicts.first_better.tolist(), clusters).as_dict(f"win_rate_{kind}")

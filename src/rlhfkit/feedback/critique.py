@@ -83,8 +83,10 @@ def _generate(
     temperature: float,
     seed: int,
     batch_size: int,
+    progress: str | None = None,
 ) -> list[str]:
-    """One completion per text: greedy at temperature 0, else sampled."""
+    """One completion per text: greedy at temperature 0, else sampled; `progress` as
+    `sample_responses`'s."""
     samples = sample_responses(
         model,
         tokenizer,
@@ -94,6 +96,7 @@ def _generate(
         max_new_tokens=max_new_tokens,
         seed=seed,
         batch_size=batch_size,
+        progress=progress,
     )
     return [_one_line(group[0]) for group in samples.texts]
 
@@ -109,8 +112,10 @@ def critique_and_revise(
     temperature: float = 0.0,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> list[list[Revision]]:
-    """Critique and revise each response once per principle, in order.
+    """Critique and revise each response once per principle, in order; `progress` shows a bar
+    for each principle's critiques and revisions.
 
     Args:
         prompts: the prompts as the model answers them ("User: ...\\nAssistant:").
@@ -142,10 +147,18 @@ def critique_and_revise(
             tokenizer,
             [critique_prompt(p, r, principle) for p, r in zip(prompts, current)],
             seed=seed + 2 * step,
+            progress=f"{principle.name}: critiques" if progress else None,
             **common,
         )
         asks = [revision_prompt(p, r, principle, c) for p, r, c in zip(prompts, current, critiques)]
-        revisions = _generate(model, tokenizer, asks, seed=seed + 2 * step + 1, **common)
+        revisions = _generate(
+            model,
+            tokenizer,
+            asks,
+            seed=seed + 2 * step + 1,
+            progress=f"{principle.name}: revisions" if progress else None,
+            **common,
+        )
         for i, (critique, revision) in enumerate(zip(critiques, revisions)):
             revision = revision if revision.strip() else current[i]
             chains[i].append(Revision(prompts[i], current[i], principle.name, critique, revision))
@@ -188,6 +201,7 @@ def revision_preference_rows(
     *,
     min_margin: float = 0.0,
     batch_size: int = 32,
+    progress: bool = False,
 ) -> tuple[list[dict], PairJudgements, list[int]]:
     """Preference rows from the judge's verdict on final revision vs original response.
 
@@ -202,7 +216,13 @@ def revision_preference_rows(
     revised = [as_completion(chains[i][0].prompt, chains[i][-1].revision) for i in judged]
     originals = [as_completion(chains[i][0].prompt, chains[i][0].response) for i in judged]
     judgements = judge_pairs(
-        judge_model, judge_tokenizer, prompts, revised, originals, batch_size=batch_size
+        judge_model,
+        judge_tokenizer,
+        prompts,
+        revised,
+        originals,
+        batch_size=batch_size,
+        progress="judging" if progress else None,
     )
     rows = preference_rows(
         prompts, revised, originals, judgements.first_better, min_margin=min_margin

@@ -20,6 +20,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
 from rlhfkit.rollout.architecture import position_limit, warn_past_positions
 from rlhfkit.rollout.engine import positions_from_mask
+from rlhfkit.runtime.progress import ProgressBar
 
 ANSWER_A, ANSWER_B = " A", " B"
 QUESTION = "Which reply is better?"
@@ -82,10 +83,12 @@ def judge_first_better_prob(
     *,
     batch_size: int = 32,
     max_length: int | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
     """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
     A comparison longer than `max_length` tokens (None: the model's max_position_embeddings)
     loses the start of its prompt, as the judge's training rows do (`answer_inputs`).
+    `progress`: a description shows a progress bar of the batches; None = silent.
 
     Returns:
         (n,) float32 on the CPU: softmax over the logits of the two answer tokens, A's share
@@ -101,30 +104,45 @@ def judge_first_better_prob(
     limit = max_length if max_length is not None else position_limit(model)
     inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts, limit)
     warn_past_positions(model, max(map(len, inputs)), "judge (prompt and both replies)")
-    was_training, device = model.training, next(model.parameters()).device
+    was_training = model.training
     model.eval()
     probs = []
     try:
-        for start in range(0, len(inputs), batch_size):
-            ids, mask = left_pad(inputs[start : start + batch_size], tokenizer.pad_token_id)
-            ids, mask = ids.to(device), mask.to(device)
-            logits = (
-                model(
-                    input_ids=ids,
-                    attention_mask=mask.long(),
-                    position_ids=positions_from_mask(mask),
-                    logits_to_keep=1,
+        with ProgressBar(
+            -(-len(inputs) // batch_size),
+            progress or "",
+            enabled=progress is not None,
+            with_loss=False,
+        ) as bar:
+            for start in range(0, len(inputs), batch_size):
+                batch = slice(start, start + batch_size)
+                probs.append(
+                    _prob_a(model, inputs[batch], tokens_a[batch], tokens_b[batch], tokenizer)
                 )
-                .logits[:, -1]
-                .float()
-            )  # (batch, vocab)
-            rows = torch.arange(ids.shape[0], device=device)
-            a = torch.tensor(tokens_a[start : start + batch_size], device=device)
-            b = torch.tensor(tokens_b[start : start + batch_size], device=device)
-            probs.append(torch.sigmoid(logits[rows, a] - logits[rows, b]).cpu())
+                bar.update(1)
     finally:
         model.train(was_training)
     return torch.cat(probs)
+
+
+def _prob_a(model, inputs: list[list[int]], tokens_a: list[int], tokens_b: list[int], tokenizer):
+    """(batch,) P(A) of one batch of judge inputs: the two answer tokens' softmax, A's share."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(inputs, tokenizer.pad_token_id)
+    ids, mask = ids.to(device), mask.to(device)
+    logits = (
+        model(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            position_ids=positions_from_mask(mask),
+            logits_to_keep=1,
+        )
+        .logits[:, -1]
+        .float()
+    )  # (batch, vocab)
+    rows = torch.arange(ids.shape[0], device=device)
+    a, b = torch.tensor(tokens_a, device=device), torch.tensor(tokens_b, device=device)
+    return torch.sigmoid(logits[rows, a] - logits[rows, b]).cpu()
 
 
 @dataclass(frozen=True)
@@ -164,9 +182,10 @@ def judge_pairs(
     *,
     batch_size: int = 32,
     max_length: int | None = None,
+    progress: str | None = None,
 ) -> PairJudgements:
-    """Ask every pair in both orders (in the same batches) and combine the answers; `max_length`
-    as `judge_first_better_prob`'s."""
+    """Ask every pair in both orders (in the same batches) and combine the answers;
+    `max_length` and `progress` as `judge_first_better_prob`'s."""
     n = len(prompts)
     probs = judge_first_better_prob(
         model,
@@ -176,6 +195,7 @@ def judge_pairs(
         list(second) + list(first),
         batch_size=batch_size,
         max_length=max_length,
+        progress=progress,
     )
     prob_ab, prob_ba = probs[:n], probs[n:]
     return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba)

@@ -66,6 +66,9 @@ class CritiqueConfig(RunConfig):
     """Keep a judged pair only when |P(revision better) - 1/2| > min_margin."""
     batch_size: int = 64
     """Sequences per generation batch (and judge prompts per forward pass)."""
+    progress: bool = True
+    """Show a progress bar for the replies, each principle's critiques and revisions, and the
+    judging."""
 
 
 @dataclass
@@ -166,6 +169,7 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         batch_size=cfg.batch_size,
+        progress="replies" if cfg.progress else None,
     )
     responses = [group[0] for group in samples.texts]
 
@@ -180,6 +184,7 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
         temperature=cfg.revise_temperature,
         seed=derive_seed(cfg.seed, SeedStream.REVISIONS),
         batch_size=cfg.batch_size,
+        progress=cfg.progress,
     )
     write_jsonl(
         run.root / "revisions.jsonl", [dataclasses.asdict(r) for chain in chains for r in chain]
@@ -204,7 +209,12 @@ def run_critique(cfg: CritiqueConfig, run: RunDir) -> CritiqueResult:
             load_tokenizer(cfg.judge_model),
         )
         rows, judgements, judged = revision_preference_rows(
-            chains, judge, judge_tokenizer, min_margin=cfg.min_margin, batch_size=cfg.batch_size
+            chains,
+            judge,
+            judge_tokenizer,
+            min_margin=cfg.min_margin,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
         )
         preferences = write_jsonl(run.root / "preferences.jsonl", rows)
         report.update(

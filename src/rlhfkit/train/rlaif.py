@@ -68,6 +68,8 @@ class JudgeConfig(RunConfig):
     """Keep a verdict as a preference row only when |P(first better) - 1/2| > min_margin."""
     batch_size: int = 32
     """Judge prompts per forward pass."""
+    progress: bool = True
+    """Show a progress bar while the judge judges (its training has its own, `sft.progress`)."""
     sft: SFTConfig = field(
         default_factory=lambda: SFTConfig(
             max_steps=400,
@@ -234,6 +236,7 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
         rejected,
         batch_size=cfg.batch_size,
         max_length=max_length,
+        progress="judging" if cfg.progress else None,
     )
 
     # step 4. the confident verdicts as preference rows; agreement and position bias
