@@ -7,6 +7,7 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import encode_prompts
 from rlhfkit.runtime.device import Precision
+from rlhfkit.runtime.progress import work_bar
 
 PROMPTS = ["Q: 3 + 4?\nA:", "User: How do I sleep better?\nAssistant:", "Q: 9 - 2?\nA:"]
 
@@ -111,12 +112,11 @@ def test_a_progress_name_draws_a_bar_of_the_batches_and_changes_no_answer(
 
     bars = []
 
-    class Recorder(sampling.ProgressBar):
-        def __init__(self, total, description, **kwargs):
-            super().__init__(total, description, **kwargs)
-            bars.append(self)
+    def recorded(total, description):
+        bars.append(work_bar(total, description))
+        return bars[-1]
 
-    monkeypatch.setattr(sampling, "ProgressBar", Recorder)
+    monkeypatch.setattr(sampling, "work_bar", recorded)
     model, _, tokenizer = _models(tiny_model_dir)
     common = dict(num_samples=2, max_new_tokens=6, batch_size=4, seed=1)
     shown = sample_for_eval(model, tokenizer, PROMPTS, progress="eval tiny", **common)

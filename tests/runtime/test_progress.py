@@ -61,3 +61,16 @@ def test_update_outside_the_context_only_counts():
     bar = ProgressBar(3, "grpo")
     bar.update(loss=2.0)
     assert bar.completed == 1
+
+
+def test_a_work_bar_is_drawn_only_when_named_and_shows_no_loss():
+    from rlhfkit.runtime.progress import work_bar
+
+    named, silent = work_bar(3, "judging"), work_bar(3, None)
+    assert (named.total, named.description, named.enabled, named.with_loss) == (
+        3,
+        "judging",
+        True,
+        False,
+    )
+    assert not silent.enabled and silent.description == ""

@@ -16,7 +16,7 @@ from rlhfkit.rollout.forward import response_logprobs
 from rlhfkit.rollout.sample import stop_token_ids
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.device import Precision, autocast, sampling_dtype
-from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.progress import work_bar
 
 
 @dataclass
@@ -72,12 +72,7 @@ def sample_for_eval(
         {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {},
     )
     try:
-        with ProgressBar(
-            -(-len(prompts) // per_batch),
-            progress or "",
-            enabled=progress is not None,
-            with_loss=False,
-        ) as bar:
+        with work_bar(-(-len(prompts) // per_batch), progress) as bar:
             for start in range(0, len(prompts), per_batch):
                 ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
                 rollout = generate(

@@ -20,7 +20,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.feedback.verdicts import combine_orders, order_flips, position_shift
 from rlhfkit.rollout.architecture import position_limit, warn_past_positions
 from rlhfkit.rollout.engine import positions_from_mask
-from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.progress import work_bar
 
 ANSWER_A, ANSWER_B = " A", " B"
 QUESTION = "Which reply is better?"
@@ -108,12 +108,7 @@ def judge_first_better_prob(
     model.eval()
     probs = []
     try:
-        with ProgressBar(
-            -(-len(inputs) // batch_size),
-            progress or "",
-            enabled=progress is not None,
-            with_loss=False,
-        ) as bar:
+        with work_bar(-(-len(inputs) // batch_size), progress) as bar:
             for start in range(0, len(inputs), batch_size):
                 batch = slice(start, start + batch_size)
                 probs.append(

@@ -11,7 +11,7 @@ import torch
 from rlhfkit.data.formats import Text
 from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.text import decode_responses, encode_prompts
-from rlhfkit.runtime.progress import ProgressBar
+from rlhfkit.runtime.progress import work_bar
 
 
 @dataclass
@@ -61,12 +61,7 @@ def sample_responses(
     per_batch = max(1, batch_size // num_samples)
     texts, num_tokens = [], 0
     try:
-        with ProgressBar(
-            -(-len(prompts) // per_batch),
-            progress or "",
-            enabled=progress is not None,
-            with_loss=False,
-        ) as bar:
+        with work_bar(-(-len(prompts) // per_batch), progress) as bar:
             for start in range(0, len(prompts), per_batch):
                 ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
                 rollout = generate(

@@ -109,3 +109,9 @@ class ProgressBar:
             loss=f"{self.last_loss:.4g}" if self.last_loss is not None else _NO_VALUE,
             tokens_per_second=f"{self.tokens_per_second:,.0f}" if self.tokens else _NO_VALUE,
         )
+
+
+def work_bar(total: int, description: str | None) -> ProgressBar:
+    """A bar over `total` pieces of work that have no loss (batches of sampling or judging),
+    drawn when `description` names it; None counts silently."""
+    return ProgressBar(total, description or "", enabled=description is not None, with_loss=False)
