@@ -95,6 +95,8 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("flag=1", "config key 'flag': expected bool, got 1"),
         ("name=12", "config key 'name': expected str, got 12"),
         ("limit=x", "config key 'limit': expected int or null, got 'x'"),
+        ("limit=none", "config key 'limit': expected int or null, got 'none'; null means none"),
+        ("steps=None", "config key 'steps': expected int, got 'None'"),
         ("mode=c", "config key 'mode': expected one of 'a', 'b', got 'c'"),
         ("level=true", "config key 'level': expected one of 1, 2, got True"),
         ("estimator=k2", "config key 'estimator': expected one of 'k1', 'k3', got 'k2'"),

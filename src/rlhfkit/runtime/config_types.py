@@ -54,11 +54,17 @@ def convert_value(
 
 
 def _list_hint(value: Any, annotation: Any) -> str:
-    """One value where a list is wanted (`models=runs/a/final`) is the likely slip: show the
-    list form of the very value given."""
+    """The likely slips, said: one value where a list is wanted (`models=runs/a/final`: the
+    list form of that value), or the word none where null is allowed (`task=none`)."""
+    if isinstance(value, str) and value.lower() == "none" and _allows_null(annotation):
+        return "; null means none"
     if isinstance(value, (list, tuple, Mapping)) or not _wants_sequence(annotation):
         return ""
     return f"; write a list: [{value}]"
+
+
+def _allows_null(annotation: Any) -> bool:
+    return _is_union(annotation) and type(None) in typing.get_args(annotation)
 
 
 def _wants_sequence(annotation: Any) -> bool:
