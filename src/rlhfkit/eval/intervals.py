@@ -66,7 +66,7 @@ def bootstrap_interval(
         )
     if not values:
         return math.nan, math.nan
-    units = [[v] for v in values] if clusters is None else _grouped(values, clusters)
+    units = [[v] for v in values] if clusters is None else grouped_by_cluster(values, clusters)
     if len(units) == 1:  # every resample is the data itself
         point = statistic(list(values))
         return point, point
@@ -79,7 +79,7 @@ def bootstrap_interval(
     return _quantile(replicates, alpha / 2), _quantile(replicates, 1 - alpha / 2)
 
 
-def _grouped(values: list[float], clusters: Sequence[Hashable]) -> list[list[float]]:
+def grouped_by_cluster(values: Sequence, clusters: Sequence[Hashable]) -> list[list]:
     """The values cluster by cluster, in the order each cluster first appears."""
     groups: dict[Hashable, list[float]] = {}
     for value, cluster in zip(values, clusters, strict=True):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhfkit.eval.intervals import grouped_by_cluster
 from rlhfkit.objectives.preference import TIE_ATOL, pair_outcomes
 
 Z_95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
@@ -75,12 +76,10 @@ def effective_count(outcomes: Sequence[float], clusters: Sequence[Hashable]) -> 
     p = math.fsum(outcomes) / n
     deviations = [o - p for o in outcomes]
     within = math.fsum(d * d for d in deviations)
-    sums: dict[Hashable, list[float]] = {}
-    for d, cluster in zip(deviations, clusters, strict=True):
-        sums.setdefault(cluster, []).append(d)
+    by_cluster = grouped_by_cluster(deviations, clusters)
     if within <= 1e-12 * n:
-        return float(len(sums))
-    between = math.fsum(math.fsum(ds) ** 2 for ds in sums.values())
+        return float(len(by_cluster))
+    between = math.fsum(math.fsum(ds) ** 2 for ds in by_cluster)
     return n if between <= within else n * within / between
 
 
