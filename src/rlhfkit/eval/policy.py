@@ -1,6 +1,7 @@
 """A policy on a built-in task: generate for held-out prompts, score with the task itself."""
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.eval.model_eval import first_indices
 from rlhfkit.eval.win_rate import WinRate, win_rate
 from rlhfkit.rollout.sample import sample_responses
 
@@ -96,5 +97,6 @@ def gold_win_rate(
     return win_rate(
         gold_scores(candidate, tokenizer, task, prompts, **settings),
         gold_scores(baseline, tokenizer, task, prompts, **settings),
-        clusters=[p.prompt for p in prompts for _ in range(per_prompt)],  # a prompt's samples
+        # a prompt's samples together (by its first index: a chat prompt is not hashable)
+        clusters=[i for i in first_indices([p.prompt for p in prompts]) for _ in range(per_prompt)],
     )
