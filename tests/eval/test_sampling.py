@@ -108,7 +108,7 @@ def test_the_models_modes_are_restored(tiny_model_dir):
 def test_a_progress_name_draws_a_bar_of_the_batches_and_changes_no_answer(
     tiny_model_dir, monkeypatch
 ):
-    from rlhfkit.eval import sampling
+    from rlhfkit.rollout import sample
 
     bars = []
 
@@ -116,7 +116,7 @@ def test_a_progress_name_draws_a_bar_of_the_batches_and_changes_no_answer(
         bars.append(work_bar(total, description))
         return bars[-1]
 
-    monkeypatch.setattr(sampling, "work_bar", recorded)
+    monkeypatch.setattr(sample, "work_bar", recorded)  # the batches' bar, drawn there
     model, _, tokenizer = _models(tiny_model_dir)
     common = dict(num_samples=2, max_new_tokens=6, batch_size=4, seed=1)
     shown = sample_for_eval(model, tokenizer, PROMPTS, progress="eval tiny", **common)

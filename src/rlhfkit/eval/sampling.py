@@ -11,12 +11,10 @@ import torch
 
 from rlhfkit.data.formats import Text
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
-from rlhfkit.rollout.engine import generate
 from rlhfkit.rollout.forward import response_logprobs
-from rlhfkit.rollout.sample import stop_token_ids
-from rlhfkit.rollout.text import decode_responses, encode_prompts
+from rlhfkit.rollout.sample import batched_rollouts
+from rlhfkit.rollout.text import decode_responses
 from rlhfkit.runtime.device import Precision, autocast, sampling_dtype
-from rlhfkit.runtime.progress import work_bar
 
 
 @dataclass
@@ -63,7 +61,6 @@ def sample_for_eval(
         reference.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    stop_ids = stop_token_ids(model, tokenizer)
     per_batch = max(1, batch_size // (1 if greedy else num_samples))
     with_kl = reference is not None and not greedy
     texts, lengths, kl = (
@@ -72,26 +69,22 @@ def sample_for_eval(
         {e.value: [] for e in (KLEstimator.K1, KLEstimator.K3)} if with_kl else {},
     )
     try:
-        with work_bar(-(-len(prompts) // per_batch), progress) as bar:
-            for start in range(0, len(prompts), per_batch):
-                ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
-                rollout = generate(
-                    model,
-                    ids,
-                    mask,
-                    num_samples=1 if greedy else num_samples,
-                    max_new_tokens=max_new_tokens,
-                    stop_ids=stop_ids,
-                    pad_token_id=tokenizer.pad_token_id,
-                    greedy=greedy,
-                    generator=generator,
-                    dtype=sampling_dtype(precision),
-                )
-                texts += decode_responses(tokenizer, rollout)
-                lengths += rollout.response_lengths.tolist()
-                for name, values in _sequence_kls(reference, rollout, precision, kl).items():
-                    kl[name] += values
-                bar.update(1, tokens=int(rollout.response_mask.sum()))
+        for rollout in batched_rollouts(
+            model,
+            tokenizer,
+            prompts,
+            per_batch=per_batch,
+            progress=progress,
+            num_samples=1 if greedy else num_samples,
+            max_new_tokens=max_new_tokens,
+            greedy=greedy,
+            generator=generator,
+            dtype=sampling_dtype(precision),
+        ):
+            texts += decode_responses(tokenizer, rollout)
+            lengths += rollout.response_lengths.tolist()
+            for name, values in _sequence_kls(reference, rollout, precision, kl).items():
+                kl[name] += values
     finally:
         model.train(was_training[0])
         if reference is not None:

@@ -4,12 +4,13 @@ Seeded without touching the caller's RNG streams: sampling draws from its own ge
 generating samples in the middle of training never changes the training's randomness.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from rlhfkit.data.formats import Text
-from rlhfkit.rollout.engine import generate
+from rlhfkit.rollout.engine import Rollout, generate
 from rlhfkit.rollout.text import decode_responses, encode_prompts
 from rlhfkit.runtime.progress import work_bar
 
@@ -26,6 +27,24 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(
         set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
     )
+
+
+def batched_rollouts(
+    model, tokenizer, prompts: list[Text], *, per_batch: int, progress: str | None, **options
+) -> Iterator[Rollout]:
+    """`generate` over `prompts`, `per_batch` prompts at a time (each with all its samples),
+    stopping at the model's and the tokenizer's EOS; a bar of the batches when `progress`
+    names one. `options`: `generate`'s (num_samples, max_new_tokens, generator, ...)."""
+    device = next(model.parameters()).device
+    stop_ids = stop_token_ids(model, tokenizer)
+    with work_bar(-(-len(prompts) // per_batch), progress) as bar:
+        for start in range(0, len(prompts), per_batch):
+            ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
+            rollout = generate(
+                model, ids, mask, stop_ids=stop_ids, pad_token_id=tokenizer.pad_token_id, **options
+            )
+            yield rollout
+            bar.update(1, tokens=int(rollout.response_mask.sum()))
 
 
 @torch.no_grad()
@@ -57,32 +76,26 @@ def sample_responses(
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    stop_ids = stop_token_ids(model, tokenizer)
     per_batch = max(1, batch_size // num_samples)
     texts, num_tokens = [], 0
     try:
-        with work_bar(-(-len(prompts) // per_batch), progress) as bar:
-            for start in range(0, len(prompts), per_batch):
-                ids, mask = encode_prompts(tokenizer, prompts[start : start + per_batch], device)
-                rollout = generate(
-                    model,
-                    ids,
-                    mask,
-                    num_samples=num_samples,
-                    max_new_tokens=max_new_tokens,
-                    stop_ids=stop_ids,
-                    pad_token_id=tokenizer.pad_token_id,
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    greedy=greedy,
-                    generator=generator,
-                    dtype=dtype,
-                )
-                texts += decode_responses(tokenizer, rollout)
-                batch_tokens = int(rollout.response_mask.sum())
-                num_tokens += batch_tokens
-                bar.update(1, tokens=batch_tokens)
+        for rollout in batched_rollouts(
+            model,
+            tokenizer,
+            prompts,
+            per_batch=per_batch,
+            progress=progress,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            greedy=greedy,
+            generator=generator,
+            dtype=dtype,
+        ):
+            texts += decode_responses(tokenizer, rollout)
+            num_tokens += int(rollout.response_mask.sum())
     finally:
         model.train(was_training)
     grouped = [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
