@@ -87,7 +87,8 @@ def _label_serve(args) -> None:
         if error.name not in ("starlette", "uvicorn"):
             raise
         raise RlhfkitError(
-            f"rlhfkit label serve needs {error.name}: pip install 'rlhfkit[label]'"
+            f"rlhfkit label serve needs {error.name}: pip install -e '.[label]' in the "
+            "rlhfkit checkout"
         ) from None
     folder = Path(args.labels)
     names = args.labellers.split(",") if args.labellers else []

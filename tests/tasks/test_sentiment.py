@@ -189,7 +189,7 @@ def test_without_vader_the_task_is_a_one_line_error_naming_the_extra(monkeypatch
     monkeypatch.setitem(sys.modules, "vaderSentiment.vaderSentiment", None)
     with pytest.raises(RlhfkitError) as caught:
         get_task("sentiment")
-    assert "pip install 'rlhfkit[sentiment]'" in str(caught.value)
+    assert "pip install -e '.[sentiment]' in the rlhfkit checkout" in str(caught.value)
     assert len(str(caught.value).splitlines()) == 1
 
 
@@ -251,5 +251,5 @@ def test_without_vader_a_run_stops_at_once_with_one_line(monkeypatch, capsys, tm
         "--out",
         tmp_path,
     )
-    assert_one_line_error(code, err, "rlhfkit[sentiment]")
+    assert_one_line_error(code, err, "pip install -e '.[sentiment]'")
     assert not any(tmp_path.iterdir())

@@ -225,8 +225,8 @@ def serve_page(store: LabelStore, port: int) -> tuple[str, Callable[[], None]]:
         if error.name not in ("starlette", "uvicorn"):
             raise
         raise RlhfkitError(
-            f"human_serve=true needs {error.name}: pip install 'rlhfkit[label]', or set "
-            "human_serve=false and serve the store another way"
+            f"human_serve=true needs {error.name}: pip install -e '.[label]' in the rlhfkit "
+            "checkout, or set human_serve=false and serve the store another way"
         ) from None
     token = secrets.token_urlsafe(32)
     app = build_app(store, token, submissions_file=store.path.parent / SUBMISSIONS_FILE)

@@ -1,6 +1,6 @@
 """`rlhfkit label serve`: the page where people rank candidate responses, and its JSON API.
 
-Starlette answers the requests and uvicorn serves them (the optional extra `rlhfkit[label]`;
+Starlette answers the requests and uvicorn serves them (the optional extra `label`;
 nothing outside this module imports either). Every request, the static files included, must carry
 the access token printed with the page's address: in the query string (the link) or in the cookie
 that a response to such a request sets. Anything else gets 403. Every response carries a strict

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 SOURCE_RECORD = "gguf_source.json"
 """Written beside the converted model: which file it came from (name, sha256) and how."""
-INSTALL_HINT = "pip install 'rlhfkit[gguf]'"
+INSTALL_HINT = "pip install -e '.[gguf]' in the rlhfkit checkout"
 
 
 def is_gguf_path(path: str | Path) -> bool:

@@ -21,8 +21,8 @@ _RESERVED_KEYS = frozenset({"stage", "step", "time"})
 
 
 def tensorboard_available() -> bool:
-    """TensorBoard is an optional extra (`pip install rlhfkit[tensorboard]`); without it the
-    metrics go to JSONL only."""
+    """TensorBoard is an optional extra (`pip install -e '.[tensorboard]'` in the rlhfkit
+    checkout); without it the metrics go to JSONL only."""
     return importlib.util.find_spec("tensorboard") is not None
 
 

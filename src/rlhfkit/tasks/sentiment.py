@@ -12,9 +12,9 @@ VADER can be gamed: it scores "great great great great" at 0.95, as high as the 
 demonstration, and longer runs higher still. So `evaluate()` reports, beside the gold score, how
 much of each response repeats strongly positive words, the distinct-word ratio and the length.
 
-VADER is an optional dependency (`pip install 'rlhfkit[sentiment]'`); the task loads it when it
-is built, at the start of a run, and stops the run with one line naming the extra if it is
-missing. Importing rlhfkit never needs it.
+VADER is an optional dependency (`pip install -e '.[sentiment]'` in the rlhfkit checkout); the
+task loads it when it is built, at the start of a run, and stops the run with one line naming
+the extra if it is missing. Importing rlhfkit never needs it.
 """
 
 import dataclasses
@@ -134,7 +134,8 @@ def load_analyzer():
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
         raise RlhfkitError(
-            "task 'sentiment' needs VADER (vaderSentiment): pip install 'rlhfkit[sentiment]'"
+            "task 'sentiment' needs VADER (vaderSentiment): pip install -e '.[sentiment]' in the "
+            "rlhfkit checkout"
         ) from None
     return SentimentIntensityAnalyzer()
 

@@ -46,8 +46,8 @@ def spread_ranked(rankings: list[Ranks | None], plan: list[int]) -> tuple[list[i
         raise RlhfkitError(
             f"{len(kept)} of {len(rankings)} prompts of a refresh have a preference (the rest "
             f"were skipped, or all their responses tied), fewer than its {len(plan)} steps: "
-            "people can undo some skips and rerun with --resume; a reward that ties every "
-            "response of most prompts gives DPO nothing to learn"
+            "with labeller=human, people can undo some skips and rerun with --resume; a "
+            "labeller that ties every response of most prompts gives DPO nothing to learn"
         )
     size, extra = divmod(len(kept), len(plan))
     return kept, [size + (step < extra) for step in range(len(plan))]
