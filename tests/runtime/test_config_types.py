@@ -104,6 +104,7 @@ def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():
         ("ids=3", "config key 'ids': expected list of int, got 3; write a list: [3]"),
         ("pair=[1]", "config key 'pair': expected list of 2 items (int, str), got [1]"),
         ("section.beta=[1]", "config key 'section.beta': expected float, got [1]"),
+        ("name=[]", "config key 'name': expected str, got []; an empty list holds no rows to read"),
         (
             "inner=3",
             "config key 'inner': expected a section (a mapping of keys to values) or null, got 3",

@@ -55,9 +55,12 @@ def convert_value(
 
 def _list_hint(value: Any, annotation: Any) -> str:
     """The likely slips, said: one value where a list is wanted (`models=runs/a/final`: the
-    list form of that value), or the word none where null is allowed (`task=none`)."""
+    list form of that value), the word none where null is allowed (`task=none`), or an empty
+    list of rows where a data file is wanted (`rlhfkit.run(..., train_data=[])`)."""
     if isinstance(value, str) and value.lower() == "none" and _allows_null(annotation):
         return "; null means none"
+    if isinstance(value, (list, tuple)) and not value and not _wants_sequence(annotation):
+        return "; an empty list holds no rows to read"  # rows in memory (`rlhfkit.run`), none
     if isinstance(value, (list, tuple, Mapping)) or not _wants_sequence(annotation):
         return ""
     return f"; write a list: [{value}]"
