@@ -112,7 +112,7 @@ def judge_first_better_prob(
             for start in range(0, len(inputs), batch_size):
                 batch = slice(start, start + batch_size)
                 probs.append(
-                    _prob_a(model, inputs[batch], tokens_a[batch], tokens_b[batch], tokenizer)
+                    _prob_a(model, tokenizer, inputs[batch], tokens_a[batch], tokens_b[batch])
                 )
                 bar.update(1)
     finally:
@@ -120,7 +120,7 @@ def judge_first_better_prob(
     return torch.cat(probs)
 
 
-def _prob_a(model, inputs: list[list[int]], tokens_a: list[int], tokens_b: list[int], tokenizer):
+def _prob_a(model, tokenizer, inputs: list[list[int]], tokens_a: list[int], tokens_b: list[int]):
     """(batch,) P(A) of one batch of judge inputs: the two answer tokens' softmax, A's share."""
     device = next(model.parameters()).device
     ids, mask = left_pad(inputs, tokenizer.pad_token_id)

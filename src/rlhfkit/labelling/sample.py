@@ -84,8 +84,8 @@ def check_sample_config(cfg: SampleConfig) -> None:
     if not cfg.model:
         raise RlhfkitError("rlhfkit sample needs model=PATH (a causal-LM directory)")
     if bool(cfg.prompts) == (cfg.task is not None):
-        given = "both are given" if cfg.prompts else "neither is given"
-        raise RlhfkitError(f"rlhfkit sample needs prompts=PATH or task=NAME, not both ({given})")
+        both = ", not both" if cfg.prompts else ""
+        raise RlhfkitError(f"rlhfkit sample needs prompts=PATH or task=NAME{both}")
     if cfg.prompts and cfg.num_prompts != SampleConfig.num_prompts:
         raise RlhfkitError(
             f"num_prompts={cfg.num_prompts} is read only with task= (prompts drawn from its "
