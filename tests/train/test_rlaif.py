@@ -9,6 +9,8 @@ import pytest
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
+from rlhfkit.feedback.judge import judge_length
+from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
 from rlhfkit.train.rlaif import JudgeConfig, distinct_pairs, judge_sft_config, run_judge
@@ -79,6 +81,18 @@ def test_a_trained_judge_learns_the_labels_an_untrained_one_does_not(
     rows = load_examples(trained.preferences, Format.PREFERENCE)
     assert len(rows) == trained.report["preference_rows"] > 0
     assert sum(row.chosen.strip() not in RUDE for row in rows) >= 0.9 * len(rows)
+    # the judge keeps the length it learned at, so that a later judge_model= asks within it:
+    # the same judge, given, judges the pairs as it did right after training
+    tokenizer = load_tokenizer(trained.judge_dir)
+    assert tokenizer.model_max_length == FAST_SFT.max_length
+    judge = load_causal_lm(trained.judge_dir)
+    positions = judge.config.max_position_embeddings
+    assert judge_length(judge, tokenizer) == min(FAST_SFT.max_length, positions)
+    given = run_judge(
+        JudgeConfig(judge_model=str(trained.judge_dir), pairs=heldout, task="advice"),
+        prepare_run_dir(tmp_path / "given", resume=False, overwrite=False),
+    )
+    assert given.report["judge_vs_labels"] == trained.report["judge_vs_labels"]
 
 
 def test_judge_needs_pairs_and_a_judge(tmp_path, data):
@@ -89,11 +103,12 @@ def test_judge_needs_pairs_and_a_judge(tmp_path, data):
         run_judge(JudgeConfig(pairs=data[1]), run)
     # a given judge with the settings that train one: they were silently ignored
     for given, named in (
-        ({"model": "m"}, "model"),
-        ({"train_pairs": data[0]}, "train_pairs"),
-        ({"sft": dataclasses.replace(JudgeConfig().sft, max_steps=5)}, "sft.*"),
+        ({"model": "m"}, "model= trains"),
+        ({"train_pairs": data[0]}, "train_pairs= trains"),
+        ({"sft": dataclasses.replace(JudgeConfig().sft, max_steps=5)}, "sft.* trains"),
+        ({"model": "m", "train_pairs": data[0]}, "model= and train_pairs= train"),
     ):
-        with pytest.raises(ConfigError, match=f"^{re.escape(named)} train a judge"):
+        with pytest.raises(ConfigError, match=f"^{re.escape(named)} a judge"):
             run_judge(JudgeConfig(judge_model="x", pairs=data[1], **given), run)
 
 

@@ -86,8 +86,8 @@ def judge_first_better_prob(
     progress: str | None = None,
 ) -> torch.Tensor:
     """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
-    A comparison longer than `max_length` tokens (None: the model's max_position_embeddings)
-    loses the start of its prompt, as the judge's training rows do (`answer_inputs`).
+    A comparison longer than `max_length` tokens (None: `judge_length`) loses the start of its
+    prompt, as the judge's training rows do (`answer_inputs`).
     `progress`: a description shows a progress bar of the batches; None = silent.
 
     Returns:
@@ -101,7 +101,7 @@ def judge_first_better_prob(
     if not prompts:
         return torch.zeros(0)
     texts = [judge_prompt(p, a, b) for p, a, b in zip(prompts, first, second)]
-    limit = max_length if max_length is not None else position_limit(model)
+    limit = max_length if max_length is not None else judge_length(model, tokenizer)
     inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts, limit)
     warn_past_positions(model, max(map(len, inputs)), "judge (prompt and both replies)")
     was_training = model.training
@@ -118,6 +118,18 @@ def judge_first_better_prob(
     finally:
         model.train(was_training)
     return torch.cat(probs)
+
+
+def judge_length(model, tokenizer) -> int | None:
+    """The longest comparison a judge is asked: its tokenizer's `model_max_length` (where a
+    judge trained by `rlhfkit judge` keeps its `sft.max_length`, the length it learned at),
+    within the model's `max_position_embeddings`; None where neither is known."""
+    # transformers writes a huge number for a tokenizer that sets no limit
+    declared = getattr(tokenizer, "model_max_length", None)
+    limits = [declared if isinstance(declared, int) and declared < 10**9 else None]
+    limits.append(position_limit(model))
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
 
 
 def _prob_a(model, tokenizer, inputs: list[list[int]], tokens_a: list[int], tokens_b: list[int]):

@@ -150,7 +150,13 @@ def train_judge(cfg: JudgeConfig, run: RunDir) -> Path:
     write_jsonl(data, judge_sft_rows(pairs, random.Random(cfg.seed)))
     sft_run = prepare_run_dir(run.root / "judge", resume=False, overwrite=True)
     save_config(sft_cfg, sft_run.config_path)
-    return train_sft(sft_cfg, sft_run).model_dir
+    judge_dir = train_sft(sft_cfg, sft_run).model_dir
+    # the judge is asked within the length it learned at, wherever it is used later
+    # (`judge.judge_length`): its tokenizer's model_max_length, as transformers reads it too
+    tokenizer = load_tokenizer(judge_dir)
+    tokenizer.model_max_length = sft_cfg.max_length
+    tokenizer.save_pretrained(judge_dir)
+    return judge_dir
 
 
 def gold_scores(
@@ -202,11 +208,12 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
     if not cfg.pairs:
         raise RlhfkitError("rlhfkit judge needs pairs=PATH (preference pairs to judge)")
     if cfg.judge_model:  # a given judge: the settings that would train one would be ignored
-        trainers = [key for key in ("model", "train_pairs") if getattr(cfg, key)]
+        trainers = [f"{key}=" for key in ("model", "train_pairs") if getattr(cfg, key)]
         trainers += ["sft.*"] if cfg.sft != JudgeConfig().sft else []
         if trainers:
+            verb = "trains" if len(trainers) == 1 else "train"
             raise ConfigError(
-                f"{' and '.join(trainers)} train a judge, which judge_model= replaces: give "
+                f"{' and '.join(trainers)} {verb} a judge, which judge_model= replaces: give "
                 "judge_model= alone, or model= and train_pairs= without it"
             )
     # step 1. the pairs to judge and their gold scores, checked before any training
@@ -226,8 +233,6 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
         [p.chosen for p in pairs],
         [p.rejected for p in pairs],
     )
-    # a judge trained here is asked within the length it learned at; a given one, its own limit
-    max_length = None if cfg.judge_model else cfg.sft.max_length
     judgements = judge_pairs(
         model,
         tokenizer,
@@ -235,7 +240,6 @@ def run_judge(cfg: JudgeConfig, run: RunDir) -> JudgeResult:
         chosen,
         rejected,
         batch_size=cfg.batch_size,
-        max_length=max_length,
         progress="judging" if cfg.progress else None,
     )
 
