@@ -537,3 +537,20 @@ def test_a_judge_ranks_a_users_own_prompts_with_no_reward_and_no_task(tiny_model
     assert len(result.history) == 2 and result.labels_used == 2 * 4  # one pair per prompt
     assert all(math.isfinite(row["loss"]) and "reward_mean" not in row for row in result.history)
     assert not any(key.startswith("eval_") for row in result.history for key in row)
+
+
+def test_eval_data_with_nothing_to_score_it_is_refused(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Q: what is 1 + 1?\nA:"}) + "\n")
+    cfg = config(
+        tiny_model_dir,
+        tmp_path,
+        task=None,
+        reward="",
+        labeller="judge",
+        judge_model=str(tiny_model_dir),
+        train_data=str(prompts),
+        eval_data=str(prompts),
+    )
+    with pytest.raises(ConfigError, match=r"^eval_data=.*: with neither reward= nor task="):
+        train_online_dpo(cfg, run_dir(tmp_path))

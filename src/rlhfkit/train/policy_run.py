@@ -34,6 +34,7 @@ from contextlib import nullcontext
 import torch
 
 from rlhfkit.data.formats import PromptExample
+from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
@@ -130,6 +131,11 @@ class PolicyRun:
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
         has_reward = bool(reward or cfg.reward or cfg.task) or needs_reward
+        if not has_reward and cfg.eval_data:  # it would be read, then never scored
+            raise ConfigError(
+                f"eval_data={cfg.eval_data}: with neither reward= nor task= nothing scores the "
+                "held-out answers; give a reward to evaluate with, or remove eval_data"
+            )
         spec = (reward or reward_spec(cfg)) if has_reward else None
         if spec is not None:  # a mistyped reward file fails before the models load, not after
             check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
