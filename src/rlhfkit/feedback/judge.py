@@ -114,7 +114,7 @@ def judge_first_better_prob(
                 probs.append(
                     _prob_a(model, tokenizer, inputs[batch], tokens_a[batch], tokens_b[batch])
                 )
-                bar.update(1)
+                bar.update(1, tokens=sum(map(len, inputs[batch])))  # the tokens read
     finally:
         model.train(was_training)
     return torch.cat(probs)

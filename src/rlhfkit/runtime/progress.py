@@ -26,7 +26,8 @@ class ProgressBar:
         description: shown at the left, e.g. "sft".
         enabled: False draws nothing (tests, quiet runs); counts are still kept.
         start: steps already done (a resumed run); the ETA uses only this run's speed.
-        console: where to draw; rich's default console (stdout) when None.
+        console: where to draw; standard error when None (as tqdm draws), so that a
+            command's own output on standard output can be piped clean.
         clock: seconds as a float; a fake clock makes the rate testable.
         with_loss: show the loss (False for work that has none: sampling).
     """
@@ -66,7 +67,7 @@ class ProgressBar:
                 TextColumn("{task.fields[tokens_per_second]} tok/s"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
-                console=self._console,
+                console=self._console or Console(stderr=True),
                 get_time=self._clock,
             )
             self._progress.start()
