@@ -32,3 +32,12 @@ def test_one_sample_per_prompt_shows_pass_at_1_once():
     assert [row[0] for row in metric_table({"model": m})[1]] == ["pass@1"]
     two = {"pass@1": 0.25, "pass@2": 0.4, "maj@1": 0.25, "maj@2": 0.3}
     assert [row[0] for row in metric_table({"model": two})[1]] == ["pass@1", "pass@2", "maj@2"]
+
+
+def test_an_ai_judges_flips_have_their_row():
+    # a flip rate near 1 says the judge's win rates mean little: the table must show it
+    columns, rows = metric_table(
+        {"m": {"judge_flip_rate_greedy": 1.0, "judge_flip_rate_sampled": 0.5}, "base": {}}
+    )
+    assert columns == ["metric", "m", "base"]
+    assert ["judge flips, greedy / sampled", "100.0% / 50.0%", ""] in rows

@@ -48,4 +48,4 @@ def test_gold_agreement_of_hard_labels_and_of_no_pairs():
     labels = torch.ones(3)  # the labels chose the first response each time
     gold_first, gold_second = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0])
     assert gold_agreement(labels, gold_first, gold_second)[0] == pytest.approx(2 / 3)
-    assert gold_agreement(torch.ones(2), torch.ones(2), torch.ones(2)) == (0.5, 0)
+    assert gold_agreement(torch.ones(2), torch.ones(2), torch.ones(2)) == (None, 0)

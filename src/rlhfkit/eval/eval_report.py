@@ -33,11 +33,13 @@ REPORT_PROMPTS = 4
 """Distinct held-out prompts whose greedy answers the report shows side by side."""
 PLOT_FILE = "gold_vs_kl.png"
 NOTE = (
-    "Gold = the judge's score of each answer (the task's annotator, or the reward source named "
-    "by `judge`); win rates against the baseline count ties as half, with 95% Wilson intervals; "
-    "the other intervals are 95% bootstrap intervals; KL to the reference on each model's own "
-    "samples (T = 1), estimators k1 and k3; repeated 4-grams = share of repeated word 4-grams "
-    "within an answer; proxy = the reward model's score."
+    "Gold = the task's annotator, or the reward source named by `judge`; the win rates against "
+    "the baseline are judged by `judge` (gold, the reward model, or an AI judge asked in both "
+    "orders, whose verdicts that flip with the order are counted), ties as half, with 95% Wilson "
+    "intervals (sampled: a prompt's answers counted as correlated); the other intervals are 95% "
+    "bootstrap intervals, a prompt's answers drawn together; KL to the reference on each "
+    "model's own samples (T = 1), estimators k1 and k3; repeated 4-grams = share of repeated "
+    "word 4-grams within an answer; proxy = the reward model's score."
 )
 
 

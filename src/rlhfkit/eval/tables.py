@@ -43,6 +43,13 @@ EVAL_METRICS = [
     ("gold, sampled [95%]", "gold_sampled", lambda m: _score_interval(m, "gold_sampled")),
     ("win rate, greedy [95%]", "win_rate_greedy", lambda m: rate(m, "win_rate_greedy")),
     ("win rate, sampled [95%]", "win_rate_sampled", lambda m: rate(m, "win_rate_sampled")),
+    # an AI judge's verdicts that flip when the two answers swap places: near 1, its win
+    # rates say little
+    (
+        "judge flips, greedy / sampled",
+        "judge_flip_rate_greedy",
+        lambda m: f"{m['judge_flip_rate_greedy']:.1%} / {m['judge_flip_rate_sampled']:.1%}",
+    ),
     ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: _interval(m, "kl_k1_per_sequence")),
     (
         "KL/token k1 / k3",

@@ -47,7 +47,7 @@ def order_flips(prob_ab: torch.Tensor, prob_ba: torch.Tensor) -> torch.Tensor:
 
 def gold_agreement(
     first_better: torch.Tensor, gold_first: torch.Tensor, gold_second: torch.Tensor
-) -> tuple[float, int]:
+) -> tuple[float | None, int]:
     """Share of the gold-ordered pairs that a judgement orders like the gold score.
 
     Args:
@@ -57,14 +57,14 @@ def gold_agreement(
     Returns:
         (agreement, count): the mean over the pairs whose gold scores differ (gold ties say
         nothing about the judge and are left out), and how many such pairs there were;
-        agreement is 1/2 when there are none.
+        agreement is None when there are none (undefined, not a judge at chance).
     """
     gold_sign = torch.sign(gold_first - gold_second)
     judged_sign = torch.sign(first_better - 0.5)
     ordered = gold_sign != 0
     count = int(ordered.sum())
     if count == 0:
-        return 0.5, 0
+        return None, 0
     # 1 when the signs agree, 1/2 on a judge tie, 0 when they disagree
     score = (1 + gold_sign[ordered] * judged_sign[ordered]) / 2
     return float(score.float().mean()), count
