@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import random
@@ -516,23 +517,20 @@ def test_the_missing_eos_penalty_is_refused_since_no_reward_trains(tiny_model_di
         check_online_config(cfg)
 
 
-def test_a_judge_ranks_a_users_own_prompts_with_no_reward_and_no_task(tiny_model_dir, tmp_path):
-    # the judge's rankings train the policy: no reward is needed, none is logged, and with
-    # nothing to score held-out answers with, the run does not evaluate
+def judged_own_prompts(model, tmp_path, **overrides) -> OnlineDPOConfig:
+    """A run on a user's own prompt file, ranked by a judge (the tiny model): no reward, no task."""
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text(
         "".join(json.dumps({"prompt": f"Q: what is {i} + 1?\nA:"}) + "\n" for i in range(8))
     )
-    cfg = config(
-        tiny_model_dir,
-        tmp_path,
-        task=None,
-        reward="",
-        labeller="judge",
-        judge_model=str(tiny_model_dir),
-        train_data=str(prompts),
-        max_steps=2,
-    )
+    settings = dict(task=None, reward="", labeller="judge", judge_model=str(model))
+    return config(model, tmp_path, train_data=str(prompts), **{**settings, **overrides})
+
+
+def test_a_judge_ranks_a_users_own_prompts_with_no_reward_and_no_task(tiny_model_dir, tmp_path):
+    # the judge's rankings train the policy: no reward is needed, none is logged, and with
+    # nothing to score held-out answers with, the run does not evaluate
+    cfg = judged_own_prompts(tiny_model_dir, tmp_path, max_steps=2)
     result = train_online_dpo(cfg, run_dir(tmp_path))
     assert len(result.history) == 2 and result.labels_used == 2 * 4  # one pair per prompt
     assert all(math.isfinite(row["loss"]) and "reward_mean" not in row for row in result.history)
@@ -540,17 +538,7 @@ def test_a_judge_ranks_a_users_own_prompts_with_no_reward_and_no_task(tiny_model
 
 
 def test_eval_data_with_nothing_to_score_it_is_refused(tiny_model_dir, tmp_path):
-    prompts = tmp_path / "mine.jsonl"
-    prompts.write_text(json.dumps({"prompt": "Q: what is 1 + 1?\nA:"}) + "\n")
-    cfg = config(
-        tiny_model_dir,
-        tmp_path,
-        task=None,
-        reward="",
-        labeller="judge",
-        judge_model=str(tiny_model_dir),
-        train_data=str(prompts),
-        eval_data=str(prompts),
-    )
+    cfg = judged_own_prompts(tiny_model_dir, tmp_path)
+    cfg = dataclasses.replace(cfg, eval_data=cfg.train_data)
     with pytest.raises(ConfigError, match=r"^eval_data=.*: with neither reward= nor task="):
         train_online_dpo(cfg, run_dir(tmp_path))
