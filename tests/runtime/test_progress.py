@@ -74,3 +74,22 @@ def test_a_work_bar_is_drawn_only_when_named_and_shows_no_loss():
         False,
     )
     assert not silent.enabled and silent.description == ""
+
+
+def test_lines_printed_to_a_file_during_a_bar_stay_in_the_file(monkeypatch):
+    # the bar draws on a terminal (standard error); standard output goes to a file: a line
+    # printed meanwhile must land in that file, not be drawn above the bar
+    import io
+    import sys
+
+    from rich.console import Console
+
+    from rlhfkit.runtime.progress import ProgressBar
+
+    screen, out = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    console = Console(file=screen, force_terminal=True)
+    with ProgressBar(2, "sft", console=console) as bar:
+        print("held-out loss 1.0")
+        bar.update(1)
+    assert out.getvalue() == "held-out loss 1.0\n" and "held-out" not in screen.getvalue()

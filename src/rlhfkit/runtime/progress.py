@@ -1,5 +1,6 @@
 """A training progress bar: steps done / total, latest loss, tokens per second, elapsed and ETA."""
 
+import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -69,6 +70,9 @@ class ProgressBar:
                 TimeRemainingColumn(),
                 console=self._console or Console(stderr=True),
                 get_time=self._clock,
+                # on one screen, the lines printed meanwhile are drawn above the bar; printed to
+                # a file or a pipe, they stay there
+                redirect_stdout=sys.stdout.isatty(),
             )
             self._progress.start()
             self._task = self._progress.add_task(
