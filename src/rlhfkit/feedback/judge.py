@@ -188,11 +188,10 @@ def judge_pairs(
     second: list[str],
     *,
     batch_size: int = 32,
-    max_length: int | None = None,
     progress: str | None = None,
 ) -> PairJudgements:
-    """Ask every pair in both orders (in the same batches) and combine the answers;
-    `max_length` and `progress` as `judge_first_better_prob`'s."""
+    """Ask every pair in both orders (in the same batches) and combine the answers, each within
+    the judge's length (`judge_length`); `progress` as `judge_first_better_prob`'s."""
     n = len(prompts)
     probs = judge_first_better_prob(
         model,
@@ -201,7 +200,6 @@ def judge_pairs(
         list(first) + list(second),
         list(second) + list(first),
         batch_size=batch_size,
-        max_length=max_length,
         progress=progress,
     )
     prob_ab, prob_ba = probs[:n], probs[n:]
