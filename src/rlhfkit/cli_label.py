@@ -125,7 +125,13 @@ def print_out(text: str) -> None:
 def run_label(args) -> None:
     if args.action == "serve":
         return _label_serve(args)
-    from rlhfkit.labelling.candidates import check_new_labels_folder, read_labels, write_labels
+    from rlhfkit.labelling.candidates import (
+        CANDIDATES_FILE,
+        SUBMISSIONS_FILE,
+        check_new_labels_folder,
+        read_labels,
+        write_labels,
+    )
 
     if args.action == "import":
         from rlhfkit.labelling.importers import import_labels
@@ -148,6 +154,11 @@ def run_label(args) -> None:
     if args.action == "export":
         from rlhfkit.labelling.export import write_export
 
+        own = [
+            Path(args.labels) / name for name in (CANDIDATES_FILE, SUBMISSIONS_FILE, "labels.db")
+        ]
+        if any(Path(args.out).resolve() == path.resolve() for path in own):
+            raise RlhfkitError(f"--out {args.out} is one of the labels folder's own files")
         rows = write_export(items, submissions, args.out, args.format, merge=args.merge)
         print_out(f"{rows} {args.format} rows written to {args.out}")
     else:

@@ -104,6 +104,18 @@ def test_export_to_a_folder_or_under_a_file_is_one_line(tmp_path, capsys, monkey
         assert status == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write {out}: ")
 
 
+@pytest.mark.parametrize("name", ["candidates.jsonl", "submissions.jsonl", "labels.db"])
+def test_export_refuses_to_write_over_the_labels_folders_own_files(
+    tmp_path, capsys, monkeypatch, name
+):
+    labels = write_labels(tmp_path / "labels", ITEMS, SUBMISSIONS)
+    before = {path.name: path.read_bytes() for path in labels.iterdir()}
+    out = labels / ".." / "labels" / name
+    status, err = run_main(monkeypatch, capsys, "label", "export", str(labels), "--out", str(out))
+    assert status == 2 and err == [f"error: --out {out} is one of the labels folder's own files"]
+    assert {path.name: path.read_bytes() for path in labels.iterdir()} == before
+
+
 @pytest.mark.parametrize("options", [[], ["--json"]])
 def test_stats_into_a_closed_pipe_ends_quietly(tmp_path, options):
     labels = write_labels(tmp_path / "labels", ITEMS, SUBMISSIONS)

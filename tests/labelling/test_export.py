@@ -139,6 +139,26 @@ def test_pairs_are_every_two_responses_at_different_ranks_with_the_rank_gap():
     assert all(p["prompt"] == "Say hi." for p in pairs)
 
 
+def test_a_text_ranked_at_two_ranks_is_left_out_in_both_formats():
+    # a small policy repeats itself: "Hello." sampled twice, ranked first and third
+    item = Item("d1", "hi", ("Hello.", "Go away.", "Hello.", "Hey."))
+    submissions = [ranked("ann", (0, 2, 3, 1), item="d1"), ranked("bob", (0, 1, 0, 1), item="d1")]
+
+    rows = rankings_rows([item], submissions)
+    pairs = pair_rows([item], submissions)
+
+    assert [(row["labeller"], row["responses"], row["ranks"]) for row in rows] == [
+        ("ann", ["Hey.", "Go away."], [0, 1]),
+        ("bob", ["Hello.", "Hello.", "Go away.", "Hey."], [0, 0, 1, 1]),  # copies tied: kept
+    ]
+    assert {(p["chosen"], p["rejected"]) for p in pairs} == {
+        ("Hey.", "Go away."),
+        ("Hello.", "Go away."),
+        ("Hello.", "Hey."),
+    }
+    assert not any(p["chosen"] == p["rejected"] for p in pairs)
+
+
 @pytest.mark.parametrize(
     "submission, message",
     [

@@ -254,6 +254,9 @@ def test_a_submission_over_http_is_stored_as_sent_and_undo_takes_it_back(server)
     assert read_labels(server.db.parent)[1] == []
 
 
+LEFT_OUT = object()
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -268,15 +271,22 @@ def test_a_submission_over_http_is_stored_as_sent_and_undo_takes_it_back(server)
         {"seconds": 10**400},  # too large for a float
         {"comment": "x" * 5001},
         {"labeller": "  "},
+        {"labeller": "ann,bob"},  # would read as two labellers in a merged export
+        {"labeller": "a:b"},
         {"item_id": "no-such-item"},
         {"ranking": [[0, 1, 2]]},  # every response tied: it prefers none
         {"comment": "half a pair \ud800"},  # sent as JSON's escape: no text the store keeps
         {"item_id": "\udc00"},
+        {"ranking": LEFT_OUT, "rankings": [[0], [1], [2]]},  # a typo is no skip
+        {"flags": 0},
+        {"flags": False},
+        {"comment": []},
     ],
 )
 def test_a_bad_submission_is_refused_and_nothing_is_stored(server, change):
     item_id = next_state(server)["item"]["item_id"]
     payload = {"labeller": "ann", "item_id": item_id, "ranking": [[0], [1], [2]], **change}
+    payload = {key: value for key, value in payload.items() if value is not LEFT_OUT}
     status, answer = submit(server, payload)
     assert status == 400 and answer["error"]
     assert LabelStore(server.db).submissions() == []
@@ -476,3 +486,13 @@ def test_the_hold_must_be_a_positive_time(tmp_path):
         run_label_server(
             write_candidates(tmp_path / "c.jsonl", make_items(1)), tmp_path / "db", hold_minutes=0
         )
+
+
+def test_overlap_items_that_the_named_labellers_cannot_finish_are_refused(tmp_path):
+    candidates = write_candidates(tmp_path / "c.jsonl", make_items(1))
+    with pytest.raises(RlhfkitError, match="overlap items want 3 labellers, but --labellers"):
+        run_label_server(candidates, tmp_path / "db", overlap_labellers=3, labellers=("a", "b"))
+    assert not (tmp_path / "db").exists()  # refused before the store kept those settings
+    LabelStore(tmp_path / "db", overlap_labellers=3)  # a store made earlier, without names
+    with pytest.raises(RlhfkitError, match="want 3 labellers"):
+        run_label_server(candidates, tmp_path / "db", labellers=("a", "b"))

@@ -212,6 +212,22 @@ def test_undo_removes_the_last_submission_and_shows_its_item_again(tmp_path):
     assert [s.labeller for s in store.submissions()] == ["bob"]
 
 
+def test_undo_is_refused_once_the_item_went_to_someone_else_or_was_retired(tmp_path):
+    store = LabelStore(tmp_path / "labels.db", overlap=0.0)
+    store.add_items(make_items(3))
+    skipped = answer(store, "ann", store.next_item("ann"), skip=True)
+    assert store.next_item("bob").item_id == skipped.item_id  # on bob's screen now
+    with pytest.raises(RlhfkitError, match="cannot undo item 'item-0'"):
+        store.undo_last("ann")
+    assert store.submissions() == [skipped]  # the skip stays
+    assert store.next_item("ann").item_id == "item-1"  # and ann does not get item-0 back
+
+    answer(store, "ann", store.next_item("ann"), skip=True)
+    store.retire_unranked(["item-1"])
+    with pytest.raises(RlhfkitError, match="cannot undo item 'item-1'"):
+        store.undo_last("ann")
+
+
 def test_submissions_round_trip_with_flags_ties_skips_and_comments(tmp_path):
     store = LabelStore(tmp_path / "labels.db")
     store.add_items(make_items(2, k=4))

@@ -110,6 +110,18 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert (root / "thesis.tex").exists()
 
 
+@pytest.mark.parametrize("labels", ["labels.db", "labels/labels.db", "submissions.jsonl"])
+def test_overwrite_refuses_a_run_that_holds_peoples_labels(tmp_path, labels):
+    root = tmp_path / "cands"
+    root.mkdir()
+    (root / "config.yaml").write_text("seed: 1\n")
+    (root / labels).parent.mkdir(parents=True, exist_ok=True)
+    (root / labels).write_text("hours of ranking")
+    with pytest.raises(RlhfkitError, match="holds people's labels"):
+        prepare_run_dir(root, resume=False, overwrite=True)
+    assert (root / labels).read_text() == "hours of ranking"
+
+
 def test_overwrite_refuses_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "config.yaml").write_text("seed: 1\n")
     monkeypatch.chdir(tmp_path)

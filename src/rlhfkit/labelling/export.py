@@ -6,8 +6,10 @@ Rules, the same for both formats:
   left out.
 - Ranks are made dense (0, 1, 2, ... by distinct value), so a rank gap counts the levels
   between two responses whatever numbers the labeller's tool used.
-- Empty responses are left out (a training row needs text), and so is a ranking left with fewer
-  than two responses or with every response tied: it prefers nothing.
+- Empty responses are left out (a training row needs text), and so is every copy of a text
+  the ranking places at two different ranks (it would be preferred to itself: the pairs would
+  contradict each other); copies at one rank are a tie and stay. A ranking left with fewer
+  than two responses or with every response tied is left out: it prefers nothing.
 - Flagged responses stay in the ranking; a ranking row carries `flags`, aligned with
   `responses`: the flags each response got (an empty list when none).
 - `merge=True` gives one ranking per item instead of one per labeller: each response's mean
@@ -110,8 +112,12 @@ def ranking_row(
     item: Item, ranks: Sequence, flags: list[list[str]], labeller: str, submitted_at: str
 ) -> dict | None:
     """One ranking row from per-response ranks (in `item.responses` order, smaller = better);
-    None when fewer than two non-empty responses are left or all of them tie."""
+    None when fewer than two non-empty, uncontradicted responses are left or all of them tie."""
     kept = [i for i, response in enumerate(item.responses) if response.strip()]
+    ranks_of_text: dict[str, set] = defaultdict(set)
+    for i in kept:
+        ranks_of_text[item.responses[i]].add(ranks[i])
+    kept = [i for i in kept if len(ranks_of_text[item.responses[i]]) == 1]
     order = sorted(kept, key=lambda i: (ranks[i], i))
     dense = dense_ranks([ranks[i] for i in order])
     if len(order) < 2 or dense[0] == dense[-1]:

@@ -40,6 +40,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.candidates import SUBMISSIONS_FILE, read_items
 from rlhfkit.labelling.records import FLAGS, Item, Submission, flag_index, seconds_value, show_value
 from rlhfkit.labelling.store import (
+    DEFAULTS,
     HOLD_SECONDS,
     LabelStore,
     shown_order,
@@ -101,6 +102,10 @@ def run_label_server(
     submissions_file = _submissions_file(candidates, db)
     if not hold_minutes > 0:
         raise RlhfkitError(f"--hold-minutes must be above 0, got {hold_minutes}")
+    asked = {"overlap": overlap, "overlap_labellers": overlap_labellers}
+    check_enough_labellers(
+        {k: DEFAULTS[k] if v is None else v for k, v in asked.items()}, labellers
+    )
     store = LabelStore(
         db,
         overlap=overlap,
@@ -108,6 +113,7 @@ def run_label_server(
         seed=seed,
         hold_seconds=hold_minutes * 60,
     )
+    check_enough_labellers(store.settings, labellers)  # a store made before keeps its own
     added = store.add_items(items)
     earlier = sync_labels_folder(store, Path(candidates), len(items), submissions_file)
     token = secrets.token_urlsafe(32)
@@ -124,6 +130,18 @@ def run_label_server(
     print(f"labelling page: {page_url(host, sock.getsockname()[1], token)}", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def check_enough_labellers(settings: dict, labellers: tuple[str, ...]) -> None:
+    """Refuse overlap items that want more rankings than the allowed names can give: they
+    could never be done."""
+    wanted = settings["overlap_labellers"]
+    if labellers and settings["overlap"] > 0 and wanted > len(labellers):
+        raise RlhfkitError(
+            f"overlap items want {wanted} labellers, but --labellers names {len(labellers)}: "
+            "name more labellers, or use a store with fewer (--overlap-labellers) or none "
+            "(--overlap 0)"
+        )
 
 
 def build_app(
@@ -270,13 +288,15 @@ def labeller_state(store: LabelStore, labeller: str) -> dict:
 
 
 def check_labeller(name, state) -> str:
-    """A labeller's name as given on the page: trimmed, 1-64 printable characters, and one of
-    the allowed names when the server was given a list."""
+    """A labeller's name as given on the page: trimmed, 1-64 printable characters with no comma
+    or colon, and one of the allowed names when the server was given a list."""
     if not isinstance(name, str) or not name.strip():
         raise RlhfkitError("give your name to start labelling")
     name = name.strip()
     if len(name) > MAX_NAME_CHARS or not name.isprintable():
         raise RlhfkitError(f"a name is at most {MAX_NAME_CHARS} printable characters")
+    if "," in name or ":" in name:  # they separate names in exports (`ann,bob`, `item:ann`)
+        raise RlhfkitError("a name has no comma or colon")
     if state.labellers and name not in state.labellers:
         raise RlhfkitError(f"unknown labeller {name!r}: expected one of {list(state.labellers)}")
     return name
@@ -287,9 +307,11 @@ def submission_from_payload(payload: dict, item: Item, labeller: str, seed: int)
     the page; `ranking` lists groups of response indices best first (a group is a tie), or is
     null for a skip."""
     k = len(item.responses)
-    ranking = payload.get("ranking")
-    flags = payload.get("flags") or {}
-    comment = payload.get("comment") or ""
+    if "ranking" not in payload:  # a typo must not be stored as a skip
+        raise RlhfkitError("no ranking: send the groups of response indices, or null to skip")
+    ranking = payload["ranking"]
+    flags = payload.get("flags", {})
+    comment = payload.get("comment", "")
     seconds = seconds_value(payload.get("seconds", 0))
     if not isinstance(flags, dict) or any(flag not in FLAGS for flag in flags.values()):
         raise RlhfkitError(f"flags map a response index to one of {FLAGS}")

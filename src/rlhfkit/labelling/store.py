@@ -277,7 +277,13 @@ class LabelStore:
 
     def undo_last(self, labeller: str) -> Submission | None:
         """Delete `labeller`'s latest submission and hold its item for them again (their next
-        item); returns what was deleted, or None when they have submitted nothing."""
+        item); returns what was deleted, or None when they have submitted nothing.
+
+        Raises:
+            RlhfkitError: the item wants no ranking from them any more (a skipped item that
+                went to someone else since, or one a training run retired): the answer stays.
+        """
+        now = self.clock()
         with self._transaction() as db:
             row = db.execute(
                 f"SELECT id, {_SUBMISSION_FIELDS} FROM submissions WHERE labeller = ? "
@@ -287,9 +293,16 @@ class LabelStore:
             if row is None:
                 return None
             db.execute("DELETE FROM submissions WHERE id = ?", (row[0],))
-            db.execute(
-                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (labeller, row[1], self.clock())
-            )
+            still_open = db.execute(
+                f"SELECT 1 FROM ({_OPEN_ITEMS}) WHERE item_id = :item_id",
+                {"labeller": labeller, "held_since": now - self.hold_seconds, "item_id": row[1]},
+            ).fetchone()
+            if still_open is None:  # raising rolls the deletion back
+                raise RlhfkitError(
+                    f"cannot undo item {row[1]!r}: it has gone to another labeller since, "
+                    "or is no longer wanted; your answer stays"
+                )
+            db.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?)", (labeller, row[1], now))
         return _submission_from_row(row[1:])
 
     def retire_unranked(self, item_ids: Iterable[str]) -> int:

@@ -358,6 +358,11 @@ def _already_exists(root: Path, resumable: bool = True) -> RlhfkitError:
     )
 
 
+# People's rankings (the labelling page's store and its log) cost hours, so --overwrite never
+# deletes them with a run (a sample run's folder is often served as a labels folder).
+HUMAN_LABEL_FILES = ("labels.db", "submissions.jsonl")
+
+
 def _check_replaceable(run_dir: RunDir) -> None:
     """Refuse to replace what may not be a run, or the directory the user stands in."""
     markers = (run_dir.config_path, run_dir.metrics_path, run_dir.checkpoints)
@@ -368,6 +373,12 @@ def _check_replaceable(run_dir: RunDir) -> None:
         )
     if run_dir.root.is_symlink():
         raise RlhfkitError(f"refusing to overwrite {run_dir.root}: it is a symbolic link")
+    labels = next((p for name in HUMAN_LABEL_FILES for p in run_dir.root.rglob(name)), None)
+    if labels is not None:
+        raise RlhfkitError(
+            f"refusing to overwrite {run_dir.root}: it holds people's labels ({labels}); "
+            "move them out first, or choose another name (--name)"
+        )
     if Path.cwd().resolve().is_relative_to(run_dir.root.resolve()):
         raise RlhfkitError(
             f"refusing to overwrite {run_dir.root}: it contains the current directory"
