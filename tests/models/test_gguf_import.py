@@ -147,6 +147,7 @@ def test_failed_conversion_leaves_nothing(gguf_files, tiny_model_dir, tmp_path):
         (lambda d, tmp: _mkdir(tmp / "folder.gguf"), "not a file"),
         (lambda d, tmp: _write(tmp / "weights.gguf", b"PK\x03\x04 a zip"), "not a GGUF file"),
         (lambda d, tmp: _write(tmp / "cut.gguf", b"GGUF\x03\x00\x00\x00\x10"), "truncated"),
+        (lambda d, tmp: _cut(write_tiny_gguf(d, tmp / "half.gguf"), 0.8), "tensors end at"),
         (
             lambda d, tmp: write_tiny_gguf(d, tmp / "bert.gguf", architecture="nosuchformer"),
             "architecture 'nosuchformer' cannot be read",
@@ -156,7 +157,15 @@ def test_failed_conversion_leaves_nothing(gguf_files, tiny_model_dir, tmp_path):
             "a 't5' model is not a causal language model",
         ),
     ],
-    ids=["missing", "directory", "not-gguf", "truncated", "unsupported-architecture", "t5"],
+    ids=[
+        "missing",
+        "directory",
+        "not-gguf",
+        "truncated",
+        "cut-in-the-weights",
+        "unsupported-architecture",
+        "t5",
+    ],
 )
 def test_bad_files_are_one_line_errors(tiny_model_dir, tmp_path, cache, make, fragment):
     path = make(tiny_model_dir, tmp_path)
@@ -170,6 +179,12 @@ def test_bad_files_are_one_line_errors(tiny_model_dir, tmp_path, cache, make, fr
 def _mkdir(path):
     path.mkdir()
     return path
+
+
+def _cut(path, fraction: float):
+    """The file cut short inside its weights: its metadata still reads."""
+    data = path.read_bytes()
+    return _write(path, data[: int(len(data) * fraction)])
 
 
 def _write(path, data: bytes):

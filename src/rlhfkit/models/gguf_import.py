@@ -32,7 +32,7 @@ from transformers import (
     GgufConfig,
 )
 from transformers import __version__ as transformers_version
-from transformers.integrations.gguf import read_gguf_metadata
+from transformers.integrations.gguf import GgufHeader, read_gguf_metadata
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from rlhfkit.errors import RlhfkitError, one_line
@@ -122,7 +122,23 @@ def check_gguf_file(path: str | Path) -> str:
             f"architecture '{architecture}' cannot be read from GGUF by transformers "
             f"{transformers_version}",
         )
+    _check_length(path)
     return architecture
+
+
+def _check_length(path: Path) -> None:
+    """A file cut inside its weights reads its metadata fine, then fails deep in a reshape:
+    name it truncated up front, from the tensor table's extents."""
+    try:
+        header = GgufHeader.from_file(str(path))
+    except Exception as error:  # an unknown tensor type, a table cut short, ...
+        raise _error(path, f"the file is damaged or truncated ({one_line(error)})") from None
+    end = header.data_start + max((t.offset + t.nbytes for t in header.tensors), default=0)
+    size = path.stat().st_size
+    if size < end:
+        raise _error(
+            path, f"the file is damaged or truncated ({size} bytes; its tensors end at byte {end})"
+        )
 
 
 def file_sha256(path: str | Path) -> str:
