@@ -60,6 +60,32 @@ def test_unpaired_preferences_are_refused_not_imitated():
     assert "KTO" in str(error_for(row, Format.SFT))
 
 
+CALL = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_an_assistant_turn_that_only_calls_a_tool_is_accepted(content):
+    calling = {"role": "assistant", "content": content, "tool_calls": [CALL]}
+    result = {"role": "tool", "name": "add", "content": "5"}
+    example = validate_row({"messages": [USER, calling, result, ASSISTANT]}, "sft", PATH, 1)
+    assert example.prompt == [USER, {**calling, "content": ""}, result]
+    assert example.completion == [ASSISTANT]
+
+
+@pytest.mark.parametrize(
+    "message, problem",
+    [
+        ({"role": "user", "content": "hi", "tool_calls": [CALL]}, "tool_calls'"),
+        ({"role": "assistant", "content": "", "tool_calls": {"a": 1}}, "tool_calls'"),
+        ({"role": "assistant", "content": "", "tool_calls": []}, "content'"),  # no call
+        ({"role": "assistant", "content": None, "tool_calls": None}, "content': missing"),
+    ],
+)
+def test_tool_calls_outside_an_assistant_turn_or_without_calls_are_refused(message, problem):
+    error = error_for({"messages": [USER, message, ASSISTANT]}, "sft")
+    assert f"field 'messages[1].{problem}" in str(error)
+
+
 def test_example_does_not_share_message_dicts_with_the_row():
     row = {"prompt": [dict(USER)], "completion": [dict(ASSISTANT)]}
     example = validate_row(row, Format.SFT, PATH, 1)

@@ -1,5 +1,7 @@
 """From a text to token ids: chat rendering, the tokenizer's BOS, and many texts per call."""
 
+import copy
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -16,6 +18,7 @@ from rlhfkit.data.text_ids import (
     special_prefix,
 )
 from rlhfkit.data.tokenize import tokenize_preferences, tokenize_rankings, tokenize_sft
+from rlhfkit.errors import RlhfkitError
 
 USER = {"role": "user", "content": "what is two plus three"}
 TEXTS = ["what is two plus", "", " three", "what is two plus", "the cat sat on the mat"]
@@ -41,6 +44,21 @@ def test_render_text_passes_strings_and_templates_messages(tokenizer):
     rendered = render_text(tokenizer, [USER], as_prompt=True)
     assert rendered == "<|im_start|>user\nwhat is two plus three<|im_end|>\n<|im_start|>assistant\n"
     assert not render_text(tokenizer, [USER], as_prompt=False).endswith("assistant\n")
+
+
+def test_tool_calls_need_a_template_that_writes_them(tokenizer):
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    chat = [USER, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    # ChatML as the tiny model writes it: each message's content only, the call lost
+    with pytest.raises(RlhfkitError, match="does not write tool_calls"):
+        render_text(tokenizer, chat, as_prompt=True)
+    with_tools = copy.copy(tokenizer)
+    with_tools.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+        "{% if m.tool_calls %}{{ m.tool_calls | tojson }}{% endif %}<|im_end|>\n{% endfor %}"
+    )
+    rendered = render_text(with_tools, chat, as_prompt=False)
+    assert '"name": "add"' in rendered and rendered.endswith('"b": 3}}}]<|im_end|>\n')
 
 
 def test_special_prefix_is_what_the_tokenizer_puts_before_a_text(

@@ -169,12 +169,26 @@ def _check_messages(value: list, name: str, where: _Where) -> list[Message]:
         if role not in ROLES:
             allowed = ", ".join(f"'{r}'" for r in ROLES)
             raise _fail(where, f"{item}.role", f"expected one of {allowed}, got {role!r}")
+        if _calls_tools(message, item, where) and message.get("content") in (None, ""):
+            # TRL's form of an assistant turn that only calls a tool: no text beside the calls
+            messages.append({**message, "content": ""})
+            continue
         if message.get("content") is None:
             raise _fail(where, f"{item}.content", "missing")
         _check_string(message["content"], f"{item}.content", where)
         # A copy, so that the example does not share dicts with the caller's rows.
         messages.append(dict(message))
     return messages
+
+
+def _calls_tools(message: dict, item: str, where: _Where) -> bool:
+    """Whether an assistant message carries `tool_calls` (a non-empty list, as TRL writes it)."""
+    calls = message.get("tool_calls")
+    if calls is None or calls == []:  # Parquet and `datasets` fill a field a row lacks so
+        return False
+    if message["role"] != "assistant" or not isinstance(calls, list):
+        raise _fail(where, f"{item}.tool_calls", "expected a list in an assistant message")
+    return True
 
 
 def _check_text(value: Any, name: str, where: _Where) -> Text:

@@ -22,9 +22,26 @@ def render_text(tokenizer: Any, text: Text, *, as_prompt: bool) -> str:
     if isinstance(text, str):
         return text
     _require_chat_template(tokenizer)
-    return tokenizer.apply_chat_template(
+    rendered = tokenizer.apply_chat_template(
         list(text), tokenize=False, add_generation_prompt=as_prompt
     )
+    if any(message.get("tool_calls") for message in text):
+        _require_tool_calls_written(tokenizer, text, rendered, as_prompt)
+    return rendered
+
+
+def _require_tool_calls_written(tokenizer: Any, text: list, rendered: str, as_prompt: bool) -> None:
+    """A template without tool support drops `tool_calls` silently (SmolLM2's writes only each
+    message's content): the model would learn replies to calls it never saw made."""
+    without = [{k: v for k, v in m.items() if k != "tool_calls"} for m in text]
+    if tokenizer.apply_chat_template(without, tokenize=False, add_generation_prompt=as_prompt) == (
+        rendered
+    ):
+        name = getattr(tokenizer, "name_or_path", "") or "(built in memory)"
+        raise RlhfkitError(
+            f"the chat template of the tokenizer at {name} does not write tool_calls: "
+            "conversations that call tools need a template with tool support"
+        )
 
 
 _PROBE = "a"  # any short text: what the tokenizer adds around it is what we read
