@@ -2,6 +2,7 @@
 reward functions as objects, in the run directory the command line would make."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -228,6 +229,41 @@ def test_two_functions_of_one_name_keep_their_own_names_and_scores():
     terms = [term.split("*")[-1] for term in spec.split(" + ")]
     assert terms[1] == terms[0] + "#2" and terms[2] == terms[0]  # first named once
     assert python_function(terms[0]) is first and python_function(terms[1]) is second
+
+
+def test_a_weight_multiplies_every_term_of_its_reward_to_the_last_bit():
+    from rlhfkit.api import reward_spec
+    from rlhfkit.rewards.builder import parse_spec
+
+    def one(prompts, responses, **columns):
+        return [1.0] * len(responses)
+
+    def two(prompts, responses, **columns):
+        return [2.0] * len(responses)
+
+    named = {}
+    terms = parse_spec(reward_spec([(0.5, [one, (3, two)]), (1 / 3, "task + 0.2*f.py:g")], named))
+    by_name = {name: function for function, name in ((one, "one"), (two, "two"))}
+    assert [weight for _, weight in terms] == [0.5, 1.5, 1 / 3, 0.2 / 3]
+    assert [term for term, _ in terms][2:] == ["task", "f.py:g"]
+    assert all(term.endswith(f"{name}") for (term, _), name in zip(terms, by_name))
+    assert parse_spec(reward_spec((2.0, one), named)) == [(terms[0][0], 2.0)]  # a lone pair
+
+
+@pytest.mark.parametrize(
+    "reward, problem",
+    [
+        ([(0.5,)], "item 1: a weighted reward is a (weight, reward) pair"),
+        ([(0.5, 0.5)], "item 1: expected a function"),
+        ([(0.5, "task", 3)], "item 1: a weighted reward is a (weight, reward) pair"),
+        ([print, []], "item 2: expected a function"),
+    ],
+)
+def test_a_reward_that_is_no_reward_is_one_line(reward, problem):
+    from rlhfkit.api import reward_spec
+
+    with pytest.raises(rlhfkit.RlhfkitError, match=re.escape(problem)):
+        reward_spec(reward, {})
 
 
 def test_jobs_that_rerun_refuse_resume_and_overwrite():

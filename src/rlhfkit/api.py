@@ -198,20 +198,39 @@ def python_values(
 def reward_spec(value: Any, functions: dict) -> str:
     """A reward given in Python as a spec string: a function object is named by its `python:`
     term (`functions`: those this call named, so two functions never share a name); a list is a
-    sum of its items, each a function, a spec or a (weight, item) pair."""
+    sum of its items, each a function, a spec, a list or a (weight, item) pair, whose weight
+    multiplies every term of its item: `[(0.5, [f, g])]` is `0.5*f + 0.5*g`."""
+    terms = reward_terms(value, functions, "reward")
+    return " + ".join(term if weight is None else f"{weight!r}*{term}" for term, weight in terms)
+
+
+def reward_terms(value: Any, functions: dict, where: str) -> list[tuple[str, float | None]]:
+    """`value` as (term, weight) pairs, weights multiplied through nested pairs; a weight is
+    kept to the last bit (`repr`), as the spec string will carry it."""
+    from rlhfkit.rewards.builder import parse_spec
     from rlhfkit.rewards.python_functions import python_term
 
     if isinstance(value, str):
-        return value
+        return parse_spec(value)
     if callable(value):
-        return python_term(value, functions)
+        return [(python_term(value, functions), None)]
+    if isinstance(value, tuple) and value and _is_weight(value[0]):
+        if len(value) != 2:
+            raise RlhfkitError(f"{where}: a weighted reward is a (weight, reward) pair")
+        scale = float(value[0])
+        inner = reward_terms(value[1], functions, where)
+        return [(term, scale * (1.0 if weight is None else weight)) for term, weight in inner]
+    if not isinstance(value, (list, tuple)) or not value:
+        expected = "a function, a spec string, a list of rewards or a (weight, reward) pair"
+        raise RlhfkitError(f"{where}: expected {expected}, got {value!r}")
     terms = []
-    for item in value:
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (int, float)):
-            terms.append(f"{float(item[0]):g}*{reward_spec(item[1], functions)}")
-        else:
-            terms.append(reward_spec(item, functions))
-    return " + ".join(terms)
+    for number, item in enumerate(value, start=1):
+        terms.extend(reward_terms(item, functions, f"{where}, item {number}"))
+    return terms
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write_inputs(inputs: dict[Path, list[str]]) -> None:
