@@ -107,10 +107,16 @@ def test_online_rft_climbs_a_thresholded_reward(tiny_model_dir, tmp_path):
     AutoModelForCausalLM.from_pretrained(run.final)
 
 
-def test_a_round_without_a_correct_sample_leaves_the_policy_unchanged(tiny_model_dir, tmp_path):
+def test_a_round_without_a_correct_sample_leaves_the_policy_unchanged(
+    tiny_model_dir, tmp_path, caplog
+):
     cfg = config(tiny_model_dir, tmp_path, require_correct=True, reward_threshold=1e6, max_steps=2)
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
-    history = train_raft(cfg, run).history
+    with caplog.at_level("WARNING", logger="rlhfkit.train.raft"):
+        history = train_raft(cfg, run).history
+    warned = [r.message for r in caplog.records if "no response scored above" in r.message]
+    assert len(warned) == 1 and warned[0].startswith("round 1: ")  # once, not every round
+    assert "reward_threshold=1e+06" in warned[0] and "keeps none" in warned[0]
     assert [row["kept_count"] for row in history] == [0, 0]
     assert [row["optimizer_steps"] for row in history] == [0, 0]
     start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

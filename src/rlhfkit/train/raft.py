@@ -21,6 +21,7 @@ every global mini-batch (maybe none), with the denominators summed over the rank
 update is the one-process update of the same round (`policy_run`).
 """
 
+import logging
 from dataclasses import dataclass, fields
 from enum import Enum
 
@@ -38,6 +39,8 @@ from rlhfkit.train.policy_config import PolicyRunConfig
 from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
+
+log = logging.getLogger(__name__)
 
 
 class RAFTMode(str, Enum):
@@ -242,6 +245,29 @@ def _rft_micro_loss(cfg: RAFTConfig, run: PolicyRun, micro: dict, denominator) -
 _UPDATES = {RAFTMode.RAFT: _raft_update, RAFTMode.ONLINE_RFT: _online_rft_update}
 
 
+def _threshold_decides(cfg: RAFTConfig) -> bool:
+    """Whether `reward_threshold` decides what is learnt: which responses raft keeps (with
+    require_correct), or the sign of each response's weight in online RFT."""
+    return RAFTMode(cfg.mode) is RAFTMode.ONLINE_RFT or cfg.require_correct
+
+
+def nothing_correct(cfg: RAFTConfig, round_number: int, best: float) -> str:
+    """The warning for a round where no response scored above the threshold: with a reward on
+    another scale than a 0/1 verifier's (a reward model, a score), every round is such a round,
+    and the run learns nothing (raft) or pushes every response down (online RFT)."""
+    effect = (
+        "online RFT weighs every response by wrong_coef"
+        if RAFTMode(cfg.mode) is RAFTMode.ONLINE_RFT
+        else "raft keeps none and takes no step"
+    )
+    fix = "" if RAFTMode(cfg.mode) is RAFTMode.ONLINE_RFT else ", or require_correct=false"
+    return (
+        f"round {round_number}: no response scored above reward_threshold={cfg.reward_threshold:g} "
+        f"(the best: {best:.4g}), so {effect}; for a reward on another scale than 0/1, set "
+        f"reward_threshold{fix}"
+    )
+
+
 def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
     """Optimise `cfg.model` by RAFT or online RFT; the final model goes to `run_dir.final`."""
     check_raft_config(cfg)
@@ -253,6 +279,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
     with run:
         run.begin(result)  # the starting policy's evaluation, the baseline of the run
+        warned = False  # of a round where no response passed the threshold: once is enough
         for step in range(run.start_step, cfg.max_steps):
             timer = PhaseTimer()
             share = run.rank_prompts(step, cfg.prompts_per_round)  # one process: every prompt
@@ -283,8 +310,12 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
             row = run.step_metrics(
                 stats, rewards, grouped_prompts, responses, rollout, timer, scored.components
             )
-            correct = run.all_rows(rewards) > cfg.reward_threshold  # over every rank's
+            every = run.all_rows(rewards)  # over every rank's
+            correct = every > cfg.reward_threshold
             row.update(info, correct_fraction=correct.float().mean().item())
+            if not warned and not correct.any() and _threshold_decides(cfg):
+                warned = True
+                log.warning(nothing_correct(cfg, step + 1, every.max().item()))
             run.end_step(step + 1, row, result)
 
     # step 6. the final policy, loadable with AutoModelForCausalLM.from_pretrained
