@@ -169,8 +169,9 @@ def test_prompt_keeps_other_columns_as_metadata():
     assert validate_row({"prompt": "hi"}, Format.PROMPT, PATH, 1).answer is None
 
 
-def test_steps_accepts_booleans_and_zero_one():
-    row = {"prompt": "p", "completions": ["step one", "step two"], "labels": [1, False]}
+@pytest.mark.parametrize("labels", [[1, False], [1.0, 0.0], [True, 0]])
+def test_steps_accepts_booleans_and_zero_one(labels):
+    row = {"prompt": "p", "completions": ["step one", "step two"], "labels": labels}
     assert validate_row(row, Format.STEPS, PATH, 1) == StepsExample(
         "p", ("step one", "step two"), (True, False)
     )
@@ -367,6 +368,12 @@ BAD_ROWS = {
         Format.STEPS,
         "labels[1]",
         "expected a boolean or 0/1, got 2",
+    ),
+    "label a fraction": (
+        {"prompt": "p", "completions": ["s1", "s2"], "labels": [True, 0.5]},
+        Format.STEPS,
+        "labels[1]",
+        "expected a boolean or 0/1, got 0.5",
     ),
     "no steps": (
         {"prompt": "p", "completions": [], "labels": []},

@@ -408,8 +408,9 @@ def _validate_steps(row: dict, where: _Where) -> StepsExample:
         )
     labels = []
     for index, label in enumerate(labels_raw):
-        # 0/1 integers are accepted because many exports store labels that way.
-        if not (isinstance(label, bool) or (isinstance(label, int) and label in (0, 1))):
+        # 0/1 numbers are accepted because many exports store labels that way (Parquet and
+        # pandas as floats 0.0/1.0)
+        if not (isinstance(label, bool) or (isinstance(label, (int, float)) and label in (0, 1))):
             raise _fail(where, f"labels[{index}]", f"expected a boolean or 0/1, got {label!r}")
         labels.append(bool(label))
     return StepsExample(prompt, tuple(completions), tuple(labels))
