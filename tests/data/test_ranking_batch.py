@@ -67,6 +67,11 @@ def test_other_data_and_rows_without_a_preference_are_refused(tokenizer, tmp_pat
     sft = write_rows(tmp_path / "sft.jsonl", [{"prompt": "what is", "completion": " two"}])
     with pytest.raises(RlhfkitError, match="a reward model needs preference pairs.*found sft data"):
         load_ranked_groups(sft, tokenizer, **settings)
+    steps = write_rows(
+        tmp_path / "steps.jsonl", [{"prompt": "p", "completions": ["a", "b"], "labels": [1, 0]}]
+    )
+    with pytest.raises(RlhfkitError, match="found steps data .*rlhfkit rm objective=process"):
+        load_ranked_groups(steps, tokenizer, **settings)
     ties = write_rows(
         tmp_path / "ties.jsonl",
         [

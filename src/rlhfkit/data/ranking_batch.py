@@ -69,9 +69,12 @@ def load_ranked_groups(
         )
         groups = groups_from_pairs(pairs)
     else:
+        hint = ""
+        if fmt is Format.STEPS:
+            hint = " (step labels train a process reward model: rlhfkit rm objective=process)"
         raise RlhfkitError(
             f"{path}: {needed_by} needs preference pairs (prompt, chosen, rejected) "
-            f"or rankings (prompt, responses, ranks), found {fmt.value} data"
+            f"or rankings (prompt, responses, ranks), found {fmt.value} data{hint}"
         )
     if not any(len(set(group.ranks)) > 1 for group in groups):
         raise RlhfkitError(
