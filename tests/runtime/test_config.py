@@ -157,6 +157,25 @@ def test_overrides_apply_after_the_file_and_parse_yaml_values(tmp_path):
     assert cfg.name == "a=b"
 
 
+@pytest.mark.parametrize("text", ["yes", "2024", "1e3", "#x", "off"])
+def test_a_text_or_path_setting_keeps_the_text_as_typed(text):
+    cfg = load_config(PipelineConfig, overrides=[f"name={text}", f"output={text}"])
+    assert cfg.name == text and cfg.output == Path(text)
+
+
+def test_null_still_unsets_a_text_setting_and_numbers_stay_numbers():
+    @dataclass(frozen=True)
+    class Optional:
+        model: str | None = "m"
+        seed: int = 0
+
+    cfg = load_config(Optional, overrides=["model=null", "seed=12"])
+    assert cfg.model is None and cfg.seed == 12
+    assert load_config(Optional, overrides=["model=~x"]).model == "~x"
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(Optional, overrides=["seed=#3"])
+
+
 def test_a_section_overlays_its_field_default():
     cfg = load_config(PipelineConfig, overrides=["dpo.optim.lr=0.1"])
     assert cfg.dpo.steps == 7

@@ -56,7 +56,7 @@ def load_config(
     raw = _read_yaml_mapping(Path(path)) if path is not None else {}
     for override in overrides:
         key, value = _parse_override(override)
-        _apply_override(raw, cls, key, value)
+        _apply_override(raw, cls, key, value, text=override.split("=", 1)[1].strip())
     cfg = _build_section(cls, raw, "", None)
     validate(cfg)
     return cfg
@@ -304,8 +304,11 @@ def _parse_override(override: str) -> tuple[str, Any]:
         ) from None
 
 
-def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> None:
-    """Set `raw[a][b][c] = value` for `key` "a.b.c", checking each part against the config class."""
+def _apply_override(
+    raw: dict[str, Any], cls: type, key: str, value: Any, text: str | None = None
+) -> None:
+    """Set `raw[a][b][c] = value` for `key` "a.b.c", checking each part against the config class;
+    `text`: the value as typed, which a text setting keeps (`_as_typed`)."""
     parts = key.split(".")
     node, node_cls = raw, cls
     for depth, name in enumerate(parts[:-1]):
@@ -334,7 +337,22 @@ def _apply_override(raw: dict[str, Any], cls: type, key: str, value: Any) -> Non
         # `sft={lr: 1}` adds to the file's sft section rather than dropping its other keys.
         node[last] = _merged(node[last], value)
     else:
-        node[last] = value
+        node[last] = _as_typed(annotations[last], value, text)
+
+
+_TEXT_TYPES = (str, Path, str | None, Path | None)
+_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _as_typed(annotation: Any, value: Any, text: str | None) -> Any:
+    """A text or path setting given on the command line keeps the text as typed where YAML
+    reads another scalar: `model=yes` names a folder `yes`, not True; `model=2024` a folder,
+    not a number; `train_data=#x` a file, not a comment (None). Only `null` unsets it."""
+    if text is None or annotation not in _TEXT_TYPES:
+        return value
+    if isinstance(value, (bool, int, float)) or (value is None and text not in _NULLS):
+        return text
+    return value
 
 
 def _field_annotations(cls: type) -> dict[str, Any]:
