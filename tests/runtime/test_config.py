@@ -205,6 +205,13 @@ def test_unknown_override_key_names_it_and_suggests_a_close_one(override, messag
     assert str(err.value) == message
 
 
+def test_a_dotted_key_in_a_file_is_told_to_nest(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft.steps: 5\n")
+    with pytest.raises(ConfigError, match="'sft.steps': in a file, nest it: 'sft:' then '  steps"):
+        load_config(PipelineConfig, path)
+
+
 @pytest.mark.parametrize(
     "config, override, ours",
     [

@@ -34,6 +34,9 @@ def unknown_key(prefix: str, name: str, valid: list[str]) -> ConfigError:
     """The error for key `name` (in section `prefix`, empty at the top level) that the config
     does not have among `valid`, naming the key most likely meant."""
     message = f"unknown config key '{_dotted(prefix, name)}'"
+    section, _, rest = name.partition(".")
+    if rest and section in valid:  # a dotted key inside a file: sections nest there
+        return ConfigError(f"{message}: in a file, nest it: '{section}:' then '  {rest}: ...'")
     if ours := _peer_name(name, valid):
         message += f" (TRL's name; rlhfkit's is '{_dotted(prefix, ours)}')"
     elif close := _close_key(name, valid):

@@ -63,6 +63,8 @@ def _list_hint(value: Any, annotation: Any) -> str:
         return "; an empty list holds no rows to read"  # rows in memory (`rlhfkit.run`), none
     if isinstance(value, (list, tuple, Mapping)) or not _wants_sequence(annotation):
         return ""
+    if value is None:  # no list of null: the setting cannot be unset
+        return "; it cannot be null"
     return f"; write a list: [{value}]"
 
 
