@@ -409,7 +409,7 @@ def test_a_pair_whose_chosen_equals_rejected_is_dropped_and_counted(tokenizer):
         PreferenceExample(PROMPT, COMPLETION, " two"),
         PreferenceExample(PROMPT, COMPLETION, COMPLETION),
         PreferenceExample([USER], [ASSISTANT], [ASSISTANT]),
-        # different texts, but the same tokens once cut to max_length: nothing to compare
+        # different texts, but the same tokens once cut to max_length: the truncation's doing
         PreferenceExample(PROMPT, " the cat" * 40 + " two", " the cat" * 40 + " a"),
     ]
     pairs, report = tokenize_preferences(
@@ -417,7 +417,50 @@ def test_a_pair_whose_chosen_equals_rejected_is_dropped_and_counted(tokenizer):
     )
     assert len(pairs) == 1
     assert tokens(tokenizer, pairs[0][1])[-2:] == ["Ġtwo", EOS]
-    assert report.summary() == "4 rows: 1 kept (0 truncated), 3 dropped (chosen equals rejected: 3)"
+    assert report.summary() == (
+        "4 rows: 1 kept (0 truncated), 3 dropped (chosen equals rejected: 2, "
+        "identical once truncated: 1)"
+    )
+
+
+# "what is two plus" + " three the cat" = 7 tokens + EOS; max_length=6 keeps
+# what Ġis Ġtwo Ġplus Ġthree Ġthe: " three the cat" and " three the mat" become the same.
+CAT, MAT, SAT = " three the cat", " three the mat", " three the sat"
+
+
+def test_a_pair_made_identical_by_truncation_is_blamed_on_the_truncation(tokenizer):
+    examples = [
+        PreferenceExample(PROMPT, CAT, MAT),  # differ only in the cut word
+        PreferenceExample(PROMPT, CAT, CAT),  # the same text, cut or not
+        PreferenceExample(PROMPT, COMPLETION, " two"),
+    ]
+    pairs, report = tokenize_preferences(tokenizer, examples, max_length=6, truncation="keep_start")
+    assert [tokens(tokenizer, side)[-2] for side in pairs[0][:2]] == ["Ġthree", "Ġtwo"]
+    assert report.summary() == (
+        "3 rows: 1 kept (0 truncated), 2 dropped (identical once truncated: 1, "
+        "chosen equals rejected: 1)"
+    )
+
+
+def test_responses_of_a_ranking_made_identical_by_truncation_are_blamed_on_it(tokenizer):
+    examples = [
+        RankingExample(PROMPT, (CAT, MAT, SAT), (0, 1, 2)),  # all three the same once cut
+        # cat and mat go; " two" and " a" keep their ranks, the row counts as truncated
+        RankingExample(PROMPT, (CAT, " two", MAT, " a"), (0, 1, 2, 3)),
+        RankingExample(PROMPT, (CAT, " two", CAT), (0, 1, 2)),  # the same text ranked apart
+        # left with two tied responses, which would have been a usable ranking uncut
+        RankingExample(PROMPT, (CAT, MAT, " two", " a"), (0, 1, 1, 1)),
+    ]
+    rankings, report = tokenize_rankings(tokenizer, examples, max_length=6, truncation="keep_start")
+    assert len(rankings) == 1
+    responses, ranks = rankings[0]
+    assert [tokens(tokenizer, r)[-2] for r in responses] == ["Ġtwo", "Ġa"]
+    assert ranks == (1, 3)
+    assert report.summary() == (
+        "4 rows: 1 kept (1 truncated), 3 dropped (identical once truncated: 2, "
+        "identical responses ranked apart: 1); 9 responses dropped (identical once truncated: 7, "
+        "identical responses ranked apart: 2)"
+    )
 
 
 def test_rankings_without_a_usable_preference_are_dropped_and_counted(tokenizer):

@@ -15,7 +15,8 @@ A long text is cut to a character budget before it is tokenised (`text_ids.encod
 huge row costs the memory of `max_length` tokens, not of the whole row.
 
 Preference pairs and rankings that contradict themselves (the same response on both sides, a
-ranking that is all ties) carry no signal and are dropped and counted like the rest.
+ranking that is all ties) carry no signal and are dropped and counted like the rest. Different
+responses that only truncation made identical are counted apart, as the truncation's doing.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class DropReason(str, Enum):
     TOO_FEW_RESPONSES = "fewer than two responses left"
     CHOSEN_EQUALS_REJECTED = "chosen equals rejected"
     SAME_RESPONSE_RANKED_APART = "identical responses ranked apart"
+    IDENTICAL_ONCE_TRUNCATED = "identical once truncated"
+    """Different texts whose differences `max_length` cut off: the truncation's doing."""
     ALL_TIED = "all responses tied"
 
 
@@ -311,8 +314,10 @@ def tokenize_preferences(
 
     A pair is dropped when either side drops (the reason counted is the chosen side's first,
     then the rejected side's), and when chosen and rejected are the same tokens: such a pair
-    has a loss of constant value, so it teaches nothing and only dilutes the batch. A pair is
-    counted as truncated when either side was.
+    has a loss of constant value, so it teaches nothing and only dilutes the batch. Different
+    texts that are the same tokens only once truncated are counted as "identical once
+    truncated", not as "chosen equals rejected". A pair is counted as truncated when either
+    side was.
     """
     truncation = Truncation(truncation)
     report = TokenizeReport()
@@ -324,7 +329,10 @@ def tokenize_preferences(
             report.add_dropped(chosen if isinstance(chosen, DropReason) else rejected)
             continue
         if chosen.input_ids == rejected.input_ids:
-            report.add_dropped(DropReason.CHOSEN_EQUALS_REJECTED)
+            same = _same_before_truncation(chosen, example.chosen, rejected, example.rejected)
+            report.add_dropped(
+                DropReason.CHOSEN_EQUALS_REJECTED if same else DropReason.IDENTICAL_ONCE_TRUNCATED
+            )
             continue
         report.add_kept(chosen.truncated or rejected.truncated)
         pairs.append((chosen, rejected, example.margin))
@@ -343,8 +351,10 @@ def tokenize_rankings(
     A response that drops is removed together with its rank, so ranks stay aligned; it is
     counted in `report.responses_dropped`. A ranking is dropped when it is left with fewer than
     two responses, or when all its responses are tied (no pair to learn from). A response whose
-    tokens appear at two different ranks is removed, every copy of it (`_without_contradicted`).
-    A ranking is counted as truncated when any kept response was.
+    tokens appear at two different ranks is removed, every copy of it (`_contradicted`); when
+    only truncation made the texts identical, the removal and any drop it causes are counted as
+    "identical once truncated". A ranking is counted as truncated when any kept response was,
+    or when truncation cost it a response that way.
     """
     truncation = Truncation(truncation)
     report = TokenizeReport()
@@ -352,39 +362,50 @@ def tokenize_rankings(
     groups = [(example.prompt, list(example.responses)) for example in examples]
     encoded = _encode_grouped(tokenizer, groups, max_length, truncation)
     for example, results in zip(examples, encoded):
-        kept_responses, kept_ranks = [], []
-        for result, rank in zip(results, example.ranks):
+        kept = []
+        for result, text, rank in zip(results, example.responses, example.ranks):
             if isinstance(result, DropReason):
-                reason = result.value
-                report.responses_dropped[reason] = report.responses_dropped.get(reason, 0) + 1
+                _count(report.responses_dropped, result)
             else:
-                kept_responses.append(result)
-                kept_ranks.append(rank)
-        if len(kept_responses) < 2:
+                kept.append((result, text, rank))
+        if len(kept) < 2:
             report.add_dropped(DropReason.TOO_FEW_RESPONSES)
             continue
-        kept_responses, kept_ranks, contradicted = _without_contradicted(kept_responses, kept_ranks)
-        if contradicted:
-            reason = DropReason.SAME_RESPONSE_RANKED_APART.value
-            report.responses_dropped[reason] = (
-                report.responses_dropped.get(reason, 0) + contradicted
-            )
-        if len(kept_responses) < 2:
-            report.add_dropped(DropReason.SAME_RESPONSE_RANKED_APART)
+        responses, texts, ranks = (list(column) for column in zip(*kept))
+        removed = _contradicted(responses, texts, ranks)
+        for reason in removed:
+            if reason is not None:
+                _count(report.responses_dropped, reason)
+        drop = _unusable_after(ranks, removed)
+        if drop is not None:
+            report.add_dropped(drop)
             continue
-        if len(set(kept_ranks)) == 1:  # no response preferred to another: nothing to learn
-            report.add_dropped(DropReason.ALL_TIED)
-            continue
-        report.add_kept(any(response.truncated for response in kept_responses))
-        rankings.append((kept_responses, tuple(kept_ranks)))
+        truncated = DropReason.IDENTICAL_ONCE_TRUNCATED in removed
+        responses = [r for r, reason in zip(responses, removed) if reason is None]
+        ranks = [rank for rank, reason in zip(ranks, removed) if reason is None]
+        report.add_kept(truncated or any(response.truncated for response in responses))
+        rankings.append((responses, tuple(ranks)))
     return rankings, report
 
 
-def _without_contradicted(
-    responses: list[EncodedExample], ranks: list[int]
-) -> tuple[list[EncodedExample], list[int], int]:
-    """The ranking without the responses it places at two different ranks (the others keep
-    their ranks); and how many copies were removed.
+def _count(by_reason: dict[str, int], reason: DropReason) -> None:
+    by_reason[reason.value] = by_reason.get(reason.value, 0) + 1
+
+
+def _same_before_truncation(
+    a: EncodedExample, a_text: Text, b: EncodedExample, b_text: Text
+) -> bool:
+    """Whether two responses with the same tokens were already the same before `max_length`
+    cut them: the same text, or neither of them cut."""
+    return a_text == b_text or not (a.truncated or b.truncated)
+
+
+def _contradicted(
+    responses: list[EncodedExample], texts: list[Text], ranks: list[int]
+) -> list[DropReason | None]:
+    """Per response of a ranking: None when it stays, else why it is removed, because its tokens
+    also appear at another rank: `SAME_RESPONSE_RANKED_APART` when one of those copies was the
+    same before truncation, else `IDENTICAL_ONCE_TRUNCATED`.
 
     Such a ranking says a response is better (or worse) than itself, so the copies' comparisons
     with the responses ranked between them contradict each other. Removing every copy drops
@@ -393,12 +414,39 @@ def _without_contradicted(
     invent a rank for them. Copies at the same rank are a consistent tie and stay.
     (A pair whose chosen equals its rejected is the two-response case: nothing is left.)
     """
-    ranks_of: dict[tuple[int, ...], set[int]] = {}
-    for response, rank in zip(responses, ranks):
-        ranks_of.setdefault(tuple(response.input_ids), set()).add(rank)
-    keep = [len(ranks_of[tuple(r.input_ids)]) == 1 for r in responses]
-    return (
-        [response for response, k in zip(responses, keep) if k],
-        [rank for rank, k in zip(ranks, keep) if k],
-        keep.count(False),
-    )
+    copies: dict[tuple[int, ...], list[int]] = {}
+    for i, response in enumerate(responses):
+        copies.setdefault(tuple(response.input_ids), []).append(i)
+    reasons: list[DropReason | None] = []
+    for i, response in enumerate(responses):
+        apart = [j for j in copies[tuple(response.input_ids)] if ranks[j] != ranks[i]]
+        if not apart:
+            reasons.append(None)
+        elif any(
+            _same_before_truncation(response, texts[i], responses[j], texts[j]) for j in apart
+        ):
+            reasons.append(DropReason.SAME_RESPONSE_RANKED_APART)
+        else:
+            reasons.append(DropReason.IDENTICAL_ONCE_TRUNCATED)
+    return reasons
+
+
+def _unusable_after(ranks: list[int], removed: list[DropReason | None]) -> DropReason | None:
+    """Why a ranking with the `removed` responses taken out is dropped, None when it is not.
+    The truncation is blamed when the ranking uncut, losing only its same-text copies, would
+    have been usable (`_contradicted`)."""
+    drop = _unusable([rank for rank, reason in zip(ranks, removed) if reason is None])
+    if drop is None:
+        return None
+    uncut = [
+        r for r, why in zip(ranks, removed) if why is not DropReason.SAME_RESPONSE_RANKED_APART
+    ]
+    return drop if _unusable(uncut) else DropReason.IDENTICAL_ONCE_TRUNCATED
+
+
+def _unusable(ranks: list[int]) -> DropReason | None:
+    if len(ranks) < 2:
+        return DropReason.SAME_RESPONSE_RANKED_APART
+    if len(set(ranks)) == 1:  # no response preferred to another: nothing to learn
+        return DropReason.ALL_TIED
+    return None
