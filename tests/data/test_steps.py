@@ -1,5 +1,8 @@
+import pytest
+
 from rlhfkit.data.formats import StepsExample
-from rlhfkit.data.steps import encode_steps
+from rlhfkit.data.steps import encode_steps, tokenize_steps
+from rlhfkit.errors import RlhfkitError
 
 CHAT = [{"role": "user", "content": "Q: 2 + 3 - 1?"}]
 
@@ -36,3 +39,53 @@ def test_a_huge_step_is_never_tokenised_whole(bos_tokenizer):
     assert encoded.labels == [True] and len(encoded.input_ids) == encoded.step_ends[-1] + 1
     want = bos_tokenizer(example.prompt + " 2 + 3 = 5.")["input_ids"]
     assert encoded.input_ids == want
+
+
+# With the tiny tokenizer of `conftest.py`: "what isthe ans" = what Ġis the Ġa ns, but
+# "what isthe answer is" = what Ġis the Ġanswer Ġis: step 1's last token "ns" is not in the whole.
+SPLIT_WORD = StepsExample("what is", ("the ans", "wer is", "n", "ow"), (True, True, False, True))
+
+
+def test_steps_merged_into_one_token_are_refused_naming_the_file(tokenizer):
+    with pytest.raises(RlhfkitError) as caught:
+        tokenize_steps(tokenizer, [SPLIT_WORD], max_length=64, separator="", path="steps.jsonl")
+    assert str(caught.value) == (
+        "steps.jsonl: steps 1 and 2 of a solution ('the ans' and 'wer is') merge into one token "
+        "with step_separator='', so step 1 has no last token of its own to read its label at; "
+        "use a separator that keeps steps apart, such as step_separator='\\n'"
+    )
+
+
+def test_a_separator_that_keeps_steps_apart_reads_each_label_at_its_steps_last_token(tokenizer):
+    encoded = encode_steps(tokenizer, SPLIT_WORD, max_length=64, separator="\n")
+    words = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    assert words == [
+        "what",
+        "Ġis",
+        "Ċ",
+        "the",
+        "Ġa",
+        "ns",
+        "Ċ",
+        "wer",
+        "Ġis",
+        "Ċ",
+        "n",
+        "Ċ",
+        "o",
+        "w",
+    ]
+    assert encoded.step_ends == [5, 8, 10, 13]
+
+
+def test_an_empty_separator_is_fine_where_no_token_spans_two_steps(tokenizer):
+    example = StepsExample("what is", ("the cat", "sat"), (True, False))
+    encoded = encode_steps(tokenizer, example, max_length=64, separator="")
+    assert tokenizer.convert_ids_to_tokens(encoded.input_ids) == [
+        "what",
+        "Ġis",
+        "the",
+        "Ġcat",
+        "sat",
+    ]
+    assert encoded.step_ends == [3, 4]

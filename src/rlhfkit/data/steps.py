@@ -8,6 +8,7 @@ import torch
 from rlhfkit.data.formats import StepsExample
 from rlhfkit.data.text_ids import encode_window, render_text
 from rlhfkit.data.tokenize import DropReason, TokenizeReport
+from rlhfkit.errors import RlhfkitError
 
 
 @dataclass(frozen=True)
@@ -23,18 +24,23 @@ def encode_steps(
     """prompt + separator + step_1 + separator + step_2 ...; steps that do not fit in
     `max_length` are cut off (with their labels); None when no step fits. A plain prompt starts
     with the tokenizer's BOS when it adds one; a chat prompt is tokenised as the template
-    writes it."""
+    writes it. Each step's end is the last token of the text up to it, which must be a prefix
+    of the whole's tokens: a step merged into one token with the next (an empty separator
+    lets "ans" + "wer" become one token) is an error, not a label read at the wrong token."""
     prompt = render_text(tokenizer, example.prompt, as_prompt=True)
     templated = not isinstance(example.prompt, str)
     text, ends, ids = prompt, [], []
     for step in example.completions:
         text += separator + step
+        before = ids
         # a huge step is cut to a window first: only whether it fits in max_length matters
         (ids,), _ = encode_window(
             tokenizer, [text], templated=templated, max_length=max_length, keep_end=False
         )
         if len(ids) > max_length:
             break
+        if ends and ids[: len(before)] != before:
+            raise _merged_steps(example, len(ends), separator)
         ends.append(len(ids) - 1)
     if not ends:
         return None
@@ -42,10 +48,29 @@ def encode_steps(
     return EncodedSteps(ids, ends, list(example.labels[: len(ends)]))
 
 
-def tokenize_steps(tokenizer, examples: list[StepsExample], *, max_length: int, separator: str):
+def _merged_steps(example: StepsExample, step: int, separator: str) -> RlhfkitError:
+    """Step `step` (1-based) ends inside a token it shares with what follows: the tokens of the
+    text up to it are not a prefix of the whole's, so no token ends exactly that step and a
+    label read at "its last token" would land on another step's token."""
+    pair = f"{example.completions[step - 1]!r} and {example.completions[step]!r}"
+    return RlhfkitError(
+        f"steps {step} and {step + 1} of a solution ({pair}) merge into one token with "
+        f"step_separator={separator!r}, so step {step} has no last token "
+        "of its own to read its label at; use a separator that keeps steps apart, such as "
+        "step_separator='\\n'"
+    )
+
+
+def tokenize_steps(
+    tokenizer, examples: list[StepsExample], *, max_length: int, separator: str, path: str
+):
+    """`encode_steps` of each example, counted in a report; errors name the file `path`."""
     report, encoded = TokenizeReport(), []
     for example in examples:
-        item = encode_steps(tokenizer, example, max_length=max_length, separator=separator)
+        try:
+            item = encode_steps(tokenizer, example, max_length=max_length, separator=separator)
+        except RlhfkitError as error:
+            raise RlhfkitError(f"{path}: {error}") from None
         if item is None:
             report.add_dropped(DropReason.TOO_LONG)
         else:

@@ -157,6 +157,7 @@ def load_reward_data(cfg: RewardConfig, tokenizer, path: str, role: str) -> list
             load_examples(path, fmt),
             max_length=cfg.max_length,
             separator=cfg.step_separator,
+            path=path,
         )
         require_rows(items, path, report, "train on" if role == "train" else "evaluate on")
     else:
