@@ -43,6 +43,19 @@ def test_weighted_sum_of_rewards_and_uncertainties_matches_hand_values():
     assert scores.step_rewards is None
 
 
+def test_weighted_sum_gathers_the_cut_samples_of_its_reward_models():
+    class Cut(Fixed):
+        def score(self, prompts, responses):
+            return RewardScores(
+                torch.tensor(self.rewards), cut={self.name: torch.tensor([1, 0]) > 0}
+            )
+
+    scores = WeightedSum([(Cut("rm", [1.0, 2.0]), 1.0), (Fixed("a", [0.0, 0.0]), 1.0)]).score(
+        PROMPTS, RESPONSES
+    )
+    assert {name: v.tolist() for name, v in scores.cut.items()} == {"rm": [True, False]}
+
+
 def test_weighted_sum_without_uncertain_sources_has_no_uncertainty():
     scores = WeightedSum([(Fixed("a", [1.0, 2.0]), 1.0)]).score(PROMPTS, RESPONSES)
     assert scores.uncertainty is None

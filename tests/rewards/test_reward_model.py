@@ -113,6 +113,37 @@ def test_a_long_sequence_is_scored_on_its_first_max_length_tokens(tiny_model_dir
     )
 
 
+def test_samples_cut_to_fit_are_flagged_and_warned_about_once(tiny_model_dir, tokenizer, caplog):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    # room for the short answer with its EOS, not for the two longer ones
+    prompts = [PROMPTS[2]] * 3
+    responses = [RESPONSES[2] + " Ben has 4 coins.", RESPONSES[2] + " 4.", RESPONSES[2]]
+    max_length = len(plain_ids(tokenizer, PROMPTS[2].prompt, RESPONSES[2]))
+    source = RewardModelSource(model, tokenizer, batch_size=4, max_length=max_length)
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        first = source.score(prompts, responses)
+        again = source.score(prompts, responses)
+    assert first.cut["model"].tolist() == [True, True, False]
+    assert torch.equal(again.cut["model"], first.cut["model"])
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("rlhfkit")] == [
+        f"reward source 'model': 2 of 3 samples are longer than reward_max_length={max_length} "
+        "tokens and are scored with the end of the answer and its EOS cut (truncation "
+        "'keep_start'): raise reward_max_length so the reward model reads whole answers "
+        "(warned once)"
+    ]
+
+
+def test_samples_that_fit_are_not_flagged_and_nothing_is_warned(tiny_model_dir, tokenizer, caplog):
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    source = RewardModelSource(
+        model, tokenizer, batch_size=4, max_length=256, length_setting="max_length"
+    )
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        scores = source.score(PROMPTS, RESPONSES)
+    assert scores.cut["model"].tolist() == [False, False, False]
+    assert not [r for r in caplog.records if r.name.startswith("rlhfkit")]
+
+
 def test_conversational_prompts_are_scored_through_the_chat_template(tiny_model_dir, tokenizer):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     prompt = [{"role": "user", "content": "How do I keep basil alive?"}]
@@ -177,6 +208,7 @@ def test_scoring_leaves_the_models_mode_and_gradients_alone(ensemble, tokenizer)
 def test_a_prompt_that_leaves_no_room_for_the_response_is_an_error(ensemble, tokenizer):
     source = RewardModelSource(ensemble, tokenizer, batch_size=2, max_length=4)
     with pytest.raises(
-        RlhfkitError, match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in max_length=4"
+        RlhfkitError,
+        match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in reward_max_length=4",
     ):
         source.score(PROMPTS[:1], RESPONSES[:1])

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhfkit.errors import ConfigError, NumericalFault
+from rlhfkit.models.reward import RewardModel
 from rlhfkit.objectives.group_advantages import group_advantages
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.forward import response_logprobs
@@ -386,6 +387,37 @@ def test_each_source_of_a_weighted_sum_is_logged_beside_the_sum(tiny_model_dir, 
     task, chars = row["reward/task"], row[f"reward/{length}"]
     assert chars > 1  # the responses' mean length in characters: the unweighted source
     assert row["reward_mean"] == pytest.approx(task + 0.5 * chars, rel=1e-5)
+
+
+def test_the_share_of_samples_a_reward_model_read_cut_is_logged_and_warned(
+    tiny_model_dir, tmp_path, caplog
+):
+    rm = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(rm)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(rm)
+    # room for the longest arith prompt and an EOS: any answer token past it is cut
+    prompts = ArithTask().prompts(2000, random.Random(0))
+    longest = max(len(tokenizer(p.prompt)["input_ids"]) for p in prompts)
+    cuts = {}
+    for max_length in (256, longest + 1):
+        cfg = config(
+            tiny_model_dir,
+            tmp_path,
+            max_steps=2,
+            reward=f"model:{rm}",
+            reward_max_length=max_length,
+        )
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="rlhfkit"):
+            history = train_grpo(
+                cfg, prepare_run_dir(tmp_path / f"run{max_length}", resume=False, overwrite=False)
+            ).history
+        cuts[max_length] = [row[f"reward_cut_fraction/model:{rm}"] for row in history]
+        warned = [r for r in caplog.records if "samples are longer than" in r.getMessage()]
+        assert len(warned) == (max_length != 256)  # once, not every step
+    assert cuts[256] == [0.0, 0.0]
+    assert all(0 < share <= 1 for share in cuts[longest + 1])
 
 
 def test_gspo_sequence_ratio_climbs_the_reward(tiny_model_dir, tmp_path):

@@ -174,6 +174,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
             uncertainty_coef=0.0,
             name="reward model",
             precision=cfg.precision,
+            length_setting="max_length",
         )
         if cfg.reward_model
         else None
@@ -193,6 +194,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
             uncertainty_coef=0.0,
             timeout_s=None,
             precision=cfg.precision,
+            length_setting="max_length",
         )
     )
     settings = dict(

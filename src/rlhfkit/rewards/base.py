@@ -25,6 +25,9 @@ class RewardScores:
     components: dict[str, torch.Tensor] = field(default_factory=dict)
     """Combined sources only: each part's own (n,) rewards, unweighted, by source name (for
     metrics); empty for a single source."""
+    cut: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Reward models only: by source name, (n,) bool, True = the sample was longer than the
+    model's max_length and it read a truncated sequence (for metrics); empty for other sources."""
 
     def __post_init__(self):
         n = self.rewards.shape[0] if self.rewards.dim() == 1 else None
@@ -37,11 +40,12 @@ class RewardScores:
             )
         if self.step_rewards is not None and len(self.step_rewards) != n:
             raise ValueError(f"step_rewards must hold {n} lists, got {len(self.step_rewards)}")
-        for name, values in self.components.items():
-            if values.shape != (n,):
-                raise ValueError(
-                    f"component '{name}' must have shape ({n},), got {tuple(values.shape)}"
-                )
+        for kind, by_name in (("component", self.components), ("cut", self.cut)):
+            for name, values in by_name.items():
+                if values.shape != (n,):
+                    raise ValueError(
+                        f"{kind} '{name}' must have shape ({n},), got {tuple(values.shape)}"
+                    )
 
 
 class RewardSource(Protocol):

@@ -112,6 +112,7 @@ def build_reward_source(
     first_call_timeout_s: float | None = None,
     precision: Precision = Precision.FP32,
     place_model: Callable[[nn.Module], nn.Module] | None = None,
+    length_setting: str = "reward_max_length",
 ) -> RewardSource:
     """The reward source a spec names (see the module docstring for the spec language).
 
@@ -129,6 +130,8 @@ def build_reward_source(
         precision: the run's; a reward model scores in it (bf16: under autocast).
         place_model: applied to each reward model once loaded on `device` (under torchrun with
             `frozen_models=sharded`: sharding it, `runtime.distributed.place_frozen`).
+        length_setting: the setting `max_length` comes from, named when a reward model's
+            samples are cut to fit it.
     """
     terms = parse_spec(spec)
     build = dict(
@@ -142,6 +145,7 @@ def build_reward_source(
         first_call_timeout_s=first_call_timeout_s,
         precision=precision,
         place_model=place_model,
+        length_setting=length_setting,
     )
     if len(terms) == 1 and terms[0][1] is None:
         return build_term(terms[0][0], **build)
@@ -236,6 +240,7 @@ def load_reward_model_source(
     name: str,
     precision: Precision = Precision.FP32,
     place_model: Callable[[nn.Module], nn.Module] | None = None,
+    length_setting: str = "reward_max_length",
 ) -> RewardModelSource:
     """A saved reward model, with every head it was trained with, on `device` (then given to
     `place_model`, when one is given)."""
@@ -267,4 +272,5 @@ def load_reward_model_source(
         uncertainty_coef=uncertainty_coef,
         name=name,
         precision=precision,
+        length_setting=length_setting,
     )

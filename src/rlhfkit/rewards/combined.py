@@ -14,7 +14,8 @@ class WeightedSum:
     does): the std of the sum if the parts' errors move together, an upper bound otherwise;
     exact in the usual case of a single uncertain source.
     Step rewards pass through from the one source that gives them, times its weight.
-    `components` keeps each source's own unweighted rewards, by name, for metrics.
+    `components` keeps each source's own unweighted rewards, by name, for metrics; `cut` gathers
+    the parts' truncated samples (reward models'), by name.
     """
 
     def __init__(self, parts: list[tuple[RewardSource, float]], name: str = "weighted_sum"):
@@ -33,7 +34,7 @@ class WeightedSum:
         check_same_length(self.name, prompts, responses)
         n = len(prompts)
         rewards, uncertainty = torch.zeros(n), None
-        step_rewards, stepped, components = None, [], {}
+        step_rewards, stepped, components, cut = None, [], {}, {}
         for source, weight in self.parts:
             scores = source.score(prompts, responses)
             rewards = rewards + weight * scores.rewards
@@ -47,6 +48,7 @@ class WeightedSum:
                     [(end, weight * x) for end, x in row] for row in scores.step_rewards
                 ]
             components[source.name] = scores.rewards
+            cut |= scores.cut
         if len(stepped) > 1:
             # Steps of different sources need not line up; adding them would mix unrelated steps.
             raise RlhfkitError(
@@ -58,4 +60,5 @@ class WeightedSum:
             uncertainty=uncertainty,
             step_rewards=step_rewards,
             components=components,
+            cut=cut,
         )

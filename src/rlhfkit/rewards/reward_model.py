@@ -24,6 +24,12 @@ from rlhfkit.runtime.distributed import gathered
 
 log = logging.getLogger(__name__)
 
+CUT_PARTS = {
+    Truncation.KEEP_START: "the end of the answer and its EOS",
+    Truncation.KEEP_END: "the start of the prompt",
+}
+"""What a sample longer than `max_length` loses under each truncation (`drop` refuses it)."""
+
 
 def as_completion(prompt: Text, response: str) -> Text:
     """The response in the prompt's kind: a conversational prompt needs an assistant message."""
@@ -42,6 +48,8 @@ class RewardModelSource:
         truncation: what to do with a longer sequence, as in the reward model's training.
         name: the source's name in metrics and errors.
         precision: the run's: bf16 scores under bf16 autocast (the rewards come back float32).
+        length_setting: the setting that gives `max_length`, named in the warning when samples
+            are cut to fit it (`reward_max_length` in the RL trainers, `max_length` in eval).
     """
 
     def __init__(
@@ -55,6 +63,7 @@ class RewardModelSource:
         truncation: Truncation | str = Truncation.KEEP_START,
         name: str = "model",
         precision: Precision = Precision.FP32,
+        length_setting: str = "reward_max_length",
     ):
         if batch_size < 1:
             raise RlhfkitError(
@@ -77,6 +86,7 @@ class RewardModelSource:
         self.uncertainty_coef, self.truncation = uncertainty_coef, Truncation(truncation)
         pad = tokenizer.pad_token_id
         self.pad_token_id = model.model.config.pad_token_id if pad is None else pad
+        self.length_setting, self.warned_cut = length_setting, False
 
     def encode(self, prompts: list[Text], responses: list[str]) -> list[EncodedExample]:
         """The same encoding as the reward-model trainer's, so the model scores the kind of
@@ -92,16 +102,32 @@ class RewardModelSource:
                 # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
                 raise RlhfkitError(
                     f"reward source '{self.name}': {describe_sample(index, prompt)} does not fit "
-                    f"in max_length={self.max_length} with truncation '{self.truncation.value}'"
+                    f"in {self.length_setting}={self.max_length} with truncation "
+                    f"'{self.truncation.value}'"
                 )
+        self.warn_once_if_cut(encoded)
         return encoded
 
-    def head_rewards(self, prompts: list[PromptExample], responses: list[str]) -> torch.Tensor:
-        """(n, heads) float32 on the CPU: every head's reward of every response. A sharded
-        model is gathered once around the batches, whose number depends on this rank's rows:
-        every rank must call this together (see `runtime.distributed.gathered`)."""
-        check_same_length(self.name, prompts, responses)
-        encoded = self.encode([p.prompt for p in prompts], responses)
+    def warn_once_if_cut(self, encoded: list[EncodedExample]) -> None:
+        """A warning the first time samples are cut to fit `max_length`: the model then scores
+        a sequence without what was cut, and answers that differ only there score the same."""
+        cut = sum(e.truncated for e in encoded)
+        if not cut or self.warned_cut:
+            return
+        self.warned_cut = True
+        lost = CUT_PARTS[self.truncation]
+        log.warning(
+            f"reward source '{self.name}': {cut} of {len(encoded)} samples are longer than "
+            f"{self.length_setting}={self.max_length} tokens and are scored with {lost} cut "
+            f"(truncation '{self.truncation.value}'): raise "
+            f"{self.length_setting} so the reward model reads whole answers (warned once)"
+        )
+
+    def head_rewards(self, encoded: list[EncodedExample]) -> torch.Tensor:
+        """(n, heads) float32 on the CPU: every head's reward of every encoded response
+        (`encode`). A sharded model is gathered once around the batches, whose number depends on
+        this rank's rows: every rank must call this together (see
+        `runtime.distributed.gathered`)."""
         was_training = self.model.training
         self.model.eval()
         # made outside inference mode, so an ordinary tensor: a loss may keep it for its backward
@@ -120,8 +146,13 @@ class RewardModelSource:
         return out
 
     def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
-        heads = self.head_rewards(prompts, responses)
+        check_same_length(self.name, prompts, responses)
+        encoded = self.encode([p.prompt for p in prompts], responses)
+        heads = self.head_rewards(encoded)
         mean = heads.mean(dim=1)
         # torch's std over one head is NaN; one head has no spread to penalise.
         std = heads.std(dim=1) if heads.shape[1] > 1 else torch.zeros_like(mean)
-        return RewardScores(rewards=mean - self.uncertainty_coef * std, uncertainty=std)
+        cut = torch.tensor([e.truncated for e in encoded], dtype=torch.bool)
+        return RewardScores(
+            rewards=mean - self.uncertainty_coef * std, uncertainty=std, cut={self.name: cut}
+        )

@@ -294,7 +294,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
 
             # step 6. metrics, evaluation, checkpoint
             row = run.step_metrics(
-                stats, rewards, grouped_prompts, responses, rollout, timer, scores.components
+                stats, rewards, grouped_prompts, responses, rollout, timer, scores
             )
             run.end_step(step + 1, row, result)
 

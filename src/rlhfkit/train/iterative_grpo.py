@@ -342,6 +342,7 @@ def _labeller(cfg: IterativeGRPOConfig) -> Labeller:
             max_length=cfg.rm.max_length,
             uncertainty_coef=0.0,
             timeout_s=None,
+            length_setting="rm.max_length",
         )
     return build_labeller(
         cfg.labeller,

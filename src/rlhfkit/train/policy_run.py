@@ -38,6 +38,7 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
+from rlhfkit.rewards.base import RewardScores
 from rlhfkit.rewards.builder import check_spec
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
@@ -358,11 +359,12 @@ class PolicyRun:
         responses: list[str],
         rollout: Rollout,
         timer: PhaseTimer,
-        components: dict[str, torch.Tensor] | None = None,
+        scored: RewardScores | None = None,
     ) -> dict:
         """The step's row: the mean of each update's stats (the sampler-vs-trainer gap from the
-        first update only), the rewards (a sum's sources as `reward/<source>`), the task's gold
-        score (only when a task is named), lengths and times."""
+        first update only), the rewards (`scored`'s: a sum's sources as `reward/<source>`, the
+        share of samples each reward model read truncated as `reward_cut_fraction/<source>`),
+        the task's gold score (only when a task is named), lengths and times."""
         stats = first_part_only(stats)
         keys = dict.fromkeys(key for part in stats for key in part)
         row = {
@@ -374,8 +376,11 @@ class PolicyRun:
         # one response (RAFT's best of 1 on one prompt) has no spread: null, without torch's warning
         spread = rewards.std().item() if rewards.numel() > 1 else math.nan
         row.update({"reward_mean": rewards.mean().item(), "reward_std": spread})
-        for source, values in (components or {}).items():
+        for source, values in (scored.components if scored else {}).items():
             row[f"reward/{source}"] = self.all_rows(values.to(rewards.device)).mean().item()
+        for source, cut in (scored.cut if scored else {}).items():
+            cut = self.all_rows(cut.to(device=rewards.device, dtype=torch.float64))
+            row[f"reward_cut_fraction/{source}"] = cut.mean().item()
         if self.task is not None:
             gold = [self.task.reward(p, r) for p, r in zip(prompts, responses)]
             gold = self.all_rows(torch.tensor(gold, dtype=torch.float64))

@@ -289,9 +289,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 6. metrics and the KL coefficient (over every rank's rows); evaluation, log
             # and checkpoint when due, or the end of the run when the KL passes its limit
-            row = run.step_metrics(
-                stats, scores, prompts, responses, rollout, timer, scored.components
-            )
+            row = run.step_metrics(stats, scores, prompts, responses, rollout, timer, scored)
             kl_per_sequence = run.all_rows(kl_per_sequence)
             mean_kl = kl_per_sequence.mean().item()
             tokens = run.all_rows(rollout.response_lengths).sum().clamp(min=1)

@@ -308,7 +308,7 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(
-                stats, rewards, grouped_prompts, responses, rollout, timer, scored.components
+                stats, rewards, grouped_prompts, responses, rollout, timer, scored
             )
             every = run.all_rows(rewards)  # over every rank's
             correct = every > cfg.reward_threshold

@@ -133,7 +133,7 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(
-                stats, rewards, grouped_prompts, responses, rollout, timer, scored.components
+                stats, rewards, grouped_prompts, responses, rollout, timer, scored
             )
             if kl is not None:
                 kl, tokens = run.all_rows(kl), run.all_rows(rollout.response_lengths)  # all ranks'
