@@ -62,10 +62,11 @@ def test_two_ranks_equal_one_process(tiny_model_dir, rankings, tmp_path):
         **THREE_STEPS,
     )
     one, two = one_process_and_two_ranks(train_reward_model, cfg, tmp_path)
-    # the loss terms add up exactly; row-weighted means of per-pass statistics (pair accuracy,
-    # reward mean) depend on how the rows are cut, across ranks as across micro-batches
+    # the loss terms add up exactly, and the statistics of the model's reward are the whole
+    # step's (summed raw counts and sums), however the rows are cut across ranks
+    keys = ("loss", "bt_loss", "grad_norm", "train_pair_accuracy", "reward_mean", "reward_std")
     for a, b in zip(read_metrics(one.metrics_path), read_metrics(two.metrics_path)):
-        for key in ("loss", "bt_loss", "grad_norm"):
+        for key in keys + ("reward_head_std",):
             assert close(a[key], b[key]), key
     assert (
         read_metrics(two.metrics_path)[-1]["eval_accuracy"]

@@ -118,6 +118,7 @@ def test_ensemble_with_imitation_and_centering_saves_three_heads(
     assert len(result.train_losses) == 6 and all(torch.isfinite(torch.tensor(result.train_losses)))
     metrics = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     assert all("imitation_loss" in row and "bt_loss" in row for row in metrics)
+    assert all(row["reward_head_std"] > 0 for row in metrics)  # three heads, their spread
     # the total adds the imitation and centring terms to the Bradley-Terry loss
     assert all(row["loss"] > row["bt_loss"] + 0.5 * row["imitation_loss"] - 1e-6 for row in metrics)
     saved = AutoModelForSequenceClassification.from_pretrained(run.final)
@@ -230,14 +231,20 @@ def test_a_steps_reward_spread_is_the_whole_batchs_however_it_is_split():
     # micro-batches (grad_accum) and ranks each see a share: their stds averaged by rows were
     # 0.0287 on one process, 0.0259 on two and 0.0234 on three; summed raw moments are not split
     rewards = torch.tensor([0.3, -1.2, 0.5, 2.0, -0.4, 0.1, 0.9], dtype=torch.float64)
-    stats = {"reward_sum": 0.0, "reward_sq_sum": 0.0, "reward_count": 0.0}
-    for share in (rewards[:2], rewards[2:3], rewards[3:]):
-        stats["reward_sum"] += share.sum().item()
-        stats["reward_sq_sum"] += share.square().sum().item()
-        stats["reward_count"] += share.numel()
+    spreads = torch.tensor([0.1, 0.4, 0.0, 0.2, 0.3, 0.1, 0.6], dtype=torch.float64)  # over heads
+    stats = {"reward_sum": 0.0, "reward_sq_sum": 0.0, "reward_count": 0.0, "head_std_sum": 0.0}
+    for rows in (slice(0, 2), slice(2, 3), slice(3, None)):
+        stats["reward_sum"] += rewards[rows].sum().item()
+        stats["reward_sq_sum"] += rewards[rows].square().sum().item()
+        stats["reward_count"] += rewards[rows].numel()
+        stats["head_std_sum"] += spreads[rows].sum().item()
     whole_batch_reward_stats(stats)
     assert stats == pytest.approx(
-        {"reward_mean": rewards.mean().item(), "reward_std": rewards.std().item()}
+        {
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std().item(),
+            "reward_head_std": 1.7 / 7,
+        }
     )
 
 

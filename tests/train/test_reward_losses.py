@@ -139,9 +139,41 @@ def test_pairwise_loss_hand_value_with_pair_and_bootstrap_weights_imitation_and_
     assert stats["bt_loss"] == pytest.approx(bt, rel=1e-6)
     assert stats["imitation_loss"] == pytest.approx(imitation, rel=1e-6)
     assert loss.item() == pytest.approx(bt + 0.5 * imitation + 2.0 * centring, rel=1e-6)
-    # head 0: 3 of 4 pairs right; head 1: a tie (1/2), 2 right, B wrong
-    assert stats["train_pair_accuracy"] == pytest.approx(5.5 / 8)
-    assert stats["reward_mean"] == pytest.approx(2.0 / 10)
+
+
+def test_the_logged_reward_and_accuracy_are_those_of_the_mean_over_heads(table_bootstrap):
+    # the model's reward is the mean over its heads: 0.75, 0.25, -0.25 (group A), 0.125, 0.125
+    # (group B); each head's own outcomes (head 0: 3 of 4 right, head 1: 2.5 of 4) and the std
+    # over all ten outputs (0.524) measured the heads, not the reward eval_accuracy scores
+    _, stats = loss_of([GROUP_A, GROUP_B], ROW_IDS)
+    # group A ordered right (3 pairs), group B a tie (1/2)
+    assert stats["train_pair_accuracy"] == pytest.approx(3.5 / 4)
+    assert (stats["pairs_right"], stats["pairs_counted"]) == (3.5, 4.0)
+    assert stats["reward_mean"] == pytest.approx(1.0 / 5)
+    # deviations from 0.2: 0.55, 0.05, -0.45, -0.075, -0.075; sum of squares 0.51875
+    assert stats["reward_std"] == pytest.approx(math.sqrt(0.51875 / 4), rel=1e-6)
+    assert stats["reward_sum"] == pytest.approx(1.0)
+    assert stats["reward_sq_sum"] == pytest.approx(0.5625 + 0.0625 + 0.0625 + 2 * 0.015625)
+    assert stats["reward_count"] == 5.0
+    # the heads' spread: two heads' std is |difference| / sqrt(2); differences 0.5, 0.5, 1.5,
+    # 0.25, 0.25
+    assert stats["reward_head_std"] == pytest.approx(3.0 / math.sqrt(2) / 5, rel=1e-6)
+    assert stats["head_std_sum"] == pytest.approx(3.0 / math.sqrt(2), rel=1e-6)
+
+
+def test_one_head_logs_no_head_spread():
+    model = TableRewardModel()
+    model.num_heads = 1
+    one_head = {row: (rewards[0],) for row, rewards in REWARDS.items()}
+    model.rewards_by_length = lambda ids, mask, **_: torch.tensor(
+        [one_head[tuple(i[m.bool()].tolist())] for i, m in zip(ids, mask)]
+    )
+    _, stats = pairwise_loss(
+        model, [GROUP_A], [7], pad_token_id=PAD, seed=SEED, imitation_coef=0, centering_coef=0
+    )
+    # head 0 alone: 1, 0, 0.5 ordered 2 of 3 pairs right
+    assert stats["train_pair_accuracy"] == pytest.approx(2 / 3)
+    assert "reward_head_std" not in stats and "head_std_sum" not in stats
 
 
 def test_without_the_extra_terms_the_loss_is_bradley_terry_alone(table_bootstrap):

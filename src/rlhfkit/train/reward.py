@@ -196,28 +196,39 @@ def evaluate_reward_model(
 
 # statistics that are terms of the step's loss: each micro-batch's is its share of the total
 LOSS_TERMS = ("bt_loss", "imitation_loss")
-# raw sums over a micro-batch's rewards (`pairwise_loss`): added up over the step's micro-batches
-# and ranks, then turned into the step's reward mean and std
+# raw sums over a micro-batch's mean-over-heads rewards (`reward_stats`): added up over the
+# step's micro-batches and ranks, then turned into the step's reward mean and std; with several
+# heads also the sum of each response's std over heads, turned into `reward_head_std`
 REWARD_SUMS = ("reward_sum", "reward_sq_sum", "reward_count")
+HEAD_STD_SUM = "head_std_sum"
 # each accuracy's raw (right, counted) sums: added up over the step's micro-batches and ranks,
 # then turned into the share of all the step's pairs or steps
 ACCURACY_SUMS = {
     "train_pair_accuracy": ("pairs_right", "pairs_counted"),
     "step_accuracy": ("steps_right", "steps_counted"),
 }
-SUMMED = LOSS_TERMS + REWARD_SUMS + tuple(key for keys in ACCURACY_SUMS.values() for key in keys)
+SUMMED = (
+    LOSS_TERMS
+    + REWARD_SUMS
+    + (HEAD_STD_SUM,)
+    + tuple(key for keys in ACCURACY_SUMS.values() for key in keys)
+)
 
 
 def whole_batch_reward_stats(stats: dict[str, float]) -> None:
-    """Replace the per-micro-batch reward mean and std by the whole step's, from the summed raw
-    sums: the same numbers whatever the number of micro-batches or ranks."""
+    """Replace the per-micro-batch reward mean and std (and the heads' spread) by the whole
+    step's, from the summed raw sums: the same numbers whatever the number of micro-batches or
+    ranks."""
     if not all(key in stats for key in REWARD_SUMS):
         return
     total, squares, count = (stats.pop(key) for key in REWARD_SUMS)
+    head_std_sum = stats.pop(HEAD_STD_SUM, None)
     if count < 1:
         return
     mean = total / count
     stats["reward_mean"] = mean
+    if head_std_sum is not None:
+        stats["reward_head_std"] = head_std_sum / count
     if count > 1:  # unbiased, as torch.std
         stats["reward_std"] = max(0.0, (squares - count * mean * mean) / (count - 1)) ** 0.5
 

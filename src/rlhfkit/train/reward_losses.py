@@ -77,22 +77,7 @@ def pairwise_loss(
     loss = bradley_terry_loss(
         chosen, rejected, weights, counts.groups * model.num_heads, batch["margins"]
     )
-    outcomes = pair_outcomes(chosen.detach(), rejected.detach())
-    stats = {
-        "bt_loss": loss.item(),
-        "train_pair_accuracy": outcomes.mean().item(),
-        # raw counts, so that a step's accuracy over micro-batches or ranks with different
-        # numbers of pairs is the share of all its pairs (train.reward adds them up)
-        "pairs_right": outcomes.sum().item(),
-        "pairs_counted": float(outcomes.numel()),
-        "reward_mean": rewards.mean().item(),
-        "reward_std": rewards.std().item(),
-        # raw sums, so that a step's mean and std over several micro-batches or ranks are the
-        # whole batch's (train.reward adds them up and replaces the two above)
-        "reward_sum": rewards.detach().double().sum().item(),
-        "reward_sq_sum": rewards.detach().double().square().sum().item(),
-        "reward_count": float(rewards.numel()),
-    }
+    stats = {"bt_loss": loss.item(), **reward_stats(rewards.detach(), batch)}
     if imitation_coef:  # the LM term reads only each group's best response: its own forward pass
         best = batch["best"]
         ids, mask = batch["input_ids"][best], batch["response_mask"][best]
@@ -105,6 +90,32 @@ def pairwise_loss(
             rewards, counts.responses * model.num_heads
         )
     return loss, stats
+
+
+def reward_stats(rewards: torch.Tensor, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Statistics of the reward the model defines, the mean over its heads (what eval_accuracy
+    and every later stage read), from (responses, heads) `rewards`: this micro-batch's pair
+    accuracy, reward mean and std, and with several heads their spread (the mean over
+    responses of the std over heads, the ensemble's uncertainty, Bessel-corrected as the
+    reward source's). Also the raw sums and counts, so that a step's values over micro-batches
+    or ranks are the whole batch's (train.reward adds them up and replaces the means)."""
+    reward = rewards.float().mean(dim=-1)  # (responses,), as eval_accuracy scores
+    outcomes = pair_outcomes(reward[batch["winners"]], reward[batch["losers"]])
+    stats = {
+        "train_pair_accuracy": outcomes.mean().item(),
+        "pairs_right": outcomes.sum().item(),
+        "pairs_counted": float(outcomes.numel()),
+        "reward_mean": reward.mean().item(),
+        "reward_std": reward.std().item(),
+        "reward_sum": reward.double().sum().item(),
+        "reward_sq_sum": reward.double().square().sum().item(),
+        "reward_count": float(reward.numel()),
+    }
+    if rewards.shape[-1] > 1:
+        spread = rewards.double().std(dim=-1)  # (responses,)
+        stats["reward_head_std"] = spread.mean().item()
+        stats["head_std_sum"] = spread.sum().item()
+    return stats
 
 
 def process_loss(
