@@ -206,6 +206,20 @@ def test_print_config_shows_the_overrides(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
+    "settings, refusal",
+    [
+        (("objective=process", "num_heads=3"), "num_heads=3 with objective=process"),
+        (("step_separator=;",), "step_separator=';' separates the steps of objective=process"),
+    ],
+)
+def test_print_config_refuses_a_setting_of_the_other_reward_objective(
+    monkeypatch, capsys, settings, refusal
+):
+    code, _, err = run_main(monkeypatch, capsys, "rm", "--print-config", *settings)
+    assert_one_line_error(code, err, refusal)
+
+
+@pytest.mark.parametrize(
     "command, refusal",
     [("ppo", "PPO needs reward_model=PATH"), ("online-dpo", "labeller=annotator is a built-in")],
 )

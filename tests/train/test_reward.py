@@ -25,6 +25,7 @@ from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.reward import (
     RewardConfig,
     RewardObjective,
+    check_reward_config,
     evaluate_reward_model,
     item_tokens,
     load_reward_data,
@@ -320,3 +321,24 @@ def test_the_process_objective_refuses_settings_it_would_ignore(tiny_model_dir, 
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     with pytest.raises(ConfigError, match=f"{next(iter(setting))}=.* process objective"):
         train_reward_model(cfg, run)
+
+
+def test_the_process_objective_refuses_an_ensemble(tiny_model_dir, tmp_path):
+    # num_heads=3 was accepted: no bootstrap, one BCE on the heads' mean logit, no ensemble
+    steps = {"prompt": "Q: 3 + 4?", "completions": ["3 + 4 = 7.", "So 7."], "labels": [1, 1]}
+    data = write_jsonl(tmp_path / "steps.jsonl", [steps])
+    cfg = config(tiny_model_dir, data, "", objective=RewardObjective.PROCESS, num_heads=3)
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(ConfigError, match="num_heads=3 with objective=process") as refusal:
+        train_reward_model(cfg, run)
+    assert "\n" not in str(refusal.value)
+
+
+def test_the_pairwise_objective_refuses_a_step_separator(tiny_model_dir, advice_rankings, tmp_path):
+    # it was silently ignored; at its default it says nothing
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(
+        ConfigError, match="step_separator=.* objective=process, not of objective=pairwise"
+    ):
+        train_reward_model(config(tiny_model_dir, *advice_rankings, step_separator="\n"), run)
+    check_reward_config(config(tiny_model_dir, *advice_rankings, step_separator=" "))

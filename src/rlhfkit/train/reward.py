@@ -13,7 +13,7 @@ communication, so the summed gradient is that of the one global batch (`runtime.
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 
 import torch
@@ -109,13 +109,14 @@ class RewardConfig(OfflineConfig):
     objective: RewardObjective = RewardObjective.PAIRWISE
     """pairwise: Bradley-Terry on pairs/rankings; process: per-step labels (PRM)."""
     num_heads: int = 1
-    """Reward heads: more than one makes an ensemble (mean = reward, std = uncertainty)."""
+    """Reward heads: more than one makes an ensemble (mean = reward, std = uncertainty);
+    pairwise objective only."""
     imitation_coef: float = 0.0
     """Weight of the LM loss on each prompt's preferred response (0 = off)."""
     centering_coef: float = 0.0
     """Weight of the mean squared reward, pulling rewards towards zero (0 = off)."""
     step_separator: str = " "
-    """Text between the prompt and the steps, and between steps (process objective)."""
+    """Text between the prompt and the steps, and between steps (process objective only)."""
 
 
 @dataclass
@@ -124,11 +125,19 @@ class RewardResult(OfflineResult):
 
 
 def check_reward_config(cfg: RewardConfig) -> None:
-    """The process objective has no preferred response to imitate, no pairwise rewards to
-    centre, and keeps the steps that fit: settings of the pairwise objective would silently
-    do nothing there. LoRA's settings as every trainer checks them (`check_lora_settings`)."""
+    """Each objective refuses the other's settings, which would silently do nothing there: the
+    process objective has no preferred response to imitate, no pairwise rewards to centre, no
+    bootstrap to make its heads an ensemble (their logits would only be averaged), and keeps
+    the steps that fit; the pairwise objective has no steps to separate. LoRA's settings as
+    every trainer checks them (`check_lora_settings`)."""
     check_lora_settings(cfg)
     if cfg.objective != RewardObjective.PROCESS:
+        default = next(f.default for f in fields(cfg) if f.name == "step_separator")
+        if cfg.step_separator != default:
+            raise ConfigError(
+                f"step_separator={cfg.step_separator!r} separates the steps of objective=process"
+                f", not of objective={RewardObjective(cfg.objective).value}: leave it unset"
+            )
         return
     for name in ("imitation_coef", "centering_coef"):
         if getattr(cfg, name):
@@ -136,6 +145,11 @@ def check_reward_config(cfg: RewardConfig) -> None:
                 f"{name}={getattr(cfg, name)} is a term of the pairwise objective, not of the "
                 "process objective: set it to 0"
             )
+    if cfg.num_heads > 1:
+        raise ConfigError(
+            f"num_heads={cfg.num_heads} with objective=process: the process objective trains "
+            "no ensemble (no bootstrap, one loss on the heads' mean logit); set num_heads=1"
+        )
     if Truncation(cfg.truncation) != Truncation.KEEP_START:
         raise ConfigError(
             f"truncation={Truncation(cfg.truncation).value}: the process objective keeps the "
