@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models.reward import RewardModel, last_token_index, value_model_from
+from rlhfkit.models.reward import (
+    RewardModel,
+    is_process_reward_model,
+    last_token_index,
+    mark_objective,
+    value_model_from,
+)
 from tests.models.test_loading import BROKEN_MODELS
 
 TEXTS = [
@@ -203,6 +209,25 @@ def test_a_critic_from_an_ensemble_starts_at_the_ensembles_mean_reward(
         assert torch.allclose(critic(ids, mask).rewards, expected, atol=1e-5)
     # from a causal LM: a fresh single head; from a one-head reward model: that model itself
     assert value_model_from(tiny_model_dir).num_heads == 1
+
+
+def test_a_process_reward_model_says_so_in_its_config_and_starts_no_critic(
+    tiny_model_dir, tmp_path
+):
+    prm = RewardModel.from_pretrained(tiny_model_dir)
+    assert not is_process_reward_model(prm.config)  # unmarked, as a model saved before
+    mark_objective(prm, "process")
+    prm.save_pretrained(tmp_path / "prm")
+    saved = json.loads((tmp_path / "prm" / "config.json").read_text())
+    assert saved["rlhfkit_reward_objective"] == "process"
+    assert is_process_reward_model(
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "prm").config
+    )
+    # PPO's critic would read its value at the EOS, where the model never learnt a score
+    with pytest.raises(RlhfkitError, match="critic_init=reward_model.*is a process reward model"):
+        value_model_from(tmp_path / "prm")
+    # training it further (rm objective=process) loads it
+    assert RewardModel.from_pretrained(tmp_path / "prm").num_heads == 1
 
 
 def test_shared_prefix_rewards_equal_the_plain_forward_with_the_same_gradients(tiny_model_dir):

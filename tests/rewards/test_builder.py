@@ -4,7 +4,7 @@ import torch
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.loading import load_tokenizer
-from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.reward import RewardModel, mark_objective
 from rlhfkit.rewards.builder import (
     KINDS,
     build_reward_source,
@@ -101,6 +101,27 @@ def test_a_causal_lm_directory_is_not_taken_for_a_reward_model(tiny_model_dir, t
         build(f"model:{tiny_model_dir}")
     with pytest.raises(RlhfkitError, match="no config.json"):
         build(f"model:{tmp_path / 'nowhere'}")
+
+
+def test_a_process_reward_model_is_refused_as_an_outcome_reward(tiny_model_dir, tmp_path):
+    # it learnt a score at each step's last token; read at the EOS it gave an untrained score
+    torch.manual_seed(0)
+    prm = RewardModel.from_pretrained(tiny_model_dir)
+    mark_objective(prm, "process")
+    prm.save_pretrained(tmp_path / "prm")
+    with pytest.raises(RlhfkitError) as refusal:
+        build(f"0.5*model:{tmp_path / 'prm'} + task")
+    message = str(refusal.value)
+    assert message.startswith(f"reward source 'model:{tmp_path / 'prm'}': ")
+    assert "is a process reward model" in message and "objective=pairwise" in message
+    assert "\n" not in message
+    # the same weights trained pairwise are an outcome reward
+    mark_objective(prm, "pairwise")
+    prm.save_pretrained(tmp_path / "rm")
+    assert isinstance(
+        build(f"model:{tmp_path / 'rm'}", tokenizer=load_tokenizer(tiny_model_dir)),
+        RewardModelSource,
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from rlhfkit.data.steps import EncodedSteps
 from rlhfkit.data.tokenize import EncodedExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
+from rlhfkit.rewards.builder import build_reward_source
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask, gold_score
 from rlhfkit.tasks.advice_writer import write_reply
@@ -342,3 +343,28 @@ def test_the_pairwise_objective_refuses_a_step_separator(tiny_model_dir, advice_
     ):
         train_reward_model(config(tiny_model_dir, *advice_rankings, step_separator="\n"), run)
     check_reward_config(config(tiny_model_dir, *advice_rankings, step_separator=" "))
+
+
+def test_a_trained_process_reward_model_is_marked_and_refused_as_an_outcome_reward(
+    tiny_model_dir, advice_rankings, tmp_path
+):
+    # read at the EOS token, where it never trained, it was silently PPO's or GRPO's reward
+    steps = {"prompt": "Q: 3 + 4?", "completions": ["3 + 4 = 7.", "So 7."], "labels": [1, 1]}
+    data = write_jsonl(tmp_path / "steps.jsonl", [steps])
+    prm = prepare_run_dir(tmp_path / "prm", resume=False, overwrite=False)
+    process = dict(objective=RewardObjective.PROCESS, max_steps=1)
+    train_reward_model(config(tiny_model_dir, data, "", **process), prm)
+    saved = json.loads((prm.final / "config.json").read_text())
+    assert saved["rlhfkit_reward_objective"] == "process"
+    build = dict(task_name=None, tokenizer=None, device="cpu", batch_size=4, max_length=64)
+    with pytest.raises(RlhfkitError, match=f"'model:{prm.final}': .* is a process reward model"):
+        build_reward_source(f"model:{prm.final}", **build, uncertainty_coef=0.0, timeout_s=None)
+    # what it serves: training on as a process reward model
+    again = prepare_run_dir(tmp_path / "again", resume=False, overwrite=False)
+    train_reward_model(config(prm.final, data, data, **process), again)
+    # a pairwise run marks its model so, and it scores as an outcome reward
+    rm = prepare_run_dir(tmp_path / "rm", resume=False, overwrite=False)
+    train_reward_model(config(tiny_model_dir, advice_rankings[0], "", max_steps=1), rm)
+    saved = json.loads((rm.final / "config.json").read_text())
+    assert saved["rlhfkit_reward_objective"] == "pairwise"
+    build_reward_source(f"model:{rm.final}", **build, uncertainty_coef=0.0, timeout_s=None)

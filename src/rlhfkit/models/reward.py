@@ -62,6 +62,36 @@ def is_reward_model(config) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
 
 
+# The config.json key naming the objective a reward model was trained with ("pairwise",
+# "process"): the weights alone cannot tell where the model learnt to read its score.
+OBJECTIVE_KEY = "rlhfkit_reward_objective"
+PROCESS = "process"
+
+
+def mark_objective(model: "RewardModel", objective: str) -> None:
+    """Record `objective` in the model's config, so that what it saves says how it scores."""
+    setattr(model.config, OBJECTIVE_KEY, objective)
+
+
+def is_process_reward_model(config) -> bool:
+    """Whether a saved reward model's config says it was trained with the process objective
+    (a model saved before the objective was recorded says nothing: False)."""
+    return getattr(config, OBJECTIVE_KEY, None) == PROCESS
+
+
+def check_outcome_reward_model(path: str | Path, config, use: str) -> None:
+    """A one-line error when the model at `path` is a process reward model and `use` would read
+    a whole response's score at its end (an outcome reward, a critic's start): it learnt to
+    score each step at the step's last token and never learnt a score at the EOS token."""
+    if is_process_reward_model(config):
+        raise RlhfkitError(
+            f"{use}: {path} is a process reward model (rm objective=process): it scores each "
+            "step at the step's last token, never a whole response at its end, so it cannot "
+            "serve as an outcome reward; it can go on training with rm objective=process "
+            f"model={path}. Use a reward model trained with objective=pairwise"
+        )
+
+
 class RewardModel(nn.Module):
     """Backbone + head scoring a sequence at its last non-padding token.
 
@@ -238,6 +268,7 @@ def value_model_from(path: str | Path) -> RewardModel:
     and head (an ensemble's heads averaged into one, so the critic starts at the ensemble's mean
     reward); a causal LM gets a fresh head."""
     config = read_model_config(path)
+    check_outcome_reward_model(path, config, "the critic's start (critic_init=reward_model)")
     heads = config.num_labels if is_reward_model(config) else 1
     model = RewardModel.from_pretrained(path, num_heads=heads)
     if heads > 1:

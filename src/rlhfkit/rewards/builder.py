@@ -26,7 +26,7 @@ from torch import nn
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import load_tokenizer, read_model_config
-from rlhfkit.models.reward import RewardModel, is_reward_model
+from rlhfkit.models.reward import RewardModel, check_outcome_reward_model, is_reward_model
 from rlhfkit.rewards.base import RewardSource
 from rlhfkit.rewards.combined import WeightedSum
 from rlhfkit.rewards.function import FunctionReward, load_reward_function
@@ -255,6 +255,7 @@ def load_reward_model_source(
         raise RlhfkitError(
             f"reward source '{name}': {path} is not a trained reward model (architectures: {found})"
         )
+    check_outcome_reward_model(path, config, f"reward source '{name}'")
     model = RewardModel.from_pretrained(path, num_heads=config.num_labels).to(torch.device(device))
     use_fastest_kernels(model.model, torch.device(device), precision)
     if place_model is not None:

@@ -30,7 +30,7 @@ from rlhfkit.models.fused_layers import use_fastest_kernels
 from rlhfkit.models.loading import enable_checkpointing, load_tokenizer
 from rlhfkit.models.lora import add_backbone_lora, load_gathered, trainable_state
 from rlhfkit.models.pretrained import check_learning_rates
-from rlhfkit.models.reward import RewardModel
+from rlhfkit.models.reward import RewardModel, mark_objective
 from rlhfkit.runtime.config_bounds import validate
 from rlhfkit.runtime.device import (
     autocast,
@@ -319,6 +319,7 @@ def saved_classifier(
     with torch.random.fork_rng(devices=[]):
         copy = RewardModel.from_pretrained(cfg.model, num_heads=cfg.num_heads)
         add_backbone_lora(copy, *lora_settings(cfg))
+    mark_objective(copy, RewardObjective(cfg.objective).value)
     load_gathered(copy.model, classifier)
     return copy, None
 
@@ -346,6 +347,8 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
         with_lm_head=cfg.imitation_coef > 0,
         lm_head_from=cfg.model,  # a checkpoint's LM head is restored below, from its state
     )
+    # what it saves says how it scores: a process reward model is refused as an outcome reward
+    mark_objective(model, RewardObjective(cfg.objective).value)
     if cfg.lora_r > 0:
         add_backbone_lora(model, *lora_settings(cfg))
     if cfg.gradient_checkpointing:
