@@ -90,7 +90,8 @@ class RewardConfig(OfflineConfig):
     eval_data: str = ""
     """Held-out data of the same kinds; empty = none."""
     max_length: int = 256
-    """Tokens per response after tokenisation."""
+    """Tokens of each prompt + response sequence (the prompt counts too); `truncation` says
+    what a longer one loses."""
     batch_size: int = 16
     """Prompts (rankings, pairs or solutions) per micro-batch: all responses of a prompt share
     one."""
