@@ -85,6 +85,35 @@ def test_tensorboard_scalars_are_written(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 1.0)]
 
 
+def test_tensorboard_scalars_are_on_disk_when_log_returns(tmp_path):
+    # a run killed right after a step's checkpoint must not lose that step's scalars, which the
+    # resume keeps (it hides only the steps after its checkpoint)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb") as logger:
+        logger.log(1, {"loss": 2.0})
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0)]
+
+
+def test_a_resume_hides_the_scalars_after_its_checkpoint_and_keeps_those_before(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb") as logger:
+        for step in (1, 2, 3):
+            logger.log(step, {"loss": float(step)})
+    with MetricsLogger(tmp_path / "m.jsonl", tmp_path / "tb", resume_from_step=2) as logger:
+        logger.log(3, {"loss": 30.0})
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 30.0),
+    ]
+
+
 def test_tensorboard_leaves_out_what_the_jsonl_writes_as_null(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

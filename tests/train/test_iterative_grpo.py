@@ -3,6 +3,7 @@ import json
 import logging
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.runtime.config import load_config, save_config
+from rlhfkit.runtime.metrics import MetricsLogger, read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice import AdviceTask
+from rlhfkit.train import iterative_grpo
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.iterative_config import (
     check_label_prompts,
@@ -302,6 +305,68 @@ def test_a_run_resumed_mid_round_ends_as_one_that_went_straight_through(
         assert all((a[k] == b[k]).all() for k in a), path
     metrics = [json.loads(line) for line in stopped.metrics_path.read_text().splitlines()]
     assert [row["step"] for row in metrics] == [1, 2]
+
+
+class _Killed(Exception):
+    """Stands for a kill -9 at one instant of the run."""
+
+
+def _scalars(run) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run.tensorboard))  # hides the events a resume purged
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def _rows(run) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time"} for row in read_metrics(run.root)]
+
+
+@pytest.mark.parametrize("killed_after", ["the metrics row", "round.json"])
+def test_a_run_killed_as_a_round_ends_resumes_to_the_metrics_of_one_that_went_straight_through(
+    tiny_model_dir, start, tmp_path, monkeypatch, killed_after
+):
+    pytest.importorskip("tensorboard", reason="the TensorBoard half needs the tensorboard extra")
+    cfg = config(tiny_model_dir, start, tensorboard=True)
+    straight = run_dir(tmp_path, "straight")
+    save_config(cfg, straight.config_path)
+    train_iterative_grpo(cfg, straight)
+    # round 1 stopped right after one of its two last writes (its row, its round.json)
+    real_log, real_write = MetricsLogger.log, iterative_grpo._Part.write
+
+    def log(self, step, metrics, *, stage="train"):
+        real_log(self, step, metrics, stage=stage)
+        if killed_after == "the metrics row" and stage == "iterative_grpo":
+            raise _Killed
+
+    def write(self, summary):
+        written = real_write(self, summary)
+        if killed_after == "round.json" and self.path.name == "round.json":
+            raise _Killed
+        return written
+
+    stopped = run_dir(tmp_path, "stopped")
+    save_config(cfg, stopped.config_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(MetricsLogger, "log", log)
+        patch.setattr(iterative_grpo._Part, "write", write)
+        with pytest.raises(_Killed):
+            train_iterative_grpo(cfg, stopped)
+    assert not (stopped.root / "round_02").exists()
+    # TensorBoard reads event files in name order, and a name holds the second the file was made
+    # in: a resume, a new process, starts at least a second after the run it continues did
+    time.sleep(1.0)
+    resumed = prepare_run_dir(
+        stopped.root, resume=True, overwrite=False, resume_needs_checkpoint=False
+    )
+    train_iterative_grpo(cfg, resumed, resume=True)
+    assert _rows(resumed) == _rows(straight)
+    assert [row["step"] for row in _rows(resumed)] == [1, 2]
+    assert _scalars(resumed) == _scalars(straight)
+    assert _scalars(resumed)["iterative_grpo/round"] == [(1, 1.0), (2, 2.0)]
 
 
 def test_the_command_takes_nested_overrides_and_resumes_only_a_started_run(tmp_path, capsys):

@@ -3,7 +3,8 @@ scalars.
 
 Each line is `{"stage": "train", "step": 42, "time": 1718000000.0, "loss": 1.23, ...}`. Non-finite
 values are written as null so that every line is strict JSON. A resumed run first drops the lines
-after its checkpoint step, so the file never holds the same step twice.
+after its checkpoint step (and hides TensorBoard's events after it), so neither holds the same
+step twice; every line and scalar is flushed when logged, so none up to the checkpoint is lost.
 """
 
 import importlib.util
@@ -61,7 +62,9 @@ class MetricsLogger:
             self._writer = SummaryWriter(log_dir=str(tensorboard_dir), purge_step=purge_step)
 
     def log(self, step: int, metrics: dict[str, float], *, stage: str = "train") -> None:
-        """Write one line (flushed at once) and one TensorBoard scalar `stage/key` per metric.
+        """Write one line and one TensorBoard scalar `stage/key` per metric, both flushed at
+        once: what a run writes after this call (a checkpoint, a round's summary) can never be on
+        disk without them, so a resume that keeps the steps up to its checkpoint keeps these.
 
         Values may be Python numbers, numpy scalars or 0-dim tensors.
         """
@@ -81,6 +84,8 @@ class MetricsLogger:
             for key, value in values.items():
                 if _is_finite(value):  # null in the JSONL: no point in TensorBoard either
                     self._writer.add_scalar(f"{stage}/{key}", value, global_step=step)
+            # the writer otherwise holds events for up to two minutes: a kill then loses them
+            self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the file and the TensorBoard writer; calling it twice is harmless."""

@@ -394,12 +394,14 @@ def train_iterative_grpo(
             summary, new = _round(cfg, r, folder, policy, rm, labeller, held_out, history, ranks)
             history += new
             policy, rm = summary["policy"], summary["reward_model"]
-            # step 5. the round's summary and metrics row (rank 0)
+            # step 5. the round's metrics row, then its summary (rank 0): round.json marks the
+            # round done, so a kill between the two leaves a row that the resume drops (it keeps
+            # the rows of done rounds only) and writes again, never a done round without a row
             part = _Part(folder, "round")
             row = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
             if ranks.is_main and not part.done:
-                part.write(summary)
                 metrics.log(r, row, stage="iterative_grpo")
+                part.write(summary)
             result.rounds.append(summary)
             result.record(r, row)
 
