@@ -25,7 +25,8 @@ class DataError(RlhfkitError):
 
 class NumericalFault(RlhfkitError):
     """Training diverged: non-finite losses or gradients past the allowed skips, or a model
-    with non-finite weights about to be saved. The CLI exits with status 3."""
+    with non-finite weights about to be saved. The CLI exits with status 3. Unlike bad input, a
+    run stopped by it keeps its run directory (metrics, log), checkpoint or not."""
 
     exit_status = 3
 

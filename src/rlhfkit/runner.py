@@ -3,13 +3,13 @@ overwrite (`runtime/rundir.py`). Shared by the command line (`cli.py`) and the P
 (`api.py`), so a run started either way leaves the same directory."""
 
 import logging
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from rlhfkit.cli_commands import Command, load_object
-from rlhfkit.errors import RlhfkitError, Terminated
+from rlhfkit.errors import NumericalFault, RlhfkitError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def run_in_dir(
         if broadcast_from_main(None, ranks) is not None:
             raise SystemExit(2)  # rank 0 could not open it, and says why
         run = RunDir(root)
-        return None, run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+        with next_steps_after_a_fault(command, run):
+            return None, run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
     ready = False
     try:
         with (
@@ -109,7 +110,10 @@ def run_in_dir(
                 if before_run is not None:
                     before_run(run)
                 ready = broadcast_from_main(None, ranks) is None
-                result = run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+                with next_steps_after_a_fault(command, run):
+                    result = (
+                        run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
+                    )
     except BaseException as error:
         if not ready:  # the other ranks wait for the run directory: tell them it failed
             broadcast_from_main(str(error) or type(error).__name__, ranks)
@@ -117,6 +121,26 @@ def run_in_dir(
             _say_how_to_continue(RunDir(root))
         raise
     return run, result
+
+
+@contextmanager
+def next_steps_after_a_fault(command: Command, run) -> Iterator[None]:
+    """A `NumericalFault` raised inside, told what the user can do next with this run: continue
+    it with a lower rate, or start it afresh. Looked at while the run directory is still the
+    run's (a failed --overwrite then puts the earlier run back); every rank words it alike."""
+    from rlhfkit.runtime.checkpoint import latest_checkpoint
+
+    try:
+        yield
+    except NumericalFault as fault:
+        if not command.resumable:
+            then = "run it again with --overwrite"
+        elif not command.resume_needs_checkpoint or latest_checkpoint(run.checkpoints):
+            then = "continue with --resume-with-changes, or start afresh with --overwrite"
+        else:  # --resume would refuse: there is nothing to continue from
+            then = "start afresh with --overwrite (no checkpoint to --resume from)"
+        fault.args = (f"{fault}; lower the learning rate, then {then}",)
+        raise
 
 
 def _say_how_to_continue(run) -> None:

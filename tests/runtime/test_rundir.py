@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import NumericalFault, RlhfkitError
 from rlhfkit.runtime.checkpoint import save_checkpoint
 from rlhfkit.runtime.config import load_config, save_config
 from rlhfkit.runtime.run_lock import LOCK_NAME, acquire_run_lock, release_run_lock
@@ -270,6 +270,17 @@ def test_a_fresh_run_stopped_by_bad_input_leaves_nothing(tmp_path):
             run.metrics_path.write_text('{"step": 1}\n')
             raise RuntimeError("bug")
     assert sorted(p.name for p in root.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_fresh_run_that_diverged_keeps_its_metrics_and_log(tmp_path):
+    root = tmp_path / "a"
+    with pytest.raises(NumericalFault):  # before its first checkpoint: nothing to resume
+        with open_run(root, resume=False, overwrite=False) as (run, _):
+            run.config_path.write_text("lr: 1\n")
+            run.metrics_path.write_text('{"step": 1}\n')
+            (run.root / "log.txt").write_text("update skipped\n")
+            raise NumericalFault("step 2: loss nan")
+    assert sorted(p.name for p in root.iterdir()) == ["config.yaml", "log.txt", "metrics.jsonl"]
 
 
 def test_a_failed_resume_keeps_everything(tmp_path):

@@ -1,3 +1,4 @@
+import contextlib
 import dataclasses
 import json
 import random
@@ -17,6 +18,7 @@ from rlhfkit.data.tokenize import tokenize_sft
 from rlhfkit.errors import NumericalFault
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.objectives.sft import sft_loss
+from rlhfkit.runtime.metrics import read_metrics
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.sft import SFTConfig, eval_loss, train_sft
@@ -270,27 +272,75 @@ def test_an_update_that_overflows_the_weights_stops_the_run_at_once(
     assert not any(run.checkpoints.glob("step_*"))
 
 
-def test_the_cli_exits_with_status_3_and_one_line(tiny_model_dir, arith_data, tmp_path, capsys):
-    argv = [
+def _main(argv, capsys, nan_from: int | None = None) -> tuple[int, list[str]]:
+    """`rlhfkit *argv`: the exit status and the error lines."""
+    with (
+        nan_loss_from_step(nan_from) if nan_from else contextlib.nullcontext(),
+        mock.patch.object(sys, "argv", ["rlhfkit", *argv]),
+    ):
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    return code, errors
+
+
+def sft_argv(tiny_model_dir, arith_data, tmp_path, *more) -> list[str]:
+    return [
         "sft",
         f"model={tiny_model_dir}",
         f"train_data={arith_data[0]}",
         "max_steps=10",
         "batch_size=8",
+        "eval_every=0",
+        "sample_every=0",
         "progress=false",
         "--runs-dir",
         str(tmp_path),
+        *more,
     ]
-    with (
-        nan_loss_from_step(1),
-        mock.patch.object(sys, "argv", ["rlhfkit", *argv]),
-        pytest.raises(SystemExit) as exit,
-    ):
-        main()
-    assert exit.value.code == 3
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+
+
+def test_the_cli_exits_with_status_3_and_one_line(tiny_model_dir, arith_data, tmp_path, capsys):
+    code, errors = _main(sft_argv(tiny_model_dir, arith_data, tmp_path), capsys, nan_from=1)
+    assert code == 3
     assert len(errors) == 1 and "non-finite" in errors[0]
     assert not (tmp_path / "sft" / "final").exists()
+
+
+def test_a_run_that_diverges_before_its_first_checkpoint_keeps_its_logs_and_says_what_works(
+    tiny_model_dir, arith_data, tmp_path, capsys
+):
+    argv = sft_argv(tiny_model_dir, arith_data, tmp_path, "save_every=5")
+    code, errors = _main(argv, capsys, nan_from=1)  # steps 1-3 skipped, step 4 stops it
+    assert code == 3 and "Last checkpoint: none" in errors[0]
+    assert errors[0].endswith("start afresh with --overwrite (no checkpoint to --resume from)")
+    # it ran: the directory keeps how it diverged, unlike one refused for bad input
+    run = tmp_path / "sft"
+    assert [row["step"] for row in read_metrics(run)] == [1, 2, 3]
+    assert (run / "log.txt").read_text().count("update skipped") == 3
+    # the advice holds: --resume has nothing to take, --overwrite starts it afresh
+    code, errors = _main([*argv, "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in errors[0] and "--overwrite" in errors[0]
+    code, errors = _main([*argv, "--overwrite"], capsys)
+    assert code == 0 and errors == []
+    assert [row["step"] for row in read_metrics(run)] == list(range(1, 11))
+
+
+def test_a_run_that_diverges_after_a_checkpoint_is_told_to_continue_from_it(
+    tiny_model_dir, arith_data, tmp_path, capsys
+):
+    argv = sft_argv(tiny_model_dir, arith_data, tmp_path, "save_every=2")
+    code, errors = _main(argv, capsys, nan_from=5)  # 5-7 skipped, 8 stops it: checkpoint 6 last
+    assert code == 3 and "step_00000006" in errors[0]
+    assert errors[0].endswith(
+        "lower the learning rate, then continue with --resume-with-changes, or start afresh "
+        "with --overwrite"
+    )
+    code, errors = _main([*argv, "--resume-with-changes", "lr=1e-4"], capsys)
+    assert code == 0 and errors == []
 
 
 @pytest.mark.parametrize("damaged", ["optimizer.pt", "model/model.safetensors", "state.pt"])

@@ -29,7 +29,9 @@ The CLI opens a run with `open_run`, which never loses a run:
   earlier run in `runs/.<name>.replaced-<pid>`, to move back or delete by hand.
 - A fresh run (nothing replaced) stopped by bad input (an `RlhfkitError`) before saving progress
   leaves no directory behind, so the corrected command starts cleanly; after other failures
-  its logs are kept for inspection. A resumed run keeps everything.
+  its logs are kept for inspection, and so are they after a `NumericalFault` (it ran: its
+  metrics and log show how it diverged; `--overwrite` starts it afresh). A resumed run keeps
+  everything.
 - `--resume` refuses a config that differs from the saved `config.yaml`, naming each changed key
   with its old and new value, unless the changes are asked for (`--resume-with-changes`): then
   the new config is saved and the change is recorded at the end of `config.yaml`
@@ -50,7 +52,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import NumericalFault, RlhfkitError
 from rlhfkit.runtime.checkpoint import MARKER_NAME, latest_checkpoint
 from rlhfkit.runtime.config import config_to_dict, dotted_items, load_config, save_config
 from rlhfkit.runtime.logs import RUN_LOG
@@ -454,7 +456,9 @@ def _after_failure(
         return
     if aside is not None:
         _restore(run_dir.root, aside)
-    elif isinstance(error, RlhfkitError):
+    elif isinstance(error, RlhfkitError) and not isinstance(error, NumericalFault):
+        # bad input, refused before anything ran; a run that diverged trained, and its metrics
+        # and log are how the user sees where
         shutil.rmtree(run_dir.root, ignore_errors=True)
 
 

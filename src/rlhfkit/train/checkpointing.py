@@ -128,8 +128,7 @@ def refuse_non_finite(
 def _non_finite(what: str, outcome: str, checkpoints_dir: Path) -> NumericalFault:
     last = latest_checkpoint(checkpoints_dir)
     return NumericalFault(
-        f"{what} has non-finite weights: {outcome}. Last checkpoint: {last or 'none'} "
-        "(lower lr, then --resume or start afresh)"
+        f"{what} has non-finite weights: {outcome}. Last checkpoint: {last or 'none'}"
     )
 
 

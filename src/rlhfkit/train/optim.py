@@ -51,7 +51,7 @@ class NonFiniteGuard:
             )
             raise NumericalFault(
                 f"step {step + 1}: {what}: {why}; stopped without saving final/. Last "
-                f"checkpoint: {last or 'none'} (lower lr, then --resume or start afresh)"
+                f"checkpoint: {last or 'none'}"
             )
         log.warning(
             f"step {step + 1}: {what}: update skipped ({self.skipped} of at most {self.max_skips})"
