@@ -104,6 +104,29 @@ def test_print_config_refuses_what_the_run_refuses(monkeypatch, capsys, argv, me
     assert exit_.value.code == 2 and not out and err.startswith(f"error: {message}")
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sft", "lora_alpha=32"], "lora_alpha=32 shapes LoRA's adapters"),
+        (["pipeline", "sft.lora_alpha=32"], "lora_alpha=32 shapes LoRA's adapters"),
+        (["frontier", "sft.lora_alpha=32"], "lora_alpha=32 shapes LoRA's adapters"),
+        (["judge", "sft.lora_alpha=32"], "lora_alpha=32 shapes LoRA's adapters"),
+        (["iterative-grpo", "rm.lora_alpha=32"], "lora_alpha=32 shapes LoRA's adapters"),
+        (["sft", "lora_r=8", "lora_target_modules=[]"], "lora_target_modules: empty"),
+        (["dpo", "lora_r=8", "lora_target_modules=[]"], "lora_target_modules: empty"),
+        (["pipeline", "sft.lora_r=8", "sft.lora_target_modules=[]"], "lora_target_modules: empty"),
+    ],
+)
+def test_print_config_refuses_the_lora_settings_the_run_refuses(monkeypatch, capsys, argv, message):
+    # SFT's LoRA settings were checked by its run alone: --print-config, and the jobs that run
+    # an SFT stage, took them
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *argv, "--print-config"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
 def test_help_read_in_part_ends_without_a_traceback():
     """`rlhfkit grpo --help | head`: the reader leaves after the first lines, while the keys
     (printed after their config class is imported) are still to come."""

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.train.config_checks import check_trainer_config
 from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.grpo import GRPOConfig
 from rlhfkit.train.lora_settings import check_lora_settings
@@ -34,6 +35,19 @@ def test_an_adapter_setting_without_adapters_is_refused(cfg, setting, shown):
 def test_the_defaults_and_all_linear_written_as_a_list_pass(cfg):
     check_lora_settings(cfg)
     check_lora_settings(dataclasses.replace(cfg, lora_target_modules=("all-linear",)))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: type(c).__name__)
+def test_adapters_on_no_layer_are_refused_before_the_model_loads(cfg):
+    with pytest.raises(ConfigError, match="^lora_target_modules: empty"):
+        check_lora_settings(dataclasses.replace(cfg, lora_r=8, lora_target_modules=()))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: type(c).__name__)
+def test_every_trainer_registers_the_checks_its_run_makes(cfg):
+    # what the jobs and --print-config run (`check_trainer_config`) is what the trainer runs
+    with pytest.raises(ConfigError, match="^lora_alpha=32 shapes"):
+        check_trainer_config(dataclasses.replace(cfg, lora_alpha=32))
 
 
 def test_dropout_that_disable_dropout_turns_off_is_refused_where_it_does():

@@ -52,17 +52,24 @@ def _lora_config(model, r, alpha, dropout, target_modules, **task) -> LoraConfig
     )
 
 
+def target_names(names: str | Sequence[str]) -> list[str]:
+    """The setting `lora_target_modules` as a list of names, refused when empty (peft would
+    fail deep inside with "No `target_modules` passed"); what it needs no model to check."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ConfigError(
+            f"lora_target_modules: empty; name the layers that get adapters, or {ALL_LINEAR}"
+        )
+    return names
+
+
 def lora_targets(model: nn.Module, names: str | Sequence[str]) -> str | list[str]:
     """peft's `target_modules` for the setting `lora_target_modules`: "all-linear" (every linear
     layer but the output head), or layer names, each the end of a module's dotted name (`q_proj`,
     `self_attn.q_proj`), as peft matches a list. Each must name a linear layer: an unknown name,
     a norm or an output head tied to the input embeddings (whose merge would change them too) is
     refused, naming the layers there are."""
-    names = [names] if isinstance(names, str) else list(names)
-    if not names:  # peft would fail deep inside with "No `target_modules` passed"
-        raise ConfigError(
-            f"lora_target_modules: empty; name the layers that get adapters, or {ALL_LINEAR}"
-        )
+    names = target_names(names)
     if names == [ALL_LINEAR]:
         return ALL_LINEAR
     linear = [

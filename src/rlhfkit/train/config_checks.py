@@ -20,15 +20,20 @@ from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
 from rlhfkit.train.reward import RewardConfig, check_reward_config
 from rlhfkit.train.rloo import RLOOConfig
+from rlhfkit.train.sft import SFTConfig
 
 
-def check_grpo_section(cfg: IterativeGRPOConfig) -> None:
-    """Iterative GRPO's rounds run GRPO with its `grpo` section (their paths filled)."""
+def check_round_sections(cfg: IterativeGRPOConfig) -> None:
+    """Iterative GRPO's rounds run GRPO with its `grpo` section, and retrain the reward model
+    with its `rm` section (their paths filled)."""
     check_trainer_config(cfg.grpo)
+    if cfg.retrain_reward_model:
+        check_trainer_config(cfg.rm)
 
 
 CHECKS: dict[type, tuple[Callable, ...]] = {
-    IterativeGRPOConfig: (check_grpo_section,),
+    IterativeGRPOConfig: (check_round_sections,),
+    SFTConfig: (check_lora_settings,),
     GRPOConfig: (check_batch_sizes, check_supervision, check_lora_settings),
     RLOOConfig: (check_batch_sizes, check_lora_settings),
     PPOConfig: (check_ppo_config, check_lora_settings),

@@ -362,7 +362,7 @@ def train_iterative_grpo(
     """Rounds of GRPO and reward-model refresh; the last policy goes to `run_dir.final`."""
     check_config(cfg)
     check_reward_model(cfg)
-    check_trainer_config(cfg)  # its GRPO section, as each round's trainer would, up front
+    check_trainer_config(cfg)  # its grpo and rm sections, as each round's trainers would, up front
     # every round's rates before the first round: GRPO trains the policy, the refresh the reward
     # model (each round's trainers check theirs again)
     check_learning_rates(cfg.model, stage_learning_rates({"grpo": cfg.grpo}), force=cfg.force_lr)

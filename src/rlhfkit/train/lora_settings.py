@@ -4,6 +4,7 @@
 from dataclasses import fields
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.lora import target_names
 from rlhfkit.runtime.config import plain_value
 
 ADAPTER_SETTINGS = ("lora_alpha", "lora_dropout", "lora_target_modules")
@@ -13,7 +14,8 @@ ADAPTER_SETTINGS = ("lora_alpha", "lora_dropout", "lora_target_modules")
 def check_lora_settings(cfg) -> None:
     """Refuse LoRA settings that would change nothing: an adapter setting away from its default
     with lora_r=0, and `lora_dropout` where `disable_dropout` (the policy trainers', DPO's) turns
-    the adapters' dropout off with the rest.
+    the adapters' dropout off with the rest; and adapters on no layer (`lora_target_modules`
+    empty with lora_r > 0). The names of the layers are checked against the model when it loads.
 
     Raises:
         ConfigError: "lora_dropout=0.1 shapes LoRA's adapters, and lora_r=0 trains the whole
@@ -28,6 +30,8 @@ def check_lora_settings(cfg) -> None:
                     f"{name}={value} shapes LoRA's adapters, and lora_r=0 trains the whole model "
                     f"without any: set lora_r > 0, or leave {name} out"
                 )
+    else:
+        target_names(cfg.lora_target_modules)
     if cfg.lora_dropout > 0 and getattr(cfg, "disable_dropout", False):
         raise ConfigError(
             f"lora_dropout={cfg.lora_dropout} with disable_dropout=true: the policy's dropout, "

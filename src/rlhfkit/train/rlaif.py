@@ -34,6 +34,7 @@ from rlhfkit.runtime.run_config import RUN_KEYS, RunConfig
 from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
 from rlhfkit.tasks.base import HasPromptExample
 from rlhfkit.tasks.registry import TaskName, get_task
+from rlhfkit.train.config_checks import check_trainer_config
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.sft import SFTConfig, train_sft
 
@@ -112,9 +113,9 @@ def judge_sft_config(
 
 
 def check_sft_keys(cfg: JudgeConfig, given: frozenset[str] = frozenset()) -> None:
-    """The judge's SFT settings as a run checks them (a key it fills is refused), for
-    `--print-config`: what it prints, the run takes."""
-    judge_sft_config(cfg, Path("judge_sft.jsonl"), given)
+    """The judge's SFT settings as a run checks them (a key it fills is refused, and what SFT
+    refuses), for `--print-config`: what it prints, the run takes."""
+    check_trainer_config(judge_sft_config(cfg, Path("judge_sft.jsonl"), given))
 
 
 def distinct_pairs(pairs: list[dict], path: str) -> list[dict]:
