@@ -516,6 +516,38 @@ def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
     assert start["command"].endswith(f"max_steps=1 eval_data={data} precompute_ref=true")
 
 
+def test_a_resumed_policy_run_prints_the_runs_own_start(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    # the start was evaluated by the process that began the run; a resumed one evaluates
+    # after its steps only, and printed its first of those as the start
+    args = [
+        "raft",
+        f"model={tiny_model_dir}",
+        "task=arith",
+        "max_steps=2",
+        "save_every=1",
+        "prompts_per_round=2",
+        "samples_per_prompt=2",
+        "max_new_tokens=4",
+        "eval_prompts=2",
+        "eval_max_new_tokens=4",
+        "train_prompts=16",
+        "progress=false",
+        "tensorboard=false",
+        "--runs-dir",
+        tmp_path / "runs",
+    ]
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert code == 0, err
+    start = next(line for line in out.splitlines() if " at the start: " in line)
+    code, out, err = run_main(monkeypatch, capsys, *args, "--resume-with-changes", "max_steps=3")
+    assert code == 0, err
+    held_out = [line for line in out.splitlines() if line.startswith("held-out ")]
+    assert held_out[0] == start and held_out[1].startswith("held-out arith after step 3: ")
+    assert len(held_out) == 2
+
+
 def test_online_dpo_command_trains_and_reports_the_held_out_score(
     monkeypatch, capsys, tmp_path, tiny_model_dir
 ):

@@ -37,10 +37,27 @@ def _numbers(metrics: dict) -> str:
 
 def _print_policy_eval(cfg, run, result) -> None:
     held_out = cfg.task or cfg.eval_data or "held-out prompts"
-    for step, metrics in result.evals[:1] + result.evals[1:][-1:]:  # the start and the end
+    evals = result.evals
+    if evals and evals[0][0] != 0 and run is not None:
+        # resumed: the run's start was evaluated by the process that began it
+        evals = _logged_start(run.metrics_path) + evals
+    for step, metrics in evals[:1] + evals[1:][-1:]:  # the start and the end
         when = "at the start" if step == 0 else f"after step {step}"
         print(f"held-out {held_out} {when}: {_numbers(metrics)}")
     _print_model_saved(cfg, run, result)
+
+
+def _logged_start(metrics_path) -> list[tuple[int, dict]]:
+    """The starting evaluation as the run logged it (step 0's eval_* keys in metrics.jsonl),
+    as `evals` holds it; [] when there is none."""
+    from rlhfkit.runtime.metrics import read_metrics
+
+    for line in read_metrics(metrics_path) if metrics_path.is_file() else []:
+        metrics = {k.removeprefix("eval_"): v for k, v in line.items() if k.startswith("eval_")}
+        if line.get("step") == 0 and metrics:
+            # null in the file is a value that was not finite
+            return [(0, {k: math.nan if v is None else v for k, v in metrics.items()})]
+    return []
 
 
 def _print_rounds(cfg, run, result) -> None:
