@@ -40,6 +40,18 @@ def pipeline(*overrides: str, expect: tuple[str, ...]):
     return build
 
 
+def eval_models(*models: str, expect: tuple[str, ...]):
+    """`rlhfkit eval` of `models`, where "{model}" stands for the good model's path; the line
+    must hold `expect`, with "{model}" there too."""
+
+    def build(env: Env) -> Invocation:
+        listed = ",".join(model.format(model=env.model) for model in models)
+        argv = ["eval", f"models=[{listed}]", "task=arith", "progress=false", *env.flags()]
+        return Invocation(argv, tuple(part.format(model=env.model) for part in expect))
+
+    return build
+
+
 def config_file_is_a_directory(env: Env) -> Invocation:
     folder = env.root / "configs"
     folder.mkdir()
@@ -85,6 +97,14 @@ CASES = [
     Case(
         "smoothing-with-ipo",
         run("dpo", "loss=ipo", "label_smoothing=0.1", expect=("label_smoothing=0.1", "loss=ipo")),
+    ),
+    Case(
+        "eval-model-listed-twice",
+        eval_models("{model}", "{model}", expect=("models lists {model} twice", "name each")),
+    ),
+    Case(
+        "eval-model-listed-twice-written-two-ways",
+        eval_models("{model}", "{model}/", expect=("{model} twice (as {model} and {model}/)",)),
     ),
     # enums
     Case("precision-unknown", sft("precision=fp64", expect=("config key 'precision'", "one of"))),

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -59,7 +60,7 @@ class Judge(str, Enum):
 @dataclass(frozen=True)
 class EvalConfig(RunConfig):
     models: tuple[str, ...] = ()
-    """Policy checkpoints to evaluate (causal-LM directories), e.g.
+    """Policy checkpoints to evaluate (causal-LM directories), each once, e.g.
     models=[runs/ppo/final,runs/dpo/final]."""
     baseline: str = ""
     """The checkpoint win rates are measured against (e.g. the SFT model); empty = no win rates."""
@@ -110,6 +111,7 @@ def judge_kind(cfg: EvalConfig) -> Judge | None:
 def check_eval_config(cfg: EvalConfig) -> None:
     if not cfg.models:
         raise RlhfkitError("rlhfkit eval needs models=[PATH,...]: the checkpoints to evaluate")
+    check_each_model_once(cfg.models)
     kind = judge_kind(cfg)
     if kind is None:
         try:
@@ -145,6 +147,18 @@ def check_eval_config(cfg: EvalConfig) -> None:
     for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.judge_model]:
         if path and not is_gguf_path(path):  # a GGUF file is a causal LM with its weights
             check_causal_lm_dir(path)
+
+
+def check_each_model_once(models: Sequence[str]) -> None:
+    """Refuse a model listed twice (the same path, however written): the results are keyed by
+    model, so one of the two would silently be left out."""
+    seen: dict[Path, str] = {}
+    for path in models:
+        first = seen.get(Path(path).resolve())
+        if first is not None:
+            written = "" if first == path else f" (as {first} and {path})"
+            raise RlhfkitError(f"models lists {first} twice{written}: name each model once")
+        seen[Path(path).resolve()] = path
 
 
 def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
