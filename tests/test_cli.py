@@ -449,22 +449,7 @@ def test_raft_command_trains_and_reports_the_held_out_score(
     code, _, err = run_main(monkeypatch, capsys, "raft", "--runs-dir", tmp_path / "runs")
     assert_one_line_error(code, err, "rlhfkit raft needs model=PATH")
     code, out, err = run_main(
-        monkeypatch,
-        capsys,
-        "raft",
-        f"model={tiny_model_dir}",
-        "task=arith",
-        "max_steps=1",
-        "prompts_per_round=2",
-        "samples_per_prompt=2",
-        "max_new_tokens=4",
-        "eval_prompts=2",
-        "eval_max_new_tokens=4",
-        "train_prompts=16",
-        "progress=false",
-        "tensorboard=false",
-        "--runs-dir",
-        tmp_path / "runs",
+        monkeypatch, capsys, *tiny_raft_args(tiny_model_dir, tmp_path, "max_steps=1")
     )
     assert code == 0, err
     assert (
@@ -472,6 +457,21 @@ def test_raft_command_trains_and_reports_the_held_out_score(
         and "held-out arith after step 1: accuracy " in out
         and f"model saved to {tmp_path / 'runs' / 'raft' / 'final'}" in out
     )
+
+
+def tiny_raft_args(model, tmp_path, *settings) -> list:
+    """A raft run on arith small enough for a CLI test, with `settings` added."""
+    sizes = ["prompts_per_round=2", "samples_per_prompt=2", "max_new_tokens=4", "eval_prompts=2"]
+    sizes += ["eval_max_new_tokens=4", "train_prompts=16", "progress=false", "tensorboard=false"]
+    return [
+        "raft",
+        f"model={model}",
+        "task=arith",
+        *settings,
+        *sizes,
+        "--runs-dir",
+        tmp_path / "runs",
+    ]
 
 
 def test_dpo_command_trains_on_rankings_and_rejects_unsupported_settings(
@@ -521,23 +521,7 @@ def test_a_resumed_policy_run_prints_the_runs_own_start(
 ):
     # the start was evaluated by the process that began the run; a resumed one evaluates
     # after its steps only, and printed its first of those as the start
-    args = [
-        "raft",
-        f"model={tiny_model_dir}",
-        "task=arith",
-        "max_steps=2",
-        "save_every=1",
-        "prompts_per_round=2",
-        "samples_per_prompt=2",
-        "max_new_tokens=4",
-        "eval_prompts=2",
-        "eval_max_new_tokens=4",
-        "train_prompts=16",
-        "progress=false",
-        "tensorboard=false",
-        "--runs-dir",
-        tmp_path / "runs",
-    ]
+    args = tiny_raft_args(tiny_model_dir, tmp_path, "max_steps=2", "save_every=1")
     code, out, err = run_main(monkeypatch, capsys, *args)
     assert code == 0, err
     start = next(line for line in out.splitlines() if " at the start: " in line)
