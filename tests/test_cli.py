@@ -718,7 +718,7 @@ def test_eval_command_errors_are_one_line(monkeypatch, capsys, tmp_path, tiny_mo
         monkeypatch,
         capsys,
         "eval",
-        f"models=[{tiny_model_dir}]",
+        f"models=[{tiny_model_dir}/.]",  # the baseline, written otherwise
         "judge=reward_model",
         "--runs-dir",
         tmp_path,
@@ -779,7 +779,7 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
         monkeypatch,
         capsys,
         "eval",
-        f"models=[{tiny_model_dir}]",
+        f"models=[{tiny_model_dir}/.]",  # the baseline, written otherwise
         "judge=reward_model",
         f"reward_model={tmp_path / 'rm'}",
         f"heldout_pairs={heldout}",
@@ -792,6 +792,7 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
     assert result["judge"] == "reward_model" and result["reward_model"]["pairs"] == 2
     assert 0.0 <= result["reward_model"]["accuracy"] <= 1.0 and "reward model on" in out
     # the baseline listed among the models is measured once, with no win rate against itself
+    assert list(result["models"]) == [str(tiny_model_dir)]
     theirs = result["models"][str(tiny_model_dir)]
     assert theirs["proxy_sampled_n"] == 6 and "win_rate_greedy" not in theirs
 

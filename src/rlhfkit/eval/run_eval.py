@@ -242,9 +242,10 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         else None
     )
     for path in cfg.models:
-        # the baseline listed among the models is its own evaluation, not a second one
-        result = baseline if path == cfg.baseline and baseline is not None else evaluate(path)
-        if baseline is not None and path != cfg.baseline:
+        if baseline is not None and Path(path).resolve() == Path(cfg.baseline).resolve():
+            continue  # the baseline, however written: evaluated above, under its own name
+        result = evaluate(path)
+        if baseline is not None:
             with autocast(device, cfg.precision):  # the AI judge's passes
                 result.metrics.update(
                     win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
