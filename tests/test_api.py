@@ -266,6 +266,25 @@ def test_a_reward_that_is_no_reward_is_one_line(reward, problem):
         reward_spec(reward, {})
 
 
+def test_a_reward_setting_sums_a_list_of_spec_strings_and_weighs_a_lone_pair():
+    from rlhfkit.api import python_values
+
+    values = python_values(
+        {
+            "reward": ["f.py:score", "f.py:short"],
+            "label_reward": (0.5, "f.py:score"),
+            "models": ["runs/a/final", "runs/b/final"],  # a list setting stays a list
+        },
+        Path("i"),
+        {},
+    )
+    assert values["reward"] == "f.py:score + f.py:short"
+    assert values["label_reward"] == "0.5*f.py:score"
+    assert values["models"] == ["runs/a/final", "runs/b/final"]
+    with pytest.raises(rlhfkit.RlhfkitError, match=r"^reward: expected a function.*got \[\]$"):
+        python_values({"reward": []}, Path("i"), {})
+
+
 def test_jobs_that_rerun_refuse_resume_and_overwrite():
     for flag in ("resume", "overwrite"):
         with pytest.raises(rlhfkit.RlhfkitError, match="neither resumes nor takes overwrite"):

@@ -182,10 +182,10 @@ def python_values(
     for key, value in settings.items():
         if isinstance(value, Mapping):
             values[key] = python_values(value, inputs_dir, inputs, f"{prefix}{key}.", functions)
+        elif _is_reward(key, value):
+            values[key] = reward_spec(value, functions)
         elif _is_rows(value):
             values[key] = str(_rows_file(f"{prefix}{key}", value, inputs_dir, inputs))
-        elif _is_reward(value):
-            values[key] = reward_spec(value, functions)
         elif isinstance(value, (list, tuple)):  # a list setting (eval's models): paths as text
             values[key] = [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
         elif isinstance(value, os.PathLike):
@@ -275,8 +275,15 @@ def _is_rows(value: Any) -> bool:
     )
 
 
-def _is_reward(value: Any) -> bool:
+REWARD_KEYS = ("reward", "label_reward", "judge")
+"""The settings that take a reward: there a list or a pair is a sum of rewards, even of spec
+strings alone (elsewhere a list of strings is a list setting, like eval's models)."""
+
+
+def _is_reward(key: str, value: Any) -> bool:
     if callable(value):
+        return True
+    if key in REWARD_KEYS and isinstance(value, (list, tuple)):
         return True
     return isinstance(value, (list, tuple)) and any(
         callable(item) or isinstance(item, tuple) for item in value
