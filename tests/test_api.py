@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import datasets
+import pandas
 import pytest
 import transformers
 import yaml
@@ -44,10 +45,14 @@ def grpo_settings(model) -> dict:
     )
 
 
-@pytest.mark.parametrize("as_dataset", [False, True])
+@pytest.mark.parametrize("as_dataset", ["list", "dataset", "data_frame"])
 def test_sft_trains_on_rows_in_memory_written_into_the_run(tiny_model_dir, tmp_path, as_dataset):
     rows = sft_rows()
-    data = datasets.Dataset.from_list(rows) if as_dataset else rows
+    data = {
+        "list": rows,
+        "dataset": datasets.Dataset.from_list(rows),
+        "data_frame": pandas.DataFrame(rows),
+    }[as_dataset]
     run_dir = tmp_path / "sft"
     result = rlhfkit.run(
         "sft", run_dir, model=tiny_model_dir, train_data=data, max_steps=2, batch_size=4, **SETTINGS

@@ -268,11 +268,17 @@ def quiet_libraries() -> Iterator[None]:
 def _is_rows(value: Any) -> bool:
     if type(value).__module__.startswith("datasets.") and hasattr(value, "to_list"):
         return True  # a datasets.Dataset
+    if _is_data_frame(value):
+        return True
     return (
         isinstance(value, (list, tuple))
         and bool(value)
         and all(isinstance(row, Mapping) for row in value)
     )
+
+
+def _is_data_frame(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] == "pandas" and hasattr(value, "columns")
 
 
 REWARD_KEYS = ("reward", "label_reward", "judge")
@@ -292,7 +298,10 @@ def _is_reward(key: str, value: Any) -> bool:
 
 def _rows_file(key: str, value: Any, inputs_dir: Path, inputs: dict[Path, list[str]]) -> Path:
     """The file rows in memory go to, named by the setting and a hash of the rows."""
-    rows = value.to_list() if hasattr(value, "to_list") else list(value)
+    if _is_data_frame(value):
+        rows = value.to_dict("records")  # Python numbers, as JSON writes them
+    else:
+        rows = value.to_list() if hasattr(value, "to_list") else list(value)
     lines = []
     for number, row in enumerate(rows, start=1):
         try:

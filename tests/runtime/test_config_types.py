@@ -4,10 +4,11 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import pytest
 
 from rlhfkit.errors import ConfigError
-from rlhfkit.runtime.config import load_config
+from rlhfkit.runtime.config import config_from_values, load_config
 
 
 class Estimator(str, enum.Enum):
@@ -78,6 +79,25 @@ def test_values_are_converted_to_the_annotated_types():
     assert cfg.estimator is Estimator.K3
     assert cfg.limit == 5
     assert cfg.inner == InnerConfig()
+
+
+def test_numpy_numbers_from_python_are_plain_numbers():
+    cfg = config_from_values(TypedConfig, {"steps": np.int64(3), "lr": np.float32(0.5)})
+    assert cfg.steps == 3 and type(cfg.steps) is int
+    assert cfg.lr == 0.5 and type(cfg.lr) is float
+    with pytest.raises(ConfigError, match="expected int, got np.float64"):
+        config_from_values(TypedConfig, {"steps": np.float64(3.0)})
+
+
+class Table:
+    def __repr__(self):  # as a DataFrame's: one line per row
+        return "   prompt chosen\n0  Say red:  red"
+
+
+def test_a_value_shown_in_an_error_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        config_from_values(TypedConfig, {"name": Table()})
+    assert str(err.value) == "config key 'name': expected str, got prompt chosen 0 Say red: red"
 
 
 def test_exponent_floats_that_yaml_reads_as_strings_are_accepted():

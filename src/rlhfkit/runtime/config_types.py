@@ -8,6 +8,7 @@ other unions), list[X], tuple[X, ...], tuple[A, B, ...] and nested dataclasses.
 
 import dataclasses
 import enum
+import numbers
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -188,14 +189,15 @@ def _convert_enum(value: Any, enum_cls: type[enum.Enum]) -> enum.Enum:
 
 
 def _to_int(value: Any) -> int:
-    # bool is a subclass of int; `steps: true` is a mistake, not 1.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    # bool is a subclass of int; `steps: true` is a mistake, not 1. An Integral is also numpy's
+    # int64 (a sweep's `np.arange`), kept as a Python int so the config saves as YAML.
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
     raise TypeMismatch
 
 
 def _to_float(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     # YAML 1.1 reads `1e-4` (no dot) as a string; accept any string that is a float literal.
     if isinstance(value, str):
@@ -236,5 +238,5 @@ def _is_union(annotation: Any) -> bool:
 
 def _show(value: Any) -> str:
     """repr() of a value, cut short so an error stays one readable line."""
-    text = repr(value)
+    text = " ".join(repr(value).split())  # a DataFrame's repr spans lines
     return text if len(text) <= 80 else text[:77] + "..."
