@@ -1,4 +1,4 @@
-from rlhfkit.eval.tables import EVAL_METRICS, fixed, metric_table, score
+from rlhfkit.eval.tables import EVAL_METRICS, fixed, metric_table, sample_rows, score
 
 
 def test_a_rounded_zero_never_shows_a_minus_sign():
@@ -25,6 +25,11 @@ def test_a_judge_scoring_in_millionths_is_not_shown_as_zero():
     rows = {label: write(m) for label, key, write in EVAL_METRICS if key in m}
     assert rows == {"gold, greedy": "1.5e-06", "gold, sampled [95%]": "3.2e-05 [2.91e-05, 3.5e-05]"}
     assert score(0.0) == "0.000" and score(1.5) == "1.500" and score(-0.0004) == "-0.0004"
+
+
+def test_side_by_side_answers_show_a_small_gold_as_the_table_does():
+    items = [{"prompt": "p", "a": {"response": "r", "gold": 3.7e-05}}]
+    assert sample_rows(items) == (["prompt", "a"], [["p", "r\n[gold 3.7e-05]"]])
 
 
 def test_one_sample_per_prompt_shows_pass_at_1_once():

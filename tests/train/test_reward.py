@@ -95,7 +95,7 @@ def test_reward_model_learns_gold_rankings(tiny_model_dir, advice_rankings, tmp_
     result = train_reward_model(cfg, run)
     [(step, accuracy)] = result.eval_accuracy
     print(f"held-out pair accuracy: untrained {untrained:.3f}, trained {accuracy:.3f}")
-    assert step == 40 and result.evals == [(40, {"eval_accuracy": accuracy})]
+    assert step == 40 and result.evals == [(40, {"accuracy": accuracy})]
     assert [row["step"] for row in result.history] == list(range(1, 41))
     assert accuracy >= 0.65
     assert accuracy >= untrained + 0.1

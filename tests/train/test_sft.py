@@ -75,7 +75,7 @@ def test_short_sft_run_learns_and_writes_its_outputs(tiny_model_dir, arith_data,
     # the result holds the same rows and evaluations, as every trainer's does
     assert [row["step"] for row in result.history] == list(range(1, 31))
     assert [row["loss"] for row in result.history] == losses
-    assert result.evals == [(step, {"eval_loss": loss}) for step, loss in result.eval_losses]
+    assert result.evals == [(step, {"loss": loss}) for step, loss in result.eval_losses]
     samples = [json.loads(line) for line in (run.root / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all(s["step"] == 30 for s in samples)
     assert samples[0]["prompt"].startswith("Q: ")

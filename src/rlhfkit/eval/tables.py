@@ -113,7 +113,8 @@ def sample_rows(side_by_side: list[dict]) -> tuple[list[str], list[list[str]]]:
     {"response", "gold"}}` item, a column per model."""
     models = [k for k in side_by_side[0] if k != "prompt"] if side_by_side else []
     rows = [
-        [item["prompt"]] + [f"{item[m]['response']}\n[gold {item[m]['gold']:.2f}]" for m in models]
+        [item["prompt"]]
+        + [f"{item[m]['response']}\n[gold {score(item[m]['gold'])}]" for m in models]
         for item in side_by_side
     ]
     return ["prompt", *models], rows

@@ -441,7 +441,7 @@ def train_reward_model(cfg: RewardConfig, run: RunDir, *, resume: bool = False) 
                     model, held_out, cfg, tokenizer.pad_token_id
                 )
                 result.eval_accuracy.append((done, row["eval_accuracy"]))
-                result.evals.append((done, {"eval_accuracy": row["eval_accuracy"]}))
+                result.evals.append((done, {"accuracy": row["eval_accuracy"]}))
             tokens = sum(map(item_tokens, step_items))
             loop.end_step(done, row, result, tokens=tokens)
 

@@ -283,7 +283,7 @@ def train_sft(cfg: SFTConfig, run: RunDir, *, resume: bool = False) -> SFTResult
                     model, held_out, tokenizer.pad_token_id, cfg.batch_size, cfg.precision
                 )
                 result.eval_losses.append((done, row["eval_loss"]))
-                result.evals.append((done, {"eval_loss": row["eval_loss"]}))
+                result.evals.append((done, {"loss": row["eval_loss"]}))
             if (
                 eval_rows
                 and cfg.sample_every
