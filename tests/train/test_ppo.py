@@ -15,6 +15,7 @@ from rlhfkit.train.ppo import (
     check_ppo_config,
     explained_variance,
     train_ppo,
+    unread_reward_model,
     unused_critic_settings,
 )
 from tests.rollout.recorded_draws import first_apart, recording_draws, step_being_run, steps_before
@@ -124,6 +125,12 @@ def test_config_errors_name_what_to_change(tmp_path):
         check_ppo_config(PPOConfig(model="m"))
     with pytest.raises(ConfigError, match="mini_batch_size=7 does not divide prompts_per_step=16"):
         check_ppo_config(config("m", tmp_path, mini_batch_size=7))
+    # a reward_model that is neither the reward (reward= is) nor the critic's start
+    assert unread_reward_model(config("m", tmp_path, reward_model="rm"))
+    assert not unread_reward_model(
+        config("m", tmp_path, reward_model="rm", critic_init="reward_model")
+    )
+    assert not unread_reward_model(config("m", tmp_path, reward="", reward_model="rm"))
 
 
 def test_an_adaptive_kl_target_from_a_zero_kl_coef_is_refused(tmp_path):
@@ -160,8 +167,10 @@ def test_critic_settings_without_a_critic_are_named():
     assert unused_critic_settings(PPOConfig(model="m", critic_lr=1e-3)) == []  # GAE uses it
     rpp = PPOConfig(model="m", advantage_estimator="reinforce_pp")
     assert unused_critic_settings(rpp) == []
-    changed = PPOConfig(model="m", advantage_estimator="reinforce_pp", critic_lr=1e-3, lam=1.0)
-    assert unused_critic_settings(changed) == ["critic_lr=0.001", "lam=1.0"]
+    changed = PPOConfig(
+        model="m", advantage_estimator="reinforce_pp", critic_lr=1e-3, lam=1.0, critic_init="policy"
+    )
+    assert unused_critic_settings(changed) == ["critic_init=policy", "critic_lr=0.001", "lam=1.0"]
 
 
 def test_advantages_by_each_estimator_hand_values():

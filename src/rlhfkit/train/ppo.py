@@ -42,6 +42,7 @@ from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, seq
 from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_values
+from rlhfkit.runtime.config import plain_value
 from rlhfkit.runtime.device import autocast
 from rlhfkit.runtime.distributed import gather_parameters
 from rlhfkit.train.micro_batches import mismatch_stats, token_stat
@@ -166,6 +167,14 @@ def uses_critic(cfg: PPOConfig) -> bool:
     return AdvantageEstimator(cfg.advantage_estimator) is AdvantageEstimator.GAE
 
 
+def unread_reward_model(cfg: PPOConfig) -> bool:
+    """Whether `reward_model` is given but neither the reward (`reward=` is) nor the critic's
+    start: a wrong or even missing path would pass unnoticed. A warning, not a refusal: the
+    pipeline fills it whatever the user sets for the reward."""
+    critic_from_it = uses_critic(cfg) and CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
+    return bool(cfg.reward_model and cfg.reward and not critic_from_it)
+
+
 def unused_critic_settings(cfg: PPOConfig) -> list[str]:
     """The critic's settings given other values than their defaults in a run without a critic
     (REINFORCE++), which would otherwise pass unnoticed."""
@@ -173,7 +182,11 @@ def unused_critic_settings(cfg: PPOConfig) -> list[str]:
         return []
     names = ("critic_init", "critic_lr", "value_clip", "lam")
     default = PPOConfig()
-    return [f"{n}={getattr(cfg, n)}" for n in names if getattr(cfg, n) != getattr(default, n)]
+    return [
+        f"{n}={plain_value(getattr(cfg, n))}"
+        for n in names
+        if getattr(cfg, n) != getattr(default, n)
+    ]
 
 
 def shares_critic_pass(cfg: PPOConfig) -> bool:
@@ -202,6 +215,11 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
     if uses_critic(cfg):
         from_reward_model = CriticInit(cfg.critic_init) is CriticInit.REWARD_MODEL
         critic_start = cfg.reward_model if from_reward_model else cfg.model
+    if unread_reward_model(cfg):
+        log.warning(
+            f"ppo: reward_model={cfg.reward_model} is read by nothing: reward={cfg.reward} is the "
+            "reward, and the critic does not start from it (critic_init=reward_model would)"
+        )
     if unused := unused_critic_settings(cfg):
         log.warning(
             f"ppo: {', '.join(unused)} has no effect with advantage_estimator=reinforce_pp, "
