@@ -210,13 +210,13 @@ def generate(
             and cache, the rest in float32: `llama_step.FastDecoder`); the sampling itself
             (softmax, draws, log-probs) stays in float32.
         compiled: the one-token steps through `torch.compile` (`llama_step.compiled_step`;
-            plain Llama only, like `fast_decode`).
+            the Llama-layer families only, like `fast_decode`).
         draw_rows: where these rows sit in a larger batch sampled together (one rank's share
             under torchrun): each step draws the uniforms of the whole batch and keeps these
             rows', so a row's tokens do not depend on how the batch is split (see
             `skip_draws`). None: these rows are the whole batch.
         cuda_graphs: the one-token steps at fixed batch sizes, replayed from CUDA graphs
-            (`decode_graphs`; plain Llama-layer models, not with `compiled`). None: on CUDA;
+            (`decode_graphs`; Llama-layer models, not with `compiled`). None: on CUDA;
             True: also elsewhere, run eagerly (what the tests check); False: never.
         pack_weights: the fast decoder's multiplies on weights packed for oneDNN (on a CPU, not
             compiled: `llama_step.packs_weights`). None: where that pays; False: never (MKL's

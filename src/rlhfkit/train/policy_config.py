@@ -113,11 +113,12 @@ class PolicyRunConfig(RunConfig):
     every rank) or sharded like the policy (1/N of their weights on each rank between their
     passes, gathered whole around them). In a single process this changes nothing."""
     compile_sampling: bool = False
-    """Compile the one-token decoding step (`torch.compile`; plain Llama models): faster
+    """Compile the one-token decoding step (`torch.compile`; Llama-layer models: Llama,
+    Mistral and Qwen2, plain LoRA included; others decode uncompiled): faster
     sampling for a one-off compile per run (tens of seconds on a CPU, reused by later runs
     through the compile cache), worth it for long runs."""
     cuda_graphs: bool = True
-    """On CUDA, replay the one-token decoding steps from CUDA graphs (plain Llama-layer models;
+    """On CUDA, replay the one-token decoding steps from CUDA graphs (Llama-layer models;
     `rollout.decode_graphs`): captured once per run for each batch size the rows pass
     through. No effect on a CPU."""
     tensorboard: bool = True
