@@ -38,6 +38,23 @@ def test_same_seed_same_samples_other_seed_other_samples(model_and_tokenizer):
     assert not torch.equal(a.response_ids, c.response_ids)
 
 
+def test_sampling_in_bf16_on_a_cpu_without_bf16_units_warns(
+    model_and_tokenizer, monkeypatch, caplog
+):
+    # `rlhfkit sample` and eval sample in bf16 without entering a training pass's autocast
+    from rlhfkit.runtime import device as device_module
+
+    model, tokenizer = model_and_tokenizer
+    device_module._warn_bf16_emulated.cache_clear()
+    monkeypatch.setattr(device_module, "cpu_has_bf16_units", lambda: False)
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        _generate(model, tokenizer, max_new_tokens=2)  # fp32: nothing to say
+        assert not caplog.records
+        _generate(model, tokenizer, max_new_tokens=2, dtype=torch.bfloat16)
+    assert ["emulated" in r.getMessage() for r in caplog.records] == [True]
+    device_module._warn_bf16_emulated.cache_clear()
+
+
 def test_rows_stop_at_their_first_stop_token_and_are_padded_after(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     stop_ids = list(range(2, 300, 7))  # many stop tokens: rows stop at different steps

@@ -16,6 +16,7 @@ from rlhfkit.rollout.architecture import supports_fast_decode, warn_past_positio
 from rlhfkit.rollout.decode_graphs import BucketedSteps, steps_for
 from rlhfkit.rollout.kv_cache import preallocated_cache
 from rlhfkit.rollout.llama_step import FastDecoder, packs_weights
+from rlhfkit.runtime.device import warn_if_bf16_emulated
 
 # Drop finished rows once this share of the batch has stopped: selecting the cache copies it,
 # so compacting at every stop would cost more than the rows it saves.
@@ -231,6 +232,7 @@ def generate(
 
     weights_dtype = next(model.parameters()).dtype
     low_precision = dtype is not None and dtype != weights_dtype
+    warn_if_bf16_emulated(device, dtype)
     # the one-token steps skip the module tree where the architecture allows (`llama_step`)
     capacity = prompt_ids.shape[1] + max_new_tokens
     longest = int(prompt_mask.sum(dim=1).max()) if prompt_mask.numel() else 0

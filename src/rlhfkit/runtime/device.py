@@ -56,9 +56,16 @@ def autocast(device: torch.device, precision: Precision):
     """The autocast context of `precision` on `device` (a no-op for fp32)."""
     if precision == Precision.FP32:
         return contextlib.nullcontext()
-    if device.type == "cpu" and cpu_has_bf16_units() is False:
-        _warn_bf16_emulated()
+    warn_if_bf16_emulated(device, torch.bfloat16)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def warn_if_bf16_emulated(device: torch.device, dtype: torch.dtype | None) -> None:
+    """Warn (once per process) when bf16 work lands on a CPU without bf16 units: a training
+    pass's autocast, or sampling in bf16 (`rlhfkit sample`, eval), which enters no autocast of
+    this module's."""
+    if dtype == torch.bfloat16 and device.type == "cpu" and cpu_has_bf16_units() is False:
+        _warn_bf16_emulated()
 
 
 @functools.cache
