@@ -14,9 +14,16 @@ from rlhfkit.rollout.text import decode_responses
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.config_checks import check_trainer_config
-from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, step_rewards_on_tokens, train_grpo
+from rlhfkit.train.grpo import (
+    GRPOConfig,
+    check_batch_sizes,
+    check_kl_settings,
+    step_rewards_on_tokens,
+    train_grpo,
+)
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.raft import train_raft
+from rlhfkit.train.rloo import RLOOConfig
 from tests.train import test_raft
 from tests.train.conftest import length_reward_spec
 
@@ -222,6 +229,21 @@ def test_a_reference_model_that_would_not_be_loaded_is_refused(tiny_model_dir, t
     run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
     with pytest.raises(ConfigError, match="^reference_model=.*: this run loads no reference model"):
         train(cfg, run)
+
+
+@pytest.mark.parametrize(
+    "cls, setting, shown",
+    [
+        (GRPOConfig, {"kl_estimator": "k1"}, "kl_estimator=k1"),
+        (GRPOConfig, {"kl_clamp": 10.0}, "kl_clamp=10.0"),
+        (RLOOConfig, {"kl_clamp": 5.0}, "kl_clamp=5.0"),
+    ],
+)
+def test_kl_settings_without_a_kl_term_are_refused(cls, setting, shown):
+    # beta=0 loads no reference and computes no KL: the setting would change nothing
+    with pytest.raises(ConfigError, match=f"^{shown} shapes the KL penalty, and beta=0 has none"):
+        check_kl_settings(cls(model="m", beta=0.0, **setting))
+    check_kl_settings(cls(model="m", beta=0.1, **setting))  # with a KL term, it is read
 
 
 def test_the_group_std_has_bessels_correction_by_default():

@@ -15,7 +15,7 @@ summed over the ranks, so each update is the one-process update of the same glob
 (`policy_run`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 
 import torch
@@ -30,6 +30,7 @@ from rlhfkit.objectives.policy import RatioLevel, ppo_policy_loss
 from rlhfkit.rewards.builder import parse_spec
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
+from rlhfkit.runtime.config import plain_value
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
 from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import GroupRolloutConfig
@@ -120,6 +121,20 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
         )
 
 
+def check_kl_settings(cfg: GroupRolloutConfig) -> None:
+    """Refuse KL settings with beta=0: no reference is loaded and no KL term is computed, so
+    they would change nothing, silently."""
+    if cfg.beta != 0:
+        return
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name in ("kl_estimator", "kl_clamp"):
+        if name in defaults and getattr(cfg, name) != defaults[name]:
+            raise ConfigError(
+                f"{name}={plain_value(getattr(cfg, name))} shapes the KL penalty, and beta=0 has "
+                "none: leave it out, or set beta > 0"
+            )
+
+
 def check_supervision(cfg: GRPOConfig) -> None:
     """The missing-EOS penalty lowers an outcome reward; process supervision's advantages come
     from the step rewards alone, where it would silently do nothing. A sequence-level ratio
@@ -194,6 +209,7 @@ def _minibatch_loss(
 def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     """Optimise `cfg.model` with GRPO; the final model goes to `run_dir.final`."""
     check_batch_sizes(cfg)
+    check_kl_settings(cfg)
     check_supervision(cfg)
     # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
     run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")

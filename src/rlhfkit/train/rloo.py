@@ -21,7 +21,7 @@ from rlhfkit.objectives.group_advantages import rloo_advantages
 from rlhfkit.objectives.kl import KLEstimator, sequence_kl
 from rlhfkit.objectives.masked import masked_mean
 from rlhfkit.objectives.policy import sequence_sum_clip_loss
-from rlhfkit.train.grpo import check_batch_sizes
+from rlhfkit.train.grpo import check_batch_sizes, check_kl_settings
 from rlhfkit.train.micro_batches import mismatch_stats, row_stat, token_stat
 from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import GroupRolloutConfig
@@ -63,6 +63,7 @@ def _micro_loss(cfg: RLOOConfig, run: PolicyRun, micro: dict, rows: int) -> tupl
 def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
     """Optimise `cfg.model` with RLOO; the final model goes to `run_dir.final`."""
     check_batch_sizes(cfg)
+    check_kl_settings(cfg)
     # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
     run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="rloo")
     result = RLOOResult(model_dir=run_dir.final)
