@@ -42,7 +42,6 @@ run they already hold (the pipeline's stages, iterative GRPO's rounds): no lock,
 `overwrite=True` deletes at once.
 """
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -54,7 +53,8 @@ from typing import Any
 
 from rlhfkit.errors import NumericalFault, RlhfkitError
 from rlhfkit.runtime.checkpoint import MARKER_NAME, latest_checkpoint
-from rlhfkit.runtime.config import config_to_dict, dotted_items, load_config, save_config
+from rlhfkit.runtime.config import config_to_dict, load_config, save_config
+from rlhfkit.runtime.config_changes import config_changes, flat_config
 from rlhfkit.runtime.logs import RUN_LOG
 from rlhfkit.runtime.provenance import STARTS_FILE
 from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, release_run_lock
@@ -62,7 +62,6 @@ from rlhfkit.runtime.run_lock import LOCK_NAME, RunLock, acquire_run_lock, relea
 _HISTORY_PREFIX = "# resumed at "
 # folder names stop at 255 bytes; the hidden `.<name>.replaced-<pid>` of --overwrite needs room
 MAX_NAME_BYTES = 200
-_UNSET = object()  # a key one of two configs lacks (a section that is None in the other)
 FIXED_ON_RESUME = frozenset(
     {"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "advantage_estimator"}
 )
@@ -70,9 +69,6 @@ FIXED_ON_RESUME = frozenset(
 checkpoint holds adapters of its rank, scale, dropout and layers (a full run's, whole weights),
 and the policy trainers load them as saved, so a changed value would be recorded but not used;
 a PPO checkpoint holds a critic with GAE and none with REINFORCE++ (`advantage_estimator`)."""
-
-UNORDERED_KEYS = frozenset({"lora_target_modules"})
-"""Keys whose value is a set of names: a resumed run compares them in any order."""
 
 
 @dataclass(frozen=True)
@@ -217,12 +213,12 @@ def resume_with_config(run: RunDir, cfg: Any, *, allow_changes: bool) -> None:
         saved = config_to_dict(load_config(type(cfg), path))
     except RlhfkitError as err:
         raise RlhfkitError(f"--resume cannot read the run's saved config: {err}") from None
-    old, new = _flat(saved), _flat(config_to_dict(cfg))
-    changes = _config_changes(old, new)
+    old, new = flat_config(saved), flat_config(config_to_dict(cfg))
+    changes = config_changes(old, new)
     if not changes:
         return
     fixed = [k for k in new if k.rsplit(".", 1)[-1] in FIXED_ON_RESUME and k in old]
-    fixed_changes = _config_changes({k: old[k] for k in fixed}, {k: new[k] for k in fixed})
+    fixed_changes = config_changes({k: old[k] for k in fixed}, {k: new[k] for k in fixed})
     if fixed_changes:
         raise RlhfkitError(
             f"--resume cannot change {fixed_changes}: the run's checkpoints hold the model "
@@ -474,36 +470,3 @@ def _restore(root: Path, aside: Path) -> None:
             f"({err.strerror}): it is kept in {aside}"
         ) from None
     shutil.rmtree(failed, ignore_errors=True)
-
-
-def _flat(config: dict[str, Any]) -> dict[str, Any]:
-    """A config dict with sections spread into dotted keys ("sft.lr"), each value as it compares
-    (`_compared`)."""
-    return {
-        key: _compared(key.rsplit(".", 1)[-1], value) for key, value in dotted_items(config).items()
-    }
-
-
-def _compared(name: str, value: Any) -> Any:
-    """A key's value as a resumed run compares it: the layers named in `lora_target_modules` are
-    a set (peft matches each against every layer's name), so naming them in another order, or one
-    twice, is the same run."""
-    if name in UNORDERED_KEYS and isinstance(value, list):
-        return sorted(set(value))
-    return value
-
-
-def _config_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The keys whose values differ, "lr: 0.001 -> 0.002; ..." (empty when none), in the order of
-    the saved config."""
-    keys = list(old) + [key for key in new if key not in old]
-    changed = [key for key in keys if old.get(key, _UNSET) != new.get(key, _UNSET)]
-    return "; ".join(
-        f"{key}: {_show(old.get(key, _UNSET))} -> {_show(new.get(key, _UNSET))}" for key in changed
-    )
-
-
-def _show(value: Any) -> str:
-    # JSON keeps every value on one line (a newline in a string is escaped): the message and the
-    # history comment stay one line each
-    return "(unset)" if value is _UNSET else json.dumps(value)
