@@ -86,6 +86,15 @@ def test_an_unknown_option_shows_the_commands_usage(monkeypatch, capsys):
     assert err.strip().endswith("rlhfkit sft: error: unrecognized arguments: --bogus")
 
 
+def print_config(monkeypatch, capsys, argv) -> tuple[int, str, str]:
+    """`rlhfkit ARGV --print-config`: its exit status, stdout and stderr."""
+    monkeypatch.setattr(sys, "argv", ["rlhfkit", *argv, "--print-config"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -97,11 +106,8 @@ def test_an_unknown_option_shows_the_commands_usage(monkeypatch, capsys):
 )
 def test_print_config_refuses_what_the_run_refuses(monkeypatch, capsys, argv, message):
     # it printed the config and exited 0, and the same settings were then refused by the run
-    monkeypatch.setattr(sys, "argv", ["rlhfkit", *argv, "--print-config"])
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    out, err = capsys.readouterr()
-    assert exit_.value.code == 2 and not out and err.startswith(f"error: {message}")
+    code, out, err = print_config(monkeypatch, capsys, argv)
+    assert code == 2 and not out and err.startswith(f"error: {message}")
 
 
 @pytest.mark.parametrize(
@@ -120,11 +126,8 @@ def test_print_config_refuses_what_the_run_refuses(monkeypatch, capsys, argv, me
 def test_print_config_refuses_the_lora_settings_the_run_refuses(monkeypatch, capsys, argv, message):
     # SFT's LoRA settings were checked by its run alone: --print-config, and the jobs that run
     # an SFT stage, took them
-    monkeypatch.setattr(sys, "argv", ["rlhfkit", *argv, "--print-config"])
-    with pytest.raises(SystemExit) as exit_:
-        cli.main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+    code, _, err = print_config(monkeypatch, capsys, argv)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 def test_help_read_in_part_ends_without_a_traceback():

@@ -55,8 +55,8 @@ def load_config(
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
     raw = _read_yaml_mapping(Path(path)) if path is not None else {}
     for override in overrides:
-        key, value = _parse_override(override)
-        _apply_override(raw, cls, key, value, text=override.split("=", 1)[1].strip())
+        key, value, text = _parse_override(override)
+        _apply_override(raw, cls, key, value, text)
     cfg = _build_section(cls, raw, "", None)
     validate(cfg)
     return cfg
@@ -88,7 +88,7 @@ def given_keys(
     raw = _read_yaml_mapping(Path(path)) if path is not None else {}
     keys = set(dotted_items(raw)) | set(dotted_items(dict(values or {})))
     for override in overrides:
-        key, value = _parse_override(override)
+        key, value, _ = _parse_override(override)
         # `sft={lr: 1}` sets sft.lr, and names no key of its own
         keys |= set(dotted_items({key: value}))
     return frozenset(keys)
@@ -284,7 +284,8 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def _parse_override(override: str) -> tuple[str, Any]:
+def _parse_override(override: str) -> tuple[str, Any, str]:
+    """`key=value` as (key, the value read as YAML, the value's text as typed)."""
     if "=" not in override:
         raise ConfigError(f"override '{override}' must look like key=value")
     key, text = override.split("=", 1)
@@ -297,7 +298,7 @@ def _parse_override(override: str) -> tuple[str, Any]:
             f"shell; a key that may be unset takes {key}=null)"
         )
     try:
-        return key, yaml.load(text, Loader=_ConfigLoader)
+        return key, yaml.load(text, Loader=_ConfigLoader), text.strip()
     except yaml.YAMLError as err:
         raise ConfigError(
             f"override '{override}': the value is not valid YAML: {_yaml_error_line(err)}"
