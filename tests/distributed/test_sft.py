@@ -174,4 +174,6 @@ def train_recomputing(cfg: SFTConfig, run):
 def test_gradient_checkpointing_two_ranks_equal_one_process(tiny_model_dir, arith_data, tmp_path):
     # recomputation inside FSDP2's sharded decoder layers: the same numbers as one process
     cfg = dataclasses.replace(config(tiny_model_dir, *arith_data), gradient_checkpointing=True)
-    one_process_and_two_ranks(train_recomputing, cfg, tmp_path)
+    for run in one_process_and_two_ranks(train_recomputing, cfg, tmp_path):
+        saved = [json.loads(p.read_text()) for p in run.root.rglob("config.json")]
+        assert saved and all(c["use_cache"] for c in saved)  # as loaded, not training's False

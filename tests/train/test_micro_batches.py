@@ -4,6 +4,7 @@ with the weights and losses of the unsplit run, up to float rounding. Gradient c
 neither: every trainer's gradient is the one without it."""
 
 import dataclasses
+import json
 import random
 from contextlib import contextmanager
 
@@ -255,6 +256,8 @@ def test_gradient_checkpointing_gives_the_same_update(
         with forwards_inside_backward() as count:
             train(dataclasses.replace(cfg, gradient_checkpointing=on), run)
         recomputed[on] = count[0]
+        saved = [json.loads(p.read_text()) for p in run.root.rglob("config.json")]
+        assert saved and all(c["use_cache"] for c in saved)  # as loaded, not training's False
     # the option reached the model: layers re-ran in the backward only when it was on
     assert recomputed[False] == 0 and recomputed[True] > 0
     assert len(gradients[True]) == len(gradients[False]) > 0

@@ -12,6 +12,7 @@ cached directory (models/gguf_import.py), and every loader here starts by callin
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -224,13 +225,36 @@ def _error(path: str | Path, problem: str) -> RlhfkitError:
     return RlhfkitError(f"model directory {path}: {problem}")
 
 
+_USE_CACHE_AS_LOADED = "_rlhfkit_use_cache_as_loaded"
+
+
 def enable_checkpointing(model) -> None:
     """Activation (gradient) checkpointing: each decoder layer's activations are recomputed in
     the backward instead of kept, trading about a third more compute for memory. Non-reentrant,
     so it works with frozen inputs and LoRA. Shared-prompt passes fall back to whole rows."""
     base = getattr(model, "get_base_model", lambda: model)()  # a LoRA model's own model
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    # A training forward would otherwise build a KV cache that the checkpointed layers drop,
+    # with a warning; sampling passes use_cache=True itself. Saved configs keep the loaded value.
+    if not hasattr(base, _USE_CACHE_AS_LOADED):
+        setattr(base, _USE_CACHE_AS_LOADED, base.config.use_cache)
     base.config.use_cache = False
+
+
+@contextmanager
+def config_as_loaded(model):
+    """Inside, `model`'s config is as it was loaded: a saved config.json describes the model for
+    inference (`use_cache`), not the settings training made (`enable_checkpointing`)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    if not hasattr(base, _USE_CACHE_AS_LOADED):
+        yield
+        return
+    training_value = base.config.use_cache
+    base.config.use_cache = getattr(base, _USE_CACHE_AS_LOADED)
+    try:
+        yield
+    finally:
+        base.config.use_cache = training_value
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -21,6 +21,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.models.loading import config_as_loaded
 from rlhfkit.rollout.architecture import layer_weight_bias
 
 ALL_LINEAR = "all-linear"
@@ -118,13 +119,15 @@ def _name_base_by_absolute_path(model) -> None:
 
 
 def save_pretrained(model, directory: str | Path, **kwargs) -> None:
-    """`model.save_pretrained(directory, **kwargs)`; a LoRA model's saves its adapters alone.
+    """`model.save_pretrained(directory, **kwargs)` with the config as loaded (`config_as_loaded`);
+    a LoRA model's saves its adapters alone.
     peft otherwise writes the whole base output head (or input embeddings) beside them whenever
     one is among the targets (`save_embedding_layers="auto"`, with a warning on each save): a
     copy of the starting model's largest matrix in every checkpoint, which loading never needs."""
     if isinstance(model, PeftModel):
         kwargs["save_embedding_layers"] = False
-    model.save_pretrained(directory, **kwargs)
+    with config_as_loaded(model):
+        model.save_pretrained(directory, **kwargs)
 
 
 def load_lora(base_model, adapter_dir: str | Path):

@@ -29,7 +29,7 @@ from rlhfkit.models.loading import (
     resolve_model_path,
     weights_error,
 )
-from rlhfkit.models.lora import has_backbone_lora, merged_state_dict
+from rlhfkit.models.lora import has_backbone_lora, merged_state_dict, save_pretrained
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.rollout.forward import is_checkpointing
 
@@ -258,9 +258,9 @@ class RewardModel(nn.Module):
     def save_pretrained(self, out_dir: str | Path) -> None:
         """A plain sequence classifier; backbone adapters (`lora.add_backbone_lora`) merged."""
         if has_backbone_lora(self.model):
-            self.model.save_pretrained(out_dir, state_dict=merged_state_dict(self.model))
+            save_pretrained(self.model, out_dir, state_dict=merged_state_dict(self.model))
         else:
-            self.model.save_pretrained(out_dir)
+            save_pretrained(self.model, out_dir)
 
 
 def value_model_from(path: str | Path) -> RewardModel:

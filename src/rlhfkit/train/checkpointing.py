@@ -252,9 +252,9 @@ def save_final_model(
     tmp = temporary_sibling(Path(final_dir))
     try:
         if state_dict is None:
-            model.save_pretrained(tmp)
+            save_pretrained(model, tmp)
         else:
-            model.save_pretrained(tmp, state_dict=state_dict)
+            save_pretrained(model, tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         publish_dir(tmp, Path(final_dir))
     except BaseException:

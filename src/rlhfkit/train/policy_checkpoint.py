@@ -96,8 +96,10 @@ def _save_sharded(run_dir, step, models, generator, trainer_state, keep_last, ra
         save_pretrained(models.policy, tmp / MODEL_SUBDIR, state_dict=weights)
         models.tokenizer.save_pretrained(tmp / MODEL_SUBDIR)
         if critic is not None:  # the classifier inside, as one process saves it
-            critic.model.save_pretrained(
-                tmp / CRITIC_SUBDIR, state_dict=submodule_weights(critic_weights, "model")
+            save_pretrained(
+                critic.model,
+                tmp / CRITIC_SUBDIR,
+                state_dict=submodule_weights(critic_weights, "model"),
             )
         save_torch_state(tmp / TRAINER_STATE_FILE, trainer_state)
 
