@@ -82,6 +82,11 @@ def test_validate_accepts_legal_values_and_ignores_flags():
         ),
         (JobConfig(stage=StageConfig(lr=0.0)), "config key 'stage.lr': must be > 0, got 0.0"),
         (
+            # GRPO's lower clip: a ratio never falls to 1 - clip_eps <= 0 (PPO's clips above too)
+            GRPOConfig(clip_eps=1.0),
+            "config key 'clip_eps': must be in (0, 1) (1 or more never clips), got 1.0",
+        ),
+        (
             JobConfig(optional=StageConfig(max_steps=-3)),
             "config key 'optional.max_steps': must be >= 1, got -3",
         ),

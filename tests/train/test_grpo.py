@@ -18,6 +18,7 @@ from rlhfkit.train.grpo import (
     GRPOConfig,
     check_batch_sizes,
     check_kl_settings,
+    check_norm_settings,
     step_rewards_on_tokens,
     train_grpo,
 )
@@ -244,6 +245,18 @@ def test_kl_settings_without_a_kl_term_are_refused(cls, setting, shown):
     with pytest.raises(ConfigError, match=f"^{shown} shapes the KL penalty, and beta=0 has none"):
         check_kl_settings(cls(model="m", beta=0.0, **setting))
     check_kl_settings(cls(model="m", beta=0.1, **setting))  # with a KL term, it is read
+
+
+@pytest.mark.parametrize(
+    "setting, shown",
+    [({"std_unbiased": False}, "std_unbiased=false"), ({"adv_eps": 1e-6}, "adv_eps=1e-06")],
+)
+def test_group_std_settings_without_a_division_by_the_std_are_refused(setting, shown):
+    # norm=dr_grpo only subtracts the group mean: the std's settings would change nothing
+    reason = "shapes the division by the group's std, and norm=dr_grpo divides by none"
+    with pytest.raises(ConfigError, match=f"^{shown} {reason}"):
+        check_norm_settings(GRPOConfig(model="m", norm="dr_grpo", **setting))
+    check_norm_settings(GRPOConfig(model="m", norm="grpo", **setting))  # divided by the std
 
 
 def test_the_group_std_has_bessels_correction_by_default():

@@ -155,6 +155,10 @@ BOUNDS: MappingProxyType[str, Bound] = MappingProxyType(
         "imitation_coef": at_least(0, "0 = off"),
         "centering_coef": at_least(0, "0 = off"),
         "clip_eps": above(0),
+        # GRPO's lower clip alone: the ratio may fall to 1 - clip_eps, and a ratio is > 0
+        "GRPOConfig.clip_eps": within(
+            0, 1, low_open=True, high_open=True, note="1 or more never clips"
+        ),
         "clip_eps_high": above(0),
         "value_clip": at_least(0, "0 = no clipping"),
         "adv_eps": above(0),  # keeps a group whose rewards are all equal from dividing by 0

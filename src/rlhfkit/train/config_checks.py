@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 from rlhfkit.train.dpo import DPOConfig
 from rlhfkit.train.dpo import check_config as check_dpo_config
-from rlhfkit.train.grpo import GRPOConfig, check_batch_sizes, check_kl_settings, check_supervision
+from rlhfkit.train.grpo import (
+    GRPOConfig,
+    check_batch_sizes,
+    check_kl_settings,
+    check_norm_settings,
+    check_supervision,
+)
 from rlhfkit.train.iterative_config import IterativeGRPOConfig
 from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
@@ -34,7 +40,13 @@ def check_round_sections(cfg: IterativeGRPOConfig) -> None:
 CHECKS: dict[type, tuple[Callable, ...]] = {
     IterativeGRPOConfig: (check_round_sections,),
     SFTConfig: (check_lora_settings,),
-    GRPOConfig: (check_batch_sizes, check_kl_settings, check_supervision, check_lora_settings),
+    GRPOConfig: (
+        check_batch_sizes,
+        check_kl_settings,
+        check_norm_settings,
+        check_supervision,
+        check_lora_settings,
+    ),
     RLOOConfig: (check_batch_sizes, check_kl_settings, check_lora_settings),
     PPOConfig: (check_ppo_config, check_lora_settings),
     RAFTConfig: (check_raft_config, check_lora_settings),

@@ -122,17 +122,35 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
 
 
 def check_kl_settings(cfg: GroupRolloutConfig) -> None:
-    """Refuse KL settings with beta=0: no reference is loaded and no KL term is computed, so
-    they would change nothing, silently."""
-    if cfg.beta != 0:
-        return
+    """Refuse KL settings with beta=0: no reference is loaded and no KL term is computed."""
+    if cfg.beta == 0:
+        refuse_unread(
+            cfg,
+            ("kl_estimator", "kl_clamp"),
+            "shapes the KL penalty, and beta=0 has none: leave it out, or set beta > 0",
+        )
+
+
+def check_norm_settings(cfg: GRPOConfig) -> None:
+    """Refuse the group std's settings with norm=dr_grpo, which divides by no std."""
+    if cfg.norm == GroupNorm.DR_GRPO:
+        refuse_unread(
+            cfg,
+            ("std_unbiased", "adv_eps"),
+            "shapes the division by the group's std, and norm=dr_grpo divides by none: "
+            "leave it out, or set norm=grpo",
+        )
+
+
+def refuse_unread(cfg, names: tuple[str, ...], reason: str) -> None:
+    """Refuse each setting of `names` that `cfg` has and sets away from its default: the other
+    settings (`reason`) leave it unread, so it would change nothing, silently."""
     defaults = {f.name: f.default for f in fields(cfg)}
-    for name in ("kl_estimator", "kl_clamp"):
-        if name in defaults and getattr(cfg, name) != defaults[name]:
-            raise ConfigError(
-                f"{name}={plain_value(getattr(cfg, name))} shapes the KL penalty, and beta=0 has "
-                "none: leave it out, or set beta > 0"
-            )
+    for name in names:
+        value = getattr(cfg, name, defaults.get(name))
+        if name in defaults and value != defaults[name]:
+            shown = str(value).lower() if isinstance(value, bool) else plain_value(value)
+            raise ConfigError(f"{name}={shown} {reason}")  # as YAML and the command line write it
 
 
 def check_supervision(cfg: GRPOConfig) -> None:
@@ -210,6 +228,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
     """Optimise `cfg.model` with GRPO; the final model goes to `run_dir.final`."""
     check_batch_sizes(cfg)
     check_kl_settings(cfg)
+    check_norm_settings(cfg)
     check_supervision(cfg)
     # step 1. policy (+ reference when beta > 0), reward source, prompts; restored on resume
     run = PolicyRun(cfg, run_dir, resume=resume, needs_reference=cfg.beta > 0, stage="grpo")
