@@ -146,8 +146,29 @@ def test_a_run_directory_is_refused_replaced_or_resumed_as_on_the_command_line(
     rlhfkit.run("sft", run_dir, overwrite=True, **settings)
     assert [m["step"] for m in rlhfkit.read_metrics(run_dir)] == [1, 2]  # not both runs' lines
     rlhfkit.run("sft", run_dir, resume=True, **settings)  # the same rows: the same config
-    with pytest.raises(rlhfkit.RlhfkitError, match="the config differs.*train_data"):
+    with pytest.raises(rlhfkit.RlhfkitError, match="the config differs") as caught:
         rlhfkit.run("sft", run_dir, resume=True, **{**settings, "train_data": sft_rows(39)})
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())["train_data"]
+    assert f'train_data: "{saved}" -> other rows in memory; pass' in str(caught.value)
+
+
+def test_a_stopped_run_is_told_to_continue_with_resume_true(
+    tiny_model_dir, tmp_path, monkeypatch, caplog
+):
+    run_dir = tmp_path / "sft"
+    settings = {**SETTINGS, "save_every": 1, "max_steps": 2, "batch_size": 4}
+    rlhfkit.run("sft", run_dir, model=tiny_model_dir, train_data=sft_rows(), **settings)
+
+    def stopped(cfg, run, resume):
+        raise KeyboardInterrupt  # Ctrl-C, once the checkpoints are there
+
+    monkeypatch.setattr("rlhfkit.train.sft.train_sft", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        rlhfkit.run(
+            "sft", run_dir, resume=True, model=tiny_model_dir, train_data=sft_rows(), **settings
+        )
+    said = [r.getMessage() for r in caplog.records if "continues from" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("with the same call and resume=True")
 
 
 def run_script(script: Path) -> subprocess.CompletedProcess:

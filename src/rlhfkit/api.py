@@ -109,6 +109,7 @@ def _run(spec, name, root, config, resume, resume_with_changes, overwrite, setti
                 allow_changes=resume_with_changes,
                 overwrite=overwrite,
                 before_run=lambda _: write_inputs(inputs),
+                wording=python_wording,
             )
             spec.report(cfg, run_dir_, result)
         return result
@@ -122,12 +123,14 @@ def rows_in_memory_named(message: str, inputs: dict[Path, list[str]]) -> str:
     setting instead: the caller passed no file, and a failed run's is gone with it."""
     for path in inputs:
         setting = path.name.rsplit("-", 1)[0]  # `_rows_file`'s "{setting}-{hash}.jsonl"
+        message = message.replace(f'-> "{path}"', "-> other rows in memory")  # resume's change
         message = message.replace(str(path), f"setting '{setting}' (rows in memory)")
     return message
 
 
 # the command line's flags in a message, as `rlhfkit.run` takes them (longest first)
 FLAGS_IN_PYTHON = (
+    ("the same command and --resume", "the same call and resume=True"),
     ("pass --force-lr (the config key force_lr=true)", "pass force_lr=True"),
     ("(check --runs-dir and --name)", "(check run_dir)"),
     ("--resume-with-changes", "resume_with_changes=True"),
@@ -160,7 +163,7 @@ def call_text(name: str, root: Path, settings: Mapping[str, Any]) -> str:
 
 
 def python_wording(message: str) -> str:
-    """An error message's advice in `rlhfkit.run`'s keywords instead of command-line flags."""
+    """A message's advice in `rlhfkit.run`'s keywords instead of command-line flags."""
     for flag, keyword in FLAGS_IN_PYTHON:
         message = message.replace(flag, keyword)
     return message

@@ -48,6 +48,7 @@ def run_in_dir(
     allow_changes: bool,
     overwrite: bool,
     before_run: Callable[[Any], None] | None = None,
+    wording: Callable[[str], str] = str,
 ):
     """Lock and open the run directory `root`, save (or, on resume, check) the config, run.
     What a failed run leaves behind, and when a replaced run is deleted, is `open_run`'s rule.
@@ -59,6 +60,7 @@ def run_in_dir(
         overwrite: replace an earlier run in `root`.
         before_run: called with the opened run directory once its config is saved or checked,
             before the run (the Python API writes in-memory data there).
+        wording: rewrites the advice logged after Ctrl-C (the Python API's, in its keywords).
     Returns:
         (the run directory, the run function's result); (None, its result) on a rank other
         than 0 under torchrun, which uses rank 0's directory and reports nothing.
@@ -118,7 +120,7 @@ def run_in_dir(
         if not ready:  # the other ranks wait for the run directory: tell them it failed
             broadcast_from_main(str(error) or type(error).__name__, ranks)
         if isinstance(error, (KeyboardInterrupt, Terminated)) and command.resumable:
-            _say_how_to_continue(RunDir(root))
+            _say_how_to_continue(RunDir(root), wording)
         raise
     return run, result
 
@@ -143,10 +145,10 @@ def next_steps_after_a_fault(command: Command, run) -> Iterator[None]:
         raise
 
 
-def _say_how_to_continue(run) -> None:
+def _say_how_to_continue(run, wording: Callable[[str], str]) -> None:
     """After Ctrl-C or SIGTERM: where the stopped run can continue from, if anywhere."""
     from rlhfkit.runtime.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(run.checkpoints) if run.root.is_dir() else None
     if last is not None:
-        log.warning(f"{run.root} continues from {last} with the same command and --resume")
+        log.warning(wording(f"{run.root} continues from {last} with the same command and --resume"))
