@@ -17,10 +17,12 @@ def add_label_parser(sub) -> None:
         "label", help="human labels: label in a browser, export for training, statistics, import"
     )
     actions = label.add_subparsers(dest="action", required=True)
-    export = actions.add_parser("export", help="rankings or TRL pairs as JSON lines (rm, dpo)")
+    export = actions.add_parser(
+        "export", help="rankings or TRL pairs as JSON lines (rm, dpo), or the flagged responses"
+    )
     export.add_argument("labels", help="labels folder (candidates.jsonl, submissions.jsonl)")
     export.add_argument("--out", required=True, help="the JSON lines file to write")
-    export.add_argument("--format", choices=("rankings", "pairs"), default="rankings")
+    export.add_argument("--format", choices=("rankings", "pairs", "flags"), default="rankings")
     export.add_argument(
         "--merge", action="store_true", help="one ranking per item: mean rank over labellers"
     )

@@ -15,7 +15,7 @@ ITEMS = [Item("a", "Q1?", ("x", "y", "z")), Item("b", "Q2?", ("p", "q"))]
 SUBMISSIONS = [
     Submission("a", "ann", (1, 0, 2), (0, 1, 2), seconds=3.0),
     Submission("a", "bob", (1, 0, 1), (2, 1, 0), seconds=5.0),
-    Submission("b", "ann", None, (1, 0)),  # skipped
+    Submission("b", "ann", None, (1, 0), flags={1: "unsafe"}),  # skipped, one reply flagged
 ]
 
 
@@ -32,6 +32,11 @@ def test_export_writes_rankings_and_pairs_and_stats_prints_agreement(tmp_path, c
     )
     pairs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(pairs) == 3 + 2  # ann: 3 ordered pairs; bob: y over x and y over z
+    cli.run(["label", "export", str(folder), "--format", "flags", "--out", str(tmp_path / "f")])
+    flags = [json.loads(line) for line in (tmp_path / "f").read_text().splitlines()]
+    assert [(f["item_id"], f["response"], f["flag"], f["skipped"]) for f in flags] == [
+        ("b", "q", "unsafe", True)
+    ]
     capsys.readouterr()
     cli.run(["label", "stats", str(folder), "--json"])
     stats = json.loads(capsys.readouterr().out)

@@ -10,6 +10,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.labelling.export import (
     ExportFormat,
     dense_ranks,
+    flag_rows,
     latest_submissions,
     mean_ranks,
     pair_rows,
@@ -169,6 +170,67 @@ def test_a_text_ranked_at_two_ranks_is_left_out_in_both_formats():
 def test_a_submission_that_does_not_fit_is_an_error(submission, message):
     with pytest.raises(RlhfkitError, match=message):
         rankings_rows([ITEM], [submission])
+
+
+def test_flags_are_exported_from_ranked_and_skipped_items_alike():
+    other = Item("q2", [{"role": "user", "content": "Say bye."}], ("bye", "", "later"))
+    submissions = [
+        ranked("al", (0, 1, 2), flags={2: "unsafe"}, at="2026-12-04T09:00:00Z"),
+        ranked("al", (0, 1, 2), flags={1: "broken"}),  # revised: only the latest counts
+        ranked("bo", None, flags={2: "unsafe", 0: "broken"}),  # skipped: not in the rankings
+        ranked("bo", None, flags={1: "broken"}, item="q2"),  # an empty response, in a chat
+        ranked("cy", (0, 0, 1)),  # nothing flagged
+    ]
+    rows = flag_rows([ITEM, other], submissions)
+    common = {"comment": "", "submitted_at": "2026-12-04T10:00:00Z"}
+    assert rows == [
+        {
+            "prompt": "Say hi.",
+            "response": "hello",
+            "flag": "broken",
+            "item_id": "q1",
+            "labeller": "al",
+            "skipped": False,
+            **common,
+        },
+        {
+            "prompt": "Say hi.",
+            "response": "hi",
+            "flag": "broken",
+            "item_id": "q1",
+            "labeller": "bo",
+            "skipped": True,
+            **common,
+        },
+        {
+            "prompt": "Say hi.",
+            "response": "go away",
+            "flag": "unsafe",
+            "item_id": "q1",
+            "labeller": "bo",
+            "skipped": True,
+            **common,
+        },
+        {
+            "prompt": other.prompt,
+            "response": [{"role": "assistant", "content": ""}],
+            "flag": "broken",
+            "item_id": "q2",
+            "labeller": "bo",
+            "skipped": True,
+            **common,
+        },
+    ]
+
+
+def test_a_flags_export_with_nothing_flagged_or_merged_is_an_error(tmp_path):
+    path = tmp_path / "flags.jsonl"
+    with pytest.raises(RlhfkitError, match="nothing to export to .*: no submission flags a"):
+        write_export([ITEM], [ranked("al", (0, 1, 2))], path, ExportFormat.FLAGS)
+    flagged = [ranked("al", None, flags={0: "unsafe"})]
+    with pytest.raises(RlhfkitError, match="^--merge merges rankings: the flags export has none"):
+        write_export([ITEM], flagged, path, ExportFormat.FLAGS, merge=True)
+    assert write_export([ITEM], flagged, path, "flags") == 1 and path.is_file()
 
 
 def test_nothing_to_export_is_an_error(tmp_path):

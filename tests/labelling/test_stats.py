@@ -162,3 +162,11 @@ def test_render_stats_shows_a_dash_for_what_was_not_measured():
 
     assert "pairwise        -  over 0 response pairs" in text
     assert text.splitlines()[-1].split() == ["al", "0", "1", "0", "-", "-"]
+
+
+def test_a_long_labeller_name_widens_the_table_and_keeps_its_columns():
+    long = "annotator.with.a.long.address@example.org"
+    text = render_stats(label_stats(ITEMS[:1], [Submission("q1", long, (0, 1, 2), (0, 1, 2))]))
+    header, row = text.splitlines()[-2:]
+    assert row.startswith(long + " ") and len(row) == len(header)
+    assert header.index("ranked") + len("ranked") == row.index(" 1 ") + 2  # right-aligned

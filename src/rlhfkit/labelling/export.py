@@ -1,5 +1,6 @@
 """Labels to training data: K-way rankings (`rlhfkit rm`, `rlhfkit dpo`) or TRL preference
-pairs, from plain lists of `Item` and `Submission`, whatever stored them.
+pairs, from plain lists of `Item` and `Submission`, whatever stored them; and the flagged
+responses, for review.
 
 Rules, the same for both formats:
 - Each labeller's latest submission of an item counts (`latest_submissions`); skipped ones are
@@ -36,6 +37,9 @@ class ExportFormat(str, Enum):
     `labeller`, `submitted_at`."""
     PAIRS = "pairs"
     """`prompt`, `chosen`, `rejected`, `margin` (the rank gap), `ranking_id`."""
+    FLAGS = "flags"
+    """One row per flagged response, skipped items' too: `prompt`, `response`, `flag`,
+    `item_id`, `labeller`, `skipped`, `comment`, `submitted_at`. For review, not training."""
 
 
 def latest_submissions(submissions: list[Submission]) -> list[Submission]:
@@ -163,6 +167,37 @@ def pair_rows(
     return rows
 
 
+def flag_rows(items: list[Item], submissions: list[Submission]) -> list[dict]:
+    """Every response a labeller flagged, in their latest submission of its item, ranked or
+    skipped: a response flagged unsafe is often skipped rather than ranked, and the rankings
+    keep flags only of what they rank. In the items' order, then by labeller and response."""
+    by_id = {item.item_id: item for item in items}
+    order = {item.item_id: index for index, item in enumerate(items)}
+    latest = [s for s in latest_submissions(submissions) if s.flags]
+    rows = []
+    for submission in sorted(latest, key=lambda s: (order.get(s.item_id, -1), s.labeller)):
+        item = by_id.get(submission.item_id)
+        problem = "no such item" if item is None else submission_problem(item, submission)
+        if problem is not None:
+            raise RlhfkitError(
+                f"submission of item {submission.item_id!r} by {submission.labeller!r}: {problem}"
+            )
+        for index, flag in sorted(submission.flags.items()):
+            rows.append(
+                {
+                    "prompt": item.prompt,
+                    "response": as_response(item.prompt, item.responses[index]),
+                    "flag": flag,
+                    "item_id": item.item_id,
+                    "labeller": submission.labeller,
+                    "skipped": submission.skipped,
+                    "comment": submission.comment,
+                    "submitted_at": submission.submitted_at,
+                }
+            )
+    return rows
+
+
 def write_export(
     items: list[Item],
     submissions: list[Submission],
@@ -171,16 +206,24 @@ def write_export(
     *,
     merge: bool = False,
 ) -> int:
-    """Write rankings or pairs as JSON lines; returns the number of rows.
+    """Write rankings, pairs or flags as JSON lines; returns the number of rows.
 
     Raises:
-        RlhfkitError: nothing to write (no ranking prefers one response to another), or `path`
-            cannot be written (a directory, a folder that cannot be made).
+        RlhfkitError: nothing to write (no ranking prefers one response to another; for flags,
+            no response is flagged), or `path` cannot be written (a directory, a folder that
+            cannot be made).
     """
-    make_rows = pair_rows if ExportFormat(fmt) is ExportFormat.PAIRS else rankings_rows
-    rows = make_rows(items, submissions, merge=merge)
+    fmt = ExportFormat(fmt)
+    if fmt is ExportFormat.FLAGS:
+        if merge:
+            raise RlhfkitError("--merge merges rankings: the flags export has none")
+        rows, none = flag_rows(items, submissions), "no submission flags a response"
+    else:
+        make_rows = pair_rows if fmt is ExportFormat.PAIRS else rankings_rows
+        rows = make_rows(items, submissions, merge=merge)
+        none = "no submission ranks two responses apart"
     if not rows:
-        raise RlhfkitError(f"nothing to export to {path}: no submission ranks two responses apart")
+        raise RlhfkitError(f"nothing to export to {path}: {none}")
     try:
         write_jsonl(path, rows)
     except OSError as error:

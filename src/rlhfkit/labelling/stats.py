@@ -171,11 +171,13 @@ def render_stats(stats: dict) -> str:
         f"position bias: first shown ranked best {_number(bias['first_shown_best'])} of "
         f"{bias['rankings']} rankings (chance 1/K: {_number(bias['chance'])})",
         "",
-        f"{'labeller':<20} {'ranked':>7} {'skipped':>7} {'flags':>6} {'median s':>9} {'mean s':>9}",
     ]
+    width = max([20, *map(len, stats["labellers"])])  # a long name widens the column
+    header = f"{'skipped':>7} {'flags':>6} {'median s':>9} {'mean s':>9}"
+    lines.append(f"{'labeller':<{width}} {'ranked':>7} {header}")
     for name, row in stats["labellers"].items():
         lines.append(
-            f"{name:<20} {row['ranked']:>7} {row['skipped']:>7} {row['flags']:>6} "
+            f"{name:<{width}} {row['ranked']:>7} {row['skipped']:>7} {row['flags']:>6} "
             f"{_number(row['median_seconds'], 1):>9} {_number(row['mean_seconds'], 1):>9}"
         )
     return "\n".join(lines)
