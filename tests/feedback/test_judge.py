@@ -10,6 +10,7 @@ from rlhfkit.feedback.judge import (
     ANSWER_A,
     answer_inputs,
     conversation_text,
+    cut_comparisons,
     judge_first_better_prob,
     judge_pairs,
     judge_prompt,
@@ -203,3 +204,27 @@ def test_a_progress_bar_changes_no_verdict(judge):
     )
     silent = judge_first_better_prob(model, tokenizer, PROMPTS, FIRST, SECOND, batch_size=2)
     assert torch.equal(shown, silent)  # the same computation, replayed
+
+
+def test_a_comparison_cut_into_its_replies_is_counted_and_warned(judge, caplog):
+    # keep_end drops the conversation first; past it, reply A's start: that verdict did not
+    # read both replies
+    model, tokenizer = judge
+    long_first = [FIRST[0] + " and more" * 60, FIRST[1], FIRST[2]]
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(PROMPTS, long_first, SECOND)]
+    whole = [len(ids) for ids in answer_inputs(tokenizer, texts)[0]]
+    limit = sorted(whole)[1] - 2  # the two longest are cut, the shortest is not
+    inputs = answer_inputs(tokenizer, texts, limit)[0]
+    cut = cut_comparisons(tokenizer, PROMPTS, texts, inputs)
+    assert cut.cut.tolist() == [n > len(ids) for n, ids in zip(whole, inputs)]
+    assert cut.replies_cut.tolist() == [True, False, False]  # the long reply pushed A out
+    with caplog.at_level(logging.WARNING, logger="rlhfkit"):
+        judge_first_better_prob(model, tokenizer, PROMPTS, long_first, SECOND, max_length=limit)
+    assert "judge: 1 of 3 comparisons are so much longer than the" in caplog.text
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(tokenizer, "model_max_length", limit)
+    try:
+        judged = judge_pairs(model, tokenizer, PROMPTS, long_first, SECOND)
+    finally:
+        monkeypatch.undo()
+    assert (judged.cut, judged.replies_cut) == (int(sum(cut.cut)), 1)

@@ -348,6 +348,7 @@ def ai_win_rates(
         clusters = [i for i in rows for _ in ours.texts[i]]  # a prompt's samples together
         out |= ai_win_rate(verdicts.first_better.tolist(), clusters).as_dict(f"win_rate_{kind}")
         out[f"judge_flip_rate_{kind}"] = verdicts.flip_rate
+        out[f"judge_replies_cut_{kind}"] = verdicts.replies_cut  # pairs read in part (warned)
     return out
 
 

@@ -8,7 +8,9 @@ Any causal LM directory can judge; the project's own judges are trained on rows 
 this format (`judge_data.judge_sft_rows`).
 """
 
+import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -22,6 +24,7 @@ from rlhfkit.rollout.architecture import position_limit, warn_past_positions
 from rlhfkit.rollout.engine import positions_from_mask
 from rlhfkit.runtime.progress import work_bar
 
+log = logging.getLogger(__name__)
 ANSWER_A, ANSWER_B = " A", " B"
 QUESTION = "Which reply is better?"
 
@@ -86,8 +89,9 @@ def judge_first_better_prob(
     progress: str | None = None,
 ) -> torch.Tensor:
     """P(first better) as the judge answers with `first[i]` shown as reply A: one order only.
-    A comparison longer than `max_length` tokens (None: `judge_length`) loses the start of its
-    prompt, as the judge's training rows do (`answer_inputs`).
+    A comparison longer than `max_length` tokens (None: `judge_length`) loses its start, as the
+    judge's training rows do (`answer_inputs`): the conversation's, and past it reply A's,
+    with a warning (`cut_comparisons`).
     `progress`: a description shows a progress bar of the batches; None = silent.
 
     Returns:
@@ -104,6 +108,7 @@ def judge_first_better_prob(
     limit = max_length if max_length is not None else judge_length(model, tokenizer)
     inputs, tokens_a, tokens_b = answer_inputs(tokenizer, texts, limit)
     warn_past_positions(model, max(map(len, inputs)), "judge (prompt and both replies)")
+    _warn_if_replies_cut(cut_comparisons(tokenizer, prompts, texts, inputs), limit)
     was_training = model.training
     model.eval()
     probs = []
@@ -118,6 +123,40 @@ def judge_first_better_prob(
     finally:
         model.train(was_training)
     return torch.cat(probs)
+
+
+class CutComparisons(NamedTuple):
+    """Which comparisons the judge reads cut (`answer_inputs` keeps a long one's end)."""
+
+    cut: torch.Tensor
+    """(n,) bool: longer than the judge reads, so the conversation lost its start."""
+    replies_cut: torch.Tensor
+    """(n,) bool: so much longer that the whole conversation and reply A's start are lost too:
+    the verdict is on less than both replies."""
+
+
+def cut_comparisons(tokenizer, prompts: list[Text], texts: list[str], inputs) -> CutComparisons:
+    """What each comparison `texts[i]` lost when cut to `inputs[i]` (`answer_inputs`), judged
+    by token counts: its whole text's, and its conversation's up to "Reply A:"."""
+    whole = answer_inputs(tokenizer, texts)[0]
+    lost = torch.tensor([len(a) - len(b) for a, b in zip(whole, inputs)], dtype=torch.long)
+    heads = [f"{conversation_text(p)}\n" for p in prompts]
+    prefix = len(special_prefix(tokenizer))
+    conversation = tokenizer(heads, add_special_tokens=False)["input_ids"]
+    before_replies = torch.tensor([prefix + len(ids) for ids in conversation], dtype=torch.long)
+    return CutComparisons(lost > 0, lost > before_replies)
+
+
+def _warn_if_replies_cut(cut: CutComparisons, limit: int | None) -> None:
+    """Warn when a comparison lost reply text: its verdict does not judge both replies."""
+    count = int(cut.replies_cut.sum())
+    if count:
+        log.warning(
+            f"judge: {count} of {len(cut.cut)} comparisons are so much longer than the "
+            f"{limit} tokens it reads that their whole conversation and the start of reply A "
+            "are cut: those verdicts judge less than both replies (shorter replies, or a judge "
+            "that reads longer texts)"
+        )
 
 
 def judge_length(model, tokenizer) -> int | None:
@@ -162,6 +201,10 @@ class PairJudgements:
     """(n,) P(A better) with the first response shown as A."""
     prob_ba: torch.Tensor
     """(n,) P(A better) with the second response shown as A."""
+    cut: int = 0
+    """Pairs longer than the judge reads in either order: their conversation lost its start."""
+    replies_cut: int = 0
+    """Pairs of which the judge read less than both replies in either order (`CutComparisons`)."""
 
     @property
     def flip_rate(self) -> float:
@@ -193,17 +236,18 @@ def judge_pairs(
     """Ask every pair in both orders (in the same batches) and combine the answers, each within
     the judge's length (`judge_length`); `progress` as `judge_first_better_prob`'s."""
     n = len(prompts)
+    asked = (list(prompts) * 2, list(first) + list(second), list(second) + list(first))
     probs = judge_first_better_prob(
-        model,
-        tokenizer,
-        list(prompts) * 2,
-        list(first) + list(second),
-        list(second) + list(first),
-        batch_size=batch_size,
-        progress=progress,
+        model, tokenizer, *asked, batch_size=batch_size, progress=progress
     )
     prob_ab, prob_ba = probs[:n], probs[n:]
-    return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba)
+    if n == 0:
+        return PairJudgements(probs, prob_ab, prob_ba)
+    texts = [judge_prompt(p, a, b) for p, a, b in zip(*asked)]
+    limit = judge_length(model, tokenizer)
+    cut = cut_comparisons(tokenizer, asked[0], texts, answer_inputs(tokenizer, texts, limit)[0])
+    either = [int((c[:n] | c[n:]).sum()) for c in cut]
+    return PairJudgements(combine_orders(prob_ab, prob_ba), prob_ab, prob_ba, *either)
 
 
 def preference_rows(

@@ -191,6 +191,8 @@ def agreement_report(
         "pairs": n,
         "position_bias": judgements.position_bias,
         "flip_rate": judgements.flip_rate,
+        "pairs_cut": judgements.cut,
+        "pairs_replies_cut": judgements.replies_cut,
         "judge_vs_labels": gold_agreement(judgements.first_better, labels, torch.zeros(n))[0],
     }
     if gold is not None:
