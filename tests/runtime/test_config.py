@@ -176,6 +176,20 @@ def test_null_still_unsets_a_text_setting_and_numbers_stay_numbers():
         load_config(Optional, overrides=["seed=#3"])
 
 
+def test_null_unsets_a_text_setting_to_its_empty_default_and_no_other(tmp_path):
+    @dataclass(frozen=True)
+    class Data:
+        eval_data: str = ""  # empty text: none
+        runs_dir: str = "runs"
+
+    assert load_config(Data, overrides=["eval_data=x", "eval_data=null"]).eval_data == ""
+    path = tmp_path / "c.yaml"
+    path.write_text("eval_data: null\n")
+    assert load_config(Data, path).eval_data == ""
+    with pytest.raises(ConfigError, match="^config key 'runs_dir': expected str, got None"):
+        load_config(Data, overrides=["runs_dir=null"])  # it has a value when not given
+
+
 def test_a_section_overlays_its_field_default():
     cfg = load_config(PipelineConfig, overrides=["dpo.optim.lr=0.1"])
     assert cfg.dpo.steps == 7

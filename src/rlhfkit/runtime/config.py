@@ -243,6 +243,8 @@ def _build_section(cls: type, raw: Mapping[str, Any], prefix: str, base: Any) ->
         if name not in annotations:
             raise unknown_key(prefix, name, list(annotations))
         annotation = annotations[name]
+        if value is None and annotation in (str, Path) and fields[name].default == "":
+            value = ""  # null unsets a text setting whose unset value is empty text
         base_value = (
             _section_default(fields[name]) if section_type(annotation) is not None else None
         )
@@ -348,7 +350,8 @@ _NULLS = ("null", "Null", "NULL", "~")
 def _as_typed(annotation: Any, value: Any, text: str | None) -> Any:
     """A text or path setting given on the command line keeps the text as typed where YAML
     reads another scalar: `model=yes` names a folder `yes`, not True; `model=2024` a folder,
-    not a number; `train_data=#x` a file, not a comment (None). Only `null` unsets it."""
+    not a number; `train_data=#x` a file, not a comment (None). Only `null` unsets it (to
+    None, or to empty text where that is its default)."""
     if text is None or annotation not in _TEXT_TYPES:
         return value
     if isinstance(value, (bool, int, float)) or (value is None and text not in _NULLS):
