@@ -705,6 +705,15 @@ def test_eval_command_measures_a_checkpoint_against_a_baseline(
     assert (
         "pass@2" in ours and "maj@2" in ours and "win rate, sampled" in out and "eval.json" in out
     )
+    # every scored answer, from which the numbers recompute
+    text = (tmp_path / "ev" / "samples.jsonl").read_text()
+    rows = [json.loads(line) for line in text.splitlines()]
+    mine = [r for r in rows if r["model"] == str(tmp_path / "other") and r["kind"] == "sampled"]
+    assert len(rows) == 2 * (4 + 8) and len(mine) == 8
+    assert sum(r["gold"] for r in mine) / 8 == pytest.approx(ours["gold_sampled"])
+    assert sum(r["kl_k1"] for r in mine) / 8 == pytest.approx(ours["kl_k1_per_sequence"])
+    assert sum(r["tokens"] for r in mine) / 8 == pytest.approx(ours["length_tokens"])
+    assert sum(r["correct"] for r in mine) / 8 == pytest.approx(ours["pass@1"])
     # the numbers name what made them: the command, the code and the machine
     assert result["started"]["command"].startswith("rlhfkit eval 'models=[")  # as a shell reads it
     report = (tmp_path / "ev" / "report.md").read_text()

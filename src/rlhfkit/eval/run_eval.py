@@ -3,7 +3,8 @@
 For each model: the gold score, the win rate against the baseline judged by the gold
 annotator, a reward model or an AI judge (each pair asked in both orders), the KL to the
 reference per token and per sequence, the reward-hacking signs, and on `arith` pass@k and
-maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json`, prints
+maj@k; optionally the reward model's accuracy on held-out pairs. Writes `eval.json` (and every
+scored answer to `samples.jsonl`), prints
 one table, and writes the same table with the settings, gold against KL and a few greedy answers
 side by side as `report.md` and `report.html` (`eval_report`).
 
@@ -21,12 +22,14 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from rlhfkit.data.loading import write_jsonl
 from rlhfkit.data.ranking_batch import RankedGroup, load_ranked_groups
 from rlhfkit.data.tokenize import Truncation
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.eval_report import REPORT_PROMPTS, greedy_answers, side_by_side, write_eval_report
 from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_outcomes_by_group, score_groups
+from rlhfkit.eval.sample_rows import sample_rows
 from rlhfkit.eval.win_rate import WinRate, effective_count, wilson_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
@@ -222,11 +225,15 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         precision=cfg.precision,
     )
 
+    rows = []  # every answer scored, for samples.jsonl
+
     def evaluate(path: str) -> ModelEval:
         model = reference if path == reference_path else load_causal_lm(path).to(device)
         bar = Path(path).name if Path(path).name != "final" else Path(path).parent.name
         progress = f"eval {bar}" if cfg.progress else None
-        return evaluate_model(model, tokenizer, task, prompts, progress=progress, **settings)
+        result = evaluate_model(model, tokenizer, task, prompts, progress=progress, **settings)
+        rows.extend(sample_rows(path, prompts, result, task))
+        return result
 
     # step 2. every model, and its win rates against the baseline by the chosen judge
     baseline = evaluate(cfg.baseline) if cfg.baseline else None
@@ -264,6 +271,7 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
         out["started"] = started
     with open(run.root / "eval.json", "w") as f:
         json.dump(out, f, indent=2)
+    write_jsonl(run.root / "samples.jsonl", rows)
     # step 4. the report: the table, the settings, gold against KL, answers side by side
     settings = report_settings(cfg, len(prompts))
     if started is not None:
