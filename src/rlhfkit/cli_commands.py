@@ -253,6 +253,7 @@ COMMANDS: dict[str, Command] = {
         "pass@k, reward-hacking signs",
         config="rlhfkit.eval.run_eval:EvalConfig",
         run="rlhfkit.eval.run_eval:run_eval",
+        check_keys="rlhfkit.eval.run_eval:check_eval_keys",
         report=_print_eval_table,
         resumable=False,
         example="num_prompts=100",

@@ -12,6 +12,7 @@ import rlhfkit
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.eval.run_eval import (
     EvalConfig,
+    check_eval_keys,
     check_same_tokenizer,
     load_heldout_groups,
     report_title,
@@ -140,3 +141,26 @@ def test_the_title_without_a_baseline_says_there_are_no_win_rates():
     assert report_title(cfg) == "arith: judged by gold (no baseline: no win rates)"
     with_baseline = EvalConfig(models=["runs/ppo/final"], baseline="runs/sft/final", task="arith")
     assert report_title(with_baseline) == "arith: win rates against runs/sft/final judged by gold"
+
+
+def test_eval_refuses_num_prompts_beside_a_prompt_file(tiny_model_dir, tmp_path):
+    """Every row of `prompts` is evaluated: a num_prompts beside it would change nothing,
+    silently; it is refused by name, as `rlhfkit critique` refuses it beside prompts_data."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Q: 1 + 1?\nA:", "answer": 2}) + "\n")
+    refused = re.escape(
+        f"num_prompts=50 is read only without prompts (prompts drawn from the task); "
+        f"every row of prompts={prompts} is used: cut the file to take fewer"
+    )
+    with pytest.raises(RlhfkitError, match=refused):
+        rlhfkit.run(
+            "eval",
+            tmp_path / "ev",
+            models=[tiny_model_dir],
+            task="arith",
+            prompts=prompts,
+            num_prompts=50,
+        )
+    assert not (tmp_path / "ev").exists()  # refused before anything ran
+    # at its default it stands for no choice: the file alone decides
+    check_eval_keys(EvalConfig(models=["m"], prompts=str(prompts)))

@@ -25,7 +25,7 @@ from pathlib import Path
 from rlhfkit.data.loading import write_jsonl
 from rlhfkit.data.ranking_batch import RankedGroup, load_ranked_groups
 from rlhfkit.data.tokenize import Truncation
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import ConfigError, RlhfkitError
 from rlhfkit.eval.eval_report import REPORT_PROMPTS, greedy_answers, side_by_side, write_eval_report
 from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_outcomes_by_group, score_groups
@@ -77,7 +77,8 @@ class EvalConfig(RunConfig):
     """Held-out prompt file (prompt plus the task's or the judge's metadata columns); empty =
     fresh prompts from the task."""
     num_prompts: int = 200
-    """Prompts drawn from the task when `prompts` is empty."""
+    """Prompts drawn from the task when `prompts` is empty (beside `prompts`, whose every row is
+    used, it is refused)."""
     judge: str = Judge.GOLD.value
     """Who decides the win rates: gold (the task's annotator), reward_model, ai, or any reward
     source as the trainers' `reward=` takes it (`file.py:function`, `model:PATH`, `task`,
@@ -150,6 +151,16 @@ def check_eval_config(cfg: EvalConfig) -> None:
     for path in [*cfg.models, cfg.baseline, cfg.reference, cfg.judge_model]:
         if path and not is_gguf_path(path):  # a GGUF file is a causal LM with its weights
             check_causal_lm_dir(path)
+
+
+def check_eval_keys(cfg: EvalConfig, given: frozenset[str] = frozenset()) -> None:
+    """Refuse `num_prompts` beside `prompts`, whose every row is used: it would change nothing,
+    silently (as `rlhfkit critique` refuses it beside `prompts_data`)."""
+    if cfg.prompts and cfg.num_prompts != EvalConfig.num_prompts:
+        raise ConfigError(
+            f"num_prompts={cfg.num_prompts} is read only without prompts (prompts drawn from "
+            f"the task); every row of prompts={cfg.prompts} is used: cut the file to take fewer"
+        )
 
 
 def check_each_model_once(models: Sequence[str]) -> None:
