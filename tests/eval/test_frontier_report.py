@@ -27,3 +27,19 @@ def test_the_sentiment_tasks_positive_repeats_are_shown():
     metrics = {**GENERIC, "sampled_positive_repeats": 0.004}
     (row,) = point_rows([Point("ppo", "ppo", "PPO", 2, metrics)])
     assert row[-3:] == ["0.004", "0.500", "12.2"]
+
+
+def test_a_rounded_zero_shows_no_minus_sign_as_in_the_eval_table():
+    # SFT against itself: a KL of rounding noise read "0.00 [-0.00, 0.00]", and a gold score
+    # just below 0 "-0.000 [...]"; the eval table writes both without the sign (`fixed`)
+    metrics = {
+        **GENERIC,
+        "kl_k1_per_sequence": 1e-7,
+        "kl_k1_per_sequence_low": -2e-7,
+        "kl_k1_per_sequence_high": 3e-7,
+        "gold_sampled": -0.0004,
+        "gold_sampled_low": -0.05,
+        "gold_sampled_high": 0.05,
+    }
+    (row,) = point_rows([Point("sft", "sft", "SFT", 0, metrics)])
+    assert row[2:4] == ["0.00 [0.00, 0.00]", "0.000 [-0.050, 0.050]"]

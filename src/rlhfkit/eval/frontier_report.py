@@ -25,7 +25,13 @@ from rlhfkit.eval.report import (  # noqa: E402
     png_data,
     samples_section,
 )
-from rlhfkit.eval.tables import markdown_table, metric_table, rate, sample_rows  # noqa: E402
+from rlhfkit.eval.tables import (  # noqa: E402
+    interval,
+    markdown_table,
+    metric_table,
+    rate,
+    sample_rows,
+)
 from rlhfkit.runtime.provenance import start_line  # noqa: E402
 
 # a colour map per method; the runs of one method take shades of it
@@ -98,10 +104,6 @@ def frontier_figure(points: list[Point], gold_label: str):
     return fig
 
 
-def _interval(m: dict, key: str, digits: int) -> str:
-    return f"{m[key]:.{digits}f} [{m[key + '_low']:.{digits}f}, {m[key + '_high']:.{digits}f}]"
-
-
 POINT_COLUMNS = [
     "run",
     "step",
@@ -125,8 +127,8 @@ def point_rows(points: list[Point]) -> list[list[str]]:
             [
                 p.label,
                 str(p.step),
-                _interval(m, "kl_k1_per_sequence", 2),
-                _interval(m, "gold_sampled", 3),
+                interval(m, "kl_k1_per_sequence", 2),
+                interval(m, "gold_sampled", 3),
                 rate(m, "win_rate_sampled") if "win_rate_sampled" in m else "",
                 rate(m, "win_rate_greedy") if "win_rate_greedy" in m else "",
                 f"{m['proxy_sampled']:.2f}" if "proxy_sampled" in m else "",

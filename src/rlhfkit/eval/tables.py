@@ -22,7 +22,8 @@ def fixed(value: float, digits: int = 3) -> str:
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
-def _interval(m: dict, key: str, digits: int = 3) -> str:
+def interval(m: dict, key: str, digits: int = 3) -> str:
+    """A mean with its 95% interval, `digits` decimals each as `fixed` writes them."""
     low, high = m[key + "_low"], m[key + "_high"]
     return f"{fixed(m[key], digits)} [{fixed(low, digits)}, {fixed(high, digits)}]"
 
@@ -50,7 +51,7 @@ EVAL_METRICS = [
         "judge_flip_rate_greedy",
         lambda m: f"{m['judge_flip_rate_greedy']:.1%} / {m['judge_flip_rate_sampled']:.1%}",
     ),
-    ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: _interval(m, "kl_k1_per_sequence")),
+    ("KL/sequence k1 [95%]", "kl_k1_per_sequence", lambda m: interval(m, "kl_k1_per_sequence")),
     (
         "KL/token k1 / k3",
         "kl_k1_per_token",
