@@ -13,11 +13,14 @@ def test_a_constant_list_has_a_zero_width_interval_at_the_constant():
 
 
 def test_empty_and_single_value_edge_cases():
-    low, high = bootstrap_interval([])
-    assert math.isnan(low) and math.isnan(high)
-    assert bootstrap_interval([3.5]) == (3.5, 3.5)
+    # one value: every resample is that value, and a zero-width interval would read as certainty
+    for values in ([], [3.5]):
+        low, high = bootstrap_interval(values)
+        assert math.isnan(low) and math.isnan(high)
     empty = mean_with_interval([])
-    assert empty["n"] == 0 and all(math.isnan(empty[key]) for key in ("mean", "low", "high"))
+    assert empty["n"] == 0 and math.isnan(empty["mean"])
+    assert empty["low"] is None and empty["high"] is None
+    assert mean_with_interval([3.5]) == {"mean": 3.5, "low": None, "high": None, "n": 1}
 
 
 def test_the_interval_contains_the_sample_mean():
@@ -94,8 +97,12 @@ def test_the_cluster_bootstrap_draws_whole_clusters():
     assert clustered[1] - clustered[0] > 1.5 * (high - low)
 
 
-def test_one_cluster_has_a_degenerate_interval_and_clusters_must_match_the_values():
-    assert bootstrap_interval([1.0, 3.0], clusters=["a", "a"]) == (2.0, 2.0)
+def test_one_cluster_has_no_interval_and_clusters_must_match_the_values():
+    # one prompt's samples say nothing of how other prompts would score: no (2.0, 2.0)
+    low, high = bootstrap_interval([1.0, 3.0], clusters=["a", "a"])
+    assert math.isnan(low) and math.isnan(high)
+    one_prompt = mean_with_interval([1.0, 3.0], clusters=["a", "a"])
+    assert one_prompt == {"mean": 2.0, "low": None, "high": None, "n": 2}
     with pytest.raises(ValueError):
         bootstrap_interval([1.0, 3.0], clusters=["a"])
     assert mean_with_interval([1.0, 3.0], clusters=[0, 1])["n"] == 2

@@ -8,6 +8,8 @@ from rlhfkit.eval.model_eval import (
     distinct_indices,
     evaluate_model,
     first_indices,
+    gold_with_interval,
+    is_verdicts,
     win_rates,
 )
 from rlhfkit.eval.sampling import EvalSamples
@@ -142,3 +144,41 @@ def test_the_sampled_interval_counts_one_prompts_samples_as_correlated():
     assert (rates["win_rate_sampled_low"], rates["win_rate_sampled_high"]) == pytest.approx(
         wilson_interval(1, 2)
     )
+
+
+def test_a_verifiers_verdicts_have_a_wilson_interval_that_all_alike_do_not_collapse():
+    # 8 prompts, 2 samples each, none answered right: the bootstrap gave [0, 0] (certainty);
+    # Wilson at the effective count (every verdict agrees: each prompt once, n = 8) gives
+    # [0, z^2/8 / (1 + z^2/8)] = [0, 0.3244]
+    clusters = [p for p in range(8) for _ in range(2)]
+    stats = gold_with_interval([0.0] * 16, clusters, verdicts=True)
+    assert stats["mean"] == 0.0 and stats["n"] == 16 and stats["low"] == 0.0
+    assert stats["high"] == pytest.approx(0.32441, abs=1e-5)
+    assert (stats["low"], stats["high"]) == wilson_interval(0, 8)
+    # mixed verdicts: the interval of the win rates (`proportion_interval`), the same clusters
+    mixed = [1.0, 1.0, 0.0, 0.0] * 4
+    baseline = _scored([0.0] * 8, [0.5] * 16, distinct=list(range(8)))
+    baseline.sampled_prompts = clusters
+    # a win where the verdict is 1, a loss where it is 0
+    rates = win_rates(_scored([0.0] * 8, mixed, list(range(8))), baseline)
+    stats = gold_with_interval(mixed, clusters, verdicts=True)
+    assert (stats["low"], stats["high"]) == pytest.approx(
+        (rates["win_rate_sampled_low"], rates["win_rate_sampled_high"])
+    )
+    # scores that are not verdicts keep the cluster bootstrap: [0, 0] for values all alike
+    stats = gold_with_interval([0.0] * 16, clusters, verdicts=False)
+    assert (stats["low"], stats["high"]) == (0.0, 0.0)
+
+
+def test_one_distinct_prompt_gives_no_interval_whatever_the_scores_are():
+    for verdicts, scores in ((True, [0.0, 1.0]), (False, [9.5, 9.8])):
+        stats = gold_with_interval(scores, [3, 3], verdicts=verdicts)
+        assert stats["low"] is None and stats["high"] is None, verdicts
+
+
+def test_only_a_checkable_tasks_own_zero_one_reward_reads_as_verdicts():
+    arith, advice = get_task("arith"), get_task("advice")
+    assert is_verdicts(arith, None, [0.0, 1.0, 1.0])
+    assert not is_verdicts(arith, LengthProxy(), [0.0, 1.0])  # a judge's scores, not arith's
+    assert not is_verdicts(arith, None, [0.0, 0.5])  # partial credit: not a verdict
+    assert not is_verdicts(advice, None, [0.0, 1.0])  # a score that happens to be 0 or 1

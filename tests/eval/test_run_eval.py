@@ -164,3 +164,30 @@ def test_eval_refuses_num_prompts_beside_a_prompt_file(tiny_model_dir, tmp_path)
     assert not (tmp_path / "ev").exists()  # refused before anything ran
     # at its default it stands for no choice: the file alone decides
     check_eval_keys(EvalConfig(models=["m"], prompts=str(prompts)))
+
+
+def test_one_distinct_prompt_gives_intervals_that_are_absent_not_zero_wide(
+    tiny_model_dir, tmp_path
+):
+    # one prompt's samples cannot say how other prompts would score: eval.json holds null
+    # bounds and the report "[-]", where "KL/sequence 9.662 [9.662, 9.662]" read as certainty
+    prompts = tmp_path / "one_arith.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Q: 1 + 1?\nA:", "answer": "2"}) + "\n")
+    result = rlhfkit.run(
+        "eval",
+        tmp_path / "ev",
+        models=[tiny_model_dir],
+        baseline=tiny_model_dir,
+        task="arith",
+        prompts=prompts,
+        samples_per_prompt=2,
+        max_new_tokens=4,
+        progress=False,
+    )
+    m = json.loads((tmp_path / "ev" / "eval.json").read_text())["models"][str(tiny_model_dir)]
+    for key in ("gold_sampled", "kl_k1_per_sequence", "kl_k3_per_sequence"):
+        assert m[f"{key}_low"] is None and m[f"{key}_high"] is None, key
+        assert m[f"{key}_n"] == 2 and m[key] is not None
+    assert result["models"][str(tiny_model_dir)]["gold_sampled_low"] is None
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| KL/sequence k1 [95%] | 0.000 [-] |" in report

@@ -46,3 +46,12 @@ def test_an_ai_judges_flips_have_their_row():
     )
     assert columns == ["metric", "m", "base"]
     assert ["judge flips, greedy / sampled", "100.0% / 50.0%", ""] in rows
+
+
+def test_an_interval_that_cannot_be_estimated_reads_as_absent():
+    # one distinct prompt: eval.json holds null bounds, the table a "-", not "9.662 [9.662, 9.662]"
+    m = {"kl_k1_per_sequence": 9.662, "kl_k1_per_sequence_low": None}
+    m |= {"kl_k1_per_sequence_high": None, "gold_sampled": 0.5, "gold_sampled_low": None}
+    m |= {"gold_sampled_high": None}
+    rows = {label: write(m) for label, key, write in EVAL_METRICS if key in m}
+    assert rows == {"gold, sampled [95%]": "0.500 [-]", "KL/sequence k1 [95%]": "9.662 [-]"}

@@ -84,18 +84,7 @@ def frontier_figure(points: list[Point], gold_label: str):
         for x, y, p in zip(xs[1:], ys[1:], series[1:]):
             ax.annotate(str(p.step), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     m = sft.metrics
-    ax.errorbar(
-        [m["kl_k1_per_sequence"]],
-        [m["gold_sampled"]],
-        yerr=[
-            [m["gold_sampled"] - m["gold_sampled_low"]],
-            [m["gold_sampled_high"] - m["gold_sampled"]],
-        ],
-        fmt="s",
-        color="black",
-        capsize=2,
-        label="SFT",
-    )
+    kl_gold_errorbar(ax, [m], fmt="s", color="black", capsize=2, label="SFT")
     ax.axhline(m["gold_sampled"], color="black", linewidth=0.5, linestyle=":")
     ax.set_xlabel(KL_LABEL, fontsize=8)
     ax.set_ylabel(gold_label, fontsize=8)

@@ -54,9 +54,9 @@ def bootstrap_interval(
         seed: seeds a private `random.Random`; the global `random` state is never touched.
 
     Returns:
-        (low, high); (nan, nan) when `values` is empty, and the degenerate interval
-        (statistic(values), statistic(values)), i.e. (v, v) for the mean, for a single value
-        or a single cluster.
+        (low, high); (nan, nan) when the interval cannot be estimated: fewer than two units
+        (values, or clusters with `clusters`), where every resample is the data itself and the
+        zero-width interval it would give says nothing of the spread.
     """
     if not 0 < level < 1:
         raise ValueError(f"bootstrap_interval: level must lie in (0, 1), got {level}")
@@ -64,12 +64,9 @@ def bootstrap_interval(
         raise ValueError(
             f"bootstrap_interval: num_resamples must be at least 1, got {num_resamples}"
         )
-    if not values:
-        return math.nan, math.nan
     units = [[v] for v in values] if clusters is None else grouped_by_cluster(values, clusters)
-    if len(units) == 1:  # every resample is the data itself
-        point = statistic(list(values))
-        return point, point
+    if len(units) < 2:
+        return math.nan, math.nan
     rng = random.Random(seed)
     replicates = sorted(
         statistic([v for unit in rng.choices(units, k=len(units)) for v in unit])
@@ -96,9 +93,16 @@ def mean_with_interval(values: list[float], **bootstrap_options) -> dict:
             level, seed).
 
     Returns:
-        {"mean", "low", "high", "n"}; mean, low and high are nan when `values` is empty.
+        {"mean", "low", "high", "n"}; mean is nan when `values` is empty, low and high None
+        when the interval cannot be estimated (fewer than two values, or clusters).
     """
-    low, high = bootstrap_interval(values, statistic=mean, **bootstrap_options)
+    return with_interval(values, bootstrap_interval(values, statistic=mean, **bootstrap_options))
+
+
+def with_interval(values: list[float], interval: tuple[float, float]) -> dict:
+    """{"mean", "low", "high", "n"} of `values` and an interval of their mean; a bound that is
+    not a number (nan: no estimate) is None, so a report shows it absent and JSON writes null."""
+    low, high = (None, None) if any(map(math.isnan, interval)) else interval
     return {
         "mean": mean(values) if values else math.nan,
         "low": low,

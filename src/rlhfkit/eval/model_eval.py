@@ -1,21 +1,22 @@
 """Everything measured of one policy on one task's held-out prompts, from one set of samples.
 
 Per model: greedy answers (the task's own metrics and gold scores), and `samples_per_prompt`
-answers at temperature 1 from which come the gold score with a bootstrap interval, the KL to the
+answers at temperature 1 from which come the gold score with its interval, the KL to the
 reference (per sequence and per token, estimators k1 and k3), the reward-hacking signs (length,
 repetition, distinct-n, the proxy reward next to the gold score) and, on a task with a final
 answer (`arith`), pass@k and maj@k. Win rates compare two such evaluations prompt by prompt.
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.data.text_stats import distinct_n, repetition_rate
-from rlhfkit.eval.intervals import mean_with_interval
+from rlhfkit.eval.intervals import mean_with_interval, with_interval
 from rlhfkit.eval.pass_at_k import mean_maj_at_k, mean_pass_at_k
 from rlhfkit.eval.sampling import EvalSamples, sample_for_eval
-from rlhfkit.eval.win_rate import win_rate
+from rlhfkit.eval.win_rate import proportion_interval, win_rate
 from rlhfkit.runtime.device import Precision
 from rlhfkit.tasks.base import HasFinalAnswer
 
@@ -111,7 +112,9 @@ def evaluate_model(
         )
     if gold is not None:  # the judge's mean replaces the task's own gold score
         m["greedy_gold_score"] = sum(result.greedy_scores[i] for i in once) / max(1, len(once))
-    m.update(_prefixed("gold_sampled", mean_with_interval(result.sampled_scores, **by_prompt)))
+    verdicts = is_verdicts(task, gold, result.sampled_scores)
+    gold_sampled = gold_with_interval(result.sampled_scores, result.sampled_prompts, verdicts)
+    m.update(_prefixed("gold_sampled", gold_sampled))
     tokens = sum(sampled.flat(sampled.lengths))
     # step 1. KL to the reference on the policy's own samples
     for name, values in sampled.kl.items():
@@ -138,6 +141,26 @@ def evaluate_model(
             m[f"pass@{k}"] = mean_pass_at_k(correct, samples_per_prompt, k)
             m[f"maj@{k}"] = mean_maj_at_k(answers, [p.answer for p in prompts], k)
     return result
+
+
+def is_verdicts(task, gold, scores: list[float]) -> bool:
+    """Whether the gold scores are a verifier's verdicts, 1 right and 0 wrong: the task's own
+    reward (no `gold` source) of a task with a checkable final answer (`HasFinalAnswer`, e.g.
+    arith), every score 0 or 1."""
+    return gold is None and isinstance(task, HasFinalAnswer) and set(scores) <= {0.0, 1.0}
+
+
+def gold_with_interval(scores: list[float], clusters: list[int], verdicts: bool) -> dict:
+    """The sampled gold score with its 95% interval, a prompt's samples counted together: for
+    `verdicts` (0/1 per sample) Wilson's at the effective count (`proportion_interval`), which
+    stays wide where every verdict agrees (0 of 8 right: [0, 0.32]); else the cluster bootstrap.
+    Either is absent (None) from fewer than two distinct prompts: nothing says how others vary.
+    `clusters`: the prompt of each score.
+    """
+    if not verdicts:
+        return mean_with_interval(scores, clusters=clusters)
+    few = len(set(clusters)) < 2
+    return with_interval(scores, (math.nan,) * 2 if few else proportion_interval(scores, clusters))
 
 
 def gold_scores(task, gold, prompts: list[PromptExample], responses: list[str]) -> list[float]:

@@ -94,16 +94,19 @@ def html_table(columns: list[str], rows: list[list[str]]) -> str:
 
 def kl_gold_errorbar(ax, models: list[dict], **style) -> tuple[list[float], list[float]]:
     """Each model's sampled gold score against its KL per sequence (k1), both with their 95%
-    intervals, drawn on `ax` with matplotlib's `errorbar` `style`; returns the points (xs, ys)."""
+    intervals, drawn on `ax` with matplotlib's `errorbar` `style`; returns the points (xs, ys).
+    An absent interval (None bounds: fewer than two prompts) draws no bar."""
     xs = [m["kl_k1_per_sequence"] for m in models]
     ys = [m["gold_sampled"] for m in models]
 
     def spread(points: list[float], key: str) -> list[list[float]]:
         # max(0, ...): an interval of equal values can miss its mean by a rounding error, and
         # matplotlib refuses a negative error bar
+        bounds = [(m[f"{key}_low"], m[f"{key}_high"]) for m in models]
+        bounds = [(v, v) if low is None else (low, high) for v, (low, high) in zip(points, bounds)]
         return [
-            [max(0.0, v - m[f"{key}_low"]) for v, m in zip(points, models)],
-            [max(0.0, m[f"{key}_high"] - v) for v, m in zip(points, models)],
+            [max(0.0, v - low) for v, (low, _) in zip(points, bounds)],
+            [max(0.0, high - v) for v, (_, high) in zip(points, bounds)],
         ]
 
     ax.errorbar(

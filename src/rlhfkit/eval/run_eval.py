@@ -30,7 +30,7 @@ from rlhfkit.eval.eval_report import REPORT_PROMPTS, greedy_answers, side_by_sid
 from rlhfkit.eval.model_eval import ModelEval, distinct_indices, evaluate_model, win_rates
 from rlhfkit.eval.reward_model import pair_outcomes_by_group, score_groups
 from rlhfkit.eval.sample_rows import sample_rows
-from rlhfkit.eval.win_rate import WinRate, effective_count, wilson_interval, win_rate
+from rlhfkit.eval.win_rate import WinRate, proportion_interval, win_rate
 from rlhfkit.feedback.judge import judge_pairs
 from rlhfkit.models.gguf_import import is_gguf_path
 from rlhfkit.models.loading import (
@@ -403,8 +403,7 @@ def reward_model_accuracy(proxy, path: str, groups: list[RankedGroup], batch_siz
     flat = [o for group in outcomes for o in group]
     accuracy, pairs = math.fsum(flat) / max(1, len(flat)), len(flat)
     # the pairs of one ranking share its responses: correlated, so they count as fewer
-    effective = effective_count(flat, [g for g, group in enumerate(outcomes) for _ in group])
-    low, high = wilson_interval(accuracy * effective, effective)
+    low, high = proportion_interval(flat, [g for g, group in enumerate(outcomes) for _ in group])
     return {
         "heldout_pairs": path,
         "accuracy": accuracy,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+NO_INTERVAL = "[-]"  # an interval that cannot be estimated, as a missing number reads "-"
+
 
 def rate(metrics: dict, key: str) -> str:
     """A win rate with its 95% interval, e.g. `59% [52, 66]`."""
@@ -24,8 +26,15 @@ def fixed(value: float, digits: int = 3) -> str:
 
 def interval(m: dict, key: str, digits: int = 3) -> str:
     """A mean with its 95% interval, `digits` decimals each as `fixed` writes them."""
+    return _with_bounds(m, key, lambda value: fixed(value, digits))
+
+
+def _with_bounds(m: dict, key: str, write) -> str:
+    """`m[key]` and its interval `[low, high]`, each written by `write`; `[-]` where the
+    interval is absent (None bounds: fewer than two distinct prompts, nothing to estimate it)."""
     low, high = m[key + "_low"], m[key + "_high"]
-    return f"{fixed(m[key], digits)} [{fixed(low, digits)}, {fixed(high, digits)}]"
+    bounds = NO_INTERVAL if low is None or high is None else f"[{write(low)}, {write(high)}]"
+    return f"{write(m[key])} {bounds}"
 
 
 def score(value: float) -> str:
@@ -35,7 +44,7 @@ def score(value: float) -> str:
 
 
 def _score_interval(m: dict, key: str) -> str:
-    return f"{score(m[key])} [{score(m[key + '_low'])}, {score(m[key + '_high'])}]"
+    return _with_bounds(m, key, score)
 
 
 # (row label, the key a model's metrics must hold for it, how to write it); one row each

@@ -83,6 +83,24 @@ def effective_count(outcomes: Sequence[float], clusters: Sequence[Hashable]) -> 
     return n if between <= within else n * within / between
 
 
+def proportion_interval(
+    outcomes: Sequence[float], clusters: Sequence[Hashable] | None = None
+) -> tuple[float, float]:
+    """95% Wilson interval of the mean of `outcomes` (each in [0, 1]: 1 a success, 0 a failure,
+    1/2 a tie), with the outcomes of one cluster counted as correlated: Wilson at the effective
+    count n / deff (`effective_count`). None clusters: every outcome independent.
+
+    Args:
+        outcomes: (n,) per-comparison values.
+        clusters: (n,) the cluster of each outcome (e.g. its prompt), or None.
+    """
+    successes = math.fsum(outcomes)
+    if clusters is None:
+        return wilson_interval(successes, len(outcomes))
+    effective = effective_count(outcomes, clusters)
+    return wilson_interval(successes / max(1, len(outcomes)) * effective, effective)
+
+
 def win_rate(
     candidate: list[float], baseline: list[float], clusters: Sequence[Hashable] | None = None
 ) -> WinRate:
@@ -105,9 +123,5 @@ def win_rate(
     wins, ties = outcomes.count(1.0), outcomes.count(0.5)
     n = len(candidate)
     rate = (wins + ties / 2) / n if n else 0.5
-    if clusters is None:
-        low, high = wilson_interval(wins + ties / 2, n)
-    else:
-        effective = effective_count(outcomes, clusters)
-        low, high = wilson_interval(rate * effective, effective)
+    low, high = proportion_interval(outcomes, clusters)
     return WinRate(wins=wins, ties=ties, losses=n - wins - ties, rate=rate, low=low, high=high)

@@ -39,7 +39,8 @@ class Task(Protocol):
 @runtime_checkable
 class HasFinalAnswer(Protocol):
     """Enables pass@k and maj@k in `rlhfkit eval` (eval/model_eval.py); without it they are
-    absent from the metrics."""
+    absent from the metrics. A task with it whose `reward` gives 1 for a right answer and 0
+    otherwise has its sampled gold score read as verdicts (a Wilson interval, not a bootstrap)."""
 
     def final_answer(self, response: str) -> str | None:
         """The answer `response` states, written as `PromptExample.answer` writes it (compared
