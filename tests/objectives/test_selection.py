@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -37,6 +39,17 @@ def test_top_fraction_hand_values():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             top_fraction(REWARDS, bad)
+
+
+def test_top_fraction_keeps_at_least_one_and_rounds_half_to_even_as_documented():
+    ten = torch.arange(10.0)
+    kept = {f: int(top_fraction(ten, f).sum()) for f in (0.25, 0.35, 0.45, 0.01)}
+    # 2.5 -> 2, 3.5 -> 4, 4.5 -> 4 (Python's round), 0.1 -> 1 (never none)
+    assert kept == {0.25: 2, 0.35: 4, 0.45: 4, 0.01: 1}
+    # docs/raft.md says the same, not a bare round(f * n)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "raft.md").read_text()
+    assert "keep the max(1, round(f * n)) highest rewards" in doc
+    assert "f * n = 2.5 keeps 2, 3.5 keeps 4" in doc
 
 
 def test_threshold_drops_selected_but_wrong_responses():

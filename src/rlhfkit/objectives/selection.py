@@ -4,7 +4,8 @@ binary gradient coefficients.
 RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model
 Alignment") samples K responses per prompt, keeps the best ones and fine-tunes on them:
     best of K (local ranking):     keep argmax_j r_{k,j} for every prompt k
-    top fraction (global ranking): keep the round(f * n) highest rewards of the whole round
+    top fraction (global ranking): keep the max(1, round(f * n)) highest rewards of the round's
+                                   n responses (round half to even, as Python's)
 Either can also require r > threshold (e.g. only correct answers), which with f = 1 is the
 rejection-sampling fine-tuning of Yuan et al. 2023 (keep every correct sample).
 
@@ -53,7 +54,8 @@ def best_of_k(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def top_fraction(rewards: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mark the round(fraction * n) highest rewards of all n responses (at least one).
+    """Mark the max(1, round(fraction * n)) highest rewards of all n responses, `round` half to
+    even (Python's: 2.5 -> 2, 3.5 -> 4).
 
     Args:
         rewards: (n,) one scalar per response.

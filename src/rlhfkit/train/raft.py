@@ -65,7 +65,8 @@ class RAFTConfig(PolicyRunConfig):
     """raft: best_of_k (the best of each prompt's K) or top_fraction (the best keep_fraction of the
     round)."""
     keep_fraction: float = 0.25
-    """raft with selection=top_fraction: share of the round's responses kept."""
+    """raft with selection=top_fraction: share of the round's n responses kept,
+    max(1, round(keep_fraction * n)) of them (rounded half to even)."""
     reward_threshold: float = 0.5
     """A response is correct when its reward is above this (arith's verifier gives 1 or 0)."""
     require_correct: bool = True
