@@ -53,11 +53,11 @@ def test_top_fraction_keeps_at_least_one_and_rounds_half_to_even_as_documented()
 
 
 def test_threshold_drops_selected_but_wrong_responses():
-    best = select_responses(REWARDS, Selection.BEST_OF_K, 3, 1.0, min_reward=0.5)
+    best = select_responses(REWARDS, Selection.BEST_OF_K, 3, 1.0, correct=REWARDS > 0.5)
     # prompt 2's best (0.3) is wrong: it contributes nothing
     assert best.nonzero().squeeze(1).tolist() == [1, 3]
     # keep_fraction 1 with a threshold: every correct sample (rejection-sampling fine-tuning)
-    every_correct = select_responses(REWARDS, "top_fraction", 3, 1.0, min_reward=0.5)
+    every_correct = select_responses(REWARDS, "top_fraction", 3, 1.0, correct=REWARDS > 0.5)
     assert every_correct.nonzero().squeeze(1).tolist() == [1, 3, 5]
     assert torch.equal(
         select_responses(REWARDS, Selection.BEST_OF_K, 3, 1.0, None), best_of_k(REWARDS, 3)
@@ -79,16 +79,11 @@ def test_best_of_k_keeps_each_groups_maximum(seed, prompts, group_size):
 
 
 def test_binary_coefficients_hand_values():
-    rewards = torch.tensor([1.0, 0.0, 0.5, 0.7])
-    assert binary_coefficients(rewards, 0.5).tolist() == [
-        1.0,
-        -1.0,
-        -1.0,
-        1.0,
-    ]  # 0.5 is not above 0.5
-    assert binary_coefficients(rewards, 0.5, wrong=0.0).tolist() == [1.0, 0.0, 0.0, 1.0]
+    correct = torch.tensor([1.0, 0.0, 0.5, 0.7]) > 0.5  # 0.5 is not above 0.5
+    assert binary_coefficients(correct).tolist() == [1.0, -1.0, -1.0, 1.0]
+    assert binary_coefficients(correct, wrong=0.0).tolist() == [1.0, 0.0, 0.0, 1.0]
     # no group normalisation: the coefficient of a response ignores the other responses
-    assert binary_coefficients(torch.ones(4), 0.5).tolist() == [1.0] * 4
+    assert binary_coefficients(torch.ones(4, dtype=torch.bool)).tolist() == [1.0] * 4
 
 
 def test_rft_loss_hand_values():

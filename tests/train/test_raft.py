@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from rlhfkit.errors import ConfigError
+from rlhfkit.rewards.base import RewardScores
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.raft import (
@@ -17,6 +18,7 @@ from rlhfkit.train.raft import (
     rollout_rows,
     sft_minibatch_loss,
     train_raft,
+    verdict_scores,
 )
 from tests.train.conftest import length_reward_spec
 
@@ -227,3 +229,40 @@ def test_a_round_of_one_response_logs_no_spread_and_no_torch_warning(tiny_model_
             cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
         ).history
     assert math.isnan(history[0]["reward_std"])  # null in metrics.jsonl
+
+
+def test_with_a_sum_holding_the_verifier_correct_means_the_verifier_said_so(
+    tiny_model_dir, tmp_path
+):
+    # task + length / 10: every answer of the tiny model is wrong (reward/task 0), and its
+    # length alone lifted the sum above reward_threshold: correct_fraction 1.0, all kept
+    reward = f"task + {length_reward_spec(tmp_path)}"
+    cfg = config(tiny_model_dir, tmp_path, reward=reward, require_correct=True, max_steps=1)
+    (row,) = train_raft(
+        cfg, prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    ).history
+    assert row["reward/task"] == 0.0 and row["reward_mean"] > cfg.reward_threshold
+    assert row["correct_fraction"] == 0.0 and row["kept_count"] == 0
+
+
+def test_the_verdict_is_the_task_terms_own_reward_less_the_missing_eos_penalty(tmp_path):
+    total = torch.tensor([1.3, 0.9, 1.1])  # task + a bonus of 0.3, 0.9, 0.1
+    scored = RewardScores(rewards=total, components={"task": torch.tensor([1.0, 0.0, 1.0])})
+    finished = torch.tensor([True, True, False])
+    cfg = config("m", tmp_path, reward="task + 0.1*f.py:bonus", missing_eos_penalty=0.25)
+    assert verdict_scores(cfg, scored, total, finished).tolist() == [1.0, 0.0, 0.75]
+    # no verifier in the sum, or a lone reward: the reward itself, as before
+    for reward in ("f.py:a + f.py:b", "task"):
+        alone = config("m", tmp_path, reward=reward)
+        assert verdict_scores(alone, scored, total, finished) is total
+    # advice's `task` term is a score, not a verdict: the sum decides
+    advice = config("m", tmp_path, task="advice", reward="task + 0.1*f.py:bonus")
+    assert verdict_scores(advice, scored, total, finished) is total
+
+
+def test_a_threshold_that_cannot_split_the_verifiers_verdicts_is_refused(tmp_path):
+    # set for the sum's scale, it would call every answer wrong
+    with pytest.raises(ConfigError, match=r"^reward_threshold=1.2: with reward=task \+ f.py:b"):
+        check_raft_config(config("m", tmp_path, reward="task + f.py:b", reward_threshold=1.2))
+    check_raft_config(config("m", tmp_path, reward="task + f.py:b", reward_threshold=0.0))
+    check_raft_config(config("m", tmp_path, reward="f.py:b", reward_threshold=1.2))

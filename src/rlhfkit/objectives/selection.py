@@ -6,12 +6,13 @@ Alignment") samples K responses per prompt, keeps the best ones and fine-tunes o
     best of K (local ranking):     keep argmax_j r_{k,j} for every prompt k
     top fraction (global ranking): keep the max(1, round(f * n)) highest rewards of the round's
                                    n responses (round half to even, as Python's)
-Either can also require r > threshold (e.g. only correct answers), which with f = 1 is the
-rejection-sampling fine-tuning of Yuan et al. 2023 (keep every correct sample).
+Either can also require the response to be correct (the trainer decides what is, e.g. r >
+threshold), which with f = 1 is the rejection-sampling fine-tuning of Yuan et al. 2023 (keep
+every correct sample).
 
 Online RFT (seed 003; DeepSeekMath, Shao et al. 2024, section 5.2) weights the log-likelihood of
 every sampled response by a gradient coefficient that only says whether it was right:
-    GC_i = +1 if r_i > threshold else c_wrong,    loss = -sum_i GC_i * sum_t log pi(y_it)
+    GC_i = +1 if response i is correct else c_wrong,    loss = -sum_i GC_i * sum_t log pi(y_it)
 Seed 003 writes c_wrong = -1; DeepSeekMath's indicator I(o) is c_wrong = 0. GRPO replaces GC_i
 by the group-normalised reward, so its coefficients also say *how much* better a response is.
 
@@ -82,7 +83,7 @@ def select_responses(
     selection: Selection,
     group_size: int,
     keep_fraction: float,
-    min_reward: float | None,
+    correct: torch.Tensor | None,
 ) -> torch.Tensor:
     """Which responses RAFT fine-tunes on.
 
@@ -91,30 +92,26 @@ def select_responses(
         selection: best of each group, or the top fraction of the round.
         group_size: K, read by best-of-K only.
         keep_fraction: read by top-fraction only.
-        min_reward: None, or a response is kept only when its reward is > min_reward as well
-            (a prompt whose best answer is wrong then contributes nothing).
+        correct: None, or (num_prompts * group_size,) bool: a selected response is kept only
+            where True as well (a prompt whose best answer is wrong then contributes nothing).
     Returns:
         (num_prompts * group_size,) bool, True = fine-tune on this response.
     """
     kept = _SELECTIONS[Selection(selection)](rewards, group_size, keep_fraction)
-    return kept if min_reward is None else kept & (rewards > min_reward)
+    return kept if correct is None else kept & correct
 
 
-def binary_coefficients(
-    rewards: torch.Tensor, threshold: float, wrong: float = -1.0
-) -> torch.Tensor:
+def binary_coefficients(correct: torch.Tensor, wrong: float = -1.0) -> torch.Tensor:
     """Online RFT's gradient coefficients: +1 for a correct response, `wrong` for the others.
 
     Args:
-        rewards: (n,) one scalar per response.
-        threshold: a response is correct when its reward is > threshold.
+        correct: (n,) bool, True = the response is correct (e.g. its reward > a threshold).
         wrong: coefficient of an incorrect response (-1 in seed 003, 0 in DeepSeekMath's RFT).
     Returns:
-        (n,) float coefficients in the rewards' dtype; no group normalisation, unlike GRPO.
+        (n,) float32 coefficients; no group normalisation, unlike GRPO.
     """
-    return torch.where(
-        rewards > threshold, torch.ones_like(rewards), torch.full_like(rewards, wrong)
-    )
+    ones = torch.ones(correct.shape, device=correct.device)
+    return torch.where(correct, ones, torch.full_like(ones, wrong))
 
 
 def rft_loss(

@@ -2,7 +2,7 @@
 
 Both sample K responses per prompt from the current policy and score them, then:
     raft:       keep the best of each prompt's K (or the top fraction of the round), optionally
-                only those with reward > threshold, and fine-tune on the kept (prompt, response)
+                only the correct ones, and fine-tune on the kept (prompt, response)
                 pairs with the SFT loss for a few epochs (Dong et al. 2023, "RAFT: Reward rAnked
                 FineTuning"); with keep_fraction = 1 and the threshold it keeps every correct
                 sample (rejection-sampling fine-tuning, Yuan et al. 2023).
@@ -15,6 +15,9 @@ of a step the samples are slightly off-policy. DeepSeekMath writes RFT's coeffic
 indicator 1 / 0 (`wrong_coef=0`); seed 003's -1 pushes log pi of a wrong answer down without
 bound, so when most samples are wrong the policy can collapse (GRPO's group baseline centres
 the coefficients instead).
+A response is correct when its reward is above reward_threshold; in a weighted sum holding
+arith's verifier (`task`), when that term's own reward is, so that the other terms rank the
+samples but cannot make a wrong answer right.
 Under torchrun each rank samples and scores its own share of a round's prompts (all K samples of
 a prompt on one rank); RAFT selects over every rank's rewards, and each rank runs its rows of
 every global mini-batch (maybe none), with the denominators summed over the ranks, so each
@@ -31,8 +34,12 @@ from rlhfkit.errors import ConfigError
 from rlhfkit.objectives.advantages import penalise_unfinished
 from rlhfkit.objectives.aggregate import LossAggregation, aggregate_loss, loss_denominator
 from rlhfkit.objectives.selection import Selection, binary_coefficients, rft_loss, select_responses
+from rlhfkit.rewards.base import RewardScores
+from rlhfkit.rewards.builder import parse_spec
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.runtime.config import refuse_unread_settings
+from rlhfkit.tasks.base import HasFinalAnswer
+from rlhfkit.tasks.registry import TASKS, TaskName
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import PolicyRunConfig
@@ -41,6 +48,8 @@ from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 
 log = logging.getLogger(__name__)
+
+VERIFIER = "task"  # the reward term of the task's own verifier
 
 
 class RAFTMode(str, Enum):
@@ -68,9 +77,11 @@ class RAFTConfig(PolicyRunConfig):
     """raft with selection=top_fraction: share of the round's n responses kept,
     max(1, round(keep_fraction * n)) of them (rounded half to even)."""
     reward_threshold: float = 0.5
-    """A response is correct when its reward is above this (arith's verifier gives 1 or 0)."""
+    """A response is correct when its reward is above this (arith's verifier gives 1 or 0); with
+    a weighted sum holding the `task` term on a task whose reward is right or wrong (arith),
+    when that term's own reward is (`verdict_scores`)."""
     require_correct: bool = True
-    """raft: keep a selected response only when it is correct (reward above reward_threshold)."""
+    """raft: keep a selected response only when it is correct (above reward_threshold)."""
     epochs_per_round: int = 1
     """raft: SFT passes over the kept responses each round."""
     mini_batch_size: int = 64
@@ -114,6 +125,12 @@ def check_raft_config(cfg: RAFTConfig) -> None:
             "that passes reward_threshold)"
         )
     refuse_unread_settings(cfg, "mode", MODE_SETTINGS)
+    if sums_a_verifier(cfg) and not 0.0 <= cfg.reward_threshold < 1.0:
+        raise ConfigError(
+            f"reward_threshold={cfg.reward_threshold:g}: with reward={cfg.reward}, a response is "
+            f"correct when the task's verifier (the `task` term: 1 right, 0 wrong) scores it "
+            "above reward_threshold, whatever the other terms add; it must lie in [0, 1)"
+        )
     defaults = {f.name: f.default for f in fields(RAFTConfig)}
     if (
         Selection(cfg.selection) is Selection.BEST_OF_K
@@ -169,6 +186,7 @@ def _raft_update(
     share: PromptShare,
     rollout: Rollout,
     rewards: torch.Tensor,
+    correct: torch.Tensor,
 ) -> tuple[list[dict], dict]:
     """Keep the best responses of the round (over every rank's), then `epochs_per_round`
     epochs of SFT on them in mini-batches."""
@@ -178,7 +196,7 @@ def _raft_update(
         cfg.selection,
         cfg.samples_per_prompt,
         cfg.keep_fraction,
-        cfg.reward_threshold if cfg.require_correct else None,
+        run.all_rows(correct) if cfg.require_correct else None,
     )
     first, held = share.first * cfg.samples_per_prompt, rewards.shape[0]
     data = rollout_rows(rollout, kept[first : first + held].nonzero().squeeze(1))
@@ -213,10 +231,11 @@ def _online_rft_update(
     share: PromptShare,
     rollout: Rollout,
     rewards: torch.Tensor,
+    correct: torch.Tensor,
 ) -> tuple[list[dict], dict]:
     """One pass of the +1 / -1 weighted log-likelihood over the round's responses in
     mini-batches (this rank's rows of each, maybe none; the denominator counts every rank's)."""
-    coefficients = binary_coefficients(rewards, cfg.reward_threshold, cfg.wrong_coef)
+    coefficients = binary_coefficients(correct, cfg.wrong_coef)
     data = {**rollout_rows(rollout, slice(None)), "coefficients": coefficients}
     stats = []
     for start in range(0, share.total * cfg.samples_per_prompt, cfg.mini_batch_size):
@@ -246,6 +265,28 @@ def _rft_micro_loss(cfg: RAFTConfig, run: PolicyRun, micro: dict, denominator) -
 _UPDATES = {RAFTMode.RAFT: _raft_update, RAFTMode.ONLINE_RFT: _online_rft_update}
 
 
+def sums_a_verifier(cfg: RAFTConfig) -> bool:
+    """Whether the reward is a weighted sum holding the `task` term on a task whose reward is a
+    verdict, 1 right and 0 wrong (one with a checkable final answer: arith). Correctness is then
+    that term's (`verdict_scores`), not the sum's."""
+    terms = [term for term, _ in parse_spec(cfg.reward or VERIFIER)]
+    verdicts = cfg.task is not None and issubclass(TASKS[TaskName(cfg.task)], HasFinalAnswer)
+    return verdicts and len(terms) > 1 and VERIFIER in terms
+
+
+def verdict_scores(
+    cfg: RAFTConfig, scored: RewardScores, rewards: torch.Tensor, finished: torch.Tensor
+) -> torch.Tensor:
+    """(batch,) what `reward_threshold` is compared with to call a response correct: with a sum
+    holding the task's verifier (`sums_a_verifier`), that term's own reward less the missing-EOS
+    penalty, so that the other terms (a length bonus, a reward model) cannot turn a wrong answer
+    right; else `rewards`, the reward with the penalty."""
+    if not sums_a_verifier(cfg):
+        return rewards
+    own = scored.components[VERIFIER].to(rewards.device)
+    return penalise_unfinished(own, finished, cfg.missing_eos_penalty)
+
+
 def _threshold_decides(cfg: RAFTConfig) -> bool:
     """Whether `reward_threshold` decides what is learnt: which responses raft keeps (with
     require_correct), or the sign of each response's weight in online RFT."""
@@ -262,6 +303,11 @@ def nothing_correct(cfg: RAFTConfig, round_number: int, best: float) -> str:
         else "raft keeps none and takes no step"
     )
     fix = "" if RAFTMode(cfg.mode) is RAFTMode.ONLINE_RFT else ", or require_correct=false"
+    if sums_a_verifier(cfg):  # the verifier's 0/1 decides: no scale to fix, every answer wrong
+        return (
+            f"round {round_number}: the task's verifier (the reward's `task` term) found no "
+            f"response right, so {effect}"
+        )
     return (
         f"round {round_number}: no response scored above reward_threshold={cfg.reward_threshold:g} "
         f"(the best: {best:.4g}), so {effect}; for a reward on another scale than 0/1, set "
@@ -296,25 +342,26 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
                 )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.samples_per_prompt)]
 
-            # step 3. score every response (this rank's)
+            # step 3. score every response (this rank's), and judge which are correct
             with timer("reward"):
                 scored = run.reward.score(grouped_prompts, responses)
                 rewards = penalise_unfinished(
                     scored.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )
+                judged = verdict_scores(cfg, scored, rewards, rollout.finished)
+                correct = judged > cfg.reward_threshold
 
             # step 4. raft: select and fine-tune; online_rft: the +1 / -1 weighted step
             with timer("update"):
-                stats, info = update(cfg, run, step, share, rollout, rewards)
+                stats, info = update(cfg, run, step, share, rollout, rewards, correct)
 
             # step 5. metrics, evaluation, checkpoint
             row = run.step_metrics(
                 stats, rewards, grouped_prompts, responses, rollout, timer, scored
             )
-            every = run.all_rows(rewards)  # over every rank's
-            correct = every > cfg.reward_threshold
-            row.update(info, correct_fraction=correct.float().mean().item())
-            if not warned and not correct.any() and _threshold_decides(cfg):
+            every = run.all_rows(judged)  # over every rank's
+            row.update(info, correct_fraction=(every > cfg.reward_threshold).float().mean().item())
+            if not warned and not (every > cfg.reward_threshold).any() and _threshold_decides(cfg):
                 warned = True
                 log.warning(nothing_correct(cfg, step + 1, every.max().item()))
             run.end_step(step + 1, row, result)
