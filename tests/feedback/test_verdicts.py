@@ -49,3 +49,10 @@ def test_gold_agreement_of_hard_labels_and_of_no_pairs():
     gold_first, gold_second = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 1.0])
     assert gold_agreement(labels, gold_first, gold_second)[0] == pytest.approx(2 / 3)
     assert gold_agreement(torch.ones(2), torch.ones(2), torch.ones(2)) == (None, 0)
+
+
+def test_an_agreement_is_its_count_over_n_in_float64():
+    # 13 of 24 ordered pairs agree: the report shows 13/24 = 0.5416666666666666, where float32's
+    # mean wrote 0.5416666865348816 into report.json
+    first_better = torch.tensor([0.9] * 13 + [0.1] * 11)
+    assert gold_agreement(first_better, torch.ones(24), torch.zeros(24)) == (13 / 24, 24)

@@ -24,10 +24,10 @@ def test_gold_report_by_hand():
         [Revision(PROMPT.prompt, f" {TIPS[0]} {TIPS[1]}", "polite", "c", f" {TIPS[1]} ")],
     ]  # 2 -> 1
     report = gold_report(AdviceTask(), [PROMPT] * 3, chains)
-    assert report["gold_before"] == pytest.approx((-1 + 1 + 2) / 3)
-    assert report["gold_after"] == pytest.approx(1.0)
-    assert report["raised"] == pytest.approx(1 / 3) and report["lowered"] == pytest.approx(1 / 3)
-    assert report["raised_of_changed"] == pytest.approx(1 / 2)  # the second chain did not change
+    # exact: float64 means and counts over n, not float32's 0.3333333432674408 in report.json
+    assert report["gold_before"] == (-1 + 1 + 2) / 3 and report["gold_after"] == 1.0
+    assert report["raised"] == 1 / 3 and report["lowered"] == 1 / 3
+    assert report["raised_of_changed"] == 1 / 2  # the second chain did not change
 
 
 def test_run_critique_writes_sft_rows_preferences_and_report(tmp_path, tiny_model_dir):

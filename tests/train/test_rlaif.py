@@ -5,15 +5,22 @@ import random
 import re
 
 import pytest
+import torch
 
 from rlhfkit.data.formats import Format
 from rlhfkit.data.loading import load_examples
 from rlhfkit.errors import ConfigError, DataError, RlhfkitError
-from rlhfkit.feedback.judge import judge_length
+from rlhfkit.feedback.judge import PairJudgements, judge_length
 from rlhfkit.models.loading import load_causal_lm, load_tokenizer
 from rlhfkit.runtime.rundir import prepare_run_dir
 from rlhfkit.tasks.advice_bank import RUDE, TOPICS
-from rlhfkit.train.rlaif import JudgeConfig, distinct_pairs, judge_sft_config, run_judge
+from rlhfkit.train.rlaif import (
+    JudgeConfig,
+    agreement_report,
+    distinct_pairs,
+    judge_sft_config,
+    run_judge,
+)
 from rlhfkit.train.sft import SFTConfig
 
 FAST_SFT = SFTConfig(
@@ -183,3 +190,17 @@ def test_a_pair_of_equal_replies_is_dropped_and_counted_not_trained_on(caplog):
     assert "p.jsonl: 2 rows: 1 kept, 1 dropped (chosen equals rejected: 1)" in caplog.text
     with pytest.raises(DataError, match="^p.jsonl: every pair's chosen equals its rejected"):
         distinct_pairs([same], "p.jsonl")
+
+
+def test_the_agreement_reports_shares_are_counts_over_n_as_json_writes_them():
+    # 29 of 50 pairs judged the label's way, 29 verdicts flip with the order: agreement.json
+    # held "judge_vs_labels": 0.5799999833106995 (a float32 mean), now 0.58
+    first_better = torch.tensor([0.8] * 29 + [0.3] * 21)
+    prob_ab = torch.tensor([0.8] * 29 + [0.3] * 21)
+    prob_ba = torch.tensor([0.8] * 29 + [0.7] * 21)  # A twice, a flip, for the first 29
+    report = agreement_report(PairJudgements(first_better, prob_ab, prob_ba), gold=None)
+    assert report["judge_vs_labels"] == 0.58 and report["flip_rate"] == 0.58
+    assert '"judge_vs_labels": 0.58}' in json.dumps(report)
+    gold = (torch.tensor([1.0] * 13 + [0.0] * 37), torch.tensor([0.0] * 13 + [1.0] * 37))
+    report = agreement_report(PairJudgements(first_better, prob_ab, prob_ba), gold)
+    assert report["judge_vs_gold"] == (13 + 21) / 50 and report["labels_vs_gold"] == 13 / 50

@@ -208,19 +208,16 @@ class PairJudgements:
 
     @property
     def flip_rate(self) -> float:
-        """Share of pairs whose verdict changes when the order is swapped."""
-        return (
-            float(order_flips(self.prob_ab, self.prob_ba).float().mean())
-            if len(self.prob_ab)
-            else 0.0
-        )
+        """Share of pairs whose verdict changes when the order is swapped (a count over n, as
+        a report writes it: 0.58, not float32's 0.5799999833)."""
+        flips = int(order_flips(self.prob_ab, self.prob_ba).sum())
+        return flips / len(self.prob_ab) if len(self.prob_ab) else 0.0
 
     @property
     def position_bias(self) -> float:
-        """Mean probability moved to position A (0 = none, +1/2 = always A)."""
-        return (
-            float(position_shift(self.prob_ab, self.prob_ba).mean()) if len(self.prob_ab) else 0.0
-        )
+        """Mean probability moved to position A (0 = none, +1/2 = always A), in float64."""
+        shift = position_shift(self.prob_ab.double(), self.prob_ba.double())
+        return float(shift.mean()) if len(self.prob_ab) else 0.0
 
 
 def judge_pairs(

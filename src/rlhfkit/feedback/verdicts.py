@@ -65,6 +65,7 @@ def gold_agreement(
     count = int(ordered.sum())
     if count == 0:
         return None, 0
-    # 1 when the signs agree, 1/2 on a judge tie, 0 when they disagree
+    # 1 when the signs agree, 1/2 on a judge tie, 0 when they disagree: exact in any dtype, so
+    # the share is the count's (13 / 24 is 0.5416666666666666, not float32's 0.5416666865...)
     score = (1 + gold_sign[ordered] * judged_sign[ordered]) / 2
-    return float(score.float().mean()), count
+    return float(score.double().sum()) / count, count

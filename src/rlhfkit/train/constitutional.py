@@ -10,6 +10,7 @@ the revisions did to the gold score, which the method itself never sees.
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,38 +112,38 @@ def _principles(cfg: CritiqueConfig, task) -> list:
 
 
 def gold_report(task, prompts: list[PromptExample], chains: list[list[Revision]]) -> dict:
-    """What the final revisions did to the task's gold score, per prompt and on average."""
-    before = torch.tensor([task.reward(p, chain[0].response) for p, chain in zip(prompts, chains)])
-    after = torch.tensor([task.reward(p, chain[-1].revision) for p, chain in zip(prompts, chains)])
-    was_changed = torch.tensor([changed(chain) for chain in chains])
+    """What the final revisions did to the task's gold score, per prompt and on average (in
+    float64, and shares as counts over n: a report shows 13/24 as 0.5416666666666666)."""
+    before = [task.reward(p, chain[0].response) for p, chain in zip(prompts, chains)]
+    after = [task.reward(p, chain[-1].revision) for p, chain in zip(prompts, chains)]
+    raised = [a > b for a, b in zip(after, before)]
+    raised_of_changed = [up for up, chain in zip(raised, chains) if changed(chain)]
     return {
-        "gold_before": float(before.mean()),
-        "gold_after": float(after.mean()),
-        "raised": float((after > before).float().mean()),
-        "lowered": float((after < before).float().mean()),
-        "raised_of_changed": float((after > before)[was_changed].float().mean())
-        if was_changed.any()
-        else 0.0,
+        "gold_before": math.fsum(before) / len(before),
+        "gold_after": math.fsum(after) / len(after),
+        "raised": sum(raised) / len(raised),
+        "lowered": sum(a < b for a, b in zip(after, before)) / len(after),
+        "raised_of_changed": sum(raised_of_changed) / max(1, len(raised_of_changed)),
     }
 
 
 def judge_report(task, prompts: list[PromptExample], chains, judgements, judged: list[int]) -> dict:
     """The judge on revision vs original: how often it prefers the revision, its position bias,
     and (with a task) how often it orders the pair like the gold score."""
+    prefers = int((judgements.first_better > 0.5).sum())  # a count: the share is exact
     report = {
         "judged_pairs": len(judged),
         "position_bias": judgements.position_bias,
         "flip_rate": judgements.flip_rate,
-        "judge_prefers_revision": float((judgements.first_better > 0.5).float().mean())
-        if judged
-        else 0.0,
+        "judge_prefers_revision": prefers / len(judged) if judged else 0.0,
     }
     if task is not None and judged:
+        # float64, as the task scores: float32 could round two different scores into a tie
         gold_revised = torch.tensor(
-            [task.reward(prompts[i], chains[i][-1].revision) for i in judged]
+            [task.reward(prompts[i], chains[i][-1].revision) for i in judged], dtype=torch.float64
         )
         gold_original = torch.tensor(
-            [task.reward(prompts[i], chains[i][0].response) for i in judged]
+            [task.reward(prompts[i], chains[i][0].response) for i in judged], dtype=torch.float64
         )
         report["judge_vs_gold"], report["gold_ordered_pairs"] = gold_agreement(
             judgements.first_better, gold_revised, gold_original

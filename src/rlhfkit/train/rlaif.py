@@ -174,10 +174,10 @@ def gold_scores(
             examples.append(task.prompt_example(pair.prompt))
         except RlhfkitError as error:
             raise DataError(path, row_number, "prompt", str(error)) from None
-    return (
-        torch.tensor([task.reward(e, p.chosen) for e, p in zip(examples, pairs)]),
-        torch.tensor([task.reward(e, p.rejected) for e, p in zip(examples, pairs)]),
-    )
+    # float64, as the task scores: float32 could round two different scores into a tie
+    chosen = [task.reward(e, p.chosen) for e, p in zip(examples, pairs)]
+    rejected = [task.reward(e, p.rejected) for e, p in zip(examples, pairs)]
+    return torch.tensor(chosen, dtype=torch.float64), torch.tensor(rejected, dtype=torch.float64)
 
 
 def agreement_report(
