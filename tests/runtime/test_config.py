@@ -486,6 +486,8 @@ class _Modal:
     mode: _Mode = _Mode.A
     names: tuple[str, ...] = ()
     ports: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+    strict: bool = True
+    limit: float | None = 1.0
 
 
 def test_a_setting_only_another_choice_reads_is_refused_when_set_away_from_its_default():
@@ -496,5 +498,21 @@ def test_a_setting_only_another_choice_reads_is_refused_when_set_away_from_its_d
     refuse_unread_settings(_Modal(mode="b", names=("x",), ports=[3]), "mode", readers)  # read
     with pytest.raises(ConfigError, match=r"^ports=\[3\] is read by mode=b only: .* mode=a$"):
         refuse_unread_settings(_Modal(ports=[3]), "mode", readers)
-    with pytest.raises(ConfigError, match=r"^names=\['x'\] is read by mode=b only"):
+    with pytest.raises(ConfigError, match=r'^names=\["x"\] is read by mode=b only'):
         refuse_unread_settings(_Modal(mode="a", names=("x",)), "mode", readers)
+
+
+def test_a_refused_setting_is_written_as_yaml_writes_it():
+    # a user who typed strict=false read "strict=False is read by ...": Python's spelling
+    from rlhfkit.runtime.config import refuse_unread_settings, written
+
+    for setting, shown in ((dict(strict=False), "strict=false"), (dict(limit=None), "limit=null")):
+        with pytest.raises(ConfigError, match=f"^{shown} is read by mode=b only"):
+            refuse_unread_settings(_Modal(**setting), "mode", {_Mode.B: ("strict", "limit")})
+    assert [written(v) for v in (1e-05, _Mode.B, ("a", "b"), "true", "")] == [
+        "1e-05",
+        "b",
+        '["a", "b"]',
+        '"true"',
+        '""',  # a string quoted only where YAML needs it
+    ]

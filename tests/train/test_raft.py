@@ -208,7 +208,7 @@ def test_sizes_that_leave_nothing_to_train_on_are_rejected(tmp_path, override, m
         (dict(wrong_coef=0.0), "^wrong_coef=0.0 is read by mode=online_rft only"),
         (dict(loss_aggregation="token_mean"), "^loss_aggregation=token_mean is read by mode=onl"),
         (dict(mode="online_rft", epochs_per_round=2), "^epochs_per_round=2 is read by mode=raft"),
-        (dict(mode="online_rft", require_correct=False), "^require_correct=False is read by mo"),
+        (dict(mode="online_rft", require_correct=False), "^require_correct=false is read by mo"),
         (dict(mode="online_rft", selection="top_fraction"), "^selection=top_fraction is read by"),
         (dict(keep_fraction=0.5), "^keep_fraction=0.5 is read by selection=top_fraction only"),
     ],

@@ -18,6 +18,7 @@ Config classes must be defined at module level: field annotations are resolved w
 
 import dataclasses
 import enum
+import json
 import typing
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -213,10 +214,9 @@ def refuse_unread_settings(cfg: Any, choice: str, readers: Mapping[enum.Enum, tu
     for value, names in readers.items():
         for name in names:
             if value.value != current and getattr(cfg, name) != defaults[name]:
-                shown = plain_value(getattr(cfg, name))
                 raise ConfigError(
-                    f"{name}={shown} is read by {choice}={value.value} only: leave it out with "
-                    f"{choice}={current}"
+                    f"{name}={written(getattr(cfg, name))} is read by {choice}={value.value} "
+                    f"only: leave it out with {choice}={written(current)}"
                 )
 
 
@@ -389,6 +389,19 @@ def plain_value(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def written(value: Any) -> str:
+    """A config value as YAML and the command line write it, for messages: true, null,
+    [a, b], 1e-05; a string bare where YAML reads it back as itself, else quoted ("", "true")."""
+    plain = plain_value(value)
+    if isinstance(plain, str) and plain.isprintable() and plain == plain.strip():
+        try:
+            if yaml.safe_load(plain) == plain:  # reads back as itself: bare, as one types it
+                return plain
+        except yaml.YAMLError:
+            pass
+    return json.dumps(plain)  # "" or "\n" quoted (YAML reads JSON's quoting)
 
 
 def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

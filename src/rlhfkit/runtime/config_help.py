@@ -7,15 +7,12 @@ read from the classes' source with `ast`."""
 import ast
 import dataclasses
 import inspect
-import json
 import shutil
 import textwrap
 import typing
 from typing import Any
 
-import yaml
-
-from rlhfkit.runtime.config import config_to_dict, plain_value
+from rlhfkit.runtime.config import config_to_dict, written
 from rlhfkit.runtime.config_types import section_type
 
 
@@ -90,7 +87,7 @@ def _describe(
                 _entry(f"{key}.*", docs[field.name], width, out)
             _describe(section, default, f"{key}.", command_of, width, out)
         else:
-            _entry(f"{key} = {_shown(default)}", docs.get(field.name, ""), width, out)
+            _entry(f"{key} = {written(default)}", docs.get(field.name, ""), width, out)
 
 
 def _entry(head: str, text: str, width: int, out: list) -> None:
@@ -108,17 +105,5 @@ def _changed(section: Any, plain: Any) -> str:
     """`key=value` for each key where a section's defaults differ from its command's own."""
     ours, theirs = config_to_dict(section), config_to_dict(plain)
     return ", ".join(
-        f"{key}={_shown(value)}" for key, value in ours.items() if theirs.get(key) != value
+        f"{key}={written(value)}" for key, value in ours.items() if theirs.get(key) != value
     )
-
-
-def _shown(value: Any) -> str:
-    """A default as it is written on the command line (YAML: true, null, [a, b], 1e-05)."""
-    plain = plain_value(value)
-    if isinstance(plain, str) and plain.isprintable() and plain == plain.strip():
-        try:
-            if yaml.safe_load(plain) == plain:  # reads back as itself: bare, as one types it
-                return plain
-        except yaml.YAMLError:
-            pass
-    return json.dumps(plain)  # "" or "\n" quoted (YAML reads JSON's quoting)

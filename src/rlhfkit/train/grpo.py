@@ -30,7 +30,7 @@ from rlhfkit.objectives.policy import RatioLevel, ppo_policy_loss
 from rlhfkit.rewards.builder import parse_spec
 from rlhfkit.rollout.engine import Rollout
 from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_char_ends
-from rlhfkit.runtime.config import plain_value
+from rlhfkit.runtime.config import written
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
 from rlhfkit.train.phase_timer import PhaseTimer
 from rlhfkit.train.policy_config import GroupRolloutConfig
@@ -149,8 +149,7 @@ def refuse_unread(cfg, names: tuple[str, ...], reason: str) -> None:
     for name in names:
         value = getattr(cfg, name, defaults.get(name))
         if name in defaults and value != defaults[name]:
-            shown = str(value).lower() if isinstance(value, bool) else plain_value(value)
-            raise ConfigError(f"{name}={shown} {reason}")  # as YAML and the command line write it
+            raise ConfigError(f"{name}={written(value)} {reason}")
 
 
 def check_supervision(cfg: GRPOConfig) -> None:

@@ -5,7 +5,7 @@ from dataclasses import fields
 
 from rlhfkit.errors import ConfigError
 from rlhfkit.models.lora import target_names
-from rlhfkit.runtime.config import plain_value
+from rlhfkit.runtime.config import plain_value, written
 
 ADAPTER_SETTINGS = ("lora_alpha", "lora_dropout", "lora_target_modules")
 """What shapes the adapters, which lora_r=0 (full fine-tuning) does not make."""
@@ -27,7 +27,8 @@ def check_lora_settings(cfg) -> None:
             value = plain_value(getattr(cfg, name))
             if value != plain_value(defaults[name]) and value != [defaults[name]]:
                 raise ConfigError(
-                    f"{name}={value} shapes LoRA's adapters, and lora_r=0 trains the whole model "
+                    f"{name}={written(value)} shapes LoRA's adapters, and lora_r=0 trains the "
+                    "whole model "
                     f"without any: set lora_r > 0, or leave {name} out"
                 )
     else:

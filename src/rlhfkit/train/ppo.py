@@ -42,7 +42,7 @@ from rlhfkit.objectives.kl import KLEstimator, adaptive_kl_coef, kl_penalty, seq
 from rlhfkit.objectives.masked import masked_mean, masked_var, masked_whiten
 from rlhfkit.objectives.policy import ppo_policy_loss, value_loss
 from rlhfkit.rollout.forward import response_values
-from rlhfkit.runtime.config import plain_value
+from rlhfkit.runtime.config import written
 from rlhfkit.runtime.device import autocast
 from rlhfkit.runtime.distributed import gather_parameters
 from rlhfkit.train.micro_batches import mismatch_stats, token_stat
@@ -183,9 +183,7 @@ def unused_critic_settings(cfg: PPOConfig) -> list[str]:
     names = ("critic_init", "critic_lr", "value_clip", "lam")
     default = PPOConfig()
     return [
-        f"{n}={plain_value(getattr(cfg, n))}"
-        for n in names
-        if getattr(cfg, n) != getattr(default, n)
+        f"{n}={written(getattr(cfg, n))}" for n in names if getattr(cfg, n) != getattr(default, n)
     ]
 
 
