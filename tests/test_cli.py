@@ -1202,17 +1202,6 @@ def test_a_usage_error_under_torchrun_is_printed_by_rank_0_alone(capsys):
         assert ("unrecognized arguments: --bogus" in err) is printed, (rank, err)
 
 
-def test_a_collective_that_lost_a_peer_is_told_apart():
-    lost = [
-        RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [x]: ..."),
-        RuntimeError("[c10d] Connection reset by peer"),
-        RuntimeError("NCCL error: remote process exited or there was a network error"),
-    ]
-    assert all(cli._lost_a_rank(error) for error in lost)
-    assert not cli._lost_a_rank(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not cli._lost_a_rank(ValueError("Connection reset by peer"))  # not a collective's
-
-
 def test_sigterm_is_a_clean_stop_during_the_run_and_the_default_after_it(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(cli, "run", lambda argv: seen.append(signal.getsignal(signal.SIGTERM)))

@@ -23,6 +23,7 @@ from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runner import silence_libraries
 from rlhfkit.runtime.logs import console_messages
+from rlhfkit.runtime.lost_rank import lost_a_rank, own_stop_after_a_peer, say_stopped
 from rlhfkit.runtime.provenance import started_by
 
 log = logging.getLogger(__name__)
@@ -269,8 +270,13 @@ def _run_under_torchrun(args, env) -> None:
             sys.exit(getattr(error, "exit_status", 2))
         raise
     except Exception as error:
-        if not _lost_a_rank(error):
+        if not lost_a_rank(error):
             raise
+        stop = own_stop_after_a_peer()  # torchrun stopping the job, seen first as a peer gone
+        if stop is not None:
+            if launch.rank != 0:  # rank 0 says so
+                sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
+            raise stop from None
         # another process of the job died (killed, out of memory): this rank's collective
         # failed. One line instead of the collective's traceback; torchrun stops the others.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # its SIGTERM: no traceback at exit
@@ -284,6 +290,8 @@ def _run_under_torchrun(args, env) -> None:
         )
         sys.exit(1)
     except (KeyboardInterrupt, Terminated) as stop:
+        if launch.world_size > 1:
+            say_stopped(env)  # a peer losing this process then knows the job is stopping
         if launch.rank != 0:  # torchrun stops every rank alike: rank 0 says so
             sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)
         raise
@@ -292,28 +300,6 @@ def _run_under_torchrun(args, env) -> None:
             sys.stdout = sys.__stdout__
             quiet.close()
         close_distributed()
-
-
-# what a collective says when a peer process has gone (gloo on CPUs, NCCL on GPUs)
-_PEER_LOST = (
-    "Connection reset by peer",
-    "Connection closed by peer",
-    "Broken pipe",
-    "Socket Timeout",
-    "remote process exited",
-)
-
-
-def _lost_a_rank(error: BaseException) -> bool:
-    """Whether `error` is a collective failing because another rank of the job died."""
-    import torch.distributed as dist
-
-    message = str(error)
-    if isinstance(error, getattr(dist, "DistNetworkError", ())) or "gloo/transport" in message:
-        return True
-    return isinstance(error, (RuntimeError, getattr(dist, "DistError", RuntimeError))) and any(
-        text in message for text in _PEER_LOST
-    )
 
 
 def _config_file(args, command: Command) -> str | None:

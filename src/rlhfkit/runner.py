@@ -69,6 +69,7 @@ def run_in_dir(
     from rlhfkit.runtime.distributed import broadcast_from_main, current_ranks
     from rlhfkit.runtime.host_memory import keep_freed_memory
     from rlhfkit.runtime.logs import run_log
+    from rlhfkit.runtime.lost_rank import job_stop_told_apart
     from rlhfkit.runtime.provenance import record_start, start_record
     from rlhfkit.runtime.rundir import RunDir, open_run, resumed_with_config
 
@@ -84,7 +85,7 @@ def run_in_dir(
         if broadcast_from_main(None, ranks) is not None:
             raise SystemExit(2)  # rank 0 could not open it, and says why
         run = RunDir(root)
-        with next_steps_after_a_fault(command, run):
+        with next_steps_after_a_fault(command, run), job_stop_told_apart():
             return None, run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
     ready = False
     try:
@@ -112,7 +113,7 @@ def run_in_dir(
                 if before_run is not None:
                     before_run(run)
                 ready = broadcast_from_main(None, ranks) is None
-                with next_steps_after_a_fault(command, run):
+                with next_steps_after_a_fault(command, run), job_stop_told_apart():
                     result = (
                         run_fn(cfg, run, resume=resume) if command.resumable else run_fn(cfg, run)
                     )
