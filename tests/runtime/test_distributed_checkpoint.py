@@ -8,8 +8,10 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint.filesystem
 from torch.distributed.checkpoint import FileSystemReader
 
+from rlhfkit.errors import Terminated
 from rlhfkit.runtime.checkpoint import MARKER_NAME, checkpoint_damage, latest_checkpoint
 from rlhfkit.runtime.distributed import Ranks
 from rlhfkit.runtime.distributed_checkpoint import (
@@ -88,6 +90,22 @@ def test_keep_last_and_a_failed_save_leaves_the_previous_checkpoints(tmp_path):
         _save(tmp_path, 4, model, optimizer, {}, fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000002", "step_00000003"]
     assert latest_checkpoint(tmp_path).name == "step_00000003"
+
+
+@pytest.mark.parametrize("stop", [Terminated, KeyboardInterrupt])
+def test_a_stop_signal_inside_the_save_stops_the_run_as_that_signal(tmp_path, monkeypatch, stop):
+    # DCP wraps a rank's error in its CheckpointException: a SIGTERM while the shards are
+    # written would end the job with DCP's traceback instead of "terminated"
+    model, optimizer = _trained()
+    _save(tmp_path, 1, model, optimizer, {})
+
+    def signalled(*args, **kwargs):
+        raise stop()
+
+    monkeypatch.setattr(torch.distributed.checkpoint.filesystem, "_write_item", signalled)
+    with pytest.raises(stop):
+        _save(tmp_path, 2, model, optimizer, {})
+    assert [p.name for p in tmp_path.iterdir()] == ["step_00000001"]
 
 
 def test_extras_hold_numbers_and_tensors_only(tmp_path):

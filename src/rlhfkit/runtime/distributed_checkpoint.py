@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runtime.checkpoint import (
     MARKER_NAME,
     begin_checkpoint,
@@ -89,16 +89,38 @@ def on_main(fn: Callable[[], T], ranks: Ranks) -> T:
         return fn()
     if not ranks.is_main:
         result, error = broadcast_from_main(None, ranks)
+        if error in _STOPS:  # torchrun stopping the job: this rank stops as rank 0 did
+            raise _STOPS[error]()
         if error is not None:
             raise RlhfkitError(f"rank 0 failed: {error}")
         return result
     try:
         result = fn()
     except BaseException as error:
-        broadcast_from_main((None, str(error) or type(error).__name__), ranks)
+        stop = type(error).__name__ if isinstance(error, tuple(_STOPS.values())) else None
+        broadcast_from_main((None, stop or str(error) or type(error).__name__), ranks)
         raise
     broadcast_from_main((result, None), ranks)
     return result
+
+
+_STOPS = {"Terminated": Terminated, "KeyboardInterrupt": KeyboardInterrupt}
+
+
+@contextmanager
+def _stops_kept():
+    """DCP wraps every rank's error in one CheckpointException (a BaseException): a SIGTERM or
+    Ctrl-C that reached a rank inside it comes out as that stop, so the run stops as a stopped
+    run does, not with DCP's traceback."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        yield
+    except CheckpointException as error:
+        for failure, _ in error.failures.values():
+            if isinstance(failure, tuple(_STOPS.values())):
+                raise type(failure)() from None
+        raise
 
 
 def save_sharded_checkpoint(
@@ -133,7 +155,7 @@ def save_sharded_checkpoint(
     )
     # step 3. every rank writes its shard; DCP's save ends once all have (it fails on all alike)
     try:
-        with _without_process_group_warning():
+        with _without_process_group_warning(), _stops_kept():
             dcp.save(state, checkpoint_id=tmp / TRAINER_SUBDIR)
     except BaseException:
         if ranks.is_main:
@@ -193,7 +215,7 @@ def load_sharded_checkpoint(
         "rng": {f"rank{source}": torch.empty(rng_size, dtype=torch.uint8)},
         "extra": _as_tensors(extra_like),
     }
-    with _without_process_group_warning():
+    with _without_process_group_warning(), _stops_kept():
         dcp.load(state, storage_reader=reader)
     # DCP loaded into the optimizers' own tensors where it could; this sets the rest
     for key, (m, o) in trained.items():
