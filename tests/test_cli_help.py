@@ -130,6 +130,28 @@ def test_print_config_refuses_the_lora_settings_the_run_refuses(monkeypatch, cap
     assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pipeline", "raft.reference_model=ref"], "reference_model=ref: this run loads no"),
+        (["frontier", "grpo.beta=0", "grpo.reference_model=ref"], "reference_model=ref: this"),
+        (["raft", "reference_model=ref"], "reference_model=ref: this run loads no reference"),
+        (
+            ["pipeline", "grpo.supervision=outcome", "grpo.reward=nofile.py:f"],
+            "reward function 'nofile.py:f': no file",
+        ),
+        (["frontier", "ppo.reward=nofile.py:f"], "reward function 'nofile.py:f': no file"),
+        (["rloo", "reward=nofile.py:f"], "reward function 'nofile.py:f': no file"),
+    ],
+)
+def test_print_config_refuses_the_reference_and_reward_the_run_refuses(
+    monkeypatch, capsys, argv, message
+):
+    # refused by the trainer when it loaded its models (a job's stage: after the stages before)
+    code, _, err = print_config(monkeypatch, capsys, argv)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
 def test_help_read_in_part_ends_without_a_traceback():
     """`rlhfkit grpo --help | head`: the reader leaves after the first lines, while the keys
     (printed after their config class is imported) are still to come."""

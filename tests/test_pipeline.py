@@ -378,14 +378,31 @@ def test_a_filled_key_given_at_its_default_is_refused_too(tmp_path, key):
     check_stage_keys(cfg, given_keys(overrides=same))
 
 
-def test_a_stage_setting_its_trainer_refuses_is_refused_before_the_first_stage(tmp_path):
-    # GRPO's mini-batches must divide its rollout: refused when the pipeline starts, not after
-    # SFT, collection, the reward model and PPO have run
+@pytest.mark.parametrize(
+    "settings, refusal",
+    [
+        (["grpo.mini_batch_size=7"], "mini_batch_size=7 does not divide the rollout"),
+        # these two were refused only when their stage's trainer built its models
+        (["raft.reference_model=ref"], "reference_model=ref: this run loads no reference"),
+        (["grpo.beta=0", "grpo.reference_model=ref"], "reference_model=ref: this run loads no"),
+        (["ppo.lora_r=4", "ppo.reference_model=ref"], "reference_model=ref with lora_r=4"),
+        # and a stage's reward file when its stage started
+        (
+            ["grpo.supervision=outcome", "grpo.reward=nofile.py:f"],
+            "reward function 'nofile.py:f': no file nofile.py",
+        ),
+    ],
+)
+def test_a_stage_setting_its_trainer_refuses_is_refused_before_the_first_stage(
+    tmp_path, settings, refusal
+):
+    # refused when the pipeline starts, not after SFT, collection, the reward model and PPO
+    # have run and left a half-written run folder
     from rlhfkit.pipeline import check_stage_keys
 
-    cfg = load_config(PipelineConfig, None, [f"runs_dir={tmp_path}", "grpo.mini_batch_size=7"])
+    cfg = load_config(PipelineConfig, None, [f"runs_dir={tmp_path / 'runs'}", *settings])
     for check in (check_stage_keys, Pipeline):  # --print-config, and the run
-        with pytest.raises(ConfigError, match="mini_batch_size=7 does not divide the rollout"):
+        with pytest.raises(RlhfkitError, match=re.escape(refusal)):
             check(cfg)
     assert not any(tmp_path.iterdir())
 

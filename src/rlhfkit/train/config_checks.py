@@ -22,6 +22,7 @@ from rlhfkit.train.grpo import (
 from rlhfkit.train.iterative_config import IterativeGRPOConfig
 from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
+from rlhfkit.train.policy_prompts import check_given_reward
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
 from rlhfkit.train.reward import RewardConfig, check_reward_config
@@ -46,10 +47,11 @@ CHECKS: dict[type, tuple[Callable, ...]] = {
         check_norm_settings,
         check_supervision,
         check_lora_settings,
+        check_given_reward,
     ),
-    RLOOConfig: (check_batch_sizes, check_kl_settings, check_lora_settings),
+    RLOOConfig: (check_batch_sizes, check_kl_settings, check_lora_settings, check_given_reward),
     PPOConfig: (check_ppo_config, check_lora_settings),
-    RAFTConfig: (check_raft_config, check_lora_settings),
+    RAFTConfig: (check_raft_config, check_lora_settings, check_given_reward),
     DPOConfig: (check_dpo_config,),
     RewardConfig: (check_reward_config,),
     OnlineDPOConfig: (check_online_config, check_lora_settings),

@@ -33,7 +33,7 @@ from rlhfkit.rollout.text import char_to_token_index, response_token_ids, token_
 from rlhfkit.runtime.config import written
 from rlhfkit.train.micro_batches import Stats, mismatch_stats, row_stat, token_stat
 from rlhfkit.train.phase_timer import PhaseTimer
-from rlhfkit.train.policy_config import GroupRolloutConfig
+from rlhfkit.train.policy_config import GroupRolloutConfig, check_reference_model
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 
@@ -122,7 +122,9 @@ def check_batch_sizes(cfg: GroupRolloutConfig) -> None:
 
 
 def check_kl_settings(cfg: GroupRolloutConfig) -> None:
-    """Refuse KL settings with beta=0: no reference is loaded and no KL term is computed."""
+    """Refuse KL settings with beta=0: no reference is loaded and no KL term is computed (nor a
+    `reference_model` to load, `check_reference_model`)."""
+    check_reference_model(cfg, loads_reference=cfg.beta > 0)
     if cfg.beta == 0:
         refuse_unread(
             cfg,

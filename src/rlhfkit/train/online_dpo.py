@@ -68,6 +68,7 @@ from rlhfkit.train.online_dpo_config import (  # noqa: F401 (the config is impor
     Regime,
     batch_shares,
     check_online_config,
+    needs_reward,
     run_plan,
 )
 from rlhfkit.train.online_pool import (
@@ -229,8 +230,7 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
         needs_reference=not cfg.refresh_reference,
         stage="online_dpo",
         total_steps=len(plan),
-        # ranked by a judge or by people, a run needs no reward; with one, its mean is logged
-        needs_reward=LabellerKind(cfg.labeller) in (LabellerKind.ANNOTATOR, LabellerKind.REWARD),
+        needs_reward=needs_reward(cfg),
     )
     models = run.models
     reference = (

@@ -12,7 +12,8 @@ from rlhfkit.objectives.ranking import ranking_comparisons
 from rlhfkit.runtime.config import refuse_unread_settings
 from rlhfkit.train.dpo import check_loss_settings
 from rlhfkit.train.online_pool import online_plan
-from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_config import PolicyRunConfig, check_reference_model
+from rlhfkit.train.policy_prompts import run_reward
 
 
 class Regime(str, Enum):
@@ -193,9 +194,18 @@ def check_online_config(cfg: OnlineDPOConfig) -> None:
             f"labeller={LabellerKind(cfg.labeller).value} would rank every sample without it: "
             "set labeller=judge, or leave judge_model empty"
         )
+    # with refresh_reference=true the reference follows the policy: none is loaded
+    check_reference_model(cfg, loads_reference=not cfg.refresh_reference)
     refuse_unread_settings(cfg, "regime", {Regime.HYBRID: HYBRID_SETTINGS})
     refuse_unread_settings(cfg, "labeller", LABELLER_SETTINGS)
     if not 0.5 < cfg.target_agreement < 1.0 or cfg.annotator_temperature < 0:
         raise ConfigError(
             "target_agreement must be in (0.5, 1) and annotator_temperature >= 0 (0 = calibrate)"
         )
+    run_reward(cfg, needs_reward=needs_reward(cfg))  # a mistyped reward file, before it loads
+
+
+def needs_reward(cfg: OnlineDPOConfig) -> bool:
+    """Whether the labeller ranks by reward (the annotator, `labeller=reward`): ranked by a judge
+    or by people, a run needs none, and with one its mean is logged."""
+    return LabellerKind(cfg.labeller) in (LabellerKind.ANNOTATOR, LabellerKind.REWARD)

@@ -9,6 +9,7 @@ are declared here without a default, and each trainer's config gives its own val
 
 from dataclasses import dataclass
 
+from rlhfkit.errors import ConfigError
 from rlhfkit.runtime.device import Precision
 from rlhfkit.runtime.distributed import FrozenModels
 from rlhfkit.runtime.run_config import RunConfig
@@ -154,3 +155,24 @@ class GroupRolloutConfig(PolicyRunConfig):
     eval_every: int = 25
     eval_max_new_tokens: int = 48
     save_every: int = 25
+
+
+def check_reference_model(cfg: PolicyRunConfig, loads_reference: bool) -> None:
+    """Refuse `reference_model` where no reference would be read from it: under LoRA (the
+    reference is the base with its adapters off), and in a run that loads no reference
+    (`loads_reference` False: RAFT, GRPO and RLOO with beta=0, online DPO with
+    refresh_reference=true). Each trainer's registered check calls it, so a job refuses it
+    before its first stage and `--print-config` refuses it too."""
+    if not cfg.reference_model:
+        return
+    if cfg.lora_r > 0:
+        raise ConfigError(
+            f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under LoRA the "
+            "reference is the base model with its adapters off; leave reference_model empty"
+        )
+    if not loads_reference:
+        raise ConfigError(
+            f"reference_model={cfg.reference_model}: this run loads no reference model (RAFT "
+            "never does, GRPO and RLOO with beta=0 and online DPO with refresh_reference=true "
+            "neither); leave reference_model empty"
+        )

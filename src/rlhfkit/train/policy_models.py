@@ -29,7 +29,7 @@ from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
 from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import adamw
-from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_config import PolicyRunConfig, check_reference_model
 
 CRITIC_SUBDIR = "critic"
 
@@ -77,19 +77,8 @@ def build_policy_models(
     trained models come from the checkpoint (their optimizer states are put back by
     `policy_checkpoint.restore_policy_checkpoint`). `ranks` under torchrun:
     the policy and critic sharded over them, and the reference with `frozen_models=sharded`."""
-    if cfg.reference_model and cfg.lora_r > 0:
-        raise ConfigError(
-            f"reference_model={cfg.reference_model} with lora_r={cfg.lora_r}: under "
-            "LoRA the reference is the base model with its adapters off; leave "
-            "reference_model empty"
-        )
+    check_reference_model(cfg, needs_reference)  # as the trainer's own check did
     check_lora_settings(cfg)
-    if cfg.reference_model and not needs_reference:
-        raise ConfigError(
-            f"reference_model={cfg.reference_model}: this run loads no reference model (RAFT "
-            "never does, GRPO and RLOO with beta=0 and online DPO with refresh_reference=true "
-            "neither); leave reference_model empty"
-        )
     tokenizer = load_tokenizer(cfg.model)
     # the reference and the critic read the policy's token ids: another vocabulary would feed
     # them ids that stand for other tokens (or lie past their embedding table)

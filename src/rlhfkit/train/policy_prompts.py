@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rlhfkit.data.formats import PromptExample
 from rlhfkit.errors import ConfigError
+from rlhfkit.rewards.builder import check_spec
 from rlhfkit.runtime.distributed import Ranks, rank_slice
 from rlhfkit.runtime.seeding import SeedStream, derive_seed
 from rlhfkit.tasks.prompt_files import load_task_prompts
@@ -68,6 +69,34 @@ def reward_spec(cfg: PolicyRunConfig) -> str:
             "or task=NAME (rlhfkit tasks list) to score with its verifier"
         )
     return "task"
+
+
+def run_reward(
+    cfg: PolicyRunConfig, reward: str | None = None, *, needs_reward: bool = True
+) -> str | None:
+    """The run's reward spec, checked before anything loads (`check_spec`: a mistyped reward
+    file fails here, not after the models load): `reward` where the trainer names one (PPO: its
+    reward model), else `reward_spec(cfg)`. None where the run needs no reward and is given none
+    (online DPO ranked by a judge or by people), which then has nothing to score `eval_data`
+    with."""
+    if not (reward or cfg.reward or cfg.task or needs_reward):
+        if cfg.eval_data:  # it would be read, then never scored
+            raise ConfigError(
+                f"eval_data={cfg.eval_data}: with neither reward= nor task= nothing scores the "
+                "held-out answers; give a reward to evaluate with, or remove eval_data"
+            )
+        return None
+    spec = reward or reward_spec(cfg)
+    check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
+    return spec
+
+
+def check_given_reward(cfg: PolicyRunConfig) -> None:
+    """`run_reward`'s checks of a reward the config names (`reward`, or `task`'s verifier), for
+    GRPO, RLOO and RAFT: a job runs them before its first stage, `--print-config` after its
+    printout. A config that names no reward yet is told so when its run starts."""
+    if cfg.reward or cfg.task:
+        run_reward(cfg)
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,10 @@ from contextlib import nullcontext
 import torch
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.errors import ConfigError
 from rlhfkit.eval.policy import evaluate_policy
 from rlhfkit.models.lora import adapters_disabled
 from rlhfkit.models.pretrained import check_learning_rates
 from rlhfkit.rewards.base import RewardScores
-from rlhfkit.rewards.builder import check_spec
 from rlhfkit.rollout.engine import DrawRows, Rollout, generate, skip_draws
 from rlhfkit.rollout.forward import ResponseLogprobs, response_logprobs
 from rlhfkit.rollout.sample import sample_responses, stop_token_ids
@@ -79,7 +77,7 @@ from rlhfkit.train.policy_prompts import (
     prompt_share,
     prompts_setting,
     require_a_prompt_per_rank,
-    reward_spec,
+    run_reward,
 )
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import is_due, linear_warmup
@@ -131,15 +129,7 @@ class PolicyRun:
         # the task first: one that cannot be built (an extra not installed) fails before the
         # models load
         self.task = get_task(cfg.task) if cfg.task else None
-        has_reward = bool(reward or cfg.reward or cfg.task) or needs_reward
-        if not has_reward and cfg.eval_data:  # it would be read, then never scored
-            raise ConfigError(
-                f"eval_data={cfg.eval_data}: with neither reward= nor task= nothing scores the "
-                "held-out answers; give a reward to evaluate with, or remove eval_data"
-            )
-        spec = (reward or reward_spec(cfg)) if has_reward else None
-        if spec is not None:  # a mistyped reward file fails before the models load, not after
-            check_spec(spec, uncertainty_coef=cfg.reward_uncertainty_coef)
+        spec = run_reward(cfg, reward, needs_reward=needs_reward)  # before the models load
         self.models = build_policy_models(
             cfg,
             checkpoint,

@@ -48,8 +48,8 @@ from rlhfkit.runtime.distributed import gather_parameters
 from rlhfkit.train.micro_batches import mismatch_stats, token_stat
 from rlhfkit.train.optim import clipped_step
 from rlhfkit.train.phase_timer import PhaseTimer
-from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_prompts import PromptShare
+from rlhfkit.train.policy_config import PolicyRunConfig, check_reference_model
+from rlhfkit.train.policy_prompts import PromptShare, run_reward
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
 from rlhfkit.train.schedule import linear_warmup
@@ -148,6 +148,7 @@ def check_ppo_config(cfg: PPOConfig) -> None:
             f"critic_init=reward_model needs reward_model=PATH, the critic's start{named}; or "
             "set critic_init=policy"
         )
+    check_reference_model(cfg, loads_reference=True)
     if cfg.kl_target > 0 and cfg.kl_coef == 0:
         # the controller multiplies beta: from 0 it never moves, and the target is ignored
         raise ConfigError(
@@ -160,6 +161,12 @@ def check_ppo_config(cfg: PPOConfig) -> None:
             f"mini_batch_size={cfg.mini_batch_size} does not divide prompts_per_step="
             f"{cfg.prompts_per_step}: change one of them"
         )
+    run_reward(cfg, ppo_reward(cfg))  # a mistyped reward file, before a job's first stage
+
+
+def ppo_reward(cfg: PPOConfig) -> str:
+    """The spec PPO scores with: `reward`, else its reward model."""
+    return cfg.reward or f"model:{cfg.reward_model}"
 
 
 def uses_critic(cfg: PPOConfig) -> bool:
@@ -229,7 +236,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
         resume=resume,
         needs_reference=True,
         stage="ppo",
-        reward=cfg.reward or f"model:{cfg.reward_model}",
+        reward=ppo_reward(cfg),
         critic_start=critic_start,
         critic_lr=cfg.critic_lr,
     )

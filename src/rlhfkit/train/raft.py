@@ -42,7 +42,7 @@ from rlhfkit.tasks.base import HasFinalAnswer
 from rlhfkit.tasks.registry import TASKS, TaskName
 from rlhfkit.train.batching import batches_per_epoch, micro_batch_rows
 from rlhfkit.train.phase_timer import PhaseTimer
-from rlhfkit.train.policy_config import PolicyRunConfig
+from rlhfkit.train.policy_config import PolicyRunConfig, check_reference_model
 from rlhfkit.train.policy_prompts import PromptShare
 from rlhfkit.train.policy_run import PolicyRun
 from rlhfkit.train.result import TrainResult
@@ -131,6 +131,7 @@ def check_raft_config(cfg: RAFTConfig) -> None:
             f"correct when the task's verifier (the `task` term: 1 right, 0 wrong) scores it "
             "above reward_threshold, whatever the other terms add; it must lie in [0, 1)"
         )
+    check_reference_model(cfg, loads_reference=False)  # no KL term in either mode
     defaults = {f.name: f.default for f in fields(RAFTConfig)}
     if (
         Selection(cfg.selection) is Selection.BEST_OF_K
