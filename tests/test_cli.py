@@ -278,6 +278,32 @@ def test_tasks_lists_the_built_in_tasks(monkeypatch, capsys):
     assert all(description == TASKS[name].description for name, description in rows)
 
 
+@pytest.mark.parametrize(
+    "argv, refusal",
+    [
+        (["list", "arith"], "rlhfkit tasks list takes no task name (got arith)"),
+        (["--out", "foo"], "--out is read by rlhfkit tasks export only"),
+        (["list", "--rows", "5"], "--rows is read by rlhfkit tasks export only"),
+        (["list", "--seed", "1"], "--seed is read by rlhfkit tasks export only"),
+    ],
+)
+def test_tasks_list_refuses_what_only_export_reads(monkeypatch, capsys, argv, refusal):
+    # each was ignored: the tasks listed, exit status 0
+    code, out, err = run_main(monkeypatch, capsys, "tasks", *argv)
+    assert_one_line_error(code, err, refusal)
+    assert not out
+
+
+def test_tasks_export_writes_to_data_with_a_thousand_rows_by_default(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_main(monkeypatch, capsys, "tasks", "export", "advice")
+    assert (
+        code == 0 and "seeds the task's generator" in cli._parser().commands["tasks"].format_help()
+    )
+    rows = (tmp_path / "data" / "advice_prompts.jsonl").read_text().splitlines()
+    assert len(rows) == 1000 and out.count("wrote data/") == 2
+
+
 def test_tasks_export_arith_writes_three_valid_files(monkeypatch, capsys, tmp_path):
     out_dir = tmp_path / "data"
     code, out, _ = run_main(

@@ -60,6 +60,14 @@ class _HelpWithKeys(argparse.Action):
         parser.exit()
 
 
+EXPORT_OPTIONS = (
+    ("--out", str, "data", "export: the directory to write the task's files to"),
+    ("--rows", int, 1000, "export: rows per file"),
+    ("--seed", int, 0, "export: seeds the task's generator; the same seed writes the same rows"),
+)
+"""`rlhfkit tasks export`'s options: flag, type, default, help."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlhfkit", description="Train language models from human feedback."
@@ -126,9 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     tasks = sub.add_parser("tasks", help="list the built-in tasks, or export one's data")
     tasks.add_argument("action", nargs="?", choices=("list", "export"), default="list")
     tasks.add_argument("task", nargs="?", help="task to export")
-    tasks.add_argument("--out", default="data", help="output directory for export")
-    tasks.add_argument("--rows", type=int, default=1000, help="rows per exported file")
-    tasks.add_argument("--seed", type=int, default=0)
+    for flag, kind, default, what in EXPORT_OPTIONS:
+        # None when not given, so that `tasks list` can refuse it
+        tasks.add_argument(flag, type=kind, default=None, help=f"{what} (default {default})")
     add_label_parser(sub)
     add_models_parser(sub)
     parser.commands = sub.choices  # each command's parser, whose usage an error shows
@@ -157,28 +165,40 @@ def _tasks(args) -> None:
     from rlhfkit.tasks.base import HasStepExamples
     from rlhfkit.tasks.registry import TASKS, get_task
 
+    given = {flag: getattr(args, flag[2:]) for flag, *_ in EXPORT_OPTIONS}
     if args.action == "list":
+        if args.task:  # was ignored: `tasks list arith` listed every task
+            raise RlhfkitError(
+                f"rlhfkit tasks list takes no task name (got {args.task}); "
+                f"rlhfkit tasks export {args.task} writes its data"
+            )
+        for flag, value in given.items():
+            if value is not None:
+                raise RlhfkitError(f"{flag} is read by rlhfkit tasks export only, not by list")
         width = max(len(name) for name in TASKS)
         for name, cls in sorted(TASKS.items()):
             print(f"{name:{width}s} {cls.description}")
         return
     if not args.task:
         raise RlhfkitError("rlhfkit tasks export needs a task name")
-    if args.rows < 1:
-        raise RlhfkitError(f"--rows must be at least 1, got {args.rows}")
-    task, rng, out = get_task(args.task), random.Random(args.seed), Path(args.out)
+    out, rows, seed = (
+        default if given[flag] is None else given[flag] for flag, _, default, _ in EXPORT_OPTIONS
+    )
+    if rows < 1:
+        raise RlhfkitError(f"--rows must be at least 1, got {rows}")
+    task, rng, out = get_task(args.task), random.Random(seed), Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file of that name, a folder that cannot be made
         raise RlhfkitError(f"--out {out}: cannot write there ({error.strerror})") from None
-    sft = [dataclasses.asdict(x) for x in task.sft_examples(args.rows, rng)]
+    sft = [dataclasses.asdict(x) for x in task.sft_examples(rows, rng)]
     prompts = [
-        {"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(args.rows, rng)
+        {"prompt": p.prompt, "answer": p.answer, **p.metadata} for p in task.prompts(rows, rng)
     ]
     print(f"wrote {write_jsonl(out / f'{args.task}_sft.jsonl', sft)}")
     print(f"wrote {write_jsonl(out / f'{args.task}_prompts.jsonl', prompts)}")
     if isinstance(task, HasStepExamples):
-        steps = [dataclasses.asdict(x) for x in task.step_examples(args.rows, rng)]
+        steps = [dataclasses.asdict(x) for x in task.step_examples(rows, rng)]
         print(f"wrote {write_jsonl(out / f'{args.task}_steps.jsonl', steps)}")
 
 
