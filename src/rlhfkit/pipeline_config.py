@@ -53,7 +53,8 @@ class CollectStage:
     """Advice prompts whose sampled responses are ranked for reward-model training: 1600, which
     the reward model's 200 steps of 16 see twice (docs/demo.md)."""
     heldout_prompts: int = 200
-    """Held-out prompts ranked by two annotators (reward-model accuracy and its yardsticks)."""
+    """Held-out prompts ranked by annotator A (the labels) and by ten more, whose agreement with A
+    is averaged (reward-model accuracy and its yardsticks)."""
     responses_per_prompt: int = 8
     """K responses sampled per prompt (InstructGPT: 4-9)."""
     temperature: float = 1.0

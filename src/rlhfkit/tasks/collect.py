@@ -1,8 +1,9 @@
 """Labelled-data collection as the seeds describe it: sample K responses per prompt from a
 model, have the simulated annotator rank them, and keep the ranking and its C(K,2) pairs.
 
-Held-out prompts are ranked by two independent annotators, which gives the two yardsticks a
-reward model is judged against on the same noisy labels (annotator A's):
+Held-out prompts are ranked by annotator A and by `second_annotators` more (10) independent
+ones, which gives the two yardsticks a reward model is judged against on the same noisy labels
+(annotator A's):
 - inter-annotator agreement: how often another annotator B orders a pair like A (InstructGPT:
   72.6%), averaged over several independent B so that only A's own noise remains in the estimate;
 - the Bayes limit: how often the noise-free gold preference orders it like A.
