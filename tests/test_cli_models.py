@@ -47,6 +47,7 @@ def test_import_writes_a_plain_directory(monkeypatch, capsys, tmp_path, tiny_ggu
     )
     assert code == 0, err
     assert f"model directory written to {tmp_path / 'm'}" in out
+    assert "GGUF tensors" not in err  # transformers' conversion bar, quiet as its others are
     AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     code, _, err = run_main(
         monkeypatch, capsys, "models", "import", tiny_gguf, "--out", tmp_path / "m"
@@ -68,6 +69,8 @@ def test_sft_trains_from_a_gguf_file(monkeypatch, capsys, tmp_path, tiny_gguf, c
     assert code == 0, err
     final = tmp_path / "runs" / "sft" / "final"
     assert f"model saved to {final}" in out
+    # rlhfkit says it converts the file; transformers' conversion bar stays quiet
+    assert f"converting {tiny_gguf}" in out and "GGUF tensors" not in err
     trained = AutoModelForCausalLM.from_pretrained(final)
     start = load_causal_lm(tiny_gguf)  # the cached conversion
     assert not torch.equal(trained.lm_head.weight, start.lm_head.weight)

@@ -8,11 +8,13 @@ import shutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models.gguf_import import (
     SOURCE_RECORD,
     cached_conversion,
+    convert_gguf,
     default_cache_dir,
     import_gguf,
 )
@@ -110,6 +112,28 @@ def test_converted_once_into_a_plain_directory(gguf_files, cache, caplog):
     assert "converting" not in caplog.text
     assert (first / "model.safetensors").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in cache.iterdir()) == [digest]  # no leftovers beside it
+
+
+def switch_transformers_bars(on: bool) -> None:
+    if on:
+        transformers_logging.enable_progress_bar()
+    else:
+        transformers_logging.disable_progress_bar()
+
+
+@pytest.mark.parametrize("bars", [True, False])
+def test_the_conversion_bar_follows_transformers_progress_bar_switch(
+    gguf_files, tmp_path, capsys, bars
+):
+    # transformers draws it with tqdm itself: it showed on the command line and in rlhfkit.run,
+    # which turn transformers' bars off
+    before = transformers_logging.is_progress_bar_enabled()
+    switch_transformers_bars(bars)
+    try:
+        convert_gguf(gguf_files["F32"], tmp_path / "m")
+    finally:
+        switch_transformers_bars(before)
+    assert ("Converting and de-quantizing GGUF tensors" in capsys.readouterr().err) == bars
 
 
 def test_reward_model_from_a_gguf_file(gguf_files, cache):

@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -168,14 +169,15 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
     path = Path(path)
     config = gguf_config(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent,
-            config=config,
-            gguf_file=path.name,
-            # every weight unpacked to float32 now, rather than kept in blocks for inference
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=torch.float32,
-        )
+        with tensor_bar_follows_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent,
+                config=config,
+                gguf_file=path.name,
+                # every weight unpacked to float32 now, rather than kept in blocks for inference
+                quantization_config=GgufConfig(dequantize=True),
+                dtype=torch.float32,
+            )
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as error:  # a damaged tensor table, an unknown quantization type, ...
         raise _error(path, f"it cannot be converted ({one_line(error)})") from None
@@ -183,6 +185,26 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> None:
     _special_tokens_from_tokenizer(model, tokenizer)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+@contextmanager
+def tensor_bar_follows_transformers() -> Iterator[None]:
+    """transformers draws its "Converting and de-quantizing GGUF tensors" bar with tqdm itself,
+    past its own progress-bar switch (`logging.disable_progress_bar`, which the command line and
+    `rlhfkit.run` set): during the conversion that bar is drawn through the switch instead, so
+    it shows where transformers' bars are on and stays quiet where rlhfkit silenced them."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging as transformers_logging
+
+    if not hasattr(reader, "tqdm"):  # a transformers that draws it another way
+        yield
+        return
+    drawn_with = reader.tqdm
+    reader.tqdm = transformers_logging.tqdm
+    try:
+        yield
+    finally:
+        reader.tqdm = drawn_with
 
 
 def _write_converted(path: str | Path, final: Path, digest: str, architecture: str) -> float:
