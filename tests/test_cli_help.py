@@ -142,12 +142,15 @@ def test_print_config_refuses_the_lora_settings_the_run_refuses(monkeypatch, cap
         ),
         (["frontier", "ppo.reward=nofile.py:f"], "reward function 'nofile.py:f': no file"),
         (["rloo", "reward=nofile.py:f"], "reward function 'nofile.py:f': no file"),
+        (["frontier", "rm.objective=process"], "rm.objective=process: the frontier trains"),
+        (["iterative-grpo", "rm.objective=process"], "rm.objective=process: iterative GRPO"),
     ],
 )
-def test_print_config_refuses_the_reference_and_reward_the_run_refuses(
+def test_print_config_refuses_what_a_trainer_refused_only_when_it_started(
     monkeypatch, capsys, argv, message
 ):
-    # refused by the trainer when it loaded its models (a job's stage: after the stages before)
+    # refused by the trainer when it loaded its models or read its data (a job's stage: after
+    # the stages before it)
     code, _, err = print_config(monkeypatch, capsys, argv)
     assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
 

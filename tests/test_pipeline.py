@@ -386,7 +386,9 @@ def test_a_filled_key_given_at_its_default_is_refused_too(tmp_path, key):
         (["raft.reference_model=ref"], "reference_model=ref: this run loads no reference"),
         (["grpo.beta=0", "grpo.reference_model=ref"], "reference_model=ref: this run loads no"),
         (["ppo.lora_r=4", "ppo.reference_model=ref"], "reference_model=ref with lora_r=4"),
-        # and a stage's reward file when its stage started
+        # and a stage's reward file when its stage started, the reward model's objective when
+        # it read the rankings
+        (["rm.objective=process", "rm.num_heads=1"], "rm.objective=process: the pipeline trains"),
         (
             ["grpo.supervision=outcome", "grpo.reward=nofile.py:f"],
             "reward function 'nofile.py:f': no file nofile.py",

@@ -49,7 +49,7 @@ from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.ppo import PPOConfig, train_ppo
 from rlhfkit.train.raft import RAFTConfig, train_raft
-from rlhfkit.train.reward import RewardConfig, train_reward_model
+from rlhfkit.train.reward import RewardConfig, check_trains_on_rankings, train_reward_model
 from rlhfkit.train.sft import SFTConfig, train_sft
 
 
@@ -101,6 +101,7 @@ def stage_configs(
     demonstrations, held_out = str(_data_file(root, "sft")), str(_data_file(root, "sft_eval"))
     rankings = str(_collected_file(root, "rankings"))
     heldout = str(_collected_file(root, "heldout_rankings"))
+    check_trains_on_rankings(cfg.rm, "the pipeline")
 
     def fill(section: str, shared: tuple[str, ...], **wired: tuple[Any, str] | Filled) -> Any:
         """`shared` keys come from the pipeline's own; `wired` ones are (value, where from)."""

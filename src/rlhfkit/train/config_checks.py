@@ -25,17 +25,18 @@ from rlhfkit.train.online_dpo_config import OnlineDPOConfig, check_online_config
 from rlhfkit.train.policy_prompts import check_given_reward
 from rlhfkit.train.ppo import PPOConfig, check_ppo_config
 from rlhfkit.train.raft import RAFTConfig, check_raft_config
-from rlhfkit.train.reward import RewardConfig, check_reward_config
+from rlhfkit.train.reward import RewardConfig, check_reward_config, check_trains_on_rankings
 from rlhfkit.train.rloo import RLOOConfig
 from rlhfkit.train.sft import SFTConfig
 
 
 def check_round_sections(cfg: IterativeGRPOConfig) -> None:
     """Iterative GRPO's rounds run GRPO with its `grpo` section, and retrain the reward model
-    with its `rm` section (their paths filled)."""
+    with its `rm` section (their paths filled) on each round's rankings."""
     check_trainer_config(cfg.grpo)
     if cfg.retrain_reward_model:
         check_trainer_config(cfg.rm)
+        check_trains_on_rankings(cfg.rm, "iterative GRPO")
 
 
 CHECKS: dict[type, tuple[Callable, ...]] = {

@@ -58,7 +58,7 @@ from rlhfkit.train.frontier_config import FrontierConfig
 from rlhfkit.train.grpo import train_grpo
 from rlhfkit.train.lr_guard import stage_learning_rates
 from rlhfkit.train.ppo import train_ppo
-from rlhfkit.train.reward import train_reward_model
+from rlhfkit.train.reward import check_trains_on_rankings, train_reward_model
 from rlhfkit.train.sft import train_sft
 
 BY = "the frontier"
@@ -146,6 +146,7 @@ def plan_stages(cfg: FrontierConfig, root: Path, given: frozenset[str] = frozens
         train_data=f["sft"], eval_data=f["sft_eval"],
     )  # fmt: skip
     rm = fill("rm", model=f["sft_model"], train_data=f["rankings"], eval_data=f["heldout"])
+    check_trains_on_rankings(rm, BY)
     itself = Filled(-1, "to -1 (it evaluates every checkpoint itself)", "leave it out")
     policy = dict(
         model=f["sft_model"], task=cfg.task, eval_data=f["eval_prompts"], eval_every=itself

@@ -158,6 +158,18 @@ def check_reward_config(cfg: RewardConfig) -> None:
         )
 
 
+def check_trains_on_rankings(cfg: RewardConfig, job: str) -> None:
+    """Refuse objective=process in a job that trains the reward model on the rankings it
+    collects (`job`: "the pipeline", ...): they hold no step labels, and the stage would refuse
+    them when it read them, after the stages before it had run."""
+    if cfg.objective == RewardObjective.PROCESS:
+        raise ConfigError(
+            f"rm.objective=process: {job} trains the reward model on the rankings it collects, "
+            "which hold no step labels; leave rm.objective out, or run `rlhfkit rm "
+            "objective=process` alone on step-labelled data"
+        )
+
+
 def load_reward_data(cfg: RewardConfig, tokenizer, path: str, role: str) -> list:
     """Groups (pairwise objective) or encoded step-labelled solutions (process objective) of
     the `role` ("train", "eval") file."""
