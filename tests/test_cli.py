@@ -832,6 +832,12 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
     assert theirs["proxy_sampled_n"] == 6 and "win_rate_greedy" not in theirs
 
     other = perturbed_copy(tiny_model_dir, tmp_path / "other")
+    from rlhfkit.feedback import judge
+
+    passes, prob_a = [], judge._prob_a
+    monkeypatch.setattr(
+        judge, "_prob_a", lambda m, t, ids, *a: passes.append(len(ids)) or prob_a(m, t, ids, *a)
+    )
     code, out, err = run_main(
         monkeypatch,
         capsys,
@@ -839,11 +845,13 @@ def test_eval_command_judged_by_a_reward_model_or_an_ai_judge(
         f"models=[{other}]",
         "judge=ai",
         f"judge_model={tiny_model_dir}",
+        "batch_size=4",
         "--name",
         "by_ai",
         *common,
     )
     assert code == 0, err
+    assert max(passes) == 4 and sum(passes) == 2 * (3 + 6)  # batch_size comparisons a pass
     result = json.loads((tmp_path / "by_ai" / "eval.json").read_text())
     ours = result["models"][str(other)]
     assert (

@@ -268,7 +268,9 @@ def run_eval(cfg: EvalConfig, run: RunDir) -> dict:
                 result.metrics.update(
                     win_rates(result, baseline, by_proxy=kind is Judge.REWARD_MODEL)
                     if judge is None
-                    else ai_win_rates(*judge, result, baseline, prompts, cfg.progress)
+                    else ai_win_rates(
+                        *judge, result, baseline, prompts, cfg.progress, cfg.batch_size
+                    )
                 )
         out["models"][path] = result.metrics
         answers[path] = greedy_answers(result, shown)
@@ -343,11 +345,17 @@ def report_settings(cfg: EvalConfig, num_prompts: int) -> list[list[str]]:
 
 
 def ai_win_rates(
-    judge, judge_tokenizer, candidate: ModelEval, baseline: ModelEval, prompts, progress=False
+    judge,
+    judge_tokenizer,
+    candidate: ModelEval,
+    baseline: ModelEval,
+    prompts,
+    progress=False,
+    batch_size: int = 32,
 ) -> dict:
     """Win rates by an AI judge: each answer against the baseline's answer i to the same prompt,
-    asked in both orders; with the share of verdicts the order flips. Greedy answers count once
-    per distinct prompt, as in `win_rates`."""
+    asked in both orders (`batch_size` comparisons per pass); with the share of verdicts the
+    order flips. Greedy answers count once per distinct prompt, as in `win_rates`."""
     out = {}
     once = baseline.distinct or list(range(len(prompts)))  # a greedy comparison per prompt
     for kind, ours, theirs, rows in (
@@ -361,7 +369,7 @@ def ai_win_rates(
             asked,
             [t for i in rows for t in ours.texts[i]],
             [t for i in rows for t in theirs.texts[i]],
-            batch_size=32,
+            batch_size=batch_size,
             progress=f"judging {kind}" if progress else None,
         )
         clusters = [i for i in rows for _ in ours.texts[i]]  # a prompt's samples together
