@@ -1,19 +1,27 @@
 """GRPO under torchrun: 2 gloo processes sample the same tokens and train exactly as 1 process on
 the same global batch."""
 
+import json
+import logging
+import random
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from rlhfkit.models.reward import RewardModel
 from rlhfkit.objectives.aggregate import LossAggregation
 from rlhfkit.objectives.group_advantages import GroupNorm
+from rlhfkit.runtime.rundir import RunDir, prepare_run_dir
+from rlhfkit.tasks.arith import ArithTask
 from rlhfkit.train.grpo import GRPOConfig, train_grpo
 from tests.distributed.ranks import (
     history_losses,
     max_weight_difference,
     one_process_and_two_ranks,
+    run_on_ranks,
     sharding_frozen,
     small_policy_run,
 )
@@ -116,3 +124,62 @@ def test_the_runs_may_part_only_at_a_near_tie():
         first_apart(one, two([2, 5], [2, 5, 7]))
     with pytest.raises(AssertionError, match="the recorded draws are not the run's"):
         first_apart([Sampled(1, 0, 1, [[3, 5, 7]], acceptable)], [Sampled(1, 0, 1, [[3, 5, 7]])])
+
+
+def _warned_run(cfg: GRPOConfig, root: str) -> tuple[list[str], list[dict]]:
+    """On every rank: `train_grpo(cfg)` in `root`, with the warnings rlhfkit logged meanwhile."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("rlhfkit")
+    logger.addHandler(handler)
+    try:
+        history = train_grpo(cfg, RunDir(Path(root))).history
+    finally:
+        logger.removeHandler(handler)
+    return [record.getMessage() for record in records], history
+
+
+def test_rank_zero_warns_of_what_only_rank_ones_samples_meet(tiny_model_dir, tmp_path):
+    # rank 1's two prompts (of 4, in order) are long: sampled past the model's 256 positions,
+    # and cut by the reward model, whose reward_max_length leaves room for rank 0's samples.
+    # Rank 0 alone logs: it must warn with the step's numbers, as one process does
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rm = tmp_path / "rm"
+    RewardModel.from_pretrained(tiny_model_dir).save_pretrained(rm)
+    tokenizer.save_pretrained(rm)
+    prompts = [p.prompt for p in ArithTask().prompts(4, random.Random(0))]
+    prompts[2:] = ["Ann has 3 pens. " * 40 + prompt for prompt in prompts[2:]]
+    lengths = [len(tokenizer(prompt)["input_ids"]) for prompt in prompts]
+    assert max(lengths[:2]) + 8 < 256 < min(lengths[2:])
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": prompt}) + "\n" for prompt in prompts))
+    cfg = GRPOConfig(
+        model=str(tiny_model_dir),
+        train_data=str(data),
+        reward=f"model:{rm}",
+        reward_max_length=max(lengths) + 2,
+        shuffle=False,
+        prompts_per_step=4,
+        group_size=2,
+        mini_batch_size=8,
+        max_new_tokens=8,
+        max_steps=1,
+        beta=0.0,
+        eval_every=-1,
+        save_every=0,
+        progress=False,
+        tensorboard=False,
+    )
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)
+    warnings, history = run_on_ranks(2, _warned_run, cfg, str(run.root))
+    cut = round(history[0][f"reward_cut_fraction/model:{rm}"] * 8)
+    assert cut > 0  # rank 1's answers, longer than 2 tokens with their EOS
+    assert warnings == [
+        f"sampling (prompt + max_new_tokens): sequences of up to {max(lengths) + 8} positions, "
+        "past the model's max_position_embeddings=256; its outputs there are unreliable",
+        f"reward source 'model:{rm}': {cut} of 8 samples are longer than reward_max_length="
+        f"{max(lengths) + 2} tokens and are scored with the end of the answer and its EOS cut "
+        "(truncation 'keep_start'): raise reward_max_length so the reward model reads whole "
+        "answers (warned once)",
+    ]

@@ -133,6 +133,25 @@ def test_samples_cut_to_fit_are_flagged_and_warned_about_once(tiny_model_dir, to
     ]
 
 
+def test_a_source_whose_caller_counts_the_cut_samples_warns_with_the_callers_counts(
+    tiny_model_dir, tokenizer, caplog
+):
+    # a training step under torchrun: each rank scores its share, the counts are the step's
+    model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
+    max_length = len(plain_ids(tokenizer, PROMPTS[2].prompt, RESPONSES[2]))
+    source = RewardModelSource(
+        model, tokenizer, batch_size=4, max_length=max_length, warn_cut=False
+    )
+    with caplog.at_level("WARNING", logger="rlhfkit"):
+        scores = source.score([PROMPTS[2]] * 2, [RESPONSES[2] + " 4.", RESPONSES[2]])
+        assert scores.cut["model"].tolist() == [True, False]
+        assert not [r for r in caplog.records if r.name.startswith("rlhfkit")]
+        source.warn_once_if_cut(3, 8)
+        source.warn_once_if_cut(5, 8)
+    warned = [r.getMessage() for r in caplog.records if r.name.startswith("rlhfkit")]
+    assert len(warned) == 1 and warned[0].startswith("reward source 'model': 3 of 8 samples ")
+
+
 def test_samples_that_fit_are_not_flagged_and_nothing_is_warned(tiny_model_dir, tokenizer, caplog):
     model = RewardModel.from_pretrained(tiny_model_dir, num_heads=1)
     source = RewardModelSource(

@@ -113,6 +113,7 @@ def build_reward_source(
     precision: Precision = Precision.FP32,
     place_model: Callable[[nn.Module], nn.Module] | None = None,
     length_setting: str = "reward_max_length",
+    warn_cut: bool = True,
 ) -> RewardSource:
     """The reward source a spec names (see the module docstring for the spec language).
 
@@ -132,6 +133,8 @@ def build_reward_source(
             `frozen_models=sharded`: sharding it, `runtime.distributed.place_frozen`).
         length_setting: the setting `max_length` comes from, named when a reward model's
             samples are cut to fit it.
+        warn_cut: whether a reward model warns about the samples each call cuts
+            (`RewardModelSource`); False where the caller counts them over a whole step.
     """
     terms = parse_spec(spec)
     build = dict(
@@ -146,6 +149,7 @@ def build_reward_source(
         precision=precision,
         place_model=place_model,
         length_setting=length_setting,
+        warn_cut=warn_cut,
     )
     if len(terms) == 1 and terms[0][1] is None:
         return build_term(terms[0][0], **build)
@@ -241,6 +245,7 @@ def load_reward_model_source(
     precision: Precision = Precision.FP32,
     place_model: Callable[[nn.Module], nn.Module] | None = None,
     length_setting: str = "reward_max_length",
+    warn_cut: bool = True,
 ) -> RewardModelSource:
     """A saved reward model, with every head it was trained with, on `device` (then given to
     `place_model`, when one is given)."""
@@ -274,4 +279,5 @@ def load_reward_model_source(
         name=name,
         precision=precision,
         length_setting=length_setting,
+        warn_cut=warn_cut,
     )

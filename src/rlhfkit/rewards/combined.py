@@ -62,3 +62,8 @@ class WeightedSum:
             components=components,
             cut=cut,
         )
+
+
+def single_sources(reward: RewardSource) -> list[RewardSource]:
+    """The sources `reward` is made of: a weighted sum's parts, else `reward` itself."""
+    return [source for source, _ in reward.parts] if isinstance(reward, WeightedSum) else [reward]

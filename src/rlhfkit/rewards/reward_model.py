@@ -50,6 +50,10 @@ class RewardModelSource:
         precision: the run's: bf16 scores under bf16 autocast (the rewards come back float32).
         length_setting: the setting that gives `max_length`, named in the warning when samples
             are cut to fit it (`reward_max_length` in the RL trainers, `max_length` in eval).
+        warn_cut: warn (once) when the samples of a call are cut to fit `max_length`. False
+            where the caller counts them over more than one call and warns through
+            `warn_once_if_cut` (a training step's, over every rank's share: one rank's share
+            alone would miss the samples of the others).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class RewardModelSource:
         name: str = "model",
         precision: Precision = Precision.FP32,
         length_setting: str = "reward_max_length",
+        warn_cut: bool = True,
     ):
         if batch_size < 1:
             raise RlhfkitError(
@@ -86,7 +91,7 @@ class RewardModelSource:
         self.uncertainty_coef, self.truncation = uncertainty_coef, Truncation(truncation)
         pad = tokenizer.pad_token_id
         self.pad_token_id = model.model.config.pad_token_id if pad is None else pad
-        self.length_setting, self.warned_cut = length_setting, False
+        self.length_setting, self.warn_cut, self.warned_cut = length_setting, warn_cut, False
 
     def encode(self, prompts: list[Text], responses: list[str]) -> list[EncodedExample]:
         """The same encoding as the reward-model trainer's, so the model scores the kind of
@@ -105,19 +110,20 @@ class RewardModelSource:
                     f"in {self.length_setting}={self.max_length} with truncation "
                     f"'{self.truncation.value}'"
                 )
-        self.warn_once_if_cut(encoded)
+        if self.warn_cut:
+            self.warn_once_if_cut(sum(e.truncated for e in encoded), len(encoded))
         return encoded
 
-    def warn_once_if_cut(self, encoded: list[EncodedExample]) -> None:
-        """A warning the first time samples are cut to fit `max_length`: the model then scores
-        a sequence without what was cut, and answers that differ only there score the same."""
-        cut = sum(e.truncated for e in encoded)
+    def warn_once_if_cut(self, cut: int, total: int) -> None:
+        """A warning the first time samples are cut to fit `max_length` (`cut` of `total`): the
+        model then scores a sequence without what was cut, and answers that differ only there
+        score the same."""
         if not cut or self.warned_cut:
             return
         self.warned_cut = True
         lost = CUT_PARTS[self.truncation]
         log.warning(
-            f"reward source '{self.name}': {cut} of {len(encoded)} samples are longer than "
+            f"reward source '{self.name}': {cut} of {total} samples are longer than "
             f"{self.length_setting}={self.max_length} tokens and are scored with {lost} cut "
             f"(truncation '{self.truncation.value}'): raise "
             f"{self.length_setting} so the reward model reads whole answers (warned once)"

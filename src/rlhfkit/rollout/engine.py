@@ -191,6 +191,7 @@ def generate(
     draw_rows: DrawRows | None = None,
     cuda_graphs: bool | None = None,
     pack_weights: bool | None = None,
+    longest_prompt: int | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses to each left-padded prompt.
 
@@ -222,6 +223,9 @@ def generate(
         pack_weights: the fast decoder's multiplies on weights packed for oneDNN (on a CPU, not
             compiled: `llama_step.packs_weights`). None: where that pays; False: never (MKL's
             multiply, `benchmarks/rollout.py`'s unpacked variants); True: also where it does not.
+        longest_prompt: the longest prompt, in tokens, of the whole batch these rows belong to
+            (under torchrun: over every rank's share), for the warning when a prompt and
+            `max_new_tokens` run past the model's positions. None: these rows' longest.
     Returns:
         Rollout with batch = prompts * num_samples.
     """
@@ -235,8 +239,11 @@ def generate(
     warn_if_bf16_emulated(device, dtype)
     # the one-token steps skip the module tree where the architecture allows (`llama_step`)
     capacity = prompt_ids.shape[1] + max_new_tokens
-    longest = int(prompt_mask.sum(dim=1).max()) if prompt_mask.numel() else 0
-    warn_past_positions(model, longest + max_new_tokens, "sampling (prompt + max_new_tokens)")
+    if longest_prompt is None:
+        longest_prompt = int(prompt_mask.sum(dim=1).max()) if prompt_mask.numel() else 0
+    warn_past_positions(
+        model, longest_prompt + max_new_tokens, "sampling (prompt + max_new_tokens)"
+    )
     decoder, buckets = _one_token_steps(
         model,
         dtype,

@@ -22,10 +22,17 @@ from rlhfkit.models.loading import (
     same_vocabulary,
 )
 from rlhfkit.models.reward import value_model_from
-from rlhfkit.rewards.base import RewardSource
+from rlhfkit.rewards.base import RewardScores, RewardSource
 from rlhfkit.rewards.builder import build_reward_source
+from rlhfkit.rewards.combined import single_sources
 from rlhfkit.runtime.device import resolve_device
-from rlhfkit.runtime.distributed import Ranks, device_mesh, place_frozen, shard_model
+from rlhfkit.runtime.distributed import (
+    Ranks,
+    device_mesh,
+    place_frozen,
+    reduce_sums,
+    shard_model,
+)
 from rlhfkit.train.checkpointing import load_configured_policy, load_frozen_reference
 from rlhfkit.train.lora_settings import check_lora_settings
 from rlhfkit.train.optim import adamw
@@ -134,7 +141,8 @@ def build_run_reward(
     cfg: PolicyRunConfig, spec: str | None, models: PolicyModels
 ) -> RewardSource | None:
     """The run's reward source from `spec` (None: the run has none), on the models' device; a
-    reward model in it is placed as the run's frozen models are (`frozen_models`)."""
+    reward model in it is placed as the run's frozen models are (`frozen_models`), and leaves
+    the warning about the samples it cuts to `warn_if_cut`, which counts a whole step's."""
     if spec is None:
         return None
     return build_reward_source(
@@ -151,4 +159,18 @@ def build_run_reward(
         place_model=partial(
             place_frozen, frozen_models=cfg.frozen_models, mesh=models.mesh, precision=cfg.precision
         ),
+        warn_cut=False,
     )
+
+
+def warn_if_cut(reward: RewardSource, scored: RewardScores, samples: int, ranks: Ranks) -> None:
+    """Warn, once per reward model of `reward` (`build_run_reward`'s), when it read samples cut
+    to fit reward_max_length, counted over every rank's `samples` as one process counts a step's
+    (one all-reduce: every rank calls it together; `Ranks()`: these samples alone)."""
+    counts = {f"cut/{name}": float(cut.sum()) for name, cut in scored.cut.items()}
+    if not counts:  # no reward model in the reward, alike on every rank
+        return
+    every = reduce_sums({**counts, "samples": float(samples)}, ranks)
+    models = {source.name: source for source in single_sources(reward)}
+    for name in scored.cut:
+        models[name].warn_once_if_cut(int(every[f"cut/{name}"]), int(every["samples"]))

@@ -70,7 +70,7 @@ from rlhfkit.train.policy_checkpoint import (
     save_policy_checkpoint,
 )
 from rlhfkit.train.policy_config import PolicyRunConfig
-from rlhfkit.train.policy_models import build_policy_models, build_run_reward
+from rlhfkit.train.policy_models import build_policy_models, build_run_reward, warn_if_cut
 from rlhfkit.train.policy_prompts import (
     PromptShare,
     prompt_pools,
@@ -208,6 +208,8 @@ class PolicyRun:
         policy, tokenizer, device = self.models.policy, self.models.tokenizer, self.models.device
         ids, mask = encode_prompts(tokenizer, [p.prompt for p in share.prompts], device)
         total = share.total * num_samples
+        # the step's longest prompt, over every rank's share: what one process warns about
+        longest = max(gather_objects(int(mask.sum(dim=1).max()), self.ranks))
         # sharded: gathered once, so the decoding steps take no collectives and each rank may
         # stop when its own rows are done
         gather_parameters(policy)
@@ -228,12 +230,21 @@ class PolicyRun:
             compiled=self.cfg.compile_sampling,
             cuda_graphs=None if self.cfg.cuda_graphs else False,
             draw_rows=DrawRows(share.first * num_samples, total),
+            longest_prompt=longest,
         )
         policy.train()
         # the generator goes on as far as the longest share's decoding took it
         steps = rollout.response_mask.shape[1]
         skip_draws(self.generator, device, total, max(gather_objects(steps, self.ranks)) - steps)
         return rollout, decode_responses(tokenizer, rollout)
+
+    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+        """The run's rewards of this rank's samples (one process: the step's). Every rank calls
+        it together: a reward model's samples cut to fit reward_max_length are counted over
+        every rank's and warned about as one process would (`warn_if_cut`)."""
+        scored = self.reward.score(prompts, responses)
+        warn_if_cut(self.reward, scored, len(prompts), self.ranks)
+        return scored
 
     # --- model passes and updates
     def reference_logprobs(
@@ -419,8 +430,9 @@ class PolicyRun:
                 batch_size=256,
                 **settings,
             )
-            scores = self.reward.score(prompts, [texts[0] for texts in samples.texts]).rewards
-            metrics = {"reward_mean": scores.mean().item()}
+            scored = self.reward.score(prompts, [texts[0] for texts in samples.texts])
+            warn_if_cut(self.reward, scored, len(prompts), Ranks())  # alike on every rank
+            metrics = {"reward_mean": scored.rewards.mean().item()}
         policy.train()
         row.update({f"eval_{k}": v for k, v in metrics.items()})
         return metrics
