@@ -254,7 +254,7 @@ def _run_under_torchrun(args, env) -> None:
         launch_from_env,
         wait_for_every_rank,
     )
-    from rlhfkit.runtime.rank_errors import prints_error
+    from rlhfkit.runtime.rank_errors import error_kind, prints_error
 
     launch = launch_from_env(env)
     command = COMMANDS.get(args.command)
@@ -280,11 +280,11 @@ def _run_under_torchrun(args, env) -> None:
         wait_for_every_rank()
     except RlhfkitError as error:
         try:
-            prints = prints_error(launch.rank, str(error), env)
+            prints = prints_error(launch.rank, error_kind(error), env)
         except (KeyboardInterrupt, Terminated):
             prints = False  # torchrun stops the job: the rank that failed first reports
         if not prints:
-            sys.exit(getattr(error, "exit_status", 2))  # rank 0 printed the same line
+            sys.exit(getattr(error, "exit_status", 2))  # rank 0 printed one of its kind
         if launch.rank != 0:
             print(f"error (rank {launch.rank}): {error}", file=sys.stderr)
             sys.exit(getattr(error, "exit_status", 2))

@@ -23,6 +23,17 @@ class DataError(RlhfkitError):
         super().__init__(f"{where}: {message}")
 
 
+class SampleError(RlhfkitError):
+    """A failure on one of a step's samples (a reward source's): the message names the sample,
+    `kind` says what failed without naming it. Under torchrun each rank scores its own samples,
+    so ranks that fail alike name different ones; one line speaks for the ranks whose kinds
+    agree (`runtime.rank_errors`)."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class NumericalFault(RlhfkitError):
     """Training diverged: non-finite losses or gradients past the allowed skips, or a model
     with non-finite weights about to be saved. The CLI exits with status 3. Unlike bad input, a

@@ -21,7 +21,7 @@ class Fixed:
     uncertainty: list[float] | None = None
     step_rewards: list[list[tuple[int, float]]] | None = None
 
-    def score(self, prompts, responses):
+    def score(self, prompts, responses, *, first=0):
         uncertainty = None if self.uncertainty is None else torch.tensor(self.uncertainty)
         return RewardScores(torch.tensor(self.rewards), uncertainty, self.step_rewards)
 
@@ -45,7 +45,7 @@ def test_weighted_sum_of_rewards_and_uncertainties_matches_hand_values():
 
 def test_weighted_sum_gathers_the_cut_samples_of_its_reward_models():
     class Cut(Fixed):
-        def score(self, prompts, responses):
+        def score(self, prompts, responses, *, first=0):
             return RewardScores(
                 torch.tensor(self.rewards), cut={self.name: torch.tensor([1, 0]) > 0}
             )

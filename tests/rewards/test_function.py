@@ -239,6 +239,52 @@ def test_the_wrong_count_or_a_non_list_is_an_error(reward_file):
 
 
 @pytest.mark.parametrize(
+    "fn_name, responses, expected",
+    [
+        ("as_int", ["1", "two", "3"], "on sample 5 ('Q: second prompt about pens A:')"),
+        ("batch_only", ["1", "2", "3"], "on samples 4-6 (first: 'Q: first prompt A:')"),
+        ("string_on_bad", ["1", "bad", "3"], "for sample 5 ('Q: second prompt about pens A:')"),
+        ("one_reward", ["1", "2", "3"], "for 3 responses on samples 4-6 (first: 'Q: first"),
+    ],
+)
+def test_a_share_of_a_step_names_its_samples_by_their_index_in_the_step(
+    reward_file, fn_name, responses, expected
+):
+    # under torchrun a rank scores the step's samples from `first` on (here 4: rank 1's, after
+    # rank 0's 4), and names them as one process numbers them
+    with pytest.raises(RewardFunctionError) as caught:
+        source(reward_file, fn_name).score(PROMPTS, responses, first=4)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "fn_name, kind",
+    [
+        ("as_int", "raised ValueError"),
+        ("exits_on_bad", "raised SystemExit"),
+        ("string_on_bad", "returned str for a sample, expected a number"),
+        ("nan_on_bad", "returned a reward that is not a finite number"),
+        ("one_reward", "returned the wrong number of rewards"),
+        ("scalar", "returned float"),
+    ],
+)
+def test_a_function_failing_alike_on_two_ranks_samples_fails_of_one_kind(
+    reward_file, fn_name, kind
+):
+    # each rank names its own sample; the kind, which rank_errors compares, names none
+    reward, errors = source(reward_file, fn_name), []
+    for prompts, responses, first in (
+        (PROMPTS[:2], ["bad", "2"], 0),
+        (PROMPTS[1:], ["3", "bad"], 2),
+    ):
+        with pytest.raises(RewardFunctionError) as caught:
+            reward.score(prompts, responses, first=first)
+        errors.append(caught.value)
+    assert str(errors[0]) != str(errors[1])
+    assert errors[0].kind == errors[1].kind == f"reward function '{reward.name}' {kind}"
+
+
+@pytest.mark.parametrize(
     "spec_of, expected",
     [
         (lambda f: f"{f.parent / 'missing.py'}:length", "no file"),

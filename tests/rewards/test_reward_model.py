@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, SampleError
 from rlhfkit.models.loading import load_tokenizer
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.reward_model import RewardModelSource
@@ -231,3 +231,12 @@ def test_a_prompt_that_leaves_no_room_for_the_response_is_an_error(ensemble, tok
         match=r"'model': sample 0 \('Q: Ann has .*'\) does not fit in reward_max_length=4",
     ):
         source.score(PROMPTS[:1], RESPONSES[:1])
+    # a share of a step (a rank's under torchrun) names its samples by their index in the step
+    with pytest.raises(
+        SampleError, match=r"'model': sample 3 \('Q: Ann has .*'\) does not"
+    ) as caught:
+        source.score(PROMPTS[:1], RESPONSES[:1], first=3)
+    assert caught.value.kind == (
+        "reward source 'model': a sample does not fit in reward_max_length=4 with truncation "
+        "'keep_start'"
+    )

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from rlhfkit.data.formats import PromptExample
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, SampleError
 from rlhfkit.rewards.task import ProcessReward, TaskReward
 from rlhfkit.tasks.advice import AdviceTask
 from rlhfkit.tasks.arith import ArithTask, Step, solution_text
@@ -68,3 +68,21 @@ def test_prompts_without_the_task_metadata_are_an_error_naming_the_sample():
         ProcessReward(ArithTask()).score([PROMPT, bare], [RIGHT, " 3 + 2 = 5. The answer is 5."])
     with pytest.raises(RlhfkitError, match="task 'advice' cannot verify sample 0"):
         TaskReward(AdviceTask()).score([PromptExample("User: hi\nAssistant:")], [" Hello."])
+
+
+def test_a_share_of_a_step_names_its_samples_by_their_index_in_the_step():
+    # under torchrun a rank scores the step's samples from `first` on; ranks failing alike on
+    # their own samples share the error's kind
+    bare = [
+        PromptExample("Q: what is 3 + 2?\nA:", answer="5"),
+        PromptExample("Q: what is 4 + 1?\nA:", answer="5"),
+    ]
+    errors = []
+    for prompts, first in ((bare[:1], 0), ([PROMPT, bare[1]], 6)):
+        with pytest.raises(SampleError) as caught:
+            ProcessReward(ArithTask()).score(prompts, [RIGHT] * len(prompts), first=first)
+        errors.append(caught.value)
+    assert "cannot verify sample 0 ('Q: what is 3 + 2? A:')" in str(errors[0])
+    assert "cannot verify sample 7 ('Q: what is 4 + 1? A:')" in str(errors[1])
+    kind = "reward source 'process': task 'arith' cannot verify a sample: KeyError"
+    assert errors[0].kind == errors[1].kind == kind

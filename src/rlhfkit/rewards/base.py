@@ -52,8 +52,12 @@ class RewardSource(Protocol):
     name: str
     """Short and unique within a run: it keys metrics and names the source in errors."""
 
-    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
-        """Score `responses[i]` as the answer to `prompts[i]` (same length lists)."""
+    def score(
+        self, prompts: list[PromptExample], responses: list[str], *, first: int = 0
+    ) -> RewardScores:
+        """Score `responses[i]` as the answer to `prompts[i]` (same length lists). `first`: the
+        index of `prompts[0]` among the samples of a step (under torchrun this rank's share
+        starts there), so that an error names a sample as one process would number it."""
 
 
 def check_same_length(name: str, prompts: list, responses: list) -> None:

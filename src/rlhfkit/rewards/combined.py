@@ -30,13 +30,15 @@ class WeightedSum:
             )
         self.parts, self.name = [(source, float(weight)) for source, weight in parts], name
 
-    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+    def score(
+        self, prompts: list[PromptExample], responses: list[str], *, first: int = 0
+    ) -> RewardScores:
         check_same_length(self.name, prompts, responses)
         n = len(prompts)
         rewards, uncertainty = torch.zeros(n), None
         step_rewards, stepped, components, cut = None, [], {}, {}
         for source, weight in self.parts:
-            scores = source.score(prompts, responses)
+            scores = source.score(prompts, responses, first=first)
             rewards = rewards + weight * scores.rewards
             if scores.uncertainty is not None:
                 uncertainty = (0 if uncertainty is None else uncertainty) + abs(

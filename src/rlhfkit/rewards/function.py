@@ -26,14 +26,15 @@ from typing import Any
 import torch
 
 from rlhfkit.data.formats import PromptExample, type_name
-from rlhfkit.errors import RlhfkitError, Terminated, one_line
+from rlhfkit.errors import RlhfkitError, SampleError, Terminated, one_line
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample, excerpt
 
 RESERVED_COLUMNS = ("prompts", "responses")
 
 
-class RewardFunctionError(RlhfkitError):
-    """A user reward function failed on some sample; the message names both."""
+class RewardFunctionError(SampleError):
+    """A user reward function failed on some sample; the message names both, the `kind` the
+    function and how it failed (what it raised, what it returned wrong)."""
 
 
 def load_reward_function(spec: str) -> Callable:
@@ -212,12 +213,15 @@ class FunctionReward:
             return None
         return max(self.timeout_s, self.first_call_timeout_s)
 
-    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+    def score(
+        self, prompts: list[PromptExample], responses: list[str], *, first: int = 0
+    ) -> RewardScores:
         check_same_length(self.name, prompts, responses)
         if not prompts:
             return RewardScores(rewards=torch.zeros(0))
-        values = self._call(prompts, list(responses))
-        return RewardScores(rewards=torch.tensor(self._check(values, prompts), dtype=torch.float32))
+        values = self._call(prompts, list(responses), first)
+        rewards = self._check(values, prompts, first)
+        return RewardScores(rewards=torch.tensor(rewards, dtype=torch.float32))
 
     def _call_once(
         self, prompts: list[PromptExample], responses: list[str], columns: dict[str, list]
@@ -227,7 +231,7 @@ class FunctionReward:
         self.returned_once = True
         return value
 
-    def _call(self, prompts: list[PromptExample], responses: list[str]) -> Any:
+    def _call(self, prompts: list[PromptExample], responses: list[str], first: int) -> Any:
         columns = metadata_columns(
             prompts
         )  # outside the try: a clash is the data's fault, not the function's
@@ -235,19 +239,22 @@ class FunctionReward:
         try:
             value = self._call_once(prompts, responses, columns)
         except _Timeout:
-            first = "" if limit == self.timeout_s else " (the limit of a first call)"
-            raise self._error(
-                f"did not return within {limit:g} s{first} on {_batch(prompts)}"
-            ) from None
+            which = "" if limit == self.timeout_s else " (the limit of a first call)"
+            late = f"did not return within {limit:g} s"
+            raise self._error(f"{late}{which} on {_batch(prompts, first)}", late) from None
         except Exception as error:
             index, error = self._first_failing(prompts, responses, columns, error)
             where = (
-                _batch(prompts) if index is None else describe_sample(index, prompts[index].prompt)
+                _batch(prompts, first)
+                if index is None
+                else describe_sample(first + index, prompts[index].prompt)
             )
-            raise self._error(f"raised {_one_line(error)} on {where}") from error
+            raised = f"raised {_type_name(error)}"
+            raise self._error(f"raised {_one_line(error)} on {where}", raised) from error
         if inspect.iscoroutine(value):
             value.close()  # never awaited: closed here, so Python does not warn about it
-            raise self._error("is async (async def): a reward function must be a plain function")
+            plain = "is async (async def): a reward function must be a plain function"
+            raise self._error(plain, "is async")
         return value
 
     def _first_failing(
@@ -268,42 +275,62 @@ class FunctionReward:
                 return index, single_error
         return None, error
 
-    def _check(self, values: Any, prompts: list[PromptExample]) -> list[float]:
+    def _check(self, values: Any, prompts: list[PromptExample], first: int) -> list[float]:
+        """The rewards `values` holds, one finite number per prompt (`first`: the index of
+        `prompts[0]` among the step's samples, as errors name them)."""
         if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
             values = values.tolist()  # a tensor or an array of rewards
+        batch = _batch(prompts, first)
         if not isinstance(values, (list, tuple)):
+            returned = f"returned {type_name(values)}"
             expected = f"expected a list of {len(prompts)} numbers"
-            raise self._error(f"returned {type_name(values)} on {_batch(prompts)}, {expected}")
+            raise self._error(f"{returned} on {batch}, {expected}", returned)
         if len(values) != len(prompts):
             raise self._error(
-                f"returned {len(values)} rewards for {len(prompts)} responses on {_batch(prompts)}"
+                f"returned {len(values)} rewards for {len(prompts)} responses on {batch}",
+                "returned the wrong number of rewards",
             )
         rewards = []
         for index, value in enumerate(values):
-            where = describe_sample(index, prompts[index].prompt)
+            where = describe_sample(first + index, prompts[index].prompt)
             if not isinstance(value, numbers.Real) and getattr(value, "ndim", None) == 0:
                 value = value.item()  # a numpy scalar (np.bool_ included) or a 0-d tensor
             # bool counts as a number: a verifier returning True/False means 1/0.
             if not isinstance(value, numbers.Real):
-                raise self._error(f"returned {_describe(value)} for {where}, expected a number")
+                raise self._error(
+                    f"returned {_describe(value)} for {where}, expected a number",
+                    f"returned {type_name(value)} for a sample, expected a number",
+                )
             try:
                 finite = math.isfinite(value)
             except OverflowError:  # an int beyond float's range
                 finite = False
             if not finite:
                 shown = _describe(value) if isinstance(value, numbers.Integral) else float(value)
-                raise self._error(f"returned {shown} for {where}, expected a finite number")
+                raise self._error(
+                    f"returned {shown} for {where}, expected a finite number",
+                    "returned a reward that is not a finite number",
+                )
             rewards.append(float(value))
         return rewards
 
-    def _error(self, message: str) -> RewardFunctionError:
-        return RewardFunctionError(f"reward function '{self.name}' {message}")
+    def _error(self, message: str, kind: str) -> RewardFunctionError:
+        """The error `message` says, of the `kind` that says the same without the sample."""
+        name = f"reward function '{self.name}'"
+        return RewardFunctionError(f"{name} {message}", kind=f"{name} {kind}")
 
 
-def _batch(prompts: list[PromptExample]) -> str:
+def _batch(prompts: list[PromptExample], first: int) -> str:
+    """The samples `first` .. `first + len(prompts) - 1` of a step, for one-line errors."""
     if len(prompts) == 1:
-        return describe_sample(0, prompts[0].prompt)
-    return f"samples 0-{len(prompts) - 1} (first: {excerpt(prompts[0].prompt)})"
+        return describe_sample(first, prompts[0].prompt)
+    last = first + len(prompts) - 1
+    return f"samples {first}-{last} (first: {excerpt(prompts[0].prompt)})"
+
+
+def _type_name(error: BaseException) -> str:
+    """The type of what the function raised (`sys.exit()`'s SystemExit, not `EscapedCall`)."""
+    return type(error.error if isinstance(error, EscapedCall) else error).__name__
 
 
 def _describe(value: Any) -> str:

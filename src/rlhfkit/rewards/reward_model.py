@@ -16,7 +16,7 @@ from rlhfkit.data.collate import pad_batch
 from rlhfkit.data.formats import PromptExample, Text
 from rlhfkit.data.length_chunks import length_sorted_chunks
 from rlhfkit.data.tokenize import EncodedExample, Truncation, encode_prompt_completions
-from rlhfkit.errors import RlhfkitError
+from rlhfkit.errors import RlhfkitError, SampleError
 from rlhfkit.models.reward import RewardModel
 from rlhfkit.rewards.base import RewardScores, check_same_length, describe_sample
 from rlhfkit.runtime.device import Precision, autocast, move_batch
@@ -93,9 +93,12 @@ class RewardModelSource:
         self.pad_token_id = model.model.config.pad_token_id if pad is None else pad
         self.length_setting, self.warn_cut, self.warned_cut = length_setting, warn_cut, False
 
-    def encode(self, prompts: list[Text], responses: list[str]) -> list[EncodedExample]:
+    def encode(
+        self, prompts: list[Text], responses: list[str], first: int = 0
+    ) -> list[EncodedExample]:
         """The same encoding as the reward-model trainer's, so the model scores the kind of
-        sequence it was trained on (same EOS, same chat template, same truncation)."""
+        sequence it was trained on (same EOS, same chat template, same truncation). `first`:
+        the index of `prompts[0]` among the step's samples, as an error names them."""
         encoded = encode_prompt_completions(
             self.tokenizer,
             [(prompt, as_completion(prompt, r)) for prompt, r in zip(prompts, responses)],
@@ -105,10 +108,13 @@ class RewardModelSource:
         for index, (prompt, row) in enumerate(zip(prompts, encoded)):
             if row is None:
                 # Scoring a dropped row as 0 would hand the policy an arbitrary reward.
-                raise RlhfkitError(
-                    f"reward source '{self.name}': {describe_sample(index, prompt)} does not fit "
-                    f"in {self.length_setting}={self.max_length} with truncation "
+                fit = (
+                    f"does not fit in {self.length_setting}={self.max_length} with truncation "
                     f"'{self.truncation.value}'"
+                )
+                raise SampleError(
+                    f"reward source '{self.name}': {describe_sample(first + index, prompt)} {fit}",
+                    kind=f"reward source '{self.name}': a sample {fit}",
                 )
         if self.warn_cut:
             self.warn_once_if_cut(sum(e.truncated for e in encoded), len(encoded))
@@ -151,9 +157,11 @@ class RewardModelSource:
         self.model.train(was_training)
         return out
 
-    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
+    def score(
+        self, prompts: list[PromptExample], responses: list[str], *, first: int = 0
+    ) -> RewardScores:
         check_same_length(self.name, prompts, responses)
-        encoded = self.encode([p.prompt for p in prompts], responses)
+        encoded = self.encode([p.prompt for p in prompts], responses, first)
         heads = self.head_rewards(encoded)
         mean = heads.mean(dim=1)
         # torch's std over one head is NaN; one head has no spread to penalise.

@@ -257,7 +257,7 @@ def train_grpo(cfg: GRPOConfig, run_dir, *, resume: bool = False) -> GRPOResult:
 
             # step 3. rewards, and the advantages relative to each group
             with timer("reward"):
-                scores = run.score(grouped_prompts, responses)
+                scores = run.score(grouped_prompts, responses, share.first_sample(cfg.group_size))
                 rewards = penalise_unfinished(
                     scores.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )

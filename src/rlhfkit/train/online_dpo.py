@@ -296,7 +296,12 @@ def train_online_dpo(cfg: OnlineDPOConfig, run_dir, *, resume: bool = False) -> 
                     )
                     own_prompts = [p for p in share.prompts for _ in range(k)]
                     rewards = (
-                        _every_rank(run.score(own_prompts, own_texts).rewards.tolist(), run)
+                        _every_rank(
+                            run.score(
+                                own_prompts, own_texts, share.first_sample(k)
+                            ).rewards.tolist(),
+                            run,
+                        )
                         if run.reward is not None
                         else None
                     )

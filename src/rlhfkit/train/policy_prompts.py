@@ -110,11 +110,16 @@ class PromptShare:
     total: int
     """The step's prompts over all ranks."""
 
+    def first_sample(self, per_prompt: int) -> int:
+        """The index of this rank's first sample among the step's (`per_prompt` samples per
+        prompt, in prompt order)."""
+        return self.first * per_prompt
+
     def rows(self, start: int, size: int, per_prompt: int) -> slice:
         """The rows of this rank's rollout (`per_prompt` samples per prompt, in prompt order)
         that fall in the step's global rows `start` .. `start + size - 1`; may be empty."""
         held = len(self.prompts) * per_prompt
-        offset = self.first * per_prompt
+        offset = self.first_sample(per_prompt)
         return slice(min(max(start - offset, 0), held), min(max(start + size - offset, 0), held))
 
 

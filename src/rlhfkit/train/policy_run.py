@@ -238,11 +238,12 @@ class PolicyRun:
         skip_draws(self.generator, device, total, max(gather_objects(steps, self.ranks)) - steps)
         return rollout, decode_responses(tokenizer, rollout)
 
-    def score(self, prompts: list[PromptExample], responses: list[str]) -> RewardScores:
-        """The run's rewards of this rank's samples (one process: the step's). Every rank calls
-        it together: a reward model's samples cut to fit reward_max_length are counted over
-        every rank's and warned about as one process would (`warn_if_cut`)."""
-        scored = self.reward.score(prompts, responses)
+    def score(self, prompts: list[PromptExample], responses: list[str], first: int) -> RewardScores:
+        """The run's rewards of this rank's samples (one process: the step's), the first of them
+        sample `first` of the step's (`PromptShare.first_sample`), as errors number them. Every
+        rank calls it together: a reward model's samples cut to fit reward_max_length are
+        counted over every rank's and warned about as one process would (`warn_if_cut`)."""
+        scored = self.reward.score(prompts, responses, first=first)
         warn_if_cut(self.reward, scored, len(prompts), self.ranks)
         return scored
 

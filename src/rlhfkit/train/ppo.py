@@ -268,7 +268,7 @@ def train_ppo(cfg: PPOConfig, run_dir, *, resume: bool = False) -> PPOResult:
 
             # step 3. the reward model's score, the reference's log-probs, the critic's values
             with timer("reward"):
-                scored = run.score(prompts, responses)
+                scored = run.score(prompts, responses, share.first_sample(1))
                 scores = penalise_unfinished(
                     scored.rewards.to(device), rollout.finished, cfg.missing_eos_penalty
                 )

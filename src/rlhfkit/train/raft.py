@@ -345,7 +345,9 @@ def train_raft(cfg: RAFTConfig, run_dir, *, resume: bool = False) -> RAFTResult:
 
             # step 3. score every response (this rank's), and judge which are correct
             with timer("reward"):
-                scored = run.score(grouped_prompts, responses)
+                scored = run.score(
+                    grouped_prompts, responses, share.first_sample(cfg.samples_per_prompt)
+                )
                 rewards = penalise_unfinished(
                     scored.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )

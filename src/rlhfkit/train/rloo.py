@@ -88,7 +88,7 @@ def train_rloo(cfg: RLOOConfig, run_dir, *, resume: bool = False) -> RLOOResult:
                 )
                 grouped_prompts = [p for p in prompts for _ in range(cfg.group_size)]
             with timer("reward"):
-                scored = run.score(grouped_prompts, responses)
+                scored = run.score(grouped_prompts, responses, share.first_sample(cfg.group_size))
                 rewards = penalise_unfinished(
                     scored.rewards.to(run.models.device), rollout.finished, cfg.missing_eos_penalty
                 )
