@@ -23,7 +23,6 @@ from rlhfkit.cli_models import add_models_parser, run_models
 from rlhfkit.errors import RlhfkitError, Terminated
 from rlhfkit.runner import silence_libraries
 from rlhfkit.runtime.logs import console_messages
-from rlhfkit.runtime.lost_rank import lost_a_rank, own_stop_after_a_peer, say_stopped
 from rlhfkit.runtime.provenance import started_by
 
 log = logging.getLogger(__name__)
@@ -254,6 +253,7 @@ def _run_under_torchrun(args, env) -> None:
         launch_from_env,
         wait_for_every_rank,
     )
+    from rlhfkit.runtime.lost_rank import lost_a_rank, own_stop_after_a_peer, say_stopped
     from rlhfkit.runtime.rank_errors import error_kind, prints_error
 
     launch = launch_from_env(env)
