@@ -292,7 +292,7 @@ def _run_under_torchrun(args, env) -> None:
     except Exception as error:
         if not lost_a_rank(error):
             raise
-        stop = own_stop_after_a_peer()  # torchrun stopping the job, seen first as a peer gone
+        stop = own_stop_after_a_peer(error)  # torchrun stopping the job, seen as a peer gone
         if stop is not None:
             if launch.rank != 0:  # rank 0 says so
                 sys.exit(130 if isinstance(stop, KeyboardInterrupt) else 143)

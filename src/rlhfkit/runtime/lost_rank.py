@@ -86,12 +86,22 @@ def job_stop_told_apart() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if lost_a_rank(error) and (stop := own_stop_after_a_peer()) is not None:
+        if lost_a_rank(error) and (stop := own_stop_after_a_peer(error)) is not None:
             raise stop from None
         raise
 
 
-def own_stop_after_a_peer() -> BaseException | None:
-    """After a collective lost a peer: this process's own SIGTERM or Ctrl-C when the peer said it
-    stopped on one (torchrun stopping the job; `stopped_soon`), else None (the peer died)."""
-    return stopped_soon() if peer_stopped(os.environ) else None
+def own_stop_after_a_peer(error: BaseException | None = None) -> BaseException | None:
+    """After a collective lost a peer (`error`): this process's own SIGTERM or Ctrl-C, when one
+    is what `error` was raised while handling (a library that caught it to tell the other ranks,
+    whose collective then failed: DCP's), or when the peer said it stopped on one (torchrun
+    stopping the job: ours follows within `stopped_soon`, or it already came and went); else
+    None (the peer died)."""
+    context = error.__context__ if error is not None else None
+    while context is not None:
+        if isinstance(context, (KeyboardInterrupt, Terminated)):
+            return type(context)()
+        context = context.__context__
+    if not peer_stopped(os.environ):
+        return None
+    return stopped_soon() or Terminated()
