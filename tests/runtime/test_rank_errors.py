@@ -72,20 +72,26 @@ def test_without_a_store_to_reach_every_rank_prints():
     assert prints_error(1, MESSAGE, {})
 
 
-def test_bad_input_under_torchrun_is_one_error_line(tmp_path):
+def torchrun_error_lines(tmp_path, *arguments: str) -> tuple[list[str], str]:
+    """`rlhfkit ARGUMENTS` on 2 ranks, which must fail: its `error` lines and its stderr."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     done = subprocess.run(
-        [*command, "-m", "rlhfkit", "sft", "--runs-dir", str(tmp_path), "--name", "bad"]
-        + [f"model={tmp_path / 'missing'}", f"train_data={tmp_path / 'missing.jsonl'}"],
+        [*command, "-m", "rlhfkit", *arguments, "--runs-dir", str(tmp_path), "--name", "bad"],
         env=torchrun_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    return [line for line in done.stderr.splitlines() if line.startswith("error")], done.stderr
+
+
+def test_bad_input_under_torchrun_is_one_error_line(tmp_path):
+    lines, stderr = torchrun_error_lines(
+        tmp_path, "sft", f"model={tmp_path / 'missing'}", f"train_data={tmp_path / 'missing.jsonl'}"
+    )
     assert lines == [f"error: model directory {tmp_path / 'missing'} does not exist"]
-    assert "[rank" not in done.stderr  # no rank's traceback
+    assert "[rank" not in stderr  # no rank's traceback
 
 
 def test_a_reward_function_failing_on_every_ranks_samples_is_one_error_line(
@@ -93,19 +99,17 @@ def test_a_reward_function_failing_on_every_ranks_samples_is_one_error_line(
 ):
     reward = tmp_path / "rew.py"
     reward.write_text("def always(prompts, responses, **columns):\n    raise KeyError('answer')\n")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     settings = "prompts_per_step=4 group_size=2 mini_batch_size=8 max_steps=1 max_new_tokens=4"
-    done = subprocess.run(
-        [*command, "-m", "rlhfkit", "grpo", "--runs-dir", str(tmp_path), "--name", "bad"]
-        + [f"model={tiny_model_dir}", "task=arith", f"reward={reward}:always", "eval_every=-1"]
-        + ["progress=false", *settings.split()],
-        env=torchrun_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    lines, _ = torchrun_error_lines(
+        tmp_path,
+        "grpo",
+        f"model={tiny_model_dir}",
+        "task=arith",
+        f"reward={reward}:always",
+        "eval_every=-1",
+        "progress=false",
+        *settings.split(),
     )
-    assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
     # rank 0's, naming the step's first sample; rank 1 failed alike on its samples 4-7
     assert len(lines) == 1, lines
     expected = rf"error: reward function '{re.escape(str(reward))}:always' raised KeyError: "
